@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` (set up + diagnose sample_logs/) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned here (not in pyproject) so a fresh machine takes the local CPU wheel instead of
+# a multi-GB CUDA build; the package itself only asks for torch>=2.4.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-all lint sample-logs bench validate clean
+
+$(BIN)/adamdiag: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/adamdiag
+
+demo: setup
+	$(BIN)/adamdiag scan sample_logs/
+
+test: setup
+	$(BIN)/ruff check adamdiag tests examples bench
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+lint: setup
+	$(BIN)/ruff check adamdiag tests examples bench
+
+# Regenerates sample_logs/ from a real (deterministic, CPU) training run.
+sample-logs: setup
+	$(BIN)/python examples/multitask.py --out sample_logs
+
+bench: setup
+	$(BIN)/python bench/read_events.py
+	$(BIN)/python bench/checkpoint_memory.py
+
+validate: setup
+	$(BIN)/python bench/accuracy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench/out

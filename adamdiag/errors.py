@@ -1,0 +1,15 @@
+"""Errors that the CLI turns into one clear line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad or unusable input (missing path, no event files, non-Adam checkpoint, ...).
+
+    The message is shown to the user as-is, on one line, so it must say what was wrong and,
+    where possible, what to do about it.
+    """
+
+
+class UntrustedCheckpointError(InputError):
+    """The checkpoint needs arbitrary unpickling; only ``--trust-checkpoint`` may load it."""
