@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -91,7 +92,7 @@ def guarded(fn: F) -> F:
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories (searched recursively) or event files.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 CheckpointsOpt = Annotated[
-    Optional[Path], typer.Option("--checkpoints", help="Directory with optimizer checkpoints (default: under each run).")
+    Path | None, typer.Option("--checkpoints", help="Directory with optimizer checkpoints (default: under each run).")
 ]
 ConventionOpt = Annotated[
     Convention, typer.Option("--convention", help="Adam convention: torch (eps on bias-corrected sqrt(v̂)) or tf.")
@@ -204,15 +205,15 @@ def export(
 @guarded
 def replay(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to start from (saved before the blowup).")],
-    eps: Annotated[Optional[list[str]], typer.Option("--eps", help="Alternate eps (repeatable or comma list).")] = None,
-    beta2: Annotated[Optional[list[str]], typer.Option("--beta2", help="Alternate beta2 (repeatable).")] = None,
-    lr: Annotated[Optional[list[str]], typer.Option("--lr", help="Alternate lr (repeatable).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")] = None,
-    entry: Annotated[Optional[str], typer.Option("--entry", help="module:function or file.py:function.")] = None,
-    logdir: Annotated[Optional[Path], typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="Alternate eps (repeatable or comma list).")] = None,
+    beta2: Annotated[list[str] | None, typer.Option("--beta2", help="Alternate beta2 (repeatable).")] = None,
+    lr: Annotated[list[str] | None, typer.Option("--lr", help="Alternate lr (repeatable).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")] = None,
+    entry: Annotated[str | None, typer.Option("--entry", help="module:function or file.py:function.")] = None,
+    logdir: Annotated[Path | None, typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda")] = "auto",
     format: FormatOpt = Format.text,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
 ) -> None:

@@ -1,0 +1,963 @@
+"""Optimizer-checkpoint reader: Adam/AdamW moments (m = exp_avg, v = exp_avg_sq) tensor by tensor.
+
+Layouts (found by content, not by file name, wherever that is possible):
+
+* ``torch``      — a ``torch.save`` file holding an ``optimizer.state_dict()`` anywhere in it (a bare one,
+  ``{'model', 'optimizer', 'step'}``, any key path: the optimizer is the dict with ``state`` and
+  ``param_groups``); a bare optimizer file is paired with a model file beside it (``optimizer_100.pt``
+  ↔ ``model_100.pt``, ``model.pt``, ``model.safetensors``, ...).
+* ``lightning``  — a PyTorch Lightning ``.ckpt`` (``optimizer_states``, ``state_dict``, ``global_step``).
+* ``hf``         — a Hugging Face ``Trainer`` ``checkpoint-N/`` directory (``optimizer.pt`` + ``model.safetensors``
+  or ``pytorch_model.bin``, ``trainer_state.json``); ``accelerate`` — ``save_state`` output
+  (``optimizer.bin`` + ``model.safetensors``).
+* ``dcp``        — a ``torch.distributed.checkpoint`` directory (``.metadata`` + ``*.distcp``), read without a
+  process group, one tensor at a time.
+
+Memory: torch files are opened with ``torch.load(mmap=True, weights_only=True)``; tensors stay on disk
+until touched. Safety: ``weights_only=True`` always comes first; only ``trust=True`` (the CLI's
+``--trust-checkpoint``) may fall back to full unpickling, with a warning on stderr.
+
+Names: optimizer state is keyed by the parameter's index in param-group order. Names come from
+``param_names`` (torch ≥ 2.6 optimizers built from ``named_parameters()``), from FQN keys (DCP), or
+from the model's parameter order and shapes (:func:`map_names`) — and only where that mapping is
+unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is worse than none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError, UntrustedCheckpointError
+
+if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
+    import torch
+
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin", "optimizer.pth", "optim.pt", "optimizer_0.bin")
+MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "model.pt",
+    "model.pth",
+    "model.bin",
+)
+# Files that live inside checkpoints but never hold optimizer state (not worth opening).
+NON_OPTIMIZER_NAMES = re.compile(r"^(scheduler|rng_state|random_states|training_args|scaler|sampler)", re.I)
+# Buffers torch's own modules register (BatchNorm/InstanceNorm): never parameters, and their
+# shapes equal the norm's weight/bias, which would make every norm layer ambiguous.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Keys that hold the training step in checkpoint dicts, in order of preference.
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "steps", "train_step")
+# Per-parameter state keys of other optimizers: named in the "not an Adam state" message.
+KNOWN_STATE_KEYS = {
+    "momentum_buffer": "SGD (momentum_buffer)",
+    "exp_avg_sq_row": "Adafactor (exp_avg_sq_row/exp_avg_sq_col)",
+    "exp_avg_sq_col": "Adafactor (exp_avg_sq_row/exp_avg_sq_col)",
+    "exp_inf": "Adamax (exp_inf)",
+    "row_var": "Adafactor (row_var/col_var)",
+    "col_var": "Adafactor (row_var/col_var)",
+    "variance": "Adafactor (variance)",
+    "sum": "Adagrad (sum)",
+    "square_avg": "RMSprop (square_avg)",
+    "acc_delta": "Adadelta (acc_delta)",
+    "state1": "bitsandbytes 8-bit optimizer (state1/state2)",
+    "prev": "Rprop (prev)",
+    "ax": "ASGD (ax)",
+}
+_MAX_DEPTH = 6
+
+
+@dataclass
+class TensorMoments:
+    """One parameter's Adam state (torch tensors, possibly memory-mapped: read-only)."""
+
+    name: str | None  # parameter name when resolvable, else None (label 'group g / index i')
+    index: int | str  # optimizer state key (int index, or FQN for DCP)
+    group: int
+    shape: tuple[int, ...]
+    step: int | None
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    max_exp_avg_sq: torch.Tensor | None = None
+    param: torch.Tensor | None = None  # the parameter value if the checkpoint holds the model
+    decoupled_weight_decay: bool | None = None  # True: AdamW; False: Adam (L2); None: unknown
+    maximize: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name else f"group {self.group} / index {self.index}"
+
+
+@dataclass
+class _Entry:
+    """A parameter slot of the optimizer: what is known before any tensor is read."""
+
+    group: int
+    index: int | str
+    pos: int  # position inside its group's 'params' list
+    name: str | None
+    shape: tuple[int, ...] | None  # None: the optimizer holds no state for it (never stepped)
+    hyper: dict[str, Any]
+
+
+@dataclass
+class OptimizerCheckpoint:
+    """An opened checkpoint: metadata now, tensors on demand (:meth:`tensors` streams them)."""
+
+    path: str
+    step: int | None
+    layout: str  # "torch" | "lightning" | "hf" | "accelerate" | "dcp"
+    optimizer: str  # "Adam" | "AdamW" | "NAdam" | "RAdam" | "unknown-adam"
+    convention: str  # "torch" | "tf"
+    name_mapping: str  # "param_names" | "fqn" | "model-order" | "shape-unique" | "partial" | "ambiguous" | "none"
+    warnings: list[str] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list, repr=False)
+    # (entry) -> per-parameter state dict with tensors; (name) -> parameter tensor or None
+    _fetch_state: Callable[[_Entry], dict[str, Any]] | None = field(default=None, repr=False)
+    _fetch_param: Callable[[str], Any] | None = field(default=None, repr=False)
+    # Address ranges of the file mappings behind the tensors (for releasing pages after use).
+    mmap_files: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return sum(1 for e in self.entries if e.shape is not None)
+
+    def tensors(self, *, with_params: bool = True) -> Iterator[TensorMoments]:
+        """Yield every parameter that has Adam state, in optimizer order (group, then position)."""
+        assert self._fetch_state is not None
+        for e in self.entries:
+            if e.shape is None:
+                continue
+            st = self._fetch_state(e)
+            h = e.hyper
+            param = None
+            if with_params and e.name is not None and self._fetch_param is not None:
+                param = self._fetch_param(e.name)
+            yield TensorMoments(
+                name=e.name,
+                index=e.index,
+                group=e.group,
+                shape=e.shape,
+                step=_as_int(st.get("step")),
+                lr=h["lr"],
+                beta1=h["beta1"],
+                beta2=h["beta2"],
+                eps=h["eps"],
+                weight_decay=h["weight_decay"],
+                amsgrad=h["amsgrad"],
+                exp_avg=st["exp_avg"],
+                exp_avg_sq=st["exp_avg_sq"],
+                max_exp_avg_sq=st.get("max_exp_avg_sq") if h["amsgrad"] else None,
+                param=param,
+                decoupled_weight_decay=h.get("decoupled_weight_decay"),
+                maximize=bool(h.get("maximize", False)),
+            )
+
+
+# --- small helpers --------------------------------------------------------------------------------
+def _as_int(x: Any) -> int | None:
+    if x is None:
+        return None
+    try:
+        if hasattr(x, "numel"):
+            if x.numel() != 1:
+                return None
+            x = x.item()
+        return int(x)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _as_float(x: Any, default: float = float("nan")) -> float:
+    if x is None:
+        return default
+    try:
+        return float(x.item() if hasattr(x, "item") else x)
+    except (TypeError, ValueError, RuntimeError):
+        return default
+
+
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def _warn_trust(path: Path) -> None:
+    sys.stderr.write(
+        f"adamdiag: warning: loading {path} with full unpickling (--trust-checkpoint): "
+        "this runs code from the file\n"
+    )
+
+
+def step_from_name(path: Path) -> int | None:
+    """The step a file/dir name states: ``step=200`` / ``step_000100`` / ``checkpoint-500`` / last number."""
+    name = path.name
+    m = re.search(r"step[=_\-]?(\d+)", name, re.I) or re.search(r"checkpoint[-_](\d+)", name, re.I)
+    if m:
+        return int(m.group(1))
+    nums = re.findall(r"\d+", path.stem if path.is_file() else name)
+    return int(nums[-1]) if nums else None
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def torch_load(path: Path, *, trust: bool) -> tuple[Any, bool]:
+    """``torch.load`` on CPU, memory-mapped where the format allows, ``weights_only=True`` first.
+
+    Returns (object, mmapped). Raises :class:`UntrustedCheckpointError` when the file needs
+    arbitrary unpickling and ``trust`` is false; :class:`InputError` when it is no torch file.
+    """
+    import pickle
+
+    import torch
+
+    def load(weights_only: bool, mmap: bool) -> Any:
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+
+    mmap = True
+    try:
+        try:
+            return load(True, True), True
+        except RuntimeError as e:
+            # Legacy (non-zip) files cannot be memory-mapped; they are read whole.
+            if "mmap" not in str(e) and "zipfile" not in str(e).lower():
+                raise
+            mmap = False
+            return load(True, False), False
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" not in msg and "weights_only" not in msg:
+            raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(msg)})") from None
+        if not trust:
+            reason = _weights_only_reason(msg)
+            raise UntrustedCheckpointError(
+                f"{path}: loading it needs arbitrary unpickling ({reason}); rerun with --trust-checkpoint "
+                "only if you trust the file: that runs code from it"
+            ) from None
+        _warn_trust(path)
+        try:
+            return load(False, mmap), mmap
+        except Exception as e2:  # noqa: BLE001 - any failure of a trusted load is an input problem
+            raise InputError(f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(str(e))})") from None
+
+
+def _first_line(msg: str) -> str:
+    return next((ln.strip() for ln in msg.splitlines() if ln.strip()), msg)[:200]
+
+
+def _weights_only_reason(msg: str) -> str:
+    m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|Trying to load unsupported object[^\n]*)", msg)
+    return m.group(1) if m else "an object weights_only=True does not allow"
+
+
+def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
+    """Whether the pickle inside a torch zip file mentions any of ``needles`` (no unpickling).
+    None when the file is not a torch zip file (legacy format, or not torch at all)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pkl:
+                return None
+            with zf.open(pkl[0]) as f:
+                data = f.read()
+        return any(n in data for n in needles)
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+
+
+# --- discovery -------------------------------------------------------------------------------------
+def _checkpoint_dir_kind(d: Path) -> str | None:
+    if (d / ".metadata").is_file():
+        return "dcp"
+    if any((d / n).is_file() for n in OPTIMIZER_FILES):
+        return "hf" if (d / "trainer_state.json").is_file() else "accelerate"
+    return None
+
+
+def find_checkpoints(root: Path) -> list[Path]:
+    """Optimizer checkpoints under ``root`` (a file is returned as is): torch files that hold an
+    optimizer state (checked by reading the pickle's bytes, without unpickling), and checkpoint
+    directories (DCP, HF ``checkpoint-N``, accelerate). Sorted by the step in the name, then name.
+
+    Raises :class:`InputError` when ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or directory")
+    if root.is_file():
+        return [root]
+    if _checkpoint_dir_kind(root):
+        return [root]
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        keep_dirs = []
+        for sub in sorted(dirnames):
+            if sub.startswith("."):
+                continue
+            if _checkpoint_dir_kind(d / sub):
+                found.append(d / sub)
+            else:
+                keep_dirs.append(sub)
+        dirnames[:] = keep_dirs
+        for fn in sorted(filenames):
+            p = d / fn
+            if not fn.endswith(TORCH_SUFFIXES) or NON_OPTIMIZER_NAMES.match(fn):
+                continue
+            mentions = _zip_pickle_mentions(p, (b"param_groups",))
+            if mentions is False:
+                continue  # a model-only or other torch file
+            if mentions is None and fn.endswith(".bin"):
+                continue  # .bin that is no torch zip: not ours
+            found.append(p)
+    out = []
+    for p in found:
+        rp = os.path.realpath(p)
+        if rp not in seen:
+            seen.add(rp)
+            out.append(p)
+    big = 1 << 62
+    return sorted(out, key=lambda p: (step_from_name(p) if step_from_name(p) is not None else big, str(p)))
+
+
+# --- walking a loaded object -----------------------------------------------------------------------
+def _is_opt_state(x: Any) -> bool:
+    return isinstance(x, dict) and isinstance(x.get("state"), dict) and isinstance(x.get("param_groups"), list | tuple)
+
+
+def _is_model_state(x: Any) -> bool:
+    if not isinstance(x, dict) or not x:
+        return False
+    vals = list(x.values())
+    n_t = sum(1 for v in vals if _is_tensor(v))
+    return all(isinstance(k, str) for k in x) and n_t >= 1 and n_t >= 0.9 * len(vals)
+
+
+def _walk(obj: Any, path: tuple = (), depth: int = 0) -> Iterator[tuple[tuple, Any]]:
+    yield path, obj
+    if depth >= _MAX_DEPTH or _is_opt_state(obj) or _is_model_state(obj):
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict | list | tuple):
+                yield from _walk(v, (*path, k), depth + 1)
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            if isinstance(v, dict | list | tuple):
+                yield from _walk(v, (*path, i), depth + 1)
+
+
+def _keypath(p: tuple) -> str:
+    return "".join(f"[{k!r}]" for k in p) or "<top level>"
+
+
+MODEL_KEY_PREFERENCE = ("model", "state_dict", "model_state_dict", "model_state", "module", "net", "network", "ema")
+
+
+def _pick_model_state(obj: Any) -> tuple[tuple, dict] | None:
+    cands = [(p, x) for p, x in _walk(obj) if _is_model_state(x)]
+    if not cands:
+        return None
+
+    def rank(c):
+        p, x = c
+        last = str(p[-1]).lower() if p else ""
+        pref = MODEL_KEY_PREFERENCE.index(last) if last in MODEL_KEY_PREFERENCE else len(MODEL_KEY_PREFERENCE)
+        return (pref, -len(x))
+
+    return sorted(cands, key=rank)[0]
+
+
+def _find_step(obj: Any) -> int | None:
+    if not isinstance(obj, dict):
+        return None
+    for key in STEP_KEYS:
+        if key in obj:
+            v = _as_int(obj[key])
+            if v is not None:
+                return v
+    for sub in ("trainer_state", "meta", "metadata", "extra_state", "progress"):
+        if isinstance(obj.get(sub), dict):
+            v = _find_step(obj[sub])
+            if v is not None:
+                return v
+    return None
+
+
+# --- optimizer state -> entries --------------------------------------------------------------------
+def _describe_non_adam(osd: dict) -> str:
+    keys: set[str] = set()
+    for st in osd["state"].values():
+        if isinstance(st, dict):
+            keys.update(str(k) for k in st)
+    group_keys: set[str] = set()
+    for g in osd["param_groups"]:
+        if isinstance(g, dict):
+            group_keys.update(g)
+    known = sorted({v for k, v in KNOWN_STATE_KEYS.items() if k in keys})
+    if not keys:
+        if {"momentum", "dampening", "nesterov"} <= group_keys:
+            return "an SGD state (param_groups with momentum/nesterov, no per-parameter state)"
+        return "an empty optimizer state (saved before the first optimizer step?)"
+    if known:
+        return f"{', '.join(known)} state (per-parameter keys: {', '.join(sorted(keys))})"
+    if "exp_avg" in keys and "exp_avg_sq" not in keys:
+        return f"a momentum-only state such as Lion (per-parameter keys: {', '.join(sorted(keys))})"
+    return f"an unknown optimizer state (per-parameter keys: {', '.join(sorted(keys))})"
+
+
+def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
+    warns = []
+    g0 = osd["param_groups"][0] if osd["param_groups"] else {}
+    sample = next((st for st in osd["state"].values() if isinstance(st, dict)), {})
+    if "momentum_decay" in g0 or "mu_product" in sample:
+        warns.append("NAdam state: update statistics use the plain Adam update rule")
+        return "NAdam", warns
+    if "amsgrad" not in g0 and "decoupled_weight_decay" in g0:
+        warns.append("RAdam-like state (no amsgrad flag): update statistics use the plain Adam update rule")
+        return "RAdam", warns
+    dwd = g0.get("decoupled_weight_decay")
+    if dwd is True:
+        return "AdamW", warns
+    if dwd is False:
+        return "Adam", warns
+    return "unknown-adam", warns
+
+
+def _hyper(group: dict) -> dict[str, Any]:
+    betas = group.get("betas", (0.9, 0.999))
+    if _is_tensor(betas):
+        betas = tuple(betas.tolist())
+    b1, b2 = (_as_float(b) for b in betas)
+    return {
+        "lr": _as_float(group.get("lr")),
+        "beta1": b1,
+        "beta2": b2,
+        "eps": _as_float(group.get("eps"), 1e-8),
+        "weight_decay": _as_float(group.get("weight_decay"), 0.0),
+        "amsgrad": bool(group.get("amsgrad", False)),
+        "decoupled_weight_decay": group.get("decoupled_weight_decay"),
+        "maximize": bool(group.get("maximize", False)),
+    }
+
+
+def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
+    """Optimizer slots in param-group order. Returns (entries, names_given) where names_given says
+    that names came from ``param_names`` or FQN state keys. Raises InputError on non-Adam state."""
+    state = osd["state"]
+    has_adam = any(isinstance(st, dict) and "exp_avg" in st and "exp_avg_sq" in st for st in state.values())
+    if not has_adam:
+        raise InputError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
+    entries: list[_Entry] = []
+    names_given = True
+    for g, group in enumerate(osd["param_groups"]):
+        params = list(group.get("params", []))
+        names = group.get("param_names")
+        if names is not None and len(names) != len(params):
+            names = None
+        h = _hyper(group)
+        for j, pid in enumerate(params):
+            st = state.get(pid)
+            name = names[j] if names is not None else (pid if isinstance(pid, str) else None)
+            if name is None:
+                names_given = False
+            shape = None
+            if isinstance(st, dict) and _is_tensor(st.get("exp_avg")) and _is_tensor(st.get("exp_avg_sq")):
+                shape = tuple(int(s) for s in st["exp_avg"].shape)
+            entries.append(_Entry(group=g, index=pid, pos=j, name=name, shape=shape, hyper=h))
+    return entries, names_given
+
+
+# --- names from the model --------------------------------------------------------------------------
+def model_candidates(model: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the model state_dict entries that can be parameters, in order: floating
+    tensors, without BatchNorm statistics, and tied tensors (same storage) only once — the first
+    name, as ``named_parameters()`` reports them."""
+    seen: set[tuple] = set()
+    out = []
+    for name, t in model.items():
+        if not _is_tensor(t) or not (t.is_floating_point() or t.is_complex()):
+            continue
+        if name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+            continue
+        key = _storage_key(t)
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append((name, tuple(int(s) for s in t.shape)))
+    return out
+
+
+def _storage_key(t: Any) -> tuple | None:
+    try:
+        if t.device.type == "meta":
+            return None
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def map_names(
+    groups: list[list[tuple[int, ...] | None]],
+    candidates: list[tuple[str, tuple[int, ...]]],
+    *,
+    ordered: bool = True,
+    max_states: int = 300_000,
+) -> tuple[list[list[str | None]], str]:
+    """Names for optimizer slots from the model's parameters, only where they are certain.
+
+    ``groups``: per param group, the shapes of its slots in order (None: no state, shape unknown).
+    ``candidates``: (name, shape) of the model's possible parameters, in model order.
+
+    Assumption (``ordered``): each param group lists its parameters in model order — how groups are
+    built in practice (``[p for n, p in model.named_parameters() if ...]``) — and the optimizer's
+    parameters are a subset of the candidates (frozen parameters and buffers are skipped). Every
+    interleaving of the groups into the model order that fits the shapes is considered; a slot is
+    named only if it lands on the same candidate in all of them. ``ordered=False`` (model order
+    unknown, e.g. a safetensors file, which stores keys sorted) names only shapes that occur exactly
+    once on both sides.
+
+    Returns (names per group, status): status is "model-order" (all named), "shape-unique",
+    "partial", "ambiguous" (none named) or "unmatched" (no assignment fits the shapes).
+    """
+    out: list[list[str | None]] = [[None] * len(g) for g in groups]
+    n_slots = sum(len(g) for g in groups)
+    if n_slots == 0:
+        return out, "model-order"
+    if n_slots > len(candidates):
+        return out, "unmatched"
+    if not ordered:
+        return _map_unordered(groups, candidates, out)
+    feasible = _interleave_dp(groups, candidates, max_states)
+    if feasible is None:
+        return out, "ambiguous"
+    if feasible == {}:
+        return out, "unmatched"
+    named = 0
+    for (g, i), js in feasible.items():
+        if len(js) == 1:
+            out[g][i] = candidates[next(iter(js))][0]
+            named += 1
+    if named == n_slots:
+        return out, "model-order"
+    return out, ("partial" if named else "ambiguous")
+
+
+def _map_unordered(groups, candidates, out):
+    from collections import Counter
+
+    if any(s is None for g in groups for s in g):
+        return out, "ambiguous"
+    cand_count = Counter(s for _, s in candidates)
+    slot_count = Counter(s for g in groups for s in g)
+    if any(slot_count[s] > cand_count[s] for s in slot_count):
+        return out, "unmatched"
+    by_shape = {s: n for n, s in candidates if cand_count[s] == 1}
+    named = 0
+    for g, shapes in enumerate(groups):
+        for i, s in enumerate(shapes):
+            if slot_count[s] == 1 and s in by_shape:
+                out[g][i] = by_shape[s]
+                named += 1
+    total = sum(len(g) for g in groups)
+    return out, ("model-order" if named == total else "shape-unique" if named else "ambiguous")
+
+
+def _interleave_dp(groups, candidates, max_states) -> dict[tuple[int, int], set[int]] | None:
+    """For every slot (g, i): the set of candidate positions it takes in some full interleaving.
+    {} when none fits; None when the search exceeds ``max_states`` (then nothing is certain)."""
+    k = len(groups)
+    lens = tuple(len(g) for g in groups)
+    n = len(candidates)
+    skips_total = n - sum(lens)
+    shapes = [s for _, s in candidates]
+
+    def moves(state, j):
+        ptrs, sk = state
+        if sk < skips_total:
+            yield (ptrs, sk + 1), None
+        cs = shapes[j]
+        for g in range(k):
+            p = ptrs[g]
+            if p < lens[g]:
+                want = groups[g][p]
+                if want is None or want == cs:
+                    yield (ptrs[:g] + (p + 1,) + ptrs[g + 1 :], sk), (g, p)
+
+    layers: list[set] = [{((0,) * k, 0)}]
+    total = 1
+    for j in range(n):
+        nxt = set()
+        for st in layers[j]:
+            for st2, _ in moves(st, j):
+                nxt.add(st2)
+        total += len(nxt)
+        if total > max_states:
+            return None
+        if not nxt:
+            return {}
+        layers.append(nxt)
+    end = (lens, skips_total)
+    if end not in layers[n]:
+        return {}
+    alive = {end}
+    feasible: dict[tuple[int, int], set[int]] = {}
+    for j in range(n - 1, -1, -1):
+        alive_j = set()
+        for st in layers[j]:
+            for st2, slot in moves(st, j):
+                if st2 in alive:
+                    alive_j.add(st)
+                    if slot is not None:
+                        feasible.setdefault(slot, set()).add(j)
+        alive = alive_j
+    return feasible
+
+
+def _apply_model_names(entries: list[_Entry], cands: list[tuple[str, tuple]], ordered: bool,
+                       warnings: list[str]) -> str:
+    n_groups = max((e.group for e in entries), default=-1) + 1
+    groups: list[list] = [[] for _ in range(n_groups)]
+    for e in entries:
+        groups[e.group].append(e.shape)
+    names, status = map_names(groups, cands, ordered=ordered)
+    by_group_pos = {(e.group, e.pos): e for e in entries}
+    for g, ns in enumerate(names):
+        for i, nm in enumerate(ns):
+            by_group_pos[(g, i)].name = nm
+    n_unnamed = sum(1 for e in entries if e.shape is not None and e.name is None)
+    if status == "unmatched":
+        warnings.append(
+            "the model's parameter shapes do not fit the optimizer's: tensors are labelled by group/index"
+        )
+    elif status in ("ambiguous", "partial") and n_unnamed:
+        why = "model order unknown (safetensors stores names sorted)" if not ordered else (
+            "several parameters of equal shape could be in either place")
+        warnings.append(f"{n_unnamed} tensor(s) without a certain name ({why}): labelled 'group g / index i'")
+    elif status == "model-order" and n_groups > 1:
+        warnings.append("names inferred from the model's parameter order and shapes (each param group "
+                        "assumed to list its parameters in model order)")
+    return status
+
+
+def _check_named(entries: list[_Entry], cands: list[tuple[str, tuple]], warnings: list[str]) -> None:
+    shape_of = dict(cands)
+    bad = [e.name for e in entries if e.shape is not None and e.name in shape_of and shape_of[e.name] != e.shape]
+    if bad:
+        warnings.append(f"param_names disagree with the model's shapes for {len(bad)} tensor(s), e.g. {bad[0]}")
+
+
+# --- model files beside an optimizer file ----------------------------------------------------------
+class _ModelSource:
+    """Model parameters: names in order (when the format keeps it), shapes, lazy tensors."""
+
+    def __init__(self, names_shapes: list[tuple[str, tuple]], ordered: bool, get: Callable[[str], Any],
+                 desc: str) -> None:
+        self.cands = names_shapes
+        self.ordered = ordered
+        self.get = get
+        self.desc = desc
+
+
+def _model_from_state(sd: dict) -> _ModelSource:
+    return _ModelSource(model_candidates(sd), True, lambda n: sd.get(n), "model state_dict")
+
+
+def _model_from_safetensors(files: list[Path]) -> _ModelSource:
+    from safetensors import safe_open
+
+    handles = []
+    where: dict[str, Any] = {}
+    shapes: list[tuple[str, tuple]] = []
+    for f in files:
+        h = safe_open(str(f), framework="pt", device="cpu")
+        handles.append(h)
+        for k in h.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
+            sl = h.get_slice(k)
+            dtype = str(sl.get_dtype())
+            if not dtype.startswith(("F", "BF", "C")):
+                continue
+            if k.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+                continue
+            where[k] = h
+            shapes.append((k, tuple(int(s) for s in sl.get_shape())))
+    return _ModelSource(shapes, False, lambda n: where[n].get_tensor(n) if n in where else None, "safetensors")
+
+
+def _model_beside(opt_path: Path, trust: bool, warnings: list[str]) -> _ModelSource | None:
+    d = opt_path.parent
+    cands: list[Path] = []
+    stem = opt_path.name
+    for word in ("optimizer", "optim", "opt"):
+        if word in stem.lower():
+            i = stem.lower().index(word)
+            for repl in ("model", "pytorch_model", "weights", "net"):
+                cands.append(d / (stem[:i] + repl + stem[i + len(word):]))
+            break
+    cands += [d / n for n in MODEL_FILES]
+    for p in cands:
+        if p == opt_path or not p.is_file():
+            continue
+        try:
+            return _open_model_file(p, trust)
+        except InputError as e:
+            warnings.append(f"model file {p.name} beside the optimizer could not be read: {e}")
+            return None
+    return None
+
+
+def _open_model_file(p: Path, trust: bool) -> _ModelSource:
+    if p.name.endswith(".index.json"):
+        try:
+            wm = json.loads(p.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{p}: unreadable shard index ({e})") from None
+        files = sorted({p.parent / f for f in wm.values()})
+        if p.name.startswith("model.safetensors"):
+            return _model_from_safetensors(files)
+        merged: dict[str, Any] = {}
+        for f in files:
+            obj, _ = torch_load(f, trust=trust)
+            merged.update(obj)
+        return _model_from_state(merged)
+    if p.suffix == ".safetensors":
+        return _model_from_safetensors([p])
+    obj, _ = torch_load(p, trust=trust)
+    found = _pick_model_state(obj)
+    if found is None:
+        raise InputError(f"{p}: no model state_dict in it")
+    return _model_from_state(found[1])
+
+
+def _hf_model_order(d: Path, warnings: list[str]) -> list[tuple[str, tuple]] | None:
+    """Model parameter order of a Hugging Face checkpoint, from ``config.json`` and the installed
+    ``transformers`` (model built on the meta device: no weights, no code from the checkpoint —
+    configs that need remote code are skipped)."""
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if cfg.get("auto_map") or not cfg.get("architectures"):
+        return None
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    try:
+        cls = getattr(transformers, cfg["architectures"][0])
+        config = transformers.AutoConfig.from_pretrained(str(d))
+        with torch.device("meta"):
+            model = cls(config)
+        return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    except Exception as e:  # noqa: BLE001 - optional help for naming; never fatal
+        warnings.append(f"could not rebuild the model from config.json for parameter order ({type(e).__name__})")
+        return None
+
+
+# --- open ------------------------------------------------------------------------------------------
+def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None = None) -> OptimizerCheckpoint:
+    """Open an optimizer checkpoint (file or directory) without reading its tensors.
+
+    Raises :class:`InputError` (missing path, no optimizer state, non-Adam state: the message names
+    what was found) and :class:`UntrustedCheckpointError` (needs arbitrary unpickling; pass
+    ``trust=True`` only for files you trust).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if convention not in (None, "torch", "tf"):
+        raise InputError(f"unknown convention {convention!r} (torch or tf)")
+    if path.is_dir():
+        kind = _checkpoint_dir_kind(path)
+        if kind == "dcp":
+            from adamdiag.io.dcp import open_dcp
+
+            ck = open_dcp(path)
+        elif kind in ("hf", "accelerate"):
+            ck = _open_dir(path, kind, trust)
+        else:
+            raise InputError(f"{path}: directory holds no optimizer checkpoint (no .metadata, no optimizer.pt/.bin)")
+    else:
+        ck = _open_torch_file(path, trust)
+    if convention:
+        ck.convention = convention
+    return ck
+
+
+def _pick_optimizer(obj: Any, path: Path, warnings: list[str]) -> tuple[tuple, dict]:
+    states = [(p, x) for p, x in _walk(obj) if _is_opt_state(x)]
+    if not states:
+        model = _pick_model_state(obj)
+        top = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+        extra = f"; it holds a model state_dict of {len(model[1])} tensors" if model else ""
+        raise InputError(f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; "
+                         f"top-level keys: {top}){extra}")
+    adam = []
+    first_err = None
+    for p, x in states:
+        try:
+            entries_from_state_dict(x, path)
+            adam.append((p, x))
+        except InputError as e:
+            first_err = first_err or e
+    if not adam:
+        raise first_err  # type: ignore[misc]
+    if len(states) > 1:
+        warnings.append(f"{len(states)} optimizer states in the file; using the Adam one at {_keypath(adam[0][0])}")
+    return adam[0]
+
+
+def _state_fetcher(osd: dict) -> Callable[[_Entry], dict]:
+    return lambda e: osd["state"][e.index]
+
+
+def _finish(path: Path, layout: str, osd: dict, model: _ModelSource | None, step: int | None,
+            warnings: list[str], mmap_files: list[str]) -> OptimizerCheckpoint:
+    entries, names_given = entries_from_state_dict(osd, path)
+    opt_kind, w = _optimizer_kind(osd)
+    warnings += w
+    if names_given:
+        mapping = "fqn" if all(isinstance(e.index, str) for e in entries) else "param_names"
+        if model is not None:
+            _check_named(entries, model.cands, warnings)
+    elif model is not None:
+        mapping = _apply_model_names(entries, model.cands, model.ordered, warnings)
+    else:
+        mapping = "none"
+    steps = [_as_int(osd["state"][e.index].get("step")) for e in entries if e.shape is not None]
+    steps = [s for s in steps if s is not None]
+    if step is None and steps:
+        step = max(steps)
+    ck = OptimizerCheckpoint(
+        path=str(path), step=step, layout=layout, optimizer=opt_kind, convention="torch",
+        name_mapping=mapping, warnings=warnings, entries=entries, mmap_files=mmap_files,
+    )
+    ck._fetch_state = _state_fetcher(osd)
+    ck._fetch_param = model.get if model is not None else None
+    return ck
+
+
+def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
+    warnings: list[str] = []
+    obj, mmapped = torch_load(path, trust=trust)
+    keypath, osd = _pick_optimizer(obj, path, warnings)
+    is_lightning = isinstance(obj, dict) and "optimizer_states" in obj
+    layout = "lightning" if is_lightning else "torch"
+    model: _ModelSource | None = None
+    found = _pick_model_state(obj)
+    if found is not None:
+        model = _model_from_state(found[1])
+    elif keypath == ():
+        model = _model_beside(path, trust, warnings)
+    step = _find_step(obj) if isinstance(obj, dict) else None
+    if step is None and keypath == ():
+        step = None  # bare optimizer: the optimizer's own step count is used below
+    return _finish(path, layout, osd, model, step, warnings, [os.path.realpath(path)] if mmapped else [])
+
+
+def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
+    warnings: list[str] = []
+    opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
+    obj, mmapped = torch_load(opt_file, trust=trust)
+    _, osd = _pick_optimizer(obj, opt_file, warnings)
+    model = None
+    for n in MODEL_FILES:
+        if (d / n).is_file():
+            try:
+                model = _open_model_file(d / n, trust)
+            except InputError as e:
+                warnings.append(f"model file {n} could not be read: {e}")
+            break
+    if model is not None and not model.ordered:
+        order = _hf_model_order(d, warnings)
+        if order is not None:
+            present = {n for n, _ in model.cands}
+            model.cands = [(n, s) for n, s in order if n in present]
+            model.ordered = True
+    step = None
+    ts = d / "trainer_state.json"
+    if ts.is_file():
+        try:
+            step = _as_int(json.loads(ts.read_text()).get("global_step"))
+        except (OSError, ValueError):
+            warnings.append("trainer_state.json is unreadable")
+    if step is None:
+        step = step_from_name(d)
+    return _finish(d, kind, osd, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [])
+
+
+# --- memory: give back the pages of tensors already read ----------------------------------------------
+class PageReleaser:
+    """Drops the resident pages of memory-mapped checkpoint tensors once they have been read.
+
+    ``torch.load(mmap=True)`` maps the whole file; every page touched stays resident (and counts in
+    the process's RSS) until the mapping goes away — reading a 20 GB checkpoint would hold 20 GB.
+    After a tensor is done, ``madvise(MADV_DONTNEED)`` on its pages drops them from this process
+    (they stay in the page cache; a later read faults them back in from the unchanged file). Only
+    ranges inside a mapping of the checkpoint file itself are touched (checked against
+    /proc/self/maps), never heap memory. torch maps the file private (copy-on-write): call this only
+    on tensors nobody wrote to. A no-op where that is not available (non-Linux).
+    """
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, files: list[str]) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self.libc = None
+        if not files or not sys.platform.startswith("linux"):
+            return
+        try:
+            import ctypes
+
+            wanted = set(files)
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].strip() in wanted:
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((lo, hi))
+            if self.ranges:
+                self.libc = ctypes.CDLL(None, use_errno=True)
+                self.libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except OSError:
+            self.ranges = []
+
+    def release(self, *tensors: Any) -> None:
+        if self.libc is None:
+            return
+        page = os.sysconf("SC_PAGE_SIZE")
+        for t in tensors:
+            if t is None or not _is_tensor(t) or t.numel() == 0:
+                continue
+            st = t.untyped_storage()
+            lo = st.data_ptr()
+            hi = lo + st.nbytes()
+            for a, b in self.ranges:
+                if a <= lo and hi <= b:
+                    start = lo - lo % page
+                    end = min(b, hi + (-hi) % page)
+                    self.libc.madvise(start, end - start, self.MADV_DONTNEED)
+                    break

@@ -1,0 +1,957 @@
+"""TensorBoard event-file reader: every scalar and histogram event, at full resolution.
+
+Reads the TFRecord framing directly (:mod:`adamdiag.io.tfrecord`) and decodes ``Event`` protos from
+every writer in use: torch ``SummaryWriter``, tensorboardX, TF1 ``simple_value`` summaries, TF2
+tensor summaries (plugin ``scalars``; float/double/half/int, ``tensor_content`` or ``*_val``) and
+histograms (``HistogramProto``, and TF2 ``[k, 3]`` bucket tensors of plugin ``histograms``).
+Values of other plugins (images, text, ...) are skipped and counted.
+
+Unlike TensorBoard's ``EventAccumulator`` nothing is sampled away and restarts are not purged: a run
+with several event files keeps every event with its ``segment`` (file index ordered by first wall
+time) and ``source_file``; :func:`series` gives the value per step as the run really went.
+
+Two decoders produce the same rows: ``_decode_ref`` (protobuf classes, the reference) and the
+vectorized fast path in :mod:`adamdiag.io._fast`; tests check them against each other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError
+
+if TYPE_CHECKING:  # pandas/numpy are imported lazily: the CLI imports this module's callers at start-up
+    import pandas as pd
+
+EVENT_GLOB = "events.out.tfevents.*"
+SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value", "segment", "source_file"]
+HISTOGRAM_COLUMNS = [
+    "run", "tag", "step", "wall_time", "min", "max", "num", "sum", "sum_squares", "segment", "source_file",
+    "approx",
+]
+# Run several files in worker processes only when there is enough to read to pay for the start-up.
+PARALLEL_MIN_BYTES = 64 << 20
+
+
+@dataclass
+class RunEvents:
+    """Everything read from one run (a directory of event files, or a single file)."""
+
+    run: str  # the run's path as given/found
+    scalars: pd.DataFrame  # SCALAR_COLUMNS; run/tag/source_file categorical
+    histograms: pd.DataFrame  # HISTOGRAM_COLUMNS; ``approx`` marks TF2 bucket tensors (sums estimated)
+    warnings: list[str]  # damage etc., one line each naming file and byte offset
+    skipped: dict[str, int]  # plugin name -> count of skipped summary values (images, text, ...)
+    files: list[str]  # event files in segment order
+    file_info: list[dict[str, Any]] = field(default_factory=list)  # per file: size, records, writer, ...
+
+
+def is_event_file(path: Path) -> bool:
+    """Name test used when searching directories (TensorBoard's own rule: contains 'tfevents')."""
+    return "tfevents" in path.name and path.is_file()
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Runs under ``paths``.
+
+    Each path: a directory (searched recursively; every directory that directly holds event files
+    is a run) or an event file itself. Raises :class:`InputError` for a missing path, or when no
+    event files are found under a path.
+    """
+    runs: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"no such file or directory: {p}")
+        found: list[Path] = []
+        if p.is_file():
+            found.append(p)
+        else:
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                if any("tfevents" in f and os.path.isfile(os.path.join(dirpath, f)) for f in filenames):
+                    found.append(Path(dirpath))
+            if not found:
+                raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {p}")
+        for r in found:
+            key = r.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(r)
+    if not runs:
+        raise InputError("no TensorBoard event files (events.out.tfevents.*) given")
+    return runs
+
+
+def run_files(run: Path) -> list[Path]:
+    """The event files of one run (the file itself, or those directly in the directory), by name."""
+    if run.is_file():
+        return [run]
+    return sorted(f for f in run.iterdir() if is_event_file(f))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-file decoding. A file is decoded on its own (picklable result) so files can go to workers.
+
+
+@dataclass
+class FileData:
+    """Rows decoded from one event file, as plain columns (no pandas), plus its diagnostics."""
+
+    path: str
+    size: int
+    tags: list[str]  # scalar tag vocabulary; ``s_tag`` holds indices into it
+    # Scalar columns as lists of numpy chunks (file order), concatenated once per run.
+    s_tag: list  # int32
+    s_step: list  # int64
+    s_wall: list  # float64
+    s_value: list  # float64
+    h_rows: list[tuple]  # (tag, step, wall, min, max, num, sum, sum_squares, approx)
+    warnings: list[str]
+    skipped: Counter
+    records: int = 0
+    file_version: str = ""
+    first_wall_time: float = float("inf")
+    kinds: set[str] = field(default_factory=set)  # simple_value, tensor, histo, ...
+    readable: bool = True  # False: not a single valid record in a non-empty file
+
+
+_DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64, _DT_BFLOAT16, _DT_HALF = 1, 2, 3, 9, 14, 19
+
+
+def tensor_scalar(t: Any) -> float | None:
+    """The single number in a TensorProto (TF2 scalar summary), or None if it is not one number."""
+    import numpy as np
+
+    n_elems = 1
+    for d in t.tensor_shape.dim:
+        n_elems *= d.size
+    if n_elems != 1:
+        return None
+    if t.dtype == _DT_FLOAT:
+        if t.tensor_content:
+            return float(np.frombuffer(t.tensor_content[:4], "<f4")[0]) if len(t.tensor_content) >= 4 else None
+        return float(t.float_val[0]) if t.float_val else 0.0
+    if t.dtype == _DT_DOUBLE:
+        if t.tensor_content:
+            return float(np.frombuffer(t.tensor_content[:8], "<f8")[0]) if len(t.tensor_content) >= 8 else None
+        return float(t.double_val[0]) if t.double_val else 0.0
+    if t.dtype in (_DT_HALF, _DT_BFLOAT16):
+        if t.tensor_content:
+            bits = int.from_bytes(t.tensor_content[:2], "little") if len(t.tensor_content) >= 2 else None
+        else:
+            bits = t.half_val[0] if t.half_val else 0
+        if bits is None:
+            return None
+        if t.dtype == _DT_HALF:
+            return float(np.array([bits], np.uint16).view(np.float16)[0])
+        return float(np.array([bits << 16], np.uint32).view(np.float32)[0])
+    if t.dtype == _DT_INT32:
+        if t.tensor_content:
+            return float(np.frombuffer(t.tensor_content[:4], "<i4")[0]) if len(t.tensor_content) >= 4 else None
+        return float(t.int_val[0]) if t.int_val else 0.0
+    if t.dtype == _DT_INT64:
+        if t.tensor_content:
+            return float(np.frombuffer(t.tensor_content[:8], "<i8")[0]) if len(t.tensor_content) >= 8 else None
+        return float(t.int64_val[0]) if t.int64_val else 0.0
+    return None
+
+
+def tensor_histogram(t: Any) -> tuple[float, float, float, float, float] | None:
+    """(min, max, num, sum, sum_squares) of a TF2 ``[k, 3]`` histogram tensor (left, right, count).
+
+    TF2 keeps only buckets, so sum and sum_squares are estimated from bucket centres.
+    """
+    import numpy as np
+
+    dims = [d.size for d in t.tensor_shape.dim]
+    if len(dims) != 2 or dims[1] != 3:
+        return None
+    k = dims[0]
+    if t.dtype == _DT_DOUBLE:
+        arr = np.frombuffer(t.tensor_content, "<f8") if t.tensor_content else np.array(t.double_val, "f8")
+    elif t.dtype == _DT_FLOAT:
+        arr = np.frombuffer(t.tensor_content, "<f4") if t.tensor_content else np.array(t.float_val, "f4")
+    else:
+        return None
+    if arr.size != 3 * k:
+        return None
+    if k == 0:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    b = arr.astype(np.float64).reshape(k, 3)
+    centre = (b[:, 0] + b[:, 1]) / 2
+    cnt = b[:, 2]
+    return (float(b[0, 0]), float(b[-1, 1]), float(cnt.sum()), float((cnt * centre).sum()),
+            float((cnt * centre * centre).sum()))
+
+
+class _Sink:
+    """Collects decoded rows of one file; shared by the reference and the fast decoders.
+
+    Scalars arrive either one at a time (reference path: Python lists) or as whole numpy chunks
+    (fast path); ``parts`` keeps them in file order so the frame is built with one concatenate.
+    """
+
+    def __init__(self) -> None:
+        self.tag_index: dict[str, int] = {}
+        self.parts: list[tuple] = []  # (tag codes int32, step int64, wall float64, value float64)
+        self._reset_lists()
+        self.h_rows: list[tuple] = []
+        self.skipped: Counter = Counter()
+        self.plugins: dict[str, str] = {}  # tag -> plugin, from the first value that carried metadata
+        self.kinds: set[str] = set()
+        self.file_version = ""
+        self.first_wall = float("inf")
+        self.first_wall_idx = 1 << 62  # record index of first_wall: fast and slow rows may arrive out of order
+        self.warnings: list[str] = []
+        self.records = 0
+
+    def _reset_lists(self) -> None:
+        self.s_tag: list[int] = []
+        self.s_step: list[int] = []
+        self.s_wall: list[float] = []
+        self.s_value: list[float] = []
+
+    def tag_id(self, tag: str) -> int:
+        idx = self.tag_index.get(tag)
+        if idx is None:
+            idx = self.tag_index[tag] = len(self.tag_index)
+        return idx
+
+    def scalar(self, tag: str, step: int, wall: float, value: float) -> None:
+        self.s_tag.append(self.tag_id(tag))
+        self.s_step.append(step)
+        self.s_wall.append(wall)
+        self.s_value.append(value)
+
+    def note_wall(self, idx: int, wall: float) -> None:
+        if wall and idx < self.first_wall_idx:
+            self.first_wall, self.first_wall_idx = wall, idx
+
+    def take_lists(self) -> tuple:
+        """The rows appended one at a time since the last call, as numpy arrays."""
+        import numpy as np
+
+        out = (
+            np.asarray(self.s_tag, np.int32),
+            np.asarray(self.s_step, np.int64),
+            np.asarray(self.s_wall, np.float64),
+            np.asarray(self.s_value, np.float64),
+        )
+        self._reset_lists()
+        return out
+
+    def flush(self) -> None:
+        if self.s_tag:
+            self.parts.append(self.take_lists())
+
+
+def _decode_ref(payload: bytes, sink: _Sink, name: str, offset: int, idx: int = 0) -> None:
+    """Reference decoder: one Event payload through the protobuf classes into ``sink``.
+
+    ``offset`` is the record's byte offset (for messages), ``idx`` its index among the file's records.
+    """
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto import event_pb2
+
+    if not payload:
+        sink.warnings.append(f"{name}: empty record (zero-length payload) at byte {offset}; ignored")
+        sink.skipped["empty_record"] += 1
+        return
+    try:
+        ev = event_pb2.Event.FromString(payload)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        sink.warnings.append(f"{name}: record at byte {offset} is not a valid Event ({e.__class__.__name__}); skipped")
+        sink.skipped["undecodable"] += 1
+        return
+    sink.note_wall(idx, ev.wall_time)
+    which = ev.WhichOneof("what")
+    if which == "file_version":
+        sink.file_version = ev.file_version
+        return
+    if which != "summary":
+        return
+    for v in ev.summary.value:
+        tag = v.tag or v.node_name
+        kind = v.WhichOneof("value")
+        if v.HasField("metadata") and v.metadata.plugin_data.plugin_name:
+            plugin = v.metadata.plugin_data.plugin_name
+            sink.plugins.setdefault(tag, plugin)
+        else:
+            plugin = sink.plugins.get(tag, "")
+        if kind == "simple_value":
+            sink.kinds.add("simple_value")
+            sink.scalar(tag, ev.step, ev.wall_time, float(v.simple_value))
+        elif kind == "histo":
+            h = v.histo
+            sink.kinds.add("histo")
+            sink.h_rows.append((tag, ev.step, ev.wall_time, h.min, h.max, h.num, h.sum, h.sum_squares, False))
+        elif kind == "tensor" and plugin == "scalars":
+            x = tensor_scalar(v.tensor)
+            if x is None:
+                sink.skipped["scalars (not one number)"] += 1
+            else:
+                sink.kinds.add("tensor")
+                sink.scalar(tag, ev.step, ev.wall_time, x)
+        elif kind == "tensor" and plugin == "histograms":
+            hh = tensor_histogram(v.tensor)
+            if hh is None:
+                sink.skipped["histograms (bad tensor)"] += 1
+            else:
+                sink.kinds.add("tensor")
+                sink.h_rows.append((tag, ev.step, ev.wall_time, *hh, True))
+        elif kind == "image":
+            sink.skipped["images"] += 1
+        elif kind == "audio":
+            sink.skipped["audio"] += 1
+        else:
+            sink.skipped[plugin or (kind or "empty")] += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path: decode the common single-value scalar events of a whole chunk with numpy.
+#
+# Layout of such an Event (protobuf writes fields in number order; every writer here does):
+#   09 <f64 wall_time>  10 <varint step>  2a <len> Summary{ 0a <len> Value{ 0a <len> <tag>
+#       ( 15 <f32 simple_value> | 42 <len> TensorProto{08 <dtype> [12 00] (2a|22) 04 <f32>
+#                                                      | (32|22) 08 <f64>} )
+#       [ 4a <len> SummaryMetadata{ 0a <len> PluginData{ 0a 07 "scalars" ... } } ] } }
+# (wall_time/step are absent when zero). A record that deviates in any way -- histograms, images,
+# several values in one summary, other plugins, damage -- goes through the reference decoder,
+# in file order, so the result is identical to decoding everything with the reference.
+
+_PAD = 32  # zero bytes after every buffer: vectorized reads may run a few bytes past the end
+
+
+def _varint(a, pos):
+    """Vectorized protobuf varint at ``pos``: (value uint64, byte length int64, valid bool)."""
+    import numpy as np
+
+    b = a[pos]
+    val = (b & 0x7F).astype(np.uint64)
+    ln = np.ones(len(pos), np.int64)
+    idx = np.flatnonzero(b >= 0x80)
+    i = 1
+    while idx.size and i < 10:
+        b = a[pos[idx] + i]
+        val[idx] |= (b & 0x7F).astype(np.uint64) << np.uint64(7 * i)
+        ln[idx] += 1
+        idx = idx[b >= 0x80]
+        i += 1
+    valid = np.ones(len(pos), bool)
+    valid[idx] = False
+    return val, ln, valid
+
+
+def _take_len(a, c, pe, ok):
+    """Read a varint length at ``c``: returns (start of the field body, its length) and narrows ``ok``
+    to records whose field fits before ``pe``. Positions stay clamped to the payload."""
+    import numpy as np
+
+    val, ln, valid = _varint(a, c)
+    body = np.minimum(c + ln, pe)
+    room = (pe - body).astype(np.uint64)
+    ok &= valid & (val <= room)
+    length = np.where(ok, val, 0).astype(np.int64)
+    return body, length
+
+
+_MASKS = [(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1]
+
+
+def _factorize_spans(v, start, length):
+    """Codes of equal byte strings ``a[start:start+length]``: (codes, first index per code, exact).
+
+    Hashes 8-byte words (masked to the span) and factorizes the hash; then checks every span
+    against its code's first member, so ``exact`` is False only where a hash collided.
+    """
+    import numpy as np
+    import pandas as pd
+
+    n = len(start)
+    masks = np.asarray(_MASKS, np.uint64)
+    h = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    words = []
+    nw = int(-(-int(length.max()) // 8)) if n else 0
+    for w in range(nw):
+        word = v.u64[start + 8 * w] & masks[np.clip(length - 8 * w, 0, 8)]
+        words.append(word)
+        h = h * np.uint64(0x100000001B3) + word
+    codes, uniq = pd.factorize(h)
+    first = np.empty(len(uniq), np.int64)
+    first[codes[::-1]] = np.arange(n - 1, -1, -1)
+    rep = first[codes]
+    exact = length == length[rep]
+    for word in words:
+        exact &= word == word[rep]
+    return codes.astype(np.int64), first, exact
+
+
+_VARINT_PACK = (
+    (0x007F007F007F007F, 0x7F007F007F007F00, 1),
+    (0x00003FFF00003FFF, 0x3FFF00003FFF0000, 2),
+    (0x000000000FFFFFFF, 0x0FFFFFFF00000000, 4),
+)
+
+
+def _parse_template(v, ps, pe) -> dict:
+    """The commonest event of all in five gathers: wall_time, a 1..7-byte step and one
+    ``simple_value`` with a tag shorter than 119 bytes (so every length is one byte and all
+    offsets follow from the step's varint length and the payload length)."""
+    import numpy as np
+
+    u64 = np.uint64
+    ok = v.u8[ps] == 0x09
+    wall = v.f64[ps + 1]
+    x = v.u64[ps + 9]  # byte 9 is the step's field tag 0x10, then up to 7 varint bytes
+    ok &= (x & u64(0xFF)) == u64(0x10)
+    x >>= u64(8)
+    stop_bits = ~x & u64(0x80808080808080)  # 0x80 of every byte that ends the varint
+    ok &= stop_bits != 0
+    lowest = stop_bits & (~stop_bits + u64(1))  # 2**(8k+7) for a (k+1)-byte varint
+    nbytes = ((lowest.astype(np.float64).view(np.int64) >> 52) - (1023 + 7)) // 8 + 1
+    nbytes[~ok] = 1
+    x &= np.asarray(_MASKS, u64)[nbytes]
+    for lo, hi, shift in _VARINT_PACK:  # squeeze out the continuation bits, 7 payload bits per byte
+        x = (x & u64(lo)) | ((x & u64(hi)) >> u64(shift))
+    step = x.view(np.int64)
+    c = ps + 10 + nbytes
+    tl = pe - c - 11  # payload = 9 + 1+n + 2 + 2 + 2+tag + 5
+    ok &= (tl >= 0) & (tl < 119)
+    tl[~ok] = 0
+    # 2a <tag+9> 0a <tag+7> 0a <tag>: Summary, Value and tag headers in one 6-byte compare.
+    t = tl.astype(u64)
+    expect = u64(0x000A000A092A) + ((t + u64(7)) << u64(24)) + (t * u64(0x10000000100))
+    ok &= (v.u64[np.minimum(c, pe)] & u64(0xFFFFFFFFFFFF)) == expect
+    y = v.u64[np.maximum(pe - 8, ps)]  # ... 15 <f32>: the last 5 bytes
+    ok &= (y & u64(0xFF000000)) == u64(0x15000000)
+    value = (y >> u64(32)).astype(np.uint32).view(np.float32).astype(np.float64)
+    return {"ok": ok, "step": step, "wall": wall, "value": value, "ts": c + 6, "tl": tl}
+
+
+def _parse_general(v, ps, pe) -> dict:
+    """Field-by-field vectorized parse of the layout above (any varint sizes, tensors, metadata)."""
+    import numpy as np
+
+    a = v.u8
+    ok = pe > ps
+    c = ps
+    # Event.wall_time (fixed64) and step (varint), both optional.
+    has = (a[c] == 0x09) & (c + 9 <= pe)
+    wall = np.where(has, v.f64[c + 1], 0.0)
+    c = c + 9 * has
+    has = a[c] == 0x10
+    x, ln, valid = _varint(a, c + 1)
+    step = np.where(has, x.view(np.int64), 0)
+    ok &= ~has | valid
+    c = np.minimum(c + has * (1 + ln), pe)
+    # Event.summary must be the last field, holding exactly one Value, which starts with its tag.
+    ok &= a[c] == 0x2A
+    c, ln = _take_len(a, c + 1, pe, ok)
+    ok &= c + ln == pe
+    ok &= a[c] == 0x0A
+    c, ln = _take_len(a, c + 1, pe, ok)
+    ok &= c + ln == pe
+    ok &= a[c] == 0x0A
+    ts, tl = _take_len(a, c + 1, pe, ok)
+    c = ts + tl
+    # Value.simple_value or Value.tensor (a float/double scalar).
+    b = a[c]
+    is_sv = ok & (b == 0x15)
+    value = v.f32[c + 1].astype(np.float64)
+    is_t = ok & (b == 0x42)
+    tc, tlen = _take_len(a, c + 1, pe, is_t)
+    tend = tc + tlen
+    dtype = a[tc + 1]
+    is_t &= (a[tc] == 0x08) & ((dtype == 1) | (dtype == 2))
+    shape = (a[tc + 2] == 0x12) & (a[tc + 3] == 0)  # tensor_shape {} (rank 0)
+    vc = tc + 2 + 2 * shape
+    kb, nb = a[vc], a[vc + 1]
+    is_f = (dtype == 1) & ((kb == 0x2A) | (kb == 0x22)) & (nb == 4) & (vc + 6 == tend)
+    is_d = (dtype == 2) & ((kb == 0x32) | (kb == 0x22)) & (nb == 8) & (vc + 10 == tend)
+    is_t &= is_f | is_d
+    if is_t.any():
+        value = np.where(is_d, v.f64[vc + 2], value)
+        value = np.where(is_f, v.f32[vc + 2].astype(np.float64), value)
+    c = np.where(is_sv, c + 5, tend)
+    ok &= is_sv | is_t
+    # Optional Value.metadata: only plugin 'scalars' is handled here.
+    has_meta = ok & (a[c] == 0x4A)
+    if has_meta.any():
+        mc, mlen = _take_len(a, c + 1, pe, has_meta)
+        mend = mc + mlen
+        pdok = has_meta & (a[mc] == 0x0A)
+        pc, pdlen = _take_len(a, mc + 1, pe, pdok)
+        pdok &= (a[pc] == 0x0A) & (a[pc + 1] == 7) & (pc + 2 + 7 <= pc + pdlen)
+        word = v.u64[pc + 2] & np.uint64(_MASKS[7])
+        pdok &= word == np.uint64(int.from_bytes(b"scalars", "little"))
+        ok &= ~has_meta | pdok
+        c = np.where(has_meta, mend, c)
+    ok &= c == pe
+    return {"ok": ok, "step": step, "wall": wall, "value": value, "ts": ts, "tl": tl, "is_t": is_t,
+            "has_meta": has_meta}
+
+
+def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base: int, idx0: int) -> None:
+    """Decode the records at ``offsets`` (payload ``lengths``) of ``buf`` into ``sink``, vectorized.
+
+    ``buf`` has at least ``_PAD`` zero bytes after the last record; ``base`` is where ``buf`` starts
+    in the file; ``idx0`` is the index of the first record among the file's records.
+    """
+    import numpy as np
+
+    from adamdiag.io.tfrecord import HEADER, Views
+
+    n = len(offsets)
+    if n == 0:
+        return
+    v = Views(buf)
+    ps = np.asarray(offsets, np.int64) + HEADER
+    pe = ps + np.asarray(lengths, np.int64)
+    f = _parse_template(v, ps, pe)
+    f["is_t"], f["has_meta"] = np.zeros(n, bool), np.zeros(n, bool)
+    rest = np.flatnonzero(~f["ok"])
+    if rest.size:
+        g = _parse_general(v, ps[rest], pe[rest])
+        for key, arr in f.items():
+            arr[rest] = g[key]
+    ok, step, wall, value, ts, tl, is_t, has_meta = (
+        f["ok"], f["step"], f["wall"], f["value"], f["ts"], f["tl"], f["is_t"], f["has_meta"]
+    )
+    fast = np.flatnonzero(ok)
+    # Tags of the fast records: identical byte strings -> one code.
+    tag_of = np.full(n, -1, np.int64)
+    tag_names: list[str] = []
+    if fast.size:
+        codes, first, exact = _factorize_spans(v, ts[fast], tl[fast])
+        names: list[str | None] = []
+        for j in first:
+            s, m = int(ts[fast[j]]), int(tl[fast[j]])
+            try:
+                names.append(bytes(buf[s : s + m]).decode("utf-8"))
+            except UnicodeDecodeError:
+                names.append(None)
+        good = exact & np.asarray([nm is not None for nm in names], bool)[codes]
+        ok[fast[~good]] = False
+        tag_of[fast] = codes
+        tag_names = [nm or "" for nm in names]
+        fast = fast[good]
+    ridx = idx0 + np.arange(n)
+    # Plugin state (TF2 writes metadata only with a tag's first value): the first metadata-bearing
+    # value of a tag decides its plugin, in file order over fast and slow records alike.
+    prior = dict(sink.plugins)
+    meta_fast = fast[has_meta[fast]]
+    fast_first: list[tuple[int, str]] = []
+    if meta_fast.size:
+        u, i_first = np.unique(tag_of[meta_fast], return_index=True)
+        fast_first = sorted((int(ridx[meta_fast[i]]), tag_names[int(t)]) for t, i in zip(u, i_first))
+        fast_first = [(i, t) for i, t in fast_first if t not in prior]
+    slow = np.flatnonzero(~ok)
+    slow_first: dict[str, int] = {}
+    slow_ridx: list[int] = []
+    ptr = 0
+    sink.flush()
+    for i in slow.tolist():
+        r = int(ridx[i])
+        while ptr < len(fast_first) and fast_first[ptr][0] < r:
+            sink.plugins.setdefault(fast_first[ptr][1], "scalars")
+            ptr += 1
+        before_rows, before_tags = len(sink.s_tag), len(sink.plugins)
+        _decode_ref(bytes(buf[ps[i] : pe[i]]), sink, name, base + int(offsets[i]), r)
+        if len(sink.plugins) != before_tags:
+            for t in list(sink.plugins)[before_tags:]:
+                slow_first[t] = r
+        slow_ridx.extend([r] * (len(sink.s_tag) - before_rows))
+    for _, t in fast_first[ptr:]:
+        sink.plugins.setdefault(t, "scalars")
+    first_meta = dict(slow_first)
+    for i, t in fast_first:
+        if i < first_meta.get(t, 1 << 62):
+            first_meta[t] = i
+    # Fast rows: simple values always count; tensor values only where the tag's plugin is 'scalars'.
+    keep = np.ones(fast.size, bool)
+    if fast.size:
+        ft = is_t[fast]
+        if ft.any():
+            tcodes = tag_of[fast]
+            for code, tname in enumerate(tag_names):
+                sel = ft & (tcodes == code)
+                if not sel.any():
+                    continue
+                if tname in prior:
+                    plugin = np.full(int(sel.sum()), prior[tname], object)
+                else:
+                    known = ridx[fast[sel]] >= first_meta.get(tname, 1 << 62)
+                    plugin = np.where(known, sink.plugins.get(tname, ""), "")
+                is_scalar = plugin == "scalars"
+                keep[np.flatnonzero(sel)[~is_scalar]] = False
+                for p, cnt in Counter(plugin[~is_scalar].tolist()).items():
+                    key = "histograms (bad tensor)" if p == "histograms" else (p or "tensor")
+                    sink.skipped[key] += cnt
+            if (ft & keep).any():
+                sink.kinds.add("tensor")
+        if (~ft).any():
+            sink.kinds.add("simple_value")
+        if sink.first_wall_idx > idx0:
+            nz = np.flatnonzero(wall[fast] != 0)
+            if nz.size:
+                sink.note_wall(int(ridx[fast[nz[0]]]), float(wall[fast[nz[0]]]))
+    if not keep.all():
+        fast = fast[keep]
+    # Register only tags that keep rows (a tag whose values were all skipped is not a scalar tag).
+    used = np.bincount(tag_of[fast], minlength=len(tag_names)) if fast.size else np.zeros(len(tag_names), int)
+    remap = np.asarray([sink.tag_id(t) if u else -1 for t, u in zip(tag_names, used)] or [0], np.int32)
+    if fast.size == n:  # the usual case: every record was a fast scalar, no need to select
+        f_rows = (remap[tag_of], step, wall, value)
+    else:
+        f_rows = (remap[tag_of[fast]], step[fast], wall[fast], value[fast])
+    if not sink.s_tag:
+        sink.parts.append(f_rows)
+        return
+    # Merge the reference-decoded rows back into file order.
+    s_rows = sink.take_lists()
+    order = np.argsort(np.concatenate([ridx[fast], np.asarray(slow_ridx, np.int64)]), kind="stable")
+    sink.parts.append(tuple(np.concatenate([f, s])[order] for f, s in zip(f_rows, s_rows)))
+
+
+CHUNK_BYTES = 4 << 20  # bytes read and decoded at a time: bounds the temporaries of the fast path
+
+
+def _padded(data: bytes | bytearray | memoryview) -> bytearray:
+    buf = bytearray(len(data) + _PAD)
+    buf[: len(data)] = data
+    return buf
+
+
+def _read_ref(path: Path, sink: _Sink, *, check_crc: bool, fast_decode: bool = False) -> tuple[int, int]:
+    """Reference framing over the whole file: (file size, number of valid records)."""
+    buf = path.read_bytes()
+    records = _scan_tail(buf, 0, 0, sink, str(path), check_crc=check_crc, fast_decode=fast_decode) if buf else 0
+    return len(buf), records
+
+
+def _scan_tail(data: bytes, base: int, idx0: int, sink: _Sink, name: str, *, check_crc: bool,
+               fast_decode: bool) -> int:
+    """Reference framing of ``data`` (the file from byte ``base`` on); decodes what verifies.
+
+    Returns the number of valid records found."""
+    import numpy as np
+
+    from adamdiag.io import tfrecord
+
+    scan = tfrecord.read_records_ref(data, check_crc=check_crc, name=name, base=base)
+    sink.warnings.extend(scan.warnings)
+    if scan.bad_records:
+        sink.skipped["crc_mismatch"] += scan.bad_records
+    if fast_decode:
+        _decode_chunk(_padded(data), np.asarray(scan.offsets, np.int64), np.asarray(scan.lengths, np.int64),
+                      sink, name, base, idx0)
+    else:
+        for k, (off, ln) in enumerate(zip(scan.offsets, scan.lengths)):
+            _decode_ref(data[off + tfrecord.HEADER : off + tfrecord.HEADER + ln], sink, name, base + off, idx0 + k)
+    return len(scan.offsets)
+
+
+def _read_fast(path: Path, sink: _Sink, *, check_crc: bool, chunk_bytes: int | None = None) -> tuple[int, int]:
+    """Fast framing chunk by chunk; any irregularity hands the rest of the file to the reference
+    framing (which says exactly what is wrong). Returns (file size, number of valid records)."""
+    from adamdiag.io import tfrecord
+
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    name = str(path)
+    records = 0
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        base = 0  # file offset of buf[0]
+        carry = b""
+        while True:
+            buf = bytearray(len(carry) + chunk_bytes + _PAD)
+            buf[: len(carry)] = carry
+            got = f.readinto(memoryview(buf)[len(carry) : len(carry) + chunk_bytes])
+            n = len(carry) + got
+            at_eof = base + n >= size or got == 0
+            w = tfrecord.walk_records(buf, n, check_crc=check_crc)
+            if len(w.offsets) and check_crc and not tfrecord.verify_crcs(buf, w.offsets, w.lengths):
+                w.stop, w.damaged = 0, True  # damage somewhere in this chunk: the reference finds it
+            elif len(w.offsets):
+                _decode_chunk(buf, w.offsets, w.lengths, sink, name, base, records)
+                records += len(w.offsets)
+            pending = n - w.stop
+            need = 0
+            if not w.damaged and pending >= tfrecord.HEADER:
+                need = int.from_bytes(buf[w.stop : w.stop + 8], "little") + tfrecord.HEADER + tfrecord.FOOTER
+            if w.damaged or (at_eof and pending) or base + w.stop + need > size:
+                f.seek(base + w.stop)
+                records += _scan_tail(f.read(), base + w.stop, records, sink, name, check_crc=check_crc,
+                                      fast_decode=True)
+                break
+            if at_eof:
+                break
+            carry = bytes(buf[w.stop : n])
+            base += w.stop
+            if need > chunk_bytes:  # one record larger than a chunk: read it whole next time
+                chunk_bytes = need
+    return size, records
+
+
+def _warning_offset(message: str) -> float:
+    import re
+
+    m = re.search(r" at byte (\d+)", message)
+    return int(m.group(1)) if m else float("inf")
+
+
+def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) -> FileData:
+    """Decode one event file. ``fast=False`` uses the plain-loop reference readers only."""
+    import numpy as np
+
+    path = Path(path)
+    name = str(path)
+    sink = _Sink()
+    try:
+        if fast:
+            size, records = _read_fast(path, sink, check_crc=check_crc)
+        else:
+            size, records = _read_ref(path, sink, check_crc=check_crc)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    sink.flush()
+    # Framing and decoding warnings arrive in different orders on the two paths: list them in file order.
+    sink.warnings.sort(key=_warning_offset)
+    readable = True
+    if size == 0:
+        sink.warnings.append(f"{name}: empty event file (0 bytes)")
+    elif records == 0:
+        readable = False
+        sink.warnings.append(f"{name}: no readable records; not a TensorBoard event file?")
+    parts = sink.parts or [(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))]
+    return FileData(
+        path=name,
+        size=size,
+        tags=list(sink.tag_index),
+        s_tag=[p[0] for p in parts],
+        s_step=[p[1] for p in parts],
+        s_wall=[p[2] for p in parts],
+        s_value=[p[3] for p in parts],
+        h_rows=sink.h_rows,
+        warnings=sink.warnings,
+        skipped=sink.skipped,
+        records=records,
+        file_version=sink.file_version,
+        first_wall_time=sink.first_wall,
+        kinds=sink.kinds,
+        readable=readable,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Assembling runs.
+
+
+def _assemble(run: str, datas: list[FileData]) -> RunEvents:
+    """Order files by (first wall time, name), assign segments and build the two frames once."""
+    import numpy as np
+    import pandas as pd
+
+    datas = sorted(datas, key=lambda d: (d.first_wall_time, os.path.basename(d.path)))
+    files = [d.path for d in datas]
+    # Sorted tag categories: the same frame whichever decoder (or file order) met a tag first.
+    all_tags = sorted({t for d in datas for t in d.tags})
+    tag_pos = {t: i for i, t in enumerate(all_tags)}
+    parts_tag, parts_seg = [], []
+    for seg, d in enumerate(datas):
+        remap = np.asarray([tag_pos[t] for t in d.tags] or [0], np.int32)
+        for codes in d.s_tag:
+            parts_tag.append(remap[codes])
+            parts_seg.append(np.full(len(codes), seg, np.int32))
+
+    def cat(parts: list, dtype) -> Any:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+    seg = cat(parts_seg, np.int32)
+    n = len(seg)
+    columns = {
+        "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
+        "tag": pd.Categorical.from_codes(cat(parts_tag, np.int32), categories=all_tags),
+    }
+    del parts_tag
+    # One column at a time, dropping the per-chunk parts as we go, keeps the peak memory low.
+    columns["step"] = cat([p for d in datas for p in d.s_step], np.int64)
+    for d in datas:
+        d.s_step = []
+    columns["wall_time"] = cat([p for d in datas for p in d.s_wall], np.float64)
+    for d in datas:
+        d.s_wall = []
+    columns["value"] = cat([p for d in datas for p in d.s_value], np.float64)
+    for d in datas:
+        d.s_value = []
+    columns["segment"] = seg
+    columns["source_file"] = pd.Categorical.from_codes(seg, categories=files) if files else pd.Categorical([])
+    scalars = pd.DataFrame(columns, copy=False)
+    histograms = _histogram_frame(run, datas, files)
+    warnings = [w for d in datas for w in d.warnings]
+    skipped: Counter = Counter()
+    for d in datas:
+        skipped.update(d.skipped)
+    info = [
+        {
+            "path": d.path,
+            "segment": i,
+            "size": d.size,
+            "records": d.records,
+            "file_version": d.file_version,
+            "first_wall_time": None if d.first_wall_time == float("inf") else d.first_wall_time,
+            "kinds": sorted(d.kinds),
+            "readable": d.readable,
+        }
+        for i, d in enumerate(datas)
+    ]
+    return RunEvents(run=run, scalars=scalars, histograms=histograms, warnings=warnings,
+                     skipped=dict(skipped), files=files, file_info=info)
+
+
+def _histogram_frame(run: str, datas: list[FileData], files: list[str]) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
+    rows = [(*r, seg) for seg, d in enumerate(datas) for r in d.h_rows]
+    cols = ["tag", "step", "wall_time", "min", "max", "num", "sum", "sum_squares", "approx", "segment"]
+    df = pd.DataFrame.from_records(rows, columns=cols) if rows else pd.DataFrame({c: [] for c in cols})
+    n = len(df)
+    seg = df["segment"].to_numpy(np.int32) if n else np.zeros(0, np.int32)
+    out = pd.DataFrame(
+        {
+            "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
+            "tag": pd.Categorical(df["tag"].astype(str) if n else []),
+            "step": df["step"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
+            "wall_time": df["wall_time"].to_numpy(np.float64) if n else np.zeros(0),
+            "min": df["min"].to_numpy(np.float64) if n else np.zeros(0),
+            "max": df["max"].to_numpy(np.float64) if n else np.zeros(0),
+            "num": df["num"].to_numpy(np.float64) if n else np.zeros(0),
+            "sum": df["sum"].to_numpy(np.float64) if n else np.zeros(0),
+            "sum_squares": df["sum_squares"].to_numpy(np.float64) if n else np.zeros(0),
+            "segment": seg,
+            "source_file": pd.Categorical.from_codes(seg, categories=files) if files else pd.Categorical([]),
+            "approx": df["approx"].to_numpy(bool) if n else np.zeros(0, bool),
+        }
+    )
+    return out[HISTOGRAM_COLUMNS]
+
+
+def _read_file_task(args: tuple[str, bool]) -> FileData:
+    return read_file(args[0], check_crc=args[1])
+
+
+def read_run(
+    run_dir: Path,
+    *,
+    check_crc: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> RunEvents:
+    """All event files directly in ``run_dir`` (or the single file), every event kept.
+
+    Files are ordered by (first wall_time, name); ``segment`` is the index in that order.
+    ``progress``, if given, is called with the number of bytes just read after each file.
+    Raises :class:`InputError` when files exist but not one valid record could be read from any.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"no such file or directory: {run_dir}")
+    paths = run_files(run_dir)
+    if not paths:
+        raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {run_dir}")
+    datas = []
+    for p in paths:
+        d = read_file(p, check_crc=check_crc)
+        datas.append(d)
+        if progress is not None:
+            progress(d.size)
+    return _finish(str(run_dir), datas)
+
+
+def _finish(run: str, datas: list[FileData]) -> RunEvents:
+    if datas and not any(d.records for d in datas) and any(d.size for d in datas):
+        first = next(w for d in datas for w in d.warnings)
+        raise InputError(f"nothing readable in {run}: {first}")
+    return _assemble(run, datas)
+
+
+def read_runs(
+    paths: Sequence[Path],
+    *,
+    check_crc: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> list[RunEvents]:
+    """Find the runs under ``paths`` and read them all.
+
+    With more than one run and enough bytes to pay for it, files are decoded in worker processes.
+    ``progress(done_bytes, total_bytes)`` is called as files finish.
+    """
+    runs = find_runs(paths)
+    files = {r: run_files(r) for r in runs}
+    sizes = {f: f.stat().st_size for fs in files.values() for f in fs}
+    total = sum(sizes.values())
+    done = 0
+    results: dict[Path, FileData] = {}
+    n_workers = workers if workers is not None else min(len(sizes), os.cpu_count() or 1)
+    if progress is not None:
+        progress(0, total)
+    if len(runs) > 1 and total >= PARALLEL_MIN_BYTES and n_workers > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        order = sorted(sizes, key=lambda f: -sizes[f])  # biggest first: better load balance
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            futs = {pool.submit(_read_file_task, (str(f), check_crc)): f for f in order}
+            for fut in as_completed(futs):
+                f = futs[fut]
+                results[f] = fut.result()
+                done += sizes[f]
+                if progress is not None:
+                    progress(done, total)
+    else:
+        for f in sizes:
+            results[f] = read_file(f, check_crc=check_crc)
+            done += sizes[f]
+            if progress is not None:
+                progress(done, total)
+    return [_finish(str(r), [results[f] for f in files[r]]) for r in runs]
+
+
+def series(scalars: pd.DataFrame, tag: str, *, raw: bool = False) -> pd.Series:
+    """Value by step of ``tag`` as the run really went.
+
+    Where steps overlap (a restart re-logged them), the value from the later segment wins, and
+    within one segment the later record wins. Rows of an earlier segment at or after the first step
+    of a later segment (for this tag) are dropped: the run was restarted from there. ``raw=True`` returns every row in file order (index
+    ``step``, possibly duplicated).
+    """
+    import numpy as np
+    import pandas as pd
+
+    sel = scalars[scalars["tag"] == tag]
+    if raw:
+        return pd.Series(sel["value"].to_numpy(), index=pd.Index(sel["step"].to_numpy(), name="step"), name=tag)
+    # Stable sort by segment keeps the file order inside a segment, so "last" = later record.
+    order = np.argsort(sel["segment"].to_numpy(), kind="stable")
+    steps = sel["step"].to_numpy()[order]
+    values = sel["value"].to_numpy()[order]
+    segs = sel["segment"].to_numpy()[order]
+    if len(segs) and segs[0] != segs[-1]:
+        # A restart resumes at its first step: rows an earlier segment logged at or after that step
+        # were orphaned (the run went back), as TensorBoard's purge does -- but per tag, so two
+        # writers logging different tags into one directory do not purge each other.
+        uniq, first = np.unique(segs, return_index=True)
+        seg_min = np.minimum.reduceat(steps, first)
+        cutoff = np.minimum.accumulate(np.append(seg_min[1:], np.iinfo(np.int64).max)[::-1])[::-1]
+        keep = steps < cutoff[np.searchsorted(uniq, segs)]
+        steps, values = steps[keep], values[keep]
+    s = pd.Series(values, index=pd.Index(steps, name="step"), name=tag)
+    s = s[~s.index.duplicated(keep="last")]
+    return s.sort_index(kind="stable")

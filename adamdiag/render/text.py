@@ -1,0 +1,41 @@
+"""Human-readable text: one summary table, then findings and a recommendation per run."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from rich.markup import escape
+
+from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
+from adamdiag.report import Report
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+_VERDICT_STYLE = {"healthy": "green", "inconclusive": "yellow"}
+
+
+def render_text(report: Report, width: int = 110) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    # Colour only when stdout is a terminal and NO_COLOR is unset; data must stay plain in pipes.
+    color = os.isatty(1) and not os.environ.get("NO_COLOR")
+    con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
+    table = Table(title=f"adamdiag — {len(report.runs)} run(s)", title_justify="left")
+    for col in ("run", "verdict", "blowup step", "warning step", "lead time", "sources"):
+        table.add_column(col)
+    for r in report.runs:
+        table.add_row(escape(r.run), f"[{_VERDICT_STYLE.get(r.verdict, 'bold red')}]{r.verdict}[/]", fmt_step(r.blowup_step),
+                      fmt_step(r.warning_step), lead(r), ", ".join(r.sources) or "-")
+    con.print(table)
+    for r in report.runs:
+        con.print()
+        con.print(f"[bold]{escape(r.run)}[/]: {VERDICT_TEXT.get(r.verdict, r.verdict)}", soft_wrap=True)
+        for f in r.findings:
+            where = f" step {f.step}" if f.step is not None else ""
+            con.print(f"  [{_STYLE[f.severity]}]{f.id} {f.severity}[/]{where}: {escape(f.message)}", soft_wrap=True)
+        rec = recommendation_line(r)
+        if rec:
+            con.print(f"  [bold]recommendation:[/] {escape(rec)}", soft_wrap=True)
+    return buf.getvalue()

@@ -1,0 +1,208 @@
+"""Load a training checkpoint for replay: model weights, Adam/AdamW state and the step.
+
+Kept small and self-contained: ``torch.load(weights_only=True)`` (arbitrary unpickling only with
+``--trust-checkpoint``), then the optimizer state dict is found by content (a dict with ``state`` and
+``param_groups``) and the model state dict by key or content, so the common layouts
+(``{'model', 'optimizer', 'step'}``, Lightning's ``state_dict``/``optimizer_states``, ...) all work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError, UntrustedCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+_MODEL_KEYS = ("model", "model_state_dict", "state_dict", "model_state", "net", "module")
+_OPTIM_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt", "optimizer_states")
+_STEP_KEYS = ("step", "global_step", "iteration", "iter")
+
+
+@dataclass
+class ReplayCheckpoint:
+    """What replay needs from a checkpoint; tensors stay on the CPU and are never modified."""
+
+    path: Path
+    step: int
+    model_state: dict[str, torch.Tensor]
+    optim_state: dict[str, Any]  # {"state": {id: {...}}, "param_groups": [...]}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optim_state["param_groups"]
+
+
+def _is_optim_sd(x: Any) -> bool:
+    return isinstance(x, Mapping) and "state" in x and "param_groups" in x and isinstance(x["param_groups"], list)
+
+
+def _is_tensor_map(x: Any) -> bool:
+    import torch
+
+    return (isinstance(x, Mapping) and len(x) > 0 and all(isinstance(k, str) for k in x)
+            and all(isinstance(v, torch.Tensor) for v in x.values()))
+
+
+def _find(obj: Any, pred, keys: tuple[str, ...], depth: int = 3) -> Any:
+    """Breadth-first: preferred keys first at each level, then any value matching ``pred``."""
+    if pred(obj):
+        return obj
+    level = [obj]
+    for _ in range(depth):
+        nxt = []
+        for o in level:
+            if isinstance(o, Mapping):
+                vals = [o[k] for k in keys if k in o] + [v for k, v in o.items() if k not in keys]
+            elif isinstance(o, (list, tuple)):
+                vals = list(o)
+            else:
+                continue
+            for v in vals:
+                if pred(v):
+                    return v
+                nxt.append(v)
+        level = nxt
+    return None
+
+
+def _step_of(raw: Any, optim: Mapping[str, Any], path: Path) -> int:
+    import torch
+
+    if isinstance(raw, Mapping):
+        for k in _STEP_KEYS:
+            v = raw.get(k)
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
+                return int(v)
+    steps = []
+    for st in optim["state"].values():
+        v = st.get("step") if isinstance(st, Mapping) else None
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        if isinstance(v, (int, float)):
+            steps.append(int(v))
+    if steps:
+        return max(steps)
+    m = re.findall(r"\d+", path.stem)
+    if m:
+        return int(m[-1])
+    raise InputError(f"{path}: cannot tell the checkpoint's step (no 'step' key, no optimizer step, no number in the name)")
+
+
+def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoint:
+    """Read ``path`` and check that it holds Adam/AdamW state; InputError with one line otherwise."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such checkpoint: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give one checkpoint file (e.g. {path}/step_000100.pt)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
+            raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{path} needs arbitrary unpickling (it holds Python objects beyond tensors); "
+                "pass --trust-checkpoint only if you trust its source"
+            ) from None
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise InputError(f"cannot read checkpoint {path}: {type(e2).__name__}: {e2}") from None
+    except Exception as e:  # noqa: BLE001 - corrupt/truncated/not a torch file
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"cannot read checkpoint {path}: {first}") from None
+
+    optim = _find(raw, _is_optim_sd, _OPTIM_KEYS)
+    if optim is None:
+        keys = ", ".join(map(str, raw)) if isinstance(raw, Mapping) else type(raw).__name__
+        raise InputError(f"{path}: no optimizer state (a dict with 'state' and 'param_groups'); found: {keys}")
+    states = [s for s in optim["state"].values() if isinstance(s, Mapping)]
+    if not states:
+        raise InputError(f"{path}: the optimizer state is empty (saved before the first step?); nothing to replay")
+    if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
+        found = sorted({k for s in states for k in s})
+        hint = " (SGD with momentum)" if "momentum_buffer" in found else ""
+        raise InputError(f"{path}: not Adam/AdamW state: per-parameter state has {', '.join(found) or 'nothing'}"
+                         f"{hint}; replay needs exp_avg and exp_avg_sq")
+    for i, g in enumerate(optim["param_groups"]):
+        missing = [k for k in ("lr", "betas", "eps", "params") if k not in g]
+        if missing:
+            raise InputError(f"{path}: optimizer param group {i} lacks {', '.join(missing)}; not torch.optim.Adam state")
+    model = None
+    if isinstance(raw, Mapping):
+        for k in _MODEL_KEYS:
+            if _is_tensor_map(raw.get(k)):
+                model = raw[k]
+                break
+        if model is None:
+            model = _find({k: v for k, v in raw.items() if v is not optim}, _is_tensor_map, _MODEL_KEYS, depth=2)
+    if model is None:
+        raise InputError(f"{path}: no model state dict (a mapping of parameter names to tensors) found")
+    return ReplayCheckpoint(path=path, step=_step_of(raw, optim, path), model_state=dict(model), optim_state=optim)
+
+
+def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tuple[str, int]]]:
+    """For each param group, (parameter name, optimizer state id) in the optimizer's order.
+
+    The optimizer saved ids 0..n-1 in the order it was given its parameters. With ``param_names``
+    saved (torch >= 2.5 when built from ``named_parameters()``) they are matched by name; otherwise
+    the order is assumed to be ``model.parameters()`` (``Adam(model.parameters())``), checked by
+    count and by the shapes of the saved moments.
+    """
+    named = list(model.named_parameters())
+    by_name = dict(named)
+    groups = ckpt.param_groups
+    n_ids = sum(len(g["params"]) for g in groups)
+    out: list[list[tuple[str, int]]] = []
+    if all("param_names" in g for g in groups):
+        for g in groups:
+            row = []
+            for name, pid in zip(g["param_names"], g["params"]):
+                if name not in by_name:
+                    raise InputError(f"{ckpt.path}: optimizer parameter {name!r} is not a parameter of the entry's model")
+                row.append((name, pid))
+            out.append(row)
+    else:
+        if n_ids != len(named):
+            raise InputError(
+                f"{ckpt.path}: the optimizer holds {n_ids} parameters but the entry's model has {len(named)}; "
+                "replay assumes the optimizer was built from model.parameters()"
+            )
+        i = 0
+        for g in groups:
+            row = []
+            for pid in g["params"]:
+                row.append((named[i][0], pid))
+                i += 1
+            out.append(row)
+    for row in out:
+        for name, pid in row:
+            st = ckpt.optim_state["state"].get(pid)
+            if st is not None and "exp_avg" in st and tuple(st["exp_avg"].shape) != tuple(by_name[name].shape):
+                raise InputError(
+                    f"{ckpt.path}: optimizer state {pid} has shape {tuple(st['exp_avg'].shape)} but parameter "
+                    f"{name} has {tuple(by_name[name].shape)}; the optimizer's parameter order does not match the model"
+                )
+    return out
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: ReplayCheckpoint) -> None:
+    """Copy the checkpoint's weights into ``model`` (strict: a mismatch means a different architecture)."""
+    try:
+        model.load_state_dict(ckpt.model_state, strict=True)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:300]
+        raise InputError(f"{ckpt.path}: the checkpoint's model weights do not fit the entry's model: {first}") from None

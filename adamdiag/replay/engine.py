@@ -1,0 +1,258 @@
+"""Sequential replay with the real ``torch.optim.Adam``: the reference implementation.
+
+One variant at a time: load the checkpoint's weights into the entry's model, build a real
+``torch.optim.Adam`` (or AdamW semantics via ``decoupled_weight_decay``) with the checkpoint's state and
+the variant's eps/beta2/lr, and run the training step exactly as the protocol defines it::
+
+    loss = loss_fn(model, batch(t))      # the logged train/loss at step t (before update t)
+    loss.backward(); clip_grad_norm_(...); opt.step()
+
+The batched sweep (:mod:`adamdiag.replay.sweep`) is tested against this.
+
+Per step and variant we also record (all over every element of every parameter):
+
+- ``update_rms``: sqrt(mean(g² / max(v̂_{t-1}, eps²))) with g the (clipped) gradient Adam is about to
+  use and v̂_{t-1} its bias-corrected second moment before the update (Wortsman et al. 2023; > 1
+  means the gradient is far larger than Adam's estimate of it, as at a regrowth after v collapse);
+- ``sqrt_vhat``: sqrt(mean(v̂_t)) after the update (how far v has decayed);
+- ``frac_eps``: fraction of elements with √v̂_t < eps (where eps, not √v̂, sets the step).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError
+from adamdiag.replay.checkpoint import ReplayCheckpoint, load_model_weights, param_order
+from adamdiag.replay.protocol import ReplaySpec, Variant, variant_groups
+
+if TYPE_CHECKING:
+    import torch
+
+# Progress appears only for replays that take longer than this (seconds): short ones stay quiet.
+PROGRESS_AFTER_S = 2.0
+
+
+@dataclass
+class Curve:
+    """What one variant's replay produced; entry i is step start+1+i. Truncated after the first
+    non-finite loss (the run is over for that variant)."""
+
+    losses: list[float] = field(default_factory=list)
+    update_rms: list[float] = field(default_factory=list)
+    sqrt_vhat: list[float] = field(default_factory=list)
+    frac_eps: list[float] = field(default_factory=list)
+
+    def truncate_nonfinite(self) -> Curve:
+        for i, x in enumerate(self.losses):
+            if not math.isfinite(x):
+                n = i + 1
+                return Curve(self.losses[:n], self.update_rms[:n], self.sqrt_vhat[:n], self.frac_eps[:n])
+        return self
+
+
+class LazyProgress:
+    """A rich progress bar on stderr that only appears once the work has taken PROGRESS_AFTER_S, and
+    only when stderr is a terminal (logs and pipes stay clean)."""
+
+    def __init__(self, total: int, description: str = "replaying", enabled: bool = True) -> None:
+        self.total = total
+        self.description = description
+        self.enabled = enabled and sys.stderr.isatty()
+        self.done = 0
+        self.t0 = time.monotonic()
+        self._bar = None
+        self._task = None
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self._bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
+            import os
+
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.done)
+        elif self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> LazyProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; other objects pass through."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(to_device(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def get_batch(spec: ReplaySpec, t: int, device: torch.device) -> Any:
+    try:
+        b = spec.batch(t)
+    except Exception as e:  # noqa: BLE001 - user code
+        raise InputError(f"entry point {spec.entry}: batch({t}) raised {type(e).__name__}: {e}") from None
+    return to_device(b, device)
+
+
+def check_loss(spec: ReplaySpec, loss: Any, t: int) -> None:
+    import torch
+
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        what = type(loss).__name__ if not isinstance(loss, torch.Tensor) else f"a tensor of shape {tuple(loss.shape)}"
+        raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) must return a scalar tensor, got {what}")
+    if not loss.requires_grad:
+        raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) does not depend on the model's "
+                         "parameters (no grad); is the model in torch.no_grad() or are its parameters frozen?")
+
+
+def optimizer_groups(ckpt: ReplayCheckpoint, variant: Variant, device: torch.device) -> list[dict[str, Any]]:
+    """The checkpoint's param groups with the variant's hyperparameters, made safe to run on
+    ``device`` (capturable/differentiable are training-time options that change nothing numerically)."""
+    groups = variant_groups(ckpt.param_groups, variant)
+    for g in groups:
+        g["capturable"] = bool(g.get("capturable", False)) and device.type == "cuda"
+        g["differentiable"] = False
+        if g.get("fused") and device.type not in ("cuda", "cpu"):
+            g["fused"] = None
+    return groups
+
+
+def _named_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return dict(model.named_parameters())
+
+
+def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps: int, device: torch.device,
+               progress: LazyProgress | None = None) -> Curve:
+    """Replay ``steps`` steps of one variant with the real torch.optim.Adam."""
+    import torch
+
+    model = spec.model
+    load_model_weights(model, ckpt)
+    model.to(device)
+    order = param_order(ckpt, model)
+    named = _named_params(model)
+    groups = optimizer_groups(ckpt, variant, device)
+    params_by_group = [[named[name] for name, _ in row] for row in order]
+    opt = torch.optim.Adam([{**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": ps}
+                            for g, ps in zip(groups, params_by_group)])
+    # Saved state ids -> positions 0..n-1 in the order above; deep copy so the checkpoint in memory is
+    # never touched by the in-place updates (load_state_dict may keep the very same tensors).
+    remap = {pid: i for i, (_, pid) in enumerate(p for row in order for p in row)}
+    state = {remap[pid]: copy.deepcopy(st) for pid, st in ckpt.optim_state["state"].items() if pid in remap}
+    sd_groups = []
+    start = 0
+    for g, row in zip(groups, order):
+        g = {k: v for k, v in g.items() if k != "param_names"}
+        g["params"] = list(range(start, start + len(row)))
+        start += len(row)
+        sd_groups.append(g)
+    opt.load_state_dict({"state": state, "param_groups": sd_groups})
+    params = [p for ps in params_by_group for p in ps]
+    hyper = [(g["eps"], g["betas"][1]) for g, ps in zip(opt.param_groups, params_by_group) for _ in ps]
+
+    curve = Curve()
+    for t in range(ckpt.step + 1, ckpt.step + steps + 1):
+        batch = get_batch(spec, t, device)
+        opt.zero_grad(set_to_none=True)
+        try:
+            loss = spec.loss(model, batch)
+        except Exception as e:  # noqa: BLE001 - user code
+            raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) raised {type(e).__name__}: {e}") from None
+        check_loss(spec, loss, t)
+        loss.backward()
+        if spec.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+        curve.update_rms.append(_update_rms_ref(params, opt, hyper))
+        opt.step()
+        sv, fe = _vhat_stats_ref(params, opt, hyper)
+        curve.sqrt_vhat.append(sv)
+        curve.frac_eps.append(fe)
+        lv = float(loss.detach())
+        curve.losses.append(lv)
+        if progress is not None:
+            progress.advance()
+        if not math.isfinite(lv):
+            if progress is not None:
+                progress.advance(ckpt.step + steps - t)
+            break
+    return curve
+
+
+def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]) -> float:
+    """sqrt(mean over all elements of g²/max(v̂_{t-1}, eps²)); params without state yet are skipped."""
+    import torch
+
+    num, n = 0.0, 0
+    with torch.no_grad():
+        for p, (eps, beta2) in zip(params, hyper):
+            st = opt.state.get(p, {})
+            if p.grad is None or "exp_avg_sq" not in st:
+                continue
+            k = float(st["step"])
+            if k <= 0:
+                continue
+            vhat = st["exp_avg_sq"] / (1.0 - beta2**k)
+            num += float((p.grad.double() ** 2 / torch.clamp(vhat.double(), min=eps * eps)).sum())
+            n += p.numel()
+    return math.sqrt(num / n) if n else float("nan")
+
+
+def _vhat_stats_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer,
+                    hyper: list[tuple[float, float]]) -> tuple[float, float]:
+    """(sqrt(mean v̂), fraction of elements with √v̂ < eps) after the update."""
+    tot, below, n = 0.0, 0, 0
+    for p, (eps, beta2) in zip(params, hyper):
+        st = opt.state.get(p, {})
+        if "exp_avg_sq" not in st:
+            continue
+        k = float(st["step"])
+        if k <= 0:
+            continue
+        vhat = st["exp_avg_sq"].double() / (1.0 - beta2**k)
+        tot += float(vhat.sum())
+        below += int((vhat.sqrt() < eps).sum())
+        n += p.numel()
+    if not n:
+        return float("nan"), float("nan")
+    return math.sqrt(tot / n), below / n
+
+
+def replay_sequential(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Variant], steps: int,
+                      device: torch.device, progress: LazyProgress | None = None,
+                      on_variant: Callable[[int], None] | None = None) -> list[Curve]:
+    """Each variant in turn (the reference path). Memory: the model, one optimizer, one batch."""
+    out = []
+    for i, v in enumerate(variants):
+        if on_variant is not None:
+            on_variant(i)
+        out.append(replay_one(spec, ckpt, v, steps, device, progress))
+    return out

@@ -1,0 +1,316 @@
+"""The replay entry-point protocol: how adamdiag gets the model, the batches and the loss of a run.
+
+A project exposes one function (see docs/replay.md)::
+
+    def adamdiag_replay(checkpoint: str) -> dict:
+        return {"model": nn.Module,                  # architecture; adamdiag loads the checkpoint's weights
+                "batch": Callable[[int], Any],       # batch of optimizer step t (1-based)
+                "loss": Callable[[nn.Module, Any], torch.Tensor],   # scalar total loss
+                "clip_grad_norm": float | None}
+
+``batch(t)`` is the batch of the update whose completion makes the optimizer's step counter equal t,
+and the logged ``train/loss`` at step t is ``loss(model, batch(t))`` computed *before* update t. So a
+checkpoint after s updates replays steps s+1, s+2, ... and each replayed loss lines up with a logged one.
+
+Where the entry point is found: ``--entry module:function`` or ``path/to/file.py:function``; else
+``adamdiag.toml`` (``[replay] entry = "..."``) or ``pyproject.toml`` (``[tool.adamdiag.replay] entry``)
+in the checkpoint's directory or any directory above it, then in the current working directory. A file
+path in a config file is relative to that file's directory.
+
+This module also defines the variants (alternate eps/beta2/lr) and how they map onto param groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
+    import torch
+
+# The original report's candidates: each bounds the per-element step lr/(√v̂+eps) at a different level.
+DEFAULT_EPS_CANDIDATES = ("1e-3", "1e-2", "1e-1")
+CONFIG_FILES = ("adamdiag.toml", "pyproject.toml")
+
+
+@dataclass
+class ReplaySpec:
+    """What an entry point returned, validated."""
+
+    model: torch.nn.Module
+    batch: Callable[[int], Any]
+    loss: Callable[[Any, Any], Any]
+    clip_grad_norm: float | None
+    entry: str  # the entry point as resolved, for the report
+    source: str  # where it came from: "--entry", or the config file's path
+
+
+# --------------------------------------------------------------------------------------------
+# Entry-point resolution
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise InputError(f"cannot read {path}: Python 3.10 needs the 'tomli' package for TOML") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def _entry_in_config(path: Path) -> str | None:
+    data = _read_toml(path)
+    if path.name == "pyproject.toml":
+        section = data.get("tool", {}).get("adamdiag", {}).get("replay", {})
+    else:
+        section = data.get("replay", {})
+    entry = section.get("entry") if isinstance(section, dict) else None
+    if entry is not None and not isinstance(entry, str):
+        raise InputError(f"{path}: replay entry must be a string like 'module:function', got {entry!r}")
+    return entry
+
+
+def find_config_entry(start: Path, cwd: Path | None = None) -> tuple[str, Path] | None:
+    """First ``entry`` in adamdiag.toml / pyproject.toml from ``start`` upward, then in ``cwd``.
+
+    Returns (entry, config file) or None.
+    """
+    dirs: list[Path] = []
+    d = start.resolve()
+    while True:
+        dirs.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    cwd = (cwd or Path.cwd()).resolve()
+    if cwd not in dirs:
+        dirs.append(cwd)
+    for d in dirs:
+        for name in CONFIG_FILES:
+            p = d / name
+            if p.is_file():
+                entry = _entry_in_config(p)
+                if entry:
+                    return entry, p
+    return None
+
+
+def _is_file_entry(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _import_file(path: Path) -> Any:
+    """Import a Python file as a module under a unique name; its directory goes on sys.path so its
+    sibling imports work (that is how the file is normally run)."""
+    if not path.is_file():
+        raise InputError(f"entry point file not found: {path}")
+    name = "adamdiag_entry_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    parent = str(path.resolve().parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot import entry point file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec: dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is an input problem
+        del sys.modules[name]
+        raise InputError(f"importing entry point file {path} failed: {type(e).__name__}: {e}") from None
+    return module
+
+
+def load_entry_function(entry: str, base: Path | None = None) -> Callable[[str], Any]:
+    """The function named by ``module:function`` or ``path/file.py:function`` (relative to ``base``)."""
+    target, sep, func = entry.rpartition(":")
+    if not sep or not target or not func:
+        raise InputError(f"bad entry point {entry!r}: expected 'module:function' or 'path/to/file.py:function'")
+    if _is_file_entry(target):
+        path = Path(target).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        module = _import_file(path)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise InputError(f"entry point module {target!r} not found ({e}); is it installed or on PYTHONPATH?") from None
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"importing entry point module {target!r} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, func, None)
+    if fn is None:
+        raise InputError(f"entry point {entry!r}: {target} has no attribute {func!r}")
+    if not callable(fn):
+        raise InputError(f"entry point {entry!r} is not callable")
+    return fn
+
+
+def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
+    """Check the shape of what an entry point returned; one clear line per problem."""
+    import torch
+
+    where = f"entry point {entry}"
+    if not isinstance(result, dict):
+        raise InputError(f"{where} must return a dict with keys model, batch, loss, clip_grad_norm; "
+                         f"got {type(result).__name__}")
+    missing = [k for k in ("model", "batch", "loss") if k not in result]
+    if missing:
+        raise InputError(f"{where} returned a dict without {', '.join(missing)} "
+                         f"(keys: {', '.join(map(str, result)) or 'none'})")
+    model = result["model"]
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"{where}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    for key in ("batch", "loss"):
+        if not callable(result[key]):
+            raise InputError(f"{where}: '{key}' must be callable, got {type(result[key]).__name__}")
+    clip = result.get("clip_grad_norm")
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+            raise InputError(f"{where}: 'clip_grad_norm' must be a positive number or None, got {clip!r}")
+        clip = float(clip)
+    return ReplaySpec(model=model, batch=result["batch"], loss=result["loss"], clip_grad_norm=clip,
+                      entry=entry, source=source)
+
+
+def load_spec(checkpoint: Path, entry: str | None = None, cwd: Path | None = None) -> ReplaySpec:
+    """Resolve, import and call the entry point for ``checkpoint``."""
+    if entry:
+        base, source = (cwd or Path.cwd()), "--entry"
+    else:
+        found = find_config_entry(checkpoint.parent, cwd)
+        if found is None:
+            raise InputError(
+                "no replay entry point: pass --entry module:function (or file.py:function), or add "
+                "[replay] entry = \"file.py:function\" to an adamdiag.toml next to the run (see docs/replay.md)"
+            )
+        entry, cfg = found
+        base, source = cfg.parent, str(cfg)
+    fn = load_entry_function(entry, base)
+    try:
+        result = fn(str(checkpoint))
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code
+        raise InputError(f"entry point {entry} raised {type(e).__name__}: {e}") from None
+    return validate_spec(result, entry, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One set of hyperparameters to replay. ``lr`` is param group 0's lr (others scale with it)."""
+
+    name: str
+    eps: float
+    beta2: float
+    lr: float
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def parse_values(raw: Sequence[str] | None, what: str, lo: float, hi: float, *, lo_closed: bool = False,
+                 hi_open: bool = False) -> list[float]:
+    """Floats from repeatable and/or comma-separated options, validated to lie between lo and hi
+    (each end open or closed as told), in the order given, duplicates dropped."""
+    out: list[float] = []
+    for item in raw or []:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                x = float(part)
+            except ValueError:
+                raise InputError(f"--{what}: not a number: {part!r}") from None
+            ok = math.isfinite(x) and (x >= lo if lo_closed else x > lo) and (x < hi if hi_open else x <= hi)
+            if not ok:
+                rng = f"{'[' if lo_closed else '('}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+                raise InputError(f"--{what}: {part} is outside {rng}")
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def make_variants(original: Variant, eps: Sequence[str] | None, beta2: Sequence[str] | None,
+                  lr: Sequence[str] | None) -> list[Variant]:
+    """The original first, then the grid of the given values (an axis not given keeps the original
+    value); with no option at all, the default eps candidates. Duplicates of the original are dropped.
+    """
+    eps_v = parse_values(eps, "eps", 0.0, math.inf)
+    b2_v = parse_values(beta2, "beta2", 0.0, 1.0, lo_closed=True, hi_open=True)
+    lr_v = parse_values(lr, "lr", 0.0, math.inf)
+    if not (eps_v or b2_v or lr_v):
+        eps_v = [float(x) for x in DEFAULT_EPS_CANDIDATES]
+    out = [original]
+    for e in eps_v or [original.eps]:
+        for b in b2_v or [original.beta2]:
+            for r in lr_v or [original.lr]:
+                if (e, b, r) == (original.eps, original.beta2, original.lr):
+                    continue
+                parts = []
+                if eps_v:
+                    parts.append(f"eps={_fmt(e)}")
+                if b2_v:
+                    parts.append(f"beta2={_fmt(b)}")
+                if lr_v:
+                    parts.append(f"lr={_fmt(r)}")
+                v = Variant(",".join(parts), e, b, r)
+                if all((v.eps, v.beta2, v.lr) != (o.eps, o.beta2, o.lr) for o in out):
+                    out.append(v)
+    return out
+
+
+def variant_groups(param_groups: list[dict[str, Any]], variant: Variant) -> list[dict[str, Any]]:
+    """Hyperparameters of each param group under ``variant`` (copies; ``params`` untouched).
+
+    eps and beta2 replace every group's value; lr sets group 0 and scales the others by the same
+    factor, so per-group lr ratios (e.g. a lower lr for embeddings) are kept.
+    """
+    lr0 = float(param_groups[0]["lr"])
+    scale = variant.lr / lr0 if lr0 else 1.0
+    out = []
+    for i, g0 in enumerate(param_groups):
+        g = dict(g0)
+        g["betas"] = (float(g0["betas"][0]), float(variant.beta2))
+        g["eps"] = float(variant.eps)
+        g["lr"] = float(variant.lr) if i == 0 or not lr0 else float(g0["lr"]) * scale
+        out.append(g)
+    return out
+
+
+__all__ = [
+    "DEFAULT_EPS_CANDIDATES",
+    "ReplaySpec",
+    "Variant",
+    "find_config_entry",
+    "load_entry_function",
+    "load_spec",
+    "make_variants",
+    "parse_values",
+    "validate_spec",
+    "variant_groups",
+]

@@ -1,0 +1,71 @@
+"""Joins the checkpoint reader and the pure moment statistics: a path in, a summary out.
+
+Tensors are streamed one at a time; once a memory-mapped tensor has been summarized its pages are
+handed back (:class:`adamdiag.io.checkpoints.PageReleaser`), so peak memory stays near one tensor,
+not one checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from adamdiag.analysis.moments import CheckpointSummary, decay_ratio, tensor_stats
+
+Progress = Callable[[int, int, str], None]  # (done, total, label)
+
+
+def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: str | None = None,
+                         progress: Progress | None = None) -> CheckpointSummary:
+    """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
+
+    Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
+    :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
+    """
+    from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
+
+    ck = open_checkpoint(Path(path), trust=trust, convention=convention)
+    rel = PageReleaser(ck.mmap_files)
+    total = len(ck)
+    stats = []
+    for i, t in enumerate(ck.tensors()):
+        stats.append(tensor_stats(t, ck.convention))
+        rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param)
+        if progress is not None:
+            progress(i + 1, total, stats[-1].label)
+    return CheckpointSummary(
+        path=ck.path, step=ck.step, layout=ck.layout, optimizer=ck.optimizer, convention=ck.convention,
+        name_mapping=ck.name_mapping, warnings=list(ck.warnings), tensors=stats,
+    )
+
+
+def compare_checkpoints(path_a: Path | str, path_b: Path | str, *, trust: bool = False,
+                        progress: Progress | None = None) -> dict[str, Any]:
+    """Decay-ratio view of two checkpoints of one run (a before b), tensor by tensor, matched by
+    optimizer (group, index). Tensors of changed shape or without a step are listed in ``skipped``."""
+    from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
+
+    a = open_checkpoint(Path(path_a), trust=trust)
+    b = open_checkpoint(Path(path_b), trust=trust)
+    rel = PageReleaser(a.mmap_files + b.mmap_files)
+    by_key = {(t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap to hold
+    tensors, skipped = [], []
+    total = len(b)
+    for i, tb in enumerate(b.tensors(with_params=False)):
+        ta = by_key.get((tb.group, tb.index))
+        if ta is None:
+            skipped.append({"label": tb.label, "reason": "not in the first checkpoint"})
+            continue
+        try:
+            tensors.append(decay_ratio(ta, tb))
+        except ValueError as e:
+            skipped.append({"label": tb.label, "reason": str(e)})
+        rel.release(ta.exp_avg_sq, tb.exp_avg_sq)
+        if progress is not None:
+            progress(i + 1, total, tb.label)
+    warnings = []
+    if a.step is not None and b.step is not None and b.step <= a.step:
+        warnings.append(f"second checkpoint (step {b.step}) is not after the first (step {a.step})")
+    return {"from_path": a.path, "to_path": b.path, "from_step": a.step, "to_step": b.step,
+            "tensors": tensors, "skipped": skipped, "warnings": warnings}

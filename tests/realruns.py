@@ -1,0 +1,61 @@
+"""Tiny real training runs for tests: a real model, real torch.optim.Adam, real SummaryWriter and
+torch.save checkpoints — with the failure injected the way it happens in practice (a corrupted
+batch, NaN in the data, a huge eps, a too-high learning rate). Each takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def train_tiny(
+    out: Path,
+    *,
+    steps: int = 400,
+    lr: float = 1e-2,
+    eps: float = 1e-8,
+    seed: int = 0,
+    bad_batch_at: int | None = None,
+    nan_at: int | None = None,
+    log_grad_norm: bool = True,
+    ckpt_every: int | None = 100,
+    noise: float = 0.1,
+) -> Path:
+    """Regression with a small MLP on a fixed noisy data set, mini-batches of 32."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(512, 8, generator=g)
+    w_true = torch.randn(8, 1, generator=g)
+    y = torch.tanh(x @ w_true) + noise * torch.randn(512, 1, generator=g)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(log_dir=str(out))
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, 512, (32,), generator=g)
+        xb, yb = x[idx].clone(), y[idx].clone()
+        if bad_batch_at == step:
+            yb = yb * 1e3  # a corrupted label batch: one-step loss and gradient spike
+        if nan_at is not None and step >= nan_at:
+            xb[0, 0] = math.nan
+        loss = nn.functional.mse_loss(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        gn = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+        opt.step()
+        writer.add_scalar("train/loss", loss.item(), step)
+        if log_grad_norm:
+            writer.add_scalar("train/grad_norm", gn.item(), step)
+        writer.add_scalar("train/lr", lr, step)
+        if ckpt_every and step % ckpt_every == 0:
+            (out / "checkpoints").mkdir(exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                       out / "checkpoints" / f"step_{step:06d}.pt")
+    writer.close()
+    return out
