@@ -216,6 +216,10 @@ def replay(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
+    loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
+    sequential: Annotated[
+        bool, typer.Option("--sequential", help="Replay variants one by one with torch.optim.Adam (no vmap).")
+    ] = False,
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
     from adamdiag.replay.command import run_replay
@@ -233,6 +237,8 @@ def replay(
         plot=plot,
         force=force,
         trust_checkpoint=trust_checkpoint,
+        loss_tag=loss_tag,
+        sequential=sequential,
     )
     if code:
         raise typer.Exit(code)

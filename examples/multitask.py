@@ -35,7 +35,7 @@ from runlab import Family, RunConfig  # noqa: E402
 
 FAMILY = "mlp_multitask"
 REG_HEADS = ("reg_a", "reg_b", "reg_c")
-# size -> (input dim, trunk width, classes). "small" is the sample-log size (~5.7k parameters).
+# size -> model keyword defaults (cfg.model overrides). "small" is the sample-log size (~5.7k parameters).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"in_dim": 8, "hidden": 32, "classes": 4},
     "small": {"in_dim": 16, "hidden": 64, "classes": 4},
@@ -52,7 +52,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "ge
 
 
 class MultiTaskMLP(nn.Module):
-    """Shared tanh trunk (in_dim -> hidden -> hidden) + probability head + three scalar regression heads."""
+    """Shared trunk (``depth`` x Linear + activation, tanh by default) + probability head + three scalar
+    regression heads."""
 
     def __init__(self, in_dim: int, hidden: int, classes: int, act: str = "tanh", depth: int = 2) -> None:
         super().__init__()
@@ -161,7 +162,8 @@ def adamdiag_replay(checkpoint: str) -> dict[str, Any]:
 
 
 def sample_configs() -> dict[str, RunConfig]:
-    """The sample_logs/ runs. Same data and init seed everywhere; only optimizer settings differ."""
+    """The sample_logs/ runs: same task, teacher and init seed everywhere. vcollapse and stable_eps1e-3
+    differ only in eps; lr_too_high trains mini-batches of a larger draw of the same task."""
     base = dict(family=FAMILY, size="small", data=dict(SAMPLE_DATA), steps=2000, lr=1e-2, betas=(0.9, 0.999),
                 seed=0, log_every=1, ckpt_every=100, optimizer="adam")
     return {

@@ -523,11 +523,9 @@ def label_injection(inject: dict[str, Any], losses: np.ndarray, grad_norm: np.nd
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
-    sq = 0.0
-    for p in params:
-        if p.grad is not None:
-            sq += float(p.grad.detach().double().pow(2).sum())
-    return math.sqrt(sq)
+    """Global L2 norm of the gradients (float64 accumulation; one flat view instead of a per-tensor loop)."""
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    return float(torch.cat(grads).double().pow(2).sum().sqrt()) if grads else 0.0
 
 
 class _Trace:
@@ -550,21 +548,36 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer
 
 
 def train(cfg: RunConfig, out_dir: Path, verbose: bool = False) -> dict[str, Any]:
-    """Train one run into ``out_dir`` (created/overwritten) and return its truth summary (truth.json)."""
+    """Train one run into ``out_dir`` (created/overwritten) and return its truth (the truth.json content).
+
+    Runs single-threaded with deterministic algorithms (restoring the caller's settings afterwards), so two
+    runs of the same config give identical losses.
+    """
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        return _train(cfg, Path(out_dir), verbose)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+
+
+def _train(cfg: RunConfig, out_dir: Path, verbose: bool) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter  # lazy: heavy import
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in list(out_dir.glob("events.out.tfevents.*")) + list(out_dir.glob("checkpoints/*.pt")):
         old.unlink()  # a re-generated run must not mix with a previous generation's files
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     fam = get_family(cfg.family)
     (out_dir / "config.json").write_text(json.dumps(
         {"config": cfg.to_json(), "family_module": fam.module or _FAMILY_MODULES.get(cfg.family, ""),
          "step_convention": "1-based; train/loss at step t is the loss on batch_for_step(t) before update t; "
                             "checkpoint step_N.pt is taken after N updates",
-         "torch": torch.__version__}, indent=2) + "\n")
+         "torch": torch.__version__,
+         # bit-exact reproducibility holds for the same torch build and CPU kernel family only
+         "cpu_capability": torch.backends.cpu.get_cpu_capability()}, indent=2) + "\n")
 
     data = fam.build_data(cfg)
     model = build_model(cfg)

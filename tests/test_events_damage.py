@@ -51,7 +51,7 @@ def _both_light(path) -> list[tuple[str, int]]:
         return list(zip(tags.tolist(), *(c.tolist() for c in cols)))
 
     got = rows(fast)
-    assert got == rows(ref) and fast.tags == ref.tags
+    assert got == rows(ref) and sorted(fast.tags) == sorted(ref.tags)  # vocab order is free
     assert fast.warnings == ref.warnings and fast.skipped == ref.skipped and fast.records == ref.records
     assert fast.h_rows == ref.h_rows and fast.first_wall_time == ref.first_wall_time
     return [(t, s) for t, s, *_ in got]
@@ -195,8 +195,8 @@ def test_fuzz_reader_never_raises_and_keeps_intact_records(tmp_path, payloads, d
     size = len(data)
     # Apply damage back to front so that every position still refers to the original layout.
     for kind, pos, junk in sorted(((k, p % max(size, 1), j) for k, p, j in damage), key=lambda d: -d[1]):
-        if not size:
-            break
+        if pos >= len(data):  # already cut away
+            continue
         rec = int(np.searchsorted(bounds, pos, side="right")) - 1
         inside = pos > bounds[rec]
         if kind == "flip":

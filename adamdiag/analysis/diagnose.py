@@ -88,7 +88,16 @@ class Trajectory:
     vhat: np.ndarray  # mean(v̂) after the step
     r: np.ndarray  # g²_t / v̂_{t-1}
     exact: bool  # False when the seed or the logging interval made it approximate
-    eps: float = DEFAULT_EPS
+    eps: float = DEFAULT_EPS  # 0 when the absolute scale of v is unknown (no checkpoint: N unknown)
+    beta2: float = DEFAULT_BETA2
+    convention: str = "torch"
+
+    def eps_eff(self) -> np.ndarray:
+        """eps relative to √v̂ at each step. TF adds eps to the un-corrected √v, which is
+        √v̂·√(1-β2^t): relative to √v̂ that is eps/√(1-β2^t) — larger early in training."""
+        if self.convention == "tf":
+            return self.eps / np.sqrt(-np.expm1(np.maximum(self.steps, 1) * math.log(self.beta2)))
+        return np.full(len(self.steps), self.eps)
 
 
 # --- tag selection --------------------------------------------------------------------------------
@@ -157,7 +166,7 @@ def reconstruct(
     prev = np.r_[np.nan, vhat[:-1]] if n else vhat
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(prev > 0, g2 / prev, np.nan)
-    return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps)
+    return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
 
 
 def collapse_stretch(tr: Trajectory, until: int | None, beta2: float) -> tuple[int, int, float] | None:
@@ -312,13 +321,17 @@ def diagnose(inp: RunInputs) -> RunReport:
             n_total = 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
             seeds = []
         if ok.sum() >= 8:
-            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps, "global"))
+            # Without a checkpoint the element count is unknown, so v's absolute scale is too:
+            # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
+            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
         if (~ok).any():
             nf_step = int(gs[~ok][0])
             if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
                 ev.first_nonfinite_step = ev.first_nonfinite_step or nf_step
     if hist is not None and len(hist):
         trajs += _histogram_trajectories(hist, ckpts, beta2, eps)
+    for tr in trajs:
+        tr.convention = inp.convention
     ratios = checkpoint_interval_ratios(ckpts, beta2)
 
     blow = ev.blowup_step
@@ -355,7 +368,7 @@ def diagnose(inp: RunInputs) -> RunReport:
                 regrowth.append((tr.label, rmax, rstep))
             prev = np.r_[np.nan, tr.vhat[:-1]]
             with np.errstate(divide="ignore", invalid="ignore"):
-                urms = np.sqrt(tr.g2 / np.maximum(prev, tr.eps**2))
+                urms = np.sqrt(tr.g2 / np.maximum(prev, tr.eps_eff() ** 2))
             umax, ustep = _window_max(tr, urms, event_step - REGROWTH_WINDOW, event_step + 2)
             if math.isfinite(umax) and umax > UPDATE_RMS_LIMIT:
                 rms_hits.append((tr.label, umax, ustep))
@@ -373,17 +386,37 @@ def diagnose(inp: RunInputs) -> RunReport:
         rep.blowup_step = event_step
         warn_steps = [w for (_, _, w, _) in collapse] + [c["warning_step"] for c in ck_collapse]
         rep.warning_step = int(min(warn_steps))
-        for label, first, warn, med in sorted(collapse, key=lambda c: c[3])[:8]:
+        glob = [c for c in collapse if c[0] == "global"]
+        per_tensor = sorted((c for c in collapse if c[0] != "global"), key=lambda c: c[3])
+        for _label, first, warn, med in glob:
             rep.findings.append(
                 Finding("AD101", "error",
-                        f"v collapse in {label}: g²/v̂ stayed below {COLLAPSE_R} (median {med:.3g}) from step {first}"
-                        f" until the blowup at {event_step}",
-                        step=warn, tensor=None if label == "global" else label,
-                        evidence={"first_step": first, "median_r": med, "threshold": COLLAPSE_R})
+                        f"v collapse: g²/v̂ (all parameters) stayed below {COLLAPSE_R} (median {med:.3g}) from step "
+                        f"{first} until the blowup at {event_step}",
+                        step=warn, evidence={"first_step": first, "median_r": med, "threshold": COLLAPSE_R})
             )
-        for c in ck_collapse[:8]:
-            rep.findings.append(Finding("AD105", "error", c["message"], step=c["warning_step"], tensor=c["tensor"],
-                                        evidence=c["evidence"]))
+        if per_tensor:
+            label, first, warn, med = per_tensor[0]
+            rep.findings.append(
+                Finding("AD101", "error",
+                        f"v collapse in {_name_list([c[0] for c in per_tensor])}: g²/v̂ stayed below {COLLAPSE_R} "
+                        f"(median {med:.3g} in {label}) from step {min(c[1] for c in per_tensor)} until the blowup "
+                        f"at {event_step}",
+                        step=min(c[2] for c in per_tensor), tensor=label,
+                        evidence={"threshold": COLLAPSE_R, "tensors": [
+                            {"tensor": c[0], "first_step": c[1], "warning_step": c[2], "median_r": c[3]}
+                            for c in per_tensor]})
+            )
+        if ck_collapse:
+            c0 = ck_collapse[0]
+            rep.findings.append(
+                Finding("AD105", "error",
+                        f"between checkpoints, v decayed almost purely in {_name_list([c['tensor'] for c in ck_collapse])}"
+                        f"; largest: {c0['message']}",
+                        step=min(c["warning_step"] for c in ck_collapse), tensor=c0["tensor"],
+                        evidence={"tensors": [{"tensor": c["tensor"], "warning_step": c["warning_step"], **c["evidence"]}
+                                              for c in ck_collapse]})
+            )
         for label, rmax, rstep in sorted(regrowth, key=lambda x: -x[1])[:5]:
             rep.findings.append(
                 Finding("AD102", "error", f"gradients re-grew in {label}: g²/v̂ = {rmax:.3g} at step {rstep}",
@@ -438,16 +471,24 @@ def diagnose(inp: RunInputs) -> RunReport:
             Finding("AD901", "info", f"no optimizer checkpoint found: assumed beta2={beta2}, eps={eps:g} "
                     "(torch defaults); pass --checkpoints for exact values")
         )
-    if any(not t.exact for t in trajs):
+    approx = [t.label for t in trajs if not t.exact]
+    if approx:
+        what = "per-tensor histograms" if "global" not in approx else "the gradient norm"
         rep.findings.append(
-            Finding("AD901", "info", "gradients are not logged every step from step 1: the v reconstruction "
-                    "is approximate between checkpoints")
+            Finding("AD901", "info", f"{what} not logged every step from step 1: the v reconstruction from it "
+                    "is approximate between checkpoints", evidence={"approximate": approx[:50]})
         )
     if gn_tag and any(t in tags for t in ("train/grad_norm_preclip",)) or any("clip" in t.lower() for t in tags):
         rep.findings.append(Finding("AD601", "info", "gradient clipping detected: Adam saw the clipped gradients "
                                     f"(using '{gn_tag}')"))
     rep.recommendation = _recommend(rep, ckpts, inp.checkpoint_paths, eps, lr, collapse)
     return rep
+
+
+def _name_list(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 5 more' — findings stay one line however many tensors collapsed."""
+    head = ", ".join(f"`{n}`" for n in names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "") if names else "no tensor"
 
 
 def _hyper(ckpts: list[Any]) -> tuple[float, float, float | None]:
@@ -553,13 +594,16 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
             k -= 1
         t = stats.get(tensor)
         near = float(getattr(t, "frac_sqrt_vhat_below_10eps", float("nan"))) if t is not None else float("nan")
+        p50 = float(t.sqrt_vhat_q.get("p50", float("nan"))) if t is not None else float("nan")
+        eps_t = float(getattr(t, "eps", float("nan"))) if t is not None else float("nan")
         out.append(
             {
                 "tensor": tensor,
                 "warning_step": int(rs[k]["to_step"]),
-                "message": f"v of {tensor} decayed almost purely between checkpoints {rs[k]['from_step']} and "
-                f"{last_to} (implied g²/v̂ {rs[-1]['r_interval']:.3g}); {near:.0%} of its elements have √v̂ < 10·eps",
-                "evidence": {"intervals": rs[k:][-5:], "frac_sqrt_vhat_below_10eps": near},
+                "message": f"`{tensor}` decayed almost purely between checkpoints {rs[k]['from_step']} and "
+                f"{last_to} (implied g²/v̂ {rs[-1]['r_interval']:.3g}); median √v̂ {p50:.3g} = {p50 / eps_t:.3g}·eps, "
+                f"{near:.0%} of its elements under 10·eps",
+                "evidence": {"intervals": rs[k:][-5:], "frac_sqrt_vhat_below_10eps": near, "median_sqrt_vhat": p50},
                 "numel": rs[-1]["numel"],
             }
         )
@@ -605,13 +649,14 @@ def _collapse_in_progress(rep: RunReport, trajs: list[Trajectory], ckpts: list[A
         first, warn, med = c
         # eps bounds the damage when √v̂ is already at or below eps: the step cannot grow further.
         tail = tr.vhat[-1] if len(tr.vhat) else float("nan")
-        bounded = math.isfinite(tail) and math.sqrt(max(tail, 0.0)) <= 10 * tr.eps
+        bounded = tr.eps > 0 and math.isfinite(tail) and math.sqrt(max(tail, 0.0)) <= 10 * tr.eps_eff()[-1]
         sev = "info" if bounded else "warning"
         rep.findings.append(
             Finding("AD101", sev,
                     f"v is collapsing in {tr.label} from step {first} (g²/v̂ median {med:.3g})"
-                    + ("; eps bounds the step" if bounded else "; eps does not bound the step: a return of larger "
-                       "gradients would blow up the update"),
+                    + ("; eps bounds the step" if bounded else
+                       "; eps and v's scale are unknown without a checkpoint" if tr.eps == 0 else
+                       "; eps does not bound the step: a return of larger gradients would blow up the update"),
                     step=warn, tensor=None if tr.label == "global" else tr.label, evidence={"median_r": med})
         )
         break

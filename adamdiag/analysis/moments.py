@@ -12,7 +12,7 @@ m̂ = m/bc1, v̂ = v/bc2 and the denominator's v (``max_exp_avg_sq`` with amsgra
   so every statistic uses ``eps_effective`` = ε/√bc2 in place of eps.
 
 Elements where m, v (or max v) are not finite are counted in ``nonfinite`` and left out of every
-other statistic, so one NaN does not hide the rest of the tensor.
+other statistic (quantiles included), so one NaN does not hide the rest of the tensor.
 
 Quantiles are order statistics (nearest rank: element round(q·(n-1)) of the sorted values). They are
 exact up to ``EXACT_QUANTILE_LIMIT`` elements (one float32 copy of the tensor); above it they come from
@@ -136,34 +136,41 @@ def _flat(x):
     return x.reshape(-1)
 
 
-def _order_stats(values: np.ndarray, qs: dict[str, float]) -> dict[str, float]:
-    """Nearest-rank order statistics of a 1-D array (copies once, then one partition)."""
+def _order_stats(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
+                 ) -> dict[str, float]:
+    """Nearest-rank order statistics of a 1-D array (one copy, one partition): element
+    round(q·(n-1)) of the ascending values for ``qs``, of the descending values for ``descending``."""
     n = values.size
+    descending = descending or {}
     if n == 0:
-        return {k: float("nan") for k in qs}
+        return {k: float("nan") for k in (*qs, *descending)}
     ranks = {k: int(round(q * (n - 1))) for k, q in qs.items()}
+    ranks.update({k: n - 1 - int(round(q * (n - 1))) for k, q in descending.items()})
     part = np.partition(values, sorted(set(ranks.values())))
     return {k: float(part[r]) for k, r in ranks.items()}
 
 
-def _finite_sample(t, n: int, exact_limit: int) -> tuple[np.ndarray, bool]:
-    """A float32/float64 numpy view or copy of the flat tensor ``t`` (exact), or a deterministic
-    sample of it above ``exact_limit``; non-finite values removed."""
+def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: bool) -> tuple[np.ndarray, bool]:
+    """Values of the flat tensor ``d`` for quantiles: all of them (a float32/64 numpy view or copy)
+    up to ``exact_limit`` elements, else a deterministic sample; elements where ``d`` or any of
+    ``others`` (same shape) is not finite are removed (only checked when ``any_nonfinite``)."""
     import torch
 
-    flat = _flat(t)
-    exact = n <= exact_limit
-    if not exact:
+    idx = None
+    if n > exact_limit:
         rng = np.random.default_rng(0)
-        idx = np.sort(rng.integers(0, n, size=min(QUANTILE_SAMPLE, n)))
-        flat = flat[torch.from_numpy(idx)]
-    if flat.dtype not in (torch.float32, torch.float64):
-        flat = flat.float()
-    arr = flat.detach().numpy()
-    fin = np.isfinite(arr)
-    if not fin.all():
-        arr = arr[fin]
-    return arr, exact
+        idx = torch.from_numpy(np.sort(rng.integers(0, n, size=min(QUANTILE_SAMPLE, n))))
+    pick = (lambda x: x) if idx is None else (lambda x: x[idx])
+    vals = pick(d)
+    if vals.dtype not in (torch.float32, torch.float64):
+        vals = vals.float()
+    arr = vals.detach().numpy()
+    if any_nonfinite:
+        fin = torch.isfinite(pick(d))
+        for o in others:
+            fin &= torch.isfinite(pick(o))
+        arr = arr[fin.numpy()]
+    return arr, idx is None
 
 
 def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT,
@@ -216,10 +223,10 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
 
     nan = float("nan")
     if n_f:
-        arr, exact = _finite_sample(vden, n, exact_limit)
+        arr, exact = _quantile_values(d_flat, (m_flat, v_flat), n, exact_limit, nonfinite > 0)
         qs = dict(QUANTILES)
-        # eff step lr/(√v̂+eps) decreases with v: its q-quantile is v's (1-q)-quantile.
-        raw = _order_stats(arr, {**qs, **{f"eff_{k}": 1.0 - q for k, q in qs.items()}})
+        # eff step lr/(√v̂+eps) decreases with v: its q-quantile is the q-quantile of v descending.
+        raw = _order_stats(arr, qs, {f"eff_{k}": q for k, q in qs.items()})
         sq = {k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}
         sq["min"], sq["max"] = s_min, s_max  # exact even when the rest is sampled
         eff = {k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs}

@@ -75,6 +75,8 @@ KNOWN_STATE_KEYS = {
     "ax": "ASGD (ax)",
 }
 _MAX_DEPTH = 6
+# Start of a legacy (pre-1.6, non-zip) torch.save file: pickle protocol 2, LONG1 of torch's magic number.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 @dataclass
@@ -228,6 +230,17 @@ def torch_load(path: Path, *, trust: bool) -> tuple[Any, bool]:
 
     def load(weights_only: bool, mmap: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+
+    if not zipfile.is_zipfile(path):
+        # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
+        # number) is a torch file; anything else would otherwise read as "needs unpickling".
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_LEGACY_MAGIC))
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+        if head != _LEGACY_MAGIC:
+            raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
 
     mmap = True
     try:

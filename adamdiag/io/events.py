@@ -10,8 +10,11 @@ Unlike TensorBoard's ``EventAccumulator`` nothing is sampled away and restarts a
 with several event files keeps every event with its ``segment`` (file index ordered by first wall
 time) and ``source_file``; :func:`series` gives the value per step as the run really went.
 
-Two decoders produce the same rows: ``_decode_ref`` (protobuf classes, the reference) and the
-vectorized fast path in :mod:`adamdiag.io._fast`; tests check them against each other.
+Two paths produce the same result: the reference (``read_file(..., fast=False)``: the plain-loop
+framing of :func:`adamdiag.io.tfrecord.read_records_ref` and the protobuf classes, record by record)
+and the fast path (speculative vectorized framing, one bulk CRC check per chunk and a numpy decoder
+for the common scalar layouts, ``_decode_chunk``; whatever it does not recognise goes through the
+reference decoder, in file order). Tests check them against each other on every test file.
 """
 
 from __future__ import annotations
@@ -514,13 +517,14 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
     v = Views(buf)
     ps = np.asarray(offsets, np.int64) + HEADER
     pe = ps + np.asarray(lengths, np.int64)
-    f = _parse_template(v, ps, pe)
-    f["is_t"], f["has_meta"] = np.zeros(n, bool), np.zeros(n, bool)
-    rest = np.flatnonzero(~f["ok"])
-    if rest.size:
-        g = _parse_general(v, ps[rest], pe[rest])
-        for key, arr in f.items():
-            arr[rest] = g[key]
+    with np.errstate(all="ignore"):  # garbage bytes may decode as signalling NaNs: not an error here
+        f = _parse_template(v, ps, pe)
+        f["is_t"], f["has_meta"] = np.zeros(n, bool), np.zeros(n, bool)
+        rest = np.flatnonzero(~f["ok"])
+        if rest.size:
+            g = _parse_general(v, ps[rest], pe[rest])
+            for key, arr in f.items():
+                arr[rest] = g[key]
     ok, step, wall, value, ts, tl, is_t, has_meta = (
         f["ok"], f["step"], f["wall"], f["value"], f["ts"], f["tl"], f["is_t"], f["has_meta"]
     )
@@ -669,12 +673,17 @@ def _read_fast(path: Path, sink: _Sink, *, check_crc: bool, chunk_bytes: int | N
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         base = 0  # file offset of buf[0]
-        carry = b""
+        kept = 0  # bytes of an incomplete record carried over at the front of buf
+        buf = bytearray(min(chunk_bytes, size) + _PAD)
         while True:
-            buf = bytearray(len(carry) + chunk_bytes + _PAD)
-            buf[: len(carry)] = carry
-            got = f.readinto(memoryview(buf)[len(carry) : len(carry) + chunk_bytes])
-            n = len(carry) + got
+            want = min(chunk_bytes, max(size - base - kept, 0))
+            if len(buf) < kept + want + _PAD:  # (decoded arrays are copies: buf can be reused)
+                bigger = bytearray(kept + want + _PAD)
+                bigger[:kept] = buf[:kept]
+                buf = bigger
+            got = f.readinto(memoryview(buf)[kept : kept + want])
+            n = kept + got
+            buf[n : n + _PAD] = bytes(_PAD)
             at_eof = base + n >= size or got == 0
             w = tfrecord.walk_records(buf, n, check_crc=check_crc)
             if len(w.offsets) and check_crc and not tfrecord.verify_crcs(buf, w.offsets, w.lengths):
@@ -693,7 +702,8 @@ def _read_fast(path: Path, sink: _Sink, *, check_crc: bool, chunk_bytes: int | N
                 break
             if at_eof:
                 break
-            carry = bytes(buf[w.stop : n])
+            buf[:pending] = buf[w.stop : n]
+            kept = pending
             base += w.stop
             if need > chunk_bytes:  # one record larger than a chunk: read it whole next time
                 chunk_bytes = need

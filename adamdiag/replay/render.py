@@ -1,0 +1,133 @@
+"""Renderers of a :class:`ReplayResult`: text (rich table), markdown, JSON, JUnit XML. Pure formatting."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from xml.etree import ElementTree as ET
+
+from adamdiag.replay.result import ReplayResult, VariantOutcome
+
+COLUMNS = ("variant", "eps", "beta2", "lr", "max loss", "final loss", "spike", "spike step", "max update RMS",
+           "min √v̂", "steps")
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
+
+
+def _row(v: VariantOutcome) -> list[str]:
+    return [v.name, f"{v.eps:g}", f"{v.beta2:g}", f"{v.lr:g}", _num(v.max_loss), _num(v.final_loss),
+            "yes" if v.spike else "no", str(v.spike_step) if v.spike_step is not None else "-",
+            _num(v.max_update_rms), _num(v.min_sqrt_vhat), str(v.steps_replayed)]
+
+
+def _header(r: ReplayResult) -> str:
+    end = r.start_step + r.steps
+    return (f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants, "
+            f"{r.mode} on {r.device})")
+
+
+def _fidelity_line(r: ReplayResult) -> str:
+    state = "ok" if r.fidelity.reproduced else ("NOT REPRODUCED (--force)" if r.forced else "NOT REPRODUCED")
+    return f"fidelity {state}: {r.fidelity.message}"
+
+
+def _reference_line(r: ReplayResult) -> str | None:
+    ref = r.reference
+    if not ref:
+        return None
+    return (f"spike = loss above {ref['factor']:.3g}× the pre-replay level {ref['level']:.4g} "
+            f"(median of {ref['points']} logged steps up to {r.start_step}), sustained")
+
+
+def render_text(r: ReplayResult, width: int = 120) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    color = os.isatty(1) and not os.environ.get("NO_COLOR")
+    con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
+    con.print(_header(r), markup=False)
+    con.print(_fidelity_line(r), markup=False, style=None if r.fidelity.reproduced else "bold red")
+    ref = _reference_line(r)
+    if ref:
+        con.print(ref, markup=False)
+    table = Table(title_justify="left")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c == "variant" else "right")
+    for i, v in enumerate(r.variants):
+        row = _row(v)
+        style = "red" if v.spike and i else ("green" if i else None)
+        table.add_row(*row, style=style)
+    con.print(table)
+    for w in r.warnings:
+        con.print(f"warning: {w}", markup=False, style="yellow")
+    con.print(f"verdict: {r.summary} (exit {r.exit_code})", markup=False, style="bold")
+    return buf.getvalue()
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(r: ReplayResult) -> str:
+    lines = [f"### adamdiag replay — `{r.checkpoint}`", "", _cell(_header(r)), "", f"- {_cell(_fidelity_line(r))}"]
+    ref = _reference_line(r)
+    if ref:
+        lines.append(f"- {_cell(ref)}")
+    lines += [f"- **verdict**: {_cell(r.summary)} (exit {r.exit_code})", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" if c == "variant" else "---:" for c in COLUMNS) + "|")
+    for v in r.variants:
+        lines.append("| " + " | ".join(_cell(x) for x in _row(v)) + " |")
+    if r.warnings:
+        lines.append("")
+        lines += [f"> warning: {_cell(w)}" for w in r.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(r: ReplayResult) -> str:
+    return json.dumps(r.to_dict(), indent=2, allow_nan=False)
+
+
+def render_junit(r: ReplayResult) -> str:
+    """One testcase per variant. The original is expected to reproduce the logged behaviour (it fails
+    when fidelity fails); an alternate fails when it spikes."""
+    suite = ET.Element("testsuite", name="adamdiag.replay", tests=str(len(r.variants)))
+    failures = 0
+    for i, v in enumerate(r.variants):
+        case = ET.SubElement(suite, "testcase", classname=f"adamdiag.replay.{r.checkpoint}", name=v.name)
+        if i == 0:
+            if not r.fidelity.reproduced:
+                failures += 1
+                ET.SubElement(case, "failure", message=r.fidelity.message, type="fidelity")
+            else:
+                case.set("name", f"{v.name} (reproduces the log)")
+            continue
+        if v.spike:
+            failures += 1
+            fail = ET.SubElement(case, "failure", message=f"{v.name} spikes at step {v.spike_step}", type="spike")
+            fail.text = f"max loss {_num(v.max_loss)}, max update RMS {_num(v.max_update_rms)}"
+    suite.set("failures", str(failures))
+    return ET.tostring(suite, encoding="unicode")
+
+
+def render(r: ReplayResult, fmt: str) -> str:
+    if fmt == "text":
+        return render_text(r)
+    if fmt == "markdown":
+        return render_markdown(r)
+    if fmt == "json":
+        return render_json(r)
+    if fmt == "junit":
+        return render_junit(r)
+    raise ValueError(f"unknown format {fmt!r}")

@@ -1,0 +1,466 @@
+"""Validation matrix (issue #6): how often does `adamdiag scan` name the right cause on real runs it never saw?
+
+Generates a deterministic matrix of small real CPU training runs with ``examples/runlab.py`` — three model
+families (``mlp_multitask``, ``cnn``, ``transformer``), several sizes, seeds and learning rates, eps 1e-8 vs
+1e-3, logging every step or every 10, with/without gradient histograms and checkpoints, a restart, injected
+bad batches and NaNs — then diagnoses every run with :func:`adamdiag.scan.scan_paths` and scores the verdict
+against the run's ground truth. The truth (``truth.json`` ``summary.cause``) is computed by runlab from the
+*live* optimizer state during training (plus the injection for bad_batch/nonfinite), never from adamdiag.
+
+    python bench/accuracy.py                 # full matrix (cached under bench/out/accuracy/)
+    python bench/accuracy.py --fast          # the small subset the tests run
+    python bench/accuracy.py --jobs 2 --regen
+
+Prints a confusion matrix (true cause x verdict), the v_collapse lead-time distribution and the false alarms
+on healthy runs; writes ``<out>/../accuracy.json`` (``bench/out/accuracy.json`` by default).
+Runs are cached per case under ``--out``, keyed by the case's config and the source of the harness files;
+``--regen`` forces regeneration. Exit status 1 with ``--check`` when an acceptance target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+DEFAULT_OUT = REPO / "bench" / "out" / "accuracy"
+SCHEMA = "adamdiag.accuracy/1"
+# Any change to these files can change the runs: they are part of every case's cache key.
+HARNESS_SOURCES = ("runlab.py", "multitask.py", "families.py")
+
+CAUSES = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "healthy")
+VERDICTS = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "eps_too_large", "healthy", "inconclusive")
+# acceptance targets (issue #6)
+TARGET_ACCURACY = 0.95
+TARGET_MEDIAN_LEAD = 10
+
+# which batch keys are the regression targets a "bad batch" corrupts (x1e3: loss x1e6, gradient x1e3)
+TARGET_KEYS = {"mlp_multitask": ["reg_a", "reg_b", "reg_c"], "cnn": ["y"], "transformer": ["y"]}
+SHORT = {"mlp_multitask": "mlp", "cnn": "cnn", "transformer": "tfm"}
+
+
+@dataclass
+class Case:
+    """One run of the matrix: a runlab config plus what the run is *designed* to show (``intended``).
+
+    ``intended`` is only a design note: cases are scored against the live-state truth, and a run whose truth
+    differs from its intention is reported as such (never relabelled).
+    """
+
+    name: str
+    intended: str
+    cfg: dict[str, Any]
+    fast: bool = False
+    note: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+def _case(intended: str, family: str, size: str, what: str, *, fast: bool = False, note: str = "",
+          **cfg: Any) -> Case:
+    """Build a case; the name spells out what varies so a run dir is self-explaining."""
+    kw: dict[str, Any] = {"family": family, "size": size, "seed": 0, "lr": 3e-3, "eps": 1e-8, "log_every": 1,
+                          "hist_every": 0, "ckpt_every": 200}
+    kw.update(cfg)
+    parts = [SHORT[family], size, what, f"lr{kw['lr']:g}", f"eps{kw['eps']:g}", f"s{kw['seed']}"]
+    if kw.get("batch_size"):
+        parts.append(f"bs{kw['batch_size']}")
+    if kw["log_every"] != 1:
+        parts.append(f"log{kw['log_every']}")
+    if kw["hist_every"]:
+        parts.append(f"hist{kw['hist_every']}")
+    if not kw["ckpt_every"]:
+        parts.append("nockpt")
+    if kw.get("restart_at"):
+        parts.append(f"restart{kw['restart_at']}")
+    if kw.get("clip_grad_norm"):
+        parts.append(f"clip{kw['clip_grad_norm']:g}")
+    if kw.get("optimizer", "adam") != "adam":
+        parts.append(kw["optimizer"])
+    name = "_".join(parts)
+    tags = [k for k in ("batch_size", "restart_at", "clip_grad_norm", "inject") if kw.get(k)]
+    return Case(name=name, intended=intended, cfg=kw, fast=fast, note=note, tags=tags)
+
+
+def _bad(family: str, k: int) -> dict[str, Any]:
+    return {"bad_batch_at": k, "bad_batch_scale": 1e3, "bad_batch_keys": TARGET_KEYS[family]}
+
+
+def matrix() -> list[Case]:
+    """The full matrix. Cases with ``fast=True`` form the ``--fast`` subset (the test)."""
+    M, C, T = "mlp_multitask", "cnn", "transformer"
+    warm = {"lr_schedule": "linear_warmup"}
+    cases = [
+        # --- v collapse: full batch on a realisable teacher target, eps 1e-8 --------------------------
+        _case("v_collapse", M, "tiny", "vc", lr=1e-2, steps=1200, fast=True),
+        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, hist_every=50),
+        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=1500, seed=1),
+        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, log_every=10),
+        _case("v_collapse", M, "tiny", "vc", lr=3e-3, steps=2000, ckpt_every=0),
+        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, restart_at=900, note="crash at 900, resume from 800"),
+        _case("v_collapse", C, "tiny", "vc", lr=3e-3, steps=2000),
+        _case("v_collapse", C, "small", "vc", lr=3e-3, steps=1600, hist_every=10),
+        _case("v_collapse", C, "small", "vc", lr=1e-2, steps=1500, seed=1, clip_grad_norm=1.0),
+        _case("v_collapse", C, "tiny", "vc", lr=3e-3, steps=2000, seed=2, log_every=10, ckpt_every=0),
+        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1700),
+        _case("v_collapse", T, "small", "vc", lr=3e-3, steps=1700, hist_every=50),
+        _case("v_collapse", T, "tiny", "vc", lr=1e-2, steps=1500, seed=1),
+        _case("v_collapse", T, "small", "vc", lr=3e-3, steps=1700, seed=1, log_every=10),
+        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1700, seed=2, optimizer="adamw"),
+        # --- healthy: the same full-batch runs with eps 1e-3 (eps caps the step once √v̂ falls under it)
+        _case("healthy", M, "tiny", "stable", lr=1e-2, steps=1200, eps=1e-3, fast=True),
+        _case("healthy", M, "small", "stable", lr=3e-3, steps=2000, eps=1e-3, hist_every=50),
+        _case("healthy", M, "small", "stable", lr=3e-3, steps=2000, eps=1e-3, log_every=10),
+        _case("healthy", C, "small", "stable", lr=3e-3, steps=1600, eps=1e-3, hist_every=10),
+        _case("healthy", C, "tiny", "stable", lr=3e-3, steps=2000, eps=1e-3, seed=2, log_every=10, ckpt_every=0),
+        _case("healthy", T, "tiny", "stable", lr=3e-3, steps=1700, eps=1e-3),
+        _case("healthy", T, "small", "stable", lr=3e-3, steps=1700, eps=1e-3, hist_every=50),
+        # --- healthy: mini-batch noise keeps g²/v̂ ~ 1 (no collapse), modest lr
+        _case("healthy", M, "small", "minibatch", lr=1e-3, steps=1000, batch_size=32, seed=3),
+        _case("healthy", C, "tiny", "minibatch", lr=1e-3, steps=800, batch_size=16, hist_every=20),
+        _case("healthy", T, "tiny", "minibatch", lr=1e-3, steps=800, batch_size=16, log_every=10),
+        _case("healthy", T, "small", "minibatch", lr=3e-4, steps=800, batch_size=16, ckpt_every=0),
+        # --- healthy: eps 1e-8 full batch stopped while v is collapsing but before any blowup
+        _case("healthy", M, "small", "early", lr=1e-3, steps=600, note="collapse under way, no blowup yet"),
+        _case("healthy", C, "tiny", "early", lr=1e-3, steps=500, ckpt_every=100),
+        _case("healthy", T, "tiny", "early", lr=1e-3, steps=500, log_every=10),
+        # --- lr too high: warmup to a learning rate the model cannot take
+        _case("lr_too_high", M, "tiny", "hot", lr=0.3, steps=300, warmup_steps=150, ckpt_every=50, fast=True, **warm),
+        _case("lr_too_high", M, "small", "hot", lr=0.3, steps=600, warmup_steps=300, ckpt_every=50, **warm),
+        _case("lr_too_high", M, "small", "hot", lr=0.1, steps=600, warmup_steps=300, ckpt_every=100, seed=1,
+              log_every=10, **warm),
+        _case("lr_too_high", C, "tiny", "hot", lr=0.3, steps=500, warmup_steps=250, ckpt_every=50, **warm),
+        _case("lr_too_high", C, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=0, hist_every=10,
+              **warm),
+        _case("lr_too_high", T, "tiny", "hot", lr=0.3, steps=500, warmup_steps=250, ckpt_every=50, **warm),
+        _case("lr_too_high", T, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=50, batch_size=16,
+              **warm),
+        # --- a single corrupted batch (targets x1e3) in an otherwise healthy run
+        _case("bad_batch", M, "tiny", "badbatch", lr=1e-3, steps=500, batch_size=32, ckpt_every=100, fast=True,
+              inject=_bad(M, 350)),
+        _case("bad_batch", M, "small", "badbatch", lr=1e-3, steps=700, batch_size=32, inject=_bad(M, 400)),
+        _case("bad_batch", C, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, hist_every=20,
+              inject=_bad(C, 450)),
+        _case("bad_batch", T, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, log_every=10,
+              inject=_bad(T, 400), note="bad step happens to be a logged step"),
+        _case("bad_batch", T, "small", "badbatch", lr=3e-4, steps=700, batch_size=16, ckpt_every=0,
+              inject=_bad(T, 500)),
+        _case("bad_batch", C, "small", "badbatch", lr=1e-3, steps=800, inject=_bad(C, 600),
+              note="full batch: the bad batch lands while v is collapsing"),
+        # --- NaN in the data from step k
+        _case("nonfinite", M, "tiny", "nan", lr=1e-3, steps=400, batch_size=32, ckpt_every=100, fast=True,
+              inject={"nan_from": 300}),
+        _case("nonfinite", C, "small", "nan", lr=1e-3, steps=600, batch_size=16, hist_every=20,
+              inject={"nan_from": 420}),
+        _case("nonfinite", T, "tiny", "nan", lr=1e-3, steps=500, log_every=10, inject={"nan_from": 333},
+              stop_on_nonfinite=False, note="keeps training on NaN; k is not a logged step"),
+        _case("nonfinite", M, "small", "nan", lr=3e-3, steps=900, inject={"nan_from": 800},
+              note="full batch, v collapsing when the NaN arrives"),
+    ]
+    names = [c.name for c in cases]
+    dup = [n for n, k in Counter(names).items() if k > 1]
+    assert not dup, f"duplicate case names {dup}"
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generation (in worker processes)
+
+
+def _harness() -> Any:
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    import families  # noqa: F401  (registers cnn, transformer)
+    import multitask  # noqa: F401  (registers mlp_multitask)
+    import runlab
+
+    return runlab
+
+
+def case_key(case: Case) -> str:
+    """Cache key: the case's config and the exact source of the harness that trains it."""
+    h = hashlib.sha256(json.dumps(case.cfg, sort_keys=True).encode())
+    for name in HARNESS_SOURCES:
+        h.update((EXAMPLES / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
+    """Train one case into ``run_dir`` (worker process); returns its truth summary and timing."""
+    runlab = _harness()
+    d = Path(run_dir)
+    if d.exists():
+        shutil.rmtree(d)
+    cfg = runlab.RunConfig(name=case.name, **case.cfg)
+    t0 = time.perf_counter()
+    truth = runlab.train(cfg, d)
+    dt = time.perf_counter() - t0
+    (d / "case.json").write_text(json.dumps({"key": key, "seconds": dt, "intended": case.intended,
+                                             "note": case.note, "cfg": case.cfg}, indent=1) + "\n")
+    return {"name": case.name, "seconds": dt, "cause": truth["summary"]["cause"]}
+
+
+def _cached(case: Case, run_dir: Path, key: str) -> bool:
+    meta, truth = run_dir / "case.json", run_dir / "truth.json"
+    if not (meta.is_file() and truth.is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def _cost(case: Case) -> float:
+    """Rough relative cost for scheduling longest-first."""
+    per_step = {"mlp_multitask": 1.0, "cnn": 1.4, "transformer": 1.6}[case.cfg["family"]]
+    return case.cfg["steps"] * per_step
+
+
+def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False,
+             log: Any = None) -> dict[str, dict[str, Any]]:
+    """Make sure every case's run exists under ``out/<name>`` (cached); returns {name: generation info}."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo, info = [], {}
+    for c in cases:
+        key = case_key(c)
+        d = out / c.name
+        if not regen and _cached(c, d, key):
+            info[c.name] = {"seconds": json.loads((d / "case.json").read_text())["seconds"], "cached": True}
+        else:
+            todo.append((c, str(d), key))
+    todo.sort(key=lambda t: -_cost(t[0]))
+    if todo and log:
+        log(f"generating {len(todo)} run(s) with {jobs} process(es) ({len(cases) - len(todo)} cached)")
+    if jobs <= 1:
+        for c, d, key in todo:
+            r = _generate(c, d, key)
+            info[c.name] = {"seconds": r["seconds"], "cached": False}
+            if log:
+                log(f"  {c.name}: {r['cause']} ({r['seconds']:.1f}s)")
+        return info
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        futs = {ex.submit(_generate, c, d, key): c for c, d, key in todo}
+        for f in as_completed(futs):
+            r = f.result()
+            info[r["name"]] = {"seconds": r["seconds"], "cached": False}
+            if log:
+                log(f"  {r['name']}: {r['cause']} ({r['seconds']:.1f}s)")
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def diagnose_case(case: Case, run_dir: Path) -> dict[str, Any]:
+    """Scan one run in-process and line the verdict up with its truth."""
+    from adamdiag.scan import scan_paths
+
+    truth = json.loads((run_dir / "truth.json").read_text())
+    s = truth["summary"]
+    t0 = time.perf_counter()
+    try:
+        rep = scan_paths([run_dir]).runs[0]
+        verdict, blow, warn = rep.verdict, rep.blowup_step, rep.warning_step
+        findings = [{"id": f.id, "severity": f.severity, "step": f.step, "tensor": f.tensor,
+                     "message": f.message} for f in rep.findings]
+        error = None
+    except Exception as e:  # noqa: BLE001  (a crash on a real run is a result to report, not to hide)
+        verdict, blow, warn, findings, error = "error", None, None, [], f"{type(e).__name__}: {e}"
+    dt = time.perf_counter() - t0
+    tb = s["blowup_step"]
+    cfg = case.cfg
+    return {
+        "name": case.name,
+        "run_dir": str(run_dir),
+        "family": cfg["family"], "size": cfg["size"], "seed": cfg["seed"], "lr": cfg["lr"], "eps": cfg["eps"],
+        "steps": cfg["steps"], "batch_size": cfg.get("batch_size"), "log_every": cfg["log_every"],
+        "hist_every": cfg["hist_every"], "ckpt_every": cfg["ckpt_every"], "restart_at": cfg.get("restart_at"),
+        "clip_grad_norm": cfg.get("clip_grad_norm"), "optimizer": cfg.get("optimizer", "adam"),
+        "inject": cfg.get("inject"), "note": case.note,
+        "intended": case.intended,
+        "true_cause": s["cause"],
+        "true_blowup_step": tb,
+        "truth_evidence": s.get("evidence", {}),
+        "verdict": verdict,
+        "correct": verdict == s["cause"],
+        "blowup_step": blow,
+        "warning_step": warn,
+        "lead_time": (blow - warn) if blow is not None and warn is not None else None,
+        "lead_time_vs_true_blowup": (tb - warn) if tb is not None and warn is not None else None,
+        "blowup_step_error": (blow - tb) if blow is not None and tb is not None else None,
+        "error_findings": [f for f in findings if f["severity"] == "error"],
+        "findings": findings,
+        "scan_error": error,
+        "scan_seconds": dt,
+    }
+
+
+def _stats(xs: list[float]) -> dict[str, Any]:
+    if not xs:
+        return {"n": 0, "values": []}
+    return {"n": len(xs), "min": min(xs), "median": statistics.median(xs), "max": max(xs), "values": sorted(xs)}
+
+
+def score(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Confusion matrix, accuracy on blown-up runs, false alarms on healthy runs, v_collapse lead times."""
+    conf: dict[str, dict[str, int]] = {}
+    for r in results:
+        conf.setdefault(r["true_cause"], Counter())[r["verdict"]] += 1
+    blown = [r for r in results if r["true_cause"] != "healthy"]
+    healthy = [r for r in results if r["true_cause"] == "healthy"]
+    vc_ok = [r for r in results if r["true_cause"] == "v_collapse" and r["verdict"] == "v_collapse"]
+    per_step = [r for r in vc_ok if r["log_every"] == 1]
+    lead = [r["lead_time"] for r in per_step if r["lead_time"] is not None]
+    lead_true = [r["lead_time_vs_true_blowup"] for r in per_step if r["lead_time_vs_true_blowup"] is not None]
+    lead_all = [r["lead_time"] for r in vc_ok if r["lead_time"] is not None]
+    acc = sum(r["correct"] for r in blown) / len(blown) if blown else float("nan")
+    med = statistics.median(lead) if lead else None
+    out = {
+        "n_cases": len(results),
+        "confusion": {c: dict(v) for c, v in conf.items()},
+        "blown_up": {"n": len(blown), "correct": sum(r["correct"] for r in blown), "accuracy": acc},
+        "healthy": {
+            "n": len(healthy),
+            "false_alarms": [r["name"] for r in healthy if r["verdict"] != "healthy"],
+            "with_error_findings": [r["name"] for r in healthy if r["error_findings"]],
+        },
+        "v_collapse_lead_time_per_step_logging": _stats(lead),
+        "v_collapse_lead_time_vs_true_blowup_per_step_logging": _stats(lead_true),
+        "v_collapse_lead_time_all": _stats(lead_all),
+        "blowup_step_error_correct_cases": _stats([r["blowup_step_error"] for r in results
+                                                  if r["correct"] and r["blowup_step_error"] is not None]),
+        "truth_differs_from_design": [r["name"] for r in results if r["true_cause"] != r["intended"]],
+        "misdiagnosed": [r["name"] for r in results if not r["correct"]],
+        "scan_errors": [r["name"] for r in results if r["scan_error"]],
+    }
+    out["targets"] = {
+        "no_false_alarms": not out["healthy"]["false_alarms"],
+        f"accuracy>={TARGET_ACCURACY}": bool(blown) and acc >= TARGET_ACCURACY,
+        f"median_lead>={TARGET_MEDIAN_LEAD}": med is not None and med >= TARGET_MEDIAN_LEAD,
+    }
+    return out
+
+
+def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Human-readable tables: per case, the confusion matrix, lead times, false alarms, targets."""
+    lines = []
+    w = max(len(r["name"]) for r in results)
+    lines.append(f"{'case':{w}s}  {'truth':11s} {'verdict':13s} {'t_blow':>6s} {'blow':>6s} {'warn':>6s} "
+                 f"{'lead':>5s}  ok")
+    for r in results:
+        def n(x: Any) -> str:
+            return "-" if x is None else str(x)
+        lines.append(f"{r['name']:{w}s}  {r['true_cause']:11s} {r['verdict']:13s} {n(r['true_blowup_step']):>6s} "
+                     f"{n(r['blowup_step']):>6s} {n(r['warning_step']):>6s} {n(r['lead_time']):>5s}  "
+                     f"{'ok' if r['correct'] else 'MISS'}")
+    lines.append("")
+    cols = [v for v in VERDICTS if any(v in row for row in summary["confusion"].values())]
+    cols += sorted({v for row in summary["confusion"].values() for v in row} - set(cols))
+    corner = "true \\ verdict"
+    head = f"{corner:14s}" + "".join(f"{c:>14s}" for c in cols) + f"{'total':>8s}"
+    lines += ["confusion matrix (rows: live-state truth, columns: adamdiag verdict)", head]
+    for cause in [c for c in CAUSES if c in summary["confusion"]]:
+        row = summary["confusion"][cause]
+        lines.append(f"{cause:14s}" + "".join(f"{row.get(c, 0):>14d}" for c in cols) + f"{sum(row.values()):>8d}")
+    b = summary["blown_up"]
+    lines.append("")
+    lines.append(f"blown-up runs with the right cause: {b['correct']}/{b['n']} = {b['accuracy']:.1%}")
+    h = summary["healthy"]
+    lines.append(f"healthy runs: {h['n']}; verdict != healthy: {len(h['false_alarms'])} {h['false_alarms']}; "
+                 f"with error-severity findings: {len(h['with_error_findings'])} {h['with_error_findings']}")
+    for key, label in (("v_collapse_lead_time_per_step_logging", "lead time (blowup - warning), per-step logs"),
+                       ("v_collapse_lead_time_vs_true_blowup_per_step_logging", "lead vs the TRUE blowup step"),
+                       ("v_collapse_lead_time_all", "lead time, all logging intervals")):
+        st = summary[key]
+        if st["n"]:
+            lines.append(f"v_collapse {label}: n={st['n']} min={st['min']} median={st['median']} max={st['max']} "
+                         f"values={st['values']}")
+        else:
+            lines.append(f"v_collapse {label}: none")
+    if summary["truth_differs_from_design"]:
+        lines.append(f"runs whose live-state truth differs from their design: {summary['truth_differs_from_design']}")
+    lines.append("targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in summary["targets"].items()))
+    return "\n".join(lines)
+
+
+def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool = False, only: list[str] | None = None,
+        verbose: bool = True) -> dict[str, Any]:
+    """Generate (cached) and score the matrix (or the fast subset); returns the accuracy.json content."""
+    def log(msg: str) -> None:
+        if verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    cases = [c for c in matrix() if c.fast or not fast]
+    if only:
+        cases = [c for c in cases if any(o in c.name for o in only)]
+    out = Path(out)
+    t0 = time.perf_counter()
+    gen = generate(cases, out, jobs=jobs, regen=regen, log=log)
+    t_gen = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    results = []
+    for c in cases:
+        r = diagnose_case(c, out / c.name)
+        r["gen_seconds"] = gen[c.name]["seconds"]
+        r["cached"] = gen[c.name]["cached"]
+        results.append(r)
+    t_scan = time.perf_counter() - t1
+    summary = score(results)
+    doc = {
+        "schema": SCHEMA,
+        "subset": "fast" if fast else "full",
+        "out": str(out),
+        "timings": {"generate_wall_s": t_gen, "scan_wall_s": t_scan, "jobs": jobs,
+                    "generate_cpu_s_sum": sum(g["seconds"] for g in gen.values()),
+                    "generated": sum(not g["cached"] for g in gen.values())},
+        "summary": summary,
+        "cases": results,
+    }
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fast", action="store_true", help="only the small subset the tests use")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel generation processes (default 2)")
+    ap.add_argument("--regen", action="store_true", help="regenerate runs even when cached")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run cache directory")
+    ap.add_argument("--json", type=Path, default=None, help="where to write the results (default <out>/../accuracy"
+                    "[_fast].json)")
+    ap.add_argument("--only", nargs="*", help="cases whose name contains one of these substrings")
+    ap.add_argument("--check", action="store_true", help="exit 1 when an acceptance target is missed")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for c in matrix():
+            if c.fast or not args.fast:
+                print(f"{c.name:60s} {c.intended:12s} {'fast' if c.fast else ''} {c.note}")
+        return 0
+    doc = run(fast=args.fast, out=args.out, jobs=args.jobs, regen=args.regen, only=args.only)
+    print(format_report(doc["cases"], doc["summary"]))
+    t = doc["timings"]
+    print(f"timings: generation {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
+          f"{t['generate_cpu_s_sum']:.1f}s summed over runs, {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s")
+    path = args.json or args.out.parent / ("accuracy_fast.json" if args.fast else "accuracy.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+    return 1 if args.check and not all(doc["summary"]["targets"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
