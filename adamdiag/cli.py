@@ -217,9 +217,10 @@ def replay(
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
     loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
-    sequential: Annotated[
-        bool, typer.Option("--sequential", help="Replay variants one by one with torch.optim.Adam (no vmap).")
-    ] = False,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."),
+    ] = "auto",
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
     from adamdiag.replay.command import run_replay
@@ -238,7 +239,7 @@ def replay(
         force=force,
         trust_checkpoint=trust_checkpoint,
         loss_tag=loss_tag,
-        sequential=sequential,
+        mode=mode,
     )
     if code:
         raise typer.Exit(code)

@@ -84,11 +84,14 @@ def to_json_obj(summaries: list, pairs: list[dict]) -> dict[str, Any]:
                       "checkpoints": [s.to_dict() for s in summaries], "pairs": pairs})
 
 
-def render_text(summaries: list, pairs: list[dict], width: int = 160) -> str:
+def render_text(summaries: list, pairs: list[dict], width: int | None = None) -> str:
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    if width is None:  # wide enough that names are not folded (the table is data, not a TTY view)
+        longest = max((len(t.label) for s in summaries for t in s.tensors), default=10)
+        width = min(300, 150 + longest)
     buf = io.StringIO()
     con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False, soft_wrap=False)
     for s in summaries:
@@ -97,7 +100,7 @@ def render_text(summaries: list, pairs: list[dict], width: int = 160) -> str:
         tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for col, j in [("tensor", "left"), ("grp/idx", "left"), ("shape", "left"), ("step", "right"),
                        ("lr", "right"), ("β2", "right"), ("eps", "right"), ("wd", "right"),
-                       ("√v̂ p01", "right"), ("√v̂ p50", "right"), ("√v̂<eps", "right"), ("√v̂<10eps", "right"),
+                       ("√v̂ p01", "right"), ("√v̂ p50", "right"), ("√v̂<eps", "right"), ("√v̂<10eps", "right"), ("v=0", "right"),
                        ("upd rms", "right"), ("upd/param", "right"), ("upd max", "right"), ("nonfinite", "right")]:
             tab.add_column(col, justify=j, no_wrap=col != "tensor", overflow="fold")
         for t in sorted(s.tensors, key=lambda t: t.risk_key):
@@ -105,11 +108,14 @@ def render_text(summaries: list, pairs: list[dict], width: int = 160) -> str:
                 t.label, f"{t.group}/{t.index}", "×".join(map(str, t.shape)) or "()", _fmt(t.step), _fmt(t.lr),
                 _fmt(t.beta2, ".4g"), _fmt(t.eps), _fmt(t.weight_decay), _fmt(t.sqrt_vhat_q["p01"]),
                 _fmt(t.sqrt_vhat_q["p50"]), _pct(t.frac_sqrt_vhat_below_eps), _pct(t.frac_sqrt_vhat_below_10eps),
-                _fmt(t.update_rms), _fmt(t.update_rms_rel), _fmt(t.update_max), str(t.nonfinite),
+                _pct(t.frac_v_zero), _fmt(t.update_rms), _fmt(t.update_rms_rel), _fmt(t.update_max), str(t.nonfinite),
             )
         con.print(tab)
         for w in s.warnings:
             con.print(f"  note: {w}", markup=False)
+        if any(t.frac_v_zero and t.frac_v_zero > 0 for t in s.tensors):
+            con.print("  note: v=0: elements that never received a gradient (eps-dominated, but not a collapse)",
+                      markup=False)
         con.print()
     for p in pairs:
         con.print(f"decay ratio v_b/(β2^Δ·v_a): step {p['from_step']} → {p['to_step']}  "
@@ -135,7 +141,7 @@ CSV_COLUMNS = [
     "path", "checkpoint_step", "tensor", "name", "group", "index", "shape", "numel", "step", "lr", "beta1", "beta2",
     "eps", "eps_effective", "weight_decay", "amsgrad", "v_mean", "v_max", "m_abs_mean", "sqrt_vhat_min",
     "sqrt_vhat_p01", "sqrt_vhat_p50", "sqrt_vhat_p99", "sqrt_vhat_max", "frac_sqrt_vhat_below_eps",
-    "frac_sqrt_vhat_below_10eps", "update_rms", "update_max", "update_ratio_rms", "param_rms", "update_rms_rel",
+    "frac_sqrt_vhat_below_10eps", "frac_v_zero", "update_rms", "update_max", "update_ratio_rms", "param_rms", "update_rms_rel",
     "nonfinite", "decay_from_step", "decay_ratio_p50", "frac_pure_decay", "r_interval",
 ]
 
@@ -161,7 +167,7 @@ def render_csv(summaries: list, pairs: list[dict]) -> str:
                 num(t.step), num(t.lr), num(t.beta1), num(t.beta2), num(t.eps), num(t.eps_effective),
                 num(t.weight_decay), t.amsgrad, num(t.v_mean), num(t.v_max), num(t.m_abs_mean), num(q["min"]),
                 num(q["p01"]), num(q["p50"]), num(q["p99"]), num(q["max"]), num(t.frac_sqrt_vhat_below_eps),
-                num(t.frac_sqrt_vhat_below_10eps), num(t.update_rms), num(t.update_max), num(t.update_ratio_rms),
+                num(t.frac_sqrt_vhat_below_10eps), num(t.frac_v_zero), num(t.update_rms), num(t.update_max), num(t.update_ratio_rms),
                 num(t.param_rms), num(t.update_rms_rel), t.nonfinite,
                 num(pr["from_step"]) if pr else "", num(pr["ratio_q"]["p50"]) if pr else "",
                 num(pr["frac_pure_decay"]) if pr else "", num(pr["r_interval"]) if pr else "",

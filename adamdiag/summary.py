@@ -11,14 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adamdiag.analysis.moments import CheckpointSummary, decay_ratio, tensor_stats
+from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
 
 def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: str | None = None,
-                         progress: Progress | None = None) -> CheckpointSummary:
+                         progress: Progress | None = None,
+                         exact_quantile_limit: int = EXACT_QUANTILE_LIMIT) -> CheckpointSummary:
     """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
+    Quantiles are exact for tensors up to ``exact_quantile_limit`` elements, sampled above it.
 
     Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
@@ -30,7 +32,7 @@ def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: s
     total = len(ck)
     stats = []
     for i, t in enumerate(ck.tensors()):
-        stats.append(tensor_stats(t, ck.convention))
+        stats.append(tensor_stats(t, ck.convention, exact_limit=exact_quantile_limit))
         rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param)
         if progress is not None:
             progress(i + 1, total, stats[-1].label)

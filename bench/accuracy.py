@@ -97,53 +97,67 @@ def _bad(family: str, k: int) -> dict[str, Any]:
 
 
 def matrix() -> list[Case]:
-    """The full matrix. Cases with ``fast=True`` form the ``--fast`` subset (the test)."""
+    """The full matrix. Cases with ``fast=True`` form the ``--fast`` subset (the test).
+
+    ``intended`` is what a design was meant to show; every run is scored against its live-state truth, and
+    designs whose truth came out otherwise are kept (listed under ``truth_differs_from_design``), never
+    dropped or relabelled. Notes starting with "borderline" mark runs whose truth is a judgement call (an
+    instability that recovers below runlab's 10x blowup threshold, relapsing collapse); they are scored too.
+    """
     M, C, T = "mlp_multitask", "cnn", "transformer"
     warm = {"lr_schedule": "linear_warmup"}
     cases = [
         # --- v collapse: full batch on a realisable teacher target, eps 1e-8 --------------------------
-        _case("v_collapse", M, "tiny", "vc", lr=1e-2, steps=1200, fast=True),
-        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, hist_every=50),
-        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=1500, seed=1),
-        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, log_every=10),
-        _case("v_collapse", M, "tiny", "vc", lr=3e-3, steps=2000, ckpt_every=0),
-        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, restart_at=900, note="crash at 900, resume from 800"),
-        _case("v_collapse", C, "tiny", "vc", lr=3e-3, steps=2000),
-        _case("v_collapse", C, "small", "vc", lr=3e-3, steps=1600, hist_every=10),
-        _case("v_collapse", C, "small", "vc", lr=1e-2, steps=1500, seed=1, clip_grad_norm=1.0),
-        _case("v_collapse", C, "tiny", "vc", lr=3e-3, steps=2000, seed=2, log_every=10, ckpt_every=0),
-        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1700),
-        _case("v_collapse", T, "small", "vc", lr=3e-3, steps=1700, hist_every=50),
-        _case("v_collapse", T, "tiny", "vc", lr=1e-2, steps=1500, seed=1),
-        _case("v_collapse", T, "small", "vc", lr=3e-3, steps=1700, seed=1, log_every=10),
-        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1700, seed=2, optimizer="adamw"),
+        _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=650, fast=True),
+        _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=900, seed=1, hist_every=50),
+        _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=900, seed=2, ckpt_every=0),
+        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1),
+        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1, restart_at=500,
+              note="crash after 500, resume from the step-400 checkpoint into a new event file"),
+        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1, log_every=10),
+        _case("v_collapse", M, "small", "vc", lr=3e-2, steps=900, log_every=10),
+        _case("v_collapse", C, "tiny", "vc", lr=1e-2, steps=800),
+        _case("v_collapse", C, "tiny", "vc", lr=1e-2, steps=800, seed=1, ckpt_every=100),
+        _case("v_collapse", C, "tiny", "vc", lr=3e-3, steps=1800, seed=2, log_every=10, ckpt_every=0),
+        _case("v_collapse", C, "small", "vc", lr=3e-3, steps=1400, hist_every=10),
+        _case("v_collapse", C, "small", "vc", lr=1e-2, steps=800, seed=1, clip_grad_norm=1.0),
+        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1300),
+        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1400, seed=2, optimizer="adamw"),
+        _case("v_collapse", T, "tiny", "vc", lr=3e-3, steps=1300, log_every=10),
+        _case("v_collapse", T, "tiny", "vc", lr=1e-2, steps=1200, log_every=10),
+        _case("v_collapse", T, "small", "vc", lr=1e-2, steps=1200, hist_every=50),
+        _case("v_collapse", T, "small", "vc", lr=1e-2, steps=1200, seed=1),
         # --- healthy: the same full-batch runs with eps 1e-3 (eps caps the step once √v̂ falls under it)
-        _case("healthy", M, "tiny", "stable", lr=1e-2, steps=1200, eps=1e-3, fast=True),
-        _case("healthy", M, "small", "stable", lr=3e-3, steps=2000, eps=1e-3, hist_every=50),
-        _case("healthy", M, "small", "stable", lr=3e-3, steps=2000, eps=1e-3, log_every=10),
-        _case("healthy", C, "small", "stable", lr=3e-3, steps=1600, eps=1e-3, hist_every=10),
-        _case("healthy", C, "tiny", "stable", lr=3e-3, steps=2000, eps=1e-3, seed=2, log_every=10, ckpt_every=0),
-        _case("healthy", T, "tiny", "stable", lr=3e-3, steps=1700, eps=1e-3),
-        _case("healthy", T, "small", "stable", lr=3e-3, steps=1700, eps=1e-3, hist_every=50),
+        _case("healthy", M, "tiny", "stable", lr=3e-2, steps=650, eps=1e-2, fast=True),
+        _case("healthy", M, "tiny", "stable", lr=3e-2, steps=800, eps=1e-3, note="is eps 1e-3 enough at lr 3e-2?"),
+        _case("healthy", M, "tiny", "stable", lr=1e-2, steps=800, eps=1e-3),
+        _case("healthy", M, "small", "stable", lr=1e-2, steps=900, eps=1e-3, seed=1, log_every=10),
+        _case("healthy", C, "tiny", "stable", lr=3e-3, steps=1800, eps=1e-3, seed=2, log_every=10, ckpt_every=0),
+        _case("healthy", C, "small", "stable", lr=3e-3, steps=1400, eps=1e-3, hist_every=10),
+        _case("healthy", T, "tiny", "stable", lr=3e-3, steps=1300, eps=1e-3),
+        _case("healthy", T, "small", "stable", lr=1e-2, steps=1200, eps=1e-3, hist_every=50),
         # --- healthy: mini-batch noise keeps g²/v̂ ~ 1 (no collapse), modest lr
         _case("healthy", M, "small", "minibatch", lr=1e-3, steps=1000, batch_size=32, seed=3),
         _case("healthy", C, "tiny", "minibatch", lr=1e-3, steps=800, batch_size=16, hist_every=20),
         _case("healthy", T, "tiny", "minibatch", lr=1e-3, steps=800, batch_size=16, log_every=10),
         _case("healthy", T, "small", "minibatch", lr=3e-4, steps=800, batch_size=16, ckpt_every=0),
-        # --- healthy: eps 1e-8 full batch stopped while v is collapsing but before any blowup
+        # --- healthy with eps 1e-8: v collapses but the run never blows up (stopped early / never re-grows)
         _case("healthy", M, "small", "early", lr=1e-3, steps=600, note="collapse under way, no blowup yet"),
         _case("healthy", C, "tiny", "early", lr=1e-3, steps=500, ckpt_every=100),
         _case("healthy", T, "tiny", "early", lr=1e-3, steps=500, log_every=10),
+        _case("healthy", M, "tiny", "deep", lr=3e-3, steps=2000, ckpt_every=0,
+              note="v collapsed for ~2000 steps, gradients never re-grow"),
+        _case("healthy", T, "tiny", "deep", lr=1e-2, steps=1500, seed=1, note="loss ~1e-7, no re-growth"),
         # --- lr too high: warmup to a learning rate the model cannot take
         _case("lr_too_high", M, "tiny", "hot", lr=0.3, steps=300, warmup_steps=150, ckpt_every=50, fast=True, **warm),
         _case("lr_too_high", M, "small", "hot", lr=0.3, steps=600, warmup_steps=300, ckpt_every=50, **warm),
         _case("lr_too_high", M, "small", "hot", lr=0.1, steps=600, warmup_steps=300, ckpt_every=100, seed=1,
               log_every=10, **warm),
         _case("lr_too_high", C, "tiny", "hot", lr=0.3, steps=500, warmup_steps=250, ckpt_every=50, **warm),
-        _case("lr_too_high", C, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=0, hist_every=10,
+        _case("lr_too_high", C, "small", "hot", lr=0.5, steps=400, warmup_steps=300, ckpt_every=0, hist_every=10,
               **warm),
-        _case("lr_too_high", T, "tiny", "hot", lr=0.3, steps=500, warmup_steps=250, ckpt_every=50, **warm),
-        _case("lr_too_high", T, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=50, batch_size=16,
+        _case("lr_too_high", T, "tiny", "hot", lr=1.0, steps=400, warmup_steps=250, ckpt_every=50, **warm),
+        _case("lr_too_high", T, "small", "hot", lr=1.0, steps=400, warmup_steps=250, ckpt_every=50, batch_size=16,
               **warm),
         # --- a single corrupted batch (targets x1e3) in an otherwise healthy run
         _case("bad_batch", M, "tiny", "badbatch", lr=1e-3, steps=500, batch_size=32, ckpt_every=100, fast=True,
@@ -152,7 +166,7 @@ def matrix() -> list[Case]:
         _case("bad_batch", C, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, hist_every=20,
               inject=_bad(C, 450)),
         _case("bad_batch", T, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, log_every=10,
-              inject=_bad(T, 400), note="bad step happens to be a logged step"),
+              inject=_bad(T, 400), note="the bad step happens to be a logged step"),
         _case("bad_batch", T, "small", "badbatch", lr=3e-4, steps=700, batch_size=16, ckpt_every=0,
               inject=_bad(T, 500)),
         _case("bad_batch", C, "small", "badbatch", lr=1e-3, steps=800, inject=_bad(C, 600),
@@ -161,11 +175,18 @@ def matrix() -> list[Case]:
         _case("nonfinite", M, "tiny", "nan", lr=1e-3, steps=400, batch_size=32, ckpt_every=100, fast=True,
               inject={"nan_from": 300}),
         _case("nonfinite", C, "small", "nan", lr=1e-3, steps=600, batch_size=16, hist_every=20,
-              inject={"nan_from": 420}),
+              inject={"nan_from": 421}),
         _case("nonfinite", T, "tiny", "nan", lr=1e-3, steps=500, log_every=10, inject={"nan_from": 333},
               stop_on_nonfinite=False, note="keeps training on NaN; k is not a logged step"),
         _case("nonfinite", M, "small", "nan", lr=3e-3, steps=900, inject={"nan_from": 800},
               note="full batch, v collapsing when the NaN arrives"),
+        # --- borderline: instabilities whose truth is a judgement call (scored like all others)
+        _case("v_collapse", M, "tiny", "vc", lr=1e-2, steps=1200,
+              note="borderline: v-collapse instability that peaks at ~8x and recovers; truth needs 10x for a blowup"),
+        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, hist_every=50,
+              note="borderline: relapsing collapse, 2-5x bursts from ~1390 on, 10x at ~1900 (the sample_logs config)"),
+        _case("lr_too_high", C, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=0, hist_every=10,
+              note="borderline: edge of stability, repeated 10-100x spikes that recover within ~30 steps", **warm),
     ]
     names = [c.name for c in cases]
     dup = [n for n, k in Counter(names).items() if k > 1]
@@ -187,37 +208,48 @@ def _harness() -> Any:
     return runlab
 
 
-def case_key(case: Case) -> str:
-    """Cache key: the case's config and the exact source of the harness that trains it."""
+def case_key(case: Case, with_sources: bool = True) -> str:
+    """Cache key: the case's config and (``with_sources``) the exact source of the harness that trains it."""
     h = hashlib.sha256(json.dumps(case.cfg, sort_keys=True).encode())
-    for name in HARNESS_SOURCES:
-        h.update((EXAMPLES / name).read_bytes())
+    if with_sources:
+        for name in HARNESS_SOURCES:
+            h.update((EXAMPLES / name).read_bytes())
     return h.hexdigest()[:16]
 
 
 def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
-    """Train one case into ``run_dir`` (worker process); returns its truth summary and timing."""
-    runlab = _harness()
+    """Train one case into ``run_dir`` (worker process); returns its truth summary and timing.
+
+    A crash of the harness is returned as ``error`` (and scored as such), not raised: one broken case must
+    not throw away the other runs of a 15-minute matrix."""
     d = Path(run_dir)
     if d.exists():
         shutil.rmtree(d)
-    cfg = runlab.RunConfig(name=case.name, **case.cfg)
     t0 = time.perf_counter()
-    truth = runlab.train(cfg, d)
+    try:
+        runlab = _harness()
+        cfg = runlab.RunConfig(name=case.name, **case.cfg)
+        truth = runlab.train(cfg, d)
+    except Exception as e:  # noqa: BLE001
+        return {"name": case.name, "seconds": time.perf_counter() - t0, "cause": "generation failed",
+                "error": f"{type(e).__name__}: {e}"}
     dt = time.perf_counter() - t0
-    (d / "case.json").write_text(json.dumps({"key": key, "seconds": dt, "intended": case.intended,
+    (d / "case.json").write_text(json.dumps({"key": key, "cfg_key": case_key(case, False), "seconds": dt, "intended": case.intended,
                                              "note": case.note, "cfg": case.cfg}, indent=1) + "\n")
-    return {"name": case.name, "seconds": dt, "cause": truth["summary"]["cause"]}
+    return {"name": case.name, "seconds": dt, "cause": truth["summary"]["cause"], "error": None}
 
 
-def _cached(case: Case, run_dir: Path, key: str) -> bool:
+def _cached(case: Case, run_dir: Path, key: str, keep_stale: bool = False) -> bool:
+    """A usable earlier run of this case: same config and harness (or only the same config with
+    ``keep_stale``, for iterating on the detector while the harness sources are being edited)."""
     meta, truth = run_dir / "case.json", run_dir / "truth.json"
     if not (meta.is_file() and truth.is_file()):
         return False
     try:
-        return json.loads(meta.read_text()).get("key") == key
+        m = json.loads(meta.read_text())
     except json.JSONDecodeError:
         return False
+    return m.get("key") == key or (keep_stale and m.get("cfg_key") == case_key(case, False))
 
 
 def _cost(case: Case) -> float:
@@ -226,16 +258,18 @@ def _cost(case: Case) -> float:
     return case.cfg["steps"] * per_step
 
 
-def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False,
-             log: Any = None) -> dict[str, dict[str, Any]]:
+def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, log: Any = None,
+             keep_stale: bool = False) -> dict[str, dict[str, Any]]:
     """Make sure every case's run exists under ``out/<name>`` (cached); returns {name: generation info}."""
     out.mkdir(parents=True, exist_ok=True)
     todo, info = [], {}
     for c in cases:
         key = case_key(c)
         d = out / c.name
-        if not regen and _cached(c, d, key):
-            info[c.name] = {"seconds": json.loads((d / "case.json").read_text())["seconds"], "cached": True}
+        if not regen and _cached(c, d, key, keep_stale):
+            meta = json.loads((d / "case.json").read_text())
+            info[c.name] = {"seconds": meta["seconds"], "cached": True, "error": None,
+                            "stale": meta.get("key") != key}
         else:
             todo.append((c, str(d), key))
     todo.sort(key=lambda t: -_cost(t[0]))
@@ -244,7 +278,7 @@ def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False,
     if jobs <= 1:
         for c, d, key in todo:
             r = _generate(c, d, key)
-            info[c.name] = {"seconds": r["seconds"], "cached": False}
+            info[c.name] = {"seconds": r["seconds"], "cached": False, "error": r["error"]}
             if log:
                 log(f"  {c.name}: {r['cause']} ({r['seconds']:.1f}s)")
         return info
@@ -254,9 +288,9 @@ def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False,
         futs = {ex.submit(_generate, c, d, key): c for c, d, key in todo}
         for f in as_completed(futs):
             r = f.result()
-            info[r["name"]] = {"seconds": r["seconds"], "cached": False}
+            info[r["name"]] = {"seconds": r["seconds"], "cached": False, "error": r["error"]}
             if log:
-                log(f"  {r['name']}: {r['cause']} ({r['seconds']:.1f}s)")
+                log(f"  {r['name']}: {r['cause']} ({r['seconds']:.1f}s) {r['error'] or ''}")
     return info
 
 
@@ -264,14 +298,18 @@ def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False,
 # scoring
 
 
-def diagnose_case(case: Case, run_dir: Path) -> dict[str, Any]:
+def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> dict[str, Any]:
     """Scan one run in-process and line the verdict up with its truth."""
     from adamdiag.scan import scan_paths
 
-    truth = json.loads((run_dir / "truth.json").read_text())
-    s = truth["summary"]
+    if gen_error is not None:
+        s = {"cause": "generation failed", "blowup_step": None, "evidence": {"error": gen_error}}
+    else:
+        s = json.loads((run_dir / "truth.json").read_text())["summary"]
     t0 = time.perf_counter()
     try:
+        if gen_error is not None:
+            raise RuntimeError("no run: generation failed")
         rep = scan_paths([run_dir]).runs[0]
         verdict, blow, warn = rep.verdict, rep.blowup_step, rep.warning_step
         findings = [{"id": f.id, "severity": f.severity, "step": f.step, "tensor": f.tensor,
@@ -314,22 +352,29 @@ def _stats(xs: list[float]) -> dict[str, Any]:
     return {"n": len(xs), "min": min(xs), "median": statistics.median(xs), "max": max(xs), "values": sorted(xs)}
 
 
-def score(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Confusion matrix, accuracy on blown-up runs, false alarms on healthy runs, v_collapse lead times."""
+def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Confusion matrix, accuracy on blown-up runs, false alarms on healthy runs, v_collapse lead times.
+
+    Every case counts; the "borderline" ones (see :func:`matrix`) are also listed on their own.
+    """
+    results = all_results
+    border = [r for r in all_results if r["note"].startswith("borderline")]
     conf: dict[str, dict[str, int]] = {}
     for r in results:
         conf.setdefault(r["true_cause"], Counter())[r["verdict"]] += 1
-    blown = [r for r in results if r["true_cause"] != "healthy"]
+    blown = [r for r in results if r["true_cause"] in CAUSES and r["true_cause"] != "healthy"]
     healthy = [r for r in results if r["true_cause"] == "healthy"]
     vc_ok = [r for r in results if r["true_cause"] == "v_collapse" and r["verdict"] == "v_collapse"]
     per_step = [r for r in vc_ok if r["log_every"] == 1]
     lead = [r["lead_time"] for r in per_step if r["lead_time"] is not None]
     lead_true = [r["lead_time_vs_true_blowup"] for r in per_step if r["lead_time_vs_true_blowup"] is not None]
     lead_all = [r["lead_time"] for r in vc_ok if r["lead_time"] is not None]
-    acc = sum(r["correct"] for r in blown) / len(blown) if blown else float("nan")
+    acc = sum(r["correct"] for r in blown) / len(blown) if blown else None  # None: strict JSON has no NaN
     med = statistics.median(lead) if lead else None
     out = {
-        "n_cases": len(results),
+        "n_cases": len(all_results),
+        "borderline": [{k: r[k] for k in ("name", "true_cause", "verdict", "true_blowup_step", "blowup_step",
+                                          "warning_step", "note")} for r in border],
         "confusion": {c: dict(v) for c, v in conf.items()},
         "blown_up": {"n": len(blown), "correct": sum(r["correct"] for r in blown), "accuracy": acc},
         "healthy": {
@@ -343,12 +388,14 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
         "blowup_step_error_correct_cases": _stats([r["blowup_step_error"] for r in results
                                                   if r["correct"] and r["blowup_step_error"] is not None]),
         "truth_differs_from_design": [r["name"] for r in results if r["true_cause"] != r["intended"]],
+        "borderline_misdiagnosed": [r["name"] for r in border if not r["correct"]],
         "misdiagnosed": [r["name"] for r in results if not r["correct"]],
-        "scan_errors": [r["name"] for r in results if r["scan_error"]],
+        "scan_errors": [r["name"] for r in results if r["scan_error"] and r["true_cause"] != "generation failed"],
+        "generation_errors": [r["name"] for r in results if r["true_cause"] == "generation failed"],
     }
     out["targets"] = {
         "no_false_alarms": not out["healthy"]["false_alarms"],
-        f"accuracy>={TARGET_ACCURACY}": bool(blown) and acc >= TARGET_ACCURACY,
+        f"accuracy>={TARGET_ACCURACY}": acc is not None and acc >= TARGET_ACCURACY,
         f"median_lead>={TARGET_MEDIAN_LEAD}": med is not None and med >= TARGET_MEDIAN_LEAD,
     }
     return out
@@ -365,19 +412,20 @@ def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str
             return "-" if x is None else str(x)
         lines.append(f"{r['name']:{w}s}  {r['true_cause']:11s} {r['verdict']:13s} {n(r['true_blowup_step']):>6s} "
                      f"{n(r['blowup_step']):>6s} {n(r['warning_step']):>6s} {n(r['lead_time']):>5s}  "
-                     f"{'ok' if r['correct'] else 'MISS'}")
+                     f"{'ok' if r['correct'] else 'MISS'}{'  (borderline)' if r['note'].startswith('borderline') else ''}")
     lines.append("")
     cols = [v for v in VERDICTS if any(v in row for row in summary["confusion"].values())]
     cols += sorted({v for row in summary["confusion"].values() for v in row} - set(cols))
     corner = "true \\ verdict"
     head = f"{corner:14s}" + "".join(f"{c:>14s}" for c in cols) + f"{'total':>8s}"
     lines += ["confusion matrix (rows: live-state truth, columns: adamdiag verdict)", head]
-    for cause in [c for c in CAUSES if c in summary["confusion"]]:
+    for cause in [c for c in (*CAUSES, "generation failed") if c in summary["confusion"]]:
         row = summary["confusion"][cause]
         lines.append(f"{cause:14s}" + "".join(f"{row.get(c, 0):>14d}" for c in cols) + f"{sum(row.values()):>8d}")
     b = summary["blown_up"]
     lines.append("")
-    lines.append(f"blown-up runs with the right cause: {b['correct']}/{b['n']} = {b['accuracy']:.1%}")
+    acc = "n/a" if b["accuracy"] is None else f"{b['accuracy']:.1%}"
+    lines.append(f"blown-up runs with the right cause: {b['correct']}/{b['n']} = {acc}")
     h = summary["healthy"]
     lines.append(f"healthy runs: {h['n']}; verdict != healthy: {len(h['false_alarms'])} {h['false_alarms']}; "
                  f"with error-severity findings: {len(h['with_error_findings'])} {h['with_error_findings']}")
@@ -390,6 +438,11 @@ def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str
                          f"values={st['values']}")
         else:
             lines.append(f"v_collapse {label}: none")
+    if summary["borderline"]:
+        lines.append("borderline runs (included above; their truth is a judgement call):")
+        for b_ in summary["borderline"]:
+            lines.append(f"  {b_['name']}: truth {b_['true_cause']} (blowup {b_['true_blowup_step']}), verdict "
+                         f"{b_['verdict']} (blowup {b_['blowup_step']}, warning {b_['warning_step']}) - {b_['note']}")
     if summary["truth_differs_from_design"]:
         lines.append(f"runs whose live-state truth differs from their design: {summary['truth_differs_from_design']}")
     lines.append("targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in summary["targets"].items()))
@@ -397,7 +450,7 @@ def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str
 
 
 def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool = False, only: list[str] | None = None,
-        verbose: bool = True) -> dict[str, Any]:
+        verbose: bool = True, keep_stale: bool = False) -> dict[str, Any]:
     """Generate (cached) and score the matrix (or the fast subset); returns the accuracy.json content."""
     def log(msg: str) -> None:
         if verbose:
@@ -408,14 +461,15 @@ def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool 
         cases = [c for c in cases if any(o in c.name for o in only)]
     out = Path(out)
     t0 = time.perf_counter()
-    gen = generate(cases, out, jobs=jobs, regen=regen, log=log)
+    gen = generate(cases, out, jobs=jobs, regen=regen, log=log, keep_stale=keep_stale)
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = []
     for c in cases:
-        r = diagnose_case(c, out / c.name)
+        r = diagnose_case(c, out / c.name, gen[c.name]["error"])
         r["gen_seconds"] = gen[c.name]["seconds"]
         r["cached"] = gen[c.name]["cached"]
+        r["stale"] = gen[c.name].get("stale", False)
         results.append(r)
     t_scan = time.perf_counter() - t1
     summary = score(results)
@@ -425,7 +479,8 @@ def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool 
         "out": str(out),
         "timings": {"generate_wall_s": t_gen, "scan_wall_s": t_scan, "jobs": jobs,
                     "generate_cpu_s_sum": sum(g["seconds"] for g in gen.values()),
-                    "generated": sum(not g["cached"] for g in gen.values())},
+                    "generated": sum(not g["cached"] for g in gen.values()),
+                    "stale_reused": sorted(n for n, g in gen.items() if g.get("stale"))},
         "summary": summary,
         "cases": results,
     }
@@ -441,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run cache directory")
     ap.add_argument("--json", type=Path, default=None, help="where to write the results (default <out>/../accuracy"
                     "[_fast].json)")
+    ap.add_argument("--keep-stale", action="store_true", help="reuse cached runs whose config matches even if the "
+                    "harness sources (runlab/multitask/families) changed since (reported as stale)")
     ap.add_argument("--only", nargs="*", help="cases whose name contains one of these substrings")
     ap.add_argument("--check", action="store_true", help="exit 1 when an acceptance target is missed")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -450,11 +507,14 @@ def main(argv: list[str] | None = None) -> int:
             if c.fast or not args.fast:
                 print(f"{c.name:60s} {c.intended:12s} {'fast' if c.fast else ''} {c.note}")
         return 0
-    doc = run(fast=args.fast, out=args.out, jobs=args.jobs, regen=args.regen, only=args.only)
+    doc = run(fast=args.fast, out=args.out, jobs=args.jobs, regen=args.regen, only=args.only,
+              keep_stale=args.keep_stale)
     print(format_report(doc["cases"], doc["summary"]))
     t = doc["timings"]
     print(f"timings: generation {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
           f"{t['generate_cpu_s_sum']:.1f}s summed over runs, {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s")
+    if t["stale_reused"]:
+        print(f"WARNING: {len(t['stale_reused'])} run(s) reused from an older harness (--keep-stale)")
     path = args.json or args.out.parent / ("accuracy_fast.json" if args.fast else "accuracy.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")

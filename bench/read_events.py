@@ -2,7 +2,7 @@
 
     python bench/read_events.py                    # 10^6 and 10^7 scalar events (cached logdirs)
     python bench/read_events.py --sizes 1e6        # just one size
-    python bench/read_events.py --slow-max 1e6     # tbparse/EventAccumulator only up to 10^6
+    python bench/read_events.py --tbparse-max 1e7  # tbparse at 10^7 too (default: only up to 10^6)
 
 Logdirs are written once with a real writer (torch's SummaryWriter, 10 tags per step) and cached
 under bench/out/logs/. The 10^6 set is one run (one file); the 10^7 set is ten such runs in
@@ -11,12 +11,15 @@ are written by SummaryWriter in parallel processes -- slow the first time (~100-
 on a busy 2-core box), cached afterwards. ``--replicate`` hard-links the 10^6 run nine more times
 instead (same real-writer bytes, no writing time).
 
-Each reader runs in a fresh subprocess (peak RSS from that process's own getrusage, plus its
-worker processes, if any); the page cache is warmed by the untimed first raw read:
+Each reader runs in a fresh subprocess: peak RSS is that process's VmHWM (high-water mark) and,
+for worker processes, the largest worker's ru_maxrss (forked: it includes pages shared with the
+parent); "RSS before" is after all imports, before the read. The page cache is warmed by an untimed
+raw read first:
 
 * ``raw``      -- the floor: read all files' bytes;
-* ``adamdiag`` -- ``adamdiag.io.events.read_runs`` (worker processes when there are several runs);
-* ``adamdiag-1proc`` -- the same in a single process;
+* ``adamdiag`` -- ``adamdiag.io.events.read_runs`` as the CLI calls it (worker processes when there
+  are several runs and idle CPUs);
+* ``adamdiag-1proc`` / ``adamdiag-nproc`` -- the same forced to one process / one worker per CPU;
 * ``tbparse``  -- ``SummaryReader(logdir).scalars``;
 * ``ea``       -- TensorBoard's ``EventAccumulator(run, size_guidance={'scalars': 0})`` + ``Reload()``
   + ``Scalars(tag)`` for every tag, for each run.
@@ -85,7 +88,8 @@ def logdir_for(n: int, workers: int, replicate: bool = False) -> Path:
             t = time.time()
             print(f"writing {n:,} events with SummaryWriter -> {d} ...", file=sys.stderr, flush=True)
             d.mkdir(exist_ok=True)
-            _write_run(str(d / "run_00"), n, 0)
+            with ProcessPoolExecutor(max_workers=1) as pool:  # keep torch out of this process
+                pool.submit(_write_run, str(d / "run_00"), n, 0).result()
             print(f"  done in {time.time() - t:.0f} s", file=sys.stderr)
         return d
     runs = n // PER_RUN
@@ -116,23 +120,36 @@ def _files(logdir: Path) -> list[Path]:
     return sorted(p for p in logdir.rglob("events.out.tfevents.*") if p.is_file())
 
 
+def _vm(field: str) -> int:
+    """VmHWM/VmRSS of this process in bytes. (ru_maxrss would include the parent's RSS at fork:
+    Linux carries it across exec.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _measure(tool: str, logdir: Path) -> dict:
     """Runs inside the fresh subprocess: import first, then time only the read."""
     import pandas as pd  # noqa: F401 - everybody's import cost stays out of the timing
 
     rows = 0
     frame_bytes = None
-    if tool in ("adamdiag", "adamdiag-1proc"):
+    if tool.startswith("adamdiag"):
         from adamdiag.io.events import read_runs
 
+        workers = {"adamdiag": None, "adamdiag-1proc": 1, "adamdiag-nproc": os.cpu_count() or 1}[tool]
+        rss0 = _vm("VmRSS")
         t = time.perf_counter()
-        runs = read_runs([logdir], workers=1 if tool == "adamdiag-1proc" else None)
+        runs = read_runs([logdir], workers=workers)
         dt = time.perf_counter() - t
         rows = sum(len(r.scalars) for r in runs)
         frame_bytes = int(sum(r.scalars.memory_usage(deep=True).sum() for r in runs))
     elif tool == "tbparse":
         from tbparse import SummaryReader
 
+        rss0 = _vm("VmRSS")
         t = time.perf_counter()
         df = SummaryReader(str(logdir)).scalars
         dt = time.perf_counter() - t
@@ -142,6 +159,7 @@ def _measure(tool: str, logdir: Path) -> dict:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         run_dirs = sorted({f.parent for f in _files(logdir)})
+        rss0 = _vm("VmRSS")
         t = time.perf_counter()
         for run in run_dirs:
             ea = EventAccumulator(str(run), size_guidance={"scalars": 0})
@@ -151,6 +169,7 @@ def _measure(tool: str, logdir: Path) -> dict:
         dt = time.perf_counter() - t
     elif tool == "raw":
         files = _files(logdir)
+        rss0 = _vm("VmRSS")
         t = time.perf_counter()
         for f in files:
             with open(f, "rb") as fh:
@@ -158,10 +177,10 @@ def _measure(tool: str, logdir: Path) -> dict:
         dt = time.perf_counter() - t
     else:
         raise SystemExit(f"unknown tool {tool}")
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"tool": tool, "seconds": dt, "rows": rows, "frame_bytes": frame_bytes,
-            "peak_rss_bytes": self_kb * 1024, "peak_rss_workers_bytes": child_kb * 1024}
+            "rss_before_read_bytes": rss0, "peak_rss_bytes": _vm("VmHWM"),
+            "peak_rss_workers_bytes": child_kb * 1024}
 
 
 def run_tool(tool: str, logdir: Path, timeout: float) -> dict:
@@ -189,9 +208,10 @@ def _fmt_bytes(b: float | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1e6,1e7", help="comma list of event counts (multiples of 1e6 above 1e6)")
-    ap.add_argument("--tools", default="raw,adamdiag,adamdiag-1proc,tbparse,ea")
-    ap.add_argument("--slow-max", type=float, default=float("inf"),
-                    help="run tbparse/ea only for sizes up to this (they take minutes at 1e7)")
+    ap.add_argument("--tools", default="raw,adamdiag,adamdiag-1proc,adamdiag-nproc,tbparse,ea")
+    ap.add_argument("--tbparse-max", type=float, default=1e6,
+                    help="run tbparse only for sizes up to this (default 1e6: at 1e7 it needs ~20 min and GBs)")
+    ap.add_argument("--ea-max", type=float, default=float("inf"), help="run EventAccumulator only up to this size")
     ap.add_argument("--timeout", type=float, default=3600, help="per reader run, seconds")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes writing the logdirs")
     ap.add_argument("--replicate", action="store_true",
@@ -211,11 +231,15 @@ def main() -> None:
         entry = {"events": n, "logdir": str(logdir), "bytes": nbytes, "runs": len({f.parent for f in _files(logdir)}),
                  "replicated": args.replicate and n > PER_RUN, "results": []}
         for tool in tools:
-            if tool in ("tbparse", "ea") and n > args.slow_max:
-                entry["results"].append({"tool": tool, "error": f"skipped (--slow-max {args.slow_max:.0e})"})
+            limit = {"tbparse": args.tbparse_max, "ea": args.ea_max}.get(tool, float("inf"))
+            if n > limit:
+                entry["results"].append({"tool": tool, "error": f"not run at this size (limit {limit:.0e})"})
                 continue
             print(f"[{n:.0e}] {tool} ...", file=sys.stderr, flush=True)
-            entry["results"].append(run_tool(tool, logdir, args.timeout))
+            res = run_tool(tool, logdir, args.timeout)
+            res["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            entry["results"].append(res)
+        _keep_previous(entry, tools)
         results["sizes"].append(entry)
         _print_table(entry)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -223,12 +247,26 @@ def main() -> None:
     print(f"\nwrote {OUT / 'read_events.json'}")
 
 
+def _keep_previous(entry: dict, tools: list[str]) -> None:
+    """Carry over results of readers not run this time (e.g. the 13-minute EventAccumulator run at
+    10^7) from the previous JSON for the same size; each result keeps its ``measured_at``."""
+    try:
+        old = json.loads((OUT / "read_events.json").read_text())
+    except (OSError, ValueError):
+        return
+    for prev in old.get("sizes", []):
+        if prev.get("events") == entry["events"] and prev.get("logdir") == entry["logdir"]:
+            entry["results"] += [dict(r, carried_over=True) for r in prev["results"]
+                                 if r["tool"] not in tools and "error" not in r]
+
+
 def _print_table(entry: dict) -> None:
     n = entry["events"]
     by = {r["tool"]: r for r in entry["results"]}
     base = by.get("adamdiag", {}).get("seconds")
     print(f"\n{n:,} scalar events, {entry['runs']} run(s), {entry['bytes'] / 2**20:,.0f} MiB of event files")
-    print(f"{'reader':<16}{'wall s':>9}{'events/s':>14}{'peak RSS':>12}{'+workers':>11}{'frame':>11}{'vs adamdiag':>13}")
+    print(f"{'reader':<16}{'wall s':>9}{'events/s':>14}{'RSS before':>12}{'peak RSS':>11}{'+worker':>11}"
+          f"{'frame':>11}{'vs adamdiag':>13}")
     for r in entry["results"]:
         if "error" in r:
             print(f"{r['tool']:<16}  {r['error']}")
@@ -237,8 +275,9 @@ def _print_table(entry: dict) -> None:
         rate = "-" if r["tool"] == "raw" else f"{n / s:,.0f}"
         ratio = f"{s / base:.2f}x" if base else "-"
         workers = _fmt_bytes(r["peak_rss_workers_bytes"]) if r["peak_rss_workers_bytes"] > 0 else "-"
-        print(f"{r['tool']:<16}{s:>9.2f}{rate:>14}{_fmt_bytes(r['peak_rss_bytes']):>12}{workers:>11}"
-              f"{_fmt_bytes(r['frame_bytes']):>11}{ratio:>13}")
+        note = f"  (earlier run, {r.get('measured_at', '?')})" if r.get("carried_over") else ""
+        print(f"{r['tool']:<16}{s:>9.2f}{rate:>14}{_fmt_bytes(r.get('rss_before_read_bytes')):>12}"
+              f"{_fmt_bytes(r['peak_rss_bytes']):>11}{workers:>11}{_fmt_bytes(r['frame_bytes']):>11}{ratio:>13}{note}")
         if r["tool"].startswith("adamdiag") and r["rows"] != n:
             print(f"  !! {r['tool']} returned {r['rows']:,} rows, expected {n:,}")
 

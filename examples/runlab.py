@@ -388,8 +388,8 @@ BLOWUP_PERSIST = 10  # ...and the median of the next this-many steps stays above
 def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
     """First step (1-based) of a sustained loss blowup, or None.
 
-    Robust, scale-free: in log10 space, with b = median and s = 1.4826·MAD of the trailing
-    ``BLOWUP_WINDOW`` steps, step t is an onset if x_t > b + max(log10 2, 3s); it is the blowup if the loss
+    Robust, scale-free: in log10 space, with b = median and s = 1.4826·median|Δx|/√2 (the noise of
+    first differences) of the trailing ``BLOWUP_WINDOW`` steps, step t is an onset if x_t > b + max(log10 2, 3s); it is the blowup if the loss
     then reaches b + 1 (10×) within ``BLOWUP_HORIZON`` steps and the median of steps t..t+``BLOWUP_PERSIST``-1
     stays above the onset level. A non-finite loss is a blowup at its first step
     unless a finite blowup was confirmed earlier.
@@ -398,11 +398,17 @@ def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
     n = len(x)
     finite = np.isfinite(x)
     first_nonfinite = int(np.argmin(finite)) if not finite.all() else n
-    lx = np.log10(np.maximum(np.where(finite, x, np.inf), 1e-30))  # a loss at/below 0 is "very small"
+    # A loss can't be resolved below float32 precision of its own scale (~1e-7 of the first losses):
+    # values under that floor, negative rounding noise included, are "zero" — not 20 decades of signal.
+    head = np.abs(x[:10][finite[:10]])
+    floor = max(1e-7 * float(np.median(head)) if len(head) else 0.0, 1e-30)
+    lx = np.log10(np.maximum(np.where(finite, x, np.inf), floor))
     for i in range(BLOWUP_MIN_HISTORY, first_nonfinite):
         w = lx[max(0, i - BLOWUP_WINDOW):i]
         b = float(np.median(w))
-        s = 1.4826 * float(np.median(np.abs(w - b)))
+        # Noise from first differences: deviations around the median of a trending window (a loss
+        # still falling fast) measure the trend, not the noise, and would hide real blowups.
+        s = 1.4826 / np.sqrt(2.0) * float(np.median(np.abs(np.diff(w)))) if len(w) > 1 else 0.0
         onset = b + max(BLOWUP_ONSET, 3.0 * s)
         if lx[i] <= onset:
             continue
@@ -767,7 +773,7 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
             "r": "mean(g_t^2)/mean(vhat_{t-1}) of the gradient Adam used at update t (global = sum/sum)",
             "sqrt_vhat": "sqrt(v_t/(1-beta2^t)) right after update t",
             "update_rms": "sqrt(mean((mhat_t/(sqrt(vhat_t)+eps))^2)), step t in units of lr",
-            "blowup": "runlab.detect_blowup: log10 loss > trailing-100 median + max(log10 2, 3*MAD-sigma), "
+            "blowup": "runlab.detect_blowup: log10 loss > trailing-100 median + max(log10 2, 3*sigma (sigma = 1.4826*median|diff|/sqrt2; losses floored at 1e-7 x the first losses)), "
                       "reaching +1 decade within 100 steps, median of the next 10 steps above onset",
             "cause": f"v_collapse: >= {QUIET_MIN_STEPS} consecutive steps with global r < {R_QUIET} ending <= "
                      f"{QUIET_MAX_GAP} steps before the blowup, median sqrt(vhat) down >= "

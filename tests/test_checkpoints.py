@@ -17,6 +17,9 @@ from adamdiag.errors import InputError, UntrustedCheckpointError
 from adamdiag.io.checkpoints import TensorMoments, find_checkpoints, map_names, open_checkpoint
 from adamdiag.summary import summarize_checkpoint
 
+# 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
+torch.set_num_threads(1)
+
 
 class Net(nn.Module):
     def __init__(self, tied: bool = False, bn: bool = False):

@@ -72,6 +72,7 @@ def test_truncated_at_every_byte_of_last_record(tmp_path):
         run = _both(_file(tmp_path, head + framed[-1][:cut]))
         assert _steps(run) == _steps(prefix), cut
         assert len(run.warnings) == 1 and f"truncated record at byte {len(head)}" in run.warnings[0]
+        assert run.skipped == {"truncated": 1}
         assert NAME in run.warnings[0]
 
 
@@ -100,6 +101,7 @@ def test_corrupt_length_resyncs_to_next_record(tmp_path):
     off = sum(map(len, framed[:3]))
     assert len(run.warnings) == 1 and f"corrupt record header at byte {off}" in run.warnings[0]
     assert f"next valid record at byte {off + len(bad)}" in run.warnings[0]
+    assert run.skipped == {"corrupt_header": 1}
 
 
 def test_garbage_between_records_is_skipped(tmp_path):

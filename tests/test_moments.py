@@ -11,6 +11,9 @@ from adamdiag.analysis.adam_ref import decay_ratio_ref, moment_stats_ref
 from adamdiag.analysis.moments import decay_ratio, effective_eps, tensor_stats
 from adamdiag.io.checkpoints import TensorMoments
 
+# 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
+torch.set_num_threads(1)
+
 
 def _train(shape=(40, 25), steps=30, dtype=torch.float32, amsgrad=False, eps=1e-8, zero_after=None, seed=0,
            grad_scale=1.0):
@@ -44,7 +47,7 @@ def _flat(x):
     return [float(v) for v in x.detach().reshape(-1).double().tolist()]
 
 
-def _check(stats, t: TensorMoments, convention="torch", rel=1e-9):
+def _check(stats, t: TensorMoments, convention="torch", rel=1e-6):
     ref = moment_stats_ref(
         _flat(t.exp_avg), _flat(t.exp_avg_sq), step=t.step, lr=t.lr, beta1=t.beta1, beta2=t.beta2, eps=t.eps,
         v_max=_flat(t.max_exp_avg_sq) if t.max_exp_avg_sq is not None else None, convention=convention,
@@ -69,7 +72,16 @@ def test_tensor_stats_match_reference(amsgrad):
     # The data really spans eps: some but not all elements are eps-dominated (the test can fail).
     assert 0 < ref["frac_sqrt_vhat_below_eps"] < 1
     assert s.numel == 1000 and s.shape == [40, 25] and s.step == 30 and s.label == "w"
-    assert s.param_rms == pytest.approx(math.sqrt(float((p.detach().double() ** 2).mean())), rel=1e-12)
+    assert s.frac_v_zero == 0.0
+    t.exp_avg_sq = t.exp_avg_sq.clone()
+    t.exp_avg_sq[:4] = 0.0  # rows that never got a gradient
+    if t.max_exp_avg_sq is not None:
+        t.max_exp_avg_sq = t.max_exp_avg_sq.clone()
+        t.max_exp_avg_sq[:4] = 0.0
+    z = tensor_stats(t)
+    assert z.frac_v_zero == pytest.approx(0.1)
+    assert z.frac_sqrt_vhat_below_eps >= 0.1
+    assert s.param_rms == pytest.approx(math.sqrt(float((p.detach().double() ** 2).mean())), rel=1e-6)
 
 
 def test_amsgrad_uses_max_v_in_the_denominator():
@@ -102,7 +114,7 @@ def test_chunking_and_bf16_upcast():
     b = tensor_stats(t, chunk=7)  # chunk boundaries inside rows
     _check(a, t)
     for key in ("v_mean", "update_rms", "frac_sqrt_vhat_below_eps", "update_max"):
-        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-12)
+        assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-6)
     assert a.sqrt_vhat_q == b.sqrt_vhat_q
 
 
@@ -171,11 +183,11 @@ def test_decay_ratio_pure_decay_and_reference():
     assert live["r_interval"] == pytest.approx(1.0, rel=0.3)  # unit-variance gradients, v̂ ≈ E[g²] = 1
     ref = decay_ratio_ref(_flat(tm(30, 1).exp_avg_sq), _flat(tm(60, 1).exp_avg_sq), step_a=30, step_b=60, beta2=0.999)
     for q in ("min", "p01", "p50", "p99", "max"):
-        assert live["ratio_q"][q] == pytest.approx(ref["ratio_q"][q], rel=1e-9)
-    assert live["mean_g2_implied"] == pytest.approx(ref["mean_g2_implied"], rel=1e-9)
+        assert live["ratio_q"][q] == pytest.approx(ref["ratio_q"][q], rel=1e-6)
+    assert live["mean_g2_implied"] == pytest.approx(ref["mean_g2_implied"], rel=1e-6)
     assert live["frac_pure_decay"] == ref["frac_pure_decay"]
     sampled = decay_ratio(tm(30, 1), tm(60, 1), exact_limit=10, chunk=17)
-    assert sampled["mean_g2_implied"] == pytest.approx(live["mean_g2_implied"], rel=1e-12)
+    assert sampled["mean_g2_implied"] == pytest.approx(live["mean_g2_implied"], rel=1e-6)
     assert not sampled["quantiles_exact"]
     with pytest.raises(ValueError):
         bad = tm(60, 1)

@@ -29,7 +29,6 @@ from adamdiag.analysis.signals import (
     LossEvents,
     detect_loss_events,
     ema_second_moment,
-    robust_spikes,
     sustained_runs,
 )
 from adamdiag.report import Finding, RunReport
@@ -43,6 +42,9 @@ COLLAPSE_R = 0.1
 # quiet steps decay v by a negligible factor. 0.1/(1-β2) steps shrink v by ≥ ~7% in pure decay...
 # and, more to the point, are far longer than any noise excursion of r.
 COLLAPSE_MIN_MEMORY_FRACTION = 0.1
+# Depth: v̂ at most 1% of its peak so far, i.e. √v̂ (the denominator of the update) fell ≥ 10x —
+# the per-element step lr/(√v̂+eps) for the same gradient is ≥ 10x what it was.
+COLLAPSE_DEPTH = 0.01
 # Re-growth: the current g² is 10x what v̂ expects; m (β1=0.9) reacts within ~10 steps, v within
 # ~1000, so the update m̂/√v̂ grows by up to ~√10 and more.
 REGROWTH_R = 10.0
@@ -194,8 +196,19 @@ def collapse_stretch(tr: Trajectory, until: int | None, beta2: float) -> tuple[i
         runs = [ab for ab in runs if until - tr.steps[ab[1] - 1] <= tol]
         if not runs:
             return None
-    a, b = runs[-1] if until is not None else runs[0]
-    return int(tr.steps[a]), int(tr.steps[a + min_len - 1]), float(np.nanmedian(tr.r[a:b]))
+    # The collapse must also be deep: v̂ fell to ≤ COLLAPSE_DEPTH of its peak so far (√v̂ ≥ 10x down).
+    # Early training, where v̂ still averages a few large first gradients, is quiet but not deep.
+    peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
+    deep = tr.vhat <= COLLAPSE_DEPTH * peak
+    for a, b in (reversed(runs) if until is not None else runs):
+        first_ok = a + min_len - 1
+        hits = np.flatnonzero(deep[first_ok:b])
+        if len(hits):
+            k = first_ok + int(hits[0])
+            return int(tr.steps[a]), int(tr.steps[k]), float(np.nanmedian(tr.r[a:b]))
+        if until is not None:
+            return None  # only the stretch leading into the blowup can explain it
+    return None
 
 
 def _window_max(tr: Trajectory, values: np.ndarray, lo: int, hi: int) -> tuple[float, int | None]:
@@ -358,7 +371,7 @@ def diagnose(inp: RunInputs) -> RunReport:
         c = collapse_stretch(tr, event_step, beta2)
         if c is not None:
             collapse.append((tr.label, *c))
-    ck_collapse = _checkpoint_collapse(ckpts, ratios, event_step)
+    ck_collapse = _checkpoint_collapse(ckpts, ratios, event_step, beta2)
     regrowth = []
     rms_hits = []
     if event_step is not None:
@@ -374,14 +387,25 @@ def diagnose(inp: RunInputs) -> RunReport:
                 rms_hits.append((tr.label, umax, ustep))
     pre_r = _pre_event_r(trajs, event_step)
     gn_series = _series(scalars, gn_tag) if gn_tag else None
-    gn_spikes = robust_spikes(*gn_series) if gn_series is not None else []
 
     has_mechanism_data = bool(trajs or len(ckpts) >= 1)
     # --- verdict --------------------------------------------------------------------------------
+    jump = _abrupt_gradient_jump(event_step, gn_series) if event_step is not None else None
     if ev.first_nonfinite_step is not None and blow is None and not ev.spikes:
         rep.verdict = "nonfinite"
         rep.blowup_step = ev.first_nonfinite_step
-    elif event_step is not None and (collapse or ck_collapse):
+    elif jump is not None:
+        rep.verdict = "bad_batch"
+        rep.blowup_step = event_step
+        rep.warning_step = jump["step"]
+        rep.findings.append(
+            Finding("AD301", "error" if blow is not None else "warning",
+                    f"one batch at step {jump['step']}: gradient norm {jump['grad_norm']:.3g} jumped "
+                    f"{jump['grad_norm'] / max(jump['previous'], 1e-300):.3g}x in one step "
+                    f"({jump['grad_norm'] / jump['trailing_median']:.3g}x the trailing median)",
+                    step=jump["step"], evidence=jump)
+        )
+    elif blow is not None and (collapse or ck_collapse):
         rep.verdict = "v_collapse"
         rep.blowup_step = event_step
         warn_steps = [w for (_, _, w, _) in collapse] + [c["warning_step"] for c in ck_collapse]
@@ -422,7 +446,7 @@ def diagnose(inp: RunInputs) -> RunReport:
                 Finding("AD102", "error", f"gradients re-grew in {label}: g²/v̂ = {rmax:.3g} at step {rstep}",
                         step=rstep, tensor=None if label == "global" else label, evidence={"r": rmax})
             )
-    elif event_step is not None and not has_mechanism_data:
+    elif blow is not None and not has_mechanism_data:
         rep.verdict = "inconclusive"
         rep.findings.append(
             Finding("AD901", "warning",
@@ -430,17 +454,16 @@ def diagnose(inp: RunInputs) -> RunReport:
                     "optimizer checkpoints: the cause can't be told apart (log grad_norm or keep checkpoints)",
                     step=event_step)
         )
-    elif event_step is not None and _is_one_step(event_step, gn_series, ev, pre_r):
-        rep.verdict = "bad_batch"
-        rep.blowup_step = event_step
-        rep.warning_step = event_step
-        rep.findings.append(
-            Finding("AD301", "error" if blow is not None else "warning",
-                    f"one-step gradient/loss spike at step {event_step} with a healthy v before it "
-                    f"(median g²/v̂ {pre_r:.3g})" if pre_r is not None else
-                    f"one-step gradient/loss spike at step {event_step}", step=event_step,
-                    evidence={"grad_norm_spikes": gn_spikes[:10], "median_r_before": pre_r})
-        )
+    elif event_step is not None and blow is None:
+        # Only short spikes that recovered (no blowup), with no abrupt gradient jump: the run did
+        # not blow up. Say so, and whether a collapse preceded them (the early form of the failure).
+        rep.verdict = "nonfinite" if ev.first_nonfinite_step is not None else "healthy"
+        if collapse or ck_collapse:
+            rep.findings.append(
+                Finding("AD101", "warning", f"loss spike(s) at step {', '.join(map(str, ev.spikes[:5]))} followed a v "
+                        "collapse: the run recovered this time, but the mechanism is in place", step=event_step,
+                        evidence={"spikes": ev.spikes[:20], "collapse": [c[0] for c in collapse][:20]})
+            )
     elif event_step is not None:
         rep.verdict = "lr_too_high"
         rep.blowup_step = event_step
@@ -507,27 +530,33 @@ def _pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | Non
     return float(np.median(t.r[sel])) if sel.any() else None
 
 
-def _is_one_step(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None, ev: LossEvents,
-                pre_r: float | None) -> bool:
-    """A bad batch: one batch whose gradient norm is ≥10x the typical one (g² ≥ 100x: far outside
-    mini-batch noise) at the loss event, with the next batch back to normal (the data caused it,
-    not the optimizer state), after a warm-up, with a v that was not collapsed before. A recovered
-    loss spike without gradient data counts too: a transient, not a state problem."""
+def _abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
+    """The bad-batch signature: at the loss event the gradient norm jumped ≥10x (g² ≥ 100x, far
+    outside mini-batch noise) in ONE step, over both the previous step and the trailing median.
+
+    Within one step the parameters move by about lr per element, which cannot change a smooth
+    loss's gradient 10x; a new batch can. A v-collapse instability grows over several steps
+    instead (the update explodes, then the gradient follows). With sparse logging one step is not
+    visible, so there the jump must also exceed 10x everything seen after the first steps.
+    """
     if gn is None:
-        return ev.blowup_step is None
+        return None
     steps, vals = gn
-    if len(steps) < 25:
-        return False
     near = np.flatnonzero(np.abs(steps - event_step) <= 1)
     if not len(near):
-        return ev.blowup_step is None
+        return None
     i = int(near[np.argmax(vals[near])])
     if i < 20:  # no healthy history: a run that diverges right away has too high a learning rate
-        return False
+        return None
     base = float(np.median(vals[max(0, i - 50):i]))
-    after = vals[i + 1] if i + 1 < len(vals) else 0.0
-    one_step = base > 0 and vals[i] >= 10 * base and after <= vals[i] / 3
-    return bool(one_step and (pre_r is None or pre_r > COLLAPSE_R))
+    prev = float(vals[i - 1])
+    if not (base > 0 and vals[i] >= 10 * base and vals[i] >= 10 * prev):
+        return None
+    if steps[i] - steps[i - 1] > 1:
+        history = vals[max(1, i // 20):i]
+        if not len(history) or vals[i] < 10 * float(np.max(history)):
+            return None
+    return {"step": int(steps[i]), "grad_norm": float(vals[i]), "previous": prev, "trailing_median": base}
 
 
 def _first_instability(trajs: list[Trajectory], event_step: int, ev: LossEvents) -> int | None:
@@ -569,7 +598,8 @@ def _histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) ->
     return out
 
 
-def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None) -> list[dict]:
+def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None,
+                         beta2: float) -> list[dict]:
     """Collapse seen by checkpoints alone: between the last two checkpoints before the event, v of a
     tensor decayed almost purely (implied g²/v̂ < COLLAPSE_R), and √v̂ sits near eps."""
     if event_step is None:
@@ -583,15 +613,34 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
     for r in pre:
         by_tensor.setdefault(r["tensor"], []).append(r)
     last_ck = next(c for c in reversed(ckpts) if c.step == last_to)
+    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    vhat_hist: dict[str, list[tuple[int, float]]] = {}
+    for c in ckpts:
+        for t in c.tensors:
+            vhat_hist.setdefault(_ckpt_tensor_label(t), []).append(
+                (int(c.step), float(t.v_mean) / (1.0 - float(t.beta2) ** max(int(c.step), 1))))
     stats = {_ckpt_tensor_label(t): t for t in last_ck.tensors}
     for tensor, rs in by_tensor.items():
         rs.sort(key=lambda r: r["from_step"])
         if rs[-1]["to_step"] != last_to or not (rs[-1]["r_interval"] < COLLAPSE_R):
             continue
-        # Walk back while the intervals stay collapsed: the first one gives the warning step.
+        # Walk back while the intervals stay collapsed.
         k = len(rs) - 1
         while k > 0 and rs[k - 1]["r_interval"] < COLLAPSE_R:
             k -= 1
+        # Long enough (the same span as for logged gradients) and deep enough (v̂ ≤ 1% of its peak
+        # over the checkpoints): the first checkpoint where both hold is the warning step.
+        chain_start = rs[k]["from_step"]
+        hist = vhat_hist.get(tensor, [])
+        warn = None
+        for step_j in [r["to_step"] for r in rs[k:]]:
+            peak = max((v for st, v in hist if st <= step_j), default=float("nan"))
+            now = next((v for st, v in hist if st == step_j), float("nan"))
+            if step_j - chain_start >= span and now <= COLLAPSE_DEPTH * peak:
+                warn = step_j
+                break
+        if warn is None:
+            continue
         t = stats.get(tensor)
         near = float(getattr(t, "frac_sqrt_vhat_below_10eps", float("nan"))) if t is not None else float("nan")
         p50 = float(t.sqrt_vhat_q.get("p50", float("nan"))) if t is not None else float("nan")
@@ -599,7 +648,7 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
         out.append(
             {
                 "tensor": tensor,
-                "warning_step": int(rs[k]["to_step"]),
+                "warning_step": int(warn),
                 "message": f"`{tensor}` decayed almost purely between checkpoints {rs[k]['from_step']} and "
                 f"{last_to} (implied g²/v̂ {rs[-1]['r_interval']:.3g}); median √v̂ {p50:.3g} = {p50 / eps_t:.3g}·eps, "
                 f"{near:.0%} of its elements under 10·eps",

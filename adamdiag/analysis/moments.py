@@ -16,7 +16,7 @@ other statistic (quantiles included), so one NaN does not hide the rest of the t
 
 Quantiles are order statistics (nearest rank: element round(q·(n-1)) of the sorted values). They are
 exact up to ``EXACT_QUANTILE_LIMIT`` elements (one float32 copy of the tensor); above it they come from
-a deterministic sample of ``QUANTILE_SAMPLE`` elements (uniform with replacement, seed 0; rank error ~ √(q(1-q)/N) < 1e-4),
+a deterministic sample of min(``QUANTILE_SAMPLE``, ``exact_limit``) elements (stratified: one random element per n/k block, seed 0; rank error ~ √(q(1-q)/N) < 1e-4),
 flagged ``quantiles_exact: false``. min, max, means and fractions are always exact (chunked pass in
 float64, constant memory).
 """
@@ -74,6 +74,9 @@ class TensorStats:
     param_rms: float | None = None
     update_rms_rel: float | None = None
     quantiles_exact: bool = True
+    # v exactly 0: the element never received a gradient (e.g. unused embedding rows). Such elements
+    # count as eps-dominated, but they are not a collapse.
+    frac_v_zero: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,14 +84,20 @@ class TensorStats:
 
     @property
     def risk_key(self) -> tuple:
-        """Sort key, most at risk first: non-finite values, then collapse (√v̂ near eps), then
-        eps-dominated, then the size of the next update."""
+        """Sort key, most at risk first: non-finite values, then collapse (fraction of √v̂ < 10·eps),
+        then eps-dominated (√v̂ < eps), then the size of the next update (unit-free)."""
 
         def neg(x: float | None) -> float:
             return -x if x is not None and math.isfinite(x) else 0.0
 
-        return (-int(self.nonfinite > 0), neg(self.frac_sqrt_vhat_below_10eps), neg(self.frac_sqrt_vhat_below_eps),
-                neg(self.update_ratio_rms))
+        # Elements that never got a gradient (v = 0) are eps-dominated but not collapsing.
+        zero = self.frac_v_zero if self.frac_v_zero is not None and math.isfinite(self.frac_v_zero) else 0.0
+
+        def minus_zero(x: float | None) -> float:
+            return neg(max(x - zero, 0.0)) if x is not None and math.isfinite(x) else 0.0
+
+        return (-int(self.nonfinite > 0), minus_zero(self.frac_sqrt_vhat_below_10eps),
+                minus_zero(self.frac_sqrt_vhat_below_eps), neg(self.update_ratio_rms))
 
 
 @dataclass
@@ -150,6 +159,22 @@ def _order_stats(values: np.ndarray, qs: dict[str, float], descending: dict[str,
     return {k: float(part[r]) for k, r in ranks.items()}
 
 
+def _sample_size(n: int, exact_limit: int) -> int:
+    """Sample as many elements as the exact path would allow, up to QUANTILE_SAMPLE."""
+    return min(n, QUANTILE_SAMPLE, max(exact_limit, 1 << 16))
+
+
+def _sample_indices(n: int, k: int):
+    """k sorted indices in [0, n): one uniformly random element from each of k equal strata
+    (deterministic, seed 0). Stratified: no sort needed, lower variance than i.i.d. draws, and the
+    random position inside each stratum avoids aliasing with a tensor's row length."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    idx = ((np.arange(k) + rng.random(k)) * (n / k)).astype(np.int64)
+    return torch.from_numpy(np.minimum(idx, n - 1))
+
+
 def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: bool) -> tuple[np.ndarray, bool]:
     """Values of the flat tensor ``d`` for quantiles: all of them (a float32/64 numpy view or copy)
     up to ``exact_limit`` elements, else a deterministic sample; elements where ``d`` or any of
@@ -158,8 +183,7 @@ def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: 
 
     idx = None
     if n > exact_limit:
-        rng = np.random.default_rng(0)
-        idx = torch.from_numpy(np.sort(rng.integers(0, n, size=min(QUANTILE_SAMPLE, n))))
+        idx = _sample_indices(n, _sample_size(n, exact_limit))
     pick = (lambda x: x) if idx is None else (lambda x: x[idx])
     vals = pick(d)
     if vals.dtype not in (torch.float32, torch.float64):
@@ -171,6 +195,71 @@ def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: 
             fin &= torch.isfinite(pick(o))
         arr = arr[fin.numpy()]
     return arr, idx is None
+
+
+class _Acc:
+    """Running sums of one tensor's chunks (float64 accumulators)."""
+
+    def __init__(self) -> None:
+        self.n = self.nonfinite = self.below = self.below10 = self.zero = 0
+        self.sum_v = self.sum_abs_m = self.sum_u2 = 0.0
+        self.max_v = self.max_u = -math.inf
+        self.s_min, self.s_max = math.inf, -math.inf  # of the denominator's v; √v̂ at the end
+
+
+def _work(x):
+    """float32 (or float64 if stored so) working copy/view of a chunk: bf16/fp16 are upcast."""
+    import torch
+
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float) -> None:
+    """Accumulate one chunk (≤ ``CHUNK`` elements).
+
+    Fast path, for the usual all-finite chunk: elementwise math and the chunk's sums in the stored
+    precision (float32 for fp32/bf16/fp16 moments; torch's cascade sum keeps ~1e-7 relative over a
+    chunk), totals in float64. A non-finite sum (NaN/Inf elements, or float32 overflow) sends the
+    chunk to the exact path: float64, non-finite elements masked out and counted."""
+    import torch
+
+    m, v, d = _work(m), _work(v), _work(d)
+    sum_v = float(v.sum())
+    sum_abs_m = float(m.abs().sum())
+    sum_d = sum_v if d is v else float(d.sum())
+    if not (math.isfinite(sum_v) and math.isfinite(sum_abs_m) and math.isfinite(sum_d)):
+        fin = torch.isfinite(m) & torch.isfinite(v) & torch.isfinite(d)
+        k = int(fin.sum())
+        acc.nonfinite += m.numel() - k
+        if k == 0:
+            return
+        m, v = m[fin].double(), v[fin].double()
+        d = v if d is v else d[fin].double()
+        sum_v = float(v.sum())
+        sum_abs_m = float(m.abs().sum())
+    acc.n += m.numel()
+    acc.sum_v += sum_v
+    acc.sum_abs_m += sum_abs_m
+    lo, hi = torch.aminmax(d)  # stored values: √v̂ min/max follow exactly in float64 at the end
+    lo, hi = float(lo), float(hi)
+    acc.max_v = max(acc.max_v, hi if d is v else float(v.max()))
+    acc.s_min, acc.s_max = min(acc.s_min, lo), max(acc.s_max, hi)
+    # √v̂ + eps = (√v + eps·√bc2)/√bc2: work on √v and put the √bc2 factor on the totals.
+    rb = math.sqrt(bc2)
+    if lo <= 0:
+        acc.zero += int(torch.count_nonzero(d <= 0))
+    s = torch.sqrt(d.clamp(min=0) if lo < 0 else d)
+    # The eps counts need a pass only when the chunk straddles the threshold.
+    for thr, attr in ((eps_eff, "below"), (10 * eps_eff, "below10")):
+        if math.sqrt(max(hi, 0.0) / bc2) < thr:
+            setattr(acc, attr, getattr(acc, attr) + m.numel())
+        elif math.sqrt(max(lo, 0.0) / bc2) < thr:
+            setattr(acc, attr, getattr(acc, attr) + int(torch.count_nonzero(s < thr * rb)))
+    s.add_(eps_eff * rb)
+    torch.div(m, s, out=s)  # u·bc1/√bc2 with u = m̂/(√v̂+eps)
+    s.square_()
+    acc.max_u = max(acc.max_u, math.sqrt(float(s.max())) * rb)
+    acc.sum_u2 += float(s.sum()) * bc2
 
 
 def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT,
@@ -191,35 +280,22 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     m_flat, v_flat, d_flat = _flat(t.exp_avg), _flat(t.exp_avg_sq), _flat(vden)
     p_flat = _flat(t.param) if t.param is not None and t.param.numel() == n else None
 
-    n_f = nonfinite = below = below10 = 0
-    sum_v = sum_abs_m = sum_u2 = sum_p2 = 0.0
-    max_v = max_u = -math.inf
-    s_min, s_max = math.inf, -math.inf
+    acc = _Acc()
+    same = vden is t.exp_avg_sq
+    sum_p2 = 0.0
     for i in range(0, n, chunk):
-        m = m_flat[i:i + chunk].to(torch.float64)
-        v = v_flat[i:i + chunk].to(torch.float64)
-        d = v if vden is t.exp_avg_sq else d_flat[i:i + chunk].to(torch.float64)
-        fin = torch.isfinite(m) & torch.isfinite(v) & torch.isfinite(d)
-        k = int(fin.sum())
-        if k < m.numel():
-            nonfinite += m.numel() - k
-            m, v, d = m[fin], v[fin], d[fin]
+        m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
+        _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
         if p_flat is not None:
-            p = p_flat[i:i + chunk].to(torch.float64)
-            sum_p2 += float((p[torch.isfinite(p)] ** 2).sum())
-        if k == 0:
-            continue
-        n_f += k
-        sum_v += float(v.sum())
-        max_v = max(max_v, float(v.max()))
-        sum_abs_m += float(m.abs().sum())
-        s = torch.sqrt(d.clamp_min(0) / bc2)
-        s_min, s_max = min(s_min, float(s.min())), max(s_max, float(s.max()))
-        below += int((s < eps_eff).sum())
-        below10 += int((s < 10 * eps_eff).sum())
-        u = (m / bc1) / (s + eps_eff)
-        sum_u2 += float((u * u).sum())
-        max_u = max(max_u, float(u.abs().max()))
+            p = _work(p_flat[i:i + chunk])
+            ps = float(torch.linalg.vector_norm(p)) ** 2
+            sum_p2 += ps if math.isfinite(ps) else float(p[torch.isfinite(p)].double().square().sum())
+    n_f, nonfinite, below, below10 = acc.n, acc.nonfinite, acc.below, acc.below10
+    sum_v, sum_abs_m, max_v = acc.sum_v, acc.sum_abs_m, acc.max_v
+    s_min = math.sqrt(max(acc.s_min, 0.0) / bc2) if n_f else math.nan
+    s_max = math.sqrt(max(acc.s_max, 0.0) / bc2) if n_f else math.nan
+    # u was accumulated without the 1/bc1 factor (one multiply less per element)
+    sum_u2, max_u = acc.sum_u2 / bc1**2, acc.max_u / bc1
 
     nan = float("nan")
     if n_f:
@@ -245,14 +321,15 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     update_rms = t.lr * ratio_rms
     rel = update_rms / param_rms if param_rms else None
     if not exact:
-        notes.append(f"quantiles from a sample of {QUANTILE_SAMPLE} elements (min/max exact)")
+        notes.append(f"quantiles from a sample of {_sample_size(n, exact_limit)} elements (min/max exact)")
     return TensorStats(
         name=t.name, index=t.index, shape=list(t.shape), numel=n, group=t.group, lr=t.lr, beta1=t.beta1,
         beta2=t.beta2, eps=t.eps, weight_decay=t.weight_decay, step=t.step, v_mean=v_mean, v_max=max_v,
         m_abs_mean=m_abs_mean, sqrt_vhat_q=sq, frac_sqrt_vhat_below_eps=frac_b, frac_sqrt_vhat_below_10eps=frac_b10,
         update_rms=update_rms, update_max=t.lr * max_u, eff_step_q=eff, nonfinite=nonfinite,
         label=label_of(t.name, t.group, t.index), amsgrad=t.amsgrad, eps_effective=eps_eff,
-        update_ratio_rms=ratio_rms, param_rms=param_rms, update_rms_rel=rel, quantiles_exact=exact, notes=notes,
+        update_ratio_rms=ratio_rms, param_rms=param_rms, update_rms_rel=rel, quantiles_exact=exact,
+        frac_v_zero=acc.zero / n_f if n_f else nan, notes=notes,
     )
 
 
@@ -284,38 +361,44 @@ def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_
     n = int(a.exp_avg_sq.numel())
     va_flat, vb_flat = _flat(a.exp_avg_sq), _flat(b.exp_avg_sq)
     exact = n <= exact_limit
-    ratios = np.empty(n if exact else 0, dtype=np.float64)
+    ratios = np.empty(n if exact else 0, dtype=np.float32)
     k_r = 0
-    n_used = pure = incons = 0
+    n_used = pure = incons = n_fin = 0
     sum_va = sum_vb = 0.0
     thr = 1.0 + PURE_DECAY_R * (1.0 - decay) / (decay * bc2_a) if d > 0 else math.inf
     for i in range(0, n, chunk):
-        va = va_flat[i:i + chunk].to(torch.float64)
-        vb = vb_flat[i:i + chunk].to(torch.float64)
-        ok = torch.isfinite(va) & torch.isfinite(vb)
-        va, vb = va[ok], vb[ok]
-        sum_va += float(va.sum())
-        sum_vb += float(vb.sum())
-        pos = va > 0
-        r = vb[pos] / (decay * va[pos])
+        # Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite.
+        va, vb = _work(va_flat[i:i + chunk]), _work(vb_flat[i:i + chunk])
+        sa, sb = float(va.sum()), float(vb.sum())
+        if not (math.isfinite(sa) and math.isfinite(sb)):
+            ok = torch.isfinite(va) & torch.isfinite(vb)
+            va, vb = va[ok].double(), vb[ok].double()
+            sa, sb = float(va.sum()), float(vb.sum())
+        n_fin += va.numel()
+        sum_va += sa
+        sum_vb += sb
+        if va.numel() and float(va.min()) <= 0:
+            pos = va > 0
+            va, vb = va[pos], vb[pos]
+        r = torch.div(vb, va)
+        r.mul_(1.0 / decay)
         n_used += r.numel()
-        pure += int((r < thr).sum())
-        incons += int((r < 0.999).sum())
+        pure += int(torch.count_nonzero(r < thr))
+        incons += int(torch.count_nonzero(r < 0.999))
         if exact:
             ratios[k_r:k_r + r.numel()] = r.numpy()
             k_r += r.numel()
     if exact:
         q = _order_stats(ratios[:k_r], QUANTILES)
     else:
-        rng = np.random.default_rng(0)
-        idx = torch.from_numpy(np.sort(rng.integers(0, n, size=min(QUANTILE_SAMPLE, n))))
+        idx = _sample_indices(n, _sample_size(n, exact_limit))
         va, vb = va_flat[idx].to(torch.float64), vb_flat[idx].to(torch.float64)
         ok = torch.isfinite(va) & torch.isfinite(vb) & (va > 0)
         q = _order_stats((vb[ok] / (decay * va[ok])).numpy(), QUANTILES)
-        notes.append(f"ratio quantiles from a sample of {QUANTILE_SAMPLE} elements")
+        notes.append(f"ratio quantiles from a sample of {_sample_size(n, exact_limit)} elements")
     nan = float("nan")
-    mean_va = sum_va / n if n else nan
-    mean_vb = sum_vb / n if n else nan
+    mean_va = sum_va / n_fin if n_fin else nan
+    mean_vb = sum_vb / n_fin if n_fin else nan
     mean_g2 = (mean_vb - decay * mean_va) / (1.0 - decay) if d > 0 else nan
     vhat_a = mean_va / bc2_a
     return {

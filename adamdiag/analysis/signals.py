@@ -12,11 +12,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# A blowup means the loss at least doubled against its own recent robust level and stayed there;
-# ordinary noise of a training loss is a few percent to tens of percent of its level.
+# Onset of an excursion: the loss at least doubled against its own recent robust level; ordinary
+# noise of a training loss is a few percent to tens of percent of its level.
 BLOWUP_FACTOR = 2.0
-# Robust z-score (in MADs of log-loss) that a jump must also exceed, so a very noisy loss whose
-# typical swings are already 2x does not count every swing as a blowup.
+# A *blowup* (not a spike) reaches a decade above that level within BLOWUP_HORIZON steps and stays
+# above the onset level for BLOWUP_PERSIST steps. Smaller or shorter excursions are spikes: worth a
+# warning, not a verdict — a run that shrugs off a 3x blip did not blow up.
+BLOWUP_PEAK_FACTOR = 10.0
+BLOWUP_HORIZON = 100
+BLOWUP_PERSIST = 10
+# Robust z-scores (in MAD-sigmas of log-loss) that a jump must also exceed, so a very noisy loss
+# whose typical swings are already 2x does not count every swing: 3 for the onset of a blowup
+# (which must then also reach a decade), 6 for a spike worth a warning on its own.
+ONSET_Z = 3.0
 SPIKE_Z = 6.0
 # Floor for the robust scale of log-loss: 1% relative change. A perfectly smooth full-batch loss
 # has a MAD near zero, which would make every wiggle "infinitely significant".
@@ -36,9 +44,12 @@ class LossEvents:
     best_step: int | None = None  # step of the lowest trailing level before the blowup
 
 
-def _window(n: int) -> int:
-    """Trailing window in points: long enough for a stable median, short enough to follow a trend."""
-    return int(min(200, max(10, n // 50)))
+def _window(steps: np.ndarray) -> int:
+    """Trailing window in points covering ~100 steps (the "normal" level of the loss), at least 10
+    points for a stable median and at most 200."""
+    n = len(steps)
+    per_point = float(np.median(np.diff(steps))) if n > 1 else 1.0
+    return int(min(200, max(10, round(100 / max(per_point, 1.0)), min(n // 50, 100))))
 
 
 def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
@@ -50,28 +61,34 @@ def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
 
 
 def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
-    """Trailing median absolute deviation over the previous ``w`` points, scaled to a Gaussian sigma."""
+    """Trailing robust noise scale over the previous ``w`` points, as a Gaussian sigma.
+
+    Estimated from first differences (1.4826·median|Δx|/√2), not from deviations around a rolling
+    median: on a trending loss (falling early in training, climbing in a slow blowup) the latter
+    measures the trend's lag, not the noise, and would hide real jumps.
+    """
     import pandas as pd
 
-    s = pd.Series(x).shift(1)
-    med = s.rolling(w, min_periods=1).median()
-    # MAD of the window around the window's median; approximated with the current median, which is
-    # what pandas can do in O(n log w). Good enough for a scale estimate.
-    dev = (s - med).abs()
-    return 1.4826 * dev.rolling(w, min_periods=1).median().to_numpy()
+    d = pd.Series(np.abs(np.diff(x, prepend=np.nan))).shift(1)
+    return (1.4826 / math.sqrt(2.0)) * d.rolling(w, min_periods=1).median().to_numpy()
 
 
 def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
-    """Find the first non-finite loss, the first sustained blowup and short recovered spikes.
+    """Find the first non-finite loss, the first blowup and the short spikes before it.
 
     Works on log(loss) when the loss is positive (relative changes matter, not absolute ones),
-    otherwise on the loss shifted to be positive.
+    otherwise on the loss shifted to be positive. An excursion starts where the loss is ≥ 2x its
+    trailing median and SPIKE_Z robust sigmas above it (or, for a slow climb, where the trailing
+    level itself doubled from the best level reached). It is a blowup when it reaches 10x within
+    BLOWUP_HORIZON steps and stays ≥ 2x for BLOWUP_PERSIST steps (or to the end of the log).
 
     >>> import numpy as np
     >>> s = np.arange(1, 401); y = np.r_[np.linspace(1, 0.1, 300), np.full(100, 5.0)]
     >>> detect_loss_events(s, y).blowup_step
     301
     """
+    import pandas as pd
+
     ev = LossEvents()
     steps = np.asarray(steps, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -84,50 +101,67 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     n = len(values)
     if n < 8:
         return ev
+    # A loss can't be resolved below float32 precision of its own scale (~1e-7 of the first values):
+    # a non-negative loss (rounding noise aside) is floored there, so noise around zero is not read
+    # as decades of change. A genuinely signed loss (e.g. a negative log-likelihood) is shifted.
+    head = np.abs(values[:10])
+    floor = 1e-7 * float(np.median(head)) if len(head) and np.median(head) > 0 else 1e-30
     lo = values.min()
-    z = np.log(values) if lo > 0 else np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
-    w = _window(n)
+    if lo > -100 * floor:
+        z = np.log(np.maximum(values, max(floor, 1e-300)))
+        lo = max(lo, floor)
+    else:
+        z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
+    w = _window(steps)
     med = rolling_median(z, w)
     scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
-    jump = max(math.log(BLOWUP_FACTOR), 0.0)
-    # Centred "level" for deciding whether an excursion persisted: the median of the next w points.
-    import pandas as pd
-
+    onset, decade = math.log(BLOWUP_FACTOR), math.log(BLOWUP_PEAK_FACTOR)
     fwd = pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1]
-    running_best = np.minimum.accumulate(np.where(np.isnan(med), np.inf, med))
-    warmup = max(3, w // 2)  # the first points have no trailing level worth comparing to
+    best = np.minimum.accumulate(np.where(np.isnan(med), np.inf, med))
+    suffix_max = np.maximum.accumulate(z[::-1])[::-1]  # max of z from each point on
+
+    def confirmed(i: int, base: float) -> bool:
+        """Reaches a decade above ``base`` within the horizon and the median over the persistence
+        window stays ≥ 2x (a median, so one dip inside an oscillating blowup does not undo it)."""
+        h_end = int(np.searchsorted(steps, steps[i] + BLOWUP_HORIZON, side="right"))
+        p_end = max(int(np.searchsorted(steps, steps[i] + BLOWUP_PERSIST, side="left")), i + 1)
+        return bool(z[i:h_end].max() - base >= decade and np.median(z[i:p_end]) - base > onset)
+
+    def record(i: int, base: float, best_i: int) -> None:
+        ev.blowup_step = int(steps[i])
+        ev.pre_level = float(np.exp(base)) if lo > 0 else None
+        ev.peak = float(values[i:].max())
+        ev.best_step = int(steps[best_i])
+
+    warmup = max(3, min(w, n // 10))  # the first points have no trailing level worth comparing to
+    in_excursion = False
     i = warmup
     while i < n:
         ref = med[i]
         rise = z[i] - ref
-        if rise > jump and rise > SPIKE_Z * scale[i]:
-            # Sustained: the forward median stays above the doubled level (rise from the trailing
-            # level, or from the best level reached so far for slow climbs).
-            if fwd[i] - ref > jump:
-                ev.blowup_step = int(steps[i])
-                ev.pre_level = float(np.exp(ref)) if lo > 0 else None
-                ev.peak = float(values[i:].max())
-                ev.best_step = int(steps[int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1])))])
+        if rise > onset and rise > ONSET_Z * scale[i]:
+            if confirmed(i, ref):
+                record(i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
                 break
-            ev.spikes.append(int(steps[i]))
-            # Skip past this spike so one event is not reported for every point of it.
-            j = i + 1
-            while j < n and z[j] - ref > jump:
-                j += 1
-            i = j
+            # Not (yet) a blowup: a spike, reported once per excursion and only when it is also far
+            # outside the loss's own noise.
+            if not in_excursion and rise > SPIKE_Z * scale[i]:
+                ev.spikes.append(int(steps[i]))
+            in_excursion = True
+            i += 1
             continue
-        # Slow climb: the trailing level itself rose far above the best level reached before.
-        if np.isfinite(running_best[i]) and med[i] - running_best[i] > jump and fwd[i] - running_best[i] > jump:
+        in_excursion = False
+        # Slow climb: the trailing level itself rose to 2x the best level reached before.
+        # (suffix_max first: a climb that never reaches a decade is not worth the backward search)
+        if (np.isfinite(best[i]) and suffix_max[i] - best[i] >= decade and med[i] - best[i] > onset
+                and fwd[i] - best[i] > onset):
             best_i = int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1])))
-            base = running_best[i]
-            # The blowup starts at the first point after the best whose value left the band for good.
+            base = best[i]
+            # The climb starts at the first point after the best that left the 2x band for good.
             k = best_i
-            while k < i and not (z[k] - base > jump and fwd[k] - base > jump):
+            while k < i and not (z[k] - base > onset and fwd[k] - base > onset):
                 k += 1
-            ev.blowup_step = int(steps[k])
-            ev.pre_level = float(np.exp(base)) if lo > 0 else None
-            ev.peak = float(values[k:].max())
-            ev.best_step = int(steps[best_i])
+            record(k, base, best_i)
             break
         i += 1
     return ev
@@ -140,7 +174,7 @@ def robust_spikes(steps: np.ndarray, values: np.ndarray, z_thresh: float = SPIKE
     if ok.sum() < 8:
         return []
     z = np.log(np.where(ok, values, np.nan))
-    w = _window(len(z))
+    w = _window(np.asarray(steps))
     med = rolling_median(z, w)
     scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
     hits = (z - med > z_thresh * scale) & (z - med > math.log(BLOWUP_FACTOR))

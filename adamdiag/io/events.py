@@ -49,7 +49,9 @@ class RunEvents:
     scalars: pd.DataFrame  # SCALAR_COLUMNS; run/tag/source_file categorical
     histograms: pd.DataFrame  # HISTOGRAM_COLUMNS; ``approx`` marks TF2 bucket tensors (sums estimated)
     warnings: list[str]  # damage etc., one line each naming file and byte offset
-    skipped: dict[str, int]  # plugin name -> count of skipped summary values (images, text, ...)
+    # plugin name -> count of skipped summary values (images, text, ...); damage is counted here too:
+    # crc_mismatch, corrupt_header, truncated, undecodable, empty_record
+    skipped: dict[str, int]
     files: list[str]  # event files in segment order
     file_info: list[dict[str, Any]] = field(default_factory=list)  # per file: size, records, writer, ...
 
@@ -255,20 +257,32 @@ class _Sink:
             self.parts.append(self.take_lists())
 
 
+_PROTO: tuple | None = None
+
+
+def _proto() -> tuple:
+    """(Event parser, DecodeError), imported once: an import statement per record costs ~1 us."""
+    global _PROTO
+    if _PROTO is None:
+        from google.protobuf.message import DecodeError
+        from tensorboard.compat.proto import event_pb2
+
+        _PROTO = (event_pb2.Event.FromString, DecodeError)
+    return _PROTO
+
+
 def _decode_ref(payload: bytes, sink: _Sink, name: str, offset: int, idx: int = 0) -> None:
     """Reference decoder: one Event payload through the protobuf classes into ``sink``.
 
     ``offset`` is the record's byte offset (for messages), ``idx`` its index among the file's records.
     """
-    from google.protobuf.message import DecodeError
-    from tensorboard.compat.proto import event_pb2
-
+    parse, DecodeError = _proto()
     if not payload:
         sink.warnings.append(f"{name}: empty record (zero-length payload) at byte {offset}; ignored")
         sink.skipped["empty_record"] += 1
         return
     try:
-        ev = event_pb2.Event.FromString(payload)
+        ev = parse(payload)
     except (DecodeError, RuntimeError, ValueError) as e:
         sink.warnings.append(f"{name}: record at byte {offset} is not a valid Event ({e.__class__.__name__}); skipped")
         sink.skipped["undecodable"] += 1
@@ -383,7 +397,8 @@ def _factorize_spans(v, start, length):
     words = []
     nw = int(-(-int(length.max()) // 8)) if n else 0
     for w in range(nw):
-        word = v.u64[start + 8 * w] & masks[np.clip(length - 8 * w, 0, 8)]
+        # Spans shorter than this word read their own start (masked to 0): never past the buffer.
+        word = v.u64[np.where(length > 8 * w, start + 8 * w, start)] & masks[np.clip(length - 8 * w, 0, 8)]
         words.append(word)
         h = h * np.uint64(0x100000001B3) + word
     codes, uniq = pd.factorize(h)
@@ -403,13 +418,24 @@ _VARINT_PACK = (
 )
 
 
-def _parse_template(v, ps, pe) -> dict:
-    """The commonest event of all in five gathers: wall_time, a 1..7-byte step and one
-    ``simple_value`` with a tag shorter than 119 bytes (so every length is one byte and all
-    offsets follow from the step's varint length and the payload length)."""
+# Value tails after the tag that the templates know: (length, fixed bytes before the number as a
+# little-endian u64 with its mask, number dtype). simple_value; TF2 float32 and float64 scalar
+# tensors (dtype, empty shape, tensor_content).
+_TAILS = {
+    "sv": (5, 0x15000000, 0xFF000000, "<f4"),  # 15 <f32>, checked in the u64 ending at the payload end
+    "f32": (12, 0x0422001201080A42, (1 << 64) - 1, "<f4"),  # 42 0a 08 01 12 00 22 04 <f32>
+    "f64": (16, 0x0822001202080E42, (1 << 64) - 1, "<f8"),  # 42 0e 08 02 12 00 22 08 <f64>
+}
+
+
+def _parse_template(v, ps, pe, tail: str = "sv") -> dict:
+    """The commonest events in a few gathers each: wall_time, a 1..7-byte step and one value with
+    a short tag (every length fits one byte, so all offsets follow from the step's varint length and
+    the payload length) whose tail is ``_TAILS[tail]``."""
     import numpy as np
 
     u64 = np.uint64
+    tail_len, tail_bits, tail_mask, dtype = _TAILS[tail]
     ok = v.u8[ps] == 0x09
     wall = v.f64[ps + 1]
     x = v.u64[ps + 9]  # byte 9 is the step's field tag 0x10, then up to 7 varint bytes
@@ -425,51 +451,39 @@ def _parse_template(v, ps, pe) -> dict:
         x = (x & u64(lo)) | ((x & u64(hi)) >> u64(shift))
     step = x.view(np.int64)
     c = ps + 10 + nbytes
-    tl = pe - c - 11  # payload = 9 + 1+n + 2 + 2 + 2+tag + 5
-    ok &= (tl >= 0) & (tl < 119)
+    tl = pe - c - 6 - tail_len  # payload = 9 + 1+n + 2 + 2 + 2+tag + tail
+    ok &= (tl >= 0) & (tl < 124 - tail_len)
     tl[~ok] = 0
-    # 2a <tag+9> 0a <tag+7> 0a <tag>: Summary, Value and tag headers in one 6-byte compare.
+    # 2a <tag+4+tail> 0a <tag+2+tail> 0a <tag>: Summary, Value and tag headers in one 6-byte compare.
     t = tl.astype(u64)
-    expect = u64(0x000A000A092A) + ((t + u64(7)) << u64(24)) + (t * u64(0x10000000100))
+    expect = (u64(0x000A000A002A + ((4 + tail_len) << 8) + ((2 + tail_len) << 24))
+              + (t << u64(24)) + (t * u64(0x10000000100)))
     ok &= (v.u64[np.minimum(c, pe)] & u64(0xFFFFFFFFFFFF)) == expect
-    y = v.u64[np.maximum(pe - 8, ps)]  # ... 15 <f32>: the last 5 bytes
-    ok &= (y & u64(0xFF000000)) == u64(0x15000000)
-    value = (y >> u64(32)).astype(np.uint32).view(np.float32).astype(np.float64)
+    if tail == "sv":
+        y = v.u64[np.maximum(pe - 8, ps)]
+        ok &= (y & u64(tail_mask)) == u64(tail_bits)
+        value = (y >> u64(32)).astype(np.uint32).view(np.float32).astype(np.float64)
+    else:
+        ok &= v.u64[np.maximum(pe - tail_len, ps)] == u64(tail_bits)
+        value = (v.f32 if dtype == "<f4" else v.f64)[np.maximum(pe - tail_len + 8, ps)].astype(np.float64)
     return {"ok": ok, "step": step, "wall": wall, "value": value, "ts": c + 6, "tl": tl}
 
 
-def _parse_general(v, ps, pe) -> dict:
-    """Field-by-field vectorized parse of the layout above (any varint sizes, tensors, metadata)."""
+def _parse_value(v, c, end, ok) -> dict:
+    """Vectorized parse of Summary.Value bodies at ``c`` (ending at ``end``): tag, then a simple
+    value or a float/double scalar tensor, then optionally metadata of plugin 'scalars'. Narrows
+    ``ok`` (in place) to the values that have exactly this layout."""
     import numpy as np
 
     a = v.u8
-    ok = pe > ps
-    c = ps
-    # Event.wall_time (fixed64) and step (varint), both optional.
-    has = (a[c] == 0x09) & (c + 9 <= pe)
-    wall = np.where(has, v.f64[c + 1], 0.0)
-    c = c + 9 * has
-    has = a[c] == 0x10
-    x, ln, valid = _varint(a, c + 1)
-    step = np.where(has, x.view(np.int64), 0)
-    ok &= ~has | valid
-    c = np.minimum(c + has * (1 + ln), pe)
-    # Event.summary must be the last field, holding exactly one Value, which starts with its tag.
-    ok &= a[c] == 0x2A
-    c, ln = _take_len(a, c + 1, pe, ok)
-    ok &= c + ln == pe
     ok &= a[c] == 0x0A
-    c, ln = _take_len(a, c + 1, pe, ok)
-    ok &= c + ln == pe
-    ok &= a[c] == 0x0A
-    ts, tl = _take_len(a, c + 1, pe, ok)
+    ts, tl = _take_len(a, c + 1, end, ok)
     c = ts + tl
-    # Value.simple_value or Value.tensor (a float/double scalar).
     b = a[c]
     is_sv = ok & (b == 0x15)
     value = v.f32[c + 1].astype(np.float64)
     is_t = ok & (b == 0x42)
-    tc, tlen = _take_len(a, c + 1, pe, is_t)
+    tc, tlen = _take_len(a, c + 1, end, is_t)
     tend = tc + tlen
     dtype = a[tc + 1]
     is_t &= (a[tc] == 0x08) & ((dtype == 1) | (dtype == 2))
@@ -484,28 +498,83 @@ def _parse_general(v, ps, pe) -> dict:
         value = np.where(is_f, v.f32[vc + 2].astype(np.float64), value)
     c = np.where(is_sv, c + 5, tend)
     ok &= is_sv | is_t
-    # Optional Value.metadata: only plugin 'scalars' is handled here.
     has_meta = ok & (a[c] == 0x4A)
     if has_meta.any():
-        mc, mlen = _take_len(a, c + 1, pe, has_meta)
-        mend = mc + mlen
+        mc, mlen = _take_len(a, c + 1, end, has_meta)
         pdok = has_meta & (a[mc] == 0x0A)
-        pc, pdlen = _take_len(a, mc + 1, pe, pdok)
+        pc, pdlen = _take_len(a, mc + 1, end, pdok)
         pdok &= (a[pc] == 0x0A) & (a[pc + 1] == 7) & (pc + 2 + 7 <= pc + pdlen)
         word = v.u64[pc + 2] & np.uint64(_MASKS[7])
         pdok &= word == np.uint64(int.from_bytes(b"scalars", "little"))
         ok &= ~has_meta | pdok
-        c = np.where(has_meta, mend, c)
-    ok &= c == pe
-    return {"ok": ok, "step": step, "wall": wall, "value": value, "ts": ts, "tl": tl, "is_t": is_t,
-            "has_meta": has_meta}
+        c = np.where(has_meta, mc + mlen, c)
+    ok &= c == end
+    return {"value": value, "ts": ts, "tl": tl, "is_t": is_t, "has_meta": has_meta}
+
+
+_MAX_VALUES = (1 << 16) - 1  # values per Summary handled vectorized (more: the reference decodes it)
+
+
+def _parse_general(v, ps, pe) -> tuple[dict, dict]:
+    """Field-by-field vectorized parse of the layout above, any varint sizes, any number of values
+    per Summary (TF1 merged summaries). Returns per-record (ok, step, wall) and per-value rows
+    (rec: index into ``ps``, k: value index, ok, value, ts, tl, is_t, has_meta), in round order."""
+    import numpy as np
+
+    a = v.u8
+    ok = pe > ps
+    c = ps
+    # Event.wall_time (fixed64) and step (varint), both optional.
+    has = (a[c] == 0x09) & (c + 9 <= pe)
+    wall = np.where(has, v.f64[c + 1], 0.0)
+    c = c + 9 * has
+    has = a[c] == 0x10
+    x, ln, valid = _varint(a, c + 1)
+    step = np.where(has, x.view(np.int64), 0)
+    ok &= ~has | valid
+    c = np.minimum(c + has * (1 + ln), pe)
+    # Event.summary must be the last field; it holds one or more Values.
+    ok &= a[c] == 0x2A
+    c, ln = _take_len(a, c + 1, pe, ok)
+    ok &= (c + ln == pe) & (ln > 0)
+    rows: list[dict] = []
+    active = np.flatnonzero(ok)
+    cur = c
+    k = 0
+    while active.size:
+        if k == _MAX_VALUES:
+            ok[active] = False
+            break
+        c0, e0 = cur[active], pe[active]
+        vok = a[c0] == 0x0A
+        body, blen = _take_len(a, c0 + 1, e0, vok)
+        vend = body + blen
+        r = _parse_value(v, body, vend, vok)
+        r.update(rec=active, k=np.full(active.size, k, np.int64), ok=vok)
+        rows.append(r)
+        ok[active[~vok]] = False
+        cur[active] = vend
+        active = active[vok & (vend < e0)]
+        k += 1
+    keys = ("rec", "k", "ok", "value", "ts", "tl", "is_t", "has_meta")
+    if rows:
+        out = {key: np.concatenate([r[key] for r in rows]) for key in keys}
+    else:
+        out = {key: np.zeros(0, dt) for key, dt in zip(keys, (np.int64,) * 2 + (bool, np.float64) + (np.int64,) * 2
+                                                          + (bool, bool))}
+    return {"ok": ok, "step": step, "wall": wall}, out
+
+
+_KSHIFT = 16  # row position key = record index << _KSHIFT | value index (orders values within a record)
 
 
 def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base: int, idx0: int) -> None:
     """Decode the records at ``offsets`` (payload ``lengths``) of ``buf`` into ``sink``, vectorized.
 
     ``buf`` has at least ``_PAD`` zero bytes after the last record; ``base`` is where ``buf`` starts
-    in the file; ``idx0`` is the index of the first record among the file's records.
+    in the file; ``idx0`` is the index of the first record among the file's records. Works on
+    *rows* (one per scalar value; a record may hold several) and *records*: a record is decoded
+    here only if all its values have a recognised layout, else by the reference decoder.
     """
     import numpy as np
 
@@ -519,109 +588,141 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
     pe = ps + np.asarray(lengths, np.int64)
     with np.errstate(all="ignore"):  # garbage bytes may decode as signalling NaNs: not an error here
         f = _parse_template(v, ps, pe)
-        f["is_t"], f["has_meta"] = np.zeros(n, bool), np.zeros(n, bool)
         rest = np.flatnonzero(~f["ok"])
-        if rest.size:
-            g = _parse_general(v, ps[rest], pe[rest])
-            for key, arr in f.items():
-                arr[rest] = g[key]
-    ok, step, wall, value, ts, tl, is_t, has_meta = (
-        f["ok"], f["step"], f["wall"], f["value"], f["ts"], f["tl"], f["is_t"], f["has_meta"]
-    )
-    fast = np.flatnonzero(ok)
-    # Tags of the fast records: identical byte strings -> one code.
-    tag_of = np.full(n, -1, np.int64)
+        f["is_t"] = None
+        for tail in ("f32", "f64"):  # TF2 scalar tensors
+            if rest.size:
+                t2 = _parse_template(v, ps[rest], pe[rest], tail)
+                hit = t2["ok"]
+                if hit.any():
+                    if f["is_t"] is None:
+                        f["is_t"] = np.zeros(n, bool)
+                    for key in ("ok", "step", "wall", "value", "ts", "tl"):
+                        f[key][rest[hit]] = t2[key][hit]
+                    f["is_t"][rest[hit]] = True
+                    rest = rest[~hit]
+        rec_ok = f["ok"].copy()
+        if rest.size == 0:  # the usual case: every record matched a template
+            rows = {"rec": None, "k": None, "step": f["step"], "wall": f["wall"], "value": f["value"],
+                    "ts": f["ts"], "tl": f["tl"], "is_t": f["is_t"], "has_meta": None}
+        else:
+            hdr, g = _parse_general(v, ps[rest], pe[rest])
+            rec_ok[rest] = hdr["ok"]
+            t_idx = np.flatnonzero(f["ok"])
+            g_keep = hdr["ok"][g["rec"]]
+            g_rec = g["rec"][g_keep]
+            rows = {
+                "rec": np.concatenate([t_idx, rest[g_rec]]),
+                "k": np.concatenate([np.zeros(t_idx.size, np.int64), g["k"][g_keep]]),
+                "step": np.concatenate([f["step"][t_idx], hdr["step"][g_rec]]),
+                "wall": np.concatenate([f["wall"][t_idx], hdr["wall"][g_rec]]),
+            }
+            for key in ("value", "ts", "tl"):
+                rows[key] = np.concatenate([f[key][t_idx], g[key][g_keep]])
+            t_is_t = f["is_t"][t_idx] if f["is_t"] is not None else np.zeros(t_idx.size, bool)
+            rows["is_t"] = np.concatenate([t_is_t, g["is_t"][g_keep]])
+            rows["has_meta"] = np.concatenate([np.zeros(t_idx.size, bool), g["has_meta"][g_keep]])
+            order = np.argsort(rows["rec"], kind="stable")  # file order; values in order in a record
+            rows = {key: arr[order] for key, arr in rows.items()}
+    m = len(rows["step"])
+    if rows["rec"] is None:
+        rows["rec"], rows["k"] = np.arange(n), np.zeros(n, np.int64)
+        rows["has_meta"] = np.zeros(n, bool)
+        if rows["is_t"] is None:
+            rows["is_t"] = np.zeros(n, bool)
+    # Tags: identical byte strings -> one code.
     tag_names: list[str] = []
-    if fast.size:
-        codes, first, exact = _factorize_spans(v, ts[fast], tl[fast])
+    tag_of = np.zeros(m, np.int64)
+    if m:
+        tag_of, first, exact = _factorize_spans(v, rows["ts"], rows["tl"])
         names: list[str | None] = []
         for j in first:
-            s, m = int(ts[fast[j]]), int(tl[fast[j]])
+            s, ln = int(rows["ts"][j]), int(rows["tl"][j])
             try:
-                names.append(bytes(buf[s : s + m]).decode("utf-8"))
+                names.append(bytes(buf[s : s + ln]).decode("utf-8"))
             except UnicodeDecodeError:
                 names.append(None)
-        good = exact & np.asarray([nm is not None for nm in names], bool)[codes]
-        ok[fast[~good]] = False
-        tag_of[fast] = codes
+        good = exact & np.asarray([nm is not None for nm in names], bool)[tag_of]
         tag_names = [nm or "" for nm in names]
-        fast = fast[good]
-    ridx = idx0 + np.arange(n)
+        if not good.all():  # a collision or invalid UTF-8: the reference decodes the whole record
+            rec_ok[rows["rec"][~good]] = False
+            keep = rec_ok[rows["rec"]]
+            rows = {key: arr[keep] for key, arr in rows.items()}
+            tag_of = tag_of[keep]
+            m = len(tag_of)
+    key = ((idx0 + rows["rec"]) << _KSHIFT) | rows["k"]  # position of each row in the file
     # Plugin state (TF2 writes metadata only with a tag's first value): the first metadata-bearing
     # value of a tag decides its plugin, in file order over fast and slow records alike.
     prior = dict(sink.plugins)
-    meta_fast = fast[has_meta[fast]]
+    meta_rows = np.flatnonzero(rows["has_meta"])
     fast_first: list[tuple[int, str]] = []
-    if meta_fast.size:
-        u, i_first = np.unique(tag_of[meta_fast], return_index=True)
-        fast_first = sorted((int(ridx[meta_fast[i]]), tag_names[int(t)]) for t, i in zip(u, i_first))
+    if meta_rows.size:
+        u, i_first = np.unique(tag_of[meta_rows], return_index=True)
+        fast_first = sorted((int(key[meta_rows[i]]), tag_names[int(t)]) for t, i in zip(u, i_first))
         fast_first = [(i, t) for i, t in fast_first if t not in prior]
-    slow = np.flatnonzero(~ok)
+    slow = np.flatnonzero(~rec_ok)
     slow_first: dict[str, int] = {}
-    slow_ridx: list[int] = []
+    slow_keys: list[int] = []
     ptr = 0
     sink.flush()
     for i in slow.tolist():
-        r = int(ridx[i])
+        r = (idx0 + i) << _KSHIFT
         while ptr < len(fast_first) and fast_first[ptr][0] < r:
             sink.plugins.setdefault(fast_first[ptr][1], "scalars")
             ptr += 1
         before_rows, before_tags = len(sink.s_tag), len(sink.plugins)
-        _decode_ref(bytes(buf[ps[i] : pe[i]]), sink, name, base + int(offsets[i]), r)
+        _decode_ref(bytes(buf[ps[i] : pe[i]]), sink, name, base + int(offsets[i]), idx0 + i)
         if len(sink.plugins) != before_tags:
             for t in list(sink.plugins)[before_tags:]:
                 slow_first[t] = r
-        slow_ridx.extend([r] * (len(sink.s_tag) - before_rows))
+        slow_keys.extend(r + min(j, (1 << _KSHIFT) - 1) for j in range(len(sink.s_tag) - before_rows))
     for _, t in fast_first[ptr:]:
         sink.plugins.setdefault(t, "scalars")
     first_meta = dict(slow_first)
     for i, t in fast_first:
         if i < first_meta.get(t, 1 << 62):
             first_meta[t] = i
-    # Fast rows: simple values always count; tensor values only where the tag's plugin is 'scalars'.
-    keep = np.ones(fast.size, bool)
-    if fast.size:
-        ft = is_t[fast]
-        if ft.any():
-            tcodes = tag_of[fast]
-            for code, tname in enumerate(tag_names):
-                sel = ft & (tcodes == code)
-                if not sel.any():
-                    continue
-                if tname in prior:
-                    plugin = np.full(int(sel.sum()), prior[tname], object)
-                else:
-                    known = ridx[fast[sel]] >= first_meta.get(tname, 1 << 62)
-                    plugin = np.where(known, sink.plugins.get(tname, ""), "")
-                is_scalar = plugin == "scalars"
-                keep[np.flatnonzero(sel)[~is_scalar]] = False
-                for p, cnt in Counter(plugin[~is_scalar].tolist()).items():
-                    key = "histograms (bad tensor)" if p == "histograms" else (p or "tensor")
-                    sink.skipped[key] += cnt
-            if (ft & keep).any():
-                sink.kinds.add("tensor")
-        if (~ft).any():
-            sink.kinds.add("simple_value")
-        if sink.first_wall_idx > idx0:
-            nz = np.flatnonzero(wall[fast] != 0)
-            if nz.size:
-                sink.note_wall(int(ridx[fast[nz[0]]]), float(wall[fast[nz[0]]]))
-    if not keep.all():
-        fast = fast[keep]
+    # Simple values always count; tensor values only where the tag's plugin is 'scalars' by then.
+    keep = None
+    is_t = rows["is_t"]
+    if m and is_t.any():
+        keep = np.ones(m, bool)
+        for code, tname in enumerate(tag_names):
+            sel = is_t & (tag_of == code)
+            if not sel.any():
+                continue
+            if tname in prior:
+                plugin = np.full(int(sel.sum()), prior[tname], object)
+            else:
+                known = key[sel] >= first_meta.get(tname, 1 << 62)
+                plugin = np.where(known, sink.plugins.get(tname, ""), "")
+            is_scalar = plugin == "scalars"
+            keep[np.flatnonzero(sel)[~is_scalar]] = False
+            for p, cnt in Counter(plugin[~is_scalar].tolist()).items():
+                sink.skipped["histograms (bad tensor)" if p == "histograms" else (p or "tensor")] += cnt
+        if (is_t & keep).any():
+            sink.kinds.add("tensor")
+    if m and not is_t.all():
+        sink.kinds.add("simple_value")
+    if m and sink.first_wall_idx > idx0:
+        # The reference notes the wall time of every decoded record, whatever its values became.
+        nz = np.flatnonzero(rows["wall"] != 0)
+        if nz.size:
+            sink.note_wall(idx0 + int(rows["rec"][nz[0]]), float(rows["wall"][nz[0]]))
+    if keep is not None and not keep.all():
+        rows = {k2: arr[keep] for k2, arr in rows.items()}
+        tag_of, key = tag_of[keep], key[keep]
     # Register only tags that keep rows (a tag whose values were all skipped is not a scalar tag).
-    used = np.bincount(tag_of[fast], minlength=len(tag_names)) if fast.size else np.zeros(len(tag_names), int)
+    used = np.bincount(tag_of, minlength=len(tag_names)) if len(tag_of) else np.zeros(len(tag_names), int)
     remap = np.asarray([sink.tag_id(t) if u else -1 for t, u in zip(tag_names, used)] or [0], np.int32)
-    if fast.size == n:  # the usual case: every record was a fast scalar, no need to select
-        f_rows = (remap[tag_of], step, wall, value)
-    else:
-        f_rows = (remap[tag_of[fast]], step[fast], wall[fast], value[fast])
+    f_rows = (remap[tag_of], rows["step"], rows["wall"], rows["value"])
     if not sink.s_tag:
         sink.parts.append(f_rows)
         return
     # Merge the reference-decoded rows back into file order.
     s_rows = sink.take_lists()
-    order = np.argsort(np.concatenate([ridx[fast], np.asarray(slow_ridx, np.int64)]), kind="stable")
-    sink.parts.append(tuple(np.concatenate([f, s])[order] for f, s in zip(f_rows, s_rows)))
+    order = np.argsort(np.concatenate([key, np.asarray(slow_keys, np.int64)]), kind="stable")
+    sink.parts.append(tuple(np.concatenate([fr, sr])[order] for fr, sr in zip(f_rows, s_rows)))
 
 
 CHUNK_BYTES = 4 << 20  # bytes read and decoded at a time: bounds the temporaries of the fast path
@@ -651,8 +752,13 @@ def _scan_tail(data: bytes, base: int, idx0: int, sink: _Sink, name: str, *, che
 
     scan = tfrecord.read_records_ref(data, check_crc=check_crc, name=name, base=base)
     sink.warnings.extend(scan.warnings)
+    # Damage is counted beside the skipped plugins: records lost to it are skipped values too.
     if scan.bad_records:
         sink.skipped["crc_mismatch"] += scan.bad_records
+    if scan.resyncs:
+        sink.skipped["corrupt_header"] += scan.resyncs
+    if scan.truncated_at is not None:
+        sink.skipped["truncated"] += 1
     if fast_decode:
         _decode_chunk(_padded(data), np.asarray(scan.offsets, np.int64), np.asarray(scan.lengths, np.int64),
                       sink, name, base, idx0)
@@ -892,6 +998,24 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     return _assemble(run, datas)
 
 
+def idle_cpus() -> int:
+    """CPUs this process may use that are not already busy (1-minute load average).
+
+    Decoding is CPU-bound: on a machine whose cores are all taken, worker processes only time-share
+    them and add start-up and transfer costs (measured: 2 workers on a loaded 2-core box were 2x
+    slower than one process), so they are used only where there are idle cores.
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(usable, int(usable - busy + 1)))  # +1: this process counts in the load
+
+
 def read_runs(
     paths: Sequence[Path],
     *,
@@ -901,7 +1025,8 @@ def read_runs(
 ) -> list[RunEvents]:
     """Find the runs under ``paths`` and read them all.
 
-    With more than one run and enough bytes to pay for it, files are decoded in worker processes.
+    With more than one run, enough bytes to pay for it and idle CPUs (``workers`` overrides the
+    count), files are decoded in worker processes.
     ``progress(done_bytes, total_bytes)`` is called as files finish.
     """
     runs = find_runs(paths)
@@ -910,7 +1035,7 @@ def read_runs(
     total = sum(sizes.values())
     done = 0
     results: dict[Path, FileData] = {}
-    n_workers = workers if workers is not None else min(len(sizes), os.cpu_count() or 1)
+    n_workers = workers if workers is not None else min(len(sizes), idle_cpus())
     if progress is not None:
         progress(0, total)
     if len(runs) > 1 and total >= PARALLEL_MIN_BYTES and n_workers > 1:

@@ -157,17 +157,24 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoi
 def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tuple[str, int]]]:
     """For each param group, (parameter name, optimizer state id) in the optimizer's order.
 
-    The optimizer saved ids 0..n-1 in the order it was given its parameters. With ``param_names``
-    saved (torch >= 2.5 when built from ``named_parameters()``) they are matched by name; otherwise
-    the order is assumed to be ``model.parameters()`` (``Adam(model.parameters())``), checked by
-    count and by the shapes of the saved moments.
+    The optimizer saved ids 0..n-1 in the order it was given its parameters. In order of preference:
+    ``param_names`` saved with the groups (torch >= 2.5 when built from ``named_parameters()``); else
+    ``model.parameters()`` order (``Adam(model.parameters())``), if the saved moments' shapes agree;
+    else, for custom groups, the k-th state of a shape is taken to be the k-th model parameter of that
+    shape (see :func:`order_is_guessed`; the fidelity check exposes a wrong guess).
     """
     named = list(model.named_parameters())
     by_name = dict(named)
     groups = ckpt.param_groups
+    states = ckpt.optim_state["state"]
     n_ids = sum(len(g["params"]) for g in groups)
-    out: list[list[tuple[str, int]]] = []
+
+    def shape_of(pid: int) -> tuple[int, ...] | None:
+        st = states.get(pid)
+        return tuple(st["exp_avg"].shape) if isinstance(st, dict) and "exp_avg" in st else None
+
     if all("param_names" in g for g in groups):
+        out = []
         for g in groups:
             row = []
             for name, pid in zip(g["param_names"], g["params"]):
@@ -175,28 +182,47 @@ def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tup
                     raise InputError(f"{ckpt.path}: optimizer parameter {name!r} is not a parameter of the entry's model")
                 row.append((name, pid))
             out.append(row)
-    else:
-        if n_ids != len(named):
-            raise InputError(
-                f"{ckpt.path}: the optimizer holds {n_ids} parameters but the entry's model has {len(named)}; "
-                "replay assumes the optimizer was built from model.parameters()"
-            )
-        i = 0
-        for g in groups:
-            row = []
-            for pid in g["params"]:
-                row.append((named[i][0], pid))
-                i += 1
-            out.append(row)
-    for row in out:
-        for name, pid in row:
-            st = ckpt.optim_state["state"].get(pid)
-            if st is not None and "exp_avg" in st and tuple(st["exp_avg"].shape) != tuple(by_name[name].shape):
+        return out
+    if n_ids != len(named):
+        raise InputError(
+            f"{ckpt.path}: the optimizer holds {n_ids} parameters but the entry's model has {len(named)}; "
+            "build the optimizer from model.named_parameters() (torch >= 2.5 saves the names) so replay can match them"
+        )
+    flat = [pid for g in groups for pid in g["params"]]
+    if all(shape_of(pid) in (None, tuple(p.shape)) for pid, (_, p) in zip(flat, named)):
+        names = iter(n for n, _ in named)
+        return [[(next(names), pid) for pid in g["params"]] for g in groups]
+    # Custom groups: match by shape, keeping model order within each shape.
+    pools: dict[tuple[int, ...], list[str]] = {}
+    for n, p in named:
+        pools.setdefault(tuple(p.shape), []).append(n)
+    out = []
+    for g in groups:
+        row = []
+        for pid in g["params"]:
+            shp = shape_of(pid)
+            if shp is None or not pools.get(shp):
                 raise InputError(
-                    f"{ckpt.path}: optimizer state {pid} has shape {tuple(st['exp_avg'].shape)} but parameter "
-                    f"{name} has {tuple(by_name[name].shape)}; the optimizer's parameter order does not match the model"
+                    f"{ckpt.path}: cannot match the optimizer's parameters to the model (custom param groups without "
+                    "saved names); build the optimizer from model.named_parameters() (torch >= 2.5)"
                 )
+            row.append((pools[shp].pop(0), pid))
+        out.append(row)
     return out
+
+
+def order_is_guessed(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> bool:
+    """True when :func:`param_order` had to match parameters by shape (custom groups, no names)."""
+    groups = ckpt.param_groups
+    if all("param_names" in g for g in groups):
+        return False
+    named = list(model.named_parameters())
+    flat = [pid for g in groups for pid in g["params"]]
+    for pid, (_, p) in zip(flat, named):
+        st = ckpt.optim_state["state"].get(pid)
+        if isinstance(st, dict) and "exp_avg" in st and tuple(st["exp_avg"].shape) != tuple(p.shape):
+            return True
+    return False
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: ReplayCheckpoint) -> None:

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from adamdiag.replay.engine import Curve
 
 FORMATS = ("text", "json", "markdown", "junit")
+MODES = ("auto", "batched", "sequential")
+# On a CPU the batched sweep pays off for small models (per-step overhead dominates: measured 1.6x at
+# K=4 and 4.5x at K=16 for 6k parameters) but not for large ones (compute-bound: 0.7x at 2.4M
+# parameters, bench/replay_sweep.py); on CUDA it always batches.
+CPU_BATCH_MAX_PARAMS = 1_000_000
 MAX_STEPS = 1_000_000
 
 
@@ -166,6 +171,13 @@ def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | N
     if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
         warns.append("the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
                      "replaying as Adam (L2) -- the fidelity check shows whether that was right")
+    from adamdiag.replay.checkpoint import load_model_weights, order_is_guessed, param_order
+
+    load_model_weights(spec.model, ckpt)  # fail early, with one line: another architecture
+    param_order(ckpt, spec.model)  # ... or an optimizer that does not fit the model
+    if order_is_guessed(ckpt, spec.model):
+        warns.append("the optimizer's param groups are not in model.parameters() order and carry no names; "
+                     "parameters were matched by shape (build it from model.named_parameters() to be sure)")
     rule, _ = reference_rule(lsteps, lvals, ckpt.step)
     logged_spike = None
     if rule is not None:
@@ -181,25 +193,51 @@ def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | N
                 logged_values=lvals, rule=rule, steps=steps, variants=variants, warnings=warns)
 
 
-def replay_variants(plan: Plan, variants: list[Variant], device: torch.device, *, sequential: bool,
-                    warnings: list[str], progress_total: int | None = None) -> tuple[list[Curve], str]:
-    """Curves of ``variants`` (batched unless told otherwise or unsupported) and the mode used."""
-    from adamdiag.replay.engine import LazyProgress, replay_sequential
+def choose_sequential(mode: str, plan: Plan, device: torch.device) -> bool:
+    """--mode auto: batch on CUDA, and on CPU for models up to CPU_BATCH_MAX_PARAMS parameters."""
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "sequential"
+    n = sum(p.numel() for p in plan.spec.model.parameters())
+    return device.type == "cpu" and n > CPU_BATCH_MAX_PARAMS
+
+
+def replay_variants(plan: Plan, indices: list[int], device: torch.device, *, sequential: bool,
+                    warnings: list[str]) -> tuple[list[Curve], str]:
+    """Curves of ``plan.variants[i]`` for ``i`` in ``indices``, and how the alternates ran.
+
+    The original settings (index 0) always run on the reference path, the real torch.optim.Adam
+    exactly as in training: the fidelity check compares them with the log, and near a blowup the
+    dynamics amplify even rounding-level differences (batched matmuls sum in another order), so only
+    the reference can be expected to reproduce the log to the last bit. The alternates run batched
+    (vmap) unless ``sequential`` or the model cannot be batched.
+    """
+    from adamdiag.replay.engine import LazyProgress, replay_one, replay_sequential
     from adamdiag.replay.sweep import VmapUnsupported, replay_batched
 
-    total = plan.steps * len(variants)
-    with LazyProgress(total, f"replaying {len(variants)} variants") as bar:
-        if not sequential and len(variants) > 1:
+    out: dict[int, Curve] = {}
+    rest = [i for i in indices if i != 0]
+    mode = "sequential" if sequential or len(rest) < 2 else "batched"
+    with LazyProgress(plan.steps * len(indices), f"replaying {len(indices)} variants") as bar:
+        if 0 in indices:
+            out[0] = replay_one(plan.spec, plan.ckpt, plan.variants[0], plan.steps, device, bar)
+        alts = [plan.variants[i] for i in rest]
+        if mode == "batched":
             try:
                 with _warnings.catch_warnings():
                     _warnings.simplefilter("ignore")  # vmap/functional_call chatter; our own fallback warns
-                    return replay_batched(plan.spec, plan.ckpt, variants, plan.steps, device, bar), "batched"
+                    curves = replay_batched(plan.spec, plan.ckpt, alts, plan.steps, device, bar)
             except VmapUnsupported as e:
                 msg = f"the model/loss cannot be batched with torch.func.vmap ({e}); replaying the variants one by one"
                 warnings.append(msg)
                 print(f"adamdiag: warning: {msg}", file=sys.stderr)
-                bar.done = 0
-        return replay_sequential(plan.spec, plan.ckpt, variants, plan.steps, device, bar), "sequential"
+                mode = "sequential"
+                bar.done = plan.steps if 0 in indices else 0
+        if mode == "sequential":
+            curves = replay_sequential(plan.spec, plan.ckpt, alts, plan.steps, device, bar)
+    out.update(zip(rest, curves))
+    return [out[i] for i in indices], mode
 
 
 def analyse(plan: Plan, curves: list[Curve], *, device: str, mode: str, force: bool, warnings: list[str],
@@ -241,24 +279,27 @@ def analyse(plan: Plan, curves: list[Curve], *, device: str, mode: str, force: b
 def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | None, lr: list[str] | None,
                steps: int | None, entry: str | None, logdir: Path | None, device: str, fmt: str,
                plot: Path | None, force: bool, trust_checkpoint: bool, loss_tag: str = "train/loss",
-               sequential: bool = False) -> int:
+               mode: str = "auto") -> int:
     """The ``replay`` command. Prints the result (rank 0 only) and returns the exit code:
     0 an alternate avoids the reproduced blowup (or nothing spiked), 1 none does; InputError (exit 2)
     for bad input or when the replay does not reproduce the log (unless ``force``)."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}")
+    if mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     world = world_from_env()
     dev = resolve_device(device, world)
     if not world.distributed:
         plan = plan_replay(checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry, logdir=logdir,
                            trust_checkpoint=trust_checkpoint, loss_tag=loss_tag)
         warns = list(plan.warnings)
-        curves, mode = replay_variants(plan, plan.variants, dev, sequential=sequential, warnings=warns)
-        return _finish(plan, curves, dev=str(dev), mode=mode, fmt=fmt, plot=plot, force=force, warnings=warns,
+        curves, used = replay_variants(plan, list(range(len(plan.variants))), dev,
+                                       sequential=choose_sequential(mode, plan, dev), warnings=warns)
+        return _finish(plan, curves, dev=str(dev), mode=used, fmt=fmt, plot=plot, force=force, warnings=warns,
                        loss_tag=loss_tag)
     return _run_distributed(world, dev, checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry,
                             logdir=logdir, trust_checkpoint=trust_checkpoint, loss_tag=loss_tag, fmt=fmt, plot=plot,
-                            force=force, sequential=sequential)
+                            force=force, mode=mode)
 
 
 def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, plot: Path | None, force: bool,
@@ -267,7 +308,8 @@ def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, p
 
     result = analyse(plan, curves, device=dev, mode=mode, force=force, warnings=warnings, loss_tag=loss_tag)
     if not result.fidelity.reproduced and not force:
-        raise InputError(f"{result.fidelity.message}; no conclusion drawn (--force to report the variants anyway)")
+        notes = "".join(f"; note: {w}" for w in plan.warnings)  # what may explain it (guessed order, L2 vs AdamW)
+        raise InputError(f"{result.fidelity.message}{notes}; no conclusion drawn (--force to report the variants anyway)")
     text = render(result, fmt)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
@@ -280,7 +322,7 @@ def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, p
 
 
 def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: str, plot: Path | None, force: bool,
-                     sequential: bool, **kw: Any) -> int:
+                     mode: str, **kw: Any) -> int:
     """Every rank plans (identically), replays its share; rank 0 gathers, reports and decides the code."""
     import traceback
 
@@ -301,9 +343,9 @@ def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: 
         warns = list(plan.warnings)
         payload: dict[str, Any]
         try:
-            curves, mode = (replay_variants(plan, [plan.variants[i] for i in mine], dev, sequential=sequential,
+            curves, used = (replay_variants(plan, mine, dev, sequential=choose_sequential(mode, plan, dev),
                                             warnings=warns) if mine else ([], "batched"))
-            payload = {"items": list(zip(mine, curves)), "mode": mode, "warnings": warns}
+            payload = {"items": list(zip(mine, curves)), "mode": used, "warnings": warns}
         except InputError as e:
             payload = {"error": str(e)}
         except Exception as e:  # noqa: BLE001 - report on rank 0 instead of hanging the others
@@ -319,8 +361,8 @@ def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: 
                 curves = merge([p["items"] for p in parts], len(plan.variants))
                 modes = sorted({p["mode"] for p in parts if p["items"]})
                 all_warns = list(dict.fromkeys(w for p in parts for w in p["warnings"]))
-                mode = f"{'+'.join(modes)} across {world.size} ranks"
-                code = _finish(plan, curves, dev=f"{dev.type} x{world.size}", mode=mode, fmt=fmt, plot=plot,
+                used = f"{'+'.join(modes)} across {world.size} ranks"
+                code = _finish(plan, curves, dev=f"{dev.type} x{world.size}", mode=used, fmt=fmt, plot=plot,
                                force=force, warnings=all_warns, loss_tag=kw["loss_tag"])
             finally:
                 group.broadcast(code)

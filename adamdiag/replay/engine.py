@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 from adamdiag.replay.checkpoint import ReplayCheckpoint, load_model_weights, param_order
-from adamdiag.replay.protocol import ReplaySpec, Variant, variant_groups
+from adamdiag.replay.protocol import ReplaySpec, Variant, scheduled_lrs, variant_groups
 
 if TYPE_CHECKING:
     import torch
@@ -178,6 +178,8 @@ def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps
     opt.load_state_dict({"state": state, "param_groups": sd_groups})
     params = [p for ps in params_by_group for p in ps]
     hyper = [(g["eps"], g["betas"][1]) for g, ps in zip(opt.param_groups, params_by_group) for _ in ps]
+    original_lrs = [float(g["lr"]) for g in ckpt.param_groups]
+    variant_lrs = [float(g["lr"]) for g in groups]
 
     curve = Curve()
     for t in range(ckpt.step + 1, ckpt.step + steps + 1):
@@ -190,8 +192,12 @@ def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps
         check_loss(spec, loss, t)
         loss.backward()
         if spec.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, spec.clip_grad_norm)
+            # model.parameters() order, as training scripts call it: the norm's sum order is part of the bits
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad_norm)
         curve.update_rms.append(_update_rms_ref(params, opt, hyper))
+        if spec.lr_schedule is not None:
+            for g, lr in zip(opt.param_groups, scheduled_lrs(spec, t, original_lrs, variant_lrs)):
+                g["lr"] = lr
         opt.step()
         sv, fe = _vhat_stats_ref(params, opt, hyper)
         curve.sqrt_vhat.append(sv)

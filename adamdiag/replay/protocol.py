@@ -8,6 +8,10 @@ A project exposes one function (see docs/replay.md)::
                 "loss": Callable[[nn.Module, Any], torch.Tensor],   # scalar total loss
                 "clip_grad_norm": float | None}
 
+Optional key ``"lr_schedule": Callable[[int], float | list[float]]``: the learning rate that update t used
+in the original run (group 0's, or one per param group), for runs with an LR scheduler; without it the
+checkpoint's lr is held constant. Variants scale it by their lr / the original lr.
+
 ``batch(t)`` is the batch of the update whose completion makes the optimizer's step counter equal t,
 and the logged ``train/loss`` at step t is ``loss(model, batch(t))`` computed *before* update t. So a
 checkpoint after s updates replays steps s+1, s+2, ... and each replayed loss lines up with a logged one.
@@ -53,6 +57,7 @@ class ReplaySpec:
     clip_grad_norm: float | None
     entry: str  # the entry point as resolved, for the report
     source: str  # where it came from: "--entry", or the config file's path
+    lr_schedule: Callable[[int], Any] | None = None  # lr of update t in the original run (optional)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +192,11 @@ def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
             raise InputError(f"{where}: 'clip_grad_norm' must be a positive number or None, got {clip!r}")
         clip = float(clip)
+    schedule = result.get("lr_schedule")
+    if schedule is not None and not callable(schedule):
+        raise InputError(f"{where}: 'lr_schedule' must be callable (step -> lr) or None, got {type(schedule).__name__}")
     return ReplaySpec(model=model, batch=result["batch"], loss=result["loss"], clip_grad_norm=clip,
-                      entry=entry, source=source)
+                      entry=entry, source=source, lr_schedule=schedule)
 
 
 def load_spec(checkpoint: Path, entry: str | None = None, cwd: Path | None = None) -> ReplaySpec:
@@ -302,7 +310,30 @@ def variant_groups(param_groups: list[dict[str, Any]], variant: Variant) -> list
     return out
 
 
+def scheduled_lrs(spec: ReplaySpec, t: int, original: list[float], variant: list[float]) -> list[float]:
+    """Per-group lr of update t for a variant whose constant per-group lrs are ``variant`` (the original's
+    are ``original``): the schedule's value for the original, scaled by variant/original per group.
+
+    For the original settings the schedule's numbers are used as they are, so the replay uses the very
+    floats the run used."""
+    try:
+        raw = spec.lr_schedule(t)  # type: ignore[misc]
+    except Exception as e:  # noqa: BLE001 - user code
+        raise InputError(f"entry point {spec.entry}: lr_schedule({t}) raised {type(e).__name__}: {e}") from None
+    if isinstance(raw, (list, tuple)):
+        if len(raw) != len(original):
+            raise InputError(f"entry point {spec.entry}: lr_schedule({t}) gave {len(raw)} lrs for {len(original)} "
+                             "param groups")
+        sched = [float(x) for x in raw]
+    else:
+        x = float(raw)
+        # one number = group 0's lr; other groups keep their ratio to group 0
+        sched = [x] + [x * (o / original[0]) if original[0] else x for o in original[1:]]
+    return [s if v == o else s * (v / o) if o else v for s, o, v in zip(sched, original, variant)]
+
+
 __all__ = [
+    "scheduled_lrs",
     "DEFAULT_EPS_CANDIDATES",
     "ReplaySpec",
     "Variant",

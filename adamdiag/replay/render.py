@@ -32,8 +32,8 @@ def _row(v: VariantOutcome) -> list[str]:
 
 def _header(r: ReplayResult) -> str:
     end = r.start_step + r.steps
-    return (f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants, "
-            f"{r.mode} on {r.device})")
+    return (f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants on "
+            f"{r.device}; original with torch.optim.Adam, alternates {r.mode})")
 
 
 def _fidelity_line(r: ReplayResult) -> str:

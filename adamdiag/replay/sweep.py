@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.errors import InputError
 from adamdiag.replay.checkpoint import ReplayCheckpoint, load_model_weights, param_order
 from adamdiag.replay.engine import Curve, LazyProgress, get_batch, optimizer_groups
-from adamdiag.replay.protocol import ReplaySpec, Variant
+from adamdiag.replay.protocol import ReplaySpec, Variant, scheduled_lrs
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,7 @@ class _Stacked:
     """One optimized parameter stacked over K variants, with its Adam state."""
 
     name: str
+    group: int  # param group index
     p: torch.Tensor  # [K, ...] leaf
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
@@ -99,7 +100,7 @@ def stack_state(ckpt: ReplayCheckpoint, model: torch.nn.Module, variants: list[V
             beta2 = [float(per_variant[k][gi]["betas"][1]) for k in range(K)]
             eps = [float(per_variant[k][gi]["eps"]) for k in range(K)]
             out.append(_Stacked(
-                name=name, p=p, exp_avg=moment("exp_avg"), exp_avg_sq=moment("exp_avg_sq"),
+                name=name, group=gi, p=p, exp_avg=moment("exp_avg"), exp_avg_sq=moment("exp_avg_sq"),
                 max_exp_avg_sq=moment("max_exp_avg_sq") if amsgrad else None, step=step,
                 beta1=float(g0["betas"][0]), weight_decay=float(g0.get("weight_decay", 0.0)),
                 maximize=bool(g0.get("maximize", False)), decoupled=bool(g0.get("decoupled_weight_decay", False)),
@@ -185,6 +186,8 @@ def replay_batched(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Vari
     model.to(device)
     stacked = stack_state(ckpt, model, variants, device)
     K = len(variants)
+    original_lrs = [float(g["lr"]) for g in ckpt.param_groups]
+    variant_lrs = [[float(g["lr"]) for g in optimizer_groups(ckpt, v, device)] for v in variants]
     wrapper = _LossModule(model, spec.loss)
 
     def loss_of(params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
@@ -192,6 +195,9 @@ def replay_batched(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Vari
 
     batched_loss = vmap(loss_of, in_dims=(0, None), randomness="error")
     leaves = [s.p for s in stacked]
+    # clip_grad_norm_ sums the per-parameter norms in model.parameters() order, as training does
+    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    model_order = sorted(range(len(stacked)), key=lambda i: position[stacked[i].name])
     losses = torch.full((steps, K), float("nan"), device=device)
     urms = torch.zeros((steps, K), device=device)
     vsum = torch.zeros((steps, K), device=device)
@@ -215,7 +221,11 @@ def replay_batched(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Vari
             raise VmapUnsupported(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
         grads = list(grads)
         if spec.clip_grad_norm is not None:
-            clip_grads_(grads, spec.clip_grad_norm)
+            clip_grads_([grads[i] for i in model_order], spec.clip_grad_norm)
+        if spec.lr_schedule is not None:
+            lrs = [scheduled_lrs(spec, t, original_lrs, v) for v in variant_lrs]  # [K][groups]
+            for s in stacked:
+                s.lr = [lrs[k][s.group] for k in range(K)]
         with torch.no_grad():
             losses[i] = out.detach()
             for s, g in zip(stacked, grads):

@@ -684,15 +684,16 @@ class _ModelSource:
     """Model parameters: names in order (when the format keeps it), shapes, lazy tensors."""
 
     def __init__(self, names_shapes: list[tuple[str, tuple]], ordered: bool, get: Callable[[str], Any],
-                 desc: str) -> None:
+                 desc: str, mmap_files: list[str] | None = None) -> None:
         self.cands = names_shapes
         self.ordered = ordered
         self.get = get
         self.desc = desc
+        self.mmap_files = mmap_files or []  # memory-mapped files its tensors live in
 
 
-def _model_from_state(sd: dict) -> _ModelSource:
-    return _ModelSource(model_candidates(sd), True, lambda n: sd.get(n), "model state_dict")
+def _model_from_state(sd: dict, mmap_files: list[str] | None = None) -> _ModelSource:
+    return _ModelSource(model_candidates(sd), True, lambda n: sd.get(n), "model state_dict", mmap_files)
 
 
 def _model_from_safetensors(files: list[Path]) -> _ModelSource:
@@ -748,17 +749,20 @@ def _open_model_file(p: Path, trust: bool) -> _ModelSource:
         if p.name.startswith("model.safetensors"):
             return _model_from_safetensors(files)
         merged: dict[str, Any] = {}
+        mapped = []
         for f in files:
-            obj, _ = torch_load(f, trust=trust)
+            obj, mm = torch_load(f, trust=trust)
             merged.update(obj)
-        return _model_from_state(merged)
+            if mm:
+                mapped.append(os.path.realpath(f))
+        return _model_from_state(merged, mapped)
     if p.suffix == ".safetensors":
         return _model_from_safetensors([p])
-    obj, _ = torch_load(p, trust=trust)
+    obj, mm = torch_load(p, trust=trust)
     found = _pick_model_state(obj)
     if found is None:
         raise InputError(f"{p}: no model state_dict in it")
-    return _model_from_state(found[1])
+    return _model_from_state(found[1], [os.path.realpath(p)] if mm else [])
 
 
 def _hf_model_order(d: Path, warnings: list[str]) -> list[tuple[str, tuple]] | None:
@@ -779,6 +783,8 @@ def _hf_model_order(d: Path, warnings: list[str]) -> list[tuple[str, tuple]] | N
         import transformers
     except ImportError:
         return None
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # config complaints are not ours to print
     try:
         cls = getattr(transformers, cfg["architectures"][0])
         config = transformers.AutoConfig.from_pretrained(str(d))
@@ -788,6 +794,8 @@ def _hf_model_order(d: Path, warnings: list[str]) -> list[tuple[str, tuple]] | N
     except Exception as e:  # noqa: BLE001 - optional help for naming; never fatal
         warnings.append(f"could not rebuild the model from config.json for parameter order ({type(e).__name__})")
         return None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 # --- open ------------------------------------------------------------------------------------------
@@ -806,9 +814,9 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
     if path.is_dir():
         kind = _checkpoint_dir_kind(path)
         if kind == "dcp":
-            from adamdiag.io.dcp import open_dcp
+            from adamdiag.io.checkpoints.dcp import open_dcp
 
-            ck = open_dcp(path)
+            ck = open_dcp(path, trust=trust)
         elif kind in ("hf", "accelerate"):
             ck = _open_dir(path, kind, trust)
         else:
@@ -864,6 +872,8 @@ def _finish(path: Path, layout: str, osd: dict, model: _ModelSource | None, step
     steps = [s for s in steps if s is not None]
     if step is None and steps:
         step = max(steps)
+    if model is not None:
+        mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]
     ck = OptimizerCheckpoint(
         path=str(path), step=step, layout=layout, optimizer=opt_kind, convention="torch",
         name_mapping=mapping, warnings=warnings, entries=entries, mmap_files=mmap_files,
@@ -906,8 +916,9 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
             break
     if model is not None and not model.ordered:
         order = _hf_model_order(d, warnings)
-        if order is not None:
-            present = {n for n, _ in model.cands}
+        present = dict(model.cands)
+        # Only an order that agrees with the file (same names, same shapes) is used.
+        if order is not None and all(present.get(n, s) == s for n, s in order):
             model.cands = [(n, s) for n, s in order if n in present]
             model.ordered = True
     step = None
@@ -917,8 +928,8 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
             step = _as_int(json.loads(ts.read_text()).get("global_step"))
         except (OSError, ValueError):
             warnings.append("trainer_state.json is unreadable")
-    if step is None:
-        step = step_from_name(d)
+    if step is None and kind == "hf":
+        step = step_from_name(d)  # checkpoint-N; accelerate's names count saves, not steps
     return _finish(d, kind, osd, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [])
 
 

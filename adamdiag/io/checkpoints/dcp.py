@@ -1,0 +1,290 @@
+"""``torch.distributed.checkpoint`` directories (``.metadata`` + ``*.distcp``), read without a process
+group, one tensor at a time, and without arbitrary unpickling.
+
+torch's own reader unpickles ``.metadata`` with plain ``pickle`` and the small non-tensor items with
+``torch.load(weights_only=False)`` — both can run code from the files. Here ``.metadata`` goes
+through an allow-list unpickler (only DCP's metadata dataclasses, torch.Size, dtypes, paths),
+every stored item through ``torch.load(weights_only=True)``; only ``trust=True`` lifts that.
+
+Shards written by several ranks are put back together from the chunk table in the metadata
+(each chunk: offsets + sizes inside the full tensor → a byte range in one ``.distcp`` file).
+The optimizer state may be nested (``{'optim': {'state': {fqn: {...}}, 'param_groups': [...]}}``,
+what ``get_state_dict`` returns) or flattened (``flatten_optimizer_state_dict=True``:
+``state.<fqn>.exp_avg``, ``param_groups.<fqn>.lr``); either way the state is keyed by FQN, so
+names are exact (``name_mapping = "fqn"``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+from adamdiag.errors import InputError, UntrustedCheckpointError
+from adamdiag.io.checkpoints import (
+    KNOWN_STATE_KEYS,
+    STEP_KEYS,
+    OptimizerCheckpoint,
+    _as_int,
+    _Entry,
+    _first_line,
+    _hyper,
+    _warn_trust,
+)
+
+ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+_SAFE_MODULES = {"torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
+                 "torch.distributed.checkpoint._extension"}
+_SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata: data classes of the DCP modules and a few torch value types only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import enum
+
+        import torch
+
+        if module in _SAFE_MODULES:
+            mod = __import__(module, fromlist=[name])
+            obj = getattr(mod, name, None)
+            if isinstance(obj, type) and (hasattr(obj, "__dataclass_fields__") or issubclass(obj, enum.Enum)):
+                return obj
+        elif module == "torch":
+            obj = getattr(torch, name, None)
+            if name == "Size" or isinstance(obj, torch.dtype | torch.memory_format | torch.layout):
+                return obj
+        elif module == "torch.serialization" and name == "_get_layout":
+            return getattr(torch.serialization, name)
+        elif module == "pathlib" and name in _SAFE_PATHS:
+            import pathlib
+
+            return getattr(pathlib, name)
+        elif module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+
+def _read_metadata(d: Path, trust: bool) -> Any:
+    path = d / ".metadata"
+    try:
+        with open(path, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{path}: reading it needs arbitrary unpickling ({_first_line(str(e))}); rerun with "
+                "--trust-checkpoint only if you trust the checkpoint: that runs code from it") from None
+        _warn_trust(path)
+        with open(path, "rb") as f:
+            return pickle.load(f)  # noqa: S301 - explicitly trusted by the user
+    except (OSError, EOFError, AttributeError, ValueError, TypeError) as e:
+        raise InputError(f"{path}: unreadable DCP metadata ({_first_line(str(e))})") from None
+
+
+class _FileView(io.RawIOBase):
+    """A read-only window [offset, offset+length) of a file, for torch.load of one stored item."""
+
+    def __init__(self, f: Any, offset: int, length: int) -> None:
+        self.f, self.base, self.length, self.pos = f, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else self.length + pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = max(0, min(len(b), self.length - self.pos))
+        self.f.seek(self.base + self.pos)
+        got = self.f.readinto(memoryview(b)[:n])
+        self.pos += got
+        return got
+
+
+class DcpReader:
+    """Random access to the items of one DCP checkpoint by flat key."""
+
+    def __init__(self, d: Path, trust: bool) -> None:
+        self.d = d
+        self.trust = trust
+        self.md = _read_metadata(d, trust)
+        self.sdm: dict[str, Any] = dict(self.md.state_dict_metadata)
+        self.planner: dict[str, tuple] = dict(getattr(self.md, "planner_data", None) or {})
+        self.storage: dict[Any, Any] = dict(self.md.storage_data or {})
+
+    def path_of(self, key: str) -> tuple:
+        p = self.planner.get(key)
+        return tuple(p) if isinstance(p, list | tuple) else (key,)
+
+    def is_tensor(self, key: str) -> bool:
+        return hasattr(self.sdm.get(key), "chunks")
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.sdm[key].size)
+
+    def _load(self, index: Any) -> Any:
+        import torch
+
+        info = self.storage.get(index)
+        if info is None:
+            raise InputError(f"{self.d}: item {index.fqn} is in the metadata but not in the storage table")
+        if getattr(info, "transform_descriptors", None):
+            raise InputError(f"{self.d}: item {index.fqn} is stored with transforms "
+                             f"{list(info.transform_descriptors)} that adamdiag does not read")
+        path = self.d / info.relative_path
+        try:
+            with open(path, "rb") as f:
+                view = io.BufferedReader(_FileView(f, info.offset, info.length))
+                try:
+                    return torch.load(view, map_location="cpu", weights_only=True)
+                except pickle.UnpicklingError as e:
+                    if not self.trust:
+                        raise UntrustedCheckpointError(
+                            f"{path}: item {index.fqn} needs arbitrary unpickling ({_first_line(str(e))}); rerun "
+                            "with --trust-checkpoint only if you trust the checkpoint: that runs code from it"
+                        ) from None
+                    _warn_trust(path)
+                    view.seek(0)
+                    return torch.load(view, map_location="cpu", weights_only=False)
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+
+    def read(self, key: str) -> Any:
+        """A tensor (shards put together) or a stored Python object."""
+        import torch
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        md = self.sdm[key]
+        if not hasattr(md, "chunks"):
+            return self._load(MetadataIndex(key))
+        chunks = list(md.chunks)
+        if len(chunks) == 1 and tuple(chunks[0].sizes) == tuple(md.size):
+            return self._load(MetadataIndex(key, chunks[0].offsets, 0)).reshape(md.size)
+        out = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        for i, ch in enumerate(chunks):
+            part = self._load(MetadataIndex(key, ch.offsets, i))
+            sl = tuple(slice(int(o), int(o) + int(s)) for o, s in zip(ch.offsets, ch.sizes))
+            out[sl] = part.reshape(tuple(ch.sizes))
+        return out
+
+
+def _parse(reader: DcpReader) -> tuple[dict, dict]:
+    """Group flat keys into optimizers by prefix: {prefix: {"state": {fqn: {k: flatkey}},
+    "groups": {gi: {k: flatkey}}, "flat_groups": {fqn: {k: flatkey}}}} and other keys {path: flatkey}."""
+    opts: dict[tuple, dict] = {}
+    other: dict[tuple, str] = {}
+    for key in reader.sdm:
+        path = reader.path_of(key)
+        hit = False
+        for i in range(len(path) - 2):
+            if path[i] == "state" and len(path) == i + 3 and isinstance(path[i + 1], str):
+                o = opts.setdefault(path[:i], {"state": {}, "groups": {}, "flat_groups": {}})
+                o["state"].setdefault(path[i + 1], {})[str(path[i + 2])] = key
+                hit = True
+            elif path[i] == "param_groups" and len(path) == i + 3 and isinstance(path[i + 1], int):
+                o = opts.setdefault(path[:i], {"state": {}, "groups": {}, "flat_groups": {}})
+                o["groups"].setdefault(path[i + 1], {})[str(path[i + 2])] = key
+                hit = True
+        last = path[-1] if path else ""
+        if not hit and isinstance(last, str) and last.startswith(("state.", "param_groups.")) and last.count(".") >= 2:
+            kind, rest = last.split(".", 1)
+            fqn, sub = rest.rsplit(".", 1)
+            o = opts.setdefault(path[:-1], {"state": {}, "groups": {}, "flat_groups": {}})
+            o["state" if kind == "state" else "flat_groups"].setdefault(fqn, {})[sub] = key
+            hit = True
+        if not hit:
+            other[path] = key
+    return opts, other
+
+
+def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
+    """Open a DCP checkpoint directory. Raises InputError / UntrustedCheckpointError."""
+    reader = DcpReader(d, trust)
+    opts, other = _parse(reader)
+    warnings: list[str] = []
+    adam = {p: o for p, o in opts.items()
+            if any("exp_avg" in st and "exp_avg_sq" in st for st in o["state"].values())}
+    if not adam:
+        keys = sorted({k for o in opts.values() for st in o["state"].values() for k in st})
+        known = sorted({v for k, v in KNOWN_STATE_KEYS.items() if k in keys})
+        if keys:
+            what = ", ".join(known) if known else "an unknown optimizer"
+            raise InputError(f"{d}: not an Adam optimizer state: found {what} state "
+                             f"(per-parameter keys: {', '.join(keys)})")
+        raise InputError(f"{d}: DCP checkpoint without optimizer state ({len(reader.sdm)} items, e.g. "
+                         f"{', '.join(list(reader.sdm)[:4])})")
+    if len(adam) > 1:
+        warnings.append(f"{len(adam)} optimizer states in the checkpoint; using the first")
+    prefix, o = next(iter(adam.items()))
+
+    entries: list[_Entry] = []
+    if o["groups"]:
+        for gi in sorted(o["groups"]):
+            g = {k: reader.read(key) for k, key in o["groups"][gi].items()}
+            h = _hyper(g)
+            for pos, fqn in enumerate(g.get("params", [])):
+                st = o["state"].get(fqn)
+                shape = reader.shape(st["exp_avg"]) if st and "exp_avg" in st and "exp_avg_sq" in st else None
+                entries.append(_Entry(group=gi, index=fqn, pos=pos, name=fqn, shape=shape, hyper=h))
+    else:
+        # Flattened: per-parameter hyperparameters; parameters with equal ones form a group.
+        groups: dict[tuple, int] = {}
+        for fqn, st in o["state"].items():
+            g = {k: reader.read(key) for k, key in o["flat_groups"].get(fqn, {}).items()}
+            h = _hyper(g)
+            sig = tuple(sorted((k, str(v)) for k, v in h.items()))
+            gi = groups.setdefault(sig, len(groups))
+            pos = sum(1 for e in entries if e.group == gi)
+            shape = reader.shape(st["exp_avg"]) if "exp_avg" in st and "exp_avg_sq" in st else None
+            entries.append(_Entry(group=gi, index=fqn, pos=pos, name=fqn, shape=shape, hyper=h))
+    opt_kind = "unknown-adam"
+    dwd = entries[0].hyper.get("decoupled_weight_decay") if entries else None
+    if dwd is True:
+        opt_kind = "AdamW"
+    elif dwd is False:
+        opt_kind = "Adam"
+
+    def fetch_state(e: _Entry) -> dict[str, Any]:
+        st = o["state"][e.index]
+        return {k: reader.read(st[k]) for k in ADAM_KEYS if k in st}
+
+    model_keys = {path[-1]: key for path, key in other.items()
+                  if path and isinstance(path[-1], str) and reader.is_tensor(key)}
+
+    def fetch_param(name: str) -> Any:
+        key = model_keys.get(name)
+        return reader.read(key) if key is not None else None
+
+    step = None
+    for path, key in other.items():
+        if len(path) <= 2 and isinstance(path[-1], str) and path[-1] in STEP_KEYS:
+            step = _as_int(reader.read(key))
+            if step is not None:
+                break
+    if step is None:
+        steps = [_as_int(reader.read(st["step"])) for st in o["state"].values() if "step" in st]
+        steps = [s for s in steps if s is not None]
+        step = max(steps) if steps else None
+    n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
+    if n_files > 1:
+        warnings.append(f"sharded checkpoint: {n_files} data files put together")
+    ck = OptimizerCheckpoint(path=str(d), step=step, layout="dcp", optimizer=opt_kind, convention="torch",
+                             name_mapping="fqn", warnings=warnings, entries=entries)
+    ck._fetch_state = fetch_state
+    ck._fetch_param = fetch_param
+    return ck
+
+
+__all__ = ["DcpReader", "open_dcp"]

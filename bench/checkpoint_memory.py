@@ -1,0 +1,187 @@
+"""Memory and time of ``summarize_checkpoint`` on a large checkpoint vs a bare pass over it.
+
+Writes a ≥ 2 GB ``torch.save`` checkpoint ({'model', 'optimizer', 'step'}: several large Linear
+layers with Adam state whose √v̂ spans eps), then runs, each in a fresh subprocess (so neither
+inherits the other's memory):
+
+* ``bare``       — ``torch.load(mmap=True, weights_only=True)`` + one ``.sum()`` over every moment tensor
+                   (the least any reader must do: touch every byte of m and v once);
+* ``summarize``  — ``adamdiag.summary.summarize_checkpoint`` (every statistic of ``inspect``; quantiles
+                   exact up to 16Mi elements per tensor: one float32 copy + partition per tensor);
+* ``summarize_sampled`` — the same with quantiles from a 1Mi-element sample above 1Mi elements.
+
+Reports peak RSS (``ru_maxrss``; the interpreter + imports alone are reported as ``rss_after_imports``)
+and wall time of the work itself (imports excluded), the best of ``--repeats`` runs. Both run on a
+warm page cache (the file is read once before). Targets: summarize peak RSS < 25% of the file
+size, time ≤ 3× the bare pass. Prints a table, writes ``bench/out/checkpoint_memory.json``.
+
+    python bench/checkpoint_memory.py [--size-gb 2.2] [--keep] [--repeats 2] [--path FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROWS, COLS = 4096, 3584
+
+CHILD = r"""
+import json, resource, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+
+def hwm():
+    # VmHWM: peak RSS of this process image (ru_maxrss would include the parent's peak at fork).
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from adamdiag.summary import summarize_checkpoint
+rss0 = hwm()
+t0 = time.perf_counter()
+if mode.startswith("summarize"):
+    limit = int(mode.split(":")[1]) if ":" in mode else None
+if mode == "bare":
+    obj = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    total = 0.0
+    for st in obj["optimizer"]["state"].values():
+        total += float(st["exp_avg"].sum()) + float(st["exp_avg_sq"].sum())
+    n = len(obj["optimizer"]["state"])
+else:
+    s = summarize_checkpoint(path, **({} if limit is None else {"exact_quantile_limit": limit}))
+    n = len(s.tensors)
+dt = time.perf_counter() - t0
+print(json.dumps({"mode": mode, "seconds": dt, "peak_rss": hwm(), "rss_after_imports": rss0, "tensors": n}))
+"""
+
+
+def write_checkpoint(path: Path, size_bytes: float) -> dict:
+    """Build the checkpoint one tensor at a time (peak memory ≈ the checkpoint, written once by
+    torch.save; nothing is held twice)."""
+    import torch
+
+    per_layer = 3 * 4 * (ROWS * COLS + ROWS)  # param + exp_avg + exp_avg_sq, fp32
+    layers = max(1, math.ceil(size_bytes / per_layer))
+    g = torch.Generator().manual_seed(0)
+    model, state = {}, {}
+    groups = [{"params": [], "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
+               "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None,
+               "decoupled_weight_decay": False}]
+    idx = 0
+    step = 5000
+    for i in range(layers):
+        for kind, shape in (("weight", (ROWS, COLS)), ("bias", (ROWS,))):
+            name = f"layers.{i}.{kind}"
+            model[name] = torch.randn(shape, generator=g) * 0.02
+            # Per-row gradient scales from 1e-12 to 1e-2: v spans eps² … (collapsed rows included).
+            scale = torch.logspace(-12, -2, shape[0]).reshape(-1, *([1] * (len(shape) - 1)))
+            v = torch.randn(shape, generator=g).square_().mul_(scale.square())
+            m = torch.randn(shape, generator=g).mul_(v.sqrt()).mul_(0.1)
+            state[idx] = {"step": torch.tensor(float(step)), "exp_avg": m, "exp_avg_sq": v}
+            groups[0]["params"].append(idx)
+            idx += 1
+    torch.save({"model": model, "optimizer": {"state": state, "param_groups": groups}, "step": step}, path)
+    return {"layers": layers, "tensors": idx}
+
+
+def run_child(mode: str, path: Path, threads: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(threads)], capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-gb", type=float, default=2.2, help="checkpoint size to write, in 1e9 bytes")
+    ap.add_argument("--path", type=Path, default=HERE / "out" / "big_checkpoint.pt")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint file afterwards")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in both runs (1: robust to other load on a small shared machine)")
+    ap.add_argument("--sampled-limit", type=int, default=1 << 20,
+                    help="exact-quantile limit of the second summarize run (default 1Mi elements)")
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "checkpoint_memory.json")
+    args = ap.parse_args(argv)
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    info: dict = {}
+    if not args.path.exists():
+        # In a child process, so that this one never holds the tensors.
+        t0 = time.perf_counter()
+        code = ("import json, sys; sys.path.insert(0, sys.argv[3]); from checkpoint_memory import write_checkpoint; "
+                "print(json.dumps(write_checkpoint(__import__('pathlib').Path(sys.argv[1]), float(sys.argv[2]))))")
+        out = subprocess.run([sys.executable, "-c", code, str(args.path), str(args.size_gb * 1e9), str(HERE)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"writing the checkpoint failed:\n{out.stderr[-3000:]}")
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        info["write_seconds"] = time.perf_counter() - t0
+    size = args.path.stat().st_size
+    load_before = os.getloadavg()
+    try:
+        warm(args.path)
+        modes = {"bare": "bare", "summarize": "summarize",
+                 "summarize_sampled": f"summarize:{args.sampled_limit}"}
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for _ in range(args.repeats):
+            for name, mode in modes.items():
+                runs[name].append(run_child(mode, args.path, args.threads))
+    finally:
+        if not args.keep:
+            args.path.unlink(missing_ok=True)
+    best = {m: min(r, key=lambda x: x["seconds"]) for m, r in runs.items()}
+    peak = {m: max(x["peak_rss"] for x in r) for m, r in runs.items()}
+    res = {"checkpoint_bytes": size, "threads": args.threads, "cpu_count": os.cpu_count(),
+           "load_average_before": load_before, "load_average_after": os.getloadavg(), **info}
+    for m in runs:
+        res[m] = {"seconds": best[m]["seconds"], "peak_rss": peak[m], "rss_after_imports": best[m]["rss_after_imports"]}
+    res["summarize_sampled"]["exact_quantile_limit"] = args.sampled_limit
+    res["runs"] = runs
+    res["time_ratio"] = res["summarize"]["seconds"] / res["bare"]["seconds"]
+    res["time_ratio_sampled"] = res["summarize_sampled"]["seconds"] / res["bare"]["seconds"]
+    res["summarize_peak_rss_fraction"] = peak["summarize"] / size
+    res["summarize_sampled_peak_rss_fraction"] = peak["summarize_sampled"] / size
+    res["targets"] = {"peak_rss_fraction_lt": 0.25, "time_ratio_le": 3.0,
+                      "met_exact": res["summarize_peak_rss_fraction"] < 0.25 and res["time_ratio"] <= 3.0,
+                      "met_sampled": res["summarize_sampled_peak_rss_fraction"] < 0.25
+                      and res["time_ratio_sampled"] <= 3.0}
+    args.out.write_text(json.dumps(res, indent=2))
+    mb = 1e6
+    print(f"checkpoint: {size / 1e9:.2f} GB ({best['summarize']['tensors']} tensors with Adam state), "
+          f"threads={args.threads}, load average before/after {load_before[0]:.1f}/{res['load_average_after'][0]:.1f}")
+    print(f"{'':18}{'wall s':>10}{'peak RSS MB':>14}{'RSS/size':>10}{'imports MB':>12}")
+    for m in runs:
+        r = res[m]
+        print(f"{m:18}{r['seconds']:>10.2f}{r['peak_rss'] / mb:>14.0f}{r['peak_rss'] / size:>10.1%}"
+              f"{r['rss_after_imports'] / mb:>12.0f}")
+    print(f"time ratio summarize/bare: {res['time_ratio']:.2f} (exact quantiles ≤ 16Mi elements), "
+          f"{res['time_ratio_sampled']:.2f} (sampled above {args.sampled_limit}); target ≤ 3")
+    print(f"summarize peak RSS {res['summarize_peak_rss_fraction']:.1%} / "
+          f"{res['summarize_sampled_peak_rss_fraction']:.1%} of the file (target < 25%) -> targets "
+          f"{'met' if res['targets']['met_exact'] else 'NOT met'} (exact), "
+          f"{'met' if res['targets']['met_sampled'] else 'NOT met'} (sampled)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
