@@ -39,9 +39,10 @@ from adamdiag.report import Finding, RunReport
 # training, where v̂ still averages the large first gradients, sits around 0.2-0.5.
 COLLAPSE_R = 0.1
 # The collapse must hold for a good part of v's memory (1/(1-β2) steps) before it matters: a few
-# quiet steps decay v by a negligible factor. 0.1/(1-β2) steps shrink v by ≥ ~7% in pure decay...
-# and, more to the point, are far longer than any noise excursion of r.
-COLLAPSE_MIN_MEMORY_FRACTION = 0.1
+# quiet steps decay v by a negligible factor. 0.2/(1-β2) steps (200 at β2=0.999) shrink v by ≥ 18%
+# in pure decay, and are far longer than the quiet transients of early training, where v̂ still
+# averages the first large gradients for ~100 steps.
+COLLAPSE_MIN_MEMORY_FRACTION = 0.2
 # Depth: v̂ at most 1% of its peak so far, i.e. √v̂ (the denominator of the update) fell ≥ 10x —
 # the per-element step lr/(√v̂+eps) for the same gradient is ≥ 10x what it was.
 COLLAPSE_DEPTH = 0.01
@@ -171,7 +172,8 @@ def reconstruct(
     return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
 
 
-def collapse_stretch(tr: Trajectory, until: int | None, beta2: float) -> tuple[int, int, float] | None:
+def collapse_stretch(tr: Trajectory, until: int | None, beta2: float, *,
+                     require_depth: bool = True) -> tuple[int, int, float] | None:
     """The sustained r < COLLAPSE_R stretch that reaches closest to ``until`` (the blowup).
 
     Returns (first step of the stretch, step at which it became sustained — the warning step,
@@ -199,7 +201,7 @@ def collapse_stretch(tr: Trajectory, until: int | None, beta2: float) -> tuple[i
     # The collapse must also be deep: v̂ fell to ≤ COLLAPSE_DEPTH of its peak so far (√v̂ ≥ 10x down).
     # Early training, where v̂ still averages a few large first gradients, is quiet but not deep.
     peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
-    deep = tr.vhat <= COLLAPSE_DEPTH * peak
+    deep = tr.vhat <= COLLAPSE_DEPTH * peak if require_depth else np.ones(len(tr.vhat), bool)
     for a, b in (reversed(runs) if until is not None else runs):
         first_ok = a + min_len - 1
         hits = np.flatnonzero(deep[first_ok:b])
@@ -372,6 +374,20 @@ def diagnose(inp: RunInputs) -> RunReport:
         if c is not None:
             collapse.append((tr.label, *c))
     ck_collapse = _checkpoint_collapse(ckpts, ratios, event_step, beta2)
+    # The warning step comes from depth-verified evidence only (attribution below may start earlier).
+    collapse_warn = min([w for (_, _, w, _) in collapse] + [c["warning_step"] for c in ck_collapse], default=None)
+    if collapse or ck_collapse:
+        # The verdict needs a deep collapse somewhere (above). Which tensors took part is then told by
+        # their own quiet stretch: sparse histograms or checkpoints rarely see a tensor's own peak.
+        seen = {c[0] for c in collapse}
+        for tr in trajs:
+            c = collapse_stretch(tr, event_step, beta2, require_depth=False) if tr.label not in seen else None
+            if c is not None:
+                collapse.append((tr.label, c[0], max(c[1], collapse_warn), c[2]))
+        seen_ck = {c["tensor"] for c in ck_collapse}
+        ck_collapse += [{**c, "warning_step": max(c["warning_step"], collapse_warn)}
+                        for c in _checkpoint_collapse(ckpts, ratios, event_step, beta2, require_depth=False)
+                        if c["tensor"] not in seen_ck]
     regrowth = []
     rms_hits = []
     if event_step is not None:
@@ -408,8 +424,7 @@ def diagnose(inp: RunInputs) -> RunReport:
     elif blow is not None and (collapse or ck_collapse):
         rep.verdict = "v_collapse"
         rep.blowup_step = event_step
-        warn_steps = [w for (_, _, w, _) in collapse] + [c["warning_step"] for c in ck_collapse]
-        rep.warning_step = int(min(warn_steps))
+        rep.warning_step = int(collapse_warn)
         glob = [c for c in collapse if c[0] == "global"]
         per_tensor = sorted((c for c in collapse if c[0] != "global"), key=lambda c: c[3])
         for _label, first, warn, med in glob:
@@ -443,7 +458,8 @@ def diagnose(inp: RunInputs) -> RunReport:
             )
         for label, rmax, rstep in sorted(regrowth, key=lambda x: -x[1])[:5]:
             rep.findings.append(
-                Finding("AD102", "error", f"gradients re-grew in {label}: g²/v̂ = {rmax:.3g} at step {rstep}",
+                Finding("AD102", "error", f"gradients re-grew in {'all parameters' if label == 'global' else label}: "
+                        f"g²/v̂ = {rmax:.3g} at step {rstep}",
                         step=rstep, tensor=None if label == "global" else label, evidence={"r": rmax})
             )
     elif blow is not None and not has_mechanism_data:
@@ -484,7 +500,8 @@ def diagnose(inp: RunInputs) -> RunReport:
 
     for label, umax, ustep in sorted(rms_hits, key=lambda x: -x[1])[:3]:
         rep.findings.append(
-            Finding("AD103", "warning", f"update RMS {umax:.3g} > 1 in {label} at step {ustep}", step=ustep,
+            Finding("AD103", "warning", f"update RMS {umax:.3g} > 1 in "
+                    f"{'all parameters' if label == 'global' else label} at step {ustep}", step=ustep,
                     tensor=None if label == "global" else label, evidence={"update_rms": umax})
         )
     _eps_findings(rep, ckpts, steps, loss, ev, eps)
@@ -599,7 +616,7 @@ def _histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) ->
 
 
 def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None,
-                         beta2: float) -> list[dict]:
+                         beta2: float, *, require_depth: bool = True) -> list[dict]:
     """Collapse seen by checkpoints alone: between the last two checkpoints before the event, v of a
     tensor decayed almost purely (implied g²/v̂ < COLLAPSE_R), and √v̂ sits near eps."""
     if event_step is None:
@@ -636,7 +653,7 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
         for step_j in [r["to_step"] for r in rs[k:]]:
             peak = max((v for st, v in hist if st <= step_j), default=float("nan"))
             now = next((v for st, v in hist if st == step_j), float("nan"))
-            if step_j - chain_start >= span and now <= COLLAPSE_DEPTH * peak:
+            if step_j - chain_start >= span and (now <= COLLAPSE_DEPTH * peak or not require_depth):
                 warn = step_j
                 break
         if warn is None:
@@ -702,7 +719,8 @@ def _collapse_in_progress(rep: RunReport, trajs: list[Trajectory], ckpts: list[A
         sev = "info" if bounded else "warning"
         rep.findings.append(
             Finding("AD101", sev,
-                    f"v is collapsing in {tr.label} from step {first} (g²/v̂ median {med:.3g})"
+                    f"v is collapsing in {'all parameters' if tr.label == 'global' else tr.label} from step {first} "
+                    f"(g²/v̂ median {med:.3g})"
                     + ("; eps bounds the step" if bounded else
                        "; eps and v's scale are unknown without a checkpoint" if tr.eps == 0 else
                        "; eps does not bound the step: a return of larger gradients would blow up the update"),

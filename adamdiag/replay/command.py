@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 FORMATS = ("text", "json", "markdown", "junit")
 MODES = ("auto", "batched", "sequential")
 # On a CPU the batched sweep pays off for small models (per-step overhead dominates: measured 1.6x at
-# K=4 and 4.5x at K=16 for 6k parameters) but not for large ones (compute-bound: 0.7x at 2.4M
+# K=4 and 4.0x at K=16 for 6k parameters) but not for large ones (compute-bound: 0.5x at 2.4M
 # parameters, bench/replay_sweep.py); on CUDA it always batches.
 CPU_BATCH_MAX_PARAMS = 1_000_000
 MAX_STEPS = 1_000_000

@@ -227,7 +227,8 @@ def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hype
             if k <= 0:
                 continue
             vhat = st["exp_avg_sq"] / (1.0 - beta2**k)
-            num += float((p.grad.double() ** 2 / torch.clamp(vhat.double(), min=eps * eps)).sum())
+            # elementwise in the parameter's dtype, summed in float64 (a plain reduction, no big copies)
+            num += float((p.grad * p.grad / torch.clamp(vhat, min=eps * eps)).sum(dtype=torch.float64))
             n += p.numel()
     return math.sqrt(num / n) if n else float("nan")
 
@@ -235,6 +236,8 @@ def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hype
 def _vhat_stats_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer,
                     hyper: list[tuple[float, float]]) -> tuple[float, float]:
     """(sqrt(mean v̂), fraction of elements with √v̂ < eps) after the update."""
+    import torch
+
     tot, below, n = 0.0, 0, 0
     for p, (eps, beta2) in zip(params, hyper):
         st = opt.state.get(p, {})
@@ -243,8 +246,8 @@ def _vhat_stats_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer,
         k = float(st["step"])
         if k <= 0:
             continue
-        vhat = st["exp_avg_sq"].double() / (1.0 - beta2**k)
-        tot += float(vhat.sum())
+        vhat = st["exp_avg_sq"] / (1.0 - beta2**k)
+        tot += float(vhat.sum(dtype=torch.float64))
         below += int((vhat.sqrt() < eps).sum())
         n += p.numel()
     if not n:

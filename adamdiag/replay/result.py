@@ -184,7 +184,7 @@ def check_fidelity(start_step: int, replayed: list[float], logged_steps: np.ndar
                 hints.append(f"the replay matches the log shifted by {shift:+d} step: log loss(model, batch(t)) "
                              "computed before update t at step t")
         hint = hints[0] if hints else ("check that batch(t) yields the batch of optimizer step t (same data order, "
-                                       "1-based), and that the model, loss and clipping match the run")
+                                       "1-based), that the model, loss and clipping match the run, and the device it trained on (--device)")
         f.message += f"; {hint}"
         return f
     if logged_spike is not None and replayed_spike is None:
