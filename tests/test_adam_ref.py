@@ -21,7 +21,6 @@ CONFIGS = [
 ]
 
 # 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
-torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[f"{c['cls']}-{sorted(c['kw'])}" for c in CONFIGS])

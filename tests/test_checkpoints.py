@@ -18,7 +18,6 @@ from adamdiag.io.checkpoints import TensorMoments, find_checkpoints, map_names, 
 from adamdiag.summary import summarize_checkpoint
 
 # 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
-torch.set_num_threads(1)
 
 
 class Net(nn.Module):

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import make_checkpoints as mk  # noqa: E402
 
 # 2 shared CPU cores: intra-op threads only oversubscribe them.
-torch.set_num_threads(1)
 
 
 def _check_against_truth(path: Path, truth: dict, *, expect_all_named: bool = True, **kw) -> object:

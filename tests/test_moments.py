@@ -12,7 +12,6 @@ from adamdiag.analysis.moments import decay_ratio, effective_eps, tensor_stats
 from adamdiag.io.checkpoints import TensorMoments
 
 # 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
-torch.set_num_threads(1)
 
 
 def _train(shape=(40, 25), steps=30, dtype=torch.float32, amsgrad=False, eps=1e-8, zero_after=None, seed=0,

@@ -22,16 +22,6 @@ def run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores are shared by everything here: one torch thread is faster and deterministic."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def invoke(*args: str, cwd: Path | None = None):
     import os

@@ -19,13 +19,6 @@ from adamdiag.replay.sweep import VmapUnsupported, replay_batched
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Net(nn.Module):
     """Two layers, a 0-dim parameter, and one used only on even steps (no gradient on odd ones:
