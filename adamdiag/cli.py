@@ -255,7 +255,7 @@ def plot(
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
 ) -> None:
-    """Plot loss, gradient/v ratio and the flagged steps of each run to PNG."""
+    """Plot loss and gradient norm with the diagnosed warning and blowup steps (PNG per run)."""
     from adamdiag.render.plot import plot_runs
 
     report = _diagnose(runs, checkpoints, convention, False)

@@ -188,3 +188,12 @@ def test_help_does_not_import_heavy_modules():
     subprocess.run([sys.executable, "-c", code], check=True)
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "scan" in res.stdout and "replay" in res.stdout
+
+
+def test_plot_writes_png_per_run(runs, tmp_path):
+    out = tmp_path / "plots"
+    res = runner.invoke(app, ["plot", str(runs["bad_batch"]), str(runs["healthy"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["bad_batch.png", "healthy.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
