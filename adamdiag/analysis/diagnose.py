@@ -521,7 +521,8 @@ def diagnose(inp: RunInputs) -> RunReport:
     if gn_tag and any(t in tags for t in ("train/grad_norm_preclip",)) or any("clip" in t.lower() for t in tags):
         rep.findings.append(Finding("AD601", "info", "gradient clipping detected: Adam saw the clipped gradients "
                                     f"(using '{gn_tag}')"))
-    rep.recommendation = _recommend(rep, ckpts, inp.checkpoint_paths, eps, lr, collapse)
+    named = [c[0] for c in collapse if c[0] != "global"] + [c["tensor"] for c in ck_collapse]
+    rep.recommendation = _recommend(rep, ckpts, inp.checkpoint_paths, eps, lr, named)
     return rep
 
 
@@ -677,6 +678,14 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
     return out
 
 
+def _frac_live(t: Any, field: str) -> float:
+    """A "fraction of elements with √v̂ below x" without the elements whose v is exactly 0: those never
+    received a gradient (unused embedding rows, frozen slices) and say nothing about collapse or eps."""
+    frac = float(getattr(t, field))
+    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    return max(frac - zero, 0.0) if math.isfinite(zero) else frac
+
+
 def _eps_findings(rep: RunReport, ckpts: list[Any], steps, loss, ev: LossEvents, eps: float) -> None:
     if not ckpts:
         return
@@ -684,7 +693,7 @@ def _eps_findings(rep: RunReport, ckpts: list[Any], steps, loss, ev: LossEvents,
     n = sum(int(t.numel) for t in last.tensors)
     if not n:
         return
-    below = sum(float(t.frac_sqrt_vhat_below_eps) * int(t.numel) for t in last.tensors) / n
+    below = sum(_frac_live(t, "frac_sqrt_vhat_below_eps") * int(t.numel) for t in last.tensors) / n
     if not math.isfinite(below) or below < EPS_DOMINATED_FRACTION:
         return
     finite = np.isfinite(loss)
@@ -730,7 +739,7 @@ def _collapse_in_progress(rep: RunReport, trajs: list[Trajectory], ckpts: list[A
 
 
 def _recommend(rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: float, lr: float | None,
-               collapse: list) -> dict[str, Any] | None:
+               collapsed_names: list[str]) -> dict[str, Any] | None:
     v = rep.verdict
     before = [c for c in ckpts if rep.blowup_step is None or c.step < rep.blowup_step]
     start = before[-1] if before else None
@@ -742,8 +751,13 @@ def _recommend(rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: flo
         rec: dict[str, Any] = {"action": "increase eps", "current_eps": eps, "candidates": []}
         if start is not None:
             # Collapsed tensors: the ones with the most elements near eps at the last checkpoint.
-            tens = sorted(start.tensors, key=lambda t: -float(t.frac_sqrt_vhat_below_10eps))
-            collapsed = [t for t in tens if float(t.frac_sqrt_vhat_below_10eps) > 0.01] or tens[:1]
+            # Collapsed tensors: those the evidence named; else those with elements near eps; else
+            # the one with the smallest median √v̂ (the first to be dominated by a larger eps).
+            by_label = {_ckpt_tensor_label(t): t for t in start.tensors}
+            collapsed = [by_label[n] for n in dict.fromkeys(collapsed_names) if n in by_label]
+            if not collapsed:
+                near = [t for t in start.tensors if _frac_live(t, "frac_sqrt_vhat_below_10eps") > 0.01]
+                collapsed = near or sorted(start.tensors, key=lambda t: float(t.sqrt_vhat_q["p50"]))[:1]
             n_all = sum(int(t.numel) for t in start.tensors) or 1
             p50 = float(np.median([t.sqrt_vhat_q["p50"] for t in collapsed]))
             derived = 10 ** math.ceil(math.log10(max(p50, 1e-12)))
