@@ -9,7 +9,6 @@ from adamdiag.analysis.signals import (
     detect_loss_events,
     ema_second_moment,
     ema_second_moment_ref,
-    robust_spikes,
     sustained_runs,
 )
 
@@ -93,14 +92,6 @@ def test_ema_seeded_from_checkpoint_value():
     g2 = np.full(100, 2.0)
     v, _ = ema_second_moment(steps, g2, 0.9, v0=10.0, step0=100)
     assert v[0] == pytest.approx(0.9 * 10 + 0.1 * 2)
-
-
-def test_grad_norm_spike():
-    rng = np.random.default_rng(5)
-    s = np.arange(1, 501)
-    gn = 1 + 0.05 * rng.random(500)
-    gn[321] = 50
-    assert robust_spikes(s, gn) == [322]
 
 
 def test_sustained_runs():

@@ -10,11 +10,12 @@ The decision follows the mechanism (DESIGN.md):
    while v decays on the memory of larger past gradients (collapse), ≫ 1 when gradients re-grow.
    It comes from the exact EMA reconstruction of mean(v) from logged gradient norms or histograms,
    seeded by checkpoints where there are some, or from the v of consecutive checkpoints alone.
-3. Verdict, in order: non-finite without an earlier blowup → ``nonfinite``; a blowup/spike preceded
-   by a collapse → ``v_collapse``; a one-step gradient spike with a healthy v → ``bad_batch``; a
-   blowup with g²/v̂ ≈ O(1) → ``lr_too_high``; nothing blew up but eps dominates almost every
-   element and the loss barely moved → ``eps_too_large``; otherwise ``healthy``. A blowup with no
-   gradient or optimizer data at all → ``inconclusive`` (the loss alone can't tell the causes apart).
+3. Verdict, in order: non-finite without an earlier blowup → ``nonfinite``; a ≥10x one-step jump of
+   the gradient norm at the loss event → ``bad_batch``; a blowup preceded by a long and deep
+   collapse → ``v_collapse``; a blowup with no gradient or optimizer data at all → ``inconclusive``
+   (the loss alone can't tell the causes apart); recovered spikes only → ``healthy`` with warnings;
+   any other blowup (v healthy, g²/v̂ ≈ O(1)) → ``lr_too_high``; nothing blew up but eps dominates
+   almost every element and the loss barely moved → ``eps_too_large``; otherwise ``healthy``.
 """
 
 from __future__ import annotations
@@ -51,11 +52,10 @@ COLLAPSE_DEPTH = 0.01
 REGROWTH_R = 10.0
 # Steps before the blowup in which the re-growth and update-RMS signals are searched.
 REGROWTH_WINDOW = 50
-# Healthy v: g²/v̂ within a factor of ~3 of 1 around the blowup (lr too high: v is fine, the steps
-# are just too large).
 # Wortsman et al. 2023: update RMS > 1 precedes loss spikes by 1-8 steps.
 UPDATE_RMS_LIMIT = 1.0
-# eps dominates an element when √v̂ < eps; "collapse toward eps" when √v̂ < 10·eps.
+# eps dominates an element when √v̂ < eps; when it does for 90% of the elements Adam is, in effect,
+# SGD with step lr/eps (eps_too_large, if the loss also barely moved).
 EPS_DOMINATED_FRACTION = 0.9
 
 DEFAULT_BETA2 = 0.999
@@ -483,7 +483,7 @@ def diagnose(inp: RunInputs) -> RunReport:
     elif event_step is not None:
         rep.verdict = "lr_too_high"
         rep.blowup_step = event_step
-        first_bad = _first_instability(trajs, event_step, ev)
+        first_bad = _first_instability(trajs, event_step)
         rep.warning_step = first_bad
         rep.findings.append(
             Finding("AD201", "error",
@@ -577,7 +577,7 @@ def _abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | N
     return {"step": int(steps[i]), "grad_norm": float(vals[i]), "previous": prev, "trailing_median": base}
 
 
-def _first_instability(trajs: list[Trajectory], event_step: int, ev: LossEvents) -> int | None:
+def _first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     """For lr_too_high: first step before the blowup where g²/v̂ already exceeded ~3 (a step that the
     optimizer could not absorb), if any."""
     glob = [t for t in trajs if t.label == "global"]

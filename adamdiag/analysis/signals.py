@@ -167,20 +167,6 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     return ev
 
 
-def robust_spikes(steps: np.ndarray, values: np.ndarray, z_thresh: float = SPIKE_Z) -> list[int]:
-    """Steps where a positive series (e.g. gradient norm) jumps above its trailing robust level."""
-    values = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(values) & (values > 0)
-    if ok.sum() < 8:
-        return []
-    z = np.log(np.where(ok, values, np.nan))
-    w = _window(np.asarray(steps))
-    med = rolling_median(z, w)
-    scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
-    hits = (z - med > z_thresh * scale) & (z - med > math.log(BLOWUP_FACTOR))
-    return [int(s) for s in np.asarray(steps)[np.nan_to_num(hits, nan=0).astype(bool)]]
-
-
 def ema_second_moment_ref(
     steps: np.ndarray,
     g2: np.ndarray,
