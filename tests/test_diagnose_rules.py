@@ -1,0 +1,45 @@
+"""The diagnosis's small decision rules on hand-built series (the end-to-end checks on real runs are in
+test_cli_scan.py and the validation matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adamdiag.analysis.diagnose import _abrupt_gradient_jump, _undersampled_blowup
+from adamdiag.analysis.signals import LossEvents
+
+
+def _gn(n: int, every: int, jump_at: int | None, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    steps = np.arange(every, every * (n + 1), every)
+    vals = np.full(n, 1e-3) * (1 + 0.05 * np.sin(np.arange(n)))
+    if jump_at is not None:
+        vals[steps == jump_at] *= factor
+    return steps, vals
+
+
+def test_undersampled_blowup_only_with_sparse_logging_and_a_gradient_jump():
+    ev = LossEvents(spikes=[500])
+    steps, vals = _gn(100, 10, 500, 300.0)
+    assert _undersampled_blowup(steps, ev, (steps, vals)) == 500
+    # A mild gradient rise is a wiggle, not a thrown-off optimizer state.
+    steps, vals = _gn(100, 10, 500, 3.0)
+    assert _undersampled_blowup(steps, ev, (steps, vals)) is None
+    # Per-step logs show the peak themselves: the rule never applies.
+    steps, vals = _gn(1000, 1, 500, 300.0)
+    assert _undersampled_blowup(steps, LossEvents(spikes=[500]), (steps, vals)) is None
+    # Nothing to promote when there is already a blowup or no gradient data.
+    assert _undersampled_blowup(steps, LossEvents(blowup_step=400, spikes=[500]), (steps, vals)) is None
+    assert _undersampled_blowup(np.arange(10, 1010, 10), ev, None) is None
+
+
+def test_abrupt_gradient_jump_needs_one_step_and_history():
+    steps, vals = _gn(400, 1, 300, 50.0)
+    hit = _abrupt_gradient_jump(300, (steps, vals))
+    assert hit is not None and hit["step"] == 300
+    # A gradual 1.4x-per-step growth (a v-collapse instability) is not one batch.
+    steps = np.arange(1, 401)
+    vals = np.r_[np.full(290, 1e-3), 1e-3 * 1.4 ** np.arange(1, 111)]
+    assert _abrupt_gradient_jump(300, (steps, vals)) is None
+    # Right at the start there is no healthy history to compare with.
+    steps, vals = _gn(400, 1, 5, 50.0)
+    assert _abrupt_gradient_jump(5, (steps, vals)) is None
