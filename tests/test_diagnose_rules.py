@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamdiag.analysis.diagnose import _abrupt_gradient_jump, _undersampled_blowup
-from adamdiag.analysis.signals import LossEvents
+from adamdiag.analysis.diagnose import _abrupt_gradient_jump
 
 
 def _gn(n: int, every: int, jump_at: int | None, factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -15,21 +14,6 @@ def _gn(n: int, every: int, jump_at: int | None, factor: float) -> tuple[np.ndar
     if jump_at is not None:
         vals[steps == jump_at] *= factor
     return steps, vals
-
-
-def test_undersampled_blowup_only_with_sparse_logging_and_a_gradient_jump():
-    ev = LossEvents(spikes=[500])
-    steps, vals = _gn(100, 10, 500, 300.0)
-    assert _undersampled_blowup(steps, ev, (steps, vals)) == 500
-    # A mild gradient rise is a wiggle, not a thrown-off optimizer state.
-    steps, vals = _gn(100, 10, 500, 3.0)
-    assert _undersampled_blowup(steps, ev, (steps, vals)) is None
-    # Per-step logs show the peak themselves: the rule never applies.
-    steps, vals = _gn(1000, 1, 500, 300.0)
-    assert _undersampled_blowup(steps, LossEvents(spikes=[500]), (steps, vals)) is None
-    # Nothing to promote when there is already a blowup or no gradient data.
-    assert _undersampled_blowup(steps, LossEvents(blowup_step=400, spikes=[500]), (steps, vals)) is None
-    assert _undersampled_blowup(np.arange(10, 1010, 10), ev, None) is None
 
 
 def test_abrupt_gradient_jump_needs_one_step_and_history():

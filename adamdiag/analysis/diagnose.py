@@ -350,10 +350,6 @@ def diagnose(inp: RunInputs) -> RunReport:
     ratios = checkpoint_interval_ratios(ckpts, beta2)
 
     gn_series = _series(scalars, gn_tag) if gn_tag else None
-    undersampled = _undersampled_blowup(steps, ev, gn_series)
-    if undersampled is not None:
-        ev.blowup_step = undersampled
-        ev.spikes = [s for s in ev.spikes if s < undersampled]
     blow = ev.blowup_step
     event_step = blow if blow is not None else (ev.spikes[0] if ev.spikes else None)
     rep.blowup_step = blow
@@ -550,28 +546,6 @@ def _pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | Non
     t = glob[0]
     sel = (t.steps < event_step) & (t.steps >= event_step - 5 * REGROWTH_WINDOW) & np.isfinite(t.r)
     return float(np.median(t.r[sel])) if sel.any() else None
-
-
-def _undersampled_blowup(loss_steps: np.ndarray, ev: LossEvents,
-                         gn: tuple[np.ndarray, np.ndarray] | None) -> int | None:
-    """A blowup hidden by sparse logging: with the loss logged every N > 1 steps, a short blowup can
-    peak between two logged points, so the logged loss shows only a spike that never reaches the
-    10x that confirms a blowup. If, at such a spike, the gradient norm logged at the same step is
-    ≥ 10x its trailing median (g² ≥ 100x: the optimizer state was thrown far off, not a wiggle), the
-    spike is taken as the sampled edge of a blowup. Per-step logs never need this."""
-    if ev.blowup_step is not None or not ev.spikes or gn is None or len(loss_steps) < 2:
-        return None
-    if float(np.median(np.diff(loss_steps))) <= 1:
-        return None
-    steps, vals = gn
-    for sp in ev.spikes:
-        i = int(np.searchsorted(steps, sp))
-        if i < 20 or i >= len(steps) or steps[i] != sp:
-            continue
-        base = float(np.median(vals[max(0, i - 50):i]))
-        if base > 0 and vals[i] >= 10 * base:
-            return int(sp)
-    return None
 
 
 def _abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
