@@ -37,6 +37,7 @@ sample-logs: setup
 bench: setup
 	$(BIN)/python bench/read_events.py
 	$(BIN)/python bench/checkpoint_memory.py
+	$(BIN)/python bench/replay_sweep.py --threads 1
 
 validate: setup
 	$(BIN)/python bench/accuracy.py
