@@ -57,17 +57,35 @@ def scan_paths(
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
     from adamdiag.errors import InputError
-    from adamdiag.io.events import read_runs
+    from adamdiag.io.events import find_runs, read_run, read_runs
+    from adamdiag.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
         raise InputError(f"--checkpoints {checkpoints}: no such file or directory")
     report = Report(tool_version=__version__)
     with _progress() as prog:
         task = prog.add_task("reading event files", total=None)
-        all_events = read_runs(
-            [Path(p) for p in paths], progress=lambda done, total: prog.update(task, completed=done, total=total)
-        )
+        unreadable: list[RunReport] = []
+        try:
+            all_events = read_runs(
+                [Path(p) for p in paths], progress=lambda done, total: prog.update(task, completed=done, total=total)
+            )
+        except InputError:
+            # One unreadable run must not hide the diagnosis of the others: read them one by one and
+            # report the broken ones (a single run still fails with its one-line error).
+            runs = find_runs([Path(p) for p in paths])
+            if len(runs) == 1:
+                raise
+            all_events = []
+            for run in runs:
+                try:
+                    all_events.append(read_run(run))
+                except InputError as e:
+                    unreadable.append(RunReport(
+                        run=str(run), verdict="inconclusive", warnings=[str(e)],
+                        findings=[Finding("AD902", "warning", f"unreadable: {e}")]))
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
+        report.runs.extend(unreadable)
         for events in all_events:
             run_dir = Path(events.run)
             warnings = list(events.warnings)

@@ -197,3 +197,16 @@ def test_plot_writes_png_per_run(runs, tmp_path):
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["bad_batch.png", "healthy.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_one_unreadable_run_does_not_hide_the_others(runs, tmp_path):
+    good = tmp_path / "logs" / "good"
+    shutil.copytree(runs["healthy"], good)
+    bad = tmp_path / "logs" / "bad"
+    bad.mkdir()
+    (bad / "events.out.tfevents.1.host").write_bytes(b"not an event file" * 20)
+    data = scan_json(str(tmp_path / "logs"))
+    by_name = {Path(r["run"]).name: r for r in data["runs"]}
+    assert by_name["good"]["verdict"] == "healthy"
+    assert by_name["bad"]["verdict"] == "inconclusive"
+    assert any(f["id"] == "AD902" for f in by_name["bad"]["findings"])
