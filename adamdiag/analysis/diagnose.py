@@ -474,6 +474,8 @@ def diagnose(inp: RunInputs) -> RunReport:
         # Only short spikes that recovered (no blowup), with no abrupt gradient jump: the run did
         # not blow up. Say so, and whether a collapse preceded them (the early form of the failure).
         rep.verdict = "nonfinite" if ev.first_nonfinite_step is not None else "healthy"
+        if rep.verdict == "nonfinite":
+            rep.blowup_step = ev.first_nonfinite_step
         if collapse or ck_collapse:
             rep.findings.append(
                 Finding("AD101", "warning", f"loss spike(s) at step {', '.join(map(str, ev.spikes[:5]))} followed a v "
