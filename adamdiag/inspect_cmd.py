@@ -12,9 +12,10 @@ import csv
 import io
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
+
+from adamdiag.progress import stderr_progress
 
 SCHEMA = "adamdiag.inspect/1"
 
@@ -33,16 +34,6 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.1%}"
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty(),
-    )
-
-
 def collect(paths: list[Path], *, convention: str | None, trust: bool) -> tuple[list, list[dict]]:
     """Summaries of every checkpoint named (directories are searched) and the consecutive pairs."""
     from adamdiag.errors import InputError
@@ -56,7 +47,7 @@ def collect(paths: list[Path], *, convention: str | None, trust: bool) -> tuple[
             raise InputError(f"{p}: no optimizer checkpoint found under it")
         files += found
     summaries = []
-    with _progress() as prog:
+    with stderr_progress() as prog:
         for f in files:
             task = prog.add_task(f"reading {f.name}", total=None)
 

@@ -6,23 +6,12 @@ renders the result. Progress goes to stderr (rich), only when stderr is a termin
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from adamdiag import __version__
+from adamdiag.progress import stderr_progress
 from adamdiag.report import Report
-
-
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=True, disable=not sys.stderr.isatty(),
-    )
 
 
 def load_checkpoint_summaries(root: Path, *, trust: bool, convention: str | None, warnings: list[str]) -> tuple[list, list[str]]:
@@ -63,7 +52,7 @@ def scan_paths(
     if checkpoints is not None and not Path(checkpoints).exists():
         raise InputError(f"--checkpoints {checkpoints}: no such file or directory")
     report = Report(tool_version=__version__)
-    with _progress() as prog:
+    with stderr_progress() as prog:
         task = prog.add_task("reading event files", total=None)
         unreadable: list[RunReport] = []
         try:
