@@ -4,6 +4,7 @@ available, CUDA. Also reports how closely the two agree (max relative loss diffe
 
     .venv/bin/python bench/replay_sweep.py                      # defaults: K=4 and 16, two model sizes
     .venv/bin/python bench/replay_sweep.py --k 8 --steps 100 --devices cpu
+    python bench/replay_sweep.py --devices cuda --out sweep_cuda.json  # on a GPU machine
 
 Prints a table and writes bench/out/replay_sweep.json.
 """
@@ -32,7 +33,9 @@ SIZES = {
     # name: (input, width, depth, batch)
     "mlp-small": (32, 64, 2, 32),
     "mlp-medium": (256, 1024, 3, 256),
+    "mlp-large": (1024, 4096, 3, 512),  # 38M parameters: GPU only by default (minutes per row on CPU)
 }
+DEFAULT_SIZES = {"cpu": ["mlp-small", "mlp-medium"], "cuda": list(SIZES)}
 
 
 def make_model(d_in: int, width: int, depth: int) -> nn.Module:
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, nargs="+", default=[4, 16], help="numbers of variants")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES),
+                    help="default: small and medium on CPU, all three on CUDA")
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "replay_sweep.json")
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dev in devices:
-            for size in args.sizes:
+            for size in args.sizes or DEFAULT_SIZES[torch.device(dev).type]:
                 for k in args.k:
                     row = bench_one(size, torch.device(dev), k, args.steps, Path(tmp))
                     rows.append(row)

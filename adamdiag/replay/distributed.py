@@ -1,7 +1,8 @@
 """Variants split across processes under ``torchrun`` (WORLD_SIZE/RANK set): each rank replays its share
 (batched, on its own device), rank 0 gathers the curves, analyses and prints.
 
-gloo on CPU, nccl on CUDA. Every rank resolves the same inputs (entry point, checkpoint, log), so they
+gloo on CPU, nccl on CUDA when every local rank has a GPU of its own (NCCL refuses two ranks on one
+GPU; ranks that share a GPU talk over gloo, which is enough: only small Python objects travel). Every rank resolves the same inputs (entry point, checkpoint, log), so they
 agree on the variant list without talking; they exchange only status, curves and the exit code.
 """
 
@@ -23,6 +24,7 @@ class World:
     size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_size: int = 1  # ranks on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def distributed(self) -> bool:
@@ -36,11 +38,21 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
         size = int(env.get("WORLD_SIZE", "1"))
         rank = int(env.get("RANK", "0"))
         local = int(env.get("LOCAL_RANK", str(rank)))
+        local_size = int(env.get("LOCAL_WORLD_SIZE", str(size)))
     except ValueError:
         return World()
     if size <= 1:
         return World()
-    return World(size, rank, local)
+    return World(size, rank, local, local_size)
+
+
+def choose_backend(device_type: str, world: World, gpu_count: int) -> str:
+    """nccl when the ranks run on CUDA and each rank on this node has its own GPU, gloo otherwise.
+
+    >>> choose_backend("cuda", World(2, 0, 0, 2), 1), choose_backend("cuda", World(2, 0, 0, 2), 2)
+    ('gloo', 'nccl')
+    """
+    return "nccl" if device_type == "cuda" and gpu_count >= world.local_size else "gloo"
 
 
 def shard(n: int, size: int, rank: int) -> list[int]:
@@ -75,8 +87,10 @@ class Group:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            backend = "nccl" if device_type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend, timeout=TIMEOUT)
+            import torch
+
+            gpus = torch.cuda.device_count() if device_type == "cuda" else 0
+            dist.init_process_group(backend=choose_backend(device_type, self.world, gpus), timeout=TIMEOUT)
             self._own = True
 
     def all_gather(self, obj: Any) -> list[Any]:
