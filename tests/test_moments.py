@@ -192,3 +192,86 @@ def test_decay_ratio_pure_decay_and_reference():
         bad = tm(60, 1)
         bad.step = None
         decay_ratio(tm(30, 1), bad)
+
+
+# --- exact quantiles by bracketed selection vs a full partition ----------------------------
+
+
+def _distributions():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 300_000  # above BRACKET_MIN_SIZE: the bracketed path runs
+    rows = np.logspace(-12, -2, 600).repeat(n // 600) * rng.random(n)  # each chunk narrow: brackets skipped
+    return {
+        "lognormal": rng.lognormal(0, 6, n).astype(np.float32),
+        "row_scaled": rows.astype(np.float32),
+        "sorted": np.sort(rng.random(n)).astype(np.float32),
+        "few_values": rng.integers(0, 5, n).astype(np.float32),  # ties crowd the brackets: fallback
+        "zeros_then_tail": np.r_[np.zeros(n - 5000), rng.random(5000)].astype(np.float64),
+    }
+
+
+@pytest.mark.parametrize("name", list(_distributions()))
+def test_bracketed_order_stats_equal_the_full_partition(name):
+
+    from adamdiag.analysis.moments import (
+        BRACKET_MIN_SIZE,
+        QUANTILES,
+        _BracketSelect,
+        _order_stats,
+        _order_stats_reference,
+        _ranks,
+    )
+
+    values = _distributions()[name]
+    assert values.size >= BRACKET_MIN_SIZE
+    qs = dict(QUANTILES)
+    desc = {f"eff_{k}": q for k, q in qs.items()}
+    ref = _order_stats_reference(values, qs, desc)
+    assert _order_stats(values, qs, desc) == ref
+    # streamed in chunks, with each chunk's min/max (what tensor_stats does)
+    ranks = _ranks(values.size, qs, desc)
+    sel = _BracketSelect.for_array(values, list(ranks.values()))
+    for i in range(0, values.size, 4096):
+        c = values[i:i + 4096]
+        sel.feed(c, float(c.min()), float(c.max()))
+    got = sel.result(ranks)
+    crowded = name in ("few_values", "zeros_then_tail")  # ties fill the brackets: the caller partitions
+    assert got is None if crowded else got == ref
+
+
+def test_a_bracket_that_misses_its_rank_is_detected():
+    """A sample from other data puts the brackets in the wrong place: no result, never a wrong one."""
+    import numpy as np
+
+    from adamdiag.analysis.moments import _BracketSelect, _order_stats_reference, _ranks
+
+    values = np.random.default_rng(0).random(300_000)
+    wrong_sample = np.sort(np.random.default_rng(1).random(65536) + 0.3)
+    ranks = _ranks(values.size, {"p50": 0.5}, {})
+    sel = _BracketSelect(wrong_sample, values.size, list(ranks.values()))
+    sel.feed(values)
+    assert sel.result(ranks) is None
+    right = _BracketSelect(np.sort(values[::5]), values.size, list(ranks.values()))
+    right.feed(values)
+    assert right.result(ranks) == _order_stats_reference(values, {"p50": 0.5})
+
+
+def test_large_tensor_quantiles_exact_with_nonfinite_elements(monkeypatch):
+    """tensor_stats on a 300k-element Adam state with NaN/Inf elements: the quantiles selected while
+    streaming equal those of a full partition of the finite values (the plain path)."""
+    from adamdiag.analysis import moments
+
+    p, opt = _train(shape=(600, 500), steps=6)
+    t = _moments(p, opt)
+    t.exp_avg_sq = t.exp_avg_sq.clone()
+    t.exp_avg_sq[5, :7] = float("nan")
+    t.exp_avg_sq[400, 3] = float("inf")
+    fast = tensor_stats(t, chunk=1 << 14)
+    monkeypatch.setattr(moments, "BRACKET_MIN_SIZE", 1 << 40)  # force the copy + full partition path
+    plain = tensor_stats(t, chunk=1 << 14)
+    assert fast.nonfinite == plain.nonfinite == 8
+    assert fast.quantiles_exact and plain.quantiles_exact
+    assert fast.sqrt_vhat_q == plain.sqrt_vhat_q and fast.eff_step_q == plain.eff_step_q
+    _check(fast, t)

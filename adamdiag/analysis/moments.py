@@ -15,7 +15,9 @@ Elements where m, v (or max v) are not finite are counted in ``nonfinite`` and l
 other statistic (quantiles included), so one NaN does not hide the rest of the tensor.
 
 Quantiles are order statistics (nearest rank: element round(q·(n-1)) of the sorted values). They are
-exact up to ``EXACT_QUANTILE_LIMIT`` elements (one float32 copy of the tensor); above it they come from
+exact up to ``EXACT_QUANTILE_LIMIT`` elements: selected while streaming (:class:`_BracketSelect`:
+a sample brackets each rank, only the ~1-2% of values inside the brackets are kept and partitioned;
+a miss falls back to a full partition of one float32 copy). Above the limit they come from
 a deterministic sample of min(``QUANTILE_SAMPLE``, ``exact_limit``) elements (stratified: one random element per n/k block, seed 0; rank error ~ √(q(1-q)/N) < 1e-4),
 flagged ``quantiles_exact: false``. min, max, means and fractions are always exact (chunked pass in
 float64, constant memory).
@@ -145,18 +147,137 @@ def _flat(x):
     return x.reshape(-1)
 
 
-def _order_stats(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
-                 ) -> dict[str, float]:
-    """Nearest-rank order statistics of a 1-D array (one copy, one partition): element
-    round(q·(n-1)) of the ascending values for ``qs``, of the descending values for ``descending``."""
+def _ranks(n: int, qs: dict[str, float], descending: dict[str, float] | None = None) -> dict[str, int]:
+    """Nearest-rank positions: round(q·(n-1)) ascending for ``qs``, from the top for ``descending``."""
+    ranks = {k: int(round(q * (n - 1))) for k, q in qs.items()}
+    ranks.update({k: n - 1 - int(round(q * (n - 1))) for k, q in (descending or {}).items()})
+    return ranks
+
+
+def _order_stats_reference(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
+                           ) -> dict[str, float]:
+    """Nearest-rank order statistics of a 1-D array the plain way (one copy, one partition): element
+    round(q·(n-1)) of the ascending values for ``qs``, of the descending values for ``descending``.
+    The reference for :func:`_order_stats`."""
     n = values.size
     descending = descending or {}
     if n == 0:
         return {k: float("nan") for k in (*qs, *descending)}
-    ranks = {k: int(round(q * (n - 1))) for k, q in qs.items()}
-    ranks.update({k: n - 1 - int(round(q * (n - 1))) for k, q in descending.items()})
+    ranks = _ranks(n, qs, descending)
     part = np.partition(values, sorted(set(ranks.values())))
     return {k: float(part[r]) for k, r in ranks.items()}
+
+
+# Bracketed selection: below this size a plain partition is as fast.
+BRACKET_MIN_SIZE = 1 << 18
+BRACKET_SAMPLE = 1 << 16
+BRACKET_Z = 6.0  # half-width of a bracket in binomial standard deviations of the sample rank
+TAIL_Q = 0.05  # brackets below/above these quantiles select one tail with a single comparison
+
+
+class _BracketSelect:
+    """Exact order statistics of values that arrive in chunks, without keeping them all.
+
+    Why: a multi-rank ``np.partition`` of a 15M-element tensor costs ~13 ns per element, most of
+    ``inspect``'s time on a large checkpoint, and needs a full copy. Instead, a sorted stratified
+    sample brackets each wanted rank (±BRACKET_Z binomial standard deviations of its sample rank;
+    overlapping brackets merge, brackets near an end become one-sided tails); each chunk is compared
+    with the brackets, counting the values below each and keeping those inside (~1-2% of them,
+    while the chunk is still in cache). At the end only the kept values are partitioned. Whether a
+    rank really lies inside its bracket is checked from the counts; if not (a miss: ~1e-9 per
+    bracket; or ties that crowd a bracket) :meth:`result` returns None and the caller partitions
+    everything. The numbers never depend on the sample, only the time does.
+    """
+
+    def __init__(self, sample: np.ndarray, n: int, ranks: list[int]) -> None:
+        k = sample.size
+        self.n_expected = n
+        self.spans: list[tuple[str, float, float]] = []
+        self.below: list[int] = []
+        self.kept: list[list[np.ndarray]] = []
+        self.count = 0
+        self.kept_total = 0
+        self.failed = k < 2
+        if self.failed:
+            return
+        ix: list[list[int]] = []
+        for r in sorted(set(ranks)):
+            p = r / max(n - 1, 1)
+            half = BRACKET_Z * math.sqrt(k * max(p * (1 - p), 1.0 / k)) + 2
+            lo_i, hi_i = math.floor(p * (k - 1) - half), math.ceil(p * (k - 1) + half)
+            if ix and lo_i <= ix[-1][1]:
+                ix[-1][1] = hi_i
+            else:
+                ix.append([lo_i, hi_i])
+        for lo_i, hi_i in ix:
+            lower = lo_i < 0 or lo_i / (k - 1) < TAIL_Q
+            upper = hi_i >= k or hi_i / (k - 1) > 1 - TAIL_Q
+            if lower and upper:
+                self.failed = True
+                return
+            kind = "lower" if lower else "upper" if upper else "inner"
+            lo = -math.inf if lower else float(sample[lo_i])  # a tail is open at its end
+            hi = math.inf if upper else float(sample[hi_i])
+            self.spans.append((kind, lo, hi))
+            self.below.append(0)
+            self.kept.append([])
+
+    @classmethod
+    def for_array(cls, values: np.ndarray, ranks: list[int]) -> _BracketSelect:
+        sample = values[_sample_positions(values.size, min(BRACKET_SAMPLE, values.size))]
+        return cls(np.sort(sample[np.isfinite(sample)]), values.size, ranks)
+
+    def feed(self, x: np.ndarray, x_min: float | None = None, x_max: float | None = None) -> None:
+        """One chunk of (finite) values; with its min and max, brackets it cannot touch cost nothing."""
+        if self.failed:
+            return
+        self.count += x.size
+        for i, (kind, lo, hi) in enumerate(self.spans):
+            if x_max is not None and x_max < lo:  # the whole chunk is below this bracket
+                self.below[i] += x.size
+                continue
+            if x_min is not None and x_min > hi:
+                continue
+            if kind == "lower":
+                sel = x[x <= hi]
+            elif kind == "upper":
+                sel = x[x >= lo]
+                self.below[i] += x.size - sel.size
+            else:
+                sel = x[(x >= lo) & (x <= hi)]
+                self.below[i] += int(np.count_nonzero(x < lo))
+            self.kept[i].append(sel)
+            self.kept_total += sel.size
+        if self.kept_total > max(BRACKET_MIN_SIZE, self.n_expected // 8):  # ties crowd a bracket: give up early
+            self.failed = True
+            self.kept = []
+
+    def result(self, ranks: dict[str, int]) -> dict[str, float] | None:
+        """The order statistics at ``ranks`` (of the values fed), or None on a miss."""
+        if self.failed:
+            return None
+        out: dict[str, float] = {}
+        for i in range(len(self.spans)):
+            kept = np.concatenate(self.kept[i]) if self.kept[i] else np.empty(0)
+            mine = {name: r - self.below[i] for name, r in ranks.items() if 0 <= r - self.below[i] < kept.size}
+            if mine:
+                part = np.partition(kept, sorted(set(mine.values())))
+                out.update((name, float(part[x])) for name, x in mine.items())
+        return out if len(out) == len(ranks) else None
+
+
+def _order_stats(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
+                 ) -> dict[str, float]:
+    """The same numbers as :func:`_order_stats_reference`, exactly; bracketed selection
+    (:class:`_BracketSelect`) for large arrays."""
+    n = values.size
+    if n < BRACKET_MIN_SIZE:
+        return _order_stats_reference(values, qs, descending)
+    ranks = _ranks(n, qs, descending)
+    sel = _BracketSelect.for_array(values, list(ranks.values()))
+    sel.feed(values)
+    got = sel.result(ranks)
+    return got if got is not None else _order_stats_reference(values, qs, descending)
 
 
 def _sample_size(n: int, exact_limit: int) -> int:
@@ -164,15 +285,20 @@ def _sample_size(n: int, exact_limit: int) -> int:
     return min(n, QUANTILE_SAMPLE, max(exact_limit, 1 << 16))
 
 
-def _sample_indices(n: int, k: int):
+def _sample_positions(n: int, k: int) -> np.ndarray:
     """k sorted indices in [0, n): one uniformly random element from each of k equal strata
     (deterministic, seed 0). Stratified: no sort needed, lower variance than i.i.d. draws, and the
     random position inside each stratum avoids aliasing with a tensor's row length."""
-    import torch
-
     rng = np.random.default_rng(0)
     idx = ((np.arange(k) + rng.random(k)) * (n / k)).astype(np.int64)
-    return torch.from_numpy(np.minimum(idx, n - 1))
+    return np.minimum(idx, n - 1)
+
+
+def _sample_indices(n: int, k: int):
+    """:func:`_sample_positions` as a torch index tensor."""
+    import torch
+
+    return torch.from_numpy(_sample_positions(n, k))
 
 
 def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: bool) -> tuple[np.ndarray, bool]:
@@ -214,8 +340,9 @@ def _work(x):
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float) -> None:
-    """Accumulate one chunk (≤ ``CHUNK`` elements).
+def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float):
+    """Accumulate one chunk (≤ ``CHUNK`` elements); returns the chunk's finite denominator values
+    (working precision) with their min and max, for the quantile selection, or None when it has none.
 
     Fast path, for the usual all-finite chunk: elementwise math and the chunk's sums in the stored
     precision (float32 for fp32/bf16/fp16 moments; torch's cascade sum keeps ~1e-7 relative over a
@@ -232,7 +359,7 @@ def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float) -> None:
         k = int(fin.sum())
         acc.nonfinite += m.numel() - k
         if k == 0:
-            return
+            return None
         m, v = m[fin].double(), v[fin].double()
         d = v if d is v else d[fin].double()
         sum_v = float(v.sum())
@@ -247,27 +374,29 @@ def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float) -> None:
     # √v̂ + eps = (√v + eps·√bc2)/√bc2: work on √v and put the √bc2 factor on the totals.
     rb = math.sqrt(bc2)
     if lo <= 0:
-        acc.zero += int(torch.count_nonzero(d <= 0))
+        acc.zero += int(np.count_nonzero(d.numpy() <= 0))  # numpy's count: ~7x torch's here
     s = torch.sqrt(d.clamp(min=0) if lo < 0 else d)
     # The eps counts need a pass only when the chunk straddles the threshold.
     for thr, attr in ((eps_eff, "below"), (10 * eps_eff, "below10")):
         if math.sqrt(max(hi, 0.0) / bc2) < thr:
             setattr(acc, attr, getattr(acc, attr) + m.numel())
         elif math.sqrt(max(lo, 0.0) / bc2) < thr:
-            setattr(acc, attr, getattr(acc, attr) + int(torch.count_nonzero(s < thr * rb)))
+            setattr(acc, attr, getattr(acc, attr) + int(np.count_nonzero(s.numpy() < thr * rb)))
     s.add_(eps_eff * rb)
     torch.div(m, s, out=s)  # u·bc1/√bc2 with u = m̂/(√v̂+eps)
     s.square_()
     acc.max_u = max(acc.max_u, math.sqrt(float(s.max())) * rb)
     acc.sum_u2 += float(s.sum()) * bc2
+    return d, lo, hi
 
 
 def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT,
                  chunk: int = CHUNK) -> TensorStats:
     """Statistics of one parameter's Adam state (see the module docstring for definitions).
 
-    Memory: O(chunk) for the exact sums, plus one float32 copy of v for exact quantiles (none above
-    ``exact_limit``: a sample). bf16/fp16 moments are upcast chunk by chunk.
+    Memory: O(chunk) for the exact sums, plus the values kept for the quantile selection (~1-2% of
+    the tensor; a float32 copy of it only when the selection misses or for tensors under
+    BRACKET_MIN_SIZE elements). bf16/fp16 moments are upcast chunk by chunk.
     """
     import torch
 
@@ -283,9 +412,19 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     acc = _Acc()
     same = vden is t.exp_avg_sq
     sum_p2 = 0.0
+    # min and max come exactly from the chunked pass; only the inner quantiles need a selection.
+    # eff step lr/(√v̂+eps) decreases with v: its q-quantile is the q-quantile of v descending.
+    qs = {k: q for k, q in QUANTILES.items() if 0.0 < q < 1.0}
+    desc = {f"eff_{k}": q for k, q in qs.items()}
+    select = None
+    if BRACKET_MIN_SIZE <= n <= exact_limit:  # exact quantiles, selected while each chunk is in cache
+        sample = _work(d_flat[_sample_indices(n, min(BRACKET_SAMPLE, n))]).numpy()
+        select = _BracketSelect(np.sort(sample[np.isfinite(sample)]), n, list(_ranks(n, qs, desc).values()))
     for i in range(0, n, chunk):
         m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
-        _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
+        got = _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
+        if select is not None and got is not None:
+            select.feed(got[0].numpy(), got[1], got[2])
         if p_flat is not None:
             p = _work(p_flat[i:i + chunk])
             ps = float(torch.linalg.vector_norm(p)) ** 2
@@ -299,14 +438,15 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
 
     nan = float("nan")
     if n_f:
-        arr, exact = _quantile_values(d_flat, (m_flat, v_flat), n, exact_limit, nonfinite > 0)
-        qs = dict(QUANTILES)
-        # eff step lr/(√v̂+eps) decreases with v: its q-quantile is the q-quantile of v descending.
-        raw = _order_stats(arr, qs, {f"eff_{k}": q for k, q in qs.items()})
-        sq = {k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}
-        sq["min"], sq["max"] = s_min, s_max  # exact even when the rest is sampled
-        eff = {k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs}
-        eff["min"], eff["max"] = t.lr / (s_max + eps_eff), t.lr / (s_min + eps_eff)
+        raw = select.result(_ranks(n_f, qs, desc)) if select is not None else None
+        exact = True
+        if raw is None:  # small tensor, sampled quantiles, or the selection missed: from a copy
+            arr, exact = _quantile_values(d_flat, (m_flat, v_flat), n, exact_limit, nonfinite > 0)
+            raw = _order_stats(arr, qs, desc)
+        sq = {"min": s_min, **{k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}, "max": s_max}
+        eff = {"min": t.lr / (s_max + eps_eff),
+               **{k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs},
+               "max": t.lr / (s_min + eps_eff)}
         ratio_rms = math.sqrt(sum_u2 / n_f)
         v_mean, m_abs_mean = sum_v / n_f, sum_abs_m / n_f
         frac_b, frac_b10 = below / n_f, below10 / n_f
