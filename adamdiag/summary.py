@@ -20,7 +20,8 @@ def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: s
                          progress: Progress | None = None,
                          exact_quantile_limit: int = EXACT_QUANTILE_LIMIT) -> CheckpointSummary:
     """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
-    Quantiles are exact for tensors up to ``exact_quantile_limit`` elements, sampled above it.
+    Quantiles are exact at any size (selected while streaming); only if that selection fails (ties
+    crowding it) are they computed from a copy, up to ``exact_quantile_limit`` elements, or a sample above it.
 
     Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.

@@ -6,9 +6,10 @@ inherits the other's memory):
 
 * ``bare``       — ``torch.load(mmap=True, weights_only=True)`` + one ``.sum()`` over every moment tensor
                    (the least any reader must do: touch every byte of m and v once);
-* ``summarize``  — ``adamdiag.summary.summarize_checkpoint`` (every statistic of ``inspect``; quantiles
-                   exact up to 16Mi elements per tensor: one float32 copy + partition per tensor);
-* ``summarize_sampled`` — the same with quantiles from a 1Mi-element sample above 1Mi elements.
+* ``summarize``  — ``adamdiag.summary.summarize_checkpoint`` (every statistic of ``inspect``; exact
+                   quantiles selected while streaming, ``moments._BracketSelect``);
+* ``summarize_reference`` — the same with the plain quantile path the selection is tested against
+                   (one float32 copy + ``np.partition`` per tensor), side by side.
 
 Reports peak RSS (``ru_maxrss``; the interpreter + imports alone are reported as ``rss_after_imports``)
 and wall time of the work itself (imports excluded), the best of ``--repeats`` runs. Both run on a
@@ -49,8 +50,9 @@ torch.set_num_threads(int(sys.argv[3]))
 from adamdiag.summary import summarize_checkpoint
 rss0 = hwm()
 t0 = time.perf_counter()
-if mode.startswith("summarize"):
-    limit = int(mode.split(":")[1]) if ":" in mode else None
+if mode == "summarize_reference":
+    from adamdiag.analysis import moments
+    moments.BRACKET_MIN_SIZE = 1 << 62  # every tensor takes the copy + partition path
 if mode == "bare":
     obj = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
     total = 0.0
@@ -58,7 +60,7 @@ if mode == "bare":
         total += float(st["exp_avg"].sum()) + float(st["exp_avg_sq"].sum())
     n = len(obj["optimizer"]["state"])
 else:
-    s = summarize_checkpoint(path, **({} if limit is None else {"exact_quantile_limit": limit}))
+    s = summarize_checkpoint(path)
     n = len(s.tensors)
 dt = time.perf_counter() - t0
 print(json.dumps({"mode": mode, "seconds": dt, "peak_rss": hwm(), "rss_after_imports": rss0, "tensors": n}))
@@ -117,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads in both runs (1: robust to other load on a small shared machine)")
-    ap.add_argument("--sampled-limit", type=int, default=1 << 20,
-                    help="exact-quantile limit of the second summarize run (default 1Mi elements)")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "checkpoint_memory.json")
     args = ap.parse_args(argv)
     args.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         warm(args.path)
         modes = {"bare": "bare", "summarize": "summarize",
-                 "summarize_sampled": f"summarize:{args.sampled_limit}"}
+                 "summarize_reference": "summarize_reference"}
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for _ in range(args.repeats):
             for name, mode in modes.items():
@@ -154,16 +154,13 @@ def main(argv: list[str] | None = None) -> int:
            "load_average_before": load_before, "load_average_after": os.getloadavg(), **info}
     for m in runs:
         res[m] = {"seconds": best[m]["seconds"], "peak_rss": peak[m], "rss_after_imports": best[m]["rss_after_imports"]}
-    res["summarize_sampled"]["exact_quantile_limit"] = args.sampled_limit
     res["runs"] = runs
     res["time_ratio"] = res["summarize"]["seconds"] / res["bare"]["seconds"]
-    res["time_ratio_sampled"] = res["summarize_sampled"]["seconds"] / res["bare"]["seconds"]
+    res["time_ratio_reference"] = res["summarize_reference"]["seconds"] / res["bare"]["seconds"]
     res["summarize_peak_rss_fraction"] = peak["summarize"] / size
-    res["summarize_sampled_peak_rss_fraction"] = peak["summarize_sampled"] / size
+    res["summarize_reference_peak_rss_fraction"] = peak["summarize_reference"] / size
     res["targets"] = {"peak_rss_fraction_lt": 0.25, "time_ratio_le": 3.0,
-                      "met_exact": res["summarize_peak_rss_fraction"] < 0.25 and res["time_ratio"] <= 3.0,
-                      "met_sampled": res["summarize_sampled_peak_rss_fraction"] < 0.25
-                      and res["time_ratio_sampled"] <= 3.0}
+                      "met": res["summarize_peak_rss_fraction"] < 0.25 and res["time_ratio"] <= 3.0}
     args.out.write_text(json.dumps(res, indent=2))
     mb = 1e6
     print(f"checkpoint: {size / 1e9:.2f} GB ({best['summarize']['tensors']} tensors with Adam state), "
@@ -173,12 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         r = res[m]
         print(f"{m:18}{r['seconds']:>10.2f}{r['peak_rss'] / mb:>14.0f}{r['peak_rss'] / size:>10.1%}"
               f"{r['rss_after_imports'] / mb:>12.0f}")
-    print(f"time ratio summarize/bare: {res['time_ratio']:.2f} (exact quantiles ≤ 16Mi elements), "
-          f"{res['time_ratio_sampled']:.2f} (sampled above {args.sampled_limit}); target ≤ 3")
-    print(f"summarize peak RSS {res['summarize_peak_rss_fraction']:.1%} / "
-          f"{res['summarize_sampled_peak_rss_fraction']:.1%} of the file (target < 25%) -> targets "
-          f"{'met' if res['targets']['met_exact'] else 'NOT met'} (exact), "
-          f"{'met' if res['targets']['met_sampled'] else 'NOT met'} (sampled)")
+    print(f"time ratio summarize/bare: {res['time_ratio']:.2f} (reference quantile path: "
+          f"{res['time_ratio_reference']:.2f}); target ≤ 3")
+    print(f"summarize peak RSS {res['summarize_peak_rss_fraction']:.1%} of the file (reference path "
+          f"{res['summarize_reference_peak_rss_fraction']:.1%}; target < 25%) -> targets "
+          f"{'met' if res['targets']['met'] else 'NOT met'}")
     print(f"wrote {args.out}")
     return 0
 

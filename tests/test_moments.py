@@ -269,6 +269,9 @@ def test_large_tensor_quantiles_exact_with_nonfinite_elements(monkeypatch):
     t.exp_avg_sq[5, :7] = float("nan")
     t.exp_avg_sq[400, 3] = float("inf")
     fast = tensor_stats(t, chunk=1 << 14)
+    # no full copy is made, so the quantiles stay exact above the copy limit too
+    limited = tensor_stats(t, chunk=1 << 14, exact_limit=1000)
+    assert limited.quantiles_exact and limited.sqrt_vhat_q == fast.sqrt_vhat_q
     monkeypatch.setattr(moments, "BRACKET_MIN_SIZE", 1 << 40)  # force the copy + full partition path
     plain = tensor_stats(t, chunk=1 << 14)
     assert fast.nonfinite == plain.nonfinite == 8

@@ -14,11 +14,12 @@ m̂ = m/bc1, v̂ = v/bc2 and the denominator's v (``max_exp_avg_sq`` with amsgra
 Elements where m, v (or max v) are not finite are counted in ``nonfinite`` and left out of every
 other statistic (quantiles included), so one NaN does not hide the rest of the tensor.
 
-Quantiles are order statistics (nearest rank: element round(q·(n-1)) of the sorted values). They are
-exact up to ``EXACT_QUANTILE_LIMIT`` elements: selected while streaming (:class:`_BracketSelect`:
-a sample brackets each rank, only the ~1-2% of values inside the brackets are kept and partitioned;
-a miss falls back to a full partition of one float32 copy). Above the limit they come from
-a deterministic sample of min(``QUANTILE_SAMPLE``, ``exact_limit``) elements (stratified: one random element per n/k block, seed 0; rank error ~ √(q(1-q)/N) < 1e-4),
+Quantiles are order statistics (nearest rank: element round(q·(n-1)) of the sorted values), exact
+at any tensor size: selected while streaming (:class:`_BracketSelect`: a sample brackets each rank,
+only the ~1-4% of values inside the brackets are kept and partitioned). When the selection misses
+(rare) or ties crowd its brackets, they come from one float32 copy up to ``EXACT_QUANTILE_LIMIT``
+elements, and above it from a deterministic sample of min(``QUANTILE_SAMPLE``, ``exact_limit``)
+elements (stratified: one random element per n/k block, seed 0; rank error ~ √(q(1-q)/N) < 1e-4),
 flagged ``quantiles_exact: false``. min, max, means and fractions are always exact (chunked pass in
 float64, constant memory).
 """
@@ -189,9 +190,10 @@ class _BracketSelect:
     everything. The numbers never depend on the sample, only the time does.
     """
 
-    def __init__(self, sample: np.ndarray, n: int, ranks: list[int]) -> None:
+    def __init__(self, sample: np.ndarray, n: int, ranks: list[int], max_kept: int | None = None) -> None:
         k = sample.size
-        self.n_expected = n
+        # more kept values than this means ties crowd a bracket: give up early (memory stays bounded)
+        self.max_kept = max(BRACKET_MIN_SIZE, n // 8 if max_kept is None else min(n // 8, max_kept))
         self.spans: list[tuple[str, float, float]] = []
         self.below: list[int] = []
         self.kept: list[list[np.ndarray]] = []
@@ -248,7 +250,7 @@ class _BracketSelect:
                 self.below[i] += int(np.count_nonzero(x < lo))
             self.kept[i].append(sel)
             self.kept_total += sel.size
-        if self.kept_total > max(BRACKET_MIN_SIZE, self.n_expected // 8):  # ties crowd a bracket: give up early
+        if self.kept_total > self.max_kept:
             self.failed = True
             self.kept = []
 
@@ -417,9 +419,10 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     qs = {k: q for k, q in QUANTILES.items() if 0.0 < q < 1.0}
     desc = {f"eff_{k}": q for k, q in qs.items()}
     select = None
-    if BRACKET_MIN_SIZE <= n <= exact_limit:  # exact quantiles, selected while each chunk is in cache
+    if n >= BRACKET_MIN_SIZE:  # exact quantiles at any size, selected while each chunk is in cache
         sample = _work(d_flat[_sample_indices(n, min(BRACKET_SAMPLE, n))]).numpy()
-        select = _BracketSelect(np.sort(sample[np.isfinite(sample)]), n, list(_ranks(n, qs, desc).values()))
+        select = _BracketSelect(np.sort(sample[np.isfinite(sample)]), n, list(_ranks(n, qs, desc).values()),
+                                max_kept=exact_limit)
     for i in range(0, n, chunk):
         m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
         got = _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
@@ -440,7 +443,7 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     if n_f:
         raw = select.result(_ranks(n_f, qs, desc)) if select is not None else None
         exact = True
-        if raw is None:  # small tensor, sampled quantiles, or the selection missed: from a copy
+        if raw is None:  # small tensor, or the selection missed: a copy (a sample above exact_limit)
             arr, exact = _quantile_values(d_flat, (m_flat, v_flat), n, exact_limit, nonfinite > 0)
             raw = _order_stats(arr, qs, desc)
         sq = {"min": s_min, **{k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}, "max": s_max}
