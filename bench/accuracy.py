@@ -44,7 +44,6 @@ CAUSES = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "healthy")
 VERDICTS = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "eps_too_large", "healthy", "inconclusive")
 # acceptance targets (issue #6)
 TARGET_ACCURACY = 0.95
-BLOWUP_PEAK = 10.0  # the blowup factor of the truth labeller and the detector (signals.BLOWUP_PEAK_FACTOR)
 TARGET_MEDIAN_LEAD = 10
 
 # which batch keys are the regression targets a "bad batch" corrupts (x1e3: loss x1e6, gradient x1e3)
@@ -331,7 +330,8 @@ def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, l
 def logged_blowup_ratio(run_dir: Path, true_blowup: int | None) -> float | None:
     """How high the *logged* loss rises over the true blowup: max logged loss in
     [blowup, blowup + BLOWUP_HORIZON] over the median logged loss in the BLOWUP_HORIZON steps before it
-    (None when a logged value there is non-finite: visible, but no ratio). The truth comes from every step of the live run; a run
+    (None when it cannot be measured: no logged loss around the blowup, or a non-finite one, which is
+    visible). The truth comes from every step of the live run; a run
     logged every 10 steps can blow up 10x and recover between two logged points. Below
     BLOWUP_PEAK_FACTOR the blowup is not in the log at all: no reader of the log can call it one
     without also calling the 4-9x spikes of healthy runs blowups."""
@@ -356,6 +356,7 @@ def logged_blowup_ratio(run_dir: Path, true_blowup: int | None) -> float | None:
 
 def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> dict[str, Any]:
     """Scan one run in-process and line the verdict up with its truth."""
+    from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
     from adamdiag.scan import scan_paths
 
     if gen_error is not None:
@@ -388,7 +389,7 @@ def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> di
         "true_cause": s["cause"],
         "true_blowup_step": tb,
         "logged_blowup_ratio": (ratio := logged_blowup_ratio(run_dir, tb) if gen_error is None else None),
-        "blowup_visible_in_log": None if tb is None else (ratio is None or ratio >= BLOWUP_PEAK),
+        "blowup_visible_in_log": None if tb is None else (ratio is None or ratio >= BLOWUP_PEAK_FACTOR),
         "truth_evidence": s.get("evidence", {}),
         "verdict": verdict,
         "correct": verdict == s["cause"],
@@ -469,6 +470,7 @@ def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """Human-readable tables: per case, the confusion matrix, lead times, false alarms, targets."""
+    from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
     lines = []
     w = max(len(r["name"]) for r in results)
     lines.append(f"{'case':{w}s}  {'truth':11s} {'verdict':13s} {'t_blow':>6s} {'blow':>6s} {'warn':>6s} "
@@ -494,14 +496,15 @@ def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str
     lines.append(f"blown-up runs with the right cause: {b['correct']}/{b['n']} = {acc}")
     bv = summary["blown_up_visible_in_log"]
     acc_v = "n/a" if bv["accuracy"] is None else f"{bv['accuracy']:.1%}"
-    lines.append(f"  of them with the blowup visible in the log (logged loss >= {BLOWUP_PEAK:g}x its level): "
+    lines.append(f"  of them with the blowup visible in the log (logged loss >= {BLOWUP_PEAK_FACTOR:g}x its level): "
                  f"{bv['correct']}/{bv['n']} = {acc_v}; not visible: "
                  + (", ".join(f"{x['name']} ({x['logged_blowup_ratio']:.1f}x, verdict {x['verdict']})"
                               for x in bv["not_visible"]) or "none"))
     for g, gs in summary.get("seed_groups", {}).items():
         gb, gv, gh = gs["blown_up"], gs["blown_up_visible_in_log"], gs["healthy"]
         lead = gs["v_collapse_lead_time_per_step_logging"]
-        lines.append(f"  seed group {g}: {gb['correct']}/{gb['n']} = {gb['accuracy']:.1%} (visible in the log: "
+        g_acc = "n/a" if gb["accuracy"] is None else f"{gb['accuracy']:.1%}"
+        lines.append(f"  seed group {g}: {gb['correct']}/{gb['n']} = {g_acc} (visible in the log: "
                      f"{gv['correct']}/{gv['n']}), false alarms {len(gh['false_alarms'])}/{gh['n']}, "
                      f"median lead {lead.get('median', 'n/a')}")
     h = summary["healthy"]

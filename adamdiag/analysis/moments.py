@@ -183,7 +183,7 @@ class _BracketSelect:
     ``inspect``'s time on a large checkpoint, and needs a full copy. Instead, a sorted stratified
     sample brackets each wanted rank (±BRACKET_Z binomial standard deviations of its sample rank;
     overlapping brackets merge, brackets near an end become one-sided tails); each chunk is compared
-    with the brackets, counting the values below each and keeping those inside (~1-2% of them,
+    with the brackets, counting the values below each and keeping those inside (~1-4% of them,
     while the chunk is still in cache). At the end only the kept values are partitioned. Whether a
     rank really lies inside its bracket is checked from the counts; if not (a miss: ~1e-9 per
     bracket; or ties that crowd a bracket) :meth:`result` returns None and the caller partitions
@@ -197,7 +197,6 @@ class _BracketSelect:
         self.spans: list[tuple[str, float, float]] = []
         self.below: list[int] = []
         self.kept: list[list[np.ndarray]] = []
-        self.count = 0
         self.kept_total = 0
         self.failed = k < 2
         if self.failed:
@@ -233,7 +232,6 @@ class _BracketSelect:
         """One chunk of (finite) values; with its min and max, brackets it cannot touch cost nothing."""
         if self.failed:
             return
-        self.count += x.size
         for i, (kind, lo, hi) in enumerate(self.spans):
             if x_max is not None and x_max < lo:  # the whole chunk is below this bracket
                 self.below[i] += x.size
@@ -396,7 +394,7 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
                  chunk: int = CHUNK) -> TensorStats:
     """Statistics of one parameter's Adam state (see the module docstring for definitions).
 
-    Memory: O(chunk) for the exact sums, plus the values kept for the quantile selection (~1-2% of
+    Memory: O(chunk) for the exact sums, plus the values kept for the quantile selection (~1-4% of
     the tensor; a float32 copy of it only when the selection misses or for tensors under
     BRACKET_MIN_SIZE elements). bf16/fp16 moments are upcast chunk by chunk.
     """

@@ -2,8 +2,9 @@
 (batched, on its own device), rank 0 gathers the curves, analyses and prints.
 
 gloo on CPU, nccl on CUDA when every local rank has a GPU of its own (NCCL refuses two ranks on one
-GPU; ranks that share a GPU talk over gloo, which is enough: only small Python objects travel). Every rank resolves the same inputs (entry point, checkpoint, log), so they
-agree on the variant list without talking; they exchange only status, curves and the exit code.
+GPU; ranks that share a GPU talk over gloo, which is enough: only small Python objects travel).
+Every rank resolves the same inputs (entry point, checkpoint, log), so they agree on the variant list
+without talking; they exchange only status, curves and the exit code.
 """
 
 from __future__ import annotations
