@@ -41,7 +41,7 @@ def test_cuda_replay_reaches_the_cpu_conclusions(run):
 
 
 def test_auto_device_is_cuda(run):
-    d = _replay(run / "checkpoints" / "step_000090.pt", "--eps", "1e-2", "--steps", "20")
+    d = _replay(run / "checkpoints" / "step_000090.pt", "--eps", "1e-2", "--steps", "20", "--device", "auto")
     assert d["device"].startswith("cuda")
 
 
