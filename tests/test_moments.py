@@ -278,3 +278,32 @@ def test_large_tensor_quantiles_exact_with_nonfinite_elements(monkeypatch):
     assert fast.quantiles_exact and plain.quantiles_exact
     assert fast.sqrt_vhat_q == plain.sqrt_vhat_q and fast.eff_step_q == plain.eff_step_q
     _check(fast, t)
+
+
+def test_decay_ratio_streamed_quantiles_equal_the_full_partition(monkeypatch):
+    """Two checkpoints of a 300k-element tensor: the ratio quantiles selected while streaming equal a
+    full partition of all ratios, and stay exact above the copy limit."""
+    from adamdiag.analysis import moments
+
+    g = torch.Generator().manual_seed(5)
+    p = torch.nn.Parameter(torch.randn(600, 500, generator=g))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    scales = torch.logspace(-4, 0, 500)
+    snaps = []
+    for step in range(1, 9):
+        p.grad = torch.randn(600, 500, generator=g) * scales * (step <= 4 or torch.rand(1, generator=g).item())
+        opt.step()
+        if step in (4, 8):
+            st = opt.state[p]
+            snaps.append(TensorMoments(name="w", index=0, group=0, shape=(600, 500), step=int(st["step"]), lr=1e-3,
+                                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                                       exp_avg=st["exp_avg"].clone(), exp_avg_sq=st["exp_avg_sq"].clone()))
+    snaps[1].exp_avg_sq[3, :5] = float("nan")
+    fast = decay_ratio(*snaps, chunk=1 << 14)
+    limited = decay_ratio(*snaps, chunk=1 << 14, exact_limit=1000)
+    monkeypatch.setattr(moments, "BRACKET_MIN_SIZE", 1 << 40)  # the plain path: every ratio, one partition
+    plain = decay_ratio(*snaps, chunk=1 << 14)
+    assert fast["n_used"] == plain["n_used"] == 300_000 - 5
+    assert fast["quantiles_exact"] and limited["quantiles_exact"] and plain["quantiles_exact"]
+    assert fast["ratio_q"] == plain["ratio_q"] == limited["ratio_q"]
+    assert fast["ratio_q"]["min"] < fast["ratio_q"]["p50"] < fast["ratio_q"]["max"]  # a spread, not one value

@@ -501,37 +501,55 @@ def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_
         notes.append(f"beta2 changed ({a.beta2} → {b.beta2}); using {b.beta2}")
     n = int(a.exp_avg_sq.numel())
     va_flat, vb_flat = _flat(a.exp_avg_sq), _flat(b.exp_avg_sq)
-    exact = n <= exact_limit
-    ratios = np.empty(n if exact else 0, dtype=np.float32)
-    k_r = 0
+
+    def ratio_chunks():
+        """Per chunk: (sum of finite v_a, sum of finite v_b, their count, ratios where v_a > 0).
+        Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite."""
+        for i in range(0, n, chunk):
+            va, vb = _work(va_flat[i:i + chunk]), _work(vb_flat[i:i + chunk])
+            sa, sb = float(va.sum()), float(vb.sum())
+            if not (math.isfinite(sa) and math.isfinite(sb)):
+                ok = torch.isfinite(va) & torch.isfinite(vb)
+                va, vb = va[ok].double(), vb[ok].double()
+                sa, sb = float(va.sum()), float(vb.sum())
+            k = va.numel()
+            if k and float(va.min()) <= 0:
+                pos = va > 0
+                va, vb = va[pos], vb[pos]
+            r = torch.div(vb, va)
+            r.mul_(1.0 / decay)
+            yield sa, sb, k, r
+
+    select = None
+    if n >= BRACKET_MIN_SIZE:  # exact quantiles at any size, selected while streaming (see tensor_stats)
+        idx = _sample_indices(n, min(BRACKET_SAMPLE, n))
+        sa_, sb_ = _work(va_flat[idx]).double(), _work(vb_flat[idx]).double()
+        ok = torch.isfinite(sa_) & torch.isfinite(sb_) & (sa_ > 0)
+        sample = (sb_[ok] / (decay * sa_[ok])).numpy()
+        select = _BracketSelect(np.sort(sample), n, list(_ranks(n, QUANTILES).values()), max_kept=exact_limit)
+    kept: list[np.ndarray] = []  # small tensors: all ratios, for a plain partition
     n_used = pure = incons = n_fin = 0
     sum_va = sum_vb = 0.0
     thr = 1.0 + PURE_DECAY_R * (1.0 - decay) / (decay * bc2_a) if d > 0 else math.inf
-    for i in range(0, n, chunk):
-        # Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite.
-        va, vb = _work(va_flat[i:i + chunk]), _work(vb_flat[i:i + chunk])
-        sa, sb = float(va.sum()), float(vb.sum())
-        if not (math.isfinite(sa) and math.isfinite(sb)):
-            ok = torch.isfinite(va) & torch.isfinite(vb)
-            va, vb = va[ok].double(), vb[ok].double()
-            sa, sb = float(va.sum()), float(vb.sum())
-        n_fin += va.numel()
+    for sa, sb, k, r in ratio_chunks():
+        n_fin += k
         sum_va += sa
         sum_vb += sb
-        if va.numel() and float(va.min()) <= 0:
-            pos = va > 0
-            va, vb = va[pos], vb[pos]
-        r = torch.div(vb, va)
-        r.mul_(1.0 / decay)
         n_used += r.numel()
         pure += int(torch.count_nonzero(r < thr))
         incons += int(torch.count_nonzero(r < 0.999))
-        if exact:
-            ratios[k_r:k_r + r.numel()] = r.numpy()
-            k_r += r.numel()
-    if exact:
-        q = _order_stats(ratios[:k_r], QUANTILES)
-    else:
+        if select is not None:
+            select.feed(r.numpy())
+        elif n <= exact_limit:
+            kept.append(r.numpy())
+    q = select.result(_ranks(n_used, QUANTILES)) if select is not None and n_used else None
+    exact = True
+    if q is None and n <= exact_limit:
+        if select is not None:  # the selection missed or ties crowded it: a second pass keeps every ratio
+            kept = [r.numpy() for *_, r in ratio_chunks()]
+        q = _order_stats_reference(np.concatenate(kept) if kept else np.empty(0, np.float32), QUANTILES)
+    elif q is None:  # too many to copy: a sample
+        exact = False
         idx = _sample_indices(n, _sample_size(n, exact_limit))
         va, vb = va_flat[idx].to(torch.float64), vb_flat[idx].to(torch.float64)
         ok = torch.isfinite(va) & torch.isfinite(vb) & (va > 0)
