@@ -217,6 +217,11 @@ def replay(
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
     loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
+    log_step_offset: Annotated[
+        str,
+        typer.Option("--log-step-offset", help="The loss of update t is logged at step t+N; auto: -1 for Lightning "
+                     "checkpoints, else 0."),
+    ] = "auto",
     mode: Annotated[
         str,
         typer.Option("--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."),
@@ -240,6 +245,7 @@ def replay(
         trust_checkpoint=trust_checkpoint,
         loss_tag=loss_tag,
         mode=mode,
+        log_offset=log_step_offset,
     )
     if code:
         raise typer.Exit(code)

@@ -32,6 +32,7 @@ class ReplayCheckpoint:
     step: int
     model_state: dict[str, torch.Tensor]
     optim_state: dict[str, Any]  # {"state": {id: {...}}, "param_groups": [...]}
+    framework: str | None = None  # "lightning" for a PyTorch Lightning .ckpt (its logging convention differs)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -151,7 +152,9 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoi
             model = _find({k: v for k, v in raw.items() if v is not optim}, _is_tensor_map, _MODEL_KEYS, depth=2)
     if model is None:
         raise InputError(f"{path}: no model state dict (a mapping of parameter names to tensors) found")
-    return ReplayCheckpoint(path=path, step=_step_of(raw, optim, path), model_state=dict(model), optim_state=optim)
+    lightning = isinstance(raw, Mapping) and ("pytorch-lightning_version" in raw or "optimizer_states" in raw)
+    return ReplayCheckpoint(path=path, step=_step_of(raw, optim, path), model_state=dict(model), optim_state=optim,
+                            framework="lightning" if lightning else None)
 
 
 def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tuple[str, int]]]:

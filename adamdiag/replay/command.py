@@ -153,9 +153,29 @@ def _original(ckpt: ReplayCheckpoint) -> Variant:
     return Variant("original", float(g["eps"]), float(g["betas"][1]), float(g["lr"]))
 
 
+def log_step_offset(value: str | None, ckpt: ReplayCheckpoint) -> tuple[int, str | None]:
+    """The logged step of update t's loss is t + offset. ``auto``: -1 for a PyTorch Lightning checkpoint
+    (Lightning logs in ``training_step``, before the optimizer step that increments ``global_step``:
+    the loss of update t is logged at step t-1), else 0 (the protocol's convention). Returns the offset
+    and a note for the report when it is not 0."""
+    raw = (value or "auto").strip().lower()
+    if raw == "auto":
+        off = -1 if ckpt.framework == "lightning" else 0
+    else:
+        try:
+            off = int(raw)
+        except ValueError:
+            raise InputError(f"--log-step-offset must be auto or an integer, got {value!r}") from None
+    note = None
+    if off:
+        why = " (PyTorch Lightning logs the loss of update t at step t-1)" if ckpt.framework == "lightning" else ""
+        note = f"the loss of update t is read at logged step t{off:+d}{why}; --log-step-offset overrides"
+    return off, note
+
+
 def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | None, lr: list[str] | None,
                 steps: int | None, entry: str | None, logdir: Path | None, trust_checkpoint: bool,
-                loss_tag: str) -> Plan:
+                loss_tag: str, log_offset: str | None = "auto") -> Plan:
     """Read and check every input; InputError with one line on the first problem."""
     from adamdiag.replay.checkpoint import load_replay_checkpoint
 
@@ -165,8 +185,10 @@ def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | N
     variants = make_variants(_original(ckpt), eps, beta2, lr)
     run_dir = find_run_dir(checkpoint, logdir)
     lsteps, lvals = read_logged_loss(run_dir, loss_tag)
+    offset, offset_note = log_step_offset(log_offset, ckpt)
+    lsteps = lsteps - offset  # from here on, steps are update numbers
     spec = load_spec(checkpoint, entry)
-    warns = []
+    warns = [offset_note] if offset_note else []
     groups = ckpt.param_groups
     if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
         warns.append("the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
@@ -279,7 +301,7 @@ def analyse(plan: Plan, curves: list[Curve], *, device: str, mode: str, force: b
 def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | None, lr: list[str] | None,
                steps: int | None, entry: str | None, logdir: Path | None, device: str, fmt: str,
                plot: Path | None, force: bool, trust_checkpoint: bool, loss_tag: str = "train/loss",
-               mode: str = "auto") -> int:
+               mode: str = "auto", log_offset: str | None = "auto") -> int:
     """The ``replay`` command. Prints the result (rank 0 only) and returns the exit code:
     0 an alternate avoids the reproduced blowup (or nothing spiked), 1 none does; InputError (exit 2)
     for bad input or when the replay does not reproduce the log (unless ``force``)."""
@@ -291,7 +313,7 @@ def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | No
     dev = resolve_device(device, world)
     if not world.distributed:
         plan = plan_replay(checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry, logdir=logdir,
-                           trust_checkpoint=trust_checkpoint, loss_tag=loss_tag)
+                           trust_checkpoint=trust_checkpoint, loss_tag=loss_tag, log_offset=log_offset)
         warns = list(plan.warnings)
         curves, used = replay_variants(plan, list(range(len(plan.variants))), dev,
                                        sequential=choose_sequential(mode, plan, dev), warnings=warns)
@@ -299,7 +321,7 @@ def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | No
                        loss_tag=loss_tag)
     return _run_distributed(world, dev, checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry,
                             logdir=logdir, trust_checkpoint=trust_checkpoint, loss_tag=loss_tag, fmt=fmt, plot=plot,
-                            force=force, mode=mode)
+                            force=force, mode=mode, log_offset=log_offset)
 
 
 def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, plot: Path | None, force: bool,

@@ -220,8 +220,8 @@ def check_fidelity(start_step: int, replayed: list[float], logged_steps: np.ndar
         for shift in (-1, 1):
             d2, _, n2 = _rel_dev(rep, logged, tracked, shift)
             if n2 and d2 <= thr:
-                hints.append(f"the replay matches the log shifted by {shift:+d} step: log loss(model, batch(t)) "
-                             "computed before update t at step t")
+                hints.append(f"the replay matches the log shifted by {shift:+d} step: pass --log-step-offset "
+                             f"{shift:+d} (or log loss(model, batch(t)) computed before update t at step t)")
         hint = hints[0] if hints else ("check that batch(t) yields the batch of optimizer step t (same data order, "
                                        "1-based), that the model, loss and clipping match the run, and the device it trained on (--device)")
         f.message += f"; {hint}"
