@@ -32,7 +32,7 @@ class ReplayCheckpoint:
     step: int
     model_state: dict[str, torch.Tensor]
     optim_state: dict[str, Any]  # {"state": {id: {...}}, "param_groups": [...]}
-    framework: str | None = None  # "lightning" for a PyTorch Lightning .ckpt (its logging convention differs)
+    framework: str | None = None  # "lightning" (its logging convention differs), "hf", "accelerate"
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -98,18 +98,79 @@ def _step_of(raw: Any, optim: Mapping[str, Any], path: Path) -> int:
 
 
 def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoint:
-    """Read ``path`` and check that it holds Adam/AdamW state; InputError with one line otherwise."""
-    import pickle
-
-    import torch
-
+    """Read ``path`` (a file, or a HF ``checkpoint-N/`` / accelerate directory) and check that it holds
+    Adam/AdamW state; InputError with one line otherwise."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such checkpoint: {path}")
     if path.is_dir():
-        raise InputError(f"{path} is a directory; give one checkpoint file (e.g. {path}/step_000100.pt)")
+        return _load_checkpoint_dir(path, trust)
+    return _from_raw(path, _torch_load(path, trust))
+
+
+def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
+    """A Hugging Face ``Trainer`` ``checkpoint-N/`` or accelerate ``save_state`` directory: the optimizer
+    file, the model weights beside it (safetensors or torch, sharded or not) and the step from
+    ``trainer_state.json`` (else the directory's name for HF)."""
+    import json
+
+    from adamdiag.io.checkpoints import MODEL_FILES, OPTIMIZER_FILES, _checkpoint_dir_kind, step_from_name
+
+    kind = _checkpoint_dir_kind(d)
+    if kind not in ("hf", "accelerate"):
+        what = "a torch.distributed.checkpoint directory: replay does not read those yet (inspect does)" \
+            if kind == "dcp" else "no optimizer.pt/.bin in it"
+        raise InputError(f"{d} is a directory ({what}); give one checkpoint file or a checkpoint-N/ directory")
+    opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
+    optim = _torch_load(opt_file, trust)
+    model: dict[str, Any] = {}
+    name = next((n for n in MODEL_FILES if (d / n).is_file()), None)
+    if name is None:
+        raise InputError(f"{d}: no model weights beside {opt_file.name} (looked for {', '.join(MODEL_FILES)})")
+    files = [d / name]
+    if name.endswith(".index.json"):
+        try:
+            files = [d / f for f in sorted(set(json.loads((d / name).read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{d / name}: unreadable shard index ({e})") from None
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            try:
+                model.update(load_file(f))
+            except Exception as e:  # noqa: BLE001 - damaged file: one line
+                raise InputError(f"cannot read {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        else:
+            part = _torch_load(f, trust)
+            if not _is_tensor_map(part):
+                raise InputError(f"{f}: not a model state dict")
+            model.update(part)
+    step = None
+    ts = d / "trainer_state.json"
+    if ts.is_file():
+        try:
+            step = json.loads(ts.read_text()).get("global_step")
+        except (OSError, ValueError):
+            step = None
+    if not isinstance(step, int) and kind == "hf":
+        step = step_from_name(d)
+    raw = {"model": model, "optimizer": optim}
+    if isinstance(step, int):
+        raw["step"] = step
+    ck = _from_raw(d, raw)
+    ck.framework = kind
+    return ck
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    """torch.load with weights_only unless trusted; InputError / UntrustedCheckpointError in one line."""
+    import pickle
+
+    import torch
+
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
             raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
@@ -119,13 +180,16 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoi
                 "pass --trust-checkpoint only if you trust its source"
             ) from None
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001
             raise InputError(f"cannot read checkpoint {path}: {type(e2).__name__}: {e2}") from None
     except Exception as e:  # noqa: BLE001 - corrupt/truncated/not a torch file
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"cannot read checkpoint {path}: {first}") from None
 
+
+def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
+    """The optimizer state, the model weights and the step found in a loaded checkpoint object."""
     optim = _find(raw, _is_optim_sd, _OPTIM_KEYS)
     if optim is None:
         keys = ", ".join(map(str, raw)) if isinstance(raw, Mapping) else type(raw).__name__

@@ -106,6 +106,8 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
         if _has_events(cand):
             return cand
     found = _event_dirs(ck.parent.parent, depth=1)
+    if not found and ck.is_dir():  # HF: <output_dir>/checkpoint-N beside <output_dir>/runs/<name>/
+        found = _event_dirs(ck.parent, depth=2)
     if len(found) == 1:
         return found[0]
     raise InputError(f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "
