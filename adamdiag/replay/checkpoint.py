@@ -32,7 +32,7 @@ class ReplayCheckpoint:
     step: int
     model_state: dict[str, torch.Tensor]
     optim_state: dict[str, Any]  # {"state": {id: {...}}, "param_groups": [...]}
-    framework: str | None = None  # "lightning" (its logging convention differs), "hf", "accelerate"
+    framework: str | None = None  # "lightning" (its logging convention differs), "hf", "accelerate", "dcp"
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -117,10 +117,11 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     from adamdiag.io.checkpoints import MODEL_FILES, OPTIMIZER_FILES, _checkpoint_dir_kind, step_from_name
 
     kind = _checkpoint_dir_kind(d)
+    if kind == "dcp":
+        return _load_dcp(d, trust)
     if kind not in ("hf", "accelerate"):
-        what = "a torch.distributed.checkpoint directory: replay does not read those yet (inspect does)" \
-            if kind == "dcp" else "no optimizer.pt/.bin in it"
-        raise InputError(f"{d} is a directory ({what}); give one checkpoint file or a checkpoint-N/ directory")
+        raise InputError(f"{d} is a directory (no optimizer.pt/.bin and no DCP .metadata in it); give one "
+                         "checkpoint file or a checkpoint directory")
     opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
     optim = _torch_load(opt_file, trust)
     model: dict[str, Any] = {}
@@ -161,6 +162,44 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     ck = _from_raw(d, raw)
     ck.framework = kind
     return ck
+
+
+def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
+    """A ``torch.distributed.checkpoint`` directory (one writer or sharded by several), read without a
+    process group by inspect's reader. Its optimizer state is keyed by parameter name (FQN): it becomes
+    the ``torch.optim`` layout (ids in group order, the names as ``param_names``), so the rest of
+    replay matches parameters by name."""
+    from adamdiag.io.checkpoints.dcp import DcpReader, _parse, open_dcp
+
+    ck = open_dcp(d, trust=trust)  # the one-line errors: not Adam, no optimizer state, unsafe metadata
+    reader = DcpReader(d, trust)
+    opts, other = _parse(reader)
+    o = next(o for o in opts.values() if any("exp_avg" in st and "exp_avg_sq" in st for st in o["state"].values()))
+    by_group: dict[int, list[Any]] = {}
+    for e in ck.entries:
+        by_group.setdefault(e.group, []).append(e)
+    state: dict[int, Any] = {}
+    groups = []
+    for gi in sorted(by_group):
+        entries = by_group[gi]
+        keys = o["groups"][gi] if o["groups"] else o["flat_groups"].get(entries[0].name, {})
+        group = {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
+        group["params"], group["param_names"] = [], []
+        for e in entries:
+            pid = sum(len(g["params"]) for g in groups) + len(group["params"])  # ids in group order
+            if e.shape is not None:  # a parameter that never got a gradient has no state
+                state[pid] = ck._fetch_state(e)
+            group["params"].append(pid)
+            group["param_names"].append(e.name)
+        groups.append(group)
+    model = {path[-1]: reader.read(key) for path, key in other.items()
+             if path and isinstance(path[-1], str) and reader.is_tensor(key) and path[-1] not in _STEP_KEYS}
+    raw: dict[str, Any] = {"model": model, "optimizer": {"state": state, "param_groups": groups}}
+    if ck.step is not None:
+        raw["step"] = ck.step
+    out = _from_raw(d, raw)
+    out.framework = "dcp"
+    return out
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
