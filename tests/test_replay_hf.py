@@ -111,4 +111,4 @@ def test_damaged_checkpoint_directories_are_one_line_errors(hf_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     res = _replay(empty, hf_run)
-    assert res.exit_code == 2 and "no optimizer.pt/.bin in it" in res.stderr
+    assert res.exit_code == 2 and "no optimizer.pt/.bin and no DCP .metadata in it" in res.stderr

@@ -98,8 +98,8 @@ def _step_of(raw: Any, optim: Mapping[str, Any], path: Path) -> int:
 
 
 def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoint:
-    """Read ``path`` (a file, or a HF ``checkpoint-N/`` / accelerate directory) and check that it holds
-    Adam/AdamW state; InputError with one line otherwise."""
+    """Read ``path`` (a file; a HF ``checkpoint-N/``, accelerate or torch.distributed.checkpoint
+    directory) and check that it holds Adam/AdamW state; InputError with one line otherwise."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such checkpoint: {path}")
@@ -114,7 +114,7 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     ``trainer_state.json`` (else the directory's name for HF)."""
     import json
 
-    from adamdiag.io.checkpoints import MODEL_FILES, OPTIMIZER_FILES, _checkpoint_dir_kind, step_from_name
+    from adamdiag.io.checkpoints import MODEL_FILES, OPTIMIZER_FILES, _checkpoint_dir_kind, checkpoint_dir_step
 
     kind = _checkpoint_dir_kind(d)
     if kind == "dcp":
@@ -124,6 +124,7 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
                          "checkpoint file or a checkpoint directory")
     opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
     optim = _torch_load(opt_file, trust)
+    # Every tensor of the model file, buffers included (inspect's model reader keeps parameters only).
     model: dict[str, Any] = {}
     name = next((n for n in MODEL_FILES if (d / n).is_file()), None)
     if name is None:
@@ -147,17 +148,9 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
             if not _is_tensor_map(part):
                 raise InputError(f"{f}: not a model state dict")
             model.update(part)
-    step = None
-    ts = d / "trainer_state.json"
-    if ts.is_file():
-        try:
-            step = json.loads(ts.read_text()).get("global_step")
-        except (OSError, ValueError):
-            step = None
-    if not isinstance(step, int) and kind == "hf":
-        step = step_from_name(d)
+    step = checkpoint_dir_step(d, kind, [])
     raw = {"model": model, "optimizer": optim}
-    if isinstance(step, int):
+    if step is not None:
         raw["step"] = step
     ck = _from_raw(d, raw)
     ck.framework = kind

@@ -921,6 +921,13 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
         if order is not None and all(present.get(n, s) == s for n, s in order):
             model.cands = [(n, s) for n, s in order if n in present]
             model.ordered = True
+    step = checkpoint_dir_step(d, kind, warnings)
+    return _finish(d, kind, osd, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [])
+
+
+def checkpoint_dir_step(d: Path, kind: str, warnings: list[str]) -> int | None:
+    """Optimizer steps of a HF/accelerate checkpoint directory: ``trainer_state.json``'s global_step,
+    else (HF only) the N of ``checkpoint-N``; accelerate's directory names count saves, not steps."""
     step = None
     ts = d / "trainer_state.json"
     if ts.is_file():
@@ -929,8 +936,8 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
         except (OSError, ValueError):
             warnings.append("trainer_state.json is unreadable")
     if step is None and kind == "hf":
-        step = step_from_name(d)  # checkpoint-N; accelerate's names count saves, not steps
-    return _finish(d, kind, osd, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [])
+        step = step_from_name(d)
+    return step
 
 
 # --- memory: give back the pages of tensors already read ----------------------------------------------
