@@ -59,3 +59,18 @@ def train_tiny(
                        out / "checkpoints" / f"step_{step:06d}.pt")
     writer.close()
     return out
+
+
+def project_module(root: Path, name: str, source: str):
+    """Write a user's training project (``source``) to ``root/<name>.py`` and import it: the same file
+    then serves the test's training run and, as ``--entry <file>:adamdiag_replay``, the replay."""
+    import importlib.util
+    import sys
+
+    path = root / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

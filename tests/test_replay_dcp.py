@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from realruns import project_module
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
@@ -42,19 +43,13 @@ PROJECT = textwrap.dedent('''
 
 
 def _train(root: Path, flatten: bool) -> Path:
-    import importlib.util
-    import sys
 
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     from torch.utils.tensorboard import SummaryWriter
 
-    (root / "dcp_project.py").write_text(PROJECT)
-    spec = importlib.util.spec_from_file_location(f"dcp_project_{flatten}", root / "dcp_project.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = project_module(root, "dcp_project", PROJECT)
     model = mod.make_model()
     opt = torch.optim.AdamW(mod.groups(model), lr=1e-2)
     writer = SummaryWriter(str(root / "run"))

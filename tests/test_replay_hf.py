@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from realruns import project_module
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
@@ -60,18 +61,12 @@ HF = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def hf_run(tmp_path_factory) -> Path:
-    import importlib.util
-    import sys
     import warnings
 
     from transformers import Trainer, TrainingArguments
 
     root = tmp_path_factory.mktemp("hf")
-    (root / "hf_project.py").write_text(HF)
-    spec = importlib.util.spec_from_file_location("hf_project", root / "hf_project.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["hf_project"] = mod
-    spec.loader.exec_module(mod)
+    mod = project_module(root, "hf_project", HF)
     out = root / "out"
     args = TrainingArguments(output_dir=str(out), max_steps=30, logging_steps=1, save_steps=10,
                              report_to=["tensorboard"], learning_rate=1e-2, optim="adamw_torch",

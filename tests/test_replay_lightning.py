@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from realruns import project_module
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
@@ -61,8 +62,6 @@ LIT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def lightning_run(tmp_path_factory) -> Path:
-    import importlib.util
-    import sys
     import warnings
 
     import lightning as L
@@ -71,11 +70,7 @@ def lightning_run(tmp_path_factory) -> Path:
     from torch.utils.data import DataLoader
 
     root = tmp_path_factory.mktemp("lightning")
-    (root / "lit_project.py").write_text(LIT)
-    spec = importlib.util.spec_from_file_location("lit_project", root / "lit_project.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["lit_project"] = mod
-    spec.loader.exec_module(mod)
+    mod = project_module(root, "lit_project", LIT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=TensorBoardLogger(root, name="", version="run"),
