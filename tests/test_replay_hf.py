@@ -107,3 +107,24 @@ def test_damaged_checkpoint_directories_are_one_line_errors(hf_run, tmp_path):
     empty.mkdir()
     res = _replay(empty, hf_run)
     assert res.exit_code == 2 and "no optimizer.pt/.bin and no DCP .metadata in it" in res.stderr
+
+
+def test_sharded_model_weights_are_put_together(hf_run, tmp_path):
+    """A model saved in shards (model.safetensors.index.json + two files, as HF does for large models):
+    the same replay, bit for bit."""
+    from safetensors.torch import load_file, save_file
+
+    ck = tmp_path / "checkpoint-10"
+    shutil.copytree(hf_run / "out" / "checkpoint-10", ck)
+    weights = load_file(ck / "model.safetensors")
+    (ck / "model.safetensors").unlink()
+    names = sorted(weights)
+    parts = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+             "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for fname, keys in parts.items():
+        save_file({k: weights[k].contiguous() for k in keys}, ck / fname)
+    (ck / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}}))
+    res = _replay(ck, hf_run, "--logdir", str(next((hf_run / "out" / "runs").iterdir())), "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["fidelity"]["max_rel_dev"] == 0.0

@@ -112,9 +112,14 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     """A Hugging Face ``Trainer`` ``checkpoint-N/`` or accelerate ``save_state`` directory: the optimizer
     file, the model weights beside it (safetensors or torch, sharded or not) and the step from
     ``trainer_state.json`` (else the directory's name for HF)."""
-    import json
 
-    from adamdiag.io.checkpoints import MODEL_FILES, OPTIMIZER_FILES, _checkpoint_dir_kind, checkpoint_dir_step
+    from adamdiag.io.checkpoints import (
+        MODEL_FILES,
+        OPTIMIZER_FILES,
+        _checkpoint_dir_kind,
+        checkpoint_dir_step,
+        shard_files,
+    )
 
     kind = _checkpoint_dir_kind(d)
     if kind == "dcp":
@@ -129,12 +134,7 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     name = next((n for n in MODEL_FILES if (d / n).is_file()), None)
     if name is None:
         raise InputError(f"{d}: no model weights beside {opt_file.name} (looked for {', '.join(MODEL_FILES)})")
-    files = [d / name]
-    if name.endswith(".index.json"):
-        try:
-            files = [d / f for f in sorted(set(json.loads((d / name).read_text())["weight_map"].values()))]
-        except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{d / name}: unreadable shard index ({e})") from None
+    files = shard_files(d / name) if name.endswith(".index.json") else [d / name]
     for f in files:
         if f.suffix == ".safetensors":
             from safetensors.torch import load_file

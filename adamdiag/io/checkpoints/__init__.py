@@ -739,13 +739,18 @@ def _model_beside(opt_path: Path, trust: bool, warnings: list[str]) -> _ModelSou
     return None
 
 
+def shard_files(index: Path) -> list[Path]:
+    """The weight files a sharded model's ``*.index.json`` names (its ``weight_map`` values), sorted."""
+    try:
+        wm = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{index}: unreadable shard index ({e})") from None
+    return sorted({index.parent / f for f in wm.values()})
+
+
 def _open_model_file(p: Path, trust: bool) -> _ModelSource:
     if p.name.endswith(".index.json"):
-        try:
-            wm = json.loads(p.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{p}: unreadable shard index ({e})") from None
-        files = sorted({p.parent / f for f in wm.values()})
+        files = shard_files(p)
         if p.name.startswith("model.safetensors"):
             return _model_from_safetensors(files)
         merged: dict[str, Any] = {}
