@@ -8,7 +8,9 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup demo test test-all lint sample-logs bench validate clean
 
-$(BIN)/adamdiag: pyproject.toml
+# setup.py builds the optional C statistics kernel (adamdiag/analysis/_moments_kernel.c) when a C
+# compiler is present; editing it re-runs the install, which rebuilds it.
+$(BIN)/adamdiag: pyproject.toml setup.py adamdiag/analysis/_moments_kernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
@@ -43,4 +45,4 @@ validate: setup
 	$(BIN)/python bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench/out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so

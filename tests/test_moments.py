@@ -207,7 +207,7 @@ def _distributions():
         "lognormal": rng.lognormal(0, 6, n).astype(np.float32),
         "row_scaled": rows.astype(np.float32),
         "sorted": np.sort(rng.random(n)).astype(np.float32),
-        "few_values": rng.integers(0, 5, n).astype(np.float32),  # ties crowd the brackets: fallback
+        "few_values": rng.integers(0, 5, n).astype(np.float32),  # ties: brackets touch and merge
         "zeros_then_tail": np.r_[np.zeros(n - 5000), rng.random(5000)].astype(np.float64),
     }
 
@@ -237,7 +237,9 @@ def test_bracketed_order_stats_equal_the_full_partition(name):
         c = values[i:i + 4096]
         sel.feed(c, float(c.min()), float(c.max()))
     got = sel.result(ranks)
-    crowded = name in ("few_values", "zeros_then_tail")  # ties fill the brackets: the caller partitions
+    # zeros fill the lower bracket: the caller partitions. (few_values: tied sample values make
+    # touching brackets, merged into one, so its ~60% kept values stay under the limit.)
+    crowded = name == "zeros_then_tail"
     assert got is None if crowded else got == ref
 
 

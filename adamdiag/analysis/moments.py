@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -171,9 +172,24 @@ def _order_stats_reference(values: np.ndarray, qs: dict[str, float], descending:
 
 # Bracketed selection: below this size a plain partition is as fast.
 BRACKET_MIN_SIZE = 1 << 18
-BRACKET_SAMPLE = 1 << 16
+BRACKET_SAMPLE = 65536
 BRACKET_Z = 6.0  # half-width of a bracket in binomial standard deviations of the sample rank
-TAIL_Q = 0.05  # brackets below/above these quantiles select one tail with a single comparison
+# With numpy, brackets below/above these quantiles select one tail with a single comparison. The
+# kernel compares twice at no extra cost, so it takes tails only where a bracket reaches an end.
+TAIL_Q = 0.05
+
+
+def _select_ranks(values: np.ndarray, ranks: list[int]) -> dict[int, float]:
+    """values' order statistics at ``ranks`` (sorted, distinct), one single-rank ``np.partition``
+    after another on the part above the previous rank: numpy's single-kth partition is a vectorised
+    quickselect (~1.6 ns per element here), its multi-kth one ~10 ns."""
+    out: dict[int, float] = {}
+    base = 0
+    for r in ranks:
+        values = np.partition(values, r - base)
+        out[r] = float(values[r - base])
+        values, base = values[r - base:], r
+    return out
 
 
 class _BracketSelect:
@@ -182,15 +198,20 @@ class _BracketSelect:
     Why: a multi-rank ``np.partition`` of a 15M-element tensor costs ~13 ns per element, most of
     ``inspect``'s time on a large checkpoint, and needs a full copy. Instead, a sorted stratified
     sample brackets each wanted rank (±BRACKET_Z binomial standard deviations of its sample rank;
-    overlapping brackets merge, brackets near an end become one-sided tails); each chunk is compared
-    with the brackets, counting the values below each and keeping those inside (~1-4% of them,
-    while the chunk is still in cache). At the end only the kept values are partitioned. Whether a
-    rank really lies inside its bracket is checked from the counts; if not (a miss: ~1e-9 per
-    bracket; or ties that crowd a bracket) :meth:`result` returns None and the caller partitions
+    overlapping or touching brackets merge, brackets near an end become one-sided tails); each chunk
+    is compared with the brackets, counting the values below each and keeping those inside (~1-4% of
+    them, while the chunk is still in cache). At the end only the kept values are partitioned.
+    Whether a rank really lies inside its bracket is checked from the counts; if not (a miss: ~1e-9
+    per bracket; or ties that crowd a bracket) :meth:`result` returns None and the caller partitions
     everything. The numbers never depend on the sample, only the time does.
+
+    State per bracket i: ``below[i]`` values fed lie under it; the values inside it are in
+    ``kept[i]``. :meth:`feed` fills both with numpy; the compiled kernel (``moments_kernel``) through
+    :meth:`add_kept` and :meth:`set_below`.
     """
 
-    def __init__(self, sample: np.ndarray, n: int, ranks: list[int], max_kept: int | None = None) -> None:
+    def __init__(self, sample: np.ndarray, n: int, ranks: list[int], max_kept: int | None = None,
+                 tail_q: float = TAIL_Q) -> None:
         k = sample.size
         # more kept values than this means ties crowd a bracket: give up early (memory stays bounded)
         self.max_kept = max(BRACKET_MIN_SIZE, n // 8 if max_kept is None else min(n // 8, max_kept))
@@ -211,17 +232,19 @@ class _BracketSelect:
             else:
                 ix.append([lo_i, hi_i])
         for lo_i, hi_i in ix:
-            lower = lo_i < 0 or lo_i / (k - 1) < TAIL_Q
-            upper = hi_i >= k or hi_i / (k - 1) > 1 - TAIL_Q
+            lower = lo_i < 0 or lo_i / (k - 1) < tail_q
+            upper = hi_i >= k or hi_i / (k - 1) > 1 - tail_q
+            lo = -math.inf if lower else float(sample[lo_i])  # a tail is open at its end
+            hi = math.inf if upper else float(sample[hi_i])
+            if self.spans and lo <= self.spans[-1][2]:  # tied sample values: one value, one bracket
+                lower = self.spans[-1][0] == "lower"
+                lo = self.spans.pop()[1]
             if lower and upper:
                 self.failed = True
                 return
-            kind = "lower" if lower else "upper" if upper else "inner"
-            lo = -math.inf if lower else float(sample[lo_i])  # a tail is open at its end
-            hi = math.inf if upper else float(sample[hi_i])
-            self.spans.append((kind, lo, hi))
-            self.below.append(0)
-            self.kept.append([])
+            self.spans.append(("lower" if lower else "upper" if upper else "inner", lo, hi))
+        self.below = [0] * len(self.spans)
+        self.kept = [[] for _ in self.spans]
 
     @classmethod
     def for_array(cls, values: np.ndarray, ranks: list[int]) -> _BracketSelect:
@@ -246,11 +269,21 @@ class _BracketSelect:
             else:
                 sel = x[(x >= lo) & (x <= hi)]
                 self.below[i] += int(np.count_nonzero(x < lo))
-            self.kept[i].append(sel)
-            self.kept_total += sel.size
+            self.add_kept(i, sel)
+
+    def add_kept(self, i: int, values: np.ndarray) -> None:
+        """Values inside bracket i."""
+        if self.failed:
+            return
+        self.kept[i].append(values)
+        self.kept_total += values.size
         if self.kept_total > self.max_kept:
             self.failed = True
             self.kept = []
+
+    def set_below(self, below: list[int]) -> None:
+        """Per bracket: how many values fed lie under it (the kernel's counts)."""
+        self.below = [int(x) for x in below[:len(self.spans)]]
 
     def result(self, ranks: dict[str, int]) -> dict[str, float] | None:
         """The order statistics at ``ranks`` (of the values fed), or None on a miss."""
@@ -261,8 +294,8 @@ class _BracketSelect:
             kept = np.concatenate(self.kept[i]) if self.kept[i] else np.empty(0)
             mine = {name: r - self.below[i] for name, r in ranks.items() if 0 <= r - self.below[i] < kept.size}
             if mine:
-                part = np.partition(kept, sorted(set(mine.values())))
-                out.update((name, float(part[x])) for name, x in mine.items())
+                at = _select_ranks(kept, sorted(set(mine.values())))
+                out.update((name, at[x]) for name, x in mine.items())
         return out if len(out) == len(ranks) else None
 
 
@@ -288,17 +321,40 @@ def _sample_size(n: int, exact_limit: int) -> int:
 def _sample_positions(n: int, k: int) -> np.ndarray:
     """k sorted indices in [0, n): one uniformly random element from each of k equal strata
     (deterministic, seed 0). Stratified: no sort needed, lower variance than i.i.d. draws, and the
-    random position inside each stratum avoids aliasing with a tensor's row length."""
+    random position inside each stratum avoids aliasing with a tensor's row length. Read-only
+    (cached: a checkpoint's layers often share a size)."""
+    return _sample_positions_cached(int(n), int(k))
+
+
+@lru_cache(maxsize=16)
+def _sample_positions_cached(n: int, k: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     idx = ((np.arange(k) + rng.random(k)) * (n / k)).astype(np.int64)
-    return np.minimum(idx, n - 1)
+    idx = np.minimum(idx, n - 1)
+    idx.flags.writeable = False
+    return idx
 
 
 def _sample_indices(n: int, k: int):
     """:func:`_sample_positions` as a torch index tensor."""
     import torch
 
-    return torch.from_numpy(_sample_positions(n, k))
+    return torch.from_numpy(_sample_positions(n, k).copy())
+
+
+def _gather(x_flat, positions: np.ndarray) -> np.ndarray:
+    """x_flat[positions] as float32 (float64 if stored so) numpy values. numpy's fancy indexing on
+    the tensor's memory is ~3x torch's index for a sparse sample of a large (mmap) tensor; bf16 has
+    no numpy type, so 2-byte floats are gathered as int16 and converted after."""
+    import torch
+
+    if x_flat.dtype in (torch.float32, torch.float64, torch.float16) and x_flat.device.type == "cpu":
+        vals = x_flat.detach().numpy()[positions]
+        return vals if vals.dtype != np.float16 else vals.astype(np.float32)
+    if x_flat.dtype == torch.bfloat16 and x_flat.device.type == "cpu":
+        raw = x_flat.detach().view(torch.int16).numpy()[positions]
+        return torch.from_numpy(raw).view(torch.bfloat16).float().numpy()
+    return _work(x_flat[torch.from_numpy(positions.copy())]).numpy()
 
 
 def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: bool) -> tuple[np.ndarray, bool]:
@@ -390,6 +446,73 @@ def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float):
     return d, lo, hi
 
 
+def _param_sq_sum(p_flat, chunk: int) -> float:
+    """Σ p² over the finite elements of a flat parameter tensor, chunk by chunk."""
+    import torch
+
+    total = 0.0
+    for i in range(0, p_flat.numel(), chunk):
+        p = _work(p_flat[i:i + chunk])
+        ps = float(torch.linalg.vector_norm(p)) ** 2
+        total += ps if math.isfinite(ps) else float(p[torch.isfinite(p)].double().square().sum())
+    return total
+
+
+def _kernel_dtype(x) -> bool:
+    import torch
+
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _kernel_usable(m_flat, v_flat, d_flat) -> bool:
+    """The compiled kernel takes float32 (bf16/fp16 upcast per chunk) CPU tensors. (It takes up to 8
+    brackets; tensor_stats makes at most 6: one per rank.)"""
+    from adamdiag.analysis import moments_kernel
+
+    return moments_kernel.available() and all(_kernel_dtype(x) and x.device.type == "cpu" for x in (m_flat, v_flat, d_flat))
+
+
+def _f32(x):
+    import torch
+
+    return x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+
+
+def _kernel_pass(acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_flat, p_flat, bc2: float,
+                 eps_eff: float, chunk: int) -> float | None:
+    """What the :func:`_chunk_stats` loop, :meth:`_BracketSelect.feed` and :func:`_param_sq_sum`
+    compute, in one fused pass per chunk (``moments_kernel``; d_flat None: the denominator is v).
+    Returns Σ p², or None when the parameter was not passed (absent, or not float32/bf16/fp16)."""
+    from adamdiag.analysis import moments_kernel as mk
+
+    n = int(m_flat.numel())
+    rb = math.sqrt(bc2)
+    spans = [(lo, hi) for _, lo, hi in select.spans] if select is not None and not select.failed else []
+    # the same float32 constants as _chunk_stats: √v̂ + eps = (√v + eps·√bc2)/√bc2
+    params = mk.Params.of(eps_eff * rb, eps_eff * rb, (10 * eps_eff) * rb, spans)
+    k = mk.Acc.fresh()
+    kept = np.empty((max(len(spans), 1), min(chunk, n) + 8), np.float32)  # one row per bracket
+    kept_n = np.zeros(mk.MAX_SPANS, np.int64)
+    with_p = p_flat is not None and _kernel_dtype(p_flat) and p_flat.device.type == "cpu"
+    for i in range(0, n, chunk):
+        m, v = _f32(m_flat[i:i + chunk]), _f32(v_flat[i:i + chunk])
+        d = v if d_flat is None else _f32(d_flat[i:i + chunk])
+        mk.chunk_stats(m, v, d, _f32(p_flat[i:i + chunk]) if with_p else None, params, k, kept, kept_n)
+        for j in range(params.nspan):
+            select.add_kept(j, kept[j, :kept_n[j]].copy())
+        kept_n[:] = 0
+        if params.nspan and select.failed:  # crowded: the caller partitions everything; stop selecting
+            params.nspan = 0
+    acc.n, acc.nonfinite, acc.zero = k.n_finite, n - k.n_finite, k.zero
+    acc.below, acc.below10 = k.below1, k.below2
+    acc.sum_v, acc.sum_abs_m, acc.sum_u2 = k.sum_v, k.sum_abs_m, k.sum_u2 * bc2
+    acc.max_v, acc.s_min, acc.s_max = k.max_v, k.min_d, k.max_d
+    acc.max_u = -math.inf if k.max_u2 < 0 else math.sqrt(k.max_u2) * rb  # NaN stays NaN
+    if spans and not select.failed:
+        select.set_below(list(k.lt_lo))
+    return k.sum_p2 if with_p else None
+
+
 def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT,
                  chunk: int = CHUNK) -> TensorStats:
     """Statistics of one parameter's Adam state (see the module docstring for definitions).
@@ -398,7 +521,6 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     the tensor; a float32 copy of it only when the selection misses or for tensors under
     BRACKET_MIN_SIZE elements). bf16/fp16 moments are upcast chunk by chunk.
     """
-    import torch
 
     n = int(t.exp_avg.numel())
     bc1, bc2, notes = bias_corrections(t.step, t.beta1, t.beta2)
@@ -411,25 +533,26 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
 
     acc = _Acc()
     same = vden is t.exp_avg_sq
-    sum_p2 = 0.0
     # min and max come exactly from the chunked pass; only the inner quantiles need a selection.
     # eff step lr/(√v̂+eps) decreases with v: its q-quantile is the q-quantile of v descending.
     qs = {k: q for k, q in QUANTILES.items() if 0.0 < q < 1.0}
     desc = {f"eff_{k}": q for k, q in qs.items()}
     select = None
+    kernel = _kernel_usable(m_flat, v_flat, d_flat)
     if n >= BRACKET_MIN_SIZE:  # exact quantiles at any size, selected while each chunk is in cache
-        sample = _work(d_flat[_sample_indices(n, min(BRACKET_SAMPLE, n))]).numpy()
+        sample = _gather(d_flat, _sample_positions(n, min(BRACKET_SAMPLE, n)))
         select = _BracketSelect(np.sort(sample[np.isfinite(sample)]), n, list(_ranks(n, qs, desc).values()),
-                                max_kept=exact_limit)
-    for i in range(0, n, chunk):
-        m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
-        got = _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
-        if select is not None and got is not None:
-            select.feed(got[0].numpy(), got[1], got[2])
-        if p_flat is not None:
-            p = _work(p_flat[i:i + chunk])
-            ps = float(torch.linalg.vector_norm(p)) ** 2
-            sum_p2 += ps if math.isfinite(ps) else float(p[torch.isfinite(p)].double().square().sum())
+                                max_kept=exact_limit, tail_q=0.0 if kernel else TAIL_Q)
+    if kernel:
+        ps = _kernel_pass(acc, select, m_flat, v_flat, None if same else d_flat, p_flat, bc2, eps_eff, chunk)
+        sum_p2 = ps if ps is not None else _param_sq_sum(p_flat, chunk) if p_flat is not None else 0.0
+    else:
+        for i in range(0, n, chunk):
+            m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
+            got = _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
+            if select is not None and got is not None:
+                select.feed(got[0].numpy(), got[1], got[2])
+        sum_p2 = _param_sq_sum(p_flat, chunk) if p_flat is not None else 0.0
     n_f, nonfinite, below, below10 = acc.n, acc.nonfinite, acc.below, acc.below10
     sum_v, sum_abs_m, max_v = acc.sum_v, acc.sum_abs_m, acc.max_v
     s_min = math.sqrt(max(acc.s_min, 0.0) / bc2) if n_f else math.nan

@@ -1,0 +1,11 @@
+"""Build of the optional C kernel (adamdiag/analysis/_moments_kernel.c); everything else is in
+pyproject.toml. ``optional=True``: without a C compiler the install succeeds and adamdiag uses its
+torch/numpy path for the same statistics."""
+
+import sys
+
+from setuptools import Extension, setup
+
+args = [] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-std=c99"]
+setup(ext_modules=[Extension("adamdiag.analysis._moments_kernel", ["adamdiag/analysis/_moments_kernel.c"],
+                             extra_compile_args=args, optional=True)])
