@@ -232,3 +232,27 @@ def test_eps_counts_at_the_boundary(plain):
     assert acc.below1 == int(np.count_nonzero(s < np.float32(t1))) == 2 * 1030
     assert acc.below2 == v.size
     assert acc.zero == 1030
+
+
+def test_a_library_from_another_version_is_refused(tmp_path, monkeypatch):
+    """An editable install not rebuilt after a pull keeps an old .so: its struct layout may differ, so
+    it must be refused (with a warning naming the fix), never misread."""
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler on this machine")
+    src = (Path(moments_kernel.__file__).parent / "_moments_kernel.c").read_text()
+    assert "#define ADAMDIAG_KERNEL_ABI 1\n" in src
+    (tmp_path / "k.c").write_text(src.replace("#define ADAMDIAG_KERNEL_ABI 1\n", "#define ADAMDIAG_KERNEL_ABI 2\n"))
+    so = tmp_path / "_moments_kernel_old.so"
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(so), str(tmp_path / "k.c")], check=True)
+    monkeypatch.delenv("ADAMDIAG_NO_KERNEL", raising=False)
+    monkeypatch.setattr(moments_kernel, "_library_path", lambda: so)
+    moments_kernel._lib.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="another version"):
+            assert not moments_kernel.available()
+    finally:
+        moments_kernel._lib.cache_clear()

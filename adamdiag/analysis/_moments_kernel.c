@@ -242,6 +242,14 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
 static int avx2_ok = -1;
 #endif
 
+/* The layout the Python side (moments_kernel.py) must match: a library built from an older source
+ * (an editable install not rebuilt after a pull) is refused there instead of misread. Bump ABI with
+ * any change to the structs or signatures. */
+#define ADAMDIAG_KERNEL_ABI 1
+int64_t adamdiag_kernel_abi(void) {
+    return ADAMDIAG_KERNEL_ABI * 1000000 + (int64_t)sizeof(adamdiag_acc) * 1000 + (int64_t)sizeof(adamdiag_params);
+}
+
 /* 1 when the vector path is used on this CPU (for the tests' and the benchmark's record). */
 int adamdiag_vector_path(void) {
 #ifdef HAVE_AVX2_PATH

@@ -177,7 +177,7 @@ def _order_stats_reference(values: np.ndarray, qs: dict[str, float], descending:
 
 # Bracketed selection: below this size a plain partition is as fast.
 BRACKET_MIN_SIZE = 1 << 18
-BRACKET_SAMPLE = 65536
+BRACKET_SAMPLE = 1 << 16
 BRACKET_Z = 6.0  # half-width of a bracket in binomial standard deviations of the sample rank
 # With numpy, brackets below/above these quantiles select one tail with a single comparison. The
 # kernel compares twice at no extra cost, so it takes tails only where a bracket reaches an end.
@@ -526,7 +526,6 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     the tensor; a float32 copy of it only when the selection misses or for tensors under
     BRACKET_MIN_SIZE elements). bf16/fp16 moments are upcast chunk by chunk.
     """
-
     n = int(t.exp_avg.numel())
     bc1, bc2, notes = bias_corrections(t.step, t.beta1, t.beta2)
     eps_eff = effective_eps(t.eps, bc2, convention)

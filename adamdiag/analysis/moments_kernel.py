@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_SPANS = 8  # brackets per call; as in the C source
+KERNEL_ABI = 1  # ADAMDIAG_KERNEL_ABI in the C source
 
 
 class Acc(ctypes.Structure):
@@ -79,6 +80,17 @@ def _lib() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:
+        return None
+    try:  # a library built from another version of the source: refuse it rather than misread it
+        lib.adamdiag_kernel_abi.restype = ctypes.c_int64
+        abi = lib.adamdiag_kernel_abi()
+    except AttributeError:
+        abi = None
+    if abi != KERNEL_ABI * 1_000_000 + ctypes.sizeof(Acc) * 1000 + ctypes.sizeof(Params):
+        import warnings
+
+        warnings.warn(f"{path.name} was built from another version of adamdiag; it is not used (slower path). "
+                      "Rebuild it: pip install -e . (or make setup)", RuntimeWarning, stacklevel=3)
         return None
     fp = ctypes.c_void_p
     lib.adamdiag_chunk_stats.argtypes = [fp, fp, fp, fp, ctypes.c_int64, ctypes.POINTER(Params), ctypes.POINTER(Acc),
