@@ -30,7 +30,7 @@
 typedef struct {
     double sum_v, sum_abs_m, sum_u2, sum_p2;
     double min_d, max_d, max_v, max_u2;
-    int64_t n_finite, zero, below1, below2, p_nonfinite;
+    int64_t n_finite, zero, below1, below2;
     int64_t lt_lo[MAX_SPANS];
 } adamdiag_acc;
 
@@ -48,7 +48,6 @@ static void block_plain(const float *m, const float *v, const float *d, const fl
         if (p) {
             float pi = p[i];
             if (isfinite(pi)) a->sum_p2 += (double)pi * (double)pi;
-            else a->p_nonfinite++;
         }
         float mi = m[i], vi = v[i], di = d[i];
         if (!(isfinite(mi) && isfinite(vi) && isfinite(di))) continue;
@@ -185,7 +184,7 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
         mn = _mm256_min_ps(dv, mn);
         mx = _mm256_max_ps(dv, mx);
         if (!same) {
-            sd = _mm256_add_ps(sd, dv);
+            sd = _mm256_add_ps(sd, dv); /* only to see a NaN/Inf in d (below) */
             mxv = _mm256_max_ps(vv, mxv);
         }
         czero = _mm256_sub_epi32(czero, _mm256_castps_si256(_mm256_cmp_ps(dv, zero, _CMP_LE_OQ)));
@@ -234,7 +233,7 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
     float f;
     if (bmin < a->min_d) a->min_d = bmin;
     if (bmax > a->max_d) a->max_d = bmax;
-    if ((f = hred8(same ? mx : mxv, 1)) > a->max_v) a->max_v = f;
+    if ((f = same ? bmax : hred8(mxv, 1)) > a->max_v) a->max_v = f;
     if ((f = hred8(mxu, 1)) > a->max_u2) a->max_u2 = f;
     return 0;
 }

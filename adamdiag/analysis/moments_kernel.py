@@ -30,7 +30,7 @@ class Acc(ctypes.Structure):
         ("sum_p2", ctypes.c_double), ("min_d", ctypes.c_double), ("max_d", ctypes.c_double),
         ("max_v", ctypes.c_double), ("max_u2", ctypes.c_double),
         ("n_finite", ctypes.c_int64), ("zero", ctypes.c_int64), ("below1", ctypes.c_int64),
-        ("below2", ctypes.c_int64), ("p_nonfinite", ctypes.c_int64),
+        ("below2", ctypes.c_int64),
         ("lt_lo", ctypes.c_int64 * MAX_SPANS),
     ]
 
