@@ -163,7 +163,8 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t select_pack(const floa
 /* n is a multiple of 8 and at most BLOCK. Assumes every element is finite and checks it
  * afterwards from the float sums (a NaN or Inf in m, v, d or p makes its sum non-finite): returns
  * -1 then, and also when a float sum overflowed, having accumulated nothing; the caller redoes the
- * block with block_plain, which masks element by element. Else returns the number of values kept. */
+ * block with block_plain, which masks element by element. Else returns 0, having appended the values
+ * inside each bracket j to kept + j * stride (advancing kept_n[j]). */
 __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float *m, const float *v, const float *d,
                                                                      const float *p, int64_t n,
                                                                      const adamdiag_params *kp, adamdiag_acc *a,
