@@ -99,7 +99,9 @@ ConventionOpt = Annotated[
 ]
 TrustOpt = Annotated[
     bool,
-    typer.Option("--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling (runs code from the file!)."),
+    typer.Option(
+        "--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling (runs code from the file!)."
+    ),
 ]
 
 
@@ -151,9 +153,7 @@ def check(
     report = _diagnose(runs, checkpoints, convention, trust_checkpoint)
     _emit(render(report, format.value))
     threshold = SEVERITY_RANK[fail_on.value]
-    failing = [
-        f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold
-    ]
+    failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]
     if failing:
         raise typer.Exit(1)
 
@@ -161,7 +161,9 @@ def check(
 @app.command()
 @guarded
 def inspect(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or directories (one, or two of one run).")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoint files or directories (one, or two of one run).")
+    ],
     format: Annotated[InspectFormat, typer.Option("--format", "-f")] = InspectFormat.text,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
@@ -208,7 +210,9 @@ def replay(
     eps: Annotated[list[str] | None, typer.Option("--eps", help="Alternate eps (repeatable or comma list).")] = None,
     beta2: Annotated[list[str] | None, typer.Option("--beta2", help="Alternate beta2 (repeatable).")] = None,
     lr: Annotated[list[str] | None, typer.Option("--lr", help="Alternate lr (repeatable).")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")
+    ] = None,
     entry: Annotated[str | None, typer.Option("--entry", help="module:function or file.py:function.")] = None,
     logdir: Annotated[Path | None, typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda")] = "auto",
@@ -219,12 +223,16 @@ def replay(
     loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
     log_step_offset: Annotated[
         str,
-        typer.Option("--log-step-offset", help="The loss of update t is logged at step t+N; auto: -1 for Lightning "
-                     "checkpoints, else 0."),
+        typer.Option(
+            "--log-step-offset",
+            help="The loss of update t is logged at step t+N; auto: -1 for Lightning checkpoints, else 0.",
+        ),
     ] = "auto",
     mode: Annotated[
         str,
-        typer.Option("--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."),
+        typer.Option(
+            "--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."
+        ),
     ] = "auto",
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""

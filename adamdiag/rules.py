@@ -9,7 +9,10 @@ from __future__ import annotations
 RULES: dict[str, tuple[str, str]] = {
     # 0xx: the loss itself
     "AD001": ("loss-blowup", "The loss rose to 10x its trailing robust level within 100 steps and stayed above 2x."),
-    "AD002": ("loss-spike", "A loss excursion (>= 2x, far outside its noise) that recovered before it became a blowup."),
+    "AD002": (
+        "loss-spike",
+        "A loss excursion (>= 2x, far outside its noise) that recovered before it became a blowup.",
+    ),
     # 1xx: v collapse mechanism
     "AD101": (
         "v-collapse",
@@ -30,7 +33,10 @@ RULES: dict[str, tuple[str, str]] = {
         "Loss oscillates or diverges while g²/v̂ stays O(1): steps are too large even with a healthy v.",
     ),
     # 3xx: bad batch
-    "AD301": ("bad-batch", "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer."),
+    "AD301": (
+        "bad-batch",
+        "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer.",
+    ),
     # 4xx: non-finite values
     "AD401": ("nonfinite", "NaN or Inf in the loss, gradients or optimizer state."),
     # 5xx: eps too large

@@ -14,7 +14,9 @@ from adamdiag.progress import stderr_progress
 from adamdiag.report import Report
 
 
-def load_checkpoint_summaries(root: Path, *, trust: bool, convention: str | None, warnings: list[str]) -> tuple[list, list[str]]:
+def load_checkpoint_summaries(
+    root: Path, *, trust: bool, convention: str | None, warnings: list[str]
+) -> tuple[list, list[str]]:
     """Summaries of every optimizer checkpoint under ``root``; unreadable ones become warnings
     (a diagnosis from the event files is still honest without them)."""
     from adamdiag.errors import InputError, UntrustedCheckpointError
@@ -70,9 +72,14 @@ def scan_paths(
                 try:
                     all_events.append(read_run(run))
                 except InputError as e:
-                    unreadable.append(RunReport(
-                        run=str(run), verdict="inconclusive", warnings=[str(e)],
-                        findings=[Finding("AD902", "warning", f"unreadable: {e}")]))
+                    unreadable.append(
+                        RunReport(
+                            run=str(run),
+                            verdict="inconclusive",
+                            warnings=[str(e)],
+                            findings=[Finding("AD902", "warning", f"unreadable: {e}")],
+                        )
+                    )
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         report.runs.extend(unreadable)
         for events in all_events:
@@ -83,14 +90,21 @@ def scan_paths(
                     detail = f": {warnings[0]}" if warnings else ""
                     raise InputError(f"no scalar or histogram events in {run_dir}{detail}")
                 warnings.append(f"{run_dir}: the event files hold no scalars or histograms")
-            ck_root = Path(checkpoints) if checkpoints is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
+            ck_root = (
+                Path(checkpoints) if checkpoints is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
+            )
             summaries, ck_paths = load_checkpoint_summaries(
                 ck_root, trust=trust_checkpoint, convention=convention, warnings=warnings
             )
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(
-                run=str(run_dir), scalars=events.scalars, histograms=events.histograms,
-                checkpoints=summaries, warnings=warnings, convention=conv, checkpoint_paths=ck_paths,
+                run=str(run_dir),
+                scalars=events.scalars,
+                histograms=events.histograms,
+                checkpoints=summaries,
+                warnings=warnings,
+                convention=conv,
+                checkpoint_paths=ck_paths,
             )
             report.runs.append(diagnose(inp))
             prog.advance(task)

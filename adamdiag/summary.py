@@ -16,9 +16,14 @@ from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, d
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
 
-def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: str | None = None,
-                         progress: Progress | None = None,
-                         exact_quantile_limit: int = EXACT_QUANTILE_LIMIT) -> CheckpointSummary:
+def summarize_checkpoint(
+    path: Path | str,
+    *,
+    trust: bool = False,
+    convention: str | None = None,
+    progress: Progress | None = None,
+    exact_quantile_limit: int = EXACT_QUANTILE_LIMIT,
+) -> CheckpointSummary:
     """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
     Quantiles are exact at any size (selected while streaming); only if that selection fails (ties
     crowding it) are they computed from a copy, up to ``exact_quantile_limit`` elements, or a sample above it.
@@ -38,13 +43,20 @@ def summarize_checkpoint(path: Path | str, *, trust: bool = False, convention: s
         if progress is not None:
             progress(i + 1, total, stats[-1].label)
     return CheckpointSummary(
-        path=ck.path, step=ck.step, layout=ck.layout, optimizer=ck.optimizer, convention=ck.convention,
-        name_mapping=ck.name_mapping, warnings=list(ck.warnings), tensors=stats,
+        path=ck.path,
+        step=ck.step,
+        layout=ck.layout,
+        optimizer=ck.optimizer,
+        convention=ck.convention,
+        name_mapping=ck.name_mapping,
+        warnings=list(ck.warnings),
+        tensors=stats,
     )
 
 
-def compare_checkpoints(path_a: Path | str, path_b: Path | str, *, trust: bool = False,
-                        progress: Progress | None = None) -> dict[str, Any]:
+def compare_checkpoints(
+    path_a: Path | str, path_b: Path | str, *, trust: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Decay-ratio view of two checkpoints of one run (a before b), tensor by tensor, matched by
     optimizer (group, index). Tensors of changed shape or without a step are listed in ``skipped``."""
     from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
@@ -70,5 +82,12 @@ def compare_checkpoints(path_a: Path | str, path_b: Path | str, *, trust: bool =
     warnings = []
     if a.step is not None and b.step is not None and b.step <= a.step:
         warnings.append(f"second checkpoint (step {b.step}) is not after the first (step {a.step})")
-    return {"from_path": a.path, "to_path": b.path, "from_step": a.step, "to_step": b.step,
-            "tensors": tensors, "skipped": skipped, "warnings": warnings}
+    return {
+        "from_path": a.path,
+        "to_path": b.path,
+        "from_step": a.step,
+        "to_step": b.step,
+        "tensors": tensors,
+        "skipped": skipped,
+        "warnings": warnings,
+    }

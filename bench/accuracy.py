@@ -78,11 +78,18 @@ SEED_OFFSET = 0
 SEED_GROUPS = (0, 10, 20)
 
 
-def _case(intended: str, family: str, size: str, what: str, *, fast: bool = False, note: str = "",
-          **cfg: Any) -> Case:
+def _case(intended: str, family: str, size: str, what: str, *, fast: bool = False, note: str = "", **cfg: Any) -> Case:
     """Build a case; the name spells out what varies so a run dir is self-explaining."""
-    kw: dict[str, Any] = {"family": family, "size": size, "seed": 0, "lr": 3e-3, "eps": 1e-8, "log_every": 1,
-                          "hist_every": 0, "ckpt_every": 200}
+    kw: dict[str, Any] = {
+        "family": family,
+        "size": size,
+        "seed": 0,
+        "lr": 3e-3,
+        "eps": 1e-8,
+        "log_every": 1,
+        "hist_every": 0,
+        "ckpt_every": 200,
+    }
     kw.update(cfg)
     kw["seed"] += SEED_OFFSET
     parts = [SHORT[family], size, what, f"lr{kw['lr']:g}", f"eps{kw['eps']:g}", f"s{kw['seed']}"]
@@ -113,7 +120,7 @@ def full_matrix(seed_groups: tuple[int, ...] = SEED_GROUPS, fast: bool = False) 
     """matrix() once per seed group (the --fast subset: group 0's fast cases only)."""
     global SEED_OFFSET
     cases = []
-    for off in ((0,) if fast else seed_groups):
+    for off in (0,) if fast else seed_groups:
         SEED_OFFSET = off
         try:
             group = [c for c in matrix() if c.fast or not fast]
@@ -141,8 +148,17 @@ def matrix() -> list[Case]:
         _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=900, seed=1, hist_every=50),
         _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=900, seed=2, ckpt_every=0),
         _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1),
-        _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1, restart_at=500,
-              note="crash after 500, resume from the step-400 checkpoint into a new event file"),
+        _case(
+            "v_collapse",
+            M,
+            "small",
+            "vc",
+            lr=1e-2,
+            steps=900,
+            seed=1,
+            restart_at=500,
+            note="crash after 500, resume from the step-400 checkpoint into a new event file",
+        ),
         _case("v_collapse", M, "small", "vc", lr=1e-2, steps=900, seed=1, log_every=10),
         _case("v_collapse", M, "small", "vc", lr=3e-2, steps=900, log_every=10),
         _case("v_collapse", C, "tiny", "vc", lr=1e-2, steps=800),
@@ -174,48 +190,154 @@ def matrix() -> list[Case]:
         _case("healthy", M, "small", "early", lr=1e-3, steps=600, note="collapse under way, no blowup yet"),
         _case("healthy", C, "tiny", "early", lr=1e-3, steps=500, ckpt_every=100),
         _case("healthy", T, "tiny", "early", lr=1e-3, steps=500, log_every=10),
-        _case("healthy", M, "tiny", "deep", lr=3e-3, steps=2000, ckpt_every=0,
-              note="v collapsed for ~2000 steps, gradients never re-grow"),
+        _case(
+            "healthy",
+            M,
+            "tiny",
+            "deep",
+            lr=3e-3,
+            steps=2000,
+            ckpt_every=0,
+            note="v collapsed for ~2000 steps, gradients never re-grow",
+        ),
         _case("healthy", T, "tiny", "deep", lr=1e-2, steps=1500, seed=1, note="loss ~1e-7, no re-growth"),
         # --- lr too high: warmup to a learning rate the model cannot take
         _case("lr_too_high", M, "tiny", "hot", lr=0.3, steps=300, warmup_steps=150, ckpt_every=50, fast=True, **warm),
         _case("lr_too_high", M, "small", "hot", lr=0.3, steps=600, warmup_steps=300, ckpt_every=50, **warm),
-        _case("lr_too_high", M, "small", "hot", lr=0.1, steps=600, warmup_steps=300, ckpt_every=100, seed=1,
-              log_every=10, **warm),
+        _case(
+            "lr_too_high",
+            M,
+            "small",
+            "hot",
+            lr=0.1,
+            steps=600,
+            warmup_steps=300,
+            ckpt_every=100,
+            seed=1,
+            log_every=10,
+            **warm,
+        ),
         _case("lr_too_high", C, "tiny", "hot", lr=0.3, steps=500, warmup_steps=250, ckpt_every=50, **warm),
-        _case("lr_too_high", C, "small", "hot", lr=0.5, steps=400, warmup_steps=300, ckpt_every=0, hist_every=10,
-              **warm),
+        _case(
+            "lr_too_high", C, "small", "hot", lr=0.5, steps=400, warmup_steps=300, ckpt_every=0, hist_every=10, **warm
+        ),
         _case("lr_too_high", T, "tiny", "hot", lr=1.0, steps=400, warmup_steps=250, ckpt_every=50, **warm),
-        _case("lr_too_high", T, "small", "hot", lr=1.0, steps=400, warmup_steps=250, ckpt_every=50, batch_size=16,
-              **warm),
+        _case(
+            "lr_too_high", T, "small", "hot", lr=1.0, steps=400, warmup_steps=250, ckpt_every=50, batch_size=16, **warm
+        ),
         # --- a single corrupted batch (targets x1e3) in an otherwise healthy run
-        _case("bad_batch", M, "tiny", "badbatch", lr=1e-3, steps=500, batch_size=32, ckpt_every=100, fast=True,
-              inject=_bad(M, 350)),
+        _case(
+            "bad_batch",
+            M,
+            "tiny",
+            "badbatch",
+            lr=1e-3,
+            steps=500,
+            batch_size=32,
+            ckpt_every=100,
+            fast=True,
+            inject=_bad(M, 350),
+        ),
         _case("bad_batch", M, "small", "badbatch", lr=1e-3, steps=700, batch_size=32, inject=_bad(M, 400)),
-        _case("bad_batch", C, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, hist_every=20,
-              inject=_bad(C, 450)),
-        _case("bad_batch", T, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, log_every=10,
-              inject=_bad(T, 400), note="the bad step happens to be a logged step"),
-        _case("bad_batch", T, "small", "badbatch", lr=3e-4, steps=700, batch_size=16, ckpt_every=0,
-              inject=_bad(T, 500)),
-        _case("bad_batch", C, "small", "badbatch", lr=1e-3, steps=800, inject=_bad(C, 600),
-              note="full batch: the bad batch lands while v is collapsing"),
+        _case(
+            "bad_batch", C, "tiny", "badbatch", lr=1e-3, steps=700, batch_size=16, hist_every=20, inject=_bad(C, 450)
+        ),
+        _case(
+            "bad_batch",
+            T,
+            "tiny",
+            "badbatch",
+            lr=1e-3,
+            steps=700,
+            batch_size=16,
+            log_every=10,
+            inject=_bad(T, 400),
+            note="the bad step happens to be a logged step",
+        ),
+        _case(
+            "bad_batch", T, "small", "badbatch", lr=3e-4, steps=700, batch_size=16, ckpt_every=0, inject=_bad(T, 500)
+        ),
+        _case(
+            "bad_batch",
+            C,
+            "small",
+            "badbatch",
+            lr=1e-3,
+            steps=800,
+            inject=_bad(C, 600),
+            note="full batch: the bad batch lands while v is collapsing",
+        ),
         # --- NaN in the data from step k
-        _case("nonfinite", M, "tiny", "nan", lr=1e-3, steps=400, batch_size=32, ckpt_every=100, fast=True,
-              inject={"nan_from": 300}),
-        _case("nonfinite", C, "small", "nan", lr=1e-3, steps=600, batch_size=16, hist_every=20,
-              inject={"nan_from": 421}),
-        _case("nonfinite", T, "tiny", "nan", lr=1e-3, steps=500, log_every=10, inject={"nan_from": 333},
-              stop_on_nonfinite=False, note="keeps training on NaN; k is not a logged step"),
-        _case("nonfinite", M, "small", "nan", lr=3e-3, steps=900, inject={"nan_from": 800},
-              note="full batch, v collapsing when the NaN arrives"),
+        _case(
+            "nonfinite",
+            M,
+            "tiny",
+            "nan",
+            lr=1e-3,
+            steps=400,
+            batch_size=32,
+            ckpt_every=100,
+            fast=True,
+            inject={"nan_from": 300},
+        ),
+        _case(
+            "nonfinite", C, "small", "nan", lr=1e-3, steps=600, batch_size=16, hist_every=20, inject={"nan_from": 421}
+        ),
+        _case(
+            "nonfinite",
+            T,
+            "tiny",
+            "nan",
+            lr=1e-3,
+            steps=500,
+            log_every=10,
+            inject={"nan_from": 333},
+            stop_on_nonfinite=False,
+            note="keeps training on NaN; k is not a logged step",
+        ),
+        _case(
+            "nonfinite",
+            M,
+            "small",
+            "nan",
+            lr=3e-3,
+            steps=900,
+            inject={"nan_from": 800},
+            note="full batch, v collapsing when the NaN arrives",
+        ),
         # --- borderline: instabilities whose truth is a judgement call (scored like all others)
-        _case("v_collapse", M, "tiny", "vc", lr=1e-2, steps=1200,
-              note="borderline: v-collapse instability that peaks at ~8x and recovers; truth needs 10x for a blowup"),
-        _case("v_collapse", M, "small", "vc", lr=3e-3, steps=2000, hist_every=50,
-              note="borderline: relapsing collapse, 2-5x bursts from ~1390 on, 10x at ~1900 (the sample_logs config)"),
-        _case("lr_too_high", C, "small", "hot", lr=0.1, steps=500, warmup_steps=250, ckpt_every=0, hist_every=10,
-              note="borderline: edge of stability, repeated 10-100x spikes that recover within ~30 steps", **warm),
+        _case(
+            "v_collapse",
+            M,
+            "tiny",
+            "vc",
+            lr=1e-2,
+            steps=1200,
+            note="borderline: v-collapse instability that peaks at ~8x and recovers; truth needs 10x for a blowup",
+        ),
+        _case(
+            "v_collapse",
+            M,
+            "small",
+            "vc",
+            lr=3e-3,
+            steps=2000,
+            hist_every=50,
+            note="borderline: relapsing collapse, 2-5x bursts from ~1390 on, 10x at ~1900 (the sample_logs config)",
+        ),
+        _case(
+            "lr_too_high",
+            C,
+            "small",
+            "hot",
+            lr=0.1,
+            steps=500,
+            warmup_steps=250,
+            ckpt_every=0,
+            hist_every=10,
+            note="borderline: edge of stability, repeated 10-100x spikes that recover within ~30 steps",
+            **warm,
+        ),
     ]
     names = [c.name for c in cases]
     dup = [n for n, k in Counter(names).items() if k > 1]
@@ -260,11 +382,27 @@ def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
         cfg = runlab.RunConfig(name=case.name, **case.cfg)
         truth = runlab.train(cfg, d)
     except Exception as e:  # noqa: BLE001
-        return {"name": case.name, "seconds": time.perf_counter() - t0, "cause": "generation failed",
-                "error": f"{type(e).__name__}: {e}"}
+        return {
+            "name": case.name,
+            "seconds": time.perf_counter() - t0,
+            "cause": "generation failed",
+            "error": f"{type(e).__name__}: {e}",
+        }
     dt = time.perf_counter() - t0
-    (d / "case.json").write_text(json.dumps({"key": key, "cfg_key": case_key(case, False), "seconds": dt, "intended": case.intended,
-                                             "note": case.note, "cfg": case.cfg}, indent=1) + "\n")
+    (d / "case.json").write_text(
+        json.dumps(
+            {
+                "key": key,
+                "cfg_key": case_key(case, False),
+                "seconds": dt,
+                "intended": case.intended,
+                "note": case.note,
+                "cfg": case.cfg,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return {"name": case.name, "seconds": dt, "cause": truth["summary"]["cause"], "error": None}
 
 
@@ -287,8 +425,9 @@ def _cost(case: Case) -> float:
     return case.cfg["steps"] * per_step
 
 
-def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, log: Any = None,
-             keep_stale: bool = False) -> dict[str, dict[str, Any]]:
+def generate(
+    cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, log: Any = None, keep_stale: bool = False
+) -> dict[str, dict[str, Any]]:
     """Make sure every case's run exists under ``out/<name>`` (cached); returns {name: generation info}."""
     out.mkdir(parents=True, exist_ok=True)
     todo, info = [], {}
@@ -297,8 +436,7 @@ def generate(cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, l
         d = out / c.name
         if not regen and _cached(c, d, key, keep_stale):
             meta = json.loads((d / "case.json").read_text())
-            info[c.name] = {"seconds": meta["seconds"], "cached": True, "error": None,
-                            "stale": meta.get("key") != key}
+            info[c.name] = {"seconds": meta["seconds"], "cached": True, "error": None, "stale": meta.get("key") != key}
         else:
             todo.append((c, str(d), key))
     todo.sort(key=lambda t: -_cost(t[0]))
@@ -369,8 +507,10 @@ def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> di
             raise RuntimeError("no run: generation failed")
         rep = scan_paths([run_dir]).runs[0]
         verdict, blow, warn = rep.verdict, rep.blowup_step, rep.warning_step
-        findings = [{"id": f.id, "severity": f.severity, "step": f.step, "tensor": f.tensor,
-                     "message": f.message} for f in rep.findings]
+        findings = [
+            {"id": f.id, "severity": f.severity, "step": f.step, "tensor": f.tensor, "message": f.message}
+            for f in rep.findings
+        ]
         error = None
     except Exception as e:  # noqa: BLE001  (a crash on a real run is a result to report, not to hide)
         verdict, blow, warn, findings, error = "error", None, None, [], f"{type(e).__name__}: {e}"
@@ -380,11 +520,21 @@ def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> di
     return {
         "name": case.name,
         "run_dir": str(run_dir),
-        "family": cfg["family"], "size": cfg["size"], "seed": cfg["seed"], "lr": cfg["lr"], "eps": cfg["eps"],
-        "steps": cfg["steps"], "batch_size": cfg.get("batch_size"), "log_every": cfg["log_every"],
-        "hist_every": cfg["hist_every"], "ckpt_every": cfg["ckpt_every"], "restart_at": cfg.get("restart_at"),
-        "clip_grad_norm": cfg.get("clip_grad_norm"), "optimizer": cfg.get("optimizer", "adam"),
-        "inject": cfg.get("inject"), "note": case.note,
+        "family": cfg["family"],
+        "size": cfg["size"],
+        "seed": cfg["seed"],
+        "lr": cfg["lr"],
+        "eps": cfg["eps"],
+        "steps": cfg["steps"],
+        "batch_size": cfg.get("batch_size"),
+        "log_every": cfg["log_every"],
+        "hist_every": cfg["hist_every"],
+        "ckpt_every": cfg["ckpt_every"],
+        "restart_at": cfg.get("restart_at"),
+        "clip_grad_norm": cfg.get("clip_grad_norm"),
+        "optimizer": cfg.get("optimizer", "adam"),
+        "inject": cfg.get("inject"),
+        "note": case.note,
         "intended": case.intended,
         "true_cause": s["cause"],
         "true_blowup_step": tb,
@@ -436,14 +586,25 @@ def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
     med = statistics.median(lead) if lead else None
     out = {
         "n_cases": len(all_results),
-        "borderline": [{k: r[k] for k in ("name", "true_cause", "verdict", "true_blowup_step", "blowup_step",
-                                          "warning_step", "note")} for r in border],
+        "borderline": [
+            {
+                k: r[k]
+                for k in ("name", "true_cause", "verdict", "true_blowup_step", "blowup_step", "warning_step", "note")
+            }
+            for r in border
+        ],
         "confusion": {c: dict(v) for c, v in conf.items()},
         "blown_up": {"n": len(blown), "correct": sum(r["correct"] for r in blown), "accuracy": acc},
         "blown_up_visible_in_log": {
-            "n": len(visible), "correct": sum(r["correct"] for r in visible), "accuracy": acc_visible,
-            "not_visible": [{"name": r["name"], "logged_blowup_ratio": r["logged_blowup_ratio"], "verdict": r["verdict"]}
-                            for r in blown if r not in visible]},
+            "n": len(visible),
+            "correct": sum(r["correct"] for r in visible),
+            "accuracy": acc_visible,
+            "not_visible": [
+                {"name": r["name"], "logged_blowup_ratio": r["logged_blowup_ratio"], "verdict": r["verdict"]}
+                for r in blown
+                if r not in visible
+            ],
+        },
         "healthy": {
             "n": len(healthy),
             "false_alarms": [r["name"] for r in healthy if r["verdict"] != "healthy"],
@@ -452,8 +613,9 @@ def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
         "v_collapse_lead_time_per_step_logging": _stats(lead),
         "v_collapse_lead_time_vs_true_blowup_per_step_logging": _stats(lead_true),
         "v_collapse_lead_time_all": _stats(lead_all),
-        "blowup_step_error_correct_cases": _stats([r["blowup_step_error"] for r in results
-                                                  if r["correct"] and r["blowup_step_error"] is not None]),
+        "blowup_step_error_correct_cases": _stats(
+            [r["blowup_step_error"] for r in results if r["correct"] and r["blowup_step_error"] is not None]
+        ),
         "truth_differs_from_design": [r["name"] for r in results if r["true_cause"] != r["intended"]],
         "borderline_misdiagnosed": [r["name"] for r in border if not r["correct"]],
         "misdiagnosed": [r["name"] for r in results if not r["correct"]],
@@ -471,16 +633,22 @@ def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
 def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """Human-readable tables: per case, the confusion matrix, lead times, false alarms, targets."""
     from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
+
     lines = []
     w = max(len(r["name"]) for r in results)
-    lines.append(f"{'case':{w}s}  {'truth':11s} {'verdict':13s} {'t_blow':>6s} {'blow':>6s} {'warn':>6s} "
-                 f"{'lead':>5s}  ok")
+    lines.append(
+        f"{'case':{w}s}  {'truth':11s} {'verdict':13s} {'t_blow':>6s} {'blow':>6s} {'warn':>6s} {'lead':>5s}  ok"
+    )
     for r in results:
+
         def n(x: Any) -> str:
             return "-" if x is None else str(x)
-        lines.append(f"{r['name']:{w}s}  {r['true_cause']:11s} {r['verdict']:13s} {n(r['true_blowup_step']):>6s} "
-                     f"{n(r['blowup_step']):>6s} {n(r['warning_step']):>6s} {n(r['lead_time']):>5s}  "
-                     f"{'ok' if r['correct'] else 'MISS'}{'  (borderline)' if r['note'].startswith('borderline') else ''}")
+
+        lines.append(
+            f"{r['name']:{w}s}  {r['true_cause']:11s} {r['verdict']:13s} {n(r['true_blowup_step']):>6s} "
+            f"{n(r['blowup_step']):>6s} {n(r['warning_step']):>6s} {n(r['lead_time']):>5s}  "
+            f"{'ok' if r['correct'] else 'MISS'}{'  (borderline)' if r['note'].startswith('borderline') else ''}"
+        )
     lines.append("")
     cols = [v for v in VERDICTS if any(v in row for row in summary["confusion"].values())]
     cols += sorted({v for row in summary["confusion"].values() for v in row} - set(cols))
@@ -496,43 +664,68 @@ def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str
     lines.append(f"blown-up runs with the right cause: {b['correct']}/{b['n']} = {acc}")
     bv = summary["blown_up_visible_in_log"]
     acc_v = "n/a" if bv["accuracy"] is None else f"{bv['accuracy']:.1%}"
-    lines.append(f"  of them with the blowup visible in the log (logged loss >= {BLOWUP_PEAK_FACTOR:g}x its level): "
-                 f"{bv['correct']}/{bv['n']} = {acc_v}; not visible: "
-                 + (", ".join(f"{x['name']} ({x['logged_blowup_ratio']:.1f}x, verdict {x['verdict']})"
-                              for x in bv["not_visible"]) or "none"))
+    lines.append(
+        f"  of them with the blowup visible in the log (logged loss >= {BLOWUP_PEAK_FACTOR:g}x its level): "
+        f"{bv['correct']}/{bv['n']} = {acc_v}; not visible: "
+        + (
+            ", ".join(
+                f"{x['name']} ({x['logged_blowup_ratio']:.1f}x, verdict {x['verdict']})" for x in bv["not_visible"]
+            )
+            or "none"
+        )
+    )
     for g, gs in summary.get("seed_groups", {}).items():
         gb, gv, gh = gs["blown_up"], gs["blown_up_visible_in_log"], gs["healthy"]
         lead = gs["v_collapse_lead_time_per_step_logging"]
         g_acc = "n/a" if gb["accuracy"] is None else f"{gb['accuracy']:.1%}"
-        lines.append(f"  seed group {g}: {gb['correct']}/{gb['n']} = {g_acc} (visible in the log: "
-                     f"{gv['correct']}/{gv['n']}), false alarms {len(gh['false_alarms'])}/{gh['n']}, "
-                     f"median lead {lead.get('median', 'n/a')}")
+        lines.append(
+            f"  seed group {g}: {gb['correct']}/{gb['n']} = {g_acc} (visible in the log: "
+            f"{gv['correct']}/{gv['n']}), false alarms {len(gh['false_alarms'])}/{gh['n']}, "
+            f"median lead {lead.get('median', 'n/a')}"
+        )
     h = summary["healthy"]
-    lines.append(f"healthy runs: {h['n']}; verdict != healthy: {len(h['false_alarms'])} {h['false_alarms']}; "
-                 f"with error-severity findings: {len(h['with_error_findings'])} {h['with_error_findings']}")
-    for key, label in (("v_collapse_lead_time_per_step_logging", "lead time (blowup - warning), per-step logs"),
-                       ("v_collapse_lead_time_vs_true_blowup_per_step_logging", "lead vs the TRUE blowup step"),
-                       ("v_collapse_lead_time_all", "lead time, all logging intervals")):
+    lines.append(
+        f"healthy runs: {h['n']}; verdict != healthy: {len(h['false_alarms'])} {h['false_alarms']}; "
+        f"with error-severity findings: {len(h['with_error_findings'])} {h['with_error_findings']}"
+    )
+    for key, label in (
+        ("v_collapse_lead_time_per_step_logging", "lead time (blowup - warning), per-step logs"),
+        ("v_collapse_lead_time_vs_true_blowup_per_step_logging", "lead vs the TRUE blowup step"),
+        ("v_collapse_lead_time_all", "lead time, all logging intervals"),
+    ):
         st = summary[key]
         if st["n"]:
-            lines.append(f"v_collapse {label}: n={st['n']} min={st['min']} median={st['median']} max={st['max']} "
-                         f"values={st['values']}")
+            lines.append(
+                f"v_collapse {label}: n={st['n']} min={st['min']} median={st['median']} max={st['max']} "
+                f"values={st['values']}"
+            )
         else:
             lines.append(f"v_collapse {label}: none")
     if summary["borderline"]:
         lines.append("borderline runs (included above; their truth is a judgement call):")
         for b_ in summary["borderline"]:
-            lines.append(f"  {b_['name']}: truth {b_['true_cause']} (blowup {b_['true_blowup_step']}), verdict "
-                         f"{b_['verdict']} (blowup {b_['blowup_step']}, warning {b_['warning_step']}) - {b_['note']}")
+            lines.append(
+                f"  {b_['name']}: truth {b_['true_cause']} (blowup {b_['true_blowup_step']}), verdict "
+                f"{b_['verdict']} (blowup {b_['blowup_step']}, warning {b_['warning_step']}) - {b_['note']}"
+            )
     if summary["truth_differs_from_design"]:
         lines.append(f"runs whose live-state truth differs from their design: {summary['truth_differs_from_design']}")
     lines.append("targets: " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in summary["targets"].items()))
     return "\n".join(lines)
 
 
-def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool = False, only: list[str] | None = None,
-        verbose: bool = True, keep_stale: bool = False, seed_groups: tuple[int, ...] = SEED_GROUPS) -> dict[str, Any]:
+def run(
+    fast: bool = False,
+    out: Path = DEFAULT_OUT,
+    jobs: int = 2,
+    regen: bool = False,
+    only: list[str] | None = None,
+    verbose: bool = True,
+    keep_stale: bool = False,
+    seed_groups: tuple[int, ...] = SEED_GROUPS,
+) -> dict[str, Any]:
     """Generate (cached) and score the matrix (or the fast subset); returns the accuracy.json content."""
+
     def log(msg: str) -> None:
         if verbose:
             print(msg, file=sys.stderr, flush=True)
@@ -557,18 +750,34 @@ def run(fast: bool = False, out: Path = DEFAULT_OUT, jobs: int = 2, regen: bool 
     summary = score(results)
     groups = sorted({r["seed_group"] for r in results})
     if len(groups) > 1:  # each seed group on its own too (group 0 is the one the detector was developed on)
-        summary["seed_groups"] = {str(g): {k: v for k, v in score([r for r in results if r["seed_group"] == g]).items()
-                                           if k in ("blown_up", "blown_up_visible_in_log", "healthy", "targets",
-                                                    "v_collapse_lead_time_per_step_logging", "misdiagnosed")}
-                                  for g in groups}
+        summary["seed_groups"] = {
+            str(g): {
+                k: v
+                for k, v in score([r for r in results if r["seed_group"] == g]).items()
+                if k
+                in (
+                    "blown_up",
+                    "blown_up_visible_in_log",
+                    "healthy",
+                    "targets",
+                    "v_collapse_lead_time_per_step_logging",
+                    "misdiagnosed",
+                )
+            }
+            for g in groups
+        }
     doc = {
         "schema": SCHEMA,
         "subset": "fast" if fast else "full",
         "out": str(out),
-        "timings": {"generate_wall_s": t_gen, "scan_wall_s": t_scan, "jobs": jobs,
-                    "generate_cpu_s_sum": sum(g["seconds"] for g in gen.values()),
-                    "generated": sum(not g["cached"] for g in gen.values()),
-                    "stale_reused": sorted(n for n, g in gen.items() if g.get("stale"))},
+        "timings": {
+            "generate_wall_s": t_gen,
+            "scan_wall_s": t_scan,
+            "jobs": jobs,
+            "generate_cpu_s_sum": sum(g["seconds"] for g in gen.values()),
+            "generated": sum(not g["cached"] for g in gen.values()),
+            "stale_reused": sorted(n for n, g in gen.items() if g.get("stale")),
+        },
         "summary": summary,
         "cases": results,
     }
@@ -582,29 +791,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="parallel generation processes (default 2)")
     ap.add_argument("--regen", action="store_true", help="regenerate runs even when cached")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run cache directory")
-    ap.add_argument("--json", type=Path, default=None, help="where to write the results (default <out>/../accuracy"
-                    "[_fast].json)")
-    ap.add_argument("--keep-stale", action="store_true", help="reuse cached runs whose config matches even if the "
-                    "harness sources (runlab/multitask/families) changed since (reported as stale)")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="where to write the results (default <out>/../accuracy[_fast].json)"
+    )
+    ap.add_argument(
+        "--keep-stale",
+        action="store_true",
+        help="reuse cached runs whose config matches even if the "
+        "harness sources (runlab/multitask/families) changed since (reported as stale)",
+    )
     ap.add_argument("--only", nargs="*", help="cases whose name contains one of these substrings")
     ap.add_argument("--check", action="store_true", help="exit 1 when an acceptance target is missed")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
-    ap.add_argument("--seed-groups", type=int, nargs="+", default=list(SEED_GROUPS),
-                    help="seed offsets, one group of the designs each (default: 0 10 20)")
+    ap.add_argument(
+        "--seed-groups",
+        type=int,
+        nargs="+",
+        default=list(SEED_GROUPS),
+        help="seed offsets, one group of the designs each (default: 0 10 20)",
+    )
     args = ap.parse_args(argv)
     if args.list:
         for c in full_matrix(tuple(args.seed_groups), fast=args.fast):
             print(f"{c.name:60s} {c.intended:12s} {'fast' if c.fast else ''} {c.note}")
         return 0
-    doc = run(fast=args.fast, out=args.out, jobs=args.jobs, regen=args.regen, only=args.only,
-              keep_stale=args.keep_stale, seed_groups=tuple(args.seed_groups))
+    doc = run(
+        fast=args.fast,
+        out=args.out,
+        jobs=args.jobs,
+        regen=args.regen,
+        only=args.only,
+        keep_stale=args.keep_stale,
+        seed_groups=tuple(args.seed_groups),
+    )
     print(format_report(doc["cases"], doc["summary"]))
     t = doc["timings"]
-    print(f"timings: generation {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
-          f"{t['generate_cpu_s_sum']:.1f}s summed over runs, {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s")
+    print(
+        f"timings: generation {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
+        f"{t['generate_cpu_s_sum']:.1f}s summed over runs, {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s"
+    )
     if t["stale_reused"]:
         print(f"WARNING: {len(t['stale_reused'])} run(s) reused from an older harness (--keep-stale)")
-    suffix = "" if args.fast or tuple(args.seed_groups) == SEED_GROUPS else "_seeds" + "_".join(map(str, args.seed_groups))
+    suffix = (
+        "" if args.fast or tuple(args.seed_groups) == SEED_GROUPS else "_seeds" + "_".join(map(str, args.seed_groups))
+    )
     path = args.json or args.out.parent / (("accuracy_fast" if args.fast else "accuracy") + suffix + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")

@@ -90,9 +90,22 @@ def write_checkpoint(path: Path, size_bytes: float, layout: str = "rows") -> dic
     layers = max(1, math.ceil(size_bytes / per_layer))
     g = torch.Generator().manual_seed(0)
     model, state = {}, {}
-    groups = [{"params": [], "lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
-               "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None,
-               "decoupled_weight_decay": False}]
+    groups = [
+        {
+            "params": [],
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": False,
+        }
+    ]
     idx = 0
     step = 5000
     for i in range(layers):
@@ -126,8 +139,13 @@ def run_child(name: str, path: Path, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
     if not extra:
         env.pop("ADAMDIAG_NO_KERNEL", None)
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(threads)], capture_output=True, text=True,
-                         env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(path), str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{name} run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -142,15 +160,27 @@ def warm(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=2.2, help="checkpoint size to write, in 1e9 bytes")
-    ap.add_argument("--layout", choices=("rows", "iid"), default="rows",
-                    help="gradient scale per row (rows) or per element at random (iid); see the module docstring")
-    ap.add_argument("--path", type=Path, default=None,
-                    help="checkpoint file (default bench/out/big_checkpoint[_iid].pt; written if missing)")
+    ap.add_argument(
+        "--layout",
+        choices=("rows", "iid"),
+        default="rows",
+        help="gradient scale per row (rows) or per element at random (iid); see the module docstring",
+    )
+    ap.add_argument(
+        "--path",
+        type=Path,
+        default=None,
+        help="checkpoint file (default bench/out/big_checkpoint[_iid].pt; written if missing)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint file afterwards")
     ap.add_argument("--repeats", type=int, default=5, help="rounds; each runs every mode once, back to back")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads in every run (1: robust to other load on a small shared machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in every run (1: robust to other load on a small shared machine)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "out" / "checkpoint_memory.json")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -165,11 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.path.exists():
         # In a child process, so that this one never holds the tensors.
         t0 = time.perf_counter()
-        code = ("import json, sys; sys.path.insert(0, sys.argv[3]); from checkpoint_memory import write_checkpoint; "
-                "print(json.dumps(write_checkpoint(__import__('pathlib').Path(sys.argv[1]), float(sys.argv[2]), "
-                "sys.argv[4])))")
-        out = subprocess.run([sys.executable, "-c", code, str(args.path), str(args.size_gb * 1e9), str(HERE),
-                              args.layout], capture_output=True, text=True, check=False)
+        code = (
+            "import json, sys; sys.path.insert(0, sys.argv[3]); from checkpoint_memory import write_checkpoint; "
+            "print(json.dumps(write_checkpoint(__import__('pathlib').Path(sys.argv[1]), float(sys.argv[2]), "
+            "sys.argv[4])))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(args.path), str(args.size_gb * 1e9), str(HERE), args.layout],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             raise SystemExit(f"writing the checkpoint failed:\n{out.stderr[-3000:]}")
         info = json.loads(out.stdout.strip().splitlines()[-1])
@@ -187,39 +223,64 @@ def main(argv: list[str] | None = None) -> int:
             args.path.unlink(missing_ok=True)
     best = {m: min(r, key=lambda x: x["seconds"]) for m, r in runs.items()}
     peak = {m: max(x["peak_rss"] for x in r) for m, r in runs.items()}
-    res = {"checkpoint_bytes": size, "threads": args.threads, "cpu_count": os.cpu_count(),
-           "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "kernel": runs["summarize"][0]["kernel"], "vector_path": runs["summarize"][0]["vector_path"], **info}
+    res = {
+        "checkpoint_bytes": size,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "kernel": runs["summarize"][0]["kernel"],
+        "vector_path": runs["summarize"][0]["vector_path"],
+        **info,
+    }
     bare = best["bare"]["seconds"]
     for m in runs:
         per_round = sorted(r["seconds"] / b["seconds"] for r, b in zip(runs[m], runs["bare"]))
-        res[m] = {"seconds": best[m]["seconds"], "ratio_best": best[m]["seconds"] / bare,
-                  "ratio_median_per_round": per_round[len(per_round) // 2], "peak_rss": peak[m],
-                  "peak_rss_fraction": peak[m] / size, "rss_after_imports": best[m]["rss_after_imports"],
-                  # what the work itself added: the interpreter + imports differ a lot between torch builds
-                  "peak_rss_above_imports": max(x["peak_rss"] - x["rss_after_imports"] for x in runs[m])}
+        res[m] = {
+            "seconds": best[m]["seconds"],
+            "ratio_best": best[m]["seconds"] / bare,
+            "ratio_median_per_round": per_round[len(per_round) // 2],
+            "peak_rss": peak[m],
+            "peak_rss_fraction": peak[m] / size,
+            "rss_after_imports": best[m]["rss_after_imports"],
+            # what the work itself added: the interpreter + imports differ a lot between torch builds
+            "peak_rss_above_imports": max(x["peak_rss"] - x["rss_after_imports"] for x in runs[m]),
+        }
     res["runs"] = runs
     s = res["summarize"]
-    res["targets"] = {"peak_rss_fraction_lt": 0.25, "time_ratio_le": 3.0,
-                      "met": s["peak_rss_fraction"] < 0.25 and s["ratio_best"] <= 3.0
-                      and s["ratio_median_per_round"] <= 3.0}
+    res["targets"] = {
+        "peak_rss_fraction_lt": 0.25,
+        "time_ratio_le": 3.0,
+        "met": s["peak_rss_fraction"] < 0.25 and s["ratio_best"] <= 3.0 and s["ratio_median_per_round"] <= 3.0,
+    }
     args.out.write_text(json.dumps(res, indent=2))
     mb = 1e6
-    kernel = ("compiled kernel, vector loop" if res["vector_path"] else "compiled kernel, plain loop") \
-        if res["kernel"] else "NO compiled kernel (summarize = the torch path)"
-    print(f"checkpoint: {size / 1e9:.2f} GB, layout {res['layout']} ({best['summarize']['tensors']} tensors with "
-          f"Adam state), threads={args.threads}, {args.repeats} rounds, {kernel}, load average before/after "
-          f"{load_before[0]:.1f}/{res['load_average_after'][0]:.1f}")
-    print(f"{'':21}{'best s':>8}{'x bare':>8}{'median x':>10}{'peak RSS MB':>13}{'RSS/size':>10}"
-          f"{'imports MB':>12}{'work MB':>9}")
+    kernel = (
+        ("compiled kernel, vector loop" if res["vector_path"] else "compiled kernel, plain loop")
+        if res["kernel"]
+        else "NO compiled kernel (summarize = the torch path)"
+    )
+    print(
+        f"checkpoint: {size / 1e9:.2f} GB, layout {res['layout']} ({best['summarize']['tensors']} tensors with "
+        f"Adam state), threads={args.threads}, {args.repeats} rounds, {kernel}, load average before/after "
+        f"{load_before[0]:.1f}/{res['load_average_after'][0]:.1f}"
+    )
+    print(
+        f"{'':21}{'best s':>8}{'x bare':>8}{'median x':>10}{'peak RSS MB':>13}{'RSS/size':>10}"
+        f"{'imports MB':>12}{'work MB':>9}"
+    )
     for m in runs:
         r = res[m]
-        print(f"{m:21}{r['seconds']:>8.2f}{r['ratio_best']:>8.2f}{r['ratio_median_per_round']:>10.2f}"
-              f"{r['peak_rss'] / mb:>13.0f}{r['peak_rss_fraction']:>10.1%}{r['rss_after_imports'] / mb:>12.0f}"
-              f"{r['peak_rss_above_imports'] / mb:>9.0f}")
-    print(f"summarize: {s['ratio_best']:.2f}x bare (best of each), {s['ratio_median_per_round']:.2f}x (median of the "
-          f"rounds' ratios), target ≤ 3; peak RSS {s['peak_rss_fraction']:.1%} of the file, target < 25% -> targets "
-          f"{'met' if res['targets']['met'] else 'NOT met'}")
+        print(
+            f"{m:21}{r['seconds']:>8.2f}{r['ratio_best']:>8.2f}{r['ratio_median_per_round']:>10.2f}"
+            f"{r['peak_rss'] / mb:>13.0f}{r['peak_rss_fraction']:>10.1%}{r['rss_after_imports'] / mb:>12.0f}"
+            f"{r['peak_rss_above_imports'] / mb:>9.0f}"
+        )
+    print(
+        f"summarize: {s['ratio_best']:.2f}x bare (best of each), {s['ratio_median_per_round']:.2f}x (median of the "
+        f"rounds' ratios), target ≤ 3; peak RSS {s['peak_rss_fraction']:.1%} of the file, target < 25% -> targets "
+        f"{'met' if res['targets']['met'] else 'NOT met'}"
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -105,8 +105,12 @@ def logdir_for(n: int, workers: int, replicate: bool = False) -> Path:
     todo = [(str(d / f"run_{i:02d}"), PER_RUN, i) for i in range(1, runs) if not (d / f"run_{i:02d}").exists()]
     if todo:
         t = time.time()
-        print(f"writing {len(todo)} runs x {PER_RUN:,} events with SummaryWriter in {workers} processes "
-              f"-> {d} (once; cached) ...", file=sys.stderr, flush=True)
+        print(
+            f"writing {len(todo)} runs x {PER_RUN:,} events with SummaryWriter in {workers} processes "
+            f"-> {d} (once; cached) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for done in pool.map(_write_run, *zip(*todo)):
                 print(f"  {done} ({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
@@ -178,9 +182,15 @@ def _measure(tool: str, logdir: Path) -> dict:
     else:
         raise SystemExit(f"unknown tool {tool}")
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"tool": tool, "seconds": dt, "rows": rows, "frame_bytes": frame_bytes,
-            "rss_before_read_bytes": rss0, "peak_rss_bytes": _vm("VmHWM"),
-            "peak_rss_workers_bytes": child_kb * 1024}
+    return {
+        "tool": tool,
+        "seconds": dt,
+        "rows": rows,
+        "frame_bytes": frame_bytes,
+        "rss_before_read_bytes": rss0,
+        "peak_rss_bytes": _vm("VmHWM"),
+        "peak_rss_workers_bytes": child_kb * 1024,
+    }
 
 
 def run_tool(tool: str, logdir: Path, timeout: float) -> dict:
@@ -209,13 +219,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1e6,1e7", help="comma list of event counts (multiples of 1e6 above 1e6)")
     ap.add_argument("--tools", default="raw,adamdiag,adamdiag-1proc,adamdiag-nproc,tbparse,ea")
-    ap.add_argument("--tbparse-max", type=float, default=1e6,
-                    help="run tbparse only for sizes up to this (default 1e6: at 1e7 it needs ~20 min and GBs)")
+    ap.add_argument(
+        "--tbparse-max",
+        type=float,
+        default=1e6,
+        help="run tbparse only for sizes up to this (default 1e6: at 1e7 it needs ~20 min and GBs)",
+    )
     ap.add_argument("--ea-max", type=float, default=float("inf"), help="run EventAccumulator only up to this size")
     ap.add_argument("--timeout", type=float, default=3600, help="per reader run, seconds")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes writing the logdirs")
-    ap.add_argument("--replicate", action="store_true",
-                    help="build the 10^7 set from hard links of the 10^6 SummaryWriter run instead of writing 9 more")
+    ap.add_argument(
+        "--replicate",
+        action="store_true",
+        help="build the 10^7 set from hard links of the 10^6 SummaryWriter run instead of writing 9 more",
+    )
     ap.add_argument("--_measure", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._measure:
@@ -228,8 +245,14 @@ def main() -> None:
         logdir = logdir_for(n, args.workers, args.replicate)
         nbytes = sum(f.stat().st_size for f in _files(logdir))
         run_tool("raw", logdir, args.timeout)  # warm the page cache for everybody
-        entry = {"events": n, "logdir": str(logdir), "bytes": nbytes, "runs": len({f.parent for f in _files(logdir)}),
-                 "replicated": args.replicate and n > PER_RUN, "results": []}
+        entry = {
+            "events": n,
+            "logdir": str(logdir),
+            "bytes": nbytes,
+            "runs": len({f.parent for f in _files(logdir)}),
+            "replicated": args.replicate and n > PER_RUN,
+            "results": [],
+        }
         for tool in tools:
             limit = {"tbparse": args.tbparse_max, "ea": args.ea_max}.get(tool, float("inf"))
             if n > limit:
@@ -256,8 +279,9 @@ def _keep_previous(entry: dict, tools: list[str]) -> None:
         return
     for prev in old.get("sizes", []):
         if prev.get("events") == entry["events"] and prev.get("logdir") == entry["logdir"]:
-            entry["results"] += [dict(r, carried_over=True) for r in prev["results"]
-                                 if r["tool"] not in tools and "error" not in r]
+            entry["results"] += [
+                dict(r, carried_over=True) for r in prev["results"] if r["tool"] not in tools and "error" not in r
+            ]
 
 
 def _print_table(entry: dict) -> None:
@@ -265,8 +289,10 @@ def _print_table(entry: dict) -> None:
     by = {r["tool"]: r for r in entry["results"]}
     base = by.get("adamdiag", {}).get("seconds")
     print(f"\n{n:,} scalar events, {entry['runs']} run(s), {entry['bytes'] / 2**20:,.0f} MiB of event files")
-    print(f"{'reader':<16}{'wall s':>9}{'events/s':>14}{'RSS before':>12}{'peak RSS':>11}{'+worker':>11}"
-          f"{'frame':>11}{'vs adamdiag':>13}")
+    print(
+        f"{'reader':<16}{'wall s':>9}{'events/s':>14}{'RSS before':>12}{'peak RSS':>11}{'+worker':>11}"
+        f"{'frame':>11}{'vs adamdiag':>13}"
+    )
     for r in entry["results"]:
         if "error" in r:
             print(f"{r['tool']:<16}  {r['error']}")
@@ -276,8 +302,10 @@ def _print_table(entry: dict) -> None:
         ratio = f"{s / base:.2f}x" if base else "-"
         workers = _fmt_bytes(r["peak_rss_workers_bytes"]) if r["peak_rss_workers_bytes"] > 0 else "-"
         note = f"  (earlier run, {r.get('measured_at', '?')})" if r.get("carried_over") else ""
-        print(f"{r['tool']:<16}{s:>9.2f}{rate:>14}{_fmt_bytes(r.get('rss_before_read_bytes')):>12}"
-              f"{_fmt_bytes(r['peak_rss_bytes']):>11}{workers:>11}{_fmt_bytes(r['frame_bytes']):>11}{ratio:>13}{note}")
+        print(
+            f"{r['tool']:<16}{s:>9.2f}{rate:>14}{_fmt_bytes(r.get('rss_before_read_bytes')):>12}"
+            f"{_fmt_bytes(r['peak_rss_bytes']):>11}{workers:>11}{_fmt_bytes(r['frame_bytes']):>11}{ratio:>13}{note}"
+        )
         if r["tool"].startswith("adamdiag") and r["rows"] != n:
             print(f"  !! {r['tool']} returned {r['rows']:,} rows, expected {n:,}")
 

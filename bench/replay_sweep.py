@@ -94,8 +94,16 @@ def timed(fn) -> tuple[float, object]:
 def bench_one(size: str, device: torch.device, k: int, steps: int, folder: Path) -> dict:
     d_in, width, depth, batch = SIZES[size]
     ckpt = load_replay_checkpoint(checkpoint(size, folder))
-    spec = validate_spec({"model": make_model(d_in, width, depth), "batch": make_batch_fn(d_in, batch),
-                          "loss": loss_fn, "clip_grad_norm": 1.0}, "bench", "bench")
+    spec = validate_spec(
+        {
+            "model": make_model(d_in, width, depth),
+            "batch": make_batch_fn(d_in, batch),
+            "loss": loss_fn,
+            "clip_grad_norm": 1.0,
+        },
+        "bench",
+        "bench",
+    )
     vs = variants(k)
     # warm-up: first calls pay for kernel selection / allocator growth / vmap tracing
     replay_batched(spec, ckpt, vs, 3, device)
@@ -107,18 +115,33 @@ def bench_one(size: str, device: torch.device, k: int, steps: int, folder: Path)
         for x, y in zip(s.losses, b.losses):
             diff = max(diff, abs(x - y) / max(abs(x), 1e-30))
     n_params = sum(p.numel() for p in spec.model.parameters())
-    return {"device": str(device), "model": size, "params": n_params, "batch": batch, "K": k, "steps": steps,
-            "sequential_s": t_seq, "batched_s": t_bat, "speedup": t_seq / t_bat,
-            "sequential_variant_steps_per_s": k * steps / t_seq, "batched_variant_steps_per_s": k * steps / t_bat,
-            "max_rel_loss_diff": diff}
+    return {
+        "device": str(device),
+        "model": size,
+        "params": n_params,
+        "batch": batch,
+        "K": k,
+        "steps": steps,
+        "sequential_s": t_seq,
+        "batched_s": t_bat,
+        "speedup": t_seq / t_bat,
+        "sequential_variant_steps_per_s": k * steps / t_seq,
+        "batched_variant_steps_per_s": k * steps / t_bat,
+        "max_rel_loss_diff": diff,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, nargs="+", default=[4, 16], help="numbers of variants")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES),
-                    help="default: small and medium on CPU, all three on CUDA")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        choices=list(SIZES),
+        help="default: small and medium on CPU, all three on CUDA",
+    )
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "replay_sweep.json")
@@ -133,14 +156,21 @@ def main(argv: list[str] | None = None) -> int:
                 for k in args.k:
                     row = bench_one(size, torch.device(dev), k, args.steps, Path(tmp))
                     rows.append(row)
-                    print(f"{row['device']:6} {row['model']:11} {row['params']:>9,} params  K={row['K']:<3} "
-                          f"{row['steps']} steps  sequential {row['sequential_s']:7.2f} s  batched "
-                          f"{row['batched_s']:7.2f} s  speedup {row['speedup']:5.2f}x  "
-                          f"max rel diff {row['max_rel_loss_diff']:.1e}", flush=True)
-    meta = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                    print(
+                        f"{row['device']:6} {row['model']:11} {row['params']:>9,} params  K={row['K']:<3} "
+                        f"{row['steps']} steps  sequential {row['sequential_s']:7.2f} s  batched "
+                        f"{row['batched_s']:7.2f} s  speedup {row['speedup']:5.2f}x  "
+                        f"max rel diff {row['max_rel_loss_diff']:.1e}",
+                        flush=True,
+                    )
+    meta = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

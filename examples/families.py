@@ -87,8 +87,13 @@ CNN_SIZES: dict[str, dict[str, Any]] = {
     "small": {"side": 8, "channels": 8, "hidden": 64, "classes": 4},
     "medium": {"side": 12, "channels": 16, "hidden": 64, "classes": 8},
 }
-CNN_DATA: dict[str, Any] = {"n_examples": 128, "data_seed": 0, "teacher_seed": 2000, "teacher_scale": 1.0,
-                            "smooth": True}
+CNN_DATA: dict[str, Any] = {
+    "n_examples": 128,
+    "data_seed": 0,
+    "teacher_seed": 2000,
+    "teacher_scale": 1.0,
+    "smooth": True,
+}
 
 
 class SmallCNN(nn.Module):
@@ -237,12 +242,28 @@ def tfm_head_losses(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.
 # ----------------------------------------------------------------------------------------------------------
 # registration
 
-runlab.register_family(CNN, Family(build_model=cnn_build_model, build_data=cnn_build_data,
-                                   num_examples=_num_examples, select=_select, head_losses=cnn_head_losses,
-                                   module="families"))
-runlab.register_family(TRANSFORMER, Family(build_model=tfm_build_model, build_data=tfm_build_data,
-                                           num_examples=_num_examples, select=_select,
-                                           head_losses=tfm_head_losses, module="families"))
+runlab.register_family(
+    CNN,
+    Family(
+        build_model=cnn_build_model,
+        build_data=cnn_build_data,
+        num_examples=_num_examples,
+        select=_select,
+        head_losses=cnn_head_losses,
+        module="families",
+    ),
+)
+runlab.register_family(
+    TRANSFORMER,
+    Family(
+        build_model=tfm_build_model,
+        build_data=tfm_build_data,
+        num_examples=_num_examples,
+        select=_select,
+        head_losses=tfm_head_losses,
+        module="families",
+    ),
+)
 
 
 def adamdiag_replay(checkpoint: str) -> dict[str, Any]:

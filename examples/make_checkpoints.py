@@ -32,16 +32,22 @@ def live_truth(named_params: list[tuple[str, nn.Parameter]], opt: torch.optim.Op
             st = opt.state.get(p)
             if not st:
                 continue
-            out[names[id(p)]] = {"exp_avg": st["exp_avg"].detach().clone(),
-                                 "exp_avg_sq": st["exp_avg_sq"].detach().clone(),
-                                 "step": int(st["step"]), "group": gi, "param": p.detach().clone()}
+            out[names[id(p)]] = {
+                "exp_avg": st["exp_avg"].detach().clone(),
+                "exp_avg_sq": st["exp_avg_sq"].detach().clone(),
+                "step": int(st["step"]),
+                "group": gi,
+                "param": p.detach().clone(),
+            }
     return out
 
 
 def two_groups(named: list[tuple[str, nn.Parameter]], wd: float = 0.1) -> list[dict]:
     """The usual hand-built param groups: decay on matrices, none on biases and norms."""
-    return [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": wd},
-            {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for n, p in named if p.ndim >= 2], "weight_decay": wd},
+        {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0},
+    ]
 
 
 # --- PyTorch Lightning ------------------------------------------------------------------------------
@@ -65,8 +71,15 @@ def write_lightning(out: Path, steps: int = 4) -> tuple[Path, Truth]:
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g))
     model = Regressor()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(out))
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
     trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
     path = out / f"epoch=0-step={steps}.ckpt"
     trainer.save_checkpoint(path)
@@ -91,11 +104,21 @@ def write_hf(out: Path, steps: int = 3) -> tuple[Path, Truth]:
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2,
-                                       bos_token_id=0, eos_token_id=0))
-    args = TrainingArguments(output_dir=str(out), max_steps=steps, save_steps=steps, per_device_train_batch_size=4,
-                             report_to=[], use_cpu=True, learning_rate=1e-3, weight_decay=0.1, disable_tqdm=True,
-                             logging_strategy="no")
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    )
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        save_steps=steps,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
     trainer = Trainer(model=model, args=args, train_dataset=_TokenData())
     trainer.train()
     return out / f"checkpoint-{steps}", live_truth(list(model.named_parameters()), trainer.optimizer)
@@ -199,11 +222,13 @@ def write_dcp_sharded(out: Path, world: int = 2, steps: int = 3) -> tuple[Path, 
 def main(argv: list[str]) -> int:
     out = Path(argv[0] if argv else "checkpoints_demo")
     out.mkdir(parents=True, exist_ok=True)
-    writers = [("dcp", lambda: write_dcp(out / "dcp_step3")),
-               ("dcp-sharded", lambda: write_dcp_sharded(out / "dcp_sharded_step3")),
-               ("lightning", lambda: write_lightning(out / "lightning")),
-               ("hf", lambda: write_hf(out / "hf")),
-               ("accelerate", lambda: write_accelerate(out / "accelerate_step3"))]
+    writers = [
+        ("dcp", lambda: write_dcp(out / "dcp_step3")),
+        ("dcp-sharded", lambda: write_dcp_sharded(out / "dcp_sharded_step3")),
+        ("lightning", lambda: write_lightning(out / "lightning")),
+        ("hf", lambda: write_hf(out / "hf")),
+        ("accelerate", lambda: write_accelerate(out / "accelerate_step3")),
+    ]
     for name, fn in writers:
         try:
             path, _ = fn()

@@ -41,8 +41,13 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": {"in_dim": 16, "hidden": 64, "classes": 4},
     "medium": {"in_dim": 32, "hidden": 256, "classes": 8},
 }
-DATA_DEFAULTS: dict[str, Any] = {"n_examples": 256, "data_seed": 0, "teacher_seed": 1000, "teacher_scale": 1.0,
-                                 "prob_weight": 1.0}
+DATA_DEFAULTS: dict[str, Any] = {
+    "n_examples": 256,
+    "data_seed": 0,
+    "teacher_seed": 1000,
+    "teacher_scale": 1.0,
+    "prob_weight": 1.0,
+}
 # The sample runs: a small fixed data set trained full batch (no mini-batch noise to keep g² ≈ v̂), a tiny
 # weight on the probability head so the exactly-fittable regression heads dominate the loss.
 SAMPLE_DATA: dict[str, Any] = {"n_examples": 32, "prob_weight": 0.01}
@@ -141,8 +146,17 @@ def head_losses(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tens
     return losses
 
 
-runlab.register_family(FAMILY, Family(build_model=build_model, build_data=build_data, num_examples=num_examples,
-                                      select=select, head_losses=head_losses, module="multitask"))
+runlab.register_family(
+    FAMILY,
+    Family(
+        build_model=build_model,
+        build_data=build_data,
+        num_examples=num_examples,
+        select=select,
+        head_losses=head_losses,
+        module="multitask",
+    ),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,8 +178,18 @@ def adamdiag_replay(checkpoint: str) -> dict[str, Any]:
 def sample_configs() -> dict[str, RunConfig]:
     """The sample_logs/ runs: same task, teacher and init seed everywhere. vcollapse and stable_eps1e-3
     differ only in eps; lr_too_high trains mini-batches of a larger draw of the same task."""
-    base = dict(family=FAMILY, size="small", data=dict(SAMPLE_DATA), steps=2000, lr=1e-2, betas=(0.9, 0.999),
-                seed=0, log_every=1, ckpt_every=100, optimizer="adam")
+    base = dict(
+        family=FAMILY,
+        size="small",
+        data=dict(SAMPLE_DATA),
+        steps=2000,
+        lr=1e-2,
+        betas=(0.9, 0.999),
+        seed=0,
+        log_every=1,
+        ckpt_every=100,
+        optimizer="adam",
+    )
     return {
         # trains well, then g² ≪ v̂ for hundreds of steps, √v̂ collapses and the run blows up
         "vcollapse": RunConfig(name="vcollapse", eps=1e-8, hist_every=50, **base),
@@ -173,9 +197,20 @@ def sample_configs() -> dict[str, RunConfig]:
         "stable_eps1e-3": RunConfig(name="stable_eps1e-3", eps=1e-3, **base),
         # lr far too high: trains at first, then diverges as the lr warms up, while g²/v̂ stays O(1)
         # (mini-batches of a larger set of the same task: batch noise keeps g² ≈ v̂, so no collapse can form)
-        "lr_too_high": RunConfig(name="lr_too_high", eps=1e-8, **{
-            **base, "data": {**SAMPLE_DATA, "n_examples": 256}, "batch_size": 32, "lr": 0.3, "steps": 600,
-            "lr_schedule": "linear_warmup", "warmup_steps": 300, "ckpt_every": 50}),
+        "lr_too_high": RunConfig(
+            name="lr_too_high",
+            eps=1e-8,
+            **{
+                **base,
+                "data": {**SAMPLE_DATA, "n_examples": 256},
+                "batch_size": 32,
+                "lr": 0.3,
+                "steps": 600,
+                "lr_schedule": "linear_warmup",
+                "warmup_steps": 300,
+                "ckpt_every": 50,
+            },
+        ),
     }
 
 
@@ -204,7 +239,8 @@ def write_toml(out: Path) -> None:
     (Path(out) / "adamdiag.toml").write_text(
         "# Written by examples/multitask.py: how `adamdiag replay` rebuilds model, batches and loss.\n"
         "[replay]\n"
-        f'entry = "{Path(rel).as_posix()}:adamdiag_replay"   # path relative to this file\n')
+        f'entry = "{Path(rel).as_posix()}:adamdiag_replay"   # path relative to this file\n'
+    )
 
 
 def generate(out: Path, only: list[str] | None = None, verbose: bool = True) -> dict[str, dict[str, Any]]:
@@ -220,11 +256,14 @@ def generate(out: Path, only: list[str] | None = None, verbose: bool = True) -> 
         truths[name] = runlab.train(cfg, out / name)
         if verbose:
             s = truths[name]["summary"]
-            print(f"{name:16s} blowup_step={s['blowup_step']} cause={s['cause']} "
-                  f"min sqrt(vhat)/eps pre={s['min_sqrt_vhat_over_eps_pre']:.3g} "
-                  f"median sqrt(vhat)/eps pre(min)={s['median_sqrt_vhat_min_over_eps_pre']:.3g} "
-                  f"min_loss_pre={s['min_loss_pre']:.3g} max_loss_after={s['max_loss_after']} "
-                  f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+            print(
+                f"{name:16s} blowup_step={s['blowup_step']} cause={s['cause']} "
+                f"min sqrt(vhat)/eps pre={s['min_sqrt_vhat_over_eps_pre']:.3g} "
+                f"median sqrt(vhat)/eps pre(min)={s['median_sqrt_vhat_min_over_eps_pre']:.3g} "
+                f"min_loss_pre={s['min_loss_pre']:.3g} max_loss_after={s['max_loss_after']} "
+                f"({time.perf_counter() - t0:.1f}s)",
+                file=sys.stderr,
+            )
     write_toml(out)
     return truths
 

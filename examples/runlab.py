@@ -230,8 +230,7 @@ def build_model(cfg: RunConfig) -> nn.Module:
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Adam or AdamW with the run's hyperparameters (plain for-loop implementation, CPU default)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(model.parameters(), lr=lr_at(cfg, 1), betas=tuple(cfg.betas), eps=cfg.eps,
-               weight_decay=cfg.weight_decay)
+    return cls(model.parameters(), lr=lr_at(cfg, 1), betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -256,8 +255,7 @@ def run_dir_of_checkpoint(checkpoint: str | Path) -> Path:
 # ----------------------------------------------------------------------------------------------------------
 # live optimizer-state probes (ground truth)
 
-_PER_TENSOR_KEYS = ("r", "frac_below_eps", "frac_below_10eps", "min_sqrt_vhat", "median_sqrt_vhat",
-                    "update_rms")
+_PER_TENSOR_KEYS = ("r", "frac_below_eps", "frac_below_10eps", "min_sqrt_vhat", "median_sqrt_vhat", "update_rms")
 _GLOBAL_KEYS = _PER_TENSOR_KEYS + ("p01_sqrt_vhat",)
 
 
@@ -318,14 +316,17 @@ class Prober:
             vp = self._vprev
             r = nan if vp is None else torch.where(vp > 0, self._g2 / vp, nan)
             u2 = self._segsum((mh / (s + eps)).pow(2))
-            cols = torch.stack([
-                r,
-                self._segsum((s < eps).double()) / n,
-                self._segsum((s < 10 * eps).double()) / n,
-                torch.segment_reduce(s, "min", lengths=self.lengths),
-                torch.stack([x.median() for x in s.split(self.sizes)]),
-                (u2 / n).sqrt(),
-            ], dim=1).tolist()
+            cols = torch.stack(
+                [
+                    r,
+                    self._segsum((s < eps).double()) / n,
+                    self._segsum((s < 10 * eps).double()) / n,
+                    torch.segment_reduce(s, "min", lengths=self.lengths),
+                    torch.stack([x.median() for x in s.split(self.sizes)]),
+                    (u2 / n).sqrt(),
+                ],
+                dim=1,
+            ).tolist()
             ntot = s.numel()
             vsum = float(vp.sum()) if vp is not None else 0.0
             k01 = max(1, int(math.ceil(0.01 * ntot)))
@@ -343,8 +344,13 @@ class Prober:
         return {"global": glob, "tensors": per}
 
 
-def probe_reference(opt: torch.optim.Optimizer, model: nn.Module, cfg: RunConfig,
-                    grads: dict[str, torch.Tensor], vprev: dict[str, torch.Tensor | None]) -> dict[str, Any]:
+def probe_reference(
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    cfg: RunConfig,
+    grads: dict[str, torch.Tensor],
+    vprev: dict[str, torch.Tensor | None],
+) -> dict[str, Any]:
     """Plain-loop reference of :class:`Prober` (per tensor, straight from the formulas).
 
     ``grads``/``vprev``: per-name copies of the gradient Adam used at update t and of exp_avg_sq before it.
@@ -404,7 +410,7 @@ def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
     floor = max(1e-7 * float(np.median(head)) if len(head) else 0.0, 1e-30)
     lx = np.log10(np.maximum(np.where(finite, x, np.inf), floor))
     for i in range(BLOWUP_MIN_HISTORY, first_nonfinite):
-        w = lx[max(0, i - BLOWUP_WINDOW):i]
+        w = lx[max(0, i - BLOWUP_WINDOW) : i]
         b = float(np.median(w))
         # Noise from first differences: deviations around the median of a trending window (a loss
         # still falling fast) measure the trend, not the noise, and would hide real blowups.
@@ -412,8 +418,8 @@ def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
         onset = b + max(BLOWUP_ONSET, 3.0 * s)
         if lx[i] <= onset:
             continue
-        horizon = lx[i:min(n, i + BLOWUP_HORIZON)]
-        persist = lx[i:min(n, i + BLOWUP_PERSIST)]
+        horizon = lx[i : min(n, i + BLOWUP_HORIZON)]
+        persist = lx[i : min(n, i + BLOWUP_PERSIST)]
         if (horizon >= b + BLOWUP_PEAK).any() and np.median(persist) > onset:
             return i + 1
     return first_nonfinite + 1 if first_nonfinite < n else None
@@ -447,8 +453,9 @@ def _longest_quiet_run_before(r: np.ndarray, b_idx: int) -> tuple[int, int]:
     return best_len, best_end
 
 
-def label_cause(r: np.ndarray, median_sqrt_vhat: np.ndarray, r_tensor_max: np.ndarray,
-                blowup: int | None) -> tuple[str, dict[str, Any]]:
+def label_cause(
+    r: np.ndarray, median_sqrt_vhat: np.ndarray, r_tensor_max: np.ndarray, blowup: int | None
+) -> tuple[str, dict[str, Any]]:
     """Cause label from live-state traces (arrays indexed by step-1).
 
     ``r`` is the global mean(g²)/mean(v̂_{t-1}); ``r_tensor_max`` its per-step maximum over tensors.
@@ -465,14 +472,14 @@ def label_cause(r: np.ndarray, median_sqrt_vhat: np.ndarray, r_tensor_max: np.nd
     b = blowup - 1
     rq = np.nan_to_num(r, nan=1.0)
     quiet_len, quiet_end = _longest_quiet_run_before(rq, b)
-    pre = median_sqrt_vhat[:max(b, 1)]
+    pre = median_sqrt_vhat[: max(b, 1)]
     peak = float(np.nanmax(pre)) if np.isfinite(pre).any() else float("nan")
     at = float(median_sqrt_vhat[max(b - 1, 0)])
     collapse = peak / at if at > 0 else float("inf")
     lo, hi = max(0, b - SURGE_WINDOW[0]), min(len(r), b + SURGE_WINDOW[1])
     surge_g = float(np.nanmax(r[lo:hi])) if np.isfinite(r[lo:hi]).any() else float("nan")
     surge_t = float(np.nanmax(r_tensor_max[lo:hi])) if np.isfinite(r_tensor_max[lo:hi]).any() else float("nan")
-    quiet_med = (float(np.median(rq[quiet_end - quiet_len + 1:quiet_end + 1])) if quiet_len else float("nan"))
+    quiet_med = float(np.median(rq[quiet_end - quiet_len + 1 : quiet_end + 1])) if quiet_len else float("nan")
     jump = surge_g / quiet_med if quiet_len and quiet_med > 0 else float("nan")
     ev = {
         "quiet_stretch_steps": int(quiet_len),
@@ -483,8 +490,7 @@ def label_cause(r: np.ndarray, median_sqrt_vhat: np.ndarray, r_tensor_max: np.nd
         "max_tensor_r_around_blowup": surge_t,
         "r_jump": jump,
     }
-    is_vc = (quiet_len >= QUIET_MIN_STEPS and collapse >= COLLAPSE_MIN_FACTOR and surge_t >= R_SURGE
-             and jump >= R_JUMP)
+    is_vc = quiet_len >= QUIET_MIN_STEPS and collapse >= COLLAPSE_MIN_FACTOR and surge_t >= R_SURGE and jump >= R_JUMP
     return ("v_collapse" if is_vc else "lr_too_high"), ev
 
 
@@ -492,8 +498,15 @@ INJECT_SPIKE = 10.0  # an injected bad batch registers when its gradient norm is
 INJECT_BACK = 10.0  # ...and the next batch's is back below 1/10 of the spike (the data, not the state, did it)
 
 
-def label_injection(inject: dict[str, Any], losses: np.ndarray, grad_norm: np.ndarray, r: np.ndarray,
-                    blowup: int | None, cause: str, ev: dict[str, Any]) -> tuple[int | None, str, dict[str, Any]]:
+def label_injection(
+    inject: dict[str, Any],
+    losses: np.ndarray,
+    grad_norm: np.ndarray,
+    r: np.ndarray,
+    blowup: int | None,
+    cause: str,
+    ev: dict[str, Any],
+) -> tuple[int | None, str, dict[str, Any]]:
     """Cause label for runs with an injected failure, from the injection *and* the live state.
 
     ``grad_norm``: the raw (pre-clip) gradient norm per step; ``r``: global mean(g²)/mean(v̂_{t-1}).
@@ -513,11 +526,16 @@ def label_injection(inject: dict[str, Any], losses: np.ndarray, grad_norm: np.nd
     k = inject.get("bad_batch_at")
     if k is not None and 1 < k < len(losses):
         i = int(k) - 1
-        base = float(np.median(grad_norm[max(0, i - 50):i]))
+        base = float(np.median(grad_norm[max(0, i - 50) : i]))
         spike = float(grad_norm[i] / base) if base > 0 else float("nan")
         back = float(grad_norm[i] / grad_norm[i + 1]) if grad_norm[i + 1] > 0 else float("inf")
-        ev.update(injected="bad_batch", bad_batch_at=int(k), grad_norm_spike=spike, grad_norm_drop_next=back,
-                  r_at_bad_batch=float(r[i]))
+        ev.update(
+            injected="bad_batch",
+            bad_batch_at=int(k),
+            grad_norm_spike=spike,
+            grad_norm_drop_next=back,
+            r_at_bad_batch=float(r[i]),
+        )
         registered = spike >= INJECT_SPIKE and back >= INJECT_BACK and float(r[i]) >= INJECT_SPIKE**2
         if registered and (blowup is None or blowup >= k):
             return int(k), "bad_batch", ev
@@ -577,13 +595,21 @@ def _train(cfg: RunConfig, out_dir: Path, verbose: bool) -> dict[str, Any]:
     for old in list(out_dir.glob("events.out.tfevents.*")) + list(out_dir.glob("checkpoints/*.pt")):
         old.unlink()  # a re-generated run must not mix with a previous generation's files
     fam = get_family(cfg.family)
-    (out_dir / "config.json").write_text(json.dumps(
-        {"config": cfg.to_json(), "family_module": fam.module or _FAMILY_MODULES.get(cfg.family, ""),
-         "step_convention": "1-based; train/loss at step t is the loss on batch_for_step(t) before update t; "
-                            "checkpoint step_N.pt is taken after N updates",
-         "torch": torch.__version__,
-         # bit-exact reproducibility holds for the same torch build and CPU kernel family only
-         "cpu_capability": torch.backends.cpu.get_cpu_capability()}, indent=2) + "\n")
+    (out_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_json(),
+                "family_module": fam.module or _FAMILY_MODULES.get(cfg.family, ""),
+                "step_convention": "1-based; train/loss at step t is the loss on batch_for_step(t) before update t; "
+                "checkpoint step_N.pt is taken after N updates",
+                "torch": torch.__version__,
+                # bit-exact reproducibility holds for the same torch build and CPU kernel family only
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
     data = fam.build_data(cfg)
     model = build_model(cfg)
@@ -630,8 +656,17 @@ def _train(cfg: RunConfig, out_dir: Path, verbose: bool) -> dict[str, Any]:
         opt.step()
         step = t
         probe = prober.after(opt) if finite else None
-        trace.put(t, {"loss": lval, "heads": {k: float(v.detach()) for k, v in heads.items()}, "lr": lr,
-                      "grad_norm": gnorm, "grad_norm_preclip": preclip, "probe": probe})
+        trace.put(
+            t,
+            {
+                "loss": lval,
+                "heads": {k: float(v.detach()) for k, v in heads.items()},
+                "lr": lr,
+                "grad_norm": gnorm,
+                "grad_norm_preclip": preclip,
+                "probe": probe,
+            },
+        )
         if cfg.ckpt_every and t % cfg.ckpt_every == 0:
             _save_checkpoint(out_dir, model, opt, t)
             last_ckpt = t
@@ -681,8 +716,7 @@ def _trace_steps(n: int, blowup: int | None, target: int = 300, dense: int = 60)
     return sorted(s)
 
 
-def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
-               sizes: dict[str, int]) -> dict[str, Any]:
+def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]], sizes: dict[str, int]) -> dict[str, Any]:
     steps = trace.steps()
     n = len(steps)
     assert steps == list(range(1, n + 1)), "trace must be contiguous"
@@ -697,12 +731,14 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
     med_s = gser("median_sqrt_vhat")
     blowup = detect_blowup(losses)
     tensor_names = list(rows[0]["probe"]["tensors"]) if rows[0]["probe"] else []
-    r_tmax = np.array([max((r["probe"]["tensors"][tn]["r"] for tn in tensor_names), default=nan)
-                       if r["probe"] else nan for r in rows])
+    r_tmax = np.array(
+        [max((r["probe"]["tensors"][tn]["r"] for tn in tensor_names), default=nan) if r["probe"] else nan for r in rows]
+    )
     cause, evidence = label_cause(r_g, med_s, r_tmax, blowup)
     if cfg.inject:
-        blowup, cause, evidence = label_injection(cfg.inject, losses, np.array([r["grad_norm_preclip"] for r in rows]),
-                                                  r_g, blowup, cause, evidence)
+        blowup, cause, evidence = label_injection(
+            cfg.inject, losses, np.array([r["grad_norm_preclip"] for r in rows]), r_g, blowup, cause, evidence
+        )
     eps = cfg.eps
 
     end_pre = (blowup - 1) if blowup is not None else n  # steps strictly before the blowup
@@ -713,8 +749,10 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
 
     per_tensor: dict[str, Any] = {}
     for tn in tensor_names:
+
         def tser(key: str, tn: str = tn) -> np.ndarray:
             return np.array([r["probe"]["tensors"][tn][key] if r["probe"] else nan for r in rows])
+
         rt = tser("r")
         ms = tser("min_sqrt_vhat")
         mds = tser("median_sqrt_vhat")
@@ -725,13 +763,13 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
             "min_sqrt_vhat_over_eps_pre": _f(float(np.nanmin(ms[pre])) / eps),
             "median_sqrt_vhat_min_over_eps_pre": _f(float(np.nanmin(mds[pre])) / eps),
             "median_sqrt_vhat_collapse_factor": _f(float(np.nanmax(mds[pre]) / mds[max(end_pre - 1, 0)])),
-            "median_r_last300_pre": _f(float(np.nanmedian(rt[max(1, end_pre - 300):max(end_pre, 2)]))),
+            "median_r_last300_pre": _f(float(np.nanmedian(rt[max(1, end_pre - 300) : max(end_pre, 2)]))),
             "quiet_stretch_steps": int(quiet_len),
-            "max_r_around_blowup": (_f(float(np.nanmax(rt[max(0, b - 10):b + 30]))) if b is not None
-                                    else None),
+            "max_r_around_blowup": (_f(float(np.nanmax(rt[max(0, b - 10) : b + 30]))) if b is not None else None),
             "frac_below_10eps_pre_max": _f(float(np.nanmax(tser("frac_below_10eps")[pre]))),
-            "max_update_rms_around_blowup": (_f(float(np.nanmax(tser("update_rms")[max(0, b - 10):b + 30])))
-                                             if b is not None else None),
+            "max_update_rms_around_blowup": (
+                _f(float(np.nanmax(tser("update_rms")[max(0, b - 10) : b + 30]))) if b is not None else None
+            ),
         }
 
     ts = _trace_steps(n, blowup)
@@ -745,9 +783,10 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
     tts = _trace_steps(n, blowup, target=40, dense=10)
     ttrace = {"step": tts}
     for tn in tensor_names:
-        ttrace[tn] = {key: [_f(rows[s - 1]["probe"]["tensors"][tn][key], 4) if rows[s - 1]["probe"] else None
-                            for s in tts] for key in ("r", "min_sqrt_vhat", "median_sqrt_vhat", "update_rms",
-                                                      "frac_below_10eps")}
+        ttrace[tn] = {
+            key: [_f(rows[s - 1]["probe"]["tensors"][tn][key], 4) if rows[s - 1]["probe"] else None for s in tts]
+            for key in ("r", "min_sqrt_vhat", "median_sqrt_vhat", "update_rms", "frac_below_10eps")
+        }
     b = (blowup - 1) if blowup is not None else None
     summary = {
         "blowup_step": blowup,
@@ -762,8 +801,9 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
         "p01_sqrt_vhat_min_over_eps_pre": _f(p01_pre / eps),
         "median_sqrt_vhat_min_over_eps_pre": _f(med_pre / eps),
         "frac_below_10eps_pre_max": _f(float(np.nanmax(gser("frac_below_10eps")[pre]))),
-        "max_update_rms_around_blowup": (_f(float(np.nanmax(gser("update_rms")[max(0, b - 10):b + 30])))
-                                         if b is not None else None),
+        "max_update_rms_around_blowup": (
+            _f(float(np.nanmax(gser("update_rms")[max(0, b - 10) : b + 30]))) if b is not None else None
+        ),
         "evidence": {k: (_f(v) if isinstance(v, float) else v) for k, v in evidence.items()},
     }
     return {
@@ -774,12 +814,12 @@ def _summarize(cfg: RunConfig, trace: _Trace, segments: list[dict[str, Any]],
             "sqrt_vhat": "sqrt(v_t/(1-beta2^t)) right after update t",
             "update_rms": "sqrt(mean((mhat_t/(sqrt(vhat_t)+eps))^2)), step t in units of lr",
             "blowup": "runlab.detect_blowup: log10 loss > trailing-100 median + max(log10 2, 3*sigma (sigma = 1.4826*median|diff|/sqrt2; losses floored at 1e-7 x the first losses)), "
-                      "reaching +1 decade within 100 steps, median of the next 10 steps above onset",
+            "reaching +1 decade within 100 steps, median of the next 10 steps above onset",
             "cause": f"v_collapse: >= {QUIET_MIN_STEPS} consecutive steps with global r < {R_QUIET} ending <= "
-                     f"{QUIET_MAX_GAP} steps before the blowup, median sqrt(vhat) down >= "
-                     f"{COLLAPSE_MIN_FACTOR}x from its peak, and within -{SURGE_WINDOW[0]}/+{SURGE_WINDOW[1]} "
-                     f"steps of the blowup global r >= {R_JUMP}x its quiet median and some tensor's r >= "
-                     f"{R_SURGE}; lr_too_high: other blowups; healthy: none",
+            f"{QUIET_MAX_GAP} steps before the blowup, median sqrt(vhat) down >= "
+            f"{COLLAPSE_MIN_FACTOR}x from its peak, and within -{SURGE_WINDOW[0]}/+{SURGE_WINDOW[1]} "
+            f"steps of the blowup global r >= {R_JUMP}x its quiet median and some tensor's r >= "
+            f"{R_SURGE}; lr_too_high: other blowups; healthy: none",
             "pre": "steps strictly before blowup_step (all steps when healthy)",
         },
         "summary": summary,

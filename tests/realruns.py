@@ -55,8 +55,10 @@ def train_tiny(
         writer.add_scalar("train/lr", lr, step)
         if ckpt_every and step % ckpt_every == 0:
             (out / "checkpoints").mkdir(exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
-                       out / "checkpoints" / f"step_{step:06d}.pt")
+            torch.save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
+                out / "checkpoints" / f"step_{step:06d}.pt",
+            )
     writer.close()
     return out
 

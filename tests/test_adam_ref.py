@@ -36,29 +36,46 @@ def test_reference_matches_torch_float64(cfg):
     wd = kw.get("weight_decay", 0.01 if cfg["cls"] == "AdamW" else 0.0)
     for _ in range(6):
         # Gradients of very different scales, some exactly zero: exercises v decay and eps.
-        grads = [torch.randn(s, generator=g, dtype=torch.float64) * 10 ** float(torch.randint(-6, 2, (1,), generator=g))
-                 for s in shapes]
+        grads = [
+            torch.randn(s, generator=g, dtype=torch.float64) * 10 ** float(torch.randint(-6, 2, (1,), generator=g))
+            for s in shapes
+        ]
         grads[1][0] = 0.0
         for p, gr in zip(params, grads):
             p.grad = gr.clone()
         opt.step()
         for k in range(len(params)):
             ref_params[k] = adam_step(
-                ref_params[k], grads[k].reshape(-1).tolist(), ref_states[k], lr=kw["lr"], beta1=betas[0],
-                beta2=betas[1], eps=kw.get("eps", 1e-8), weight_decay=wd, decoupled=cfg["cls"] == "AdamW",
-                amsgrad=kw.get("amsgrad", False), maximize=kw.get("maximize", False),
+                ref_params[k],
+                grads[k].reshape(-1).tolist(),
+                ref_states[k],
+                lr=kw["lr"],
+                beta1=betas[0],
+                beta2=betas[1],
+                eps=kw.get("eps", 1e-8),
+                weight_decay=wd,
+                decoupled=cfg["cls"] == "AdamW",
+                amsgrad=kw.get("amsgrad", False),
+                maximize=kw.get("maximize", False),
             )
     for k, p in enumerate(params):
         st = opt.state[p]
-        torch.testing.assert_close(p.detach().reshape(-1), torch.tensor(ref_params[k], dtype=torch.float64),
-                                   rtol=1e-13, atol=1e-15)
-        torch.testing.assert_close(st["exp_avg"].reshape(-1), torch.tensor(ref_states[k].m, dtype=torch.float64),
-                                   rtol=1e-13, atol=1e-300)
-        torch.testing.assert_close(st["exp_avg_sq"].reshape(-1), torch.tensor(ref_states[k].v, dtype=torch.float64),
-                                   rtol=1e-13, atol=1e-300)
+        torch.testing.assert_close(
+            p.detach().reshape(-1), torch.tensor(ref_params[k], dtype=torch.float64), rtol=1e-13, atol=1e-15
+        )
+        torch.testing.assert_close(
+            st["exp_avg"].reshape(-1), torch.tensor(ref_states[k].m, dtype=torch.float64), rtol=1e-13, atol=1e-300
+        )
+        torch.testing.assert_close(
+            st["exp_avg_sq"].reshape(-1), torch.tensor(ref_states[k].v, dtype=torch.float64), rtol=1e-13, atol=1e-300
+        )
         if kw.get("amsgrad"):
-            torch.testing.assert_close(st["max_exp_avg_sq"].reshape(-1),
-                                       torch.tensor(ref_states[k].v_max, dtype=torch.float64), rtol=1e-13, atol=1e-300)
+            torch.testing.assert_close(
+                st["max_exp_avg_sq"].reshape(-1),
+                torch.tensor(ref_states[k].v_max, dtype=torch.float64),
+                rtol=1e-13,
+                atol=1e-300,
+            )
         assert int(st["step"]) == ref_states[k].step == 6
 
 

@@ -57,7 +57,10 @@ def _two_groups(model: nn.Module, *, named: bool, decay_1d: tuple[str, ...] = ()
     nodec = [(n, p) for n, p in model.named_parameters() if not (p.ndim >= 2 or n in decay_1d)]
     if named:
         return [{"params": dec, "weight_decay": 0.1}, {"params": nodec, "weight_decay": 0.0}]
-    return [{"params": [p for _, p in dec], "weight_decay": 0.1}, {"params": [p for _, p in nodec], "weight_decay": 0.0}]
+    return [
+        {"params": [p for _, p in dec], "weight_decay": 0.1},
+        {"params": [p for _, p in nodec], "weight_decay": 0.0},
+    ]
 
 
 def _live(model: nn.Module, opt: torch.optim.Optimizer, convention="torch") -> dict[str, object]:
@@ -69,10 +72,23 @@ def _live(model: nn.Module, opt: torch.optim.Optimizer, convention="torch") -> d
             if p not in opt.state:
                 continue
             st = opt.state[p]
-            t = TensorMoments(name=names[id(p)], index=0, group=gi, shape=tuple(p.shape), step=int(st["step"]),
-                              lr=grp["lr"], beta1=grp["betas"][0], beta2=grp["betas"][1], eps=grp["eps"],
-                              weight_decay=grp["weight_decay"], amsgrad=grp["amsgrad"], exp_avg=st["exp_avg"],
-                              exp_avg_sq=st["exp_avg_sq"], max_exp_avg_sq=st.get("max_exp_avg_sq"), param=p.detach())
+            t = TensorMoments(
+                name=names[id(p)],
+                index=0,
+                group=gi,
+                shape=tuple(p.shape),
+                step=int(st["step"]),
+                lr=grp["lr"],
+                beta1=grp["betas"][0],
+                beta2=grp["betas"][1],
+                eps=grp["eps"],
+                weight_decay=grp["weight_decay"],
+                amsgrad=grp["amsgrad"],
+                exp_avg=st["exp_avg"],
+                exp_avg_sq=st["exp_avg_sq"],
+                max_exp_avg_sq=st.get("max_exp_avg_sq"),
+                param=p.detach(),
+            )
             out[names[id(p)]] = tensor_stats(t, convention)
     return out
 
@@ -102,8 +118,13 @@ def test_model_optimizer_step_dict(tmp_path):
     f = tmp_path / "ckpt_step7.pt"
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7}, f)
     ck = open_checkpoint(f)
-    assert (ck.layout, ck.step, ck.optimizer, ck.convention, ck.name_mapping) == ("torch", 7, "Adam", "torch",
-                                                                                  "model-order")
+    assert (ck.layout, ck.step, ck.optimizer, ck.convention, ck.name_mapping) == (
+        "torch",
+        7,
+        "Adam",
+        "torch",
+        "model-order",
+    )
     s = summarize_checkpoint(f)
     assert [t.name for t in s.tensors] == [n for n, _ in model.named_parameters()]
     assert [t.index for t in s.tensors] == list(range(len(s.tensors)))
@@ -119,8 +140,10 @@ def test_nested_key_path_adamw_amsgrad_and_int_step(tmp_path):
     osd = opt.state_dict()
     for st in osd["state"].values():
         st["step"] = int(st["step"])  # older torch saved a plain int
-    torch.save({"trainer": {"meta": {"epoch": 3}, "states": [{"net": model.state_dict(), "optim": osd}]},
-                "iteration": 5}, tmp_path / "x.pth")
+    torch.save(
+        {"trainer": {"meta": {"epoch": 3}, "states": [{"net": model.state_dict(), "optim": osd}]}, "iteration": 5},
+        tmp_path / "x.pth",
+    )
     ck = open_checkpoint(tmp_path / "x.pth")
     assert ck.optimizer == "AdamW" and ck.step == 5 and ck.name_mapping == "model-order"
     ts = list(ck.tensors())
@@ -161,7 +184,8 @@ def test_two_groups_names_are_right(tmp_path, named):
     assert s.name_mapping == ("param_names" if named else "model-order")
     # group 0 holds the matrices, group 1 the vectors: optimizer order is not model order.
     assert [t.name for t in s.tensors] == [n for n, p in model.named_parameters() if p.ndim >= 2] + [
-        n for n, p in model.named_parameters() if p.ndim < 2]
+        n for n, p in model.named_parameters() if p.ndim < 2
+    ]
     assert {t.group for t in s.tensors if t.name.endswith("bias")} == {1}
     assert _assert_same_stats(s, _live(model, opt)) == len(s.tensors)
 
@@ -233,8 +257,11 @@ def test_legacy_non_zip_format(tmp_path):
     model = Net()
     opt = torch.optim.Adam(model.parameters())
     _train(model, opt, steps=2)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "old.pt",
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict()},
+        tmp_path / "old.pt",
+        _use_new_zipfile_serialization=False,
+    )
     s = summarize_checkpoint(tmp_path / "old.pt")
     assert s.step == 2 and s.name_mapping == "model-order"
 
@@ -270,8 +297,13 @@ def test_non_adam_states_are_named(tmp_path):
     with pytest.raises(InputError, match=r"Adafactor \(row_var/col_var\)"):
         open_checkpoint(tmp_path / "af.pt")
     # HF-style Adafactor state written as a plain dict.
-    torch.save({"state": {0: {"step": 3, "exp_avg_sq_row": torch.ones(4), "exp_avg_sq_col": torch.ones(3)}},
-                "param_groups": [{"params": [0], "lr": None}]}, tmp_path / "hfaf.pt")
+    torch.save(
+        {
+            "state": {0: {"step": 3, "exp_avg_sq_row": torch.ones(4), "exp_avg_sq_col": torch.ones(3)}},
+            "param_groups": [{"params": [0], "lr": None}],
+        },
+        tmp_path / "hfaf.pt",
+    )
     with pytest.raises(InputError, match=r"Adafactor \(exp_avg_sq_row/exp_avg_sq_col\)"):
         open_checkpoint(tmp_path / "hfaf.pt")
     torch.save(Net().state_dict(), tmp_path / "model_only.pt")
@@ -288,8 +320,10 @@ def _pickle_needing_code(tmp_path):
     model = Net()
     opt = torch.optim.Adam(model.parameters())
     _train(model, opt, steps=2)
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "args": argparse.Namespace(lr=1e-3)}, tmp_path / "needs_code.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "args": argparse.Namespace(lr=1e-3)},
+        tmp_path / "needs_code.pt",
+    )
     return tmp_path / "needs_code.pt"
 
 
@@ -384,8 +418,25 @@ def test_cli_inspect_text_json_csv(run_ckpts):
     assert data["schema"] == "adamdiag.inspect/1"
     assert [c["step"] for c in data["checkpoints"]] == [20, 50]
     t = data["checkpoints"][1]["tensors"][0]
-    for key in ("name", "index", "shape", "numel", "group", "lr", "beta1", "beta2", "eps", "weight_decay", "v_mean",
-                "v_max", "m_abs_mean", "sqrt_vhat_q", "frac_sqrt_vhat_below_eps", "update_rms", "update_max"):
+    for key in (
+        "name",
+        "index",
+        "shape",
+        "numel",
+        "group",
+        "lr",
+        "beta1",
+        "beta2",
+        "eps",
+        "weight_decay",
+        "v_mean",
+        "v_max",
+        "m_abs_mean",
+        "sqrt_vhat_q",
+        "frac_sqrt_vhat_below_eps",
+        "update_rms",
+        "update_max",
+    ):
         assert key in t, key
     assert set(t["sqrt_vhat_q"]) == {"min", "p01", "p50", "p99", "max"}
     assert "NaN" not in res.stdout and "Infinity" not in res.stdout
@@ -410,8 +461,9 @@ def test_cli_text_sorted_by_risk(run_ckpts):
     s = summarize_checkpoint(b)
     worst = sorted(s.tensors, key=lambda t: t.risk_key)[0]
     res = runner.invoke(app, ["inspect", str(b)])
-    rows = [ln.split()[0] for ln in res.stdout.splitlines() if ln.strip() and ln.split()[0] in
-            {t.name for t in s.tensors}]
+    rows = [
+        ln.split()[0] for ln in res.stdout.splitlines() if ln.strip() and ln.split()[0] in {t.name for t in s.tensors}
+    ]
     assert rows[0] == worst.name
 
 

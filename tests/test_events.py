@@ -79,8 +79,7 @@ def test_torch_writer_parity_with_tbparse(torch_run):
 def test_tensorboardx_parity_with_tbparse(tmp_path):
     logdir = write_tbx(tmp_path / "tbx", 200, tags=("train/loss", "train/acc", "lr"))
     run = E.read_run(logdir)
-    pd.testing.assert_frame_equal(_ours(run), _tbparse_scalars(logdir), check_dtype=False,
-                                  check_categorical=False)
+    pd.testing.assert_frame_equal(_ours(run), _tbparse_scalars(logdir), check_dtype=False, check_categorical=False)
     assert len(run.scalars) == 600
     _assert_fast_equals_reference(logdir)
 
@@ -90,8 +89,7 @@ def test_tf1_simple_value_parity(tmp_path, merged):
     logdir = tmp_path / "tf1"
     write_records(logdir / "events.out.tfevents.1.host", tf1_events(150, ("a", "b", "c"), merged=merged))
     run = E.read_run(logdir)
-    pd.testing.assert_frame_equal(_ours(run), _tbparse_scalars(logdir), check_dtype=False,
-                                  check_categorical=False)
+    pd.testing.assert_frame_equal(_ours(run), _tbparse_scalars(logdir), check_dtype=False, check_categorical=False)
     assert len(run.scalars) == 450
     _assert_fast_equals_reference(logdir)
 
@@ -103,8 +101,9 @@ def test_tf2_tensor_scalars_parity(tmp_path, double, content):
     write_records(logdir / "events.out.tfevents.1.host.v2", tf2_events(120, double=double, content=content))
     run = E.read_run(logdir)
     # tbparse files TF2 scalars under .tensors (EventAccumulator keeps them as tensors).
-    pd.testing.assert_frame_equal(_ours(run), _tbparse_scalars(logdir, "tensors"), check_dtype=False,
-                                  check_categorical=False)
+    pd.testing.assert_frame_equal(
+        _ours(run), _tbparse_scalars(logdir, "tensors"), check_dtype=False, check_categorical=False
+    )
     assert len(run.scalars) == 240 and run.skipped == {}
     assert run.file_info[0]["kinds"] == ["tensor"]
     _assert_fast_equals_reference(logdir)
@@ -132,10 +131,18 @@ def test_mixed_writers_and_plugins_fast_equals_reference(tmp_path):
     evs = []
     long_tag = "model/" + "layer_" * 30 + "weight"
     for s in range(-2, 400):
-        evs.append(event_pb2.Event(wall_time=1e9 + s, step=s, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag="loss", simple_value=s * 0.25)])))
-        evs.append(event_pb2.Event(step=s, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag=long_tag, simple_value=-s)])))
+        evs.append(
+            event_pb2.Event(
+                wall_time=1e9 + s,
+                step=s,
+                summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="loss", simple_value=s * 0.25)]),
+            )
+        )
+        evs.append(
+            event_pb2.Event(
+                step=s, summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=long_tag, simple_value=-s)])
+            )
+        )
         evs += tf2_events(1, double=s % 2 == 0, content=s % 3 == 0, tags=(f"t{s % 3}",))[:1]
         evs[-1].step = s
         if s % 50 == 0:
@@ -318,8 +325,9 @@ def test_framing_writer_matches_tensorboard_record_writer():
 def test_speculative_walk_handles_irregular_lengths(tmp_path):
     """Lengths that repeat, then break the pattern at random: the walk equals the plain loop."""
     rng = np.random.default_rng(0)
-    lengths = np.concatenate([np.tile([30, 31, 45], 400), rng.integers(0, 90, 500), np.full(3000, 17),
-                              rng.integers(0, 5, 300)])
+    lengths = np.concatenate(
+        [np.tile([30, 31, 45], 400), rng.integers(0, 90, 500), np.full(3000, 17), rng.integers(0, 5, 300)]
+    )
     data = b"".join(T.frame(bytes([7]) * int(n)) for n in lengths)
     buf = bytearray(data)
     walk = T.walk_records(buf, len(buf))

@@ -16,8 +16,16 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 T0 = 1.7e9
 
 
-def write_torch(logdir: Path, steps: int, tags=("loss", "lr"), *, start: int = 0, offset: float = 0.0,
-                hist_every: int = 0, extras: bool = False) -> Path:
+def write_torch(
+    logdir: Path,
+    steps: int,
+    tags=("loss", "lr"),
+    *,
+    start: int = 0,
+    offset: float = 0.0,
+    hist_every: int = 0,
+    extras: bool = False,
+) -> Path:
     """torch SummaryWriter: scalars (value = f(step)), optional histograms, images and text."""
     import torch
     from torch.utils.tensorboard import SummaryWriter

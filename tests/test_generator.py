@@ -175,8 +175,10 @@ def test_generator_is_deterministic_against_shipped_sample_logs(runs):
     if any(shipped_cfg.get(k) != v for k, v in here.items()):
         # other kernels round differently; the physics must still agree, the exact step need not
         assert abs(new["summary"]["blowup_step"] - old["summary"]["blowup_step"]) < 100
-        pytest.skip(f"sample_logs/ were generated with {shipped_cfg.get('torch')} "
-                    f"{shipped_cfg.get('cpu_capability')}, this is {here}: not bit-comparable")
+        pytest.skip(
+            f"sample_logs/ were generated with {shipped_cfg.get('torch')} "
+            f"{shipped_cfg.get('cpu_capability')}, this is {here}: not bit-comparable"
+        )
     assert new["summary"]["blowup_step"] == old["summary"]["blowup_step"]
     o = dict(zip(old["trace"]["step"], old["trace"]["loss"], strict=True))
     n = dict(zip(new["trace"]["step"], new["trace"]["loss"], strict=True))
@@ -197,8 +199,9 @@ def test_check_expectations_flags_a_wrong_cause(runs):
 
 
 def test_restart_writes_second_event_file_with_overlap(tmp_path):
-    cfg = dataclasses.replace(multitask.sample_configs()["vcollapse"], name="restart", steps=60,
-                              ckpt_every=20, restart_at=50, hist_every=0)
+    cfg = dataclasses.replace(
+        multitask.sample_configs()["vcollapse"], name="restart", steps=60, ckpt_every=20, restart_at=50, hist_every=0
+    )
     truth = runlab.train(cfg, tmp_path)
     segs = _read_scalars(tmp_path, "train/loss")
     assert len(segs) == 2
@@ -230,8 +233,9 @@ def test_prober_matches_plain_loop_reference():
         opt.zero_grad()
         runlab.total_loss(cfg, model, runlab.batch_for_step(cfg, t, data)).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        vprev = {n: (opt.state[p]["exp_avg_sq"].clone() if p in opt.state else None)
-                 for n, p in model.named_parameters()}
+        vprev = {
+            n: (opt.state[p]["exp_avg_sq"].clone() if p in opt.state else None) for n, p in model.named_parameters()
+        }
         prober.before(opt)
         opt.step()
         fast = prober.after(opt)["tensors"]
@@ -273,8 +277,9 @@ def test_label_cause_rules():
 
 
 def test_clipping_logs_both_norms_and_replays(tmp_path):
-    cfg = dataclasses.replace(multitask.sample_configs()["vcollapse"], name="clip", steps=40, ckpt_every=20,
-                              hist_every=0, clip_grad_norm=0.05)
+    cfg = dataclasses.replace(
+        multitask.sample_configs()["vcollapse"], name="clip", steps=40, ckpt_every=20, hist_every=0, clip_grad_norm=0.05
+    )
     runlab.train(cfg, tmp_path)
     (sc,) = _read_all_scalars(tmp_path)
     pre, post = sc["train/grad_norm_preclip"], sc["train/grad_norm"]

@@ -14,8 +14,9 @@ from adamdiag.io.checkpoints import TensorMoments
 # 2 shared CPU cores: intra-op threads only oversubscribe them (15x slower under load).
 
 
-def _train(shape=(40, 25), steps=30, dtype=torch.float32, amsgrad=False, eps=1e-8, zero_after=None, seed=0,
-           grad_scale=1.0):
+def _train(
+    shape=(40, 25), steps=30, dtype=torch.float32, amsgrad=False, eps=1e-8, zero_after=None, seed=0, grad_scale=1.0
+):
     """Real torch.optim.Adam on one tensor; gradients shrink (and stop after ``zero_after``) so that
     √v̂ spans eps."""
     g = torch.Generator().manual_seed(seed)
@@ -35,9 +36,20 @@ def _moments(p, opt, name="w") -> TensorMoments:
     st = opt.state[p]
     grp = opt.param_groups[0]
     return TensorMoments(
-        name=name, index=0, group=0, shape=tuple(p.shape), step=int(st["step"]), lr=grp["lr"], beta1=grp["betas"][0],
-        beta2=grp["betas"][1], eps=grp["eps"], weight_decay=grp["weight_decay"], amsgrad=grp["amsgrad"],
-        exp_avg=st["exp_avg"], exp_avg_sq=st["exp_avg_sq"], max_exp_avg_sq=st.get("max_exp_avg_sq"),
+        name=name,
+        index=0,
+        group=0,
+        shape=tuple(p.shape),
+        step=int(st["step"]),
+        lr=grp["lr"],
+        beta1=grp["betas"][0],
+        beta2=grp["betas"][1],
+        eps=grp["eps"],
+        weight_decay=grp["weight_decay"],
+        amsgrad=grp["amsgrad"],
+        exp_avg=st["exp_avg"],
+        exp_avg_sq=st["exp_avg_sq"],
+        max_exp_avg_sq=st.get("max_exp_avg_sq"),
         param=p.detach(),
     )
 
@@ -48,8 +60,15 @@ def _flat(x):
 
 def _check(stats, t: TensorMoments, convention="torch", rel=1e-6):
     ref = moment_stats_ref(
-        _flat(t.exp_avg), _flat(t.exp_avg_sq), step=t.step, lr=t.lr, beta1=t.beta1, beta2=t.beta2, eps=t.eps,
-        v_max=_flat(t.max_exp_avg_sq) if t.max_exp_avg_sq is not None else None, convention=convention,
+        _flat(t.exp_avg),
+        _flat(t.exp_avg_sq),
+        step=t.step,
+        lr=t.lr,
+        beta1=t.beta1,
+        beta2=t.beta2,
+        eps=t.eps,
+        v_max=_flat(t.max_exp_avg_sq) if t.max_exp_avg_sq is not None else None,
+        convention=convention,
     )
     assert stats.nonfinite == ref["nonfinite"]
     for key in ("v_mean", "v_max", "m_abs_mean", "update_rms", "update_max"):
@@ -164,14 +183,28 @@ def test_decay_ratio_pure_decay_and_reference():
         b_live.grad = torch.randn(20, 10, generator=g)
         opt.step()
         if step in (30, 60):
-            snaps[step] = {k: {kk: (vv.clone() if torch.is_tensor(vv) else vv) for kk, vv in v.items()}
-                           for k, v in opt.state_dict()["state"].items()}
+            snaps[step] = {
+                k: {kk: (vv.clone() if torch.is_tensor(vv) else vv) for kk, vv in v.items()}
+                for k, v in opt.state_dict()["state"].items()
+            }
 
     def tm(step, idx):
         st = snaps[step][idx]
-        return TensorMoments(name=None, index=idx, group=0, shape=(20, 10), step=int(st["step"]), lr=1e-3,
-                             beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                             exp_avg=st["exp_avg"], exp_avg_sq=st["exp_avg_sq"])
+        return TensorMoments(
+            name=None,
+            index=idx,
+            group=0,
+            shape=(20, 10),
+            step=int(st["step"]),
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            amsgrad=False,
+            exp_avg=st["exp_avg"],
+            exp_avg_sq=st["exp_avg_sq"],
+        )
 
     pure = decay_ratio(tm(30, 0), tm(60, 0))
     live = decay_ratio(tm(30, 1), tm(60, 1))
@@ -234,7 +267,7 @@ def test_bracketed_order_stats_equal_the_full_partition(name):
     ranks = _ranks(values.size, qs, desc)
     sel = _BracketSelect.for_array(values, list(ranks.values()))
     for i in range(0, values.size, 4096):
-        c = values[i:i + 4096]
+        c = values[i : i + 4096]
         sel.feed(c, float(c.min()), float(c.max()))
     got = sel.result(ranks)
     # zeros fill the lower bracket: the caller partitions. (few_values: tied sample values make
@@ -297,9 +330,23 @@ def test_decay_ratio_streamed_quantiles_equal_the_full_partition(monkeypatch):
         opt.step()
         if step in (4, 8):
             st = opt.state[p]
-            snaps.append(TensorMoments(name="w", index=0, group=0, shape=(600, 500), step=int(st["step"]), lr=1e-3,
-                                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                                       exp_avg=st["exp_avg"].clone(), exp_avg_sq=st["exp_avg_sq"].clone()))
+            snaps.append(
+                TensorMoments(
+                    name="w",
+                    index=0,
+                    group=0,
+                    shape=(600, 500),
+                    step=int(st["step"]),
+                    lr=1e-3,
+                    beta1=0.9,
+                    beta2=0.999,
+                    eps=1e-8,
+                    weight_decay=0.0,
+                    amsgrad=False,
+                    exp_avg=st["exp_avg"].clone(),
+                    exp_avg_sq=st["exp_avg_sq"].clone(),
+                )
+            )
     snaps[1].exp_avg_sq[3, :5] = float("nan")
     fast = decay_ratio(*snaps, chunk=1 << 14)
     limited = decay_ratio(*snaps, chunk=1 << 14, exact_limit=1000)

@@ -47,10 +47,21 @@ def _adam_state(shape, steps=8, seed=0, dtype=torch.float32, amsgrad=False, eps=
         opt.step()
     st, grp = opt.state[p], opt.param_groups[0]
     return TensorMoments(
-        name="w", index=0, group=0, shape=tuple(shape), step=int(st["step"]), lr=grp["lr"], beta1=grp["betas"][0],
-        beta2=grp["betas"][1], eps=grp["eps"], weight_decay=0.0, amsgrad=amsgrad, exp_avg=st["exp_avg"].clone(),
+        name="w",
+        index=0,
+        group=0,
+        shape=tuple(shape),
+        step=int(st["step"]),
+        lr=grp["lr"],
+        beta1=grp["betas"][0],
+        beta2=grp["betas"][1],
+        eps=grp["eps"],
+        weight_decay=0.0,
+        amsgrad=amsgrad,
+        exp_avg=st["exp_avg"].clone(),
         exp_avg_sq=st["exp_avg_sq"].clone(),
-        max_exp_avg_sq=st["max_exp_avg_sq"].clone() if amsgrad else None, param=p.detach().clone(),
+        max_exp_avg_sq=st["max_exp_avg_sq"].clone() if amsgrad else None,
+        param=p.detach().clone(),
     )
 
 
@@ -68,6 +79,7 @@ def _assert_same(fast, ref, rel=1e-5):
     selected); sums to float32 rounding over ~1e6 terms (the kernel's float lanes are flushed to
     double every 1024 elements; torch's float32 norm of a 1M-element bf16 chunk was 3e-6 off the
     float64 value where the kernel's was 7e-8)."""
+
     def same(a, b) -> bool:
         return a == b or (isinstance(b, float) and math.isnan(b) and isinstance(a, float) and math.isnan(a))
 
@@ -137,7 +149,9 @@ def test_kernel_quantiles_equal_a_full_partition():
 
 def _random_chunk(n, seed, with_nan=False):
     rng = np.random.default_rng(seed)
-    v = (rng.standard_normal(n) ** 2 * np.repeat(10.0 ** rng.uniform(-16, -2, n // 512 + 1), 512)[:n]).astype(np.float32)
+    v = (rng.standard_normal(n) ** 2 * np.repeat(10.0 ** rng.uniform(-16, -2, n // 512 + 1), 512)[:n]).astype(
+        np.float32
+    )
     m = (rng.standard_normal(n) * np.sqrt(v) * 0.1).astype(np.float32)
     p = rng.standard_normal(n).astype(np.float32)
     if with_nan:
@@ -154,7 +168,7 @@ def _run(m, v, p, spans, plain):
     kept = np.empty((max(len(spans), 1), m.numel() + 8), np.float32)
     kept_n = np.zeros(moments_kernel.MAX_SPANS, np.int64)
     moments_kernel.chunk_stats(m, v, v, p, params, acc, kept, kept_n, plain=plain)
-    rows = [np.sort(kept[j, :kept_n[j]]) for j in range(len(spans))]
+    rows = [np.sort(kept[j, : kept_n[j]]) for j in range(len(spans))]
     return acc, rows
 
 
@@ -226,8 +240,17 @@ def test_eps_counts_at_the_boundary(plain):
     params = moments_kernel.Params.of(1e-8, t1, 2 * t1, [])
     acc = moments_kernel.Acc.fresh()
     kept = np.empty((1, v.size + 8), np.float32)
-    moments_kernel.chunk_stats(torch.from_numpy(m), torch.from_numpy(v), torch.from_numpy(v), None, params, acc, kept,
-                               np.zeros(moments_kernel.MAX_SPANS, np.int64), plain=plain)
+    moments_kernel.chunk_stats(
+        torch.from_numpy(m),
+        torch.from_numpy(v),
+        torch.from_numpy(v),
+        None,
+        params,
+        acc,
+        kept,
+        np.zeros(moments_kernel.MAX_SPANS, np.int64),
+        plain=plain,
+    )
     s = np.sqrt(np.maximum(v, 0))
     assert acc.below1 == int(np.count_nonzero(s < np.float32(t1))) == 2 * 1030
     assert acc.below2 == v.size

@@ -22,7 +22,6 @@ def run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory)
 
 
-
 def invoke(*args: str, cwd: Path | None = None):
     import os
 
@@ -68,8 +67,17 @@ def test_replay_reproduces_the_blowup_and_eps_fixes_it(replay_json):
     assert orig["eps"] == 1e-8 and orig["beta2"] == 0.9 and orig["lr"] == 0.01
     assert orig["spike"] is True and orig["spike_step"] == BLOWUP_STEP
     for v in d["variants"][1:]:
-        assert set(v) >= {"name", "eps", "beta2", "lr", "max_loss", "final_loss", "spike", "spike_step",
-                          "max_update_rms"}
+        assert set(v) >= {
+            "name",
+            "eps",
+            "beta2",
+            "lr",
+            "max_loss",
+            "final_loss",
+            "spike",
+            "spike_step",
+            "max_update_rms",
+        }
         assert v["spike"] is False and v["spike_step"] is None
         assert v["max_loss"] < orig["max_loss"] / 5
         assert len(v["losses"]) == d["steps"] == v["steps_replayed"]
@@ -141,8 +149,9 @@ def test_fidelity_failure_refuses_to_conclude(run):
     assert "\n" not in line
     assert "does not reproduce the logged loss" in line and "batch(t)" in line and "--force" in line
 
-    res = invoke(run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40", "--force",
-                 "--format", "json")
+    res = invoke(
+        run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40", "--force", "--format", "json"
+    )
     assert res.exit_code == 0, res.output
     d = _no_nan_literals(res.stdout)
     assert d["fidelity"]["reproduced"] is False and d["forced"] is True
@@ -319,8 +328,15 @@ def test_replay_on_other_hardware_reproduces_the_event_not_the_digits(tmp_path):
     gen = torch.Generator().manual_seed(0)
     ck["model"] = {k: v * (1 + 1e-7 * torch.randn(v.shape, generator=gen)) for k, v in ck["model"].items()}
     torch.save(ck, run / "checkpoints" / "step_000600.pt")
-    res = invoke(run / "checkpoints" / "step_000600.pt", "--entry", f"{REPO / 'examples' / 'multitask.py'}:adamdiag_replay",
-                 "--eps", "1e-3", "--format", "json")
+    res = invoke(
+        run / "checkpoints" / "step_000600.pt",
+        "--entry",
+        f"{REPO / 'examples' / 'multitask.py'}:adamdiag_replay",
+        "--eps",
+        "1e-3",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.output
     fid = _no_nan_literals(res.stdout)["fidelity"]
     assert fid["reproduced"] and fid["tracked_until"] == 631 and 1e-7 < fid["max_rel_dev"] <= 1e-3

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from adamdiag.cli import app
 
-PROJECT = textwrap.dedent('''
+PROJECT = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -39,7 +39,7 @@ PROJECT = textwrap.dedent('''
 
     def adamdiag_replay(checkpoint):
         return {"model": make_model(), "batch": batch, "loss": loss}
-''')
+""")
 
 
 def _train(root: Path, flatten: bool) -> Path:
@@ -72,8 +72,21 @@ def _train(root: Path, flatten: bool) -> Path:
 def test_dcp_directory_replays_bit_for_bit(tmp_path, flatten):
     ckpt = _train(tmp_path, flatten)
     assert (ckpt / ".metadata").is_file()
-    res = CliRunner().invoke(app, ["replay", str(ckpt), "--entry", f"{tmp_path / 'dcp_project.py'}:adamdiag_replay",
-                                   "--steps", "15", "--device", "cpu", "--format", "json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "replay",
+            str(ckpt),
+            "--entry",
+            f"{tmp_path / 'dcp_project.py'}:adamdiag_replay",
+            "--steps",
+            "15",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["start_step"] == 10

@@ -21,7 +21,6 @@ def run(tmp_path_factory) -> Path:
     return tiny_run(tmp_path_factory)
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,8 +33,14 @@ def _rank_main(rank: int, port: int, ckpt: str, out: str, cwd: str) -> None:
 
     # OpenMP's thread pool does not survive fork(): a forked child that runs multi-threaded kernels can hang
     torch.set_num_threads(1)
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     os.chdir(cwd)
     with open(f"{out}.{rank}", "w") as f:
         sys.stdout = f
@@ -43,8 +48,20 @@ def _rank_main(rank: int, port: int, ckpt: str, out: str, cwd: str) -> None:
         try:
             from adamdiag.replay.command import run_replay
 
-            code = run_replay(Path(ckpt), eps=["1e-3,1e-2,1e-1", "1e-4"], beta2=None, lr=None, steps=60, entry=None,
-                              logdir=None, device="cpu", fmt="json", plot=None, force=False, trust_checkpoint=False)
+            code = run_replay(
+                Path(ckpt),
+                eps=["1e-3,1e-2,1e-1", "1e-4"],
+                beta2=None,
+                lr=None,
+                steps=60,
+                entry=None,
+                logdir=None,
+                device="cpu",
+                fmt="json",
+                plot=None,
+                force=False,
+                trust_checkpoint=False,
+            )
         finally:
             f.flush()
             os._exit(code)
@@ -58,8 +75,20 @@ def _single(ckpt: Path) -> dict:
 
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = run_replay(ckpt, eps=["1e-3,1e-2,1e-1", "1e-4"], beta2=None, lr=None, steps=60, entry=None,
-                          logdir=None, device="cpu", fmt="json", plot=None, force=False, trust_checkpoint=False)
+        code = run_replay(
+            ckpt,
+            eps=["1e-3,1e-2,1e-1", "1e-4"],
+            beta2=None,
+            lr=None,
+            steps=60,
+            entry=None,
+            logdir=None,
+            device="cpu",
+            fmt="json",
+            plot=None,
+            force=False,
+            trust_checkpoint=False,
+        )
     assert code == 0
     return json.loads(buf.getvalue())
 
@@ -82,8 +111,11 @@ def _cuda() -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
-@pytest.mark.skipif(_cuda(), reason="with CUDA, autograd's device threads do not survive fork(); "
-                    "test_torchrun_cli_two_processes and the gpu torchrun test cover this path")
+@pytest.mark.skipif(
+    _cuda(),
+    reason="with CUDA, autograd's device threads do not survive fork(); "
+    "test_torchrun_cli_two_processes and the gpu torchrun test cover this path",
+)
 def test_two_ranks_gloo_gather_equals_single_process(run, tmp_path):
     """Fast: two forked ranks (torch already imported) run the command's distributed path."""
     ckpt = run / "checkpoints" / "step_000090.pt"
@@ -112,14 +144,36 @@ def test_torchrun_cli_two_processes(run):
     ckpt = run / "checkpoints" / "step_000090.pt"
     single = _single(ckpt)
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "adamdiag.cli", "replay", str(ckpt), "--eps", "1e-3,1e-2,1e-1",
-           "--eps", "1e-4", "--steps", "60", "--format", "json", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "adamdiag.cli",
+        "replay",
+        str(ckpt),
+        "--eps",
+        "1e-3,1e-2,1e-1",
+        "--eps",
+        "1e-4",
+        "--steps",
+        "60",
+        "--format",
+        "json",
+        "--device",
+        "cpu",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]
     dist = json.loads(res.stdout)  # exactly one JSON document: rank 1 printed nothing
     _same_variants(dist, single)
     # an input error on every rank: exit 2, one message
-    bad = cmd[:cmd.index("--eps")] + ["--eps", "zero"]
+    bad = cmd[: cmd.index("--eps")] + ["--eps", "zero"]
     res = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert res.returncode != 0 and res.stderr.count("--eps: not a number") >= 1

@@ -143,4 +143,7 @@ def test_fixture_run_blows_up_at_the_return_of_the_quiet_features(tmp_path_facto
     assert s.loc[BLOWUP_STEP] > 10 * before  # the jump when the B features come back
     assert s.loc[BLOWUP_STEP - 1] < 3 * before
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "step_000090.pt", "step_000200.pt", "step_000300.pt"]
+        "step_000090.pt",
+        "step_000200.pt",
+        "step_000300.pt",
+    ]

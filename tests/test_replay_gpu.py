@@ -72,8 +72,24 @@ def test_torchrun_two_ranks_on_cuda(run):
     ckpt = run / "checkpoints" / "step_000090.pt"
     common = ["--eps", "1e-3,1e-2,1e-1", "--eps", "1e-4", "--steps", "60", "--device", "cuda"]
     single = _replay(ckpt, *common)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "adamdiag.cli", "replay", str(ckpt), *common, "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "adamdiag.cli",
+        "replay",
+        str(ckpt),
+        *common,
+        "--format",
+        "json",
+    ]
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert res.returncode == 0, res.stderr[-2000:]

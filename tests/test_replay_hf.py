@@ -17,7 +17,7 @@ from adamdiag.cli import app
 
 pytest.importorskip("transformers")
 
-HF = textwrap.dedent('''
+HF = textwrap.dedent("""
     import torch
     from torch import nn
     from torch.utils.data import IterableDataset
@@ -56,7 +56,7 @@ HF = textwrap.dedent('''
             return {"x": torch.stack([r["x"] for r in rows]), "labels": torch.stack([r["labels"] for r in rows])}
 
         return {"model": Net(), "batch": batch, "loss": lambda m, b: m(**b)["loss"], "clip_grad_norm": 1.0}
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,22 @@ def hf_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hf")
     mod = project_module(root, "hf_project", HF)
     out = root / "out"
-    args = TrainingArguments(output_dir=str(out), max_steps=30, logging_steps=1, save_steps=10,
-                             report_to=["tensorboard"], learning_rate=1e-2, optim="adamw_torch",
-                             lr_scheduler_type="constant", per_device_train_batch_size=mod.BATCH, weight_decay=0.0,
-                             max_grad_norm=1.0, use_cpu=True, disable_tqdm=True, seed=0)
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=30,
+        logging_steps=1,
+        save_steps=10,
+        report_to=["tensorboard"],
+        learning_rate=1e-2,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=mod.BATCH,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         Trainer(model=mod.Net(), args=args, train_dataset=mod.Stream()).train()
@@ -79,8 +91,20 @@ def hf_run(tmp_path_factory) -> Path:
 
 
 def _replay(ckpt: Path, root: Path, *extra: str):
-    return CliRunner().invoke(app, ["replay", str(ckpt), "--entry", f"{root / 'hf_project.py'}:adamdiag_replay",
-                                    "--steps", "15", "--device", "cpu", *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "replay",
+            str(ckpt),
+            "--entry",
+            f"{root / 'hf_project.py'}:adamdiag_replay",
+            "--steps",
+            "15",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+    )
 
 
 def test_hf_checkpoint_directory_replays_bit_for_bit(hf_run):
@@ -119,12 +143,15 @@ def test_sharded_model_weights_are_put_together(hf_run, tmp_path):
     weights = load_file(ck / "model.safetensors")
     (ck / "model.safetensors").unlink()
     names = sorted(weights)
-    parts = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-             "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    parts = {
+        "model-00001-of-00002.safetensors": names[: len(names) // 2],
+        "model-00002-of-00002.safetensors": names[len(names) // 2 :],
+    }
     for fname, keys in parts.items():
         save_file({k: weights[k].contiguous() for k in keys}, ck / fname)
-    (ck / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}}))
+    (ck / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}})
+    )
     res = _replay(ck, hf_run, "--logdir", str(next((hf_run / "out" / "runs").iterdir())), "--format", "json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["fidelity"]["max_rel_dev"] == 0.0

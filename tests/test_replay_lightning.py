@@ -73,9 +73,15 @@ def lightning_run(tmp_path_factory) -> Path:
     mod = project_module(root, "lit_project", LIT)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = L.Trainer(max_steps=30, accelerator="cpu", logger=TensorBoardLogger(root, name="", version="run"),
-                            log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=10, save_top_k=-1)])
+        trainer = L.Trainer(
+            max_steps=30,
+            accelerator="cpu",
+            logger=TensorBoardLogger(root, name="", version="run"),
+            log_every_n_steps=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=10, save_top_k=-1)],
+        )
         trainer.fit(mod.Lit(), DataLoader(mod.data(), batch_size=mod.BATCH, shuffle=False))
     return root
 
@@ -83,9 +89,24 @@ def lightning_run(tmp_path_factory) -> Path:
 def _replay(run: Path, *extra: str):
     ckpt = run / "ckpt" / "epoch=0-step=10.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (run / "ckpt").iterdir())
-    return CliRunner().invoke(app, ["replay", str(ckpt), "--entry", f"{run / 'lit_project.py'}:adamdiag_replay",
-                                    "--logdir", str(run / "run"), "--loss-tag", "train_loss", "--steps", "15",
-                                    "--device", "cpu", *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "replay",
+            str(ckpt),
+            "--entry",
+            f"{run / 'lit_project.py'}:adamdiag_replay",
+            "--logdir",
+            str(run / "run"),
+            "--loss-tag",
+            "train_loss",
+            "--steps",
+            "15",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+    )
 
 
 def test_lightning_run_replays_bit_for_bit(lightning_run):

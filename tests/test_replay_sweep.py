@@ -19,7 +19,6 @@ from adamdiag.replay.sweep import VmapUnsupported, replay_batched
 CPU = torch.device("cpu")
 
 
-
 class Net(nn.Module):
     """Two layers, a 0-dim parameter, and one used only on even steps (no gradient on odd ones:
     torch.optim.Adam then skips it, its step counter falls behind the others)."""
@@ -51,8 +50,9 @@ def loss(model: nn.Module, b) -> torch.Tensor:
     return ((model(b["x"], b["even"]) - b["y"]) ** 2).mean()
 
 
-def make_checkpoint(path: Path, *, kind: str, bn: bool = False, steps: int = 20, clip: float | None = None,
-                    continue_for: int = 0) -> list[float]:
+def make_checkpoint(
+    path: Path, *, kind: str, bn: bool = False, steps: int = 20, clip: float | None = None, continue_for: int = 0
+) -> list[float]:
     """Train ``steps`` steps with real torch.optim, save, then train ``continue_for`` more; returns the
     losses of the continuation (what a replay from the checkpoint must reproduce)."""
     model = Net(bn)
@@ -166,8 +166,17 @@ def test_batchnorm_cannot_be_vmapped_and_the_command_falls_back(tmp_path):
     variants = variants_for(ckpt)
     with pytest.raises(VmapUnsupported):
         replay_batched(spec_for(bn=True), ckpt, variants, 3, CPU)
-    plan = Plan(checkpoint=path, ckpt=ckpt, spec=spec_for(bn=True), run_dir=tmp_path, logged_steps=np.arange(1, 21),
-                logged_values=np.ones(20), rule=None, steps=5, variants=variants)
+    plan = Plan(
+        checkpoint=path,
+        ckpt=ckpt,
+        spec=spec_for(bn=True),
+        run_dir=tmp_path,
+        logged_steps=np.arange(1, 21),
+        logged_values=np.ones(20),
+        rule=None,
+        steps=5,
+        variants=variants,
+    )
     warns: list[str] = []
     curves, mode = replay_variants(plan, [0, 1, 2], CPU, sequential=False, warnings=warns)
     assert mode == "sequential"

@@ -43,8 +43,11 @@ ORIG = Variant("original", 1e-8, 0.999, 1e-3)
 def test_default_variants_are_the_reports_eps_candidates():
     vs = make_variants(ORIG, None, None, None)
     assert [(v.name, v.eps, v.beta2, v.lr) for v in vs] == [
-        ("original", 1e-8, 0.999, 1e-3), ("eps=0.001", 1e-3, 0.999, 1e-3), ("eps=0.01", 1e-2, 0.999, 1e-3),
-        ("eps=0.1", 0.1, 0.999, 1e-3)]
+        ("original", 1e-8, 0.999, 1e-3),
+        ("eps=0.001", 1e-3, 0.999, 1e-3),
+        ("eps=0.01", 1e-2, 0.999, 1e-3),
+        ("eps=0.1", 0.1, 0.999, 1e-3),
+    ]
 
 
 def test_variants_grid_repeatable_and_comma_lists_without_duplicates():
@@ -57,12 +60,15 @@ def test_variants_grid_repeatable_and_comma_lists_without_duplicates():
     assert vs[1] == Variant("lr=0.0001", 1e-8, 0.999, 1e-4)
 
 
-@pytest.mark.parametrize(("what", "raw", "msg"), [
-    ("eps", ["0"], "--eps: 0 is outside (0, inf]"),
-    ("eps", ["-1e-3"], "outside"),
-    ("eps", ["nan"], "outside"),
-    ("eps", ["1e-3,x"], "not a number: 'x'"),
-])
+@pytest.mark.parametrize(
+    ("what", "raw", "msg"),
+    [
+        ("eps", ["0"], "--eps: 0 is outside (0, inf]"),
+        ("eps", ["-1e-3"], "outside"),
+        ("eps", ["nan"], "outside"),
+        ("eps", ["1e-3,x"], "not a number: 'x'"),
+    ],
+)
 def test_bad_values(what, raw, msg):
     with pytest.raises(InputError, match=msg.replace("(", r"\(").replace("[", r"\[")):
         parse_values(raw, what, 0.0, math.inf)
@@ -75,8 +81,10 @@ def test_beta2_range():
 
 
 def test_variant_groups_scale_other_groups_lr():
-    groups = [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0]},
-              {"lr": 1e-4, "betas": (0.8, 0.999), "eps": 1e-8, "params": [1]}]
+    groups = [
+        {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0]},
+        {"lr": 1e-4, "betas": (0.8, 0.999), "eps": 1e-8, "params": [1]},
+    ]
     out = variant_groups(groups, Variant("x", 1e-3, 0.99, 2e-3))
     assert [g["lr"] for g in out] == [2e-3, pytest.approx(2e-4)]
     assert [g["betas"] for g in out] == [(0.9, 0.99), (0.8, 0.99)]
@@ -118,8 +126,9 @@ def test_bad_config_is_an_input_error(tmp_path):
 def test_entry_by_module_and_by_file(tmp_path):
     assert load_entry_function("os.path:join") is os.path.join
     (tmp_path / "helper_mod_for_entry.py").write_text("VALUE = 7\n")
-    (tmp_path / "train.py").write_text("import helper_mod_for_entry\n"
-                                       "def entry(ck):\n    return helper_mod_for_entry.VALUE\n")
+    (tmp_path / "train.py").write_text(
+        "import helper_mod_for_entry\ndef entry(ck):\n    return helper_mod_for_entry.VALUE\n"
+    )
     fn = load_entry_function("train.py:entry", base=tmp_path)  # relative to the config's directory
     assert fn("x") == 7  # its sibling import works
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
@@ -212,8 +221,9 @@ def test_conclusion_and_exit_codes():
     rule = _rule(level=1.0)
 
     def v(name, losses):
-        return summarize_variant(name, 1e-3, 0.999, 1e-3, 0, losses, [1.0] * len(losses), [1.0] * len(losses),
-                                 [0.0] * len(losses), rule)
+        return summarize_variant(
+            name, 1e-3, 0.999, 1e-3, 0, losses, [1.0] * len(losses), [1.0] * len(losses), [0.0] * len(losses), rule
+        )
 
     spiky, calm = [1.0] * 5 + [100.0] * 5, [1.0] * 10
     assert conclude([v("o", spiky), v("a", calm), v("b", spiky)])[:2] == ("fixed", 0)
@@ -225,10 +235,16 @@ def test_conclusion_and_exit_codes():
 
 def test_result_json_has_no_nan_and_round_trips():
     rule = _rule()
-    var = summarize_variant("original", 1e-8, 0.999, 1e-3, 10, [1.0, math.inf], [2.0, math.nan], [0.1, 0.1],
-                            [0.5, 0.5], rule)
-    r = ReplayResult(checkpoint="c.pt", start_step=10, steps=2,
-                     fidelity=Fidelity(max_rel_dev=math.nan, reproduced=False), variants=[var])
+    var = summarize_variant(
+        "original", 1e-8, 0.999, 1e-3, 10, [1.0, math.inf], [2.0, math.nan], [0.1, 0.1], [0.5, 0.5], rule
+    )
+    r = ReplayResult(
+        checkpoint="c.pt",
+        start_step=10,
+        steps=2,
+        fidelity=Fidelity(max_rel_dev=math.nan, reproduced=False),
+        variants=[var],
+    )
     d = r.to_dict()
     text = json.dumps(d, allow_nan=False)  # raises on a NaN/Infinity literal
     assert d["fidelity"]["max_rel_dev"] is None and d["fidelity"]["max_rel_dev_nonfinite"] == "nan"
@@ -297,12 +313,21 @@ def test_param_order(tmp_path):
     assert not order_is_guessed(ck, m)
     # custom groups with names: matched by name
     named = dict(m.named_parameters())
-    ck = _ckpt(tmp_path, m, [{"params": [("1.bias", named["1.bias"]), ("0.weight", named["0.weight"])]},
-                             {"params": [("0.bias", named["0.bias"]), ("1.weight", named["1.weight"])]}])
+    ck = _ckpt(
+        tmp_path,
+        m,
+        [
+            {"params": [("1.bias", named["1.bias"]), ("0.weight", named["0.weight"])]},
+            {"params": [("0.bias", named["0.bias"]), ("1.weight", named["1.weight"])]},
+        ],
+    )
     assert param_order(ck, m) == [[("1.bias", 0), ("0.weight", 1)], [("0.bias", 2), ("1.weight", 3)]]
     # custom groups without names, distinct shapes: matched by shape, and flagged as a guess
-    ck = _ckpt(tmp_path, m, [{"params": [named["1.weight"], named["0.weight"]]},
-                             {"params": [named["0.bias"], named["1.bias"]]}])
+    ck = _ckpt(
+        tmp_path,
+        m,
+        [{"params": [named["1.weight"], named["0.weight"]]}, {"params": [named["0.bias"], named["1.bias"]]}],
+    )
     assert param_order(ck, m) == [[("1.weight", 0), ("0.weight", 1)], [("0.bias", 2), ("1.bias", 3)]]
     assert order_is_guessed(ck, m)
     # an optimizer over a subset of the parameters, without names: cannot be matched

@@ -14,10 +14,23 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _report() -> Report:
-    f = Finding("AD101", "error", "v collapse in `w` [bracketed]", step=10, tensor="w",
-                evidence={"median_r": float("nan"), "peak": float("inf"), "nested": [float("-inf"), 1.0]})
-    run = RunReport(run="runs/a", verdict="v_collapse", blowup_step=20, warning_step=10, findings=[f],
-                    recommendation={"eps": 1e-3, "message": "eps 1e-8 → 1e-3"}, sources=["scalars"])
+    f = Finding(
+        "AD101",
+        "error",
+        "v collapse in `w` [bracketed]",
+        step=10,
+        tensor="w",
+        evidence={"median_r": float("nan"), "peak": float("inf"), "nested": [float("-inf"), 1.0]},
+    )
+    run = RunReport(
+        run="runs/a",
+        verdict="v_collapse",
+        blowup_step=20,
+        warning_step=10,
+        findings=[f],
+        recommendation={"eps": 1e-3, "message": "eps 1e-8 → 1e-3"},
+        sources=["scalars"],
+    )
     return Report(runs=[run], tool_version="test")
 
 

@@ -62,8 +62,9 @@ def test_fast_case_truth_is_what_the_case_is_designed_to_show(fast_doc, name):
 def test_fast_case_verdict(fast_doc, name):
     (r,) = [r for r in fast_doc["cases"] if r["name"] == name]
     assert r["scan_error"] is None
-    assert r["verdict"] == r["true_cause"], {k: r[k] for k in ("true_blowup_step", "blowup_step", "warning_step",
-                                                              "error_findings", "truth_evidence")}
+    assert r["verdict"] == r["true_cause"], {
+        k: r[k] for k in ("true_blowup_step", "blowup_step", "warning_step", "error_findings", "truth_evidence")
+    }
     if r["true_cause"] in ("bad_batch", "nonfinite"):
         # these have an exact step: the corrupted batch / the first non-finite loss
         assert r["blowup_step"] == r["true_blowup_step"]
@@ -127,8 +128,9 @@ def test_matrix_spans_the_required_variety():
 # families
 
 
-@pytest.mark.parametrize("family,size", [("cnn", "tiny"), ("cnn", "small"), ("transformer", "tiny"),
-                                         ("transformer", "small")])
+@pytest.mark.parametrize(
+    "family,size", [("cnn", "tiny"), ("cnn", "small"), ("transformer", "tiny"), ("transformer", "small")]
+)
 def test_family_target_is_realisable_and_deterministic(family, size):
     cfg = RunConfig(family=family, size=size)
     data = runlab.build_data(cfg)
@@ -152,8 +154,15 @@ def test_family_target_is_realisable_and_deterministic(family, size):
 
 def test_family_registered_for_bare_config(tmp_path):
     assert runlab._FAMILY_MODULES["cnn"] == "families" and runlab._FAMILY_MODULES["transformer"] == "families"
-    cfg = RunConfig(name="t", family="transformer", size="tiny", steps=12, ckpt_every=6, batch_size=8,
-                    inject={"bad_batch_at": 9, "bad_batch_keys": ["y"]})
+    cfg = RunConfig(
+        name="t",
+        family="transformer",
+        size="tiny",
+        steps=12,
+        ckpt_every=6,
+        batch_size=8,
+        inject={"bad_batch_at": 9, "bad_batch_keys": ["y"]},
+    )
     runlab.train(cfg, tmp_path / "run")
     rp = families.adamdiag_replay(str(runlab.checkpoint_path(tmp_path / "run", 6)))
     # replay rebuilds the corrupted batch exactly (injection is part of the data pipeline)
@@ -190,10 +199,14 @@ def _label_ref(inject, losses, gnorm, r, blowup, cause):
         return f, "nonfinite"
     k = inject.get("bad_batch_at")
     if k is not None:
-        base = sorted(gnorm[max(0, k - 51):k - 1])
+        base = sorted(gnorm[max(0, k - 51) : k - 1])
         med = (base[len(base) // 2] + base[(len(base) - 1) // 2]) / 2
-        if (gnorm[k - 1] >= 10 * med and gnorm[k - 1] >= 10 * gnorm[k] and r[k - 1] >= 100
-                and (blowup is None or blowup >= k)):
+        if (
+            gnorm[k - 1] >= 10 * med
+            and gnorm[k - 1] >= 10 * gnorm[k]
+            and r[k - 1] >= 100
+            and (blowup is None or blowup >= k)
+        ):
             return k, "bad_batch"
     return blowup, cause
 
@@ -218,6 +231,12 @@ def test_label_injection(case):
         blowup, cause = (150, "lr_too_high") if case == "nan" else (90, "lr_too_high")
     got = runlab.label_injection(inject, losses, gnorm, r, blowup, cause, {})
     assert got[:2] == _label_ref(inject, list(losses), list(gnorm), list(r), blowup, cause)
-    want = {"spike": (120, "bad_batch"), "no_spike": (None, "healthy"), "stays_high": (None, "healthy"),
-            "earlier_blowup": (100, "lr_too_high"), "nan": (150, "nonfinite"), "nan_after_blowup": (90, "lr_too_high")}
+    want = {
+        "spike": (120, "bad_batch"),
+        "no_spike": (None, "healthy"),
+        "stays_high": (None, "healthy"),
+        "earlier_blowup": (100, "lr_too_high"),
+        "nan": (150, "nonfinite"),
+        "nan_after_blowup": (90, "lr_too_high"),
+    }
     assert got[:2] == want[case]

@@ -156,8 +156,10 @@ def decay_ratio_ref(v_a: list[float], v_b: list[float], *, step_a: int, step_b: 
     pure = sum(1 for va, vb in zip(v_a, v_b) if va > 0 and (vb - decay * va) / (1.0 - decay) < 0.1 * va / bc2_a)
     r = sorted(ratios)
     return {
-        "ratio_q": {name: _nearest_rank(r, q) for name, q in
-                    {"min": 0.0, "p01": 0.01, "p50": 0.5, "p99": 0.99, "max": 1.0}.items()},
+        "ratio_q": {
+            name: _nearest_rank(r, q)
+            for name, q in {"min": 0.0, "p01": 0.01, "p50": 0.5, "p99": 0.99, "max": 1.0}.items()
+        },
         "mean_g2_implied": sum(g2) / len(g2),
         "frac_pure_decay": pure / len(ratios),
     }

@@ -62,10 +62,25 @@ DEFAULT_BETA2 = 0.999
 DEFAULT_EPS = 1e-8
 REPORT_EPS_CANDIDATES = (1e-3, 1e-2, 1e-1)
 
-LOSS_TAGS = ("train/loss", "loss", "train_loss", "loss/train", "Loss/train", "training/loss", "train/total_loss",
-             "total_loss", "train/loss_total")
-GRAD_NORM_TAGS = ("train/grad_norm", "grad_norm", "train/gradient_norm", "gradient_norm", "grad_norm/total",
-                  "train/grad_norm_clipped")
+LOSS_TAGS = (
+    "train/loss",
+    "loss",
+    "train_loss",
+    "loss/train",
+    "Loss/train",
+    "training/loss",
+    "train/total_loss",
+    "total_loss",
+    "train/loss_total",
+)
+GRAD_NORM_TAGS = (
+    "train/grad_norm",
+    "grad_norm",
+    "train/gradient_norm",
+    "gradient_norm",
+    "grad_norm/total",
+    "train/grad_norm_clipped",
+)
 
 
 @dataclass
@@ -149,7 +164,9 @@ def reconstruct(
     # Piecewise: each segment between seeds starts from the seed's exact value.
     bounds: list[tuple[int, int, float, int]] = []  # (start index, end index, v0, step0)
     seed_iter = [(s, val) for s, val in seeds if n and steps[0] <= s <= steps[-1]]
-    start_v, start_step = (0.0, 0) if (n and steps[0] <= 1) else (float(g2[0]) if n else 0.0, int(steps[0]) - 1 if n else 0)
+    start_v, start_step = (
+        (0.0, 0) if (n and steps[0] <= 1) else (float(g2[0]) if n else 0.0, int(steps[0]) - 1 if n else 0)
+    )
     if n and steps[0] > 1:
         exact = False
         earlier = [(s, val) for s, val in seeds if s < steps[0]]
@@ -172,8 +189,9 @@ def reconstruct(
     return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
 
 
-def collapse_stretch(tr: Trajectory, until: int | None, beta2: float, *,
-                     require_depth: bool = True) -> tuple[int, int, float] | None:
+def collapse_stretch(
+    tr: Trajectory, until: int | None, beta2: float, *, require_depth: bool = True
+) -> tuple[int, int, float] | None:
     """The sustained r < COLLAPSE_R stretch that reaches closest to ``until`` (the blowup).
 
     Returns (first step of the stretch, step at which it became sustained — the warning step,
@@ -202,7 +220,7 @@ def collapse_stretch(tr: Trajectory, until: int | None, beta2: float, *,
     # Early training, where v̂ still averages a few large first gradients, is quiet but not deep.
     peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
     deep = tr.vhat <= COLLAPSE_DEPTH * peak if require_depth else np.ones(len(tr.vhat), bool)
-    for a, b in (reversed(runs) if until is not None else runs):
+    for a, b in reversed(runs) if until is not None else runs:
         first_ok = a + min_len - 1
         hits = np.flatnonzero(deep[first_ok:b])
         if len(hits):
@@ -296,8 +314,12 @@ def diagnose(inp: RunInputs) -> RunReport:
     gn_tag = pick_tag(tags, GRAD_NORM_TAGS, ("grad", "norm"), ("preclip", "pre_clip", "unclipped", "val"))
     if inp.warnings:
         rep.findings.append(
-            Finding("AD902", "warning", f"{len(inp.warnings)} input problem(s): {inp.warnings[0]}",
-                    evidence={"warnings": inp.warnings[:20]})
+            Finding(
+                "AD902",
+                "warning",
+                f"{len(inp.warnings)} input problem(s): {inp.warnings[0]}",
+                evidence={"warnings": inp.warnings[:20]},
+            )
         )
     ckpts = [c for c in inp.checkpoints if getattr(c, "step", None) is not None]
     ckpts.sort(key=lambda c: c.step)
@@ -314,8 +336,12 @@ def diagnose(inp: RunInputs) -> RunReport:
     if loss_tag is None:
         rep.verdict = "inconclusive"
         rep.findings.append(
-            Finding("AD901", "warning", f"no loss scalar found (tags: {', '.join(tags[:12]) or 'none'})",
-                    evidence={"tags": tags[:50]})
+            Finding(
+                "AD901",
+                "warning",
+                f"no loss scalar found (tags: {', '.join(tags[:12]) or 'none'})",
+                evidence={"tags": tags[:50]},
+            )
         )
         return rep
     steps, loss = _series(scalars, loss_tag)
@@ -355,18 +381,28 @@ def diagnose(inp: RunInputs) -> RunReport:
     rep.blowup_step = blow
     if blow is not None:
         rep.findings.append(
-            Finding("AD001", "error", f"loss blew up at step {blow}: {ev.pre_level:.4g} → peak {ev.peak:.4g}"
-                    if ev.pre_level else f"loss blew up at step {blow}", step=blow,
-                    evidence={"tag": loss_tag, "pre_level": ev.pre_level, "peak": ev.peak, "best_step": ev.best_step})
+            Finding(
+                "AD001",
+                "error",
+                f"loss blew up at step {blow}: {ev.pre_level:.4g} → peak {ev.peak:.4g}"
+                if ev.pre_level
+                else f"loss blew up at step {blow}",
+                step=blow,
+                evidence={"tag": loss_tag, "pre_level": ev.pre_level, "peak": ev.peak, "best_step": ev.best_step},
+            )
         )
     for s in ev.spikes[:5]:
-        rep.findings.append(Finding("AD002", "warning", f"loss spike at step {s} (recovered)", step=s,
-                                    evidence={"tag": loss_tag}))
+        rep.findings.append(
+            Finding("AD002", "warning", f"loss spike at step {s} (recovered)", step=s, evidence={"tag": loss_tag})
+        )
     nonfinite_ckpt = [c for c in ckpts if any(getattr(t, "nonfinite", 0) for t in c.tensors)]
     if ev.first_nonfinite_step is not None or nonfinite_ckpt:
         nf = ev.first_nonfinite_step if ev.first_nonfinite_step is not None else nonfinite_ckpt[0].step
-        rep.findings.append(Finding("AD401", "error", f"non-finite values (NaN/Inf) from step {nf}", step=nf,
-                                    evidence={"tag": loss_tag}))
+        rep.findings.append(
+            Finding(
+                "AD401", "error", f"non-finite values (NaN/Inf) from step {nf}", step=nf, evidence={"tag": loss_tag}
+            )
+        )
 
     # Mechanism evidence before the event.
     collapse = []  # (label, first, warn, median r)
@@ -386,9 +422,11 @@ def diagnose(inp: RunInputs) -> RunReport:
             if c is not None:
                 collapse.append((tr.label, c[0], max(c[1], collapse_warn), c[2]))
         seen_ck = {c["tensor"] for c in ck_collapse}
-        ck_collapse += [{**c, "warning_step": max(c["warning_step"], collapse_warn)}
-                        for c in _checkpoint_collapse(ckpts, ratios, event_step, beta2, require_depth=False)
-                        if c["tensor"] not in seen_ck]
+        ck_collapse += [
+            {**c, "warning_step": max(c["warning_step"], collapse_warn)}
+            for c in _checkpoint_collapse(ckpts, ratios, event_step, beta2, require_depth=False)
+            if c["tensor"] not in seen_ck
+        ]
     regrowth = []
     rms_hits = []
     if event_step is not None:
@@ -415,11 +453,15 @@ def diagnose(inp: RunInputs) -> RunReport:
         rep.blowup_step = event_step
         rep.warning_step = jump["step"]
         rep.findings.append(
-            Finding("AD301", "error" if blow is not None else "warning",
-                    f"one batch at step {jump['step']}: gradient norm {jump['grad_norm']:.3g} jumped "
-                    f"{jump['grad_norm'] / max(jump['previous'], 1e-300):.3g}x in one step "
-                    f"({jump['grad_norm'] / jump['trailing_median']:.3g}x the trailing median)",
-                    step=jump["step"], evidence=jump)
+            Finding(
+                "AD301",
+                "error" if blow is not None else "warning",
+                f"one batch at step {jump['step']}: gradient norm {jump['grad_norm']:.3g} jumped "
+                f"{jump['grad_norm'] / max(jump['previous'], 1e-300):.3g}x in one step "
+                f"({jump['grad_norm'] / jump['trailing_median']:.3g}x the trailing median)",
+                step=jump["step"],
+                evidence=jump,
+            )
         )
     elif blow is not None and (collapse or ck_collapse):
         rep.verdict = "v_collapse"
@@ -429,46 +471,75 @@ def diagnose(inp: RunInputs) -> RunReport:
         per_tensor = sorted((c for c in collapse if c[0] != "global"), key=lambda c: c[3])
         for _label, first, warn, med in glob:
             rep.findings.append(
-                Finding("AD101", "error",
-                        f"v collapse: g²/v̂ (all parameters) stayed below {COLLAPSE_R} (median {med:.3g}) from step "
-                        f"{first} until the blowup at {event_step}",
-                        step=warn, evidence={"first_step": first, "median_r": med, "threshold": COLLAPSE_R})
+                Finding(
+                    "AD101",
+                    "error",
+                    f"v collapse: g²/v̂ (all parameters) stayed below {COLLAPSE_R} (median {med:.3g}) from step "
+                    f"{first} until the blowup at {event_step}",
+                    step=warn,
+                    evidence={"first_step": first, "median_r": med, "threshold": COLLAPSE_R},
+                )
             )
         if per_tensor:
             label, first, warn, med = per_tensor[0]
             rep.findings.append(
-                Finding("AD101", "error",
-                        f"v collapse in {_name_list([c[0] for c in per_tensor])}: g²/v̂ stayed below {COLLAPSE_R} "
-                        f"(median {med:.3g} in {label}) from step {min(c[1] for c in per_tensor)} until the blowup "
-                        f"at {event_step}",
-                        step=min(c[2] for c in per_tensor), tensor=label,
-                        evidence={"threshold": COLLAPSE_R, "tensors": [
+                Finding(
+                    "AD101",
+                    "error",
+                    f"v collapse in {_name_list([c[0] for c in per_tensor])}: g²/v̂ stayed below {COLLAPSE_R} "
+                    f"(median {med:.3g} in {label}) from step {min(c[1] for c in per_tensor)} until the blowup "
+                    f"at {event_step}",
+                    step=min(c[2] for c in per_tensor),
+                    tensor=label,
+                    evidence={
+                        "threshold": COLLAPSE_R,
+                        "tensors": [
                             {"tensor": c[0], "first_step": c[1], "warning_step": c[2], "median_r": c[3]}
-                            for c in per_tensor]})
+                            for c in per_tensor
+                        ],
+                    },
+                )
             )
         if ck_collapse:
             c0 = ck_collapse[0]
             rep.findings.append(
-                Finding("AD105", "error",
-                        f"between checkpoints, v decayed almost purely in {_name_list([c['tensor'] for c in ck_collapse])}"
-                        f"; largest: {c0['message']}",
-                        step=min(c["warning_step"] for c in ck_collapse), tensor=c0["tensor"],
-                        evidence={"tensors": [{"tensor": c["tensor"], "warning_step": c["warning_step"], **c["evidence"]}
-                                              for c in ck_collapse]})
+                Finding(
+                    "AD105",
+                    "error",
+                    f"between checkpoints, v decayed almost purely in {_name_list([c['tensor'] for c in ck_collapse])}"
+                    f"; largest: {c0['message']}",
+                    step=min(c["warning_step"] for c in ck_collapse),
+                    tensor=c0["tensor"],
+                    evidence={
+                        "tensors": [
+                            {"tensor": c["tensor"], "warning_step": c["warning_step"], **c["evidence"]}
+                            for c in ck_collapse
+                        ]
+                    },
+                )
             )
         for label, rmax, rstep in sorted(regrowth, key=lambda x: -x[1])[:5]:
             rep.findings.append(
-                Finding("AD102", "error", f"gradients re-grew in {'all parameters' if label == 'global' else label}: "
-                        f"g²/v̂ = {rmax:.3g} at step {rstep}",
-                        step=rstep, tensor=None if label == "global" else label, evidence={"r": rmax})
+                Finding(
+                    "AD102",
+                    "error",
+                    f"gradients re-grew in {'all parameters' if label == 'global' else label}: "
+                    f"g²/v̂ = {rmax:.3g} at step {rstep}",
+                    step=rstep,
+                    tensor=None if label == "global" else label,
+                    evidence={"r": rmax},
+                )
             )
     elif blow is not None and not has_mechanism_data:
         rep.verdict = "inconclusive"
         rep.findings.append(
-            Finding("AD901", "warning",
-                    "the loss blew up but the run has no gradient-norm scalar, gradient histograms or "
-                    "optimizer checkpoints: the cause can't be told apart (log grad_norm or keep checkpoints)",
-                    step=event_step)
+            Finding(
+                "AD901",
+                "warning",
+                "the loss blew up but the run has no gradient-norm scalar, gradient histograms or "
+                "optimizer checkpoints: the cause can't be told apart (log grad_norm or keep checkpoints)",
+                step=event_step,
+            )
         )
     elif event_step is not None and blow is None:
         # Only short spikes that recovered (no blowup), with no abrupt gradient jump: the run did
@@ -478,9 +549,14 @@ def diagnose(inp: RunInputs) -> RunReport:
             rep.blowup_step = ev.first_nonfinite_step
         if collapse or ck_collapse:
             rep.findings.append(
-                Finding("AD101", "warning", f"loss spike(s) at step {', '.join(map(str, ev.spikes[:5]))} followed a v "
-                        "collapse: the run recovered this time, but the mechanism is in place", step=event_step,
-                        evidence={"spikes": ev.spikes[:20], "collapse": [c[0] for c in collapse][:20]})
+                Finding(
+                    "AD101",
+                    "warning",
+                    f"loss spike(s) at step {', '.join(map(str, ev.spikes[:5]))} followed a v "
+                    "collapse: the run recovered this time, but the mechanism is in place",
+                    step=event_step,
+                    evidence={"spikes": ev.spikes[:20], "collapse": [c[0] for c in collapse][:20]},
+                )
             )
     elif event_step is not None:
         rep.verdict = "lr_too_high"
@@ -488,11 +564,16 @@ def diagnose(inp: RunInputs) -> RunReport:
         first_bad = _first_instability(trajs, event_step)
         rep.warning_step = first_bad
         rep.findings.append(
-            Finding("AD201", "error",
-                    f"loss diverged at step {event_step} while g²/v̂ stayed O(1) (median {pre_r:.3g} before it): "
-                    "no v collapse, the steps are too large" if pre_r is not None else
-                    f"loss diverged at step {event_step} without a v collapse: the steps are too large",
-                    step=event_step, evidence={"median_r_before": pre_r, "lr": lr})
+            Finding(
+                "AD201",
+                "error",
+                f"loss diverged at step {event_step} while g²/v̂ stayed O(1) (median {pre_r:.3g} before it): "
+                "no v collapse, the steps are too large"
+                if pre_r is not None
+                else f"loss diverged at step {event_step} without a v collapse: the steps are too large",
+                step=event_step,
+                evidence={"median_r_before": pre_r, "lr": lr},
+            )
         )
     elif ev.first_nonfinite_step is not None:
         rep.verdict = "nonfinite"
@@ -502,27 +583,42 @@ def diagnose(inp: RunInputs) -> RunReport:
 
     for label, umax, ustep in sorted(rms_hits, key=lambda x: -x[1])[:3]:
         rep.findings.append(
-            Finding("AD103", "warning", f"update RMS {umax:.3g} > 1 in "
-                    f"{'all parameters' if label == 'global' else label} at step {ustep}", step=ustep,
-                    tensor=None if label == "global" else label, evidence={"update_rms": umax})
+            Finding(
+                "AD103",
+                "warning",
+                f"update RMS {umax:.3g} > 1 in {'all parameters' if label == 'global' else label} at step {ustep}",
+                step=ustep,
+                tensor=None if label == "global" else label,
+                evidence={"update_rms": umax},
+            )
         )
     _eps_findings(rep, ckpts, steps, loss, ev, eps)
     _collapse_in_progress(rep, trajs, ckpts, beta2)
     if assumed and trajs:
         rep.findings.append(
-            Finding("AD901", "info", f"no optimizer checkpoint found: assumed beta2={beta2}, eps={eps:g} "
-                    "(torch defaults); pass --checkpoints for exact values")
+            Finding(
+                "AD901",
+                "info",
+                f"no optimizer checkpoint found: assumed beta2={beta2}, eps={eps:g} "
+                "(torch defaults); pass --checkpoints for exact values",
+            )
         )
     approx = [t.label for t in trajs if not t.exact]
     if approx:
         what = "per-tensor histograms" if "global" not in approx else "the gradient norm"
         rep.findings.append(
-            Finding("AD901", "info", f"{what} not logged every step from step 1: the v reconstruction from it "
-                    "is approximate between checkpoints", evidence={"approximate": approx[:50]})
+            Finding(
+                "AD901",
+                "info",
+                f"{what} not logged every step from step 1: the v reconstruction from it "
+                "is approximate between checkpoints",
+                evidence={"approximate": approx[:50]},
+            )
         )
     if gn_tag and any(t in tags for t in ("train/grad_norm_preclip",)) or any("clip" in t.lower() for t in tags):
-        rep.findings.append(Finding("AD601", "info", "gradient clipping detected: Adam saw the clipped gradients "
-                                    f"(using '{gn_tag}')"))
+        rep.findings.append(
+            Finding("AD601", "info", f"gradient clipping detected: Adam saw the clipped gradients (using '{gn_tag}')")
+        )
     named = [c[0] for c in collapse if c[0] != "global"] + [c["tensor"] for c in ck_collapse]
     rep.recommendation = _recommend(rep, ckpts, inp.checkpoint_paths, eps, lr, named)
     return rep
@@ -568,12 +664,12 @@ def _abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | N
     i = int(near[np.argmax(vals[near])])
     if i < 20:  # no healthy history: a run that diverges right away has too high a learning rate
         return None
-    base = float(np.median(vals[max(0, i - 50):i]))
+    base = float(np.median(vals[max(0, i - 50) : i]))
     prev = float(vals[i - 1])
     if not (base > 0 and vals[i] >= 10 * base and vals[i] >= 10 * prev):
         return None
     if steps[i] - steps[i - 1] > 1:
-        history = vals[max(1, i // 20):i]
+        history = vals[max(1, i // 20) : i]
         if not len(history) or vals[i] < 10 * float(np.max(history)):
             return None
     return {"step": int(steps[i]), "grad_norm": float(vals[i]), "previous": prev, "trailing_median": base}
@@ -606,7 +702,8 @@ def _histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) ->
         if "grad" not in low:
             continue
         df = df.sort_values(["step", "segment"] if "segment" in df.columns else ["step"]).drop_duplicates(
-            "step", keep="last")
+            "step", keep="last"
+        )
         num = df["num"].to_numpy(np.float64)
         ok = num > 0
         if ok.sum() < 8:
@@ -618,8 +715,9 @@ def _histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) ->
     return out
 
 
-def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None,
-                         beta2: float, *, require_depth: bool = True) -> list[dict]:
+def _checkpoint_collapse(
+    ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None, beta2: float, *, require_depth: bool = True
+) -> list[dict]:
     """Collapse seen by checkpoints alone: between the last two checkpoints before the event, v of a
     tensor decayed almost purely (implied g²/v̂ < COLLAPSE_R), and √v̂ sits near eps."""
     if event_step is None:
@@ -638,7 +736,8 @@ def _checkpoint_collapse(ckpts: list[Any], ratios: list[dict[str, Any]], event_s
     for c in ckpts:
         for t in c.tensors:
             vhat_hist.setdefault(_ckpt_tensor_label(t), []).append(
-                (int(c.step), float(t.v_mean) / (1.0 - float(t.beta2) ** max(int(c.step), 1))))
+                (int(c.step), float(t.v_mean) / (1.0 - float(t.beta2) ** max(int(c.step), 1)))
+            )
     stats = {_ckpt_tensor_label(t): t for t in last_ck.tensors}
     for tensor, rs in by_tensor.items():
         rs.sort(key=lambda r: r["from_step"])
@@ -705,12 +804,20 @@ def _eps_findings(rep: RunReport, ckpts: list[Any], steps, loss, ev: LossEvents,
         k = max(1, len(lf) // 10)
         progress = float(np.median(lf[-k:]) / np.median(lf[:k])) if np.median(lf[:k]) > 0 else None
     stalled = progress is not None and progress > 0.5
-    msg = (f"√v̂ < eps={eps:g} for {below:.0%} of all elements at step {last.step}: Adam behaves like SGD "
-           f"with step lr/eps")
+    msg = (
+        f"√v̂ < eps={eps:g} for {below:.0%} of all elements at step {last.step}: Adam behaves like SGD with step lr/eps"
+    )
     if rep.verdict == "healthy" and stalled:
         rep.verdict = "eps_too_large"
-        rep.findings.append(Finding("AD501", "warning", msg + f"; the loss barely moved (final/initial {progress:.2f})",
-                                    step=last.step, evidence={"frac_below_eps": below, "progress": progress}))
+        rep.findings.append(
+            Finding(
+                "AD501",
+                "warning",
+                msg + f"; the loss barely moved (final/initial {progress:.2f})",
+                step=last.step,
+                evidence={"frac_below_eps": below, "progress": progress},
+            )
+        )
     else:
         rep.findings.append(Finding("AD501", "info", msg, step=last.step, evidence={"frac_below_eps": below}))
 
@@ -729,19 +836,29 @@ def _collapse_in_progress(rep: RunReport, trajs: list[Trajectory], ckpts: list[A
         bounded = tr.eps > 0 and math.isfinite(tail) and math.sqrt(max(tail, 0.0)) <= 10 * tr.eps_eff()[-1]
         sev = "info" if bounded else "warning"
         rep.findings.append(
-            Finding("AD101", sev,
-                    f"v is collapsing in {'all parameters' if tr.label == 'global' else tr.label} from step {first} "
-                    f"(g²/v̂ median {med:.3g})"
-                    + ("; eps bounds the step" if bounded else
-                       "; eps and v's scale are unknown without a checkpoint" if tr.eps == 0 else
-                       "; eps does not bound the step: a return of larger gradients would blow up the update"),
-                    step=warn, tensor=None if tr.label == "global" else tr.label, evidence={"median_r": med})
+            Finding(
+                "AD101",
+                sev,
+                f"v is collapsing in {'all parameters' if tr.label == 'global' else tr.label} from step {first} "
+                f"(g²/v̂ median {med:.3g})"
+                + (
+                    "; eps bounds the step"
+                    if bounded
+                    else "; eps and v's scale are unknown without a checkpoint"
+                    if tr.eps == 0
+                    else "; eps does not bound the step: a return of larger gradients would blow up the update"
+                ),
+                step=warn,
+                tensor=None if tr.label == "global" else tr.label,
+                evidence={"median_r": med},
+            )
         )
         break
 
 
-def _recommend(rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: float, lr: float | None,
-               collapsed_names: list[str]) -> dict[str, Any] | None:
+def _recommend(
+    rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: float, lr: float | None, collapsed_names: list[str]
+) -> dict[str, Any] | None:
     v = rep.verdict
     before = [c for c in ckpts if rep.blowup_step is None or c.step < rep.blowup_step]
     start = before[-1] if before else None
@@ -784,8 +901,10 @@ def _recommend(rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: flo
         else:
             rec["eps"] = 1e-3
             rec["candidates"] = [{"eps": e} for e in REPORT_EPS_CANDIDATES]
-            rec["message"] = (f"eps {eps:g} → 1e-3 (compare 1e-2, 1e-1); no checkpoint before the blowup to size "
-                              "it from the measured √v̂")
+            rec["message"] = (
+                f"eps {eps:g} → 1e-3 (compare 1e-2, 1e-1); no checkpoint before the blowup to size "
+                "it from the measured √v̂"
+            )
         rec["alternatives"] = ["a shorter v memory (beta2 0.99-0.995)", "gradient clipping"]
         if start_path:
             eps_args = " ".join(f"--eps {c['eps']:g}" for c in rec["candidates"])
@@ -793,17 +912,24 @@ def _recommend(rep: RunReport, ckpts: list[Any], ckpt_paths: list[str], eps: flo
         rec["verify"] = replay_cmd
         return rec
     if v == "lr_too_high":
-        rec = {"action": "lower the learning rate", "lr": (lr / 3) if lr else None,
-               "message": "lower lr about 3x (or add warmup / gradient clipping); eps will not help: v is healthy"}
+        rec = {
+            "action": "lower the learning rate",
+            "lr": (lr / 3) if lr else None,
+            "message": "lower lr about 3x (or add warmup / gradient clipping); eps will not help: v is healthy",
+        }
         if start_path and lr:
             rec["verify"] = f"adamdiag replay {start_path} --lr {lr / 3:g} --lr {lr / 10:g}"
         return rec
     if v == "bad_batch":
-        return {"action": "guard against bad batches",
-                "message": "inspect the batch at the spike step; clip gradients or skip batches whose loss is an outlier"}
+        return {
+            "action": "guard against bad batches",
+            "message": "inspect the batch at the spike step; clip gradients or skip batches whose loss is an outlier",
+        }
     if v == "nonfinite":
-        return {"action": "find the first non-finite value",
-                "message": "check the data and loss for NaN/Inf; with fp16 use loss scaling; enable anomaly detection"}
+        return {
+            "action": "find the first non-finite value",
+            "message": "check the data and loss for NaN/Inf; with fp16 use loss scaling; enable anomaly detection",
+        }
     if v == "eps_too_large":
         return {"action": "decrease eps", "message": f"eps {eps:g} dominates √v̂ almost everywhere; try {eps / 100:g}"}
     return None

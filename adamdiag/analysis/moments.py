@@ -105,8 +105,12 @@ class TensorStats:
         def minus_zero(x: float | None) -> float:
             return neg(max(x - zero, 0.0)) if x is not None and math.isfinite(x) else 0.0
 
-        return (-int(self.nonfinite > 0), minus_zero(self.frac_sqrt_vhat_below_10eps),
-                minus_zero(self.frac_sqrt_vhat_below_eps), neg(self.update_ratio_rms))
+        return (
+            -int(self.nonfinite > 0),
+            minus_zero(self.frac_sqrt_vhat_below_10eps),
+            minus_zero(self.frac_sqrt_vhat_below_eps),
+            neg(self.update_ratio_rms),
+        )
 
 
 @dataclass
@@ -124,8 +128,13 @@ class CheckpointSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "path": self.path, "step": self.step, "layout": self.layout, "optimizer": self.optimizer,
-            "convention": self.convention, "name_mapping": self.name_mapping, "warnings": list(self.warnings),
+            "path": self.path,
+            "step": self.step,
+            "layout": self.layout,
+            "optimizer": self.optimizer,
+            "convention": self.convention,
+            "name_mapping": self.name_mapping,
+            "warnings": list(self.warnings),
             "tensors": [t.to_dict() for t in self.tensors],
         }
 
@@ -161,8 +170,9 @@ def _ranks(n: int, qs: dict[str, float], descending: dict[str, float] | None = N
     return ranks
 
 
-def _order_stats_reference(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
-                           ) -> dict[str, float]:
+def _order_stats_reference(
+    values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
+) -> dict[str, float]:
     """Nearest-rank order statistics of a 1-D array the plain way (one copy, one partition): element
     round(q·(n-1)) of the ascending values for ``qs``, of the descending values for ``descending``.
     The reference for :func:`_order_stats`."""
@@ -193,7 +203,7 @@ def _select_ranks(values: np.ndarray, ranks: list[int]) -> dict[int, float]:
     for r in ranks:
         values = np.partition(values, r - base)
         out[r] = float(values[r - base])
-        values, base = values[r - base:], r
+        values, base = values[r - base :], r
     return out
 
 
@@ -215,8 +225,9 @@ class _BracketSelect:
     :meth:`add_kept` and :meth:`set_below`.
     """
 
-    def __init__(self, sample: np.ndarray, n: int, ranks: list[int], max_kept: int | None = None,
-                 tail_q: float = TAIL_Q) -> None:
+    def __init__(
+        self, sample: np.ndarray, n: int, ranks: list[int], max_kept: int | None = None, tail_q: float = TAIL_Q
+    ) -> None:
         k = sample.size
         # more kept values than this means ties crowd a bracket: give up early (memory stays bounded)
         self.max_kept = max(BRACKET_MIN_SIZE, n // 8 if max_kept is None else min(n // 8, max_kept))
@@ -288,7 +299,7 @@ class _BracketSelect:
 
     def set_below(self, below: list[int]) -> None:
         """Per bracket: how many values fed lie under it (the kernel's counts)."""
-        self.below = [int(x) for x in below[:len(self.spans)]]
+        self.below = [int(x) for x in below[: len(self.spans)]]
 
     def result(self, ranks: dict[str, int]) -> dict[str, float] | None:
         """The order statistics at ``ranks`` (of the values fed), or None on a miss."""
@@ -304,8 +315,9 @@ class _BracketSelect:
         return out if len(out) == len(ranks) else None
 
 
-def _order_stats(values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
-                 ) -> dict[str, float]:
+def _order_stats(
+    values: np.ndarray, qs: dict[str, float], descending: dict[str, float] | None = None
+) -> dict[str, float]:
     """The same numbers as :func:`_order_stats_reference`, exactly; bracketed selection
     (:class:`_BracketSelect`) for large arrays."""
     n = values.size
@@ -457,7 +469,7 @@ def _param_sq_sum(p_flat, chunk: int) -> float:
 
     total = 0.0
     for i in range(0, p_flat.numel(), chunk):
-        p = _work(p_flat[i:i + chunk])
+        p = _work(p_flat[i : i + chunk])
         ps = float(torch.linalg.vector_norm(p)) ** 2
         total += ps if math.isfinite(ps) else float(p[torch.isfinite(p)].double().square().sum())
     return total
@@ -474,7 +486,9 @@ def _kernel_usable(m_flat, v_flat, d_flat) -> bool:
     brackets; tensor_stats makes at most 6: one per rank.)"""
     from adamdiag.analysis import moments_kernel
 
-    return moments_kernel.available() and all(_kernel_dtype(x) and x.device.type == "cpu" for x in (m_flat, v_flat, d_flat))
+    return moments_kernel.available() and all(
+        _kernel_dtype(x) and x.device.type == "cpu" for x in (m_flat, v_flat, d_flat)
+    )
 
 
 def _f32(x):
@@ -483,8 +497,9 @@ def _f32(x):
     return x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
 
 
-def _kernel_pass(acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_flat, p_flat, bc2: float,
-                 eps_eff: float, chunk: int) -> float | None:
+def _kernel_pass(
+    acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_flat, p_flat, bc2: float, eps_eff: float, chunk: int
+) -> float | None:
     """What the :func:`_chunk_stats` loop, :meth:`_BracketSelect.feed` and :func:`_param_sq_sum`
     compute, in one fused pass per chunk (``moments_kernel``; d_flat None: the denominator is v).
     Returns Σ p², or None when the parameter was not passed (absent, or not float32/bf16/fp16)."""
@@ -500,11 +515,11 @@ def _kernel_pass(acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_fla
     kept_n = np.zeros(mk.MAX_SPANS, np.int64)
     with_p = p_flat is not None and _kernel_dtype(p_flat) and p_flat.device.type == "cpu"
     for i in range(0, n, chunk):
-        m, v = _f32(m_flat[i:i + chunk]), _f32(v_flat[i:i + chunk])
-        d = v if d_flat is None else _f32(d_flat[i:i + chunk])
-        mk.chunk_stats(m, v, d, _f32(p_flat[i:i + chunk]) if with_p else None, params, k, kept, kept_n)
+        m, v = _f32(m_flat[i : i + chunk]), _f32(v_flat[i : i + chunk])
+        d = v if d_flat is None else _f32(d_flat[i : i + chunk])
+        mk.chunk_stats(m, v, d, _f32(p_flat[i : i + chunk]) if with_p else None, params, k, kept, kept_n)
         for j in range(params.nspan):
-            select.add_kept(j, kept[j, :kept_n[j]].copy())
+            select.add_kept(j, kept[j, : kept_n[j]].copy())
         kept_n[:] = 0
         if params.nspan and select.failed:  # crowded: the caller partitions everything; stop selecting
             params.nspan = 0
@@ -518,8 +533,9 @@ def _kernel_pass(acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_fla
     return k.sum_p2 if with_p else None
 
 
-def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT,
-                 chunk: int = CHUNK) -> TensorStats:
+def tensor_stats(
+    t: TensorMoments, convention: str = "torch", *, exact_limit: int = EXACT_QUANTILE_LIMIT, chunk: int = CHUNK
+) -> TensorStats:
     """Statistics of one parameter's Adam state (see the module docstring for definitions).
 
     Memory: O(chunk) for the exact sums, plus the values kept for the quantile selection (~1-4% of
@@ -545,15 +561,20 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     kernel = _kernel_usable(m_flat, v_flat, d_flat)
     if n >= BRACKET_MIN_SIZE:  # exact quantiles at any size, selected while each chunk is in cache
         sample = _gather(d_flat, _sample_positions(n, min(BRACKET_SAMPLE, n)))
-        select = _BracketSelect(np.sort(sample[np.isfinite(sample)]), n, list(_ranks(n, qs, desc).values()),
-                                max_kept=exact_limit, tail_q=0.0 if kernel else TAIL_Q)
+        select = _BracketSelect(
+            np.sort(sample[np.isfinite(sample)]),
+            n,
+            list(_ranks(n, qs, desc).values()),
+            max_kept=exact_limit,
+            tail_q=0.0 if kernel else TAIL_Q,
+        )
     if kernel:
         ps = _kernel_pass(acc, select, m_flat, v_flat, None if same else d_flat, p_flat, bc2, eps_eff, chunk)
         sum_p2 = ps if ps is not None else _param_sq_sum(p_flat, chunk) if p_flat is not None else 0.0
     else:
         for i in range(0, n, chunk):
-            m, v = m_flat[i:i + chunk], v_flat[i:i + chunk]
-            got = _chunk_stats(acc, m, v, v if same else d_flat[i:i + chunk], bc2, eps_eff)
+            m, v = m_flat[i : i + chunk], v_flat[i : i + chunk]
+            got = _chunk_stats(acc, m, v, v if same else d_flat[i : i + chunk], bc2, eps_eff)
             if select is not None and got is not None:
                 select.feed(got[0].numpy(), got[1], got[2])
         sum_p2 = _param_sq_sum(p_flat, chunk) if p_flat is not None else 0.0
@@ -572,9 +593,11 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
             arr, exact = _quantile_values(d_flat, (m_flat, v_flat), n, exact_limit, nonfinite > 0)
             raw = _order_stats(arr, qs, desc)
         sq = {"min": s_min, **{k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}, "max": s_max}
-        eff = {"min": t.lr / (s_max + eps_eff),
-               **{k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs},
-               "max": t.lr / (s_min + eps_eff)}
+        eff = {
+            "min": t.lr / (s_max + eps_eff),
+            **{k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs},
+            "max": t.lr / (s_min + eps_eff),
+        }
         ratio_rms = math.sqrt(sum_u2 / n_f)
         v_mean, m_abs_mean = sum_v / n_f, sum_abs_m / n_f
         frac_b, frac_b10 = below / n_f, below10 / n_f
@@ -591,18 +614,42 @@ def tensor_stats(t: TensorMoments, convention: str = "torch", *, exact_limit: in
     if not exact:
         notes.append(f"quantiles from a sample of {_sample_size(n, exact_limit)} elements (min/max exact)")
     return TensorStats(
-        name=t.name, index=t.index, shape=list(t.shape), numel=n, group=t.group, lr=t.lr, beta1=t.beta1,
-        beta2=t.beta2, eps=t.eps, weight_decay=t.weight_decay, step=t.step, v_mean=v_mean, v_max=max_v,
-        m_abs_mean=m_abs_mean, sqrt_vhat_q=sq, frac_sqrt_vhat_below_eps=frac_b, frac_sqrt_vhat_below_10eps=frac_b10,
-        update_rms=update_rms, update_max=t.lr * max_u, eff_step_q=eff, nonfinite=nonfinite,
-        label=label_of(t.name, t.group, t.index), amsgrad=t.amsgrad, eps_effective=eps_eff,
-        update_ratio_rms=ratio_rms, param_rms=param_rms, update_rms_rel=rel, quantiles_exact=exact,
-        frac_v_zero=acc.zero / n_f if n_f else nan, notes=notes,
+        name=t.name,
+        index=t.index,
+        shape=list(t.shape),
+        numel=n,
+        group=t.group,
+        lr=t.lr,
+        beta1=t.beta1,
+        beta2=t.beta2,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        step=t.step,
+        v_mean=v_mean,
+        v_max=max_v,
+        m_abs_mean=m_abs_mean,
+        sqrt_vhat_q=sq,
+        frac_sqrt_vhat_below_eps=frac_b,
+        frac_sqrt_vhat_below_10eps=frac_b10,
+        update_rms=update_rms,
+        update_max=t.lr * max_u,
+        eff_step_q=eff,
+        nonfinite=nonfinite,
+        label=label_of(t.name, t.group, t.index),
+        amsgrad=t.amsgrad,
+        eps_effective=eps_eff,
+        update_ratio_rms=ratio_rms,
+        param_rms=param_rms,
+        update_rms_rel=rel,
+        quantiles_exact=exact,
+        frac_v_zero=acc.zero / n_f if n_f else nan,
+        notes=notes,
     )
 
 
-def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_QUANTILE_LIMIT,
-                chunk: int = CHUNK) -> dict[str, Any]:
+def decay_ratio(
+    a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_QUANTILE_LIMIT, chunk: int = CHUNK
+) -> dict[str, Any]:
     """How v of one tensor changed between two checkpoints a (step s) and b (step s+Δ).
 
     Per element, v_b = β2^Δ·v_a + (1-β2)·Σ β2^(Δ-1-j)·g_j², so ``ratio`` = v_b/(β2^Δ·v_a) ≥ 1 and
@@ -622,7 +669,7 @@ def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_
     d = int(b.step) - int(a.step)
     beta2 = float(b.beta2)
     decay = beta2**d
-    bc2_a = 1.0 - beta2 ** a.step if a.step > 0 else 1.0
+    bc2_a = 1.0 - beta2**a.step if a.step > 0 else 1.0
     notes = []
     if a.beta2 != b.beta2:
         notes.append(f"beta2 changed ({a.beta2} → {b.beta2}); using {b.beta2}")
@@ -633,7 +680,7 @@ def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_
         """Per chunk: (sum of finite v_a, sum of finite v_b, their count, ratios where v_a > 0).
         Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite."""
         for i in range(0, n, chunk):
-            va, vb = _work(va_flat[i:i + chunk]), _work(vb_flat[i:i + chunk])
+            va, vb = _work(va_flat[i : i + chunk]), _work(vb_flat[i : i + chunk])
             sa, sb = float(va.sum()), float(vb.sum())
             if not (math.isfinite(sa) and math.isfinite(sb)):
                 ok = torch.isfinite(va) & torch.isfinite(vb)
@@ -688,12 +735,22 @@ def decay_ratio(a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_
     mean_g2 = (mean_vb - decay * mean_va) / (1.0 - decay) if d > 0 else nan
     vhat_a = mean_va / bc2_a
     return {
-        "name": b.name, "index": b.index, "group": b.group, "label": label_of(b.name, b.group, b.index),
-        "from_step": int(a.step), "to_step": int(b.step), "delta_steps": d, "beta2": beta2, "numel": n,
-        "n_used": n_used, "ratio_q": q, "quantiles_exact": exact,
+        "name": b.name,
+        "index": b.index,
+        "group": b.group,
+        "label": label_of(b.name, b.group, b.index),
+        "from_step": int(a.step),
+        "to_step": int(b.step),
+        "delta_steps": d,
+        "beta2": beta2,
+        "numel": n,
+        "n_used": n_used,
+        "ratio_q": q,
+        "quantiles_exact": exact,
         "frac_pure_decay": pure / n_used if n_used else nan,
         "frac_inconsistent": incons / n_used if n_used else nan,
-        "mean_v_from": mean_va, "mean_v_to": mean_vb,
+        "mean_v_from": mean_va,
+        "mean_v_to": mean_vb,
         "decay_ratio_mean": mean_vb / (decay * mean_va) if mean_va > 0 else nan,
         "mean_g2_implied": mean_g2,
         "r_interval": max(mean_g2, 0.0) / vhat_a if vhat_a > 0 and math.isfinite(mean_g2) else nan,

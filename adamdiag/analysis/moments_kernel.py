@@ -26,10 +26,17 @@ class Acc(ctypes.Structure):
     """Running totals of one tensor (the C ``adamdiag_acc``); the kernel adds each chunk to them."""
 
     _fields_ = [
-        ("sum_v", ctypes.c_double), ("sum_abs_m", ctypes.c_double), ("sum_u2", ctypes.c_double),
-        ("sum_p2", ctypes.c_double), ("min_d", ctypes.c_double), ("max_d", ctypes.c_double),
-        ("max_v", ctypes.c_double), ("max_u2", ctypes.c_double),
-        ("n_finite", ctypes.c_int64), ("zero", ctypes.c_int64), ("below1", ctypes.c_int64),
+        ("sum_v", ctypes.c_double),
+        ("sum_abs_m", ctypes.c_double),
+        ("sum_u2", ctypes.c_double),
+        ("sum_p2", ctypes.c_double),
+        ("min_d", ctypes.c_double),
+        ("max_d", ctypes.c_double),
+        ("max_v", ctypes.c_double),
+        ("max_u2", ctypes.c_double),
+        ("n_finite", ctypes.c_int64),
+        ("zero", ctypes.c_int64),
+        ("below1", ctypes.c_int64),
         ("below2", ctypes.c_int64),
         ("lt_lo", ctypes.c_int64 * MAX_SPANS),
     ]
@@ -44,8 +51,14 @@ class Params(ctypes.Structure):
     """Per-tensor constants (the C ``adamdiag_params``): e = eps_eff·√bc2, the √v thresholds t1/t2
     (eps and 10·eps scaled the same way) and the brackets [lo_j, hi_j] of the quantile selection."""
 
-    _fields_ = [("e", ctypes.c_float), ("t1", ctypes.c_float), ("t2", ctypes.c_float), ("nspan", ctypes.c_int32),
-                ("lo", ctypes.c_float * MAX_SPANS), ("hi", ctypes.c_float * MAX_SPANS)]
+    _fields_ = [
+        ("e", ctypes.c_float),
+        ("t1", ctypes.c_float),
+        ("t2", ctypes.c_float),
+        ("nspan", ctypes.c_int32),
+        ("lo", ctypes.c_float * MAX_SPANS),
+        ("hi", ctypes.c_float * MAX_SPANS),
+    ]
 
     @classmethod
     def of(cls, e: float, t1: float, t2: float, spans: list[tuple[float, float]]) -> Params:
@@ -89,12 +102,27 @@ def _lib() -> ctypes.CDLL | None:
     if abi != KERNEL_ABI * 1_000_000 + ctypes.sizeof(Acc) * 1000 + ctypes.sizeof(Params):
         import warnings
 
-        warnings.warn(f"{path.name} was built from another version of adamdiag; it is not used (slower path). "
-                      "Rebuild it: pip install -e . (or make setup)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{path.name} was built from another version of adamdiag; it is not used (slower path). "
+            "Rebuild it: pip install -e . (or make setup)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
     fp = ctypes.c_void_p
-    lib.adamdiag_chunk_stats.argtypes = [fp, fp, fp, fp, ctypes.c_int64, ctypes.POINTER(Params), ctypes.POINTER(Acc),
-                                         fp, ctypes.c_int64, fp, ctypes.c_int32]
+    lib.adamdiag_chunk_stats.argtypes = [
+        fp,
+        fp,
+        fp,
+        fp,
+        ctypes.c_int64,
+        ctypes.POINTER(Params),
+        ctypes.POINTER(Acc),
+        fp,
+        ctypes.c_int64,
+        fp,
+        ctypes.c_int32,
+    ]
     lib.adamdiag_chunk_stats.restype = ctypes.c_int64
     lib.adamdiag_vector_path.restype = ctypes.c_int
     return lib
@@ -111,8 +139,9 @@ def vector_path() -> bool:
     return bool(lib is not None and lib.adamdiag_vector_path())
 
 
-def chunk_stats(m, v, d, p, params: Params, acc: Acc, kept: np.ndarray, kept_n: np.ndarray, *,
-                plain: bool = False) -> None:
+def chunk_stats(
+    m, v, d, p, params: Params, acc: Acc, kept: np.ndarray, kept_n: np.ndarray, *, plain: bool = False
+) -> None:
     """Add one chunk to ``acc``. The values of ``d`` inside bracket j are appended to row j of
     ``kept`` (float32, C-contiguous, one row per bracket), after the ``kept_n[j]`` (int64) already
     there, and ``kept_n`` is advanced; a row needs ``numel + 8`` free slots. m, v, d (may be v
@@ -125,15 +154,33 @@ def chunk_stats(m, v, d, p, params: Params, acc: Acc, kept: np.ndarray, kept_n: 
         raise RuntimeError("the moments kernel is not available")
     n = int(m.numel())
     for name, t in (("m", m), ("v", v), ("d", d), ("p", p)):
-        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != n
-                              or t.device.type != "cpu"):
+        if t is not None and (
+            t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != n or t.device.type != "cpu"
+        ):
             raise ValueError(f"{name}: needs a contiguous float32 CPU tensor of {n} elements")
     ns = int(params.nspan)
-    if (kept.dtype != np.float32 or kept.ndim != 2 or not kept.flags.c_contiguous or kept.shape[0] < ns
-            or kept_n.dtype != np.int64 or kept_n.size < ns or (ns and int(kept_n[:ns].max()) + n + 8 > kept.shape[1])):
+    if (
+        kept.dtype != np.float32
+        or kept.ndim != 2
+        or not kept.flags.c_contiguous
+        or kept.shape[0] < ns
+        or kept_n.dtype != np.int64
+        or kept_n.size < ns
+        or (ns and int(kept_n[:ns].max()) + n + 8 > kept.shape[1])
+    ):
         raise ValueError("kept/kept_n: a float32 row per bracket with room for numel + 8 more values, int64 counts")
-    rc = lib.adamdiag_chunk_stats(m.data_ptr(), v.data_ptr(), d.data_ptr(), p.data_ptr() if p is not None else None,
-                                  n, ctypes.byref(params), ctypes.byref(acc), kept.ctypes.data, kept.shape[1],
-                                  kept_n.ctypes.data, int(plain))
+    rc = lib.adamdiag_chunk_stats(
+        m.data_ptr(),
+        v.data_ptr(),
+        d.data_ptr(),
+        p.data_ptr() if p is not None else None,
+        n,
+        ctypes.byref(params),
+        ctypes.byref(acc),
+        kept.ctypes.data,
+        kept.shape[1],
+        kept_n.ctypes.data,
+        int(plain),
+    )
     if rc < 0:
         raise ValueError("moments kernel: bad arguments")

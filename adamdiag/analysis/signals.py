@@ -153,8 +153,12 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         in_excursion = False
         # Slow climb: the trailing level itself rose to 2x the best level reached before.
         # (suffix_max first: a climb that never reaches a decade is not worth the backward search)
-        if (np.isfinite(best[i]) and suffix_max[i] - best[i] >= decade and med[i] - best[i] > onset
-                and fwd[i] - best[i] > onset):
+        if (
+            np.isfinite(best[i])
+            and suffix_max[i] - best[i] >= decade
+            and med[i] - best[i] > onset
+            and fwd[i] - best[i] > onset
+        ):
             best_i = int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1])))
             base = best[i]
             # The climb starts at the first point after the best that left the 2x band for good.

@@ -34,7 +34,17 @@ if TYPE_CHECKING:  # pandas/numpy are imported lazily: the CLI imports this modu
 EVENT_GLOB = "events.out.tfevents.*"
 SCALAR_COLUMNS = ["run", "tag", "step", "wall_time", "value", "segment", "source_file"]
 HISTOGRAM_COLUMNS = [
-    "run", "tag", "step", "wall_time", "min", "max", "num", "sum", "sum_squares", "segment", "source_file",
+    "run",
+    "tag",
+    "step",
+    "wall_time",
+    "min",
+    "max",
+    "num",
+    "sum",
+    "sum_squares",
+    "segment",
+    "source_file",
     "approx",
 ]
 # Run several files in worker processes only when there is enough to read to pay for the start-up.
@@ -192,8 +202,13 @@ def tensor_histogram(t: Any) -> tuple[float, float, float, float, float] | None:
     b = arr.astype(np.float64).reshape(k, 3)
     centre = (b[:, 0] + b[:, 1]) / 2
     cnt = b[:, 2]
-    return (float(b[0, 0]), float(b[-1, 1]), float(cnt.sum()), float((cnt * centre).sum()),
-            float((cnt * centre * centre).sum()))
+    return (
+        float(b[0, 0]),
+        float(b[-1, 1]),
+        float(cnt.sum()),
+        float((cnt * centre).sum()),
+        float((cnt * centre * centre).sum()),
+    )
 
 
 class _Sink:
@@ -456,8 +471,9 @@ def _parse_template(v, ps, pe, tail: str = "sv") -> dict:
     tl[~ok] = 0
     # 2a <tag+4+tail> 0a <tag+2+tail> 0a <tag>: Summary, Value and tag headers in one 6-byte compare.
     t = tl.astype(u64)
-    expect = (u64(0x000A000A002A + ((4 + tail_len) << 8) + ((2 + tail_len) << 24))
-              + (t << u64(24)) + (t * u64(0x10000000100)))
+    expect = (
+        u64(0x000A000A002A + ((4 + tail_len) << 8) + ((2 + tail_len) << 24)) + (t << u64(24)) + (t * u64(0x10000000100))
+    )
     ok &= (v.u64[np.minimum(c, pe)] & u64(0xFFFFFFFFFFFF)) == expect
     if tail == "sv":
         y = v.u64[np.maximum(pe - 8, ps)]
@@ -560,8 +576,10 @@ def _parse_general(v, ps, pe) -> tuple[dict, dict]:
     if rows:
         out = {key: np.concatenate([r[key] for r in rows]) for key in keys}
     else:
-        out = {key: np.zeros(0, dt) for key, dt in zip(keys, (np.int64,) * 2 + (bool, np.float64) + (np.int64,) * 2
-                                                          + (bool, bool))}
+        out = {
+            key: np.zeros(0, dt)
+            for key, dt in zip(keys, (np.int64,) * 2 + (bool, np.float64) + (np.int64,) * 2 + (bool, bool))
+        }
     return {"ok": ok, "step": step, "wall": wall}, out
 
 
@@ -603,8 +621,17 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
                     rest = rest[~hit]
         rec_ok = f["ok"].copy()
         if rest.size == 0:  # the usual case: every record matched a template
-            rows = {"rec": None, "k": None, "step": f["step"], "wall": f["wall"], "value": f["value"],
-                    "ts": f["ts"], "tl": f["tl"], "is_t": f["is_t"], "has_meta": None}
+            rows = {
+                "rec": None,
+                "k": None,
+                "step": f["step"],
+                "wall": f["wall"],
+                "value": f["value"],
+                "ts": f["ts"],
+                "tl": f["tl"],
+                "is_t": f["is_t"],
+                "has_meta": None,
+            }
         else:
             hdr, g = _parse_general(v, ps[rest], pe[rest])
             rec_ok[rest] = hdr["ok"]
@@ -741,8 +768,7 @@ def _read_ref(path: Path, sink: _Sink, *, check_crc: bool, fast_decode: bool = F
     return len(buf), records
 
 
-def _scan_tail(data: bytes, base: int, idx0: int, sink: _Sink, name: str, *, check_crc: bool,
-               fast_decode: bool) -> int:
+def _scan_tail(data: bytes, base: int, idx0: int, sink: _Sink, name: str, *, check_crc: bool, fast_decode: bool) -> int:
     """Reference framing of ``data`` (the file from byte ``base`` on); decodes what verifies.
 
     Returns the number of valid records found."""
@@ -760,8 +786,15 @@ def _scan_tail(data: bytes, base: int, idx0: int, sink: _Sink, name: str, *, che
     if scan.truncated_at is not None:
         sink.skipped["truncated"] += 1
     if fast_decode:
-        _decode_chunk(_padded(data), np.asarray(scan.offsets, np.int64), np.asarray(scan.lengths, np.int64),
-                      sink, name, base, idx0)
+        _decode_chunk(
+            _padded(data),
+            np.asarray(scan.offsets, np.int64),
+            np.asarray(scan.lengths, np.int64),
+            sink,
+            name,
+            base,
+            idx0,
+        )
     else:
         for k, (off, ln) in enumerate(zip(scan.offsets, scan.lengths)):
             _decode_ref(data[off + tfrecord.HEADER : off + tfrecord.HEADER + ln], sink, name, base + off, idx0 + k)
@@ -803,8 +836,9 @@ def _read_fast(path: Path, sink: _Sink, *, check_crc: bool, chunk_bytes: int | N
                 need = int.from_bytes(buf[w.stop : w.stop + 8], "little") + tfrecord.HEADER + tfrecord.FOOTER
             if w.damaged or (at_eof and pending) or base + w.stop + need > size:
                 f.seek(base + w.stop)
-                records += _scan_tail(f.read(), base + w.stop, records, sink, name, check_crc=check_crc,
-                                      fast_decode=True)
+                records += _scan_tail(
+                    f.read(), base + w.stop, records, sink, name, check_crc=check_crc, fast_decode=True
+                )
                 break
             if at_eof:
                 break
@@ -928,8 +962,15 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
         }
         for i, d in enumerate(datas)
     ]
-    return RunEvents(run=run, scalars=scalars, histograms=histograms, warnings=warnings,
-                     skipped=dict(skipped), files=files, file_info=info)
+    return RunEvents(
+        run=run,
+        scalars=scalars,
+        histograms=histograms,
+        warnings=warnings,
+        skipped=dict(skipped),
+        files=files,
+        file_info=info,
+    )
 
 
 def _histogram_frame(run: str, datas: list[FileData], files: list[str]) -> pd.DataFrame:

@@ -43,8 +43,12 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
-            TextColumn("reading event files"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            TextColumn("reading event files"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         ) as bar:
             task = bar.add_task("read", total=total)
             result = read_runs(found, check_crc=check_crc, progress=lambda done, tot: bar.update(task, completed=done))
@@ -54,8 +58,9 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
         for w in r.warnings[:MAX_WARNINGS_SHOWN]:
             console.print(f"adamdiag: warning: {w}", markup=False)
         if len(r.warnings) > MAX_WARNINGS_SHOWN:
-            console.print(f"adamdiag: warning: {r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings",
-                          markup=False)
+            console.print(
+                f"adamdiag: warning: {r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings", markup=False
+            )
     return result
 
 
@@ -81,17 +86,20 @@ def tag_table(r: RunEvents) -> list[dict[str, Any]]:
         if df.empty:
             continue
         g = df.groupby("tag", observed=True, sort=True)
-        agg = g.agg(count=("step", "size"), step_min=("step", "min"), step_max=("step", "max"),
-                    segments=("segment", "nunique"))
+        agg = g.agg(
+            count=("step", "size"), step_min=("step", "min"), step_max=("step", "max"), segments=("segment", "nunique")
+        )
         for tag, row in agg.iterrows():
-            rows.append({
-                "tag": str(tag),
-                "kind": kind,
-                "count": int(row["count"]),
-                "step_min": int(row["step_min"]),
-                "step_max": int(row["step_max"]),
-                "segments": int(row["segments"]),
-            })
+            rows.append(
+                {
+                    "tag": str(tag),
+                    "kind": kind,
+                    "count": int(row["count"]),
+                    "step_min": int(row["step_min"]),
+                    "step_max": int(row["step_max"]),
+                    "segments": int(row["segments"]),
+                }
+            )
     return rows
 
 
@@ -187,8 +195,9 @@ def run_export(runs: Sequence[Path], output: Path, histograms: bool = False) -> 
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise InputError("writing parquet needs pyarrow (pip install 'adamdiag[parquet]'); or use .csv") \
-                    from None
+                raise InputError(
+                    "writing parquet needs pyarrow (pip install 'adamdiag[parquet]'); or use .csv"
+                ) from None
             frame.to_parquet(output, index=False)
         else:
             frame.to_csv(output, index=False)

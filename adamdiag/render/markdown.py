@@ -11,17 +11,24 @@ def _cell(text: str) -> str:
 
 
 def render_markdown(report: Report) -> str:
-    lines = ["# adamdiag report", "", "| run | verdict | blowup step | warning step | lead time |", "|---|---|---|---|---|"]
+    lines = [
+        "# adamdiag report",
+        "",
+        "| run | verdict | blowup step | warning step | lead time |",
+        "|---|---|---|---|---|",
+    ]
     for r in report.runs:
-        lines.append(f"| {_cell(r.run)} | **{r.verdict}** | {fmt_step(r.blowup_step)} | {fmt_step(r.warning_step)} "
-                     f"| {lead(r)} |")
+        lines.append(
+            f"| {_cell(r.run)} | **{r.verdict}** | {fmt_step(r.blowup_step)} | {fmt_step(r.warning_step)} | {lead(r)} |"
+        )
     for r in report.runs:
         lines += ["", f"## {_cell(r.run)} — {VERDICT_TEXT.get(r.verdict, r.verdict)}", ""]
         if r.findings:
             lines += ["| id | severity | step | tensor | message |", "|---|---|---|---|---|"]
             for f in r.findings:
-                lines.append(f"| {f.id} | {f.severity} | {fmt_step(f.step)} | {_cell(f.tensor or '-')} | "
-                             f"{_cell(f.message)} |")
+                lines.append(
+                    f"| {f.id} | {f.severity} | {fmt_step(f.step)} | {_cell(f.tensor or '-')} | {_cell(f.message)} |"
+                )
         rec = recommendation_line(r)
         if rec:
             lines += ["", f"**Recommendation:** {_cell(rec)}"]

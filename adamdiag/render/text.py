@@ -26,8 +26,14 @@ def render_text(report: Report, width: int = 110) -> str:
     for col in ("run", "verdict", "blowup step", "warning step", "lead time", "sources"):
         table.add_column(col)
     for r in report.runs:
-        table.add_row(escape(r.run), f"[{_VERDICT_STYLE.get(r.verdict, 'bold red')}]{r.verdict}[/]", fmt_step(r.blowup_step),
-                      fmt_step(r.warning_step), lead(r), ", ".join(r.sources) or "-")
+        table.add_row(
+            escape(r.run),
+            f"[{_VERDICT_STYLE.get(r.verdict, 'bold red')}]{r.verdict}[/]",
+            fmt_step(r.blowup_step),
+            fmt_step(r.warning_step),
+            lead(r),
+            ", ".join(r.sources) or "-",
+        )
     con.print(table)
     for r in report.runs:
         con.print()

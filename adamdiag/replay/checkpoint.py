@@ -46,8 +46,12 @@ def _is_optim_sd(x: Any) -> bool:
 def _is_tensor_map(x: Any) -> bool:
     import torch
 
-    return (isinstance(x, Mapping) and len(x) > 0 and all(isinstance(k, str) for k in x)
-            and all(isinstance(v, torch.Tensor) for v in x.values()))
+    return (
+        isinstance(x, Mapping)
+        and len(x) > 0
+        and all(isinstance(k, str) for k in x)
+        and all(isinstance(v, torch.Tensor) for v in x.values())
+    )
 
 
 def _find(obj: Any, pred, keys: tuple[str, ...], depth: int = 3) -> Any:
@@ -94,7 +98,9 @@ def _step_of(raw: Any, optim: Mapping[str, Any], path: Path) -> int:
     m = re.findall(r"\d+", path.stem)
     if m:
         return int(m[-1])
-    raise InputError(f"{path}: cannot tell the checkpoint's step (no 'step' key, no optimizer step, no number in the name)")
+    raise InputError(
+        f"{path}: cannot tell the checkpoint's step (no 'step' key, no optimizer step, no number in the name)"
+    )
 
 
 def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoint:
@@ -125,8 +131,10 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
     if kind == "dcp":
         return _load_dcp(d, trust)
     if kind not in ("hf", "accelerate"):
-        raise InputError(f"{d} is a directory (no optimizer.pt/.bin and no DCP .metadata in it); give one "
-                         "checkpoint file or a checkpoint directory")
+        raise InputError(
+            f"{d} is a directory (no optimizer.pt/.bin and no DCP .metadata in it); give one "
+            "checkpoint file or a checkpoint directory"
+        )
     opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
     optim = _torch_load(opt_file, trust)
     # Every tensor of the model file, buffers included (inspect's model reader keeps parameters only).
@@ -185,8 +193,11 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
             group["params"].append(pid)
             group["param_names"].append(e.name)
         groups.append(group)
-    model = {path[-1]: reader.read(key) for path, key in other.items()
-             if path and isinstance(path[-1], str) and reader.is_tensor(key) and path[-1] not in _STEP_KEYS}
+    model = {
+        path[-1]: reader.read(key)
+        for path, key in other.items()
+        if path and isinstance(path[-1], str) and reader.is_tensor(key) and path[-1] not in _STEP_KEYS
+    }
     raw: dict[str, Any] = {"model": model, "optimizer": {"state": state, "param_groups": groups}}
     if ck.step is not None:
         raw["step"] = ck.step
@@ -232,12 +243,16 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
         found = sorted({k for s in states for k in s})
         hint = " (SGD with momentum)" if "momentum_buffer" in found else ""
-        raise InputError(f"{path}: not Adam/AdamW state: per-parameter state has {', '.join(found) or 'nothing'}"
-                         f"{hint}; replay needs exp_avg and exp_avg_sq")
+        raise InputError(
+            f"{path}: not Adam/AdamW state: per-parameter state has {', '.join(found) or 'nothing'}"
+            f"{hint}; replay needs exp_avg and exp_avg_sq"
+        )
     for i, g in enumerate(optim["param_groups"]):
         missing = [k for k in ("lr", "betas", "eps", "params") if k not in g]
         if missing:
-            raise InputError(f"{path}: optimizer param group {i} lacks {', '.join(missing)}; not torch.optim.Adam state")
+            raise InputError(
+                f"{path}: optimizer param group {i} lacks {', '.join(missing)}; not torch.optim.Adam state"
+            )
     model = None
     if isinstance(raw, Mapping):
         for k in _MODEL_KEYS:
@@ -249,8 +264,13 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     if model is None:
         raise InputError(f"{path}: no model state dict (a mapping of parameter names to tensors) found")
     lightning = isinstance(raw, Mapping) and ("pytorch-lightning_version" in raw or "optimizer_states" in raw)
-    return ReplayCheckpoint(path=path, step=_step_of(raw, optim, path), model_state=dict(model), optim_state=optim,
-                            framework="lightning" if lightning else None)
+    return ReplayCheckpoint(
+        path=path,
+        step=_step_of(raw, optim, path),
+        model_state=dict(model),
+        optim_state=optim,
+        framework="lightning" if lightning else None,
+    )
 
 
 def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tuple[str, int]]]:
@@ -278,7 +298,9 @@ def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tup
             row = []
             for name, pid in zip(g["param_names"], g["params"]):
                 if name not in by_name:
-                    raise InputError(f"{ckpt.path}: optimizer parameter {name!r} is not a parameter of the entry's model")
+                    raise InputError(
+                        f"{ckpt.path}: optimizer parameter {name!r} is not a parameter of the entry's model"
+                    )
                 row.append((name, pid))
             out.append(row)
         return out

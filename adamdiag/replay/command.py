@@ -110,8 +110,10 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
         found = _event_dirs(ck.parent, depth=2)
     if len(found) == 1:
         return found[0]
-    raise InputError(f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "
-                     f"{ck.parent}); pass --logdir")
+    raise InputError(
+        f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "
+        f"{ck.parent}); pass --logdir"
+    )
 
 
 def read_logged_loss(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,9 +177,19 @@ def log_step_offset(value: str | None, ckpt: ReplayCheckpoint) -> tuple[int, str
     return off, note
 
 
-def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | None, lr: list[str] | None,
-                steps: int | None, entry: str | None, logdir: Path | None, trust_checkpoint: bool,
-                loss_tag: str, log_offset: str | None = "auto") -> Plan:
+def plan_replay(
+    checkpoint: Path,
+    *,
+    eps: list[str] | None,
+    beta2: list[str] | None,
+    lr: list[str] | None,
+    steps: int | None,
+    entry: str | None,
+    logdir: Path | None,
+    trust_checkpoint: bool,
+    loss_tag: str,
+    log_offset: str | None = "auto",
+) -> Plan:
     """Read and check every input; InputError with one line on the first problem."""
     from adamdiag.replay.checkpoint import load_replay_checkpoint
 
@@ -193,15 +205,19 @@ def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | N
     warns = [offset_note] if offset_note else []
     groups = ckpt.param_groups
     if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
-        warns.append("the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
-                     "replaying as Adam (L2) -- the fidelity check shows whether that was right")
+        warns.append(
+            "the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
+            "replaying as Adam (L2) -- the fidelity check shows whether that was right"
+        )
     from adamdiag.replay.checkpoint import load_model_weights, order_is_guessed, param_order
 
     load_model_weights(spec.model, ckpt)  # fail early, with one line: another architecture
     param_order(ckpt, spec.model)  # ... or an optimizer that does not fit the model
     if order_is_guessed(ckpt, spec.model):
-        warns.append("the optimizer's param groups are not in model.parameters() order and carry no names; "
-                     "parameters were matched by shape (build it from model.named_parameters() to be sure)")
+        warns.append(
+            "the optimizer's param groups are not in model.parameters() order and carry no names; "
+            "parameters were matched by shape (build it from model.named_parameters() to be sure)"
+        )
     rule, _ = reference_rule(lsteps, lvals, ckpt.step)
     logged_spike = None
     if rule is not None:
@@ -213,8 +229,18 @@ def plan_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | N
         if n is None:
             raise InputError(f"{checkpoint}: {why}")
         steps = n
-    return Plan(checkpoint=checkpoint, ckpt=ckpt, spec=spec, run_dir=run_dir, logged_steps=lsteps,
-                logged_values=lvals, rule=rule, steps=steps, variants=variants, warnings=warns)
+    return Plan(
+        checkpoint=checkpoint,
+        ckpt=ckpt,
+        spec=spec,
+        run_dir=run_dir,
+        logged_steps=lsteps,
+        logged_values=lvals,
+        rule=rule,
+        steps=steps,
+        variants=variants,
+        warnings=warns,
+    )
 
 
 def choose_sequential(mode: str, plan: Plan, device: torch.device) -> bool:
@@ -227,8 +253,9 @@ def choose_sequential(mode: str, plan: Plan, device: torch.device) -> bool:
     return device.type == "cpu" and n > CPU_BATCH_MAX_PARAMS
 
 
-def replay_variants(plan: Plan, indices: list[int], device: torch.device, *, sequential: bool,
-                    warnings: list[str]) -> tuple[list[Curve], str]:
+def replay_variants(
+    plan: Plan, indices: list[int], device: torch.device, *, sequential: bool, warnings: list[str]
+) -> tuple[list[Curve], str]:
     """Curves of ``plan.variants[i]`` for ``i`` in ``indices``, and how the alternates ran.
 
     The original settings (index 0) always run on the reference path, the real torch.optim.Adam
@@ -264,8 +291,16 @@ def replay_variants(plan: Plan, indices: list[int], device: torch.device, *, seq
     return [out[i] for i in indices], mode
 
 
-def analyse(plan: Plan, curves: list[Curve], *, device: str, mode: str, force: bool, warnings: list[str],
-            loss_tag: str = "train/loss") -> ReplayResult:
+def analyse(
+    plan: Plan,
+    curves: list[Curve],
+    *,
+    device: str,
+    mode: str,
+    force: bool,
+    warnings: list[str],
+    loss_tag: str = "train/loss",
+) -> ReplayResult:
     """Fidelity, spikes and the verdict from the gathered curves (rank 0)."""
     import numpy as np
 
@@ -277,33 +312,73 @@ def analyse(plan: Plan, curves: list[Curve], *, device: str, mode: str, force: b
         warnings.append(warn)
     end = ck.step + plan.steps
     fid = check_fidelity(ck.step, curves[0].losses, plan.logged_steps, plan.logged_values, rule, end)
-    outcomes = [summarize_variant(v.name, v.eps, v.beta2, v.lr, ck.step, c.losses, c.update_rms, c.sqrt_vhat,
-                                  c.frac_eps, rule) for v, c in zip(plan.variants, curves)]
+    outcomes = [
+        summarize_variant(v.name, v.eps, v.beta2, v.lr, ck.step, c.losses, c.update_rms, c.sqrt_vhat, c.frac_eps, rule)
+        for v, c in zip(plan.variants, curves)
+    ]
     conclusion, code, summary = conclude(outcomes)
     lo = ck.step - 2 * (rule.points if rule else 0)
     keep = (plan.logged_steps > lo) & (plan.logged_steps <= end)
     frac = [o for o in outcomes[1:] if o.max_frac_eps_dominated >= 0.99 and not o.spike]
     if frac:
-        warnings.append(f"{', '.join(o.name for o in frac)}: √v̂ < eps on ~all elements -- Adam is plain SGD with "
-                        f"lr/eps there; check that training still makes progress (eps cuts both ways)")
+        warnings.append(
+            f"{', '.join(o.name for o in frac)}: √v̂ < eps on ~all elements -- Adam is plain SGD with "
+            f"lr/eps there; check that training still makes progress (eps cuts both ways)"
+        )
     reference = {}
     if rule is not None:
-        reference = {"level": rule.level, "factor": rule.factor if rule.log else None, "threshold": rule.threshold,
-                     "scale": rule.scale, "points": rule.points, "log": rule.log}
+        reference = {
+            "level": rule.level,
+            "factor": rule.factor if rule.log else None,
+            "threshold": rule.threshold,
+            "scale": rule.scale,
+            "points": rule.points,
+            "log": rule.log,
+        }
     return ReplayResult(
-        checkpoint=str(plan.checkpoint), start_step=ck.step, steps=plan.steps, fidelity=fid, variants=outcomes,
-        conclusion=conclusion, exit_code=code, summary=summary, tool_version=__version__, run=str(plan.run_dir),
-        loss_tag=loss_tag, entry=plan.spec.entry, device=device, mode=mode, clip_grad_norm=plan.spec.clip_grad_norm,
+        checkpoint=str(plan.checkpoint),
+        start_step=ck.step,
+        steps=plan.steps,
+        fidelity=fid,
+        variants=outcomes,
+        conclusion=conclusion,
+        exit_code=code,
+        summary=summary,
+        tool_version=__version__,
+        run=str(plan.run_dir),
+        loss_tag=loss_tag,
+        entry=plan.spec.entry,
+        device=device,
+        mode=mode,
+        clip_grad_norm=plan.spec.clip_grad_norm,
         reference=reference,
-        logged={"steps": [int(s) for s in plan.logged_steps[keep]], "values": [float(v) for v in plan.logged_values[keep]]},
-        warnings=warnings, forced=force and not fid.reproduced,
+        logged={
+            "steps": [int(s) for s in plan.logged_steps[keep]],
+            "values": [float(v) for v in plan.logged_values[keep]],
+        },
+        warnings=warnings,
+        forced=force and not fid.reproduced,
     )
 
 
-def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | None, lr: list[str] | None,
-               steps: int | None, entry: str | None, logdir: Path | None, device: str, fmt: str,
-               plot: Path | None, force: bool, trust_checkpoint: bool, loss_tag: str = "train/loss",
-               mode: str = "auto", log_offset: str | None = "auto") -> int:
+def run_replay(
+    checkpoint: Path,
+    *,
+    eps: list[str] | None,
+    beta2: list[str] | None,
+    lr: list[str] | None,
+    steps: int | None,
+    entry: str | None,
+    logdir: Path | None,
+    device: str,
+    fmt: str,
+    plot: Path | None,
+    force: bool,
+    trust_checkpoint: bool,
+    loss_tag: str = "train/loss",
+    mode: str = "auto",
+    log_offset: str | None = "auto",
+) -> int:
     """The ``replay`` command. Prints the result (rank 0 only) and returns the exit code:
     0 an alternate avoids the reproduced blowup (or nothing spiked), 1 none does; InputError (exit 2)
     for bad input or when the replay does not reproduce the log (unless ``force``)."""
@@ -314,26 +389,65 @@ def run_replay(checkpoint: Path, *, eps: list[str] | None, beta2: list[str] | No
     world = world_from_env()
     dev = resolve_device(device, world)
     if not world.distributed:
-        plan = plan_replay(checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry, logdir=logdir,
-                           trust_checkpoint=trust_checkpoint, loss_tag=loss_tag, log_offset=log_offset)
+        plan = plan_replay(
+            checkpoint,
+            eps=eps,
+            beta2=beta2,
+            lr=lr,
+            steps=steps,
+            entry=entry,
+            logdir=logdir,
+            trust_checkpoint=trust_checkpoint,
+            loss_tag=loss_tag,
+            log_offset=log_offset,
+        )
         warns = list(plan.warnings)
-        curves, used = replay_variants(plan, list(range(len(plan.variants))), dev,
-                                       sequential=choose_sequential(mode, plan, dev), warnings=warns)
-        return _finish(plan, curves, dev=str(dev), mode=used, fmt=fmt, plot=plot, force=force, warnings=warns,
-                       loss_tag=loss_tag)
-    return _run_distributed(world, dev, checkpoint, eps=eps, beta2=beta2, lr=lr, steps=steps, entry=entry,
-                            logdir=logdir, trust_checkpoint=trust_checkpoint, loss_tag=loss_tag, fmt=fmt, plot=plot,
-                            force=force, mode=mode, log_offset=log_offset)
+        curves, used = replay_variants(
+            plan, list(range(len(plan.variants))), dev, sequential=choose_sequential(mode, plan, dev), warnings=warns
+        )
+        return _finish(
+            plan, curves, dev=str(dev), mode=used, fmt=fmt, plot=plot, force=force, warnings=warns, loss_tag=loss_tag
+        )
+    return _run_distributed(
+        world,
+        dev,
+        checkpoint,
+        eps=eps,
+        beta2=beta2,
+        lr=lr,
+        steps=steps,
+        entry=entry,
+        logdir=logdir,
+        trust_checkpoint=trust_checkpoint,
+        loss_tag=loss_tag,
+        fmt=fmt,
+        plot=plot,
+        force=force,
+        mode=mode,
+        log_offset=log_offset,
+    )
 
 
-def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, plot: Path | None, force: bool,
-            warnings: list[str], loss_tag: str) -> int:
+def _finish(
+    plan: Plan,
+    curves: list[Curve],
+    *,
+    dev: str,
+    mode: str,
+    fmt: str,
+    plot: Path | None,
+    force: bool,
+    warnings: list[str],
+    loss_tag: str,
+) -> int:
     from adamdiag.replay.render import render
 
     result = analyse(plan, curves, device=dev, mode=mode, force=force, warnings=warnings, loss_tag=loss_tag)
     if not result.fidelity.reproduced and not force:
         notes = "".join(f"; note: {w}" for w in plan.warnings)  # what may explain it (guessed order, L2 vs AdamW)
-        raise InputError(f"{result.fidelity.message}{notes}; no conclusion drawn (--force to report the variants anyway)")
+        raise InputError(
+            f"{result.fidelity.message}{notes}; no conclusion drawn (--force to report the variants anyway)"
+        )
     text = render(result, fmt)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
@@ -345,8 +459,9 @@ def _finish(plan: Plan, curves: list[Curve], *, dev: str, mode: str, fmt: str, p
     return result.exit_code
 
 
-def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: str, plot: Path | None, force: bool,
-                     mode: str, **kw: Any) -> int:
+def _run_distributed(
+    world: World, dev: torch.device, checkpoint: Path, *, fmt: str, plot: Path | None, force: bool, mode: str, **kw: Any
+) -> int:
     """Every rank plans (identically), replays its share; rank 0 gathers, reports and decides the code."""
     import traceback
 
@@ -367,14 +482,19 @@ def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: 
         warns = list(plan.warnings)
         payload: dict[str, Any]
         try:
-            curves, used = (replay_variants(plan, mine, dev, sequential=choose_sequential(mode, plan, dev),
-                                            warnings=warns) if mine else ([], "batched"))
+            curves, used = (
+                replay_variants(plan, mine, dev, sequential=choose_sequential(mode, plan, dev), warnings=warns)
+                if mine
+                else ([], "batched")
+            )
             payload = {"items": list(zip(mine, curves)), "mode": used, "warnings": warns}
         except InputError as e:
             payload = {"error": str(e)}
         except Exception as e:  # noqa: BLE001 - report on rank 0 instead of hanging the others
-            payload = {"error": f"internal error on rank {world.rank}: {type(e).__name__}: {e}",
-                       "trace": traceback.format_exc() if os.environ.get("ADAMDIAG_DEBUG") else ""}
+            payload = {
+                "error": f"internal error on rank {world.rank}: {type(e).__name__}: {e}",
+                "trace": traceback.format_exc() if os.environ.get("ADAMDIAG_DEBUG") else "",
+            }
         parts = group.all_gather(payload)
         code = 2
         if world.rank == 0:
@@ -386,8 +506,17 @@ def _run_distributed(world: World, dev: torch.device, checkpoint: Path, *, fmt: 
                 modes = sorted({p["mode"] for p in parts if p["items"]})
                 all_warns = list(dict.fromkeys(w for p in parts for w in p["warnings"]))
                 used = f"{'+'.join(modes)} across {world.size} ranks"
-                code = _finish(plan, curves, dev=f"{dev.type} x{world.size}", mode=used, fmt=fmt, plot=plot,
-                               force=force, warnings=all_warns, loss_tag=kw["loss_tag"])
+                code = _finish(
+                    plan,
+                    curves,
+                    dev=f"{dev.type} x{world.size}",
+                    mode=used,
+                    fmt=fmt,
+                    plot=plot,
+                    force=force,
+                    warnings=all_warns,
+                    loss_tag=kw["loss_tag"],
+                )
             finally:
                 group.broadcast(code)
             return code

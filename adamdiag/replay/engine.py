@@ -81,8 +81,15 @@ class LazyProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=self.total, completed=self.done)
         elif self._bar is not None:
@@ -130,8 +137,10 @@ def check_loss(spec: ReplaySpec, loss: Any, t: int) -> None:
         what = type(loss).__name__ if not isinstance(loss, torch.Tensor) else f"a tensor of shape {tuple(loss.shape)}"
         raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) must return a scalar tensor, got {what}")
     if not loss.requires_grad:
-        raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) does not depend on the model's "
-                         "parameters (no grad); is the model in torch.no_grad() or are its parameters frozen?")
+        raise InputError(
+            f"entry point {spec.entry}: loss(model, batch({t})) does not depend on the model's "
+            "parameters (no grad); is the model in torch.no_grad() or are its parameters frozen?"
+        )
 
 
 def optimizer_groups(ckpt: ReplayCheckpoint, variant: Variant, device: torch.device) -> list[dict[str, Any]]:
@@ -150,8 +159,14 @@ def _named_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return dict(model.named_parameters())
 
 
-def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps: int, device: torch.device,
-               progress: LazyProgress | None = None) -> Curve:
+def replay_one(
+    spec: ReplaySpec,
+    ckpt: ReplayCheckpoint,
+    variant: Variant,
+    steps: int,
+    device: torch.device,
+    progress: LazyProgress | None = None,
+) -> Curve:
     """Replay ``steps`` steps of one variant with the real torch.optim.Adam."""
     import torch
 
@@ -162,8 +177,12 @@ def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps
     named = _named_params(model)
     groups = optimizer_groups(ckpt, variant, device)
     params_by_group = [[named[name] for name, _ in row] for row in order]
-    opt = torch.optim.Adam([{**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": ps}
-                            for g, ps in zip(groups, params_by_group)])
+    opt = torch.optim.Adam(
+        [
+            {**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": ps}
+            for g, ps in zip(groups, params_by_group)
+        ]
+    )
     # Saved state ids -> positions 0..n-1 in the order above; deep copy so the checkpoint in memory is
     # never touched by the in-place updates (load_state_dict may keep the very same tensors).
     remap = {pid: i for i, (_, pid) in enumerate(p for row in order for p in row)}
@@ -188,7 +207,9 @@ def replay_one(spec: ReplaySpec, ckpt: ReplayCheckpoint, variant: Variant, steps
         try:
             loss = spec.loss(model, batch)
         except Exception as e:  # noqa: BLE001 - user code
-            raise InputError(f"entry point {spec.entry}: loss(model, batch({t})) raised {type(e).__name__}: {e}") from None
+            raise InputError(
+                f"entry point {spec.entry}: loss(model, batch({t})) raised {type(e).__name__}: {e}"
+            ) from None
         check_loss(spec, loss, t)
         loss.backward()
         if spec.clip_grad_norm is not None:
@@ -233,8 +254,9 @@ def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hype
     return math.sqrt(num / n) if n else float("nan")
 
 
-def _vhat_stats_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer,
-                    hyper: list[tuple[float, float]]) -> tuple[float, float]:
+def _vhat_stats_ref(
+    params: list[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]
+) -> tuple[float, float]:
     """(sqrt(mean v̂), fraction of elements with √v̂ < eps) after the update."""
     import torch
 
@@ -255,9 +277,15 @@ def _vhat_stats_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer,
     return math.sqrt(tot / n), below / n
 
 
-def replay_sequential(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Variant], steps: int,
-                      device: torch.device, progress: LazyProgress | None = None,
-                      on_variant: Callable[[int], None] | None = None) -> list[Curve]:
+def replay_sequential(
+    spec: ReplaySpec,
+    ckpt: ReplayCheckpoint,
+    variants: list[Variant],
+    steps: int,
+    device: torch.device,
+    progress: LazyProgress | None = None,
+    on_variant: Callable[[int], None] | None = None,
+) -> list[Curve]:
     """Each variant in turn (the reference path). Memory: the model, one optimizer, one batch."""
     out = []
     for i, v in enumerate(variants):

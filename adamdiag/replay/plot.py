@@ -24,8 +24,14 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
     ls, lv = result.logged.get("steps", []), result.logged.get("values", [])
     if ls:
-        ax.plot(ls, [v if v is not None else math.nan for v in lv], color="black", lw=2.2, alpha=0.35,
-                label=f"logged {result.loss_tag}")
+        ax.plot(
+            ls,
+            [v if v is not None else math.nan for v in lv],
+            color="black",
+            lw=2.2,
+            alpha=0.35,
+            label=f"logged {result.loss_tag}",
+        )
     for i, v in enumerate(result.variants):
         steps = list(range(result.start_step + 1, result.start_step + 1 + len(v.losses)))
         vals = [x if x is not None and math.isfinite(x) and x > 0 else math.nan for x in v.losses]
@@ -42,8 +48,9 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
     ref = result.reference
     if ref.get("log") and ref.get("factor"):
         ax.axhline(ref["level"] * ref["factor"], color="gray", ls="--", lw=0.8, label="spike threshold")
-    positive = [x for x in lv if x is not None and x > 0] + [x for v in result.variants for x in v.losses
-                                                            if x is not None and math.isfinite(x) and x > 0]
+    positive = [x for x in lv if x is not None and x > 0] + [
+        x for v in result.variants for x in v.losses if x is not None and math.isfinite(x) and x > 0
+    ]
     if positive:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")

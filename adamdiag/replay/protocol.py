@@ -158,7 +158,9 @@ def load_entry_function(entry: str, base: Path | None = None) -> Callable[[str],
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
-            raise InputError(f"entry point module {target!r} not found ({e}); is it installed or on PYTHONPATH?") from None
+            raise InputError(
+                f"entry point module {target!r} not found ({e}); is it installed or on PYTHONPATH?"
+            ) from None
         except Exception as e:  # noqa: BLE001
             raise InputError(f"importing entry point module {target!r} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, func, None)
@@ -175,12 +177,14 @@ def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
 
     where = f"entry point {entry}"
     if not isinstance(result, dict):
-        raise InputError(f"{where} must return a dict with keys model, batch, loss, clip_grad_norm; "
-                         f"got {type(result).__name__}")
+        raise InputError(
+            f"{where} must return a dict with keys model, batch, loss, clip_grad_norm; got {type(result).__name__}"
+        )
     missing = [k for k in ("model", "batch", "loss") if k not in result]
     if missing:
-        raise InputError(f"{where} returned a dict without {', '.join(missing)} "
-                         f"(keys: {', '.join(map(str, result)) or 'none'})")
+        raise InputError(
+            f"{where} returned a dict without {', '.join(missing)} (keys: {', '.join(map(str, result)) or 'none'})"
+        )
     model = result["model"]
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"{where}: 'model' must be a torch.nn.Module, got {type(model).__name__}")
@@ -195,8 +199,15 @@ def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
     schedule = result.get("lr_schedule")
     if schedule is not None and not callable(schedule):
         raise InputError(f"{where}: 'lr_schedule' must be callable (step -> lr) or None, got {type(schedule).__name__}")
-    return ReplaySpec(model=model, batch=result["batch"], loss=result["loss"], clip_grad_norm=clip,
-                      entry=entry, source=source, lr_schedule=schedule)
+    return ReplaySpec(
+        model=model,
+        batch=result["batch"],
+        loss=result["loss"],
+        clip_grad_norm=clip,
+        entry=entry,
+        source=source,
+        lr_schedule=schedule,
+    )
 
 
 def load_spec(checkpoint: Path, entry: str | None = None, cwd: Path | None = None) -> ReplaySpec:
@@ -208,7 +219,7 @@ def load_spec(checkpoint: Path, entry: str | None = None, cwd: Path | None = Non
         if found is None:
             raise InputError(
                 "no replay entry point: pass --entry module:function (or file.py:function), or add "
-                "[replay] entry = \"file.py:function\" to an adamdiag.toml next to the run (see docs/replay.md)"
+                '[replay] entry = "file.py:function" to an adamdiag.toml next to the run (see docs/replay.md)'
             )
         entry, cfg = found
         base, source = cfg.parent, str(cfg)
@@ -240,8 +251,9 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def parse_values(raw: Sequence[str] | None, what: str, lo: float, hi: float, *, lo_closed: bool = False,
-                 hi_open: bool = False) -> list[float]:
+def parse_values(
+    raw: Sequence[str] | None, what: str, lo: float, hi: float, *, lo_closed: bool = False, hi_open: bool = False
+) -> list[float]:
     """Floats from repeatable and/or comma-separated options, validated to lie between lo and hi
     (each end open or closed as told), in the order given, duplicates dropped."""
     out: list[float] = []
@@ -263,8 +275,9 @@ def parse_values(raw: Sequence[str] | None, what: str, lo: float, hi: float, *, 
     return out
 
 
-def make_variants(original: Variant, eps: Sequence[str] | None, beta2: Sequence[str] | None,
-                  lr: Sequence[str] | None) -> list[Variant]:
+def make_variants(
+    original: Variant, eps: Sequence[str] | None, beta2: Sequence[str] | None, lr: Sequence[str] | None
+) -> list[Variant]:
     """The original first, then the grid of the given values (an axis not given keeps the original
     value); with no option at all, the default eps candidates. Duplicates of the original are dropped.
     """
@@ -322,8 +335,9 @@ def scheduled_lrs(spec: ReplaySpec, t: int, original: list[float], variant: list
         raise InputError(f"entry point {spec.entry}: lr_schedule({t}) raised {type(e).__name__}: {e}") from None
     if isinstance(raw, (list, tuple)):
         if len(raw) != len(original):
-            raise InputError(f"entry point {spec.entry}: lr_schedule({t}) gave {len(raw)} lrs for {len(original)} "
-                             "param groups")
+            raise InputError(
+                f"entry point {spec.entry}: lr_schedule({t}) gave {len(raw)} lrs for {len(original)} param groups"
+            )
         sched = [float(x) for x in raw]
     else:
         x = float(raw)

@@ -10,8 +10,19 @@ from xml.etree import ElementTree as ET
 
 from adamdiag.replay.result import ReplayResult, VariantOutcome
 
-COLUMNS = ("variant", "eps", "beta2", "lr", "max loss", "final loss", "spike", "spike step", "max update RMS",
-           "min √v̂", "steps")
+COLUMNS = (
+    "variant",
+    "eps",
+    "beta2",
+    "lr",
+    "max loss",
+    "final loss",
+    "spike",
+    "spike step",
+    "max update RMS",
+    "min √v̂",
+    "steps",
+)
 
 
 def _num(x: float | None) -> str:
@@ -25,15 +36,27 @@ def _num(x: float | None) -> str:
 
 
 def _row(v: VariantOutcome) -> list[str]:
-    return [v.name, f"{v.eps:g}", f"{v.beta2:g}", f"{v.lr:g}", _num(v.max_loss), _num(v.final_loss),
-            "yes" if v.spike else "no", str(v.spike_step) if v.spike_step is not None else "-",
-            _num(v.max_update_rms), _num(v.min_sqrt_vhat), str(v.steps_replayed)]
+    return [
+        v.name,
+        f"{v.eps:g}",
+        f"{v.beta2:g}",
+        f"{v.lr:g}",
+        _num(v.max_loss),
+        _num(v.final_loss),
+        "yes" if v.spike else "no",
+        str(v.spike_step) if v.spike_step is not None else "-",
+        _num(v.max_update_rms),
+        _num(v.min_sqrt_vhat),
+        str(v.steps_replayed),
+    ]
 
 
 def _header(r: ReplayResult) -> str:
     end = r.start_step + r.steps
-    return (f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants on "
-            f"{r.device}; original with torch.optim.Adam, alternates {r.mode})")
+    return (
+        f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants on "
+        f"{r.device}; original with torch.optim.Adam, alternates {r.mode})"
+    )
 
 
 def _fidelity_line(r: ReplayResult) -> str:
@@ -45,8 +68,10 @@ def _reference_line(r: ReplayResult) -> str | None:
     ref = r.reference
     if not ref:
         return None
-    return (f"spike = loss above {ref['factor']:.3g}× the pre-replay level {ref['level']:.4g} "
-            f"(median of {ref['points']} logged steps up to {r.start_step}), sustained")
+    return (
+        f"spike = loss above {ref['factor']:.3g}× the pre-replay level {ref['level']:.4g} "
+        f"(median of {ref['points']} logged steps up to {r.start_step}), sustained"
+    )
 
 
 def render_text(r: ReplayResult, width: int = 120) -> str:

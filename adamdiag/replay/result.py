@@ -84,15 +84,16 @@ class SpikeRule:
             if self.log and values[i] <= 0:  # a loss at/below zero is not a rise
                 continue
             if z[i] - ref > self.threshold:
-                window = z[i: i + SUSTAIN_POINTS]
+                window = z[i : i + SUSTAIN_POINTS]
                 window = np.where(np.isfinite(window), window, np.inf)  # a NaN after it only confirms it
                 if float(np.median(window)) - ref > sustain:
                     return int(steps[i])
         return None
 
 
-def reference_rule(logged_steps: np.ndarray, logged_values: np.ndarray, start_step: int,
-                   fallback: np.ndarray | None = None) -> tuple[SpikeRule | None, str | None]:
+def reference_rule(
+    logged_steps: np.ndarray, logged_values: np.ndarray, start_step: int, fallback: np.ndarray | None = None
+) -> tuple[SpikeRule | None, str | None]:
     """Spike rule from the last REFERENCE_POINTS finite logged losses at steps <= ``start_step``;
     with too few of them, from ``fallback`` (the first replayed losses of the original). Returns the
     rule and a warning, if any."""
@@ -105,18 +106,23 @@ def reference_rule(logged_steps: np.ndarray, logged_values: np.ndarray, start_st
         fb = fb[np.isfinite(fb)][:REFERENCE_POINTS]
         if len(fb) < MIN_REFERENCE_POINTS:
             return None, "too few logged losses before the checkpoint to set a reference level"
-        warning = (f"only {len(sel)} logged losses at or before step {start_step}; the spike reference uses "
-                   f"the first {len(fb)} replayed losses of the original settings")
+        warning = (
+            f"only {len(sel)} logged losses at or before step {start_step}; the spike reference uses "
+            f"the first {len(fb)} replayed losses of the original settings"
+        )
         sel = fb
     if (sel > 0).all():
         z = np.log(sel)
         med = float(np.median(z))
         scale = max(1.4826 * float(np.median(np.abs(z - med))), MIN_LOG_SCALE)
-        return SpikeRule(level=math.exp(med), scale=scale, threshold=max(math.log(BLOWUP_FACTOR), SPIKE_Z * scale),
-                         points=len(sel)), warning
+        return SpikeRule(
+            level=math.exp(med), scale=scale, threshold=max(math.log(BLOWUP_FACTOR), SPIKE_Z * scale), points=len(sel)
+        ), warning
     med = float(np.median(sel))
     scale = max(1.4826 * float(np.median(np.abs(sel - med))), 0.01 * abs(med), 1e-12)
-    return SpikeRule(level=med, scale=scale, threshold=max(SPIKE_Z * scale, abs(med)), points=len(sel), log=False), warning
+    return SpikeRule(
+        level=med, scale=scale, threshold=max(SPIKE_Z * scale, abs(med)), points=len(sel), log=False
+    ), warning
 
 
 def default_steps(start_step: int, logged_spike: int | None, last_logged: int | None) -> tuple[int | None, str]:
@@ -125,15 +131,19 @@ def default_steps(start_step: int, logged_spike: int | None, last_logged: int | 
     if logged_spike is not None:
         gap = logged_spike - start_step
         if gap > MAX_DEFAULT_STEPS:
-            return None, (f"the logged blowup at step {logged_spike} is {gap} steps after the checkpoint "
-                          f"(default limit {MAX_DEFAULT_STEPS}); pass --steps or start from a later checkpoint")
+            return None, (
+                f"the logged blowup at step {logged_spike} is {gap} steps after the checkpoint "
+                f"(default limit {MAX_DEFAULT_STEPS}); pass --steps or start from a later checkpoint"
+            )
         n = gap + max(MIN_MARGIN, gap // 10)
         if last_logged is not None and last_logged >= logged_spike:
             n = min(n, last_logged - start_step)
         return n, f"to the logged blowup at step {logged_spike} + margin"
     if last_logged is None or last_logged <= start_step:
         return None, f"no logged loss after step {start_step}; pass --steps"
-    return min(last_logged - start_step, MAX_DEFAULT_STEPS), "to the last logged step (no blowup logged after the checkpoint)"
+    return min(
+        last_logged - start_step, MAX_DEFAULT_STEPS
+    ), "to the last logged step (no blowup logged after the checkpoint)"
 
 
 @dataclass
@@ -176,7 +186,9 @@ def spike_step_tolerance(start_step: int, logged_spike: int, logged_steps: np.nd
     return max(interval, math.ceil((logged_spike - start_step) * SPIKE_STEP_TOLERANCE_FRACTION))
 
 
-def _rel_dev(rep: dict[int, float], logged: dict[int, float], steps: list[int], shift: int = 0) -> tuple[float, int | None, int]:
+def _rel_dev(
+    rep: dict[int, float], logged: dict[int, float], steps: list[int], shift: int = 0
+) -> tuple[float, int | None, int]:
     worst, at, n = 0.0, None, 0
     for t in steps:
         if t + shift not in logged or t not in rep:
@@ -191,8 +203,14 @@ def _rel_dev(rep: dict[int, float], logged: dict[int, float], steps: list[int], 
     return (worst if n else math.nan), at, n
 
 
-def check_fidelity(start_step: int, replayed: list[float], logged_steps: np.ndarray, logged_values: np.ndarray,
-                   rule: SpikeRule | None, end_step: int) -> Fidelity:
+def check_fidelity(
+    start_step: int,
+    replayed: list[float],
+    logged_steps: np.ndarray,
+    logged_values: np.ndarray,
+    rule: SpikeRule | None,
+    end_step: int,
+) -> Fidelity:
     """Compare the original settings' replay with the log over steps start+1..end_step (the rule
     in the module docstring: track the log, then reproduce the blowup)."""
     rep = {start_step + 1 + i: float(x) for i, x in enumerate(replayed)}
@@ -205,30 +223,52 @@ def check_fidelity(start_step: int, replayed: list[float], logged_steps: np.ndar
     track_end = tracking_window_end(start_step, logged_spike, end_step)
     tracked = [t for t in sorted(logged) if t <= track_end and (logged_spike is None or t < logged_spike)]
     dev, at, n = _rel_dev(rep, logged, tracked)
-    f = Fidelity(max_rel_dev=dev, reproduced=False, compared_steps=n, max_rel_dev_step=at,
-                 logged_spike_step=logged_spike, replayed_spike_step=replayed_spike, tracked_until=track_end)
+    f = Fidelity(
+        max_rel_dev=dev,
+        reproduced=False,
+        compared_steps=n,
+        max_rel_dev_step=at,
+        logged_spike_step=logged_spike,
+        replayed_spike_step=replayed_spike,
+        tracked_until=track_end,
+    )
     thr = FIDELITY_MAX_REL_DEV
-    where = (f"up to step {track_end} (half way to the logged blowup at step {logged_spike})"
-             if logged_spike is not None else "in the replayed steps")
+    where = (
+        f"up to step {track_end} (half way to the logged blowup at step {logged_spike})"
+        if logged_spike is not None
+        else "in the replayed steps"
+    )
     if not logged:
         f.message = f"no logged loss between steps {start_step + 1} and {end_step} to compare the replay with"
         return f
     if n and not dev <= thr:
-        f.message = (f"the replay does not reproduce the logged loss: max relative deviation {dev:.3g} at step {at} "
-                     f"{where} (threshold {thr:g})")
+        f.message = (
+            f"the replay does not reproduce the logged loss: max relative deviation {dev:.3g} at step {at} "
+            f"{where} (threshold {thr:g})"
+        )
         hints = []
         for shift in (-1, 1):
             d2, _, n2 = _rel_dev(rep, logged, tracked, shift)
             if n2 and d2 <= thr:
-                hints.append(f"the replay matches the log shifted by {shift:+d} step: pass --log-step-offset "
-                             f"{shift:+d} (or log loss(model, batch(t)) computed before update t at step t)")
-        hint = hints[0] if hints else ("check that batch(t) yields the batch of optimizer step t (same data order, "
-                                       "1-based), that the model, loss and clipping match the run, and the device it trained on (--device)")
+                hints.append(
+                    f"the replay matches the log shifted by {shift:+d} step: pass --log-step-offset "
+                    f"{shift:+d} (or log loss(model, batch(t)) computed before update t at step t)"
+                )
+        hint = (
+            hints[0]
+            if hints
+            else (
+                "check that batch(t) yields the batch of optimizer step t (same data order, "
+                "1-based), that the model, loss and clipping match the run, and the device it trained on (--device)"
+            )
+        )
         f.message += f"; {hint}"
         return f
     if logged_spike is not None and replayed_spike is None:
-        f.message = (f"the replay does not reproduce the logged blowup at step {logged_spike} "
-                     f"(max relative deviation {dev:.3g} {where})")
+        f.message = (
+            f"the replay does not reproduce the logged blowup at step {logged_spike} "
+            f"(max relative deviation {dev:.3g} {where})"
+        )
         return f
     if logged_spike is None and replayed_spike is not None:
         f.message = f"the replay spikes at step {replayed_spike} but the log does not"
@@ -237,18 +277,26 @@ def check_fidelity(start_step: int, replayed: list[float], logged_steps: np.ndar
         tol = f.spike_tolerance = spike_step_tolerance(start_step, logged_spike, np.asarray(logged_steps))
         if abs(replayed_spike - logged_spike) > tol:
             when = "before" if replayed_spike < logged_spike else "after"
-            f.message = (f"the replay blows up at step {replayed_spike}, {abs(replayed_spike - logged_spike)} steps "
-                         f"{when} the logged blowup at step {logged_spike} (tolerance {tol})")
+            f.message = (
+                f"the replay blows up at step {replayed_spike}, {abs(replayed_spike - logged_spike)} steps "
+                f"{when} the logged blowup at step {logged_spike} (tolerance {tol})"
+            )
             return f
     f.reproduced = True
     if n:
-        f.message = (f"the original settings reproduce the log: max relative deviation {dev:.3g} over {n} logged "
-                     f"steps {where} (threshold {thr:g})")
+        f.message = (
+            f"the original settings reproduce the log: max relative deviation {dev:.3g} over {n} logged "
+            f"steps {where} (threshold {thr:g})"
+        )
     else:
-        f.message = (f"no logged loss {where} inside the replay; fidelity rests on the reproduced blowup at step "
-                     f"{replayed_spike}")
+        f.message = (
+            f"no logged loss {where} inside the replay; fidelity rests on the reproduced blowup at step "
+            f"{replayed_spike}"
+        )
     if logged_spike is not None:
-        f.message += f"; blowup reproduced at step {replayed_spike} (logged: {logged_spike}, tolerance {f.spike_tolerance})"
+        f.message += (
+            f"; blowup reproduced at step {replayed_spike} (logged: {logged_spike}, tolerance {f.spike_tolerance})"
+        )
     return f
 
 
@@ -284,21 +332,38 @@ def _nanmin(xs: list[float]) -> float:
     return float(a.min()) if len(a) else math.nan
 
 
-def summarize_variant(name: str, eps: float, beta2: float, lr: float, start_step: int, losses: list[float],
-                      update_rms: list[float], sqrt_vhat: list[float], frac_eps: list[float],
-                      rule: SpikeRule | None) -> VariantOutcome:
+def summarize_variant(
+    name: str,
+    eps: float,
+    beta2: float,
+    lr: float,
+    start_step: int,
+    losses: list[float],
+    update_rms: list[float],
+    sqrt_vhat: list[float],
+    frac_eps: list[float],
+    rule: SpikeRule | None,
+) -> VariantOutcome:
     """Summary numbers of one replayed curve; a non-finite loss makes max_loss infinite."""
     steps = np.arange(start_step + 1, start_step + 1 + len(losses))
     arr = np.asarray(losses, dtype=np.float64)
     nonfinite = int(steps[~np.isfinite(arr)][0]) if len(arr) and not np.isfinite(arr).all() else None
     spike_step = rule.first_spike(steps, arr) if rule is not None else nonfinite
     return VariantOutcome(
-        name=name, eps=float(eps), beta2=float(beta2), lr=float(lr),
+        name=name,
+        eps=float(eps),
+        beta2=float(beta2),
+        lr=float(lr),
         max_loss=(math.inf if nonfinite is not None else _nanmax(losses)),
         final_loss=float(arr[-1]) if len(arr) else math.nan,
-        spike=spike_step is not None, spike_step=spike_step,
-        max_update_rms=_nanmax(update_rms), min_sqrt_vhat=_nanmin(sqrt_vhat), max_frac_eps_dominated=_nanmax(frac_eps),
-        steps_replayed=len(losses), nonfinite_step=nonfinite, losses=[float(x) for x in losses],
+        spike=spike_step is not None,
+        spike_step=spike_step,
+        max_update_rms=_nanmax(update_rms),
+        min_sqrt_vhat=_nanmin(sqrt_vhat),
+        max_frac_eps_dominated=_nanmax(frac_eps),
+        steps_replayed=len(losses),
+        nonfinite_step=nonfinite,
+        losses=[float(x) for x in losses],
     )
 
 
@@ -311,8 +376,16 @@ def conclude(variants: list[VariantOutcome]) -> tuple[str, int, str]:
     good = [v for v in alts if not v.spike]
     if good:
         names = ", ".join(v.name for v in good)
-        return "fixed", 0, f"{names} avoid{'s' if len(good) == 1 else ''} the blowup that the original settings reproduce at step {orig.spike_step}"
-    return "not_fixed", 1, f"every variant spikes like the original (step {orig.spike_step}); none of them fixes this run"
+        return (
+            "fixed",
+            0,
+            f"{names} avoid{'s' if len(good) == 1 else ''} the blowup that the original settings reproduce at step {orig.spike_step}",
+        )
+    return (
+        "not_fixed",
+        1,
+        f"every variant spikes like the original (step {orig.spike_step}); none of them fixes this run",
+    )
 
 
 @dataclass
@@ -349,8 +422,22 @@ class ReplayResult:
             "fidelity": asdict(self.fidelity),
             "variants": [asdict(v) for v in self.variants],
         }
-        for k in ("conclusion", "exit_code", "summary", "tool_version", "run", "loss_tag", "entry", "device", "mode",
-                  "clip_grad_norm", "reference", "logged", "warnings", "forced"):
+        for k in (
+            "conclusion",
+            "exit_code",
+            "summary",
+            "tool_version",
+            "run",
+            "loss_tag",
+            "entry",
+            "device",
+            "mode",
+            "clip_grad_norm",
+            "reference",
+            "logged",
+            "warnings",
+            "forced",
+        ):
             out[k] = getattr(self, k)
         return json_safe(out)
 

@@ -70,8 +70,9 @@ def _col(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64).to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
-def stack_state(ckpt: ReplayCheckpoint, model: torch.nn.Module, variants: list[Variant],
-                device: torch.device) -> list[_Stacked]:
+def stack_state(
+    ckpt: ReplayCheckpoint, model: torch.nn.Module, variants: list[Variant], device: torch.device
+) -> list[_Stacked]:
     """Stacked copies of the optimized parameters and their Adam state, one slice per variant."""
     import torch
 
@@ -99,14 +100,28 @@ def stack_state(ckpt: ReplayCheckpoint, model: torch.nn.Module, variants: list[V
             lr = [float(per_variant[k][gi]["lr"]) for k in range(K)]
             beta2 = [float(per_variant[k][gi]["betas"][1]) for k in range(K)]
             eps = [float(per_variant[k][gi]["eps"]) for k in range(K)]
-            out.append(_Stacked(
-                name=name, group=gi, p=p, exp_avg=moment("exp_avg"), exp_avg_sq=moment("exp_avg_sq"),
-                max_exp_avg_sq=moment("max_exp_avg_sq") if amsgrad else None, step=step,
-                beta1=float(g0["betas"][0]), weight_decay=float(g0.get("weight_decay", 0.0)),
-                maximize=bool(g0.get("maximize", False)), decoupled=bool(g0.get("decoupled_weight_decay", False)),
-                lr=lr, beta2=beta2, eps=eps, beta2_t=_col(beta2, p), one_minus_beta2_t=_col([1 - b for b in beta2], p),
-                eps_t=_col(eps, p), eps2_t=_col([e * e for e in eps], p),
-            ))
+            out.append(
+                _Stacked(
+                    name=name,
+                    group=gi,
+                    p=p,
+                    exp_avg=moment("exp_avg"),
+                    exp_avg_sq=moment("exp_avg_sq"),
+                    max_exp_avg_sq=moment("max_exp_avg_sq") if amsgrad else None,
+                    step=step,
+                    beta1=float(g0["betas"][0]),
+                    weight_decay=float(g0.get("weight_decay", 0.0)),
+                    maximize=bool(g0.get("maximize", False)),
+                    decoupled=bool(g0.get("decoupled_weight_decay", False)),
+                    lr=lr,
+                    beta2=beta2,
+                    eps=eps,
+                    beta2_t=_col(beta2, p),
+                    one_minus_beta2_t=_col([1 - b for b in beta2], p),
+                    eps_t=_col(eps, p),
+                    eps2_t=_col([e * e for e in eps], p),
+                )
+            )
     return out
 
 
@@ -174,8 +189,14 @@ class _LossModule:
         return LossModule()
 
 
-def replay_batched(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Variant], steps: int,
-                   device: torch.device, progress: LazyProgress | None = None) -> list[Curve]:
+def replay_batched(
+    spec: ReplaySpec,
+    ckpt: ReplayCheckpoint,
+    variants: list[Variant],
+    steps: int,
+    device: torch.device,
+    progress: LazyProgress | None = None,
+) -> list[Curve]:
     """All variants at once. Memory: K copies of the optimized parameters and their Adam state, the
     model's other tensors once, one batch (and the K-wide activations of one forward/backward)."""
     import torch
@@ -234,8 +255,11 @@ def replay_batched(spec: ReplaySpec, ckpt: ReplayCheckpoint, variants: list[Vari
                 dims = tuple(range(1, g.dim()))
                 if s.step > 0:
                     vhat = s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)
-                    urms[i] += (g * g / torch.maximum(vhat, s.eps2_t)).sum(dim=dims) if dims else g * g / torch.maximum(
-                        vhat, s.eps2_t)
+                    urms[i] += (
+                        (g * g / torch.maximum(vhat, s.eps2_t)).sum(dim=dims)
+                        if dims
+                        else g * g / torch.maximum(vhat, s.eps2_t)
+                    )
                     n_rms[i] += s.p[0].numel()
                 adam_update_(s, g)
             for s in stacked:

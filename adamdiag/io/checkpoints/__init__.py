@@ -202,8 +202,7 @@ def _is_tensor(x: Any) -> bool:
 
 def _warn_trust(path: Path) -> None:
     sys.stderr.write(
-        f"adamdiag: warning: loading {path} with full unpickling (--trust-checkpoint): "
-        "this runs code from the file\n"
+        f"adamdiag: warning: loading {path} with full unpickling (--trust-checkpoint): this runs code from the file\n"
     )
 
 
@@ -266,7 +265,9 @@ def torch_load(path: Path, *, trust: bool) -> tuple[Any, bool]:
         try:
             return load(False, mmap), mmap
         except Exception as e2:  # noqa: BLE001 - any failure of a trusted load is an input problem
-            raise InputError(f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}") from None
+            raise InputError(
+                f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}"
+            ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(str(e))})") from None
 
@@ -276,7 +277,9 @@ def _first_line(msg: str) -> str:
 
 
 def _weights_only_reason(msg: str) -> str:
-    m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|Trying to load unsupported object[^\n]*)", msg)
+    m = re.search(
+        r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|Trying to load unsupported object[^\n]*)", msg
+    )
     return m.group(1) if m else "an object weights_only=True does not allow"
 
 
@@ -646,8 +649,9 @@ def _interleave_dp(groups, candidates, max_states) -> dict[tuple[int, int], set[
     return feasible
 
 
-def _apply_model_names(entries: list[_Entry], cands: list[tuple[str, tuple]], ordered: bool,
-                       warnings: list[str]) -> str:
+def _apply_model_names(
+    entries: list[_Entry], cands: list[tuple[str, tuple]], ordered: bool, warnings: list[str]
+) -> str:
     n_groups = max((e.group for e in entries), default=-1) + 1
     groups: list[list] = [[] for _ in range(n_groups)]
     for e in entries:
@@ -659,16 +663,19 @@ def _apply_model_names(entries: list[_Entry], cands: list[tuple[str, tuple]], or
             by_group_pos[(g, i)].name = nm
     n_unnamed = sum(1 for e in entries if e.shape is not None and e.name is None)
     if status == "unmatched":
-        warnings.append(
-            "the model's parameter shapes do not fit the optimizer's: tensors are labelled by group/index"
-        )
+        warnings.append("the model's parameter shapes do not fit the optimizer's: tensors are labelled by group/index")
     elif status in ("ambiguous", "partial") and n_unnamed:
-        why = "model order unknown (safetensors stores names sorted)" if not ordered else (
-            "several parameters of equal shape could be in either place")
+        why = (
+            "model order unknown (safetensors stores names sorted)"
+            if not ordered
+            else ("several parameters of equal shape could be in either place")
+        )
         warnings.append(f"{n_unnamed} tensor(s) without a certain name ({why}): labelled 'group g / index i'")
     elif status == "model-order" and n_groups > 1:
-        warnings.append("names inferred from the model's parameter order and shapes (each param group "
-                        "assumed to list its parameters in model order)")
+        warnings.append(
+            "names inferred from the model's parameter order and shapes (each param group "
+            "assumed to list its parameters in model order)"
+        )
     return status
 
 
@@ -683,8 +690,14 @@ def _check_named(entries: list[_Entry], cands: list[tuple[str, tuple]], warnings
 class _ModelSource:
     """Model parameters: names in order (when the format keeps it), shapes, lazy tensors."""
 
-    def __init__(self, names_shapes: list[tuple[str, tuple]], ordered: bool, get: Callable[[str], Any],
-                 desc: str, mmap_files: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        names_shapes: list[tuple[str, tuple]],
+        ordered: bool,
+        get: Callable[[str], Any],
+        desc: str,
+        mmap_files: list[str] | None = None,
+    ) -> None:
         self.cands = names_shapes
         self.ordered = ordered
         self.get = get
@@ -725,7 +738,7 @@ def _model_beside(opt_path: Path, trust: bool, warnings: list[str]) -> _ModelSou
         if word in stem.lower():
             i = stem.lower().index(word)
             for repl in ("model", "pytorch_model", "weights", "net"):
-                cands.append(d / (stem[:i] + repl + stem[i + len(word):]))
+                cands.append(d / (stem[:i] + repl + stem[i + len(word) :]))
             break
     cands += [d / n for n in MODEL_FILES]
     for p in cands:
@@ -839,8 +852,9 @@ def _pick_optimizer(obj: Any, path: Path, warnings: list[str]) -> tuple[tuple, d
         model = _pick_model_state(obj)
         top = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
         extra = f"; it holds a model state_dict of {len(model[1])} tensors" if model else ""
-        raise InputError(f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; "
-                         f"top-level keys: {top}){extra}")
+        raise InputError(
+            f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; top-level keys: {top}){extra}"
+        )
     adam = []
     first_err = None
     for p, x in states:
@@ -860,8 +874,15 @@ def _state_fetcher(osd: dict) -> Callable[[_Entry], dict]:
     return lambda e: osd["state"][e.index]
 
 
-def _finish(path: Path, layout: str, osd: dict, model: _ModelSource | None, step: int | None,
-            warnings: list[str], mmap_files: list[str]) -> OptimizerCheckpoint:
+def _finish(
+    path: Path,
+    layout: str,
+    osd: dict,
+    model: _ModelSource | None,
+    step: int | None,
+    warnings: list[str],
+    mmap_files: list[str],
+) -> OptimizerCheckpoint:
     entries, names_given = entries_from_state_dict(osd, path)
     opt_kind, w = _optimizer_kind(osd)
     warnings += w
@@ -880,8 +901,15 @@ def _finish(path: Path, layout: str, osd: dict, model: _ModelSource | None, step
     if model is not None:
         mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]
     ck = OptimizerCheckpoint(
-        path=str(path), step=step, layout=layout, optimizer=opt_kind, convention="torch",
-        name_mapping=mapping, warnings=warnings, entries=entries, mmap_files=mmap_files,
+        path=str(path),
+        step=step,
+        layout=layout,
+        optimizer=opt_kind,
+        convention="torch",
+        name_mapping=mapping,
+        warnings=warnings,
+        entries=entries,
+        mmap_files=mmap_files,
     )
     ck._fetch_state = _state_fetcher(osd)
     ck._fetch_param = model.get if model is not None else None

@@ -34,8 +34,11 @@ from adamdiag.io.checkpoints import (
 )
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-_SAFE_MODULES = {"torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
-                 "torch.distributed.checkpoint._extension"}
+_SAFE_MODULES = {
+    "torch.distributed.checkpoint.metadata",
+    "torch.distributed.checkpoint.filesystem",
+    "torch.distributed.checkpoint._extension",
+}
 _SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
@@ -78,7 +81,8 @@ def _read_metadata(d: Path, trust: bool) -> Any:
         if not trust:
             raise UntrustedCheckpointError(
                 f"{path}: reading it needs arbitrary unpickling ({_first_line(str(e))}); rerun with "
-                "--trust-checkpoint only if you trust the checkpoint: that runs code from it") from None
+                "--trust-checkpoint only if you trust the checkpoint: that runs code from it"
+            ) from None
         _warn_trust(path)
         with open(path, "rb") as f:
             return pickle.load(f)  # noqa: S301 - explicitly trusted by the user
@@ -141,8 +145,10 @@ class DcpReader:
         if info is None:
             raise InputError(f"{self.d}: item {index.fqn} is in the metadata but not in the storage table")
         if getattr(info, "transform_descriptors", None):
-            raise InputError(f"{self.d}: item {index.fqn} is stored with transforms "
-                             f"{list(info.transform_descriptors)} that adamdiag does not read")
+            raise InputError(
+                f"{self.d}: item {index.fqn} is stored with transforms "
+                f"{list(info.transform_descriptors)} that adamdiag does not read"
+            )
         path = self.d / info.relative_path
         try:
             with open(path, "rb") as f:
@@ -214,17 +220,19 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     reader = DcpReader(d, trust)
     opts, other = _parse(reader)
     warnings: list[str] = []
-    adam = {p: o for p, o in opts.items()
-            if any("exp_avg" in st and "exp_avg_sq" in st for st in o["state"].values())}
+    adam = {p: o for p, o in opts.items() if any("exp_avg" in st and "exp_avg_sq" in st for st in o["state"].values())}
     if not adam:
         keys = sorted({k for o in opts.values() for st in o["state"].values() for k in st})
         known = sorted({v for k, v in KNOWN_STATE_KEYS.items() if k in keys})
         if keys:
             what = ", ".join(known) if known else "an unknown optimizer"
-            raise InputError(f"{d}: not an Adam optimizer state: found {what} state "
-                             f"(per-parameter keys: {', '.join(keys)})")
-        raise InputError(f"{d}: DCP checkpoint without optimizer state ({len(reader.sdm)} items, e.g. "
-                         f"{', '.join(list(reader.sdm)[:4])})")
+            raise InputError(
+                f"{d}: not an Adam optimizer state: found {what} state (per-parameter keys: {', '.join(keys)})"
+            )
+        raise InputError(
+            f"{d}: DCP checkpoint without optimizer state ({len(reader.sdm)} items, e.g. "
+            f"{', '.join(list(reader.sdm)[:4])})"
+        )
     if len(adam) > 1:
         warnings.append(f"{len(adam)} optimizer states in the checkpoint; using the first")
     prefix, o = next(iter(adam.items()))
@@ -260,8 +268,9 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         st = o["state"][e.index]
         return {k: reader.read(st[k]) for k in ADAM_KEYS if k in st}
 
-    model_keys = {path[-1]: key for path, key in other.items()
-                  if path and isinstance(path[-1], str) and reader.is_tensor(key)}
+    model_keys = {
+        path[-1]: key for path, key in other.items() if path and isinstance(path[-1], str) and reader.is_tensor(key)
+    }
 
     def fetch_param(name: str) -> Any:
         key = model_keys.get(name)
@@ -280,8 +289,16 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
         warnings.append(f"sharded checkpoint: {n_files} data files put together")
-    ck = OptimizerCheckpoint(path=str(d), step=step, layout="dcp", optimizer=opt_kind, convention="torch",
-                             name_mapping="fqn", warnings=warnings, entries=entries)
+    ck = OptimizerCheckpoint(
+        path=str(d),
+        step=step,
+        layout="dcp",
+        optimizer=opt_kind,
+        convention="torch",
+        name_mapping="fqn",
+        warnings=warnings,
+        entries=entries,
+    )
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
     return ck
