@@ -42,19 +42,54 @@ _SAFE_MODULES = {
 _SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
+def _safe_enum_class(module: str, name: str) -> type | None:
+    """The class ``module.name`` if it is an enum defined in one of DCP's metadata modules."""
+    import enum
+
+    if module not in _SAFE_MODULES:
+        return None
+    obj = getattr(__import__(module, fromlist=[name]), name, None)
+    return obj if isinstance(obj, type) and issubclass(obj, enum.Enum) else None
+
+
+def _enum_member(cls: Any, name: Any) -> Any:
+    """Stands in for ``builtins.getattr`` while unpickling metadata.
+
+    Python 3.11.0-3.11.4 (Debian 12's system Python is 3.11.2) pickle an enum member as
+    ``getattr(EnumClass, "NAME")`` — a call to a builtin that could reach any attribute of any
+    object the pickle names. Only that one use is allowed here: a member of one of DCP's metadata
+    enums (e.g. ``_MEM_FORMAT_ENCODING``), looked up in its ``__members__``, never a plain getattr.
+    """
+    import enum
+
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, enum.Enum)
+        and _safe_enum_class(cls.__module__, cls.__qualname__) is cls
+        and isinstance(name, str)
+        and name in cls.__members__
+    ):
+        return cls.__members__[name]
+    what = getattr(cls, "__qualname__", type(cls).__name__)
+    raise pickle.UnpicklingError(f"Unsupported global: GLOBAL builtins.getattr (on {what}.{name})")
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Unpickles DCP metadata: data classes of the DCP modules and a few torch value types only."""
 
     def find_class(self, module: str, name: str) -> Any:
-        import enum
-
         import torch
 
         if module in _SAFE_MODULES:
             mod = __import__(module, fromlist=[name])
             obj = getattr(mod, name, None)
-            if isinstance(obj, type) and (hasattr(obj, "__dataclass_fields__") or issubclass(obj, enum.Enum)):
+            if isinstance(obj, type) and hasattr(obj, "__dataclass_fields__"):
                 return obj
+            if _safe_enum_class(module, name) is not None:
+                return obj
+        elif module in ("builtins", "__builtin__") and name == "getattr":
+            # Enum members as older Pythons pickle them (protocol 2 spells the module __builtin__).
+            return _enum_member
         elif module == "torch":
             obj = getattr(torch, name, None)
             if name == "Size" or isinstance(obj, torch.dtype | torch.memory_format | torch.layout):
