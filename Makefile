@@ -23,18 +23,18 @@ demo: setup
 	$(BIN)/adamdiag scan sample_logs/
 
 test: setup
-	$(BIN)/ruff check adamdiag tests examples bench
+	$(BIN)/ruff check adamdiag tests tools bench
 	$(BIN)/python -m pytest -q
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 lint: setup
-	$(BIN)/ruff check adamdiag tests examples bench
+	$(BIN)/ruff check adamdiag tests tools bench
 
 # Regenerates sample_logs/ from a real (deterministic, CPU) training run.
 sample-logs: setup
-	$(BIN)/python examples/multitask.py --out sample_logs
+	$(BIN)/python tools/runlab/multitask.py --out sample_logs
 
 bench: setup
 	$(BIN)/python bench/read_events.py

@@ -1,9 +1,9 @@
 """Validation matrix (issue #6): how often does `adamdiag scan` name the right cause on real runs it never saw?
 
-Generates a deterministic matrix of small real CPU training runs with ``examples/runlab.py`` — three model
+Generates a deterministic matrix of small real CPU training runs with ``tools/runlab/runlab.py`` — three model
 families (``mlp_multitask``, ``cnn``, ``transformer``), several sizes, seeds and learning rates, eps 1e-8 vs
 1e-3, logging every step or every 10, with/without gradient histograms and checkpoints, a restart, injected
-bad batches and NaNs — then diagnoses every run with :func:`adamdiag.scan.scan_paths` and scores the verdict
+bad batches and NaNs — then diagnoses every run with :func:`adamdiag.pipeline.scan.scan_paths` and scores the verdict
 against the run's ground truth. The truth (``truth.json`` ``summary.cause``) is computed by runlab from the
 *live* optimizer state during training (plus the injection for bad_batch/nonfinite), never from adamdiag.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
+RUNLAB = REPO / "tools" / "runlab"
 DEFAULT_OUT = REPO / "bench" / "out" / "accuracy"
 SCHEMA = "adamdiag.accuracy/1"
 # Any change to these files can change the runs: they are part of every case's cache key.
@@ -350,8 +350,8 @@ def matrix() -> list[Case]:
 
 
 def _harness() -> Any:
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
+    if str(RUNLAB) not in sys.path:
+        sys.path.insert(0, str(RUNLAB))
     import families  # noqa: F401  (registers cnn, transformer)
     import multitask  # noqa: F401  (registers mlp_multitask)
     import runlab
@@ -364,7 +364,7 @@ def case_key(case: Case, with_sources: bool = True) -> str:
     h = hashlib.sha256(json.dumps(case.cfg, sort_keys=True).encode())
     if with_sources:
         for name in HARNESS_SOURCES:
-            h.update((EXAMPLES / name).read_bytes())
+            h.update((RUNLAB / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -475,8 +475,9 @@ def logged_blowup_ratio(run_dir: Path, true_blowup: int | None) -> float | None:
     without also calling the 4-9x spikes of healthy runs blowups."""
     import numpy as np
 
+    from adamdiag.analysis.frames import series
     from adamdiag.analysis.signals import BLOWUP_HORIZON
-    from adamdiag.io.events import read_run, series
+    from adamdiag.io.events import read_run
 
     if true_blowup is None:
         return None
@@ -495,7 +496,7 @@ def logged_blowup_ratio(run_dir: Path, true_blowup: int | None) -> float | None:
 def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> dict[str, Any]:
     """Scan one run in-process and line the verdict up with its truth."""
     from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
-    from adamdiag.scan import scan_paths
+    from adamdiag.pipeline.scan import scan_paths
 
     if gen_error is not None:
         s = {"cause": "generation failed", "blowup_step": None, "evidence": {"error": gen_error}}

@@ -6,7 +6,7 @@ inherits the other's memory), round after round:
 
 * ``bare``       — ``torch.load(mmap=True, weights_only=True)`` + one ``.sum()`` over every moment tensor
                    (the least any reader must do: touch every byte of m and v once);
-* ``summarize``  — ``adamdiag.summary.summarize_checkpoint`` (every statistic of ``inspect``, exact
+* ``summarize``  — ``adamdiag.pipeline.summary.summarize_checkpoint`` (every statistic of ``inspect``, exact
                    quantiles), with the compiled kernel (``adamdiag/analysis/_moments_kernel.c``) when
                    it is built — the default;
 * ``summarize_torch`` — the same numbers without the kernel (``ADAMDIAG_NO_KERNEL=1``: torch/numpy
@@ -59,7 +59,7 @@ def hwm():
 
 import torch
 torch.set_num_threads(int(sys.argv[3]))
-from adamdiag.summary import summarize_checkpoint
+from adamdiag.pipeline.summary import summarize_checkpoint
 rss0 = hwm()
 t0 = time.perf_counter()
 if mode == "summarize_reference":

@@ -1,6 +1,6 @@
 """The diagnosis: v collapse vs its look-alikes, from whatever a run offers.
 
-Pure: frames and checkpoint summaries in, a :class:`~adamdiag.report.RunReport` out.
+Pure: frames and checkpoint summaries in, a :class:`~adamdiag.results.report.RunReport` out.
 
 The decision follows the mechanism (DESIGN.md):
 
@@ -32,7 +32,7 @@ from adamdiag.analysis.signals import (
     ema_second_moment,
     sustained_runs,
 )
-from adamdiag.report import Finding, RunReport
+from adamdiag.results.report import Finding, RunReport
 
 # --- thresholds, each justified by the mechanism -------------------------------------------------
 # r = g²/v̂ is 1 in steady state and 0 under pure decay (v_{t+1} = β2·v_t). Below 0.1, at least
@@ -132,7 +132,7 @@ def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...],
 
 def _series(scalars, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a scalar tag as the run really went (restarts: the later segment wins)."""
-    from adamdiag.io.events import series
+    from adamdiag.analysis.frames import series
 
     s = series(scalars, tag)
     return s.index.to_numpy(np.int64), s.to_numpy(np.float64)

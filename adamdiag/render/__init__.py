@@ -3,7 +3,7 @@ re-renders identically)."""
 
 from __future__ import annotations
 
-from adamdiag.report import Report
+from adamdiag.results.report import Report
 
 
 def render(report: Report, fmt: str) -> str:

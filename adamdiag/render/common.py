@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adamdiag.report import RunReport
+from adamdiag.results.report import RunReport
 
 VERDICT_TEXT = {
     "v_collapse": "v collapse (second moment decayed, then gradients re-grew)",

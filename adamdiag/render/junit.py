@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from adamdiag.report import Report
+from adamdiag.results.report import Report
 
 
 def render_junit(report: Report) -> str:

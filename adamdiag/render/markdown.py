@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
-from adamdiag.report import Report
+from adamdiag.results.report import Report
 
 
 def _cell(text: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from adamdiag.report import Report
+from adamdiag.results.report import Report
 
 
 def plot_runs(report: Report, runs: Sequence[Path], output: Path) -> list[Path]:

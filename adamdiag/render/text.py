@@ -8,7 +8,7 @@ import os
 from rich.markup import escape
 
 from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
-from adamdiag.report import Report
+from adamdiag.results.report import Report
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
 _VERDICT_STYLE = {"healthy": "green", "inconclusive": "yellow"}

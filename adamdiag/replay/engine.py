@@ -75,12 +75,11 @@ class LazyProgress:
         if not self.enabled:
             return
         if self._bar is None and time.monotonic() - self.t0 > PROGRESS_AFTER_S:
-            import os
-
-            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            console = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+            from adamdiag.console import stderr_console
+
+            console = stderr_console()
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),

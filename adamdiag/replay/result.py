@@ -1,7 +1,7 @@
 """Pure analysis of a replay: spikes, fidelity against the log, the verdict; and the result object.
 
 No torch, no I/O. The result serializes to the ``adamdiag.replay/1`` JSON contract (DESIGN.md); the
-renderers (:mod:`adamdiag.replay.render`) only format it.
+renderers (:mod:`adamdiag.render.replay`) only format it.
 
 Spike rule (used for the replayed curves *and* to find the blowup in the log, so both are judged
 alike): the reference is the logged loss over the last ``REFERENCE_POINTS`` logged steps up to the
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from adamdiag.analysis.signals import BLOWUP_FACTOR, MIN_LOG_SCALE, SPIKE_Z
-from adamdiag.report import json_safe
+from adamdiag.results.report import json_safe
 
 SCHEMA = "adamdiag.replay/1"
 FIDELITY_MAX_REL_DEV = 1e-3

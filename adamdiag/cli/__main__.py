@@ -1,0 +1,5 @@
+"""``python -m adamdiag.cli`` (what ``torchrun -m adamdiag.cli replay ...`` runs on every rank)."""
+
+from adamdiag.cli.app import main
+
+main()

@@ -1,0 +1,43 @@
+"""``inspect``: checkpoints → per-tensor moment statistics (``adamdiag.inspect/1``) → a renderer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adamdiag.cli.app import app, emit, guarded
+from adamdiag.cli.options import Convention, ConventionOpt, TableFormat, TrustOpt, convention_value
+
+
+@app.command()
+@guarded
+def inspect(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="Checkpoint files or directories (one, or two of one run).")
+    ],
+    format: Annotated[TableFormat, typer.Option("--format", "-f")] = TableFormat.text,
+    convention: ConventionOpt = Convention.auto,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Per-tensor Adam moment statistics of checkpoints, sorted by risk; decay ratios for two."""
+    emit(run_inspect(checkpoints, format.value, convention_value(convention), trust_checkpoint))
+
+
+def run_inspect(paths: list[Path], fmt: str, convention: str | None, trust_checkpoint: bool) -> str:
+    """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv)."""
+    from adamdiag.errors import InputError
+    from adamdiag.pipeline.inspect import collect
+    from adamdiag.render.inspect import render_csv, render_text
+    from adamdiag.results.inspect import to_json_obj
+
+    if fmt not in ("text", "json", "csv"):
+        raise InputError(f"unknown format {fmt!r} (text, json or csv)")
+    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint)
+    if fmt == "json":
+        return json.dumps(to_json_obj(summaries, pairs), indent=2, allow_nan=False)
+    if fmt == "csv":
+        return render_csv(summaries, pairs)
+    return render_text(summaries, pairs)

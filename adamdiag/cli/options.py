@@ -1,0 +1,55 @@
+"""Option types and choices shared by several commands."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+    markdown = "markdown"
+    junit = "junit"
+
+
+class TableFormat(str, Enum):
+    text = "text"
+    json = "json"
+    csv = "csv"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+
+
+class Convention(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    tf = "tf"
+
+
+def convention_value(c: Convention) -> str | None:
+    """None for auto (each checkpoint says its own), else the forced convention."""
+    return None if c is Convention.auto else c.value
+
+
+RunsArg = Annotated[list[Path], typer.Argument(help="Run directories (searched recursively) or event files.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+CheckpointsOpt = Annotated[
+    Path | None, typer.Option("--checkpoints", help="Directory with optimizer checkpoints (default: under each run).")
+]
+ConventionOpt = Annotated[
+    Convention, typer.Option("--convention", help="Adam convention: torch (eps on bias-corrected sqrt(v̂)) or tf.")
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling (runs code from the file!)."
+    ),
+]

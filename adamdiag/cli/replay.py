@@ -1,0 +1,67 @@
+"""``replay``: a checkpoint + a replay entry → variants re-run → ``adamdiag.replay/1`` → a renderer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adamdiag.cli.app import app, guarded
+from adamdiag.cli.options import Format, FormatOpt, TrustOpt
+
+
+@app.command()
+@guarded
+def replay(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to start from (saved before the blowup).")],
+    eps: Annotated[list[str] | None, typer.Option("--eps", help="Alternate eps (repeatable or comma list).")] = None,
+    beta2: Annotated[list[str] | None, typer.Option("--beta2", help="Alternate beta2 (repeatable).")] = None,
+    lr: Annotated[list[str] | None, typer.Option("--lr", help="Alternate lr (repeatable).")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")
+    ] = None,
+    entry: Annotated[str | None, typer.Option("--entry", help="module:function or file.py:function.")] = None,
+    logdir: Annotated[Path | None, typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda")] = "auto",
+    format: FormatOpt = Format.text,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
+    trust_checkpoint: TrustOpt = False,
+    loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
+    log_step_offset: Annotated[
+        str,
+        typer.Option(
+            "--log-step-offset",
+            help="The loss of update t is logged at step t+N; auto: -1 for Lightning checkpoints, else 0.",
+        ),
+    ] = "auto",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."
+        ),
+    ] = "auto",
+) -> None:
+    """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
+    from adamdiag.replay.runner import run_replay
+
+    code = run_replay(
+        checkpoint,
+        eps=eps,
+        beta2=beta2,
+        lr=lr,
+        steps=steps,
+        entry=entry,
+        logdir=logdir,
+        device=device,
+        fmt=format.value,
+        plot=plot,
+        force=force,
+        trust_checkpoint=trust_checkpoint,
+        loss_tag=loss_tag,
+        mode=mode,
+        log_offset=log_step_offset,
+    )
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,141 @@
+"""``tags`` and ``export``: what is in the event files, and the long frame on disk.
+
+The CLI side of the event reader: it owns the progress bar and the warnings on stderr; the data
+goes to stdout (tags) or to the output file (export).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from adamdiag.cli.app import app, emit, guarded
+from adamdiag.cli.options import RunsArg, TableFormat
+from adamdiag.console import stderr_console
+from adamdiag.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from adamdiag.io.events import RunEvents
+
+MAX_WARNINGS_SHOWN = 20
+# Reads smaller than this finish before a bar would be worth drawing.
+PROGRESS_MIN_BYTES = 32 << 20
+
+
+def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents]:
+    """Read all runs with a rich progress bar on stderr (for long reads) and warnings on stderr."""
+    from adamdiag.io.events import find_runs, read_runs, run_files
+
+    found = find_runs(runs)
+    total = sum(f.stat().st_size for r in found for f in run_files(r))
+    console = stderr_console()
+    if total >= PROGRESS_MIN_BYTES and console.is_terminal:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("reading event files"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("read", total=total)
+            result = read_runs(found, check_crc=check_crc, progress=lambda done, tot: bar.update(task, completed=done))
+    else:
+        result = read_runs(found, check_crc=check_crc)
+    for r in result:
+        for w in r.warnings[:MAX_WARNINGS_SHOWN]:
+            console.print(f"adamdiag: warning: {w}", markup=False)
+        if len(r.warnings) > MAX_WARNINGS_SHOWN:
+            console.print(
+                f"adamdiag: warning: {r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings", markup=False
+            )
+    return result
+
+
+def run_tags(runs: Sequence[Path], fmt: str = "text") -> str:
+    """The `tags` command: tags, kind, counts, step ranges, files/writers, as text, json or csv."""
+    from adamdiag.render.tags import render_tags_csv, render_tags_text
+    from adamdiag.results.tags import tags_result
+
+    if fmt not in ("text", "json", "csv"):
+        raise InputError(f"unknown format {fmt!r} (use text, json or csv)")
+    result = load_runs(runs)
+    if fmt == "json":
+        return json.dumps(tags_result(result), indent=2)
+    if fmt == "csv":
+        return render_tags_csv(result)
+    return render_tags_text(result)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate per-run frames keeping the string columns categorical (union of categories)."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    if len(frames) == 1:
+        return frames[0]
+    cat_cols = [c for c in frames[0].columns if isinstance(frames[0][c].dtype, pd.CategoricalDtype)]
+    out = pd.concat(frames, ignore_index=True)
+    for c in cat_cols:
+        out[c] = union_categoricals([f[c] for f in frames])
+    return out
+
+
+def run_export(runs: Sequence[Path], output: Path, histograms: bool = False) -> None:
+    """The `export` command: the long frame of all runs to ``output`` (.parquet or .csv)."""
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise InputError(f"unknown output format {output.suffix or '(none)'!r} for {output}: use .parquet or .csv")
+    from adamdiag.io.events import find_runs, run_files
+
+    inputs = {f.resolve() for r in find_runs(runs) for f in run_files(r)} | {Path(r).resolve() for r in runs}
+    if output.resolve() in inputs:
+        raise InputError(f"refusing to overwrite input {output}")
+    if output.exists() and output.is_dir():
+        raise InputError(f"output {output} is a directory")
+    result = load_runs(runs)
+    frame = _concat([r.histograms if histograms else r.scalars for r in result])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if suffix == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise InputError(
+                    "writing parquet needs pyarrow (pip install 'adamdiag[parquet]'); or use .csv"
+                ) from None
+            frame.to_parquet(output, index=False)
+        else:
+            frame.to_csv(output, index=False)
+    except OSError as e:
+        raise InputError(f"cannot write {output}: {e.strerror or e}") from None
+    kind = "histogram" if histograms else "scalar"
+    sys.stderr.write(f"wrote {len(frame)} {kind} rows from {len(result)} run(s) to {output}\n")
+
+
+@app.command()
+@guarded
+def tags(runs: RunsArg, format: Annotated[TableFormat, typer.Option("--format", "-f")] = TableFormat.text) -> None:
+    """Tags of the event files: kind, count, step range, writer."""
+    emit(run_tags(runs, fmt=format.value))
+
+
+@app.command()
+@guarded
+def export(
+    runs: RunsArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="out.parquet or out.csv")],
+    histograms: Annotated[bool, typer.Option("--histograms", help="Export the histogram frame instead.")] = False,
+) -> None:
+    """Write the long frame (run, tag, step, wall_time, value, segment, source_file) to parquet/csv."""
+    run_export(runs, output, histograms=histograms)

@@ -1,0 +1,39 @@
+"""The one stderr console and the one progress bar of every command.
+
+Data goes to stdout; messages, warnings and progress go to stderr, coloured only when stderr is a
+terminal and NO_COLOR is unset, so pipes and CI logs stay clean. rich is imported lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def stderr_console() -> Any:
+    """A rich ``Console`` on stderr: soft-wrapped (one message = one line), no markup highlighting."""
+    from rich.console import Console
+
+    return Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
+
+
+def err(message: str) -> None:
+    """Print one message line on stderr (markup off: paths with brackets print as they are)."""
+    stderr_console().print(message, markup=False)
+
+
+def stderr_progress() -> Any:
+    """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled when
+    stderr is not a terminal. Transient: gone when done."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )

@@ -1,0 +1,41 @@
+"""Checkpoints in, the inspect result out: a summary per checkpoint and the decay-ratio pairs of
+consecutive ones (v_b/(β2^Δ·v_a) ≈ 1 means v decayed without new gradient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adamdiag.console import stderr_progress
+
+
+def collect(paths: list[Path], *, convention: str | None, trust: bool) -> tuple[list, list[dict]]:
+    """Summaries of every checkpoint named (directories are searched) and the consecutive pairs."""
+    from adamdiag.errors import InputError
+    from adamdiag.io.checkpoints import find_checkpoints
+    from adamdiag.pipeline.summary import compare_checkpoints, summarize_checkpoint
+
+    files: list[Path] = []
+    for p in paths:
+        found = find_checkpoints(Path(p))
+        if not found:
+            raise InputError(f"{p}: no optimizer checkpoint found under it")
+        files += found
+    summaries = []
+    with stderr_progress() as prog:
+        for f in files:
+            task = prog.add_task(f"reading {f.name}", total=None)
+
+            def cb(done: int, total: int, label: str, task=task) -> None:
+                prog.update(task, completed=done, total=total)
+
+            summaries.append(summarize_checkpoint(f, trust=trust, convention=convention, progress=cb))
+            prog.remove_task(task)
+        order = sorted(range(len(files)), key=lambda i: (summaries[i].step is None, summaries[i].step or 0, i))
+        files = [files[i] for i in order]
+        summaries = [summaries[i] for i in order]
+        pairs = []
+        for (fa, sa), (fb, sb) in zip(zip(files, summaries), zip(files[1:], summaries[1:])):
+            if sa.step is None or sb.step is None or sb.step <= sa.step:
+                continue
+            pairs.append(compare_checkpoints(fa, fb, trust=trust))
+    return summaries, pairs

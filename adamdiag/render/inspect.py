@@ -1,0 +1,236 @@
+"""Renderers of the inspect result: per-tensor Adam moment statistics, most at risk first.
+
+Formats: ``text`` (rich tables), ``json`` (``adamdiag.inspect/1``, DESIGN.md; tensors in
+optimizer order), ``csv`` (one row per tensor per checkpoint; the decay-ratio columns are filled on
+the rows of the later checkpoint of each consecutive pair). Two or more checkpoints of one run also
+get the decay-ratio ``pairs`` view: v_b/(β2^Δ·v_a) ≈ 1 means v decayed without new gradient.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        return format(x, spec)
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.1%}"
+
+
+def render_text(summaries: list, pairs: list[dict], width: int | None = None) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if width is None:  # wide enough that names are not folded (the table is data, not a TTY view)
+        longest = max((len(t.label) for s in summaries for t in s.tensors), default=10)
+        width = min(300, 150 + longest)
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False, soft_wrap=False)
+    for s in summaries:
+        con.print(
+            f"{s.path}  step {_fmt(s.step)}  {s.optimizer} ({s.layout}, {s.convention} convention)  "
+            f"names: {s.name_mapping}",
+            markup=False,
+        )
+        tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for col, j in [
+            ("tensor", "left"),
+            ("grp/idx", "left"),
+            ("shape", "left"),
+            ("step", "right"),
+            ("lr", "right"),
+            ("β2", "right"),
+            ("eps", "right"),
+            ("wd", "right"),
+            ("√v̂ p01", "right"),
+            ("√v̂ p50", "right"),
+            ("√v̂<eps", "right"),
+            ("√v̂<10eps", "right"),
+            ("v=0", "right"),
+            ("upd rms", "right"),
+            ("upd/param", "right"),
+            ("upd max", "right"),
+            ("nonfinite", "right"),
+        ]:
+            tab.add_column(col, justify=j, no_wrap=col != "tensor", overflow="fold")
+        for t in sorted(s.tensors, key=lambda t: t.risk_key):
+            tab.add_row(
+                t.label,
+                f"{t.group}/{t.index}",
+                "×".join(map(str, t.shape)) or "()",
+                _fmt(t.step),
+                _fmt(t.lr),
+                _fmt(t.beta2, ".4g"),
+                _fmt(t.eps),
+                _fmt(t.weight_decay),
+                _fmt(t.sqrt_vhat_q["p01"]),
+                _fmt(t.sqrt_vhat_q["p50"]),
+                _pct(t.frac_sqrt_vhat_below_eps),
+                _pct(t.frac_sqrt_vhat_below_10eps),
+                _pct(t.frac_v_zero),
+                _fmt(t.update_rms),
+                _fmt(t.update_rms_rel),
+                _fmt(t.update_max),
+                str(t.nonfinite),
+            )
+        con.print(tab)
+        for w in s.warnings:
+            con.print(f"  note: {w}", markup=False)
+        if any(t.frac_v_zero and t.frac_v_zero > 0 for t in s.tensors):
+            con.print(
+                "  note: v=0: elements that never received a gradient (eps-dominated, but not a collapse)", markup=False
+            )
+        con.print()
+    for p in pairs:
+        con.print(
+            f"decay ratio v_b/(β2^Δ·v_a): step {p['from_step']} → {p['to_step']}  "
+            f"(≈1: v decayed without new gradient; pure decay = implied g² < 0.1·v̂)",
+            markup=False,
+        )
+        tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for col in (
+            "tensor",
+            "grp/idx",
+            "Δ",
+            "ratio p01",
+            "ratio p50",
+            "ratio p99",
+            "pure decay",
+            "implied g²/v̂",
+            "inconsistent",
+        ):
+            tab.add_column(col, justify="left" if col in ("tensor", "grp/idx") else "right")
+        for r in sorted(
+            p["tensors"], key=lambda r: -(r["frac_pure_decay"] if math.isfinite(r["frac_pure_decay"]) else 0)
+        ):
+            tab.add_row(
+                r["label"],
+                f"{r['group']}/{r['index']}",
+                str(r["delta_steps"]),
+                _fmt(r["ratio_q"]["p01"], ".4g"),
+                _fmt(r["ratio_q"]["p50"], ".4g"),
+                _fmt(r["ratio_q"]["p99"], ".4g"),
+                _pct(r["frac_pure_decay"]),
+                _fmt(r["r_interval"]),
+                _pct(r["frac_inconsistent"]),
+            )
+        con.print(tab)
+        for s in p["skipped"]:
+            con.print(f"  skipped {s['label']}: {s['reason']}", markup=False)
+        for w in p["warnings"]:
+            con.print(f"  note: {w}", markup=False)
+        con.print()
+    return buf.getvalue().rstrip() + "\n"
+
+
+CSV_COLUMNS = [
+    "path",
+    "checkpoint_step",
+    "tensor",
+    "name",
+    "group",
+    "index",
+    "shape",
+    "numel",
+    "step",
+    "lr",
+    "beta1",
+    "beta2",
+    "eps",
+    "eps_effective",
+    "weight_decay",
+    "amsgrad",
+    "v_mean",
+    "v_max",
+    "m_abs_mean",
+    "sqrt_vhat_min",
+    "sqrt_vhat_p01",
+    "sqrt_vhat_p50",
+    "sqrt_vhat_p99",
+    "sqrt_vhat_max",
+    "frac_sqrt_vhat_below_eps",
+    "frac_sqrt_vhat_below_10eps",
+    "frac_v_zero",
+    "update_rms",
+    "update_max",
+    "update_ratio_rms",
+    "param_rms",
+    "update_rms_rel",
+    "nonfinite",
+    "decay_from_step",
+    "decay_ratio_p50",
+    "frac_pure_decay",
+    "r_interval",
+]
+
+
+def render_csv(summaries: list, pairs: list[dict]) -> str:
+    by_to = {}
+    for p in pairs:
+        for r in p["tensors"]:
+            by_to[(p["to_path"], r["group"], str(r["index"]))] = r
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+
+    def num(x: Any) -> Any:
+        return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+    for s in summaries:
+        for t in sorted(s.tensors, key=lambda t: t.risk_key):
+            pr = by_to.get((s.path, t.group, str(t.index)))
+            q = t.sqrt_vhat_q
+            w.writerow(
+                [
+                    s.path,
+                    num(s.step),
+                    t.label,
+                    t.name or "",
+                    t.group,
+                    t.index,
+                    "x".join(map(str, t.shape)),
+                    t.numel,
+                    num(t.step),
+                    num(t.lr),
+                    num(t.beta1),
+                    num(t.beta2),
+                    num(t.eps),
+                    num(t.eps_effective),
+                    num(t.weight_decay),
+                    t.amsgrad,
+                    num(t.v_mean),
+                    num(t.v_max),
+                    num(t.m_abs_mean),
+                    num(q["min"]),
+                    num(q["p01"]),
+                    num(q["p50"]),
+                    num(q["p99"]),
+                    num(q["max"]),
+                    num(t.frac_sqrt_vhat_below_eps),
+                    num(t.frac_sqrt_vhat_below_10eps),
+                    num(t.frac_v_zero),
+                    num(t.update_rms),
+                    num(t.update_max),
+                    num(t.update_ratio_rms),
+                    num(t.param_rms),
+                    num(t.update_rms_rel),
+                    t.nonfinite,
+                    num(pr["from_step"]) if pr else "",
+                    num(pr["ratio_q"]["p50"]) if pr else "",
+                    num(pr["frac_pure_decay"]) if pr else "",
+                    num(pr["r_interval"]) if pr else "",
+                ]
+            )
+    return buf.getvalue()

@@ -1,0 +1,53 @@
+"""Renderers of the tags result: a text listing per run, or CSV rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adamdiag.results.tags import tag_table, writer_of
+
+if TYPE_CHECKING:
+    from adamdiag.io.events import RunEvents
+
+
+def render_tags_csv(result: list[RunEvents]) -> str:
+    """One CSV row per (run, tag, kind)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "tag", "kind", "count", "step_min", "step_max", "segments"])
+    for r in result:
+        for t in tag_table(r):
+            w.writerow([r.run, t["tag"], t["kind"], t["count"], t["step_min"], t["step_max"], t["segments"]])
+    return buf.getvalue()
+
+
+def render_tags_text(result: list[RunEvents]) -> str:
+    """Per run: its files and writers, then an aligned tag table."""
+    lines: list[str] = []
+    for r in result:
+        lines.append(f"run {r.run}")
+        for i in r.file_info:
+            lines.append(
+                f"  file[{i['segment']}] {Path(i['path']).name}  {i['records']} records, {i['size']} bytes, "
+                f"writer {writer_of(i)}"
+            )
+        table = tag_table(r)
+        if table:
+            width = max(len(t["tag"]) for t in table)
+            lines.append(f"  {'tag':<{width}}  {'kind':<9}  {'count':>9}  steps")
+            for t in table:
+                seg = f"  ({t['segments']} segments)" if t["segments"] > 1 else ""
+                lines.append(
+                    f"  {t['tag']:<{width}}  {t['kind']:<9}  {t['count']:>9}  {t['step_min']}..{t['step_max']}{seg}"
+                )
+        else:
+            lines.append("  no scalar or histogram tags")
+        if r.skipped:
+            lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())))
+        if r.warnings:
+            lines.append(f"  warnings: {len(r.warnings)} (see stderr)")
+    return "\n".join(lines)

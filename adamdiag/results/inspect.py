@@ -1,0 +1,16 @@
+"""The ``adamdiag.inspect/1`` result (DESIGN.md): checkpoints with per-tensor statistics, and pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA = "adamdiag.inspect/1"
+
+
+def to_json_obj(summaries: list, pairs: list[dict]) -> dict[str, Any]:
+    from adamdiag import __version__
+    from adamdiag.results.report import json_safe
+
+    return json_safe(
+        {"schema": SCHEMA, "tool_version": __version__, "checkpoints": [s.to_dict() for s in summaries], "pairs": pairs}
+    )

@@ -1,0 +1,65 @@
+"""Stable rule ids. CI pipelines filter on these: never renumber, only add.
+
+Each rule: id -> (short name, what it means). The README's rule table is generated from this dict
+(``python -m adamdiag.results.rules``) so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+RULES: dict[str, tuple[str, str]] = {
+    # 0xx: the loss itself
+    "AD001": ("loss-blowup", "The loss rose to 10x its trailing robust level within 100 steps and stayed above 2x."),
+    "AD002": (
+        "loss-spike",
+        "A loss excursion (>= 2x, far outside its noise) that recovered before it became a blowup.",
+    ),
+    # 1xx: v collapse mechanism
+    "AD101": (
+        "v-collapse",
+        "Gradients stayed far below the second-moment estimate for many steps (g²/v̂ << 1): v decayed "
+        "toward zero and sqrt(v̂) approached eps.",
+    ),
+    "AD102": (
+        "gradient-regrowth",
+        "After the collapse, mean(g²)/mean(v̂) jumped far above 1: m reacts ~100x faster than v, so the "
+        "update lr*m̂/(sqrt(v̂)+eps) explodes.",
+    ),
+    "AD103": ("update-rms", "Update RMS sqrt(mean(g²/max(v̂, eps²))) exceeded 1 (precedes spikes by 1-8 steps)."),
+    "AD104": ("sqrt-vhat-below-eps", "A large fraction of elements have sqrt(v̂) below (or near) eps."),
+    "AD105": ("decay-ratio", "Between two checkpoints v decayed like beta2^Δ: no gradient signal arrived."),
+    # 2xx: learning rate too high
+    "AD201": (
+        "lr-too-high",
+        "Loss oscillates or diverges while g²/v̂ stays O(1): steps are too large even with a healthy v.",
+    ),
+    # 3xx: bad batch
+    "AD301": (
+        "bad-batch",
+        "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer.",
+    ),
+    # 4xx: non-finite values
+    "AD401": ("nonfinite", "NaN or Inf in the loss, gradients or optimizer state."),
+    # 5xx: eps too large
+    "AD501": ("eps-too-large", "sqrt(v̂) << eps for most elements: Adam degraded to SGD with step lr/eps."),
+    # 6xx: context
+    "AD601": ("grad-clipping", "Gradient clipping detected: Adam saw the clipped gradients."),
+    "AD602": ("lr-schedule", "The learning rate changed around the blowup."),
+    # 9xx: data quality
+    "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),
+    "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
+}
+
+
+def rule_name(rule_id: str) -> str:
+    return RULES[rule_id][0]
+
+
+def markdown_table() -> str:
+    """The rule table for the README."""
+    lines = ["| id | name | meaning |", "|---|---|---|"]
+    lines += [f"| {rid} | `{name}` | {text} |" for rid, (name, text) in RULES.items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown_table())
