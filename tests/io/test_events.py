@@ -22,6 +22,7 @@ from events_util import (
     write_torch,
 )
 
+from adamdiag.analysis.frames import series
 from adamdiag.errors import InputError
 from adamdiag.io import events as E
 from adamdiag.io import tfrecord as T
@@ -176,7 +177,7 @@ def _spike_check(tmp_path: Path, steps: int, spike_at: int) -> None:
         w.add_scalar("loss", 1e3 if s == spike_at else 1.0, s)
     w.close()
     run = E.read_run(logdir)
-    loss = E.series(run.scalars, "loss")
+    loss = series(run.scalars, "loss")
     assert len(loss) == steps and loss.index.is_monotonic_increasing
     assert loss.idxmax() == spike_at and loss.max() == 1e3
     ea = EventAccumulator(str(logdir))  # TensorBoard's default: a 10,000-point reservoir sample
@@ -248,9 +249,9 @@ def test_restart_overlap_later_segment_wins(tmp_path):
     run = E.read_run(logdir)
     assert len(run.scalars) == 200 and sorted(run.scalars["segment"].unique()) == [0, 1]
     assert run.scalars.groupby("segment")["source_file"].nunique().tolist() == [1, 1]
-    raw = E.series(run.scalars, "loss", raw=True)
+    raw = series(run.scalars, "loss", raw=True)
     assert len(raw) == 200 and raw.index.duplicated().sum() == 50
-    s = E.series(run.scalars, "loss")
+    s = series(run.scalars, "loss")
     assert s.index.tolist() == list(range(150))
     assert s[10] == value_of(10, 0) and s[60] == _f32(value_of(60, 0) + 100) and s[149] == _f32(value_of(149, 0) + 100)
 
@@ -259,7 +260,7 @@ def test_restart_from_earlier_step_drops_orphans(tmp_path):
     # The first attempt got to step 99, the restart resumed from step 50 and died at 79:
     # the run really went 0..49 (first) then 50..79 (second); 80..99 of the first were undone.
     logdir = _two_segments(tmp_path, (0, 100), (50, 80))
-    s = E.series(E.read_run(logdir).scalars, "loss")
+    s = series(E.read_run(logdir).scalars, "loss")
     assert s.index.tolist() == list(range(80)) and s[79] == _f32(value_of(79, 0) + 100)
 
 
