@@ -87,9 +87,14 @@ class TensorStats:
     # count as eps-dominated, but they are not a collapse.
     frac_v_zero: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # where each hyperparameter came from, when a reader says ('file' | 'default' | 'unknown'):
+    # written as DESIGN.md's "<name>_source" keys (TF/Keras checkpoints store some of them nowhere)
+    hyper_source: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.update({f"{k}_source": v for k, v in d.pop("hyper_source").items()})
+        return d
 
     @property
     def risk_key(self) -> tuple:
@@ -544,6 +549,9 @@ def tensor_stats(
     """
     n = int(t.exp_avg.numel())
     bc1, bc2, notes = bias_corrections(t.step, t.beta1, t.beta2)
+    if getattr(t, "bias_correction", None) is not None:  # what the optimizer itself divided by (TF1)
+        bc1, bc2 = t.bias_correction
+        notes.append(f"bias corrections from the checkpoint: 1-β1^t={bc1:.6g}, 1-β2^t={bc2:.6g}")
     eps_eff = effective_eps(t.eps, bc2, convention)
     vden = t.max_exp_avg_sq if (t.amsgrad and t.max_exp_avg_sq is not None) else t.exp_avg_sq
     if t.amsgrad and t.max_exp_avg_sq is None:
@@ -644,6 +652,7 @@ def tensor_stats(
         quantiles_exact=exact,
         frac_v_zero=acc.zero / n_f if n_f else nan,
         notes=notes,
+        hyper_source=dict(getattr(t, "hyper_source", None) or {}),
     )
 
 

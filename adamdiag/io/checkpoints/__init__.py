@@ -100,6 +100,11 @@ class TensorMoments:
     param: torch.Tensor | None = None  # the parameter value if the checkpoint holds the model
     decoupled_weight_decay: bool | None = None  # True: AdamW; False: Adam (L2); None: unknown
     maximize: bool = False
+    # TF/Keras readers: (1-β1^t, 1-β2^t) as the optimizer itself used them where that differs from
+    # the step's (TF1 beta2_power underflowed to 0: TF divides by 1), and where each hyperparameter
+    # came from ('file' | 'default' | 'unknown'; DESIGN.md's <name>_source).
+    bias_correction: tuple[float, float] | None = None
+    hyper_source: dict[str, str] | None = None
 
     @property
     def label(self) -> str:
@@ -168,6 +173,8 @@ class OptimizerCheckpoint:
                 param=param,
                 decoupled_weight_decay=h.get("decoupled_weight_decay"),
                 maximize=bool(h.get("maximize", False)),
+                bias_correction=h.get("bias"),
+                hyper_source=h.get("sources"),
             )
 
 
@@ -269,7 +276,13 @@ def torch_load(path: Path, *, trust: bool) -> tuple[Any, bool]:
                 f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}"
             ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(str(e))})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({_torch_reason(str(e))})") from None
+
+
+def _torch_reason(msg: str) -> str:
+    """torch's reason, without its C++ internals ('[enforce fail at inline_container.cc:…]')."""
+    line = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", _first_line(msg)).strip()
+    return line or "not torch's zip format"
 
 
 def _first_line(msg: str) -> str:
@@ -315,6 +328,13 @@ def find_checkpoints(root: Path) -> list[Path]:
     Raises :class:`InputError` when ``root`` does not exist.
     """
     root = Path(root)
+    # TensorFlow / Keras formats (adamdiag.io.checkpoints.tf): a bundle prefix is no file, so this
+    # comes before the existence check; None means the path names none of them.
+    from adamdiag.io.checkpoints.tf import find_foreign
+
+    foreign = find_foreign(root)
+    if foreign is not None and not root.is_dir():
+        return foreign
     if not root.exists():
         raise InputError(f"{root}: no such file or directory")
     if root.is_file():
@@ -350,6 +370,7 @@ def find_checkpoints(root: Path) -> list[Path]:
         if rp not in seen:
             seen.add(rp)
             out.append(p)
+    out += foreign or []
     big = 1 << 62
     return sorted(out, key=lambda p: (step_from_name(p) if step_from_name(p) is not None else big, str(p)))
 
@@ -825,6 +846,15 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
     ``trust=True`` only for files you trust).
     """
     path = Path(path)
+    if convention not in (None, "torch", "tf"):
+        raise InputError(f"unknown convention {convention!r} (torch or tf)")
+    from adamdiag.io.checkpoints.tf import open_foreign  # TF / Keras formats (before: a prefix is no file)
+
+    foreign = open_foreign(path)
+    if foreign is not None:
+        if convention:
+            foreign.convention = convention
+        return foreign
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if convention not in (None, "torch", "tf"):

@@ -1,0 +1,301 @@
+"""Keras 3 ``.weights.h5`` and ``.keras`` files (a zip of ``config.json`` + ``model.weights.h5``), via h5py.
+
+Layout (Keras 3): ``optimizer/vars/<k>`` in the optimizer's variable order — ``iterations``, the
+learning rate (absent with a schedule), then, when enabled, one gradient accumulator and one EMA copy
+per trainable variable, then m and v interleaved per variable (``adam/<var>_momentum``,
+``…_velocity``), then one v̂ per variable with amsgrad. Model weights sit under
+``layers/<class-based name>/vars/<j>`` (``dense``, ``dense_1``, … — not the layer's own name). No
+variable names are stored; β1/β2/eps only in the ``.keras`` file's ``config.json``.
+
+So slots are found by *shape*, not by fixed index arithmetic: every layout the optimizer can have
+(header of 1 or 2 scalars, 0–2 per-variable blocks before the pairs, a trailing v̂ block) is tried,
+and kept when each m has its v's shape and every block repeats the variables' shapes; the config's
+flags (schedule, amsgrad, EMA, accumulation) narrow the choice. Two layouts that fit but pair
+different tensors are refused as ambiguous. Names: from ``config.json`` (layer names in model order,
+matched to the slot shapes as an ordered subsequence, used only when that match is unique), else
+the stable labels ``trainable_variable_<i>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adamdiag.errors import InputError
+
+KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
+ADAM_CLASSES = ("Adam", "AdamW")
+# Variable names of common layers, in creation order (config flag that drops the optional ones).
+LAYER_VARS: dict[str, list[tuple[str, str | None]]] = {
+    "Dense": [("kernel", None), ("bias", "use_bias")],
+    "EinsumDense": [("kernel", None), ("bias", None)],
+    "Conv1D": [("kernel", None), ("bias", "use_bias")],
+    "Conv2D": [("kernel", None), ("bias", "use_bias")],
+    "Conv3D": [("kernel", None), ("bias", "use_bias")],
+    "Embedding": [("embeddings", None)],
+    "LayerNormalization": [("gamma", "scale"), ("beta", "center")],
+    "BatchNormalization": [("gamma", "scale"), ("beta", "center"), ("moving_mean", None), ("moving_variance", None)],
+}
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise InputError("reading Keras .keras/.weights.h5 files needs h5py: pip install 'adamdiag[keras]'") from None
+    return h5py
+
+
+def snake(name: str) -> str:
+    """Keras' ``naming.to_snake_case`` (how ``.weights.h5`` names layer groups)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _layers_in_order(config: dict) -> list[dict]:
+    """Top-level layers of a Sequential/Functional config, InputLayers left out (they hold no vars)."""
+    layers = (config.get("config") or {}).get("layers") or []
+    return [lay for lay in layers if lay.get("class_name") != "InputLayer"]
+
+
+def _optimizer_config(config: dict | None) -> tuple[str | None, dict]:
+    if not config:
+        return None, {}
+    opt = (config.get("compile_config") or {}).get("optimizer")
+    if isinstance(opt, dict):
+        return opt.get("class_name"), opt.get("config") or {}
+    return None, {}
+
+
+def layouts(shapes: list[tuple], dtypes: list[str]) -> list[dict[str, Any]]:
+    """Every Keras 3 optimizer layout the variable shapes fit: dicts with ``header`` (1: iterations;
+    2: + learning rate), ``pre`` (per-variable blocks before the pairs: accumulators/EMA), ``amsgrad``
+    and the slot indices ``m``, ``v``, ``vhat`` per trainable variable."""
+    out = []
+    if not shapes or shapes[0] != () or not dtypes[0].startswith(("int", "uint")):
+        return out
+    for header in (1, 2):
+        if header == 2 and (len(shapes) < 2 or shapes[1] != () or not dtypes[1].startswith("float")):
+            continue
+        rest = len(shapes) - header
+        for pre in (0, 1, 2):
+            for ams in (False, True):
+                per = 2 + pre + int(ams)
+                if rest <= 0 or rest % per:
+                    continue
+                n = rest // per
+                base = header + pre * n
+                m = [base + 2 * i for i in range(n)]
+                v = [base + 2 * i + 1 for i in range(n)]
+                vh = [base + 2 * n + i for i in range(n)] if ams else []
+                var_shapes = [shapes[k] for k in m]
+                ok = all(shapes[a] == shapes[b] for a, b in zip(m, v))
+                ok = ok and all(shapes[header + b * n + i] == var_shapes[i] for b in range(pre) for i in range(n))
+                ok = ok and all(shapes[k] == var_shapes[i] for i, k in enumerate(vh))
+                if ok:
+                    out.append({"header": header, "pre": pre, "amsgrad": ams, "m": m, "v": v, "vhat": vh})
+    return out
+
+
+def count_embeddings(slots: list[tuple], cands: list[tuple], cap: int = 2) -> tuple[int, list[int] | None]:
+    """How many ways (up to ``cap``) the slot shapes embed in the candidates' shapes as an ordered
+    subsequence (the optimizer's trainables among all model variables), and the first way."""
+    n, k = len(slots), len(cands)
+    # ways[i][j]: embeddings of slots[i:] into cands[j:] (capped)
+    ways = [[0] * (k + 1) for _ in range(n + 1)]
+    for j in range(k + 1):
+        ways[n][j] = 1
+    for i in range(n - 1, -1, -1):
+        for j in range(k - 1, -1, -1):
+            w = ways[i][j + 1] + (ways[i + 1][j + 1] if slots[i] == cands[j] else 0)
+            ways[i][j] = min(w, cap)
+    if ways[0][0] == 0:
+        return 0, None
+    pick, j = [], 0
+    for i in range(n):
+        while not (slots[i] == cands[j] and ways[i + 1][j + 1] > 0):
+            j += 1
+        pick.append(j)
+        j += 1
+    return ways[0][0], pick
+
+
+def _model_vars(f, config: dict) -> list[tuple[str, str]] | None:
+    """(name, h5 dataset path) of the model's variables in model order, from config.json's layers;
+    None when the file's groups do not follow (nested models, custom saving)."""
+    used: dict[str, int] = {}
+    out = []
+    for lay in _layers_in_order(config):
+        cls = lay.get("class_name", "")
+        key = snake(cls)
+        if key in used:
+            used[key] += 1
+            key = f"{key}_{used[key]}"
+        else:
+            used[key] = 0
+        grp = f"layers/{key}/vars"
+        lname = (lay.get("config") or {}).get("name", key)
+        if f"layers/{key}" not in f:
+            return None
+        if grp not in f:
+            continue
+        ks = sorted(f[grp].keys(), key=int)
+        known = [
+            nm for nm, flag in LAYER_VARS.get(cls, []) if flag is None or (lay.get("config") or {}).get(flag, True)
+        ]
+        names = known if len(known) == len(ks) else [f"vars/{k}" for k in ks]
+        out += [(f"{lname}/{nm}", f"{grp}/{k}") for nm, k in zip(names, ks)]
+    return out
+
+
+def open_keras(path: Path):
+    """A Keras 3 ``.keras`` or ``.weights.h5`` file as an :class:`OptimizerCheckpoint`."""
+    from adamdiag.io.checkpoints import OptimizerCheckpoint, _Entry
+    from adamdiag.io.checkpoints.tf import _torch, f32
+
+    h5py = _h5py()
+    path = Path(path)
+    config = None
+    warnings: list[str] = []
+    try:
+        if path.suffix == ".keras":
+            try:
+                zf = zipfile.ZipFile(path)
+                config = json.loads(zf.read("config.json"))
+                fobj = zf.open("model.weights.h5")
+            except (zipfile.BadZipFile, KeyError, ValueError) as e:
+                raise InputError(f"{path}: not a Keras 3 .keras file ({type(e).__name__}: {e})") from None
+            f = h5py.File(fobj, "r")
+        else:
+            f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
+
+    if "optimizer/vars" not in f:
+        raise InputError(f"{path}: no optimizer state in it (no optimizer/vars: saved without the optimizer)")
+    ov = f["optimizer/vars"]
+    keys = sorted(ov.keys(), key=int)
+    shapes = [tuple(ov[k].shape) for k in keys]
+    dtypes = [str(ov[k].dtype) for k in keys]
+    cls, ocfg = _optimizer_config(config)
+    if cls is not None and cls not in ADAM_CLASSES:
+        raise InputError(f"{path}: optimizer is Keras {cls}, not Adam/AdamW (no Adam moments to inspect)")
+    found = layouts(shapes, dtypes)
+    if ocfg:  # the config's flags say which layout it is
+        schedule = isinstance(ocfg.get("learning_rate"), dict)
+        pre = int(bool(ocfg.get("use_ema"))) + int(bool(ocfg.get("gradient_accumulation_steps")))
+        found = [
+            lay
+            for lay in found
+            if lay["header"] == (1 if schedule else 2)
+            and lay["pre"] == pre
+            and lay["amsgrad"] == bool(ocfg.get("amsgrad"))
+        ]
+    if not found:
+        raise InputError(
+            f"{path}: optimizer/vars ({len(keys)} tensors) fit no Keras Adam layout (iterations, lr, m/v pairs "
+            "of equal shape, v̂ with amsgrad): not a Keras 3 Adam state"
+        )
+    assign = {(tuple(lay["m"]), tuple(lay["v"]), tuple(lay["vhat"])) for lay in found}
+    if len(assign) > 1:
+        raise InputError(
+            f"{path}: the optimizer's {len(keys)} variables fit {len(found)} Keras Adam layouts that pair different "
+            "tensors (lr schedule / amsgrad / EMA unknown without config.json): refusing to guess; "
+            "inspect the .keras file instead"
+        )
+    lay = found[0]
+    n = len(lay["m"])
+    step = int(np.asarray(ov[keys[0]]).reshape(-1)[0])
+    lr = f32(np.asarray(ov[keys[1]]).reshape(-1)[0]) if lay["header"] == 2 else None
+    hyper: dict[str, Any] = {"lr": lr}
+    sources = {"lr": "file" if lr is not None else "unknown"}
+    for k, ck_key in (("beta1", "beta_1"), ("beta2", "beta_2"), ("eps", "epsilon")):
+        if ck_key in ocfg and ocfg[ck_key] is not None:
+            hyper[k], sources[k] = float(ocfg[ck_key]), "file"
+        else:
+            hyper[k], sources[k] = KERAS_DEFAULTS[k], "default"
+    if lr is None:
+        sched = ocfg.get("learning_rate", {}) if ocfg else {}
+        what = f"a {sched.get('class_name')} schedule" if isinstance(sched, dict) and sched else "a schedule"
+        warnings.append(f"learning rate is {what} (not stored as a value): lr unknown")
+    defaulted = [k for k, s in sources.items() if s == "default"]
+    if defaulted:
+        warnings.append(
+            f"{', '.join(defaulted)} not stored in a .weights.h5 file: Keras defaults assumed "
+            "(β1=0.9, β2=0.999, eps=1e-7); the .keras file has the real ones"
+        )
+    wd = float(ocfg.get("weight_decay") or 0.0) if ocfg else 0.0
+
+    # Names: config.json's layers matched to the slot shapes (unique ordered match only).
+    slot_shapes = [shapes[k] for k in lay["m"]]
+    names: list[str | None] = [None] * n
+    params: list[str | None] = [None] * n
+    mapping = "labels"
+    if config is not None:
+        mv = _model_vars(f, config)
+        if mv is None:
+            warnings.append("config.json's layers do not match the weight file's groups: tensors labelled by index")
+        else:
+            cnt, pick = count_embeddings(slot_shapes, [tuple(f[p].shape) for _, p in mv])
+            if cnt == 1 and pick is not None:
+                names = [mv[j][0] for j in pick]
+                params = [mv[j][1] for j in pick]
+                mapping = "config-shapes"
+            else:
+                why = "no" if cnt == 0 else "more than one"
+                warnings.append(
+                    f"{why} way to match the optimizer's slots to the model's variables by shape: labelled by index"
+                )
+    entries = [
+        _Entry(
+            group=0,
+            index=i,
+            pos=i,
+            name=names[i] or f"trainable_variable_{i}",
+            shape=slot_shapes[i],
+            hyper={
+                "lr": math.nan if lr is None else lr,
+                "beta1": hyper["beta1"],
+                "beta2": hyper["beta2"],
+                "eps": hyper["eps"],
+                "weight_decay": wd,
+                "amsgrad": lay["amsgrad"],
+                "decoupled_weight_decay": cls == "AdamW" if cls else None,
+                "sources": sources,
+                "bias": None,
+            },
+        )
+        for i in range(n)
+    ]
+    ck = OptimizerCheckpoint(
+        path=str(path),
+        step=step,
+        layout="keras",
+        optimizer=cls or "Adam",
+        convention="tf",
+        name_mapping=mapping,
+        warnings=warnings,
+        entries=entries,
+    )
+
+    def read(k: int):
+        return _torch(np.array(ov[keys[k]]))
+
+    def state(e) -> dict[str, Any]:
+        i = e.index
+        st = {"exp_avg": read(lay["m"][i]), "exp_avg_sq": read(lay["v"][i]), "step": step}
+        if lay["amsgrad"]:
+            st["max_exp_avg_sq"] = read(lay["vhat"][i])
+        return st
+
+    by_name = {names[i]: params[i] for i in range(n) if names[i] and params[i]}
+    ck._fetch_state = state
+    ck._fetch_param = lambda name: _torch(np.array(f[by_name[name]])) if name in by_name else None
+    return ck
