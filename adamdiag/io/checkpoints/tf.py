@@ -361,7 +361,7 @@ def find_foreign(root: Path) -> list[Path] | None:
         latest, _, _ = checkpoint_state(root)
         if latest is None:
             raise InputError(f"{root}: names no checkpoint that exists here (model_checkpoint_path)")
-        return [latest]
+        return [root]  # opened as the file (open_foreign resolves it again, keeping its notes)
     if is_keras_file(root):
         return [root]
     if not root.is_dir():

@@ -1,0 +1,211 @@
+"""TensorFlow / Keras checkpoints read without TensorFlow, checked against what TensorFlow itself read.
+
+The fixtures under tests/fixtures/tf were written by TF 2.21 / Keras 3.15
+(tools/runlab/make_tf_fixtures.py); expected.json holds float64 numpy statistics of the tensors as
+``tf.train.load_checkpoint`` / h5py returned them. Quantiles: adamdiag reports order statistics
+(element round(q·(n-1)) of the sorted values) = numpy's ``method='nearest'``, recorded as
+``sqrt_v_q_nearest`` (of the un-corrected √v; √v̂ = √v/√(1-β2^t)). The default-``linear`` ones are
+recorded too (``sqrt_v_q_linear``) and must bracket ours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "tf"
+EXPECTED = json.loads((FIX / "expected.json").read_text())
+runner = CliRunner()
+REL = 1e-6
+
+
+def inspect_json(*paths: Path | str) -> dict:
+    res = runner.invoke(app, ["inspect", *map(str, paths), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=REL, abs_tol=0.0)
+
+
+def check(ck: dict, exp: dict, names: list[str], *, bc2: float | None = None, amsgrad: bool = False) -> None:
+    """One inspected checkpoint against its expected record (tensors in the expected order)."""
+    assert ck["convention"] == "tf"
+    assert ck["step"] == exp["step"]
+    by_name = {t["name"]: t for t in ck["tensors"]}
+    assert sorted(by_name) == sorted(names)
+    hyp = exp["hyper"]
+    beta2 = hyp["beta2"]
+    if bc2 is None:
+        bc2 = 1.0 - beta2 ** exp["step"]
+    for name, e in zip(names, exp["tensors"]):
+        t = by_name[name]
+        assert t["shape"] == e["shape"] and t["numel"] == e["numel"]
+        assert t["step"] == exp["step"]
+        plain = e.get("v_plain", e) if amsgrad else e  # v_mean/v_max are of v; quantiles of the denominator
+        assert close(t["v_mean"], plain["v_mean"]), (name, t["v_mean"], plain["v_mean"])
+        assert close(t["v_max"], plain["v_max"])
+        assert close(t["m_abs_mean"], e["m_abs_mean"])
+        for q, val in e["sqrt_v_q_nearest"].items():
+            assert close(t["sqrt_vhat_q"][q], val / math.sqrt(bc2)), (name, q)
+            lin = e["sqrt_v_q_linear"]
+            assert min(lin[q], val) <= val <= max(lin[q], val)
+        for k in ("beta2", "eps", "beta1"):
+            assert close(t[k], hyp[k]), (k, t[k], hyp[k])
+        if hyp.get("lr") is not None:
+            assert close(t["lr"], hyp["lr"])
+        else:
+            assert t["lr"] is None and t["lr_source"] == "unknown"
+
+
+def test_tf1_saver_prefix_files_checkpoint_file_and_directory():
+    exp = EXPECTED["tf1"]
+    for ckpt in ("model.ckpt-30", "model.ckpt-60"):
+        e = exp[ckpt]
+        names = [t["name"] for t in e["tensors"]]
+        for form in ("", ".index", ".meta", ".data-00000-of-00001"):
+            data = inspect_json(FIX / "tf1" / (ckpt + form))
+            (ck,) = data["checkpoints"]
+            check(ck, e, names)
+            assert ck["layout"] == "tf1" and ck["name_mapping"] == "graph"
+            assert all(t[f"{k}_source"] == "file" for t in ck["tensors"] for k in ("lr", "beta1", "beta2", "eps"))
+    # the checkpoint file (stale absolute paths from the machine that wrote it) names the latest
+    data = inspect_json(FIX / "tf1" / "checkpoint")
+    (ck,) = data["checkpoints"]
+    assert ck["path"].endswith("model.ckpt-60")
+    assert any("stale" in w for w in ck["warnings"])
+    # the directory: both, sorted by step, with the decay-ratio pair
+    data = inspect_json(FIX / "tf1")
+    assert [c["step"] for c in data["checkpoints"]] == [30, 60]
+    assert len(data["pairs"]) == 1 and data["pairs"][0]["to_step"] == 60
+
+
+def test_tf1_beta2_power_zero_step_from_suffix_and_no_bias_correction():
+    e = EXPECTED["tf1_b2p0"]["model.ckpt-40"]
+    assert e["beta2_power"] == 0.0
+    (ck,) = inspect_json(FIX / "tf1_b2p0" / "model.ckpt-40")["checkpoints"]
+    check(ck, e, [t["name"] for t in e["tensors"]], bc2=1.0)
+    assert any("beta2_power is 0" in w and "bias correction is 1" in w for w in ck["warnings"])
+
+
+def test_tf1_without_meta_hyperparameters_unknown(tmp_path):
+    for f in (FIX / "tf1").glob("model.ckpt-60.*"):
+        if not f.name.endswith(".meta"):
+            shutil.copy(f, tmp_path / f.name)
+    (ck,) = inspect_json(tmp_path / "model.ckpt-60")["checkpoints"]
+    assert ck["name_mapping"] == "slot-names" and ck["step"] == 60  # step from the -N suffix
+    t = ck["tensors"][0]
+    assert t["eps"] is None and t["eps_source"] == "unknown" and t["sqrt_vhat_q"]["p50"] is None
+    e = {x["name"]: x for x in EXPECTED["tf1"]["model.ckpt-60"]["tensors"]}[t["name"]]
+    assert close(t["v_mean"], e["v_mean"]) and close(t["m_abs_mean"], e["m_abs_mean"])
+
+
+def test_tf2_object_based_keras3():
+    e = EXPECTED["tf2"]["ckpt-1"]
+    names = [t["name"] for t in e["tensors"]]  # Keras variable paths, from the object graph
+    for form in ("ckpt-1", "ckpt-1.index", "checkpoint"):
+        (ck,) = inspect_json(FIX / "tf2" / form)["checkpoints"]
+        check(ck, e, names)
+        assert ck["name_mapping"] == "object-graph"
+        assert ck["tensors"][0]["eps_source"] == "default" and ck["tensors"][0]["lr_source"] == "file"
+
+
+@pytest.mark.parametrize("variant", ["plain", "schedule", "amsgrad"])
+def test_keras_files(variant):
+    e = EXPECTED["keras"][variant]
+    amsgrad = e["hyper"]["amsgrad"]
+    # .keras: names from config.json (layer name / variable), hyperparameters from the config
+    (ck,) = inspect_json(FIX / "keras" / f"{variant}.keras")["checkpoints"]
+    names = [t["name"].split("/", 1)[1] for t in e["tensors"]]  # Keras paths carry the model's name
+    check(ck, e, names, amsgrad=amsgrad)
+    assert ck["name_mapping"] == "config-shapes"
+    assert all(t["eps_source"] == "file" for t in ck["tensors"])
+    # .weights.h5: no config: stable labels, Keras' defaults flagged (eps 1e-7, not 1e-8)
+    (ck,) = inspect_json(FIX / "keras" / f"{variant}.weights.h5")["checkpoints"]
+    assert [t["name"] for t in ck["tensors"]] == [f"trainable_variable_{i}" for i in range(len(names))]
+    assert all(t["eps"] == 1e-7 and t["eps_source"] == "default" for t in ck["tensors"])
+    if e["hyper"]["eps"] == 1e-7 and e["hyper"]["beta2"] == 0.999:
+        check(ck, e, [f"trainable_variable_{i}" for i in range(len(names))], amsgrad=amsgrad)
+
+
+def test_scan_style_discovery_finds_every_tf_layout():
+    from adamdiag.io.checkpoints import find_checkpoints
+
+    found = {p.relative_to(FIX).as_posix() for p in find_checkpoints(FIX)}
+    assert {"tf1/model.ckpt-30", "tf1/model.ckpt-60", "tf1_b2p0/model.ckpt-40", "tf2/ckpt-1"} <= found
+    assert {f"keras/{v}.{s}" for v in ("plain", "schedule", "amsgrad") for s in ("keras", "weights.h5")} <= found
+
+
+def _one_line_exit_2(*args: str) -> str:
+    res = runner.invoke(app, ["inspect", *args])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "enforce fail" not in err, err
+    return err
+
+
+def test_crc_mismatch_detected(tmp_path):
+    for f in (FIX / "tf1").glob("model.ckpt-60.*"):
+        shutil.copy(f, tmp_path / f.name)
+    data = tmp_path / "model.ckpt-60.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit, inside some tensor
+    data.write_bytes(bytes(raw))
+    assert "crc32c" in _one_line_exit_2(str(tmp_path / "model.ckpt-60"))
+    before = data.read_bytes()
+    assert before == bytes(raw)  # the input is not modified
+
+
+def test_bad_and_ambiguous_inputs(tmp_path):
+    # a damaged index
+    for f in (FIX / "tf1").glob("model.ckpt-30.*"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "model.ckpt-30.index").write_bytes(b"\0" * 100)
+    assert "not a readable TensorFlow checkpoint index" in _one_line_exit_2(str(tmp_path / "model.ckpt-30"))
+    # a zip that is no .keras (used to leak torch's C++ message)
+    bad = tmp_path / "epoch020.keras"
+    bad.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    assert "not a Keras 3 .keras file" in _one_line_exit_2(str(bad))
+    # a checkpoint file naming nothing that exists
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "checkpoint").write_text('model_checkpoint_path: "/nowhere/model.ckpt-1"\n')
+    assert "names no checkpoint" in _one_line_exit_2(str(tmp_path / "sub" / "checkpoint"))
+
+
+def test_keras_layout_ambiguous_without_config_is_refused(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+
+    # iterations, lr, then 6 tensors of one shape: 3 (m, v) pairs, or 2 variables × (m, v, v̂ amsgrad),
+    # or 1 variable with accumulator + EMA + (m, v) ... — different pairings: refuse, never guess.
+    f = tmp_path / "same.weights.h5"
+    with h5py.File(f, "w") as h:
+        g = h.create_group("optimizer/vars")
+        g["0"] = np.array(5, np.int64)
+        g["1"] = np.array(0.01, np.float32)
+        for k in range(2, 8):
+            g[str(k)] = np.ones(3, np.float32)
+    assert "refusing to guess" in _one_line_exit_2(str(f))
+
+
+def test_layouts_and_subsequence_matching_units():
+    from adamdiag.io.checkpoints.keras import count_embeddings, layouts
+
+    i, f = "int64", "float32"
+    a, b = (3, 25), (25,)
+    # plain (iterations, lr, m0 v0 m1 v1), schedule (no lr), amsgrad (+ v̂0 v̂1)
+    assert [(x["header"], x["amsgrad"]) for x in layouts([(), (), a, a, b, b], [i, f, f, f, f, f])] == [(2, False)]
+    assert [x["m"] for x in layouts([(), a, a, b, b], [i, f, f, f, f])] == [[1, 3]]
+    ams = layouts([(), (), a, a, b, b, a, b], [i, f, f, f, f, f, f, f])
+    assert [(x["amsgrad"], x["vhat"]) for x in ams] == [(True, [6, 7])]
+    # trainables among all model variables (BatchNorm's moving stats are not trainable)
+    assert count_embeddings([b, b], [b, b, b, b]) == (2, [0, 1])  # ambiguous
+    assert count_embeddings([a, b], [a, b, (4,)]) == (1, [0, 1])
