@@ -1,0 +1,273 @@
+"""Per-tensor Adam statistics from the live optimizer state, in a few cache-sized passes.
+
+Everything here runs on the device that holds the state and produces, per tensor, one row of
+:data:`ROW` numbers (sums and counts, so rows of shards and of tensors can simply be added —
+the same property an all-reduce needs). The caller stacks the rows and moves them to the host
+once per logging step.
+
+The √v̂ histogram has :data:`NBINS` log-spaced bins over [:data:`HIST_LO`, :data:`HIST_HI`]
+(1e-12 … 1e2); values outside are counted in the first/last bin. A quantile read from it
+(:func:`hist_quantile`) lies within one bin width — a factor ``10**(14/64) ≈ 1.655`` — of the
+exact quantile of the same elements whenever that quantile lies inside the range.
+
+>>> h = np.zeros(NBINS); h[31] = 10  # all elements in bin 31: [10**-5.22, 10**-5.0)
+>>> f"{hist_quantile(h, 0.5):.3g}"  # the bin's log-centre
+'7.77e-06'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+NBINS = 64
+HIST_LO = -12.0  # log10 of the lower edge of the √v̂ histogram
+HIST_HI = 2.0  # log10 of the upper edge
+BIN_WIDTH_LOG10 = (HIST_HI - HIST_LO) / NBINS
+#: Tolerance of a histogram quantile against the exact one: a factor of one bin width.
+QUANTILE_FACTOR = 10.0**BIN_WIDTH_LOG10
+
+# Columns of one tensor's row; the histogram follows them.
+SUM_G2, SUM_V, SUM_VHAT_DEN, CNT_EPS, CNT_10EPS, SUM_UPD, STEP, NUMEL = range(8)
+NSCALAR = 8
+ROW = NSCALAR + NBINS
+
+# Elements per pass: small enough that the scratch buffers stay in cache on a CPU (fresh 40 MB
+# temporaries per op cost more in page faults than the arithmetic), large enough on a GPU that the
+# kernel launches do not dominate.
+CPU_CHUNK = 1 << 18
+GPU_CHUNK = 1 << 24
+# Tensors below this size are packed together and reduced per segment (index_add/bincount): the
+# per-op overhead (~5-10 µs on a CPU) of ~20 ops per tensor would otherwise dominate small models.
+SMALL = 1 << 16
+PACK = 1 << 20
+
+
+class _Scratch:
+    """Reusable buffers of one device (allocated once, reused every logging step)."""
+
+    def __init__(self, torch: Any, device: Any, chunk: int) -> None:
+        f = {"device": device, "dtype": torch.float32}
+        self.chunk = chunk
+        self.g = torch.empty(chunk, **f)
+        self.v = torch.empty(chunk, **f)
+        self.a = torch.empty(chunk, **f)
+        self.b = torch.empty(chunk, **f)
+        self.idx = torch.empty(chunk, device=device, dtype=torch.int64)
+        self.mask = torch.empty(chunk, device=device, dtype=torch.bool)
+
+
+class StatsEngine:
+    """Computes the rows; holds the scratch buffers per device.
+
+    >>> import torch
+    >>> p = torch.nn.Parameter(torch.ones(4)); opt = torch.optim.Adam([p])
+    >>> p.grad = torch.full((4,), 0.5); opt.step()
+    >>> row = StatsEngine().tensor_row(p, opt.state[p], opt.param_groups[0]).tolist()
+    >>> row[SUM_G2], row[NUMEL]
+    (1.0, 4.0)
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self._scratch: dict[Any, _Scratch] = {}
+        self._layout: dict[Any, Any] = {}
+
+    def scratch(self, device: Any) -> _Scratch:
+        s = self._scratch.get(device)
+        if s is None:
+            chunk = CPU_CHUNK if device.type == "cpu" else GPU_CHUNK
+            s = self._scratch[device] = _Scratch(self.torch, device, chunk)
+        return s
+
+    def rows(self, items: list[tuple[Any, dict[str, Any], dict[str, Any], bool]]) -> list[Any]:
+        """One row per ``(param, state, group, decoupled)``, in order (a list of 1-D float64 tensors)."""
+        out: list[Any] = [None] * len(items)
+        packs: dict[Any, list[int]] = {}
+        for i, (p, st, group, dec) in enumerate(items):
+            v = st["exp_avg_sq"]
+            if v.numel() < SMALL and not hasattr(v, "to_local"):
+                packs.setdefault(v.device, []).append(i)
+            else:
+                out[i] = self.tensor_row(p, st, group, dec)
+        for idx in packs.values():
+            lo = 0
+            while lo < len(idx):  # packs of at most PACK elements
+                hi, n = lo, 0
+                while hi < len(idx) and (hi == lo or n + items[idx[hi]][1]["exp_avg_sq"].numel() <= PACK):
+                    n += items[idx[hi]][1]["exp_avg_sq"].numel()
+                    hi += 1
+                sel = idx[lo:hi]
+                for j, row in zip(sel, self.pack_rows([items[k] for k in sel])):
+                    out[j] = row
+                lo = hi
+        return out
+
+    def pack_rows(self, items: list[tuple[Any, dict[str, Any], dict[str, Any], bool]]) -> Any:
+        """Rows of many small tensors from one pass over their concatenation (segment reductions)."""
+        torch = self.torch
+        dev = items[0][1]["exp_avg_sq"].device
+        numels = [st["exp_avg_sq"].numel() for _, st, _, _ in items]
+        b2 = [float(g["betas"][1]) for _, _, g, _ in items]
+        eps = [float(g["eps"]) for _, _, g, _ in items]
+        key = (dev, tuple(numels), tuple(b2), tuple(eps))
+        cached = self._layout.get(key)
+        if cached is None:
+            if len(self._layout) > 64:
+                self._layout.clear()
+            t = len(items)
+            seg = torch.repeat_interleave(torch.arange(t, device=dev), torch.tensor(numels, device=dev))
+            cached = self._layout[key] = (
+                seg,
+                seg * NBINS,
+                torch.tensor(b2, dtype=torch.float64, device=dev).log(),
+                torch.tensor(eps, dtype=torch.float64, device=dev) ** 2,
+                torch.tensor(numels, dtype=torch.float64, device=dev),
+            )
+        seg, seg64, logb2, eps2, nume = cached
+        t = len(items)
+        gs, vs, ds, steps = [], [], [], []
+        for p, st, group, dec in items:
+            g = p.grad
+            wd = float(group.get("weight_decay", 0.0) or 0.0)
+            if wd != 0.0 and not (dec or bool(group.get("decoupled_weight_decay", False))):
+                g = g.float() + wd * p.detach().float()
+            gs.append(g.reshape(-1))
+            vs.append(st["exp_avg_sq"].reshape(-1))
+            ds.append((st["max_exp_avg_sq"] if group.get("amsgrad") else st["exp_avg_sq"]).reshape(-1))
+            s = st["step"]
+            steps.append(s.reshape(1).to(device=dev, dtype=torch.float64) if torch.is_tensor(s) else float(s))
+        if all(torch.is_tensor(s) for s in steps):
+            step = torch.cat(steps)
+        else:
+            step = torch.tensor([float(s) for s in steps], dtype=torch.float64, device=dev)
+        g = torch.cat(gs).float()
+        v = torch.cat(vs).float()
+        d = torch.cat(ds).float() if any(group.get("amsgrad") for _, _, group, _ in items) else v
+        bc = -torch.expm1(step * logb2)  # (T,) 1 - β2^t
+        thr1 = (bc * eps2).float()
+        thr1_e = thr1[seg]
+        z = torch.zeros(t, dtype=torch.float64, device=dev)
+        g2 = g * g
+        sum_g2 = z.index_add(0, seg, g2.double())
+        sum_v = z.index_add(0, seg, v.double())
+        sum_d = z.index_add(0, seg, d.double()) if d is not v else sum_v
+        c1 = z.index_add(0, seg, (d < thr1_e).double())
+        c2 = z.index_add(0, seg, (d < 100.0 * thr1_e).double())
+        upd = z.index_add(0, seg, (g2 / torch.maximum(d, thr1_e)).double()) * bc
+        a_coef = 0.5 * math.log10(2.0) / BIN_WIDTH_LOG10
+        b_seg = ((-0.5 * math.log10(2.0) / math.log(2.0)) * torch.log(bc) - HIST_LO) / BIN_WIDTH_LOG10
+        b = torch.log2(d).mul_(a_coef).add_(b_seg.float()[seg])
+        b = b.nan_to_num_(nan=0.0, posinf=NBINS - 1.0, neginf=0.0).clamp_(0.0, NBINS - 1.0)
+        hist = torch.bincount(seg64 + b.to(torch.int64), minlength=t * NBINS).reshape(t, NBINS)
+        cols = torch.stack([sum_g2, sum_v, sum_d, c1, c2, upd, step, nume], 1)
+        return torch.cat([cols, hist.double()], 1).unbind(0)
+
+    def tensor_row(self, p: Any, state: dict[str, Any], group: dict[str, Any], decoupled: bool = False) -> Any:
+        """One row (float64 tensor on the state's device) for parameter ``p`` after a step.
+
+        g² is the gradient Adam squared: ``p.grad`` plus ``weight_decay·p`` for Adam's L2 decay
+        (taken with the post-step p: off by lr·wd·update, i.e. relative O(lr·wd)). With amsgrad, v̂
+        of g2/vhat/r is from ``exp_avg_sq`` (the EMA whose decay is the collapse), while the eps
+        fractions, histogram and update RMS use ``max_exp_avg_sq`` (the denominator Adam divides by).
+        """
+        torch = self.torch
+        v_full = _local(state["exp_avg_sq"])
+        den_full = _local(state["max_exp_avg_sq"]) if group.get("amsgrad") else v_full
+        g_full = _local(p.grad)
+        step = state["step"]
+        step_t = step if torch.is_tensor(step) else torch.tensor(float(step))
+        step_t = step_t.to(device=v_full.device, dtype=torch.float64)
+        beta2 = float(group["betas"][1])
+        eps = float(group["eps"])
+        wd = float(group.get("weight_decay", 0.0) or 0.0)
+        l2 = wd != 0.0 and not (decoupled or bool(group.get("decoupled_weight_decay", False)))
+        p_full = _local(p.detach()) if l2 else None
+
+        # √v̂ < x  ⇔  v < x²·(1-β2^t): compare v itself (no sqrt, no division per element).
+        bc = -torch.expm1(step_t * math.log(beta2))  # 1 - β2^t, exact for small t
+        bc32 = bc.to(torch.float32)
+        thr1 = bc32 * (eps * eps)
+        thr2 = bc32 * (100.0 * eps * eps)
+        # bin(√v̂) = floor(A·log2 v + B): log10 √v̂ = (log2 v − log2 bc)·log10(2)/2.
+        a_coef = 0.5 * math.log10(2.0) / BIN_WIDTH_LOG10
+        b_coef = ((-0.5 * math.log10(2.0)) * torch.log2(bc32) - HIST_LO) / BIN_WIDTH_LOG10
+
+        s = self.scratch(v_full.device)
+        n = v_full.numel()
+        v1, d1, g1 = v_full.reshape(-1), den_full.reshape(-1), g_full.reshape(-1)
+        p1 = p_full.reshape(-1) if p_full is not None else None
+        parts: list[Any] = []  # per chunk: stacked sums
+        hist = torch.zeros(NBINS, device=v_full.device, dtype=torch.int64)
+        for lo in range(0, n, s.chunk):
+            hi = min(n, lo + s.chunk)
+            k = hi - lo
+            g, v, a, b, idx, mask = s.g[:k], s.v[:k], s.a[:k], s.b[:k], s.idx[:k], s.mask[:k]
+            if p1 is not None:
+                torch.add(g1[lo:hi].float(), p1[lo:hi].float(), alpha=wd, out=g)
+            else:
+                g.copy_(g1[lo:hi])
+            v.copy_(v1[lo:hi])
+            den = v if d1 is v1 else a.copy_(d1[lo:hi])
+            sum_g2 = torch.dot(g, g)
+            sum_v = v.sum()
+            sum_den = den.sum() if d1 is not v1 else sum_v
+            torch.lt(den, thr1, out=mask)
+            c1 = mask.sum()
+            torch.lt(den, thr2, out=mask)
+            c2 = mask.sum()
+            # Σ g²/max(v, eps²·bc) = ‖g·rsqrt(max(v, eps²·bc))‖²; times bc gives Σ g²/max(v̂, eps²).
+            torch.clamp(den, min=thr1, out=b)
+            b.rsqrt_().mul_(g)
+            sum_upd = torch.dot(b, b)
+            torch.log2(den, out=b)
+            b.mul_(a_coef).add_(b_coef).nan_to_num_(nan=0.0, posinf=NBINS - 1.0, neginf=0.0).clamp_(0.0, NBINS - 1.0)
+            idx.copy_(b)  # float → int64 truncates: floor for the non-negative values left
+            hist += torch.bincount(idx, minlength=NBINS)
+            parts.append(torch.stack([sum_g2, sum_v, sum_den, c1.float(), c2.float(), sum_upd]).double())
+        if parts:
+            tot = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+        else:
+            tot = torch.zeros(6, device=v_full.device, dtype=torch.float64)
+        tot = torch.cat([tot[:5], (tot[5] * bc).reshape(1)])
+        return torch.cat(
+            [
+                tot,
+                step_t.reshape(1),
+                torch.tensor([float(n)], device=v_full.device, dtype=torch.float64),
+                hist.double(),
+            ]
+        )
+
+
+def _local(t: Any) -> Any:
+    """The local shard of a DTensor (FSDP2), else the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def hist_quantile(hist: np.ndarray, q: float) -> float:
+    """The q-quantile of √v̂ from a histogram, log-linearly interpolated inside its bin.
+
+    Within one bin width (:data:`QUANTILE_FACTOR`) of the exact quantile when that lies in
+    [1e-12, 1e2]; NaN for an empty histogram.
+
+    >>> h = np.zeros(NBINS); h[0] = 1; h[-1] = 1
+    >>> f"{hist_quantile(h, 0.0):.4g}", f"{hist_quantile(h, 1.0):.4g}"
+    ('1e-12', '100')
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    total = h.sum()
+    if not total > 0:
+        return float("nan")
+    target = max(q * total, 1e-9)  # q=0: the lower edge of the first non-empty bin
+    cum = np.cumsum(h)
+    k = int(np.searchsorted(cum, target, side="left"))
+    k = min(max(k, 0), NBINS - 1)
+    before = cum[k - 1] if k > 0 else 0.0
+    frac = (target - before) / h[k] if h[k] > 0 else 0.5
+    return float(10.0 ** (HIST_LO + BIN_WIDTH_LOG10 * (k + min(max(frac, 0.0), 1.0))))
