@@ -1,0 +1,191 @@
+"""Keras' ``batch_*`` scalars are running means since the start of the epoch; per-batch values back.
+
+Keras' TensorBoard callback (``update_freq=N``) writes ``batch_loss`` at every N-th global batch s,
+but the value is the metric's running mean a_k over the k batches of the *current epoch* so far,
+not the batch's own loss. A 13× jump of one batch's loss shows as a small bump, and every epoch
+start resets the mean (which a spike detector then reads as a drop and a recovery). With the
+epoch's first global step E (so k = s − E), k·a_k is the epoch's running *sum* S_k, hence
+
+* ``update_freq=1``: l_k = k·a_k − (k−1)·a_{k−1}  (the k-th batch's loss);
+* logging every N batches: (k_j·a_j − k_{j−1}·a_{j−1}) / (k_j − k_{j−1}), the mean loss of the batches
+  since the previous logged point (k_{j−1} = 0 at the first logged point of an epoch).
+
+Epoch boundaries, in order of preference: (1) the ``epoch_*`` values (one per finished epoch) are
+the running mean at each epoch's last batch, so a logged point equal to one (as float32) is that
+epoch's end; (2) a constant number of batches per epoch B = last step / epochs; (3) S is
+non-decreasing within an epoch (losses ≥ 0), so a drop of (s − E)·a below the previous S marks a
+new epoch. Each is accepted only when it makes S non-decreasing in every epoch and its count agrees
+with the number of epoch values. Values are float32 (and so is Keras' running total), so each reconstructed value has
+a rounding bound ~ ε32·(S_j + S_{j−1})/(k_j − k_{j−1}); a value negative beyond 4× that bound means
+the series is not a running mean (or the boundaries are wrong): the raw series is kept, and
+``reason`` says why.
+
+Pure numpy: no I/O, no printing (the diagnosis decides what to do and says so: rule AD603).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff of float32 (2^-24)
+ROUNDING_FACTOR = 4.0  # reconstructed values may be this many rounding bounds below 0 (still noise)
+
+
+@dataclass
+class RunningMeanReconstruction:
+    """What :func:`reconstruct_running_mean` returns.
+
+    ``values[j]`` is the mean loss of the ``span[j]`` batches ending at global step ``steps[j]``
+    (1 batch each with ``update_freq=1``) when ``reconstructed``; otherwise the raw input values.
+    ``epoch_starts``: global step E before each epoch's first batch (0 for the first epoch).
+    ``bound[j]``: float32 rounding bound of ``values[j]`` (absolute). ``reason``: how the epoch
+    boundaries were found, or why the raw series was kept.
+    """
+
+    steps: np.ndarray
+    values: np.ndarray
+    span: np.ndarray
+    epoch_starts: np.ndarray
+    bound: np.ndarray
+    reconstructed: bool
+    reason: str
+    notes: list[str] = field(default_factory=list)
+
+
+def is_running_mean_tag(tag: str, tags: set[str] | list[str]) -> bool:
+    """``batch_<name>`` with an ``epoch_<name>`` beside it: Keras' TensorBoard callback naming
+    (tf.keras and Keras 3; under a ``train/`` run directory)."""
+    base = tag.rsplit("/", 1)[-1]
+    if not base.startswith("batch_"):
+        return False
+    prefix = tag[: len(tag) - len(base)]
+    return f"{prefix}epoch_{base[len('batch_') :]}" in set(tags)
+
+
+def _sums(steps: np.ndarray, a: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, S = k·a) of every logged point, k counted from its epoch's start."""
+    idx = np.searchsorted(starts, steps, side="left") - 1  # epoch j: starts[j] < s ≤ starts[j+1]
+    k = steps - starts[np.clip(idx, 0, len(starts) - 1)]
+    return k, k * a
+
+
+def _consistent(steps: np.ndarray, a: np.ndarray, starts: np.ndarray) -> bool:
+    """S non-decreasing inside every epoch (up to float32 rounding), k ≥ 1 everywhere."""
+    k, s = _sums(steps, a, starts)
+    if np.any(k < 1):
+        return False
+    epoch = np.searchsorted(starts, steps, side="left")
+    same = epoch[1:] == epoch[:-1]
+    tol = ROUNDING_FACTOR * EPS32 * (np.abs(s[1:]) + np.abs(s[:-1]))
+    return bool(np.all(s[1:][same] >= s[:-1][same] - tol[same]))
+
+
+def _boundaries_from_drops(steps: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Epoch starts found where (s − E)·a drops below the previous running sum."""
+    starts = [0]
+    prev_s = None
+    for j in range(len(steps)):
+        s_j = (steps[j] - starts[-1]) * a[j]
+        if prev_s is not None and s_j < prev_s - ROUNDING_FACTOR * EPS32 * (abs(s_j) + abs(prev_s)):
+            starts.append(int(steps[j - 1]))  # the new epoch began after the previous logged point
+            s_j = (steps[j] - starts[-1]) * a[j]
+        prev_s = s_j
+    return np.asarray(starts, np.int64)
+
+
+def _boundaries_from_epoch_values(steps: np.ndarray, a: np.ndarray, epoch_values: np.ndarray) -> np.ndarray | None:
+    """Epoch starts where a logged running mean equals the next epoch value (as float32); None when
+    an epoch's end was not logged (then its value matches nothing)."""
+    ends = []
+    j = 0
+    a32 = a.astype(np.float32)
+    for v in epoch_values.astype(np.float32):
+        hit = np.flatnonzero(a32[j:] == v)
+        if not len(hit):
+            return None
+        j += int(hit[0])
+        ends.append(int(steps[j]))
+        j += 1
+    return np.asarray(ends, np.int64)
+
+
+def reconstruct_running_mean(
+    steps: np.ndarray | list[int],
+    values: np.ndarray | list[float],
+    *,
+    n_epochs: int | None = None,
+    epoch_values: np.ndarray | list[float] | None = None,
+    first_step: int = 1,
+) -> RunningMeanReconstruction:
+    """Per-batch (or per-logging-interval) losses from Keras' per-epoch running means.
+
+    ``steps``: the global batch steps the values were logged at (Keras 3: 1-based, s = optimizer
+    iterations after the batch); ``values``: the logged running means; ``n_epochs``: the number of
+    ``epoch_*`` values of the same run (finished epochs), used to check the boundaries (None: not
+    checked — said in ``notes``); ``epoch_values``: those values in epoch order (they locate epoch
+    ends exactly; implies ``n_epochs``); ``first_step``: the global step of the run's first batch (a log
+    that starts later, e.g. after a restart, is not reconstructed: its first epoch's start is unknown).
+    """
+    st = np.asarray(steps, np.int64)
+    a = np.asarray(values, np.float64)
+    raw = RunningMeanReconstruction(
+        st, a.copy(), np.ones(len(st), np.int64), np.zeros(1, np.int64), np.zeros(len(st)), False, ""
+    )
+    if len(st) < 2 or np.any(np.diff(st) <= 0) or not np.all(np.isfinite(a)):
+        raw.reason = "needs ≥ 2 finite values at increasing steps"
+        return raw
+    if st[0] > first_step - 1 + max(int(np.min(np.diff(st))), 1):
+        raw.reason = f"the log starts at step {st[0]}, not at the run's start: the first epoch's start is unknown"
+        return raw
+    notes: list[str] = []
+    e0 = first_step - 1
+    starts = _boundaries_from_drops(st - e0, a) + e0
+    how = "epoch starts from the drops of k·a_k"
+    if epoch_values is not None:
+        ev = np.asarray(epoch_values, np.float64)
+        n_epochs = len(ev)
+        ends = _boundaries_from_epoch_values(st, a, ev)
+        if ends is not None:
+            trial = np.r_[e0, ends[ends < st[-1]]].astype(np.int64)
+            if _consistent(st, a, trial):
+                starts, how = trial, "epoch ends where the running mean equals the epoch values"
+    if n_epochs is not None and how.startswith("epoch starts from the drops"):
+        # + 1: the last epoch may still be running (no epoch value yet)
+        ok_counts = (n_epochs, n_epochs + 1)
+        span = int(st[-1] - e0)
+        for n in dict.fromkeys(n for n in ok_counts if n and span % n == 0):
+            b = span // n
+            trial = e0 + b * np.arange(n, dtype=np.int64)
+            if _consistent(st, a, trial):
+                starts, how = trial, f"epoch starts every {b} batches ({n} epochs)"
+                break
+        else:
+            if len(starts) not in ok_counts or not _consistent(st, a, starts):
+                raw.reason = (
+                    f"found {len(starts)} epoch(s) from the drops of k·a_k, the log has {n_epochs} epoch value(s), "
+                    "and no constant epoch length fits: kept the raw series"
+                )
+                return raw
+    else:
+        notes.append("epoch count not checked (no epoch_* values)")
+    if not _consistent(st, a, starts):
+        raw.reason = "k·a_k decreases inside an epoch: not a running mean; kept the raw series"
+        return raw
+    k, s = _sums(st, a, starts)
+    epoch = np.searchsorted(starts, st, side="left")
+    first = np.r_[True, epoch[1:] != epoch[:-1]]
+    k_prev = np.where(first, 0, np.r_[0, k[:-1]])
+    s_prev = np.where(first, 0.0, np.r_[0.0, s[:-1]])
+    span = k - k_prev
+    vals = (s - s_prev) / span
+    bound = ROUNDING_FACTOR * EPS32 * (np.abs(s) + np.abs(s_prev)) / span
+    bad = vals < -bound
+    if np.any(bad):
+        j = int(np.argmax(bad))
+        raw.reason = (
+            f"value at step {st[j]} comes out negative ({vals[j]:.3g}) beyond float32 rounding: kept the raw series"
+        )
+        return raw
+    return RunningMeanReconstruction(st, np.maximum(vals, 0.0), span, starts, bound, True, how, notes)
