@@ -32,13 +32,16 @@ with torch/numpy passes, several times slower on large tensors. Both give the sa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used: importing this module stays cheap
+    import torch
+
     from adamdiag.io.checkpoints import TensorMoments
 
 EXACT_QUANTILE_LIMIT = 16 * 1024 * 1024
@@ -97,7 +100,7 @@ class TensorStats:
         return d
 
     @property
-    def risk_key(self) -> tuple:
+    def risk_key(self) -> tuple[float, ...]:
         """Sort key, most at risk first: non-finite values, then collapse (fraction of √v̂ < 10·eps),
         then eps-dominated (√v̂ < eps), then the size of the next update (unit-free)."""
 
@@ -164,7 +167,7 @@ def effective_eps(eps: float, bc2: float, convention: str) -> float:
     return eps
 
 
-def _flat(x):
+def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1)
 
 
@@ -357,29 +360,32 @@ def _sample_positions_cached(n: int, k: int) -> np.ndarray:
     return idx
 
 
-def _sample_indices(n: int, k: int):
+def _sample_indices(n: int, k: int) -> torch.Tensor:
     """:func:`_sample_positions` as a torch index tensor."""
     import torch
 
     return torch.from_numpy(_sample_positions(n, k).copy())
 
 
-def _gather(x_flat, positions: np.ndarray) -> np.ndarray:
+def _gather(x_flat: torch.Tensor, positions: np.ndarray) -> np.ndarray:
     """x_flat[positions] as float32 (float64 if stored so) numpy values. numpy's fancy indexing on
     the tensor's memory is ~3x torch's index for a sparse sample of a large (mmap) tensor; bf16 has
     no numpy type, so 2-byte floats are gathered as int16 and converted after."""
     import torch
 
     if x_flat.dtype in (torch.float32, torch.float64, torch.float16) and x_flat.device.type == "cpu":
-        vals = x_flat.detach().numpy()[positions]
+        vals: np.ndarray = x_flat.detach().numpy()[positions]
         return vals if vals.dtype != np.float16 else vals.astype(np.float32)
     if x_flat.dtype == torch.bfloat16 and x_flat.device.type == "cpu":
         raw = x_flat.detach().view(torch.int16).numpy()[positions]
         return torch.from_numpy(raw).view(torch.bfloat16).float().numpy()
-    return _work(x_flat[torch.from_numpy(positions.copy())]).numpy()
+    out: np.ndarray = _work(x_flat[torch.from_numpy(positions.copy())]).numpy()
+    return out
 
 
-def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: bool) -> tuple[np.ndarray, bool]:
+def _quantile_values(
+    d: torch.Tensor, others: tuple[torch.Tensor, ...], n: int, exact_limit: int, any_nonfinite: bool
+) -> tuple[np.ndarray, bool]:
     """Values of the flat tensor ``d`` for quantiles: all of them (a float32/64 numpy view or copy)
     up to ``exact_limit`` elements, else a deterministic sample; elements where ``d`` or any of
     ``others`` (same shape) is not finite are removed (only checked when ``any_nonfinite``)."""
@@ -388,7 +394,10 @@ def _quantile_values(d, others: tuple, n: int, exact_limit: int, any_nonfinite: 
     idx = None
     if n > exact_limit:
         idx = _sample_indices(n, _sample_size(n, exact_limit))
-    pick = (lambda x: x) if idx is None else (lambda x: x[idx])
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x if idx is None else x[idx]
+
     vals = pick(d)
     if vals.dtype not in (torch.float32, torch.float64):
         vals = vals.float()
@@ -411,14 +420,16 @@ class _Acc:
         self.s_min, self.s_max = math.inf, -math.inf  # of the denominator's v; √v̂ at the end
 
 
-def _work(x):
+def _work(x: torch.Tensor) -> torch.Tensor:
     """float32 (or float64 if stored so) working copy/view of a chunk: bf16/fp16 are upcast."""
     import torch
 
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float):
+def _chunk_stats(
+    acc: _Acc, m: torch.Tensor, v: torch.Tensor, d: torch.Tensor, bc2: float, eps_eff: float
+) -> tuple[torch.Tensor, float, float] | None:
     """Accumulate one chunk (≤ ``CHUNK`` elements); returns the chunk's finite denominator values
     (working precision) with their min and max, for the quantile selection, or None when it has none.
 
@@ -445,8 +456,8 @@ def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float):
     acc.n += m.numel()
     acc.sum_v += sum_v
     acc.sum_abs_m += sum_abs_m
-    lo, hi = torch.aminmax(d)  # stored values: √v̂ min/max follow exactly in float64 at the end
-    lo, hi = float(lo), float(hi)
+    lo_t, hi_t = torch.aminmax(d)  # stored values: √v̂ min/max follow exactly in float64 at the end
+    lo, hi = float(lo_t), float(hi_t)
     acc.max_v = max(acc.max_v, hi if d is v else float(v.max()))
     acc.s_min, acc.s_max = min(acc.s_min, lo), max(acc.s_max, hi)
     # √v̂ + eps = (√v + eps·√bc2)/√bc2: work on √v and put the √bc2 factor on the totals.
@@ -468,7 +479,7 @@ def _chunk_stats(acc: _Acc, m, v, d, bc2: float, eps_eff: float):
     return d, lo, hi
 
 
-def _param_sq_sum(p_flat, chunk: int) -> float:
+def _param_sq_sum(p_flat: torch.Tensor, chunk: int) -> float:
     """Σ p² over the finite elements of a flat parameter tensor, chunk by chunk."""
     import torch
 
@@ -480,13 +491,13 @@ def _param_sq_sum(p_flat, chunk: int) -> float:
     return total
 
 
-def _kernel_dtype(x) -> bool:
+def _kernel_dtype(x: torch.Tensor) -> bool:
     import torch
 
     return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _kernel_usable(m_flat, v_flat, d_flat) -> bool:
+def _kernel_usable(m_flat: torch.Tensor, v_flat: torch.Tensor, d_flat: torch.Tensor) -> bool:
     """The compiled kernel takes float32 (bf16/fp16 upcast per chunk) CPU tensors. (It takes up to 8
     brackets; tensor_stats makes at most 6: one per rank.)"""
     from adamdiag.analysis import moments_kernel
@@ -496,14 +507,22 @@ def _kernel_usable(m_flat, v_flat, d_flat) -> bool:
     )
 
 
-def _f32(x):
+def _f32(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     return x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
 
 
 def _kernel_pass(
-    acc: _Acc, select: _BracketSelect | None, m_flat, v_flat, d_flat, p_flat, bc2: float, eps_eff: float, chunk: int
+    acc: _Acc,
+    select: _BracketSelect | None,
+    m_flat: torch.Tensor,
+    v_flat: torch.Tensor,
+    d_flat: torch.Tensor | None,
+    p_flat: torch.Tensor | None,
+    bc2: float,
+    eps_eff: float,
+    chunk: int,
 ) -> float | None:
     """What the :func:`_chunk_stats` loop, :meth:`_BracketSelect.feed` and :func:`_param_sq_sum`
     compute, in one fused pass per chunk (``moments_kernel``; d_flat None: the denominator is v).
@@ -522,18 +541,23 @@ def _kernel_pass(
     for i in range(0, n, chunk):
         m, v = _f32(m_flat[i : i + chunk]), _f32(v_flat[i : i + chunk])
         d = v if d_flat is None else _f32(d_flat[i : i + chunk])
-        mk.chunk_stats(m, v, d, _f32(p_flat[i : i + chunk]) if with_p else None, params, k, kept, kept_n)
-        for j in range(params.nspan):
-            select.add_kept(j, kept[j, : kept_n[j]].copy())
+        p = _f32(p_flat[i : i + chunk]) if with_p and p_flat is not None else None
+        mk.chunk_stats(m, v, d, p, params, k, kept, kept_n)
+        if params.nspan:
+            assert select is not None  # the spans are the selection's
+            for j in range(params.nspan):
+                select.add_kept(j, kept[j, : kept_n[j]].copy())
         kept_n[:] = 0
-        if params.nspan and select.failed:  # crowded: the caller partitions everything; stop selecting
+        if (
+            params.nspan and select is not None and select.failed
+        ):  # crowded: the caller partitions everything; stop selecting
             params.nspan = 0
     acc.n, acc.nonfinite, acc.zero = k.n_finite, n - k.n_finite, k.zero
     acc.below, acc.below10 = k.below1, k.below2
     acc.sum_v, acc.sum_abs_m, acc.sum_u2 = k.sum_v, k.sum_abs_m, k.sum_u2 * bc2
     acc.max_v, acc.s_min, acc.s_max = k.max_v, k.min_d, k.max_d
     acc.max_u = -math.inf if k.max_u2 < 0 else math.sqrt(k.max_u2) * rb  # NaN stays NaN
-    if spans and not select.failed:
+    if spans and select is not None and not select.failed:
         select.set_below(list(k.lt_lo))
     return k.sum_p2 if with_p else None
 
@@ -549,8 +573,9 @@ def tensor_stats(
     """
     n = int(t.exp_avg.numel())
     bc1, bc2, notes = bias_corrections(t.step, t.beta1, t.beta2)
-    if getattr(t, "bias_correction", None) is not None:  # what the optimizer itself divided by (TF1)
-        bc1, bc2 = t.bias_correction
+    bias_correction = getattr(t, "bias_correction", None)
+    if bias_correction is not None:  # what the optimizer itself divided by (TF1)
+        bc1, bc2 = bias_correction
         notes.append(f"bias corrections from the checkpoint: 1-β1^t={bc1:.6g}, 1-β2^t={bc2:.6g}")
     eps_eff = effective_eps(t.eps, bc2, convention)
     vden = t.max_exp_avg_sq if (t.amsgrad and t.max_exp_avg_sq is not None) else t.exp_avg_sq
@@ -679,13 +704,13 @@ def decay_ratio(
     beta2 = float(b.beta2)
     decay = beta2**d
     bc2_a = 1.0 - beta2**a.step if a.step > 0 else 1.0
-    notes = []
+    notes: list[str] = []
     if a.beta2 != b.beta2:
         notes.append(f"beta2 changed ({a.beta2} → {b.beta2}); using {b.beta2}")
     n = int(a.exp_avg_sq.numel())
     va_flat, vb_flat = _flat(a.exp_avg_sq), _flat(b.exp_avg_sq)
 
-    def ratio_chunks():
+    def ratio_chunks() -> Iterator[tuple[float, float, int, torch.Tensor]]:
         """Per chunk: (sum of finite v_a, sum of finite v_b, their count, ratios where v_a > 0).
         Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite."""
         for i in range(0, n, chunk):

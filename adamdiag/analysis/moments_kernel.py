@@ -15,8 +15,12 @@ import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SPANS = 8  # brackets per call; as in the C source
 KERNEL_ABI = 1  # ADAMDIAG_KERNEL_ABI in the C source
@@ -140,7 +144,16 @@ def vector_path() -> bool:
 
 
 def chunk_stats(
-    m, v, d, p, params: Params, acc: Acc, kept: np.ndarray, kept_n: np.ndarray, *, plain: bool = False
+    m: torch.Tensor,
+    v: torch.Tensor,
+    d: torch.Tensor,
+    p: torch.Tensor | None,
+    params: Params,
+    acc: Acc,
+    kept: np.ndarray,
+    kept_n: np.ndarray,
+    *,
+    plain: bool = False,
 ) -> None:
     """Add one chunk to ``acc``. The values of ``d`` inside bracket j are appended to row j of
     ``kept`` (float32, C-contiguous, one row per bracket), after the ``kept_n[j]`` (int64) already
