@@ -23,6 +23,11 @@ def err(message: str) -> None:
     stderr_console().print(message, markup=False)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr: ``adamdiag: warning: <message>``."""
+    err(f"adamdiag: warning: {message}")
+
+
 def stderr_progress() -> Any:
     """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled when
     stderr is not a terminal. Transient: gone when done."""

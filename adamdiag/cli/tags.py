@@ -30,12 +30,22 @@ PROGRESS_MIN_BYTES = 32 << 20
 
 
 def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents]:
-    """Read all runs with a rich progress bar on stderr (for long reads) and warnings on stderr."""
+    """Read all runs with a rich progress bar on stderr (for long reads) and warnings on stderr.
+
+    A run that cannot be read, a stray 'tfevents' file or an unreadable folder is a warning; only
+    when nothing at all could be read is it an error."""
+    from adamdiag.console import warn
     from adamdiag.io.events import find_runs, read_runs, run_files
 
     found = find_runs(runs)
-    total = sum(f.stat().st_size for r in found for f in run_files(r))
+    total = 0
+    for r in found:
+        try:
+            total += sum(f.stat().st_size for f in run_files(r))
+        except (OSError, InputError):
+            pass  # read_runs reports it
     console = stderr_console()
+    problems: list = []
     if total >= PROGRESS_MIN_BYTES and console.is_terminal:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -48,16 +58,23 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
             transient=True,
         ) as bar:
             task = bar.add_task("read", total=total)
-            result = read_runs(found, check_crc=check_crc, progress=lambda done, tot: bar.update(task, completed=done))
+            result = read_runs(
+                runs,
+                check_crc=check_crc,
+                problems=problems,
+                progress=lambda done, tot: bar.update(task, completed=done),
+            )
     else:
-        result = read_runs(found, check_crc=check_crc)
+        result = read_runs(runs, check_crc=check_crc, problems=problems)
+    if not result:
+        raise InputError(problems[0].message if problems else "nothing readable")
+    for p in problems:
+        warn(p.message)
     for r in result:
         for w in r.warnings[:MAX_WARNINGS_SHOWN]:
-            console.print(f"adamdiag: warning: {w}", markup=False)
+            warn(w)
         if len(r.warnings) > MAX_WARNINGS_SHOWN:
-            console.print(
-                f"adamdiag: warning: {r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings", markup=False
-            )
+            warn(f"{r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings")
     return result
 
 
@@ -77,16 +94,21 @@ def run_tags(runs: Sequence[Path], fmt: str = "text") -> str:
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate per-run frames keeping the string columns categorical (union of categories)."""
+    """Concatenate per-run frames keeping the string columns categorical (union of categories).
+
+    Runs without rows (an hparams-only event file) are left out: their empty categories have
+    another dtype (object, not str, under pandas 3) and would make the union fail."""
     import pandas as pd
     from pandas.api.types import union_categoricals
 
-    if len(frames) == 1:
-        return frames[0]
+    nonempty = [f for f in frames if len(f)]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else frames[0]
+    frames = nonempty
     cat_cols = [c for c in frames[0].columns if isinstance(frames[0][c].dtype, pd.CategoricalDtype)]
     out = pd.concat(frames, ignore_index=True)
     for c in cat_cols:
-        out[c] = union_categoricals([f[c] for f in frames])
+        out[c] = union_categoricals([f[c].cat.rename_categories(f[c].cat.categories.astype(str)) for f in frames])
     return out
 
 

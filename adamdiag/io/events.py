@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamdiag.errors import InputError
 
@@ -67,48 +67,200 @@ class RunEvents:
 
 
 def is_event_file(path: Path) -> bool:
-    """Name test used when searching directories (TensorBoard's own rule: contains 'tfevents')."""
-    return "tfevents" in path.name and path.is_file()
+    """Name test used when searching directories (TensorBoard's own rule: contains 'tfevents'),
+    plus a sniff of the first record header for files not named like a writer's
+    (``events.out.tfevents.*``): a ``tfevents.md`` next to the logs is not an event file."""
+    return "tfevents" in path.name and path.is_file() and not_event_file(path) is None
 
 
-def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Runs under ``paths``.
+def not_event_file(path: Path) -> str | None:
+    """Why a file with 'tfevents' in its name is not read as an event file, or None if it is one.
+
+    A file named like a writer's (``events.out.tfevents.*``) is always read, so damage in it is
+    reported record by record; any other name must start with a verifying TFRecord header.
+    """
+    if path.name.startswith("events.out.tfevents"):
+        return None
+    from adamdiag.io import tfrecord
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(tfrecord.HEADER)
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    if not head:
+        return None  # an empty file: a writer that has just opened it
+    length, crc = int.from_bytes(head[:8], "little"), int.from_bytes(head[8:12], "little")
+    if len(head) < tfrecord.HEADER or tfrecord.masked_crc32c(head[:8]) != crc or length > 1 << 31:
+        return "not a TensorBoard event file (no TFRecord header)"
+    return None
+
+
+# Sibling split directories that TensorBoard users write: Keras ``logs/train`` + ``logs/validation``,
+# Estimator ``model_dir/`` + ``model_dir/eval/`` (``eval_<name>`` for named evaluations).
+TRAIN_SPLITS = frozenset({"train", "training"})
+EVAL_SPLITS = frozenset({"validation", "val", "valid", "eval", "evaluation", "test"})
+
+
+def split_of(name: str) -> str | None:
+    """``"train"`` or ``"eval"`` for a split directory name (or a tag's first component), else None."""
+    low = name.lower()
+    if low in TRAIN_SPLITS:
+        return "train"
+    if low in EVAL_SPLITS or low.startswith("eval_"):
+        return "eval"
+    return None
+
+
+def is_eval_tag(tag: str) -> bool:
+    """A tag read from an evaluation split directory (``validation/epoch_loss``, ``eval/loss``)."""
+    return "/" in tag and split_of(tag.split("/", 1)[0]) == "eval"
+
+
+class Problem(NamedTuple):
+    """Something passed over while finding or reading runs (one line for the user)."""
+
+    path: str
+    message: str
+    # "skipped": a folder or file left out (damage to report); "run": a whole run unreadable;
+    # "note": nothing lost (a link loop cut, a path given twice)
+    kind: str = "skipped"
+
+
+@dataclass
+class Discovery:
+    """The runs under some paths, and what was passed over while finding them."""
+
+    runs: list[Path]
+    # folders that could not be listed, symlink loops, stray files, overlapping arguments
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) -> list[str]:
+    """The event files among ``filenames``; stray 'tfevents' files become problems."""
+    out = []
+    for f in filenames:
+        full = os.path.join(dirpath, f)
+        if "tfevents" not in f or not os.path.isfile(full):
+            continue
+        why = not_event_file(Path(full))
+        if why is None:
+            out.append(f)
+        else:
+            problems.append(Problem(full, f"{full}: {why}; skipped"))
+    return out
+
+
+def _walk(root: Path, problems: list[Problem]) -> list[Path]:
+    """Directories under ``root`` that directly hold event files; symlinked folders are followed
+    (TensorBoard does) but each real directory is entered once, so a link loop ends."""
+    found: list[Path] = []
+    visited: set[str] = set()
+
+    def onerror(e: OSError) -> None:
+        problems.append(Problem(str(e.filename), f"cannot read directory {e.filename}: {e.strerror or e}; skipped"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # reached again through a link: its runs are already found
+            dirnames[:] = []
+            problems.append(
+                Problem(dirpath, f"{dirpath}: link to a directory already searched ({real}); skipped", "note")
+            )
+            continue
+        visited.add(real)
+        dirnames.sort()
+        if _event_names(dirpath, filenames, problems):
+            found.append(Path(dirpath))
+    return found
+
+
+def discover(paths: Sequence[Path]) -> Discovery:
+    """Runs under ``paths``, with what was skipped on the way.
 
     Each path: a directory (searched recursively; every directory that directly holds event files
-    is a run) or an event file itself. Raises :class:`InputError` for a missing path, or when no
-    event files are found under a path.
+    is a run) or an event file itself. A split directory (``train``, ``validation``, ``eval``...) found
+    below a given path belongs to its parent's run (its tags get the split as a prefix). Runs given
+    twice (a folder and one of its own files, a folder and its parent) are read once. Raises
+    :class:`InputError` for a missing path, or when no event files are found under a path.
     """
     runs: list[Path] = []
-    seen: set[Path] = set()
+    problems: list[Problem] = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
             raise InputError(f"no such file or directory: {p}")
-        found: list[Path] = []
         if p.is_file():
-            found.append(p)
-        else:
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames.sort()
-                if any("tfevents" in f and os.path.isfile(os.path.join(dirpath, f)) for f in filenames):
-                    found.append(Path(dirpath))
-            if not found:
-                raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {p}")
-        for r in found:
-            key = r.resolve()
-            if key not in seen:
-                seen.add(key)
-                runs.append(r)
-    if not runs:
-        raise InputError("no TensorBoard event files (events.out.tfevents.*) given")
-    return runs
+            runs.append(p)
+            continue
+        if not os.access(p, os.R_OK | os.X_OK):
+            problems.append(Problem(str(p), f"cannot read directory {p}: permission denied; skipped"))
+            continue
+        found = []
+        for d in _walk(p, problems):
+            run = d.parent if d != p and split_of(d.name) else d
+            if run not in found:
+                found.append(run)
+        if not found:
+            stray = [q.message for q in problems if q.path.startswith(str(p))]
+            detail = f" ({stray[0]})" if stray else ""
+            raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {p}{detail}")
+        runs.extend(found)
+    # Read every file once: the run with more files claims first (a folder before one of its own files).
+    files = {i: {f.resolve() for f in run_files(r)} for i, r in enumerate(runs)}
+    claimed: dict[Path, Path] = {}
+    keep = []
+    for i in sorted(range(len(runs)), key=lambda i: -len(files[i])):
+        mine = files[i]
+        if mine and mine <= claimed.keys():
+            owner = claimed[next(iter(mine))]
+            if owner.resolve() != runs[i].resolve():
+                problems.append(Problem(str(runs[i]), f"{runs[i]}: already read as part of {owner}; read once", "note"))
+            continue
+        for f in mine:
+            claimed.setdefault(f, runs[i])
+        keep.append(i)
+    out = [runs[i] for i in sorted(keep)]
+    if not out:
+        raise InputError(
+            problems[0].message if problems else "no TensorBoard event files (events.out.tfevents.*) given"
+        )
+    return Discovery(runs=out, problems=problems)
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Runs under ``paths`` (see :func:`discover`; what it skipped is not reported here)."""
+    return discover(paths).runs
 
 
 def run_files(run: Path) -> list[Path]:
-    """The event files of one run (the file itself, or those directly in the directory), by name."""
+    """The event files of one run: the file itself, or those directly in the directory and in its
+    split subdirectories (``train/``, ``validation/``, ``eval/``...), by name."""
     if run.is_file():
         return [run]
-    return sorted(f for f in run.iterdir() if is_event_file(f))
+    out = []
+    try:
+        entries = sorted(run.iterdir())
+    except OSError as e:
+        raise InputError(f"cannot read directory {run}: {e.strerror or e}") from None
+    for f in entries:
+        if is_event_file(f):
+            out.append(f)
+    for sub in entries:
+        if sub.is_dir() and split_of(sub.name):
+            try:
+                out.extend(sorted(f for f in sub.iterdir() if is_event_file(f)))
+            except OSError:
+                continue  # reported by the directory walk
+    return out
+
+
+def tag_prefix(run: str, file: str) -> str:
+    """``"validation/"`` for a file of a run's split subdirectory, ``""`` for the run's own files."""
+    parent = os.path.dirname(file)
+    if os.path.isfile(run) or os.path.normpath(parent) == os.path.normpath(run):
+        return ""
+    return os.path.relpath(parent, run).replace(os.sep, "/") + "/"
 
 
 # --------------------------------------------------------------------------------------------
@@ -959,6 +1111,7 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
             "first_wall_time": None if d.first_wall_time == float("inf") else d.first_wall_time,
             "kinds": sorted(d.kinds),
             "readable": d.readable,
+            "skipped": dict(d.skipped),  # plugin -> values not read (hparams, images, text, ...)
         }
         for i, d in enumerate(datas)
     ]
@@ -1036,7 +1189,50 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     if datas and not any(d.records for d in datas) and any(d.size for d in datas):
         first = next(w for d in datas for w in d.warnings)
         raise InputError(f"nothing readable in {run}: {first}")
+    for d in datas:
+        prefix = tag_prefix(run, d.path)
+        if prefix:  # a split subdirectory's tags: `validation/epoch_loss` beside `train/epoch_loss`
+            d.tags = [prefix + t for t in d.tags]
+            d.h_rows = [(prefix + r[0], *r[1:]) for r in d.h_rows]
+        d.warnings.extend(_duplicate_step_warnings(d))
     return _assemble(run, datas)
+
+
+def _duplicate_step_warnings(d: FileData) -> list[str]:
+    """One warning per tag that logged a step more than once inside one file.
+
+    Every row stays in the frame (``tags`` counts them, ``export`` writes them); the diagnosis and
+    the plots use the last value logged for a step (:func:`adamdiag.analysis.frames.series`).
+    """
+    import numpy as np
+
+    if not d.s_tag or not d.tags:
+        return []
+    codes = np.concatenate(d.s_tag)
+    if len(codes) < 2:
+        return []
+    steps = np.concatenate(d.s_step)
+    # Group by tag with a stable sort (radix sort for 16-bit codes: linear, cheap on 10^7 rows);
+    # within a tag the steps of a healthy file strictly increase, so one comparison clears it.
+    small = len(d.tags) < (1 << 15)
+    order = np.argsort(codes.astype(np.int16) if small else codes, kind="stable")
+    c, s = codes[order], steps[order]
+    suspect = (c[1:] == c[:-1]) & (s[1:] <= s[:-1])
+    if not suspect.any():
+        return []
+    out = []
+    for code in np.unique(c[1:][suspect]):
+        st = s[c == code]
+        uniq, counts = np.unique(st, return_counts=True)
+        dup = uniq[counts > 1]
+        if len(dup):
+            extra = int((counts[counts > 1] - 1).sum())
+            out.append(
+                f"{d.path}: tag '{d.tags[code]}' logs {len(dup)} step(s) more than once ({extra} extra row(s), "
+                f"first at step {int(dup[0])}); all rows are kept (tags counts them, export writes them), "
+                "scan/check/plot use the last value logged for a step"
+            )
+    return out
 
 
 def idle_cpus() -> int:
@@ -1063,22 +1259,53 @@ def read_runs(
     check_crc: bool = True,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    problems: list[Problem] | None = None,
+    run_progress: Callable[[int, int], None] | None = None,
 ) -> list[RunEvents]:
     """Find the runs under ``paths`` and read them all.
 
     With more than one run, enough bytes to pay for it and idle CPUs (``workers`` overrides the
     count), files are decoded in worker processes.
-    ``progress(done_bytes, total_bytes)`` is called as files finish.
+    ``progress(done_bytes, total_bytes)`` is called as files finish, ``run_progress(done_runs,
+    total_runs)`` as runs finish. With ``problems`` given, a run that cannot be read is left out
+    and a ``Problem(run, reason, "run")`` appended there, as is everything :func:`discover` skipped;
+    without it, the first unreadable run raises :class:`InputError`.
     """
-    runs = find_runs(paths)
-    files = {r: run_files(r) for r in runs}
-    sizes = {f: f.stat().st_size for fs in files.values() for f in fs}
+    found = discover(paths)
+    if problems is not None:
+        problems.extend(found.problems)
+    runs = found.runs
+    files: dict[Path, list[Path]] = {}
+    for r in runs:
+        try:
+            files[r] = run_files(r)
+        except InputError as e:
+            if problems is None:
+                raise
+            problems.append(Problem(str(r), str(e), "run"))
+    runs = [r for r in runs if r in files]
+    sizes: dict[Path, int] = {}
+    for fs in files.values():
+        for f in fs:
+            try:
+                sizes[f] = f.stat().st_size
+            except OSError:
+                sizes[f] = 0  # read_file says why it cannot be read
     total = sum(sizes.values())
     done = 0
-    results: dict[Path, FileData] = {}
+    results: dict[Path, FileData | InputError] = {}
     n_workers = workers if workers is not None else min(len(sizes), idle_cpus())
     if progress is not None:
         progress(0, total)
+    if run_progress is not None:
+        run_progress(0, len(runs))
+
+    def read_one(f: Path) -> FileData | InputError:
+        try:
+            return read_file(f, check_crc=check_crc)
+        except InputError as e:
+            return e
+
     if len(runs) > 1 and total >= PARALLEL_MIN_BYTES and n_workers > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -1087,14 +1314,33 @@ def read_runs(
             futs = {pool.submit(_read_file_task, (str(f), check_crc)): f for f in order}
             for fut in as_completed(futs):
                 f = futs[fut]
-                results[f] = fut.result()
+                try:
+                    results[f] = fut.result()
+                except InputError as e:
+                    results[f] = e
                 done += sizes[f]
                 if progress is not None:
                     progress(done, total)
     else:
         for f in sizes:
-            results[f] = read_file(f, check_crc=check_crc)
+            results[f] = read_one(f)
             done += sizes[f]
             if progress is not None:
                 progress(done, total)
-    return [_finish(str(r), [results[f] for f in files[r]]) for r in runs]
+    out = []
+    for i, r in enumerate(runs):
+        try:
+            datas = []
+            for f in files[r]:
+                res = results[f]
+                if isinstance(res, InputError):
+                    raise res
+                datas.append(res)
+            out.append(_finish(str(r), datas))
+        except InputError as e:
+            if problems is None:
+                raise
+            problems.append(Problem(str(r), str(e), "run"))
+        if run_progress is not None:
+            run_progress(i + 1, len(runs))
+    return out

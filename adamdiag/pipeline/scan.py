@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adamdiag import __version__
 from adamdiag.console import stderr_progress
@@ -35,6 +36,30 @@ def load_checkpoint_summaries(
     return out, paths
 
 
+def _under(path: str, run: str) -> bool:
+    """``path`` is ``run`` or inside it."""
+    return path == run or path.startswith(run.rstrip("/") + "/")
+
+
+def split_eval(events) -> tuple[list[str], bool]:
+    """(evaluation tags of a run, whether the run is evaluation only).
+
+    Evaluation tags come from a split subdirectory (``validation/epoch_loss``, ``eval/loss``) or
+    from a run directory that is itself a split (``logs/validation`` given on its own). An
+    evaluation loss is measured on held-out data, never optimized: a rise in it is no Adam blowup.
+    """
+    from adamdiag.io.events import is_eval_tag, split_of
+
+    tags = sorted(
+        {str(t) for t in events.scalars["tag"].unique()} | {str(t) for t in events.histograms["tag"].unique()}
+    )
+    run = Path(events.run)
+    if run.is_dir() and split_of(run.name) == "eval":
+        return tags, bool(tags)
+    ev = [t for t in tags if is_eval_tag(t)]
+    return ev, bool(ev) and len(ev) == len(tags)
+
+
 def scan_paths(
     paths: Sequence[Path],
     *,
@@ -44,49 +69,81 @@ def scan_paths(
 ) -> Report:
     """Diagnose every run found under ``paths``.
 
-    Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files.
+    Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files, or
+    when the only run found cannot be read; among several runs an unreadable one becomes an
+    ``inconclusive`` entry with AD902 and the others are diagnosed. What the search skipped outside
+    any run (unreadable folders, stray files, link loops) is printed as a warning on stderr.
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
+    from adamdiag.console import warn
     from adamdiag.errors import InputError
-    from adamdiag.io.events import find_runs, read_run, read_runs
+    from adamdiag.io.events import read_runs
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
         raise InputError(f"--checkpoints {checkpoints}: no such file or directory")
     report = Report(tool_version=__version__)
+    problems: list = []  # adamdiag.io.events.Problem
     with stderr_progress() as prog:
-        task = prog.add_task("reading event files", total=None)
-        unreadable: list[RunReport] = []
-        try:
-            all_events = read_runs(
-                [Path(p) for p in paths], progress=lambda done, total: prog.update(task, completed=done, total=total)
+        task = prog.add_task("reading runs", total=None)
+        all_events = read_runs(
+            [Path(p) for p in paths],
+            problems=problems,
+            run_progress=lambda done, total: prog.update(task, completed=done, total=total),
+        )
+        failed = [p for p in problems if p.kind == "run"]
+        if not all_events:
+            raise InputError(failed[0].message if failed else problems[0].message if problems else "nothing readable")
+        for p in failed:
+            report.runs.append(
+                RunReport(
+                    run=p.path,
+                    verdict="inconclusive",
+                    warnings=[p.message],
+                    findings=[Finding("AD902", "warning", f"unreadable: {p.message}")],
+                )
             )
-        except InputError:
-            # One unreadable run must not hide the diagnosis of the others: read them one by one and
-            # report the broken ones (a single run still fails with its one-line error).
-            runs = find_runs([Path(p) for p in paths])
-            if len(runs) == 1:
-                raise
-            all_events = []
-            for run in runs:
-                try:
-                    all_events.append(read_run(run))
-                except InputError as e:
-                    unreadable.append(
-                        RunReport(
-                            run=str(run),
-                            verdict="inconclusive",
-                            warnings=[str(e)],
-                            findings=[Finding("AD902", "warning", f"unreadable: {e}")],
-                        )
-                    )
+        read = [e.run for e in all_events]
+        for p in problems:
+            if p.kind == "note" or (p.kind == "skipped" and not any(p.path != r and _under(p.path, r) for r in read)):
+                warn(p.message)
+                report.warnings.append(p.message)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
-        report.runs.extend(unreadable)
         for events in all_events:
             run_dir = Path(events.run)
-            warnings = list(events.warnings)
-            if len(events.scalars) == 0 and len(events.histograms) == 0:
-                if len(all_events) == 1:
+            warnings = list(events.warnings) + [
+                p.message
+                for p in problems
+                if p.kind == "skipped" and p.path != events.run and _under(p.path, events.run)
+            ]
+            eval_tags, eval_only = split_eval(events)
+            if eval_only:
+                report.runs.append(
+                    RunReport(
+                        run=str(run_dir),
+                        verdict="inconclusive",
+                        sources=["scalars"],
+                        warnings=warnings,
+                        findings=[
+                            Finding(
+                                "AD905",
+                                "info",
+                                f"evaluation curve: not diagnosed ({', '.join(eval_tags[:3])}"
+                                f"{' ...' if len(eval_tags) > 3 else ''}): an evaluation loss is measured, "
+                                "not optimized, so its rise is no Adam blowup; scan the training run",
+                                evidence={"tags": eval_tags[:50]},
+                            )
+                        ],
+                    )
+                )
+                prog.advance(task)
+                continue
+            scalars, histograms = events.scalars, events.histograms
+            if eval_tags:  # train and eval in one run: only the training curves are diagnosed
+                scalars = scalars[~scalars["tag"].isin(eval_tags)]
+                histograms = histograms[~histograms["tag"].isin(eval_tags)]
+            if len(scalars) == 0 and len(histograms) == 0:
+                if len(all_events) == 1 and not failed:
                     detail = f": {warnings[0]}" if warnings else ""
                     raise InputError(f"no scalar or histogram events in {run_dir}{detail}")
                 warnings.append(f"{run_dir}: the event files hold no scalars or histograms")
@@ -99,8 +156,8 @@ def scan_paths(
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(
                 run=str(run_dir),
-                scalars=events.scalars,
-                histograms=events.histograms,
+                scalars=scalars,
+                histograms=histograms,
                 checkpoints=summaries,
                 warnings=warnings,
                 convention=conv,
@@ -109,3 +166,11 @@ def scan_paths(
             report.runs.append(diagnose(inp))
             prog.advance(task)
     return report
+
+
+def load_series(run: str, tag: str) -> tuple[Any, Any]:
+    """(steps, values) of ``tag`` in ``run`` as the diagnosis saw it (restarts resolved), for plots."""
+    from adamdiag.analysis.evidence import series_arrays
+    from adamdiag.io.events import read_run
+
+    return series_arrays(read_run(Path(run)).scalars, tag)

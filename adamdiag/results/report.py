@@ -9,7 +9,7 @@ field names here are that contract, extra fields are allowed, NaN/Inf never appe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 SCHEMA = "adamdiag.report/1"
@@ -54,6 +54,14 @@ class RunReport:
     sources: list[str] = field(default_factory=list)
     convention: str = "torch"
     warnings: list[str] = field(default_factory=list)
+    # Wave 2 (same schema id; readers ignore keys they do not know):
+    confidence: str = "low"  # high | medium | low (docs: "Confidence")
+    alternative: str | None = None  # a second verdict that also fits
+    loss_tag: str | None = None  # the total-loss tag the blowup step comes from
+    loss_tags: list[str] = field(default_factory=list)  # the total first, then per-task losses
+    grad_norm_tag: str | None = None
+    verdict_source: str = "logs"  # "logs", or "replay" when --verify overrode the log verdict
+    verification: dict[str, Any] | None = None  # the --verify replay (docs: "scan --verify")
 
     @property
     def lead_time(self) -> int | None:
@@ -74,9 +82,13 @@ class Report:
     runs: list[RunReport] = field(default_factory=list)
     schema: str = SCHEMA
     tool_version: str = ""
+    # Input problems that belong to no run (an unreadable folder, a stray file beside the runs).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"schema": self.schema, "tool_version": self.tool_version, "runs": []}
+        out: dict[str, Any] = {"schema": self.schema, "tool_version": self.tool_version, "runs": []}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         for r in self.runs:
             d = asdict(r)
             d["lead_time"] = r.lead_time
@@ -88,12 +100,21 @@ class Report:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"not an {SCHEMA} report (schema={data.get('schema')!r})")
         runs = []
+        known = {f.name for f in fields(RunReport)}
+        known_finding = {f.name for f in fields(Finding)}
         for r in data.get("runs", []):
-            r = dict(r)
-            r.pop("lead_time", None)
-            r["findings"] = [Finding(**f) for f in r.get("findings", [])]
+            # Extra fields are welcome in the contract: a report from a newer adamdiag still loads.
+            r = {k: v for k, v in r.items() if k in known}
+            r["findings"] = [
+                Finding(**{k: v for k, v in f.items() if k in known_finding}) for f in r.get("findings", [])
+            ]
             runs.append(RunReport(**r))
-        return cls(runs=runs, schema=data["schema"], tool_version=data.get("tool_version", ""))
+        return cls(
+            runs=runs,
+            schema=data["schema"],
+            tool_version=data.get("tool_version", ""),
+            warnings=list(data.get("warnings", [])),
+        )
 
 
 def json_safe(obj: Any) -> Any:

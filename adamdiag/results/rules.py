@@ -47,6 +47,12 @@ RULES: dict[str, tuple[str, str]] = {
     # 9xx: data quality
     "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),
     "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
+    "AD905": (
+        "evaluation-curve",
+        "Evaluation curve: not diagnosed. The run holds only validation/eval curves (a Keras `validation/` "
+        "or Estimator `eval/` directory): an evaluation loss is measured, not optimized, so its rise is no "
+        "Adam blowup.",
+    ),
 }
 
 

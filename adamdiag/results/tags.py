@@ -24,7 +24,17 @@ def writer_of(info: dict[str, Any]) -> str:
         parts.append("tensor")
     if "histo" in kinds:
         parts.append("histo")
-    return "+".join(parts) or (info["file_version"] or "empty")
+    if parts:
+        return "+".join(parts)
+    # No scalar or histogram: say what the file holds instead (an HParams-only file, images, ...).
+    other = sorted(k for k in info.get("skipped", {}) if k not in _DAMAGE)
+    if other:
+        return "no scalars (" + ", ".join(other) + " only)"
+    return "empty" if not info["records"] or info["records"] <= 1 else "no scalars"
+
+
+# Counters of ``RunEvents.skipped`` that are damage, not plugins.
+_DAMAGE = frozenset({"crc_mismatch", "corrupt_header", "truncated", "undecodable", "empty_record"})
 
 
 def tag_table(r: RunEvents) -> list[dict[str, Any]]:

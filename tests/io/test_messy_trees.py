@@ -1,0 +1,203 @@
+"""Messy real log trees (issue 16): hparams-only runs, stray '*tfevents*' files, overlapping
+arguments, unreadable folders, symlinked runs and link loops, duplicate steps, and Keras/Estimator
+train/validation/eval split directories. Every tree is written by real writers (torch's
+SummaryWriter, tensorboardX); each case checks that the rest of the tree is still processed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from events_util import write_tbx, write_torch
+from typer.testing import CliRunner
+
+from adamdiag.analysis.frames import series
+from adamdiag.io import events as E
+from adamdiag.pipeline.scan import scan_paths
+
+runner = CliRunner()
+
+
+def write_hparams_only(logdir: Path) -> Path:
+    """An event file with only the HParams plugin's summaries (what Keras' HParams callback and HF
+    Trainer's ``logs/<ts>/`` leave): no scalar, no histogram."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    w = SummaryWriter(str(logdir))
+    for s in hparams({"lr": 1e-3, "eps": 1e-8}, {"hparam/loss": 0.0}):
+        w.file_writer.add_summary(s)
+    w.close()
+    return logdir
+
+
+def write_curve(logdir: Path, tag: str, values: list[float]) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    for s, v in enumerate(values):
+        w.add_scalar(tag, v, s)
+    w.close()
+    return logdir
+
+
+def blowup_curve(n: int = 300, at: int = 200) -> list[float]:
+    """A loss that settles and then rises 1000x: the shape scan calls a blowup on a training loss."""
+    return [1.0 / (1 + s) if s < at else 1.0 / (1 + at) * 1000 for s in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("messy")
+    write_torch(root / "a", 40)
+    write_tbx(root / "b", 40)
+    write_hparams_only(root / "hp")
+    (root / "docs").mkdir()
+    (root / "docs" / "tfevents.md").write_text("# How we name our tfevents files\n")
+    return root
+
+
+def invoke(*args: str):
+    return runner.invoke(__import__("adamdiag.cli", fromlist=["app"]).app, list(args))
+
+
+def test_export_with_an_hparams_only_run(tree, tmp_path):
+    out = tmp_path / "x.csv"
+    res = invoke("export", str(tree), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert set(df["run"]) == {str(tree / "a"), str(tree / "b")} and len(df) == 160
+    pq = tmp_path / "x.parquet"
+    assert invoke("export", str(tree), "-o", str(pq)).exit_code == 0
+    assert len(pd.read_parquet(pq)) == 160
+
+
+def test_stray_tfevents_file_is_skipped_with_a_warning(tree):
+    res = invoke("tags", str(tree), "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert "tfevents.md: not a TensorBoard event file" in res.stderr
+    runs = {r["run"] for r in json.loads(res.stdout)["runs"]}
+    assert runs == {str(tree / n) for n in ("a", "b", "hp")}
+    # A run folder holding only the stray file is no run; given alone, that is the one-line error.
+    res = invoke("tags", str(tree / "docs"))
+    assert res.exit_code == 2 and "not a TensorBoard event file" in res.stderr
+    # Beside real event files in one run, it is a warning of that run (AD902 in scan).
+    rep = scan_paths([tree])
+    assert {r.run for r in rep.runs} == {str(tree / n) for n in ("a", "b", "hp")}
+    assert any("tfevents.md" in w for w in rep.warnings)
+
+
+def test_hparams_only_run_among_others_is_inconclusive(tree):
+    rep = scan_paths([tree])
+    hp = next(r for r in rep.runs if r.run.endswith("hp"))
+    assert hp.verdict == "inconclusive"
+    assert {r.verdict for r in rep.runs if r is not hp} == {"healthy"}
+
+
+def test_folder_and_its_own_file_are_read_once(tree):
+    a = tree / "a"
+    f = next(a.glob("events.out.tfevents.*"))
+    found = E.discover([a, f])
+    assert found.runs == [a]
+    assert any("already read as part of" in p.message for p in found.problems)
+    for cmd in ("tags", "scan", "check"):
+        res = invoke(cmd, str(a), str(f))
+        assert res.exit_code == 0, (cmd, res.output)
+        assert "internal error" not in res.output
+    # The parent and the run inside it: still one run.
+    assert E.find_runs([tree / "a", tree]) == [tree / "a", tree / "b", tree / "hp"]
+
+
+def test_symlinked_run_followed_and_loop_cut(tmp_path):
+    real = write_torch(tmp_path / "store" / "run1", 10)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "run1").symlink_to(real, target_is_directory=True)
+    (logs / "loop").symlink_to(logs, target_is_directory=True)  # logs/loop/loop/... forever
+    found = E.discover([logs])
+    assert found.runs == [logs / "run1"]
+    assert any("already searched" in p.message for p in found.problems)
+    (ev,) = E.read_runs([logs])
+    assert len(ev.scalars) == 20
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root")
+def test_unreadable_folder_is_reported(tmp_path):
+    # Root reads everything, so the CLI runs as 'nobody' on a world-readable tree outside tmp_path.
+    base = Path(tempfile.mkdtemp(prefix="adamdiag-perm-"))
+    try:
+        os.chmod(base, 0o755)
+        write_torch(base / "ok", 10)
+        write_torch(base / "locked", 10)
+        for dirpath, _dirnames, filenames in os.walk(base):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        os.chmod(base / "locked", 0o000)
+        # discover() alone: the reader's search, without the CLI's start-up time.
+        code = "import sys; from adamdiag.io.events import discover; d = discover([sys.argv[1]]); "
+        code += "print([str(r) for r in d.runs]); print([p.message for p in d.problems])"
+        cmd = [sys.executable, "-c", code, str(base)]
+        if os.geteuid() == 0:
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(base)})
+        assert p.returncode == 0, p.stderr
+        runs, problems = p.stdout.splitlines()
+        assert runs == repr([str(base / "ok")])
+        assert f"cannot read directory {base / 'locked'}: Permission denied; skipped" in problems
+    finally:
+        os.chmod(base / "locked", 0o755)
+        shutil.rmtree(base)
+
+
+def test_duplicate_steps_kept_and_reported(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    for s in range(10):
+        w.add_scalar("loss", float(s), s)
+    w.add_scalar("loss", 99.0, 5)  # a second value for step 5 in the same file
+    w.add_scalar("lr", 0.1, 0)
+    w.close()
+    (ev,) = E.read_runs([tmp_path])
+    assert len(ev.scalars) == 12  # nothing dropped
+    (msg,) = [x for x in ev.warnings if "more than once" in x]
+    assert "'loss'" in msg and "step 5" in msg and "last value" in msg
+    assert series(ev.scalars, "loss").loc[5] == 99.0  # the value scan/plot use, as the warning says
+    res = invoke("export", str(tmp_path), "-o", str(tmp_path / "out.csv"))
+    assert res.exit_code == 0 and len(pd.read_csv(tmp_path / "out.csv")) == 12
+
+
+def test_keras_train_validation_is_one_run(tmp_path):
+    logs = tmp_path / "logs"
+    write_curve(logs / "train", "epoch_loss", [1.0 / (1 + s) for s in range(300)])
+    write_curve(logs / "validation", "epoch_loss", blowup_curve())  # overfitting: the eval loss rises
+    (ev,) = E.read_runs([tmp_path])
+    assert ev.run == str(logs)
+    assert sorted(ev.scalars["tag"].unique()) == ["train/epoch_loss", "validation/epoch_loss"]
+    (r,) = scan_paths([tmp_path]).runs
+    assert r.verdict == "healthy"  # the rising validation curve is not the training loss
+
+
+def test_eval_only_curve_is_never_diagnosed(tmp_path):
+    # Estimator layout: model_dir/ (training events) and model_dir/eval/; here only eval survived,
+    # and a lone Keras validation folder given on its own.
+    write_curve(tmp_path / "model_dir" / "eval", "loss", blowup_curve())
+    val = write_curve(tmp_path / "keras" / "validation", "epoch_loss", blowup_curve())
+    rep = scan_paths([tmp_path / "model_dir", val])
+    assert [r.run for r in rep.runs] == [str(tmp_path / "model_dir"), str(val)]
+    for r in rep.runs:
+        assert r.verdict == "inconclusive" and r.blowup_step is None
+        assert [f.id for f in r.findings] == ["AD905"]
+        assert r.findings[0].message.startswith("evaluation curve: not diagnosed")
+    # With its training events beside it, model_dir is one run diagnosed on the training loss.
+    write_curve(tmp_path / "model_dir", "loss", [1.0 / (1 + s) for s in range(300)])
+    (r,) = scan_paths([tmp_path / "model_dir"]).runs
+    assert r.verdict == "healthy"
