@@ -82,6 +82,8 @@ class _Watch:
         self.step: int | None = None
         self.tracks: dict[str, R.Track] = {}
         self.fallback_named = 0
+        self.pre_handle: Any = None
+        self.geff: dict[int, Any] = {}  # id(param) -> grad + wd·param before the step (Adam's L2)
 
     def track(self, label: str) -> R.Track:
         t = self.tracks.get(label)
@@ -180,6 +182,10 @@ class AdamMonitor:
                 continue
             w = _Watch(i, opt, dict(by_id), isinstance(opt, torch.optim.AdamW))
             w.handle = opt.register_step_post_hook(self._hook_for(w))
+            if not w.decoupled and any(
+                float(g.get("weight_decay", 0) or 0) and not g.get("decoupled_weight_decay") for g in opt.param_groups
+            ):
+                w.pre_handle = opt.register_step_pre_hook(self._pre_hook_for(w))
             self._watches.append(w)
         if self._watches and model is None and names is None:
             self._warn_once(
@@ -217,9 +223,10 @@ class AdamMonitor:
     def close(self) -> None:
         """Remove the hooks and write the live file a last time."""
         for w in self._watches:
-            if w.handle is not None:
-                w.handle.remove()
-                w.handle = None
+            for h in (w.handle, w.pre_handle):
+                if h is not None:
+                    h.remove()
+            w.handle = w.pre_handle = None
         if self.enabled and self._logged:
             try:
                 self._write_live(force=True)
@@ -271,6 +278,30 @@ class AdamMonitor:
 
         return hook
 
+    def _pre_hook_for(self, w: _Watch) -> Callable[..., None]:
+        """Adam's L2 decay squares grad + wd·p with the *pre-step* p: keep that gradient, on the
+        steps that are observed only, so g² is exact (one gradient-sized copy, freed after the step)."""
+
+        def pre_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if not self.enabled:
+                return
+            try:
+                nxt = (w.step + 1) if w.step is not None else _state_step(optimizer, default=0) + 1
+                if nxt % self.every and nxt >= self.every:
+                    return
+                w.geff.clear()
+                for group in optimizer.param_groups:
+                    wd = float(group.get("weight_decay", 0) or 0)
+                    if not wd or group.get("decoupled_weight_decay"):
+                        continue
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            w.geff[id(p)] = p.grad.detach().float().add(p.detach().float(), alpha=wd)
+            except Exception as e:  # noqa: BLE001 - never break training
+                self._fail(e)
+
+        return pre_hook
+
     def _observe(self, w: _Watch, peak_only: bool = False) -> None:
         names, rows, meta = self._rows(w)
         if not rows:
@@ -306,7 +337,15 @@ class AdamMonitor:
                 if p.grad is None or not st or "exp_avg_sq" not in st:
                     continue
                 sharded = sharded or hasattr(st["exp_avg_sq"], "to_local")
-                items.append((p, st, group, w.decoupled))
+                wd = float(group.get("weight_decay", 0.0) or 0.0)
+                l2 = wd != 0.0 and not (w.decoupled or bool(group.get("decoupled_weight_decay", False)))
+                geff = w.geff.pop(id(p), None) if l2 else None
+                if geff is not None:
+                    items.append((geff, None, 0.0, st, group))
+                elif l2:  # no pre-step copy (first step): the post-step p, off by O(lr·wd) relative
+                    items.append((p.grad, p, wd, st, group))
+                else:
+                    items.append((p.grad, None, 0.0, st, group))
                 names.append(w.name(p, gi, pi))
                 beta2s.append(b2)
                 epss.append(eps)
@@ -482,9 +521,10 @@ class AdamMonitor:
     def _fail(self, e: BaseException) -> None:
         self.enabled = False
         for w in self._watches:
-            if w.handle is not None:
-                w.handle.remove()
-                w.handle = None
+            for h in (w.handle, w.pre_handle):
+                if h is not None:
+                    h.remove()
+            w.handle = w.pre_handle = None
         self._warn_once("fail", f"adamdiag monitor disabled after an internal error: {type(e).__name__}: {e}")
 
 
@@ -505,13 +545,13 @@ def _names_by_id(model: Any, names: Any, opts: list[Any]) -> dict[int, str]:
     return out
 
 
-def _state_step(optimizer: Any) -> int:
-    """The optimizer's step count after this step (read once, at the first hook call)."""
+def _state_step(optimizer: Any, default: int = 1) -> int:
+    """The optimizer's step count (read once, at the first hook call: after that step)."""
     for st in optimizer.state.values():
         s = st.get("step") if isinstance(st, dict) else None
         if s is not None:
             return int(float(s))
-    return 1
+    return default
 
 
 def _to_host(rows: list[Any], sharded: bool) -> np.ndarray | None:

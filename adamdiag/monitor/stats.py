@@ -45,6 +45,11 @@ SMALL = 1 << 16
 PACK = 1 << 20
 
 
+# (gradient, param or None, weight decay, state, group): with a param, the gradient Adam squared is
+# gradient + wd·param (L2 decay); without, the gradient as given.
+Item = tuple[Any, Any, float, dict[str, Any], dict[str, Any]]
+
+
 class _Scratch:
     """Reusable buffers of one device (allocated once, reused every logging step)."""
 
@@ -65,7 +70,7 @@ class StatsEngine:
     >>> import torch
     >>> p = torch.nn.Parameter(torch.ones(4)); opt = torch.optim.Adam([p])
     >>> p.grad = torch.full((4,), 0.5); opt.step()
-    >>> row = StatsEngine().tensor_row(p, opt.state[p], opt.param_groups[0]).tolist()
+    >>> row = StatsEngine().tensor_row(p.grad, None, 0.0, opt.state[p], opt.param_groups[0]).tolist()
     >>> row[SUM_G2], row[NUMEL]
     (1.0, 4.0)
     """
@@ -84,22 +89,22 @@ class StatsEngine:
             s = self._scratch[device] = _Scratch(self.torch, device, chunk)
         return s
 
-    def rows(self, items: list[tuple[Any, dict[str, Any], dict[str, Any], bool]]) -> list[Any]:
-        """One row per ``(param, state, group, decoupled)``, in order (a list of 1-D float64 tensors)."""
+    def rows(self, items: list[Item]) -> list[Any]:
+        """One row per item, in order (a list of 1-D float64 tensors)."""
         out: list[Any] = [None] * len(items)
         packs: dict[Any, list[int]] = {}
-        for i, (p, st, group, dec) in enumerate(items):
+        for i, (grad, p, wd, st, group) in enumerate(items):
             v = st["exp_avg_sq"]
             if v.numel() < SMALL and not hasattr(v, "to_local"):
                 packs.setdefault(v.device, []).append(i)
             else:
-                out[i] = self.tensor_row(p, st, group, dec)
+                out[i] = self.tensor_row(grad, p, wd, st, group)
         for idx in packs.values():
             lo = 0
             while lo < len(idx):  # packs of at most PACK elements
                 hi, n = lo, 0
-                while hi < len(idx) and (hi == lo or n + items[idx[hi]][1]["exp_avg_sq"].numel() <= PACK):
-                    n += items[idx[hi]][1]["exp_avg_sq"].numel()
+                while hi < len(idx) and (hi == lo or n + items[idx[hi]][3]["exp_avg_sq"].numel() <= PACK):
+                    n += items[idx[hi]][3]["exp_avg_sq"].numel()
                     hi += 1
                 sel = idx[lo:hi]
                 for j, row in zip(sel, self.pack_rows([items[k] for k in sel])):
@@ -107,13 +112,13 @@ class StatsEngine:
                 lo = hi
         return out
 
-    def pack_rows(self, items: list[tuple[Any, dict[str, Any], dict[str, Any], bool]]) -> Any:
+    def pack_rows(self, items: list[Item]) -> Any:
         """Rows of many small tensors from one pass over their concatenation (segment reductions)."""
         torch = self.torch
-        dev = items[0][1]["exp_avg_sq"].device
-        numels = [st["exp_avg_sq"].numel() for _, st, _, _ in items]
-        b2 = [float(g["betas"][1]) for _, _, g, _ in items]
-        eps = [float(g["eps"]) for _, _, g, _ in items]
+        dev = items[0][3]["exp_avg_sq"].device
+        numels = [it[3]["exp_avg_sq"].numel() for it in items]
+        b2 = [float(it[4]["betas"][1]) for it in items]
+        eps = [float(it[4]["eps"]) for it in items]
         key = (dev, tuple(numels), tuple(b2), tuple(eps))
         cached = self._layout.get(key)
         if cached is None:
@@ -131,10 +136,8 @@ class StatsEngine:
         seg, seg64, logb2, eps2, nume = cached
         t = len(items)
         gs, vs, ds, steps = [], [], [], []
-        for p, st, group, dec in items:
-            g = p.grad
-            wd = float(group.get("weight_decay", 0.0) or 0.0)
-            if wd != 0.0 and not (dec or bool(group.get("decoupled_weight_decay", False))):
+        for g, p, wd, st, group in items:
+            if p is not None:
                 g = g.float() + wd * p.detach().float()
             gs.append(g.reshape(-1))
             vs.append(st["exp_avg_sq"].reshape(-1))
@@ -147,7 +150,7 @@ class StatsEngine:
             step = torch.tensor([float(s) for s in steps], dtype=torch.float64, device=dev)
         g = torch.cat(gs).float()
         v = torch.cat(vs).float()
-        d = torch.cat(ds).float() if any(group.get("amsgrad") for _, _, group, _ in items) else v
+        d = torch.cat(ds).float() if any(it[4].get("amsgrad") for it in items) else v
         bc = -torch.expm1(step * logb2)  # (T,) 1 - β2^t
         thr1 = (bc * eps2).float()
         thr1_e = thr1[seg]
@@ -167,26 +170,24 @@ class StatsEngine:
         cols = torch.stack([sum_g2, sum_v, sum_d, c1, c2, upd, step, nume], 1)
         return torch.cat([cols, hist.double()], 1).unbind(0)
 
-    def tensor_row(self, p: Any, state: dict[str, Any], group: dict[str, Any], decoupled: bool = False) -> Any:
-        """One row (float64 tensor on the state's device) for parameter ``p`` after a step.
+    def tensor_row(self, grad: Any, p: Any, wd: float, state: dict[str, Any], group: dict[str, Any]) -> Any:
+        """One row (float64 tensor on the state's device) for one parameter after a step.
 
-        g² is the gradient Adam squared: ``p.grad`` plus ``weight_decay·p`` for Adam's L2 decay
-        (taken with the post-step p: off by lr·wd·update, i.e. relative O(lr·wd)). With amsgrad, v̂
+        g² is the gradient Adam squared: ``grad``, plus ``wd·p`` when ``p`` is given (Adam's L2 decay
+        when the monitor has no pre-step copy of the decayed gradient). With amsgrad, v̂
         of g2/vhat/r is from ``exp_avg_sq`` (the EMA whose decay is the collapse), while the eps
         fractions, histogram and update RMS use ``max_exp_avg_sq`` (the denominator Adam divides by).
         """
         torch = self.torch
         v_full = _local(state["exp_avg_sq"])
         den_full = _local(state["max_exp_avg_sq"]) if group.get("amsgrad") else v_full
-        g_full = _local(p.grad)
+        g_full = _local(grad)
         step = state["step"]
         step_t = step if torch.is_tensor(step) else torch.tensor(float(step))
         step_t = step_t.to(device=v_full.device, dtype=torch.float64)
         beta2 = float(group["betas"][1])
         eps = float(group["eps"])
-        wd = float(group.get("weight_decay", 0.0) or 0.0)
-        l2 = wd != 0.0 and not (decoupled or bool(group.get("decoupled_weight_decay", False)))
-        p_full = _local(p.detach()) if l2 else None
+        p_full = _local(p.detach()) if p is not None else None
 
         # √v̂ < x  ⇔  v < x²·(1-β2^t): compare v itself (no sqrt, no division per element).
         bc = -torch.expm1(step_t * math.log(beta2))  # 1 - β2^t, exact for small t
