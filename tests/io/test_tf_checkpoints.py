@@ -36,13 +36,23 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL, abs_tol=0.0)
 
 
-def check(ck: dict, exp: dict, names: list[str], *, bc2: float | None = None, amsgrad: bool = False) -> None:
-    """One inspected checkpoint against its expected record (tensors in the expected order)."""
+def check(
+    ck: dict,
+    exp: dict,
+    names: list[str],
+    *,
+    bc2: float | None = None,
+    amsgrad: bool = False,
+    hyper: dict | None = None,
+) -> None:
+    """One inspected checkpoint against its expected record (tensors in the expected order);
+    ``hyper``: the hyperparameters adamdiag is expected to use where they differ from the run's
+    (defaults assumed for values no file stores)."""
     assert ck["convention"] == "tf"
     assert ck["step"] == exp["step"]
     by_name = {t["name"]: t for t in ck["tensors"]}
     assert sorted(by_name) == sorted(names)
-    hyp = exp["hyper"]
+    hyp = {**exp["hyper"], **(hyper or {})}
     beta2 = hyp["beta2"]
     if bc2 is None:
         bc2 = 1.0 - beta2 ** exp["step"]
@@ -64,6 +74,7 @@ def check(ck: dict, exp: dict, names: list[str], *, bc2: float | None = None, am
             assert close(t["lr"], hyp["lr"])
         else:
             assert t["lr"] is None and t["lr_source"] == "unknown"
+            assert t["update_rms"] is None
 
 
 def test_tf1_saver_prefix_files_checkpoint_file_and_directory():
@@ -108,6 +119,30 @@ def test_tf1_without_meta_hyperparameters_unknown(tmp_path):
     assert close(t["v_mean"], e["v_mean"]) and close(t["m_abs_mean"], e["m_abs_mean"])
 
 
+def test_tf1_resource_variables_global_step_and_placeholder_lr():
+    e = EXPECTED["tf1_resource"]["model.ckpt-50"]
+    assert e["global_step"] == e["step"] == 50
+    (ck,) = inspect_json(FIX / "tf1_resource" / "model.ckpt-50")["checkpoints"]
+    check(ck, e, [t["name"] for t in e["tensors"]], hyper={"lr": None})
+    assert ck["name_mapping"] == "graph"  # from the ResourceApplyAdam ops
+    assert any("lr is computed in the graph" in w for w in ck["warnings"])
+    assert all(t["update_rms"] is None for t in ck["tensors"])  # needs lr: null, not a guess
+
+
+@pytest.mark.parametrize("sub", ["tf2_tfkeras", "tf2_legacy"])
+def test_tf2_tf_keras_layouts(sub):
+    e = EXPECTED[sub]["ckpt-1"]
+    names = [t["name"] for t in e["tensors"]]
+    (ck,) = inspect_json(FIX / sub / "ckpt-1")["checkpoints"]
+    t0 = ck["tensors"][0]
+    if sub == "tf2_legacy":  # β1/β2 stored as variables; eps a Python float: tf.keras' default
+        check(ck, e, names)
+        assert t0["beta2_source"] == "file" and t0["eps_source"] == "default"
+    else:  # only lr stored: the run's β2 = 0.995 is not knowable; the assumed default is flagged
+        check(ck, e, names, hyper={"beta2": 0.999})
+        assert t0["beta2_source"] == "default"
+
+
 def test_tf2_object_based_keras3():
     e = EXPECTED["tf2"]["ckpt-1"]
     names = [t["name"] for t in e["tensors"]]  # Keras variable paths, from the object graph
@@ -125,15 +160,16 @@ def test_keras_files(variant):
     # .keras: names from config.json (layer name / variable), hyperparameters from the config
     (ck,) = inspect_json(FIX / "keras" / f"{variant}.keras")["checkpoints"]
     names = [t["name"].split("/", 1)[1] for t in e["tensors"]]  # Keras paths carry the model's name
-    check(ck, e, names, amsgrad=amsgrad)
+    # a schedule's lr at the checkpoint's step, computed from config.json (= Keras' own value)
+    check(ck, e, names, amsgrad=amsgrad, hyper={"lr": e["hyper"]["lr_at_step"]})
     assert ck["name_mapping"] == "config-shapes"
     assert all(t["eps_source"] == "file" for t in ck["tensors"])
     # .weights.h5: no config: stable labels, Keras' defaults flagged (eps 1e-7, not 1e-8)
     (ck,) = inspect_json(FIX / "keras" / f"{variant}.weights.h5")["checkpoints"]
     assert [t["name"] for t in ck["tensors"]] == [f"trainable_variable_{i}" for i in range(len(names))]
     assert all(t["eps"] == 1e-7 and t["eps_source"] == "default" for t in ck["tensors"])
-    if e["hyper"]["eps"] == 1e-7 and e["hyper"]["beta2"] == 0.999:
-        check(ck, e, [f"trainable_variable_{i}" for i in range(len(names))], amsgrad=amsgrad)
+    labels = [f"trainable_variable_{i}" for i in range(len(names))]
+    check(ck, e, labels, amsgrad=amsgrad, hyper={"beta2": 0.999, "eps": 1e-7, "lr": e["hyper"]["lr"]})
 
 
 def test_scan_style_discovery_finds_every_tf_layout():
@@ -141,6 +177,7 @@ def test_scan_style_discovery_finds_every_tf_layout():
 
     found = {p.relative_to(FIX).as_posix() for p in find_checkpoints(FIX)}
     assert {"tf1/model.ckpt-30", "tf1/model.ckpt-60", "tf1_b2p0/model.ckpt-40", "tf2/ckpt-1"} <= found
+    assert {"tf1_resource/model.ckpt-50", "tf2_tfkeras/ckpt-1", "tf2_legacy/ckpt-1"} <= found
     assert {f"keras/{v}.{s}" for v in ("plain", "schedule", "amsgrad") for s in ("keras", "weights.h5")} <= found
 
 
@@ -209,3 +246,11 @@ def test_layouts_and_subsequence_matching_units():
     # trainables among all model variables (BatchNorm's moving stats are not trainable)
     assert count_embeddings([b, b], [b, b, b, b]) == (2, [0, 1])  # ambiguous
     assert count_embeddings([a, b], [a, b, (4,)]) == (1, [0, 1])
+
+
+def test_keras_without_h5py_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py → ImportError
+    err = _one_line_exit_2(str(FIX / "keras" / "plain.weights.h5"))
+    assert "pip install 'adamdiag[keras]'" in err

@@ -14,10 +14,15 @@ Layouts written (total well under 2 MB):
 * ``tf1/``        — TF1 graph mode, ``tf.compat.v1.train.AdamOptimizer``, ref variables, no global_step
   variable, ``Saver`` checkpoints ``model.ckpt-30`` and ``model.ckpt-60`` (``.index``, ``.data-…``, ``.meta``)
   and the ``checkpoint`` file with the (now stale) absolute paths of the temporary directory it was made in;
+* ``tf1_resource/`` — resource variables, a ``global_step`` variable passed to ``minimize``, the learning
+  rate fed through a ``placeholder_with_default`` (in no Const node): ``model.ckpt-50``;
 * ``tf1_b2p0/``   — the same graph, ``beta2_power`` assigned 0 before saving ``model.ckpt-40`` (what
   float32 underflow does after ~100k steps at β2 = 0.999): the step must come from the ``-N`` suffix;
 * ``tf2/``        — ``tf.train.Checkpoint(model=…, optimizer=…)`` of a Keras 3 model after ``fit``, via
   ``tf.train.CheckpointManager`` (``ckpt-1``);
+* ``tf2_tfkeras/``, ``tf2_legacy/`` — the same with tf.keras (``tf_keras`` 2.21, Keras 2): its Adam and
+  ``optimizers.legacy.Adam`` (slots as ``.OPTIMIZER_SLOT/optimizer/m|v``, β1/β2 as variables); only
+  when ``tf_keras`` is installed (``pip install tf_keras~=2.21.0``);
 * ``keras/``      — ``plain.keras``, ``plain.weights.h5`` (Adam), ``schedule.*`` (ExponentialDecay: no lr
   variable), ``amsgrad.*`` (a third slot per variable);
 * ``logs_f1/``, ``logs_f10/`` — Keras TensorBoard callback logs of ``model.fit`` with ``update_freq=1`` and
@@ -73,8 +78,10 @@ def data(n: int, bad: int | None = None) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- TF1 --------------------------------------------------------------------------------------------
-def make_tf1(tmp: Path, out: Path, *, zero_beta2_power: bool) -> dict[str, Any]:
-    """TF1 graph-mode AdamOptimizer + Saver; returns the expected statistics per checkpoint."""
+def make_tf1(tmp: Path, out: Path, *, zero_beta2_power: bool = False, resource: bool = False) -> dict[str, Any]:
+    """TF1 graph-mode AdamOptimizer + Saver; returns the expected statistics per checkpoint.
+    ``resource``: resource variables (ResourceApplyAdam), a global_step passed to minimize, and the
+    learning rate fed through a placeholder (so it is in no Const node: unknown to a reader)."""
     import tensorflow as tf
 
     v1 = tf.compat.v1
@@ -87,20 +94,22 @@ def make_tf1(tmp: Path, out: Path, *, zero_beta2_power: bool) -> dict[str, Any]:
         y = v1.placeholder(tf.float32, [None, 4])
         init = v1.glorot_uniform_initializer(seed=SEED)
         with v1.variable_scope("trunk"):
-            w1 = v1.get_variable("w", [3, 25], initializer=init, use_resource=False)
-            c1 = v1.get_variable("b", [25], initializer=v1.zeros_initializer(), use_resource=False)
+            w1 = v1.get_variable("w", [3, 25], initializer=init, use_resource=resource)
+            c1 = v1.get_variable("b", [25], initializer=v1.zeros_initializer(), use_resource=resource)
         with v1.variable_scope("head"):
-            w2 = v1.get_variable("w", [25, 4], initializer=init, use_resource=False)
-            c2 = v1.get_variable("b", [4], initializer=v1.zeros_initializer(), use_resource=False)
+            w2 = v1.get_variable("w", [25, 4], initializer=init, use_resource=resource)
+            c2 = v1.get_variable("b", [4], initializer=v1.zeros_initializer(), use_resource=resource)
         pred = tf.matmul(tf.nn.relu(tf.matmul(x, w1) + c1), w2) + c2
         loss = tf.reduce_mean(tf.square(pred - y))
-        opt = v1.train.AdamOptimizer(lr, beta1=b1, beta2=b2, epsilon=eps)
-        train = opt.minimize(loss)
+        lr_in = v1.placeholder_with_default(np.float32(lr), [], name="lr") if resource else lr
+        opt = v1.train.AdamOptimizer(lr_in, beta1=b1, beta2=b2, epsilon=eps)
+        gs = v1.train.get_or_create_global_step() if resource else None
+        train = opt.minimize(loss, global_step=gs)
         saver = v1.train.Saver(max_to_keep=5)
         b2p = [v for v in v1.global_variables() if v.op.name.startswith("beta2_power")][0]
         zero = v1.assign(b2p, 0.0)
         cfg = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
-        saves = [40] if zero_beta2_power else [30, 60]
+        saves = [40] if zero_beta2_power else [50] if resource else [30, 60]
         expected = {}
         with v1.Session(graph=g, config=cfg) as sess:
             sess.run(v1.global_variables_initializer())
@@ -110,8 +119,10 @@ def make_tf1(tmp: Path, out: Path, *, zero_beta2_power: bool) -> dict[str, Any]:
                 if step in saves:
                     if zero_beta2_power:
                         sess.run(zero)
-                    prefix = saver.save(sess, str(tmp / "model.ckpt"), global_step=step)
+                    prefix = saver.save(sess, str(tmp / "model.ckpt"), global_step=gs if resource else step)
                     expected[f"model.ckpt-{step}"] = tf1_expected(prefix, step, lr, b1, b2, eps)
+                    if resource:
+                        expected[f"model.ckpt-{step}"]["global_step"] = int(sess.run(gs))
     for f in tmp.iterdir():
         shutil.copy2(f, out / f.name)  # the checkpoint file keeps tmp's absolute paths: stale on purpose
     return expected
@@ -257,6 +268,48 @@ def make_tf2(tmp: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def make_tf2_tfkeras(tmp: Path, out: Path, *, legacy: bool) -> dict[str, Any]:
+    """tf.keras (the ``tf_keras`` package, Keras 2) in ``tf.train.Checkpoint``: its Adam (``legacy``:
+    ``optimizers.legacy.Adam``, slots as ``.OPTIMIZER_SLOT/optimizer/m|v`` plus ``optimizer/beta_1`` …)."""
+    import tensorflow as tf
+    import tf_keras
+
+    x, y = data(320)
+    tf_keras.utils.set_random_seed(SEED)
+    model = tf_keras.Sequential(
+        [
+            tf_keras.layers.Dense(25, activation="relu", input_shape=(3,), name="trunk"),
+            tf_keras.layers.Dense(4, name="head"),
+        ]
+    )
+    make = tf_keras.optimizers.legacy.Adam if legacy else tf_keras.optimizers.Adam
+    opt = make(5e-3, beta_2=0.995, epsilon=1e-7)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    path = tf.train.Checkpoint(model=model, optimizer=opt).save(str(tmp / "ckpt"))
+    for f in tmp.iterdir():
+        shutil.copy2(f, out / f.name)
+    r = tf.train.load_checkpoint(path)
+    tensors = []
+    for i, var in enumerate(model.trainable_variables):
+        if legacy:
+            m, v = opt.get_slot(var, "m").numpy(), opt.get_slot(var, "v").numpy()
+        else:
+            m, v = opt._momentums[i].numpy(), opt._velocities[i].numpy()
+        name = var.name.split(":")[0]
+        tensors.append({"name": name, "shape": list(var.shape), "trainable_index": i, **stats(m, v)})
+    step = int(opt.iterations.numpy())
+    return {
+        Path(path).name: {
+            "layout": "tf2-legacy" if legacy else "tf2-tfkeras",
+            "step": step,
+            "hyper": {"lr": 5e-3, "beta1": 0.9, "beta2": 0.995, "eps": 1e-7},
+            "keys": sorted(r.get_variable_to_shape_map()),
+            "tensors": tensors,
+        }
+    }
+
+
 # --- Keras TensorBoard logs ------------------------------------------------------------------------
 def make_logs(out: Path, update_freq: int) -> dict[str, Any]:
     import keras
@@ -333,8 +386,20 @@ def main(out: Path) -> None:
         (out / "tf1_b2p0").mkdir()
         expected["tf1_b2p0"] = make_tf1(Path(t), out / "tf1_b2p0", zero_beta2_power=True)
     with tempfile.TemporaryDirectory() as t:
+        (out / "tf1_resource").mkdir()
+        expected["tf1_resource"] = make_tf1(Path(t), out / "tf1_resource", resource=True)
+    with tempfile.TemporaryDirectory() as t:
         (out / "tf2").mkdir()
         expected["tf2"] = make_tf2(Path(t), out / "tf2")
+    try:
+        import tf_keras  # noqa: F401 - optional: the Keras 2 layouts
+    except ImportError:
+        print("tf_keras not installed: no tf2_tfkeras/ and tf2_legacy/ fixtures", file=sys.stderr)
+    else:
+        for legacy, sub in ((False, "tf2_tfkeras"), (True, "tf2_legacy")):
+            with tempfile.TemporaryDirectory() as t:
+                (out / sub).mkdir()
+                expected[sub] = make_tf2_tfkeras(Path(t), out / sub, legacy=legacy)
     (out / "keras").mkdir()
     expected["keras"] = make_keras(out / "keras")
     expected["logs"] = {f"logs_f{k}": make_logs(out, k) for k in (1, 10)}

@@ -127,6 +127,38 @@ def count_embeddings(slots: list[tuple], cands: list[tuple], cap: int = 2) -> tu
     return ways[0][0], pick
 
 
+def schedule_lr(sched: dict, step: int) -> float | None:
+    """The learning rate a Keras 3 schedule gives at ``step`` (what the optimizer's next update uses:
+    ``schedule(iterations)``), for the built-in schedules whose formula is fixed; None otherwise."""
+    c = sched.get("config") or {}
+    name = sched.get("class_name")
+    try:
+        if name in ("ExponentialDecay", "InverseTimeDecay"):
+            p = step / c["decay_steps"]
+            p = math.floor(p) if c.get("staircase") else p
+            lr0, rate = c["initial_learning_rate"], c["decay_rate"]
+            return float(lr0 * rate**p if name == "ExponentialDecay" else lr0 / (1 + rate * p))
+        if name == "PiecewiseConstantDecay":
+            bounds, values = c["boundaries"], c["values"]
+            return float(next((v for b, v in zip(bounds, values) if step <= b), values[-1]))
+        if name == "PolynomialDecay":
+            steps, end, power = c["decay_steps"], c.get("end_learning_rate", 1e-4), c.get("power", 1.0)
+            if c.get("cycle"):
+                steps = steps * max(math.ceil(step / steps), 1)
+            t = min(step, steps)
+            return float((c["initial_learning_rate"] - end) * (1 - t / steps) ** power + end)
+        if name == "CosineDecay" and not c.get("warmup_steps"):
+            t = min(step, c["decay_steps"])
+            alpha = c.get("alpha", 0.0)
+            return float(
+                c["initial_learning_rate"]
+                * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * t / c["decay_steps"])) + alpha)
+            )
+    except (KeyError, TypeError, ZeroDivisionError, ValueError):
+        return None
+    return None
+
+
 def _model_vars(f, config: dict) -> list[tuple[str, str]] | None:
     """(name, h5 dataset path) of the model's variables in model order, from config.json's layers;
     None when the file's groups do not follow (nested models, custom saving)."""
@@ -224,7 +256,12 @@ def open_keras(path: Path):
     if lr is None:
         sched = ocfg.get("learning_rate", {}) if ocfg else {}
         what = f"a {sched.get('class_name')} schedule" if isinstance(sched, dict) and sched else "a schedule"
-        warnings.append(f"learning rate is {what} (not stored as a value): lr unknown")
+        lr = schedule_lr(sched, step) if isinstance(sched, dict) else None
+        if lr is not None:
+            hyper["lr"], sources["lr"] = lr, "file"
+            warnings.append(f"learning rate from {what} in config.json, at step {step}: {lr:.6g}")
+        else:
+            warnings.append(f"learning rate is {what} (not stored as a value): lr unknown")
     defaulted = [k for k, s in sources.items() if s == "default"]
     if defaulted:
         warnings.append(

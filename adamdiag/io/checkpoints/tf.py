@@ -492,37 +492,45 @@ def open_tf1(prefix: Path, bundle: Bundle):
     if not Path(f"{prefix}.meta").is_file():
         warnings.append("no .meta file: lr, β1, β2 and eps are unknown (they are stored only in the graph)")
 
-    # The step: global_step if the user made one, else beta2_power = β2^(t+1), else the -N suffix.
+    # The step: global_step if the user made one (the counter the logs use), else the optimizer's own
+    # count from beta2_power = β2^(t+1), else the -N suffix. The bias correction is always the one
+    # TF applied: from the optimizer's count where it is known.
     beta2 = hyper.get("beta2")
     beta1 = hyper.get("beta1")
     bias = None
-    step = None
-    gs = next((k for k in bundle.entries if k == "global_step" or k.endswith("/global_step")), None)
+    gs = next((k for k in sorted(bundle.entries) if k == "global_step" or k.endswith("/global_step")), None)
     b2p_key = next((k for k in sorted(bundle.entries) if re.fullmatch(r"(.*/)?beta2_power(_\d+)?", k)), None)
     b2p = bundle.scalar(b2p_key) if b2p_key else None
     suffix = step_suffix(prefix)
-    if gs is not None:
-        step = int(bundle.scalar(gs))
-        step_src = "global_step"
-    elif b2p is not None and b2p > 0 and beta2 is not None and 0 < beta2 < 1:
-        step = int(round(math.log(b2p) / math.log(beta2))) - 1
-        step_src = "beta2_power"
-    elif b2p == 0:
-        step = suffix
-        step_src = "suffix"
-        bias = (1.0 - beta1**step if beta1 is not None and step else 1.0, 1.0)
-        warnings.append(
-            f"beta2_power is 0 (float32 underflow after ~{int(math.log(1.2e-38) / math.log(beta2 or 0.999))} steps at "
-            f"β2={beta2 or 0.999:g}): step {step if step is not None else 'unknown'} from the name, and v's bias "
-            "correction is 1 (as in TensorFlow's own update)"
-        )
+    t_opt = None
+    if b2p is not None and b2p > 0 and beta2 is not None and 0 < beta2 < 1:
+        t_opt = int(round(math.log(b2p) / math.log(beta2))) - 1
+    gs_val = bundle.scalar(gs) if gs is not None else None
+    if gs_val is not None:
+        step = int(gs_val)
+        if t_opt is not None and t_opt != step:
+            bias = (1.0 - beta1**t_opt if beta1 is not None else 1.0, 1.0 - beta2**t_opt)
+            warnings.append(
+                f"global_step is {step} but the optimizer made {t_opt} updates (beta2_power): "
+                f"bias corrections use {t_opt}"
+            )
+    elif t_opt is not None:
+        step = t_opt
+        if suffix is not None and suffix != step:
+            warnings.append(f"optimizer step {step} (from beta2_power) differs from the name's -{suffix}")
     else:
         step = suffix
-        step_src = "suffix"
-    if step_src == "suffix" and step is not None and b2p != 0:
-        warnings.append(f"step {step} from the checkpoint's name (-N suffix): no global_step, β2 unknown")
-    if step_src == "beta2_power" and suffix is not None and suffix != step:
-        warnings.append(f"optimizer step {step} (from beta2_power) differs from the name's -{suffix}")
+        if b2p != 0 and step is not None:
+            warnings.append(f"step {step} from the checkpoint's name (-N suffix): no global_step, β2 unknown")
+    if b2p == 0:
+        b = beta2 or 0.999
+        lo, hi = (int(math.log(x) / math.log(b)) for x in (1.2e-38, 1.4e-45))  # normal / subnormal float32
+        bias = (1.0 - beta1**step if beta1 is not None and step else 1.0, 1.0)
+        warnings.append(
+            f"beta2_power is 0 (float32 underflows after ~{lo}–{hi} steps at β2={b:g}): step "
+            f"{step if step is not None else 'unknown'} from {'global_step' if gs_val is not None else 'the name'}, "
+            "and v's bias correction is 1 (as in TensorFlow's own update)"
+        )
 
     h = {
         "lr": _nan(hyper.get("lr")),
@@ -645,6 +653,9 @@ def open_tf2(prefix: Path, bundle: Bundle):
             _listed(g, ch[k]) if k in ch else [] for k in ("_trainable_variables", "_momentums", "_velocities")
         )
         vh = _listed(g, ch["_velocity_hats"]) if "_velocity_hats" in ch else []
+        if not tv:  # tf.keras (Keras 2) lists no trainables: every variable outside the optimizer
+            own = {nid for k in ch for nid in ([ch[k]] + _listed(g, ch[k]))} | set(_children(g.nodes[0]).values())
+            tv = [i for i, n in enumerate(g.nodes) if i not in own and _var_key(n) is not None]
         slots = _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix)
         if "_iterations" in ch:
             step = _scalar_node(bundle, g, ch["_iterations"])
@@ -689,6 +700,9 @@ def open_tf2(prefix: Path, bundle: Bundle):
         step = hp("iter", "iterations")
         hyper = {"lr": hp("learning_rate", "lr"), "beta1": hp("beta_1"), "beta2": hp("beta_2"), "eps": hp("epsilon")}
         sources = {k: ("file" if v is not None else "unknown") for k, v in hyper.items()}
+        if "iter" in opt and hyper["eps"] is None:  # tf.keras optimizer_v2: epsilon is a Python float
+            hyper["eps"], sources["eps"] = KERAS_DEFAULTS["eps"], "default"
+            warnings.append("eps is not stored by tf.keras' optimizers: its default 1e-7 assumed")
         amsgrad = any(s[3] is not None for s in slots)
     if step is None:
         step = step_suffix(prefix)
@@ -738,21 +752,24 @@ def _scalar_node(bundle: Bundle, g, nid: int) -> float | None:
 
 
 def _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix) -> list[tuple[int, int, int, int | None]]:
-    """Keras 3 slots → trainable variables by name (``<opt>/<var path, / → _>_momentum``), shapes
-    checked; by list position only where names do not say (with a warning)."""
-
-    def key(name: str) -> str:
-        return name.replace("/", "_")
-
-    by_key: dict[str, list[int]] = {}
+    """Keras slots → variables by name, shapes checked: Keras 3 names a slot
+    ``<opt>/<var path with / → _>_momentum`` (``_velocity``, ``_velocity_hat``), tf.keras (Keras 2)
+    ``<opt>/m/<var name>`` (``v``, ``vhat``). By list position only where names do not say and the
+    trainables list has the slots' length (with a warning); otherwise refused."""
+    exact: dict[str, list[int]] = {}
+    flat: dict[str, list[int]] = {}
     for t in tv:
-        by_key.setdefault(key(name_of(t)), []).append(t)
+        exact.setdefault(name_of(t), []).append(t)
+        flat.setdefault(name_of(t).replace("/", "_"), []).append(t)
 
-    def find(slot: int, suffix: str) -> int | None:
-        n = name_of(slot).split("/", 1)[-1]
-        if not n.endswith(suffix):
-            return None
-        hit = by_key.get(n[: -len(suffix)], [])
+    def find(slot: int, role: str) -> int | None:
+        parts = name_of(slot).split("/")
+        short = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat"}[role]
+        if len(parts) >= 3 and parts[1] == short:
+            hit = exact.get("/".join(parts[2:]), [])
+        else:
+            rest = "/".join(parts[1:])
+            hit = flat.get(rest[: -len(role) - 1], []) if rest.endswith("_" + role) else []
         return hit[0] if len(hit) == 1 else None
 
     out = []
@@ -762,16 +779,16 @@ def _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix) -> l
             f"{prefix}: the optimizer lists {len(ms)} momentums but {len(vs)} velocities: cannot pair them"
         )
     for i, (m, v) in enumerate(zip(ms, vs)):
-        var = find(m, "_momentum")
-        if var is None or find(v, "_velocity") != var:
+        hat = vh[i] if vh else None
+        var = find(m, "momentum")
+        if var is None or find(v, "velocity") != var or (hat is not None and find(hat, "velocity_hat") != var):
             if len(tv) != len(ms):
                 raise InputError(
-                    f"{prefix}: slot {name_of(m)} matches no trainable variable by name, and the lists differ in "
+                    f"{prefix}: slot {name_of(m)} matches no variable by name, and the lists differ in "
                     f"length ({len(tv)} variables, {len(ms)} slots): refusing to guess"
                 )
             var = tv[i]
             by_position += 1
-        hat = vh[i] if vh else None
         shapes = {shape_of(x) for x in (var, m, v, hat) if x is not None}
         if len(shapes) != 1:
             raise InputError(f"{prefix}: slots of {name_of(var)} do not have its shape ({sorted(map(str, shapes))})")
