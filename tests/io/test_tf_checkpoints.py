@@ -254,3 +254,26 @@ def test_keras_without_h5py_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py → ImportError
     err = _one_line_exit_2(str(FIX / "keras" / "plain.weights.h5"))
     assert "pip install 'adamdiag[keras]'" in err
+
+
+def test_no_torch_cpp_message_for_a_foreign_zip(tmp_path):
+    import zipfile
+
+    f = tmp_path / "model.pt"  # a zip, but not torch's layout (like a .keras renamed)
+    with zipfile.ZipFile(f, "w") as z:
+        z.writestr("metadata.json", "{}")
+    err = _one_line_exit_2(str(f))
+    assert "not a readable torch checkpoint" in err and "inline_container" not in err
+
+
+def test_scan_uses_tf1_checkpoints_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in (FIX / "logs_f1" / "train").iterdir():
+        shutil.copy(f, run / f.name)
+    for f in (FIX / "tf1").iterdir():
+        shutil.copy(f, run / f.name)
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code in (0, 1), res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert "checkpoints" in r["sources"] and r["convention"] == "tf"
