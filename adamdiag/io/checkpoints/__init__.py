@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,18 +224,29 @@ def step_from_name(path: Path) -> int | None:
 
 
 # --- loading ---------------------------------------------------------------------------------------
-def torch_load(path: Path, *, trust: bool) -> tuple[Any, bool]:
+def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, str]] = ()) -> tuple[Any, bool]:
     """``torch.load`` on CPU, memory-mapped where the format allows, ``weights_only=True`` first.
+
+    ``extra_globals``: (stand-in, "module.Name") pairs a format module allows in its files on top of
+    torch's list — inert records for a framework's classes (DeepSpeed's loss scaler...), so that
+    its files load without the framework and without running code from them.
 
     Returns (object, mmapped). Raises :class:`UntrustedCheckpointError` when the file needs
     arbitrary unpickling and ``trust`` is false; :class:`InputError` when it is no torch file.
     """
+    import contextlib
     import pickle
 
     import torch
 
     def load(weights_only: bool, mmap: bool) -> Any:
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+        allow = contextlib.nullcontext()
+        if weights_only and extra_globals:
+            if not hasattr(torch.serialization, "safe_globals"):
+                raise InputError(f"{path}: reading this format safely needs torch >= 2.6")
+            allow = torch.serialization.safe_globals(list(extra_globals))
+        with allow:
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
     if not zipfile.is_zipfile(path):
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
@@ -313,8 +324,12 @@ def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
 
 # --- discovery -------------------------------------------------------------------------------------
 def _checkpoint_dir_kind(d: Path) -> str | None:
+    from adamdiag.io.checkpoints import deepspeed
+
     if (d / ".metadata").is_file():
         return "dcp"
+    if deepspeed.is_tag_dir(d):
+        return "deepspeed"
     if any((d / n).is_file() for n in OPTIMIZER_FILES):
         return "hf" if (d / "trainer_state.json").is_file() else "accelerate"
     return None
@@ -860,8 +875,14 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
     if convention not in (None, "torch", "tf"):
         raise InputError(f"unknown convention {convention!r} (torch or tf)")
     if path.is_dir():
+        from adamdiag.io.checkpoints import deepspeed
+
         kind = _checkpoint_dir_kind(path)
-        if kind == "dcp":
+        if kind is None and deepspeed.has_pointer(path):
+            kind = "deepspeed"  # a save directory or HF+DeepSpeed checkpoint-N/: `latest` names the tag
+        if kind == "deepspeed":
+            ck = deepspeed.open_deepspeed(path, trust=trust)
+        elif kind == "dcp":
             from adamdiag.io.checkpoints.dcp import open_dcp
 
             ck = open_dcp(path, trust=trust)
