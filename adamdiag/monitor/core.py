@@ -58,6 +58,8 @@ SIGNALS = (
     "update_rms",
 )
 SEVERITIES = ("info", "warning", "error")
+# AD103 is not evaluated before this step (see _rules).
+MIN_RMS_STEP = 10
 # At most this many findings are kept (the live file stays small on a run of 10^6 steps).
 MAX_FINDINGS = 200
 
@@ -82,6 +84,7 @@ class _Watch:
         self.step: int | None = None
         self.tracks: dict[str, R.Track] = {}
         self.fallback_named = 0
+        self.logged = 0  # logging steps of this optimizer (all tensors every `all_every` of them)
         self.pre_handle: Any = None
         self.geff: dict[int, Any] = {}  # id(param) -> grad + wd·param before the step (Adam's L2)
 
@@ -317,11 +320,12 @@ class AdamMonitor:
                 w.track(name).see_peak(float(sig["vhat_mean"][i]))
             return
         self._logged += 1
+        w.logged += 1
         prefix = f"adamdiag/{w.index}/" if self._multi else "adamdiag/"
         self.last = {"global": glob, **{labels[i]: {k: float(sig[k][i]) for k in sig} for i in range(len(labels))}}
         order = _risk_order(sig, [w.track(n).peak for n in labels])
         new = self._rules(w, step, labels, sig, glob, meta)
-        self._write_scalars(prefix, step, labels, sig, glob, order)
+        self._write_scalars(prefix, step, labels, sig, glob, order, w.logged)
         if new:
             self._emit(new, step, prefix)
         elif self._logged % self.live_every == 0:
@@ -411,8 +415,9 @@ class AdamMonitor:
                     )
         # AD103: update RMS, all parameters (re-armed when it falls back below the limit).
         u = glob["update_rms"]
-        # At t=1, v̂ = g² exactly and the RMS is 1 by construction (scan has no v̂_prev there).
-        over = step > 1 and math.isfinite(u) and u > R.UPDATE_RMS_LIMIT
+        # In the first steps v̂ averages the last few g² (at t=1, v̂ = g² exactly): mean(g²/v̂) is ~1
+        # by construction there, not a sign of anything (scan has no v̂_prev at t=1 either).
+        over = step >= MIN_RMS_STEP and math.isfinite(u) and u > R.UPDATE_RMS_LIMIT
         if over and not tr.rms_over:
             out.append(R.update_rms_finding("global", step, u))
         tr.rms_over = over
@@ -465,13 +470,14 @@ class AdamMonitor:
         sig: dict[str, np.ndarray],
         glob: dict[str, float],
         order: list[int],
+        logged: int,
     ) -> None:
         if self.writer is None:
             return
         for k in SIGNALS:
             if not self._writer_call("add_scalar", f"{prefix}global/{k}", glob[k], step):
                 return
-        chosen = range(len(labels)) if self._logged % self.all_every == 0 else order[: self.top_k]
+        chosen = range(len(labels)) if logged % self.all_every == 0 else order[: self.top_k]
         for i in chosen:
             for k in SIGNALS:
                 if not self._writer_call("add_scalar", f"{prefix}{labels[i]}/{k}", float(sig[k][i]), step):

@@ -53,3 +53,51 @@ def train(
         if after_step is not None:
             after_step(step, losses[-1])
     return losses
+
+
+def runlab() -> Any:
+    """The training lab (tools/runlab, formerly examples/), or skip when this checkout has neither."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[2]
+    for d in (root / "tools" / "runlab", root / "examples"):
+        if (d / "runlab.py").exists():
+            if str(d) not in sys.path:
+                sys.path.insert(0, str(d))
+            return importlib.import_module("runlab")
+    pytest.skip("the training lab (tools/runlab) is not in this checkout")
+
+
+def vcollapse_run(every: int, steps: int = 700, **monitor_kw: Any) -> tuple[Any, list[float], list[dict], Any]:
+    """The shipped ``sample_logs/vcollapse`` recipe (full batch, lr 1e-2, eps 1e-8; the loss blows up at
+    step 662 from a v collapse) trained with an AdamMonitor; returns (monitor, losses, per-step global
+    signals, lab module)."""
+    import json
+    from pathlib import Path
+
+    from adamdiag.monitor import AdamMonitor
+
+    lab = runlab()
+    cfg_path = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse" / "config.json"
+    cfg = lab.RunConfig.from_json(json.loads(cfg_path.read_text())["config"])
+    data = lab.build_data(cfg)
+    model = lab.build_model(cfg)
+    opt = lab.build_optimizer(cfg, model)
+    mon = AdamMonitor(opt, model=model, every=every, **monitor_kw)
+    losses: list[float] = []
+    hist: list[dict] = []
+    for step in range(1, steps + 1):
+        batch = lab.batch_for_step(cfg, step, data)
+        opt.zero_grad(set_to_none=True)
+        loss = lab.total_loss(cfg, model, batch)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        mon.log_loss(step, losses[-1])
+        if step % every == 0 and mon.last:
+            hist.append({"step": step, **mon.last["global"]})
+    return mon, losses, hist, lab

@@ -1,0 +1,127 @@
+"""Live findings on real training runs: a v collapse is flagged before its blowup, with scan's rule."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from monitor_loops import mlp, regression_data, train, vcollapse_run
+
+from adamdiag.analysis.diagnose import Trajectory, collapse_stretch
+from adamdiag.monitor import LIVE_FILE, LIVE_SCHEMA, AdamDiagAlarm, AdamMonitor
+
+
+def test_collapse_flagged_before_blowup_with_scans_rule(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="adamdiag.monitor")
+    # every=1 up to just past the warning: the warning point is scan's, on the same trajectory
+    mon1, _, hist, _ = vcollapse_run(every=1, steps=300)
+    glob1 = [f for f in mon1.findings if f.id == "AD101" and f.tensor is None]
+    assert glob1 and glob1[0].severity == "warning"
+    steps = np.array([h["step"] for h in hist])
+    g2 = np.array([h["g2_mean"] for h in hist])
+    vhat = np.array([h["vhat_mean"] for h in hist])
+    r = np.array([h["r"] for h in hist])
+    tr = Trajectory("global", steps, g2, vhat, r, exact=True, eps=1e-8, beta2=0.999)
+    first, warn, _median = collapse_stretch(tr, None, 0.999)  # scan's median spans the whole stretch
+    assert (glob1[0].step, glob1[0].evidence["first_step"]) == (warn, first)
+    # every=10 through the blowup (step 662): flagged hundreds of steps before it, ≤ every-1 warning + 10
+    mon, losses, _, lab = vcollapse_run(every=10)
+    blowup = lab.detect_blowup(losses)
+    assert blowup == 662  # the recipe of sample_logs/vcollapse
+    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    assert glob and glob[0].step <= glob1[0].step + 10
+    assert glob[0].step < blowup - 300
+    assert mon.verdict == "v_collapse-in-progress" and mon.warning_step <= glob[0].step
+    assert "from step" in glob[0].message and "eps does not bound the step" in glob[0].message
+    # one log line per finding, on the adamdiag.monitor logger
+    assert any("AD101" in rec.getMessage() for rec in caplog.records if rec.name == "adamdiag.monitor")
+
+
+def test_healthy_noisy_run_has_no_alarm() -> None:
+    """Mini-batch regression with label noise: r stays O(1), no error finding, verdict healthy."""
+    x, y = regression_data(seed=2, n=512)
+    y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+    model = mlp(seed=2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    mon = AdamMonitor(opt, model=model, every=5)
+    train(model, opt, 800, data=(x, y), batch=32)
+    assert mon.verdict == "healthy"
+    assert not [f for f in mon.findings if f.severity == "error" or f.id == "AD101"]
+    assert 0.2 < mon.last["global"]["r"] < 5
+
+
+def test_nonfinite_raise_on_callback_and_live_file(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    seen = []
+    model = mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    writer = SummaryWriter(str(tmp_path))
+    mon = AdamMonitor(opt, model=model, writer=writer, every=2, on_finding=seen.append, raise_on="error")
+    train(model, opt, 6)
+    live = json.loads((tmp_path / LIVE_FILE).read_text()) if (tmp_path / LIVE_FILE).exists() else None
+    model[0].weight.register_hook(lambda g: g * float("nan"))  # a NaN gradient from step 7 on
+    with pytest.raises(AdamDiagAlarm) as exc:
+        train(model, opt, 2)
+    assert exc.value.finding.id == "AD401" and "0.weight" in exc.value.finding.message
+    assert [f.id for f in seen] == ["AD401"]
+    doc = json.loads((tmp_path / LIVE_FILE).read_text())
+    assert doc["schema"] == LIVE_SCHEMA
+    run = doc["runs"][0]
+    assert run["verdict"] == "nonfinite" and run["step"] == 8 and run["findings"][0]["id"] == "AD401"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # written via tmp + os.replace
+    assert live is None or live["runs"][0]["verdict"] == "healthy"
+    # NaN/Infinity never appear as JSON literals (report/1 rule)
+    json.loads((tmp_path / LIVE_FILE).read_text(), parse_constant=lambda c: pytest.fail(f"JSON literal {c}"))
+    mon.close()
+    writer.close()
+
+
+def test_log_loss_nonfinite() -> None:
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters())
+    mon = AdamMonitor(opt, model=model)
+    mon.log_loss(5, 1.0)
+    mon.log_loss(6, float("inf"))
+    mon.log_loss(7, float("nan"))
+    assert [(f.id, f.step) for f in mon.findings] == [("AD401", 6)]
+    assert mon.verdict == "nonfinite" and mon.blowup_step == 6
+
+
+def test_tags_topk_all_and_several_optimizers(tmp_path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.io.events import read_file
+
+    m1, m2 = mlp(seed=0), mlp(seed=1)
+    o1 = torch.optim.Adam(m1.parameters())
+    o2 = torch.optim.AdamW(m2.parameters())
+    names = {**{f"a.{n}": p for n, p in m1.named_parameters()}, **{f"b.{n}": p for n, p in m2.named_parameters()}}
+    w = SummaryWriter(str(tmp_path))
+    mon = AdamMonitor([o1, o2], writer=w, names=names, every=2, top_k=1, all_every=3)
+    data = regression_data()
+    for _ in range(6):
+        for m, o in ((m1, o1), (m2, o2)):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(data[0]), data[1]).backward()
+            o.step()
+    mon.close()
+    w.close()
+    tags: dict[str, list[int]] = {}
+    for f in tmp_path.glob("events.out.tfevents.*"):
+        fd = read_file(f)
+        for ti, st in zip(np.concatenate(fd.s_tag), np.concatenate(fd.s_step)):
+            tags.setdefault(fd.tags[ti], []).append(int(st))
+    sig = ("g2_mean", "vhat_mean", "r", "sqrt_vhat_p01", "sqrt_vhat_p50", "sqrt_vhat_p99")
+    sig += ("frac_below_eps", "frac_below_10eps", "update_rms")
+    for i in (0, 1):
+        for s in sig:
+            assert sorted(tags[f"adamdiag/{i}/global/{s}"]) == [2, 4, 6]
+    # top-1 tensor at steps 2 and 4, all four tensors of each optimizer at the 3rd logging step (6)
+    per_tensor = {t for t in tags if t.startswith("adamdiag/0/a.") and t.endswith("/r")}
+    assert len(per_tensor) == 4
+    assert all(6 in tags[t] for t in per_tensor)
+    assert sum(len(tags[t]) for t in per_tensor) == 2 + 4
