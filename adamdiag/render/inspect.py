@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any
+from typing import Any, Literal
 
 
 def _fmt(x: Any, spec: str = ".3g") -> str:
@@ -45,7 +45,7 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
             markup=False,
         )
         tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for col, j in [
+        columns: list[tuple[str, Literal["left", "right"]]] = [
             ("tensor", "left"),
             ("grp/idx", "left"),
             ("shape", "left"),
@@ -63,7 +63,8 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
             ("upd/param", "right"),
             ("upd max", "right"),
             ("nonfinite", "right"),
-        ]:
+        ]
+        for col, j in columns:
             tab.add_column(col, justify=j, no_wrap=col != "tensor", overflow="fold")
         for t in sorted(s.tensors, key=lambda t: t.risk_key):
             tab.add_row(

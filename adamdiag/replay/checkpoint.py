@@ -180,16 +180,18 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     for e in ck.entries:
         by_group.setdefault(e.group, []).append(e)
     state: dict[int, Any] = {}
-    groups = []
+    fetch_state = ck._fetch_state
+    assert fetch_state is not None  # open_dcp sets it
+    groups: list[dict[str, Any]] = []
     for gi in sorted(by_group):
         entries = by_group[gi]
         keys = o["groups"][gi] if o["groups"] else o["flat_groups"].get(entries[0].name, {})
-        group = {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
+        group: dict[str, Any] = {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
         group["params"], group["param_names"] = [], []
         for e in entries:
             pid = sum(len(g["params"]) for g in groups) + len(group["params"])  # ids in group order
             if e.shape is not None:  # a parameter that never got a gradient has no state
-                state[pid] = ck._fetch_state(e)
+                state[pid] = fetch_state(e)
             group["params"].append(pid)
             group["param_names"].append(e.name)
         groups.append(group)

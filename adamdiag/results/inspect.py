@@ -7,10 +7,11 @@ from typing import Any
 SCHEMA = "adamdiag.inspect/1"
 
 
-def to_json_obj(summaries: list, pairs: list[dict]) -> dict[str, Any]:
+def to_json_obj(summaries: list[Any], pairs: list[dict[str, Any]]) -> dict[str, Any]:
     from adamdiag import __version__
     from adamdiag.results.report import json_safe
 
-    return json_safe(
+    out: dict[str, Any] = json_safe(
         {"schema": SCHEMA, "tool_version": __version__, "checkpoints": [s.to_dict() for s in summaries], "pairs": pairs}
     )
+    return out

@@ -318,8 +318,8 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
             if step is not None:
                 break
     if step is None:
-        steps = [_as_int(reader.read(st["step"])) for st in o["state"].values() if "step" in st]
-        steps = [s for s in steps if s is not None]
+        read_steps = [_as_int(reader.read(st["step"])) for st in o["state"].values() if "step" in st]
+        steps = [s for s in read_steps if s is not None]
         step = max(steps) if steps else None
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
