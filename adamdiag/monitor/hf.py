@@ -1,0 +1,93 @@
+"""Hugging Face ``transformers.Trainer`` hook: ``AdamDiagCallback`` (a ``TrainerCallback``).
+
+Imports transformers; ``import adamdiag.monitor`` alone does not.
+
+>>> from adamdiag.monitor.hf import AdamDiagCallback  # doctest: +SKIP
+>>> Trainer(model=model, args=args, train_dataset=ds, callbacks=[AdamDiagCallback(every=10)]).train()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback
+
+from adamdiag.monitor.core import AdamMonitor
+
+
+def _torch_optimizer() -> type:
+    import torch
+
+    return torch.optim.Optimizer
+
+
+def _unwrap(optimizer: Any) -> Any:
+    # accelerate's AcceleratedOptimizer (what Trainer hands to callbacks) wraps the torch optimizer.
+    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, _torch_optimizer()):
+        inner = optimizer.optimizer
+        if inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
+class AdamDiagCallback(TrainerCallback):
+    """Attaches an :class:`~adamdiag.monitor.core.AdamMonitor` to the Trainer's optimizer.
+
+    ``writer="auto"``: a torch SummaryWriter of its own in ``args.logging_dir`` (the directory
+    Trainer's TensorBoard integration writes to, so ``adamdiag scan`` sees both), on the main
+    process only; ``None`` for no tags. ``run_dir`` (the live file) defaults to ``args.logging_dir``
+    or ``args.output_dir``. The logged training loss is fed to the monitor (``on_log``).
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        writer: Any = "auto",
+        run_dir: str | None = None,
+        on_finding: Callable[[Any], Any] | None = None,
+        raise_on: str | None = None,
+        **monitor_kw: Any,
+    ) -> None:
+        self.every = every
+        self.writer = writer
+        self.run_dir = run_dir
+        self.on_finding = on_finding
+        self.raise_on = raise_on
+        self.monitor_kw = monitor_kw
+        self.monitor: AdamMonitor | None = None
+        self._own_writer: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kw: Any):
+        if optimizer is None:
+            return
+        log_dir = getattr(args, "logging_dir", None) or args.output_dir
+        writer = self.writer
+        if writer == "auto":
+            writer = None
+            if state.is_world_process_zero:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = self._own_writer = SummaryWriter(log_dir=log_dir)
+        self.monitor = AdamMonitor(
+            _unwrap(optimizer),
+            model=model,
+            writer=writer,
+            every=self.every,
+            on_finding=self.on_finding,
+            raise_on=self.raise_on,
+            run_dir=self.run_dir or log_dir,
+            **self.monitor_kw,
+        )
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
+        if self.monitor is not None and logs and "loss" in logs:
+            self.monitor.log_loss(state.global_step, logs["loss"])
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
+        if self.monitor is not None:
+            self.monitor.close()
+        if self._own_writer is not None:
+            self._own_writer.close()
+            self._own_writer = None

@@ -1,0 +1,81 @@
+"""PyTorch Lightning hook: ``AdamDiagCallback`` watches every optimizer of the Trainer.
+
+Imports Lightning (``lightning.pytorch``, else ``pytorch_lightning``); ``import adamdiag.monitor``
+alone does not.
+
+>>> import lightning as L  # doctest: +SKIP
+>>> from adamdiag.monitor.lightning import AdamDiagCallback  # doctest: +SKIP
+>>> L.Trainer(callbacks=[AdamDiagCallback(every=10)]).fit(model)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover - the older package name
+    from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+
+from adamdiag.monitor.core import AdamMonitor
+
+
+class AdamDiagCallback(Callback):
+    """Attaches an :class:`~adamdiag.monitor.core.AdamMonitor` to the Trainer's optimizers at fit start.
+
+    ``writer="auto"`` writes the ``adamdiag/*`` tags into the TensorBoardLogger's event file when
+    the Trainer has one (none otherwise); ``run_dir`` defaults to the Trainer's ``log_dir``. The
+    training loss is fed to the monitor on its logging steps (AD401 on a non-finite loss).
+    ``monitor`` is the live monitor once training started (findings, verdict, last signals).
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        writer: Any = "auto",
+        run_dir: str | None = None,
+        on_finding: Callable[[Any], Any] | None = None,
+        raise_on: str | None = None,
+        **monitor_kw: Any,
+    ) -> None:
+        super().__init__()
+        self.every = every
+        self.writer = writer
+        self.run_dir = run_dir
+        self.on_finding = on_finding
+        self.raise_on = raise_on
+        self.monitor_kw = monitor_kw
+        self.monitor: AdamMonitor | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        writer = self.writer
+        if writer == "auto":
+            writer = None
+            exp = getattr(getattr(trainer, "logger", None), "experiment", None)
+            if exp is not None and hasattr(exp, "add_scalar") and hasattr(exp, "add_text"):
+                writer = exp  # TensorBoardLogger's SummaryWriter (a dummy on ranks > 0)
+        run_dir = self.run_dir or getattr(trainer, "log_dir", None) or trainer.default_root_dir
+        self.monitor = AdamMonitor(
+            list(trainer.optimizers),
+            model=pl_module,
+            writer=writer,
+            every=self.every,
+            on_finding=self.on_finding,
+            raise_on=self.raise_on,
+            run_dir=run_dir,
+            **self.monitor_kw,
+        )
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        mon = self.monitor
+        step = trainer.global_step
+        if mon is None or step % mon.every:
+            return  # the loss only on logging steps: one host sync per logging step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            mon.log_loss(step, loss.detach() if hasattr(loss, "detach") else loss)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
