@@ -36,9 +36,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RUNLAB = REPO / "tools" / "runlab"
 DEFAULT_OUT = REPO / "bench" / "out" / "accuracy"
+RESULTS = REPO / "bench" / "results"
 SCHEMA = "adamdiag.accuracy/1"
 # Any change to these files can change the runs: they are part of every case's cache key.
 HARNESS_SOURCES = ("runlab.py", "multitask.py", "families.py")
+# The counterfactual labeller (issue #12): its label has its own cache key (the run's key + this source), so
+# editing the labeller re-labels the cached runs without re-training them, and an interrupted
+# `make validate` resumes at the first run or label it has not stored.
+LABELLER_SOURCES = ("counterfactual.py",)
 
 CAUSES = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "healthy")
 VERDICTS = ("v_collapse", "lr_too_high", "bad_batch", "nonfinite", "eps_too_large", "healthy", "inconclusive")
@@ -70,12 +75,19 @@ class Case:
 
 # Added to every case's seed while a seed group is built: the same designs with other initialisations.
 SEED_OFFSET = 0
-# The matrix is the designs of matrix() in three seed groups. Why three: 35 blown-up runs per group
+# The matrix is the designs of matrix() in four seed groups. Why several: 35 blown-up runs per group
 # put one run at ~3% of the accuracy (binomial standard error ~4% at 95%), so a single group cannot
 # tell 95% from 92% or 98%; 100 runs can (~2%). Group 0 is the one the detector was developed on;
 # groups 10 and 20 were first generated as held-out checks (after the last detector change) and are
-# reported on their own as well.
-SEED_GROUPS = (0, 10, 20)
+# reported on their own as well. Group 30 (issue #12) was added with the counterfactual labels and the
+# long-but-shallow collapse designs, generated after the last rule change, and is reported alone
+# (HELD_OUT_GROUPS) as well as pooled.
+SEED_GROUPS = (0, 10, 20, 30)
+HELD_OUT_GROUPS = (30,)
+# issue #12 targets, scored against the counterfactual labels
+TARGET_CF_ACCURACY = 0.97  # right verdicts on labelled blown-up runs the log shows, pooled
+TARGET_CF_ACCURACY_PER_GROUP = 0.94  # ...and in no seed group below this
+TARGET_FIX_AVOIDED = {"v_collapse": 0.95, "lr_too_high": 0.90}  # recommended first fix avoids the blowup
 
 
 def _case(intended: str, family: str, size: str, what: str, *, fast: bool = False, note: str = "", **cfg: Any) -> Case:
@@ -142,6 +154,9 @@ def matrix() -> list[Case]:
     """
     M, C, T = "mlp_multitask", "cnn", "transformer"
     warm = {"lr_schedule": "linear_warmup"}
+    # issue #12's shallow-collapse task: regression heads only, 32 examples (see the designs below)
+    sh = {"data": {"prob_weight": 0.0, "n_examples": 32}}
+    b99 = {"betas": (0.9, 0.99)}
     cases = [
         # --- v collapse: full batch on a realisable teacher target, eps 1e-8 --------------------------
         _case("v_collapse", M, "tiny", "vc", lr=3e-2, steps=650, fast=True),
@@ -305,6 +320,104 @@ def matrix() -> list[Case]:
             inject={"nan_from": 800},
             note="full batch, v collapsing when the NaN arrives",
         ),
+        # --- issue #12: long but shallow collapse. A small regression-only task (no probability head, 32
+        # examples) that the net fits to ~1e-7 fast, so the run goes unstable within about half a v memory
+        # of reaching its loss floor, while √v̂ has fallen only a little: the live-state label may call
+        # these lr_too_high (no deep collapse), the counterfactual label asks the run. β2 0.99-0.995 (the
+        # same mechanism as 0.999 with 10x fewer steps), one 0.999 and one small 0.9999 design, full and
+        # mini batch, three families' worth of sizes and seeds.
+        _case("v_collapse", M, "tiny", "sh99", lr=3e-3, steps=800, ckpt_every=100, **sh, **b99),
+        _case("v_collapse", M, "tiny", "sh99", lr=3e-3, steps=800, ckpt_every=100, seed=1, **sh, **b99),
+        _case("v_collapse", M, "small", "sh99", lr=3e-3, steps=700, ckpt_every=100, **sh, **b99),
+        _case("v_collapse", M, "tiny", "sh995", lr=1e-2, steps=700, ckpt_every=100, **sh, betas=(0.9, 0.995)),
+        _case(
+            "v_collapse",
+            M,
+            "tiny",
+            "sh999",
+            lr=1e-2,
+            steps=1000,
+            ckpt_every=100,
+            note="the issue's beta2 0.999 full-batch regression, shorter",
+            **sh,
+        ),
+        _case(
+            "v_collapse",
+            M,
+            "tiny",
+            "sh99",
+            lr=1e-2,
+            steps=800,
+            ckpt_every=100,
+            batch_size=24,
+            note="mini batch of 24 out of 32 examples: interpolation, per-example gradients vanish too",
+            **sh,
+            **b99,
+        ),
+        _case(
+            "v_collapse",
+            T,
+            "tiny",
+            "sh98",
+            lr=3e-3,
+            steps=800,
+            ckpt_every=100,
+            optimizer="adamw",
+            betas=(0.9, 0.98),
+            note="the issue's 1-layer transformer, AdamW beta2 0.98, full batch",
+        ),
+        _case(
+            "v_collapse",
+            T,
+            "tiny",
+            "sh98",
+            lr=3e-3,
+            steps=800,
+            ckpt_every=100,
+            seed=1,
+            optimizer="adamw",
+            betas=(0.9, 0.98),
+        ),
+        _case("v_collapse", T, "tiny", "sh99", lr=1e-2, steps=700, ckpt_every=100, **b99),
+        _case(
+            "v_collapse",
+            M,
+            "tiny",
+            "sh9999",
+            lr=3e-2,
+            steps=900,
+            ckpt_every=100,
+            betas=(0.9, 0.9999),
+            note="beta2 0.9999: v remembers 10^4 steps, so it has barely decayed at the blowup (labelled over 10^4 steps)",
+            **sh,
+        ),
+        _case(
+            "lr_too_high",
+            M,
+            "small",
+            "hot99",
+            lr=0.3,
+            steps=300,
+            warmup_steps=200,
+            ckpt_every=50,
+            batch_size=32,
+            **b99,
+            **warm,
+        ),
+        _case("healthy", M, "tiny", "sh99stable", lr=3e-3, steps=800, ckpt_every=100, eps=1e-3, **sh, **b99),
+        _case(
+            "healthy",
+            M,
+            "tiny",
+            "sh99minibatch",
+            lr=1e-2,
+            steps=800,
+            ckpt_every=100,
+            batch_size=16,
+            note="mini batch of 16 out of 32: enough noise that g²/v̂ stays O(1)",
+            **sh,
+            **b99,
+        ),
         # --- borderline: instabilities whose truth is a judgement call (scored like all others)
         _case(
             "v_collapse",
@@ -368,19 +481,35 @@ def case_key(case: Case, with_sources: bool = True) -> str:
     return h.hexdigest()[:16]
 
 
-def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
-    """Train one case into ``run_dir`` (worker process); returns its truth summary and timing.
+def label_key(case: Case) -> str:
+    """Cache key of a run's counterfactual label: the run's key plus the labeller's source."""
+    h = hashlib.sha256(case_key(case).encode())
+    for name in LABELLER_SOURCES:
+        h.update((RUNLAB / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _generate(case: Case, run_dir: str, key: str, lkey: str | None, train: bool = True) -> dict[str, Any]:
+    """Train one case into ``run_dir`` (unless ``train`` is False: the run is cached) and, when ``lkey`` is
+    given, label it by counterfactual (worker process); returns its truth summary and timing.
 
     A crash of the harness is returned as ``error`` (and scored as such), not raised: one broken case must
     not throw away the other runs of a 15-minute matrix."""
     d = Path(run_dir)
-    if d.exists():
-        shutil.rmtree(d)
     t0 = time.perf_counter()
+    dt = 0.0
     try:
         runlab = _harness()
-        cfg = runlab.RunConfig(name=case.name, **case.cfg)
-        truth = runlab.train(cfg, d)
+        if train:
+            if d.exists():
+                shutil.rmtree(d)
+            cfg = runlab.RunConfig(name=case.name, **case.cfg)
+            truth = runlab.train(cfg, d)
+            dt = time.perf_counter() - t0
+            _write_case_json(case, d, key, dt)
+        else:
+            truth = json.loads((d / "truth.json").read_text())
+            dt = json.loads((d / "case.json").read_text())["seconds"]
     except Exception as e:  # noqa: BLE001
         return {
             "name": case.name,
@@ -388,13 +517,33 @@ def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
             "cause": "generation failed",
             "error": f"{type(e).__name__}: {e}",
         }
-    dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    cf, label_error = None, None
+    if lkey is not None:
+        try:  # a labeller crash leaves the run scored on its live-state truth, unlabelled
+            import counterfactual
+
+            cf = counterfactual.write_label(d, key=lkey)
+        except Exception as e:  # noqa: BLE001
+            label_error = f"{type(e).__name__}: {e}"
+    return {
+        "name": case.name,
+        "seconds": dt,
+        "label_seconds": time.perf_counter() - t1 if lkey is not None else 0.0,
+        "cause": truth["summary"]["cause"],
+        "label": None if cf is None else cf.get("label"),
+        "label_error": label_error,
+        "error": None,
+    }
+
+
+def _write_case_json(case: Case, d: Path, key: str, seconds: float) -> None:
     (d / "case.json").write_text(
         json.dumps(
             {
                 "key": key,
                 "cfg_key": case_key(case, False),
-                "seconds": dt,
+                "seconds": seconds,
                 "intended": case.intended,
                 "note": case.note,
                 "cfg": case.cfg,
@@ -403,7 +552,6 @@ def _generate(case: Case, run_dir: str, key: str) -> dict[str, Any]:
         )
         + "\n"
     )
-    return {"name": case.name, "seconds": dt, "cause": truth["summary"]["cause"], "error": None}
 
 
 def _cached(case: Case, run_dir: Path, key: str, keep_stale: bool = False) -> bool:
@@ -419,6 +567,16 @@ def _cached(case: Case, run_dir: Path, key: str, keep_stale: bool = False) -> bo
     return m.get("key") == key or (keep_stale and m.get("cfg_key") == case_key(case, False))
 
 
+def _label_cached(run_dir: Path, lkey: str, keep_stale: bool = False) -> bool:
+    """The run's truth.json already holds a counterfactual label computed under ``lkey`` (any key with
+    ``keep_stale``)."""
+    try:
+        cf = json.loads((run_dir / "truth.json").read_text()).get("counterfactual")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return cf is not None and (cf.get("key") == lkey or keep_stale)
+
+
 def _cost(case: Case) -> float:
     """Rough relative cost for scheduling longest-first."""
     per_step = {"mlp_multitask": 1.0, "cnn": 1.4, "transformer": 1.6}[case.cfg["family"]]
@@ -426,38 +584,65 @@ def _cost(case: Case) -> float:
 
 
 def generate(
-    cases: list[Case], out: Path, jobs: int = 2, regen: bool = False, log: Any = None, keep_stale: bool = False
+    cases: list[Case],
+    out: Path,
+    jobs: int = 2,
+    regen: bool = False,
+    log: Any = None,
+    keep_stale: bool = False,
+    counterfactual: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Make sure every case's run exists under ``out/<name>`` (cached); returns {name: generation info}."""
+    """Make sure every case's run (and, with ``counterfactual``, its label) exists under ``out/<name>``
+    (cached); returns {name: generation info}."""
     out.mkdir(parents=True, exist_ok=True)
     todo, info = [], {}
     for c in cases:
         key = case_key(c)
+        lkey = label_key(c) if counterfactual else None
         d = out / c.name
-        if not regen and _cached(c, d, key, keep_stale):
+        run_ok = not regen and _cached(c, d, key, keep_stale)
+        label_ok = lkey is None or (run_ok and _label_cached(d, lkey, keep_stale))
+        if run_ok:
             meta = json.loads((d / "case.json").read_text())
             info[c.name] = {"seconds": meta["seconds"], "cached": True, "error": None, "stale": meta.get("key") != key}
-        else:
-            todo.append((c, str(d), key))
+        if not (run_ok and label_ok):
+            todo.append((c, str(d), key, lkey, not run_ok))
     todo.sort(key=lambda t: -_cost(t[0]))
     if todo and log:
-        log(f"generating {len(todo)} run(s) with {jobs} process(es) ({len(cases) - len(todo)} cached)")
+        n_train = sum(t[4] for t in todo)
+        log(
+            f"generating {n_train} run(s) and labelling {len(todo)} with {jobs} process(es) "
+            f"({len(cases) - n_train} runs cached)"
+        )
+
+    def record(c: Case, r: dict[str, Any], trained: bool) -> None:
+        prev = info.get(c.name, {})
+        info[c.name] = {
+            "seconds": r["seconds"],
+            "label_seconds": r.get("label_seconds", 0.0),
+            "cached": not trained,
+            "error": r["error"],
+            "label_error": r.get("label_error"),
+            "stale": prev.get("stale", False),
+        }
+        if log:
+            lab = f", counterfactual {r.get('label')}" if r.get("label_seconds") else ""
+            log(
+                f"  {c.name}: {r['cause']}{lab} ({r['seconds'] if trained else 0:.1f}s train, "
+                f"{r.get('label_seconds', 0.0):.1f}s label) {r['error'] or r.get('label_error') or ''}"
+            )
+
     if jobs <= 1:
-        for c, d, key in todo:
-            r = _generate(c, d, key)
-            info[c.name] = {"seconds": r["seconds"], "cached": False, "error": r["error"]}
-            if log:
-                log(f"  {c.name}: {r['cause']} ({r['seconds']:.1f}s)")
+        for c, d, key, lkey, train in todo:
+            record(c, _generate(c, d, key, lkey, train), train)
         return info
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = {ex.submit(_generate, c, d, key): c for c, d, key in todo}
+        futs = {ex.submit(_generate, c, d, key, lkey, train): (c, train) for c, d, key, lkey, train in todo}
         for f in as_completed(futs):
-            r = f.result()
-            info[r["name"]] = {"seconds": r["seconds"], "cached": False, "error": r["error"]}
-            if log:
-                log(f"  {r['name']}: {r['cause']} ({r['seconds']:.1f}s) {r['error'] or ''}")
+            c, train = futs[f]
+            record(c, f.result(), train)
     return info
 
 
@@ -498,16 +683,24 @@ def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> di
     from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
     from adamdiag.pipeline.scan import scan_paths
 
+    cf: dict[str, Any] = {}
     if gen_error is not None:
         s = {"cause": "generation failed", "blowup_step": None, "evidence": {"error": gen_error}}
     else:
-        s = json.loads((run_dir / "truth.json").read_text())["summary"]
+        truth = json.loads((run_dir / "truth.json").read_text())
+        s, cf = truth["summary"], truth.get("counterfactual") or {}
     t0 = time.perf_counter()
+    confidence = alternative = recommendation = None
     try:
         if gen_error is not None:
             raise RuntimeError("no run: generation failed")
         rep = scan_paths([run_dir]).runs[0]
         verdict, blow, warn = rep.verdict, rep.blowup_step, rep.warning_step
+        # issue #12 report keys, read only when present: the scorer must run against older and newer
+        # adamdiag alike (the lead changes the rules while the matrix is being generated)
+        confidence = getattr(rep, "confidence", None)
+        alternative = getattr(rep, "alternative", None)
+        recommendation = rep.recommendation
         findings = [
             {"id": f.id, "severity": f.severity, "step": f.step, "tensor": f.tensor, "message": f.message}
             for f in rep.findings
@@ -553,7 +746,59 @@ def diagnose_case(case: Case, run_dir: Path, gen_error: str | None = None) -> di
         "findings": findings,
         "scan_error": error,
         "scan_seconds": dt,
+        # issue #12: the counterfactual label (None: not labelled, e.g. healthy or injected) and the report's
+        # confidence / alternative / first recommended fix, mapped onto the variant the labeller trained
+        "cf_label": cf.get("label"),
+        "cf_skipped": cf.get("skipped"),
+        "cf_outcomes": {k: v["outcome"] for k, v in cf.get("variants", {}).items()},
+        "cf_blowup_steps": {k: v["blowup_step"] for k, v in cf.get("variants", {}).items()},
+        "cf_start_step": cf.get("start_step"),
+        "cf_fidelity": (
+            None
+            if not cf.get("variants")
+            else bool(cf.get("reproduces_live_blowup") and cf.get("start_matches_checkpoint") is not False)
+        ),
+        "cf_correct": (verdict == cf["label"]) if cf.get("label") in ("v_collapse", "lr_too_high") else None,
+        "confidence": confidence,
+        "alternative": alternative,
+        "recommendation": _rec_summary(recommendation),
+        **_recommended_fix(recommendation, cf, cfg),
     }
+
+
+def _rec_summary(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The recommendation's machine-readable part (its message and replay command stay in the report)."""
+    if not rec:
+        return None
+    return {k: rec[k] for k in ("action", "eps", "lr", "verify") if k in rec}
+
+
+def _recommended_fix(rec: dict[str, Any] | None, cf: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Which counterfactual variant the report's first recommended fix is, and that variant's outcome.
+
+    An eps recommendation maps to the trained eps nearest to it on a log scale (eps1e-3 or eps1e-2); an lr
+    recommendation to lr/3 or lr/10 by its ratio to the learning rate at the labeller's start step (the
+    schedule's value there, so a warm-up run's ratio is the one the labeller applied). ``exact`` is False
+    when the recommended value is not the trained one (then the outcome is the nearest variant's, an
+    approximation). No recommendation, or one of another kind, maps to None (counted as not avoided).
+    """
+    out: dict[str, Any] = {"rec_variant": None, "rec_exact": None, "rec_outcome": None}
+    if not rec or not cf.get("variants"):
+        return out
+    if rec.get("eps") is not None:
+        e = float(rec["eps"])
+        name = "eps1e-3" if math.log10(e) <= -2.5 else "eps1e-2"
+        exact = math.isclose(e, 1e-3 if name == "eps1e-3" else 1e-2, rel_tol=1e-6)
+    elif rec.get("lr") is not None and cf.get("start_step") is not None:
+        runlab = _harness()
+        base = runlab.lr_at(runlab.RunConfig(**cfg), max(1, int(cf["start_step"])))
+        ratio = float(rec["lr"]) / base
+        name = "lr/3" if abs(math.log10(ratio * 3)) <= abs(math.log10(ratio * 10)) else "lr/10"
+        exact = math.isclose(ratio, 1 / 3 if name == "lr/3" else 1 / 10, rel_tol=0.05)
+    else:
+        return out
+    v = cf["variants"].get(name)
+    return {"rec_variant": name, "rec_exact": exact, "rec_outcome": v["outcome"] if v else None}
 
 
 def _stats(xs: list[float]) -> dict[str, Any]:
@@ -629,6 +874,161 @@ def score(all_results: list[dict[str, Any]]) -> dict[str, Any]:
         f"median_lead>={TARGET_MEDIAN_LEAD}": med is not None and med >= TARGET_MEDIAN_LEAD,
     }
     return out
+
+
+CF_LABELS = ("v_collapse", "lr_too_high")
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None  # None: strict JSON has no NaN
+
+
+def score_counterfactual(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """issue #12's score against the counterfactual labels (see tools/runlab/counterfactual.py).
+
+    * right verdicts on labelled (v_collapse / lr_too_high) blown-up runs whose blowup the log shows;
+      ``ambiguous`` runs are listed apart and counted nowhere; ``alternative`` is scored in its own column
+      (how often the report's alternative is the label), never instead of the verdict;
+    * false alarms on healthy runs (live truth: no blowup);
+    * accuracy per ``confidence`` level, when the report has that key;
+    * "recommended first fix avoided": the report's recommendation mapped onto the variant the labeller
+      trained (:func:`_recommended_fix`), per label; a run without one counts as not avoided.
+    """
+    labelled = [r for r in results if r.get("cf_label") in CF_LABELS]
+    visible = [r for r in labelled if r.get("blowup_visible_in_log", True) is not False]
+    healthy = [r for r in results if r["true_cause"] == "healthy"]
+    right = [r for r in visible if r["verdict"] == r["cf_label"]]
+    per_label = {}
+    for lab in CF_LABELS:
+        rs = [r for r in visible if r["cf_label"] == lab]
+        k = sum(r["verdict"] == lab for r in rs)
+        per_label[lab] = {"n": len(rs), "correct": k, "accuracy": _rate(k, len(rs))}
+    with_alt = [r for r in visible if r.get("alternative") is not None]
+    levels: dict[str, dict[str, Any]] = {}
+    for r in visible:
+        lv = levels.setdefault(str(r.get("confidence")), {"n": 0, "correct": 0})
+        lv["n"] += 1
+        lv["correct"] += r["verdict"] == r["cf_label"]
+    for lv in levels.values():
+        lv["accuracy"] = _rate(lv["correct"], lv["n"])
+    fix = {}
+    for lab in CF_LABELS:
+        rs = [r for r in labelled if r["cf_label"] == lab]
+        k = sum(r.get("rec_outcome") == "avoided" for r in rs)
+        fix[lab] = {
+            "n": len(rs),
+            "avoided": k,
+            "rate": _rate(k, len(rs)),
+            "by_variant": dict(Counter(str(r.get("rec_variant")) for r in rs)),
+            "approximate": sum(r.get("rec_exact") is False for r in rs),
+            "not_avoided": [
+                {
+                    "name": r["name"],
+                    "verdict": r["verdict"],
+                    "variant": r.get("rec_variant"),
+                    "outcome": r.get("rec_outcome"),
+                }
+                for r in rs
+                if r.get("rec_outcome") != "avoided"
+            ],
+        }
+    live_vs_cf: dict[str, Counter] = {}
+    for r in results:
+        if r.get("cf_label") is not None:
+            live_vs_cf.setdefault(r["true_cause"], Counter())[r["cf_label"]] += 1
+    acc = _rate(len(right), len(visible))
+    out = {
+        "labelled": len(labelled),
+        "labelled_visible_in_log": {"n": len(visible), "correct": len(right), "accuracy": acc},
+        "per_label": per_label,
+        "confusion": {lab: dict(Counter(r["verdict"] for r in visible if r["cf_label"] == lab)) for lab in CF_LABELS},
+        "alternative": {
+            "n_with_alternative": len(with_alt),
+            "alternative_is_label": sum(r["alternative"] == r["cf_label"] for r in with_alt),
+            "verdict_or_alternative_right": sum(
+                r["verdict"] == r["cf_label"] or r.get("alternative") == r["cf_label"] for r in visible
+            ),
+        },
+        "by_confidence": levels,
+        "recommended_fix_avoided": fix,
+        "ambiguous": [
+            {"name": r["name"], "true_cause": r["true_cause"], "verdict": r["verdict"], "outcomes": r["cf_outcomes"]}
+            for r in results
+            if r.get("cf_label") == "ambiguous"
+        ],
+        "not_visible_in_log": [r["name"] for r in labelled if r not in visible],
+        "false_alarms_healthy": {"n": len(healthy), "names": [r["name"] for r in healthy if r["verdict"] != "healthy"]},
+        "live_cause_vs_label": {k: dict(v) for k, v in live_vs_cf.items()},
+        "fidelity_failures": [r["name"] for r in results if r.get("cf_fidelity") is False],
+        "misdiagnosed": [
+            {"name": r["name"], "label": r["cf_label"], "verdict": r["verdict"], "confidence": r.get("confidence")}
+            for r in visible
+            if r["verdict"] != r["cf_label"]
+        ],
+    }
+    out["targets"] = {
+        f"accuracy>={TARGET_CF_ACCURACY}": acc is not None and acc >= TARGET_CF_ACCURACY,
+        "no_false_alarms": not out["false_alarms_healthy"]["names"],
+        **{
+            f"{lab}_fix_avoided>={t}": fix[lab]["rate"] is not None and fix[lab]["rate"] >= t
+            for lab, t in TARGET_FIX_AVOIDED.items()
+        },
+    }
+    return out
+
+
+def format_counterfactual(cfs: dict[str, Any]) -> str:
+    """The issue #12 table: one row per seed group and one pooled, then the details of the pooled set."""
+
+    def pct(k: int, n: int) -> str:
+        return f"{k}/{n} = {k / n:.1%}" if n else "-"
+
+    lines = [
+        "",
+        "counterfactual labels (issue #12): verdict vs the label from eps/lr variants trained past the blowup",
+        f"{'group':10s} {'right verdicts (log shows)':28s} {'v_collapse':>16s} {'lr_too_high':>16s} "
+        f"{'alt=label':>9s} {'ambig':>5s} {'false alarms':>12s} {'fix avoided vc':>18s} {'fix avoided lr':>18s}",
+    ]
+    for g, c in cfs.items():
+        v, pl, fx, alt = c["labelled_visible_in_log"], c["per_label"], c["recommended_fix_avoided"], c["alternative"]
+        fa = c["false_alarms_healthy"]
+        lines.append(
+            f"{g:10s} {pct(v['correct'], v['n']):28s} "
+            f"{pct(pl['v_collapse']['correct'], pl['v_collapse']['n']):>16s} "
+            f"{pct(pl['lr_too_high']['correct'], pl['lr_too_high']['n']):>16s} "
+            f"{alt['alternative_is_label']:>4d}/{alt['n_with_alternative']:<4d} {len(c['ambiguous']):>5d} "
+            f"{len(fa['names']):>5d}/{fa['n']:<6d} "
+            f"{pct(fx['v_collapse']['avoided'], fx['v_collapse']['n']):>18s} "
+            f"{pct(fx['lr_too_high']['avoided'], fx['lr_too_high']['n']):>18s}"
+        )
+    pooled = cfs["pooled"]
+    lines.append(
+        "accuracy per confidence (pooled): "
+        + (", ".join(f"{k}: {pct(v['correct'], v['n'])}" for k, v in sorted(pooled["by_confidence"].items())) or "none")
+    )
+    lines.append(f"live-state cause x counterfactual label (pooled): {pooled['live_cause_vs_label']}")
+    lines.append(
+        "verdict vs label (pooled, rows: label): "
+        + "; ".join(f"{lab}: {row}" for lab, row in pooled["confusion"].items())
+    )
+    if pooled["misdiagnosed"]:
+        lines.append(
+            "misdiagnosed (pooled): "
+            + ", ".join(
+                f"{m['name']} (label {m['label']}, verdict {m['verdict']}, confidence {m['confidence']})"
+                for m in pooled["misdiagnosed"]
+            )
+        )
+    if pooled["ambiguous"]:
+        lines.append(
+            f"ambiguous (not scored): {len(pooled['ambiguous'])}: "
+            + ", ".join(f"{a['name']} {a['outcomes']}" for a in pooled["ambiguous"])
+        )
+    if pooled["fidelity_failures"]:
+        lines.append(f"labeller fidelity failures: {pooled['fidelity_failures']}")
+    for g, c in cfs.items():
+        lines.append(f"targets ({g}): " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in c["targets"].items()))
+    return "\n".join(lines)
 
 
 def format_report(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
@@ -724,8 +1124,13 @@ def run(
     verbose: bool = True,
     keep_stale: bool = False,
     seed_groups: tuple[int, ...] = SEED_GROUPS,
+    counterfactual: bool = True,
 ) -> dict[str, Any]:
-    """Generate (cached) and score the matrix (or the fast subset); returns the accuracy.json content."""
+    """Generate (cached) and score the matrix (or the fast subset); returns the accuracy.json content.
+
+    ``counterfactual``: also label every blown-up run by counterfactual (cached in its truth.json) and score
+    against those labels (issue #12); False scores against the live-state truth only (no labelling cost).
+    """
 
     def log(msg: str) -> None:
         if verbose:
@@ -736,7 +1141,7 @@ def run(
         cases = [c for c in cases if any(o in c.name for o in only)]
     out = Path(out)
     t0 = time.perf_counter()
-    gen = generate(cases, out, jobs=jobs, regen=regen, log=log, keep_stale=keep_stale)
+    gen = generate(cases, out, jobs=jobs, regen=regen, log=log, keep_stale=keep_stale, counterfactual=counterfactual)
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = []
@@ -745,6 +1150,8 @@ def run(
         r["gen_seconds"] = gen[c.name]["seconds"]
         r["cached"] = gen[c.name]["cached"]
         r["stale"] = gen[c.name].get("stale", False)
+        r["label_seconds"] = gen[c.name].get("label_seconds", 0.0)
+        r["label_error"] = gen[c.name].get("label_error")
         r["seed_group"] = c.group
         results.append(r)
     t_scan = time.perf_counter() - t1
@@ -767,6 +1174,19 @@ def run(
             }
             for g in groups
         }
+    if counterfactual:
+        # per seed group, then pooled; the held-out groups (generated after the last rule change) appear
+        # in the per-group rows and are never folded into the development group's number
+        cfs = {f"group {g}": score_counterfactual([r for r in results if r["seed_group"] == g]) for g in groups}
+        cfs["pooled"] = score_counterfactual(results)
+        per_group_ok = all(
+            c["labelled_visible_in_log"]["accuracy"] is None
+            or c["labelled_visible_in_log"]["accuracy"] >= TARGET_CF_ACCURACY_PER_GROUP
+            for k, c in cfs.items()
+            if k != "pooled"
+        )
+        cfs["pooled"]["targets"][f"every_group>={TARGET_CF_ACCURACY_PER_GROUP}"] = per_group_ok
+        summary["counterfactual"] = cfs
     doc = {
         "schema": SCHEMA,
         "subset": "fast" if fast else "full",
@@ -776,6 +1196,8 @@ def run(
             "scan_wall_s": t_scan,
             "jobs": jobs,
             "generate_cpu_s_sum": sum(g["seconds"] for g in gen.values()),
+            "label_cpu_s_sum": sum(g.get("label_seconds", 0.0) for g in gen.values()),
+            "labelled": sum(bool(g.get("label_seconds")) for g in gen.values()),
             "generated": sum(not g["cached"] for g in gen.values()),
             "stale_reused": sorted(n for n, g in gen.items() if g.get("stale")),
         },
@@ -809,13 +1231,24 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         default=list(SEED_GROUPS),
-        help="seed offsets, one group of the designs each (default: 0 10 20)",
+        help="seed offsets, one group of the designs each (default: 0 10 20 30)",
+    )
+    ap.add_argument(
+        "--no-counterfactual",
+        action="store_true",
+        help="score against the live-state truth only: no counterfactual labelling (issue #6's matrix)",
+    )
+    ap.add_argument(
+        "--results",
+        action="store_true",
+        help="also write the JSON under bench/results/ (the committed copy; findings' messages dropped)",
     )
     args = ap.parse_args(argv)
     if args.list:
         for c in full_matrix(tuple(args.seed_groups), fast=args.fast):
             print(f"{c.name:60s} {c.intended:12s} {'fast' if c.fast else ''} {c.note}")
         return 0
+    t_all = time.perf_counter()
     doc = run(
         fast=args.fast,
         out=args.out,
@@ -824,23 +1257,48 @@ def main(argv: list[str] | None = None) -> int:
         only=args.only,
         keep_stale=args.keep_stale,
         seed_groups=tuple(args.seed_groups),
+        counterfactual=not args.no_counterfactual,
     )
+    doc["timings"]["total_wall_s"] = time.perf_counter() - t_all
     print(format_report(doc["cases"], doc["summary"]))
+    if "counterfactual" in doc["summary"]:
+        print(format_counterfactual(doc["summary"]["counterfactual"]))
     t = doc["timings"]
     print(
-        f"timings: generation {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
-        f"{t['generate_cpu_s_sum']:.1f}s summed over runs, {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s"
+        f"timings: generation+labelling {t['generate_wall_s']:.1f}s wall ({t['generated']} generated, "
+        f"{t['generate_cpu_s_sum']:.1f}s training summed over runs; {t['labelled']} labelled, "
+        f"{t['label_cpu_s_sum']:.1f}s labelling summed; {t['jobs']} jobs), scanning {t['scan_wall_s']:.1f}s, "
+        f"total {t['total_wall_s']:.1f}s"
     )
     if t["stale_reused"]:
         print(f"WARNING: {len(t['stale_reused'])} run(s) reused from an older harness (--keep-stale)")
     suffix = (
         "" if args.fast or tuple(args.seed_groups) == SEED_GROUPS else "_seeds" + "_".join(map(str, args.seed_groups))
     )
-    path = args.json or args.out.parent / (("accuracy_fast" if args.fast else "accuracy") + suffix + ".json")
+    name = ("accuracy_fast" if args.fast else "accuracy") + suffix + ".json"
+    path = args.json or args.out.parent / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
     print(f"wrote {path}", file=sys.stderr)
-    return 1 if args.check and not all(doc["summary"]["targets"].values()) else 0
+    if args.results:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / name).write_text(json.dumps(_compact(doc), indent=1, allow_nan=False, default=str) + "\n")
+        print(f"wrote {RESULTS / name}", file=sys.stderr)
+    targets = dict(doc["summary"]["targets"])
+    if "counterfactual" in doc["summary"]:
+        targets.update(doc["summary"]["counterfactual"]["pooled"]["targets"])
+    return 1 if args.check and not all(targets.values()) else 0
+
+
+def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+    """The committed copy: every number and label, the findings as ids only (their messages are long and
+    are re-made by re-scoring the cached runs)."""
+    cases = []
+    for r in doc["cases"]:
+        c = {k: v for k, v in r.items() if k not in ("findings", "error_findings", "run_dir")}
+        c["finding_ids"] = [f["id"] for f in r["findings"]]
+        cases.append(c)
+    return {**doc, "out": "bench/out/accuracy", "cases": cases}
 
 
 if __name__ == "__main__":

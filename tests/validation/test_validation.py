@@ -37,7 +37,9 @@ def fast_doc():
     # (delete) each other's numbered basetemp dirs, and these runs are read by several tests.
     out = Path(tempfile.mkdtemp(prefix="adamdiag-accuracy-"))
     try:
-        yield accuracy.run(fast=True, out=out / "runs", jobs=2, verbose=False)
+        # live-state truth only: the counterfactual labeller has its own test (test_counterfactual.py), and
+        # labelling the subset's β2-0.999 runs would add ~30 s of training to the default test run
+        yield accuracy.run(fast=True, out=out / "runs", jobs=2, verbose=False, counterfactual=False)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -106,7 +108,7 @@ def test_full_matrix_meets_issue6_targets():
 def test_matrix_spans_the_required_variety():
     cases = accuracy.matrix()
     cfgs = [c.cfg for c in cases]
-    assert 30 <= len(cases) <= 60
+    assert 30 <= len(cases) <= 80
     assert {c["family"] for c in cfgs} == {"mlp_multitask", "cnn", "transformer"}
     for fam in ("mlp_multitask", "cnn", "transformer"):
         assert len({c["size"] for c in cfgs if c["family"] == fam}) >= 2

@@ -391,7 +391,7 @@ BLOWUP_HORIZON = 100
 BLOWUP_PERSIST = 10  # ...and the median of the next this-many steps stays above onset (no one-step blip)
 
 
-def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
+def detect_blowup(losses: list[float] | np.ndarray, start: int = 0) -> int | None:
     """First step (1-based) of a sustained loss blowup, or None.
 
     Robust, scale-free: in log10 space, with b = median and s = 1.4826·median|Δx|/√2 (the noise of
@@ -399,6 +399,9 @@ def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
     then reaches b + 1 (10×) within ``BLOWUP_HORIZON`` steps and the median of steps t..t+``BLOWUP_PERSIST``-1
     stays above the onset level. A non-finite loss is a blowup at its first step
     unless a finite blowup was confirmed earlier.
+
+    ``start`` (0-based index): skip onsets before it — for a caller that extends the series step by step
+    and already knows those onsets are final and not blowups (the result is then the same as a full scan).
     """
     x = np.asarray(losses, dtype=np.float64)
     n = len(x)
@@ -409,7 +412,7 @@ def detect_blowup(losses: list[float] | np.ndarray) -> int | None:
     head = np.abs(x[:10][finite[:10]])
     floor = max(1e-7 * float(np.median(head)) if len(head) else 0.0, 1e-30)
     lx = np.log10(np.maximum(np.where(finite, x, np.inf), floor))
-    for i in range(BLOWUP_MIN_HISTORY, first_nonfinite):
+    for i in range(max(BLOWUP_MIN_HISTORY, start), first_nonfinite):
         w = lx[max(0, i - BLOWUP_WINDOW) : i]
         b = float(np.median(w))
         # Noise from first differences: deviations around the median of a trending window (a loss
