@@ -21,8 +21,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import google_crc32c
+
+if TYPE_CHECKING:  # numpy is imported where it is used
+    import numpy as np
 
 HEADER = 12  # u64 length + u32 masked crc of the length
 FOOTER = 4  # u32 masked crc of the payload
@@ -204,8 +208,8 @@ def _period(recent: list[int]) -> int:
 class Walk:
     """Record offsets/payload lengths found in a buffer, and where/why the walk stopped."""
 
-    offsets: object  # numpy int64, positions in the buffer
-    lengths: object  # numpy int64
+    offsets: np.ndarray  # int64, positions in the buffer
+    lengths: np.ndarray  # int64
     stop: int  # first byte not consumed (start of an incomplete record, or of damage)
     damaged: bool  # True: stopped at a header whose CRC does not verify
 

@@ -93,7 +93,8 @@ class Report:
             d = asdict(r)
             d["lead_time"] = r.lead_time
             out["runs"].append(d)
-        return json_safe(out)
+        safe: dict[str, Any] = json_safe(out)
+        return safe
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

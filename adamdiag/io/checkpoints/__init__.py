@@ -240,7 +240,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     import torch
 
     def load(weights_only: bool, mmap: bool) -> Any:
-        allow = contextlib.nullcontext()
+        allow: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if weights_only and extra_globals:
             if not hasattr(torch.serialization, "safe_globals"):
                 raise InputError(f"{path}: reading this format safely needs torch >= 2.6")
@@ -945,8 +945,8 @@ def _finish(
         mapping = _apply_model_names(entries, model.cands, model.ordered, warnings)
     else:
         mapping = "none"
-    steps = [_as_int(osd["state"][e.index].get("step")) for e in entries if e.shape is not None]
-    steps = [s for s in steps if s is not None]
+    read_steps = [_as_int(osd["state"][e.index].get("step")) for e in entries if e.shape is not None]
+    steps = [s for s in read_steps if s is not None]
     if step is None and steps:
         step = max(steps)
     if model is not None:
