@@ -8,6 +8,7 @@ Imports transformers; ``import adamdiag.monitor`` alone does not.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,29 +17,24 @@ from transformers import TrainerCallback
 from adamdiag.monitor.core import AdamMonitor
 
 
-def _torch_optimizer() -> type:
-    import torch
-
-    return torch.optim.Optimizer
-
-
 def _unwrap(optimizer: Any) -> Any:
-    # accelerate's AcceleratedOptimizer (what Trainer hands to callbacks) wraps the torch optimizer.
-    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, _torch_optimizer()):
-        inner = optimizer.optimizer
-        if inner is optimizer:
-            break
-        optimizer = inner
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (what Trainer hands to callbacks;
+    itself a torch Optimizer subclass, so unwrap by the ``optimizer`` attribute, not by type)."""
+    seen = 0
+    while hasattr(optimizer, "optimizer") and optimizer.optimizer is not optimizer and seen < 8:
+        optimizer = optimizer.optimizer
+        seen += 1
     return optimizer
 
 
 class AdamDiagCallback(TrainerCallback):
     """Attaches an :class:`~adamdiag.monitor.core.AdamMonitor` to the Trainer's optimizer.
 
-    ``writer="auto"``: a torch SummaryWriter of its own in ``args.logging_dir`` (the directory
-    Trainer's TensorBoard integration writes to, so ``adamdiag scan`` sees both), on the main
-    process only; ``None`` for no tags. ``run_dir`` (the live file) defaults to ``args.logging_dir``
-    or ``args.output_dir``. The logged training loss is fed to the monitor (``on_log``).
+    ``writer="auto"``: a torch SummaryWriter of its own, on the main process only, in
+    ``args.logging_dir`` (transformers < 5) or ``$TENSORBOARD_LOGGING_DIR`` (where transformers 5
+    writes its TensorBoard logs when set: then ``adamdiag scan`` sees both in one run) or else
+    ``args.output_dir``; ``None`` for no tags. ``run_dir`` (the live file) defaults to the same
+    directory. The logged training loss is fed to the monitor (``on_log``).
     """
 
     def __init__(
@@ -62,7 +58,9 @@ class AdamDiagCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kw: Any):
         if optimizer is None:
             return
-        log_dir = getattr(args, "logging_dir", None) or args.output_dir
+        # transformers < 5 has args.logging_dir; 5.x writes TensorBoard logs to TENSORBOARD_LOGGING_DIR
+        # (else a dated folder under output_dir/runs that a callback cannot see).
+        log_dir = getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR") or args.output_dir
         writer = self.writer
         if writer == "auto":
             writer = None
