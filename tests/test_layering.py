@@ -21,11 +21,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 }
 
 # (importing module, imported module) pairs tolerated for now. Each entry says why and who removes it.
-ALLOWED: dict[tuple[str, str], str] = {
-    # plot.py re-reads the events and re-picks the tags: allowed until plot draws from the report's recorded tags
-    ("adamdiag.render.plot", "adamdiag.analysis.diagnose"): "until plot draws from the report's recorded tags",
-    ("adamdiag.render.plot", "adamdiag.io.events"): "until plot draws from the report's recorded tags",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -12,23 +12,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Onset of an excursion: the loss at least doubled against its own recent robust level; ordinary
-# noise of a training loss is a few percent to tens of percent of its level.
-BLOWUP_FACTOR = 2.0
-# A *blowup* (not a spike) reaches a decade above that level within BLOWUP_HORIZON steps and stays
-# above the onset level for BLOWUP_PERSIST steps. Smaller or shorter excursions are spikes: worth a
-# warning, not a verdict — a run that shrugs off a 3x blip did not blow up.
-BLOWUP_PEAK_FACTOR = 10.0
-BLOWUP_HORIZON = 100
-BLOWUP_PERSIST = 10
-# Robust z-scores (in MAD-sigmas of log-loss) that a jump must also exceed, so a very noisy loss
-# whose typical swings are already 2x does not count every swing: 3 for the onset of a blowup
-# (which must then also reach a decade), 6 for a spike worth a warning on its own.
-ONSET_Z = 3.0
-SPIKE_Z = 6.0
-# Floor for the robust scale of log-loss: 1% relative change. A perfectly smooth full-batch loss
-# has a MAD near zero, which would make every wiggle "infinitely significant".
-MIN_LOG_SCALE = 0.01
+# The thresholds live in one module with their reasons; re-exported here for existing importers.
+from adamdiag.analysis.thresholds import (  # noqa: E402
+    BLOWUP_FACTOR,
+    BLOWUP_HORIZON,
+    BLOWUP_PEAK_FACTOR,
+    BLOWUP_PERSIST,
+    MIN_BASELINE_POINTS,
+    MIN_LOG_SCALE,
+    ONSET_Z,
+    SPIKE_Z,
+)
+
+__all__ = [
+    "BLOWUP_FACTOR",
+    "BLOWUP_HORIZON",
+    "BLOWUP_PEAK_FACTOR",
+    "BLOWUP_PERSIST",
+    "MIN_LOG_SCALE",
+    "ONSET_Z",
+    "SPIKE_Z",
+    "LossEvents",
+    "detect_loss_events",
+    "ema_second_moment",
+    "ema_second_moment_ref",
+    "rolling_mad",
+    "rolling_median",
+    "sustained_runs",
+]
 
 
 @dataclass
@@ -40,8 +51,12 @@ class LossEvents:
     # Level (median of the trailing window) before the blowup and the peak after it.
     pre_level: float | None = None
     peak: float | None = None
+    peak_step: int | None = None  # step of ``peak``
     spikes: list[int] = field(default_factory=list)  # short spikes that recovered
     best_step: int | None = None  # step of the lowest trailing level before the blowup
+    # A rise that would have been a blowup but had fewer than MIN_BASELINE_POINTS finite points
+    # before it: its step (the caller reports "too few points before the rise", never a blowup).
+    unbased_rise_step: int | None = None
 
 
 def _window(steps: np.ndarray) -> int:
@@ -117,7 +132,10 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
     onset, decade = math.log(BLOWUP_FACTOR), math.log(BLOWUP_PEAK_FACTOR)
     fwd = pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1]
-    best = np.minimum.accumulate(np.where(np.isnan(med), np.inf, med))
+    # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
+    # near-zero first point must not become the level a slow climb is measured from).
+    based = np.arange(n) >= MIN_BASELINE_POINTS
+    best = np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med))
     suffix_max = np.maximum.accumulate(z[::-1])[::-1]  # max of z from each point on
 
     def confirmed(i: int, base: float) -> bool:
@@ -128,9 +146,13 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         return bool(z[i:h_end].max() - base >= decade and np.median(z[i:p_end]) - base > onset)
 
     def record(i: int, base: float, best_i: int) -> None:
+        if i < MIN_BASELINE_POINTS:
+            ev.unbased_rise_step = int(steps[i])
+            return
         ev.blowup_step = int(steps[i])
         ev.pre_level = float(np.exp(base)) if lo > 0 else None
-        ev.peak = float(values[i:].max())
+        j = i + int(np.argmax(values[i:]))
+        ev.peak, ev.peak_step = float(values[j]), int(steps[j])
         ev.best_step = int(steps[best_i])
 
     warmup = max(3, min(w, n // 10))  # the first points have no trailing level worth comparing to
@@ -159,7 +181,7 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
             and med[i] - best[i] > onset
             and fwd[i] - best[i] > onset
         ):
-            best_i = int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1])))
+            best_i = int(np.argmin(np.where(np.isnan(med[: i + 1]) | ~based[: i + 1], np.inf, med[: i + 1])))
             base = best[i]
             # The climb starts at the first point after the best that left the 2x band for good.
             k = best_i

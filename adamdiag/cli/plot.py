@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adamdiag.cli.app import app, guarded
-from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg
+from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
 from adamdiag.cli.scan import diagnose_paths
 from adamdiag.console import err
 
@@ -22,10 +22,12 @@ def plot(
     ),
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
+    trust_checkpoint: TrustOpt = False,
 ) -> None:
     """Plot loss and gradient norm with the diagnosed warning and blowup steps (PNG per run)."""
+    from adamdiag.pipeline.scan import load_series
     from adamdiag.render.plot import plot_runs
 
-    report = diagnose_paths(runs, checkpoints, convention, False)
-    for path in plot_runs(report, runs, output):
+    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
+    for path in plot_runs(report, load_series, output):
         err(f"wrote {path}")

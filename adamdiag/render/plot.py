@@ -5,37 +5,39 @@ Matplotlib is imported here only (lazily, Agg backend) so the CLI starts fast.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from adamdiag.results.report import Report
 
+# (steps, values) of one scalar tag of one run; the caller reads the event files.
+SeriesLoader = Callable[[str, str], tuple[Any, Any]]
 
-def plot_runs(report: Report, runs: Sequence[Path], output: Path) -> list[Path]:
-    """One PNG per diagnosed run. ``output`` is a file for one run, a directory for several."""
+
+def plot_runs(report: Report, load: SeriesLoader, output: Path) -> list[Path]:
+    """One PNG per diagnosed run. ``output`` is a file for one run, a directory for several.
+
+    The curves drawn are the tags the diagnosis used (``loss_tag``, ``grad_norm_tag`` of each run
+    report), never a pick of its own; ``load(run, tag)`` returns their (steps, values).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from adamdiag.analysis.diagnose import GRAD_NORM_TAGS, LOSS_TAGS, _series, pick_tag
-    from adamdiag.io.events import read_run
 
     written = []
     many = len(report.runs) > 1 or output.suffix.lower() != ".png"
     if many:
         output.mkdir(parents=True, exist_ok=True)
     for r in report.runs:
-        ev = read_run(Path(r.run))
-        tags = sorted(set(ev.scalars["tag"].unique())) if len(ev.scalars) else []
-        loss_tag = pick_tag(tags, LOSS_TAGS, ("loss",), ("val", "eval", "test"))
-        gn_tag = pick_tag(tags, GRAD_NORM_TAGS, ("grad", "norm"), ("preclip", "unclipped"))
+        loss_tag, gn_tag = r.loss_tag, r.grad_norm_tag
         fig, axes = plt.subplots(2 if gn_tag else 1, 1, figsize=(9, 6 if gn_tag else 3.5), sharex=True, squeeze=False)
         if loss_tag:
-            s, v = _series(ev.scalars, loss_tag)
+            s, v = load(r.run, loss_tag)
             axes[0, 0].semilogy(s, v, lw=0.8, label=loss_tag)
         if gn_tag:
-            s, v = _series(ev.scalars, gn_tag)
+            s, v = load(r.run, gn_tag)
             axes[1, 0].semilogy(s, v, lw=0.8, color="tab:orange", label=gn_tag)
         for ax in axes[:, 0]:
             if r.warning_step is not None:

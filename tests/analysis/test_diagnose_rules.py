@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamdiag.analysis.diagnose import _abrupt_gradient_jump
+from adamdiag.analysis.evidence import abrupt_gradient_jump as _abrupt_gradient_jump
 
 
 def _gn(n: int, every: int, jump_at: int | None, factor: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,677 @@
+"""Evidence for the diagnosis: typed facts gathered from the logs and checkpoints, no verdict.
+
+Pure: frames and checkpoint summaries in, numbers out. What is gathered:
+
+* trajectories of r_t = mean(g²_t)/mean(v̂_{t-1}) — global from the gradient-norm scalar, per tensor
+  from gradient histograms — by the exact EMA reconstruction of mean(v), re-seeded at checkpoints
+  (docs/architecture.md, "The math");
+* quiet stretches (r < COLLAPSE_R for a good part of v's memory) reaching the loss event, with their
+  depth (v̂ at the end relative to its peak) — from the trajectories and from consecutive checkpoints;
+* re-growth (r ≫ 1) and update RMS > 1 just before the event; a one-step gradient-norm jump;
+* non-finite optimizer state, non-Adam checkpoints, and the hyperparameters of the checkpoint the
+  replay would start from.
+
+The verdict rules (:mod:`adamdiag.analysis.verdicts`) read an :class:`Evidence`; the findings
+(:mod:`adamdiag.analysis.findings`) render it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adamdiag.analysis.moments import QUANTILES
+from adamdiag.analysis.signals import ema_second_moment, sustained_runs
+from adamdiag.analysis.thresholds import (
+    COLLAPSE_DEPTH,
+    COLLAPSE_MIN_MEMORY_FRACTION,
+    COLLAPSE_MIN_POINTS,
+    COLLAPSE_R,
+    DEFAULT_BETA2,
+    DEFAULT_EPS,
+    GRAD_JUMP_FACTOR,
+    GRAD_JUMP_MIN_HISTORY,
+    GRAD_JUMP_SKIP_FRACTION,
+    GRAD_JUMP_TRAILING,
+    INSTABILITY_MAX_LEAD,
+    INSTABILITY_R,
+    MAX_SPIKES_LISTED,
+    MIN_LOSS_POINTS,
+    PRE_EVENT_WINDOW,
+    REGROWTH_WINDOW,
+)
+
+# Smallest positive value a logarithm is taken of (a guard, not a threshold).
+TINY = 1e-300
+
+
+@dataclass
+class Trajectory:
+    """Reconstructed second-moment signals on the logged steps of one gradient series."""
+
+    label: str  # "global" or a tensor name
+    steps: np.ndarray
+    g2: np.ndarray  # mean(g²) per element
+    vhat: np.ndarray  # mean(v̂) after the step
+    r: np.ndarray  # g²_t / v̂_{t-1}
+    exact: bool  # False when the seed or the logging interval made it approximate
+    eps: float = DEFAULT_EPS  # 0 when the absolute scale of v is unknown (no checkpoint: N unknown)
+    beta2: float = DEFAULT_BETA2
+    convention: str = "torch"
+
+    def eps_eff(self) -> np.ndarray:
+        """eps relative to √v̂ at each step. TF adds eps to the un-corrected √v, which is
+        √v̂·√(1-β2^t): relative to √v̂ that is eps/√(1-β2^t) — larger early in training."""
+        if self.convention == "tf":
+            return self.eps / np.sqrt(-np.expm1(np.maximum(self.steps, 1) * math.log(self.beta2)))
+        return np.full(len(self.steps), self.eps)
+
+
+def reconstruct(
+    steps: np.ndarray,
+    g2: np.ndarray,
+    beta2: float,
+    seeds: list[tuple[int, float]],
+    eps: float,
+    label: str,
+) -> Trajectory:
+    """mean(v̂) along the logged steps from per-step mean(g²), re-seeded exactly at checkpoints.
+
+    ``seeds`` are (step, exact mean(v)) from checkpoints. Before the first seed the EMA starts from
+    v=0 at step 0 when logging starts at step ≤ 1 (exact), else from the first g² (steady-state
+    assumption, approximate).
+    """
+    order = np.argsort(steps, kind="stable")
+    steps, g2 = steps[order], g2[order]
+    n = len(steps)
+    gaps = np.diff(steps)
+    exact = bool(n and steps[0] <= 1 and (len(gaps) == 0 or gaps.max() <= 1))
+    v = np.empty(n)
+    vhat = np.empty(n)
+    seeds = sorted(s for s in seeds if math.isfinite(s[1]))
+    # Piecewise: each segment between seeds starts from the seed's exact value.
+    bounds: list[tuple[int, int, float, int]] = []  # (start index, end index, v0, step0)
+    seed_iter = [(s, val) for s, val in seeds if n and steps[0] <= s <= steps[-1]]
+    start_v, start_step = (
+        (0.0, 0) if (n and steps[0] <= 1) else (float(g2[0]) if n else 0.0, int(steps[0]) - 1 if n else 0)
+    )
+    if n and steps[0] > 1:
+        exact = False
+        earlier = [(s, val) for s, val in seeds if s < steps[0]]
+        if earlier:
+            start_step, start_v = earlier[-1]
+            exact = exact or bool(len(gaps) == 0 or gaps.max() <= 1)
+    idx0 = 0
+    for s, val in seed_iter:
+        i = int(np.searchsorted(steps, s, side="right"))
+        bounds.append((idx0, i, start_v, start_step))
+        idx0, start_v, start_step = i, val, s
+    bounds.append((idx0, n, start_v, start_step))
+    for a, b, v0, s0 in bounds:
+        if b > a:
+            vv, hh = ema_second_moment(steps[a:b], g2[a:b], beta2, v0=v0, step0=s0)
+            v[a:b], vhat[a:b] = vv, hh
+    prev = np.r_[np.nan, vhat[:-1]] if n else vhat
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(prev > 0, g2 / prev, np.nan)
+    return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
+
+
+def collapse_stretch(
+    tr: Trajectory, until: int | None, beta2: float, *, require_depth: bool = True
+) -> tuple[int, int, float] | None:
+    """The sustained r < COLLAPSE_R stretch that reaches closest to ``until`` (the blowup).
+
+    Returns (first step of the stretch, step at which it became sustained — the warning step,
+    median r inside), or None.
+    """
+    mask = tr.r < COLLAPSE_R
+    if until is not None:
+        mask &= tr.steps < until
+    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    # min_len in logged points: logging every N steps needs fewer points for the same span.
+    if len(tr.steps) > 1:
+        step_per_point = max(1.0, float(np.median(np.diff(tr.steps))))
+    else:
+        step_per_point = 1.0
+    min_len = max(COLLAPSE_MIN_POINTS, int(math.ceil(span / step_per_point)))
+    runs = sustained_runs(np.nan_to_num(mask, nan=0).astype(bool), min_len)
+    if not runs:
+        return None
+    if until is not None:
+        # Only a stretch that lasts until shortly before the blowup explains it.
+        tol = max(REGROWTH_WINDOW, COLLAPSE_MIN_POINTS * step_per_point)
+        runs = [ab for ab in runs if until - tr.steps[ab[1] - 1] <= tol]
+        if not runs:
+            return None
+    # The collapse must also be deep: v̂ fell to ≤ COLLAPSE_DEPTH of its peak so far (√v̂ ≥ 10x down).
+    # Early training, where v̂ still averages a few large first gradients, is quiet but not deep.
+    peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
+    deep = tr.vhat <= COLLAPSE_DEPTH * peak if require_depth else np.ones(len(tr.vhat), bool)
+    for a, b in reversed(runs) if until is not None else runs:
+        first_ok = a + min_len - 1
+        hits = np.flatnonzero(deep[first_ok:b])
+        if len(hits):
+            k = first_ok + int(hits[0])
+            return int(tr.steps[a]), int(tr.steps[k]), float(np.nanmedian(tr.r[a:b]))
+        if until is not None:
+            return None  # only the stretch leading into the blowup can explain it
+    return None
+
+
+def window_max(tr: Trajectory, values: np.ndarray, lo: int, hi: int) -> tuple[float, int | None]:
+    sel = (tr.steps >= lo) & (tr.steps <= hi) & np.isfinite(values)
+    if not sel.any():
+        return float("nan"), None
+    i = int(np.argmax(np.where(sel, values, -np.inf)))
+    return float(values[i]), int(tr.steps[i])
+
+
+def ckpt_tensor_label(t: Any) -> str:
+    name = getattr(t, "name", None)
+    return name if name else f"group {getattr(t, 'group', '?')} / index {getattr(t, 'index', '?')}"
+
+
+def ckpt_global_mean_v(c: Any) -> tuple[float, int]:
+    tot = sum(float(t.v_mean) * int(t.numel) for t in c.tensors)
+    n = sum(int(t.numel) for t in c.tensors)
+    return (tot / n if n else float("nan")), n
+
+
+def frac_below(q: dict[str, float], x: float) -> float:
+    """Fraction of elements with √v̂ < x, interpolated (log-linear) from the quantiles
+    {min, p01, p50, p99, max}. An approximation; exact per-element fractions exist only for eps
+    itself and 10·eps (computed by the checkpoint reader)."""
+    pts = [(q.get(k), level) for k, level in QUANTILES.items()]
+    pts = [(float(a), b) for a, b in pts if a is not None and math.isfinite(float(a))]
+    if not pts:
+        return float("nan")
+    if x <= pts[0][0]:
+        return 0.0
+    if x >= pts[-1][0]:
+        return 1.0
+    for (x0, f0), (x1, f1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            if x1 <= x0:
+                return f1
+            lx0, lx1, lx = (math.log(max(v, TINY)) for v in (x0, x1, x))
+            return f0 + (f1 - f0) * (lx - lx0) / (lx1 - lx0 if lx1 > lx0 else 1.0)
+    return 1.0
+
+
+def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[dict[str, Any]]:
+    """Per tensor, per consecutive checkpoint pair: the interval-weighted mean g² implied by the two
+    v's (DESIGN.md) relative to v̂ at the first one. ≈0 means pure decay: no gradient arrived."""
+    out = []
+    for a, b in zip(ckpts, ckpts[1:]):
+        if a.step is None or b.step is None or b.step <= a.step:
+            continue
+        by_key = {(t.group, t.index): t for t in a.tensors}
+        for tb in b.tensors:
+            ta = by_key.get((tb.group, tb.index))
+            if ta is None or not ta.v_mean or not math.isfinite(ta.v_mean):
+                continue
+            beta2 = float(getattr(tb, "beta2", beta2_default) or beta2_default)
+            d = b.step - a.step
+            decay = beta2**d
+            gbar = (tb.v_mean - decay * ta.v_mean) / (1.0 - decay)
+            vhat_a = ta.v_mean / (1.0 - beta2 ** max(a.step, 1))
+            out.append(
+                {
+                    "tensor": ckpt_tensor_label(tb),
+                    "from_step": int(a.step),
+                    "to_step": int(b.step),
+                    "decay_ratio": float(tb.v_mean / (decay * ta.v_mean)),
+                    "r_interval": float(max(gbar, 0.0) / vhat_a) if vhat_a > 0 else float("nan"),
+                    "numel": int(tb.numel),
+                }
+            )
+    return out
+
+
+def pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | None:
+    glob = [t for t in trajs if t.label == "global"] or trajs
+    if not glob or event_step is None:
+        return None
+    t = glob[0]
+    sel = (t.steps < event_step) & (t.steps >= event_step - PRE_EVENT_WINDOW) & np.isfinite(t.r)
+    return float(np.median(t.r[sel])) if sel.any() else None
+
+
+def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
+    """The bad-batch signature: at the loss event the gradient norm jumped ≥10x (g² ≥ 100x, far
+    outside mini-batch noise) in ONE step, over both the previous step and the trailing median.
+
+    Within one step the parameters move by about lr per element, which cannot change a smooth
+    loss's gradient 10x; a new batch can. A v-collapse instability grows over several steps
+    instead (the update explodes, then the gradient follows). With sparse logging one step is not
+    visible, so there the jump must also exceed 10x everything seen after the first steps.
+    """
+    if gn is None:
+        return None
+    steps, vals = gn
+    near = np.flatnonzero(np.abs(steps - event_step) <= 1)
+    if not len(near):
+        return None
+    i = int(near[np.argmax(vals[near])])
+    if i < GRAD_JUMP_MIN_HISTORY:  # no healthy history: a run that diverges right away has too high an lr
+        return None
+    base = float(np.median(vals[max(0, i - GRAD_JUMP_TRAILING) : i]))
+    prev = float(vals[i - 1])
+    if not (base > 0 and vals[i] >= GRAD_JUMP_FACTOR * base and vals[i] >= GRAD_JUMP_FACTOR * prev):
+        return None
+    if steps[i] - steps[i - 1] > 1:
+        history = vals[max(1, i // GRAD_JUMP_SKIP_FRACTION) : i]
+        if not len(history) or vals[i] < GRAD_JUMP_FACTOR * float(np.max(history)):
+            return None
+    return {"step": int(steps[i]), "grad_norm": float(vals[i]), "previous": prev, "trailing_median": base}
+
+
+def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
+    """For lr_too_high: first step before the blowup where g²/v̂ already exceeded INSTABILITY_R (a
+    step that the optimizer could not absorb), if any."""
+    glob = [t for t in trajs if t.label == "global"]
+    if not glob:
+        return None
+    t = glob[0]
+    sel = (t.steps <= event_step) & (t.r > INSTABILITY_R)
+    if not sel.any():
+        return None
+    first = int(t.steps[np.argmax(sel)])
+    return first if event_step - first <= INSTABILITY_MAX_LEAD else None
+
+
+def histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) -> list[Trajectory]:
+    """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num)."""
+    out = []
+    names_v = {}
+    for c in ckpts:
+        for t in c.tensors:
+            if getattr(t, "name", None):
+                names_v.setdefault(t.name, []).append((int(c.step), float(t.v_mean)))
+    for tag, df in hist.groupby("tag", sort=True):
+        low = tag.lower()
+        if "grad" not in low:
+            continue
+        df = df.sort_values(["step", "segment"] if "segment" in df.columns else ["step"]).drop_duplicates(
+            "step", keep="last"
+        )
+        num = df["num"].to_numpy(np.float64)
+        ok = num > 0
+        if ok.sum() < MIN_LOSS_POINTS:
+            continue
+        g2 = df["sum_squares"].to_numpy(np.float64)[ok] / num[ok]
+        name = tag.split("/", 1)[1] if "/" in tag else tag
+        seeds = names_v.get(name, [])
+        out.append(reconstruct(df["step"].to_numpy(np.int64)[ok], g2, beta2, seeds, eps, name))
+    return out
+
+
+def checkpoint_collapse(
+    ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None, beta2: float, *, require_depth: bool = True
+) -> list[dict]:
+    """Collapse seen by checkpoints alone: between the last two checkpoints before the event, v of a
+    tensor decayed almost purely (implied g²/v̂ < COLLAPSE_R), and √v̂ sits near eps."""
+    if event_step is None:
+        return []
+    pre = [r for r in ratios if r["to_step"] <= event_step]
+    if not pre:
+        return []
+    last_to = max(r["to_step"] for r in pre)
+    out = []
+    by_tensor: dict[str, list[dict]] = {}
+    for r in pre:
+        by_tensor.setdefault(r["tensor"], []).append(r)
+    last_ck = next(c for c in reversed(ckpts) if c.step == last_to)
+    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    vhat_hist: dict[str, list[tuple[int, float]]] = {}
+    for c in ckpts:
+        for t in c.tensors:
+            vhat_hist.setdefault(ckpt_tensor_label(t), []).append(
+                (int(c.step), float(t.v_mean) / (1.0 - float(t.beta2) ** max(int(c.step), 1)))
+            )
+    stats = {ckpt_tensor_label(t): t for t in last_ck.tensors}
+    for tensor, rs in by_tensor.items():
+        rs.sort(key=lambda r: r["from_step"])
+        if rs[-1]["to_step"] != last_to or not (rs[-1]["r_interval"] < COLLAPSE_R):
+            continue
+        # Walk back while the intervals stay collapsed.
+        k = len(rs) - 1
+        while k > 0 and rs[k - 1]["r_interval"] < COLLAPSE_R:
+            k -= 1
+        # Long enough (the same span as for logged gradients) and deep enough (v̂ ≤ 1% of its peak
+        # over the checkpoints): the first checkpoint where both hold is the warning step.
+        chain_start = rs[k]["from_step"]
+        hist = vhat_hist.get(tensor, [])
+        warn = None
+        for step_j in [r["to_step"] for r in rs[k:]]:
+            peak = max((v for st, v in hist if st <= step_j), default=float("nan"))
+            now = next((v for st, v in hist if st == step_j), float("nan"))
+            if step_j - chain_start >= span and (now <= COLLAPSE_DEPTH * peak or not require_depth):
+                warn = step_j
+                break
+        if warn is None:
+            continue
+        t = stats.get(tensor)
+        near = float(getattr(t, "frac_sqrt_vhat_below_10eps", float("nan"))) if t is not None else float("nan")
+        p50 = float(t.sqrt_vhat_q.get("p50", float("nan"))) if t is not None else float("nan")
+        eps_t = float(getattr(t, "eps", float("nan"))) if t is not None else float("nan")
+        out.append(
+            {
+                "tensor": tensor,
+                "warning_step": int(warn),
+                "message": f"`{tensor}` decayed almost purely between checkpoints {rs[k]['from_step']} and "
+                f"{last_to} (implied g²/v̂ {rs[-1]['r_interval']:.3g}); median √v̂ {p50:.3g} = {p50 / eps_t:.3g}·eps, "
+                f"{near:.0%} of its elements under 10·eps",
+                "evidence": {
+                    "intervals": rs[k:][-MAX_SPIKES_LISTED:],
+                    "frac_sqrt_vhat_below_10eps": near,
+                    "median_sqrt_vhat": p50,
+                },
+                "numel": rs[-1]["numel"],
+            }
+        )
+    out.sort(key=lambda c: -c["numel"])
+    return out
+
+
+def frac_live(t: Any, attr: str) -> float:
+    """A "fraction of elements with √v̂ below x" without the elements whose v is exactly 0: those never
+    received a gradient (unused embedding rows, frozen slices) and say nothing about collapse or eps."""
+    frac = float(getattr(t, attr))
+    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    return max(frac - zero, 0.0) if math.isfinite(zero) else frac
+
+
+# --- typed evidence ------------------------------------------------------------------------------
+@dataclass
+class Collapse:
+    """A quiet stretch (r = g²/v̂ < COLLAPSE_R for ≥ COLLAPSE_MIN_MEMORY_FRACTION of v's memory) that
+    reaches the loss event, in all parameters (``label == "global"``) or one tensor."""
+
+    label: str
+    source: str  # "log": reconstructed from logged g²; "checkpoints": from consecutive checkpoints' v
+    first_step: int
+    warning_step: int  # deep: the first step at which it was also deep; shallow: when it became sustained
+    median_r: float
+    deep: bool  # v̂ fell to ≤ COLLAPSE_DEPTH of its peak (√v̂ ≥ 10x down) inside the stretch
+    depth: float  # v̂ at the end of the stretch / its peak so far (1 = no fall; NaN when unknown)
+    exact: bool  # the numbers come from exact data (every step logged or checkpoint-seeded; checkpoint v)
+    message: str = ""  # checkpoint collapses: the per-tensor sentence
+    evidence: dict[str, Any] = field(default_factory=dict)
+    numel: int = 0
+
+
+def quiet_stretch(tr: Trajectory, until: int, beta2: float) -> Collapse | None:
+    """The quiet stretch of ``tr`` leading into ``until`` (the event), deep or not, with its depth."""
+    any_ = collapse_stretch(tr, until, beta2, require_depth=False)
+    if any_ is None:
+        return None
+    deep = collapse_stretch(tr, until, beta2, require_depth=True)
+    first, sustained, med = any_
+    i = int(np.searchsorted(tr.steps, first))
+    end = i
+    while end + 1 < len(tr.steps) and tr.steps[end + 1] < until and tr.r[end + 1] < COLLAPSE_R:
+        end += 1
+    peak = float(np.nanmax(np.where(np.isfinite(tr.vhat[: end + 1]), tr.vhat[: end + 1], np.nan)))
+    depth = float(tr.vhat[end] / peak) if peak > 0 and math.isfinite(tr.vhat[end]) else float("nan")
+    return Collapse(
+        label=tr.label,
+        source="log",
+        first_step=first,
+        warning_step=deep[1] if deep is not None else sustained,
+        median_r=med,
+        deep=deep is not None,
+        depth=depth,
+        exact=tr.exact,
+    )
+
+
+def checkpoint_collapses(ckpts: list[Any], ratios: list[dict[str, Any]], until: int, beta2: float) -> list[Collapse]:
+    """Quiet stretches seen by consecutive checkpoints alone (v decayed almost purely), deep first."""
+    deep = {c["tensor"]: c for c in checkpoint_collapse(ckpts, ratios, until, beta2)}
+    out = []
+    for c in checkpoint_collapse(ckpts, ratios, until, beta2, require_depth=False):
+        d = deep.get(c["tensor"], c)
+        intervals = d["evidence"].get("intervals") or [{}]
+        out.append(
+            Collapse(
+                label=c["tensor"],
+                source="checkpoints",
+                first_step=int(intervals[0].get("from_step", d["warning_step"])),
+                warning_step=int(d["warning_step"]),
+                median_r=float(intervals[-1].get("r_interval", float("nan"))),
+                deep=c["tensor"] in deep,
+                depth=float("nan"),
+                exact=True,
+                message=d["message"],
+                evidence=d["evidence"],
+                numel=int(d["numel"]),
+            )
+        )
+    out.sort(key=lambda c: (not c.deep, -c.numel))
+    return out
+
+
+@dataclass
+class StateProblem:
+    """Non-finite or impossible optimizer state in a checkpoint."""
+
+    step: int
+    tensor: str
+    kind: str  # "nonfinite" (NaN/Inf in m or v: training put it there) or "corrupt" (negative v, CRC)
+
+
+@dataclass
+class Evidence:
+    """Everything the verdict rules may look at, for one run."""
+
+    loss_tag: str | None
+    loss_tags: list[str]
+    grad_norm_tag: str | None
+    n_loss_points: int
+    events: Any  # signals.LossEvents of the total loss
+    task_events: dict[str, Any]  # tag -> LossEvents of the other --loss-tag series (per-task losses)
+    event_step: int | None  # the blowup, else the first recovered spike, else None
+    trajectories: list[Trajectory]
+    collapses: list[Collapse]  # quiet stretches reaching the event, deep first
+    regrowth: list[tuple[str, float, int]]  # (label, max r, step) just before the event
+    update_rms: list[tuple[str, float, int]]  # (label, max update RMS, step) just before the event
+    pre_event_r: float | None  # median global r in PRE_EVENT_WINDOW before the event
+    grad_jump: dict[str, Any] | None  # one-step gradient-norm jump at the event
+    state_problems: list[StateProblem]
+    non_adam: list[str]  # "path: what it is" for checkpoints of another optimizer
+    checkpoints: list[Any]  # CheckpointSummary with a step, sorted by step
+    ratios: list[dict[str, Any]]  # checkpoint_interval_ratios
+    start: Any | None  # the last checkpoint before the event (the replay start), if any
+    beta2: float
+    eps: float
+    lr: float | None
+    hyper_assumed: bool  # no checkpoint: beta2/eps are the torch defaults
+    lr_at_event: float | None = None  # from a logged learning-rate tag
+
+    @property
+    def blowup_step(self) -> int | None:
+        return self.events.blowup_step
+
+    @property
+    def has_mechanism_data(self) -> bool:
+        """Gradient or optimizer data exists: without it the loss alone can't tell the causes apart."""
+        return bool(self.trajectories or self.checkpoints)
+
+    def deep_collapses(self) -> list[Collapse]:
+        return [c for c in self.collapses if c.deep]
+
+    def collapse_warning_step(self) -> int | None:
+        """When the evidence for a collapse was first visible: from deep stretches when there are any
+        (depth is what makes a quiet stretch dangerous), else from the sustained shallow ones."""
+        deep = self.deep_collapses()
+        pool = deep or self.collapses
+        return min((c.warning_step for c in pool), default=None)
+
+
+def hyperparameters(ckpt: Any | None) -> tuple[float, float, float | None]:
+    """(β2, eps, lr) of a checkpoint's first tensor (the torch defaults and no lr without one)."""
+    if ckpt is None or not ckpt.tensors:
+        return DEFAULT_BETA2, DEFAULT_EPS, None
+    t = ckpt.tensors[0]
+    return float(t.beta2), float(t.eps), float(t.lr)
+
+
+def state_problems(ckpts: list[Any]) -> list[StateProblem]:
+    """Tensors whose saved m or v holds NaN/Inf (``nonfinite``) or a negative v (``corrupt``)."""
+    out = []
+    for c in ckpts:
+        for t in c.tensors:
+            if getattr(t, "nonfinite", 0):
+                out.append(StateProblem(int(c.step), ckpt_tensor_label(t), "nonfinite"))
+            elif getattr(t, "negative_v", 0) or getattr(t, "corrupt", None):
+                out.append(StateProblem(int(c.step), ckpt_tensor_label(t), "corrupt"))
+    return out
+
+
+@dataclass
+class RunInputs:
+    """Everything the readers found for one run."""
+
+    run: str
+    scalars: Any  # pandas DataFrame, long format (run, tag, step, wall_time, value, segment, source_file)
+    histograms: Any = None  # pandas DataFrame (HISTOGRAM_COLUMNS) or None
+    checkpoints: list[Any] = field(default_factory=list)  # CheckpointSummary, sorted by step
+    warnings: list[str] = field(default_factory=list)
+    convention: str = "torch"
+    checkpoint_paths: list[str] = field(default_factory=list)
+    non_adam: list[str] = field(default_factory=list)  # "path: what optimizer it holds"
+
+
+def tags_of(inp: RunInputs) -> list[str]:
+    s = inp.scalars
+    return sorted(set(s["tag"].unique())) if s is not None and len(s) else []
+
+
+def series_arrays(scalars: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a scalar tag as the run really went (restarts: the later segment wins)."""
+    from adamdiag.analysis.frames import series
+
+    s = series(scalars, tag)
+    return s.index.to_numpy(np.int64), s.to_numpy(np.float64)
+
+
+def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> Evidence:
+    """Collect the evidence of one run. ``loss_tags[0]`` is the total loss (it sets the blowup step);
+    the others are per-task losses whose events become findings of their own."""
+    from adamdiag.analysis.signals import LossEvents, detect_loss_events
+    from adamdiag.analysis.tags import pick_lr_tag
+    from adamdiag.analysis.thresholds import REGROWTH_R, UPDATE_RMS_LIMIT
+
+    scalars = inp.scalars
+    ckpts = sorted((c for c in inp.checkpoints if getattr(c, "step", None) is not None), key=lambda c: c.step)
+    loss_tag = loss_tags[0] if loss_tags else None
+    if loss_tag is not None:
+        steps, loss = series_arrays(scalars, loss_tag)
+        ev = detect_loss_events(steps, loss)
+    else:
+        steps, loss, ev = np.zeros(0, np.int64), np.zeros(0), LossEvents()
+    task_events = {t: detect_loss_events(*series_arrays(scalars, t)) for t in loss_tags[1:]}
+    event_step = ev.blowup_step if ev.blowup_step is not None else (ev.spikes[0] if ev.spikes else None)
+    before = [c for c in ckpts if event_step is None or c.step < event_step]
+    start = before[-1] if before else None
+    # Hyperparameters: those the replay would start from (the last checkpoint before the event), else
+    # the first checkpoint; β2 decides the memory span, so it must be the run's own.
+    beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
+
+    trajs: list[Trajectory] = []
+    grad_jump = None
+    gn = None
+    if grad_norm_tag is not None and not inp.non_adam:
+        gs, gv = series_arrays(scalars, grad_norm_tag)
+        gn = (gs, gv)
+        ok = np.isfinite(gv)
+        if ckpts:
+            n_total = ckpt_global_mean_v(ckpts[0])[1]
+            seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
+        else:
+            n_total = 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
+            seeds = []
+        if ok.sum() >= MIN_LOSS_POINTS:
+            # Without a checkpoint the element count is unknown, so v's absolute scale is too:
+            # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
+            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
+        if (~ok).any():
+            nf_step = int(gs[~ok][0])
+            if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
+                ev.first_nonfinite_step = nf_step
+    hist = inp.histograms
+    if hist is not None and len(hist) and not inp.non_adam:
+        trajs += histogram_trajectories(hist, ckpts, beta2, eps)
+    for tr in trajs:
+        tr.convention = inp.convention
+    ratios = checkpoint_interval_ratios(ckpts, beta2)
+
+    collapses: list[Collapse] = []
+    regrowth, rms = [], []
+    if event_step is not None:
+        # Order matters to the recommendation (the first named tensor sizes the eps): stretches from
+        # the logs first, deep before shallow, in logging order; then checkpoints', deep and largest first.
+        logged = [c for tr in trajs if (c := quiet_stretch(tr, event_step, beta2)) is not None]
+        collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, event_step, beta2)
+        lo, hi = event_step - REGROWTH_WINDOW, event_step + 2
+        for tr in trajs:
+            rmax, rstep = window_max(tr, tr.r, lo, hi)
+            if math.isfinite(rmax) and rmax > REGROWTH_R and rstep is not None:
+                regrowth.append((tr.label, rmax, rstep))
+            prev = np.r_[np.nan, tr.vhat[:-1]]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                urms = np.sqrt(tr.g2 / np.maximum(prev, tr.eps_eff() ** 2))
+            umax, ustep = window_max(tr, urms, lo, hi)
+            if math.isfinite(umax) and umax > UPDATE_RMS_LIMIT and ustep is not None:
+                rms.append((tr.label, umax, ustep))
+        grad_jump = abrupt_gradient_jump(event_step, gn)
+        if grad_jump is not None:
+            grad_jump["isolated"] = jump_is_isolated(grad_jump, gn)
+    lr_at_event = None
+    lr_tag = pick_lr_tag(tags_of(inp))
+    if lr_tag is not None and event_step is not None:
+        ls, lv = series_arrays(scalars, lr_tag)
+        k = int(np.searchsorted(ls, event_step, side="right")) - 1
+        lr_at_event = float(lv[k]) if k >= 0 and math.isfinite(lv[k]) else None
+    return Evidence(
+        loss_tag=loss_tag,
+        loss_tags=list(loss_tags),
+        grad_norm_tag=grad_norm_tag,
+        n_loss_points=len(steps),
+        events=ev,
+        task_events=task_events,
+        event_step=event_step,
+        trajectories=trajs,
+        collapses=collapses,
+        regrowth=regrowth,
+        update_rms=rms,
+        pre_event_r=pre_event_r(trajs, event_step),
+        grad_jump=grad_jump,
+        state_problems=state_problems(ckpts),
+        non_adam=list(inp.non_adam),
+        checkpoints=ckpts,
+        ratios=ratios,
+        start=start,
+        beta2=beta2,
+        eps=eps,
+        lr=lr,
+        hyper_assumed=not ckpts,
+        lr_at_event=lr_at_event,
+    )
+
+
+def jump_is_isolated(jump: dict[str, Any], gn: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """A bad batch is one step: at the next logged point the gradient norm is back under 1/GRAD_JUMP_FACTOR
+    of the jump. A v-collapse instability keeps the gradients large (the parameters moved far)."""
+    if gn is None:
+        return False
+    steps, vals = gn
+    k = int(np.searchsorted(steps, jump["step"], side="right"))
+    if k >= len(vals) or not math.isfinite(vals[k]):
+        return False
+    return bool(vals[k] * GRAD_JUMP_FACTOR <= jump["grad_norm"])

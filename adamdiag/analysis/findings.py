@@ -1,0 +1,459 @@
+"""One function per finding: evidence (and the decision) in, :class:`Finding` objects out.
+
+Messages quote the evidence they stand on, and never contradict a rule: a number the collapse rule
+calls quiet (r < COLLAPSE_R) is never described as "O(1)" or "healthy" (a test renders every finding
+of real runs and checks each message against its evidence).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from adamdiag.analysis.evidence import (
+    Collapse,
+    Evidence,
+    collapse_stretch,
+    first_instability,
+    frac_live,
+    series_arrays,
+)
+from adamdiag.analysis.thresholds import (
+    COLLAPSE_R,
+    EPS_BOUND_FACTOR,
+    EPS_DOMINATED_FRACTION,
+    EPS_PROGRESS_SEGMENTS,
+    EPS_STALLED_PROGRESS,
+    MAX_EVIDENCE_ITEMS,
+    MAX_NAMES_SHOWN,
+    MAX_REGROWTH_LISTED,
+    MAX_RMS_LISTED,
+    MAX_SPIKES_LISTED,
+    MAX_TAGS_EVIDENCE,
+    MAX_TAGS_SHOWN,
+    MIN_BASELINE_POINTS,
+    MIN_LOSS_POINTS,
+)
+from adamdiag.analysis.verdicts import Decision
+from adamdiag.results.report import Finding
+
+
+def name_list(names: list[str], shown: int = MAX_NAMES_SHOWN) -> str:
+    """'a, b, c and 5 more' — findings stay one line however many tensors collapsed."""
+    head = ", ".join(f"`{n}`" for n in names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "") if names else "no tensor"
+
+
+def _where(label: str) -> str:
+    return "all parameters" if label == "global" else label
+
+
+def input_problems(warnings: list[str]) -> list[Finding]:
+    """AD902: every input problem, not only the first."""
+    if not warnings:
+        return []
+    shown = "; ".join(warnings[:MAX_NAMES_SHOWN])
+    more = f" (and {len(warnings) - MAX_NAMES_SHOWN} more)" if len(warnings) > MAX_NAMES_SHOWN else ""
+    return [
+        Finding(
+            "AD902",
+            "warning",
+            f"{len(warnings)} input problem(s): {shown}{more}",
+            evidence={"warnings": warnings[:MAX_EVIDENCE_ITEMS]},
+        )
+    ]
+
+
+def non_adam(ev: Evidence) -> list[Finding]:
+    """AD903: a checkpoint of another optimizer; the diagnosis claims no Adam facts from it."""
+    return [
+        Finding(
+            "AD903",
+            "warning",
+            f"not an Adam/AdamW optimizer state: {what}; adamdiag diagnoses Adam's second moment, so no "
+            "v-based evidence is used for this run",
+        )
+        for what in ev.non_adam[:MAX_NAMES_SHOWN]
+    ]
+
+
+def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
+    """AD901: no loss tag, too few points, or a rise with too few points before it."""
+    if ev.loss_tag is None:
+        return [
+            Finding(
+                "AD901",
+                "warning",
+                f"no loss scalar found (tags: {', '.join(tags[:MAX_TAGS_SHOWN]) or 'none'}); name it with --loss-tag",
+                evidence={"tags": tags[:MAX_TAGS_EVIDENCE]},
+            )
+        ]
+    if ev.n_loss_points < MIN_LOSS_POINTS:
+        return [Finding("AD901", "warning", f"only {ev.n_loss_points} loss points in '{ev.loss_tag}'")]
+    rise = ev.events.unbased_rise_step
+    if rise is not None:
+        return [
+            Finding(
+                "AD901",
+                "warning",
+                f"the loss rose at step {rise} with fewer than {MIN_BASELINE_POINTS} points before the rise: "
+                "too few points before the rise to call it a blowup",
+                step=rise,
+                evidence={"tag": ev.loss_tag, "min_baseline_points": MIN_BASELINE_POINTS},
+            )
+        ]
+    return []
+
+
+def loss_events(ev: Evidence) -> list[Finding]:
+    """AD001 (blowup; its peak with its own step) and AD002 (recovered spikes), for the total loss and
+    every per-task loss tag."""
+    out = []
+    for tag, e, total in [(ev.loss_tag, ev.events, True)] + [(t, e, False) for t, e in ev.task_events.items()]:
+        b = e.blowup_step
+        where = "" if total else f" in '{tag}'"
+        if b is not None:
+            msg = f"loss{where} blew up at step {b}"
+            if e.pre_level is not None:
+                msg += f": {e.pre_level:.4g} → peak {e.peak:.4g} at step {e.peak_step}"
+            out.append(
+                Finding(
+                    "AD001",
+                    "error",
+                    msg,
+                    step=b,
+                    evidence={
+                        "tag": tag,
+                        "pre_level": e.pre_level,
+                        "peak": e.peak,
+                        "peak_step": e.peak_step,
+                        "best_step": e.best_step,
+                        "total": total,
+                    },
+                )
+            )
+        for s in e.spikes[:MAX_SPIKES_LISTED]:
+            out.append(
+                Finding("AD002", "warning", f"loss{where} spike at step {s} (recovered)", step=s, evidence={"tag": tag})
+            )
+    return out
+
+
+def nonfinite(ev: Evidence) -> list[Finding]:
+    """AD401: NaN/Inf in the loss, the gradient norm or the saved m/v; AD403: impossible state."""
+    out = []
+    nf_state = [p for p in ev.state_problems if p.kind == "nonfinite"]
+    e = ev.events
+    if e.first_nonfinite_step is not None or nf_state:
+        steps = [s for s in [e.first_nonfinite_step] + [p.step for p in nf_state] if s is not None]
+        nf = min(steps)
+        where = f" in the optimizer state of {name_list([p.tensor for p in nf_state])}" if nf_state else ""
+        out.append(
+            Finding(
+                "AD401",
+                "error",
+                f"non-finite values (NaN/Inf) from step {nf}{where}",
+                step=nf,
+                evidence={"tag": ev.loss_tag, "state": [vars(p) for p in nf_state[:MAX_EVIDENCE_ITEMS]]},
+            )
+        )
+    corrupt = [p for p in ev.state_problems if p.kind == "corrupt"]
+    if corrupt:
+        out.append(
+            Finding(
+                "AD403",
+                "error",
+                f"corrupt optimizer state (negative v or a checksum mismatch) in {name_list([p.tensor for p in corrupt])} "
+                f"at step {corrupt[0].step}: that checkpoint cannot start a replay",
+                step=corrupt[0].step,
+                evidence={"state": [vars(p) for p in corrupt[:MAX_EVIDENCE_ITEMS]]},
+            )
+        )
+    return out
+
+
+def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
+    """AD301: the one-step gradient-norm jump."""
+    j = ev.grad_jump
+    assert j is not None
+    prev = max(j["previous"], np.finfo(float).tiny)
+    shape = "back down at the next step" if j.get("isolated") else "and stayed up"
+    return [
+        Finding(
+            "AD301",
+            "error" if ev.blowup_step is not None else "warning",
+            f"one batch at step {j['step']}: gradient norm {j['grad_norm']:.3g} jumped {j['grad_norm'] / prev:.3g}x "
+            f"in one step ({j['grad_norm'] / j['trailing_median']:.3g}x the trailing median), {shape}",
+            step=j["step"],
+            evidence=j,
+        )
+    ]
+
+
+def _collapse_evidence(c: Collapse) -> dict[str, Any]:
+    return {
+        "tensor": c.label,
+        "first_step": c.first_step,
+        "warning_step": c.warning_step,
+        "median_r": c.median_r,
+        "deep": c.deep,
+        "depth": c.depth,
+        "source": c.source,
+    }
+
+
+def _depth_text(c: Collapse, d: Decision) -> str:
+    # Only where depth decided something: a deep stretch, or the verdict of a shallow one (stale v).
+    # (A tensor's histogram rarely sees its own peak, so a per-tensor "shallow" proves little.)
+    if not math.isfinite(c.depth) or not (c.deep or d.rule == "stale_v"):
+        return ""
+    if c.deep:
+        down = 1 / math.sqrt(c.depth) if c.depth > 0 else math.inf
+        return f"; v̂ fell to {c.depth:.2g} of its peak (√v̂ {down:.3g}x down)"
+    return f"; v̂ is at {c.depth:.2g} of its peak — shallow, but v lives on the memory of larger gradients (a stale v)"
+
+
+def collapse(ev: Evidence, d: Decision) -> list[Finding]:
+    """AD101 (quiet stretch, all parameters and per tensor), AD105 (checkpoint decay), AD102 (re-growth)."""
+    out = []
+    b = ev.event_step
+    logs = [c for c in ev.collapses if c.source == "log"]
+    deep_warn = ev.collapse_warning_step()
+    for c in [c for c in logs if c.label == "global"][:1]:
+        out.append(
+            Finding(
+                "AD101",
+                "error",
+                f"v collapse: g²/v̂ (all parameters) stayed below {COLLAPSE_R} (median {c.median_r:.3g}) from step "
+                f"{c.first_step} until the blowup at {b}{_depth_text(c, d)}",
+                step=c.warning_step,
+                evidence={**_collapse_evidence(c), "threshold": COLLAPSE_R},
+            )
+        )
+    per = sorted((c for c in logs if c.label != "global"), key=lambda c: c.median_r)
+    if per:
+        c0 = per[0]
+        # A tensor's own stretch may start earlier than the evidence that made it dangerous.
+        warns = [
+            max(c.warning_step, deep_warn) if (not c.deep and deep_warn is not None) else c.warning_step for c in per
+        ]
+        out.append(
+            Finding(
+                "AD101",
+                "error",
+                f"v collapse in {name_list([c.label for c in per])}: g²/v̂ stayed below {COLLAPSE_R} "
+                f"(median {c0.median_r:.3g} in {c0.label}) from step {min(c.first_step for c in per)} until the "
+                f"blowup at {b}{_depth_text(c0, d)}",
+                step=min(warns),
+                tensor=c0.label,
+                evidence={"threshold": COLLAPSE_R, "tensors": [_collapse_evidence(c) for c in per]},
+            )
+        )
+    ck = [c for c in ev.collapses if c.source == "checkpoints"]
+    if ck:
+        out.append(
+            Finding(
+                "AD105",
+                "error",
+                f"between checkpoints, v decayed almost purely in {name_list([c.label for c in ck])}; largest: "
+                f"{ck[0].message}",
+                step=min(c.warning_step for c in ck),
+                tensor=ck[0].label,
+                evidence={
+                    "tensors": [
+                        {"tensor": c.label, "warning_step": c.warning_step, "deep": c.deep, **c.evidence} for c in ck
+                    ]
+                },
+            )
+        )
+    out += regrowth(ev)
+    return out
+
+
+def regrowth(ev: Evidence) -> list[Finding]:
+    """AD102: g²/v̂ far above 1 just before the event."""
+    return [
+        Finding(
+            "AD102",
+            "error",
+            f"gradients re-grew in {_where(label)}: g²/v̂ = {rmax:.3g} at step {rstep}",
+            step=rstep,
+            tensor=None if label == "global" else label,
+            evidence={"r": rmax},
+        )
+        for label, rmax, rstep in sorted(ev.regrowth, key=lambda x: -x[1])[:MAX_REGROWTH_LISTED]
+    ]
+
+
+def loss_only(ev: Evidence) -> list[Finding]:
+    return [
+        Finding(
+            "AD901",
+            "warning",
+            "the loss blew up but the run has no gradient-norm scalar, gradient histograms or optimizer "
+            "checkpoints: the cause can't be told apart (log grad_norm or keep checkpoints)",
+            step=ev.event_step,
+        )
+    ]
+
+
+def recovered_after_collapse(ev: Evidence) -> list[Finding]:
+    """AD101 (warning): spikes that recovered after a quiet stretch — the mechanism is in place."""
+    if not ev.collapses or not ev.deep_collapses():
+        return []
+    spikes = ev.events.spikes
+    return [
+        Finding(
+            "AD101",
+            "warning",
+            f"loss spike(s) at step {', '.join(map(str, spikes[:MAX_SPIKES_LISTED]))} followed a v collapse: the run "
+            "recovered this time, but the mechanism is in place",
+            step=ev.event_step,
+            evidence={
+                "spikes": spikes[:MAX_EVIDENCE_ITEMS],
+                "collapse": [c.label for c in ev.collapses][:MAX_EVIDENCE_ITEMS],
+            },
+        )
+    ]
+
+
+def diverged(ev: Evidence, d: Decision) -> list[Finding]:
+    """AD201: the blowup without a stale v. Says what r was, in words that match its value."""
+    b = ev.event_step
+    r = ev.pre_event_r
+    if r is None:
+        msg = f"loss diverged at step {b} without a v collapse in the data: the steps are too large"
+    elif r >= COLLAPSE_R:
+        msg = (
+            f"loss diverged at step {b} while g²/v̂ stayed at or above {COLLAPSE_R} (median {r:.3g} before it): "
+            "v tracked the gradients, no v collapse — the steps are too large"
+        )
+    else:
+        msg = (
+            f"loss diverged at step {b}; g²/v̂ was low before it (median {r:.3g} < {COLLAPSE_R}) but not for long "
+            "enough to make v stale: a too-large step is the likelier cause, a v collapse the alternative"
+        )
+    return [
+        Finding("AD201", "error", msg, step=b, evidence={"median_r_before": r, "lr": ev.lr, "threshold": COLLAPSE_R})
+    ]
+
+
+def update_rms(ev: Evidence) -> list[Finding]:
+    """AD103: update RMS > 1 just before the event."""
+    return [
+        Finding(
+            "AD103",
+            "warning",
+            f"update RMS {umax:.3g} > 1 in {_where(label)} at step {ustep}",
+            step=ustep,
+            tensor=None if label == "global" else label,
+            evidence={"update_rms": umax},
+        )
+        for label, umax, ustep in sorted(ev.update_rms, key=lambda x: -x[1])[:MAX_RMS_LISTED]
+    ]
+
+
+def lr_warning_step(ev: Evidence) -> int | None:
+    return first_instability(ev.trajectories, ev.event_step) if ev.event_step is not None else None
+
+
+def eps_dominance(ev: Evidence, scalars: Any, verdict: str) -> tuple[list[Finding], bool]:
+    """AD501: √v̂ < eps for most elements at the last checkpoint. Returns the findings and whether the
+    run is ``eps_too_large`` (healthy so far, eps dominates, and the loss barely moved)."""
+    if not ev.checkpoints or ev.loss_tag is None:
+        return [], False
+    last = ev.checkpoints[-1]
+    n = sum(int(t.numel) for t in last.tensors)
+    if not n:
+        return [], False
+    below = sum(frac_live(t, "frac_sqrt_vhat_below_eps") * int(t.numel) for t in last.tensors) / n
+    if not math.isfinite(below) or below < EPS_DOMINATED_FRACTION:
+        return [], False
+    _, loss = series_arrays(scalars, ev.loss_tag)
+    finite = np.isfinite(loss)
+    progress = None
+    if finite.sum() >= MIN_LOSS_POINTS:
+        lf = loss[finite]
+        k = max(1, len(lf) // EPS_PROGRESS_SEGMENTS)
+        progress = float(np.median(lf[-k:]) / np.median(lf[:k])) if np.median(lf[:k]) > 0 else None
+    stalled = progress is not None and progress > EPS_STALLED_PROGRESS
+    msg = f"√v̂ < eps={ev.eps:g} for {below:.0%} of all elements at step {last.step}: Adam behaves like SGD with step lr/eps"
+    if verdict == "healthy" and stalled:
+        return [
+            Finding(
+                "AD501",
+                "warning",
+                msg + f"; the loss barely moved (final/initial {progress:.2f})",
+                step=last.step,
+                evidence={"frac_below_eps": below, "progress": progress},
+            )
+        ], True
+    return [Finding("AD501", "info", msg, step=last.step, evidence={"frac_below_eps": below})], False
+
+
+def collapse_in_progress(ev: Evidence, beta2: float) -> list[Finding]:
+    """AD101 on a run that did not blow up: v is collapsing, and whether eps bounds the step."""
+    for tr in ev.trajectories:
+        c = collapse_stretch(tr, None, beta2)
+        if c is None:
+            continue
+        first, warn, med = c
+        # eps bounds the damage when √v̂ is already at or below eps: the step cannot grow further.
+        tail = tr.vhat[-1] if len(tr.vhat) else float("nan")
+        bounded = (
+            tr.eps > 0 and math.isfinite(tail) and math.sqrt(max(tail, 0.0)) <= EPS_BOUND_FACTOR * tr.eps_eff()[-1]
+        )
+        if bounded:
+            tail_text = "; eps bounds the step"
+        elif tr.eps == 0:
+            tail_text = "; eps and v's scale are unknown without a checkpoint"
+        else:
+            tail_text = "; eps does not bound the step: a return of larger gradients would blow up the update"
+        return [
+            Finding(
+                "AD101",
+                "info" if bounded else "warning",
+                f"v is collapsing in {_where(tr.label)} from step {first} (g²/v̂ median {med:.3g}){tail_text}",
+                step=warn,
+                tensor=None if tr.label == "global" else tr.label,
+                evidence={"median_r": med},
+            )
+        ]
+    return []
+
+
+def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
+    """AD901 (info): assumed hyperparameters, approximate reconstructions; AD601: clipping."""
+    out = []
+    if ev.hyper_assumed and ev.trajectories:
+        out.append(
+            Finding(
+                "AD901",
+                "info",
+                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} "
+                "(torch defaults); pass --checkpoints for exact values",
+            )
+        )
+    approx = [t.label for t in ev.trajectories if not t.exact]
+    if approx:
+        what = "per-tensor histograms" if "global" not in approx else "the gradient norm"
+        out.append(
+            Finding(
+                "AD901",
+                "info",
+                f"{what} not logged every step from step 1: the v reconstruction from it is approximate between checkpoints",
+                evidence={"approximate": approx[:MAX_TAGS_EVIDENCE]},
+            )
+        )
+    clip_tags = [t for t in tags if "clip" in t.lower()]
+    if ev.grad_norm_tag is not None and clip_tags:
+        out.append(
+            Finding(
+                "AD601",
+                "info",
+                f"gradient clipping detected ({clip_tags[0]}): Adam saw the clipped gradients (using '{ev.grad_norm_tag}')",
+            )
+        )
+    return out

@@ -1,0 +1,68 @@
+"""Which scalar tags hold the training loss and the gradient norm: one auto-pick for scan, check,
+replay and plot, and the user's ``--loss-tag`` / ``--grad-norm-tag`` when given.
+
+>>> pick_loss_tag(["val/loss", "train/loss", "lr"])
+'train/loss'
+>>> pick_grad_norm_tag(["grad_norm_preclip", "train/grad_norm"])
+'train/grad_norm'
+"""
+
+from __future__ import annotations
+
+LOSS_TAGS = (
+    "train/loss",
+    "loss",
+    "train_loss",
+    "loss/train",
+    "Loss/train",
+    "training/loss",
+    "train/total_loss",
+    "total_loss",
+    "train/loss_total",
+)
+GRAD_NORM_TAGS = (
+    "train/grad_norm",
+    "grad_norm",
+    "train/gradient_norm",
+    "gradient_norm",
+    "grad_norm/total",
+    "train/grad_norm_clipped",
+)
+# Tags that are not the training loss although they contain "loss" (evaluation curves, the loss
+# scale of mixed precision, per-task parts named loss_<task>).
+_LOSS_AVOID = ("val", "eval", "test", "scale", "loss_")
+# Gradient norms measured before clipping are not what Adam saw.
+_GRAD_AVOID = ("preclip", "pre_clip", "unclipped", "val")
+# Learning-rate tags, for the lr at the blowup.
+LR_TAGS = ("train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", "lr/0")
+
+
+def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:
+    """The first preferred tag present, else the shortest tag containing all of ``must`` and none of
+    ``avoid`` (case-insensitive)."""
+    for t in preferred:
+        if t in tags:
+            return t
+    low = {t: t.lower() for t in tags}
+    cands = [t for t in tags if all(m in low[t] for m in must) and not any(a in low[t] for a in avoid)]
+    return min(cands, key=len) if cands else None
+
+
+def pick_loss_tag(tags: list[str]) -> str | None:
+    """The training-loss tag: a known name, else the shortest "loss" tag that is not an eval curve or
+    a per-task part, else any "loss" tag that is not an eval curve."""
+    return pick_tag(tags, LOSS_TAGS, ("loss",), _LOSS_AVOID) or pick_tag(tags, (), ("loss",), _LOSS_AVOID[:-1])
+
+
+def pick_grad_norm_tag(tags: list[str]) -> str | None:
+    """The (post-clip) gradient-norm tag, if the run logs one."""
+    return pick_tag(tags, GRAD_NORM_TAGS, ("grad", "norm"), _GRAD_AVOID)
+
+
+def pick_lr_tag(tags: list[str]) -> str | None:
+    """The learning-rate tag, if the run logs one."""
+    for t in LR_TAGS:
+        if t in tags:
+            return t
+    low = [t for t in tags if t.lower().endswith(("/lr", "learning_rate")) or t.lower() == "lr"]
+    return min(low, key=len) if low else None

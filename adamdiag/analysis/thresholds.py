@@ -1,0 +1,145 @@
+"""Every number that decides a verdict, a blowup or an outcome, with its reason.
+
+scan (the diagnosis), replay (outcomes) and the live monitor read their thresholds from here, so
+one change moves all three together. The rule and evidence modules (``diagnose``, ``evidence``,
+``verdicts``, ``findings``, ``recommend``) hold no other numeric literal than 0, 1 and 2 — a test
+parses them and fails on any other. Values are relative (ratios, fractions of v's memory, robust
+z-scores), never levels of a raw series, so they hold for a loss of 1e-6 and one of 1e3.
+"""
+
+from __future__ import annotations
+
+# --- the loss curve ----------------------------------------------------------------------------
+# Onset of an excursion: the loss at least doubled against its own recent robust level; ordinary
+# noise of a training loss is a few percent to tens of percent of its level.
+BLOWUP_FACTOR = 2.0
+# A *blowup* (not a spike) reaches a decade above that level within BLOWUP_HORIZON steps and stays
+# above the onset level for BLOWUP_PERSIST steps. Smaller or shorter excursions are spikes: worth a
+# warning, not a verdict — a run that shrugs off a 3x blip did not blow up.
+BLOWUP_PEAK_FACTOR = 10.0
+BLOWUP_HORIZON = 100
+BLOWUP_PERSIST = 10
+# Robust z-scores (in MAD-sigmas of log-loss) that a jump must also exceed, so a very noisy loss
+# whose typical swings are already 2x does not count every swing: 3 for the onset of a blowup
+# (which must then also reach a decade), 6 for a spike worth a warning on its own.
+ONSET_Z = 3.0
+SPIKE_Z = 6.0
+# Floor for the robust scale of log-loss: 1% relative change. A perfectly smooth full-batch loss
+# has a MAD near zero, which would make every wiggle "infinitely significant".
+MIN_LOG_SCALE = 0.01
+# Fewer loss points than this say nothing about a trend (the detector's trailing window needs them).
+MIN_LOSS_POINTS = 8
+# A blowup needs this many finite points before its rise: with fewer, the "level before" is one or
+# two values (a near-zero first point of an eval curve became the baseline of a false AD001).
+MIN_BASELINE_POINTS = 5
+
+# --- second moment: collapse, re-growth, update size --------------------------------------------
+# r = g²/v̂ is 1 in steady state and 0 under pure decay (v_{t+1} = β2·v_t). Below 0.1, at least
+# 90% of v's per-step change is decay: v lives on the memory of old gradients. Ordinary early
+# training, where v̂ still averages the large first gradients, sits around 0.2-0.5.
+COLLAPSE_R = 0.1
+# The collapse must hold for a good part of v's memory (1/(1-β2) steps) before it matters: a few
+# quiet steps decay v by a negligible factor. 0.2/(1-β2) steps (200 at β2=0.999) shrink v by ≥ 18%
+# in pure decay, and are far longer than the quiet transients of early training, where v̂ still
+# averages the first large gradients for ~100 steps.
+COLLAPSE_MIN_MEMORY_FRACTION = 0.2
+# Fewest logged points a stretch may have, whatever the logging interval (one point is no stretch).
+COLLAPSE_MIN_POINTS = 3
+# Depth: v̂ at most 1% of its peak so far, i.e. √v̂ (the denominator of the update) fell ≥ 10x —
+# the per-element step lr/(√v̂+eps) for the same gradient is ≥ 10x what it was. A quiet stretch
+# that is long but not this deep is still a stale v (the adaptive edge of stability: lowering lr
+# only postpones the blowup, measured on the validation matrix), reported with medium confidence.
+COLLAPSE_DEPTH = 0.01
+# Re-growth: the current g² is 10x what v̂ expects; m (β1=0.9) reacts within ~10 steps, v within
+# ~1000, so the update m̂/√v̂ grows by up to ~√10 and more.
+REGROWTH_R = 10.0
+# Steps before the event in which re-growth and update RMS are searched, and the slack by which a
+# quiet stretch may end before the event and still explain it (the instability grows for a few
+# dozen steps before the loss shows it).
+REGROWTH_WINDOW = 50
+# Wortsman et al. 2023: update RMS > 1 precedes loss spikes by 1-8 steps.
+UPDATE_RMS_LIMIT = 1.0
+# The "before the event" window for the median r quoted in an lr_too_high finding: ~5 re-growth
+# windows, long enough for a stable median, short enough to describe the state just before.
+PRE_EVENT_WINDOW = 250
+# lr_too_high: the first step where g²/v̂ exceeded this (a step the optimizer could not absorb:
+# the gradient is √3x what v̂ expects) is the warning step, if it came at most
+# INSTABILITY_MAX_LEAD steps before the blowup (older excursions are ordinary noise).
+INSTABILITY_R = 3.0
+INSTABILITY_MAX_LEAD = 500
+
+# --- one bad batch ------------------------------------------------------------------------------
+# The gradient norm jumped ≥10x (g² ≥ 100x, far outside mini-batch noise) in ONE step, over both
+# the previous step and the trailing median; in one step the parameters move by ~lr per element,
+# which cannot change a smooth loss's gradient 10x — a new batch can.
+GRAD_JUMP_FACTOR = 10.0
+# No healthy history before this many logged points: a run that diverges right away has too high a
+# learning rate, not a bad batch.
+GRAD_JUMP_MIN_HISTORY = 20
+# Trailing window (points) of the median the jump is compared with.
+GRAD_JUMP_TRAILING = 50
+# With sparse logging one step is not visible: there the jump must also exceed GRAD_JUMP_FACTOR x
+# everything logged after the first 1/20 of the run (the first steps' large gradients excluded).
+GRAD_JUMP_SKIP_FRACTION = 20
+
+# --- eps ---------------------------------------------------------------------------------------
+# eps dominates an element when √v̂ < eps; when it does for 90% of the elements Adam is, in effect,
+# SGD with step lr/eps (eps_too_large, if the loss also barely moved).
+EPS_DOMINATED_FRACTION = 0.9
+# "Barely moved": the median of the last 10% of the loss is above half the median of the first 10%.
+EPS_PROGRESS_SEGMENTS = 10
+EPS_STALLED_PROGRESS = 0.5
+# eps bounds the step once √v̂ ≤ 10·eps: the step lr·m̂/(√v̂+eps) can grow at most ~10x more.
+EPS_BOUND_FACTOR = 10.0
+# An element is "near eps" when √v̂ < 10·eps; a tensor takes part in a collapse for the eps
+# recommendation when more than 1% of its (live) elements are.
+NEAR_EPS_FRACTION = 0.01
+# The recommended eps is the smallest candidate that bounds at least half of the collapsed elements.
+EPS_BOUNDS_MOST = 0.5
+
+# --- recommendations and verification -------------------------------------------------------
+DEFAULT_BETA2 = 0.999
+DEFAULT_EPS = 1e-8
+# eps candidates for a v collapse (the usual fixes of the mechanism), plus one sized from the
+# measured √v̂ when a checkpoint before the blowup has it.
+REPORT_EPS_CANDIDATES = (1e-3, 1e-2, 1e-1)
+# lr_too_high: lower lr ~3x first (a half-decade), 10x as the stronger alternative.
+LR_REDUCTION = 3.0
+LR_REDUCTION_STRONG = 10.0
+# eps_too_large: two decades down puts eps well under a typical √v̂ again.
+EPS_DECREASE = 100.0
+
+# --- presentation limits (how many items a finding lists; never decide a verdict) --------------
+MAX_SPIKES_LISTED = 5
+MAX_REGROWTH_LISTED = 5
+MAX_RMS_LISTED = 3
+MAX_NAMES_SHOWN = 3
+MAX_EVIDENCE_ITEMS = 20
+MAX_TAGS_SHOWN = 12
+MAX_TAGS_EVIDENCE = 50
+
+# --- replay outcomes (adamdiag replay, scan --verify) -------------------------------------------
+# A variant that did not blow up within the horizon is `at_risk` (the blowup may only be postponed:
+# the adaptive edge of stability) when, over the last OUTCOME_WINDOW steps, v is still collapsing:
+# r = mean g² / mean v̂_{t-1} below COLLAPSE_R (the collapse rule's own threshold, so replay and scan
+# call the same state collapsed) while median √v̂ is still above OUTCOME_EPS_FACTOR·eps and falling:
+# eps does not bound the step yet, and every further step of decay makes lr/(√v̂+eps) larger.
+# The window: OUTCOME_WINDOW_MEMORY_FRACTION of v's memory 1/(1-β2) -- in pure decay √v̂ falls by
+# β2^(0.1/(1-β2)) ≈ e^-0.1 ≈ 10% over it, enough to see "falling" above rounding; with at least
+# OUTCOME_WINDOW_MIN_STEPS steps so a short-memory β2 (0.9: 2 steps) is not judged on batch noise.
+OUTCOME_WINDOW_MIN_STEPS = 50
+OUTCOME_WINDOW_MEMORY_FRACTION = 0.2
+OUTCOME_EPS_FACTOR = 10.0
+# Median √v̂ is exact up to this many elements per scope; above, it is the median of an evenly
+# strided sample of this many elements (both engines take the same elements): the sample median's
+# rank error is ~1/(2√n) ≈ 0.2% in quantile -- nothing next to a 10x eps margin -- and its cost per
+# step stays O(sample) instead of a sort of every element of the model.
+OUTCOME_MEDIAN_SAMPLE = 1 << 16
+# Default horizon: past the logged blowup by v's memory (HORIZON_MEMORIES/(1-β2) steps -- time for a
+# postponed instability to come back once v has decayed again), and at least HORIZON_GAP_FACTOR x the
+# checkpoint->blowup gap (a variant that only slows the collapse down needs about that much longer).
+# In issue 12's runs lr/3 came back 165-2200 steps after the logged blowup (β2 0.98-0.9999): not
+# always inside this horizon, which is why a variant that did not blow up is also judged by the
+# at_risk rule above rather than called avoided for surviving the horizon.
+HORIZON_MEMORIES = 1.0
+HORIZON_GAP_FACTOR = 2.0

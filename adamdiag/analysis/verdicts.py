@@ -1,0 +1,158 @@
+"""The verdict: an ordered table of rules over :class:`~adamdiag.analysis.evidence.Evidence`.
+
+The first rule that matches decides the verdict; each rule names the evidence it needs, and says how
+sure it is (``confidence``) and which other cause also fits (``alternative``). The order encodes
+the mechanism (docs/architecture.md):
+
+1. non-finite optimizer state outranks everything (training put NaN/Inf into m or v);
+2. a non-finite loss (or gradient norm) with no blowup before it is ``nonfinite``;
+3. too little data, or not an Adam run: ``inconclusive``;
+4. a one-step gradient jump that is gone at the next step (one batch) with no quiet stretch
+   before it: ``bad_batch``;
+5. a blowup after a quiet stretch that reaches it — v lived on the memory of old gradients — is
+   ``v_collapse``: deep (√v̂ ≥ 10x down) → high confidence on exact data; long but shallow → still
+   a stale v (lowering lr only moves the instability later: the adaptive edge of stability), medium
+   confidence with ``lr_too_high`` as the alternative, and the replay that separates them proposed;
+   a gradient jump *after* such a stretch is the collapse's re-growth, not a bad batch;
+6. a one-step gradient jump without a quiet stretch: ``bad_batch`` (the jump did not settle at once,
+   so with lower confidence);
+7. a blowup with no gradient or optimizer data: ``inconclusive``;
+8. recovered spikes only: ``healthy`` (warnings say what preceded them);
+9. any other blowup: ``lr_too_high``;
+10. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
+
+Confidence: ``high`` = one rule matched on exact evidence (or a replay verified it); ``medium`` = an
+alternative also fits; ``low`` = approximate or partial evidence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adamdiag.analysis.evidence import Evidence
+from adamdiag.analysis.thresholds import COLLAPSE_R, MIN_LOSS_POINTS
+
+
+@dataclass
+class Decision:
+    """What the first matching rule says."""
+
+    verdict: str
+    rule: str
+    confidence: str  # high | medium | low
+    alternative: str | None = None
+
+
+@dataclass
+class VerdictRule:
+    name: str
+    needs: str  # the evidence the rule reads (documentation; shown by `python -m adamdiag.analysis.verdicts`)
+    decide: Callable[[Evidence], Decision | None]
+
+
+def _exact(ev: Evidence) -> bool:
+    return any(t.exact for t in ev.trajectories) or bool(ev.checkpoints)
+
+
+def _nonfinite_state(ev: Evidence) -> Decision | None:
+    if any(p.kind == "nonfinite" for p in ev.state_problems):
+        return Decision("nonfinite", "nonfinite_state", "high")
+    return None
+
+
+def _nonfinite_loss(ev: Evidence) -> Decision | None:
+    e = ev.events
+    if e.first_nonfinite_step is not None and e.blowup_step is None:
+        return Decision("nonfinite", "nonfinite_loss", "high")
+    return None
+
+
+def _no_data(ev: Evidence) -> Decision | None:
+    if ev.loss_tag is None:
+        return Decision("inconclusive", "no_loss", "low")
+    if ev.n_loss_points < MIN_LOSS_POINTS:
+        return Decision("inconclusive", "too_few_points", "low")
+    if ev.non_adam and ev.event_step is not None:
+        return Decision("inconclusive", "not_adam", "low")
+    return None
+
+
+def _one_batch(ev: Evidence) -> Decision | None:
+    j = ev.grad_jump
+    if j is None or not j.get("isolated"):
+        return None
+    if ev.collapses:
+        return Decision("bad_batch", "one_batch", "medium", alternative="v_collapse")
+    return Decision("bad_batch", "one_batch", "high")
+
+
+def _collapse(ev: Evidence) -> Decision | None:
+    if ev.blowup_step is None or not ev.collapses:
+        return None
+    deep = ev.deep_collapses()
+    if deep:
+        exact = any(c.exact for c in deep)
+        return Decision("v_collapse", "deep_collapse", "high" if exact else "low")
+    exact = any(c.exact for c in ev.collapses)
+    return Decision("v_collapse", "stale_v", "medium" if exact else "low", alternative="lr_too_high")
+
+
+def _gradient_jump(ev: Evidence) -> Decision | None:
+    if ev.grad_jump is None:
+        return None
+    return Decision("bad_batch", "gradient_jump", "low", alternative="lr_too_high")
+
+
+def _no_mechanism_data(ev: Evidence) -> Decision | None:
+    if ev.blowup_step is not None and not ev.has_mechanism_data:
+        return Decision("inconclusive", "loss_only", "low")
+    return None
+
+
+def _recovered(ev: Evidence) -> Decision | None:
+    if ev.event_step is not None and ev.blowup_step is None:
+        return Decision("healthy", "recovered_spikes", "high" if ev.has_mechanism_data else "low")
+    return None
+
+
+def _lr_too_high(ev: Evidence) -> Decision | None:
+    if ev.blowup_step is None:
+        return None
+    if ev.pre_event_r is not None and ev.pre_event_r < COLLAPSE_R:
+        # Quiet before the blowup, but not for long enough to make v stale: both causes fit.
+        return Decision("lr_too_high", "diverged", "medium", alternative="v_collapse")
+    exact = any(t.exact for t in ev.trajectories) and ev.pre_event_r is not None
+    return Decision("lr_too_high", "diverged", "high" if exact else "low")
+
+
+def _healthy(ev: Evidence) -> Decision | None:
+    return Decision("healthy", "no_event", "high" if ev.has_mechanism_data else "low")
+
+
+RULES: list[VerdictRule] = [
+    VerdictRule("nonfinite_state", "checkpoints: NaN/Inf in m or v", _nonfinite_state),
+    VerdictRule("nonfinite_loss", "loss: a non-finite value with no blowup or spike before it", _nonfinite_loss),
+    VerdictRule("no_data", "loss tag and point count; checkpoints of another optimizer", _no_data),
+    VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
+    VerdictRule("collapse", "r = g²/v̂ from logs or checkpoints: a quiet stretch reaching the blowup", _collapse),
+    VerdictRule("gradient_jump", "gradient norm: a ≥10x one-step jump at the event", _gradient_jump),
+    VerdictRule("loss_only", "a blowup and no gradient or optimizer data", _no_mechanism_data),
+    VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
+    VerdictRule("diverged", "a blowup without a quiet stretch before it", _lr_too_high),
+    VerdictRule("healthy", "nothing blew up", _healthy),
+]
+
+
+def decide(ev: Evidence) -> Decision:
+    """The first matching rule's decision (the last rule always matches)."""
+    for rule in RULES:
+        d = rule.decide(ev)
+        if d is not None:
+            return d
+    raise AssertionError("the last verdict rule always matches")  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover - prints the rule table for the docs
+    for i, r in enumerate(RULES, 1):
+        print(f"{i}. {r.name}: {r.needs}")
