@@ -90,6 +90,10 @@ class TensorStats:
     # count as eps-dominated, but they are not a collapse.
     frac_v_zero: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # v < 0 is impossible for Adam (an EMA of squares): only a damaged file holds it (AD403, not
+    # "never received a gradient"); ``corrupt`` says what else was found wrong with the bytes (CRC).
+    negative_v: int = 0
+    corrupt: str | None = None
     # where each hyperparameter came from, when a reader says ('file' | 'default' | 'unknown'):
     # written as DESIGN.md's "<name>_source" keys (TF/Keras checkpoints store some of them nowhere)
     hyper_source: dict[str, str] = field(default_factory=dict)
@@ -646,6 +650,14 @@ def tensor_stats(
     rel = update_rms / param_rms if param_rms else None
     if not exact:
         notes.append(f"quantiles from a sample of {_sample_size(n, exact_limit)} elements (min/max exact)")
+    negative = negative_d = 0
+    if acc.zero:  # denominator ≤ 0 seen (both paths count it): tell the impossible v < 0 from v = 0
+        import torch
+
+        negative_d = int(torch.count_nonzero(d_flat < 0))
+        negative = negative_d + (0 if same else int(torch.count_nonzero(v_flat < 0)))
+        if negative:
+            notes.append(f"{negative} element(s) with v < 0: impossible for Adam (v averages squares): corrupt state")
     return TensorStats(
         name=t.name,
         index=t.index,
@@ -675,8 +687,9 @@ def tensor_stats(
         param_rms=param_rms,
         update_rms_rel=rel,
         quantiles_exact=exact,
-        frac_v_zero=acc.zero / n_f if n_f else nan,
+        frac_v_zero=max(acc.zero - negative_d, 0) / n_f if n_f else nan,
         notes=notes,
+        negative_v=negative,
         hyper_source=dict(getattr(t, "hyper_source", None) or {}),
     )
 

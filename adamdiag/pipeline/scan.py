@@ -19,19 +19,20 @@ def load_checkpoint_summaries(
     root: Path, *, trust: bool, convention: str | None, warnings: list[str]
 ) -> tuple[list, list[str]]:
     """Summaries of every optimizer checkpoint under ``root``; unreadable ones become warnings
-    (a diagnosis from the event files is still honest without them)."""
-    from adamdiag.errors import InputError, UntrustedCheckpointError
+    (a diagnosis from the event files is still honest without them) — a checkpoint that needs
+    full unpickling too: one such file must not cost the diagnosis of every run (its message names
+    the refused global and --trust-checkpoint). Files that are no regular files are never opened
+    (a FIFO would block the scan): skipped with a warning."""
+    from adamdiag.errors import InputError
     from adamdiag.io.checkpoints import find_checkpoints
     from adamdiag.pipeline.summary import summarize_checkpoint
 
     out, paths = [], []
-    for p in find_checkpoints(root):
+    for p in find_checkpoints(root, skipped=warnings):
         try:
             out.append(summarize_checkpoint(p, trust=trust, convention=convention))
             paths.append(str(p))
-        except UntrustedCheckpointError:
-            raise
-        except InputError as e:
+        except InputError as e:  # UntrustedCheckpointError included
             warnings.append(f"checkpoint {p}: {e}")
     return out, paths
 

@@ -32,13 +32,30 @@ def summarize_checkpoint(
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
     """
     from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
+    from adamdiag.io.checkpoints.integrity import ZipCrcCheck
 
     ck = open_checkpoint(Path(path), trust=trust, convention=convention)
     rel = PageReleaser(ck.mmap_files)
+    crc = ZipCrcCheck()
     total = len(ck)
     stats = []
+    warnings = list(ck.warnings)
     for i, t in enumerate(ck.tensors()):
-        stats.append(tensor_stats(t, ck.convention, exact_limit=exact_quantile_limit))
+        st = tensor_stats(t, ck.convention, exact_limit=exact_quantile_limit)
+        # The CRC of every member these statistics came from, while its pages are still resident.
+        used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
+        bad = [f"{k} ({member})" for k, x in used.items() if x is not None and (member := crc.check(x))]
+        if bad:
+            st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
+            warnings.append(
+                f"AD403 corrupt state: `{st.label}`: zip CRC mismatch in the data of {', '.join(bad)}; "
+                "its statistics come from damaged bytes"
+            )
+        if st.negative_v:
+            warnings.append(
+                f"AD403 corrupt state: `{st.label}`: {st.negative_v} element(s) with v < 0 (impossible for Adam)"
+            )
+        stats.append(st)
         rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param)
         if progress is not None:
             progress(i + 1, total, stats[-1].label)
@@ -49,7 +66,7 @@ def summarize_checkpoint(
         optimizer=ck.optimizer,
         convention=ck.convention,
         name_mapping=ck.name_mapping,
-        warnings=list(ck.warnings),
+        warnings=warnings,
         tensors=stats,
     )
 

@@ -301,6 +301,11 @@ def _first_line(msg: str) -> str:
 
 
 def _weights_only_reason(msg: str) -> str:
+    # torch names a blocked module's global differently ("Trying to load unsupported GLOBAL
+    # posix.system whose module posix is blocked"): the name is what a user needs to see.
+    blocked = re.search(r"unsupported GLOBAL ([\w.]+) whose module", msg)
+    if blocked:
+        return f"Unsupported global: GLOBAL {blocked.group(1)}"
     m = re.search(
         r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|Trying to load unsupported object[^\n]*)", msg
     )
@@ -323,6 +328,28 @@ def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
 
 
 # --- discovery -------------------------------------------------------------------------------------
+def non_regular(p: Path) -> str | None:
+    """'FIFO' / 'socket' / 'device' / ... when ``p`` (links followed) exists but is no regular file
+    or directory: opening such a path can block forever or read a device, so it is never opened."""
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def _checkpoint_dir_kind(d: Path) -> str | None:
     from adamdiag.io.checkpoints import deepspeed
 
@@ -335,10 +362,12 @@ def _checkpoint_dir_kind(d: Path) -> str | None:
     return None
 
 
-def find_checkpoints(root: Path) -> list[Path]:
+def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Path]:
     """Optimizer checkpoints under ``root`` (a file is returned as is): torch files that hold an
     optimizer state (checked by reading the pickle's bytes, without unpickling), and checkpoint
     directories (DCP, HF ``checkpoint-N``, accelerate). Sorted by the step in the name, then name.
+    A FIFO, socket or device with a checkpoint's name is never opened (a FIFO would block forever):
+    it is left out, with a message in ``skipped`` (scan's AD904).
 
     Raises :class:`InputError` when ``root`` does not exist.
     """
@@ -352,6 +381,9 @@ def find_checkpoints(root: Path) -> list[Path]:
         return foreign
     if not root.exists():
         raise InputError(f"{root}: no such file or directory")
+    what = non_regular(root)
+    if what:
+        raise InputError(f"{root}: a {what}, not a checkpoint file or directory (not opened)")
     if root.is_file():
         return [root]
     if _checkpoint_dir_kind(root):
@@ -372,6 +404,11 @@ def find_checkpoints(root: Path) -> list[Path]:
         for fn in sorted(filenames):
             p = d / fn
             if not fn.endswith(TORCH_SUFFIXES) or NON_OPTIMIZER_NAMES.match(fn):
+                continue
+            what = non_regular(p)
+            if what:
+                if skipped is not None:
+                    skipped.append(f"skipped {p}: a {what}, not a regular file (not opened)")
                 continue
             mentions = _zip_pickle_mentions(p, (b"param_groups",))
             if mentions is False:
@@ -874,6 +911,9 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
         raise InputError(f"{path}: no such file or directory")
     if convention not in (None, "torch", "tf"):
         raise InputError(f"unknown convention {convention!r} (torch or tf)")
+    what = non_regular(path)
+    if what:
+        raise InputError(f"{path}: a {what}, not a checkpoint file (not opened)")
     if path.is_dir():
         from adamdiag.io.checkpoints import deepspeed
 

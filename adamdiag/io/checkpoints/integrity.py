@@ -1,0 +1,110 @@
+"""Zip CRC checks of the torch-file members whose bytes feed a statistic, without a second read.
+
+``torch.load(mmap=True)`` maps the file and never checks the CRC-32 that the zip format stores
+for every member: a flipped bit in a tensor's data reads silently as a wrong number. Here the CRC
+of a tensor's storage is computed from the very pages the statistics just read (still resident:
+no second read from disk) and compared with the zip's central directory. Storages not backed by a
+mapped torch zip (legacy files, DCP, copies a reader put together) are not checked — the caller is
+told so by ``None``.
+
+Linux only (the file and offset behind an address come from /proc/self/maps); elsewhere a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: 30 bytes, then name and extra
+
+
+@dataclass
+class _Mapping:
+    lo: int
+    hi: int
+    offset: int  # file offset of lo
+    path: str
+
+
+@dataclass
+class ZipCrcCheck:
+    """Verifies storages of memory-mapped torch zip files; each storage once (results are cached)."""
+
+    maps: list[_Mapping] = field(default_factory=list)
+    members: dict[str, dict[int, zipfile.ZipInfo]] = field(default_factory=dict)  # path -> data offset -> info
+    done: dict[tuple[str, int], str | None] = field(default_factory=dict)  # (path, offset) -> bad member or None
+    checked_bytes: int = 0
+
+    @property
+    def available(self) -> bool:
+        return sys.platform.startswith("linux")
+
+    def _read_maps(self) -> None:
+        self.maps = []
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    parts = line.split(maxsplit=5)
+                    if len(parts) == 6 and parts[5].startswith("/"):
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.maps.append(_Mapping(lo, hi, int(parts[2], 16), parts[5].rstrip("\n")))
+        except OSError:
+            pass
+
+    def _where(self, ptr: int, size: int) -> tuple[str, int] | None:
+        for again in (False, True):
+            if again:
+                self._read_maps()  # a file mapped after the last look (readers open files lazily)
+            for m in self.maps:
+                if m.lo <= ptr and ptr + size <= m.hi:
+                    return m.path, ptr - m.lo + m.offset
+        return None
+
+    def _index(self, path: str) -> dict[int, zipfile.ZipInfo]:
+        if path not in self.members:
+            idx: dict[int, zipfile.ZipInfo] = {}
+            try:
+                with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
+                    for info in zf.infolist():
+                        f.seek(info.header_offset)
+                        head = f.read(_LOCAL_HEADER.size)
+                        if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+                            continue
+                        fields = _LOCAL_HEADER.unpack(head)
+                        idx[info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]] = info
+            except (OSError, zipfile.BadZipFile):
+                pass
+            self.members[path] = idx
+        return self.members[path]
+
+    def check(self, t: Any) -> str | None:
+        """The zip member name if the CRC of ``t``'s storage does not match, else None (also when
+        the storage is not from a mapped torch zip member and so cannot be checked)."""
+        if not self.available or t is None or not hasattr(t, "untyped_storage"):
+            return None
+        st = t.untyped_storage()
+        ptr, size = st.data_ptr(), st.nbytes()
+        if size == 0:
+            return None
+        loc = self._where(ptr, size)
+        if loc is None:
+            return None
+        if loc in self.done:
+            return self.done[loc]
+        info = self._index(loc[0]).get(loc[1])
+        bad = None
+        if info is not None and info.compress_type == zipfile.ZIP_STORED and info.file_size == size:
+            data = (ctypes.c_ubyte * size).from_address(ptr)  # the mapped bytes themselves: no copy
+            self.checked_bytes += size
+            if zlib.crc32(data) != info.CRC:
+                bad = info.filename
+        self.done[loc] = bad
+        return bad
+
+
+__all__ = ["ZipCrcCheck"]
