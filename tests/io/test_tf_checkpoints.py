@@ -119,6 +119,32 @@ def test_tf1_without_meta_hyperparameters_unknown(tmp_path):
     assert close(t["v_mean"], e["v_mean"]) and close(t["m_abs_mean"], e["m_abs_mean"])
 
 
+def test_tf1_index_of_many_blocks_without_meta():
+    """300 variables: an .index of several table blocks. Read through the checkpoint API (not the
+    CLI, whose per-tensor overheads would dominate) and compared with what TensorFlow read."""
+    import numpy as np
+
+    from adamdiag.io.checkpoints import open_checkpoint
+
+    e = EXPECTED["tf1_many"]["model.ckpt-5"]
+    assert e["index_bytes"] > 4 * 4096  # several 4 KiB table blocks
+    ck = open_checkpoint(FIX / "tf1_many" / "model.ckpt-5")
+    assert ck.step == 5 and ck.name_mapping == "slot-names" and ck.convention == "tf"
+    got = {t.name: t for t in ck.tensors(with_params=False)}
+    assert len(got) == len(e["tensors"]) == 300
+    for x in e["tensors"]:
+        t = got[x["name"]]
+        m, v = t.exp_avg.double().numpy(), t.exp_avg_sq.double().numpy()
+        assert close(float(v.mean()), x["v_mean"]) and close(float(v.max()), x["v_max"])
+        assert close(float(np.abs(m).mean()), x["m_abs_mean"]) and math.isnan(t.eps)
+        assert t.hyper_source == {"lr": "unknown", "beta1": "unknown", "beta2": "unknown", "eps": "unknown"}
+
+
+def test_tf1_rmsprop_slots_are_not_read_as_adam():
+    err = _one_line_exit_2(str(FIX / "tf1_rmsprop" / "model.ckpt-3"))
+    assert "RMSProp" in err and "not an Adam" in err
+
+
 def test_tf1_resource_variables_global_step_and_placeholder_lr():
     e = EXPECTED["tf1_resource"]["model.ckpt-50"]
     assert e["global_step"] == e["step"] == 50
@@ -153,7 +179,7 @@ def test_tf2_object_based_keras3():
         assert ck["tensors"][0]["eps_source"] == "default" and ck["tensors"][0]["lr_source"] == "file"
 
 
-@pytest.mark.parametrize("variant", ["plain", "schedule", "amsgrad"])
+@pytest.mark.parametrize("variant", ["plain", "schedule", "amsgrad", "ema_accum"])
 def test_keras_files(variant):
     e = EXPECTED["keras"][variant]
     amsgrad = e["hyper"]["amsgrad"]
@@ -169,6 +195,11 @@ def test_keras_files(variant):
     assert [t["name"] for t in ck["tensors"]] == [f"trainable_variable_{i}" for i in range(len(names))]
     assert all(t["eps"] == 1e-7 and t["eps_source"] == "default" for t in ck["tensors"])
     labels = [f"trainable_variable_{i}" for i in range(len(names))]
+    if variant == "ema_accum":  # without config, vars/0 counts batches (2 per update), said in a warning
+        assert ck["step"] == 2 * e["step"] and any("gradient accumulation" in w for w in ck["warnings"])
+        by = {t["name"]: t for t in ck["tensors"]}
+        assert all(close(by[lab]["v_mean"], x["v_mean"]) for lab, x in zip(labels, e["tensors"]))
+        return
     check(ck, e, labels, amsgrad=amsgrad, hyper={"beta2": 0.999, "eps": 1e-7, "lr": e["hyper"]["lr"]})
 
 
@@ -177,7 +208,7 @@ def test_scan_style_discovery_finds_every_tf_layout():
 
     found = {p.relative_to(FIX).as_posix() for p in find_checkpoints(FIX)}
     assert {"tf1/model.ckpt-30", "tf1/model.ckpt-60", "tf1_b2p0/model.ckpt-40", "tf2/ckpt-1"} <= found
-    assert {"tf1_resource/model.ckpt-50", "tf2_tfkeras/ckpt-1", "tf2_legacy/ckpt-1"} <= found
+    assert {"tf1_resource/model.ckpt-50", "tf2_tfkeras/ckpt-1", "tf2_legacy/ckpt-1", "tf1_many/model.ckpt-5"} <= found
     assert {f"keras/{v}.{s}" for v in ("plain", "schedule", "amsgrad") for s in ("keras", "weights.h5")} <= found
 
 

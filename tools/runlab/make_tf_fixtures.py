@@ -14,6 +14,8 @@ Layouts written (total well under 2 MB):
 * ``tf1/``        — TF1 graph mode, ``tf.compat.v1.train.AdamOptimizer``, ref variables, no global_step
   variable, ``Saver`` checkpoints ``model.ckpt-30`` and ``model.ckpt-60`` (``.index``, ``.data-…``, ``.meta``)
   and the ``checkpoint`` file with the (now stale) absolute paths of the temporary directory it was made in;
+* ``tf1_rmsprop/``  — RMSProp (slots named like Adam's, no ``.meta``): must be refused;
+* ``tf1_many/``    — 300 variables (an ``.index`` of several table blocks), saved without ``.meta``;
 * ``tf1_resource/`` — resource variables, a ``global_step`` variable passed to ``minimize``, the learning
   rate fed through a ``placeholder_with_default`` (in no Const node): ``model.ckpt-50``;
 * ``tf1_b2p0/``   — the same graph, ``beta2_power`` assigned 0 before saving ``model.ckpt-40`` (what
@@ -24,7 +26,8 @@ Layouts written (total well under 2 MB):
   ``optimizers.legacy.Adam`` (slots as ``.OPTIMIZER_SLOT/optimizer/m|v``, β1/β2 as variables); only
   when ``tf_keras`` is installed (``pip install tf_keras~=2.21.0``);
 * ``keras/``      — ``plain.keras``, ``plain.weights.h5`` (Adam), ``schedule.*`` (ExponentialDecay: no lr
-  variable), ``amsgrad.*`` (a third slot per variable);
+  variable), ``amsgrad.*`` (a third slot per variable), ``ema_accum.*`` (an EMA copy and a gradient
+  accumulator per variable before the m/v pairs);
 * ``logs_f1/``, ``logs_f10/`` — Keras TensorBoard callback logs of ``model.fit`` with ``update_freq=1`` and
   ``10`` (``batch_loss`` is Keras' running mean since the start of the epoch), one bad batch (targets ×10).
 
@@ -156,6 +159,57 @@ def tf1_expected(prefix: str, step: int, lr: float, b1: float, b2: float, eps: f
     }
 
 
+def make_tf1_rmsprop(tmp: Path, out: Path) -> None:
+    """A TF1 RMSProp checkpoint without ``.meta``: its slots ``<var>/RMSProp`` and ``<var>/RMSProp_1``
+    look like Adam's but are (rms, momentum): a reader must refuse it, not read it as m and v."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        w = v1.get_variable("w", initializer=np.linspace(-1, 1, 6, dtype=np.float32))
+        train = v1.train.RMSPropOptimizer(0.01, momentum=0.9).minimize(tf.reduce_sum(tf.square(w)))
+        saver = v1.train.Saver()
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            for _ in range(3):
+                sess.run(train)
+            saver.save(sess, str(tmp / "model.ckpt"), global_step=3, write_meta_graph=False)
+    for f in tmp.iterdir():
+        shutil.copy2(f, out / f.name)
+
+
+def make_tf1_many(tmp: Path, out: Path, n_vars: int = 300) -> dict[str, Any]:
+    """A TF1 Saver checkpoint with many variables, so its ``.index`` spans several table blocks
+    (prefix-compressed keys, restart points); no ``.meta`` (too big for a fixture): the reader must
+    pair the slots by name and take the step from the ``-N`` suffix."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        v1.set_random_seed(SEED)
+        rng = np.random.default_rng(SEED)
+        xs = [
+            v1.get_variable(f"block{i // 10:02d}/unit{i % 10}/w", initializer=rng.normal(size=(3,)).astype(np.float32))
+            for i in range(n_vars)
+        ]
+        loss = tf.add_n([tf.reduce_sum(tf.square(x - 0.5)) * (1 + i % 7) for i, x in enumerate(xs)])
+        train = v1.train.AdamOptimizer(0.05).minimize(loss)
+        saver = v1.train.Saver()
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            for _ in range(5):
+                sess.run(train)
+            prefix = saver.save(sess, str(tmp / "model.ckpt"), global_step=5, write_meta_graph=False)
+    for f in tmp.iterdir():
+        shutil.copy2(f, out / f.name)
+    exp = tf1_expected(prefix, 5, 0.05, 0.9, 0.999, 1e-8)
+    exp["hyper"] = {"lr": None, "beta1": None, "beta2": None, "eps": None}  # no .meta: not knowable
+    exp["index_bytes"] = (out / "model.ckpt-5.index").stat().st_size
+    return {"model.ckpt-5": exp}
+
+
 # --- Keras 3 ---------------------------------------------------------------------------------------
 def keras_model():
     import keras
@@ -199,6 +253,8 @@ def make_keras(out: Path) -> dict[str, Any]:
             keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.9), epsilon=1e-6
         ),
         "amsgrad": lambda: keras.optimizers.Adam(3e-3, beta_2=0.99, amsgrad=True),
+        # an EMA copy and a gradient accumulator per variable come before the m/v pairs
+        "ema_accum": lambda: keras.optimizers.Adam(1e-2, use_ema=True, gradient_accumulation_steps=2),
     }
     for name, make_opt in variants.items():
         model = keras_model()
@@ -385,6 +441,12 @@ def main(out: Path) -> None:
     with tempfile.TemporaryDirectory() as t:
         (out / "tf1_b2p0").mkdir()
         expected["tf1_b2p0"] = make_tf1(Path(t), out / "tf1_b2p0", zero_beta2_power=True)
+    with tempfile.TemporaryDirectory() as t:
+        (out / "tf1_rmsprop").mkdir()
+        make_tf1_rmsprop(Path(t), out / "tf1_rmsprop")
+    with tempfile.TemporaryDirectory() as t:
+        (out / "tf1_many").mkdir()
+        expected["tf1_many"] = make_tf1_many(Path(t), out / "tf1_many")
     with tempfile.TemporaryDirectory() as t:
         (out / "tf1_resource").mkdir()
         expected["tf1_resource"] = make_tf1(Path(t), out / "tf1_resource", resource=True)

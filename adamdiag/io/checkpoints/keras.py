@@ -245,6 +245,16 @@ def open_keras(path: Path):
     lay = found[0]
     n = len(lay["m"])
     step = int(np.asarray(ov[keys[0]]).reshape(-1)[0])
+    # With gradient accumulation vars/0 counts batches; Keras' step (its `iterations`, which the
+    # bias correction uses) is that // the accumulation steps.
+    accum = int(ocfg.get("gradient_accumulation_steps") or 0) if ocfg else 0
+    if accum > 1:
+        step //= accum
+    elif lay["pre"] and not ocfg:
+        warnings.append(
+            f"{lay['pre']} per-variable block(s) before m/v (EMA copies or gradient accumulators; which is not "
+            "stored without config.json): with gradient accumulation the step counts batches, not updates"
+        )
     lr = f32(np.asarray(ov[keys[1]]).reshape(-1)[0]) if lay["header"] == 2 else None
     hyper: dict[str, Any] = {"lr": lr}
     sources = {"lr": "file" if lr is not None else "unknown"}

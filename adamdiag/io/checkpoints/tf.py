@@ -28,6 +28,7 @@ and eps is added to the un-corrected √v — adamdiag's "tf" convention.
 from __future__ import annotations
 
 import math
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
 def crc32c(data: bytes) -> int:
     import google_crc32c
 
-    return int(google_crc32c.value(bytes(data)))
+    return int(google_crc32c.value(data if isinstance(data, bytes) else bytes(data)))
 
 
 def unmask(masked: int) -> int:
@@ -256,7 +257,7 @@ class Bundle:
         return data
 
     def read(self, name: str) -> np.ndarray:
-        """A numeric tensor as a writable numpy array of its stored dtype (bfloat16 → float32)."""
+        """A numeric tensor as a (read-only) numpy array of its stored dtype (bfloat16 → float32)."""
         e = self.entries[name]
         if e.sliced:
             raise InputError(f"{self.prefix}: {name} is a partitioned variable (not supported)")
@@ -270,7 +271,8 @@ class Bundle:
         n = math.prod(e.shape)
         if n * dt.itemsize != len(data):
             raise InputError(f"{self.prefix}: tensor {name}: {len(data)} bytes for shape {e.shape}")
-        return np.frombuffer(bytearray(data), dt).reshape(e.shape)
+        # read-only view of the bytes just read (no second copy): statistics never write to it
+        return np.frombuffer(data, dt).reshape(e.shape)
 
     def read_string(self, name: str) -> bytes:
         """A scalar string tensor: varint length, a 4-byte checksum of the lengths, the bytes (checked
@@ -367,20 +369,16 @@ def find_foreign(root: Path) -> list[Path] | None:
     if not root.is_dir():
         return None
     out: list[Path] = []
-    for p in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue
-        if p.name.endswith(".index") and p.is_file() and bundle_prefix(p) is not None:
-            pre = bundle_prefix(p)
-            if pre is not None and any(Path(f"{pre}.data-{0:05d}-of-{n}").exists() for n in _shard_counts(pre)):
-                out.append(pre)
-        elif is_keras_file(p):
-            out.append(p)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        with_data = {m["prefix"] for n in filenames if (m := DATA_RE.match(n))}
+        for fn in sorted(filenames):
+            p = Path(dirpath) / fn
+            if fn.endswith(".index") and fn[: -len(".index")] in with_data:
+                out.append(Path(dirpath) / fn[: -len(".index")])
+            elif is_keras_file(p):
+                out.append(p)
     return out
-
-
-def _shard_counts(prefix: Path) -> list[str]:
-    return sorted({m["n"] for f in prefix.parent.glob(prefix.name + ".data-*") if (m := DATA_RE.match(str(f)))})
 
 
 def step_suffix(prefix: Path) -> int | None:
@@ -448,17 +446,25 @@ def _meta_hyper(meta: Path, warnings: list[str]) -> tuple[dict[str, tuple[str, s
 
 
 def _tf1_pairs(entries: dict[str, BundleEntry]) -> dict[str, tuple[str, str]]:
-    """{var: (m, v)} by TF1 slot names: ``<var>/<Opt>`` and ``<var>/<Opt>_1`` of the var's shape."""
+    """{var: (m, v)} by TF1 slot names: ``<var>/<Opt>`` and ``<var>/<Opt>_1`` of the var's shape
+    (``<Opt>`` is the optimizer's name, ``Adam`` unless the user chose another)."""
+    children: dict[str, list[str]] = {}
+    for c in entries:
+        if "/" in c:
+            children.setdefault(c.rsplit("/", 1)[0], []).append(c)
     pairs = {}
     for k in entries:
-        for cand in (k + "/Adam",) + tuple(
-            c for c in entries if c.startswith(k + "/") and c.count("/") == k.count("/") + 1
-        ):
+        kids = sorted(children.get(k, []), key=lambda c: (not c.endswith("/Adam"), c))
+        for cand in kids:
             vkey = cand + "_1"
-            if cand in entries and vkey in entries and entries[cand].shape == entries[k].shape == entries[vkey].shape:
+            if vkey in entries and entries[cand].shape == entries[k].shape == entries[vkey].shape:
                 pairs[k] = (cand, vkey)
                 break
     return pairs
+
+
+# TF1 optimizers whose two slots look like Adam's (<var>/<Name>, <var>/<Name>_1) but are not m and v.
+NOT_ADAM = ("RMSProp", "Adadelta", "Ftrl", "ProximalAdagrad", "AdagradDA", "Momentum", "Adagrad")
 
 
 def open_tf1(prefix: Path, bundle: Bundle):
@@ -477,9 +483,21 @@ def open_tf1(prefix: Path, bundle: Bundle):
     else:
         pairs = _tf1_pairs(bundle.entries)
         mapping = "slot-names"
+        names = {m.rsplit("/", 1)[1] for m, _ in pairs.values()}
+        has_powers = any(re.fullmatch(r"(.*/)?beta[12]_power(_\d+)?", k) for k in bundle.entries)
+        if pairs and not has_powers and not all(n.startswith("Adam") for n in names):
+            other = sorted(n for n in names if n.startswith(NOT_ADAM)) or sorted(names)
+            raise InputError(
+                f"{prefix}: slots named {', '.join(other[:3])} and no beta1_power/beta2_power: not an Adam "
+                "optimizer's state (no Adam moments to inspect)"
+            )
         why = "no .meta graph" if not Path(f"{prefix}.meta").is_file() else "no ApplyAdam op in the .meta graph"
         if pairs:
             warnings.append(f"{why}: m/v slots matched by name (<var>/Adam, <var>/Adam_1) and shape")
+    sliced = [v for v, (m, s_) in pairs.items() if any(bundle.entries[x].sliced for x in (v, m, s_))]
+    if sliced:  # partitioned variables: their slices are separate entries (not read here)
+        warnings.append(f"{len(sliced)} partitioned variable(s) skipped (not supported), e.g. {sliced[0]}")
+        pairs = {v: ms for v, ms in pairs.items() if v not in sliced}
     if not pairs:
         raise InputError(
             f"{prefix}: a TensorFlow checkpoint without Adam slots (no <var>/Adam + <var>/Adam_1 pairs; "
@@ -572,9 +590,14 @@ def _nan(x: float | None) -> float:
 
 
 def _torch(a: np.ndarray):
+    """A torch view of a (possibly read-only) array: the statistics only read it."""
+    import warnings
+
     import torch
 
-    return torch.from_numpy(a if a.dtype != np.float16 else a.astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(a if a.dtype != np.float16 else a.astype(np.float32))
 
 
 def _state(bundle: Bundle, m: str, v: str, *, step: int | None, vhat: str | None = None) -> dict[str, Any]:
