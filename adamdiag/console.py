@@ -23,22 +23,27 @@ def err(message: str) -> None:
     stderr_console().print(message, markup=False)
 
 
+# ``--quiet``: no warnings and no progress (errors are still printed). Set by the CLI per command.
+QUIET = False
+
+
 def warn(message: str) -> None:
-    """One warning line on stderr: ``adamdiag: warning: <message>``."""
-    err(f"adamdiag: warning: {message}")
+    """One warning line on stderr: ``adamdiag: warning: <message>`` (nothing with ``--quiet``)."""
+    if not QUIET:
+        err(f"adamdiag: warning: {message}")
 
 
 def stderr_progress() -> Any:
     """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled when
     stderr is not a terminal. Transient: gone when done."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        MofNCompleteColumn(),  # "3/40" runs; "3/?" while the total is not known yet (never "0/None")
         TimeElapsedColumn(),
         console=stderr_console(),
         transient=True,
-        disable=not sys.stderr.isatty(),
+        disable=QUIET or not sys.stderr.isatty(),
     )

@@ -10,18 +10,169 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
+from typer import _click as click  # typer >= 0.2x vendors click: its exceptions and classes live here
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from adamdiag.console import err
 
+HELP = "Explain why an Adam/AdamW training run blew up (v collapse vs its look-alikes)."
+
+
+def _tidy_param(p: click.Parameter) -> None:
+    """Help that reads like click/ruff: ``RUN...`` instead of ``{runs}... <list[Path]>``, no
+    ``<bool>`` after a flag, ``<str>`` instead of ``<list[str]>`` on a repeatable option."""
+    if isinstance(p, TyperArgument):
+        name = (p.metavar or (p.name or "arg").upper()).rstrip(".")
+        if p.nargs != 1 and p.metavar is None and name.endswith("S"):
+            name = name[:-1]  # RUNS -> RUN...
+        shown = name + ("..." if p.nargs != 1 else "")
+        usage = shown if p.required else f"[{shown}]"
+        p.metavar = shown
+        p._usage_display_name = lambda: usage  # type: ignore[method-assign]
+        p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+    elif p.param_type_name == "option":
+        if getattr(p, "is_flag", False) or getattr(p, "count", False):
+            p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        elif p.metavar is None and isinstance(p, TyperOption):
+            shown = p.display_type(click.globals.get_current_context(silent=True))  # type: ignore[arg-type]
+            if shown.startswith("<list[") and shown.endswith("]>"):
+                shown = "<" + shown[len("<list[") : -2] + ">"
+            p.display_type_rich = lambda ctx, s=shown: s  # type: ignore[method-assign]
+
+
+def _common_params() -> list[click.Parameter]:
+    """``-q`` and ``-v`` on every command (handled by :class:`Command`, never seen by the command
+    function). Built by typer itself from a signature, so help renders them like any option."""
+
+    def _flags(
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No warnings or progress on stderr.")] = False,
+        verbose: Annotated[
+            bool, typer.Option("--verbose", "-v", help="Say which config file was used (on stderr).")
+        ] = False,
+    ) -> None: ...
+
+    tmp = typer.Typer(add_completion=False)
+    tmp.command()(_flags)
+    return list(typer.main.get_command(tmp).params)
+
+
+class Command(TyperCommand):
+    """Every adamdiag command: tidy help, ``-q``/``-v``, ``-h``."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not any(p.name == "quiet" for p in self.params):
+            self.params.extend(_common_params())
+        params = super().get_params(ctx)
+        for p in params:
+            _tidy_param(p)
+        return params
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from adamdiag import console
+
+        console.QUIET = bool(ctx.params.pop("quiet", False))
+        verbose = bool(ctx.params.pop("verbose", False))
+        if verbose:
+            used = ctx.meta.get("adamdiag.config")
+            err(f"adamdiag: config: {used}" if used else "adamdiag: config: none (built-in defaults)")
+        return super().invoke(ctx)
+
+
+class Group(TyperGroup):
+    """The app: one-line usage errors (``adamdiag: error: ...``, exit 2), config defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for cmd in self.commands.values():
+            if type(cmd) is TyperCommand:
+                cmd.__class__ = Command  # same object, the class above adds only behaviour
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for p in params:
+            _tidy_param(p)
+        return params
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        if "default_map" not in extra and not os.environ.get("_ADAMDIAG_COMPLETE"):
+            from adamdiag.cli.config import default_map, find_config
+
+            found = find_config()
+            if found is not None:
+                params = {
+                    name: {p.name for p in cmd.params if p.param_type_name == "option" and p.name}
+                    for name, cmd in self.commands.items()
+                }
+                extra["default_map"] = default_map(found[0], found[1], params)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+            ctx.meta["adamdiag.config"] = str(found[0]) if found else None
+            return ctx
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, **extra: Any):
+        from adamdiag.errors import InputError
+
+        standalone = extra.pop("standalone_mode", True)
+        if not standalone:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name or "adamdiag", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(2)
+        except click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "adamdiag"
+            msg = " ".join(e.format_message().split()).replace("Value error, ", "")  # one line
+            err(f"adamdiag: error: {msg} (see '{where} -h')")
+            sys.exit(2)
+        except InputError as e:  # a bad config file, found before any command runs
+            err(f"adamdiag: error: {e}")
+            sys.exit(2)
+        except click.exceptions.ClickException as e:
+            err(f"adamdiag: error: {' '.join(e.format_message().split())}")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err("adamdiag: aborted")
+            sys.exit(1)
+        except Exception as e:  # noqa: BLE001 - outside any command (config, help): still one line
+            if os.environ.get("ADAMDIAG_DEBUG"):
+                raise
+            err(f"adamdiag: internal error: {type(e).__name__}: {e} (set ADAMDIAG_DEBUG=1 for details)")
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from adamdiag import __version__
+
+        sys.stdout.write(f"adamdiag {__version__}\n")
+        raise typer.Exit(0)
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=Group,
+    name="adamdiag",
+    add_completion=True,
     no_args_is_help=True,
-    help="Explain why an Adam/AdamW training run blew up (v collapse vs its look-alikes).",
+    help=HELP,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True, callback=_version),
+    ] = False,
+) -> None:
+    pass
+
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -58,6 +209,23 @@ def emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def publish(report: Any, fmt: str, *, fail_on: str = "error") -> None:
+    """Render a scan/check report to stdout; under GitHub Actions (``$GITHUB_STEP_SUMMARY`` set)
+    also append its Markdown to the job summary page."""
+    from adamdiag.render import render
+
+    emit(render(report, fmt, fail_on=fail_on))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(render(report, "markdown") + "\n")
+        except OSError as e:
+            from adamdiag.console import warn
+
+            warn(f"cannot append to $GITHUB_STEP_SUMMARY ({summary}): {e.strerror or e}")
+
+
 # The command modules register themselves on ``app`` in this order (the order of ``--help``); they
 # import ``app`` from here, so they are imported after it exists.
 from adamdiag.cli import scan  # noqa: E402, F401, I001
@@ -67,13 +235,13 @@ from adamdiag.cli import replay  # noqa: E402, F401
 from adamdiag.cli import plot  # noqa: E402, F401
 
 
-@app.command()
+@app.command(hidden=True)
 def version() -> None:
-    """Print the version."""
+    """Print the version (same as --version)."""
     from adamdiag import __version__
 
     emit(__version__)
 
 
 def main() -> None:
-    app()
+    app(prog_name="adamdiag")

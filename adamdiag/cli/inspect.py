@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from adamdiag.cli.app import app, emit, guarded
-from adamdiag.cli.options import Convention, ConventionOpt, TableFormat, TrustOpt, convention_value
+from adamdiag.cli.options import Convention, ConventionOpt, TableFormat, TableFormatOpt, TrustOpt, convention_value
 
 
 @app.command()
@@ -18,7 +18,7 @@ def inspect(
     checkpoints: Annotated[
         list[Path], typer.Argument(help="Checkpoint files or directories (one, or two of one run).")
     ],
-    format: Annotated[TableFormat, typer.Option("--format", "-f")] = TableFormat.text,
+    format: TableFormatOpt = TableFormat.text,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
 ) -> None:

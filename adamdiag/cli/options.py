@@ -14,6 +14,7 @@ class Format(str, Enum):
     json = "json"
     markdown = "markdown"
     junit = "junit"
+    github = "github"
 
 
 class TableFormat(str, Enum):
@@ -26,6 +27,18 @@ class FailOn(str, Enum):
     error = "error"
     warning = "warning"
     info = "info"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ReplayMode(str, Enum):
+    auto = "auto"
+    batched = "batched"
+    sequential = "sequential"
 
 
 class Convention(str, Enum):
@@ -41,6 +54,7 @@ def convention_value(c: Convention) -> str | None:
 
 RunsArg = Annotated[list[Path], typer.Argument(help="Run directories (searched recursively) or event files.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+TableFormatOpt = Annotated[TableFormat, typer.Option("--format", "-f", help="Output format (csv: one flat table).")]
 CheckpointsOpt = Annotated[
     Path | None, typer.Option("--checkpoints", help="Directory with optimizer checkpoints (default: under each run).")
 ]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from adamdiag.cli.app import app, emit, guarded
-from adamdiag.cli.options import RunsArg, TableFormat
+from adamdiag.cli.options import RunsArg, TableFormat, TableFormatOpt
 from adamdiag.console import stderr_console
 from adamdiag.errors import InputError
 
@@ -112,21 +112,30 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-def run_export(runs: Sequence[Path], output: Path, histograms: bool = False) -> None:
-    """The `export` command: the long frame of all runs to ``output`` (.parquet or .csv)."""
+def run_export(runs: Sequence[Path], output: Path | str, histograms: bool = False) -> None:
+    """The `export` command: the long frame of all runs to ``output`` (.parquet or .csv; ``-`` is
+    CSV on stdout, for pipes)."""
+    to_stdout = str(output) == "-"
     output = Path(output)
-    suffix = output.suffix.lower()
+    suffix = ".csv" if to_stdout else output.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise InputError(f"unknown output format {output.suffix or '(none)'!r} for {output}: use .parquet or .csv")
+        raise InputError(
+            f"unknown output format {output.suffix or '(none)'!r} for {output}: use .parquet or .csv (or - for CSV on stdout)"
+        )
     from adamdiag.io.events import find_runs, run_files
 
-    inputs = {f.resolve() for r in find_runs(runs) for f in run_files(r)} | {Path(r).resolve() for r in runs}
-    if output.resolve() in inputs:
-        raise InputError(f"refusing to overwrite input {output}")
-    if output.exists() and output.is_dir():
-        raise InputError(f"output {output} is a directory")
+    if not to_stdout:
+        inputs = {f.resolve() for r in find_runs(runs) for f in run_files(r)} | {Path(r).resolve() for r in runs}
+        if output.resolve() in inputs:
+            raise InputError(f"refusing to overwrite input {output}")
+        if output.exists() and output.is_dir():
+            raise InputError(f"output {output} is a directory")
     result = load_runs(runs)
     frame = _concat([r.histograms if histograms else r.scalars for r in result])
+    kind = "histogram" if histograms else "scalar"
+    if to_stdout:
+        frame.to_csv(sys.stdout, index=False)
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         if suffix == ".parquet":
@@ -141,13 +150,15 @@ def run_export(runs: Sequence[Path], output: Path, histograms: bool = False) -> 
             frame.to_csv(output, index=False)
     except OSError as e:
         raise InputError(f"cannot write {output}: {e.strerror or e}") from None
-    kind = "histogram" if histograms else "scalar"
-    sys.stderr.write(f"wrote {len(frame)} {kind} rows from {len(result)} run(s) to {output}\n")
+    from adamdiag.console import QUIET
+
+    if not QUIET:
+        sys.stderr.write(f"wrote {len(frame)} {kind} rows from {len(result)} run(s) to {output}\n")
 
 
 @app.command()
 @guarded
-def tags(runs: RunsArg, format: Annotated[TableFormat, typer.Option("--format", "-f")] = TableFormat.text) -> None:
+def tags(runs: RunsArg, format: TableFormatOpt = TableFormat.text) -> None:
     """Tags of the event files: kind, count, step range, writer."""
     emit(run_tags(runs, fmt=format.value))
 
@@ -156,7 +167,12 @@ def tags(runs: RunsArg, format: Annotated[TableFormat, typer.Option("--format", 
 @guarded
 def export(
     runs: RunsArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="out.parquet or out.csv")],
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="out.parquet, out.csv, or - for CSV on stdout (for pipes)."
+        ),
+    ],
     histograms: Annotated[bool, typer.Option("--histograms", help="Export the histogram frame instead.")] = False,
 ) -> None:
     """Write the long frame (run, tag, step, wall_time, value, segment, source_file) to parquet/csv."""

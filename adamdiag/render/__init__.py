@@ -6,8 +6,9 @@ from __future__ import annotations
 from adamdiag.results.report import Report
 
 
-def render(report: Report, fmt: str) -> str:
-    """Render ``report`` as ``text`` (rich table), ``json``, ``markdown`` or ``junit``."""
+def render(report: Report, fmt: str, *, fail_on: str = "error") -> str:
+    """Render ``report`` as ``text`` (rich table), ``json``, ``markdown``, ``junit`` (a run fails
+    at/above ``fail_on``, as ``check`` does) or ``github`` (workflow-command annotations)."""
     if fmt == "json":
         import json
 
@@ -19,7 +20,11 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "junit":
         from adamdiag.render.junit import render_junit
 
-        return render_junit(report)
+        return render_junit(report, fail_on=fail_on)
+    if fmt == "github":
+        from adamdiag.render.github import render_github
+
+        return render_github(report)
     from adamdiag.render.text import render_text
 
     return render_text(report)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adamdiag.results.report import RunReport
+from collections import Counter
+
+from adamdiag.results.report import Report, RunReport
 
 VERDICT_TEXT = {
     "v_collapse": "v collapse (second moment decayed, then gradients re-grew)",
@@ -32,3 +34,56 @@ def recommendation_line(run: RunReport) -> str | None:
     if rec.get("verify"):
         msg += f"\n  verify: {rec['verify']}"
     return msg
+
+
+def elide(name: str, width: int) -> str:
+    """``name`` cut to ``width`` characters in the middle: sweep runs differ at the end (seed,
+    lr) and share the start, so both ends are kept."""
+    if len(name) <= width:
+        return name
+    keep = max(width - 1, 2)
+    head = keep // 3
+    return name[:head] + "…" + name[len(name) - (keep - head) :]
+
+
+def display_names(runs: list[str], width: int = 40) -> tuple[list[str], str]:
+    """(short names, the common prefix stripped) for a table of runs.
+
+    The common leading directories are stripped (never a whole name), then long names are elided
+    in the middle; the width grows until no two different runs share a short name."""
+    parts = [r.replace("\\", "/").rstrip("/").split("/") for r in runs]
+    k = 0
+    if len(runs) > 1:
+        shortest = min(len(p) for p in parts) - 1
+        while k < shortest and len({tuple(p[: k + 1]) for p in parts}) == 1:
+            k += 1
+    names = ["/".join(p[k:]) for p in parts]
+    prefix = "/".join(parts[0][:k]) + "/" if k else ""
+    longest = max((len(n) for n in names), default=0)
+    w = width
+    out = [elide(n, w) for n in names]
+    while len(set(out)) < len(set(names)) and w < longest:
+        w += 4
+        out = [elide(n, w) for n in names]
+    return out, prefix
+
+
+def verdict_counts(report: Report) -> str:
+    """``3 runs: 1 v_collapse, 1 lr_too_high, 1 healthy`` (most frequent first)."""
+    counts = Counter(r.verdict for r in report.runs)
+    body = ", ".join(f"{n} {v}" for v, n in counts.most_common())
+    return f"{len(report.runs)} runs: {body}"
+
+
+def repeated_findings(report: Report, min_runs: int = 3) -> dict[tuple[str, str, str], int]:
+    """Non-error findings with the same id and message in at least ``min_runs`` runs -> run count.
+
+    A 2000-run scan without checkpoints would otherwise print the same note 2000 times; the text
+    renderer shows these once, with "× N"."""
+    if len(report.runs) < min_runs:
+        return {}
+    c: Counter = Counter()
+    for r in report.runs:
+        seen = {(f.id, f.severity, f.message.replace(r.run, "<run>")) for f in r.findings if f.severity != "error"}
+        c.update(seen)
+    return {k: n for k, n in c.items() if n >= min_runs}

@@ -7,7 +7,15 @@ import os
 
 from rich.markup import escape
 
-from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
+from adamdiag.render.common import (
+    VERDICT_TEXT,
+    display_names,
+    fmt_step,
+    lead,
+    recommendation_line,
+    repeated_findings,
+    verdict_counts,
+)
 from adamdiag.results.report import Report
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
@@ -22,12 +30,15 @@ def render_text(report: Report, width: int = 110) -> str:
     # Colour only when stdout is a terminal and NO_COLOR is unset; data must stay plain in pipes.
     color = os.isatty(1) and not os.environ.get("NO_COLOR")
     con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
-    table = Table(title=f"adamdiag — {len(report.runs)} run(s)", title_justify="left")
-    for col in ("run", "verdict", "blowup step", "warning step", "lead time", "sources"):
+    names, prefix = display_names([r.run for r in report.runs])
+    where = f" under {prefix}" if prefix else ""
+    table = Table(title=f"adamdiag — {len(report.runs)} run(s){escape(where)}", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    for col in ("verdict", "blowup step", "warning step", "lead time", "sources"):
         table.add_column(col)
-    for r in report.runs:
+    for r, name in zip(report.runs, names):
         table.add_row(
-            escape(r.run),
+            escape(name),
             f"[{_VERDICT_STYLE.get(r.verdict, 'bold red')}]{r.verdict}[/]",
             fmt_step(r.blowup_step),
             fmt_step(r.warning_step),
@@ -35,13 +46,26 @@ def render_text(report: Report, width: int = 110) -> str:
             ", ".join(r.sources) or "-",
         )
     con.print(table)
+    repeated = repeated_findings(report)
     for r in report.runs:
         con.print()
         con.print(f"[bold]{escape(r.run)}[/]: {VERDICT_TEXT.get(r.verdict, r.verdict)}", soft_wrap=True)
         for f in r.findings:
+            if (f.id, f.severity, f.message.replace(r.run, "<run>")) in repeated:
+                continue
             where = f" step {f.step}" if f.step is not None else ""
             con.print(f"  [{_STYLE[f.severity]}]{f.id} {f.severity}[/]{where}: {escape(f.message)}", soft_wrap=True)
         rec = recommendation_line(r)
         if rec:
             con.print(f"  [bold]recommendation:[/] {escape(rec)}", soft_wrap=True)
+    if repeated:
+        con.print()
+        con.print("[bold]in many runs[/] (shown once):", soft_wrap=True)
+        for (fid, sev, msg), n in sorted(repeated.items(), key=lambda kv: -kv[1]):
+            con.print(f"  [{_STYLE[sev]}]{fid} {sev}[/] × {n}: {escape(msg)}", soft_wrap=True)
+    for w in report.warnings:
+        con.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+    if len(report.runs) > 1:
+        con.print()
+        con.print(verdict_counts(report), soft_wrap=True)
     return buf.getvalue()
