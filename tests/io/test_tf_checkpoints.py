@@ -242,6 +242,15 @@ def test_bad_and_ambiguous_inputs(tmp_path):
     bad = tmp_path / "epoch020.keras"
     bad.write_bytes(b"PK\x05\x06" + b"\0" * 18)
     assert "not a Keras 3 .keras file" in _one_line_exit_2(str(bad))
+    # the .data/.meta of a prefix without its .index: said so (not "no such file")
+    (tmp_path / "model.ckpt-30.index").unlink()
+    assert "without its .index" in _one_line_exit_2(str(tmp_path / "model.ckpt-30"))
+    # a Keras 2 HDF5 model file
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "old.h5", "w") as h:
+        h["model_weights/x"] = [1.0]
+        h["optimizer_weights/y"] = [1.0]
+    assert "Keras 2 (tf.keras) HDF5" in _one_line_exit_2(str(tmp_path / "old.h5"))
     # a checkpoint file naming nothing that exists
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "checkpoint").write_text('model_checkpoint_path: "/nowhere/model.ckpt-1"\n')

@@ -211,6 +211,11 @@ def open_keras(path: Path):
         raise InputError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
 
     if "optimizer/vars" not in f:
+        if "optimizer_weights" in f or "model_weights" in f:
+            raise InputError(
+                f"{path}: a Keras 2 (tf.keras) HDF5 model file: not supported; inspect a tf.train.Checkpoint "
+                "of the model and optimizer, or a Keras 3 .keras file"
+            )
         raise InputError(f"{path}: no optimizer state in it (no optimizer/vars: saved without the optimizer)")
     ov = f["optimizer/vars"]
     keys = sorted(ov.keys(), key=int)

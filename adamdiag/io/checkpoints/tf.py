@@ -185,6 +185,22 @@ class BundleEntry:
     sliced: bool
 
 
+def _missing_index(prefix: Path) -> None:
+    """A prefix whose ``.data``/``.meta`` files exist but not its ``.index``: say that, not 'no such file'."""
+    if not prefix.parent.is_dir():
+        return
+    have = sorted(f.name for f in prefix.parent.glob(glob_escape(prefix.name) + ".*"))
+    if any(DATA_RE.match(n) or n.endswith(".meta") for n in have):
+        raise InputError(
+            f"{prefix}: a TensorFlow checkpoint without its .index file (found {', '.join(have[:3])}): "
+            "the .index is needed to read the .data file"
+        )
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def _shape(buf: bytes) -> tuple[int, ...]:
     from tensorboard.compat.proto import tensor_shape_pb2
 
@@ -347,8 +363,23 @@ def is_checkpoint_file(path: Path) -> bool:
         return False
 
 
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
 def is_keras_file(path: Path) -> bool:
-    return path.is_file() and (path.name.endswith(".weights.h5") or path.suffix == ".keras")
+    """A Keras 3 ``.keras`` / ``.weights.h5`` file, or any other ``.h5``/``.hdf5`` that is HDF5
+    (named explicitly; the Keras reader then says what it holds)."""
+    if not path.is_file():
+        return False
+    if path.name.endswith(".weights.h5") or path.suffix == ".keras":
+        return True
+    if path.suffix in (".h5", ".hdf5"):
+        try:
+            with open(path, "rb") as f:
+                return f.read(8) == HDF5_MAGIC
+        except OSError:
+            return False
+    return False
 
 
 def find_foreign(root: Path) -> list[Path] | None:
@@ -366,6 +397,8 @@ def find_foreign(root: Path) -> list[Path] | None:
         return [root]  # opened as the file (open_foreign resolves it again, keeping its notes)
     if is_keras_file(root):
         return [root]
+    if not root.exists():
+        _missing_index(root)
     if not root.is_dir():
         return None
     out: list[Path] = []
