@@ -13,3 +13,8 @@ class InputError(Exception):
 
 class UntrustedCheckpointError(InputError):
     """The checkpoint needs arbitrary unpickling; only ``--trust-checkpoint`` may load it."""
+
+
+class NotAdamError(InputError):
+    """The checkpoint holds another optimizer's state (SGD, Adafactor, ...): not an input error for a
+    scan (a finding, AD903), but nothing adamdiag can read Adam moments from."""

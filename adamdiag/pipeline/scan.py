@@ -16,14 +16,14 @@ from adamdiag.results.report import Report
 
 
 def load_checkpoint_summaries(
-    root: Path, *, trust: bool, convention: str | None, warnings: list[str]
+    root: Path, *, trust: bool, convention: str | None, warnings: list[str], non_adam: list[str] | None = None
 ) -> tuple[list, list[str]]:
     """Summaries of every optimizer checkpoint under ``root``; unreadable ones become warnings
     (a diagnosis from the event files is still honest without them) — a checkpoint that needs
     full unpickling too: one such file must not cost the diagnosis of every run (its message names
     the refused global and --trust-checkpoint). Files that are no regular files are never opened
     (a FIFO would block the scan): skipped with a warning."""
-    from adamdiag.errors import InputError
+    from adamdiag.errors import InputError, NotAdamError
     from adamdiag.io.checkpoints import find_checkpoints
     from adamdiag.pipeline.summary import summarize_checkpoint
 
@@ -32,6 +32,8 @@ def load_checkpoint_summaries(
         try:
             out.append(summarize_checkpoint(p, trust=trust, convention=convention))
             paths.append(str(p))
+        except NotAdamError as e:  # another optimizer: a finding of its own (AD903), not an input problem
+            (non_adam if non_adam is not None else warnings).append(str(e))
         except InputError as e:  # UntrustedCheckpointError included
             warnings.append(f"checkpoint {p}: {e}")
     return out, paths
@@ -67,8 +69,11 @@ def scan_paths(
     checkpoints: Path | None = None,
     convention: str | None = None,
     trust_checkpoint: bool = False,
+    loss_tags: list[str] | None = None,
+    grad_norm_tag: str | None = None,
 ) -> Report:
-    """Diagnose every run found under ``paths``.
+    """Diagnose every run found under ``paths``. ``loss_tags``/``grad_norm_tag``: the user's tags
+    (``--loss-tag``, repeatable, the total first; ``--grad-norm-tag``), else the shared auto-pick.
 
     Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files, or
     when the only run found cannot be read; among several runs an unreadable one becomes an
@@ -144,15 +149,15 @@ def scan_paths(
                 scalars = scalars[~scalars["tag"].isin(eval_tags)]
                 histograms = histograms[~histograms["tag"].isin(eval_tags)]
             if len(scalars) == 0 and len(histograms) == 0:
-                if len(all_events) == 1 and not failed:
-                    detail = f": {warnings[0]}" if warnings else ""
-                    raise InputError(f"no scalar or histogram events in {run_dir}{detail}")
+                # Read, but nothing to diagnose (an hparams-only file): an inconclusive run with its
+                # reason, like any other undiagnosable run — `check` fails on it, `scan` exits 0.
                 warnings.append(f"{run_dir}: the event files hold no scalars or histograms")
             ck_root = (
                 Path(checkpoints) if checkpoints is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
             )
+            non_adam: list[str] = []
             summaries, ck_paths = load_checkpoint_summaries(
-                ck_root, trust=trust_checkpoint, convention=convention, warnings=warnings
+                ck_root, trust=trust_checkpoint, convention=convention, warnings=warnings, non_adam=non_adam
             )
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(
@@ -163,8 +168,9 @@ def scan_paths(
                 warnings=warnings,
                 convention=conv,
                 checkpoint_paths=ck_paths,
+                non_adam=non_adam,
             )
-            report.runs.append(diagnose(inp))
+            report.runs.append(diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag))
             prog.advance(task)
     return report
 

@@ -136,9 +136,16 @@ def test_dir_without_event_files(tmp_path):
     assert "no TensorBoard event files" in err
 
 
-def test_empty_event_file(tmp_path):
+def test_empty_event_file_is_an_undiagnosable_run_not_an_input_error(tmp_path):
+    """The file was read; it holds nothing to diagnose: scan reports the run as inconclusive with its
+    reason and exits 0; the gate fails on it (exit 1), unless --allow-inconclusive."""
     (tmp_path / "events.out.tfevents.1.host").write_bytes(b"")
-    _one_line_error(runner.invoke(app, ["scan", str(tmp_path)]))
+    res = runner.invoke(app, ["scan", str(tmp_path), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["verdict"] == "inconclusive" and {f["id"] for f in run["findings"]} >= {"AD901", "AD902"}
+    assert runner.invoke(app, ["check", str(tmp_path)]).exit_code == 1
+    assert runner.invoke(app, ["check", str(tmp_path), "--allow-inconclusive"]).exit_code == 0
 
 
 def test_garbage_event_file(tmp_path):
@@ -161,7 +168,7 @@ def test_truncated_event_file_gives_partial_answer_with_warning(runs, tmp_path):
     assert any("truncated" in w for w in run["warnings"])
 
 
-def test_non_adam_checkpoint_is_a_warning_for_scan(runs, tmp_path):
+def test_non_adam_checkpoint_is_ad903_and_claims_no_adam_facts(runs, tmp_path):
     import torch
 
     dst = tmp_path / "run"
@@ -174,7 +181,11 @@ def test_non_adam_checkpoint_is_a_warning_for_scan(runs, tmp_path):
         p.unlink()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 10}, dst / "checkpoints" / "s.pt")
     run = verdict_of(dst)
-    assert any("momentum_buffer" in w or "SGD" in w for w in run["warnings"]), run["warnings"]
+    ad903 = [f for f in run["findings"] if f["id"] == "AD903"]
+    assert ad903 and "SGD" in ad903[0]["message"], run["findings"]
+    # Nothing Adam-specific is claimed from a run whose optimizer is SGD.
+    assert not {f["id"] for f in run["findings"]} & {"AD101", "AD102", "AD103", "AD105", "AD501"}
+    assert "checkpoints" not in run["sources"] and run["confidence"] == "low"
 
 
 def test_help_does_not_import_heavy_modules():

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError, UntrustedCheckpointError
+from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
     import torch
@@ -554,7 +554,7 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
     state = osd["state"]
     has_adam = any(isinstance(st, dict) and "exp_avg" in st and "exp_avg_sq" in st for st in state.values())
     if not has_adam:
-        raise InputError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
+        raise NotAdamError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
     entries: list[_Entry] = []
     names_given = True
     for g, group in enumerate(osd["param_groups"]):
