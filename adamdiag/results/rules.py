@@ -25,8 +25,13 @@ RULES: dict[str, tuple[str, str]] = {
         "update lr*m̂/(sqrt(v̂)+eps) explodes.",
     ),
     "AD103": ("update-rms", "Update RMS sqrt(mean(g²/max(v̂, eps²))) exceeded 1 (precedes spikes by 1-8 steps)."),
-    "AD104": ("sqrt-vhat-below-eps", "A large fraction of elements have sqrt(v̂) below (or near) eps."),
+    "AD104": ("sqrt-vhat-below-eps", "Reserved (not emitted yet): many elements have sqrt(v̂) below (or near) eps."),
     "AD105": ("decay-ratio", "Between two checkpoints v decayed like beta2^Δ: no gradient signal arrived."),
+    "AD106": (
+        "postponed",
+        "Replay: no tried change avoided the blowup for good — the best variant is at risk (v still collapsing at "
+        "the end of the horizon) or blows up later: a postponement, not a fix.",
+    ),
     # 2xx: learning rate too high
     "AD201": (
         "lr-too-high",
@@ -39,14 +44,41 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     # 4xx: non-finite values
     "AD401": ("nonfinite", "NaN or Inf in the loss, gradients or optimizer state."),
+    "AD403": (
+        "state-corruption",
+        "The optimizer state cannot be what Adam wrote (negative v, a checksum mismatch): the file is damaged; "
+        "it is never used as a replay start.",
+    ),
     # 5xx: eps too large
     "AD501": ("eps-too-large", "sqrt(v̂) << eps for most elements: Adam degraded to SGD with step lr/eps."),
     # 6xx: context
     "AD601": ("grad-clipping", "Gradient clipping detected: Adam saw the clipped gradients."),
-    "AD602": ("lr-schedule", "The learning rate changed around the blowup."),
+    "AD602": ("lr-schedule", "Reserved (not emitted yet): the learning rate changed around the blowup."),
+    "AD603": (
+        "keras-running-mean",
+        "Keras logs batch_* scalars as the running mean since the start of the epoch: the per-batch loss was "
+        "reconstructed before detection (no spikes at epoch boundaries).",
+    ),
+    # 7xx: verification by replay (scan --verify / check --verify)
+    "AD701": ("verified", "A replay from the checkpoint before the blowup confirmed the verdict: its fix avoided the blowup."),
+    "AD702": (
+        "replay-contradicts",
+        "The replay contradicts the log verdict (e.g. an eps fix avoided the blowup while lr/3 did not): the verdict "
+        "follows the replay.",
+    ),
+    "AD703": (
+        "not-verified",
+        "The verdict could not be verified by replay (no replay entry, no checkpoint before the blowup, the replay "
+        "did not reproduce the log, or the budget ran out).",
+    ),
     # 9xx: data quality
     "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),
     "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
+    "AD903": (
+        "not-adam",
+        "A checkpoint holds another optimizer's state (SGD, Adafactor, ...): no Adam facts are claimed from it.",
+    ),
+    "AD904": ("skipped-file", "A file was skipped: not a regular file (FIFO, socket, device) or unreadable."),
     "AD905": (
         "evaluation-curve",
         "Evaluation curve: not diagnosed. The run holds only validation/eval curves (a Keras `validation/` "
@@ -54,6 +86,10 @@ RULES: dict[str, tuple[str, str]] = {
         "Adam blowup.",
     ),
 }
+
+
+# Ids kept for their meaning but not emitted by any code path yet (never renumbered, never reused).
+RESERVED = frozenset({"AD104", "AD602"})
 
 
 def rule_name(rule_id: str) -> str:
