@@ -95,16 +95,16 @@ def _boundaries_from_drops(steps: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.asarray(starts, np.int64)
 
 
-def _boundaries_from_epoch_values(steps: np.ndarray, a: np.ndarray, epoch_values: np.ndarray) -> np.ndarray | None:
-    """Epoch starts where a logged running mean equals the next epoch value (as float32); None when
-    an epoch's end was not logged (then its value matches nothing)."""
+def _boundaries_from_epoch_values(steps: np.ndarray, a: np.ndarray, epoch_values: np.ndarray) -> np.ndarray:
+    """Epoch ends: where a logged running mean equals the next epoch value (as float32), in order;
+    stops at the first epoch whose end was not logged (its value then matches nothing)."""
     ends = []
     j = 0
     a32 = a.astype(np.float32)
     for v in epoch_values.astype(np.float32):
         hit = np.flatnonzero(a32[j:] == v)
         if not len(hit):
-            return None
+            break
         j += int(hit[0])
         ends.append(int(steps[j]))
         j += 1
@@ -125,9 +125,45 @@ def reconstruct_running_mean(
     iterations after the batch); ``values``: the logged running means; ``n_epochs``: the number of
     ``epoch_*`` values of the same run (finished epochs), used to check the boundaries (None: not
     checked — said in ``notes``); ``epoch_values``: those values in epoch order (they locate epoch
-    ends exactly; implies ``n_epochs``); ``first_step``: the global step of the run's first batch (a log
-    that starts later, e.g. after a restart, is not reconstructed: its first epoch's start is unknown).
+    ends exactly; implies ``n_epochs``); ``first_step``: the global step of the run's first batch (a
+    log that starts later, e.g. after a restart, is not reconstructed: its first epoch's start is
+    unknown). A run that ends in NaN/inf (a blowup) is reconstructed up to its first non-finite
+    value; from there on the raw values are kept (``notes`` says from which step).
     """
+    st = np.asarray(steps, np.int64)
+    a = np.asarray(values, np.float64)
+    fin = np.isfinite(a)
+    if fin.all() or not fin.any():
+        return _reconstruct(st, a, n_epochs=n_epochs, epoch_values=epoch_values, first_step=first_step)
+    cut = int(np.argmin(fin))
+    ev = None if epoch_values is None else np.asarray(epoch_values, np.float64)
+    if ev is not None:
+        ev = ev[: int(np.argmin(np.isfinite(ev)))] if not np.isfinite(ev).all() else ev
+    head = _reconstruct(st[:cut], a[:cut], n_epochs=n_epochs, epoch_values=ev, first_step=first_step)
+    if not head.reconstructed:  # the raw series, with the reason
+        return _reconstruct(st, a, n_epochs=n_epochs, epoch_values=epoch_values, first_step=first_step)
+    tail = len(st) - cut
+    return RunningMeanReconstruction(
+        st,
+        np.r_[head.values, a[cut:]],
+        np.r_[head.span, np.ones(tail, np.int64)],
+        head.epoch_starts,
+        np.r_[head.bound, np.full(tail, np.nan)],
+        True,
+        head.reason,
+        [*head.notes, f"not finite from step {st[cut]} on: raw values kept from there"],
+    )
+
+
+def _reconstruct(
+    steps: np.ndarray | list[int],
+    values: np.ndarray | list[float],
+    *,
+    n_epochs: int | None = None,
+    epoch_values: np.ndarray | list[float] | None = None,
+    first_step: int = 1,
+) -> RunningMeanReconstruction:
+    """The reconstruction of an all-finite series (see :func:`reconstruct_running_mean`)."""
     st = np.asarray(steps, np.int64)
     a = np.asarray(values, np.float64)
     raw = RunningMeanReconstruction(
@@ -147,7 +183,7 @@ def reconstruct_running_mean(
         ev = np.asarray(epoch_values, np.float64)
         n_epochs = len(ev)
         ends = _boundaries_from_epoch_values(st, a, ev)
-        if ends is not None:
+        if len(ends) >= len(ev) - 1:  # all matched, or all but the last (its end not logged yet)
             trial = np.r_[e0, ends[ends < st[-1]]].astype(np.int64)
             if _consistent(st, a, trial):
                 starts, how = trial, "epoch ends where the running mean equals the epoch values"

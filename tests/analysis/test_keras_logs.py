@@ -88,3 +88,16 @@ def test_synthetic_running_mean_with_gaps_and_partial_last_epoch():
     truth = np.array([losses[s - 5 : s].mean() for s in steps])
     np.testing.assert_allclose(r.values, truth, rtol=1e-5)
     assert r.steps[np.argmax(r.values)] == 35
+
+
+def test_run_ending_in_nan_is_reconstructed_up_to_it():
+    steps, vals, ev, _ = logged("logs_f1")
+    # the run blows up to NaN in its third epoch (step 50 on); Keras' epoch value for it is NaN too
+    vals = vals.copy()
+    vals[49:] = np.nan
+    ev = np.r_[ev[:2], np.nan]
+    r = reconstruct_running_mean(steps, vals, epoch_values=ev)
+    assert r.reconstructed and r.epoch_starts.tolist() == [0, 20, 40]
+    assert np.isnan(r.values[49:]).all() and any("not finite from step 50" in n for n in r.notes)
+    truth = truth_over("logs_f1", r.steps[:49], r.span[:49])
+    assert np.all(np.abs(r.values[:49] - truth) <= r.bound[:49] + 1e-4 * truth)
