@@ -10,24 +10,40 @@ import typer
 from adamdiag.cli.app import app, guarded
 from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
 from adamdiag.cli.scan import diagnose_paths
-from adamdiag.console import err
+from adamdiag.console import err, warn
 
 
 @app.command()
 @guarded
 def plot(
     runs: RunsArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file (one run) or directory (many).")] = Path(
-        "adamdiag.png"
-    ),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="X.png or X.svg: one image (one run); anything else: a directory with one PNG per run, named "
+            "from the run's path, never overwriting a file.",
+        ),
+    ] = Path("adamdiag-plots"),
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
 ) -> None:
-    """Plot loss and gradient norm with the diagnosed warning and blowup steps (PNG per run)."""
+    """Plot loss and gradient norm with the diagnosed warning and blowup steps (one image per run)."""
+    from adamdiag.errors import InputError
+    from adamdiag.io.events import find_runs
     from adamdiag.pipeline.scan import load_series
-    from adamdiag.render.plot import plot_runs
+    from adamdiag.render.plot import IMAGE_SUFFIXES, plot_runs
+
+    # Say it before the diagnosis, not after: one image file cannot hold several runs.
+    if output.suffix.lower() in IMAGE_SUFFIXES and len(found := find_runs(runs)) > 1:
+        raise InputError(f"-o {output} is one image but there are {len(found)} runs: give a directory (e.g. -o plots)")
 
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
-    for path in plot_runs(report, load_series, output):
+    written, skipped = plot_runs(report, load_series, output)
+    for msg in skipped:
+        warn(msg)
+    for path in written:
         err(f"wrote {path}")
