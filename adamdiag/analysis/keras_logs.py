@@ -15,8 +15,8 @@ the running mean at each epoch's last batch, so a logged point equal to one (as 
 epoch's end; (2) a constant number of batches per epoch B = last step / epochs; (3) S is
 non-decreasing within an epoch (losses ≥ 0), so a drop of (s − E)·a below the previous S marks a
 new epoch. Each is accepted only when it makes S non-decreasing in every epoch and its count agrees
-with the number of epoch values. Values are float32 (and so is Keras' running total), so each reconstructed value has
-a rounding bound ~ ε32·(S_j + S_{j−1})/(k_j − k_{j−1}); a value negative beyond 4× that bound means
+with the number of epoch values (so losses must be ≥ 0: a metric with negative values is left raw).
+Values are float32 (and so is Keras' running total), so each reconstructed value has a rounding bound ~ ε32·(S_j + S_{j−1})/(k_j − k_{j−1}); a value negative beyond 4× that bound means
 the series is not a running mean (or the boundaries are wrong): the raw series is kept, and
 ``reason`` says why.
 
@@ -171,6 +171,9 @@ def _reconstruct(
     )
     if len(st) < 2 or np.any(np.diff(st) <= 0) or not np.all(np.isfinite(a)):
         raw.reason = "needs ≥ 2 finite values at increasing steps"
+        return raw
+    if np.any(a < 0):  # the boundary checks rely on S = k·a never decreasing inside an epoch
+        raw.reason = "negative values (a metric that can be < 0): epoch boundaries cannot be checked; kept the raw series"
         return raw
     if st[0] > first_step - 1 + max(int(np.min(np.diff(st))), 1):
         raw.reason = f"the log starts at step {st[0]}, not at the run's start: the first epoch's start is unknown"

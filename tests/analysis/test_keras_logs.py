@@ -67,6 +67,9 @@ def test_raw_series_kept_when_it_is_no_running_mean():
     r = reconstruct_running_mean(steps, vals, n_epochs=1)
     assert not r.reconstructed and "kept the raw series" in r.reason
     assert np.array_equal(r.values, vals)
+    # a metric with negative values: the checks that find epochs need S = k·a non-decreasing
+    r = reconstruct_running_mean(steps, -np.ones(10), n_epochs=1)
+    assert not r.reconstructed and "negative values" in r.reason
     # a log that starts mid-run: the first epoch's start is unknown
     r = reconstruct_running_mean(np.arange(500, 510), np.ones(10), n_epochs=1)
     assert not r.reconstructed and "not at the run's start" in r.reason
