@@ -60,8 +60,9 @@ class _Scratch:
         self.v = torch.empty(chunk, **f)
         self.a = torch.empty(chunk, **f)
         self.b = torch.empty(chunk, **f)
-        self.idx = torch.empty(chunk, device=device, dtype=torch.int64)
-        self.mask = torch.empty(chunk, device=device, dtype=torch.bool)
+        self.d = torch.empty(chunk, **f)
+        # int32 bin indices: the float→int copy and bincount are ~2x faster than with int64
+        self.idx = torch.empty(chunk, device=device, dtype=torch.int32)
 
 
 class StatsEngine:
@@ -207,29 +208,29 @@ class StatsEngine:
         for lo in range(0, n, s.chunk):
             hi = min(n, lo + s.chunk)
             k = hi - lo
-            g, v, a, b, idx, mask = s.g[:k], s.v[:k], s.a[:k], s.b[:k], s.idx[:k], s.mask[:k]
+            g, v, a, b, idx = s.g[:k], s.v[:k], s.a[:k], s.b[:k], s.idx[:k]
             if p1 is not None:
                 torch.add(g1[lo:hi].float(), p1[lo:hi].float(), alpha=wd, out=g)
             else:
-                g.copy_(g1[lo:hi])
-            v.copy_(v1[lo:hi])
-            den = v if d1 is v1 else a.copy_(d1[lo:hi])
+                g = _as_f32(g1[lo:hi], g)  # a view when already float32: no copy
+            v = _as_f32(v1[lo:hi], v)
+            den = v if d1 is v1 else _as_f32(d1[lo:hi], s.d[:k])
             sum_g2 = torch.dot(g, g)
             sum_v = v.sum()
             sum_den = den.sum() if d1 is not v1 else sum_v
-            torch.lt(den, thr1, out=mask)
-            c1 = mask.sum()
-            torch.lt(den, thr2, out=mask)
-            c2 = mask.sum()
-            # Σ g²/max(v, eps²·bc) = ‖g·rsqrt(max(v, eps²·bc))‖²; times bc gives Σ g²/max(v̂, eps²).
+            # count(den < thr) as -Σ sign(min(den, thr) - thr): float passes, ~2x faster on a CPU than a
+            # bool comparison and its sum (exact: a chunk's count < 2^24)
+            c1 = -torch.clamp(den, max=thr1, out=a).sub_(thr1).sign_().sum()
+            c2 = -torch.clamp(den, max=thr2, out=a).sub_(thr2).sign_().sum()
+            # Σ g²/max(v, eps²·bc), times bc: Σ g²/max(v̂, eps²) (clamp, divide, dot: 3 passes).
             torch.clamp(den, min=thr1, out=b)
-            b.rsqrt_().mul_(g)
-            sum_upd = torch.dot(b, b)
+            torch.div(g, b, out=a)
+            sum_upd = torch.dot(g, a)
             torch.log2(den, out=b)
             b.mul_(a_coef).add_(b_coef).nan_to_num_(nan=0.0, posinf=NBINS - 1.0, neginf=0.0).clamp_(0.0, NBINS - 1.0)
-            idx.copy_(b)  # float → int64 truncates: floor for the non-negative values left
+            idx.copy_(b)  # float → int32 truncates: floor for the non-negative values left
             hist += torch.bincount(idx, minlength=NBINS)
-            parts.append(torch.stack([sum_g2, sum_v, sum_den, c1.float(), c2.float(), sum_upd]).double())
+            parts.append(torch.stack([sum_g2, sum_v, sum_den, c1, c2, sum_upd]).double())
         if parts:
             tot = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
         else:
@@ -243,6 +244,13 @@ class StatsEngine:
                 hist.double(),
             ]
         )
+
+
+def _as_f32(src: Any, buf: Any) -> Any:
+    """``src`` itself when it is float32 and contiguous, else converted into ``buf``."""
+    if src.dtype == buf.dtype and src.is_contiguous():
+        return src
+    return buf.copy_(src)
 
 
 def _local(t: Any) -> Any:
