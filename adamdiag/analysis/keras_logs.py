@@ -155,6 +155,41 @@ def reconstruct_running_mean(
     )
 
 
+def _epoch_starts(
+    st: np.ndarray,
+    a: np.ndarray,
+    e0: int,
+    n_epochs: int | None,
+    epoch_values: np.ndarray | list[float] | None,
+) -> tuple[np.ndarray, str, list[str]] | str:
+    """(epoch starts, how they were found, notes), or why none could be trusted (module docstring:
+    epoch values first, then a constant epoch length, then the drops of k·a_k)."""
+    if epoch_values is not None:
+        ev = np.asarray(epoch_values, np.float64)
+        n_epochs = len(ev)
+        ends = _boundaries_from_epoch_values(st, a, ev)
+        if len(ends) >= len(ev) - 1:  # all matched, or all but the last (its end not logged yet)
+            trial = np.r_[e0, ends[ends < st[-1]]].astype(np.int64)
+            if _consistent(st, a, trial):
+                return trial, "epoch ends where the running mean equals the epoch values", []
+    drops = _boundaries_from_drops(st - e0, a) + e0
+    if n_epochs is None:
+        return drops, "epoch starts from the drops of k·a_k", ["epoch count not checked (no epoch_* values)"]
+    ok_counts = (n_epochs, n_epochs + 1)  # + 1: the last epoch may still be running (no epoch value yet)
+    span = int(st[-1] - e0)
+    for n in dict.fromkeys(n for n in ok_counts if n and span % n == 0):
+        b = span // n
+        trial = e0 + b * np.arange(n, dtype=np.int64)
+        if _consistent(st, a, trial):
+            return trial, f"epoch starts every {b} batches ({n} epochs)", []
+    if len(drops) in ok_counts and _consistent(st, a, drops):
+        return drops, "epoch starts from the drops of k·a_k", []
+    return (
+        f"found {len(drops)} epoch(s) from the drops of k·a_k, the log has {n_epochs} epoch value(s), "
+        "and no constant epoch length fits: kept the raw series"
+    )
+
+
 def _reconstruct(
     steps: np.ndarray | list[int],
     values: np.ndarray | list[float],
@@ -173,42 +208,18 @@ def _reconstruct(
         raw.reason = "needs ≥ 2 finite values at increasing steps"
         return raw
     if np.any(a < 0):  # the boundary checks rely on S = k·a never decreasing inside an epoch
-        raw.reason = "negative values (a metric that can be < 0): epoch boundaries cannot be checked; kept the raw series"
+        raw.reason = (
+            "negative values (a metric that can be < 0): epoch boundaries cannot be checked; kept the raw series"
+        )
         return raw
     if st[0] > first_step - 1 + max(int(np.min(np.diff(st))), 1):
         raw.reason = f"the log starts at step {st[0]}, not at the run's start: the first epoch's start is unknown"
         return raw
-    notes: list[str] = []
-    e0 = first_step - 1
-    starts = _boundaries_from_drops(st - e0, a) + e0
-    how = "epoch starts from the drops of k·a_k"
-    if epoch_values is not None:
-        ev = np.asarray(epoch_values, np.float64)
-        n_epochs = len(ev)
-        ends = _boundaries_from_epoch_values(st, a, ev)
-        if len(ends) >= len(ev) - 1:  # all matched, or all but the last (its end not logged yet)
-            trial = np.r_[e0, ends[ends < st[-1]]].astype(np.int64)
-            if _consistent(st, a, trial):
-                starts, how = trial, "epoch ends where the running mean equals the epoch values"
-    if n_epochs is not None and how.startswith("epoch starts from the drops"):
-        # + 1: the last epoch may still be running (no epoch value yet)
-        ok_counts = (n_epochs, n_epochs + 1)
-        span = int(st[-1] - e0)
-        for n in dict.fromkeys(n for n in ok_counts if n and span % n == 0):
-            b = span // n
-            trial = e0 + b * np.arange(n, dtype=np.int64)
-            if _consistent(st, a, trial):
-                starts, how = trial, f"epoch starts every {b} batches ({n} epochs)"
-                break
-        else:
-            if len(starts) not in ok_counts or not _consistent(st, a, starts):
-                raw.reason = (
-                    f"found {len(starts)} epoch(s) from the drops of k·a_k, the log has {n_epochs} epoch value(s), "
-                    "and no constant epoch length fits: kept the raw series"
-                )
-                return raw
-    else:
-        notes.append("epoch count not checked (no epoch_* values)")
+    found = _epoch_starts(st, a, first_step - 1, n_epochs, epoch_values)
+    if isinstance(found, str):
+        raw.reason = found
+        return raw
+    starts, how, notes = found
     if not _consistent(st, a, starts):
         raw.reason = "k·a_k decreases inside an epoch: not a running mean; kept the raw series"
         return raw
