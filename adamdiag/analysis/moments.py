@@ -94,6 +94,8 @@ class TensorStats:
     # "never received a gradient"); ``corrupt`` says what else was found wrong with the bytes (CRC).
     negative_v: int = 0
     corrupt: str | None = None
+    # the checkpoint's optimizer this tensor belongs to: {"index", "key", "type"} (several per file)
+    optimizer: dict[str, Any] | None = None
     # where each hyperparameter came from, when a reader says ('file' | 'default' | 'unknown'):
     # written as DESIGN.md's "<name>_source" keys (TF/Keras checkpoints store some of them nowhere)
     hyper_source: dict[str, str] = field(default_factory=dict)
@@ -137,9 +139,12 @@ class CheckpointSummary:
     name_mapping: str
     warnings: list[str]
     tensors: list[TensorStats]
+    # optimizers in the checkpoint that are not Adam-family ({"index", "key", "type"}): listed, not analysed
+    other_optimizers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "other_optimizers": list(self.other_optimizers),
             "path": self.path,
             "step": self.step,
             "layout": self.layout,
@@ -690,6 +695,7 @@ def tensor_stats(
         frac_v_zero=max(acc.zero - negative_d, 0) / n_f if n_f else nan,
         notes=notes,
         negative_v=negative,
+        optimizer=getattr(t, "optimizer", None),
         hyper_source=dict(getattr(t, "hyper_source", None) or {}),
     )
 

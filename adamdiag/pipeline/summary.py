@@ -68,6 +68,7 @@ def summarize_checkpoint(
         name_mapping=ck.name_mapping,
         warnings=warnings,
         tensors=stats,
+        other_optimizers=list(ck.other_optimizers),
     )
 
 
@@ -75,17 +76,18 @@ def compare_checkpoints(
     path_a: Path | str, path_b: Path | str, *, trust: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Decay-ratio view of two checkpoints of one run (a before b), tensor by tensor, matched by
-    optimizer (group, index). Tensors of changed shape or without a step are listed in ``skipped``."""
+    (optimizer, group, index). Tensors of changed shape or without a step are listed in ``skipped``."""
     from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
 
     a = open_checkpoint(Path(path_a), trust=trust)
     b = open_checkpoint(Path(path_b), trust=trust)
     rel = PageReleaser(a.mmap_files + b.mmap_files)
-    by_key = {(t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap to hold
+    # (optimizer, group, index): state indices start at 0 in every optimizer of a file
+    by_key = {(_opt_index(t), t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap
     tensors, skipped = [], []
     total = len(b)
     for i, tb in enumerate(b.tensors(with_params=False)):
-        ta = by_key.get((tb.group, tb.index))
+        ta = by_key.get((_opt_index(tb), tb.group, tb.index))
         if ta is None:
             skipped.append({"label": tb.label, "reason": "not in the first checkpoint"})
             continue
@@ -108,3 +110,7 @@ def compare_checkpoints(
         "skipped": skipped,
         "warnings": warnings,
     }
+
+
+def _opt_index(t: Any) -> int:
+    return int((t.optimizer or {}).get("index", 0))

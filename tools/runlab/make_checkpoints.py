@@ -86,6 +86,63 @@ def write_lightning(out: Path, steps: int = 4) -> tuple[Path, Truth]:
     return path, live_truth(list(model.named_parameters()), trainer.optimizers[0])
 
 
+def write_lightning_gan(out: Path, steps: int = 9) -> tuple[Path, dict[int, Truth]]:
+    """A GAN-style LightningModule with manual optimization and two optimizers — Adam for the
+    generator, AdamW with two param groups (β2 0.99) for the discriminator — and, as a third, an SGD
+    with momentum on a small head (a non-Adam optimizer in the same ``optimizer_states`` list).
+    Returns the checkpoint and the live truth per optimizer index."""
+    import lightning as L
+
+    class Gan(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.gen = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6))
+            self.disc = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+            self.head = nn.Linear(6, 2)
+
+        def training_step(self, batch, _):
+            (z,) = batch
+            opt_g, opt_d, opt_h = self.optimizers()
+            fake = self.gen(z)
+            d_loss = self.disc(fake.detach()).pow(2).mean() + (self.disc(z.repeat(1, 2)[:, :6]) - 1).pow(2).mean()
+            opt_d.zero_grad()
+            self.manual_backward(d_loss)
+            opt_d.step()
+            g_loss = (self.disc(fake) - 1).pow(2).mean() + self.head(fake.detach()).pow(2).mean()
+            opt_g.zero_grad()
+            opt_h.zero_grad()
+            self.manual_backward(g_loss)
+            opt_g.step()
+            opt_h.step()
+
+        def configure_optimizers(self):
+            return [
+                torch.optim.Adam(self.gen.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+                torch.optim.AdamW(two_groups(list(self.disc.named_parameters())), lr=1e-3, betas=(0.9, 0.99)),
+                torch.optim.SGD(self.head.parameters(), lr=0.1, momentum=0.9),
+            ]
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4, generator=g))
+    model = Gan()
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=str(out),
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+    path = out / f"gan-step={steps}.ckpt"
+    trainer.save_checkpoint(path)
+    named = list(model.named_parameters())
+    return path, {i: live_truth(named, opt) for i, opt in enumerate(trainer.optimizers[:2])}
+
+
 # --- Hugging Face Trainer ---------------------------------------------------------------------------
 class _TokenData(torch.utils.data.Dataset):
     def __len__(self) -> int:

@@ -105,6 +105,9 @@ class TensorMoments:
     # came from ('file' | 'default' | 'unknown'; DESIGN.md's <name>_source).
     bias_correction: tuple[float, float] | None = None
     hyper_source: dict[str, str] | None = None
+    # which optimizer of the checkpoint this tensor belongs to: {"index", "key", "type"} (a file can
+    # hold several: a GAN's two Adams, Muon + AdamW); state indices repeat across optimizers.
+    optimizer: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -121,6 +124,7 @@ class _Entry:
     name: str | None
     shape: tuple[int, ...] | None  # None: the optimizer holds no state for it (never stepped)
     hyper: dict[str, Any]
+    optimizer: dict[str, Any] | None = None  # {"index", "key", "type"} of the optimizer it belongs to
 
 
 @dataclass
@@ -140,6 +144,8 @@ class OptimizerCheckpoint:
     _fetch_param: Callable[[str], Any] | None = field(default=None, repr=False)
     # Address ranges of the file mappings behind the tensors (for releasing pages after use).
     mmap_files: list[str] = field(default_factory=list, repr=False)
+    # Optimizers in the file that are not Adam-family: {"index", "key", "type"} (type says what they are).
+    other_optimizers: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return sum(1 for e in self.entries if e.shape is not None)
@@ -175,6 +181,7 @@ class OptimizerCheckpoint:
                 maximize=bool(h.get("maximize", False)),
                 bias_correction=h.get("bias"),
                 hyper_source=h.get("sources"),
+                optimizer=e.optimizer,
             )
 
 
@@ -934,10 +941,23 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
         ck = _open_torch_file(path, trust)
     if convention:
         ck.convention = convention
+    for e in ck.entries:  # one optimizer (DCP, DeepSpeed...): every tensor still says which
+        if e.optimizer is None:
+            e.optimizer = {"index": 0, "key": "", "type": ck.optimizer}
     return ck
 
 
-def _pick_optimizer(obj: Any, path: Path, warnings: list[str]) -> tuple[tuple, dict]:
+def _keyname(p: tuple) -> str:
+    """A key path as a dotted string for reports: ('optimizer_states', 1) -> 'optimizer_states.1'."""
+    return ".".join(str(k) for k in p)
+
+
+def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tuple[dict, tuple, dict]], list[dict]]:
+    """Every optimizer state in ``obj`` (Lightning's ``optimizer_states`` list, ``optimizers: [...]``
+    or ``{name: ...}``, a bare one). Returns ([(info, keypath, state_dict)] of the Adam-family ones,
+    [info] of the others); info = {"index": position among all optimizers found, "key": dotted key
+    path, "type": "Adam"/"AdamW"/... or what the other optimizer is}. Raises InputError when there
+    is no optimizer, or no Adam-family one (naming what was found)."""
     states = [(p, x) for p, x in _walk(obj) if _is_opt_state(x)]
     if not states:
         model = _pick_model_state(obj)
@@ -946,46 +966,71 @@ def _pick_optimizer(obj: Any, path: Path, warnings: list[str]) -> tuple[tuple, d
         raise InputError(
             f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; top-level keys: {top}){extra}"
         )
-    adam = []
+    adam: list[tuple[dict, tuple, dict]] = []
+    others: list[dict] = []
     first_err = None
-    for p, x in states:
+    for i, (p, x) in enumerate(states):
         try:
             entries_from_state_dict(x, path)
-            adam.append((p, x))
+            adam.append(({"index": i, "key": _keyname(p), "type": _optimizer_kind(x)[0]}, p, x))
         except InputError as e:
             first_err = first_err or e
+            others.append({"index": i, "key": _keyname(p), "type": _describe_non_adam(x)})
     if not adam:
         raise first_err  # type: ignore[misc]
     if len(states) > 1:
-        warnings.append(f"{len(states)} optimizer states in the file; using the Adam one at {_keypath(adam[0][0])}")
-    return adam[0]
-
-
-def _state_fetcher(osd: dict) -> Callable[[_Entry], dict]:
-    return lambda e: osd["state"][e.index]
+        what = ", ".join(f"[{a['index']}] {a['key'] or '<top level>'} ({a['type']})" for a, _, _ in adam)
+        warnings.append(f"{len(states)} optimizer states in the file; Adam-family ones analysed: {what}")
+        for o in others:
+            warnings.append(f"optimizer [{o['index']}] at {o['key'] or '<top level>'} is not Adam: {o['type']}")
+    return adam, others
 
 
 def _finish(
     path: Path,
     layout: str,
-    osd: dict,
+    opts: list[tuple[dict, tuple, dict]],
     model: _ModelSource | None,
     step: int | None,
     warnings: list[str],
     mmap_files: list[str],
+    others: list[dict] | None = None,
 ) -> OptimizerCheckpoint:
-    entries, names_given = entries_from_state_dict(osd, path)
-    opt_kind, w = _optimizer_kind(osd)
-    warnings += w
+    """An OptimizerCheckpoint over one or several optimizer state dicts of one file/directory."""
+    entries: list[_Entry] = []
+    names_given = True
+    kinds = []
+    for info, _, osd in opts:
+        es, given = entries_from_state_dict(osd, path)
+        for e in es:
+            e.optimizer = info
+        entries += es
+        names_given = names_given and given
+        kind, w = _optimizer_kind(osd)
+        kinds.append(kind)
+        warnings += [x for x in w if x not in warnings]
+    osds = {info["index"]: osd for info, _, osd in opts}
     if names_given:
         mapping = "fqn" if all(isinstance(e.index, str) for e in entries) else "param_names"
         if model is not None:
             _check_named(entries, model.cands, warnings)
     elif model is not None:
-        mapping = _apply_model_names(entries, model.cands, model.ordered, warnings)
+        # Several optimizers share one model: their groups are interleaved into the model order
+        # together (each parameter belongs to one slot), so every (optimizer, group) is one group here.
+        own = [e.group for e in entries]
+        ids: dict[tuple, int] = {}
+        for e in entries:
+            e.group = ids.setdefault((e.optimizer["index"], e.group), len(ids))
+        try:
+            mapping = _apply_model_names(entries, model.cands, model.ordered, warnings)
+        finally:
+            for e, g in zip(entries, own):
+                e.group = g
     else:
         mapping = "none"
-    read_steps = [_as_int(osd["state"][e.index].get("step")) for e in entries if e.shape is not None]
+    read_steps = [
+        _as_int(osds[e.optimizer["index"]]["state"][e.index].get("step")) for e in entries if e.shape is not None
+    ]
     steps = [s for s in read_steps if s is not None]
     if step is None and steps:
         step = max(steps)
@@ -995,14 +1040,15 @@ def _finish(
         path=str(path),
         step=step,
         layout=layout,
-        optimizer=opt_kind,
+        optimizer="+".join(dict.fromkeys(kinds)),
         convention="torch",
         name_mapping=mapping,
         warnings=warnings,
         entries=entries,
         mmap_files=mmap_files,
+        other_optimizers=list(others or []),
     )
-    ck._fetch_state = _state_fetcher(osd)
+    ck._fetch_state = lambda e: osds[e.optimizer["index"]]["state"][e.index]
     ck._fetch_param = model.get if model is not None else None
     return ck
 
@@ -1010,7 +1056,8 @@ def _finish(
 def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
     warnings: list[str] = []
     obj, mmapped = torch_load(path, trust=trust)
-    keypath, osd = _pick_optimizer(obj, path, warnings)
+    opts, others = _pick_optimizers(obj, path, warnings)
+    keypath = opts[0][1] if len(opts) == 1 else None
     is_lightning = isinstance(obj, dict) and "optimizer_states" in obj
     layout = "lightning" if is_lightning else "torch"
     model: _ModelSource | None = None
@@ -1022,14 +1069,14 @@ def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
     step = _find_step(obj) if isinstance(obj, dict) else None
     if step is None and keypath == ():
         step = None  # bare optimizer: the optimizer's own step count is used below
-    return _finish(path, layout, osd, model, step, warnings, [os.path.realpath(path)] if mmapped else [])
+    return _finish(path, layout, opts, model, step, warnings, [os.path.realpath(path)] if mmapped else [], others)
 
 
 def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
     warnings: list[str] = []
     opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
     obj, mmapped = torch_load(opt_file, trust=trust)
-    _, osd = _pick_optimizer(obj, opt_file, warnings)
+    opts, others = _pick_optimizers(obj, opt_file, warnings)
     model = None
     for n in MODEL_FILES:
         if (d / n).is_file():
@@ -1046,7 +1093,7 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
             model.cands = [(n, s) for n, s in order if n in present]
             model.ordered = True
     step = checkpoint_dir_step(d, kind, warnings)
-    return _finish(d, kind, osd, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [])
+    return _finish(d, kind, opts, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [], others)
 
 
 def checkpoint_dir_step(d: Path, kind: str, warnings: list[str]) -> int | None:
