@@ -39,6 +39,45 @@ def load_checkpoint_summaries(
     return out, paths
 
 
+def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, Path]:
+    """Where each run's checkpoints are searched: under the run itself, or under ``--checkpoints``.
+
+    One ``--checkpoints`` folder for several runs would lend one run's optimizer state to every
+    other run's diagnosis; it is accepted only when it maps per run — one subfolder per run, named
+    like the run's path relative to the runs' common parent, or like the run's folder name. Raises
+    InputError otherwise (naming the runs without a subfolder).
+    """
+    import os
+
+    from adamdiag.errors import InputError
+
+    own = {r: (r if r.is_dir() else r.parent) for r in runs}
+    if checkpoints is None:
+        return own
+    ck = Path(checkpoints)
+    if len(runs) == 1:
+        return {runs[0]: ck}
+    base = Path(os.path.commonpath([str(d.resolve()) for d in own.values()]))
+    out, missing = {}, []
+    for r, d in own.items():
+        rel = d.resolve().relative_to(base) if d.resolve() != base else Path(d.name)
+        cands = [ck / rel, ck / d.name]
+        hit = next((c for c in cands if c.is_dir()), None)
+        if hit is None:
+            missing.append(str(rel))
+        else:
+            out[r] = hit
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(
+            f"--checkpoints {ck} with {len(runs)} runs: one folder cannot hold the checkpoints of every run; "
+            f"give it one subfolder per run, named like the run (missing: {shown}), or scan the runs one by one"
+        )
+    if len(set(out.values())) < len(out):
+        raise InputError(f"--checkpoints {ck}: several runs map to the same subfolder (runs with equal names)")
+    return out
+
+
 def _under(path: str, run: str) -> bool:
     """``path`` is ``run`` or inside it."""
     return path == run or path.startswith(run.rstrip("/") + "/")
@@ -115,6 +154,7 @@ def scan_paths(
                 warn(p.message)
                 report.warnings.append(p.message)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
+        ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
         for events in all_events:
             run_dir = Path(events.run)
             warnings = list(events.warnings) + [
@@ -152,9 +192,7 @@ def scan_paths(
                 # Read, but nothing to diagnose (an hparams-only file): an inconclusive run with its
                 # reason, like any other undiagnosable run — `check` fails on it, `scan` exits 0.
                 warnings.append(f"{run_dir}: the event files hold no scalars or histograms")
-            ck_root = (
-                Path(checkpoints) if checkpoints is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
-            )
+            ck_root = ck_roots[run_dir]
             non_adam: list[str] = []
             summaries, ck_paths = load_checkpoint_summaries(
                 ck_root, trust=trust_checkpoint, convention=convention, warnings=warnings, non_adam=non_adam

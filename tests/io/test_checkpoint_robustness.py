@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from adamdiag.cli import app
 from adamdiag.errors import InputError
 from adamdiag.io.checkpoints import find_checkpoints, open_checkpoint
-from adamdiag.pipeline.scan import scan_paths
+from adamdiag.pipeline.scan import checkpoint_roots, scan_paths
 from adamdiag.pipeline.summary import summarize_checkpoint
 
 
@@ -177,3 +177,21 @@ def test_plot_accepts_trust_checkpoint(tmp_path):
     res = CliRunner().invoke(app, ["plot", str(run), "-o", str(out), "--trust-checkpoint"])
     assert res.exit_code == 0, res.output
     assert out.is_file()
+
+
+# --- --checkpoints with several runs ----------------------------------------------------------------
+def test_one_checkpoints_folder_for_several_runs_is_an_error_unless_it_maps_per_run(tmp_path):
+    runs = tmp_path / "runs"
+    a, b = runs / "a", runs / "b"
+    write_torch(a, 30)
+    write_torch(b, 30)
+    ckpts = tmp_path / "ckpts"
+    _adam_checkpoint(ckpts / "step_000020.pt")
+    with pytest.raises(InputError, match=r"one subfolder per run.*missing: a, b"):
+        scan_paths([runs], checkpoints=ckpts)
+    _adam_checkpoint(ckpts / "a" / "step_000020.pt", seed=1)
+    _adam_checkpoint(ckpts / "b" / "step_000020.pt", seed=2)
+    assert checkpoint_roots(ckpts, [a, b]) == {a: ckpts / "a", b: ckpts / "b"}
+    by_run = {Path(r.run).name: r for r in scan_paths([runs], checkpoints=ckpts).runs}
+    assert "checkpoints" in by_run["a"].sources and "checkpoints" in by_run["b"].sources
+    assert checkpoint_roots(ckpts / "b", [a]) == {a: ckpts / "b"}  # one run: the folder is its own
