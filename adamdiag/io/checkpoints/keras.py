@@ -78,7 +78,7 @@ def layouts(shapes: list[tuple], dtypes: list[str]) -> list[dict[str, Any]]:
     """Every Keras 3 optimizer layout the variable shapes fit: dicts with ``header`` (1: iterations;
     2: + learning rate), ``pre`` (per-variable blocks before the pairs: accumulators/EMA), ``amsgrad``
     and the slot indices ``m``, ``v``, ``vhat`` per trainable variable."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not shapes or shapes[0] != () or not dtypes[0].startswith(("int", "uint")):
         return out
     for header in (1, 2):

@@ -93,6 +93,7 @@ def proto_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of a serialized protobuf message: ints for varint/fixed,
     bytes for length-delimited fields. Enough for BundleEntryProto / BundleHeaderProto."""
     pos = 0
+    val: Any
     while pos < len(buf):
         key, pos = varint(buf, pos)
         num, wt = key >> 3, key & 7
@@ -554,13 +555,14 @@ def open_tf1(prefix: Path, bundle: Bundle):
     b2p = bundle.scalar(b2p_key) if b2p_key else None
     suffix = step_suffix(prefix)
     t_opt = None
+    step: int | None
     if b2p is not None and b2p > 0 and beta2 is not None and 0 < beta2 < 1:
         t_opt = int(round(math.log(b2p) / math.log(beta2))) - 1
     gs_val = bundle.scalar(gs) if gs is not None else None
     if gs_val is not None:
         step = int(gs_val)
         if t_opt is not None and t_opt != step:
-            bias = (1.0 - beta1**t_opt if beta1 is not None else 1.0, 1.0 - beta2**t_opt)
+            bias = (1.0 - beta1**t_opt if beta1 is not None else 1.0, 1.0 - float(beta2 or 0.0) ** t_opt)
             warnings.append(
                 f"global_step is {step} but the optimizer made {t_opt} updates (beta2_power): "
                 f"bias corrections use {t_opt}"
@@ -607,7 +609,7 @@ def open_tf1(prefix: Path, bundle: Bundle):
         warnings=warnings,
         entries=entries,
     )
-    ck._fetch_state = lambda e: _state(bundle, *pairs[e.index], step=step)
+    ck._fetch_state = lambda e: _state(bundle, *pairs[str(e.index)], step=step)
     ck._fetch_param = lambda name: _torch(bundle.read(name)) if name in bundle.entries else None
     return ck
 
@@ -714,7 +716,7 @@ def open_tf2(prefix: Path, bundle: Bundle):
             tv = [i for i, n in enumerate(g.nodes) if i not in own and _var_key(n) is not None]
         slots = _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix)
         if "_iterations" in ch:
-            step = _scalar_node(bundle, g, ch["_iterations"])
+            step = _as_step(_scalar_node(bundle, g, ch["_iterations"]))
         lr = _scalar_node(bundle, g, ch["_learning_rate"]) if "_learning_rate" in ch else None
         hyper = {"lr": lr, **KERAS_DEFAULTS}
         sources = {
@@ -753,7 +755,7 @@ def open_tf2(prefix: Path, bundle: Bundle):
                     return _scalar_node(bundle, g, opt[n])
             return None
 
-        step = hp("iter", "iterations")
+        step = _as_step(hp("iter", "iterations"))
         hyper = {"lr": hp("learning_rate", "lr"), "beta1": hp("beta_1"), "beta2": hp("beta_2"), "eps": hp("epsilon")}
         sources = {k: ("file" if v is not None else "unknown") for k, v in hyper.items()}
         if "iter" in opt and hyper["eps"] is None:  # tf.keras optimizer_v2: epsilon is a Python float
@@ -773,15 +775,15 @@ def open_tf2(prefix: Path, bundle: Bundle):
         "sources": sources,
         "bias": None,
     }
-    keys = {}
+    keys: dict[int, tuple[str | None, str, str, str | None]] = {}
     entries = []
     for i, (var, m, v, vhat) in enumerate(slots):
-        keys[i] = (
-            _var_key(g.nodes[var]),
-            _var_key(g.nodes[m]),
-            _var_key(g.nodes[v]),
-            _var_key(g.nodes[vhat]) if vhat is not None else None,
-        )
+        mk, vk = _var_key(g.nodes[m]), _var_key(g.nodes[v])
+        hk = _var_key(g.nodes[vhat]) if vhat is not None else None
+        missing = [n for n, k in ((m, mk), (v, vk), (vhat, hk)) if n is not None and k not in bundle.entries]
+        if mk is None or vk is None or missing:
+            raise InputError(f"{prefix}: the slots of {name_of(var)} are not stored in the checkpoint")
+        keys[i] = (_var_key(g.nodes[var]), mk, vk, hk)
         entries.append(_Entry(group=0, index=i, pos=i, name=name_of(var), shape=shape_of(m) or (), hyper=h))
     ck = OptimizerCheckpoint(
         path=str(prefix),
@@ -793,17 +795,31 @@ def open_tf2(prefix: Path, bundle: Bundle):
         warnings=warnings,
         entries=entries,
     )
-    ck._fetch_state = lambda e: _state(bundle, keys[e.index][1], keys[e.index][2], step=step, vhat=keys[e.index][3])
-    param_key = {e.name: keys[e.index][0] for e in entries}
-    ck._fetch_param = lambda name: (
-        _torch(bundle.read(param_key[name])) if param_key.get(name) in bundle.entries else None
-    )
+
+    def state(e: Any) -> dict[str, Any]:
+        _, mk, vk, hk = keys[int(e.index)]
+        return _state(bundle, mk, vk, step=step, vhat=hk)
+
+    param_key = {e.name: keys[i][0] for i, e in enumerate(entries)}
+
+    def param(name: str) -> Any:
+        k = param_key.get(name)
+        return _torch(bundle.read(k)) if k is not None and k in bundle.entries else None
+
+    ck._fetch_state = state
+    ck._fetch_param = param
     return ck
 
 
-def _scalar_node(bundle: Bundle, g, nid: int) -> float | None:
+def _as_step(x: float | None) -> int | None:
+    return None if x is None else int(x)
+
+
+def _scalar_node(bundle: Bundle, g: Any, nid: int) -> float | None:
     k = _var_key(g.nodes[nid])
-    x = bundle.scalar(k) if k in bundle.entries else None
+    if k is None or k not in bundle.entries:
+        return None
+    x = bundle.scalar(k)
     return f32(x) if isinstance(x, float) and bundle.entries[k].dtype == 1 else x
 
 
