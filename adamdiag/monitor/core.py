@@ -309,7 +309,7 @@ class AdamMonitor:
         names, rows, meta = self._rows(w)
         if not rows:
             return
-        arr = _to_host(rows, bool(meta["sharded"]))
+        arr = _to_host(rows, list(meta["sharded"]))
         if arr is None:
             return
         step = int(w.step or 0)
@@ -333,14 +333,14 @@ class AdamMonitor:
 
     def _rows(self, w: _Watch) -> tuple[list[str], list[Any], dict[str, np.ndarray]]:
         names, items, beta2s, epss = [], [], [], []
-        sharded = False
+        sharded: list[bool] = []
         for gi, group in enumerate(w.optimizer.param_groups):
             b2, eps = float(group["betas"][1]), float(group["eps"])
             for pi, p in enumerate(group["params"]):
                 st = w.optimizer.state.get(p)
                 if p.grad is None or not st or "exp_avg_sq" not in st:
                     continue
-                sharded = sharded or hasattr(st["exp_avg_sq"], "to_local")
+                sharded.append(hasattr(st["exp_avg_sq"], "to_local"))  # a DTensor shard (FSDP2)
                 wd = float(group.get("weight_decay", 0.0) or 0.0)
                 l2 = wd != 0.0 and not (w.decoupled or bool(group.get("decoupled_weight_decay", False)))
                 geff = w.geff.pop(id(p), None) if l2 else None
@@ -360,7 +360,7 @@ class AdamMonitor:
                 "they are called group<i>.param<j>",
             )
         rows = self._engine.rows(items) if items else []
-        return names, rows, {"beta2": np.array(beta2s), "eps": np.array(epss), "sharded": np.array(sharded)}
+        return names, rows, {"beta2": np.array(beta2s), "eps": np.array(epss), "sharded": np.array(sharded, dtype=bool)}
 
     # --- rules ----------------------------------------------------------------------------------
     def _rules(
@@ -560,8 +560,9 @@ def _state_step(optimizer: Any, default: int = 1) -> int:
     return default
 
 
-def _to_host(rows: list[Any], sharded: bool) -> np.ndarray | None:
-    """Stack the rows per device, all-reduce them over DTensor shards, move to the host: one sync."""
+def _to_host(rows: list[Any], sharded: list[bool]) -> np.ndarray | None:
+    """Stack the rows per device, all-reduce them over DTensor shards, move to the host: one sync
+    per device (one in the usual single-device case)."""
     import torch
 
     by_dev: dict[Any, list[int]] = {}
@@ -570,21 +571,24 @@ def _to_host(rows: list[Any], sharded: bool) -> np.ndarray | None:
     out = np.empty((len(rows), rows[0].numel()), dtype=np.float64)
     for idx in by_dev.values():
         stacked = torch.stack([rows[i] for i in idx])
-        if sharded:
-            stacked = _all_reduce(stacked)
+        if any(sharded[i] for i in idx):
+            stacked = _all_reduce(stacked, torch.tensor([sharded[i] for i in idx], device=stacked.device))
         out[idx] = stacked.cpu().numpy()
     return out
 
 
-def _all_reduce(stacked: Any) -> Any:
-    """Sum the rows over ranks when the state is sharded (FSDP2): sums and histograms add up."""
+def _all_reduce(stacked: Any, sharded: Any) -> Any:
+    """Sum the rows of DTensor shards over the ranks (sums, counts and histograms add up); a
+    replicated tensor's row counts once (rank 0's)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return stacked
     world = dist.get_world_size()
+    if dist.get_rank() != 0:
+        stacked[~sharded] = 0.0
     dist.all_reduce(stacked)
-    stacked[:, STEP] /= world  # every rank holds the same step
+    stacked[sharded, STEP] /= world  # every rank holds the same step
     return stacked
 
 
