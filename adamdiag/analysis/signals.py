@@ -72,7 +72,8 @@ def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
     import pandas as pd
 
     s = pd.Series(x)
-    return s.shift(1).rolling(w, min_periods=1).median().to_numpy()
+    out: np.ndarray = s.shift(1).rolling(w, min_periods=1).median().to_numpy()
+    return out
 
 
 def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
@@ -85,7 +86,8 @@ def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
     import pandas as pd
 
     d = pd.Series(np.abs(np.diff(x, prepend=np.nan))).shift(1)
-    return (1.4826 / math.sqrt(2.0)) * d.rolling(w, min_periods=1).median().to_numpy()
+    out: np.ndarray = (1.4826 / math.sqrt(2.0)) * d.rolling(w, min_periods=1).median().to_numpy()
+    return out
 
 
 def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:

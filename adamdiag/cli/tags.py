@@ -70,11 +70,11 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
         raise InputError(problems[0].message if problems else "nothing readable")
     for p in problems:
         warn(p.message)
-    for r in result:
-        for w in r.warnings[:MAX_WARNINGS_SHOWN]:
+    for ev in result:
+        for w in ev.warnings[:MAX_WARNINGS_SHOWN]:
             warn(w)
-        if len(r.warnings) > MAX_WARNINGS_SHOWN:
-            warn(f"{r.run}: {len(r.warnings) - MAX_WARNINGS_SHOWN} more warnings")
+        if len(ev.warnings) > MAX_WARNINGS_SHOWN:
+            warn(f"{ev.run}: {len(ev.warnings) - MAX_WARNINGS_SHOWN} more warnings")
     return result
 
 
