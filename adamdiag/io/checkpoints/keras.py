@@ -187,8 +187,45 @@ def _model_vars(f, config: dict) -> list[tuple[str, str]] | None:
     return out
 
 
+# What h5py / zipfile raise on a damaged file (HDF5's C errors surface as these), and a config.json
+# of an unexpected shape: all turned into one line naming the file.
+DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile)
+
+
+def _damaged(path: Path, e: BaseException) -> InputError:
+    msg = str(e).strip().strip("'").splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return InputError(f"{path}: damaged or not a Keras 3 file ({msg})")
+
+
 def open_keras(path: Path):
-    """A Keras 3 ``.keras`` or ``.weights.h5`` file as an :class:`OptimizerCheckpoint`."""
+    """A Keras 3 ``.keras`` or ``.weights.h5`` file as an :class:`OptimizerCheckpoint`; reading its
+    tensors later raises :class:`InputError` too when the file turns out damaged."""
+    try:
+        ck = _open_keras(Path(path))
+    except InputError:
+        raise
+    except DAMAGE as e:
+        raise _damaged(Path(path), e) from None
+    fetch_state, fetch_param = ck._fetch_state, ck._fetch_param
+    assert fetch_state is not None and fetch_param is not None
+
+    def state(e: Any) -> dict[str, Any]:
+        try:
+            return fetch_state(e)
+        except DAMAGE as err:
+            raise _damaged(Path(path), err) from None
+
+    def param(name: str) -> Any:
+        try:
+            return fetch_param(name)
+        except DAMAGE as err:
+            raise _damaged(Path(path), err) from None
+
+    ck._fetch_state, ck._fetch_param = state, param
+    return ck
+
+
+def _open_keras(path: Path):
     from adamdiag.io.checkpoints import OptimizerCheckpoint, _Entry
     from adamdiag.io.checkpoints.tf import _torch, f32
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from adamdiag.errors import InputError
 
@@ -250,7 +251,7 @@ class Bundle:
                         raise ValueError("big-endian bundle (not supported)")
                     continue
                 self.entries[key.decode("utf-8", "replace")] = parse_entry(val)
-        except (ValueError, struct.error, IndexError) as e:
+        except (ValueError, struct.error, IndexError, DecodeError) as e:
             raise InputError(f"{index}: not a readable TensorFlow checkpoint index ({e})") from None
 
     def shard(self, k: int) -> Path:
@@ -649,7 +650,10 @@ OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 def _object_graph(bundle: Bundle):
     from tensorboard.compat.proto import trackable_object_graph_pb2
 
-    return trackable_object_graph_pb2.TrackableObjectGraph.FromString(bundle.read_string(OBJECT_GRAPH))
+    try:
+        return trackable_object_graph_pb2.TrackableObjectGraph.FromString(bundle.read_string(OBJECT_GRAPH))
+    except DecodeError as e:  # crc-checked, so only a writer's bug or a foreign file gets here
+        raise InputError(f"{bundle.prefix}: unreadable object graph ({e})") from None
 
 
 def _var_key(node) -> str | None:
