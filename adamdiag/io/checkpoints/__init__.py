@@ -366,6 +366,10 @@ def _checkpoint_dir_kind(d: Path) -> str | None:
         return "deepspeed"
     if any((d / n).is_file() for n in OPTIMIZER_FILES):
         return "hf" if (d / "trainer_state.json").is_file() else "accelerate"
+    from adamdiag.io.checkpoints import dcp_hf
+
+    if dcp_hf.is_hf_dcp_dir(d):
+        return "dcp-hf"
     return None
 
 
@@ -933,6 +937,10 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
             from adamdiag.io.checkpoints.dcp import open_dcp
 
             ck = open_dcp(path, trust=trust)
+        elif kind == "dcp-hf":
+            from adamdiag.io.checkpoints.dcp_hf import open_hf_dcp
+
+            ck = open_hf_dcp(path)
         elif kind in ("hf", "accelerate"):
             ck = _open_dir(path, kind, trust)
         else:
