@@ -79,25 +79,24 @@ def check(
 
 def test_tf1_saver_prefix_files_checkpoint_file_and_directory():
     exp = EXPECTED["tf1"]
-    for ckpt in ("model.ckpt-30", "model.ckpt-60"):
-        e = exp[ckpt]
-        names = [t["name"] for t in e["tensors"]]
-        forms = ("", ".index", ".meta", ".data-00000-of-00001") if ckpt.endswith("60") else ("",)
-        for form in forms:
-            data = inspect_json(FIX / "tf1" / (ckpt + form))
-            (ck,) = data["checkpoints"]
-            check(ck, e, names)
-            assert ck["layout"] == "tf1" and ck["name_mapping"] == "graph"
-            assert all(t[f"{k}_source"] == "file" for t in ck["tensors"] for k in ("lr", "beta1", "beta2", "eps"))
-    # the checkpoint file (stale absolute paths from the machine that wrote it) names the latest
-    data = inspect_json(FIX / "tf1" / "checkpoint")
-    (ck,) = data["checkpoints"]
-    assert ck["path"].endswith("model.ckpt-60")
-    assert any("stale" in w for w in ck["warnings"])
-    # the directory: both, sorted by step, with the decay-ratio pair
+    # the directory: both checkpoints, sorted by step, with the decay-ratio pair
     data = inspect_json(FIX / "tf1")
     assert [c["step"] for c in data["checkpoints"]] == [30, 60]
     assert len(data["pairs"]) == 1 and data["pairs"][0]["to_step"] == 60
+    for ck, key in zip(data["checkpoints"], ("model.ckpt-30", "model.ckpt-60")):
+        check(ck, exp[key], [t["name"] for t in exp[key]["tensors"]])
+        assert ck["layout"] == "tf1" and ck["name_mapping"] == "graph"
+        assert all(t[f"{k}_source"] == "file" for t in ck["tensors"] for k in ("lr", "beta1", "beta2", "eps"))
+    # every name a user may give: the prefix, each of its files, the checkpoint file (stale absolute
+    # paths from the machine that wrote it: it names the latest)
+    e = exp["model.ckpt-60"]
+    forms = ["model.ckpt-60" + f for f in ("", ".index", ".meta", ".data-00000-of-00001")] + ["checkpoint"]
+    data = inspect_json(*(FIX / "tf1" / f for f in forms))
+    assert len(data["checkpoints"]) == len(forms)
+    for ck in data["checkpoints"]:
+        assert ck["path"].endswith("model.ckpt-60")
+        check(ck, e, [t["name"] for t in e["tensors"]])
+    assert sum(any("stale" in w for w in ck["warnings"]) for ck in data["checkpoints"]) == 1
 
 
 def test_tf1_beta2_power_zero_step_from_suffix_and_no_bias_correction():
