@@ -33,6 +33,12 @@ def warn(message: str) -> None:
         err(f"adamdiag: warning: {message}")
 
 
+def info(message: str) -> None:
+    """A progress note on stderr ("wrote x.png"); nothing with ``--quiet``."""
+    if not QUIET:
+        err(message)
+
+
 def stderr_progress() -> Any:
     """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled when
     stderr is not a terminal. Transient: gone when done."""

@@ -31,16 +31,17 @@ def _tidy_param(p: click.Parameter) -> None:
         shown = name + ("..." if p.nargs != 1 else "")
         usage = shown if p.required else f"[{shown}]"
         p.metavar = shown
-        p._usage_display_name = lambda: usage  # type: ignore[method-assign]
-        p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+        # typer draws these two from methods: replaced on the instance (setattr: not part of click's API)
+        setattr(p, "_usage_display_name", lambda: usage)  # noqa: B010
+        setattr(p, "display_type_rich", lambda ctx: None)  # noqa: B010
     elif p.param_type_name == "option":
         if getattr(p, "is_flag", False) or getattr(p, "count", False):
-            p.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            setattr(p, "display_type_rich", lambda ctx: None)  # noqa: B010
         elif p.metavar is None and isinstance(p, TyperOption):
             shown = p.display_type(click.globals.get_current_context(silent=True))  # type: ignore[arg-type]
             if shown.startswith("<list[") and shown.endswith("]>"):
                 shown = "<" + shown[len("<list[") : -2] + ">"
-            p.display_type_rich = lambda ctx, s=shown: s  # type: ignore[method-assign]
+            setattr(p, "display_type_rich", lambda ctx, s=shown: s)  # noqa: B010
 
 
 def _common_params() -> list[click.Parameter]:
@@ -112,11 +113,19 @@ class Group(TyperGroup):
             return ctx
         return super().make_context(info_name, args, parent=parent, **extra)
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, **extra: Any):
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         from adamdiag.errors import InputError
 
-        standalone = extra.pop("standalone_mode", True)
-        if not standalone:
+        extra["windows_expand_args"] = windows_expand_args
+        if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name or "adamdiag", complete_var, standalone_mode=False, **extra)
@@ -209,17 +218,17 @@ def emit(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-def publish(report: Any, fmt: str, *, fail_on: str = "error") -> None:
+def publish(result: Any, fmt: str, *, fail_on: str = "error") -> None:
     """Render a scan/check report to stdout; under GitHub Actions (``$GITHUB_STEP_SUMMARY`` set)
     also append its Markdown to the job summary page."""
     from adamdiag.render import render
 
-    emit(render(report, fmt, fail_on=fail_on))
+    emit(render(result, fmt, fail_on=fail_on))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         try:
             with open(summary, "a", encoding="utf-8") as f:
-                f.write(render(report, "markdown") + "\n")
+                f.write(render(result, "markdown") + "\n")
         except OSError as e:
             from adamdiag.console import warn
 
@@ -233,6 +242,7 @@ from adamdiag.cli import inspect  # noqa: E402, F401
 from adamdiag.cli import tags  # noqa: E402, F401
 from adamdiag.cli import replay  # noqa: E402, F401
 from adamdiag.cli import plot  # noqa: E402, F401
+from adamdiag.cli import report  # noqa: E402, F401
 
 
 @app.command(hidden=True)

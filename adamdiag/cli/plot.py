@@ -10,7 +10,7 @@ import typer
 from adamdiag.cli.app import app, guarded
 from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
 from adamdiag.cli.scan import diagnose_paths
-from adamdiag.console import err, warn
+from adamdiag.console import info, warn
 
 
 @app.command()
@@ -46,4 +46,4 @@ def plot(
     for msg in skipped:
         warn(msg)
     for path in written:
-        err(f"wrote {path}")
+        info(f"wrote {path}")

@@ -21,6 +21,10 @@ def render(report: Report, fmt: str, *, fail_on: str = "error") -> str:
         from adamdiag.render.junit import render_junit
 
         return render_junit(report, fail_on=fail_on)
+    if fmt == "html":
+        from adamdiag.render.html import render_html
+
+        return render_html(report)
     if fmt == "github":
         from adamdiag.render.github import render_github
 

@@ -62,6 +62,9 @@ class RunReport:
     grad_norm_tag: str | None = None
     verdict_source: str = "logs"  # "logs", or "replay" when --verify overrode the log verdict
     verification: dict[str, Any] | None = None  # the --verify replay (docs: "scan --verify")
+    # Downsampled curves for `report`/`show` (``adamdiag.pipeline.series``): {"loss": {"tag", "step",
+    # "value"}, "grad_norm": {...}}; renderers draw from it without reading any file again.
+    series: dict[str, Any] | None = None
 
     @property
     def lead_time(self) -> int | None:
@@ -92,6 +95,8 @@ class Report:
         for r in self.runs:
             d = asdict(r)
             d["lead_time"] = r.lead_time
+            if d.get("series") is None:
+                d.pop("series", None)  # optional block: absent unless asked for
             out["runs"].append(d)
         safe: dict[str, Any] = json_safe(out)
         return safe
@@ -105,9 +110,12 @@ class Report:
         known_finding = {f.name for f in fields(Finding)}
         for r in data.get("runs", []):
             # Extra fields are welcome in the contract: a report from a newer adamdiag still loads.
-            r = {k: v for k, v in r.items() if k in known}
+            r = {
+                k: json_restore(v) if k in ("recommendation", "verification") else v for k, v in r.items() if k in known
+            }
             r["findings"] = [
-                Finding(**{k: v for k, v in f.items() if k in known_finding}) for f in r.get("findings", [])
+                Finding(**{k: v for k, v in json_restore(f).items() if k in known_finding})
+                for f in r.get("findings", [])
             ]
             runs.append(RunReport(**r))
         return cls(
@@ -116,6 +124,33 @@ class Report:
             tool_version=data.get("tool_version", ""),
             warnings=list(data.get("warnings", [])),
         )
+
+
+def json_restore(obj: Any) -> Any:
+    """Inverse of :func:`json_safe` for dicts: ``"<key>": null`` with ``"<key>_nonfinite": "inf"``
+    becomes ``float("inf")`` again (and the flag goes), so a saved report re-renders as it was.
+
+    >>> json_restore({"a": None, "a_nonfinite": "nan", "b": {"c": None, "c_nonfinite": "-inf"}})
+    {'a': nan, 'b': {'c': -inf}}
+    """
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            base = k[: -len("_nonfinite")] if k.endswith("_nonfinite") else None
+            if base is not None and base in obj and obj[base] is None and isinstance(v, str) and v in _NONFINITE:
+                continue
+            flag = obj.get(f"{k}_nonfinite")
+            if v is None and isinstance(flag, str) and flag in _NONFINITE:
+                out[k] = _NONFINITE[flag]
+            else:
+                out[k] = json_restore(v)
+        return out
+    if isinstance(obj, list):
+        return [json_restore(v) for v in obj]
+    return obj
+
+
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 def json_safe(obj: Any) -> Any:

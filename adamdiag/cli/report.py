@@ -1,0 +1,107 @@
+"""``report`` (runs → a diagnosis with curves → one self-contained HTML file, or its JSON) and
+``show`` (a saved JSON report → html/text/markdown/..., re-rendered without recomputing)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adamdiag.cli.app import app, emit, guarded
+from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
+from adamdiag.console import info
+
+
+class ShowFormat(str, Enum):
+    html = "html"
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+    junit = "junit"
+    github = "github"
+
+
+def _write(path: Path, text: str) -> None:
+    from adamdiag.errors import InputError
+
+    if path.exists() and path.is_dir():
+        raise InputError(f"-o {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+@app.command()
+@guarded
+def report(
+    runs: RunsArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="report.html (one self-contained page) or report.json (the report with its curves, for `show`).",
+        ),
+    ] = Path("adamdiag-report.html"),
+    checkpoints: CheckpointsOpt = None,
+    convention: ConventionOpt = Convention.auto,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Diagnose runs and write one HTML page: summary, curves with markers, findings, recommendation."""
+    import json
+
+    from adamdiag.cli.scan import diagnose_paths
+    from adamdiag.errors import InputError
+    from adamdiag.pipeline.series import attach_series
+    from adamdiag.render.html import render_html
+
+    suffix = output.suffix.lower()
+    if suffix not in (".html", ".htm", ".json"):
+        raise InputError(f"-o {output}: use a .html or .json file name")
+    rep = attach_series(diagnose_paths(runs, checkpoints, convention, trust_checkpoint))
+    if suffix == ".json":
+        _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
+    else:
+        _write(output, render_html(rep))
+    info(f"wrote {output} ({len(rep.runs)} run(s))")
+
+
+@app.command()
+@guarded
+def show(
+    saved: Annotated[
+        Path, typer.Argument(metavar="REPORT", help="A JSON report (scan --format json, report -o x.json).")
+    ],
+    format: Annotated[ShowFormat, typer.Option("--format", "-f", help="Output format.")] = ShowFormat.text,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Re-render a saved report (no event file or checkpoint is read again)."""
+    import json
+
+    from adamdiag.errors import InputError
+    from adamdiag.render import render
+    from adamdiag.results.report import Report
+
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {saved}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise InputError(f"{saved} is not JSON: {e}") from None
+    try:
+        rep = Report.from_dict(data)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"{saved}: {e}") from None
+    text = render(rep, format.value)
+    if output is None:
+        emit(text)
+    else:
+        _write(output, text if text.endswith("\n") else text + "\n")
+        info(f"wrote {output}")

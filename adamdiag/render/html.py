@@ -1,0 +1,152 @@
+"""One self-contained HTML file: the summary table, then per run the loss (and gradient norm)
+with the warning and blowup steps, the findings, the recommendation and the verification replay
+when there was one. Figures are inline SVG drawn by matplotlib from the report's ``series`` block;
+nothing is fetched from the network (no scripts, no fonts, no stylesheets from elsewhere), so the
+file can be mailed, attached to a CI run or opened offline. Pure: a saved report renders the same."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
+from adamdiag.results.report import Report, RunReport
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}.v-healthy{color:#18794e}.v-inconclusive{color:#a16207}.v-bad{color:#b42318;font-weight:600}
+.sev-error{color:#b42318;font-weight:600}.sev-warning{color:#a16207}.sev-info{color:#555}
+.rec{background:#f0f7ff;border-left:4px solid #3b82f6;padding:.5em .8em;white-space:pre-wrap}
+figure{margin:.5em 0}figure svg{max-width:100%;height:auto}.muted{color:#777}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _vclass(verdict: str) -> str:
+    return {"healthy": "v-healthy", "inconclusive": "v-inconclusive"}.get(verdict, "v-bad")
+
+
+def _svg(r: RunReport, salt: str) -> str | None:
+    """The run's curves as inline SVG, or None without a series block. ``salt`` makes the SVG's
+    element ids unique in the page and the same on every render (a saved report re-renders byte for byte)."""
+    import io
+
+    import numpy as np
+
+    ser = r.series or {}
+    loss = ser.get("loss")
+    if not loss or not loss.get("step"):
+        return None
+
+    def arrays(c: dict[str, Any]) -> tuple[Any, Any]:
+        bad = c.get("nonfinite", {})
+        vals = [
+            (float(bad.get(str(s), "nan")) if v is None else v) for s, v in zip(c["step"], c["value"])
+        ]  # inf stays inf (drawn as a gap), NaN as NaN
+        return np.asarray(c["step"], np.int64), np.asarray(vals, np.float64)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from adamdiag.render.plot import _figure
+
+    gn = ser.get("grad_norm")
+    view = RunReport(**{**r.__dict__, "loss_tag": loss.get("tag"), "grad_norm_tag": (gn or {}).get("tag")})
+    buf = io.StringIO()
+    with warnings.catch_warnings(), matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        warnings.simplefilter("ignore")
+        fig = _figure(view, arrays(loss), arrays(gn) if gn and gn.get("step") else None)
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]  # drop the XML declaration and DOCTYPE (not valid inside HTML)
+    return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+
+
+def _findings(r: RunReport) -> list[str]:
+    if not r.findings:
+        return ['<p class="muted">no findings</p>']
+    out = ["<table><tr><th>id</th><th>severity</th><th>step</th><th>tensor</th><th>message</th></tr>"]
+    for f in r.findings:
+        out.append(
+            f'<tr><td>{_e(f.id)}</td><td class="sev-{_e(f.severity)}">{_e(f.severity)}</td>'
+            f"<td>{_e(fmt_step(f.step))}</td><td>{_e(f.tensor or '-')}</td><td>{_e(f.message)}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _verification(r: RunReport) -> list[str]:
+    v = r.verification
+    if not v or not v.get("variants"):
+        return []
+    out = [
+        "<h3>Verification replay</h3>",
+        f"<p>from {_e(v.get('checkpoint'))}, step {_e(v.get('start_step'))}, "
+        f"{_e(v.get('horizon_steps'))} steps; confirms the diagnosis: {_e(v.get('confirms'))}</p>",
+        "<table><tr><th>variant</th><th>eps</th><th>beta2</th><th>lr</th><th>outcome</th><th>blowup step</th>"
+        "<th>final loss</th></tr>",
+    ]
+    for var in v["variants"]:
+        cells = [var.get(k) for k in ("name", "eps", "beta2", "lr", "outcome", "blowup_step", "final_loss")]
+        out.append("<tr>" + "".join(f"<td>{_e('-' if c is None else c)}</td>" for c in cells) + "</tr>")
+    out.append("</table>")
+    return out
+
+
+def render_html(report: Report) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>adamdiag report — {len(report.runs)} run(s)</title><style>{CSS}</style></head><body>",
+        f'<h1>adamdiag report</h1><p class="muted">{len(report.runs)} run(s); adamdiag {_e(report.tool_version)}; '
+        f"{_e(report.schema)}</p>",
+        '<section id="summary"><h2>Summary</h2>',
+    ]
+    if not report.runs:
+        parts.append('<p class="muted">no runs in this report</p>')
+    else:
+        parts.append(
+            "<table><tr><th>run</th><th>verdict</th><th>blowup step</th><th>warning step</th><th>lead time</th>"
+            "<th>confidence</th></tr>"
+        )
+        for i, r in enumerate(report.runs):
+            parts.append(
+                f'<tr><td><a href="#run-{i}">{_e(r.run)}</a></td><td class="{_vclass(r.verdict)}">{_e(r.verdict)}</td>'
+                f"<td>{_e(fmt_step(r.blowup_step))}</td><td>{_e(fmt_step(r.warning_step))}</td><td>{_e(lead(r))}</td>"
+                f"<td>{_e(r.confidence)}</td></tr>"
+            )
+        parts.append("</table>")
+    for w in report.warnings:
+        parts.append(f'<p class="sev-warning">warning: {_e(w)}</p>')
+    parts.append("</section>")
+    for i, r in enumerate(report.runs):
+        parts.append(f'<section class="run" id="run-{i}">')
+        parts.append(
+            f'<h2>{_e(r.run)} — <span class="{_vclass(r.verdict)}">{_e(VERDICT_TEXT.get(r.verdict, r.verdict))}</span></h2>'
+        )
+        svg = _svg(r, f"adamdiag-run-{i}")
+        if svg:
+            parts.append(f'<figure class="curves">{svg}</figure>')
+        else:
+            parts.append('<p class="muted">no curves in this report (written without a series block)</p>')
+        parts.append("<h3>Findings</h3>")
+        parts += _findings(r)
+        rec = recommendation_line(r)
+        parts.append("<h3>Recommendation</h3>")
+        parts.append(f'<div class="rec">{_e(rec)}</div>' if rec else '<p class="muted">none</p>')
+        parts += _verification(r)
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,242 @@
+"""`adamdiag report` → one self-contained HTML page, `show` re-renders a saved report without
+recomputing, Report.from_dict ignores unknown keys and restores non-finite values, every renderer
+works on an empty report and on one with non-finite values, and (marked `browser`) a real headless
+chromium renders the page. Runs are written by torch's SummaryWriter."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from adamdiag.analysis.downsample import minmax_downsample
+from adamdiag.cli import app
+from adamdiag.render import render
+from adamdiag.results.report import Finding, Report, RunReport
+
+runner = CliRunner()
+FORMATS = ("text", "json", "markdown", "junit", "github", "html")
+
+
+def write(logdir: Path, loss: list[float], grad: list[float] | None = None) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    for s, v in enumerate(loss):
+        w.add_scalar("train/loss", v, s)
+        if grad is not None:
+            w.add_scalar("train/grad_norm", grad[s], s)
+    w.close()
+    return logdir
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, Path]:
+    """(runs root, the report saved as JSON with its series)."""
+    root = tmp_path_factory.mktemp("html")
+    n = 2400  # more points than a series keeps (2000): the downsampling is exercised
+    blow = [1.0 / (1 + s) if s < 2200 else 1.0 / 2201 * 1000 for s in range(n)]
+    write(root / "blowup", blow, [0.1] * n)
+    nanrun = [1.0 / (1 + s) for s in range(300)]
+    nanrun[200:] = [float("nan")] * 100
+    write(root / "nan", nanrun)
+    out = root / "report.json"
+    res = runner.invoke(app, ["report", str(root), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return root, out
+
+
+class Page(HTMLParser):
+    """What the checks need from a page: section ids, headings, tags, and every URL it names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.tags: list[str] = []
+        self.urls: list[str] = []
+        self.h3: list[str] = []
+        self._in_h3 = False
+        self.css = ""
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a.get("id", ""))
+        self._in_h3 = tag == "h3"
+        self._in_style = tag == "style"
+        for k in ("src", "href", "xlink:href", "action", "data", "poster"):
+            if a.get(k):
+                self.urls.append(a[k])
+        for v in a.values():  # url(...) in style/clip-path attributes
+            self.urls += [u.strip("'\"") for u in _css_urls(v or "")]
+
+    def handle_endtag(self, tag):
+        self._in_h3 = self._in_h3 and tag != "h3"
+        self._in_style = self._in_style and tag != "style"
+
+    def handle_data(self, data):
+        if self._in_h3:
+            self.h3.append(data)
+        if self._in_style:
+            self.css += data
+
+
+def _css_urls(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"url\(([^)]*)\)", text)
+
+
+def check_page(text: str, runs: int) -> Page:
+    p = Page()
+    p.feed(text)
+    assert p.sections == ["summary"] + [f"run-{i}" for i in range(runs)]
+    assert p.h3.count("Findings") == runs and p.h3.count("Recommendation") == runs
+    assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
+    urls = p.urls + _css_urls(p.css)
+    assert all(u.startswith(("#", "data:")) for u in urls), [u for u in urls if not u.startswith(("#", "data:"))]
+    return p
+
+
+@pytest.mark.slow
+def test_report_html_is_self_contained(saved, tmp_path):
+    root, _ = saved
+    page = tmp_path / "report.html"
+    res = runner.invoke(app, ["report", str(root / "blowup"), str(root / "nan"), "-o", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    p = check_page(text, 2)
+    assert p.tags.count("svg") == 2  # one inline figure per run
+    assert "blowup step 2200" in text  # the marker's legend
+    assert len(text) < 3_000_000
+    again = runner.invoke(app, ["report", str(root / "blowup"), str(root / "nan"), "-o", str(tmp_path / "again.html")])
+    assert again.exit_code == 0 and (tmp_path / "again.html").read_text() == text  # byte for byte
+
+
+def test_show_rerenders_without_recomputing(saved, tmp_path):
+    root, out = saved
+    data = json.loads(out.read_text())
+    by = {Path(r["run"]).name: r for r in data["runs"]}
+    loss = by["blowup"]["series"]["loss"]
+    assert loss["points"] == 2400 and len(loss["step"]) <= 2000
+    late = [v for st, v in zip(loss["step"], loss["value"]) if st >= 2200]
+    assert late and max(late) == pytest.approx(1000 / 2201)  # the blowup level survived the downsampling
+    assert "nonfinite" in by["nan"]["series"]["loss"]
+    shutil.rmtree(root / "blowup")  # nothing is read again: the runs may be gone
+    shutil.rmtree(root / "nan")
+    first = runner.invoke(app, ["show", str(out), "-f", "html"]).stdout
+    p = check_page(first, 2)
+    assert p.tags.count("svg") == 2 and "blowup step 2200" in first  # one inline figure per run, with markers
+    assert len(first) < 3_000_000
+    assert "# adamdiag report" in runner.invoke(app, ["show", str(out), "-f", "markdown"]).stdout
+    assert "2 runs:" in runner.invoke(app, ["show", str(out)]).stdout
+    res = runner.invoke(app, ["show", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and res.stderr.startswith("adamdiag: error: cannot read")
+
+
+def test_from_dict_ignores_unknown_keys_and_restores_nonfinite():
+    rep = Report(
+        runs=[
+            RunReport(
+                run="r",
+                verdict="nonfinite",
+                findings=[Finding("AD401", "error", "NaN", step=3, evidence={"peak": float("inf"), "x": 1.0})],
+                recommendation={"eps": float("nan"), "message": "m"},
+            )
+        ],
+        tool_version="0.1.0",
+    )
+    d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
+    d["from_the_future"] = 1
+    d["runs"][0]["new_field"] = {"a": 1}
+    d["runs"][0]["findings"][0]["new_key"] = "x"
+    back = Report.from_dict(d)
+    f = back.runs[0].findings[0]
+    assert f.evidence["peak"] == math.inf and "peak_nonfinite" not in f.evidence and f.evidence["x"] == 1.0
+    assert math.isnan(back.runs[0].recommendation["eps"])
+    assert back.to_dict() == rep.to_dict()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_renderer_on_empty_and_nonfinite_reports(fmt):
+    empty = render(Report(), fmt)
+    assert isinstance(empty, str) and empty
+    nan = float("nan")
+    rep = Report(
+        runs=[
+            RunReport(
+                run="r",
+                verdict="nonfinite",
+                loss_tag="loss",
+                findings=[Finding("AD401", "error", "NaN from step 2", step=2, evidence={"v": nan})],
+                series={
+                    "loss": {
+                        "tag": "loss",
+                        "points": 4,
+                        "step": [0, 1, 2, 3],
+                        "value": [1.0, 0.5, None, None],
+                        "nonfinite": {"2": "nan", "3": "inf"},
+                    }
+                },
+            )
+        ]
+    )
+    out = render(rep, fmt)
+    assert "NaN from step 2" in out
+    if fmt == "json":
+
+        def refuse(c):
+            raise ValueError(c)
+
+        json.loads(out, parse_constant=refuse)  # no NaN/Infinity literals
+    if fmt == "html":
+        check_page(out, 1)
+
+
+def test_downsample_keeps_extremes():
+    s = np.arange(100_000)
+    v = np.ones(100_000)
+    v[54_321] = 1e6
+    v[777] = -5
+    v[90_000] = np.nan
+    ds, dv = minmax_downsample(s, v, 2000)
+    assert len(ds) <= 2000 and np.all(np.diff(ds) > 0)
+    assert 54_321 in ds and 777 in ds and 90_000 in ds and np.isnan(dv[list(ds).index(90_000)])
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_chromium_screenshot(saved, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    root, out = saved
+    page = tmp_path / "r.html"
+    page.write_text(runner.invoke(app, ["show", str(out), "-f", "html"]).stdout)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1200,1600",
+        page.as_uri(),
+    ]
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    assert shot.is_file()
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)
+    dark = (img[..., :3].mean(axis=2) < 0.5).mean()
+    assert img.shape[0] >= 1000 and 0.005 < dark < 0.5  # text and curves drawn, not a blank page
