@@ -8,6 +8,8 @@ mapped torch zip (legacy files, DCP, copies a reader put together) are not check
 told so by ``None``.
 
 Linux only (the file and offset behind an address come from /proc/self/maps); elsewhere a no-op.
+Cost: one CRC-32 pass over the bytes already read — with zlib ~1-1.6 GB/s on the test machine
+(about doubling ``inspect`` time on a 128 MB checkpoint), with the optional ``isal`` package 4-20 GB/s.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import ctypes
 import struct
 import sys
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+try:  # ISA-L's CRC-32 (same polynomial as zip's) runs at 4-20 GB/s; zlib's at ~1-1.6 GB/s here
+    from isal.isal_zlib import crc32
+except ImportError:  # optional: `pip install isal`
+    from zlib import crc32
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: 30 bytes, then name and extra
 
@@ -101,7 +107,7 @@ class ZipCrcCheck:
         if info is not None and info.compress_type == zipfile.ZIP_STORED and info.file_size == size:
             data = (ctypes.c_ubyte * size).from_address(ptr)  # the mapped bytes themselves: no copy
             self.checked_bytes += size
-            if zlib.crc32(data) != info.CRC:
+            if crc32(data) != info.CRC:
                 bad = info.filename
         self.done[loc] = bad
         return bad
