@@ -44,7 +44,14 @@ def summarize_checkpoint(
         st = tensor_stats(t, ck.convention, exact_limit=exact_quantile_limit)
         # The CRC of every member these statistics came from, while its pages are still resident.
         used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
-        bad = [f"{k} ({member})" for k, x in used.items() if x is not None and (member := crc.check(x))]
+        srcs = t.crc_sources or {}
+        bad = [
+            f"{k} ({member})"
+            for k, x in used.items()
+            if x is not None
+            for src in srcs.get(k, [x])
+            if (member := crc.check(src))
+        ]
         if bad:
             st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
             warnings.append(

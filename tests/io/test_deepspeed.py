@@ -209,3 +209,25 @@ def test_live_two_rank_zero2_run(tmp_path):
     truth = json.loads((tmp_path / "truth.json").read_text())["z2_bf16"]
     for t in open_checkpoint(tmp_path / "z2_bf16").tensors():
         assert torch.equal(t.exp_avg, _as(truth["tensors"][t.name], "exp_avg")), t.name
+
+
+def test_crc_of_the_partitions_behind_a_reassembled_tensor(tmp_path):
+    """A flipped bit in rank 1's exp_avg_sq partition: the tensors cut from it are flagged (AD403),
+    though what the statistics read is a copy put together from both ranks."""
+    from adamdiag.io.checkpoints import torch_load
+    from adamdiag.io.checkpoints.deepspeed import SAFE_GLOBALS
+
+    d = _copy("z2_fp32", tmp_path)
+    f = d / "global_step3" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    obj, _ = torch_load(f, trust=False, extra_globals=SAFE_GLOBALS)
+    data = obj["optimizer_state_dict"]["base_optimizer_state"]["state"][0]["exp_avg_sq"].numpy().tobytes()
+    raw = bytearray(f.read_bytes())
+    raw[raw.index(data) + 4] ^= 0x01  # the 2nd element of group 0's partition on rank 1
+    f.write_bytes(bytes(raw))
+    s = summarize_checkpoint(d)
+    hit = {t.label for t in s.tensors if t.corrupt}
+    # a CRC covers a whole member: rank 1's part of group 0 holds the tail of 0.weight and all of
+    # 2.weight, so both are flagged; group 1 and the tensors wholly on rank 0 are not
+    assert hit == {"0.weight", "2.weight"}
+    assert any("AD403" in w and "`0.weight`" in w and "exp_avg_sq" in w for w in s.warnings)
+    assert not any(t.corrupt for t in summarize_checkpoint(FIX / "z2_fp32").tensors)

@@ -108,6 +108,9 @@ class TensorMoments:
     # which optimizer of the checkpoint this tensor belongs to: {"index", "key", "type"} (a file can
     # hold several: a GAN's two Adams, Muon + AdamW); state indices repeat across optimizers.
     optimizer: dict[str, Any] | None = None
+    # For values a reader put together from pieces (DeepSpeed's flat partitions): per state key, the
+    # stored tensors they came from — the zip CRC check verifies those instead of the copy.
+    crc_sources: dict[str, list[Any]] | None = None
 
     @property
     def label(self) -> str:
@@ -182,6 +185,7 @@ class OptimizerCheckpoint:
                 bias_correction=h.get("bias"),
                 hyper_source=h.get("sources"),
                 optimizer=e.optimizer,
+                crc_sources=st.get("_crc_sources"),
             )
 
 

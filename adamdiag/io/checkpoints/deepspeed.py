@@ -294,11 +294,15 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str]):
         return flat[:numel].view(shape)
 
     def fetch_state(e: _Entry) -> dict[str, Any]:
-        sg = where[e.name][0]
+        sg, pieces = where[e.name]
         out: dict[str, Any] = {
             k: gather(e.name, e.shape, lambda r, s, k=k: _flat(bases[r], s, k, tag)) for k in ADAM_KEYS
         }
         out["step"] = bases[0]["state"].get(sg, {}).get("step")
+        # the stored partitions these values were cut from (the zip CRC covers them, not the copy)
+        out["_crc_sources"] = {k: [_flat(bases[r], sg, k, tag) for r, _, _ in pieces] for k in ADAM_KEYS}
+        if flat_key in osds[0]:
+            out["_crc_sources"]["param"] = [osds[r][flat_key][sg] for r, _, _ in pieces]
         return out
 
     def fetch_param(name: str) -> Any:
