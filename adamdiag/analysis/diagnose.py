@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from adamdiag.analysis import findings as F
 from adamdiag.analysis.evidence import (  # re-exported: the monitor and tests use these names
+    Evidence,
     RunInputs,
     Trajectory,
     collapse_stretch,
@@ -99,6 +100,23 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         rep.findings += F.missing_data(ev, tags)
         return rep
     rep.findings += F.missing_data(ev, tags) + F.loss_events(ev) + F.nonfinite(ev)
+    _verdict_findings(rep, ev, d)
+    rep.findings += F.update_rms(ev)
+    eps_findings, eps_too_large = F.eps_dominance(ev, inp.scalars, rep.verdict)
+    rep.findings += eps_findings
+    if eps_too_large:
+        d = Decision("eps_too_large", "eps_dominated", "medium")
+        rep.verdict, rep.confidence = d.verdict, d.confidence
+    if rep.verdict in ("healthy", "eps_too_large"):
+        rep.findings += F.collapse_in_progress(ev, ev.beta2)
+    rep.findings += F.data_quality(ev, tags)
+    named = [c.label for c in ev.collapses if c.label != "global"]
+    rep.recommendation = recommend(ev, d, inp.run, named)
+    return rep
+
+
+def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
+    """The blowup and warning steps, and the findings, that belong to the decided verdict."""
     rep.blowup_step = ev.blowup_step
     if d.verdict == "bad_batch":
         rep.blowup_step = ev.event_step
@@ -119,15 +137,3 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         rep.blowup_step = ev.event_step
         rep.warning_step = F.lr_warning_step(ev)
         rep.findings += F.diverged(ev, d)
-    rep.findings += F.update_rms(ev)
-    eps_findings, eps_too_large = F.eps_dominance(ev, inp.scalars, rep.verdict)
-    rep.findings += eps_findings
-    if eps_too_large:
-        d = Decision("eps_too_large", "eps_dominated", "medium")
-        rep.verdict, rep.confidence = d.verdict, d.confidence
-    if rep.verdict in ("healthy", "eps_too_large"):
-        rep.findings += F.collapse_in_progress(ev, ev.beta2)
-    rep.findings += F.data_quality(ev, tags)
-    named = [c.label for c in ev.collapses if c.label != "global"]
-    rep.recommendation = recommend(ev, d, inp.run, named)
-    return rep

@@ -42,10 +42,8 @@ from adamdiag.analysis.thresholds import (
     MIN_LOSS_POINTS,
     PRE_EVENT_WINDOW,
     REGROWTH_WINDOW,
+    TINY,
 )
-
-# Smallest positive value a logarithm is taken of (a guard, not a threshold).
-TINY = 1e-300
 
 
 @dataclass
@@ -565,7 +563,6 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     the others are per-task losses whose events become findings of their own."""
     from adamdiag.analysis.signals import LossEvents, detect_loss_events
     from adamdiag.analysis.tags import pick_lr_tag
-    from adamdiag.analysis.thresholds import REGROWTH_R, UPDATE_RMS_LIMIT
 
     scalars = inp.scalars
     ckpts = sorted((c for c in inp.checkpoints if getattr(c, "step", None) is not None), key=lambda c: c.step)
@@ -583,52 +580,18 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
 
-    trajs: list[Trajectory] = []
-    grad_jump = None
-    gn = None
-    if grad_norm_tag is not None and not inp.non_adam:
-        gs, gv = series_arrays(scalars, grad_norm_tag)
-        gn = (gs, gv)
-        ok = np.isfinite(gv)
-        if ckpts:
-            n_total = ckpt_global_mean_v(ckpts[0])[1]
-            seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
-        else:
-            n_total = 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
-            seeds = []
-        if ok.sum() >= MIN_LOSS_POINTS:
-            # Without a checkpoint the element count is unknown, so v's absolute scale is too:
-            # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
-            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
-        if (~ok).any():
-            nf_step = int(gs[~ok][0])
-            if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
-                ev.first_nonfinite_step = nf_step
-    hist = inp.histograms
-    if hist is not None and len(hist) and not inp.non_adam:
-        trajs += histogram_trajectories(hist, ckpts, beta2, eps)
-    for tr in trajs:
-        tr.convention = inp.convention
+    trajs, gn = _trajectories(inp, ckpts, grad_norm_tag, beta2, eps, ev)
     ratios = checkpoint_interval_ratios(ckpts, beta2)
-
     collapses: list[Collapse] = []
-    regrowth, rms = [], []
+    regrowth: list[tuple[str, float, int]] = []
+    rms: list[tuple[str, float, int]] = []
+    grad_jump = None
     if event_step is not None:
         # Order matters to the recommendation (the first named tensor sizes the eps): stretches from
         # the logs first, deep before shallow, in logging order; then checkpoints', deep and largest first.
         logged = [c for tr in trajs if (c := quiet_stretch(tr, event_step, beta2)) is not None]
         collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, event_step, beta2)
-        lo, hi = event_step - REGROWTH_WINDOW, event_step + 2
-        for tr in trajs:
-            rmax, rstep = window_max(tr, tr.r, lo, hi)
-            if math.isfinite(rmax) and rmax > REGROWTH_R and rstep is not None:
-                regrowth.append((tr.label, rmax, rstep))
-            prev = np.r_[np.nan, tr.vhat[:-1]]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                urms = np.sqrt(tr.g2 / np.maximum(prev, tr.eps_eff() ** 2))
-            umax, ustep = window_max(tr, urms, lo, hi)
-            if math.isfinite(umax) and umax > UPDATE_RMS_LIMIT and ustep is not None:
-                rms.append((tr.label, umax, ustep))
+        regrowth, rms = _near_event_peaks(trajs, event_step)
         grad_jump = abrupt_gradient_jump(event_step, gn)
         if grad_jump is not None:
             grad_jump["isolated"] = jump_is_isolated(grad_jump, gn)
@@ -663,6 +626,62 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         hyper_assumed=not ckpts,
         lr_at_event=lr_at_event,
     )
+
+
+def _trajectories(
+    inp: RunInputs, ckpts: list[Any], grad_norm_tag: str | None, beta2: float, eps: float, ev: Any
+) -> tuple[list[Trajectory], tuple[np.ndarray, np.ndarray] | None]:
+    """r trajectories (global from the gradient norm, per tensor from histograms) and the gradient-norm
+    series. A non-finite gradient norm before the loss's first one moves ``ev.first_nonfinite_step``.
+    A run whose checkpoints hold another optimizer gets none: its logs say nothing about Adam's v."""
+    trajs: list[Trajectory] = []
+    gn = None
+    if grad_norm_tag is not None and not inp.non_adam:
+        gs, gv = series_arrays(inp.scalars, grad_norm_tag)
+        gn = (gs, gv)
+        ok = np.isfinite(gv)
+        if ckpts:
+            n_total = ckpt_global_mean_v(ckpts[0])[1]
+            seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
+        else:
+            n_total = 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
+            seeds = []
+        if ok.sum() >= MIN_LOSS_POINTS:
+            # Without a checkpoint the element count is unknown, so v's absolute scale is too:
+            # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
+            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
+        if (~ok).any():
+            nf_step = int(gs[~ok][0])
+            if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
+                ev.first_nonfinite_step = nf_step
+    hist = inp.histograms
+    if hist is not None and len(hist) and not inp.non_adam:
+        trajs += histogram_trajectories(hist, ckpts, beta2, eps)
+    for tr in trajs:
+        tr.convention = inp.convention
+    return trajs, gn
+
+
+def _near_event_peaks(
+    trajs: list[Trajectory], event_step: int
+) -> tuple[list[tuple[str, float, int]], list[tuple[str, float, int]]]:
+    """Per trajectory, the largest r above REGROWTH_R and update RMS above UPDATE_RMS_LIMIT in the
+    REGROWTH_WINDOW steps before the event (and the step after it)."""
+    from adamdiag.analysis.thresholds import REGROWTH_R, UPDATE_RMS_LIMIT
+
+    regrowth, rms = [], []
+    lo, hi = event_step - REGROWTH_WINDOW, event_step + 2
+    for tr in trajs:
+        rmax, rstep = window_max(tr, tr.r, lo, hi)
+        if math.isfinite(rmax) and rmax > REGROWTH_R and rstep is not None:
+            regrowth.append((tr.label, rmax, rstep))
+        prev = np.r_[np.nan, tr.vhat[:-1]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            urms = np.sqrt(tr.g2 / np.maximum(prev, tr.eps_eff() ** 2))
+        umax, ustep = window_max(tr, urms, lo, hi)
+        if math.isfinite(umax) and umax > UPDATE_RMS_LIMIT and ustep is not None:
+            rms.append((tr.label, umax, ustep))
+    return regrowth, rms
 
 
 def jump_is_isolated(jump: dict[str, Any], gn: tuple[np.ndarray, np.ndarray] | None) -> bool:

@@ -19,12 +19,14 @@ import numpy as np
 
 from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live
 from adamdiag.analysis.thresholds import (
+    DECADE,
     EPS_BOUNDS_MOST,
     EPS_DECREASE,
     LR_REDUCTION,
     LR_REDUCTION_STRONG,
     NEAR_EPS_FRACTION,
     REPORT_EPS_CANDIDATES,
+    TINY,
 )
 from adamdiag.analysis.verdicts import Decision
 
@@ -93,7 +95,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
             collapsed = near or sorted(start.tensors, key=lambda t: float(t.sqrt_vhat_q["p50"]))[:1]
         n_all = sum(int(t.numel) for t in start.tensors) or 1
         p50 = float(np.median([t.sqrt_vhat_q["p50"] for t in collapsed]))
-        derived = 10 ** math.ceil(math.log10(max(p50, np.finfo(float).tiny)))
+        derived = DECADE ** math.ceil(math.log10(max(p50, TINY)))
         for e in sorted({*REPORT_EPS_CANDIDATES, derived}):
             col = [frac_below(t.sqrt_vhat_q, e) for t in collapsed]
             allf = sum(frac_below(t.sqrt_vhat_q, e) * int(t.numel) for t in start.tensors) / n_all

@@ -109,6 +109,11 @@ LR_REDUCTION_STRONG = 10.0
 # eps_too_large: two decades down puts eps well under a typical √v̂ again.
 EPS_DECREASE = 100.0
 
+# A derived eps candidate is the power of ten just above the measured median √v̂.
+DECADE = 10.0
+# Smallest positive value a logarithm is taken of (a numeric guard, not a threshold).
+TINY = 1e-300
+
 # --- presentation limits (how many items a finding lists; never decide a verdict) --------------
 MAX_SPIKES_LISTED = 5
 MAX_REGROWTH_LISTED = 5

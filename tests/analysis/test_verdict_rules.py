@@ -1,0 +1,191 @@
+"""Every verdict rule from hand-made evidence: the first matching rule decides, with its confidence and
+alternative; the findings say what their evidence says (end-to-end checks on real runs are in
+tests/e2e and the validation matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adamdiag.analysis import findings as F
+from adamdiag.analysis.evidence import Collapse, Evidence, StateProblem, Trajectory
+from adamdiag.analysis.signals import LossEvents
+from adamdiag.analysis.thresholds import COLLAPSE_R
+from adamdiag.analysis.verdicts import RULES, decide
+
+
+def _traj(exact: bool = True) -> Trajectory:
+    s = np.arange(1, 11)
+    return Trajectory("global", s, np.ones(10), np.ones(10), np.ones(10), exact=exact)
+
+
+def _collapse(deep: bool, exact: bool = True, label: str = "global") -> Collapse:
+    return Collapse(label, "log", 100, 300, 1e-4, deep=deep, depth=0.001 if deep else 0.6, exact=exact)
+
+
+def make(**kw) -> Evidence:
+    ev = Evidence(
+        loss_tag="train/loss",
+        loss_tags=["train/loss"],
+        grad_norm_tag="grad_norm",
+        n_loss_points=1000,
+        events=kw.pop("events", LossEvents(blowup_step=900, pre_level=1e-3, peak=10.0, peak_step=950, best_step=800)),
+        task_events={},
+        event_step=kw.pop("event_step", 900),
+        trajectories=kw.pop("trajectories", [_traj()]),
+        collapses=kw.pop("collapses", []),
+        regrowth=[],
+        update_rms=[],
+        pre_event_r=kw.pop("pre_event_r", 0.5),
+        grad_jump=kw.pop("grad_jump", None),
+        state_problems=kw.pop("state_problems", []),
+        non_adam=kw.pop("non_adam", []),
+        checkpoints=[],
+        ratios=[],
+        start=None,
+        beta2=0.999,
+        eps=1e-8,
+        lr=1e-3,
+        hyper_assumed=True,
+    )
+    for k, v in kw.items():
+        setattr(ev, k, v)
+    return ev
+
+
+JUMP = {"step": 900, "grad_norm": 100.0, "previous": 1.0, "trailing_median": 1.0}
+QUIET = LossEvents()  # nothing happened
+
+
+@pytest.mark.parametrize(
+    "name, evidence, verdict, rule, confidence, alternative",
+    [
+        (
+            "nan in m or v outranks a blowup",
+            make(state_problems=[StateProblem(800, "w", "nonfinite")], collapses=[_collapse(True)]),
+            "nonfinite",
+            "nonfinite_state",
+            "high",
+            None,
+        ),
+        (
+            "nan loss, no blowup",
+            make(events=LossEvents(first_nonfinite_step=500), event_step=None),
+            "nonfinite",
+            "nonfinite_loss",
+            "high",
+            None,
+        ),
+        ("no loss tag", make(loss_tag=None), "inconclusive", "no_loss", "low", None),
+        ("three points", make(n_loss_points=3), "inconclusive", "too_few_points", "low", None),
+        ("sgd run that blew up", make(non_adam=["ck.pt: SGD"]), "inconclusive", "not_adam", "low", None),
+        (
+            "one batch, gone next step",
+            make(grad_jump={**JUMP, "isolated": True}),
+            "bad_batch",
+            "one_batch",
+            "high",
+            None,
+        ),
+        (
+            "one batch during a collapse",
+            make(grad_jump={**JUMP, "isolated": True}, collapses=[_collapse(True)]),
+            "bad_batch",
+            "one_batch",
+            "medium",
+            "v_collapse",
+        ),
+        ("deep collapse, exact", make(collapses=[_collapse(True)]), "v_collapse", "deep_collapse", "high", None),
+        (
+            "deep collapse, approximate",
+            make(collapses=[_collapse(True, exact=False)]),
+            "v_collapse",
+            "deep_collapse",
+            "low",
+            None,
+        ),
+        (
+            "long but shallow (stale v)",
+            make(collapses=[_collapse(False)]),
+            "v_collapse",
+            "stale_v",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "jump after a collapse that stays up",
+            make(grad_jump={**JUMP, "isolated": False}, collapses=[_collapse(False)]),
+            "v_collapse",
+            "stale_v",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "jump that stays up, no collapse",
+            make(grad_jump={**JUMP, "isolated": False}),
+            "bad_batch",
+            "gradient_jump",
+            "low",
+            "lr_too_high",
+        ),
+        ("loss only", make(trajectories=[]), "inconclusive", "loss_only", "low", None),
+        (
+            "spikes that recovered",
+            make(events=LossEvents(spikes=[400]), event_step=400),
+            "healthy",
+            "recovered_spikes",
+            "high",
+            None,
+        ),
+        ("diverged, r O(1) on exact data", make(), "lr_too_high", "diverged", "high", None),
+        (
+            "diverged after a short quiet stretch",
+            make(pre_event_r=COLLAPSE_R / 10),
+            "lr_too_high",
+            "diverged",
+            "medium",
+            "v_collapse",
+        ),
+        ("diverged, approximate data", make(trajectories=[_traj(exact=False)]), "lr_too_high", "diverged", "low", None),
+        ("nothing happened", make(events=QUIET, event_step=None), "healthy", "no_event", "high", None),
+    ],
+)
+def test_rule(name, evidence, verdict, rule, confidence, alternative):
+    d = decide(evidence)
+    assert (d.verdict, d.rule, d.confidence, d.alternative) == (verdict, rule, confidence, alternative), name
+
+
+def test_every_rule_has_a_case():
+    names = {r.name for r in RULES}
+    assert names == {
+        "nonfinite_state",
+        "nonfinite_loss",
+        "no_data",
+        "one_batch",
+        "collapse",
+        "gradient_jump",
+        "loss_only",
+        "recovered_spikes",
+        "diverged",
+        "healthy",
+    }
+
+
+@pytest.mark.parametrize("r", [0.5, COLLAPSE_R / 3, None])
+def test_diverged_message_never_contradicts_its_number(r):
+    ev = make(pre_event_r=r)
+    (f,) = F.diverged(ev, decide(ev))
+    low = f.message.lower()
+    if r is not None and r < COLLAPSE_R:
+        assert "o(1)" not in low and "healthy" not in low and "tracked" not in low
+        assert "low" in low
+    assert f.evidence["median_r_before"] == r
+
+
+def test_collapse_message_states_depth_only_when_it_decided():
+    shallow = make(collapses=[_collapse(False)])
+    (f,) = [x for x in F.collapse(shallow, decide(shallow)) if x.id == "AD101"]
+    assert "shallow" in f.message and "stale v" in f.message
+    deep = make(collapses=[_collapse(True)])
+    (f,) = [x for x in F.collapse(deep, decide(deep)) if x.id == "AD101"]
+    assert "√v̂" in f.message and "x down" in f.message
