@@ -6,7 +6,12 @@ BIN    := $(VENV)/bin
 # a multi-GB CUDA build; the package itself only asks for torch>=2.4.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint sample-logs bench validate clean
+# What `make lint` checks (ruff check, ruff format --check; mypy reads its file list from pyproject.toml).
+LINT_PATHS := adamdiag tests tools bench examples
+# test-mindeps: a second venv with the lowest versions pyproject.toml declares (tools/lowest_deps.py)
+MINDEPS_VENV ?= .venv-mindeps
+
+.PHONY: setup demo test test-all lint test-mindeps sample-logs bench validate clean
 
 # setup.py builds the optional C statistics kernel (adamdiag/analysis/_moments_kernel.c) when a C
 # compiler is present; editing it re-runs the install, which rebuilds it.
@@ -22,15 +27,32 @@ setup: $(BIN)/adamdiag
 demo: setup
 	$(BIN)/adamdiag scan sample_logs/
 
-test: setup
-	$(BIN)/ruff check adamdiag tests tools bench
+# lint first: a formatting or type error fails in seconds, not after the suite
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 lint: setup
-	$(BIN)/ruff check adamdiag tests tools bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+# Not in CI: the fast suite against the lowest declared pandas, numpy, typer, rich, tensorboard, protobuf,
+# matplotlib, google-crc32c and safetensors (torch stays $(TORCH)). Run it whenever a reader changes:
+# a bug that only shows with an old pandas reaches the users the lower bound lets in.
+# adamdiag itself is not installed there: `python -m pytest` imports it from this tree (with the C kernel
+# `make setup` built, when there is one), so the second venv never rewrites files in the tree.
+test-mindeps: setup
+	test -x $(MINDEPS_VENV)/bin/python || $(PYTHON) -m venv $(MINDEPS_VENV)
+	$(MINDEPS_VENV)/bin/pip install -q --upgrade pip
+	$(MINDEPS_VENV)/bin/pip install -q "$(TORCH)"
+	$(MINDEPS_VENV)/bin/python tools/lowest_deps.py > $(MINDEPS_VENV)/lowest.txt
+	$(MINDEPS_VENV)/bin/pip install -q -c $(MINDEPS_VENV)/lowest.txt -r $(MINDEPS_VENV)/lowest.txt \
+		pytest hypothesis tensorboardX tbparse pyarrow
+	$(MINDEPS_VENV)/bin/python tools/lowest_deps.py --check
+	$(MINDEPS_VENV)/bin/python -m pytest -q
 
 # Regenerates sample_logs/ from a real (deterministic, CPU) training run.
 sample-logs: setup
@@ -45,4 +67,4 @@ validate: setup
 	$(BIN)/python bench/accuracy.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so
+	rm -rf $(VENV) $(MINDEPS_VENV) .mypy_cache build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so
