@@ -19,7 +19,24 @@ def replay(
     beta2: Annotated[list[str] | None, typer.Option("--beta2", help="Alternate beta2 (repeatable).")] = None,
     lr: Annotated[list[str] | None, typer.Option("--lr", help="Alternate lr (repeatable).")] = None,
     steps: Annotated[
-        int | None, typer.Option("--steps", help="Steps to replay (default: to the blowup + margin).")
+        int | None,
+        typer.Option(
+            "--steps",
+            help="Steps to replay; overrides the default horizon (the logged blowup + 1/(1-beta2), and at "
+            "least 2x the checkpoint->blowup gap).",
+        ),
+    ] = None,
+    grid: Annotated[
+        bool,
+        typer.Option("--grid", help="Cross product of --eps/--beta2/--lr (default: one variant per value)."),
+    ] = False,
+    tensor: Annotated[
+        list[str] | None,
+        typer.Option("--tensor", help="Parameter name also judged on its own for at_risk (repeatable)."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="Seconds; variants not done by then are at_risk (truncated)."),
     ] = None,
     entry: Annotated[str | None, typer.Option("--entry", help="module:function or file.py:function.")] = None,
     logdir: Annotated[Path | None, typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
@@ -62,6 +79,9 @@ def replay(
         loss_tag=loss_tag,
         mode=mode,
         log_offset=log_step_offset,
+        grid=grid,
+        named=tensor,
+        budget_s=budget,
     )
     if code:
         raise typer.Exit(code)

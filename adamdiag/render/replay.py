@@ -15,10 +15,10 @@ COLUMNS = (
     "eps",
     "beta2",
     "lr",
+    "outcome",
+    "blowup step",
     "max loss",
     "final loss",
-    "spike",
-    "spike step",
     "max update RMS",
     "min √v̂",
     "steps",
@@ -35,16 +35,20 @@ def _num(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _outcome(v: VariantOutcome) -> str:
+    return "at_risk (truncated)" if v.truncated else v.outcome
+
+
 def _row(v: VariantOutcome) -> list[str]:
     return [
         v.name,
         f"{v.eps:g}",
         f"{v.beta2:g}",
         f"{v.lr:g}",
+        _outcome(v),
+        str(v.blowup_step) if v.blowup_step is not None else "-",
         _num(v.max_loss),
         _num(v.final_loss),
-        "yes" if v.spike else "no",
-        str(v.spike_step) if v.spike_step is not None else "-",
         _num(v.max_update_rms),
         _num(v.min_sqrt_vhat),
         str(v.steps_replayed),
@@ -53,9 +57,11 @@ def _row(v: VariantOutcome) -> list[str]:
 
 def _header(r: ReplayResult) -> str:
     end = r.start_step + r.steps
+    why = r.horizon.get("why") if r.horizon else None
+    horizon = f"; horizon: {why}" if why and r.horizon.get("source") == "default" else ""
     return (
-        f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps, {len(r.variants)} variants on "
-        f"{r.device}; original with torch.optim.Adam, alternates {r.mode})"
+        f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps{horizon}; {len(r.variants)} "
+        f"variants on {r.device}; original with torch.optim.Adam, alternates {r.mode})"
     )
 
 
@@ -65,12 +71,11 @@ def _fidelity_line(r: ReplayResult) -> str:
 
 
 def _reference_line(r: ReplayResult) -> str | None:
-    ref = r.reference
-    if not ref:
-        return None
+    """How outcomes are decided, in one line (docs/replay.md has the rule)."""
+    scopes = "globally" + (f" or in {', '.join(r.named_tensors)}" if r.named_tensors else "")
     return (
-        f"spike = loss above {ref['factor']:.3g}× the pre-replay level {ref['level']:.4g} "
-        f"(median of {ref['points']} logged steps up to {r.start_step}), sustained"
+        "blowup = scan's blowup rule on the log up to the checkpoint + the replayed losses; at_risk = no "
+        f"blowup, but at the end g²/v̂ < 0.1 {scopes} with median √v̂ > 10·eps and falling (may be postponed)"
     )
 
 
@@ -91,9 +96,11 @@ def render_text(r: ReplayResult, width: int = 120) -> str:
         table.add_column(c, justify="left" if c == "variant" else "right")
     for i, v in enumerate(r.variants):
         row = _row(v)
-        style = "red" if v.spike and i else ("green" if i else None)
+        style = None if not i else {"avoided": "green", "at_risk": "yellow"}.get(v.outcome, "red")
         table.add_row(*row, style=style)
     con.print(table)
+    for f in r.findings:
+        con.print(f"{f['id']} {f['message']}", markup=False, style="yellow")
     for w in r.warnings:
         con.print(f"warning: {w}", markup=False, style="yellow")
     con.print(f"verdict: {r.summary} (exit {r.exit_code})", markup=False, style="bold")
@@ -114,8 +121,9 @@ def render_markdown(r: ReplayResult) -> str:
     lines.append("|" + "|".join("---" if c == "variant" else "---:" for c in COLUMNS) + "|")
     for v in r.variants:
         lines.append("| " + " | ".join(_cell(x) for x in _row(v)) + " |")
-    if r.warnings:
+    if r.findings or r.warnings:
         lines.append("")
+        lines += [f"> {f['id']} {_cell(f['message'])}" for f in r.findings]
         lines += [f"> warning: {_cell(w)}" for w in r.warnings]
     return "\n".join(lines) + "\n"
 
@@ -126,7 +134,7 @@ def render_json(r: ReplayResult) -> str:
 
 def render_junit(r: ReplayResult) -> str:
     """One testcase per variant. The original is expected to reproduce the logged behaviour (it fails
-    when fidelity fails); an alternate fails when it spikes."""
+    when fidelity fails); an alternate fails unless it is ``avoided`` (a blowup, or at risk: postponed)."""
     suite = ET.Element("testsuite", name="adamdiag.replay", tests=str(len(r.variants)))
     failures = 0
     for i, v in enumerate(r.variants):
@@ -138,10 +146,14 @@ def render_junit(r: ReplayResult) -> str:
             else:
                 case.set("name", f"{v.name} (reproduces the log)")
             continue
-        if v.spike:
+        if v.outcome == "blowup":
             failures += 1
-            fail = ET.SubElement(case, "failure", message=f"{v.name} spikes at step {v.spike_step}", type="spike")
+            fail = ET.SubElement(case, "failure", message=f"{v.name} blows up at step {v.blowup_step}", type="blowup")
             fail.text = f"max loss {_num(v.max_loss)}, max update RMS {_num(v.max_update_rms)}"
+        elif v.outcome == "at_risk":
+            failures += 1
+            why = "cut short by the time budget" if v.truncated else "v still collapsing at the end of the replay"
+            ET.SubElement(case, "failure", message=f"{v.name} is at risk: {why}", type="at_risk")
     suite.set("failures", str(failures))
     return ET.tostring(suite, encoding="unicode")
 

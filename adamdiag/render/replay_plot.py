@@ -36,7 +36,7 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
         steps = list(range(result.start_step + 1, result.start_step + 1 + len(v.losses)))
         vals = [x if x is not None and math.isfinite(x) and x > 0 else math.nan for x in v.losses]
         style = {"color": "tab:red", "lw": 1.4} if i == 0 else {"lw": 1.1}
-        label = f"{v.name} ({'spike @ ' + str(v.spike_step) if v.spike else 'no spike'})"
+        label = f"{v.name} ({v.outcome}{' @ ' + str(v.blowup_step) if v.blowup_step is not None else ''})"
         ax.plot(steps, vals, label=label, **style)
         if v.spike_step is not None:
             k = v.spike_step - result.start_step - 1
@@ -46,8 +46,8 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
     if result.fidelity.logged_spike_step is not None:
         ax.axvline(result.fidelity.logged_spike_step, color="black", ls="--", lw=0.8, label="logged blowup")
     ref = result.reference
-    if ref.get("log") and ref.get("factor"):
-        ax.axhline(ref["level"] * ref["factor"], color="gray", ls="--", lw=0.8, label="spike threshold")
+    if ref.get("level"):
+        ax.axhline(ref["level"], color="gray", ls="--", lw=0.8, label="level before the checkpoint")
     positive = [x for x in lv if x is not None and x > 0] + [
         x for v in result.variants for x in v.losses if x is not None and math.isfinite(x) and x > 0
     ]

@@ -15,7 +15,14 @@ Per step and variant we also record (all over every element of every parameter):
   use and v̂_{t-1} its bias-corrected second moment before the update (Wortsman et al. 2023; > 1
   means the gradient is far larger than Adam's estimate of it, as at a regrowth after v collapse);
 - ``sqrt_vhat``: sqrt(mean(v̂_t)) after the update (how far v has decayed);
-- ``frac_eps``: fraction of elements with √v̂_t < eps (where eps, not √v̂, sets the step).
+- ``frac_eps``: fraction of elements with √v̂_t < eps (where eps, not √v̂, sets the step);
+- for the outcome rule (:func:`adamdiag.replay.result.risk_evidence`), globally and for each named
+  tensor: ``g2_mean`` = mean g² of the gradient Adam uses, ``vhat_prev_mean`` = mean v̂_{t-1}, and
+  ``median_sqrt_vhat`` = median √v̂_t (exact up to OUTCOME_MEDIAN_SAMPLE elements, else over an evenly
+  strided sample that both engines take identically: see :func:`median_stride`).
+
+A variant stops early once its blowup is decided (:class:`StopRule`), and all stop at a deadline
+(a time budget): such a curve is ``truncated``.
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from adamdiag.analysis.thresholds import OUTCOME_MEDIAN_SAMPLE
 from adamdiag.errors import InputError
 from adamdiag.replay.checkpoint import ReplayCheckpoint, load_model_weights, param_order
 from adamdiag.replay.protocol import ReplaySpec, Variant, scheduled_lrs, variant_groups
+from adamdiag.replay.result import ScopeSeries
 
 if TYPE_CHECKING:
     import torch
@@ -39,22 +48,69 @@ if TYPE_CHECKING:
 PROGRESS_AFTER_S = 2.0
 
 
+# How often (steps) to ask whether a variant's blowup is decided; each ask runs the loss detector.
+CHECK_EVERY = 16
+
+
 @dataclass
 class Curve:
     """What one variant's replay produced; entry i is step start+1+i. Truncated after the first
-    non-finite loss (the run is over for that variant)."""
+    non-finite loss (the run is over for that variant). ``moments``: "global" and each named tensor
+    (see the module docstring); ``truncated``: stopped by the deadline before the planned steps."""
 
     losses: list[float] = field(default_factory=list)
     update_rms: list[float] = field(default_factory=list)
     sqrt_vhat: list[float] = field(default_factory=list)
     frac_eps: list[float] = field(default_factory=list)
+    moments: dict[str, ScopeSeries] = field(default_factory=dict)
+    truncated: bool = False
+
+    def cut(self, n: int) -> Curve:
+        """The first ``n`` steps."""
+        return Curve(
+            self.losses[:n],
+            self.update_rms[:n],
+            self.sqrt_vhat[:n],
+            self.frac_eps[:n],
+            {
+                k: ScopeSeries(m.g2_mean[:n], m.vhat_prev_mean[:n], m.median_sqrt_vhat[:n])
+                for k, m in self.moments.items()
+            },
+            self.truncated,
+        )
 
     def truncate_nonfinite(self) -> Curve:
         for i, x in enumerate(self.losses):
             if not math.isfinite(x):
-                n = i + 1
-                return Curve(self.losses[:n], self.update_rms[:n], self.sqrt_vhat[:n], self.frac_eps[:n])
+                return self.cut(i + 1)
         return self
+
+
+@dataclass
+class StopRule:
+    """When a variant's replay may end before the planned steps.
+
+    ``stop_after(losses)``: None while the variant has not blown up, else the number of steps after
+    which its blowup step is settled (:meth:`adamdiag.replay.result.BlowupJudge.stop_after`);
+    ``deadline``: a ``time.monotonic()`` value (a time budget) after which every variant stops and
+    is marked truncated."""
+
+    stop_after: Callable[[list[float]], int | None] | None = None
+    deadline: float | None = None
+    every: int = CHECK_EVERY
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def median_stride(numel: int) -> int:
+    """Every how many elements the median √v̂ samples a scope of ``numel`` elements: 1 (exact) up to
+    OUTCOME_MEDIAN_SAMPLE elements, else an even stride giving about that many (thresholds.py says why).
+
+    >>> median_stride(1000), median_stride(3 * OUTCOME_MEDIAN_SAMPLE)
+    (1, 3)
+    """
+    return max(1, -(-numel // OUTCOME_MEDIAN_SAMPLE))
 
 
 class LazyProgress:
@@ -165,17 +221,22 @@ def replay_one(
     steps: int,
     device: torch.device,
     progress: LazyProgress | None = None,
+    *,
+    named: list[str] | None = None,
+    stop: StopRule | None = None,
 ) -> Curve:
-    """Replay ``steps`` steps of one variant with the real torch.optim.Adam."""
+    """Replay ``steps`` steps of one variant with the real torch.optim.Adam; ``named``: parameter
+    names (model.named_parameters()) whose moments are recorded besides the global ones; ``stop``:
+    when to end early (a decided blowup, a deadline)."""
     import torch
 
     model = spec.model
     load_model_weights(model, ckpt)
     model.to(device)
     order = param_order(ckpt, model)
-    named = _named_params(model)
+    by_name = _named_params(model)
     groups = optimizer_groups(ckpt, variant, device)
-    params_by_group = [[named[name] for name, _ in row] for row in order]
+    params_by_group = [[by_name[name] for name, _ in row] for row in order]
     opt = torch.optim.Adam(
         [
             {**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": ps}
@@ -195,11 +256,15 @@ def replay_one(
         sd_groups.append(g)
     opt.load_state_dict({"state": state, "param_groups": sd_groups})
     params = [p for ps in params_by_group for p in ps]
+    names = [name for row in order for name, _ in row]
     hyper = [(g["eps"], g["betas"][1]) for g, ps in zip(opt.param_groups, params_by_group) for _ in ps]
     original_lrs = [float(g["lr"]) for g in ckpt.param_groups]
     variant_lrs = [float(g["lr"]) for g in groups]
+    tracked = list(named or [])
+    stride = median_stride(sum(p.numel() for p in params))
 
-    curve = Curve()
+    curve = Curve(moments={k: ScopeSeries() for k in ["global", *tracked]})
+    stop_at = steps
     for t in range(ckpt.step + 1, ckpt.step + steps + 1):
         batch = get_batch(spec, t, device)
         opt.zero_grad(set_to_none=True)
@@ -215,6 +280,9 @@ def replay_one(
             # model.parameters() order, as training scripts call it: the norm's sum order is part of the bits
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad_norm)
         curve.update_rms.append(_update_rms_ref(params, opt, hyper))
+        for scope, (g2, vp) in _moments_before_ref(params, names, opt, hyper, tracked).items():
+            curve.moments[scope].g2_mean.append(g2)
+            curve.moments[scope].vhat_prev_mean.append(vp)
         if spec.lr_schedule is not None:
             for g, lr in zip(opt.param_groups, scheduled_lrs(spec, t, original_lrs, variant_lrs)):
                 g["lr"] = lr
@@ -222,15 +290,86 @@ def replay_one(
         sv, fe = _vhat_stats_ref(params, opt, hyper)
         curve.sqrt_vhat.append(sv)
         curve.frac_eps.append(fe)
+        for scope, med in _median_after_ref(params, names, opt, hyper, tracked, stride).items():
+            curve.moments[scope].median_sqrt_vhat.append(med)
         lv = float(loss.detach())
         curve.losses.append(lv)
         if progress is not None:
             progress.advance()
+        n = len(curve.losses)
         if not math.isfinite(lv):
-            if progress is not None:
-                progress.advance(ckpt.step + steps - t)
             break
+        if stop is not None:
+            if stop.stop_after is not None and stop_at == steps and n % stop.every == 0:
+                after = stop.stop_after(curve.losses)
+                if after is not None:
+                    stop_at = min(stop_at, after)
+            if n >= stop_at:
+                break
+            if n < steps and stop.expired():
+                curve.truncated = True
+                break
+    if progress is not None:
+        progress.advance(steps - len(curve.losses))
     return curve
+
+
+def _moments_before_ref(
+    params: list[torch.Tensor],
+    names: list[str],
+    opt: torch.optim.Optimizer,
+    hyper: list[tuple[float, float]],
+    tracked: list[str],
+) -> dict[str, tuple[float, float]]:
+    """Per scope ("global", then each tracked name): (mean g², mean v̂_{t-1}) before the update, over
+    the elements of parameters that have a gradient and Adam state (as update RMS)."""
+    import torch
+
+    acc = {k: [0.0, 0.0, 0] for k in ["global", *tracked]}
+    with torch.no_grad():
+        for p, name, (_eps, beta2) in zip(params, names, hyper):
+            st = opt.state.get(p, {})
+            if p.grad is None or "exp_avg_sq" not in st:
+                continue
+            k = float(st["step"])
+            if k <= 0:
+                continue
+            g2 = float((p.grad * p.grad).sum(dtype=torch.float64))
+            vp = float((st["exp_avg_sq"] / (1.0 - beta2**k)).sum(dtype=torch.float64))
+            for scope in ("global", name) if name in acc else ("global",):
+                acc[scope][0] += g2
+                acc[scope][1] += vp
+                acc[scope][2] += p.numel()
+    nan = float("nan")
+    return {k: (a / n, b / n) if n else (nan, nan) for k, (a, b, n) in acc.items()}
+
+
+def _median_after_ref(
+    params: list[torch.Tensor],
+    names: list[str],
+    opt: torch.optim.Optimizer,
+    hyper: list[tuple[float, float]],
+    tracked: list[str],
+    stride: int,
+) -> dict[str, float]:
+    """Per scope: median √v̂ after the update (lower median, as torch.median), over every ``stride``-th
+    element of each parameter for the global scope and every median_stride(numel)-th for a named one."""
+    import torch
+
+    samples: dict[str, list[torch.Tensor]] = {k: [] for k in ["global", *tracked]}
+    with torch.no_grad():
+        for p, name, (_eps, beta2) in zip(params, names, hyper):
+            st = opt.state.get(p, {})
+            if "exp_avg_sq" not in st:
+                continue
+            k = float(st["step"])
+            if k <= 0:
+                continue
+            vhat = (st["exp_avg_sq"] / (1.0 - beta2**k)).reshape(-1)
+            samples["global"].append(vhat[::stride])
+            if name in samples:
+                samples[name].append(vhat[:: median_stride(vhat.numel())])
+    return {k: math.sqrt(float(torch.cat(v).median())) if v else float("nan") for k, v in samples.items()}
 
 
 def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]) -> float:
@@ -284,11 +423,20 @@ def replay_sequential(
     device: torch.device,
     progress: LazyProgress | None = None,
     on_variant: Callable[[int], None] | None = None,
+    *,
+    named: list[str] | None = None,
+    stop: StopRule | None = None,
 ) -> list[Curve]:
-    """Each variant in turn (the reference path). Memory: the model, one optimizer, one batch."""
+    """Each variant in turn (the reference path). Memory: the model, one optimizer, one batch.
+    Past the deadline the remaining variants get an empty, truncated curve."""
     out = []
     for i, v in enumerate(variants):
         if on_variant is not None:
             on_variant(i)
-        out.append(replay_one(spec, ckpt, v, steps, device, progress))
+        if stop is not None and stop.expired():
+            out.append(Curve(moments={k: ScopeSeries() for k in ["global", *(named or [])]}, truncated=True))
+            if progress is not None:
+                progress.advance(steps)
+            continue
+        out.append(replay_one(spec, ckpt, v, steps, device, progress, named=named, stop=stop))
     return out

@@ -144,17 +144,27 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def load_entry_function(entry: str, base: Path | None = None) -> Callable[[str], Any]:
-    """The function named by ``module:function`` or ``path/file.py:function`` (relative to ``base``)."""
+def load_entry_function(
+    entry: str, base: Path | None = None, notify: Callable[[str], None] | None = None, source: str = ""
+) -> Callable[[str], Any]:
+    """The function named by ``module:function`` or ``path/file.py:function`` (relative to ``base``).
+
+    ``notify`` gets "importing entry X from FILE" *before* the import runs any code: importing an
+    entry executes it, and the user must be able to see what ran (issue 12, security)."""
     target, sep, func = entry.rpartition(":")
     if not sep or not target or not func:
         raise InputError(f"bad entry point {entry!r}: expected 'module:function' or 'path/to/file.py:function'")
+    named_by = f" (named by {source})" if source and source != "--entry" else ""
     if _is_file_entry(target):
         path = Path(target).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
+        if notify is not None:
+            notify(f"importing entry {entry} from {path}{named_by}")
         module = _import_file(path)
     else:
+        if notify is not None:
+            notify(f"importing entry {entry} from module {target}{named_by}")
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
@@ -210,20 +220,62 @@ def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
     )
 
 
-def load_spec(checkpoint: Path, entry: str | None = None, cwd: Path | None = None) -> ReplaySpec:
-    """Resolve, import and call the entry point for ``checkpoint``."""
+class NoEntry(InputError):
+    """No replay entry point was given or found (``scan --verify``: "not verified: no replay entry")."""
+
+
+class UntrustedEntry(InputError):
+    """An entry point was found by discovery in a config outside the current directory's, and trust
+    was required (``scan --verify`` without ``--trust-entry``): it is not imported."""
+
+
+def cwd_config(cwd: Path | None = None) -> Path | None:
+    """The current directory's config: the nearest adamdiag.toml / pyproject.toml naming a replay
+    entry at or above ``cwd`` (the user's own project, as for every other option)."""
+    d = (cwd or Path.cwd()).resolve()
+    while True:
+        for name in CONFIG_FILES:
+            p = d / name
+            if p.is_file() and _entry_in_config(p):
+                return p
+        if d.parent == d:
+            return None
+        d = d.parent
+
+
+def load_spec(
+    checkpoint: Path,
+    entry: str | None = None,
+    cwd: Path | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
+    require_trust: bool = False,
+) -> ReplaySpec:
+    """Resolve, import and call the entry point for ``checkpoint``.
+
+    ``require_trust``: an entry found by discovery runs only when its config is the current
+    directory's (:func:`cwd_config`); any other (e.g. an ``adamdiag.toml`` inside a scanned log tree,
+    which anyone who wrote the tree controls) raises :class:`UntrustedEntry` before anything is
+    imported. ``--entry`` is always trusted: the user typed it. ``notify`` gets the import notice."""
     if entry:
         base, source = (cwd or Path.cwd()), "--entry"
     else:
         found = find_config_entry(checkpoint.parent, cwd)
         if found is None:
-            raise InputError(
+            raise NoEntry(
                 "no replay entry point: pass --entry module:function (or file.py:function), or add "
                 '[replay] entry = "file.py:function" to an adamdiag.toml next to the run (see docs/replay.md)'
             )
         entry, cfg = found
+        if require_trust:
+            own = cwd_config(cwd)
+            if own is None or own.resolve() != cfg.resolve():
+                raise UntrustedEntry(
+                    f"replay entry {entry} named by {cfg} was found inside the scanned tree and is not run "
+                    "without --trust-entry (or pass --entry)"
+                )
         base, source = cfg.parent, str(cfg)
-    fn = load_entry_function(entry, base)
+    fn = load_entry_function(entry, base, notify, source)
     try:
         result = fn(str(checkpoint))
     except InputError:
@@ -276,32 +328,44 @@ def parse_values(
 
 
 def make_variants(
-    original: Variant, eps: Sequence[str] | None, beta2: Sequence[str] | None, lr: Sequence[str] | None
+    original: Variant,
+    eps: Sequence[str] | None,
+    beta2: Sequence[str] | None,
+    lr: Sequence[str] | None,
+    *,
+    grid: bool = False,
 ) -> list[Variant]:
-    """The original first, then the grid of the given values (an axis not given keeps the original
-    value); with no option at all, the default eps candidates. Duplicates of the original are dropped.
+    """The original first, then one variant per value given, each changing that one hyperparameter
+    (``--eps A --lr B`` tries eps=A and lr=B separately, so the table says which change helped); with
+    ``grid``, the cross product of the given values instead (an axis not given keeps the original
+    value). With no option at all, the default eps candidates. Duplicates of the original are dropped.
     """
     eps_v = parse_values(eps, "eps", 0.0, math.inf)
     b2_v = parse_values(beta2, "beta2", 0.0, 1.0, lo_closed=True, hi_open=True)
     lr_v = parse_values(lr, "lr", 0.0, math.inf)
     if not (eps_v or b2_v or lr_v):
         eps_v = [float(x) for x in DEFAULT_EPS_CANDIDATES]
+    o = original
+    if grid:
+        combos = [(e, b, r) for e in eps_v or [o.eps] for b in b2_v or [o.beta2] for r in lr_v or [o.lr]]
+
+        def name(e: float, b: float, r: float) -> str:
+            parts = [f"eps={_fmt(e)}"] if eps_v else []
+            parts += [f"beta2={_fmt(b)}"] if b2_v else []
+            parts += [f"lr={_fmt(r)}"] if lr_v else []
+            return ",".join(parts)
+
+        candidates = [Variant(name(e, b, r), e, b, r) for e, b, r in combos]
+    else:
+        candidates = (
+            [Variant(f"eps={_fmt(e)}", e, o.beta2, o.lr) for e in eps_v]
+            + [Variant(f"beta2={_fmt(b)}", o.eps, b, o.lr) for b in b2_v]
+            + [Variant(f"lr={_fmt(r)}", o.eps, o.beta2, r) for r in lr_v]
+        )
     out = [original]
-    for e in eps_v or [original.eps]:
-        for b in b2_v or [original.beta2]:
-            for r in lr_v or [original.lr]:
-                if (e, b, r) == (original.eps, original.beta2, original.lr):
-                    continue
-                parts = []
-                if eps_v:
-                    parts.append(f"eps={_fmt(e)}")
-                if b2_v:
-                    parts.append(f"beta2={_fmt(b)}")
-                if lr_v:
-                    parts.append(f"lr={_fmt(r)}")
-                v = Variant(",".join(parts), e, b, r)
-                if all((v.eps, v.beta2, v.lr) != (o.eps, o.beta2, o.lr) for o in out):
-                    out.append(v)
+    for v in candidates:
+        if all((v.eps, v.beta2, v.lr) != (u.eps, u.beta2, u.lr) for u in out):
+            out.append(v)
     return out
 
 
@@ -349,7 +413,10 @@ def scheduled_lrs(spec: ReplaySpec, t: int, original: list[float], variant: list
 __all__ = [
     "scheduled_lrs",
     "DEFAULT_EPS_CANDIDATES",
+    "NoEntry",
     "ReplaySpec",
+    "UntrustedEntry",
+    "cwd_config",
     "Variant",
     "find_config_entry",
     "load_entry_function",

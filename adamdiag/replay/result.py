@@ -3,14 +3,17 @@
 No torch, no I/O. The result serializes to the ``adamdiag.replay/1`` JSON contract (DESIGN.md); the
 renderers (:mod:`adamdiag.render.replay`) only format it.
 
-Spike rule (used for the replayed curves *and* to find the blowup in the log, so both are judged
-alike): the reference is the logged loss over the last ``REFERENCE_POINTS`` logged steps up to the
-checkpoint (the level the run had reached before the replayed stretch): its median ``m`` and robust
-scale ``s`` = 1.4826·MAD of log(loss), floored at ``MIN_LOG_SCALE``. A curve spikes at the first step
-whose loss is non-finite, or whose log-rise above log(m) exceeds max(log 2, SPIKE_Z·s) -- at least a
-doubling, and well outside the run's own batch-to-batch noise -- *and* the median of that point and
-the next ``SUSTAIN_POINTS - 1`` stays above 2·m, so one unlucky batch is not a blowup. The constants
-are the blowup detector's (:mod:`adamdiag.analysis.signals`).
+Blowup step: one definition for scan and replay. The logged curve is judged by
+:func:`adamdiag.analysis.signals.detect_loss_events` exactly as ``scan`` judges it; a replayed curve is
+the same function on the log up to the checkpoint followed by the replayed losses at the log's own
+steps (the curve scan would have seen had the run gone that way). A variant's ``blowup_step`` is the
+first blowup (or non-finite loss) after the checkpoint. The older spike rule (:class:`SpikeRule`)
+only sets the reference level shown in the text and the plot.
+
+Outcomes (issue 12): ``blowup`` (a blowup after the checkpoint), ``at_risk`` (none within the horizon,
+but v is still collapsing at its end -- see :func:`risk_evidence` -- or the variant was cut short by a
+budget: ``truncated``), ``avoided`` (neither). Only ``avoided`` proves a fix: a lower lr on a stale v
+often only postpones the blowup (DESIGN.md, "adaptive edge of stability").
 
 Fidelity rule: the replay with the checkpoint's own hyperparameters must reproduce the log, in two
 parts. *Tracking*: over the logged steps of the first half of the way from the checkpoint to the
@@ -34,7 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from adamdiag.analysis.signals import BLOWUP_FACTOR, MIN_LOG_SCALE, SPIKE_Z
+from adamdiag.analysis.signals import detect_loss_events
+from adamdiag.analysis.thresholds import (
+    BLOWUP_FACTOR,
+    BLOWUP_HORIZON,
+    BLOWUP_PEAK_FACTOR,
+    BLOWUP_PERSIST,
+    COLLAPSE_R,
+    HORIZON_GAP_FACTOR,
+    HORIZON_MEMORIES,
+    MIN_LOG_SCALE,
+    OUTCOME_EPS_FACTOR,
+    OUTCOME_WINDOW_MEMORY_FRACTION,
+    OUTCOME_WINDOW_MIN_STEPS,
+    SPIKE_Z,
+)
 from adamdiag.results.report import json_safe
 
 SCHEMA = "adamdiag.replay/1"
@@ -42,9 +59,7 @@ FIDELITY_MAX_REL_DEV = 1e-3
 REFERENCE_POINTS = 50
 SUSTAIN_POINTS = 3
 MIN_REFERENCE_POINTS = 5
-# Default replay length: to the logged blowup plus a margin, and never more than this many steps.
-MAX_DEFAULT_STEPS = 2000
-MIN_MARGIN = 20
+OUTCOMES = ("avoided", "at_risk", "blowup")  # best first
 # The tracked part of the way to a logged blowup, and the blowup-step tolerance as a fraction of it.
 TRACK_FRACTION = 0.5
 SPIKE_STEP_TOLERANCE_FRACTION = 0.1
@@ -125,25 +140,168 @@ def reference_rule(
     ), warning
 
 
-def default_steps(start_step: int, logged_spike: int | None, last_logged: int | None) -> tuple[int | None, str]:
-    """Replay length when --steps is not given: to the logged blowup plus a margin (not past the end
-    of the log), else to the last logged step; capped at MAX_DEFAULT_STEPS. (None, why) if impossible."""
-    if logged_spike is not None:
-        gap = logged_spike - start_step
-        if gap > MAX_DEFAULT_STEPS:
-            return None, (
-                f"the logged blowup at step {logged_spike} is {gap} steps after the checkpoint "
-                f"(default limit {MAX_DEFAULT_STEPS}); pass --steps or start from a later checkpoint"
-            )
-        n = gap + max(MIN_MARGIN, gap // 10)
-        if last_logged is not None and last_logged >= logged_spike:
-            n = min(n, last_logged - start_step)
-        return n, f"to the logged blowup at step {logged_spike} + margin"
+def default_horizon(
+    start_step: int, logged_blowup: int | None, last_logged: int | None, beta2s: list[float]
+) -> tuple[int | None, str]:
+    """Replay length when --steps is not given (issue 12): past the logged blowup by v's memory,
+    HORIZON_MEMORIES/(1-β2) steps (the largest β2 among the variants: the slowest v to decay again),
+    and at least HORIZON_GAP_FACTOR x the checkpoint->blowup gap; without a logged blowup after the
+    checkpoint, to the last logged step. Returns (steps, why) or (None, why) when impossible.
+
+    >>> default_horizon(600, 663, 2000, [0.999])
+    (1063, 'to the logged blowup at step 663 + 1/(1-β2) = 1000 steps')
+    >>> default_horizon(100, 400, None, [0.9])[0]  # 2x the gap (300) > gap + 10
+    600
+    """
+    if logged_blowup is not None:
+        gap = logged_blowup - start_step
+        memory = math.ceil(HORIZON_MEMORIES / (1.0 - max(beta2s)))
+        n = max(gap + memory, math.ceil(HORIZON_GAP_FACTOR * gap))
+        if n == gap + memory:
+            return n, f"to the logged blowup at step {logged_blowup} + 1/(1-β2) = {memory} steps"
+        return (
+            n,
+            f"{HORIZON_GAP_FACTOR:g}x the {gap} steps from the checkpoint to the logged blowup at step {logged_blowup}",
+        )
     if last_logged is None or last_logged <= start_step:
         return None, f"no logged loss after step {start_step}; pass --steps"
-    return min(
-        last_logged - start_step, MAX_DEFAULT_STEPS
-    ), "to the last logged step (no blowup logged after the checkpoint)"
+    return last_logged - start_step, "to the last logged step (no blowup logged after the checkpoint)"
+
+
+def first_blowup(steps: np.ndarray, values: np.ndarray) -> int | None:
+    """The blowup step as ``scan`` reports it: :func:`detect_loss_events`'s blowup, or the first
+    non-finite loss when that comes first (the detector analyses the finite prefix only)."""
+    ev = detect_loss_events(np.asarray(steps), np.asarray(values, dtype=np.float64))
+    return ev.blowup_step if ev.blowup_step is not None else ev.first_nonfinite_step
+
+
+class BlowupJudge:
+    """Blowup steps of the logged and replayed curves, by scan's own detector (module docstring).
+
+    A replayed curve is judged as the log up to the checkpoint followed by the replayed losses at the
+    log's steps (and, past the log's end, at its logging interval), so a log written every N steps
+    and a replay of every step are read at the same resolution.
+    """
+
+    def __init__(self, logged_steps: np.ndarray, logged_values: np.ndarray, start_step: int) -> None:
+        steps = np.asarray(logged_steps, dtype=np.int64)
+        values = np.asarray(logged_values, dtype=np.float64)
+        self.start_step = int(start_step)
+        self.logged_blowup = first_blowup(steps, values) if len(steps) else None
+        before = steps <= start_step
+        self.prefix_steps, self.prefix_values = steps[before], values[before]
+        after = steps[~before]
+        self.grid = after  # logged steps after the checkpoint
+        diffs = np.diff(steps)
+        self.interval = max(1, int(np.median(diffs))) if len(diffs) else 1
+        self.last_logged = int(steps.max()) if len(steps) else start_step
+        finite = self.prefix_values[np.isfinite(self.prefix_values)]
+        # The detector measures rises against medians of the curve itself, so a blowup needs a value
+        # a decade above the curve's minimum: a cheap necessary test before running it.
+        self.prefix_min = float(finite.min()) if len(finite) else math.inf
+        self.positive = bool(len(finite) == 0 or finite.min() > 0)
+
+    def curve(self, losses: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values): the log up to the checkpoint, then ``losses`` (entry i = step start+1+i)
+        sampled like the log; a non-finite replayed loss is always kept (it ends the curve)."""
+        n = len(losses)
+        end = self.start_step + n
+        grid = self.grid[self.grid <= end]
+        if end > self.last_logged:
+            first = max(self.last_logged, self.start_step) + self.interval
+            grid = np.r_[grid, np.arange(first, end + 1, self.interval, dtype=np.int64)]
+        arr = np.asarray(losses, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if len(bad):
+            nf = self.start_step + 1 + int(bad[0])
+            grid = np.unique(np.r_[grid[grid < nf], nf])
+        if self.interval == 1 and len(grid) == n:
+            return np.r_[self.prefix_steps, grid], np.r_[self.prefix_values, arr]
+        return np.r_[self.prefix_steps, grid], np.r_[self.prefix_values, arr[grid - self.start_step - 1]]
+
+    def blowup_step(self, losses: list[float]) -> int | None:
+        """First blowup (or non-finite loss) of the replayed curve after the checkpoint, or None."""
+        if not len(losses):
+            return None
+        arr = np.asarray(losses, dtype=np.float64)
+        if np.isfinite(arr).all() and self.positive:
+            lo = min(self.prefix_min, float(arr.min()))
+            if lo > 0 and float(arr.max()) < BLOWUP_PEAK_FACTOR * lo:
+                return None
+        steps, values = self.curve(losses)
+        b = first_blowup(steps, values)
+        return b if b is not None and b > self.start_step else None
+
+    def stop_after(self, losses: list[float]) -> int | None:
+        """How many replayed steps settle this variant's blowup step for good, once it has blown up
+        (None while it has not): the detector confirms an onset within BLOWUP_HORIZON steps, so an
+        earlier onset can still be confirmed until then -- a variant stops that far past its blowup
+        (or at its first non-finite loss, after which nothing can be replayed)."""
+        b = self.blowup_step(losses)
+        if b is None:
+            return None
+        if not np.isfinite(np.asarray(losses, dtype=np.float64)).all():
+            return len(losses)
+        return b - self.start_step + BLOWUP_HORIZON
+
+
+@dataclass
+class ScopeSeries:
+    """Per-step moments of one scope (all parameters, or one named tensor) of one variant; entry i is
+    step start+1+i. ``g2_mean``: mean g² of the (clipped) gradient Adam used; ``vhat_prev_mean``: mean
+    v̂_{t-1} before update t; ``median_sqrt_vhat``: median √v̂_t after it (see engine.py)."""
+
+    g2_mean: list[float] = field(default_factory=list)
+    vhat_prev_mean: list[float] = field(default_factory=list)
+    median_sqrt_vhat: list[float] = field(default_factory=list)
+
+
+def outcome_window(beta2: float) -> int:
+    """Steps at the end of the replay over which at_risk is judged: max(50, 0.2/(1-β2)).
+
+    >>> outcome_window(0.999), outcome_window(0.9), outcome_window(0.99)
+    (200, 50, 50)
+    """
+    return max(OUTCOME_WINDOW_MIN_STEPS, math.ceil(OUTCOME_WINDOW_MEMORY_FRACTION / (1.0 - beta2) - 1e-9))
+
+
+def risk_evidence(series: ScopeSeries, beta2: float, eps: float, scope: str) -> dict[str, Any]:
+    """Is v still collapsing at the end of the replay in this scope? Over the last
+    :func:`outcome_window` steps (all of them when fewer were replayed): r = Σ g² / Σ v̂_{t-1}
+    (a ratio of window means: one quiet or noisy batch does not decide it) below COLLAPSE_R, and
+    median √v̂ at the end above OUTCOME_EPS_FACTOR·eps (eps does not bound the step yet; eps_eff = eps
+    in the torch convention, added to √v̂) and below its value at the window's start (still falling).
+    """
+    n = len(series.g2_mean)
+    w = min(outcome_window(beta2), n)
+    out: dict[str, Any] = {"scope": scope, "window": w, "at_risk": False}
+    if w < 2:
+        return out
+    g2 = np.asarray(series.g2_mean[-w:], dtype=np.float64)
+    vp = np.asarray(series.vhat_prev_mean[-w:], dtype=np.float64)
+    med = np.asarray(series.median_sqrt_vhat[-w:], dtype=np.float64)
+    r = float(g2.sum() / vp.sum()) if vp.sum() > 0 else math.nan
+    start, end = float(med[0]), float(med[-1])
+    out.update(r=r, median_sqrt_vhat_start=start, median_sqrt_vhat_end=end, eps=float(eps))
+    out["at_risk"] = bool(r < COLLAPSE_R and end > OUTCOME_EPS_FACTOR * eps and end < start)
+    return out
+
+
+def decide_outcome(
+    blowup_step: int | None, truncated: bool, scopes: dict[str, ScopeSeries], beta2: float, eps: float
+) -> tuple[str, dict[str, Any] | None]:
+    """(outcome, the evidence that made it at_risk or None). ``scopes``: "global" first, then the
+    named tensors; any scope still collapsing makes the variant at_risk (a small tensor can collapse
+    while the global mean does not)."""
+    if blowup_step is not None:
+        return "blowup", None
+    if truncated:
+        return "at_risk", {"scope": "budget", "at_risk": True}
+    ev = [risk_evidence(s, beta2, eps, name) for name, s in scopes.items()]
+    risky = [e for e in ev if e["at_risk"]]
+    if risky:
+        return "at_risk", risky[0]
+    return "avoided", (ev[0] if ev else None)
 
 
 @dataclass
@@ -208,18 +366,21 @@ def check_fidelity(
     replayed: list[float],
     logged_steps: np.ndarray,
     logged_values: np.ndarray,
-    rule: SpikeRule | None,
     end_step: int,
+    *,
+    logged_blowup: int | None,
+    replayed_blowup: int | None,
 ) -> Fidelity:
     """Compare the original settings' replay with the log over steps start+1..end_step (the rule
-    in the module docstring: track the log, then reproduce the blowup)."""
+    in the module docstring: track the log, then reproduce the blowup). The blowup steps come from
+    :class:`BlowupJudge` (scan's detector); a logged blowup past ``end_step`` is outside the replay."""
     rep = {start_step + 1 + i: float(x) for i, x in enumerate(replayed)}
     win = (logged_steps > start_step) & (logged_steps <= end_step)
     lsteps, lvals = np.asarray(logged_steps)[win], np.asarray(logged_values, dtype=np.float64)[win]
     logged = {int(s): float(v) for s, v in zip(lsteps, lvals)}
-    logged_spike = rule.first_spike(lsteps, lvals) if rule is not None else None
-    rsteps = np.array(sorted(rep), dtype=np.int64)
-    replayed_spike = rule.first_spike(rsteps, np.array([rep[t] for t in rsteps])) if rule is not None else None
+    in_window = logged_blowup is not None and start_step < logged_blowup <= end_step
+    logged_spike = logged_blowup if in_window else None
+    replayed_spike = replayed_blowup
     track_end = tracking_window_end(start_step, logged_spike, end_step)
     tracked = [t for t in sorted(logged) if t <= track_end and (logged_spike is None or t < logged_spike)]
     dev, at, n = _rel_dev(rep, logged, tracked)
@@ -302,7 +463,9 @@ def check_fidelity(
 
 @dataclass
 class VariantOutcome:
-    """One replayed variant, summarized (the JSON contract's fields first)."""
+    """One replayed variant, summarized (the JSON contract's fields first). ``spike``/``spike_step``
+    are kept for readers of the first replay/1 files and equal ``blowup_step is not None`` /
+    ``blowup_step`` (one definition of the blowup)."""
 
     name: str
     eps: float
@@ -313,6 +476,10 @@ class VariantOutcome:
     spike: bool
     spike_step: int | None
     max_update_rms: float
+    outcome: str = "avoided"  # avoided | at_risk | blowup (module docstring)
+    blowup_step: int | None = None
+    truncated: bool = False  # cut short by a time budget before the horizon (then at_risk)
+    risk: dict[str, Any] | None = None  # the at_risk test's numbers (risk_evidence)
     min_sqrt_vhat: float = math.nan  # min over steps of sqrt(mean v̂)
     max_frac_eps_dominated: float = math.nan  # max over steps of the fraction with √v̂ < eps
     steps_replayed: int = 0
@@ -342,13 +509,17 @@ def summarize_variant(
     update_rms: list[float],
     sqrt_vhat: list[float],
     frac_eps: list[float],
-    rule: SpikeRule | None,
+    judge: BlowupJudge,
+    *,
+    scopes: dict[str, ScopeSeries] | None = None,
+    truncated: bool = False,
 ) -> VariantOutcome:
-    """Summary numbers of one replayed curve; a non-finite loss makes max_loss infinite."""
+    """Summary numbers and the outcome of one replayed curve; a non-finite loss makes max_loss infinite."""
     steps = np.arange(start_step + 1, start_step + 1 + len(losses))
     arr = np.asarray(losses, dtype=np.float64)
     nonfinite = int(steps[~np.isfinite(arr)][0]) if len(arr) and not np.isfinite(arr).all() else None
-    spike_step = rule.first_spike(steps, arr) if rule is not None else nonfinite
+    blowup = judge.blowup_step(losses)
+    outcome, risk = decide_outcome(blowup, truncated, scopes or {}, beta2, eps)
     return VariantOutcome(
         name=name,
         eps=float(eps),
@@ -356,9 +527,13 @@ def summarize_variant(
         lr=float(lr),
         max_loss=(math.inf if nonfinite is not None else _nanmax(losses)),
         final_loss=float(arr[-1]) if len(arr) else math.nan,
-        spike=spike_step is not None,
-        spike_step=spike_step,
+        spike=blowup is not None,
+        spike_step=blowup,
         max_update_rms=_nanmax(update_rms),
+        outcome=outcome,
+        blowup_step=blowup,
+        truncated=bool(truncated and blowup is None),
+        risk=risk,
         min_sqrt_vhat=_nanmin(sqrt_vhat),
         max_frac_eps_dominated=_nanmax(frac_eps),
         steps_replayed=len(losses),
@@ -367,25 +542,84 @@ def summarize_variant(
     )
 
 
-def conclude(variants: list[VariantOutcome]) -> tuple[str, int, str]:
-    """(conclusion, exit code, one sentence). 0: some alternate avoids the spike the original
-    reproduces (or nothing spiked); 1: every alternate spikes too."""
+def _risk_phrase(v: VariantOutcome, end_step: int) -> str:
+    if v.truncated:
+        return f"{v.name} was cut short by the time budget after {v.steps_replayed} steps without a blowup"
+    r = v.risk or {}
+    where = "" if r.get("scope") in (None, "global") else f" in {r['scope']}"
+    if "r" in r:
+        return (
+            f"{v.name} reaches step {end_step} without a blowup, but v is still collapsing{where} "
+            f"(g²/v̂ {r['r']:.2g} < {COLLAPSE_R:g}, median √v̂ {r['median_sqrt_vhat_end']:.2g} > "
+            f"{OUTCOME_EPS_FACTOR:g}·eps and falling)"
+        )
+    return f"{v.name} reaches step {end_step} without a blowup, but v is still collapsing"
+
+
+def postponed(v: VariantOutcome, orig: VariantOutcome, start_step: int) -> bool:
+    """Does ``v`` blow up clearly later than the original? Later by more than the replay's own timing
+    jitter -- the fidelity tolerance, a tenth of the way from the checkpoint -- and the detector's
+    persistence window (BLOWUP_PERSIST steps): closer than that it is the same blowup."""
+    if v.blowup_step is None or orig.blowup_step is None:
+        return False
+    margin = max(BLOWUP_PERSIST, math.ceil((orig.blowup_step - start_step) * SPIKE_STEP_TOLERANCE_FRACTION))
+    return v.blowup_step > orig.blowup_step + margin
+
+
+def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, int, str]:
+    """(conclusion, exit code, one sentence). Exit 0 only when some variant is ``avoided``:
+
+    - ``no_blowup``: the original settings are avoided themselves (nothing to fix in these steps);
+    - ``fixed``: an alternate is avoided;
+    - ``postponed`` (exit 1): the best any variant does is at_risk -- no blowup within the horizon but
+      v still collapsing, or a later blowup than the original's (rule AD106);
+    - ``not_fixed`` (exit 1): every variant blows up no later than the original.
+    A variant that blows up later than the original is named as postponing it either way."""
     orig, alts = variants[0], variants[1:]
-    if not orig.spike:
-        return "no_blowup", 0, "the original settings do not spike in the replayed steps: nothing to fix here"
-    good = [v for v in alts if not v.spike]
+    later = [v for v in alts if v.outcome == "blowup" and postponed(v, orig, start_step)]
+    notes = "; ".join(f"{v.name} postpones the blowup from {orig.blowup_step} to {v.blowup_step}" for v in later)
+    risky = [v for v in alts if v.outcome == "at_risk"]
+    risk_notes = "; ".join(_risk_phrase(v, start_step + v.steps_replayed) for v in risky)
+    extra = "; ".join(x for x in (notes, risk_notes) if x)
+    if orig.outcome == "avoided":
+        return "no_blowup", 0, "the original settings do not blow up in the replayed steps: nothing to fix here"
+    good = [v for v in alts if v.outcome == "avoided"]
+    what = (
+        f"the blowup that the original settings reproduce at step {orig.blowup_step}"
+        if orig.blowup_step is not None
+        else "the risk the original settings end in"
+    )
     if good:
         names = ", ".join(v.name for v in good)
-        return (
-            "fixed",
-            0,
-            f"{names} avoid{'s' if len(good) == 1 else ''} the blowup that the original settings reproduce at step {orig.spike_step}",
-        )
+        text = f"{names} avoid{'s' if len(good) == 1 else ''} {what}"
+        return "fixed", 0, text + (f" ({extra})" if extra else "")
+    if risky or later or orig.outcome == "at_risk":
+        head = "no variant avoids the blowup"
+        if orig.outcome == "at_risk":
+            head += f"; {_risk_phrase(orig, start_step + orig.steps_replayed)}"
+        return "postponed", 1, f"{head}: {extra}" if extra else head
     return (
         "not_fixed",
         1,
-        f"every variant spikes like the original (step {orig.spike_step}); none of them fixes this run",
+        f"every variant blows up like the original (step {orig.blowup_step}); none of them fixes this run",
     )
+
+
+def outcome_findings(variants: list[VariantOutcome], start_step: int) -> list[dict[str, Any]]:
+    """AD106 findings: each variant that is at risk at the end of the replay, and each that blows up
+    later than the original (a postponement, not a fix)."""
+    orig = variants[0]
+    out: list[dict[str, Any]] = []
+    for i, v in enumerate(variants):
+        msg = None
+        if v.outcome == "at_risk":
+            msg = _risk_phrase(v, start_step + v.steps_replayed)
+        elif i and postponed(v, orig, start_step):
+            msg = f"{v.name} postpones the blowup from {orig.blowup_step} to {v.blowup_step}: a postponement, not a fix"
+        if msg:
+            step = v.blowup_step if v.blowup_step is not None else start_step + v.steps_replayed
+            out.append({"id": "AD106", "severity": "warning", "step": step, "variant": v.name, "message": msg})
+    return out
 
 
 @dataclass
@@ -411,6 +645,11 @@ class ReplayResult:
     logged: dict[str, list] = field(default_factory=lambda: {"steps": [], "values": []})
     warnings: list[str] = field(default_factory=list)
     forced: bool = False
+    # how the length was chosen: {"steps", "why", "source": "default"|"--steps"}
+    horizon: dict[str, Any] = field(default_factory=dict)
+    named_tensors: list[str] = field(default_factory=list)  # scopes judged besides the global one
+    # rule findings (AD106 at risk / postponed): {"id", "severity", "step", "variant", "message"}
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``adamdiag.replay/1`` object (contract fields first), JSON-safe."""
@@ -437,6 +676,9 @@ class ReplayResult:
             "logged",
             "warnings",
             "forced",
+            "horizon",
+            "named_tensors",
+            "findings",
         ):
             out[k] = getattr(self, k)
         return json_safe(out)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings as _warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,11 +17,13 @@ from adamdiag.errors import InputError
 from adamdiag.replay.distributed import Group, World, merge, shard, world_from_env
 from adamdiag.replay.protocol import ReplaySpec, Variant, load_spec, make_variants
 from adamdiag.replay.result import (
+    BlowupJudge,
     ReplayResult,
     SpikeRule,
     check_fidelity,
     conclude,
-    default_steps,
+    default_horizon,
+    outcome_findings,
     reference_rule,
     summarize_variant,
 )
@@ -151,6 +155,10 @@ class Plan:
     steps: int
     variants: list[Variant]
     warnings: list[str] = field(default_factory=list)
+    judge: BlowupJudge | None = None
+    horizon: dict[str, Any] = field(default_factory=dict)
+    named: list[str] = field(default_factory=list)  # tensors judged on their own for at_risk
+    deadline: float | None = None  # time.monotonic() after which the replay stops (a budget)
 
 
 def _original(ckpt: ReplayCheckpoint) -> Variant:
@@ -158,12 +166,12 @@ def _original(ckpt: ReplayCheckpoint) -> Variant:
     return Variant("original", float(g["eps"]), float(g["betas"][1]), float(g["lr"]))
 
 
-def log_step_offset(value: str | None, ckpt: ReplayCheckpoint) -> tuple[int, str | None]:
+def log_step_offset(value: str | int | None, ckpt: ReplayCheckpoint) -> tuple[int, str | None]:
     """The logged step of update t's loss is t + offset. ``auto``: -1 for a PyTorch Lightning checkpoint
     (Lightning logs in ``training_step``, before the optimizer step that increments ``global_step``:
     the loss of update t is logged at step t-1), else 0 (the protocol's convention). Returns the offset
     and a note for the report when it is not 0."""
-    raw = (value or "auto").strip().lower()
+    raw = str("auto" if value is None else value).strip().lower()
     if raw == "auto":
         off = -1 if ckpt.framework == "lightning" else 0
     else:
@@ -178,6 +186,21 @@ def log_step_offset(value: str | None, ckpt: ReplayCheckpoint) -> tuple[int, str
     return off, note
 
 
+def _stderr(msg: str) -> None:
+    print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_named(names: list[str] | None, model: Any) -> list[str]:
+    """Named tensors must be parameters of the entry's model (its named_parameters() names)."""
+    out = list(dict.fromkeys(names or []))
+    have = dict(model.named_parameters())
+    bad = [n for n in out if n not in have]
+    if bad:
+        shown = ", ".join(list(have)[:12]) + (", ..." if len(have) > 12 else "")
+        raise InputError(f"--tensor: no parameter {bad[0]!r} in the entry's model (parameters: {shown})")
+    return out
+
+
 def plan_replay(
     checkpoint: Path,
     *,
@@ -189,20 +212,43 @@ def plan_replay(
     logdir: Path | None,
     trust_checkpoint: bool,
     loss_tag: str,
-    log_offset: str | None = "auto",
+    log_offset: str | int | None = "auto",
+    grid: bool = False,
+    named: list[str] | None = None,
+    variants: list[Variant] | None = None,
+    run_dir: Path | None = None,
+    require_trust: bool = False,
+    notify: Callable[[str], None] | None = _stderr,
 ) -> Plan:
-    """Read and check every input; InputError with one line on the first problem."""
+    """Read and check every input; InputError with one line on the first problem.
+
+    ``variants`` (library callers) replaces the --eps/--beta2/--lr options: the original settings are
+    put first when missing. ``run_dir`` replaces the --logdir search."""
     from adamdiag.replay.checkpoint import load_replay_checkpoint
 
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
     ckpt = load_replay_checkpoint(checkpoint, trust=trust_checkpoint)
-    variants = make_variants(_original(ckpt), eps, beta2, lr)
-    run_dir = find_run_dir(checkpoint, logdir)
+    original = _original(ckpt)
+    if variants is None:
+        variants = make_variants(original, eps, beta2, lr, grid=grid)
+    else:
+        same = [v for v in variants if (v.eps, v.beta2, v.lr) == (original.eps, original.beta2, original.lr)]
+        rest = [v for v in variants if v not in same]
+        variants = [original] + [
+            v for i, v in enumerate(rest) if all((v.eps, v.beta2, v.lr) != (u.eps, u.beta2, u.lr) for u in rest[:i])
+        ]
+    run_dir = run_dir if run_dir is not None else find_run_dir(checkpoint, logdir)
     lsteps, lvals = read_logged_loss(run_dir, loss_tag)
     offset, offset_note = log_step_offset(log_offset, ckpt)
     lsteps = lsteps - offset  # from here on, steps are update numbers
-    spec = load_spec(checkpoint, entry)
+    judge = BlowupJudge(lsteps, lvals, ckpt.step)
+    if judge.logged_blowup is not None and judge.logged_blowup <= ckpt.step:
+        raise InputError(
+            f"{checkpoint}: the checkpoint (step {ckpt.step}) is not before the logged blowup at step "
+            f"{judge.logged_blowup}; replay from a checkpoint saved before it"
+        )
+    spec = load_spec(checkpoint, entry, notify=notify, require_trust=require_trust)
     warns = [offset_note] if offset_note else []
     groups = ckpt.param_groups
     if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
@@ -219,17 +265,18 @@ def plan_replay(
             "the optimizer's param groups are not in model.parameters() order and carry no names; "
             "parameters were matched by shape (build it from model.named_parameters() to be sure)"
         )
+    named = _check_named(named, spec.model)
     rule, _ = reference_rule(lsteps, lvals, ckpt.step)
-    logged_spike = None
-    if rule is not None:
-        after = lsteps > ckpt.step
-        logged_spike = rule.first_spike(lsteps[after], lvals[after])
     if steps is None:
         last = int(lsteps.max()) if len(lsteps) else None
-        n, why = default_steps(ckpt.step, logged_spike, last)
+        n, why = default_horizon(ckpt.step, judge.logged_blowup, last, [v.beta2 for v in variants])
         if n is None:
             raise InputError(f"{checkpoint}: {why}")
-        steps = n
+        n = min(n, MAX_STEPS)
+        horizon = {"steps": n, "why": why, "source": "default"}
+    else:
+        n = steps
+        horizon = {"steps": n, "why": "--steps", "source": "--steps"}
     return Plan(
         checkpoint=checkpoint,
         ckpt=ckpt,
@@ -238,9 +285,12 @@ def plan_replay(
         logged_steps=lsteps,
         logged_values=lvals,
         rule=rule,
-        steps=steps,
+        steps=n,
         variants=variants,
         warnings=warns,
+        judge=judge,
+        horizon=horizon,
+        named=named,
     )
 
 
@@ -255,7 +305,14 @@ def choose_sequential(mode: str, plan: Plan, device: torch.device) -> bool:
 
 
 def replay_variants(
-    plan: Plan, indices: list[int], device: torch.device, *, sequential: bool, warnings: list[str]
+    plan: Plan,
+    indices: list[int],
+    device: torch.device,
+    *,
+    sequential: bool,
+    warnings: list[str],
+    progress: bool = True,
+    notify: Callable[[str], None] | None = _stderr,
 ) -> tuple[list[Curve], str]:
     """Curves of ``plan.variants[i]`` for ``i`` in ``indices``, and how the alternates ran.
 
@@ -263,31 +320,36 @@ def replay_variants(
     exactly as in training: the fidelity check compares them with the log, and near a blowup the
     dynamics amplify even rounding-level differences (batched matmuls sum in another order), so only
     the reference can be expected to reproduce the log to the last bit. The alternates run batched
-    (vmap) unless ``sequential`` or the model cannot be batched.
+    (vmap) unless ``sequential`` or the model cannot be batched. A variant stops once its blowup is
+    settled; all stop at ``plan.deadline``.
     """
-    from adamdiag.replay.engine import LazyProgress, replay_one, replay_sequential
+    from adamdiag.replay.engine import LazyProgress, StopRule, replay_one, replay_sequential
     from adamdiag.replay.sweep import VmapUnsupported, replay_batched
 
     out: dict[int, Curve] = {}
     rest = [i for i in indices if i != 0]
     mode = "sequential" if sequential or len(rest) < 2 else "batched"
-    with LazyProgress(plan.steps * len(indices), f"replaying {len(indices)} variants") as bar:
+    stop = StopRule(stop_after=plan.judge.stop_after if plan.judge else None, deadline=plan.deadline)
+    kw = {"named": plan.named, "stop": stop}
+    total = plan.steps * len(indices)
+    with LazyProgress(total, f"replaying {len(indices)} variants × {plan.steps} steps", enabled=progress) as bar:
         if 0 in indices:
-            out[0] = replay_one(plan.spec, plan.ckpt, plan.variants[0], plan.steps, device, bar)
+            out[0] = replay_one(plan.spec, plan.ckpt, plan.variants[0], plan.steps, device, bar, **kw)
         alts = [plan.variants[i] for i in rest]
         if mode == "batched":
             try:
                 with _warnings.catch_warnings():
                     _warnings.simplefilter("ignore")  # vmap/functional_call chatter; our own fallback warns
-                    curves = replay_batched(plan.spec, plan.ckpt, alts, plan.steps, device, bar)
+                    curves = replay_batched(plan.spec, plan.ckpt, alts, plan.steps, device, bar, **kw)
             except VmapUnsupported as e:
                 msg = f"the model/loss cannot be batched with torch.func.vmap ({e}); replaying the variants one by one"
                 warnings.append(msg)
-                print(f"adamdiag: warning: {msg}", file=sys.stderr)
+                if notify is not None:
+                    notify(f"warning: {msg}")
                 mode = "sequential"
                 bar.done = plan.steps if 0 in indices else 0
         if mode == "sequential":
-            curves = replay_sequential(plan.spec, plan.ckpt, alts, plan.steps, device, bar)
+            curves = replay_sequential(plan.spec, plan.ckpt, alts, plan.steps, device, bar, **kw)
     out.update(zip(rest, curves))
     return [out[i] for i in indices], mode
 
@@ -302,25 +364,54 @@ def analyse(
     warnings: list[str],
     loss_tag: str = "train/loss",
 ) -> ReplayResult:
-    """Fidelity, spikes and the verdict from the gathered curves (rank 0)."""
+    """Fidelity, blowups, outcomes and the verdict from the gathered curves (rank 0)."""
     import numpy as np
 
     from adamdiag import __version__
 
     ck = plan.ckpt
+    judge = plan.judge or BlowupJudge(plan.logged_steps, plan.logged_values, ck.step)
     rule, warn = reference_rule(plan.logged_steps, plan.logged_values, ck.step, fallback=np.asarray(curves[0].losses))
-    if warn:
+    if warn and rule is None:
         warnings.append(warn)
     end = ck.step + plan.steps
-    fid = check_fidelity(ck.step, curves[0].losses, plan.logged_steps, plan.logged_values, rule, end)
+    orig_losses = curves[0].losses
+    fid = check_fidelity(
+        ck.step,
+        orig_losses,
+        plan.logged_steps,
+        plan.logged_values,
+        end,
+        logged_blowup=judge.logged_blowup,
+        replayed_blowup=judge.blowup_step(orig_losses),
+    )
     outcomes = [
-        summarize_variant(v.name, v.eps, v.beta2, v.lr, ck.step, c.losses, c.update_rms, c.sqrt_vhat, c.frac_eps, rule)
+        summarize_variant(
+            v.name,
+            v.eps,
+            v.beta2,
+            v.lr,
+            ck.step,
+            c.losses,
+            c.update_rms,
+            c.sqrt_vhat,
+            c.frac_eps,
+            judge,
+            scopes=c.moments,
+            truncated=c.truncated,
+        )
         for v, c in zip(plan.variants, curves)
     ]
-    conclusion, code, summary = conclude(outcomes)
+    conclusion, code, summary = conclude(outcomes, ck.step)
+    if any(o.truncated for o in outcomes):
+        warnings.append(
+            "the time budget ran out before the horizon: "
+            + ", ".join(o.name for o in outcomes if o.truncated)
+            + " cut short (at_risk, truncated)"
+        )
     lo = ck.step - 2 * (rule.points if rule else 0)
     keep = (plan.logged_steps > lo) & (plan.logged_steps <= end)
-    frac = [o for o in outcomes[1:] if o.max_frac_eps_dominated >= 0.99 and not o.spike]
+    frac = [o for o in outcomes[1:] if o.max_frac_eps_dominated >= 0.99 and o.blowup_step is None]
     if frac:
         warnings.append(
             f"{', '.join(o.name for o in frac)}: √v̂ < eps on ~all elements -- Adam is plain SGD with "
@@ -359,7 +450,93 @@ def analyse(
         },
         warnings=warnings,
         forced=force and not fid.reproduced,
+        horizon=dict(plan.horizon),
+        named_tensors=list(plan.named),
+        findings=outcome_findings(outcomes, ck.step),
     )
+
+
+def verify_checkpoint(
+    checkpoint: Path,
+    variants: list[Variant],
+    *,
+    run_dir: Path,
+    loss_tag: str = "train/loss",
+    log_offset: str | int = "auto",
+    device: str = "auto",
+    budget_s: float | None = None,
+    named_tensors: list[str] | None = None,
+    entry: str | None = None,
+    trust_entry: bool = False,
+    trust_checkpoint: bool = False,
+    steps: int | None = None,
+    mode: str = "auto",
+    on_import: Callable[[str], None] | None = _stderr,
+) -> ReplayResult:
+    """Replay ``variants`` from ``checkpoint`` and return the result with outcomes (``scan --verify``).
+
+    - ``variants``: what to try (:class:`Variant`: name, eps, beta2, lr of param group 0, other groups
+      keep their ratio); the checkpoint's own settings are put first as "original" (dropped from the
+      list if given), duplicates dropped. Build single changes with
+      ``make_variants(original, ["1e-3"], None, ["3.3e-4"])`` or by hand.
+    - ``run_dir``: the directory whose event files hold ``loss_tag``; ``log_offset``: the loss of update
+      t is logged at step t+N ("auto": -1 for Lightning, else 0).
+    - ``budget_s``: wall-clock seconds for the replay itself (None: no limit); variants not finished
+      by then are ``at_risk`` with ``truncated: true`` (``fidelity.reproduced`` may then be False for
+      lack of steps). The horizon is the default (:func:`default_horizon`) unless ``steps`` is given.
+    - ``named_tensors``: parameter names (the entry model's ``named_parameters()``) judged on their own
+      for at_risk besides the global moments (e.g. the tensors the report named).
+    - ``entry``: as ``--entry`` (always trusted). Otherwise the entry is discovered from the
+      checkpoint's directory upward, then the current directory; a discovered entry runs only when it
+      comes from the current directory's config (:func:`adamdiag.replay.protocol.cwd_config`) or with
+      ``trust_entry`` -- else :class:`~adamdiag.replay.protocol.UntrustedEntry` (an InputError) is
+      raised before anything is imported. No entry at all: :class:`~adamdiag.replay.protocol.NoEntry`.
+
+    Never prints to stdout; the only stderr line is the mandatory "importing entry X from FILE" notice
+    (route it with ``on_import``; it is called before the import runs). Raises
+    :class:`~adamdiag.errors.InputError` (one line) for bad input: unreadable checkpoint, no loss tag,
+    checkpoint at/after the logged blowup, an entry that fails. A replay that does not reproduce the
+    log is *returned* (``result.fidelity.reproduced`` False, its ``message`` says why): the caller
+    decides (``confirms: null``). Outcomes: ``result.variants[i].outcome`` in avoided/at_risk/blowup,
+    ``blowup_step``, ``truncated``; ``result.conclusion`` in no_blowup/fixed/postponed/not_fixed.
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if budget_s is not None and not budget_s > 0:
+        raise InputError(f"--verify-budget must be a positive number of seconds, got {budget_s}")
+    world = World(1, 0, 0, 1)
+    dev = resolve_device(device, world)
+    t0 = time.monotonic()
+    plan = plan_replay(
+        checkpoint,
+        eps=None,
+        beta2=None,
+        lr=None,
+        steps=steps,
+        entry=entry,
+        logdir=None,
+        trust_checkpoint=trust_checkpoint,
+        loss_tag=loss_tag,
+        log_offset=log_offset,
+        named=named_tensors,
+        variants=list(variants),
+        run_dir=Path(run_dir),
+        require_trust=not trust_entry,
+        notify=on_import,
+    )
+    if budget_s is not None:
+        plan.deadline = t0 + float(budget_s)
+    warns = list(plan.warnings)
+    curves, used = replay_variants(
+        plan,
+        list(range(len(plan.variants))),
+        dev,
+        sequential=choose_sequential(mode, plan, dev),
+        warnings=warns,
+        progress=False,
+        notify=None,
+    )
+    return analyse(plan, curves, device=str(dev), mode=used, force=True, warnings=warns, loss_tag=loss_tag)
 
 
 def run_replay(
@@ -379,10 +556,16 @@ def run_replay(
     loss_tag: str = "train/loss",
     mode: str = "auto",
     log_offset: str | None = "auto",
+    grid: bool = False,
+    named: list[str] | None = None,
+    budget_s: float | None = None,
 ) -> int:
     """The ``replay`` command. Prints the result (rank 0 only) and returns the exit code:
-    0 an alternate avoids the reproduced blowup (or nothing spiked), 1 none does; InputError (exit 2)
-    for bad input or when the replay does not reproduce the log (unless ``force``)."""
+    0 only when some variant is ``avoided`` (an alternate, or the original itself: nothing to fix),
+    1 when none is (``postponed``: the best is at_risk; ``not_fixed``: all blow up); InputError
+    (exit 2) for bad input or when the replay does not reproduce the log (unless ``force``)."""
+    if budget_s is not None and not budget_s > 0:
+        raise InputError(f"--budget must be a positive number of seconds, got {budget_s}")
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}")
     if mode not in MODES:
@@ -401,7 +584,11 @@ def run_replay(
             trust_checkpoint=trust_checkpoint,
             loss_tag=loss_tag,
             log_offset=log_offset,
+            grid=grid,
+            named=named,
         )
+        if budget_s is not None:
+            plan.deadline = time.monotonic() + budget_s
         warns = list(plan.warnings)
         curves, used = replay_variants(
             plan, list(range(len(plan.variants))), dev, sequential=choose_sequential(mode, plan, dev), warnings=warns
@@ -426,6 +613,9 @@ def run_replay(
         force=force,
         mode=mode,
         log_offset=log_offset,
+        grid=grid,
+        named=named,
+        budget_s=budget_s,
     )
 
 
@@ -461,7 +651,16 @@ def _finish(
 
 
 def _run_distributed(
-    world: World, dev: torch.device, checkpoint: Path, *, fmt: str, plot: Path | None, force: bool, mode: str, **kw: Any
+    world: World,
+    dev: torch.device,
+    checkpoint: Path,
+    *,
+    fmt: str,
+    plot: Path | None,
+    force: bool,
+    mode: str,
+    budget_s: float | None = None,
+    **kw: Any,
 ) -> int:
     """Every rank plans (identically), replays its share; rank 0 gathers, reports and decides the code."""
     import traceback
@@ -470,7 +669,9 @@ def _run_distributed(
     try:
         plan, err = None, None
         try:
-            plan = plan_replay(checkpoint, **kw)
+            plan = plan_replay(checkpoint, **kw, notify=_stderr if world.rank == 0 else None)
+            if budget_s is not None:
+                plan.deadline = time.monotonic() + budget_s
         except InputError as e:
             err = str(e)
         errors = [e for e in group.all_gather(err) if e]

@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 from adamdiag.replay.checkpoint import ReplayCheckpoint, load_model_weights, param_order
-from adamdiag.replay.engine import Curve, LazyProgress, get_batch, optimizer_groups
+from adamdiag.replay.engine import Curve, LazyProgress, StopRule, get_batch, median_stride, optimizer_groups
 from adamdiag.replay.protocol import ReplaySpec, Variant, scheduled_lrs
+from adamdiag.replay.result import ScopeSeries
 
 if TYPE_CHECKING:
     import torch
 
-# How often (steps) to look whether every variant has gone non-finite; each look is a device sync.
+# How often (steps) to look whether every variant has gone non-finite or is decided; each look is a
+# device sync (and, with a StopRule, one run of the loss detector per undecided variant).
 CHECK_EVERY = 16
 
 
@@ -196,9 +198,18 @@ def replay_batched(
     steps: int,
     device: torch.device,
     progress: LazyProgress | None = None,
+    *,
+    named: list[str] | None = None,
+    stop: StopRule | None = None,
 ) -> list[Curve]:
     """All variants at once. Memory: K copies of the optimized parameters and their Adam state, the
-    model's other tensors once, one batch (and the K-wide activations of one forward/backward)."""
+    model's other tensors once, one batch (and the K-wide activations of one forward/backward).
+
+    Records what :func:`adamdiag.replay.engine.replay_one` records (tested against it). A variant
+    whose blowup is decided keeps running in the stack -- removing a slice would cost a re-stack and
+    it is as cheap as the others -- but its curve ends where ``stop`` says, and the pass ends once
+    every variant is decided; at the deadline every undecided variant is cut short (``truncated``).
+    """
     import torch
     from torch.func import functional_call, vmap
 
@@ -210,6 +221,8 @@ def replay_batched(
     original_lrs = [float(g["lr"]) for g in ckpt.param_groups]
     variant_lrs = [[float(g["lr"]) for g in optimizer_groups(ckpt, v, device)] for v in variants]
     wrapper = _LossModule(model, spec.loss)
+    tracked = list(named or [])
+    stride = median_stride(sum(s.p[0].numel() for s in stacked))
 
     def loss_of(params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         return functional_call(wrapper, params, (batch,), strict=False, tie_weights=True)
@@ -225,6 +238,15 @@ def replay_batched(
     below = torch.zeros((steps, K), device=device)
     n_rms = [0] * steps
     n_v = [0] * steps
+    # moments for the outcome rule: per scope, sums of g² and v̂_{t-1} (float64, as the reference)
+    # over n_mom elements, and the median √v̂ after the update
+    scopes = ["global", *tracked]
+    g2sum = {k: torch.zeros((steps, K), dtype=torch.float64, device=device) for k in scopes}
+    vpsum = {k: torch.zeros((steps, K), dtype=torch.float64, device=device) for k in scopes}
+    med = {k: torch.full((steps, K), float("nan"), dtype=torch.float64, device=device) for k in scopes}
+    n_mom = {k: [0] * steps for k in scopes}
+    stop_at = [steps] * K
+    truncated = False
     done = 0
     for i, t in enumerate(range(ckpt.step + 1, ckpt.step + steps + 1)):
         batch = get_batch(spec, t, device)
@@ -261,7 +283,16 @@ def replay_batched(
                         else g * g / torch.maximum(vhat, s.eps2_t)
                     )
                     n_rms[i] += s.p[0].numel()
+                    # the reference divides by the Python float 1-β2^k; per-variant β2 needs a column
+                    vp = (s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)).reshape(K, -1)
+                    g2 = (g * g).reshape(K, -1).sum(dim=1, dtype=torch.float64)
+                    vps = vp.sum(dim=1, dtype=torch.float64)
+                    for scope in ("global", s.name) if s.name in g2sum else ("global",):
+                        g2sum[scope][i] += g2
+                        vpsum[scope][i] += vps
+                        n_mom[scope][i] += s.p[0].numel()
                 adam_update_(s, g)
+            samples: dict[str, list[torch.Tensor]] = {k: [] for k in scopes}
             for s in stacked:
                 if s.step <= 0:
                     continue
@@ -270,24 +301,59 @@ def replay_batched(
                 vsum[i] += vhat.sum(dim=dims) if dims else vhat
                 below[i] += (vhat.sqrt() < s.eps_t).sum(dim=dims) if dims else (vhat.sqrt() < s.eps_t).float()
                 n_v[i] += s.p[0].numel()
+                flat = vhat.reshape(K, -1)
+                samples["global"].append(flat[:, ::stride])
+                if s.name in samples:
+                    samples[s.name].append(flat[:, :: median_stride(flat.shape[1])])
+            for k, parts in samples.items():
+                if parts:  # lower median per variant, as torch.median in the reference
+                    med[k][i] = torch.cat(parts, dim=1).median(dim=1).values.double().sqrt()
         done = i + 1
         if progress is not None:
             progress.advance(K)
-        if (i + 1) % CHECK_EVERY == 0 and not bool(torch.isfinite(losses[: i + 1]).all(dim=0).any()):
-            if progress is not None:
-                progress.advance(K * (steps - done))
+        if stop is None:
+            if done % CHECK_EVERY == 0 and not bool(torch.isfinite(losses[:done]).all(dim=0).any()):
+                break
+            continue
+        if stop.stop_after is not None and done % stop.every == 0:
+            L = losses[:done].T.cpu().tolist()
+            for k in range(K):
+                if stop_at[k] == steps:
+                    after = stop.stop_after([float(x) for x in L[k]])
+                    if after is not None:
+                        stop_at[k] = min(steps, after)
+        if all(done >= n for n in stop_at):
             break
+        if done < steps and stop.expired():
+            truncated = True
+            break
+    if progress is not None:
+        progress.advance(K * (steps - done))
     L = losses[:done].T.cpu().tolist()
     R = urms[:done].T.cpu().tolist()
     V = vsum[:done].T.cpu().tolist()
     B = below[:done].T.cpu().tolist()
+    G = {k: g2sum[k][:done].T.cpu().tolist() for k in scopes}
+    P = {k: vpsum[k][:done].T.cpu().tolist() for k in scopes}
+    M = {k: med[k][:done].T.cpu().tolist() for k in scopes}
+    nan = float("nan")
     curves = []
     for k in range(K):
+        moments = {
+            sc: ScopeSeries(
+                g2_mean=[G[sc][k][i] / n_mom[sc][i] if n_mom[sc][i] else nan for i in range(done)],
+                vhat_prev_mean=[P[sc][k][i] / n_mom[sc][i] if n_mom[sc][i] else nan for i in range(done)],
+                median_sqrt_vhat=[float(x) for x in M[sc][k]],
+            )
+            for sc in scopes
+        }
         c = Curve(
             losses=[float(x) for x in L[k]],
-            update_rms=[math.sqrt(R[k][i] / n_rms[i]) if n_rms[i] else float("nan") for i in range(done)],
-            sqrt_vhat=[math.sqrt(V[k][i] / n_v[i]) if n_v[i] else float("nan") for i in range(done)],
-            frac_eps=[B[k][i] / n_v[i] if n_v[i] else float("nan") for i in range(done)],
+            update_rms=[math.sqrt(R[k][i] / n_rms[i]) if n_rms[i] else nan for i in range(done)],
+            sqrt_vhat=[math.sqrt(V[k][i] / n_v[i]) if n_v[i] else nan for i in range(done)],
+            frac_eps=[B[k][i] / n_v[i] if n_v[i] else nan for i in range(done)],
+            moments=moments,
+            truncated=truncated and done < stop_at[k],
         )
-        curves.append(c.truncate_nonfinite())
+        curves.append(c.cut(stop_at[k]).truncate_nonfinite())
     return curves

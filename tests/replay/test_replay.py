@@ -36,6 +36,11 @@ def invoke(*args: str, cwd: Path | None = None):
         os.chdir(old)
 
 
+def errors(res) -> str:
+    """stderr without the "importing entry X from FILE" notice that every entry import prints."""
+    return "\n".join(x for x in res.stderr.splitlines() if not x.startswith("adamdiag: importing entry ")).strip()
+
+
 def _no_nan_literals(text: str) -> dict:
     def bad(name):
         raise AssertionError(f"non-JSON literal {name}")
@@ -55,8 +60,9 @@ def test_replay_reproduces_the_blowup_and_eps_fixes_it(replay_json):
     d = replay_json
     assert d["schema"] == "adamdiag.replay/1"
     assert d["start_step"] == 90
-    # default length: to the logged blowup + margin, cut at the end of the log (step 380)
-    assert 90 + d["steps"] > BLOWUP_STEP and 90 + d["steps"] <= 380
+    # default horizon: 2x the checkpoint->blowup gap (β2 = 0.9: v's memory is only 10 steps), past the
+    # end of the log (step 380) -- batch(t) exists for any t
+    assert d["steps"] == 2 * (BLOWUP_STEP - 90) and d["horizon"]["source"] == "default"
     fid = d["fidelity"]
     assert fid["reproduced"] is True
     assert fid["max_rel_dev"] == 0.0  # the reference path is the training step itself, bit for bit
@@ -65,7 +71,10 @@ def test_replay_reproduces_the_blowup_and_eps_fixes_it(replay_json):
     assert names == ["original", "eps=0.001", "eps=0.01", "eps=0.1"]
     orig = d["variants"][0]
     assert orig["eps"] == 1e-8 and orig["beta2"] == 0.9 and orig["lr"] == 0.01
-    assert orig["spike"] is True and orig["spike_step"] == BLOWUP_STEP
+    assert orig["spike"] is True and orig["spike_step"] == BLOWUP_STEP == orig["blowup_step"]
+    assert orig["outcome"] == "blowup"
+    # the original stops once its blowup is settled (BLOWUP_HORIZON = 100 steps past it)
+    assert orig["steps_replayed"] == BLOWUP_STEP - 90 + 100
     for v in d["variants"][1:]:
         assert set(v) >= {
             "name",
@@ -79,6 +88,7 @@ def test_replay_reproduces_the_blowup_and_eps_fixes_it(replay_json):
             "max_update_rms",
         }
         assert v["spike"] is False and v["spike_step"] is None
+        assert v["outcome"] == "avoided" and v["blowup_step"] is None and v["truncated"] is False
         assert v["max_loss"] < orig["max_loss"] / 5
         assert len(v["losses"]) == d["steps"] == v["steps_replayed"]
     # the mechanism shows in the numbers: the original's update RMS explodes at the regrowth, eps bounds it
@@ -95,6 +105,7 @@ def test_text_output_and_exit_code(run):
     assert "fidelity ok" in out and "max relative deviation 0" in out
     assert "│ original" in out and "│ eps=0.1" in out
     assert "verdict: eps=0.1 avoids the blowup" in out and "(exit 0)" in out
+    assert "│ avoided │" in out and "│  blowup │" in out
 
 
 def test_renderers_reproduce_from_saved_json(replay_json):
@@ -105,25 +116,27 @@ def test_renderers_reproduce_from_saved_json(replay_json):
     r = ReplayResult.from_dict(replay_json)
     assert json.loads(render(r, "json")) == replay_json
     md = render(r, "markdown")
-    assert "| variant | eps | beta2 | lr | max loss |" in md
-    assert "| original | 1e-08 | 0.9 | 0.01 |" in md
+    assert "| variant | eps | beta2 | lr | outcome | blowup step | max loss |" in md
+    assert "| original | 1e-08 | 0.9 | 0.01 | blowup | 341 |" in md
     xml = ET.fromstring(render(r, "junit"))
     assert xml.get("tests") == "4" and xml.get("failures") == "0"
     assert [c.get("name") for c in xml.iter("testcase")][0] == "original (reproduces the log)"
     text = render(r, "text")
-    assert "spike step" in text and "341" in text
+    assert "blowup step" in text and "341" in text
 
 
 def test_junit_fails_the_spiking_variants(run):
     # a grid: eps 1e-8 with a doubled lr still blows up (fails its testcase); eps 0.1 does not
-    res = invoke(run / "checkpoints" / "step_000090.pt", "--eps", "1e-8,1e-1", "--lr", "0.02", "--format", "junit")
+    res = invoke(
+        run / "checkpoints" / "step_000090.pt", "--eps", "1e-8,1e-1", "--lr", "0.02", "--grid", "--format", "junit"
+    )
     assert res.exit_code == 0, res.output
     xml = ET.fromstring(res.stdout)
     cases = {c.get("name"): c for c in xml.iter("testcase")}
     assert set(cases) == {"original (reproduces the log)", "eps=1e-08,lr=0.02", "eps=0.1,lr=0.02"}
     assert xml.get("tests") == "3" and xml.get("failures") == "1"
     fail = cases["eps=1e-08,lr=0.02"].find("failure")
-    assert fail is not None and fail.get("message") == f"eps=1e-08,lr=0.02 spikes at step {BLOWUP_STEP}"
+    assert fail is not None and fail.get("message").startswith("eps=1e-08,lr=0.02 blows up at step")
     assert cases["eps=0.1,lr=0.02"].find("failure") is None
 
 
@@ -145,7 +158,7 @@ def test_fidelity_failure_refuses_to_conclude(run):
     res = invoke(run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40")
     assert res.exit_code == 2
     assert res.stdout == ""
-    line = res.stderr.strip()
+    line = errors(res)
     assert "\n" not in line
     assert "does not reproduce the logged loss" in line and "batch(t)" in line and "--force" in line
 
@@ -181,14 +194,14 @@ def test_plot_writes_a_png(run, tmp_path):
         (["--eps", "abc"], "--eps: not a number: 'abc'"),
         (["--beta2", "1.0"], "--beta2: 1.0 is outside [0, 1)"),
         (["--steps", "0"], "--steps must be between 1"),
-        (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+        (["--device", "tpu"], "'tpu'"),  # the option's choices (typer) or the runner's check
     ],
 )
 def test_bad_input_is_one_line_exit_2(run, args, expected):
     args = [a.format(run=run) for a in args]
     res = invoke(run / "checkpoints" / "step_000090.pt", *args)
     assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
+    lines = errors(res).splitlines()
     assert len(lines) == 1 and lines[0].startswith("adamdiag: error: "), res.stderr
     assert expected in lines[0]
     assert "Traceback" not in res.output
@@ -228,7 +241,7 @@ def test_sgd_checkpoint_is_rejected(tmp_path):
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}, path)
     res = invoke(path)
     assert res.exit_code == 2
-    line = res.stderr.strip()
+    line = errors(res)
     assert "not Adam/AdamW state" in line and "momentum_buffer" in line and "SGD" in line
 
 
@@ -271,7 +284,7 @@ def test_checkpoint_from_another_model_is_rejected(run, tmp_path):
     res = invoke(path, "--entry", f"{run / 'tiny_run.py'}:adamdiag_replay", "--steps", "3")
     assert res.exit_code == 2
     assert "the checkpoint's model weights do not fit the entry's model" in res.stderr
-    assert "size mismatch for weight" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "size mismatch for weight" in res.stderr and len(errors(res).splitlines()) == 1
 
 
 SAMPLE = REPO / "sample_logs" / "vcollapse"
@@ -281,7 +294,17 @@ SAMPLE = REPO / "sample_logs" / "vcollapse"
 def test_sample_logs_vcollapse_replay_eps_1e3_fixes_it():
     """The shipped sample: from the checkpoint before the blowup, the original settings reproduce the
     logged blowup and eps 1e-3 does not blow up (run from the repository root)."""
-    res = invoke("sample_logs/vcollapse/checkpoints/step_000600.pt", "--eps", "1e-3", "--format", "json", cwd=REPO)
+    # 120 steps (the default horizon is 1062): this test is about reproducing the run
+    res = invoke(
+        "sample_logs/vcollapse/checkpoints/step_000600.pt",
+        "--eps",
+        "1e-3",
+        "--steps",
+        "120",
+        "--format",
+        "json",
+        cwd=REPO,
+    )
     assert res.exit_code == 0, res.output
     d = _no_nan_literals(res.stdout)
     truth = json.loads((SAMPLE / "truth.json").read_text())["summary"]["blowup_step"]
@@ -292,7 +315,7 @@ def test_sample_logs_vcollapse_replay_eps_1e3_fixes_it():
     assert abs(fid["logged_spike_step"] - truth) <= 5
     orig, alt = d["variants"]
     assert orig["spike"] and abs(orig["spike_step"] - fid["logged_spike_step"]) <= fid["spike_tolerance"] == 7
-    assert alt["name"] == "eps=0.001" and not alt["spike"]
+    assert alt["name"] == "eps=0.001" and not alt["spike"] and alt["outcome"] == "avoided"
     assert alt["max_loss"] < orig["max_loss"] / 100
     assert math.isfinite(alt["final_loss"])
 
@@ -302,14 +325,16 @@ def test_modes_agree(run):
     out = {}
     for mode in ("batched", "sequential"):
         res = invoke(run / "checkpoints" / "step_000200.pt", "--mode", mode, "--format", "json")
-        assert res.exit_code == 1, res.output  # from step 200 the drift is already in the weights: all spike
+        # from step 200 the drift is already in the weights: the eps variants still rise when the
+        # features return, but less than scan's decade that makes a blowup
+        assert res.exit_code == 0, res.output
         out[mode] = _no_nan_literals(res.stdout)
         assert out[mode]["mode"] == mode
     for a, b in zip(out["batched"]["variants"], out["sequential"]["variants"]):
-        assert a["name"] == b["name"] and a["spike"] == b["spike"] and a["spike_step"] == b["spike_step"]
+        assert a["name"] == b["name"] and a["outcome"] == b["outcome"] and a["blowup_step"] == b["blowup_step"]
         assert max(abs(x - y) / abs(y) for x, y in zip(a["losses"], b["losses"])) <= 1e-5
     res = invoke(run / "checkpoints" / "step_000200.pt", "--mode", "fast")
-    assert res.exit_code == 2 and "--mode must be one of auto, batched, sequential" in res.stderr
+    assert res.exit_code == 2 and "'fast'" in res.stderr  # typer's choice check or the runner's
 
 
 @pytest.mark.skipif(not (SAMPLE / "checkpoints" / "step_000600.pt").exists(), reason="sample_logs not generated")
@@ -334,6 +359,8 @@ def test_replay_on_other_hardware_reproduces_the_event_not_the_digits(tmp_path):
         f"{REPO / 'tools' / 'runlab' / 'multitask.py'}:adamdiag_replay",
         "--eps",
         "1e-3",
+        "--steps",
+        "120",
         "--format",
         "json",
     )

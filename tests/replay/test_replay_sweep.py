@@ -91,13 +91,21 @@ def spec_for(bn: bool = False, clip: float | None = None):
 def variants_for(ckpt) -> list[Variant]:
     g = ckpt.param_groups[0]
     orig = Variant("original", g["eps"], g["betas"][1], g["lr"])
-    return make_variants(orig, ["1e-3"], None, None) + make_variants(orig, None, ["0.5"], ["3e-2"])[1:]
+    return make_variants(orig, ["1e-3"], None, None) + make_variants(orig, None, ["0.5"], ["3e-2"], grid=True)[1:]
 
 
 def rel(a: list[float], b: list[float]) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-30)))
+
+
+def rel_nan(a: list[float], b: list[float]) -> float:
+    """rel() where both are finite; NaN (no gradient at that step) must sit at the same steps."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert (np.isnan(a) == np.isnan(b)).all()
+    ok = ~np.isnan(a)
+    return rel(list(a[ok]), list(b[ok])) if ok.any() else 0.0
 
 
 CASES = [("adamw_amsgrad", 0.05), ("adam_l2", None), ("adam_maximize", 0.1)]
@@ -123,14 +131,26 @@ def test_batched_sweep_equals_sequential_torch_adam(tmp_path, kind, clip):
     ckpt = load_replay_checkpoint(path)
     variants = variants_for(ckpt)
     assert [v.name for v in variants] == ["original", "eps=0.001", "beta2=0.5,lr=0.03"]
-    seq = replay_sequential(spec_for(clip=clip), ckpt, variants, 30, CPU)
-    bat = replay_batched(spec_for(clip=clip), ckpt, variants, 30, CPU)
+    # the outcome rule's moments, globally and for named tensors (a matrix, the 0-dim temperature, and
+    # `extra`, which gets no gradient on odd steps)
+    named = ["l1.weight", "temp", "extra"]
+    seq = replay_sequential(spec_for(clip=clip), ckpt, variants, 30, CPU, named=named)
+    bat = replay_batched(spec_for(clip=clip), ckpt, variants, 30, CPU, named=named)
     for s, b in zip(seq, bat):
         assert len(s.losses) == len(b.losses) == 30
         assert rel(s.losses, b.losses) <= 1e-5
         assert rel(s.update_rms[1:], b.update_rms[1:]) <= 1e-4
         assert rel(s.sqrt_vhat, b.sqrt_vhat) <= 1e-4
         assert np.allclose(s.frac_eps, b.frac_eps, atol=1e-3)
+        assert list(s.moments) == list(b.moments) == ["global", *named]
+        for scope in s.moments:
+            ms, mb = s.moments[scope], b.moments[scope]
+            assert rel_nan(ms.g2_mean, mb.g2_mean) <= 1e-4, scope
+            assert rel_nan(ms.vhat_prev_mean, mb.vhat_prev_mean) <= 1e-4, scope
+            assert rel(ms.median_sqrt_vhat, mb.median_sqrt_vhat) <= 1e-4, scope
+        # the moments are what they claim: the median is one of the elements, r = g²/v̂ is finite
+        assert all(x > 0 for x in s.moments["global"].median_sqrt_vhat)
+        assert np.isnan(s.moments["extra"].g2_mean[0]) and not np.isnan(s.moments["extra"].g2_mean[1])
     # the variants really differ (the test would pass trivially otherwise)
     assert rel(seq[0].losses, seq[2].losses) > 1e-3
     # the checkpoint in memory is untouched by the replays: a second replay gives the same numbers
@@ -151,6 +171,51 @@ def test_batched_truncates_after_nonfinite_like_sequential(tmp_path):
     assert len(seq[1].losses) == len(bat[1].losses) < 20
     assert not math.isfinite(seq[1].losses[-1]) and not math.isfinite(bat[1].losses[-1])
     assert rel(seq[0].losses, bat[0].losses) <= 1e-5 and len(bat[0].losses) == 20
+
+
+def test_median_sample_is_the_same_elements_in_both_engines(tmp_path, monkeypatch):
+    """Above OUTCOME_MEDIAN_SAMPLE elements the median √v̂ is taken over a strided sample; both engines
+    take the same one (here forced on a small model)."""
+    import adamdiag.replay.engine as engine
+
+    monkeypatch.setattr(engine, "OUTCOME_MEDIAN_SAMPLE", 7)
+    assert engine.median_stride(100) == 15
+    path = tmp_path / "ck.pt"
+    make_checkpoint(path, kind="adam_l2")
+    ckpt = load_replay_checkpoint(path)
+    variants = variants_for(ckpt)
+    seq = replay_sequential(spec_for(), ckpt, variants, 5, CPU, named=["l1.weight"])
+    bat = replay_batched(spec_for(), ckpt, variants, 5, CPU, named=["l1.weight"])
+    for s, b in zip(seq, bat):
+        for scope in ("global", "l1.weight"):
+            assert rel(s.moments[scope].median_sqrt_vhat, b.moments[scope].median_sqrt_vhat) <= 1e-4
+
+
+def test_stop_rule_ends_variants_alike_in_both_engines(tmp_path):
+    """A decided blowup ends a variant where the rule says, in both engines; a spent budget cuts every
+    variant short and marks it truncated."""
+    import time
+
+    from adamdiag.replay.engine import StopRule
+
+    path = tmp_path / "ck.pt"
+    make_checkpoint(path, kind="adam_l2")
+    ckpt = load_replay_checkpoint(path)
+    variants = variants_for(ckpt)
+    # variant "decided" once it has 3 steps (whatever its losses), settled 5 steps in
+    rule = StopRule(stop_after=lambda losses: 5 if len(losses) >= 3 else None, every=1)
+    seq = replay_sequential(spec_for(), ckpt, variants, 12, CPU, stop=rule)
+    bat = replay_batched(spec_for(), ckpt, variants, 12, CPU, stop=rule)
+    assert [len(c.losses) for c in seq] == [len(c.losses) for c in bat] == [5, 5, 5]
+    assert not any(c.truncated for c in seq + bat)
+    assert rel(seq[2].losses, bat[2].losses) <= 1e-5
+    spent = StopRule(deadline=time.monotonic() - 1)
+    bat = replay_batched(spec_for(), ckpt, variants, 12, CPU, stop=spent)
+    assert all(c.truncated and len(c.losses) == 1 for c in bat)
+    one = replay_one(spec_for(), ckpt, variants[0], 12, CPU, stop=spent)
+    assert one.truncated and len(one.losses) == 1
+    seq = replay_sequential(spec_for(), ckpt, variants, 12, CPU, stop=spent)
+    assert all(c.truncated and not c.losses for c in seq)  # not even started
 
 
 def test_batchnorm_cannot_be_vmapped_and_the_command_falls_back(tmp_path):

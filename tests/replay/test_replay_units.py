@@ -23,14 +23,19 @@ from adamdiag.replay.protocol import (
 )
 from adamdiag.replay.result import (
     FIDELITY_MAX_REL_DEV,
-    MAX_DEFAULT_STEPS,
+    BlowupJudge,
     Fidelity,
     ReplayResult,
+    ScopeSeries,
     SpikeRule,
     check_fidelity,
     conclude,
-    default_steps,
+    decide_outcome,
+    default_horizon,
+    outcome_findings,
+    outcome_window,
     reference_rule,
+    risk_evidence,
     summarize_variant,
 )
 
@@ -51,13 +56,30 @@ def test_default_variants_are_the_reports_eps_candidates():
 
 
 def test_variants_grid_repeatable_and_comma_lists_without_duplicates():
-    vs = make_variants(ORIG, ["1e-3,1e-2", "1e-3"], ["0.99"], None)
+    vs = make_variants(ORIG, ["1e-3,1e-2", "1e-3"], ["0.99"], None, grid=True)
     assert [v.name for v in vs] == ["original", "eps=0.001,beta2=0.99", "eps=0.01,beta2=0.99"]
     # only --beta2: eps stays the original's, no default eps candidates
     vs = make_variants(ORIG, None, ["0.99", "0.999"], None)
     assert [v.name for v in vs] == ["original", "beta2=0.99"]  # 0.999 is the original itself
     vs = make_variants(ORIG, None, None, ["1e-4"])
     assert vs[1] == Variant("lr=0.0001", 1e-8, 0.999, 1e-4)
+
+
+def test_variants_one_change_each_unless_grid():
+    """--eps A --lr B tries eps=A and lr=B separately, so the table says which change helped;
+    --grid gives the cross product."""
+    vs = make_variants(ORIG, ["1e-3"], None, ["3.3e-4"])
+    assert [(v.name, v.eps, v.beta2, v.lr) for v in vs] == [
+        ("original", 1e-8, 0.999, 1e-3),
+        ("eps=0.001", 1e-3, 0.999, 1e-3),
+        ("lr=0.00033", 1e-8, 0.999, 3.3e-4),
+    ]
+    vs = make_variants(ORIG, ["1e-3"], None, ["3.3e-4"], grid=True)
+    assert [(v.name, v.eps, v.lr) for v in vs] == [("original", 1e-8, 1e-3), ("eps=0.001,lr=0.00033", 1e-3, 3.3e-4)]
+    vs = make_variants(ORIG, ["1e-3,1e-8"], ["0.99"], ["1e-3", "1e-4"], grid=True)
+    assert len(vs) == 1 + 2 * 1 * 2 - 0  # (1e-8, 0.99, 1e-3) differs from the original in beta2: kept
+    vs = make_variants(ORIG, ["1e-8", "1e-3"], None, ["1e-3"])  # values equal to the original are dropped
+    assert [v.name for v in vs] == ["original", "eps=0.001"]
 
 
 @pytest.mark.parametrize(
@@ -172,71 +194,181 @@ def test_reference_rule_from_the_log_before_the_checkpoint():
     assert not rule.log and rule.first_spike(steps[60:], -vals[60:]) is None
 
 
-def test_default_steps():
-    assert default_steps(100, 200, 1000) == (120, "to the logged blowup at step 200 + margin")
-    assert default_steps(100, 110, 115)[0] == 15  # not past the end of the log
-    n, why = default_steps(0, MAX_DEFAULT_STEPS + 10, None)
-    assert n is None and "--steps" in why
-    assert default_steps(100, None, 5000)[0] == MAX_DEFAULT_STEPS
-    assert default_steps(100, None, 100)[0] is None
+def test_default_horizon():
+    # past the logged blowup by v's memory, at least 2x the checkpoint->blowup gap
+    assert default_horizon(600, 663, 2000, [0.999]) == (
+        1063,
+        "to the logged blowup at step 663 + 1/(1-β2) = 1000 steps",
+    )
+    n, why = default_horizon(0, 3000, None, [0.999])  # no 2000-step refusal any more
+    assert n == 6000 and why.startswith("2x the 3000 steps")
+    assert default_horizon(100, 200, 150, [0.99, 0.999])[0] == 1100  # the largest β2 of the variants
+    assert default_horizon(100, None, 5000, [0.999])[0] == 4900  # no blowup logged: to the end of the log
+    assert default_horizon(100, None, 100, [0.999])[0] is None
 
 
 def test_fidelity_rules():
-    rule = _rule(level=1.0)
     logged_steps = np.arange(1, 41)
     logged = np.r_[np.full(30, 1.0) + np.arange(30) * 1e-2, np.full(10, 50.0)]
     exact = list(logged[10:])
-    f = check_fidelity(10, exact, logged_steps, logged, rule, 40)
+
+    def fid(start, rep, end, replayed_blowup, logged_blowup=31):
+        return check_fidelity(
+            start, rep, logged_steps, logged, end, logged_blowup=logged_blowup, replayed_blowup=replayed_blowup
+        )
+
+    f = fid(10, exact, 40, 31)
     # tracked: steps 11..20, the first half of the way to the logged blowup at 31
     assert f.reproduced and f.max_rel_dev == 0 and f.compared_steps == 10 and f.tracked_until == 20
     assert f.logged_spike_step == 31 == f.replayed_spike_step and f.spike_tolerance == 3
     # after the tracked half, rounding differences may have grown (the instability amplifies them):
     # a replay that drifts away late but blows up within the tolerance reproduces the run
     drift = [x * (1 + (0.3 if t > 20 else 1e-5)) for t, x in zip(range(11, 41), exact)]
-    drift[20:23] = [1.0, 1.0, 1.0]  # steps 31-33 calm: it blows up three steps late (34 instead of 31)
-    f = check_fidelity(10, drift, logged_steps, logged, rule, 40)
+    f = fid(10, drift, 40, 34)
     assert f.reproduced and f.replayed_spike_step == 34, f.message
     assert "tolerance 3" in f.message
-    late = exact[:20] + [1.0] * 4 + [50.0] * 6  # blows up at 35: 4 steps late, beyond the tolerance
-    f = check_fidelity(10, late, logged_steps, logged, rule, 40)
+    f = fid(10, exact[:20] + [1.0] * 4 + [50.0] * 6, 40, 35)  # 4 steps late, beyond the tolerance
     assert not f.reproduced and f.message.startswith("the replay blows up at step 35, 4 steps after the logged")
-    early = exact[:15] + [50.0] * 15  # tracks the first half, then blows up at 26: 5 steps early
-    f = check_fidelity(10, early, logged_steps, logged, rule, 40)
+    f = fid(10, exact[:15] + [50.0] * 15, 40, 26)  # tracks the first half, then blows up 5 steps early
     assert not f.reproduced and "5 steps before the logged blowup at step 31 (tolerance 3)" in f.message
     off = [x * (1 + 3 * FIDELITY_MAX_REL_DEV) for x in exact]
-    f = check_fidelity(10, off, logged_steps, logged, rule, 40)
+    f = fid(10, off, 40, 31)
     assert not f.reproduced and "does not reproduce the logged loss" in f.message and "batch(t)" in f.message
-    no_blowup = exact[:20] + [1.0] * 10
-    f = check_fidelity(10, no_blowup, logged_steps, logged, rule, 40)
+    f = fid(10, exact[:20] + [1.0] * 10, 40, None)
     assert not f.reproduced and "does not reproduce the logged blowup at step 31" in f.message
     # the log holds the loss *after* update t at step t: the replay matches it shifted by one step
-    shifted = list(logged[9:29])
-    f = check_fidelity(10, shifted, logged_steps, logged, rule, 30)
+    f = fid(10, list(logged[9:29]), 30, None)
     assert not f.reproduced and "matches the log shifted by -1 step" in f.message
-    f = check_fidelity(100, [1.0] * 5, logged_steps, logged, rule, 105)
+    f = fid(100, [1.0] * 5, 105, None)
     assert not f.reproduced and "no logged loss between steps 101 and 105" in f.message
 
 
+def test_blowup_step_is_scans_on_log_and_replay():
+    """One definition: the logged blowup is detect_loss_events' on the log, a replayed one the same
+    function on the log up to the checkpoint + the replayed losses sampled like the log."""
+    from adamdiag.analysis.signals import detect_loss_events
+
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 301)
+    vals = np.exp(rng.normal(0, 0.02, 300)) * np.r_[np.full(200, 1.0), np.full(100, 100.0)]
+    judge = BlowupJudge(steps, vals, 150)
+    assert judge.logged_blowup == detect_loss_events(steps, vals).blowup_step == 201
+    assert judge.blowup_step(list(vals[150:])) == 201
+    calm = list(vals[150:200]) * 3
+    assert judge.blowup_step(calm) is None and judge.stop_after(calm) is None
+    late = calm[:100] + [50.0] * 30
+    assert judge.blowup_step(late) == 251
+    assert judge.stop_after(late) == 101 + 100  # settled BLOWUP_HORIZON steps past the blowup
+    assert judge.blowup_step([1.0, math.nan]) == 152 and judge.stop_after([1.0, math.nan]) == 2
+    # a log written every 10 steps: the replay is read at the same steps (and interval past the log's end)
+    sparse = BlowupJudge(steps[::10], vals[::10], 150)
+    assert sparse.logged_blowup == 201
+    st, _ = sparse.curve([1.0] * 200)
+    assert list(st[-3:]) == [321, 331, 341] and 155 not in st  # logged 1, 11, ..., 291
+
+
+def _collapsing(n=300, r=1e-3, v0=1e-4, beta2=0.99, grow=False):
+    """Moments under pure-ish decay: v̂ ← β2·v̂ + (1-β2)·g² with g² = r·v̂."""
+    vs, g2 = [], []
+    v = v0
+    for _ in range(n):
+        vs.append(v)
+        g2.append((r if not grow else 1.0) * v)
+        v = beta2 * v + (1 - beta2) * g2[-1]
+    med = [math.sqrt(x) * 0.8 for x in vs[1:] + [v]]
+    return ScopeSeries(g2_mean=g2, vhat_prev_mean=vs, median_sqrt_vhat=med)
+
+
+def test_outcome_window():
+    assert outcome_window(0.999) == 200 and outcome_window(0.9999) == 2000
+    assert outcome_window(0.99) == 50 and outcome_window(0.9) == 50  # never judged on fewer than 50 steps
+
+
+def test_outcomes_from_hand_made_moments():
+    coll = _collapsing()
+    e = risk_evidence(coll, 0.99, 1e-8, "global")
+    assert (
+        e["at_risk"] and e["window"] == 50 and e["r"] < 0.1 and e["median_sqrt_vhat_end"] < e["median_sqrt_vhat_start"]
+    )
+    assert decide_outcome(None, False, {"global": coll}, 0.99, 1e-8)[0] == "at_risk"
+    # eps already bounds the step (median √v̂ under 10·eps): the collapse cannot blow the step up any more
+    assert decide_outcome(None, False, {"global": coll}, 0.99, 1e-3)[0] == "avoided"
+    # gradients as large as v̂ expects (r ~ 1): no collapse
+    assert decide_outcome(None, False, {"global": _collapsing(grow=True)}, 0.99, 1e-8)[0] == "avoided"
+    # r small but √v̂ not falling any more (it settled on the gradient noise floor)
+    flat = ScopeSeries(coll.g2_mean, coll.vhat_prev_mean, [1e-3] * len(coll.g2_mean))
+    assert decide_outcome(None, False, {"global": flat}, 0.99, 1e-8)[0] == "avoided"
+    # a named tensor still collapsing while the global mean is not: at risk, and it says where
+    out, ev = decide_outcome(None, False, {"global": flat, "head.weight": coll}, 0.99, 1e-8)
+    assert out == "at_risk" and ev["scope"] == "head.weight"
+    assert decide_outcome(120, False, {"global": coll}, 0.99, 1e-8)[0] == "blowup"
+    assert decide_outcome(None, True, {"global": flat}, 0.99, 1e-8) == ("at_risk", {"scope": "budget", "at_risk": True})
+
+
+def _judge():
+    return BlowupJudge(np.arange(1, 51), np.ones(50), 50)
+
+
+def _v(name, losses, scopes=None, truncated=False):
+    n = len(losses)
+    return summarize_variant(
+        name,
+        1e-3,
+        0.99,
+        1e-3,
+        50,
+        losses,
+        [1.0] * n,
+        [1.0] * n,
+        [0.0] * n,
+        _judge(),
+        scopes=scopes,
+        truncated=truncated,
+    )
+
+
 def test_conclusion_and_exit_codes():
-    rule = _rule(level=1.0)
-
-    def v(name, losses):
-        return summarize_variant(
-            name, 1e-3, 0.999, 1e-3, 0, losses, [1.0] * len(losses), [1.0] * len(losses), [0.0] * len(losses), rule
-        )
-
-    spiky, calm = [1.0] * 5 + [100.0] * 5, [1.0] * 10
-    assert conclude([v("o", spiky), v("a", calm), v("b", spiky)])[:2] == ("fixed", 0)
-    assert conclude([v("o", spiky), v("a", spiky)])[:2] == ("not_fixed", 1)
-    assert conclude([v("o", calm), v("a", spiky)])[:2] == ("no_blowup", 0)
-    nan = v("n", [1.0, math.nan])
-    assert nan.spike and nan.spike_step == 2 and nan.nonfinite_step == 2 and nan.max_loss == math.inf
+    spiky, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 100
+    late = [1.0] * 60 + [100.0] * 15
+    assert conclude([_v("o", spiky), _v("a", calm), _v("b", spiky)])[:2] == ("fixed", 0)
+    assert conclude([_v("o", spiky), _v("a", spiky)])[:2] == ("not_fixed", 1)
+    assert conclude([_v("o", calm), _v("a", spiky)])[:2] == ("no_blowup", 0)
+    nan = _v("n", [1.0, math.nan])
+    assert nan.spike and nan.blowup_step == nan.spike_step == 52 and nan.nonfinite_step == 52
+    assert nan.max_loss == math.inf and nan.outcome == "blowup"
+    # a later blowup is a postponement: exit 1, and the text says from where to where
+    vs = [_v("o", spiky), _v("lr=3.3e-4", late)]
+    c, code, text = conclude(vs, 50)
+    assert (c, code) == ("postponed", 1) and "lr=3.3e-4 postpones the blowup from 56 to 111" in text
+    assert [f["id"] for f in outcome_findings(vs, 50)] == ["AD106"]
+    # a few steps later is the same blowup (the replay's own timing jitter), not a postponement
+    assert conclude([_v("o", spiky), _v("a", [1.0] * 8 + [100.0] * 15)], 50)[:2] == ("not_fixed", 1)
+    # no blowup but v still collapsing at the end: at risk -> postponed, exit 1
+    risky = _v("lr=1e-4", [1.0] * 100, scopes={"global": _collapsing(100, v0=1e-2)})
+    assert risky.outcome == "at_risk" and risky.risk["scope"] == "global"
+    c, code, text = conclude([_v("o", spiky), risky], 50)
+    assert (c, code) == (
+        "postponed",
+        1,
+    ) and "lr=1e-4 reaches step 150 without a blowup, but v is still collapsing" in text
+    # cut short by a budget: at risk, truncated
+    cut = _v("eps=0.1", [1.0] * 10, truncated=True)
+    assert cut.outcome == "at_risk" and cut.truncated
+    assert conclude([_v("o", spiky), cut, _v("b", calm)])[:2] == ("fixed", 0)
 
 
 def test_result_json_has_no_nan_and_round_trips():
-    rule = _rule()
     var = summarize_variant(
-        "original", 1e-8, 0.999, 1e-3, 10, [1.0, math.inf], [2.0, math.nan], [0.1, 0.1], [0.5, 0.5], rule
+        "original",
+        1e-8,
+        0.999,
+        1e-3,
+        10,
+        [1.0, math.inf],
+        [2.0, math.nan],
+        [0.1, 0.1],
+        [0.5, 0.5],
+        BlowupJudge(np.arange(1, 11), np.ones(10), 10),
     )
     r = ReplayResult(
         checkpoint="c.pt",

@@ -842,7 +842,9 @@ def adamdiag_replay(checkpoint: str) -> dict[str, Any]:
 
     Returns {"model": nn.Module (fresh init; adamdiag loads the checkpoint weights into it),
     "batch": step -> batch (1-based, see module docstring), "loss": (model, batch) -> scalar total loss,
-    "clip_grad_norm": float | None}.
+    "clip_grad_norm": float | None}, plus "lr_schedule": step -> lr of that update when the run does
+    not hold its lr constant (the very float ``lr_at`` gave the optimizer in training, so the replay
+    reproduces the log bit for bit).
     """
     cfg = load_config(run_dir_of_checkpoint(checkpoint))
     data = build_data(cfg)
@@ -854,4 +856,7 @@ def adamdiag_replay(checkpoint: str) -> dict[str, Any]:
     def loss(m: nn.Module, b: Any) -> torch.Tensor:
         return total_loss(cfg, m, b)
 
-    return {"model": model, "batch": batch, "loss": loss, "clip_grad_norm": cfg.clip_grad_norm}
+    out: dict[str, Any] = {"model": model, "batch": batch, "loss": loss, "clip_grad_norm": cfg.clip_grad_norm}
+    if cfg.lr_schedule != "constant" and cfg.warmup_steps > 0:
+        out["lr_schedule"] = lambda step: lr_at(cfg, int(step))
+    return out
