@@ -66,10 +66,13 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
         ]
         for col, j in columns:
             tab.add_column(col, justify=j, no_wrap=col != "tensor", overflow="fold")
+        # several optimizers in one file: state indices repeat, so the optimizer's index leads (o1:0/3)
+        several = len({(t.optimizer or {}).get("index", 0) for t in s.tensors}) > 1
         for t in sorted(s.tensors, key=lambda t: t.risk_key):
+            opt = f"o{(t.optimizer or {}).get('index', 0)}:" if several else ""
             tab.add_row(
                 t.label,
-                f"{t.group}/{t.index}",
+                f"{opt}{t.group}/{t.index}",
                 "×".join(map(str, t.shape)) or "()",
                 _fmt(t.step),
                 _fmt(t.lr),

@@ -125,3 +125,10 @@ def test_only_non_adam_optimizers_is_still_refused_naming_them(tmp_path):
     torch.save({"optimizers": [muon.state_dict()]}, path)
     with pytest.raises(InputError, match="not an Adam optimizer state"):
         open_checkpoint(path)
+
+
+def test_inspect_text_names_the_optimizer_when_there_are_several(gan):
+    path, _ = gan
+    res = CliRunner().invoke(app, ["inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "o0:0/0" in res.output and "o1:0/0" in res.output and "not Adam: SGD" in res.output
