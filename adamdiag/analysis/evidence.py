@@ -490,6 +490,8 @@ class Evidence:
     lr: float | None
     hyper_assumed: bool  # no checkpoint: beta2/eps are the torch defaults
     lr_at_event: float | None = None  # from a logged learning-rate tag
+    # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
+    loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def blowup_step(self) -> int | None:
@@ -558,6 +560,33 @@ def series_arrays(scalars: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
     return s.index.to_numpy(np.int64), s.to_numpy(np.float64)
 
 
+def loss_series(
+    scalars: Any, tag: str, tags: list[str], rebuilt: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a loss tag, with Keras' per-epoch running means (``batch_loss`` beside an
+    ``epoch_loss``) turned back into per-batch losses first: read raw, a 13x batch shows as a small
+    bump and every epoch start as a drop. What was done is appended to ``rebuilt`` (rule AD603)."""
+    from adamdiag.analysis.keras_logs import is_running_mean_tag, reconstruct_running_mean
+
+    steps, values = series_arrays(scalars, tag)
+    if not is_running_mean_tag(tag, tags):
+        return steps, values
+    base = tag.rsplit("/", 1)[-1]
+    epoch_tag = tag[: len(tag) - len(base)] + "epoch_" + base[len("batch_") :]
+    epoch_values = series_arrays(scalars, epoch_tag)[1]
+    r = reconstruct_running_mean(steps, values, epoch_values=epoch_values)
+    rebuilt.append(
+        {
+            "tag": tag,
+            "epoch_tag": epoch_tag,
+            "reconstructed": bool(r.reconstructed),
+            "reason": r.reason,
+            "notes": list(r.notes),
+        }
+    )
+    return (r.steps, r.values) if r.reconstructed else (steps, values)
+
+
 def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> Evidence:
     """Collect the evidence of one run. ``loss_tags[0]`` is the total loss (it sets the blowup step);
     the others are per-task losses whose events become findings of their own."""
@@ -567,12 +596,14 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     scalars = inp.scalars
     ckpts = sorted((c for c in inp.checkpoints if getattr(c, "step", None) is not None), key=lambda c: c.step)
     loss_tag = loss_tags[0] if loss_tags else None
+    tags = tags_of(inp)
+    rebuilt: list[dict[str, Any]] = []
     if loss_tag is not None:
-        steps, loss = series_arrays(scalars, loss_tag)
+        steps, loss = loss_series(scalars, loss_tag, tags, rebuilt)
         ev = detect_loss_events(steps, loss)
     else:
         steps, loss, ev = np.zeros(0, np.int64), np.zeros(0), LossEvents()
-    task_events = {t: detect_loss_events(*series_arrays(scalars, t)) for t in loss_tags[1:]}
+    task_events = {t: detect_loss_events(*loss_series(scalars, t, tags, rebuilt)) for t in loss_tags[1:]}
     event_step = ev.blowup_step if ev.blowup_step is not None else (ev.spikes[0] if ev.spikes else None)
     before = [c for c in ckpts if event_step is None or c.step < event_step]
     start = before[-1] if before else None
@@ -596,7 +627,7 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         if grad_jump is not None:
             grad_jump["isolated"] = jump_is_isolated(grad_jump, gn)
     lr_at_event = None
-    lr_tag = pick_lr_tag(tags_of(inp))
+    lr_tag = pick_lr_tag(tags)
     if lr_tag is not None and event_step is not None:
         ls, lv = series_arrays(scalars, lr_tag)
         k = int(np.searchsorted(ls, event_step, side="right")) - 1
@@ -625,6 +656,7 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         lr=lr,
         hyper_assumed=not ckpts,
         lr_at_event=lr_at_event,
+        loss_rebuilt=rebuilt,
     )
 
 

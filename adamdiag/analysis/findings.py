@@ -107,6 +107,21 @@ def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
     return []
 
 
+def loss_rebuilt(ev: Evidence) -> list[Finding]:
+    """AD603: a Keras running-mean loss was turned back into per-batch losses (or kept raw: why)."""
+    out = []
+    for r in ev.loss_rebuilt:
+        if r["reconstructed"]:
+            msg = (
+                f"'{r['tag']}' is Keras' running mean since the start of the epoch: per-batch losses reconstructed "
+                f"before detection ({r['reason']})"
+            )
+        else:
+            msg = f"'{r['tag']}' looks like Keras' running mean but was kept raw: {r['reason']}"
+        out.append(Finding("AD603", "info", msg, evidence=r))
+    return out
+
+
 def loss_events(ev: Evidence) -> list[Finding]:
     """AD001 (blowup; its peak with its own step) and AD002 (recovered spikes), for the total loss and
     every per-task loss tag."""

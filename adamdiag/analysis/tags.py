@@ -19,6 +19,9 @@ LOSS_TAGS = (
     "train/total_loss",
     "total_loss",
     "train/loss_total",
+    # Keras' TensorBoard callback: the per-batch running mean (rebuilt per batch before detection)
+    "batch_loss",
+    "train/batch_loss",
 )
 GRAD_NORM_TAGS = (
     "train/grad_norm",
