@@ -132,3 +132,35 @@ def test_inspect_text_names_the_optimizer_when_there_are_several(gan):
     res = CliRunner().invoke(app, ["inspect", str(path)])
     assert res.exit_code == 0, res.output
     assert "o0:0/0" in res.output and "o1:0/0" in res.output and "not Adam: SGD" in res.output
+
+
+def test_dcp_with_two_adam_optimizers_and_an_sgd(tmp_path):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4), nn.Linear(4, 1))
+    opts = {
+        "optim_g": torch.optim.Adam(model[0].parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        "optim_d": torch.optim.AdamW(model[2].parameters(), lr=1e-3, betas=(0.9, 0.99)),
+        "optim_h": torch.optim.SGD(model[3].parameters(), lr=0.1, momentum=0.9),
+    }
+    _train(model, list(opts.values()))
+    sd = {"model": get_model_state_dict(model)}
+    sd.update({k: get_optimizer_state_dict(model, o) for k, o in opts.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single process: no process group
+        dcp.save(sd, checkpoint_id=str(tmp_path / "dcp"))
+    ck = open_checkpoint(tmp_path / "dcp")
+    live = {id(p): n for n, p in model.named_parameters()}
+    truth = {(k, live[id(p)]): st for k, o in opts.items() for p, st in o.state.items()}
+    got = set()
+    for t in ck.tensors():
+        key = t.optimizer["key"]
+        assert torch.equal(t.exp_avg_sq, truth[(key, t.name)]["exp_avg_sq"]), (key, t.name)
+        assert t.beta2 == (0.999 if key == "optim_g" else 0.99)
+        got.add((key, t.name))
+    assert got == {k for k in truth if k[0] != "optim_h"}
+    assert ck.optimizer == "Adam+AdamW" and [o["key"] for o in ck.other_optimizers] == ["optim_h"]

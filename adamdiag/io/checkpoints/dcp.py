@@ -268,10 +268,80 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
             f"{d}: DCP checkpoint without optimizer state ({len(reader.sdm)} items, e.g. "
             f"{', '.join(list(reader.sdm)[:4])})"
         )
-    if len(adam) > 1:
-        warnings.append(f"{len(adam)} optimizer states in the checkpoint; using the first")
-    prefix, o = next(iter(adam.items()))
+    # Every Adam-family optimizer (a GAN's two, {"optim_g": ..., "optim_d": ...}); others listed.
+    prefixes = list(opts)
+    adam_list = [(prefixes.index(p), p, o) for p, o in adam.items()]
+    others = [
+        {"index": prefixes.index(p), "key": ".".join(map(str, p)), "type": _describe_dcp_non_adam(o)}
+        for p, o in opts.items()
+        if p not in adam
+    ]
+    if len(opts) > 1:
+        warnings.append(
+            f"{len(opts)} optimizer states in the checkpoint; Adam-family ones analysed: "
+            + ", ".join(f"[{i}] {'.'.join(map(str, p)) or '<top level>'}" for i, p, _ in adam_list)
+        )
+        warnings += [
+            f"optimizer [{x['index']}] at {x['key'] or '<top level>'} is not Adam: {x['type']}" for x in others
+        ]
+    entries: list[_Entry] = []
+    kinds: list[str] = []
+    for i, prefix, o in adam_list:
+        es = _entries(reader, o)
+        kind = _kind(es)
+        kinds.append(kind)
+        info = {"index": i, "key": ".".join(map(str, prefix)), "type": kind}
+        for e in es:
+            e.optimizer = info
+        entries += es
+    by_index = {i: o for i, _, o in adam_list}
+    opt_kind = "+".join(dict.fromkeys(kinds))
 
+    def fetch_state(e: _Entry) -> dict[str, Any]:
+        st = by_index[(e.optimizer or {}).get("index", adam_list[0][0])]["state"][e.index]
+        return {k: reader.read(st[k]) for k in ADAM_KEYS if k in st}
+
+    model_keys = {
+        path[-1]: key for path, key in other.items() if path and isinstance(path[-1], str) and reader.is_tensor(key)
+    }
+
+    def fetch_param(name: str) -> Any:
+        key = model_keys.get(name)
+        return reader.read(key) if key is not None else None
+
+    step = None
+    for path, key in other.items():
+        if len(path) <= 2 and isinstance(path[-1], str) and path[-1] in STEP_KEYS:
+            step = _as_int(reader.read(key))
+            if step is not None:
+                break
+    if step is None:
+        read_steps = [
+            _as_int(reader.read(st["step"])) for o in by_index.values() for st in o["state"].values() if "step" in st
+        ]
+        steps = [s for s in read_steps if s is not None]
+        step = max(steps) if steps else None
+    n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
+    if n_files > 1:
+        warnings.append(f"sharded checkpoint: {n_files} data files put together")
+    ck = OptimizerCheckpoint(
+        path=str(d),
+        step=step,
+        layout="dcp",
+        optimizer=opt_kind,
+        convention="torch",
+        name_mapping="fqn",
+        warnings=warnings,
+        entries=entries,
+        other_optimizers=others,
+    )
+    ck._fetch_state = fetch_state
+    ck._fetch_param = fetch_param
+    return ck
+
+
+def _entries(reader: DcpReader, o: dict) -> list[_Entry]:
+    """One optimizer's slots: from its param groups (nested) or per parameter (flattened)."""
     entries: list[_Entry] = []
     if o["groups"]:
         for gi in sorted(o["groups"]):
@@ -292,51 +362,18 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
             pos = sum(1 for e in entries if e.group == gi)
             shape = reader.shape(st["exp_avg"]) if "exp_avg" in st and "exp_avg_sq" in st else None
             entries.append(_Entry(group=gi, index=fqn, pos=pos, name=fqn, shape=shape, hyper=h))
-    opt_kind = "unknown-adam"
+    return entries
+
+
+def _kind(entries: list[_Entry]) -> str:
     dwd = entries[0].hyper.get("decoupled_weight_decay") if entries else None
-    if dwd is True:
-        opt_kind = "AdamW"
-    elif dwd is False:
-        opt_kind = "Adam"
+    return "AdamW" if dwd is True else "Adam" if dwd is False else "unknown-adam"
 
-    def fetch_state(e: _Entry) -> dict[str, Any]:
-        st = o["state"][e.index]
-        return {k: reader.read(st[k]) for k in ADAM_KEYS if k in st}
 
-    model_keys = {
-        path[-1]: key for path, key in other.items() if path and isinstance(path[-1], str) and reader.is_tensor(key)
-    }
-
-    def fetch_param(name: str) -> Any:
-        key = model_keys.get(name)
-        return reader.read(key) if key is not None else None
-
-    step = None
-    for path, key in other.items():
-        if len(path) <= 2 and isinstance(path[-1], str) and path[-1] in STEP_KEYS:
-            step = _as_int(reader.read(key))
-            if step is not None:
-                break
-    if step is None:
-        read_steps = [_as_int(reader.read(st["step"])) for st in o["state"].values() if "step" in st]
-        steps = [s for s in read_steps if s is not None]
-        step = max(steps) if steps else None
-    n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
-    if n_files > 1:
-        warnings.append(f"sharded checkpoint: {n_files} data files put together")
-    ck = OptimizerCheckpoint(
-        path=str(d),
-        step=step,
-        layout="dcp",
-        optimizer=opt_kind,
-        convention="torch",
-        name_mapping="fqn",
-        warnings=warnings,
-        entries=entries,
-    )
-    ck._fetch_state = fetch_state
-    ck._fetch_param = fetch_param
-    return ck
+def _describe_dcp_non_adam(o: dict) -> str:
+    keys = sorted({k for st in o["state"].values() for k in st})
+    known = sorted({v for k, v in KNOWN_STATE_KEYS.items() if k in keys})
+    return f"{', '.join(known) or 'an unknown optimizer'} state (per-parameter keys: {', '.join(keys) or 'none'})"
 
 
 __all__ = ["DcpReader", "open_dcp"]
