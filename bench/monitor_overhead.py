@@ -7,7 +7,7 @@ first; the overhead is the median over rounds of the per-round ratio with/withou
 drift and to other load on the machine). "Without" is the same optimizer with the monitor's hook
 disabled (one Python call per step, ~1 µs). The monitor writes its tags to a real SummaryWriter.
 
-    .venv/bin/python bench/monitor_overhead.py                # defaults: 24 rounds, ~2 minutes on 1 thread
+    .venv/bin/python bench/monitor_overhead.py                # defaults: 20 rounds, ~2-3 minutes on 1 thread
     .venv/bin/python bench/monitor_overhead.py --rounds 40 --threads 4 --device cuda --width 4096
 
 Prints a table and writes bench/results/monitor_overhead.json.
@@ -50,16 +50,19 @@ def build(width: int, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tenso
     return model, x, y
 
 
-def steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, k: int) -> float:
+def steps(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, k: int
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of k training steps."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(k):
         opt.zero_grad(set_to_none=True)
         nn.functional.mse_loss(model(x), y).backward()
         opt.step()
     sync()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: str) -> dict:
@@ -73,16 +76,19 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
     steps(model, opt, x, y, 3)  # warm-up: state allocated, kernels loaded
     mon.enabled = True
     steps(model, opt, x, y, every)  # warm-up of the monitor (scratch buffers) on a logging step
-    ratios, t_off, t_on = [], [], []
+    ratios, cpu_ratios, t_off, t_on, c_off, c_on = [], [], [], [], [], []
     for r in range(rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         res = {}
         for on in order:
             mon.enabled = on
             res[on] = steps(model, opt, x, y, k)
-        ratios.append(res[True] / res[False])
-        t_off.append(res[False] / k)
-        t_on.append(res[True] / k)
+        ratios.append(res[True][0] / res[False][0])
+        cpu_ratios.append(res[True][1] / res[False][1])
+        t_off.append(res[False][0] / k)
+        t_on.append(res[True][0] / k)
+        c_off.append(res[False][1] / k)
+        c_on.append(res[True][1] / k)
     mon.enabled = True
     mon.close()
     writer.close()
@@ -97,17 +103,23 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
         "step_ms_without": 1e3 * statistics.median(t_off),
         "step_ms_with": 1e3 * statistics.median(t_on),
         "overhead_median": med - 1.0,
-        "overhead_p25": statistics.quantiles(ratios, n=4)[0] - 1.0,
-        "overhead_p75": statistics.quantiles(ratios, n=4)[2] - 1.0,
+        # process CPU time: what the monitor costs this process, less sensitive than wall time to
+        # other processes competing for the cores (the machine of the recorded run was shared)
+        "cpu_step_ms_without": 1e3 * statistics.median(c_off),
+        "cpu_step_ms_with": 1e3 * statistics.median(c_on),
+        "cpu_overhead_median": statistics.median(cpu_ratios) - 1.0,
+        "overhead_p25": statistics.quantiles(ratios, n=4)[0] - 1.0 if rounds > 1 else med - 1.0,
+        "overhead_p75": statistics.quantiles(ratios, n=4)[2] - 1.0 if rounds > 1 else med - 1.0,
         # the monitor's cost per logging step, from the median step times
         "monitor_ms_per_logging_step": 1e3 * (statistics.median(t_on) - statistics.median(t_off)) * every,
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=24, help="alternating rounds per setting (≥ 20)")
+    ap.add_argument("--rounds", type=int, default=20, help="alternating rounds per setting (≥ 20)")
     ap.add_argument("--every", type=int, nargs="+", default=[10, 1])
     ap.add_argument("--block", type=int, default=10, help="steps per block (rounded up to a multiple of every)")
     ap.add_argument("--width", type=int, default=2048, help="hidden width: 2048 gives 10M parameters")
@@ -119,15 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for every in a.every:
-            k = max(every, -(-a.block // every) * every) if every > 1 else max(1, a.block // 2)
+            # every=1: 2 steps a block (each one a logging step) keeps the run within ~3 minutes
+            k = max(every, -(-a.block // every) * every) if every > 1 else 2
             rows.append(measure(every, a.rounds, k, a.width, a.device, f"{tmp}/every{every}"))
     print(
-        f"{'every':>5} {'params':>9} {'step ms (off)':>13} {'step ms (on)':>12} {'overhead (median)':>17} {'IQR':>17}"
+        f"{'every':>5} {'params':>7} {'wall ms off':>11} {'wall ms on':>10} {'wall overhead':>13} {'IQR':>16}"
+        f" {'cpu ms off':>10} {'cpu ms on':>9} {'cpu overhead':>12}"
     )
     for r in rows:
         print(
-            f"{r['every']:>5} {r['params'] / 1e6:>8.1f}M {r['step_ms_without']:>13.1f} {r['step_ms_with']:>12.1f} "
-            f"{100 * r['overhead_median']:>16.2f}% {100 * r['overhead_p25']:>7.2f}%…{100 * r['overhead_p75']:.2f}%"
+            f"{r['every']:>5} {r['params'] / 1e6:>6.1f}M {r['step_ms_without']:>11.1f} {r['step_ms_with']:>10.1f} "
+            f"{100 * r['overhead_median']:>12.2f}% {100 * r['overhead_p25']:>6.1f}%…{100 * r['overhead_p75']:.1f}%"
+            f" {r['cpu_step_ms_without']:>10.1f} {r['cpu_step_ms_with']:>9.1f} {100 * r['cpu_overhead_median']:>11.2f}%"
         )
     out = {
         "schema": "adamdiag.bench.monitor_overhead/1",

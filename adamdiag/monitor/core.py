@@ -60,6 +60,9 @@ SIGNALS = (
 SEVERITIES = ("info", "warning", "error")
 # AD103 is not evaluated before this step (see _rules).
 MIN_RMS_STEP = 10
+# AD103 re-arms only once the RMS fell below this fraction of the limit: on a noisy run it hovers
+# around 1 (g² ≈ v̂ element-wise), and one warning per excursion is enough.
+RMS_REARM = 0.5
 # At most this many findings are kept (the live file stays small on a run of 10^6 steps).
 MAX_FINDINGS = 200
 
@@ -420,7 +423,9 @@ class AdamMonitor:
         over = step >= MIN_RMS_STEP and math.isfinite(u) and u > R.UPDATE_RMS_LIMIT
         if over and not tr.rms_over:
             out.append(R.update_rms_finding("global", step, u))
-        tr.rms_over = over
+            tr.rms_over = True
+        elif tr.rms_over and math.isfinite(u) and u < RMS_REARM * R.UPDATE_RMS_LIMIT:
+            tr.rms_over = False
         return out
 
     def _emit(self, new: list[R.Finding], step: int, prefix: str = "adamdiag/") -> None:
