@@ -202,7 +202,7 @@ def frac_below(q: dict[str, float], x: float) -> float:
 
 def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[dict[str, Any]]:
     """Per tensor, per consecutive checkpoint pair: the interval-weighted mean g² implied by the two
-    v's (DESIGN.md) relative to v̂ at the first one. ≈0 means pure decay: no gradient arrived."""
+    v's (docs/architecture.md, "Checkpoint decay ratio") relative to v̂ at the first one. ≈0 means pure decay: no gradient arrived."""
     out = []
     for a, b in zip(ckpts, ckpts[1:]):
         if a.step is None or b.step is None or b.step <= a.step:

@@ -1,6 +1,6 @@
 """Statistics of Adam moments: tensors in, numbers out (pure; no file access, no printing).
 
-Definitions (torch convention; DESIGN.md): with t = step, bc1 = 1-β1^t, bc2 = 1-β2^t,
+Definitions (torch convention; docs/architecture.md, "The math"): with t = step, bc1 = 1-β1^t, bc2 = 1-β2^t,
 m̂ = m/bc1, v̂ = v/bc2 and the denominator's v (``max_exp_avg_sq`` with amsgrad, else ``exp_avg_sq``):
 
 * ``sqrt_vhat_q``: quantiles of √v̂ (of the denominator's v); ``frac_sqrt_vhat_below_eps``
@@ -97,7 +97,7 @@ class TensorStats:
     # the checkpoint's optimizer this tensor belongs to: {"index", "key", "type"} (several per file)
     optimizer: dict[str, Any] | None = None
     # where each hyperparameter came from, when a reader says ('file' | 'default' | 'unknown'):
-    # written as DESIGN.md's "<name>_source" keys (TF/Keras checkpoints store some of them nowhere)
+    # written as the "<name>_source" keys (docs/architecture.md, "Contracts") (TF/Keras checkpoints store some of them nowhere)
     hyper_source: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

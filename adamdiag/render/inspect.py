@@ -1,6 +1,6 @@
 """Renderers of the inspect result: per-tensor Adam moment statistics, most at risk first.
 
-Formats: ``text`` (rich tables), ``json`` (``adamdiag.inspect/1``, DESIGN.md; tensors in
+Formats: ``text`` (rich tables), ``json`` (``adamdiag.inspect/1``, docs/architecture.md "Contracts"; tensors in
 optimizer order), ``csv`` (one row per tensor per checkpoint; the decay-ratio columns are filled on
 the rows of the later checkpoint of each consecutive pair). Two or more checkpoints of one run also
 get the decay-ratio ``pairs`` view: v_b/(β2^Δ·v_a) ≈ 1 means v decayed without new gradient.

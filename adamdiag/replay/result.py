@@ -1,6 +1,6 @@
 """Pure analysis of a replay: spikes, fidelity against the log, the verdict; and the result object.
 
-No torch, no I/O. The result serializes to the ``adamdiag.replay/1`` JSON contract (DESIGN.md); the
+No torch, no I/O. The result serializes to the ``adamdiag.replay/1`` JSON contract (docs/architecture.md, "Contracts"); the
 renderers (:mod:`adamdiag.render.replay`) only format it.
 
 Blowup step: one definition for scan and replay. The logged curve is judged by
@@ -13,7 +13,7 @@ only sets the reference level shown in the text and the plot.
 Outcomes (issue 12): ``blowup`` (a blowup after the checkpoint), ``at_risk`` (none within the horizon,
 but v is still collapsing at its end -- see :func:`risk_evidence` -- or the variant was cut short by a
 budget: ``truncated``), ``avoided`` (neither). Only ``avoided`` proves a fix: a lower lr on a stale v
-often only postpones the blowup (DESIGN.md, "adaptive edge of stability").
+often only postpones the blowup (docs/architecture.md, "The mechanism": adaptive edge of stability).
 
 Fidelity rule: the replay with the checkpoint's own hyperparameters must reproduce the log, in two
 parts. *Tracking*: over the logged steps of the first half of the way from the checkpoint to the

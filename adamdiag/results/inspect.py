@@ -1,4 +1,4 @@
-"""The ``adamdiag.inspect/1`` result (DESIGN.md): checkpoints with per-tensor statistics, and pairs."""
+"""The ``adamdiag.inspect/1`` result (docs/architecture.md, "Contracts"): checkpoints with per-tensor statistics, and pairs."""
 
 from __future__ import annotations
 

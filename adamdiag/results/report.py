@@ -1,7 +1,7 @@
 """The versioned Report: what analysis produces and renderers consume.
 
 Renderers never recompute anything; a Report saved as JSON can be re-rendered later
-(``Report.from_dict(json.load(f))``). The JSON contract is ``adamdiag.report/1`` (DESIGN.md):
+(``Report.from_dict(json.load(f))``). The JSON contract is ``adamdiag.report/1`` (docs/architecture.md, "Contracts"):
 field names here are that contract, extra fields are allowed, NaN/Inf never appear as literals
 (:func:`json_safe` turns them into ``null`` and records a flag).
 """

@@ -102,7 +102,7 @@ class TensorMoments:
     maximize: bool = False
     # TF/Keras readers: (1-β1^t, 1-β2^t) as the optimizer itself used them where that differs from
     # the step's (TF1 beta2_power underflowed to 0: TF divides by 1), and where each hyperparameter
-    # came from ('file' | 'default' | 'unknown'; DESIGN.md's <name>_source).
+    # came from ('file' | 'default' | 'unknown'; the <name>_source keys of docs/architecture.md, "Contracts").
     bias_correction: tuple[float, float] | None = None
     hyper_source: dict[str, str] | None = None
     # which optimizer of the checkpoint this tensor belongs to: {"index", "key", "type"} (a file can
