@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adamdiag.cli.app import app, emit, guarded
+from adamdiag.cli.app import app, guarded, publish
 from adamdiag.cli.options import (
     CheckpointsOpt,
     Convention,
@@ -20,11 +20,38 @@ from adamdiag.cli.options import (
     convention_value,
 )
 
+LossTagOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--loss-tag",
+        help="Scalar tag of the training loss (default: auto-picked). Repeatable: the first is the total loss "
+        "(it sets the blowup step), the others per-task losses whose events are reported by name.",
+    ),
+]
+GradNormTagOpt = Annotated[
+    str | None,
+    typer.Option("--grad-norm-tag", help="Scalar tag of the (clipped) gradient norm (default: auto-picked)."),
+]
 
-def diagnose_paths(runs: list[Path], checkpoints: Path | None, convention: Convention, trust: bool):
+
+def diagnose_paths(
+    runs: list[Path],
+    checkpoints: Path | None,
+    convention: Convention,
+    trust: bool,
+    loss_tags: list[str] | None = None,
+    grad_norm_tag: str | None = None,
+):
     from adamdiag.pipeline.scan import scan_paths
 
-    return scan_paths(runs, checkpoints=checkpoints, convention=convention_value(convention), trust_checkpoint=trust)
+    return scan_paths(
+        runs,
+        checkpoints=checkpoints,
+        convention=convention_value(convention),
+        trust_checkpoint=trust,
+        loss_tags=loss_tags or None,
+        grad_norm_tag=grad_norm_tag,
+    )
 
 
 @app.command()
@@ -35,12 +62,13 @@ def scan(
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
+    loss_tag: LossTagOpt = None,
+    grad_norm_tag: GradNormTagOpt = None,
 ) -> None:
-    """Diagnose one or many runs. Always exits 0 when the input could be read (use `check` to gate CI)."""
-    from adamdiag.render import render
-
-    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
-    emit(render(report, format.value))
+    """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
+    undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
+    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    publish(report, format.value)
 
 
 @app.command()
@@ -52,14 +80,22 @@ def check(
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
+    loss_tag: LossTagOpt = None,
+    grad_norm_tag: GradNormTagOpt = None,
+    allow_inconclusive: Annotated[
+        bool,
+        typer.Option("--allow-inconclusive", help="Pass runs that could not be diagnosed (unreadable, no loss, ...)."),
+    ] = False,
 ) -> None:
-    """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on, 2 on input errors."""
-    from adamdiag.render import render
+    """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on or a run could not be diagnosed
+    (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
     from adamdiag.results.report import SEVERITY_RANK
 
-    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
-    emit(render(report, format.value))
+    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]
-    if failing:
+    # A gate that passes when nothing could be diagnosed means nothing: an inconclusive run fails it.
+    undiagnosed = [r for r in report.runs if r.verdict == "inconclusive"] if not allow_inconclusive else []
+    if failing or undiagnosed:
         raise typer.Exit(1)
