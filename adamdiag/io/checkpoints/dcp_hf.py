@@ -147,7 +147,7 @@ def open_hf_dcp(d: Path) -> OptimizerCheckpoint:
         }
         sources = {k: ("file" if v is not None else "unknown") for k, v in raw.items()}
         unknown |= {k for k, v in sources.items() if v == "unknown"}
-        hyper = {k: _as_float(v) for k, v in raw.items()}
+        hyper: dict[str, Any] = {k: _as_float(v) for k, v in raw.items()}
         hyper.update(amsgrad="max_exp_avg_sq" in st, sources=sources)
         info = {"index": prefixes.index(prefix), "key": prefix.rstrip("."), "type": "unknown-adam"}
         entries.append(
@@ -168,7 +168,7 @@ def open_hf_dcp(d: Path) -> OptimizerCheckpoint:
         )
 
     def fetch_state(e: _Entry) -> dict[str, Any]:
-        st = adam[(next(p for p in prefixes if prefixes.index(p) == e.optimizer["index"]), e.index)]
+        st = adam[(prefixes[(e.optimizer or {}).get("index", 0)], str(e.index))]
         return {k: chunks.read(key) for k, key in st.items()}
 
     params: dict[str, str] = {}
@@ -182,8 +182,8 @@ def open_hf_dcp(d: Path) -> OptimizerCheckpoint:
     def fetch_param(name: str) -> Any:
         return chunks.read(params[name]) if name in params else None
 
-    steps = [_as_int(chunks.read(st["step"])) for st in adam.values() if "step" in st]
-    steps = [s for s in steps if s is not None]
+    read_steps = [_as_int(chunks.read(st["step"])) for st in adam.values() if "step" in st]
+    steps = [s for s in read_steps if s is not None]
     ck = OptimizerCheckpoint(
         path=str(d),
         step=max(steps) if steps else None,
