@@ -7,6 +7,7 @@ not one checkpoint.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,23 @@ def compare_checkpoints(
     by_key = {(_opt_index(t), t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap
     tensors, skipped = [], []
     total = len(b)
+    hyper_diff: list[str] = []
+    renamed = only_b = 0
+    matched: set[tuple] = set()
     for i, tb in enumerate(b.tensors(with_params=False)):
-        ta = by_key.get((_opt_index(tb), tb.group, tb.index))
+        key = (_opt_index(tb), tb.group, tb.index)
+        ta = by_key.get(key)
         if ta is None:
             skipped.append({"label": tb.label, "reason": "not in the first checkpoint"})
+            only_b += 1
             continue
+        matched.add(key)
+        if ta.name != tb.name:
+            renamed += 1
+        for h in ("eps", "beta2"):
+            va, vb = getattr(ta, h), getattr(tb, h)
+            if va != vb and not (va != va and vb != vb) and len(hyper_diff) < 3:  # NaN == NaN: both unknown
+                hyper_diff.append(f"{h} of `{tb.label}` {va:g} → {vb:g}")
         try:
             tensors.append(decay_ratio(ta, tb))
         except ValueError as e:
@@ -108,6 +121,21 @@ def compare_checkpoints(
     warnings = []
     if a.step is not None and b.step is not None and b.step <= a.step:
         warnings.append(f"second checkpoint (step {b.step}) is not after the first (step {a.step})")
+    # Ratios between checkpoints of different runs (or after a change of eps/β2) mean nothing: say so.
+    if _same_file(path_a, path_b):
+        warnings.append("both arguments are the same checkpoint: every decay ratio compares it with itself")
+    if hyper_diff:
+        warnings.append(
+            f"hyperparameters differ between the checkpoints ({'; '.join(hyper_diff)}): not one run, or "
+            "changed mid-run; the decay ratios use the second checkpoint's β2"
+        )
+    if renamed:
+        warnings.append(f"{renamed} tensor(s) have another name in the second checkpoint: not the same model?")
+    only_a = len(by_key) - len(matched)
+    if only_a or only_b:
+        warnings.append(
+            f"the checkpoints hold different tensors ({only_a} only in the first, {only_b} only in the second)"
+        )
     return {
         "from_path": a.path,
         "to_path": b.path,
@@ -121,3 +149,10 @@ def compare_checkpoints(
 
 def _opt_index(t: Any) -> int:
     return int((t.optimizer or {}).get("index", 0))
+
+
+def _same_file(a: Path | str, b: Path | str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

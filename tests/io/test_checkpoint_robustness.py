@@ -195,3 +195,26 @@ def test_one_checkpoints_folder_for_several_runs_is_an_error_unless_it_maps_per_
     by_run = {Path(r.run).name: r for r in scan_paths([runs], checkpoints=ckpts).runs}
     assert "checkpoints" in by_run["a"].sources and "checkpoints" in by_run["b"].sources
     assert checkpoint_roots(ckpts / "b", [a]) == {a: ckpts / "b"}  # one run: the folder is its own
+
+
+# --- inspect A B ---------------------------------------------------------------------------------------
+def test_inspect_two_checkpoints_warns_on_same_file_and_other_hyperparameters(tmp_path):
+    a = tmp_path / "a" / "step_000020.pt"
+    _adam_checkpoint(a)
+    torch.manual_seed(1)  # another run: other eps, other model
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-3)
+    model(torch.randn(8, 16)).pow(2).mean().backward()
+    opt.step()
+    b = tmp_path / "b" / "step_000040.pt"
+    b.parent.mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 40}, b)
+
+    from adamdiag.pipeline.summary import compare_checkpoints
+
+    out = compare_checkpoints(a, b)
+    assert any("hyperparameters differ" in w and "eps" in w and "1e-08 → 0.001" in w for w in out["warnings"])
+    same = compare_checkpoints(a, a)
+    assert any("same checkpoint" in w for w in same["warnings"])
+    res = CliRunner().invoke(app, ["inspect", str(a), str(b)])
+    assert res.exit_code == 0 and "hyperparameters differ" in res.output
