@@ -63,7 +63,9 @@ def report(
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
         raise InputError(f"-o {output}: use a .html or .json file name")
-    rep = attach_series(diagnose_paths(runs, checkpoints, convention, trust_checkpoint))
+    rep = attach_series(
+        diagnose_paths(runs, checkpoints, convention, trust_checkpoint), trust_checkpoint=trust_checkpoint
+    )
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

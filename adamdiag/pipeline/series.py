@@ -30,11 +30,95 @@ def curve(steps: Any, values: Any, tag: str, max_points: int = MAX_POINTS) -> di
     return out
 
 
-def attach_series(report: Report, max_points: int = MAX_POINTS) -> Report:
-    """Fill ``series`` of every run from its event files (the loss and gradient-norm tags the
-    diagnosis used). A run that cannot be read again keeps ``series`` empty with a warning."""
+def _weighted_median(values: list[float], weights: list[int]) -> float:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    half, acc = sum(weights) / 2, 0
+    for i in order:
+        acc += weights[i]
+        if acc >= half:
+            return values[i]
+    return float("nan")
+
+
+def checkpoint_views(summaries: list[Any], beta2: float) -> dict[str, Any]:
+    """The √v̂ band of every checkpoint (p01 of the lowest tensor, element-weighted median of the
+    tensors' medians, p99 of the highest) against eps, and the decay-ratio view of consecutive
+    checkpoints (element-weighted; ``pure_decay`` = share of elements whose implied g²/v̂ < 0.1)."""
+    import math
+
+    from adamdiag.analysis.evidence import checkpoint_interval_ratios
+    from adamdiag.analysis.thresholds import COLLAPSE_R
+
+    band: dict[str, list[Any]] = {"step": [], "p01": [], "p50": [], "p99": []}
+    eps = None
+    for c in summaries:
+        ts = [
+            t for t in c.tensors if all(math.isfinite(t.sqrt_vhat_q.get(k) or math.nan) for k in ("p01", "p50", "p99"))
+        ]
+        if c.step is None or not ts:
+            continue
+        eps = eps if eps is not None else float(ts[0].eps)
+        band["step"].append(int(c.step))
+        band["p01"].append(min(t.sqrt_vhat_q["p01"] for t in ts))
+        band["p50"].append(_weighted_median([t.sqrt_vhat_q["p50"] for t in ts], [int(t.numel) for t in ts]))
+        band["p99"].append(max(t.sqrt_vhat_q["p99"] for t in ts))
+    out: dict[str, Any] = {}
+    if band["step"]:
+        out["sqrt_vhat"] = {**band, "eps": eps}
+    pairs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for row in checkpoint_interval_ratios(summaries, beta2):
+        pairs.setdefault((row["from_step"], row["to_step"]), []).append(row)
+    decay = []
+    for (a, b), rows in sorted(pairs.items()):
+        ok = [x for x in rows if math.isfinite(x["decay_ratio"]) and math.isfinite(x["r_interval"])]
+        if not ok:
+            continue
+        w = [x["numel"] for x in ok]
+        decay.append(
+            {
+                "from_step": a,
+                "to_step": b,
+                "decay_ratio_p50": _weighted_median([x["decay_ratio"] for x in ok], w),
+                "r_interval_p50": _weighted_median([x["r_interval"] for x in ok], w),
+                "pure_decay": sum(x["numel"] for x in ok if x["r_interval"] < COLLAPSE_R) / sum(w),
+                "tensors": len(ok),
+            }
+        )
+    if decay:
+        out["decay"] = decay
+    return out
+
+
+def r_curve(steps: Any, grad_norm: Any, summaries: list[Any], beta2: float, eps: float, max_points: int) -> dict:
+    """r = g²/v̂ of all parameters from the gradient norm (exact mean(v̂) reconstruction, re-seeded at
+    each checkpoint; without checkpoints the element count is unknown, but r needs no scale)."""
+    import numpy as np
+
+    from adamdiag.analysis.evidence import ckpt_global_mean_v, reconstruct
+    from adamdiag.analysis.thresholds import COLLAPSE_R
+
+    n = ckpt_global_mean_v(summaries[-1])[1] if summaries else 0
+    g2 = np.asarray(grad_norm, np.float64) ** 2 / max(n, 1)
+    seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in summaries if c.step is not None] if n else []
+    tr = reconstruct(np.asarray(steps, np.int64), g2, beta2, seeds, eps, "global")
+    return {**curve(tr.steps, tr.r, "g²/v̂ (all parameters)", max_points), "exact": tr.exact, "threshold": COLLAPSE_R}
+
+
+def attach_series(
+    report: Report,
+    max_points: int = MAX_POINTS,
+    *,
+    trust_checkpoint: bool = False,
+    checkpoints: bool = True,
+) -> Report:
+    """Fill ``series`` of every run: the loss and gradient-norm curves the diagnosis used, r = g²/v̂
+    from the gradient norm, and (``checkpoints``) the √v̂ band and decay-ratio view of the run's
+    checkpoints. A run that cannot be read again keeps ``series`` empty with a warning."""
+    from adamdiag.analysis.frames import series
+    from adamdiag.analysis.thresholds import DEFAULT_BETA2, DEFAULT_EPS
     from adamdiag.errors import InputError
     from adamdiag.io.events import read_run
+    from adamdiag.pipeline.scan import load_checkpoint_summaries
 
     for r in report.runs:
         tags = {"loss": r.loss_tag, "grad_norm": r.grad_norm_tag}
@@ -45,13 +129,29 @@ def attach_series(report: Report, max_points: int = MAX_POINTS) -> Report:
         except InputError as e:
             r.warnings.append(f"series not attached: {e}")
             continue
-        from adamdiag.analysis.frames import series
-
         block: dict[str, Any] = {}
         for key, tag in tags.items():
             if tag:
                 s = series(scalars, tag)
                 if len(s):
                     block[key] = curve(s.index.to_numpy(), s.to_numpy(), tag, max_points)
+        summaries: list[Any] = []
+        if checkpoints and "checkpoints" in r.sources:
+            run_dir = Path(r.run)
+            summaries, _ = load_checkpoint_summaries(
+                run_dir if run_dir.is_dir() else run_dir.parent,
+                trust=trust_checkpoint,
+                convention=r.convention,
+                warnings=[],
+            )
+            summaries = [c for c in summaries if c.tensors]
+        t0 = summaries[0].tensors[0] if summaries else None
+        beta2 = float(t0.beta2) if t0 is not None and t0.beta2 == t0.beta2 else DEFAULT_BETA2
+        eps = float(t0.eps) if t0 is not None and t0.eps == t0.eps else DEFAULT_EPS
+        if r.grad_norm_tag:
+            s = series(scalars, r.grad_norm_tag)
+            if len(s) > 1:
+                block["r"] = r_curve(s.index.to_numpy(), s.to_numpy(), summaries, beta2, eps, max_points)
+        block.update(checkpoint_views(summaries, beta2))
         r.series = block or None
     return report

@@ -1,6 +1,7 @@
 """One self-contained HTML file: the summary table, then per run the loss (and gradient norm)
-with the warning and blowup steps, the findings, the recommendation and the verification replay
-when there was one. Figures are inline SVG drawn by matplotlib from the report's ``series`` block;
+with the warning and blowup steps, r = g²/v̂ over time against the collapse threshold, the
+checkpoints' √v̂ band against eps, the checkpoint decay-ratio table, the findings, the
+recommendation and the verification replay when there was one. Figures are inline SVG drawn by matplotlib from the report's ``series`` block;
 nothing is fetched from the network (no scripts, no fonts, no stylesheets from elsewhere), so the
 file can be mailed, attached to a CI run or opened offline. Pure: a saved report renders the same."""
 
@@ -35,42 +36,115 @@ def _vclass(verdict: str) -> str:
 def _svg(r: RunReport, salt: str) -> str | None:
     """The run's curves as inline SVG, or None without a series block. ``salt`` makes the SVG's
     element ids unique in the page and the same on every render (a saved report re-renders byte for byte)."""
-    import io
-
-    import numpy as np
 
     ser = r.series or {}
     loss = ser.get("loss")
     if not loss or not loss.get("step"):
         return None
 
-    def arrays(c: dict[str, Any]) -> tuple[Any, Any]:
-        bad = c.get("nonfinite", {})
-        vals = [
-            (float(bad.get(str(s), "nan")) if v is None else v) for s, v in zip(c["step"], c["value"])
-        ]  # inf stays inf (drawn as a gap), NaN as NaN
-        return np.asarray(c["step"], np.int64), np.asarray(vals, np.float64)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import warnings
-
-    import matplotlib.pyplot as plt
-
     from adamdiag.render.plot import _figure
 
     gn = ser.get("grad_norm")
     view = RunReport(**{**r.__dict__, "loss_tag": loss.get("tag"), "grad_norm_tag": (gn or {}).get("tag")})
+    return _export(lambda: _figure(view, _arrays(loss), _arrays(gn) if gn and gn.get("step") else None), salt)
+
+
+def _arrays(c: dict[str, Any]) -> tuple[Any, Any]:
+    """(steps, values) of a series curve; ``None`` values back to NaN/±inf from ``nonfinite``."""
+    import numpy as np
+
+    bad = c.get("nonfinite", {})
+    vals = [(float(bad.get(str(s), "nan")) if v is None else v) for s, v in zip(c["step"], c["value"])]
+    return np.asarray(c["step"], np.int64), np.asarray(vals, np.float64)
+
+
+def _export(make: Any, salt: str) -> str:
+    """Run ``make()`` (a matplotlib figure) and return it as inline SVG markup."""
+    import io
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     buf = io.StringIO()
     with warnings.catch_warnings(), matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         warnings.simplefilter("ignore")
-        fig = _figure(view, arrays(loss), arrays(gn) if gn and gn.get("step") else None)
+        fig = make()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
         plt.close(fig)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg") :]  # drop the XML declaration and DOCTYPE (not valid inside HTML)
     return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+
+
+def _signals_svg(r: RunReport, salt: str) -> str | None:
+    """r = g²/v̂ over time against the collapse threshold, and the checkpoints' √v̂ band against eps."""
+    ser = r.series or {}
+    rr, band = ser.get("r"), ser.get("sqrt_vhat")
+    if not (rr and rr.get("step")) and not (band and band.get("step")):
+        return None
+
+    def make() -> Any:
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        panels = [p for p in ("r", "band") if (p == "r" and rr and rr.get("step")) or (p == "band" and band)]
+        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False)
+        for ax, kind in zip(axes[:, 0], panels):
+            if kind == "r":
+                x, y = _arrays(rr)
+                y = np.where(y > 0, y, np.nan)
+                ax.plot(x, y, lw=0.8, color="tab:purple", label=rr.get("tag", "g²/v̂"))
+                ax.axhline(rr.get("threshold", 0.1), color="tab:gray", ls=":", label="collapse threshold")
+                ax.set_yscale("log")
+                ax.set_ylabel("g²/v̂ (log scale)")
+            else:
+                st = np.asarray(band["step"], float)
+                ax.fill_between(st, band["p01"], band["p99"], color="tab:green", alpha=0.2, label="√v̂ p01–p99")
+                ax.plot(st, band["p50"], "o-", color="tab:green", ms=3, lw=1, label="√v̂ median")
+                if band.get("eps"):
+                    ax.axhline(band["eps"], color="tab:red", ls="--", lw=1, label=f"eps = {band['eps']:g}")
+                ax.set_yscale("log")
+                ax.set_ylabel("√v̂ at checkpoints (log)")
+            for step, color in ((r.warning_step, "tab:olive"), (r.blowup_step, "tab:red")):
+                if step is not None:
+                    ax.axvline(step, color=color, ls="--", lw=0.8)
+            ax.set_xlabel("step")
+            ax.grid(True, alpha=0.3)
+            ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    return _export(make, salt)
+
+
+def _decay_table(r: RunReport) -> list[str]:
+    rows = (r.series or {}).get("decay") or []
+    if not rows:
+        return []
+    out = [
+        "<h3>Checkpoint decay ratios</h3>",
+        '<p class="muted">v_b/(β2^Δ·v_a) between consecutive checkpoints (≈1: v only decayed) and the implied '
+        "g²/v̂ of the interval, element-weighted medians; pure decay = share of elements with implied g²/v̂ &lt; 0.1</p>",
+        "<table><tr><th>from step</th><th>to step</th><th>decay ratio</th><th>implied g²/v̂</th><th>pure decay</th></tr>",
+    ]
+    for d in rows:
+        out.append(
+            f"<tr><td>{_e(d['from_step'])}</td><td>{_e(d['to_step'])}</td><td>{_e(_g(d.get('decay_ratio_p50')))}</td>"
+            f"<td>{_e(_g(d.get('r_interval_p50')))}</td><td>{_e(_pct(d.get('pure_decay')))}</td></tr>"
+        )
+    out.append("</table>")
+    return out
+
+
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def _findings(r: RunReport) -> list[str]:
@@ -147,6 +221,10 @@ def render_html(report: Report) -> str:
         parts.append("<h3>Recommendation</h3>")
         parts.append(f'<div class="rec">{_e(rec)}</div>' if rec else '<p class="muted">none</p>')
         parts += _verification(r)
+        sig = _signals_svg(r, f"adamdiag-signals-{i}")
+        if sig:
+            parts.append(f'<h3>Second moment</h3><figure class="signals">{sig}</figure>')
+        parts += _decay_table(r)
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -115,7 +115,7 @@ def test_report_html_is_self_contained(saved, tmp_path):
     assert res.exit_code == 0, res.output
     text = page.read_text()
     p = check_page(text, 2)
-    assert p.tags.count("svg") == 2  # one inline figure per run
+    assert p.tags.count("svg") == 3  # curves per run + the r = g²/v̂ figure of the run with a gradient norm
     assert "blowup step 2200" in text  # the marker's legend
     assert len(text) < 3_000_000
     again = runner.invoke(app, ["report", str(root / "blowup"), str(root / "nan"), "-o", str(tmp_path / "again.html")])
@@ -135,7 +135,9 @@ def test_show_rerenders_without_recomputing(saved, tmp_path):
     shutil.rmtree(root / "nan")
     first = runner.invoke(app, ["show", str(out), "-f", "html"]).stdout
     p = check_page(first, 2)
-    assert p.tags.count("svg") == 2 and "blowup step 2200" in first  # one inline figure per run, with markers
+    # curves of both runs, and r = g²/v̂ of the run that logged its gradient norm; all inline
+    assert p.tags.count("svg") == 3 and "blowup step 2200" in first and "collapse threshold" in first
+    assert p.h3.count("Second moment") == 1
     assert len(first) < 3_000_000
     assert "# adamdiag report" in runner.invoke(app, ["show", str(out), "-f", "markdown"]).stdout
     assert "2 runs:" in runner.invoke(app, ["show", str(out)]).stdout
@@ -240,3 +242,21 @@ def test_chromium_screenshot(saved, tmp_path):
     img = matplotlib.image.imread(shot)
     dark = (img[..., :3].mean(axis=2) < 0.5).mean()
     assert img.shape[0] >= 1000 and 0.005 < dark < 0.5  # text and curves drawn, not a blank page
+
+
+def test_checkpoint_views_of_a_collapsing_run():
+    """The √v̂ band and decay-ratio view from two real checkpoints of the shipped v-collapse run."""
+    from adamdiag.pipeline.series import checkpoint_views
+    from adamdiag.pipeline.summary import summarize_checkpoint
+
+    ck = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse" / "checkpoints"
+    views = checkpoint_views([summarize_checkpoint(ck / f"step_000{s}.pt") for s in (500, 600)], 0.999)
+    band = views["sqrt_vhat"]
+    assert band["step"] == [500, 600] and band["eps"] == 1e-8
+    assert all(lo <= mid <= hi for lo, mid, hi in zip(band["p01"], band["p50"], band["p99"]))
+    (pair,) = views["decay"]
+    assert (pair["from_step"], pair["to_step"]) == (500, 600)
+    assert pair["decay_ratio_p50"] == pytest.approx(1.0, abs=1e-3) and pair["pure_decay"] == 1.0  # v only decayed
+    html = render(Report(runs=[RunReport(run="r", verdict="v_collapse", series=views)]), "html")
+    check_page(html, 1)
+    assert "Checkpoint decay ratios" in html and "eps = 1e-08" in html
