@@ -318,9 +318,9 @@ class AdamMonitor:
         step = int(w.step or 0)
         labels, sig, hist, glob = _signals(arr, meta, names)
         if peak_only:
-            w.track("global").see_peak(glob["vhat_mean"])
+            w.track("global").see_peak(glob["vhat_mean"], step)
             for i, name in enumerate(labels):
-                w.track(name).see_peak(float(sig["vhat_mean"][i]))
+                w.track(name).see_peak(float(sig["vhat_mean"][i]), step)
             return
         self._logged += 1
         w.logged += 1
@@ -380,42 +380,39 @@ class AdamMonitor:
         eps = float(np.min(meta["eps"]))
         bad = [labels[i] for i in range(len(labels)) if not sig["finite"][i]]
         tr = w.track("global")
-        if bad and not getattr(w, "nonfinite_fired", False):
-            w.nonfinite_fired = True
+        if bad and not tr.nonfinite_fired:
+            tr.nonfinite_fired = True
             out.append(R.nonfinite_finding(step, bad))
         # AD101 / AD102, all parameters then each tensor.
-        hit = tr.update(step, glob["r"], glob["vhat_mean"], self.every, beta2)
-        if hit is not None:
-            bounded = math.sqrt(max(glob["vhat_mean"], 0.0)) <= 10 * eps
-            out.append(R.collapse_finding("global", step, hit[0], hit[1], bounded, {"vhat_peak": tr.peak}))
+        if tr.update(step, glob["r"], glob["vhat_mean"], self.every, beta2, glob["g2_mean"]):
+            f = R.collapse_finding(tr, "global", eps, beta2)
+            if f is not None:
+                out.append(f)
         if tr.collapsed and not tr.regrowth_fired and glob["r"] > R.REGROWTH_R:
             tr.regrowth_fired = True
             out.append(R.regrowth_finding("global", step, glob["r"]))
-        fired: list[tuple[str, int, float, bool]] = []
+        fired: list[R.Finding] = []
         for i, name in enumerate(labels):
             t = w.track(name)
-            r, vh = float(sig["r"][i]), float(sig["vhat_mean"][i])
-            h = t.update(step, r, vh, self.every, float(meta["beta2"][i]))
-            if h is not None:
-                fired.append((name, h[0], h[1], math.sqrt(max(vh, 0.0)) <= 10 * float(meta["eps"][i])))
+            r = float(sig["r"][i])
+            b2, e = float(meta["beta2"][i]), float(meta["eps"][i])
+            if t.update(step, r, float(sig["vhat_mean"][i]), self.every, b2, float(sig["g2_mean"][i])):
+                f = R.collapse_finding(t, name, e, b2)
+                if f is not None:
+                    fired.append(f)
             if t.collapsed and not t.regrowth_fired and r > R.REGROWTH_R:
                 t.regrowth_fired = True
                 out.append(R.regrowth_finding(name, step, r))
         if fired:
-            fired.sort(key=lambda f: f[2])
-            for bounded in (False, True):  # one finding per severity, the tensors named
-                group = [f for f in fired if f[3] == bounded]
-                if group:
-                    out.append(
-                        R.collapse_finding(
-                            [f[0] for f in group],
-                            step,
-                            min(f[1] for f in group),
-                            group[0][2],
-                            bounded,
-                            {"tensors": [{"tensor": f[0], "first_step": f[1], "median_r": f[2]} for f in group[:50]]},
-                        )
-                    )
+            # scan's per-tensor finding for the (at most MAX_NAMES_SHOWN) deepest new ones; the others
+            # are listed in the evidence of the first, so 300 tensors collapsing together are 3 lines
+            fired.sort(key=lambda f: (f.severity != "warning", f.evidence.get("median_r", math.inf)))
+            shown = fired[: R.MAX_NAMES_SHOWN]
+            if len(fired) > len(shown):
+                shown[0].evidence["also_collapsing"] = [
+                    {"tensor": f.tensor, "severity": f.severity, **f.evidence} for f in fired[len(shown) :][:50]
+                ]
+            out.extend(shown)
         # AD103: update RMS, all parameters (re-armed when it falls back below the limit).
         u = glob["update_rms"]
         # In the first steps v̂ averages the last few g² (at t=1, v̂ = g² exactly): mean(g²/v̂) is ~1

@@ -1,177 +1,179 @@
 """The live form of scan's rules: AD101, AD102, AD103 and AD401, evaluated point by point.
 
-The thresholds are scan's (imported, never copied): a collapse is r = g²/v̂_prev below
-``COLLAPSE_R`` for at least ``COLLAPSE_MIN_MEMORY_FRACTION/(1-β2)`` steps (at least 3 logged
-points) with v̂ at most ``COLLAPSE_DEPTH`` of its peak so far — the streaming equivalent of
-:func:`adamdiag.analysis.diagnose.collapse_stretch` on the logged points, which
-``tests/monitor/test_rules_live.py`` checks step for step. The messages follow scan's texts
-for a run that has not blown up (yet).
+One code path with scan: the thresholds come from :mod:`adamdiag.analysis.thresholds` and the
+findings (ids, severities, texts) from scan's own functions in :mod:`adamdiag.analysis.findings`,
+fed with the monitor's exact numbers. What is live-specific is only *when* to ask them: a
+:class:`Track` per trajectory (all parameters, or one tensor) follows the running stretch of
+r < ``COLLAPSE_R`` point by point, and the moment it becomes sustained and deep it hands scan's
+:func:`~adamdiag.analysis.evidence.collapse_stretch` the same points (the peak so far and the
+stretch), so the warning step, first step and median are scan's by construction
+(``tests/monitor/test_monitor_rules.py`` checks this against scan's rule on a whole run).
 
 >>> t = Track()
 >>> [t.update(s, r=0.01, vhat=v, every=10, beta2=0.999) for s, v in [(10, 1.0), (20, 1e-3), (30, 1e-3)]]
-[None, None, None]
->>> t.update(40, r=0.01, vhat=1e-3, every=10, beta2=0.999) is None  # 200 steps needed, 40 seen
-True
+[False, False, False]
+>>> min_points(10, 0.999)  # 200 steps of a stretch at one point per 10 steps
+20
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # the lead moves the thresholds into their own module; follow them wherever they are
-    from adamdiag.analysis.thresholds import (  # type: ignore[import-not-found]
-        COLLAPSE_DEPTH,
-        COLLAPSE_MIN_MEMORY_FRACTION,
-        COLLAPSE_R,
-        REGROWTH_R,
-        UPDATE_RMS_LIMIT,
-    )
-except ImportError:  # pragma: no cover - depends on the state of the refactor
-    from adamdiag.analysis.diagnose import (
-        COLLAPSE_DEPTH,
-        COLLAPSE_MIN_MEMORY_FRACTION,
-        COLLAPSE_R,
-        REGROWTH_R,
-        UPDATE_RMS_LIMIT,
-    )
+import numpy as np
 
-try:
-    from adamdiag.results.report import Finding, json_safe  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the state of the refactor
-    from adamdiag.report import Finding, json_safe
+from adamdiag.analysis import findings as F
+from adamdiag.analysis.evidence import Evidence, StateProblem, Trajectory, collapse_stretch
+from adamdiag.analysis.thresholds import (
+    COLLAPSE_DEPTH,
+    COLLAPSE_MIN_MEMORY_FRACTION,
+    COLLAPSE_MIN_POINTS,
+    COLLAPSE_R,
+    EPS_BOUND_FACTOR,
+    MAX_NAMES_SHOWN,
+    REGROWTH_R,
+    UPDATE_RMS_LIMIT,
+)
+from adamdiag.results.report import Finding, json_safe
 
 __all__ = [
-    "COLLAPSE_DEPTH",
-    "COLLAPSE_MIN_MEMORY_FRACTION",
     "COLLAPSE_R",
+    "EPS_BOUND_FACTOR",
+    "MAX_NAMES_SHOWN",
     "REGROWTH_R",
     "UPDATE_RMS_LIMIT",
     "Finding",
     "Track",
+    "collapse_finding",
     "json_safe",
     "min_points",
+    "nonfinite_finding",
+    "regrowth_finding",
+    "update_rms_finding",
 ]
 
-# How many r values of a running stretch are kept for its median (bounded memory per tensor).
-MEDIAN_WINDOW = 4096
+# How many points of a running stretch are kept (bounded memory per tensor on a long collapse;
+# scan's rule only needs the first min_points of it to fire).
+STRETCH_WINDOW = 4096
 
 
 def min_points(every: int, beta2: float) -> int:
     """Logged points a stretch needs: scan's ``collapse_stretch`` rule with one point per ``every`` steps.
 
-    >>> min_points(10, 0.999), min_points(1, 0.999), min_points(100, 0.99)
-    (20, 200, 3)
+    >>> min_points(1, 0.999), min_points(100, 0.99)
+    (200, 3)
     """
     span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
-    return max(3, int(math.ceil(span / max(1, every))))
+    return max(COLLAPSE_MIN_POINTS, int(math.ceil(span / max(1, every))))
 
 
 @dataclass
 class Track:
     """Streaming collapse state of one trajectory (all parameters, or one tensor)."""
 
-    run_len: int = 0  # consecutive logged points with r < COLLAPSE_R
-    run_start: int | None = None  # step of the first point of the running stretch
     peak: float = 0.0  # largest finite v̂ seen so far
+    peak_step: int = 0
     fired: bool = False  # AD101 already emitted for the running stretch
     collapsed: bool = False  # an AD101 was emitted at some point (arms AD102)
     regrowth_fired: bool = False
-    rms_over: bool = False  # update RMS currently above the limit (AD103 re-arms below it)
-    rs: list[float] = field(default_factory=list)
+    rms_over: bool = False  # update RMS above the limit (AD103 re-arms well below it)
+    nonfinite_fired: bool = False
+    # the running stretch of r < COLLAPSE_R: (step, g², v̂, r) per point
+    stretch: list[tuple[int, float, float, float]] = field(default_factory=list)
+    run_len: int = 0
 
-    def see_peak(self, vhat: float) -> None:
+    def see_peak(self, vhat: float, step: int = 0) -> None:
         """A point that only raises the peak (the dense first steps before the logging grid)."""
         if math.isfinite(vhat) and vhat > self.peak:
-            self.peak = vhat
+            self.peak, self.peak_step = vhat, step
 
-    def update(self, step: int, r: float, vhat: float, every: int, beta2: float) -> tuple[int, float] | None:
-        """Feed one logged point; returns (first step, median r) when the collapse becomes sustained
-        and deep at this point (once per stretch), else None."""
-        self.see_peak(vhat)
-        below = math.isfinite(r) and r < COLLAPSE_R
-        if not below:
-            self.run_len, self.run_start, self.fired = 0, None, False
-            self.rs.clear()
-            return None
-        if self.run_len == 0:
-            self.run_start = step
+    def update(self, step: int, r: float, vhat: float, every: int, beta2: float, g2: float = math.nan) -> bool:
+        """Feed one logged point; True when the collapse becomes sustained and deep at this point
+        (once per stretch): then :meth:`trajectory` holds what scan's rule needs."""
+        self.see_peak(vhat, step)
+        if not (math.isfinite(r) and r < COLLAPSE_R):
+            self.run_len, self.fired = 0, False
+            self.stretch.clear()
+            return False
         self.run_len += 1
-        if len(self.rs) < MEDIAN_WINDOW:
-            self.rs.append(r)
+        if len(self.stretch) < STRETCH_WINDOW:
+            self.stretch.append((step, g2, vhat, r))
         deep = math.isfinite(vhat) and vhat <= COLLAPSE_DEPTH * self.peak
         if not self.fired and deep and self.run_len >= min_points(every, beta2):
             self.fired = self.collapsed = True
-            rs = sorted(self.rs)
-            m = len(rs)
-            med = rs[m // 2] if m % 2 else 0.5 * (rs[m // 2 - 1] + rs[m // 2])
-            return int(self.run_start or step), float(med)
+            return True
+        return False
+
+    def trajectory(self, label: str, eps: float, beta2: float) -> Trajectory:
+        """The peak so far and the running stretch, as scan's :class:`Trajectory`: on these points
+        scan's ``collapse_stretch`` finds the same stretch, warning step and median."""
+        pts = [(self.peak_step, math.nan, self.peak, math.nan)] if self.peak_step < self.stretch[0][0] else []
+        pts += self.stretch
+        a = np.array(pts, dtype=np.float64)
+        return Trajectory(
+            label=label,
+            steps=a[:, 0].astype(np.int64),
+            g2=a[:, 1],
+            vhat=a[:, 2],
+            r=a[:, 3],
+            exact=True,
+            eps=eps,
+            beta2=beta2,
+        )
+
+
+def _evidence(**given: Any) -> Evidence:
+    """scan's Evidence with only the given fields set (the others empty): the live monitor feeds
+    scan's finding functions the numbers it has, nothing else."""
+    hints = typing.get_type_hints(Evidence)
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(Evidence):
+        if f.name in given:
+            kw[f.name] = given[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            t = str(hints.get(f.name, ""))
+            kw[f.name] = (
+                []
+                if t.startswith("list")
+                else {}
+                if t.startswith("dict")
+                else False
+                if t == "<class 'bool'>"
+                else 0
+                if t == "<class 'int'>"
+                else math.nan
+                if t == "<class 'float'>"
+                else None
+            )
+    return Evidence(**kw)
+
+
+def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:
+    """AD101 as scan reports a collapse in a run that has not blown up (yet) — scan's own function."""
+    tr = track.trajectory(label, eps, beta2)
+    if collapse_stretch(tr, None, beta2) is None:  # pragma: no cover - the Track fired on the same rule
         return None
-
-
-def name_list(names: list[str], shown: int = 3) -> str:
-    """Scan's way of naming several tensors.
-
-    >>> name_list(["a", "b", "c", "d", "e"])
-    '`a`, `b`, `c` and 2 more'
-    """
-    head = ", ".join(f"`{n}`" for n in names[:shown])
-    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
-def collapse_finding(
-    label: str | list[str], step: int, first: int, med: float, bounded: bool, evidence: dict[str, Any]
-) -> Finding:
-    """AD101 with scan's text for a collapse in a run that has not blown up (yet)."""
-    if isinstance(label, list):
-        where, tensor = (name_list(label), label[0]) if len(label) > 1 else (label[0], label[0])
-    else:
-        where, tensor = ("all parameters", None) if label == "global" else (label, label)
-    tail = (
-        "; eps bounds the step"
-        if bounded
-        else "; eps does not bound the step: a return of larger gradients would blow up the update"
-    )
-    return Finding(
-        "AD101",
-        "info" if bounded else "warning",
-        f"v is collapsing in {where} from step {first} (g²/v̂ median {med:.3g}){tail}",
-        step=step,
-        tensor=tensor,
-        evidence={"median_r": med, "first_step": first, "threshold": COLLAPSE_R, **evidence},
-    )
+    out = F.collapse_in_progress(_evidence(trajectories=[tr], beta2=beta2, eps=eps), beta2)
+    return out[0] if out else None
 
 
 def regrowth_finding(label: str, step: int, r: float) -> Finding:
-    """AD102 (scan's text): after a collapse, the gradients are back — the blowup is imminent."""
-    return Finding(
-        "AD102",
-        "error",
-        f"gradients re-grew in {'all parameters' if label == 'global' else label}: g²/v̂ = {r:.3g} at step {step}",
-        step=step,
-        tensor=None if label == "global" else label,
-        evidence={"r": r, "threshold": REGROWTH_R},
-    )
+    """AD102 (scan's function): after a collapse the gradients are back — the blowup is imminent."""
+    return F.regrowth(_evidence(regrowth=[(label, r, step)]))[0]
 
 
 def update_rms_finding(label: str, step: int, value: float) -> Finding:
-    """AD103 (scan's text)."""
-    return Finding(
-        "AD103",
-        "warning",
-        f"update RMS {value:.3g} > 1 in {'all parameters' if label == 'global' else label} at step {step}",
-        step=step,
-        tensor=None if label == "global" else label,
-        evidence={"update_rms": value, "threshold": UPDATE_RMS_LIMIT},
-    )
+    """AD103 (scan's function)."""
+    return F.update_rms(_evidence(update_rms=[(label, value, step)]))[0]
 
 
-def nonfinite_finding(step: int, tensors: list[str] | None = None, source: str = "state") -> Finding:
-    """AD401 (scan's text for the loss; the tensors named for gradients/state)."""
-    if tensors:
-        msg = f"non-finite values (NaN/Inf) in the gradients or Adam state of {name_list(tensors)} from step {step}"
-        return Finding("AD401", "error", msg, step=step, tensor=tensors[0], evidence={"tensors": tensors[:50]})
-    return Finding(
-        "AD401", "error", f"non-finite values (NaN/Inf) from step {step}", step=step, evidence={"tag": source}
-    )
+def nonfinite_finding(step: int, tensors: list[str] | None = None, source: str = "loss") -> Finding:
+    """AD401 (scan's function): a non-finite loss, or NaN/Inf in the gradients or state of ``tensors``."""
+    events = types.SimpleNamespace(first_nonfinite_step=None if tensors else step)
+    problems = [StateProblem(step=step, tensor=t, kind="nonfinite") for t in tensors or []]
+    return F.nonfinite(_evidence(events=events, state_problems=problems, loss_tag=source))[0]
