@@ -33,6 +33,28 @@ def warn(message: str) -> None:
         err(f"adamdiag: warning: {message}")
 
 
+def warn_all(messages: list[str], *, limit: int = 20) -> None:
+    """Warnings on stderr, each kind once: messages that differ only in paths and numbers (the same
+    problem in 2000 runs) become the first of them with "(× N alike)"; at most ``limit`` lines."""
+    import re
+    from collections import Counter
+
+    def template(m: str) -> str:
+        return re.sub(r"\d+", "#", re.sub(r"\S*/\S*", "<path>", m))
+
+    counts = Counter(template(m) for m in messages)
+    first: dict[str, str] = {}
+    for m in messages:
+        first.setdefault(template(m), m)
+    shown = 0
+    for t, n in counts.items():
+        if shown == limit:
+            warn(f"{len(counts) - limit} more kinds of warning (of {len(messages)} warnings in all)")
+            break
+        warn(first[t] if n == 1 else f"{first[t]} (× {n} alike)")
+        shown += 1
+
+
 def info(message: str) -> None:
     """A progress note on stderr ("wrote x.png"); nothing with ``--quiet``."""
     if not QUIET:

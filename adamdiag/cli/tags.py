@@ -34,7 +34,7 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
 
     A run that cannot be read, a stray 'tfevents' file or an unreadable folder is a warning; only
     when nothing at all could be read is it an error."""
-    from adamdiag.console import warn
+    from adamdiag.console import warn_all
     from adamdiag.io.events import find_runs, read_runs, run_files
 
     found = find_runs(runs)
@@ -68,13 +68,8 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
         result = read_runs(runs, check_crc=check_crc, problems=problems)
     if not result:
         raise InputError(problems[0].message if problems else "nothing readable")
-    for p in problems:
-        warn(p.message)
-    for ev in result:
-        for w in ev.warnings[:MAX_WARNINGS_SHOWN]:
-            warn(w)
-        if len(ev.warnings) > MAX_WARNINGS_SHOWN:
-            warn(f"{ev.run}: {len(ev.warnings) - MAX_WARNINGS_SHOWN} more warnings")
+    # One line per kind of problem: 2000 runs with the same damage are one line "(× 2000 alike)".
+    warn_all([p.message for p in problems] + [w for ev in result for w in ev.warnings], limit=MAX_WARNINGS_SHOWN)
     return result
 
 

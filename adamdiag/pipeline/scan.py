@@ -120,7 +120,7 @@ def scan_paths(
     any run (unreadable folders, stray files, link loops) is printed as a warning on stderr.
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
-    from adamdiag.console import warn
+    from adamdiag.console import warn_all
     from adamdiag.errors import InputError
     from adamdiag.io.events import read_runs
     from adamdiag.results.report import Finding, RunReport
@@ -151,8 +151,8 @@ def scan_paths(
         read = [e.run for e in all_events]
         for p in problems:
             if p.kind == "note" or (p.kind == "skipped" and not any(p.path != r and _under(p.path, r) for r in read)):
-                warn(p.message)
                 report.warnings.append(p.message)
+        warn_all(report.warnings)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
         for events in all_events:

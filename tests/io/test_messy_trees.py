@@ -201,3 +201,16 @@ def test_eval_only_curve_is_never_diagnosed(tmp_path):
     write_curve(tmp_path / "model_dir", "loss", [1.0 / (1 + s) for s in range(300)])
     (r,) = scan_paths([tmp_path / "model_dir"]).runs
     assert r.verdict == "healthy"
+
+
+def test_same_warning_in_many_runs_is_one_line(tmp_path):
+    # 25 runs (TensorBoard's own RecordWriter) each with a stray tfevents.md: one line, not 25
+    from events_util import tf1_events, write_records
+
+    for i in range(25):
+        write_records(tmp_path / f"run{i:02d}" / "events.out.tfevents.1.host", tf1_events(3))
+        (tmp_path / f"run{i:02d}" / "tfevents.md").write_text("notes\n")
+    res = invoke("tags", str(tmp_path), "--format", "csv")
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tfevents.md: not a TensorBoard event file" in lines[0] and "(× 25 alike)" in lines[0]
