@@ -318,6 +318,42 @@ def test_sample_logs_vcollapse_replay_eps_1e3_fixes_it():
     assert alt["name"] == "eps=0.001" and not alt["spike"] and alt["outcome"] == "avoided"
     assert alt["max_loss"] < orig["max_loss"] / 100
     assert math.isfinite(alt["final_loss"])
+    # one definition of the blowup step: the one scan reports (detect_loss_events on the logged loss)
+    assert fid["logged_spike_step"] == _scan_blowup(SAMPLE) == 662 == orig["blowup_step"]
+
+
+def _scan_blowup(run: Path) -> int | None:
+    from adamdiag.analysis.signals import detect_loss_events
+    from adamdiag.replay.runner import read_logged_loss
+
+    return detect_loss_events(*read_logged_loss(run, "train/loss")).blowup_step
+
+
+LR_SAMPLE = REPO / "sample_logs" / "lr_too_high"
+
+
+@pytest.mark.skipif(not (LR_SAMPLE / "checkpoints" / "step_000050.pt").exists(), reason="sample_logs not generated")
+def test_sample_logs_lr_too_high_replay_reproduces_its_warmup():
+    """The shipped lr_too_high run warms its lr up; its entry returns lr_schedule, so the replay from
+    step 50 (lr 0.05 there) reproduces the log bit for bit and the blowup at scan's step 77."""
+    res = invoke(
+        "sample_logs/lr_too_high/checkpoints/step_000050.pt",
+        "--lr",
+        "0.0167",
+        "--steps",
+        "40",
+        "--format",
+        "json",
+        cwd=REPO,
+    )
+    assert res.exit_code in (0, 1), res.output  # not 2: the log is reproduced
+    d = _no_nan_literals(res.stdout)
+    fid = d["fidelity"]
+    assert fid["reproduced"] and fid["max_rel_dev"] <= 1e-4
+    assert fid["logged_spike_step"] == fid["replayed_spike_step"] == _scan_blowup(LR_SAMPLE) == 77
+    orig, lr3 = d["variants"]
+    assert orig["lr"] == pytest.approx(0.05) and lr3["name"] == "lr=0.0167"  # the lr of update 50 (0.3·50/300)
+    assert lr3["blowup_step"] is None or lr3["blowup_step"] > 77
 
 
 def test_modes_agree(run):
