@@ -125,3 +125,20 @@ def test_tags_topk_all_and_several_optimizers(tmp_path) -> None:
     assert len(per_tensor) == 4
     assert all(6 in tags[t] for t in per_tensor)
     assert sum(len(tags[t]) for t in per_tensor) == 2 + 4
+
+
+def test_tensorboardx_writer(tmp_path) -> None:
+    tbx = pytest.importorskip("tensorboardX")
+    from adamdiag.io.events import read_file
+
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters())
+    w = tbx.SummaryWriter(str(tmp_path))
+    mon = AdamMonitor(opt, model=model, writer=w, every=2)
+    train(model, opt, 4)
+    mon.log_loss(5, float("nan"))  # a finding: the text summary goes through the same writer
+    mon.close()
+    w.close()
+    (f,) = tmp_path.glob("events.out.tfevents.*")
+    fd = read_file(f)
+    assert "adamdiag/global/sqrt_vhat_p50" in fd.tags and "adamdiag/0.weight/update_rms" in fd.tags
