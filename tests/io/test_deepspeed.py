@@ -31,6 +31,7 @@ LAYOUT = {
     "z2_bf16": "deepspeed-zero2",
     "z3_fp32": "deepspeed-zero3",
     "z3_bf16": "deepspeed-zero3",
+    "z3_fp32_subgroups": "deepspeed-zero3",  # 3 flat partitions per rank for 2 param groups
     "z2_fp32_universal": "deepspeed-universal",
     "z3_fp32_universal": "deepspeed-universal",
     "hf_z2_fp32": "deepspeed-zero2",
@@ -82,7 +83,7 @@ def test_moments_by_name_equal_deepspeeds_own(cfg):
     assert seen == set(truth["tensors"])
 
 
-@pytest.mark.parametrize("cfg", ["z1_fp32", "z3_bf16", "z3_fp32_universal"])
+@pytest.mark.parametrize("cfg", ["z1_fp32", "z3_bf16", "z3_fp32_subgroups", "z3_fp32_universal"])
 def test_per_group_hyperparameters(cfg):
     ck = open_checkpoint(_root(cfg))
     by_name = {e.name: e.hyper for e in ck.entries}

@@ -38,7 +38,12 @@ from typing import Any
 import torch
 from torch import nn
 
-CONFIGS = [(stage, prec) for prec in ("fp32", "bf16") for stage in (1, 2, 3)]
+CONFIGS: list[tuple[str, int, str, dict[str, Any]]] = [
+    (f"z{stage}_{prec}", stage, prec, {}) for prec in ("fp32", "bf16") for stage in (1, 2, 3)
+]
+# ZeRO-3 with sub-groups smaller than a param group (sub_group_size counts a rank's elements: 0.weight's
+# 30 close a sub-group, so param group 0 becomes two flat partitions per rank, group 1 one).
+CONFIGS += [("z3_fp32_subgroups", 3, "fp32", {"sub_group_size": 20})]
 UNIVERSAL_FROM = ("z2_fp32", "z3_fp32")
 STEPS = 3
 
@@ -110,7 +115,7 @@ def _write_truth(out: str, rank: int, info: dict[str, Any]) -> None:
     torch.distributed.barrier()
 
 
-def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str, zero_extra: dict) -> None:
     _init_rank(rank, world, port)
     import deepspeed
 
@@ -126,7 +131,7 @@ def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str) -
     cfg = {
         "train_micro_batch_size_per_gpu": 4,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        "zero_optimization": {"stage": stage, **zero_extra},
         "bf16": {"enabled": prec == "bf16"},
         "steps_per_print": 10_000,
     }
@@ -139,7 +144,7 @@ def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str) -
         engine.backward(loss)
         engine.step()
     engine.save_checkpoint(out)
-    info = {"stage": stage, "precision": prec, "step": STEPS, "optimizer": type(zopt).__name__}
+    info = {"stage": stage, "precision": prec, "step": STEPS, "optimizer": type(zopt).__name__, "zero": zero_extra}
     info["tensors"] = _truth(engine, zopt)
     _write_truth(out, rank, info)
 
@@ -217,13 +222,12 @@ def main(argv: list[str]) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     truth_path = args.out / "truth.json"
     truth = json.loads(truth_path.read_text()) if truth_path.is_file() else {}
-    for stage, prec in CONFIGS:
-        name = f"z{stage}_{prec}"
+    for name, stage, prec, zero_extra in CONFIGS:
         if args.only and name not in args.only:
             continue
         d = args.out / name
         shutil.rmtree(d, ignore_errors=True)
-        mp.spawn(_worker, args=(2, _free_port(), str(d), stage, prec), nprocs=2)
+        mp.spawn(_worker, args=(2, _free_port(), str(d), stage, prec, zero_extra), nprocs=2)
         truth[name] = json.loads((d / "truth.part.json").read_text())
         (d / "truth.part.json").unlink()
         for helper in d.glob("zero_to_*.py"):

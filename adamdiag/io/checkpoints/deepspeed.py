@@ -274,11 +274,20 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str]):
         where = _zero3_layout(shapes, bases, world, tag)
     else:
         where = _zero12_layout(shapes, osds, bases, tag)
+    # The base optimizer's state is keyed by flat partition (ZeRO-3: sub-group); its param groups
+    # list which partitions they own (``params``), so each partition finds its hyperparameters.
+    owner: dict[Any, int] = {}
+    for gi, grp in enumerate(groups):
+        for sg in grp.get("params", []) if isinstance(grp, dict) else []:
+            owner.setdefault(sg, gi)
     entries: list[_Entry] = []
     for g, params in enumerate(shapes):
         for pos, (name, shape) in enumerate(params):
             sg = where[name][0]
-            entries.append(_Entry(group=g, index=name, pos=pos, name=name, shape=shape, hyper=_hyper(groups[sg])))
+            gi = owner.get(sg, sg if isinstance(sg, int) and sg < len(groups) else None)
+            if gi is None:
+                raise InputError(f"{tag}: no param group of the optimizer owns partition {sg} (holding {name})")
+            entries.append(_Entry(group=g, index=name, pos=pos, name=name, shape=shape, hyper=_hyper(groups[gi])))
     steps = [s for s in (_as_int(st.get("step")) for st in state0.values() if isinstance(st, dict)) if s is not None]
 
     def gather(name: str, shape: tuple, get: Callable[[int, int], Any]) -> Any:
