@@ -98,8 +98,9 @@ def not_event_file(path: Path) -> str | None:
 
 # Sibling split directories that TensorBoard users write: Keras ``logs/train`` + ``logs/validation``,
 # Estimator ``model_dir/`` + ``model_dir/eval/`` (``eval_<name>`` for named evaluations).
+# Only the names these writers use: a run a user called `test` or `val` must not lose its diagnosis.
 TRAIN_SPLITS = frozenset({"train", "training"})
-EVAL_SPLITS = frozenset({"validation", "val", "valid", "eval", "evaluation", "test"})
+EVAL_SPLITS = frozenset({"validation", "eval", "evaluation"})
 
 
 def split_of(name: str) -> str | None:
@@ -197,8 +198,14 @@ def discover(paths: Sequence[Path]) -> Discovery:
             problems.append(Problem(str(p), f"cannot read directory {p}: permission denied; skipped"))
             continue
         found = []
-        for d in _walk(p, problems):
-            run = d.parent if d != p and split_of(d.name) else d
+        dirs = _walk(p, problems)
+        have = set(dirs)
+        for d in dirs:
+            # A split folder joins its parent's run when the parent logs too (Estimator: model_dir/ +
+            # eval/) or has a sibling split (Keras: train/ + validation/); alone it stays its own run.
+            siblings = sum(1 for x in dirs if x.parent == d.parent and split_of(x.name))
+            grouped = d != p and split_of(d.name) and (d.parent in have or siblings >= 2)
+            run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
         if not found:
@@ -235,7 +242,8 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
 
 def run_files(run: Path) -> list[Path]:
     """The event files of one run: the file itself, or those directly in the directory and in its
-    split subdirectories (``train/``, ``validation/``, ``eval/``...), by name."""
+    split subdirectories (``train/``, ``validation/``, ``eval/``...: when the directory logs itself or
+    has two of them, as :func:`discover` groups them), by name."""
     if run.is_file():
         return [run]
     out = []
@@ -246,12 +254,17 @@ def run_files(run: Path) -> list[Path]:
     for f in entries:
         if is_event_file(f):
             out.append(f)
+    split_files = []
     for sub in entries:
         if sub.is_dir() and split_of(sub.name):
             try:
-                out.extend(sorted(f for f in sub.iterdir() if is_event_file(f)))
+                files = sorted(f for f in sub.iterdir() if is_event_file(f))
             except OSError:
                 continue  # reported by the directory walk
+            if files:
+                split_files.append(files)
+    if out or len(split_files) >= 2:  # else a lone split folder is a run of its own (see discover)
+        out += [f for files in split_files for f in files]
     return out
 
 

@@ -192,7 +192,7 @@ def test_eval_only_curve_is_never_diagnosed(tmp_path):
     write_curve(tmp_path / "model_dir" / "eval", "loss", blowup_curve())
     val = write_curve(tmp_path / "keras" / "validation", "epoch_loss", blowup_curve())
     rep = scan_paths([tmp_path / "model_dir", val])
-    assert [r.run for r in rep.runs] == [str(tmp_path / "model_dir"), str(val)]
+    assert [r.run for r in rep.runs] == [str(tmp_path / "model_dir" / "eval"), str(val)]
     for r in rep.runs:
         assert r.verdict == "inconclusive" and r.blowup_step is None
         assert [f.id for f in r.findings] == ["AD905"]
@@ -200,7 +200,16 @@ def test_eval_only_curve_is_never_diagnosed(tmp_path):
     # With its training events beside it, model_dir is one run diagnosed on the training loss.
     write_curve(tmp_path / "model_dir", "loss", [1.0 / (1 + s) for s in range(300)])
     (r,) = scan_paths([tmp_path / "model_dir"]).runs
-    assert r.verdict == "healthy"
+    assert r.run == str(tmp_path / "model_dir") and r.verdict == "healthy"
+
+
+def test_a_run_named_like_a_split_is_still_diagnosed(tmp_path):
+    # `test`/`val` are common run names, not a writer's split folders; a lone `train` is just a run
+    for name in ("test", "val", "train"):
+        write_curve(tmp_path / "exp" / name, "loss", blowup_curve())
+    rep = scan_paths([tmp_path / "exp"])
+    assert sorted(Path(r.run).name for r in rep.runs) == ["test", "train", "val"]
+    assert all(r.blowup_step == 200 for r in rep.runs)
 
 
 def test_same_warning_in_many_runs_is_one_line(tmp_path):
