@@ -205,10 +205,14 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     ms_path, ms = _model_states(tag, trust)
     shapes = _param_shapes(ms, ms_path)
     warnings: list[str] = []
-    if (tag / "zero").is_dir() and not any(_OPTIM_RE.match(n) for n in os.listdir(tag)):
-        layout, groups, entries, fetch_state, fetch_param, steps = _open_universal(tag, shapes, trust, warnings)
-    else:
-        layout, groups, entries, fetch_state, fetch_param, steps = _open_zero(tag, shapes, trust, warnings)
+    try:
+        if (tag / "zero").is_dir() and not any(_OPTIM_RE.match(n) for n in os.listdir(tag)):
+            layout, groups, entries, fetch_state, fetch_param, steps = _open_universal(tag, shapes, trust, warnings)
+        else:
+            layout, groups, entries, fetch_state, fetch_param, steps = _open_zero(tag, shapes, trust, warnings)
+    except _LAYOUT_ERRORS as e:
+        raise _layout_error(tag, e) from None
+    fetch_state, fetch_param = _guarded(tag, fetch_state), _guarded(tag, fetch_param)
     opt_kind, w = _optimizer_kind({"param_groups": groups, "state": {}})
     warnings += w
     step = _as_int(ms.get("global_steps"))
@@ -227,6 +231,25 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
     return ck
+
+
+# A structure other than the DeepSpeed versions seen so far wrote (a missing key, a list where a
+# dict was): one line naming the checkpoint, never a traceback.
+_LAYOUT_ERRORS = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+
+def _layout_error(tag: Path, e: Exception) -> InputError:
+    return InputError(f"{tag}: unexpected DeepSpeed checkpoint layout ({type(e).__name__}: {str(e)[:120]})")
+
+
+def _guarded(tag: Path, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def call(x: Any) -> Any:
+        try:
+            return fn(x)
+        except _LAYOUT_ERRORS as e:
+            raise _layout_error(tag, e) from None
+
+    return call
 
 
 # --- ZeRO-1/2/3 partitions -------------------------------------------------------------------------
