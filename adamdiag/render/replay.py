@@ -79,18 +79,20 @@ def _reference_line(r: ReplayResult) -> str | None:
     )
 
 
-def render_text(r: ReplayResult, width: int = 120) -> str:
+def render_text(r: ReplayResult, width: int = 160) -> str:
+    """Sentences are soft-wrapped (one line each: a terminal wraps them, a pipe or a log file keeps
+    them whole); only the table is laid out to ``width``."""
     from rich.console import Console
     from rich.table import Table
 
     buf = io.StringIO()
     color = os.isatty(1) and not os.environ.get("NO_COLOR")
     con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
-    con.print(_header(r), markup=False)
-    con.print(_fidelity_line(r), markup=False, style=None if r.fidelity.reproduced else "bold red")
+    con.print(_header(r), markup=False, soft_wrap=True)
+    con.print(_fidelity_line(r), markup=False, style=None if r.fidelity.reproduced else "bold red", soft_wrap=True)
     ref = _reference_line(r)
     if ref:
-        con.print(ref, markup=False)
+        con.print(ref, markup=False, soft_wrap=True)
     table = Table(title_justify="left")
     for c in COLUMNS:
         table.add_column(c, justify="left" if c == "variant" else "right")
@@ -100,10 +102,10 @@ def render_text(r: ReplayResult, width: int = 120) -> str:
         table.add_row(*row, style=style)
     con.print(table)
     for f in r.findings:
-        con.print(f"{f['id']} {f['message']}", markup=False, style="yellow")
+        con.print(f"{f['id']} {f['message']}", markup=False, style="yellow", soft_wrap=True)
     for w in r.warnings:
-        con.print(f"warning: {w}", markup=False, style="yellow")
-    con.print(f"verdict: {r.summary} (exit {r.exit_code})", markup=False, style="bold")
+        con.print(f"warning: {w}", markup=False, style="yellow", soft_wrap=True)
+    con.print(f"verdict: {r.summary} (exit {r.exit_code})", markup=False, style="bold", soft_wrap=True)
     return buf.getvalue()
 
 
@@ -155,7 +157,17 @@ def render_junit(r: ReplayResult) -> str:
             why = "cut short by the time budget" if v.truncated else "v still collapsing at the end of the replay"
             ET.SubElement(case, "failure", message=f"{v.name} is at risk: {why}", type="at_risk")
     suite.set("failures", str(failures))
-    return ET.tostring(suite, encoding="unicode")
+    root = ET.Element("testsuites", name="adamdiag.replay", tests=str(len(r.variants)), failures=str(failures))
+    root.append(suite)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def render_github(r: ReplayResult) -> str:
+    """One GitHub Actions annotation with the verdict: an error when the replay failed its purpose."""
+    from adamdiag.render.github import _data, _prop
+
+    level = "notice" if r.exit_code == 0 else "error"
+    return f"::{level} file={_prop(r.checkpoint)},title=adamdiag replay::{_data(r.summary)}"
 
 
 def render(r: ReplayResult, fmt: str) -> str:
@@ -167,4 +179,6 @@ def render(r: ReplayResult, fmt: str) -> str:
         return render_json(r)
     if fmt == "junit":
         return render_junit(r)
+    if fmt == "github":
+        return render_github(r)
     raise ValueError(f"unknown format {fmt!r}")
