@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/mypy
 
 # Not in CI: the fast suite against the lowest declared pandas, numpy, typer, rich, tensorboard, protobuf,
-# matplotlib, google-crc32c and safetensors (torch stays $(TORCH)). Run it whenever a reader changes:
+# matplotlib, google-crc32c, safetensors, pyarrow and h5py (torch stays $(TORCH)). Run it whenever a reader changes:
 # a bug that only shows with an old pandas reaches the users the lower bound lets in.
 # adamdiag itself is not installed there: `python -m pytest` imports it from this tree (with the C kernel
 # `make setup` built, when there is one), so the second venv never rewrites files in the tree.
@@ -50,7 +50,7 @@ test-mindeps: setup
 	$(MINDEPS_VENV)/bin/pip install -q "$(TORCH)"
 	$(MINDEPS_VENV)/bin/python tools/lowest_deps.py > $(MINDEPS_VENV)/lowest.txt
 	$(MINDEPS_VENV)/bin/pip install -q -c $(MINDEPS_VENV)/lowest.txt -r $(MINDEPS_VENV)/lowest.txt \
-		pytest hypothesis tensorboardX tbparse pyarrow
+		pytest hypothesis tensorboardX tbparse
 	$(MINDEPS_VENV)/bin/python tools/lowest_deps.py --check
 	$(MINDEPS_VENV)/bin/python -m pytest -q
 

@@ -2,7 +2,8 @@
 
 Used by ``make test-mindeps``: a separate venv gets exactly these, so a reader that only works with a
 newer pandas/numpy/... than we declare fails there, not in a user's environment. torch is left out
-(it stays at the Makefile's $(TORCH): the local CPU wheel). ``--check`` compares the installed
+(it stays at the Makefile's $(TORCH): the local CPU wheel). The extras that the fast suite exercises
+(parquet export, Keras files) are pinned at their lowest too. ``--check`` compares the installed
 versions with the lowest ones and fails on a difference (pip may have resolved past a constraint).
 """
 
@@ -15,12 +16,15 @@ import tomllib
 from packaging.version import Version
 
 SKIP = {"torch"}
+EXTRAS = ("parquet", "keras")
 
 
 def lowest() -> dict[str, str]:
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     out = {}
-    for dep in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    deps = project["dependencies"] + [d for extra in EXTRAS for d in project["optional-dependencies"][extra]]
+    for dep in deps:
         m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][^,;\s]*)\s*", dep)
         if m is None:
             sys.exit(f"lowest_deps: cannot read a lower bound from {dep!r}")
