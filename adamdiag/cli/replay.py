@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from adamdiag.cli.app import app, guarded
-from adamdiag.cli.options import Format, FormatOpt, TrustOpt
+from adamdiag.cli.options import Device, Format, FormatOpt, ReplayMode, TrustOpt
 
 
 @app.command()
@@ -40,7 +40,9 @@ def replay(
     ] = None,
     entry: Annotated[str | None, typer.Option("--entry", help="module:function or file.py:function.")] = None,
     logdir: Annotated[Path | None, typer.Option("--logdir", help="Run directory with the logged loss.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda")] = "auto",
+    device: Annotated[
+        Device, typer.Option("--device", help="Where to replay (auto: cuda when available, else cpu).")
+    ] = Device.auto,
     format: FormatOpt = Format.text,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
@@ -54,11 +56,11 @@ def replay(
         ),
     ] = "auto",
     mode: Annotated[
-        str,
+        ReplayMode,
         typer.Option(
-            "--mode", help="auto|batched|sequential: alternates in one vmap pass, or one by one with torch.optim.Adam."
+            "--mode", help="Alternates in one vmap pass (batched) or one by one with torch.optim.Adam (sequential)."
         ),
-    ] = "auto",
+    ] = ReplayMode.auto,
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
     from adamdiag.replay.runner import run_replay
@@ -71,13 +73,13 @@ def replay(
         steps=steps,
         entry=entry,
         logdir=logdir,
-        device=device,
+        device=device.value,
         fmt=format.value,
         plot=plot,
         force=force,
         trust_checkpoint=trust_checkpoint,
         loss_tag=loss_tag,
-        mode=mode,
+        mode=mode.value,
         log_offset=log_step_offset,
         grid=grid,
         named=tensor,
