@@ -148,3 +148,17 @@ OUTCOME_MEDIAN_SAMPLE = 1 << 16
 # at_risk rule above rather than called avoided for surviving the horizon.
 HORIZON_MEMORIES = 1.0
 HORIZON_GAP_FACTOR = 2.0
+
+# --- replay fidelity (does the original settings' replay reproduce the log?) ---------------------
+# Tracking: over the first TRACK_FRACTION of the way from the checkpoint to the logged blowup the
+# replayed loss must match the log to FIDELITY_MAX_REL_DEV relative: float32 replays on the same kind
+# of device agree to ~1e-6 (bit for bit on the same machine), a wrong data order, model or loss is off
+# by 0.3-1 from the first steps. Not further: the instability amplifies rounding differences
+# exponentially (the sample perturbed by 1e-7 deviates by 2e-3 at 3/4 of the way, 0.5 just before).
+FIDELITY_MAX_REL_DEV = 1e-3
+TRACK_FRACTION = 0.5
+# The replayed blowup may land this fraction of the checkpoint->blowup gap from the logged one (at
+# least the logging interval): the rounding-amplified timing shift (2 steps of 63 on the sample). A
+# variant blowing up later than the original by less than this (or BLOWUP_PERSIST) is the same blowup,
+# not a postponement.
+SPIKE_STEP_TOLERANCE_FRACTION = 0.1

@@ -44,25 +44,24 @@ from adamdiag.analysis.thresholds import (
     BLOWUP_PEAK_FACTOR,
     BLOWUP_PERSIST,
     COLLAPSE_R,
+    FIDELITY_MAX_REL_DEV,
     HORIZON_GAP_FACTOR,
     HORIZON_MEMORIES,
     MIN_LOG_SCALE,
     OUTCOME_EPS_FACTOR,
     OUTCOME_WINDOW_MEMORY_FRACTION,
     OUTCOME_WINDOW_MIN_STEPS,
+    SPIKE_STEP_TOLERANCE_FRACTION,
     SPIKE_Z,
+    TRACK_FRACTION,
 )
 from adamdiag.results.report import json_safe
 
 SCHEMA = "adamdiag.replay/1"
-FIDELITY_MAX_REL_DEV = 1e-3
 REFERENCE_POINTS = 50
 SUSTAIN_POINTS = 3
 MIN_REFERENCE_POINTS = 5
 OUTCOMES = ("avoided", "at_risk", "blowup")  # best first
-# The tracked part of the way to a logged blowup, and the blowup-step tolerance as a fraction of it.
-TRACK_FRACTION = 0.5
-SPIKE_STEP_TOLERANCE_FRACTION = 0.1
 
 
 @dataclass
