@@ -144,13 +144,19 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def print_notice(msg: str) -> None:
+    """The import notice on stderr (the default route)."""
+    print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
+
+
 def load_entry_function(
     entry: str, base: Path | None = None, notify: Callable[[str], None] | None = None, source: str = ""
 ) -> Callable[[str], Any]:
     """The function named by ``module:function`` or ``path/file.py:function`` (relative to ``base``).
 
-    ``notify`` gets "importing entry X from FILE" *before* the import runs any code: importing an
-    entry executes it, and the user must be able to see what ran (issue 12, security)."""
+    "importing entry X from FILE" goes to ``notify`` (None: stderr) *before* the import runs any code:
+    importing an entry executes it, and the user must always be able to see what ran (issue 12)."""
+    notify = notify or print_notice
     target, sep, func = entry.rpartition(":")
     if not sep or not target or not func:
         raise InputError(f"bad entry point {entry!r}: expected 'module:function' or 'path/to/file.py:function'")
@@ -159,12 +165,10 @@ def load_entry_function(
         path = Path(target).expanduser()
         if not path.is_absolute() and base is not None:
             path = base / path
-        if notify is not None:
-            notify(f"importing entry {entry} from {path}{named_by}")
+        notify(f"importing entry {entry} from {path}{named_by}")
         module = _import_file(path)
     else:
-        if notify is not None:
-            notify(f"importing entry {entry} from module {target}{named_by}")
+        notify(f"importing entry {entry} from module {target}{named_by}")
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
@@ -256,7 +260,8 @@ def load_spec(
     ``require_trust``: an entry found by discovery runs only when its config is the current
     directory's (:func:`cwd_config`); any other (e.g. an ``adamdiag.toml`` inside a scanned log tree,
     which anyone who wrote the tree controls) raises :class:`UntrustedEntry` before anything is
-    imported. ``--entry`` is always trusted: the user typed it. ``notify`` gets the import notice."""
+    imported. ``--entry`` is always trusted: the user typed it. ``notify`` gets the import notice
+    (None: stderr)."""
     if entry:
         base, source = (cwd or Path.cwd()), "--entry"
     else:

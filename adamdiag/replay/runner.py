@@ -190,6 +190,10 @@ def _stderr(msg: str) -> None:
     print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
 
 
+def _quiet(msg: str) -> None:
+    """Ranks other than 0 under torchrun: rank 0 already said it."""
+
+
 def _check_named(names: list[str] | None, model: Any) -> list[str]:
     """Named tensors must be parameters of the entry's model (its named_parameters() names)."""
     out = list(dict.fromkeys(names or []))
@@ -493,7 +497,7 @@ def verify_checkpoint(
       raised before anything is imported. No entry at all: :class:`~adamdiag.replay.protocol.NoEntry`.
 
     Never prints to stdout; the only stderr line is the mandatory "importing entry X from FILE" notice
-    (route it with ``on_import``; it is called before the import runs). Raises
+    (``on_import`` routes it elsewhere, None = stderr; it is called before the import runs). Raises
     :class:`~adamdiag.errors.InputError` (one line) for bad input: unreadable checkpoint, no loss tag,
     checkpoint at/after the logged blowup, an entry that fails. A replay that does not reproduce the
     log is *returned* (``result.fidelity.reproduced`` False, its ``message`` says why): the caller
@@ -669,7 +673,7 @@ def _run_distributed(
     try:
         plan, err = None, None
         try:
-            plan = plan_replay(checkpoint, **kw, notify=_stderr if world.rank == 0 else None)
+            plan = plan_replay(checkpoint, **kw, notify=_stderr if world.rank == 0 else _quiet)
             if budget_s is not None:
                 plan.deadline = time.monotonic() + budget_s
         except InputError as e:

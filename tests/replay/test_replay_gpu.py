@@ -33,7 +33,7 @@ def test_cuda_replay_reaches_the_cpu_conclusions(run):
     assert gpu["device"].startswith("cuda") and gpu["mode"] == "batched"
     assert gpu["fidelity"]["reproduced"] is True, gpu["fidelity"]["message"]
     assert abs(gpu["fidelity"]["replayed_spike_step"] - BLOWUP_STEP) <= 2
-    assert [(v["name"], v["spike"]) for v in gpu["variants"]] == [(v["name"], v["spike"]) for v in cpu["variants"]]
+    assert [(v["name"], v["outcome"]) for v in gpu["variants"]] == [(v["name"], v["outcome"]) for v in cpu["variants"]]
     assert gpu["conclusion"] == cpu["conclusion"] == "fixed"
     for g, c in zip(gpu["variants"][1:], cpu["variants"][1:]):
         # no blowup in the alternates: their curves agree to float32 noise over the whole window
@@ -55,7 +55,7 @@ def test_sample_logs_vcollapse_on_cuda():
     assert abs(fid["replayed_spike_step"] - truth) <= 5
     orig, *alts = d["variants"]
     assert orig["spike"] and [v["name"] for v in alts] == ["eps=0.001", "eps=0.01", "eps=0.1"]
-    assert not any(v["spike"] for v in alts)
+    assert not any(v["spike"] for v in alts) and all(v["outcome"] == "avoided" for v in alts)
     assert d["conclusion"] == "fixed"
 
 
@@ -99,5 +99,5 @@ def test_torchrun_two_ranks_on_cuda(run):
     assert [v["name"] for v in dist["variants"]] == [v["name"] for v in single["variants"]]
     assert dist["variants"][0]["losses"] == single["variants"][0]["losses"]  # the reference path, same GPU
     for x, y in zip(dist["variants"], single["variants"]):
-        assert x["spike"] == y["spike"]
+        assert x["spike"] == y["spike"] and x["outcome"] == y["outcome"]
         assert max(abs(p - q) / abs(q) for p, q in zip(x["losses"], y["losses"])) <= 1e-4
