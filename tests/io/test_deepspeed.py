@@ -232,3 +232,23 @@ def test_crc_of_the_partitions_behind_a_reassembled_tensor(tmp_path):
     assert hit == {"0.weight", "2.weight"}
     assert any("AD403" in w and "`0.weight`" in w and "exp_avg_sq" in w for w in s.warnings)
     assert not any(t.corrupt for t in summarize_checkpoint(FIX / "z2_fp32").tensors)
+
+
+@needs_deepspeed
+def test_trusted_load_of_a_partition_with_other_globals_needs_no_deepspeed(tmp_path, monkeypatch):
+    """--trust-checkpoint (an argparse.Namespace in a partition) loads DeepSpeed's classes as the
+    stand-ins too: the file opens where deepspeed is not installed."""
+    pytest.importorskip("deepspeed")
+    d = _copy("z1_fp32", tmp_path)
+    f = d / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    obj = torch.load(f, weights_only=False)  # our own fixture, with deepspeed present
+    obj["args"] = argparse.Namespace(lr=0.1)
+    torch.save(obj, f)
+    for name in [m for m in sys.modules if m == "deepspeed" or m.startswith("deepspeed.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # from here on, as if it were not installed
+    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL argparse\.Namespace"):
+        open_checkpoint(d)
+    ck = open_checkpoint(d, trust=True)
+    ref = TRUTH["z1_fp32"]["tensors"]
+    assert all(torch.equal(t.exp_avg, _as(ref[t.name], "exp_avg")) for t in ck.tensors())

@@ -256,6 +256,12 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             if not hasattr(torch.serialization, "safe_globals"):
                 raise InputError(f"{path}: reading this format safely needs torch >= 2.6")
             allow = torch.serialization.safe_globals(list(extra_globals))
+        if not weights_only and extra_globals:
+            # trusted: full unpickling, but the framework's classes still become the stand-ins, so
+            # the file loads whether or not that framework is installed
+            return torch.load(
+                path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_stand_in_pickle(extra_globals)
+            )
         with allow:
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
@@ -305,6 +311,23 @@ def _torch_reason(msg: str) -> str:
     """torch's reason, without its C++ internals ('[enforce fail at inline_container.cc:…]')."""
     line = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", _first_line(msg)).strip()
     return line or "not torch's zip format"
+
+
+def _stand_in_pickle(extra_globals: Sequence[tuple[Any, str]]) -> Any:
+    """A pickle module for torch.load whose Unpickler resolves ``extra_globals`` names to their stand-ins."""
+    import pickle
+    import types
+
+    names = {n: obj for obj, n in extra_globals}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            full = f"{module}.{name}"
+            if full in names and full != "builtins.getattr":  # trusted: the real getattr is fine
+                return names[full]
+            return super().find_class(module, name)
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
 
 
 def _first_line(msg: str) -> str:
