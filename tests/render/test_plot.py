@@ -47,19 +47,14 @@ def sweep(tmp_path_factory) -> Path:
 
 def test_directory_names_from_run_paths_never_overwritten(sweep, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = plot(sweep)
-    assert res.exit_code == 0, res.output
     out = tmp_path / "adamdiag-plots"
-    assert sorted(p.name for p in out.iterdir()) == ["sweepA__run.png", "sweepB__run.png"]
-    first = (out / "sweepA__run.png").read_bytes()
-    assert plot(sweep).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "sweepA__run-1.png",
-        "sweepA__run.png",
-        "sweepB__run-1.png",
-        "sweepB__run.png",
-    ]
-    assert (out / "sweepA__run.png").read_bytes() == first
+    out.mkdir()
+    (out / "sweepA__run.png").write_bytes(b"an earlier plot")  # e.g. from yesterday's scan
+    res = plot(sweep)  # default -o: adamdiag-plots/
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["sweepA__run-1.png", "sweepA__run.png", "sweepB__run.png"]
+    assert (out / "sweepA__run.png").read_bytes() == b"an earlier plot"
+    assert (out / "sweepB__run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_one_image_file_is_for_one_run(sweep, tmp_path):
