@@ -5,12 +5,6 @@ from __future__ import annotations
 import pytest
 
 
-def pytest_configure(config):
-    # The headless-browser screenshot of the HTML report (tests/render/test_html_report.py): runs
-    # where Debian's `chromium` is installed, skips elsewhere; `pytest -m browser` selects it.
-    config.addinivalue_line("markers", "browser: needs a headless chromium (skipped without one)")
-
-
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
