@@ -162,3 +162,9 @@ TRACK_FRACTION = 0.5
 # variant blowing up later than the original by less than this (or BLOWUP_PERSIST) is the same blowup,
 # not a postponement.
 SPIKE_STEP_TOLERANCE_FRACTION = 0.1
+# A replayed curve is judged on the last REPLAY_PREFIX_POINTS logged points before the checkpoint plus
+# the replayed losses, not on the whole log: the detector runs every few steps during a replay (to stop
+# a blown-up variant), and on a 10^6-step log each run costs seconds. 5000 points keep the detector's
+# trailing window what it is on the full log (it saturates at n/50 >= 100 points); only a "slow climb"
+# measured against a best level older than that can differ. The logged blowup uses the whole log.
+REPLAY_PREFIX_POINTS = 5000

@@ -51,6 +51,7 @@ from adamdiag.analysis.thresholds import (
     OUTCOME_EPS_FACTOR,
     OUTCOME_WINDOW_MEMORY_FRACTION,
     OUTCOME_WINDOW_MIN_STEPS,
+    REPLAY_PREFIX_POINTS,
     SPIKE_STEP_TOLERANCE_FRACTION,
     SPIKE_Z,
     TRACK_FRACTION,
@@ -177,9 +178,9 @@ def first_blowup(steps: np.ndarray, values: np.ndarray) -> int | None:
 class BlowupJudge:
     """Blowup steps of the logged and replayed curves, by scan's own detector (module docstring).
 
-    A replayed curve is judged as the log up to the checkpoint followed by the replayed losses at the
-    log's steps (and, past the log's end, at its logging interval), so a log written every N steps
-    and a replay of every step are read at the same resolution.
+    A replayed curve is judged as the log up to the checkpoint (its last REPLAY_PREFIX_POINTS points)
+    followed by the replayed losses at the log's steps (and, past the log's end, at its logging
+    interval), so a log written every N steps and a replay of every step are read at the same resolution.
     """
 
     def __init__(self, logged_steps: np.ndarray, logged_values: np.ndarray, start_step: int) -> None:
@@ -188,7 +189,9 @@ class BlowupJudge:
         self.start_step = int(start_step)
         self.logged_blowup = first_blowup(steps, values) if len(steps) else None
         before = steps <= start_step
-        self.prefix_steps, self.prefix_values = steps[before], values[before]
+        # the log before the checkpoint, its last REPLAY_PREFIX_POINTS points (thresholds.py says why)
+        self.prefix_steps = steps[before][-REPLAY_PREFIX_POINTS:]
+        self.prefix_values = values[before][-REPLAY_PREFIX_POINTS:]
         after = steps[~before]
         self.grid = after  # logged steps after the checkpoint
         diffs = np.diff(steps)
