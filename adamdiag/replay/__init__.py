@@ -6,9 +6,10 @@ alternate eps/beta2/lr, on the same batches (docs/replay.md).
 - :mod:`.engine` -- the reference: one variant at a time with the real ``torch.optim.Adam``;
 - :mod:`.sweep` -- K variants in one vmap pass with a stacked Adam update (tested against the reference);
 - :mod:`.distributed` -- variants split across ``torchrun`` processes, gathered on rank 0;
-- :mod:`.result` -- pure analysis: spike rule, fidelity, verdict, the ``adamdiag.replay/1`` result;
-- :mod:`.render`, :mod:`.plot` -- text/markdown/JSON/JUnit and the PNG overlay;
-- :mod:`.command` -- ``adamdiag replay``: files in, rendered result out.
+- :mod:`.result` -- pure analysis: blowup step (scan's detector), fidelity, outcomes (avoided /
+  at_risk / blowup), the conclusion, the ``adamdiag.replay/1`` result;
+- :mod:`.runner` -- files in, result out: ``run_replay`` (the command) and ``verify_checkpoint`` (the
+  library call behind ``scan --verify``); the renderers live in :mod:`adamdiag.render.replay`.
 
 Nothing here imports torch at module import time except where a function needs it.
 """
