@@ -44,7 +44,7 @@ def _row(v: VariantOutcome) -> list[str]:
         v.name,
         f"{v.eps:g}",
         f"{v.beta2:g}",
-        f"{v.lr:g}",
+        f"{v.lr:.3g}",  # 3 digits: a derived lr (0.01/3) reads 0.00333, not 0.00333333
         _outcome(v),
         str(v.blowup_step) if v.blowup_step is not None else "-",
         _num(v.max_loss),
