@@ -76,3 +76,29 @@ def project_module(root: Path, name: str, source: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+# The lab's replay entry for its runs (tools/runlab is on the test pythonpath).
+ENTRY = f"{Path(__file__).resolve().parents[1] / 'tools' / 'runlab' / 'multitask.py'}:adamdiag_replay"
+
+
+def train_sh99(out: Path, steps: int = 520) -> dict:
+    """The lab's multi-task MLP ("tiny", regression heads, 32 examples, full batch, lr 3e-3, β2 0.99,
+    eps 1e-8, checkpoints every 50): fits its targets to ~1e-7, then v collapses and it blows up at step
+    462. From the checkpoint at 450, eps 1e-3 avoids the blowup while lr/3 only postpones it."""
+    import multitask
+    import runlab
+
+    cfg = runlab.RunConfig(
+        name="sh99",
+        family=multitask.FAMILY,
+        size="tiny",
+        data={**multitask.SAMPLE_DATA, "prob_weight": 0.0, "n_examples": 32},
+        steps=steps,
+        lr=3e-3,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        ckpt_every=50,
+        seed=0,
+    )
+    return runlab.train(cfg, out)

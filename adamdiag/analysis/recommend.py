@@ -131,6 +131,8 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
     if ev.lr:
         args += _lr_args([ev.lr / LR_REDUCTION])  # the competing cause's fix, tried on its own
     rec["verify"] = replay_command(ev, run, args)
+    lrs = [ev.lr / LR_REDUCTION, ev.lr / LR_REDUCTION_STRONG] if ev.lr else []
+    rec["replay"] = replay_plan(ev, [c["eps"] for c in rec["candidates"] if c["eps"] > eps], lrs)
     return rec
 
 
@@ -152,4 +154,20 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     if lr:
         args = _lr_args([lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG]) + _eps_args([REPORT_EPS_CANDIDATES[0]])
         rec["verify"] = replay_command(ev, run, args)
+        rec["replay"] = replay_plan(ev, list(REPORT_EPS_CANDIDATES[:2]), [lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG])
     return rec
+
+
+def replay_plan(ev: Evidence, eps_values: list[float], lr_values: list[float]) -> dict[str, Any] | None:
+    """What ``--verify`` replays: the start checkpoint, its own settings, and single changes — the
+    eps candidates and the lr reductions (both causes' fixes, so the outcome can tell them apart)."""
+    path = getattr(ev.start, "path", None) if ev.start is not None else None
+    if not path or ev.lr is None:
+        return None
+    return {
+        "checkpoint": path,
+        "start_step": int(ev.start.step),
+        "original": {"eps": ev.eps, "beta2": ev.beta2, "lr": ev.lr},
+        "eps": [float(e) for e in eps_values],
+        "lr": [float(x) for x in lr_values],
+    }

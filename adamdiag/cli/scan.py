@@ -28,6 +28,28 @@ LossTagOpt = Annotated[
         "(it sets the blowup step), the others per-task losses whose events are reported by name.",
     ),
 ]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify",
+        help="Replay each blown-up run from its checkpoint before the blowup with the fix and the competing "
+        "cause's fix (needs a replay entry) and let the outcome confirm or correct the verdict.",
+    ),
+]
+VerifyBudgetOpt = Annotated[
+    float | None, typer.Option("--verify-budget", help="Seconds all --verify replays may take together.")
+]
+EntryOpt = Annotated[
+    str | None, typer.Option("--entry", help="Replay entry for --verify: module:function or file.py:function.")
+]
+TrustEntryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-entry",
+        help="Let --verify import a replay entry found in an adamdiag.toml inside the scanned tree (runs its code).",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device for --verify replays: auto, cpu or cuda.")]
 GradNormTagOpt = Annotated[
     str | None,
     typer.Option("--grad-norm-tag", help="Scalar tag of the (clipped) gradient norm (default: auto-picked)."),
@@ -54,6 +76,27 @@ def diagnose_paths(
     )
 
 
+def verify(report, *, entry: str | None, trust_entry: bool, trust: bool, budget: float | None, device: str) -> None:
+    """--verify: replay the blown-up runs and let the outcomes confirm or correct the verdicts."""
+    from adamdiag.console import err
+    from adamdiag.errors import InputError
+    from adamdiag.pipeline.verify import verify_report
+
+    if budget is not None and not budget > 0:
+        raise InputError(f"--verify-budget must be a positive number of seconds, got {budget}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    verify_report(
+        report.runs,
+        entry=entry,
+        trust_entry=trust_entry,
+        trust_checkpoint=trust,
+        budget_s=budget,
+        device=device,
+        say=err,
+    )
+
+
 @app.command()
 @guarded
 def scan(
@@ -64,10 +107,19 @@ def scan(
     trust_checkpoint: TrustOpt = False,
     loss_tag: LossTagOpt = None,
     grad_norm_tag: GradNormTagOpt = None,
+    verify_: VerifyOpt = False,
+    verify_budget: VerifyBudgetOpt = None,
+    entry: EntryOpt = None,
+    trust_entry: TrustEntryOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    if verify_:
+        verify(
+            report, entry=entry, trust_entry=trust_entry, trust=trust_checkpoint, budget=verify_budget, device=device
+        )
     publish(report, format.value)
 
 
@@ -86,12 +138,21 @@ def check(
         bool,
         typer.Option("--allow-inconclusive", help="Pass runs that could not be diagnosed (unreadable, no loss, ...)."),
     ] = False,
+    verify_: VerifyOpt = False,
+    verify_budget: VerifyBudgetOpt = None,
+    entry: EntryOpt = None,
+    trust_entry: TrustEntryOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on or a run could not be diagnosed
     (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
     from adamdiag.results.report import SEVERITY_RANK
 
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    if verify_:
+        verify(
+            report, entry=entry, trust_entry=trust_entry, trust=trust_checkpoint, budget=verify_budget, device=device
+        )
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]

@@ -14,37 +14,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from realruns import ENTRY, train_sh99  # noqa: E402
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
-ENTRY = f"{REPO / 'tools' / 'runlab' / 'multitask.py'}:adamdiag_replay"
 START = 450
-
-
-def train_sh99(out: Path, steps: int = 520) -> dict:
-    sys.path.insert(0, str(REPO / "tools" / "runlab"))
-    import multitask
-    import runlab
-
-    cfg = runlab.RunConfig(
-        name="sh99",
-        family=multitask.FAMILY,
-        size="tiny",
-        data={**multitask.SAMPLE_DATA, "prob_weight": 0.0, "n_examples": 32},
-        steps=steps,
-        lr=3e-3,
-        betas=(0.9, 0.99),
-        eps=1e-8,
-        ckpt_every=50,
-        seed=0,
-    )
-    return runlab.train(cfg, out)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,253 @@
+"""``scan --verify`` / ``check --verify``: back a log verdict by replaying the suspect steps.
+
+For each blown-up run diagnosed ``v_collapse`` or ``lr_too_high`` with a checkpoint before the
+blowup and a replay entry, the run is replayed from that checkpoint with its own settings, the
+recommendation's candidates and the competing cause's fix, one change at a time, for the default
+horizon (long enough to tell "avoided" from "postponed"). The outcomes decide (README, "Verification"):
+
+==========================================  ============================================================
+eps fix avoided, no lr reduction did        ``v_collapse``
+an lr reduction avoided, no eps fix did     ``lr_too_high``
+both avoided                                keep the log verdict; the other cause is the ``alternative``;
+                                            confidence medium
+neither avoided                             keep the verdict; confidence low; AD106 "no tried change
+                                            avoids it"
+replay did not reproduce the log / budget   ``confirms: null``, ``verdict_source: logs`` (AD703)
+==========================================  ============================================================
+
+When the replay overrides the log verdict the run says ``verdict_source: "replay"`` and AD702 says
+what changed. ``best`` is the ``avoided`` variant with the smallest change (smallest eps, largest lr).
+No verification for ``bad_batch``/``nonfinite`` (nothing an eps or lr change would prove), nor for
+runs without a blowup. An entry found by discovery inside the scanned tree runs only with
+``--trust-entry`` (a third-party log tree may carry an ``adamdiag.toml``); "importing entry X from
+FILE" is always printed on stderr before an entry is imported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from adamdiag.results.report import Finding, RunReport
+
+VERIFIED_VERDICTS = ("v_collapse", "lr_too_high")
+OTHER_CAUSE = {"v_collapse": "lr_too_high", "lr_too_high": "v_collapse"}
+
+
+def _variants(plan: dict[str, Any]) -> list[Any]:
+    from adamdiag.replay.protocol import Variant
+
+    o = plan["original"]
+    out = [Variant(f"eps={e:g}", e, o["beta2"], o["lr"]) for e in plan["eps"]]
+    out += [Variant(f"lr={x:.3g}", o["eps"], o["beta2"], x) for x in plan["lr"]]
+    return out
+
+
+def _not_verified(rep: RunReport, why: str, severity: str = "warning") -> None:
+    rep.findings.append(Finding("AD703", severity, f"not verified: {why}", step=rep.blowup_step))
+    rep.verification = {"confirms": None, "reason": why}
+
+
+def _kind(v: Any, original: dict[str, Any]) -> str | None:
+    """Which single change a variant made: "eps", "lr", or None (the original)."""
+    if not math.isclose(v.eps, original["eps"], rel_tol=1e-9):
+        return "eps"
+    if not math.isclose(v.lr, original["lr"], rel_tol=1e-9):
+        return "lr"
+    return None
+
+
+def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
+    """Apply the decision table to ``rep`` from a replay ``result`` (adamdiag.replay.result.ReplayResult)."""
+    original = plan["original"]
+    variants = [
+        {
+            "name": v.name,
+            "eps": v.eps,
+            "beta2": v.beta2,
+            "lr": v.lr,
+            "outcome": v.outcome,
+            "blowup_step": v.blowup_step,
+            "final_loss": v.final_loss,
+            "truncated": v.truncated,
+        }
+        for v in result.variants
+    ]
+    ver: dict[str, Any] = {
+        "checkpoint": result.checkpoint,
+        "start_step": result.start_step,
+        "horizon_steps": result.steps,
+        "fidelity": {
+            "reproduced": result.fidelity.reproduced,
+            "max_rel_dev": result.fidelity.max_rel_dev,
+            "message": result.fidelity.message,
+        },
+        "variants": variants,
+        "confirms": None,
+        "best": None,
+    }
+    rep.verification = ver
+    changed = [(v, _kind(v, original)) for v in result.variants]
+    if not result.fidelity.reproduced:
+        rep.findings.append(
+            Finding(
+                "AD703",
+                "warning",
+                f"not verified: the replay does not reproduce the log ({result.fidelity.message})",
+                step=rep.blowup_step,
+            )
+        )
+        return
+    if all(v.truncated for v, k in changed if k is not None):
+        rep.findings.append(
+            Finding(
+                "AD703",
+                "warning",
+                "not verified: the budget ran out before any variant finished (--verify-budget)",
+                step=rep.blowup_step,
+            )
+        )
+        return
+    avoided = [(v, k) for v, k in changed if k is not None and v.outcome == "avoided"]
+    eps_ok = [v for v, k in avoided if k == "eps"]
+    lr_ok = [v for v, k in avoided if k == "lr"]
+    # best: the smallest change that avoided it (smallest eps, largest lr).
+    best = min(eps_ok, key=lambda v: v.eps) if eps_ok else (max(lr_ok, key=lambda v: v.lr) if lr_ok else None)
+    log_verdict = rep.verdict
+    if eps_ok and lr_ok:
+        ver["confirms"] = True
+        rep.alternative, rep.confidence = OTHER_CAUSE[log_verdict], "medium"
+        best = min(eps_ok, key=lambda v: v.eps) if log_verdict == "v_collapse" else max(lr_ok, key=lambda v: v.lr)
+        msg = (
+            f"verified by replay from step {result.start_step}: {best.name} avoids the blowup — but so does "
+            f"{(lr_ok if log_verdict == 'v_collapse' else eps_ok)[0].name}, so {OTHER_CAUSE[log_verdict]} fits too"
+        )
+        rep.findings.append(Finding("AD701", "info", msg, step=rep.blowup_step))
+    elif eps_ok or lr_ok:
+        replay_verdict = "v_collapse" if eps_ok else "lr_too_high"
+        postponed = _postponed_text(changed, "lr" if eps_ok else "eps")
+        if replay_verdict == log_verdict:
+            ver["confirms"] = True
+            rep.confidence, rep.alternative, rep.verdict_source = "high", None, "replay"
+            rep.findings.append(
+                Finding(
+                    "AD701",
+                    "info",
+                    f"verified by replay from step {result.start_step}: {best.name} avoids the blowup{postponed}",
+                    step=rep.blowup_step,
+                )
+            )
+        else:
+            ver["confirms"] = False
+            rep.verdict, rep.verdict_source, rep.confidence, rep.alternative = replay_verdict, "replay", "high", None
+            rep.findings.append(
+                Finding(
+                    "AD702",
+                    "error",
+                    f"the replay contradicts the log verdict {log_verdict}: {best.name} avoids the "
+                    f"blowup{postponed}; verdict is now {replay_verdict}",
+                    step=rep.blowup_step,
+                    evidence={"log_verdict": log_verdict},
+                )
+            )
+            _retarget_recommendation(rep, best, replay_verdict)
+    else:
+        ver["confirms"] = False
+        rep.confidence = "low"
+        tried = ", ".join(v.name for v, k in changed if k is not None)
+        rep.findings.append(
+            Finding(
+                "AD106",
+                "warning",
+                f"no tried change avoids the blowup ({tried}){_postponed_text(changed, None)}",
+                step=rep.blowup_step,
+            )
+        )
+    ver["best"] = best.name if best is not None else None
+
+
+def _postponed_text(changed: list[tuple[Any, str | None]], kind: str | None) -> str:
+    """ "; lr=3.3e-4 only postpones it (blowup at 2002)" for variants of ``kind`` that blew up later or
+    are at risk — the postponement that a short replay would have called a fix."""
+    parts = []
+    for v, k in changed:
+        if k is None or (kind is not None and k != kind):
+            continue
+        if v.outcome == "blowup" and v.blowup_step is not None:
+            parts.append(f"{v.name} blows up at step {v.blowup_step}")
+        elif v.outcome == "at_risk":
+            parts.append(f"{v.name} only postpones it (at risk{', cut short' if v.truncated else ''})")
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def _retarget_recommendation(rep: RunReport, best: Any, verdict: str) -> None:
+    """The recommendation follows the verdict the replay proved."""
+    if verdict == "v_collapse":
+        rep.recommendation = {
+            "action": "increase eps",
+            "eps": best.eps,
+            "message": f"eps → {best.eps:g} (verified by replay: it avoids the blowup)",
+        }
+    else:
+        rep.recommendation = {
+            "action": "lower the learning rate",
+            "lr": best.lr,
+            "message": f"lr → {best.lr:.3g} (verified by replay: it avoids the blowup)",
+        }
+
+
+def verify_report(
+    runs: list[RunReport],
+    *,
+    entry: str | None = None,
+    trust_entry: bool = False,
+    trust_checkpoint: bool = False,
+    budget_s: float | None = None,
+    device: str = "auto",
+    say: Any = None,
+) -> None:
+    """Verify every eligible run of ``runs`` in place (``say``: one-line progress messages on stderr)."""
+    from adamdiag.errors import InputError
+    from adamdiag.replay.protocol import NoEntry
+    from adamdiag.replay.runner import verify_checkpoint
+
+    t0 = time.monotonic()
+    eligible = [r for r in runs if r.verdict in VERIFIED_VERDICTS and r.blowup_step is not None]
+    for i, rep in enumerate(eligible, 1):
+        plan = (rep.recommendation or {}).get("replay")
+        if not plan:
+            _not_verified(rep, "no checkpoint before the blowup to replay from")
+            continue
+        left = None if budget_s is None else budget_s - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            _not_verified(rep, "the --verify-budget was spent on earlier runs")
+            continue
+        if say is not None:
+            say(f"verifying {rep.run} ({i}/{len(eligible)}): replay from {plan['checkpoint']}")
+        try:
+            result = verify_checkpoint(
+                Path(plan["checkpoint"]),
+                _variants(plan),
+                run_dir=Path(rep.run),
+                loss_tag=rep.loss_tag or "train/loss",
+                device=device,
+                budget_s=left,
+                entry=entry,
+                trust_entry=trust_entry,
+                trust_checkpoint=trust_checkpoint,
+                named_tensors=None,
+            )
+        except NoEntry:
+            _not_verified(
+                rep, "no replay entry (give --entry module:function or an adamdiag.toml [replay] entry)", "info"
+            )
+            continue
+        except InputError as e:
+            _not_verified(rep, str(e))
+            continue
+        except Exception as e:  # noqa: BLE001 - the user's entry code failed: a finding, never a traceback
+            _not_verified(rep, f"the replay failed ({type(e).__name__}: {e})")
+            continue
+        decide(rep, result, plan)

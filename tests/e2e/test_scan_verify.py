@@ -1,0 +1,115 @@
+"""`scan --verify` / `check --verify` on a real run from the lab (issue 12 item 4), and the printed
+`verify:` line run as-is.
+
+The run (tests/replay/test_replay_outcomes.py's design: full-batch multi-task MLP, β2 0.99, eps 1e-8)
+blows up at step 462 from v collapse; from the checkpoint at 450, eps 1e-3 avoids the blowup within the
+default horizon while lr/3 and lr/10 leave v collapsing (at risk): the replay confirms v_collapse.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from realruns import ENTRY, train_sh99
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("verify") / "sh99"
+    train_sh99(out)
+    return out
+
+
+def scan_json(*args: object) -> dict:
+    res = runner.invoke(app, ["scan", *map(str, args), "--format", "json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    return r
+
+
+def test_verify_confirms_v_collapse_and_names_the_postponement(run):
+    r = scan_json(run, "--verify", "--entry", ENTRY)
+    ver = r["verification"]
+    assert r["verdict"] == "v_collapse" and ver["confirms"] is True and r["verdict_source"] == "replay"
+    assert r["confidence"] == "high" and ver["best"] == "eps=0.001"
+    by = {v["name"]: v for v in ver["variants"]}
+    assert by["original"]["outcome"] == "blowup" and by["eps=0.001"]["outcome"] == "avoided"
+    assert {by[n]["outcome"] for n in by if n.startswith("lr=")} <= {"at_risk", "blowup"}
+    ad701 = [f for f in r["findings"] if f["id"] == "AD701"]
+    assert ad701 and ("postpones" in ad701[0]["message"] or "blows up" in ad701[0]["message"])
+    assert ver["start_step"] == 450 and ver["horizon_steps"] >= 100 and ver["fidelity"]["reproduced"]
+
+
+def test_without_an_entry_the_run_is_not_verified_info(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no adamdiag.toml here or above the run
+    r = scan_json(run, "--verify")
+    (f,) = [f for f in r["findings"] if f["id"] == "AD703"]
+    assert f["severity"] == "info" and "no replay entry" in f["message"]
+    assert r["verdict"] == "v_collapse" and r["verdict_source"] == "logs" and r["verification"]["confirms"] is None
+
+
+def test_a_malicious_entry_config_in_the_scanned_tree_never_runs(run, tmp_path, monkeypatch):
+    tree = tmp_path / "third_party"
+    shutil.copytree(run, tree / "sh99")
+    marker = tmp_path / "pwned"
+    (tree / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\ndef adamdiag_replay(c):\n    return {{}}\n"
+    )
+    (tree / "adamdiag.toml").write_text('[replay]\nentry = "evil.py:adamdiag_replay"\n')
+    monkeypatch.chdir(tmp_path)
+    r = scan_json(tree / "sh99", "--verify")
+    assert not marker.exists()
+    (f,) = [f for f in r["findings"] if f["id"] == "AD703"]
+    assert "--trust-entry" in f["message"] and r["verdict"] == "v_collapse"
+
+
+def test_an_entry_that_raises_is_a_one_line_finding(run, tmp_path):
+    bad = tmp_path / "boom.py"
+    bad.write_text("def adamdiag_replay(c):\n    raise RuntimeError('dataset not found')\n")
+    r = scan_json(run, "--verify", "--entry", f"{bad}:adamdiag_replay")
+    (f,) = [f for f in r["findings"] if f["id"] == "AD703"]
+    assert "dataset not found" in f["message"] and "\n" not in f["message"]
+    assert r["verdict"] == "v_collapse" and r["verification"]["confirms"] is None
+
+
+def test_printed_verify_line_runs_as_is_with_a_custom_loss_tag(run, tmp_path):
+    """A run whose loss is logged as `objective/total` (rewritten with torch's SummaryWriter): scan needs
+    --loss-tag, and the verify line it prints carries it, so it runs unchanged."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.analysis.frames import series
+    from adamdiag.io.events import read_run
+
+    dst = tmp_path / "custom"
+    shutil.copytree(run / "checkpoints", dst / "checkpoints")
+    shutil.copy(run / "config.json", dst / "config.json")
+    scalars = read_run(run).scalars
+    rename = {"train/loss": "objective/total", "train/grad_norm": "train/grad_norm", "train/lr": "train/lr"}
+    w = SummaryWriter(str(dst))
+    for old, new in rename.items():
+        s = series(scalars, old)
+        for step, value in zip(s.index, s.to_numpy()):
+            w.add_scalar(new, float(value), int(step))
+    w.close()
+    r = scan_json(dst, "--loss-tag", "objective/total")
+    line = r["recommendation"]["verify"]
+    assert "--loss-tag objective/total" in line
+    args = shlex.split(line)[2:] + ["--entry", ENTRY, "--device", "cpu"]
+    res = runner.invoke(app, ["replay", *args])
+    assert res.exit_code == 0, res.output
+
+
+def test_check_verify_gates_on_the_verified_verdict(run):
+    res = runner.invoke(app, ["check", str(run), "--verify", "--entry", ENTRY, "--device", "cpu", "--format", "json"])
+    assert res.exit_code == 1
+    (r,) = json.loads(res.stdout)["runs"]
+    assert r["verification"]["confirms"] is True
