@@ -407,6 +407,11 @@ def analyse(
         for v, c in zip(plan.variants, curves)
     ]
     conclusion, code, summary = conclude(outcomes, ck.step)
+    if judge.logged_blowup is not None and judge.logged_blowup > end:
+        warnings.append(
+            f"the replay ends at step {end}, before the logged blowup at step {judge.logged_blowup}: it cannot "
+            "tell whether a variant avoids it (leave out --steps for the default horizon)"
+        )
     if any(o.truncated for o in outcomes):
         warnings.append(
             "the time budget ran out before the horizon: "
