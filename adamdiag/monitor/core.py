@@ -163,7 +163,9 @@ class AdamMonitor:
             run_dir = getattr(writer, "log_dir", None) or getattr(writer, "logdir", None)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.findings: list[R.Finding] = []
-        self.last: dict[str, dict[str, float]] = {}  # label -> signal -> value, of the last logging step
+        # label ("global" or a tensor name; "<i>/…" with several optimizers) -> signal -> value, of the
+        # last logging step
+        self.last: dict[str, dict[str, float]] = {}
         self.enabled = True
         self.warning_step: int | None = None
         self.blowup_step: int | None = None
@@ -171,7 +173,6 @@ class AdamMonitor:
         self._warned: set[str] = set()
         self._engine = StatsEngine()
         self._logged = 0
-        self._live_dirty = False
         self._loss_nonfinite = False
         self._names_given = model is not None or names is not None
 
@@ -235,7 +236,7 @@ class AdamMonitor:
             w.handle = w.pre_handle = None
         if self.enabled and self._logged:
             try:
-                self._write_live(force=True)
+                self._write_live()
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
 
@@ -325,7 +326,15 @@ class AdamMonitor:
         self._logged += 1
         w.logged += 1
         prefix = f"adamdiag/{w.index}/" if self._multi else "adamdiag/"
-        self.last = {"global": glob, **{labels[i]: {k: float(sig[k][i]) for k in sig} for i in range(len(labels))}}
+        pre = f"{w.index}/" if self._multi else ""
+        cur = {
+            pre + "global": glob,
+            **{pre + labels[i]: {k: float(sig[k][i]) for k in sig} for i in range(len(labels))},
+        }
+        if self._multi:
+            self.last.update(cur)  # "<optimizer index>/<label>", like the tags
+        else:
+            self.last = cur
         order = _risk_order(sig, [w.track(n).peak for n in labels])
         new = self._rules(w, step, labels, sig, glob, meta)
         self._write_scalars(prefix, step, labels, sig, glob, order, w.logged)
@@ -450,7 +459,7 @@ class AdamMonitor:
             "\n\n".join(f"**{f.id}** {f.severity} (step {f.step}): {f.message}" for f in new),
             step,
         )
-        self._write_live(force=True)
+        self._write_live()
         if self.on_finding is not None:
             for f in new:
                 try:
@@ -509,7 +518,7 @@ class AdamMonitor:
             )
             return False
 
-    def _write_live(self, force: bool = False) -> None:
+    def _write_live(self) -> None:
         if self.run_dir is None or not _is_rank0():
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,7 @@ def test_tags_topk_all_and_several_optimizers(tmp_path) -> None:
             o.step()
     mon.close()
     w.close()
+    assert {"0/global", "1/global", "0/a.0.weight", "1/b.2.bias"} <= set(mon.last)
     tags: dict[str, list[int]] = {}
     for f in tmp_path.glob("events.out.tfevents.*"):
         fd = read_file(f)
