@@ -31,7 +31,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +123,8 @@ class LazyProgress:
         self.enabled = enabled and sys.stderr.isatty()
         self.done = 0
         self.t0 = time.monotonic()
-        self._bar = None
-        self._task = None
+        self._bar: Any = None  # a rich Progress once shown
+        self._task: Any = None
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -315,7 +315,7 @@ def replay_one(
 
 
 def _moments_before_ref(
-    params: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
     names: list[str],
     opt: torch.optim.Optimizer,
     hyper: list[tuple[float, float]],
@@ -345,7 +345,7 @@ def _moments_before_ref(
 
 
 def _median_after_ref(
-    params: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
     names: list[str],
     opt: torch.optim.Optimizer,
     hyper: list[tuple[float, float]],
@@ -372,7 +372,9 @@ def _median_after_ref(
     return {k: math.sqrt(float(torch.cat(v).median())) if v else float("nan") for k, v in samples.items()}
 
 
-def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]) -> float:
+def _update_rms_ref(
+    params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]
+) -> float:
     """sqrt(mean over all elements of g²/max(v̂_{t-1}, eps²)); params without state yet are skipped."""
     import torch
 
@@ -393,7 +395,7 @@ def _update_rms_ref(params: list[torch.Tensor], opt: torch.optim.Optimizer, hype
 
 
 def _vhat_stats_ref(
-    params: list[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]
+    params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, hyper: list[tuple[float, float]]
 ) -> tuple[float, float]:
     """(sqrt(mean v̂), fraction of elements with √v̂ < eps) after the update."""
     import torch

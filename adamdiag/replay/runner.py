@@ -334,7 +334,7 @@ def replay_variants(
     rest = [i for i in indices if i != 0]
     mode = "sequential" if sequential or len(rest) < 2 else "batched"
     stop = StopRule(stop_after=plan.judge.stop_after if plan.judge else None, deadline=plan.deadline)
-    kw = {"named": plan.named, "stop": stop}
+    kw: dict[str, Any] = {"named": plan.named, "stop": stop}
     total = plan.steps * len(indices)
     with LazyProgress(total, f"replaying {len(indices)} variants × {plan.steps} steps", enabled=progress) as bar:
         if 0 in indices:

@@ -176,10 +176,12 @@ class _LossModule:
     """Wraps ``loss(model, batch)`` as a module forward so functional_call swaps the parameters of
     ``model`` wherever the loss reaches them (model(x), model.encoder(x), model.parameters(), ...)."""
 
-    def __new__(cls, model: torch.nn.Module, loss_fn: Any) -> torch.nn.Module:
+    def __new__(cls, model: torch.nn.Module, loss_fn: Any) -> torch.nn.Module:  # type: ignore[misc]  # a factory
         import torch
 
         class LossModule(torch.nn.Module):
+            _loss_fn: Any  # set with object.__setattr__ below
+
             def __init__(self) -> None:
                 super().__init__()
                 self.model = model
@@ -255,14 +257,14 @@ def replay_batched(
             if out.numel() != K:
                 raise VmapUnsupported(f"the loss is not a scalar per variant (shape {tuple(out.shape)})")
             out = out.reshape(K)
-            grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+            grads_t = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
         except InputError:
             raise
         except VmapUnsupported:
             raise
         except Exception as e:  # noqa: BLE001 - whatever vmap/functional_call cannot do
             raise VmapUnsupported(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
-        grads = list(grads)
+        grads = list(grads_t)
         if spec.clip_grad_norm is not None:
             clip_grads_([grads[i] for i in model_order], spec.clip_grad_norm)
         if spec.lr_schedule is not None:
@@ -305,9 +307,9 @@ def replay_batched(
                 samples["global"].append(flat[:, ::stride])
                 if s.name in samples:
                     samples[s.name].append(flat[:, :: median_stride(flat.shape[1])])
-            for k, parts in samples.items():
+            for scope, parts in samples.items():
                 if parts:  # lower median per variant, as torch.median in the reference
-                    med[k][i] = torch.cat(parts, dim=1).median(dim=1).values.double().sqrt()
+                    med[scope][i] = torch.cat(parts, dim=1).median(dim=1).values.double().sqrt()
         done = i + 1
         if progress is not None:
             progress.advance(K)
