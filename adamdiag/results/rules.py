@@ -60,7 +60,10 @@ RULES: dict[str, tuple[str, str]] = {
         "reconstructed before detection (no spikes at epoch boundaries).",
     ),
     # 7xx: verification by replay (scan --verify / check --verify)
-    "AD701": ("verified", "A replay from the checkpoint before the blowup confirmed the verdict: its fix avoided the blowup."),
+    "AD701": (
+        "verified",
+        "A replay from the checkpoint before the blowup confirmed the verdict: its fix avoided the blowup.",
+    ),
     "AD702": (
         "replay-contradicts",
         "The replay contradicts the log verdict (e.g. an eps fix avoided the blowup while lr/3 did not): the verdict "
