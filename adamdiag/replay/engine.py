@@ -258,6 +258,16 @@ def replay_one(
     params = [p for ps in params_by_group for p in ps]
     names = [name for row in order for name, _ in row]
     hyper = [(g["eps"], g["betas"][1]) for g, ps in zip(opt.param_groups, params_by_group) for _ in ps]
+    # L2 weight decay (Adam, not AdamW) is part of the gradient Adam feeds into v: ±g + wd·p (the sign
+    # is maximize's; it matters only next to the wd term)
+    l2 = [
+        (
+            0.0 if g.get("decoupled_weight_decay", False) else float(g.get("weight_decay", 0.0) or 0.0),
+            bool(g.get("maximize", False)),
+        )
+        for g, ps in zip(opt.param_groups, params_by_group)
+        for _ in ps
+    ]
     original_lrs = [float(g["lr"]) for g in ckpt.param_groups]
     variant_lrs = [float(g["lr"]) for g in groups]
     tracked = list(named or [])
@@ -280,7 +290,7 @@ def replay_one(
             # model.parameters() order, as training scripts call it: the norm's sum order is part of the bits
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad_norm)
         curve.update_rms.append(_update_rms_ref(params, opt, hyper))
-        for scope, (g2, vp) in _moments_before_ref(params, names, opt, hyper, tracked).items():
+        for scope, (g2, vp) in _moments_before_ref(params, names, opt, hyper, tracked, l2).items():
             curve.moments[scope].g2_mean.append(g2)
             curve.moments[scope].vhat_prev_mean.append(vp)
         if spec.lr_schedule is not None:
@@ -320,21 +330,25 @@ def _moments_before_ref(
     opt: torch.optim.Optimizer,
     hyper: list[tuple[float, float]],
     tracked: list[str],
+    l2: list[tuple[float, bool]],
 ) -> dict[str, tuple[float, float]]:
     """Per scope ("global", then each tracked name): (mean g², mean v̂_{t-1}) before the update, over
-    the elements of parameters that have a gradient and Adam state (as update RMS)."""
+    the elements of parameters that have a gradient and Adam state (as update RMS). g is what Adam
+    puts into v: the (clipped) gradient (negated under maximize), plus wd·p under L2 weight decay
+    (``l2``: (wd or 0 for AdamW, maximize) per parameter)."""
     import torch
 
     acc = {k: [0.0, 0.0, 0] for k in ["global", *tracked]}
     with torch.no_grad():
-        for p, name, (_eps, beta2) in zip(params, names, hyper):
+        for p, name, (_eps, beta2), (wd, maximize) in zip(params, names, hyper, l2):
             st = opt.state.get(p, {})
             if p.grad is None or "exp_avg_sq" not in st:
                 continue
             k = float(st["step"])
             if k <= 0:
                 continue
-            g2 = float((p.grad * p.grad).sum(dtype=torch.float64))
+            g = (-p.grad if maximize else p.grad).add(p, alpha=wd) if wd else p.grad
+            g2 = float((g * g).sum(dtype=torch.float64))
             vp = float((st["exp_avg_sq"] / (1.0 - beta2**k)).sum(dtype=torch.float64))
             for scope in ("global", name) if name in acc else ("global",):
                 acc[scope][0] += g2

@@ -287,7 +287,10 @@ def replay_batched(
                     n_rms[i] += s.p[0].numel()
                     # the reference divides by the Python float 1-β2^k; per-variant β2 needs a column
                     vp = (s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)).reshape(K, -1)
-                    g2 = (g * g).reshape(K, -1).sum(dim=1, dtype=torch.float64)
+                    # what Adam puts into v: + wd·p under L2 weight decay (as adam_update_ does)
+                    l2 = s.weight_decay and not s.decoupled
+                    ge = (-g if s.maximize else g).add(s.p, alpha=s.weight_decay) if l2 else g
+                    g2 = (ge * ge).reshape(K, -1).sum(dim=1, dtype=torch.float64)
                     vps = vp.sum(dim=1, dtype=torch.float64)
                     for scope in ("global", s.name) if s.name in g2sum else ("global",):
                         g2sum[scope][i] += g2
