@@ -26,6 +26,47 @@ def lead(run: RunReport) -> str:
     return "-" if lt is None else f"{lt} steps"
 
 
+def verdict_line(run: RunReport) -> str:
+    """ "v collapse (...) — confidence high, also fits: lr_too_high, verified by replay"."""
+    text = VERDICT_TEXT.get(run.verdict, run.verdict)
+    bits = [f"confidence {run.confidence}"]
+    if run.alternative:
+        bits.append(f"also fits: {run.alternative}")
+    if run.verdict_source == "replay":
+        bits.append("decided by replay")
+    return f"{text} — {', '.join(bits)}"
+
+
+def tags_line(run: RunReport) -> str | None:
+    """Which tags the diagnosis read: "loss 'train/loss', grad norm 'train/grad_norm'"."""
+    if not run.loss_tags and not run.grad_norm_tag:
+        return None
+    parts = []
+    if run.loss_tags:
+        parts.append("loss " + ", ".join(f"'{t}'" for t in run.loss_tags))
+    parts.append(f"grad norm '{run.grad_norm_tag}'" if run.grad_norm_tag else "no grad-norm tag")
+    return ", ".join(parts)
+
+
+def verification_lines(run: RunReport) -> list[str]:
+    """The --verify replay in a few lines: where it started, how far, each variant's outcome."""
+    v = run.verification
+    if not v or "variants" not in v:
+        return []
+    head = (
+        f"replayed from step {v['start_step']} for {v['horizon_steps']} steps "
+        f"({'reproduces the log' if v['fidelity']['reproduced'] else 'does NOT reproduce the log'}); "
+        f"confirms: {'yes' if v['confirms'] else 'no' if v['confirms'] is False else 'undecided'}"
+        + (f", best: {v['best']}" if v.get("best") else "")
+    )
+    rows = []
+    for x in v["variants"]:
+        at = f" at step {x['blowup_step']}" if x.get("blowup_step") is not None else ""
+        cut = " (cut short)" if x.get("truncated") else ""
+        rows.append(f"{x['name']}: {x['outcome']}{at}{cut}")
+    return [head, "; ".join(rows)]
+
+
 def recommendation_line(run: RunReport) -> str | None:
     rec = run.recommendation
     if not rec:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
+from adamdiag.render.common import fmt_step, lead, recommendation_line, tags_line, verdict_line, verification_lines
 from adamdiag.results.report import Report
 
 
@@ -22,7 +22,12 @@ def render_markdown(report: Report) -> str:
             f"| {_cell(r.run)} | **{r.verdict}** | {fmt_step(r.blowup_step)} | {fmt_step(r.warning_step)} | {lead(r)} |"
         )
     for r in report.runs:
-        lines += ["", f"## {_cell(r.run)} — {VERDICT_TEXT.get(r.verdict, r.verdict)}", ""]
+        lines += ["", f"## {_cell(r.run)} — {verdict_line(r)}", ""]
+        tl = tags_line(r)
+        if tl:
+            lines += [f"Tags: {tl}", ""]
+        for line in verification_lines(r):
+            lines += [f"Verification: {_cell(line)}", ""]
         if r.findings:
             lines += ["| id | severity | step | tensor | message |", "|---|---|---|---|---|"]
             for f in r.findings:

@@ -8,13 +8,15 @@ import os
 from rich.markup import escape
 
 from adamdiag.render.common import (
-    VERDICT_TEXT,
     display_names,
     fmt_step,
     lead,
     recommendation_line,
     repeated_findings,
+    tags_line,
     verdict_counts,
+    verdict_line,
+    verification_lines,
 )
 from adamdiag.results.report import Report
 
@@ -49,12 +51,17 @@ def render_text(report: Report, width: int = 110) -> str:
     repeated = repeated_findings(report)
     for r in report.runs:
         con.print()
-        con.print(f"[bold]{escape(r.run)}[/]: {VERDICT_TEXT.get(r.verdict, r.verdict)}", soft_wrap=True)
+        con.print(f"[bold]{escape(r.run)}[/]: {escape(verdict_line(r))}", soft_wrap=True)
+        tl = tags_line(r)
+        if tl:
+            con.print(f"  [dim]tags: {escape(tl)}[/]", soft_wrap=True)
         for f in r.findings:
             if (f.id, f.severity, f.message.replace(r.run, "<run>")) in repeated:
                 continue
             where = f" step {f.step}" if f.step is not None else ""
             con.print(f"  [{_STYLE[f.severity]}]{f.id} {f.severity}[/]{where}: {escape(f.message)}", soft_wrap=True)
+        for line in verification_lines(r):
+            con.print(f"  [bold]verification:[/] {escape(line)}", soft_wrap=True)
         rec = recommendation_line(r)
         if rec:
             con.print(f"  [bold]recommendation:[/] {escape(rec)}", soft_wrap=True)
