@@ -173,6 +173,42 @@ def test_batched_truncates_after_nonfinite_like_sequential(tmp_path):
     assert rel(seq[0].losses, bat[0].losses) <= 1e-5 and len(bat[0].losses) == 20
 
 
+@pytest.mark.parametrize("kind", ["adam_l2", "adam_maximize"])
+def test_recorded_g2_is_what_adam_put_into_v(tmp_path, kind):
+    """mean g² as recorded = mean of (v_t - β2·v_{t-1})/(1-β2) of the real optimizer's step (L2 weight
+    decay and maximize included), and mean v̂_{t-1} its bias-corrected state before the step."""
+    path = tmp_path / "ck.pt"
+    make_checkpoint(path, kind=kind)
+    ckpt = load_replay_checkpoint(path)
+    curve = replay_one(spec_for(), ckpt, variants_for(ckpt)[0], 1, CPU)
+    saved = torch.load(path, weights_only=True)
+    model = Net()
+    model.load_state_dict(saved["model"])
+    named = dict(model.named_parameters())
+    groups = [
+        {"params": [named[n] for n in ("l1.weight", "l2.weight")], "weight_decay": 0.1},
+        {
+            "params": [p for n, p in named.items() if n not in ("l1.weight", "l2.weight")],
+            "weight_decay": 0.0,
+            "lr": 5e-3,
+        },
+    ]
+    beta2 = 0.99 if kind == "adam_l2" else 0.999
+    opt = torch.optim.Adam(groups, lr=1e-2, betas=(0.9, beta2), eps=1e-8, maximize=kind == "adam_maximize")
+    opt.load_state_dict(saved["optimizer"])
+    loss(model, batch(21)).backward()
+    used = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    before = {p: opt.state[p]["exp_avg_sq"].clone() for p in used}
+    k = {p: float(opt.state[p]["step"]) for p in used}
+    opt.step()
+    n = sum(p.numel() for p in used)
+    g2 = sum(float(((opt.state[p]["exp_avg_sq"] - beta2 * before[p]) / (1 - beta2)).sum()) for p in used) / n
+    vprev = sum(float((before[p] / (1 - beta2 ** k[p])).sum()) for p in used) / n
+    m = curve.moments["global"]
+    assert abs(m.g2_mean[0] - g2) <= 1e-3 * abs(g2)
+    assert abs(m.vhat_prev_mean[0] - vprev) <= 1e-5 * abs(vprev)
+
+
 def test_median_sample_is_the_same_elements_in_both_engines(tmp_path, monkeypatch):
     """Above OUTCOME_MEDIAN_SAMPLE elements the median √v̂ is taken over a strided sample; both engines
     take the same one (here forced on a small model)."""
