@@ -42,6 +42,7 @@ def test_horizon_and_window_follow_beta2():
     assert cf.horizon_end(blowup=462, start=400, beta2=0.99) == 562
     assert cf.horizon_end(blowup=462, start=400, beta2=0.999) == 1462
     assert cf.horizon_end(blowup=390, start=200, beta2=0.99) == 580
+    assert cf.train_end(blowup=462, start=440, beta2=0.98) == 462 + 50 + runlab.BLOWUP_HORIZON
     assert cf.at_risk_window(0.99) == 50 and cf.at_risk_window(0.999) == 200 and cf.at_risk_window(0.9) == 50
     assert cf.start_step(RunConfig(ckpt_every=100), 462) == (400, False)
     assert cf.start_step(RunConfig(ckpt_every=100), 401) == (400, False)
@@ -102,14 +103,15 @@ def test_labeller_on_a_small_real_run(tmp_path):
     # fidelity: the re-trained start state is the checkpoint, and the unchanged run blows up where it did
     assert block["start_step"] == 400 and block["start_matches_checkpoint"] is True
     assert block["reproduces_live_blowup"] and block["original"]["blowup_step"] == blowup
-    assert block["horizon_end_step"] == blowup + 100
+    assert block["horizon_end_step"] == blowup + 100  # one memory of v at β2 0.99
+    assert block["trained_to_step"] == block["horizon_end_step"] + runlab.BLOWUP_HORIZON  # + the rule's look-ahead
     v = block["variants"]
     assert set(v) == set(cf.VARIANTS)
     assert v["eps1e-3"]["outcome"] == "avoided" and v["eps1e-2"]["outcome"] == "avoided"
     assert v["lr/3"]["outcome"] in ("blowup", "at_risk")
     assert block["label"] == "v_collapse"
     for name in ("eps1e-3", "eps1e-2"):  # a variant that avoided it ran the whole horizon
-        assert v[name]["trained_to"] == block["horizon_end_step"] and v[name]["blowup_step"] is None
+        assert v[name]["trained_to"] == block["trained_to_step"] and v[name]["blowup_step"] is None
 
 
 def test_recommendation_maps_onto_the_trained_variant():

@@ -7,7 +7,7 @@ well past the blowup, and records what each change did:
 
 * ``blowup``: :func:`runlab.detect_blowup` (the lab's own rule) finds a blowup in the variant's loss
   (the original run's losses before the start step included, so its trailing window is the run's own);
-* ``at_risk``: no blowup within the horizon, but over its last max(50, 0.2/(1-β2)) steps the live global
+* ``at_risk``: no blowup within the horizon, but over the last max(50, 0.2/(1-β2)) steps the live global
   r = mean g²/mean v̂_prev is below runlab.R_QUIET (v is still stale), the median √v̂ is above 10·eps (eps
   does not bound the step yet) and still falling — a postponement in progress, not a fix;
 * ``avoided``: neither.
@@ -15,7 +15,9 @@ well past the blowup, and records what each change did:
 Label: ``v_collapse`` when an eps variant avoids the blowup and lr/3 blows up or is at risk; ``lr_too_high``
 when lr/3 or lr/10 avoids it and no eps variant does; otherwise ``ambiguous`` (both kinds of fix work, or
 none does). The horizon runs to the blowup + 1/(1-β2) steps (v's memory) and at least twice the
-checkpoint→blowup gap past the start: a shorter one cannot tell a fix from a postponement.
+checkpoint→blowup gap past the start: a shorter one cannot tell a fix from a postponement. Each variant is
+trained 100 steps (the blowup rule's look-ahead) past the horizon, so that an onset inside it is confirmed
+or refuted, and at_risk is judged on the last steps trained.
 
 The labeller never calls adamdiag. It re-trains the run from scratch to the start step (the lab is
 deterministic, so this is the run's own trajectory, checked bit for bit against the checkpoint when one
@@ -99,8 +101,19 @@ def start_step(cfg: RunConfig, blowup: int) -> tuple[int, bool]:
 
 
 def horizon_end(blowup: int, start: int, beta2: float) -> int:
-    """Last step a variant is trained to: blowup + 1/(1-β2), and at least start + 2×(blowup − start)."""
+    """End of the horizon: blowup + 1/(1-β2), and at least start + 2×(blowup − start)."""
     return max(blowup + one_memory(beta2), start + HORIZON_GAP_FACTOR * (blowup - start))
+
+
+def train_end(blowup: int, start: int, beta2: float) -> int:
+    """Last step a variant is trained to: the horizon plus the blowup rule's look-ahead.
+
+    runlab.detect_blowup confirms an onset only once the loss has reached 10x within BLOWUP_HORIZON steps
+    after it; a variant stopped right at the horizon would have any blowup starting in its last 100 steps
+    unconfirmed, and read ``avoided``. (Measured: with β2 0.98 the horizon is only 50 steps past the
+    blowup, and the *unchanged* run did not reproduce its own blowup without the look-ahead.)
+    """
+    return horizon_end(blowup, start, beta2) + runlab.BLOWUP_HORIZON
 
 
 def decide_label(outcomes: dict[str, str]) -> str:
@@ -323,7 +336,7 @@ def label_run(run_dir: Path, log: Callable[[str], None] | None = None) -> dict[s
     try:
         data = runlab.build_data(cfg)
         start, virtual = start_step(cfg, blowup)
-        end = horizon_end(blowup, start, cfg.betas[1])
+        end = train_end(blowup, start, cfg.betas[1])
         prefix, mstate, ostate = _retrain_prefix(cfg, data, start)
         state = (mstate, ostate if start > 0 else None)
         variants: dict[str, dict[str, Any]] = {}
@@ -344,7 +357,8 @@ def label_run(run_dir: Path, log: Callable[[str], None] | None = None) -> dict[s
         "label": label,
         "start_step": start,
         "virtual_checkpoint": virtual,
-        "horizon_end_step": end,
+        "horizon_end_step": horizon_end(blowup, start, cfg.betas[1]),
+        "trained_to_step": end,
         "live_blowup_step": blowup,
         "at_risk_window_steps": at_risk_window(cfg.betas[1]),
         # fidelity: the re-trained start state is the run's checkpoint, and the unchanged run blows up
