@@ -83,6 +83,15 @@ def _under(path: str, run: str) -> bool:
     return path == run or path.startswith(run.rstrip("/") + "/")
 
 
+def skipped_file_finding(message: str) -> Any:
+    """AD904 for a file of a run that was left out: a warning when data may be lost (unreadable),
+    info when the file is no event file at all (a ``tfevents.md`` beside the logs)."""
+    from adamdiag.results.report import Finding
+
+    lost = "cannot read" in message
+    return Finding("AD904", "warning" if lost else "info", message, evidence={"skipped": message})
+
+
 def split_eval(events) -> tuple[list[str], bool]:
     """(evaluation tags of a run, whether the run is evaluation only).
 
@@ -157,8 +166,10 @@ def scan_paths(
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
         for events in all_events:
             run_dir = Path(events.run)
-            warnings = list(events.warnings) + [
-                p.message
+            warnings = list(events.warnings)
+            # Files of this run's folder left out (a stray tfevents.md, an unreadable file): AD904 each.
+            skipped = [
+                skipped_file_finding(p.message)
                 for p in problems
                 if p.kind == "skipped" and p.path != events.run and _under(p.path, events.run)
             ]
@@ -171,6 +182,7 @@ def scan_paths(
                         sources=["scalars"],
                         warnings=warnings,
                         findings=[
+                            *skipped,
                             Finding(
                                 "AD905",
                                 "info",
@@ -178,7 +190,7 @@ def scan_paths(
                                 f"{' ...' if len(eval_tags) > 3 else ''}): an evaluation loss is measured, "
                                 "not optimized, so its rise is no Adam blowup; scan the training run",
                                 evidence={"tags": eval_tags[:50]},
-                            )
+                            ),
                         ],
                     )
                 )
@@ -208,7 +220,10 @@ def scan_paths(
                 checkpoint_paths=ck_paths,
                 non_adam=non_adam,
             )
-            report.runs.append(diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag))
+            rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
+            rep.findings.extend(skipped)
+            rep.warnings.extend(f.message for f in skipped)
+            report.runs.append(rep)
             prog.advance(task)
     return report
 

@@ -88,10 +88,19 @@ def test_stray_tfevents_file_is_skipped_with_a_warning(tree):
     # A run folder holding only the stray file is no run; given alone, that is the one-line error.
     res = invoke("tags", str(tree / "docs"))
     assert res.exit_code == 2 and "not a TensorBoard event file" in res.stderr
-    # Beside real event files in one run, it is a warning of that run (AD902 in scan).
+    # Outside every run it is a report-level warning; beside a run's event files, that run's AD904.
     rep = scan_paths([tree])
     assert {r.run for r in rep.runs} == {str(tree / n) for n in ("a", "b", "hp")}
     assert any("tfevents.md" in w for w in rep.warnings)
+
+
+def test_stray_file_inside_a_run_is_ad904(tmp_path):
+    run = write_curve(tmp_path / "run", "loss", [1.0 / (1 + s) for s in range(50)])
+    (run / "tfevents.md").write_text("# notes\n")
+    (r,) = scan_paths([run]).runs
+    (f,) = [f for f in r.findings if f.id == "AD904"]
+    assert f.severity == "info" and "tfevents.md: not a TensorBoard event file" in f.message
+    assert r.verdict == "healthy" and not [f for f in r.findings if f.id == "AD902"]
 
 
 def test_hparams_only_run_among_others_is_inconclusive(tree):
