@@ -64,7 +64,8 @@ def summarize_checkpoint(
                 f"AD403 corrupt state: `{st.label}`: {st.negative_v} element(s) with v < 0 (impossible for Adam)"
             )
         stats.append(st)
-        rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param)
+        # pages of the stored pieces too (a reader's gathered copy is heap memory, freed by itself)
+        rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *(x for v in srcs.values() for x in v))
         if progress is not None:
             progress(i + 1, total, stats[-1].label)
     return CheckpointSummary(

@@ -126,8 +126,13 @@ SAFE_GLOBALS: list[tuple[Any, str]] = [
 ]
 
 
-def _load(path: Path, trust: bool) -> Any:
-    return torch_load(path, trust=trust, extra_globals=SAFE_GLOBALS)[0]
+def _load(path: Path, trust: bool, mapped: list[str] | None = None) -> Any:
+    """One DeepSpeed file through the safe loader; ``mapped`` collects the memory-mapped ones (their
+    pages are handed back after each tensor: a ZeRO partition is held for the whole checkpoint)."""
+    obj, mm = torch_load(path, trust=trust, extra_globals=SAFE_GLOBALS)
+    if mm and mapped is not None:
+        mapped.append(os.path.realpath(path))
+    return obj
 
 
 # --- discovery -------------------------------------------------------------------------------------
@@ -205,11 +210,12 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     ms_path, ms = _model_states(tag, trust)
     shapes = _param_shapes(ms, ms_path)
     warnings: list[str] = []
+    mapped: list[str] = []
     try:
         if (tag / "zero").is_dir() and not any(_OPTIM_RE.match(n) for n in os.listdir(tag)):
             layout, groups, entries, fetch_state, fetch_param, steps = _open_universal(tag, shapes, trust, warnings)
         else:
-            layout, groups, entries, fetch_state, fetch_param, steps = _open_zero(tag, shapes, trust, warnings)
+            layout, groups, entries, fetch_state, fetch_param, steps = _open_zero(tag, shapes, trust, warnings, mapped)
     except _LAYOUT_ERRORS as e:
         raise _layout_error(tag, e) from None
     fetch_state, fetch_param = _guarded(tag, fetch_state), _guarded(tag, fetch_param)
@@ -227,6 +233,7 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         name_mapping="param_names",
         warnings=warnings,
         entries=entries,
+        mmap_files=mapped,
     )
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
@@ -253,7 +260,7 @@ def _guarded(tag: Path, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # --- ZeRO-1/2/3 partitions -------------------------------------------------------------------------
-def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str]):
+def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped: list[str]):
     ranks: dict[int, Path] = {}
     for n in os.listdir(tag):
         m = _OPTIM_RE.match(n)
@@ -265,7 +272,7 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str]):
         raise InputError(f"{tag}: optimizer partitions of rank(s) {missing} are missing")
     osds = []
     for r in range(world):
-        obj = _load(ranks[r], trust)
+        obj = _load(ranks[r], trust, mapped)
         osd = obj.get("optimizer_state_dict") if isinstance(obj, dict) else None
         if not isinstance(osd, dict):
             raise InputError(f"{ranks[r]}: no optimizer_state_dict in it (not a DeepSpeed ZeRO partition?)")
