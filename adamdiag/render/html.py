@@ -82,15 +82,16 @@ def _export(make: Any, salt: str) -> str:
 def _signals_svg(r: RunReport, salt: str) -> str | None:
     """r = g²/v̂ over time against the collapse threshold, and the checkpoints' √v̂ band against eps."""
     ser = r.series or {}
-    rr, band = ser.get("r"), ser.get("sqrt_vhat")
-    if not (rr and rr.get("step")) and not (band and band.get("step")):
+    rr: dict[str, Any] = ser.get("r") or {}
+    band: dict[str, Any] = ser.get("sqrt_vhat") or {}
+    panels = [p for p, c in (("r", rr), ("band", band)) if c.get("step")]
+    if not panels:
         return None
 
     def make() -> Any:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        panels = [p for p in ("r", "band") if (p == "r" and rr and rr.get("step")) or (p == "band" and band)]
         fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False)
         for ax, kind in zip(axes[:, 0], panels):
             if kind == "r":
@@ -101,7 +102,7 @@ def _signals_svg(r: RunReport, salt: str) -> str | None:
                 ax.set_yscale("log")
                 ax.set_ylabel("g²/v̂ (log scale)")
             else:
-                st = np.asarray(band["step"], float)
+                st = np.asarray(band["step"], np.float64)
                 ax.fill_between(st, band["p01"], band["p99"], color="tab:green", alpha=0.2, label="√v̂ p01–p99")
                 ax.plot(st, band["p50"], "o-", color="tab:green", ms=3, lw=1, label="√v̂ median")
                 if band.get("eps"):
