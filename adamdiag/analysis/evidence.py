@@ -605,7 +605,10 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         steps, loss, ev = np.zeros(0, np.int64), np.zeros(0), LossEvents()
     task_events = {t: detect_loss_events(*loss_series(scalars, t, tags, rebuilt)) for t in loss_tags[1:]}
     event_step = ev.blowup_step if ev.blowup_step is not None else (ev.spikes[0] if ev.spikes else None)
-    before = [c for c in ckpts if event_step is None or c.step < event_step]
+    # The replay start: the last checkpoint before the event whose state is sound (NaN/Inf or a
+    # corrupt v can't start a replay: it would replay the damage, not the run).
+    bad_steps = {p.step for p in state_problems(ckpts)}
+    before = [c for c in ckpts if (event_step is None or c.step < event_step) and c.step not in bad_steps]
     start = before[-1] if before else None
     # Hyperparameters: those the replay would start from (the last checkpoint before the event), else
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.

@@ -113,3 +113,34 @@ def test_check_verify_gates_on_the_verified_verdict(run):
     assert res.exit_code == 1
     (r,) = json.loads(res.stdout)["runs"]
     assert r["verification"]["confirms"] is True
+
+
+def _damage(run: Path, dst: Path, step: int, how: str) -> None:
+    """Copy ``run`` to ``dst`` and rewrite the checkpoint at ``step`` (torch.save) with a damaged v."""
+    import torch
+
+    shutil.copytree(run, dst)
+    path = dst / "checkpoints" / f"step_{step:06d}.pt"
+    ck = torch.load(path, weights_only=True)
+    state = next(iter(ck["optimizer"]["state"].values()))
+    if how == "nan":
+        state["exp_avg_sq"].view(-1)[0] = float("nan")
+    else:
+        state["exp_avg_sq"].view(-1)[:3] = -1.0
+    torch.save(ck, path)
+
+
+def test_nan_in_the_optimizer_state_is_nonfinite_and_no_replay_start(run, tmp_path):
+    _damage(run, tmp_path / "nan", 400, "nan")
+    r = scan_json(tmp_path / "nan")
+    assert r["verdict"] == "nonfinite", r["findings"]
+    (f,) = [f for f in r["findings"] if f["id"] == "AD401"]
+    assert f["step"] == 400 and "optimizer state" in f["message"]
+
+
+def test_corrupt_checkpoint_is_ad403_and_never_the_replay_start(run, tmp_path):
+    _damage(run, tmp_path / "neg", 450, "negative")
+    r = scan_json(tmp_path / "neg")
+    assert any(f["id"] == "AD403" for f in r["findings"]), r["findings"]
+    verify_line = (r["recommendation"] or {}).get("verify") or ""
+    assert "step_000450" not in verify_line and ("step_000400" in verify_line or not verify_line)
