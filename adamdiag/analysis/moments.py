@@ -51,6 +51,11 @@ QUANTILES = {"min": 0.0, "p01": 0.01, "p50": 0.5, "p99": 0.99, "max": 1.0}
 # An element decayed "purely" between two checkpoints when the interval's implied g² is under this
 # fraction of v̂ at the first one (the same threshold as the diagnosis's collapse ratio).
 PURE_DECAY_R = 0.1
+# v_b/(β2^Δ·v_a) is ≥ 1 for one run with this β2 and step count; below this (more than rounding) the
+# two checkpoints are not one uninterrupted run: a restart, a changed β2 (``frac_inconsistent``).
+INCONSISTENT_RATIO = 0.999
+# A bracket around a rank needs sample values on both sides of it.
+MIN_BRACKET_SAMPLE = 2
 
 
 @dataclass
@@ -252,7 +257,7 @@ class _BracketSelect:
         self.below: list[int] = []
         self.kept: list[list[np.ndarray]] = []
         self.kept_total = 0
-        self.failed = k < 2
+        self.failed = k < MIN_BRACKET_SAMPLE
         if self.failed:
             return
         ix: list[list[int]] = []
@@ -700,6 +705,45 @@ def tensor_stats(
     )
 
 
+def _ratio_chunks(
+    va_flat: torch.Tensor, vb_flat: torch.Tensor, n: int, chunk: int, decay: float
+) -> Iterator[tuple[float, float, int, torch.Tensor]]:
+    """Per chunk: (sum of finite v_a, sum of finite v_b, their count, ratios v_b/(β2^Δ·v_a) where v_a > 0).
+    Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite."""
+    import torch
+
+    for i in range(0, n, chunk):
+        va, vb = _work(va_flat[i : i + chunk]), _work(vb_flat[i : i + chunk])
+        sa, sb = float(va.sum()), float(vb.sum())
+        if not (math.isfinite(sa) and math.isfinite(sb)):
+            ok = torch.isfinite(va) & torch.isfinite(vb)
+            va, vb = va[ok].double(), vb[ok].double()
+            sa, sb = float(va.sum()), float(vb.sum())
+        k = va.numel()
+        if k and float(va.min()) <= 0:
+            pos = va > 0
+            va, vb = va[pos], vb[pos]
+        r = torch.div(vb, va)
+        r.mul_(1.0 / decay)
+        yield sa, sb, k, r
+
+
+def _ratio_select(
+    va_flat: torch.Tensor, vb_flat: torch.Tensor, n: int, decay: float, exact_limit: int
+) -> _BracketSelect | None:
+    """The streaming quantile selection of the ratios (exact at any size, see tensor_stats), or None
+    for tensors under BRACKET_MIN_SIZE elements (their ratios are simply kept and partitioned)."""
+    import torch
+
+    if n < BRACKET_MIN_SIZE:
+        return None
+    idx = _sample_indices(n, min(BRACKET_SAMPLE, n))
+    sa_, sb_ = _work(va_flat[idx]).double(), _work(vb_flat[idx]).double()
+    ok = torch.isfinite(sa_) & torch.isfinite(sb_) & (sa_ > 0)
+    sample = (sb_[ok] / (decay * sa_[ok])).numpy()
+    return _BracketSelect(np.sort(sample), n, list(_ranks(n, QUANTILES).values()), max_kept=exact_limit)
+
+
 def decay_ratio(
     a: TensorMoments, b: TensorMoments, *, exact_limit: int = EXACT_QUANTILE_LIMIT, chunk: int = CHUNK
 ) -> dict[str, Any]:
@@ -730,30 +774,9 @@ def decay_ratio(
     va_flat, vb_flat = _flat(a.exp_avg_sq), _flat(b.exp_avg_sq)
 
     def ratio_chunks() -> Iterator[tuple[float, float, int, torch.Tensor]]:
-        """Per chunk: (sum of finite v_a, sum of finite v_b, their count, ratios where v_a > 0).
-        Same scheme as _chunk_stats: stored precision per element, sums checked for non-finite."""
-        for i in range(0, n, chunk):
-            va, vb = _work(va_flat[i : i + chunk]), _work(vb_flat[i : i + chunk])
-            sa, sb = float(va.sum()), float(vb.sum())
-            if not (math.isfinite(sa) and math.isfinite(sb)):
-                ok = torch.isfinite(va) & torch.isfinite(vb)
-                va, vb = va[ok].double(), vb[ok].double()
-                sa, sb = float(va.sum()), float(vb.sum())
-            k = va.numel()
-            if k and float(va.min()) <= 0:
-                pos = va > 0
-                va, vb = va[pos], vb[pos]
-            r = torch.div(vb, va)
-            r.mul_(1.0 / decay)
-            yield sa, sb, k, r
+        return _ratio_chunks(va_flat, vb_flat, n, chunk, decay)
 
-    select = None
-    if n >= BRACKET_MIN_SIZE:  # exact quantiles at any size, selected while streaming (see tensor_stats)
-        idx = _sample_indices(n, min(BRACKET_SAMPLE, n))
-        sa_, sb_ = _work(va_flat[idx]).double(), _work(vb_flat[idx]).double()
-        ok = torch.isfinite(sa_) & torch.isfinite(sb_) & (sa_ > 0)
-        sample = (sb_[ok] / (decay * sa_[ok])).numpy()
-        select = _BracketSelect(np.sort(sample), n, list(_ranks(n, QUANTILES).values()), max_kept=exact_limit)
+    select = _ratio_select(va_flat, vb_flat, n, decay, exact_limit)
     kept: list[np.ndarray] = []  # small tensors: all ratios, for a plain partition
     n_used = pure = incons = n_fin = 0
     sum_va = sum_vb = 0.0
@@ -764,7 +787,7 @@ def decay_ratio(
         sum_vb += sb
         n_used += r.numel()
         pure += int(torch.count_nonzero(r < thr))
-        incons += int(torch.count_nonzero(r < 0.999))
+        incons += int(torch.count_nonzero(r < INCONSISTENT_RATIO))
         if select is not None:
             select.feed(r.numpy())
         elif n <= exact_limit:
