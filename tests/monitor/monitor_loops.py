@@ -72,17 +72,19 @@ def runlab() -> Any:
     pytest.skip("the training lab (tools/runlab) is not in this checkout")
 
 
-def vcollapse_run(every: int, steps: int = 700, **monitor_kw: Any) -> tuple[Any, list[float], list[dict], Any]:
-    """The shipped ``sample_logs/vcollapse`` recipe (full batch, lr 1e-2, eps 1e-8; the loss blows up at
-    step 662 from a v collapse) trained with an AdamMonitor; returns (monitor, losses, per-step global
-    signals, lab module)."""
+def vcollapse_run(
+    every: int, steps: int = 700, recipe: str = "vcollapse", **monitor_kw: Any
+) -> tuple[Any, list[float], list[dict], Any]:
+    """A shipped ``sample_logs/<recipe>`` run trained with an AdamMonitor; returns (monitor, losses,
+    per-step global signals, lab module). ``vcollapse``: full batch, lr 1e-2, eps 1e-8, the loss blows up
+    at step 662 from a v collapse; ``stable_eps1e-3``: the same with eps 1e-3, which bounds the step."""
     import json
     from pathlib import Path
 
     from adamdiag.monitor import AdamMonitor
 
     lab = runlab()
-    cfg_path = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse" / "config.json"
+    cfg_path = Path(__file__).resolve().parents[2] / "sample_logs" / recipe / "config.json"
     cfg = lab.RunConfig.from_json(json.loads(cfg_path.read_text())["config"])
     data = lab.build_data(cfg)
     model = lab.build_model(cfg)

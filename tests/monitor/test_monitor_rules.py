@@ -40,6 +40,16 @@ def test_collapse_flagged_before_blowup_with_scans_rule(caplog: pytest.LogCaptur
     assert any("AD101" in rec.getMessage() for rec in caplog.records if rec.name == "adamdiag.monitor")
 
 
+def test_collapse_bounded_by_eps_stays_healthy() -> None:
+    """sample_logs/stable_eps1e-3 (the vcollapse recipe with eps 1e-3): v collapses, but eps bounds the
+    step — scan calls it healthy with an AD101 info; so does the monitor (tensor warnings aside)."""
+    mon, *_ = vcollapse_run(every=10, steps=300, recipe="stable_eps1e-3")
+    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    assert glob and glob[0].severity == "info" and "eps bounds the step" in glob[0].message
+    assert mon.verdict == "healthy" and mon.warning_step is None
+    assert not [f for f in mon.findings if f.severity == "error"]
+
+
 def test_healthy_noisy_run_has_no_alarm() -> None:
     """Mini-batch regression with label noise: r stays O(1), no error finding, verdict healthy."""
     x, y = regression_data(seed=2, n=512)
