@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from adamdiag.replay.checkpoint import ReplayCheckpoint
     from adamdiag.replay.engine import Curve
 
-FORMATS = ("text", "json", "markdown", "junit")
+FORMATS = ("text", "json", "markdown", "junit", "github")
 MODES = ("auto", "batched", "sequential")
 # On a CPU the batched sweep pays off for small models (per-step overhead dominates: measured 1.6x at
 # K=4 and 4.0x at K=16 for 6k parameters) but not for large ones (compute-bound: 0.5x at 2.4M

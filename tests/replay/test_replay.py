@@ -108,6 +108,12 @@ def test_text_output_and_exit_code(run):
     assert "│ avoided │" in out and "│  blowup │" in out
 
 
+def test_github_format_is_one_annotation(run):
+    res = invoke(run / "checkpoints" / "step_000090.pt", "--eps", "1e-1", "--steps", "260", "--format", "github")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("::notice ") and "eps=0.1 avoids the blowup" in res.stdout
+
+
 def test_renderers_reproduce_from_saved_json(replay_json):
     """Renderers only format: a saved JSON renders to text/markdown/junit again."""
     from adamdiag.render.replay import render
