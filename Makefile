@@ -65,6 +65,7 @@ bench: setup
 
 validate: setup
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/check_messages.py
 
 clean:
 	rm -rf $(VENV) $(MINDEPS_VENV) .mypy_cache build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so

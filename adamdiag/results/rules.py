@@ -29,8 +29,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD105": ("decay-ratio", "Between two checkpoints v decayed like beta2^Δ: no gradient signal arrived."),
     "AD106": (
         "postponed",
-        "Replay: no tried change avoided the blowup for good — the best variant is at risk (v still collapsing at "
-        "the end of the horizon) or blows up later: a postponement, not a fix.",
+        "Replay: a change only postponed the blowup — the variant is at risk (v still collapsing at the end of the "
+        "horizon) or blows up later than the original; with --verify, also: no tried change avoided it.",
     ),
     # 2xx: learning rate too high
     "AD201": (
