@@ -64,7 +64,8 @@ class Trajectory:
         """eps relative to √v̂ at each step. TF adds eps to the un-corrected √v, which is
         √v̂·√(1-β2^t): relative to √v̂ that is eps/√(1-β2^t) — larger early in training."""
         if self.convention == "tf":
-            return self.eps / np.sqrt(-np.expm1(np.maximum(self.steps, 1) * math.log(self.beta2)))
+            out: np.ndarray = self.eps / np.sqrt(-np.expm1(np.maximum(self.steps, 1) * math.log(self.beta2)))
+            return out
         return np.full(len(self.steps), self.eps)
 
 
@@ -183,8 +184,8 @@ def frac_below(q: dict[str, float], x: float) -> float:
     """Fraction of elements with √v̂ < x, interpolated (log-linear) from the quantiles
     {min, p01, p50, p99, max}. An approximation; exact per-element fractions exist only for eps
     itself and 10·eps (computed by the checkpoint reader)."""
-    pts = [(q.get(k), level) for k, level in QUANTILES.items()]
-    pts = [(float(a), b) for a, b in pts if a is not None and math.isfinite(float(a))]
+    raw = [(q.get(k), level) for k, level in QUANTILES.items()]
+    pts: list[tuple[float, float]] = [(float(a), b) for a, b in raw if a is not None and math.isfinite(float(a))]
     if not pts:
         return float("nan")
     if x <= pts[0][0]:
@@ -239,7 +240,7 @@ def pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | None
     return float(np.median(t.r[sel])) if sel.any() else None
 
 
-def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict | None:
+def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
     """The bad-batch signature: at the loss event the gradient norm jumped ≥10x (g² ≥ 100x, far
     outside mini-batch noise) in ONE step, over both the previous step and the trailing median.
 
@@ -282,10 +283,10 @@ def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     return first if event_step - first <= INSTABILITY_MAX_LEAD else None
 
 
-def histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) -> list[Trajectory]:
+def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> list[Trajectory]:
     """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num)."""
     out = []
-    names_v = {}
+    names_v: dict[str, list[tuple[int, float]]] = {}
     for c in ckpts:
         for t in c.tensors:
             if getattr(t, "name", None):
@@ -310,7 +311,7 @@ def histogram_trajectories(hist, ckpts: list[Any], beta2: float, eps: float) -> 
 
 def checkpoint_collapse(
     ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None, beta2: float, *, require_depth: bool = True
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Collapse seen by checkpoints alone: between the last two checkpoints before the event, v of a
     tensor decayed almost purely (implied g²/v̂ < COLLAPSE_R), and √v̂ sits near eps."""
     if event_step is None:
@@ -320,7 +321,7 @@ def checkpoint_collapse(
         return []
     last_to = max(r["to_step"] for r in pre)
     out = []
-    by_tensor: dict[str, list[dict]] = {}
+    by_tensor: dict[str, list[dict[str, Any]]] = {}
     for r in pre:
         by_tensor.setdefault(r["tensor"], []).append(r)
     last_ck = next(c for c in reversed(ckpts) if c.step == last_to)
@@ -495,7 +496,8 @@ class Evidence:
 
     @property
     def blowup_step(self) -> int | None:
-        return self.events.blowup_step
+        b = self.events.blowup_step
+        return None if b is None else int(b)
 
     @property
     def has_mechanism_data(self) -> bool:

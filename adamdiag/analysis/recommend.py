@@ -162,7 +162,7 @@ def replay_plan(ev: Evidence, eps_values: list[float], lr_values: list[float]) -
     """What ``--verify`` replays: the start checkpoint, its own settings, and single changes — the
     eps candidates and the lr reductions (both causes' fixes, so the outcome can tell them apart)."""
     path = getattr(ev.start, "path", None) if ev.start is not None else None
-    if not path or ev.lr is None:
+    if not path or ev.lr is None or ev.start is None:
         return None
     return {
         "checkpoint": path,

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adamdiag.results.report import Finding, RunReport
+from adamdiag.results.report import Finding, RunReport, Severity
 
 VERIFIED_VERDICTS = ("v_collapse", "lr_too_high")
 OTHER_CAUSE = {"v_collapse": "lr_too_high", "lr_too_high": "v_collapse"}
@@ -45,7 +45,7 @@ def _variants(plan: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _not_verified(rep: RunReport, why: str, severity: str = "warning") -> None:
+def _not_verified(rep: RunReport, why: str, severity: Severity = "warning") -> None:
     rep.findings.append(Finding("AD703", severity, f"not verified: {why}", step=rep.blowup_step))
     rep.verification = {"confirms": None, "reason": why}
 
@@ -126,6 +126,7 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
         )
         rep.findings.append(Finding("AD701", "info", msg, step=rep.blowup_step))
     elif eps_ok or lr_ok:
+        assert best is not None  # eps_ok or lr_ok is not empty here
         replay_verdict = "v_collapse" if eps_ok else "lr_too_high"
         postponed = _postponed_text(changed, "lr" if eps_ok else "eps")
         if replay_verdict == log_verdict:
