@@ -58,6 +58,9 @@ SIGNALS = (
     "update_rms",
 )
 SEVERITIES = ("info", "warning", "error")
+# Fed loss points the loss-event detector looks at (its windows span ~100-200 points; a bounded tail
+# keeps log_loss O(1) amortised on a run of 10^6 steps).
+LOSS_WINDOW = 2048
 # AD103 is not evaluated before this step (see _rules).
 MIN_RMS_STEP = 10
 # AD103 re-arms only once the RMS fell below this fraction of the limit: on a noisy run it hovers
@@ -174,6 +177,10 @@ class AdamMonitor:
         self._engine = StatsEngine()
         self._logged = 0
         self._loss_nonfinite = False
+        self._loss: list[tuple[int, float]] = []  # fed (step, loss), the last 1-2 LOSS_WINDOW of them
+        self._loss_checked = -(10**18)
+        self._loss_blown = False
+        self._loss_seen: set[tuple[str, int | None]] = set()
         self._names_given = model is not None or names is not None
 
         opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
@@ -208,20 +215,42 @@ class AdamMonitor:
 
     @property
     def verdict(self) -> str:
-        """``healthy``, ``v_collapse-in-progress`` (an AD101 warning on all parameters) or ``nonfinite`` (AD401)."""
+        """``healthy``, ``v_collapse-in-progress`` (an AD101 warning on all parameters), ``v_collapse`` (the fed
+        loss then blew up: AD001) or ``nonfinite`` (AD401). It speaks about v only: a blowup without a
+        collapse before it leaves it ``healthy`` (the AD001 finding says so)."""
         return self._verdict
 
     def log_loss(self, step: int, value: Any) -> None:
-        """Feed the training loss: a non-finite loss gives AD401 (scan's text). Never raises except
+        """Feed the training loss. A non-finite loss gives AD401; a blowup of the fed curve gives AD001
+        and a recovered spike AD002 (scan's loss-event detector and texts, evaluated on the last
+        ``LOSS_WINDOW`` fed points at most once per ``every`` steps). Never raises except
         :class:`AdamDiagAlarm` under ``raise_on``."""
         if not self.enabled:
             return
         try:
             v = float(value)
+            st = int(step)
             if not math.isfinite(v) and not self._loss_nonfinite:
                 self._loss_nonfinite = True
-                self.blowup_step = int(step)
-                self._emit([R.nonfinite_finding(int(step), source="loss (log_loss)")], int(step))
+                self.blowup_step = st if self.blowup_step is None else self.blowup_step
+                self._emit([R.nonfinite_finding(st, source="loss (log_loss)")], st)
+            self._loss.append((st, v))
+            if len(self._loss) > 2 * LOSS_WINDOW:
+                del self._loss[:LOSS_WINDOW]
+            if self._loss_blown or st - self._loss_checked < self.every:
+                return
+            self._loss_checked = st
+            new = [f for f in R.loss_findings(self._loss[-LOSS_WINDOW:]) if (f.id, f.step) not in self._loss_seen]
+            for f in new:
+                self._loss_seen.add((f.id, f.step))
+                if f.id == "AD001":
+                    self._loss_blown = True
+                    if f.step is not None:
+                        self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
+                    if self._verdict == "v_collapse-in-progress":
+                        self._verdict = "v_collapse"  # the blowup the collapse was warning about
+            if new:
+                self._emit(new, st)
         except AdamDiagAlarm:
             raise
         except Exception as e:  # noqa: BLE001 - never break training

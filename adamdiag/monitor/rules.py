@@ -29,6 +29,7 @@ import numpy as np
 
 from adamdiag.analysis import findings as F
 from adamdiag.analysis.evidence import Evidence, StateProblem, Trajectory, collapse_stretch
+from adamdiag.analysis.signals import detect_loss_events
 from adamdiag.analysis.thresholds import (
     COLLAPSE_DEPTH,
     COLLAPSE_MIN_MEMORY_FRACTION,
@@ -51,6 +52,7 @@ __all__ = [
     "Track",
     "collapse_finding",
     "json_safe",
+    "loss_findings",
     "min_points",
     "nonfinite_finding",
     "regrowth_finding",
@@ -177,3 +179,12 @@ def nonfinite_finding(step: int, tensors: list[str] | None = None, source: str =
     events = types.SimpleNamespace(first_nonfinite_step=None if tensors else step)
     problems = [StateProblem(step=step, tensor=t, kind="nonfinite") for t in tensors or []]
     return F.nonfinite(_evidence(events=events, state_problems=problems, loss_tag=source))[0]
+
+
+def loss_findings(points: list[tuple[int, float]]) -> list[Finding]:
+    """AD001/AD002 (scan's detector and texts) on the fed loss points (step, value)."""
+    if len(points) < 2:
+        return []
+    a = np.array(points, dtype=np.float64)
+    ev = detect_loss_events(a[:, 0].astype(np.int64), a[:, 1])
+    return F.loss_events(_evidence(events=ev, loss_tag="loss (log_loss)", task_events={}))
