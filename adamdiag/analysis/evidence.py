@@ -493,6 +493,7 @@ class Evidence:
     lr_at_event: float | None = None  # from a logged learning-rate tag
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
+    auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
 
     @property
     def blowup_step(self) -> int | None:
@@ -593,7 +594,7 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     """Collect the evidence of one run. ``loss_tags[0]`` is the total loss (it sets the blowup step);
     the others are per-task losses whose events become findings of their own."""
     from adamdiag.analysis.signals import LossEvents, detect_loss_events
-    from adamdiag.analysis.tags import pick_lr_tag
+    from adamdiag.analysis.tags import pick_loss_tag, pick_lr_tag
 
     scalars = inp.scalars
     ckpts = sorted((c for c in inp.checkpoints if getattr(c, "step", None) is not None), key=lambda c: c.step)
@@ -662,6 +663,7 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         hyper_assumed=not ckpts,
         lr_at_event=lr_at_event,
         loss_rebuilt=rebuilt,
+        auto_loss_tag=pick_loss_tag(tags),
     )
 
 

@@ -5,7 +5,7 @@ run that warms its learning rate up has a different lr there than at its last ch
 "lr/3" must mean a third of the lr the replay starts with. The printed ``verify:`` command tries the
 recommendation's own candidates *and* the competing cause's fix, one change at a time, so its table
 tells which change helped (a v collapse: eps candidates and lr/3; too high an lr: lr/3, lr/10 and
-eps 1e-3); it carries ``--loss-tag`` and ``--logdir`` whenever the defaults would miss them.
+eps 1e-3); it carries ``--loss-tag`` and ``--logdir`` whenever replay's own choice would miss them.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from adamdiag.analysis.thresholds import (
 )
 from adamdiag.analysis.verdicts import Decision
 
-# The loss tag replay reads by default (no --loss-tag needed for it).
-REPLAY_DEFAULT_LOSS_TAG = "train/loss"
-
 
 def replay_command(ev: Evidence, run: str, args: list[str]) -> str | None:
     """``adamdiag replay START ARGS`` with the flags this run needs, or None without a start checkpoint."""
@@ -40,7 +37,8 @@ def replay_command(ev: Evidence, run: str, args: list[str]) -> str | None:
     if not path:
         return None
     parts = ["adamdiag", "replay", path, *args]
-    if ev.loss_tag and ev.loss_tag != REPLAY_DEFAULT_LOSS_TAG:
+    # replay picks the loss tag as scan does: name it only when scan used another (the user's --loss-tag).
+    if ev.loss_tag and ev.loss_tag != ev.auto_loss_tag:
         parts += ["--loss-tag", ev.loss_tag]
     # replay finds the run's events by walking up from the checkpoint; a checkpoint kept elsewhere
     # (--checkpoints DIR) needs the run named. Compared as paths, without touching the file system.

@@ -47,7 +47,10 @@ def replay(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
-    loss_tag: Annotated[str, typer.Option("--loss-tag", help="Scalar tag of the logged training loss.")] = "train/loss",
+    loss_tag: Annotated[
+        str | None,
+        typer.Option("--loss-tag", help="Scalar tag of the logged training loss (default: picked as scan picks it)."),
+    ] = None,
     log_step_offset: Annotated[
         str,
         typer.Option(
@@ -63,8 +66,10 @@ def replay(
     ] = ReplayMode.auto,
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
-    from adamdiag.replay.runner import run_replay
+    from adamdiag.replay.runner import default_loss_tag, run_replay
 
+    if loss_tag is None:
+        loss_tag = default_loss_tag(checkpoint, logdir)
     code = run_replay(
         checkpoint,
         eps=eps,

@@ -120,6 +120,19 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     )
 
 
+def default_loss_tag(checkpoint: Path, logdir: Path | None) -> str:
+    """The loss tag scan would use for the checkpoint's run (one auto-pick for scan, check and replay);
+    ``train/loss`` when nothing looks like a loss (the error then lists the run's tags)."""
+    from adamdiag.analysis.tags import pick_loss_tag
+    from adamdiag.io.events import read_run
+
+    try:
+        scalars = read_run(find_run_dir(checkpoint, logdir)).scalars
+    except InputError:
+        return "train/loss"  # the replay itself reports what is wrong with the run
+    return pick_loss_tag(sorted(set(map(str, scalars["tag"].unique())))) or "train/loss"
+
+
 def read_logged_loss(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of ``tag`` as the run really went (restarts resolved)."""
     import numpy as np

@@ -81,31 +81,59 @@ def test_an_entry_that_raises_is_a_one_line_finding(run, tmp_path):
     assert r["verdict"] == "v_collapse" and r["verification"]["confirms"] is None
 
 
-def test_printed_verify_line_runs_as_is_with_a_custom_loss_tag(run, tmp_path):
-    """A run whose loss is logged as `objective/total` (rewritten with torch's SummaryWriter): scan needs
-    --loss-tag, and the verify line it prints carries it, so it runs unchanged."""
+def _relog(run: Path, dst: Path, loss_tag: str) -> Path:
+    """A copy of ``run`` whose loss is logged under ``loss_tag`` (rewritten with torch's SummaryWriter)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from adamdiag.analysis.frames import series
     from adamdiag.io.events import read_run
 
-    dst = tmp_path / "custom"
     shutil.copytree(run / "checkpoints", dst / "checkpoints")
     shutil.copy(run / "config.json", dst / "config.json")
     scalars = read_run(run).scalars
-    rename = {"train/loss": "objective/total", "train/grad_norm": "train/grad_norm", "train/lr": "train/lr"}
     w = SummaryWriter(str(dst))
-    for old, new in rename.items():
+    for old, new in {"train/loss": loss_tag, "train/grad_norm": "train/grad_norm", "train/lr": "train/lr"}.items():
         s = series(scalars, old)
         for step, value in zip(s.index, s.to_numpy()):
             w.add_scalar(new, float(value), int(step))
     w.close()
+    return dst
+
+
+def test_printed_verify_line_runs_as_is_with_a_custom_loss_tag(run, tmp_path):
+    """A run whose loss is logged as `objective/total`: scan needs --loss-tag, and the verify line it
+    prints carries it, so it runs unchanged."""
+    dst = _relog(run, tmp_path / "custom", "objective/total")
     r = scan_json(dst, "--loss-tag", "objective/total")
     line = r["recommendation"]["verify"]
     assert "--loss-tag objective/total" in line
     args = shlex.split(line)[2:] + ["--entry", ENTRY, "--device", "cpu"]
     res = runner.invoke(app, ["replay", *args])
     assert res.exit_code == 0, res.output
+
+
+def test_replay_picks_the_loss_tag_as_scan_does(run, tmp_path):
+    """One auto-pick for scan and replay: a run logging plain `loss` needs no --loss-tag anywhere."""
+    dst = _relog(run, tmp_path / "plain", "loss")
+    r = scan_json(dst)
+    assert r["loss_tag"] == "loss" and "--loss-tag" not in r["recommendation"]["verify"]
+    res = runner.invoke(
+        app,
+        [
+            "replay",
+            str(dst / "checkpoints" / "step_000450.pt"),
+            "--eps",
+            "1e-3",
+            "--entry",
+            ENTRY,
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["loss_tag"] == "loss"
 
 
 def test_check_verify_gates_on_the_verified_verdict(run):
