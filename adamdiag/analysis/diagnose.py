@@ -95,6 +95,8 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         rep.sources.append("histograms")
     if ev.checkpoints:
         rep.sources.append("checkpoints")
+    if any(t.source == "monitor" for t in ev.trajectories):
+        rep.sources.append("monitor")  # the most exact source: r and v̂ as the optimizer had them
     rep.findings += F.input_problems(inp.warnings) + tag_problems + F.non_adam(ev)
     if d.rule in ("no_loss", "too_few_points"):
         rep.findings += F.missing_data(ev, tags)

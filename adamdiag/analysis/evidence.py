@@ -59,6 +59,7 @@ class Trajectory:
     eps: float = DEFAULT_EPS  # 0 when the absolute scale of v is unknown (no checkpoint: N unknown)
     beta2: float = DEFAULT_BETA2
     convention: str = "torch"
+    source: str = "log"  # "log": reconstructed from logged g²; "monitor": the live monitor's own r and v̂
 
     def eps_eff(self) -> np.ndarray:
         """eps relative to √v̂ at each step. TF adds eps to the un-corrected √v, which is
@@ -618,6 +619,14 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
 
     trajs, gn = _trajectories(inp, ckpts, grad_norm_tag, beta2, eps, ev)
+    monitor = monitor_trajectories(scalars, tags, beta2, eps if ckpts else 0.0)
+    if monitor:
+        # The live monitor logged r and v̂ themselves, per step: exact where the reconstruction from the
+        # gradient norm is an estimate. It replaces the logged-gradient trajectories (gn stays: the
+        # one-step jump test reads the gradient norm itself).
+        trajs = monitor
+        for tr in trajs:
+            tr.convention = inp.convention
     ratios = checkpoint_interval_ratios(ckpts, beta2)
     collapses: list[Collapse] = []
     regrowth: list[tuple[str, float, int]] = []
@@ -665,6 +674,39 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
     )
+
+
+# Tags of the live monitor (adamdiag.monitor): adamdiag/[<optimizer index>/]<global|tensor>/<signal>.
+MONITOR_PREFIX = "adamdiag/"
+
+
+def monitor_trajectories(scalars: Any, tags: list[str], beta2: float, eps: float) -> list[Trajectory]:
+    """Trajectories straight from the live monitor's tags (``g2_mean``, ``vhat_mean``, ``r`` — exact at
+    every logged step, no reconstruction): all parameters, and each tensor it logged. With several
+    optimizers the first one's (``adamdiag/0/``) are used."""
+    rs = sorted(t for t in tags if t.startswith(MONITOR_PREFIX) and t.endswith("/global/r"))
+    if not rs:
+        return []
+    root = rs[0][: -len("global/r")]  # "adamdiag/" or "adamdiag/0/"
+    out = []
+    for r_tag in sorted(t for t in tags if t.startswith(root) and t.endswith("/r")):
+        label = r_tag[len(root) : -len("/r")]
+        if label.count("/") and root == MONITOR_PREFIX and label.split("/", 1)[0].isdigit():
+            continue  # another optimizer's tag under the plain prefix
+        g2_tag, vhat_tag = r_tag[: -len("r")] + "g2_mean", r_tag[: -len("r")] + "vhat_mean"
+        if g2_tag not in tags or vhat_tag not in tags:
+            continue
+        steps, r = series_arrays(scalars, r_tag)
+        g2 = series_arrays(scalars, g2_tag)[1]
+        vhat = series_arrays(scalars, vhat_tag)[1]
+        if not (len(steps) == len(g2) == len(vhat)) or len(steps) < MIN_LOSS_POINTS:
+            continue
+        out.append(
+            Trajectory(
+                label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=True, eps=eps, beta2=beta2, source="monitor"
+            )
+        )
+    return out
 
 
 def _trajectories(

@@ -1,0 +1,57 @@
+"""scan reads the live monitor's `adamdiag/*` tags as its most exact source (issue 15 item 1): a real run
+trained with AdamMonitor writing to a SummaryWriter, no gradient norm logged — scan still sees the
+collapse (from the monitor's own r and v̂), names the source, and matches the lab's blowup step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+
+
+def _train_with_monitor(out: Path, steps: int = 520) -> int:
+    import multitask
+    import runlab
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.monitor import AdamMonitor
+
+    cfg = runlab.RunConfig(
+        name="mon",
+        family=multitask.FAMILY,
+        size="tiny",
+        data={**multitask.SAMPLE_DATA, "prob_weight": 0.0, "n_examples": 32},
+        steps=steps,
+        lr=3e-3,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        seed=0,
+    )
+    data, model = runlab.build_data(cfg), runlab.build_model(cfg)
+    opt = runlab.build_optimizer(cfg, model)
+    w = SummaryWriter(str(out))
+    AdamMonitor(opt, model=model, writer=w, every=1)
+    losses = []
+    for step in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = runlab.total_loss(cfg, model, runlab.batch_for_step(cfg, step, data))
+        w.add_scalar("train/loss", float(loss), step)  # the loss of update `step`, before it (runlab's convention)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    w.close()
+    return runlab.detect_blowup(losses)
+
+
+def test_scan_uses_the_monitor_tags(tmp_path):
+    blowup = _train_with_monitor(tmp_path / "run")
+    res = CliRunner().invoke(app, ["scan", str(tmp_path / "run"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert "monitor" in r["sources"] and r["grad_norm_tag"] is None
+    assert r["verdict"] == "v_collapse" and r["blowup_step"] == blowup, r["findings"]
+    ad101 = [f for f in r["findings"] if f["id"] == "AD101"]
+    assert ad101 and ad101[0]["step"] < blowup
