@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python bench/read_events.py
 	$(BIN)/python bench/checkpoint_memory.py
 	$(BIN)/python bench/replay_sweep.py --threads 1
+	$(BIN)/python bench/scan_cost.py
 
 validate: setup
 	$(BIN)/python bench/accuracy.py
