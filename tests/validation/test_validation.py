@@ -95,14 +95,17 @@ def test_cache_is_reused_and_keyed_by_config(fast_doc, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_matrix_meets_issue6_targets():
-    doc = accuracy.run(fast=False, jobs=2, verbose=False)
+def test_full_matrix_meets_issue12_targets():
+    # issue #12: the verdicts are scored against the counterfactual labels (the live-state accuracy of
+    # issue #6 is still printed, but the live label undercounts v collapse: see bench/README.md)
+    doc = accuracy.run(fast=False, jobs=1, verbose=False)
     s = doc["summary"]
     assert len(doc["cases"]) >= 30
     assert not s["scan_errors"]
     assert not s["healthy"]["false_alarms"], s["healthy"]
-    assert s["blown_up"]["accuracy"] >= accuracy.TARGET_ACCURACY, s["misdiagnosed"]
     assert s["v_collapse_lead_time_per_step_logging"]["median"] >= accuracy.TARGET_MEDIAN_LEAD
+    targets = s["counterfactual"]["pooled"]["targets"]
+    assert all(v is not False for v in targets.values()), (targets, s["counterfactual"]["pooled"]["misdiagnosed"])
 
 
 def test_matrix_spans_the_required_variety():
