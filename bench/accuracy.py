@@ -621,6 +621,7 @@ def generate(
     log: Any = None,
     keep_stale: bool = False,
     counterfactual: bool = True,
+    keep_stale_labels: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Make sure every case's run (and, with ``counterfactual``, its label) exists under ``out/<name>``
     (cached); returns {name: generation info}."""
@@ -631,7 +632,8 @@ def generate(
         lkey = label_key(c) if counterfactual else None
         d = out / c.name
         run_ok = not regen and _cached(c, d, key, keep_stale)
-        label_ok = lkey is None or (run_ok and _label_cached(d, lkey, keep_stale))
+        # keep_stale reuses runs only: a label from another labeller is redone (--cached-only takes it as is)
+        label_ok = lkey is None or (run_ok and _label_cached(d, lkey, keep_stale_labels))
         if run_ok:
             meta = json.loads((d / "case.json").read_text())
             info[c.name] = {"seconds": meta["seconds"], "cached": True, "error": None, "stale": meta.get("key") != key}
@@ -1230,7 +1232,16 @@ def run(
         if missing:
             log(f"--cached-only: {len(missing)} case(s) not stored yet are left out: {missing}")
         keep_stale = True  # stored under an older harness or labeller: reused as it is (flagged stale)
-    gen = generate(cases, out, jobs=jobs, regen=regen, log=log, keep_stale=keep_stale, counterfactual=counterfactual)
+    gen = generate(
+        cases,
+        out,
+        jobs=jobs,
+        regen=regen,
+        log=log,
+        keep_stale=keep_stale,
+        counterfactual=counterfactual,
+        keep_stale_labels=cached_only,
+    )
     t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = []
