@@ -59,9 +59,14 @@ def _header(r: ReplayResult) -> str:
     end = r.start_step + r.steps
     why = r.horizon.get("why") if r.horizon else None
     horizon = f"; horizon: {why}" if why and r.horizon.get("source") == "default" else ""
+    # a framework-neutral entry (mode "entry") ran every variant in its own framework
+    how = (
+        f"variants replayed by the entry {r.entry}"
+        if r.mode == "entry"
+        else f"variants on {r.device}; original with torch.optim.Adam, alternates {r.mode}"
+    )
     return (
-        f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps{horizon}; {len(r.variants)} "
-        f"variants on {r.device}; original with torch.optim.Adam, alternates {r.mode})"
+        f"replay of {r.checkpoint}: steps {r.start_step + 1}–{end} ({r.steps} steps{horizon}; {len(r.variants)} {how})"
     )
 
 

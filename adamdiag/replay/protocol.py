@@ -16,6 +16,19 @@ checkpoint's lr is held constant. Variants scale it by their lr / the original l
 and the logged ``train/loss`` at step t is ``loss(model, batch(t))`` computed *before* update t. So a
 checkpoint after s updates replays steps s+1, s+2, ... and each replayed loss lines up with a logged one.
 
+A second, framework-neutral kind (issue 14): the entry returns ``{"run": run}`` (or an object with a
+``run`` attribute) and trains in the user's own framework (TensorFlow, JAX, numpy)::
+
+    run(checkpoint: str, variant: dict, steps: int) -> {"loss": [...],           # per replayed step
+                                                        "g2": {"global": [...], <tensor>: [...]},
+                                                        "vhat": {"global": [...], <tensor>: [...]}}
+
+``variant`` = {"name", "eps", "beta2", "lr", "lr_scale", "original"}; ``g2`` = mean g² of update t,
+``vhat`` = mean v̂_{t-1} before it; optional ``sqrt_vhat_median`` (median √v̂ after update t),
+``update_rms``, ``frac_eps`` (per step) and, in the entry's dict, ``"original": {"eps", "beta2", "lr",
+"step"}`` for a checkpoint no adamdiag reader knows. adamdiag turns the result into the same curves the
+torch engines produce (:mod:`adamdiag.replay.neutral`), so fidelity, outcomes and rendering are shared.
+
 Where the entry point is found: ``--entry module:function`` or ``path/to/file.py:function``; else
 ``adamdiag.toml`` (``[replay] entry = "..."``) or ``pyproject.toml`` (``[tool.adamdiag.replay] entry``)
 in the checkpoint's directory or any directory above it, then in the current working directory. A file
@@ -58,6 +71,49 @@ class ReplaySpec:
     entry: str  # the entry point as resolved, for the report
     source: str  # where it came from: "--entry", or the config file's path
     lr_schedule: Callable[[int], Any] | None = None  # lr of update t in the original run (optional)
+
+
+@dataclass
+class NeutralSpec:
+    """A framework-neutral entry: ``run(checkpoint, variant, steps)`` replays in the user's framework
+    and returns per-step loss and moments (module docstring); adamdiag never sees a model."""
+
+    run: Callable[[str, dict[str, Any], int], Any]
+    entry: str
+    source: str
+    # eps/beta2/lr/step of the original run, for a checkpoint no adamdiag reader knows (optional)
+    original: dict[str, float] | None = None
+    clip_grad_norm: float | None = None  # shown in the report only; the entry clips (or not) itself
+
+
+NEUTRAL_ORIGINAL_KEYS = ("eps", "beta2", "lr", "step")
+
+
+def _neutral_spec(result: Any, run: Any, entry: str, source: str) -> NeutralSpec:
+    """Validate a neutral entry's result (a dict with ``run`` or an object with a ``run`` attribute)."""
+    where = f"entry point {entry}"
+    if not callable(run):
+        raise InputError(
+            f"{where}: 'run' must be callable as run(checkpoint, variant, steps), got {type(run).__name__}"
+        )
+    raw = result.get("original") if isinstance(result, dict) else getattr(result, "original", None)
+    original: dict[str, float] | None = None
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise InputError(f"{where}: 'original' must be a dict with eps, beta2, lr, step; got {type(raw).__name__}")
+        bad = [k for k in raw if k not in NEUTRAL_ORIGINAL_KEYS]
+        if bad:
+            raise InputError(f"{where}: 'original' has unknown key {bad[0]!r} (allowed: eps, beta2, lr, step)")
+        original = {}
+        for k, x in raw.items():
+            ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            ok = ok and (0 <= x < 1 if k == "beta2" else x >= 0 if k == "step" else x > 0)
+            if not ok or (k == "step" and int(x) != x):
+                raise InputError(f"{where}: 'original' {k} = {x!r} is not a valid {k}")
+            original[k] = float(x)
+    clip = result.get("clip_grad_norm") if isinstance(result, dict) else None
+    clip = float(clip) if isinstance(clip, (int, float)) and not isinstance(clip, bool) else None
+    return NeutralSpec(run=run, entry=entry, source=source, original=original, clip_grad_norm=clip)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,14 +241,19 @@ def load_entry_function(
     return fn
 
 
-def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec:
-    """Check the shape of what an entry point returned; one clear line per problem."""
+def validate_spec(result: Any, entry: str, source: str) -> ReplaySpec | NeutralSpec:
+    """Check the shape of what an entry point returned; one clear line per problem. A ``run`` key
+    (or attribute) makes it a framework-neutral entry (:class:`NeutralSpec`)."""
+    run = result.get("run") if isinstance(result, dict) else getattr(result, "run", None)
+    if run is not None or (isinstance(result, dict) and "run" in result):
+        return _neutral_spec(result, run, entry, source)
     import torch
 
     where = f"entry point {entry}"
     if not isinstance(result, dict):
         raise InputError(
-            f"{where} must return a dict with keys model, batch, loss, clip_grad_norm; got {type(result).__name__}"
+            f"{where} must return a dict with keys model, batch, loss, clip_grad_norm (or run, for a "
+            f"framework-neutral entry); got {type(result).__name__}"
         )
     missing = [k for k in ("model", "batch", "loss") if k not in result]
     if missing:
@@ -254,7 +315,7 @@ def load_spec(
     *,
     notify: Callable[[str], None] | None = None,
     require_trust: bool = False,
-) -> ReplaySpec:
+) -> ReplaySpec | NeutralSpec:
     """Resolve, import and call the entry point for ``checkpoint``.
 
     ``require_trust``: an entry found by discovery runs only when its config is the current
@@ -418,6 +479,7 @@ def scheduled_lrs(spec: ReplaySpec, t: int, original: list[float], variant: list
 __all__ = [
     "scheduled_lrs",
     "DEFAULT_EPS_CANDIDATES",
+    "NeutralSpec",
     "NoEntry",
     "ReplaySpec",
     "UntrustedEntry",

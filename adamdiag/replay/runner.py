@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 from adamdiag.replay.distributed import Group, World, merge, shard, world_from_env
-from adamdiag.replay.protocol import ReplaySpec, Variant, load_spec, make_variants
+from adamdiag.replay.protocol import NeutralSpec, NoEntry, ReplaySpec, Variant, load_spec, make_variants
 from adamdiag.replay.result import (
     BlowupJudge,
     ReplayResult,
@@ -160,7 +160,7 @@ class Plan:
 
     checkpoint: Path
     ckpt: ReplayCheckpoint
-    spec: ReplaySpec
+    spec: ReplaySpec | NeutralSpec  # NeutralSpec: the entry replays in its own framework (neutral.py)
     run_dir: Path
     logged_steps: Any
     logged_values: Any
@@ -241,11 +241,9 @@ def plan_replay(
 
     ``variants`` (library callers) replaces the --eps/--beta2/--lr options: the original settings are
     put first when missing. ``run_dir`` replaces the --logdir search."""
-    from adamdiag.replay.checkpoint import load_replay_checkpoint
-
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
-    ckpt = load_replay_checkpoint(checkpoint, trust=trust_checkpoint)
+    ckpt, spec, warns = _checkpoint_and_spec(checkpoint, entry, trust_checkpoint, notify, require_trust)
     original = _original(ckpt)
     if variants is None:
         variants = make_variants(original, eps, beta2, lr, grid=grid)
@@ -265,24 +263,28 @@ def plan_replay(
             f"{checkpoint}: the checkpoint (step {ckpt.step}) is not before the logged blowup at step "
             f"{judge.logged_blowup}; replay from a checkpoint saved before it"
         )
-    spec = load_spec(checkpoint, entry, notify=notify, require_trust=require_trust)
-    warns = [offset_note] if offset_note else []
-    groups = ckpt.param_groups
-    if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
-        warns.append(
-            "the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
-            "replaying as Adam (L2) -- the fidelity check shows whether that was right"
-        )
-    from adamdiag.replay.checkpoint import load_model_weights, order_is_guessed, param_order
+    if spec is None:  # a torch checkpoint: the entry is imported only after the inputs checked out
+        spec = load_spec(checkpoint, entry, notify=notify, require_trust=require_trust)
+    warns = ([offset_note] if offset_note else []) + warns
+    if isinstance(spec, ReplaySpec):
+        groups = ckpt.param_groups
+        if any(float(g.get("weight_decay", 0) or 0) and "decoupled_weight_decay" not in g for g in groups):
+            warns.append(
+                "the checkpoint does not say whether weight decay was decoupled (AdamW) or L2 (Adam); "
+                "replaying as Adam (L2) -- the fidelity check shows whether that was right"
+            )
+        from adamdiag.replay.checkpoint import load_model_weights, order_is_guessed, param_order
 
-    load_model_weights(spec.model, ckpt)  # fail early, with one line: another architecture
-    param_order(ckpt, spec.model)  # ... or an optimizer that does not fit the model
-    if order_is_guessed(ckpt, spec.model):
-        warns.append(
-            "the optimizer's param groups are not in model.parameters() order and carry no names; "
-            "parameters were matched by shape (build it from model.named_parameters() to be sure)"
-        )
-    named = _check_named(named, spec.model)
+        load_model_weights(spec.model, ckpt)  # fail early, with one line: another architecture
+        param_order(ckpt, spec.model)  # ... or an optimizer that does not fit the model
+        if order_is_guessed(ckpt, spec.model):
+            warns.append(
+                "the optimizer's param groups are not in model.parameters() order and carry no names; "
+                "parameters were matched by shape (build it from model.named_parameters() to be sure)"
+            )
+        named = _check_named(named, spec.model)
+    else:
+        named = list(dict.fromkeys(named or []))  # checked against the tensors the entry reports
     rule, _ = reference_rule(lsteps, lvals, ckpt.step)
     if steps is None:
         last = int(lsteps.max()) if len(lsteps) else None
@@ -311,10 +313,62 @@ def plan_replay(
     )
 
 
+def _checkpoint_and_spec(
+    checkpoint: Path,
+    entry: str | None,
+    trust_checkpoint: bool,
+    notify: Callable[[str], None] | None,
+    require_trust: bool,
+) -> tuple[ReplayCheckpoint, ReplaySpec | NeutralSpec | None, list[str]]:
+    """The start checkpoint, and the entry when it had to be loaded to read the checkpoint.
+
+    A torch checkpoint is read first (the entry, which runs user code, is imported later, once every
+    input checked out). A TF/Keras checkpoint, or a file no reader knows, can only be replayed by a
+    framework-neutral entry: it is loaded here, and the step and original hyperparameters come from
+    adamdiag's own readers (no TensorFlow) or the entry's ``original`` (:mod:`adamdiag.replay.neutral`)."""
+    from adamdiag.errors import UntrustedCheckpointError
+    from adamdiag.replay.checkpoint import load_replay_checkpoint
+    from adamdiag.replay.neutral import NEUTRAL_ENTRY_HINT, foreign_checkpoint, neutral_checkpoint
+
+    foreign = foreign_checkpoint(checkpoint)
+    base, unreadable = None, None
+    if foreign is None:
+        try:
+            base = load_replay_checkpoint(checkpoint, trust=trust_checkpoint)
+        except UntrustedCheckpointError:
+            raise
+        except InputError as e:
+            if not Path(checkpoint).exists():
+                raise
+            unreadable = e  # maybe a checkpoint only the user's framework reads: ask the entry
+    if base is not None:
+        return base, None, []
+    what = f"{checkpoint} is a {foreign.layout} checkpoint" if foreign is not None else None
+    try:
+        spec = load_spec(checkpoint, entry, notify=notify, require_trust=require_trust)
+    except NoEntry:
+        if what is None:
+            assert unreadable is not None
+            raise unreadable from None
+        raise NoEntry(f"{what}: replaying it needs a framework-neutral entry: {NEUTRAL_ENTRY_HINT}") from None
+    if isinstance(spec, ReplaySpec):
+        if what is None:
+            assert unreadable is not None
+            raise unreadable
+        raise InputError(
+            f"{what}; entry {spec.entry} is a PyTorch entry (model, batch, loss) and cannot replay it: "
+            f"{NEUTRAL_ENTRY_HINT}"
+        )
+    ckpt, warns = neutral_checkpoint(checkpoint, foreign, spec)
+    return ckpt, spec, warns
+
+
 def choose_sequential(mode: str, plan: Plan, device: torch.device) -> bool:
     """--mode auto: batch on CUDA, and on CPU for models up to CPU_BATCH_MAX_PARAMS parameters."""
     if mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if isinstance(plan.spec, NeutralSpec):
+        return True  # the entry runs the variants itself, one call each
     if mode != "auto":
         return mode == "sequential"
     n = sum(p.numel() for p in plan.spec.model.parameters())
@@ -341,6 +395,23 @@ def replay_variants(
     settled; all stop at ``plan.deadline``.
     """
     from adamdiag.replay.engine import LazyProgress, StopRule, replay_one, replay_sequential
+
+    if isinstance(plan.spec, NeutralSpec):
+        from adamdiag.replay.neutral import replay_neutral
+
+        with LazyProgress(plan.steps * len(indices), f"replaying {len(indices)} variants", enabled=progress) as pb:
+            curves = replay_neutral(
+                plan.spec,
+                plan.checkpoint,
+                [plan.variants[i] for i in indices],
+                plan.variants[0],
+                plan.steps,
+                named=plan.named,
+                deadline=plan.deadline,
+                warnings=warnings,
+                advance=pb.advance,
+            )
+        return curves, "entry"
     from adamdiag.replay.sweep import VmapUnsupported, replay_batched
 
     out: dict[int, Curve] = {}
@@ -387,6 +458,8 @@ def analyse(
     from adamdiag import __version__
 
     ck = plan.ckpt
+    if isinstance(plan.spec, NeutralSpec):
+        device = "entry"  # it chose where to run; adamdiag's --device played no part
     judge = plan.judge or BlowupJudge(plan.logged_steps, plan.logged_values, ck.step)
     rule, warn = reference_rule(plan.logged_steps, plan.logged_values, ck.step, fallback=np.asarray(curves[0].losses))
     if warn and rule is None:
