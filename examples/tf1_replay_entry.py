@@ -9,6 +9,10 @@ global_step), run ``steps`` updates on the very batches of the run, and return p
 (computed before the update, as logged), the mean g² of the gradient the update used, the mean
 v̂_{t-1} before it (bias-corrected as TF1 does: v / (1 - β2^t)) and the median √v̂ after it. adamdiag
 does the rest: fidelity against the log, outcomes, conclusion, exit code.
+
+Bit-for-bit fidelity needs the run's kernels: the run was made with ``TF_ENABLE_ONEDNN_OPTS=0``
+(Eigen), which importing ``tf1_multitask`` sets — unless TensorFlow was already imported in this
+process with oneDNN on; then the replay drifts from the log within ~20 steps and adamdiag says so.
 """
 
 from __future__ import annotations

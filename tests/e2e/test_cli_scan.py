@@ -81,6 +81,11 @@ def test_sample_logs_verdicts():
     assert by_name["lr_too_high"]["verdict"] == "lr_too_high"
     rec = a["recommendation"]
     assert rec and rec["eps"] > 1e-8 and "adamdiag replay" in (rec.get("verify") or "")
+    # the TF1 run (issue 14): diagnosed with its own Saver checkpoints, read without TensorFlow
+    tf1 = by_name["tf1_vcollapse"]
+    assert tf1["verdict"] == "v_collapse" and tf1["blowup_step"] == 209
+    assert "checkpoints" in tf1["sources"] and any(f["id"] == "AD105" for f in tf1["findings"])
+    assert "model.ckpt-200" in (tf1["recommendation"].get("verify") or "")
 
 
 def test_json_contract(runs):
