@@ -120,6 +120,20 @@ def reconstruct(
     return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
 
 
+def collapse_span(at_step: int | None, beta2: float) -> float:
+    """Steps a quiet stretch must last: COLLAPSE_MIN_MEMORY_FRACTION of v̂'s memory at ``at_step``. The
+    memory is 1/(1-β2) once training is long, but only ``at_step`` before that — the bias correction
+    makes v̂ the plain mean of every g² so far, so a run that blows up at step 140 with β2 = 0.9999 has a
+    v̂ that still lives on its first, large gradients (a stale v) after a quiet stretch of a few dozen
+    steps, not 2000. ``None`` (no event yet): the long-run memory.
+
+    >>> [round(collapse_span(*a), 6) for a in [(None, 0.999), (140, 0.9999), (5000, 0.999)]]
+    [200.0, 28.0, 200.0]
+    """
+    full = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    return full if at_step is None else min(full, COLLAPSE_MIN_MEMORY_FRACTION * max(at_step, 1))
+
+
 def collapse_stretch(
     tr: Trajectory, until: int | None, beta2: float, *, require_depth: bool = True
 ) -> tuple[int, int, float] | None:
@@ -131,7 +145,7 @@ def collapse_stretch(
     mask = tr.r < COLLAPSE_R
     if until is not None:
         mask &= tr.steps < until
-    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    span = collapse_span(until, beta2)
     # min_len in logged points: logging every N steps needs fewer points for the same span.
     if len(tr.steps) > 1:
         step_per_point = max(1.0, float(np.median(np.diff(tr.steps))))
@@ -326,7 +340,7 @@ def checkpoint_collapse(
     for r in pre:
         by_tensor.setdefault(r["tensor"], []).append(r)
     last_ck = next(c for c in reversed(ckpts) if c.step == last_to)
-    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
+    span = collapse_span(event_step, beta2)
     vhat_hist: dict[str, list[tuple[int, float]]] = {}
     for c in ckpts:
         for t in c.tensors:
@@ -635,8 +649,11 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
     if event_step is not None:
         # Order matters to the recommendation (the first named tensor sizes the eps): stretches from
         # the logs first, deep before shallow, in logging order; then checkpoints', deep and largest first.
-        logged = [c for tr in trajs if (c := quiet_stretch(tr, event_step, beta2)) is not None]
-        collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, event_step, beta2)
+        # The instability episode starts at the first of the recovered spikes that lead into the blowup:
+        # the quiet stretch that explains it must reach that start, not the last spike.
+        start_of = episode_start(ev)
+        logged = [c for tr in trajs if (c := quiet_stretch(tr, start_of, beta2)) is not None]
+        collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, start_of, beta2)
         regrowth, rms = _near_event_peaks(trajs, event_step)
         grad_jump = abrupt_gradient_jump(event_step, gn)
         if grad_jump is not None:
@@ -763,6 +780,21 @@ def _near_event_peaks(
         if math.isfinite(umax) and umax > UPDATE_RMS_LIMIT and ustep is not None:
             rms.append((tr.label, umax, ustep))
     return regrowth, rms
+
+
+def episode_start(ev: Any) -> int:
+    """First step of the instability episode ending in the event: a blowup preceded by recovered spikes,
+    each within BLOWUP_HORIZON steps of the next, started at the first of them (an Adam instability often
+    flares and settles a few times before it runs away). Without a blowup: the event itself."""
+    from adamdiag.analysis.thresholds import BLOWUP_HORIZON
+
+    start = ev.blowup_step if ev.blowup_step is not None else (ev.spikes[0] if ev.spikes else None)
+    if ev.blowup_step is None or start is None:
+        return int(start) if start is not None else 0
+    for s in sorted(ev.spikes, reverse=True):
+        if s < start and start - s <= BLOWUP_HORIZON:
+            start = s
+    return int(start)
 
 
 def jump_is_isolated(jump: dict[str, Any], gn: tuple[np.ndarray, np.ndarray] | None) -> bool:

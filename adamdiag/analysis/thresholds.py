@@ -41,7 +41,11 @@ COLLAPSE_R = 0.1
 # The collapse must hold for a good part of v's memory (1/(1-β2) steps) before it matters: a few
 # quiet steps decay v by a negligible factor. 0.2/(1-β2) steps (200 at β2=0.999) shrink v by ≥ 18%
 # in pure decay, and are far longer than the quiet transients of early training, where v̂ still
-# averages the first large gradients for ~100 steps.
+# averages the first large gradients for ~100 steps. Before 1/(1-β2) steps the bias-corrected v̂ is the
+# plain mean of all g² so far: its memory is the step count, and so is the span's base
+# (evidence.collapse_span). Measured on the validation matrix: with the long-run memory only, runs that
+# blow up early with β2 0.9999 (v̂ still the mean of the first large gradients; eps 1e-2 avoids the
+# blowup, lr/3 and lr/10 only postpone it) were called lr_too_high.
 COLLAPSE_MIN_MEMORY_FRACTION = 0.2
 # Fewest logged points a stretch may have, whatever the logging interval (one point is no stretch).
 COLLAPSE_MIN_POINTS = 3

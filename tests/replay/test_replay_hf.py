@@ -123,7 +123,8 @@ def test_damaged_checkpoint_directories_are_one_line_errors(hf_run, tmp_path):
     (bad / "model.safetensors").unlink()
     res = _replay(bad, hf_run, "--logdir", str(next((hf_run / "out" / "runs").iterdir())))
     assert res.exit_code == 2 and "no model weights beside optimizer.pt" in res.stderr
-    assert res.stderr.count("\n") <= 1
+    # one line of error (the mandatory "importing entry X from FILE" notice may precede it)
+    assert len([ln for ln in res.stderr.splitlines() if not ln.startswith("adamdiag: importing entry")]) <= 1
     (bad / "model.safetensors").write_bytes(b"not safetensors")
     res = _replay(bad, hf_run, "--logdir", str(next((hf_run / "out" / "runs").iterdir())))
     assert res.exit_code == 2 and "cannot read" in res.stderr and "Traceback" not in res.output
