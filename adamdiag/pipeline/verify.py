@@ -211,7 +211,7 @@ def verify_report(
 ) -> None:
     """Verify every eligible run of ``runs`` in place (``say``: one-line progress messages on stderr)."""
     from adamdiag.errors import InputError
-    from adamdiag.replay.protocol import NoEntry
+    from adamdiag.replay.protocol import NoEntry, NoNeutralEntry
     from adamdiag.replay.runner import verify_checkpoint
 
     t0 = time.monotonic()
@@ -240,6 +240,9 @@ def verify_report(
                 trust_checkpoint=trust_checkpoint,
                 named_tensors=None,
             )
+        except NoNeutralEntry as e:  # a TF/Keras checkpoint: say which kind of entry replays it
+            _not_verified(rep, f"no replay entry: {e}", "info")
+            continue
         except NoEntry:
             _not_verified(
                 rep, "no replay entry (give --entry module:function or an adamdiag.toml [replay] entry)", "info"

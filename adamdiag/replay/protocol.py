@@ -289,6 +289,11 @@ class NoEntry(InputError):
     """No replay entry point was given or found (``scan --verify``: "not verified: no replay entry")."""
 
 
+class NoNeutralEntry(NoEntry):
+    """A checkpoint only a framework-neutral entry can replay (TensorFlow, Keras) and no entry at all:
+    the message says what to provide."""
+
+
 class UntrustedEntry(InputError):
     """An entry point was found by discovery in a config outside the current directory's, and trust
     was required (``scan --verify`` without ``--trust-entry``): it is not imported."""
@@ -481,6 +486,7 @@ __all__ = [
     "DEFAULT_EPS_CANDIDATES",
     "NeutralSpec",
     "NoEntry",
+    "NoNeutralEntry",
     "ReplaySpec",
     "UntrustedEntry",
     "cwd_config",

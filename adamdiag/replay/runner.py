@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 from adamdiag.replay.distributed import Group, World, merge, shard, world_from_env
-from adamdiag.replay.protocol import NeutralSpec, NoEntry, ReplaySpec, Variant, load_spec, make_variants
+from adamdiag.replay.protocol import (
+    NeutralSpec,
+    NoEntry,
+    NoNeutralEntry,
+    ReplaySpec,
+    Variant,
+    load_spec,
+    make_variants,
+)
 from adamdiag.replay.result import (
     BlowupJudge,
     ReplayResult,
@@ -350,7 +358,7 @@ def _checkpoint_and_spec(
         if what is None:
             assert unreadable is not None
             raise unreadable from None
-        raise NoEntry(f"{what}: replaying it needs a framework-neutral entry: {NEUTRAL_ENTRY_HINT}") from None
+        raise NoNeutralEntry(f"{what}: replaying it needs a framework-neutral entry: {NEUTRAL_ENTRY_HINT}") from None
     if isinstance(spec, ReplaySpec):
         if what is None:
             assert unreadable is not None

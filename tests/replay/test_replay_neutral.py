@@ -128,3 +128,14 @@ def test_a_neutral_entry_found_in_the_scanned_tree_needs_trust(run: Path, tmp_pa
     monkeypatch.chdir(tmp_path)
     r = scan_json(tree / "np_tf1", "--verify")
     assert not marker.exists() and "--trust-entry" in r["verification"]["reason"]
+
+
+def test_scan_verify_of_a_tf_run_without_an_entry_says_which_entry(tmp_path: Path, monkeypatch) -> None:
+    sample = HERE.parents[1] / "sample_logs" / "tf1_vcollapse"
+    if not sample.is_dir():
+        pytest.skip("sample_logs/tf1_vcollapse not shipped")
+    shutil.copytree(sample, tmp_path / "tf1", ignore=shutil.ignore_patterns("adamdiag.toml"))
+    monkeypatch.chdir(tmp_path)
+    r = scan_json(tmp_path / "tf1", "--verify")
+    assert r["verdict"] == "v_collapse" and r["verification"]["confirms"] is None
+    assert "tf1 checkpoint" in r["verification"]["reason"] and "framework-neutral entry" in r["verification"]["reason"]
