@@ -11,7 +11,7 @@ LINT_PATHS := adamdiag tests tools bench examples
 # test-mindeps: a second venv with the lowest versions pyproject.toml declares (tools/lowest_deps.py)
 MINDEPS_VENV ?= .venv-mindeps
 
-.PHONY: setup demo test test-all lint test-mindeps sample-logs bench validate clean
+.PHONY: setup demo test test-all lint test-mindeps sample-logs sample-logs-tf bench validate clean
 
 # setup.py builds the optional C statistics kernel (adamdiag/analysis/_moments_kernel.c) when a C
 # compiler is present; editing it re-runs the install, which rebuilds it.
@@ -57,6 +57,12 @@ test-mindeps: setup
 # Regenerates sample_logs/ from a real (deterministic, CPU) training run.
 sample-logs: setup
 	$(BIN)/python tools/runlab/multitask.py --out sample_logs
+
+# The TF1 sample (sample_logs/tf1_vcollapse): TF_PYTHON is a Python with TensorFlow (pip install
+# 'adamdiag[tf]', or a separate venv with tensorflow-cpu); adamdiag itself never imports TensorFlow.
+TF_PYTHON ?= $(BIN)/python
+sample-logs-tf:
+	$(TF_PYTHON) tools/runlab/tf1_multitask.py --out sample_logs/tf1_vcollapse
 
 bench: setup
 	$(BIN)/python bench/read_events.py

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -164,11 +163,13 @@ def import_tf() -> Any:
 
 
 def train(out: Path, steps: int = STEPS) -> Path:
-    """The sample run: event file and Saver checkpoints in ``out`` (replaced)."""
+    """The sample run: event file and Saver checkpoints in ``out``, replacing a previous generation's
+    (other files, such as the run's ``adamdiag.toml``, are kept)."""
     tf = import_tf()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("events.out.tfevents.*"), *out.glob("model.ckpt-*"), out / "checkpoint"]:
+        if old.is_file():
+            old.unlink()
     g = tf.Graph()
     with g.as_default():
         x, y = placeholders(tf)
