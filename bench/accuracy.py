@@ -54,6 +54,9 @@ TARGET_MEDIAN_LEAD = 10
 # which batch keys are the regression targets a "bad batch" corrupts (x1e3: loss x1e6, gradient x1e3)
 TARGET_KEYS = {"mlp_multitask": ["reg_a", "reg_b", "reg_c"], "cnn": ["y"], "transformer": ["y"]}
 SHORT = {"mlp_multitask": "mlp", "cnn": "cnn", "transformer": "tfm"}
+# The replay entry of each family's module (scan --verify): the module that registers the family, so that
+# loading it by file path registers the family in the runlab that the entry then calls.
+ENTRY_MODULE = {"mlp_multitask": "multitask.py", "cnn": "families.py", "transformer": "families.py"}
 
 
 @dataclass
@@ -715,8 +718,8 @@ def diagnose_case(
 ) -> dict[str, Any]:
     """Scan one run in-process and line the verdict up with its truth.
 
-    ``verify``: keyword arguments that turn on ``scan --verify`` in :func:`scan_paths` (passed only when
-    given, and only to an adamdiag whose scan_paths takes them: see :func:`_verify_kwargs`).
+    ``verify``: keyword arguments for adamdiag's ``scan --verify`` step, run on the report when given
+    (see :func:`_verify_kwargs`).
     """
     from adamdiag.analysis.signals import BLOWUP_PEAK_FACTOR
     from adamdiag.pipeline.scan import scan_paths
@@ -732,7 +735,11 @@ def diagnose_case(
     try:
         if gen_error is not None:
             raise RuntimeError("no run: generation failed")
-        rep = scan_paths([run_dir], **(verify or {})).runs[0]
+        rep = scan_paths([run_dir]).runs[0]
+        if verify is not None:  # scan --verify: replay the suspect steps and let the outcomes decide
+            from adamdiag.pipeline.verify import verify_report
+
+            verify_report([rep], entry=f"{RUNLAB / ENTRY_MODULE[case.cfg['family']]}:adamdiag_replay", **verify)
         verdict, blow, warn = rep.verdict, rep.blowup_step, rep.warning_step
         # issue #12 report keys, read only when present: the scorer must run against older and newer
         # adamdiag alike (the lead changes the rules while the matrix is being generated)
@@ -805,7 +812,10 @@ def diagnose_case(
         "verification": (
             None
             if not verification
-            else {k: verification.get(k) for k in ("confirms", "best", "start_step", "horizon_steps", "fidelity")}
+            else {
+                k: verification.get(k)
+                for k in ("confirms", "best", "reason", "start_step", "horizon_steps", "fidelity")
+            }
             | {"outcomes": {v.get("name"): v.get("outcome") for v in verification.get("variants", [])}}
         ),
         "recommendation": _rec_summary(recommendation),
@@ -814,20 +824,17 @@ def diagnose_case(
 
 
 def _verify_kwargs(budget: float | None) -> dict[str, Any]:
-    """scan_paths keyword arguments for ``scan --verify`` in the adamdiag being scored, or an error when it
-    has none (the verify pipeline is issue #12 item 4, built beside this scorer)."""
-    import inspect
-
-    from adamdiag.pipeline.scan import scan_paths
-
-    params = inspect.signature(scan_paths).parameters
-    if "verify" not in params:
-        raise SystemExit("this adamdiag's scan_paths has no verify option (scan --verify not built yet)")
-    kw: dict[str, Any] = {"verify": True}
-    if budget is not None and "verify_budget" in params:
-        kw["verify_budget"] = budget
-    if "entry" in params:  # the lab's runs carry no adamdiag.toml: name runlab's generic replay entry
-        kw["entry"] = f"{RUNLAB / 'runlab.py'}:adamdiag_replay"
+    """Keyword arguments for adamdiag's ``scan --verify`` step (:func:`adamdiag.pipeline.verify.verify_report`),
+    or an error when the adamdiag being scored has none."""
+    try:
+        from adamdiag.pipeline.verify import verify_report  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"this adamdiag has no scan --verify ({e})") from e
+    # CPU: the labels were made on CPU, and these models are far too small for a GPU to pay. The replay
+    # entry is named per run (ENTRY_MODULE): the lab's runs carry no adamdiag.toml.
+    kw: dict[str, Any] = {"device": "cpu"}
+    if budget is not None:
+        kw["budget_s"] = budget
     return kw
 
 
@@ -1350,7 +1357,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="score `scan --verify` (replays per blown-up run; slow) instead of the log-only scan",
     )
-    ap.add_argument("--verify-budget", type=float, default=None, help="seconds per run for --verify")
+    ap.add_argument("--verify-budget", type=float, default=None, help="seconds each run's --verify may take")
     ap.add_argument(
         "--results",
         action="store_true",
