@@ -1397,7 +1397,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix = (
         "" if args.fast or tuple(args.seed_groups) == SEED_GROUPS else "_seeds" + "_".join(map(str, args.seed_groups))
     )
-    name = ("accuracy_fast" if args.fast else "accuracy") + suffix + ".json"
+    name = ("accuracy_fast" if args.fast else "accuracy") + suffix + ("_verify" if args.verify else "") + ".json"
     path = args.json or args.out.parent / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
