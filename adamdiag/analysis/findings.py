@@ -37,7 +37,7 @@ from adamdiag.analysis.thresholds import (
     MIN_LOSS_POINTS,
 )
 from adamdiag.analysis.verdicts import Decision
-from adamdiag.results.report import Finding
+from adamdiag.results.report import Finding, Severity
 
 
 def name_list(names: list[str], shown: int = MAX_NAMES_SHOWN) -> str:
@@ -287,19 +287,34 @@ def collapse(ev: Evidence, d: Decision) -> list[Finding]:
     return out
 
 
-def regrowth(ev: Evidence) -> list[Finding]:
-    """AD102: g²/v̂ far above 1 just before the event."""
+def _peaks(
+    rows: list[tuple[str, float, int]], rule: str, severity: Severity, text: str, key: str, limit: int
+) -> list[Finding]:
+    """One finding per trajectory peak (label, value, step), largest first; ``text`` is formatted with
+    ``value``, ``where`` and ``step``."""
     return [
         Finding(
-            "AD102",
-            "error",
-            f"gradients re-grew in {_where(label)}: g²/v̂ = {rmax:.3g} at step {rstep}",
-            step=rstep,
+            rule,
+            severity,
+            text.format(value=value, where=_where(label), step=step),
+            step=step,
             tensor=None if label == "global" else label,
-            evidence={"r": rmax},
+            evidence={key: value},
         )
-        for label, rmax, rstep in sorted(ev.regrowth, key=lambda x: -x[1])[:MAX_REGROWTH_LISTED]
+        for label, value, step in sorted(rows, key=lambda x: -x[1])[:limit]
     ]
+
+
+def regrowth(ev: Evidence) -> list[Finding]:
+    """AD102: g²/v̂ far above 1 just before the event."""
+    return _peaks(
+        ev.regrowth,
+        "AD102",
+        "error",
+        "gradients re-grew in {where}: g²/v̂ = {value:.3g} at step {step}",
+        "r",
+        MAX_REGROWTH_LISTED,
+    )
 
 
 def loss_only(ev: Evidence) -> list[Finding]:
@@ -357,17 +372,14 @@ def diverged(ev: Evidence, d: Decision) -> list[Finding]:
 
 def update_rms(ev: Evidence) -> list[Finding]:
     """AD103: update RMS > 1 just before the event."""
-    return [
-        Finding(
-            "AD103",
-            "warning",
-            f"update RMS {umax:.3g} > 1 in {_where(label)} at step {ustep}",
-            step=ustep,
-            tensor=None if label == "global" else label,
-            evidence={"update_rms": umax},
-        )
-        for label, umax, ustep in sorted(ev.update_rms, key=lambda x: -x[1])[:MAX_RMS_LISTED]
-    ]
+    return _peaks(
+        ev.update_rms,
+        "AD103",
+        "warning",
+        "update RMS {value:.3g} > 1 in {where} at step {step}",
+        "update_rms",
+        MAX_RMS_LISTED,
+    )
 
 
 def lr_warning_step(ev: Evidence) -> int | None:
