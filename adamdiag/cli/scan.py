@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from adamdiag.cli.options import (
     TrustOpt,
     convention_value,
 )
+from adamdiag.results.report import Report
 
 LossTagOpt = Annotated[
     list[str] | None,
@@ -76,23 +78,34 @@ def diagnose_paths(
     )
 
 
-def verify(report, *, entry: str | None, trust_entry: bool, trust: bool, budget: float | None, device: str) -> None:
+@dataclass
+class VerifyOptions:
+    """What --verify needs from the command line (shared by scan and check)."""
+
+    entry: str | None
+    trust_entry: bool
+    trust_checkpoint: bool
+    budget: float | None
+    device: str
+
+
+def verify(report: Report, o: VerifyOptions) -> None:
     """--verify: replay the blown-up runs and let the outcomes confirm or correct the verdicts."""
     from adamdiag.console import err
     from adamdiag.errors import InputError
     from adamdiag.pipeline.verify import verify_report
 
-    if budget is not None and not budget > 0:
-        raise InputError(f"--verify-budget must be a positive number of seconds, got {budget}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if o.budget is not None and not o.budget > 0:
+        raise InputError(f"--verify-budget must be a positive number of seconds, got {o.budget}")
+    if o.device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, got {o.device!r}")
     verify_report(
         report.runs,
-        entry=entry,
-        trust_entry=trust_entry,
-        trust_checkpoint=trust,
-        budget_s=budget,
-        device=device,
+        entry=o.entry,
+        trust_entry=o.trust_entry,
+        trust_checkpoint=o.trust_checkpoint,
+        budget_s=o.budget,
+        device=o.device,
         say=err,
     )
 
@@ -117,9 +130,7 @@ def scan(
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
-        verify(
-            report, entry=entry, trust_entry=trust_entry, trust=trust_checkpoint, budget=verify_budget, device=device
-        )
+        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
     publish(report, format.value)
 
 
@@ -150,9 +161,7 @@ def check(
 
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
-        verify(
-            report, entry=entry, trust_entry=trust_entry, trust=trust_checkpoint, budget=verify_budget, device=device
-        )
+        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]
