@@ -28,7 +28,14 @@ from adamdiag.analysis.evidence import (  # re-exported: the monitor and tests u
     tags_of,
 )
 from adamdiag.analysis.recommend import recommend
-from adamdiag.analysis.tags import GRAD_NORM_TAGS, LOSS_TAGS, pick_grad_norm_tag, pick_loss_tag, pick_tag
+from adamdiag.analysis.tags import (
+    GRAD_NORM_TAGS,
+    LOSS_TAGS,
+    pick_grad_norm_tag,
+    pick_loss_tag,
+    pick_tag,
+    pick_task_loss_tags,
+)
 from adamdiag.analysis.verdicts import Decision, decide
 from adamdiag.results.report import Finding, RunReport
 
@@ -59,7 +66,7 @@ def _resolve_tags(
             lt = []  # the total loss is missing: no blowup step can be set from a per-task tag
     else:
         auto = pick_loss_tag(tags)
-        lt = [auto] if auto else []
+        lt = [auto, *pick_task_loss_tags(tags, auto)] if auto else []
     if grad_norm_tag is not None:
         gn = grad_norm_tag if grad_norm_tag in tags else None
         if gn is None:
@@ -77,6 +84,7 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
     tags = tags_of(inp)
     lt, gn, tag_problems = _resolve_tags(tags, loss_tags, grad_norm_tag)
     ev = gather(inp, lt, gn)
+    ev.task_tags_named = bool(loss_tags)
     d = decide(ev)
     rep = RunReport(
         run=inp.run,

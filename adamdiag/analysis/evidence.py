@@ -509,6 +509,9 @@ class Evidence:
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
     auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
+    # per-task loss tags named by the user (--loss-tag): their events are errors and spikes; auto-picked
+    # ones (loss_*, *_mse beside the total) report a blowup only, as a warning
+    task_tags_named: bool = False
 
     @property
     def blowup_step(self) -> int | None:

@@ -129,6 +129,13 @@ def loss_events(ev: Evidence) -> list[Finding]:
     for tag, e, total in [(ev.loss_tag, ev.events, True)] + [(t, e, False) for t, e in ev.task_events.items()]:
         b = e.blowup_step
         where = "" if total else f" in '{tag}'"
+        # An auto-picked part of the total (not named by the user) is reported when it blows up, as a
+        # warning: it names the head that went first, without failing a gate on an auxiliary term.
+        quiet_part = not total and not ev.task_tags_named
+        severity: Severity = "warning" if quiet_part else "error"
+        tb = ev.events.blowup_step
+        if quiet_part and b is not None and tb is not None and b >= tb:
+            continue  # went with (or after) the total: nothing the total's AD001 does not say already
         if b is not None:
             msg = f"loss{where} blew up at step {b}"
             if e.pre_level is not None:
@@ -136,7 +143,7 @@ def loss_events(ev: Evidence) -> list[Finding]:
             out.append(
                 Finding(
                     "AD001",
-                    "error",
+                    severity,
                     msg,
                     step=b,
                     evidence={
@@ -149,7 +156,7 @@ def loss_events(ev: Evidence) -> list[Finding]:
                     },
                 )
             )
-        for s in e.spikes[:MAX_SPIKES_LISTED]:
+        for s in [] if quiet_part else e.spikes[:MAX_SPIKES_LISTED]:
             out.append(
                 Finding("AD002", "warning", f"loss{where} spike at step {s} (recovered)", step=s, evidence={"tag": tag})
             )

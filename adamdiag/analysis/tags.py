@@ -69,3 +69,26 @@ def pick_lr_tag(tags: list[str]) -> str | None:
             return t
     low = [t for t in tags if t.lower().endswith(("/lr", "learning_rate")) or t.lower() == "lr"]
     return min(low, key=len) if low else None
+
+
+def pick_task_loss_tags(tags: list[str], total: str | None) -> list[str]:
+    """Per-task parts of the total loss logged beside it: in the total's folder, a name starting with
+    ``loss_`` or ending with ``_loss``/``_mse`` (``train/loss_reg_a``, ``sincos_mse``), evaluation
+    curves excluded. A multi-task total can hide one head's blowup behind a dominant term.
+
+    >>> pick_task_loss_tags(["train/loss", "train/loss_prob", "train/sincos_mse", "val/loss_prob", "lr"], "train/loss")
+    ['train/loss_prob', 'train/sincos_mse']
+    """
+    if total is None:
+        return []
+    folder = total.rsplit("/", 1)[0] + "/" if "/" in total else ""
+    out = []
+    for t in tags:
+        if t == total or not t.startswith(folder) or "/" in t[len(folder) :]:
+            continue
+        base = t[len(folder) :].lower()
+        if any(a in base for a in ("val", "eval", "test", "scale")) or base.startswith(("batch_", "epoch_")):
+            continue
+        if base.startswith("loss_") or base.endswith(("_loss", "_mse")):
+            out.append(t)
+    return out

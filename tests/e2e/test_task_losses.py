@@ -1,0 +1,44 @@
+"""A multi-task total can hide one head's blowup (issue 14: the regression heads of the original report
+spiked 100-1000x while the cross-entropy term dominated the logged total). Per-task tags beside the total
+(loss_*, *_loss, *_mse) are watched too: a head that blows up is named (a warning when auto-picked, an
+error when named with --loss-tag)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+
+
+def _write(path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = np.random.default_rng(0)
+    w = SummaryWriter(str(path))
+    for step in range(1, 601):
+        ce = 1.0 + 0.01 * rng.standard_normal()
+        mse = 1e-5 * (1 + 0.05 * rng.standard_normal()) * (1.0 if step < 400 else 1e3)
+        w.add_scalar("train/loss", ce + mse, step)
+        w.add_scalar("train/loss_prob", ce, step)
+        w.add_scalar("train/sincos_mse", mse, step)
+    w.close()
+
+
+def _run(path, *args) -> dict:
+    res = CliRunner().invoke(app, ["scan", str(path), "--format", "json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)["runs"][0]
+
+
+def test_a_hidden_head_blowup_is_named(tmp_path):
+    _write(tmp_path)
+    r = _run(tmp_path)
+    assert r["blowup_step"] is None and "train/sincos_mse" in r["loss_tags"]
+    (f,) = [f for f in r["findings"] if f["id"] == "AD001"]
+    assert f["severity"] == "warning" and "'train/sincos_mse'" in f["message"] and f["step"] == 400
+    named = _run(tmp_path, "--loss-tag", "train/loss", "--loss-tag", "train/sincos_mse")
+    (f,) = [f for f in named["findings"] if f["id"] == "AD001"]
+    assert f["severity"] == "error" and named["loss_tags"] == ["train/loss", "train/sincos_mse"]
