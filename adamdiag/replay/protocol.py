@@ -347,13 +347,43 @@ def load_spec(
                 )
         base, source = cfg.parent, str(cfg)
     fn = load_entry_function(entry, base, notify, source)
+    check_entry_signature(fn, entry)
+    # The entry is often a training script's function: it must not parse adamdiag's own argv.
+    saved_argv = sys.argv
+    sys.argv = [entry]
     try:
         result = fn(str(checkpoint))
     except InputError:
         raise
+    except SystemExit as e:  # an argparse main() called by mistake
+        raise InputError(
+            f"entry point {entry} exited ({e.code}): is it a script's main()? it must return the spec"
+        ) from None
     except Exception as e:  # noqa: BLE001 - user code
         raise InputError(f"entry point {entry} raised {type(e).__name__}: {e}") from None
+    finally:
+        sys.argv = saved_argv
     return validate_spec(result, entry, source)
+
+
+def check_entry_signature(fn: Callable[..., Any], entry: str) -> None:
+    """An entry takes exactly one positional argument, the checkpoint path: checked before it is
+    called, so `--entry train:main` fails with a clear line instead of running a whole training."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: nothing to check
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+    required_kw = [p for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if required_kw or len(required) > 1 or (not positional and not varargs):
+        raise InputError(
+            f"entry point {entry}{sig} must take exactly one argument, the checkpoint path, and return the "
+            "replay spec (docs/replay.md)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
