@@ -51,6 +51,15 @@ __all__ = [
 ]
 
 
+def newest_event_file(inp: RunInputs) -> str | None:
+    """File name of the run's last segment (the file a running writer appends to)."""
+    s = inp.scalars
+    if s is None or not len(s) or "segment" not in s.columns or "source_file" not in s.columns:
+        return None
+    last = s.loc[s["segment"] == s["segment"].max(), "source_file"]
+    return str(last.iloc[0]).rsplit("/", 1)[-1] if len(last) else None
+
+
 def _resolve_tags(
     tags: list[str], loss_tags: list[str] | None, grad_norm_tag: str | None
 ) -> tuple[list[str], str | None, list[Finding]]:
@@ -105,7 +114,7 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         rep.sources.append("checkpoints")
     if any(t.source == "monitor" for t in ev.trajectories):
         rep.sources.append("monitor")  # the most exact source: r and v̂ as the optimizer had them
-    rep.findings += F.input_problems(inp.warnings) + tag_problems + F.non_adam(ev)
+    rep.findings += F.input_problems(inp.warnings, newest_event_file(inp)) + tag_problems + F.non_adam(ev)
     if d.rule in ("no_loss", "too_few_points"):
         rep.findings += F.missing_data(ev, tags)
         return rep

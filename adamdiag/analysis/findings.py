@@ -50,13 +50,33 @@ def _where(label: str) -> str:
     return "all parameters" if label == "global" else label
 
 
-def input_problems(warnings: list[str]) -> list[Finding]:
-    """AD902: every input problem, not only the first."""
+# What the reader says of a record cut short by the end of a file (adamdiag.io.tfrecord).
+TRUNCATED_TAIL = "truncated record at byte"
+
+
+def input_problems(warnings: list[str], newest_file: str | None = None) -> list[Finding]:
+    """AD902: every input problem, not only the first. A record cut short at the end of the run's newest
+    event file is what a writer that is still writing (or was killed mid-write) leaves: an info "in
+    progress", not damage — the records before it are all there."""
+    out = []
+    if newest_file:
+        tail = [w for w in warnings if TRUNCATED_TAIL in w and newest_file in w]
+        if tail:
+            warnings = [w for w in warnings if w not in tail]
+            out.append(
+                Finding(
+                    "AD902",
+                    "info",
+                    f"the last record of {newest_file} is incomplete: the run is still being written (in progress) "
+                    "or its writer stopped mid-record; every record before it was read",
+                    evidence={"warnings": tail, "in_progress": True},
+                )
+            )
     if not warnings:
-        return []
+        return out
     shown = "; ".join(warnings[:MAX_NAMES_SHOWN])
     more = f" (and {len(warnings) - MAX_NAMES_SHOWN} more)" if len(warnings) > MAX_NAMES_SHOWN else ""
-    return [
+    return out + [
         Finding(
             "AD902",
             "warning",
