@@ -223,6 +223,7 @@ def scan_paths(
             rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
             rep.findings.extend(skipped)
             rep.warnings.extend(f.message for f in skipped)
+            merge_live_findings(rep, run_dir)
             report.runs.append(rep)
             prog.advance(task)
     return report
@@ -234,3 +235,42 @@ def load_series(run: str, tag: str) -> tuple[Any, Any]:
     from adamdiag.io.events import read_run
 
     return series_arrays(read_run(Path(run)).scalars, tag)
+
+
+def merge_live_findings(rep: Any, run_dir: Path) -> None:
+    """Findings of the live monitor's ``adamdiag-live.json`` in the run directory (schema
+    adamdiag.live/1, written atomically while training) join the run's, so ``check`` gates on what the
+    monitor saw even before the event files show it. A finding scan made itself (same id, step and
+    tensor) is not repeated; an unreadable live file is one warning."""
+    import json
+
+    from adamdiag.monitor import LIVE_FILE, LIVE_SCHEMA
+    from adamdiag.results.report import Finding
+
+    path = run_dir / LIVE_FILE
+    if not run_dir.is_dir() or not path.is_file():
+        return
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("schema") != LIVE_SCHEMA:
+            raise ValueError(f"schema {doc.get('schema')!r}")
+        live = [f for r in doc.get("runs", []) for f in r.get("findings", [])]
+        seen = {(f.id, f.step, f.tensor) for f in rep.findings}
+        new = [
+            Finding(
+                f["id"],
+                f["severity"],
+                f["message"],
+                step=f.get("step"),
+                tensor=f.get("tensor"),
+                evidence={**(f.get("evidence") or {}), "source": "live"},
+            )
+            for f in live
+            if (f["id"], f.get("step"), f.get("tensor")) not in seen
+            and f.get("severity") in ("error", "warning", "info")
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        rep.findings.append(Finding("AD902", "warning", f"{path}: unreadable live file ({e})"))
+        return
+    rep.findings += new
+    rep.sources.append("live")
