@@ -51,6 +51,14 @@ TrustEntryOpt = Annotated[
         help="Let --verify import a replay entry found in an adamdiag.toml inside the scanned tree (runs its code).",
     ),
 ]
+WithSeriesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--with-series",
+        help="Add each run's downsampled curves (loss, gradient norm, r, √v̂ band) to the report, so "
+        "`adamdiag show` can draw it later (JSON output).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Device for --verify replays: auto, cpu or cuda.")]
 GradNormTagOpt = Annotated[
     str | None,
@@ -125,12 +133,17 @@ def scan(
     entry: EntryOpt = None,
     trust_entry: TrustEntryOpt = False,
     device: DeviceOpt = "auto",
+    with_series: WithSeriesOpt = False,
 ) -> None:
     """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
         verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
+    if with_series:
+        from adamdiag.pipeline.series import attach_series
+
+        report = attach_series(report, trust_checkpoint=trust_checkpoint)
     publish(report, format.value)
 
 
@@ -154,6 +167,7 @@ def check(
     entry: EntryOpt = None,
     trust_entry: TrustEntryOpt = False,
     device: DeviceOpt = "auto",
+    with_series: WithSeriesOpt = False,
 ) -> None:
     """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on or a run could not be diagnosed
     (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
@@ -162,6 +176,10 @@ def check(
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
         verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
+    if with_series:
+        from adamdiag.pipeline.series import attach_series
+
+        report = attach_series(report, trust_checkpoint=trust_checkpoint)
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]

@@ -226,3 +226,14 @@ def test_one_unreadable_run_does_not_hide_the_others(runs, tmp_path):
     assert by_name["good"]["verdict"] == "healthy"
     assert by_name["bad"]["verdict"] == "inconclusive"
     assert any(f["id"] == "AD902" for f in by_name["bad"]["findings"])
+
+
+def test_with_series_puts_the_curves_in_the_json_and_show_renders_them(tmp_path):
+    res = runner.invoke(app, ["scan", str(SAMPLES / "vcollapse"), "--with-series", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert {"loss", "grad_norm", "r"} <= set(run["series"])
+    saved = tmp_path / "r.json"
+    saved.write_text(res.stdout)
+    html = runner.invoke(app, ["show", str(saved), "--format", "html"])
+    assert html.exit_code == 0 and "<svg" in html.stdout
