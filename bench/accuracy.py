@@ -1400,6 +1400,7 @@ def main(argv: list[str] | None = None) -> int:
     name = ("accuracy_fast" if args.fast else "accuracy") + suffix + ("_verify" if args.verify else "") + ".json"
     path = args.json or args.out.parent / name
     path.parent.mkdir(parents=True, exist_ok=True)
+    doc = _json_safe(doc)  # a report field may hold NaN (e.g. a verification's deviation): strict JSON has none
     path.write_text(json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     if args.results:
@@ -1410,6 +1411,17 @@ def main(argv: list[str] | None = None) -> int:
     if "counterfactual" in doc["summary"]:
         targets.update(doc["summary"]["counterfactual"]["pooled"]["targets"])
     return 1 if args.check and not all(v is not False for v in targets.values()) else 0
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/Inf → None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
 
 
 def _compact(doc: dict[str, Any]) -> dict[str, Any]:
