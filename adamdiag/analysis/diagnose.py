@@ -92,8 +92,7 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
     are per-task losses whose events become findings naming them."""
     tags = tags_of(inp)
     lt, gn, tag_problems = _resolve_tags(tags, loss_tags, grad_norm_tag)
-    ev = gather(inp, lt, gn)
-    ev.task_tags_named = bool(loss_tags)
+    ev = gather(inp, lt, gn, task_tags_named=bool(loss_tags))
     d = decide(ev)
     rep = RunReport(
         run=inp.run,

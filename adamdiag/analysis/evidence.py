@@ -608,7 +608,9 @@ def loss_series(
     return (r.steps, r.values) if r.reconstructed else (steps, values)
 
 
-def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> Evidence:
+def gather(
+    inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None, *, task_tags_named: bool = False
+) -> Evidence:
     """Collect the evidence of one run. ``loss_tags[0]`` is the total loss (it sets the blowup step);
     the others are per-task losses whose events become findings of their own."""
     from adamdiag.analysis.signals import LossEvents, detect_loss_events
@@ -693,6 +695,7 @@ def gather(inp: RunInputs, loss_tags: list[str], grad_norm_tag: str | None) -> E
         lr_at_event=lr_at_event,
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
+        task_tags_named=task_tags_named,
     )
 
 
