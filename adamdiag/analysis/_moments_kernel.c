@@ -172,7 +172,10 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY), zero = _mm256_setzero_ps();
     const __m256 e = _mm256_set1_ps(kp->e), t1 = _mm256_set1_ps(kp->t1), t2 = _mm256_set1_ps(kp->t2);
-    __m256 sv = zero, sm = zero, sd = zero, su = zero, sp = zero, mxu = zero;
+    __m256 sm = zero, sd = zero, su = zero, sp = zero, mxu = zero;
+    /* Σv in double lanes: the decay-ratio view subtracts β2^Δ·v̄_a from v̄_b, nearly equal numbers, so a
+     * float block sum (rel. error ~1e-6) would show in its printed ratio; double matches the torch path. */
+    __m256d svlo = _mm256_setzero_pd(), svhi = _mm256_setzero_pd();
     __m256 mn = inf, mx = _mm256_set1_ps(-INFINITY), mxv = mx;
     __m256i czero = _mm256_setzero_si256(), cb1 = czero, cb2 = czero;
     const int ns = kp->nspan;
@@ -180,7 +183,8 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
     for (int64_t i = 0; i < n; i += 8) {
         __m256 mv = _mm256_loadu_ps(m + i), vv = _mm256_loadu_ps(v + i);
         __m256 dv = same ? vv : _mm256_loadu_ps(d + i);
-        sv = _mm256_add_ps(sv, vv);
+        svlo = _mm256_add_pd(svlo, _mm256_cvtps_pd(_mm256_castps256_ps128(vv)));
+        svhi = _mm256_add_pd(svhi, _mm256_cvtps_pd(_mm256_extractf128_ps(vv, 1)));
         sm = _mm256_add_ps(sm, _mm256_and_ps(mv, absmask));
         mn = _mm256_min_ps(dv, mn);
         mx = _mm256_max_ps(dv, mx);
@@ -201,7 +205,10 @@ __attribute__((target("avx2,fma,popcnt"))) static int64_t block_avx2(const float
             sp = _mm256_fmadd_ps(pv, pv, sp);
         }
     }
-    double f_sv = hsum8(sv), f_sm = hsum8(sm), f_sd = hsum8(sd), f_su = hsum8(su), f_sp = hsum8(sp);
+    double vl[4];
+    _mm256_storeu_pd(vl, _mm256_add_pd(svlo, svhi));
+    double f_sv = (vl[0] + vl[1]) + (vl[2] + vl[3]);
+    double f_sm = hsum8(sm), f_sd = hsum8(sd), f_su = hsum8(su), f_sp = hsum8(sp);
     /* u² may legitimately be Inf (huge m over a tiny denominator); the plain loop gives the same */
     if (!(isfinite(f_sv) && isfinite(f_sm) && isfinite(f_sd) && isfinite(f_sp) && !isnan(f_su))) return -1;
     a->sum_v += f_sv;

@@ -454,7 +454,7 @@ def _chunk_stats(
     import torch
 
     m, v, d = _work(m), _work(v), _work(d)
-    sum_v = float(v.sum())
+    sum_v = float(v.sum(dtype=torch.float64))  # Σv exact: the decay ratio cancels it
     sum_abs_m = float(m.abs().sum())
     sum_d = sum_v if d is v else float(d.sum())
     if not (math.isfinite(sum_v) and math.isfinite(sum_abs_m) and math.isfinite(sum_d)):
@@ -465,7 +465,7 @@ def _chunk_stats(
             return None
         m, v = m[fin].double(), v[fin].double()
         d = v if d is v else d[fin].double()
-        sum_v = float(v.sum())
+        sum_v = float(v.sum(dtype=torch.float64))  # Σv exact: the decay ratio cancels it
         sum_abs_m = float(m.abs().sum())
     acc.n += m.numel()
     acc.sum_v += sum_v

@@ -279,3 +279,19 @@ def test_a_library_from_another_version_is_refused(tmp_path, monkeypatch):
             assert not moments_kernel.available()
     finally:
         moments_kernel._lib.cache_clear()
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_v_mean_is_exact_in_both_paths(kernel, monkeypatch):
+    """Σv is accumulated in double in the kernel's vector loop and the torch path alike, so v_mean equals
+    a float64 reference to 1e-12: the checkpoint decay ratio subtracts β2^Δ·v̄_a from v̄_b, nearly equal
+    numbers, and a float32 sum (rel. ~1e-6) used to make the two paths print different implied g²/v̂."""
+    if kernel and not moments_kernel.available():
+        pytest.skip("kernel not built")
+    t = _adam_state((300, 1000), row_scales=True)
+    with monkeypatch.context() as mp:
+        if not kernel:
+            mp.setattr(moments_kernel, "available", lambda: False)
+        s = tensor_stats(t, chunk=1 << 16)
+    ref = float(t.exp_avg_sq.double().mean())
+    assert s.v_mean == pytest.approx(ref, rel=1e-12)
