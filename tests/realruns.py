@@ -86,10 +86,17 @@ def train_sh99(out: Path, steps: int = 520) -> dict:
     """The lab's multi-task MLP ("tiny", regression heads, 32 examples, full batch, lr 3e-3, β2 0.99,
     eps 1e-8, checkpoints every 50): fits its targets to ~1e-7, then v collapses and it blows up at step
     462. From the checkpoint at 450, eps 1e-3 avoids the blowup while lr/3 only postpones it."""
+    import runlab
+
+    return runlab.train(sh99_config(steps), out)
+
+
+def sh99_config(steps: int = 520, ckpt_every: int = 50):
+    """The RunConfig of :func:`train_sh99` (for loops that train it themselves, e.g. with a monitor)."""
     import multitask
     import runlab
 
-    cfg = runlab.RunConfig(
+    return runlab.RunConfig(
         name="sh99",
         family=multitask.FAMILY,
         size="tiny",
@@ -98,7 +105,6 @@ def train_sh99(out: Path, steps: int = 520) -> dict:
         lr=3e-3,
         betas=(0.9, 0.99),
         eps=1e-8,
-        ckpt_every=50,
+        ckpt_every=ckpt_every,
         seed=0,
     )
-    return runlab.train(cfg, out)

@@ -13,23 +13,13 @@ from adamdiag.cli import app
 
 
 def _train_with_monitor(out: Path, steps: int = 520) -> int:
-    import multitask
     import runlab
+    from realruns import sh99_config
     from torch.utils.tensorboard import SummaryWriter
 
     from adamdiag.monitor import AdamMonitor
 
-    cfg = runlab.RunConfig(
-        name="mon",
-        family=multitask.FAMILY,
-        size="tiny",
-        data={**multitask.SAMPLE_DATA, "prob_weight": 0.0, "n_examples": 32},
-        steps=steps,
-        lr=3e-3,
-        betas=(0.9, 0.99),
-        eps=1e-8,
-        seed=0,
-    )
+    cfg = sh99_config(steps)  # this loop saves no checkpoints: the monitor's tags are the only v data
     data, model = runlab.build_data(cfg), runlab.build_model(cfg)
     opt = runlab.build_optimizer(cfg, model)
     w = SummaryWriter(str(out))
