@@ -113,13 +113,17 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     avoided = [(v, k) for v, k in changed if k is not None and v.outcome == "avoided"]
     eps_ok = [v for v, k in avoided if k == "eps"]
     lr_ok = [v for v, k in avoided if k == "lr"]
-    # best: the smallest change that avoided it (smallest eps, largest lr).
-    best = min(eps_ok, key=lambda v: v.eps) if eps_ok else (max(lr_ok, key=lambda v: v.lr) if lr_ok else None)
     log_verdict = rep.verdict
+    # best: the smallest change that avoided it (smallest eps, largest lr); when both kinds did, the one
+    # that fixes the log verdict's cause.
+    if lr_ok and (not eps_ok or log_verdict == "lr_too_high"):
+        best = max(lr_ok, key=lambda v: v.lr)
+    else:
+        best = min(eps_ok, key=lambda v: v.eps) if eps_ok else None
     if eps_ok and lr_ok:
+        assert best is not None
         ver["confirms"] = True
         rep.alternative, rep.confidence = OTHER_CAUSE[log_verdict], "medium"
-        best = min(eps_ok, key=lambda v: v.eps) if log_verdict == "v_collapse" else max(lr_ok, key=lambda v: v.lr)
         msg = (
             f"verified by replay from step {result.start_step}: {best.name} avoids the blowup — but so does "
             f"{(lr_ok if log_verdict == 'v_collapse' else eps_ok)[0].name}, so {OTHER_CAUSE[log_verdict]} fits too"
