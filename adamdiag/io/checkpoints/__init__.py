@@ -1055,7 +1055,7 @@ def _finish(
         own = [e.group for e in entries]
         ids: dict[tuple, int] = {}
         for e in entries:
-            e.group = ids.setdefault((e.optimizer["index"], e.group), len(ids))
+            e.group = ids.setdefault((_opt_index(e), e.group), len(ids))
         try:
             mapping = _apply_model_names(entries, model.cands, model.ordered, warnings)
         finally:
@@ -1063,9 +1063,7 @@ def _finish(
                 e.group = g
     else:
         mapping = "none"
-    read_steps = [
-        _as_int(osds[e.optimizer["index"]]["state"][e.index].get("step")) for e in entries if e.shape is not None
-    ]
+    read_steps = [_as_int(osds[_opt_index(e)]["state"][e.index].get("step")) for e in entries if e.shape is not None]
     steps = [s for s in read_steps if s is not None]
     if step is None and steps:
         step = max(steps)
@@ -1083,9 +1081,15 @@ def _finish(
         mmap_files=mmap_files,
         other_optimizers=list(others or []),
     )
-    ck._fetch_state = lambda e: osds[e.optimizer["index"]]["state"][e.index]
+    ck._fetch_state = lambda e: osds[_opt_index(e)]["state"][e.index]
     ck._fetch_param = model.get if model is not None else None
     return ck
+
+
+def _opt_index(e: _Entry) -> int:
+    """Which of the file's optimizers an entry belongs to (``_finish`` sets it on every entry; a
+    reader of one optimizer may leave it unset: then 0)."""
+    return int(e.optimizer["index"]) if e.optimizer is not None else 0
 
 
 def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:

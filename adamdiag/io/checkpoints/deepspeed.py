@@ -175,8 +175,10 @@ def resolve(d: Path) -> Path | None:
 
 # --- open ------------------------------------------------------------------------------------------
 def _model_states(tag: Path, trust: bool) -> tuple[Path, dict]:
-    files = sorted((n for n in os.listdir(tag) if _MODEL_RE.match(n)), key=lambda n: _MODEL_RE.match(n).groups())
-    mp = {int(_MODEL_RE.match(n).group(2)) for n in files}
+    # (dp rank or "", mp rank, file name) of every model-states file, in the order of their ranks
+    matched = sorted((m.group(1) or "", m.group(2), n) for n in os.listdir(tag) if (m := _MODEL_RE.match(n)))
+    files = [n for _, _, n in matched]
+    mp = {int(r) for _, r, _ in matched}
     if mp != {0}:
         raise InputError(
             f"{tag}: tensor-parallel DeepSpeed checkpoint (model-parallel ranks {sorted(mp)}): not supported; "
@@ -238,6 +240,14 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
     return ck
+
+
+def _named(e: _Entry) -> tuple[str, tuple[int, ...]]:
+    """(name, shape) of an entry whose state is fetched: this reader names every entry (from
+    ``param_shapes``), and only entries with a shape have state (``OptimizerCheckpoint.tensors``)."""
+    if e.name is None or e.shape is None:
+        raise InputError(f"DeepSpeed entry {e.index!r} has no name or no state")  # not reached: see above
+    return e.name, e.shape
 
 
 # A structure other than the DeepSpeed versions seen so far wrote (a missing key, a list where a
@@ -314,10 +324,10 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
     for g, params in enumerate(shapes):
         for pos, (name, shape) in enumerate(params):
             sg = where[name][0]
-            gi = owner.get(sg, sg if isinstance(sg, int) and sg < len(groups) else None)
-            if gi is None:
+            own = owner.get(sg, sg if isinstance(sg, int) and sg < len(groups) else None)
+            if own is None:
                 raise InputError(f"{tag}: no param group of the optimizer owns partition {sg} (holding {name})")
-            entries.append(_Entry(group=g, index=name, pos=pos, name=name, shape=shape, hyper=_hyper(groups[gi])))
+            entries.append(_Entry(group=g, index=name, pos=pos, name=name, shape=shape, hyper=_hyper(groups[own])))
     steps = [s for s in (_as_int(st.get("step")) for st in state0.values() if isinstance(st, dict)) if s is not None]
 
     def gather(name: str, shape: tuple, get: Callable[[int, int], Any]) -> Any:
@@ -332,11 +342,13 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
             raise InputError(f"{tag}: partitions hold {flat.numel()} of the {numel} elements of {name}")
         return flat[:numel].view(shape)
 
+    def flat_of(k: str) -> Callable[[int, int], Any]:
+        return lambda r, s: _flat(bases[r], s, k, tag)
+
     def fetch_state(e: _Entry) -> dict[str, Any]:
-        sg, pieces = where[e.name]
-        out: dict[str, Any] = {
-            k: gather(e.name, e.shape, lambda r, s, k=k: _flat(bases[r], s, k, tag)) for k in ADAM_KEYS
-        }
+        name, shape = _named(e)
+        sg, pieces = where[name]
+        out: dict[str, Any] = {k: gather(name, shape, flat_of(k)) for k in ADAM_KEYS}
         out["step"] = bases[0]["state"].get(sg, {}).get("step")
         # the stored partitions these values were cut from (the zip CRC covers them, not the copy)
         out["_crc_sources"] = {k: [_flat(bases[r], sg, k, tag) for r, _, _ in pieces] for k in ADAM_KEYS}
@@ -443,9 +455,10 @@ def _open_universal(tag: Path, shapes: list, trust: bool, warnings: list[str]):
         return t
 
     def fetch_state(e: _Entry) -> dict[str, Any]:
-        out = {k: tensor(e.name, k).view(e.shape) for k in ADAM_KEYS}
-        if (zero / e.name / "step.pt").is_file():
-            out["step"] = tensor(e.name, "step")
+        name, shape = _named(e)
+        out = {k: tensor(name, k).view(shape) for k in ADAM_KEYS}
+        if (zero / name / "step.pt").is_file():
+            out["step"] = tensor(name, "step")
         else:  # ZeRO-3 conversions keep the step only in the common optimizer state, per group
             out["step"] = (base_state.get(e.group) or {}).get("step")
         return out
