@@ -21,12 +21,21 @@ def inspect(
     format: TableFormatOpt = TableFormat.text,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
+    latest: Annotated[
+        bool,
+        typer.Option(
+            "--latest",
+            help="Of each directory (or TF 'checkpoint' file), only the checkpoint with the highest step.",
+        ),
+    ] = False,
 ) -> None:
     """Per-tensor Adam moment statistics of checkpoints, sorted by risk; decay ratios for two."""
-    emit(run_inspect(checkpoints, format.value, convention_value(convention), trust_checkpoint))
+    emit(run_inspect(checkpoints, format.value, convention_value(convention), trust_checkpoint, latest=latest))
 
 
-def run_inspect(paths: list[Path], fmt: str, convention: str | None, trust_checkpoint: bool) -> str:
+def run_inspect(
+    paths: list[Path], fmt: str, convention: str | None, trust_checkpoint: bool, *, latest: bool = False
+) -> str:
     """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv)."""
     from adamdiag.errors import InputError
     from adamdiag.pipeline.inspect import collect
@@ -35,7 +44,7 @@ def run_inspect(paths: list[Path], fmt: str, convention: str | None, trust_check
 
     if fmt not in ("text", "json", "csv"):
         raise InputError(f"unknown format {fmt!r} (text, json or csv)")
-    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint)
+    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint, latest=latest)
     if fmt == "json":
         return json.dumps(to_json_obj(summaries, pairs), indent=2, allow_nan=False)
     if fmt == "csv":

@@ -47,6 +47,10 @@ def replay(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the loss overlay PNG here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Report variants even when fidelity fails.")] = False,
     trust_checkpoint: TrustOpt = False,
+    latest: Annotated[
+        bool,
+        typer.Option("--latest", help="CHECKPOINT is a directory: start from its checkpoint with the highest step."),
+    ] = False,
     loss_tag: Annotated[
         str | None,
         typer.Option("--loss-tag", help="Scalar tag of the logged training loss (default: picked as scan picks it)."),
@@ -66,8 +70,10 @@ def replay(
     ] = ReplayMode.auto,
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
+    from adamdiag.io.checkpoints.latest import single_checkpoint
     from adamdiag.replay.runner import default_loss_tag, run_replay
 
+    checkpoint = single_checkpoint(checkpoint, latest=latest, trust=trust_checkpoint)
     if loss_tag is None:
         loss_tag = default_loss_tag(checkpoint, logdir)
     code = run_replay(

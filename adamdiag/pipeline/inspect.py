@@ -8,14 +8,22 @@ from pathlib import Path
 from adamdiag.console import stderr_progress
 
 
-def collect(paths: list[Path], *, convention: str | None, trust: bool) -> tuple[list, list[dict]]:
-    """Summaries of every checkpoint named (directories are searched) and the consecutive pairs."""
+def collect(paths: list[Path], *, convention: str | None, trust: bool, latest: bool = False) -> tuple[list, list[dict]]:
+    """Summaries of every checkpoint named (directories are searched) and the consecutive pairs.
+    ``latest``: of each path, only the checkpoint with the highest step (said on stderr)."""
+    from adamdiag.console import info
     from adamdiag.errors import InputError
     from adamdiag.io.checkpoints import find_checkpoints
+    from adamdiag.io.checkpoints.latest import latest_checkpoint
     from adamdiag.pipeline.summary import compare_checkpoints, summarize_checkpoint
 
     files: list[Path] = []
     for p in paths:
+        if latest:
+            pick = latest_checkpoint(Path(p), trust=trust)
+            info(pick.describe(Path(p)))
+            files.append(pick.path)
+            continue
         found = find_checkpoints(Path(p))
         if not found:
             raise InputError(f"{p}: no optimizer checkpoint found under it")
