@@ -56,6 +56,21 @@ PURE_DECAY_R = 0.1
 INCONSISTENT_RATIO = 0.999
 # A bracket around a rank needs sample values on both sides of it.
 MIN_BRACKET_SAMPLE = 2
+# Which hyperparameters each statistic needs (adamdiag.io.checkpoints.hyper: one policy). A statistic
+# whose input is unknown is null, listed in ``TensorStats.unknown_inputs``; β1/β2 matter only through
+# the bias corrections (not when the step is unknown or the checkpoint stored its own), β2 to
+# eps_effective only in the tf convention (eps/√(1-β2^t)).
+STAT_NEEDS: dict[str, tuple[str, ...]] = {
+    "sqrt_vhat_q": ("beta2",),
+    "frac_sqrt_vhat_below_eps": ("eps", "beta2"),
+    "frac_sqrt_vhat_below_10eps": ("eps", "beta2"),
+    "eps_effective": ("eps", "beta2"),
+    "update_ratio_rms": ("eps", "beta1", "beta2"),
+    "update_rms": ("lr", "eps", "beta1", "beta2"),
+    "update_max": ("lr", "eps", "beta1", "beta2"),
+    "update_rms_rel": ("lr", "eps", "beta1", "beta2"),
+    "eff_step_q": ("lr", "eps", "beta2"),
+}
 
 
 @dataclass
@@ -104,6 +119,8 @@ class TensorStats:
     # where each hyperparameter came from, when a reader says ('file' | 'default' | 'unknown'):
     # written as the "<name>_source" keys (docs/architecture.md, "Contracts") (TF/Keras checkpoints store some of them nowhere)
     hyper_source: dict[str, str] = field(default_factory=dict)
+    # statistic -> the unknown hyperparameters that make it null (STAT_NEEDS); {} when all are known
+    unknown_inputs: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -586,12 +603,18 @@ def tensor_stats(
     BRACKET_MIN_SIZE elements). bf16/fp16 moments are upcast chunk by chunk.
     """
     n = int(t.exp_avg.numel())
-    bc1, bc2, notes = bias_corrections(t.step, t.beta1, t.beta2)
+    sources = dict(getattr(t, "hyper_source", None) or {})
     bias_correction = getattr(t, "bias_correction", None)
+    unknown = unknown_hyper(t, sources, own_bias=bias_correction is not None)
+    # Unknown values are NaN; the passes run on stand-ins (β: no bias correction, eps 0) and every
+    # statistic that needs one is nulled at the end: NaN thresholds would count nothing, not "null".
+    bc1, bc2, notes = bias_corrections(
+        t.step, 0.0 if "beta1" in unknown else t.beta1, 0.0 if "beta2" in unknown else t.beta2
+    )
     if bias_correction is not None:  # what the optimizer itself divided by (TF1)
         bc1, bc2 = bias_correction
         notes.append(f"bias corrections from the checkpoint: 1-β1^t={bc1:.6g}, 1-β2^t={bc2:.6g}")
-    eps_eff = effective_eps(t.eps, bc2, convention)
+    eps_eff = effective_eps(0.0 if "eps" in unknown else t.eps, bc2, convention)
     vden = t.max_exp_avg_sq if (t.amsgrad and t.max_exp_avg_sq is not None) else t.exp_avg_sq
     if t.amsgrad and t.max_exp_avg_sq is None:
         notes.append("amsgrad without max_exp_avg_sq: the denominator uses exp_avg_sq")
@@ -668,7 +691,7 @@ def tensor_stats(
         negative = negative_d + (0 if same else int(torch.count_nonzero(v_flat < 0)))
         if negative:
             notes.append(f"{negative} element(s) with v < 0: impossible for Adam (v averages squares): corrupt state")
-    return TensorStats(
+    st = TensorStats(
         name=t.name,
         index=t.index,
         shape=list(t.shape),
@@ -701,8 +724,42 @@ def tensor_stats(
         notes=notes,
         negative_v=negative,
         optimizer=getattr(t, "optimizer", None),
-        hyper_source=dict(getattr(t, "hyper_source", None) or {}),
+        hyper_source=sources,
     )
+    null_unknown(st, unknown, convention)
+    return st
+
+
+def unknown_hyper(t: Any, sources: dict[str, str], *, own_bias: bool = False) -> set[str]:
+    """The hyperparameters of ``t`` the statistics cannot use: source "unknown", or not a finite
+    number. β1/β2 only where a bias correction needs them: a known step and no correction stored
+    in the checkpoint (``own_bias``)."""
+    out = set()
+    for k in ("lr", "beta1", "beta2", "eps"):
+        v = getattr(t, k)
+        if sources.get(k) == "unknown" or v is None or not math.isfinite(v):
+            out.add(k)
+    if own_bias or t.step is None or t.step <= 0:  # no bias correction computed from β1/β2
+        out -= {"beta1", "beta2"}
+    return out
+
+
+def null_unknown(st: TensorStats, unknown: set[str], convention: str) -> None:
+    """Null every statistic of ``st`` that needs an unknown hyperparameter (``STAT_NEEDS``), in place,
+    and record why in ``st.unknown_inputs``."""
+    nan = math.nan
+    for stat, needs in STAT_NEEDS.items():
+        why = [k for k in needs if k in unknown]
+        if stat == "eps_effective" and convention != "tf":  # torch: eps_effective is eps itself
+            why = [k for k in why if k == "eps"]
+        if not why:
+            continue
+        cur = getattr(st, stat)
+        if isinstance(cur, dict):
+            setattr(st, stat, {k: nan for k in cur})
+        elif cur is not None:
+            setattr(st, stat, nan)
+        st.unknown_inputs[stat] = why
 
 
 def _ratio_chunks(
@@ -765,6 +822,9 @@ def decay_ratio(
         raise ValueError(f"shape changed between checkpoints: {tuple(a.shape)} vs {tuple(b.shape)}")
     d = int(b.step) - int(a.step)
     beta2 = float(b.beta2)
+    beta2_source = (getattr(b, "hyper_source", None) or {}).get("beta2", "file")
+    if beta2_source == "unknown" or not math.isfinite(beta2):
+        return _ratio_unknown_beta2(a, b, d)
     decay = beta2**d
     bc2_a = 1.0 - beta2**a.step if a.step > 0 else 1.0
     notes: list[str] = []
@@ -830,5 +890,58 @@ def decay_ratio(
         "decay_ratio_mean": mean_vb / (decay * mean_va) if mean_va > 0 else nan,
         "mean_g2_implied": mean_g2,
         "r_interval": max(mean_g2, 0.0) / vhat_a if vhat_a > 0 and math.isfinite(mean_g2) else nan,
+        "beta2_source": beta2_source,
+        "unknown_inputs": {},
         "notes": notes,
+    }
+
+
+# the decay-ratio fields that need β2 (all but the means of v): null when β2 is unknown
+RATIO_NEEDS_BETA2 = (
+    "ratio_q",
+    "frac_pure_decay",
+    "frac_inconsistent",
+    "decay_ratio_mean",
+    "mean_g2_implied",
+    "r_interval",
+)
+
+
+def _ratio_unknown_beta2(a: TensorMoments, b: TensorMoments, d: int) -> dict[str, Any]:
+    """The decay-ratio record of a tensor whose β2 is unknown: β2^Δ is the whole comparison, so
+    every ratio is null (``unknown_inputs``); the means of v need no β2 and are still given."""
+    import torch
+
+    nan = math.nan
+    means = []
+    for x in (a.exp_avg_sq, b.exp_avg_sq):
+        flat, total, k = _flat(x), 0.0, 0
+        for i in range(0, flat.numel(), CHUNK):  # chunked: constant memory, as everywhere here
+            v = flat[i : i + CHUNK].double()
+            fin = v[torch.isfinite(v)]
+            total, k = total + float(fin.sum()), k + fin.numel()
+        means.append(total / k if k else nan)
+    return {
+        "name": b.name,
+        "index": b.index,
+        "group": b.group,
+        "label": label_of(b.name, b.group, b.index),
+        "from_step": int(a.step or 0),
+        "to_step": int(b.step or 0),
+        "delta_steps": d,
+        "beta2": nan,
+        "numel": int(a.exp_avg_sq.numel()),
+        "n_used": 0,
+        "ratio_q": {k: nan for k in QUANTILES},
+        "quantiles_exact": True,
+        "frac_pure_decay": nan,
+        "frac_inconsistent": nan,
+        "mean_v_from": means[0],
+        "mean_v_to": means[1],
+        "decay_ratio_mean": nan,
+        "mean_g2_implied": nan,
+        "r_interval": nan,
+        "beta2_source": "unknown",
+        "unknown_inputs": {k: ["beta2"] for k in RATIO_NEEDS_BETA2},
+        "notes": ["β2 unknown (not in the checkpoint): the ratios need β2^Δ; give --assume-beta2"],
     }

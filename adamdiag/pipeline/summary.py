@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
+
+if TYPE_CHECKING:
+    from adamdiag.io.checkpoints.hyper import Assumptions
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
 
@@ -24,10 +27,14 @@ def summarize_checkpoint(
     convention: str | None = None,
     progress: Progress | None = None,
     exact_quantile_limit: int = EXACT_QUANTILE_LIMIT,
+    assume: Assumptions | None = None,
 ) -> CheckpointSummary:
     """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
     Quantiles are exact at any size (selected while streaming); only if that selection fails (ties
     crowding it) are they computed from a copy, up to ``exact_quantile_limit`` elements, or a sample above it.
+
+    ``assume``: values for hyperparameters the file does not store (``--assume-*``; one policy:
+    :mod:`adamdiag.io.checkpoints.hyper`).
 
     Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
@@ -35,7 +42,7 @@ def summarize_checkpoint(
     from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
     from adamdiag.io.checkpoints.integrity import ZipCrcCheck
 
-    ck = open_checkpoint(Path(path), trust=trust, convention=convention)
+    ck = open_checkpoint(Path(path), trust=trust, convention=convention, assume=assume)
     rel = PageReleaser(ck.mmap_files)
     crc = ZipCrcCheck()
     total = len(ck)
@@ -82,14 +89,20 @@ def summarize_checkpoint(
 
 
 def compare_checkpoints(
-    path_a: Path | str, path_b: Path | str, *, trust: bool = False, progress: Progress | None = None
+    path_a: Path | str,
+    path_b: Path | str,
+    *,
+    trust: bool = False,
+    progress: Progress | None = None,
+    assume: Assumptions | None = None,
 ) -> dict[str, Any]:
     """Decay-ratio view of two checkpoints of one run (a before b), tensor by tensor, matched by
-    (optimizer, group, index). Tensors of changed shape or without a step are listed in ``skipped``."""
+    (optimizer, group, index). Tensors of changed shape or without a step are listed in ``skipped``;
+    with β2 unknown (and not assumed) a tensor's ratios are null (``beta2_source: "unknown"``)."""
     from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
 
-    a = open_checkpoint(Path(path_a), trust=trust)
-    b = open_checkpoint(Path(path_b), trust=trust)
+    a = open_checkpoint(Path(path_a), trust=trust, assume=assume)
+    b = open_checkpoint(Path(path_b), trust=trust, assume=assume)
     rel = PageReleaser(a.mmap_files + b.mmap_files)
     # (optimizer, group, index): state indices start at 0 in every optimizer of a file
     by_key = {(_opt_index(t), t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap

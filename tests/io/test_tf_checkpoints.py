@@ -137,7 +137,13 @@ def test_tf1_index_of_many_blocks_without_meta():
         m, v = t.exp_avg.double().numpy(), t.exp_avg_sq.double().numpy()
         assert close(float(v.mean()), x["v_mean"]) and close(float(v.max()), x["v_max"])
         assert close(float(np.abs(m).mean()), x["m_abs_mean"]) and math.isnan(t.eps)
-        assert t.hyper_source == {"lr": "unknown", "beta1": "unknown", "beta2": "unknown", "eps": "unknown"}
+        assert t.hyper_source == {
+            "lr": "unknown",
+            "beta1": "unknown",
+            "beta2": "unknown",
+            "eps": "unknown",
+            "weight_decay": "default",
+        }
 
 
 def test_tf1_rmsprop_slots_are_not_read_as_adam():

@@ -26,6 +26,7 @@ unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError
+from adamdiag.io.checkpoints import hyper as hyper_policy
+from adamdiag.io.checkpoints.hyper import Assumptions
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
     import torch
@@ -570,16 +573,18 @@ def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
 
 
 def _hyper(group: dict) -> dict[str, Any]:
-    betas = group.get("betas", (0.9, 0.999))
+    """A torch param group's hyperparameters. One torch never leaves out is NaN ("unknown", see
+    :mod:`adamdiag.io.checkpoints.hyper`) when a group lacks it, never a silent default."""
+    betas: Any = group.get("betas")
     if _is_tensor(betas):
         betas = tuple(betas.tolist())
-    b1, b2 = (_as_float(b) for b in betas)
+    b1, b2 = (_as_float(b) for b in betas) if isinstance(betas, list | tuple) and len(betas) == 2 else (math.nan,) * 2
     return {
         "lr": _as_float(group.get("lr")),
         "beta1": b1,
         "beta2": b2,
-        "eps": _as_float(group.get("eps"), 1e-8),
-        "weight_decay": _as_float(group.get("weight_decay"), 0.0),
+        "eps": _as_float(group.get("eps")),
+        "weight_decay": _as_float(group.get("weight_decay")),
         "amsgrad": bool(group.get("amsgrad", False)),
         "decoupled_weight_decay": group.get("decoupled_weight_decay"),
         "maximize": bool(group.get("maximize", False)),
@@ -928,8 +933,14 @@ def _hf_model_order(d: Path, warnings: list[str]) -> list[tuple[str, tuple]] | N
 
 
 # --- open ------------------------------------------------------------------------------------------
-def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None = None) -> OptimizerCheckpoint:
+def open_checkpoint(
+    path: Path, *, trust: bool = False, convention: str | None = None, assume: Assumptions | None = None
+) -> OptimizerCheckpoint:
     """Open an optimizer checkpoint (file or directory) without reading its tensors.
+
+    Every entry's hyperparameters end with their sources ('file' | 'default' | 'user' | 'unknown'):
+    ``assume`` (``--assume-*``) fills those the file does not store (:mod:`.hyper`, one policy for
+    every format).
 
     Raises :class:`InputError` (missing path, no optimizer state, non-Adam state: the message names
     what was found) and :class:`UntrustedCheckpointError` (needs arbitrary unpickling; pass
@@ -944,6 +955,7 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
     if foreign is not None:
         if convention:
             foreign.convention = convention
+        hyper_policy.apply(foreign.entries, assume, foreign.warnings)
         return foreign
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -979,6 +991,7 @@ def open_checkpoint(path: Path, *, trust: bool = False, convention: str | None =
     for e in ck.entries:  # one optimizer (DCP, DeepSpeed...): every tensor still says which
         if e.optimizer is None:
             e.optimizer = {"index": 0, "key": "", "type": ck.optimizer}
+    hyper_policy.apply(ck.entries, assume, ck.warnings)
     return ck
 
 

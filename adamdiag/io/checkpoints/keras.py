@@ -321,6 +321,7 @@ def _open_keras(path: Path):
             "(β1=0.9, β2=0.999, eps=1e-7); the .keras file has the real ones"
         )
     wd = float(ocfg.get("weight_decay") or 0.0) if ocfg else 0.0
+    sources["weight_decay"] = "file" if ocfg and "weight_decay" in ocfg else "default"
 
     # Names: config.json's layers matched to the slot shapes (unique ordered match only).
     slot_shapes = [shapes[k] for k in lay["m"]]

@@ -593,7 +593,8 @@ def open_tf1(prefix: Path, bundle: Bundle):
         "eps": _nan(hyper.get("eps")),
         "weight_decay": 0.0,
         "amsgrad": False,
-        "sources": sources,
+        # TF1's AdamOptimizer has no weight decay: 0, not read from the file
+        "sources": {**sources, "weight_decay": "default"},
         "bias": bias,
     }
     entries = [
@@ -776,7 +777,8 @@ def open_tf2(prefix: Path, bundle: Bundle):
         "eps": _nan(hyper.get("eps")),
         "weight_decay": 0.0,
         "amsgrad": amsgrad,
-        "sources": sources,
+        # a TF2 object graph keeps no weight decay of Keras' Adam: 0 (its default), not read from the file
+        "sources": {**sources, "weight_decay": "default"},
         "bias": None,
     }
     keys: dict[int, tuple[str | None, str, str, str | None]] = {}
