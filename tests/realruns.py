@@ -24,8 +24,11 @@ def train_tiny(
     log_grad_norm: bool = True,
     ckpt_every: int | None = 100,
     noise: float = 0.1,
+    monitor_every: int | None = None,
 ) -> Path:
-    """Regression with a small MLP on a fixed noisy data set, mini-batches of 32."""
+    """Regression with a small MLP on a fixed noisy data set, mini-batches of 32. ``monitor_every``:
+    an :class:`adamdiag.monitor.AdamMonitor` watches the optimizer and writes its ``adamdiag/*`` tags
+    into the same event file every that many steps (as a user's monitored run does)."""
     from torch.utils.tensorboard import SummaryWriter
 
     torch.manual_seed(seed)
@@ -37,6 +40,11 @@ def train_tiny(
     opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
     out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(out))
+    mon = None
+    if monitor_every:
+        from adamdiag.monitor import AdamMonitor
+
+        mon = AdamMonitor(opt, model=model, writer=writer, every=monitor_every, run_dir=str(out))
     for step in range(1, steps + 1):
         idx = torch.randint(0, 512, (32,), generator=g)
         xb, yb = x[idx].clone(), y[idx].clone()
@@ -59,6 +67,8 @@ def train_tiny(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step},
                 out / "checkpoints" / f"step_{step:06d}.pt",
             )
+    if mon is not None:
+        mon.close()
     writer.close()
     return out
 

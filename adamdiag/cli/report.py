@@ -11,6 +11,7 @@ import typer
 
 from adamdiag.cli.app import app, emit, guarded
 from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
+from adamdiag.cli.scan import DeviceOpt, EntryOpt, TrustEntryOpt, VerifyBudgetOpt, VerifyOpt
 from adamdiag.console import info
 
 
@@ -51,11 +52,17 @@ def report(
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
+    verify_: VerifyOpt = False,
+    verify_budget: VerifyBudgetOpt = None,
+    entry: EntryOpt = None,
+    trust_entry: TrustEntryOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
-    """Diagnose runs and write one HTML page: summary, curves with markers, findings, recommendation."""
+    """Diagnose runs and write one HTML page: summary, curves with markers, findings, recommendation
+    (with --verify: the replayed variants' losses drawn over the original)."""
     import json
 
-    from adamdiag.cli.scan import diagnose_paths
+    from adamdiag.cli.scan import VerifyOptions, diagnose_paths, verify
     from adamdiag.errors import InputError
     from adamdiag.pipeline.series import attach_series
     from adamdiag.render.html import render_html
@@ -63,9 +70,10 @@ def report(
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
         raise InputError(f"-o {output}: use a .html or .json file name")
-    rep = attach_series(
-        diagnose_paths(runs, checkpoints, convention, trust_checkpoint), trust_checkpoint=trust_checkpoint
-    )
+    rep = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
+    if verify_:
+        verify(rep, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=True)
+    rep = attach_series(rep, trust_checkpoint=trust_checkpoint)
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

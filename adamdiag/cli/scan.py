@@ -97,8 +97,9 @@ class VerifyOptions:
     device: str
 
 
-def verify(report: Report, o: VerifyOptions) -> None:
-    """--verify: replay the blown-up runs and let the outcomes confirm or correct the verdicts."""
+def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
+    """--verify: replay the blown-up runs and let the outcomes confirm or correct the verdicts
+    (``curves``: keep each variant's loss curve for the report's series)."""
     from adamdiag.console import err
     from adamdiag.errors import InputError
     from adamdiag.pipeline.verify import verify_report
@@ -115,6 +116,7 @@ def verify(report: Report, o: VerifyOptions) -> None:
         budget_s=o.budget,
         device=o.device,
         say=err,
+        curves=curves,
     )
 
 
@@ -139,7 +141,7 @@ def scan(
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
-        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
+        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
     if with_series:
         from adamdiag.pipeline.series import attach_series
 
@@ -175,7 +177,7 @@ def check(
 
     report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
     if verify_:
-        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device))
+        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
     if with_series:
         from adamdiag.pipeline.series import attach_series
 

@@ -104,6 +104,128 @@ def r_curve(steps: Any, grad_norm: Any, summaries: list[Any], beta2: float, eps:
     return {**curve(tr.steps, tr.r, "g²/v̂ (all parameters)", max_points), "exact": tr.exact, "threshold": COLLAPSE_R}
 
 
+MAX_TENSOR_CURVES = 6
+
+
+def _finding_tensors(run: Any) -> list[str]:
+    """Tensors the findings name, errors first: first every finding's own ``tensor`` (a collapse
+    finding names its worst one), then the rest of their ``evidence["tensors"]`` lists, so a cap keeps
+    the worst tensor of each finding (logs and checkpoints) before the long tail of one of them."""
+    from adamdiag.results.report import SEVERITY_RANK
+
+    found = sorted(run.findings, key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
+    names: list[Any] = [f.tensor for f in found]
+    for f in found:
+        listed = (f.evidence or {}).get("tensors") if isinstance(f.evidence, dict) else None
+        names += [t.get("tensor") for t in listed or [] if isinstance(t, dict)]
+    out: list[str] = []
+    for n in names:
+        if isinstance(n, str) and n and n != "global" and n not in out:
+            out.append(n)
+    return out
+
+
+def _low_r_score(steps: Any, r: Any, until: int | None) -> float:
+    """Median r over the last quarter of the points before ``until`` (the blowup; all points without
+    one, or when none comes before it): the stretch that explains a blowup ends at it. NaN when no r
+    is finite."""
+    import numpy as np
+
+    steps, r = np.asarray(steps), np.asarray(r, np.float64)
+    ok = np.isfinite(r)
+    sel = r[ok & (steps < until)] if until is not None else r[ok]
+    if not len(sel):
+        sel = r[ok]
+    return float(np.median(sel[-max(1, len(sel) // 4) :])) if len(sel) else float("nan")
+
+
+def tensor_r_curves(
+    run: Any,
+    scalars: Any,
+    histograms: Any,
+    summaries: list[Any],
+    beta2: float,
+    eps: float,
+    max_points: int = MAX_POINTS,
+    limit: int = MAX_TENSOR_CURVES,
+) -> dict[str, Any] | None:
+    """Per-tensor r = g²/v̂ over time for the tensors that matter, each from its most exact source:
+    the live monitor's ``adamdiag/<tensor>/r`` tags (exact at every logged step), else gradient
+    histograms (mean g² = sum_squares/num, v̂ rebuilt by the EMA and re-seeded at checkpoints), else
+    consecutive checkpoint pairs (the implied g²/v̂ of each interval, one point per pair at its end).
+
+    Which tensors: those the findings name (the collapsed ones), else the ``limit`` with the lowest
+    r before the blowup (:func:`_low_r_score`). None when no source has a per-tensor curve."""
+    import math
+
+    import numpy as np
+
+    from adamdiag.analysis.evidence import (
+        checkpoint_interval_ratios,
+        histogram_trajectories,
+        monitor_trajectories,
+    )
+    from adamdiag.analysis.thresholds import COLLAPSE_R
+
+    # tensor -> (source, steps, r, exact, from_steps or None); the first source to name a tensor wins.
+    cand: dict[str, tuple[str, Any, Any, bool, Any]] = {}
+    tags = sorted(set(scalars["tag"].unique())) if scalars is not None and len(scalars) else []
+    for tr in monitor_trajectories(scalars, tags, beta2, eps) if tags else []:
+        if tr.label != "global":
+            cand.setdefault(tr.label, ("monitor", tr.steps, tr.r, tr.exact, None))
+    if histograms is not None and len(histograms):
+        for tr in histogram_trajectories(histograms, summaries, beta2, eps):
+            cand.setdefault(tr.label, ("histograms", tr.steps, tr.r, tr.exact, None))
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    for row in checkpoint_interval_ratios(summaries, beta2):
+        pairs.setdefault(row["tensor"], []).append(row)
+    for name, rows in pairs.items():
+        rows.sort(key=lambda x: x["to_step"])
+        steps = np.asarray([x["to_step"] for x in rows], np.int64)
+        cand.setdefault(
+            name, ("checkpoints", steps, np.asarray([x["r_interval"] for x in rows], np.float64), True, rows)
+        )
+    if not cand:
+        return None
+    named = [n for n in _finding_tensors(run) if n in cand]
+    if named:
+        chosen, why = named[:limit], "findings"
+    else:
+        score = {n: _low_r_score(c[1], c[2], run.blowup_step) for n, c in cand.items()}
+        # Lowest first; a tensor without a finite r sorts last (NaN would break the ordering).
+        ranked = sorted(cand, key=lambda n: (math.isnan(score[n]), 0.0 if math.isnan(score[n]) else score[n], n))
+        chosen, why = ranked[:limit], "lowest_r"
+    curves = []
+    for name in chosen:
+        source, steps, r, exact, rows = cand[name]
+        c = {"tensor": name, "source": source, "exact": bool(exact), **curve(steps, r, f"g²/v̂ {name}", max_points)}
+        if rows is not None:
+            by_to = {x["to_step"]: x["from_step"] for x in rows}
+            c["from_step"] = [int(by_to[s]) for s in c["step"]]
+        curves.append(c)
+    return {"threshold": COLLAPSE_R, "selected_by": why, "candidates": len(cand), "curves": curves}
+
+
+def replay_curves(result: Any, max_points: int = MAX_POINTS) -> dict[str, Any]:
+    """The loss of every replayed variant of a ``--verify`` replay (``ReplayResult``), downsampled like
+    the other curves, for the HTML overlay: variant ``i`` of ``n`` losses covers steps
+    ``start_step + 1 … start_step + n`` (the replay's own step numbering)."""
+    import numpy as np
+
+    variants = []
+    for v in result.variants:
+        steps = np.arange(result.start_step + 1, result.start_step + 1 + len(v.losses), dtype=np.int64)
+        variants.append(
+            {
+                "name": v.name,
+                "outcome": v.outcome,
+                "blowup_step": v.blowup_step,
+                **curve(steps, np.asarray(v.losses, np.float64), v.name, max_points),
+            }
+        )
+    return {"start_step": int(result.start_step), "horizon_steps": int(result.steps), "variants": variants}
+
+
 def attach_series(
     report: Report,
     max_points: int = MAX_POINTS,
@@ -112,8 +234,10 @@ def attach_series(
     checkpoints: bool = True,
 ) -> Report:
     """Fill ``series`` of every run: the loss and gradient-norm curves the diagnosis used, r = g²/v̂
-    from the gradient norm, and (``checkpoints``) the √v̂ band and decay-ratio view of the run's
-    checkpoints. A run that cannot be read again keeps ``series`` empty with a warning."""
+    from the gradient norm, per-tensor r of the tensors that matter (:func:`tensor_r_curves`), and
+    (``checkpoints``) the √v̂ band and decay-ratio view of the run's checkpoints. Keys already there
+    (``replay``, from ``--verify``) are kept. A run that cannot be read again keeps its ``series``
+    with a warning."""
     from adamdiag.analysis.frames import series
     from adamdiag.analysis.thresholds import DEFAULT_BETA2, DEFAULT_EPS
     from adamdiag.errors import InputError
@@ -125,7 +249,8 @@ def attach_series(
         if not any(tags.values()):
             continue
         try:
-            scalars = read_run(Path(r.run)).scalars
+            events = read_run(Path(r.run))
+            scalars, hist = events.scalars, events.histograms
         except InputError as e:
             r.warnings.append(f"series not attached: {e}")
             continue
@@ -153,5 +278,9 @@ def attach_series(
             if len(s) > 1:
                 block["r"] = r_curve(s.index.to_numpy(), s.to_numpy(), summaries, beta2, eps, max_points)
         block.update(checkpoint_views(summaries, beta2))
-        r.series = block or None
+        per = tensor_r_curves(r, scalars, hist, summaries, beta2, eps if summaries else 0.0, max_points)
+        if per is not None:
+            block["r_tensors"] = per
+        # What --verify kept (the replay curves, pipeline.verify) stays; this run's curves join it.
+        r.series = {**(r.series or {}), **block} or None
     return report

@@ -212,8 +212,11 @@ def verify_report(
     budget_s: float | None = None,
     device: str = "auto",
     say: Any = None,
+    curves: bool = False,
 ) -> None:
-    """Verify every eligible run of ``runs`` in place (``say``: one-line progress messages on stderr)."""
+    """Verify every eligible run of ``runs`` in place (``say``: one-line progress messages on stderr).
+    ``curves`` (series were asked for: ``report``, ``--with-series``): each replayed variant's loss
+    goes into the run's ``series["replay"]`` (downsampled), for the HTML overlay."""
     from adamdiag.errors import InputError
     from adamdiag.replay.protocol import NoEntry, NoNeutralEntry
     from adamdiag.replay.runner import verify_checkpoint
@@ -259,3 +262,7 @@ def verify_report(
             _not_verified(rep, f"the replay failed ({type(e).__name__}: {e})")
             continue
         decide(rep, result, plan)
+        if curves:
+            from adamdiag.pipeline.series import replay_curves
+
+            rep.series = {**(rep.series or {}), "replay": replay_curves(result)}

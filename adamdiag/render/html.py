@@ -1,13 +1,15 @@
 """One self-contained HTML file: the summary table, then per run the loss (and gradient norm)
-with the warning and blowup steps, r = g²/v̂ over time against the collapse threshold, the
-checkpoints' √v̂ band against eps, the checkpoint decay-ratio table, the findings, the
-recommendation and the verification replay when there was one. Figures are inline SVG drawn by matplotlib from the report's ``series`` block;
+with the warning and blowup steps, r = g²/v̂ over time against the collapse threshold (all
+parameters, and per tensor for the tensors that matter), the checkpoints' √v̂ band against eps, the
+checkpoint decay-ratio table, the findings, the recommendation and the verification replay (table,
+and its variants' losses drawn over the logged loss) when there was one. Figures are inline SVG drawn by matplotlib from the report's ``series`` block;
 nothing is fetched from the network (no scripts, no fonts, no stylesheets from elsewhere), so the
 file can be mailed, attached to a CI run or opened offline. Pure: a saved report renders the same."""
 
 from __future__ import annotations
 
 import html
+import math
 import re
 from typing import Any
 
@@ -109,12 +111,115 @@ def _signals_svg(r: RunReport, salt: str) -> str | None:
                     ax.axhline(band["eps"], color="tab:red", ls="--", lw=1, label=f"eps = {band['eps']:g}")
                 ax.set_yscale("log")
                 ax.set_ylabel("√v̂ at checkpoints (log)")
-            for step, color in ((r.warning_step, "tab:olive"), (r.blowup_step, "tab:red")):
-                if step is not None:
-                    ax.axvline(step, color=color, ls="--", lw=0.8)
+            _markers(ax, r)
             ax.set_xlabel("step")
             ax.grid(True, alpha=0.3)
             ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        return fig
+
+    return _export(make, salt)
+
+
+def _markers(ax: Any, r: RunReport) -> None:
+    for step, color in ((r.warning_step, "tab:olive"), (r.blowup_step, "tab:red")):
+        if step is not None:
+            ax.axvline(step, color=color, ls="--", lw=0.8)
+
+
+def _tensor_r_svg(r: RunReport, salt: str) -> str | None:
+    """r = g²/v̂ per tensor (the tensors the findings name, else the lowest r), one line each, against
+    the collapse threshold. Checkpoint-pair points are interval means drawn at the interval's end; an
+    r of 0 (v only decayed) is drawn as a triangle on the bottom of the axis, which log scale cannot show."""
+    block: dict[str, Any] = (r.series or {}).get("r_tensors") or {}
+    curves = [c for c in block.get("curves") or [] if isinstance(c, dict) and c.get("step")]
+    if not curves:
+        return None
+
+    def make() -> Any:
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        data = [(c, *_arrays(c)) for c in curves]
+        pos = np.concatenate([y[np.isfinite(y) & (y > 0)] for _, _, y in data])
+        floor = float(pos.min()) / 10 if len(pos) else 1e-12
+        zero_shown = False
+        for c, x, y in data:
+            where = {"monitor": "monitor", "histograms": "histograms", "checkpoints": "checkpoint pairs"}
+            label = f"{c.get('tensor', '?')} ({where.get(str(c.get('source')), c.get('source'))})"
+            line = ax.plot(x, np.where(y > 0, y, np.nan), lw=0.9, marker="o" if len(x) <= 60 else None, ms=3)
+            line[0].set_label(label)
+            zero = y == 0
+            if zero.any():
+                ax.plot(
+                    x[zero],
+                    np.full(int(zero.sum()), floor),
+                    "v",
+                    color=line[0].get_color(),
+                    ms=5,
+                    label=None if zero_shown else "r = 0 (v only decayed)",
+                )
+                zero_shown = True
+        ax.axhline(block.get("threshold", 0.1), color="tab:gray", ls=":", label="collapse threshold")
+        _markers(ax, r)
+        ax.set_yscale("log")
+        ax.set_ylabel("g²/v̂ per tensor (log scale)")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=7, ncol=2)
+        fig.tight_layout()
+        return fig
+
+    return _export(make, salt)
+
+
+def _replay_svg(r: RunReport, salt: str) -> str | None:
+    """The --verify replay over the logged loss: the original curve around the replay window and one
+    line per replayed variant, labelled with its outcome (and blowup step)."""
+    rep: dict[str, Any] = (r.series or {}).get("replay") or {}
+    variants = [v for v in rep.get("variants") or [] if isinstance(v, dict) and v.get("step")]
+    if not variants:
+        return None
+    loss = (r.series or {}).get("loss") or {}
+
+    def make() -> Any:
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        fig, ax = plt.subplots(figsize=(9, 3.4))
+        start = int(rep.get("start_step") or 0)
+        end = max(int(v["step"][-1]) for v in variants)
+        lo = start - max((end - start) // 4, 10)
+        ys: list[Any] = []
+        if loss.get("step"):
+            x, y = _arrays(loss)
+            sel = (x >= lo) & (x <= end)
+            ax.plot(
+                x[sel],
+                np.where(np.isfinite(y[sel]), y[sel], np.nan),
+                color="black",
+                lw=1.6,
+                alpha=0.5,
+                label=f"logged loss ({loss.get('tag', 'loss')})",
+            )
+            ys.append(y[sel])
+        for v in variants:
+            x, y = _arrays(v)
+            at = f" at {v['blowup_step']}" if v.get("blowup_step") is not None else ""
+            ax.plot(x, np.where(np.isfinite(y), y, np.nan), lw=0.9, label=f"{v.get('name')}: {v.get('outcome')}{at}")
+            ys.append(y)
+        ax.axvline(start, color="tab:blue", ls=":", lw=1, label=f"replay start (step {start})")
+        _markers(ax, r)
+        allv = np.concatenate(ys) if ys else np.zeros(0)
+        allv = allv[np.isfinite(allv)]
+        if len(allv) and allv.min() > 0:
+            ax.set_yscale("log")
+        ax.set_xlim(lo, end + 1)
+        ax.set_ylabel("loss")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=7)
         fig.tight_layout()
         return fig
 
@@ -138,6 +243,13 @@ def _decay_table(r: RunReport) -> list[str]:
         )
     out.append("</table>")
     return out
+
+
+def _num(x: Any, spec: str) -> str | None:
+    """A number in ``spec``; NaN/±inf by name (a saved report restores them), anything else as is."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None if x is None else str(x)
+    return format(x, spec) if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
 
 
 def _g(x: Any) -> str:
@@ -173,7 +285,16 @@ def _verification(r: RunReport) -> list[str]:
         "<th>final loss</th></tr>",
     ]
     for var in v["variants"]:
-        cells = [var.get(k) for k in ("name", "eps", "beta2", "lr", "outcome", "blowup_step", "final_loss")]
+        # lr to 3 digits (a derived 0.01/3 reads 0.00333, as in the replay table); eps/β2 as given
+        cells = [
+            var.get("name"),
+            _num(var.get("eps"), "g"),
+            _num(var.get("beta2"), "g"),
+            _num(var.get("lr"), ".3g"),
+            var.get("outcome"),
+            var.get("blowup_step"),
+            _num(var.get("final_loss"), ".4g"),
+        ]
         out.append("<tr>" + "".join(f"<td>{_e('-' if c is None else c)}</td>" for c in cells) + "</tr>")
     out.append("</table>")
     return out
@@ -222,9 +343,23 @@ def render_html(report: Report) -> str:
         parts.append("<h3>Recommendation</h3>")
         parts.append(f'<div class="rec">{_e(rec)}</div>' if rec else '<p class="muted">none</p>')
         parts += _verification(r)
+        overlay = _replay_svg(r, f"adamdiag-replay-{i}")
+        if overlay:
+            parts.append(
+                '<h3>Replay overlay</h3><p class="muted">each replayed variant\'s loss over the logged loss, '
+                f'from the checkpoint the replay started at</p><figure class="replay">{overlay}</figure>'
+            )
         sig = _signals_svg(r, f"adamdiag-signals-{i}")
         if sig:
             parts.append(f'<h3>Second moment</h3><figure class="signals">{sig}</figure>')
+        per = _tensor_r_svg(r, f"adamdiag-tensors-{i}")
+        if per:
+            block = (r.series or {}).get("r_tensors") or {}
+            why = "named by the findings" if block.get("selected_by") == "findings" else "with the lowest g²/v̂"
+            parts.append(
+                f'<h3>g²/v̂ per tensor</h3><p class="muted">{_e(len(block.get("curves") or []))} of '
+                f'{_e(block.get("candidates", "?"))} tensors, {why}</p><figure class="r-tensors">{per}</figure>'
+            )
         parts += _decay_table(r)
         parts.append("</section>")
     parts.append("</body></html>")

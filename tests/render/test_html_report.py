@@ -22,6 +22,7 @@ from adamdiag.render import render
 from adamdiag.results.report import Finding, Report, RunReport
 
 runner = CliRunner()
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_logs"
 FORMATS = ("text", "json", "markdown", "junit", "github", "html")
 
 
@@ -65,12 +66,19 @@ class Page(HTMLParser):
         self._in_h3 = False
         self.css = ""
         self._in_style = False
+        self.figures: list[str] = []  # class of every <figure> that holds an inline <svg>
+        self._figure: str | None = None
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         a = dict(attrs)
         if tag == "section":
             self.sections.append(a.get("id", ""))
+        if tag == "figure":
+            self._figure = a.get("class", "")
+        if tag == "svg" and self._figure is not None:
+            self.figures.append(self._figure)
+            self._figure = None
         self._in_h3 = tag == "h3"
         self._in_style = tag == "style"
         for k in ("src", "href", "xlink:href", "action", "data", "poster"):
@@ -80,6 +88,8 @@ class Page(HTMLParser):
             self.urls += [u.strip("'\"") for u in _css_urls(v or "")]
 
     def handle_endtag(self, tag):
+        if tag == "figure":
+            self._figure = None
         self._in_h3 = self._in_h3 and tag != "h3"
         self._in_style = self._in_style and tag != "style"
 
@@ -96,11 +106,17 @@ def _css_urls(text: str) -> list[str]:
     return re.findall(r"url\(([^)]*)\)", text)
 
 
+# h3 heading of each optional figure -> the class of its <figure>: a heading comes with its inline SVG
+FIGURES = {"Second moment": "signals", "g²/v̂ per tensor": "r-tensors", "Replay overlay": "replay"}
+
+
 def check_page(text: str, runs: int) -> Page:
     p = Page()
     p.feed(text)
     assert p.sections == ["summary"] + [f"run-{i}" for i in range(runs)]
     assert p.h3.count("Findings") == runs and p.h3.count("Recommendation") == runs
+    for head, cls in FIGURES.items():
+        assert p.h3.count(head) == p.figures.count(cls), (head, p.figures)
     assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
     urls = p.urls + _css_urls(p.css)
     assert all(u.startswith(("#", "data:")) for u in urls), [u for u in urls if not u.startswith(("#", "data:"))]
@@ -180,6 +196,17 @@ def test_every_renderer_on_empty_and_nonfinite_reports(fmt):
                 verdict="nonfinite",
                 loss_tag="loss",
                 findings=[Finding("AD401", "error", "NaN from step 2", step=2, evidence={"v": nan})],
+                verification={
+                    "checkpoint": "ck.pt",
+                    "start_step": 1,
+                    "horizon_steps": 3,
+                    "confirms": None,
+                    "fidelity": {"reproduced": False, "max_rel_dev": nan, "message": "diverged"},
+                    "variants": [
+                        {"name": "original", "eps": 1e-8, "beta2": 0.999, "lr": 0.01 / 3, "outcome": "blowup"},
+                        {"name": "eps=0.001", "eps": 1e-3, "lr": nan, "outcome": "at_risk", "final_loss": math.inf},
+                    ],
+                },
                 series={
                     "loss": {
                         "tag": "loss",
@@ -187,7 +214,44 @@ def test_every_renderer_on_empty_and_nonfinite_reports(fmt):
                         "step": [0, 1, 2, 3],
                         "value": [1.0, 0.5, None, None],
                         "nonfinite": {"2": "nan", "3": "inf"},
-                    }
+                    },
+                    "r_tensors": {
+                        "threshold": 0.1,
+                        "selected_by": "findings",
+                        "candidates": 3,
+                        "curves": [
+                            {
+                                "tensor": "w",
+                                "source": "monitor",
+                                "step": [1, 2, 3],
+                                "value": [0.5, None, 0.0],
+                                "nonfinite": {"2": "inf"},
+                            },
+                            {
+                                "tensor": "b",
+                                "source": "checkpoints",
+                                "step": [2],
+                                "value": [None],
+                                "from_step": [1],
+                                "nonfinite": {"2": "nan"},
+                            },
+                        ],
+                    },
+                    "replay": {
+                        "start_step": 1,
+                        "horizon_steps": 3,
+                        "variants": [
+                            {
+                                "name": "original",
+                                "outcome": "blowup",
+                                "blowup_step": 3,
+                                "step": [2, 3, 4],
+                                "value": [0.4, None, None],
+                                "nonfinite": {"3": "inf", "4": "nan"},
+                            },
+                            {"name": "eps=0.001", "outcome": "at_risk", "step": [2, 3, 4], "value": [0.4, 0.3, 0.2]},
+                        ],
+                    },
                 },
             )
         ]
@@ -201,7 +265,13 @@ def test_every_renderer_on_empty_and_nonfinite_reports(fmt):
 
         json.loads(out, parse_constant=refuse)  # no NaN/Infinity literals
     if fmt == "html":
-        check_page(out, 1)
+        p = check_page(out, 1)
+        assert p.figures == ["curves", "replay", "r-tensors"]  # no finite r of all parameters: no signals
+        assert "eps=0.001: at_risk" in out and "original: blowup at 3" in out and "w (monitor)" in out
+        assert "<td>0.00333</td>" in out and "<td>inf</td>" in out  # lr to 3 digits; a restored inf by name
+    if fmt == "json":
+        back = Report.from_dict(json.loads(out))
+        assert back.runs[0].series == rep.runs[0].series  # the new series keys round-trip as they are
 
 
 def test_downsample_keeps_extremes():
@@ -260,3 +330,90 @@ def test_checkpoint_views_of_a_collapsing_run():
     html = render(Report(runs=[RunReport(run="r", verdict="v_collapse", series=views)]), "html")
     check_page(html, 1)
     assert "Checkpoint decay ratios" in html and "eps = 1e-08" in html
+
+
+def report_json(tmp_path: Path, *args: object) -> dict:
+    """`adamdiag report ARGS -o x.json`, read back."""
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["report", *map(str, args), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads(out.read_text())
+
+
+def test_r_per_tensor_from_the_monitor_tags(tmp_path):
+    """A run watched by AdamMonitor: each tensor's r is the monitor's own `adamdiag/<tensor>/r` tag,
+    value for value (the most exact source); a healthy run shows the tensors with the lowest r."""
+    from realruns import train_tiny
+
+    from adamdiag.analysis.frames import series
+    from adamdiag.io.events import read_run
+    from adamdiag.pipeline.scan import scan_paths
+    from adamdiag.pipeline.series import attach_series
+
+    run = train_tiny(tmp_path / "mon", steps=200, monitor_every=1, ckpt_every=None, log_grad_norm=False)
+    (r,) = report_json(tmp_path, run)["runs"]
+    block = r["series"]["r_tensors"]
+    assert block["selected_by"] == "lowest_r" and block["candidates"] == 4  # two Linear layers: 4 tensors
+    names = {c["tensor"] for c in block["curves"]}
+    assert names == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    scalars = read_run(run).scalars
+    for c in block["curves"]:
+        assert c["source"] == "monitor" and c["exact"] is True
+        logged = series(scalars, f"adamdiag/{c['tensor']}/r")
+        assert c["step"] == [int(s) for s in logged.index] and c["points"] == len(logged) == 200
+        # the first step has no previous v̂: the monitor logs NaN, kept as null + its kind
+        assert c["value"][0] is None and c["nonfinite"] == {"1": "nan"}
+        assert c["value"][1:] == pytest.approx(logged.to_list()[1:], rel=1e-6)
+    # downsampled like every curve: at most max_points, the extremes kept
+    small = attach_series(scan_paths([run]), max_points=60).runs[0].series["r_tensors"]["curves"]
+    for c in small:
+        full = series(scalars, f"adamdiag/{c['tensor']}/r")
+        assert len(c["step"]) <= 60 and c["points"] == 200
+        kept = [v for v in c["value"] if v is not None]
+        assert max(kept) == pytest.approx(full.max()) and min(kept) == pytest.approx(full.min())
+
+
+def test_r_per_tensor_from_checkpoint_pairs(tmp_path):
+    """No monitor, no histograms: the implied g²/v̂ of each checkpoint interval, per tensor, equal to
+    the value computed here straight from the torch optimizer states."""
+    import torch
+    from realruns import train_tiny
+
+    run = train_tiny(tmp_path / "ck", steps=300, ckpt_every=100)
+    (r,) = report_json(tmp_path, run)["runs"]
+    block = r["series"]["r_tensors"]
+    assert block["candidates"] == 4 and len(block["curves"]) == 4
+    states = {s: torch.load(run / "checkpoints" / f"step_{s:06d}.pt")["optimizer"] for s in (100, 200, 300)}
+    model_names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for c in block["curves"]:
+        assert c["source"] == "checkpoints" and c["step"] == [200, 300] and c["from_step"] == [100, 200]
+        i = model_names.index(c["tensor"])
+        for a, b, got in zip(c["from_step"], c["step"], c["value"]):
+            va = states[a]["state"][i]["exp_avg_sq"].double().mean().item()
+            vb = states[b]["state"][i]["exp_avg_sq"].double().mean().item()
+            decay = 0.999 ** (b - a)
+            gbar = (vb - decay * va) / (1 - decay)  # the mean g² the interval must have brought
+            assert got == pytest.approx(max(gbar, 0.0) / (va / (1 - 0.999**a)), rel=1e-5)
+
+
+def test_r_per_tensor_names_the_collapsed_tensors(tmp_path):
+    """The shipped v-collapse run (gradient histograms + checkpoints): the curves are the tensors the
+    findings name, capped at 6 -- the worst of each finding first -- and they show the collapse (r far
+    below the threshold before the blowup); the page draws them."""
+    (r,) = report_json(tmp_path, SAMPLES / "vcollapse")["runs"]
+    block = r["series"]["r_tensors"]
+    by_id = {f["id"]: f for f in r["findings"] if f["tensor"]}
+    assert block["selected_by"] == "findings" and len(block["curves"]) == 6 < block["candidates"]
+    names = [c["tensor"] for c in block["curves"]]
+    assert names[:2] == [by_id["AD101"]["tensor"], by_id["AD105"]["tensor"]]  # reg_c.bias, trunk.2.weight
+    listed = [t["tensor"] for t in by_id["AD101"]["evidence"]["tensors"]]
+    assert set(names) <= set(listed) | {by_id["AD105"]["tensor"]}
+    for c in block["curves"]:
+        assert c["source"] == "histograms"
+        before = [v for s, v in zip(c["step"], c["value"]) if r["warning_step"] <= s < r["blowup_step"] and v]
+        assert before and float(np.median(before)) < block["threshold"], c["tensor"]
+    saved = tmp_path / "r.json"
+    page = runner.invoke(app, ["show", str(saved), "-f", "html"]).stdout
+    p = check_page(page, 1)
+    assert p.figures.count("r-tensors") == 1 and "6 of 12 tensors, named by the findings" in page
+    assert "reg_c.bias (histograms)" in page
