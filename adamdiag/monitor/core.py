@@ -19,7 +19,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,8 @@ import numpy as np
 from adamdiag.monitor import LIVE_FILE, LIVE_SCHEMA
 from adamdiag.monitor import rules as R
 from adamdiag.monitor.stats import (
-    BIN_WIDTH_LOG10,
     CNT_10EPS,
     CNT_EPS,
-    HIST_LO,
     NBINS,
     NSCALAR,
     NUMEL,
@@ -41,7 +39,8 @@ from adamdiag.monitor.stats import (
     SUM_UPD,
     SUM_V,
     StatsEngine,
-    hist_quantile,
+    hist_quantiles,
+    merged_quantiles,
 )
 
 log = logging.getLogger("adamdiag.monitor")
@@ -114,8 +113,9 @@ class AdamMonitor:
     Registers a step post-hook on each optimizer; nothing else to call. Every ``every``-th step it
     computes per tensor, from the live state and gradients: mean g², mean v̂ (bias-corrected),
     r = mean(g²)/mean(v̂ of the previous step), the fractions of √v̂ below eps and 10·eps, the
-    update RMS sqrt(mean(g²/max(v̂, eps²))) and a 64-bin log histogram of √v̂ (p01/p50/p99 within
-    one bin width, a factor 1.655, of the exact quantiles). One host sync per logging step.
+    update RMS sqrt(mean(g²/max(v̂, eps²))) and a histogram of √v̂ over float32's exponent bits
+    (p01/p50/p99 within one bin width, a factor √2, of the exact quantiles). One host sync per
+    logging step; the steps in between cost one Python call.
 
     Tags (``writer``: a torch or tensorboardX SummaryWriter): ``adamdiag/global/<signal>`` every
     logging step, ``adamdiag/<tensor>/<signal>`` for the ``top_k`` riskiest tensors every logging
@@ -517,16 +517,23 @@ class AdamMonitor:
     ) -> None:
         if self.writer is None:
             return
-        for k in SIGNALS:
-            if not self._writer_call("add_scalar", f"{prefix}global/{k}", glob[k], step):
-                return
         chosen = range(len(labels)) if logged % self.all_every == 0 else order[: self.top_k]
-        for i in chosen:
-            for k in SIGNALS:
-                if not self._writer_call("add_scalar", f"{prefix}{labels[i]}/{k}", float(sig[k][i]), step):
-                    return
+        values = [(f"{prefix}global/{k}", float(glob[k])) for k in SIGNALS]
+        values += [(f"{prefix}{labels[i]}/{k}", float(sig[k][i])) for i in chosen for k in SIGNALS]
+        summary = _scalar_summary(self.writer, values)
+        if summary is not None:
+            # One event holding all the values (TensorBoard and adamdiag's reader take each value of
+            # an event as its own scalar): ~80 add_scalar calls cost ~9 ms a logging step, mostly
+            # waiting on the writer's 10-event queue; one event costs ~0.3 ms.
+            self._writer_call("_get_file_writer", then=lambda fw: fw.add_summary(summary, step))
+            return
+        for tag, value in values:  # another writer: its own add_scalar, one value at a time
+            if not self._writer_call("add_scalar", tag, value, step):
+                return
 
-    def _writer_call(self, method: str, *args: Any) -> bool:
+    def _writer_call(self, method: str, *args: Any, then: Callable[[Any], Any] | None = None) -> bool:
+        """``writer.<method>(*args)`` (and ``then`` on its result); False, with one warning, when the
+        writer is closed or raises (it is dropped: training goes on without the tags)."""
         w = self.writer
         if w is None:
             return False
@@ -539,7 +546,9 @@ class AdamMonitor:
             )
             return False
         try:
-            getattr(w, method)(*args)
+            out = getattr(w, method)(*args)
+            if then is not None:
+                then(out)
             return True
         except Exception as e:  # noqa: BLE001 - a broken writer disables the writing only
             self.writer = None
@@ -578,6 +587,25 @@ class AdamMonitor:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+def _scalar_summary(writer: Any, values: list[tuple[str, float]]) -> Any:
+    """A Summary proto with one simple_value per (tag, value), of the proto module ``writer``'s own
+    file writer serialises (torch's writer: tensorboard's; tensorboardX: its own); None for any
+    other writer."""
+    if not callable(getattr(writer, "_get_file_writer", None)):
+        return None
+    module = type(writer).__module__
+    try:
+        if module.startswith("tensorboardX"):
+            from tensorboardX.proto.summary_pb2 import Summary  # type: ignore[import-untyped]
+        elif module.startswith("torch.utils.tensorboard"):
+            from tensorboard.compat.proto.summary_pb2 import Summary
+        else:
+            return None
+    except ImportError:
+        return None
+    return Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in values])
+
+
 def _names_by_id(model: Any, names: Any, opts: list[Any]) -> dict[int, str]:
     out: dict[int, str] = {}
     if model is not None and hasattr(model, "named_parameters"):
@@ -670,11 +698,11 @@ def _signals(
             "frac_below_10eps": arr[:, CNT_10EPS] / n,
             "update_rms": np.sqrt(arr[:, SUM_UPD] / n),
         }
-        q = _hist_quantiles(hist, (0.01, 0.5, 0.99))
+        q = hist_quantiles(hist, (0.01, 0.5, 0.99), bc)
         sig["sqrt_vhat_p01"], sig["sqrt_vhat_p50"], sig["sqrt_vhat_p99"] = q[:, 0], q[:, 1], q[:, 2]
         sig["finite"] = np.isfinite(arr[:, SUM_G2]) & np.isfinite(arr[:, SUM_V])
         N = n.sum()
-        gh = hist.sum(0)
+        gq = merged_quantiles(hist, (0.01, 0.5, 0.99), bc)
         vp_all = np.sum(vhat_prev * n) / N
         glob = {
             "g2_mean": float(arr[:, SUM_G2].sum() / N),
@@ -683,34 +711,11 @@ def _signals(
             "frac_below_eps": float(arr[:, CNT_EPS].sum() / N),
             "frac_below_10eps": float(arr[:, CNT_10EPS].sum() / N),
             "update_rms": float(math.sqrt(arr[:, SUM_UPD].sum() / N)) if arr[:, SUM_UPD].sum() >= 0 else float("nan"),
-            "sqrt_vhat_p01": hist_quantile(gh, 0.01),
-            "sqrt_vhat_p50": hist_quantile(gh, 0.5),
-            "sqrt_vhat_p99": hist_quantile(gh, 0.99),
+            "sqrt_vhat_p01": float(gq[0]),
+            "sqrt_vhat_p50": float(gq[1]),
+            "sqrt_vhat_p99": float(gq[2]),
         }
     return names, sig, hist, glob
-
-
-def _hist_quantiles(hist: np.ndarray, qs: Iterable[float]) -> np.ndarray:
-    """:func:`hist_quantile` for every row of ``hist`` at once (vectorised: 300 tensors cost ~0.1 ms).
-
-    >>> h = np.zeros((2, NBINS)); h[0, 0] = 1; h[1, -1] = 1
-    >>> [f"{x:.3g}" for x in _hist_quantiles(h, [0.0, 1.0]).ravel()]  # bin edges: 1e-12, 1e-12·1.655, 100/1.655, 100
-    ['1e-12', '1.65e-12', '60.4', '100']
-    """
-    h = np.asarray(hist, dtype=np.float64)
-    qv = np.asarray(list(qs), dtype=np.float64)
-    total = h.sum(1)
-    cum = np.cumsum(h, 1)
-    # rank ≥ a tiny positive count: q=0 reads the lower edge of the first non-empty bin
-    target = np.maximum(qv[None, :] * total[:, None], 1e-9)  # (T, Q)
-    k = (cum[:, None, :] < target[:, :, None]).sum(2).clip(0, NBINS - 1)  # first bin with cum >= target
-    rows = np.arange(h.shape[0])[:, None]
-    before = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)
-    cnt = h[rows, k]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(cnt > 0, (target - before) / cnt, 0.5).clip(0.0, 1.0)
-    out = 10.0 ** (HIST_LO + BIN_WIDTH_LOG10 * (k + frac))
-    return np.where(total[:, None] > 0, out, np.nan)
 
 
 def _risk_order(sig: dict[str, np.ndarray], peaks: list[float]) -> list[int]:

@@ -5,29 +5,36 @@ Everything here runs on the device that holds the state and produces, per tensor
 the same property an all-reduce needs). The caller stacks the rows and moves them to the host
 once per logging step.
 
-The √v̂ histogram has :data:`NBINS` log-spaced bins over [:data:`HIST_LO`, :data:`HIST_HI`]
-(1e-12 … 1e2); values outside are counted in the first/last bin. A quantile read from it
-(:func:`hist_quantile`) lies within one bin width — a factor ``10**(14/64) ≈ 1.655`` — of the
-exact quantile of the same elements whenever that quantile lies inside the range.
+The √v̂ histogram counts the binary exponent of each float32 v (its bits 23-30, read with an
+integer shift of the float's bit pattern: no log, no bucketize, no clamp): :data:`NBINS` = 256
+bins, bin k = v in [2^(k-127), 2^(k-126)), i.e. √v̂ in [2^((k-127)/2), 2^((k-126)/2)) / √(1-β2^t).
+One bin is a factor √2 in √v̂ (:data:`QUANTILE_FACTOR`), over the whole float range; bin 0 holds
+zeros and subnormals, bin 255 inf and NaN. The bias correction 1-β2^t is one number per row, so it
+shifts the row's bin edges on the host instead of costing a pass over v on the device. A quantile
+read from the histogram (:func:`hist_quantiles`, log-linear inside its bin) lies within one bin
+width of the exact quantile of the same elements (the ⌈q·n⌉-th smallest) whenever that is a
+normal float, of one tensor or of all tensors together (:func:`merged_quantiles`, also when the
+rows' bias corrections differ).
 
->>> h = np.zeros(NBINS); h[31] = 10  # all elements in bin 31: [10**-5.22, 10**-5.0)
->>> f"{hist_quantile(h, 0.5):.3g}"  # the bin's log-centre
-'7.77e-06'
+>>> h = np.zeros((1, NBINS)); h[0, 127] = 10  # all v in [1, 2): √v̂ in [1, 1.414) at bc = 1
+>>> f"{hist_quantiles(h, [0.5], np.ones(1))[0, 0]:.4g}"  # the bin's log-centre, 2^0.25
+'1.189'
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-NBINS = 64
-HIST_LO = -12.0  # log10 of the lower edge of the √v̂ histogram
-HIST_HI = 2.0  # log10 of the upper edge
-BIN_WIDTH_LOG10 = (HIST_HI - HIST_LO) / NBINS
-#: Tolerance of a histogram quantile against the exact one: a factor of one bin width.
-QUANTILE_FACTOR = 10.0**BIN_WIDTH_LOG10
+NBINS = 256  # one bin per value of float32's 8 exponent bits
+EXP_BIAS = 127  # float32's exponent bias: bin k holds v in [2^(k-127), 2^(k-126))
+#: Width of one bin in log2 √v̂ (an octave of v is half an octave of √v).
+BIN_WIDTH_LOG2 = 0.5
+#: Tolerance of a histogram quantile against the exact one: a factor of one bin width, √2.
+QUANTILE_FACTOR = 2.0**BIN_WIDTH_LOG2
 
 # Columns of one tensor's row; the histogram follows them.
 SUM_G2, SUM_V, SUM_VHAT_DEN, CNT_EPS, CNT_10EPS, SUM_UPD, STEP, NUMEL = range(8)
@@ -61,8 +68,9 @@ class _Scratch:
         self.a = torch.empty(chunk, **f)
         self.b = torch.empty(chunk, **f)
         self.d = torch.empty(chunk, **f)
-        # int32 bin indices: the float→int copy and bincount are ~2x faster than with int64
-        self.idx = torch.empty(chunk, device=device, dtype=torch.int32)
+        # uint8 bin indices: the shift writes them directly (the int32 → uint8 wrap drops the sign
+        # bit, so a NaN with the sign set lands in bin 255 too) and bincount is fastest on uint8
+        self.idx = torch.empty(chunk, device=device, dtype=torch.uint8)
 
 
 class StatsEngine:
@@ -163,11 +171,9 @@ class StatsEngine:
         c1 = z.index_add(0, seg, (d < thr1_e).double())
         c2 = z.index_add(0, seg, (d < 100.0 * thr1_e).double())
         upd = z.index_add(0, seg, (g2 / torch.maximum(d, thr1_e)).double()) * bc
-        a_coef = 0.5 * math.log10(2.0) / BIN_WIDTH_LOG10
-        b_seg = ((-0.5 * math.log10(2.0) / math.log(2.0)) * torch.log(bc) - HIST_LO) / BIN_WIDTH_LOG10
-        b = torch.log2(d).mul_(a_coef).add_(b_seg.float()[seg])
-        b = b.nan_to_num_(nan=0.0, posinf=NBINS - 1.0, neginf=0.0).clamp_(0.0, NBINS - 1.0)
-        hist = torch.bincount(seg64 + b.to(torch.int64), minlength=t * NBINS).reshape(t, NBINS)
+        # the exponent bits of v (see the module docstring); & 255 drops the sign bit
+        ex = torch.bitwise_right_shift(d.contiguous().view(torch.int32), 23).bitwise_and_(NBINS - 1)
+        hist = torch.bincount(seg64 + ex, minlength=t * NBINS).reshape(t, NBINS)
         cols = torch.stack([sum_g2, sum_v, sum_d, c1, c2, upd, step, nume], 1)
         return torch.cat([cols, hist.double()], 1).unbind(0)
 
@@ -195,9 +201,6 @@ class StatsEngine:
         bc32 = bc.to(torch.float32)
         thr1 = bc32 * (eps * eps)
         thr2 = bc32 * (100.0 * eps * eps)
-        # bin(√v̂) = floor(A·log2 v + B): log10 √v̂ = (log2 v − log2 bc)·log10(2)/2.
-        a_coef = 0.5 * math.log10(2.0) / BIN_WIDTH_LOG10
-        b_coef = ((-0.5 * math.log10(2.0)) * torch.log2(bc32) - HIST_LO) / BIN_WIDTH_LOG10
 
         s = self.scratch(v_full.device)
         n = v_full.numel()
@@ -222,15 +225,13 @@ class StatsEngine:
             torch.clamp(den, min=thr1, out=b)
             torch.div(g, b, out=a)
             sum_upd = torch.dot(g, a)
-            # count(den < thr) from float passes, ~2x faster on a CPU than a bool comparison and its sum
-            # (exact: a chunk's count < 2^24): k − Σ sign(max(den, thr1) − thr1) reuses the clamp above,
-            # −Σ sign(min(den, thr2) − thr2) for 10·eps. An element exactly at thr1 counts as below.
-            c1 = k - b.sub_(thr1).sign_().sum()
-            c2 = -torch.clamp(den, max=thr2, out=a).sub_(thr2).sign_().sum()
-            torch.log2(den, out=b)
-            torch.add(b_coef, b, alpha=a_coef, out=b)  # the bin coordinate, in one pass
-            b.nan_to_num_(nan=0.0, posinf=NBINS - 1.0, neginf=0.0).clamp_(0.0, NBINS - 1.0)
-            idx.copy_(b)  # float → int32 truncates: floor for the non-negative values left
+            # count(den < thr): the comparison written as 0/1 floats and summed, 2 passes (a bool
+            # comparison summed as int64 is ~2x slower on a CPU); exact, a chunk's count ≤ 2^24.
+            c1 = torch.lt(den, thr1, out=a).sum()
+            c2 = torch.lt(den, thr2, out=a).sum()
+            # The histogram: v's exponent bits straight from its bit pattern into uint8 (the wrap
+            # drops the sign bit), then bincount; no log, no clamp, no float → int conversion.
+            torch.bitwise_right_shift(den.view(torch.int32), 23, out=idx)
             hist += torch.bincount(idx, minlength=NBINS)
             parts.append(torch.stack([sum_g2, sum_v, sum_den, c1, c2, sum_upd]).double())
         if parts:
@@ -261,24 +262,68 @@ def _local(t: Any) -> Any:
     return to_local() if callable(to_local) else t
 
 
-def hist_quantile(hist: np.ndarray, q: float) -> float:
-    """The q-quantile of √v̂ from a histogram, log-linearly interpolated inside its bin.
+def bin_offset(bc: Any) -> Any:
+    """log2 of the factor 1/√(1-β2^t) that turns a histogram of √v into one of √v̂ (≥ 0)."""
+    return -0.5 * np.log2(bc)
 
-    Within one bin width (:data:`QUANTILE_FACTOR`) of the exact quantile when that lies in
-    [1e-12, 1e2]; NaN for an empty histogram.
 
-    >>> h = np.zeros(NBINS); h[0] = 1; h[-1] = 1
-    >>> f"{hist_quantile(h, 0.0):.4g}", f"{hist_quantile(h, 1.0):.4g}"
-    ('1e-12', '100')
+def hist_quantiles(hist: Any, qs: Iterable[float], bc: Any) -> np.ndarray:
+    """The q-quantiles of √v̂ of every row of ``hist`` (T×NBINS) at once, log-linearly interpolated
+    inside the bin: a (T, Q) array, NaN for an empty row. ``bc`` = 1-β2^t per row.
+
+    Within one bin width (:data:`QUANTILE_FACTOR`) of the exact quantile (the ⌈q·n⌉-th smallest
+    √v̂) when that is a normal float. q=0 reads the lower edge of the first non-empty bin.
+
+    >>> h = np.zeros((2, NBINS)); h[0, 127] = 1; h[1, 127] = 1
+    >>> [f"{x:.4g}" for x in hist_quantiles(h, [0.0, 1.0], np.array([1.0, 0.25])).ravel()]  # √bc = 1/2: ×2
+    ['1', '1.414', '2', '2.828']
     """
     h = np.asarray(hist, dtype=np.float64)
+    qv = np.asarray(list(qs), dtype=np.float64)
+    total = h.sum(1)
+    cum = np.cumsum(h, 1)
+    target = np.maximum(qv[None, :] * total[:, None], 1e-9)  # (T, Q); ≥ a tiny count for q=0
+    k = (cum[:, None, :] < target[:, :, None]).sum(2).clip(0, NBINS - 1)  # first bin with cum >= target
+    rows = np.arange(h.shape[0])[:, None]
+    before = np.where(k > 0, cum[rows, np.maximum(k - 1, 0)], 0.0)
+    cnt = h[rows, k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(cnt > 0, (target - before) / cnt, 0.5).clip(0.0, 1.0)
+        off = bin_offset(np.asarray(bc, dtype=np.float64))[:, None]
+    out = np.exp2(BIN_WIDTH_LOG2 * (k + frac - EXP_BIAS) + off)
+    return np.where(total[:, None] > 0, out, np.nan)
+
+
+def merged_quantiles(hist: Any, qs: Iterable[float], bc: Any) -> np.ndarray:
+    """The q-quantiles of √v̂ over all rows together (shape (Q,)), exact-edged also when the rows'
+    bias corrections differ (param groups with different β2, parameters at different steps).
+
+    Rows with the same correction share their bin edges and are summed; with several corrections the
+    cumulative count is the sum of each group's piecewise-linear (in log √v̂) cumulative count, and
+    the quantile is read from it on the union of their edges — on one group, the same reading as
+    :func:`hist_quantiles`.
+
+    >>> h = np.zeros((2, NBINS)); h[0, 127] = 1; h[1, 127] = 1
+    >>> [f"{x:.4g}" for x in merged_quantiles(h, [0.5, 1.0], np.array([1.0, 0.25]))]  # [1, √2) ∪ [2, 2√2)
+    ['1.414', '2.828']
+    """
+    h = np.asarray(hist, dtype=np.float64).reshape(-1, NBINS)
+    qv = np.asarray(list(qs), dtype=np.float64)
+    off = bin_offset(np.asarray(bc, dtype=np.float64).reshape(-1))
     total = h.sum()
-    if not total > 0:
-        return float("nan")
-    target = max(q * total, 1e-9)  # q=0: the lower edge of the first non-empty bin
-    cum = np.cumsum(h)
-    k = int(np.searchsorted(cum, target, side="left"))
-    k = min(max(k, 0), NBINS - 1)
-    before = cum[k - 1] if k > 0 else 0.0
-    frac = (target - before) / h[k] if h[k] > 0 else 0.5
-    return float(10.0 ** (HIST_LO + BIN_WIDTH_LOG10 * (k + min(max(frac, 0.0), 1.0))))
+    if not total > 0 or not np.isfinite(off).all():
+        return np.full(qv.shape, np.nan)
+    uo, inv = np.unique(off, return_inverse=True)
+    groups = np.zeros((len(uo), NBINS))
+    np.add.at(groups, inv.reshape(-1), h)
+    if len(uo) == 1:
+        return hist_quantiles(groups, qv, np.asarray(bc, dtype=np.float64).reshape(-1)[:1])[0]
+    edges = BIN_WIDTH_LOG2 * (np.arange(NBINS + 1) - EXP_BIAS)[None, :] + uo[:, None]  # log2 √v̂
+    cums = np.concatenate([np.zeros((len(uo), 1)), np.cumsum(groups, 1)], 1)
+    xs = np.unique(edges)
+    cdf = np.sum([np.interp(xs, edges[i], cums[i]) for i in range(len(uo))], axis=0)
+    target = np.maximum(qv * cdf[-1], 1e-9)
+    i = np.searchsorted(cdf, target, side="left").clip(1, len(xs) - 1)  # first edge with cdf >= target
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(cdf[i] > cdf[i - 1], (target - cdf[i - 1]) / (cdf[i] - cdf[i - 1]), 0.5).clip(0.0, 1.0)
+    return np.exp2(xs[i - 1] + frac * (xs[i] - xs[i - 1]))

@@ -57,6 +57,12 @@ def _exact(p: torch.Tensor, st: dict, group: dict, p_before: torch.Tensor | None
     }
 
 
+def _sqrt_vhat(p: torch.Tensor, st: dict, group: dict) -> torch.Tensor:
+    """√ of the denominator's v̂ (max_exp_avg_sq under amsgrad), float64, flat."""
+    den = st["max_exp_avg_sq"] if group.get("amsgrad") else st["exp_avg_sq"]
+    return (den.double() / (1 - group["betas"][1] ** float(st["step"]))).sqrt().flatten()
+
+
 def _icdf(x: torch.Tensor, q: float) -> float:
     """The exact inverted-CDF quantile (the ⌈q·n⌉-th smallest element): what a histogram reads.
     torch.quantile interpolates between neighbours instead; on a 6-element tensor the two differ
@@ -113,6 +119,12 @@ def test_stats_equal_exact_torch(variant: str) -> None:
         n_all = sum(p.numel() for p in model.parameters())
         g2_all = sum(mon.last[n]["g2_mean"] * p.numel() for n, p in names.items()) / n_all
         assert glob["g2_mean"] == pytest.approx(g2_all, rel=1e-9)
+        # All-parameter quantiles from the merged histograms, also across groups whose bias
+        # corrections differ (adamw-groups: β2 0.99 and 0.999): within one bin of the exact ones.
+        sq_all = torch.cat([_sqrt_vhat(p, opt.state[p], g) for g in opt.param_groups for p in g["params"]])
+        for qf in (0.01, 0.5, 0.99):
+            ratio = glob[f"sqrt_vhat_p{round(qf * 100):02d}"] / _icdf(sq_all, qf)
+            assert 1 / QUANTILE_FACTOR <= ratio <= QUANTILE_FACTOR, (variant, "global", qf, ratio)
     # the decaying gradients pushed elements below eps: the fractions were not trivially 0
     assert 0 < mon.last["global"]["frac_below_eps"] < 1
     mon.close()
@@ -147,6 +159,26 @@ def test_quantile_tolerance_is_one_bin() -> None:
         got = mon.last["p"][f"sqrt_vhat_p{round(q * 100):02d}"]
         for exact in (_icdf(sq, q), float(torch.quantile(sq, q))):  # 50k elements: both definitions
             assert 1 / QUANTILE_FACTOR <= got / exact <= QUANTILE_FACTOR, (q, got, exact)
+
+
+def test_merged_quantiles_across_bias_corrections() -> None:
+    """Two equal groups with β2 0.99 and 0.9999 hold the same √v̂ spread while their v differ by
+    100x (v = (1-β2)·g² at step 1): the all-parameter quantiles shift each group's bin edges by its
+    own bias correction before merging (summing the raw-v histograms would be off by a factor 10)."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.nn.Parameter(torch.zeros(4000))
+    b = torch.nn.Parameter(torch.zeros(4000))
+    opt = torch.optim.Adam([{"params": [a], "betas": (0.9, 0.99)}, {"params": [b], "betas": (0.9, 0.9999)}])
+    mon = AdamMonitor(opt, names=["a", "b"], every=1)
+    for _ in range(3):
+        a.grad = torch.randn(4000, generator=g) * 10.0 ** (-4 * torch.rand(4000, generator=g))
+        b.grad = torch.randn(4000, generator=g) * 10.0 ** (-4 * torch.rand(4000, generator=g) - 1)
+        opt.step()
+        sq = torch.cat([_sqrt_vhat(p, opt.state[p], grp) for grp in opt.param_groups for p in grp["params"]])
+        for q in (0.01, 0.5, 0.99):
+            ratio = mon.last["global"][f"sqrt_vhat_p{round(q * 100):02d}"] / _icdf(sq, q)
+            assert 1 / QUANTILE_FACTOR <= ratio <= QUANTILE_FACTOR, (q, ratio)
+    mon.close()
 
 
 def test_monitor_does_not_perturb_training() -> None:
