@@ -417,3 +417,36 @@ def test_r_per_tensor_names_the_collapsed_tensors(tmp_path):
     p = check_page(page, 1)
     assert p.figures.count("r-tensors") == 1 and "6 of 12 tensors, named by the findings" in page
     assert "reg_c.bias (histograms)" in page
+
+
+def test_verify_overlay_in_series_and_page(tmp_path):
+    """--verify on the lab's v-collapse run (blows up at 462, replay from the checkpoint at 450): with
+    series asked for, each replayed variant's loss is kept and drawn over the logged loss, labelled
+    with its outcome; without, the JSON has no series (the block stays opt-in)."""
+    from realruns import ENTRY, train_sh99
+
+    run = tmp_path / "sh99"
+    train_sh99(run)
+    verify = ["--verify", "--entry", ENTRY, "--device", "cpu"]
+    res = runner.invoke(app, ["scan", str(run), *verify, "--with-series", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    ver, rep = r["verification"], r["series"]["replay"]
+    assert rep["start_step"] == ver["start_step"] == 450 and rep["horizon_steps"] == ver["horizon_steps"]
+    assert [(v["name"], v["outcome"]) for v in rep["variants"]] == [(v["name"], v["outcome"]) for v in ver["variants"]]
+    by = {v["name"]: v for v in rep["variants"]}
+    orig, fix = by["original"], by["eps=0.001"]
+    assert orig["step"][0] == fix["step"][0] == 451 and len(fix["step"]) <= 2000
+    assert fix["points"] == ver["horizon_steps"] and fix["step"][-1] == 450 + fix["points"]
+    logged = dict(zip(r["series"]["loss"]["step"], r["series"]["loss"]["value"]))
+    assert orig["value"][0] == pytest.approx(logged[451], rel=1e-3)  # the replay reproduces the log
+    assert max(v for v in orig["value"] if v is not None) > 10 * max(fix["value"])  # the original blows up
+    saved = tmp_path / "v.json"
+    saved.write_text(res.stdout)
+    page = runner.invoke(app, ["show", str(saved), "-f", "html"]).stdout
+    p = check_page(page, 1)
+    assert p.figures.count("replay") == 1 and "Replay overlay" in p.h3
+    assert f"original: blowup at {orig['blowup_step']}" in page and "eps=0.001: avoided" in page
+    plain = runner.invoke(app, ["scan", str(run), *verify, "--format", "json"])
+    (r2,) = json.loads(plain.stdout)["runs"]
+    assert r2["verification"]["variants"] == ver["variants"] and "series" not in r2
