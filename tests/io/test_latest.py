@@ -112,3 +112,10 @@ def test_replay_takes_a_directory_only_with_latest_when_it_holds_several(tmp_pat
     # A directory that holds one checkpoint means that one.
     _torch_ckpt(tmp_path / "only.pt", 3)
     assert single_checkpoint(tmp_path, latest=False) == tmp_path / "only.pt"
+
+
+def test_keras_modelcheckpoint_names_epochs_the_file_states_steps():
+    """ModelCheckpoint('epoch{epoch:02d}.keras', save_freq=200) of the Keras blowup run: the files say
+    steps 200…800 (the optimizer's iterations), the names say epochs 2…8."""
+    pick = latest_checkpoint(TF.parent / "keras_blowup" / "ckpt")
+    assert (pick.path.name, pick.step, pick.step_from, pick.candidates) == ("epoch08.keras", 800, "file", 4)
