@@ -163,12 +163,17 @@ class CheckpointSummary:
     tensors: list[TensorStats]
     # optimizers in the checkpoint that are not Adam-family ({"index", "key", "type"}): listed, not analysed
     other_optimizers: list[dict[str, Any]] = field(default_factory=list)
+    # Adam's own t (the largest per-parameter state step); ``step`` is the log step (global_step & co,
+    # what the event files count): io.checkpoints.resolve_steps, the same for inspect, scan and replay
+    optimizer_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "other_optimizers": list(self.other_optimizers),
             "path": self.path,
             "step": self.step,
+            "log_step": self.step,
+            "optimizer_step": self.optimizer_step,
             "layout": self.layout,
             "optimizer": self.optimizer,
             "convention": self.convention,

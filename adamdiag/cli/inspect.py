@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from adamdiag.cli.app import app, emit, guarded
-from adamdiag.cli.options import Convention, ConventionOpt, TableFormat, TableFormatOpt, TrustOpt, convention_value
+from adamdiag.cli.options import (
+    AssumeBeta2Opt,
+    AssumeEpsOpt,
+    AssumeLrOpt,
+    Convention,
+    ConventionOpt,
+    TableFormat,
+    TableFormatOpt,
+    TrustOpt,
+    assumptions,
+    convention_value,
+)
+
+if TYPE_CHECKING:
+    from adamdiag.io.checkpoints.hyper import Assumptions
 
 
 @app.command()
@@ -28,13 +42,27 @@ def inspect(
             help="Of each directory (or TF 'checkpoint' file), only the checkpoint with the highest step.",
         ),
     ] = False,
+    assume_lr: AssumeLrOpt = None,
+    assume_beta2: AssumeBeta2Opt = None,
+    assume_eps: AssumeEpsOpt = None,
 ) -> None:
     """Per-tensor Adam moment statistics of checkpoints, sorted by risk; decay ratios for two."""
-    emit(run_inspect(checkpoints, format.value, convention_value(convention), trust_checkpoint, latest=latest))
+    assume = assumptions(assume_lr, assume_beta2, assume_eps)
+    emit(
+        run_inspect(
+            checkpoints, format.value, convention_value(convention), trust_checkpoint, latest=latest, assume=assume
+        )
+    )
 
 
 def run_inspect(
-    paths: list[Path], fmt: str, convention: str | None, trust_checkpoint: bool, *, latest: bool = False
+    paths: list[Path],
+    fmt: str,
+    convention: str | None,
+    trust_checkpoint: bool,
+    *,
+    latest: bool = False,
+    assume: Assumptions | None = None,
 ) -> str:
     """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv)."""
     from adamdiag.errors import InputError
@@ -44,7 +72,7 @@ def run_inspect(
 
     if fmt not in ("text", "json", "csv"):
         raise InputError(f"unknown format {fmt!r} (text, json or csv)")
-    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint, latest=latest)
+    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint, latest=latest, assume=assume)
     if fmt == "json":
         return json.dumps(to_json_obj(summaries, pairs), indent=2, allow_nan=False)
     if fmt == "csv":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from adamdiag.io.checkpoints.hyper import Assumptions
 
 
 class Format(str, Enum):
@@ -67,3 +70,27 @@ TrustOpt = Annotated[
         "--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling (runs code from the file!)."
     ),
 ]
+
+# Values for hyperparameters a checkpoint does not store (adamdiag.io.checkpoints.hyper: a stored value
+# always wins; the output says which values were assumed).
+AssumeLrOpt = Annotated[
+    float | None,
+    typer.Option("--assume-lr", help="lr to use where a checkpoint does not store it (marked 'user')."),
+]
+AssumeBeta2Opt = Annotated[
+    float | None,
+    typer.Option("--assume-beta2", help="beta2 to use where a checkpoint does not store it (marked 'user')."),
+]
+AssumeEpsOpt = Annotated[
+    float | None,
+    typer.Option("--assume-eps", help="eps to use where a checkpoint does not store it (marked 'user')."),
+]
+
+
+def assumptions(lr: float | None, beta2: float | None, eps: float | None) -> Assumptions | None:
+    """The --assume-* values, checked (InputError: exit 2); None when none was given."""
+    from adamdiag.io.checkpoints.hyper import Assumptions
+
+    if lr is None and beta2 is None and eps is None:
+        return None
+    return Assumptions(lr=lr, beta2=beta2, eps=eps).validate()

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from adamdiag.cli.app import app, guarded
-from adamdiag.cli.options import Device, Format, FormatOpt, ReplayMode, TrustOpt
+from adamdiag.cli.options import (
+    AssumeBeta2Opt,
+    AssumeEpsOpt,
+    AssumeLrOpt,
+    Device,
+    Format,
+    FormatOpt,
+    ReplayMode,
+    TrustOpt,
+    assumptions,
+)
 
 
 @app.command()
@@ -68,6 +78,9 @@ def replay(
             "--mode", help="Alternates in one vmap pass (batched) or one by one with torch.optim.Adam (sequential)."
         ),
     ] = ReplayMode.auto,
+    assume_lr: AssumeLrOpt = None,
+    assume_beta2: AssumeBeta2Opt = None,
+    assume_eps: AssumeEpsOpt = None,
 ) -> None:
     """Counterfactual replay: re-run the suspect steps with the original and alternate eps/beta2/lr."""
     from adamdiag.io.checkpoints.latest import single_checkpoint
@@ -95,6 +108,7 @@ def replay(
         grid=grid,
         named=tensor,
         budget_s=budget,
+        assume=assumptions(assume_lr, assume_beta2, assume_eps),
     )
     if code:
         raise typer.Exit(code)

@@ -10,6 +10,9 @@ import typer
 
 from adamdiag.cli.app import app, guarded, publish
 from adamdiag.cli.options import (
+    AssumeBeta2Opt,
+    AssumeEpsOpt,
+    AssumeLrOpt,
     CheckpointsOpt,
     Convention,
     ConventionOpt,
@@ -18,6 +21,7 @@ from adamdiag.cli.options import (
     FormatOpt,
     RunsArg,
     TrustOpt,
+    assumptions,
     convention_value,
 )
 from adamdiag.results.report import Report
@@ -73,7 +77,9 @@ def diagnose_paths(
     trust: bool,
     loss_tags: list[str] | None = None,
     grad_norm_tag: str | None = None,
+    assume: tuple[float | None, float | None, float | None] = (None, None, None),
 ):
+    """scan_paths with the command line's options; ``assume``: (--assume-lr, --assume-beta2, --assume-eps)."""
     from adamdiag.pipeline.scan import scan_paths
 
     return scan_paths(
@@ -83,6 +89,7 @@ def diagnose_paths(
         trust_checkpoint=trust,
         loss_tags=loss_tags or None,
         grad_norm_tag=grad_norm_tag,
+        assume=assumptions(*assume),
     )
 
 
@@ -136,10 +143,15 @@ def scan(
     trust_entry: TrustEntryOpt = False,
     device: DeviceOpt = "auto",
     with_series: WithSeriesOpt = False,
+    assume_lr: AssumeLrOpt = None,
+    assume_beta2: AssumeBeta2Opt = None,
+    assume_eps: AssumeEpsOpt = None,
 ) -> None:
     """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
-    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    report = diagnose_paths(
+        runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
+    )
     if verify_:
         verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
     if with_series:
@@ -170,12 +182,17 @@ def check(
     trust_entry: TrustEntryOpt = False,
     device: DeviceOpt = "auto",
     with_series: WithSeriesOpt = False,
+    assume_lr: AssumeLrOpt = None,
+    assume_beta2: AssumeBeta2Opt = None,
+    assume_eps: AssumeEpsOpt = None,
 ) -> None:
     """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on or a run could not be diagnosed
     (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
     from adamdiag.results.report import SEVERITY_RANK
 
-    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag)
+    report = diagnose_paths(
+        runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
+    )
     if verify_:
         verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
     if with_series:

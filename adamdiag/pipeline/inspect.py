@@ -4,13 +4,20 @@ consecutive ones (v_b/(β2^Δ·v_a) ≈ 1 means v decayed without new gradient).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adamdiag.console import stderr_progress
 
+if TYPE_CHECKING:
+    from adamdiag.io.checkpoints.hyper import Assumptions
 
-def collect(paths: list[Path], *, convention: str | None, trust: bool, latest: bool = False) -> tuple[list, list[dict]]:
+
+def collect(
+    paths: list[Path], *, convention: str | None, trust: bool, latest: bool = False, assume: Assumptions | None = None
+) -> tuple[list, list[dict]]:
     """Summaries of every checkpoint named (directories are searched) and the consecutive pairs.
-    ``latest``: of each path, only the checkpoint with the highest step (said on stderr)."""
+    ``latest``: of each path, only the checkpoint with the highest step (said on stderr).
+    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``)."""
     from adamdiag.console import info
     from adamdiag.errors import InputError
     from adamdiag.io.checkpoints import find_checkpoints
@@ -36,7 +43,7 @@ def collect(paths: list[Path], *, convention: str | None, trust: bool, latest: b
             def cb(done: int, total: int, label: str, task=task) -> None:
                 prog.update(task, completed=done, total=total)
 
-            summaries.append(summarize_checkpoint(f, trust=trust, convention=convention, progress=cb))
+            summaries.append(summarize_checkpoint(f, trust=trust, convention=convention, progress=cb, assume=assume))
             prog.remove_task(task)
         order = sorted(range(len(files)), key=lambda i: (summaries[i].step is None, summaries[i].step or 0, i))
         files = [files[i] for i in order]
@@ -45,5 +52,5 @@ def collect(paths: list[Path], *, convention: str | None, trust: bool, latest: b
         for (fa, sa), (fb, sb) in zip(zip(files, summaries), zip(files[1:], summaries[1:])):
             if sa.step is None or sb.step is None or sb.step <= sa.step:
                 continue
-            pairs.append(compare_checkpoints(fa, fb, trust=trust))
+            pairs.append(compare_checkpoints(fa, fb, trust=trust, assume=assume))
     return summaries, pairs

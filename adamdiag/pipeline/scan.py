@@ -8,34 +8,51 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adamdiag import __version__
 from adamdiag.console import stderr_progress
 from adamdiag.results.report import Report
 
+if TYPE_CHECKING:
+    from adamdiag.io.checkpoints.hyper import Assumptions
+
 
 def load_checkpoint_summaries(
-    root: Path, *, trust: bool, convention: str | None, warnings: list[str], non_adam: list[str] | None = None
+    root: Path,
+    *,
+    trust: bool,
+    convention: str | None,
+    warnings: list[str],
+    non_adam: list[str] | None = None,
+    assume: Assumptions | None = None,
 ) -> tuple[list, list[str]]:
     """Summaries of every optimizer checkpoint under ``root``; unreadable ones become warnings
     (a diagnosis from the event files is still honest without them) — a checkpoint that needs
     full unpickling too: one such file must not cost the diagnosis of every run (its message names
     the refused global and --trust-checkpoint). Files that are no regular files are never opened
-    (a FIFO would block the scan): skipped with a warning."""
+    (a FIFO would block the scan): skipped with a warning. ``assume``: ``--assume-*``; which values
+    were assumed or stay unknown becomes one run warning each (not one per checkpoint)."""
     from adamdiag.errors import InputError, NotAdamError
     from adamdiag.io.checkpoints import find_checkpoints
+    from adamdiag.io.checkpoints.hyper import PREFIX
     from adamdiag.pipeline.summary import summarize_checkpoint
 
     out, paths = [], []
+    hyper_lines: dict[str, int] = {}
     for p in find_checkpoints(root, skipped=warnings):
         try:
-            out.append(summarize_checkpoint(p, trust=trust, convention=convention))
+            out.append(summarize_checkpoint(p, trust=trust, convention=convention, assume=assume))
             paths.append(str(p))
+            for w in out[-1].warnings:
+                if w.startswith(PREFIX):
+                    hyper_lines[w] = hyper_lines.get(w, 0) + 1
         except NotAdamError as e:  # another optimizer: a finding of its own (AD903), not an input problem
             (non_adam if non_adam is not None else warnings).append(str(e))
         except InputError as e:  # UntrustedCheckpointError included
             warnings.append(f"checkpoint {p}: {e}")
+    for w, n in hyper_lines.items():
+        warnings.append(w if len(out) == 1 else f"{w} (in {n} of {len(out)} checkpoints)")
     return out, paths
 
 
@@ -119,9 +136,11 @@ def scan_paths(
     trust_checkpoint: bool = False,
     loss_tags: list[str] | None = None,
     grad_norm_tag: str | None = None,
+    assume: Assumptions | None = None,
 ) -> Report:
     """Diagnose every run found under ``paths``. ``loss_tags``/``grad_norm_tag``: the user's tags
     (``--loss-tag``, repeatable, the total first; ``--grad-norm-tag``), else the shared auto-pick.
+    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``).
 
     Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files, or
     when the only run found cannot be read; among several runs an unreadable one becomes an
@@ -207,7 +226,12 @@ def scan_paths(
             ck_root = ck_roots[run_dir]
             non_adam: list[str] = []
             summaries, ck_paths = load_checkpoint_summaries(
-                ck_root, trust=trust_checkpoint, convention=convention, warnings=warnings, non_adam=non_adam
+                ck_root,
+                trust=trust_checkpoint,
+                convention=convention,
+                warnings=warnings,
+                non_adam=non_adam,
+                assume=assume,
             )
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(

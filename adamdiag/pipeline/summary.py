@@ -85,6 +85,7 @@ def summarize_checkpoint(
         warnings=warnings,
         tensors=stats,
         other_optimizers=list(ck.other_optimizers),
+        optimizer_step=ck.optimizer_step,
     )
 
 

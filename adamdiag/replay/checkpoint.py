@@ -1,27 +1,30 @@
 """Load a training checkpoint for replay: model weights, Adam/AdamW state and the step.
 
-Kept small and self-contained: ``torch.load(weights_only=True)`` (arbitrary unpickling only with
-``--trust-checkpoint``), then the optimizer state dict is found by content (a dict with ``state`` and
+Files are loaded by the one safe loader of :mod:`adamdiag.io.checkpoints` (``torch_load``:
+``weights_only=True``, arbitrary unpickling only with ``--trust-checkpoint`` and then with its
+warning), then the optimizer state dict is found by content (a dict with ``state`` and
 ``param_groups``) and the model state dict by key or content, so the common layouts
 (``{'model', 'optimizer', 'step'}``, Lightning's ``state_dict``/``optimizer_states``, ...) all work.
+The step is read as inspect and scan read it (``io.checkpoints.resolve_steps``): the log step
+(global_step & co) lines the replay up with the event files.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError, UntrustedCheckpointError
+from adamdiag.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
+    from adamdiag.io.checkpoints.hyper import Assumptions
+
 _MODEL_KEYS = ("model", "model_state_dict", "state_dict", "model_state", "net", "module")
 _OPTIM_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt", "optimizer_states")
-_STEP_KEYS = ("step", "global_step", "iteration", "iter")
 
 
 @dataclass
@@ -33,6 +36,8 @@ class ReplayCheckpoint:
     model_state: dict[str, torch.Tensor]
     optim_state: dict[str, Any]  # {"state": {id: {...}}, "param_groups": [...]}
     framework: str | None = None  # "lightning" (its logging convention differs), "hf", "accelerate", "dcp"
+    optimizer_step: int | None = None  # Adam's own t (``step`` is the log step); None when not stored
+    notes: list[str] = field(default_factory=list)  # step disagreement, assumed hyperparameters
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -76,42 +81,61 @@ def _find(obj: Any, pred, keys: tuple[str, ...], depth: int = 3) -> Any:
     return None
 
 
-def _step_of(raw: Any, optim: Mapping[str, Any], path: Path) -> int:
-    import torch
+def _steps_of(raw: Any, optim: Mapping[str, Any], path: Path, notes: list[str]) -> tuple[int, int | None]:
+    """(log step, optimizer step), read as inspect and scan read them (``io.checkpoints.resolve_steps``)."""
+    from adamdiag.io.checkpoints import _as_int, find_step, resolve_steps
 
-    if isinstance(raw, Mapping):
-        for k in _STEP_KEYS:
-            v = raw.get(k)
-            if isinstance(v, torch.Tensor) and v.numel() == 1:
-                v = v.item()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
-                return int(v)
-    steps = []
-    for st in optim["state"].values():
-        v = st.get("step") if isinstance(st, Mapping) else None
-        if isinstance(v, torch.Tensor):
-            v = v.item()
-        if isinstance(v, (int, float)):
-            steps.append(int(v))
-    if steps:
-        return max(steps)
-    m = re.findall(r"\d+", path.stem)
-    if m:
-        return int(m[-1])
-    raise InputError(
-        f"{path}: cannot tell the checkpoint's step (no 'step' key, no optimizer step, no number in the name)"
-    )
+    opt_steps = [_as_int(st.get("step")) for st in optim["state"].values() if isinstance(st, Mapping)]
+    log, opt = resolve_steps(find_step(raw), opt_steps, path, notes)
+    if log is None:
+        raise InputError(
+            f"{path}: cannot tell the checkpoint's step (no 'step' key, no optimizer step, no number in the name)"
+        )
+    return log, opt
 
 
-def load_replay_checkpoint(path: Path, *, trust: bool = False) -> ReplayCheckpoint:
+def load_replay_checkpoint(path: Path, *, trust: bool = False, assume: Assumptions | None = None) -> ReplayCheckpoint:
     """Read ``path`` (a file; a HF ``checkpoint-N/``, accelerate or torch.distributed.checkpoint
-    directory) and check that it holds Adam/AdamW state; InputError with one line otherwise."""
+    directory) and check that it holds Adam/AdamW state; InputError with one line otherwise.
+    ``assume`` (``--assume-*``) supplies an lr/β2/eps a param group lacks (a stored value wins)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such checkpoint: {path}")
-    if path.is_dir():
-        return _load_checkpoint_dir(path, trust)
-    return _from_raw(path, _torch_load(path, trust))
+    ck = _load_checkpoint_dir(path, trust) if path.is_dir() else _from_raw(path, _torch_load(path, trust))
+    _complete_groups(ck, assume)
+    return ck
+
+
+def _complete_groups(ck: ReplayCheckpoint, assume: Assumptions | None) -> None:
+    """The lr/betas/eps every param group needs to replay: a group that lacks one takes the user's
+    ``--assume-*`` value (said in ``ck.notes``); without one it is an InputError naming the flag."""
+    from adamdiag.io.checkpoints.hyper import FLAGS
+
+    given = assume.given() if assume is not None else {}
+    groups = []
+    used: set[str] = set()
+    for i, g in enumerate(ck.param_groups):
+        g = dict(g)  # the loaded object stays as read
+        if "betas" not in g and "beta2" in given:
+            # β1 is not assumable: a group without betas lacks it too
+            raise InputError(f"{ck.path}: optimizer param group {i} stores no betas (β1 and β2): cannot replay it")
+        for k in ("lr", "eps"):
+            if k not in g and k in given:
+                g[k] = given[k]
+                used.add(k)
+        missing = [k for k in ("lr", "betas", "eps", "params") if k not in g]
+        if missing:
+            flags = [FLAGS[k] for k in missing if k in FLAGS]
+            hint = f" (give {' / '.join(flags)})" if flags else ""
+            raise InputError(
+                f"{ck.path}: optimizer param group {i} lacks {', '.join(missing)}{hint}; not torch.optim.Adam state"
+            )
+        groups.append(g)
+    ck.optim_state = {**ck.optim_state, "param_groups": groups}
+    for k in sorted(used):
+        ck.notes.append(f"{k}={given[k]:g} assumed ({FLAGS[k]}): the checkpoint does not store it")
+    for k in sorted(set(given) - used):
+        ck.notes.append(f"{FLAGS[k]} not used: the checkpoint stores {k}")
 
 
 def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
@@ -156,10 +180,10 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
             if not _is_tensor_map(part):
                 raise InputError(f"{f}: not a model state dict")
             model.update(part)
-    step = checkpoint_dir_step(d, kind, [])
+    stated = checkpoint_dir_step(d, kind, [])
     raw = {"model": model, "optimizer": optim}
-    if step is not None:
-        raw["step"] = step
+    if stated is not None:
+        raw["global_step"] = stated[0]
     ck = _from_raw(d, raw)
     ck.framework = kind
     return ck
@@ -170,6 +194,7 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     process group by inspect's reader. Its optimizer state is keyed by parameter name (FQN): it becomes
     the ``torch.optim`` layout (ids in group order, the names as ``param_names``), so the rest of
     replay matches parameters by name."""
+    from adamdiag.io.checkpoints import STEP_KEYS
     from adamdiag.io.checkpoints.dcp import DcpReader, _parse, open_dcp
 
     ck = open_dcp(d, trust=trust)  # the one-line errors: not Adam, no optimizer state, unsafe metadata
@@ -198,7 +223,7 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     model = {
         path[-1]: reader.read(key)
         for path, key in other.items()
-        if path and isinstance(path[-1], str) and reader.is_tensor(key) and path[-1] not in _STEP_KEYS
+        if path and isinstance(path[-1], str) and reader.is_tensor(key) and path[-1] not in STEP_KEYS
     }
     raw: dict[str, Any] = {"model": model, "optimizer": {"state": state, "param_groups": groups}}
     if ck.step is not None:
@@ -209,28 +234,11 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
-    """torch.load with weights_only unless trusted; InputError / UntrustedCheckpointError in one line."""
-    import pickle
+    """The one safe loader (``io.checkpoints.torch_load``): weights_only first, full unpickling only
+    when trusted and then with its warning; InputError / UntrustedCheckpointError in one line."""
+    from adamdiag.io.checkpoints import torch_load
 
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
-            raise InputError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
-        if not trust:
-            raise UntrustedCheckpointError(
-                f"{path} needs arbitrary unpickling (it holds Python objects beyond tensors); "
-                "pass --trust-checkpoint only if you trust its source"
-            ) from None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e2:  # noqa: BLE001
-            raise InputError(f"cannot read checkpoint {path}: {type(e2).__name__}: {e2}") from None
-    except Exception as e:  # noqa: BLE001 - corrupt/truncated/not a torch file
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"cannot read checkpoint {path}: {first}") from None
+    return torch_load(path, trust=trust)[0]
 
 
 def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
@@ -249,12 +257,6 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
             f"{path}: not Adam/AdamW state: per-parameter state has {', '.join(found) or 'nothing'}"
             f"{hint}; replay needs exp_avg and exp_avg_sq"
         )
-    for i, g in enumerate(optim["param_groups"]):
-        missing = [k for k in ("lr", "betas", "eps", "params") if k not in g]
-        if missing:
-            raise InputError(
-                f"{path}: optimizer param group {i} lacks {', '.join(missing)}; not torch.optim.Adam state"
-            )
     model = None
     if isinstance(raw, Mapping):
         for k in _MODEL_KEYS:
@@ -266,12 +268,16 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     if model is None:
         raise InputError(f"{path}: no model state dict (a mapping of parameter names to tensors) found")
     lightning = isinstance(raw, Mapping) and ("pytorch-lightning_version" in raw or "optimizer_states" in raw)
+    notes: list[str] = []
+    step, optimizer_step = _steps_of(raw, optim, path, notes)
     return ReplayCheckpoint(
         path=path,
-        step=_step_of(raw, optim, path),
+        step=step,
         model_state=dict(model),
         optim_state=optim,
         framework="lightning" if lightning else None,
+        optimizer_step=optimizer_step,
+        notes=notes,
     )
 
 

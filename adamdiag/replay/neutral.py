@@ -32,6 +32,7 @@ from adamdiag.replay.result import ScopeSeries
 
 if TYPE_CHECKING:
     from adamdiag.io.checkpoints import OptimizerCheckpoint
+    from adamdiag.io.checkpoints.hyper import Assumptions
     from adamdiag.replay.checkpoint import ReplayCheckpoint
     from adamdiag.replay.engine import Curve
 
@@ -47,11 +48,16 @@ MEDIAN_FALLBACK_NOTE = (
 )
 
 
-def foreign_checkpoint(path: Path) -> OptimizerCheckpoint | None:
-    """A TensorFlow/Keras checkpoint opened by adamdiag's own readers (no TensorFlow), else None."""
+def foreign_checkpoint(path: Path, assume: Assumptions | None = None) -> OptimizerCheckpoint | None:
+    """A TensorFlow/Keras checkpoint opened by adamdiag's own readers (no TensorFlow), else None;
+    ``assume`` (``--assume-*``) fills what it does not store (``io.checkpoints.hyper``)."""
+    from adamdiag.io.checkpoints import hyper
     from adamdiag.io.checkpoints.tf import open_foreign
 
-    return open_foreign(Path(path))
+    ck = open_foreign(Path(path))
+    if ck is not None:
+        hyper.apply(ck.entries, assume, ck.warnings)
+    return ck
 
 
 def neutral_checkpoint(
@@ -73,8 +79,11 @@ def neutral_checkpoint(
         h = e.hyper if e is not None else {}
         sources = h.get("sources") or {}
         for k in ("eps", "beta2", "lr"):
-            if h.get(k) is not None:
-                (known if sources.get(k, "file") == "file" else defaults)[k] = float(h[k])
+            src = sources.get(k, "file")
+            if h.get(k) is None or src == "unknown" or not math.isfinite(float(h[k])):
+                continue  # not stored, nothing assumed: the entry's original must say
+            # the file's value, or the user's --assume-*: known; a framework default: warned below
+            (known if src in ("file", "user") else defaults)[k] = float(h[k])
         if h.get("beta1") is not None:
             beta1 = float(h["beta1"])
         if foreign.step is not None:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from adamdiag.io.checkpoints.hyper import Assumptions
     from adamdiag.replay.checkpoint import ReplayCheckpoint
     from adamdiag.replay.engine import Curve
 
@@ -142,20 +143,30 @@ def default_loss_tag(checkpoint: Path, logdir: Path | None) -> str:
 
 
 def read_logged_loss(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of ``tag`` as the run really went (restarts resolved)."""
+    """(steps, values) of ``tag`` as the run really went (restarts resolved). Keras' per-epoch running
+    mean (``batch_loss`` beside ``epoch_loss``) is turned back into per-batch losses first, as scan
+    does (AD603): the replay's losses are per batch. Logged every N batches (``update_freq=N``) it
+    gives N-batch means, which no replayed step equals: refused with what to log instead."""
     import numpy as np
 
-    from adamdiag.analysis.frames import series
+    from adamdiag.analysis.evidence import loss_series
     from adamdiag.io.events import read_run
 
     ev = read_run(run_dir)
     scalars = ev.scalars
-    if not (scalars["tag"] == tag).any():
-        tags = sorted(set(map(str, scalars["tag"].unique())))
+    tags = sorted(set(map(str, scalars["tag"].unique())))
+    if tag not in tags:
         shown = ", ".join(tags[:15]) + (f", ... ({len(tags)} tags)" if len(tags) > 15 else "")
         raise InputError(f"no scalar tag {tag!r} in {run_dir}; available: {shown or 'none'} (use --loss-tag)")
-    s = series(scalars, tag)
-    return s.index.to_numpy(dtype=np.int64), s.to_numpy(dtype=np.float64)
+    rebuilt: list[dict[str, Any]] = []
+    steps, values = loss_series(scalars, tag, tags, rebuilt)
+    if rebuilt and rebuilt[0]["reconstructed"] and len(steps) > 1 and int(np.diff(steps).max()) > 1:
+        raise InputError(
+            f"{tag!r} in {run_dir} is Keras' running mean logged every {int(np.diff(steps).min())} batches "
+            "(TensorBoard update_freq): per-batch losses cannot be recovered from it, so a replay cannot be "
+            "compared with the log; replay a run logged with update_freq=1"
+        )
+    return steps, values
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,14 +255,16 @@ def plan_replay(
     run_dir: Path | None = None,
     require_trust: bool = False,
     notify: Callable[[str], None] | None = _stderr,
+    assume: Assumptions | None = None,
 ) -> Plan:
     """Read and check every input; InputError with one line on the first problem.
 
     ``variants`` (library callers) replaces the --eps/--beta2/--lr options: the original settings are
-    put first when missing. ``run_dir`` replaces the --logdir search."""
+    put first when missing. ``run_dir`` replaces the --logdir search. ``assume`` (``--assume-*``):
+    the original lr/β2/eps where the checkpoint does not store them (a stored value wins)."""
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}")
-    ckpt, spec, warns = _checkpoint_and_spec(checkpoint, entry, trust_checkpoint, notify, require_trust)
+    ckpt, spec, warns = _checkpoint_and_spec(checkpoint, entry, trust_checkpoint, notify, require_trust, assume)
     original = _original(ckpt)
     if variants is None:
         variants = make_variants(original, eps, beta2, lr, grid=grid)
@@ -327,6 +340,7 @@ def _checkpoint_and_spec(
     trust_checkpoint: bool,
     notify: Callable[[str], None] | None,
     require_trust: bool,
+    assume: Assumptions | None = None,
 ) -> tuple[ReplayCheckpoint, ReplaySpec | NeutralSpec | None, list[str]]:
     """The start checkpoint, and the entry when it had to be loaded to read the checkpoint.
 
@@ -338,11 +352,11 @@ def _checkpoint_and_spec(
     from adamdiag.replay.checkpoint import load_replay_checkpoint
     from adamdiag.replay.neutral import NEUTRAL_ENTRY_HINT, foreign_checkpoint, neutral_checkpoint
 
-    foreign = foreign_checkpoint(checkpoint)
+    foreign = foreign_checkpoint(checkpoint, assume)
     base, unreadable = None, None
     if foreign is None:
         try:
-            base = load_replay_checkpoint(checkpoint, trust=trust_checkpoint)
+            base = load_replay_checkpoint(checkpoint, trust=trust_checkpoint, assume=assume)
         except UntrustedCheckpointError:
             raise
         except InputError as e:
@@ -350,7 +364,7 @@ def _checkpoint_and_spec(
                 raise
             unreadable = e  # maybe a checkpoint only the user's framework reads: ask the entry
     if base is not None:
-        return base, None, []
+        return base, None, list(base.notes)
     what = f"{checkpoint} is a {foreign.layout} checkpoint" if foreign is not None else None
     try:
         spec = load_spec(checkpoint, entry, notify=notify, require_trust=require_trust)
@@ -662,6 +676,7 @@ def run_replay(
     grid: bool = False,
     named: list[str] | None = None,
     budget_s: float | None = None,
+    assume: Assumptions | None = None,
 ) -> int:
     """The ``replay`` command. Prints the result (rank 0 only) and returns the exit code:
     0 only when some variant is ``avoided`` (an alternate, or the original itself: nothing to fix),
@@ -689,6 +704,7 @@ def run_replay(
             log_offset=log_offset,
             grid=grid,
             named=named,
+            assume=assume,
         )
         if budget_s is not None:
             plan.deadline = time.monotonic() + budget_s
@@ -719,6 +735,7 @@ def run_replay(
         grid=grid,
         named=named,
         budget_s=budget_s,
+        assume=assume,
     )
 
 

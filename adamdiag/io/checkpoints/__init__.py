@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +152,14 @@ class OptimizerCheckpoint:
     mmap_files: list[str] = field(default_factory=list, repr=False)
     # Optimizers in the file that are not Adam-family: {"index", "key", "type"} (type says what they are).
     other_optimizers: list[dict[str, Any]] = field(default_factory=list)
+    # The two step quantities (:func:`resolve_steps`): ``step`` is the log step (global_step & co, for
+    # lining up with the event files); ``optimizer_step`` Adam's own t (the largest per-parameter
+    # state step; each tensor's bias correction uses its own). None where the reader does not say.
+    optimizer_step: int | None = None
+
+    @property
+    def log_step(self) -> int | None:
+        return self.step
 
     def __len__(self) -> int:
         return sum(1 for e in self.entries if e.shape is not None)
@@ -516,20 +524,51 @@ def _pick_model_state(obj: Any) -> tuple[tuple, dict] | None:
     return sorted(cands, key=rank)[0]
 
 
-def _find_step(obj: Any) -> int | None:
+def find_step(obj: Any) -> tuple[int, str] | None:
+    """The step a checkpoint dict states, and the key it came from: ``STEP_KEYS`` in order of
+    preference (``global_step`` first), at the top level, else in a trainer-state-like sub-dict."""
     if not isinstance(obj, dict):
         return None
     for key in STEP_KEYS:
         if key in obj:
             v = _as_int(obj[key])
             if v is not None:
-                return v
+                return v, key
     for sub in ("trainer_state", "meta", "metadata", "extra_state", "progress"):
         if isinstance(obj.get(sub), dict):
-            v = _find_step(obj[sub])
-            if v is not None:
-                return v
+            found = find_step(obj[sub])
+            if found is not None:
+                return found[0], f"{sub}.{found[1]}"
     return None
+
+
+def resolve_steps(
+    stated: tuple[int, str] | None, optimizer_steps: Iterable[int | None], path: Path | None, warnings: list[str]
+) -> tuple[int | None, int | None]:
+    """(log_step, optimizer_step) of a checkpoint — how ``inspect``, ``scan`` and ``replay`` all read
+    them (docs/architecture.md, "Contracts").
+
+    * ``optimizer_step``: Adam's t, the largest per-parameter state ``step`` (bias correction).
+    * ``log_step``: the step the event files use: what the checkpoint states (``stated``: value and
+      key, e.g. ``global_step``; HF's ``trainer_state.json``), else the optimizer step, else the
+      number in the file's name.
+
+    They differ legitimately (a fresh optimizer after a restart, gradient accumulation counted in
+    batches, a counter of epochs): when both are known and differ, a warning names both.
+    """
+    opt = max((s for s in optimizer_steps if s is not None), default=None)
+    if stated is not None:
+        log: int | None = stated[0]
+        if opt is not None and opt != stated[0]:
+            warnings.append(
+                f"log_step {stated[0]} ({stated[1]}) and optimizer_step {opt} (the optimizer's own step count) "
+                f"disagree: the event files are matched at step {stated[0]}, bias corrections use the optimizer's"
+            )
+    elif opt is not None:
+        log = opt
+    else:
+        log = step_from_name(path) if path is not None else None
+    return log, opt
 
 
 # --- optimizer state -> entries --------------------------------------------------------------------
@@ -1039,7 +1078,7 @@ def _finish(
     layout: str,
     opts: list[tuple[dict, tuple, dict]],
     model: _ModelSource | None,
-    step: int | None,
+    stated: tuple[int, str] | None,
     warnings: list[str],
     mmap_files: list[str],
     others: list[dict] | None = None,
@@ -1077,9 +1116,7 @@ def _finish(
     else:
         mapping = "none"
     read_steps = [_as_int(osds[_opt_index(e)]["state"][e.index].get("step")) for e in entries if e.shape is not None]
-    steps = [s for s in read_steps if s is not None]
-    if step is None and steps:
-        step = max(steps)
+    step, optimizer_step = resolve_steps(stated, read_steps, path, warnings)
     if model is not None:
         mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]
     ck = OptimizerCheckpoint(
@@ -1093,6 +1130,7 @@ def _finish(
         entries=entries,
         mmap_files=mmap_files,
         other_optimizers=list(others or []),
+        optimizer_step=optimizer_step,
     )
     ck._fetch_state = lambda e: osds[_opt_index(e)]["state"][e.index]
     ck._fetch_param = model.get if model is not None else None
@@ -1118,10 +1156,8 @@ def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
         model = _model_from_state(found[1])
     elif keypath == ():
         model = _model_beside(path, trust, warnings)
-    step = _find_step(obj) if isinstance(obj, dict) else None
-    if step is None and keypath == ():
-        step = None  # bare optimizer: the optimizer's own step count is used below
-    return _finish(path, layout, opts, model, step, warnings, [os.path.realpath(path)] if mmapped else [], others)
+    stated = find_step(obj)  # none for a bare optimizer: then the optimizer's own step count
+    return _finish(path, layout, opts, model, stated, warnings, [os.path.realpath(path)] if mmapped else [], others)
 
 
 def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
@@ -1144,23 +1180,26 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
         if order is not None and all(present.get(n, s) == s for n, s in order):
             model.cands = [(n, s) for n, s in order if n in present]
             model.ordered = True
-    step = checkpoint_dir_step(d, kind, warnings)
-    return _finish(d, kind, opts, model, step, warnings, [os.path.realpath(opt_file)] if mmapped else [], others)
+    stated = checkpoint_dir_step(d, kind, warnings)
+    return _finish(d, kind, opts, model, stated, warnings, [os.path.realpath(opt_file)] if mmapped else [], others)
 
 
-def checkpoint_dir_step(d: Path, kind: str, warnings: list[str]) -> int | None:
-    """Optimizer steps of a HF/accelerate checkpoint directory: ``trainer_state.json``'s global_step,
-    else (HF only) the N of ``checkpoint-N``; accelerate's directory names count saves, not steps."""
-    step = None
+def checkpoint_dir_step(d: Path, kind: str, warnings: list[str]) -> tuple[int, str] | None:
+    """The log step a HF/accelerate checkpoint directory states, and where from: ``trainer_state.json``'s
+    global_step, else (HF only) the N of ``checkpoint-N``; accelerate's directory names count saves,
+    not steps."""
     ts = d / "trainer_state.json"
     if ts.is_file():
         try:
             step = _as_int(json.loads(ts.read_text()).get("global_step"))
+            if step is not None:
+                return step, "trainer_state.json global_step"
         except (OSError, ValueError):
             warnings.append("trainer_state.json is unreadable")
-    if step is None and kind == "hf":
-        step = step_from_name(d)
-    return step
+    if kind == "hf":
+        n = step_from_name(d)
+        return (n, "the directory's name") if n is not None else None
+    return None
 
 
 # --- memory: give back the pages of tensors already read ----------------------------------------------

@@ -31,6 +31,7 @@ from adamdiag.io.checkpoints import (
     _first_line,
     _hyper,
     _warn_trust,
+    resolve_steps,
 )
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -309,24 +310,20 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         key = model_keys.get(name)
         return reader.read(key) if key is not None else None
 
-    step = None
-    for path, key in other.items():
-        if len(path) <= 2 and isinstance(path[-1], str) and path[-1] in STEP_KEYS:
-            step = _as_int(reader.read(key))
-            if step is not None:
-                break
-    if step is None:
-        read_steps = [
-            _as_int(reader.read(st["step"])) for o in by_index.values() for st in o["state"].values() if "step" in st
-        ]
-        steps = [s for s in read_steps if s is not None]
-        step = max(steps) if steps else None
+    # the same two steps as every other format (resolve_steps): a stated one, by STEP_KEYS preference
+    top = {path[-1]: key for path, key in other.items() if len(path) <= 2 and isinstance(path[-1], str)}
+    stated = next(((v, k) for k in STEP_KEYS if k in top and (v := _as_int(reader.read(top[k]))) is not None), None)
+    read_steps = [
+        _as_int(reader.read(st["step"])) for o in by_index.values() for st in o["state"].values() if "step" in st
+    ]
+    step, optimizer_step = resolve_steps(stated, read_steps, None, warnings)
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
         warnings.append(f"sharded checkpoint: {n_files} data files put together")
     ck = OptimizerCheckpoint(
         path=str(d),
         step=step,
+        optimizer_step=optimizer_step,
         layout="dcp",
         optimizer=opt_kind,
         convention="torch",

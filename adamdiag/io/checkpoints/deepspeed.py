@@ -44,6 +44,7 @@ from adamdiag.io.checkpoints import (
     _hyper,
     _is_tensor,
     _optimizer_kind,
+    resolve_steps,
     torch_load,
 )
 
@@ -223,12 +224,12 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     fetch_state, fetch_param = _guarded(tag, fetch_state), _guarded(tag, fetch_param)
     opt_kind, w = _optimizer_kind({"param_groups": groups, "state": {}})
     warnings += w
-    step = _as_int(ms.get("global_steps"))
-    if step is None:
-        step = max(steps) if steps else None
+    gs = _as_int(ms.get("global_steps"))
+    step, optimizer_step = resolve_steps((gs, "global_steps") if gs is not None else None, steps, None, warnings)
     ck = OptimizerCheckpoint(
         path=str(d),
         step=step,
+        optimizer_step=optimizer_step,
         layout=layout,
         optimizer=opt_kind,
         convention="torch",

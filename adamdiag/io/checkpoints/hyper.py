@@ -29,6 +29,8 @@ HYPER_NAMES = ("lr", "beta1", "beta2", "eps", "weight_decay")
 SOURCES = ("file", "default", "user", "unknown")
 # the command-line flag that supplies each assumable value
 FLAGS = {"lr": "--assume-lr", "beta2": "--assume-beta2", "eps": "--assume-eps"}
+# how every warning of :func:`apply` starts (scan lifts these into the run's warnings)
+PREFIX = "hyperparameters: "
 
 
 @dataclass(frozen=True)
@@ -102,21 +104,21 @@ def apply(entries: Iterable[Any], assume: Assumptions | None, warnings: list[str
     for k, x in given.items():
         if k in used:
             warnings.append(
-                f"{k}={x:g} assumed ({FLAGS[k]}) for {used[k]} tensor(s) whose checkpoint does not store it"
+                f"{PREFIX}{k}={x:g} assumed ({FLAGS[k]}) for {used[k]} tensor(s) whose checkpoint does not store it"
             )
         if k in stored:
             vals = ", ".join(f"{v:g}" for v in sorted(stored[k])[:3])
             warnings.append(
-                f"{FLAGS[k]} {x:g} not used for {'any' if k not in used else 'the other'} tensor(s): the checkpoint "
-                f"stores {k} ({vals})"
+                f"{PREFIX}{FLAGS[k]} {x:g} not used for {'any' if k not in used else 'the other'} tensor(s): the "
+                f"checkpoint stores {k} ({vals})"
             )
     if unknown:
         flags = [FLAGS[k] for k in unknown if k in FLAGS]
         hint = f"; give {' / '.join(flags)} to use a value" if flags else ""
         warnings.append(
-            f"unknown (not in the checkpoint): {', '.join(f'{k} ({n} tensor(s))' for k, n in unknown.items())}: "
+            f"{PREFIX}unknown (not in the checkpoint): {', '.join(f'{k} ({n} tensor(s))' for k, n in unknown.items())}: "
             f"statistics that need {'it' if len(unknown) == 1 else 'them'} are null{hint}"
         )
 
 
-__all__ = ["FLAGS", "HYPER_NAMES", "SOURCES", "Assumptions", "apply", "sources_of"]
+__all__ = ["FLAGS", "HYPER_NAMES", "PREFIX", "SOURCES", "Assumptions", "apply", "sources_of"]
