@@ -1,0 +1,103 @@
+"""The inspect and tags renderers (text, json, csv) on empty input and on real artifacts full of
+NaN/Inf: an Adam checkpoint saved after NaN data reached the optimizer (every moment NaN), and an
+event file whose scalars are NaN/±inf next to a run that logged no scalar at all. JSON output
+never holds a NaN/Infinity literal. (The report renderers: test_html_report.py; replay's:
+tests/replay/test_replay_output.py.)"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+
+runner = CliRunner()
+
+
+def strict_json(text: str) -> dict:
+    def refuse(literal: str) -> None:
+        raise AssertionError(f"non-JSON literal {literal}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_inspect_renderers_on_empty_input():
+    from adamdiag.render.inspect import render_csv, render_text
+    from adamdiag.results.inspect import to_json_obj
+
+    assert render_text([], []).strip() == ""
+    (header,) = list(csv.reader(io.StringIO(render_csv([], []))))
+    assert header[:3] == ["path", "checkpoint_step", "tensor"]
+    assert strict_json(json.dumps(to_json_obj([], []), allow_nan=False))["checkpoints"] == []
+
+
+@pytest.fixture(scope="module")
+def nan_run(tmp_path_factory) -> Path:
+    """NaN in the inputs from step 150: the checkpoint at 200 holds NaN in every Adam moment."""
+    from realruns import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("robust") / "nan", steps=200, nan_at=150, ckpt_every=100)
+
+
+def inspect(run: Path, fmt: str) -> str:
+    cks = [str(run / "checkpoints" / f"step_000{s}.pt") for s in (100, 200)]
+    res = runner.invoke(app, ["inspect", *cks, "--format", fmt])
+    assert res.exit_code == 0, res.output
+    return res.stdout
+
+
+def test_inspect_renderers_on_a_nan_checkpoint(nan_run):
+    text = inspect(nan_run, "text")
+    after = text[text.index("step_000200.pt") :]
+    row = next(x for x in after.splitlines() if x.startswith("0.weight"))
+    assert row.split()[-1] == "256" and " nan " in row  # all 256 elements non-finite; the statistics say nan
+
+    data = strict_json(inspect(nan_run, "json"))
+    ck = {c["step"]: c for c in data["checkpoints"]}
+    w = next(t for t in ck[200]["tensors"] if t["name"] == "0.weight")
+    assert w["v_mean"] is None and w["v_mean_nonfinite"] == "nan" and w["nonfinite"] == 256
+    assert math.isfinite(next(t for t in ck[100]["tensors"] if t["name"] == "0.weight")["v_mean"])
+    assert len(data["pairs"]) >= 1  # the decay-ratio view of 100 -> 200 is there, with NaN flagged
+
+    rows = list(csv.DictReader(io.StringIO(inspect(nan_run, "csv"))))
+    late = [r for r in rows if r["checkpoint_step"] == "200"]
+    assert len(rows) == 8 and len(late) == 4
+    assert all(r["v_mean"] == "" and r["nonfinite"] == r["numel"] for r in late)  # empty cell, never "nan"
+
+
+def test_tags_renderers_on_empty_input_and_nonfinite_scalars(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.render.tags import render_tags_csv, render_tags_text
+    from adamdiag.results.tags import tags_result
+
+    assert render_tags_text([]) == "" and render_tags_csv([]) == "run,tag,kind,count,step_min,step_max,segments\n"
+    assert strict_json(json.dumps(tags_result([]), allow_nan=False)) == {"schema": "adamdiag.tags/1", "runs": []}
+
+    w = SummaryWriter(str(tmp_path / "logs" / "bad"))
+    for s, v in enumerate([1.0, math.nan, math.inf, -math.inf, 0.5]):
+        w.add_scalar("train/loss", v, s)
+    w.close()
+    w = SummaryWriter(str(tmp_path / "logs" / "textonly"))  # a run with no scalar or histogram at all
+    w.add_text("notes", "hello", 0)
+    w.close()
+    logs = str(tmp_path / "logs")
+
+    text = runner.invoke(app, ["tags", logs])
+    assert text.exit_code == 0, text.output
+    bad = text.stdout[text.stdout.index("/bad") :]
+    assert "train/loss" in bad and " 5  0..4" in bad  # the non-finite points are counted, like the others
+    assert "no scalar or histogram tags" in text.stdout[text.stdout.index("/textonly") :]
+
+    data = strict_json(runner.invoke(app, ["tags", logs, "--format", "json"]).stdout)
+    by = {Path(r["run"]).name: r for r in data["runs"]}
+    assert by["bad"]["tags"][0]["count"] == 5 and by["textonly"]["tags"] == []
+
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["tags", logs, "--format", "csv"]).stdout)))
+    assert [(Path(r["run"]).name, r["tag"], r["count"]) for r in rows] == [("bad", "train/loss", "5")]
