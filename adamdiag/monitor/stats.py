@@ -201,6 +201,13 @@ class StatsEngine:
         bc32 = bc.to(torch.float32)
         thr1 = bc32 * (eps * eps)
         thr2 = bc32 * (100.0 * eps * eps)
+        # The histogram bins that hold the thresholds (exponent bits of the float32 thresholds).
+        e1, e2 = (int(x.reshape(1).view(torch.int32).item()) >> 23 for x in (thr1, thr2))
+        # On a CPU a chunk's histogram is read back at no cost (no device sync): where no element
+        # shares a threshold's bin, the count below it is the histogram's bins below (exact), and
+        # where none is below eps the clamp is the identity — most chunks of a healthy model skip
+        # the 2-3 passes. A GPU keeps the passes: reading the histogram would sync every chunk.
+        host_hist = v_full.device.type == "cpu"
 
         s = self.scratch(v_full.device)
         n = v_full.numel()
@@ -208,6 +215,8 @@ class StatsEngine:
         p1 = p_full.reshape(-1) if p_full is not None else None
         parts: list[Any] = []  # per chunk: stacked sums
         hist = torch.zeros(NBINS, device=v_full.device, dtype=torch.int64)
+        zero = torch.zeros((), device=v_full.device)
+        from_hist = [0, 0]  # counts below thr1, thr2 read from the histogram (chunks that skipped the pass)
         for lo in range(0, n, s.chunk):
             hi = min(n, lo + s.chunk)
             k = hi - lo
@@ -221,23 +230,31 @@ class StatsEngine:
             sum_g2 = torch.dot(g, g)
             sum_v = v.sum()
             sum_den = den.sum() if d1 is not v1 else sum_v
-            # Σ g²/max(v, eps²·bc), times bc: Σ g²/max(v̂, eps²) (clamp, divide, dot: 3 passes).
-            torch.clamp(den, min=thr1, out=b)
-            torch.div(g, b, out=a)
-            sum_upd = torch.dot(g, a)
-            # count(den < thr): the comparison written as 0/1 floats and summed, 2 passes (a bool
-            # comparison summed as int64 is ~2x slower on a CPU); exact, a chunk's count ≤ 2^24.
-            c1 = torch.lt(den, thr1, out=a).sum()
-            c2 = torch.lt(den, thr2, out=a).sum()
             # The histogram: v's exponent bits straight from its bit pattern into uint8 (the wrap
             # drops the sign bit), then bincount; no log, no clamp, no float → int conversion.
             torch.bitwise_right_shift(den.view(torch.int32), 23, out=idx)
-            hist += torch.bincount(idx, minlength=NBINS)
+            hc = torch.bincount(idx, minlength=NBINS)
+            hist += hc
+            # count(den < thr): the comparison written as 0/1 floats and summed, 2 passes (a bool
+            # comparison summed as int64 is ~2x slower on a CPU); exact, a chunk's count ≤ 2^24.
+            # Skipped on a CPU when no element of the chunk is in the threshold's bin (see above).
+            below1 = int(hc[:e1].sum()) if host_hist and not int(hc[e1]) else None
+            below2 = int(hc[:e2].sum()) if host_hist and not int(hc[e2]) else None
+            c1 = torch.lt(den, thr1, out=a).sum() if below1 is None else zero
+            c2 = torch.lt(den, thr2, out=a).sum() if below2 is None else zero
+            from_hist[0] += below1 or 0
+            from_hist[1] += below2 or 0
+            # Σ g²/max(v, eps²·bc), times bc: Σ g²/max(v̂, eps²) (clamp, divide, dot: 3 passes; no
+            # clamp when no element is below eps²·bc).
+            torch.div(g, den if below1 == 0 else torch.clamp(den, min=thr1, out=b), out=a)
+            sum_upd = torch.dot(g, a)
             parts.append(torch.stack([sum_g2, sum_v, sum_den, c1, c2, sum_upd]).double())
         if parts:
             tot = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
         else:
             tot = torch.zeros(6, device=v_full.device, dtype=torch.float64)
+        if from_hist[0] or from_hist[1]:
+            tot = tot + torch.tensor([0.0, 0.0, 0.0, *from_hist, 0.0], device=tot.device, dtype=tot.dtype)
         tot = torch.cat([tot[:5], (tot[5] * bc).reshape(1)])
         return torch.cat(
             [

@@ -181,6 +181,29 @@ def test_merged_quantiles_across_bias_corrections() -> None:
     mon.close()
 
 
+def test_eps_counts_from_the_histogram_are_exact() -> None:
+    """On a CPU a chunk whose histogram has no element in a threshold's bin takes its count below
+    eps (10·eps) from the histogram's lower bins and skips the clamp when none is below: here √v̂ sits
+    in the bins right below and right above each threshold's bin (chunk 1) and far above (chunk 2),
+    and the fractions equal the exact ones to the element, the update RMS torch's in float64."""
+    n = CPU_CHUNK + 4096  # two chunks
+    p = torch.nn.Parameter(torch.zeros(n))
+    opt = torch.optim.Adam([p], eps=1e-3)
+    mon = AdamMonitor(opt, names=["p"], every=1)
+    g = torch.ones(n)
+    # at step 1 √v̂ = |g|; v = 0.001·g² against thresholds 1e-9 (eps) and 1e-7 (10·eps)
+    for i, x in enumerate((0.9e-3, 1.5e-3, 7e-3, 1.2e-2)):
+        g[i * 1000 : (i + 1) * 1000] = x
+    p.grad = g
+    opt.step()
+    got = mon.last["p"]
+    assert got["frac_below_eps"] == 1000 / n and got["frac_below_10eps"] == 3000 / n
+    den = opt.state[p]["exp_avg_sq"].double() / (1 - 0.999)
+    exact = math.sqrt(float((g.double() ** 2 / den.clamp(min=1e-6)).mean()))
+    assert got["update_rms"] == pytest.approx(exact, rel=1e-6)
+    mon.close()
+
+
 def test_monitor_does_not_perturb_training() -> None:
     """Bit-identical losses and parameters with and without the monitor (every step observed)."""
 
