@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from adamdiag.results.report import Report, RunReport
+from adamdiag.results.report import Finding, Report, RunReport
 
 VERDICT_TEXT = {
     "v_collapse": "v collapse (second moment decayed, then gradients re-grew)",
@@ -128,3 +128,37 @@ def repeated_findings(report: Report, min_runs: int = 3) -> dict[tuple[str, str,
         seen = {(f.id, f.severity, f.message.replace(r.run, "<run>")) for f in r.findings if f.severity != "error"}
         c.update(seen)
     return {k: n for k, n in c.items() if n >= min_runs}
+
+
+def input_problem_lines(finding: Finding, run: str) -> list[str] | None:
+    """An AD902 "N input problem(s)" finding as one line per problem instead of the first few: the
+    finding's evidence lists them (up to MAX_EVIDENCE_ITEMS). Problems that differ only in numbers (a
+    CRC mismatch at 40 byte offsets of one file) are one line with "× N alike"; a path inside the run
+    is shown relative to it (the run heads the block). None for any other finding."""
+    import re
+    from collections import Counter
+
+    listed = finding.evidence.get("warnings") if isinstance(finding.evidence, dict) else None
+    if finding.id != "AD902" or not isinstance(listed, list) or not listed:
+        return None
+    m = re.match(r"(\d+) input problem", finding.message)
+    if m is None:
+        return None
+    total = int(m.group(1))
+    prefix = run.rstrip("/") + "/"
+
+    def key(w: str) -> str:
+        # the file stays part of the key (the same damage in two files is two lines); numbers do not
+        where, _, what = w.partition(": ")
+        return where + ": " + re.sub(r"\d+", "#", what) if what else re.sub(r"\d+", "#", w)
+
+    msgs = [str(w).removeprefix(prefix) for w in listed]
+    counts = Counter(key(w) for w in msgs)
+    first: dict[str, str] = {}
+    for w in msgs:
+        first.setdefault(key(w), w)
+    lines = [f"{total} input problem(s):"]
+    lines += [first[k] if n == 1 else f"{first[k]} (× {n} alike)" for k, n in counts.items()]
+    if total > len(listed):
+        lines.append(f"… and {total - len(listed)} more not kept in the report")
+    return lines

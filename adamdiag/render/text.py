@@ -10,6 +10,7 @@ from rich.markup import escape
 from adamdiag.render.common import (
     display_names,
     fmt_step,
+    input_problem_lines,
     lead,
     recommendation_line,
     repeated_findings,
@@ -59,6 +60,13 @@ def render_text(report: Report, width: int = 110) -> str:
             if (f.id, f.severity, f.message.replace(r.run, "<run>")) in repeated:
                 continue
             where = f" step {f.step}" if f.step is not None else ""
+            problems = input_problem_lines(f, r.run)
+            if problems:  # every input problem on its own line, repeated ones once with "× N alike"
+                head = f"  [{_STYLE[f.severity]}]{f.id} {f.severity}[/]{where}: {escape(problems[0])}"
+                con.print(head, soft_wrap=True)
+                for line in problems[1:]:
+                    con.print(f"    - {escape(line)}", soft_wrap=True)
+                continue
             con.print(f"  [{_STYLE[f.severity]}]{f.id} {f.severity}[/]{where}: {escape(f.message)}", soft_wrap=True)
         for line in verification_lines(r):
             con.print(f"  [bold]verification:[/] {escape(line)}", soft_wrap=True)

@@ -101,3 +101,52 @@ def test_tags_renderers_on_empty_input_and_nonfinite_scalars(tmp_path):
 
     rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["tags", logs, "--format", "csv"]).stdout)))
     assert [(Path(r["run"]).name, r["tag"], r["count"]) for r in rows] == [("bad", "train/loss", "5")]
+
+
+def damage_records(path: Path, records: list[int]) -> None:
+    """Flip one byte inside the payload of the given records of a real event file (TFRecord framing:
+    u64 length, u32 length CRC, payload, u32 payload CRC), so each fails its payload CRC."""
+    import struct
+
+    b = bytearray(path.read_bytes())
+    pos, offsets = 0, []
+    while pos < len(b):
+        (n,) = struct.unpack("<Q", b[pos : pos + 8])
+        offsets.append(pos + 12 + n // 2)
+        pos += 12 + n + 4
+    for k in records:
+        b[offsets[k]] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def test_scan_text_lists_every_input_problem_once(tmp_path):
+    """AD902 "N input problem(s)" in the text output: every problem on its own line (not the first
+    three), the same damage repeated in one file once with "× N alike", paths relative to the run."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    w = SummaryWriter(str(run))
+    for s in range(300):
+        w.add_scalar("train/loss", 1.0 / (1 + s), s)
+    w.close()
+    (events,) = run.glob("events.out.tfevents.*")
+    damage_records(events, [50, 120, 200])
+    (run / "events.out.tfevents.2.host").write_bytes(b"garbage" * 50)  # not an event file at all
+
+    res = runner.invoke(app, ["scan", str(run)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    k = next(i for i, x in enumerate(lines) if "AD902 warning" in x)
+    assert lines[k].endswith("AD902 warning: 5 input problem(s):")
+    assert lines[k + 1].startswith(f"    - {events.name}: CRC mismatch in record at byte ")
+    assert lines[k + 1].endswith("; record skipped (× 3 alike)")
+    assert lines[k + 2 : k + 4] == [
+        "    - events.out.tfevents.2.host: corrupt record header at byte 0; no valid record after it (350 bytes "
+        "unreadable)",
+        "    - events.out.tfevents.2.host: no readable records; not a TensorBoard event file?",
+    ]
+    assert k + 4 == len(lines) or not lines[k + 4].startswith("    - ")
+    # the JSON keeps the finding as it was (message and evidence): only the text layout changed
+    data = strict_json(runner.invoke(app, ["scan", str(run), "--format", "json"]).stdout)
+    (f,) = [f for f in data["runs"][0]["findings"] if f["id"] == "AD902"]
+    assert f["message"].startswith("5 input problem(s): ") and len(f["evidence"]["warnings"]) == 5
