@@ -59,8 +59,9 @@ WithSeriesOpt = Annotated[
     bool,
     typer.Option(
         "--with-series",
-        help="Add each run's downsampled curves (loss, gradient norm, r, √v̂ band) to the report, so "
-        "`adamdiag show` can draw it later (JSON output).",
+        help="Add each run's downsampled curves (loss, gradient norm, r of all parameters and per tensor, √v̂ "
+        "band; with --verify each replayed variant's loss) to the report, so `adamdiag show` can draw it later "
+        "(JSON output).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Device for --verify replays: auto, cpu or cuda.")]
