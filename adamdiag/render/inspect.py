@@ -33,9 +33,10 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
     from rich.console import Console
     from rich.table import Table
 
-    if width is None:  # wide enough that names are not folded (the table is data, not a TTY view)
+    if width is None:  # wide enough that names and notes are not folded (the table is data, not a TTY view)
         longest = max((len(t.label) for s in summaries for t in s.tensors), default=10)
-        width = min(300, 150 + longest)
+        note = max((len(w) + 8 for s in summaries for w in s.warnings), default=0)  # "  note: " + w
+        width = min(300, max(150 + longest, note))
     buf = io.StringIO()
     con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False, soft_wrap=False)
     for s in summaries:

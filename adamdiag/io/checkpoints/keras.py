@@ -318,7 +318,7 @@ def _open_keras(path: Path):
     if defaulted:
         warnings.append(
             f"{', '.join(defaulted)} not stored in a .weights.h5 file: Keras defaults assumed "
-            "(β1=0.9, β2=0.999, eps=1e-7); the .keras file has the real ones"
+            "(β1=0.9, β2=0.999, eps=1e-7: the .keras file has the real ones; or --assume-beta2/--assume-eps)"
         )
     wd = float(ocfg.get("weight_decay") or 0.0) if ocfg else 0.0
     sources["weight_decay"] = "file" if ocfg and "weight_decay" in ocfg else "default"

@@ -734,7 +734,8 @@ def open_tf2(prefix: Path, bundle: Bundle):
             warnings.append("no learning-rate variable (a schedule): lr unknown")
         warnings.append(
             "β1, β2 and eps are not stored in a TF2 checkpoint: Keras defaults assumed "
-            "(β1=0.9, β2=0.999, eps=1e-7); statistics that use them are only as right as that assumption"
+            "(β1=0.9, β2=0.999, eps=1e-7); statistics that use them are only as right as that assumption "
+            "(--assume-beta2/--assume-eps replace it)"
         )
         amsgrad = bool(vh)
     else:  # legacy tf.keras (optimizer_v2) or a TF1 optimizer tracked by tf.train.Checkpoint
