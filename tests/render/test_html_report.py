@@ -441,9 +441,9 @@ def test_verify_overlay_in_series_and_page(tmp_path):
     logged = dict(zip(r["series"]["loss"]["step"], r["series"]["loss"]["value"]))
     assert orig["value"][0] == pytest.approx(logged[451], rel=1e-3)  # the replay reproduces the log
     assert max(v for v in orig["value"] if v is not None) > 10 * max(fix["value"])  # the original blows up
-    saved = tmp_path / "v.json"
-    saved.write_text(res.stdout)
-    page = runner.invoke(app, ["show", str(saved), "-f", "html"]).stdout
+    out = tmp_path / "v.html"  # `report --verify` asks for series itself
+    assert runner.invoke(app, ["report", str(run), *verify, "-o", str(out)]).exit_code == 0
+    page = out.read_text()
     p = check_page(page, 1)
     assert p.figures.count("replay") == 1 and "Replay overlay" in p.h3
     assert f"original: blowup at {orig['blowup_step']}" in page and "eps=0.001: avoided" in page
