@@ -814,7 +814,8 @@ def decay_ratio(
     Per element, v_b = β2^Δ·v_a + (1-β2)·Σ β2^(Δ-1-j)·g_j², so ``ratio`` = v_b/(β2^Δ·v_a) ≥ 1 and
     ≈ 1 means pure decay: no gradient arrived (v collapse). The interval-weighted mean g²
     ḡ² = (v_b - β2^Δ·v_a)/(1-β2^Δ); ``frac_pure_decay``: elements with ḡ² < PURE_DECAY_R·v̂_a;
-    ``mean_g2_implied``: (mean v_b - β2^Δ·mean v_a)/(1-β2^Δ); ``r_interval``: that / mean v̂_a.
+    ``mean_g2_implied``: (mean v_b - β2^Δ·mean v_a)/(1-β2^Δ); ``r_interval``: that / mean v̂_a, with
+    their resolution (:func:`interval_g2`: the difference cancels; below it only "< resolution" is known).
     ``frac_inconsistent``: elements with ratio < 0.999 — impossible for one run with this β2 and
     step count (a restart, changed β2, or not the same run). Elements with v_a = 0 or non-finite
     values are left out (``n_used``).
@@ -873,8 +874,7 @@ def decay_ratio(
     nan = float("nan")
     mean_va = sum_va / n_fin if n_fin else nan
     mean_vb = sum_vb / n_fin if n_fin else nan
-    mean_g2 = (mean_vb - decay * mean_va) / (1.0 - decay) if d > 0 else nan
-    vhat_a = mean_va / bc2_a
+    g2 = interval_g2(mean_va, mean_vb, beta2, d, int(a.step), _dtype_name(b.exp_avg_sq), n_fin)
     return {
         "name": b.name,
         "index": b.index,
@@ -893,11 +893,77 @@ def decay_ratio(
         "mean_v_from": mean_va,
         "mean_v_to": mean_vb,
         "decay_ratio_mean": mean_vb / (decay * mean_va) if mean_va > 0 else nan,
-        "mean_g2_implied": mean_g2,
-        "r_interval": max(mean_g2, 0.0) / vhat_a if vhat_a > 0 and math.isfinite(mean_g2) else nan,
+        **g2,
         "beta2_source": beta2_source,
         "unknown_inputs": {},
         "notes": notes,
+    }
+
+
+# Unit roundoff of the dtypes optimizer state is stored in (half the gap between 1 and the next number).
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def _dtype_name(x: Any) -> str:
+    return str(getattr(x, "dtype", "float32")).removeprefix("torch.")
+
+
+def beta_rounding(beta2: float, dtype: str) -> float:
+    """|fl(β2) − β2|/β2 with fl the rounding to ``dtype``: the per-step decay an optimizer computing
+    in that precision really applied (0.999 in float32 is 0.99900001287: 1.29e-8 too large, every
+    step, in the same direction)."""
+    import torch
+
+    tdtype = getattr(torch, dtype, None)
+    if not isinstance(tdtype, torch.dtype) or dtype == "float64" or beta2 == 0:
+        return 0.0
+    return abs(float(torch.tensor(beta2, dtype=tdtype).double()) - beta2) / beta2
+
+
+def interval_g2(
+    mean_va: float, mean_vb: float, beta2: float, delta: int, step_a: int, dtype: str = "float32", n: int = 0
+) -> dict[str, Any]:
+    """The interval-weighted mean g² implied by two checkpoints' mean v, ḡ² = (A − B)/(1 − β2^Δ) with
+    A = mean v_b and B = β2^Δ·mean v_a, its ratio to v̂_a (``r_interval``), and the resolution of both.
+
+    A − B cancels when v decayed almost purely (A ≈ B): its error is then most of the result. The
+    tolerance, in terms of the operands (docs/architecture.md, "Checkpoint decay ratio"):
+
+        δ(A − B) = u·(A + B) + n·2⁻⁵³·(A + B) + Δ·(e_β + u)·B
+
+    * u·(A + B): each stored v is a value rounded to its dtype (u = ``UNIT_ROUNDOFF``, 2⁻²⁴ in float32);
+    * n·2⁻⁵³·(A + B): the float64 sums over n elements behind the means (bound of recursive summation);
+    * Δ·(e_β + u)·B: the optimizer's own Δ decay steps in that dtype — β2 held there is off by e_β
+      (``beta_rounding``, the same sign every step) and each product is rounded (≤ u): a worst case.
+
+    ``mean_g2_resolution`` = δ(A − B)/(1 − β2^Δ), ``r_interval_resolution`` = that / v̂_a;
+    ``r_interval_below_resolution``: ḡ² < its resolution — then only "< r_interval_resolution" is
+    known (a float32 Adam with β2 = 0.999 and no gradient at all shows ḡ²/v̂ ≈ 1.3e-5, all of it e_β).
+    """
+    nan = math.nan
+    if delta <= 0 or not (math.isfinite(mean_va) and math.isfinite(mean_vb)):
+        return {
+            "mean_g2_implied": nan,
+            "r_interval": nan,
+            "mean_g2_resolution": nan,
+            "r_interval_resolution": nan,
+            "r_interval_below_resolution": False,
+        }
+    decay = beta2**delta
+    a_op, b_op = mean_vb, decay * mean_va
+    u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
+    tol = (u + n * 2.0**-53) * (abs(a_op) + abs(b_op)) + delta * (beta_rounding(beta2, dtype) + u) * abs(b_op)
+    g2 = (a_op - b_op) / (1.0 - decay)
+    g2_tol = tol / (1.0 - decay)
+    bc2_a = 1.0 - beta2**step_a if step_a > 0 else 1.0
+    vhat_a = mean_va / bc2_a
+    ok = vhat_a > 0
+    return {
+        "mean_g2_implied": g2,
+        "r_interval": max(g2, 0.0) / vhat_a if ok else nan,
+        "mean_g2_resolution": g2_tol,
+        "r_interval_resolution": g2_tol / vhat_a if ok else nan,
+        "r_interval_below_resolution": bool(g2 < g2_tol),
     }
 
 
@@ -946,6 +1012,9 @@ def _ratio_unknown_beta2(a: TensorMoments, b: TensorMoments, d: int) -> dict[str
         "decay_ratio_mean": nan,
         "mean_g2_implied": nan,
         "r_interval": nan,
+        "mean_g2_resolution": nan,
+        "r_interval_resolution": nan,
+        "r_interval_below_resolution": False,
         "beta2_source": "unknown",
         "unknown_inputs": {k: ["beta2"] for k in RATIO_NEEDS_BETA2},
         "notes": ["β2 unknown (not in the checkpoint): the ratios need β2^Δ; give --assume-beta2"],

@@ -28,6 +28,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.1%}"
 
 
+def _implied(r: dict) -> str:
+    """The implied g²/v̂ of a pair row, or "< X" when it is below the resolution X of the cancelling
+    difference it comes from (analysis.moments.interval_g2): then the digits would be rounding."""
+    if r.get("r_interval_below_resolution"):
+        return f"< {_fmt(r.get('r_interval_resolution'), '.2g')}"
+    return _fmt(r["r_interval"])
+
+
 def render_text(summaries: list, pairs: list[dict], width: int | None = None) -> str:
     from rich import box
     from rich.console import Console
@@ -128,7 +136,7 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
                 _fmt(r["ratio_q"]["p50"], ".4g"),
                 _fmt(r["ratio_q"]["p99"], ".4g"),
                 _pct(r["frac_pure_decay"]),
-                _fmt(r["r_interval"]),
+                _implied(r),
                 _pct(r["frac_inconsistent"]),
             )
         con.print(tab)
@@ -178,6 +186,7 @@ CSV_COLUMNS = [
     "decay_ratio_p50",
     "frac_pure_decay",
     "r_interval",
+    "r_interval_resolution",
 ]
 
 
@@ -236,6 +245,7 @@ def render_csv(summaries: list, pairs: list[dict]) -> str:
                     num(pr["ratio_q"]["p50"]) if pr else "",
                     num(pr["frac_pure_decay"]) if pr else "",
                     num(pr["r_interval"]) if pr else "",
+                    num(pr.get("r_interval_resolution")) if pr else "",
                 ]
             )
     return buf.getvalue()
