@@ -534,12 +534,56 @@ class Evidence:
         return min((c.warning_step for c in pool), default=None)
 
 
+def _known(t: Any, name: str) -> float | None:
+    """A tensor's hyperparameter when the checkpoint (or the user's --assume-*) gave it: None for a
+    null/NaN value or source "unknown" (io.checkpoints.hyper: never a silent default)."""
+    v = getattr(t, name, None)
+    src = (getattr(t, "hyper_source", None) or {}).get(name)
+    if v is None or src == "unknown":
+        return None
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
 def hyperparameters(ckpt: Any | None) -> tuple[float, float, float | None]:
-    """(β2, eps, lr) of a checkpoint's first tensor (the torch defaults and no lr without one)."""
+    """The run's (β2, eps, lr) from a checkpoint: per hyperparameter, the value the most elements use
+    among the tensors that state it (param groups differ: LLM recipes mix β2; the first tensor alone
+    may be a small no-decay group). Without a checkpoint, or where no tensor states it: the torch
+    defaults for β2/eps and no lr. Per tensor: :func:`tensor_hyperparameters`."""
     if ckpt is None or not ckpt.tensors:
         return DEFAULT_BETA2, DEFAULT_EPS, None
-    t = ckpt.tensors[0]
-    return float(t.beta2), float(t.eps), float(t.lr)
+    out: list[float | None] = []
+    for name in ("beta2", "eps", "lr"):
+        weight: dict[float, int] = {}
+        for t in ckpt.tensors:
+            x = _known(t, name)
+            if x is not None:
+                weight[x] = weight.get(x, 0) + int(getattr(t, "numel", 1) or 1)
+        # most elements first; ties go to the value met first (optimizer order)
+        out.append(max(weight, key=lambda x: weight[x]) if weight else None)
+    beta2, eps, lr = out
+    return (
+        beta2 if beta2 is not None else DEFAULT_BETA2,
+        eps if eps is not None else DEFAULT_EPS,
+        lr,
+    )
+
+
+def tensor_hyperparameters(ckpt: Any | None) -> dict[str, tuple[float, float, float | None]]:
+    """(β2, eps, lr) of every tensor of a checkpoint, by its label, each from its own param group;
+    a value its checkpoint does not state is the run's (:func:`hyperparameters`)."""
+    if ckpt is None:
+        return {}
+    run = hyperparameters(ckpt)
+    out = {}
+    for t in ckpt.tensors:
+        own = [_known(t, name) for name in ("beta2", "eps", "lr")]
+        out[ckpt_tensor_label(t)] = (
+            own[0] if own[0] is not None else run[0],
+            own[1] if own[1] is not None else run[1],
+            own[2] if own[2] is not None else run[2],
+        )
+    return out
 
 
 def state_problems(ckpts: list[Any]) -> list[StateProblem]:

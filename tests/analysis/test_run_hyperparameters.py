@@ -1,0 +1,58 @@
+"""scan's hyperparameters from a checkpoint (analysis.evidence.hyperparameters / tensor_hyperparameters):
+each tensor has its own param group's β2/eps/lr; the run's are those most elements use (not the first
+tensor's); unknown values (io.checkpoints.hyper) never enter. Real torch.optim.AdamW checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adamdiag.analysis.evidence import hyperparameters, tensor_hyperparameters
+from adamdiag.io.checkpoints.hyper import Assumptions
+from adamdiag.pipeline.summary import summarize_checkpoint
+
+
+def _two_groups(path: Path, *, drop_eps: bool = False) -> Path:
+    """An LLM-style recipe in small: the biases (few elements, listed first) with β2 0.999 and eps
+    1e-8, the weights (most elements) with β2 0.95, eps 1e-6 and another lr."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 4))
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    opt = torch.optim.AdamW(
+        [
+            {"params": biases, "betas": (0.9, 0.999), "eps": 1e-8, "lr": 1e-3, "weight_decay": 0.0},
+            {"params": weights, "betas": (0.9, 0.95), "eps": 1e-6, "lr": 3e-4},
+        ]
+    )
+    for _ in range(3):
+        model(torch.randn(8, 32)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    osd = opt.state_dict()
+    if drop_eps:
+        for g in osd["param_groups"]:
+            g.pop("eps")
+    torch.save({"model": model.state_dict(), "optimizer": osd}, path)
+    return path
+
+
+def test_each_tensor_its_own_group_and_the_run_the_majority(tmp_path):
+    s = summarize_checkpoint(_two_groups(tmp_path / "ck.pt"))
+    assert s.tensors[0].beta2 == 0.999  # the first tensor is a bias: the old rule took its β2
+    assert hyperparameters(s) == (0.95, 1e-6, 3e-4)
+    per = tensor_hyperparameters(s)
+    assert per["0.bias"] == per["1.bias"] == (0.999, 1e-8, 1e-3)
+    assert per["0.weight"] == per["1.weight"] == (0.95, 1e-6, 3e-4)
+
+
+def test_unknown_values_never_enter(tmp_path):
+    f = _two_groups(tmp_path / "ck.pt", drop_eps=True)
+    s = summarize_checkpoint(f)
+    assert hyperparameters(s) == (0.95, 1e-8, 3e-4)  # eps unknown everywhere: torch's default, not NaN
+    assert all(h[1] == 1e-8 for h in tensor_hyperparameters(s).values())
+    s = summarize_checkpoint(f, assume=Assumptions(eps=1e-7))
+    assert hyperparameters(s)[1] == 1e-7 and all(h[1] == 1e-7 for h in tensor_hyperparameters(s).values())
+    assert hyperparameters(None) == (0.999, 1e-8, None)
