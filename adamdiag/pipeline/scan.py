@@ -52,6 +52,9 @@ def load_checkpoint_summaries(
         except InputError as e:  # UntrustedCheckpointError included
             warnings.append(f"checkpoint {p}: {e}")
     for w, n in hyper_lines.items():
+        if w.startswith(f"{PREFIX}unknown") and ("beta2 (" in w or "eps (" in w):
+            # the diagnosis still needs a β2 (memory span) and an eps: where no tensor states one
+            w += "; where no tensor states β2/eps the diagnosis takes torch's defaults (0.999, 1e-8)"
         warnings.append(w if len(out) == 1 else f"{w} (in {n} of {len(out)} checkpoints)")
     return out, paths
 
