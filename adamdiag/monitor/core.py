@@ -215,9 +215,11 @@ class AdamMonitor:
 
     @property
     def verdict(self) -> str:
-        """``healthy``, ``v_collapse-in-progress`` (an AD101 warning on all parameters), ``v_collapse`` (the fed
-        loss then blew up: AD001) or ``nonfinite`` (AD401). It speaks about v only: a blowup without a
-        collapse before it leaves it ``healthy`` (the AD001 finding says so)."""
+        """scan's verdict on what the monitor has seen so far: ``healthy``, ``v_collapse`` (an AD101
+        warning on all parameters, then the fed loss blew up: AD001) or ``nonfinite`` (AD401). A
+        collapse in progress is the AD101 warning (and :attr:`warning_step`), not a verdict — scan
+        calls a run whose v collapses without a blowup healthy, with the same warning. It speaks about
+        v only: a blowup without a collapse before it leaves it ``healthy`` (the AD001 finding says so)."""
         return self._verdict
 
     def log_loss(self, step: int, value: Any) -> None:
@@ -247,7 +249,7 @@ class AdamMonitor:
                     self._loss_blown = True
                     if f.step is not None:
                         self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
-                    if self._verdict == "v_collapse-in-progress":
+                    if self._verdict == "healthy" and self.warning_step is not None:
                         self._verdict = "v_collapse"  # the blowup the collapse was warning about
             if new:
                 self._emit(new, st)
@@ -467,14 +469,12 @@ class AdamMonitor:
         for f in new:
             if len(self.findings) < MAX_FINDINGS:
                 self.findings.append(f)
-            # The verdict follows scan: a collapse of all parameters that eps does not bound. A single
-            # tensor's collapse is a warning finding, not a verdict (a run whose eps bounds the step
-            # overall stays healthy, as scan says of sample_logs/stable_eps1e-3).
-            if f.id == "AD101" and f.severity == "warning" and f.tensor is None:
-                if self._verdict == "healthy":
-                    self._verdict = "v_collapse-in-progress"
-                if self.warning_step is None:
-                    self.warning_step = f.step
+            # The warning step follows scan: a collapse of all parameters that eps does not bound (a
+            # single tensor's collapse is a finding only; a run whose eps bounds the step overall has no
+            # warning step, as scan says of sample_logs/stable_eps1e-3). The verdict turns v_collapse
+            # only when the fed loss blows up after it (log_loss), as scan's does.
+            if f.id == "AD101" and f.severity == "warning" and f.tensor is None and self.warning_step is None:
+                self.warning_step = f.step
             if f.id == "AD401":
                 self._verdict = "nonfinite"
             log.log(

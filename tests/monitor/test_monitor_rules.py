@@ -27,6 +27,9 @@ def test_collapse_flagged_before_blowup_with_scans_rule(caplog: pytest.LogCaptur
     tr = Trajectory("global", steps, g2, vhat, r, exact=True, eps=1e-8, beta2=0.999)
     first, warn, _median = collapse_stretch(tr, None, 0.999)  # scan's median spans the whole stretch
     assert glob1[0].step == warn and f"from step {first} " in glob1[0].message
+    # a collapse in progress is a warning, not a verdict: scan calls a run that has not blown up (yet)
+    # healthy, with the same AD101 warning (the validation's "early" runs)
+    assert mon1.verdict == "healthy" and mon1.warning_step == warn
     # every=10 through the blowup (step 662): flagged hundreds of steps before it, ≤ every-1 warning + 10
     mon, losses, _, lab = vcollapse_run(every=10)
     blowup = lab.detect_blowup(losses)
