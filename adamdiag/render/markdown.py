@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from adamdiag.render.common import fmt_step, lead, recommendation_line, tags_line, verdict_line, verification_lines
+from adamdiag.render.common import (
+    fmt_step,
+    input_problem_lines,
+    lead,
+    recommendation_line,
+    tags_line,
+    verdict_line,
+    verification_lines,
+)
 from adamdiag.results.report import Report
 
 
@@ -31,9 +39,9 @@ def render_markdown(report: Report) -> str:
         if r.findings:
             lines += ["| id | severity | step | tensor | message |", "|---|---|---|---|---|"]
             for f in r.findings:
-                lines.append(
-                    f"| {f.id} | {f.severity} | {fmt_step(f.step)} | {_cell(f.tensor or '-')} | {_cell(f.message)} |"
-                )
+                problems = input_problem_lines(f, r.run)  # AD902: every problem, one per line of the cell
+                msg = "<br>".join(_cell(x) for x in problems) if problems else _cell(f.message)
+                lines.append(f"| {f.id} | {f.severity} | {fmt_step(f.step)} | {_cell(f.tensor or '-')} | {msg} |")
         rec = recommendation_line(r)
         if rec:
             lines += ["", f"**Recommendation:** {_cell(rec)}"]

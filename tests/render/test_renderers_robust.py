@@ -121,7 +121,8 @@ def damage_records(path: Path, records: list[int]) -> None:
 
 def test_scan_text_lists_every_input_problem_once(tmp_path):
     """AD902 "N input problem(s)" in the text output: every problem on its own line (not the first
-    three), the same damage repeated in one file once with "× N alike", paths relative to the run."""
+    three), the same damage repeated in one file once with "× N alike", paths relative to the run;
+    in Markdown one line of the table cell each."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = tmp_path / "run"
@@ -146,6 +147,9 @@ def test_scan_text_lists_every_input_problem_once(tmp_path):
         "    - events.out.tfevents.2.host: no readable records; not a TensorBoard event file?",
     ]
     assert k + 4 == len(lines) or not lines[k + 4].startswith("    - ")
+    md = runner.invoke(app, ["scan", str(run), "--format", "markdown"]).stdout
+    (row,) = [x for x in md.splitlines() if x.startswith("| AD902 |")]
+    assert row.count("<br>") == 3 and "(× 3 alike)<br>events.out.tfevents.2.host: corrupt record header" in row
     # the JSON keeps the finding as it was (message and evidence): only the text layout changed
     data = strict_json(runner.invoke(app, ["scan", str(run), "--format", "json"]).stdout)
     (f,) = [f for f in data["runs"][0]["findings"] if f["id"] == "AD902"]
