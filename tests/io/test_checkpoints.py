@@ -451,7 +451,8 @@ def test_cli_inspect_text_json_csv(run_ckpts):
     lines = res.stdout.strip().splitlines()
     assert lines[0].startswith("path,checkpoint_step,tensor,name,group,index")
     assert len(lines) == 1 + 2 * 10
-    assert any(",fc2.weight," in ln and ln.split(",")[-2] == "1.0" for ln in lines)  # frac_pure_decay
+    col = lines[0].split(",").index("frac_pure_decay")
+    assert any(",fc2.weight," in ln and ln.split(",")[col] == "1.0" for ln in lines)
     res = runner.invoke(app, ["inspect", str(a), str(b)])
     assert "decay ratio" in res.stdout
 
