@@ -278,7 +278,11 @@ def attach_series(
             if len(s) > 1:
                 block["r"] = r_curve(s.index.to_numpy(), s.to_numpy(), summaries, beta2, eps, max_points)
         block.update(checkpoint_views(summaries, beta2))
-        per = tensor_r_curves(r, scalars, hist, summaries, beta2, eps if summaries else 0.0, max_points)
+        # A run whose checkpoints hold another optimizer (AD903): its logs say nothing about Adam's v.
+        not_adam = any(f.id == "AD903" for f in r.findings)
+        per = None
+        if not not_adam:
+            per = tensor_r_curves(r, scalars, hist, summaries, beta2, eps if summaries else 0.0, max_points)
         if per is not None:
             block["r_tensors"] = per
         # What --verify kept (the replay curves, pipeline.verify) stays; this run's curves join it.

@@ -450,3 +450,33 @@ def test_verify_overlay_in_series_and_page(tmp_path):
     plain = runner.invoke(app, ["scan", str(run), *verify, "--format", "json"])
     (r2,) = json.loads(plain.stdout)["runs"]
     assert r2["verification"]["variants"] == ver["variants"] and "series" not in r2
+
+
+def test_no_r_per_tensor_for_a_run_that_is_not_adam(tmp_path):
+    """Gradient histograms of a run trained with SGD (its checkpoint says so: AD903) give no g²/v̂
+    curves -- there is no v; the same logs beside no checkpoint do (the control)."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "sgd"
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    w = SummaryWriter(str(run))
+    for step in range(1, 61):
+        x = torch.randn(16, 4)
+        loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        w.add_scalar("train/loss", loss.item(), step)
+        for name, p in model.named_parameters():
+            w.add_histogram(f"grad/{name}", p.grad, step)
+    w.close()
+    (r,) = report_json(tmp_path, run)["runs"]
+    assert {c["tensor"] for c in r["series"]["r_tensors"]["curves"]} == {"weight", "bias"}  # control
+    (run / "checkpoints").mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 60}, run / "checkpoints" / "s.pt")
+    (r,) = report_json(tmp_path, run)["runs"]
+    assert any(f["id"] == "AD903" for f in r["findings"]) and "r_tensors" not in r["series"]
+    assert r["series"]["loss"]["points"] == 60
