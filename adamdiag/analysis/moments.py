@@ -121,6 +121,8 @@ class TensorStats:
     hyper_source: dict[str, str] = field(default_factory=dict)
     # statistic -> the unknown hyperparameters that make it null (STAT_NEEDS); {} when all are known
     unknown_inputs: dict[str, list[str]] = field(default_factory=dict)
+    # the stored dtype of v ("float32", "bfloat16", ...): the resolution of differences of v (interval_g2)
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -730,6 +732,7 @@ def tensor_stats(
         negative_v=negative,
         optimizer=getattr(t, "optimizer", None),
         hyper_source=sources,
+        dtype=_dtype_name(t.exp_avg_sq),
     )
     null_unknown(st, unknown, convention)
     return st
