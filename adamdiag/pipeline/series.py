@@ -273,13 +273,13 @@ def attach_series(
         t0 = summaries[0].tensors[0] if summaries else None
         beta2 = float(t0.beta2) if t0 is not None and t0.beta2 == t0.beta2 else DEFAULT_BETA2
         eps = float(t0.eps) if t0 is not None and t0.eps == t0.eps else DEFAULT_EPS
-        if r.grad_norm_tag:
+        # A run whose checkpoints hold another optimizer (AD903): its logs say nothing about Adam's v.
+        not_adam = any(f.id == "AD903" for f in r.findings)
+        if r.grad_norm_tag and not not_adam:
             s = series(scalars, r.grad_norm_tag)
             if len(s) > 1:
                 block["r"] = r_curve(s.index.to_numpy(), s.to_numpy(), summaries, beta2, eps, max_points)
         block.update(checkpoint_views(summaries, beta2))
-        # A run whose checkpoints hold another optimizer (AD903): its logs say nothing about Adam's v.
-        not_adam = any(f.id == "AD903" for f in r.findings)
         per = None
         if not not_adam:
             per = tensor_r_curves(r, scalars, hist, summaries, beta2, eps if summaries else 0.0, max_points)

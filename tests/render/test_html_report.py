@@ -453,8 +453,8 @@ def test_verify_overlay_in_series_and_page(tmp_path):
 
 
 def test_no_r_per_tensor_for_a_run_that_is_not_adam(tmp_path):
-    """Gradient histograms of a run trained with SGD (its checkpoint says so: AD903) give no g²/v̂
-    curves -- there is no v; the same logs beside no checkpoint do (the control)."""
+    """Gradient histograms and the gradient norm of a run trained with SGD (its checkpoint says so:
+    AD903) give no g²/v̂ curves -- there is no v; the same logs beside no checkpoint do (the control)."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
@@ -470,13 +470,15 @@ def test_no_r_per_tensor_for_a_run_that_is_not_adam(tmp_path):
         loss.backward()
         opt.step()
         w.add_scalar("train/loss", loss.item(), step)
+        w.add_scalar("train/grad_norm", torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item(), step)
         for name, p in model.named_parameters():
             w.add_histogram(f"grad/{name}", p.grad, step)
     w.close()
     (r,) = report_json(tmp_path, run)["runs"]
     assert {c["tensor"] for c in r["series"]["r_tensors"]["curves"]} == {"weight", "bias"}  # control
+    assert "r" in r["series"]
     (run / "checkpoints").mkdir()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 60}, run / "checkpoints" / "s.pt")
     (r,) = report_json(tmp_path, run)["runs"]
-    assert any(f["id"] == "AD903" for f in r["findings"]) and "r_tensors" not in r["series"]
+    assert any(f["id"] == "AD903" for f in r["findings"]) and not {"r", "r_tensors"} & set(r["series"])
     assert r["series"]["loss"]["points"] == 60
