@@ -251,12 +251,29 @@ class AdamMonitor:
                         self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
                     if self._verdict == "healthy" and self.warning_step is not None:
                         self._verdict = "v_collapse"  # the blowup the collapse was warning about
+            blown = [f.step for f in new if f.id == "AD001" and f.step is not None]
+            if blown:
+                new += self._regrowth(blown[0])
             if new:
                 self._emit(new, st)
         except AdamDiagAlarm:
             raise
         except Exception as e:  # noqa: BLE001 - never break training
             self._fail(e)
+
+    def _regrowth(self, blowup: int) -> list[R.Finding]:
+        """AD102 as scan reports it: trajectories whose r rose above REGROWTH_R in the REGROWTH_WINDOW
+        steps before the blowup — widened by one logging interval after it, the first point the monitor
+        sees at or after the onset. Live r spikes without a blowup (a small tensor under mini-batch
+        noise) are no error: scan would not call them one either."""
+        lo, hi = blowup - R.REGROWTH_WINDOW, blowup + self.every + 1
+        peaks = []
+        for w in self._watches:
+            for label, t in w.tracks.items():
+                pk = t.peak_r(lo, hi)
+                if pk is not None:
+                    peaks.append((label, pk[0], pk[1]))
+        return R.regrowth_findings(peaks)
 
     def close(self) -> None:
         """Remove the hooks and write the live file a last time."""
@@ -428,9 +445,7 @@ class AdamMonitor:
             f = R.collapse_finding(tr, "global", eps, beta2)
             if f is not None:
                 out.append(f)
-        if tr.collapsed and not tr.regrowth_fired and glob["r"] > R.REGROWTH_R:
-            tr.regrowth_fired = True
-            out.append(R.regrowth_finding("global", step, glob["r"]))
+        tr.note_r(step, glob["r"])  # AD102 when the fed loss blows up (log_loss), as scan's
         fired: list[R.Finding] = []
         for i, name in enumerate(labels):
             t = w.track(name)
@@ -440,9 +455,7 @@ class AdamMonitor:
                 f = R.collapse_finding(t, name, e, b2)
                 if f is not None:
                     fired.append(f)
-            if t.collapsed and not t.regrowth_fired and r > R.REGROWTH_R:
-                t.regrowth_fired = True
-                out.append(R.regrowth_finding(name, step, r))
+            t.note_r(step, r)
         if fired:
             # scan's per-tensor finding for the (at most MAX_NAMES_SHOWN) deepest new ones; the others
             # are listed in the evidence of the first, so 300 tensors collapsing together are 3 lines

@@ -38,6 +38,7 @@ from adamdiag.analysis.thresholds import (
     EPS_BOUND_FACTOR,
     MAX_NAMES_SHOWN,
     REGROWTH_R,
+    REGROWTH_WINDOW,
     UPDATE_RMS_LIMIT,
 )
 from adamdiag.results.report import Finding, json_safe
@@ -47,6 +48,7 @@ __all__ = [
     "EPS_BOUND_FACTOR",
     "MAX_NAMES_SHOWN",
     "REGROWTH_R",
+    "REGROWTH_WINDOW",
     "UPDATE_RMS_LIMIT",
     "Finding",
     "Track",
@@ -55,13 +57,16 @@ __all__ = [
     "loss_findings",
     "min_points",
     "nonfinite_finding",
-    "regrowth_finding",
+    "regrowth_findings",
     "update_rms_finding",
 ]
 
 # How many points of a running stretch are kept (bounded memory per tensor on a long collapse;
 # scan's rule only needs the first min_points of it to fire).
 STRETCH_WINDOW = 4096
+# How far back r peaks are remembered: scan's re-growth window before the blowup plus the time the
+# loss-event detector may take to confirm a blowup (it looks up to ~100 steps ahead) and some slack.
+R_PEAKS_KEPT = 4 * REGROWTH_WINDOW + 200
 
 
 def min_points(every: int, beta2: float) -> int:
@@ -81,8 +86,10 @@ class Track:
     peak: float = 0.0  # largest finite v̂ seen so far
     peak_step: int = 0
     fired: bool = False  # AD101 already emitted for the running stretch
-    collapsed: bool = False  # an AD101 was emitted at some point (arms AD102)
-    regrowth_fired: bool = False
+    collapsed: bool = False  # an AD101 was emitted at some point
+    # recent points with r > REGROWTH_R: (step, r), kept for R_PEAKS_KEPT steps (AD102 reads them when
+    # the fed loss blows up: scan's re-growth is r far above 1 just before the event)
+    r_peaks: list[tuple[int, float]] = field(default_factory=list)
     rms_over: bool = False  # update RMS above the limit (AD103 re-arms well below it)
     nonfinite_fired: bool = False
     # the running stretch of r < COLLAPSE_R: (step, g², v̂, r) per point
@@ -93,6 +100,18 @@ class Track:
         """A point that only raises the peak (the dense first steps before the logging grid)."""
         if math.isfinite(vhat) and vhat > self.peak:
             self.peak, self.peak_step = vhat, step
+
+    def note_r(self, step: int, r: float) -> None:
+        """Remember a point whose r is above REGROWTH_R (and forget those too old to matter)."""
+        if self.r_peaks and self.r_peaks[0][0] < step - R_PEAKS_KEPT:
+            self.r_peaks = [x for x in self.r_peaks if x[0] >= step - R_PEAKS_KEPT]
+        if math.isfinite(r) and r > REGROWTH_R:
+            self.r_peaks.append((step, r))
+
+    def peak_r(self, lo: int, hi: int) -> tuple[float, int] | None:
+        """The largest remembered r with lo ≤ step < hi, and its step."""
+        pts = [(r, s) for s, r in self.r_peaks if lo <= s < hi]
+        return max(pts) if pts else None
 
     def update(self, step: int, r: float, vhat: float, every: int, beta2: float, g2: float = math.nan) -> bool:
         """Feed one logged point; True when the collapse becomes sustained and deep at this point
@@ -164,9 +183,9 @@ def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Find
     return out[0] if out else None
 
 
-def regrowth_finding(label: str, step: int, r: float) -> Finding:
-    """AD102 (scan's function): after a collapse the gradients are back — the blowup is imminent."""
-    return F.regrowth(_evidence(regrowth=[(label, r, step)]))[0]
+def regrowth_findings(peaks: list[tuple[str, float, int]]) -> list[Finding]:
+    """AD102 (scan's function) for (label, r, step) peaks just before a blowup: the gradients re-grew."""
+    return F.regrowth(_evidence(regrowth=peaks)) if peaks else []
 
 
 def update_rms_finding(label: str, step: int, value: float) -> Finding:

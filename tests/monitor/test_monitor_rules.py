@@ -71,6 +71,33 @@ def test_healthy_noisy_run_has_no_alarm() -> None:
     assert 0.2 < mon.last["global"]["r"] < 5
 
 
+def test_regrowth_is_an_error_only_just_before_a_blowup() -> None:
+    """AD102 as scan reports it: r far above 1 in the REGROWTH_WINDOW steps before the blowup. Two
+    re-growths of the gradients after v collapsed (AD101 at 110; steps 200 and 380); the loss, fed,
+    blows up at 385:
+    only the second one is AD102 (an error), and only once the blowup is seen — the first, with no
+    blowup after it, is no alarm (a small tensor's r under mini-batch noise jumps like that too)."""
+    gen = torch.Generator().manual_seed(11)
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = torch.optim.Adam([p], lr=1e-3, betas=(0.9, 0.95))  # a short memory: v collapses by step 110
+    mon = AdamMonitor(opt, names=["w"], every=10)
+    for step in range(1, 421):
+        scale = 1e-2 if step <= 20 else 1.0 if step in (200, 380) else 1e-6
+        p.grad = torch.randn(1000, generator=gen) * scale
+        opt.step()
+        noise = 0.01 * float(torch.randn((), generator=gen))
+        mon.log_loss(step, (1e3 if step >= 385 else 1.0) * (1 + noise))
+        if step == 384:
+            assert [f for f in mon.findings if f.id == "AD101" and f.step is not None and f.step < 200]
+            assert not [f for f in mon.findings if f.id == "AD102" or f.severity == "error"]
+    ad001 = [f for f in mon.findings if f.id == "AD001"]
+    assert ad001 and ad001[0].step == 385, mon.findings
+    ad102 = [f for f in mon.findings if f.id == "AD102"]
+    assert ad102 and {f.step for f in ad102} == {380} and all(f.severity == "error" for f in ad102)
+    assert {f.tensor for f in ad102} == {None, "w"}  # all parameters and the tensor, as scan lists them
+    mon.close()
+
+
 def test_nonfinite_raise_on_callback_and_live_file(tmp_path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
