@@ -73,7 +73,7 @@ def report(
     rep = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
     if verify_:
         verify(rep, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=True)
-    rep = attach_series(rep, trust_checkpoint=trust_checkpoint)
+    rep = attach_series(rep, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

@@ -158,7 +158,7 @@ def scan(
     if with_series:
         from adamdiag.pipeline.series import attach_series
 
-        report = attach_series(report, trust_checkpoint=trust_checkpoint)
+        report = attach_series(report, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     publish(report, format.value)
 
 
@@ -199,7 +199,7 @@ def check(
     if with_series:
         from adamdiag.pipeline.series import attach_series
 
-        report = attach_series(report, trust_checkpoint=trust_checkpoint)
+        report = attach_series(report, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]

@@ -232,18 +232,26 @@ def attach_series(
     *,
     trust_checkpoint: bool = False,
     checkpoints: bool = True,
+    checkpoints_dir: Path | None = None,
 ) -> Report:
     """Fill ``series`` of every run: the loss and gradient-norm curves the diagnosis used, r = g²/v̂
     from the gradient norm, per-tensor r of the tensors that matter (:func:`tensor_r_curves`), and
-    (``checkpoints``) the √v̂ band and decay-ratio view of the run's checkpoints. Keys already there
+    (``checkpoints``) the √v̂ band and decay-ratio view of the run's checkpoints (under the run, or
+    under ``checkpoints_dir`` as ``--checkpoints`` maps it, :func:`checkpoint_roots`). Keys already there
     (``replay``, from ``--verify``) are kept. A run that cannot be read again keeps its ``series``
     with a warning."""
     from adamdiag.analysis.frames import series
     from adamdiag.analysis.thresholds import DEFAULT_BETA2, DEFAULT_EPS
     from adamdiag.errors import InputError
     from adamdiag.io.events import read_run
-    from adamdiag.pipeline.scan import load_checkpoint_summaries
+    from adamdiag.pipeline.scan import checkpoint_roots, load_checkpoint_summaries
 
+    runs = [Path(r.run) for r in report.runs]
+    try:
+        roots = checkpoint_roots(checkpoints_dir, runs)
+    except InputError as e:  # the scan accepted the mapping; runs it could not read may not map
+        report.warnings.append(f"checkpoint views not attached: {e}")
+        checkpoints, roots = False, {}
     for r in report.runs:
         tags = {"loss": r.loss_tag, "grad_norm": r.grad_norm_tag}
         if not any(tags.values()):
@@ -264,7 +272,7 @@ def attach_series(
         if checkpoints and "checkpoints" in r.sources:
             run_dir = Path(r.run)
             summaries, _ = load_checkpoint_summaries(
-                run_dir if run_dir.is_dir() else run_dir.parent,
+                roots.get(run_dir, run_dir if run_dir.is_dir() else run_dir.parent),
                 trust=trust_checkpoint,
                 convention=r.convention,
                 warnings=[],

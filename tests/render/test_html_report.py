@@ -482,3 +482,17 @@ def test_no_r_per_tensor_for_a_run_that_is_not_adam(tmp_path):
     (r,) = report_json(tmp_path, run)["runs"]
     assert any(f["id"] == "AD903" for f in r["findings"]) and not {"r", "r_tensors"} & set(r["series"])
     assert r["series"]["loss"]["points"] == 60
+
+
+def test_series_read_the_checkpoints_where_checkpoints_points(tmp_path):
+    """`report --checkpoints DIR`: the checkpoint views and per-tensor r come from DIR, as the
+    diagnosis did, not from the (empty) run folder."""
+    from realruns import train_tiny
+
+    run = train_tiny(tmp_path / "run", steps=300, ckpt_every=100)
+    elsewhere = tmp_path / "ckpts"
+    (run / "checkpoints").rename(elsewhere)
+    (r,) = report_json(tmp_path, run, "--checkpoints", elsewhere)["runs"]
+    assert "checkpoints" in r["sources"]
+    assert r["series"]["sqrt_vhat"]["step"] == [100, 200, 300] and len(r["series"]["decay"]) == 2
+    assert {c["source"] for c in r["series"]["r_tensors"]["curves"]} == {"checkpoints"}
