@@ -613,15 +613,16 @@ def tensor_stats(
     sources = dict(getattr(t, "hyper_source", None) or {})
     bias_correction = getattr(t, "bias_correction", None)
     unknown = unknown_hyper(t, sources, own_bias=bias_correction is not None)
-    # Unknown values are NaN; the passes run on stand-ins (β: no bias correction, eps 0) and every
-    # statistic that needs one is nulled at the end: NaN thresholds would count nothing, not "null".
+    # Unknown values are NaN; the passes run on stand-ins (β: no bias correction, eps 1: positive, so
+    # lr/(√v̂+eps) stays defined where v = 0) and every statistic that needs one is nulled at the end:
+    # NaN thresholds would count nothing, not "null".
     bc1, bc2, notes = bias_corrections(
         t.step, 0.0 if "beta1" in unknown else t.beta1, 0.0 if "beta2" in unknown else t.beta2
     )
     if bias_correction is not None:  # what the optimizer itself divided by (TF1)
         bc1, bc2 = bias_correction
         notes.append(f"bias corrections from the checkpoint: 1-β1^t={bc1:.6g}, 1-β2^t={bc2:.6g}")
-    eps_eff = effective_eps(0.0 if "eps" in unknown else t.eps, bc2, convention)
+    eps_eff = effective_eps(1.0 if "eps" in unknown else t.eps, bc2, convention)
     vden = t.max_exp_avg_sq if (t.amsgrad and t.max_exp_avg_sq is not None) else t.exp_avg_sq
     if t.amsgrad and t.max_exp_avg_sq is None:
         notes.append("amsgrad without max_exp_avg_sq: the denominator uses exp_avg_sq")
@@ -671,9 +672,9 @@ def tensor_stats(
             raw = _order_stats(arr, qs, desc)
         sq = {"min": s_min, **{k: math.sqrt(max(raw[k], 0.0) / bc2) for k in qs}, "max": s_max}
         eff = {
-            "min": t.lr / (s_max + eps_eff),
-            **{k: t.lr / (math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs},
-            "max": t.lr / (s_min + eps_eff),
+            "min": _step_size(t.lr, s_max + eps_eff),
+            **{k: _step_size(t.lr, math.sqrt(max(raw[f"eff_{k}"], 0.0) / bc2) + eps_eff) for k in qs},
+            "max": _step_size(t.lr, s_min + eps_eff),
         }
         ratio_rms = math.sqrt(sum_u2 / n_f)
         v_mean, m_abs_mean = sum_v / n_f, sum_abs_m / n_f
@@ -736,6 +737,11 @@ def tensor_stats(
     )
     null_unknown(st, unknown, convention)
     return st
+
+
+def _step_size(lr: float, denominator: float) -> float:
+    """lr/(√v̂+eps): unbounded (inf) where the denominator is 0 (v = 0 with eps = 0), not an error."""
+    return lr / denominator if denominator > 0 else math.inf
 
 
 def unknown_hyper(t: Any, sources: dict[str, str], *, own_bias: bool = False) -> set[str]:

@@ -103,6 +103,7 @@ class VerifyOptions:
     trust_checkpoint: bool
     budget: float | None
     device: str
+    assume: tuple[float | None, float | None, float | None] = (None, None, None)  # --assume-lr/-beta2/-eps
 
 
 def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
@@ -125,6 +126,7 @@ def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
         device=o.device,
         say=err,
         curves=curves,
+        assume=assumptions(*o.assume),
     )
 
 
@@ -154,7 +156,13 @@ def scan(
         runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
     )
     if verify_:
-        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
+        verify(
+            report,
+            VerifyOptions(
+                entry, trust_entry, trust_checkpoint, verify_budget, device, (assume_lr, assume_beta2, assume_eps)
+            ),
+            curves=with_series,
+        )
     if with_series:
         from adamdiag.pipeline.series import attach_series
 
@@ -195,7 +203,13 @@ def check(
         runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
     )
     if verify_:
-        verify(report, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=with_series)
+        verify(
+            report,
+            VerifyOptions(
+                entry, trust_entry, trust_checkpoint, verify_budget, device, (assume_lr, assume_beta2, assume_eps)
+            ),
+            curves=with_series,
+        )
     if with_series:
         from adamdiag.pipeline.series import attach_series
 

@@ -213,10 +213,12 @@ def verify_report(
     device: str = "auto",
     say: Any = None,
     curves: bool = False,
+    assume: Any = None,
 ) -> None:
     """Verify every eligible run of ``runs`` in place (``say``: one-line progress messages on stderr).
     ``curves`` (series were asked for: ``report``, ``--with-series``): each replayed variant's loss
-    goes into the run's ``series["replay"]`` (downsampled), for the HTML overlay."""
+    goes into the run's ``series["replay"]`` (downsampled), for the HTML overlay. ``assume``: the
+    ``--assume-*`` values (``io.checkpoints.hyper.Assumptions``) for what a checkpoint does not store."""
     from adamdiag.errors import InputError
     from adamdiag.replay.protocol import NoEntry, NoNeutralEntry
     from adamdiag.replay.runner import verify_checkpoint
@@ -246,6 +248,7 @@ def verify_report(
                 trust_entry=trust_entry,
                 trust_checkpoint=trust_checkpoint,
                 named_tensors=None,
+                assume=assume,
             )
         except NoNeutralEntry as e:  # a TF/Keras checkpoint: say which kind of entry replays it
             _not_verified(rep, f"no replay entry: {e}", "info")

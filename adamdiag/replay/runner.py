@@ -589,6 +589,7 @@ def verify_checkpoint(
     steps: int | None = None,
     mode: str = "auto",
     on_import: Callable[[str], None] | None = _stderr,
+    assume: Assumptions | None = None,
 ) -> ReplayResult:
     """Replay ``variants`` from ``checkpoint`` and return the result with outcomes (``scan --verify``).
 
@@ -610,7 +611,8 @@ def verify_checkpoint(
       raised before anything is imported. No entry at all: :class:`~adamdiag.replay.protocol.NoEntry`.
 
     Never prints to stdout; the only stderr line is the mandatory "importing entry X from FILE" notice
-    (``on_import`` routes it elsewhere, None = stderr; it is called before the import runs). Raises
+    (``on_import`` routes it elsewhere, None = stderr; it is called before the import runs).
+    ``assume``: scan's ``--assume-*``, for an lr/β2/eps the checkpoint does not store. Raises
     :class:`~adamdiag.errors.InputError` (one line) for bad input: unreadable checkpoint, no loss tag,
     checkpoint at/after the logged blowup, an entry that fails. A replay that does not reproduce the
     log is *returned* (``result.fidelity.reproduced`` False, its ``message`` says why): the caller
@@ -640,6 +642,7 @@ def verify_checkpoint(
         run_dir=Path(run_dir),
         require_trust=not trust_entry,
         notify=on_import,
+        assume=assume,
     )
     if budget_s is not None:
         plan.deadline = t0 + float(budget_s)

@@ -172,3 +172,24 @@ def test_corrupt_checkpoint_is_ad403_and_never_the_replay_start(run, tmp_path):
     assert any(f["id"] == "AD403" for f in r["findings"]), r["findings"]
     verify_line = (r["recommendation"] or {}).get("verify") or ""
     assert "step_000450" not in verify_line and ("step_000400" in verify_line or not verify_line)
+
+
+def test_verify_takes_scans_assumptions_for_a_checkpoint_without_eps(run, tmp_path):
+    """A writer that keeps no eps (every checkpoint's param groups lost it): --verify cannot replay
+    without it and says which flag gives it; with --assume-eps the replay runs and confirms."""
+    import torch
+
+    dst = tmp_path / "noeps"
+    shutil.copytree(run, dst)
+    for path in (dst / "checkpoints").glob("step_*.pt"):
+        ck = torch.load(path, weights_only=True)
+        for g in ck["optimizer"]["param_groups"]:
+            g.pop("eps")
+        torch.save(ck, path)
+    r = scan_json(dst, "--verify", "--entry", ENTRY)
+    (f,) = [f for f in r["findings"] if f["id"] == "AD703"]
+    assert "lacks eps (give --assume-eps)" in f["message"] and r["verification"]["confirms"] is None
+    assert any("unknown (not in the checkpoint): eps" in w for w in r["warnings"])
+    r = scan_json(dst, "--verify", "--entry", ENTRY, "--assume-eps", "1e-8")
+    assert r["verdict"] == "v_collapse" and r["verification"]["confirms"] is True
+    assert any("eps=1e-08 assumed (--assume-eps)" in w for w in r["warnings"])

@@ -198,3 +198,23 @@ def test_scan_and_check_take_the_flags(tmp_path):
     assert any("unknown (not in the checkpoint)" in w and "--assume-lr" in w for w in r["warnings"])
     res = runner.invoke(app, ["check", str(run), "--assume-beta2", "1.5"])
     assert res.exit_code == 2 and "--assume-beta2 must be in [0, 1), got 1.5" in res.output
+
+
+def test_unknown_eps_with_v_exactly_zero(tmp_path):
+    """A parameter whose gradient was always exactly 0 (v = 0) and a group without eps: the
+    statistics are null, never a division by zero (scan of such a run failed with an internal error)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    for _ in range(3):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        model[2].bias.grad.zero_()
+        opt.step()
+        opt.zero_grad()
+    osd = opt.state_dict()
+    osd["param_groups"][0].pop("eps")
+    torch.save({"model": model.state_dict(), "optimizer": osd}, tmp_path / "ck.pt")
+    s = summarize_checkpoint(tmp_path / "ck.pt")
+    t = next(t for t in s.tensors if t.name == "2.bias")
+    assert t.v_max == 0.0 and t.frac_v_zero == 1.0
+    assert math.isnan(t.eff_step_q["max"]) and t.unknown_inputs["eff_step_q"] == ["eps"]
