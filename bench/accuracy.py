@@ -964,7 +964,8 @@ def score_counterfactual(results: list[dict[str, Any]]) -> dict[str, Any]:
     * false alarms on healthy runs (live truth: no blowup);
     * accuracy per ``confidence`` level, when the report has that key;
     * "recommended first fix avoided": the report's recommendation mapped onto the variant the labeller
-      trained (:func:`_recommended_fix`), per label; a run without one counts as not avoided.
+      trained (:func:`_recommended_fix`), per label, over the runs whose blowup the log shows; a run without
+      one counts as not avoided; ``rate_exact_only`` also counts approximate mappings as not avoided.
     """
     labelled = [r for r in results if r.get("cf_label") in CF_LABELS]
     visible = [r for r in labelled if r.get("blowup_visible_in_log", True) is not False]
@@ -985,12 +986,19 @@ def score_counterfactual(results: list[dict[str, Any]]) -> dict[str, Any]:
         lv["accuracy"] = _rate(lv["correct"], lv["n"])
     fix = {}
     for lab in CF_LABELS:
-        rs = [r for r in labelled if r["cf_label"] == lab]
+        # over the runs whose blowup the log shows (as the verdict score): a run that looks healthy in
+        # its own log gets no recommendation, which says nothing about the advice
+        rs = [r for r in visible if r["cf_label"] == lab]
         k = sum(r.get("rec_outcome") == "avoided" for r in rs)
+        exact = [r for r in rs if r.get("rec_exact") is not False]
         fix[lab] = {
             "n": len(rs),
             "avoided": k,
             "rate": _rate(k, len(rs)),
+            # the same rate counting an approximate mapping (a recommended 0.1 scored by the eps1e-2
+            # variant) as not avoided: the honest lower bound
+            "rate_exact_only": _rate(sum(r.get("rec_outcome") == "avoided" for r in exact), len(rs)),
+            "not_visible_in_log": sum(1 for r in labelled if r["cf_label"] == lab) - len(rs),
             "by_variant": dict(Counter(str(r.get("rec_variant")) for r in rs)),
             "approximate": sum(r.get("rec_exact") is False for r in rs),
             "not_avoided": [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adamdiag.analysis.thresholds import COLLAPSE_R
+from adamdiag.analysis.thresholds import COLLAPSE_DEPTH, COLLAPSE_R
 
 HEALTHY_WORDS = ("o(1)", "healthy", "tracked the gradients")
 
@@ -30,6 +30,9 @@ def message_problems(run: dict[str, Any]) -> list[str]:
             rs = [t.get("median_r") for t in ev.get("tensors", [])] + [ev.get("median_r")]
             if any(r is not None and r >= COLLAPSE_R for r in rs):
                 out.append(f"AD101 names a collapse with median r >= {COLLAPSE_R}: {ev}")
+            fall = ev.get("sqrt_vhat_fall")  # rule shrunken_v: the fall itself is the evidence
+            if fall is not None and fall**2 < 1 / COLLAPSE_DEPTH:
+                out.append(f"AD101 names a v̂ fall of only {fall:.3g}x (√) as a collapse: {msg}")
         if fid == "AD001" and ev.get("peak_step") is not None:
             m = re.search(r"peak \S+ at step (\d+)", msg)
             if m and int(m.group(1)) != ev["peak_step"]:

@@ -140,6 +140,10 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
         rep.blowup_step = ev.event_step
         rep.warning_step = ev.grad_jump["step"] if ev.grad_jump else None
         rep.findings += F.bad_batch(ev, d)
+    elif d.rule == "shrunken_v" and ev.vhat_fall is not None:
+        rep.blowup_step = ev.event_step
+        rep.warning_step = ev.vhat_fall.deep_step
+        rep.findings += F.shrunken_v(ev)
     elif d.verdict == "v_collapse":
         rep.blowup_step = ev.event_step
         rep.warning_step = ev.collapse_warning_step()

@@ -471,6 +471,64 @@ def checkpoint_collapses(ckpts: list[Any], ratios: list[dict[str, Any]], until: 
 
 
 @dataclass
+class VhatFall:
+    """How far the mean v̂ (all parameters) fell from its peak before the loss event: the per-element
+    step lr/√v̂ grew by ``factor`` = √(peak v̂ / v̂ before the event), even where v kept tracking
+    gradients that shrank near an optimum (a quiet stretch is not needed for that)."""
+
+    source: str  # "log": the global trajectory; "checkpoints": the checkpoints' mean v̂
+    factor: float
+    peak_step: int
+    step: int  # the last point before the event
+    deep_step: int | None  # the first point at which v̂ was ≤ COLLAPSE_DEPTH of its peak so far
+    exact: bool
+
+    @property
+    def deep(self) -> bool:
+        return self.deep_step is not None
+
+
+def _fall(source: str, steps: np.ndarray, vhat: np.ndarray, exact: bool) -> VhatFall:
+    running = np.maximum.accumulate(vhat)
+    deep = np.flatnonzero(vhat <= COLLAPSE_DEPTH * running)
+    i = int(np.argmax(vhat))
+    return VhatFall(
+        source,
+        math.sqrt(float(vhat[i] / vhat[-1])),
+        int(steps[i]),
+        int(steps[-1]),
+        int(steps[deep[0]]) if len(deep) else None,
+        exact,
+    )
+
+
+def vhat_fall(trajs: list[Trajectory], ckpts: list[Any], event_step: int | None, beta2: float) -> VhatFall | None:
+    """The deepest fall of the mean v̂ from its peak to the last point before the event, from the global
+    trajectory (logged gradient norm or the monitor) and from the checkpoints' bias-corrected mean v;
+    None without data or event."""
+    if event_step is None:
+        return None
+    found: list[VhatFall] = []
+    for tr in trajs:
+        if tr.label != "global":
+            continue
+        keep = (tr.steps < event_step) & np.isfinite(tr.vhat) & (tr.vhat > 0)
+        if keep.any():
+            found.append(_fall("log", tr.steps[keep], tr.vhat[keep], tr.exact))
+    pts = []
+    for c in ckpts:
+        if c.step is None or not 0 < c.step < event_step:
+            continue
+        mean_v, _ = ckpt_global_mean_v(c)
+        vhat = mean_v / -math.expm1(c.step * math.log(beta2)) if 0 < beta2 < 1 else mean_v
+        if math.isfinite(vhat) and vhat > 0:
+            pts.append((c.step, vhat))
+    if pts:
+        found.append(_fall("checkpoints", np.array([p[0] for p in pts]), np.array([p[1] for p in pts]), True))
+    return max(found, key=lambda f: f.factor) if found else None
+
+
+@dataclass
 class StateProblem:
     """Non-finite or impossible optimizer state in a checkpoint."""
 
@@ -512,6 +570,7 @@ class Evidence:
     # per-task loss tags named by the user (--loss-tag): their events are errors and spikes; auto-picked
     # ones (loss_*, *_mse beside the total) report a blowup only, as a warning
     task_tags_named: bool = False
+    vhat_fall: VhatFall | None = None  # how far the mean v̂ fell from its peak before the event
 
     @property
     def blowup_step(self) -> int | None:
@@ -740,6 +799,7 @@ def gather(
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
         task_tags_named=task_tags_named,
+        vhat_fall=vhat_fall(trajs, ckpts, event_step, beta2),
     )
 
 

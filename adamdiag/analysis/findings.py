@@ -21,6 +21,7 @@ from adamdiag.analysis.evidence import (
     series_arrays,
 )
 from adamdiag.analysis.thresholds import (
+    COLLAPSE_DEPTH,
     COLLAPSE_R,
     EPS_BOUND_FACTOR,
     EPS_DOMINATED_FRACTION,
@@ -374,6 +375,30 @@ def recovered_after_collapse(ev: Evidence) -> list[Finding]:
             },
         )
     ]
+
+
+def shrunken_v(ev: Evidence) -> list[Finding]:
+    """AD101 for a v̂ that fell deep without a quiet stretch (rule shrunken_v), then re-growth (AD102)."""
+    f = ev.vhat_fall
+    assert f is not None  # the rule decided on it
+    r = ev.pre_event_r
+    tracked = f" (g²/v̂ median {r:.3g} before it: v tracked the shrinking gradients)" if r is not None else ""
+    where = "logged gradient norm" if f.source == "log" else "checkpoints"
+    msg = (
+        f"v collapse: v̂ (all parameters, from the {where}) fell to {1 / f.factor**2:.2g} of its peak at step "
+        f"{f.peak_step} (√v̂ {f.factor:.3g}x down) before the blowup at {ev.event_step}{tracked}; the per-element "
+        f"step lr/√v̂ grew {f.factor:.3g}x — eps caps it, while a smaller lr only delays the edge of stability "
+        "(a too-high lr fits too: the replay tells them apart)"
+    )
+    evidence = {
+        "source": f.source,
+        "sqrt_vhat_fall": f.factor,
+        "peak_step": f.peak_step,
+        "deep_step": f.deep_step,
+        "median_r_before": r,
+        "depth_threshold": COLLAPSE_DEPTH,
+    }
+    return [Finding("AD101", "error", msg, step=f.deep_step, evidence=evidence), *regrowth(ev)]
 
 
 def diverged(ev: Evidence, d: Decision) -> list[Finding]:

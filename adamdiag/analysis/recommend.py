@@ -4,8 +4,8 @@ Hyperparameters come from the checkpoint the replay starts from (the last one be
 run that warms its learning rate up has a different lr there than at its last checkpoint, and
 "lr/3" must mean a third of the lr the replay starts with. The printed ``verify:`` command tries the
 recommendation's own candidates *and* the competing cause's fix, one change at a time, so its table
-tells which change helped (a v collapse: eps candidates and lr/3; too high an lr: lr/3, lr/10 and
-eps 1e-3); it carries ``--loss-tag`` and ``--logdir`` whenever replay's own choice would miss them.
+tells which change helped (a v collapse: eps candidates, lr/3 and lr/10; too high an lr: lr/3, lr/10
+and eps 1e-3); it carries ``--loss-tag`` and ``--logdir`` whenever replay's own choice would miss them.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ import os
 import shlex
 from typing import Any
 
-import numpy as np
-
 from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live
+from adamdiag.analysis.moments import QUANTILES
 from adamdiag.analysis.thresholds import (
     DECADE,
     EPS_BOUNDS_MOST,
     EPS_DECREASE,
+    EPS_DOMINATION_MARGIN,
+    EPS_SEARCH_LOWEST_DECADE,
+    EPS_UNSIZED,
     LR_REDUCTION,
     LR_REDUCTION_STRONG,
+    NAMES_IN_MESSAGE,
     NEAR_EPS_FRACTION,
     REPORT_EPS_CANDIDATES,
-    TINY,
 )
 from adamdiag.analysis.verdicts import Decision
 
@@ -80,6 +82,69 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
     return None
 
 
+def live_frac_below(t: Any, x: float) -> float:
+    """Fraction of a tensor's *live* elements (v > 0) with √v̂ < x. Elements whose v is exactly 0 never
+    received a gradient (dead units, unused rows): they sit at the bottom of the quantiles and would
+    make any eps look as if it dominated a collapse that is not there.
+
+    >>> from types import SimpleNamespace as T
+    >>> round(live_frac_below(T(sqrt_vhat_q={"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 1e-2, "max": 1e-2},
+    ...                         frac_v_zero=0.6), 1e-2), 2)
+    1.0
+    """
+    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    below = frac_below(t.sqrt_vhat_q, x)
+    if not (math.isfinite(zero) and math.isfinite(below)) or zero >= 1.0:
+        return below
+    return max(below - zero, 0.0) / (1.0 - zero)
+
+
+def live_median(t: Any) -> float:
+    """Median √v̂ of a tensor's live elements (v > 0): the quantile at level zero + (1 - zero)/2 of all
+    its elements, interpolated log-linearly between the stored quantiles; nan without quantiles."""
+    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    level = zero + (1.0 - zero) / 2 if math.isfinite(zero) else QUANTILES["p50"]
+    pts = [(lv, float(t.sqrt_vhat_q[k])) for k, lv in QUANTILES.items() if k in t.sqrt_vhat_q]
+    pts = sorted((lv, x) for lv, x in pts if math.isfinite(x))
+    for (l0, x0), (l1, x1) in zip(pts, pts[1:]):
+        if l0 <= level <= l1:
+            if x0 <= 0 or x1 <= 0 or l1 <= l0:
+                return x1
+            return math.exp(math.log(x0) + (math.log(x1) - math.log(x0)) * (level - l0) / (l1 - l0))
+    return pts[-1][1] if pts else math.nan
+
+
+def _eff(t: Any, e: float) -> float:
+    """A candidate eps in √v̂ units for tensor ``t``: TF adds eps to the un-corrected √v, which is eps/√(1-β2^t)
+    next to √v̂ (the reader's ``eps_effective``/``eps`` ratio; 1 in the torch convention)."""
+    eff, own = float(getattr(t, "eps_effective", math.nan)), float(getattr(t, "eps", math.nan))
+    return e * eff / own if math.isfinite(eff) and math.isfinite(own) and own > 0 and eff > 0 else e
+
+
+def _weighted(fractions: list[float], tensors: list[Any]) -> float:
+    """Per-tensor fractions → the fraction of all their elements (a 1-element bias must not outvote a
+    4096-element weight); nan when nothing is finite."""
+    pairs = [(f, int(t.numel)) for f, t in zip(fractions, tensors) if math.isfinite(f) and int(t.numel) > 0]
+    n = sum(w for _, w in pairs)
+    return sum(f * w for f, w in pairs) / n if n else math.nan
+
+
+def _dominating_decade(collapsed: list[Any]) -> float | None:
+    """The smallest power of ten that dominates (√v̂ ≤ eps/3) at least half of the collapsed tensors'
+    live elements; None when no decade up to the largest √v̂ does (no finite quantiles)."""
+    tops = [float(t.sqrt_vhat_q.get("max", math.nan)) for t in collapsed]
+    tops = [x for x in tops if math.isfinite(x) and x > 0]
+    if not tops:
+        return None
+    for k in range(EPS_SEARCH_LOWEST_DECADE, math.ceil(math.log10(max(tops) * EPS_DOMINATION_MARGIN)) + 1):
+        e = DECADE**k
+        if _weighted([live_frac_below(t, _eff(t, e) / EPS_DOMINATION_MARGIN) for t in collapsed], collapsed) >= (
+            EPS_BOUNDS_MOST
+        ):
+            return e
+    return None
+
+
 def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -> dict[str, Any]:
     eps, start = ev.eps, ev.start
     rec: dict[str, Any] = {"action": "increase eps", "current_eps": eps, "candidates": []}
@@ -90,34 +155,47 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         collapsed = [by_label[n] for n in dict.fromkeys(collapsed_names) if n in by_label]
         if not collapsed:
             near = [t for t in start.tensors if frac_live(t, "frac_sqrt_vhat_below_10eps") > NEAR_EPS_FRACTION]
-            collapsed = near or sorted(start.tensors, key=lambda t: float(t.sqrt_vhat_q["p50"]))[:1]
+            # (a tensor whose v is all 0 never received a gradient: not a candidate)
+            live = [t for t in start.tensors if float(getattr(t, "frac_v_zero", 0.0) or 0.0) < 1.0]
+            collapsed = near or sorted(live or start.tensors, key=live_median)[:1]
         n_all = sum(int(t.numel) for t in start.tensors) or 1
-        p50 = float(np.median([t.sqrt_vhat_q["p50"] for t in collapsed]))
-        derived = DECADE ** math.ceil(math.log10(max(p50, TINY)))
-        for e in sorted({*REPORT_EPS_CANDIDATES, derived}):
-            col = [frac_below(t.sqrt_vhat_q, e) for t in collapsed]
-            allf = sum(frac_below(t.sqrt_vhat_q, e) * int(t.numel) for t in start.tensors) / n_all
+        derived = _dominating_decade(collapsed)
+        for e in sorted({*REPORT_EPS_CANDIDATES, *([derived] if derived is not None else [])}):
+            bounded = [frac_below(t.sqrt_vhat_q, _eff(t, e)) for t in collapsed]
+            dominated = [live_frac_below(t, _eff(t, e) / EPS_DOMINATION_MARGIN) for t in collapsed]
+            allf = sum(frac_below(t.sqrt_vhat_q, _eff(t, e)) * int(t.numel) for t in start.tensors) / n_all
             rec["candidates"].append(
-                {"eps": e, "frac_collapsed_bounded": float(np.mean(col)), "frac_all_eps_dominated": float(allf)}
+                {
+                    "eps": e,
+                    "frac_collapsed_bounded": _weighted(bounded, collapsed),
+                    "frac_collapsed_dominated": _weighted(dominated, collapsed),
+                    "frac_all_eps_dominated": float(allf),
+                }
             )
-        # The smallest candidate that bounds most collapsed elements (the fix) while keeping eps from
-        # dominating most of the healthy ones (eps cuts both ways).
-        good = [c for c in rec["candidates"] if c["frac_collapsed_bounded"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
-        choice = good[0] if good else rec["candidates"][0]
+        # The smallest candidate that dominates most collapsed elements (the fix: their denominator no
+        # longer follows v, see EPS_DOMINATION_MARGIN) — the smallest such, because eps cuts both ways:
+        # frac_all_eps_dominated says how much of the healthy rest it turns into SGD.
+        good = [c for c in rec["candidates"] if c["frac_collapsed_dominated"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
+        choice = good[0] if good else rec["candidates"][-1]
         rec["eps"] = choice["eps"]
-        top = collapsed[0]
+        largest = max(collapsed, key=lambda t: int(t.numel))
+        names = [ckpt_tensor_label(t) for t in sorted(collapsed, key=lambda t: -int(t.numel))]
+        shown = ", ".join(f"`{n}`" for n in names[:NAMES_IN_MESSAGE]) + (
+            f" and {len(names) - NAMES_IN_MESSAGE} more" if len(names) > NAMES_IN_MESSAGE else ""
+        )
         rec["message"] = (
-            f"eps {eps:g} → {choice['eps']:g}: √v̂ is below {choice['eps']:g} in "
-            f"{frac_below(top.sqrt_vhat_q, choice['eps']):.0%} of the elements of `{ckpt_tensor_label(top)}` at "
-            f"step {start.step}; {choice['frac_all_eps_dominated']:.0%} of all elements would be eps-dominated"
+            f"eps {eps:g} → {choice['eps']:g}: √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} "
+            f"({_eff(largest, choice['eps']) / EPS_DOMINATION_MARGIN:.3g}) in {choice['frac_collapsed_dominated']:.0%} "
+            f"of the live elements of the collapsed tensors ({shown}) at step {start.step}, so eps, not the decaying "
+            f"v, sets their step; {choice['frac_all_eps_dominated']:.0%} of all elements would be eps-dominated"
         )
     else:
-        rec["eps"] = REPORT_EPS_CANDIDATES[0]
+        rec["eps"] = EPS_UNSIZED
         rec["candidates"] = [{"eps": e} for e in REPORT_EPS_CANDIDATES]
+        others = ", ".join(f"{e:g}" for e in REPORT_EPS_CANDIDATES if e != EPS_UNSIZED)
         rec["message"] = (
-            f"eps {eps:g} → {REPORT_EPS_CANDIDATES[0]:g} (compare "
-            f"{', '.join(f'{e:g}' for e in REPORT_EPS_CANDIDATES[1:])}); no checkpoint before the blowup to size it "
-            "from the measured √v̂"
+            f"eps {eps:g} → {EPS_UNSIZED:g} (compare {others}); no checkpoint before the blowup to size it from the "
+            "measured √v̂"
         )
     if d.alternative == "lr_too_high":
         rec["message"] += (
@@ -127,7 +205,9 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
     rec["alternatives"] = ["a shorter v memory (beta2 0.99-0.995)", "gradient clipping"]
     args = _eps_args([c["eps"] for c in rec["candidates"]])
     if ev.lr:
-        args += _lr_args([ev.lr / LR_REDUCTION])  # the competing cause's fix, tried on its own
+        # the competing cause's fixes, each on its own: lr/10 is what lr_too_high recommends, lr/3 tells
+        # a postponement (a stale v: lr/3 only moves the blowup later)
+        args += _lr_args([ev.lr / LR_REDUCTION, ev.lr / LR_REDUCTION_STRONG])
     rec["verify"] = replay_command(ev, run, args)
     lrs = [ev.lr / LR_REDUCTION, ev.lr / LR_REDUCTION_STRONG] if ev.lr else []
     rec["replay"] = replay_plan(ev, [c["eps"] for c in rec["candidates"] if c["eps"] > eps], lrs)
@@ -143,9 +223,12 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     )
     rec: dict[str, Any] = {
         "action": "lower the learning rate",
-        "lr": (lr / LR_REDUCTION) if lr else None,
+        "lr": (lr / LR_REDUCTION_STRONG) if lr else None,
         "current_lr": lr,
-        "message": f"lower lr about {LR_REDUCTION:g}x (or add warmup / gradient clipping); {why}",
+        "message": (
+            f"lower lr about {LR_REDUCTION_STRONG:g}x (or add warmup / gradient clipping): a {LR_REDUCTION:g}x cut "
+            f"often only postpones the blowup, as the loss sharpens back to the edge of stability; {why}"
+        ),
     }
     if ev.lr_at_event is not None:
         rec["lr_at_blowup"] = ev.lr_at_event

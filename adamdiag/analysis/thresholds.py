@@ -98,8 +98,22 @@ EPS_BOUND_FACTOR = 10.0
 # An element is "near eps" when √v̂ < 10·eps; a tensor takes part in a collapse for the eps
 # recommendation when more than 1% of its (live) elements are.
 NEAR_EPS_FRACTION = 0.01
-# The recommended eps is the smallest candidate that bounds at least half of the collapsed elements.
+# The recommended eps is the smallest candidate that dominates at least half of the collapsed elements.
 EPS_BOUNDS_MOST = 0.5
+# "Dominates" = √v̂ ≤ eps/3 (half a decade), counted over the collapsed tensors' live elements (not
+# averaged per tensor: a 1-element bias must not outvote a 4096-element weight). An eps only just above
+# √v̂ leaves the denominator √v̂+eps moving with v: the step lr·m̂/(√v̂+eps) still grows as v keeps
+# decaying and the loss sharpens, and the instability returns later (a postponement). With √v̂ ≤ eps/3
+# the denominator stays within 33% of eps whatever v does next. Chosen on the counterfactual labels of
+# seed groups 0-30 (scan of the cached runs, recommended eps → the labeller's eps1e-3/eps1e-2 outcome):
+# margin 1 (√v̂ < eps) avoided the blowup on 84/97 v_collapse-labelled runs, margin 3 on 94/97 (the 3
+# misses: runs whose own log looks healthy, no recommendation), margin 10 also 94/97 but with eps 1e-2
+# or 0.1 where 1e-3 sufficed. Scored afterwards on seed group 60 (bench/results/accuracy_seeds60.json).
+EPS_DOMINATION_MARGIN = 3.0
+# The recommendation names this many collapsed tensors (largest first), then "and N more".
+NAMES_IN_MESSAGE = 3
+# The derived candidate is searched from 1e-8 (torch's default eps) upwards.
+EPS_SEARCH_LOWEST_DECADE = -8
 
 # --- recommendations and verification -------------------------------------------------------
 DEFAULT_BETA2 = 0.999
@@ -107,7 +121,17 @@ DEFAULT_EPS = 1e-8
 # eps candidates for a v collapse (the usual fixes of the mechanism), plus one sized from the
 # measured √v̂ when a checkpoint before the blowup has it.
 REPORT_EPS_CANDIDATES = (1e-3, 1e-2, 1e-1)
-# lr_too_high: lower lr ~3x first (a half-decade), 10x as the stronger alternative.
+# Without a checkpoint before the blowup √v̂ cannot be measured (a logged gradient norm gives g² per
+# element only when the element count is known): the middle of the usual range, not its bottom. 1e-3
+# dominates only collapsed elements with √v̂ ≤ 1e-4, and collapsed √v̂ of 1e-4..1e-3 are common (in the
+# matrix's checkpoints the collapsed tensors' median √v̂ was 4e-5..9e-4 at the replay start).
+EPS_UNSIZED = 1e-2
+# lr_too_high: the recommendation is a decade (LR_REDUCTION_STRONG). Adam trains at the adaptive edge
+# of stability: the loss sharpens until the preconditioned sharpness meets ~2(1+β1)/((1-β1)·lr), so a
+# half-decade cut (LR_REDUCTION) buys room that progressive sharpening uses up, and the blowup comes
+# back (issue #12's first run: lr/3 blew up again ~1550 steps later). On the counterfactual labels of
+# seed groups 0-40 lr/3 avoided none of the 15 lr_too_high runs and lr/10 all of them. lr/3 is still
+# replayed, so the table shows which cut holds.
 LR_REDUCTION = 3.0
 LR_REDUCTION_STRONG = 10.0
 # eps_too_large: two decades down puts eps well under a typical √v̂ again.

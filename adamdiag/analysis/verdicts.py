@@ -116,6 +116,17 @@ def _recovered(ev: Evidence) -> Decision | None:
     return None
 
 
+def _shrunken_v(ev: Evidence) -> Decision | None:
+    # No quiet stretch, but the mean v̂ fell by ≥ 1/COLLAPSE_DEPTH from its peak before the blowup: v
+    # tracked gradients that shrank near an optimum, so the per-element step lr/√v̂ grew ≥ 10x — the
+    # v-collapse mechanism without the staleness (eps caps lr/√v̂; a smaller lr only delays the edge
+    # of stability). Both causes fit: medium, and the recommendation's replay tries both fixes.
+    f = ev.vhat_fall
+    if ev.blowup_step is None or f is None or not f.deep:
+        return None
+    return Decision("v_collapse", "shrunken_v", "medium", alternative="lr_too_high")
+
+
 def _lr_too_high(ev: Evidence) -> Decision | None:
     if ev.blowup_step is None:
         return None
@@ -139,6 +150,7 @@ RULES: list[VerdictRule] = [
     VerdictRule("gradient_jump", "gradient norm: a ≥10x one-step jump at the event", _gradient_jump),
     VerdictRule("loss_only", "a blowup and no gradient or optimizer data", _no_mechanism_data),
     VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
+    VerdictRule("shrunken_v", "mean v̂ from logs or checkpoints: ≥ 100x below its peak before the blowup", _shrunken_v),
     VerdictRule("diverged", "a blowup without a quiet stretch before it", _lr_too_high),
     VerdictRule("healthy", "nothing blew up", _healthy),
 ]

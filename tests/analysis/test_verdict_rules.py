@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adamdiag.analysis import findings as F
-from adamdiag.analysis.evidence import Collapse, Evidence, StateProblem, Trajectory
+from adamdiag.analysis.evidence import Collapse, Evidence, StateProblem, Trajectory, VhatFall
 from adamdiag.analysis.signals import LossEvents
 from adamdiag.analysis.thresholds import COLLAPSE_R
 from adamdiag.analysis.verdicts import RULES, decide
@@ -55,6 +55,8 @@ def make(**kw) -> Evidence:
 
 JUMP = {"step": 900, "grad_norm": 100.0, "previous": 1.0, "trailing_median": 1.0}
 QUIET = LossEvents()  # nothing happened
+DEEP_FALL = VhatFall("log", 30.0, 100, 880, 600, True)  # v̂ at 1/900 of its peak, deep from step 600
+SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +139,23 @@ QUIET = LossEvents()  # nothing happened
             "high",
             None,
         ),
+        (
+            "v̂ fell 30x (√) with no quiet stretch",
+            make(vhat_fall=DEEP_FALL),
+            "v_collapse",
+            "shrunken_v",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "one batch outranks a shrunken v",
+            make(grad_jump={**JUMP, "isolated": True}, vhat_fall=DEEP_FALL),
+            "bad_batch",
+            "one_batch",
+            "high",
+            None,
+        ),
+        ("v̂ fell only 5x (√)", make(vhat_fall=SHALLOW_FALL), "lr_too_high", "diverged", "high", None),
         ("diverged, r O(1) on exact data", make(), "lr_too_high", "diverged", "high", None),
         (
             "diverged after a short quiet stretch",
@@ -166,6 +185,7 @@ def test_every_rule_has_a_case():
         "gradient_jump",
         "loss_only",
         "recovered_spikes",
+        "shrunken_v",
         "diverged",
         "healthy",
     }
@@ -189,3 +209,12 @@ def test_collapse_message_states_depth_only_when_it_decided():
     deep = make(collapses=[_collapse(True)])
     (f,) = [x for x in F.collapse(deep, decide(deep)) if x.id == "AD101"]
     assert "√v̂" in f.message and "x down" in f.message
+
+
+@pytest.mark.parametrize("r", [0.3, None])
+def test_shrunken_v_message_states_its_numbers(r):
+    ev = make(vhat_fall=DEEP_FALL, pre_event_r=r)
+    (f,) = [x for x in F.shrunken_v(ev) if x.id == "AD101"]
+    assert "fell to 0.0011 of its peak at step 100" in f.message and "√v̂ 30x down" in f.message
+    assert ("tracked" in f.message) == (r is not None) and "healthy" not in f.message.lower()
+    assert f.step == DEEP_FALL.deep_step and f.evidence["sqrt_vhat_fall"] == 30.0

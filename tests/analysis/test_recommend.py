@@ -1,0 +1,95 @@
+"""The recommendation's sizing on real checkpoints: the recommended eps dominates (√v̂ ≤ eps/3) at least
+half of the collapsed tensor's live elements and the next smaller candidate does not; elements whose v is
+exactly 0 (never received a gradient) never size it; lr_too_high recommends a decade, from the start
+checkpoint's lr. Counted against the raw tensors in the file (float64), not against adamdiag's quantiles."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from adamdiag.analysis.recommend import live_frac_below, live_median, recommend
+from adamdiag.analysis.thresholds import EPS_DOMINATION_MARGIN, LR_REDUCTION_STRONG, REPORT_EPS_CANDIDATES
+from adamdiag.analysis.verdicts import Decision
+from adamdiag.pipeline.summary import summarize_checkpoint
+from test_verdict_rules import make
+
+ROOT = Path(__file__).resolve().parents[2]
+VC_CKPT = ROOT / "sample_logs" / "vcollapse" / "checkpoints" / "step_000600.pt"
+
+
+def _sqrt_vhat(path: Path) -> dict[int, torch.Tensor]:
+    """√v̂ per element of every parameter of a torch Adam checkpoint, float64, from the file itself."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    opt = sd["optimizer"] if "optimizer" in sd else sd
+    beta2 = opt["param_groups"][0]["betas"][1]
+    out = {}
+    for i, st in opt["state"].items():
+        v = st["exp_avg_sq"].double()
+        out[int(i)] = (v / (1 - beta2 ** float(st["step"]))).sqrt().flatten()
+    return out
+
+
+def _live_fraction_at_most(x: torch.Tensor, bound: float) -> float:
+    live = x[x > 0]
+    return float((live <= bound).double().mean()) if live.numel() else math.nan
+
+
+def _recommend_from(path: Path, names: list[str]) -> tuple[dict, object]:
+    summary = summarize_checkpoint(path, trust=False, convention=None)
+    ev = make(start=summary, checkpoints=[summary], eps=1e-8, lr=summary.tensors[0].lr)
+    rec = recommend(ev, Decision("v_collapse", "quiet stretch", "high"), str(path.parents[1]), names)
+    assert rec is not None
+    return rec, summary
+
+
+def test_recommended_eps_dominates_half_the_collapsed_elements_and_the_smaller_candidate_does_not():
+    rec, summary = _recommend_from(VC_CKPT, [])
+    t = min((t for t in summary.tensors if t.frac_v_zero < 1), key=live_median)  # what scan sizes it from
+    exact = _sqrt_vhat(VC_CKPT)[int(t.index)]
+    eps = rec["eps"]
+    assert _live_fraction_at_most(exact, eps / EPS_DOMINATION_MARGIN) >= 0.5
+    smaller = [c["eps"] for c in rec["candidates"] if c["eps"] < eps and c["eps"] > 1e-8]
+    if smaller:  # the smallest that does it: the next one down does not
+        assert _live_fraction_at_most(exact, max(smaller) / EPS_DOMINATION_MARGIN) < 0.5
+    assert "dominated" in rec["message"] and f"→ {eps:g}" in rec["message"]
+    # the interpolated quantile view agrees with the exact count on the side that decided
+    assert live_frac_below(t, eps / EPS_DOMINATION_MARGIN) >= 0.5
+
+
+def test_a_tensor_that_never_received_a_gradient_does_not_size_eps(tmp_path: Path):
+    sd = torch.load(VC_CKPT, map_location="cpu", weights_only=True)
+    opt = sd["optimizer"] if "optimizer" in sd else sd
+    dead = max(opt["state"], key=lambda i: opt["state"][i]["exp_avg_sq"].numel())
+    opt["state"][dead]["exp_avg_sq"].zero_()
+    opt["state"][dead]["exp_avg"].zero_()
+    path = tmp_path / "run" / "checkpoints" / "step_000600.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(sd, path)
+    rec, summary = _recommend_from(path, [])
+    by_index = {int(t.index): t for t in summary.tensors}
+    assert by_index[dead].frac_v_zero == 1.0
+    assert f"`{by_index[dead].label}`" not in rec["message"]  # sized from a live tensor
+    assert rec["eps"] > 1e-8 and rec["eps"] in {c["eps"] for c in rec["candidates"]}
+
+
+def test_without_a_checkpoint_the_recommendation_is_the_middle_of_the_usual_range():
+    ev = make()
+    rec = recommend(ev, Decision("v_collapse", "quiet stretch", "high"), "run", [])
+    assert rec is not None and rec["eps"] == 1e-2 and rec["eps"] in REPORT_EPS_CANDIDATES
+    assert "no checkpoint before the blowup" in rec["message"]
+
+
+def test_lr_too_high_recommends_a_decade_from_the_start_checkpoints_lr():
+    from adamdiag.pipeline.scan import scan_paths
+
+    rep = scan_paths([ROOT / "sample_logs" / "lr_too_high"]).runs[0]
+    assert rep.verdict == "lr_too_high"
+    rec = rep.recommendation
+    start_lr = rec["current_lr"]
+    assert start_lr == pytest.approx(0.05)  # the warm-up's lr at the start checkpoint (step 50), not the last one
+    assert rec["lr"] == pytest.approx(start_lr / LR_REDUCTION_STRONG)
+    assert "--lr 0.0167" in rec["verify"] and "--lr 0.005" in rec["verify"]  # lr/3 replayed too
