@@ -1,13 +1,19 @@
 """Joins the checkpoint reader and the pure moment statistics: a path in, a summary out.
 
-Tensors are streamed one at a time; once a memory-mapped tensor has been summarized its pages are
-handed back (:class:`adamdiag.io.checkpoints.PageReleaser`), so peak memory stays near one tensor,
-not one checkpoint.
+Tensors are streamed; once a memory-mapped tensor has been summarized its pages are handed back
+(:class:`adamdiag.io.checkpoints.PageReleaser`), so peak memory stays near the tensors in flight,
+not one checkpoint. With ``jobs`` > 1 several tensors are read and summarized at once in threads (the
+reads, the compiled kernel and torch's passes run without the GIL): the shards of a DCP or DeepSpeed
+checkpoint are read in parallel. How many tensors are in flight is bounded by ``jobs`` and by a byte
+budget (:func:`inflight_budget`), so memory does not grow with ``jobs`` on a checkpoint of large tensors.
+Every tensor's statistics come from its own bytes only, so the result is the same for any ``jobs``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +21,41 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
 
 if TYPE_CHECKING:
+    from adamdiag.analysis.moments import TensorStats
+    from adamdiag.io.checkpoints import OptimizerCheckpoint, PageReleaser, _Entry
     from adamdiag.io.checkpoints.hyper import Assumptions
+    from adamdiag.io.checkpoints.integrity import ZipCrcCheck
 
 Progress = Callable[[int, int, str], None]  # (done, total, label)
+
+# Readers whose tensors may be fetched from several threads: they open a file per read (DCP) or
+# slice read-only mappings loaded up front (torch files, DeepSpeed). TF bundles, Keras h5 (h5py
+# serializes on one global lock anyway) and the safetensors handles of dcp-hf are read one by one.
+PARALLEL_LAYOUTS = ("torch", "lightning", "hf", "accelerate", "dcp", "deepspeed-")
+# Bytes of tensors in flight at once: at least this, or 1/8 of the checkpoint's state if more —
+# the peak memory stays a fraction of the checkpoint whatever ``jobs`` is.
+MIN_INFLIGHT_BYTES = 256 * 1024 * 1024
+INFLIGHT_FRACTION = 1 / 8
+
+
+def default_jobs() -> int:
+    """``--jobs`` when not given: min(4, CPUs this process may use)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _entry_bytes(e: _Entry, with_param: bool) -> int:
+    """What reading an entry puts in memory, at 4 bytes an element (fp32 master state: the common
+    case; bf16/fp16 states take less): m and v, and the parameter."""
+    return 4 * math.prod(e.shape or ()) * (3 if with_param else 2)
+
+
+def inflight_budget(total_bytes: int) -> int:
+    """Bytes of tensors in flight at once for a checkpoint whose state totals ``total_bytes``."""
+    return max(MIN_INFLIGHT_BYTES, int(total_bytes * INFLIGHT_FRACTION))
 
 
 def summarize_checkpoint(
@@ -28,13 +66,15 @@ def summarize_checkpoint(
     progress: Progress | None = None,
     exact_quantile_limit: int = EXACT_QUANTILE_LIMIT,
     assume: Assumptions | None = None,
+    jobs: int | None = None,
 ) -> CheckpointSummary:
     """Per-tensor statistics of one optimizer checkpoint (file or directory), in optimizer order.
     Quantiles are exact at any size (selected while streaming); only if that selection fails (ties
     crowding it) are they computed from a copy, up to ``exact_quantile_limit`` elements, or a sample above it.
 
     ``assume``: values for hyperparameters the file does not store (``--assume-*``; one policy:
-    :mod:`adamdiag.io.checkpoints.hyper`).
+    :mod:`adamdiag.io.checkpoints.hyper`). ``jobs``: tensors read and summarized at once (``--jobs``;
+    None: :func:`default_jobs`); the result does not depend on it.
 
     Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
@@ -45,36 +85,51 @@ def summarize_checkpoint(
     ck = open_checkpoint(Path(path), trust=trust, convention=convention, assume=assume)
     rel = PageReleaser(ck.mmap_files)
     crc = ZipCrcCheck()
-    total = len(ck)
+    entries = ck.stateful_entries()
+    total = len(entries)
     stats = []
     warnings = list(ck.warnings)
-    for i, t in enumerate(ck.tensors()):
-        st = tensor_stats(t, ck.convention, exact_limit=exact_quantile_limit)
-        # The CRC of every member these statistics came from, while its pages are still resident.
-        used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
-        srcs = t.crc_sources or {}
-        bad = [
-            f"{k} ({member})"
-            for k, x in used.items()
-            if x is not None
-            for src in srcs.get(k, [x])
-            if (member := crc.check(src))
-        ]
-        if bad:
-            st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
-            warnings.append(
-                f"AD403 corrupt state: `{st.label}`: zip CRC mismatch in the data of {', '.join(bad)}; "
-                "its statistics come from damaged bytes"
-            )
-        if st.negative_v:
-            warnings.append(
-                f"AD403 corrupt state: `{st.label}`: {st.negative_v} element(s) with v < 0 (impossible for Adam)"
-            )
+    n_jobs = default_jobs() if jobs is None else max(1, int(jobs))
+    if not ck.layout.startswith(PARALLEL_LAYOUTS):
+        n_jobs = 1
+
+    def one(e: _Entry) -> tuple[TensorStats, list[str]]:
+        return _summarize_entry(ck, e, crc, rel, exact_quantile_limit)
+
+    def done(st: TensorStats, w: list[str]) -> None:
         stats.append(st)
-        # pages of the stored pieces too (a reader's gathered copy is heap memory, freed by itself)
-        rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *(x for v in srcs.values() for x in v))
+        warnings.extend(w)
         if progress is not None:
-            progress(i + 1, total, stats[-1].label)
+            progress(len(stats), total, st.label)
+
+    if n_jobs == 1 or total <= 1:
+        for e in entries:
+            done(*one(e))
+    else:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        cost = [_entry_bytes(e, e.name is not None) for e in entries]
+        budget = inflight_budget(sum(cost))
+        pending: deque[tuple[Future, int]] = deque()
+        inflight = 0
+        with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="adamdiag-read") as pool:
+            try:
+                for e, c in zip(entries, cost):
+                    # Wait for the oldest tensor while the next would exceed the jobs or the byte budget
+                    # (one tensor is always admitted, however large); results are taken in order.
+                    while pending and (len(pending) >= n_jobs or inflight + c > budget):
+                        fut, c0 = pending.popleft()
+                        done(*fut.result())
+                        inflight -= c0
+                    pending.append((pool.submit(one, e), c))
+                    inflight += c
+                while pending:
+                    fut, _ = pending.popleft()
+                    done(*fut.result())
+            except BaseException:
+                for fut, _ in pending:  # an unreadable tensor: the ones not started are not read
+                    fut.cancel()
+                raise
     return CheckpointSummary(
         path=ck.path,
         step=ck.step,
@@ -87,6 +142,39 @@ def summarize_checkpoint(
         other_optimizers=list(ck.other_optimizers),
         optimizer_step=ck.optimizer_step,
     )
+
+
+def _summarize_entry(
+    ck: OptimizerCheckpoint, e: _Entry, crc: ZipCrcCheck, rel: PageReleaser, exact_limit: int
+) -> tuple[TensorStats, list[str]]:
+    """One tensor: read it, its statistics, the CRC of the members they came from, its pages handed
+    back. Returns the statistics and the warnings it raised (the caller keeps them in tensor order)."""
+    t = ck.tensor(e)
+    st = tensor_stats(t, ck.convention, exact_limit=exact_limit)
+    warnings: list[str] = []
+    # The CRC of every member these statistics came from, while its pages are still resident.
+    used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
+    srcs = t.crc_sources or {}
+    bad = [
+        f"{k} ({member})"
+        for k, x in used.items()
+        if x is not None
+        for src in srcs.get(k, [x])
+        if (member := crc.check(src))
+    ]
+    if bad:
+        st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
+        warnings.append(
+            f"AD403 corrupt state: `{st.label}`: zip CRC mismatch in the data of {', '.join(bad)}; "
+            "its statistics come from damaged bytes"
+        )
+    if st.negative_v:
+        warnings.append(
+            f"AD403 corrupt state: `{st.label}`: {st.negative_v} element(s) with v < 0 (impossible for Adam)"
+        )
+    # pages of the stored pieces too (a reader's gathered copy is heap memory, freed by itself)
+    rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *(x for v in srcs.values() for x in v))
+    return st, warnings
 
 
 def compare_checkpoints(

@@ -166,38 +166,45 @@ class OptimizerCheckpoint:
 
     def tensors(self, *, with_params: bool = True) -> Iterator[TensorMoments]:
         """Yield every parameter that has Adam state, in optimizer order (group, then position)."""
-        assert self._fetch_state is not None
-        for e in self.entries:
-            if e.shape is None:
-                continue
-            st = self._fetch_state(e)
-            h = e.hyper
-            param = None
-            if with_params and e.name is not None and self._fetch_param is not None:
-                param = self._fetch_param(e.name)
-            yield TensorMoments(
-                name=e.name,
-                index=e.index,
-                group=e.group,
-                shape=e.shape,
-                step=_as_int(st.get("step")),
-                lr=h["lr"],
-                beta1=h["beta1"],
-                beta2=h["beta2"],
-                eps=h["eps"],
-                weight_decay=h["weight_decay"],
-                amsgrad=h["amsgrad"],
-                exp_avg=st["exp_avg"],
-                exp_avg_sq=st["exp_avg_sq"],
-                max_exp_avg_sq=st.get("max_exp_avg_sq") if h["amsgrad"] else None,
-                param=param,
-                decoupled_weight_decay=h.get("decoupled_weight_decay"),
-                maximize=bool(h.get("maximize", False)),
-                bias_correction=h.get("bias"),
-                hyper_source=h.get("sources"),
-                optimizer=e.optimizer,
-                crc_sources=st.get("_crc_sources"),
-            )
+        for e in self.stateful_entries():
+            yield self.tensor(e, with_params=with_params)
+
+    def stateful_entries(self) -> list[_Entry]:
+        """The entries that have Adam state (what :meth:`tensors` yields), in optimizer order."""
+        return [e for e in self.entries if e.shape is not None]
+
+    def tensor(self, e: _Entry, *, with_params: bool = True) -> TensorMoments:
+        """Read one entry's state (and parameter). Readers open files per call or share read-only
+        mappings, so entries may be read from several threads at once (``summarize_checkpoint(jobs=)``)."""
+        assert self._fetch_state is not None and e.shape is not None
+        st = self._fetch_state(e)
+        h = e.hyper
+        param = None
+        if with_params and e.name is not None and self._fetch_param is not None:
+            param = self._fetch_param(e.name)
+        return TensorMoments(
+            name=e.name,
+            index=e.index,
+            group=e.group,
+            shape=e.shape,
+            step=_as_int(st.get("step")),
+            lr=h["lr"],
+            beta1=h["beta1"],
+            beta2=h["beta2"],
+            eps=h["eps"],
+            weight_decay=h["weight_decay"],
+            amsgrad=h["amsgrad"],
+            exp_avg=st["exp_avg"],
+            exp_avg_sq=st["exp_avg_sq"],
+            max_exp_avg_sq=st.get("max_exp_avg_sq") if h["amsgrad"] else None,
+            param=param,
+            decoupled_weight_decay=h.get("decoupled_weight_decay"),
+            maximize=bool(h.get("maximize", False)),
+            bias_correction=h.get("bias"),
+            hyper_source=h.get("sources"),
+            optimizer=e.optimizer,
+            crc_sources=st.get("_crc_sources"),
+        )
 
 
 # --- small helpers --------------------------------------------------------------------------------
