@@ -15,6 +15,7 @@ from adamdiag.cli.options import (
     AssumeLrOpt,
     Convention,
     ConventionOpt,
+    JobsOpt,
     TableFormat,
     TableFormatOpt,
     TrustOpt,
@@ -45,12 +46,19 @@ def inspect(
     assume_lr: AssumeLrOpt = None,
     assume_beta2: AssumeBeta2Opt = None,
     assume_eps: AssumeEpsOpt = None,
+    jobs: JobsOpt = None,
 ) -> None:
     """Per-tensor Adam moment statistics of checkpoints, sorted by risk; decay ratios for two."""
     assume = assumptions(assume_lr, assume_beta2, assume_eps)
     emit(
         run_inspect(
-            checkpoints, format.value, convention_value(convention), trust_checkpoint, latest=latest, assume=assume
+            checkpoints,
+            format.value,
+            convention_value(convention),
+            trust_checkpoint,
+            latest=latest,
+            assume=assume,
+            jobs=jobs,
         )
     )
 
@@ -63,8 +71,10 @@ def run_inspect(
     *,
     latest: bool = False,
     assume: Assumptions | None = None,
+    jobs: int | None = None,
 ) -> str:
-    """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv)."""
+    """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv);
+    ``jobs``: tensors read in parallel (None: the default)."""
     from adamdiag.errors import InputError
     from adamdiag.pipeline.inspect import collect
     from adamdiag.render.inspect import render_csv, render_text
@@ -72,7 +82,9 @@ def run_inspect(
 
     if fmt not in ("text", "json", "csv"):
         raise InputError(f"unknown format {fmt!r} (text, json or csv)")
-    summaries, pairs = collect(list(paths), convention=convention, trust=trust_checkpoint, latest=latest, assume=assume)
+    summaries, pairs = collect(
+        list(paths), convention=convention, trust=trust_checkpoint, latest=latest, assume=assume, jobs=jobs
+    )
     if fmt == "json":
         return json.dumps(to_json_obj(summaries, pairs), indent=2, allow_nan=False)
     if fmt == "csv":

@@ -86,6 +86,16 @@ AssumeEpsOpt = Annotated[
     typer.Option("--assume-eps", help="eps to use where a checkpoint does not store it (marked 'user')."),
 ]
 
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        min=1,
+        help="Tensors (and shards) of a checkpoint read in parallel; default min(4, CPUs). Results do not depend on it.",
+    ),
+]
+
 
 def assumptions(lr: float | None, beta2: float | None, eps: float | None) -> Assumptions | None:
     """The --assume-* values, checked (InputError: exit 2); None when none was given."""

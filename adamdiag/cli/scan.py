@@ -19,6 +19,7 @@ from adamdiag.cli.options import (
     FailOn,
     Format,
     FormatOpt,
+    JobsOpt,
     RunsArg,
     TrustOpt,
     assumptions,
@@ -79,8 +80,10 @@ def diagnose_paths(
     loss_tags: list[str] | None = None,
     grad_norm_tag: str | None = None,
     assume: tuple[float | None, float | None, float | None] = (None, None, None),
+    jobs: int | None = None,
 ):
-    """scan_paths with the command line's options; ``assume``: (--assume-lr, --assume-beta2, --assume-eps)."""
+    """scan_paths with the command line's options; ``assume``: (--assume-lr, --assume-beta2, --assume-eps);
+    ``jobs``: --jobs."""
     from adamdiag.pipeline.scan import scan_paths
 
     return scan_paths(
@@ -91,6 +94,7 @@ def diagnose_paths(
         loss_tags=loss_tags or None,
         grad_norm_tag=grad_norm_tag,
         assume=assumptions(*assume),
+        jobs=jobs,
     )
 
 
@@ -149,11 +153,19 @@ def scan(
     assume_lr: AssumeLrOpt = None,
     assume_beta2: AssumeBeta2Opt = None,
     assume_eps: AssumeEpsOpt = None,
+    jobs: JobsOpt = None,
 ) -> None:
     """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
     report = diagnose_paths(
-        runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
+        runs,
+        checkpoints,
+        convention,
+        trust_checkpoint,
+        loss_tag,
+        grad_norm_tag,
+        (assume_lr, assume_beta2, assume_eps),
+        jobs,
     )
     if verify_:
         verify(
@@ -194,13 +206,21 @@ def check(
     assume_lr: AssumeLrOpt = None,
     assume_beta2: AssumeBeta2Opt = None,
     assume_eps: AssumeEpsOpt = None,
+    jobs: JobsOpt = None,
 ) -> None:
     """CI gate: exit 0 if healthy, 1 if any finding is at/above --fail-on or a run could not be diagnosed
     (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
     from adamdiag.results.report import SEVERITY_RANK
 
     report = diagnose_paths(
-        runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, (assume_lr, assume_beta2, assume_eps)
+        runs,
+        checkpoints,
+        convention,
+        trust_checkpoint,
+        loss_tag,
+        grad_norm_tag,
+        (assume_lr, assume_beta2, assume_eps),
+        jobs,
     )
     if verify_:
         verify(

@@ -13,11 +13,18 @@ if TYPE_CHECKING:
 
 
 def collect(
-    paths: list[Path], *, convention: str | None, trust: bool, latest: bool = False, assume: Assumptions | None = None
+    paths: list[Path],
+    *,
+    convention: str | None,
+    trust: bool,
+    latest: bool = False,
+    assume: Assumptions | None = None,
+    jobs: int | None = None,
 ) -> tuple[list, list[dict]]:
     """Summaries of every checkpoint named (directories are searched) and the consecutive pairs.
     ``latest``: of each path, only the checkpoint with the highest step (said on stderr).
-    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``)."""
+    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``); ``jobs``:
+    tensors read in parallel (``--jobs``)."""
     from adamdiag.console import info
     from adamdiag.errors import InputError
     from adamdiag.io.checkpoints import find_checkpoints
@@ -43,7 +50,9 @@ def collect(
             def cb(done: int, total: int, label: str, task=task) -> None:
                 prog.update(task, completed=done, total=total)
 
-            summaries.append(summarize_checkpoint(f, trust=trust, convention=convention, progress=cb, assume=assume))
+            summaries.append(
+                summarize_checkpoint(f, trust=trust, convention=convention, progress=cb, assume=assume, jobs=jobs)
+            )
             prog.remove_task(task)
         order = sorted(range(len(files)), key=lambda i: (summaries[i].step is None, summaries[i].step or 0, i))
         files = [files[i] for i in order]

@@ -26,13 +26,15 @@ def load_checkpoint_summaries(
     warnings: list[str],
     non_adam: list[str] | None = None,
     assume: Assumptions | None = None,
+    jobs: int | None = None,
 ) -> tuple[list, list[str]]:
     """Summaries of every optimizer checkpoint under ``root``; unreadable ones become warnings
     (a diagnosis from the event files is still honest without them) — a checkpoint that needs
     full unpickling too: one such file must not cost the diagnosis of every run (its message names
     the refused global and --trust-checkpoint). Files that are no regular files are never opened
     (a FIFO would block the scan): skipped with a warning. ``assume``: ``--assume-*``; which values
-    were assumed or stay unknown becomes one run warning each (not one per checkpoint)."""
+    were assumed or stay unknown becomes one run warning each (not one per checkpoint). ``jobs``:
+    tensors read in parallel (``--jobs``; None: the default)."""
     from adamdiag.errors import InputError, NotAdamError
     from adamdiag.io.checkpoints import find_checkpoints
     from adamdiag.io.checkpoints.hyper import PREFIX
@@ -42,7 +44,7 @@ def load_checkpoint_summaries(
     hyper_lines: dict[str, int] = {}
     for p in find_checkpoints(root, skipped=warnings):
         try:
-            out.append(summarize_checkpoint(p, trust=trust, convention=convention, assume=assume))
+            out.append(summarize_checkpoint(p, trust=trust, convention=convention, assume=assume, jobs=jobs))
             paths.append(str(p))
             for w in out[-1].warnings:
                 if w.startswith(PREFIX):
@@ -140,10 +142,12 @@ def scan_paths(
     loss_tags: list[str] | None = None,
     grad_norm_tag: str | None = None,
     assume: Assumptions | None = None,
+    jobs: int | None = None,
 ) -> Report:
     """Diagnose every run found under ``paths``. ``loss_tags``/``grad_norm_tag``: the user's tags
     (``--loss-tag``, repeatable, the total first; ``--grad-norm-tag``), else the shared auto-pick.
-    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``).
+    ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``); ``jobs``:
+    tensors of a checkpoint read in parallel (``--jobs``).
 
     Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files, or
     when the only run found cannot be read; among several runs an unreadable one becomes an
@@ -235,6 +239,7 @@ def scan_paths(
                 warnings=warnings,
                 non_adam=non_adam,
                 assume=assume,
+                jobs=jobs,
             )
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(
