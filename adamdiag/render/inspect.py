@@ -79,23 +79,34 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
         several = len({(t.optimizer or {}).get("index", 0) for t in s.tensors}) > 1
         for t in sorted(s.tensors, key=lambda t: t.risk_key):
             opt = f"o{(t.optimizer or {}).get('index', 0)}:" if several else ""
+            # "?": a hyperparameter the checkpoint does not store (and nobody assumed), or a statistic
+            # that needs one (unknown_inputs) — not "nan", which is what non-finite data gives
+            src = getattr(t, "hyper_source", None) or {}
+            missing = getattr(t, "unknown_inputs", None) or {}
+
+            def hp(name: str, value: Any, spec: str = ".3g", src: dict = src) -> str:
+                return "?" if src.get(name) == "unknown" else _fmt(value, spec)
+
+            def st(name: str, text: str, missing: dict = missing) -> str:
+                return "?" if name in missing else text
+
             tab.add_row(
                 t.label,
                 f"{opt}{t.group}/{t.index}",
                 "×".join(map(str, t.shape)) or "()",
                 _fmt(t.step),
-                _fmt(t.lr),
-                _fmt(t.beta2, ".4g"),
-                _fmt(t.eps),
-                _fmt(t.weight_decay),
-                _fmt(t.sqrt_vhat_q["p01"]),
-                _fmt(t.sqrt_vhat_q["p50"]),
-                _pct(t.frac_sqrt_vhat_below_eps),
-                _pct(t.frac_sqrt_vhat_below_10eps),
+                hp("lr", t.lr),
+                hp("beta2", t.beta2, ".4g"),
+                hp("eps", t.eps),
+                hp("weight_decay", t.weight_decay),
+                st("sqrt_vhat_q", _fmt(t.sqrt_vhat_q["p01"])),
+                st("sqrt_vhat_q", _fmt(t.sqrt_vhat_q["p50"])),
+                st("frac_sqrt_vhat_below_eps", _pct(t.frac_sqrt_vhat_below_eps)),
+                st("frac_sqrt_vhat_below_10eps", _pct(t.frac_sqrt_vhat_below_10eps)),
                 _pct(t.frac_v_zero),
-                _fmt(t.update_rms),
-                _fmt(t.update_rms_rel),
-                _fmt(t.update_max),
+                st("update_rms", _fmt(t.update_rms)),
+                st("update_rms_rel", _fmt(t.update_rms_rel)),
+                st("update_max", _fmt(t.update_max)),
                 str(t.nonfinite),
             )
         con.print(tab)

@@ -167,6 +167,10 @@ def test_keras_weights_h5_schedule_lr_and_defaults(tmp_path):
     assert (t["lr"], t["lr_source"], t["eps_source"], t["beta2_source"]) == (None, "unknown", "default", "default")
     assert t["update_rms"] is None and t["unknown_inputs"]["update_rms"] == ["lr"]
     assert t["frac_sqrt_vhat_below_eps"] is not None and t["update_ratio_rms"] is not None
+    # the text table marks unknown values "?" (not "nan": that is what non-finite data gives)
+    res = runner.invoke(app, ["inspect", str(f)])
+    row = next(ln.split() for ln in res.stdout.splitlines() if ln.startswith("trainable_variable_0"))
+    assert row[4] == "?" and row[5] == "0.999" and row[13:16] == ["?", "?", "?"], row
     (ck2,) = _inspect(str(f), "--assume-lr", "0.003", "--assume-eps", "1e-6")["checkpoints"]
     t2 = ck2["tensors"][0]
     assert (t2["lr"], t2["lr_source"], t2["eps"], t2["eps_source"]) == (0.003, "user", 1e-6, "user")
