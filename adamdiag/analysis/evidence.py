@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from adamdiag.analysis.moments import QUANTILES
+from adamdiag.analysis.moments import QUANTILES, interval_g2
 from adamdiag.analysis.signals import ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
     COLLAPSE_DEPTH,
@@ -231,15 +231,20 @@ def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[d
             beta2 = float(getattr(tb, "beta2", beta2_default) or beta2_default)
             d = b.step - a.step
             decay = beta2**d
-            gbar = (tb.v_mean - decay * ta.v_mean) / (1.0 - decay)
-            vhat_a = ta.v_mean / (1.0 - beta2 ** max(a.step, 1))
+            # the same numbers inspect's pair view prints, with their resolution (A − B cancels when v
+            # decayed almost purely: below the resolution only "< resolution" is known)
+            g = interval_g2(
+                ta.v_mean, tb.v_mean, beta2, d, int(a.step), str(getattr(tb, "dtype", "float32")), int(tb.numel)
+            )
             out.append(
                 {
                     "tensor": ckpt_tensor_label(tb),
                     "from_step": int(a.step),
                     "to_step": int(b.step),
                     "decay_ratio": float(tb.v_mean / (decay * ta.v_mean)),
-                    "r_interval": float(max(gbar, 0.0) / vhat_a) if vhat_a > 0 else float("nan"),
+                    "r_interval": float(max(g["r_interval"], 0.0)) if math.isfinite(g["r_interval"]) else float("nan"),
+                    "r_interval_resolution": float(g["r_interval_resolution"]),
+                    "r_interval_below_resolution": bool(g["r_interval_below_resolution"]),
                     "numel": int(tb.numel),
                 }
             )
@@ -324,6 +329,13 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
     return out
 
 
+def _implied_text(iv: dict[str, Any]) -> str:
+    """An interval's implied g²/v̂ as text: "< X" when it is below the resolution of its operands."""
+    if iv.get("r_interval_below_resolution"):
+        return f"< {iv['r_interval_resolution']:.2g}"
+    return f"{iv['r_interval']:.3g}"
+
+
 def checkpoint_collapse(
     ckpts: list[Any], ratios: list[dict[str, Any]], event_step: int | None, beta2: float, *, require_depth: bool = True
 ) -> list[dict[str, Any]]:
@@ -378,8 +390,12 @@ def checkpoint_collapse(
                 "tensor": tensor,
                 "warning_step": int(warn),
                 "message": f"`{tensor}` decayed almost purely between checkpoints {rs[k]['from_step']} and "
-                f"{last_to} (implied g²/v̂ {rs[-1]['r_interval']:.3g}); median √v̂ {p50:.3g} = {p50 / eps_t:.3g}·eps, "
-                f"{near:.0%} of its elements under 10·eps",
+                f"{last_to} (implied g²/v̂ {_implied_text(rs[-1])}); median √v̂ {p50:.3g}"
+                + (
+                    f" = {p50 / eps_t:.3g}·eps, {near:.0%} of its elements under 10·eps"
+                    if math.isfinite(eps_t) and eps_t > 0
+                    else " (eps unknown)"
+                ),
                 "evidence": {
                     "intervals": rs[k:][-MAX_SPIKES_LISTED:],
                     "frac_sqrt_vhat_below_10eps": near,

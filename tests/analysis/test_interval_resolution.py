@@ -98,3 +98,18 @@ def test_interval_g2_operands():
     assert out["mean_g2_resolution"] == pytest.approx(tol / (1 - 0.81), rel=1e-12)
     assert out["r_interval_below_resolution"] is True
     assert interval_g2(1.0, 2.0, 0.9, 2, 10**9)["r_interval_below_resolution"] is False
+
+
+def test_scan_says_below_resolution_as_inspect_does():
+    """scan's AD105 uses the same implied g²/v̂ and resolution as inspect's pair view: on the shipped
+    v-collapse run every pair is below it, so the message says "< X", never a number rounding made."""
+    from pathlib import Path
+
+    from adamdiag.pipeline.scan import scan_paths
+
+    run = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse"
+    rep = scan_paths([run]).runs[0]
+    (f,) = [f for f in rep.findings if f.id == "AD105"]
+    last = f.evidence["tensors"][0]["intervals"][-1]
+    assert last["r_interval_below_resolution"] is True
+    assert f"(implied g²/v̂ < {last['r_interval_resolution']:.2g})" in f.message
