@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
+from adamdiag.io.checkpoints.integrity import BUSY
 
 if TYPE_CHECKING:
     from adamdiag.analysis.moments import TensorStats
@@ -155,13 +156,11 @@ def _summarize_entry(
     # The CRC of every member these statistics came from, while its pages are still resident.
     used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
     srcs = t.crc_sources or {}
-    bad = [
-        f"{k} ({member})"
-        for k, x in used.items()
-        if x is not None
-        for src in srcs.get(k, [x])
-        if (member := crc.check(src))
-    ]
+    todo = [(k, src) for k, x in used.items() if x is not None for src in srcs.get(k, [x])]
+    # members another thread is checking now are asked again last: meanwhile this one checks others
+    first = [(k, src, crc.check(src, wait_for_it=False)) for k, src in todo]
+    found = [(k, src, crc.check(src) if member == BUSY else member) for k, src, member in first]
+    bad = [f"{k} ({member})" for k, _, member in found if member]
     if bad:
         st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
         warnings.append(

@@ -33,6 +33,7 @@ except ImportError:  # optional: `pip install isal`
     from zlib import crc32
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: 30 bytes, then name and extra
+BUSY = "\0busy"  # check(wait_for_it=False): another thread is checking that member now
 CRC_WINDOW = 64 * 1024 * 1024  # bytes checked before their pages are handed back (larger members)
 _MADV_DONTNEED = 4
 
@@ -98,9 +99,12 @@ class ZipCrcCheck:
             self.members[path] = idx
         return self.members[path]
 
-    def check(self, t: Any) -> str | None:
+    def check(self, t: Any, *, wait_for_it: bool = True) -> str | None:
         """The zip member name if the CRC of ``t``'s storage does not match, else None (also when
-        the storage is not from a mapped torch zip member and so cannot be checked)."""
+        the storage is not from a mapped torch zip member and so cannot be checked). ``wait_for_it=False``:
+        return :data:`BUSY` at once when another thread is checking that member (the caller checks
+        its other members first — DeepSpeed tensors share their ranks' flat partitions — and asks
+        again)."""
         if not self.available or t is None or not hasattr(t, "untyped_storage"):
             return None
         st = t.untyped_storage()
@@ -118,6 +122,8 @@ class ZipCrcCheck:
                 self._busy[loc] = threading.Event()
             info = self._index(loc[0]).get(loc[1]) if wait is None else None
         if wait is not None:  # another thread is checking this member: its answer
+            if not wait_for_it:
+                return BUSY
             wait.wait()
             return self.done.get(loc)
         bad, checked = None, 0
