@@ -10,8 +10,25 @@ from typing import Annotated
 import typer
 
 from adamdiag.cli.app import app, emit, guarded
-from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
-from adamdiag.cli.scan import DeviceOpt, EntryOpt, TrustEntryOpt, VerifyBudgetOpt, VerifyOpt
+from adamdiag.cli.options import (
+    AssumeBeta2Opt,
+    AssumeEpsOpt,
+    AssumeLrOpt,
+    CheckpointsOpt,
+    Convention,
+    ConventionOpt,
+    RunsArg,
+    TrustOpt,
+)
+from adamdiag.cli.scan import (
+    DeviceOpt,
+    EntryOpt,
+    GradNormTagOpt,
+    LossTagOpt,
+    TrustEntryOpt,
+    VerifyBudgetOpt,
+    VerifyOpt,
+)
 from adamdiag.console import info
 
 
@@ -57,6 +74,11 @@ def report(
     entry: EntryOpt = None,
     trust_entry: TrustEntryOpt = False,
     device: DeviceOpt = "auto",
+    loss_tag: LossTagOpt = None,
+    grad_norm_tag: GradNormTagOpt = None,
+    assume_lr: AssumeLrOpt = None,
+    assume_beta2: AssumeBeta2Opt = None,
+    assume_eps: AssumeEpsOpt = None,
 ) -> None:
     """Diagnose runs and write one HTML page: summary, curves with markers, findings, recommendation
     (with --verify: the replayed variants' losses drawn over the original)."""
@@ -70,9 +92,10 @@ def report(
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
         raise InputError(f"-o {output}: use a .html or .json file name")
-    rep = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
+    assume = (assume_lr, assume_beta2, assume_eps)
+    rep = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, assume)
     if verify_:
-        verify(rep, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device), curves=True)
+        verify(rep, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume), curves=True)
     rep = attach_series(rep, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")

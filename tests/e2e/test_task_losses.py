@@ -42,3 +42,14 @@ def test_a_hidden_head_blowup_is_named(tmp_path):
     named = _run(tmp_path, "--loss-tag", "train/loss", "--loss-tag", "train/sincos_mse")
     (f,) = [f for f in named["findings"] if f["id"] == "AD001"]
     assert f["severity"] == "error" and named["loss_tags"] == ["train/loss", "train/sincos_mse"]
+
+
+def test_report_takes_the_same_tag_options_as_scan(tmp_path):
+    """`report -o x.json` with --loss-tag diagnoses (and draws) the named tag, as scan does."""
+    _write(tmp_path / "run")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "-o", str(out), "--loss-tag", "train/sincos_mse"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())["runs"][0]
+    assert r["loss_tag"] == "train/sincos_mse" and r["blowup_step"] == 400
+    assert r["series"]["loss"]["tag"] == "train/sincos_mse"
