@@ -240,6 +240,8 @@ class StatsEngine:
             # Skipped on a CPU when no element of the chunk is in the threshold's bin (see above).
             below1 = int(hc[:e1].sum()) if host_hist and not int(hc[e1]) else None
             below2 = int(hc[:e2].sum()) if host_hist and not int(hc[e2]) else None
+            if below1 is None and below2 is None:
+                host_hist = False  # both threshold bins are occupied here: likely in the next chunks too
             c1 = torch.lt(den, thr1, out=a).sum() if below1 is None else zero
             c2 = torch.lt(den, thr2, out=a).sum() if below2 is None else zero
             from_hist[0] += below1 or 0
