@@ -153,6 +153,80 @@ class _FileView(io.RawIOBase):
         return got
 
 
+_STORAGE_DTYPES = {  # torch.<Name>Storage in a tensor pickle -> dtype name
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+}
+
+
+class _TensorRecord:
+    """What ``torch._utils._rebuild_tensor_v2`` would get: storage, offset, size, stride (never built)."""
+
+    def __init__(self, storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+
+class _TensorPickle(pickle.Unpickler):
+    """Reads the pickle of one ``torch.save(tensor)`` as a record: only the names such a pickle holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _TensorRecord
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"not a plain tensor pickle ({module}.{name})")
+
+    def persistent_load(self, pid: Any) -> Any:
+        return tuple(pid)  # ('storage', dtype name, key, location, numel)
+
+
+def _plain_tensor_data(f: Any, offset: int, length: int, dtype: Any, sizes: tuple[int, ...]) -> int | None:
+    """File offset of the data of a ``torch.save(tensor)`` item when its storage is exactly a
+    contiguous ``sizes`` tensor of ``dtype`` (stored, offset 0, C strides), else None (then the item
+    goes through ``torch.load``). Lets a chunk be read straight into its place in the full tensor."""
+    import math
+    import zipfile
+
+    try:
+        view = io.BufferedReader(_FileView(f, offset, length))
+        with zipfile.ZipFile(view) as zf:
+            infos = zf.infolist()
+            pkl = [i for i in infos if i.filename.endswith("/data.pkl")]
+            data = [i for i in infos if "/data/" in i.filename and not i.filename.endswith("/data.pkl")]
+            if len(pkl) != 1 or len(data) != 1 or data[0].compress_type != zipfile.ZIP_STORED:
+                return None
+            rec = _TensorPickle(io.BytesIO(zf.read(pkl[0]))).load()
+        if not isinstance(rec, _TensorRecord) or not isinstance(rec.storage, tuple) or len(rec.storage) != 5:
+            return None
+        _, dname, key, _, numel = rec.storage
+        contiguous = tuple(math.prod(sizes[i + 1 :]) for i in range(len(sizes)))
+        itemsize = dtype.itemsize
+        if (
+            dname != str(dtype).removeprefix("torch.")
+            or data[0].filename.rsplit("/", 1)[1] != str(key)
+            or rec.offset != 0
+            or rec.size != tuple(sizes)
+            or (rec.stride != contiguous and math.prod(sizes) > 1)
+            or int(numel) != math.prod(sizes)
+            or data[0].file_size != math.prod(sizes) * itemsize
+        ):
+            return None
+        f.seek(offset + data[0].header_offset)
+        head = f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+        return offset + data[0].header_offset + 30 + name_len + extra_len
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError):
+        return None
+
+
 class DcpReader:
     """Random access to the items of one DCP checkpoint by flat key."""
 
@@ -212,14 +286,58 @@ class DcpReader:
         if not hasattr(md, "chunks"):
             return self._load(MetadataIndex(key))
         chunks = list(md.chunks)
-        if len(chunks) == 1 and tuple(chunks[0].sizes) == tuple(md.size):
-            return self._load(MetadataIndex(key, chunks[0].offsets, 0)).reshape(md.size)
-        out = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+        size = tuple(int(s) for s in md.size)
+        if len(chunks) == 1 and tuple(chunks[0].sizes) == size:
+            return self._load(MetadataIndex(key, chunks[0].offsets, 0)).reshape(size)
+        out = torch.empty(size, dtype=md.properties.dtype)
+        flat = out.view(-1)
         for i, ch in enumerate(chunks):
-            part = self._load(MetadataIndex(key, ch.offsets, i))
-            sl = tuple(slice(int(o), int(o) + int(s)) for o, s in zip(ch.offsets, ch.sizes))
-            out[sl] = part.reshape(tuple(ch.sizes))
+            index = MetadataIndex(key, ch.offsets, i)
+            offs, sizes = tuple(int(o) for o in ch.offsets), tuple(int(s) for s in ch.sizes)
+            if (
+                size
+                and offs[1:] == (0,) * (len(size) - 1)
+                and sizes[1:] == size[1:]
+                and self._read_rows(index, flat, offs, sizes)
+            ):
+                continue  # a block of whole rows (FSDP's Shard(0)): read straight into its place
+            part = self._load(index)
+            sl = tuple(slice(o, o + s) for o, s in zip(offs, sizes))
+            out[sl] = part.reshape(sizes)
         return out
+
+    def _read_rows(self, index: Any, flat: Any, offs: tuple[int, ...], sizes: tuple[int, ...]) -> bool:
+        """Read a chunk of whole rows into ``flat`` (the full tensor's contiguous view) without
+        ``torch.load``'s extra copy. False when the item is no plain tensor pickle (then the caller loads it)."""
+        import ctypes
+        import math
+
+        info = self.storage.get(index)
+        if info is None or getattr(info, "transform_descriptors", None):
+            return False
+        row = math.prod(sizes[1:])
+        start, n = offs[0] * row, math.prod(sizes)
+        if n == 0:
+            return True
+        dest = flat[start : start + n]
+        path = self.d / info.relative_path
+        try:
+            with open(path, "rb", buffering=0) as f:
+                at = _plain_tensor_data(f, info.offset, info.length, dest.dtype, sizes)
+                if at is None:
+                    return False
+                nbytes = n * dest.element_size()
+                buf = (ctypes.c_char * nbytes).from_address(dest.data_ptr())
+                f.seek(at)
+                got = f.readinto(buf)
+                while got < nbytes:  # a raw read may return less than asked (large reads, signals)
+                    more = f.readinto(memoryview(buf)[got:])
+                    if not more:
+                        raise InputError(f"{path}: item {index.fqn} is cut short ({got} of {nbytes} bytes)")
+                    got += more
+                return True
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def _parse(reader: DcpReader) -> tuple[dict, dict]:

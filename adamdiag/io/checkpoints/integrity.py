@@ -54,12 +54,13 @@ class ZipCrcCheck:
     members: dict[str, dict[int, zipfile.ZipInfo]] = field(default_factory=dict)  # path -> data offset -> info
     done: dict[tuple[str, int], str | None] = field(default_factory=dict)  # (path, offset) -> bad member or None
     checked_bytes: int = 0
+    enabled: bool = True  # False: check nothing (a reader whose tensors are never mapped)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _busy: dict[tuple[str, int], threading.Event] = field(default_factory=dict, repr=False)
 
     @property
     def available(self) -> bool:
-        return sys.platform.startswith("linux")
+        return self.enabled and sys.platform.startswith("linux")
 
     def _read_maps(self) -> None:
         self.maps = []
