@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -72,11 +73,23 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     writer = SummaryWriter(logdir)
     mon = AdamMonitor(opt, model=model, writer=writer, every=every)
+    # The monitor's own CPU time per logging step, timed inside its hook: a direct measure, far less
+    # sensitive to other processes than the with/without ratio of whole steps (it misses only indirect
+    # costs such as the caches the statistics pass evicts).
+    observe, hook_cpu = mon._observe, []
+
+    def timed_observe(w: object, peak_only: bool = False) -> None:
+        c0 = time.process_time()
+        observe(w, peak_only)
+        hook_cpu.append(time.process_time() - c0)
+
+    mon._observe = timed_observe  # type: ignore[method-assign]
     mon.enabled = False
     steps(model, opt, x, y, 3)  # warm-up: state allocated, kernels loaded
     mon.enabled = True
     steps(model, opt, x, y, every)  # warm-up of the monitor (scratch buffers) on a logging step
     ratios, cpu_ratios, t_off, t_on, c_off, c_on = [], [], [], [], [], []
+    hook_cpu.clear()  # the warm-up's logging step (scratch buffers allocated) is not counted
     for r in range(rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         res = {}
@@ -110,8 +123,14 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
         "cpu_overhead_median": statistics.median(cpu_ratios) - 1.0,
         "overhead_p25": statistics.quantiles(ratios, n=4)[0] - 1.0 if rounds > 1 else med - 1.0,
         "overhead_p75": statistics.quantiles(ratios, n=4)[2] - 1.0 if rounds > 1 else med - 1.0,
-        # the monitor's cost per logging step, from the median step times
+        # the monitor's cost per logging step, from the median step times (wall; CPU): at every=1 every
+        # step is one, so these are the steadier estimates of what a logging step costs
         "monitor_ms_per_logging_step": 1e3 * (statistics.median(t_on) - statistics.median(t_off)) * every,
+        "monitor_cpu_ms_per_logging_step": 1e3 * (statistics.median(c_on) - statistics.median(c_off)) * every,
+        # timed inside the hook (median over the logging steps of the "with" blocks), and that over
+        # `every` steps without the monitor: the direct estimate of the overhead
+        "hook_cpu_ms_per_logging_step": 1e3 * statistics.median(hook_cpu),
+        "hook_cpu_overhead": statistics.median(hook_cpu) / (every * statistics.median(c_off)),
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
     }
@@ -128,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "monitor_overhead.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    load_start = os.getloadavg()  # the machine may be shared: record how busy it was
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for every in a.every:
@@ -136,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(every, a.rounds, k, a.width, a.device, f"{tmp}/every{every}"))
     print(
         f"{'every':>5} {'params':>7} {'wall ms off':>11} {'wall ms on':>10} {'wall overhead':>13} {'IQR':>16}"
-        f" {'cpu ms off':>10} {'cpu ms on':>9} {'cpu overhead':>12}"
+        f" {'cpu ms off':>10} {'cpu ms on':>9} {'cpu overhead':>12} {'hook cpu ms':>11} {'hook overhead':>13}"
     )
     for r in rows:
         print(
             f"{r['every']:>5} {r['params'] / 1e6:>6.1f}M {r['step_ms_without']:>11.1f} {r['step_ms_with']:>10.1f} "
             f"{100 * r['overhead_median']:>12.2f}% {100 * r['overhead_p25']:>6.1f}%…{100 * r['overhead_p75']:.1f}%"
             f" {r['cpu_step_ms_without']:>10.1f} {r['cpu_step_ms_with']:>9.1f} {100 * r['cpu_overhead_median']:>11.2f}%"
+            f" {r['hook_cpu_ms_per_logging_step']:>11.1f} {100 * r['hook_cpu_overhead']:>12.2f}%"
         )
     out = {
         "schema": "adamdiag.bench.monitor_overhead/1",
@@ -153,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
+        # 1/5/15-minute load averages at the start and at the end of the run
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
         "rows": rows,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"load average (1/5/15 min) at start {load_start}, at end {out['load_average_end']}")
     print(f"wrote {a.out}")
     return 0
 
