@@ -175,6 +175,7 @@ def _summarize_entry(
         )
     # pages of the stored pieces too (a reader's gathered copy is heap memory, freed by itself)
     rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *(x for v in srcs.values() for x in v))
+    ck.recycle(t)  # nothing here keeps t's tensors: the reader may put the next one in their memory
     return st, warnings
 
 

@@ -148,6 +148,8 @@ class OptimizerCheckpoint:
     # (entry) -> per-parameter state dict with tensors; (name) -> parameter tensor or None
     _fetch_state: Callable[[_Entry], dict[str, Any]] | None = field(default=None, repr=False)
     _fetch_param: Callable[[str], Any] | None = field(default=None, repr=False)
+    # hands the tensors a reader assembled back to its buffer pool (buffers.BufferPool.give_back)
+    _recycle: Callable[..., None] | None = field(default=None, repr=False)
     # Address ranges of the file mappings behind the tensors (for releasing pages after use).
     mmap_files: list[str] = field(default_factory=list, repr=False)
     # Optimizers in the file that are not Adam-family: {"index", "key", "type"} (type says what they are).
@@ -168,6 +170,12 @@ class OptimizerCheckpoint:
         """Yield every parameter that has Adam state, in optimizer order (group, then position)."""
         for e in self.stateful_entries():
             yield self.tensor(e, with_params=with_params)
+
+    def recycle(self, t: TensorMoments) -> None:
+        """``t`` is no longer used: memory the reader assembled it in may hold the next tensor.
+        Only for a caller that keeps no reference to ``t``'s tensors (``summarize_checkpoint``)."""
+        if self._recycle is not None:
+            self._recycle(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param)
 
     def stateful_entries(self) -> list[_Entry]:
         """The entries that have Adam state (what :meth:`tensors` yields), in optimizer order."""

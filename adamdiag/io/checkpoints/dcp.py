@@ -33,6 +33,7 @@ from adamdiag.io.checkpoints import (
     _warn_trust,
     resolve_steps,
 )
+from adamdiag.io.checkpoints.buffers import BufferPool
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _SAFE_MODULES = {
@@ -237,6 +238,7 @@ class DcpReader:
         self.sdm: dict[str, Any] = dict(self.md.state_dict_metadata)
         self.planner: dict[str, tuple] = dict(getattr(self.md, "planner_data", None) or {})
         self.storage: dict[Any, Any] = dict(self.md.storage_data or {})
+        self.pool = BufferPool()  # full tensors are put together in reused memory (buffers.py)
 
     def path_of(self, key: str) -> tuple:
         p = self.planner.get(key)
@@ -279,7 +281,6 @@ class DcpReader:
 
     def read(self, key: str) -> Any:
         """A tensor (shards put together) or a stored Python object."""
-        import torch
         from torch.distributed.checkpoint.metadata import MetadataIndex
 
         md = self.sdm[key]
@@ -289,7 +290,7 @@ class DcpReader:
         size = tuple(int(s) for s in md.size)
         if len(chunks) == 1 and tuple(chunks[0].sizes) == size:
             return self._load(MetadataIndex(key, chunks[0].offsets, 0)).reshape(size)
-        out = torch.empty(size, dtype=md.properties.dtype)
+        out = self.pool.empty(size, md.properties.dtype)
         flat = out.view(-1)
         for i, ch in enumerate(chunks):
             index = MetadataIndex(key, ch.offsets, i)
@@ -452,6 +453,7 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     )
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
+    ck._recycle = reader.pool.give_back
     return ck
 
 
