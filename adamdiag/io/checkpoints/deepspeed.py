@@ -47,6 +47,7 @@ from adamdiag.io.checkpoints import (
     resolve_steps,
     torch_load,
 )
+from adamdiag.io.checkpoints.buffers import BufferPool
 
 _MODEL_RE = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
 _OPTIM_RE = re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -217,8 +218,11 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     try:
         if (tag / "zero").is_dir() and not any(_OPTIM_RE.match(n) for n in os.listdir(tag)):
             layout, groups, entries, fetch_state, fetch_param, steps = _open_universal(tag, shapes, trust, warnings)
+            recycle = None
         else:
-            layout, groups, entries, fetch_state, fetch_param, steps = _open_zero(tag, shapes, trust, warnings, mapped)
+            layout, groups, entries, fetch_state, fetch_param, steps, recycle = _open_zero(
+                tag, shapes, trust, warnings, mapped
+            )
     except _LAYOUT_ERRORS as e:
         raise _layout_error(tag, e) from None
     fetch_state, fetch_param = _guarded(tag, fetch_state), _guarded(tag, fetch_param)
@@ -240,6 +244,7 @@ def open_deepspeed(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     )
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
+    ck._recycle = recycle
     return ck
 
 
@@ -337,11 +342,18 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
 
         sg, pieces = where[name]
         parts = [get(r, sg)[start : start + n] for r, start, n in pieces]
-        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(parts) == 1:
+            flat = parts[0]
+        else:  # into reused memory (buffers.py): fresh pages for every tensor cost more than the copy
+            out = pool.empty((sum(int(p.numel()) for p in parts),), parts[0].dtype)
+            with torch.no_grad():  # fp32 flat groups are saved requiring grad; cat(out=) refuses those
+                flat = torch.cat(parts, out=out)
         numel = math.prod(shape)
         if flat.numel() < numel:
             raise InputError(f"{tag}: partitions hold {flat.numel()} of the {numel} elements of {name}")
         return flat[:numel].view(shape)
+
+    pool = BufferPool()
 
     def flat_of(k: str) -> Callable[[int, int], Any]:
         return lambda r, s: _flat(bases[r], s, k, tag)
@@ -366,7 +378,7 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
         except (KeyError, IndexError, TypeError):
             return None
 
-    return layout, groups, entries, fetch_state, fetch_param, steps
+    return layout, groups, entries, fetch_state, fetch_param, steps, pool.give_back
 
 
 def _flat(base: dict, sg: int, key: str, tag: Path) -> Any:
