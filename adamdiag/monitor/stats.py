@@ -201,13 +201,14 @@ class StatsEngine:
         bc32 = bc.to(torch.float32)
         thr1 = bc32 * (eps * eps)
         thr2 = bc32 * (100.0 * eps * eps)
-        # The histogram bins that hold the thresholds (exponent bits of the float32 thresholds).
-        e1, e2 = (int(x.reshape(1).view(torch.int32).item()) >> 23 for x in (thr1, thr2))
         # On a CPU a chunk's histogram is read back at no cost (no device sync): where no element
         # shares a threshold's bin, the count below it is the histogram's bins below (exact), and
-        # where none is below eps the clamp is the identity — most chunks of a healthy model skip
-        # the 2-3 passes. A GPU keeps the passes: reading the histogram would sync every chunk.
+        # where none is below eps the clamp is the identity: chunks whose √v̂ stays clear of eps skip
+        # 2-3 passes. A GPU keeps the passes: reading the histogram would sync every chunk.
         host_hist = v_full.device.type == "cpu"
+        # The histogram bins that hold the thresholds (exponent bits of the float32 thresholds; read on
+        # a CPU only: on a GPU .item() would be a sync per tensor).
+        e1, e2 = (int(x.reshape(1).view(torch.int32).item()) >> 23 for x in (thr1, thr2)) if host_hist else (0, 0)
 
         s = self.scratch(v_full.device)
         n = v_full.numel()
