@@ -122,3 +122,12 @@ def test_inspect_jobs_option(scaled):
     assert json.loads(r1.stdout) == json.loads(r3.stdout)
     bad = runner.invoke(app, ["inspect", str(path), "--jobs", "0"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_scaler_matches_a_live_4_rank_dcp_save(tmp_path):
+    """The same check against a checkpoint written now by this torch (4 gloo processes, ~20-60 s)."""
+    ss.write_real(tmp_path / "real", ("dcp_fsdp4",))
+    real = tmp_path / "real" / "dcp_fsdp4"
+    ss.scale_dcp(real, tmp_path / "again", 1, ss.template_values(real))
+    assert [str(f) for f in _files(real) if not filecmp.cmp(real / f, tmp_path / "again" / f, shallow=False)] == []
