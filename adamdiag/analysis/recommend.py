@@ -15,7 +15,7 @@ import os
 import shlex
 from typing import Any
 
-from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live
+from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live, hyperparameters
 from adamdiag.analysis.moments import QUANTILES
 from adamdiag.analysis.thresholds import (
     DECADE,
@@ -245,10 +245,28 @@ def replay_plan(ev: Evidence, eps_values: list[float], lr_values: list[float]) -
     path = getattr(ev.start, "path", None) if ev.start is not None else None
     if not path or ev.lr is None or ev.start is None:
         return None
-    return {
+    plan: dict[str, Any] = {
         "checkpoint": path,
         "start_step": int(ev.start.step),
         "original": {"eps": ev.eps, "beta2": ev.beta2, "lr": ev.lr},
         "eps": [float(e) for e in eps_values],
         "lr": [float(x) for x in lr_values],
     }
+    # The checkpoint before the start, for when no change avoids the blowup from the start: the
+    # instability may already be under way there (a drift that only looks sudden in the loss), and a fix
+    # can only be proven from before it. Its own hyperparameters (a schedule moves lr), the same
+    # changes relative to them.
+    bad = {p.step for p in ev.state_problems}
+    earlier = [c for c in ev.checkpoints if c.step < ev.start.step and c.step not in bad and getattr(c, "path", None)]
+    if earlier:
+        prev = earlier[-1]
+        beta2, eps, lr = hyperparameters(prev)
+        if lr is not None and ev.lr:
+            plan["earlier"] = {
+                "checkpoint": prev.path,
+                "start_step": int(prev.step),
+                "original": {"eps": eps, "beta2": beta2, "lr": lr},
+                "eps": plan["eps"],
+                "lr": [float(x) * lr / ev.lr for x in lr_values],
+            }
+    return plan

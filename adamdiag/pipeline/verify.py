@@ -25,6 +25,7 @@ FILE" is always printed on stderr before an entry is imported.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -173,6 +174,17 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     ver["best"] = best.name if best is not None else None
 
 
+def _none_avoided(rep: RunReport) -> bool:
+    """The replay reproduced the log and finished, and no variant avoided the blowup."""
+    ver = rep.verification or {}
+    return bool(
+        ver.get("fidelity", {}).get("reproduced")
+        and ver.get("variants")
+        and not any(v["outcome"] == "avoided" for v in ver["variants"])
+        and not all(v.get("truncated") for v in ver["variants"])
+    )
+
+
 def _postponed_text(changed: list[tuple[Any, str | None]], kind: str | None) -> str:
     """ "; lr=3.3e-4 only postpones it (blowup at 2002)" for variants of ``kind`` that blew up later or
     are at risk — the postponement that a short replay would have called a fix."""
@@ -236,20 +248,24 @@ def verify_report(
             continue
         if say is not None:
             say(f"verifying {rep.run} ({i}/{len(eligible)}): replay from {plan['checkpoint']}")
-        try:
-            result = verify_checkpoint(
-                Path(plan["checkpoint"]),
-                _variants(plan),
-                run_dir=Path(rep.run),
-                loss_tag=rep.loss_tag or "train/loss",
+
+        def replay(p: dict[str, Any], budget: float | None, run: str = rep.run, tag: str = rep.loss_tag or "") -> Any:
+            return verify_checkpoint(
+                Path(p["checkpoint"]),
+                _variants(p),
+                run_dir=Path(run),
+                loss_tag=tag or "train/loss",
                 device=device,
-                budget_s=left,
+                budget_s=budget,
                 entry=entry,
                 trust_entry=trust_entry,
                 trust_checkpoint=trust_checkpoint,
                 named_tensors=None,
                 assume=assume,
             )
+
+        try:
+            result = replay(plan, left)
         except NoNeutralEntry as e:  # a TF/Keras checkpoint: say which kind of entry replays it
             _not_verified(rep, f"no replay entry: {e}", "info")
             continue
@@ -264,7 +280,39 @@ def verify_report(
         except Exception as e:  # noqa: BLE001 - the user's entry code failed: a finding, never a traceback
             _not_verified(rep, f"the replay failed ({type(e).__name__}: {e})")
             continue
+        first = copy.deepcopy(rep)
         decide(rep, result, plan)
+        earlier = plan.get("earlier")
+        if earlier and _none_avoided(rep):
+            # From the last checkpoint nothing avoids it: the instability may already be under way there.
+            # Try once more from the checkpoint before; keep that answer only when some change avoids it.
+            left = None if budget_s is None else budget_s - (time.monotonic() - t0)
+            if left is None or left > 0:
+                if say is not None:
+                    say(
+                        f"verifying {rep.run}: no change avoids it from step {plan['start_step']}; replay from "
+                        f"{earlier['checkpoint']}"
+                    )
+                try:
+                    result2 = replay(earlier, left)
+                except Exception:  # noqa: BLE001 - the first answer stands; this was a second try
+                    result2 = None
+                if result2 is not None:
+                    retry = copy.deepcopy(first)
+                    decide(retry, result2, earlier)
+                    if not _none_avoided(retry):
+                        retry.findings.append(
+                            Finding(
+                                "AD701",
+                                "info",
+                                f"from the last checkpoint before the blowup (step {plan['start_step']}) no tried "
+                                "change avoided it — the instability was already under way there; verified from "
+                                f"step {earlier['start_step']} instead",
+                                step=rep.blowup_step,
+                            )
+                        )
+                        rep.__dict__.update(retry.__dict__)
+                        result = result2
         if curves:
             from adamdiag.pipeline.series import replay_curves
 

@@ -50,3 +50,19 @@ def test_keras_log_every_10_batches_cannot_be_replayed_against() -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert "every 10 batches" in res.stderr and "update_freq=1" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.tf
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow (adamdiag[tf])")
+def test_verify_falls_back_to_the_earlier_checkpoint_when_nothing_avoids_it_from_the_last() -> None:
+    """From epoch04 (step 400, the last checkpoint before the blowup at 471) every tried change still blows
+    up — the drift is under way. `scan --verify` replays once more from epoch02 (step 200), where changes
+    do avoid it, and says so."""
+    args = ["scan", str(RUN / "logs_f1"), "--checkpoints", str(RUN / "ckpt"), "--verify", "--entry", ENTRY]
+    res = CliRunner().invoke(app, [*args, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    ver = r["verification"]
+    assert ver["start_step"] == 200 and ver["fidelity"]["reproduced"]
+    assert any(v["outcome"] == "avoided" for v in ver["variants"])
+    assert any("already under way" in f["message"] and f["id"] == "AD701" for f in r["findings"])
