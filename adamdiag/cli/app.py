@@ -186,6 +186,10 @@ def _root(
 F = TypeVar("F", bound=Callable[..., object])
 
 
+# 128 + SIGPIPE: what a shell reports for a pipe stage whose reader closed the pipe
+SIGPIPE_EXIT = 141
+
+
 def guarded(fn: F) -> F:
     """Map exceptions to exit codes: InputError -> 2 with its message; anything else -> 2 with a
     one-line 'internal error' (set ADAMDIAG_DEBUG=1 for the traceback)."""
@@ -204,6 +208,12 @@ def guarded(fn: F) -> F:
         except KeyboardInterrupt:
             err("adamdiag: interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # the reader went away (`adamdiag export RUN -o - | head`): stop quietly, as a pipe stage does.
+            # stdout is pointed at /dev/null first, so the interpreter's final flush cannot fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(SIGPIPE_EXIT) from None
         except Exception as e:  # noqa: BLE001 - last line of defence: never a bare traceback
             if os.environ.get("ADAMDIAG_DEBUG"):
                 raise

@@ -161,3 +161,25 @@ def test_verdict_counts_and_repeated_findings_once():
     assert text.count(note) == 1 and "AD901 info × 5" in text
     assert text.rstrip().splitlines()[-1] == "5 runs: 4 healthy, 1 v_collapse"
     assert "under sweep/" in text
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`adamdiag export RUN -o - | head -1`: the reader goes away; no 'internal error', no traceback,
+    exit 141 (128 + SIGPIPE) as a shell pipe stage reports it."""
+    import subprocess
+    import sys
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    for step in range(20000):  # far more CSV than a pipe buffer holds
+        w.add_scalar("train/loss", 1.0 / (step + 1), step)
+    w.close()
+    cmd = [sys.executable, "-c", "from adamdiag.cli.app import main; main()", "export", str(tmp_path / "run")]
+    p = subprocess.Popen([*cmd, "-o", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline().startswith(b"run,tag,step")
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert "internal error" not in err and "Traceback" not in err, err
