@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_verdict_rules import make
 
 from adamdiag.analysis.recommend import live_frac_below, live_median, recommend
 from adamdiag.analysis.thresholds import EPS_DOMINATION_MARGIN, LR_REDUCTION_STRONG, REPORT_EPS_CANDIDATES
 from adamdiag.analysis.verdicts import Decision
 from adamdiag.pipeline.summary import summarize_checkpoint
-from test_verdict_rules import make
 
 ROOT = Path(__file__).resolve().parents[2]
 VC_CKPT = ROOT / "sample_logs" / "vcollapse" / "checkpoints" / "step_000600.pt"
