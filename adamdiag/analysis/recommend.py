@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live, hyperparameters
@@ -33,9 +34,10 @@ from adamdiag.analysis.thresholds import (
 from adamdiag.analysis.verdicts import Decision
 
 
-def replay_command(ev: Evidence, run: str, args: list[str]) -> str | None:
-    """``adamdiag replay START ARGS`` with the flags this run needs, or None without a start checkpoint."""
-    path = getattr(ev.start, "path", None) if ev.start is not None else None
+def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = None) -> str | None:
+    """``adamdiag replay START ARGS`` with the flags this run needs, or None without a start checkpoint
+    (``path``: another checkpoint than the start, e.g. the earlier one ``--verify`` may fall back to)."""
+    path = path or (getattr(ev.start, "path", None) if ev.start is not None else None)
     if not path:
         return None
     parts = ["adamdiag", "replay", path, *args]
@@ -211,6 +213,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
     rec["verify"] = replay_command(ev, run, args)
     lrs = [ev.lr / LR_REDUCTION, ev.lr / LR_REDUCTION_STRONG] if ev.lr else []
     rec["replay"] = replay_plan(ev, [c["eps"] for c in rec["candidates"] if c["eps"] > eps], lrs)
+    _earlier_verify(ev, run, rec, lambda lrs_: _eps_args([c["eps"] for c in rec["candidates"]]) + _lr_args(lrs_))
     return rec
 
 
@@ -236,7 +239,18 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
         args = _lr_args([lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG]) + _eps_args([REPORT_EPS_CANDIDATES[0]])
         rec["verify"] = replay_command(ev, run, args)
         rec["replay"] = replay_plan(ev, list(REPORT_EPS_CANDIDATES[:2]), [lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG])
+        _earlier_verify(ev, run, rec, lambda lrs_: _lr_args(lrs_) + _eps_args([REPORT_EPS_CANDIDATES[0]]))
     return rec
+
+
+def _earlier_verify(ev: Evidence, run: str, rec: dict[str, Any], args_for: Callable[[list[float]], list[str]]) -> None:
+    """The ``verify:`` command from the replay plan's earlier checkpoint (its own lr/3 and lr/10), stored
+    in the plan: when ``--verify`` had to fall back to it, that is the command that shows the result."""
+    plan = rec.get("replay") or {}
+    e = plan.get("earlier")
+    if e and ev.lr:
+        lr = float(e["original"]["lr"])
+        e["verify"] = replay_command(ev, run, args_for([lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG]), e["checkpoint"])
 
 
 def replay_plan(ev: Evidence, eps_values: list[float], lr_values: list[float]) -> dict[str, Any] | None:

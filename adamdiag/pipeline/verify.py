@@ -313,6 +313,8 @@ def verify_report(
                         )
                         rep.__dict__.update(retry.__dict__)
                         result = result2
+                        if rep.recommendation is not None and earlier.get("verify"):
+                            rep.recommendation["verify"] = earlier["verify"]  # the command that shows it
         if curves:
             from adamdiag.pipeline.series import replay_curves
 

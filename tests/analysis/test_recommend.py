@@ -93,3 +93,16 @@ def test_lr_too_high_recommends_a_decade_from_the_start_checkpoints_lr():
     assert start_lr == pytest.approx(0.05)  # the warm-up's lr at the start checkpoint (step 50), not the last one
     assert rec["lr"] == pytest.approx(start_lr / LR_REDUCTION_STRONG)
     assert "--lr 0.0167" in rec["verify"] and "--lr 0.005" in rec["verify"]  # lr/3 replayed too
+
+
+def test_the_replay_plan_carries_the_checkpoint_before_the_start_with_its_own_verify_line():
+    """--verify falls back to it when nothing avoids the blowup from the start (pipeline/verify.py)."""
+    from adamdiag.pipeline.scan import scan_paths
+
+    rep = scan_paths([ROOT / "sample_logs" / "vcollapse"]).runs[0]
+    plan = rep.recommendation["replay"]
+    e = plan["earlier"]
+    assert plan["start_step"] == 600 and e["start_step"] == 500 and e["checkpoint"].endswith("step_000500.pt")
+    assert e["eps"] == plan["eps"] and e["lr"] == pytest.approx([x * e["original"]["lr"] / 1e-2 for x in plan["lr"]])
+    assert e["verify"].startswith("adamdiag replay ") and "step_000500.pt" in e["verify"]
+    assert e["verify"].split("step_000500.pt")[1] == rep.recommendation["verify"].split("step_000600.pt")[1]

@@ -66,3 +66,4 @@ def test_verify_falls_back_to_the_earlier_checkpoint_when_nothing_avoids_it_from
     assert ver["start_step"] == 200 and ver["fidelity"]["reproduced"]
     assert any(v["outcome"] == "avoided" for v in ver["variants"])
     assert any("already under way" in f["message"] and f["id"] == "AD701" for f in r["findings"])
+    assert "epoch02.keras" in r["recommendation"]["verify"]  # the printed command is the one that shows it
