@@ -304,7 +304,9 @@ def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
 
 
 def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> list[Trajectory]:
-    """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num)."""
+    """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num), each with its own
+    param group's β2/eps where a checkpoint states them (LLM recipes mix β2 across groups), else the run's."""
+    own = tensor_hyperparameters(ckpts[-1]) if ckpts else {}
     out = []
     names_v: dict[str, list[tuple[int, float]]] = {}
     for c in ckpts:
@@ -325,7 +327,8 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
         g2 = df["sum_squares"].to_numpy(np.float64)[ok] / num[ok]
         name = tag.split("/", 1)[1] if "/" in tag else tag
         seeds = names_v.get(name, [])
-        out.append(reconstruct(df["step"].to_numpy(np.int64)[ok], g2, beta2, seeds, eps, name))
+        b2, e, _ = own.get(name, (beta2, eps, None))
+        out.append(reconstruct(df["step"].to_numpy(np.int64)[ok], g2, b2, seeds, e, name))
     return out
 
 
@@ -352,7 +355,6 @@ def checkpoint_collapse(
     for r in pre:
         by_tensor.setdefault(r["tensor"], []).append(r)
     last_ck = next(c for c in reversed(ckpts) if c.step == last_to)
-    span = collapse_span(event_step, beta2)
     vhat_hist: dict[str, list[tuple[int, float]]] = {}
     for c in ckpts:
         for t in c.tensors:
@@ -371,6 +373,9 @@ def checkpoint_collapse(
         # Long enough (the same span as for logged gradients) and deep enough (v̂ ≤ 1% of its peak
         # over the checkpoints): the first checkpoint where both hold is the warning step.
         chain_start = rs[k]["from_step"]
+        # v's memory is the tensor's own: its param group's β2 where the checkpoint states it
+        own_b2 = _known(stats[tensor], "beta2") if tensor in stats else None
+        span = collapse_span(event_step, own_b2 if own_b2 is not None and 0 < own_b2 < 1 else beta2)
         hist = vhat_hist.get(tensor, [])
         warn = None
         for step_j in [r["to_step"] for r in rs[k:]]:
@@ -776,7 +781,7 @@ def gather(
         # The instability episode starts at the first of the recovered spikes that lead into the blowup:
         # the quiet stretch that explains it must reach that start, not the last spike.
         start_of = episode_start(ev)
-        logged = [c for tr in trajs if (c := quiet_stretch(tr, start_of, beta2)) is not None]
+        logged = [c for tr in trajs if (c := quiet_stretch(tr, start_of, tr.beta2)) is not None]
         collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, start_of, beta2)
         regrowth, rms = _near_event_peaks(trajs, event_step)
         grad_jump = abrupt_gradient_jump(event_step, gn)

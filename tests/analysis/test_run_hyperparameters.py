@@ -56,3 +56,40 @@ def test_unknown_values_never_enter(tmp_path):
     s = summarize_checkpoint(f, assume=Assumptions(eps=1e-7))
     assert hyperparameters(s)[1] == 1e-7 and all(h[1] == 1e-7 for h in tensor_hyperparameters(s).values())
     assert hyperparameters(None) == (0.999, 1e-8, None)
+
+
+def test_per_tensor_reconstructions_use_their_own_groups_beta2(tmp_path):
+    """Gradient histograms of a real two-group AdamW run (SummaryWriter): each tensor's v is rebuilt with
+    its own group's β2 and eps (0.999 for the biases, 0.95 for the weights), not the run's majority."""
+    import pandas as pd
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.analysis.evidence import histogram_trajectories
+    from adamdiag.io.events import read_run
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 4))
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    opt = torch.optim.AdamW(
+        [
+            {"params": biases, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+            {"params": weights, "betas": (0.9, 0.95), "eps": 1e-6},
+        ]
+    )
+    w = SummaryWriter(str(tmp_path / "run"))
+    for step in range(1, 31):
+        model(torch.randn(8, 32)).pow(2).mean().backward()
+        for n, p in model.named_parameters():
+            w.add_histogram(f"grad/{n}", p.grad, step)
+        opt.step()
+        opt.zero_grad()
+    w.close()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
+    s = summarize_checkpoint(tmp_path / "ck.pt")
+    s.step = 30
+    hist = read_run(tmp_path / "run").histograms
+    assert isinstance(hist, pd.DataFrame) and len(hist)
+    trajs = {t.label: t for t in histogram_trajectories(hist, [s], 0.5, 1e-3)}
+    assert (trajs["0.bias"].beta2, trajs["0.bias"].eps) == (0.999, 1e-8)
+    assert (trajs["1.weight"].beta2, trajs["1.weight"].eps) == (0.95, 1e-6)
