@@ -84,19 +84,27 @@ def report(
     (with --verify: the replayed variants' losses drawn over the original)."""
     import json
 
-    from adamdiag.cli.scan import VerifyOptions, diagnose_paths, verify
+    from adamdiag.cli.scan import VerifyOptions, build_report
     from adamdiag.errors import InputError
-    from adamdiag.pipeline.series import attach_series
     from adamdiag.render.html import render_html
 
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
         raise InputError(f"-o {output}: use a .html or .json file name")
     assume = (assume_lr, assume_beta2, assume_eps)
-    rep = diagnose_paths(runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, assume)
-    if verify_:
-        verify(rep, VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume), curves=True)
-    rep = attach_series(rep, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
+    verify_options = VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume)
+    rep = build_report(
+        runs,
+        checkpoints,
+        convention,
+        trust_checkpoint,
+        loss_tag,
+        grad_norm_tag,
+        assume,
+        None,
+        verify_options if verify_ else None,
+        True,
+    )
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:

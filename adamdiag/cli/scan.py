@@ -134,6 +134,30 @@ def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
     )
 
 
+def build_report(
+    runs: list[Path],
+    checkpoints: Path | None,
+    convention: Convention,
+    trust: bool,
+    loss_tags: list[str] | None,
+    grad_norm_tag: str | None,
+    assume: tuple[float | None, float | None, float | None],
+    jobs: int | None,
+    verify_options: VerifyOptions | None,
+    series: bool,
+) -> Report:
+    """What scan, check and report share: diagnose, then --verify (``verify_options``), then the curves
+    (``series``: --with-series / report; with --verify each replayed variant's loss too)."""
+    report = diagnose_paths(runs, checkpoints, convention, trust, loss_tags, grad_norm_tag, assume, jobs)
+    if verify_options is not None:
+        verify(report, verify_options, curves=series)
+    if series:
+        from adamdiag.pipeline.series import attach_series
+
+        report = attach_series(report, trust_checkpoint=trust, checkpoints_dir=checkpoints)
+    return report
+
+
 @app.command()
 @guarded
 def scan(
@@ -157,28 +181,19 @@ def scan(
 ) -> None:
     """Diagnose one or many runs. Exits 0 when at least one run could be read (an unreadable or
     undiagnosable run is an `inconclusive` entry with its reason); use `check` to gate CI."""
-    report = diagnose_paths(
+    assume = (assume_lr, assume_beta2, assume_eps)
+    report = build_report(
         runs,
         checkpoints,
         convention,
         trust_checkpoint,
         loss_tag,
         grad_norm_tag,
-        (assume_lr, assume_beta2, assume_eps),
+        assume,
         jobs,
+        VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume) if verify_ else None,
+        with_series,
     )
-    if verify_:
-        verify(
-            report,
-            VerifyOptions(
-                entry, trust_entry, trust_checkpoint, verify_budget, device, (assume_lr, assume_beta2, assume_eps)
-            ),
-            curves=with_series,
-        )
-    if with_series:
-        from adamdiag.pipeline.series import attach_series
-
-        report = attach_series(report, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     publish(report, format.value)
 
 
@@ -212,28 +227,19 @@ def check(
     (unless --allow-inconclusive), 2 on a usage error or when no run could be read."""
     from adamdiag.results.report import SEVERITY_RANK
 
-    report = diagnose_paths(
+    assume = (assume_lr, assume_beta2, assume_eps)
+    report = build_report(
         runs,
         checkpoints,
         convention,
         trust_checkpoint,
         loss_tag,
         grad_norm_tag,
-        (assume_lr, assume_beta2, assume_eps),
+        assume,
         jobs,
+        VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume) if verify_ else None,
+        with_series,
     )
-    if verify_:
-        verify(
-            report,
-            VerifyOptions(
-                entry, trust_entry, trust_checkpoint, verify_budget, device, (assume_lr, assume_beta2, assume_eps)
-            ),
-            curves=with_series,
-        )
-    if with_series:
-        from adamdiag.pipeline.series import attach_series
-
-        report = attach_series(report, trust_checkpoint=trust_checkpoint, checkpoints_dir=checkpoints)
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]
     failing = [f for r in report.runs for f in r.findings if SEVERITY_RANK[f.severity] >= threshold]
