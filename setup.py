@@ -1,4 +1,5 @@
-"""Build of the optional C kernel (adamdiag/analysis/_moments_kernel.c); everything else is in
+"""Build of the optional C kernels (adamdiag/analysis/_moments_kernel.c: checkpoint statistics;
+adamdiag/monitor/_monitor_kernel.c: the live monitor's per-tensor statistics); everything else is in
 pyproject.toml. ``optional=True``: without a C compiler the install succeeds and adamdiag uses its
 torch/numpy path for the same statistics."""
 
@@ -7,5 +8,19 @@ import sys
 from setuptools import Extension, setup
 
 args = [] if sys.platform == "win32" else ["-O3", "-fno-math-errno", "-std=c99"]
-setup(ext_modules=[Extension("adamdiag.analysis._moments_kernel", ["adamdiag/analysis/_moments_kernel.c"],
-                             extra_compile_args=args, optional=True)])
+setup(
+    ext_modules=[
+        Extension(
+            "adamdiag.analysis._moments_kernel",
+            ["adamdiag/analysis/_moments_kernel.c"],
+            extra_compile_args=args,
+            optional=True,
+        ),
+        Extension(
+            "adamdiag.monitor._monitor_kernel",
+            ["adamdiag/monitor/_monitor_kernel.c"],
+            extra_compile_args=args,
+            optional=True,
+        ),
+    ]
+)

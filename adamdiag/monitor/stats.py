@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from adamdiag.monitor import kernel as _kernel
+
 NBINS = 256  # one bin per value of float32's 8 exponent bits
 EXP_BIAS = 127  # float32's exponent bias: bin k holds v in [2^(k-127), 2^(k-126))
 #: Width of one bin in log2 √v̂ (an octave of v is half an octave of √v).
@@ -84,10 +86,13 @@ class StatsEngine:
     (1.0, 4.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, use_kernel: bool = True) -> None:
+        """``use_kernel=False`` keeps the torch passes also where the compiled kernel could run (the
+        tests' comparison of the two paths)."""
         import torch
 
         self.torch = torch
+        self.use_kernel = use_kernel
         self._scratch: dict[Any, _Scratch] = {}
         self._layout: dict[Any, Any] = {}
 
@@ -206,6 +211,10 @@ class StatsEngine:
         # where none is below eps the clamp is the identity: chunks whose √v̂ stays clear of eps skip
         # 2-3 passes. A GPU keeps the passes: reading the histogram would sync every chunk.
         host_hist = v_full.device.type == "cpu"
+        if host_hist and self.use_kernel:
+            ts = (g_full, v_full, den_full) if p_full is None else (g_full, v_full, den_full, p_full)
+            if _kernel.usable(*ts):
+                return self._kernel_row(g_full, p_full, wd, v_full, den_full, step_t, bc, thr1, thr2)
         # The histogram bins that hold the thresholds (exponent bits of the float32 thresholds; read on
         # a CPU only: on a GPU .item() would be a sync per tensor).
         e1, e2 = (int(x.reshape(1).view(torch.int32).item()) >> 23 for x in (thr1, thr2)) if host_hist else (0, 0)
@@ -267,6 +276,49 @@ class StatsEngine:
                 hist.double(),
             ]
         )
+
+    def _kernel_row(
+        self,
+        g_full: Any,
+        p_full: Any,
+        wd: float,
+        v_full: Any,
+        den_full: Any,
+        step_t: Any,
+        bc: Any,
+        thr1: Any,
+        thr2: Any,
+    ) -> Any:
+        """:meth:`tensor_row` of contiguous float32 CPU tensors from one fused pass of the compiled
+        kernel (``_monitor_kernel.c``): the same columns, its sums accumulated in double."""
+        torch = self.torch
+        acc = _kernel.MonAcc()
+        t1, t2 = float(thr1), float(thr2)  # float32 values, exactly as the torch path compares with
+        g1, v1, d1 = g_full.reshape(-1), v_full.reshape(-1), den_full.reshape(-1)
+        n = v1.numel()
+        if p_full is None:
+            _kernel.monitor_stats(g1, v1, d1, t1, t2, acc)
+        else:
+            # the L2-decayed gradient, written chunk by chunk into the cache-sized scratch by the same
+            # torch op as the torch path (bitwise the same g), then read once by the kernel
+            s, p1 = self.scratch(v1.device), p_full.reshape(-1)
+            for lo in range(0, n, s.chunk):
+                hi = min(n, lo + s.chunk)
+                g = torch.add(g1[lo:hi], p1[lo:hi], alpha=wd, out=s.g[: hi - lo])
+                _kernel.monitor_stats(g, v1[lo:hi], d1 if d1 is v1 else d1[lo:hi], t1, t2, acc)
+        row = np.empty(ROW, dtype=np.float64)
+        row[:NSCALAR] = (
+            acc.sum_g2,
+            acc.sum_v,
+            acc.sum_d,
+            acc.below1,
+            acc.below2,
+            acc.sum_upd * float(bc),
+            float(step_t),
+            float(n),
+        )
+        row[NSCALAR:] = np.ctypeslib.as_array(acc.hist)
+        return torch.from_numpy(row)
 
 
 def _as_f32(src: Any, buf: Any) -> Any:
