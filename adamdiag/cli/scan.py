@@ -154,7 +154,7 @@ def build_report(
     if series:
         from adamdiag.pipeline.series import attach_series
 
-        report = attach_series(report, trust_checkpoint=trust, checkpoints_dir=checkpoints)
+        report = attach_series(report, trust_checkpoint=trust, checkpoints_dir=checkpoints, assume=assumptions(*assume))
     return report
 
 

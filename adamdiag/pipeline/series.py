@@ -233,15 +233,17 @@ def attach_series(
     trust_checkpoint: bool = False,
     checkpoints: bool = True,
     checkpoints_dir: Path | None = None,
+    assume: Any = None,
 ) -> Report:
     """Fill ``series`` of every run: the loss and gradient-norm curves the diagnosis used, r = g²/v̂
     from the gradient norm, per-tensor r of the tensors that matter (:func:`tensor_r_curves`), and
     (``checkpoints``) the √v̂ band and decay-ratio view of the run's checkpoints (under the run, or
     under ``checkpoints_dir`` as ``--checkpoints`` maps it, :func:`checkpoint_roots`). Keys already there
     (``replay``, from ``--verify``) are kept. A run that cannot be read again keeps its ``series``
-    with a warning."""
+    with a warning. ``assume``: the ``--assume-*`` values (``io.checkpoints.hyper.Assumptions``), as the
+    diagnosis used them."""
+    from adamdiag.analysis.evidence import hyperparameters
     from adamdiag.analysis.frames import series
-    from adamdiag.analysis.thresholds import DEFAULT_BETA2, DEFAULT_EPS
     from adamdiag.errors import InputError
     from adamdiag.io.events import read_run
     from adamdiag.pipeline.scan import checkpoint_roots, load_checkpoint_summaries
@@ -276,11 +278,11 @@ def attach_series(
                 trust=trust_checkpoint,
                 convention=r.convention,
                 warnings=[],
+                assume=assume,
             )
             summaries = [c for c in summaries if c.tensors]
-        t0 = summaries[0].tensors[0] if summaries else None
-        beta2 = float(t0.beta2) if t0 is not None and t0.beta2 == t0.beta2 else DEFAULT_BETA2
-        eps = float(t0.eps) if t0 is not None and t0.eps == t0.eps else DEFAULT_EPS
+        # the run's values as the diagnosis takes them: what most elements use, unknown ones never
+        beta2, eps, _ = hyperparameters(summaries[0] if summaries else None)
         # A run whose checkpoints hold another optimizer (AD903): its logs say nothing about Adam's v.
         not_adam = any(f.id == "AD903" for f in r.findings)
         if r.grad_norm_tag and not not_adam:

@@ -53,3 +53,23 @@ def test_report_takes_the_same_tag_options_as_scan(tmp_path):
     r = json.loads(out.read_text())["runs"][0]
     assert r["loss_tag"] == "train/sincos_mse" and r["blowup_step"] == 400
     assert r["series"]["loss"]["tag"] == "train/sincos_mse"
+
+
+def test_report_curves_use_the_assumed_hyperparameters(tmp_path):
+    """A run whose checkpoints keep no eps: `report --assume-eps` draws √v̂ against the assumed eps, as
+    the diagnosis used it (without it the eps line is unknown, not a silent default)."""
+    import torch
+    from realruns import train_tiny
+
+    train_tiny(tmp_path / "run")
+    for p in (tmp_path / "run").rglob("*.pt"):
+        sd = torch.load(p, weights_only=True)
+        for g in (sd["optimizer"] if "optimizer" in sd else sd)["param_groups"]:
+            g.pop("eps")
+        torch.save(sd, p)
+    for extra, want in ((["--assume-eps", "1e-6"], 1e-6), ([], None)):
+        out = tmp_path / f"r{len(extra)}.json"
+        res = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "-o", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        band = json.loads(out.read_text())["runs"][0]["series"]["sqrt_vhat"]
+        assert band["eps"] == want and band["step"] == [100, 200, 300, 400]
