@@ -129,14 +129,34 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     )
 
 
+def _run_events(run_dir: Path) -> Any:
+    """``read_run(run_dir)``, read once per replay: the loss-tag pick and the logged loss both need it.
+    Keyed by the event files' names, sizes and mtimes, so a run still being written is read again."""
+    from adamdiag.io.events import read_run, run_files
+
+    try:
+        files = run_files(Path(run_dir)) if Path(run_dir).exists() else []
+        key = (str(Path(run_dir).resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    except OSError:  # a file vanished under us: read without the cache (read_run says what is wrong)
+        return read_run(Path(run_dir))
+    if not files:
+        return read_run(Path(run_dir))  # raises the one-line InputError
+    if _EVENTS_CACHE.get("key") != key:
+        _EVENTS_CACHE.clear()
+        _EVENTS_CACHE.update(key=key, events=read_run(Path(run_dir)))
+    return _EVENTS_CACHE["events"]
+
+
+_EVENTS_CACHE: dict[str, Any] = {}
+
+
 def default_loss_tag(checkpoint: Path, logdir: Path | None) -> str:
     """The loss tag scan would use for the checkpoint's run (one auto-pick for scan, check and replay);
     ``train/loss`` when nothing looks like a loss (the error then lists the run's tags)."""
     from adamdiag.analysis.tags import pick_loss_tag
-    from adamdiag.io.events import read_run
 
     try:
-        scalars = read_run(find_run_dir(checkpoint, logdir)).scalars
+        scalars = _run_events(find_run_dir(checkpoint, logdir)).scalars
     except InputError:
         return "train/loss"  # the replay itself reports what is wrong with the run
     return pick_loss_tag(sorted(set(map(str, scalars["tag"].unique())))) or "train/loss"
@@ -150,9 +170,8 @@ def read_logged_loss(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
     from adamdiag.analysis.evidence import loss_series
-    from adamdiag.io.events import read_run
 
-    ev = read_run(run_dir)
+    ev = _run_events(run_dir)
     scalars = ev.scalars
     tags = sorted(set(map(str, scalars["tag"].unique())))
     if tag not in tags:
