@@ -6,6 +6,8 @@ every=1. Each round trains K steps without the monitor and K steps with it (K = 
 first; the overhead is the median over rounds of the per-round ratio with/without − 1 (robust to
 drift and to other load on the machine). "Without" is the same optimizer with the monitor's hook
 disabled (one Python call per step, ~1 µs). The monitor writes its tags to a real SummaryWriter.
+Its statistics use the compiled fused pass (adamdiag/monitor/_monitor_kernel.c) when it is built;
+``ADAMDIAG_NO_KERNEL=1`` measures the torch path instead (the JSON records which one ran).
 
     .venv/bin/python bench/monitor_overhead.py                # defaults: 20 rounds, ~2-3 minutes on 1 thread
     .venv/bin/python bench/monitor_overhead.py --rounds 40 --threads 4 --device cuda --width 4096
@@ -31,6 +33,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adamdiag.monitor import AdamMonitor  # noqa: E402
+from adamdiag.monitor import kernel as monitor_kernel  # noqa: E402
 
 
 def build(width: int, device: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
+        # the monitor's statistics pass: the compiled fused kernel (and its AVX2 loop) or torch passes
+        "monitor_kernel": monitor_kernel.available(),
+        "monitor_kernel_vector_loop": monitor_kernel.vector_path(),
         # 1/5/15-minute load averages at the start and at the end of the run
         "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()),
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"statistics pass: {'fused C kernel' if out['monitor_kernel'] else 'torch (no kernel)'}")
     print(f"load average (1/5/15 min) at start {load_start}, at end {out['load_average_end']}")
     print(f"wrote {a.out}")
     return 0

@@ -4,6 +4,9 @@ float64 evaluation of the same definitions, on Adam state from a real training l
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +189,25 @@ def test_training_is_bit_identical_with_the_fused_pass(amsgrad: bool) -> None:
     l1, p1 = run(True)
     assert l0 == l1
     assert all(torch.equal(a, b) for a, b in zip(p0, p1))
+
+
+def test_a_library_from_another_version_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An editable install not rebuilt after a pull keeps an old .so whose struct layout may differ: it
+    is refused with a warning naming the fix (the torch path runs), never misread."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler on this machine")
+    src = (Path(kernel.__file__).parent / "_monitor_kernel.c").read_text()
+    old = "#define ADAMDIAG_MONITOR_KERNEL_ABI 1\n"
+    assert old in src
+    (tmp_path / "k.c").write_text(src.replace(old, "#define ADAMDIAG_MONITOR_KERNEL_ABI 2\n"))
+    so = tmp_path / "_monitor_kernel_old.so"
+    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(so), str(tmp_path / "k.c")], check=True)
+    monkeypatch.delenv("ADAMDIAG_NO_KERNEL", raising=False)
+    monkeypatch.setattr(kernel, "_library_path", lambda: so)
+    kernel._lib.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="another version"):
+            assert not kernel.available()
+    finally:
+        kernel._lib.cache_clear()
