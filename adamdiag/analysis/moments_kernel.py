@@ -10,14 +10,13 @@ times slower on large checkpoints; the numbers agree to float rounding of the su
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
-import importlib.util
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from adamdiag.native import find_library, open_library
 
 if TYPE_CHECKING:
     import torch
@@ -74,44 +73,17 @@ class Params(ctypes.Structure):
 
 
 def _library_path() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        cand = here / f"_moments_kernel{suffix}"
-        if cand.is_file():
-            return cand
-    # editable installs may keep the built file elsewhere; the import system knows where
-    try:
-        spec = importlib.util.find_spec("adamdiag.analysis._moments_kernel")
-    except (ImportError, ValueError):
-        return None
-    return Path(spec.origin) if spec is not None and spec.origin and spec.origin != "built-in" else None
+    return find_library(Path(__file__).resolve().parent, "_moments_kernel", "adamdiag.analysis._moments_kernel")
 
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    if os.environ.get("ADAMDIAG_NO_KERNEL"):
-        return None
-    path = _library_path()
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
-        return None
-    try:  # a library built from another version of the source: refuse it rather than misread it
-        lib.adamdiag_kernel_abi.restype = ctypes.c_int64
-        abi = lib.adamdiag_kernel_abi()
-    except AttributeError:
-        abi = None
-    if abi != KERNEL_ABI * 1_000_000 + ctypes.sizeof(Acc) * 1000 + ctypes.sizeof(Params):
-        import warnings
-
-        warnings.warn(
-            f"{path.name} was built from another version of adamdiag; it is not used (slower path). "
-            "Rebuild it: pip install -e . (or make setup)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    lib = open_library(
+        _library_path(),
+        "adamdiag_kernel_abi",
+        KERNEL_ABI * 1_000_000 + ctypes.sizeof(Acc) * 1000 + ctypes.sizeof(Params),
+    )
+    if lib is None:
         return None
     fp = ctypes.c_void_p
     lib.adamdiag_chunk_stats.argtypes = [

@@ -10,13 +10,11 @@ agree).
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
-import importlib.util
-import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from adamdiag.native import find_library, open_library
 
 NBINS = 256  # as in the C source and stats.NBINS
 KERNEL_ABI = 1  # ADAMDIAG_MONITOR_KERNEL_ABI in the C source
@@ -41,42 +39,13 @@ class MonAcc(ctypes.Structure):
 
 
 def _library_path() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        cand = here / f"_monitor_kernel{suffix}"
-        if cand.is_file():
-            return cand
-    # editable installs may keep the built file elsewhere; the import system knows where
-    try:
-        spec = importlib.util.find_spec("adamdiag.monitor._monitor_kernel")
-    except (ImportError, ValueError):
-        return None
-    return Path(spec.origin) if spec is not None and spec.origin and spec.origin != "built-in" else None
+    return find_library(Path(__file__).resolve().parent, "_monitor_kernel", "adamdiag.monitor._monitor_kernel")
 
 
 @lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    if os.environ.get("ADAMDIAG_NO_KERNEL"):
-        return None
-    path = _library_path()
-    if path is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError:
-        return None
-    try:  # a library built from another version of the source: refuse it rather than misread it
-        lib.adamdiag_monitor_kernel_abi.restype = ctypes.c_int64
-        abi = lib.adamdiag_monitor_kernel_abi()
-    except AttributeError:
-        abi = None
-    if abi != KERNEL_ABI * 1_000_000 + ctypes.sizeof(MonAcc):
-        warnings.warn(
-            f"{path.name} was built from another version of adamdiag; it is not used (slower path). "
-            "Rebuild it: pip install -e . (or make setup)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    lib = open_library(_library_path(), "adamdiag_monitor_kernel_abi", KERNEL_ABI * 1_000_000 + ctypes.sizeof(MonAcc))
+    if lib is None:
         return None
     fp = ctypes.c_void_p
     lib.adamdiag_monitor_stats.argtypes = [
