@@ -50,6 +50,13 @@ def test_scaler_gives_back_the_real_checkpoint_byte_for_byte(tmp_path, kind):
     _scaler(kind)(FIX / kind, out, 1, ss.template_values(FIX / kind))
     assert _files(out) == _files(FIX / kind) and len(_files(out)) >= 5
     different = [str(f) for f in _files(out) if not filecmp.cmp(out / f, FIX / kind / f, shallow=False)]
+    if ".metadata" in different:
+        # pickle's bytes depend on the Python that writes them (Debian's 3.11.2 pickles enums as
+        # getattr(cls, name), CPython 3.12 by value): then the metadata itself must be equal
+        from adamdiag.io.checkpoints.dcp import _read_metadata
+
+        assert _read_metadata(out, False) == _read_metadata(FIX / kind, False)
+        different.remove(".metadata")
     assert different == []
 
 
