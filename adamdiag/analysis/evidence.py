@@ -125,7 +125,8 @@ def collapse_span(at_step: int | None, beta2: float) -> float:
     memory is 1/(1-β2) once training is long, but only ``at_step`` before that — the bias correction
     makes v̂ the plain mean of every g² so far, so a run that blows up at step 140 with β2 = 0.9999 has a
     v̂ that still lives on its first, large gradients (a stale v) after a quiet stretch of a few dozen
-    steps, not 2000. ``None`` (no event yet): the long-run memory.
+    steps, not 2000. ``None``: the long-run memory. (A collapse in progress, no event yet, is measured
+    against the memory at each point: :func:`_stretch_in_progress`.)
 
     >>> [round(collapse_span(*a), 6) for a in [(None, 0.999), (140, 0.9999), (5000, 0.999)]]
     [200.0, 28.0, 200.0]
@@ -145,12 +146,14 @@ def collapse_stretch(
     mask = tr.r < COLLAPSE_R
     if until is not None:
         mask &= tr.steps < until
-    span = collapse_span(until, beta2)
     # min_len in logged points: logging every N steps needs fewer points for the same span.
     if len(tr.steps) > 1:
         step_per_point = max(1.0, float(np.median(np.diff(tr.steps))))
     else:
         step_per_point = 1.0
+    if until is None:
+        return _stretch_in_progress(tr, mask, beta2, step_per_point, require_depth)
+    span = collapse_span(until, beta2)
     min_len = max(COLLAPSE_MIN_POINTS, int(math.ceil(span / step_per_point)))
     runs = sustained_runs(np.nan_to_num(mask, nan=0).astype(bool), min_len)
     if not runs:
@@ -173,6 +176,25 @@ def collapse_stretch(
             return int(tr.steps[a]), int(tr.steps[k]), float(np.nanmedian(tr.r[a:b]))
         if until is not None:
             return None  # only the stretch leading into the blowup can explain it
+    return None
+
+
+def _stretch_in_progress(
+    tr: Trajectory, mask: np.ndarray, beta2: float, step_per_point: float, require_depth: bool
+) -> tuple[int, int, float] | None:
+    """collapse_stretch with no event (a collapse in progress, scan on a healthy run and the live monitor
+    alike): the first stretch that, at some point, has lasted v's memory *at that point* —
+    collapse_span(step) = COLLAPSE_MIN_MEMORY_FRACTION·min(step, 1/(1-β2)), as the after-the-fact rule
+    measures it at the blowup — and is deep there. A point-wise rule, so the live monitor, which sees the
+    run only up to now, and scan, which sees all of it, fire at the same point."""
+    runs = sustained_runs(np.nan_to_num(mask, nan=0).astype(bool), COLLAPSE_MIN_POINTS)
+    peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
+    deep = tr.vhat <= COLLAPSE_DEPTH * peak if require_depth else np.ones(len(tr.vhat), bool)
+    for a, b in runs:
+        for k in range(a + COLLAPSE_MIN_POINTS - 1, b):
+            need = max(COLLAPSE_MIN_POINTS, int(math.ceil(collapse_span(int(tr.steps[k]), beta2) / step_per_point)))
+            if k - a + 1 >= need and deep[k]:
+                return int(tr.steps[a]), int(tr.steps[k]), float(np.nanmedian(tr.r[a:b]))
     return None
 
 

@@ -9,9 +9,9 @@ r < ``COLLAPSE_R`` point by point, and the moment it becomes sustained and deep 
 stretch), so the warning step, first step and median are scan's by construction
 (``tests/monitor/test_monitor_rules.py`` checks this against scan's rule on a whole run).
 
->>> t = Track()
+>>> t = Track()  # quiet and deep from step 20; at step 30 v's memory is 30 steps (v̂ = the mean so far)
 >>> [t.update(s, r=0.01, vhat=v, every=10, beta2=0.999) for s, v in [(10, 1.0), (20, 1e-3), (30, 1e-3)]]
-[False, False, False]
+[False, False, True]
 >>> min_points(10, 0.999)  # 200 steps of a stretch at one point per 10 steps
 20
 """
@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from adamdiag.analysis import findings as F
-from adamdiag.analysis.evidence import Evidence, StateProblem, Trajectory, collapse_stretch
+from adamdiag.analysis.evidence import Evidence, StateProblem, Trajectory, collapse_span, collapse_stretch
 from adamdiag.analysis.signals import detect_loss_events
 from adamdiag.analysis.thresholds import (
     COLLAPSE_DEPTH,
-    COLLAPSE_MIN_MEMORY_FRACTION,
     COLLAPSE_MIN_POINTS,
     COLLAPSE_R,
     EPS_BOUND_FACTOR,
@@ -69,14 +68,14 @@ STRETCH_WINDOW = 4096
 R_PEAKS_KEPT = 4 * REGROWTH_WINDOW + 200
 
 
-def min_points(every: int, beta2: float) -> int:
-    """Logged points a stretch needs: scan's ``collapse_stretch`` rule with one point per ``every`` steps.
+def min_points(every: int, beta2: float, step: int | None = None) -> int:
+    """Logged points a stretch needs at ``step``: scan's ``collapse_stretch`` rule with one point per
+    ``every`` steps, against v's memory at that step (``collapse_span``; the long-run memory without one).
 
-    >>> min_points(1, 0.999), min_points(100, 0.99)
-    (200, 3)
+    >>> min_points(1, 0.999), min_points(100, 0.99), min_points(10, 0.9999, step=300)
+    (200, 3, 6)
     """
-    span = COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2)
-    return max(COLLAPSE_MIN_POINTS, int(math.ceil(span / max(1, every))))
+    return max(COLLAPSE_MIN_POINTS, int(math.ceil(collapse_span(step, beta2) / max(1, every))))
 
 
 @dataclass
@@ -125,7 +124,7 @@ class Track:
         if len(self.stretch) < STRETCH_WINDOW:
             self.stretch.append((step, g2, vhat, r))
         deep = math.isfinite(vhat) and vhat <= COLLAPSE_DEPTH * self.peak
-        if not self.fired and deep and self.run_len >= min_points(every, beta2):
+        if not self.fired and deep and self.run_len >= min_points(every, beta2, step):
             self.fired = self.collapsed = True
             return True
         return False
