@@ -92,6 +92,99 @@ def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _LossLevels:
+    """What both loss-event detectors (the vectorised one and its point-loop reference) compute before
+    scanning: the log-level z of the finite prefix, its trailing median and robust scale, the forward
+    median, the best based level so far and the running maximum ahead — and the two decisions they
+    share (a confirmed blowup, and recording one)."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    z: np.ndarray
+    lo: float
+    med: np.ndarray
+    scale: np.ndarray
+    fwd: np.ndarray
+    based: np.ndarray
+    best: np.ndarray
+    suffix_max: np.ndarray
+    warmup: int
+    onset: float = math.log(BLOWUP_FACTOR)
+    decade: float = math.log(BLOWUP_PEAK_FACTOR)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def of(cls, steps: np.ndarray, values: np.ndarray, ev: LossEvents) -> _LossLevels | None:
+        """The levels of the series' finite prefix (``ev.first_nonfinite_step`` set on the way); None
+        when fewer than 8 finite points lead it."""
+        import pandas as pd
+
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            ev.first_nonfinite_step = int(steps[~finite][0])
+        # Analyse the finite prefix only: after the first NaN the curve says nothing about the cause.
+        cut = len(values) if finite.all() else int(np.argmax(~finite))
+        steps, values = steps[:cut], values[:cut]
+        n = len(values)
+        if n < 8:
+            return None
+        # A loss can't be resolved below float32 precision of its own scale (~1e-7 of the first values):
+        # a non-negative loss (rounding noise aside) is floored there, so noise around zero is not read
+        # as decades of change. A genuinely signed loss (e.g. a negative log-likelihood) is shifted.
+        head = np.abs(values[:10])
+        floor = 1e-7 * float(np.median(head)) if len(head) and np.median(head) > 0 else 1e-30
+        lo = values.min()
+        if lo > -100 * floor:
+            z = np.log(np.maximum(values, max(floor, 1e-300)))
+            lo = max(lo, floor)
+        else:
+            z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
+        w = _window(steps)
+        med = rolling_median(z, w)
+        # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
+        # near-zero first point must not become the level a slow climb is measured from).
+        based = np.arange(n) >= MIN_BASELINE_POINTS
+        return cls(
+            steps=steps,
+            values=values,
+            z=z,
+            lo=float(lo),
+            med=med,
+            scale=np.maximum(rolling_mad(z, w), MIN_LOG_SCALE),
+            fwd=pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1],
+            based=based,
+            best=np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med)),
+            suffix_max=np.maximum.accumulate(z[::-1])[::-1],  # max of z from each point on
+            warmup=max(3, min(w, n // 10)),  # the first points have no trailing level worth comparing to
+        )
+
+    def confirmed(self, i: int, base: float) -> bool:
+        """Reaches a decade above ``base`` within the horizon and the median over the persistence
+        window stays ≥ 2x (a median, so one dip inside an oscillating blowup does not undo it)."""
+        h_end = int(np.searchsorted(self.steps, self.steps[i] + BLOWUP_HORIZON, side="right"))
+        p_end = max(int(np.searchsorted(self.steps, self.steps[i] + BLOWUP_PERSIST, side="left")), i + 1)
+        z = self.z
+        return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > self.onset)
+
+    def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> None:
+        """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
+        the step of an unbased rise) into ``ev``."""
+        if i < MIN_BASELINE_POINTS:
+            ev.unbased_rise_step = int(self.steps[i])
+            return
+        ev.blowup_step = int(self.steps[i])
+        ev.pre_level = float(np.exp(base)) if self.lo > 0 else None
+        j = i + int(np.argmax(self.values[i:]))
+        ev.peak, ev.peak_step = float(self.values[j]), int(self.steps[j])
+        ev.best_step = int(self.steps[best_i])
+
+
 def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     """Find the first non-finite loss, the first blowup and the short spikes before it.
 
@@ -112,67 +205,27 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     >>> detect_loss_events(s, y).blowup_step
     301
     """
-    import pandas as pd
-
     ev = LossEvents()
-    steps = np.asarray(steps, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
-        ev.first_nonfinite_step = int(steps[~finite][0])
-    # Analyse the finite prefix only: after the first NaN the curve says nothing about the cause.
-    cut = len(values) if finite.all() else int(np.argmax(~finite))
-    steps, values = steps[:cut], values[:cut]
-    n = len(values)
-    if n < 8:
+    lv = _LossLevels.of(steps, values, ev)
+    if lv is None:
         return ev
-    # Floor / shift exactly as in the reference (float32 precision of the loss's own scale).
-    head = np.abs(values[:10])
-    floor = 1e-7 * float(np.median(head)) if len(head) and np.median(head) > 0 else 1e-30
-    lo = values.min()
-    if lo > -100 * floor:
-        z = np.log(np.maximum(values, max(floor, 1e-300)))
-        lo = max(lo, floor)
-    else:
-        z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
-    w = _window(steps)
-    med = rolling_median(z, w)
-    scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
-    onset, decade = math.log(BLOWUP_FACTOR), math.log(BLOWUP_PEAK_FACTOR)
-    fwd = pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1]
-    based = np.arange(n) >= MIN_BASELINE_POINTS
-    best = np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med))
-    suffix_max = np.maximum.accumulate(z[::-1])[::-1]
+    steps, z, med, scale, fwd, best, based = lv.steps, lv.z, lv.med, lv.scale, lv.fwd, lv.best, lv.based
+    onset, decade = lv.onset, lv.decade
 
-    def confirmed(i: int, base: float) -> bool:
-        h_end = int(np.searchsorted(steps, steps[i] + BLOWUP_HORIZON, side="right"))
-        p_end = max(int(np.searchsorted(steps, steps[i] + BLOWUP_PERSIST, side="left")), i + 1)
-        return bool(z[i:h_end].max() - base >= decade and np.median(z[i:p_end]) - base > onset)
-
-    def record(i: int, base: float, best_i: int) -> None:
-        if i < MIN_BASELINE_POINTS:
-            ev.unbased_rise_step = int(steps[i])
-            return
-        ev.blowup_step = int(steps[i])
-        ev.pre_level = float(np.exp(base)) if lo > 0 else None
-        j = i + int(np.argmax(values[i:]))
-        ev.peak, ev.peak_step = float(values[j]), int(steps[j])
-        ev.best_step = int(steps[best_i])
-
-    warmup = max(3, min(w, n // 10))
+    warmup = lv.warmup
     # The reference's two tests at point i, for every i at once (same float64 operations, so the
     # same booleans; NaN compares False in both).
     rise = z - med
     with np.errstate(invalid="ignore"):
         excursion = (rise > onset) & (rise > ONSET_Z * scale)
-        climb = np.isfinite(best) & (suffix_max - best >= decade) & (med - best > onset) & (fwd - best > onset)
+        climb = np.isfinite(best) & (lv.suffix_max - best >= decade) & (med - best > onset) & (fwd - best > onset)
     excursion[:warmup] = False
     climb[:warmup] = False
     for i in np.flatnonzero(excursion | climb).tolist():
         if excursion[i]:
             ref = med[i]
-            if confirmed(i, ref):
-                record(i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
+            if lv.confirmed(i, ref):
+                lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
                 break
             # The reference's ``in_excursion``: the previous point (from warmup on) was an excursion.
             if not (i > warmup and excursion[i - 1]) and rise[i] > SPIKE_Z * scale[i]:
@@ -184,7 +237,7 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         # The first point from best_i on that left the 2x band for good; i when none before it.
         left = (z[best_i:i] - base > onset) & (fwd[best_i:i] - base > onset)
         k = best_i + int(np.argmax(left)) if left.any() else i
-        record(k, base, best_i)
+        lv.record(ev, k, base, best_i)
         break
     return ev
 
@@ -204,68 +257,22 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     >>> detect_loss_events_ref(s, y).blowup_step
     301
     """
-    import pandas as pd
-
     ev = LossEvents()
-    steps = np.asarray(steps, dtype=np.int64)
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if not finite.all():
-        ev.first_nonfinite_step = int(steps[~finite][0])
-    # Analyse the finite prefix only: after the first NaN the curve says nothing about the cause.
-    cut = len(values) if finite.all() else int(np.argmax(~finite))
-    steps, values = steps[:cut], values[:cut]
-    n = len(values)
-    if n < 8:
+    lv = _LossLevels.of(steps, values, ev)
+    if lv is None:
         return ev
-    # A loss can't be resolved below float32 precision of its own scale (~1e-7 of the first values):
-    # a non-negative loss (rounding noise aside) is floored there, so noise around zero is not read
-    # as decades of change. A genuinely signed loss (e.g. a negative log-likelihood) is shifted.
-    head = np.abs(values[:10])
-    floor = 1e-7 * float(np.median(head)) if len(head) and np.median(head) > 0 else 1e-30
-    lo = values.min()
-    if lo > -100 * floor:
-        z = np.log(np.maximum(values, max(floor, 1e-300)))
-        lo = max(lo, floor)
-    else:
-        z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
-    w = _window(steps)
-    med = rolling_median(z, w)
-    scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
-    onset, decade = math.log(BLOWUP_FACTOR), math.log(BLOWUP_PEAK_FACTOR)
-    fwd = pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1]
-    # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
-    # near-zero first point must not become the level a slow climb is measured from).
-    based = np.arange(n) >= MIN_BASELINE_POINTS
-    best = np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med))
-    suffix_max = np.maximum.accumulate(z[::-1])[::-1]  # max of z from each point on
+    steps, z, med, scale, fwd, best, based, n = lv.steps, lv.z, lv.med, lv.scale, lv.fwd, lv.best, lv.based, lv.n
+    onset, decade, suffix_max = lv.onset, lv.decade, lv.suffix_max
 
-    def confirmed(i: int, base: float) -> bool:
-        """Reaches a decade above ``base`` within the horizon and the median over the persistence
-        window stays ≥ 2x (a median, so one dip inside an oscillating blowup does not undo it)."""
-        h_end = int(np.searchsorted(steps, steps[i] + BLOWUP_HORIZON, side="right"))
-        p_end = max(int(np.searchsorted(steps, steps[i] + BLOWUP_PERSIST, side="left")), i + 1)
-        return bool(z[i:h_end].max() - base >= decade and np.median(z[i:p_end]) - base > onset)
-
-    def record(i: int, base: float, best_i: int) -> None:
-        if i < MIN_BASELINE_POINTS:
-            ev.unbased_rise_step = int(steps[i])
-            return
-        ev.blowup_step = int(steps[i])
-        ev.pre_level = float(np.exp(base)) if lo > 0 else None
-        j = i + int(np.argmax(values[i:]))
-        ev.peak, ev.peak_step = float(values[j]), int(steps[j])
-        ev.best_step = int(steps[best_i])
-
-    warmup = max(3, min(w, n // 10))  # the first points have no trailing level worth comparing to
+    warmup = lv.warmup
     in_excursion = False
     i = warmup
     while i < n:
         ref = med[i]
         rise = z[i] - ref
         if rise > onset and rise > ONSET_Z * scale[i]:
-            if confirmed(i, ref):
-                record(i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
+            if lv.confirmed(i, ref):
+                lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
                 break
             # Not (yet) a blowup: a spike, reported once per excursion and only when it is also far
             # outside the loss's own noise.
@@ -289,7 +296,7 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
             k = best_i
             while k < i and not (z[k] - base > onset and fwd[k] - base > onset):
                 k += 1
-            record(k, base, best_i)
+            lv.record(ev, k, base, best_i)
             break
         i += 1
     return ev
