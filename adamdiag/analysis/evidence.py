@@ -188,13 +188,21 @@ def _stretch_in_progress(
     measures it at the blowup — and is deep there. A point-wise rule, so the live monitor, which sees the
     run only up to now, and scan, which sees all of it, fire at the same point."""
     runs = sustained_runs(np.nan_to_num(mask, nan=0).astype(bool), COLLAPSE_MIN_POINTS)
+    if not runs:
+        return None
     peak = np.maximum.accumulate(np.where(np.isfinite(tr.vhat), tr.vhat, 0.0))
     deep = tr.vhat <= COLLAPSE_DEPTH * peak if require_depth else np.ones(len(tr.vhat), bool)
+    # points each point's stretch must have lasted: collapse_span(step) in logged points, for every point
+    # at once (a long healthy run has 10^6 of them; the same float64 operations as collapse_span)
+    span = np.minimum(
+        COLLAPSE_MIN_MEMORY_FRACTION / (1.0 - beta2), COLLAPSE_MIN_MEMORY_FRACTION * np.maximum(tr.steps, 1)
+    )
+    need = np.maximum(COLLAPSE_MIN_POINTS, np.ceil(span / step_per_point))
     for a, b in runs:
-        for k in range(a + COLLAPSE_MIN_POINTS - 1, b):
-            need = max(COLLAPSE_MIN_POINTS, int(math.ceil(collapse_span(int(tr.steps[k]), beta2) / step_per_point)))
-            if k - a + 1 >= need and deep[k]:
-                return int(tr.steps[a]), int(tr.steps[k]), float(np.nanmedian(tr.r[a:b]))
+        ks = np.arange(a + COLLAPSE_MIN_POINTS - 1, b)
+        hits = np.flatnonzero((ks - a + 1 >= need[ks]) & deep[ks])
+        if len(hits):
+            return int(tr.steps[a]), int(tr.steps[ks[hits[0]]]), float(np.nanmedian(tr.r[a:b]))
     return None
 
 
