@@ -10,6 +10,7 @@ import time
 import warnings as _warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,18 +137,20 @@ def _run_events(run_dir: Path) -> Any:
 
     try:
         files = run_files(Path(run_dir)) if Path(run_dir).exists() else []
-        key = (str(Path(run_dir).resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        signature = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     except OSError:  # a file vanished under us: read without the cache (read_run says what is wrong)
         return read_run(Path(run_dir))
     if not files:
         return read_run(Path(run_dir))  # raises the one-line InputError
-    if _EVENTS_CACHE.get("key") != key:
-        _EVENTS_CACHE.clear()
-        _EVENTS_CACHE.update(key=key, events=read_run(Path(run_dir)))
-    return _EVENTS_CACHE["events"]
+    return _read_run_once(str(Path(run_dir).resolve()), signature)
 
 
-_EVENTS_CACHE: dict[str, Any] = {}
+@lru_cache(maxsize=1)
+def _read_run_once(run_dir: str, signature: tuple[tuple[str, int, int], ...]) -> Any:
+    """The events of ``run_dir`` as its files were when ``signature`` (names, sizes, mtimes) was taken."""
+    from adamdiag.io.events import read_run
+
+    return read_run(Path(run_dir))
 
 
 def default_loss_tag(checkpoint: Path, logdir: Path | None) -> str:
