@@ -443,11 +443,17 @@ def checkpoint_collapse(
     return out
 
 
+def zero_v_fraction(t: Any) -> float:
+    """The fraction of a tensor's elements whose v is exactly 0 (never received a gradient: unused
+    embedding rows, frozen slices, dead units); 0 when the summary does not say."""
+    return float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+
+
 def frac_live(t: Any, attr: str) -> float:
     """A "fraction of elements with √v̂ below x" without the elements whose v is exactly 0: those never
     received a gradient (unused embedding rows, frozen slices) and say nothing about collapse or eps."""
     frac = float(getattr(t, attr))
-    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    zero = zero_v_fraction(t)
     return max(frac - zero, 0.0) if math.isfinite(zero) else frac
 
 

@@ -16,7 +16,14 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from adamdiag.analysis.evidence import Evidence, ckpt_tensor_label, frac_below, frac_live, hyperparameters
+from adamdiag.analysis.evidence import (
+    Evidence,
+    ckpt_tensor_label,
+    frac_below,
+    frac_live,
+    hyperparameters,
+    zero_v_fraction,
+)
 from adamdiag.analysis.moments import QUANTILES
 from adamdiag.analysis.thresholds import (
     DECADE,
@@ -94,7 +101,7 @@ def live_frac_below(t: Any, x: float) -> float:
     ...                         frac_v_zero=0.6), 1e-2), 2)
     1.0
     """
-    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    zero = zero_v_fraction(t)
     below = frac_below(t.sqrt_vhat_q, x)
     if not (math.isfinite(zero) and math.isfinite(below)) or zero >= 1.0:
         return below
@@ -104,7 +111,7 @@ def live_frac_below(t: Any, x: float) -> float:
 def live_median(t: Any) -> float:
     """Median √v̂ of a tensor's live elements (v > 0): the quantile at level zero + (1 - zero)/2 of all
     its elements, interpolated log-linearly between the stored quantiles; nan without quantiles."""
-    zero = float(getattr(t, "frac_v_zero", 0.0) or 0.0)
+    zero = zero_v_fraction(t)
     level = zero + (1.0 - zero) / 2 if math.isfinite(zero) else QUANTILES["p50"]
     pts = [(lv, float(t.sqrt_vhat_q[k])) for k, lv in QUANTILES.items() if k in t.sqrt_vhat_q]
     pts = sorted((lv, x) for lv, x in pts if math.isfinite(x))
@@ -158,7 +165,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         if not collapsed:
             near = [t for t in start.tensors if frac_live(t, "frac_sqrt_vhat_below_10eps") > NEAR_EPS_FRACTION]
             # (a tensor whose v is all 0 never received a gradient: not a candidate)
-            live = [t for t in start.tensors if float(getattr(t, "frac_v_zero", 0.0) or 0.0) < 1.0]
+            live = [t for t in start.tensors if zero_v_fraction(t) < 1.0]
             collapsed = near or sorted(live or start.tensors, key=live_median)[:1]
         n_all = sum(int(t.numel) for t in start.tensors) or 1
         derived = _dominating_decade(collapsed)
@@ -180,8 +187,8 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         good = [c for c in rec["candidates"] if c["frac_collapsed_dominated"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
         choice = good[0] if good else rec["candidates"][-1]
         rec["eps"] = choice["eps"]
-        largest = max(collapsed, key=lambda t: int(t.numel))
-        names = [ckpt_tensor_label(t) for t in sorted(collapsed, key=lambda t: -int(t.numel))]
+        by_size = sorted(collapsed, key=lambda t: -int(t.numel))
+        largest, names = by_size[0], [ckpt_tensor_label(t) for t in by_size]
         shown = ", ".join(f"`{n}`" for n in names[:NAMES_IN_MESSAGE]) + (
             f" and {len(names) - NAMES_IN_MESSAGE} more" if len(names) > NAMES_IN_MESSAGE else ""
         )
