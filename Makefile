@@ -13,10 +13,11 @@ MINDEPS_VENV ?= .venv-mindeps
 
 .PHONY: setup demo test test-all lint test-mindeps sample-logs sample-logs-tf bench validate clean
 
-# setup.py builds the optional C statistics kernels (adamdiag/analysis/_moments_kernel.c,
-# adamdiag/monitor/_monitor_kernel.c) when a C
+# setup.py builds the optional C kernels (adamdiag/analysis/_moments_kernel.c,
+# adamdiag/monitor/_monitor_kernel.c, adamdiag/io/checkpoints/_crc32_kernel.c) when a C
 # compiler is present; editing it re-runs the install, which rebuilds it.
-$(BIN)/adamdiag: pyproject.toml setup.py adamdiag/analysis/_moments_kernel.c adamdiag/monitor/_monitor_kernel.c
+$(BIN)/adamdiag: pyproject.toml setup.py adamdiag/analysis/_moments_kernel.c adamdiag/monitor/_monitor_kernel.c \
+		adamdiag/io/checkpoints/_crc32_kernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
@@ -76,4 +77,5 @@ validate: setup
 	$(BIN)/python bench/check_messages.py
 
 clean:
-	rm -rf $(VENV) $(MINDEPS_VENV) .mypy_cache build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so adamdiag/monitor/_monitor_kernel*.so
+	rm -rf $(VENV) $(MINDEPS_VENV) .mypy_cache build *.egg-info .pytest_cache .ruff_cache bench/out adamdiag/analysis/_moments_kernel*.so adamdiag/monitor/_monitor_kernel*.so \
+		adamdiag/io/checkpoints/_crc32_kernel*.so

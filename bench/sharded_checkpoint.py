@@ -18,9 +18,12 @@ process, reported as ``import_dcp_seconds``).
                buffer, unbuffered): the least any reader must do;
 * ``jobs=N`` — ``adamdiag inspect --format json --jobs N`` as the CLI runs it (``run_inspect``): every
                statistic, exact quantiles, the zip CRC of every member read (DeepSpeed files are
-               torch zips; DCP's are not checked), with the compiled kernel when built;
-* ``jobs=N+isal`` (``--isal DIR``) — the same with the optional ``isal`` package (``adamdiag[fast]``)
-               on the path: CRC-32 at 4-20 GB/s instead of zlib's ~1.3 GB/s.
+               torch zips; DCP's are not checked), with the compiled kernels when built (statistics;
+               CRC-32 by PCLMULQDQ folding, ``io/checkpoints/_crc32_kernel.c``);
+* ``jobs=N+zlib`` (``--zlib``) — the same with the CRC by ``zlib.crc32``, as a build without the CRC
+               kernel (or a CPU without PCLMULQDQ) computes it;
+* ``jobs=N+isal`` (``--isal DIR``) — the same with the CRC by the optional ``isal`` package
+               (``adamdiag[fast]``) on the path instead of the kernel.
 
 Reported per mode: best wall time (imports excluded), the median over rounds of the round's own
 ratio to ``bare`` (robust to load that changes between rounds: this machine is shared), and the
@@ -29,7 +32,7 @@ file pages too) as a fraction of the checkpoint's size. Targets: peak RSS above 
 the checkpoint, time ≤ 3× bare (median of the rounds' ratios). Prints a table, writes JSON.
 
     python bench/sharded_checkpoint.py [--k 512] [--formats dcp,zero3] [--jobs 1,2] [--rounds 5]
-                                       [--isal DIR] [--keep] [--out bench/results/sharded_checkpoint.json]
+                                       [--zlib] [--isal DIR] [--keep] [--out bench/results/sharded_checkpoint.json]
 """
 
 from __future__ import annotations
@@ -60,11 +63,14 @@ def status(key):
     return 0
 
 mode, path = sys.argv[1], sys.argv[2]
+jobs, _, crc_mode = mode.partition("+")
 import torch
 torch.set_num_threads(1)
 from adamdiag.cli.inspect import run_inspect
 from adamdiag.analysis import moments_kernel
-from adamdiag.io.checkpoints import integrity
+from adamdiag.io.checkpoints import crc_kernel, integrity
+if crc_mode in ("zlib", "isal"):  # the CRC as a build without the compiled kernel computes it
+    crc_kernel.available = lambda: False
 # what the DCP reader imports on first use (DCP's metadata classes pull in torch.distributed): a
 # fixed cost, not per byte; counted as an import here and reported as import_dcp_seconds
 t_imp = time.perf_counter()
@@ -72,7 +78,7 @@ import torch.distributed.checkpoint.metadata
 import_dcp = time.perf_counter() - t_imp
 rss0 = status("VmRSS")
 t0 = time.perf_counter()
-if mode == "bare":
+if jobs == "bare":
     import os
     buf = bytearray(16 << 20)
     n = 0
@@ -83,11 +89,11 @@ if mode == "bare":
                     n += got
     tensors = None
 else:
-    out = run_inspect([__import__("pathlib").Path(path)], "json", None, False, jobs=int(mode))
+    out = run_inspect([__import__("pathlib").Path(path)], "json", None, False, jobs=int(jobs))
     tensors = len(json.loads(out)["checkpoints"][0]["tensors"])
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "peak_rss": status("VmHWM"), "rss_after_imports": rss0, "tensors": tensors,
-                  "kernel": moments_kernel.available(), "crc": integrity.crc32.__module__,
+                  "kernel": moments_kernel.available(), "crc": integrity.crc_engine(),
                   "import_dcp_seconds": import_dcp}))
 """
 
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--formats", default="dcp,zero3", help="comma-separated: dcp, zero3")
     ap.add_argument("--jobs", default="1,2", help="comma-separated --jobs values to run")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--zlib", action="store_true", help="also run each --jobs with zlib's CRC-32 (no kernel CRC)")
     ap.add_argument("--isal", type=Path, default=None, help="a directory holding the isal package (pip --target)")
     ap.add_argument("--dir", type=Path, default=HERE / "out" / "sharded", help="where the checkpoints are written")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
@@ -149,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [int(j) for j in args.jobs.split(",") if j.strip()]
     if not formats or any(f not in TEMPLATES for f in formats) or not jobs or min(jobs) < 1:
         ap.error("--formats from dcp, zero3; --jobs positive integers")
-    modes = ["bare"] + [str(j) for j in jobs] + ([f"{jobs[-1]}+isal"] if args.isal else [])
+    modes = ["bare"] + [str(j) for j in jobs] + ([f"{j}+zlib" for j in jobs] if args.zlib else [])
+    modes += [f"{jobs[-1]}+isal"] if args.isal else []
     res: dict = {
         "k": args.k,
         "rounds": args.rounds,
@@ -168,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict]] = {m: [] for m in modes}
             for _ in range(args.rounds):
                 for m in modes:
-                    jobs_arg = m.split("+")[0]
-                    runs[m].append(run_child(jobs_arg, path, args.isal if m.endswith("+isal") else None))
+                    runs[m].append(run_child(m, path, args.isal if m.endswith("+isal") else None))
         finally:
             if not args.keep:
                 shutil.rmtree(path, ignore_errors=True)

@@ -695,7 +695,9 @@ def tensor_stats(
     if acc.zero:  # denominator ≤ 0 seen (both paths count it): tell the impossible v < 0 from v = 0
         import torch
 
-        negative_d = int(torch.count_nonzero(d_flat < 0))
+        # d < 0 can only be where the pass saw it (its min < 0) or did not look (non-finite elements):
+        # otherwise these are v = 0 entries and the count (a bool tensor the size of v) is skipped
+        negative_d = int(torch.count_nonzero(d_flat < 0)) if acc.nonfinite or acc.s_min < 0 else 0
         negative = negative_d + (0 if same else int(torch.count_nonzero(v_flat < 0)))
         if negative:
             notes.append(f"{negative} element(s) with v < 0: impossible for Adam (v averages squares): corrupt state")

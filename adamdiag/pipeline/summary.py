@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
-from adamdiag.io.checkpoints.integrity import BUSY
+from adamdiag.io.checkpoints.integrity import BUSY, Piece
 
 if TYPE_CHECKING:
     from adamdiag.analysis.moments import TensorStats
@@ -96,12 +96,15 @@ def summarize_checkpoint(
     if not ck.layout.startswith(PARALLEL_LAYOUTS):
         n_jobs = 1
 
-    def one(e: _Entry) -> tuple[TensorStats, list[str]]:
+    deferred: list[list[tuple[str, tuple[str, int]]]] = []  # per tensor: members whose verdict comes last
+
+    def one(e: _Entry) -> tuple[TensorStats, list[str], list[tuple[str, tuple[str, int]]]]:
         return _summarize_entry(ck, e, crc, rel, exact_quantile_limit)
 
-    def done(st: TensorStats, w: list[str]) -> None:
+    def done(st: TensorStats, w: list[str], later: list[tuple[str, tuple[str, int]]]) -> None:
         stats.append(st)
         warnings.extend(w)
+        deferred.append(later)
         if progress is not None:
             progress(len(stats), total, st.label)
 
@@ -133,6 +136,14 @@ def summarize_checkpoint(
                 for fut, _ in pending:  # an unreadable tensor: the ones not started are not read
                     fut.cancel()
                 raise
+    # Members read in pieces (DeepSpeed flat partitions hold every parameter's share): their CRC is
+    # complete once every tensor has been read; a bad one is AD403 on each tensor cut from it.
+    verdicts = crc.finish()
+    for st, later in zip(stats, deferred, strict=True):
+        bad = sorted({f"{k} ({verdicts[loc]})" for k, loc in later if verdicts.get(loc)})
+        if bad:
+            st.corrupt = "; ".join(x for x in (st.corrupt, f"zip CRC mismatch in {', '.join(bad)}") if x)
+            warnings.append(_crc_warning(st.label, bad))
     return CheckpointSummary(
         path=ck.path,
         step=ck.step,
@@ -149,9 +160,10 @@ def summarize_checkpoint(
 
 def _summarize_entry(
     ck: OptimizerCheckpoint, e: _Entry, crc: ZipCrcCheck, rel: PageReleaser, exact_limit: int
-) -> tuple[TensorStats, list[str]]:
+) -> tuple[TensorStats, list[str], list[tuple[str, tuple[str, int]]]]:
     """One tensor: read it, its statistics, the CRC of the members they came from, its pages handed
-    back. Returns the statistics and the warnings it raised (the caller keeps them in tensor order)."""
+    back. Returns the statistics, the warnings it raised (the caller keeps them in tensor order) and the
+    members read in pieces whose verdict comes at the end (``ZipCrcCheck.finish``), by state key."""
     t = ck.tensor(e)
     st = tensor_stats(t, ck.convention, exact_limit=exact_limit)
     warnings: list[str] = []
@@ -159,24 +171,31 @@ def _summarize_entry(
     used = {"exp_avg": t.exp_avg, "exp_avg_sq": t.exp_avg_sq, "max_exp_avg_sq": t.max_exp_avg_sq, "param": t.param}
     srcs = t.crc_sources or {}
     todo = [(k, src) for k, x in used.items() if x is not None for src in srcs.get(k, [x])]
+    later = [(k, loc) for k, src in todo if isinstance(src, Piece) and (loc := crc.add_piece(src)) is not None]
+    todo = [(k, src) for k, src in todo if not isinstance(src, Piece)]
     # members another thread is checking now are asked again last: meanwhile this one checks others
     first = [(k, src, crc.check(src, wait_for_it=False)) for k, src in todo]
     found = [(k, src, crc.check(src) if member == BUSY else member) for k, src, member in first]
     bad = [f"{k} ({member})" for k, _, member in found if member]
     if bad:
         st.corrupt = f"zip CRC mismatch in {', '.join(bad)}"
-        warnings.append(
-            f"AD403 corrupt state: `{st.label}`: zip CRC mismatch in the data of {', '.join(bad)}; "
-            "its statistics come from damaged bytes"
-        )
+        warnings.append(_crc_warning(st.label, bad))
     if st.negative_v:
         warnings.append(
             f"AD403 corrupt state: `{st.label}`: {st.negative_v} element(s) with v < 0 (impossible for Adam)"
         )
     # pages of the stored pieces too (a reader's gathered copy is heap memory, freed by itself)
-    rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *(x for v in srcs.values() for x in v))
+    stored = (x.view if isinstance(x, Piece) else x for v in srcs.values() for x in v)
+    rel.release(t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.param, *stored)
     ck.recycle(t)  # nothing here keeps t's tensors: the reader may put the next one in their memory
-    return st, warnings
+    return st, warnings, later
+
+
+def _crc_warning(label: str, bad: list[str]) -> str:
+    return (
+        f"AD403 corrupt state: `{label}`: zip CRC mismatch in the data of {', '.join(bad)}; "
+        "its statistics come from damaged bytes"
+    )
 
 
 def compare_checkpoints(

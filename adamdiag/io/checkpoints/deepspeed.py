@@ -48,6 +48,7 @@ from adamdiag.io.checkpoints import (
     torch_load,
 )
 from adamdiag.io.checkpoints.buffers import BufferPool
+from adamdiag.io.checkpoints.integrity import Piece, gather_into
 
 _MODEL_RE = re.compile(r"^(?:zero_pp_rank_(\d+)_)?mp_rank_(\d+)_model_states\.pt$")
 _OPTIM_RE = re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
@@ -338,7 +339,6 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
 
     def gather(name: str, shape: tuple, get: Callable[[int, int], Any]) -> Any:
         """The full tensor from its pieces: ``get(rank, sub_group)`` is that rank's flat tensor."""
-        import torch
 
         sg, pieces = where[name]
         parts = [get(r, sg)[start : start + n] for r, start, n in pieces]
@@ -346,14 +346,16 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
             flat = parts[0]
         else:  # into reused memory (buffers.py): fresh pages for every tensor cost more than the copy
             out = pool.empty((sum(int(p.numel()) for p in parts),), parts[0].dtype)
-            with torch.no_grad():  # fp32 flat groups are saved requiring grad; cat(out=) refuses those
-                flat = torch.cat(parts, out=out)
+            # with the CRC kernel each part's zip CRC comes with its copy (no second pass for the check)
+            gather_into(parts, out, known)
+            flat = out
         numel = math.prod(shape)
         if flat.numel() < numel:
             raise InputError(f"{tag}: partitions hold {flat.numel()} of the {numel} elements of {name}")
         return flat[:numel].view(shape)
 
     pool = BufferPool()
+    known: dict[tuple[int, int], int] = {}  # CRCs of the parts gather copied, for the zip CRC check
 
     def flat_of(k: str) -> Callable[[int, int], Any]:
         return lambda r, s: _flat(bases[r], s, k, tag)
@@ -363,10 +365,16 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
         sg, pieces = where[name]
         out: dict[str, Any] = {k: gather(name, shape, flat_of(k)) for k in ADAM_KEYS}
         out["step"] = bases[0]["state"].get(sg, {}).get("step")
-        # the stored partitions these values were cut from (the zip CRC covers them, not the copy)
-        out["_crc_sources"] = {k: [_flat(bases[r], sg, k, tag) for r, _, _ in pieces] for k in ADAM_KEYS}
+        # the pieces of the stored partitions these values were cut from (the zip CRC covers the members
+        # they are parts of, not the copy; integrity.ZipCrcCheck.finish puts each member's CRC together)
+        out["_crc_sources"] = {
+            k: [Piece(_flat(bases[r], sg, k, tag)[start : start + n], known) for r, start, n in pieces]
+            for k in ADAM_KEYS
+        }
         if flat_key in osds[0]:
-            out["_crc_sources"]["param"] = [osds[r][flat_key][sg] for r, _, _ in pieces]
+            out["_crc_sources"]["param"] = [
+                Piece(osds[r][flat_key][sg][start : start + n], known) for r, start, n in pieces
+            ]
         return out
 
     def fetch_param(name: str) -> Any:

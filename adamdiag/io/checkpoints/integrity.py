@@ -25,9 +25,12 @@ import sys
 import threading
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-try:  # ISA-L's CRC-32 (same polynomial as zip's) runs at 4-20 GB/s; zlib's at ~1-1.6 GB/s here
+from adamdiag.io.checkpoints import crc_kernel
+
+try:  # ISA-L's CRC-32 (same polynomial as zip's): the fast path when our kernel is not
     from isal.isal_zlib import crc32  # type: ignore[import-not-found]
 except ImportError:  # optional: `pip install isal`
     from zlib import crc32
@@ -36,6 +39,75 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header: 30 bytes, t
 BUSY = "\0busy"  # check(wait_for_it=False): another thread is checking that member now
 CRC_WINDOW = 64 * 1024 * 1024  # bytes checked before their pages are handed back (larger members)
 _MADV_DONTNEED = 4
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a stored zip member that a reader cut a tensor from (a rank's share of one parameter in a
+    DeepSpeed flat partition). Its CRC is computed alone — or taken from ``known``, where the reader put
+    it while copying the bytes (:func:`gather_into`) — and the member's CRC is put together from its
+    pieces (and the bytes between them) by :meth:`ZipCrcCheck.finish`: each byte read once."""
+
+    view: Any  # a contiguous tensor viewing the mapped member
+    known: dict[tuple[int, int], int] | None = None  # (address, bytes) -> CRC-32, filled by gather_into
+
+
+def gather_into(parts: list[Any], out: Any, known: dict[tuple[int, int], int] | None) -> None:
+    """``torch.cat(parts, out=out)``; with the CRC kernel, each part copied and its CRC-32 computed in one
+    pass, recorded in ``known`` under the part's (address, bytes) for :class:`Piece` to find."""
+    import torch
+
+    same = all(p.dtype == out.dtype and p.is_contiguous() and p.device.type == "cpu" for p in parts)
+    if known is None or not same or not out.is_contiguous() or not crc_kernel.available():
+        with torch.no_grad():  # fp32 flat groups are saved requiring grad; cat(out=) refuses those
+            torch.cat(parts, out=out)
+        return
+    if sum(int(p.numel()) for p in parts) != out.numel():
+        raise ValueError("gather_into: the parts do not fill out")
+    at, item = out.data_ptr(), out.element_size()
+    for p in parts:
+        n = int(p.numel()) * item
+        if n:
+            known[(p.data_ptr(), n)] = crc_kernel.copy_crc32(at, p.data_ptr(), n)
+        at += n
+
+
+# zlib's crc32_combine (not exposed by Python's zlib): CRC(A+B) from CRC(A), CRC(B) and len(B), via
+# multiplication by x^(8·len(B)) modulo the polynomial (bit-reflected, x^0 at bit 31).
+_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^k) mod P
+for _ in range(63):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+@lru_cache(maxsize=4096)
+def _x8n(n: int) -> int:
+    """x^(8n) mod P (cached: a member's pieces repeat a few lengths)."""
+    p, k = 1 << 31, 3
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 63], p)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A followed by B, from crc1 = CRC(A), crc2 = CRC(B) and len2 = len(B) (zlib's)."""
+    return _multmodp(_x8n(len2), crc1) ^ crc2
 
 
 @dataclass
@@ -57,6 +129,8 @@ class ZipCrcCheck:
     enabled: bool = True  # False: check nothing (a reader whose tensors are never mapped)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _busy: dict[tuple[str, int], threading.Event] = field(default_factory=dict, repr=False)
+    # per member (path, data offset): its storage tensor (kept mapped) and its pieces' (offset, bytes, CRC)
+    _pieces: dict[tuple[str, int], tuple[Any, list[tuple[int, int, int]]]] = field(default_factory=dict, repr=False)
 
     @property
     def available(self) -> bool:
@@ -99,6 +173,60 @@ class ZipCrcCheck:
                 pass
             self.members[path] = idx
         return self.members[path]
+
+    def add_piece(self, piece: Piece) -> tuple[str, int] | None:
+        """Record the CRC of one piece of a member (computed now from its bytes, which the statistics
+        just read, unless the reader already has it); returns the member's key for :meth:`finish`'s
+        verdict, or None when the piece is not in a mapped zip member (not checked)."""
+        t = piece.view
+        if not self.available or t is None or not hasattr(t, "untyped_storage") or not t.is_contiguous():
+            return None
+        st = t.untyped_storage()
+        base, size = st.data_ptr(), st.nbytes()
+        ptr, n = t.data_ptr(), int(t.numel()) * t.element_size()
+        if n == 0 or not base <= ptr <= ptr + n <= base + size:
+            return None
+        with self._lock:
+            loc = self._where(base, size)
+            if loc is None:
+                return None
+            info = self._index(loc[0]).get(loc[1])
+        if info is None or info.compress_type != zipfile.ZIP_STORED or info.file_size != size:
+            return None
+        known = piece.known.pop((ptr, n), None) if piece.known is not None else None
+        c = known if known is not None else _crc_of_mapped(ptr, n)
+        with self._lock:
+            self._pieces.setdefault(loc, (t, []))[1].append((ptr - base, n, c))
+        return loc
+
+    def finish(self) -> dict[tuple[str, int], str | None]:
+        """The verdict on every member pieces were recorded for: the member's name if its CRC does not
+        match, else None. The member's CRC is put together from its pieces' CRCs, in offset order, with
+        the bytes no piece covered (padding, tensors not read) read now; call it while the checkpoint's
+        mappings are alive (before the reader is dropped)."""
+        out: dict[tuple[str, int], str | None] = {}
+        with self._lock:
+            todo, self._pieces = self._pieces, {}
+        for loc, (t, pieces) in todo.items():
+            with self._lock:
+                info = self._index(loc[0]).get(loc[1])
+            if info is None:
+                continue
+            st = t.untyped_storage()
+            base, size = st.data_ptr(), st.nbytes()
+            c, at = 0, 0
+            for off, n, pc in sorted(set(pieces)):
+                if off < at:  # overlapping pieces (not what a reader cuts): the whole member afresh
+                    c, at = _crc_of_mapped(base, size), size
+                    break
+                if off > at:
+                    c = _crc_of_mapped(base + at, off - at, c)
+                c, at = crc32_combine(c, pc, n), off + n
+            if at < size:
+                c = _crc_of_mapped(base + at, size - at, c)
+            self.checked_bytes += size
+            out[loc] = info.filename if c != info.CRC else None
+        return out
 
     def check(self, t: Any, *, wait_for_it: bool = True) -> str | None:
         """The zip member name if the CRC of ``t``'s storage does not match, else None (also when
@@ -144,21 +272,35 @@ class ZipCrcCheck:
 _libc: Any = None
 
 
-def _crc_of_mapped(ptr: int, size: int) -> int:
-    """CRC-32 of ``size`` mapped file bytes at ``ptr`` (no copy); above :data:`CRC_WINDOW`, window by
-    window with each window's pages dropped after it (a file mapping: they fault back in if read again)."""
+def crc_engine() -> str:
+    """Which CRC-32 the check uses here: ``kernel`` (our PCLMULQDQ folding), else ``isal`` or ``zlib``."""
+    return "kernel" if crc_kernel.available() else crc32.__module__.split(".")[0]
+
+
+def _crc_at(ptr: int, size: int, crc: int) -> int:
+    """CRC-32 of ``size`` bytes at ``ptr`` continuing ``crc``, by the fastest engine present (all give
+    zlib's value; ctypes and both modules release the GIL for the pass)."""
+    if crc_kernel.available():
+        return crc_kernel.crc32_at(ptr, size, crc)
+    return crc32((ctypes.c_ubyte * size).from_address(ptr), crc)
+
+
+def _crc_of_mapped(ptr: int, size: int, crc: int = 0) -> int:
+    """CRC-32 of ``size`` mapped file bytes at ``ptr`` (no copy) continuing ``crc``; above
+    :data:`CRC_WINDOW`, window by window with each window's pages dropped after it (a file mapping: they
+    fault back in if read again)."""
     global _libc
     if size <= CRC_WINDOW:
-        return crc32((ctypes.c_ubyte * size).from_address(ptr))
+        return _crc_at(ptr, size, crc)
     if _libc is None:
         lib = ctypes.CDLL(None, use_errno=True)
         lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         _libc = lib
     page = os.sysconf("SC_PAGE_SIZE")
-    c = 0
+    c = crc
     for off in range(0, size, CRC_WINDOW):
         n = min(CRC_WINDOW, size - off)
-        c = crc32((ctypes.c_ubyte * n).from_address(ptr + off), c)
+        c = _crc_at(ptr + off, n, c)
         lo = ptr + off
         start, end = lo - lo % page, lo + n - (lo + n) % page  # whole pages inside this window's span
         if end > start:
@@ -166,4 +308,4 @@ def _crc_of_mapped(ptr: int, size: int) -> int:
     return c
 
 
-__all__ = ["ZipCrcCheck"]
+__all__ = ["Piece", "ZipCrcCheck", "crc32_combine", "crc_engine", "gather_into"]
