@@ -501,6 +501,15 @@ def quiet_stretch(tr: Trajectory, until: int, beta2: float) -> Collapse | None:
     )
 
 
+def logged_collapses(trajs: list[Trajectory], until: int) -> list[Collapse]:
+    """The quiet stretches of the logged trajectories that lead into an event at ``until``, deep before
+    shallow, in trajectory order otherwise: what :func:`gather` takes from the logs, and what the live
+    monitor asks of its own trajectory with the event put at its current step (would a blowup now read
+    as a v collapse, and since when?)."""
+    logged = [c for tr in trajs if (c := quiet_stretch(tr, until, tr.beta2)) is not None]
+    return sorted(logged, key=lambda c: not c.deep)
+
+
 def checkpoint_collapses(ckpts: list[Any], ratios: list[dict[str, Any]], until: int, beta2: float) -> list[Collapse]:
     """Quiet stretches seen by consecutive checkpoints alone (v decayed almost purely), deep first."""
     deep = {c["tensor"]: c for c in checkpoint_collapse(ckpts, ratios, until, beta2)}
@@ -817,8 +826,7 @@ def gather(
         # The instability episode starts at the first of the recovered spikes that lead into the blowup:
         # the quiet stretch that explains it must reach that start, not the last spike.
         start_of = episode_start(ev)
-        logged = [c for tr in trajs if (c := quiet_stretch(tr, start_of, tr.beta2)) is not None]
-        collapses = sorted(logged, key=lambda c: not c.deep) + checkpoint_collapses(ckpts, ratios, start_of, beta2)
+        collapses = logged_collapses(trajs, start_of) + checkpoint_collapses(ckpts, ratios, start_of, beta2)
         regrowth, rms = _near_event_peaks(trajs, event_step)
         grad_jump = abrupt_gradient_jump(event_step, gn)
         if grad_jump is not None:

@@ -92,11 +92,15 @@ class _Watch:
         self.logged = 0  # logging steps of this optimizer (all tensors every `all_every` of them)
         self.pre_handle: Any = None
         self.geff: dict[int, Any] = {}  # id(param) -> grad + wd·param before the step (Adam's L2)
+        # the β2 / eps its all-parameters rules use (the longest memory, the smallest eps), last seen
+        self.beta2 = 0.999
+        self.eps = 1e-8
 
     def track(self, label: str) -> R.Track:
         t = self.tracks.get(label)
         if t is None:
-            t = self.tracks[label] = R.Track()
+            # the all-parameters trajectory keeps its recent points: scan's blowup evidence reads them
+            t = self.tracks[label] = R.Track.with_history() if label == "global" else R.Track()
         return t
 
     def name(self, p: Any, gi: int, pi: int) -> str:
@@ -242,15 +246,15 @@ class AdamMonitor:
             if self._loss_blown or st - self._loss_checked < self.every:
                 return
             self._loss_checked = st
-            new = [f for f in R.loss_findings(self._loss[-LOSS_WINDOW:]) if (f.id, f.step) not in self._loss_seen]
+            events = R.loss_events(self._loss[-LOSS_WINDOW:])
+            new = [f for f in R.loss_findings([], events) if (f.id, f.step) not in self._loss_seen]
             for f in new:
                 self._loss_seen.add((f.id, f.step))
                 if f.id == "AD001":
                     self._loss_blown = True
                     if f.step is not None:
                         self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
-                    if self._verdict == "healthy" and self.warning_step is not None:
-                        self._verdict = "v_collapse"  # the blowup the collapse was warning about
+                    self._blowup_verdict(events)
             blown = [f.step for f in new if f.id == "AD001" and f.step is not None]
             if blown:
                 new += self._regrowth(blown[0])
@@ -260,6 +264,24 @@ class AdamMonitor:
             raise
         except Exception as e:  # noqa: BLE001 - never break training
             self._fail(e)
+
+    def _blowup_verdict(self, events: Any) -> None:
+        """The fed loss blew up: scan's verdict rules on the all-parameters trajectory with the event
+        where scan puts it (the start of the instability episode). A v collapse — deep, stale or a
+        shrunken v̂, as scan decides it — makes the verdict ``v_collapse`` and gives scan's warning step
+        (kept when a live AD101 warning came earlier: the evidence was visible then)."""
+        start = R.event_start(events)
+        if start is None or self._verdict != "healthy":
+            return
+        for w in self._watches:
+            t = w.tracks.get("global")
+            be = R.blowup_evidence(t, w.eps, w.beta2, start) if t is not None else None
+            if be is not None:
+                self._verdict = "v_collapse"
+                self.warning_step = (
+                    be.warning_step if self.warning_step is None else min(self.warning_step, be.warning_step)
+                )
+                return
 
     def _regrowth(self, blowup: int) -> list[R.Finding]:
         """AD102 as scan reports it: trajectories whose r rose above REGROWTH_R in the REGROWTH_WINDOW
@@ -307,6 +329,16 @@ class AdamMonitor:
             "step": self.step,
             "sources": ["live"],
             "in_progress": True,
+            # what a monitor resuming this run from a checkpoint needs to go on (not part of report/1):
+            # each trajectory's peak v̂ so far, which the collapse depth is measured against
+            "monitor_state": {
+                "peaks": {
+                    (f"{w.index}/{label}" if self._multi else label): [t.peak_step, t.peak]
+                    for w in self._watches
+                    for label, t in w.tracks.items()
+                    if t.peak > 0
+                }
+            },
         }
         return R.json_safe({"schema": LIVE_SCHEMA, "tool_version": __version__, "updated": time.time(), "runs": [run]})
 
@@ -318,6 +350,8 @@ class AdamMonitor:
             try:
                 if w.step is None:
                     w.step = _state_step(optimizer)
+                    if w.step > 1 and w is self._watches[0]:
+                        self._resume(w.step - 1)  # an optimizer restored from a checkpoint
                 else:
                     w.step += 1
                 if w.step % self.every == 0:
@@ -435,6 +469,7 @@ class AdamMonitor:
         out: list[R.Finding] = []
         beta2 = float(np.max(meta["beta2"]))  # the longest memory: the slowest collapse to confirm
         eps = float(np.min(meta["eps"]))
+        w.beta2, w.eps = beta2, eps
         bad = [labels[i] for i in range(len(labels)) if not sig["finite"][i]]
         tr = w.track("global")
         if bad and not tr.nonfinite_fired:
@@ -445,6 +480,14 @@ class AdamMonitor:
             f = R.collapse_finding(tr, "global", eps, beta2)
             if f is not None:
                 out.append(f)
+                tr.stale_noted = True  # the collapse in progress says more than the info would
+        if not tr.stale_noted and not self._loss_blown and tr.may_read_as_collapse(self.every, beta2, step + 1):
+            # scan's verdict rules with the event put at the next step: would a blowup now read as a
+            # v collapse? A stale or shrunken v is that evidence only in hindsight: an info, once.
+            be = R.blowup_evidence(tr, eps, beta2, step + 1)
+            if be is not None and be.rule != "deep_collapse":
+                out.append(R.stale_v_finding(be, step))
+                tr.stale_noted = True
         tr.note_r(step, glob["r"])  # AD102 when the fed loss blows up (log_loss), as scan's
         fired: list[R.Finding] = []
         for i, name in enumerate(labels):
@@ -571,6 +614,46 @@ class AdamMonitor:
                 "adamdiag/* tags are no longer written",
             )
             return False
+
+    def _resume(self, upto: int) -> None:
+        """A run restarted from a checkpoint taken after step ``upto``: go on from the live file the
+        monitor before the restart wrote in ``run_dir`` — its findings, warning step and each
+        trajectory's peak v̂ up to that step (what came after belongs to the run that was abandoned).
+        Without the peak the new monitor could never see a collapse as deep: v̂ is already down."""
+        path = self.run_dir / LIVE_FILE if self.run_dir is not None else None
+        if path is None or not path.is_file():
+            return
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("schema") != LIVE_SCHEMA or not doc.get("runs"):
+                return
+            run = doc["runs"][0]
+            kept = [
+                R.Finding(**{k: f[k] for k in ("id", "severity", "message", "step", "tensor", "evidence") if k in f})
+                for f in run.get("findings", [])
+                if f.get("step") is not None and int(f["step"]) <= upto
+            ]
+            peaks = (run.get("monitor_state") or {}).get("peaks") or {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            self._warn_once("resume", f"adamdiag monitor: {path}: not resumed from it ({type(e).__name__}: {e})")
+            return
+        for label, (st, v) in peaks.items():
+            idx, _, name = label.partition("/") if self._multi else ("0", "", label)
+            for w in self._watches:
+                if str(w.index) == idx and st is not None and int(st) <= upto and v is not None:
+                    w.track(name).see_peak(float(v), int(st))
+        self.findings = kept + self.findings
+        warn = run.get("warning_step")
+        if warn is not None and int(warn) <= upto:
+            self.warning_step = int(warn)
+        for w in self._watches:
+            t = w.tracks.get("global")
+            if t is not None and any(f.id == "AD101" and f.tensor is None for f in kept):
+                t.stale_noted = True  # its AD101 on all parameters was said before the restart
+        self._loss_seen |= {(f.id, f.step) for f in kept if f.id in ("AD001", "AD002")}
+        log.info(
+            "adamdiag monitor: resumed at step %d from %s (%d findings, %d peaks)", upto, path, len(kept), len(peaks)
+        )
 
     def _write_live(self) -> None:
         if self.run_dir is None or not _is_rank0():

@@ -9,6 +9,14 @@ r < ``COLLAPSE_R`` point by point, and the moment it becomes sustained and deep 
 stretch), so the warning step, first step and median are scan's by construction
 (``tests/monitor/test_monitor_rules.py`` checks this against scan's rule on a whole run).
 
+The all-parameters trajectory also keeps its recent points, so the monitor can ask scan's verdict
+rules what a blowup *now* would read as (:func:`blowup_evidence`: scan's
+:func:`~adamdiag.analysis.evidence.logged_collapses`, :func:`~adamdiag.analysis.evidence.vhat_fall` and
+:func:`~adamdiag.analysis.verdicts.decide` with the event put at the current step): a stale v (a quiet
+stretch that is not deep) or a shrunken v̂ is scan's v-collapse evidence only once the loss blows up, so
+the monitor reports it as an AD101 *info* when it first appears, and when the fed loss does blow up the
+same call, with the blowup's step, gives scan's verdict and warning step.
+
 >>> t = Track()  # quiet and deep from step 20; at step 30 v's memory is 30 steps (v̂ = the mean so far)
 >>> [t.update(s, r=0.01, vhat=v, every=10, beta2=0.999) for s, v in [(10, 1.0), (20, 1e-3), (30, 1e-3)]]
 [False, False, True]
@@ -19,23 +27,38 @@ stretch), so the warning step, first step and median are scan's by construction
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from adamdiag.analysis import findings as F
-from adamdiag.analysis.evidence import Evidence, StateProblem, Trajectory, collapse_span, collapse_stretch
-from adamdiag.analysis.signals import detect_loss_events
+from adamdiag.analysis.evidence import (
+    Collapse,
+    Evidence,
+    StateProblem,
+    Trajectory,
+    VhatFall,
+    collapse_span,
+    collapse_stretch,
+    episode_start,
+    logged_collapses,
+    vhat_fall,
+)
+from adamdiag.analysis.signals import LossEvents, detect_loss_events
 from adamdiag.analysis.thresholds import (
     COLLAPSE_DEPTH,
+    COLLAPSE_MIN_MEMORY_FRACTION,
     COLLAPSE_MIN_POINTS,
     COLLAPSE_R,
     EPS_BOUND_FACTOR,
     MAX_NAMES_SHOWN,
+    MIN_LOSS_POINTS,
     REGROWTH_R,
     REGROWTH_WINDOW,
     UPDATE_RMS_LIMIT,
@@ -45,18 +68,23 @@ from adamdiag.results.report import Finding, json_safe
 __all__ = [
     "COLLAPSE_R",
     "EPS_BOUND_FACTOR",
+    "BlowupEvidence",
     "MAX_NAMES_SHOWN",
     "REGROWTH_R",
     "REGROWTH_WINDOW",
     "UPDATE_RMS_LIMIT",
     "Finding",
     "Track",
+    "blowup_evidence",
     "collapse_finding",
+    "event_start",
     "json_safe",
+    "loss_events",
     "loss_findings",
     "min_points",
     "nonfinite_finding",
     "regrowth_findings",
+    "stale_v_finding",
     "update_rms_finding",
 ]
 
@@ -94,6 +122,16 @@ class Track:
     # the running stretch of r < COLLAPSE_R: (step, g², v̂, r) per point
     stretch: list[tuple[int, float, float, float]] = field(default_factory=list)
     run_len: int = 0
+    # every logged point (step, g², v̂, r), the last STRETCH_WINDOW of them: kept for the all-parameters
+    # trajectory only (``history=True``), whose blowup evidence is asked on the whole recent trajectory
+    history: deque[tuple[int, float, float, float]] | None = None
+    stale_noted: bool = False  # the AD101 info for a stale / shrunken v was emitted
+    fell: bool = False  # some point had v̂ ≤ COLLAPSE_DEPTH of the peak before it
+
+    @classmethod
+    def with_history(cls) -> Track:
+        """A Track that keeps its recent points (the all-parameters trajectory)."""
+        return cls(history=deque(maxlen=STRETCH_WINDOW))
 
     def see_peak(self, vhat: float, step: int = 0) -> None:
         """A point that only raises the peak (the dense first steps before the logging grid)."""
@@ -116,6 +154,10 @@ class Track:
         """Feed one logged point; True when the collapse becomes sustained and deep at this point
         (once per stretch): then :meth:`trajectory` holds what scan's rule needs."""
         self.see_peak(vhat, step)
+        if self.history is not None:
+            self.history.append((step, g2, vhat, r))
+        if math.isfinite(vhat) and vhat <= COLLAPSE_DEPTH * self.peak:
+            self.fell = True
         if not (math.isfinite(r) and r < COLLAPSE_R):
             self.run_len, self.fired = 0, False
             self.stretch.clear()
@@ -129,12 +171,20 @@ class Track:
             return True
         return False
 
-    def trajectory(self, label: str, eps: float, beta2: float) -> Trajectory:
-        """The peak so far and the running stretch, as scan's :class:`Trajectory`: on these points
-        scan's ``collapse_stretch`` finds the same stretch, warning step and median."""
-        pts = [(self.peak_step, math.nan, self.peak, math.nan)] if self.peak_step < self.stretch[0][0] else []
-        pts += self.stretch
-        a = np.array(pts, dtype=np.float64)
+    def may_read_as_collapse(self, every: int, beta2: float, at: int) -> bool:
+        """A cheap necessary condition for :func:`blowup_evidence` to find a v collapse at ``at`` — the
+        running quiet stretch is as long as scan's rule needs there, or v̂ has fallen deep — so that
+        scan's rules (which decide) are asked only then, not at every logging step of a healthy run."""
+        return self.fell or self.run_len >= min_points(every, beta2, at)
+
+    def trajectory(self, label: str, eps: float, beta2: float, *, recent: bool = False) -> Trajectory:
+        """The peak so far and the running stretch (``recent``: the recent points, of a Track with
+        history), as scan's :class:`Trajectory`: on these points scan's ``collapse_stretch`` finds the
+        same stretch, warning step and median."""
+        pts_of = list(self.history or []) if recent else self.stretch
+        pts = [(self.peak_step, math.nan, self.peak, math.nan)] if pts_of and self.peak_step < pts_of[0][0] else []
+        pts += pts_of
+        a = np.array(pts, dtype=np.float64).reshape(-1, 4)
         return Trajectory(
             label=label,
             steps=a[:, 0].astype(np.int64),
@@ -147,30 +197,122 @@ class Track:
         )
 
 
+@functools.cache
+def _empty_fields() -> tuple[tuple[str, str], ...]:
+    """(name, kind of empty value) of Evidence's required fields (read once: type hints are slow)."""
+    hints = typing.get_type_hints(Evidence)
+    out = []
+    for f in dataclasses.fields(Evidence):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            t = str(hints.get(f.name, ""))
+            kind = (
+                "none"  # an optional field (``dict | None``: the grad-norm jump) is absent, not empty
+                if "None" in t
+                else "list"
+                if t.startswith("list")
+                else "dict"
+                if t.startswith("dict")
+                else "bool"
+                if t == "<class 'bool'>"
+                else "int"
+                if t == "<class 'int'>"
+                else "float"
+                if t == "<class 'float'>"
+                else "none"
+            )
+            out.append((f.name, kind))
+    return tuple(out)
+
+
+_EMPTY: dict[str, Any] = {"bool": False, "int": 0, "float": math.nan, "none": None}
+
+
 def _evidence(**given: Any) -> Evidence:
     """scan's Evidence with only the given fields set (the others empty): the live monitor feeds
     scan's finding functions the numbers it has, nothing else."""
-    hints = typing.get_type_hints(Evidence)
     kw: dict[str, Any] = {}
-    for f in dataclasses.fields(Evidence):
-        if f.name in given:
-            kw[f.name] = given[f.name]
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            t = str(hints.get(f.name, ""))
-            kw[f.name] = (
-                []
-                if t.startswith("list")
-                else {}
-                if t.startswith("dict")
-                else False
-                if t == "<class 'bool'>"
-                else 0
-                if t == "<class 'int'>"
-                else math.nan
-                if t == "<class 'float'>"
-                else None
-            )
-    return Evidence(**kw)
+    for name, kind in _empty_fields():
+        if name not in given:
+            kw[name] = [] if kind == "list" else {} if kind == "dict" else _EMPTY[kind]
+    return Evidence(**kw, **given)
+
+
+@dataclass
+class BlowupEvidence:
+    """What scan would make of a blowup at ``at`` on the monitor's all-parameters trajectory."""
+
+    at: int
+    rule: str  # scan's verdict rule: "deep_collapse", "stale_v" or "shrunken_v"
+    warning_step: int  # scan's warning step for that rule
+    collapse: Collapse | None  # the quiet stretch reaching ``at`` (deep or not), if any
+    fall: VhatFall | None  # how far v̂ fell from its peak before ``at``
+
+
+def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEvidence | None:
+    """scan's verdict rules on the monitor's all-parameters trajectory (``track``: a Track with history)
+    with the loss event put at ``at``: the evidence :func:`~adamdiag.analysis.evidence.gather` collects
+    from a logged trajectory (:func:`~adamdiag.analysis.evidence.logged_collapses`,
+    :func:`~adamdiag.analysis.evidence.vhat_fall`), decided by scan's
+    :func:`~adamdiag.analysis.verdicts.decide`. ``None`` unless scan would call a blowup at ``at`` a v
+    collapse; else the rule and scan's warning step for it (diagnose's: the collapses' warning step,
+    or for a shrunken v̂ the first step at which v̂ was ≤ COLLAPSE_DEPTH of its peak)."""
+    from adamdiag.analysis.verdicts import decide
+
+    tr = track.trajectory("global", eps, beta2, recent=True)
+    if len(tr.steps) < 2:
+        return None
+    collapses = logged_collapses([tr], at)
+    fall = vhat_fall([tr], [], at, beta2)
+    ev = _evidence(
+        loss_tag="loss (log_loss)",
+        n_loss_points=MIN_LOSS_POINTS,
+        events=LossEvents(blowup_step=at),
+        event_step=at,
+        trajectories=[tr],
+        collapses=collapses,
+        vhat_fall=fall,
+        beta2=beta2,
+        eps=eps,
+    )
+    d = decide(ev)
+    if d.verdict != "v_collapse":
+        return None
+    # diagnose's warning step of the rule (adamdiag.analysis.diagnose._verdict_findings)
+    warn = fall.deep_step if d.rule == "shrunken_v" and fall is not None else ev.collapse_warning_step()
+    if warn is None:  # pragma: no cover - each v_collapse rule has its step
+        return None
+    return BlowupEvidence(at, d.rule, int(warn), collapses[0] if collapses else None, fall)
+
+
+def stale_v_finding(be: BlowupEvidence, step: int) -> Finding:
+    """AD101 (info) at ``step``: scan's v-collapse evidence of a stale v (a quiet stretch for part of v's
+    memory, not deep) or a shrunken v̂ (≥ 1/COLLAPSE_DEPTH below its peak, no quiet stretch) is there.
+    Neither is a collapse in progress by scan's rule for a run that did not blow up — early training is
+    often quiet for that long — but should the loss blow up now, scan would read it as a v collapse
+    from ``be.warning_step``: an info, not a warning."""
+    c, f = be.collapse, be.fall
+    if be.rule == "stale_v" and c is not None:
+        depth = f"v̂ at {c.depth:.2g} of its peak, not deep" if math.isfinite(c.depth) else "not deep"
+        what = (
+            f"g²/v̂ (all parameters) has stayed below {COLLAPSE_R} from step {c.first_step} (median "
+            f"{c.median_r:.3g}) for {COLLAPSE_MIN_MEMORY_FRACTION:.0%} of v's memory ({depth}): v is going stale"
+        )
+        evidence: dict[str, Any] = {"rule": be.rule, "first_step": c.first_step, "median_r": c.median_r}
+    else:
+        assert f is not None  # shrunken_v decided on it
+        what = (
+            f"v̂ (all parameters) fell to {1 / f.factor**2:.2g} of its peak at step {f.peak_step} (√v̂ "
+            f"{f.factor:.3g}x down) without a long quiet stretch: the per-element step lr/√v̂ grew {f.factor:.3g}x"
+        )
+        evidence = {"rule": be.rule, "peak_step": f.peak_step, "sqrt_vhat_fall": f.factor}
+    evidence["evidence_step"] = be.warning_step
+    return Finding(
+        "AD101",
+        "info",
+        f"{what}; should the loss blow up now, scan would call it a v collapse (evidence from step {be.warning_step})",
+        step=step,
+        evidence=evidence,
+    )
 
 
 def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:
@@ -199,10 +341,22 @@ def nonfinite_finding(step: int, tensors: list[str] | None = None, source: str =
     return F.nonfinite(_evidence(events=events, state_problems=problems, loss_tag=source))[0]
 
 
-def loss_findings(points: list[tuple[int, float]]) -> list[Finding]:
-    """AD001/AD002 (scan's detector and texts) on the fed loss points (step, value)."""
+def loss_events(points: list[tuple[int, float]]) -> LossEvents:
+    """scan's loss-event detector on the fed loss points (step, value)."""
     if len(points) < 2:
-        return []
+        return LossEvents()
     a = np.array(points, dtype=np.float64)
-    ev = detect_loss_events(a[:, 0].astype(np.int64), a[:, 1])
+    return detect_loss_events(a[:, 0].astype(np.int64), a[:, 1])
+
+
+def loss_findings(points: list[tuple[int, float]], events: LossEvents | None = None) -> list[Finding]:
+    """AD001/AD002 (scan's detector and texts) on the fed loss points (step, value); ``events``: the
+    detector's result on them when already computed."""
+    ev = loss_events(points) if events is None else events
     return F.loss_events(_evidence(events=ev, loss_tag="loss (log_loss)", task_events={}))
+
+
+def event_start(events: LossEvents) -> int | None:
+    """Where scan measures the collapse against: the start of the instability episode that ends in the
+    blowup (scan's :func:`~adamdiag.analysis.evidence.episode_start`), None without a blowup."""
+    return episode_start(events) if events.blowup_step is not None else None

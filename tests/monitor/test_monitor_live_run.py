@@ -45,3 +45,53 @@ def test_check_on_a_monitored_run_in_progress(tmp_path: Path) -> None:
     (f,) = [f for f in r["findings"] if f["id"] == "AD902"]
     assert f["severity"] == "info" and "in progress" in f["message"]
     assert not [f for f in r["findings"] if f["severity"] == "error"]
+
+
+def test_restart_from_a_checkpoint_goes_on_from_the_live_file(tmp_path: Path) -> None:
+    """A run restarted from a checkpoint (a new process: new model, optimizer and AdamMonitor on the same
+    run directory) goes on from the live file the monitor before the restart wrote: its findings up to
+    the checkpoint's step (not those of the abandoned steps after it) and each trajectory's peak v̂. The
+    sample_logs/vcollapse recipe: v collapses deep at 250 (every=10); the checkpoint is at 180, the crash at
+    200. Without the peak the new monitor never calls the collapse deep: v̂ was already far down at 180."""
+    from monitor_loops import runlab
+
+    lab = runlab()
+    cfg_path = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse" / "config.json"
+    cfg = lab.RunConfig.from_json(json.loads(cfg_path.read_text())["config"])
+    data = lab.build_data(cfg)
+    run = tmp_path / "run"
+
+    def steps(model: torch.nn.Module, opt: torch.optim.Optimizer, first: int, last: int) -> None:
+        for step in range(first, last + 1):
+            opt.zero_grad(set_to_none=True)
+            lab.total_loss(cfg, model, lab.batch_for_step(cfg, step, data)).backward()
+            opt.step()
+            if step == 180:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
+
+    model = lab.build_model(cfg)
+    opt = lab.build_optimizer(cfg, model)
+    mon = AdamMonitor(opt, model=model, every=10, run_dir=run)
+    steps(model, opt, 1, 200)
+    mon.close()  # the crash
+    before = list(mon.findings)
+    peak = json.loads((run / LIVE_FILE).read_text())["runs"][0]["monitor_state"]["peaks"]["global"]
+    assert peak[0] < 10  # v̂ peaks in the first steps
+    assert any(f.step is not None and f.step > 180 for f in before)  # the abandoned steps said something
+    assert not [f for f in before if f.id == "AD101" and f.tensor is None and f.severity == "warning"]
+
+    model = lab.build_model(cfg)
+    opt = lab.build_optimizer(cfg, model)
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    mon2 = AdamMonitor(opt, model=model, every=10, run_dir=run)
+    steps(model, opt, 181, 300)
+    mon2.close()
+    carried = [f for f in mon2.findings if f.step is not None and f.step <= 180]
+    assert carried == [f for f in before if f.step is not None and f.step <= 180] and carried
+    warn = [f for f in mon2.findings if f.id == "AD101" and f.tensor is None and f.severity == "warning"]
+    assert warn and 180 < warn[0].step <= 300 and mon2.warning_step == warn[0].step
+    live = json.loads((run / LIVE_FILE).read_text())["runs"][0]
+    assert live["step"] == 300 and live["warning_step"] == warn[0].step
+    assert live["monitor_state"]["peaks"]["global"] == peak  # the peak went on

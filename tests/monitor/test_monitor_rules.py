@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from monitor_loops import mlp, regression_data, train, vcollapse_run
+from monitor_loops import mlp, regression_data, runlab, train, vcollapse_run
 
 from adamdiag.analysis.evidence import Trajectory, collapse_stretch
 from adamdiag.monitor import LIVE_FILE, LIVE_SCHEMA, AdamDiagAlarm, AdamMonitor
@@ -18,7 +18,9 @@ def test_collapse_flagged_before_blowup_with_scans_rule(caplog: pytest.LogCaptur
     caplog.set_level(logging.WARNING, logger="adamdiag.monitor")
     # every=1 up to just past the warning: the warning point is scan's, on the same trajectory
     mon1, _, hist, _ = vcollapse_run(every=1, steps=300)
-    glob1 = [f for f in mon1.findings if f.id == "AD101" and f.tensor is None]
+    # (the AD101 warning: the AD101 info of a stale v, scan's evidence only should the loss blow up, comes
+    # earlier — test_stale_v_blowup_reads_as_scan_reads_it)
+    glob1 = [f for f in mon1.findings if f.id == "AD101" and f.tensor is None and f.severity == "warning"]
     assert glob1 and glob1[0].severity == "warning"
     steps = np.array([h["step"] for h in hist])
     g2 = np.array([h["g2_mean"] for h in hist])
@@ -34,7 +36,7 @@ def test_collapse_flagged_before_blowup_with_scans_rule(caplog: pytest.LogCaptur
     mon, losses, _, lab = vcollapse_run(every=10)
     blowup = lab.detect_blowup(losses)
     assert blowup == 662  # the recipe of sample_logs/vcollapse
-    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None and f.severity == "warning"]
     assert glob and glob[0].step <= glob1[0].step + 10
     assert glob[0].step < blowup - 300
     assert mon.warning_step == glob[0].step
@@ -52,14 +54,126 @@ def test_collapse_bounded_by_eps_stays_healthy() -> None:
     """sample_logs/stable_eps1e-3 (the vcollapse recipe with eps 1e-3): v collapses, but eps bounds the
     step — scan calls it healthy with an AD101 info; so does the monitor (tensor warnings aside)."""
     mon, *_ = vcollapse_run(every=10, steps=300, recipe="stable_eps1e-3")
-    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    glob = [f for f in mon.findings if f.id == "AD101" and f.tensor is None and "rule" not in f.evidence]
     assert glob and glob[0].severity == "info" and "eps bounds the step" in glob[0].message
     assert mon.verdict == "healthy" and mon.warning_step is None
     assert not [f for f in mon.findings if f.severity == "error"]
 
 
+def test_stale_v_blowup_reads_as_scan_reads_it(tmp_path) -> None:
+    """A blowup after a quiet stretch that never got deep (the matrix's mlp_tiny_hot design: lr 0.3
+    with warm-up, blowup at step 84): scan calls it v_collapse (rule stale_v) with a warning step in
+    early training — evidence it can only call that in hindsight. The monitor (every=1, the same per-step
+    data as scan's log) asks scan's verdict rules the same question at each step with the event put
+    there: its AD101 info comes no later than scan's warning step, and at the blowup its verdict and
+    warning step are scan's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.pipeline.scan import scan_paths
+
+    lab = runlab()
+    cfg = lab.RunConfig(
+        name="hot",
+        family="mlp_multitask",
+        size="tiny",
+        steps=120,
+        lr=0.3,
+        lr_schedule="linear_warmup",
+        warmup_steps=150,
+        seed=0,
+        log_every=1,
+        ckpt_every=0,
+    )
+    data = lab.build_data(cfg)
+    model = lab.build_model(cfg)
+    opt = lab.build_optimizer(cfg, model)
+    mon = AdamMonitor(opt, model=model, every=1)  # no writer: scan reads the log only
+    w = SummaryWriter(str(tmp_path))
+    for t in range(1, cfg.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = lab.lr_at(cfg, t)
+        opt.zero_grad(set_to_none=True)
+        loss = lab.total_loss(cfg, model, lab.batch_for_step(cfg, t, data))
+        loss.backward()
+        gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
+        lv = float(loss.detach())
+        w.add_scalar("train/loss", lv, t)
+        w.add_scalar("train/grad_norm", float(gn), t)
+        opt.step()
+        mon.log_loss(t, lv)
+        if not np.isfinite(lv):
+            break
+    w.close()
+    mon.close()
+    rep = scan_paths([tmp_path]).runs[0]
+    assert rep.verdict == "v_collapse" and rep.warning_step is not None and rep.blowup_step is not None
+    assert rep.warning_step < rep.blowup_step - 20
+    info = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    # no collapse in progress (not deep): only the info of the stale v, and no later than scan's step
+    assert info and info[0].severity == "info" and info[0].evidence["rule"] == "stale_v"
+    assert info[0].step <= rep.warning_step
+    assert "should the loss blow up now, scan would call it a v collapse" in info[0].message
+    assert not [f for f in mon.findings if f.id == "AD101" and f.severity != "info"]
+    assert mon.blowup_step == rep.blowup_step
+    assert mon.verdict == "v_collapse" and mon.warning_step == rep.warning_step
+
+
+def _logged_run(tmp_path, mon_kw: dict, steps: int, scale, loss_at) -> tuple[AdamMonitor, object]:
+    """Real Adam steps (β2 0.99) on one 1000-element parameter with gradients of a given scale per step;
+    the gradient norm and the loss are logged every step and one checkpoint is taken at step 100 (what
+    scan reads: the checkpoint tells it β2), the loss is fed to the monitor. Returns (monitor, scan's
+    report of the run)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.pipeline.scan import scan_paths
+
+    gen = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = torch.optim.Adam([p], lr=1e-3, betas=(0.9, 0.99))
+    mon = AdamMonitor(opt, names=["w"], **mon_kw)
+    w = SummaryWriter(str(tmp_path))
+    for step in range(1, steps + 1):
+        p.grad = torch.randn(1000, generator=gen) * scale(step)
+        loss = loss_at(step) * (1 + 0.01 * float(torch.randn((), generator=gen)))
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/grad_norm", float(p.grad.norm()), step)
+        opt.step()
+        mon.log_loss(step, loss)
+        if step == 100:
+            (tmp_path / "checkpoints").mkdir()
+            ck = {"model": {"w": p.detach()}, "optimizer": opt.state_dict(), "step": step}
+            torch.save(ck, tmp_path / "checkpoints" / "step_000100.pt")
+    w.close()
+    mon.close()
+    return mon, scan_paths([tmp_path]).runs[0]
+
+
+def test_shrunken_v_blowup_reads_as_scan_reads_it(tmp_path) -> None:
+    """Gradients that shrink slowly (g² × 0.992 per step, slower than β2 = 0.99 forgets: r ≈ 0.2, never a
+    quiet stretch) until v̂ is 100x below its peak (~step 780), then the loss blows up (step 1000): scan
+    calls it v_collapse by its shrunken_v rule, warning at the first step v̂ was ≤ 1% of its peak. The
+    monitor (every=5, its points a subset of scan's per-step ones) gives the AD101 info of it no later
+    than that step + every, and at the blowup scan's verdict, and scan's warning step to the next point."""
+    every = 5
+    mon, rep = _logged_run(
+        tmp_path, {"every": every}, 1010, lambda s: 0.992 ** (s / 2), lambda s: 1e3 if s >= 1000 else 1.0
+    )
+    assert rep.verdict == "v_collapse" and rep.blowup_step == 1000 and rep.warning_step is not None
+    # scan's shrunken_v finding (no quiet stretch: a fall of v̂)
+    assert [f.evidence.get("sqrt_vhat_fall") is not None for f in rep.findings if f.id == "AD101"] == [True]
+    assert 700 < rep.warning_step < 900
+    info = [f for f in mon.findings if f.id == "AD101" and f.tensor is None]
+    assert info and info[0].severity == "info" and info[0].evidence["rule"] == "shrunken_v"
+    assert "should the loss blow up now, scan would call it a v collapse" in info[0].message
+    assert info[0].step <= rep.warning_step + every
+    assert mon.verdict == "v_collapse" and mon.blowup_step == 1000
+    assert mon.warning_step is not None and rep.warning_step <= mon.warning_step < rep.warning_step + every
+
+
 def test_healthy_noisy_run_has_no_alarm() -> None:
-    """Mini-batch regression with label noise: r stays O(1), no error finding, verdict healthy."""
+    """Mini-batch regression with label noise: r stays O(1), no error finding, no AD101 warning, verdict
+    healthy (a quiet stretch of the noisy r may give the AD101 info of a stale v: scan's evidence only
+    should the loss blow up)."""
     x, y = regression_data(seed=2, n=512)
     y = y + 0.3 * torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
     model = mlp(seed=2)
@@ -67,7 +181,8 @@ def test_healthy_noisy_run_has_no_alarm() -> None:
     mon = AdamMonitor(opt, model=model, every=5)
     train(model, opt, 800, data=(x, y), batch=32)
     assert mon.verdict == "healthy"
-    assert not [f for f in mon.findings if f.severity == "error" or f.id == "AD101"]
+    assert not [f for f in mon.findings if f.severity == "error" or (f.id == "AD101" and f.severity != "info")]
+    assert [f.evidence.get("rule") for f in mon.findings if f.id == "AD101"] in ([], ["stale_v"])
     assert 0.2 < mon.last["global"]["r"] < 5
 
 
