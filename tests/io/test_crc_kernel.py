@@ -39,6 +39,15 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     crc_kernel._loaded.cache_clear()
 
 
+def test_kernel_is_built_where_a_compiler_is() -> None:
+    """`pip install -e .` (make setup) compiles it (setup.py); a silent build failure shows only as slowness."""
+    if os.environ.get("ADAMDIAG_NO_KERNEL"):
+        pytest.skip("disabled by ADAMDIAG_NO_KERNEL")
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler on this machine")
+    assert crc_kernel.loaded(), "a C compiler is here but the CRC kernel is missing: reinstall (make setup)"
+
+
 def _assert_engine(engine: str) -> None:
     if engine == "kernel":
         assert integrity.crc_engine() == "kernel"
