@@ -253,13 +253,15 @@ def test_member_checked_from_its_pieces(engine: str, where: int | None, tmp_path
     assert verdict == {loc: None if where is None else member}
 
 
+@pytest.mark.parametrize("jobs", [1, 3])
 @pytest.mark.parametrize("engine", ["kernel", "fallback"], indirect=True)
 def test_zero3_partition_damage_is_ad403_with_and_without_kernel(
-    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: str, jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ZeRO-3 (2 ranks, real DeepSpeed files): a flipped bit in rank 1's flat exp_avg partition is AD403 on
-    the tensors cut from it, whether the pieces' CRCs came with the gather's copy (kernel) or from zlib; the
-    undamaged checkpoint has none. With the kernel the gathered bytes are not CRC'd a second time."""
+    the tensors cut from it, whether the pieces' CRCs came with the gather's copy (kernel) or from zlib, and
+    whether the pieces come in order (1 job) or from several threads; the undamaged checkpoint has none.
+    With the kernel the gathered bytes are not CRC'd a second time."""
     from adamdiag.io.checkpoints import torch_load
     from adamdiag.io.checkpoints.deepspeed import SAFE_GLOBALS
 
@@ -278,7 +280,7 @@ def test_zero3_partition_damage_is_ad403_with_and_without_kernel(
 
     monkeypatch.setattr(crc_kernel, "copy_crc32", counting_copy)
     monkeypatch.setattr(integrity, "_crc_of_mapped", counting_mapped)
-    good = summarize_checkpoint(fix)
+    good = summarize_checkpoint(fix, jobs=jobs)
     assert not any(t.corrupt for t in good.tensors) and not any("AD403" in w for w in good.warnings)
     if engine == "kernel":  # the CRCs came with the copies: only what no gathered piece covered is read again
         assert copied[0] > 0 and separate[0] < copied[0]
@@ -292,7 +294,7 @@ def test_zero3_partition_damage_is_ad403_with_and_without_kernel(
     raw = bytearray(f.read_bytes())
     raw[raw.index(data) + 9] ^= 0x02
     f.write_bytes(bytes(raw))
-    s = summarize_checkpoint(d)
+    s = summarize_checkpoint(d, jobs=jobs)
     hit = [t for t in s.tensors if t.corrupt]
     assert hit and all("exp_avg (" in (t.corrupt or "") for t in hit)
     assert {t.label for t in hit} < {t.label for t in s.tensors}  # only the tensors cut from that member
