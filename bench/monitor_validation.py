@@ -280,6 +280,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     scan_lead = [r["scan_lead_time"] for r in rows if r["scan_lead_time"] is not None]
     blown = [r for r in rows if r["true_blowup_step"] is not None]
     healthy = [r for r in rows if r["true_cause"] == "healthy"]
+    true_vc = [r for r in blown if r["true_cause"] == "v_collapse"]
     return {
         "runs": len(rows),
         "same_verdict": sum(r["same_verdict"] for r in rows),
@@ -315,6 +316,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "lead_time": _dist(lead),
         "lead_time_first_tensor": _dist(lead_t),
         "scan_lead_time": _dist(scan_lead),
+        # the same on the runs that truly blew up from a v collapse (runlab's truth): the AD101 warning on
+        # all parameters, the first AD101 of any severity, and scan's warning step from the logs
+        "v_collapse_lead_time": {
+            "monitor_warning": _dist([r["lead_time"] for r in true_vc if r["lead_time"] is not None]),
+            "monitor_any": _dist(
+                [
+                    r["true_blowup_step"] - r["monitor_first_global_ad101_any"]
+                    for r in true_vc
+                    if r["monitor_first_global_ad101_any"] is not None
+                ]
+            ),
+            "scan": _dist([r["scan_lead_time"] for r in true_vc if r["scan_lead_time"] is not None]),
+            "runs": len(true_vc),
+        },
     }
 
 
@@ -419,6 +434,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"scan lead time (true blowup − warning_step), {st['n']} runs: min {st['min']} median {st['median']} max {st['max']}"
         )
+    vl = summary["v_collapse_lead_time"]
+    for what, key in (
+        ("monitor AD101 warning", "monitor_warning"),
+        ("monitor first AD101", "monitor_any"),
+        ("scan", "scan"),
+    ):
+        x = vl[key]
+        if x["n"]:
+            print(
+                f"  runs that blew up from a v collapse (truth), {what}: {x['n']}/{vl['runs']} runs, "
+                f"min {x['min']} median {x['median']} max {x['max']}"
+            )
     for b in bad:
         print(f"FAIL {b}")
     print(f"wrote {a.out}")
