@@ -51,13 +51,16 @@ __all__ = [
 ]
 
 
-def newest_event_file(inp: RunInputs) -> str | None:
-    """File name of the run's last segment (the file a running writer appends to)."""
+def live_event_files(inp: RunInputs) -> list[str]:
+    """File names of the event files still being written at the run's end: the last segment's, and every
+    file whose scalars reach into it — a second writer beside the run's (the live monitor's own event
+    file) appends at the same time, and its cut-short last record is "in progress" too."""
     s = inp.scalars
     if s is None or not len(s) or "segment" not in s.columns or "source_file" not in s.columns:
-        return None
-    last = s.loc[s["segment"] == s["segment"].max(), "source_file"]
-    return str(last.iloc[0]).rsplit("/", 1)[-1] if len(last) else None
+        return []
+    start = s.loc[s["segment"] == s["segment"].max(), "wall_time"].min()
+    ends = s.groupby("source_file")["wall_time"].max()
+    return sorted(str(f).rsplit("/", 1)[-1] for f, t in ends.items() if t >= start)
 
 
 def _resolve_tags(
@@ -113,7 +116,7 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         rep.sources.append("checkpoints")
     if any(t.source == "monitor" for t in ev.trajectories):
         rep.sources.append("monitor")  # the most exact source: r and v̂ as the optimizer had them
-    rep.findings += F.input_problems(inp.warnings, newest_event_file(inp)) + tag_problems + F.non_adam(ev)
+    rep.findings += F.input_problems(inp.warnings, live_event_files(inp)) + tag_problems + F.non_adam(ev)
     if d.rule in ("no_loss", "too_few_points"):
         rep.findings += F.missing_data(ev, tags)
         return rep

@@ -55,20 +55,21 @@ def _where(label: str) -> str:
 TRUNCATED_TAIL = "truncated record at byte"
 
 
-def input_problems(warnings: list[str], newest_file: str | None = None) -> list[Finding]:
-    """AD902: every input problem, not only the first. A record cut short at the end of the run's newest
-    event file is what a writer that is still writing (or was killed mid-write) leaves: an info "in
+def input_problems(warnings: list[str], live_files: list[str] | None = None) -> list[Finding]:
+    """AD902: every input problem, not only the first. A record cut short at the end of an event file
+    still being written at the run's end (``live_files``: the newest segment's, and a second writer's
+    beside it) is what a writer that is still writing (or was killed mid-write) leaves: an info "in
     progress", not damage — the records before it are all there."""
     out = []
-    if newest_file:
-        tail = [w for w in warnings if TRUNCATED_TAIL in w and newest_file in w]
+    for name in live_files or []:
+        tail = [w for w in warnings if TRUNCATED_TAIL in w and name in w]
         if tail:
             warnings = [w for w in warnings if w not in tail]
             out.append(
                 Finding(
                     "AD902",
                     "info",
-                    f"the last record of {newest_file} is incomplete: the run is still being written (in progress) "
+                    f"the last record of {name} is incomplete: the run is still being written (in progress) "
                     "or its writer stopped mid-record; every record before it was read",
                     evidence={"warnings": tail, "in_progress": True},
                 )

@@ -10,12 +10,12 @@ stretch), so the warning step, first step and median are scan's by construction
 (``tests/monitor/test_monitor_rules.py`` checks this against scan's rule on a whole run).
 
 The all-parameters trajectory also keeps its recent points, so the monitor can ask scan's verdict
-rules what a blowup *now* would read as (:func:`blowup_evidence`: scan's
+rules what a blowup at a given step reads as (:func:`blowup_evidence`: scan's
 :func:`~adamdiag.analysis.evidence.logged_collapses`, :func:`~adamdiag.analysis.evidence.vhat_fall` and
-:func:`~adamdiag.analysis.verdicts.decide` with the event put at the current step): a stale v (a quiet
-stretch that is not deep) or a shrunken v̂ is scan's v-collapse evidence only once the loss blows up, so
-the monitor reports it as an AD101 *info* when it first appears, and when the fed loss does blow up the
-same call, with the blowup's step, gives scan's verdict and warning step.
+:func:`~adamdiag.analysis.verdicts.decide` with the event put at that step): when the fed loss blows up,
+that call gives scan's verdict and warning step. A stale v (a quiet stretch that is not deep) or a
+shrunken v̂ is scan's v-collapse evidence only in hindsight — early training shows it on almost every
+run, healthy ones included — so the monitor gives no live finding for it.
 
 >>> t = Track()  # quiet and deep from step 20; at step 30 v's memory is 30 steps (v̂ = the mean so far)
 >>> [t.update(s, r=0.01, vhat=v, every=10, beta2=0.999) for s, v in [(10, 1.0), (20, 1e-3), (30, 1e-3)]]
@@ -53,7 +53,6 @@ from adamdiag.analysis.evidence import (
 from adamdiag.analysis.signals import LossEvents, detect_loss_events
 from adamdiag.analysis.thresholds import (
     COLLAPSE_DEPTH,
-    COLLAPSE_MIN_MEMORY_FRACTION,
     COLLAPSE_MIN_POINTS,
     COLLAPSE_R,
     EPS_BOUND_FACTOR,
@@ -84,7 +83,6 @@ __all__ = [
     "min_points",
     "nonfinite_finding",
     "regrowth_findings",
-    "stale_v_finding",
     "update_rms_finding",
 ]
 
@@ -125,8 +123,6 @@ class Track:
     # every logged point (step, g², v̂, r), the last STRETCH_WINDOW of them: kept for the all-parameters
     # trajectory only (``history=True``), whose blowup evidence is asked on the whole recent trajectory
     history: deque[tuple[int, float, float, float]] | None = None
-    stale_noted: bool = False  # the AD101 info for a stale / shrunken v was emitted
-    fell: bool = False  # some point had v̂ ≤ COLLAPSE_DEPTH of the peak before it
 
     @classmethod
     def with_history(cls) -> Track:
@@ -156,8 +152,6 @@ class Track:
         self.see_peak(vhat, step)
         if self.history is not None:
             self.history.append((step, g2, vhat, r))
-        if math.isfinite(vhat) and vhat <= COLLAPSE_DEPTH * self.peak:
-            self.fell = True
         if not (math.isfinite(r) and r < COLLAPSE_R):
             self.run_len, self.fired = 0, False
             self.stretch.clear()
@@ -170,12 +164,6 @@ class Track:
             self.fired = self.collapsed = True
             return True
         return False
-
-    def may_read_as_collapse(self, every: int, beta2: float, at: int) -> bool:
-        """A cheap necessary condition for :func:`blowup_evidence` to find a v collapse at ``at`` — the
-        running quiet stretch is as long as scan's rule needs there, or v̂ has fallen deep — so that
-        scan's rules (which decide) are asked only then, not at every logging step of a healthy run."""
-        return self.fell or self.run_len >= min_points(every, beta2, at)
 
     def trajectory(self, label: str, eps: float, beta2: float, *, recent: bool = False) -> Trajectory:
         """The peak so far and the running stretch (``recent``: the recent points, of a Track with
@@ -282,37 +270,6 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
     if warn is None:  # pragma: no cover - each v_collapse rule has its step
         return None
     return BlowupEvidence(at, d.rule, int(warn), collapses[0] if collapses else None, fall)
-
-
-def stale_v_finding(be: BlowupEvidence, step: int) -> Finding:
-    """AD101 (info) at ``step``: scan's v-collapse evidence of a stale v (a quiet stretch for part of v's
-    memory, not deep) or a shrunken v̂ (≥ 1/COLLAPSE_DEPTH below its peak, no quiet stretch) is there.
-    Neither is a collapse in progress by scan's rule for a run that did not blow up — early training is
-    often quiet for that long — but should the loss blow up now, scan would read it as a v collapse
-    from ``be.warning_step``: an info, not a warning."""
-    c, f = be.collapse, be.fall
-    if be.rule == "stale_v" and c is not None:
-        depth = f"v̂ at {c.depth:.2g} of its peak, not deep" if math.isfinite(c.depth) else "not deep"
-        what = (
-            f"g²/v̂ (all parameters) has stayed below {COLLAPSE_R} from step {c.first_step} (median "
-            f"{c.median_r:.3g}) for {COLLAPSE_MIN_MEMORY_FRACTION:.0%} of v's memory ({depth}): v is going stale"
-        )
-        evidence: dict[str, Any] = {"rule": be.rule, "first_step": c.first_step, "median_r": c.median_r}
-    else:
-        assert f is not None  # shrunken_v decided on it
-        what = (
-            f"v̂ (all parameters) fell to {1 / f.factor**2:.2g} of its peak at step {f.peak_step} (√v̂ "
-            f"{f.factor:.3g}x down) without a long quiet stretch: the per-element step lr/√v̂ grew {f.factor:.3g}x"
-        )
-        evidence = {"rule": be.rule, "peak_step": f.peak_step, "sqrt_vhat_fall": f.factor}
-    evidence["evidence_step"] = be.warning_step
-    return Finding(
-        "AD101",
-        "info",
-        f"{what}; should the loss blow up now, scan would call it a v collapse (evidence from step {be.warning_step})",
-        step=step,
-        evidence=evidence,
-    )
 
 
 def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from monitor_loops import mlp, regression_data, train
 from typer.testing import CliRunner
@@ -48,11 +47,6 @@ def test_check_on_a_monitored_run_in_progress(tmp_path: Path) -> None:
     assert not [f for f in r["findings"] if f["severity"] == "error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs diagnose/findings to treat every event file still written at the run's end as live "
-    "(patch for the lead: /work/notes/issue15_s6_live_files.patch); strict: drop this mark with it",
-)
 def test_a_second_live_event_file_cut_short_is_in_progress_too(tmp_path: Path) -> None:
     """The monitor's tags in an event file of its own beside the run's (a second SummaryWriter, as
     bench/monitor_validation.py writes them), both caught mid-write: each file's cut-short last record
