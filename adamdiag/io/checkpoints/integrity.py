@@ -23,9 +23,9 @@ Thread-safe: ``summarize_checkpoint(jobs=)`` checks from several threads; a memb
 Cost: one CRC-32 over the bytes that feed a statistic. With the optional compiled kernel
 (``_crc32_kernel.c``: PCLMULQDQ folding, x86-64, chosen at run time) ~12 GB/s on the test machine, and
 for DeepSpeed gathers fused into the copy the statistics need anyway (ZeRO-3, 4 ranks, 3.3 GB: ``inspect``
-2.0-2.4× a bare read of the files on the shared test machine; bench/README.md). Without it — no compiler
+1.8-2.4× a bare read of the files on the shared test machine; bench/README.md). Without it — no compiler
 at install, no PCLMULQDQ, ``ADAMDIAG_NO_KERNEL`` set — the optional ``isal`` package (``adamdiag[fast]``,
-4-20 GB/s; 2.2×) or ``zlib.crc32`` (~1.3-3.7 GB/s here, by load; 3.3-5.1×). Every path gives zlib's
+4-20 GB/s; 2.2×) or ``zlib.crc32`` (~1.3-3.7 GB/s here, by load; 2.9-5.1×). Every path gives zlib's
 value; the tests compare them.
 """
 
