@@ -36,7 +36,7 @@ from adamdiag.analysis.tags import (
     pick_tag,
     pick_task_loss_tags,
 )
-from adamdiag.analysis.verdicts import Decision, decide
+from adamdiag.analysis.verdicts import Decision, decide, v_collapse_warning_step
 from adamdiag.results.report import Finding, RunReport
 
 __all__ = [
@@ -145,11 +145,11 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
         rep.findings += F.bad_batch(ev, d)
     elif d.rule == "shrunken_v" and ev.vhat_fall is not None:
         rep.blowup_step = ev.event_step
-        rep.warning_step = ev.vhat_fall.deep_step
+        rep.warning_step = v_collapse_warning_step(ev, d)
         rep.findings += F.shrunken_v(ev)
     elif d.verdict == "v_collapse":
         rep.blowup_step = ev.event_step
-        rep.warning_step = ev.collapse_warning_step()
+        rep.warning_step = v_collapse_warning_step(ev, d)
         rep.findings += F.collapse(ev, d)
     elif d.rule == "loss_only":
         rep.findings += F.loss_only(ev)

@@ -156,6 +156,18 @@ RULES: list[VerdictRule] = [
 ]
 
 
+def v_collapse_warning_step(ev: Evidence, d: Decision) -> int | None:
+    """Where the evidence of a ``v_collapse`` decision begins (the report's ``warning_step``): for
+    ``shrunken_v`` the first point at which v̂ was ≤ COLLAPSE_DEPTH of its peak, else the quiet stretch's
+    warning step (deep stretches first). None for any other verdict. scan and the live monitor (at a fed
+    loss's blowup) both take it from here."""
+    if d.verdict != "v_collapse":
+        return None
+    if d.rule == "shrunken_v" and ev.vhat_fall is not None:
+        return ev.vhat_fall.deep_step
+    return ev.collapse_warning_step()
+
+
 def decide(ev: Evidence) -> Decision:
     """The first matching rule's decision (the last rule always matches)."""
     for rule in RULES:

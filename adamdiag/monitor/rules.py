@@ -244,7 +244,7 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
     :func:`~adamdiag.analysis.verdicts.decide`. ``None`` unless scan would call a blowup at ``at`` a v
     collapse; else the rule and scan's warning step for it (diagnose's: the collapses' warning step,
     or for a shrunken v̂ the first step at which v̂ was ≤ COLLAPSE_DEPTH of its peak)."""
-    from adamdiag.analysis.verdicts import decide
+    from adamdiag.analysis.verdicts import decide, v_collapse_warning_step
 
     tr = track.trajectory("global", eps, beta2, recent=True)
     if len(tr.steps) < 2:
@@ -263,11 +263,8 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
         eps=eps,
     )
     d = decide(ev)
-    if d.verdict != "v_collapse":
-        return None
-    # diagnose's warning step of the rule (adamdiag.analysis.diagnose._verdict_findings)
-    warn = fall.deep_step if d.rule == "shrunken_v" and fall is not None else ev.collapse_warning_step()
-    if warn is None:  # pragma: no cover - each v_collapse rule has its step
+    warn = v_collapse_warning_step(ev, d)  # scan's warning step of the decided rule (None: not v_collapse)
+    if warn is None:
         return None
     return BlowupEvidence(at, d.rule, int(warn), collapses[0] if collapses else None, fall)
 
