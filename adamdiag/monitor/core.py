@@ -268,20 +268,28 @@ class AdamMonitor:
     def _blowup_verdict(self, events: Any) -> None:
         """The fed loss blew up: scan's verdict rules on the all-parameters trajectory with the event
         where scan puts it (the start of the instability episode). A v collapse — deep, stale or a
-        shrunken v̂, as scan decides it — makes the verdict ``v_collapse`` and gives scan's warning step
-        (kept when a live AD101 warning came earlier: the evidence was visible then)."""
+        shrunken v̂, as scan decides it — in any optimizer makes the verdict ``v_collapse`` and gives scan's
+        warning step (kept when a live AD101 warning came earlier: the evidence was visible then); else
+        the verdict is what scan's rules say on the same evidence (``lr_too_high``: a blowup without a
+        collapse; the monitor sees no per-step gradient norm, so no one-batch jump), never ``healthy``."""
         start = R.event_start(events)
         if start is None or self._verdict != "healthy":
             return
+        found = []
         for w in self._watches:
             t = w.tracks.get("global")
             be = R.blowup_evidence(t, w.eps, w.beta2, start) if t is not None else None
-            if be is not None:
+            if be is None:
+                continue
+            if be.verdict == "v_collapse" and be.warning_step is not None:
                 self._verdict = "v_collapse"
                 self.warning_step = (
                     be.warning_step if self.warning_step is None else min(self.warning_step, be.warning_step)
                 )
                 return
+            found.append(be.verdict)
+        if found:
+            self._verdict = found[0]
 
     def _regrowth(self, blowup: int) -> list[R.Finding]:
         """AD102 as scan reports it: trajectories whose r rose above REGROWTH_R in the REGROWTH_WINDOW

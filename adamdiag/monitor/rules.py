@@ -230,8 +230,9 @@ class BlowupEvidence:
     """What scan would make of a blowup at ``at`` on the monitor's all-parameters trajectory."""
 
     at: int
-    rule: str  # scan's verdict rule: "deep_collapse", "stale_v" or "shrunken_v"
-    warning_step: int  # scan's warning step for that rule
+    verdict: str  # scan's verdict on this evidence: "v_collapse", or "lr_too_high" (the monitor sees no gradient jump)
+    rule: str  # scan's verdict rule, e.g. "deep_collapse", "stale_v", "shrunken_v", "diverged"
+    warning_step: int | None  # scan's warning step for a v_collapse rule; None for any other verdict
     collapse: Collapse | None  # the quiet stretch reaching ``at`` (deep or not), if any
     fall: VhatFall | None  # how far v̂ fell from its peak before ``at``
 
@@ -241,9 +242,9 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
     with the loss event put at ``at``: the evidence :func:`~adamdiag.analysis.evidence.gather` collects
     from a logged trajectory (:func:`~adamdiag.analysis.evidence.logged_collapses`,
     :func:`~adamdiag.analysis.evidence.vhat_fall`), decided by scan's
-    :func:`~adamdiag.analysis.verdicts.decide`. ``None`` unless scan would call a blowup at ``at`` a v
-    collapse; else the rule and scan's warning step for it (diagnose's: the collapses' warning step,
-    or for a shrunken v̂ the first step at which v̂ was ≤ COLLAPSE_DEPTH of its peak)."""
+    :func:`~adamdiag.analysis.verdicts.decide`: its verdict and rule, and for a v collapse scan's warning
+    step (:func:`~adamdiag.analysis.verdicts.v_collapse_warning_step`). ``None`` with fewer than two
+    points."""
     from adamdiag.analysis.verdicts import decide, v_collapse_warning_step
 
     tr = track.trajectory("global", eps, beta2, recent=True)
@@ -264,9 +265,7 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
     )
     d = decide(ev)
     warn = v_collapse_warning_step(ev, d)  # scan's warning step of the decided rule (None: not v_collapse)
-    if warn is None:
-        return None
-    return BlowupEvidence(at, d.rule, int(warn), collapses[0] if collapses else None, fall)
+    return BlowupEvidence(at, d.verdict, d.rule, warn, collapses[0] if collapses else None, fall)
 
 
 def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:

@@ -291,3 +291,14 @@ def test_tensorboardx_writer(tmp_path) -> None:
     (f,) = tmp_path.glob("events.out.tfevents.*")
     fd = read_file(f)
     assert "adamdiag/global/sqrt_vhat_p50" in fd.tags and "adamdiag/0.weight/update_rms" in fd.tags
+
+
+def test_blowup_without_a_collapse_reads_as_scan_reads_it(tmp_path) -> None:
+    """Gradients of a steady scale (r ≈ 1: v tracks them, no quiet stretch, no fall of v̂) and a loss that
+    blows up at step 300: scan's rules call it lr_too_high, and so does the monitor once the fed loss
+    blows up — its verdict is scan's decision on its own evidence, never 'healthy' after a blowup."""
+    mon, rep = _logged_run(tmp_path, {"every": 5}, 310, lambda s: 1.0, lambda s: 1e3 if s >= 300 else 1.0)
+    assert rep.verdict == "lr_too_high" and rep.blowup_step == 300
+    assert mon.blowup_step == 300 and mon.verdict == "lr_too_high"
+    assert mon.warning_step is None  # no v-collapse evidence: nothing to have warned about
+    assert not [f for f in mon.findings if f.id == "AD101"]
