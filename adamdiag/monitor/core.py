@@ -219,11 +219,12 @@ class AdamMonitor:
 
     @property
     def verdict(self) -> str:
-        """scan's verdict on what the monitor has seen so far: ``healthy``, ``v_collapse`` (an AD101
-        warning on all parameters, then the fed loss blew up: AD001) or ``nonfinite`` (AD401). A
-        collapse in progress is the AD101 warning (and :attr:`warning_step`), not a verdict — scan
-        calls a run whose v collapses without a blowup healthy, with the same warning. It speaks about
-        v only: a blowup without a collapse before it leaves it ``healthy`` (the AD001 finding says so)."""
+        """scan's verdict on what the monitor has seen so far: ``healthy``; once the fed loss blew up
+        (AD001), scan's rules on the monitor's evidence — ``v_collapse`` (a deep, stale or shrunken v
+        before it) or else ``lr_too_high`` (the monitor sees no per-step gradient norm, so never
+        ``bad_batch``); ``nonfinite`` (AD401). A collapse in progress is the AD101 warning (and
+        :attr:`warning_step`), not a verdict — scan calls a run whose v collapses without a blowup
+        healthy, with the same warning."""
         return self._verdict
 
     def log_loss(self, step: int, value: Any) -> None:
