@@ -90,9 +90,12 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None) ->
             def st(name: str, text: str, missing: dict = missing) -> str:
                 return "?" if name in missing else text
 
+            # state keyed by name (torch.distributed's get_optimizer_state_dict, FSDP): the index *is* the
+            # name in the first column, so only the group is shown (the table stays narrow enough for names)
+            where = f"{opt}{t.group}" if str(t.index) == t.label else f"{opt}{t.group}/{t.index}"
             tab.add_row(
                 t.label,
-                f"{opt}{t.group}/{t.index}",
+                where,
                 "×".join(map(str, t.shape)) or "()",
                 _fmt(t.step),
                 hp("lr", t.lr),

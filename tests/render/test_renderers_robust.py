@@ -154,3 +154,28 @@ def test_scan_text_lists_every_input_problem_once(tmp_path):
     data = strict_json(runner.invoke(app, ["scan", str(run), "--format", "json"]).stdout)
     (f,) = [f for f in data["runs"][0]["findings"] if f["id"] == "AD902"]
     assert f["message"].startswith("5 input problem(s): ") and len(f["evidence"]["warnings"]) == 5
+
+
+def test_inspect_text_of_name_keyed_state_keeps_names_whole(tmp_path):
+    """torch.distributed's get_optimizer_state_dict keys the state by parameter name: the group/index column
+    then shows the group only (the index is the name in the first column), so the names are not folded."""
+    import torch
+    from torch import nn
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    osd = get_optimizer_state_dict(model, opt)
+    assert "2.weight" in osd["state"]  # name-keyed, as written by the real API
+    path = tmp_path / "fqn.pt"
+    torch.save({"model": get_model_state_dict(model), "optimizer": osd, "step": 3}, path)
+    res = runner.invoke(app, ["inspect", str(path)], env={"COLUMNS": "120"})
+    assert res.exit_code == 0, res.output
+    rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[3:] if line.strip()}
+    assert set(rows) == {"0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"}
+    assert set(rows.values()) == {"0"}
