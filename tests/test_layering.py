@@ -18,6 +18,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "adamdiag.render": ("adamdiag.analysis", "adamdiag.io", "adamdiag.pipeline"),
     "adamdiag.io": ("adamdiag.analysis", "adamdiag.render", "adamdiag.cli", "adamdiag.results"),
     "adamdiag.results": ("adamdiag.analysis", "adamdiag.io", "adamdiag.render", "adamdiag.cli"),
+    # the live monitor runs inside the user's training: scan's pure rules and result objects only
+    "adamdiag.monitor": ("adamdiag.io", "adamdiag.render", "adamdiag.cli", "adamdiag.pipeline"),
 }
 
 # (importing module, imported module) pairs tolerated for now. Each entry says why and who removes it.
