@@ -129,12 +129,16 @@ class _Stack:
 
         Returns per copy (loss before the update, global r, median √v̂ after) — r and √v̂ NaN unless probe;
         the same numbers as counterfactual._Branch.step."""
+        grads, loss = self.grad_fn(self.p, runlab.batch_for_step(self.cfg, t, self.data))
+        return self.apply(t, copies, {k: grads[k] for k in self.names}, loss, probe)
+
+    def apply(
+        self, t: int, copies: list[_Copy], grads: dict[str, torch.Tensor], loss: torch.Tensor, probe: bool
+    ) -> list[tuple[float, float, float]]:
+        """The rest of update t, given the stacked gradients and losses: clipping, probes, the Adam step."""
         cfg = self.cfg
         b1, b2 = cfg.betas
         wd = cfg.weight_decay
-        batch = runlab.batch_for_step(cfg, t, self.data)
-        grads, loss = self.grad_fn(self.p, batch)
-        grads = {k: grads[k] for k in self.names}
         n = len(copies)
         if cfg.clip_grad_norm is not None:
             # torch.nn.utils.clip_grad_norm_, per copy: norm of the per-tensor norms, coef clamped to 1
@@ -175,8 +179,9 @@ class _Stack:
                 m.lerp_(g, 1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (v.sqrt() / bc2_sqrt).add_(self._bcast(eps, p))
-                # addcdiv_(m, denom, value=-step_size) computes p + value·(m/denom): the same two roundings
-                p.add_((m / denom).mul_(self._bcast(step_size, p)))
+                # torch's addcdiv_(m, denom, value=-step_size) computes p + (value·m)/denom on CPU: the same
+                # three roundings in the same order (value·(m/denom) differs in the last bit)
+                p.add_((m * self._bcast(step_size, p)).div_(denom))
         self.has_state = True
         if probe:
             with torch.no_grad():
@@ -337,8 +342,12 @@ def _sequential_timed(run_dir: Path) -> dict[str, Any]:
     }
 
 
+_SHORT = {"blowup": "b", "at_risk": "R", "avoided": "a"}
+
+
 def _steps(block: dict[str, Any]) -> str:
-    return " ".join(f"{k}:{v['outcome'][0]}{v['blowup_step'] or ''}" for k, v in block["variants"].items())
+    """``eps1e-3:b58 lr/10:a lr/3:R``: b = blowup at that step, R = at_risk, a = avoided."""
+    return " ".join(f"{k}:{_SHORT[v['outcome']]}{v['blowup_step'] or ''}" for k, v in block["variants"].items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             continue
         line = f"{d.name}: {b['label']} [{_steps(b)}] variants {b['seconds_variants']:.1f}s"
+        stored = (json.loads((d / "truth.json").read_text()).get("counterfactual") or {}).get("label")
+        row["stored_label"] = stored
         if args.compare:
             sq = _sequential_timed(d)
             row["sequential"] = sq
@@ -368,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" | sequential {sq['label']} [{_steps(sq)}] {sq['seconds_variants']:.1f}s"
                 f" | {'same' if same else 'DIFFERENT'} label, x{sq['seconds_variants'] / b['seconds_variants']:.2f}"
             )
+        if stored is not None and stored != b["label"]:
+            line += f" | truth.json's cached label: {stored}"
         print(line, flush=True)
         results.append(row)
     if args.json:
