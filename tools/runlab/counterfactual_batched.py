@@ -384,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (d / "config.json").is_file() or not (d / "truth.json").is_file():
             print(f"error: {d} is not a runlab run (no config.json/truth.json)", file=sys.stderr)
             return 2
-        b = label_run_batched(d)
+        try:
+            b = label_run_batched(d)
+        except (KeyError, ValueError, TypeError) as e:  # unknown family, malformed config/truth
+            print(f"error: {d}: cannot label this run: {e}", file=sys.stderr)
+            return 2
         row: dict[str, Any] = {"run": d.name, "batched": b}
         if b["label"] is None:
             print(f"{d.name}: skipped ({b['skipped']})")
