@@ -246,25 +246,30 @@ class AdamMonitor:
                 del self._loss[:LOSS_WINDOW]
             if self._loss_blown or st - self._loss_checked < self.every:
                 return
-            self._loss_checked = st
-            events = R.loss_events(self._loss[-LOSS_WINDOW:])
-            new = [f for f in R.loss_findings([], events) if (f.id, f.step) not in self._loss_seen]
-            for f in new:
-                self._loss_seen.add((f.id, f.step))
-                if f.id == "AD001":
-                    self._loss_blown = True
-                    if f.step is not None:
-                        self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
-                    self._blowup_verdict(events)
-            blown = [f.step for f in new if f.id == "AD001" and f.step is not None]
-            if blown:
-                new += self._regrowth(blown[0])
-            if new:
-                self._emit(new, st)
+            self._check_loss(st)
         except AdamDiagAlarm:
             raise
         except Exception as e:  # noqa: BLE001 - never break training
             self._fail(e)
+
+    def _check_loss(self, st: int) -> None:
+        """scan's loss-event detector on the last LOSS_WINDOW fed points (at fed step ``st``): AD001 /
+        AD002 findings not said before, and at a blowup the verdict and AD102."""
+        self._loss_checked = st
+        events = R.loss_events(self._loss[-LOSS_WINDOW:])
+        new = [f for f in R.loss_findings([], events) if (f.id, f.step) not in self._loss_seen]
+        for f in new:
+            self._loss_seen.add((f.id, f.step))
+            if f.id == "AD001":
+                self._loss_blown = True
+                if f.step is not None:
+                    self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
+                self._blowup_verdict(events)
+        blown = [f.step for f in new if f.id == "AD001" and f.step is not None]
+        if blown:
+            new += self._regrowth(blown[0])
+        if new:
+            self._emit(new, st)
 
     def _blowup_verdict(self, events: Any) -> None:
         """The fed loss blew up: scan's verdict rules on the all-parameters trajectory with the event
@@ -307,12 +312,20 @@ class AdamMonitor:
         return R.regrowth_findings(peaks)
 
     def close(self) -> None:
-        """Remove the hooks and write the live file a last time."""
+        """Remove the hooks, look at the fed losses since the last check (a run that stops a few steps
+        after its blowup must not end without its AD001), and write the live file a last time."""
         for w in self._watches:
             for h in (w.handle, w.pre_handle):
                 if h is not None:
                     h.remove()
             w.handle = w.pre_handle = None
+        if self.enabled and not self._loss_blown and self._loss and self._loss[-1][0] > self._loss_checked:
+            try:
+                self._check_loss(self._loss[-1][0])
+            except AdamDiagAlarm:
+                raise
+            except Exception as e:  # noqa: BLE001 - never break training
+                self._fail(e)
         if self.enabled and self._logged:
             try:
                 self._write_live()

@@ -302,3 +302,14 @@ def test_blowup_without_a_collapse_reads_as_scan_reads_it(tmp_path) -> None:
     assert mon.blowup_step == 300 and mon.verdict == "lr_too_high"
     assert mon.warning_step is None  # no v-collapse evidence: nothing to have warned about
     assert not [f for f in mon.findings if f.id == "AD101"]
+
+
+def test_a_blowup_in_the_last_steps_before_close_is_still_seen(tmp_path) -> None:
+    """Training stops 4 steps after its loss began to blow up at 1001; the monitor's last loss check (every=10: steps 1, 11, ..., 1001) saw only a 3x rise:
+    close() looks at the fed points since the last check, so the monitor still gives scan's AD001 and
+    verdict for the blowup the log shows (the matrix's mlp_small_vc hist50 run ended like this)."""
+    ramp = {1001: 3.0, 1002: 6.0, 1003: 20.0, 1004: 60.0, 1005: 200.0}  # 10x only after the check at 1001
+    mon, rep = _logged_run(tmp_path, {"every": 10}, 1005, lambda s: 1.0, lambda s: ramp.get(s, 1.0))
+    assert rep.blowup_step == 1001 and rep.verdict == "lr_too_high"
+    assert mon.blowup_step == rep.blowup_step and mon.verdict == rep.verdict
+    assert [f.step for f in mon.findings if f.id == "AD001"] == [1001]
