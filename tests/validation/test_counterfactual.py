@@ -82,24 +82,13 @@ def test_labeller_never_uses_adamdiag():
     assert "import adamdiag" not in src and "from adamdiag" not in src
 
 
-def test_labeller_on_a_small_real_run(tmp_path):
+def test_labeller_on_a_small_real_run(labelled_cf_run):
     # Full batch, β2 0.99, lr 3e-3: converges to ~1e-7 and blows up at step 462 (seed 0); a few seconds.
-    cfg = RunConfig(
-        name="cf",
-        family="mlp_multitask",
-        size="tiny",
-        data={"prob_weight": 0.0, "n_examples": 32},
-        betas=(0.9, 0.99),
-        lr=3e-3,
-        steps=580,
-        ckpt_every=100,
-    )
-    truth = runlab.train(cfg, tmp_path)
+    run, truth, block = labelled_cf_run
     blowup = truth["summary"]["blowup_step"]
     assert blowup is not None and 400 < blowup <= 500
-    block = cf.write_label(tmp_path, key="k")
-    assert json.loads((tmp_path / "truth.json").read_text())["counterfactual"] == block
-    assert truth["summary"]["cause"] == json.loads((tmp_path / "truth.json").read_text())["summary"]["cause"]
+    assert json.loads((run / "truth.json").read_text())["counterfactual"] == block
+    assert truth["summary"]["cause"] == json.loads((run / "truth.json").read_text())["summary"]["cause"]
     # fidelity: the re-trained start state is the checkpoint, and the unchanged run blows up where it did
     assert block["start_step"] == 400 and block["start_matches_checkpoint"] is True
     assert block["reproduces_live_blowup"] and block["original"]["blowup_step"] == blowup

@@ -69,23 +69,13 @@ def test_stacked_step_equals_torch_adam(optimizer, weight_decay, clip):
                 assert torch.equal(stack.m[k][i], br.opt.state[p]["exp_avg"]), (t, i, k)
 
 
-def test_batched_labeller_agrees_with_the_sequential_one(tmp_path):
-    # The run of test_counterfactual.py: full batch, β2 0.99, blows up at step 462 (seed 0).
-    cfg = RunConfig(
-        name="cf",
-        family="mlp_multitask",
-        size="tiny",
-        data={"prob_weight": 0.0, "n_examples": 32},
-        betas=(0.9, 0.99),
-        lr=3e-3,
-        steps=580,
-        ckpt_every=100,
-    )
-    runlab.train(cfg, tmp_path)
-    before = (tmp_path / "truth.json").read_text()
-    b = cb.label_run_batched(tmp_path)
-    assert (tmp_path / "truth.json").read_text() == before  # opt-in: it writes nothing
-    s = cf.label_run(tmp_path)
+def test_batched_labeller_agrees_with_the_sequential_one(labelled_cf_run):
+    # The run of test_counterfactual.py (full batch, β2 0.99, blows up at step 462), with the sequential
+    # labeller's block as write_label stored it
+    run, _truth, s = labelled_cf_run
+    before = (run / "truth.json").read_text()
+    b = cb.label_run_batched(run)
+    assert (run / "truth.json").read_text() == before  # opt-in: it writes nothing
     assert b["batched"] is True and b["label"] == s["label"] == "v_collapse"
     for key in ("start_step", "horizon_end_step", "trained_to_step", "start_matches_checkpoint"):
         assert b[key] == s[key], key
