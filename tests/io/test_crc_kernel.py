@@ -7,7 +7,6 @@ import mmap
 import os
 import random
 import shutil
-import subprocess
 import zipfile
 import zlib
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kernel_util import build_with_other_abi
 from torch import nn
 
 from adamdiag.io.checkpoints import crc_kernel, integrity
@@ -167,14 +167,7 @@ def test_damaged_member_is_ad403_with_and_without_kernel(
 
 @needs_kernel
 def test_library_of_another_abi_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler on this machine")
-    src = (Path(crc_kernel.__file__).parent / "_crc32_kernel.c").read_text()
-    assert "#define ADAMDIAG_CRC_ABI 1\n" in src
-    (tmp_path / "k.c").write_text(src.replace("#define ADAMDIAG_CRC_ABI 1\n", "#define ADAMDIAG_CRC_ABI 2\n"))
-    so = tmp_path / "_crc32_kernel_old.so"
-    subprocess.run([cc, "-O1", "-shared", "-fPIC", "-o", str(so), str(tmp_path / "k.c")], check=True)
+    so = build_with_other_abi(Path(crc_kernel.__file__).parent / "_crc32_kernel.c", "ADAMDIAG_CRC_ABI", tmp_path)
     monkeypatch.delenv("ADAMDIAG_NO_KERNEL", raising=False)
     monkeypatch.setattr(crc_kernel, "_library_path", lambda: so)
     crc_kernel._loaded.cache_clear()
