@@ -59,7 +59,9 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 10), nn.LayerNorm(10), nn.Linear(10, 3))
 
 
-def _init_rank(rank: int, world: int, port: int) -> None:
+def init_cpu_rank(rank: int, world: int, port: int) -> None:
+    """This process as DeepSpeed rank ``rank`` of ``world`` on the CPU accelerator over gloo (also used by
+    sharded_scale.py's ZeRO-3 writer)."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -116,7 +118,7 @@ def _write_truth(out: str, rank: int, info: dict[str, Any]) -> None:
 
 
 def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str, zero_extra: dict) -> None:
-    _init_rank(rank, world, port)
+    init_cpu_rank(rank, world, port)
     import deepspeed
 
     torch.manual_seed(0)
@@ -152,7 +154,7 @@ def _worker(rank: int, world: int, port: int, out: str, stage: int, prec: str, z
 def _hf_worker(rank: int, world: int, port: int, out: str, stage: int, prec: str) -> None:
     """Hugging Face Trainer with a DeepSpeed config: Trainer builds a torch AdamW (no "optimizer"
     in the config, zero_force_ds_cpu_optimizer off) and saves checkpoint-N/{latest,global_stepN/}."""
-    _init_rank(rank, world, port)
+    init_cpu_rank(rank, world, port)
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 

@@ -103,19 +103,11 @@ def _dcp_worker(rank: int, world: int, out: str, port: int) -> None:
 
 
 def _zero3_worker(rank: int, world: int, out: str, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-        DS_ACCELERATOR="cpu",
-    )
-    torch.set_num_threads(1)
+    from make_deepspeed_fixtures import init_cpu_rank
+
+    init_cpu_rank(rank, world, port)  # sets DS_ACCELERATOR before deepspeed is imported
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo")
     model = template_model()
     # A torch optimizer: DeepSpeed's own "Adam" would JIT-compile CPUAdam (a C++ build).
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-7, weight_decay=0.1)
