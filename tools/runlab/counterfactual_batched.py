@@ -45,7 +45,9 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +278,37 @@ def run_variants_batched(
     return out
 
 
+@dataclass
+class _Start:
+    """What both labellers train from: the run's data, the start and end steps, and the re-trained prefix."""
+
+    data: Any
+    start: int
+    virtual: bool
+    end: int
+    prefix: Any
+    mstate: Any
+    state: tuple[Any, Any]
+
+
+@contextmanager
+def _lab_start(cfg: RunConfig, blowup: int) -> Iterator[_Start]:
+    """counterfactual.label_run's set-up (one deterministic torch thread, restored afterwards; the data, the
+    start and end steps, the prefix re-trained to the start), the same calls in the same order."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        data = runlab.build_data(cfg)
+        start, virtual = cf.start_step(cfg, blowup)
+        end = cf.train_end(blowup, start, cfg.betas[1])
+        prefix, mstate, ostate = cf._retrain_prefix(cfg, data, start)
+        yield _Start(data, start, virtual, end, prefix, mstate, (mstate, ostate if start > 0 else None))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+
+
 def label_run_batched(run_dir: Path, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The counterfactual block of :func:`counterfactual.label_run`, with the five copies (the unchanged
     run and the four variants) trained in one batched pass. Not written anywhere."""
@@ -288,24 +321,14 @@ def label_run_batched(run_dir: Path, log: Callable[[str], None] | None = None) -
         return {"schema": SCHEMA, "label": None, "skipped": "no blowup"}
     if s["cause"] in ("bad_batch", "nonfinite"):
         return {"schema": SCHEMA, "label": None, "skipped": f"injected failure ({s['cause']})"}
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
-    try:
-        data = runlab.build_data(cfg)
-        start, virtual = cf.start_step(cfg, blowup)
-        end = cf.train_end(blowup, start, cfg.betas[1])
-        prefix, mstate, ostate = cf._retrain_prefix(cfg, data, start)
-        state = (mstate, ostate if start > 0 else None)
+    with _lab_start(cfg, blowup) as st:
+        start, virtual, end, mstate, state = st.start, st.virtual, st.end, st.mstate, st.state
         t1 = time.perf_counter()
         changes = {cf.ORIGINAL: (cfg.eps, 1.0)}
         changes.update({k: (c.get("eps", cfg.eps), c.get("lr_scale", 1.0)) for k, c in cf.VARIANTS.items()})
-        recs = run_variants_batched(cfg, data, prefix, state, start, end, changes)
+        recs = run_variants_batched(cfg, st.data, st.prefix, state, start, end, changes)
         t2 = time.perf_counter()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
     orig = recs.pop(cf.ORIGINAL)
     if log:
         for name, v in recs.items():
@@ -335,25 +358,14 @@ def _sequential_timed(run_dir: Path) -> dict[str, Any]:
     it makes, so the comparison is of the variant training alone)."""
     cfg = runlab.load_config(run_dir)
     blowup = json.loads((run_dir / "truth.json").read_text())["summary"]["blowup_step"]
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    try:
-        data = runlab.build_data(cfg)
-        start, _ = cf.start_step(cfg, blowup)
-        end = cf.train_end(blowup, start, cfg.betas[1])
-        prefix, mstate, ostate = cf._retrain_prefix(cfg, data, start)
-        state = (mstate, ostate if start > 0 else None)
+    with _lab_start(cfg, blowup) as st:
         t1 = time.perf_counter()
-        orig = cf.run_variant(cfg, data, prefix, state, start, end, cfg.eps, 1.0)
+        args = (cfg, st.data, st.prefix, st.state, st.start, st.end)
+        orig = cf.run_variant(*args, cfg.eps, 1.0)
         variants = {
-            k: cf.run_variant(cfg, data, prefix, state, start, end, c.get("eps", cfg.eps), c.get("lr_scale", 1.0))
-            for k, c in cf.VARIANTS.items()
+            k: cf.run_variant(*args, c.get("eps", cfg.eps), c.get("lr_scale", 1.0)) for k, c in cf.VARIANTS.items()
         }
         t2 = time.perf_counter()
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det)
     return {
         "label": cf.decide_label({k: v["outcome"] for k, v in variants.items()}),
         "original": orig,
