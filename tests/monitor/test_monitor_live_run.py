@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from monitor_loops import mlp, regression_data, train
@@ -16,17 +17,23 @@ from adamdiag.cli import app
 from adamdiag.monitor import LIVE_FILE, AdamMonitor
 
 
+def _train_monitored(run: Path, loss_writer: Any, monitor_writer: Any) -> None:
+    """200 real Adam steps on a small regression MLP with the monitor (every=10, its tags in
+    ``monitor_writer``, its live file in ``run``) and the loss written to ``loss_writer``."""
+    model = mlp(seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    mon = AdamMonitor(opt, model=model, writer=monitor_writer, every=10, run_dir=run)
+    x, y = regression_data(seed=3, n=256)
+    train(model, opt, 200, data=(x, y), batch=32, after_step=lambda s, v: loss_writer.add_scalar("train/loss", v, s))
+    mon.close()
+
+
 def test_check_on_a_monitored_run_in_progress(tmp_path: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     run = tmp_path / "run"
     w = SummaryWriter(str(run))
-    model = mlp(seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mon = AdamMonitor(opt, model=model, writer=w, every=10, run_dir=run)
-    x, y = regression_data(seed=3, n=256)
-    train(model, opt, 200, data=(x, y), batch=32, after_step=lambda s, v: w.add_scalar("train/loss", v, s))
-    mon.close()
+    _train_monitored(run, w, w)
     w.close()
     # the same run caught mid-write: its event file cut inside the last record
     live = tmp_path / "live"
@@ -56,12 +63,7 @@ def test_a_second_live_event_file_cut_short_is_in_progress_too(tmp_path: Path) -
     run = tmp_path / "run"
     w = SummaryWriter(str(run))
     wm = SummaryWriter(str(run), filename_suffix=".adamdiag-monitor")
-    model = mlp(seed=3)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mon = AdamMonitor(opt, model=model, writer=wm, every=10, run_dir=run)
-    x, y = regression_data(seed=3, n=256)
-    train(model, opt, 200, data=(x, y), batch=32, after_step=lambda s, v: w.add_scalar("train/loss", v, s))
-    mon.close()
+    _train_monitored(run, w, wm)
     w.close()
     wm.close()
     live = tmp_path / "live"
