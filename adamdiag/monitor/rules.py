@@ -39,11 +39,9 @@ import numpy as np
 
 from adamdiag.analysis import findings as F
 from adamdiag.analysis.evidence import (
-    Collapse,
     Evidence,
     StateProblem,
     Trajectory,
-    VhatFall,
     collapse_span,
     collapse_stretch,
     episode_start,
@@ -227,14 +225,11 @@ def _evidence(**given: Any) -> Evidence:
 
 @dataclass
 class BlowupEvidence:
-    """What scan would make of a blowup at ``at`` on the monitor's all-parameters trajectory."""
+    """What scan would make of a blowup on the monitor's all-parameters trajectory."""
 
-    at: int
     verdict: str  # scan's verdict on this evidence: "v_collapse", or "lr_too_high" (the monitor sees no gradient jump)
     rule: str  # scan's verdict rule, e.g. "deep_collapse", "stale_v", "shrunken_v", "diverged"
     warning_step: int | None  # scan's warning step for a v_collapse rule; None for any other verdict
-    collapse: Collapse | None  # the quiet stretch reaching ``at`` (deep or not), if any
-    fall: VhatFall | None  # how far v̂ fell from its peak before ``at``
 
 
 def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEvidence | None:
@@ -265,7 +260,7 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
     )
     d = decide(ev)
     warn = v_collapse_warning_step(ev, d)  # scan's warning step of the decided rule (None: not v_collapse)
-    return BlowupEvidence(at, d.verdict, d.rule, warn, collapses[0] if collapses else None, fall)
+    return BlowupEvidence(d.verdict, d.rule, warn)
 
 
 def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:
