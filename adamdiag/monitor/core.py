@@ -31,6 +31,7 @@ from adamdiag.monitor import rules as R
 from adamdiag.monitor.stats import (
     CNT_10EPS,
     CNT_EPS,
+    GN_MAX_TENSORS,
     NBINS,
     NSCALAR,
     NUMEL,
@@ -38,6 +39,7 @@ from adamdiag.monitor.stats import (
     SUM_G2,
     SUM_UPD,
     SUM_V,
+    GradNormRing,
     StatsEngine,
     hist_quantiles,
     merged_quantiles,
@@ -65,6 +67,9 @@ MIN_RMS_STEP = 10
 # AD103 re-arms only once the RMS fell below this fraction of the limit: on a noisy run it hovers
 # around 1 (g² ≈ v̂ element-wise), and one warning per excursion is enough.
 RMS_REARM = 0.5
+# A blowup's verdict waits at most this many optimizer steps for the gradient norm next to it (the fed
+# loss's steps may be numbered ahead of the optimizer's; then it decides on what it has).
+PENDING_MAX_STEPS = 3
 # At most this many findings are kept (the live file stays small on a run of 10^6 steps).
 MAX_FINDINGS = 200
 
@@ -95,6 +100,16 @@ class _Watch:
         # the β2 / eps its all-parameters rules use (the longest memory, the smallest eps), last seen
         self.beta2 = 0.999
         self.eps = 1e-8
+        self.grad_norm = GradNormRing()  # per-step gradient-norm estimate: scan's one-batch rule at a blowup
+        self.gn_params: list[Any] | None = None  # the GN_MAX_TENSORS largest parameters (chosen once)
+
+    def record_grad_norm(self) -> None:
+        if self.gn_params is None:
+            ps = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.gn_params = sorted(ps, key=lambda p: -p.numel())[:GN_MAX_TENSORS]
+        grads = [p.grad for p in self.gn_params if p.grad is not None]
+        if grads and self.step is not None:
+            self.grad_norm.record(self.step, grads)
 
     def track(self, label: str) -> R.Track:
         t = self.tracks.get(label)
@@ -184,6 +199,9 @@ class AdamMonitor:
         self._loss: list[tuple[int, float]] = []  # fed (step, loss), the last 1-2 LOSS_WINDOW of them
         self._loss_checked = -(10**18)
         self._loss_blown = False
+        # a blowup whose verdict waits for one more step's gradient norm (is the jump gone at the next step?)
+        self._pending_blowup: Any = None
+        self._pending_waits = 0
         self._loss_seen: set[tuple[str, int | None]] = set()
         self._names_given = model is not None or names is not None
 
@@ -221,8 +239,8 @@ class AdamMonitor:
     def verdict(self) -> str:
         """scan's verdict on what the monitor has seen so far: ``healthy``; once the fed loss blew up
         (AD001), scan's rules on the monitor's evidence — ``v_collapse`` (a deep, stale or shrunken v
-        before it) or else ``lr_too_high`` (the monitor sees no per-step gradient norm, so never
-        ``bad_batch``); ``nonfinite`` (AD401). A collapse in progress is the AD101 warning (and
+        before it), ``bad_batch`` (a ≥10x one-step jump of the per-step gradient-norm estimate at the
+        blowup, gone at the next step) or else ``lr_too_high``; ``nonfinite`` (AD401). A collapse in progress is the AD101 warning (and
         :attr:`warning_step`), not a verdict — scan calls a run whose v collapses without a blowup
         healthy, with the same warning."""
         return self._verdict
@@ -254,37 +272,57 @@ class AdamMonitor:
 
     def _check_loss(self, st: int) -> None:
         """scan's loss-event detector on the last LOSS_WINDOW fed points (at fed step ``st``): AD001 /
-        AD002 findings not said before, and at a blowup the verdict and AD102."""
+        AD002 findings not said before, and at a blowup the verdict (with AD301 for a bad batch) and AD102."""
         self._loss_checked = st
         events = R.loss_events(self._loss[-LOSS_WINDOW:])
         new = [f for f in R.loss_findings([], events) if (f.id, f.step) not in self._loss_seen]
+        verdict_findings: list[R.Finding] = []
         for f in new:
             self._loss_seen.add((f.id, f.step))
             if f.id == "AD001":
                 self._loss_blown = True
                 if f.step is not None:
                     self.blowup_step = f.step if self.blowup_step is None else min(self.blowup_step, f.step)
-                self._blowup_verdict(events)
+                verdict_findings += self._blowup_verdict(events)
+        new += verdict_findings
         blown = [f.step for f in new if f.id == "AD001" and f.step is not None]
         if blown:
             new += self._regrowth(blown[0])
         if new:
             self._emit(new, st)
 
-    def _blowup_verdict(self, events: Any) -> None:
+    def _blowup_verdict(self, events: Any, final: bool = False) -> list[R.Finding]:
         """The fed loss blew up: scan's verdict rules on the all-parameters trajectory with the event
-        where scan puts it (the start of the instability episode). A v collapse — deep, stale or a
-        shrunken v̂, as scan decides it — in any optimizer makes the verdict ``v_collapse`` and gives scan's
-        warning step (kept when a live AD101 warning came earlier: the evidence was visible then); else
-        the verdict is what scan's rules say on the same evidence (``lr_too_high``: a blowup without a
-        collapse; the monitor sees no per-step gradient norm, so no one-batch jump), never ``healthy``."""
+        where scan puts it (the start of the instability episode), and on the per-step gradient-norm
+        estimate at the blowup. A v collapse — deep, stale or a shrunken v̂, as scan decides it — in any
+        optimizer makes the verdict ``v_collapse`` and gives scan's warning step (kept when a live AD101
+        warning came earlier: the evidence was visible then); else the verdict is what scan's rules say
+        on the same evidence — ``bad_batch`` (a ≥10x one-step gradient jump, with scan's AD301, returned)
+        or ``lr_too_high`` (a blowup without either) — never ``healthy``. Until the gradient norm reaches
+        one step past the blowup's neighbours the decision waits, at most PENDING_MAX_STEPS optimizer
+        steps (``final``: decide now)."""
         start = R.event_start(events)
         if start is None or self._verdict != "healthy":
-            return
-        found = []
+            return []
+        waited = self._pending_blowup is not None and self._pending_waits >= PENDING_MAX_STEPS
+        if not (final or waited) and any(
+            R.grad_norm_pending(w.grad_norm.series(), events.blowup_step) for w in self._watches
+        ):
+            # scan's one-batch rule reads the gradient norm next to the blowup and one step after a jump
+            # there: decide once the optimizer has made those steps
+            if self._pending_blowup is None:
+                self._pending_waits = 0
+            self._pending_blowup = events
+            return []
+        self._pending_blowup = None
+        found: list[R.BlowupEvidence] = []
         for w in self._watches:
             t = w.tracks.get("global")
-            be = R.blowup_evidence(t, w.eps, w.beta2, start) if t is not None else None
+            be = (
+                R.blowup_evidence(t, w.eps, w.beta2, start, w.grad_norm.series(), events.blowup_step)
+                if t is not None
+                else None
+            )
             if be is None:
                 continue
             if be.verdict == "v_collapse" and be.warning_step is not None:
@@ -292,10 +330,15 @@ class AdamMonitor:
                 self.warning_step = (
                     be.warning_step if self.warning_step is None else min(self.warning_step, be.warning_step)
                 )
-                return
-            found.append(be.verdict)
-        if found:
-            self._verdict = found[0]
+                return []
+            found.append(be)
+        if not found:
+            return []
+        first = found[0]
+        self._verdict = first.verdict
+        if first.verdict == "bad_batch" and self.warning_step is None:
+            self.warning_step = first.warning_step
+        return first.findings
 
     def _regrowth(self, blowup: int) -> list[R.Finding]:
         """AD102 as scan reports it: trajectories whose r rose above REGROWTH_R in the REGROWTH_WINDOW
@@ -322,6 +365,15 @@ class AdamMonitor:
         if self.enabled and not self._loss_blown and self._loss and self._loss[-1][0] > self._loss_checked:
             try:
                 self._check_loss(self._loss[-1][0])
+            except AdamDiagAlarm:
+                raise
+            except Exception as e:  # noqa: BLE001 - never break training
+                self._fail(e)
+        if self.enabled and self._pending_blowup is not None:
+            try:
+                new = self._blowup_verdict(self._pending_blowup, final=True)
+                if new:
+                    self._emit(new, self.step or 0)
             except AdamDiagAlarm:
                 raise
             except Exception as e:  # noqa: BLE001 - never break training
@@ -376,6 +428,12 @@ class AdamMonitor:
                         self._resume(w.step - 1)  # an optimizer restored from a checkpoint
                 else:
                     w.step += 1
+                w.record_grad_norm()
+                if self._pending_blowup is not None and w is self._watches[0]:
+                    self._pending_waits += 1
+                    new = self._blowup_verdict(self._pending_blowup)
+                    if new:
+                        self._emit(new, w.step)
                 if w.step % self.every == 0:
                     self._observe(w)
                 elif w.step < self.every:

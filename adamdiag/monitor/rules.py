@@ -42,9 +42,11 @@ from adamdiag.analysis.evidence import (
     Evidence,
     StateProblem,
     Trajectory,
+    abrupt_gradient_jump,
     collapse_span,
     collapse_stretch,
     episode_start,
+    jump_is_isolated,
     logged_collapses,
     vhat_fall,
 )
@@ -225,21 +227,32 @@ def _evidence(**given: Any) -> Evidence:
 
 @dataclass
 class BlowupEvidence:
-    """What scan would make of a blowup on the monitor's all-parameters trajectory."""
+    """What scan would make of a blowup on the monitor's all-parameters trajectory and per-step gradient norm."""
 
-    verdict: str  # scan's verdict on this evidence: "v_collapse", or "lr_too_high" (the monitor sees no gradient jump)
-    rule: str  # scan's verdict rule, e.g. "deep_collapse", "stale_v", "shrunken_v", "diverged"
-    warning_step: int | None  # scan's warning step for a v_collapse rule; None for any other verdict
+    verdict: str  # scan's verdict on this evidence: "v_collapse", "bad_batch" or "lr_too_high"
+    rule: str  # scan's verdict rule, e.g. "deep_collapse", "stale_v", "shrunken_v", "one_batch", "diverged"
+    warning_step: int | None  # scan's warning step: a v_collapse rule's, or the bad batch's step; else None
+    findings: list[Finding] = field(default_factory=list)  # scan's AD301 for a bad batch
 
 
-def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEvidence | None:
+def blowup_evidence(
+    track: Track,
+    eps: float,
+    beta2: float,
+    at: int,
+    grad_norm: tuple[np.ndarray, np.ndarray] | None = None,
+    blowup: int | None = None,
+) -> BlowupEvidence | None:
     """scan's verdict rules on the monitor's all-parameters trajectory (``track``: a Track with history)
-    with the loss event put at ``at``: the evidence :func:`~adamdiag.analysis.evidence.gather` collects
-    from a logged trajectory (:func:`~adamdiag.analysis.evidence.logged_collapses`,
-    :func:`~adamdiag.analysis.evidence.vhat_fall`), decided by scan's
-    :func:`~adamdiag.analysis.verdicts.decide`: its verdict and rule, and for a v collapse scan's warning
-    step (:func:`~adamdiag.analysis.verdicts.v_collapse_warning_step`). ``None`` with fewer than two
-    points."""
+    with the loss event put at ``at`` (the start of the instability episode): the evidence
+    :func:`~adamdiag.analysis.evidence.gather` collects from a logged trajectory
+    (:func:`~adamdiag.analysis.evidence.logged_collapses`, :func:`~adamdiag.analysis.evidence.vhat_fall`)
+    and, from the per-step gradient norm ``grad_norm`` (steps, values), scan's one-step jump at the
+    ``blowup`` step (:func:`~adamdiag.analysis.evidence.abrupt_gradient_jump`,
+    :func:`~adamdiag.analysis.evidence.jump_is_isolated`), decided by scan's
+    :func:`~adamdiag.analysis.verdicts.decide`: its verdict and rule, and scan's warning step
+    (:func:`~adamdiag.analysis.verdicts.v_collapse_warning_step`; the jump's step for a bad batch).
+    ``None`` with fewer than two points."""
     from adamdiag.analysis.verdicts import decide, v_collapse_warning_step
 
     tr = track.trajectory("global", eps, beta2, recent=True)
@@ -247,20 +260,38 @@ def blowup_evidence(track: Track, eps: float, beta2: float, at: int) -> BlowupEv
         return None
     collapses = logged_collapses([tr], at)
     fall = vhat_fall([tr], [], at, beta2)
+    event = at if blowup is None else blowup
+    jump = abrupt_gradient_jump(event, grad_norm) if grad_norm is not None and len(grad_norm[0]) else None
+    if jump is not None:
+        jump["isolated"] = jump_is_isolated(jump, grad_norm)
+        jump["source"] = "monitor: per-step estimate from a strided sample of the gradients"
     ev = _evidence(
         loss_tag="loss (log_loss)",
         n_loss_points=MIN_LOSS_POINTS,
-        events=LossEvents(blowup_step=at),
-        event_step=at,
+        events=LossEvents(blowup_step=event),
+        event_step=event,
         trajectories=[tr],
         collapses=collapses,
         vhat_fall=fall,
+        grad_jump=jump,
         beta2=beta2,
         eps=eps,
     )
     d = decide(ev)
+    if d.verdict == "bad_batch" and jump is not None:
+        return BlowupEvidence(d.verdict, d.rule, int(jump["step"]), F.bad_batch(ev, d))
     warn = v_collapse_warning_step(ev, d)  # scan's warning step of the decided rule (None: not v_collapse)
     return BlowupEvidence(d.verdict, d.rule, warn)
+
+
+def grad_norm_pending(grad_norm: tuple[np.ndarray, np.ndarray], blowup: int | None) -> bool:
+    """True while the per-step gradient norm does not yet reach the points scan's one-batch test reads:
+    the steps next to the ``blowup`` and the one after a jump there (is it gone at the next step?).
+    The fed loss of a step usually arrives before that step's optimizer update."""
+    steps = grad_norm[0]
+    if blowup is None or not len(steps):
+        return False
+    return int(steps[-1]) < int(blowup) + 2
 
 
 def collapse_finding(track: Track, label: str, eps: float, beta2: float) -> Finding | None:

@@ -313,3 +313,33 @@ def test_a_blowup_in_the_last_steps_before_close_is_still_seen(tmp_path) -> None
     assert rep.blowup_step == 1001 and rep.verdict == "lr_too_high"
     assert mon.blowup_step == rep.blowup_step and mon.verdict == rep.verdict
     assert [f.step for f in mon.findings if f.id == "AD001"] == [1001]
+
+
+@pytest.mark.parametrize(
+    ("scale", "verdict"),
+    [
+        (lambda s: 100.0 if s == 300 else 1.0, "bad_batch"),  # one batch: back down at the next step
+        # the gradients stay up and keep rising: scan reads the largest point near the event (301), which
+        # is no jump over its previous one
+        (lambda s: 1.0 if s < 300 else 100.0 if s == 300 else 300.0, "lr_too_high"),
+    ],
+)
+def test_gradient_jump_at_the_blowup_reads_as_scan_reads_it(tmp_path, scale, verdict) -> None:
+    """A 100x gradient jump at the step the loss blows up. Gone at the next step: scan (from the logged
+    gradient norm) calls it bad_batch, and so does the monitor from its own per-step gradient-norm
+    estimate (a strided sample, no logged norm needed), with scan's AD301 and warning step — after
+    waiting one step to see whether the jump is gone (the fed loss shows the blowup at the jump's own
+    step). Staying up: neither calls it a bad batch."""
+    mon, rep = _logged_run(tmp_path, {"every": 10}, 310, scale, lambda s: 1e3 if s >= 300 else 1.0)
+    assert rep.verdict == verdict and rep.blowup_step == 300
+    assert mon.verdict == rep.verdict and mon.blowup_step == 300
+    mine = [f for f in mon.findings if f.id == "AD301"]
+    scans = [f for f in rep.findings if f.id == "AD301"]
+    assert len(mine) == len(scans) == (verdict == "bad_batch")
+    if verdict == "bad_batch":
+        assert rep.warning_step == mon.warning_step == mine[0].step == scans[0].step == 300
+        assert mine[0].severity == scans[0].severity == "error" and "back down" in mine[0].message
+        # the estimate is within sampling noise of the exact norm scan read (~√1000·100)
+        assert mine[0].evidence["grad_norm"] == pytest.approx(scans[0].evidence["grad_norm"], rel=0.3)
+    else:
+        assert mon.warning_step is None
