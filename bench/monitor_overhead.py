@@ -87,12 +87,26 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
         hook_cpu.append(time.process_time() - c0)
 
     mon._observe = timed_observe  # type: ignore[method-assign]
+    # ... and its per-step work between logging steps: the gradient-norm sample (scan's one-batch rule)
+    gn_cpu: list[float] = []
+    for wt in mon._watches:
+        record = getattr(wt, "record_grad_norm", None)
+        if record is None:  # a monitor from before the per-step sample (a side-by-side run of older code)
+            continue
+
+        def timed_record(record=record) -> None:
+            c0 = time.process_time()
+            record()
+            gn_cpu.append(time.process_time() - c0)
+
+        wt.record_grad_norm = timed_record  # type: ignore[method-assign]
     mon.enabled = False
     steps(model, opt, x, y, 3)  # warm-up: state allocated, kernels loaded
     mon.enabled = True
     steps(model, opt, x, y, every)  # warm-up of the monitor (scratch buffers) on a logging step
     ratios, cpu_ratios, t_off, t_on, c_off, c_on = [], [], [], [], [], []
     hook_cpu.clear()  # the warm-up's logging step (scratch buffers allocated) is not counted
+    gn_cpu.clear()
     for r in range(rounds):
         order = (False, True) if r % 2 == 0 else (True, False)
         res = {}
@@ -133,7 +147,10 @@ def measure(every: int, rounds: int, k: int, width: int, device: str, logdir: st
         # timed inside the hook (median over the logging steps of the "with" blocks), and that over
         # `every` steps without the monitor: the direct estimate of the overhead
         "hook_cpu_ms_per_logging_step": 1e3 * statistics.median(hook_cpu),
-        "hook_cpu_overhead": statistics.median(hook_cpu) / (every * statistics.median(c_off)),
+        # the per-step gradient-norm sample (every step, logging or not), median
+        "grad_norm_cpu_ms_per_step": 1e3 * statistics.median(gn_cpu or [0.0]),
+        "hook_cpu_overhead": (statistics.median(hook_cpu) + every * statistics.median(gn_cpu or [0.0]))
+        / (every * statistics.median(c_off)),
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
     }
@@ -159,14 +176,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(every, a.rounds, k, a.width, a.device, f"{tmp}/every{every}"))
     print(
         f"{'every':>5} {'params':>7} {'wall ms off':>11} {'wall ms on':>10} {'wall overhead':>13} {'IQR':>16}"
-        f" {'cpu ms off':>10} {'cpu ms on':>9} {'cpu overhead':>12} {'hook cpu ms':>11} {'hook overhead':>13}"
+        f" {'cpu ms off':>10} {'cpu ms on':>9} {'cpu overhead':>12} {'hook cpu ms':>11} {'gn µs/step':>10}"
+        f" {'hook overhead':>13}"
     )
     for r in rows:
         print(
             f"{r['every']:>5} {r['params'] / 1e6:>6.1f}M {r['step_ms_without']:>11.1f} {r['step_ms_with']:>10.1f} "
             f"{100 * r['overhead_median']:>12.2f}% {100 * r['overhead_p25']:>6.1f}%…{100 * r['overhead_p75']:.1f}%"
             f" {r['cpu_step_ms_without']:>10.1f} {r['cpu_step_ms_with']:>9.1f} {100 * r['cpu_overhead_median']:>11.2f}%"
-            f" {r['hook_cpu_ms_per_logging_step']:>11.1f} {100 * r['hook_cpu_overhead']:>12.2f}%"
+            f" {r['hook_cpu_ms_per_logging_step']:>11.1f} {1e3 * r['grad_norm_cpu_ms_per_step']:>10.0f}"
+            f" {100 * r['hook_cpu_overhead']:>12.2f}%"
         )
     out = {
         "schema": "adamdiag.bench.monitor_overhead/1",

@@ -134,13 +134,14 @@ class AdamMonitor:
     r = mean(g²)/mean(v̂ of the previous step), the fractions of √v̂ below eps and 10·eps, the
     update RMS sqrt(mean(g²/max(v̂, eps²))) and a histogram of √v̂ over float32's exponent bits
     (p01/p50/p99 within one bin width, a factor √2, of the exact quantiles). One host sync per
-    logging step; the steps in between cost one Python call.
+    logging step; every step also adds a gradient-norm estimate from a strided sample of the largest
+    gradients (kept on the device, no sync) for scan's one-batch rule at a blowup of the fed loss.
 
     Tags (``writer``: a torch or tensorboardX SummaryWriter): ``adamdiag/global/<signal>`` every
     logging step, ``adamdiag/<tensor>/<signal>`` for the ``top_k`` riskiest tensors every logging
     step and for all tensors every ``all_every`` logging steps; ``adamdiag/<i>/…`` (i = optimizer
-    index) when several optimizers are watched. Findings (AD101/AD102/AD103/AD401, scan's rules
-    and thresholds) go to the ``adamdiag.monitor`` logger, a TensorBoard text summary,
+    index) when several optimizers are watched. Findings (AD101/AD102/AD103/AD401, and AD001/AD002/AD301
+    with the loss fed; scan's rules and thresholds) go to the ``adamdiag.monitor`` logger, a TensorBoard text summary,
     ``on_finding(finding)``, ``<run_dir>/adamdiag-live.json`` (rank 0) and, with
     ``raise_on="error"`` (or "warning"), an :class:`AdamDiagAlarm` out of ``optimizer.step()``.
 
@@ -240,9 +241,9 @@ class AdamMonitor:
         """scan's verdict on what the monitor has seen so far: ``healthy``; once the fed loss blew up
         (AD001), scan's rules on the monitor's evidence — ``v_collapse`` (a deep, stale or shrunken v
         before it), ``bad_batch`` (a ≥10x one-step jump of the per-step gradient-norm estimate at the
-        blowup, gone at the next step) or else ``lr_too_high``; ``nonfinite`` (AD401). A collapse in progress is the AD101 warning (and
-        :attr:`warning_step`), not a verdict — scan calls a run whose v collapses without a blowup
-        healthy, with the same warning."""
+        blowup, gone at the next step) or else ``lr_too_high``; ``nonfinite`` (AD401). A collapse in
+        progress is the AD101 warning (and :attr:`warning_step`), not a verdict — scan calls a run
+        whose v collapses without a blowup healthy, with the same warning."""
         return self._verdict
 
     def log_loss(self, step: int, value: Any) -> None:

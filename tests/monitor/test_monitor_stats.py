@@ -227,8 +227,8 @@ def test_grad_norm_estimate_against_the_exact_norm() -> None:
     """The per-step gradient-norm estimate (a strided sample of the largest gradients) against the exact
     norm of all gradients, on the gradients of a real backward pass: within 10% on a model whose tensors
     are all sampled (the one-batch test compares ≥10x jumps), exact for tensors smaller than
-    GN_MIN_SAMPLES (read whole); and a gap in the steps (a restart) drops the old points."""
-    from adamdiag.monitor.stats import GN_MAX_TENSORS, GN_MIN_SAMPLES, GradNormRing
+    GN_SAMPLES (read whole); and a gap in the steps (a restart) drops the old points."""
+    from adamdiag.monitor.stats import GN_MAX_TENSORS, GN_SAMPLES, GradNormRing
 
     m = _model(big=True)
     assert len(list(m.parameters())) <= GN_MAX_TENSORS
@@ -240,7 +240,7 @@ def test_grad_norm_estimate_against_the_exact_norm() -> None:
         ring.record(step, [p.grad for p in m.parameters()])
         exact = math.sqrt(sum(float(p.grad.double().square().sum()) for p in m.parameters()))
         assert ring.series()[1][-1] == pytest.approx(exact, rel=0.1)
-    small = [torch.randn(GN_MIN_SAMPLES - 1, dtype=torch.float64), torch.randn(3, 4).t()]  # whole, non-contiguous
+    small = [torch.randn(GN_SAMPLES - 1, dtype=torch.float64), torch.randn(3, 4).t()]  # whole, non-contiguous
     ring.record(10, small)  # a gap after step 3: the series restarts
     steps, vals = ring.series()
     assert steps.tolist() == [10]
