@@ -300,6 +300,7 @@ class FileData:
     first_wall_time: float = float("inf")
     kinds: set[str] = field(default_factory=set)  # simple_value, tensor, histo, ...
     readable: bool = True  # False: not a single valid record in a non-empty file
+    grouped: bool = False  # a writer's child folder folded into its run: the tags are already final
 
 
 _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64, _DT_BFLOAT16, _DT_HALF = 1, 2, 3, 9, 14, 19
@@ -1171,6 +1172,70 @@ def _read_file_task(args: tuple[str, bool]) -> FileData:
     return read_file(args[0], check_crc=args[1])
 
 
+def _scalars_key(rel: str, tag: str) -> str | None:
+    """The ``add_scalars`` key of a child folder at ``rel`` (relative to its run, "/"-separated) whose only
+    tag is ``tag``: torch writes ``<main_tag, "/" → "_">_<key>/``, tensorboardX (2.x) ``<main_tag>/<key>/``."""
+    stem = tag.replace("/", "_") + "_"
+    if "/" not in rel and rel.startswith(stem) and len(rel) > len(stem):
+        return rel[len(stem) :]
+    if rel.startswith(tag + "/") and len(rel) > len(tag) + 1:
+        return rel[len(tag) + 1 :]
+    return None
+
+
+def writer_child(rel: str, datas: Sequence[FileData]) -> str | None:
+    """How a folder's event files belong to the run of a folder above it (``rel``: the folder relative to
+    that run, "/"-separated), or None (a run of its own).
+
+    ``"scalars"``: ``add_scalars(main_tag, {key: value})`` writes each key into a folder of its own, one
+    file whose only tag is ``main_tag`` — torch ``<logdir>/<main_tag, "/" → "_">_<key>/``, tensorboardX
+    ``<logdir>/<main_tag>/<key>/`` (TensorBoard shows them as runs; they are curves of the writer's run).
+    ``"hparams"``: ``add_hparams`` writes ``<logdir>/<time.time() or run_name>/`` with the hparams plugin's
+    records and the metric scalars.
+
+    >>> d = FileData("x", 1, ["Loss"], [], [], [], [], [], [], Counter(), records=2)
+    >>> writer_child("Loss_train", [d]), writer_child("Loss/val", [d]), writer_child("seed_1", [d])
+    ('scalars', 'scalars', None)
+    """
+    live = [d for d in datas if d.records]
+    if not live or any(d.h_rows for d in live):
+        return None
+    if all(d.skipped.get("hparams") for d in live):
+        return "hparams"
+    tags = {t for d in live for t in d.tags}
+    if len(tags) == 1 and _scalars_key(rel, next(iter(tags))) is not None:
+        return "scalars"
+    return None
+
+
+def fold_writer_child(rel: str, datas: Sequence[FileData], kind: str) -> None:
+    """Name a writer child's tags as the run sees them: ``add_scalars``' ``main_tag`` becomes
+    ``main_tag/key`` (``Loss`` in ``Loss_train/`` → ``Loss/train``, a name the loss-tag pick knows);
+    add_hparams' metric tags stay as written."""
+    for d in datas:
+        if kind == "scalars" and d.tags:
+            d.tags = [f"{t}/{_scalars_key(rel, t)}" for t in d.tags]
+        d.grouped = True
+
+
+def _relative(child: Path, run: Path) -> str:
+    return os.path.relpath(child, run).replace(os.sep, "/")
+
+
+def _child_runs(run_dir: Path) -> list[Path]:
+    """Folders below ``run_dir`` (split folders excluded) that hold event files: writer-child candidates."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(run_dir):
+        here = Path(dirpath)
+        if here == run_dir:
+            dirnames[:] = sorted(d for d in dirnames if not split_of(d))
+            continue
+        dirnames.sort()
+        if any("tfevents" in f and is_event_file(here / f) for f in filenames):
+            out.append(here)
+    return out
+
+
 def read_run(
     run_dir: Path,
     *,
@@ -1195,6 +1260,17 @@ def read_run(
         datas.append(d)
         if progress is not None:
             progress(d.size)
+    if run_dir.is_dir():
+        for child in _child_runs(run_dir):
+            try:
+                kids = [read_file(f, check_crc=check_crc) for f in run_files(child)]
+            except InputError:
+                continue  # a damaged child stays out here; scan reports it as a run of its own
+            rel = _relative(child, run_dir)
+            kind = writer_child(rel, kids)
+            if kind is not None:
+                fold_writer_child(rel, kids, kind)
+                datas.extend(kids)
     return _finish(str(run_dir), datas)
 
 
@@ -1203,7 +1279,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
         first = next(w for d in datas for w in d.warnings)
         raise InputError(f"nothing readable in {run}: {first}")
     for d in datas:
-        prefix = tag_prefix(run, d.path)
+        prefix = "" if d.grouped else tag_prefix(run, d.path)
         if prefix:  # a split subdirectory's tags: `validation/epoch_loss` beside `train/epoch_loss`
             d.tags = [prefix + t for t in d.tags]
             d.h_rows = [(prefix + r[0], *r[1:]) for r in d.h_rows]
@@ -1340,6 +1416,22 @@ def read_runs(
             done += sizes[f]
             if progress is not None:
                 progress(done, total)
+    # Writer children (add_scalars / add_hparams folders) join the run of the folder above them.
+    listed = set(runs)
+    for c in list(runs):
+        owner = next((a for a in c.parents if a in listed), None)  # the nearest run above it
+        if c.is_file() or owner is None:  # (split folders that discover grouped are no runs of their own)
+            continue
+        kids = [results[f] for f in files[c]]
+        if any(isinstance(k, InputError) for k in kids):
+            continue
+        rel = _relative(c, owner)
+        kind = writer_child(rel, kids)  # type: ignore[arg-type]
+        if kind is None:
+            continue
+        fold_writer_child(rel, kids, kind)  # type: ignore[arg-type]
+        files[owner] = files[owner] + files[c]
+        runs.remove(c)
     out = []
     for i, r in enumerate(runs):
         try:

@@ -238,3 +238,56 @@ def test_same_warning_in_many_runs_is_one_line(tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "tfevents.md: not a TensorBoard event file" in lines[0] and "(× 25 alike)" in lines[0]
+
+
+def _writer_with_children(logdir: Path, writer: str) -> Path:
+    """A run as torch's or tensorboardX's SummaryWriter leaves it when the script calls add_scalars and
+    add_hparams: the writer's own file (grad norm) plus ``Loss_train/``, ``Loss_val/`` (tag ``Loss``
+    each) and ``<time>/`` (the hparams plugin and its metric) below it."""
+    if writer == "torch":
+        from torch.utils.tensorboard import SummaryWriter
+    else:
+        from tensorboardX import SummaryWriter
+    w = SummaryWriter(str(logdir))
+    curve = blowup_curve()
+    for s, v in enumerate(curve):
+        w.add_scalars("Loss", {"train": v, "val": 1.1 * v}, s)
+        w.add_scalar("grad_norm", 1.0 + 0.01 * (s % 7), s)
+    w.add_hparams({"lr": 1e-3}, {"hparam/accuracy": 0.5})
+    w.close()
+    return logdir
+
+
+@pytest.mark.parametrize("writer", ["torch", "tensorboardX"])
+def test_add_scalars_and_add_hparams_folders_belong_to_the_writers_run(tmp_path, writer):
+    """add_scalars writes each key into a folder of its own (TensorBoard lists them as runs); they are the
+    writer's curves: one run, the keys as ``Loss/train`` / ``Loss/val``, the training curve diagnosed,
+    the hparams folder no inconclusive run of its own. Replay's reader (read_run) sees the same tags."""
+    run = _writer_with_children(tmp_path / "run", writer)
+    made = sorted(str(p.parent.relative_to(run)) for p in run.rglob("events.out.tfevents.*") if p.parent != run)
+    # what the writers made: torch Loss_train/, Loss_val/; tensorboardX Loss/train/, Loss/val/; and <time>/
+    assert made[-2:] == (["Loss_train", "Loss_val"] if writer == "torch" else ["Loss/train", "Loss/val"])
+    (r,) = scan_paths([run]).runs
+    assert r.run == str(run) and r.loss_tag == "Loss/train"
+    assert r.blowup_step == 200 and r.verdict != "inconclusive"
+    tags = set(E.read_runs([run])[0].scalars["tag"].astype(str))
+    assert tags == {"Loss/train", "Loss/val", "grad_norm", "hparam/accuracy"}
+    assert set(E.read_run(run).scalars["tag"].astype(str)) == tags
+    v = series(E.read_run(run).scalars, "Loss/train")
+    assert len(v) == 300 and v.iloc[0] == pytest.approx(1.0)
+
+
+def test_a_subfolder_that_is_not_a_writer_child_stays_a_run(tmp_path):
+    """Seeds below a folder that also logs: ``seed_1/`` holds the tag ``loss`` but is not named
+    ``loss_<key>`` — a run of its own, as before; so is a child with two tags."""
+    parent = write_curve(tmp_path / "sweep", "loss", [1.0 / (1 + s) for s in range(50)])
+    write_curve(parent / "seed_1", "loss", [1.0 / (1 + s) for s in range(50)])
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(parent / "loss_two"))
+    for s in range(50):
+        w.add_scalar("loss", 1.0 / (1 + s), s)
+        w.add_scalar("lr", 1e-3, s)
+    w.close()
+    runs = {r.run for r in scan_paths([parent]).runs}
+    assert runs == {str(parent), str(parent / "seed_1"), str(parent / "loss_two")}
