@@ -39,6 +39,7 @@ from adamdiag.analysis.thresholds import (
     INSTABILITY_MAX_LEAD,
     INSTABILITY_R,
     MAX_SPIKES_LISTED,
+    MIN_CHECKPOINTS_BEFORE_EVENT,
     MIN_LOSS_POINTS,
     PRE_EVENT_WINDOW,
     REGROWTH_WINDOW,
@@ -645,8 +646,21 @@ class Evidence:
 
     @property
     def has_mechanism_data(self) -> bool:
-        """Gradient or optimizer data exists: without it the loss alone can't tell the causes apart."""
-        return bool(self.trajectories or self.checkpoints)
+        """Gradient or optimizer data that can tell the causes apart: a logged trajectory, or optimizer
+        checkpoints from before the event — at least a pair, the least that shows how v moved (r over the
+        interval between them). A checkpoint taken after a blowup holds the state the blowup left (Lightning's
+        default keeps only the last epoch's), nothing about what led to it. Without an event, any checkpoint."""
+        if self.trajectories:
+            return True
+        if self.event_step is None:
+            return bool(self.checkpoints)
+        return len(self.checkpoints_before_event()) >= MIN_CHECKPOINTS_BEFORE_EVENT
+
+    def checkpoints_before_event(self) -> list[Any]:
+        """The checkpoints taken before the loss event (all of them without one)."""
+        if self.event_step is None:
+            return list(self.checkpoints)
+        return [c for c in self.checkpoints if c.step is not None and c.step < self.event_step]
 
     def deep_collapses(self) -> list[Collapse]:
         return [c for c in self.collapses if c.deep]

@@ -347,13 +347,23 @@ def regrowth(ev: Evidence) -> list[Finding]:
 
 
 def loss_only(ev: Evidence) -> list[Finding]:
+    """AD901: a blowup with nothing that shows the optimizer's state before it."""
+    before = ev.checkpoints_before_event()
+    if not ev.checkpoints:
+        what = "optimizer checkpoints"
+    elif not before:
+        steps = ", ".join(str(c.step) for c in ev.checkpoints[:MAX_NAMES_SHOWN])
+        what = f"optimizer checkpoints from before it (the checkpoints are from step {steps}, after it)"
+    else:
+        what = f"a second optimizer checkpoint from before it (only step {before[0].step} is)"
     return [
         Finding(
             "AD901",
             "warning",
-            "the loss blew up but the run has no gradient-norm scalar, gradient histograms or optimizer "
-            "checkpoints: the cause can't be told apart (log grad_norm or keep checkpoints)",
+            f"the loss blew up but the run has no gradient-norm scalar, gradient histograms or {what}: the cause "
+            "can't be told apart (log grad_norm or keep checkpoints)",
             step=ev.event_step,
+            evidence={"checkpoint_steps": [c.step for c in ev.checkpoints][:MAX_EVIDENCE_ITEMS]},
         )
     ]
 

@@ -226,11 +226,12 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
 
 def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     lr = ev.lr
-    why = (
-        "eps will not help: v tracked the gradients"
-        if d.alternative is None
-        else "a v collapse also fits (g²/v̂ was low before the blowup): the replay below tries an eps fix too"
-    )
+    if d.alternative is not None:
+        why = "a v collapse also fits (g²/v̂ was low before the blowup): the replay below tries an eps fix too"
+    elif ev.pre_event_r is None:  # no logged trajectory: what the checkpoints before it show
+        why = "eps will not help: the checkpoints before the blowup show no v collapse"
+    else:
+        why = "eps will not help: v tracked the gradients"
     rec: dict[str, Any] = {
         "action": "lower the learning rate",
         "lr": (lr / LR_REDUCTION_STRONG) if lr else None,

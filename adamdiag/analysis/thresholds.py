@@ -32,6 +32,10 @@ MIN_LOSS_POINTS = 8
 # A blowup needs this many finite points before its rise: with fewer, the "level before" is one or
 # two values (a near-zero first point of an eval curve became the baseline of a false AD001).
 MIN_BASELINE_POINTS = 5
+# Optimizer checkpoints before the loss event needed for them to count as mechanism data without a
+# logged trajectory: a pair is the least that shows how v moved (r over the interval between them); one
+# checkpoint, or any taken after the blowup, says nothing about what led to it.
+MIN_CHECKPOINTS_BEFORE_EVENT = 2
 
 # --- second moment: collapse, re-growth, update size --------------------------------------------
 # r = g²/v̂ is 1 in steady state and 0 under pure decay (v_{t+1} = β2·v_t). Below 0.1, at least

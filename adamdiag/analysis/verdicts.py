@@ -16,7 +16,8 @@ the mechanism (docs/architecture.md):
    a gradient jump *after* such a stretch is the collapse's re-growth, not a bad batch;
 6. a one-step gradient jump without a quiet stretch: ``bad_batch`` (the jump did not settle at once,
    so with lower confidence);
-7. a blowup with no gradient or optimizer data: ``inconclusive``;
+7. a blowup with no gradient data and fewer than two optimizer checkpoints from before it (one taken
+   after the blowup shows what it left, not what led to it): ``inconclusive``;
 8. recovered spikes only: ``healthy`` (warnings say what preceded them);
 9. any other blowup: ``lr_too_high``;
 10. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
@@ -148,7 +149,11 @@ RULES: list[VerdictRule] = [
     VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
     VerdictRule("collapse", "r = g²/v̂ from logs or checkpoints: a quiet stretch reaching the blowup", _collapse),
     VerdictRule("gradient_jump", "gradient norm: a ≥10x one-step jump at the event", _gradient_jump),
-    VerdictRule("loss_only", "a blowup and no gradient or optimizer data", _no_mechanism_data),
+    VerdictRule(
+        "loss_only",
+        "a blowup, no gradient data and < 2 optimizer checkpoints before it",
+        _no_mechanism_data,
+    ),
     VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
     VerdictRule("shrunken_v", "mean v̂ from logs or checkpoints: ≥ 100x below its peak before the blowup", _shrunken_v),
     VerdictRule("diverged", "a blowup without a quiet stretch before it", _lr_too_high),

@@ -1288,10 +1288,12 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
 
 
 def _duplicate_step_warnings(d: FileData) -> list[str]:
-    """One warning per tag that logged a step more than once inside one file.
+    """One warning per tag that logged a step more than once inside one file *with different values*.
 
     Every row stays in the frame (``tags`` counts them, ``export`` writes them); the diagnosis and
-    the plots use the last value logged for a step (:func:`adamdiag.analysis.frames.series`).
+    the plots use the last value logged for a step (:func:`adamdiag.analysis.frames.series`). A step
+    repeated with the same value loses nothing and is no warning: Lightning logs ``epoch`` with every
+    ``self.log`` call (twice a step with ``on_step`` and ``on_epoch``).
     """
     import numpy as np
 
@@ -1309,18 +1311,28 @@ def _duplicate_step_warnings(d: FileData) -> list[str]:
     suspect = (c[1:] == c[:-1]) & (s[1:] <= s[:-1])
     if not suspect.any():
         return []
+    values = np.concatenate(d.s_value)[order]
     out = []
     for code in np.unique(c[1:][suspect]):
-        st = s[c == code]
+        mine = c == code
+        st, val = s[mine], values[mine]
         uniq, counts = np.unique(st, return_counts=True)
         dup = uniq[counts > 1]
-        if len(dup):
-            extra = int((counts[counts > 1] - 1).sum())
-            out.append(
-                f"{d.path}: tag '{d.tags[code]}' logs {len(dup)} step(s) more than once ({extra} extra row(s), "
-                f"first at step {int(dup[0])}); all rows are kept (tags counts them, export writes them), "
-                "scan/check/plot use the last value logged for a step"
-            )
+        if not len(dup):
+            continue
+        # the repeated steps whose values differ (NaN never equals itself: a repeated NaN counts)
+        by_step = np.argsort(st, kind="stable")
+        ss, vs = st[by_step], val[by_step]
+        same_step = ss[1:] == ss[:-1]
+        differ = np.unique(ss[1:][same_step & ~(vs[1:] == vs[:-1])])
+        if not len(differ):
+            continue
+        extra = int((counts[np.isin(uniq, differ)] - 1).sum())
+        out.append(
+            f"{d.path}: tag '{d.tags[code]}' logs {len(differ)} step(s) more than once with different values "
+            f"({extra} extra row(s), first at step {int(differ[0])}); all rows are kept (tags counts them, export "
+            "writes them), scan/check/plot use the last value logged for a step"
+        )
     return out
 
 

@@ -4,6 +4,8 @@ tests/e2e and the validation matrix)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -132,6 +134,32 @@ SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
         ),
         ("loss only", make(trajectories=[]), "inconclusive", "loss_only", "low", None),
         (
+            # Lightning's default: the last epoch's checkpoint only, after the blowup — the state the blowup
+            # left, nothing about what led to it
+            "loss and a checkpoint after the blowup",
+            make(trajectories=[], pre_event_r=None, checkpoints=[SimpleNamespace(step=1000)]),
+            "inconclusive",
+            "loss_only",
+            "low",
+            None,
+        ),
+        (
+            "loss and one checkpoint before the blowup (no interval to see v move)",
+            make(trajectories=[], pre_event_r=None, checkpoints=[SimpleNamespace(step=800)]),
+            "inconclusive",
+            "loss_only",
+            "low",
+            None,
+        ),
+        (
+            "loss and a pair of checkpoints before the blowup, no collapse between them",
+            make(trajectories=[], pre_event_r=None, checkpoints=[SimpleNamespace(step=700), SimpleNamespace(step=800)]),
+            "lr_too_high",
+            "diverged",
+            "low",
+            None,
+        ),
+        (
             "spikes that recovered",
             make(events=LossEvents(spikes=[400]), event_step=400),
             "healthy",
@@ -218,3 +246,15 @@ def test_shrunken_v_message_states_its_numbers(r):
     assert "fell to 0.0011 of its peak at step 100" in f.message and "√v̂ 30x down" in f.message
     assert ("tracked" in f.message) == (r is not None) and "healthy" not in f.message.lower()
     assert f.step == DEEP_FALL.deep_step and f.evidence["sqrt_vhat_fall"] == 30.0
+
+
+def test_loss_only_names_where_the_checkpoints_are():
+    """AD901 says why the checkpoints do not count: all after the blowup, or only one before it."""
+    after = make(trajectories=[], pre_event_r=None, checkpoints=[SimpleNamespace(step=1000)])
+    (f,) = F.loss_only(after)
+    assert "from before it (the checkpoints are from step 1000, after it)" in f.message
+    one = make(trajectories=[], pre_event_r=None, checkpoints=[SimpleNamespace(step=800), SimpleNamespace(step=1000)])
+    (f,) = F.loss_only(one)
+    assert "a second optimizer checkpoint from before it (only step 800 is)" in f.message
+    (f,) = F.loss_only(make(trajectories=[]))
+    assert "or optimizer checkpoints:" in f.message

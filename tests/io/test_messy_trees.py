@@ -291,3 +291,21 @@ def test_a_subfolder_that_is_not_a_writer_child_stays_a_run(tmp_path):
     w.close()
     runs = {r.run for r in scan_paths([parent]).runs}
     assert runs == {str(parent), str(parent / "seed_1"), str(parent / "loss_two")}
+
+
+def test_a_step_repeated_with_the_same_value_is_no_warning(tmp_path):
+    """Lightning logs ``epoch`` with every ``self.log`` call, so twice a step with on_step and on_epoch:
+    the same value again loses nothing — kept, counted, and no input problem; a differing value still is."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    for s in range(10):
+        w.add_scalar("train_loss_step", 1.0 / (1 + s), s)
+        w.add_scalar("epoch", float(s // 5), s)
+        w.add_scalar("epoch", float(s // 5), s)
+    w.add_scalar("train_loss_step", 7.0, 3)
+    w.close()
+    (ev,) = E.read_runs([tmp_path])
+    assert (ev.scalars["tag"] == "epoch").sum() == 20
+    (msg,) = [x for x in ev.warnings if "more than once" in x]
+    assert "'train_loss_step'" in msg and "1 step(s)" in msg and "first at step 3" in msg
