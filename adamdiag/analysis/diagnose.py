@@ -36,6 +36,7 @@ from adamdiag.analysis.tags import (
     pick_tag,
     pick_task_loss_tags,
 )
+from adamdiag.analysis.thresholds import MIN_LOSS_POINTS
 from adamdiag.analysis.verdicts import Decision, decide, v_collapse_warning_step
 from adamdiag.results.report import Finding, RunReport
 
@@ -95,6 +96,11 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
     are per-task losses whose events become findings naming them."""
     tags = tags_of(inp)
     lt, gn, tag_problems = _resolve_tags(tags, loss_tags, grad_norm_tag)
+    if not loss_tags and len(lt) > 1 and inp.scalars is not None:
+        # an auto-picked per-task tag must be a curve: HF Trainer's end-of-training summary
+        # `train/train_loss` is one number beside `train/loss`
+        counts = inp.scalars["tag"].value_counts()
+        lt = [lt[0], *(t for t in lt[1:] if counts.get(t, 0) >= MIN_LOSS_POINTS)]
     ev = gather(inp, lt, gn, task_tags_named=bool(loss_tags))
     d = decide(ev)
     rep = RunReport(

@@ -100,6 +100,23 @@ def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, P
     return out
 
 
+def checkpoints_beside_logs(paths: Sequence[Path], runs: list[str]) -> dict[str, Path]:
+    """Runs whose checkpoints may be searched in the folder the user named rather than in the run's
+    own folder: a given folder that holds exactly one run, below it — HF Trainer writes
+    ``output_dir/checkpoint-N/`` beside ``output_dir/runs/<stamp>/``, and ``scan output_dir`` should find
+    them. With several runs below a folder its checkpoints could be any run's: none is lent (the rule
+    of :func:`checkpoint_roots`)."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            continue
+        mine = [r for r in runs if _under(r, str(p))]
+        if len(mine) == 1 and Path(mine[0]).resolve() != p.resolve():
+            out[mine[0]] = p
+    return out
+
+
 def _under(path: str, run: str) -> bool:
     """``path`` is ``run`` or inside it."""
     return path == run or path.startswith(run.rstrip("/") + "/")
@@ -190,6 +207,7 @@ def scan_paths(
         warn_all(report.warnings)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
+        beside = checkpoints_beside_logs(paths, [e.run for e in all_events]) if checkpoints is None else {}
         for events in all_events:
             run_dir = Path(events.run)
             warnings = list(events.warnings)
@@ -241,6 +259,21 @@ def scan_paths(
                 assume=assume,
                 jobs=jobs,
             )
+            lent = None
+            if not summaries and not non_adam and str(run_dir) in beside:
+                # HF Trainer's layout: output_dir/checkpoint-N beside output_dir/runs/<stamp>/
+                root = beside[str(run_dir)]
+                summaries, ck_paths = load_checkpoint_summaries(
+                    root,
+                    trust=trust_checkpoint,
+                    convention=convention,
+                    warnings=warnings,
+                    non_adam=non_adam,
+                    assume=assume,
+                    jobs=jobs,
+                )
+                if summaries:
+                    lent = root
             conv = convention or (summaries[0].convention if summaries else "torch")
             inp = RunInputs(
                 run=str(run_dir),
@@ -253,6 +286,16 @@ def scan_paths(
                 non_adam=non_adam,
             )
             rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
+            if lent is not None:
+                rep.findings.append(
+                    Finding(
+                        "AD901",
+                        "info",
+                        f"optimizer checkpoints read from {lent}, beside the run's logs: the folder given holds this "
+                        "run and no other (HF Trainer's output_dir/checkpoint-N); pass --checkpoints to choose",
+                        evidence={"checkpoints_root": str(lent)},
+                    )
+                )
             rep.findings.extend(skipped)
             rep.warnings.extend(f.message for f in skipped)
             merge_live_findings(rep, run_dir)
