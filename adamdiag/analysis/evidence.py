@@ -638,6 +638,8 @@ class Evidence:
     # ones (loss_*, *_mse beside the total) report a blowup only, as a warning
     task_tags_named: bool = False
     vhat_fall: VhatFall | None = None  # how far the mean v̂ fell from its peak before the event
+    clip_norm: float | None = None  # gradient clipping the writer logged: v reconstructed from min(norm, clip)
+    clip_source: str = ""
 
     @property
     def blowup_step(self) -> int | None:
@@ -749,6 +751,9 @@ class RunInputs:
     convention: str = "torch"
     checkpoint_paths: list[str] = field(default_factory=list)
     non_adam: list[str] = field(default_factory=list)  # "path: what optimizer it holds"
+    # the gradient-clipping norm, when the writer logged it (io.events.writer_clip_norm), and from where
+    clip_norm: float | None = None
+    clip_source: str = ""
 
 
 def tags_of(inp: RunInputs) -> list[str]:
@@ -879,6 +884,8 @@ def gather(
         auto_loss_tag=pick_loss_tag(tags),
         task_tags_named=task_tags_named,
         vhat_fall=vhat_fall(trajs, ckpts, event_step, beta2),
+        clip_norm=inp.clip_norm,
+        clip_source=inp.clip_source,
     )
 
 
@@ -936,7 +943,9 @@ def _trajectories(
         if ok.sum() >= MIN_LOSS_POINTS:
             # Without a checkpoint the element count is unknown, so v's absolute scale is too:
             # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
-            trajs.append(reconstruct(gs[ok], gv[ok] ** 2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
+            # Clipping the writer logged (HF Trainer logs the norm before it): Adam squared the clipped gradient.
+            seen = np.minimum(gv[ok], inp.clip_norm) if inp.clip_norm else gv[ok]
+            trajs.append(reconstruct(gs[ok], seen**2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
         if (~ok).any():
             nf_step = int(gs[~ok][0])
             if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:

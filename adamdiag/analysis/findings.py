@@ -537,6 +537,16 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
                 evidence={"approximate": approx[:MAX_TAGS_EVIDENCE]},
             )
         )
+    if ev.clip_norm is not None and ev.grad_norm_tag is not None:
+        out.append(
+            Finding(
+                "AD601",
+                "info",
+                f"gradient clipping at {ev.clip_norm:g} ({ev.clip_source}): '{ev.grad_norm_tag}' is the norm before "
+                f"clipping, Adam stepped with the clipped gradient, so v is reconstructed from min(norm, {ev.clip_norm:g})",
+                evidence={"clip_norm": ev.clip_norm, "source": ev.clip_source},
+            )
+        )
     clip_tags = [t for t in tags if "clip" in t.lower()]
     if ev.grad_norm_tag is not None and clip_tags:
         out.append(

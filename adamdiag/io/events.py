@@ -19,6 +19,7 @@ reference decoder, in file order). Tests check them against each other on every 
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -1181,6 +1182,61 @@ def _scalars_key(rel: str, tag: str) -> str | None:
     if rel.startswith(tag + "/") and len(rel) > len(tag) + 1:
         return rel[len(tag) + 1 :]
     return None
+
+
+# HF Trainer's TensorBoardCallback writes its TrainingArguments as JSON in one text summary at the start
+# of training; only the head of a file is searched for it.
+WRITER_ARGS_TAG = "args/text_summary"
+WRITER_ARGS_HEAD = 1 << 20
+
+
+def writer_arguments(path: str | Path) -> dict[str, Any]:
+    """The training arguments a writer logged as text (HF Trainer's ``args``: its TrainingArguments as
+    JSON), from the head of one event file with the reference decoder; {} when there are none."""
+    import json
+
+    from adamdiag.io.tfrecord import iter_payloads_ref
+
+    parse, decode_error = _proto()
+    try:
+        with open(path, "rb") as fh:
+            buf = fh.read(WRITER_ARGS_HEAD)
+    except OSError:
+        return {}
+    for _, payload in iter_payloads_ref(buf, name=str(path)):
+        try:
+            ev = parse(payload)
+        except (decode_error, RuntimeError, ValueError):
+            continue
+        if ev.WhichOneof("what") != "summary":
+            continue
+        for v in ev.summary.value:
+            if v.tag == WRITER_ARGS_TAG and v.HasField("tensor") and v.tensor.string_val:
+                try:
+                    doc = json.loads(v.tensor.string_val[0].decode("utf-8"))
+                except (UnicodeDecodeError, ValueError):
+                    continue
+                if isinstance(doc, dict):
+                    return doc
+    return {}
+
+
+def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
+    """The gradient-clipping norm the training used, when its writer logged it, and where from: HF
+    Trainer's ``max_grad_norm`` (its ``train/grad_norm`` is the norm *before* clipping, while Adam steps
+    with the clipped gradient). Only files that hold a text summary are opened. (None, "") otherwise.
+
+    >>> writer_clip_norm(RunEvents("r", None, None, [], {}, [], []))
+    (None, '')
+    """
+    for info in events.file_info:
+        if not (info.get("skipped") or {}).get("text"):
+            continue
+        args = writer_arguments(info["path"])
+        c = args.get("max_grad_norm")
+        if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0:
+            return float(c), f"max_grad_norm in the '{WRITER_ARGS_TAG}' summary (HF Trainer's arguments)"
+    return None, ""
 
 
 def writer_child(rel: str, datas: Sequence[FileData]) -> str | None:

@@ -174,7 +174,7 @@ def scan_paths(
     from adamdiag.analysis.diagnose import RunInputs, diagnose
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError
-    from adamdiag.io.events import read_runs
+    from adamdiag.io.events import read_runs, writer_clip_norm
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
@@ -275,6 +275,7 @@ def scan_paths(
                 if summaries:
                     lent = root
             conv = convention or (summaries[0].convention if summaries else "torch")
+            clip, clip_source = writer_clip_norm(events)
             inp = RunInputs(
                 run=str(run_dir),
                 scalars=scalars,
@@ -284,6 +285,8 @@ def scan_paths(
                 convention=conv,
                 checkpoint_paths=ck_paths,
                 non_adam=non_adam,
+                clip_norm=clip,
+                clip_source=clip_source,
             )
             rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
             if lent is not None:

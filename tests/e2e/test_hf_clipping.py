@@ -1,0 +1,77 @@
+"""HF Trainer logs ``train/grad_norm`` *before* clipping (clip_grad_norm_'s return value) while Adam steps
+with the clipped gradient, and writes its TrainingArguments, ``max_grad_norm`` among them, as the text
+summary ``args`` (TensorBoardCallback: ``add_text("args", args.to_json_string())``). scan reads the clip
+from there and reconstructs v from min(norm, clip): on this run the pre-clip norms fall from ~170 to ~3
+while every step is clipped to 1, so the clipped gradient Adam saw kept its size — no quiet stretch — where
+the raw norms read as a stale v. A real torch run with torch's SummaryWriter making the same calls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adamdiag.io import events as E
+from adamdiag.pipeline.scan import scan_paths
+
+
+def _run(logdir, args: dict | None) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 8)
+    y = 10 * (x @ torch.randn(8, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    w = SummaryWriter(str(logdir))
+    if args is not None:
+        w.add_text("args", json.dumps(args, indent=2))
+    for step in range(1, 1201):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the norm before clipping
+        opt.step()
+        w.add_scalar("train/loss", float(loss.detach()), step)
+        w.add_scalar("train/grad_norm", float(gn), step)
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hfclip")
+    _run(root / "hf", {"output_dir": "out", "learning_rate": 0.03, "max_grad_norm": 1.0})
+    _run(root / "plain", None)
+    return root
+
+
+def test_the_clip_comes_from_the_args_summary(runs):
+    (ev,) = E.read_runs([runs / "hf"])
+    assert E.writer_clip_norm(ev) == (1.0, "max_grad_norm in the 'args/text_summary' summary (HF Trainer's arguments)")
+    (plain,) = E.read_runs([runs / "plain"])
+    assert E.writer_clip_norm(plain) == (None, "")
+
+
+def test_v_is_reconstructed_from_the_clipped_norm(runs):
+    (hf,) = scan_paths([runs / "hf"]).runs
+    (plain,) = scan_paths([runs / "plain"]).runs
+    assert hf.blowup_step == plain.blowup_step is not None
+    (f,) = [f for f in hf.findings if f.id == "AD601"]
+    assert f.severity == "info" and "min(norm, 1)" in f.message
+    # the same run read without the clip: the pre-clip norms' fall looks like a stale v
+    assert plain.verdict == "v_collapse" and any(f.id == "AD101" for f in plain.findings)
+    # with it: Adam's gradient kept its size (clipped to 1 at every step), no quiet stretch
+    assert hf.verdict == "lr_too_high" and not any(f.id == "AD101" for f in hf.findings)
+
+
+@pytest.mark.parametrize("value", [0.0, None, "1.0", True])
+def test_no_clip_when_the_args_do_not_state_one(tmp_path, value):
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path))
+    w.add_text("args", json.dumps({"max_grad_norm": value}))
+    w.add_scalar("train/loss", 1.0, 1)
+    w.close()
+    (ev,) = E.read_runs([tmp_path])
+    assert E.writer_clip_norm(ev) == (None, "")
