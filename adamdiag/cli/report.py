@@ -23,6 +23,7 @@ from adamdiag.cli.options import (
 from adamdiag.cli.scan import (
     DeviceOpt,
     EntryOpt,
+    GradClipOpt,
     GradNormTagOpt,
     LossTagOpt,
     TrustEntryOpt,
@@ -76,6 +77,7 @@ def report(
     device: DeviceOpt = "auto",
     loss_tag: LossTagOpt = None,
     grad_norm_tag: GradNormTagOpt = None,
+    grad_clip: GradClipOpt = None,
     assume_lr: AssumeLrOpt = None,
     assume_beta2: AssumeBeta2Opt = None,
     assume_eps: AssumeEpsOpt = None,
@@ -104,6 +106,7 @@ def report(
         None,
         verify_options if verify_ else None,
         True,
+        grad_clip,
     )
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -70,6 +71,16 @@ GradNormTagOpt = Annotated[
     str | None,
     typer.Option("--grad-norm-tag", help="Scalar tag of the (clipped) gradient norm (default: auto-picked)."),
 ]
+GradClipOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--grad-clip",
+        metavar="NORM",
+        help="The gradient-norm clip the training used, when the logged norm is the one before clipping "
+        "(clip_grad_norm_'s return value; Lightning's gradient_clip_val): v is reconstructed from min(norm, NORM). "
+        "HF Trainer's max_grad_norm is read from its logs.",
+    ),
+]
 
 
 def diagnose_paths(
@@ -81,11 +92,15 @@ def diagnose_paths(
     grad_norm_tag: str | None = None,
     assume: tuple[float | None, float | None, float | None] = (None, None, None),
     jobs: int | None = None,
+    grad_clip: float | None = None,
 ):
     """scan_paths with the command line's options; ``assume``: (--assume-lr, --assume-beta2, --assume-eps);
-    ``jobs``: --jobs."""
+    ``jobs``: --jobs; ``grad_clip``: --grad-clip."""
+    from adamdiag.errors import InputError
     from adamdiag.pipeline.scan import scan_paths
 
+    if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
+        raise InputError(f"--grad-clip must be a positive number, got {grad_clip}")
     return scan_paths(
         runs,
         checkpoints=checkpoints,
@@ -95,6 +110,7 @@ def diagnose_paths(
         grad_norm_tag=grad_norm_tag,
         assume=assumptions(*assume),
         jobs=jobs,
+        grad_clip=grad_clip,
     )
 
 
@@ -145,10 +161,11 @@ def build_report(
     jobs: int | None,
     verify_options: VerifyOptions | None,
     series: bool,
+    grad_clip: float | None = None,
 ) -> Report:
     """What scan, check and report share: diagnose, then --verify (``verify_options``), then the curves
     (``series``: --with-series / report; with --verify each replayed variant's loss too)."""
-    report = diagnose_paths(runs, checkpoints, convention, trust, loss_tags, grad_norm_tag, assume, jobs)
+    report = diagnose_paths(runs, checkpoints, convention, trust, loss_tags, grad_norm_tag, assume, jobs, grad_clip)
     if verify_options is not None:
         verify(report, verify_options, curves=series)
     if series:
@@ -168,6 +185,7 @@ def scan(
     trust_checkpoint: TrustOpt = False,
     loss_tag: LossTagOpt = None,
     grad_norm_tag: GradNormTagOpt = None,
+    grad_clip: GradClipOpt = None,
     verify_: VerifyOpt = False,
     verify_budget: VerifyBudgetOpt = None,
     entry: EntryOpt = None,
@@ -193,6 +211,7 @@ def scan(
         jobs,
         VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume) if verify_ else None,
         with_series,
+        grad_clip,
     )
     publish(report, format.value)
 
@@ -208,6 +227,7 @@ def check(
     trust_checkpoint: TrustOpt = False,
     loss_tag: LossTagOpt = None,
     grad_norm_tag: GradNormTagOpt = None,
+    grad_clip: GradClipOpt = None,
     allow_inconclusive: Annotated[
         bool,
         typer.Option("--allow-inconclusive", help="Pass runs that could not be diagnosed (unreadable, no loss, ...)."),
@@ -239,6 +259,7 @@ def check(
         jobs,
         VerifyOptions(entry, trust_entry, trust_checkpoint, verify_budget, device, assume) if verify_ else None,
         with_series,
+        grad_clip,
     )
     publish(report, format.value, fail_on=fail_on.value)
     threshold = SEVERITY_RANK[fail_on.value]

@@ -160,11 +160,13 @@ def scan_paths(
     grad_norm_tag: str | None = None,
     assume: Assumptions | None = None,
     jobs: int | None = None,
+    grad_clip: float | None = None,
 ) -> Report:
     """Diagnose every run found under ``paths``. ``loss_tags``/``grad_norm_tag``: the user's tags
     (``--loss-tag``, repeatable, the total first; ``--grad-norm-tag``), else the shared auto-pick.
     ``assume``: values for hyperparameters a checkpoint does not store (``--assume-*``); ``jobs``:
-    tensors of a checkpoint read in parallel (``--jobs``).
+    tensors of a checkpoint read in parallel (``--jobs``); ``grad_clip``: the gradient-norm clip the
+    training used (``--grad-clip``), else what the writer logged (HF Trainer's max_grad_norm).
 
     Raises :class:`adamdiag.errors.InputError` when a path is missing or holds no event files, or
     when the only run found cannot be read; among several runs an unreadable one becomes an
@@ -275,7 +277,7 @@ def scan_paths(
                 if summaries:
                     lent = root
             conv = convention or (summaries[0].convention if summaries else "torch")
-            clip, clip_source = writer_clip_norm(events)
+            clip, clip_source = (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events)
             inp = RunInputs(
                 run=str(run_dir),
                 scalars=scalars,

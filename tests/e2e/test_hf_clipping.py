@@ -75,3 +75,21 @@ def test_no_clip_when_the_args_do_not_state_one(tmp_path, value):
     w.close()
     (ev,) = E.read_runs([tmp_path])
     assert E.writer_clip_norm(ev) == (None, "")
+
+
+def test_grad_clip_option_for_runs_that_do_not_log_it(runs):
+    """Lightning's gradient_clip_val or a plain loop's clip_grad_norm_ is not in the logs: --grad-clip says it
+    (scan, check, report alike); a non-positive value is a usage error (exit 2)."""
+    from typer.testing import CliRunner
+
+    from adamdiag.cli import app
+
+    cli = CliRunner()
+    res = cli.invoke(app, ["scan", str(runs / "plain"), "--grad-clip", "1", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["verdict"] == "lr_too_high"
+    (f,) = [f for f in run["findings"] if f["id"] == "AD601"]
+    assert "(--grad-clip)" in f["message"]
+    res = cli.invoke(app, ["check", str(runs / "plain"), "--grad-clip", "0"])
+    assert res.exit_code == 2 and "--grad-clip must be a positive number" in res.stderr
