@@ -52,7 +52,14 @@ RULES: dict[str, tuple[str, str]] = {
     # 5xx: eps too large
     "AD501": ("eps-too-large", "sqrt(v̂) << eps for most elements: Adam degraded to SGD with step lr/eps."),
     # 6xx: context
-    "AD601": ("grad-clipping", "Gradient clipping detected: Adam saw the clipped gradients."),
+    "AD601": (
+        "grad-clipping",
+        "Gradient clipping detected: Adam saw the clipped gradients. When the writer logged the clip value — HF "
+        "Trainer's `max_grad_norm` in its `args` text summary (its `train/grad_norm` is the norm *before* "
+        "clipping) — v is reconstructed from min(norm, clip) and this info says so; `--grad-clip NORM` says it "
+        "for runs that do not log it; without either, a pre-clip norm that falls while every step is clipped "
+        "reads as a stale v.",
+    ),
     "AD602": ("lr-schedule", "Reserved (not emitted yet): the learning rate changed around the blowup."),
     "AD603": (
         "keras-running-mean",
