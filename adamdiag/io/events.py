@@ -65,6 +65,8 @@ class RunEvents:
     skipped: dict[str, int]
     files: list[str]  # event files in segment order
     file_info: list[dict[str, Any]] = field(default_factory=list)  # per file: size, records, writer, ...
+    # how the reader read the run where a writer's convention needed it (information, not damage)
+    notes: list[str] = field(default_factory=list)
 
 
 def is_event_file(path: Path) -> bool:
@@ -1340,7 +1342,54 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
             d.tags = [prefix + t for t in d.tags]
             d.h_rows = [(prefix + r[0], *r[1:]) for r in d.h_rows]
         d.warnings.extend(_duplicate_step_warnings(d))
-    return _assemble(run, datas)
+    events = _assemble(run, datas)
+    samples_axis_to_steps(events)
+    return events
+
+
+# DeepSpeed's own monitor logs its tags against the samples seen (``global_samples``), not the step.
+SAMPLES_PREFIX = "Train/Samples/"
+
+
+def samples_axis_to_steps(events: RunEvents) -> None:
+    """Put DeepSpeed's ``Train/Samples/*`` tags on the optimizer-step axis, in place: they are logged once
+    per optimizer step against ``global_samples`` = step · train_batch_size, so the spacing of their points
+    is the batch size and step = samples / spacing — the axis of the checkpoints (``global_stepN``) and of
+    every other tag. Left as logged (no note) unless every point is a multiple of the spacing.
+
+    >>> import pandas as pd
+    >>> ev = RunEvents("r", pd.DataFrame({"tag": pd.Categorical(["Train/Samples/train_loss"] * 3),
+    ...     "step": [32, 64, 96], "value": [1.0, 0.5, 0.4]}), None, [], {}, [], [])
+    >>> samples_axis_to_steps(ev); ev.scalars["step"].tolist()
+    [1, 2, 3]
+    """
+    import numpy as np
+    import pandas as pd
+
+    s = events.scalars
+    if s is None or not len(s):
+        return
+    col = s["tag"]
+    names = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()  # O(tags), not O(rows)
+    tags = [t for t in names if str(t).startswith(SAMPLES_PREFIX)]
+    if not tags:
+        return
+    mask = s["tag"].isin(tags).to_numpy()
+    steps = s["step"].to_numpy(np.int64)
+    seen = np.unique(steps[mask])
+    gaps = np.diff(seen)
+    if not len(gaps) or gaps.min() <= 1:
+        return
+    spacing = int(gaps.min())
+    if np.any(seen % spacing):
+        return
+    new = steps.copy()
+    new[mask] //= spacing
+    events.scalars = s.assign(step=new)
+    events.notes.append(
+        f"DeepSpeed's {SAMPLES_PREFIX}* tags are logged against the samples seen: read as optimizer steps = "
+        f"samples / {spacing} (the spacing of their points: the train batch size)"
+    )
 
 
 def _duplicate_step_warnings(d: FileData) -> list[str]:

@@ -291,6 +291,7 @@ def scan_paths(
                 clip_source=clip_source,
             )
             rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
+            rep.findings += [Finding("AD901", "info", note) for note in events.notes]
             if lent is not None:
                 rep.findings.append(
                     Finding(
