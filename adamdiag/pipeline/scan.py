@@ -100,21 +100,55 @@ def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, P
     return out
 
 
-def checkpoints_beside_logs(paths: Sequence[Path], runs: list[str]) -> dict[str, Path]:
+def checkpoints_beside_logs(
+    paths: Sequence[Path], runs: list[str], spans: dict[str, tuple[int, int, int]] | None = None
+) -> dict[str, Path]:
     """Runs whose checkpoints may be searched in the folder the user named rather than in the run's
-    own folder: a given folder that holds exactly one run, below it — HF Trainer writes
+    own folder: a given folder that holds exactly one run below it — HF Trainer writes
     ``output_dir/checkpoint-N/`` beside ``output_dir/runs/<stamp>/``, and ``scan output_dir`` should find
-    them. With several runs below a folder its checkpoints could be any run's: none is lent (the rule
-    of :func:`checkpoint_roots`)."""
+    them — or several that are one training resumed (``resume_from_checkpoint`` logs into a new
+    ``runs/<stamp>/``; :func:`resumed_chain` on ``spans``: run → (first step, last step, logging
+    interval)). Otherwise a folder's checkpoints could be any of its runs': none is lent (the rule of
+    :func:`checkpoint_roots`)."""
     out: dict[str, Path] = {}
     for p in paths:
         p = Path(p)
         if not p.is_dir():
             continue
-        mine = [r for r in runs if _under(r, str(p))]
-        if len(mine) == 1 and Path(mine[0]).resolve() != p.resolve():
-            out[mine[0]] = p
+        mine = [r for r in runs if _under(r, str(p)) and Path(r).resolve() != p.resolve()]
+        if len(mine) == 1 or (
+            len(mine) > 1 and spans is not None and resumed_chain([spans[r] for r in mine if r in spans])
+        ):
+            if len(mine) == len([r for r in runs if _under(r, str(p))]):
+                out.update({r: p for r in mine})
     return out
+
+
+def step_span(events: Any) -> tuple[int, int, int]:
+    """(first step, last step, median logging interval) of a run's scalars; (0, 0, 1) without any."""
+    import numpy as np
+
+    s = events.scalars
+    if s is None or not len(s):
+        return (0, 0, 1)
+    steps = np.unique(s["step"].to_numpy(np.int64))
+    gap = int(np.median(np.diff(steps))) if len(steps) > 1 else 1
+    return (int(steps[0]), int(steps[-1]), max(1, gap))
+
+
+def resumed_chain(spans: list[tuple[int, int, int]]) -> bool:
+    """Runs that are one training resumed from its checkpoints: ordered by their first logged step, each
+    starts *after* the previous one started (a fresh run starts again at its first step) and no later
+    than one logging interval after the previous one's last step (it went on from a checkpoint the
+    previous run wrote).
+
+    >>> resumed_chain([(1, 700, 1), (401, 900, 1)]), resumed_chain([(1, 700, 1), (1, 650, 1)])
+    (True, False)
+    """
+    if len(spans) < 2:
+        return False
+    order = sorted(spans)
+    return all(b[0] > a[0] and b[0] <= a[1] + max(1, a[2]) for a, b in zip(order, order[1:]))
 
 
 def _under(path: str, run: str) -> bool:
@@ -209,7 +243,11 @@ def scan_paths(
         warn_all(report.warnings)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
-        beside = checkpoints_beside_logs(paths, [e.run for e in all_events]) if checkpoints is None else {}
+        beside = (
+            checkpoints_beside_logs(paths, [e.run for e in all_events], {e.run: step_span(e) for e in all_events})
+            if checkpoints is None
+            else {}
+        )
         for events in all_events:
             run_dir = Path(events.run)
             warnings = list(events.warnings)
@@ -298,7 +336,8 @@ def scan_paths(
                         "AD901",
                         "info",
                         f"optimizer checkpoints read from {lent}, beside the run's logs: the folder given holds this "
-                        "run and no other (HF Trainer's output_dir/checkpoint-N); pass --checkpoints to choose",
+                        "training's runs only — one run, or one training resumed into new run folders (HF Trainer's "
+                        "output_dir/checkpoint-N); pass --checkpoints to choose",
                         evidence={"checkpoints_root": str(lent)},
                     )
                 )

@@ -59,3 +59,22 @@ def test_two_runs_below_the_folder_borrow_no_checkpoints(tmp_path):
     for rep in reps:
         assert "checkpoints" not in rep.sources
         assert not [f for f in rep.findings if "beside the run's logs" in f.message]
+
+
+def test_a_resumed_training_keeps_its_checkpoints(tmp_path):
+    """resume_from_checkpoint logs into a new runs/<stamp>/ whose steps go on from the checkpoint: two runs
+    below output_dir that are one training — both read output_dir's checkpoints."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "out"
+    _hf_like_run(out, "first")
+    w = SummaryWriter(str(out / "runs" / "resumed"))
+    for step in range(201, 301):  # resumed from checkpoint-200
+        w.add_scalar("train/loss", 1.0 / step, step)
+        w.add_scalar("train/grad_norm", 0.1, step)
+    w.close()
+    reps = scan_paths([out]).runs
+    assert len(reps) == 2
+    for rep in reps:
+        assert "checkpoints" in rep.sources, rep.run
+        assert [f for f in rep.findings if "beside the run's logs" in f.message]
