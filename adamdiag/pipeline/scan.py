@@ -6,6 +6,7 @@ renders the result. Progress goes to stderr (rich), only when stderr is a termin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,27 +101,24 @@ def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, P
     return out
 
 
-def checkpoints_beside_logs(
-    paths: Sequence[Path], runs: list[str], spans: dict[str, tuple[int, int, int]] | None = None
-) -> dict[str, Path]:
+def checkpoints_beside_logs(paths: Sequence[Path], events: list[Any]) -> dict[str, Path]:
     """Runs whose checkpoints may be searched in the folder the user named rather than in the run's
-    own folder: a given folder that holds exactly one run below it — HF Trainer writes
+    own folder: a given folder (itself no run) that holds exactly one run below it — HF Trainer writes
     ``output_dir/checkpoint-N/`` beside ``output_dir/runs/<stamp>/``, and ``scan output_dir`` should find
     them — or several that are one training resumed (``resume_from_checkpoint`` logs into a new
-    ``runs/<stamp>/``; :func:`resumed_chain` on ``spans``: run → (first step, last step, logging
-    interval)). Otherwise a folder's checkpoints could be any of its runs': none is lent (the rule of
-    :func:`checkpoint_roots`)."""
+    ``runs/<stamp>/``: :func:`resumed_chain`). Otherwise a folder's checkpoints could be any of its runs':
+    none is lent (the rule of :func:`checkpoint_roots`). ``events``: the runs read (RunEvents)."""
     out: dict[str, Path] = {}
     for p in paths:
         p = Path(p)
         if not p.is_dir():
             continue
-        mine = [r for r in runs if _under(r, str(p)) and Path(r).resolve() != p.resolve()]
-        if len(mine) == 1 or (
-            len(mine) > 1 and spans is not None and resumed_chain([spans[r] for r in mine if r in spans])
-        ):
-            if len(mine) == len([r for r in runs if _under(r, str(p))]):
-                out.update({r: p for r in mine})
+        below = [e for e in events if _under(e.run, str(p))]
+        if any(Path(e.run).resolve() == p.resolve() for e in below):
+            continue
+        # the step spans are a pass over each run's steps: only where several runs share the folder
+        if len(below) == 1 or (len(below) > 1 and resumed_chain([step_span(e) for e in below])):
+            out.update({e.run: p for e in below})
     return out
 
 
@@ -243,11 +241,7 @@ def scan_paths(
         warn_all(report.warnings)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])
-        beside = (
-            checkpoints_beside_logs(paths, [e.run for e in all_events], {e.run: step_span(e) for e in all_events})
-            if checkpoints is None
-            else {}
-        )
+        beside = checkpoints_beside_logs(paths, all_events) if checkpoints is None else {}
         for events in all_events:
             run_dir = Path(events.run)
             warnings = list(events.warnings)
@@ -290,8 +284,8 @@ def scan_paths(
                 warnings.append(f"{run_dir}: the event files hold no scalars or histograms")
             ck_root = ck_roots[run_dir]
             non_adam: list[str] = []
-            summaries, ck_paths = load_checkpoint_summaries(
-                ck_root,
+            load = functools.partial(
+                load_checkpoint_summaries,
                 trust=trust_checkpoint,
                 convention=convention,
                 warnings=warnings,
@@ -299,21 +293,12 @@ def scan_paths(
                 assume=assume,
                 jobs=jobs,
             )
+            summaries, ck_paths = load(ck_root)
             lent = None
             if not summaries and not non_adam and str(run_dir) in beside:
                 # HF Trainer's layout: output_dir/checkpoint-N beside output_dir/runs/<stamp>/
-                root = beside[str(run_dir)]
-                summaries, ck_paths = load_checkpoint_summaries(
-                    root,
-                    trust=trust_checkpoint,
-                    convention=convention,
-                    warnings=warnings,
-                    non_adam=non_adam,
-                    assume=assume,
-                    jobs=jobs,
-                )
-                if summaries:
-                    lent = root
+                summaries, ck_paths = load(beside[str(run_dir)])
+                lent = beside[str(run_dir)] if summaries else None
             conv = convention or (summaries[0].convention if summaries else "torch")
             clip, clip_source = (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events)
             inp = RunInputs(
