@@ -1276,8 +1276,15 @@ def fold_writer_child(rel: str, datas: Sequence[FileData], kind: str) -> None:
         d.grouped = True
 
 
-def _relative(child: Path, run: Path) -> str:
-    return os.path.relpath(child, run).replace(os.sep, "/")
+def adopt_writer_child(child: Path, run: Path, datas: Sequence[FileData]) -> bool:
+    """Fold ``child``'s decoded files into ``run`` when they are a writer child of it (:func:`writer_child`,
+    :func:`fold_writer_child`); False, untouched, when the folder is a run of its own."""
+    rel = os.path.relpath(child, run).replace(os.sep, "/")
+    kind = writer_child(rel, datas)
+    if kind is None:
+        return False
+    fold_writer_child(rel, datas, kind)
+    return True
 
 
 def _child_runs(run_dir: Path) -> list[Path]:
@@ -1324,10 +1331,7 @@ def read_run(
                 kids = [read_file(f, check_crc=check_crc) for f in run_files(child)]
             except InputError:
                 continue  # a damaged child stays out here; scan reports it as a run of its own
-            rel = _relative(child, run_dir)
-            kind = writer_child(rel, kids)
-            if kind is not None:
-                fold_writer_child(rel, kids, kind)
+            if adopt_writer_child(child, run_dir, kids):
                 datas.extend(kids)
     return _finish(str(run_dir), datas)
 
@@ -1420,19 +1424,14 @@ def _duplicate_step_warnings(d: FileData) -> list[str]:
     out = []
     for code in np.unique(c[1:][suspect]):
         mine = c == code
-        st, val = s[mine], values[mine]
-        uniq, counts = np.unique(st, return_counts=True)
-        dup = uniq[counts > 1]
-        if not len(dup):
-            continue
-        # the repeated steps whose values differ (NaN never equals itself: a repeated NaN counts)
-        by_step = np.argsort(st, kind="stable")
-        ss, vs = st[by_step], val[by_step]
-        same_step = ss[1:] == ss[:-1]
-        differ = np.unique(ss[1:][same_step & ~(vs[1:] == vs[:-1])])
+        # one sort by step: the repeated steps whose values differ (NaN never equals itself: a repeated
+        # NaN counts), and the extra rows logged at them
+        by_step = np.argsort(s[mine], kind="stable")
+        ss, vs = s[mine][by_step], values[mine][by_step]
+        differ = np.unique(ss[1:][(ss[1:] == ss[:-1]) & ~(vs[1:] == vs[:-1])])
         if not len(differ):
             continue
-        extra = int((counts[np.isin(uniq, differ)] - 1).sum())
+        extra = int(np.isin(ss, differ).sum()) - len(differ)
         out.append(
             f"{d.path}: tag '{d.tags[code]}' logs {len(differ)} step(s) more than once with different values "
             f"({extra} extra row(s), first at step {int(differ[0])}); all rows are kept (tags counts them, export "
@@ -1542,13 +1541,9 @@ def read_runs(
         kids = [results[f] for f in files[c]]
         if any(isinstance(k, InputError) for k in kids):
             continue
-        rel = _relative(c, owner)
-        kind = writer_child(rel, kids)  # type: ignore[arg-type]
-        if kind is None:
-            continue
-        fold_writer_child(rel, kids, kind)  # type: ignore[arg-type]
-        files[owner] = files[owner] + files[c]
-        runs.remove(c)
+        if adopt_writer_child(c, owner, kids):  # type: ignore[arg-type]
+            files[owner] = files[owner] + files[c]
+            runs.remove(c)
     out = []
     for i, r in enumerate(runs):
         try:
