@@ -305,10 +305,9 @@ class AdamMonitor:
         start = R.event_start(events)
         if start is None or self._verdict != "healthy":
             return []
+        norms = [w.grad_norm.series() for w in self._watches]  # one device → host copy each
         waited = self._pending_blowup is not None and self._pending_waits >= PENDING_MAX_STEPS
-        if not (final or waited) and any(
-            R.grad_norm_pending(w.grad_norm.series(), events.blowup_step) for w in self._watches
-        ):
+        if not (final or waited) and any(R.grad_norm_pending(gn, events.blowup_step) for gn in norms):
             # scan's one-batch rule reads the gradient norm next to the blowup and one step after a jump
             # there: decide once the optimizer has made those steps
             if self._pending_blowup is None:
@@ -317,13 +316,9 @@ class AdamMonitor:
             return []
         self._pending_blowup = None
         found: list[R.BlowupEvidence] = []
-        for w in self._watches:
+        for w, gn in zip(self._watches, norms):
             t = w.tracks.get("global")
-            be = (
-                R.blowup_evidence(t, w.eps, w.beta2, start, w.grad_norm.series(), events.blowup_step)
-                if t is not None
-                else None
-            )
+            be = R.blowup_evidence(t, w.eps, w.beta2, start, gn, events.blowup_step) if t is not None else None
             if be is None:
                 continue
             if be.verdict == "v_collapse" and be.warning_step is not None:
@@ -357,24 +352,21 @@ class AdamMonitor:
 
     def close(self) -> None:
         """Remove the hooks, look at the fed losses since the last check (a run that stops a few steps
-        after its blowup must not end without its AD001), and write the live file a last time."""
+        after its blowup must not end without its AD001), decide a blowup verdict still waiting for the
+        gradient norm, and write the live file a last time."""
         for w in self._watches:
             for h in (w.handle, w.pre_handle):
                 if h is not None:
                     h.remove()
             w.handle = w.pre_handle = None
-        if self.enabled and not self._loss_blown and self._loss and self._loss[-1][0] > self._loss_checked:
+        if self.enabled:
             try:
-                self._check_loss(self._loss[-1][0])
-            except AdamDiagAlarm:
-                raise
-            except Exception as e:  # noqa: BLE001 - never break training
-                self._fail(e)
-        if self.enabled and self._pending_blowup is not None:
-            try:
-                new = self._blowup_verdict(self._pending_blowup, final=True)
-                if new:
-                    self._emit(new, self.step or 0)
+                if not self._loss_blown and self._loss and self._loss[-1][0] > self._loss_checked:
+                    self._check_loss(self._loss[-1][0])
+                if self._pending_blowup is not None:  # decide now on the gradient norm there is
+                    new = self._blowup_verdict(self._pending_blowup, final=True)
+                    if new:
+                        self._emit(new, self.step or 0)
             except AdamDiagAlarm:
                 raise
             except Exception as e:  # noqa: BLE001 - never break training
