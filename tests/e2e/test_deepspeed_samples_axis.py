@@ -1,6 +1,7 @@
-"""DeepSpeed's own monitor (``"tensorboard": {"enabled": true}`` in ds_config) logs ``Train/Samples/train_loss``
-and ``Train/Samples/lr`` once per optimizer step against ``global_samples`` = step · train_batch_size (its
-engine and monitor docs), while its checkpoints are ``global_stepN``. scan, replay and show read those tags on
+"""DeepSpeed's own monitor (``"tensorboard": {"enabled": true}`` in ds_config) logs ``Train/Samples/lr`` (and,
+from its pipeline engine, ``Train/Samples/train_loss``) once per optimizer step against ``global_samples`` =
+step · train_batch_size (deepspeed 0.19.8's engine and pipe/engine sources), while its checkpoints are
+``global_stepN``. scan, replay and show read those tags on
 the step axis (step = samples / the spacing of the points), with an AD901 info that says so. Written with
 torch's SummaryWriter making the engine's calls on a real Adam run."""
 
