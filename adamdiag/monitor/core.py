@@ -204,6 +204,7 @@ class AdamMonitor:
         self._pending_blowup: Any = None
         self._pending_waits = 0
         self._loss_seen: set[tuple[str, int | None]] = set()
+        self._resumed = False  # the live file of a run restarted from a checkpoint has been read
         self._names_given = model is not None or names is not None
 
         opts = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
@@ -417,8 +418,12 @@ class AdamMonitor:
             try:
                 if w.step is None:
                     w.step = _state_step(optimizer)
-                    if w.step > 1 and w is self._watches[0]:
-                        self._resume(w.step - 1)  # an optimizer restored from a checkpoint
+                    if w.step > 1 and not self._resumed:
+                        # an optimizer restored from a checkpoint: whichever watched optimizer steps
+                        # first with restored state (the first one may be new after the restart, or
+                        # step later than the others), once for all of them
+                        self._resumed = True
+                        self._resume(w.step - 1)
                 else:
                     w.step += 1
                 w.record_grad_norm()

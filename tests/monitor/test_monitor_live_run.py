@@ -128,3 +128,41 @@ def test_restart_from_a_checkpoint_goes_on_from_the_live_file(tmp_path: Path) ->
     live = json.loads((run / LIVE_FILE).read_text())["runs"][0]
     assert live["step"] == 300 and live["warning_step"] == warn[0].step
     assert live["monitor_state"]["peaks"]["global"] == peak  # the peak went on
+
+
+def test_restart_resumes_from_any_restored_optimizer(tmp_path: Path) -> None:
+    """Two optimizers (body and head); after the restart only the body's comes from the checkpoint — the
+    head's is new (step 1), as when a user re-creates it. The live file is still read, at the body's first
+    step: its trajectory's peak v̂ (from the first steps, before the restart) goes on; a new monitor
+    that waited for the first optimizer to be a restored one would start the peak over at a fallen v̂."""
+    x, y = regression_data(seed=5, n=64)
+
+    def build() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+        model = mlp(seed=5)
+        return model, torch.optim.Adam(model[2].parameters(), lr=1e-2), torch.optim.Adam(model[0].parameters(), lr=1e-2)
+
+    def steps(model: torch.nn.Module, opts: list[torch.optim.Optimizer], n: int) -> None:
+        for _ in range(n):
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for o in opts:
+                o.step()
+
+    run = tmp_path / "run"
+    model, head, body = build()
+    mon = AdamMonitor([head, body], model=model, every=10, run_dir=run)
+    steps(model, [head, body], 100)
+    ck = {"model": model.state_dict(), "body": body.state_dict()}
+    mon.close()
+    peaks = json.loads((run / LIVE_FILE).read_text())["runs"][0]["monitor_state"]["peaks"]
+    assert peaks["1/global"][0] <= 30  # the body's v̂ peaked in the first steps
+
+    model, head, body = build()
+    model.load_state_dict(ck["model"])
+    body.load_state_dict(ck["body"])  # the head's optimizer starts anew
+    mon2 = AdamMonitor([head, body], model=model, every=10, run_dir=run)
+    steps(model, [head, body], 20)
+    mon2.close()
+    after = json.loads((run / LIVE_FILE).read_text())["runs"][0]["monitor_state"]["peaks"]
+    assert after["1/global"] == peaks["1/global"]  # (without the live file: a step after 100)
