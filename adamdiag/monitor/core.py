@@ -482,6 +482,11 @@ class AdamMonitor:
             w.track("global").see_peak(glob["vhat_mean"], step)
             for i, name in enumerate(labels):
                 w.track(name).see_peak(float(sig["vhat_mean"][i]), step)
+            # The global tags too (these few steps, once): scan measures the collapse's depth against the
+            # peak v̂ of the trajectory it reads, and that peak is usually here, before the logging grid.
+            # (Not per tensor: a tensor logged every all_every·every steps would then read as logged
+            # every step, and its quiet stretch would need 10-100x more points to count.)
+            self._write_scalars(f"adamdiag/{w.index}/" if self._multi else "adamdiag/", step, [], sig, glob, [], 1)
             return
         self._logged += 1
         w.logged += 1

@@ -59,7 +59,7 @@ def test_lightning_trainer(tmp_path) -> None:
     assert mon is not None and mon.step == 8 and mon.verdict == "healthy"
     assert {"net.0.weight", "net.2.bias", "global"} <= set(mon.last)
     tags = _tags(tmp_path)
-    assert sorted(tags["adamdiag/global/r"]) == [2, 4, 6, 8]
+    assert sorted(tags["adamdiag/global/r"]) == [1, 2, 4, 6, 8]  # step 1: before the grid (the v̂ peak)
     live = json.loads((tmp_path / "lit" / "version_0" / LIVE_FILE).read_text())
     assert live["runs"][0]["step"] == 8 and live["runs"][0]["verdict"] == "healthy"
 
@@ -104,6 +104,6 @@ def test_hf_trainer(tmp_path, monkeypatch) -> None:
     # HF's two param groups (decay / no decay) of the tied GPT-2: named by the model
     assert "transformer.wte.weight" in mon.last and "transformer.h.0.ln_1.weight" in mon.last
     tags = _tags(tmp_path / "logs")
-    assert sorted(tags["adamdiag/global/update_rms"]) == [2, 4, 6]
+    assert sorted(tags["adamdiag/global/update_rms"]) == [1, 2, 4, 6]  # step 1: before the grid (the v̂ peak)
     live = json.loads((tmp_path / "logs" / LIVE_FILE).read_text())
     assert live["runs"][0]["step"] == 6
