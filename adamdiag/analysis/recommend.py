@@ -55,7 +55,28 @@ def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = N
     # (--checkpoints DIR) needs the run named. Compared as paths, without touching the file system.
     if not os.path.normpath(path).startswith(os.path.normpath(run) + os.sep):
         parts += ["--logdir", run]
-    return " ".join(shlex.quote(p) for p in parts)
+    return " ".join(shell_quote(p) for p in parts)
+
+
+def shell_quote(arg: str) -> str:
+    """``shlex.quote``, except for a path that is not UTF-8 (lone surrogates): bash's ``$'…'`` with its odd
+    bytes as ``\\xNN``, so the printed command still names the file when pasted.
+
+    >>> shell_quote(b"/runs/a\\xffb/x.pt".decode("utf-8", "surrogateescape"))
+    "$'/runs/a\\\\xffb/x.pt'"
+    >>> shell_quote("/runs/my run/x.pt")
+    "'/runs/my run/x.pt'"
+    """
+    try:
+        arg.encode("utf-8")
+        return shlex.quote(arg)
+    except UnicodeEncodeError:
+        raw = arg.encode("utf-8", "surrogateescape")
+        body = "".join(
+            c if c.isascii() and c.isprintable() and c not in "\\'" else f"\\x{b:02x}"
+            for b, c in ((b, chr(b)) for b in raw)
+        )
+        return f"$'{body}'"
 
 
 def _eps_args(values: list[float]) -> list[str]:

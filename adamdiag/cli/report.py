@@ -88,7 +88,7 @@ def report(
 
     from adamdiag.cli.scan import VerifyOptions, build_report
     from adamdiag.errors import InputError
-    from adamdiag.render.html import render_html
+    from adamdiag.render import render
 
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
@@ -111,7 +111,7 @@ def report(
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:
-        _write(output, render_html(rep))
+        _write(output, render(rep, "html"))
     info(f"wrote {output} ({len(rep.runs)} run(s))")
 
 

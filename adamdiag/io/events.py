@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamdiag.errors import InputError
+from adamdiag.printable import printable
 
 if TYPE_CHECKING:  # pandas/numpy are imported lazily: the CLI imports this module's callers at start-up
     import pandas as pd
@@ -1079,7 +1080,7 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     import pandas as pd
 
     datas = sorted(datas, key=lambda d: (d.first_wall_time, os.path.basename(d.path)))
-    files = [d.path for d in datas]
+    files = [printable(d.path) for d in datas]
     # Sorted tag categories: the same frame whichever decoder (or file order) met a tag first.
     all_tags = sorted({t for d in datas for t in d.tags})
     tag_pos = {t: i for i, t in enumerate(all_tags)}
@@ -1096,7 +1097,7 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     seg = cat(parts_seg, np.int32)
     n = len(seg)
     columns = {
-        "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
+        "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[printable(run)]),
         "tag": pd.Categorical.from_codes(cat(parts_tag, np.int32), categories=all_tags),
     }
     del parts_tag
@@ -1154,7 +1155,7 @@ def _histogram_frame(run: str, datas: list[FileData], files: list[str]) -> pd.Da
     seg = df["segment"].to_numpy(np.int32) if n else np.zeros(0, np.int32)
     out = pd.DataFrame(
         {
-            "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
+            "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[printable(run)]),
             "tag": pd.Categorical(df["tag"].astype(str) if n else []),
             "step": df["step"].to_numpy(np.int64) if n else np.zeros(0, np.int64),
             "wall_time": df["wall_time"].to_numpy(np.float64) if n else np.zeros(0),

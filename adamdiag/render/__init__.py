@@ -3,12 +3,18 @@ re-renders identically)."""
 
 from __future__ import annotations
 
+from adamdiag.printable import printable
 from adamdiag.results.report import Report
 
 
 def render(report: Report, fmt: str, *, fail_on: str = "error") -> str:
     """Render ``report`` as ``text`` (rich table), ``json``, ``markdown``, ``junit`` (a run fails
-    at/above ``fail_on``, as ``check`` does) or ``github`` (workflow-command annotations)."""
+    at/above ``fail_on``, as ``check`` does) or ``github`` (workflow-command annotations). The text can be
+    written anywhere: a path that is not UTF-8 shows its odd bytes as ``\\xNN``."""
+    return printable(_render(report, fmt, fail_on))
+
+
+def _render(report: Report, fmt: str, fail_on: str) -> str:
     if fmt == "json":
         import json
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adamdiag.errors import InputError
+from adamdiag.printable import printable
 from adamdiag.results.report import Report, RunReport
 
 # (steps, values) of one scalar tag of one run; the caller reads the event files.
@@ -118,7 +119,7 @@ def _figure(r: RunReport, loss: tuple[Any, Any], gn: tuple[Any, Any] | None) -> 
             ax.axvline(r.blowup_step - off, color="tab:red", ls="--", lw=1, label=f"blowup step {r.blowup_step}")
         ax.legend(loc="best", fontsize=8)  # always has the curve's label: no "no artists" warning
         ax.grid(True, which="major", alpha=0.3)
-    axes[0, 0].set_title(f"{r.run}: {r.verdict}", fontsize=10)
+    axes[0, 0].set_title(printable(f"{r.run}: {r.verdict}"), fontsize=10)
     axes[-1, 0].set_xlabel(f"step − {off}" if off else "step")
     fig.tight_layout()
     return fig

@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from adamdiag.printable import printable
+
 SCHEMA = "adamdiag.report/1"
 
 Severity = Literal["error", "warning", "info"]
@@ -154,7 +156,8 @@ _NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
 def json_safe(obj: Any) -> Any:
-    """Recursively replace non-finite floats by ``None`` so JSON has no NaN/Infinity literals.
+    """Recursively replace non-finite floats by ``None`` so JSON has no NaN/Infinity literals (and make
+    strings printable: :func:`adamdiag.printable.printable`).
 
     A dict that held a non-finite value gets ``"<key>_nonfinite": "nan"|"inf"|"-inf"`` beside it,
     so the information is not lost.
@@ -177,4 +180,6 @@ def json_safe(obj: Any) -> Any:
         return None
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
         return json_safe(obj.item())  # numpy / torch scalars
+    if isinstance(obj, str):
+        return printable(obj)  # a path that is not UTF-8 (lone surrogates) cannot be written as JSON text
     return obj

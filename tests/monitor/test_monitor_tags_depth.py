@@ -26,9 +26,15 @@ def test_scan_on_monitor_tags_sees_the_early_peak(tmp_path: Path) -> None:
     w.close()
 
     res = CliRunner().invoke(app, ["export", str(run), "-o", "-"])
-    steps = sorted({int(line.split(",")[2]) for line in res.stdout.splitlines() if ",adamdiag/global/vhat_mean," in line})
+    steps = sorted(
+        {int(line.split(",")[2]) for line in res.stdout.splitlines() if ",adamdiag/global/vhat_mean," in line}
+    )
     assert steps[:10] == list(range(1, 11)) and steps[10:12] == [20, 30]
-    assert not [ln for ln in res.stdout.splitlines() if ",adamdiag/" in ln and "/global/" not in ln and int(ln.split(",")[2]) < 10]
+    assert not [
+        ln
+        for ln in res.stdout.splitlines()
+        if ",adamdiag/" in ln and "/global/" not in ln and int(ln.split(",")[2]) < 10
+    ]
 
     res = CliRunner().invoke(app, ["scan", str(run), "--format", "json"])
     assert res.exit_code == 0, res.output

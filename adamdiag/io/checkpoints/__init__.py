@@ -25,6 +25,7 @@ unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -261,6 +262,27 @@ def step_from_name(path: Path) -> int | None:
 
 
 # --- loading ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _name_torch_can_open(path: Path) -> Iterator[Any]:
+    """``path`` as torch can open it. torch hands the name to C++ as UTF-8, so a path that is not valid
+    UTF-8 (its bytes kept as lone surrogates) fails there; on Linux the same file is also
+    ``/proc/self/fd/N`` of a descriptor held open while torch reads (and maps) it."""
+    try:
+        os.fsencode(path).decode("utf-8")
+        yield path
+        return
+    except UnicodeDecodeError:
+        pass
+    if not os.path.isdir("/proc/self/fd"):
+        yield path  # torch then says why it cannot read it: one line, as for any unreadable file
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
 def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, str]] = ()) -> tuple[Any, bool]:
     """``torch.load`` on CPU, memory-mapped where the format allows, ``weights_only=True`` first.
 
@@ -271,12 +293,15 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     Returns (object, mmapped). Raises :class:`UntrustedCheckpointError` when the file needs
     arbitrary unpickling and ``trust`` is false; :class:`InputError` when it is no torch file.
     """
-    import contextlib
     import pickle
 
     import torch
 
     def load(weights_only: bool, mmap: bool) -> Any:
+        with _name_torch_can_open(path) as name:
+            return load_named(name, weights_only, mmap)
+
+    def load_named(path: Any, weights_only: bool, mmap: bool) -> Any:
         allow: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if weights_only and extra_globals:
             if not hasattr(torch.serialization, "safe_globals"):
@@ -1241,7 +1266,8 @@ class PageReleaser:
             import ctypes
 
             wanted = set(files)
-            with open("/proc/self/maps") as f:
+            # (a mapped path that is not UTF-8 reads back as the same lone surrogates as its str)
+            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
                 for line in f:
                     parts = line.split(maxsplit=5)
                     if len(parts) == 6 and parts[5].strip() in wanted:

@@ -152,7 +152,7 @@ class ZipCrcCheck:
     def _read_maps(self) -> None:
         self.maps = []
         try:
-            with open("/proc/self/maps") as f:
+            with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:  # non-UTF-8 paths
                 for line in f:
                     parts = line.split(maxsplit=5)
                     if len(parts) == 6 and parts[5].startswith("/"):
