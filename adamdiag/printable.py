@@ -8,6 +8,19 @@ they are for opening files; what adamdiag *reports* goes through :func:`printabl
 from __future__ import annotations
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (False for a name with an undecodable byte).
+
+    >>> is_utf8("ok"), is_utf8(b"run_\\xff".decode("utf-8", "surrogateescape"))
+    (True, False)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def printable(text: str) -> str:
     """``text`` with each undecodable byte as a ``\\xNN`` escape (unchanged when it is valid UTF-8).
 
@@ -16,8 +29,6 @@ def printable(text: str) -> str:
     >>> printable("ok")
     'ok'
     """
-    try:
-        text.encode("utf-8")
+    if is_utf8(text):
         return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

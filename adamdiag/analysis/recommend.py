@@ -39,6 +39,7 @@ from adamdiag.analysis.thresholds import (
     REPORT_EPS_CANDIDATES,
 )
 from adamdiag.analysis.verdicts import Decision
+from adamdiag.printable import is_utf8
 
 
 def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = None) -> str | None:
@@ -67,16 +68,14 @@ def shell_quote(arg: str) -> str:
     >>> shell_quote("/runs/my run/x.pt")
     "'/runs/my run/x.pt'"
     """
-    try:
-        arg.encode("utf-8")
+    if is_utf8(arg):
         return shlex.quote(arg)
-    except UnicodeEncodeError:
-        raw = arg.encode("utf-8", "surrogateescape")
-        body = "".join(
-            c if c.isascii() and c.isprintable() and c not in "\\'" else f"\\x{b:02x}"
-            for b, c in ((b, chr(b)) for b in raw)
-        )
-        return f"$'{body}'"
+    raw = arg.encode("utf-8", "surrogateescape")
+    body = "".join(
+        c if c.isascii() and c.isprintable() and c not in "\\'" else f"\\x{b:02x}"
+        for b, c in ((b, chr(b)) for b in raw)
+    )
+    return f"$'{body}'"
 
 
 def _eps_args(values: list[float]) -> list[str]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError
 from adamdiag.io.checkpoints import hyper as hyper_policy
 from adamdiag.io.checkpoints.hyper import Assumptions
+from adamdiag.printable import is_utf8
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
     import torch
@@ -267,12 +268,9 @@ def _name_torch_can_open(path: Path) -> Iterator[Any]:
     """``path`` as torch can open it. torch hands the name to C++ as UTF-8, so a path that is not valid
     UTF-8 (its bytes kept as lone surrogates) fails there; on Linux the same file is also
     ``/proc/self/fd/N`` of a descriptor held open while torch reads (and maps) it."""
-    try:
-        os.fsencode(path).decode("utf-8")
+    if is_utf8(str(path)):
         yield path
         return
-    except UnicodeDecodeError:
-        pass
     if not os.path.isdir("/proc/self/fd"):
         yield path  # torch then says why it cannot read it: one line, as for any unreadable file
         return
