@@ -640,6 +640,9 @@ class Evidence:
     vhat_fall: VhatFall | None = None  # how far the mean v̂ fell from its peak before the event
     clip_norm: float | None = None  # gradient clipping the writer logged: v reconstructed from min(norm, clip)
     clip_source: str = ""
+    # values the loss tag holds when it has fewer than MIN_LOSS_POINTS steps (several values a step: a
+    # writer called without a step logs everything at step 0); None otherwise
+    n_loss_rows: int | None = None
 
     @property
     def blowup_step(self) -> int | None:
@@ -861,6 +864,9 @@ def gather(
         loss_tags=list(loss_tags),
         grad_norm_tag=grad_norm_tag,
         n_loss_points=len(steps),
+        n_loss_rows=int((scalars["tag"] == loss_tag).sum())
+        if loss_tag is not None and len(steps) < MIN_LOSS_POINTS
+        else None,
         events=ev,
         task_events=task_events,
         event_step=event_step,

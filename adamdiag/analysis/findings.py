@@ -113,7 +113,18 @@ def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
             )
         ]
     if ev.n_loss_points < MIN_LOSS_POINTS:
-        return [Finding("AD901", "warning", f"only {ev.n_loss_points} loss points in '{ev.loss_tag}'")]
+        rows = ev.n_loss_rows or 0
+        if ev.n_loss_points == 1 and rows > 1:
+            msg = (
+                f"'{ev.loss_tag}' holds {rows} values, all at one step: the writer was given no step "
+                "(add_scalar(tag, value, global_step)), so the points have no order to diagnose; log the "
+                "optimizer step with each value"
+            )
+        elif rows > ev.n_loss_points:
+            msg = f"only {ev.n_loss_points} loss steps in '{ev.loss_tag}' ({rows} values)"
+        else:
+            msg = f"only {ev.n_loss_points} loss points in '{ev.loss_tag}'"
+        return [Finding("AD901", "warning", msg, evidence={"steps": ev.n_loss_points, "values": rows or None})]
     rise = ev.events.unbased_rise_step
     if rise is not None:
         return [

@@ -309,3 +309,20 @@ def test_a_step_repeated_with_the_same_value_is_no_warning(tmp_path):
     assert (ev.scalars["tag"] == "epoch").sum() == 20
     (msg,) = [x for x in ev.warnings if "more than once" in x]
     assert "'train_loss_step'" in msg and "1 step(s)" in msg and "first at step 3" in msg
+
+
+def test_a_writer_given_no_step_is_named(tmp_path):
+    """add_scalar without global_step logs every value at step 0 (TensorBoard stacks them at x = 0): the
+    run is inconclusive, and the finding says why and what to change instead of "only 1 loss points"."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    for i in range(1, 120):
+        w.add_scalar("train/loss", 1.0 / i)
+    w.close()
+    res = invoke("check", str(tmp_path / "run"), "--format", "json")
+    assert res.exit_code == 1, res.output  # undiagnosable: the gate does not pass it
+    (r,) = json.loads(res.stdout)["runs"]
+    assert r["verdict"] == "inconclusive"
+    (f,) = [f for f in r["findings"] if f["id"] == "AD901"]
+    assert "119 values, all at one step" in f["message"] and "global_step" in f["message"], f
