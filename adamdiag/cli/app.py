@@ -169,6 +169,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help=HELP,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # help paragraphs reflow (docstrings wrap at 120 in the source)
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
