@@ -144,9 +144,16 @@ class Discovery:
 def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) -> list[str]:
     """The event files among ``filenames``; stray 'tfevents' files become problems."""
     out = []
+    from adamdiag.io.checkpoints import non_regular
+
     for f in filenames:
         full = os.path.join(dirpath, f)
-        if "tfevents" not in f or not os.path.isfile(full):
+        if "tfevents" not in f:
+            continue
+        if not os.path.isfile(full):
+            kind = non_regular(Path(full))
+            if kind is not None:  # opening a FIFO would block: named, never opened
+                problems.append(Problem(full, f"{full}: a {kind}, not an event file (not opened); skipped"))
             continue
         why = not_event_file(Path(full))
         if why is None:
@@ -198,6 +205,12 @@ def discover(paths: Sequence[Path]) -> Discovery:
         if p.is_file():
             runs.append(p)
             continue
+        if not p.is_dir():
+            from adamdiag.io.checkpoints import non_regular
+
+            raise InputError(
+                f"{p}: a {non_regular(p) or 'special file'}, not an event file or a directory (not opened)"
+            )
         if not os.access(p, os.R_OK | os.X_OK):
             problems.append(Problem(str(p), f"cannot read directory {p}: permission denied; skipped"))
             continue

@@ -326,3 +326,25 @@ def test_a_writer_given_no_step_is_named(tmp_path):
     assert r["verdict"] == "inconclusive"
     (f,) = [f for f in r["findings"] if f["id"] == "AD901"]
     assert "119 values, all at one step" in f["message"] and "global_step" in f["message"], f
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_or_device_given_or_found_is_named_never_opened(tmp_path):
+    """A FIFO named like an event file would block a reader forever: it is named and never opened — given
+    as the path (one line, exit 2; a character device too), or found in a folder (a warning, the rest of
+    the tree read; alone, the 'no event files' error says why)."""
+    fifo = tmp_path / "events.out.tfevents.1.host"
+    os.mkfifo(fifo)
+    res = invoke("scan", str(fifo))
+    assert res.exit_code == 2 and "a FIFO, not an event file or a directory (not opened)" in res.output, res.output
+    if os.path.exists("/dev/null"):
+        res = invoke("check", "/dev/null")
+        assert res.exit_code == 2 and "character device" in res.output, res.output
+    res = invoke("scan", str(tmp_path))
+    assert res.exit_code == 2 and "no TensorBoard event files" in res.output and "a FIFO" in res.output, res.output
+    write_torch(tmp_path / "run", 60)
+    res = invoke("scan", str(tmp_path), "--format", "json")
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert r["run"].endswith("run")
+    assert "a FIFO, not an event file (not opened); skipped" in res.output  # the warning, on stderr
