@@ -23,8 +23,8 @@ def plot(
             "--output",
             "-o",
             metavar="PATH",
-            help="X.png or X.svg: one image (one run); anything else: a directory with one PNG per run, named "
-            "from the run's path, never overwriting a file.",
+            help="X.png or X.svg: one image (one run); a directory (an existing one, or a name without a suffix): "
+            "one PNG per run, named from the run's path, never overwriting a file.",
         ),
     ] = Path("adamdiag-plots"),
     checkpoints: CheckpointsOpt = None,
@@ -37,7 +37,13 @@ def plot(
     from adamdiag.pipeline.scan import load_series
     from adamdiag.render.plot import IMAGE_SUFFIXES, plot_runs
 
-    # Say it before the diagnosis, not after: one image file cannot hold several runs.
+    # Say it before the diagnosis, not after: one image file cannot hold several runs, and "-o x.jpg" or
+    # "-o x.txt" is a file name with a type matplotlib is not asked to write, not a folder to create.
+    if output.suffix and output.suffix.lower() not in IMAGE_SUFFIXES and not output.is_dir():
+        raise InputError(
+            f"-o {output}: {output.suffix} is no image type written here; use "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} or a directory (an existing one, or a name without a suffix)"
+        )
     if output.suffix.lower() in IMAGE_SUFFIXES and len(found := find_runs(runs)) > 1:
         raise InputError(f"-o {output} is one image but there are {len(found)} runs: give a directory (e.g. -o plots)")
 

@@ -1,5 +1,5 @@
 """`plot` reads at a glance and never surprises: -o X.png/.svg is one image (an error with several
-runs), anything else a directory with names from the run paths that never overwrite, axis labels,
+runs), another suffix an error, else a directory with names from the run paths that never overwrite, axis labels,
 log ticks from 1e-8 to 1e3, steps near 2**62, a clear exit 2 when there is nothing to draw, and no
 matplotlib warning on stderr. Runs written by torch's SummaryWriter."""
 
@@ -66,6 +66,18 @@ def test_one_image_file_is_for_one_run(sweep, tmp_path):
     assert res.exit_code == 0, res.output
     text = svg.read_text()
     assert "loss (log scale)" in text and ">step<" in text  # axis labels, as SVG text
+
+
+def test_a_file_name_of_another_type_is_no_folder(sweep, tmp_path):
+    """-o x.jpg / x.txt names a file of a type plot does not write: an error, not a folder called x.txt;
+    an existing directory with a dot in its name is still a directory."""
+    res = plot(sweep / "sweepA" / "run", "-o", tmp_path / "x.txt")
+    assert res.exit_code == 2 and ".txt is no image type" in res.stderr, res.output
+    assert not (tmp_path / "x.txt").exists()
+    (tmp_path / "plots.v2").mkdir()
+    res = plot(sweep / "sweepA" / "run", "-o", tmp_path / "plots.v2")
+    assert res.exit_code == 0, res.output
+    assert [p.suffix for p in (tmp_path / "plots.v2").iterdir()] == [".png"]
 
 
 def test_log_ticks_cover_1e_minus8_to_1e3():
