@@ -42,19 +42,33 @@ LR_TAGS = ("train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", 
 
 def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:
     """The first preferred tag present, else the shortest tag containing all of ``must`` and none of
-    ``avoid`` (case-insensitive)."""
+    ``avoid`` (case-insensitive); among those, one that names a total first (``loss/total`` over
+    ``loss/cls``: the parts of a detection or multi-task loss are often shorter than their sum)."""
     for t in preferred:
         if t in tags:
             return t
     low = {t: t.lower() for t in tags}
     cands = [t for t in tags if all(m in low[t] for m in must) and not any(a in low[t] for a in avoid)]
-    return min(cands, key=len) if cands else None
+    return min(cands, key=lambda t: ("total" not in low[t], len(t))) if cands else None
+
+
+# Training losses not called "loss": a language model's negative log-likelihood, a cross-entropy.
+_OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent")
 
 
 def pick_loss_tag(tags: list[str]) -> str | None:
     """The training-loss tag: a known name, else the shortest "loss" tag that is not an eval curve or
-    a per-task part, else any "loss" tag that is not an eval curve."""
-    return pick_tag(tags, LOSS_TAGS, ("loss",), _LOSS_AVOID) or pick_tag(tags, (), ("loss",), _LOSS_AVOID[:-1])
+    a per-task part (a total first), else any "loss" tag that is not an eval curve, else an "nll" /
+    "cross_entropy" one.
+
+    >>> pick_loss_tag(["loss/cls", "loss/box", "loss/total"]), pick_loss_tag(["train/nll", "train/ppl"])
+    ('loss/total', 'train/nll')
+    """
+    return (
+        pick_tag(tags, LOSS_TAGS, ("loss",), _LOSS_AVOID)
+        or pick_tag(tags, (), ("loss",), _LOSS_AVOID[:-1])
+        or next((t for n in _OTHER_LOSS_NAMES if (t := pick_tag(tags, (), (n,), _LOSS_AVOID)) is not None), None)
+    )
 
 
 def pick_grad_norm_tag(tags: list[str]) -> str | None:
@@ -63,11 +77,20 @@ def pick_grad_norm_tag(tags: list[str]) -> str | None:
 
 
 def pick_lr_tag(tags: list[str]) -> str | None:
-    """The learning-rate tag, if the run logs one."""
+    """The learning-rate tag, if the run logs one.
+
+    >>> pick_lr_tag(["train_loss", "lr-AdamW/pg2", "lr-AdamW"])
+    'lr-AdamW'
+    """
     for t in LR_TAGS:
         if t in tags:
             return t
-    low = [t for t in tags if t.lower().endswith(("/lr", "learning_rate")) or t.lower() == "lr"]
+    # (Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group)
+    low = [
+        t
+        for t in tags
+        if t.lower().endswith(("/lr", "learning_rate")) or t.lower() == "lr" or t.lower().startswith("lr-")
+    ]
     return min(low, key=len) if low else None
 
 

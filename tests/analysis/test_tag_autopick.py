@@ -1,0 +1,46 @@
+"""The loss / gradient-norm / lr auto-pick on the tag names real trainers write (scan, check, replay and
+plot share it; ``--loss-tag`` overrides). Names as the frameworks log them."""
+
+from __future__ import annotations
+
+import pytest
+
+from adamdiag.analysis.tags import pick_grad_norm_tag, pick_loss_tag, pick_lr_tag
+
+LOSS_CASES = [
+    # (framework, tags, the training loss)
+    ("torch SummaryWriter", ["train/loss", "val/loss", "train/lr"], "train/loss"),
+    ("Lightning self.log(on_step, on_epoch)", ["train_loss_step", "train_loss_epoch", "val_loss"], "train_loss_step"),
+    ("HF Trainer", ["train/loss", "train/grad_norm", "train/learning_rate", "eval/loss"], "train/loss"),
+    ("Keras TensorBoard callback", ["batch_loss", "epoch_loss", "epoch_accuracy"], "batch_loss"),
+    (
+        "TF Object Detection API",
+        ["Loss/classification_loss", "Loss/localization_loss", "Loss/total_loss"],
+        "Loss/total_loss",
+    ),
+    ("a detection loss split by part", ["loss/cls", "loss/box", "loss/total"], "loss/total"),
+    ("Detectron2", ["total_loss", "loss_cls", "loss_box_reg"], "total_loss"),
+    ("fairseq", ["train/loss", "train/nll_loss", "train/ppl"], "train/loss"),
+    ("an LM logging its NLL only", ["train/nll", "train/ppl", "valid/nll"], "train/nll"),
+    ("Megatron", ["lm loss", "lm loss vs samples", "grad-norm"], "lm loss"),
+    ("DeepSpeed monitor", ["Train/Samples/train_loss", "Train/Samples/lr"], "Train/Samples/train_loss"),
+]
+
+
+@pytest.mark.parametrize(("framework", "tags", "want"), LOSS_CASES, ids=[c[0] for c in LOSS_CASES])
+def test_loss_tag(framework: str, tags: list[str], want: str) -> None:
+    assert pick_loss_tag(tags) == want
+
+
+def test_no_training_loss_is_none() -> None:
+    """Only evaluation curves, or nothing loss-like: None (scan says "no loss scalar found")."""
+    assert pick_loss_tag(["val/loss", "eval/loss"]) is None
+    assert pick_loss_tag(["accuracy", "lr"]) is None
+
+
+def test_grad_norm_and_lr_tags() -> None:
+    assert pick_grad_norm_tag(["train/grad_norm_preclip", "train/grad_norm"]) == "train/grad_norm"
+    assert pick_grad_norm_tag(["grad-norm", "lm loss"]) == "grad-norm"  # Megatron
+    assert pick_lr_tag(["train_loss", "lr-AdamW"]) == "lr-AdamW"  # Lightning's LearningRateMonitor
+    assert pick_lr_tag(["lr-AdamW/pg1", "lr-AdamW/pg2"]) == "lr-AdamW/pg1"
+    assert pick_lr_tag(["train/learning_rate", "train/loss"]) == "train/learning_rate"
