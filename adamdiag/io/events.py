@@ -1203,12 +1203,15 @@ def _scalars_key(rel: str, tag: str) -> str | None:
 # HF Trainer's TensorBoardCallback writes its TrainingArguments as JSON in one text summary at the start
 # of training; only the head of a file is searched for it.
 WRITER_ARGS_TAG = "args/text_summary"
+# Writers that log each argument as a text summary of its own (Megatron-LM): tag -> argument
+WRITER_ARG_TAGS = {"clip_grad/text_summary": "clip_grad"}
 WRITER_ARGS_HEAD = 1 << 20
 
 
 def writer_arguments(path: str | Path) -> dict[str, Any]:
     """The training arguments a writer logged as text (HF Trainer's ``args``: its TrainingArguments as
-    JSON), from the head of one event file with the reference decoder; {} when there are none."""
+    JSON; Megatron-LM's one text summary per argument, the known ones: WRITER_ARG_TAGS, as strings), from the
+    head of one event file with the reference decoder; {} when there are none."""
     import json
 
     from adamdiag.io.tfrecord import iter_payloads_ref
@@ -1219,6 +1222,7 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
             buf = fh.read(WRITER_ARGS_HEAD)
     except OSError:
         return {}
+    found: dict[str, Any] = {}
     for _, payload in iter_payloads_ref(buf, name=str(path)):
         try:
             ev = parse(payload)
@@ -1227,14 +1231,23 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
         if ev.WhichOneof("what") != "summary":
             continue
         for v in ev.summary.value:
-            if v.tag == WRITER_ARGS_TAG and v.HasField("tensor") and v.tensor.string_val:
+            if not (v.HasField("tensor") and v.tensor.string_val):
+                continue
+            try:
+                text = v.tensor.string_val[0].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if v.tag == WRITER_ARGS_TAG:
                 try:
-                    doc = json.loads(v.tensor.string_val[0].decode("utf-8"))
-                except (UnicodeDecodeError, ValueError):
+                    doc = json.loads(text)
+                except ValueError:
                     continue
                 if isinstance(doc, dict):
                     return doc
-    return {}
+            elif v.tag in WRITER_ARG_TAGS:
+                # Megatron-LM: one text summary per argument (write_args_to_tensorboard: add_text(arg, str(value)))
+                found[WRITER_ARG_TAGS[v.tag]] = text
+    return found
 
 
 def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
@@ -1252,6 +1265,13 @@ def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
         c = args.get("max_grad_norm")
         if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0:
             return float(c), f"max_grad_norm in the '{WRITER_ARGS_TAG}' summary (HF Trainer's arguments)"
+        # Megatron-LM's --clip-grad (default 1.0; 0 turns clipping off); its 'grad-norm' is the norm before
+        try:
+            c = float(args.get("clip_grad", "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(c) and c > 0:
+            return c, "clip_grad in the 'clip_grad' text summary (Megatron-LM's arguments)"
     return None, ""
 
 

@@ -55,7 +55,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD601": (
         "grad-clipping",
         "Gradient clipping detected: Adam saw the clipped gradients. When the writer logged the clip value — HF "
-        "Trainer's `max_grad_norm` in its `args` text summary (its `train/grad_norm` is the norm *before* "
+        "Trainer's `max_grad_norm` in its `args` text summary, Megatron-LM's `clip_grad` text summary (their "
+        "`train/grad_norm` / `grad-norm` is the norm *before* "
         "clipping) — v is reconstructed from min(norm, clip) and this info says so; `--grad-clip NORM` says it "
         "for runs that do not log it; without either, a pre-clip norm that falls while every step is clipped "
         "reads as a stale v.",
