@@ -41,6 +41,10 @@ def test_no_training_loss_is_none() -> None:
 def test_grad_norm_and_lr_tags() -> None:
     assert pick_grad_norm_tag(["train/grad_norm_preclip", "train/grad_norm"]) == "train/grad_norm"
     assert pick_grad_norm_tag(["grad-norm", "lm loss"]) == "grad-norm"  # Megatron
+    # Lightning's grad_norm() utility, logged with log_dict: per parameter and the total (was: the bias's)
+    assert pick_grad_norm_tag(["grad_2.0_norm/bias", "grad_2.0_norm/weight", "grad_2.0_norm_total"]) == (
+        "grad_2.0_norm_total"
+    )
     assert pick_lr_tag(["train_loss", "lr-AdamW"]) == "lr-AdamW"  # Lightning's LearningRateMonitor
     assert pick_lr_tag(["lr-AdamW/pg1", "lr-AdamW/pg2"]) == "lr-AdamW/pg1"
     assert pick_lr_tag(["train/learning_rate", "train/loss"]) == "train/learning_rate"
