@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from adamdiag.errors import InputError
+from adamdiag.errors import InputError, missing_path
 from adamdiag.printable import printable
 
 if TYPE_CHECKING:  # pandas/numpy are imported lazily: the CLI imports this module's callers at start-up
@@ -201,7 +201,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise InputError(f"no such file or directory: {p}")
+            raise missing_path(raw)
         if p.is_file():
             runs.append(p)
             continue
@@ -1349,7 +1349,7 @@ def read_run(
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise InputError(f"no such file or directory: {run_dir}")
+        raise missing_path(run_dir)
     paths = run_files(run_dir)
     if not paths:
         raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {run_dir}")

@@ -207,12 +207,12 @@ def scan_paths(
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
     from adamdiag.console import warn_all
-    from adamdiag.errors import InputError
+    from adamdiag.errors import InputError, missing_path
     from adamdiag.io.events import read_runs, writer_clip_norm
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
-        raise InputError(f"--checkpoints {checkpoints}: no such file or directory")
+        raise missing_path(checkpoints, "--checkpoints")
     report = Report(tool_version=__version__)
     problems: list = []  # adamdiag.io.events.Problem
     with stderr_progress() as prog:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError
+from adamdiag.errors import InputError, missing_path, remote_location
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +100,7 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False, assume: Assumptio
     ``assume`` (``--assume-*``) supplies an lr/β2/eps a param group lacks (a stored value wins)."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"no such checkpoint: {path}")
+        raise missing_path(path) if remote_location(path) else InputError(f"no such checkpoint: {path}")
     ck = _load_checkpoint_dir(path, trust) if path.is_dir() else _from_raw(path, _torch_load(path, trust))
     _complete_groups(ck, assume)
     return ck

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError
+from adamdiag.errors import InputError, missing_path
 from adamdiag.replay.distributed import Group, World, merge, shard, world_from_env
 from adamdiag.replay.protocol import (
     NeutralSpec,
@@ -106,7 +106,7 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     (``<run>/checkpoints/step_N.pt``), else its parent."""
     if logdir is not None:
         if not logdir.exists():
-            raise InputError(f"--logdir: no such file or directory: {logdir}")
+            raise missing_path(logdir, "--logdir")
         if logdir.is_file() or _has_events(logdir):
             return logdir
         found = _event_dirs(logdir)

@@ -135,6 +135,22 @@ def test_missing_path():
     assert "no such file or directory" in err
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scan", "gs://bucket/logs"],
+        ["check", "s3://bucket/run"],
+        ["inspect", "gs://bucket/ck.pt"],
+        ["replay", "gs://bucket/ck.pt"],
+        ["scan", "sample_logs", "--checkpoints", "hdfs://nn/ckpts"],
+    ],
+)
+def test_remote_locations_are_named(args):
+    """A bucket URL is no local path: one line that says so and how to get the files, for every command."""
+    err = _one_line_error(runner.invoke(app, args))
+    assert "a remote location; adamdiag reads local files only" in err and "://" in err, err
+
+
 def test_dir_without_event_files(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     err = _one_line_error(runner.invoke(app, ["check", str(tmp_path)]))

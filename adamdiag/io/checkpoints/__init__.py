@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError
+from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError, missing_path
 from adamdiag.io.checkpoints import hyper as hyper_policy
 from adamdiag.io.checkpoints.hyper import Assumptions
 from adamdiag.printable import is_utf8
@@ -467,7 +467,7 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
     if foreign is not None and not root.is_dir():
         return foreign
     if not root.exists():
-        raise InputError(f"{root}: no such file or directory")
+        raise missing_path(root)
     what = non_regular(root)
     if what:
         raise InputError(f"{root}: a {what}, not a checkpoint file or directory (not opened)")
@@ -1035,7 +1035,7 @@ def open_checkpoint(
         hyper_policy.apply(foreign.entries, assume, foreign.warnings)
         return foreign
     if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
+        raise missing_path(path)
     if convention not in (None, "torch", "tf"):
         raise InputError(f"unknown convention {convention!r} (torch or tf)")
     what = non_regular(path)
