@@ -640,6 +640,8 @@ class Evidence:
     vhat_fall: VhatFall | None = None  # how far the mean v̂ fell from its peak before the event
     clip_norm: float | None = None  # gradient clipping the writer logged: v reconstructed from min(norm, clip)
     clip_source: str = ""
+    # logged steps whose gradient norm was non-finite while training went on: skipped by loss scaling
+    overflow_steps: list[int] = field(default_factory=list)
     # values the loss tag holds when it has fewer than MIN_LOSS_POINTS steps (several values a step: a
     # writer called without a step logs everything at step 0); None otherwise
     n_loss_rows: int | None = None
@@ -828,7 +830,9 @@ def gather(
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
 
-    trajs, gn = _trajectories(inp, ckpts, grad_norm_tag, beta2, eps, ev)
+    trajs, gn, skipped = _trajectories(
+        inp, ckpts, grad_norm_tag, beta2, eps, ev, int(steps[-1]) if len(steps) else None
+    )
     monitor = monitor_trajectories(scalars, tags, beta2, eps if ckpts else 0.0)
     if monitor:
         # The live monitor logged r and v̂ themselves, per step: exact where the reconstruction from the
@@ -892,6 +896,7 @@ def gather(
         vhat_fall=vhat_fall(trajs, ckpts, event_step, beta2),
         clip_norm=inp.clip_norm,
         clip_source=inp.clip_source,
+        overflow_steps=skipped,
     )
 
 
@@ -929,13 +934,21 @@ def monitor_trajectories(scalars: Any, tags: list[str], beta2: float, eps: float
 
 
 def _trajectories(
-    inp: RunInputs, ckpts: list[Any], grad_norm_tag: str | None, beta2: float, eps: float, ev: Any
-) -> tuple[list[Trajectory], tuple[np.ndarray, np.ndarray] | None]:
-    """r trajectories (global from the gradient norm, per tensor from histograms) and the gradient-norm
-    series. A non-finite gradient norm before the loss's first one moves ``ev.first_nonfinite_step``.
+    inp: RunInputs,
+    ckpts: list[Any],
+    grad_norm_tag: str | None,
+    beta2: float,
+    eps: float,
+    ev: Any,
+    loss_last_step: int | None,
+) -> tuple[list[Trajectory], tuple[np.ndarray, np.ndarray] | None, list[int]]:
+    """r trajectories (global from the gradient norm, per tensor from histograms), the gradient-norm
+    series, and the steps skipped by loss scaling. A non-finite gradient norm before the loss's first one
+    moves ``ev.first_nonfinite_step`` — unless training plainly went on past it (:func:`overflow_skipped`).
     A run whose checkpoints hold another optimizer gets none: its logs say nothing about Adam's v."""
     trajs: list[Trajectory] = []
     gn = None
+    skipped: list[int] = []
     if grad_norm_tag is not None and not inp.non_adam:
         gs, gv = series_arrays(inp.scalars, grad_norm_tag)
         gn = (gs, gv)
@@ -953,15 +966,36 @@ def _trajectories(
             seen = np.minimum(gv[ok], inp.clip_norm) if inp.clip_norm else gv[ok]
             trajs.append(reconstruct(gs[ok], seen**2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
         if (~ok).any():
-            nf_step = int(gs[~ok][0])
-            if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
-                ev.first_nonfinite_step = nf_step
+            if overflow_skipped(gs, ok, ev.first_nonfinite_step, loss_last_step):
+                skipped = [int(x) for x in gs[~ok]]
+            else:
+                nf_step = int(gs[~ok][0])
+                if ev.first_nonfinite_step is None or nf_step < ev.first_nonfinite_step:
+                    ev.first_nonfinite_step = nf_step
     hist = inp.histograms
     if hist is not None and len(hist) and not inp.non_adam:
         trajs += histogram_trajectories(hist, ckpts, beta2, eps)
     for tr in trajs:
         tr.convention = inp.convention
-    return trajs, gn
+    return trajs, gn, skipped
+
+
+def overflow_skipped(
+    steps: np.ndarray, finite: np.ndarray, loss_nonfinite_step: int | None, loss_last_step: int | None
+) -> bool:
+    """Whether the non-finite gradient norms are steps that mixed-precision loss scaling skipped (torch's
+    GradScaler, DeepSpeed's and Megatron's fp16 scalers: on an overflow the step is not taken and the
+    scale halves) rather than a failure. An optimizer that did step with an Inf/NaN gradient leaves NaN
+    parameters, and every later loss is NaN; so: the loss never went non-finite, the gradient norm is
+    finite again at its last point, and the loss goes on past the last non-finite one.
+
+    >>> s = np.arange(1, 9); ok = np.array([1, 1, 0, 0, 1, 1, 0, 1], bool)
+    >>> overflow_skipped(s, ok, None, 8), overflow_skipped(s, ok, 5, 8), overflow_skipped(s[:7], ok[:7], None, 7)
+    (True, False, False)
+    """
+    if loss_nonfinite_step is not None or loss_last_step is None or not len(steps) or not finite[-1]:
+        return False
+    return bool(loss_last_step > int(steps[~finite][-1]))
 
 
 def _near_event_peaks(

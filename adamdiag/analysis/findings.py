@@ -197,7 +197,8 @@ def loss_events(ev: Evidence) -> list[Finding]:
 
 
 def nonfinite(ev: Evidence) -> list[Finding]:
-    """AD401: NaN/Inf in the loss, the gradient norm or the saved m/v; AD403: impossible state."""
+    """AD401: NaN/Inf in the loss, the gradient norm or the saved m/v (an info for gradient-norm overflows that
+    loss scaling skipped); AD403: impossible state."""
     out = []
     nf_state = [p for p in ev.state_problems if p.kind == "nonfinite"]
     e = ev.events
@@ -212,6 +213,21 @@ def nonfinite(ev: Evidence) -> list[Finding]:
                 f"non-finite values (NaN/Inf) from step {nf}{where}",
                 step=nf,
                 evidence={"tag": ev.loss_tag, "state": [vars(p) for p in nf_state[:MAX_EVIDENCE_ITEMS]]},
+            )
+        )
+    if ev.overflow_steps:
+        k = ev.overflow_steps
+        out.append(
+            Finding(
+                "AD401",
+                "info",
+                f"the gradient norm '{ev.grad_norm_tag}' was non-finite at {len(k)} logged step(s) ("
+                + (f"{k[0]}…{k[-1]}" if len(k) > 1 else f"{k[0]}")
+                + ") while the loss stayed finite and training went on: steps that mixed-precision loss scaling "
+                "skipped (an overflow halves the scale and the update is not taken), not a failure; they are left "
+                "out of the v reconstruction",
+                step=k[0],
+                evidence={"steps": k[:MAX_EVIDENCE_ITEMS], "count": len(k)},
             )
         )
     corrupt = [p for p in ev.state_problems if p.kind == "corrupt"]

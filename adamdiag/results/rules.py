@@ -43,7 +43,12 @@ RULES: dict[str, tuple[str, str]] = {
         "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer.",
     ),
     # 4xx: non-finite values
-    "AD401": ("nonfinite", "NaN or Inf in the loss, gradients or optimizer state."),
+    "AD401": (
+        "nonfinite",
+        "NaN or Inf in the loss, gradients or optimizer state (an error). An info when only the logged gradient "
+        "norm was non-finite while the loss stayed finite and training went on: steps that mixed-precision loss "
+        "scaling skipped (GradScaler, DeepSpeed/Megatron fp16), not a failure.",
+    ),
     "AD403": (
         "state-corruption",
         "The optimizer state cannot be what Adam wrote (negative v, a checksum mismatch): the file is damaged; "
