@@ -78,7 +78,7 @@ GradClipOpt = Annotated[
         metavar="NORM",
         help="The gradient-norm clip the training used, when the logged norm is the one before clipping "
         "(clip_grad_norm_'s return value; Lightning's gradient_clip_val): v is reconstructed from min(norm, NORM). "
-        "HF Trainer's max_grad_norm is read from its logs.",
+        "HF Trainer's max_grad_norm and Megatron-LM's clip_grad are read from their logs.",
     ),
 ]
 

@@ -478,20 +478,20 @@ class AdamMonitor:
             return
         step = int(w.step or 0)
         labels, sig, hist, glob = _signals(arr, meta, names)
+        pre = f"{w.index}/" if self._multi else ""
+        prefix = f"adamdiag/{pre}"
         if peak_only:
             w.track("global").see_peak(glob["vhat_mean"], step)
             for i, name in enumerate(labels):
                 w.track(name).see_peak(float(sig["vhat_mean"][i]), step)
             # The global tags too (these few steps, once): scan measures the collapse's depth against the
             # peak v̂ of the trajectory it reads, and that peak is usually here, before the logging grid.
-            # (Not per tensor: a tensor logged every all_every·every steps would then read as logged
-            # every step, and its quiet stretch would need 10-100x more points to count.)
-            self._write_scalars(f"adamdiag/{w.index}/" if self._multi else "adamdiag/", step, [], sig, glob, [], 1)
+            # (Not per tensor — no labels given: a tensor logged every all_every·every steps would then read
+            # as logged every step, and its quiet stretch would need 10-100x more points to count.)
+            self._write_scalars(prefix, step, labels=[], sig=sig, glob=glob, order=[], logged=0)
             return
         self._logged += 1
         w.logged += 1
-        prefix = f"adamdiag/{w.index}/" if self._multi else "adamdiag/"
-        pre = f"{w.index}/" if self._multi else ""
         cur = {
             pre + "global": glob,
             **{pre + labels[i]: {k: float(sig[k][i]) for k in sig} for i in range(len(labels))},
