@@ -26,7 +26,8 @@ optimizer), which resumes from the live file the one before wrote: its findings 
     .venv/bin/python bench/monitor_validation.py --only mlp_tiny_vc_lr0.03_eps1e-08_s0
 
 Writes bench/results/monitor_validation.json (the runs themselves go to a temporary directory unless
-``--keep DIR``). Exit status 1 when a check fails.
+``--keep DIR``; ``--keep DIR --rescan`` scans kept runs again without training, e.g. after a rule change —
+the monitor's own live findings are then those of its training). Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def without_monitor(run_dir: Path, dest: Path) -> Path:
         run_dir,
         dest,
         copy_function=link,
-        ignore=lambda _d, names: [n for n in names if n.endswith(MONITOR_SUFFIX) or n == LIVE_FILE],
+        ignore=lambda _d, names: [n for n in names if n.endswith(MONITOR_SUFFIX) or n in (LIVE_FILE, TRAINED)],
     )
     return dest
 
@@ -199,14 +200,29 @@ def first_step(
     return min(steps) if steps else None
 
 
-def validate(case: Any, root: Path) -> dict[str, Any]:
+TRAINED = "monitor_validation_train.json"  # beside a kept run: what training and its live monitor gave
+
+
+def validate(case: Any, root: Path, rescan: bool = False) -> dict[str, Any]:
+    """Train ``case`` with the monitor (or, with ``rescan``, read what a kept run's training gave) and scan
+    it with and without the monitor's output."""
     run_dir = root / case.name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    res = train_with_monitor(case, run_dir)
+    if rescan:
+        try:
+            res = json.loads((run_dir / TRAINED).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"monitor_validation: --rescan: no kept training of {case.name} in {root} ({e})") from None
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        res = train_with_monitor(case, run_dir)
+        (run_dir / TRAINED).write_text(json.dumps(res, default=float))
     t0 = time.perf_counter()
     with_tags = scan_one(run_dir)
-    bare = without_monitor(run_dir, root / "_without" / case.name)
+    bare_root = root / "_without"
+    if (bare_root / case.name).exists():
+        shutil.rmtree(bare_root / case.name)
+    bare = without_monitor(run_dir, bare_root / case.name)
     without_tags = scan_one(bare)
     scan_s = time.perf_counter() - t0
     truth = res["truth"]
@@ -359,8 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="+", help="run only these cases (names from the subset or the matrix)")
     ap.add_argument("--keep", type=Path, help="train into this directory and keep the runs")
+    ap.add_argument(
+        "--rescan",
+        action="store_true",
+        help="with --keep: do not train, scan the runs kept there again (after a rule change; the monitor's "
+        "live findings are those its training gave)",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "monitor_validation.json")
     a = ap.parse_args(argv)
+    if a.rescan and not a.keep:
+        ap.error("--rescan needs --keep DIR (the runs to scan again)")
     import torch
 
     t0 = time.perf_counter()
@@ -370,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for case in chosen:
-            r = validate(case, root)
+            r = validate(case, root, a.rescan)
             rows.append(r)
             print(
                 f"{r['name']:<52} truth {r['true_cause']:<10} blowup {_fmt(r['true_blowup_step']):>5}  "
