@@ -41,6 +41,7 @@ from adamdiag.analysis.thresholds import (
     MAX_SPIKES_LISTED,
     MIN_CHECKPOINTS_BEFORE_EVENT,
     MIN_LOSS_POINTS,
+    MONITOR_LOG_AGREEMENT,
     PRE_EVENT_WINDOW,
     REGROWTH_WINDOW,
     TINY,
@@ -672,11 +673,29 @@ class Evidence:
     def deep_collapses(self) -> list[Collapse]:
         return [c for c in self.collapses if c.deep]
 
+    def stale_collapses(self) -> list[Collapse]:
+        """The shallow quiet stretches that may decide a stale v (the ``stale_v`` rule).
+
+        A shallow stretch (v̂ a few times below its peak, not ≥ 100x) makes a blowup a v collapse only
+        when the whole model lives on the stale v: then lowering lr only moves the instability later
+        (the adaptive edge of stability belongs to the model's step, not to one tensor's). In single
+        tensors while the all-parameter r is not quiet, it is the ordinary fall of some tensors'
+        gradients after the first steps: the monitor's per-tensor tags show it in warm-ups to a too-high
+        lr whose blowup lr/10 avoids and no eps does (bench/README.md, session 9). So where there is an
+        all-parameter trajectory, only its own stretch counts; per-tensor ones (histograms, the monitor's
+        tags, checkpoints) count without one. A *deep* stretch in any tensor still decides
+        (:meth:`deep_collapses`): √v̂ ≥ 10x down grows that tensor's step ≥ 10x by itself."""
+        shallow = [c for c in self.collapses if not c.deep]
+        if any(t.label == "global" for t in self.trajectories):
+            return [c for c in shallow if c.label == "global"]
+        return shallow
+
     def collapse_warning_step(self) -> int | None:
         """When the evidence for a collapse was first visible: from deep stretches when there are any
-        (depth is what makes a quiet stretch dangerous), else from the sustained shallow ones."""
+        (depth is what makes a quiet stretch dangerous), else from the shallow ones that decide a stale v,
+        else from any sustained shallow one."""
         deep = self.deep_collapses()
-        pool = deep or self.collapses
+        pool = deep or self.stale_collapses() or self.collapses
         return min((c.warning_step for c in pool), default=None)
 
 
@@ -837,8 +856,9 @@ def gather(
     if monitor:
         # The live monitor logged r and v̂ themselves, per step: exact where the reconstruction from the
         # gradient norm is an estimate. It replaces the logged-gradient trajectories (gn stays: the
-        # one-step jump test reads the gradient norm itself).
-        trajs = monitor
+        # one-step jump test reads the gradient norm itself) — except an all-parameter one that is denser
+        # and agrees with it.
+        trajs = with_denser_global(monitor, trajs)
         for tr in trajs:
             tr.convention = inp.convention
     ratios = checkpoint_interval_ratios(ckpts, beta2)
@@ -931,6 +951,48 @@ def monitor_trajectories(scalars: Any, tags: list[str], beta2: float, eps: float
             )
         )
     return out
+
+
+def with_denser_global(monitor: list[Trajectory], logged: list[Trajectory]) -> list[Trajectory]:
+    """The monitor's trajectories, its all-parameter one replaced by the one reconstructed from a
+    gradient norm logged every step when that is denser and agrees with it — r and v̂ (relative to the
+    first common step) within MONITOR_LOG_AGREEMENT at every step both have. The monitor computes its
+    statistics every ``every`` steps: a quiet stretch of 20 steps is two of its points, too few to count
+    as sustained, and an excursion of r between its points is not seen at all, while the log has every
+    step. Where they disagree the log is not what Adam saw (a clip the writer did not log, a norm taken
+    before loss scaling) and the monitor's values stand.
+
+    >>> s = np.arange(1, 31)
+    >>> g2 = np.r_[np.full(10, 1.0), np.full(20, 0.01)]
+    >>> log = reconstruct(s, g2, 0.99, [], 0.0, "global")
+    >>> k = np.r_[np.arange(10), np.arange(19, 30, 10)]  # steps 1-10, 20 and 30
+    >>> mon = Trajectory("global", s[k], g2[k], log.vhat[k] * 7.0, log.r[k], exact=True, source="monitor")
+    >>> [t.source for t in with_denser_global([mon], [log])]
+    ['log']
+    >>> bad = Trajectory("global", s[k], g2[k], log.vhat[k], log.r[k] * 1.5, exact=True, source="monitor")
+    >>> [t.source for t in with_denser_global([bad], [log])]
+    ['monitor']
+    """
+    lg = next((t for t in logged if t.label == "global" and t.exact), None)
+    mi = next((i for i, t in enumerate(monitor) if t.label == "global"), None)
+    if lg is None or mi is None:
+        return monitor
+    mg = monitor[mi]
+    inside = (lg.steps >= mg.steps[0]) & (lg.steps <= mg.steps[-1])
+    if int(inside.sum()) <= len(mg.steps):
+        return monitor
+    _, il, im = np.intersect1d(lg.steps, mg.steps, return_indices=True)
+    r_l, r_m = lg.r[il], mg.r[im]
+    both = np.isfinite(r_l) & np.isfinite(r_m) & (r_m > 0)
+    v_l, v_m = lg.vhat[il], mg.vhat[im]
+    if int(both.sum()) < MIN_LOSS_POINTS or not (v_l[0] > 0 and v_m[0] > 0):
+        return monitor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dev_r = np.abs(r_l[both] / r_m[both] - 1.0)
+        dev_v = np.abs((v_l / v_l[0]) / (v_m / v_m[0]) - 1.0)
+    if not (np.all(dev_r <= MONITOR_LOG_AGREEMENT) and np.all(dev_v <= MONITOR_LOG_AGREEMENT)):
+        return monitor
+    return [*monitor[:mi], lg, *monitor[mi + 1 :]]
 
 
 def _trajectories(

@@ -188,6 +188,11 @@ HORIZON_GAP_FACTOR = 2.0
 # by 0.3-1 from the first steps. Not further: the instability amplifies rounding differences
 # exponentially (the sample perturbed by 1e-7 deviates by 2e-3 at 3/4 of the way, 0.5 just before).
 FIDELITY_MAX_REL_DEV = 1e-3
+# The all-parameter trajectory reconstructed from a gradient norm logged every step stands in for the
+# live monitor's sparser one when the two agree at every step both have, r and v̂ (relative to its
+# value at their first common step) to this: the same float32 norms give ~1e-5; a clip the writer did
+# not log or a norm taken before loss scaling is off by far more.
+MONITOR_LOG_AGREEMENT = 1e-3
 TRACK_FRACTION = 0.5
 # The replayed blowup may land this fraction of the checkpoint->blowup gap from the logged one (at
 # least the logging interval): the rounding-amplified timing shift (2 steps of 63 on the sample). A

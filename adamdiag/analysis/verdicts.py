@@ -12,7 +12,9 @@ the mechanism (docs/architecture.md):
 5. a blowup after a quiet stretch that reaches it — v lived on the memory of old gradients — is
    ``v_collapse``: deep (√v̂ ≥ 10x down) → high confidence on exact data; long but shallow → still
    a stale v (lowering lr only moves the instability later: the adaptive edge of stability), medium
-   confidence with ``lr_too_high`` as the alternative, and the replay that separates them proposed;
+   confidence with ``lr_too_high`` as the alternative, and the replay that separates them proposed
+   (a shallow stretch counts in the all-parameter trajectory when there is one:
+   :meth:`~adamdiag.analysis.evidence.Evidence.stale_collapses`);
    a gradient jump *after* such a stretch is the collapse's re-growth, not a bad batch;
 6. a one-step gradient jump without a quiet stretch: ``bad_batch`` (the jump did not settle at once,
    so with lower confidence);
@@ -95,7 +97,10 @@ def _collapse(ev: Evidence) -> Decision | None:
     if deep:
         exact = any(c.exact for c in deep)
         return Decision("v_collapse", "deep_collapse", "high" if exact else "low")
-    exact = any(c.exact for c in ev.collapses)
+    stale = ev.stale_collapses()
+    if not stale:
+        return None
+    exact = any(c.exact for c in stale)
     return Decision("v_collapse", "stale_v", "medium" if exact else "low", alternative="lr_too_high")
 
 
@@ -147,7 +152,11 @@ RULES: list[VerdictRule] = [
     VerdictRule("nonfinite_loss", "loss: a non-finite value with no blowup or spike before it", _nonfinite_loss),
     VerdictRule("no_data", "loss tag and point count; checkpoints of another optimizer", _no_data),
     VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
-    VerdictRule("collapse", "r = g²/v̂ from logs or checkpoints: a quiet stretch reaching the blowup", _collapse),
+    VerdictRule(
+        "collapse",
+        "r = g²/v̂ from logs or checkpoints: a quiet stretch reaching the blowup (shallow: all parameters)",
+        _collapse,
+    ),
     VerdictRule("gradient_jump", "gradient norm: a ≥10x one-step jump at the event", _gradient_jump),
     VerdictRule(
         "loss_only",

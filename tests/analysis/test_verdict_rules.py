@@ -21,6 +21,11 @@ def _traj(exact: bool = True) -> Trajectory:
     return Trajectory("global", s, np.ones(10), np.ones(10), np.ones(10), exact=exact)
 
 
+def _traj_of(label: str) -> Trajectory:
+    s = np.arange(1, 11)
+    return Trajectory(label, s, np.ones(10), np.ones(10), np.ones(10), exact=True)
+
+
 def _collapse(deep: bool, exact: bool = True, label: str = "global") -> Collapse:
     return Collapse(label, "log", 100, 300, 1e-4, deep=deep, depth=0.001 if deep else 0.6, exact=exact)
 
@@ -115,6 +120,40 @@ SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
             "stale_v",
             "medium",
             "lr_too_high",
+        ),
+        (
+            # the ordinary fall of some tensors' gradients after the first steps (the monitor's per-tensor
+            # tags show it on warm-ups to a too-high lr): not a stale v while all parameters are not quiet
+            "shallow stretch in one tensor, all parameters not quiet",
+            make(collapses=[_collapse(False, label="fc.bias")]),
+            "lr_too_high",
+            "diverged",
+            "high",
+            None,
+        ),
+        (
+            "shallow stretch in one tensor, no all-parameter trajectory (histograms or checkpoints only)",
+            make(collapses=[_collapse(False, label="fc.bias")], trajectories=[_traj_of("fc.bias")]),
+            "v_collapse",
+            "stale_v",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "shallow stretch in all parameters and in one tensor",
+            make(collapses=[_collapse(False, label="fc.bias"), _collapse(False)]),
+            "v_collapse",
+            "stale_v",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "deep stretch in one tensor, all parameters not quiet",
+            make(collapses=[_collapse(True, label="fc.bias")]),
+            "v_collapse",
+            "deep_collapse",
+            "high",
+            None,
         ),
         (
             "jump after a collapse that stays up",

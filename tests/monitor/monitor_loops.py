@@ -73,13 +73,22 @@ def runlab() -> Any:
 
 
 def vcollapse_run(
-    every: int, steps: int = 700, recipe: str = "vcollapse", **monitor_kw: Any
+    every: int,
+    steps: int = 700,
+    recipe: str = "vcollapse",
+    grad_norms: list[float] | None = None,
+    clip: float | None = None,
+    **monitor_kw: Any,
 ) -> tuple[Any, list[float], list[dict], Any]:
     """A shipped ``sample_logs/<recipe>`` run trained with an AdamMonitor; returns (monitor, losses,
     per-step global signals, lab module). ``vcollapse``: full batch, lr 1e-2, eps 1e-8, the loss blows up
-    at step 662 from a v collapse; ``stable_eps1e-3``: the same with eps 1e-3, which bounds the step."""
+    at step 662 from a v collapse; ``stable_eps1e-3``: the same with eps 1e-3, which bounds the step.
+    ``grad_norms``: gets each step's total gradient norm (before clipping, as HF Trainer logs it);
+    ``clip``: clip the gradients to this norm before the step."""
     import json
     from pathlib import Path
+
+    import torch
 
     from adamdiag.monitor import AdamMonitor
 
@@ -97,6 +106,11 @@ def vcollapse_run(
         opt.zero_grad(set_to_none=True)
         loss = lab.total_loss(cfg, model, batch)
         loss.backward()
+        if grad_norms is not None or clip is not None:
+            params = [p for p in model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+            if grad_norms is not None:
+                grad_norms.append(float(norm))
         opt.step()
         losses.append(float(loss.detach()))
         mon.log_loss(step, losses[-1])
