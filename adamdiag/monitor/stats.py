@@ -87,20 +87,23 @@ class StatsEngine:
     (1.0, 4.0)
     """
 
-    def __init__(self, use_kernel: bool = True) -> None:
+    def __init__(self, use_kernel: bool = True, device_path: bool = False) -> None:
         """``use_kernel=False`` keeps the torch passes also where the compiled kernel could run (the
-        tests' comparison of the two paths)."""
+        tests' comparison of the two paths); ``device_path=True`` takes the path a GPU takes on any
+        device — GPU-sized chunks, no host read of a chunk's histogram, no kernel — so a CPU-only test
+        run covers its logic (everything but the CUDA kernels themselves)."""
         import torch
 
         self.torch = torch
-        self.use_kernel = use_kernel
+        self.use_kernel = use_kernel and not device_path
+        self.device_path = device_path
         self._scratch: dict[Any, _Scratch] = {}
         self._layout: dict[Any, Any] = {}
 
     def scratch(self, device: Any) -> _Scratch:
         s = self._scratch.get(device)
         if s is None:
-            chunk = CPU_CHUNK if device.type == "cpu" else GPU_CHUNK
+            chunk = CPU_CHUNK if device.type == "cpu" and not self.device_path else GPU_CHUNK
             s = self._scratch[device] = _Scratch(self.torch, device, chunk)
         return s
 
@@ -211,7 +214,7 @@ class StatsEngine:
         # shares a threshold's bin, the count below it is the histogram's bins below (exact), and
         # where none is below eps the clamp is the identity: chunks whose √v̂ stays clear of eps skip
         # 2-3 passes. A GPU keeps the passes: reading the histogram would sync every chunk.
-        host_hist = v_full.device.type == "cpu"
+        host_hist = v_full.device.type == "cpu" and not self.device_path
         # Contiguous float32 on a CPU: one fused pass in C (_monitor_kernel.c; ~3x cheaper than the
         # ~8 torch passes below, the same counts and bins, sums in double). Everything else: torch.
         if host_hist and self.use_kernel:

@@ -9,7 +9,7 @@ import torch
 from monitor_loops import mlp, train
 
 from adamdiag.monitor import AdamMonitor
-from adamdiag.monitor.stats import CPU_CHUNK, QUANTILE_FACTOR, SMALL
+from adamdiag.monitor.stats import CPU_CHUNK, QUANTILE_FACTOR, SMALL, StatsEngine
 
 
 def _model(big: bool, device: str = "cpu") -> torch.nn.Module:
@@ -97,10 +97,20 @@ def test_stats_equal_exact_torch_on_cuda(variant: str) -> None:
     _check_stats(variant, "cuda")
 
 
-def _check_stats(variant: str, device: str) -> None:
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_stats_on_the_gpu_path_equal_exact_torch(variant: str) -> None:
+    """The path a GPU takes — no host read of a chunk's histogram (the eps counts always by comparison,
+    the clamp always applied), GPU-sized chunks, no compiled kernel — run on a CPU, so a run without a
+    GPU covers its logic; the CUDA test above adds the CUDA kernels themselves."""
+    _check_stats(variant, "cpu", device_path=True)
+
+
+def _check_stats(variant: str, device: str, device_path: bool = False) -> None:
     model = _model(big=variant in ("adam-amsgrad", "adam-foreach"), device=device)
     opt = VARIANTS[variant](list(model.parameters()))
     mon = AdamMonitor(opt, model=model, every=1)
+    if device_path:
+        mon._engine = StatsEngine(device_path=True)
     names = dict(model.named_parameters())
     prev: dict[str, float] = {}
     for step in range(1, 6):
