@@ -682,11 +682,13 @@ class Evidence:
         tensors while the all-parameter r is not quiet, it is the ordinary fall of some tensors'
         gradients after the first steps: the monitor's per-tensor tags show it in warm-ups to a too-high
         lr whose blowup lr/10 avoids and no eps does (bench/README.md, session 9). So where there is an
-        all-parameter trajectory, only its own stretch counts; per-tensor ones (histograms, the monitor's
-        tags, checkpoints) count without one. A *deep* stretch in any tensor still decides
-        (:meth:`deep_collapses`): √v̂ ≥ 10x down grows that tensor's step ≥ 10x by itself."""
+        exact all-parameter trajectory (every step logged from the start, or checkpoint-seeded; the
+        monitor's tags), only its own stretch counts; per-tensor ones (histograms, the monitor's tags,
+        checkpoints) count without one — an every-N-steps reconstruction cannot tell that r was not quiet
+        between its points. A *deep* stretch in any tensor still decides (:meth:`deep_collapses`):
+        √v̂ ≥ 10x down grows that tensor's step ≥ 10x by itself."""
         shallow = [c for c in self.collapses if not c.deep]
-        if any(t.label == "global" for t in self.trajectories):
+        if any(t.label == "global" and t.exact for t in self.trajectories):
             return [c for c in shallow if c.label == "global"]
         return shallow
 
