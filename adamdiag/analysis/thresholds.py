@@ -180,6 +180,11 @@ OUTCOME_MEDIAN_SAMPLE = 1 << 16
 # at_risk rule above rather than called avoided for surviving the horizon.
 HORIZON_MEMORIES = 1.0
 HORIZON_GAP_FACTOR = 2.0
+# ... and, when the run's lr schedule rises after the logged blowup (a warm-up still under way), past the
+# end of that rise by v's memory again: a variant that survived only a lower lr than the run goes on to has
+# not shown it avoids the blowup (eps 1e-2 on a warm-up to lr 0.3 blew up 33 steps after the plain
+# horizon). At most this many times the plain horizon (the replay's cost).
+HORIZON_SCHEDULE_MAX_FACTOR = 4.0
 
 # --- replay fidelity (does the original settings' replay reproduce the log?) ---------------------
 # Tracking: over the first TRACK_FRACTION of the way from the checkpoint to the logged blowup the

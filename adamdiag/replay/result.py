@@ -32,6 +32,7 @@ hardware reproduces the event, not the last digits of its approach.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ from adamdiag.analysis.thresholds import (
     FIDELITY_MAX_REL_DEV,
     HORIZON_GAP_FACTOR,
     HORIZON_MEMORIES,
+    HORIZON_SCHEDULE_MAX_FACTOR,
     MIN_LOG_SCALE,
     OUTCOME_EPS_FACTOR,
     OUTCOME_WINDOW_MEMORY_FRACTION,
@@ -166,6 +168,50 @@ def default_horizon(
     if last_logged is None or last_logged <= start_step:
         return None, f"no logged loss after step {start_step}; pass --steps"
     return last_logged - start_step, "to the last logged step (no blowup logged after the checkpoint)"
+
+
+def schedule_horizon(
+    start_step: int, from_step: int, n: int, lr_at: Callable[[int], Any], beta2s: list[float]
+) -> tuple[int, str | None]:
+    """The default horizon ``n`` (steps after ``start_step``), run on past a rise of the run's lr schedule
+    ``lr_at(t)`` (the lr of update t; a list per param group: the largest) after ``from_step`` (the
+    logged blowup): to the step where that rise ends + HORIZON_MEMORIES/(1-β2), at most
+    HORIZON_SCHEDULE_MAX_FACTOR x ``n``. A variant that survived only a lower lr than the run goes on to
+    — a warm-up still under way — has not shown it avoids the blowup (a smaller step from a larger eps
+    only postpones the edge of stability then), and v needs its memory at the final lr to settle.
+    Returns (steps, why or None when unchanged); a schedule that raises keeps ``n`` (the replay reports
+    it).
+
+    >>> warm = lambda t: 0.3 * min(t, 200) / 200  # linear warm-up over 200 steps
+    >>> schedule_horizon(50, 54, 104, warm, [0.99])  # still rising at the plain horizon's end (154)
+    (250, 'the lr schedule rises until step 200, after the logged blowup: to there + 1/(1-β2) = 100 steps')
+    >>> schedule_horizon(100, 107, 109, warm, [0.99])[0]  # the rise ends inside it (200), too close to its end
+    200
+    >>> schedule_horizon(250, 260, 133, warm, [0.99])  # past the warm-up: unchanged
+    (133, None)
+    """
+    memory = math.ceil(HORIZON_MEMORIES / (1.0 - max(beta2s)))
+    cap = math.ceil(HORIZON_SCHEDULE_MAX_FACTOR * n)
+
+    def lr(t: int) -> float:
+        v = lr_at(t)
+        return max(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
+
+    try:
+        end = start_step + n
+        t = next((u for u in range(end, max(from_step, start_step), -1) if lr(u) > lr(u - 1)), None)
+        if t is None:
+            return n, None
+        while t - start_step < cap and lr(t + 1) > lr(t):
+            t += 1
+    except Exception:  # noqa: BLE001 - the replay calls the schedule again and reports what it raises
+        return n, None
+    steps = max(n, min(cap, t - start_step + memory))
+    if steps == n:
+        return n, None
+    if t - start_step >= cap:
+        return steps, f"the lr schedule still rises at step {t}: to {HORIZON_SCHEDULE_MAX_FACTOR:g}x the plain horizon"
+    return steps, f"the lr schedule rises until step {t}, after the logged blowup: to there + 1/(1-β2) = {memory} steps"
 
 
 def first_blowup(steps: np.ndarray, values: np.ndarray) -> int | None:

@@ -34,6 +34,7 @@ from adamdiag.replay.result import (
     default_horizon,
     outcome_findings,
     reference_rule,
+    schedule_horizon,
     summarize_variant,
 )
 
@@ -334,6 +335,10 @@ def plan_replay(
         n, why = default_horizon(ckpt.step, judge.logged_blowup, last, [v.beta2 for v in variants])
         if n is None:
             raise InputError(f"{checkpoint}: {why}")
+        if getattr(spec, "lr_schedule", None) is not None:
+            after = judge.logged_blowup if judge.logged_blowup is not None else ckpt.step
+            n, rising = schedule_horizon(ckpt.step, after, n, spec.lr_schedule, [v.beta2 for v in variants])
+            why = f"{why}; {rising}" if rising else why
         n = min(n, MAX_STEPS)
         horizon = {"steps": n, "why": why, "source": "default"}
     else:
