@@ -335,7 +335,7 @@ def plan_replay(
         n, why = default_horizon(ckpt.step, judge.logged_blowup, last, [v.beta2 for v in variants])
         if n is None:
             raise InputError(f"{checkpoint}: {why}")
-        if getattr(spec, "lr_schedule", None) is not None:
+        if isinstance(spec, ReplaySpec) and spec.lr_schedule is not None:
             after = judge.logged_blowup if judge.logged_blowup is not None else ckpt.step
             n, rising = schedule_horizon(ckpt.step, after, n, spec.lr_schedule, [v.beta2 for v in variants])
             why = f"{why}; {rising}" if rising else why
