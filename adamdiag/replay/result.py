@@ -197,13 +197,22 @@ def schedule_horizon(
         v = lr_at(t)
         return max(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
 
+    # Each lr evaluated once (a user's schedule may be costly; the horizon may be 10^6 steps): the last
+    # step t in (from_step, end] with lr(t) > lr(t-1), walking back; then forward while it keeps rising.
     try:
         end = start_step + n
-        t = next((u for u in range(end, max(from_step, start_step), -1) if lr(u) > lr(u - 1)), None)
+        t, later = None, lr(end)
+        for u in range(end - 1, max(from_step, start_step) - 1, -1):
+            cur = lr(u)
+            if later > cur:
+                t = u + 1
+                break
+            later = cur
         if t is None:
             return n, None
-        while t - start_step < cap and lr(t + 1) > lr(t):
-            t += 1
+        cur = lr(t)
+        while t - start_step < cap and (nxt := lr(t + 1)) > cur:
+            t, cur = t + 1, nxt
     except Exception:  # noqa: BLE001 - the replay calls the schedule again and reports what it raises
         return n, None
     steps = max(n, min(cap, t - start_step + memory))
