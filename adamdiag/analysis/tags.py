@@ -79,19 +79,22 @@ def pick_grad_norm_tag(tags: list[str]) -> str | None:
 def pick_lr_tag(tags: list[str]) -> str | None:
     """The learning-rate tag, if the run logs one.
 
-    >>> pick_lr_tag(["train_loss", "lr-AdamW/pg2", "lr-AdamW"])
-    'lr-AdamW'
+    >>> pick_lr_tag(["train_loss", "lr-AdamW/pg2", "lr-AdamW"]), pick_lr_tag(["loss", "lr/group1", "lr/group0"])
+    ('lr-AdamW', 'lr/group0')
     """
     for t in LR_TAGS:
         if t in tags:
             return t
-    # (Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group)
+    # (Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group;
+    # a SummaryWriter's add_scalars("lr", {group: lr}), read as "lr/<group>": the first group's)
     low = [
         t
         for t in tags
-        if t.lower().endswith(("/lr", "learning_rate")) or t.lower() == "lr" or t.lower().startswith("lr-")
+        if t.lower().endswith(("/lr", "learning_rate"))
+        or t.lower() == "lr"
+        or t.lower().startswith(("lr-", "lr/", "learning_rate/"))
     ]
-    return min(low, key=len) if low else None
+    return min(low, key=lambda t: (len(t), t)) if low else None
 
 
 def pick_task_loss_tags(tags: list[str], total: str | None) -> list[str]:

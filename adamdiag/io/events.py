@@ -317,9 +317,12 @@ class FileData:
     first_wall_time: float = float("inf")
     kinds: set[str] = field(default_factory=set)  # simple_value, tensor, histo, ...
     readable: bool = True  # False: not a single valid record in a non-empty file
+    # SessionLog START events (a restart): (step, scalar rows before it, histogram rows before it) in file order
+    purges: list[tuple[int, int, int]] = field(default_factory=list)
     grouped: bool = False  # a writer's child folder folded into its run: the tags are already final
 
 
+_SESSION_START = 1  # SessionLog.START (tensorboard.compat.proto.event_pb2)
 _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64, _DT_BFLOAT16, _DT_HALF = 1, 2, 3, 9, 14, 19
 
 
@@ -414,6 +417,8 @@ class _Sink:
         self.first_wall_idx = 1 << 62  # record index of first_wall: fast and slow rows may arrive out of order
         self.warnings: list[str] = []
         self.records = 0
+        # SessionLog START: [step, scalar rows before it in the file, histogram rows before it, record index]
+        self.purges: list[list[int]] = []
 
     def _reset_lists(self) -> None:
         self.s_tag: list[int] = []
@@ -454,6 +459,13 @@ class _Sink:
         if self.s_tag:
             self.parts.append(self.take_lists())
 
+    def restart(self, step: int, idx: int) -> None:
+        """A SessionLog START at ``step`` (record ``idx``): TensorBoard drops the events read before it at
+        steps >= ``step``. The scalar rows before it are counted here as the reference decoder has them; the
+        fast path adds its own rows before the record when it merges (:func:`_decode_chunk`)."""
+        before = sum(len(p[1]) for p in self.parts) + len(self.s_tag)
+        self.purges.append([step, before, len(self.h_rows), idx])
+
 
 _PROTO: tuple | None = None
 
@@ -489,6 +501,12 @@ def _decode_ref(payload: bytes, sink: _Sink, name: str, offset: int, idx: int = 
     which = ev.WhichOneof("what")
     if which == "file_version":
         sink.file_version = ev.file_version
+        return
+    if which == "session_log":
+        # A restart (torch SummaryWriter(purge_step=N), TF1 Supervisor/FileWriter.add_session_log): TensorBoard
+        # purges what was logged before it at steps >= N (EventAccumulator._CheckForRestartAndMaybePurge).
+        if ev.session_log.status == _SESSION_START:
+            sink.restart(ev.step, idx)
         return
     if which != "summary":
         return
@@ -871,6 +889,7 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
         fast_first = sorted((int(key[meta_rows[i]]), tag_names[int(t)]) for t, i in zip(u, i_first))
         fast_first = [(i, t) for i, t in fast_first if t not in prior]
     slow = np.flatnonzero(~rec_ok)
+    purges_before = len(sink.purges)
     slow_first: dict[str, int] = {}
     slow_keys: list[int] = []
     ptr = 0
@@ -922,6 +941,8 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
     if keep is not None and not keep.all():
         rows = {k2: arr[keep] for k2, arr in rows.items()}
         tag_of, key = tag_of[keep], key[keep]
+    for p in sink.purges[purges_before:]:  # a restart among the slow records: count the fast rows before it
+        p[1] += int(np.searchsorted(key, p[3] << _KSHIFT))
     # Register only tags that keep rows (a tag whose values were all skipped is not a scalar tag).
     used = np.bincount(tag_of, minlength=len(tag_names)) if len(tag_of) else np.zeros(len(tag_names), int)
     remap = np.asarray([sink.tag_id(t) if u else -1 for t, u in zip(tag_names, used)] or [0], np.int32)
@@ -1080,6 +1101,7 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         first_wall_time=sink.first_wall,
         kinds=sink.kinds,
         readable=readable,
+        purges=[(p[0], p[1], p[2]) for p in sink.purges],
     )
 
 
@@ -1109,6 +1131,7 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
 
     seg = cat(parts_seg, np.int32)
     n = len(seg)
+    n_scalars = [sum(len(c) for c in d.s_tag) for d in datas]  # rows per file, for the restarts' purges
     columns = {
         "run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[printable(run)]),
         "tag": pd.Categorical.from_codes(cat(parts_tag, np.int32), categories=all_tags),
@@ -1128,6 +1151,9 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     columns["source_file"] = pd.Categorical.from_codes(seg, categories=files) if files else pd.Categorical([])
     scalars = pd.DataFrame(columns, copy=False)
     histograms = _histogram_frame(run, datas, files)
+    notes: list[str] = []
+    if any(d.purges for d in datas):
+        scalars, histograms, notes = _purge_restarts(datas, n_scalars, scalars, histograms)
     warnings = [w for d in datas for w in d.warnings]
     skipped: Counter = Counter()
     for d in datas:
@@ -1154,7 +1180,55 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
         skipped=dict(skipped),
         files=files,
         file_info=info,
+        notes=notes,
     )
+
+
+def _purge_restarts(
+    datas: list[FileData], n_scalars: list[int], scalars: pd.DataFrame, histograms: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Drop what TensorBoard drops at a restart's ``SessionLog.START`` at step N (torch
+    ``SummaryWriter(purge_step=N)``, TF1's Supervisor): every event of that folder read before it — earlier
+    files (in segment order) and the file's own earlier records — at a step >= N, whatever its tag
+    (``EventAccumulator._Purge(by_tags=False)``). Those steps were undone by the restart; a tag the
+    restarted run no longer logs (an evaluation curve) loses them too. Files of other folders (split
+    folders, ``add_scalars`` children: runs of their own to TensorBoard) are untouched.
+    Returns the two frames and one note per restart that dropped something."""
+    import numpy as np
+
+    s_start = np.cumsum([0, *n_scalars])
+    h_start = np.cumsum([0, *(len(d.h_rows) for d in datas)])
+    s_step = scalars["step"].to_numpy()
+    h_step = histograms["step"].to_numpy(np.int64)
+    s_keep = np.ones(len(s_step), bool)
+    h_keep = np.ones(len(h_step), bool)
+    s_pos, h_pos = np.arange(len(s_step)), np.arange(len(h_step))
+    folder = [os.path.dirname(d.path) for d in datas]
+    notes = []
+    for k, d in enumerate(datas):
+        same = np.asarray([f == folder[k] for f in folder[: k + 1]], bool)  # this folder's files up to this one
+        s_file = np.repeat(np.arange(k + 1), np.diff(s_start[: k + 2]))
+        h_file = np.repeat(np.arange(k + 1), np.diff(h_start[: k + 2]))
+        for step, s_before, h_before in d.purges:
+            s_sel = same[s_file] & (s_pos[: s_start[k + 1]] < s_start[k] + s_before)
+            s_sel &= s_step[: s_start[k + 1]] >= step
+            h_sel = same[h_file] & (h_pos[: h_start[k + 1]] < h_start[k] + h_before)
+            h_sel &= h_step[: h_start[k + 1]] >= step
+            dropped_s = int((s_sel & s_keep[: s_start[k + 1]]).sum())
+            dropped_h = int((h_sel & h_keep[: h_start[k + 1]]).sum())
+            s_keep[: s_start[k + 1]] &= ~s_sel
+            h_keep[: h_start[k + 1]] &= ~h_sel
+            if dropped_s or dropped_h:
+                what = f"{dropped_s} scalar" + (f" and {dropped_h} histogram" if dropped_h else "")
+                notes.append(
+                    f"{printable(d.path)}: a restart (SessionLog START at step {step}: SummaryWriter(purge_step=…), "
+                    f"TF1's Supervisor) drops the {what} value(s) logged before it at steps ≥ {step}, as TensorBoard does"
+                )
+    if not s_keep.all():
+        scalars = scalars[s_keep].reset_index(drop=True)
+    if not h_keep.all():
+        histograms = histograms[h_keep].reset_index(drop=True)
+    return scalars, histograms, notes
 
 
 def _histogram_frame(run: str, datas: list[FileData], files: list[str]) -> pd.DataFrame:

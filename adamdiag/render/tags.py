@@ -32,7 +32,7 @@ def render_tags_text(result: list[RunEvents]) -> str:
         lines.append(f"run {r.run}")
         for i in r.file_info:
             lines.append(
-                f"  file[{i['segment']}] {Path(i['path']).name}  {i['records']} records, {i['size']} bytes, "
+                f"  file[{i['segment']}] {_file_name(r.run, i['path'])}  {i['records']} records, {i['size']} bytes, "
                 f"writer {writer_of(i)}"
             )
         table = tag_table(r)
@@ -48,6 +48,17 @@ def render_tags_text(result: list[RunEvents]) -> str:
             lines.append("  no scalar or histogram tags")
         if r.skipped:
             lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())))
+        for note in r.notes:  # how the reader read it (a restart's purge, DeepSpeed's samples axis)
+            lines.append(f"  note: {note}")
         if r.warnings:
             lines.append(f"  warnings: {len(r.warnings)} (see stderr)")
     return "\n".join(lines)
+
+
+def _file_name(run: str, path: str) -> str:
+    """A file's name as the run holds it: ``train/events…`` for a split folder's, ``Loss_val/events…`` for a
+    writer child's (two add_scalars children's files often have the same name), the bare name otherwise."""
+    parent = Path(run)
+    if parent.is_file() or not Path(path).is_relative_to(parent):
+        return Path(path).name
+    return Path(path).relative_to(parent).as_posix()

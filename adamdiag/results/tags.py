@@ -72,6 +72,7 @@ def tags_result(runs: list[RunEvents]) -> dict[str, Any]:
                 "tags": tag_table(r),
                 "skipped": r.skipped,
                 "warnings": r.warnings,
+                "notes": r.notes,
             }
             for r in runs
         ],
