@@ -6,9 +6,12 @@ tensor summaries (plugin ``scalars``; float/double/half/int, ``tensor_content`` 
 histograms (``HistogramProto``, and TF2 ``[k, 3]`` bucket tensors of plugin ``histograms``).
 Values of other plugins (images, text, ...) are skipped and counted.
 
-Unlike TensorBoard's ``EventAccumulator`` nothing is sampled away and restarts are not purged: a run
-with several event files keeps every event with its ``segment`` (file index ordered by first wall
-time) and ``source_file``; :func:`series` gives the value per step as the run really went.
+Unlike TensorBoard's default ``EventAccumulator`` nothing is sampled away: a run with several event files
+keeps every event with its ``segment`` (file index ordered by first wall time) and ``source_file``;
+:func:`adamdiag.analysis.frames.series` gives the value per step as the run really went. A restart that
+says where it resumed (``SessionLog.START`` at step N: torch ``SummaryWriter(purge_step=N)``, TF1's
+Supervisor) is purged as TensorBoard purges it — the folder's values logged before it at steps >= N are
+dropped (:func:`_purge_restarts`, a note in ``RunEvents.notes``).
 
 Two paths produce the same result: the reference (``read_file(..., fast=False)``: the plain-loop
 framing of :func:`adamdiag.io.tfrecord.read_records_ref` and the protobuf classes, record by record)
