@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from adamdiag.analysis.frames import run_order
 from adamdiag.analysis.moments import QUANTILES, interval_g2
 from adamdiag.analysis.signals import ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
@@ -349,9 +350,11 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
         low = tag.lower()
         if "grad" not in low:
             continue
-        df = df.sort_values(["step", "segment"] if "segment" in df.columns else ["step"]).drop_duplicates(
-            "step", keep="last"
-        )
+        # as the run went: a restart's undone steps out, like the scalars (frames.series)
+        if "segment" in df.columns:
+            df = df.iloc[run_order(df["step"].to_numpy(), df["segment"].to_numpy())]
+        else:
+            df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
         num = df["num"].to_numpy(np.float64)
         ok = num > 0
         if ok.sum() < MIN_LOSS_POINTS:

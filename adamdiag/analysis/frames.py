@@ -3,7 +3,7 @@ that the analysis needs: one tag's series as the run really went. Pure pandas/nu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,17 +17,32 @@ def series(scalars: pd.DataFrame, tag: str, *, raw: bool = False) -> pd.Series:
     of a later segment (for this tag) are dropped: the run was restarted from there. ``raw=True`` returns every row in file order (index
     ``step``, possibly duplicated).
     """
-    import numpy as np
     import pandas as pd
 
     sel = scalars[scalars["tag"] == tag]
     if raw:
         return pd.Series(sel["value"].to_numpy(), index=pd.Index(sel["step"].to_numpy(), name="step"), name=tag)
+    order = run_order(sel["step"].to_numpy(), sel["segment"].to_numpy())
+    return pd.Series(
+        sel["value"].to_numpy()[order], index=pd.Index(sel["step"].to_numpy()[order], name="step"), name=tag
+    )
+
+
+def run_order(steps: Any, segments: Any) -> Any:
+    """Positions of one tag's rows (``steps``/``segments`` in file order) that make its curve as the run
+    really went, in step order: one row per step, the later segment's and within a segment the later
+    record's; rows an earlier segment logged at or after a later segment's first step are dropped (a
+    restart resumed there: those steps were undone). Shared by scalars (:func:`series`) and histograms.
+
+    >>> run_order([0, 1, 2, 3, 1, 2], [0, 0, 0, 0, 1, 1]).tolist()  # restarted from step 1, died at 2
+    [0, 4, 5]
+    """
+    import numpy as np
+
+    steps, segs = np.asarray(steps), np.asarray(segments)
     # Stable sort by segment keeps the file order inside a segment, so "last" = later record.
-    order = np.argsort(sel["segment"].to_numpy(), kind="stable")
-    steps = sel["step"].to_numpy()[order]
-    values = sel["value"].to_numpy()[order]
-    segs = sel["segment"].to_numpy()[order]
+    order = np.argsort(segs, kind="stable")
+    steps, segs = steps[order], segs[order]
     if len(segs) and segs[0] != segs[-1]:
         # A restart resumes at its first step: rows an earlier segment logged at or after that step
         # were orphaned (the run went back), as TensorBoard's purge does -- but per tag, so two
@@ -36,7 +51,8 @@ def series(scalars: pd.DataFrame, tag: str, *, raw: bool = False) -> pd.Series:
         seg_min = np.minimum.reduceat(steps, first)
         cutoff = np.minimum.accumulate(np.append(seg_min[1:], np.iinfo(np.int64).max)[::-1])[::-1]
         keep = steps < cutoff[np.searchsorted(uniq, segs)]
-        steps, values = steps[keep], values[keep]
-    s = pd.Series(values, index=pd.Index(steps, name="step"), name=tag)
-    s = s[~s.index.duplicated(keep="last")]
-    return s.sort_index(kind="stable")
+        order, steps = order[keep], steps[keep]
+    # the last row of each step (reverse, first occurrence), then step order (stable: ties keep file order)
+    _, last_rev = np.unique(steps[::-1], return_index=True)
+    last = len(steps) - 1 - last_rev  # one position per distinct step, ascending by step
+    return order[last]

@@ -368,3 +368,25 @@ def test_session_start_inside_one_file(tmp_path):
     assert "20 scalar and 1 histogram" in run.notes[0]
     for chunk in (100, 1000, 1 << 20):
         _assert_fast_equals_reference(logdir, chunk=chunk)
+
+
+def test_restart_without_purge_histograms_lose_undone_steps_like_scalars(tmp_path):
+    """The v rebuilt from gradient histograms follows the run as it went, like the scalars: a restart from
+    step 20 that died at 30 undoes the first attempt's histograms at 40 and 50 (they were kept before)."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.analysis.evidence import histogram_trajectories
+
+    logdir = tmp_path / "run"
+    g = torch.Generator().manual_seed(2)
+    for k, steps in enumerate((range(0, 60, 10), range(20, 40, 10))):
+        w = SummaryWriter(str(logdir))
+        for s in steps:
+            for j in range(8):  # every step of the interval: enough points for a trajectory
+                w.add_histogram("grads/w", torch.randn(64, generator=g) * (1 + k), s + j)
+        w.close()
+        _name_files(logdir, 1)
+    run = E.read_run(logdir)
+    (traj,) = histogram_trajectories(run.histograms, [], 0.999, 1e-8)
+    assert traj.steps.tolist() == [s + j for s in (0, 10, 20, 30) for j in range(8)]
