@@ -167,8 +167,12 @@ class _LossLevels:
     def confirmed(self, i: int, base: float) -> bool:
         """Reaches a decade above ``base`` within the horizon and the median over the persistence
         window stays ≥ 2x (a median, so one dip inside an oscillating blowup does not undo it)."""
-        h_end = int(np.searchsorted(self.steps, self.steps[i] + BLOWUP_HORIZON, side="right"))
-        p_end = max(int(np.searchsorted(self.steps, self.steps[i] + BLOWUP_PERSIST, side="left")), i + 1)
+        # the window ends in Python ints, capped at the largest step: steps[i] + horizon in int64 wraps
+        # to a negative step for a step logged near 2^63 (an empty window, then a crash on its max)
+        top = int(self.steps[-1])
+        h_end = int(np.searchsorted(self.steps, min(int(self.steps[i]) + BLOWUP_HORIZON, top), side="right"))
+        p_end = int(np.searchsorted(self.steps, min(int(self.steps[i]) + BLOWUP_PERSIST, top + 1), side="left"))
+        p_end = max(p_end, i + 1)
         z = self.z
         return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > self.onset)
 

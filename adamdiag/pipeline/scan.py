@@ -7,6 +7,7 @@ renders the result. Progress goes to stderr (rich), only when stderr is a termin
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -313,7 +314,15 @@ def scan_paths(
                 clip_norm=clip,
                 clip_source=clip_source,
             )
-            rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
+            try:
+                rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)
+            except Exception as e:  # noqa: BLE001 - a bug on one run's odd data must not cost the others theirs
+                if len(all_events) == 1 or os.environ.get("ADAMDIAG_DEBUG"):
+                    raise  # alone, the CLI's one-line internal error (exit 2); the traceback when debugging
+                why = f"internal error while diagnosing it: {type(e).__name__}: {e} (set ADAMDIAG_DEBUG=1 for details)"
+                report.runs.append(RunReport(run=str(run_dir), verdict="inconclusive", warnings=[*warnings, why]))
+                prog.advance(task)
+                continue
             rep.findings += [Finding("AD901", "info", note) for note in events.notes]
             if lent is not None:
                 rep.findings.append(

@@ -26,6 +26,7 @@ unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -189,6 +190,19 @@ class OptimizerCheckpoint:
         assert self._fetch_state is not None and e.shape is not None
         st = self._fetch_state(e)
         h = e.hyper
+        # m and v (and amsgrad's max) of one parameter have its element count in every Adam: a
+        # mismatch is a damaged or foreign state, and every statistic would pair wrong elements
+        sizes = {
+            k: int(st[k].numel())
+            for k in ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if h["amsgrad"] else ()))
+            if _is_tensor(st.get(k))
+        }
+        if len(set(sizes.values())) > 1:
+            label = e.name or f"group {e.group} / index {e.index}"
+            raise InputError(
+                f"{self.path}: `{label}`: {', '.join(f'{k} has {n} elements' for k, n in sizes.items())}: "
+                "not a state Adam writes (the file is damaged)"
+            )
         param = None
         if with_params and e.name is not None and self._fetch_param is not None:
             param = self._fetch_param(e.name)
@@ -294,6 +308,10 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     import pickle
 
     import torch
+
+    what = non_regular(path)  # a rank file of a checkpoint folder is opened by name: never a FIFO
+    if what:
+        raise InputError(f"{path}: a {what}, not a checkpoint file (not opened)")
 
     def load(weights_only: bool, mmap: bool) -> Any:
         with _name_torch_can_open(path) as name:
@@ -431,6 +449,29 @@ def non_regular(p: Path) -> str | None:
         if test(mode):
             return name
     return "special file"
+
+
+def open_regular(
+    path: Path | str, *, buffering: int = -1, what: str = "checkpoint file"
+) -> io.FileIO | io.BufferedReader:
+    """``open(path, "rb")`` for a file *inside* a checkpoint (a DCP shard, a TF bundle's index or data,
+    a DeepSpeed rank file): opened non-blocking and checked with fstat before anything is read, so a
+    FIFO there never blocks and a device is never read — an :class:`InputError` naming it instead.
+    The path itself was checked by :func:`open_checkpoint`; the files it names were not."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "directory" if stat.S_ISDIR(mode) else non_regular(Path(path)) or "special file"
+            raise InputError(f"{path}: a {kind}, not a {what} (not read)")
+        os.set_blocking(fd, True)
+        raw = io.FileIO(fd, "rb")
+        return raw if buffering == 0 else io.BufferedReader(raw)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _checkpoint_dir_kind(d: Path) -> str | None:
@@ -1033,6 +1074,7 @@ def open_checkpoint(
         if convention:
             foreign.convention = convention
         hyper_policy.apply(foreign.entries, assume, foreign.warnings)
+        hyper_policy.check_domain(foreign.entries, path)
         return foreign
     if not path.exists():
         raise missing_path(path)
@@ -1069,6 +1111,7 @@ def open_checkpoint(
         if e.optimizer is None:
             e.optimizer = {"index": 0, "key": "", "type": ck.optimizer}
     hyper_policy.apply(ck.entries, assume, ck.warnings)
+    hyper_policy.check_domain(ck.entries, path)
     return ck
 
 

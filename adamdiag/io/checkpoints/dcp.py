@@ -31,6 +31,7 @@ from adamdiag.io.checkpoints import (
     _first_line,
     _hyper,
     _warn_trust,
+    open_regular,
     resolve_steps,
 )
 from adamdiag.io.checkpoints.buffers import BufferPool
@@ -112,7 +113,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 def _read_metadata(d: Path, trust: bool) -> Any:
     path = d / ".metadata"
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return _MetadataUnpickler(f).load()
     except pickle.UnpicklingError as e:
         if not trust:
@@ -121,7 +122,7 @@ def _read_metadata(d: Path, trust: bool) -> Any:
                 "--trust-checkpoint only if you trust the checkpoint: that runs code from it"
             ) from None
         _warn_trust(path)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return pickle.load(f)  # noqa: S301 - explicitly trusted by the user
     except (OSError, EOFError, AttributeError, ValueError, TypeError) as e:
         raise InputError(f"{path}: unreadable DCP metadata ({_first_line(str(e))})") from None
@@ -263,7 +264,7 @@ class DcpReader:
             )
         path = self.d / info.relative_path
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 view = io.BufferedReader(_FileView(f, info.offset, info.length))
                 try:
                     return torch.load(view, map_location="cpu", weights_only=True)
@@ -278,6 +279,11 @@ class DcpReader:
                     return torch.load(view, map_location="cpu", weights_only=False)
         except OSError as e:
             raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+        except (EOFError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as e:
+            # a cut-short or overwritten item: torch.load fails with any of these on damaged bytes
+            raise InputError(
+                f"{path}: item {index.fqn} is damaged ({type(e).__name__}: {_first_line(str(e)) or 'no more bytes'})"
+            ) from None
 
     def read(self, key: str) -> Any:
         """A tensor (shards put together) or a stored Python object."""
@@ -323,7 +329,7 @@ class DcpReader:
         dest = flat[start : start + n]
         path = self.d / info.relative_path
         try:
-            with open(path, "rb", buffering=0) as f:
+            with open_regular(path, buffering=0) as f:
                 at = _plain_tensor_data(f, info.offset, info.length, dest.dtype, sizes)
                 if at is None:
                     return False

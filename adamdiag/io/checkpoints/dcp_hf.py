@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adamdiag.errors import InputError
-from adamdiag.io.checkpoints import OptimizerCheckpoint, _as_float, _as_int, _Entry
+from adamdiag.io.checkpoints import OptimizerCheckpoint, _as_float, _as_int, _Entry, open_regular
 
 _STATE_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)state\.(?P<fqn>.+)\.(?P<key>exp_avg_sq|exp_avg|max_exp_avg_sq|step)$")
 _GROUP_RE = re.compile(r"^(?P<prefix>(?:.*\.)?)param_groups\.(?P<fqn>.+)\.(?P<key>lr|betas|eps|weight_decay)$")
@@ -37,7 +37,7 @@ def _files(d: Path) -> list[Path]:
 def _header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (tensor names, dtypes, shapes, ``__metadata__``)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, what="safetensors file") as f:
             n = int.from_bytes(f.read(8), "little")
             if n <= 0 or n > 100_000_000:
                 raise InputError(f"{path}: not a safetensors file (header length {n})")

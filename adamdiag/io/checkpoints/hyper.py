@@ -73,6 +73,33 @@ def sources_of(hyper: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# What torch.optim.Adam's constructor accepts (it raises on anything else): a stored value outside
+# these cannot be what an Adam run used — the file is damaged, or not an Adam state.
+DOMAIN = {
+    "lr": ("≥ 0", lambda x: x >= 0.0),
+    "beta1": ("in [0, 1)", lambda x: 0.0 <= x < 1.0),
+    "beta2": ("in [0, 1)", lambda x: 0.0 <= x < 1.0),
+    "eps": ("≥ 0", lambda x: x >= 0.0),
+}
+
+
+def check_domain(entries: Iterable[Any], path: object) -> None:
+    """InputError (one line) when a checkpoint stores a finite lr, β1, β2 or eps that Adam refuses
+    (β2 = 1.5, eps < 0): the statistics would divide by a negative 1-β2^t or take its square root.
+    Run after :func:`apply` (NaN / missing values are "unknown" there, never checked here)."""
+    for e in entries:
+        if getattr(e, "shape", ()) is None:
+            continue
+        src = e.hyper.get("sources") or {}
+        for k, (rule, ok) in DOMAIN.items():
+            x = e.hyper.get(k)
+            if src.get(k) == "file" and isinstance(x, int | float) and math.isfinite(x) and not ok(x):
+                raise InputError(
+                    f"{path}: stores {k}={x:g} (param group {getattr(e, 'group', '?')}), which Adam does not accept "
+                    f"({k} must be {rule}): the file is damaged or holds no Adam state"
+                )
+
+
 def apply(entries: Iterable[Any], assume: Assumptions | None, warnings: list[str]) -> None:
     """Complete every entry's ``hyper["sources"]`` and put the user's assumptions in, in place.
 
@@ -121,4 +148,4 @@ def apply(entries: Iterable[Any], assume: Assumptions | None, warnings: list[str
         )
 
 
-__all__ = ["FLAGS", "HYPER_NAMES", "PREFIX", "SOURCES", "Assumptions", "apply", "sources_of"]
+__all__ = ["DOMAIN", "FLAGS", "HYPER_NAMES", "PREFIX", "SOURCES", "Assumptions", "apply", "check_domain", "sources_of"]

@@ -234,10 +234,13 @@ class Bundle:
     """A V2 checkpoint bundle (``<prefix>.index`` + data shards), read without TensorFlow."""
 
     def __init__(self, prefix: Path) -> None:
+        from adamdiag.io.checkpoints import open_regular
+
         self.prefix = Path(prefix)
         index = Path(f"{prefix}.index")
         try:
-            buf = index.read_bytes()
+            with open_regular(index, what="TensorFlow checkpoint index") as f:
+                buf = f.read()
         except OSError as e:
             raise InputError(f"{index}: cannot be read ({e.strerror})") from None
         self.entries: dict[str, BundleEntry] = {}
@@ -260,10 +263,12 @@ class Bundle:
     def raw(self, name: str) -> bytes:
         """A tensor's bytes, crc32c-checked: the entry stores the masked crc32c of exactly these bytes
         (numeric tensors) or of the string layout described in :meth:`read_string`."""
+        from adamdiag.io.checkpoints import open_regular
+
         e = self.entries[name]
         path = self.shard(e.shard_id)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, what="TensorFlow checkpoint shard") as f:
                 f.seek(e.offset)
                 data = f.read(e.size)
         except OSError as err:

@@ -1,0 +1,193 @@
+"""Regressions from the bad-input fuzz of the CLI (notes/s10_fuzz.md): each case crashed, hung or
+took the other runs of a scan down before its fix. Real artifacts only: the shipped DCP fixture, real
+``torch.optim.Adam`` checkpoints, event files written by torch's SummaryWriter.
+
+* a FIFO inside a checkpoint folder (a DCP shard) or given to ``replay`` blocked forever on its open;
+* an empty DCP shard was an internal EOFError instead of one line naming the file;
+* a checkpoint storing β2 = 1.5, or an exp_avg_sq of another size than exp_avg, was a ``math domain
+  error`` / kernel ValueError ("internal error");
+* a step logged at 2^63-1 wrapped the blowup window around in int64 (an internal error) — and that
+  one run's crash ended the whole scan, the other runs' diagnoses with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from events_util import write_torch
+from torch import nn
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+from adamdiag.errors import InputError
+from adamdiag.pipeline.scan import scan_paths
+from adamdiag.replay.checkpoint import load_replay_checkpoint
+
+runner = CliRunner()
+DCP = Path(__file__).resolve().parents[1] / "fixtures" / "sharded" / "dcp_fsdp4"
+
+
+def _in_time(fn, seconds: float = 30.0):
+    """``fn()`` in a thread; fails instead of hanging the suite when it blocks (on a FIFO's open)."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+            out["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(seconds)
+    if th.is_alive():
+        # unblock the reader (a writer end opened on the FIFO) so the daemon thread can end
+        pytest.fail("blocked on a FIFO")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adamdiag: error: "), res.stderr
+    assert "internal error" not in res.stderr and "Traceback" not in res.output
+    return lines[0]
+
+
+def _adam_state(seed: int = 0) -> dict:
+    """A real Adam checkpoint ({model, optimizer, step}) after two steps."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 2}
+
+
+def _unblock(fifo: Path) -> None:
+    """Open the FIFO's write end once (non-blocking where a reader waits), so a reader stuck in open()
+    from a failed test returns and the test process can exit."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+# --- FIFOs and damaged files inside a checkpoint folder ----------------------------------------------
+def test_fifo_shard_of_a_dcp_checkpoint_is_one_line_not_a_hang(tmp_path):
+    ck = tmp_path / "dcp"
+    shutil.copytree(DCP, ck)
+    (ck / "__2_0.distcp").unlink()
+    os.mkfifo(ck / "__2_0.distcp")
+    try:
+        res = _in_time(lambda: runner.invoke(app, ["inspect", str(ck)]))
+    finally:
+        _unblock(ck / "__2_0.distcp")
+    assert "__2_0.distcp: a FIFO" in _one_line_error(res)
+
+
+def test_empty_shard_of_a_dcp_checkpoint_names_the_file(tmp_path):
+    ck = tmp_path / "dcp"
+    shutil.copytree(DCP, ck)
+    (ck / "__2_0.distcp").write_bytes(b"")
+    line = _one_line_error(runner.invoke(app, ["inspect", str(ck), "--format", "json"]))
+    assert "__2_0.distcp: item " in line and "is damaged" in line
+
+
+def test_replay_of_a_fifo_named_pt_is_refused_unopened(tmp_path):
+    fifo = tmp_path / "step_000010.pt"
+    os.mkfifo(fifo)
+    try:
+        with pytest.raises(InputError, match="a FIFO, not a checkpoint file"):
+            _in_time(lambda: load_replay_checkpoint(fifo))
+    finally:
+        _unblock(fifo)
+
+
+# --- states Adam cannot have written ------------------------------------------------------------------
+def test_stored_beta2_outside_adams_range_is_one_line(tmp_path):
+    sd = _adam_state()
+    sd["optimizer"]["param_groups"][0]["betas"] = (0.9, 1.5)
+    torch.save(sd, tmp_path / "bad.pt")
+    line = _one_line_error(runner.invoke(app, ["inspect", str(tmp_path / "bad.pt")]))
+    assert "beta2=1.5" in line and "[0, 1)" in line
+
+
+def test_moments_of_different_sizes_are_one_line(tmp_path):
+    sd = _adam_state()
+    sd["optimizer"]["state"][0]["exp_avg_sq"] = torch.ones(3)
+    torch.save(sd, tmp_path / "bad.pt")
+    line = _one_line_error(runner.invoke(app, ["inspect", str(tmp_path / "bad.pt")]))
+    assert "`0.weight`: exp_avg has 128 elements, exp_avg_sq has 3 elements" in line
+
+
+def test_a_damaged_checkpoint_in_a_scan_keeps_the_run(tmp_path):
+    run = tmp_path / "run"
+    write_torch(run, 30)
+    sd = _adam_state()
+    good = copy.deepcopy(sd)
+    torch.save(good, run / "step_000010.pt")
+    sd["optimizer"]["param_groups"][0]["betas"] = (0.9, 1.5)
+    torch.save(sd, run / "step_000020.pt")
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert r["verdict"] != "inconclusive" and "checkpoints" in r["sources"]  # the good checkpoint still counts
+    assert any("step_000020.pt" in w and "beta2=1.5" in w for w in r["warnings"])
+
+
+# --- odd steps in the event files ---------------------------------------------------------------------
+def _write_scalars(logdir: Path, points: list[tuple[int, float]]) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    for step, value in points:
+        w.add_scalar("train/loss", value, step)
+    w.close()
+    return logdir
+
+
+def test_a_step_logged_at_int64_max_is_diagnosed(tmp_path):
+    run = _write_scalars(tmp_path / "maxstep", [(s, 1.0 / s) for s in range(1, 101)] + [(2**63 - 1, 5.0)])
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert r["blowup_step"] == 2**63 - 1  # the last point's jump, at its own step
+
+
+def test_one_run_failing_inside_the_diagnosis_does_not_end_the_scan(tmp_path, monkeypatch):
+    """Whatever a run's odd data trips inside the analysis, the other runs keep their diagnosis: the
+    failing run is an inconclusive entry naming the error (the analysis is made to fail for one run,
+    as the int64-max step did before its fix)."""
+    import adamdiag.analysis.diagnose as diagnose_mod
+
+    bad = write_torch(tmp_path / "bad", 40)
+    good = write_torch(tmp_path / "good", 40)
+    real = diagnose_mod.diagnose
+
+    def failing_for_bad(inp, **kw):
+        if Path(inp.run).name == "bad":
+            raise ValueError("zero-size array to reduction operation maximum which has no identity")
+        return real(inp, **kw)
+
+    monkeypatch.setattr(diagnose_mod, "diagnose", failing_for_bad)
+    monkeypatch.delenv("ADAMDIAG_DEBUG", raising=False)
+    rep = scan_paths([bad, good])
+    by = {Path(r.run).name: r for r in rep.runs}
+    assert by["good"].verdict != "inconclusive" or by["good"].findings
+    assert by["bad"].verdict == "inconclusive"
+    assert any("internal error while diagnosing it: ValueError" in w for w in by["bad"].warnings)
+    # alone, the run is still the CLI's one-line internal error (exit 2), not an empty report
+    with pytest.raises(ValueError):
+        scan_paths([bad])
