@@ -32,6 +32,7 @@ import math
 import os
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,11 +79,25 @@ KNOWN_STATE_KEYS = {
     "acc_delta": "Adadelta (acc_delta)",
     "state1": "bitsandbytes 8-bit optimizer (state1/state2)",
     "prev": "Rprop (prev)",
+    "old_dirs": "LBFGS (old_dirs/old_stps/H_diag)",
     "ax": "ASGD (ax)",
 }
+# Adafactor's factored second moment (torch.optim.Adafactor, Hugging Face / fairseq Adafactor): where
+# these are present the state is Adafactor's even if some 1-D tensors hold exp_avg/exp_avg_sq — those
+# are Adafactor's unfactored v (β2 = 1 - t^-0.8, eps added to g², m an EMA of the *update*), not Adam's.
+ADAFACTOR_STATE_KEYS = ("exp_avg_sq_row", "exp_avg_sq_col", "row_var", "col_var")
+ADAFACTOR_GROUP_KEYS = ("decay_rate", "clip_threshold", "relative_step")
+# Optimizers whose eps is added to the un-corrected √v (step lr·√(1-β2^t)/(1-β1^t) · m/(√v+eps)): the
+# tf convention (:func:`_optimizer_kind`). torch.optim.RAdam (its adaptive term √bc2/(√v+eps)) and
+# torch.optim.SparseAdam (step_size lr·√bc2/bc1, denominator √v+eps).
+TF_EPS_OPTIMIZERS = ("RAdam", "SparseAdam")
 _MAX_DEPTH = 6
-# Start of a legacy (pre-1.6, non-zip) torch.save file: pickle protocol 2, LONG1 of torch's magic number.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# A legacy (pre-1.6, or _use_new_zipfile_serialization=False) torch.save file starts with a pickle of
+# torch's magic number: PROTO n, then (protocol >= 4) a FRAME of 8 length bytes, then LONG1 of the number.
+_MAGIC_LONG1 = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_LEGACY_MAGIC = b"\x80\x02" + _MAGIC_LONG1
+# The pickle opcode FRAME (protocol >= 4): torch's weights_only unpickler reads protocol 2 only.
+_FRAME = 0x95
 
 
 @dataclass
@@ -329,19 +344,18 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             return torch.load(
                 path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_stand_in_pickle(extra_globals)
             )
-        with allow:
+        with allow, warnings.catch_warnings():
+            # torch's multi-line "Detected pickle protocol 4" warning: the protocol is said in our own error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
-    if not zipfile.is_zipfile(path):
+    protocol = _pickle_protocol(path)
+    if not zipfile.is_zipfile(path) and protocol is None:
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
         # number) is a torch file; anything else would otherwise read as "needs unpickling".
-        try:
-            with open(path, "rb") as f:
-                head = f.read(len(_LEGACY_MAGIC))
-        except OSError as e:
-            raise InputError(f"{path}: cannot be read ({e.strerror})") from None
-        if head != _LEGACY_MAGIC:
-            raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
+        raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
+    if not trust:
+        _refuse_rank_shards(path)
 
     mmap = True
     try:
@@ -359,19 +373,81 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(msg)})") from None
         if not trust:
             reason = _weights_only_reason(msg)
+            if protocol is not None and protocol >= 4:
+                # The file may hold nothing but tensors: torch's weights_only unpickler reads the opcodes
+                # of pickle protocol 2 only (FRAME, MEMOIZE... of protocol 4 and 5 are "unsupported").
+                reason = (
+                    f"it was pickled with protocol {protocol} (torch.save(pickle_protocol={protocol})), which torch's "
+                    "weights_only loader cannot read; re-saving it with the default protocol avoids that"
+                )
             raise UntrustedCheckpointError(
                 f"{path}: loading it needs arbitrary unpickling ({reason}); rerun with --trust-checkpoint "
                 "only if you trust the file: that runs code from it"
             ) from None
         _warn_trust(path)
         try:
-            return load(False, mmap), mmap
+            obj = load(False, mmap)
+            _refuse_loaded_shards(obj, path)
+            return obj, mmap
+        except InputError:
+            raise
         except Exception as e2:  # noqa: BLE001 - any failure of a trusted load is an input problem
             raise InputError(
                 f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}"
             ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise InputError(f"{path}: not a readable torch checkpoint ({_torch_reason(str(e))})") from None
+
+
+def _pickle_protocol(path: Path) -> int | None:
+    """The pickle protocol of a torch file (its ``data.pkl`` in the zip format; the legacy format's
+    leading magic-number pickle), or None when it is neither: no torch file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if not pkl:
+                    return None
+                with zf.open(pkl[0]) as f:
+                    head = f.read(2)
+            return head[1] if len(head) == 2 and head[0] == 0x80 else 1  # protocols 0/1 have no PROTO
+        with open(path, "rb") as f:
+            head = f.read(2 + 9 + len(_MAGIC_LONG1))
+    except (zipfile.BadZipFile, OSError, KeyError) as e:
+        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+        return None
+    rest = head[2:]
+    if rest[:1] == bytes([_FRAME]):
+        rest = rest[9:]
+    return head[1] if rest.startswith(_MAGIC_LONG1) else None
+
+
+# Classes of one rank's shard of a distributed tensor: torch.save of a sharded state dict
+# (FSDP2 / get_optimizer_state_dict without full_state_dict: DTensor; FSDP1 SHARDED_STATE_DICT:
+# ShardedTensor). Loaded without their process group they report the whole tensor's shape around
+# one rank's piece: every statistic would be of a piece, or wrong.
+_SHARD_CLASSES = (b"torch.distributed.tensor", b"torch.distributed._tensor", b"sharded_tensor", b"ShardedTensor")
+_SHARD_ADVICE = (
+    "one rank's shard of each tensor (DTensor/ShardedTensor from a sharded FSDP state dict), not the whole "
+    "tensors: save the full state (get_optimizer_state_dict(..., options=StateDictOptions(full_state_dict=True, "
+    "cpu_offload=True)) or FSDP.full_optim_state_dict) or use torch.distributed.checkpoint (dcp.save), which adamdiag reads"
+)
+
+
+def _refuse_rank_shards(path: Path) -> None:
+    """InputError when a torch zip file's pickle names a distributed-tensor class (without unpickling)."""
+    if _zip_pickle_mentions(path, _SHARD_CLASSES):
+        raise InputError(f"{path}: holds {_SHARD_ADVICE}")
+
+
+def _refuse_loaded_shards(obj: Any, path: Path) -> None:
+    """The same check on a loaded object (a trusted load; the legacy format is not checked before)."""
+    for _, x in _walk(obj):
+        vals = x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ()
+        for v in vals:
+            if _is_tensor(v) and type(v).__module__.startswith("torch.distributed"):
+                raise InputError(f"{path}: holds {_SHARD_ADVICE}")
 
 
 def _torch_reason(msg: str) -> str:
@@ -672,16 +748,63 @@ def _describe_non_adam(osd: dict) -> str:
     return f"an unknown optimizer state (per-parameter keys: {', '.join(sorted(keys))})"
 
 
+def _is_adafactor(osd: dict) -> bool:
+    """Adafactor (torch's, Hugging Face's, fairseq's): factored second-moment keys in any state, or
+    Hugging Face/fairseq's group keys. Its 1-D tensors' exp_avg/exp_avg_sq are no Adam moments."""
+    for st in osd["state"].values():
+        if isinstance(st, dict) and any(k in st for k in ADAFACTOR_STATE_KEYS):
+            return True
+    return any(isinstance(g, dict) and all(k in g for k in ADAFACTOR_GROUP_KEYS) for g in osd["param_groups"])
+
+
+def _is_sparse_adam(group: dict) -> bool:
+    """torch.optim.SparseAdam's param group: lr, betas, eps, maximize — no weight decay, no amsgrad."""
+    return "betas" in group and "maximize" in group and "weight_decay" not in group and "amsgrad" not in group
+
+
+def _radam_adaptive_from(beta2: float) -> int | None:
+    """The first step at which torch.optim.RAdam uses √v at all (its ρ_t > 5); before, its update
+    is momentum SGD. None when β2 is no number in (0, 1)."""
+    if not (isinstance(beta2, float) and 0.0 < beta2 < 1.0):
+        return None
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    for t in range(1, 100_000):
+        if rho_inf - 2.0 * t * beta2**t / (1.0 - beta2**t) > 5.0:
+            return t
+    return None
+
+
 def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
     warns = []
     g0 = osd["param_groups"][0] if osd["param_groups"] else {}
     sample = next((st for st in osd["state"].values() if isinstance(st, dict)), {})
     if "momentum_decay" in g0 or "mu_product" in sample:
-        warns.append("NAdam state: update statistics use the plain Adam update rule")
+        warns.append(
+            "NAdam state: √v̂ and eps mean what they mean for Adam (its denominator is √v̂+eps); update statistics "
+            "use Adam's m̂ numerator, not NAdam's momentum-scheduled one (mu_product)"
+        )
         return "NAdam", warns
+    from adamdiag.io.checkpoints import bnb
+
+    named = bnb.optimizer_name(osd)
+    if named is not None:
+        return named, warns
     if "amsgrad" not in g0 and "decoupled_weight_decay" in g0:
-        warns.append("RAdam-like state (no amsgrad flag): update statistics use the plain Adam update rule")
+        b2 = _hyper(g0)["beta2"]
+        start = _radam_adaptive_from(b2)
+        when = f"from step {start} on (ρ_t > 5 at β2={b2:g}); before that its update is momentum SGD" if start else ""
+        warns.append(
+            "RAdam state (no amsgrad flag): its adaptive term is √(1-β2^t)/(√v+eps), eps on the un-corrected √v, "
+            f"so eps is compared in the tf convention (eps/√(1-β2^t)); it divides by √v̂ only {when or 'once ρ_t > 5'}; "
+            "update statistics leave out its rectification factor"
+        )
         return "RAdam", warns
+    if _is_sparse_adam(g0):
+        warns.append(
+            "SparseAdam state: it adds eps to the un-corrected √v (step lr·√(1-β2^t)/(1-β1^t)), so eps is compared "
+            "in the tf convention (eps/√(1-β2^t)); rows that got no gradient kept their old m and v (no decay)"
+        )
+        return "SparseAdam", warns
     dwd = g0.get("decoupled_weight_decay")
     if dwd is True:
         return "AdamW", warns
@@ -702,7 +825,8 @@ def _hyper(group: dict) -> dict[str, Any]:
         "beta1": b1,
         "beta2": b2,
         "eps": _as_float(group.get("eps")),
-        "weight_decay": _as_float(group.get("weight_decay")),
+        # SparseAdam has no weight decay at all (its group has no such key): 0, not unknown
+        "weight_decay": 0.0 if _is_sparse_adam(group) else _as_float(group.get("weight_decay")),
         "amsgrad": bool(group.get("amsgrad", False)),
         "decoupled_weight_decay": group.get("decoupled_weight_decay"),
         "maximize": bool(group.get("maximize", False)),
@@ -713,6 +837,8 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
     """Optimizer slots in param-group order. Returns (entries, names_given) where names_given says
     that names came from ``param_names`` or FQN state keys. Raises InputError on non-Adam state."""
     state = osd["state"]
+    if _is_adafactor(osd):
+        raise NotAdamError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
     has_adam = any(isinstance(st, dict) and "exp_avg" in st and "exp_avg_sq" in st for st in state.values())
     if not has_adam:
         raise NotAdamError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
@@ -730,7 +856,10 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
             if name is None:
                 names_given = False
             shape = None
-            if isinstance(st, dict) and _is_tensor(st.get("exp_avg")) and _is_tensor(st.get("exp_avg_sq")):
+            lazy_shape = getattr(st, "shape", None) if isinstance(st, dict) else None
+            if lazy_shape is not None:
+                shape = tuple(lazy_shape)  # a reader's lazy state (bnb: dequantized when read)
+            elif isinstance(st, dict) and _is_tensor(st.get("exp_avg")) and _is_tensor(st.get("exp_avg_sq")):
                 shape = tuple(int(s) for s in st["exp_avg"].shape)
             entries.append(_Entry(group=g, index=pid, pos=j, name=name, shape=shape, hyper=h))
     return entries, names_given
@@ -1131,14 +1260,21 @@ def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tu
         model = _pick_model_state(obj)
         top = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
         extra = f"; it holds a model state_dict of {len(model[1])} tensors" if model else ""
+        if isinstance(obj, dict) and "pytorch-lightning_version" in obj and "optimizer_states" not in obj:
+            # ModelCheckpoint(save_weights_only=True) / trainer.save_checkpoint(..., weights_only=True)
+            extra += " (a Lightning checkpoint saved with save_weights_only=True keeps no optimizer state)"
         raise InputError(
             f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; top-level keys: {top}){extra}"
         )
     adam: list[tuple[dict, tuple, dict]] = []
     others: list[dict] = []
     first_err = None
+    from adamdiag.io.checkpoints import bnb
+
     for i, (p, x) in enumerate(states):
         try:
+            if bnb.is_bnb_state(x):
+                x = bnb.adapt(x, path)  # its 8-bit/32-bit state1/state2 read as exp_avg/exp_avg_sq
             entries_from_state_dict(x, path)
             adam.append(({"index": i, "key": _keyname(p), "type": _optimizer_kind(x)[0]}, p, x))
         except InputError as e:
@@ -1200,12 +1336,20 @@ def _finish(
     step, optimizer_step = resolve_steps(stated, read_steps, path, warnings)
     if model is not None:
         mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]
+    convention = "torch"
+    if kinds and all(k in TF_EPS_OPTIMIZERS for k in kinds):
+        convention = "tf"
+    elif any(k in TF_EPS_OPTIMIZERS for k in kinds):
+        warnings.append(
+            f"optimizers of both eps conventions in one file ({', '.join(dict.fromkeys(kinds))}): all read "
+            "in the torch convention (eps on √v̂); --convention tf for the RAdam/SparseAdam ones"
+        )
     ck = OptimizerCheckpoint(
         path=str(path),
         step=step,
         layout=layout,
         optimizer="+".join(dict.fromkeys(kinds)),
-        convention="torch",
+        convention=convention,
         name_mapping=mapping,
         warnings=warnings,
         entries=entries,
