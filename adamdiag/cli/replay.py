@@ -86,6 +86,10 @@ def replay(
     from adamdiag.io.checkpoints.latest import single_checkpoint
     from adamdiag.replay.runner import default_loss_tag, run_replay
 
+    if plot is not None:  # before the replay, not after it: a wrong --plot must not cost the run
+        from adamdiag.render.replay_plot import check_plot_target
+
+        check_plot_target(plot)
     checkpoint = single_checkpoint(checkpoint, latest=latest, trust=trust_checkpoint)
     if loss_tag is None:
         loss_tag = default_loss_tag(checkpoint, logdir)

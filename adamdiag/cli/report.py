@@ -130,9 +130,12 @@ def show(
     import json
 
     from adamdiag.errors import InputError
+    from adamdiag.io.checkpoints import non_regular
     from adamdiag.render import render
     from adamdiag.results.report import Report
 
+    if what := non_regular(saved):  # reading a FIFO blocks until someone writes to it: never opened
+        raise InputError(f"{saved}: a {what}, not a report file (not opened)")
     try:
         data = json.loads(saved.read_text(encoding="utf-8"))
     except OSError as e:

@@ -138,7 +138,11 @@ def plot_runs(report: Report, load: SeriesLoader, output: Path) -> tuple[list[Pa
         # Whatever matplotlib still finds worth a warning (fonts, layout) is not the user's problem.
         warnings.simplefilter("ignore")
         for r, path in zip(report.runs, targets):
-            if plot_run(r, load, path):
+            try:
+                drawn = plot_run(r, load, path)
+            except OSError as e:  # a folder that cannot be made or written (read-only, /proc): one line
+                raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+            if drawn:
                 written.append(path)
             else:
                 why = f"no points in '{r.loss_tag}'" if r.loss_tag else "no loss scalar found"

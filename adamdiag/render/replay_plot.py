@@ -9,6 +9,31 @@ from adamdiag.errors import InputError
 from adamdiag.replay.result import ReplayResult
 
 
+def check_plot_target(path: Path) -> None:
+    """InputError (one line) when ``--plot PATH`` cannot be written: checked before the replay runs,
+    which may take hours — not after it, as a matplotlib error. A directory is fine (it gets
+    ``replay_<step>.png``); a file needs an existing writable folder and a type matplotlib writes."""
+    import os
+
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+    else:
+        folder = path.parent
+        if path.suffix:
+            from matplotlib.backend_bases import FigureCanvasBase
+
+            types = FigureCanvasBase.get_supported_filetypes()
+            if path.suffix[1:].lower() not in types:
+                raise InputError(
+                    f"--plot {path}: {path.suffix} is no image type matplotlib writes (use .png, .svg or .pdf)"
+                )
+    if not folder.is_dir():
+        raise InputError(f"--plot: directory {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--plot: directory {folder} is not writable")
+
+
 def plot_replay(result: ReplayResult, path: Path) -> Path:
     """Write the overlay to ``path`` (a directory gets ``replay_<step>.png``); returns the file written."""
     import matplotlib
@@ -19,8 +44,7 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / f"replay_{result.start_step}.png"
-    if not path.parent.exists():
-        raise InputError(f"--plot: directory {path.parent} does not exist")
+    check_plot_target(path)
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
     ls, lv = result.logged.get("steps", []), result.logged.get("values", [])
     if ls:
@@ -59,6 +83,10 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
     ax.set_title(f"replay from step {result.start_step} ({status}; {result.conclusion})", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as e:  # the folder changed under the replay, or a file system that refuses it
+        raise InputError(f"--plot: cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return path

@@ -191,3 +191,35 @@ def test_one_run_failing_inside_the_diagnosis_does_not_end_the_scan(tmp_path, mo
     # alone, the run is still the CLI's one-line internal error (exit 2), not an empty report
     with pytest.raises(ValueError):
         scan_paths([bad])
+
+
+# --- outputs and saved reports ------------------------------------------------------------------------
+def test_show_of_a_fifo_is_one_line_not_a_hang(tmp_path):
+    fifo = tmp_path / "report.json"
+    os.mkfifo(fifo)
+    try:
+        res = _in_time(lambda: runner.invoke(app, ["show", str(fifo)]))
+    finally:
+        _unblock(fifo)
+    assert "report.json: a FIFO, not a report file" in _one_line_error(res)
+
+
+def test_plot_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    run = write_torch(tmp_path / "run", 40)
+    (tmp_path / "plain_file").write_text("x")
+    res = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "plain_file" / "x.png")])
+    assert "cannot write" in _one_line_error(res)
+
+
+def test_replay_plot_of_a_type_matplotlib_cannot_write_fails_before_the_replay(tmp_path):
+    """Checked first: the replay itself (here it could not even start — no entry) is never run for a
+    --plot that would fail at its end."""
+    torch.save(_adam_state(), tmp_path / "step_000002.pt")
+    for target, says in (
+        (tmp_path / "overlay.txt", ".txt is no image type"),
+        (tmp_path / "no" / "x.png", "does not exist"),
+    ):
+        res = runner.invoke(
+            app, ["replay", str(tmp_path / "step_000002.pt"), "--entry", "nope.py:f", "--plot", str(target)]
+        )
+        assert says in _one_line_error(res)
