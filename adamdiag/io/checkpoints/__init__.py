@@ -354,19 +354,23 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
         # number) is a torch file; anything else would otherwise read as "needs unpickling".
         raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
-    if not trust:
-        _refuse_rank_shards(path)
+    # (whatever the trust: torch's weights_only list allows DTensor once torch.distributed.tensor is imported)
+    _refuse_rank_shards(path)
 
     mmap = True
     try:
         try:
-            return load(True, True), True
+            obj = load(True, True)
+            _refuse_loaded_shards(obj, path)
+            return obj, True
         except RuntimeError as e:
             # Legacy (non-zip) files cannot be memory-mapped; they are read whole.
             if "mmap" not in str(e) and "zipfile" not in str(e).lower():
                 raise
             mmap = False
-            return load(True, False), False
+            obj = load(True, False)
+            _refuse_loaded_shards(obj, path)
+            return obj, False
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg and "weights_only" not in msg:
@@ -441,13 +445,17 @@ def _refuse_rank_shards(path: Path) -> None:
         raise InputError(f"{path}: holds {_SHARD_ADVICE}")
 
 
-def _refuse_loaded_shards(obj: Any, path: Path) -> None:
-    """The same check on a loaded object (a trusted load; the legacy format is not checked before)."""
-    for _, x in _walk(obj):
-        vals = x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ()
-        for v in vals:
-            if _is_tensor(v) and type(v).__module__.startswith("torch.distributed"):
-                raise InputError(f"{path}: holds {_SHARD_ADVICE}")
+def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
+    """The same check on a loaded object, through every container (optimizer states included): the
+    legacy format is not checked before loading."""
+    if depth > _MAX_DEPTH + 2:
+        return
+    vals = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
+    for v in vals:
+        if isinstance(v, dict | list | tuple):
+            _refuse_loaded_shards(v, path, depth + 1)
+        elif _is_tensor(v) and type(v).__module__.startswith("torch.distributed"):
+            raise InputError(f"{path}: holds {_SHARD_ADVICE}")
 
 
 def _torch_reason(msg: str) -> str:
