@@ -50,4 +50,27 @@ def missing_path(path: object, what: str = "", missing: str = "no such file or d
             f"{url}: a remote location; adamdiag reads local files only: copy the logs or checkpoints here first "
             "(e.g. gsutil -m cp -r, aws s3 sync)"
         )
-    return InputError(f"{what + ' ' if what else ''}{path}: {missing}")
+    link = _broken_link(path)
+    return InputError(f"{what + ' ' if what else ''}{path}: {link or missing}")
+
+
+def _broken_link(path: object) -> str | None:
+    """What is wrong with ``path`` when it is a symbolic link that leads nowhere — a loop, or a target
+    that does not exist — so "no such file" does not send the user looking for a missing file that
+    ``ls`` shows them. None when it is no symbolic link."""
+    import errno
+    import os
+
+    p = os.fspath(path) if isinstance(path, str | os.PathLike) else str(path)
+    if not os.path.islink(p):
+        return None
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (never resolves to a file)"
+    try:
+        target = os.readlink(p)
+    except OSError:
+        return "a broken symbolic link"
+    return f"a symbolic link to {target}, which does not exist"

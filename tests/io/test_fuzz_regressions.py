@@ -223,3 +223,14 @@ def test_replay_plot_of_a_type_matplotlib_cannot_write_fails_before_the_replay(t
             app, ["replay", str(tmp_path / "step_000002.pt"), "--entry", "nope.py:f", "--plot", str(target)]
         )
         assert says in _one_line_error(res)
+
+
+# --- symbolic links that lead nowhere -----------------------------------------------------------------
+def test_a_symlink_loop_or_dangling_link_says_so_not_no_such_file(tmp_path):
+    loop = tmp_path / "step_000010.pt"
+    loop.symlink_to(loop.name)  # points at itself
+    dangling = tmp_path / "step_000020.pt"
+    dangling.symlink_to(tmp_path / "gone" / "step_000020.pt")
+    assert "a symbolic link loop" in _one_line_error(runner.invoke(app, ["inspect", str(loop)]))
+    line = _one_line_error(runner.invoke(app, ["inspect", str(dangling)]))
+    assert f"a symbolic link to {tmp_path / 'gone' / 'step_000020.pt'}, which does not exist" in line
