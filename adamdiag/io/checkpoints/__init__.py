@@ -766,8 +766,9 @@ def _is_adafactor(osd: dict) -> bool:
 
 
 def _is_sparse_adam(group: dict) -> bool:
-    """torch.optim.SparseAdam's param group: lr, betas, eps, maximize — no weight decay, no amsgrad."""
-    return "betas" in group and "maximize" in group and "weight_decay" not in group and "amsgrad" not in group
+    """torch.optim.SparseAdam's param group: exactly lr, betas, eps, maximize (no weight decay, no
+    amsgrad, no foreach/fused flags), besides the parameters and what an lr scheduler adds."""
+    return set(group) - {"params", "param_names", "initial_lr"} == {"lr", "betas", "eps", "maximize"}
 
 
 def _radam_adaptive_from(beta2: float) -> int | None:
