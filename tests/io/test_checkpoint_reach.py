@@ -100,6 +100,17 @@ def test_bnb_8bit_adam_read_as_bitsandbytes_dequantizes_it(name):
     assert all(e.hyper["decoupled_weight_decay"] is True for e in ck.entries)  # bnb's kernels: p *= 1-lr·wd
 
 
+def test_bnb_dequantization_in_chunks_is_the_same(monkeypatch):
+    """Large tensors are dequantized a chunk of whole blocks at a time: with chunks of 512 elements
+    the fixture's 5120-element weight goes through 10 of them and must give the same values."""
+    from adamdiag.io.checkpoints import bnb
+
+    whole = {t.name: (t.exp_avg, t.exp_avg_sq) for t in open_checkpoint(FIX / "adam8bit.pt").tensors()}
+    monkeypatch.setattr(bnb, "CHUNK", 512)
+    for t in open_checkpoint(FIX / "adam8bit.pt").tensors():
+        assert torch.equal(t.exp_avg, whole[t.name][0]) and torch.equal(t.exp_avg_sq, whole[t.name][1]), t.name
+
+
 def test_bnb_cli_json_and_one_state_optimizer_refused():
     res = runner.invoke(app, ["inspect", str(FIX / "adam8bit.pt"), "--format", "json"])
     assert res.exit_code == 0, res.output

@@ -8,7 +8,7 @@ block of 256 elements; 2048 in older releases, found from the number of blocks).
 ``state_dict()`` moves these tensors under ``__bnb_optimizer_quant_state__`` (for FSDP); older files
 keep them beside ``step``. Both are read.
 
-Its Adam/AdamW update (CUDA kernels and the CPU path alike) is
+Its Adam/AdamW update (the CPU, default-torch and triton implementations of 0.50.2 alike) is
 ``p -= lr/bc1 · m / (√v/√bc2 + eps)``: eps on the bias-corrected √v̂, the torch convention, so
 √v̂ and every statistic mean what they mean for ``torch.optim.Adam``. The moments are the
 dequantized values the optimizer itself computes with (exact: one float32 product per element).
@@ -28,6 +28,8 @@ from adamdiag.errors import NotAdamError
 WRAP_KEY = "__bnb_optimizer_quant_state__"
 # bitsandbytes' optimizers use one block size for their states; older releases used 2048.
 BLOCK_SIZES = (256, 2048)
+# elements dequantized at a time (a multiple of every block size)
+CHUNK = 1 << 22
 
 
 def is_bnb_state(osd: dict) -> bool:
@@ -90,10 +92,17 @@ class Bnb8bitMoments(dict):  # type: ignore[type-arg]
         if s.dtype != torch.uint8:
             return s  # a small tensor's 32-bit state: the values themselves
         qmap, absmax = self.raw[f"qmap{k}"].float(), self.raw[f"absmax{k}"].float().flatten()
-        n = s.numel()
-        block = _block_size(n, absmax.numel()) or n
-        scale = absmax.repeat_interleave(block)[:n]
-        return (qmap[s.flatten().long()] * scale).reshape(s.shape)
+        codes = s.flatten()
+        n = codes.numel()
+        block = _block_size(n, absmax.numel()) or max(n, 1)
+        out = torch.empty(n, dtype=torch.float32)
+        # in chunks of whole blocks: the int64 indices of one chunk, never 8 bytes per element at once
+        step = max(CHUNK // block, 1) * block
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            scale = absmax[i // block : (j + block - 1) // block].repeat_interleave(block)[: j - i]
+            torch.mul(qmap[codes[i:j].long()], scale, out=out[i:j])
+        return out.reshape(s.shape)
 
     def __contains__(self, key: object) -> bool:
         return key in ("exp_avg", "exp_avg_sq") or super().__contains__(key)
@@ -144,8 +153,8 @@ def adapt(osd: dict, path: object) -> dict:
                         f"elements fit no block size it uses ({', '.join(map(str, BLOCK_SIZES))})"
                     )
         state[k] = Bnb8bitMoments(raw, tuple(int(x) for x in s1.shape))
-    # Weight decay: bitsandbytes' Adam kernels (CUDA, CPU, triton) all scale p by 1 - lr·wd before the
-    # step, decoupled as AdamW, whichever of its Adam classes wrote the state.
+    # Weight decay: bitsandbytes' Adam update (its CPU, default-torch and triton implementations, read in
+    # 0.50.2) scales p by 1 - lr·wd before the step, decoupled as AdamW, whichever Adam class wrote it.
     groups = [{**g, "bnb_bits": bits, "decoupled_weight_decay": True} for g in osd["param_groups"]]
     return {**osd, "state": state, "param_groups": groups}
 
