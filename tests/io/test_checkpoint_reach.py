@@ -96,6 +96,7 @@ def test_bnb_8bit_adam_read_as_bitsandbytes_dequantizes_it(name):
         assert t.m_abs_mean == pytest.approx(ref["m_abs_mean"], rel=1e-6)
         assert t.v_mean == pytest.approx(ref["v_mean"], rel=1e-6)
         assert t.update_rms is not None and math.isfinite(t.update_rms)
+    assert any("v = 0 there need not mean 'never received a gradient'" in w for w in s.warnings)
     ck = open_checkpoint(FIX / name)
     assert all(e.hyper["decoupled_weight_decay"] is True for e in ck.entries)  # bnb's kernels: p *= 1-lr·wd
 

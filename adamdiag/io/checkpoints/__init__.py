@@ -797,6 +797,12 @@ def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
 
     named = bnb.optimizer_name(osd)
     if named is not None:
+        if "8-bit" in named:
+            warns.append(
+                "bitsandbytes 8-bit state: m and v are read as the optimizer dequantizes them (blockwise, 256 "
+                "levels); a v under the dynamic map's smallest step (3.25e-7 of its block's absmax in bitsandbytes "
+                "0.50) is stored as 0, so v = 0 there need not mean 'never received a gradient'"
+            )
         return named, warns
     if "amsgrad" not in g0 and "decoupled_weight_decay" in g0:
         b2 = _hyper(g0)["beta2"]
