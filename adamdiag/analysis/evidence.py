@@ -249,6 +249,15 @@ def frac_below(q: dict[str, float], x: float) -> float:
     return 1.0
 
 
+def _ratio_to_pure_decay(v_b: float, decayed_a: float) -> float:
+    """v_b / (β2^Δ·v_a). β2^Δ underflows to 0 for checkpoints far apart (Δ > ~745k steps at β2 0.999,
+    ~15k at 0.95) or is 0 for β2 = 0: pure decay would have left v_b = 0, so any v_b > 0 is infinitely
+    more than decay alone (gradients arrived) — inf, not a ZeroDivisionError; 0/0 is unknown (NaN)."""
+    if decayed_a > 0:
+        return v_b / decayed_a
+    return math.inf if v_b > 0 else math.nan
+
+
 def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[dict[str, Any]]:
     """Per tensor, per consecutive checkpoint pair: the interval-weighted mean g² implied by the two
     v's (docs/architecture.md, "Checkpoint decay ratio") relative to v̂ at the first one. ≈0 means pure decay: no gradient arrived."""
@@ -274,7 +283,7 @@ def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[d
                     "tensor": ckpt_tensor_label(tb),
                     "from_step": int(a.step),
                     "to_step": int(b.step),
-                    "decay_ratio": float(tb.v_mean / (decay * ta.v_mean)),
+                    "decay_ratio": _ratio_to_pure_decay(float(tb.v_mean), decay * float(ta.v_mean)),
                     "r_interval": float(max(g["r_interval"], 0.0)) if math.isfinite(g["r_interval"]) else float("nan"),
                     "r_interval_resolution": float(g["r_interval_resolution"]),
                     "r_interval_below_resolution": bool(g["r_interval_below_resolution"]),

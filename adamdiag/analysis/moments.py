@@ -840,8 +840,9 @@ def decay_ratio(
     d = int(b.step) - int(a.step)
     beta2 = float(b.beta2)
     beta2_source = (getattr(b, "hyper_source", None) or {}).get("beta2", "file")
-    if beta2_source == "unknown" or not math.isfinite(beta2):
-        return _ratio_unknown_beta2(a, b, d)
+    special = _ratio_without_decay(a, b, d, beta2, beta2_source)
+    if special is not None:
+        return special
     decay = beta2**d
     bc2_a = 1.0 - beta2**a.step if a.step > 0 else 1.0
     notes: list[str] = []
@@ -987,6 +988,44 @@ RATIO_NEEDS_BETA2 = (
     "mean_g2_implied",
     "r_interval",
 )
+
+
+# β2^Δ below float32's smallest normal: the per-element ratios v_b/(β2^Δ·v_a) overflow float32 and the
+# pure-decay threshold divides by ~0 (checkpoints ≥ ~88k steps apart at β2 0.999, ~1.7k at 0.95; β2 = 0).
+FAR_APART_DECAY = 1.1754943508222875e-38
+
+
+def _ratio_without_decay(
+    a: TensorMoments, b: TensorMoments, d: int, beta2: float, beta2_source: str
+) -> dict[str, Any] | None:
+    """The record of a pair with no usable β2^Δ (β2 unknown, or so small the ratios overflow); None
+    when the ratios can be computed."""
+    if beta2_source == "unknown" or not math.isfinite(beta2):
+        return _ratio_unknown_beta2(a, b, d)
+    if d > 0 and beta2**d < FAR_APART_DECAY:
+        return _ratio_far_apart(a, b, d, beta2, beta2_source)
+    return None
+
+
+def _ratio_far_apart(a: TensorMoments, b: TensorMoments, d: int, beta2: float, beta2_source: str) -> dict[str, Any]:
+    """The decay-ratio record of two checkpoints so far apart that v at the first has no weight left
+    at the second (β2^Δ ~ 0): no ratio to pure decay exists (null); the means of v and the implied
+    interval g² (which needs no division by β2^Δ) are still given."""
+    rec = _ratio_unknown_beta2(a, b, d)
+    g2 = interval_g2(
+        rec["mean_v_from"], rec["mean_v_to"], beta2, d, int(a.step or 0), _dtype_name(b.exp_avg_sq), rec["numel"]
+    )
+    rec.update(
+        g2,
+        beta2=beta2,
+        beta2_source=beta2_source,
+        unknown_inputs={},
+        notes=[
+            f"checkpoints {d} steps apart at β2={beta2:g}: β2^Δ = {beta2**d:.3g}, so v at the first has no weight "
+            "left at the second — no decay ratio (only the mean g² over the interval)"
+        ],
+    )
+    return rec
 
 
 def _ratio_unknown_beta2(a: TensorMoments, b: TensorMoments, d: int) -> dict[str, Any]:

@@ -234,3 +234,30 @@ def test_a_symlink_loop_or_dangling_link_says_so_not_no_such_file(tmp_path):
     assert "a symbolic link loop" in _one_line_error(runner.invoke(app, ["inspect", str(loop)]))
     line = _one_line_error(runner.invoke(app, ["inspect", str(dangling)]))
     assert f"a symbolic link to {tmp_path / 'gone' / 'step_000020.pt'}, which does not exist" in line
+
+
+# --- checkpoints far apart for their β2 ---------------------------------------------------------------
+def test_checkpoints_too_far_apart_for_a_decay_ratio_are_no_crash(tmp_path):
+    """β2^Δ underflows for checkpoints far apart — 0.1^340 is 0 in float64, as 0.999^800000 or
+    0.95^15000 are (common checkpoint spacings): inspect's pair view and scan's checkpoint-interval
+    ratios divided by it (ZeroDivisionError). Real Adam checkpoints, β2 = 0.1 to keep the run short."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.1))
+    run = write_torch(tmp_path / "run", 400)
+    (run / "checkpoints").mkdir()
+    for t in range(1, 351):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        if t in (10, 350):
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": t}
+            torch.save(state, run / "checkpoints" / f"step_{t:06d}.pt")
+    a, b = (str(run / "checkpoints" / f"step_{t:06d}.pt") for t in (10, 350))
+    res = runner.invoke(app, ["inspect", a, b, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "no weight left" in res.stdout and "ZeroDivisionError" not in res.output
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert "checkpoints" in r["sources"]
