@@ -331,6 +331,15 @@ def test_one_ranks_dtensor_shards_are_refused(distributed):
     assert res.exit_code == 2 and "one rank's shard" in res.stderr and "Traceback" not in res.output
 
 
+def test_torchao_low_bit_state_is_refused_by_name():
+    """torchao's AdamW8bit (HF optim="adamw_torch_8bit") keeps m and v as OptimState8bit tensor
+    subclasses: refused naming it, trusted too (a trusted load with torchao installed segfaulted in
+    the statistics kernel before: the subclass wrapper holds no values of its own)."""
+    f = Path(__file__).parent.parent / "fixtures" / "torchao" / "adamw8bit.pt"
+    for extra in ([], ["--trust-checkpoint"]):
+        _one_line_exit_2(["inspect", str(f), *extra], "torchao low-bit optimizer state", "OptimState8bit")
+
+
 # --- Lightning ---------------------------------------------------------------------------------------
 def test_lightning_weights_only_checkpoint_says_why(tmp_path):
     """Trainer.save_checkpoint(weights_only=True) — what ModelCheckpoint(save_weights_only=True) writes."""

@@ -439,23 +439,44 @@ _SHARD_ADVICE = (
 )
 
 
+# torchao's low-bit optimizers (torchao.optim.AdamW8bit/4bit/Fp8; HF optim="adamw_torch_8bit"/"_4bit") keep m
+# and v as tensor subclasses (OptimState8bit, ...) whose data is codes + scales: not plain tensors.
+_TORCHAO_STATE = b"torchao.optim"
+_TORCHAO_ADVICE = (
+    "torchao low-bit optimizer state (torchao.optim AdamW8bit/AdamW4bit/AdamWFp8: m and v stored as quantized "
+    "tensor subclasses such as OptimState8bit), which adamdiag does not read"
+)
+
+
 def _refuse_rank_shards(path: Path) -> None:
-    """InputError when a torch zip file's pickle names a distributed-tensor class (without unpickling)."""
+    """InputError when a torch zip file's pickle names a distributed-tensor class or torchao's
+    optimizer-state classes (without unpickling)."""
     if _zip_pickle_mentions(path, _SHARD_CLASSES):
         raise InputError(f"{path}: holds {_SHARD_ADVICE}")
+    if _zip_pickle_mentions(path, (_TORCHAO_STATE,)):
+        raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
 
 
 def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
-    """The same check on a loaded object, through every container (optimizer states included): the
-    legacy format is not checked before loading."""
+    """The same checks on a loaded object, through every container (optimizer states included): the
+    legacy format is not checked before loading. Any other tensor subclass is refused too, naming
+    its class: the statistics read a tensor's memory as the plain values it says it holds (a
+    subclass's wrapper has none of its own — torchao's states segfaulted there)."""
+    import torch
+
     if depth > _MAX_DEPTH + 2:
         return
     vals = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list | tuple) else ()
     for v in vals:
         if isinstance(v, dict | list | tuple):
             _refuse_loaded_shards(v, path, depth + 1)
-        elif _is_tensor(v) and type(v).__module__.startswith("torch.distributed"):
-            raise InputError(f"{path}: holds {_SHARD_ADVICE}")
+        elif _is_tensor(v) and type(v) not in (torch.Tensor, torch.nn.Parameter):
+            cls = f"{type(v).__module__}.{type(v).__qualname__}"
+            if cls.startswith("torch.distributed"):
+                raise InputError(f"{path}: holds {_SHARD_ADVICE}")
+            if cls.startswith("torchao."):
+                raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
+            raise InputError(f"{path}: holds {cls} tensors (a tensor subclass): adamdiag reads plain tensors only")
 
 
 def _torch_reason(msg: str) -> str:
