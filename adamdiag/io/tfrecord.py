@@ -18,6 +18,7 @@ Damage policy (the reader must never crash and never be silent):
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ _MASK_DELTA = 0xA282EAD8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _U64_U32 = struct.Struct("<QI")
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 def masked_crc32c(data: bytes | memoryview) -> int:
@@ -85,6 +87,16 @@ def resync(buf: bytes, pos: int, end: int) -> int:
         cand = z - 4
         if header_ok(buf, cand, end):
             return cand
+        if not any(buf[cand : cand + HEADER]):
+            # A run of zero bytes (a preallocated or crash-zeroed tail: megabytes of them) makes every
+            # offset a candidate, one CRC each in Python — minutes for 50 MB. None of them verifies:
+            # the CRC of a zero length is not zero. The first header that could is the one ending on
+            # the run's first nonzero byte.
+            m = _NONZERO.search(buf, cand + HEADER, end)
+            if m is None:
+                return end
+            pos = max(cand + 1, m.start() - HEADER + 1)
+            continue
         pos = cand + 1
     return end
 
