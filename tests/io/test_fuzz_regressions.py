@@ -282,3 +282,18 @@ def test_a_zero_filled_region_in_an_event_file_is_skipped_in_seconds(tmp_path):
     got = _in_time(lambda: E.read_run(run), seconds=20.0)
     assert sorted(got.scalars["step"].tolist()) == list(range(1, 201))
     assert len(got.warnings) == 1 and f"corrupt record header at byte {cut}" in got.warnings[0]
+
+
+def test_a_tf_bundle_whose_index_is_a_fifo_names_it(tmp_path):
+    """The .index of a TF2 bundle replaced by a FIFO read as 'a checkpoint without its .index file
+    (found …, ckpt-1.index)' — or, from the folder, 'no such file'; it is never opened either way."""
+    ck = tmp_path / "tf2"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "tf" / "tf2", ck)
+    (ck / "ckpt-1.index").unlink()
+    os.mkfifo(ck / "ckpt-1.index")
+    try:
+        for target in (ck / "ckpt-1", ck):
+            res = _in_time(lambda t=target: runner.invoke(app, ["inspect", str(t)]))
+            assert "ckpt-1.index: a FIFO, not a TensorFlow checkpoint index" in _one_line_error(res)
+    finally:
+        _unblock(ck / "ckpt-1.index")

@@ -193,6 +193,15 @@ def _missing_index(prefix: Path) -> None:
         return
     have = sorted(f.name for f in prefix.parent.glob(glob_escape(prefix.name) + ".*"))
     if any(DATA_RE.match(n) or n.endswith(".meta") for n in have):
+        index = Path(f"{prefix}.index")
+        if os.path.lexists(index):  # there, but no regular file (a FIFO, a dangling link): say which
+            from adamdiag.errors import missing_path
+            from adamdiag.io.checkpoints import non_regular
+
+            what = non_regular(index) or ("directory" if index.is_dir() else None)
+            if what:
+                raise InputError(f"{index}: a {what}, not a TensorFlow checkpoint index (not opened)")
+            raise missing_path(index)
         raise InputError(
             f"{prefix}: a TensorFlow checkpoint without its .index file (found {', '.join(have[:3])}): "
             "the .index is needed to read the .data file"
@@ -911,4 +920,6 @@ def open_foreign(path: Path):
         from adamdiag.io.checkpoints.keras import open_keras
 
         return open_keras(path)
+    if not path.exists():
+        _missing_index(path)  # a bundle prefix whose .index is missing or no regular file: say that
     return None
