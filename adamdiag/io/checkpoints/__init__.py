@@ -13,6 +13,12 @@ Layouts (found by content, not by file name, wherever that is possible):
 * ``dcp``        — a ``torch.distributed.checkpoint`` directory (``.metadata`` + ``*.distcp``), read without a
   process group, one tensor at a time.
 
+Optimizer states: torch's Adam family (Adam, AdamW, NAdam, amsgrad, fused/foreach; RAdam and SparseAdam
+in the tf eps convention, :data:`TF_EPS_OPTIMIZERS`) and bitsandbytes' 8-/32-bit Adam (:mod:`.bnb`,
+dequantized as the library does). Other optimizers are refused naming them (:class:`NotAdamError`), and
+so are tensor subclasses (a rank's DTensor shards, torchao's quantized states): their memory is not the
+values they stand for.
+
 Memory: torch files are opened with ``torch.load(mmap=True, weights_only=True)``; tensors stay on disk
 until touched. Safety: ``weights_only=True`` always comes first; only ``trust=True`` (the CLI's
 ``--trust-checkpoint``) may fall back to full unpickling, with a warning on stderr.
@@ -158,7 +164,8 @@ class OptimizerCheckpoint:
     path: str
     step: int | None
     layout: str  # "torch" | "lightning" | "hf" | "accelerate" | "dcp"
-    optimizer: str  # "Adam" | "AdamW" | "NAdam" | "RAdam" | "unknown-adam"
+    # "Adam" | "AdamW" | "NAdam" | "RAdam" | "SparseAdam" | "Adam/AdamW (bitsandbytes 8-bit)" | "unknown-adam" (+-joined)
+    optimizer: str
     convention: str  # "torch" | "tf"
     name_mapping: str  # "param_names" | "fqn" | "model-order" | "shape-unique" | "partial" | "ambiguous" | "none"
     warnings: list[str] = field(default_factory=list)
