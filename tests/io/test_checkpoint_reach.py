@@ -140,9 +140,14 @@ def test_bnb_live_optimizer_and_its_own_dequantization(tmp_path):
         model(torch.randn(16, 64, generator=g)).pow(2).mean().backward()
         opt.step()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "a.pt")
-    ck = open_checkpoint(tmp_path / "a.pt")
+    # bitsandbytes before 0.45 did not override state_dict(): torch's own, keys state1/qmap1/... flat
+    flat = torch.optim.Optimizer.state_dict(opt)
+    assert "qmap1" in flat["state"][0] and "__bnb_optimizer_quant_state__" not in flat["state"][0]
+    torch.save({"model": model.state_dict(), "optimizer": flat}, tmp_path / "flat.pt")
+    check_both = [t for f in ("a.pt", "flat.pt") for t in open_checkpoint(tmp_path / f).tensors()]
+    assert len(check_both) == 2 * len(list(model.parameters()))
     params = dict(model.named_parameters())
-    for t in ck.tensors():
+    for t in check_both:
         st = opt.state[params[t.name]]
         for k, mine in ((1, t.exp_avg), (2, t.exp_avg_sq)):
             s = st[f"state{k}"]
