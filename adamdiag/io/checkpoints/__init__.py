@@ -458,10 +458,11 @@ _TORCHAO_ADVICE = (
 def _refuse_rank_shards(path: Path) -> None:
     """InputError when a torch zip file's pickle names a distributed-tensor class or torchao's
     optimizer-state classes (without unpickling)."""
+    if not _zip_pickle_mentions(path, (*_SHARD_CLASSES, _TORCHAO_STATE)):
+        return  # (one read of the pickle in the common case; a second only to say which)
     if _zip_pickle_mentions(path, _SHARD_CLASSES):
         raise InputError(f"{path}: holds {_SHARD_ADVICE}")
-    if _zip_pickle_mentions(path, (_TORCHAO_STATE,)):
-        raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
+    raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
 
 
 def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
