@@ -279,27 +279,45 @@ def test_lbfgs_is_named(tmp_path):
 
 
 # --- torch.save variants ---------------------------------------------------------------------------
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 @pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_pickle_protocol_4_and_5(tmp_path, zipped, protocol):
-    """torch's weights_only loader reads pickle protocol 2 only: a protocol 4/5 file is refused with
-    that reason (not 'unsupported operand 149', not 'neither zip nor legacy format'); trusted, it reads."""
+    """torch's weights_only loader reads pickle protocol 2 only (it called a protocol 4/5 file 'unsupported
+    operand 149', a legacy one 'neither zip nor legacy format'): such files are read with the same
+    allow-list applied by Python's unpickler — and what needs code is still refused, naming the global."""
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     _train(model, opt, 3)
-    f = tmp_path / "p.pt"
-    torch.save(
-        {"model": model.state_dict(), "optimizer": opt.state_dict()},
-        f,
-        _use_new_zipfile_serialization=zipped,
-        pickle_protocol=protocol,
-    )
-    with pytest.raises(UntrustedCheckpointError, match=f"pickled with protocol {protocol}"):
-        open_checkpoint(f)
-    _one_line_exit_2(["inspect", str(f)], f"protocol {protocol}", "--trust-checkpoint")
-    s = summarize_checkpoint(f, trust=True)
+    save = {"_use_new_zipfile_serialization": zipped, "pickle_protocol": protocol}
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "p.pt", **save)
+    s = summarize_checkpoint(tmp_path / "p.pt")
     ref = _nearest_rank((opt.state[model[0].weight]["exp_avg_sq"].double() / (1 - 0.999**3)).sqrt())
     assert s.tensors[0].name == "0.weight" and s.tensors[0].sqrt_vhat_q == pytest.approx(ref, rel=1e-12)
+    assert len(s.tensors) == 8 and s.step == 3
+    res = runner.invoke(app, ["inspect", str(tmp_path / "p.pt")])
+    assert res.exit_code == 0 and not res.stderr.strip(), res.output  # no torch protocol warning either
+
+    import argparse
+
+    torch.save({"optimizer": opt.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "ns.pt", **save)
+    with pytest.raises(UntrustedCheckpointError, match="GLOBAL argparse.Namespace"):
+        open_checkpoint(tmp_path / "ns.pt")
+    marker = tmp_path / "ran"
+    torch.save({"optimizer": opt.state_dict(), "x": _RunsCode(marker)}, tmp_path / "evil.pt", **save)
+    _one_line_exit_2(["inspect", str(tmp_path / "evil.pt")], "GLOBAL posix.system", "--trust-checkpoint")
+    assert not marker.exists()
 
 
 # --- distributed: ZeroRedundancyOptimizer and FSDP2 (2 gloo ranks) -------------------------------

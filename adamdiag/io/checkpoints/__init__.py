@@ -382,11 +382,25 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         msg = str(e)
         if "Weights only load failed" not in msg and "weights_only" not in msg:
             raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(msg)})") from None
+        blocked = None
+        if protocol is not None and protocol >= 4:
+            # torch's weights_only unpickler reads the opcodes of pickle protocol 2 only (FRAME, MEMOIZE...
+            # of protocols 4 and 5 are "unsupported"): the same allow-list, applied by Python's unpickler.
+            restricted = _restricted_pickle_module(extra_globals)
+            if restricted is not None:
+                try:
+                    with _name_torch_can_open(path) as name, warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                        obj = torch.load(
+                            name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=restricted
+                        )
+                    _refuse_loaded_shards(obj, path)
+                    return obj, mmap
+                except pickle.UnpicklingError as e3:
+                    blocked = _first_line(str(e3))  # a global outside the list: as weights_only would refuse it
         if not trust:
-            reason = _weights_only_reason(msg)
-            if protocol is not None and protocol >= 4:
-                # The file may hold nothing but tensors: torch's weights_only unpickler reads the opcodes
-                # of pickle protocol 2 only (FRAME, MEMOIZE... of protocol 4 and 5 are "unsupported").
+            reason = _weights_only_reason(msg) if blocked is None else blocked
+            if protocol is not None and protocol >= 4 and blocked is None:
                 reason = (
                     f"it was pickled with protocol {protocol} (torch.save(pickle_protocol={protocol})), which torch's "
                     "weights_only loader cannot read; re-saving it with the default protocol avoids that"
@@ -485,6 +499,32 @@ def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
             if cls.startswith("torchao."):
                 raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
             raise InputError(f"{path}: holds {cls} tensors (a tensor subclass): adamdiag reads plain tensors only")
+
+
+def _restricted_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> Any:
+    """A pickle module for ``torch.load(weights_only=False, pickle_module=...)`` whose Unpickler resolves
+    only the globals torch's weights_only loader allows (its own list, those registered with
+    ``torch.serialization.add_safe_globals``, and ``extra_globals``): Python's documented way of
+    restricting unpickling ("Restricting Globals"), for the pickle protocols torch's own restricted
+    unpickler cannot parse (4 and 5). Every object the pickle can build or call comes from a global,
+    so it can build and call nothing weights_only could not. None when this torch has no such list."""
+    import pickle
+    import types
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+    except ImportError:
+        return None
+    allowed = {**_get_allowed_globals(), **_get_user_allowed_globals(), **{n: obj for obj, n in extra_globals}}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            full = f"{module}.{name}"
+            if full in allowed:
+                return allowed[full]
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
 
 
 def _torch_reason(msg: str) -> str:
