@@ -647,6 +647,7 @@ class Evidence:
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
     auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
+    checkpoint_root: str | None = None  # RunInputs.checkpoint_root: where --checkpoints sent the search
     # per-task loss tags named by the user (--loss-tag): their events are errors and spikes; auto-picked
     # ones (loss_*, *_mse beside the total) report a blowup only, as a warning
     task_tags_named: bool = False
@@ -792,6 +793,9 @@ class RunInputs:
     # the gradient-clipping norm, when the writer logged it (io.events.writer_clip_norm), and from where
     clip_norm: float | None = None
     clip_source: str = ""
+    # the --checkpoints folder searched for this run (None: the run's own folder, or nothing given), so that
+    # "no checkpoint" does not tell a user who passed one to pass --checkpoints
+    checkpoint_root: str | None = None
 
 
 def tags_of(inp: RunInputs) -> list[str]:
@@ -926,6 +930,7 @@ def gather(
         lr_at_event=lr_at_event,
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
+        checkpoint_root=inp.checkpoint_root,
         task_tags_named=task_tags_named,
         vhat_fall=vhat_fall(trajs, ckpts, event_step, beta2),
         clip_norm=inp.clip_norm,

@@ -549,8 +549,12 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
             Finding(
                 "AD901",
                 "info",
-                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} "
-                "(torch defaults); pass --checkpoints for exact values",
+                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} (torch defaults); "
+                + (
+                    f"none was read under --checkpoints {ev.checkpoint_root} for this run"
+                    if ev.checkpoint_root is not None
+                    else "pass --checkpoints for exact values"
+                ),
             )
         )
     approx = [t.label for t in ev.trajectories if not t.exact]

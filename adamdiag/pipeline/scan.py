@@ -313,6 +313,7 @@ def scan_paths(
                 non_adam=non_adam,
                 clip_norm=clip,
                 clip_source=clip_source,
+                checkpoint_root=str(ck_root) if checkpoints is not None else None,
             )
             try:
                 rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)

@@ -183,3 +183,29 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141
     assert "internal error" not in err and "Traceback" not in err, err
+
+
+def test_no_checkpoint_note_names_the_checkpoints_folder_given(tmp_path):
+    """With --checkpoints pointing at a folder without this run's checkpoints, the AD901 note says where it
+    looked instead of telling the user to pass --checkpoints (found by the bad-input fuzz, session 10)."""
+    import shutil
+
+    run = tmp_path / "vcollapse"
+    shutil.copytree(
+        Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse",
+        run,
+        ignore=shutil.ignore_patterns("checkpoints"),
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    def ad901(*extra: str) -> str:
+        res = runner.invoke(app, ["scan", str(run), "-f", "json", *extra])
+        assert res.exit_code == 0, res.output
+        (r,) = json.loads(res.stdout)["runs"]
+        (msg,) = [f["message"] for f in r["findings"] if f["message"].startswith("no optimizer checkpoint found")]
+        return msg
+
+    assert ad901().endswith("pass --checkpoints for exact values")
+    given = ad901("--checkpoints", str(empty))
+    assert f"none was read under --checkpoints {empty}" in given and "pass --checkpoints" not in given
