@@ -147,6 +147,7 @@ class Discovery:
 def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) -> list[str]:
     """The event files among ``filenames``; stray 'tfevents' files become problems."""
     out = []
+    from adamdiag.errors import missing_path
     from adamdiag.io.checkpoints import non_regular
 
     for f in filenames:
@@ -157,6 +158,8 @@ def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) ->
             kind = non_regular(Path(full))
             if kind is not None:  # opening a FIFO would block: named, never opened
                 problems.append(Problem(full, f"{full}: a {kind}, not an event file (not opened); skipped"))
+            elif os.path.islink(full):  # a link that leads nowhere: ls shows it, so say why it is not read
+                problems.append(Problem(full, f"{missing_path(full)}; skipped"))
             continue
         why = not_event_file(Path(full))
         if why is None:

@@ -54,7 +54,8 @@ def load_checkpoint_summaries(
         except NotAdamError as e:  # another optimizer: a finding of its own (AD903), not an input problem
             (non_adam if non_adam is not None else warnings).append(str(e))
         except InputError as e:  # UntrustedCheckpointError included
-            warnings.append(f"checkpoint {p}: {e}")
+            # the readers' messages mostly start with the file already: name it once
+            warnings.append(str(e) if str(e).startswith(str(p)) else f"checkpoint {p}: {e}")
     for w, n in hyper_lines.items():
         if w.startswith(f"{PREFIX}unknown") and ("beta2 (" in w or "eps (" in w):
             # the diagnosis still needs a β2 (memory span) and an eps: where no tensor states one

@@ -103,6 +103,20 @@ def test_stray_file_inside_a_run_is_ad904(tmp_path):
     assert r.verdict == "healthy" and not [f for f in r.findings if f.id == "AD902"]
 
 
+def test_a_dangling_event_link_is_named(tmp_path):
+    """A link named like an event file whose target is gone is named as such — as the run's only file (the
+    error says why nothing was found) and beside a real one (AD904) — not skipped without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.out.tfevents.1.host").symlink_to(tmp_path / "gone" / "events.out.tfevents.1.host")
+    res = invoke("scan", str(run))
+    assert res.exit_code == 2 and "which does not exist" in res.stderr and "Traceback" not in res.output
+    write_curve(run, "loss", [1.0 / (1 + s) for s in range(50)])
+    (r,) = scan_paths([run]).runs
+    (f,) = [f for f in r.findings if f.id == "AD904"]
+    assert "a symbolic link to" in f.message and "which does not exist" in f.message and r.verdict == "healthy"
+
+
 def test_hparams_only_run_among_others_is_inconclusive(tree):
     rep = scan_paths([tree])
     hp = next(r for r in rep.runs if r.run.endswith("hp"))
