@@ -9,7 +9,7 @@ field names here are that contract, extra fields are allowed, NaN/Inf never appe
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from adamdiag.printable import printable
@@ -110,7 +110,14 @@ class Report:
         runs = []
         known = {f.name for f in fields(RunReport)}
         known_finding = {f.name for f in fields(Finding)}
-        for r in data.get("runs", []):
+        required = [f.name for f in fields(RunReport) if f.default is MISSING and f.default_factory is MISSING]
+        for i, r in enumerate(data.get("runs", [])):
+            # a hand-edited or foreign file: say what is wrong, not the constructor's complaint
+            if not isinstance(r, dict):
+                raise ValueError(f"run {i + 1} of the report is not an object ({type(r).__name__})")
+            lacking = [repr(k) for k in required if k not in r]
+            if lacking:
+                raise ValueError(f"run {i + 1} of the report has no {' or '.join(lacking)} field")
             # Extra fields are welcome in the contract: a report from a newer adamdiag still loads.
             r = {
                 k: json_restore(v) if k in ("recommendation", "verification") else v for k, v in r.items() if k in known

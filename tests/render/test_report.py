@@ -68,3 +68,13 @@ def test_rule_table_in_readme_matches_code():
     text = README.read_text()
     assert markdown_table() in text, "README rule table is stale: paste `python -m adamdiag.results.rules`"
     assert all(rid.startswith("AD") and len(rid) == 5 for rid in RULES)
+
+
+def test_a_saved_report_missing_a_run_field_is_named():
+    """`show` of a hand-edited report: the missing field is named, not RunReport's constructor message."""
+    import pytest
+
+    with pytest.raises(ValueError, match=r"^run 2 of the report has no 'verdict' field$"):
+        Report.from_dict({"schema": SCHEMA, "runs": [{"run": "a", "verdict": "healthy"}, {"run": "b"}]})
+    with pytest.raises(ValueError, match=r"^run 1 of the report is not an object \(int\)$"):
+        Report.from_dict({"schema": SCHEMA, "runs": [5]})
