@@ -102,8 +102,35 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False, assume: Assumptio
     if not path.exists():
         raise missing_path(path) if remote_location(path) else InputError(f"no such checkpoint: {path}")
     ck = _load_checkpoint_dir(path, trust) if path.is_dir() else _from_raw(path, _torch_load(path, trust))
+    _refuse_other_optimizers(ck)
     _complete_groups(ck, assume)
     return ck
+
+
+# Optimizers whose state inspect and scan read (with what differs from Adam said) but that replay cannot
+# re-run: it steps torch.optim.Adam/AdamW, so their run would not be reproduced — say so before any step.
+_NOT_REPLAYABLE = {"NAdam", "RAdam", "SparseAdam"}
+
+
+def _refuse_other_optimizers(ck: ReplayCheckpoint) -> None:
+    """InputError naming the optimizer when the state is Adam-like but not torch.optim.Adam/AdamW's
+    (NAdam, RAdam, SparseAdam, Adafactor with β1; bitsandbytes' is refused on reading): replaying it with Adam would fail the
+    fidelity check at best, after the model was built and the steps run."""
+    from adamdiag.io.checkpoints import _is_adafactor, _optimizer_kind
+
+    osd = ck.optim_state
+    if not (isinstance(osd, Mapping) and isinstance(osd.get("state"), Mapping) and osd.get("param_groups")):
+        return
+    if _is_adafactor(dict(osd)):
+        kind = "Adafactor"
+    else:
+        kind = _optimizer_kind(dict(osd))[0]
+        if kind not in _NOT_REPLAYABLE:
+            return
+    raise InputError(
+        f"{ck.path}: holds {kind} state; replay re-runs torch.optim.Adam/AdamW, which would not reproduce this "
+        "run (inspect and scan read its moments)"
+    )
 
 
 def _complete_groups(ck: ReplayCheckpoint, assume: Assumptions | None) -> None:
@@ -250,12 +277,19 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     states = [s for s in optim["state"].values() if isinstance(s, Mapping)]
     if not states:
         raise InputError(f"{path}: the optimizer state is empty (saved before the first step?); nothing to replay")
-    if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
-        found = sorted({k for s in states for k in s})
-        hint = " (SGD with momentum)" if "momentum_buffer" in found else ""
+    from adamdiag.io.checkpoints.bnb import WRAP_KEY
+
+    if any(("state1" in s and "state2" in s) or WRAP_KEY in s for s in states):  # inspect reads bitsandbytes'
         raise InputError(
-            f"{path}: not Adam/AdamW state: per-parameter state has {', '.join(found) or 'nothing'}"
-            f"{hint}; replay needs exp_avg and exp_avg_sq"
+            f"{path}: holds bitsandbytes optimizer state (state1/state2); replay re-runs torch.optim.Adam/AdamW, "
+            "which would not reproduce this run (inspect and scan read its moments)"
+        )
+    if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
+        from adamdiag.io.checkpoints import _describe_non_adam
+
+        # named as inspect names it (SGD, Adafactor, Adagrad, ... by their state keys)
+        raise InputError(
+            f"{path}: not Adam/AdamW state: {_describe_non_adam(dict(optim))}; replay needs exp_avg and exp_avg_sq"
         )
     model = None
     if isinstance(raw, Mapping):

@@ -466,3 +466,39 @@ def test_param_order(tmp_path):
     ck = _ckpt(tmp_path, m, [named["0.weight"]])
     with pytest.raises(InputError, match="holds 1 parameters but the entry's model has 4"):
         param_order(ck, m)
+
+
+@pytest.mark.parametrize("name", ["NAdam", "RAdam", "SparseAdam", "Adafactor"])
+def test_other_optimizers_state_is_refused_naming_it(tmp_path, name):
+    """Replay steps torch.optim.Adam/AdamW: a real NAdam/RAdam/SparseAdam/Adafactor checkpoint is refused
+    naming the optimizer before anything is built (NAdam, RAdam and SparseAdam were accepted and replayed
+    as Adam before), while Adam and AdamW load."""
+    import torch
+
+    from adamdiag.replay.checkpoint import load_replay_checkpoint
+
+    def save(opt_name: str) -> Path:
+        torch.manual_seed(0)
+        sparse = opt_name == "SparseAdam"
+        m = torch.nn.Embedding(10, 3, sparse=True) if sparse else torch.nn.Linear(4, 3)
+        opt = getattr(torch.optim, opt_name)(m.parameters(), lr=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            (m(torch.randint(0, 10, (5,))) if sparse else m(torch.randn(5, 4))).pow(2).sum().backward()
+            opt.step()
+        path = tmp_path / f"{opt_name}.pt"
+        torch.save({"model": m.state_dict(), "optimizer": opt.state_dict(), "step": 3}, path)
+        return path
+
+    assert load_replay_checkpoint(save("AdamW")).step == 3
+    with pytest.raises(InputError, match=rf"holds {name} state|state: Adafactor \(row_var/col_var\)"):
+        load_replay_checkpoint(save(name))
+
+
+def test_bitsandbytes_state_is_refused_naming_it():
+    """bitsandbytes' 8-bit state (a fixture its Adam8bit wrote; inspect reads it) cannot be replayed with Adam."""
+    from adamdiag.replay.checkpoint import load_replay_checkpoint
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "bnb" / "adam8bit.pt"
+    with pytest.raises(InputError, match="holds bitsandbytes optimizer state"):
+        load_replay_checkpoint(fixture)
