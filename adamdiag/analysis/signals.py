@@ -92,6 +92,22 @@ def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
+def _held_level(z: np.ndarray) -> np.ndarray:
+    """The level held from each point: the median of it and the next two points (fewer at the end of
+    the log, so a blowup the log ends on still counts). A slow climb's 10x must be reached by this, not
+    by one point: near interpolation (losses ~1e-4 on mini batches) a single batch 10x above a level
+    that merely doubled is noise, and the labeller's blowup (a 10x that persists) does not see one there.
+
+    >>> import numpy as np
+    >>> _held_level(np.array([0.0, 9.0, 0.0, 0.0, 5.0, 5.0, 1.0])).tolist()  # the lone 9 is no level
+    [0.0, 0.0, 0.0, 5.0, 5.0, 3.0, 1.0]
+    """
+    import pandas as pd
+
+    held: np.ndarray = pd.Series(z[::-1]).rolling(3, min_periods=1).median().to_numpy()[::-1]
+    return held
+
+
 @dataclass
 class _LossLevels:
     """What both loss-event detectors (the vectorised one and its point-loop reference) compute before
@@ -160,7 +176,8 @@ class _LossLevels:
             fwd=pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1],
             based=based,
             best=np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med)),
-            suffix_max=np.maximum.accumulate(z[::-1])[::-1],  # max of z from each point on
+            # the highest level held from each point on (_held_level: two of three points), for a slow climb
+            suffix_max=np.maximum.accumulate(_held_level(z)[::-1])[::-1],
             warmup=max(3, min(w, n // 10)),  # the first points have no trailing level worth comparing to
         )
 
@@ -196,7 +213,9 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     otherwise on the loss shifted to be positive. An excursion starts where the loss is ≥ 2x its
     trailing median and SPIKE_Z robust sigmas above it (or, for a slow climb, where the trailing
     level itself doubled from the best level reached). It is a blowup when it reaches 10x within
-    BLOWUP_HORIZON steps and stays ≥ 2x for BLOWUP_PERSIST steps (or to the end of the log).
+    BLOWUP_HORIZON steps and stays ≥ 2x for BLOWUP_PERSIST steps (or to the end of the log); a slow
+    climb when the level it holds later (two of three consecutive points, :func:`_held_level`) reaches
+    10x the best level.
 
     The same decisions as :func:`detect_loss_events_ref`, which visits every point in a Python loop
     (~1.3 s on a 10^6-point loss): here both point conditions (excursion onset, slow climb) are
@@ -254,7 +273,9 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     otherwise on the loss shifted to be positive. An excursion starts where the loss is ≥ 2x its
     trailing median and SPIKE_Z robust sigmas above it (or, for a slow climb, where the trailing
     level itself doubled from the best level reached). It is a blowup when it reaches 10x within
-    BLOWUP_HORIZON steps and stays ≥ 2x for BLOWUP_PERSIST steps (or to the end of the log).
+    BLOWUP_HORIZON steps and stays ≥ 2x for BLOWUP_PERSIST steps (or to the end of the log); a slow
+    climb when the level it holds later (two of three consecutive points, :func:`_held_level`) reaches
+    10x the best level.
 
     >>> import numpy as np
     >>> s = np.arange(1, 401); y = np.r_[np.linspace(1, 0.1, 300), np.full(100, 5.0)]

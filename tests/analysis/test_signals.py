@@ -7,6 +7,7 @@ import pytest
 
 from adamdiag.analysis.signals import (
     detect_loss_events,
+    detect_loss_events_ref,
     ema_second_moment,
     ema_second_moment_ref,
     sustained_runs,
@@ -36,6 +37,25 @@ def test_slow_climb_is_a_blowup():
     y = np.r_[np.exp(-np.arange(300) / 100), np.exp(-3 + np.arange(100) / 20)]
     ev = detect_loss_events(s, y)
     assert ev.blowup_step is not None and 300 <= ev.blowup_step <= 330
+
+
+@pytest.mark.parametrize("held", [1, 3])
+def test_a_slow_climb_needs_its_10x_held_not_one_batch(held):
+    """A mini-batch loss near interpolation (group 120's `mlp_tiny sh99 bs24` s120): the level rises ~3x
+    from its best and one batch reads 13x. One point is noise (the labeller saw no blowup there); the same
+    10x held by consecutive points is a blowup, found at the climb's start, by the fast path and the
+    reference alike."""
+    rng = np.random.default_rng(120)
+    s = np.arange(1, 801)
+    level = np.r_[np.exp(-np.arange(300) / 40) * 1e-2 + 1e-4, np.full(500, 3e-4)]
+    y = level * np.exp(rng.normal(0, 0.3, 800))
+    y[480 : 480 + held] = 1.3e-3  # ~13x the best level, ~4x the level it climbed to
+    events = [detect_loss_events(s, y), detect_loss_events_ref(s, y)]
+    for ev in events:
+        if held == 1:
+            assert ev.blowup_step is None, ev
+        else:
+            assert ev.blowup_step is not None and 300 <= ev.blowup_step <= 400, ev
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e4])
