@@ -277,11 +277,11 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     states = [s for s in optim["state"].values() if isinstance(s, Mapping)]
     if not states:
         raise InputError(f"{path}: the optimizer state is empty (saved before the first step?); nothing to replay")
-    from adamdiag.io.checkpoints.bnb import WRAP_KEY
+    from adamdiag.io.checkpoints.bnb import is_bnb_state
 
-    if any(("state1" in s and "state2" in s) or WRAP_KEY in s for s in states):  # inspect reads bitsandbytes'
+    if is_bnb_state(dict(optim)):  # inspect reads bitsandbytes'
         raise InputError(
-            f"{path}: holds bitsandbytes optimizer state (state1/state2); replay re-runs torch.optim.Adam/AdamW, "
+            f"{path}: holds bitsandbytes optimizer state; replay re-runs torch.optim.Adam/AdamW, "
             "which would not reproduce this run (inspect and scan read its moments)"
         )
     if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
