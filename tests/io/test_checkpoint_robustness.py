@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from blocking_util import in_time
 from events_util import write_torch
 from torch import nn
 from typer.testing import CliRunner
@@ -51,25 +51,6 @@ def _run(root: Path, name: str, *, seed: int = 0) -> Path:
     return run
 
 
-def _in_time(fn, seconds: float = 60.0):
-    """Runs ``fn`` in a thread; fails (instead of hanging the suite) if it does not return in time."""
-    out: dict = {}
-
-    def target():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
-            out["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(seconds)
-    assert not th.is_alive(), "blocked (opened a FIFO?)"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
 # --- non-regular files ----------------------------------------------------------------------------
 def test_fifo_and_socket_named_pt_are_skipped_unopened(tmp_path):
     run = _run(tmp_path, "run")
@@ -79,15 +60,15 @@ def test_fifo_and_socket_named_pt_are_skipped_unopened(tmp_path):
     sock.bind(str(ck_dir / "step_000026.pt"))
     try:
         skipped: list[str] = []
-        found = _in_time(lambda: find_checkpoints(ck_dir, skipped=skipped))
+        found = in_time(lambda: find_checkpoints(ck_dir, skipped=skipped))
         assert [p.name for p in found] == ["step_000020.pt"]
         assert any("step_000025.pt: a FIFO" in s for s in skipped)
         assert any("step_000026.pt: a socket" in s for s in skipped)
-        report = _in_time(lambda: scan_paths([run]))
+        report = in_time(lambda: scan_paths([run]))
         (r,) = report.runs
         assert any("step_000025.pt" in w and "FIFO" in w for w in r.warnings)
         with pytest.raises(InputError, match="a FIFO, not a checkpoint"):
-            _in_time(lambda: open_checkpoint(ck_dir / "step_000025.pt"))
+            in_time(lambda: open_checkpoint(ck_dir / "step_000025.pt"))
     finally:
         sock.close()
 

@@ -16,11 +16,11 @@ import copy
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import torch
+from blocking_util import in_time
 from events_util import write_torch
 from torch import nn
 from typer.testing import CliRunner
@@ -32,27 +32,6 @@ from adamdiag.replay.checkpoint import load_replay_checkpoint
 
 runner = CliRunner()
 DCP = Path(__file__).resolve().parents[1] / "fixtures" / "sharded" / "dcp_fsdp4"
-
-
-def _in_time(fn, seconds: float = 30.0):
-    """``fn()`` in a thread; fails instead of hanging the suite when it blocks (on a FIFO's open) or
-    crawls."""
-    out: dict = {}
-
-    def target():
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
-            out["error"] = e
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(seconds)
-    if th.is_alive():
-        pytest.fail(f"did not return in {seconds:g} s (blocked on a FIFO, or far too slow)")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def _one_line_error(res) -> str:
@@ -91,7 +70,7 @@ def test_fifo_shard_of_a_dcp_checkpoint_is_one_line_not_a_hang(tmp_path):
     (ck / "__2_0.distcp").unlink()
     os.mkfifo(ck / "__2_0.distcp")
     try:
-        res = _in_time(lambda: runner.invoke(app, ["inspect", str(ck)]))
+        res = in_time(lambda: runner.invoke(app, ["inspect", str(ck)]), seconds=30.0)
     finally:
         _unblock(ck / "__2_0.distcp")
     assert "__2_0.distcp: a FIFO" in _one_line_error(res)
@@ -110,7 +89,7 @@ def test_replay_of_a_fifo_named_pt_is_refused_unopened(tmp_path):
     os.mkfifo(fifo)
     try:
         with pytest.raises(InputError, match="a FIFO, not a checkpoint file"):
-            _in_time(lambda: load_replay_checkpoint(fifo))
+            in_time(lambda: load_replay_checkpoint(fifo), seconds=30.0)
     finally:
         _unblock(fifo)
 
@@ -198,7 +177,7 @@ def test_show_of_a_fifo_is_one_line_not_a_hang(tmp_path):
     fifo = tmp_path / "report.json"
     os.mkfifo(fifo)
     try:
-        res = _in_time(lambda: runner.invoke(app, ["show", str(fifo)]))
+        res = in_time(lambda: runner.invoke(app, ["show", str(fifo)]), seconds=30.0)
     finally:
         _unblock(fifo)
     assert "report.json: a FIFO, not a report file" in _one_line_error(res)
@@ -279,7 +258,7 @@ def test_a_zero_filled_region_in_an_event_file_is_skipped_in_seconds(tmp_path):
     run.mkdir()
     path = run / "events.out.tfevents.1.host"
     path.write_bytes(data[:cut] + bytes(64 << 20) + data[cut:])
-    got = _in_time(lambda: E.read_run(run), seconds=20.0)
+    got = in_time(lambda: E.read_run(run), seconds=20.0)
     assert sorted(got.scalars["step"].tolist()) == list(range(1, 201))
     assert len(got.warnings) == 1 and f"corrupt record header at byte {cut}" in got.warnings[0]
 
@@ -293,7 +272,7 @@ def test_a_tf_bundle_whose_index_is_a_fifo_names_it(tmp_path):
     os.mkfifo(ck / "ckpt-1.index")
     try:
         for target in (ck / "ckpt-1", ck):
-            res = _in_time(lambda t=target: runner.invoke(app, ["inspect", str(t)]))
+            res = in_time(lambda t=target: runner.invoke(app, ["inspect", str(t)]), seconds=30.0)
             assert "ckpt-1.index: a FIFO, not a TensorFlow checkpoint index" in _one_line_error(res)
     finally:
         _unblock(ck / "ckpt-1.index")
