@@ -58,7 +58,8 @@ def render_tags_text(result: list[RunEvents]) -> str:
 def _file_name(run: str, path: str) -> str:
     """A file's name as the run holds it: ``train/events…`` for a split folder's, ``Loss_val/events…`` for a
     writer child's (two add_scalars children's files often have the same name), the bare name otherwise."""
-    parent = Path(run)
-    if parent.is_file() or not Path(path).is_relative_to(parent):
-        return Path(path).name
-    return Path(path).relative_to(parent).as_posix()
+    parent, file = Path(run), Path(path)
+    # (a run given as one event file is that file: its name, without asking the file system — a renderer)
+    if file == parent or not file.is_relative_to(parent):
+        return file.name
+    return file.relative_to(parent).as_posix()
