@@ -356,13 +356,18 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
-    protocol = _pickle_protocol(path)
-    if not zipfile.is_zipfile(path) and protocol is None:
+    is_zip = zipfile.is_zipfile(path)
+    try:
+        pkl = _zip_pickle(path) if is_zip else None  # read once: its protocol, and the classes it names
+    except (zipfile.BadZipFile, OSError, KeyError) as e:
+        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    protocol = _pickle_protocol(path, is_zip, pkl)
+    if not is_zip and protocol is None:
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
         # number) is a torch file; anything else would otherwise read as "needs unpickling".
         raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
     # (whatever the trust: torch's weights_only list allows DTensor once torch.distributed.tensor is imported)
-    _refuse_rank_shards(path)
+    _refuse_rank_shards(path, pkl)
 
     mmap = True
     try:
@@ -424,22 +429,18 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         raise InputError(f"{path}: not a readable torch checkpoint ({_torch_reason(str(e))})") from None
 
 
-def _pickle_protocol(path: Path) -> int | None:
-    """The pickle protocol of a torch file (its ``data.pkl`` in the zip format; the legacy format's
-    leading magic-number pickle), or None when it is neither: no torch file."""
+def _pickle_protocol(path: Path, is_zip: bool, pkl: bytes | None) -> int | None:
+    """The pickle protocol of a torch file (of ``pkl``, its ``data.pkl``, in the zip format; the legacy
+    format's leading magic-number pickle), or None when it is neither: no torch file."""
+    if is_zip:
+        if pkl is None:
+            return None
+        return pkl[1] if len(pkl) >= 2 and pkl[0] == 0x80 else 1  # protocols 0/1 have no PROTO
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-                if not pkl:
-                    return None
-                with zf.open(pkl[0]) as f:
-                    head = f.read(2)
-            return head[1] if len(head) == 2 and head[0] == 0x80 else 1  # protocols 0/1 have no PROTO
         with open(path, "rb") as f:
             head = f.read(2 + 9 + len(_MAGIC_LONG1))
-    except (zipfile.BadZipFile, OSError, KeyError) as e:
-        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
     if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
         return None
     rest = head[2:]
@@ -469,14 +470,15 @@ _TORCHAO_ADVICE = (
 )
 
 
-def _refuse_rank_shards(path: Path) -> None:
-    """InputError when a torch zip file's pickle names a distributed-tensor class or torchao's
-    optimizer-state classes (without unpickling)."""
-    if not _zip_pickle_mentions(path, (*_SHARD_CLASSES, _TORCHAO_STATE)):
-        return  # (one read of the pickle in the common case; a second only to say which)
-    if _zip_pickle_mentions(path, _SHARD_CLASSES):
+def _refuse_rank_shards(path: Path, pkl: bytes | None) -> None:
+    """InputError when a torch zip file's pickle ``pkl`` names a distributed-tensor class or torchao's
+    optimizer-state classes (without unpickling; None: the legacy format, checked after loading)."""
+    if pkl is None:
+        return
+    if any(n in pkl for n in _SHARD_CLASSES):
         raise InputError(f"{path}: holds {_SHARD_ADVICE}")
-    raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
+    if _TORCHAO_STATE in pkl:
+        raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
 
 
 def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
@@ -570,15 +572,21 @@ def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
     """Whether the pickle inside a torch zip file mentions any of ``needles`` (no unpickling).
     None when the file is not a torch zip file (legacy format, or not torch at all)."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if not pkl:
-                return None
-            with zf.open(pkl[0]) as f:
-                data = f.read()
-        return any(n in data for n in needles)
+        data = _zip_pickle(path)
     except (zipfile.BadZipFile, OSError, KeyError):
         return None
+    return None if data is None else any(n in data for n in needles)
+
+
+def _zip_pickle(path: Path) -> bytes | None:
+    """The pickle (``data.pkl``) of a torch zip file; None for a zip without one. Raises what
+    :mod:`zipfile` raises on a file that is no readable zip."""
+    with zipfile.ZipFile(path) as zf:
+        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not pkl:
+            return None
+        with zf.open(pkl[0]) as f:
+            return f.read()
 
 
 # --- discovery -------------------------------------------------------------------------------------
