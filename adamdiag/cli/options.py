@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -95,6 +96,43 @@ JobsOpt = Annotated[
         help="Tensors (and shards) of a checkpoint read in parallel; default min(4, CPUs). Results do not depend on it.",
     ),
 ]
+
+
+def _usage_error(ctx: typer.Context, message: str) -> Exception:
+    from typer import _click as click  # typer vendors click: its UsageError is the one-line usage error (exit 2)
+
+    return click.exceptions.UsageError(message, ctx)
+
+
+def positive_number(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    """Option callback: a positive finite number (``--grad-clip``), checked when the command line is parsed
+    — before any file is read, and also when the option is unused by the rest of the command line."""
+    if value is not None and not ctx.resilient_parsing and not (math.isfinite(value) and value > 0):
+        raise _usage_error(ctx, f"{param.opts[0]} must be a positive number, got {value}")
+    return value
+
+
+def positive_seconds(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    """Option callback: a time budget in seconds (``--verify-budget``): positive; ``inf`` is accepted
+    and means no limit, as leaving the option out does. Checked when the command line is parsed, so a
+    bad value fails whether or not the option that uses it (``--verify``) is given."""
+    if value is not None and not ctx.resilient_parsing and not value > 0:  # nan fails `> 0` too
+        raise _usage_error(ctx, f"{param.opts[0]} must be a positive number of seconds, got {value}")
+    return value
+
+
+def step_offset(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Option callback: ``auto`` or an integer that fits the int64 steps of an event file
+    (``--log-step-offset``; a larger one overflowed the step arithmetic: an internal error)."""
+    if value is None or ctx.resilient_parsing or str(value).strip().lower() == "auto":
+        return value
+    try:
+        off = int(str(value).strip())
+    except ValueError:
+        raise _usage_error(ctx, f"{param.opts[0]} must be auto or an integer, got {value!r}") from None
+    if not -(2**63) < off < 2**63:
+        raise _usage_error(ctx, f"{param.opts[0]} must be auto or an integer of at most 63 bits, got {value!r}")
+    return value
 
 
 def assumptions(lr: float | None, beta2: float | None, eps: float | None) -> Assumptions | None:

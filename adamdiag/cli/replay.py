@@ -18,6 +18,7 @@ from adamdiag.cli.options import (
     ReplayMode,
     TrustOpt,
     assumptions,
+    step_offset,
 )
 
 
@@ -69,6 +70,7 @@ def replay(
         str,
         typer.Option(
             "--log-step-offset",
+            callback=step_offset,
             help="The loss of update t is logged at step t+N; auto: -1 for Lightning checkpoints, else 0.",
         ),
     ] = "auto",

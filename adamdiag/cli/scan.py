@@ -25,6 +25,8 @@ from adamdiag.cli.options import (
     TrustOpt,
     assumptions,
     convention_value,
+    positive_number,
+    positive_seconds,
 )
 from adamdiag.results.report import Report
 
@@ -45,7 +47,8 @@ VerifyOpt = Annotated[
     ),
 ]
 VerifyBudgetOpt = Annotated[
-    float | None, typer.Option("--verify-budget", help="Seconds all --verify replays may take together.")
+    float | None,
+    typer.Option("--verify-budget", callback=positive_seconds, help="Seconds all --verify replays may take together."),
 ]
 EntryOpt = Annotated[
     str | None, typer.Option("--entry", help="Replay entry for --verify: module:function or file.py:function.")
@@ -76,6 +79,7 @@ GradClipOpt = Annotated[
     typer.Option(
         "--grad-clip",
         metavar="NORM",
+        callback=positive_number,
         help="The gradient-norm clip the training used, when the logged norm is the one before clipping "
         "(clip_grad_norm_'s return value; Lightning's gradient_clip_val): v is reconstructed from min(norm, NORM). "
         "HF Trainer's max_grad_norm and Megatron-LM's clip_grad are read from their logs.",
