@@ -8,6 +8,10 @@ took the other runs of a scan down before its fix. Real artifacts only: the ship
   error`` / kernel ValueError ("internal error");
 * a step logged at 2^63-1 wrapped the blowup window around in int64 (an internal error) — and that
   one run's crash ended the whole scan, the other runs' diagnoses with it.
+
+Later (notes/s11_badinput.md), inputs that were accepted without a word: a meaningless
+``--verify-budget`` without ``--verify``, a directory named like a checkpoint file, a DCP shard path
+outside its checkpoint folder.
 """
 
 from __future__ import annotations
@@ -276,3 +280,30 @@ def test_a_tf_bundle_whose_index_is_a_fifo_names_it(tmp_path):
             assert "ckpt-1.index: a FIFO, not a TensorFlow checkpoint index" in _one_line_error(res)
     finally:
         _unblock(ck / "ckpt-1.index")
+
+
+# --- numeric options checked when the command line is parsed (notes/s11_badinput.md) ------------------
+@pytest.mark.parametrize("command", ["scan", "check", "report"])
+@pytest.mark.parametrize("budget", ["-5", "0", "nan"])
+def test_a_meaningless_verify_budget_is_a_usage_error_without_verify(tmp_path, command, budget):
+    """--verify-budget -5 / 0 / nan was accepted without a word when --verify was not given (and with it,
+    refused only after the whole scan): a usage error now, whether or not --verify is given, before any
+    file is read."""
+    run = write_torch(tmp_path / "run", 40)
+    out = ["-o", str(tmp_path / "r.html")] if command == "report" else []
+    for verify in ([], ["--verify"]):
+        res = runner.invoke(app, [command, str(run), "--verify-budget", budget, *verify, *out])
+        assert "--verify-budget must be a positive number of seconds" in _one_line_error(res)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_meaningless_grad_clip_or_huge_log_step_offset_is_a_usage_error(tmp_path):
+    """--grad-clip is checked with the other options (nan and inf too); replay --log-step-offset past
+    63 bits was an internal OverflowError in the step arithmetic."""
+    run = write_torch(tmp_path / "run", 40)
+    for clip in ("-1", "0", "nan", "inf"):
+        res = runner.invoke(app, ["scan", str(run), "--grad-clip", clip])
+        assert "--grad-clip must be a positive number" in _one_line_error(res)
+    torch.save(_adam_state(), tmp_path / "step_000002.pt")
+    res = runner.invoke(app, ["replay", str(tmp_path / "step_000002.pt"), "--log-step-offset", str(2**70)])
+    assert "--log-step-offset must be auto or an integer of at most 63 bits" in _one_line_error(res)
