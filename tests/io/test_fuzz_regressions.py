@@ -282,6 +282,47 @@ def test_a_tf_bundle_whose_index_is_a_fifo_names_it(tmp_path):
         _unblock(ck / "ckpt-1.index")
 
 
+# --- directories named like checkpoint files ---------------------------------------------------------------
+def test_a_directory_named_like_a_checkpoint_file_is_said_to_be_skipped(tmp_path):
+    """``step_000050.pt/`` (empty, or holding no checkpoint) was passed over without a word. Checkpoint
+    folders named so — Lightning's FSDP (DCP) and DeepSpeed strategies save ``epoch=0-step=N.ckpt/`` — are
+    read as before, with no warning."""
+    from adamdiag.io.checkpoints import find_checkpoints
+
+    run = write_torch(tmp_path / "run", 40)
+    ck = run / "checkpoints"
+    ck.mkdir()
+    torch.save(_adam_state(), ck / "step_000010.pt")
+    (ck / "step_000050.pt").mkdir()
+    (ck / "step_000060.pt").mkdir()
+    (ck / "step_000060.pt" / "notes.txt").write_text("not a checkpoint")
+    (ck / "model.weights.h5").mkdir()
+    shutil.copytree(DCP, ck / "epoch=0-step=20.ckpt")  # a real DCP checkpoint
+    ds = Path(__file__).resolve().parents[1] / "fixtures" / "deepspeed" / "z2_fp32"  # `latest` + global_step3/
+    shutil.copytree(ds, ck / "epoch=0-step=30.ckpt")
+    skipped: list[str] = []
+    found = find_checkpoints(ck, skipped=skipped)
+    assert [p.relative_to(ck).as_posix() for p in found] == [
+        "epoch=0-step=30.ckpt/global_step3",  # the tag's step (3) sorts first
+        "step_000010.pt",
+        "epoch=0-step=20.ckpt",
+    ]
+    assert sorted(skipped) == [
+        f"skipped {ck / n}: a directory named like a checkpoint file, with no checkpoint in it (no DCP, HF or "
+        "DeepSpeed folder)"
+        for n in ("model.weights.h5", "step_000050.pt", "step_000060.pt")
+    ]
+    # scan: one warning line for the run, which keeps its real checkpoint
+    shutil.rmtree(ck / "epoch=0-step=20.ckpt")
+    shutil.rmtree(ck / "epoch=0-step=30.ckpt")
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert "checkpoints" in r["sources"]
+    said = [w for w in r["warnings"] if "named like a checkpoint file" in w]
+    assert len(said) == 3 and all("\n" not in w for w in said)
+
+
 # --- numeric options checked when the command line is parsed (notes/s11_badinput.md) ------------------
 @pytest.mark.parametrize("command", ["scan", "check", "report"])
 @pytest.mark.parametrize("budget", ["-5", "0", "nan"])

@@ -64,6 +64,9 @@ MODEL_FILES = (
     "model.pth",
     "model.bin",
 )
+# Names of single-file checkpoints (torch, Keras/HDF5): a *directory* named like one that holds no
+# checkpoint is said to be skipped (an unpacked or half-written save), not passed over without a word.
+CHECKPOINT_FILE_SUFFIXES = (*TORCH_SUFFIXES, ".h5", ".hdf5", ".keras")
 # Files that live inside checkpoints but never hold optimizer state (not worth opening).
 NON_OPTIMIZER_NAMES = re.compile(r"^(scheduler|rng_state|random_states|training_args|scaler|sampler)", re.I)
 # Buffers torch's own modules register (BatchNorm/InstanceNorm): never parameters, and their
@@ -656,7 +659,9 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
     optimizer state (checked by reading the pickle's bytes, without unpickling), and checkpoint
     directories (DCP, HF ``checkpoint-N``, accelerate). Sorted by the step in the name, then name.
     A FIFO, socket or device with a checkpoint's name is never opened (a FIFO would block forever):
-    it is left out, with a message in ``skipped`` (scan's AD904).
+    it is left out, with a message in ``skipped`` (scan: a run warning, AD902). So is a directory named
+    like a single-file checkpoint (``step_000050.pt/``) that is no checkpoint folder and holds none
+    (:func:`_file_named_dirs_left_out`).
 
     Raises :class:`InputError` when ``root`` does not exist.
     """
@@ -679,6 +684,7 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
         return [root]
     found: list[Path] = []
     seen: set[str] = set()
+    file_named: list[Path] = []  # directories named like a checkpoint file (step_000050.pt/)
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         keep_dirs = []
@@ -689,6 +695,8 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
                 found.append(d / sub)
             else:
                 keep_dirs.append(sub)
+                if sub.endswith(CHECKPOINT_FILE_SUFFIXES) and not NON_OPTIMIZER_NAMES.match(sub):
+                    file_named.append(d / sub)
         dirnames[:] = keep_dirs
         for fn in sorted(filenames):
             p = d / fn
@@ -712,8 +720,32 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
             seen.add(rp)
             out.append(p)
     out += foreign or []
+    if skipped is not None:
+        skipped += _file_named_dirs_left_out(file_named, out)
     big = 1 << 62
     return sorted(out, key=lambda p: (step_from_name(p) if step_from_name(p) is not None else big, str(p)))
+
+
+def _file_named_dirs_left_out(dirs: list[Path], found: list[Path]) -> list[str]:
+    """One message for each directory in ``dirs`` (named like a single-file checkpoint, and no DCP, HF,
+    accelerate or DeepSpeed tag folder) under which nothing in ``found`` lies. A checkpoint folder may be
+    named so — Lightning's FSDP (DCP) and DeepSpeed strategies save ``epoch=0-step=50.ckpt/`` — and is
+    then found, or what it holds is; one that yields nothing is an unpacked or half-written save."""
+    from adamdiag.io.checkpoints import deepspeed
+
+    out = []
+    for d in dirs:
+        inside = str(d) + os.sep
+        if any(str(p).startswith(inside) for p in found) or deepspeed.has_pointer(d):
+            continue
+        if d.is_symlink():
+            out.append(f"skipped {d}: a link to a directory, named like a checkpoint file (links are not followed)")
+        else:
+            out.append(
+                f"skipped {d}: a directory named like a checkpoint file, with no checkpoint in it (no DCP, HF or "
+                "DeepSpeed folder)"
+            )
+    return out
 
 
 # --- walking a loaded object -----------------------------------------------------------------------
