@@ -323,6 +323,23 @@ def test_a_directory_named_like_a_checkpoint_file_is_said_to_be_skipped(tmp_path
     assert len(said) == 3 and all("\n" not in w for w in said)
 
 
+def test_an_unreadable_checkpoint_in_a_scan_is_named_once(tmp_path):
+    """scan's warning for a checkpoint a reader refused read 'checkpoint X: X: not a readable …': the
+    readers' messages start with the file (or the file inside the folder) already."""
+    run = write_torch(tmp_path / "run", 40)
+    ck = run / "checkpoints"
+    ck.mkdir()
+    torch.save(_adam_state(), ck / "step_000010.pt")
+    (ck / "step_000020.pt").write_bytes(b"not a torch file")
+    shutil.copytree(DCP, ck / "step_000030")
+    (ck / "step_000030" / "__2_0.distcp").write_bytes(b"")
+    (r,) = scan_paths([run]).runs
+    bad = [w for w in r.warnings if "step_000020.pt" in w or "step_000030" in w]
+    assert len(bad) == 2 and not any(w.startswith("checkpoint ") for w in bad), bad
+    assert all(w.count(str(ck / "step_0000")) == 1 for w in bad), bad
+    assert "checkpoints" in r.sources  # the readable one still counts
+
+
 # --- numeric options checked when the command line is parsed (notes/s11_badinput.md) ------------------
 @pytest.mark.parametrize("command", ["scan", "check", "report"])
 @pytest.mark.parametrize("budget", ["-5", "0", "nan"])
