@@ -9,12 +9,11 @@ Imports transformers; ``import adamdiag.monitor`` alone does not.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
 
-from adamdiag.monitor.core import AdamMonitor
+from adamdiag.monitor.callback import MonitorCallbackSettings
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -27,33 +26,18 @@ def _unwrap(optimizer: Any) -> Any:
     return optimizer
 
 
-class AdamDiagCallback(TrainerCallback):
+class AdamDiagCallback(MonitorCallbackSettings, TrainerCallback):
     """Attaches an :class:`~adamdiag.monitor.core.AdamMonitor` to the Trainer's optimizer.
 
     ``writer="auto"``: a torch SummaryWriter of its own, on the main process only, in
     ``args.logging_dir`` (transformers < 5) or ``$TENSORBOARD_LOGGING_DIR`` (where transformers 5
     writes its TensorBoard logs when set: then ``adamdiag scan`` sees both in one run) or else
     ``args.output_dir``; ``None`` for no tags. ``run_dir`` (the live file) defaults to the same
-    directory. The logged training loss is fed to the monitor (``on_log``).
+    directory. The logged training loss is fed to the monitor (``on_log``). The settings are
+    :class:`~adamdiag.monitor.callback.MonitorCallbackSettings`' (shared with the Lightning callback).
     """
 
-    def __init__(
-        self,
-        every: int = 10,
-        writer: Any = "auto",
-        run_dir: str | None = None,
-        on_finding: Callable[[Any], Any] | None = None,
-        raise_on: str | None = None,
-        **monitor_kw: Any,
-    ) -> None:
-        self.every = every
-        self.writer = writer
-        self.run_dir = run_dir
-        self.on_finding = on_finding
-        self.raise_on = raise_on
-        self.monitor_kw = monitor_kw
-        self.monitor: AdamMonitor | None = None
-        self._own_writer: Any = None
+    _own_writer: Any = None  # the SummaryWriter this callback opened itself (writer="auto"), closed at train end
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kw: Any):
         if optimizer is None:
@@ -68,24 +52,14 @@ class AdamDiagCallback(TrainerCallback):
                 from torch.utils.tensorboard import SummaryWriter
 
                 writer = self._own_writer = SummaryWriter(log_dir=log_dir)
-        self.monitor = AdamMonitor(
-            _unwrap(optimizer),
-            model=model,
-            writer=writer,
-            every=self.every,
-            on_finding=self.on_finding,
-            raise_on=self.raise_on,
-            run_dir=self.run_dir or log_dir,
-            **self.monitor_kw,
-        )
+        self.attach_monitor(_unwrap(optimizer), model, writer, self.run_dir or log_dir)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
         if self.monitor is not None and logs and "loss" in logs:
             self.monitor.log_loss(state.global_step, logs["loss"])
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self.monitor is not None:
-            self.monitor.close()
+        self.close_monitor()
         if self._own_writer is not None:
             self._own_writer.close()
             self._own_writer = None

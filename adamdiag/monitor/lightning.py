@@ -10,7 +10,6 @@ alone does not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 try:
@@ -18,35 +17,18 @@ try:
 except ImportError:  # pragma: no cover - the older package name
     from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
 
-from adamdiag.monitor.core import AdamMonitor
+from adamdiag.monitor.callback import MonitorCallbackSettings
 
 
-class AdamDiagCallback(Callback):
+class AdamDiagCallback(MonitorCallbackSettings, Callback):
     """Attaches an :class:`~adamdiag.monitor.core.AdamMonitor` to the Trainer's optimizers at fit start.
 
     ``writer="auto"`` writes the ``adamdiag/*`` tags into the TensorBoardLogger's event file when
     the Trainer has one (none otherwise); ``run_dir`` defaults to the Trainer's ``log_dir``. The
     training loss is fed to the monitor on its logging steps (AD401 on a non-finite loss).
-    ``monitor`` is the live monitor once training started (findings, verdict, last signals).
+    ``monitor`` is the live monitor once training started (findings, verdict, last signals). The
+    settings are :class:`~adamdiag.monitor.callback.MonitorCallbackSettings`' (shared with the HF callback).
     """
-
-    def __init__(
-        self,
-        every: int = 10,
-        writer: Any = "auto",
-        run_dir: str | None = None,
-        on_finding: Callable[[Any], Any] | None = None,
-        raise_on: str | None = None,
-        **monitor_kw: Any,
-    ) -> None:
-        super().__init__()
-        self.every = every
-        self.writer = writer
-        self.run_dir = run_dir
-        self.on_finding = on_finding
-        self.raise_on = raise_on
-        self.monitor_kw = monitor_kw
-        self.monitor: AdamMonitor | None = None
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         writer = self.writer
@@ -56,16 +38,7 @@ class AdamDiagCallback(Callback):
             if exp is not None and hasattr(exp, "add_scalar") and hasattr(exp, "add_text"):
                 writer = exp  # TensorBoardLogger's SummaryWriter (a dummy on ranks > 0)
         run_dir = self.run_dir or getattr(trainer, "log_dir", None) or trainer.default_root_dir
-        self.monitor = AdamMonitor(
-            list(trainer.optimizers),
-            model=pl_module,
-            writer=writer,
-            every=self.every,
-            on_finding=self.on_finding,
-            raise_on=self.raise_on,
-            run_dir=run_dir,
-            **self.monitor_kw,
-        )
+        self.attach_monitor(list(trainer.optimizers), pl_module, writer, run_dir)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         mon = self.monitor
@@ -77,5 +50,4 @@ class AdamDiagCallback(Callback):
             mon.log_loss(step, loss.detach() if hasattr(loss, "detach") else loss)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.close()
+        self.close_monitor()

@@ -107,3 +107,27 @@ def test_hf_trainer(tmp_path, monkeypatch) -> None:
     assert sorted(tags["adamdiag/global/update_rms"]) == [1, 2, 4, 6]  # step 1: before the grid (the v̂ peak)
     live = json.loads((tmp_path / "logs" / LIVE_FILE).read_text())
     assert live["runs"][0]["step"] == 6
+
+
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_callback_settings_reach_the_monitor(tmp_path, framework: str) -> None:
+    """Both callbacks hand every setting (and extra AdamMonitor keywords) to the monitor they attach,
+    and close it at train end (the two trainer runs above use only ``every``)."""
+    pytest.importorskip("lightning" if framework == "lightning" else "transformers")
+    from importlib import import_module
+
+    callback = import_module(f"adamdiag.monitor.{framework}").AdamDiagCallback
+    found: list = []
+    cb = callback(every=3, writer="auto", run_dir=None, on_finding=found.append, raise_on="error", top_k=2)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mon = cb.attach_monitor(opt, model, None, tmp_path / "live")
+    assert cb.monitor is mon
+    assert (mon.every, mon.on_finding, mon.raise_on, mon.top_k, mon.writer) == (3, found.append, "error", 2, None)
+    assert mon.run_dir == tmp_path / "live"
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    assert mon.step == 1
+    cb.close_monitor()
+    opt.step()  # hooks removed at close: the monitor no longer follows the optimizer
+    assert mon.step == 1
