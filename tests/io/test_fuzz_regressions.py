@@ -340,6 +340,30 @@ def test_an_unreadable_checkpoint_in_a_scan_is_named_once(tmp_path):
     assert "checkpoints" in r.sources  # the readable one still counts
 
 
+# --- DCP metadata naming files outside the checkpoint -------------------------------------------------------
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_a_dcp_shard_outside_the_checkpoint_folder_is_refused(tmp_path, where):
+    """A ``.metadata`` whose ``relative_path`` leads out of the folder (``../…`` or absolute) was followed:
+    a checkpoint could make adamdiag read any file. Real dcp.save checkpoint, metadata rewritten to
+    point at a real shard copied outside it (so the old code read it without a word)."""
+    import pickle
+
+    import make_checkpoints as mk
+
+    path, _ = mk.write_dcp(tmp_path / "ck" / "dcp")
+    shard = tmp_path / "outside.distcp"
+    shutil.copy(path / "__0_0.distcp", shard)
+    (path / "__0_0.distcp").unlink()
+    md_file = path / ".metadata"
+    md = pickle.loads(md_file.read_bytes())  # noqa: S301 - the file dcp.save just wrote
+    target = "../../outside.distcp" if where == "parent" else str(shard)
+    for info in md.storage_data.values():
+        info.relative_path = target
+    md_file.write_bytes(pickle.dumps(md))
+    line = _one_line_error(runner.invoke(app, ["inspect", str(path)]))
+    assert f"{md_file}: item " in line and f"is stored in {target!r}, outside the checkpoint folder" in line
+
+
 # --- numeric options checked when the command line is parsed (notes/s11_badinput.md) ------------------
 @pytest.mark.parametrize("command", ["scan", "check", "report"])
 @pytest.mark.parametrize("budget", ["-5", "0", "nan"])

@@ -229,6 +229,32 @@ def _plain_tensor_data(f: Any, offset: int, length: int, dtype: Any, sizes: tupl
         return None
 
 
+def _check_shard_path(d: Path, index: Any, info: Any) -> None:
+    """InputError (one line, naming it) when the metadata's ``relative_path`` for an item leads out of
+    the checkpoint folder ``d`` — absolute, or with a ``..`` part — or is no path at all: a checkpoint
+    must never make adamdiag read a file outside it (``/etc/…``, another checkpoint, a device).
+    Checked for every item when the metadata is read, before any shard is opened. (A shard file in
+    the folder that is a link is the user's own file system, not the checkpoint's say.)"""
+    import os
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    rel = getattr(info, "relative_path", None)
+    if isinstance(rel, os.PathLike):  # the allow-listed unpickler admits pathlib paths
+        rel = os.fspath(rel)
+    fqn = getattr(index, "fqn", index)
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise InputError(
+            f"{d / '.metadata'}: item {fqn} names no shard file ({rel!r}): not a DCP checkpoint's metadata"
+        )
+    # Both spellings: DCP writes '/'-separated names, and a '..' or drive hidden behind '\\' must not pass either.
+    posix, win = PurePosixPath(rel), PureWindowsPath(rel)
+    if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts:
+        raise InputError(
+            f"{d / '.metadata'}: item {fqn} is stored in {rel!r}, outside the checkpoint folder: refused (a "
+            "checkpoint's files are read only inside it)"
+        )
+
+
 class DcpReader:
     """Random access to the items of one DCP checkpoint by flat key."""
 
@@ -239,6 +265,8 @@ class DcpReader:
         self.sdm: dict[str, Any] = dict(self.md.state_dict_metadata)
         self.planner: dict[str, tuple] = dict(getattr(self.md, "planner_data", None) or {})
         self.storage: dict[Any, Any] = dict(self.md.storage_data or {})
+        for index, info in self.storage.items():
+            _check_shard_path(d, index, info)
         self.pool = BufferPool()  # full tensors are put together in reused memory (buffers.py)
 
     def path_of(self, key: str) -> tuple:
