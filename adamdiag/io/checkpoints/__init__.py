@@ -1320,19 +1320,24 @@ def open_checkpoint(
     path = Path(path)
     if convention not in (None, "torch", "tf"):
         raise InputError(f"unknown convention {convention!r} (torch or tf)")
+    ck = _open_any(path, trust)
+    if convention:
+        ck.convention = convention
+    # one policy for every format: the user's assumptions, then what Adam cannot have stored
+    hyper_policy.apply(ck.entries, assume, ck.warnings)
+    hyper_policy.check_domain(ck.entries, path)
+    return ck
+
+
+def _open_any(path: Path, trust: bool) -> OptimizerCheckpoint:
+    """The reader of ``path``'s format, its result as read (:func:`open_checkpoint` adds the rest)."""
     from adamdiag.io.checkpoints.tf import open_foreign  # TF / Keras formats (before: a prefix is no file)
 
     foreign = open_foreign(path)
     if foreign is not None:
-        if convention:
-            foreign.convention = convention
-        hyper_policy.apply(foreign.entries, assume, foreign.warnings)
-        hyper_policy.check_domain(foreign.entries, path)
         return foreign
     if not path.exists():
         raise missing_path(path)
-    if convention not in (None, "torch", "tf"):
-        raise InputError(f"unknown convention {convention!r} (torch or tf)")
     what = non_regular(path)
     if what:
         raise InputError(f"{path}: a {what}, not a checkpoint file (not opened)")
@@ -1358,13 +1363,9 @@ def open_checkpoint(
             raise InputError(f"{path}: directory holds no optimizer checkpoint (no .metadata, no optimizer.pt/.bin)")
     else:
         ck = _open_torch_file(path, trust)
-    if convention:
-        ck.convention = convention
     for e in ck.entries:  # one optimizer (DCP, DeepSpeed...): every tensor still says which
         if e.optimizer is None:
             e.optimizer = {"index": 0, "key": "", "type": ck.optimizer}
-    hyper_policy.apply(ck.entries, assume, ck.warnings)
-    hyper_policy.check_domain(ck.entries, path)
     return ck
 
 
