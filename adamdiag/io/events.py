@@ -11,7 +11,9 @@ keeps every event with its ``segment`` (file index ordered by first wall time) a
 :func:`adamdiag.analysis.frames.series` gives the value per step as the run really went. A restart that
 says where it resumed (``SessionLog.START`` at step N: torch ``SummaryWriter(purge_step=N)``, TF1's
 Supervisor) is purged as TensorBoard purges it — the folder's values logged before it at steps >= N are
-dropped (:func:`_purge_restarts`, a note in ``RunEvents.notes``).
+dropped; in files of the format before SessionLog restarts (``file_version`` ``brain.Event:1`` or none)
+TensorBoard's other purge applies instead: a tag whose step goes back loses its values logged before at
+that step or later (:func:`_purge_orphans`, a note in ``RunEvents.notes``).
 
 Two paths produce the same result: the reference (``read_file(..., fast=False)``: the plain-loop
 framing of :func:`adamdiag.io.tfrecord.read_records_ref` and the protobuf classes, record by record)
@@ -323,12 +325,55 @@ class FileData:
     first_wall_time: float = float("inf")
     kinds: set[str] = field(default_factory=set)  # simple_value, tensor, histo, ...
     readable: bool = True  # False: not a single valid record in a non-empty file
-    # SessionLog START events (a restart): (step, scalar rows before it, histogram rows before it) in file order
-    purges: list[tuple[int, int, int]] = field(default_factory=list)
+    # SessionLog START events (a restart) where the file's own file_version does not rule them out: (step, scalar
+    # rows before it, histogram rows before it, inherited: before the file's first file_version event, so
+    # whether it purges depends on the folder's earlier files) in file order
+    purges: list[tuple[int, int, int, bool]] = field(default_factory=list)
     grouped: bool = False  # a writer's child folder folded into its run: the tags are already final
+    # The events TensorBoard's out-of-order purge needs (file_version events always; every event where the file
+    # has no version >= 2 in force), see :class:`Trace`; ``trace_tags`` names its tag codes (prefixed like ``tags``)
+    trace: Trace | None = None
+    trace_tags: list[str] = field(default_factory=list)
+
+
+class Trace(NamedTuple):
+    """Events of one file in file order, as ``EventAccumulator``'s out-of-order purge sees them (files with
+    ``file_version`` < 2 or none): every event of the stretches the file's own version does not rule out, and the
+    file_version events. ``kind``: ``_EV_OTHER`` (no summary: its step becomes the most recent step), ``_EV_SUMMARY``,
+    ``_EV_V1`` / ``_EV_V2`` (a file_version event switching to the out-of-order / the SessionLog rule).
+    ``s_before``/``h_before``: the file's scalar/histogram rows before the event. ``tag_ev``/``tag_code``: one
+    entry per summary value, the event's index and the tag's code in ``FileData.trace_tags``."""
+
+    step: Any  # int64
+    kind: Any  # int8
+    s_before: Any  # int64
+    h_before: Any  # int64
+    tag_ev: Any  # int64
+    tag_code: Any  # int64
 
 
 _SESSION_START = 1  # SessionLog.START (tensorboard.compat.proto.event_pb2)
+# Trace kinds (see Trace)
+_EV_OTHER, _EV_SUMMARY, _EV_V1, _EV_V2 = 0, 1, 2, 3
+
+
+def restarts_by_session_log(file_version: str) -> bool:
+    """Whether TensorBoard's ``EventAccumulator``, from a ``file_version`` event on, finds restarts by
+    ``SessionLog.START`` (version >= 2, every current writer's ``brain.Event:2``) rather than by steps going back
+    (version < 2, ``brain.Event:1`` of TensorFlow before 0.12, or a version it cannot parse). Mirrors
+    ``event_util.ParseFileVersion`` (a float, -1 when unparsable) and ``_MaybePurgeOrphanedData`` (``if
+    file_version and file_version >= 2``; no file_version event at all is the out-of-order rule too).
+
+    >>> [restarts_by_session_log(v) for v in ("brain.Event:2", "brain.Event:1", "brain.Event:0", "x", "")]
+    [True, False, False, False, False]
+    """
+    try:
+        version = float(file_version.split("brain.Event:")[-1])
+    except ValueError:
+        version = -1.0
+    return bool(version) and version >= 2
+
+
 _DT_FLOAT, _DT_DOUBLE, _DT_INT32, _DT_INT64, _DT_BFLOAT16, _DT_HALF = 1, 2, 3, 9, 14, 19
 
 
@@ -423,8 +468,20 @@ class _Sink:
         self.first_wall_idx = 1 << 62  # record index of first_wall: fast and slow rows may arrive out of order
         self.warnings: list[str] = []
         self.records = 0
-        # SessionLog START: [step, scalar rows before it in the file, histogram rows before it, record index]
+        # SessionLog START: [step, scalar rows before it in the file, histogram rows before it, record index,
+        # inherited (1: before the file's first file_version event)]
         self.purges: list[list[int]] = []
+        # The out-of-order purge's trace (Trace). Until the file's first file_version event the rule in force is
+        # the folder's (region 0: unknown here, so traced), then the event's (1: steps going back, traced;
+        # 2: SessionLog START, not traced).
+        self.region = 0
+        self.tracing = True
+        self.switches: list[tuple[int, bool]] = []  # (record index, tracing after it) at file_version events
+        # reference-decoded events: [record index, step, kind, scalar rows before, histogram rows before]
+        self.tr: list[list[int]] = []
+        self.tr_tags: list[tuple[int, str]] = []  # (record index, tag) per value of those that are summaries
+        # the fast path's: ((rec, step, s_before, h_before) arrays, row recs, tag codes, tag names)
+        self.tr_fast: list[tuple] = []
 
     def _reset_lists(self) -> None:
         self.s_tag: list[int] = []
@@ -465,12 +522,56 @@ class _Sink:
         if self.s_tag:
             self.parts.append(self.take_lists())
 
+    def rows_now(self) -> int:
+        """Scalar rows of the file so far, as the reference decoder has them."""
+        return sum(len(p[1]) for p in self.parts) + len(self.s_tag)
+
     def restart(self, step: int, idx: int) -> None:
         """A SessionLog START at ``step`` (record ``idx``): TensorBoard drops the events read before it at
-        steps >= ``step``. The scalar rows before it are counted here as the reference decoder has them; the
-        fast path adds its own rows before the record when it merges (:func:`_decode_chunk`)."""
-        before = sum(len(p[1]) for p in self.parts) + len(self.s_tag)
-        self.purges.append([step, before, len(self.h_rows), idx])
+        steps >= ``step`` (where the SessionLog rule is in force). The scalar rows before it are counted here as
+        the reference decoder has them; the fast path adds its own rows before the record when it merges
+        (:func:`_decode_chunk`)."""
+        self.purges.append([step, self.rows_now(), len(self.h_rows), idx, int(self.region == 0)])
+
+    def trace_event(self, idx: int, step: int, kind: int, tags: Sequence[str] = ()) -> None:
+        """One event for the out-of-order purge (:class:`Trace`); rows counted as in :meth:`restart`."""
+        self.tr.append([idx, step, kind, self.rows_now(), len(self.h_rows)])
+        self.tr_tags.extend((idx, t) for t in tags)
+
+    def file_version_event(self, idx: int, step: int, version: str) -> None:
+        """A file_version event: it sets the purge rule for what follows (until the next one), in this file and
+        in the folder's later files that have none."""
+        self.file_version = version
+        by_session_log = restarts_by_session_log(version)
+        self.region, self.tracing = (2, False) if by_session_log else (1, True)
+        self.switches.append((idx, self.tracing))
+        self.trace_event(idx, step, _EV_V2 if by_session_log else _EV_V1)
+
+    def trace(self) -> tuple[Trace, list[str]]:
+        """The file's :class:`Trace` (reference and fast events merged in file order) and its tag names."""
+        import numpy as np
+
+        names: dict[str, int] = {}
+        rec = [np.asarray([e[0] for e in self.tr], np.int64)]
+        cols = [[np.asarray([e[c] for e in self.tr], np.int64)] for c in (1, 3, 4)]
+        kind = [np.asarray([e[2] for e in self.tr], np.int8)]
+        t_rec = [np.asarray([r for r, _ in self.tr_tags], np.int64)]
+        t_code = [np.asarray([names.setdefault(t, len(names)) for _, t in self.tr_tags], np.int64)]
+        for (f_rec, f_step, f_s, f_h), row_rec, row_code, tag_names in self.tr_fast:
+            rec.append(f_rec)
+            for c, a in zip(cols, (f_step, f_s, f_h)):
+                c.append(a)
+            kind.append(np.full(len(f_rec), _EV_SUMMARY, np.int8))
+            t_rec.append(row_rec)
+            t_code.append(np.asarray([names.setdefault(t, len(names)) for t in tag_names] or [0], np.int64)[row_code])
+        all_rec = np.concatenate(rec)
+        order = np.argsort(all_rec, kind="stable")
+        step, s_before, h_before = (np.concatenate(c)[order] for c in cols)
+        tags_rec = np.concatenate(t_rec)
+        t_order = np.argsort(tags_rec, kind="stable")  # values in order within an event
+        tag_ev = np.searchsorted(all_rec[order], tags_rec[t_order])
+        trace = Trace(step, np.concatenate(kind)[order], s_before, h_before, tag_ev, np.concatenate(t_code)[t_order])
+        return trace, list(names)
 
 
 _PROTO: tuple | None = None
@@ -496,6 +597,8 @@ def _decode_ref(payload: bytes, sink: _Sink, name: str, offset: int, idx: int = 
     if not payload:
         sink.warnings.append(f"{name}: empty record (zero-length payload) at byte {offset}; ignored")
         sink.skipped["empty_record"] += 1
+        if sink.tracing:  # EventAccumulator parses it as an empty Event: no summary, step 0
+            sink.trace_event(idx, 0, _EV_OTHER)
         return
     try:
         ev = parse(payload)
@@ -506,16 +609,19 @@ def _decode_ref(payload: bytes, sink: _Sink, name: str, offset: int, idx: int = 
     sink.note_wall(idx, ev.wall_time)
     which = ev.WhichOneof("what")
     if which == "file_version":
-        sink.file_version = ev.file_version
-        return
-    if which == "session_log":
-        # A restart (torch SummaryWriter(purge_step=N), TF1 Supervisor/FileWriter.add_session_log): TensorBoard
-        # purges what was logged before it at steps >= N (EventAccumulator._CheckForRestartAndMaybePurge).
-        if ev.session_log.status == _SESSION_START:
-            sink.restart(ev.step, idx)
+        sink.file_version_event(idx, ev.step, ev.file_version)
         return
     if which != "summary":
+        if sink.tracing:  # under the out-of-order rule any event without a summary sets the most recent step
+            sink.trace_event(idx, ev.step, _EV_OTHER)
+        # A restart (torch SummaryWriter(purge_step=N), TF1 Supervisor/FileWriter.add_session_log): TensorBoard
+        # purges what was logged before it at steps >= N (EventAccumulator._CheckForRestartAndMaybePurge) --
+        # where a file_version >= 2 is in force (region 1: this file's is < 2, START means nothing there).
+        if which == "session_log" and ev.session_log.status == _SESSION_START and sink.region != 1:
+            sink.restart(ev.step, idx)
         return
+    if sink.tracing:
+        sink.trace_event(idx, ev.step, _EV_SUMMARY, [v.tag or v.node_name for v in ev.summary.value])
     for v in ev.summary.value:
         tag = v.tag or v.node_name
         kind = v.WhichOneof("value")
@@ -885,6 +991,8 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
             tag_of = tag_of[keep]
             m = len(tag_of)
     key = ((idx0 + rows["rec"]) << _KSHIFT) | rows["k"]  # position of each row in the file
+    # Every value of the fast records, kept or not, for the out-of-order purge's trace (it purges by tag).
+    ev_rows = (rows["rec"], rows["step"], tag_of)
     # Plugin state (TF2 writes metadata only with a tag's first value): the first metadata-bearing
     # value of a tag decides its plugin, in file order over fast and slow records alike.
     prior = dict(sink.plugins)
@@ -896,10 +1004,13 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
         fast_first = [(i, t) for i, t in fast_first if t not in prior]
     slow = np.flatnonzero(~rec_ok)
     purges_before = len(sink.purges)
+    trace_before, switches_before, tracing0 = len(sink.tr), len(sink.switches), sink.tracing
     slow_first: dict[str, int] = {}
     slow_keys: list[int] = []
+    slow_h: list[int] = []  # histogram rows after each slow record (the fast events' h_before)
     ptr = 0
     sink.flush()
+    rows0, h0 = sink.rows_now(), len(sink.h_rows)
     for i in slow.tolist():
         r = (idx0 + i) << _KSHIFT
         while ptr < len(fast_first) and fast_first[ptr][0] < r:
@@ -911,6 +1022,7 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
             for t in list(sink.plugins)[before_tags:]:
                 slow_first[t] = r
         slow_keys.extend(r + min(j, (1 << _KSHIFT) - 1) for j in range(len(sink.s_tag) - before_rows))
+        slow_h.append(len(sink.h_rows))
     for _, t in fast_first[ptr:]:
         sink.plugins.setdefault(t, "scalars")
     first_meta = dict(slow_first)
@@ -949,6 +1061,10 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
         tag_of, key = tag_of[keep], key[keep]
     for p in sink.purges[purges_before:]:  # a restart among the slow records: count the fast rows before it
         p[1] += int(np.searchsorted(key, p[3] << _KSHIFT))
+    for e in sink.tr[trace_before:]:  # the same for the slow records' trace events
+        e[3] += int(np.searchsorted(key, e[0] << _KSHIFT))
+    if tracing0 or len(sink.switches) > switches_before:  # (not in a file_version 2 file after its first record)
+        _trace_fast(sink, ev_rows, tag_names, idx0, tracing0, switches_before, key, slow_keys, rows0, slow, slow_h, h0)
     # Register only tags that keep rows (a tag whose values were all skipped is not a scalar tag).
     used = np.bincount(tag_of, minlength=len(tag_names)) if len(tag_of) else np.zeros(len(tag_names), int)
     remap = np.asarray([sink.tag_id(t) if u else -1 for t, u in zip(tag_names, used)] or [0], np.int32)
@@ -960,6 +1076,44 @@ def _decode_chunk(buf: bytearray, offsets, lengths, sink: _Sink, name: str, base
     s_rows = sink.take_lists()
     order = np.argsort(np.concatenate([key, np.asarray(slow_keys, np.int64)]), kind="stable")
     sink.parts.append(tuple(np.concatenate([fr, sr])[order] for fr, sr in zip(f_rows, s_rows)))
+
+
+def _trace_fast(
+    sink: _Sink,
+    ev_rows: tuple,
+    tag_names: list[str],
+    idx0: int,
+    tracing0: bool,
+    switches_before: int,
+    key: Any,
+    slow_keys: list[int],
+    rows0: int,
+    slow: Any,
+    slow_h: list[int],
+    h0: int,
+) -> None:
+    """Add the fast records of a chunk to the out-of-order purge's trace (:class:`Trace`), those where it is
+    on: before the file's first file_version event and after one < 2 (``sink.switches``, from the slow records).
+
+    ``ev_rows``: every value of the fast records (rec relative to ``idx0``, step, tag code into ``tag_names``);
+    ``key``/``slow_keys``: the kept rows' positions (fast, slow), ``rows0``/``h0`` the rows before the chunk,
+    ``slow``/``slow_h`` the slow records and the histogram rows after each."""
+    import numpy as np
+
+    rec, step, code = ev_rows
+    rec = rec + idx0
+    sw = sink.switches[switches_before:]
+    state = np.asarray([tracing0, *(on for _, on in sw)], bool)
+    on = state[np.searchsorted(np.asarray([r for r, _ in sw], np.int64), rec)]  # the last switch before it
+    if not on.any():
+        return
+    rec, step, code = rec[on], step[on], code[on]
+    ev_rec, first = np.unique(rec, return_index=True)
+    kept = np.sort(np.concatenate([key, np.asarray(slow_keys, np.int64)])) if slow_keys else key
+    s_before = rows0 + np.searchsorted(kept, ev_rec << _KSHIFT)
+    j = np.searchsorted(slow + idx0, ev_rec)
+    h_before = np.where(j > 0, np.asarray([h0, *slow_h], np.int64)[j], h0)
+    sink.tr_fast.append(((ev_rec, step[first], s_before, h_before), rec, code, tag_names))
 
 
 CHUNK_BYTES = 4 << 20  # bytes read and decoded at a time: bounds the temporaries of the fast path
@@ -1091,6 +1245,7 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         readable = False
         sink.warnings.append(f"{name}: no readable records; not a TensorBoard event file?")
     parts = sink.parts or [(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))]
+    trace, trace_tags = sink.trace()
     return FileData(
         path=name,
         size=size,
@@ -1107,7 +1262,9 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         first_wall_time=sink.first_wall,
         kinds=sink.kinds,
         readable=readable,
-        purges=[(p[0], p[1], p[2]) for p in sink.purges],
+        purges=[(p[0], p[1], p[2], bool(p[4])) for p in sink.purges],
+        trace=trace,
+        trace_tags=trace_tags,
     )
 
 
@@ -1158,9 +1315,25 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     scalars = pd.DataFrame(columns, copy=False)
     histograms = _histogram_frame(run, datas, files)
     notes: list[str] = []
-    if any(d.purges for d in datas):
-        scalars, histograms, notes = _purge_restarts(datas, n_scalars, scalars, histograms)
-    warnings = [w for d in datas for w in d.warnings]
+    s_keep = h_keep = None
+    if _needs_replay(datas):  # (a file_version 2 run without a SessionLog START: no)
+        s_keep, h_keep, notes = _purge_orphans(datas, n_scalars, scalars, histograms)
+    # Steps logged twice in a file with different values, among the rows that stay (a purge drops re-logged steps)
+    s_start = np.cumsum([0, *n_scalars])
+    codes, steps, values = (scalars[c].cat.codes if c == "tag" else scalars[c] for c in ("tag", "step", "value"))
+    codes, steps, values = codes.to_numpy(), steps.to_numpy(), values.to_numpy()
+    duplicates = []
+    for k, d in enumerate(datas):
+        rows = slice(s_start[k], s_start[k + 1])
+        mine = (codes[rows], steps[rows], values[rows])
+        if s_keep is not None and not s_keep[rows].all():
+            mine = tuple(a[s_keep[rows]] for a in mine)
+        duplicates.append(_duplicate_step_warnings(d.path, all_tags, *mine))
+    if s_keep is not None and not s_keep.all():
+        scalars = scalars[s_keep].reset_index(drop=True)
+    if h_keep is not None and not h_keep.all():
+        histograms = histograms[h_keep].reset_index(drop=True)
+    warnings = [w for d, dup in zip(datas, duplicates) for w in (*d.warnings, *dup)]
     skipped: Counter = Counter()
     for d in datas:
         skipped.update(d.skipped)
@@ -1190,51 +1363,142 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     )
 
 
-def _purge_restarts(
+def _needs_replay(datas: list[FileData]) -> bool:
+    """Whether any file of the run may purge: a SessionLog START, or events under the out-of-order rule (a
+    file_version 2 file's trace is its file_version event alone)."""
+    return any(d.purges or (d.trace is not None and (d.trace.kind != _EV_V2).any()) for d in datas)
+
+
+def _purge_orphans(
     datas: list[FileData], n_scalars: list[int], scalars: pd.DataFrame, histograms: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Drop what TensorBoard drops at a restart's ``SessionLog.START`` at step N (torch
-    ``SummaryWriter(purge_step=N)``, TF1's Supervisor): every event of that folder read before it — earlier
-    files (in segment order) and the file's own earlier records — at a step >= N, whatever its tag
-    (``EventAccumulator._Purge(by_tags=False)``). Those steps were undone by the restart; a tag the
-    restarted run no longer logs (an evaluation curve) loses them too. Files of other folders (split
-    folders, ``add_scalars`` children: runs of their own to TensorBoard) are untouched.
-    Returns the two frames and one note per restart that dropped something."""
+) -> tuple[Any, Any, list[str]]:
+    """What TensorBoard's ``EventAccumulator`` (``purge_orphaned_data=True``, its default) drops as orphaned by
+    a restart, replayed per folder (one TensorBoard run: split folders and ``add_scalars`` children are runs of
+    their own) over its files in segment order. Returns keep masks of the two frames and one note per purge.
+
+    The rule in force is the last ``file_version`` event read in the folder (kept across files; none yet counts as
+    < 2):
+
+    * version >= 2 (every current writer): a ``SessionLog.START`` at step N (torch
+      ``SummaryWriter(purge_step=N)``, TF1's Supervisor) drops every value read before it at step >= N, whatever
+      its tag (``_CheckForRestartAndMaybePurge``, ``_Purge(by_tags=False)``).
+    * version < 2 or none (TensorFlow before 0.12, hand-made files): a summary event whose step is below the most
+      recent step drops, for each tag it holds, that tag's values read before it at steps >= its step
+      (``_CheckForOutOfOrderStepAndMaybePurge``, ``_Purge(by_tags=True)``). The most recent step is that of the
+      last event that did not purge — *any* event: a file_version, graph or SessionLog event (step 0 for most)
+      sets it too, so a restart written to a new file with a version-1 header purges nothing.
+
+    Both purges drop scalars (``simple_value`` and plugin-'scalars' tensors alike: they are one frame here) and
+    histograms; the legacy ``EventAccumulator`` keeps tensor summaries out of its purges (TensorBoard's
+    current readers hold every summary as a tensor and purge them all).
+    """
     import numpy as np
 
     s_start = np.cumsum([0, *n_scalars])
     h_start = np.cumsum([0, *(len(d.h_rows) for d in datas)])
     s_step = scalars["step"].to_numpy()
     h_step = histograms["step"].to_numpy(np.int64)
+    s_codes = scalars["tag"].cat.codes.to_numpy()
+    s_names = {t: i for i, t in enumerate(scalars["tag"].cat.categories)}
+    h_codes = histograms["tag"].cat.codes.to_numpy()
+    h_names = {t: i for i, t in enumerate(histograms["tag"].cat.categories)}
+    folders = [os.path.dirname(d.path) for d in datas]
+    folder_id = np.asarray([folders.index(f) for f in folders], np.int32)
+    s_folder = np.repeat(folder_id, np.diff(s_start))
+    h_folder = np.repeat(folder_id, np.diff(h_start))
     s_keep = np.ones(len(s_step), bool)
     h_keep = np.ones(len(h_step), bool)
-    s_pos, h_pos = np.arange(len(s_step)), np.arange(len(h_step))
-    folder = [os.path.dirname(d.path) for d in datas]
+    state: dict[str, tuple[bool, int]] = {}  # folder -> (out-of-order rule in force, most recent step)
     notes = []
     for k, d in enumerate(datas):
-        same = np.asarray([f == folder[k] for f in folder[: k + 1]], bool)  # this folder's files up to this one
-        s_file = np.repeat(np.arange(k + 1), np.diff(s_start[: k + 2]))
-        h_file = np.repeat(np.arange(k + 1), np.diff(h_start[: k + 2]))
-        for step, s_before, h_before in d.purges:
-            s_sel = same[s_file] & (s_pos[: s_start[k + 1]] < s_start[k] + s_before)
-            s_sel &= s_step[: s_start[k + 1]] >= step
-            h_sel = same[h_file] & (h_pos[: h_start[k + 1]] < h_start[k] + h_before)
-            h_sel &= h_step[: h_start[k + 1]] >= step
-            dropped_s = int((s_sel & s_keep[: s_start[k + 1]]).sum())
-            dropped_h = int((h_sel & h_keep[: h_start[k + 1]]).sum())
-            s_keep[: s_start[k + 1]] &= ~s_sel
-            h_keep[: h_start[k + 1]] &= ~h_sel
+        fk = folder_id[k]
+        out_of_order, recent = state.get(folders[k], (True, -1))
+        for step, s_before, h_before, inherited in d.purges:
+            if inherited and out_of_order:
+                continue  # no file_version >= 2 read yet in this folder: START means nothing to TensorBoard
+            s_end, h_end = s_start[k] + s_before, h_start[k] + h_before
+            s_sel = (s_folder[:s_end] == fk) & (s_step[:s_end] >= step)
+            h_sel = (h_folder[:h_end] == fk) & (h_step[:h_end] >= step)
+            dropped_s, dropped_h = int((s_sel & s_keep[:s_end]).sum()), int((h_sel & h_keep[:h_end]).sum())
+            s_keep[:s_end] &= ~s_sel
+            h_keep[:h_end] &= ~h_sel
             if dropped_s or dropped_h:
-                what = f"{dropped_s} scalar" + (f" and {dropped_h} histogram" if dropped_h else "")
                 notes.append(
                     f"{printable(d.path)}: a restart (SessionLog START at step {step}: SummaryWriter(purge_step=…), "
-                    f"TF1's Supervisor) drops the {what} value(s) logged before it at steps ≥ {step}, as TensorBoard does"
+                    f"TF1's Supervisor) drops the {_counted(dropped_s, dropped_h)} logged before it at steps ≥ {step}, "
+                    "as TensorBoard does"
                 )
-    if not s_keep.all():
-        scalars = scalars[s_keep].reset_index(drop=True)
-    if not h_keep.all():
-        histograms = histograms[h_keep].reset_index(drop=True)
-    return scalars, histograms, notes
+        tr = d.trace
+        if tr is None or not len(tr.kind):
+            continue
+        versions = np.flatnonzero(tr.kind >= _EV_V1)
+        first = 0 if out_of_order else (versions[0] if versions.size else len(tr.kind))  # the inherited stretch
+        kind, step = tr.kind[first:], tr.step[first:]
+        if versions.size:
+            out_of_order = bool(tr.kind[versions[-1]] == _EV_V1)
+        if not len(kind):
+            state[folders[k]] = (out_of_order, recent)
+            continue
+        # The most recent step before each event: a running maximum that every non-summary event restarts at
+        # its own step (a summary below it does not raise it; one at or above it becomes it). Segmented cummax
+        # over (segment, rank of the step); the inherited stretch starts from the folder's most recent step.
+        vals = np.concatenate([[recent], step]).astype(np.int64)
+        seg = np.cumsum(np.concatenate([[True], kind != _EV_SUMMARY])) - 1
+        by_value = np.argsort(vals, kind="stable")
+        rank = np.empty(len(vals), np.int64)
+        rank[by_value] = np.arange(len(vals))
+        n = len(vals)
+        running = vals[by_value[np.maximum.accumulate(seg * n + rank) - seg * n]]
+        purging = np.flatnonzero((kind == _EV_SUMMARY) & (step < running[:-1])) + first
+        recent = int(running[-1])  # (unused under the SessionLog rule: a file_version < 2 event resets it)
+        state[folders[k]] = (out_of_order, recent)
+        if not purging.size:
+            continue
+        ent = np.isin(tr.tag_ev, purging)
+        ev, names = tr.tag_ev[ent], [d.trace_tags[c] for c in tr.tag_code[ent]]
+        pos_s, pos_h, at = s_start[k] + tr.s_before[ev], h_start[k] + tr.h_before[ev], tr.step[ev]
+        dropped_s = _drop_by_tag(names, s_names, s_codes, s_folder == fk, s_step, pos_s, at, s_keep)
+        dropped_h = _drop_by_tag(names, h_names, h_codes, h_folder == fk, h_step, pos_h, at, h_keep)
+        if dropped_s or dropped_h:
+            e0 = purging[0]
+            version = f"file_version '{printable(d.file_version)}'" if d.file_version else "no file_version"
+            notes.append(
+                f"{printable(d.path)}: steps go back (from {int(running[e0 - first])} to {int(tr.step[e0])}) in a file "
+                f"of the event format before SessionLog restarts ({version}), which TensorBoard reads as a restart: "
+                f"drops the {_counted(dropped_s, dropped_h)} of the tags logged again that were logged before at "
+                "steps ≥ the step they resume at, as TensorBoard does"
+            )
+    return s_keep, h_keep, notes
+
+
+def _counted(n_scalars: int, n_histograms: int) -> str:
+    return f"{n_scalars} scalar" + (f" and {n_histograms} histogram" if n_histograms else "") + " value(s)"
+
+
+def _drop_by_tag(
+    names: list[str], vocab: dict[str, int], codes: Any, folder: Any, steps: Any, pos: Any, at: Any, keep: Any
+) -> int:
+    """Apply by-tag purges to one frame: purge ``j`` drops the rows of tag ``names[j]`` in this folder before
+    row ``pos[j]`` at steps >= ``at[j]``. A row before several purges of its tag goes if its step reaches the
+    smallest of their steps (suffix minimum over the purges in file order). Updates ``keep``; returns the
+    number of rows it newly dropped."""
+    import numpy as np
+
+    dropped = 0
+    by_tag: dict[int, list[int]] = {}
+    for j, t in enumerate(names):
+        c = vocab.get(t)
+        if c is not None:
+            by_tag.setdefault(c, []).append(j)
+    for c, js in by_tag.items():
+        sel = np.asarray(js)
+        p, lowest = pos[sel], np.minimum.accumulate(at[sel][::-1])[::-1]  # p is non-decreasing (file order)
+        rows = np.flatnonzero((codes[: p[-1]] == c) & folder[: p[-1]])
+        nxt = np.searchsorted(p, rows, side="right")  # the first purge after the row
+        go = rows[steps[rows] >= lowest[nxt]]
+        dropped += int(keep[go].sum())
+        keep[go] = False
+    return dropped
 
 
 def _histogram_frame(run: str, datas: list[FileData], files: list[str]) -> pd.DataFrame:
@@ -1386,7 +1650,9 @@ def fold_writer_child(rel: str, datas: Sequence[FileData], kind: str) -> None:
     add_hparams' metric tags stay as written."""
     for d in datas:
         if kind == "scalars" and d.tags:
-            d.tags = [f"{t}/{_scalars_key(rel, t)}" for t in d.tags]
+            renamed = {t: f"{t}/{_scalars_key(rel, t)}" for t in d.tags}
+            d.tags = [renamed[t] for t in d.tags]
+            d.trace_tags = [renamed.get(t, t) for t in d.trace_tags]
         d.grouped = True
 
 
@@ -1459,7 +1725,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
         if prefix:  # a split subdirectory's tags: `validation/epoch_loss` beside `train/epoch_loss`
             d.tags = [prefix + t for t in d.tags]
             d.h_rows = [(prefix + r[0], *r[1:]) for r in d.h_rows]
-        d.warnings.extend(_duplicate_step_warnings(d))
+            d.trace_tags = [prefix + t for t in d.trace_tags]
     events = _assemble(run, datas)
     samples_axis_to_steps(events)
     return events
@@ -1510,31 +1776,28 @@ def samples_axis_to_steps(events: RunEvents) -> None:
     )
 
 
-def _duplicate_step_warnings(d: FileData) -> list[str]:
+def _duplicate_step_warnings(path: str, tags: Sequence[str], codes: Any, steps: Any, values: Any) -> list[str]:
     """One warning per tag that logged a step more than once inside one file *with different values*.
 
-    Every row stays in the frame (``tags`` counts them, ``export`` writes them); the diagnosis and
+    ``codes``/``steps``/``values``: the file's rows that a restart's purge left. Every row stays in the frame
+    (``tags`` counts them, ``export`` writes them); the diagnosis and
     the plots use the last value logged for a step (:func:`adamdiag.analysis.frames.series`). A step
     repeated with the same value loses nothing and is no warning: Lightning logs ``epoch`` with every
     ``self.log`` call (twice a step with ``on_step`` and ``on_epoch``).
     """
     import numpy as np
 
-    if not d.s_tag or not d.tags:
-        return []
-    codes = np.concatenate(d.s_tag)
     if len(codes) < 2:
         return []
-    steps = np.concatenate(d.s_step)
     # Group by tag with a stable sort (radix sort for 16-bit codes: linear, cheap on 10^7 rows);
     # within a tag the steps of a healthy file strictly increase, so one comparison clears it.
-    small = len(d.tags) < (1 << 15)
+    small = len(tags) < (1 << 15)
     order = np.argsort(codes.astype(np.int16) if small else codes, kind="stable")
     c, s = codes[order], steps[order]
     suspect = (c[1:] == c[:-1]) & (s[1:] <= s[:-1])
     if not suspect.any():
         return []
-    values = np.concatenate(d.s_value)[order]
+    values = values[order]
     out = []
     for code in np.unique(c[1:][suspect]):
         mine = c == code
@@ -1547,7 +1810,7 @@ def _duplicate_step_warnings(d: FileData) -> list[str]:
             continue
         extra = int(np.isin(ss, differ).sum()) - len(differ)
         out.append(
-            f"{d.path}: tag '{d.tags[code]}' logs {len(differ)} step(s) more than once with different values "
+            f"{path}: tag '{tags[code]}' logs {len(differ)} step(s) more than once with different values "
             f"({extra} extra row(s), first at step {int(differ[0])}); all rows are kept (tags counts them, export "
             "writes them), scan/check/plot use the last value logged for a step"
         )

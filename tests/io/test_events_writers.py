@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from adamdiag.analysis.frames import series
@@ -88,6 +89,16 @@ def _assert_like_tensorboard(logdir: Path, run: E.RunEvents | None = None, prefi
     return run
 
 
+def _trace_rows(trace: E.Trace | None, names: list[str]) -> list[tuple]:
+    """A Trace as plain rows: (step, kind, scalar rows before, histogram rows before, tags) per event."""
+    assert trace is not None
+    tags: list[list[str]] = [[] for _ in trace.step]
+    for ev, code in zip(trace.tag_ev.tolist(), trace.tag_code.tolist()):
+        tags[ev].append(names[code])
+    cols = (trace.step.tolist(), trace.kind.tolist(), trace.s_before.tolist(), trace.h_before.tolist())
+    return [(*row, tuple(t)) for *row, t in zip(*cols, tags)]
+
+
 def _assert_fast_equals_reference(logdir: Path, chunk: int = 256) -> None:
     """The vectorized reader, with chunks small enough to cut the files anywhere, equals the reference."""
     for f in E.run_files(logdir):
@@ -96,7 +107,11 @@ def _assert_fast_equals_reference(logdir: Path, chunk: int = 256) -> None:
         E._read_fast(f, fast_sink, check_crc=True, chunk_bytes=chunk)
         fast_sink.flush()
         fast = E.read_file(f)
-        assert fast.purges == ref.purges == [(p[0], p[1], p[2]) for p in fast_sink.purges]
+        assert fast.purges == ref.purges == [(p[0], p[1], p[2], bool(p[4])) for p in fast_sink.purges]
+        # the out-of-order purge's trace: the same events, row positions and tags on every path
+        chunked = fast_sink.trace()
+        assert _trace_rows(fast.trace, fast.trace_tags) == _trace_rows(ref.trace, ref.trace_tags)
+        assert _trace_rows(*chunked) == _trace_rows(ref.trace, ref.trace_tags)
         for a in (fast, ref):
             a.path = "r/f"  # (two runs of one file: the same path, so the frames compare whole)
         pd.testing.assert_frame_equal(E._assemble("r", [fast]).scalars, E._assemble("r", [ref]).scalars)
@@ -390,3 +405,201 @@ def test_restart_without_purge_histograms_lose_undone_steps_like_scalars(tmp_pat
     run = E.read_run(logdir)
     (traj,) = histogram_trajectories(run.histograms, [], 0.999, 1e-8)
     assert traj.steps.tolist() == [s + j for s in (0, 10, 20, 30) for j in range(8)]
+
+
+# ------------------------------------- the event format before SessionLog restarts (fixtures/events_v1)
+
+LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "events_v1"
+
+
+def _legacy_value(tag: str, step: int, attempt: int) -> float:
+    """The value tools/runlab/make_event_fixtures.py logged (float32-exact; per tag and attempt)."""
+    return float(np.float32(1.0 / (step + 3) + 0.001 * attempt + sum(map(ord, tag)) % 7))
+
+
+def _logged(tag: str, *stretches: tuple[range, int]) -> list[tuple[int, float]]:
+    return [(s, _legacy_value(tag, s, attempt)) for steps, attempt in stretches for s in steps]
+
+
+# Per folder: the rows TensorBoard keeps (independently of EventAccumulator: from what the generator wrote),
+# and what the notes must say. EventAccumulator is checked live on top of these.
+LEGACY_CASES = {
+    # version 1, in-file restart at 40 (no START): loss/lr/histograms of the first attempt at >= 40 go,
+    # eval_only (not logged again) stays; the START at 65 only sets the most recent step: 65..69 twice
+    "v1_in_file": (
+        {
+            "loss": _logged("loss", (range(40), 0), (range(40, 80), 1), (range(65, 70), 2)),
+            "lr": _logged("lr", (range(40), 0), (range(40, 80), 1)),
+            "eval_only": _logged("eval_only", (range(5, 60, 10), 0)),
+        },
+        [0, 10, 20, 30, 40, 50, 60, 70],
+        ["steps go back (from 59 to 40)", "'brain.Event:1'", "40 scalar and 2 histogram"],
+    ),
+    # no file_version at all: the second file's loss from 40 purges the first file's loss >= 40, lr stays
+    "noversion_two_files": (
+        {"loss": _logged("loss", (range(40), 0), (range(40, 80), 1)), "lr": _logged("lr", (range(60), 0))},
+        [],
+        ["(no file_version)", "20 scalar value(s)"],
+    ),
+    # version 1 in both files: the second file's file_version event (step 0) resets the most recent step
+    "v1_two_files": (
+        {"loss": _logged("loss", (range(60), 0), (range(40, 80), 1)), "lr": _logged("lr", (range(60), 0))},
+        [],
+        [],
+    ),
+    # version 1, then a file without one: the rule and the most recent step carry over (histograms too)
+    "v1_then_noversion": (
+        {"loss": _logged("loss", (range(40), 0), (range(40, 80), 1)), "lr": _logged("lr", (range(60), 0))},
+        [0, 10, 20, 30, 40, 45, 55, 65, 75],
+        ["20 scalar and 1 histogram"],
+    ),
+    # version 2, then a file without one: version 2 stays in force (steps going back purge nothing), the
+    # START at 50 in the second file purges every tag
+    "v2_then_noversion": (
+        {
+            "loss": _logged("loss", (range(50), 0), (range(40, 50), 1), (range(50, 70), 2)),
+            "lr": _logged("lr", (range(50), 0)),
+        },
+        [],
+        ["SessionLog START at step 50", "20 scalar value(s)"],
+    ),
+    # version 2, then 1: only the version-1 file's own restart (79 -> 60) purges, its own rows
+    "v2_then_v1": (
+        {
+            "loss": _logged("loss", (range(60), 0), (range(40, 60), 1), (range(60, 70), 2)),
+            "lr": _logged("lr", (range(60), 0), (range(40, 80), 1)),
+        },
+        [],
+        ["steps go back (from 79 to 60)", "20 scalar value(s)"],
+    ),
+    # version 1 with an in-file restart of lr at 50, then version 2: its START at 30 purges both files' tags at
+    # >= 30; its loss going back from 49 to 45 purges nothing (version 2 in force)
+    "v1_then_v2": (
+        {
+            "loss": _logged("loss", (range(30), 0), (range(30, 50), 2), (range(45, 50), 3)),
+            "lr": _logged("lr", (range(30), 0)),
+        },
+        [],
+        ["steps go back (from 59 to 50)", "10 scalar value(s)", "SessionLog START at step 30", "55 scalar value(s)"],
+    ),
+}
+
+
+def test_legacy_fixtures_cover_every_folder():
+    assert sorted([*LEGACY_CASES, "noversion_tensor"]) == sorted(p.name for p in LEGACY.iterdir())
+
+
+@pytest.mark.parametrize("name", sorted(LEGACY_CASES))
+def test_version_1_and_no_version_files_purge_like_tensorboard(name):
+    """Files with file_version 'brain.Event:1' or none: EventAccumulator purges per tag where steps go back
+    (and SessionLog START only where a version >= 2 is in force, across the files of a folder): every row
+    equals its view, and the rows the generator logged minus those the restart undid."""
+    logdir = LEGACY / name
+    scalars, hist_steps, note_parts = LEGACY_CASES[name]
+    run = _assert_like_tensorboard(logdir)
+    assert sorted(str(t) for t in run.scalars["tag"].unique()) == sorted(scalars)
+    for tag, rows in scalars.items():
+        assert _rows(run, tag) == rows, tag
+    assert [r[0] for r in _ours_hist(run, "grads/w")] == hist_steps
+    assert all(any(part in n for n in run.notes) for part in note_parts), run.notes
+    assert len(run.notes) == len([p for p in note_parts if "scalar" in p])
+    for chunk in (100, 200, 1 << 20):  # chunk cuts inside records, before and after the purging events
+        _assert_fast_equals_reference(logdir, chunk=chunk)
+
+
+def test_version_1_tensor_scalars_are_purged_like_simple_values():
+    """TF2-style scalars (plugin 'scalars' tensors) in a file without file_version: adamdiag purges them as the
+    same values logged as simple_value (one scalar frame; TensorBoard's current readers hold every summary as
+    a tensor and purge it), where the legacy EventAccumulator leaves its tensors out of every purge."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    twin = E.read_run(LEGACY / "noversion_two_files")
+    run = E.read_run(LEGACY / "noversion_tensor")
+    for tag in ("loss", "lr"):
+        assert _rows(run, tag) == _rows(twin, tag), tag
+    assert len(run.notes) == 1 and "20 scalar value(s)" in run.notes[0]
+    acc = ea.EventAccumulator(str(LEGACY / "noversion_tensor"), size_guidance={k: 0 for k in ea.DEFAULT_SIZE_GUIDANCE})
+    acc.Reload()
+    assert len(acc.Tensors("loss")) == 100 == len(_rows(run, "loss")) + 20  # the documented difference
+    _assert_fast_equals_reference(LEGACY / "noversion_tensor", chunk=150)
+
+
+def _legacy_events(version: str | None, header_after: int = 0) -> list:
+    """loss 0..29, a restart at 20 without SessionLog (20..29 again), a SessionLog START at 25 and 25..29
+    again; the file_version event (if any) after ``header_after`` summaries."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+
+    def summ(s: int, a: int):
+        v = summary_pb2.Summary.Value(tag="loss", simple_value=_legacy_value("loss", s, a))
+        return event_pb2.Event(wall_time=1.5e9 + s + 100 * a, step=s, summary=summary_pb2.Summary(value=[v]))
+
+    evs = [summ(s, 0) for s in range(30)] + [summ(s, 1) for s in range(20, 30)]
+    evs.append(event_pb2.Event(wall_time=1.6e9, step=25, session_log=event_pb2.SessionLog(status=1)))
+    evs += [summ(s, 2) for s in range(25, 30)]
+    if version is not None:
+        evs.insert(header_after, event_pb2.Event(wall_time=1.4e9, file_version=version))
+    return evs
+
+
+@pytest.mark.parametrize(
+    "version,header_after",
+    [
+        ("brain.Event:0", 0),  # 0.0: no version to EventAccumulator
+        ("brain.Event:1.5", 0),
+        ("not a version", 0),  # unparsable: -1, the out-of-order rule
+        ("brain.Event:3", 0),  # >= 2: the SessionLog rule
+        ("brain.Event:2", 35),  # the version event late in the file: the out-of-order rule until it
+        ("brain.Event:1", 35),
+        (None, 0),
+    ],
+)
+def test_file_version_strings_and_a_late_version_event_like_tensorboard(tmp_path, version, header_after):
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    with open(logdir / "events.out.tfevents.1.host", "wb") as f:
+        rw = RecordWriter(f)
+        for ev in _legacy_events(version, header_after):
+            rw.write(ev.SerializeToString())
+    run = _assert_like_tensorboard(logdir)
+    by_session_log = version is not None and E.restarts_by_session_log(version)
+    steps = [s for s, _ in _rows(run, "loss")]
+    if by_session_log and header_after == 0:  # START at 25 purges; steps going back do not
+        assert steps == [*range(25), *range(20, 25), *range(25, 30)] and "SessionLog START" in run.notes[0]
+    elif by_session_log:  # the restart at 20 came before the version-2 event: purged; then the START purges
+        assert steps == [*range(20), *range(20, 25), *range(25, 30)] and len(run.notes) == 2
+    else:  # purged at 20 (steps going back); the START only sets the most recent step: 25..29 twice
+        assert steps == [*range(20), *range(20, 30), *range(25, 30)] and "steps go back" in run.notes[0]
+    for chunk in (90, 256):
+        _assert_fast_equals_reference(logdir, chunk=chunk)
+
+
+def test_empty_record_sets_the_most_recent_step_like_tensorboard(tmp_path):
+    """A zero-length record is an empty Event to EventAccumulator (no summary, step 0): under the out-of-order
+    rule it sets the most recent step to 0, so the restart after it purges nothing."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    with open(logdir / "events.out.tfevents.1.host", "wb") as f:
+        rw = RecordWriter(f)
+        for k, ev in enumerate(_legacy_events(None)):
+            if k == 30:  # before the restart at step 20
+                rw.write(b"")
+            rw.write(ev.SerializeToString())
+    run = _assert_like_tensorboard(logdir)
+    assert len(_rows(run, "loss")) == 45 and run.notes == [] and "empty record" in run.warnings[0]
+    _assert_fast_equals_reference(logdir, chunk=120)
+
+
+def test_legacy_purge_is_reported_by_scan_and_tags():
+    """scan reports the purge as it reports a SessionLog START's (an AD901 note); tags lists it."""
+    logdir = LEGACY / "v1_in_file"
+    res = CliRunner().invoke(app, ["scan", str(logdir), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (rep,) = json.loads(res.stdout)["runs"]
+    (f,) = [f for f in rep["findings"] if "steps go back" in f["message"]]
+    assert f["id"] == "AD901" and f["severity"] == "info" and "40 scalar and 2 histogram" in f["message"]
+    res = CliRunner().invoke(app, ["tags", str(logdir)])
+    assert res.exit_code == 0 and "  note: " in res.stdout and "steps go back (from 59 to 40)" in res.stdout

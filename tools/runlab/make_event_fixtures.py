@@ -233,6 +233,210 @@ def make_keras(out: Path) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Event files of the format before SessionLog restarts (file_version "brain.Event:1", written by TensorFlow
+# before 0.12, or no file_version event at all): no current writer writes them, so they are built from the real
+# protobufs (tensorboard.compat.proto) and framed by TensorBoard's own RecordWriter. Needs only tensorboard (in
+# adamdiag's environment):  python tools/runlab/make_event_fixtures.py --legacy [OUT_DIR]
+# (default tests/fixtures/events_v1). Deterministic: fixed wall times, file names in wall-time order.
+
+LEGACY_T0 = 1.5e9  # wall time of the first event (2017, when such files were written)
+
+
+def _legacy_value(tag: str, step: int, attempt: int) -> float:
+    """A float32-exact value, different per tag and per attempt (so a value kept from the wrong attempt shows)."""
+    return float(np.float32(1.0 / (step + 3) + 0.001 * attempt + sum(map(ord, tag)) % 7))
+
+
+class _LegacyFile:
+    """One event file being built: Event protos in order, with increasing wall times."""
+
+    def __init__(self, version: str | None, t0: float) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        self.pb = event_pb2
+        self.t = t0
+        self.events: list[Any] = []
+        if version is not None:
+            self.events.append(event_pb2.Event(wall_time=self._tick(), step=0, file_version=version))
+
+    def _tick(self) -> float:
+        self.t += 1.0
+        return self.t
+
+    def scalars(self, step: int, tags: tuple[str, ...], attempt: int, *, merged: bool = True) -> None:
+        """``simple_value`` summaries; ``merged``: all tags in one Summary (TF1 merge_all), else one event each."""
+        from tensorboard.compat.proto import summary_pb2
+
+        vals = [summary_pb2.Summary.Value(tag=t, simple_value=_legacy_value(t, step, attempt)) for t in tags]
+        groups = [vals] if merged else [[v] for v in vals]
+        for g in groups:
+            self.events.append(self.pb.Event(wall_time=self._tick(), step=step, summary=summary_pb2.Summary(value=g)))
+
+    def tensor_scalar(self, step: int, tag: str, attempt: int, first: bool) -> None:
+        """A TF2-style scalar: a float32 tensor of plugin 'scalars' (metadata on the tag's first value only)."""
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.scalar import metadata
+        from tensorboard.util import tensor_util
+
+        v = summary_pb2.Summary.Value(
+            tag=tag, tensor=tensor_util.make_tensor_proto(np.float32(_legacy_value(tag, step, attempt)))
+        )
+        if first:
+            v.metadata.CopyFrom(metadata.create_summary_metadata(display_name=None, description=None))
+        self.events.append(self.pb.Event(wall_time=self._tick(), step=step, summary=summary_pb2.Summary(value=[v])))
+
+    def histogram(self, step: int, tag: str, attempt: int) -> None:
+        from tensorboard.compat.proto import summary_pb2
+
+        x = np.random.default_rng(step + 1000 * attempt).standard_normal(64) * (1 + attempt)
+        h = summary_pb2.HistogramProto(
+            min=float(x.min()), max=float(x.max()), num=64, sum=float(x.sum()), sum_squares=float((x * x).sum())
+        )
+        h.bucket_limit.extend([0.0, 1e300])
+        h.bucket.extend([float((x < 0).sum()), float((x >= 0).sum())])
+        self.events.append(
+            self.pb.Event(
+                wall_time=self._tick(),
+                step=step,
+                summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, histo=h)]),
+            )
+        )
+
+    def session_log(self, step: int, status: str) -> None:
+        status_id = getattr(self.pb.SessionLog, status)
+        self.events.append(
+            self.pb.Event(wall_time=self._tick(), step=step, session_log=self.pb.SessionLog(status=status_id))
+        )
+
+    def write(self, folder: Path, k: int) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"events.out.tfevents.{int(LEGACY_T0) + 1000 * k}.legacy", "wb") as f:
+            rw = RecordWriter(f)
+            for ev in self.events:
+                rw.write(ev.SerializeToString())
+
+
+def make_legacy(out: Path) -> dict[str, str]:
+    """The version-1 / no-version runs (one folder each; what each shows is the docstring of its test in
+    tests/io/test_events_writers.py). Returns folder -> what it holds."""
+    V1, V2 = "brain.Event:1", "brain.Event:2"
+    runs: dict[str, list[_LegacyFile]] = {}
+    made: dict[str, str] = {}
+
+    def new(run: str, version: str | None) -> _LegacyFile:
+        f = _LegacyFile(version, LEGACY_T0 + 1000 * len(runs.setdefault(run, [])))
+        runs[run].append(f)
+        return f
+
+    # v1_in_file: TF1 merged summaries, a restart into the same file at step 40 (no SessionLog), then a
+    # SessionLog START at 65 and steps 65..69 again (a START means nothing in a version-1 file; it only sets
+    # the most recent step).
+    made["v1_in_file"] = "version 1: in-file restart at 40 without START; START at 65 re-logging 65..69"
+    f = new("v1_in_file", V1)
+    f.session_log(0, "START")
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0)
+        if s % 10 == 5:
+            f.scalars(s, ("eval_only",), 0)
+        if s % 10 == 0:
+            f.histogram(s, "grads/w", 0)
+        if s == 30:
+            f.session_log(s, "CHECKPOINT")
+    for s in range(40, 80):
+        f.scalars(s, ("loss", "lr"), 1)
+        if s % 10 == 0:
+            f.histogram(s, "grads/w", 1)
+    f.session_log(65, "START")
+    for s in range(65, 70):
+        f.scalars(s, ("loss",), 2)
+    # noversion_two_files: no file_version event at all; the restart is a second file from step 40 that logs
+    # only the loss: the first file's loss at >= 40 goes, its lr stays.
+    made["noversion_two_files"] = "no file_version: file 2 re-logs loss from 40"
+    f = new("noversion_two_files", None)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0, merged=False)
+    f = new("noversion_two_files", None)
+    for s in range(40, 80):
+        f.scalars(s, ("loss",), 1, merged=False)
+    # noversion_tensor: the same as TF2-style scalar tensors
+    made["noversion_tensor"] = "as noversion_two_files, plugin 'scalars' float32 tensors"
+    f = new("noversion_tensor", None)
+    for s in range(60):
+        for t in ("loss", "lr"):
+            f.tensor_scalar(s, t, 0, first=s == 0)
+    f = new("noversion_tensor", None)
+    for s in range(40, 80):
+        f.tensor_scalar(s, "loss", 1, first=s == 40)
+    # v1_two_files: version 1, the restart in a second file: its file_version event (step 0) sets the most
+    # recent step to 0, so nothing is purged.
+    made["v1_two_files"] = "version 1 twice: file 2 from 40, nothing purged (its header resets the step)"
+    f = new("v1_two_files", V1)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0)
+    f = new("v1_two_files", V1)
+    for s in range(40, 80):
+        f.scalars(s, ("loss",), 1)
+    # v1_then_noversion: a version-1 file, then one without file_version (the folder's version 1 stays in
+    # force and its most recent step carries over): purged across the files.
+    made["v1_then_noversion"] = "version 1 then none: purged across files"
+    f = new("v1_then_noversion", V1)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0)
+        if s % 10 == 0:
+            f.histogram(s, "grads/w", 0)
+    f = new("v1_then_noversion", None)
+    for s in range(40, 80):
+        f.scalars(s, ("loss",), 1)
+        if s % 10 == 5:
+            f.histogram(s, "grads/w", 1)
+    # v2_then_noversion: version 2 stays in force for the second file: its steps going back purge nothing,
+    # its SessionLog START at 50 purges every tag (the START comes after its steps 40..49).
+    made["v2_then_noversion"] = "version 2 then none: no out-of-order purge; START at 50 purges all tags"
+    f = new("v2_then_noversion", V2)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0, merged=False)
+    f = new("v2_then_noversion", None)
+    for s in range(40, 50):
+        f.scalars(s, ("loss",), 1, merged=False)
+    f.session_log(50, "START")
+    for s in range(50, 70):
+        f.scalars(s, ("loss",), 2, merged=False)
+    # v2_then_v1: the version-1 file's header switches the rule; its own in-file restart at 60 purges its
+    # own rows; the version-2 file's rows are past the reset and stay.
+    made["v2_then_v1"] = "version 2 then 1: only the version-1 file's own restart purges"
+    f = new("v2_then_v1", V2)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0)
+    f = new("v2_then_v1", V1)
+    for s in range(40, 80):
+        f.scalars(s, ("loss", "lr"), 1)
+    for s in range(60, 70):
+        f.scalars(s, ("loss",), 2)
+    # v1_then_v2: a version-1 file with an in-file restart, then a version-2 file with a SessionLog START at 30
+    # (purges every tag of both files at >= 30) whose steps then go back from 49 to 45 (nothing: version 2).
+    made["v1_then_v2"] = "version 1 (in-file restart at 50) then 2 (START at 30; steps back to 45: kept)"
+    f = new("v1_then_v2", V1)
+    for s in range(60):
+        f.scalars(s, ("loss", "lr"), 0)
+    for s in range(50, 55):
+        f.scalars(s, ("lr",), 1)
+    f = new("v1_then_v2", V2)
+    f.session_log(30, "START")
+    for s in range(30, 50):
+        f.scalars(s, ("loss",), 2)
+    for s in range(45, 50):
+        f.scalars(s, ("loss",), 3)
+    if out.exists():
+        shutil.rmtree(out)
+    for run, files in runs.items():
+        for k, lf in enumerate(files):
+            lf.write(out / run, k)
+    return made
+
+
 def main(out: Path) -> None:
     import keras
     import tensorflow as tf
@@ -252,5 +456,9 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    default = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "events_tf"
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else default)
+    fixtures = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
+    args = sys.argv[1:]
+    if args[:1] == ["--legacy"]:  # the version-1 / no-version files: no TensorFlow needed
+        make_legacy(Path(args[1]) if len(args) > 1 else fixtures / "events_v1")
+    else:
+        main(Path(args[0]) if args else fixtures / "events_tf")
