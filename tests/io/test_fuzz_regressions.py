@@ -364,6 +364,50 @@ def test_a_dcp_shard_outside_the_checkpoint_folder_is_refused(tmp_path, where):
     assert f"{md_file}: item " in line and f"is stored in {target!r}, outside the checkpoint folder" in line
 
 
+# --- damage in formats without checksums -------------------------------------------------------------------
+def _step_zero_warnings(path: Path) -> list[str]:
+    from adamdiag.pipeline.summary import summarize_checkpoint
+
+    return [w for w in summarize_checkpoint(path).warnings if "step 0 with nonzero m or v" in w]
+
+
+def test_a_dcp_step_damaged_to_zero_is_said_to_look_damaged(tmp_path):
+    """DCP shards carry no checksum: a per-tensor step zeroed in the .distcp bytes (fuzz case y2093) was
+    read as step 0 and its √v̂ computed from it without a word. Adam counts the step before it first
+    updates m and v, so step 0 beside nonzero moments is a one-line warning (the checkpoint is still read)."""
+    import pickle
+    import struct
+
+    import make_checkpoints as mk
+
+    path, _ = mk.write_dcp(tmp_path / "dcp")  # AdamW, 3 steps: every step item is 3.0
+    assert _step_zero_warnings(path) == []
+    md = pickle.loads((path / ".metadata").read_bytes())  # noqa: S301 - the file dcp.save just wrote
+    info = next(i for x, i in md.storage_data.items() if x.fqn == "optim.state.2.weight.step")
+    shard = path / info.relative_path
+    data = bytearray(shard.read_bytes())
+    at = info.offset + data[info.offset : info.offset + info.length].index(struct.pack("<f", 3.0))
+    data[at : at + 4] = bytes(4)
+    shard.write_bytes(bytes(data))
+    (w,) = _step_zero_warnings(path)
+    assert w.startswith(f"{path}: `2.weight`: step 0") and "looks damaged (DCP shards carry no checksum)" in w
+    res = runner.invoke(app, ["inspect", str(path)])
+    assert res.exit_code == 0 and "`2.weight`: step 0 with nonzero m or v" in res.output
+
+
+def test_a_keras_iterations_damaged_to_zero_is_said_to_look_damaged(tmp_path):
+    """The same for a Keras 3 .weights.h5 (HDF5: no checksum) whose `iterations` reads 0 beside its m/v."""
+    import h5py
+
+    path = tmp_path / "plain.weights.h5"
+    shutil.copy(Path(__file__).resolve().parents[1] / "fixtures" / "tf" / "keras" / "plain.weights.h5", path)
+    assert _step_zero_warnings(path) == []
+    with h5py.File(path, "r+") as f:
+        f["optimizer"]["vars"]["0"][()] = 0  # iterations
+    (w,) = _step_zero_warnings(path)
+    assert "step 0 with nonzero m or v" in w and "(HDF5 datasets carry no checksum)" in w
+
+
 # --- numeric options checked when the command line is parsed (notes/s11_badinput.md) ------------------
 @pytest.mark.parametrize("command", ["scan", "check", "report"])
 @pytest.mark.parametrize("budget", ["-5", "0", "nan"])

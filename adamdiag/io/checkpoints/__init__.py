@@ -843,6 +843,33 @@ def resolve_steps(
     return log, opt
 
 
+def moments_without_a_step(ck: OptimizerCheckpoint, entries: Iterable[_Entry], unchecked: str) -> str | None:
+    """A one-line warning when one of ``entries`` — those whose state ``step`` reads 0 — holds a nonzero
+    m or v, else None. Adam counts the step before it first updates m and v, so that state is impossible:
+    the step or the moments were damaged. For formats whose data carry no checksum (``unchecked``: what
+    they are, e.g. "DCP shards"), where damaged bytes are otherwise read as if they were right. Never a
+    refusal: the other tensors' statistics still hold. Only step-0 entries are read here: none in a
+    checkpoint of a run that trained, so a sound checkpoint costs nothing."""
+    bad: list[str] = []
+    assert ck._fetch_state is not None
+    for e in entries:
+        st = ck._fetch_state(e)
+        moments = [st[k] for k in ("exp_avg", "exp_avg_sq") if _is_tensor(st.get(k))]
+        try:
+            if any(bool(t.ne(0).any()) for t in moments):  # NaN counts: != 0
+                bad.append(e.name or f"group {e.group} / index {e.index}")
+        finally:
+            if ck._recycle is not None:
+                ck._recycle(*moments)
+    if not bad:
+        return None
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return (
+        f"{ck.path}: `{bad[0]}`{more}: step 0 with nonzero m or v, which Adam cannot write (it counts the step "
+        f"before it first updates them): the checkpoint looks damaged ({unchecked} carry no checksum)"
+    )
+
+
 # --- optimizer state -> entries --------------------------------------------------------------------
 def _describe_non_adam(osd: dict) -> str:
     keys: set[str] = set()

@@ -31,6 +31,7 @@ from adamdiag.io.checkpoints import (
     _first_line,
     _hyper,
     _warn_trust,
+    moments_without_a_step,
     open_regular,
     resolve_steps,
 )
@@ -466,10 +467,13 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     # the same two steps as every other format (resolve_steps): a stated one, by STEP_KEYS preference
     top = {path[-1]: key for path, key in other.items() if len(path) <= 2 and isinstance(path[-1], str)}
     stated = next(((v, k) for k in STEP_KEYS if k in top and (v := _as_int(reader.read(top[k]))) is not None), None)
-    read_steps = [
-        _as_int(reader.read(st["step"])) for o in by_index.values() for st in o["state"].values() if "step" in st
-    ]
-    step, optimizer_step = resolve_steps(stated, read_steps, None, warnings)
+    state_steps = {
+        (i, fqn): _as_int(reader.read(st["step"]))
+        for i, o in by_index.items()
+        for fqn, st in o["state"].items()
+        if "step" in st
+    }
+    step, optimizer_step = resolve_steps(stated, state_steps.values(), None, warnings)
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
         warnings.append(f"sharded checkpoint: {n_files} data files put together")
@@ -488,6 +492,13 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     ck._fetch_state = fetch_state
     ck._fetch_param = fetch_param
     ck._recycle = reader.pool.give_back
+    # DCP shards carry no checksum: a step damaged to 0 is caught where m/v show it was not 0
+    at_zero = [
+        e for e in entries if e.shape is not None and state_steps.get(((e.optimizer or {})["index"], e.index)) == 0
+    ]
+    damaged = moments_without_a_step(ck, at_zero, "DCP shards") if at_zero else None
+    if damaged:
+        warnings.append(damaged)
     return ck
 
 

@@ -388,4 +388,10 @@ def _open_keras(path: Path):
     by_name = {names[i]: params[i] for i in range(n) if names[i] and params[i]}
     ck._fetch_state = state
     ck._fetch_param = lambda name: _torch(np.array(f[by_name[name]])) if name in by_name else None
+    if step == 0:  # HDF5 data carry no checksum: `iterations` damaged to 0 shows in m/v that are not 0
+        from adamdiag.io.checkpoints import moments_without_a_step
+
+        damaged = moments_without_a_step(ck, ck.stateful_entries(), "HDF5 datasets")
+        if damaged:
+            warnings.append(damaged)
     return ck
