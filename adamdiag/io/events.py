@@ -334,6 +334,7 @@ class FileData:
     # has no version >= 2 in force), see :class:`Trace`; ``trace_tags`` names its tag codes (prefixed like ``tags``)
     trace: Trace | None = None
     trace_tags: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # steps logged twice with different values (_finish)
 
 
 class Trace(NamedTuple):
@@ -1318,18 +1319,20 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
     s_keep = h_keep = None
     if _needs_replay(datas):  # (a file_version 2 run without a SessionLog START: no)
         s_keep, h_keep, notes = _purge_orphans(datas, n_scalars, scalars, histograms)
-    # Steps logged twice in a file with different values, among the rows that stay (a purge drops re-logged steps)
-    s_start = np.cumsum([0, *n_scalars])
-    codes, steps, values = (scalars[c].cat.codes if c == "tag" else scalars[c] for c in ("tag", "step", "value"))
-    codes, steps, values = codes.to_numpy(), steps.to_numpy(), values.to_numpy()
-    duplicates = []
-    for k, d in enumerate(datas):
-        rows = slice(s_start[k], s_start[k + 1])
-        mine = (codes[rows], steps[rows], values[rows])
-        if s_keep is not None and not s_keep[rows].all():
-            mine = tuple(a[s_keep[rows]] for a in mine)
-        duplicates.append(_duplicate_step_warnings(d.path, all_tags, *mine))
+    duplicates = [d.duplicates for d in datas]
     if s_keep is not None and not s_keep.all():
+        # Steps logged twice in a file with different values, among the rows that stay: a purge drops re-logged
+        # steps, so the files it touched are counted again (the others keep what _finish found).
+        s_start = np.cumsum([0, *n_scalars])
+        codes = scalars["tag"].cat.codes.to_numpy()
+        steps, values = scalars["step"].to_numpy(), scalars["value"].to_numpy()
+        for k, d in enumerate(datas):
+            rows = slice(s_start[k], s_start[k + 1])
+            if not s_keep[rows].all():
+                keep = s_keep[rows]
+                duplicates[k] = _duplicate_step_warnings(
+                    d.path, all_tags, codes[rows][keep], steps[rows][keep], values[rows][keep]
+                )
         scalars = scalars[s_keep].reset_index(drop=True)
     if h_keep is not None and not h_keep.all():
         histograms = histograms[h_keep].reset_index(drop=True)
@@ -1717,6 +1720,8 @@ def read_run(
 
 
 def _finish(run: str, datas: list[FileData]) -> RunEvents:
+    import numpy as np
+
     if datas and not any(d.records for d in datas) and any(d.size for d in datas):
         first = next(w for d in datas for w in d.warnings)
         raise InputError(f"nothing readable in {run}: {first}")
@@ -1726,6 +1731,10 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
             d.tags = [prefix + t for t in d.tags]
             d.h_rows = [(prefix + r[0], *r[1:]) for r in d.h_rows]
             d.trace_tags = [prefix + t for t in d.trace_tags]
+        if d.s_tag and d.tags:
+            d.duplicates = _duplicate_step_warnings(
+                d.path, d.tags, np.concatenate(d.s_tag), np.concatenate(d.s_step), d.s_value
+            )
     events = _assemble(run, datas)
     samples_axis_to_steps(events)
     return events
@@ -1779,7 +1788,7 @@ def samples_axis_to_steps(events: RunEvents) -> None:
 def _duplicate_step_warnings(path: str, tags: Sequence[str], codes: Any, steps: Any, values: Any) -> list[str]:
     """One warning per tag that logged a step more than once inside one file *with different values*.
 
-    ``codes``/``steps``/``values``: the file's rows that a restart's purge left. Every row stays in the frame
+    ``codes``/``steps``/``values``: the file's rows (those a restart's purge left). Every row stays in the frame
     (``tags`` counts them, ``export`` writes them); the diagnosis and
     the plots use the last value logged for a step (:func:`adamdiag.analysis.frames.series`). A step
     repeated with the same value loses nothing and is no warning: Lightning logs ``epoch`` with every
@@ -1797,7 +1806,7 @@ def _duplicate_step_warnings(path: str, tags: Sequence[str], codes: Any, steps: 
     suspect = (c[1:] == c[:-1]) & (s[1:] <= s[:-1])
     if not suspect.any():
         return []
-    values = values[order]
+    values = (np.concatenate(values) if isinstance(values, list) else values)[order]  # (parts: joined only here)
     out = []
     for code in np.unique(c[1:][suspect]):
         mine = c == code
