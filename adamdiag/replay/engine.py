@@ -324,6 +324,19 @@ def replay_one(
     return curve
 
 
+def _vhat_of(opt: torch.optim.Optimizer, p: torch.Tensor, beta2: float) -> torch.Tensor | None:
+    """v̂ = exp_avg_sq / (1 − β2^step) of ``p`` as ``opt`` holds it now, or None while Adam has no state
+    for it (no ``exp_avg_sq`` yet, or step ≤ 0): the one rule by which every reference statistic below
+    skips a parameter, and the one bias correction they all apply."""
+    st = opt.state.get(p, {})
+    if "exp_avg_sq" not in st:
+        return None
+    k = float(st["step"])
+    if k <= 0:
+        return None
+    return st["exp_avg_sq"] / (1.0 - beta2**k)
+
+
 def _moments_before_ref(
     params: Sequence[torch.Tensor],
     names: list[str],
@@ -341,15 +354,11 @@ def _moments_before_ref(
     acc = {k: [0.0, 0.0, 0] for k in ["global", *tracked]}
     with torch.no_grad():
         for p, name, (_eps, beta2), (wd, maximize) in zip(params, names, hyper, l2):
-            st = opt.state.get(p, {})
-            if p.grad is None or "exp_avg_sq" not in st:
-                continue
-            k = float(st["step"])
-            if k <= 0:
+            if p.grad is None or (vhat := _vhat_of(opt, p, beta2)) is None:
                 continue
             g = (-p.grad if maximize else p.grad).add(p, alpha=wd) if wd else p.grad
             g2 = float((g * g).sum(dtype=torch.float64))
-            vp = float((st["exp_avg_sq"] / (1.0 - beta2**k)).sum(dtype=torch.float64))
+            vp = float(vhat.sum(dtype=torch.float64))
             for scope in ("global", name) if name in acc else ("global",):
                 acc[scope][0] += g2
                 acc[scope][1] += vp
@@ -373,13 +382,10 @@ def _median_after_ref(
     samples: dict[str, list[torch.Tensor]] = {k: [] for k in ["global", *tracked]}
     with torch.no_grad():
         for p, name, (_eps, beta2) in zip(params, names, hyper):
-            st = opt.state.get(p, {})
-            if "exp_avg_sq" not in st:
+            v = _vhat_of(opt, p, beta2)
+            if v is None:
                 continue
-            k = float(st["step"])
-            if k <= 0:
-                continue
-            vhat = (st["exp_avg_sq"] / (1.0 - beta2**k)).reshape(-1)
+            vhat = v.reshape(-1)
             samples["global"].append(vhat[::stride])
             if name in samples:
                 samples[name].append(vhat[:: median_stride(vhat.numel())])
@@ -395,13 +401,8 @@ def _update_rms_ref(
     num, n = 0.0, 0
     with torch.no_grad():
         for p, (eps, beta2) in zip(params, hyper):
-            st = opt.state.get(p, {})
-            if p.grad is None or "exp_avg_sq" not in st:
+            if p.grad is None or (vhat := _vhat_of(opt, p, beta2)) is None:
                 continue
-            k = float(st["step"])
-            if k <= 0:
-                continue
-            vhat = st["exp_avg_sq"] / (1.0 - beta2**k)
             # elementwise in the parameter's dtype, summed in float64 (a plain reduction, no big copies)
             num += float((p.grad * p.grad / torch.clamp(vhat, min=eps * eps)).sum(dtype=torch.float64))
             n += p.numel()
@@ -416,13 +417,9 @@ def _vhat_stats_ref(
 
     tot, below, n = 0.0, 0, 0
     for p, (eps, beta2) in zip(params, hyper):
-        st = opt.state.get(p, {})
-        if "exp_avg_sq" not in st:
+        vhat = _vhat_of(opt, p, beta2)
+        if vhat is None:
             continue
-        k = float(st["step"])
-        if k <= 0:
-            continue
-        vhat = st["exp_avg_sq"] / (1.0 - beta2**k)
         tot += float(vhat.sum(dtype=torch.float64))
         below += int((vhat.sqrt() < eps).sum())
         n += p.numel()
