@@ -720,7 +720,10 @@ def run_replay(
         raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     world = world_from_env()
     dev = resolve_device(device, world)
-    if not world.distributed:
+
+    def planned(notify: Callable[[str], None] = _stderr) -> Plan:
+        """The plan of these inputs, its --budget deadline counted from the end of planning: the one
+        planning of the single-process replay and of every torchrun rank (``notify``: who says what)."""
         plan = plan_replay(
             checkpoint,
             eps=eps,
@@ -735,9 +738,14 @@ def run_replay(
             grid=grid,
             named=named,
             assume=assume,
+            notify=notify,
         )
         if budget_s is not None:
             plan.deadline = time.monotonic() + budget_s
+        return plan
+
+    if not world.distributed:
+        plan = planned()
         warns = list(plan.warnings)
         curves, used = replay_variants(
             plan, list(range(len(plan.variants))), dev, sequential=choose_sequential(mode, plan, dev), warnings=warns
@@ -745,28 +753,7 @@ def run_replay(
         return _finish(
             plan, curves, dev=str(dev), mode=used, fmt=fmt, plot=plot, force=force, warnings=warns, loss_tag=loss_tag
         )
-    return _run_distributed(
-        world,
-        dev,
-        checkpoint,
-        eps=eps,
-        beta2=beta2,
-        lr=lr,
-        steps=steps,
-        entry=entry,
-        logdir=logdir,
-        trust_checkpoint=trust_checkpoint,
-        loss_tag=loss_tag,
-        fmt=fmt,
-        plot=plot,
-        force=force,
-        mode=mode,
-        log_offset=log_offset,
-        grid=grid,
-        named=named,
-        budget_s=budget_s,
-        assume=assume,
-    )
+    return _run_distributed(world, dev, planned, fmt=fmt, plot=plot, force=force, mode=mode, loss_tag=loss_tag)
 
 
 def _finish(
@@ -803,25 +790,23 @@ def _finish(
 def _run_distributed(
     world: World,
     dev: torch.device,
-    checkpoint: Path,
+    planned: Callable[[Callable[[str], None]], Plan],
     *,
     fmt: str,
     plot: Path | None,
     force: bool,
     mode: str,
-    budget_s: float | None = None,
-    **kw: Any,
+    loss_tag: str,
 ) -> int:
-    """Every rank plans (identically), replays its share; rank 0 gathers, reports and decides the code."""
+    """Every rank plans (identically: ``planned``, run_replay's planning, told who speaks), replays its
+    share; rank 0 gathers, reports and decides the code."""
     import traceback
 
     group = Group(world, dev.type)
     try:
         plan, err = None, None
         try:
-            plan = plan_replay(checkpoint, **kw, notify=_stderr if world.rank == 0 else _quiet)
-            if budget_s is not None:
-                plan.deadline = time.monotonic() + budget_s
+            plan = planned(_stderr if world.rank == 0 else _quiet)
         except InputError as e:
             err = str(e)
         errors = [e for e in group.all_gather(err) if e]
@@ -867,7 +852,7 @@ def _run_distributed(
                     plot=plot,
                     force=force,
                     warnings=all_warns,
-                    loss_tag=kw["loss_tag"],
+                    loss_tag=loss_tag,
                 )
             finally:
                 group.broadcast(code)
