@@ -565,14 +565,24 @@ class _Sink:
             kind.append(np.full(len(f_rec), _EV_SUMMARY, np.int8))
             t_rec.append(row_rec)
             t_code.append(np.asarray([names.setdefault(t, len(names)) for t in tag_names] or [0], np.int64)[row_code])
+
+        def order_of(keys: Any) -> Any:
+            """The stable order of ``keys``; None when they are in order already (no copies then)."""
+            return None if len(keys) < 2 or bool((keys[1:] >= keys[:-1]).all()) else np.argsort(keys, kind="stable")
+
         all_rec = np.concatenate(rec)
-        order = np.argsort(all_rec, kind="stable")
-        step, s_before, h_before = (np.concatenate(c)[order] for c in cols)
-        tags_rec = np.concatenate(t_rec)
-        t_order = np.argsort(tags_rec, kind="stable")  # values in order within an event
-        tag_ev = np.searchsorted(all_rec[order], tags_rec[t_order])
-        trace = Trace(step, np.concatenate(kind)[order], s_before, h_before, tag_ev, np.concatenate(t_code)[t_order])
-        return trace, list(names)
+        step, s_before, h_before = (np.concatenate(c) for c in cols)
+        kinds = np.concatenate(kind)
+        order = order_of(all_rec)
+        if order is not None:
+            all_rec, step, s_before, h_before, kinds = (a[order] for a in (all_rec, step, s_before, h_before, kinds))
+        tags_rec, codes = np.concatenate(t_rec), np.concatenate(t_code)
+        t_order = order_of(tags_rec)  # (stable: the values in order within an event)
+        if t_order is not None:
+            tags_rec, codes = tags_rec[t_order], codes[t_order]
+        one_each = len(tags_rec) == len(all_rec) and bool((tags_rec == all_rec).all())  # one value per event
+        tag_ev = np.arange(len(all_rec)) if one_each else np.searchsorted(all_rec, tags_rec)
+        return Trace(step, kinds, s_before, h_before, tag_ev, codes), list(names)
 
 
 _PROTO: tuple | None = None
@@ -1109,9 +1119,16 @@ def _trace_fast(
     if not on.any():
         return
     rec, step, code = rec[on], step[on], code[on]
-    ev_rec, first = np.unique(rec, return_index=True)
+    first: Any
+    if len(rec) < 2 or bool((rec[1:] > rec[:-1]).all()):  # one value per record (the usual): no unique needed
+        ev_rec, first = rec, slice(None)
+    else:
+        ev_rec, first = np.unique(rec, return_index=True)
     kept = np.sort(np.concatenate([key, np.asarray(slow_keys, np.int64)])) if slow_keys else key
-    s_before = rows0 + np.searchsorted(kept, ev_rec << _KSHIFT)
+    if len(kept) == len(ev_rec) and bool(((kept >> _KSHIFT) == ev_rec).all()):  # each event one kept row
+        s_before = rows0 + np.arange(len(ev_rec))
+    else:
+        s_before = rows0 + np.searchsorted(kept, ev_rec << _KSHIFT)
     j = np.searchsorted(slow + idx0, ev_rec)
     h_before = np.where(j > 0, np.asarray([h0, *slow_h], np.int64)[j], h0)
     sink.tr_fast.append(((ev_rec, step[first], s_before, h_before), rec, code, tag_names))
@@ -1446,12 +1463,16 @@ def _purge_orphans(
         # its own step (a summary below it does not raise it; one at or above it becomes it). Segmented cummax
         # over (segment, rank of the step); the inherited stretch starts from the folder's most recent step.
         vals = np.concatenate([[recent], step]).astype(np.int64)
-        seg = np.cumsum(np.concatenate([[True], kind != _EV_SUMMARY])) - 1
-        by_value = np.argsort(vals, kind="stable")
-        rank = np.empty(len(vals), np.int64)
-        rank[by_value] = np.arange(len(vals))
-        n = len(vals)
-        running = vals[by_value[np.maximum.accumulate(seg * n + rank) - seg * n]]
+        starts = np.flatnonzero(np.concatenate([[True], kind != _EV_SUMMARY]))
+        if len(starts) <= 64:  # few non-summary events (headers, SessionLogs): a running max per segment
+            running = np.concatenate([np.maximum.accumulate(v) for v in np.split(vals, starts[1:])])
+        else:  # one pass: cummax over (segment, rank of the step)
+            seg = np.cumsum(np.concatenate([[True], kind != _EV_SUMMARY])) - 1
+            by_value = np.argsort(vals, kind="stable")
+            rank = np.empty(len(vals), np.int64)
+            rank[by_value] = np.arange(len(vals))
+            n = len(vals)
+            running = vals[by_value[np.maximum.accumulate(seg * n + rank) - seg * n]]
         purging = np.flatnonzero((kind == _EV_SUMMARY) & (step < running[:-1])) + first
         recent = int(running[-1])  # (unused under the SessionLog rule: a file_version < 2 event resets it)
         state[folders[k]] = (out_of_order, recent)

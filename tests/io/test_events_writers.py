@@ -593,6 +593,36 @@ def test_empty_record_sets_the_most_recent_step_like_tensorboard(tmp_path):
     _assert_fast_equals_reference(logdir, chunk=120)
 
 
+def test_checkpoint_events_set_the_most_recent_step_like_tensorboard(tmp_path):
+    """No file_version; a SessionLog CHECKPOINT after every step's loss (TF1's Supervisor): each sets the most
+    recent step to its own. The restart at 20 logs loss (below 29: the first attempt's loss >= 20 goes), then
+    its checkpoint lowers the most recent step to 20, so its lr at 20 purges nothing — both attempts' lr stay.
+    (Many non-summary events: the one-pass running maximum.)"""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def ev(s: int, tag: str, attempt: int, **kw):
+        if not kw:
+            v = summary_pb2.Summary.Value(tag=tag, simple_value=_legacy_value(tag, s, attempt))
+            kw = {"summary": summary_pb2.Summary(value=[v])}
+        return event_pb2.Event(wall_time=1.5e9 + s + 100 * attempt, step=s, **kw)
+
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    with open(logdir / "events.out.tfevents.1.host", "wb") as f:
+        rw = RecordWriter(f)
+        for attempt, steps in enumerate((range(30), range(20, 30))):
+            for s in steps:
+                for e in (ev(s, "loss", attempt), ev(s, "", 0, session_log=event_pb2.SessionLog(status=3))):
+                    rw.write(e.SerializeToString())
+                rw.write(ev(s, "lr", attempt).SerializeToString())
+    run = _assert_like_tensorboard(logdir)
+    assert _rows(run, "loss") == _logged("loss", (range(20), 0), (range(20, 30), 1))
+    assert _rows(run, "lr") == _logged("lr", (range(30), 0), (range(20, 30), 1))
+    assert "10 scalar value(s)" in run.notes[0]
+    _assert_fast_equals_reference(logdir, chunk=200)
+
+
 def test_legacy_purge_is_reported_by_scan_and_tags():
     """scan reports the purge as it reports a SessionLog START's (an AD901 note); tags lists it."""
     logdir = LEGACY / "v1_in_file"
