@@ -46,8 +46,15 @@ def _variants(plan: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _not_verified(rep: RunReport, why: str, severity: Severity = "warning") -> None:
+def _not_verified_finding(rep: RunReport, why: str, severity: Severity = "warning") -> None:
+    """AD703 "not verified: <why>" at the blowup step: the one wording of every reason a log verdict
+    stays unverified, whether or not a replay result is there to show."""
     rep.findings.append(Finding("AD703", severity, f"not verified: {why}", step=rep.blowup_step))
+
+
+def _not_verified(rep: RunReport, why: str, severity: Severity = "warning") -> None:
+    """AD703 when there is no replay result to show: the verification block holds only the reason."""
+    _not_verified_finding(rep, why, severity)
     rep.verification = {"confirms": None, "reason": why}
 
 
@@ -91,25 +98,12 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     }
     rep.verification = ver
     changed = [(v, _kind(v, original)) for v in result.variants]
+    # the replay's block (fidelity, variants) stays in rep.verification: it shows why
     if not result.fidelity.reproduced:
-        rep.findings.append(
-            Finding(
-                "AD703",
-                "warning",
-                f"not verified: the replay does not reproduce the log ({result.fidelity.message})",
-                step=rep.blowup_step,
-            )
-        )
+        _not_verified_finding(rep, f"the replay does not reproduce the log ({result.fidelity.message})")
         return
     if all(v.truncated for v, k in changed if k is not None):
-        rep.findings.append(
-            Finding(
-                "AD703",
-                "warning",
-                "not verified: the budget ran out before any variant finished (--verify-budget)",
-                step=rep.blowup_step,
-            )
-        )
+        _not_verified_finding(rep, "the budget ran out before any variant finished (--verify-budget)")
         return
     avoided = [(v, k) for v, k in changed if k is not None and v.outcome == "avoided"]
     eps_ok = [v for v, k in avoided if k == "eps"]

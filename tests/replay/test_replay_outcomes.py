@@ -145,6 +145,16 @@ def test_budget_cuts_variants_short_as_at_risk(run):
     assert r.conclusion == "postponed" and r.exit_code == 1
     assert any("time budget" in w for w in r.warnings)
     assert not r.fidelity.reproduced  # one step cannot reproduce the logged blowup: the caller says "not verified"
+    from adamdiag.pipeline.verify import decide
+    from adamdiag.results.report import RunReport
+
+    rep = RunReport(run=str(run), verdict="v_collapse", blowup_step=512)
+    decide(rep, r, {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 3e-3}})
+    (f,) = rep.findings  # scan --verify's AD703; the replay's fidelity and variants stay in the report
+    assert (f.id, f.severity, f.step) == ("AD703", "warning", 512)
+    assert f.message == f"not verified: the replay does not reproduce the log ({r.fidelity.message})"
+    assert rep.verification is not None and rep.verification["confirms"] is None and rep.verdict_source == "logs"
+    assert [v["name"] for v in rep.verification["variants"]] == [v.name for v in r.variants]
 
 
 def test_discovered_entry_needs_trust(run, tmp_path, monkeypatch):
