@@ -64,6 +64,11 @@ class _Stacked:
     eps_t: torch.Tensor
     eps2_t: torch.Tensor
 
+    def vhat(self) -> torch.Tensor:
+        """v̂ = exp_avg_sq / (1 − β2^step) of the K slices, each with its own β2 (step > 0): the
+        reference divides by the Python float 1 − β2^k, so per variant that float, as a column."""
+        return self.exp_avg_sq / _col([1 - b**self.step for b in self.beta2], self.p)
+
 
 def _col(values: list[float], like: torch.Tensor) -> torch.Tensor:
     """Per-variant scalars as a [K, 1, ..., 1] tensor broadcasting against ``like`` ([K, ...])."""
@@ -278,15 +283,14 @@ def replay_batched(
                     continue
                 dims = tuple(range(1, g.dim()))
                 if s.step > 0:
-                    vhat = s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)
+                    vhat = s.vhat()  # v̂_{t-1}: before the update
                     urms[i] += (
                         (g * g / torch.maximum(vhat, s.eps2_t)).sum(dim=dims)
                         if dims
                         else g * g / torch.maximum(vhat, s.eps2_t)
                     )
                     n_rms[i] += s.p[0].numel()
-                    # the reference divides by the Python float 1-β2^k; per-variant β2 needs a column
-                    vp = (s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)).reshape(K, -1)
+                    vp = vhat.reshape(K, -1)
                     # what Adam puts into v: + wd·p under L2 weight decay (as adam_update_ does)
                     l2 = s.weight_decay and not s.decoupled
                     ge = (-g if s.maximize else g).add(s.p, alpha=s.weight_decay) if l2 else g
@@ -301,7 +305,7 @@ def replay_batched(
             for s in stacked:
                 if s.step <= 0:
                     continue
-                vhat = s.exp_avg_sq / _col([1 - b**s.step for b in s.beta2], s.p)
+                vhat = s.vhat()  # v̂_t: after the update
                 dims = tuple(range(1, vhat.dim()))
                 vsum[i] += vhat.sum(dim=dims) if dims else vhat
                 below[i] += (vhat.sqrt() < s.eps_t).sum(dim=dims) if dims else (vhat.sqrt() < s.eps_t).float()
