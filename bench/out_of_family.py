@@ -30,9 +30,11 @@ A run is reused when its ``lab_spec.json`` equals the design and its label is st
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,8 +68,9 @@ BY_CONSTRUCTION: dict[str, tuple[str, str]] = {
 }
 
 
-def designs() -> list[Spec]:
-    """The probe's runs: family × design intent. ``note`` says what each is meant to show."""
+def designs(seeds: tuple[int, ...] = (0,)) -> list[Spec]:
+    """The probe's runs: family × design intent (``note`` says what each is meant to show), once per init
+    seed; seed 0 keeps the bare name, others get ``_s<seed>`` (the data of each family stay the same)."""
     s: list[Spec] = []
 
     def add(name: str, family: str, intent: str, note: str, **kw: Any) -> None:
@@ -416,7 +419,7 @@ def designs() -> list[Spec]:
         ckpt_every=100,
         data={"vocab": 32, "hidden": 32, "seq": 16},
     )
-    return s
+    return [dataclasses.replace(sp, name=sp.name if k == 0 else f"{sp.name}_s{k}", seed=k) for k in seeds for sp in s]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -606,7 +609,7 @@ def evaluate(spec: Spec, d: Path) -> dict[str, Any]:
     }
     row.update(recommended_fix(rep, label, spec))
     row["weak_test"] = weak_test(spec, truth)
-    wrong_cause = BY_CONSTRUCTION.get(spec.name)
+    wrong_cause = BY_CONSTRUCTION.get(re.sub(r"_s\d+$", "", spec.name))  # the design, whatever its seed
     row["wrong_by_construction"] = wrong_cause[1] if wrong_cause and verdict == wrong_cause[0] else None
     if "error" in rep:
         row["error"] = rep["error"]
@@ -680,10 +683,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="training processes (default 2)")
     ap.add_argument("--regen", action="store_true", help="retrain and relabel every run")
     ap.add_argument("--only", nargs="+", metavar="RUN", help="only these designs")
+    ap.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="init seeds (default 0; others: names get _s<seed>)"
+    )
     ap.add_argument("--list", action="store_true", help="list the designs and exit")
     ap.add_argument("--results", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
     args = ap.parse_args(argv)
-    specs = designs()
+    specs = designs(tuple(args.seeds))
     if args.only:
         unknown = set(args.only) - {s.name for s in specs}
         if unknown:
@@ -711,9 +717,14 @@ def main(argv: list[str] | None = None) -> int:
         f"train+label CPU summed over runs {summ['cpu_s_train_label']:.0f}s; load {os.getloadavg()[0]:.1f}"
     )
     if args.results:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(oodlab._json_safe({"summary": summ, "runs": rows}), indent=1) + "\n")
-        print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+        res = (
+            RESULTS
+            if args.seeds == [0]
+            else RESULTS.with_name(f"out_of_family_seeds{'_'.join(map(str, args.seeds))}.json")
+        )
+        res.parent.mkdir(parents=True, exist_ok=True)
+        res.write_text(json.dumps(oodlab._json_safe({"summary": summ, "runs": rows}), indent=1) + "\n")
+        print(f"wrote {res.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
 
