@@ -658,6 +658,9 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
     """Optimizer checkpoints under ``root`` (a file is returned as is): torch files that hold an
     optimizer state (checked by reading the pickle's bytes, without unpickling), and checkpoint
     directories (DCP, HF ``checkpoint-N``, accelerate). Sorted by the step in the name, then name.
+    Linked folders are followed, as the event-file walker follows them (checkpoints on another volume,
+    ``checkpoints -> /scratch/run7/ckpt``, are a common layout), but each real folder is entered once, so a
+    link loop ends.
     A FIFO, socket or device with a checkpoint's name is never opened (a FIFO would block forever):
     it is left out, with a message in ``skipped`` (scan: a run warning, AD902). So is a directory named
     like a single-file checkpoint (``step_000050.pt/``) that is no checkpoint folder and holds none
@@ -685,7 +688,13 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
     found: list[Path] = []
     seen: set[str] = set()
     file_named: list[Path] = []  # directories named like a checkpoint file (step_000050.pt/)
-    for dirpath, dirnames, filenames in os.walk(root):
+    visited: set[str] = set()  # real folders entered: a folder reached again through a link is skipped
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         d = Path(dirpath)
         keep_dirs = []
         for sub in sorted(dirnames):
@@ -735,16 +744,15 @@ def _file_named_dirs_left_out(dirs: list[Path], found: list[Path]) -> list[str]:
 
     out = []
     for d in dirs:
-        inside = str(d) + os.sep
-        if any(str(p).startswith(inside) for p in found) or deepspeed.has_pointer(d):
+        # by real path: a folder reached through a link may have been searched under its other name
+        inside = os.path.realpath(d) + os.sep
+        if any(os.path.realpath(p).startswith(inside) for p in found) or deepspeed.has_pointer(d):
             continue
-        if d.is_symlink():
-            out.append(f"skipped {d}: a link to a directory, named like a checkpoint file (links are not followed)")
-        else:
-            out.append(
-                f"skipped {d}: a directory named like a checkpoint file, with no checkpoint in it (no DCP, HF or "
-                "DeepSpeed folder)"
-            )
+        what = "a link to a directory" if d.is_symlink() else "a directory"
+        out.append(
+            f"skipped {d}: {what} named like a checkpoint file, with no checkpoint in it (no DCP, HF or "
+            "DeepSpeed folder)"
+        )
     return out
 
 
