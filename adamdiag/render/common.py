@@ -133,7 +133,8 @@ def repeated_findings(report: Report, min_runs: int = 3) -> dict[tuple[str, str,
 def input_problem_lines(finding: Finding, run: str) -> list[str] | None:
     """An AD902 "N input problem(s)" finding as one line per problem instead of the first few: the
     finding's evidence lists them (up to MAX_EVIDENCE_ITEMS). Problems that differ only in numbers (a
-    CRC mismatch at 40 byte offsets of one file) are one line with "× N alike"; a path inside the run
+    CRC mismatch at 40 byte offsets of one file) are one line with "× N alike"; the same problem word for
+    word in several files is one line naming the count, the first file and the last; a path inside the run
     is shown relative to it (the run heads the block). None for any other finding."""
     import re
     from collections import Counter
@@ -157,8 +158,21 @@ def input_problem_lines(finding: Finding, run: str) -> list[str] | None:
     first: dict[str, str] = {}
     for w in msgs:
         first.setdefault(key(w), w)
+    # The same problem, word for word, in several files (20 checkpoints that each need --trust-checkpoint
+    # for the same class): one line naming how many files, the first and the last.
+    files_of: dict[str, list[str]] = {}
+    for k, n in counts.items():
+        where, sep, what = first[k].partition(": ")
+        if n == 1 and sep:
+            files_of.setdefault(what, []).append(where)
     lines = [f"{total} input problem(s):"]
-    lines += [first[k] if n == 1 else f"{first[k]} (× {n} alike)" for k, n in counts.items()]
+    for k, n in counts.items():
+        where, _, what = first[k].partition(": ")
+        files = files_of.get(what, []) if n == 1 else []
+        if len(files) < 2:
+            lines.append(first[k] if n == 1 else f"{first[k]} (× {n} alike)")
+        elif where == files[0]:  # the group's line, where its first file was
+            lines.append(f"{len(files)} files ({files[0]} … {files[-1]}): {what}")
     if total > len(listed):
         lines.append(f"… and {total - len(listed)} more not kept in the report")
     return lines

@@ -309,10 +309,10 @@ def test_pickle_protocol_4_and_5(tmp_path, zipped, protocol):
     res = runner.invoke(app, ["inspect", str(tmp_path / "p.pt")])
     assert res.exit_code == 0 and not res.stderr.strip(), res.output  # no torch protocol warning either
 
-    import argparse
+    import fractions
 
-    torch.save({"optimizer": opt.state_dict(), "args": argparse.Namespace(lr=1)}, tmp_path / "ns.pt", **save)
-    with pytest.raises(UntrustedCheckpointError, match="GLOBAL argparse.Namespace"):
+    torch.save({"optimizer": opt.state_dict(), "ratio": fractions.Fraction(1, 3)}, tmp_path / "ns.pt", **save)
+    with pytest.raises(UntrustedCheckpointError, match="GLOBAL fractions.Fraction"):
         open_checkpoint(tmp_path / "ns.pt")
     marker = tmp_path / "ran"
     torch.save({"optimizer": opt.state_dict(), "x": _RunsCode(marker)}, tmp_path / "evil.pt", **save)

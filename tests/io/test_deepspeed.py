@@ -8,7 +8,7 @@ except the ones marked with ``importorskip`` runs with deepspeed made unimportab
 
 from __future__ import annotations
 
-import argparse
+import fractions
 import json
 import math
 import shutil
@@ -153,13 +153,13 @@ def test_truncated_partition_is_one_line_error(tmp_path):
 
 
 def test_other_globals_are_still_refused_by_name(tmp_path):
-    # Megatron-DeepSpeed keeps its argparse Namespace in the model states: not a DeepSpeed class.
+    # A global outside torch's list, our data-only extras and DeepSpeed's classes is still refused by name.
     d = _copy("z1_fp32", tmp_path)
     ms = d / "global_step3" / "mp_rank_00_model_states.pt"
     obj = torch.load(ms, weights_only=True)
-    obj["args"] = argparse.Namespace(lr=0.1)
+    obj["ratio"] = fractions.Fraction(1, 3)
     torch.save(obj, ms)
-    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL argparse\.Namespace"):
+    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL fractions\.Fraction"):
         open_checkpoint(d)
 
 
@@ -236,18 +236,18 @@ def test_crc_of_the_partitions_behind_a_reassembled_tensor(tmp_path):
 
 @needs_deepspeed
 def test_trusted_load_of_a_partition_with_other_globals_needs_no_deepspeed(tmp_path, monkeypatch):
-    """--trust-checkpoint (an argparse.Namespace in a partition) loads DeepSpeed's classes as the
+    """--trust-checkpoint (a fractions.Fraction in a partition) loads DeepSpeed's classes as the
     stand-ins too: the file opens where deepspeed is not installed."""
     pytest.importorskip("deepspeed")
     d = _copy("z1_fp32", tmp_path)
     f = d / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     obj = torch.load(f, weights_only=False)  # our own fixture, with deepspeed present
-    obj["args"] = argparse.Namespace(lr=0.1)
+    obj["ratio"] = fractions.Fraction(1, 3)
     torch.save(obj, f)
     for name in [m for m in sys.modules if m == "deepspeed" or m.startswith("deepspeed.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # from here on, as if it were not installed
-    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL argparse\.Namespace"):
+    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL fractions\.Fraction"):
         open_checkpoint(d)
     ck = open_checkpoint(d, trust=True)
     ref = TRUTH["z1_fp32"]["tensors"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from events_util import write_torch
 from torch import nn
@@ -66,3 +67,74 @@ def test_a_linked_folder_named_like_a_checkpoint_file_is_followed(tmp_path: Path
         f"skipped {ck / 'step_60.pt'}: a link to a directory named like a checkpoint file, with no checkpoint "
         "in it (no DCP, HF or DeepSpeed folder)"
     ]
+
+
+# --- F17: data-only extras a training script saves beside the states --------------------------------
+def _extras() -> dict:
+    import argparse
+
+    import numpy as np
+
+    return {
+        "args": argparse.Namespace(lr=1e-2, name="run7"),
+        "best": np.float64(0.5),
+        "epoch": np.int64(3),
+        "rng": np.random.RandomState(0).get_state(),  # ('MT19937', uint32 array, ...)
+        "dtype": np.dtype("float32"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # 4: read by the restricted Python unpickler, not torch's own
+def test_namespace_and_numpy_extras_load_without_trust(tmp_path: Path, protocol: int) -> None:
+    import numpy as np
+
+    from adamdiag.io.checkpoints import torch_load
+
+    f = tmp_path / "step_000002.pt"
+    torch.save(_adam_state(**_extras()), f, pickle_protocol=protocol)
+    obj, _ = torch_load(f, trust=False)
+    assert obj["args"].lr == 1e-2 and obj["best"] == np.float64(0.5) and obj["rng"][1].dtype == np.uint32
+    res = runner.invoke(app, ["inspect", str(f)])
+    assert res.exit_code == 0 and "trust-checkpoint" not in res.output, res.output
+
+
+def test_scan_reads_checkpoints_with_extras_and_still_refuses_code(tmp_path: Path) -> None:
+    """scan used to refuse each such checkpoint, one identical AD902 line per file."""
+    import fractions
+
+    run = write_torch(tmp_path / "run", 40)
+    ck = run / "checkpoints"
+    ck.mkdir()
+    for s in (10, 20):
+        torch.save(_adam_state(**_extras()), ck / f"step_{s:06d}.pt")
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert "checkpoints" in r["sources"] and not [w for w in r["warnings"] if "unpickling" in w]
+    # a global outside torch's list and these extras is still refused, by name
+    torch.save(_adam_state(ratio=fractions.Fraction(1, 3)), ck / "step_000030.pt")
+    res = runner.invoke(app, ["inspect", str(ck / "step_000030.pt")])
+    assert res.exit_code == 2 and "GLOBAL fractions.Fraction" in res.output and "--trust-checkpoint" in res.output
+
+
+def test_the_same_refusal_in_many_checkpoints_is_one_line(tmp_path: Path) -> None:
+    """scan printed one identical "needs arbitrary unpickling" line per checkpoint (20 for a 20-checkpoint
+    run): now one line with the count, the first file and the last; JSON keeps every file."""
+    import fractions
+
+    run = write_torch(tmp_path / "run", 40)
+    ck = run / "checkpoints"
+    ck.mkdir()
+    for s in (10, 20, 30):
+        torch.save(_adam_state(ratio=fractions.Fraction(1, 3)), ck / f"step_{s:06d}.pt")
+    res = runner.invoke(app, ["scan", str(run)])
+    assert res.exit_code == 0, res.output
+    said = [ln.strip() for ln in res.stdout.splitlines() if "fractions.Fraction" in ln]
+    assert said == [
+        "- 3 files (checkpoints/step_000010.pt … checkpoints/step_000030.pt): loading it needs arbitrary "
+        "unpickling (Unsupported global: GLOBAL fractions.Fraction); rerun with --trust-checkpoint only if you "
+        "trust the file: that runs code from it"
+    ], res.stdout
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    (r,) = json.loads(res.stdout)["runs"]
+    assert len([w for w in r["warnings"] if "fractions.Fraction" in w]) == 3

@@ -4,7 +4,7 @@ the event files count), with a warning when they disagree; replay loads through 
 
 from __future__ import annotations
 
-import argparse
+import fractions
 import json
 from pathlib import Path
 
@@ -69,11 +69,11 @@ def test_replay_uses_the_one_safe_loader(tmp_path, capsys):
     from adamdiag.errors import UntrustedCheckpointError
     from adamdiag.replay.checkpoint import load_replay_checkpoint
 
-    f = _checkpoint(tmp_path / "ck.pt", args=argparse.Namespace(lr=1e-3), global_step=7)
-    with pytest.raises(UntrustedCheckpointError, match=r"Unsupported global: GLOBAL argparse\.Namespace"):
+    f = _checkpoint(tmp_path / "ck.pt", ratio=fractions.Fraction(1, 3), global_step=7)
+    with pytest.raises(UntrustedCheckpointError, match=r"Unsupported global: GLOBAL fractions\.Fraction"):
         load_replay_checkpoint(f)
     res = runner.invoke(app, ["inspect", str(f)])
-    assert res.exit_code == 2 and "GLOBAL argparse.Namespace" in res.output
+    assert res.exit_code == 2 and "GLOBAL fractions.Fraction" in res.output
     capsys.readouterr()
     ck = load_replay_checkpoint(f, trust=True)
     assert ck.step == 7 and "with full unpickling (--trust-checkpoint): this runs code from the file" in (

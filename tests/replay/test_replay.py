@@ -252,12 +252,13 @@ def test_sgd_checkpoint_is_rejected(tmp_path):
 
 
 def test_untrusted_checkpoint_needs_opt_in(run, tmp_path):
-    import argparse
+    import fractions
 
     import torch
 
     ck = torch.load(run / "checkpoints" / "step_000300.pt", weights_only=True)
-    ck["args"] = argparse.Namespace(lr=0.01)  # an arbitrary Python object, as many training scripts save
+    # a Python object outside the allow-list (argparse.Namespace and numpy scalars are allowed: data only)
+    ck["ratio"] = fractions.Fraction(1, 3)
     (tmp_path / "checkpoints").mkdir()
     path = tmp_path / "checkpoints" / "step_000300.pt"
     torch.save(ck, path)

@@ -320,12 +320,43 @@ def _name_torch_can_open(path: Path) -> Iterator[Any]:
         os.close(fd)
 
 
+def _data_globals() -> tuple[tuple[Any, str], ...]:
+    """Data-only globals that hand-written ``torch.save({...})`` checkpoints commonly hold beside the
+    states, allowed on top of torch's weights_only list (scoped to our loads, never registered globally):
+    ``argparse.Namespace`` (the usual ``'args'`` entry: built empty, then its attributes set — no code of
+    its own runs) and numpy scalars, dtypes and arrays (``np.float64(0.5)``, ``np.random.get_state()``;
+    the reconstructors torch's serialization notes show allow-listing with ``add_safe_globals``). Each is
+    listed under numpy 2's module name and numpy 1's (``numpy.core``), the names files carry."""
+    import argparse
+
+    out: list[tuple[Any, str]] = [(argparse.Namespace, "argparse.Namespace")]
+    try:
+        import numpy as np
+
+        try:
+            from numpy._core import multiarray
+        except ImportError:  # numpy 1.x
+            from numpy.core import multiarray  # type: ignore[no-redef]
+    except ImportError:  # no numpy: a file that holds numpy objects needs it anyway
+        return tuple(out)
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        out += [(multiarray.scalar, f"{mod}.scalar"), (multiarray._reconstruct, f"{mod}._reconstruct")]
+    out += [(np.dtype, "numpy.dtype"), (np.ndarray, "numpy.ndarray")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles some dtypes by their class
+    for n in getattr(dtypes, "__all__", ()):
+        if n.endswith("DType"):
+            out.append((getattr(dtypes, n), f"numpy.dtypes.{n}"))
+    return tuple(out)
+
+
 def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, str]] = ()) -> tuple[Any, bool]:
     """``torch.load`` on CPU, memory-mapped where the format allows, ``weights_only=True`` first.
 
     ``extra_globals``: (stand-in, "module.Name") pairs a format module allows in its files on top of
     torch's list — inert records for a framework's classes (DeepSpeed's loss scaler...), so that
-    its files load without the framework and without running code from them.
+    its files load without the framework and without running code from them. The data-only globals of
+    :func:`_data_globals` (``argparse.Namespace``, numpy scalars) are allowed too, where torch can scope
+    an allow-list (``torch.serialization.safe_globals``, torch >= 2.6).
 
     Returns (object, mmapped). Raises :class:`UntrustedCheckpointError` when the file needs
     arbitrary unpickling and ``trust`` is false; :class:`InputError` when it is no torch file.
@@ -338,16 +369,19 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     if what:
         raise InputError(f"{path}: a {what}, not a checkpoint file (not opened)")
 
+    # what weights_only may build here: the format's stand-ins, and data-only extras where torch can scope them
+    safe = (*extra_globals, *(_data_globals() if hasattr(torch.serialization, "safe_globals") else ()))
+
     def load(weights_only: bool, mmap: bool) -> Any:
         with _name_torch_can_open(path) as name:
             return load_named(name, weights_only, mmap)
 
     def load_named(path: Any, weights_only: bool, mmap: bool) -> Any:
         allow: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if weights_only and extra_globals:
+        if weights_only and safe:
             if not hasattr(torch.serialization, "safe_globals"):
                 raise InputError(f"{path}: reading this format safely needs torch >= 2.6")
-            allow = torch.serialization.safe_globals(list(extra_globals))
+            allow = torch.serialization.safe_globals(list(safe))
         if not weights_only and extra_globals:
             # trusted: full unpickling, but the framework's classes still become the stand-ins, so
             # the file loads whether or not that framework is installed
@@ -394,7 +428,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         if protocol is not None and protocol >= 4:
             # torch's weights_only unpickler reads the opcodes of pickle protocol 2 only (FRAME, MEMOIZE...
             # of protocols 4 and 5 are "unsupported"): the same allow-list, applied by Python's unpickler.
-            restricted = _restricted_pickle_module(extra_globals)
+            restricted = _restricted_pickle_module(safe)
             if restricted is not None:
                 try:
                     with _name_torch_can_open(path) as name, warnings.catch_warnings():
