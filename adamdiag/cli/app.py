@@ -97,6 +97,21 @@ class Group(TyperGroup):
             _tidy_param(p)
         return params
 
+    _config_origins: tuple[str, dict[tuple[str, str], str]] | None = None  # file, (command, param) -> "[scan] key"
+
+    def _from_config(self, e: click.exceptions.UsageError) -> str | None:
+        """``FILE [section] key = value`` when ``e`` is a bad value that came from the config file, else None."""
+        param, ctx = getattr(e, "param", None), e.ctx
+        if self._config_origins is None or param is None or param.name is None or ctx is None:
+            return None
+        # by name: typer may carry its own copy of click, whose ParameterSource is another enum
+        if getattr(ctx.get_parameter_source(param.name), "name", None) != "DEFAULT_MAP":
+            return None
+        path, origins = self._config_origins
+        key = origins.get((ctx.info_name or "", param.name))
+        value = (ctx.default_map or {}).get(param.name)
+        return f"{path} {key} = {value!r}" if key else None
+
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
         if "default_map" not in extra and not os.environ.get("_ADAMDIAG_COMPLETE"):
             from adamdiag.cli.config import default_map, find_config
@@ -104,10 +119,12 @@ class Group(TyperGroup):
             found = find_config()
             if found is not None:
                 params = {
-                    name: {p.name for p in cmd.params if p.param_type_name == "option" and p.name}
+                    name: {p.name: p for p in cmd.params if p.param_type_name == "option" and p.name}
                     for name, cmd in self.commands.items()
                 }
-                extra["default_map"] = default_map(found[0], found[1], params)
+                origins: dict[tuple[str, str], str] = {}
+                extra["default_map"] = default_map(found[0], found[1], params, origins)
+                self._config_origins = (str(found[0]), origins)
             ctx = super().make_context(info_name, args, parent=parent, **extra)
             ctx.meta["adamdiag.config"] = str(found[0]) if found else None
             return ctx
@@ -135,6 +152,10 @@ class Group(TyperGroup):
         except click.exceptions.UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "adamdiag"
             msg = " ".join(e.format_message().split()).replace("Value error, ", "")  # one line
+            from_config = self._from_config(e)
+            if from_config is not None:  # the user typed no such option: name the file and key instead
+                err(f"adamdiag: error: {from_config}: {' '.join(e.message.split()).replace('Value error, ', '')}")
+                sys.exit(2)
             err(f"adamdiag: error: {msg} (see '{where} -h')")
             sys.exit(2)
         except InputError as e:  # a bad config file, found before any command runs
