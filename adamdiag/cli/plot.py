@@ -9,7 +9,7 @@ import typer
 
 from adamdiag.cli.app import app, guarded
 from adamdiag.cli.options import CheckpointsOpt, Convention, ConventionOpt, RunsArg, TrustOpt
-from adamdiag.cli.scan import diagnose_paths
+from adamdiag.cli.scan import GradClipOpt, GradNormTagOpt, LossTagOpt, diagnose_paths
 from adamdiag.console import info, warn
 
 
@@ -30,8 +30,12 @@ def plot(
     checkpoints: CheckpointsOpt = None,
     convention: ConventionOpt = Convention.auto,
     trust_checkpoint: TrustOpt = False,
+    loss_tag: LossTagOpt = None,
+    grad_norm_tag: GradNormTagOpt = None,
+    grad_clip: GradClipOpt = None,
 ) -> None:
-    """Plot loss and gradient norm with the diagnosed warning and blowup steps (one image per run)."""
+    """Plot loss and gradient norm with the diagnosed warning and blowup steps (one image per run).
+    --loss-tag, --grad-norm-tag and --grad-clip are scan's: the same curves and markers as scan's."""
     from adamdiag.errors import InputError
     from adamdiag.io.events import find_runs
     from adamdiag.pipeline.scan import load_series
@@ -47,7 +51,9 @@ def plot(
     if output.suffix.lower() in IMAGE_SUFFIXES and len(found := find_runs(runs)) > 1:
         raise InputError(f"-o {output} is one image but there are {len(found)} runs: give a directory (e.g. -o plots)")
 
-    report = diagnose_paths(runs, checkpoints, convention, trust_checkpoint)
+    report = diagnose_paths(
+        runs, checkpoints, convention, trust_checkpoint, loss_tag, grad_norm_tag, grad_clip=grad_clip
+    )
     written, skipped = plot_runs(report, load_series, output)
     for msg in skipped:
         warn(msg)

@@ -133,7 +133,8 @@ def plot_runs(report: Report, load: SeriesLoader, output: Path) -> tuple[list[Pa
     import warnings
 
     targets = plot_targets([r.run for r in report.runs], Path(output))
-    written, skipped = [], []
+    written: list[Path] = []
+    reasons: list[str] = []  # "RUN: why", for each run with nothing to draw
     with warnings.catch_warnings():
         # Whatever matplotlib still finds worth a warning (fonts, layout) is not the user's problem.
         warnings.simplefilter("ignore")
@@ -145,8 +146,8 @@ def plot_runs(report: Report, load: SeriesLoader, output: Path) -> tuple[list[Pa
             if drawn:
                 written.append(path)
             else:
-                why = f"no points in '{r.loss_tag}'" if r.loss_tag else "no loss scalar found"
-                skipped.append(f"{r.run}: nothing to plot ({why})")
+                why = f"no points in '{r.loss_tag}'" if r.loss_tag else "no loss scalar found; name it with --loss-tag"
+                reasons.append(f"{r.run}: {why}")
     if not written:
-        raise InputError("nothing to plot: " + "; ".join(skipped))
-    return written, skipped
+        raise InputError("nothing to plot: " + "; ".join(reasons))
+    return written, [f"nothing to plot in {why}" for why in reasons]

@@ -55,3 +55,23 @@ def test_config_takes_long_names_and_names_itself_for_a_bad_value(run, tmp_path,
         ], res.stderr
     res = runner.invoke(app, ["scan", str(run), "-f", "mardown"])  # typed: said as before
     assert res.exit_code == 2 and "Invalid value for '--format'" in res.stderr
+
+
+# --- F9: plot takes scan's tag options --------------------------------------------------------------
+def test_plot_takes_loss_tag_like_scan(tmp_path, monkeypatch):
+    """A run whose only scalar is 'objective': scan needs --loss-tag, and plot had no such option."""
+    run = write_curve(tmp_path / "run", "objective", [1.0 / s for s in range(1, 40)] + [1e3] * 10)
+    res = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "a.png")])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines() == [
+        f"adamdiag: error: nothing to plot: {run}: no loss scalar found; name it with --loss-tag"
+    ]
+    res = runner.invoke(
+        app, ["plot", str(run), "-o", str(tmp_path / "a.png"), "--loss-tag", "objective", "--grad-clip", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a.png").stat().st_size > 0
+    monkeypatch.chdir(tmp_path)  # [scan] loss-tag reaches plot too (it takes the [scan] options it has)
+    (tmp_path / "adamdiag.toml").write_text('[scan]\nloss-tag = ["objective"]\n')
+    res = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "b.png")])
+    assert res.exit_code == 0 and (tmp_path / "b.png").is_file(), res.output
