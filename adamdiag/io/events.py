@@ -211,6 +211,11 @@ def discover(paths: Sequence[Path]) -> Discovery:
         if not p.exists():
             raise missing_path(raw)
         if p.is_file():
+            from adamdiag.io.filekind import not_an_event_file
+
+            wrong = not_an_event_file(p)  # a checkpoint given here would read as "corrupt at byte 0"
+            if wrong:
+                raise InputError(wrong)
             runs.append(p)
             continue
         if not p.is_dir():

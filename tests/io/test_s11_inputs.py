@@ -138,3 +138,46 @@ def test_the_same_refusal_in_many_checkpoints_is_one_line(tmp_path: Path) -> Non
     res = runner.invoke(app, ["scan", str(run), "--format", "json"])
     (r,) = json.loads(res.stdout)["runs"]
     assert len([w for w in r["warnings"] if "fractions.Fraction" in w]) == 3
+
+
+# --- F6: a file given to the command that does not take its kind -------------------------------------
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_given_to_scan_is_named_not_called_corrupt(tmp_path: Path, legacy: bool) -> None:
+    f = tmp_path / "step_000002.pt"
+    torch.save(_adam_state(), f, _use_new_zipfile_serialization=not legacy)
+    for cmd in ("scan", "check"):
+        res = runner.invoke(app, [cmd, str(f)])
+        assert res.exit_code == 2
+        (line,) = res.stderr.splitlines()
+        assert line == (
+            f"adamdiag: error: {f} is a torch checkpoint, not an event file: scan takes run folders or event "
+            f"files (pass the checkpoint with --checkpoints), and `adamdiag inspect {f}` reads it"
+        )
+
+
+def test_an_event_file_or_safetensors_given_to_inspect_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    run = write_torch(tmp_path / "run", 10)
+    (ev,) = run.glob("events.out.tfevents*")
+    res = runner.invoke(app, ["inspect", str(ev)])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines() == [
+        f"adamdiag: error: {ev} is a TensorBoard event file, not a checkpoint: `adamdiag scan {ev}` reads it"
+    ]
+    ck = tmp_path / "checkpoint-100"
+    ck.mkdir()
+    st = ck / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in _adam_state()["model"].items()}, str(st))
+    res = runner.invoke(app, ["inspect", str(st)])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines() == [
+        f"adamdiag: error: {st} is a safetensors file: model weights, no optimizer state; pass the checkpoint "
+        f"folder ({ck}) or its optimizer file"
+    ]
+    res = runner.invoke(app, ["scan", str(st)])
+    assert res.exit_code == 2 and "is a safetensors file (model weights), not an event file" in res.stderr
+    # a file of neither kind is still "not a readable torch checkpoint"
+    (tmp_path / "notes.pt").write_text("hello\n")
+    res = runner.invoke(app, ["inspect", str(tmp_path / "notes.pt")])
+    assert res.exit_code == 2 and "not a readable torch checkpoint" in res.stderr

@@ -402,7 +402,11 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     if not is_zip and protocol is None:
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
         # number) is a torch file; anything else would otherwise read as "needs unpickling".
-        raise InputError(f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)")
+        from adamdiag.io.filekind import not_a_checkpoint
+
+        raise InputError(
+            not_a_checkpoint(path) or f"{path}: not a readable torch checkpoint (neither torch's zip nor legacy format)"
+        )
     # (whatever the trust: torch's weights_only list allows DTensor once torch.distributed.tensor is imported)
     _refuse_rank_shards(path, pkl)
 

@@ -1,0 +1,73 @@
+"""What a file given to the wrong command is, from its first bytes (no unpickling, no full read), so that
+``scan model.pt`` and ``inspect events.out.tfevents…`` say which command takes the file instead of
+calling it damaged.
+
+Recognised: torch's zip format (a zip holding ``<name>/data.pkl``), torch's legacy format (a pickle of
+torch's magic number first), safetensors (u64 header length, then a JSON object) and a TFRecord-framed
+file (TensorBoard's event files: u64 length + its masked CRC32C).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+# torch.save's legacy (non-zip) format starts with the pickle (protocol 2) of its magic number
+# 0x1950a86a20f9469cfc6c: PROTO 2, LONG1 of 10 bytes, then the number little-endian.
+_TORCH_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def sniff(path: Path) -> str | None:
+    """``"torch"``, ``"safetensors"``, ``"events"`` or None (another kind, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        return "torch" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) else None
+    if head.startswith(_TORCH_LEGACY_HEAD):
+        return "torch"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    if len(head) >= 12:
+        from adamdiag.io import tfrecord
+
+        length, crc = int.from_bytes(head[:8], "little"), int.from_bytes(head[8:12], "little")
+        if length < 1 << 31 and tfrecord.masked_crc32c(head[:8]) == crc:
+            return "events"
+    return None
+
+
+def not_an_event_file(path: Path) -> str | None:
+    """For a file given to scan/check/plot/export that is a checkpoint: the one-line error, else None."""
+    kind = sniff(path)
+    if kind == "torch":
+        return (
+            f"{path} is a torch checkpoint, not an event file: scan takes run folders or event files "
+            f"(pass the checkpoint with --checkpoints), and `adamdiag inspect {path}` reads it"
+        )
+    if kind == "safetensors":
+        return f"{path} is a safetensors file (model weights), not an event file: scan takes run folders or event files"
+    return None
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """For a file given as a checkpoint that is of another kind: the one-line error, else None."""
+    kind = sniff(path)
+    if kind == "events":
+        return f"{path} is a TensorBoard event file, not a checkpoint: `adamdiag scan {path}` reads it"
+    if kind == "safetensors":
+        return (
+            f"{path} is a safetensors file: model weights, no optimizer state; pass the checkpoint folder "
+            f"({path.parent}) or its optimizer file"
+        )
+    return None
