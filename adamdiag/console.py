@@ -10,6 +10,48 @@ import os
 import sys
 from typing import Any
 
+# What the reports print beyond ASCII, as an ASCII console shows it (PYTHONIOENCODING=ascii, some CI and
+# Windows consoles): an unencodable character would otherwise end the command in UnicodeEncodeError and
+# lose the whole report. Anything else unencodable becomes "?".
+_ASCII = {
+    "—": "-", "–": "-", "−": "-", "√": "sqrt ", "→": "->", "←": "<-", "×": "x", "…": "...", "≤": "<=", "≥": ">=",
+    "≈": "~", "·": "*", "²": "^2", "\u0302": "^", "β": "beta", "ε": "eps", "η": "eta", "μ": "mu", "σ": "sigma",
+    "“": '"', "”": '"', "‘": "'", "’": "'", "✓": "ok", "✗": "x", "•": "*", "±": "+/-",
+}  # fmt: skip
+_BOX = {"─": "-", "━": "-", "│": "|", "┃": "|", "═": "=", "║": "|"}
+
+
+def _ascii_fallback(e: UnicodeError) -> tuple[str, int]:
+    """codecs error handler "adamdiag-ascii": each unencodable character as its ASCII stand-in."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    out = []
+    for ch in e.object[e.start : e.end]:
+        stand_in = _ASCII.get(ch) or _BOX.get(ch)
+        if stand_in is None and "\u2500" <= ch <= "\u257f":  # other box drawing: corners and joints
+            stand_in = "+"
+        out.append(stand_in if stand_in is not None else "?")
+    return "".join(out), e.end
+
+
+def tolerant_streams() -> None:
+    """Let stdout and stderr print what their encoding cannot (an ASCII console): ASCII stand-ins for the
+    characters the reports use (— √ → box drawing), "?" for the rest, instead of UnicodeEncodeError."""
+    import codecs
+
+    try:
+        codecs.lookup_error("adamdiag-ascii")
+    except LookupError:
+        codecs.register_error("adamdiag-ascii", _ascii_fallback)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("_", "-")
+        if encoding.startswith("utf") or not hasattr(stream, "reconfigure"):
+            continue  # UTF-8/16/32 encode everything; a stream that cannot be reconfigured is left as is
+        try:
+            stream.reconfigure(errors="adamdiag-ascii")
+        except (ValueError, OSError):  # closed or detached: nothing will print there anyway
+            pass
+
 
 def stderr_console() -> Any:
     """A rich ``Console`` on stderr: soft-wrapped (one message = one line), no markup highlighting."""

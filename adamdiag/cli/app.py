@@ -139,8 +139,10 @@ class Group(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        from adamdiag.console import tolerant_streams
         from adamdiag.errors import InputError
 
+        tolerant_streams()  # an ASCII console gets stand-ins for — √ →, not UnicodeEncodeError and no report
         extra["windows_expand_args"] = windows_expand_args
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

@@ -75,3 +75,21 @@ def test_plot_takes_loss_tag_like_scan(tmp_path, monkeypatch):
     (tmp_path / "adamdiag.toml").write_text('[scan]\nloss-tag = ["objective"]\n')
     res = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "b.png")])
     assert res.exit_code == 0 and (tmp_path / "b.png").is_file(), res.output
+
+
+# --- F15: an ASCII-only console ---------------------------------------------------------------------
+def test_an_ascii_console_gets_the_report_with_stand_ins(run, tmp_path):
+    """PYTHONIOENCODING=ascii (some CI and Windows consoles) ended scan in "internal error: UnicodeEncodeError"
+    and the report was lost."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "NO_COLOR": "1"}
+    cmd = [sys.executable, "-c", "from adamdiag.cli import main; main()", "scan", str(run)]
+    p = subprocess.run(cmd, capture_output=True, env=env, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode("ascii")  # every byte ASCII
+    assert "internal error" not in p.stderr.decode("ascii")
+    assert f"{run.name}: healthy - confidence" in out  # "healthy — confidence"
+    assert "+---" in out or "|" in out  # the table, box drawing as ASCII
