@@ -542,6 +542,9 @@ def analyse(
         for v, c in zip(plan.variants, curves)
     ]
     conclusion, code, summary = conclude(outcomes, ck.step)
+    if force and not fid.reproduced:  # --force shows the table, but a replay that is not the run proves nothing
+        conclusion, code = "not_reproduced", 2
+        summary = "not concluded: the replay does not reproduce the log, so the variants prove nothing about the run"
     if judge.logged_blowup is not None and judge.logged_blowup > end:
         warnings.append(
             f"the replay ends at step {end}, before the logged blowup at step {judge.logged_blowup}: it cannot "
@@ -644,7 +647,7 @@ def verify_checkpoint(
     checkpoint at/after the logged blowup, an entry that fails. A replay that does not reproduce the
     log is *returned* (``result.fidelity.reproduced`` False, its ``message`` says why): the caller
     decides (``confirms: null``). Outcomes: ``result.variants[i].outcome`` in avoided/at_risk/blowup,
-    ``blowup_step``, ``truncated``; ``result.conclusion`` in no_blowup/fixed/postponed/not_fixed.
+    ``blowup_step``, ``truncated``; ``result.conclusion`` in no_blowup/fixed/postponed/not_fixed (not_reproduced when the replay is not the run).
     """
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -159,7 +159,8 @@ def test_exit_1_when_no_alternate_avoids_the_blowup(run):
 
 
 def test_fidelity_failure_refuses_to_conclude(run):
-    """A different data order than the logged one: exit 2 with one clear line; --force overrides."""
+    """A different data order than the logged one: exit 2 with one clear line; --force shows the table but
+    concludes nothing (it used to name a fix and exit 0: review F10)."""
     entry = f"{run / 'tiny_run.py'}:adamdiag_replay_shuffled"
     res = invoke(run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40")
     assert res.exit_code == 2
@@ -171,12 +172,17 @@ def test_fidelity_failure_refuses_to_conclude(run):
     res = invoke(
         run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40", "--force", "--format", "json"
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output
     d = _no_nan_literals(res.stdout)
     assert d["fidelity"]["reproduced"] is False and d["forced"] is True
+    assert d["conclusion"] == "not_reproduced" and d["exit_code"] == 2 and len(d["variants"]) >= 1
     assert d["fidelity"]["max_rel_dev"] > 1e-2
     res = invoke(run / "checkpoints" / "step_000090.pt", "--entry", entry, "--steps", "40", "--force")
-    assert "NOT REPRODUCED (--force)" in res.stdout
+    assert res.exit_code == 2 and "NOT REPRODUCED (--force)" in res.stdout
+    assert res.stdout.splitlines()[-1] == (
+        "verdict: not concluded: the replay does not reproduce the log, so the variants prove nothing about "
+        "the run (exit 2)"
+    )
 
 
 def test_plot_writes_a_png(run, tmp_path):
