@@ -105,6 +105,8 @@ def test_no_step_anywhere_and_nothing_found_are_one_line_errors(tmp_path: Path):
 def test_replay_takes_a_directory_only_with_latest_when_it_holds_several(tmp_path: Path):
     res = CliRunner().invoke(app, ["replay", str(TF / "tf1")])
     assert res.exit_code == 2 and "holds 2 checkpoints" in res.stderr and "--latest" in res.stderr
+    # the checkpoint to replay is the last before the blowup (scan names it), not the newest (review F7)
+    assert "name the last one before the blowup (the one in `adamdiag scan RUN`'s verify: line)" in res.stderr
     # With --latest the pick (ckpt-60) reaches the replay runner, which asks for a neutral entry.
     res = CliRunner().invoke(app, ["replay", str(TF / "tf1"), "--latest"])
     assert res.exit_code == 2

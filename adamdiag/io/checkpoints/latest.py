@@ -167,8 +167,9 @@ def single_checkpoint(path: Path, *, latest: bool, trust: bool = False) -> Path:
 
     ``latest``: the highest step under ``path`` (said on stderr). Without it, a directory that holds
     exactly one checkpoint means that one; one that holds several is an :class:`InputError` naming
-    the steps and ``--latest`` (the newest is a guess only the user may make: a run restarted from an
-    older save has newer files that are not the ones wanted). Anything else is returned as given, for
+    the steps, scan's ``verify:`` line (the last checkpoint before the blowup, where a replay starts) and
+    ``--latest`` (the newest is a guess only the user may make: it is usually after the blowup, and a run
+    restarted from an older save has newer files that are not the ones wanted). Anything else is returned as given, for
     the command's own reader to accept or refuse.
     """
     from adamdiag.console import info
@@ -189,6 +190,9 @@ def single_checkpoint(path: Path, *, latest: bool, trust: bool = False) -> Path:
         return found[0]
     steps = sorted({s for p in found if (s := step_from_name(p)) is not None})
     shown = f" (named steps {steps[0]}…{steps[-1]})" if steps else ""
+    # A replay must start before the blowup, and the newest save usually comes after it: point at scan,
+    # whose verify: line names the last checkpoint before the logged blowup, before --latest.
     raise InputError(
-        f"{path} holds {len(found)} checkpoints{shown}: name one, or pass --latest for the one with the highest step"
+        f"{path} holds {len(found)} checkpoints{shown}: name the last one before the blowup (the one in "
+        f"`adamdiag scan RUN`'s verify: line), or pass --latest for the one with the highest step"
     )
