@@ -181,3 +181,25 @@ def test_an_event_file_or_safetensors_given_to_inspect_is_named(tmp_path: Path) 
     (tmp_path / "notes.pt").write_text("hello\n")
     res = runner.invoke(app, ["inspect", str(tmp_path / "notes.pt")])
     assert res.exit_code == 2 and "not a readable torch checkpoint" in res.stderr
+
+
+def test_a_class_of_the_training_script_is_named_even_with_trust(tmp_path: Path) -> None:
+    """A config class defined in the training script (its __main__) cannot be unpickled elsewhere, even with
+    --trust-checkpoint; torch's "Can't get attribute 'Cfg' on <module '__main__'…>" now says why."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "ck.pt"
+    script = (
+        "import dataclasses, sys, torch\n"
+        "@dataclasses.dataclass\nclass Cfg:\n    lr: float = 0.1\n"
+        "opt = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())\n"
+        "torch.save({'optimizer': opt.state_dict(), 'cfg': Cfg()}, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(f)], check=True, timeout=120)
+    res = runner.invoke(app, ["inspect", str(f), "--trust-checkpoint"])
+    assert res.exit_code == 2
+    assert res.stderr.splitlines()[-1] == (
+        f"adamdiag: error: {f}: could not be loaded even with --trust-checkpoint: it holds a __main__.Cfg object, "
+        "a class of the training script that unpickling must import; save it as a dict or argparse.Namespace instead"
+    )

@@ -463,6 +463,15 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         except InputError:
             raise
         except Exception as e2:  # noqa: BLE001 - any failure of a trusted load is an input problem
+            gone = re.match(r"Can't get attribute '([\w.]+)' on <module '([\w.]+)'", str(e2))
+            if gone:  # a class of the training script (often its __main__): unpickling needs it importable
+                # the module as the file names it: torch shows __main__ by its spec's name (pytest.__main__)
+                mod = "__main__" if gone[2].endswith("__main__") else gone[2]
+                raise InputError(
+                    f"{path}: could not be loaded even with --trust-checkpoint: it holds a {mod}.{gone[1]} "
+                    "object, a class of the training script that unpickling must import; save it as a dict or "
+                    "argparse.Namespace instead"
+                ) from None
             raise InputError(
                 f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}"
             ) from None
