@@ -644,6 +644,9 @@ class Evidence:
     lr: float | None
     hyper_assumed: bool  # no checkpoint: beta2/eps are the torch defaults
     lr_at_event: float | None = None  # from a logged learning-rate tag
+    # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
+    # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
+    lr_peak_after: float | None = None
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
     auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
@@ -895,12 +898,15 @@ def gather(
         grad_jump = abrupt_gradient_jump(event_step, gn)
         if grad_jump is not None:
             grad_jump["isolated"] = jump_is_isolated(grad_jump, gn)
-    lr_at_event = None
+    lr_at_event = lr_peak_after = None
     lr_tag = pick_lr_tag(tags)
     if lr_tag is not None and event_step is not None:
         ls, lv = series_arrays(scalars, lr_tag)
         k = int(np.searchsorted(ls, event_step, side="right")) - 1
         lr_at_event = float(lv[k]) if k >= 0 and math.isfinite(lv[k]) else None
+        after = lv[max(k, 0) :]
+        after = after[np.isfinite(after)]
+        lr_peak_after = float(after.max()) if lr_at_event is not None and len(after) else None
     return Evidence(
         loss_tag=loss_tag,
         loss_tags=list(loss_tags),
@@ -928,6 +934,7 @@ def gather(
         lr=lr,
         hyper_assumed=not ckpts,
         lr_at_event=lr_at_event,
+        lr_peak_after=lr_peak_after,
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
         checkpoint_root=inp.checkpoint_root,

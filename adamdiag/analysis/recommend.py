@@ -252,6 +252,19 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
         why = "eps will not help: the checkpoints before the blowup show no v collapse"
     else:
         why = "eps will not help: v tracked the gradients"
+    cuts = [LR_REDUCTION, LR_REDUCTION_STRONG]
+    rise = schedule_rise(ev)
+    if rise is not None:
+        # The schedule (a warm-up) keeps raising the lr after the blowup: a cut of the whole schedule by 10
+        # can peak back above the lr that blew up. The replay also tries the cut that keeps the peak at a
+        # tenth of it. Tried, not recommended: on the lab's warm-up runs it avoided the blowup on some and
+        # only postponed it further on others (bench/README.md, session 11).
+        cuts.append(LR_REDUCTION_STRONG * rise)
+        why += (
+            f"; the logged lr keeps rising after the blowup, to {ev.lr_peak_after:.3g} ({rise:.2g}x the lr at "
+            f"the blowup): the replay also tries a {LR_REDUCTION_STRONG * rise:.2g}x cut, which keeps that peak "
+            "at a tenth of the lr that blew up"
+        )
     rec: dict[str, Any] = {
         "action": "lower the learning rate",
         "lr": (lr / LR_REDUCTION_STRONG) if lr else None,
@@ -264,21 +277,37 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     if ev.lr_at_event is not None:
         rec["lr_at_blowup"] = ev.lr_at_event
     if lr:
-        args = _lr_args([lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG]) + _eps_args([REPORT_EPS_CANDIDATES[0]])
+        args = _lr_args([lr / c for c in cuts]) + _eps_args([REPORT_EPS_CANDIDATES[0]])
         rec["verify"] = replay_command(ev, run, args)
-        rec["replay"] = replay_plan(ev, list(REPORT_EPS_CANDIDATES[:2]), [lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG])
-        _earlier_verify(ev, run, rec, lambda lrs_: _lr_args(lrs_) + _eps_args([REPORT_EPS_CANDIDATES[0]]))
+        rec["replay"] = replay_plan(ev, list(REPORT_EPS_CANDIDATES[:2]), [lr / c for c in cuts])
+        _earlier_verify(ev, run, rec, lambda lrs_: _lr_args(lrs_) + _eps_args([REPORT_EPS_CANDIDATES[0]]), cuts)
     return rec
 
 
-def _earlier_verify(ev: Evidence, run: str, rec: dict[str, Any], args_for: Callable[[list[float]], list[str]]) -> None:
-    """The ``verify:`` command from the replay plan's earlier checkpoint (its own lr/3 and lr/10), stored
-    in the plan: when ``--verify`` had to fall back to it, that is the command that shows the result."""
+def schedule_rise(ev: Evidence) -> float | None:
+    """How far the logged lr rises after the blowup over the lr at it (≥ 1.5x, else None): a warm-up still
+    under way when the run blew up."""
+    a, p = ev.lr_at_event, ev.lr_peak_after
+    if a is None or p is None or not a > 0 or not p >= 1.5 * a:
+        return None
+    return p / a
+
+
+def _earlier_verify(
+    ev: Evidence,
+    run: str,
+    rec: dict[str, Any],
+    args_for: Callable[[list[float]], list[str]],
+    cuts: tuple[float, ...] | list[float] = (LR_REDUCTION, LR_REDUCTION_STRONG),
+) -> None:
+    """The ``verify:`` command from the replay plan's earlier checkpoint (its own lr cut by ``cuts``:
+    lr/3 and lr/10), stored in the plan: when ``--verify`` had to fall back to it, that is the command
+    that shows the result."""
     plan = rec.get("replay") or {}
     e = plan.get("earlier")
     if e and ev.lr:
         lr = float(e["original"]["lr"])
-        e["verify"] = replay_command(ev, run, args_for([lr / LR_REDUCTION, lr / LR_REDUCTION_STRONG]), e["checkpoint"])
+        e["verify"] = replay_command(ev, run, args_for([lr / c for c in cuts]), e["checkpoint"])
 
 
 def replay_plan(ev: Evidence, eps_values: list[float], lr_values: list[float]) -> dict[str, Any] | None:

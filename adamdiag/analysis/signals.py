@@ -201,9 +201,35 @@ class _LossLevels:
             return
         ev.blowup_step = int(self.steps[i])
         ev.pre_level = float(np.exp(base)) if self.lo > 0 else None
-        j = i + int(np.argmax(self.values[i:]))
+        # The peak of this excursion only: it ends where the loss is back within 2x of the level it rose
+        # from for good (the point and its forward median), so a later, unrelated event (a data shift
+        # hundreds of steps on) is not reported as this blowup's peak.
+        back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
+        end = i + 1 + int(np.argmax(back)) if back.any() else self.n
+        j = i + int(np.argmax(self.values[i:end]))
         ev.peak, ev.peak_step = float(self.values[j]), int(self.steps[j])
         ev.best_step = int(self.steps[best_i])
+
+    def early_rise(self, ev: LossEvents) -> bool:
+        """Look at the warm-up window, which has no trailing level worth comparing to, for a loss that rose
+        a decade above every level before it — its starting loss included — and held it (:meth:`confirmed`):
+        a run that diverged in its first steps (an lr far too high without warm-up) is no healthy run.
+        Records it (a blowup, or with fewer than MIN_BASELINE_POINTS points before it the unbased rise) and
+        says whether it was a blowup; the detectors then stop, or go on past the warm-up after an unbased
+        rise. One code path for both detectors: the window is at most 200 points.
+
+        >>> import numpy as np
+        >>> s = np.arange(1, 401); y = np.r_[np.full(10, 0.5), np.full(390, 60.0)]
+        >>> ev = LossEvents(); lv = _LossLevels.of(s, y, ev); lv.early_rise(ev), ev.blowup_step
+        (True, 11)
+        """
+        z = self.z
+        hi = np.maximum.accumulate(z[: self.warmup])  # hi[i - 1]: the highest level before point i
+        for i in (np.flatnonzero(z[1 : self.warmup] - hi[:-1] > self.onset) + 1).tolist():
+            if self.confirmed(i, float(hi[i - 1])):
+                self.record(ev, i, float(hi[i - 1]), int(np.argmin(z[:i])))
+                return ev.blowup_step is not None
+        return False
 
 
 def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
@@ -235,6 +261,8 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     steps, z, med, scale, fwd, best, based = lv.steps, lv.z, lv.med, lv.scale, lv.fwd, lv.best, lv.based
     onset, decade = lv.onset, lv.decade
 
+    if lv.early_rise(ev):
+        return ev
     warmup = lv.warmup
     # The reference's two tests at point i, for every i at once (same float64 operations, so the
     # same booleans; NaN compares False in both).
@@ -289,6 +317,8 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     steps, z, med, scale, fwd, best, based, n = lv.steps, lv.z, lv.med, lv.scale, lv.fwd, lv.best, lv.based, lv.n
     onset, decade, suffix_max = lv.onset, lv.decade, lv.suffix_max
 
+    if lv.early_rise(ev):
+        return ev
     warmup = lv.warmup
     in_excursion = False
     i = warmup

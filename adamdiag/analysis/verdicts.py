@@ -6,7 +6,8 @@ the mechanism (docs/architecture.md):
 
 1. non-finite optimizer state outranks everything (training put NaN/Inf into m or v);
 2. a non-finite loss (or gradient norm) with no blowup before it is ``nonfinite``;
-3. too little data, or not an Adam run: ``inconclusive``;
+3. too little data, or not an Adam run: ``inconclusive``; so is a loss that rose 10x in its first
+   points, before it had a level to rise from (and nothing blew up later);
 4. a one-step gradient jump that is gone at the next step (one batch) with no quiet stretch
    before it: ``bad_batch``;
 5. a blowup after a quiet stretch that reaches it — v lived on the memory of old gradients — is
@@ -81,6 +82,15 @@ def _no_data(ev: Evidence) -> Decision | None:
     return None
 
 
+def _unbased_rise(ev: Evidence) -> Decision | None:
+    # The loss rose a decade above its starting level and held it before there were MIN_BASELINE_POINTS
+    # points to measure a level from, and nothing blew up later: a run that diverged in its first steps,
+    # or a first point that was no level (an eval-like curve starting near zero). Not healthy, not a cause.
+    if ev.blowup_step is None and ev.events.unbased_rise_step is not None:
+        return Decision("inconclusive", "unbased_rise", "low")
+    return None
+
+
 def _one_batch(ev: Evidence) -> Decision | None:
     j = ev.grad_jump
     if j is None or not j.get("isolated"):
@@ -151,6 +161,9 @@ RULES: list[VerdictRule] = [
     VerdictRule("nonfinite_state", "checkpoints: NaN/Inf in m or v", _nonfinite_state),
     VerdictRule("nonfinite_loss", "loss: a non-finite value with no blowup or spike before it", _nonfinite_loss),
     VerdictRule("no_data", "loss tag and point count; checkpoints of another optimizer", _no_data),
+    VerdictRule(
+        "unbased_rise", "loss: a 10x rise that held, with < 5 points before it and no blowup later", _unbased_rise
+    ),
     VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
     VerdictRule(
         "collapse",

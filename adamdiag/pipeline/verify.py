@@ -124,6 +124,7 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
             f"{(lr_ok if log_verdict == 'v_collapse' else eps_ok)[0].name}, so {OTHER_CAUSE[log_verdict]} fits too"
         )
         rep.findings.append(Finding("AD701", "info", msg, step=rep.blowup_step))
+        _drop_refuted_eps_claim(rep, eps_ok[0].name)
     elif eps_ok or lr_ok:
         assert best is not None  # eps_ok or lr_ok is not empty here
         replay_verdict = "v_collapse" if eps_ok else "lr_too_high"
@@ -191,6 +192,20 @@ def _postponed_text(changed: list[tuple[Any, str | None]], kind: str | None) -> 
         elif v.outcome == "at_risk":
             parts.append(f"{v.name} only postpones it (at risk{', cut short' if v.truncated else ''})")
     return "; " + "; ".join(parts) if parts else ""
+
+
+def _drop_refuted_eps_claim(rep: RunReport, eps_variant: str) -> None:
+    """An lr recommendation that said "eps will not help" (the log showed no v collapse) after the replay
+    showed an eps change avoiding the blowup too: the claim goes, the replay's finding takes its place."""
+    rec = rep.recommendation or {}
+    msg = rec.get("message")
+    if rec.get("action") != "lower the learning rate" or not isinstance(msg, str) or "; eps will not help" not in msg:
+        return
+    head, _, tail = msg.partition("; eps will not help")
+    rest = tail.partition("; ")[2]  # what followed the claim (a rising schedule), kept
+    rec["message"] = f"{head}; the replay shows {eps_variant} avoids it too, so a v collapse fits as well" + (
+        f"; {rest}" if rest else ""
+    )
 
 
 def _retarget_recommendation(rep: RunReport, best: Any, verdict: str) -> None:

@@ -45,3 +45,34 @@ def test_blowup_message_names_the_peak_step(tmp_path):
     r = _scan(tmp_path)
     (f,) = [f for f in r["findings"] if f["id"] == "AD001"]
     assert f["evidence"]["peak_step"] == 71 and "at step 71" in f["message"]
+
+
+def test_a_run_that_diverged_in_its_first_steps_is_not_healthy(tmp_path):
+    # An lr far too high without warm-up: the loss jumps ~1000x at the third step and stays there. The
+    # warm-up window has no trailing level, but the starting loss is one: a 10x above every level before
+    # it that holds is no healthy run (was `healthy`, confidence high).
+    rng = np.random.default_rng(2)
+    early = tmp_path / "early"
+    _write(early, np.r_[0.035, 0.034, 40.0 * rng.uniform(0.7, 1.3, 398)], every=1)
+    r = _scan(early)
+    assert r["verdict"] == "inconclusive" and r["blowup_step"] is None, r["verdict"]
+    (f,) = [f for f in r["findings"] if f["id"] == "AD901" and f.get("step") == 3]
+    assert "too few points before the rise" in f["message"]
+    # the same jump after 12 points is a blowup from the level held before it (a loss alone: no cause)
+    later = tmp_path / "later"
+    _write(later, np.r_[np.geomspace(0.05, 0.03, 12), 40.0 * rng.uniform(0.7, 1.3, 388)], every=1)
+    r = _scan(later)
+    assert r["blowup_step"] == 13 and any(f["id"] == "AD001" for f in r["findings"]), r["blowup_step"]
+
+
+def test_the_peak_is_that_of_the_blowup_not_of_a_later_event(tmp_path):
+    # A blowup that recovers, then 500 steps later an unrelated jump (a data shift) higher than its peak:
+    # the AD001 peak is the blowup's own.
+    rng = np.random.default_rng(3)
+    v = np.geomspace(1.0, 0.01, 1200) * rng.uniform(0.95, 1.05, 1200)
+    v[600:620] = 5.0
+    v[1100:] = 50.0
+    _write(tmp_path, v, every=1)
+    r = _scan(tmp_path)
+    (f,) = [f for f in r["findings"] if f["id"] == "AD001"]
+    assert r["blowup_step"] == 601 and f["evidence"]["peak_step"] <= 620, f["evidence"]
