@@ -37,6 +37,7 @@ from adamdiag.analysis.thresholds import (
     NAMES_IN_MESSAGE,
     NEAR_EPS_FRACTION,
     REPORT_EPS_CANDIDATES,
+    SCHEDULE_RISE,
 )
 from adamdiag.analysis.verdicts import Decision
 from adamdiag.printable import is_utf8
@@ -285,10 +286,10 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
 
 
 def schedule_rise(ev: Evidence) -> float | None:
-    """How far the logged lr rises after the blowup over the lr at it (≥ 1.5x, else None): a warm-up still
-    under way when the run blew up."""
+    """How far the logged lr rises after the blowup over the lr at it (≥ SCHEDULE_RISE, else None): a
+    warm-up still under way when the run blew up."""
     a, p = ev.lr_at_event, ev.lr_peak_after
-    if a is None or p is None or not a > 0 or not p >= 1.5 * a:
+    if a is None or p is None or not a > 0 or not p >= SCHEDULE_RISE * a:
         return None
     return p / a
 
