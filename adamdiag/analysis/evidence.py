@@ -17,6 +17,7 @@ The verdict rules (:mod:`adamdiag.analysis.verdicts`) read an :class:`Evidence`;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,9 @@ from adamdiag.analysis.frames import run_order
 from adamdiag.analysis.moments import QUANTILES, interval_g2
 from adamdiag.analysis.signals import ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
+    CLIP_AGREEMENT,
+    CLIP_MISMATCH,
+    CLIP_RESOLUTION,
     COLLAPSE_DEPTH,
     COLLAPSE_MIN_MEMORY_FRACTION,
     COLLAPSE_MIN_POINTS,
@@ -226,6 +230,72 @@ def ckpt_global_mean_v(c: Any) -> tuple[float, int]:
     tot = sum(float(t.v_mean) * int(t.numel) for t in c.tensors)
     n = sum(int(t.numel) for t in c.tensors)
     return (tot / n if n else float("nan")), n
+
+
+def _propagate_mean_v(v0: float, g2: np.ndarray, beta2: float) -> float:
+    """mean(v) after the steps whose per-element mean g² is ``g2``, from ``v0`` (the EMA commutes with the
+    mean over elements)."""
+    k = len(g2)
+    weights = (1.0 - beta2) * beta2 ** np.arange(k - 1, -1, -1, dtype=np.float64)
+    return float(beta2**k * v0 + np.dot(weights, g2))
+
+
+def clip_from_checkpoints(
+    steps: np.ndarray, norms: np.ndarray, ckpts: list[tuple[int, float, int]], beta2: float
+) -> float | None:
+    """The gradient-clipping norm the checkpoints imply, or None when the logged norm is what Adam saw.
+
+    Between two checkpoints with every step's gradient norm logged — the first "checkpoint" can be step 0,
+    where Adam's v is 0 — mean(v) follows exactly from the first one's and the logged norms (``(step,
+    mean v, element count)`` per checkpoint). When that lands ≥ CLIP_MISMATCH above the second one's own
+    mean(v), the log holds the norm *before* clipping (what ``clip_grad_norm_`` returns, the usual thing to
+    log) and Adam squared a clipped gradient. The clip is the norm c for which min(norm, c) reproduces such an
+    interval (bisection: mean(v) grows with c); it is taken when those intervals agree on it within
+    CLIP_AGREEMENT and min(norm, c) reproduces every exact interval within it (an interval whose norms stay
+    under c matches as it is).
+
+    >>> s = np.arange(1, 201); g = np.r_[np.full(100, 0.2), np.full(100, 0.01)]
+    >>> n = 10; v1 = _propagate_mean_v(0.0, np.full(100, 0.05**2 / n), 0.99)  # Adam saw 0.05, not 0.2
+    >>> v2 = _propagate_mean_v(v1, np.full(100, 0.01**2 / n), 0.99)
+    >>> round(clip_from_checkpoints(s, g, [(100, v1, n), (200, v2, n)], 0.99), 4)
+    0.05
+    >>> g_seen = np.minimum(g, 0.05)  # the clipped norm logged: nothing to infer
+    >>> clip_from_checkpoints(s, g_seen, [(100, v1, n), (200, v2, n)], 0.99) is None
+    True
+    """
+    steps = np.asarray(steps, dtype=np.int64)
+    norms = np.asarray(norms, dtype=np.float64)
+    if not ckpts:
+        return None
+    points = [(0, 0.0, ckpts[0][2]), *ckpts] if len(steps) and steps[0] == 1 else list(ckpts)
+    intervals = []
+    for (a, va, na), (b, vb, nb) in zip(points, points[1:]):
+        if na != nb or not (na > 0 and va >= 0 and vb > 0) or b <= a:
+            continue
+        i, j = np.searchsorted(steps, [a + 1, b + 1])
+        seg_s, seg_g = steps[i:j], norms[i:j]
+        if len(seg_s) != b - a or not np.array_equal(seg_s, np.arange(a + 1, b + 1)) or not np.isfinite(seg_g).all():
+            continue  # not every step of the interval logged: no exact propagation
+        intervals.append((va, vb, na, seg_g))
+    clips: list[float] = []
+    for va, vb, na, seg_g in intervals:
+        if _propagate_mean_v(va, seg_g**2 / na, beta2) < CLIP_MISMATCH * vb:
+            continue
+        lo, hi = 0.0, float(seg_g.max())
+        while hi - lo > CLIP_RESOLUTION * hi:  # bisection: mean(v) grows with the clip
+            mid = (lo + hi) / 2
+            if _propagate_mean_v(va, np.minimum(seg_g, mid) ** 2 / na, beta2) < vb:
+                lo = mid
+            else:
+                hi = mid
+        clips.append((lo + hi) / 2)
+    if not clips or max(clips) > (1.0 + CLIP_AGREEMENT) * min(clips):
+        return None
+    c = float(f"{float(np.median(clips)):.3g}")  # three digits: the bisection's last ones are noise
+    for va, vb, na, seg_g in intervals:
+        if abs(_propagate_mean_v(va, np.minimum(seg_g, c) ** 2 / na, beta2) / vb - 1.0) > CLIP_AGREEMENT:
+            return None  # the log and the checkpoints disagree some other way: no clip explains it
+    return c
 
 
 def frac_below(q: dict[str, float], x: float) -> float:
@@ -870,6 +940,12 @@ def gather(
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
 
+    if inp.clip_norm is None and grad_norm_tag is not None and len(ckpts) > 1 and not inp.non_adam:
+        # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
+        gs_, gv_ = series_arrays(scalars, grad_norm_tag)
+        clip = clip_from_checkpoints(gs_, gv_, [(int(c.step), *ckpt_global_mean_v(c)) for c in ckpts], beta2)
+        if clip is not None:
+            inp = dataclasses.replace(inp, clip_norm=clip, clip_source="estimated from the checkpoints' v")
     trajs, gn, skipped = _trajectories(
         inp, ckpts, grad_norm_tag, beta2, eps, ev, int(steps[-1]) if len(steps) else None
     )

@@ -141,6 +141,14 @@ LR_REDUCTION_STRONG = 10.0
 # A warm-up still under way at the blowup: the logged lr rising this much after it makes the replay also try
 # the cut that keeps the schedule's peak at a tenth of the lr that blew up (recommend.schedule_rise).
 SCHEDULE_RISE = 1.5
+# Clipping the log does not show: mean(v) propagated exactly from one checkpoint over every logged step's
+# norm lands this far above the next checkpoint's own on every such interval (clipping at c scales g² by
+# (c/norm)² on the clipped steps; float rounding and a frozen parameter's share stay well under 1.5x) ...
+CLIP_MISMATCH = 1.5
+# ... and the intervals agree on the clip that reproduces them within this (relative).
+CLIP_AGREEMENT = 0.2
+# ... found to this relative precision (the reported clip keeps three digits).
+CLIP_RESOLUTION = 1e-6
 # eps_too_large: two decades down puts eps well under a typical √v̂ again.
 EPS_DECREASE = 100.0
 

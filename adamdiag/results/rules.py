@@ -63,8 +63,10 @@ RULES: dict[str, tuple[str, str]] = {
         "Trainer's `max_grad_norm` in its `args` text summary, Megatron-LM's `clip_grad` text summary (their "
         "`train/grad_norm` / `grad-norm` is the norm *before* "
         "clipping) — v is reconstructed from min(norm, clip) and this info says so; `--grad-clip NORM` says it "
-        "for runs that do not log it; without either, a pre-clip norm that falls while every step is clipped "
-        "reads as a stale v.",
+        "for runs that do not log it; without either, when every step between two checkpoints is logged, the "
+        "checkpoints' own v shows the clip (mean v rebuilt from the logged norm lands ≥ 1.5x above the next "
+        "checkpoint's): it is estimated from them and used the same way; otherwise a pre-clip norm that falls "
+        "while every step is clipped reads as a stale v.",
     ),
     "AD602": ("lr-schedule", "Reserved (not emitted yet): the learning rate changed around the blowup."),
     "AD603": (
