@@ -138,6 +138,9 @@ EPS_UNSIZED = 1e-2
 # replayed, so the table shows which cut holds.
 LR_REDUCTION = 3.0
 LR_REDUCTION_STRONG = 10.0
+# Replayed variants whose changes span a decade (or change eps and lr alike) blowing up at one step together,
+# later than the original: a data or objective event there, not the optimizer (replay.result.common_blowup).
+DATA_EVENT_SPREAD = 10.0
 # A warm-up still under way at the blowup: the logged lr rising this much after it makes the replay also try
 # the cut that keeps the schedule's peak at a tenth of the lr that blew up (recommend.schedule_rise).
 SCHEDULE_RISE = 1.5

@@ -69,6 +69,8 @@ def _kind(v: Any, original: dict[str, Any]) -> str | None:
 
 def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     """Apply the decision table to ``rep`` from a replay ``result`` (adamdiag.replay.result.ReplayResult)."""
+    from adamdiag.replay.result import common_blowup
+
     original = plan["original"]
     variants = [
         {
@@ -154,6 +156,20 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
                 )
             )
             _retarget_recommendation(rep, best, replay_verdict)
+    elif (at := common_blowup(result.variants, result.start_step)) is not None:
+        # Every change blew up at one later step together: an event in the data or the objective there, which
+        # no eps or lr moves. The replay neither confirms nor refutes the verdict; it says how to judge it.
+        ver["confirms"] = None
+        rep.findings.append(
+            Finding(
+                "AD703",
+                "warning",
+                f"not verified: every tried change moves the blowup from {rep.blowup_step} to step {at} whatever "
+                f"it changes — something in the data or the objective at step {at}, not the optimizer; replay "
+                f"with --steps {at - 1 - result.start_step} to judge the fixes before it",
+                step=rep.blowup_step,
+            )
+        )
     else:
         ver["confirms"] = False
         rep.confidence = "low"

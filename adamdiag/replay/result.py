@@ -45,6 +45,7 @@ from adamdiag.analysis.thresholds import (
     BLOWUP_PEAK_FACTOR,
     BLOWUP_PERSIST,
     COLLAPSE_R,
+    DATA_EVENT_SPREAD,
     FIDELITY_MAX_REL_DEV,
     HORIZON_GAP_FACTOR,
     HORIZON_MEMORIES,
@@ -56,6 +57,7 @@ from adamdiag.analysis.thresholds import (
     REPLAY_PREFIX_POINTS,
     SPIKE_STEP_TOLERANCE_FRACTION,
     SPIKE_Z,
+    TINY,
     TRACK_FRACTION,
 )
 from adamdiag.results.report import json_safe
@@ -623,6 +625,33 @@ def postponed(v: VariantOutcome, orig: VariantOutcome, start_step: int) -> bool:
     return v.blowup_step > orig.blowup_step + margin
 
 
+def common_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int | None:
+    """The step at which every changed variant blows up together, later than the original, whatever its
+    change — eps and lr alike, or settings a decade apart: an event in the data or the objective at that
+    step (a new data mixture, a loss term switched on), which no optimizer setting moves. None otherwise.
+
+    >>> def v(name, eps, lr, step): return VariantOutcome(name, eps, 0.999, lr, 1.0, 1.0, True, step, 1.0, "blowup", step)
+    >>> runs = [v("original", 1e-8, 1e-2, 342), v("eps=0.001", 1e-3, 1e-2, 1201), v("lr=0.001", 1e-8, 1e-3, 1201)]
+    >>> common_blowup(runs, 300)
+    1201
+    >>> common_blowup([runs[0], runs[1], v("lr=0.001", 1e-8, 1e-3, 900)], 300) is None
+    True
+    """
+    orig, alts = variants[0], variants[1:]
+    if len(alts) < 2 or not all(v.outcome == "blowup" and postponed(v, orig, start_step) for v in alts):
+        return None
+    steps = [int(v.blowup_step) for v in alts if v.blowup_step is not None]
+    if max(steps) - min(steps) > BLOWUP_PERSIST:
+        return None
+    kinds = {("eps" if v.eps != orig.eps else "") + ("lr" if v.lr != orig.lr else "") for v in alts}
+
+    def spread(xs: list[float]) -> float:
+        return max(xs) / max(min(xs), TINY)
+
+    wide = max(spread([v.eps for v in alts]), spread([v.lr for v in alts])) >= DATA_EVENT_SPREAD
+    return min(steps) if len(kinds) > 1 or wide else None
+
+
 def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, int, str]:
     """(conclusion, exit code, one sentence). Exit 0 only when some variant is ``avoided``:
 
@@ -650,6 +679,15 @@ def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, 
         names = ", ".join(v.name for v in good)
         text = f"{names} avoid{'s' if len(good) == 1 else ''} {what}"
         return "fixed", 0, text + (f" ({extra})" if extra else "")
+    at = common_blowup(variants, start_step)
+    if at is not None:
+        return (
+            "postponed",
+            1,
+            f"no variant avoids the blowup, but every one moves it from {orig.blowup_step} to step {at} whatever "
+            f"its change: something in the data or the objective at step {at} (a new data mix, a loss term "
+            f"switched on), not the optimizer; judge the fix up to step {at - 1} (replay --steps {at - 1 - start_step})",
+        )
     if risky or later or orig.outcome == "at_risk":
         head = "no variant avoids the blowup"
         if orig.outcome == "at_risk":

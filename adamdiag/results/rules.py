@@ -87,7 +87,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD703": (
         "not-verified",
         "The verdict could not be verified by replay (no replay entry, no checkpoint before the blowup, the replay "
-        "did not reproduce the log, or the budget ran out).",
+        "did not reproduce the log, the budget ran out, or every tried change blew up at one later step together: "
+        "an event in the data or the objective there, which no eps or lr moves — replay up to it to judge).",
     ),
     # 9xx: data quality
     "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),

@@ -502,3 +502,29 @@ def test_bitsandbytes_state_is_refused_naming_it():
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "bnb" / "adam8bit.pt"
     with pytest.raises(InputError, match="holds bitsandbytes optimizer state"):
         load_replay_checkpoint(fixture)
+
+
+def test_a_blowup_every_change_moves_to_one_step_is_a_data_event():
+    # The original blows up at 56; an eps change and an lr change both "blow up" at 111 together — a jump no
+    # optimizer setting moves (a data shift, a loss term switched on): said so, with the horizon to judge by.
+    from dataclasses import replace
+
+    from adamdiag.pipeline.verify import decide
+    from adamdiag.replay.result import common_blowup
+    from adamdiag.results.report import RunReport
+
+    spiky, late = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15
+    vs = [_v("original", spiky), replace(_v("eps=0.01", late), eps=1e-2), replace(_v("lr=1e-4", late), lr=1e-4)]
+    assert common_blowup(vs, 50) == 111
+    c, code, text = conclude(vs, 50)
+    assert (c, code) == ("postponed", 1) and "the data or the objective at step 111" in text
+    assert "replay --steps 60" in text
+    # the same later step from one kind of change a few percent apart is an ordinary postponement
+    close = [vs[0], replace(vs[1], eps=1.1e-2), vs[1]]
+    assert common_blowup(close, 50) is None
+    # scan --verify: neither confirmed nor refuted, the verdict's confidence kept
+    result = ReplayResult("ck.pt", 50, 75, Fidelity(0.0, True, message="ok"), vs)
+    rep = RunReport(run="r", verdict="v_collapse", blowup_step=56, confidence="high")
+    decide(rep, result, {"original": {"eps": 1e-3, "beta2": 0.99, "lr": 1e-3}})
+    assert rep.confidence == "high" and rep.verification["confirms"] is None
+    assert any(f.id == "AD703" and "step 111" in f.message for f in rep.findings), rep.findings
