@@ -43,7 +43,8 @@ def _weighted_median(values: list[float], weights: list[int]) -> float:
 def checkpoint_views(summaries: list[Any], beta2: float) -> dict[str, Any]:
     """The √v̂ band of every checkpoint (p01 of the lowest tensor, element-weighted median of the
     tensors' medians, p99 of the highest) against eps, and the decay-ratio view of consecutive
-    checkpoints (element-weighted; ``pure_decay`` = share of elements whose implied g²/v̂ < 0.1)."""
+    checkpoints (element-weighted; ``pure_decay`` = share of elements in tensors whose *mean* implied g²/v̂
+    < 0.1 — by tensor means, from the summaries; inspect's per-element count needs both checkpoints' tensors)."""
     import math
 
     from adamdiag.analysis.evidence import checkpoint_interval_ratios

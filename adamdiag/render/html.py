@@ -233,8 +233,8 @@ def _decay_table(r: RunReport) -> list[str]:
     out = [
         "<h3>Checkpoint decay ratios</h3>",
         '<p class="muted">v_b/(β2^Δ·v_a) between consecutive checkpoints (≈1: v only decayed) and the implied '
-        "g²/v̂ of the interval, element-weighted medians; pure decay = share of elements with implied g²/v̂ &lt; 0.1</p>",
-        "<table><tr><th>from step</th><th>to step</th><th>decay ratio</th><th>implied g²/v̂</th><th>pure decay</th></tr>",
+        "g²/v̂ of the interval, element-weighted medians; quiet tensors = share of elements in tensors whose mean implied g²/v̂ &lt; 0.1 (by tensor means: <code>adamdiag inspect A B</code> counts it per element)</p>",
+        "<table><tr><th>from step</th><th>to step</th><th>decay ratio</th><th>implied g²/v̂</th><th>quiet tensors</th></tr>",
     ]
     for d in rows:
         out.append(
