@@ -1,5 +1,5 @@
-"""First-user review (session 11) CLI regressions, on runs written by torch's SummaryWriter: config keys by
-long name and bad config values named by file and key (F4, F5)."""
+"""CLI conventions on runs written by torch's SummaryWriter: config keys by long name and bad config values
+named by file and key; plot takes scan's tag options; an ASCII-only console still gets the report."""
 
 from __future__ import annotations
 

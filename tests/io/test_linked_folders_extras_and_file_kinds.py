@@ -1,6 +1,6 @@
-"""First-user review (session 11) input regressions, each on real artifacts (torch.save, SummaryWriter):
-a linked ``checkpoints/`` folder (F13); checkpoints holding ``argparse.Namespace`` or numpy scalars (F17);
-a file given to the command that does not take its kind (F6)."""
+"""Checkpoint inputs as users lay them out, each on real artifacts (torch.save, SummaryWriter): a linked
+``checkpoints/`` folder; checkpoints holding ``argparse.Namespace`` or numpy scalars; a file given to the
+command that does not take its kind (found by a first-user review)."""
 
 from __future__ import annotations
 
