@@ -223,13 +223,35 @@ class _LossLevels:
         >>> ev = LossEvents(); lv = _LossLevels.of(s, y, ev); lv.early_rise(ev), ev.blowup_step
         (True, 11)
         """
-        z = self.z
-        hi = np.maximum.accumulate(z[: self.warmup])  # hi[i - 1]: the highest level before point i
-        for i in (np.flatnonzero(z[1 : self.warmup] - hi[:-1] > self.onset) + 1).tolist():
-            if self.confirmed(i, float(hi[i - 1])):
-                self.record(ev, i, float(hi[i - 1]), int(np.argmin(z[:i])))
-                return ev.blowup_step is not None
-        return False
+        z, w = self.z, self.warmup
+        hi = np.maximum.accumulate(z[:w])  # hi[i - 1]: the highest level before point i
+        jump = next(
+            (
+                i
+                for i in (np.flatnonzero(z[1:w] - hi[:-1] > self.onset) + 1).tolist()
+                if self.confirmed(i, float(hi[i - 1]))
+            ),
+            None,
+        )
+        # A climb too gradual for any one point to double the level before it (a sparse log of an early
+        # divergence): the level held later (two of three points) reaches 10x the starting loss, and the
+        # climb started inside the window — where the loss left the 2x band around the start for good.
+        z0 = float(z[0])
+        up = np.flatnonzero(_held_level(z)[1:] - z0 >= self.decade)
+        climb = None
+        if len(up):
+            i = int(up[0]) + 1
+            end = min(i + 3, self.n)  # the held level at i looks two points ahead
+            left = (z[1:end] - z0 > self.onset) & (self.fwd[1:end] - z0 > self.onset)
+            k = 1 + int(np.argmax(left)) if left.any() else i
+            climb = k if k < w else None
+        if jump is not None and (climb is None or jump <= climb):
+            self.record(ev, jump, float(hi[jump - 1]), int(np.argmin(z[:jump])))
+        elif climb is not None:
+            self.record(ev, climb, z0, 0)
+        else:
+            return False
+        return ev.blowup_step is not None
 
 
 def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:

@@ -76,3 +76,15 @@ def test_the_peak_is_that_of_the_blowup_not_of_a_later_event(tmp_path):
     r = _scan(tmp_path)
     (f,) = [f for f in r["findings"] if f["id"] == "AD001"]
     assert r["blowup_step"] == 601 and f["evidence"]["peak_step"] <= 620, f["evidence"]
+
+
+def test_a_gradual_climb_from_the_start_on_a_sparse_log_is_not_healthy(tmp_path):
+    # Logged every 10 steps, the loss climbs 2.2 -> 34 over the first points and stays: no single point
+    # doubles the level before it, and the best level counted from the 5th point is already up the climb.
+    # Against the starting loss it is a 10x that holds, and it began before there was a level to rise from.
+    rng = np.random.default_rng(4)
+    climb = np.r_[np.geomspace(2.2, 34.0, 11), 34.0 * rng.uniform(0.9, 1.1, 29)]
+    _write(tmp_path, climb, every=10)
+    r = _scan(tmp_path)
+    assert r["verdict"] == "inconclusive", r["verdict"]
+    assert any(f["id"] == "AD901" and "too few points before the rise" in f["message"] for f in r["findings"])
