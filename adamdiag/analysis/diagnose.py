@@ -135,7 +135,7 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         d = Decision("eps_too_large", "eps_dominated", "medium")
         rep.verdict, rep.confidence = d.verdict, d.confidence
     if rep.verdict in ("healthy", "eps_too_large"):
-        rep.findings += F.collapse_in_progress(ev, ev.beta2)
+        rep.findings += F.collapse_in_progress(ev, ev.beta2) + F.absorbed_batch(ev)
     rep.findings += F.data_quality(ev, tags)
     named = [c.label for c in ev.collapses if c.label != "global"]
     rep.recommendation = recommend(ev, d, inp.run, named)

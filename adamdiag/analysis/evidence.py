@@ -401,6 +401,51 @@ def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | No
     return {"step": int(steps[i]), "grad_norm": float(vals[i]), "previous": prev, "trailing_median": base}
 
 
+def absorbed_gradient_jumps(gn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
+    """One-batch gradient jumps the loss did not react to, in a run without a loss event: the logged norm
+    (every step) ≥ GRAD_JUMP_FACTOR x both the step before and its trailing median, and back under
+    1/GRAD_JUMP_FACTOR of it at the next step — the bad-batch signature of :func:`abrupt_gradient_jump`,
+    searched over the whole log. The largest (by its ratio to the trailing median) and how many there were;
+    None when there is none.
+
+    >>> s = np.arange(1, 101); g = np.full(100, 0.1); g[59] = 50.0
+    >>> j = absorbed_gradient_jumps((s, g)); (j["step"], j["count"])
+    (60, 1)
+    """
+    import pandas as pd
+
+    if gn is None:
+        return None
+    steps, vals = (np.asarray(a) for a in gn)
+    n = len(vals)
+    if n <= GRAD_JUMP_MIN_HISTORY + 1:
+        return None
+    med = pd.Series(vals).shift(1).rolling(GRAD_JUMP_TRAILING, min_periods=1).median().to_numpy()
+    i = np.arange(1, n - 1)
+    with np.errstate(invalid="ignore"):
+        hit = (
+            (i >= GRAD_JUMP_MIN_HISTORY)
+            & (np.diff(steps)[:-1] == 1)  # the step before logged ...
+            & (np.diff(steps)[1:] == 1)  # ... and the step after: one step, seen whole
+            & (med[i] > 0)
+            & (vals[i] >= GRAD_JUMP_FACTOR * med[i])
+            & (vals[i] >= GRAD_JUMP_FACTOR * vals[i - 1])
+            & (vals[i + 1] * GRAD_JUMP_FACTOR <= vals[i])
+        )
+    idx = i[hit]
+    if not len(idx):
+        return None
+    k = int(idx[np.argmax(vals[idx] / med[idx])])
+    return {
+        "step": int(steps[k]),
+        "grad_norm": float(vals[k]),
+        "previous": float(vals[k - 1]),
+        "trailing_median": float(med[k]),
+        "isolated": True,
+        "count": len(idx),
+    }
+
+
 def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     """For lr_too_high: first step before the blowup where g²/v̂ already exceeded INSTABILITY_R (a
     step that the optimizer could not absorb), if any."""
@@ -714,6 +759,8 @@ class Evidence:
     lr: float | None
     hyper_assumed: bool  # no checkpoint: beta2/eps are the torch defaults
     lr_at_event: float | None = None  # from a logged learning-rate tag
+    # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
+    absorbed_jump: dict[str, Any] | None = None
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
@@ -1011,6 +1058,7 @@ def gather(
         hyper_assumed=not ckpts,
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
+        absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
         checkpoint_root=inp.checkpoint_root,

@@ -263,6 +263,27 @@ def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
     ]
 
 
+def absorbed_batch(ev: Evidence) -> list[Finding]:
+    """AD301 (warning) in a run whose loss shows no event: a one-batch gradient jump Adam absorbed."""
+    j = ev.absorbed_jump
+    if j is None:
+        return []
+    prev = max(j["previous"], np.finfo(float).tiny)
+    more = f" (the largest of {j['count']})" if j["count"] > 1 else ""
+    return [
+        Finding(
+            "AD301",
+            "warning",
+            f"one batch at step {j['step']}{more}: gradient norm {j['grad_norm']:.3g} jumped {j['grad_norm'] / prev:.3g}x "
+            f"in one step ({j['grad_norm'] / j['trailing_median']:.3g}x the trailing median) and was back at the "
+            "next; the loss did not react — Adam absorbed it, but its g² entered v, so the following steps were "
+            "smaller (check that batch's data)",
+            step=j["step"],
+            evidence=j,
+        )
+    ]
+
+
 def _collapse_evidence(c: Collapse) -> dict[str, Any]:
     return {
         "tensor": c.label,

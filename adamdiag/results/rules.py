@@ -40,7 +40,8 @@ RULES: dict[str, tuple[str, str]] = {
     # 3xx: bad batch
     "AD301": (
         "bad-batch",
-        "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer.",
+        "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer. A warning "
+        "on a run whose loss shows no event: such a jump, back at the next step, that Adam absorbed.",
     ),
     # 4xx: non-finite values
     "AD401": (

@@ -88,3 +88,20 @@ def test_a_gradual_climb_from_the_start_on_a_sparse_log_is_not_healthy(tmp_path)
     r = _scan(tmp_path)
     assert r["verdict"] == "inconclusive", r["verdict"]
     assert any(f["id"] == "AD901" and "too few points before the rise" in f["message"] for f in r["findings"])
+
+
+def test_a_batch_adam_absorbed_is_named_on_a_healthy_run(tmp_path):
+    # The gradient norm jumps ~500x for one step and is back at the next; the loss does not react (a bad
+    # batch absorbed). The run is healthy, and the batch is named (AD301 warning) instead of nothing.
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = np.random.default_rng(5)
+    w = SummaryWriter(str(tmp_path))
+    for step in range(1, 401):
+        w.add_scalar("loss", float(np.exp(-step / 200) * rng.uniform(0.95, 1.05)), step)
+        w.add_scalar("grad_norm", 50.0 if step == 250 else float(rng.uniform(0.08, 0.12)), step)
+    w.close()
+    r = _scan(tmp_path)
+    assert r["verdict"] == "healthy", r["verdict"]
+    (f,) = [f for f in r["findings"] if f["id"] == "AD301"]
+    assert f["severity"] == "warning" and f["step"] == 250 and "absorbed" in f["message"]
