@@ -124,6 +124,7 @@ class _LossLevels:
     fwd: np.ndarray
     based: np.ndarray
     best: np.ndarray
+    held: np.ndarray  # _held_level(z): the level held from each point (two of three points)
     suffix_max: np.ndarray
     warmup: int
     onset: float = math.log(BLOWUP_FACTOR)
@@ -166,6 +167,7 @@ class _LossLevels:
         # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
         # near-zero first point must not become the level a slow climb is measured from).
         based = np.arange(n) >= MIN_BASELINE_POINTS
+        held = _held_level(z)
         return cls(
             steps=steps,
             values=values,
@@ -176,8 +178,9 @@ class _LossLevels:
             fwd=pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1],
             based=based,
             best=np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med)),
+            held=held,
             # the highest level held from each point on (_held_level: two of three points), for a slow climb
-            suffix_max=np.maximum.accumulate(_held_level(z)[::-1])[::-1],
+            suffix_max=np.maximum.accumulate(held[::-1])[::-1],
             warmup=max(3, min(w, n // 10)),  # the first points have no trailing level worth comparing to
         )
 
@@ -216,7 +219,8 @@ class _LossLevels:
         a run that diverged in its first steps (an lr far too high without warm-up) is no healthy run.
         Records it (a blowup, or with fewer than MIN_BASELINE_POINTS points before it the unbased rise) and
         says whether it was a blowup; the detectors then stop, or go on past the warm-up after an unbased
-        rise. One code path for both detectors: the window is at most 200 points.
+        rise. One code path for both detectors: the jumps are looked for in the window (at most 200 points),
+        the climb's 10x anywhere after it, but only a climb that started in the window counts.
 
         >>> import numpy as np
         >>> s = np.arange(1, 401); y = np.r_[np.full(10, 0.5), np.full(390, 60.0)]
@@ -237,7 +241,7 @@ class _LossLevels:
         # divergence): the level held later (two of three points) reaches 10x the starting loss, and the
         # climb started inside the window — where the loss left the 2x band around the start for good.
         z0 = float(z[0])
-        up = np.flatnonzero(_held_level(z)[1:] - z0 >= self.decade)
+        up = np.flatnonzero(self.held[1:] - z0 >= self.decade)
         climb = None
         if len(up):
             i = int(up[0]) + 1
