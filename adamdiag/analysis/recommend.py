@@ -245,14 +245,19 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
     return rec
 
 
+# The lr recommendation's claim when the log shows no v collapse; scan --verify drops it when its replay shows
+# an eps change avoiding the blowup too (pipeline.verify._drop_refuted_eps_claim finds it by this text).
+NO_EPS_FIX = "eps will not help"
+
+
 def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     lr = ev.lr
     if d.alternative is not None:
         why = "a v collapse also fits (g²/v̂ was low before the blowup): the replay below tries an eps fix too"
     elif ev.pre_event_r is None:  # no logged trajectory: what the checkpoints before it show
-        why = "eps will not help: the checkpoints before the blowup show no v collapse"
+        why = f"{NO_EPS_FIX}: the checkpoints before the blowup show no v collapse"
     else:
-        why = "eps will not help: v tracked the gradients"
+        why = f"{NO_EPS_FIX}: v tracked the gradients"
     cuts = [LR_REDUCTION, LR_REDUCTION_STRONG]
     rise = schedule_rise(ev)
     if rise is not None:

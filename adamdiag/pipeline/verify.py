@@ -213,11 +213,14 @@ def _postponed_text(changed: list[tuple[Any, str | None]], kind: str | None) -> 
 def _drop_refuted_eps_claim(rep: RunReport, eps_variant: str) -> None:
     """An lr recommendation that said "eps will not help" (the log showed no v collapse) after the replay
     showed an eps change avoiding the blowup too: the claim goes, the replay's finding takes its place."""
+    from adamdiag.analysis.recommend import NO_EPS_FIX
+
     rec = rep.recommendation or {}
     msg = rec.get("message")
-    if rec.get("action") != "lower the learning rate" or not isinstance(msg, str) or "; eps will not help" not in msg:
+    claim = f"; {NO_EPS_FIX}"
+    if rec.get("action") != "lower the learning rate" or not isinstance(msg, str) or claim not in msg:
         return
-    head, _, tail = msg.partition("; eps will not help")
+    head, _, tail = msg.partition(claim)
     rest = tail.partition("; ")[2]  # what followed the claim (a rising schedule), kept
     rec["message"] = f"{head}; the replay shows {eps_variant} avoids it too, so a v collapse fits as well" + (
         f"; {rest}" if rest else ""
