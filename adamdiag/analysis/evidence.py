@@ -17,7 +17,6 @@ The verdict rules (:mod:`adamdiag.analysis.verdicts`) read an :class:`Evidence`;
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,14 +231,6 @@ def ckpt_global_mean_v(c: Any) -> tuple[float, int]:
     return (tot / n if n else float("nan")), n
 
 
-def _propagate_mean_v(v0: float, g2: np.ndarray, beta2: float) -> float:
-    """mean(v) after the steps whose per-element mean g² is ``g2``, from ``v0`` (the EMA commutes with the
-    mean over elements)."""
-    k = len(g2)
-    weights = (1.0 - beta2) * beta2 ** np.arange(k - 1, -1, -1, dtype=np.float64)
-    return float(beta2**k * v0 + np.dot(weights, g2))
-
-
 def clip_from_checkpoints(
     steps: np.ndarray, norms: np.ndarray, ckpts: list[tuple[int, float, int]], beta2: float
 ) -> float | None:
@@ -255,8 +246,8 @@ def clip_from_checkpoints(
     under c matches as it is).
 
     >>> s = np.arange(1, 201); g = np.r_[np.full(100, 0.2), np.full(100, 0.01)]
-    >>> n = 10; v1 = _propagate_mean_v(0.0, np.full(100, 0.05**2 / n), 0.99)  # Adam saw 0.05, not 0.2
-    >>> v2 = _propagate_mean_v(v1, np.full(100, 0.01**2 / n), 0.99)
+    >>> n = 10; v = ema_second_moment(s, np.minimum(g, 0.05) ** 2 / n, 0.99)[0]  # Adam saw 0.05, not 0.2
+    >>> v1, v2 = v[99], v[199]
     >>> round(clip_from_checkpoints(s, g, [(100, v1, n), (200, v2, n)], 0.99), 4)
     0.05
     >>> g_seen = np.minimum(g, 0.05)  # the clipped norm logged: nothing to infer
@@ -268,23 +259,16 @@ def clip_from_checkpoints(
     if not ckpts:
         return None
     points = [(0, 0.0, ckpts[0][2]), *ckpts] if len(steps) and steps[0] == 1 else list(ckpts)
-    intervals = []
-    for (a, va, na), (b, vb, nb) in zip(points, points[1:]):
-        if na != nb or not (na > 0 and va >= 0 and vb > 0) or b <= a:
-            continue
-        i, j = np.searchsorted(steps, [a + 1, b + 1])
-        seg_s, seg_g = steps[i:j], norms[i:j]
-        if len(seg_s) != b - a or not np.array_equal(seg_s, np.arange(a + 1, b + 1)) or not np.isfinite(seg_g).all():
-            continue  # not every step of the interval logged: no exact propagation
-        intervals.append((va, vb, na, seg_g))
+    intervals = _fully_logged_intervals(steps, norms, points)
     clips: list[float] = []
-    for va, vb, na, seg_g in intervals:
-        if _propagate_mean_v(va, seg_g**2 / na, beta2) < CLIP_MISMATCH * vb:
+    for iv in intervals:
+        vb, seg_g = iv[2], iv[-1]
+        if _mean_v_after(iv, None, beta2) < CLIP_MISMATCH * vb:
             continue
         lo, hi = 0.0, float(seg_g.max())
         while hi - lo > CLIP_RESOLUTION * hi:  # bisection: mean(v) grows with the clip
             mid = (lo + hi) / 2
-            if _propagate_mean_v(va, np.minimum(seg_g, mid) ** 2 / na, beta2) < vb:
+            if _mean_v_after(iv, mid, beta2) < vb:
                 lo = mid
             else:
                 hi = mid
@@ -292,10 +276,39 @@ def clip_from_checkpoints(
     if not clips or max(clips) > (1.0 + CLIP_AGREEMENT) * min(clips):
         return None
     c = float(f"{float(np.median(clips)):.3g}")  # three digits: the bisection's last ones are noise
-    for va, vb, na, seg_g in intervals:
-        if abs(_propagate_mean_v(va, np.minimum(seg_g, c) ** 2 / na, beta2) / vb - 1.0) > CLIP_AGREEMENT:
+    for iv in intervals:
+        if abs(_mean_v_after(iv, c, beta2) / iv[2] - 1.0) > CLIP_AGREEMENT:
             return None  # the log and the checkpoints disagree some other way: no clip explains it
     return c
+
+
+# (first step a, mean v at a, mean v at b, element count, the steps a+1..b, their logged norms)
+_Interval = tuple[int, float, float, int, np.ndarray, np.ndarray]
+
+
+def _fully_logged_intervals(
+    steps: np.ndarray, norms: np.ndarray, points: list[tuple[int, float, int]]
+) -> list[_Interval]:
+    """The consecutive (step, mean v, element count) points between which every step's gradient norm is
+    logged and finite: there mean(v) follows exactly from the first point's and the norms."""
+    out: list[_Interval] = []
+    for (a, va, na), (b, vb, nb) in zip(points, points[1:]):
+        if na != nb or not (na > 0 and va >= 0 and vb > 0) or b <= a:
+            continue
+        i, j = np.searchsorted(steps, [a + 1, b + 1])
+        seg_s, seg_g = steps[i:j], norms[i:j]
+        if len(seg_s) != b - a or not np.array_equal(seg_s, np.arange(a + 1, b + 1)) or not np.isfinite(seg_g).all():
+            continue  # not every step of the interval logged: no exact propagation
+        out.append((a, va, vb, na, seg_s, seg_g))
+    return out
+
+
+def _mean_v_after(iv: _Interval, clip: float | None, beta2: float) -> float:
+    """mean(v) at the interval's end from its start and the logged norms, clipped at ``clip`` (the EMA
+    commutes with the mean over elements)."""
+    a, va, _, na, seg_s, seg_g = iv
+    g = seg_g if clip is None else np.minimum(seg_g, clip)
+    return float(ema_second_moment(seg_s, g**2 / na, beta2, v0=va, step0=a)[0][-1])
 
 
 def frac_below(q: dict[str, float], x: float) -> float:
@@ -402,48 +415,33 @@ def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | No
 
 
 def absorbed_gradient_jumps(gn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
-    """One-batch gradient jumps the loss did not react to, in a run without a loss event: the logged norm
-    (every step) ≥ GRAD_JUMP_FACTOR x both the step before and its trailing median, and back under
-    1/GRAD_JUMP_FACTOR of it at the next step — the bad-batch signature of :func:`abrupt_gradient_jump`,
-    searched over the whole log. The largest (by its ratio to the trailing median) and how many there were;
-    None when there is none.
+    """One-batch gradient jumps the loss did not react to, in a run without a loss event: the bad-batch
+    signature of :func:`abrupt_gradient_jump` and :func:`jump_is_isolated`, looked for at every step whose
+    neighbours are both logged (one step, seen whole) — the largest (by its ratio to the trailing median)
+    and how many there were; None when there is none.
 
     >>> s = np.arange(1, 101); g = np.full(100, 0.1); g[59] = 50.0
     >>> j = absorbed_gradient_jumps((s, g)); (j["step"], j["count"])
     (60, 1)
     """
-    import pandas as pd
-
     if gn is None:
         return None
     steps, vals = (np.asarray(a) for a in gn)
     n = len(vals)
     if n <= GRAD_JUMP_MIN_HISTORY + 1:
         return None
-    med = pd.Series(vals).shift(1).rolling(GRAD_JUMP_TRAILING, min_periods=1).median().to_numpy()
     i = np.arange(1, n - 1)
-    with np.errstate(invalid="ignore"):
-        hit = (
-            (i >= GRAD_JUMP_MIN_HISTORY)
-            & (np.diff(steps)[:-1] == 1)  # the step before logged ...
-            & (np.diff(steps)[1:] == 1)  # ... and the step after: one step, seen whole
-            & (med[i] > 0)
-            & (vals[i] >= GRAD_JUMP_FACTOR * med[i])
-            & (vals[i] >= GRAD_JUMP_FACTOR * vals[i - 1])
-            & (vals[i + 1] * GRAD_JUMP_FACTOR <= vals[i])
-        )
-    idx = i[hit]
-    if not len(idx):
+    with np.errstate(invalid="ignore"):  # a cheap necessary condition first: 10x over the step before
+        near = (np.diff(steps)[:-1] == 1) & (np.diff(steps)[1:] == 1) & (vals[i] >= GRAD_JUMP_FACTOR * vals[i - 1])
+    jumps = []
+    for k in i[near].tolist():
+        j = abrupt_gradient_jump(int(steps[k]), gn)
+        if j is not None and j["step"] == int(steps[k]) and jump_is_isolated(j, gn):
+            jumps.append(j)
+    if not jumps:
         return None
-    k = int(idx[np.argmax(vals[idx] / med[idx])])
-    return {
-        "step": int(steps[k]),
-        "grad_norm": float(vals[k]),
-        "previous": float(vals[k - 1]),
-        "trailing_median": float(med[k]),
-        "isolated": True,
-        "count": len(idx),
-    }
+    top = max(jumps, key=lambda j: j["grad_norm"] / j["trailing_median"])
+    return {**top, "isolated": True, "count": len(jumps)}
 
 
 def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
@@ -987,13 +985,7 @@ def gather(
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
 
-    if inp.clip_norm is None and grad_norm_tag is not None and len(ckpts) > 1 and not inp.non_adam:
-        # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
-        gs_, gv_ = series_arrays(scalars, grad_norm_tag)
-        clip = clip_from_checkpoints(gs_, gv_, [(int(c.step), *ckpt_global_mean_v(c)) for c in ckpts], beta2)
-        if clip is not None:
-            inp = dataclasses.replace(inp, clip_norm=clip, clip_source="estimated from the checkpoints' v")
-    trajs, gn, skipped = _trajectories(
+    trajs, gn, skipped, estimated_clip = _trajectories(
         inp, ckpts, grad_norm_tag, beta2, eps, ev, int(steps[-1]) if len(steps) else None
     )
     monitor = monitor_trajectories(scalars, tags, beta2, eps if ckpts else 0.0)
@@ -1064,8 +1056,8 @@ def gather(
         checkpoint_root=inp.checkpoint_root,
         task_tags_named=task_tags_named,
         vhat_fall=vhat_fall(trajs, ckpts, event_step, beta2),
-        clip_norm=inp.clip_norm,
-        clip_source=inp.clip_source,
+        clip_norm=inp.clip_norm if estimated_clip is None else estimated_clip,
+        clip_source=inp.clip_source if estimated_clip is None else "estimated from the checkpoints' v",
         overflow_steps=skipped,
     )
 
@@ -1153,29 +1145,32 @@ def _trajectories(
     eps: float,
     ev: Any,
     loss_last_step: int | None,
-) -> tuple[list[Trajectory], tuple[np.ndarray, np.ndarray] | None, list[int]]:
+) -> tuple[list[Trajectory], tuple[np.ndarray, np.ndarray] | None, list[int], float | None]:
     """r trajectories (global from the gradient norm, per tensor from histograms), the gradient-norm
-    series, and the steps skipped by loss scaling. A non-finite gradient norm before the loss's first one
+    series, the steps skipped by loss scaling, and the clip the checkpoints imply when none was logged or
+    given (:func:`clip_from_checkpoints`; v is then rebuilt from the clipped norm). A non-finite gradient norm before the loss's first one
     moves ``ev.first_nonfinite_step`` — unless training plainly went on past it (:func:`overflow_skipped`).
     A run whose checkpoints hold another optimizer gets none: its logs say nothing about Adam's v."""
     trajs: list[Trajectory] = []
     gn = None
     skipped: list[int] = []
+    estimated = None
     if grad_norm_tag is not None and not inp.non_adam:
         gs, gv = series_arrays(inp.scalars, grad_norm_tag)
         gn = (gs, gv)
         ok = np.isfinite(gv)
-        if ckpts:
-            n_total = ckpt_global_mean_v(ckpts[0])[1]
-            seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
-        else:
-            n_total = 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
-            seeds = []
+        means = [(int(c.step), *ckpt_global_mean_v(c)) for c in ckpts]  # (step, mean v, element count)
+        n_total = means[0][2] if means else 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
+        seeds = [(step, mean_v) for step, mean_v, _ in means]
+        clip = inp.clip_norm
+        if clip is None and len(means) > 1:
+            # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
+            clip = estimated = clip_from_checkpoints(gs, gv, means, beta2)
         if ok.sum() >= MIN_LOSS_POINTS:
             # Without a checkpoint the element count is unknown, so v's absolute scale is too:
             # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
             # Clipping the writer logged (HF Trainer logs the norm before it): Adam squared the clipped gradient.
-            seen = np.minimum(gv[ok], inp.clip_norm) if inp.clip_norm else gv[ok]
+            seen = np.minimum(gv[ok], clip) if clip else gv[ok]
             trajs.append(reconstruct(gs[ok], seen**2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
         if (~ok).any():
             if overflow_skipped(gs, ok, ev.first_nonfinite_step, loss_last_step):
@@ -1189,7 +1184,7 @@ def _trajectories(
         trajs += histogram_trajectories(hist, ckpts, beta2, eps)
     for tr in trajs:
         tr.convention = inp.convention
-    return trajs, gn, skipped
+    return trajs, gn, skipped, estimated
 
 
 def overflow_skipped(

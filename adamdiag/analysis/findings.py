@@ -249,18 +249,25 @@ def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
     """AD301: the one-step gradient-norm jump."""
     j = ev.grad_jump
     assert j is not None
-    prev = max(j["previous"], np.finfo(float).tiny)
     shape = "back down at the next step" if j.get("isolated") else "and stayed up"
     return [
         Finding(
             "AD301",
             "error" if ev.blowup_step is not None else "warning",
-            f"one batch at step {j['step']}: gradient norm {j['grad_norm']:.3g} jumped {j['grad_norm'] / prev:.3g}x "
-            f"in one step ({j['grad_norm'] / j['trailing_median']:.3g}x the trailing median), {shape}",
+            f"one batch at step {j['step']}: {_jump_text(j)}, {shape}",
             step=j["step"],
             evidence=j,
         )
     ]
+
+
+def _jump_text(j: dict[str, Any]) -> str:
+    """'gradient norm 117 jumped 738x in one step (484x the trailing median)' of a one-step jump."""
+    prev = max(j["previous"], np.finfo(float).tiny)
+    return (
+        f"gradient norm {j['grad_norm']:.3g} jumped {j['grad_norm'] / prev:.3g}x in one step "
+        f"({j['grad_norm'] / j['trailing_median']:.3g}x the trailing median)"
+    )
 
 
 def absorbed_batch(ev: Evidence) -> list[Finding]:
@@ -268,14 +275,12 @@ def absorbed_batch(ev: Evidence) -> list[Finding]:
     j = ev.absorbed_jump
     if j is None:
         return []
-    prev = max(j["previous"], np.finfo(float).tiny)
     more = f" (the largest of {j['count']})" if j["count"] > 1 else ""
     return [
         Finding(
             "AD301",
             "warning",
-            f"one batch at step {j['step']}{more}: gradient norm {j['grad_norm']:.3g} jumped {j['grad_norm'] / prev:.3g}x "
-            f"in one step ({j['grad_norm'] / j['trailing_median']:.3g}x the trailing median) and was back at the "
+            f"one batch at step {j['step']}{more}: {_jump_text(j)} and was back at the "
             "next; the loss did not react — Adam absorbed it, but its g² entered v, so the following steps were "
             "smaller (check that batch's data)",
             step=j["step"],
