@@ -160,15 +160,11 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
         # Every change blew up at one later step together: an event in the data or the objective there, which
         # no eps or lr moves. The replay neither confirms nor refutes the verdict; it says how to judge it.
         ver["confirms"] = None
-        rep.findings.append(
-            Finding(
-                "AD703",
-                "warning",
-                f"not verified: every tried change moves the blowup from {rep.blowup_step} to step {at} whatever "
-                f"it changes — something in the data or the objective at step {at}, not the optimizer; replay "
-                f"with --steps {at - 1 - result.start_step} to judge the fixes before it",
-                step=rep.blowup_step,
-            )
+        _not_verified_finding(
+            rep,
+            f"every tried change moves the blowup from {rep.blowup_step} to step {at} whatever it changes — "
+            f"something in the data or the objective at step {at}, not the optimizer; replay with --steps "
+            f"{at - 1 - result.start_step} to judge the fixes before it",
         )
     else:
         ver["confirms"] = False
