@@ -99,8 +99,7 @@ def not_event_file(path: Path) -> str | None:
         return f"cannot read it ({e.strerror or e})"
     if not head:
         return None  # an empty file: a writer that has just opened it
-    length, crc = int.from_bytes(head[:8], "little"), int.from_bytes(head[8:12], "little")
-    if len(head) < tfrecord.HEADER or tfrecord.masked_crc32c(head[:8]) != crc or length > 1 << 31:
+    if not tfrecord.starts_like_tfrecord(head):
         return "not a TensorBoard event file (no TFRecord header)"
     return None
 

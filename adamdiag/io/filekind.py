@@ -38,13 +38,9 @@ def sniff(path: Path) -> str | None:
         n = int.from_bytes(head[:8], "little")
         if 2 <= n <= size - 8 and head[8:9] == b"{":
             return "safetensors"
-    if len(head) >= 12:
-        from adamdiag.io import tfrecord
+    from adamdiag.io import tfrecord
 
-        length, crc = int.from_bytes(head[:8], "little"), int.from_bytes(head[8:12], "little")
-        if length < 1 << 31 and tfrecord.masked_crc32c(head[:8]) == crc:
-            return "events"
-    return None
+    return "events" if tfrecord.starts_like_tfrecord(head) else None
 
 
 def not_an_event_file(path: Path) -> str | None:

@@ -63,6 +63,23 @@ class RecordScan:
     unreadable_bytes: int = 0  # bytes skipped while resyncing
 
 
+# The longest record a file's first header may announce and still be read as a TFRecord file (2 GiB).
+MAX_FIRST_RECORD = 1 << 31
+
+
+def starts_like_tfrecord(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) begins with a TFRecord length header: its masked CRC32C
+    verifies and the length is at most MAX_FIRST_RECORD — what a TensorBoard event file starts with.
+
+    >>> starts_like_tfrecord(frame(b"x")), starts_like_tfrecord(b"PK" + bytes(10))
+    (True, False)
+    """
+    if len(head) < HEADER:
+        return False
+    length, crc = int.from_bytes(head[:8], "little"), int.from_bytes(head[8:12], "little")
+    return masked_crc32c(head[:8]) == crc and length <= MAX_FIRST_RECORD
+
+
 def header_ok(buf: bytes | memoryview, pos: int, end: int) -> bool:
     """True if a record header at ``pos`` verifies (length CRC) and the whole record fits before ``end``."""
     if pos + HEADER > end:
