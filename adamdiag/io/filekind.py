@@ -12,9 +12,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-# torch.save's legacy (non-zip) format starts with the pickle (protocol 2) of its magic number
-# 0x1950a86a20f9469cfc6c: PROTO 2, LONG1 of 10 bytes, then the number little-endian.
-_TORCH_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# torch.save's legacy (non-zip) format starts with the pickle of its magic number 0x1950a86a20f9469cfc6c:
+# LONG1 of 10 bytes, then the number little-endian (io.checkpoints reads the protocol around it) ...
+TORCH_MAGIC_LONG1 = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# ... after PROTO 2, as torch.save writes it by default.
+_TORCH_LEGACY_HEAD = b"\x80\x02" + TORCH_MAGIC_LONG1
 
 
 def sniff(path: Path) -> str | None:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError, missing_path
 from adamdiag.io.checkpoints import hyper as hyper_policy
 from adamdiag.io.checkpoints.hyper import Assumptions
+from adamdiag.io.filekind import TORCH_MAGIC_LONG1
 from adamdiag.printable import is_utf8
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this package at start-up
@@ -103,8 +104,7 @@ TF_EPS_OPTIMIZERS = ("RAdam", "SparseAdam")
 _MAX_DEPTH = 6
 # A legacy (pre-1.6, or _use_new_zipfile_serialization=False) torch.save file starts with a pickle of
 # torch's magic number: PROTO n, then (protocol >= 4) a FRAME of 8 length bytes, then LONG1 of the number.
-_MAGIC_LONG1 = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-_LEGACY_MAGIC = b"\x80\x02" + _MAGIC_LONG1
+_MAGIC_LONG1 = TORCH_MAGIC_LONG1
 # The pickle opcode FRAME (protocol >= 4): torch's weights_only unpickler reads protocol 2 only.
 _FRAME = 0x95
 
