@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from adamdiag.analysis.frames import run_order
+from adamdiag.analysis.keras_logs import keras_written
 from adamdiag.analysis.moments import QUANTILES, interval_g2
 from adamdiag.analysis.signals import ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
@@ -42,6 +43,7 @@ from adamdiag.analysis.thresholds import (
     GRAD_JUMP_TRAILING,
     INSTABILITY_MAX_LEAD,
     INSTABILITY_R,
+    KERAS_DEFAULT_EPS,
     MAX_SPIKES_LISTED,
     MIN_CHECKPOINTS_BEFORE_EVENT,
     MIN_LOSS_POINTS,
@@ -755,8 +757,9 @@ class Evidence:
     beta2: float
     eps: float
     lr: float | None
-    hyper_assumed: bool  # no checkpoint: beta2/eps are the torch defaults
+    hyper_assumed: bool  # no checkpoint: beta2/eps are the defaults of ``hyper_defaults``
     lr_at_event: float | None = None  # from a logged learning-rate tag
+    hyper_defaults: str = "torch"  # whose Adam defaults beta2/eps are when no checkpoint states them
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
@@ -984,6 +987,10 @@ def gather(
     # Hyperparameters: those the replay would start from (the last checkpoint before the event), else
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
+    hyper_defaults = "torch"
+    if not ckpts and keras_written(tags):
+        # Keras' Adam is not torch's: its default eps is 1e-7 (the value a v collapse is measured against)
+        hyper_defaults, eps = "Keras", KERAS_DEFAULT_EPS
 
     trajs, gn, skipped, estimated_clip = _trajectories(
         inp, ckpts, grad_norm_tag, beta2, eps, ev, int(steps[-1]) if len(steps) else None
@@ -1048,6 +1055,7 @@ def gather(
         eps=eps,
         lr=lr,
         hyper_assumed=not ckpts,
+        hyper_defaults=hyper_defaults,
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,

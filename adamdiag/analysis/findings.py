@@ -575,7 +575,7 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
             Finding(
                 "AD901",
                 "info",
-                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} (torch defaults); "
+                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} ({ev.hyper_defaults} defaults); "
                 + (
                     f"none was read under --checkpoints {ev.checkpoint_root} for this run"
                     if ev.checkpoint_root is not None

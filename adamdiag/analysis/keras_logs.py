@@ -64,6 +64,16 @@ def is_running_mean_tag(tag: str, tags: set[str] | list[str]) -> bool:
     return f"{prefix}epoch_{base[len('batch_') :]}" in set(tags)
 
 
+def keras_written(tags: set[str] | list[str]) -> bool:
+    """A run whose scalars Keras' TensorBoard callback wrote: it always writes ``epoch_loss`` (under the
+    ``train/`` run directory, so the tag may carry that prefix) — its Adam's defaults are Keras' own.
+
+    >>> keras_written(["train/epoch_loss", "train/epoch_learning_rate"]), keras_written(["loss"])
+    (True, False)
+    """
+    return any(t.rsplit("/", 1)[-1] == "epoch_loss" for t in tags)
+
+
 def _sums(steps: np.ndarray, a: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(k, S = k·a) of every logged point, k counted from its epoch's start."""
     idx = np.searchsorted(starts, steps, side="left") - 1  # epoch j: starts[j] < s ≤ starts[j+1]

@@ -122,6 +122,8 @@ EPS_SEARCH_LOWEST_DECADE = -8
 # --- recommendations and verification -------------------------------------------------------
 DEFAULT_BETA2 = 0.999
 DEFAULT_EPS = 1e-8
+# Keras' Adam (tf.keras and Keras 3: keras.optimizers.Adam(epsilon=1e-7)); its β2 default is torch's 0.999.
+KERAS_DEFAULT_EPS = 1e-7
 # eps candidates for a v collapse (the usual fixes of the mechanism), plus one sized from the
 # measured √v̂ when a checkpoint before the blowup has it.
 REPORT_EPS_CANDIDATES = (1e-3, 1e-2, 1e-1)

@@ -90,3 +90,16 @@ def test_with_its_checkpoints_the_keras_run_is_diagnosed():
     assert "checkpoints" in run["sources"] and run["verdict"] not in ("healthy", "inconclusive")
     # the replay it proposes starts from the last checkpoint before the blowup (epoch04 = step 400)
     assert "epoch04.keras" in json.dumps(run)
+
+
+def test_keras_run_without_checkpoints_assumes_keras_adam_defaults():
+    """Keras' Adam defaults to eps 1e-7, not torch's 1e-8: a Keras-written run with no checkpoint is
+    measured against (and told) Keras' value; a TF1 simple_value run keeps the torch/TF1 1e-8."""
+    from adamdiag.analysis.evidence import RunInputs, gather
+
+    keras = read_run(RUN / "logs_f10" / "train").scalars
+    ev = gather(RunInputs("keras", scalars=keras), ["batch_loss"], None)
+    assert (ev.hyper_assumed, ev.hyper_defaults, ev.eps) == (True, "Keras", 1e-7)
+    tf1 = read_run(RUN.parent / "events_tf" / "tf1").scalars
+    ev1 = gather(RunInputs("tf1", scalars=tf1), ["loss"], "grad_norm")
+    assert (ev1.hyper_defaults, ev1.eps) == ("torch", 1e-8)
