@@ -34,6 +34,7 @@ from adamdiag.analysis.thresholds import (
     EPS_UNSIZED,
     LR_REDUCTION,
     LR_REDUCTION_STRONG,
+    LR_RISE_SINCE_START,
     NAMES_IN_MESSAGE,
     NEAR_EPS_FRACTION,
     REPORT_EPS_CANDIDATES,
@@ -271,9 +272,22 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
             f"the blowup): the replay also tries a {LR_REDUCTION_STRONG * rise:.2g}x cut, which keeps that peak "
             "at a tenth of the lr that blew up"
         )
+    risen = schedule_rise_since_start(ev)
+    if risen is not None and lr:
+        # A warm restart (or a warm-up) between the start checkpoint and the blowup: the lr that blew up is
+        # the logged one, not the checkpoint's; "lr/10" at the checkpoint means the whole schedule cut 10x
+        # (the replay scales an entry's lr_schedule by --lr / the start's lr), so say it at the blowup.
+        why += (
+            f"; the logged lr rose {risen:,.0f}x from the start checkpoint's {lr:.3g} (step {ev.start.step}) to "
+            f"{ev.lr_at_event:.3g} at the blowup: cut the whole schedule {LR_REDUCTION_STRONG:g}x ("
+            f"{ev.lr_at_event:.3g} → {ev.lr_at_event / LR_REDUCTION_STRONG:.3g} there); the replay's --lr values "
+            "are the start checkpoint's lr cut the same way"
+        )
     rec: dict[str, Any] = {
         "action": "lower the learning rate",
         "lr": (lr / LR_REDUCTION_STRONG) if lr else None,
+        # the factor: "lr" is the start checkpoint's lr times it, and so is every lr of the schedule
+        "lr_scale": 1.0 / LR_REDUCTION_STRONG,
         "current_lr": lr,
         "message": (
             f"lower lr about {LR_REDUCTION_STRONG:g}x (or add warmup / gradient clipping): a {LR_REDUCTION:g}x cut "
@@ -297,6 +311,15 @@ def schedule_rise(ev: Evidence) -> float | None:
     if a is None or p is None or not a > 0 or not p >= SCHEDULE_RISE * a:
         return None
     return p / a
+
+
+def schedule_rise_since_start(ev: Evidence) -> float | None:
+    """How far the logged lr at the blowup is above the start checkpoint's lr (≥ LR_RISE_SINCE_START, else
+    None): a warm restart or a steep warm-up between the replay's start and the blowup."""
+    a, s = ev.lr_at_event, ev.lr
+    if a is None or s is None or ev.start is None or not s > 0 or not a >= LR_RISE_SINCE_START * s:
+        return None
+    return a / s
 
 
 def _earlier_verify(

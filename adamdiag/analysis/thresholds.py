@@ -146,6 +146,9 @@ DATA_EVENT_SPREAD = 10.0
 # A warm-up still under way at the blowup: the logged lr rising this much after it makes the replay also try
 # the cut that keeps the schedule's peak at a tenth of the lr that blew up (recommend.schedule_rise).
 SCHEDULE_RISE = 1.5
+# The logged lr at the blowup this many times the start checkpoint's (a warm restart, a steep warm-up): the
+# checkpoint's lr/10 is no number a user would set, so the lr advice also quotes the cut at the blowup.
+LR_RISE_SINCE_START = 10.0
 # Clipping the log does not show: mean(v) propagated exactly from one checkpoint over every logged step's
 # norm lands this far above the next checkpoint's own on every such interval (clipping at c scales g² by
 # (c/norm)² on the clipped steps; float rounding and a frozen parameter's share stay well under 1.5x) ...

@@ -106,3 +106,23 @@ def test_the_replay_plan_carries_the_checkpoint_before_the_start_with_its_own_ve
     assert e["eps"] == plan["eps"] and e["lr"] == pytest.approx([x * e["original"]["lr"] / 1e-2 for x in plan["lr"]])
     assert e["verify"].startswith("adamdiag replay ") and "step_000500.pt" in e["verify"]
     assert e["verify"].split("step_000500.pt")[1] == rep.recommendation["verify"].split("step_000600.pt")[1]
+
+
+def test_a_warm_restart_between_the_start_and_the_blowup_quotes_the_cut_at_the_blowup():
+    """The checkpoint before the blowup sits at the end of a cosine cycle (lr 5e-7); the restart blew up at
+    lr 0.05. "lr 5e-8" alone is no number a user would set: the advice also quotes the cut where it blew up,
+    and says the cut is of the whole schedule (the factor is in the report as lr_scale)."""
+    from types import SimpleNamespace
+
+    start = SimpleNamespace(step=4000, path="/runs/r/ckpt_4000.pt", tensors=[])
+    ev = make(start=start, lr=5e-7, lr_at_event=0.05, lr_peak_after=0.05)
+    rec = recommend(ev, Decision("lr_too_high", "diverged", "high"), "/runs/r", [])
+    assert rec is not None
+    assert rec["lr"] == pytest.approx(5e-8) and rec["lr_scale"] == pytest.approx(1 / LR_REDUCTION_STRONG)
+    assert "rose 100,000x" in rec["message"] and "0.05 → 0.005 there" in rec["message"]
+    assert "--lr 5e-08" in rec["verify"]
+    # a warm-up 1.5x above the checkpoint is no restart: the message stays as it was
+    calm = recommend(
+        make(start=start, lr=0.05, lr_at_event=0.077), Decision("lr_too_high", "diverged", "high"), "/r", []
+    )
+    assert calm is not None and "rose" not in calm["message"]
