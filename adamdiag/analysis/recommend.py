@@ -273,7 +273,7 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
             "at a tenth of the lr that blew up"
         )
     risen = schedule_rise_since_start(ev)
-    if risen is not None and lr:
+    if risen is not None and lr and ev.start is not None and ev.lr_at_event is not None:
         # A warm restart (or a warm-up) between the start checkpoint and the blowup: the lr that blew up is
         # the logged one, not the checkpoint's; "lr/10" at the checkpoint means the whole schedule cut 10x
         # (the replay scales an entry's lr_schedule by --lr / the start's lr), so say it at the blowup.
