@@ -20,6 +20,7 @@ def train_tiny(
     eps: float = 1e-8,
     seed: int = 0,
     bad_batch_at: int | None = None,
+    bad_batch_scale: float = 1e3,
     nan_at: int | None = None,
     log_grad_norm: bool = True,
     ckpt_every: int | None = 100,
@@ -49,7 +50,7 @@ def train_tiny(
         idx = torch.randint(0, 512, (32,), generator=g)
         xb, yb = x[idx].clone(), y[idx].clone()
         if bad_batch_at == step:
-            yb = yb * 1e3  # a corrupted label batch: one-step loss and gradient spike
+            yb = yb * bad_batch_scale  # a corrupted label batch: one-step loss and gradient spike
         if nan_at is not None and step >= nan_at:
             xb[0, 0] = math.nan
         loss = nn.functional.mse_loss(model(xb), yb)

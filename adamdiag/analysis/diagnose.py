@@ -148,6 +148,8 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
     if d.verdict == "bad_batch":
         rep.blowup_step = ev.event_step
         rep.warning_step = ev.grad_jump["step"] if ev.grad_jump else None
+        if ev.grad_jump is None and ev.one_point_spike is not None:
+            rep.blowup_step = ev.one_point_spike["step"]
         rep.findings += F.bad_batch(ev, d)
     elif d.rule == "shrunken_v" and ev.vhat_fall is not None:
         rep.blowup_step = ev.event_step

@@ -28,6 +28,8 @@ from adamdiag.analysis.keras_logs import keras_written
 from adamdiag.analysis.moments import QUANTILES, interval_g2
 from adamdiag.analysis.signals import ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
+    BLOWUP_FACTOR,
+    BLOWUP_PEAK_FACTOR,
     CLIP_AGREEMENT,
     CLIP_MISMATCH,
     CLIP_RESOLUTION,
@@ -446,6 +448,31 @@ def absorbed_gradient_jumps(gn: tuple[np.ndarray, np.ndarray] | None) -> dict[st
     return {**top, "isolated": True, "count": len(jumps)}
 
 
+def one_point_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> dict[str, Any] | None:
+    """A recovered loss spike that is ONE logged point ≥ BLOWUP_PEAK_FACTOR above both its neighbours, the
+    next point back at the level before it (≤ BLOWUP_FACTOR x the previous point): the loss of one batch,
+    not of the model — the next batch met a model as good as before. The bad-batch signature where no
+    gradient norm is logged (the caller asks only then); the largest such spike, and how many there were.
+
+    >>> s = np.arange(1, 41); x = np.full(40, 0.5); x[29] = 4e4
+    >>> j = one_point_spike(s, x, [30]); (j["step"], j["ratio"], j["count"])
+    (30, 80000.0, 1)
+    """
+    found = []
+    for sp in spikes:
+        i = int(np.searchsorted(steps, sp))
+        if not 0 < i < len(steps) - 1 or int(steps[i]) != sp:
+            continue
+        prev, val, nxt = (float(loss[k]) for k in (i - 1, i, i + 1))
+        if not (math.isfinite(prev) and math.isfinite(nxt) and math.isfinite(val) and prev > 0 and nxt > 0):
+            continue
+        if val >= BLOWUP_PEAK_FACTOR * max(prev, nxt) and nxt <= BLOWUP_FACTOR * prev:
+            found.append({"step": sp, "loss": val, "previous": prev, "next": nxt, "ratio": val / max(prev, nxt)})
+    if not found:
+        return None
+    return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
+
+
 def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     """For lr_too_high: first step before the blowup where g²/v̂ already exceeded INSTABILITY_R (a
     step that the optimizer could not absorb), if any."""
@@ -762,6 +789,7 @@ class Evidence:
     hyper_defaults: str = "torch"  # whose Adam defaults beta2/eps are when no checkpoint states them
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
+    one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
@@ -1059,6 +1087,7 @@ def gather(
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
+        one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
         checkpoint_root=inp.checkpoint_root,

@@ -246,8 +246,10 @@ def nonfinite(ev: Evidence) -> list[Finding]:
 
 
 def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
-    """AD301: the one-step gradient-norm jump."""
+    """AD301: the one-step gradient-norm jump (or, with no gradient norm logged, the one-point loss spike)."""
     j = ev.grad_jump
+    if j is None and ev.one_point_spike is not None:
+        return [_one_point_spike_finding(ev.one_point_spike)]
     assert j is not None
     shape = "back down at the next step" if j.get("isolated") else "and stayed up"
     return [
@@ -259,6 +261,19 @@ def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
             evidence=j,
         )
     ]
+
+
+def _one_point_spike_finding(sp: dict[str, Any]) -> Finding:
+    more = f" (the largest of {sp['count']})" if sp["count"] > 1 else ""
+    return Finding(
+        "AD301",
+        "warning",
+        f"one batch at step {sp['step']}{more}: the loss was {sp['loss']:.4g}, {sp['ratio']:.3g}x both neighbours "
+        f"({sp['previous']:.4g} before, {sp['next']:.4g} after) — one batch's own loss, and the run recovered at once "
+        "(check that batch's data; log the gradient norm to see what the batch did to the update)",
+        step=sp["step"],
+        evidence=sp,
+    )
 
 
 def _jump_text(j: dict[str, Any]) -> str:

@@ -21,9 +21,11 @@ the mechanism (docs/architecture.md):
    so with lower confidence);
 7. a blowup with no gradient data and fewer than two optimizer checkpoints from before it (one taken
    after the blowup shows what it left, not what led to it): ``inconclusive``;
-8. recovered spikes only: ``healthy`` (warnings say what preceded them);
-9. any other blowup: ``lr_too_high``;
-10. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
+8. no gradient norm logged and a recovered loss spike that is one point ≥ 10x both neighbours, back at its
+   level at the next: ``bad_batch`` (low: the loss alone shows it);
+9. recovered spikes only: ``healthy`` (warnings say what preceded them);
+10. any other blowup: ``lr_too_high``;
+11. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
 
 Confidence: ``high`` = one rule matched on exact evidence (or a replay verified it); ``medium`` = an
 alternative also fits; ``low`` = approximate or partial evidence.
@@ -126,6 +128,15 @@ def _no_mechanism_data(ev: Evidence) -> Decision | None:
     return None
 
 
+def _one_point_spike(ev: Evidence) -> Decision | None:
+    # No blowup, no gradient norm logged, and a recovered spike that is one logged point a decade above both
+    # neighbours with the next point back at the level before: one batch's own loss (the model the next batch
+    # met was as good as before) — a bad batch seen by the loss alone, so low confidence.
+    if ev.blowup_step is None and ev.one_point_spike is not None:
+        return Decision("bad_batch", "one_point_spike", "low")
+    return None
+
+
 def _recovered(ev: Evidence) -> Decision | None:
     if ev.event_step is not None and ev.blowup_step is None:
         return Decision("healthy", "recovered_spikes", "high" if ev.has_mechanism_data else "low")
@@ -175,6 +186,11 @@ RULES: list[VerdictRule] = [
         "loss_only",
         "a blowup, no gradient data and < 2 optimizer checkpoints before it",
         _no_mechanism_data,
+    ),
+    VerdictRule(
+        "one_point_spike",
+        "loss, no gradient norm: a recovered spike one point ≥10x both neighbours, back at its level next",
+        _one_point_spike,
     ),
     VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
     VerdictRule("shrunken_v", "mean v̂ from logs or checkpoints: ≥ 100x below its peak before the blowup", _shrunken_v),

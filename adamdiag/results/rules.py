@@ -41,7 +41,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD301": (
         "bad-batch",
         "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer. A warning "
-        "on a run whose loss shows no event: such a jump, back at the next step, that Adam absorbed.",
+        "on a run whose loss shows no event: such a jump, back at the next step, that Adam absorbed. Without a "
+        "logged gradient norm: a recovered loss spike one point >= 10x both neighbours, back at its level next.",
     ),
     # 4xx: non-finite values
     "AD401": (

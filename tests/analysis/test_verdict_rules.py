@@ -63,6 +63,7 @@ def make(**kw) -> Evidence:
 JUMP = {"step": 900, "grad_norm": 100.0, "previous": 1.0, "trailing_median": 1.0}
 QUIET = LossEvents()  # nothing happened
 DEEP_FALL = VhatFall("log", 30.0, 100, 880, 600, True)  # v̂ at 1/900 of its peak, deep from step 600
+ONE_POINT = {"step": 400, "loss": 5e3, "previous": 0.5, "next": 0.4, "ratio": 1e4, "count": 1}
 SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
 
 
@@ -232,6 +233,22 @@ SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
             None,
         ),
         (
+            "one point of the loss 10x both neighbours, back at once, no gradient norm logged",
+            make(events=LossEvents(spikes=[400]), event_step=400, one_point_spike=ONE_POINT),
+            "bad_batch",
+            "one_point_spike",
+            "low",
+            None,
+        ),
+        (
+            "a one-point spike is not looked at when the run blew up",
+            make(one_point_spike=ONE_POINT),
+            "lr_too_high",
+            "diverged",
+            "high",
+            None,
+        ),
+        (
             "v̂ fell 30x (√) with no quiet stretch",
             make(vhat_fall=DEEP_FALL),
             "v_collapse",
@@ -277,6 +294,7 @@ def test_every_rule_has_a_case():
         "collapse",
         "gradient_jump",
         "loss_only",
+        "one_point_spike",
         "recovered_spikes",
         "shrunken_v",
         "diverged",
