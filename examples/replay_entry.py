@@ -7,6 +7,8 @@
 The whole contract: ``batch(t)`` is the batch of update t (1-based, the same on every call), and the loss
 logged at step t is ``loss(model, batch(t))`` computed before update t. Here 32 of the 40 features go
 quiet after step 100 (v collapses) and come back at step 341 (the step explodes); eps >= 1e-3 avoids it.
+The collapse is per element — the weight's mean v stays up with its 8 active inputs — so scan reads it
+from the checkpoints' quantiles (v_collapse, medium: lr/3 avoids it too).
 """
 
 import sys

@@ -39,6 +39,7 @@ from adamdiag.analysis.thresholds import (
     COLLAPSE_R,
     DEFAULT_BETA2,
     DEFAULT_EPS,
+    ELEMENT_FALL_MOST,
     GRAD_JUMP_FACTOR,
     GRAD_JUMP_MIN_HISTORY,
     GRAD_JUMP_SKIP_FRACTION,
@@ -605,6 +606,38 @@ def zero_v_fraction(t: Any) -> float:
     return float(getattr(t, "frac_v_zero", 0.0) or 0.0)
 
 
+def live_frac_below(t: Any, x: float) -> float:
+    """Fraction of a tensor's *live* elements (v > 0) with √v̂ < x. Elements whose v is exactly 0 never
+    received a gradient (dead units, unused rows): they sit at the bottom of the quantiles and would
+    make any eps look as if it dominated a collapse that is not there.
+
+    >>> from types import SimpleNamespace as T
+    >>> round(live_frac_below(T(sqrt_vhat_q={"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 1e-2, "max": 1e-2},
+    ...                         frac_v_zero=0.6), 1e-2), 2)
+    1.0
+    """
+    zero = zero_v_fraction(t)
+    below = frac_below(t.sqrt_vhat_q, x)
+    if not (math.isfinite(zero) and math.isfinite(below)) or zero >= 1.0:
+        return below
+    return max(below - zero, 0.0) / (1.0 - zero)
+
+
+def live_median(t: Any) -> float:
+    """Median √v̂ of a tensor's live elements (v > 0): the quantile at level zero + (1 - zero)/2 of all
+    its elements, interpolated log-linearly between the stored quantiles; nan without quantiles."""
+    zero = zero_v_fraction(t)
+    level = zero + (1.0 - zero) / 2 if math.isfinite(zero) else QUANTILES["p50"]
+    pts = [(lv, float(t.sqrt_vhat_q[k])) for k, lv in QUANTILES.items() if k in t.sqrt_vhat_q]
+    pts = sorted((lv, x) for lv, x in pts if math.isfinite(x))
+    for (l0, x0), (l1, x1) in zip(pts, pts[1:]):
+        if l0 <= level <= l1:
+            if x0 <= 0 or x1 <= 0 or l1 <= l0:
+                return x1
+            return math.exp(math.log(x0) + (math.log(x1) - math.log(x0)) * (level - l0) / (l1 - l0))
+    return pts[-1][1] if pts else math.nan
+
+
 def frac_live(t: Any, attr: str) -> float:
     """A "fraction of elements with √v̂ below x" without the elements whose v is exactly 0: those never
     received a gradient (unused embedding rows, frozen slices) and say nothing about collapse or eps."""
@@ -704,6 +737,10 @@ class VhatFall:
     step: int  # the last point before the event
     deep_step: int | None  # the first point at which v̂ was ≤ COLLAPSE_DEPTH of its peak so far
     exact: bool
+    # "checkpoint elements" only: the share of all live elements whose √v̂ fell ≥ 1/√COLLAPSE_DEPTH below
+    # their tensor's earlier median, and the tensors that hold most of them (largest share first)
+    fraction: float = math.nan
+    tensors: list[str] = field(default_factory=list)
 
     @property
     def deep(self) -> bool:
@@ -722,6 +759,75 @@ def _fall(source: str, steps: np.ndarray, vhat: np.ndarray, exact: bool) -> Vhat
         int(steps[deep[0]]) if len(deep) else None,
         exact,
     )
+
+
+def _fallen_share(t: Any, peak_median: float) -> float:
+    """The share of a tensor's live elements whose √v̂ is ≥ 1/√COLLAPSE_DEPTH below ``peak_median`` (its
+    live median at an earlier checkpoint): their step lr/√v̂ grew ≥ 10x since then."""
+    if not (math.isfinite(peak_median) and peak_median > 0):
+        return math.nan
+    return live_frac_below(t, math.sqrt(COLLAPSE_DEPTH) * peak_median)
+
+
+def _weighted_median(pairs: list[tuple[float, int]]) -> float:
+    """The median of values weighted by counts: [(value, count), ...] (non-empty).
+
+    >>> _weighted_median([(1.0, 1), (100.0, 40), (3.0, 2)])
+    100.0
+    """
+    ordered = sorted(pairs)
+    half, acc = sum(n for _, n in ordered) / 2, 0
+    for value, n in ordered:
+        acc += n
+        if acc >= half:
+            return value
+    return ordered[-1][0]
+
+
+def element_fall(ckpts: list[Any], event_step: int | None) -> VhatFall | None:
+    """The v-collapse mechanism per element, where the tensor means hide it: at each checkpoint before the
+    event, the share of all live elements (weighted by tensor size) whose √v̂ lies ≥ 10x below their
+    tensor's live median at its highest earlier checkpoint — v̂ ≤ COLLAPSE_DEPTH of where the typical element
+    was, i.e. the per-element step lr/√v̂ ≥ 10x larger for the same gradient. A part of a tensor going quiet
+    (features that stop varying, embedding rows not seen) barely moves its mean v, which the active rest
+    keeps up; its quantiles show it. Deep when that share reaches ELEMENT_FALL_MOST (most elements); ``factor``
+    is the size-weighted median over tensors of (peak median / median now). From the checkpoints' quantiles
+    (exact ones when the tensor was small enough), None with fewer than two checkpoints before the event."""
+    if event_step is None:
+        return None
+    pre = [c for c in ckpts if c.step is not None and 0 < c.step < event_step]
+    if len(pre) < MIN_CHECKPOINTS_BEFORE_EVENT:
+        return None
+    peak: dict[str, tuple[float, int]] = {}  # tensor -> (highest live median so far, its step)
+    shares: list[tuple[int, float, list[tuple[float, str]], list[tuple[float, int]]]] = []
+    for c in pre:
+        fallen: list[tuple[float, str]] = []  # (elements fallen, tensor)
+        ratios: list[tuple[float, int]] = []  # (peak median / median now, numel)
+        total = 0
+        for t in c.tensors:
+            label, n = ckpt_tensor_label(t), int(getattr(t, "numel", 0) or 0)
+            med = live_median(t)
+            if n <= 0 or not (math.isfinite(med) and med > 0) or zero_v_fraction(t) >= 1.0:
+                continue
+            live = n * (1.0 - zero_v_fraction(t))
+            total += int(live)
+            if label in peak:
+                share = _fallen_share(t, peak[label][0])
+                if math.isfinite(share):
+                    fallen.append((share * live, label))
+                ratios.append((peak[label][0] / med, int(live)))
+            if label not in peak or med > peak[label][0]:
+                peak[label] = (med, int(c.step))
+        if ratios and total > 0:
+            shares.append((int(c.step), sum(f for f, _ in fallen) / total, fallen, ratios))
+    if not shares:
+        return None
+    step, frac, fallen, ratios = shares[-1]
+    deep_step = next((s for s, f, _, _ in shares if f >= ELEMENT_FALL_MOST), None)
+    factor = _weighted_median(ratios)
+    named = [label for f, label in sorted(fallen, reverse=True) if f > 0]
+    first_peak = min((s for _, s in peak.values()), default=step)
+    return VhatFall("checkpoint elements", float(factor), first_peak, step, deep_step, True, frac, named)
 
 
 def vhat_fall(trajs: list[Trajectory], ckpts: list[Any], event_step: int | None, beta2: float) -> VhatFall | None:
@@ -747,7 +853,13 @@ def vhat_fall(trajs: list[Trajectory], ckpts: list[Any], event_step: int | None,
             pts.append((c.step, vhat))
     if pts:
         found.append(_fall("checkpoints", np.array([p[0] for p in pts]), np.array([p[1] for p in pts]), True))
-    return max(found, key=lambda f: f.factor) if found else None
+    best = max(found, key=lambda f: f.factor) if found else None
+    if best is None or not best.deep:
+        # the means did not fall deep: did most elements? (a quiet part of a tensor the rest keeps up)
+        per_element = element_fall(ckpts, event_step)
+        if per_element is not None and per_element.deep:
+            return per_element
+    return best
 
 
 @dataclass

@@ -463,12 +463,21 @@ def shrunken_v(ev: Evidence) -> list[Finding]:
     r = ev.pre_event_r
     tracked = f" (g²/v̂ median {r:.3g} before it: v tracked the shrinking gradients)" if r is not None else ""
     where = "logged gradient norm" if f.source == "log" else "checkpoints"
-    msg = (
-        f"v collapse: v̂ (all parameters, from the {where}) fell to {1 / f.factor**2:.2g} of its peak at step "
-        f"{f.peak_step} (√v̂ {f.factor:.3g}x down) before the blowup at {ev.event_step}{tracked}; the per-element "
-        f"step lr/√v̂ grew {f.factor:.3g}x — eps caps it, while a smaller lr only delays the edge of stability "
-        "(a too-high lr fits too: the replay tells them apart)"
-    )
+    fix = "eps caps it, while a smaller lr only delays the edge of stability (a too-high lr fits too: the replay tells them apart)"
+    if f.source == "checkpoint elements":
+        names = name_list(f.tensors)
+        msg = (
+            f"v collapse per element: at step {f.step}, {f.fraction:.0%} of all live elements had √v̂ ≥ 10x below "
+            f"their tensor's median at an earlier checkpoint (the typical tensor's median {f.factor:.3g}x down; in "
+            f"{names}), while the tensor means, kept up by an active part, fell less — part of the model went quiet "
+            f"before the blowup at {ev.event_step}; the per-element step lr/√v̂ grew ≥ 10x there — {fix}"
+        )
+    else:
+        msg = (
+            f"v collapse: v̂ (all parameters, from the {where}) fell to {1 / f.factor**2:.2g} of its peak at step "
+            f"{f.peak_step} (√v̂ {f.factor:.3g}x down) before the blowup at {ev.event_step}{tracked}; the "
+            f"per-element step lr/√v̂ grew {f.factor:.3g}x — {fix}"
+        )
     evidence = {
         "source": f.source,
         "sqrt_vhat_fall": f.factor,
@@ -477,6 +486,8 @@ def shrunken_v(ev: Evidence) -> list[Finding]:
         "median_r_before": r,
         "depth_threshold": COLLAPSE_DEPTH,
     }
+    if f.source == "checkpoint elements":
+        evidence.update(fraction_fallen=f.fraction, tensors=f.tensors[:MAX_EVIDENCE_ITEMS])
     return [Finding("AD101", "error", msg, step=f.deep_step, evidence=evidence), *regrowth(ev)]
 
 

@@ -22,9 +22,10 @@ from adamdiag.analysis.evidence import (
     frac_below,
     frac_live,
     hyperparameters,
+    live_frac_below,
+    live_median,
     zero_v_fraction,
 )
-from adamdiag.analysis.moments import QUANTILES
 from adamdiag.analysis.thresholds import (
     DECADE,
     EPS_BOUNDS_MOST,
@@ -113,38 +114,6 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
     return None
 
 
-def live_frac_below(t: Any, x: float) -> float:
-    """Fraction of a tensor's *live* elements (v > 0) with √v̂ < x. Elements whose v is exactly 0 never
-    received a gradient (dead units, unused rows): they sit at the bottom of the quantiles and would
-    make any eps look as if it dominated a collapse that is not there.
-
-    >>> from types import SimpleNamespace as T
-    >>> round(live_frac_below(T(sqrt_vhat_q={"min": 0.0, "p01": 0.0, "p50": 0.0, "p99": 1e-2, "max": 1e-2},
-    ...                         frac_v_zero=0.6), 1e-2), 2)
-    1.0
-    """
-    zero = zero_v_fraction(t)
-    below = frac_below(t.sqrt_vhat_q, x)
-    if not (math.isfinite(zero) and math.isfinite(below)) or zero >= 1.0:
-        return below
-    return max(below - zero, 0.0) / (1.0 - zero)
-
-
-def live_median(t: Any) -> float:
-    """Median √v̂ of a tensor's live elements (v > 0): the quantile at level zero + (1 - zero)/2 of all
-    its elements, interpolated log-linearly between the stored quantiles; nan without quantiles."""
-    zero = zero_v_fraction(t)
-    level = zero + (1.0 - zero) / 2 if math.isfinite(zero) else QUANTILES["p50"]
-    pts = [(lv, float(t.sqrt_vhat_q[k])) for k, lv in QUANTILES.items() if k in t.sqrt_vhat_q]
-    pts = sorted((lv, x) for lv, x in pts if math.isfinite(x))
-    for (l0, x0), (l1, x1) in zip(pts, pts[1:]):
-        if l0 <= level <= l1:
-            if x0 <= 0 or x1 <= 0 or l1 <= l0:
-                return x1
-            return math.exp(math.log(x0) + (math.log(x1) - math.log(x0)) * (level - l0) / (l1 - l0))
-    return pts[-1][1] if pts else math.nan
-
-
 def _eff(t: Any, e: float) -> float:
     """A candidate eps in √v̂ units for tensor ``t``: TF adds eps to the un-corrected √v, which is eps/√(1-β2^t)
     next to √v̂ (the reader's ``eps_effective``/``eps`` ratio; 1 in the torch convention)."""
@@ -229,9 +198,15 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
             "measured √v̂"
         )
     if d.alternative == "lr_too_high":
+        # shrunken_v: v̂ fell deep while it tracked shrinking gradients — no quiet stretch at all
+        why = (
+            "v̂ fell deep without a quiet stretch (it tracked shrinking gradients)"
+            if d.rule == "shrunken_v"
+            else "the quiet stretch before the blowup is long but shallow"
+        )
         rec["message"] += (
-            "; the quiet stretch before the blowup is long but shallow, so a too-high lr also fits: the replay below "
-            "tries both (a stale v is the cause when an eps fix avoids the blowup and lr/3 only postpones it)"
+            f"; {why}, so a too-high lr also fits: the replay below tries both (a stale v is the cause when an eps "
+            "fix avoids the blowup and lr/3 only postpones it)"
         )
     rec["alternatives"] = ["a shorter v memory (beta2 0.99-0.995)", "gradient clipping"]
     args = _eps_args([c["eps"] for c in rec["candidates"]])

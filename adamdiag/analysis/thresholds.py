@@ -58,6 +58,10 @@ COLLAPSE_MIN_POINTS = 3
 # that is long but not this deep is still a stale v (the adaptive edge of stability: lowering lr
 # only postpones the blowup, measured on the validation matrix), reported with medium confidence.
 COLLAPSE_DEPTH = 0.01
+# The same depth per element (evidence.element_fall): a v collapse when at least this share of all live
+# elements sits ≥ 1/√COLLAPSE_DEPTH (10x) below its tensor's earlier median √v̂ — the typical element's step
+# grew ≥ 10x, though the tensor means, kept up by an active part, did not fall.
+ELEMENT_FALL_MOST = 0.5
 # Re-growth: the current g² is 10x what v̂ expects; m (β1=0.9) reacts within ~10 steps, v within
 # ~1000, so the update m̂/√v̂ grows by up to ~√10 and more.
 REGROWTH_R = 10.0
