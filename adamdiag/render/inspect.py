@@ -208,7 +208,8 @@ def render_csv(summaries: list, pairs: list[dict]) -> str:
     by_to = {}
     for p in pairs:
         for r in p["tensors"]:
-            by_to[(p["to_path"], r["group"], str(r["index"]))] = r
+            # by label: (group, index) repeats across the optimizers of one file (a GAN's two Adams)
+            by_to[(p["to_path"], r["label"])] = r
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -218,7 +219,7 @@ def render_csv(summaries: list, pairs: list[dict]) -> str:
 
     for s in summaries:
         for t in sorted(s.tensors, key=lambda t: t.risk_key):
-            pr = by_to.get((s.path, t.group, str(t.index)))
+            pr = by_to.get((s.path, t.label))
             q = t.sqrt_vhat_q
             w.writerow(
                 [

@@ -225,6 +225,11 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     from adamdiag.io.checkpoints.dcp import DcpReader, _parse, open_dcp
 
     ck = open_dcp(d, trust=trust)  # the one-line errors: not Adam, no optimizer state, unsafe metadata
+    keys = list(dict.fromkeys(str((e.optimizer or {}).get("key", "")) for e in ck.entries))
+    if len(keys) > 1:
+        from adamdiag.io.checkpoints import several_optimizers_message
+
+        raise InputError(several_optimizers_message(d, keys))
     reader = DcpReader(d, trust)
     opts, other = _parse(reader)
     o = next(o for o in opts.values() if any("exp_avg" in st and "exp_avg_sq" in st for st in o["state"].values()))
@@ -270,6 +275,10 @@ def _torch_load(path: Path, trust: bool) -> Any:
 
 def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     """The optimizer state, the model weights and the step found in a loaded checkpoint object."""
+    from adamdiag.io.checkpoints import adam_optimizer_keys, several_optimizers_message
+
+    if len(adams := adam_optimizer_keys(raw)) > 1:  # a GAN's: replaying one of them silently is not the run
+        raise InputError(several_optimizers_message(path, adams))
     optim = _find(raw, _is_optim_sd, _OPTIM_KEYS)
     if optim is None:
         keys = ", ".join(map(str, raw)) if isinstance(raw, Mapping) else type(raw).__name__

@@ -27,6 +27,10 @@ Names: optimizer state is keyed by the parameter's index in param-group order. N
 ``param_names`` (torch ≥ 2.6 optimizers built from ``named_parameters()``), from FQN keys (DCP), or
 from the model's parameter order and shapes (:func:`map_names`) — and only where that mapping is
 unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is worse than none.
+Several optimizers in one file: a file with one model over them all (Lightning) interleaves their
+groups into it; a file with a model per network (GANs: ``netG``/``netD``/``optimizerG``/``optimizerD``)
+pairs each optimizer with its model(s) by key and shapes (:mod:`.pairing`: ``<model key>.<parameter>``);
+an unnamed tensor of one of several optimizers is ``<optimizer key>/group g / index i``.
 """
 
 from __future__ import annotations
@@ -1497,6 +1501,28 @@ def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tu
     return adam, others
 
 
+def adam_optimizer_keys(obj: Any) -> list[str]:
+    """The key paths of the Adam-family optimizer states in a loaded checkpoint object (those with
+    ``exp_avg`` and ``exp_avg_sq``): replay, which steps one optimizer, refuses a file with several."""
+    out = []
+    for p, x in _walk(obj):
+        if _is_opt_state(x) and any(
+            isinstance(st, dict) and "exp_avg" in st and "exp_avg_sq" in st for st in x["state"].values()
+        ):
+            out.append(_keyname(p) or "<top level>")
+    return out
+
+
+def several_optimizers_message(path: Any, keys: list[str]) -> str:
+    """replay's one line for a file with several Adam optimizers (a GAN's): what it cannot do, the choices."""
+    return (
+        f"{path}: holds {len(keys)} Adam optimizers ({', '.join(keys)}); replay re-runs one model with one "
+        "torch.optim.Adam and cannot step them together: save the one to replay with its model as "
+        "{'model': ..., 'optimizer': ..., 'step': ...} and replay that file, or pass --entry returning "
+        "{'run': run} that trains them all (docs/replay.md, 'Any framework')"
+    )
+
+
 def _finish(
     path: Path,
     layout: str,
@@ -1506,22 +1532,30 @@ def _finish(
     warnings: list[str],
     mmap_files: list[str],
     others: list[dict] | None = None,
+    models: list[tuple[tuple, dict]] | None = None,
 ) -> OptimizerCheckpoint:
-    """An OptimizerCheckpoint over one or several optimizer state dicts of one file/directory."""
+    """An OptimizerCheckpoint over one or several optimizer state dicts of one file/directory.
+    ``models``: every model state dict of the file; with two or more, each optimizer is paired with
+    the one(s) it steps where its key and shapes say so (:mod:`.pairing`, GAN checkpoints)."""
     entries: list[_Entry] = []
     names_given = True
     kinds = []
+    given_of: dict[int, bool] = {}
     for info, _, osd in opts:
         es, given = entries_from_state_dict(osd, path)
         for e in es:
             e.optimizer = info
         entries += es
         names_given = names_given and given
+        given_of[info["index"]] = given
         kind, w = _optimizer_kind(osd)
         kinds.append(kind)
         warnings += [x for x in w if x not in warnings]
     osds = {info["index"]: osd for info, _, osd in opts}
-    if names_given:
+    pairs = _pairs(opts, entries, given_of, models, warnings) if models else None
+    if pairs is not None:
+        mapping, model = _name_paired(entries, opts, pairs, warnings)
+    elif names_given:
         mapping = "fqn" if all(isinstance(e.index, str) for e in entries) else "param_names"
         if model is not None:
             _check_named(entries, model.cands, warnings)
@@ -1539,6 +1573,8 @@ def _finish(
                 e.group = g
     else:
         mapping = "none"
+    if len(opts) > 1:
+        _label_by_optimizer(entries)
     read_steps = [_as_int(osds[_opt_index(e)]["state"][e.index].get("step")) for e in entries if e.shape is not None]
     step, optimizer_step = resolve_steps(stated, read_steps, path, warnings)
     if model is not None:
@@ -1569,6 +1605,90 @@ def _finish(
     return ck
 
 
+def _pairs(
+    opts: list[tuple[dict, tuple, dict]],
+    entries: list[_Entry],
+    given_of: dict[int, bool],
+    models: list[tuple[tuple, dict]],
+    warnings: list[str],
+) -> dict[int, Any] | None:
+    """Which model(s) each optimizer steps, when the file holds several models (:func:`.pairing.pair`)."""
+    from adamdiag.io.checkpoints import pairing
+
+    shapes: dict[int, list[list[tuple[int, ...] | None]]] = {}
+    given: dict[int, tuple[list[str | None], list[tuple | None]] | None] = {}
+    for info, _, _ in opts:
+        es = [e for e in entries if _opt_index(e) == info["index"]]
+        groups: list[list[tuple[int, ...] | None]] = [[] for _ in range(max((e.group for e in es), default=-1) + 1)]
+        for e in es:
+            groups[e.group].append(e.shape)
+        shapes[info["index"]] = groups
+        given[info["index"]] = ([e.name for e in es], [e.shape for e in es]) if given_of[info["index"]] else None
+    return pairing.pair(opts, shapes, given, models, warnings)
+
+
+def _name_paired(
+    entries: list[_Entry], opts: list[tuple[dict, tuple, dict]], pairs: dict[int, Any], warnings: list[str]
+) -> tuple[str, _ModelSource | None]:
+    """Names ``<model key>.<parameter>`` for the entries of each paired optimizer (from its saved
+    ``param_names``, else by :func:`map_names` over its model(s)' parameters in order); one model
+    source over every paired model for the parameter values. Returns (name_mapping, source)."""
+    from adamdiag.io.checkpoints import pairing
+
+    where: dict[str, tuple[dict, str]] = {}
+    cands: list[tuple[str, tuple]] = []
+    statuses = []
+    for info, _, _ in opts:
+        es = [e for e in entries if _opt_index(e) == info["index"]]
+        pr = pairs[info["index"]]
+        if pr is None:  # saved names stay (certain, de-duplicated by optimizer later); no model values
+            given = bool(es) and all(e.name is not None for e in es)
+            statuses.append("param_names" if given else "unmatched")
+            continue
+        for p, sd in pr.models:
+            for n, _ in model_candidates(sd):
+                where[f"{pairing.model_prefix(p)}.{n}"] = (sd, n)
+        own = pairing._cands(pr.models)
+        cands += own
+        if pr.how == "key and names":
+            prefix = pairing.model_prefix(pr.models[0][0])
+            for e in es:
+                e.name = f"{prefix}.{e.name}" if e.name is not None else None
+            statuses.append("param_names")
+            continue
+        w: list[str] = []
+        statuses.append(_apply_model_names(es, own, True, w))
+        warnings += [f"{info['key']}: {x}" for x in w]
+    mapping = statuses[0] if len(set(statuses)) == 1 else "partial"
+
+    def get(name: str) -> Any:
+        sd, n = where.get(name, ({}, ""))
+        return sd.get(n)
+
+    return mapping, (_ModelSource(cands, True, get, "model state_dicts") if where else None)
+
+
+def _label_by_optimizer(entries: list[_Entry]) -> None:
+    """Several optimizers in one file: a tensor without a certain name is labelled by its optimizer's
+    key and its position (``group 0 / index 3`` exists in every optimizer), and a name two optimizers
+    both give (two models saved apart, each optimizer with ``param_names``) gets its optimizer's key."""
+    from collections import Counter
+
+    from adamdiag.io.checkpoints.pairing import positional_name
+
+    def key(e: _Entry) -> str:
+        return str((e.optimizer or {}).get("key", ""))
+
+    for e in entries:
+        if e.shape is not None and e.name is None:
+            e.name = positional_name(key(e), e.group, e.index)
+    owners = Counter((e.name, _opt_index(e)) for e in entries if e.name is not None)
+    per_name = Counter(n for n, _ in owners)
+    for e in entries:
+        if e.name is not None and per_name[e.name] > 1:
+            e.name = f"{key(e) or '<top level>'}/{e.name}"
+
+
 def _opt_index(e: _Entry) -> int:
     """Which of the file's optimizers an entry belongs to (``_finish`` sets it on every entry; a
     reader of one optimizer may leave it unset: then 0)."""
@@ -1589,7 +1709,9 @@ def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
     elif keypath == ():
         model = _model_beside(path, trust, warnings)
     stated = find_step(obj)  # none for a bare optimizer: then the optimizer's own step count
-    return _finish(path, layout, opts, model, stated, warnings, [os.path.realpath(path)] if mmapped else [], others)
+    models = [(p, x) for p, x in _walk(obj) if _is_model_state(x)]  # a GAN's netG and netD
+    mm = [os.path.realpath(path)] if mmapped else []
+    return _finish(path, layout, opts, model, stated, warnings, mm, others, models)
 
 
 def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
