@@ -188,6 +188,14 @@ def _load_checkpoint_dir(d: Path, trust: bool) -> ReplayCheckpoint:
         )
     opt_file = next(d / n for n in OPTIMIZER_FILES if (d / n).is_file())
     optim = _torch_load(opt_file, trust)
+    from adamdiag.io.checkpoints import adam_optimizer_keys, numbered_optimizer_files, several_optimizers_message
+
+    if kind == "accelerate" and (extra := numbered_optimizer_files(d)):  # several prepared optimizers (a GAN)
+        adams = [
+            f.name for f in (opt_file, *extra) if adam_optimizer_keys(optim if f == opt_file else _torch_load(f, trust))
+        ]
+        if len(adams) > 1:
+            raise InputError(several_optimizers_message(d, adams))
     # Every tensor of the model file, buffers included (inspect's model reader keeps parameters only).
     model: dict[str, Any] = {}
     name = next((n for n in MODEL_FILES if (d / n).is_file()), None)

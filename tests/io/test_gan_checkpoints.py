@@ -325,6 +325,52 @@ def test_replay_refuses_a_dcp_checkpoint_with_two_adam_optimizers(tmp_path):
         load_replay_checkpoint(tmp_path / "dcp")
 
 
+@pytest.fixture(scope="module")
+def accelerate_gan(tmp_path_factory):
+    """accelerate's save_state of a GAN: model.safetensors + model_1.safetensors, optimizer.bin + optimizer_1.bin."""
+    accelerate = pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    G, D = generator(), discriminator()
+    optG, optD = torch.optim.Adam(G.parameters(), **HYPER["G"]), torch.optim.Adam(D.parameters(), **HYPER["D"])
+    acc = accelerate.Accelerator(cpu=True)
+    G, D, optG, optD = acc.prepare(G, D, optG, optD)
+    crit, g = nn.BCEWithLogitsLoss(), torch.Generator().manual_seed(1)
+    for _ in range(3):
+        real, z = torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g)
+        fake = G(z)
+        optD.zero_grad()
+        acc.backward(crit(D(real), torch.ones(16, 1)) + crit(D(fake.detach()), torch.zeros(16, 1)))
+        optD.step()
+        optG.zero_grad()
+        acc.backward(crit(D(fake), torch.ones(16, 1)))
+        optG.step()
+    out = tmp_path_factory.mktemp("acc") / "state"
+    acc.save_state(str(out))
+    return out, truth("model", G, optG.optimizer) | truth("model_1", D, optD.optimizer)
+
+
+def test_accelerate_state_with_two_optimizers_reads_both(accelerate_gan):
+    out, want = accelerate_gan
+    assert (out / "optimizer_1.bin").is_file() and (out / "model_1.safetensors").is_file()
+    ck = open_checkpoint(out)
+    named = 0
+    for t in ck.tensors():
+        key = t.optimizer["key"]
+        h = HYPER["G"] if key == "optimizer.bin" else HYPER["D"]
+        assert (t.lr, t.beta2, t.eps) == (h["lr"], h["betas"][1], h["eps"]), t.label
+        if t.name.startswith(f"{key}/group 0 / index "):
+            continue  # safetensors keeps no parameter order: a shape shared by two parameters stays positional
+        assert t.name.startswith("model." if key == "optimizer.bin" else "model_1."), t.name
+        assert torch.equal(t.exp_avg_sq, want[t.name]["v"]) and torch.equal(t.param, want[t.name]["p"]), t.name
+        named += 1
+    assert named >= 6 and len(ck) == len(want)  # was: optimizer_1.bin (the discriminator's) not read at all
+    # optimizer_1.bin given alone takes model_1.safetensors beside it (was: the first model's file)
+    d_only = [t for t in open_checkpoint(out / "optimizer_1.bin").tensors() if t.name]
+    assert d_only and all(torch.equal(t.param, want[f"model_1.{t.name}"]["p"]) for t in d_only)
+    with pytest.raises(InputError, match=r"holds 2 Adam optimizers \(optimizer.bin, optimizer_1.bin\)"):
+        load_replay_checkpoint(out)
+
+
 @pytest.mark.parametrize(
     ("opt", "model", "score"),
     [

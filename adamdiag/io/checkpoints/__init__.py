@@ -30,12 +30,14 @@ unique; otherwise the tensor is labelled ``group g / index i``. A wrong name is 
 Several optimizers in one file: a file with one model over them all (Lightning) interleaves their
 groups into it; a file with a model per network (GANs: ``netG``/``netD``/``optimizerG``/``optimizerD``)
 pairs each optimizer with its model(s) by key and shapes (:mod:`.pairing`: ``<model key>.<parameter>``);
-an unnamed tensor of one of several optimizers is ``<optimizer key>/group g / index i``.
+accelerate's ``optimizer_k.bin`` goes with ``model_k.safetensors`` where it fits exactly; an unnamed
+tensor of one of several optimizers is ``<optimizer key>/group g / index i``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -1313,7 +1315,12 @@ def _model_beside(opt_path: Path, trust: bool, warnings: list[str]) -> _ModelSou
             for repl in ("model", "pytorch_model", "weights", "net"):
                 cands.append(d / (stem[:i] + repl + stem[i + len(word) :]))
             break
-    cands += [d / n for n in MODEL_FILES]
+    numbered = _NUMBERED_OPTIMIZER.match(stem)
+    if numbered and int(numbered.group(1)) >= 1:
+        # accelerate's k-th optimizer: its model is model_k.safetensors; model.safetensors is the first one's
+        cands += [d / f"model_{numbered.group(1)}.safetensors"]
+    else:
+        cands += [d / n for n in MODEL_FILES]
     for p in cands:
         if p == opt_path or not p.is_file():
             continue
@@ -1533,6 +1540,8 @@ def _finish(
     mmap_files: list[str],
     others: list[dict] | None = None,
     models: list[tuple[tuple, dict]] | None = None,
+    *,
+    sources: dict[int, _ModelSource | None] | None = None,
 ) -> OptimizerCheckpoint:
     """An OptimizerCheckpoint over one or several optimizer state dicts of one file/directory.
     ``models``: every model state dict of the file; with two or more, each optimizer is paired with
@@ -1553,7 +1562,9 @@ def _finish(
         warnings += [x for x in w if x not in warnings]
     osds = {info["index"]: osd for info, _, osd in opts}
     pairs = _pairs(opts, entries, given_of, models, warnings) if models else None
-    if pairs is not None:
+    if sources is not None:  # each optimizer's own model, found by the reader (accelerate)
+        mapping, model = _name_each(entries, opts, sources, warnings)
+    elif pairs is not None:
         mapping, model = _name_paired(entries, opts, pairs, warnings)
     elif names_given:
         mapping = "fqn" if all(isinstance(e.index, str) for e in entries) else "param_names"
@@ -1630,42 +1641,65 @@ def _pairs(
 def _name_paired(
     entries: list[_Entry], opts: list[tuple[dict, tuple, dict]], pairs: dict[int, Any], warnings: list[str]
 ) -> tuple[str, _ModelSource | None]:
-    """Names ``<model key>.<parameter>`` for the entries of each paired optimizer (from its saved
-    ``param_names``, else by :func:`map_names` over its model(s)' parameters in order); one model
-    source over every paired model for the parameter values. Returns (name_mapping, source)."""
+    """Names ``<model key>.<parameter>`` for the entries of each paired optimizer (:func:`_name_each`
+    over the model(s) :func:`.pairing.pair` found for it)."""
     from adamdiag.io.checkpoints import pairing
 
-    where: dict[str, tuple[dict, str]] = {}
+    sources: dict[int, _ModelSource | None] = {}
+    for i, pr in pairs.items():
+        if pr is None:
+            sources[i] = None
+            continue
+        where = {f"{pairing.model_prefix(p)}.{n}": (sd, n) for p, sd in pr.models for n, _ in model_candidates(sd)}
+        src = _ModelSource(pairing._cands(pr.models), True, functools.partial(_get_from, where), "paired")
+        # names the optimizer saved (param_names) are its model's own: prefixed like the rest
+        src.desc = pairing.model_prefix(pr.models[0][0]) if pr.how == "key and names" else ""
+        sources[i] = src
+    return _name_each(entries, opts, sources, warnings)
+
+
+def _get_from(where: dict[str, tuple[Any, str]], name: str) -> Any:
+    sd, n = where.get(name, ({}, ""))
+    return sd.get(n)
+
+
+def _name_each(
+    entries: list[_Entry], opts: list[tuple[dict, tuple, dict]], sources: dict[int, Any], warnings: list[str]
+) -> tuple[str, _ModelSource | None]:
+    """Each optimizer's entries named from its own model source (names already prefixed with the
+    model's key; ``desc`` non-empty: the optimizer saved ``param_names``, prefixed with ``desc``), else
+    by :func:`map_names` over the source in order (or shape-unique where the order is unknown). None:
+    no certain model (saved names stay; the rest get positional labels later). Returns (name_mapping,
+    one model source over them all for the parameter values)."""
+    getters: dict[str, Callable[[str], Any]] = {}
     cands: list[tuple[str, tuple]] = []
     statuses = []
     for info, _, _ in opts:
         es = [e for e in entries if _opt_index(e) == info["index"]]
-        pr = pairs[info["index"]]
-        if pr is None:  # saved names stay (certain, de-duplicated by optimizer later); no model values
+        src = sources.get(info["index"])
+        if src is None:
             given = bool(es) and all(e.name is not None for e in es)
             statuses.append("param_names" if given else "unmatched")
             continue
-        for p, sd in pr.models:
-            for n, _ in model_candidates(sd):
-                where[f"{pairing.model_prefix(p)}.{n}"] = (sd, n)
-        own = pairing._cands(pr.models)
-        cands += own
-        if pr.how == "key and names":
-            prefix = pairing.model_prefix(pr.models[0][0])
+        getters.update({n: src.get for n, _ in src.cands})
+        cands += src.cands
+        if src.desc and all(e.name is not None for e in es):
             for e in es:
-                e.name = f"{prefix}.{e.name}" if e.name is not None else None
+                e.name = f"{src.desc}.{e.name}"
             statuses.append("param_names")
             continue
+        for e in es:
+            e.name = None
         w: list[str] = []
-        statuses.append(_apply_model_names(es, own, True, w))
+        statuses.append(_apply_model_names(es, src.cands, src.ordered, w))
         warnings += [f"{info['key']}: {x}" for x in w]
     mapping = statuses[0] if len(set(statuses)) == 1 else "partial"
 
     def get(name: str) -> Any:
-        sd, n = where.get(name, ({}, ""))
-        return sd.get(n)
+        g = getters.get(name)
+        return g(name) if g is not None else None
 
-    return mapping, (_ModelSource(cands, True, get, "model state_dicts") if where else None)
+    return mapping, (_ModelSource(cands, True, get, "model state_dicts") if getters else None)
 
 
 def _label_by_optimizer(entries: list[_Entry]) -> None:
@@ -1735,7 +1769,113 @@ def _open_dir(d: Path, kind: str, trust: bool) -> OptimizerCheckpoint:
             model.cands = [(n, s) for n, s in order if n in present]
             model.ordered = True
     stated = checkpoint_dir_step(d, kind, warnings)
-    return _finish(d, kind, opts, model, stated, warnings, [os.path.realpath(opt_file)] if mmapped else [], others)
+    mm = [os.path.realpath(opt_file)] if mmapped else []
+    extra = numbered_optimizer_files(d) if kind == "accelerate" else []
+    if extra:  # accelerate with several prepared optimizers (a GAN's): optimizer.bin, optimizer_1.bin, ...
+        opts, others, sources = _accelerate_optimizers(d, opt_file, opts, others, model, extra, trust, warnings, mm)
+        return _finish(d, kind, opts, None, stated, warnings, mm, others, sources=sources)
+    return _finish(d, kind, opts, model, stated, warnings, mm, others)
+
+
+_NUMBERED_OPTIMIZER = re.compile(r"^optimizer_(\d+)\.(bin|pt)$")
+
+
+def numbered_optimizer_files(d: Path) -> list[Path]:
+    """accelerate's ``save_state`` writes its k-th prepared optimizer (k >= 1) as ``optimizer_k.bin``
+    (and the k-th model as ``model_k.safetensors``): those files, by k."""
+    found = []
+    for p in d.iterdir():
+        m = _NUMBERED_OPTIMIZER.match(p.name)
+        if m and int(m.group(1)) >= 1 and p.is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _accelerate_optimizers(
+    d: Path,
+    first: Path,
+    opts: list[tuple[dict, tuple, dict]],
+    others: list[dict],
+    model: _ModelSource | None,
+    extra: list[Path],
+    trust: bool,
+    warnings: list[str],
+    mmap_files: list[str],
+) -> tuple[list[tuple[dict, tuple, dict]], list[dict], dict[int, _ModelSource | None]]:
+    """Every optimizer file of an accelerate state, each with the model saved at its position
+    (``optimizer_k.bin`` ↔ ``model_k.safetensors``: accelerate numbers models and optimizers apart, in
+    ``prepare`` order) where the model's parameters fit it exactly (one slot per parameter, the shapes,
+    in order where the format keeps it) — else its tensors keep positional labels (a warning)."""
+    all_opts: list[tuple[dict, tuple, dict]] = []
+    all_others: list[dict] = []
+    sources: dict[int, _ModelSource | None] = {}
+    said = []
+    for k, f in enumerate([first, *extra]):
+        if k == 0:
+            found, not_adam = opts, others
+        else:
+            obj, mm = torch_load(f, trust=trust)
+            if mm:
+                mmap_files.append(os.path.realpath(f))
+            try:
+                found, not_adam = _pick_optimizers(obj, f, [])
+            except InputError:
+                desc = _describe_non_adam(obj) if _is_opt_state(obj) else "no optimizer state"
+                found, not_adam = [], [{"type": desc}]
+        src = model if k == 0 else _numbered_model(d, k, trust, warnings)
+        for o in not_adam:
+            all_others.append({"index": len(all_opts) + len(all_others), "key": f.name, "type": o["type"]})
+            warnings.append(f"optimizer file {f.name} is not Adam: {o['type']}")
+        for info, p, x in found:
+            i = len(all_opts) + len(all_others)
+            all_opts.append(
+                ({"index": i, "key": f.name + (f".{_keyname(p)}" if p else ""), "type": info["type"]}, p, x)
+            )
+            mname = "model" if k == 0 else f"model_{k}"
+            sources[i] = _prefixed(src, mname) if src is not None and _fits_exactly(x, f, src) else None
+            said.append(f"{f.name} → {mname}" if sources[i] is not None else f"{f.name} → ?")
+            if src is not None and sources[i] is None:
+                warnings.append(
+                    f"{f.name}: the parameters of the model saved at its position ({mname}) do not fit it "
+                    "exactly: its tensors are labelled by position"
+                )
+    warnings.append(
+        f"accelerate state with {len([first, *extra])} optimizer files; each named from the model saved at its "
+        f"position: {', '.join(said)} (names <model>.<parameter>)"
+    )
+    return all_opts, all_others, sources
+
+
+def _numbered_model(d: Path, k: int, trust: bool, warnings: list[str]) -> _ModelSource | None:
+    for n in (f"model_{k}.safetensors", f"pytorch_model_{k}.bin", f"model_{k}.bin"):
+        if (d / n).is_file():
+            try:
+                return _open_model_file(d / n, trust)
+            except InputError as e:
+                warnings.append(f"model file {n} could not be read: {e}")
+                return None
+    return None
+
+
+def _fits_exactly(osd: dict, path: Path, src: _ModelSource) -> bool:
+    """One optimizer slot per model parameter, and the shapes fit (in order when the format keeps it)."""
+    es, _ = entries_from_state_dict(osd, path)
+    groups: list[list[tuple[int, ...] | None]] = [[] for _ in range(max((e.group for e in es), default=-1) + 1)]
+    for e in es:
+        groups[e.group].append(e.shape)
+    return len(es) == len(src.cands) and map_names(groups, src.cands, ordered=src.ordered)[1] != "unmatched"
+
+
+def _prefixed(src: _ModelSource, prefix: str) -> _ModelSource:
+    out = _ModelSource(
+        [(f"{prefix}.{n}", s) for n, s in src.cands],
+        src.ordered,
+        lambda name: src.get(name[len(prefix) + 1 :]),
+        src.desc,
+        src.mmap_files,
+    )
+    out.desc = prefix  # names the optimizer saved (param_names) get the same prefix
+    return out
 
 
 def checkpoint_dir_step(d: Path, kind: str, warnings: list[str]) -> tuple[int, str] | None:
