@@ -65,6 +65,28 @@ def err(message: str) -> None:
     stderr_console().print(message, markup=False)
 
 
+# The text report's width: a terminal's own width (or COLUMNS), never under TEXT_MIN_WIDTH; output that
+# goes to a pipe or a file is TEXT_PIPE_WIDTH wide whatever terminal it was run from, so saved reports,
+# diffs and tests see the same text.
+TEXT_PIPE_WIDTH = 110
+TEXT_MIN_WIDTH = 72
+
+
+def stdout_width() -> int:
+    """Columns for text on stdout: ``COLUMNS`` when it is set to a number (as rich and the shell tools
+    read it), else the terminal's width when stdout is a terminal, else ``TEXT_PIPE_WIDTH``; at least
+    ``TEXT_MIN_WIDTH`` (a narrower table folds every cell)."""
+    cols = os.environ.get("COLUMNS", "").strip()
+    if cols.isdigit() and int(cols) > 0:
+        width = int(cols)
+    else:
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else TEXT_PIPE_WIDTH
+        except (OSError, ValueError, AttributeError):  # no real file behind stdout (captured, closed)
+            width = TEXT_PIPE_WIDTH
+    return max(TEXT_MIN_WIDTH, width)
+
+
 # ``--quiet``: no warnings and no progress (errors are still printed). Set by the CLI per command.
 QUIET = False
 
@@ -103,9 +125,17 @@ def info(message: str) -> None:
         err(message)
 
 
+def progress_shown() -> bool:
+    """Whether progress is drawn: stderr is a terminal, no ``--quiet``, and not under CI (``CI=true``:
+    GitHub Actions, GitLab and most runners set it; some give the job a pseudo-terminal, whose log would
+    fill with redraws)."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return not QUIET and not ci and sys.stderr.isatty()
+
+
 def stderr_progress() -> Any:
-    """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled when
-    stderr is not a terminal. Transient: gone when done."""
+    """A rich ``Progress`` (description, bar, done/total, elapsed) drawn on stderr; disabled unless
+    :func:`progress_shown`. Transient: gone when done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -115,5 +145,5 @@ def stderr_progress() -> Any:
         TimeElapsedColumn(),
         console=stderr_console(),
         transient=True,
-        disable=QUIET or not sys.stderr.isatty(),
+        disable=not progress_shown(),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +32,9 @@ from adamdiag.cli.scan import (
 )
 from adamdiag.console import info
 
+if TYPE_CHECKING:
+    from adamdiag.results.report import Report
+
 
 class ShowFormat(str, Enum):
     html = "html"
@@ -40,6 +43,16 @@ class ShowFormat(str, Enum):
     json = "json"
     junit = "junit"
     github = "github"
+
+
+def _render_html(rep: Report) -> str:
+    """The HTML page, with a progress bar on a terminal (one step per run: its figures are the slow part)."""
+    from adamdiag.console import stderr_progress
+    from adamdiag.render import render
+
+    with stderr_progress() as prog:
+        task = prog.add_task("drawing figures", total=len(rep.runs))
+        return render(rep, "html", progress=lambda done, total: prog.update(task, completed=done, total=total))
 
 
 def _write(path: Path, text: str) -> None:
@@ -88,7 +101,6 @@ def report(
 
     from adamdiag.cli.scan import VerifyOptions, build_report
     from adamdiag.errors import InputError
-    from adamdiag.render import render
 
     suffix = output.suffix.lower()
     if suffix not in (".html", ".htm", ".json"):
@@ -111,7 +123,7 @@ def report(
     if suffix == ".json":
         _write(output, json.dumps(rep.to_dict(), indent=1, allow_nan=False) + "\n")
     else:
-        _write(output, render(rep, "html"))
+        _write(output, _render_html(rep))
     info(f"wrote {output} ({len(rep.runs)} run(s))")
 
 
@@ -146,7 +158,7 @@ def show(
         rep = Report.from_dict(data)
     except (ValueError, TypeError, AttributeError) as e:
         raise InputError(f"{saved}: {e}") from None
-    text = render(rep, format.value)
+    text = _render_html(rep) if format == ShowFormat.html else render(rep, format.value)
     if output is None:
         emit(text)
     else:

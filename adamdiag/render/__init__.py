@@ -3,18 +3,23 @@ re-renders identically)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from adamdiag.printable import printable
 from adamdiag.results.report import Report
 
 
-def render(report: Report, fmt: str, *, fail_on: str = "error") -> str:
+def render(
+    report: Report, fmt: str, *, fail_on: str = "error", progress: Callable[[int, int], None] | None = None
+) -> str:
     """Render ``report`` as ``text`` (rich table), ``json``, ``markdown``, ``junit`` (a run fails
-    at/above ``fail_on``, as ``check`` does) or ``github`` (workflow-command annotations). The text can be
-    written anywhere: a path that is not UTF-8 shows its odd bytes as ``\\xNN``."""
-    return printable(_render(report, fmt, fail_on))
+    at/above ``fail_on``, as ``check`` does), ``github`` (workflow-command annotations) or ``html``. The
+    text can be written anywhere: a path that is not UTF-8 shows its odd bytes as ``\\xNN``.
+    ``progress(done, total)``: called after each run's figures are drawn (html only, the slow one)."""
+    return printable(_render(report, fmt, fail_on, progress))
 
 
-def _render(report: Report, fmt: str, fail_on: str) -> str:
+def _render(report: Report, fmt: str, fail_on: str, progress: Callable[[int, int], None] | None = None) -> str:
     if fmt == "json":
         import json
 
@@ -30,7 +35,7 @@ def _render(report: Report, fmt: str, fail_on: str) -> str:
     if fmt == "html":
         from adamdiag.render.html import render_html
 
-        return render_html(report)
+        return render_html(report, progress=progress)
     if fmt == "github":
         from adamdiag.render.github import render_github
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from adamdiag.render.common import VERDICT_TEXT, fmt_step, lead, recommendation_line
+from adamdiag.render.plot import log_y, tight
 from adamdiag.results.report import Report, RunReport
 
 CSS = """
@@ -101,7 +103,7 @@ def _signals_svg(r: RunReport, salt: str) -> str | None:
                 y = np.where(y > 0, y, np.nan)
                 ax.plot(x, y, lw=0.8, color="tab:purple", label=rr.get("tag", "g²/v̂"))
                 ax.axhline(rr.get("threshold", 0.1), color="tab:gray", ls=":", label="collapse threshold")
-                ax.set_yscale("log")
+                log_y(ax)
                 ax.set_ylabel("g²/v̂ (log scale)")
             else:
                 st = np.asarray(band["step"], np.float64)
@@ -109,13 +111,13 @@ def _signals_svg(r: RunReport, salt: str) -> str | None:
                 ax.plot(st, band["p50"], "o-", color="tab:green", ms=3, lw=1, label="√v̂ median")
                 if band.get("eps"):
                     ax.axhline(band["eps"], color="tab:red", ls="--", lw=1, label=f"eps = {band['eps']:g}")
-                ax.set_yscale("log")
+                log_y(ax)
                 ax.set_ylabel("√v̂ at checkpoints (log)")
             _markers(ax, r)
             ax.set_xlabel("step")
             ax.grid(True, alpha=0.3)
             ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
+        tight(fig)
         return fig
 
     return _export(make, salt)
@@ -163,12 +165,12 @@ def _tensor_r_svg(r: RunReport, salt: str) -> str | None:
                 zero_shown = True
         ax.axhline(block.get("threshold", 0.1), color="tab:gray", ls=":", label="collapse threshold")
         _markers(ax, r)
-        ax.set_yscale("log")
+        log_y(ax)
         ax.set_ylabel("g²/v̂ per tensor (log scale)")
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=7, ncol=2)
-        fig.tight_layout()
+        tight(fig)
         return fig
 
     return _export(make, salt)
@@ -214,13 +216,13 @@ def _replay_svg(r: RunReport, salt: str) -> str | None:
         allv = np.concatenate(ys) if ys else np.zeros(0)
         allv = allv[np.isfinite(allv)]
         if len(allv) and allv.min() > 0:
-            ax.set_yscale("log")
+            log_y(ax)
         ax.set_xlim(lo, end + 1)
         ax.set_ylabel("loss")
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=7)
-        fig.tight_layout()
+        tight(fig)
         return fig
 
     return _export(make, salt)
@@ -300,7 +302,8 @@ def _verification(r: RunReport) -> list[str]:
     return out
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, progress: Callable[[int, int], None] | None = None) -> str:
+    """The page; ``progress(done, total)`` after each run's figures (matplotlib takes ~0.2 s a figure)."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -362,5 +365,7 @@ def render_html(report: Report) -> str:
             )
         parts += _decay_table(r)
         parts.append("</section>")
+        if progress is not None:
+            progress(i + 1, len(report.runs))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

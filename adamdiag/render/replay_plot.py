@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from adamdiag.errors import InputError
+from adamdiag.render.plot import log_y, tight
 from adamdiag.replay.result import ReplayResult
 
 
@@ -76,13 +77,13 @@ def plot_replay(result: ReplayResult, path: Path) -> Path:
         x for v in result.variants for x in v.losses if x is not None and math.isfinite(x) and x > 0
     ]
     if positive:
-        ax.set_yscale("log")
+        log_y(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(result.loss_tag)
     status = "reproduced" if result.fidelity.reproduced else "NOT reproduced"
     ax.set_title(f"replay from step {result.start_step} ({status}; {result.conclusion})", fontsize=10)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    tight(fig)
     try:
         fig.savefig(path)
     except OSError as e:  # the folder changed under the replay, or a file system that refuses it
