@@ -74,12 +74,18 @@ class Command(TyperCommand):
     def invoke(self, ctx: click.Context) -> Any:
         from adamdiag import console
 
+        # -q for this command only: a library caller (or the next test) in the same process gets its
+        # notices again afterwards
+        before = console.QUIET
         console.QUIET = bool(ctx.params.pop("quiet", False))
-        verbose = bool(ctx.params.pop("verbose", False))
-        if verbose:
-            used = ctx.meta.get("adamdiag.config")
-            err(f"adamdiag: config: {used}" if used else "adamdiag: config: none (built-in defaults)")
-        return super().invoke(ctx)
+        try:
+            verbose = bool(ctx.params.pop("verbose", False))
+            if verbose:
+                used = ctx.meta.get("adamdiag.config")
+                err(f"adamdiag: config: {used}" if used else "adamdiag: config: none (built-in defaults)")
+            return super().invoke(ctx)
+        finally:
+            console.QUIET = before
 
 
 class Group(TyperGroup):

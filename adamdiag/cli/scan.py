@@ -133,7 +133,7 @@ class VerifyOptions:
 def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
     """--verify: replay the blown-up runs and let the outcomes confirm or correct the verdicts
     (``curves``: keep each variant's loss curve for the report's series)."""
-    from adamdiag.console import err
+    from adamdiag.console import info
     from adamdiag.errors import InputError
     from adamdiag.pipeline.verify import verify_report
 
@@ -148,7 +148,7 @@ def verify(report: Report, o: VerifyOptions, *, curves: bool = False) -> None:
         trust_checkpoint=o.trust_checkpoint,
         budget_s=o.budget,
         device=o.device,
-        say=err,
+        say=info,
         curves=curves,
         assume=assumptions(*o.assume),
     )

@@ -201,8 +201,11 @@ def _import_file(path: Path) -> Any:
 
 
 def print_notice(msg: str) -> None:
-    """The import notice on stderr (the default route)."""
-    print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
+    """The import notice on stderr (the default route); nothing with ``--quiet``, which asks for errors only."""
+    from adamdiag import console
+
+    if not console.QUIET:
+        print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
 
 
 def load_entry_function(

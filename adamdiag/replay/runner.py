@@ -242,7 +242,19 @@ def log_step_offset(value: str | int | None, ckpt: ReplayCheckpoint) -> tuple[in
 
 
 def _stderr(msg: str) -> None:
-    print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
+    """A notice or warning (never an error: those are raised) on stderr; nothing with ``--quiet``."""
+    from adamdiag import console
+
+    if not console.QUIET:
+        print(f"adamdiag: {msg}", file=sys.stderr, flush=True)
+
+
+def _stderr_info(msg: str) -> None:
+    """A progress note ("wrote x.png") on stderr; nothing with ``--quiet``."""
+    from adamdiag import console
+
+    if not console.QUIET:
+        print(msg, file=sys.stderr)
 
 
 def _quiet(msg: str) -> None:
@@ -786,7 +798,7 @@ def _finish(
         from adamdiag.render.replay_plot import plot_replay
 
         path = plot_replay(result, plot)
-        print(f"wrote {path}", file=sys.stderr)
+        _stderr_info(f"wrote {path}")
     return result.exit_code
 
 
