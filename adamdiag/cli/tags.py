@@ -16,7 +16,7 @@ import typer
 
 from adamdiag.cli.app import app, emit, guarded
 from adamdiag.cli.options import RunsArg, TableFormat, TableFormatOpt
-from adamdiag.console import stderr_console
+from adamdiag.console import progress_shown, stderr_console
 from adamdiag.errors import InputError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def load_runs(runs: Sequence[Path], *, check_crc: bool = True) -> list[RunEvents
             pass  # read_runs reports it
     console = stderr_console()
     problems: list = []
-    if total >= PROGRESS_MIN_BYTES and console.is_terminal:
+    if total >= PROGRESS_MIN_BYTES and progress_shown():  # not with -q, under CI=true or into a pipe
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
@@ -107,6 +107,52 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
+HISTOGRAM_STATS = ["min", "max", "sum", "sum_squares"]
+
+
+def hollow_histograms(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The histogram frame to write, and one warning per (run, tag) whose rows say nothing.
+
+    - ``num = 0``: the histogram of no values (TF2's ``tf.summary.histogram`` of an empty tensor is a
+      ``[0, 3]`` bucket tensor, read as zeros; TF1 writes min/max = ±DBL_MAX; ``add_histogram_raw`` takes
+      any numbers). Its min, max, sum and sum_squares mean nothing: written empty (NaN), never as values.
+    - a tag whose every row is ``min = max = 0``: the tensor logged was exactly zero each time (a gradient
+      histogram taken before ``backward()`` or after ``zero_grad``, a parameter that gets no gradient). The
+      rows are true and are written; the warning says that the tag carries no signal.
+    """
+    import numpy as np
+
+    if not len(frame):
+        return frame, []
+    num = frame["num"].to_numpy(np.float64)
+    empty = num == 0
+    stats = frame[HISTOGRAM_STATS].to_numpy(np.float64)
+    zero = ~empty & (stats == 0).all(axis=1)
+    keys = list(zip(frame["run"].astype(str), frame["tag"].astype(str)))
+    count: dict[tuple[str, str], list[int]] = {}  # (run, tag) -> [rows, empty rows, all-zero rows]
+    for key, e, z in zip(keys, empty.tolist(), zero.tolist()):
+        c = count.setdefault(key, [0, 0, 0])
+        c[0] += 1
+        c[1] += e
+        c[2] += z
+    warnings = []
+    for (run, tag), (n, n_empty, n_zero) in count.items():
+        if n_empty:
+            warnings.append(
+                f"histogram '{tag}' in {run}: {n_empty} of {n} rows hold no values (num = 0); their "
+                f"{', '.join(HISTOGRAM_STATS)} are written empty"
+            )
+        if n_zero and n_zero + n_empty == n:
+            warnings.append(
+                f"histogram '{tag}' in {run} is all zeros in every row ({n_zero}: min = max = sum = 0): the tensor "
+                "logged was exactly 0 each time (a gradient logged before backward() or of a parameter that gets none)"
+            )
+    if empty.any():
+        frame = frame.copy()
+        frame.loc[empty, HISTOGRAM_STATS] = np.nan
+    return frame, warnings
+
+
 def run_export(runs: Sequence[Path], output: Path | str, histograms: bool = False) -> None:
     """The `export` command: the long frame of all runs to ``output`` (.parquet or .csv; ``-`` is
     CSV on stdout, for pipes)."""
@@ -128,6 +174,11 @@ def run_export(runs: Sequence[Path], output: Path | str, histograms: bool = Fals
     result = load_runs(runs)
     frame = _concat([r.histograms if histograms else r.scalars for r in result])
     kind = "histogram" if histograms else "scalar"
+    if histograms:
+        from adamdiag.console import warn_all
+
+        frame, hollow = hollow_histograms(frame)
+        warn_all(hollow, limit=MAX_WARNINGS_SHOWN)
     if to_stdout:
         frame.to_csv(sys.stdout, index=False)
         return
