@@ -43,6 +43,13 @@ def inspect(
             help="Of each directory (or TF 'checkpoint' file), only the checkpoint with the highest step.",
         ),
     ] = False,
+    all_: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Text: every checkpoint and pair in full (more than two are one line each, the last in full).",
+        ),
+    ] = False,
     assume_lr: AssumeLrOpt = None,
     assume_beta2: AssumeBeta2Opt = None,
     assume_eps: AssumeEpsOpt = None,
@@ -59,6 +66,7 @@ def inspect(
             latest=latest,
             assume=assume,
             jobs=jobs,
+            full=all_,
         )
     )
 
@@ -72,9 +80,11 @@ def run_inspect(
     latest: bool = False,
     assume: Assumptions | None = None,
     jobs: int | None = None,
+    full: bool = False,
 ) -> str:
     """The ``inspect`` command: render the statistics of ``paths`` as ``fmt`` (text|json|csv);
-    ``jobs``: tensors read in parallel (None: the default)."""
+    ``jobs``: tensors read in parallel (None: the default); ``full`` (``--all``): the text shows every
+    checkpoint in full, not one line each when there are more than two."""
     from adamdiag.errors import InputError
     from adamdiag.pipeline.inspect import collect
     from adamdiag.render.inspect import render_csv, render_text
@@ -89,4 +99,4 @@ def run_inspect(
         return json.dumps(to_json_obj(summaries, pairs), indent=2, allow_nan=False)
     if fmt == "csv":
         return render_csv(summaries, pairs)
-    return render_text(summaries, pairs)
+    return render_text(summaries, pairs, full=full)
