@@ -217,6 +217,27 @@ def test_models_under_the_wrong_keys_get_positional_names_not_wrong_ones(gan, tm
     }
 
 
+def test_one_module_holding_both_networks_wins_over_a_copy_with_a_matching_key(tmp_path):
+    # a training module's full state dict (gen.*, disc.*) and an EMA copy of the generator under 'gen':
+    # the module holds every optimizer's parameters, so its names and values are used, not the copy's
+    torch.manual_seed(0)
+    module = nn.ModuleDict({"gen": generator(), "disc": discriminator()})
+    optG = torch.optim.Adam(module["gen"].parameters(), **HYPER["G"])
+    optD = torch.optim.Adam(module["disc"].parameters(), **HYPER["D"])
+    for _ in range(2):
+        for o in (optG, optD):
+            o.zero_grad()
+        module["disc"](module["gen"](torch.randn(16, 4))).pow(2).mean().backward()
+        optG.step()
+        optD.step()
+    ema = generator()
+    path = tmp_path / "last.pt"
+    parts = {"optimizer_gen": optG.state_dict(), "optimizer_disc": optD.state_dict()}
+    torch.save({"state_dict": module.state_dict(), "gen": ema.state_dict(), **parts}, path)
+    want = truth("gen", module["gen"], optG) | truth("disc", module["disc"], optD)
+    check(path, want, {"gen": HYPER["G"], "disc": HYPER["D"]}, {"gen": "optimizer_gen", "disc": "optimizer_disc"})
+
+
 def test_no_model_in_the_file_labels_by_optimizer_and_position(gan, tmp_path):
     _, _, optG, optD = gan
     path = tmp_path / "optimizers.pt"

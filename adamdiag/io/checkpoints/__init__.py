@@ -1561,7 +1561,10 @@ def _finish(
         kinds.append(kind)
         warnings += [x for x in w if x not in warnings]
     osds = {info["index"]: osd for info, _, osd in opts}
-    pairs = _pairs(opts, entries, given_of, models, warnings) if models else None
+    # A GAN file's networks saved apart: pair each optimizer with its own — unless one model of the file
+    # holds every optimizer's parameters (a Lightning module beside an EMA copy): then the rule below.
+    several = models is not None and len(models) > 1 and not _one_model_holds_all(entries, model, names_given)
+    pairs = _pairs(opts, entries, given_of, models, warnings) if several and models else None
     if sources is not None:  # each optimizer's own model, found by the reader (accelerate)
         mapping, model = _name_each(entries, opts, sources, warnings)
     elif pairs is not None:
@@ -1614,6 +1617,24 @@ def _finish(
     ck._fetch_state = lambda e: osds[_opt_index(e)]["state"][e.index]
     ck._fetch_param = model.get if model is not None else None
     return ck
+
+
+def _one_model_holds_all(entries: list[_Entry], model: _ModelSource | None, names_given: bool) -> bool:
+    """``model`` names every optimizer slot of the file for certain (saved names all in it, or the
+    groups of all optimizers interleaved into its parameter order, as :func:`_finish` does)."""
+    if model is None:
+        return False
+    if names_given:
+        own = dict(model.cands)
+        return all(e.name in own and own[e.name] == e.shape for e in entries if e.shape is not None)
+    ids: dict[tuple, int] = {}
+    groups: list[list[tuple[int, ...] | None]] = []
+    for e in entries:
+        g = ids.setdefault((_opt_index(e), e.group), len(ids))
+        if g == len(groups):
+            groups.append([])
+        groups[g].append(e.shape)
+    return map_names(groups, model.cands, ordered=model.ordered)[1] == "model-order"
 
 
 def _pairs(

@@ -48,9 +48,12 @@ _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
 def role_words(path: tuple) -> frozenset[str]:
     """The words of a key path that say which network it is: ``('optimizerG',)`` → {g},
-    ``('G_A',)`` → {g, a}, ``('optimizers', 1)`` → {1}, ``('g_ema',)`` → {g, ema}."""
+    ``('G_A',)`` → {g, a}, ``('optimizers', 1)`` → {#1} (a list position), ``('g_ema',)`` → {g, ema}."""
     out = set()
     for comp in path:
+        if isinstance(comp, int):  # a list position: optimizers[1] <-> models[1], not a digit in a key
+            out.add(f"#{comp}")
+            continue
         for w in _WORD.findall(str(comp)):
             lw = w.lower()
             if lw not in _FILLER:
