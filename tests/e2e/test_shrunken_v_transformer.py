@@ -31,7 +31,10 @@ def test_full_batch_transformer_whose_v_shrank_is_a_v_collapse_with_lr_as_the_al
 
     rep = scan_paths([tmp_path / NAME]).runs[0]
     assert rep.verdict == "v_collapse" and rep.confidence == "medium" and rep.alternative == "lr_too_high"
-    assert rep.blowup_step == rec["true_blowup_step"]
+    # The live run's own truth (runlab's truth.json), not the recorded step: training is reproducible on one
+    # machine, not across CPUs (this run blew up at 458 where the results were recorded, at 488 on an AMD EPYC).
+    truth = json.loads((tmp_path / NAME / "truth.json").read_text())["summary"]
+    assert rep.blowup_step == truth["blowup_step"]
     (f,) = [f for f in rep.findings if f.id == "AD101"]
     assert f.evidence["sqrt_vhat_fall"] >= 10 and f.evidence["median_r_before"] >= 0.1
     assert "healthy" not in f.message and "x down" in f.message and "tracked" in f.message
