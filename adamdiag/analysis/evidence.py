@@ -230,6 +230,13 @@ def ckpt_tensor_label(t: Any) -> str:
     return name if name else f"group {getattr(t, 'group', '?')} / index {getattr(t, 'index', '?')}"
 
 
+def state_key(t: Any) -> tuple[int, int, int]:
+    """A tensor's place in its checkpoint: (optimizer, param group, index) — the same in every checkpoint of
+    a run; (group, index) alone repeats across the optimizers of one file."""
+    opt = getattr(t, "optimizer", None) or {}
+    return int(opt.get("index", 0) if isinstance(opt, dict) else 0), int(t.group), int(t.index)
+
+
 def ckpt_global_mean_v(c: Any) -> tuple[float, int]:
     tot = sum(float(t.v_mean) * int(t.numel) for t in c.tensors)
     n = sum(int(t.numel) for t in c.tensors)
@@ -353,9 +360,10 @@ def checkpoint_interval_ratios(ckpts: list[Any], beta2_default: float) -> list[d
     for a, b in zip(ckpts, ckpts[1:]):
         if a.step is None or b.step is None or b.step <= a.step:
             continue
-        by_key = {(t.group, t.index): t for t in a.tensors}
+        # (optimizer, group, index): state indices restart at 0 in every optimizer of a file (a GAN's two)
+        by_key = {state_key(t): t for t in a.tensors}
         for tb in b.tensors:
-            ta = by_key.get((tb.group, tb.index))
+            ta = by_key.get(state_key(tb))
             if ta is None or not ta.v_mean or not math.isfinite(ta.v_mean):
                 continue
             beta2 = float(getattr(tb, "beta2", beta2_default) or beta2_default)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adamdiag.analysis.evidence import state_key
 from adamdiag.analysis.moments import EXACT_QUANTILE_LIMIT, CheckpointSummary, decay_ratio, tensor_stats
 from adamdiag.io.checkpoints.integrity import BUSY, Piece
 
@@ -215,14 +216,14 @@ def compare_checkpoints(
     b = open_checkpoint(Path(path_b), trust=trust, assume=assume)
     rel = PageReleaser(a.mmap_files + b.mmap_files)
     # (optimizer, group, index): state indices start at 0 in every optimizer of a file
-    by_key = {(_opt_index(t), t.group, t.index): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap
+    by_key = {state_key(t): t for t in a.tensors(with_params=False)}  # lazy (mmap): cheap
     tensors, skipped = [], []
     total = len(b)
     hyper_diff: list[str] = []
     renamed = only_b = 0
     matched: set[tuple] = set()
     for i, tb in enumerate(b.tensors(with_params=False)):
-        key = (_opt_index(tb), tb.group, tb.index)
+        key = state_key(tb)
         ta = by_key.get(key)
         if ta is None:
             skipped.append({"label": tb.label, "reason": "not in the first checkpoint"})
@@ -269,10 +270,6 @@ def compare_checkpoints(
         "skipped": skipped,
         "warnings": warnings,
     }
-
-
-def _opt_index(t: Any) -> int:
-    return int((t.optimizer or {}).get("index", 0))
 
 
 def _same_file(a: Path | str, b: Path | str) -> bool:

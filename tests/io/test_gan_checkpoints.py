@@ -413,3 +413,23 @@ def test_key_affinity(opt, model, score):
 def test_model_prefix_drops_state_dict_words():
     assert model_prefix(("G", "state_dict")) == "G" and model_prefix(("netG",)) == "netG"
     assert model_prefix(("model",)) == "model" and model_prefix(("models", 0)) == "models.0"
+
+
+def test_scans_interval_ratios_pair_each_tensor_with_itself_across_optimizers(tmp_path):
+    """evidence.checkpoint_interval_ratios (scan's AD105 / collapse spans) keyed tensors by (group, index),
+    which both optimizers of a GAN file start at 0: netG's v was divided by netD's. Per element v_b ≥ β2^Δ·v_a,
+    so every tensor's mean decay ratio is ≥ 1 when the pairs are right."""
+    from adamdiag.analysis.evidence import checkpoint_interval_ratios
+    from adamdiag.pipeline.summary import summarize_checkpoint
+
+    summaries = []
+    for steps in (4, 8):
+        G, D, optG, optD = train_gan(steps)
+        path = tmp_path / f"checkpoint_{steps}.pth"
+        torch.save({"epoch": steps, "netG": G.state_dict(), "netD": D.state_dict(), "optimizerG": optG.state_dict(),
+                    "optimizerD": optD.state_dict()}, path)  # fmt: skip
+        summaries.append(summarize_checkpoint(path, trust=False, convention=None))
+    ratios = checkpoint_interval_ratios(summaries, 0.999)
+    names = [t.name for t in summaries[1].tensors]
+    assert sorted(r["tensor"] for r in ratios) == sorted(names) and len(set(names)) == len(names)
+    assert all(r["decay_ratio"] >= 1 - 1e-6 for r in ratios), [(r["tensor"], r["decay_ratio"]) for r in ratios]
