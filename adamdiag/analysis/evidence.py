@@ -983,6 +983,17 @@ class Evidence:
         return min((c.warning_step for c in pool), default=None)
 
 
+def tensor_eps(t: Any) -> float | None:
+    """A checkpoint tensor's own eps, when its file (or --assume-eps) states it."""
+    return _known(t, "eps")
+
+
+def optimizer_key(t: Any) -> str | None:
+    """The key of the optimizer a checkpoint tensor belongs to ('optimizerG'), None when the file has one."""
+    opt = getattr(t, "optimizer", None)
+    return str(opt.get("key")) if isinstance(opt, dict) and opt.get("key") is not None else None
+
+
 def _known(t: Any, name: str) -> float | None:
     """A tensor's hyperparameter when the checkpoint (or the user's --assume-*) gave it: None for a
     null/NaN value or source "unknown" (io.checkpoints.hyper: never a silent default)."""

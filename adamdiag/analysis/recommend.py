@@ -24,6 +24,8 @@ from adamdiag.analysis.evidence import (
     hyperparameters,
     live_frac_below,
     live_median,
+    optimizer_key,
+    tensor_eps,
     zero_v_fraction,
 )
 from adamdiag.analysis.thresholds import (
@@ -159,6 +161,14 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
             live = [t for t in start.tensors if zero_v_fraction(t) < 1.0]
             collapsed = near or sorted(live or start.tensors, key=live_median)[:1]
         n_all = sum(int(t.numel) for t in start.tensors) or 1
+        by_size = sorted(collapsed, key=lambda t: -int(t.numel))
+        largest, names = by_size[0], [ckpt_tensor_label(t) for t in by_size]
+        # The collapsed tensors' own eps: with several optimizers in a file (a GAN's two) the run's eps (the one
+        # most elements use) may be another optimizer's.
+        own = tensor_eps(largest)
+        if own is not None and own != eps:
+            eps = own
+            rec["current_eps"] = own
         derived = _dominating_decade(collapsed)
         for e in sorted({*REPORT_EPS_CANDIDATES, *([derived] if derived is not None else [])}):
             bounded = [frac_below(t.sqrt_vhat_q, _eff(t, e)) for t in collapsed]
@@ -178,13 +188,13 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         good = [c for c in rec["candidates"] if c["frac_collapsed_dominated"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
         choice = good[0] if good else rec["candidates"][-1]
         rec["eps"] = choice["eps"]
-        by_size = sorted(collapsed, key=lambda t: -int(t.numel))
-        largest, names = by_size[0], [ckpt_tensor_label(t) for t in by_size]
         shown = ", ".join(f"`{n}`" for n in names[:NAMES_IN_MESSAGE]) + (
             f" and {len(names) - NAMES_IN_MESSAGE} more" if len(names) > NAMES_IN_MESSAGE else ""
         )
+        opt = optimizer_key(largest) if len({optimizer_key(t) for t in start.tensors}) > 1 else None
         rec["message"] = (
-            f"eps {eps:g} → {choice['eps']:g}: √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} "
+            (f"in optimizer `{opt}`: " if opt else "")
+            + f"eps {eps:g} → {choice['eps']:g}: √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} "
             f"({_eff(largest, choice['eps']) / EPS_DOMINATION_MARGIN:.3g}) in {choice['frac_collapsed_dominated']:.0%} "
             f"of the live elements of the collapsed tensors ({shown}) at step {start.step}, so eps, not the decaying "
             f"v, sets their step; {choice['frac_all_eps_dominated']:.0%} of all elements would be eps-dominated"

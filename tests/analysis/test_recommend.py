@@ -126,3 +126,24 @@ def test_a_warm_restart_between_the_start_and_the_blowup_quotes_the_cut_at_the_b
         make(start=start, lr=0.05, lr_at_event=0.077), Decision("lr_too_high", "diverged", "high"), "/r", []
     )
     assert calm is not None and "rose" not in calm["message"]
+
+
+def test_eps_advice_starts_from_the_collapsed_tensors_own_optimizer():
+    """A GAN file: D (most elements) uses eps 1e-6, G 1e-8. G collapsed: the advice is from G's eps, and names
+    G's optimizer — the run-level eps (the one most elements use) is D's."""
+    from types import SimpleNamespace
+
+    def tensor(name: str, key: str, eps: float, numel: int, med: float) -> SimpleNamespace:
+        q = {"min": med / 10, "p01": med / 5, "p50": med, "p99": med * 5, "max": med * 10}
+        return SimpleNamespace(
+            name=name, group=0, index=0, numel=numel, eps=eps, eps_effective=eps, sqrt_vhat_q=q, frac_v_zero=0.0,
+            frac_sqrt_vhat_below_10eps=0.0, optimizer={"index": 0 if key == "optimizerG" else 1, "key": key},
+        )  # fmt: skip
+
+    g = tensor("netG.0.weight", "optimizerG", 1e-8, 1000, 1e-6)
+    d = tensor("netD.0.weight", "optimizerD", 1e-6, 5000, 1e-2)
+    start = SimpleNamespace(step=400, path="/runs/gan/ckpt_400.pth", tensors=[g, d])
+    ev = make(start=start, checkpoints=[start], eps=1e-6, lr=2e-4)
+    rec = recommend(ev, Decision("v_collapse", "collapse", "high"), "/runs/gan", ["netG.0.weight"])
+    assert rec is not None and rec["current_eps"] == 1e-8
+    assert rec["message"].startswith("in optimizer `optimizerG`: eps 1e-08 → ")
