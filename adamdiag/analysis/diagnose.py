@@ -65,7 +65,7 @@ def live_event_files(inp: RunInputs) -> list[str]:
 
 
 def _resolve_tags(
-    tags: list[str], loss_tags: list[str] | None, grad_norm_tag: str | None
+    tags: list[str], loss_tags: list[str] | None, grad_norm_tag: str | None, counts: dict[str, int] | None = None
 ) -> tuple[list[str], str | None, list[Finding]]:
     """The loss tags and gradient-norm tag to use: the user's when given (a missing one is a finding,
     never a silent fallback to another tag), else the shared auto-pick."""
@@ -78,7 +78,7 @@ def _resolve_tags(
         if loss_tags[0] not in tags:
             lt = []  # the total loss is missing: no blowup step can be set from a per-task tag
     else:
-        auto = pick_loss_tag(tags)
+        auto = pick_loss_tag(tags, counts)
         lt = [auto, *pick_task_loss_tags(tags, auto)] if auto else []
     if grad_norm_tag is not None:
         gn = grad_norm_tag if grad_norm_tag in tags else None
@@ -95,7 +95,9 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
     """Diagnose one run. ``loss_tags[0]`` is the total loss (it sets ``blowup_step``); further tags
     are per-task losses whose events become findings naming them."""
     tags = tags_of(inp)
-    lt, gn, tag_problems = _resolve_tags(tags, loss_tags, grad_norm_tag)
+    # logged steps per tag, for the choice between Lightning's <name>_step and <name>_epoch
+    counts = None if inp.scalars is None or not len(inp.scalars) else inp.scalars.groupby("tag")["step"].nunique()
+    lt, gn, tag_problems = _resolve_tags(tags, loss_tags, grad_norm_tag, None if counts is None else counts.to_dict())
     if not loss_tags and len(lt) > 1 and inp.scalars is not None:
         # an auto-picked per-task tag must be a curve: HF Trainer's end-of-training summary
         # `train/train_loss` is one number beside `train/loss`

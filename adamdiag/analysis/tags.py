@@ -9,6 +9,8 @@ replay and plot, and the user's ``--loss-tag`` / ``--grad-norm-tag`` when given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 LOSS_TAGS = (
     "train/loss",
     "loss",
@@ -56,19 +58,42 @@ def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...],
 _OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent")
 
 
-def pick_loss_tag(tags: list[str]) -> str | None:
+def pick_loss_tag(tags: list[str], counts: Mapping[str, int] | None = None) -> str | None:
     """The training-loss tag: a known name, else the shortest "loss" tag that is not an eval curve or
     a per-task part (a total first), else any "loss" tag that is not an eval curve, else an "nll" /
-    "cross_entropy" one.
+    "cross_entropy" one. With ``counts`` (logged steps per tag), Lightning's pair of the same loss is
+    resolved to the denser curve (:func:`denser_lightning_split`).
 
     >>> pick_loss_tag(["loss/cls", "loss/box", "loss/total"]), pick_loss_tag(["train/nll", "train/ppl"])
     ('loss/total', 'train/nll')
     """
-    return (
+    tag = (
         pick_tag(tags, LOSS_TAGS, ("loss",), _LOSS_AVOID)
         or pick_tag(tags, (), ("loss",), _LOSS_AVOID[:-1])
         or next((t for n in _OTHER_LOSS_NAMES if (t := pick_tag(tags, (), (n,), _LOSS_AVOID)) is not None), None)
     )
+    return denser_lightning_split(tag, tags, counts) if tag is not None and counts is not None else tag
+
+
+def denser_lightning_split(tag: str, tags: list[str], counts: Mapping[str, int]) -> str:
+    """Lightning's ``self.log(name, on_step=True, on_epoch=True)`` writes ``<name>_step`` (every
+    ``log_every_n_steps`` = 50 steps by default) and ``<name>_epoch`` (every epoch: the epoch's mean, at its
+    last step). When an epoch is shorter than the logging interval — a small data set, full-batch training —
+    the step curve keeps a point in 50 and misses the blowup, while the epoch curve has one per epoch (the
+    loss itself when an epoch is one step): the curve with more logged steps is the loss; a tie keeps the
+    per-step values.
+
+    >>> denser_lightning_split("train_loss_step", ["train_loss_epoch", "train_loss_step"],
+    ...                        {"train_loss_step": 8, "train_loss_epoch": 400})
+    'train_loss_epoch'
+    >>> denser_lightning_split("train_loss_step", ["train_loss_epoch", "train_loss_step"],
+    ...                        {"train_loss_step": 400, "train_loss_epoch": 40})
+    'train_loss_step'
+    """
+    if not tag.endswith("_step"):
+        return tag
+    epoch = tag[: -len("_step")] + "_epoch"
+    return epoch if epoch in tags and counts.get(epoch, 0) > counts.get(tag, 0) else tag
 
 
 def pick_grad_norm_tag(tags: list[str]) -> str | None:
