@@ -230,11 +230,12 @@ def ckpt_tensor_label(t: Any) -> str:
     return name if name else f"group {getattr(t, 'group', '?')} / index {getattr(t, 'index', '?')}"
 
 
-def state_key(t: Any) -> tuple[int, int, int]:
+def state_key(t: Any) -> tuple[int, Any, Any]:
     """A tensor's place in its checkpoint: (optimizer, param group, index) — the same in every checkpoint of
-    a run; (group, index) alone repeats across the optimizers of one file."""
+    a run; (group, index) alone repeats across the optimizers of one file. Group and index as the reader
+    gives them (a TF checkpoint's index is the variable's name)."""
     opt = getattr(t, "optimizer", None) or {}
-    return int(opt.get("index", 0) if isinstance(opt, dict) else 0), int(t.group), int(t.index)
+    return int(opt.get("index", 0) if isinstance(opt, dict) else 0), t.group, t.index
 
 
 def ckpt_global_mean_v(c: Any) -> tuple[float, int]:

@@ -283,10 +283,12 @@ def _torch_load(path: Path, trust: bool) -> Any:
 
 def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     """The optimizer state, the model weights and the step found in a loaded checkpoint object."""
-    from adamdiag.io.checkpoints import adam_optimizer_keys, several_optimizers_message
+    from adamdiag.io.checkpoints import adam_optimizer_keys, several_optimizers_message, stepped_optimizers
 
     if len(adams := adam_optimizer_keys(raw)) > 1:  # a GAN's: replaying one of them silently is not the run
         raise InputError(several_optimizers_message(path, adams))
+    if len(stepped := stepped_optimizers(raw)) > 1:  # Muon + AdamW: the Adam half alone is not the run either
+        raise InputError(several_optimizers_message(path, stepped, "optimizers"))
     optim = _find(raw, _is_optim_sd, _OPTIM_KEYS)
     if optim is None:
         keys = ", ".join(map(str, raw)) if isinstance(raw, Mapping) else type(raw).__name__

@@ -433,3 +433,21 @@ def test_scans_interval_ratios_pair_each_tensor_with_itself_across_optimizers(tm
     names = [t.name for t in summaries[1].tensors]
     assert sorted(r["tensor"] for r in ratios) == sorted(names) and len(set(names)) == len(names)
     assert all(r["decay_ratio"] >= 1 - 1e-6 for r in ratios), [(r["tensor"], r["decay_ratio"]) for r in ratios]
+
+
+def test_replay_refuses_muon_beside_adamw_naming_both(tmp_path):
+    """Muon for the matrices, AdamW for the rest (a common recipe): replay used to pick Muon and say the file
+    held no Adam state; the AdamW half alone is not the run either — one line naming both, exit 2."""
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    muon = torch.optim.Muon([p for p in m.parameters() if p.ndim == 2], lr=0.02)
+    adamw = torch.optim.AdamW([p for p in m.parameters() if p.ndim != 2], lr=1e-3)
+    for _ in range(3):
+        muon.zero_grad(), adamw.zero_grad()
+        m(torch.randn(4, 8)).pow(2).mean().backward()
+        muon.step(), adamw.step()
+    path = tmp_path / "muon_adamw.pt"
+    torch.save({"model": m.state_dict(), "optimizers": [muon.state_dict(), adamw.state_dict()], "step": 3}, path)
+    res = CliRunner().invoke(app, ["replay", str(path)])
+    assert res.exit_code == 2
+    line = next(x for x in res.output.splitlines() if "error" in x)
+    assert "holds 2 optimizers (optimizers.0 (momentum_buffer), optimizers.1 (AdamW))" in line

@@ -1520,10 +1520,31 @@ def adam_optimizer_keys(obj: Any) -> list[str]:
     return out
 
 
-def several_optimizers_message(path: Any, keys: list[str]) -> str:
-    """replay's one line for a file with several Adam optimizers (a GAN's): what it cannot do, the choices."""
+def stepped_optimizers(obj: Any) -> list[str]:
+    """Every optimizer state in a loaded checkpoint object that holds per-parameter state, as 'key (what)':
+    what = its Adam kind, else the per-parameter keys (Muon's or SGD's 'momentum_buffer'). replay, which
+    steps one torch.optim.Adam, refuses a file that stepped several (Muon for the matrices + AdamW for the
+    rest: replaying the AdamW half alone is not the run)."""
+    out = []
+    for p, x in _walk(obj):
+        if not _is_opt_state(x):
+            continue
+        per = [st for st in x["state"].values() if isinstance(st, dict) and st]
+        if not per:
+            continue
+        name = _keyname(p) or "<top level>"
+        if all("exp_avg" in st and "exp_avg_sq" in st for st in per):
+            out.append(f"{name} ({_optimizer_kind(x)[0]})")
+        else:
+            out.append(f"{name} ({', '.join(sorted({k for st in per for k in st if k != 'step'}))})")
+    return out
+
+
+def several_optimizers_message(path: Any, keys: list[str], what: str = "Adam optimizers") -> str:
+    """replay's one line for a file with several optimizers (a GAN's two Adams, Muon beside AdamW): what it
+    cannot do, the choices."""
     return (
-        f"{path}: holds {len(keys)} Adam optimizers ({', '.join(keys)}); replay re-runs one model with one "
+        f"{path}: holds {len(keys)} {what} ({', '.join(keys)}); replay re-runs one model with one "
         "torch.optim.Adam and cannot step them together: save the one to replay with its model as "
         "{'model': ..., 'optimizer': ..., 'step': ...} and replay that file, or pass --entry returning "
         "{'run': run} that trains them all (docs/replay.md, 'Any framework')"
