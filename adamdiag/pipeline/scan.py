@@ -125,10 +125,15 @@ def checkpoints_beside_logs(paths: Sequence[Path], events: list[Any]) -> dict[st
 
 
 def step_span(events: Any) -> tuple[int, int, int]:
-    """(first step, last step, median logging interval) of a run's scalars; (0, 0, 1) without any."""
+    """(first step, last step, median logging interval) of a run's curves — its scalars but the tags logged
+    once: Lightning's ``hp_metric`` placeholder, written at step 0 by every ``fit`` (a resumed one too, which
+    would make it look like a fresh start), HF's end-of-training summaries; (0, 0, 1) without any."""
     import numpy as np
 
     s = events.scalars
+    if s is not None and len(s):
+        n = s.groupby("tag")["step"].transform("size")
+        s = s[n > 1] if (n > 1).any() else s
     if s is None or not len(s):
         return (0, 0, 1)
     steps = np.unique(s["step"].to_numpy(np.int64))

@@ -57,3 +57,23 @@ def test_explicit_step_tag_is_kept() -> None:
     assert res.exit_code == 0, res.output
     (run,) = json.loads(res.stdout)["runs"]
     assert run["loss_tag"] == "train_loss_step" and run["blowup_step"] is None
+
+
+RESUME = Path(__file__).resolve().parents[1] / "fixtures" / "lightning_resume"
+
+
+def test_lightning_resume_is_one_training() -> None:
+    """``tests/fixtures/lightning_resume/`` (``tools/fwprobe/make_lightning_resume_fixture.py``): a fit stopped at
+    step 60 and resumed from its checkpoint logs into ``version_1``, whose curves start at step 60 but which also
+    holds Lightning's ``hp_metric`` placeholder at step 0. The two folders are one training resumed, so the
+    resumed run is lent the checkpoint of ``version_0`` (scan used to take ``version_1`` for a fresh start)."""
+    from adamdiag.pipeline.scan import resumed_chain, scan_paths, step_span
+
+    v0, v1 = (read_run(RESUME / "lightning_logs" / f"version_{i}") for i in (0, 1))
+    s1 = v1.scalars
+    assert s1.loc[s1["tag"] == "hp_metric", "step"].tolist() == [0]
+    assert step_span(v1)[0] == 60 and resumed_chain([step_span(v0), step_span(v1)])
+    rep = scan_paths([RESUME])
+    runs = {Path(r.run).name: r for r in rep.runs}
+    assert "checkpoints" in runs["version_1"].sources
+    assert any(f.id == "AD901" and "beside the run's logs" in f.message for f in runs["version_1"].findings)

@@ -96,8 +96,15 @@ def out_dir(fw: str, design: str, variant: str | None, out: str | None) -> Path:
 
 
 def run_lightning(
-    design_name: str, variant: str | None, out: Path, *, steps: int | None = None, checkpointing: bool = True
+    design_name: str,
+    variant: str | None,
+    out: Path,
+    *,
+    steps: int | None = None,
+    checkpointing: bool = True,
+    resume: tuple[int, int, int] = (1000, 1100, 250),
 ) -> None:
+    """``resume`` (variant ``resume``): (epochs of the first fit, epochs after resuming, checkpoint interval)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -136,6 +143,25 @@ def run_lightning(
         kw["log_every_n_steps"] = 1
     if variant == "ckpt":
         cbs.append(ModelCheckpoint(every_n_train_steps=250, save_top_k=-1))
+    if variant == "resume":  # stopped after 1000 epochs (checkpoints every 250), resumed from the last one
+        kw["log_every_n_steps"] = 1
+        for epochs, ck in ((resume[0], None), (resume[1], out / "lightning_logs" / "version_0" / "checkpoints")):
+            L.Trainer(
+                max_epochs=epochs,
+                accelerator="cpu",
+                logger=TensorBoardLogger(str(out)),
+                callbacks=[ModelCheckpoint(every_n_train_steps=resume[2], save_top_k=-1)],
+                check_val_every_n_epoch=50,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                **kw,
+            ).fit(
+                Reg(design["lr"], design["betas"][1]),
+                train,
+                val,
+                ckpt_path=None if ck is None else str(max(ck.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)),
+            )
+        return
     trainer = L.Trainer(
         max_epochs=steps or design["steps"],
         enable_checkpointing=checkpointing,
@@ -259,7 +285,9 @@ def run_tbx(design_name: str, variant: str | None, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ counterfactual
 
 
-def train_to(design_name: str, step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+def train_to(
+    design_name: str, step: int, clip: float | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
     """The plain loop's state after ``step`` updates (for a run with no checkpoint before its blowup)."""
     design = DESIGNS[design_name]
     model = net()
@@ -271,6 +299,8 @@ def train_to(design_name: str, step: int) -> tuple[dict[str, torch.Tensor], dict
         loss = F.mse_loss(model(x).squeeze(-1), y)
         opt.zero_grad()
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
     return model.state_dict(), opt.state_dict(), step
 
@@ -295,7 +325,7 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int
 def counterfactual(path: Path, design_name: str, horizon: int, clip: float | None) -> dict[str, Any]:
     design = DESIGNS[design_name]
     w, opt_state, start = (
-        train_to(design_name, int(str(path)[5:])) if str(path).startswith("init:") else load_state(path)
+        train_to(design_name, int(str(path)[5:]), clip) if str(path).startswith("init:") else load_state(path)
     )
     x, y = data()
     res: dict[str, Any] = {"checkpoint": str(path), "start_step": start}
@@ -308,11 +338,16 @@ def counterfactual(path: Path, design_name: str, horizon: int, clip: float | Non
     ]:
         model = net()
         model.load_state_dict(w)
-        opt = (
-            torch.optim.AdamW(model.parameters(), lr=1.0)
-            if "weight_decay" in str(opt_state) and opt_state["param_groups"][0].get("decoupled_weight_decay")
-            else torch.optim.Adam(model.parameters())
-        )
+        if len(opt_state["param_groups"]) == 2:  # HF Trainer: AdamW, weights then biases (no weight decay)
+            named = list(model.named_parameters())
+            opt: torch.optim.Optimizer = torch.optim.AdamW(
+                [
+                    {"params": [p for n, p in named if not n.endswith("bias")]},
+                    {"params": [p for n, p in named if n.endswith("bias")]},
+                ]
+            )
+        else:
+            opt = torch.optim.Adam(model.parameters())
         opt.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict keeps the tensors: a copy per variant
         losses = []
         for t in range(start + 1, start + horizon + 1):
