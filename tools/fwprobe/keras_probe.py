@@ -10,7 +10,8 @@ epoch, so epochs are updates), ``keras.optimizers.Adam`` with Keras' default eps
 
 Variants: default (``TensorBoard(log_dir)``: ``update_freq='epoch'``; ``ModelCheckpoint('ckpt/model.keras')``
 overwritten every epoch, validation data given), ``f10`` (``update_freq=10`` and
-``ModelCheckpoint('ckpt/e{epoch:04d}.keras', save_freq=250)``).
+``ModelCheckpoint('ckpt/e{epoch:04d}.keras', save_freq=250)``), ``mb`` (Keras' default ``batch_size=32``: 8
+updates per epoch, the design's updates in epochs/8; default ``TensorBoard``; ``ModelCheckpoint(save_freq=80)``).
 
 No counterfactual here (a Keras optimizer with a schedule takes no new lr): the truth of a design is its torch
 twin's counterfactual (``fwprobe.py cf``), which the Keras run's eps 1e-7 (TF convention) only approximates.
@@ -78,7 +79,14 @@ def train(design: str, variant: str | None) -> None:
     xv, yv = data(601)
     m = model()
     m.compile(optimizer=keras.optimizers.Adam(schedule(design), beta_2=DESIGNS[design]["beta2"]), loss="mse")
-    if variant == "f10":
+    batch, epochs = 256, DESIGNS[design]["epochs"]
+    if variant == "mb":  # Keras' default batch_size 32: 8 updates per epoch, epoch-level logs, batch-counted saves
+        batch, epochs = 32, epochs // 8
+        cbs = [
+            keras.callbacks.TensorBoard(str(out / "logs")),
+            keras.callbacks.ModelCheckpoint(str(out / "ckpt" / "e{epoch:04d}.keras"), save_freq=80),
+        ]
+    elif variant == "f10":
         cbs = [
             keras.callbacks.TensorBoard(str(out / "logs"), update_freq=10),
             keras.callbacks.ModelCheckpoint(str(out / "ckpt" / "e{epoch:04d}.keras"), save_freq=250),
@@ -88,9 +96,7 @@ def train(design: str, variant: str | None) -> None:
             keras.callbacks.TensorBoard(str(out / "logs")),
             keras.callbacks.ModelCheckpoint(str(out / "ckpt" / "model.keras")),
         ]
-    h = m.fit(
-        x, y, batch_size=256, epochs=DESIGNS[design]["epochs"], validation_data=(xv, yv), callbacks=cbs, verbose=0
-    )
+    h = m.fit(x, y, batch_size=batch, epochs=epochs, validation_data=(xv, yv), callbacks=cbs, verbose=0)
     (out / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in h.history.items()}))
     print(f"keras {design} {variant or ''} -> {out}", file=sys.stderr)
 
@@ -98,7 +104,7 @@ def train(design: str, variant: str | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("design", choices=sorted(DESIGNS))
-    ap.add_argument("--variant", choices=["f10"])
+    ap.add_argument("--variant", choices=["f10", "mb"])
     a = ap.parse_args()
     train(a.design, a.variant)
 
