@@ -152,6 +152,8 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
         rep.warning_step = ev.grad_jump["step"] if ev.grad_jump else None
         if ev.grad_jump is None and ev.one_point_spike is not None:
             rep.blowup_step = ev.one_point_spike["step"]
+        elif ev.grad_jump is None and ev.absorbed_jump is not None:
+            rep.blowup_step = rep.warning_step = ev.absorbed_jump["step"]
         rep.findings += F.bad_batch(ev, d)
     elif d.rule == "shrunken_v" and ev.vhat_fall is not None:
         rep.blowup_step = ev.event_step

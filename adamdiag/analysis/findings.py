@@ -250,6 +250,8 @@ def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
     j = ev.grad_jump
     if j is None and ev.one_point_spike is not None:
         return [_one_point_spike_finding(ev.one_point_spike)]
+    if j is None and ev.absorbed_jump is not None:
+        return absorbed_batch(ev)
     assert j is not None
     shape = "back down at the next step" if j.get("isolated") else "and stayed up"
     return [

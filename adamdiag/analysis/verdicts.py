@@ -22,7 +22,8 @@ the mechanism (docs/architecture.md):
 7. a blowup with no gradient data and fewer than two optimizer checkpoints from before it (one taken
    after the blowup shows what it left, not what led to it): ``inconclusive``;
 8. no gradient norm logged and a recovered loss spike that is one point ≥ 10x both neighbours, back at its
-   level at the next: ``bad_batch`` (low: the loss alone shows it);
+   level at the next: ``bad_batch`` (low: the loss alone shows it); no loss event at all but a ≥10x one-step
+   jump of the logged gradient norm, back at the next step: ``bad_batch`` (medium: the loss did not react);
 9. recovered spikes only: ``healthy`` (warnings say what preceded them);
 10. any other blowup: ``lr_too_high``;
 11. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
@@ -137,6 +138,15 @@ def _one_point_spike(ev: Evidence) -> Decision | None:
     return None
 
 
+def _absorbed_batch(ev: Evidence) -> Decision | None:
+    # No loss event at all, but the logged gradient norm jumped ≥10x for one step and was back at the next:
+    # the bad-batch signature with a loss that did not react (Adam absorbed the batch). The run is not damaged;
+    # it did meet a bad batch — medium: the loss half of the signature is missing.
+    if ev.event_step is None and ev.absorbed_jump is not None:
+        return Decision("bad_batch", "absorbed_batch", "medium")
+    return None
+
+
 def _recovered(ev: Evidence) -> Decision | None:
     if ev.event_step is not None and ev.blowup_step is None:
         return Decision("healthy", "recovered_spikes", "high" if ev.has_mechanism_data else "low")
@@ -191,6 +201,11 @@ RULES: list[VerdictRule] = [
         "one_point_spike",
         "loss, no gradient norm: a recovered spike one point ≥10x both neighbours, back at its level next",
         _one_point_spike,
+    ),
+    VerdictRule(
+        "absorbed_batch",
+        "gradient norm, no loss event: a ≥10x one-step jump, back at the next step (the loss did not react)",
+        _absorbed_batch,
     ),
     VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
     VerdictRule("shrunken_v", "mean v̂ from logs or checkpoints: ≥ 100x below its peak before the blowup", _shrunken_v),

@@ -90,9 +90,10 @@ def test_a_gradual_climb_from_the_start_on_a_sparse_log_is_not_healthy(tmp_path)
     assert any(f["id"] == "AD901" and "too few points before the rise" in f["message"] for f in r["findings"])
 
 
-def test_a_batch_adam_absorbed_is_named_on_a_healthy_run(tmp_path):
+def test_a_batch_adam_absorbed_is_a_bad_batch_named_at_its_step(tmp_path):
     # The gradient norm jumps ~500x for one step and is back at the next; the loss does not react (a bad
-    # batch absorbed). The run is healthy, and the batch is named (AD301 warning) instead of nothing.
+    # batch absorbed). The run met a bad batch: bad_batch (medium — the loss half of the signature is missing),
+    # the batch named with an AD301 warning (not an error: `check` passes), instead of healthy and nothing.
     from torch.utils.tensorboard import SummaryWriter
 
     rng = np.random.default_rng(5)
@@ -102,6 +103,7 @@ def test_a_batch_adam_absorbed_is_named_on_a_healthy_run(tmp_path):
         w.add_scalar("grad_norm", 50.0 if step == 250 else float(rng.uniform(0.08, 0.12)), step)
     w.close()
     r = _scan(tmp_path)
-    assert r["verdict"] == "healthy", r["verdict"]
+    assert (r["verdict"], r["confidence"], r["blowup_step"]) == ("bad_batch", "medium", 250), r["verdict"]
     (f,) = [f for f in r["findings"] if f["id"] == "AD301"]
     assert f["severity"] == "warning" and f["step"] == 250 and "absorbed" in f["message"]
+    assert not [f for f in r["findings"] if f["severity"] == "error"]
