@@ -445,8 +445,17 @@ def absorbed_gradient_jumps(gn: tuple[np.ndarray, np.ndarray] | None) -> dict[st
     if n <= GRAD_JUMP_MIN_HISTORY + 1:
         return None
     i = np.arange(1, n - 1)
+    # A non-finite norm is a step mixed-precision loss scaling skipped (AD401 info says so), not a batch.
+    finite = np.isfinite(vals)
     with np.errstate(invalid="ignore"):  # a cheap necessary condition first: 10x over the step before
-        near = (np.diff(steps)[:-1] == 1) & (np.diff(steps)[1:] == 1) & (vals[i] >= GRAD_JUMP_FACTOR * vals[i - 1])
+        near = (
+            (np.diff(steps)[:-1] == 1)
+            & (np.diff(steps)[1:] == 1)
+            & finite[i]
+            & finite[i - 1]
+            & finite[i + 1]
+            & (vals[i] >= GRAD_JUMP_FACTOR * vals[i - 1])
+        )
     jumps = []
     for k in i[near].tolist():
         j = abrupt_gradient_jump(int(steps[k]), gn)
