@@ -128,7 +128,9 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
     if d.rule in ("no_loss", "too_few_points"):
         rep.findings += F.missing_data(ev, tags)
         return rep
-    rep.findings += F.missing_data(ev, tags) + F.loss_rebuilt(ev) + F.loss_events(ev) + F.nonfinite(ev)
+    rep.findings += (
+        F.missing_data(ev, tags) + F.loss_rebuilt(ev) + F.epoch_axis(ev) + F.loss_events(ev) + F.nonfinite(ev)
+    )
     _verdict_findings(rep, ev, d)
     rep.findings += F.update_rms(ev)
     eps_findings, eps_too_large = F.eps_dominance(ev, inp.scalars, rep.verdict)

@@ -920,6 +920,7 @@ class Evidence:
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
+    epoch_axis: dict[str, Any] | None = None  # RunInputs.epoch_axis
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
@@ -1086,6 +1087,8 @@ class RunInputs:
     # the --checkpoints folder searched for this run (None: the run's own folder, or nothing given), so that
     # "no checkpoint" does not tell a user who passed one to pass --checkpoints
     checkpoint_root: str | None = None
+    # keras_logs.epoch_axis_to_iterations' note when Keras' epoch_* points were moved to the iteration axis
+    epoch_axis: dict[str, Any] | None = None
 
 
 def tags_of(inp: RunInputs) -> list[str]:
@@ -1225,6 +1228,7 @@ def gather(
         lr=lr,
         hyper_assumed=not ckpts,
         hyper_defaults=hyper_defaults,
+        epoch_axis=inp.epoch_axis,
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,

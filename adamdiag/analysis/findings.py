@@ -155,6 +155,23 @@ def loss_rebuilt(ev: Evidence) -> list[Finding]:
     return out
 
 
+def epoch_axis(ev: Evidence) -> list[Finding]:
+    """AD604 (info): Keras' epoch_* points moved from the epoch index to the iteration axis."""
+    a = ev.epoch_axis
+    if not a:
+        return []
+    return [
+        Finding(
+            "AD604",
+            "info",
+            f"Keras logged {', '.join(repr(t) for t in a['moved'][:MAX_NAMES_SHOWN])} per epoch at the epoch index; "
+            f"its checkpoints count optimizer iterations ({a['updates_per_epoch']:g} per epoch, from "
+            f"'{a['tag']}'): each epoch's point is placed at its last iteration, so steps here are iterations",
+            evidence=a,
+        )
+    ]
+
+
 def loss_events(ev: Evidence) -> list[Finding]:
     """AD001 (blowup; its peak with its own step) and AD002 (recovered spikes), for the total loss and
     every per-task loss tag."""

@@ -26,6 +26,7 @@ Pure numpy: no I/O, no printing (the diagnosis decides what to do and says so: r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,56 @@ def keras_written(tags: set[str] | list[str]) -> bool:
     (True, False)
     """
     return any(t.rsplit("/", 1)[-1] == "epoch_loss" for t in tags)
+
+
+# Keras 3 writes the validation loss once per epoch a second time, against the optimizer's iteration count:
+# the one place a Keras log says how many updates an epoch had.
+ITERATIONS_TAG = "evaluation_loss_vs_iterations"
+
+
+def epoch_axis_to_iterations(scalars: Any, source: Any = None) -> tuple[Any, dict[str, Any] | None]:
+    """Keras' ``epoch_*`` scalars are logged at step = epoch index (0, 1, ...), while its checkpoints (and
+    replay) count optimizer iterations: with several batches per epoch the two axes differ (a blowup at
+    "step 125" is epoch 125, iteration ~1000). Keras 3 also logs ``evaluation_loss_vs_iterations`` at the
+    iteration count at the end of each epoch; with it, every ``epoch_*`` point moves to its epoch's last
+    iteration (``source``: the frame that holds that tag, when ``scalars`` had the evaluation curves taken
+    out; default ``scalars``). Returns (scalars, what was done) — the frame unchanged and None when the run has no such
+    mapping or its epochs are one update each. Pure: a new frame, the input is not modified.
+
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"tag": ["train/epoch_loss"] * 3 + ["validation/evaluation_loss_vs_iterations"] * 3,
+    ...                   "step": [0, 1, 2, 8, 16, 24], "value": [1.0, 0.5, 0.4, 1.1, 0.6, 0.5]})
+    >>> out, note = epoch_axis_to_iterations(s)
+    >>> out[out.tag == "train/epoch_loss"].step.tolist(), note["updates_per_epoch"]
+    ([8, 16, 24], 8.0)
+    """
+    import numpy as np
+
+    src = scalars if source is None else source
+    tags = set(scalars["tag"].unique()) if len(scalars) else set()
+    it_tags = sorted({t for t in src["tag"].unique() if t.rsplit("/", 1)[-1] == ITERATIONS_TAG}) if len(src) else []
+    if not keras_written(tags) or len(it_tags) != 1:
+        return scalars, None
+    it = src[src["tag"] == it_tags[0]].sort_values("step")
+    iters = it["step"].to_numpy(dtype=np.int64)
+    if len(iters) < 2 or not (np.diff(iters) > 0).all():
+        return scalars, None
+    per_epoch = float(np.median(np.diff(iters)))
+    if per_epoch <= 1:
+        return scalars, None
+    epoch_rows = scalars["tag"].map(lambda t: t.rsplit("/", 1)[-1].startswith("epoch_"))
+    ep = scalars.loc[epoch_rows, "step"].to_numpy(dtype=np.int64)
+    if not len(ep) or ep.min() < 0 or ep.max() >= len(iters):
+        return scalars, None  # epochs the mapping does not cover: leave the log as it is
+    out = scalars.copy()
+    out.loc[epoch_rows, "step"] = iters[ep]
+    note = {
+        "tag": it_tags[0],
+        "epochs": int(len(iters)),
+        "updates_per_epoch": per_epoch,
+        "moved": sorted({t for t in tags if t.rsplit("/", 1)[-1].startswith("epoch_")}),
+    }
+    return out, note
 
 
 def _sums(steps: np.ndarray, a: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -213,6 +213,7 @@ def scan_paths(
     any run (unreadable folders, stray files, link loops) is printed as a warning on stderr.
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
+    from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
     from adamdiag.io.events import read_runs, writer_clip_norm
@@ -306,6 +307,10 @@ def scan_paths(
                 # HF Trainer's layout: output_dir/checkpoint-N beside output_dir/runs/<stamp>/
                 summaries, ck_paths = load(beside[str(run_dir)])
                 lent = beside[str(run_dir)] if summaries else None
+            epoch_axis = None
+            if summaries:
+                # Keras' epoch_* points sit at the epoch index, its checkpoints at optimizer iterations
+                scalars, epoch_axis = epoch_axis_to_iterations(scalars, events.scalars)
             conv = convention or (summaries[0].convention if summaries else "torch")
             clip, clip_source = (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events)
             inp = RunInputs(
@@ -320,6 +325,7 @@ def scan_paths(
                 clip_norm=clip,
                 clip_source=clip_source,
                 checkpoint_root=str(ck_root) if checkpoints is not None else None,
+                epoch_axis=epoch_axis,
             )
             try:
                 rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)

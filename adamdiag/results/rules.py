@@ -93,6 +93,11 @@ RULES: dict[str, tuple[str, str]] = {
         "an event in the data or the objective there, which no eps or lr moves — replay up to it to judge).",
     ),
     # 9xx: data quality
+    "AD604": (
+        "keras-epoch-axis",
+        "Keras logs epoch_* scalars at the epoch index while its checkpoints count optimizer iterations: the "
+        "epoch points were moved to their epoch's last iteration (from evaluation_loss_vs_iterations).",
+    ),
     "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),
     "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
     "AD903": (
