@@ -245,6 +245,7 @@ def attach_series(
     diagnosis used them."""
     from adamdiag.analysis.evidence import hyperparameters
     from adamdiag.analysis.frames import series
+    from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.errors import InputError
     from adamdiag.io.events import read_run
     from adamdiag.pipeline.scan import checkpoint_roots, load_checkpoint_summaries
@@ -265,6 +266,8 @@ def attach_series(
         except InputError as e:
             r.warnings.append(f"series not attached: {e}")
             continue
+        if any(f.id == "AD604" for f in r.findings):  # the diagnosis put Keras' epoch points on the iteration axis
+            scalars, _ = epoch_axis_to_iterations(scalars)
         block: dict[str, Any] = {}
         for key, tag in tags.items():
             if tag:

@@ -26,6 +26,13 @@ def test_epoch_points_move_to_the_iteration_axis_of_the_checkpoints():
     per = TRUTH["updates_per_epoch"]
     assert f.evidence["updates_per_epoch"] == per and "train/epoch_loss" in f.evidence["moved"]
     assert "checkpoints" in rep.sources
+    # the curves a report draws are on the same axis (attach_series reads the log again)
+    from adamdiag.pipeline.series import attach_series
+    from adamdiag.results.report import Report
+
+    attach_series(Report(runs=[rep]), checkpoints_dir=RUN / "ckpt")
+    steps = rep.series["loss"]["step"]
+    assert steps[0] == per and steps[-1] == per * len(TRUTH["epoch_loss"])
 
 
 def test_each_epoch_loss_sits_at_its_last_iteration_beside_checkpoints_on_the_same_axis():
