@@ -120,10 +120,14 @@ def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
                 "(add_scalar(tag, value, global_step)), so the points have no order to diagnose; log the "
                 "optimizer step with each value"
             )
-        elif rows > ev.n_loss_points:
-            msg = f"only {ev.n_loss_points} loss steps in '{ev.loss_tag}' ({rows} values)"
         else:
-            msg = f"only {ev.n_loss_points} loss points in '{ev.loss_tag}'"
+            # the frameworks' defaults log rarely: HF Trainer every 500 steps (each point a 500-step mean)
+            more = (
+                (f" ({rows} values)" if rows > ev.n_loss_points else "")
+                + ": log the loss more often (HF Trainer's logging_steps, default 500; Lightning's log_every_n_steps, default 50)"
+            )
+            what = "steps" if rows > ev.n_loss_points else "points"
+            msg = f"only {ev.n_loss_points} loss {what} in '{ev.loss_tag}'{more}"
         return [Finding("AD901", "warning", msg, evidence={"steps": ev.n_loss_points, "values": rows or None})]
     rise = ev.events.unbased_rise_step
     if rise is not None:

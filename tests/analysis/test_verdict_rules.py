@@ -358,3 +358,9 @@ def test_loss_only_names_where_the_checkpoints_are():
     assert "a second optimizer checkpoint from before it (only step 800 is)" in f.message
     (f,) = F.loss_only(make(trajectories=[]))
     assert "or optimizer checkpoints:" in f.message
+
+
+def test_too_few_loss_points_says_how_to_log_more():
+    # HF Trainer's default logging_steps=500 leaves a short run 1-4 points: the finding names the setting
+    (f,) = F.missing_data(make(n_loss_points=3, n_loss_rows=3), ["train/loss"])
+    assert f.id == "AD901" and "only 3 loss points in 'train/loss'" in f.message and "logging_steps" in f.message
