@@ -139,7 +139,8 @@ def diagnose(inp: RunInputs, *, loss_tags: list[str] | None = None, grad_norm_ta
         d = Decision("eps_too_large", "eps_dominated", "medium")
         rep.verdict, rep.confidence = d.verdict, d.confidence
     if rep.verdict in ("healthy", "eps_too_large"):
-        rep.findings += F.collapse_in_progress(ev, ev.beta2) + F.absorbed_batch(ev)
+        # (an absorbed one-batch jump is no longer healthy: rule absorbed_batch, AD301 through F.bad_batch)
+        rep.findings += F.collapse_in_progress(ev, ev.beta2)
     rep.findings += F.data_quality(ev, tags)
     named = [c.label for c in ev.collapses if c.label != "global"]
     rep.recommendation = recommend(ev, d, inp.run, named)
@@ -152,9 +153,9 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
     if d.verdict == "bad_batch":
         rep.blowup_step = ev.event_step
         rep.warning_step = ev.grad_jump["step"] if ev.grad_jump else None
-        if ev.grad_jump is None and ev.one_point_spike is not None:
+        if d.rule == "one_point_spike" and ev.one_point_spike is not None:
             rep.blowup_step = ev.one_point_spike["step"]
-        elif ev.grad_jump is None and ev.absorbed_jump is not None:
+        elif d.rule == "absorbed_batch" and ev.absorbed_jump is not None:
             rep.blowup_step = rep.warning_step = ev.absorbed_jump["step"]
         rep.findings += F.bad_batch(ev, d)
     elif d.rule == "shrunken_v" and ev.vhat_fall is not None:

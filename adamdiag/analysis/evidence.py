@@ -234,8 +234,13 @@ def state_key(t: Any) -> tuple[int, Any, Any]:
     """A tensor's place in its checkpoint: (optimizer, param group, index) — the same in every checkpoint of
     a run; (group, index) alone repeats across the optimizers of one file. Group and index as the reader
     gives them (a TF checkpoint's index is the variable's name)."""
-    opt = getattr(t, "optimizer", None) or {}
-    return int(opt.get("index", 0) if isinstance(opt, dict) else 0), t.group, t.index
+    return int(_optimizer_of(t).get("index", 0)), t.group, t.index
+
+
+def _optimizer_of(t: Any) -> dict[str, Any]:
+    """A checkpoint tensor's ``optimizer`` record ({index, key, type}); {} when the reader gave none."""
+    opt = getattr(t, "optimizer", None)
+    return opt if isinstance(opt, dict) else {}
 
 
 def ckpt_global_mean_v(c: Any) -> tuple[float, int]:
@@ -1000,9 +1005,9 @@ def tensor_eps(t: Any) -> float | None:
 
 
 def optimizer_key(t: Any) -> str | None:
-    """The key of the optimizer a checkpoint tensor belongs to ('optimizerG'), None when the file has one."""
-    opt = getattr(t, "optimizer", None)
-    return str(opt.get("key")) if isinstance(opt, dict) and opt.get("key") is not None else None
+    """The key of the optimizer a checkpoint tensor belongs to ('optimizerG'), None when the reader gave none."""
+    key = _optimizer_of(t).get("key")
+    return str(key) if key is not None else None
 
 
 def _known(t: Any, name: str) -> float | None:

@@ -268,11 +268,11 @@ def nonfinite(ev: Evidence) -> list[Finding]:
 
 def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
     """AD301: the one-step gradient-norm jump (or, with no gradient norm logged, the one-point loss spike)."""
-    j = ev.grad_jump
-    if j is None and ev.one_point_spike is not None:
+    if d.rule == "one_point_spike" and ev.one_point_spike is not None:
         return [_one_point_spike_finding(ev.one_point_spike)]
-    if j is None and ev.absorbed_jump is not None:
+    if d.rule == "absorbed_batch":
         return absorbed_batch(ev)
+    j = ev.grad_jump
     assert j is not None
     shape = "back down at the next step" if j.get("isolated") else "and stayed up"
     return [
