@@ -96,7 +96,6 @@ def epoch_axis_to_iterations(scalars: Any, source: Any = None) -> tuple[Any, dic
     >>> out[out.tag == "train/epoch_loss"].step.tolist(), note["updates_per_epoch"]
     ([8, 16, 24], 8.0)
     """
-    import numpy as np
 
     src = scalars if source is None else source
     tags = set(scalars["tag"].unique()) if len(scalars) else set()
