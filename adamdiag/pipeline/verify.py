@@ -127,11 +127,14 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
         )
         rep.findings.append(Finding("AD701", "info", msg, step=rep.blowup_step))
         _drop_refuted_eps_claim(rep, eps_ok[0].name)
+        _hold_recommendation_to_replay(rep, changed, result.start_step)
     elif eps_ok or lr_ok:
         assert best is not None  # eps_ok or lr_ok is not empty here
         replay_verdict = "v_collapse" if eps_ok else "lr_too_high"
-        postponed = _postponed_text(changed, "lr" if eps_ok else "eps")
         if replay_verdict == log_verdict:
+            # every change that did not avoid it, the recommendation's own value included: a sized eps that
+            # only postpones the blowup is said, not hidden behind the larger one that avoided it
+            postponed = _postponed_text(changed, None)
             ver["confirms"] = True
             rep.confidence, rep.alternative, rep.verdict_source = "high", None, "replay"
             rep.findings.append(
@@ -142,7 +145,9 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
                     step=rep.blowup_step,
                 )
             )
+            _hold_recommendation_to_replay(rep, changed, result.start_step)
         else:
+            postponed = _postponed_text(changed, "lr" if eps_ok else "eps")
             ver["confirms"] = False
             rep.verdict, rep.verdict_source, rep.confidence, rep.alternative = replay_verdict, "replay", "high", None
             rep.findings.append(
@@ -179,6 +184,51 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
             )
         )
     ver["best"] = best.name if best is not None else None
+
+
+def _outcome_text(v: Any) -> str:
+    if v.outcome == "blowup" and v.blowup_step is not None:
+        return f"blows up at step {v.blowup_step}"
+    return "only postpones it (v is still collapsing when the replay ends)"
+
+
+def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str | None]], start: int) -> None:
+    """The recommended value must be one the replay saw avoid the blowup. An eps sized from the measured √v̂
+    (or an lr cut) that the replay shows blowing up later, or still collapsing at its end, is a postponement,
+    not a fix — under a warm restart a dominating eps can still leave lr/eps too large. Then the
+    recommendation moves to the smallest change beyond it that avoided the blowup, says so, and keeps the
+    sized value as ``sized_eps`` / ``sized_lr``. A value the replay did not try, or cut short, stays."""
+    rec = rep.recommendation
+    if not rec:
+        return
+    kind = {"increase eps": "eps", "lower the learning rate": "lr"}.get(str(rec.get("action")))
+    value = rec.get(kind or "")
+    if kind is None or not isinstance(value, (int, float)) or not value > 0:
+        return
+    tried = [v for v, k in changed if k == kind and math.isclose(getattr(v, kind), value, rel_tol=1e-6)]
+    if not tried or tried[0].truncated or tried[0].outcome not in ("blowup", "at_risk"):
+        return
+    avoided = [v for v, k in changed if k == kind and v.outcome == "avoided"]
+    # "beyond": a larger eps, a smaller lr — the direction the sizing erred in
+    beyond = [v for v in avoided if (v.eps > value if kind == "eps" else v.lr < value)]
+    if not beyond:
+        return
+    pick = min(beyond, key=lambda v: v.eps) if kind == "eps" else max(beyond, key=lambda v: v.lr)
+    why = f"verified by replay from step {start}: it avoids the blowup, while {tried[0].name} {_outcome_text(tried[0])}"
+    if kind == "eps":
+        current = rec.get("current_eps")
+        sizing = str(rec.get("message", "")).partition(": ")[2]
+        rec.update(sized_eps=value, eps=pick.eps)
+        rec["message"] = f"eps {current:g} → {pick.eps:g}: {why}" + (
+            f"; the sizing from √v̂ chose {value:g} ({sizing})" if sizing else ""
+        )
+    else:
+        current = rec.get("current_lr")
+        rec.update(sized_lr=value, lr=pick.lr)
+        if isinstance(current, (int, float)) and current > 0:
+            rec["lr_scale"] = pick.lr / current
+        cut = f" ({current / pick.lr:.3g}x)" if isinstance(current, (int, float)) and current > 0 else ""
+        rec["message"] = f"lower lr to {pick.lr:.3g}{cut}: {why}; the advice from the log: {rec.get('message', '')}"
 
 
 def _none_avoided(rep: RunReport) -> bool:

@@ -528,3 +528,82 @@ def test_a_blowup_every_change_moves_to_one_step_is_a_data_event():
     decide(rep, result, {"original": {"eps": 1e-3, "beta2": 0.99, "lr": 1e-3}})
     assert rep.confidence == "high" and rep.verification["confirms"] is None
     assert any(f.id == "AD703" and "step 111" in f.message for f in rep.findings), rep.findings
+
+
+def _report_with_eps_recommendation(sized: float):
+    from adamdiag.results.report import RunReport
+
+    rec = {
+        "action": "increase eps",
+        "current_eps": 1e-8,
+        "eps": sized,
+        "message": f"eps 1e-08 → {sized:g}: √v̂ ≤ eps/3 in 80% of the live elements of the collapsed tensors",
+    }
+    return RunReport(run="r", verdict="v_collapse", blowup_step=56, confidence="medium", recommendation=rec)
+
+
+def test_a_sized_eps_that_only_postpones_the_blowup_is_not_the_recommended_fix():
+    # Under a warm restart the eps sized from √v̂ (here 1e-4) can still leave lr/eps too large: its replay
+    # blows up later. The replay's smallest eps beyond it that avoided the blowup (1e-2) becomes the
+    # recommendation; the sized value stays as sized_eps and the text names the postponement.
+    from dataclasses import replace
+
+    from adamdiag.pipeline.verify import decide
+
+    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
+    vs = [
+        replace(_v("original", spiky), eps=1e-8),
+        replace(_v("eps=0.0001", late), eps=1e-4),
+        replace(_v("eps=0.001", late), eps=1e-3),
+        replace(_v("eps=0.01", calm), eps=1e-2),
+        replace(_v("eps=0.1", calm), eps=1e-1),
+        replace(_v("lr=0.0001", spiky), eps=1e-8, lr=1e-4),
+    ]
+    plan = {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}}
+    rep = _report_with_eps_recommendation(1e-4)
+    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs), plan)
+    rec = rep.recommendation
+    assert rep.verdict == "v_collapse" and rep.verification["best"] == "eps=0.01"
+    assert rec["eps"] == 1e-2 and rec["sized_eps"] == 1e-4, rec
+    assert rec["message"].startswith("eps 1e-08 → 0.01: verified by replay from step 50: it avoids the blowup")
+    assert "eps=0.0001 blows up at step 111" in rec["message"] and "the sizing from √v̂ chose 0.0001" in rec["message"]
+    ad701 = next(f for f in rep.findings if f.id == "AD701")
+    assert "eps=0.0001 blows up at step 111" in ad701.message and "eps=0.001 blows up" in ad701.message
+
+    # a sized eps the replay saw avoid the blowup stays, message and all
+    rep = _report_with_eps_recommendation(1e-2)
+    before = dict(rep.recommendation)
+    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs), plan)
+    assert rep.recommendation == before
+    # one cut short by the budget proves nothing either way: it stays too
+    cut = [*vs[:1], replace(_v("eps=0.0001", [1.0] * 10, truncated=True), eps=1e-4), *vs[2:]]
+    rep = _report_with_eps_recommendation(1e-4)
+    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), cut), plan)
+    assert rep.recommendation["eps"] == 1e-4 and "sized_eps" not in rep.recommendation
+
+
+def test_an_lr_cut_that_only_postpones_the_blowup_gives_way_to_the_stronger_cut_that_avoided_it():
+    from dataclasses import replace
+
+    from adamdiag.pipeline.verify import decide
+    from adamdiag.results.report import RunReport
+
+    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
+    vs = [
+        replace(_v("original", spiky), eps=1e-8),
+        replace(_v("lr=0.000333", late), eps=1e-8, lr=1e-3 / 3),
+        replace(_v("lr=0.0001", late), eps=1e-8, lr=1e-4),
+        replace(_v("lr=1e-05", calm), eps=1e-8, lr=1e-5),
+        replace(_v("eps=0.001", spiky), eps=1e-3),
+    ]
+    rec = {"action": "lower the learning rate", "lr": 1e-4, "lr_scale": 0.1, "current_lr": 1e-3, "message": "lower lr"}
+    rep = RunReport(run="r", verdict="lr_too_high", blowup_step=56, confidence="high", recommendation=rec)
+    decide(
+        rep,
+        ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs),
+        {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}},
+    )
+    assert rep.verdict == "lr_too_high" and rep.recommendation["lr"] == 1e-5 and rep.recommendation["sized_lr"] == 1e-4
+    assert math.isclose(rep.recommendation["lr_scale"], 0.01)
+    assert rep.recommendation["message"].startswith("lower lr to 1e-05 (100x): verified by replay from step 50")
+    assert "lr=0.0001 blows up at step 111" in rep.recommendation["message"]
