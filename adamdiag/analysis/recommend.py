@@ -28,6 +28,7 @@ from adamdiag.analysis.evidence import (
     tensor_eps,
     zero_v_fraction,
 )
+from adamdiag.analysis.findings import name_list
 from adamdiag.analysis.thresholds import (
     DECADE,
     EPS_BOUNDS_MOST,
@@ -38,7 +39,6 @@ from adamdiag.analysis.thresholds import (
     LR_REDUCTION,
     LR_REDUCTION_STRONG,
     LR_RISE_SINCE_START,
-    NAMES_IN_MESSAGE,
     NEAR_EPS_FRACTION,
     REPORT_EPS_CANDIDATES,
     SCHEDULE_RISE,
@@ -188,9 +188,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         good = [c for c in rec["candidates"] if c["frac_collapsed_dominated"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
         choice = good[0] if good else rec["candidates"][-1]
         rec["eps"] = choice["eps"]
-        shown = ", ".join(f"`{n}`" for n in names[:NAMES_IN_MESSAGE]) + (
-            f" and {len(names) - NAMES_IN_MESSAGE} more" if len(names) > NAMES_IN_MESSAGE else ""
-        )
+        shown = name_list(names)
         opt = optimizer_key(largest) if len({optimizer_key(t) for t in start.tensors}) > 1 else None
         rec["message"] = (
             (f"in optimizer `{opt}`: " if opt else "")

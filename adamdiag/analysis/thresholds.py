@@ -118,8 +118,6 @@ EPS_BOUNDS_MOST = 0.5
 # misses: runs whose own log looks healthy, no recommendation), margin 10 also 94/97 but with eps 1e-2
 # or 0.1 where 1e-3 sufficed. Scored afterwards on seed group 60 (bench/results/accuracy_seeds60.json).
 EPS_DOMINATION_MARGIN = 3.0
-# The recommendation names this many collapsed tensors (largest first), then "and N more".
-NAMES_IN_MESSAGE = 3
 # The derived candidate is searched from 1e-8 (torch's default eps) upwards.
 EPS_SEARCH_LOWEST_DECADE = -8
 
