@@ -36,6 +36,10 @@ def _implied(r: dict) -> str:
     return _fmt(r["r_interval"])
 
 
+# The tensor column folds names longer than this (a transformer's dotted paths run to 80+ characters).
+NAME_FOLD_AT = 60
+
+
 def render_text(summaries: list, pairs: list[dict], width: int | None = None, *, full: bool = False) -> str:
     """Every checkpoint's tensors and every pair's decay ratios; with more than two checkpoints (a folder
     of a run's checkpoints) and not ``full`` (``--all``), one line per checkpoint and the last one (and
@@ -45,7 +49,7 @@ def render_text(summaries: list, pairs: list[dict], width: int | None = None, *,
     if width is None:  # wide enough that names and notes are not folded (the table is data, not a TTY view)
         longest = max((len(t.label) for s in summaries for t in s.tensors), default=10)
         note = max((len(w) + 8 for s in summaries for w in s.warnings), default=0)  # "  note: " + w
-        width = min(300, max(150 + longest, note))
+        width = min(300, max(170 + min(longest, NAME_FOLD_AT), note))
     buf = io.StringIO()
     con = Console(file=buf, width=width, no_color=True, highlight=False, force_terminal=False, soft_wrap=False)
     if full or len(summaries) <= 2:
@@ -171,8 +175,13 @@ def _checkpoint_block(con: Any, s: Any) -> None:
         ("upd max", "right"),
         ("nonfinite", "right"),
     ]
+    # a short name is never folded (rich shrinks the one wrappable column first); a very long one folds
+    # past NAME_FOLD_AT characters rather than pushing the numbers off the line
+    name_width = min(NAME_FOLD_AT, max((len(t.label) for t in s.tensors), default=len("tensor")))
     for col, j in columns:
-        tab.add_column(col, justify=j, no_wrap=col != "tensor", overflow="fold")
+        tab.add_column(
+            col, justify=j, no_wrap=col != "tensor", overflow="fold", min_width=name_width if col == "tensor" else None
+        )
     # several optimizers in one file: state indices repeat, so the optimizer's index leads (o1:0/3)
     several = len({(t.optimizer or {}).get("index", 0) for t in s.tensors}) > 1
     for t in sorted(s.tensors, key=lambda t: t.risk_key):

@@ -83,3 +83,31 @@ def test_all_prints_every_checkpoint_and_pair(ckpts):
 def test_two_checkpoints_print_in_full_as_before(ckpts):
     text = inspect(ckpts / "step_000160.pt", ckpts / "step_000200.pt")
     assert len(full_headers(text)) == 2 and text.count("decay ratio") == 1 and "one line each" not in text
+
+
+def test_tensor_names_are_never_folded_in_the_full_block(tmp_path):
+    # The 17-column tensor table is wider than the old fixed width when every number takes 8 characters
+    # (an lr of 2.5e-08 at the end of a cosine cycle): rich shrank the one wrappable column, the name, and
+    # printed "0.weigh" / "t" on two lines. Every short name is whole at the start of its row.
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=2.47e-8, betas=(0.9, 0.99))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    for st in opt.state.values():  # late in a run: a 4-digit step, small √v̂ (8-character numbers everywhere)
+        st["step"].fill_(2000)
+        st["exp_avg_sq"].mul_(1e-10)
+        st["exp_avg"].mul_(1e-3)
+    path = tmp_path / "ckpt_2000.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 2000}, path)
+    data = json.loads(inspect(path, "--format", "json"))
+    names = [t["label"] for t in data["checkpoints"][0]["tensors"]]
+    assert "0.weight" in names
+    text = inspect(path)
+    rows = [ln.split()[0] for ln in text.splitlines() if re.match(r"^\S+ +\d+/\d+ ", ln)]
+    assert sorted(rows) == sorted(names), text
