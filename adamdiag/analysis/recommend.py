@@ -98,6 +98,12 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
         return _increase_eps(ev, d, run, collapsed_names)
     if v == "lr_too_high":
         return _lower_lr(ev, d, run)
+    if v == "healthy" and d.alternative == "v_collapse":
+        # spikes that recovered after a deep v collapse (rule recovered_spikes): the same fix, sized the same
+        # way, before the next spike is one the run does not come back from
+        rec = _increase_eps(ev, d, run, collapsed_names)
+        rec["message"] = f"the run recovered this time; before a spike it does not come back from: {rec['message']}"
+        return rec
     if v == "bad_batch":
         return {
             "action": "guard against bad batches",
@@ -187,15 +193,36 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         # frac_all_eps_dominated says how much of the healthy rest it turns into SGD.
         good = [c for c in rec["candidates"] if c["frac_collapsed_dominated"] >= EPS_BOUNDS_MOST and c["eps"] > eps]
         choice = good[0] if good else rec["candidates"][-1]
-        rec["eps"] = choice["eps"]
         shown = name_list(names)
         opt = optimizer_key(largest) if len({optimizer_key(t) for t in start.tensors}) > 1 else None
+        sizing = (
+            f"√v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} ({_eff(largest, choice['eps']) / EPS_DOMINATION_MARGIN:.3g}) in "
+            f"{choice['frac_collapsed_dominated']:.0%} of the live elements of the collapsed tensors ({shown}) at "
+            f"step {start.step}, so eps, not the decaying v, sets their step"
+        )
+        risen = schedule_rise_since_start(ev)
+        floor = next((c for c in rec["candidates"] if c["eps"] >= EPS_UNSIZED), None)
+        if risen is not None and floor is not None and choice["eps"] < floor["eps"]:
+            # A warm restart (or a steep warm-up) between the checkpoint and the blowup: √v̂ there sizes eps
+            # for the checkpoint's lr. The restart multiplies lr/eps, the step size of the elements eps
+            # dominates, and a cycle that ended at a tiny lr has sharpened the loss; how much eps that
+            # needs no checkpoint shows, so the sizing is a lower bound and the unsized default the floor
+            # (on the lab's warm-restart runs the sized 1e-4/1e-3 blew up where 1e-2 avoided it).
+            rec["sized_eps"] = choice["eps"]
+            sizing = (
+                f"the logged lr rose {risen:,.0f}x from the start checkpoint's {ev.lr:.3g} (step {start.step}) to "
+                f"{ev.lr_at_event:.3g} at the blowup (a warm restart or warm-up): √v̂ at the checkpoint sizes eps "
+                f"for its lr only — {choice['eps']:g} would put √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} in "
+                f"{choice['frac_collapsed_dominated']:.0%} of the collapsed tensors' live elements ({shown}) — while "
+                f"at the raised lr it is lr/eps that must stay stable, so the unsized {floor['eps']:g} is the floor "
+                "(the verify: line compares them)"
+            )
+            choice = floor
+        rec["eps"] = choice["eps"]
         rec["message"] = (
             (f"in optimizer `{opt}`: " if opt else "")
-            + f"eps {eps:g} → {choice['eps']:g}: √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} "
-            f"({_eff(largest, choice['eps']) / EPS_DOMINATION_MARGIN:.3g}) in {choice['frac_collapsed_dominated']:.0%} "
-            f"of the live elements of the collapsed tensors ({shown}) at step {start.step}, so eps, not the decaying "
-            f"v, sets their step; {choice['frac_all_eps_dominated']:.0%} of all elements would be eps-dominated"
+            + f"eps {eps:g} → {choice['eps']:g}: {sizing}; {choice['frac_all_eps_dominated']:.0%} of all elements "
+            "would be eps-dominated"
         )
     else:
         rec["eps"] = EPS_UNSIZED

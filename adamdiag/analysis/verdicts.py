@@ -149,6 +149,12 @@ def _absorbed_batch(ev: Evidence) -> Decision | None:
 
 def _recovered(ev: Evidence) -> Decision | None:
     if ev.event_step is not None and ev.blowup_step is None:
+        if ev.deep_collapses():
+            # The spikes followed a deep v collapse (AD101, warning): the run recovered this time, but the
+            # mechanism that blows runs up is in place — on the out-of-family warm-restart runs the live
+            # loss did blow up between two logged points and an eps fix avoided it. Healthy is the outcome
+            # the log shows, not a clean bill: medium, a v collapse the alternative.
+            return Decision("healthy", "recovered_spikes", "medium", alternative="v_collapse")
         return Decision("healthy", "recovered_spikes", "high" if ev.has_mechanism_data else "low")
     return None
 

@@ -47,6 +47,9 @@ def test_verify_confirms_v_collapse_and_names_the_postponement(run):
     ad701 = [f for f in r["findings"] if f["id"] == "AD701"]
     assert ad701 and ("postpones" in ad701[0]["message"] or "blows up" in ad701[0]["message"])
     assert ver["start_step"] == 450 and ver["horizon_steps"] >= 100 and ver["fidelity"]["reproduced"]
+    # no lr rise since the checkpoint and the sized eps avoided it in the replay: the sizing stands as it was
+    rec = r["recommendation"]
+    assert rec["eps"] == 1e-3 and "sized_eps" not in rec and by["eps=0.001"]["outcome"] == "avoided"
 
 
 def test_without_an_entry_the_run_is_not_verified_info(run, tmp_path, monkeypatch):

@@ -1,0 +1,70 @@
+"""Writes tests/fixtures/sgdr/: two warm-restart (SGDR, torch's CosineAnnealingWarmRestarts) runs of the
+out-of-family probe (bench/out_of_family.py), trimmed to the event file and the checkpoints up to the restart (the collapse is read from them).
+
+- ``mlp_restart/``: ``mlp_sgdr_b99_s2`` — an MLP regression, full batch, Adam β2 0.99, lr 1e-2, cycle 1000:
+  v collapses as the cycle's lr decays to ~0; the restart at 1001 blows the loss up at 1004. The probe's
+  labeller (replays from step 1000) found eps 1e-3 blowing up too, eps 1e-2 avoiding it (``truth.json``).
+- ``matfac_recovered/``: ``matfac_sgdr_b99_s2`` — matrix factorisation, lr 0.1, cycle 800, no lr scalar:
+  the restart's spike is between two logged points (every 10 steps) and the logged loss recovers; the
+  live loss blew up at 805 and eps 1e-3 avoided it in the labeller's replay.
+
+Each keeps its own ``truth.json`` (the live blowup step and the labeller's outcomes), so the tests compare
+with what these runs did, not with a retrained run (training differs by CPU).
+
+    .venv/bin/python tools/ood/make_sgdr_fixtures.py      # ~10 s
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "sgdr"
+sys.path.insert(0, str(ROOT / "tools" / "ood"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+# fixture name -> (probe design, checkpoint steps kept)
+KEEP = {
+    "mlp_restart": ("mlp_sgdr_b99_s2", (250, 500, 750, 1000)),
+    "matfac_recovered": ("matfac_sgdr_b99_s2", tuple(range(100, 900, 100))),
+}
+
+
+def main() -> None:
+    import oodlab
+    from out_of_family import designs
+
+    specs = {s.name: s for s in designs((2,))}
+    for name, (design, steps) in KEEP.items():
+        spec = specs[design]
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / design
+            truth = oodlab.train_run(spec, run)
+            label = oodlab.label_run(run)
+            dest = OUT / name
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            for ev in run.glob("events.out.tfevents.*"):
+                shutil.copy2(ev, dest / ev.name)
+            for t in steps:
+                src = oodlab.ckpt_path(run, spec, t)
+                (dest / src.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / src.relative_to(run))
+            record = {
+                "design": design,
+                "note": spec.note,
+                "live_blowup_step": truth["blowup_step"],
+                "label": label["label"],
+                "label_start_step": label["start_step"],
+                "variants": {k: v["outcome"] for k, v in label["variants"].items()},
+            }
+            (dest / "truth.json").write_text(json.dumps(record, indent=1) + "\n")
+            print(f"{dest.relative_to(ROOT)}: {record}")
+
+
+if __name__ == "__main__":
+    main()
