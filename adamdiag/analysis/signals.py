@@ -199,15 +199,22 @@ class _LossLevels:
     def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> None:
         """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
         the step of an unbased rise) into ``ev``."""
+        # The excursion ends where the loss is back within 2x of the level it rose from for good (the point
+        # and its forward median).
+        back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
         if i < MIN_BASELINE_POINTS:
-            ev.unbased_rise_step = int(self.steps[i])
+            if back.any():
+                # Back at the starting level later: an lr too high for the first steps that the run came
+                # back from (the out-of-family probe's no-warm-up runs: up 60-2000x at step 2, below the
+                # starting loss a few hundred steps on) — a recovered spike, not a run that never had a level.
+                ev.spikes.append(int(self.steps[i]))
+            else:
+                ev.unbased_rise_step = int(self.steps[i])
             return
         ev.blowup_step = int(self.steps[i])
         ev.pre_level = float(np.exp(base)) if self.lo > 0 else None
-        # The peak of this excursion only: it ends where the loss is back within 2x of the level it rose
-        # from for good (the point and its forward median), so a later, unrelated event (a data shift
+        # The peak of this excursion only (up to where it ended), so a later, unrelated event (a data shift
         # hundreds of steps on) is not reported as this blowup's peak.
-        back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
         end = i + 1 + int(np.argmax(back)) if back.any() else self.n
         j = i + int(np.argmax(self.values[i:end]))
         ev.peak, ev.peak_step = float(self.values[j]), int(self.steps[j])

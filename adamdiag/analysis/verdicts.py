@@ -189,7 +189,9 @@ RULES: list[VerdictRule] = [
     VerdictRule("nonfinite_loss", "loss: a non-finite value with no blowup or spike before it", _nonfinite_loss),
     VerdictRule("no_data", "loss tag and point count; checkpoints of another optimizer", _no_data),
     VerdictRule(
-        "unbased_rise", "loss: a 10x rise that held, with < 5 points before it and no blowup later", _unbased_rise
+        "unbased_rise",
+        "loss: a 10x rise that held and never came back, with < 5 points before it and no blowup later",
+        _unbased_rise,
     ),
     VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
     VerdictRule(
