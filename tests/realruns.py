@@ -21,6 +21,7 @@ def train_tiny(
     seed: int = 0,
     bad_batch_at: int | None = None,
     bad_batch_scale: float = 1e3,
+    label_shift_from: int | None = None,
     nan_at: int | None = None,
     log_grad_norm: bool = True,
     ckpt_every: int | None = 100,
@@ -51,6 +52,8 @@ def train_tiny(
         xb, yb = x[idx].clone(), y[idx].clone()
         if bad_batch_at == step:
             yb = yb * bad_batch_scale  # a corrupted label batch: one-step loss and gradient spike
+        if label_shift_from is not None and step >= label_shift_from:
+            yb = yb * bad_batch_scale  # every batch from then on (a data shift): the loss rises and stays up
         if nan_at is not None and step >= nan_at:
             xb[0, 0] = math.nan
         loss = nn.functional.mse_loss(model(xb), yb)

@@ -497,6 +497,30 @@ def one_point_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> d
     return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
 
 
+def blowup_batch_spike(steps: np.ndarray, loss: np.ndarray, blowup_step: int) -> dict[str, Any] | None:
+    """The blowup's first point as ONE batch's own loss: the loss logged at every step around it, that point
+    ≥ BLOWUP_PEAK_FACTOR above both neighbours. The next batch met a model whose loss was a decade below
+    the spike's, so the model had not blown up — the batch had; what came after (a climb) is what that
+    batch's update did to the weights. A v-collapse explosion ruins the weights and the next step's loss is
+    as high (the caller asks only when no gradient norm is logged: with one, the one-step jump decides).
+
+    >>> s = np.arange(1, 41); x = np.r_[np.full(29, 0.05), 6e4, np.linspace(0.09, 2.7, 10)]
+    >>> j = blowup_batch_spike(s, x, 30); (j["step"], round(j["ratio"]), j["next"])
+    (30, 666667, 0.09)
+    """
+    i = int(np.searchsorted(steps, blowup_step))
+    if not 0 < i < len(steps) - 1 or int(steps[i]) != blowup_step:
+        return None
+    if int(steps[i + 1]) - int(steps[i]) != 1 or int(steps[i]) - int(steps[i - 1]) != 1:
+        return None  # a sparse log: a point stands for many batches
+    prev, val, nxt = (float(loss[k]) for k in (i - 1, i, i + 1))
+    if not (math.isfinite(prev) and math.isfinite(nxt) and math.isfinite(val) and prev > 0 and nxt > 0):
+        return None
+    if val < BLOWUP_PEAK_FACTOR * max(prev, nxt):
+        return None
+    return {"step": int(blowup_step), "loss": val, "previous": prev, "next": nxt, "ratio": val / max(prev, nxt)}
+
+
 def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     """For lr_too_high: first step before the blowup where g²/v̂ already exceeded INSTABILITY_R (a
     step that the optimizer could not absorb), if any."""
@@ -925,6 +949,7 @@ class Evidence:
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
+    blowup_batch_spike: dict[str, Any] | None = None  # the blowup's first point is one batch's loss (no grad norm)
     epoch_axis: dict[str, Any] | None = None  # RunInputs.epoch_axis
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
@@ -1238,6 +1263,9 @@ def gather(
         lr_peak_after=lr_peak_after,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
+        blowup_batch_spike=(
+            blowup_batch_spike(steps, loss, ev.blowup_step) if ev.blowup_step is not None and gn is None else None
+        ),
         loss_rebuilt=rebuilt,
         auto_loss_tag=pick_loss_tag(tags),
         checkpoint_root=inp.checkpoint_root,

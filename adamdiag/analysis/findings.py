@@ -272,6 +272,20 @@ def bad_batch(ev: Evidence, d: Decision) -> list[Finding]:
         return [_one_point_spike_finding(ev.one_point_spike)]
     if d.rule == "absorbed_batch":
         return absorbed_batch(ev)
+    if d.rule == "batch_loss_blowup" and ev.blowup_batch_spike is not None:
+        sp = ev.blowup_batch_spike
+        return [
+            Finding(
+                "AD301",
+                "error",
+                f"one batch at step {sp['step']}: the loss was {sp['loss']:.4g}, {sp['ratio']:.3g}x both neighbours "
+                f"({sp['previous']:.4g} before, {sp['next']:.4g} after) — one batch's own loss, not the model's: the "
+                "next batch met a model a decade better; what the loss did after it is what that batch's update did "
+                "to the weights (check that batch's data; log the gradient norm to see the update)",
+                step=sp["step"],
+                evidence=sp,
+            )
+        ]
     j = ev.grad_jump
     assert j is not None
     shape = "back down at the next step" if j.get("isolated") else "and stayed up"

@@ -123,6 +123,19 @@ def _gradient_jump(ev: Evidence) -> Decision | None:
     return Decision("bad_batch", "gradient_jump", "low", alternative="lr_too_high")
 
 
+def _batch_loss_blowup(ev: Evidence) -> Decision | None:
+    # No gradient norm logged, the loss logged every step, and the blowup's first point is one batch's own
+    # loss a decade above both neighbours (evidence.blowup_batch_spike): the model the next batch met was
+    # fine, the batch was not — the climb after it is what its update did to the weights, which no eps or lr
+    # fix removes. Loss-only evidence: medium; low with a v collapse before it (a stale v can amplify what
+    # a batch does, so that cause stays the alternative).
+    if ev.blowup_step is None or ev.blowup_batch_spike is None:
+        return None
+    if ev.collapses:
+        return Decision("bad_batch", "batch_loss_blowup", "low", alternative="v_collapse")
+    return Decision("bad_batch", "batch_loss_blowup", "medium")
+
+
 def _no_mechanism_data(ev: Evidence) -> Decision | None:
     if ev.blowup_step is not None and not ev.has_mechanism_data:
         return Decision("inconclusive", "loss_only", "low")
@@ -194,6 +207,11 @@ RULES: list[VerdictRule] = [
         _unbased_rise,
     ),
     VerdictRule("one_batch", "gradient norm: a ≥10x one-step jump at the event, gone at the next point", _one_batch),
+    VerdictRule(
+        "batch_loss_blowup",
+        "loss every step, no gradient norm: the blowup's first point ≥10x both neighbours (one batch's loss)",
+        _batch_loss_blowup,
+    ),
     VerdictRule(
         "collapse",
         "r = g²/v̂ from logs or checkpoints: a quiet stretch reaching the blowup (shallow: all parameters)",

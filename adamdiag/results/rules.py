@@ -42,7 +42,9 @@ RULES: dict[str, tuple[str, str]] = {
         "bad-batch",
         "The gradient norm jumped >= 10x in one step at the loss event: one batch, not the optimizer. A warning "
         "on a run whose loss shows no event: such a jump, back at the next step, that Adam absorbed. Without a "
-        "logged gradient norm: a recovered loss spike one point >= 10x both neighbours, back at its level next.",
+        "logged gradient norm: a recovered loss spike one point >= 10x both neighbours, back at its level next "
+        "(a warning), or a blowup whose first point, in a loss logged every step, is >= 10x both neighbours: one "
+        "batch's own loss, the climb after it what that batch's update did (an error).",
     ),
     # 4xx: non-finite values
     "AD401": (

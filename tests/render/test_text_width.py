@@ -28,9 +28,11 @@ LONG = "experiment_sweep_lr0.001_wd0.1_warmup200_seed"  # two runs whose names d
 def saved(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("width")
     train_tiny(root / f"{LONG}1", steps=100, ckpt_every=None)
-    train_tiny(root / f"{LONG}2", steps=100, ckpt_every=None, lr=0.3)
+    # a blowup with only the loss logged: "inconclusive", the longest verdict word, must stay whole
+    train_tiny(root / f"{LONG}2", steps=100, ckpt_every=None, label_shift_from=50, log_grad_norm=False)
     res = runner.invoke(app, ["scan", str(root), "--format", "json"])
     assert res.exit_code == 0, res.output
+    assert "inconclusive" in {r["verdict"] for r in json.loads(res.stdout)["runs"]}
     out = root / "report.json"
     out.write_text(res.stdout)
     return out
