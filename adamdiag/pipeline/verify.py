@@ -197,7 +197,8 @@ def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str 
     (or an lr cut) that the replay shows blowing up later, or still collapsing at its end, is a postponement,
     not a fix — under a warm restart a dominating eps can still leave lr/eps too large. Then the
     recommendation moves to the smallest change beyond it that avoided the blowup, says so, and keeps the
-    sized value as ``sized_eps`` / ``sized_lr``. A value the replay did not try, or cut short, stays."""
+    sized value as ``sized_eps`` / ``sized_lr`` (the value from √v̂, where a warm-restart floor set it
+    first). A value the replay did not try, or cut short, stays."""
     rec = rep.recommendation
     if not rec:
         return
@@ -218,13 +219,15 @@ def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str 
     if kind == "eps":
         current = rec.get("current_eps")
         sizing = str(rec.get("message", "")).partition(": ")[2]
-        rec.update(sized_eps=value, eps=pick.eps)
+        rec.setdefault("sized_eps", value)  # the measured sizing stays when a warm-restart floor already moved it
+        rec["eps"] = pick.eps
         rec["message"] = f"eps {current:g} → {pick.eps:g}: {why}" + (
             f"; the sizing from √v̂ chose {value:g} ({sizing})" if sizing else ""
         )
     else:
         current = rec.get("current_lr")
-        rec.update(sized_lr=value, lr=pick.lr)
+        rec.setdefault("sized_lr", value)
+        rec["lr"] = pick.lr
         if isinstance(current, (int, float)) and current > 0:
             rec["lr_scale"] = pick.lr / current
         cut = f" ({current / pick.lr:.3g}x)" if isinstance(current, (int, float)) and current > 0 else ""
