@@ -406,7 +406,8 @@ def pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | None
 
 def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
     """The bad-batch signature: at the loss event the gradient norm jumped ≥10x (g² ≥ 100x, far
-    outside mini-batch noise) in ONE step, over both the previous step and the trailing median.
+    outside mini-batch noise) in ONE step, over both the previous step and the trailing median, and no
+    other point of the trailing window did.
 
     Within one step the parameters move by about lr per element, which cannot change a smooth
     loss's gradient 10x; a new batch can. A v-collapse instability grows over several steps
@@ -425,6 +426,14 @@ def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | No
     base = float(np.median(vals[max(0, i - GRAD_JUMP_TRAILING) : i]))
     prev = float(vals[i - 1])
     if not (base > 0 and vals[i] >= GRAD_JUMP_FACTOR * base and vals[i] >= GRAD_JUMP_FACTOR * prev):
+        return None
+    # One batch among calm ones: the trailing window holds no other such jump. A gradient norm that already
+    # jumps 10x from step to step (0.04 -> 54 -> 0.8 ...) is an optimizer oscillating past its edge of
+    # stability (the out-of-family warm-up to lr 2.0), not a bad batch.
+    lo = max(1, i - GRAD_JUMP_TRAILING)
+    with np.errstate(invalid="ignore"):
+        earlier = vals[lo:i] >= GRAD_JUMP_FACTOR * vals[lo - 1 : i - 1]
+    if earlier.any():
         return None
     if steps[i] - steps[i - 1] > 1:
         history = vals[max(1, i // GRAD_JUMP_SKIP_FRACTION) : i]

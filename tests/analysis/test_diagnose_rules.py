@@ -27,3 +27,17 @@ def test_abrupt_gradient_jump_needs_one_step_and_history():
     # Right at the start there is no healthy history to compare with.
     steps, vals = _gn(400, 1, 5, 50.0)
     assert _abrupt_gradient_jump(5, (steps, vals)) is None
+
+
+def test_a_jump_among_other_ten_fold_jumps_is_an_oscillation_not_one_batch():
+    # A warm-up past the edge of stability: the gradient norm swings 10-1000x from step to step (the
+    # out-of-family mlp_hot_warmup run: 0.96 -> 18.6, 0.62 -> 16.6, then 0.57 -> 153 at the loss event).
+    steps = np.arange(1, 61)
+    vals = np.full(60, 0.8)
+    vals[[30, 38]] = [18.6, 16.6]  # earlier 10x+ jumps, each back at once
+    vals[45] = 153.0
+    assert _abrupt_gradient_jump(46, (steps, vals)) is None
+    calm = np.full(60, 0.8)
+    calm[45] = 153.0
+    hit = _abrupt_gradient_jump(46, (steps, calm))
+    assert hit is not None and hit["step"] == 46
