@@ -6,6 +6,9 @@ truth.json: the live run's blowup step and the probe labeller's replays from the
 - mlp_restart: the √v̂ at the last checkpoint (lr 2.5e-08) sized eps 1e-4, which the labeller found blowing
   up at the restart's lr like 1e-3 did; only 1e-2 avoided it. The sizing holds for the checkpoint's lr only,
   so under a ≥10x lr rise since the checkpoint the unsized 1e-2 is the floor.
+  `scan --verify` replays it (tools/ood/oodlab.py's entry): 1e-4 and 1e-3 blow up, 1e-2 avoids the blowup.
+  Without the lr scalar the restart is not seen and eps is sized 1e-4: the replay then moves the
+  recommendation to 1e-2 (a sized value that only blows up later is no fix).
 - matfac_recovered: the restart's spike lies between two logged points and the logged loss recovers, after a
   deep v collapse. The live loss did blow up (labeller: eps 1e-3 avoided it), so "healthy, high" was
   confidently wrong: healthy stays the outcome the log shows, at medium, with v_collapse the alternative,
@@ -22,7 +25,10 @@ from typer.testing import CliRunner
 from adamdiag.cli import app
 from adamdiag.pipeline.scan import scan_paths
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sgdr"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "sgdr"
+# the lab's own replay entry: the design in lab_spec.json, the live run's batches, loss and lr schedule
+ENTRY = f"{ROOT / 'tools' / 'ood' / 'oodlab.py'}:adamdiag_replay"
 runner = CliRunner()
 
 
@@ -65,3 +71,49 @@ def test_a_recovered_spike_after_a_deep_collapse_is_not_a_confident_healthy():
     # check (CI) still passes a healthy run: a warning, not an error
     res = runner.invoke(app, ["check", str(FIXTURES / "matfac_recovered")])
     assert res.exit_code == 0, res.output
+
+
+def _scan_verify(run: Path) -> dict:
+    res = runner.invoke(app, ["scan", str(run), "--verify", "--entry", ENTRY, "--device", "cpu", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    return r
+
+
+def test_verify_replays_the_restart_and_names_the_eps_that_only_blow_up_later():
+    r = _scan_verify(FIXTURES / "mlp_restart")
+    ver, rec = r["verification"], r["recommendation"]
+    assert ver["fidelity"]["reproduced"] and ver["confirms"] is True and ver["best"] == "eps=0.01", ver
+    by = {v["name"]: v["outcome"] for v in ver["variants"]}
+    assert by["eps=0.0001"] == by["eps=0.001"] == "blowup" and by["eps=0.01"] == "avoided"
+    assert rec["eps"] == 1e-2 and rec["sized_eps"] <= 1e-3  # the floor, confirmed; the sizing kept
+    (ad701,) = [f for f in r["findings"] if f["id"] == "AD701"]
+    assert "eps=0.0001 blows up at step" in ad701["message"] and "eps=0.001 blows up at step" in ad701["message"]
+
+
+def test_verify_moves_a_sized_eps_that_only_blows_up_later(tmp_path):
+    # The same run logged without its lr: no restart is seen, eps is sized at the checkpoint (1e-4), and the
+    # replay shows that value blowing up — the recommendation moves to the smallest eps that avoided it.
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.io.events import read_run
+
+    src, dst = FIXTURES / "mlp_restart", tmp_path / "mlp_restart_nolr"
+    shutil.copytree(src / "out", dst / "out")
+    shutil.copy(src / "lab_spec.json", dst / "lab_spec.json")
+    scalars = read_run(src).scalars
+    w = SummaryWriter(str(dst))
+    for tag, rows in scalars.groupby("tag", observed=True):
+        if "lr" in str(tag) or "learning_rate" in str(tag):
+            continue
+        for step, value in zip(rows["step"], rows["value"]):
+            w.add_scalar(str(tag), float(value), int(step))
+    w.close()
+    r = _scan_verify(dst)
+    rec = r["recommendation"]
+    assert r["verdict"] == "v_collapse" and r["verification"]["best"] == "eps=0.01"
+    assert rec["eps"] == 1e-2 and rec["sized_eps"] == 1e-4, rec
+    assert rec["message"].startswith("eps 1e-08 → 0.01: verified by replay from step 1000: it avoids the blowup")
+    assert "eps=0.0001 blows up at step" in rec["message"] and "the sizing from √v̂ chose 0.0001" in rec["message"]

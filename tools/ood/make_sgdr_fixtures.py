@@ -8,7 +8,8 @@ out-of-family probe (bench/out_of_family.py), trimmed to the event file and the 
   the restart's spike is between two logged points (every 10 steps) and the logged loss recovers; the
   live loss blew up at 805 and eps 1e-3 avoided it in the labeller's replay.
 
-Each keeps its own ``truth.json`` (the live blowup step and the labeller's outcomes), so the tests compare
+Each keeps the design (``lab_spec.json``: ``--entry tools/ood/oodlab.py:adamdiag_replay`` replays it) and its own
+``truth.json`` (the live blowup step and the labeller's outcomes), so the tests compare
 with what these runs did, not with a retrained run (training differs by CPU).
 
     .venv/bin/python tools/ood/make_sgdr_fixtures.py      # ~10 s
@@ -50,6 +51,8 @@ def main() -> None:
             dest.mkdir(parents=True)
             for ev in run.glob("events.out.tfevents.*"):
                 shutil.copy2(ev, dest / ev.name)
+            # the design, for the replay entry (--entry tools/ood/oodlab.py:adamdiag_replay)
+            shutil.copy2(run / oodlab.SPEC_FILE, dest / oodlab.SPEC_FILE)
             for t in steps:
                 src = oodlab.ckpt_path(run, spec, t)
                 (dest / src.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)

@@ -681,3 +681,43 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, np.floating | np.integer):
         return _json_safe(x.item())
     return x
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the replay entry (adamdiag's PyTorch protocol, docs/replay.md): `--entry tools/ood/oodlab.py:adamdiag_replay`
+
+
+def adamdiag_replay(checkpoint: str) -> dict[str, Any]:
+    """A lab run replayed by ``adamdiag replay`` / ``scan --verify``: the design is the ``lab_spec.json`` in the
+    checkpoint's run folder (or a folder above it); batches, loss and lr schedule are the live run's own
+    (``Trainer.step``: batch ``t``, the loss before update ``t``, ``lr_at(spec, t)``). One micro-batch per update
+    only (the replay protocol has no gradient accumulation)."""
+    folder = Path(checkpoint).resolve().parent
+    while not (folder / SPEC_FILE).is_file():
+        if folder.parent == folder:
+            raise FileNotFoundError(f"no {SPEC_FILE} in a folder above {checkpoint}")
+        folder = folder.parent
+    spec = Spec.from_json(json.loads((folder / SPEC_FILE).read_text()))
+    if spec.accum != 1:
+        raise ValueError(f"{spec.name}: gradient accumulation ({spec.accum}) is not replayable")
+    fam = FAMILIES[spec.family]
+    data = fam.data(spec)
+    torch.manual_seed(spec.seed)
+    model = fam.model(spec)
+    model.train()
+
+    def batch(t: int) -> dict[str, Any]:
+        return {**fam.batch(spec, data, t, 0), "_update": t}
+
+    def loss(m: nn.Module, b: dict[str, Any]) -> torch.Tensor:
+        t = int(b["_update"])
+        torch.manual_seed(spec.seed * 7919 + t)  # as Trainer.step: any randomness in the model is the step's
+        return fam.loss(spec, m, {k: v for k, v in b.items() if k != "_update"}, t)
+
+    return {
+        "model": model,
+        "batch": batch,
+        "loss": loss,
+        "clip_grad_norm": spec.clip,
+        "lr_schedule": lambda t: lr_at(spec, t),
+    }
