@@ -101,7 +101,7 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
     if v == "healthy" and d.alternative == "v_collapse":
         # spikes that recovered after a deep v collapse (rule recovered_spikes): the same fix, sized the same
         # way, before the next spike is one the run does not come back from
-        rec = _increase_eps(ev, d, run, collapsed_names)
+        rec = _increase_eps(ev, d, run, collapsed_names, event="spike")
         rec["message"] = f"the run recovered this time; before a spike it does not come back from: {rec['message']}"
         return rec
     if v == "bad_batch":
@@ -153,7 +153,11 @@ def _dominating_decade(collapsed: list[Any]) -> float | None:
     return None
 
 
-def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -> dict[str, Any]:
+def _increase_eps(
+    ev: Evidence, d: Decision, run: str, collapsed_names: list[str], event: str = "blowup"
+) -> dict[str, Any]:
+    """The eps recommendation, sized from the last checkpoint before the ``event`` (a blowup; for a run that
+    recovered, its spike)."""
     eps, start = ev.eps, ev.start
     rec: dict[str, Any] = {"action": "increase eps", "current_eps": eps, "candidates": []}
     if start is not None:
@@ -211,7 +215,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
             rec["sized_eps"] = choice["eps"]
             sizing = (
                 f"the logged lr rose {risen:,.0f}x from the start checkpoint's {ev.lr:.3g} (step {start.step}) to "
-                f"{ev.lr_at_event:.3g} at the blowup (a warm restart or warm-up): √v̂ at the checkpoint sizes eps "
+                f"{ev.lr_at_event:.3g} at the {event} (a warm restart or warm-up): √v̂ at the checkpoint sizes eps "
                 f"for its lr only — {choice['eps']:g} would put √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} in "
                 f"{choice['frac_collapsed_dominated']:.0%} of the collapsed tensors' live elements ({shown}) — while "
                 f"at the raised lr it is lr/eps that must stay stable, so the unsized {floor['eps']:g} is the floor "
@@ -229,7 +233,7 @@ def _increase_eps(ev: Evidence, d: Decision, run: str, collapsed_names: list[str
         rec["candidates"] = [{"eps": e} for e in REPORT_EPS_CANDIDATES]
         others = ", ".join(f"{e:g}" for e in REPORT_EPS_CANDIDATES if e != EPS_UNSIZED)
         rec["message"] = (
-            f"eps {eps:g} → {EPS_UNSIZED:g} (compare {others}); no checkpoint before the blowup to size it from the "
+            f"eps {eps:g} → {EPS_UNSIZED:g} (compare {others}); no checkpoint before the {event} to size it from the "
             "measured √v̂"
         )
     if d.alternative == "lr_too_high":

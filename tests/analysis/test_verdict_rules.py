@@ -389,3 +389,18 @@ def test_too_few_loss_points_says_how_to_log_more():
     # HF Trainer's default logging_steps=500 leaves a short run 1-4 points: the finding names the setting
     (f,) = F.missing_data(make(n_loss_points=3, n_loss_rows=3), ["train/loss"])
     assert f.id == "AD901" and "only 3 loss points in 'train/loss'" in f.message and "logging_steps" in f.message
+
+
+def test_a_recovered_run_after_a_deep_collapse_gets_the_eps_fix_worded_for_its_spike():
+    from adamdiag.analysis.recommend import recommend
+
+    ev = make(events=LossEvents(spikes=[400]), event_step=400, collapses=[_collapse(True)])
+    d = decide(ev)
+    assert (d.verdict, d.alternative) == ("healthy", "v_collapse")
+    rec = recommend(ev, d, "run", [])
+    assert rec is not None and rec["action"] == "increase eps"
+    assert rec["message"].startswith("the run recovered this time") and "before the spike" in rec["message"]
+    assert "blowup to size" not in rec["message"]
+    # a healthy run without that alternative gets no recommendation
+    quiet = make(events=QUIET, event_step=None)
+    assert recommend(quiet, decide(quiet), "run", []) is None
