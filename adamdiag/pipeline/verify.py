@@ -218,11 +218,15 @@ def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str 
     why = f"verified by replay from step {start}: it avoids the blowup, while {tried[0].name} {_outcome_text(tried[0])}"
     if kind == "eps":
         current = rec.get("current_eps")
-        sizing = str(rec.get("message", "")).partition(": ")[2]
-        rec.setdefault("sized_eps", value)  # the measured sizing stays when a warm-restart floor already moved it
+        msg, prefix = str(rec.get("message", "")), ""
+        if msg.startswith("in optimizer `"):  # several optimizers in the file: which one stays said first
+            head, _, msg = msg.partition(": ")
+            prefix = f"{head}: "
+        sizing = msg.partition(": ")[2]
+        measured = rec.setdefault("sized_eps", value)  # a warm-restart floor may have moved it already
         rec["eps"] = pick.eps
-        rec["message"] = f"eps {current:g} → {pick.eps:g}: {why}" + (
-            f"; the sizing from √v̂ chose {value:g} ({sizing})" if sizing else ""
+        rec["message"] = f"{prefix}eps {current:g} → {pick.eps:g}: {why}" + (
+            f"; the sizing from √v̂ chose {measured:g} ({sizing})" if sizing else ""
         )
     else:
         current = rec.get("current_lr")

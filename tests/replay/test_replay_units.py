@@ -607,3 +607,35 @@ def test_an_lr_cut_that_only_postpones_the_blowup_gives_way_to_the_stronger_cut_
     assert math.isclose(rep.recommendation["lr_scale"], 0.01)
     assert rep.recommendation["message"].startswith("lower lr to 1e-05 (100x): verified by replay from step 50")
     assert "lr=0.0001 blows up at step 111" in rep.recommendation["message"]
+
+
+def test_a_warm_restart_floor_that_only_postpones_moves_on_and_the_measured_sizing_stays():
+    # The floor (1e-2) blew up later too; 0.1 avoided it: the recommendation moves to 0.1, sized_eps stays the
+    # value measured from √v̂ (1e-4), and the optimizer the advice is for stays named first.
+    from dataclasses import replace
+
+    from adamdiag.pipeline.verify import decide
+
+    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
+    vs = [
+        replace(_v("original", spiky), eps=1e-8),
+        replace(_v("eps=0.0001", late), eps=1e-4),
+        replace(_v("eps=0.01", late), eps=1e-2),
+        replace(_v("eps=0.1", calm), eps=1e-1),
+    ]
+    rep = _report_with_eps_recommendation(1e-2)
+    rep.recommendation.update(
+        sized_eps=1e-4, message="in optimizer `gen`: eps 1e-08 → 0.01: the logged lr rose 4,000x from the start"
+    )
+    decide(
+        rep,
+        ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs),
+        {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}},
+    )
+    rec = rep.recommendation
+    assert (rec["eps"], rec["sized_eps"]) == (0.1, 1e-4)
+    assert rec["message"].startswith("in optimizer `gen`: eps 1e-08 → 0.1: verified by replay from step 50")
+    assert (
+        "eps=0.01 blows up at step 111" in rec["message"]
+        and "the sizing from √v̂ chose 0.0001 (the logged lr rose" in rec["message"]
+    )
