@@ -530,6 +530,25 @@ def test_a_blowup_every_change_moves_to_one_step_is_a_data_event():
     assert any(f.id == "AD703" and "step 111" in f.message for f in rep.findings), rep.findings
 
 
+# A replayed variant's losses from a start at step 50: blows up at 56, blows up later (111), never.
+SPIKY, LATE, CALM = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
+
+
+def _variant(name, losses, eps=1e-8, lr=1e-3, **kw):
+    """A variant of a run with eps 1e-8 and lr 1e-3 (the original's), changing eps or lr."""
+    from dataclasses import replace
+
+    return replace(_v(name, losses, **kw), eps=eps, lr=lr)
+
+
+def _decide_on(rep, variants) -> None:
+    """``--verify``'s decision on ``rep`` from a replay from step 50 that reproduced the log."""
+    from adamdiag.pipeline.verify import decide
+
+    result = ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), variants)
+    decide(rep, result, {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}})
+
+
 def _report_with_eps_recommendation(sized: float):
     from adamdiag.results.report import RunReport
 
@@ -546,22 +565,16 @@ def test_a_sized_eps_that_only_postpones_the_blowup_is_not_the_recommended_fix()
     # Under a warm restart the eps sized from √v̂ (here 1e-4) can still leave lr/eps too large: its replay
     # blows up later. The replay's smallest eps beyond it that avoided the blowup (1e-2) becomes the
     # recommendation; the sized value stays as sized_eps and the text names the postponement.
-    from dataclasses import replace
-
-    from adamdiag.pipeline.verify import decide
-
-    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
     vs = [
-        replace(_v("original", spiky), eps=1e-8),
-        replace(_v("eps=0.0001", late), eps=1e-4),
-        replace(_v("eps=0.001", late), eps=1e-3),
-        replace(_v("eps=0.01", calm), eps=1e-2),
-        replace(_v("eps=0.1", calm), eps=1e-1),
-        replace(_v("lr=0.0001", spiky), eps=1e-8, lr=1e-4),
+        _variant("original", SPIKY),
+        _variant("eps=0.0001", LATE, eps=1e-4),
+        _variant("eps=0.001", LATE, eps=1e-3),
+        _variant("eps=0.01", CALM, eps=1e-2),
+        _variant("eps=0.1", CALM, eps=1e-1),
+        _variant("lr=0.0001", SPIKY, lr=1e-4),
     ]
-    plan = {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}}
     rep = _report_with_eps_recommendation(1e-4)
-    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs), plan)
+    _decide_on(rep, vs)
     rec = rep.recommendation
     assert rep.verdict == "v_collapse" and rep.verification["best"] == "eps=0.01"
     assert rec["eps"] == 1e-2 and rec["sized_eps"] == 1e-4, rec
@@ -573,36 +586,28 @@ def test_a_sized_eps_that_only_postpones_the_blowup_is_not_the_recommended_fix()
     # a sized eps the replay saw avoid the blowup stays, message and all
     rep = _report_with_eps_recommendation(1e-2)
     before = dict(rep.recommendation)
-    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs), plan)
+    _decide_on(rep, vs)
     assert rep.recommendation == before
     # one cut short by the budget proves nothing either way: it stays too
-    cut = [*vs[:1], replace(_v("eps=0.0001", [1.0] * 10, truncated=True), eps=1e-4), *vs[2:]]
+    cut = [*vs[:1], _variant("eps=0.0001", [1.0] * 10, eps=1e-4, truncated=True), *vs[2:]]
     rep = _report_with_eps_recommendation(1e-4)
-    decide(rep, ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), cut), plan)
+    _decide_on(rep, cut)
     assert rep.recommendation["eps"] == 1e-4 and "sized_eps" not in rep.recommendation
 
 
 def test_an_lr_cut_that_only_postpones_the_blowup_gives_way_to_the_stronger_cut_that_avoided_it():
-    from dataclasses import replace
-
-    from adamdiag.pipeline.verify import decide
     from adamdiag.results.report import RunReport
 
-    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
     vs = [
-        replace(_v("original", spiky), eps=1e-8),
-        replace(_v("lr=0.000333", late), eps=1e-8, lr=1e-3 / 3),
-        replace(_v("lr=0.0001", late), eps=1e-8, lr=1e-4),
-        replace(_v("lr=1e-05", calm), eps=1e-8, lr=1e-5),
-        replace(_v("eps=0.001", spiky), eps=1e-3),
+        _variant("original", SPIKY),
+        _variant("lr=0.000333", LATE, lr=1e-3 / 3),
+        _variant("lr=0.0001", LATE, lr=1e-4),
+        _variant("lr=1e-05", CALM, lr=1e-5),
+        _variant("eps=0.001", SPIKY, eps=1e-3),
     ]
     rec = {"action": "lower the learning rate", "lr": 1e-4, "lr_scale": 0.1, "current_lr": 1e-3, "message": "lower lr"}
     rep = RunReport(run="r", verdict="lr_too_high", blowup_step=56, confidence="high", recommendation=rec)
-    decide(
-        rep,
-        ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs),
-        {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}},
-    )
+    _decide_on(rep, vs)
     assert rep.verdict == "lr_too_high" and rep.recommendation["lr"] == 1e-5 and rep.recommendation["sized_lr"] == 1e-4
     assert math.isclose(rep.recommendation["lr_scale"], 0.01)
     assert rep.recommendation["message"].startswith("lower lr to 1e-05 (100x): verified by replay from step 50")
@@ -612,26 +617,17 @@ def test_an_lr_cut_that_only_postpones_the_blowup_gives_way_to_the_stronger_cut_
 def test_a_warm_restart_floor_that_only_postpones_moves_on_and_the_measured_sizing_stays():
     # The floor (1e-2) blew up later too; 0.1 avoided it: the recommendation moves to 0.1, sized_eps stays the
     # value measured from √v̂ (1e-4), and the optimizer the advice is for stays named first.
-    from dataclasses import replace
-
-    from adamdiag.pipeline.verify import decide
-
-    spiky, late, calm = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
     vs = [
-        replace(_v("original", spiky), eps=1e-8),
-        replace(_v("eps=0.0001", late), eps=1e-4),
-        replace(_v("eps=0.01", late), eps=1e-2),
-        replace(_v("eps=0.1", calm), eps=1e-1),
+        _variant("original", SPIKY),
+        _variant("eps=0.0001", LATE, eps=1e-4),
+        _variant("eps=0.01", LATE, eps=1e-2),
+        _variant("eps=0.1", CALM, eps=1e-1),
     ]
     rep = _report_with_eps_recommendation(1e-2)
     rep.recommendation.update(
         sized_eps=1e-4, message="in optimizer `gen`: eps 1e-08 → 0.01: the logged lr rose 4,000x from the start"
     )
-    decide(
-        rep,
-        ReplayResult("ck.pt", 50, 100, Fidelity(0.0, True, message="ok"), vs),
-        {"original": {"eps": 1e-8, "beta2": 0.99, "lr": 1e-3}},
-    )
+    _decide_on(rep, vs)
     rec = rep.recommendation
     assert (rec["eps"], rec["sized_eps"]) == (0.1, 1e-4)
     assert rec["message"].startswith("in optimizer `gen`: eps 1e-08 → 0.1: verified by replay from step 50")
