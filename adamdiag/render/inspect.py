@@ -95,23 +95,30 @@ def _pure_decay(p: dict | None) -> str:
     return _pct(sum(x * n for x, n in rows) / total) if total else "-"
 
 
+def _titled_table(con: Any, title: str, *, soft_wrap: bool = False) -> Any:
+    """Print ``title`` (plain text, never markup), then return an empty table in the style every inspect table
+    shares: a rule under the header, no borders."""
+    from rich import box
+    from rich.table import Table
+
+    con.print(title, markup=False, soft_wrap=soft_wrap)
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+
+
 def _overview(con: Any, summaries: list, pairs: list[dict]) -> None:
     """One line per checkpoint (several of one run): what the full table would say of all its elements."""
-    from rich import box
     from rich.markup import escape
-    from rich.table import Table
 
     from adamdiag.render.common import display_names
 
     names, prefix = display_names([str(s.path) for s in summaries])
     kinds = sorted({f"{s.optimizer} ({s.layout}, {s.convention} convention)" for s in summaries})
-    con.print(
+    tab = _titled_table(
+        con,
         f"{len(summaries)} checkpoints{' under ' + prefix if prefix else ''}: {'; '.join(kinds)}; "
         "one line each, the last in full below (--all: every one)",
-        markup=False,
         soft_wrap=True,
     )
-    tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in ("checkpoint", "step", "tensors", "√v̂ p01 min", "√v̂<eps", "√v̂<10eps", "v=0", "upd rms max"):
         tab.add_column(col, justify="left" if col == "checkpoint" else "right", no_wrap=True)
     for col in ("nonfinite", "pure decay since prev", "notes"):
@@ -147,15 +154,11 @@ def _overview(con: Any, summaries: list, pairs: list[dict]) -> None:
 
 def _checkpoint_block(con: Any, s: Any) -> None:
     """One checkpoint in full: its header line, every tensor (most at risk first), its notes."""
-    from rich import box
-    from rich.table import Table
-
-    con.print(
+    tab = _titled_table(
+        con,
         f"{s.path}  step {_fmt(s.step)}  {s.optimizer} ({s.layout}, {s.convention} convention)  "
         f"names: {s.name_mapping}",
-        markup=False,
     )
-    tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     columns: list[tuple[str, Literal["left", "right"]]] = [
         ("tensor", "left"),
         ("grp/idx", "left"),
@@ -231,15 +234,11 @@ def _checkpoint_block(con: Any, s: Any) -> None:
 
 def _pair_block(con: Any, p: dict) -> None:
     """The decay-ratio table of one consecutive pair."""
-    from rich import box
-    from rich.table import Table
-
-    con.print(
+    tab = _titled_table(
+        con,
         f"decay ratio v_b/(β2^Δ·v_a): step {p['from_step']} → {p['to_step']}  "
         f"(≈1: v decayed without new gradient; pure decay = implied g² < 0.1·v̂)",
-        markup=False,
     )
-    tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for col in (
         "tensor",
         "grp/idx",
