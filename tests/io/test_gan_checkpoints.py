@@ -61,6 +61,18 @@ def train_gan(steps: int, *, named: bool = False):
     return G, D, optG, optD
 
 
+def save_dcgan(path, G, D, optG, optD, **extra):
+    """The DCGAN script's checkpoint, keys in its order: ``{**extra, netG, netD, optimizerG, optimizerD}``."""
+    parts = {
+        "netG": G.state_dict(),
+        "netD": D.state_dict(),
+        "optimizerG": optG.state_dict(),
+        "optimizerD": optD.state_dict(),
+    }
+    torch.save({**extra, **parts}, path)
+    return path
+
+
 def truth(prefix: str, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, dict]:
     """What the live optimizer holds, by the name the reader must give: ``<model key>.<parameter>``."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -174,15 +186,7 @@ def test_optimizers_built_from_named_parameters(tmp_path):
     G, D, optG, optD = train_gan(3, named=True)
     assert "param_names" in optG.state_dict()["param_groups"][0]
     path = tmp_path / "ckpt.pt"
-    torch.save(
-        {
-            "netG": G.state_dict(),
-            "netD": D.state_dict(),
-            "optimizerG": optG.state_dict(),
-            "optimizerD": optD.state_dict(),
-        },
-        path,
-    )
+    save_dcgan(path, G, D, optG, optD)
     ck = open_checkpoint(path)
     want = truth("netG", G, optG) | truth("netD", D, optD)
     assert ck.name_mapping == "param_names"
@@ -258,15 +262,7 @@ def test_adam_generator_with_sgd_discriminator(tmp_path):
         optG.step()
         optD.step()
     path = tmp_path / "ckpt.pt"
-    torch.save(
-        {
-            "netG": G.state_dict(),
-            "netD": D.state_dict(),
-            "optimizerG": optG.state_dict(),
-            "optimizerD": optD.state_dict(),
-        },
-        path,
-    )
+    save_dcgan(path, G, D, optG, optD)
     check(path, truth("netG", G, optG), {"netG": HYPER["G"]}, {"netG": "optimizerG"})
     assert [o["key"] for o in open_checkpoint(path).other_optimizers] == ["optimizerD"]
 
@@ -275,9 +271,7 @@ def test_inspect_json_and_the_decay_ratio_view_of_two_gan_checkpoints(tmp_path):
     paths = []
     for steps in (4, 8):
         G, D, optG, optD = train_gan(steps)
-        paths.append(tmp_path / f"checkpoint_{steps}.pth")
-        torch.save({"epoch": steps, "netG": G.state_dict(), "netD": D.state_dict(), "optimizerG": optG.state_dict(),
-                    "optimizerD": optD.state_dict()}, paths[-1])  # fmt: skip
+        paths.append(save_dcgan(tmp_path / f"checkpoint_{steps}.pth", G, D, optG, optD, epoch=steps))
     res = CliRunner().invoke(app, ["inspect", str(paths[0]), "--format", "json"])
     assert res.exit_code == 0, res.output
     (c,) = json.loads(res.stdout)["checkpoints"]
@@ -298,16 +292,7 @@ def test_inspect_json_and_the_decay_ratio_view_of_two_gan_checkpoints(tmp_path):
 def test_replay_refuses_a_file_with_two_adam_optimizers_in_one_line(gan, tmp_path):
     G, D, optG, optD = gan
     path = tmp_path / "checkpoint_5.pth"
-    torch.save(
-        {
-            "epoch": 5,
-            "netG": G.state_dict(),
-            "netD": D.state_dict(),
-            "optimizerG": optG.state_dict(),
-            "optimizerD": optD.state_dict(),
-        },
-        path,
-    )
+    save_dcgan(path, G, D, optG, optD, epoch=5)
     with pytest.raises(InputError, match=r"holds 2 Adam optimizers \(optimizerG, optimizerD\)"):
         load_replay_checkpoint(path)
     res = CliRunner().invoke(app, ["replay", str(path), "--eps", "1e-3"])
@@ -425,9 +410,7 @@ def test_scans_interval_ratios_pair_each_tensor_with_itself_across_optimizers(tm
     summaries = []
     for steps in (4, 8):
         G, D, optG, optD = train_gan(steps)
-        path = tmp_path / f"checkpoint_{steps}.pth"
-        torch.save({"epoch": steps, "netG": G.state_dict(), "netD": D.state_dict(), "optimizerG": optG.state_dict(),
-                    "optimizerD": optD.state_dict()}, path)  # fmt: skip
+        path = save_dcgan(tmp_path / f"checkpoint_{steps}.pth", G, D, optG, optD, epoch=steps)
         summaries.append(summarize_checkpoint(path, trust=False, convention=None))
     ratios = checkpoint_interval_ratios(summaries, 0.999)
     names = [t.name for t in summaries[1].tensors]
