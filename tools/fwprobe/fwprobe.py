@@ -285,6 +285,30 @@ def run_tbx(design_name: str, variant: str | None, out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ counterfactual
 
 
+def _update(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    clip: float | None,
+    eps: float | None = None,
+) -> float:
+    """One update of the plain loop, as the counterfactual replays it: lr (and a variant's eps) set on every
+    group, the loss, its gradient (clipped when the run clipped), the step; the loss before the update."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+        if eps is not None:
+            g["eps"] = eps
+    loss = F.mse_loss(model(x).squeeze(-1), y)
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss.item()
+
+
 def train_to(
     design_name: str, step: int, clip: float | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
@@ -294,14 +318,7 @@ def train_to(
     opt = torch.optim.Adam(model.parameters(), lr=design["lr"], betas=design["betas"])
     x, y = data()
     for t in range(1, step + 1):
-        for g in opt.param_groups:
-            g["lr"] = design["lr"] * lr_factor(design, t - 1)
-        loss = F.mse_loss(model(x).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        _update(model, opt, x, y, design["lr"] * lr_factor(design, t - 1), clip)
     return model.state_dict(), opt.state_dict(), step
 
 
@@ -351,17 +368,7 @@ def counterfactual(path: Path, design_name: str, horizon: int, clip: float | Non
         opt.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict keeps the tensors: a copy per variant
         losses = []
         for t in range(start + 1, start + horizon + 1):
-            for g in opt.param_groups:
-                g["lr"] = design["lr"] * lr_factor(design, t - 1) * lr_mul
-                if eps is not None:
-                    g["eps"] = eps
-            loss = F.mse_loss(model(x).squeeze(-1), y)
-            opt.zero_grad()
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            losses.append(loss.item())
+            losses.append(_update(model, opt, x, y, design["lr"] * lr_factor(design, t - 1) * lr_mul, clip, eps))
         lo = min(losses[:1])
         imax = max(range(len(losses)), key=lambda i: losses[i] if math.isfinite(losses[i]) else float("inf"))
         res[name] = {
