@@ -491,16 +491,11 @@ def one_point_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> d
     >>> j = one_point_spike(s, x, [30]); (j["step"], j["ratio"], j["count"])
     (30, 80000.0, 1)
     """
-    found = []
-    for sp in spikes:
-        i = int(np.searchsorted(steps, sp))
-        if not 0 < i < len(steps) - 1 or int(steps[i]) != sp:
-            continue
-        prev, val, nxt = (float(loss[k]) for k in (i - 1, i, i + 1))
-        if not (math.isfinite(prev) and math.isfinite(nxt) and math.isfinite(val) and prev > 0 and nxt > 0):
-            continue
-        if val >= BLOWUP_PEAK_FACTOR * max(prev, nxt) and nxt <= BLOWUP_FACTOR * prev:
-            found.append({"step": sp, "loss": val, "previous": prev, "next": nxt, "ratio": val / max(prev, nxt)})
+    found = [
+        p
+        for p in (_towering_point(steps, loss, sp) for sp in spikes)
+        if p and p["next"] <= BLOWUP_FACTOR * p["previous"]
+    ]
     if not found:
         return None
     return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
@@ -522,12 +517,21 @@ def blowup_batch_spike(steps: np.ndarray, loss: np.ndarray, blowup_step: int) ->
         return None
     if int(steps[i + 1]) - int(steps[i]) != 1 or int(steps[i]) - int(steps[i - 1]) != 1:
         return None  # a sparse log: a point stands for many batches
+    return _towering_point(steps, loss, blowup_step)
+
+
+def _towering_point(steps: np.ndarray, loss: np.ndarray, step: int) -> dict[str, Any] | None:
+    """The logged loss at ``step`` when it is ≥ BLOWUP_PEAK_FACTOR above both its (finite, positive)
+    neighbours: ``{step, loss, previous, next, ratio}`` (ratio to the larger neighbour); else None."""
+    i = int(np.searchsorted(steps, step))
+    if not 0 < i < len(steps) - 1 or int(steps[i]) != step:
+        return None
     prev, val, nxt = (float(loss[k]) for k in (i - 1, i, i + 1))
     if not (math.isfinite(prev) and math.isfinite(nxt) and math.isfinite(val) and prev > 0 and nxt > 0):
         return None
     if val < BLOWUP_PEAK_FACTOR * max(prev, nxt):
         return None
-    return {"step": int(blowup_step), "loss": val, "previous": prev, "next": nxt, "ratio": val / max(prev, nxt)}
+    return {"step": int(step), "loss": val, "previous": prev, "next": nxt, "ratio": val / max(prev, nxt)}
 
 
 def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:

@@ -474,8 +474,9 @@ def loss_only(ev: Evidence) -> list[Finding]:
 
 
 def recovered_after_collapse(ev: Evidence) -> list[Finding]:
-    """AD101 (warning): spikes that recovered after a quiet stretch — the mechanism is in place."""
-    if not ev.collapses or not ev.deep_collapses():
+    """AD101 (warning): spikes that recovered after a deep quiet stretch — the mechanism is in place (the
+    condition under which rule recovered_spikes gives v_collapse as the alternative)."""
+    if not ev.deep_collapses():
         return []
     spikes = ev.events.spikes
     return [
