@@ -186,10 +186,14 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     ver["best"] = best.name if best is not None else None
 
 
-def _outcome_text(v: Any) -> str:
+def _outcome_text(v: Any) -> str | None:
+    """What a variant that did not avoid the blowup did ("blows up at step 2002", "only postpones it (at
+    risk)"); None for one that avoided it (or blew up without a step)."""
     if v.outcome == "blowup" and v.blowup_step is not None:
         return f"blows up at step {v.blowup_step}"
-    return "only postpones it (v is still collapsing when the replay ends)"
+    if v.outcome == "at_risk":
+        return f"only postpones it (at risk{', cut short' if v.truncated else ''})"
+    return None
 
 
 def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str | None]], start: int) -> None:
@@ -215,7 +219,8 @@ def _hold_recommendation_to_replay(rep: RunReport, changed: list[tuple[Any, str 
     if not beyond:
         return
     pick = min(beyond, key=lambda v: v.eps) if kind == "eps" else max(beyond, key=lambda v: v.lr)
-    why = f"verified by replay from step {start}: it avoids the blowup, while {tried[0].name} {_outcome_text(tried[0])}"
+    done = _outcome_text(tried[0]) or "blows up"
+    why = f"verified by replay from step {start}: it avoids the blowup, while {tried[0].name} {done}"
     if kind == "eps":
         current = rec.get("current_eps")
         msg, prefix = str(rec.get("message", "")), ""
@@ -252,14 +257,11 @@ def _none_avoided(rep: RunReport) -> bool:
 def _postponed_text(changed: list[tuple[Any, str | None]], kind: str | None) -> str:
     """ "; lr=3.3e-4 only postpones it (blowup at 2002)" for variants of ``kind`` that blew up later or
     are at risk — the postponement that a short replay would have called a fix."""
-    parts = []
-    for v, k in changed:
-        if k is None or (kind is not None and k != kind):
-            continue
-        if v.outcome == "blowup" and v.blowup_step is not None:
-            parts.append(f"{v.name} blows up at step {v.blowup_step}")
-        elif v.outcome == "at_risk":
-            parts.append(f"{v.name} only postpones it (at risk{', cut short' if v.truncated else ''})")
+    parts = [
+        f"{v.name} {text}"
+        for v, k in changed
+        if k is not None and (kind is None or k == kind) and (text := _outcome_text(v)) is not None
+    ]
     return "; " + "; ".join(parts) if parts else ""
 
 
