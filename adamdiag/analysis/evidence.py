@@ -40,6 +40,7 @@ from adamdiag.analysis.thresholds import (
     DEFAULT_BETA2,
     DEFAULT_EPS,
     ELEMENT_FALL_MOST,
+    END_LEVEL_FRACTION,
     GRAD_JUMP_FACTOR,
     GRAD_JUMP_MIN_HISTORY,
     GRAD_JUMP_SKIP_FRACTION,
@@ -47,6 +48,7 @@ from adamdiag.analysis.thresholds import (
     INSTABILITY_MAX_LEAD,
     INSTABILITY_R,
     KERAS_DEFAULT_EPS,
+    LEVEL_POINTS,
     MAX_SPIKES_LISTED,
     MIN_CHECKPOINTS_BEFORE_EVENT,
     MIN_LOSS_POINTS,
@@ -520,6 +522,33 @@ def blowup_batch_spike(steps: np.ndarray, loss: np.ndarray, blowup_step: int) ->
     return _towering_point(steps, loss, blowup_step)
 
 
+def ended_above_start(steps: np.ndarray, loss: np.ndarray) -> dict[str, Any] | None:
+    """The loss ended ≥ BLOWUP_FACTOR x above where it started: the median of its last END_LEVEL_FRACTION of
+    finite points (at least LEVEL_POINTS) over the median of its first LEVEL_POINTS. ``{start, end, ratio,
+    start_step, end_step}``, or None (no such rise, a loss that is not positive, or too few points). Asked only
+    when nothing blew up: a climb under the 10x of a blowup still makes a run that got worse than it started.
+
+    >>> s = np.arange(1, 41); x = np.r_[[2.7, 2.1, 2.7], np.linspace(5, 20, 33), [13.0, 16.0, 13.3, 11.7]]
+    >>> c = ended_above_start(s, x); (round(c["ratio"], 2), c["start_step"], c["end_step"])
+    (4.87, 1, 37)
+    """
+    ok = np.isfinite(loss)
+    steps, loss = steps[ok], loss[ok]
+    n_end = max(LEVEL_POINTS, int(len(loss) * END_LEVEL_FRACTION))
+    if len(loss) < LEVEL_POINTS + n_end or loss.min() <= 0:
+        return None
+    start, end = float(np.median(loss[:LEVEL_POINTS])), float(np.median(loss[-n_end:]))
+    if end < BLOWUP_FACTOR * start:
+        return None
+    return {
+        "start": start,
+        "end": end,
+        "ratio": end / start,
+        "start_step": int(steps[0]),
+        "end_step": int(steps[-n_end]),
+    }
+
+
 def _towering_point(steps: np.ndarray, loss: np.ndarray, step: int) -> dict[str, Any] | None:
     """The logged loss at ``step`` when it is ≥ BLOWUP_PEAK_FACTOR above both its (finite, positive)
     neighbours: ``{step, loss, previous, next, ratio}`` (ratio to the larger neighbour); else None."""
@@ -962,6 +991,8 @@ class Evidence:
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
+    # no blowup, but the loss ended ≥ BLOWUP_FACTOR x above where it started (ended_above_start)
+    end_climb: dict[str, Any] | None = None
     blowup_batch_spike: dict[str, Any] | None = None  # the blowup's first point is one batch's loss (no grad norm)
     epoch_axis: dict[str, Any] | None = None  # RunInputs.epoch_axis
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
@@ -1276,6 +1307,9 @@ def gather(
         lr_peak_after=lr_peak_after,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
+        end_climb=ended_above_start(steps, loss)
+        if ev.blowup_step is None and ev.first_nonfinite_step is None
+        else None,
         blowup_batch_spike=(
             blowup_batch_spike(steps, loss, ev.blowup_step) if ev.blowup_step is not None and gn is None else None
         ),

@@ -214,6 +214,20 @@ def loss_events(ev: Evidence) -> list[Finding]:
             out.append(
                 Finding("AD002", "warning", f"loss{where} spike at step {s} (recovered)", step=s, evidence={"tag": tag})
             )
+    c = ev.end_climb
+    if c is not None:
+        out.append(
+            Finding(
+                "AD003",
+                "warning",
+                f"the loss ended {c['ratio']:.3g}x above where it started ({c['start']:.4g} at the first logged points "
+                f"→ {c['end']:.4g} from step {c['end_step']} on): no 10x blowup, but the run got worse than it "
+                "started — an lr too high for this model is the usual cause (a loss that grows by design, e.g. a "
+                "GAN generator's, also does this)",
+                step=c["end_step"],
+                evidence={"tag": ev.loss_tag, **c},
+            )
+        )
     return out
 
 

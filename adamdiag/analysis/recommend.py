@@ -104,6 +104,13 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
         rec = _increase_eps(ev, d, run, collapsed_names, event="spike")
         rec["message"] = f"the run recovered this time; before a spike it does not come back from: {rec['message']}"
         return rec
+    if v == "healthy" and d.alternative == "lr_too_high" and ev.end_climb is not None:
+        # the loss ended above its start with no blowup (AD003): no event to size a cut from or replay to
+        return {
+            "action": "check the learning rate",
+            "message": f"the loss ended {ev.end_climb['ratio']:.3g}x above where it started; unless it grows by "
+            "design, the steps are too large for this model: lower lr (about 10x) or add warm-up / gradient clipping",
+        }
     if v == "bad_batch":
         return {
             "action": "guard against bad batches",

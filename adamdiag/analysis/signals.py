@@ -184,9 +184,13 @@ class _LossLevels:
             warmup=max(3, min(w, n // 10)),  # the first points have no trailing level worth comparing to
         )
 
-    def confirmed(self, i: int, base: float) -> bool:
+    def confirmed(self, i: int, base: float, *, noise_aware: bool = False) -> bool:
         """Reaches a decade above ``base`` within the horizon and the median over the persistence
-        window stays ≥ 2x (a median, so one dip inside an oscillating blowup does not undo it)."""
+        window stays above the onset level (a median, so one dip inside an oscillating blowup does not
+        undo it): ≥ 2x, and with ``noise_aware`` (an excursion from a trailing level) also ONSET_Z robust
+        sigmas above it — the level the excursion's onset had to pass. A converged fit whose loss swings
+        a decade from step to step (AdamW β2 0.95 at its noise floor: a 7x burst, back at once, and a
+        separate 10x point 100 steps on) does not hold a level it only touches; a real blowup holds it."""
         # the window ends in Python ints, capped at the largest step: steps[i] + horizon in int64 wraps
         # to a negative step for a step logged near 2^63 (an empty window, then a crash on its max)
         top = int(self.steps[-1])
@@ -194,7 +198,8 @@ class _LossLevels:
         p_end = int(np.searchsorted(self.steps, min(int(self.steps[i]) + BLOWUP_PERSIST, top + 1), side="left"))
         p_end = max(p_end, i + 1)
         z = self.z
-        return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > self.onset)
+        held = self.onset if not noise_aware else max(self.onset, ONSET_Z * float(self.scale[i]))
+        return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > held)
 
     def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> None:
         """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
@@ -308,7 +313,7 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
     for i in np.flatnonzero(excursion | climb).tolist():
         if excursion[i]:
             ref = med[i]
-            if lv.confirmed(i, ref):
+            if lv.confirmed(i, ref, noise_aware=True):
                 lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
                 break
             # The reference's ``in_excursion``: the previous point (from warmup on) was an excursion.
@@ -359,7 +364,7 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         ref = med[i]
         rise = z[i] - ref
         if rise > onset and rise > ONSET_Z * scale[i]:
-            if lv.confirmed(i, ref):
+            if lv.confirmed(i, ref, noise_aware=True):
                 lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
                 break
             # Not (yet) a blowup: a spike, reported once per excursion and only when it is also far

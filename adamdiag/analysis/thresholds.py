@@ -32,6 +32,13 @@ MIN_LOSS_POINTS = 8
 # A blowup needs this many finite points before its rise: with fewer, the "level before" is one or
 # two values (a near-zero first point of an eval curve became the baseline of a false AD001).
 MIN_BASELINE_POINTS = 5
+# A run that ends worse than it started: the level held over its last END_LEVEL_FRACTION of points (at
+# least LEVEL_POINTS) is ≥ BLOWUP_FACTOR x the level of its first LEVEL_POINTS. Training lowers a loss from its
+# start (the untrained model's loss is its worst), so a loss that ends doubled above it diverged, whether or not
+# any stretch reached the 10x of a blowup (a warm-up to an lr too high, logged every 10 steps: 8-9.8x held, ends
+# 5x above its start). A median over points, so one high last batch does not count.
+LEVEL_POINTS = 3
+END_LEVEL_FRACTION = 0.1
 # Optimizer checkpoints before the loss event needed for them to count as mechanism data without a
 # logged trajectory: a pair is the least that shows how v moved (r over the interval between them); one
 # checkpoint, or any taken after the blowup, says nothing about what led to it.

@@ -26,7 +26,9 @@ the mechanism (docs/architecture.md):
    jump of the logged gradient norm, back at the next step: ``bad_batch`` (medium: the loss did not react);
 9. recovered spikes only: ``healthy`` (warnings say what preceded them);
 10. any other blowup: ``lr_too_high``;
-11. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings).
+11. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings); a healthy run
+    whose loss ended ≥ 2x above where it started is healthy with low confidence, ``lr_too_high`` beside it
+    (AD003).
 
 Confidence: ``high`` = one rule matched on exact evidence (or a replay verified it); ``medium`` = an
 alternative also fits; ``low`` = approximate or partial evidence.
@@ -168,7 +170,7 @@ def _recovered(ev: Evidence) -> Decision | None:
             # loss did blow up between two logged points and an eps fix avoided it. Healthy is the outcome
             # the log shows, not a clean bill: medium, a v collapse the alternative.
             return Decision("healthy", "recovered_spikes", "medium", alternative="v_collapse")
-        return Decision("healthy", "recovered_spikes", "high" if ev.has_mechanism_data else "low")
+        return _healthy_unless_worse(ev, Decision("healthy", "recovered_spikes", _sure(ev)))
     return None
 
 
@@ -194,7 +196,21 @@ def _lr_too_high(ev: Evidence) -> Decision | None:
 
 
 def _healthy(ev: Evidence) -> Decision | None:
-    return Decision("healthy", "no_event", "high" if ev.has_mechanism_data else "low")
+    return _healthy_unless_worse(ev, Decision("healthy", "no_event", _sure(ev)))
+
+
+def _sure(ev: Evidence) -> str:
+    return "high" if ev.has_mechanism_data else "low"
+
+
+def _healthy_unless_worse(ev: Evidence, d: Decision) -> Decision:
+    # Nothing blew up by the 10x rule, but the loss ended ≥ 2x above where it started (evidence.end_climb): a
+    # run that got worse than it started is no clean bill — a climb that stayed under a decade (a warm-up to an
+    # lr too high, logged sparsely) looks like this; so does a loss that grows by design (a GAN generator's, an
+    # annealed KL term). Healthy is what the 10x rule says, with low confidence and lr_too_high beside it.
+    if ev.end_climb is None:
+        return d
+    return Decision("healthy", d.rule, "low", alternative="lr_too_high")
 
 
 RULES: list[VerdictRule] = [

@@ -13,6 +13,12 @@ RULES: dict[str, tuple[str, str]] = {
         "loss-spike",
         "A loss excursion (>= 2x, far outside its noise) that recovered before it became a blowup.",
     ),
+    "AD003": (
+        "loss-above-start",
+        "No blowup, but the loss ended >= 2x above its first logged points (the median of its last 10% of points): "
+        "the run got worse than it started. A warning; a healthy verdict beside it has low confidence, "
+        "lr_too_high the alternative.",
+    ),
     # 1xx: v collapse mechanism
     "AD101": (
         "v-collapse",

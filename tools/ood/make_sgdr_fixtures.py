@@ -1,5 +1,12 @@
-"""Writes tests/fixtures/sgdr/: two warm-restart (SGDR, torch's CosineAnnealingWarmRestarts) runs of the
-out-of-family probe (bench/out_of_family.py), trimmed to the event file and the checkpoints up to the restart (the collapse is read from them).
+"""Writes runs of the out-of-family probe (bench/out_of_family.py) into tests/fixtures/, trimmed to the event file
+and a few checkpoints: tests/fixtures/sgdr/, two warm-restart (SGDR, torch's CosineAnnealingWarmRestarts) runs
+with the checkpoints up to the restart (the collapse is read from them), and tests/fixtures/calibration/:
+
+- ``b95_noise_floor/``: ``mlp_adamw_b95_healthy_s3`` — AdamW β2 0.95, full batch, a converged fit whose loss swings
+  2e-5..1e-3 from step to step; the labeller finds no blowup.
+- ``gru_warmup_climb/``: ``gru_lm_hot_warmup_s4`` — a GRU LM warmed up to lr 3, loss logged every 10 steps: it
+  climbs 2.7 → ~20 (8-9.8x held, under a blowup's 10x) and ends 5x above its start; the labeller saw the live
+  loss blow up and lr/3 avoid it.
 
 - ``mlp_restart/``: ``mlp_sgdr_b99_s2`` — an MLP regression, full batch, Adam β2 0.99, lr 1e-2, cycle 1000:
   v collapses as the cycle's lr decays to ~0; the restart at 1001 blows the loss up at 1004. The probe's
@@ -12,7 +19,7 @@ Each keeps the design (``lab_spec.json``: ``--entry tools/ood/oodlab.py:adamdiag
 ``truth.json`` (the live blowup step and the labeller's outcomes), so the tests compare
 with what these runs did, not with a retrained run (training differs by CPU).
 
-    .venv/bin/python tools/ood/make_sgdr_fixtures.py      # ~10 s
+    .venv/bin/python tools/ood/make_sgdr_fixtures.py [calibration/b95_noise_floor ...]   # all: ~20 s
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "tests" / "fixtures" / "sgdr"
+OUT = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "tools" / "ood"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-# fixture name -> (probe design, checkpoint steps kept)
+# fixture folder (under tests/fixtures) -> (probe design, checkpoint steps kept)
 KEEP = {
-    "mlp_restart": ("mlp_sgdr_b99_s2", (250, 500, 750, 1000)),
-    "matfac_recovered": ("matfac_sgdr_b99_s2", tuple(range(100, 900, 100))),
+    "sgdr/mlp_restart": ("mlp_sgdr_b99_s2", (250, 500, 750, 1000)),
+    "sgdr/matfac_recovered": ("matfac_sgdr_b99_s2", tuple(range(100, 900, 100))),
+    # verdict calibration (tests/e2e/test_probe_calibration.py): a healthy converged fit whose loss swings a
+    # decade from step to step, and a warm-up to an lr too high whose sparse log climbs under 10x
+    "calibration/b95_noise_floor": ("mlp_adamw_b95_healthy_s3", (1500, 1750)),
+    "calibration/gru_warmup_climb": ("gru_lm_hot_warmup_s4", (100, 200)),
 }
 
 
@@ -39,8 +50,11 @@ def main() -> None:
     import oodlab
     from out_of_family import designs
 
-    specs = {s.name: s for s in designs((2,))}
+    specs = {s.name: s for s in designs((2, 3, 4))}
+    only = sys.argv[1:]  # fixture folders to (re)write; all without arguments
     for name, (design, steps) in KEEP.items():
+        if only and name not in only:
+            continue
         spec = specs[design]
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / design
@@ -62,8 +76,8 @@ def main() -> None:
                 "note": spec.note,
                 "live_blowup_step": truth["blowup_step"],
                 "label": label["label"],
-                "label_start_step": label["start_step"],
-                "variants": {k: v["outcome"] for k, v in label["variants"].items()},
+                "label_start_step": label.get("start_step"),
+                "variants": {k: v["outcome"] for k, v in label.get("variants", {}).items()},
             }
             (dest / "truth.json").write_text(json.dumps(record, indent=1) + "\n")
             print(f"{dest.relative_to(ROOT)}: {record}")

@@ -1,0 +1,66 @@
+"""Verdict calibration on two runs of the out-of-family probe that read confidently wrong.
+
+tests/fixtures/calibration/ (tools/ood/make_sgdr_fixtures.py wrote them; truth.json: the lab labeller's
+verdict on the live run, with its replays from the checkpoint before a blowup):
+
+- b95_noise_floor: a healthy AdamW β2 0.95 full-batch fit at its noise floor, the loss swinging a decade from
+  step to step. A 7.5x burst that came back at once, then a separate 10x point 98 steps on, read as a blowup
+  (``lr_too_high``, high): the excursion never held the level its onset had to pass (ONSET_Z robust sigmas of
+  this loss's own swings), which a blowup does.
+- gru_warmup_climb: a warm-up to lr 3 logged every 10 steps; the loss climbs 2.7 → ~20 (8-9.8x held, under a
+  blowup's 10x) and ends 5x above its start; the live loss blew up and lr/3 avoided it. ``healthy`` stays what
+  the 10x rule says, but a run that ended worse than it started is no confident healthy: AD003, low confidence,
+  ``lr_too_high`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+from adamdiag.io.events import read_run
+from adamdiag.pipeline.scan import scan_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "calibration"
+runner = CliRunner()
+
+
+def truth(name: str) -> dict:
+    return json.loads((FIXTURES / name / "truth.json").read_text())
+
+
+def loss_of(name: str, tag: str) -> np.ndarray:
+    s = read_run(FIXTURES / name).scalars
+    return s[s["tag"] == tag].sort_values("step")["value"].to_numpy(np.float64)
+
+
+def test_a_noise_floor_that_swings_a_decade_is_no_blowup():
+    assert truth("b95_noise_floor")["live_blowup_step"] is None  # the labeller: healthy
+    loss = loss_of("b95_noise_floor", "loss")
+    late = loss[1500:]
+    assert late.max() / np.median(late) >= 10  # what the fixture is: single points a decade over the level
+    rep = scan_paths([FIXTURES / "b95_noise_floor"]).runs[0]
+    assert (rep.verdict, rep.confidence) == ("healthy", "high"), rep.verdict
+    assert rep.blowup_step is None
+    assert not [f for f in rep.findings if f.id == "AD001"]
+
+
+def test_a_run_that_ended_above_its_start_is_no_confident_healthy():
+    t = truth("gru_warmup_climb")
+    assert t["label"] == "lr_too_high" and t["variants"]["lr/3"] == "avoided"  # the live run blew up
+    rep = scan_paths([FIXTURES / "gru_warmup_climb"]).runs[0]
+    assert (rep.verdict, rep.confidence, rep.alternative) == ("healthy", "low", "lr_too_high")
+    (climb,) = [f for f in rep.findings if f.id == "AD003"]
+    assert climb.severity == "warning"
+    loss = loss_of("gru_warmup_climb", "Loss/train")
+    start, end = np.median(loss[:3]), np.median(loss[-max(3, len(loss) // 10) :])
+    assert climb.evidence["ratio"] == end / start and 4 < climb.evidence["ratio"] < 10
+    assert "lower lr" in rep.recommendation["message"]
+    # a warning: `check` passes at its default gate and fails at --fail-on warning
+    assert runner.invoke(app, ["check", str(FIXTURES / "gru_warmup_climb")]).exit_code == 0
+    assert runner.invoke(app, ["check", str(FIXTURES / "gru_warmup_climb"), "--fail-on", "warning"]).exit_code == 1
