@@ -84,15 +84,20 @@ def _reference_line(r: ReplayResult) -> str | None:
     )
 
 
-def render_text(r: ReplayResult, width: int = 160) -> str:
+def render_text(r: ReplayResult, width: int | None = None) -> str:
     """Sentences are soft-wrapped (one line each: a terminal wraps them, a pipe or a log file keeps
-    them whole); only the table is laid out to ``width``."""
+    them whole); only the table is laid out, to ``width`` (None: the terminal's, or 110 into a pipe:
+    :func:`adamdiag.console.stdout_width`) or to its own width where that is wider — a folded number
+    cell reads as two numbers."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
+
+    from adamdiag.console import stdout_width
 
     buf = io.StringIO()
     color = os.isatty(1) and not os.environ.get("NO_COLOR")
-    con = Console(file=buf, width=width, force_terminal=color, no_color=not color, highlight=False)
+    con = Console(file=buf, width=width or stdout_width(), force_terminal=color, no_color=not color, highlight=False)
     con.print(_header(r), markup=False, soft_wrap=True)
     con.print(_fidelity_line(r), markup=False, style=None if r.fidelity.reproduced else "bold red", soft_wrap=True)
     ref = _reference_line(r)
@@ -105,6 +110,7 @@ def render_text(r: ReplayResult, width: int = 160) -> str:
         row = _row(v)
         style = None if not i else {"avoided": "green", "at_risk": "yellow"}.get(v.outcome, "red")
         table.add_row(*row, style=style)
+    con.width = max(con.width, Measurement.get(con, con.options.update_width(10_000), table).maximum)
     con.print(table)
     for f in r.findings:
         con.print(f"{f['id']} {f['message']}", markup=False, style="yellow", soft_wrap=True)

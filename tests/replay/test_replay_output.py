@@ -15,6 +15,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
+from rich.cells import cell_len
 from test_replay_fixture import BLOWUP_STEP, tiny_run
 from typer.testing import CliRunner
 
@@ -59,7 +60,9 @@ def test_piped_text_is_soft_wrapped(run):
     assert any(x.startswith("fidelity ok: ") and len(x) > 80 for x in lines)
     assert "\x1b[" not in out.stdout  # no colour codes in a pipe
     table = [x for x in lines if x.startswith(("│", "┃", "┏", "└", "┡", "┗", "╭", "╰"))]
-    assert table and max(len(x) for x in table) <= 160  # only the table is laid out (to 160 columns)
+    # only the table is laid out: at its own width where the pipe's 80 columns are too few — no cell folded
+    # onto a second line (a folded number reads as two): a top, a header, a rule, the two rows, a bottom
+    assert len(table) == 6 and len({cell_len(x) for x in table}) == 1 and cell_len(table[0]) > 80, table
 
 
 def test_github_is_one_escaped_annotation(run):
