@@ -563,11 +563,11 @@ def train_run(spec: Spec, run_dir: Path) -> dict[str, Any]:
         "cause": cause,  # healthy | blowup (labelled by experiment, label_run) | bad_batch (registered injection)
         "final_step": len(rows),
         "seconds": time.perf_counter() - t0,
-        "injection": _json_safe(ev),
+        "injection": cf.json_nulls(ev),
         "min_loss": float(np.nanmin(losses)),
-        "losses": [_json_safe(float(x)) for x in losses],
-        "r": [_json_safe(round(r["r"], 6) if math.isfinite(r["r"]) else r["r"]) for r in rows],
-        "grad_norm_preclip": [_json_safe(float(f"{r['grad_norm_preclip']:.6g}")) for r in rows],
+        "losses": [cf.json_nulls(float(x)) for x in losses],
+        "r": [cf.json_nulls(round(r["r"], 6) if math.isfinite(r["r"]) else r["r"]) for r in rows],
+        "grad_norm_preclip": [cf.json_nulls(float(f"{r['grad_norm_preclip']:.6g}")) for r in rows],
     }
     (run_dir / TRUTH_FILE).write_text(json.dumps(truth) + "\n")
     return truth
@@ -656,7 +656,7 @@ def label_run(run_dir: Path) -> dict[str, Any]:
     finally:
         _restore(prev)
     label = cf.decide_label({k: v["outcome"] for k, v in variants.items()})
-    return _json_safe(
+    return cf.json_nulls(
         {
             "label": label,
             "start_step": start,
@@ -669,18 +669,6 @@ def label_run(run_dir: Path) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0,
         }
     )
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.floating | np.integer):
-        return _json_safe(x.item())
-    return x
 
 
 # ----------------------------------------------------------------------------------------------------------

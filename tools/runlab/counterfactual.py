@@ -379,18 +379,22 @@ def write_label(run_dir: Path, key: str | None = None, log: Callable[[str], None
     cf["key"] = key
     path = Path(run_dir) / "truth.json"
     truth = json.loads(path.read_text())
-    truth["counterfactual"] = _json_safe(cf)
+    truth["counterfactual"] = json_nulls(cf)
     path.write_text(json.dumps(truth, indent=1, allow_nan=False) + "\n")
     return truth["counterfactual"]
 
 
-def _json_safe(x: Any) -> Any:
+def json_nulls(x: Any) -> Any:
+    """NaN/Inf → None, recursively, numpy scalars as Python numbers: a label or truth file is strict JSON
+    (the lab's labellers, tools/ood/oodlab.py included, write through this one)."""
+    if isinstance(x, np.floating | np.integer):
+        return json_nulls(x.item())
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_nulls(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_nulls(v) for v in x]
     return x
 
 

@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
         results.append(row)
     if args.json:
-        args.json.write_text(json.dumps(cf._json_safe(results), indent=1) + "\n")
+        args.json.write_text(json.dumps(cf.json_nulls(results), indent=1) + "\n")
     return 0
 
 
