@@ -683,7 +683,7 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
             )
         )
     clip_tags = [t for t in tags if "clip" in t.lower()]
-    if ev.grad_norm_tag is not None and clip_tags:
+    if ev.grad_norm_tag is not None and clip_tags and ev.clip_norm is None:  # (a known norm is said above)
         out.append(
             Finding(
                 "AD601",

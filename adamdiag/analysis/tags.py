@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 LOSS_TAGS = (
+    # fairseq: train_inner/ every --log-interval updates, train/ one point per epoch (the same loss, coarser)
+    "train_inner/loss",
     "train/loss",
     "loss",
     "train_loss",
@@ -32,6 +34,9 @@ GRAD_NORM_TAGS = (
     "gradient_norm",
     "grad_norm/total",
     "train/grad_norm_clipped",
+    # fairseq's total gradient norm (before clipping, which is off unless --clip-norm > 0)
+    "train_inner/gnorm",
+    "gnorm",
 )
 # Tags that are not the training loss although they contain "loss" (evaluation curves, the loss
 # scale of mixed precision, per-task parts named loss_<task>).
@@ -39,7 +44,7 @@ _LOSS_AVOID = ("val", "eval", "test", "scale", "loss_")
 # Gradient norms measured before clipping are not what Adam saw.
 _GRAD_AVOID = ("preclip", "pre_clip", "unclipped", "val")
 # Learning-rate tags, for the lr at the blowup.
-LR_TAGS = ("train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", "lr/0")
+LR_TAGS = ("train_inner/lr", "train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", "lr/0")
 
 
 def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...], avoid: tuple[str, ...]) -> str | None:

@@ -82,7 +82,7 @@ GradClipOpt = Annotated[
         callback=positive_number,
         help="The gradient-norm clip the training used, when the logged norm is the one before clipping "
         "(clip_grad_norm_'s return value; Lightning's gradient_clip_val): v is reconstructed from min(norm, NORM). "
-        "HF Trainer's max_grad_norm and Megatron-LM's clip_grad are read from their logs.",
+        "HF Trainer's max_grad_norm, Megatron-LM's clip_grad and fairseq's --clip-norm are read from their logs.",
     ),
 ]
 

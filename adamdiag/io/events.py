@@ -105,10 +105,11 @@ def not_event_file(path: Path) -> str | None:
 
 
 # Sibling split directories that TensorBoard users write: Keras ``logs/train`` + ``logs/validation``,
-# Estimator ``model_dir/`` + ``model_dir/eval/`` (``eval_<name>`` for named evaluations).
+# Estimator ``model_dir/`` + ``model_dir/eval/`` (``eval_<name>`` for named evaluations), fairseq's
+# ``--tensorboard-logdir`` ``train_inner/`` (every --log-interval updates) + ``train/`` (per epoch) + ``valid/``.
 # Only the names these writers use: a run a user called `test` or `val` must not lose its diagnosis.
-TRAIN_SPLITS = frozenset({"train", "training"})
-EVAL_SPLITS = frozenset({"validation", "eval", "evaluation"})
+TRAIN_SPLITS = frozenset({"train", "training", "train_inner"})
+EVAL_SPLITS = frozenset({"validation", "eval", "evaluation", "valid"})
 
 
 def split_of(name: str) -> str | None:
@@ -1577,7 +1578,25 @@ def _scalars_key(rel: str, tag: str) -> str | None:
 WRITER_ARGS_TAG = "args/text_summary"
 # Writers that log each argument as a text summary of its own (Megatron-LM): tag -> argument
 WRITER_ARG_TAGS = {"clip_grad/text_summary": "clip_grad"}
+# fairseq opens each of its writers with add_text("sys.argv", the command line): read as "argv"
+WRITER_ARGV_TAG = "sys.argv/text_summary"
 WRITER_ARGS_HEAD = 1 << 20
+
+
+def fairseq_clip_norm(argv: str) -> float | None:
+    """``--clip-norm`` (``fairseq-train``) or ``optimization.clip_norm=`` (``fairseq-hydra-train``) from a
+    command line; fairseq's default is 0 (no clipping), so None when absent or not a number.
+
+    >>> fairseq_clip_norm("fairseq-train data --clip-norm 0.1 --lr 5e-4"), fairseq_clip_norm("x optimization.clip_norm=25")
+    (0.1, 25.0)
+    """
+    import re
+
+    m = re.search(r"(?:--clip-norm|optimization\.clip_norm)[= ]+['\"]?([-+0-9.eE]+)", argv)
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
 
 
 def writer_arguments(path: str | Path) -> dict[str, Any]:
@@ -1619,13 +1638,15 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
             elif v.tag in WRITER_ARG_TAGS:
                 # Megatron-LM: one text summary per argument (write_args_to_tensorboard: add_text(arg, str(value)))
                 found[WRITER_ARG_TAGS[v.tag]] = text
+            elif v.tag == WRITER_ARGV_TAG:
+                found["argv"] = text
     return found
 
 
 def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
     """The gradient-clipping norm the training used, when its writer logged it, and where from: HF
     Trainer's ``max_grad_norm`` (its ``train/grad_norm`` is the norm *before* clipping, while Adam steps
-    with the clipped gradient). Only files that hold a text summary are opened. (None, "") otherwise.
+    with the clipped gradient), Megatron-LM's ``clip_grad``, fairseq's ``--clip-norm``. Only files that hold a text summary are opened. (None, "") otherwise.
 
     >>> writer_clip_norm(RunEvents("r", None, None, [], {}, [], []))
     (None, '')
@@ -1644,6 +1665,10 @@ def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
             continue
         if math.isfinite(c) and c > 0:
             return c, "clip_grad in the 'clip_grad' text summary (Megatron-LM's arguments)"
+        # fairseq: --clip-norm in the command line it logs (its 'gnorm' is the norm before clipping)
+        c = fairseq_clip_norm(str(args.get("argv", "")))
+        if c is not None and math.isfinite(c) and c > 0:
+            return c, "--clip-norm in the 'sys.argv' text summary (fairseq's command line)"
     return None, ""
 
 

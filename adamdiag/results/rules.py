@@ -70,8 +70,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD601": (
         "grad-clipping",
         "Gradient clipping detected: Adam saw the clipped gradients. When the writer logged the clip value — HF "
-        "Trainer's `max_grad_norm` in its `args` text summary, Megatron-LM's `clip_grad` text summary (their "
-        "`train/grad_norm` / `grad-norm` is the norm *before* "
+        "Trainer's `max_grad_norm` in its `args` text summary, Megatron-LM's `clip_grad` text summary, fairseq's "
+        "`--clip-norm` in its `sys.argv` text summary (their `train/grad_norm` / `grad-norm` / `gnorm` is the norm *before* "
         "clipping) — v is reconstructed from min(norm, clip) and this info says so; `--grad-clip NORM` says it "
         "for runs that do not log it; without either, when every step between two checkpoints is logged, the "
         "checkpoints' own v shows the clip (mean v rebuilt from the logged norm lands ≥ 1.5x above the next "

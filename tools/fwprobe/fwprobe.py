@@ -26,6 +26,9 @@ Frameworks (``python tools/fwprobe/fwprobe.py <framework> <design> [--variant V]
   ``logging_steps=10, save_steps=250``.
 * ``torch_sw``: ``torch.utils.tensorboard.SummaryWriter``, every 10 steps ``add_scalars('loss',
   {'train': .., 'val': ..})`` and ``add_scalar('grad_norm')``, ``lr``; ``torch.save`` every 250 steps.
+* ``fairseq_layout``: the tree ``fairseq-train --tensorboard-logdir`` writes (``train_inner/``, ``train/``,
+  ``valid/``; ``gnorm``; the command line as a text summary), mirrored with torch's SummaryWriter; variant
+  ``clip`` (``--clip-norm 0.5``).
 * ``tbx``: ``tensorboardX.SummaryWriter``, ``add_scalar('loss')`` every step, ``add_scalars('metrics',
   {'train_loss', 'val_loss'})`` every 10, ``add_text``, ``add_hparams`` at the end; checkpoints every 250.
 
@@ -270,6 +273,82 @@ def _loop(design_name: str, out: Path, writer: Any, style: str) -> None:
     writer.close()
 
 
+def run_fairseq_layout(design_name: str, variant: str | None, out: Path) -> None:
+    """The log tree ``fairseq-train --tensorboard-logdir tb`` writes (fairseq/logging/progress_bar.py's
+    TensorboardProgressBarWrapper: one SummaryWriter per tag — ``train_inner`` every ``--log-interval`` updates,
+    ``train`` and ``valid`` per epoch — each opened with ``add_text("sys.argv", ...)``; a stat's value is its mean
+    over the interval, the loss in base 2, ``gnorm`` the norm before clipping, ``clip`` the percent of clipped
+    updates when ``--clip-norm`` > 0) and its checkpoints (``--save-interval-updates 500``:
+    ``checkpoints/checkpoint_<epoch>_<updates>.pt`` with ``last_optimizer_state``). fairseq itself does not install on this Python; its logging code is mirrored here
+    with torch's SummaryWriter, which it uses. Variant ``clip``: ``--clip-norm 0.5``. One epoch = 100 updates."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    design = DESIGNS[design_name]
+    clip = 0.5 if variant == "clip" else 0.0
+    argv = f"fairseq-train data-bin --arch mlp --optimizer adam --adam-betas '{design['betas']}' --lr {design['lr']}"
+    argv += f" --clip-norm {clip} --log-interval 10 --save-interval-updates 500 --tensorboard-logdir {out / 'tb'}"
+    writers: dict[str, Any] = {}
+
+    def writer(tag: str) -> Any:
+        if tag not in writers:
+            writers[tag] = SummaryWriter(str(out / "tb" / tag))
+            writers[tag].add_text("sys.argv", argv)
+        return writers[tag]
+
+    model = net()
+    opt = torch.optim.Adam(model.parameters(), lr=design["lr"], betas=design["betas"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(design, s))
+    x, y = data()
+    xv, yv = data(601)
+    (out / "checkpoints").mkdir()
+    inner: dict[str, list[float]] = {"loss": [], "gnorm": [], "clip": []}
+    epoch_loss: list[float] = []
+    ln2 = math.log(2)
+    for t in range(1, design["steps"] + 1):
+        loss = F.mse_loss(model(x).squeeze(-1), y)
+        opt.zero_grad()
+        loss.backward()
+        gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        inner["loss"].append(loss.item() / ln2)
+        inner["gnorm"].append(gn)
+        inner["clip"].append(100.0 if clip > 0 and gn > clip else 0.0)
+        epoch_loss.append(loss.item() / ln2)
+        if t % 10 == 0:
+            stats = {k: sum(v) / len(v) for k, v in inner.items() if k != "clip" or clip > 0}
+            stats.update(nll_loss=stats["loss"], ppl=2 ** min(stats["loss"], 100.0), lr=lr, wps=2560.0, ups=100.0)
+            stats.update(wpb=256.0, bsz=256.0, train_wall=0.0, gb_free=10.0, wall=t / 100)
+            for k, v in stats.items():
+                writer("train_inner").add_scalar(k, v, t)
+            inner = {k: [] for k in inner}
+        if t % 100 == 0:
+            epoch = t // 100
+            mean = sum(epoch_loss) / len(epoch_loss)
+            for k, v in {"loss": mean, "nll_loss": mean, "ppl": 2 ** min(mean, 100.0), "lr": lr}.items():
+                writer("train").add_scalar(k, v, t)
+            with torch.no_grad():
+                val = F.mse_loss(model(xv).squeeze(-1), yv).item() / ln2
+            for k, v in {"loss": val, "nll_loss": val, "ppl": 2 ** min(val, 100.0)}.items():
+                writer("valid").add_scalar(k, v, t)
+            epoch_loss = []
+            if t % 500 == 0:  # --save-interval-updates 500: checkpoint_<epoch>_<updates>.pt
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer_history": [{"optimizer_name": "FairseqAdam", "num_updates": t}],
+                        "extra_state": {"epoch": epoch},
+                        "last_optimizer_state": opt.state_dict(),
+                    },
+                    out / "checkpoints" / f"checkpoint_{epoch}_{t}.pt",
+                )
+    for w in writers.values():
+        w.close()
+
+
 def run_torch_sw(design_name: str, variant: str | None, out: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -333,6 +412,8 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], int
         step = json.loads((path / "trainer_state.json").read_text())["global_step"]
         return w, opt, int(step)
     ck = torch.load(path, weights_only=False)
+    if "last_optimizer_state" in ck:  # fairseq
+        return ck["model"], ck["last_optimizer_state"], int(ck["optimizer_history"][-1]["num_updates"])
     if "state_dict" in ck:  # Lightning
         w = {k.removeprefix("net."): v for k, v in ck["state_dict"].items()}
         return w, ck["optimizer_states"][0], int(ck["global_step"])
@@ -396,9 +477,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = out_dir(a.framework, a.design, a.variant, a.out)
     t0 = time.time()
-    {"lightning": run_lightning, "hf": run_hf, "torch_sw": run_torch_sw, "tbx": run_tbx}[a.framework](
-        a.design, a.variant, out
-    )
+    frameworks = {"lightning": run_lightning, "hf": run_hf, "torch_sw": run_torch_sw, "tbx": run_tbx}
+    frameworks["fairseq_layout"] = run_fairseq_layout
+    frameworks[a.framework](a.design, a.variant, out)
     print(f"{a.framework} {a.design} {a.variant or ''}: {time.time() - t0:.1f}s -> {out}", file=sys.stderr)
 
 
