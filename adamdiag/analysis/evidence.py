@@ -998,6 +998,9 @@ class Evidence:
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
+    # The logged lr at the last logged step up to the start checkpoint: the lr its v lived under. The checkpoint's
+    # own lr can be the next update's (a scheduler stepped before the save): at a warm restart, the raised one.
+    lr_before_start: float | None = None
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
     auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
@@ -1275,6 +1278,11 @@ def gather(
         after = lv[max(k, 0) :]
         after = after[np.isfinite(after)]
         lr_peak_after = float(after.max()) if lr_at_event is not None and len(after) else None
+    lr_before_start = None
+    if lr_tag is not None and start is not None:
+        ls, lv = series_arrays(scalars, lr_tag)
+        k = int(np.searchsorted(ls, start.step, side="right")) - 1
+        lr_before_start = float(lv[k]) if k >= 0 and math.isfinite(lv[k]) and lv[k] > 0 else None
     return Evidence(
         loss_tag=loss_tag,
         loss_tags=list(loss_tags),
@@ -1305,6 +1313,7 @@ def gather(
         epoch_axis=inp.epoch_axis,
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
+        lr_before_start=lr_before_start,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
         end_climb=ended_above_start(steps, loss)

@@ -221,7 +221,7 @@ def _increase_eps(
             # (on the lab's warm-restart runs the sized 1e-4/1e-3 blew up where 1e-2 avoided it).
             rec["sized_eps"] = choice["eps"]
             sizing = (
-                f"the logged lr rose {risen:,.0f}x from the start checkpoint's {ev.lr:.3g} (step {start.step}) to "
+                f"the logged lr rose {risen:,.0f}x from {start_lr(ev)[1]} (step {start.step}) to "
                 f"{ev.lr_at_event:.3g} at the {event} (a warm restart or warm-up): √v̂ at the checkpoint sizes eps "
                 f"for its lr only — {choice['eps']:g} would put √v̂ ≤ eps/{EPS_DOMINATION_MARGIN:g} in "
                 f"{choice['frac_collapsed_dominated']:.0%} of the collapsed tensors' live elements ({shown}) — while "
@@ -299,7 +299,7 @@ def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
         # the logged one, not the checkpoint's; "lr/10" at the checkpoint means the whole schedule cut 10x
         # (the replay scales an entry's lr_schedule by --lr / the start's lr), so say it at the blowup.
         why += (
-            f"; the logged lr rose {risen:,.0f}x from the start checkpoint's {lr:.3g} (step {ev.start.step}) to "
+            f"; the logged lr rose {risen:,.0f}x from {start_lr(ev)[1]} (step {ev.start.step}) to "
             f"{ev.lr_at_event:.3g} at the blowup: cut the whole schedule {LR_REDUCTION_STRONG:g}x ("
             f"{ev.lr_at_event:.3g} → {ev.lr_at_event / LR_REDUCTION_STRONG:.3g} there); the replay's --lr values "
             "are the start checkpoint's lr cut the same way"
@@ -335,12 +335,22 @@ def schedule_rise(ev: Evidence) -> float | None:
 
 
 def schedule_rise_since_start(ev: Evidence) -> float | None:
-    """How far the logged lr at the blowup is above the start checkpoint's lr (≥ LR_RISE_SINCE_START, else
+    """How far the logged lr at the blowup is above the lr at the start checkpoint (≥ LR_RISE_SINCE_START, else
     None): a warm restart or a steep warm-up between the replay's start and the blowup."""
-    a, s = ev.lr_at_event, ev.lr
+    a, s = ev.lr_at_event, start_lr(ev)[0]
     if a is None or s is None or ev.start is None or not s > 0 or not a >= LR_RISE_SINCE_START * s:
         return None
     return a / s
+
+
+def start_lr(ev: Evidence) -> tuple[float | None, str]:
+    """The lr the start checkpoint's v lived under, and how to name it: the checkpoint's own lr, or the logged
+    lr up to its step when that is lower — a scheduler that stepped before the save leaves the *next* update's
+    lr in the checkpoint, which at a warm restart is already the raised one (fairseq's cosine at update 1000)."""
+    own, logged = ev.lr, ev.lr_before_start
+    if logged is not None and (own is None or not own > 0 or logged < own):
+        return logged, f"the logged {logged:.3g} up to the start checkpoint"
+    return own, f"the start checkpoint's {own:.3g}" if own is not None else "the start checkpoint's"
 
 
 def _earlier_verify(
