@@ -988,6 +988,7 @@ class Evidence:
     hyper_assumed: bool  # no checkpoint: beta2/eps are the defaults of ``hyper_defaults``
     lr_at_event: float | None = None  # from a logged learning-rate tag
     hyper_defaults: str = "torch"  # whose Adam defaults beta2/eps are when no checkpoint states them
+    hyper_source: str = ""  # where beta2/eps came from without a checkpoint (RunInputs.hyper_source); "" = defaults
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
@@ -1166,6 +1167,11 @@ class RunInputs:
     checkpoint_root: str | None = None
     # keras_logs.epoch_axis_to_iterations' note when Keras' epoch_* points were moved to the iteration axis
     epoch_axis: dict[str, Any] | None = None
+    # β2/eps for a run without checkpoints ({"beta2": .., "eps": ..}, either may be missing), and from where:
+    # the user's --assume-*, or the training's own configuration as its writer logged it
+    # (io.events.writer_adam_hyperparameters); the defaults where empty
+    hyper: dict[str, float] = field(default_factory=dict)
+    hyper_source: str = ""
 
 
 def tags_of(inp: RunInputs) -> list[str]:
@@ -1240,6 +1246,13 @@ def gather(
     if not ckpts and keras_written(tags):
         # Keras' Adam is not torch's: its default eps is 1e-7 (the value a v collapse is measured against)
         hyper_defaults, eps = "Keras", KERAS_DEFAULT_EPS
+    hyper_source = ""
+    if not ckpts and inp.hyper:
+        # β2 is v's memory span, which the reconstruction from the gradient norm runs on (LLM recipes: 0.95)
+        b, e = inp.hyper.get("beta2"), inp.hyper.get("eps")
+        beta2 = b if b is not None and 0 < b < 1 else beta2
+        eps = e if e is not None and e > 0 else eps
+        hyper_source = inp.hyper_source
 
     trajs, gn, skipped, estimated_clip = _trajectories(
         inp, ckpts, grad_norm_tag, beta2, eps, ev, int(steps[-1]) if len(steps) else None
@@ -1310,6 +1323,7 @@ def gather(
         lr=lr,
         hyper_assumed=not ckpts,
         hyper_defaults=hyper_defaults,
+        hyper_source=hyper_source,
         epoch_axis=inp.epoch_axis,
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,

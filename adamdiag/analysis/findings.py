@@ -649,16 +649,26 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
     """AD901 (info): assumed hyperparameters, approximate reconstructions; AD601: clipping."""
     out = []
     if ev.hyper_assumed and ev.trajectories:
+        where = (
+            f"beta2={ev.beta2}, eps={ev.eps:g} from {ev.hyper_source}"
+            if ev.hyper_source
+            else f"assumed beta2={ev.beta2}, eps={ev.eps:g} ({ev.hyper_defaults} defaults)"
+        )
         out.append(
             Finding(
                 "AD901",
                 "info",
-                f"no optimizer checkpoint found: assumed beta2={ev.beta2}, eps={ev.eps:g} ({ev.hyper_defaults} defaults); "
+                f"no optimizer checkpoint found: {where}; "
                 + (
                     f"none was read under --checkpoints {ev.checkpoint_root} for this run"
                     if ev.checkpoint_root is not None
                     else "pass --checkpoints for exact values"
                 ),
+                evidence={
+                    "beta2": ev.beta2,
+                    "eps": ev.eps,
+                    "source": ev.hyper_source or f"{ev.hyper_defaults} defaults",
+                },
             )
         )
     approx = [t.label for t in ev.trajectories if not t.exact]

@@ -80,11 +80,19 @@ AssumeLrOpt = Annotated[
 ]
 AssumeBeta2Opt = Annotated[
     float | None,
-    typer.Option("--assume-beta2", help="beta2 to use where a checkpoint does not store it (marked 'user')."),
+    typer.Option(
+        "--assume-beta2",
+        help="beta2 to use where a checkpoint does not store it (marked 'user'), and for a run scanned without "
+        "checkpoints (instead of what its writer logged, or the default).",
+    ),
 ]
 AssumeEpsOpt = Annotated[
     float | None,
-    typer.Option("--assume-eps", help="eps to use where a checkpoint does not store it (marked 'user')."),
+    typer.Option(
+        "--assume-eps",
+        help="eps to use where a checkpoint does not store it (marked 'user'), and for a run scanned without "
+        "checkpoints (instead of what its writer logged, or the default).",
+    ),
 ]
 
 JobsOpt = Annotated[

@@ -1577,7 +1577,12 @@ def _scalars_key(rel: str, tag: str) -> str | None:
 # of training; only the head of a file is searched for it.
 WRITER_ARGS_TAG = "args/text_summary"
 # Writers that log each argument as a text summary of its own (Megatron-LM): tag -> argument
-WRITER_ARG_TAGS = {"clip_grad/text_summary": "clip_grad"}
+WRITER_ARG_TAGS = {
+    "clip_grad/text_summary": "clip_grad",
+    "adam_beta2/text_summary": "adam_beta2",
+    "adam_eps/text_summary": "adam_eps",
+    "optimizer/text_summary": "optimizer",
+}
 # fairseq opens each of its writers with add_text("sys.argv", the command line): read as "argv"
 WRITER_ARGV_TAG = "sys.argv/text_summary"
 WRITER_ARGS_HEAD = 1 << 20
@@ -1670,6 +1675,80 @@ def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
         if c is not None and math.isfinite(c) and c > 0:
             return c, "--clip-norm in the 'sys.argv' text summary (fairseq's command line)"
     return None, ""
+
+
+def fairseq_adam_hyperparameters(argv: str) -> dict[str, float]:
+    """Adam's β2 and eps from a fairseq command line (``--adam-betas '(0.9, 0.98)' --adam-eps 1e-6``, or
+    fairseq-hydra-train's ``optimizer.adam_betas=... optimizer.adam_eps=...``); fairseq's defaults, (0.9, 0.999)
+    and 1e-8, where not given. {} when the optimizer is not Adam (``--optimizer``) or nothing says it is.
+
+    >>> fairseq_adam_hyperparameters("fairseq-train d --optimizer adam --adam-betas '(0.9, 0.98)' --adam-eps 1e-06")
+    {'beta2': 0.98, 'eps': 1e-06}
+    >>> fairseq_adam_hyperparameters("fairseq-train d --optimizer nag"), fairseq_adam_hyperparameters("x optimizer=adam")
+    ({}, {'beta2': 0.999, 'eps': 1e-08})
+    """
+    import re
+
+    opt = re.search(r"(?:--optimizer[= ]+|(?:^|\s)optimizer(?:\._name)?=)['\"]?(\w+)", argv)
+    if opt is None or opt.group(1).lower() not in ("adam", "cpu_adam", "adam8bit"):
+        return {}
+    out = {"beta2": 0.999, "eps": 1e-8}
+    betas = re.search(r"adam[-_]betas[= ]+['\"]?[(\[]?\s*[-+0-9.eE]+\s*,\s*([-+0-9.eE]+)", argv)
+    eps = re.search(r"adam[-_]eps[= ]+['\"]?([-+0-9.eE]+)", argv)
+    try:
+        if betas:
+            out["beta2"] = float(betas.group(1))
+        if eps:
+            out["eps"] = float(eps.group(1))
+    except ValueError:
+        return {}
+    return out
+
+
+def writer_adam_hyperparameters(events: RunEvents) -> tuple[dict[str, float], str]:
+    """Adam's β2 and eps as the training's writer logged its configuration: HF Trainer's ``adam_beta2`` /
+    ``adam_epsilon`` (its ``args`` text summary), Megatron-LM's ``adam_beta2`` / ``adam_eps`` text summaries,
+    fairseq's ``--adam-betas`` / ``--adam-eps`` (its command line). For a run without optimizer checkpoints,
+    whose v is rebuilt from the logged gradient norm with β2's memory: LLM recipes use 0.95-0.98, not the
+    0.999 a default would assume. ({}, "") when none is logged or the logged optimizer is not Adam.
+
+    >>> writer_adam_hyperparameters(RunEvents("r", None, None, [], {}, [], []))
+    ({}, '')
+    """
+    for info in events.file_info:
+        if not (info.get("skipped") or {}).get("text"):
+            continue
+        args = writer_arguments(info["path"])
+        if "adam_beta2" in args and "adam_epsilon" in args:  # HF TrainingArguments
+            if "adam" not in str(args.get("optim", "adamw")).lower():
+                return {}, ""
+            got = _floats({"beta2": args["adam_beta2"], "eps": args["adam_epsilon"]})
+            if got:
+                return got, f"HF Trainer's arguments (the '{WRITER_ARGS_TAG}' summary)"
+        if "adam_beta2" in args or "adam_eps" in args:  # Megatron-LM, one text summary per argument
+            if str(args.get("optimizer", "adam")).strip().lower() != "adam":
+                return {}, ""
+            got = _floats({"beta2": args.get("adam_beta2"), "eps": args.get("adam_eps")})
+            if got:
+                return got, "Megatron-LM's adam_beta2/adam_eps text summaries"
+        if "argv" in args:
+            got = fairseq_adam_hyperparameters(str(args["argv"]))
+            if got:
+                return got, "fairseq's command line (the 'sys.argv' text summary)"
+    return {}, ""
+
+
+def _floats(d: dict[str, Any]) -> dict[str, float]:
+    """The entries that are finite positive numbers (text summaries hold strings), as floats."""
+    out = {}
+    for k, v in d.items():
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(x) and x > 0:
+            out[k] = x
+    return out
 
 
 def writer_child(rel: str, datas: Sequence[FileData]) -> str | None:

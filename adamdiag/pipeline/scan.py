@@ -216,7 +216,7 @@ def scan_paths(
     from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
-    from adamdiag.io.events import read_runs, writer_clip_norm
+    from adamdiag.io.events import read_runs, writer_adam_hyperparameters, writer_clip_norm
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
@@ -313,6 +313,11 @@ def scan_paths(
                 scalars, epoch_axis = epoch_axis_to_iterations(scalars, events.scalars)
             conv = convention or (summaries[0].convention if summaries else "torch")
             clip, clip_source = (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events)
+            # β2/eps for a run without checkpoints: --assume-* first, else what the writer logged
+            hyper, hyper_source = ({}, "") if summaries else writer_adam_hyperparameters(events)
+            given = {k: v for k, v in (assume.given() if assume is not None else {}).items() if k != "lr"}
+            if given and not summaries:
+                hyper, hyper_source = {**hyper, **given}, "--assume-" + "/--assume-".join(sorted(given))
             inp = RunInputs(
                 run=str(run_dir),
                 scalars=scalars,
@@ -324,6 +329,8 @@ def scan_paths(
                 non_adam=non_adam,
                 clip_norm=clip,
                 clip_source=clip_source,
+                hyper=hyper,
+                hyper_source=hyper_source,
                 checkpoint_root=str(ck_root) if checkpoints is not None else None,
                 epoch_axis=epoch_axis,
             )
