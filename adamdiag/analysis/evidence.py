@@ -1251,7 +1251,7 @@ def gather(
         # β2 is v's memory span, which the reconstruction from the gradient norm runs on (LLM recipes: 0.95)
         b, e = inp.hyper.get("beta2"), inp.hyper.get("eps")
         beta2 = b if b is not None and 0 < b < 1 else beta2
-        eps = e if e is not None and e > 0 else eps
+        eps = e if e is not None and 0 < e < math.inf else eps
         hyper_source = inp.hyper_source
 
     trajs, gn, skipped, estimated_clip = _trajectories(

@@ -1732,7 +1732,7 @@ def writer_adam_hyperparameters(events: RunEvents) -> tuple[dict[str, float], st
             if got:
                 return got, "Megatron-LM's adam_beta2/adam_eps text summaries"
         if "argv" in args:
-            got = fairseq_adam_hyperparameters(str(args["argv"]))
+            got = _floats(fairseq_adam_hyperparameters(str(args["argv"])))
             if got:
                 return got, "fairseq's command line (the 'sys.argv' text summary)"
     return {}, ""
