@@ -291,6 +291,24 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+_INERT_NOTED: set[tuple[str, ...]] = set()
+
+
+def _note_inert(path: Path, classes: list[str]) -> None:
+    """One warning per folder and set of stubbed classes (a folder of YOLO checkpoints says it once)."""
+    key = (str(path.parent), *sorted(classes))
+    if key in _INERT_NOTED:
+        return
+    _INERT_NOTED.add(key)
+    from adamdiag.console import warn
+
+    shown = ", ".join(classes[:3]) + (f" and {len(classes) - 3} more" if len(classes) > 3 else "")
+    warn(
+        f"{path}: holds objects of classes that unpickling would have to import ({shown}): read without them — "
+        "inert stand-ins, no code from the file runs; a pickled model is read as its parameters"
+    )
+
+
 def _warn_trust(path: Path) -> None:
     sys.stderr.write(
         f"adamdiag: warning: loading {path} with full unpickling (--trust-checkpoint): this runs code from the file\n"
@@ -450,6 +468,23 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
                     return obj, mmap
                 except pickle.UnpicklingError as e3:
                     blocked = _first_line(str(e3))  # a global outside the list: as weights_only would refuse it
+        if not trust and "Unsupported global" in (blocked or _weights_only_reason(msg)):
+            # classes it would need code for (a pickled model, a framework's record): their objects become inert
+            # stand-ins, everything else loads as weights_only would load it — no code from the file runs
+            inert = _inert_pickle_module(safe)
+            if inert is not None:
+                module, stubbed = inert
+                try:
+                    with _name_torch_can_open(path) as name, warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                        obj = torch.load(name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=module)
+                except Exception:  # noqa: BLE001 - a call to a stubbed global, or a pickle the stand-ins cannot
+                    obj = None  # carry: refused as before, naming the global
+                if obj is not None:
+                    obj = _without_inert(obj)
+                    _refuse_loaded_shards(obj, path)
+                    _note_inert(path, list(stubbed))
+                    return obj, mmap
         if not trust:
             reason = _weights_only_reason(msg) if blocked is None else blocked
             if protocol is not None and protocol >= 4 and blocked is None:
@@ -583,6 +618,121 @@ def _restricted_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> 
             raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
 
     return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
+
+
+class _Inert:
+    """What a checkpoint's object of a class adamdiag will not import becomes (:func:`_inert_pickle_module`): it
+    keeps the state the pickle hands it and runs nothing. A pickled model (``torch.save({"model": model, ...})``:
+    YOLOv5/ultralytics, many research scripts) is rebuilt the way pickle rebuilds a plain object — an empty
+    instance (NEWOBJ), then its ``__dict__`` (BUILD) with ``_parameters``/``_modules``, from which
+    :func:`_inert_module_state` reads its state dict. A *call* the pickle makes to the class or function
+    (REDUCE: ``Fraction("1/3")``, ``os.system(...)``) is refused, naming it, as weights_only refuses it."""
+
+    _class = "?"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import pickle
+
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {self._class}")
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("_items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("_list", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("_list", []).extend(values)
+
+
+def _inert_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> tuple[Any, list[str]] | None:
+    """Like :func:`_restricted_pickle_module` (torch's weights_only list resolves to the real objects), but a
+    global outside the list becomes an :class:`_Inert` subclass named after it instead of an error: the
+    checkpoint's data loads while none of its classes' code is imported or run (Python's "Restricting Globals",
+    with stand-ins). Returns (module, the stubbed names as they are met); None when this torch has no list."""
+    import pickle
+    import types
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+    except ImportError:
+        return None
+    allowed = {**_get_allowed_globals(), **_get_user_allowed_globals(), **{n: obj for obj, n in extra_globals}}
+    stubbed: dict[str, type] = {}
+
+    import _compat_pickle
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            # protocol 2 names Python 2's modules (__builtin__.set): map them as pickle's own find_class does
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+            full = f"{module}.{name}"
+            if full in allowed:
+                return allowed[full]
+            if full not in stubbed:
+                stubbed[full] = type(name, (_Inert,), {"_class": full, "__module__": __name__})
+            return stubbed[full]
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle"), stubbed  # type: ignore[return-value]
+
+
+def _inert_module_state(obj: Any) -> dict[str, Any] | None:
+    """The state dict of a pickled ``nn.Module`` loaded as an :class:`_Inert` (its ``__dict__`` holds
+    ``_parameters``, ``_buffers`` and ``_modules``, each in definition order): names → tensors in the order
+    ``state_dict()`` gives them (a module's parameters, its persistent buffers, then its children). None when
+    ``obj`` is no such module."""
+    import torch
+
+    def state(o: Any) -> dict | None:
+        st = o.__dict__.get("_state") if isinstance(o, _Inert) else None
+        return st if isinstance(st, dict) and isinstance(st.get("_parameters"), dict) else None
+
+    if state(obj) is None:
+        return None
+    out: dict[str, Any] = {}
+
+    def walk(st: dict, prefix: str, depth: int) -> None:
+        if depth > _MAX_DEPTH * 4:
+            return
+        skip = st.get("_non_persistent_buffers_set")
+        skip = skip if isinstance(skip, set | frozenset) else set()
+        for n, t in list(st["_parameters"].items()) + [
+            (n, b) for n, b in (st.get("_buffers") or {}).items() if n not in skip
+        ]:
+            if isinstance(t, torch.Tensor):
+                out[prefix + str(n)] = t
+        children = st.get("_modules")
+        for n, m in children.items() if isinstance(children, dict) else ():
+            sub = state(m)
+            if sub is not None:
+                walk(sub, f"{prefix}{n}.", depth + 1)
+
+    walk(state(obj), "", 0)  # type: ignore[arg-type]
+    return out
+
+
+def _without_inert(obj: Any, depth: int = 0) -> Any:
+    """``obj`` with every pickled module (an :class:`_Inert` with module state) turned into its state dict and
+    every other stand-in into None, through dicts, lists and tuples: the readers see plain data only."""
+    if depth > _MAX_DEPTH + 2:
+        return obj
+    if isinstance(obj, _Inert):
+        return _inert_module_state(obj)
+    if isinstance(obj, dict):
+        return (
+            type(obj)((k, _without_inert(v, depth + 1)) for k, v in obj.items())
+            if type(obj) in (dict,)
+            else {k: _without_inert(v, depth + 1) for k, v in obj.items()}
+        )
+    if isinstance(obj, list | tuple):
+        return type(obj)(_without_inert(v, depth + 1) for v in obj) if type(obj) in (list, tuple) else obj
+    return obj
 
 
 def _torch_reason(msg: str) -> str:
