@@ -1,5 +1,5 @@
 """Checkpoints that pickle objects of the training's own classes — a whole model
-(``torch.save({"model": model, "optimizer": opt.state_dict()})``, as YOLOv5/ultralytics and many research scripts
+(``torch.save({"model": model, "optimizer": opt.state_dict()})``, as YOLOv5 and many research scripts
 do) — are read without importing or running anything from them: an object the pickle rebuilds as an empty
 instance plus its state (NEWOBJ + BUILD) becomes an inert stand-in, a pickled ``nn.Module`` is read as its
 parameters (names in model order), and a call the pickle makes to a global outside torch's safe list (REDUCE:

@@ -623,7 +623,7 @@ def _restricted_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> 
 class _Inert:
     """What a checkpoint's object of a class adamdiag will not import becomes (:func:`_inert_pickle_module`): it
     keeps the state the pickle hands it and runs nothing. A pickled model (``torch.save({"model": model, ...})``:
-    YOLOv5/ultralytics, many research scripts) is rebuilt the way pickle rebuilds a plain object — an empty
+    YOLOv5, many research scripts) is rebuilt the way pickle rebuilds a plain object — an empty
     instance (NEWOBJ), then its ``__dict__`` (BUILD) with ``_parameters``/``_modules``, from which
     :func:`_inert_module_state` reads its state dict. A *call* the pickle makes to the class or function
     (REDUCE: ``Fraction("1/3")``, ``os.system(...)``) is refused, naming it, as weights_only refuses it."""
