@@ -20,7 +20,13 @@ LOSS_CASES = [
     ),
     ("a detection loss split by part", ["loss/cls", "loss/box", "loss/total"], "loss/total"),
     ("Detectron2", ["total_loss", "loss_cls", "loss_box_reg"], "total_loss"),
-    ("fairseq", ["train/loss", "train/nll_loss", "train/ppl"], "train/loss"),
+    ("fairseq, one split folder", ["train/loss", "train/nll_loss", "train/ppl"], "train/loss"),
+    # fairseq's --tensorboard-logdir as one run: train_inner/ every --log-interval updates, train/ per epoch
+    (
+        "fairseq tree",
+        ["train/loss", "train/nll_loss", "train_inner/loss", "train_inner/nll_loss", "valid/loss", "train_inner/gnorm"],
+        "train_inner/loss",
+    ),
     ("an LM logging its NLL only", ["train/nll", "train/ppl", "valid/nll"], "train/nll"),
     ("Megatron", ["lm loss", "lm loss vs samples", "grad-norm"], "lm loss"),
     ("DeepSpeed monitor", ["Train/Samples/train_loss", "Train/Samples/lr"], "Train/Samples/train_loss"),
@@ -41,6 +47,8 @@ def test_no_training_loss_is_none() -> None:
 def test_grad_norm_and_lr_tags() -> None:
     assert pick_grad_norm_tag(["train/grad_norm_preclip", "train/grad_norm"]) == "train/grad_norm"
     assert pick_grad_norm_tag(["grad-norm", "lm loss"]) == "grad-norm"  # Megatron
+    assert pick_grad_norm_tag(["train_inner/gnorm", "train_inner/clip", "train_inner/loss"]) == "train_inner/gnorm"
+    assert pick_lr_tag(["train/lr", "train_inner/lr"]) == "train_inner/lr"  # fairseq: the denser one
     # Lightning's grad_norm() utility, logged with log_dict: per parameter and the total (was: the bias's)
     assert pick_grad_norm_tag(["grad_2.0_norm/bias", "grad_2.0_norm/weight", "grad_2.0_norm_total"]) == (
         "grad_2.0_norm_total"
