@@ -104,23 +104,53 @@ def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, P
 
 
 def checkpoints_beside_logs(paths: Sequence[Path], events: list[Any]) -> dict[str, Path]:
-    """Runs whose checkpoints may be searched in the folder the user named rather than in the run's
-    own folder: a given folder (itself no run) that holds exactly one run below it — HF Trainer writes
-    ``output_dir/checkpoint-N/`` beside ``output_dir/runs/<stamp>/``, and ``scan output_dir`` should find
-    them — or several that are one training resumed (``resume_from_checkpoint`` logs into a new
-    ``runs/<stamp>/``: :func:`resumed_chain`). Otherwise a folder's checkpoints could be any of its runs':
-    none is lent (the rule of :func:`checkpoint_roots`). ``events``: the runs read (RunEvents)."""
+    """Runs whose checkpoints may be searched in a folder above the run's own: the highest folder from the
+    one the user named down to the run's parent that holds this training's runs only — one run, or several
+    that are one training resumed (``resume_from_checkpoint`` logs into a new ``runs/<stamp>/``:
+    :func:`resumed_chain`). HF Trainer writes ``output_dir/checkpoint-N/`` beside ``output_dir/runs/<stamp>/``,
+    fairseq ``checkpoints/`` beside its ``--tensorboard-logdir``; ``scan output_dir`` — or ``scan experiments/``
+    over many such folders — should find them. A folder that holds another training's runs too could lend
+    any of their checkpoints: none is lent from it (the rule of :func:`checkpoint_roots`).
+    ``events``: the runs read (RunEvents)."""
     out: dict[str, Path] = {}
+    spans: dict[str, tuple[int, int, int]] = {}
+
+    def one_training(runs: list[Any]) -> bool:
+        if len(runs) == 1:
+            return True
+        # the step spans are a pass over each run's steps: only where several runs share a folder
+        for e in runs:
+            if e.run not in spans:
+                spans[e.run] = step_span(e)
+        return resumed_chain([spans[e.run] for e in runs])
+
     for p in paths:
         p = Path(p)
         if not p.is_dir():
             continue
-        below = [e for e in events if _under(e.run, str(p))]
-        if any(Path(e.run).resolve() == p.resolve() for e in below):
-            continue
-        # the step spans are a pass over each run's steps: only where several runs share the folder
-        if len(below) == 1 or (len(below) > 1 and resumed_chain([step_span(e) for e in below])):
-            out.update({e.run: p for e in below})
+        top = p.resolve()
+        # every folder from the named one down to each run's parent, with the runs below it (one pass)
+        holds: dict[Path, list[Any]] = {}
+        chains: dict[str, list[Path]] = {}
+        for e in events:
+            run = Path(e.run).resolve()
+            if run != top and top not in run.parents:
+                continue
+            chain = [a for a in run.parents if a == top or top in a.parents]  # nearest first, up to top
+            chains[e.run] = chain[::-1]  # highest first
+            for a in chain:
+                holds.setdefault(a, []).append(e)
+        runs_at = {Path(e.run).resolve() for e in events}
+        for e in events:
+            if e.run in out or e.run not in chains:
+                continue
+            # the highest folder holding this training's runs only (a folder that is a run keeps its own)
+            for folder in chains[e.run]:
+                if folder in runs_at:
+                    continue
+                if one_training(holds[folder]):
+                    out.update({x.run: p if folder == top else folder for x in holds[folder] if x.run not in out})
+                    break
     return out
 
 
@@ -349,9 +379,10 @@ def scan_paths(
                     Finding(
                         "AD901",
                         "info",
-                        f"optimizer checkpoints read from {lent}, beside the run's logs: the folder given holds this "
+                        f"optimizer checkpoints read from {lent}, beside the run's logs: that folder holds this "
                         "training's runs only — one run, or one training resumed into new run folders (HF Trainer's "
-                        "output_dir/checkpoint-N); pass --checkpoints to choose",
+                        "output_dir/checkpoint-N, fairseq's checkpoints/ beside its tensorboard folder); pass "
+                        "--checkpoints to choose",
                         evidence={"checkpoints_root": str(lent)},
                     )
                 )

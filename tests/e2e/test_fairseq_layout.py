@@ -61,3 +61,21 @@ def test_a_healthy_fairseq_run():
     (run,) = rep.runs
     assert (run.verdict, run.confidence) == ("healthy", "high")
     assert run.loss_tag == "train_inner/loss"
+
+
+def test_a_folder_of_experiments_lends_each_its_own_checkpoints(tmp_path):
+    """``scan experiments/`` over several fairseq (or HF output_dir) folders: the named folder holds two trainings,
+    so it lends nothing, but each experiment's folder holds one — its checkpoints/ beside its tb/ are found, and
+    never the other experiment's."""
+    import shutil
+
+    shutil.copytree(FIX / "vcollapse_clip", tmp_path / "exp_a")
+    shutil.copytree(FIX / "healthy", tmp_path / "exp_b")
+    runs = {Path(r.run).parent.name: r for r in scan_paths([tmp_path]).runs}
+    assert set(runs) == {"exp_a", "exp_b"}
+    for name, r in runs.items():
+        (lent,) = [f for f in r.findings if f.id == "AD901" and "beside the run's logs" in f.message]
+        assert Path(lent.evidence["checkpoints_root"]) == (tmp_path / name).resolve()
+    assert (runs["exp_a"].verdict, runs["exp_a"].confidence) == ("v_collapse", "high")
+    assert runs["exp_a"].recommendation["eps"] == 1e-2  # sized from its own checkpoint at 1000
+    assert runs["exp_b"].verdict == "healthy"
