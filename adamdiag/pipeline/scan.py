@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,22 @@ def checkpoints_beside_logs(paths: Sequence[Path], events: list[Any]) -> dict[st
                     out.update({x.run: p if folder == top else folder for x in holds[folder] if x.run not in out})
                     break
     return out
+
+
+def hf_output_dir_above(run: Path) -> Path | None:
+    """HF Trainer's ``output_dir`` when ``run`` is its only ``output_dir/runs/<stamp>/`` and ``output_dir``
+    holds ``checkpoint-N/`` folders: the user named the run folder, whose checkpoints HF writes two levels up.
+    None otherwise (several stamps — another or a resumed training — leave the choice to ``--checkpoints``)."""
+    run = Path(run)
+    if not run.is_dir() or run.parent.name != "runs":
+        return None
+    out = run.parent.parent
+    try:
+        stamps = [d for d in run.parent.iterdir() if d.is_dir()]
+        has_ckpt = any(d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name) for d in out.iterdir())
+    except OSError:
+        return None
+    return out if has_ckpt and [d.resolve() for d in stamps] == [run.resolve()] else None
 
 
 def step_span(events: Any) -> tuple[int, int, int]:
@@ -337,6 +354,11 @@ def scan_paths(
                 # HF Trainer's layout: output_dir/checkpoint-N beside output_dir/runs/<stamp>/
                 summaries, ck_paths = load(beside[str(run_dir)])
                 lent = beside[str(run_dir)] if summaries else None
+            above = hf_output_dir_above(run_dir) if checkpoints is None and not summaries and not non_adam else None
+            if above is not None:
+                # the run folder itself was named: HF's output_dir two levels up holds its checkpoints
+                summaries, ck_paths = load(above)
+                lent = above if summaries else None
             epoch_axis = None
             if summaries:
                 # Keras' epoch_* points sit at the epoch index, its checkpoints at optimizer iterations
