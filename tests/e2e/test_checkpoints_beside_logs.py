@@ -45,9 +45,12 @@ def test_checkpoints_beside_the_logs_are_found(tmp_path):
     (f,) = [f for f in rep.findings if f.id == "AD901" and "beside the run's logs" in f.message]
     assert f.severity == "info" and f.evidence["checkpoints_root"] == str(out)
     assert rep.loss_tags == ["train/loss"]  # the one-number summary `train/train_loss` is no task curve
-    # the run's own folder given: nothing beside it is searched
+    # the run's own folder given: HF's output_dir two levels up is searched when this is its only stamp
+    # (tests/e2e/test_hf_output_dir.py: not with a second one), and said the same way
     (own,) = scan_paths([out / "runs" / "Dec06_10-00-00_host"]).runs
-    assert "checkpoints" not in own.sources
+    assert "checkpoints" in own.sources
+    (g,) = [f for f in own.findings if f.id == "AD901" and "beside the run's logs" in f.message]
+    assert g.evidence["checkpoints_root"] == str(out)
 
 
 def test_two_runs_below_the_folder_borrow_no_checkpoints(tmp_path):
