@@ -8,7 +8,11 @@ from __future__ import annotations
 
 RULES: dict[str, tuple[str, str]] = {
     # 0xx: the loss itself
-    "AD001": ("loss-blowup", "The loss rose to 10x its trailing robust level within 100 steps and stayed above 2x."),
+    "AD001": (
+        "loss-blowup",
+        "The loss rose to 10x its trailing robust level within 100 steps, the median of its next 10 steps above 2x "
+        "and 3 noise-sigmas of the loss's own swings.",
+    ),
     "AD002": (
         "loss-spike",
         "A loss excursion (>= 2x, far outside its noise) that recovered before it became a blowup.",
