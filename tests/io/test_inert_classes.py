@@ -98,3 +98,39 @@ def test_inspect_reads_it_and_says_so_once(saved):
     assert "body.0.weight" in res.stdout and "AdamW" in res.stdout
     assert res.stderr.count("inert stand-ins") == 1 and "train_script_models.Net" in res.stderr
     assert not (saved / "ran").exists()
+
+
+def test_a_replay_from_a_pickled_model_is_the_replay_from_its_state_dict(tmp_path):
+    """The lab's warm-restart run (tests/fixtures/sgdr/mlp_restart) with its model pickled whole in the start
+    checkpoint: replay reads the module's parameters through the stand-ins, and every replayed number equals the
+    replay from the state-dict checkpoint it was made from."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    src = root / "tests" / "fixtures" / "sgdr" / "mlp_restart"
+    entry = f"{root / 'tools' / 'ood' / 'oodlab.py'}:adamdiag_replay"
+    run = tmp_path / "mlp_restart"
+    shutil.copytree(src, run)
+    ck = torch.load(run / "out" / "ckpt_1000.pt", weights_only=True)
+    # the lab's MLP rebuilt from its state dict: Linear layers, parameter-free activations between them (only the
+    # parameters travel through the stand-ins)
+    last = max(int(k.split(".")[0]) for k in ck["model"])
+    layers: list[torch.nn.Module] = []
+    for i in range(last + 1):
+        w = ck["model"].get(f"{i}.weight")
+        layers.append(torch.nn.Linear(w.shape[1], w.shape[0]) if w is not None else torch.nn.Tanh())
+    model = torch.nn.Sequential(*layers)
+    model.load_state_dict(ck["model"])
+    torch.save({**ck, "model": model}, run / "out" / "ckpt_1000.pt")
+
+    def replay(path: Path) -> dict:
+        args = ["replay", str(path), "--entry", entry, "--logdir", str(path.parents[1]), "--eps", "1e-2"]
+        res = runner.invoke(app, [*args, "--device", "cpu", "--steps", "30", "--format", "json"])
+        assert res.exit_code in (0, 1), res.output
+        return json.loads(res.stdout)
+
+    a, b = replay(run / "out" / "ckpt_1000.pt"), replay(src / "out" / "ckpt_1000.pt")
+    assert [v["losses"] for v in a["variants"]] == [v["losses"] for v in b["variants"]]
+    assert a["variants"][0]["losses"]  # something was replayed
