@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError, NotAdamError, missing_path
+from adamdiag.errors import UntrustedCheckpointError as UntrustedCheckpointError  # re-exported, as before
 from adamdiag.io.checkpoints import hyper as hyper_policy
 from adamdiag.io.checkpoints.hyper import Assumptions
 

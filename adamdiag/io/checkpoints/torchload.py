@@ -155,6 +155,12 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
 
+    def load_with(pickle_module: Any) -> Any:
+        """Our own restricted unpickler (an allow-list, stand-ins): torch's weights_only flag is off for it."""
+        with _name_torch_can_open(path) as name, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=pickle_module)
+
     is_zip = zipfile.is_zipfile(path)
     try:
         pkl = _zip_pickle(path) if is_zip else None  # read once: its protocol, and the classes it names
@@ -194,14 +200,10 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         if protocol is not None and protocol >= 4:
             # torch's weights_only unpickler reads the opcodes of pickle protocol 2 only (FRAME, MEMOIZE...
             # of protocols 4 and 5 are "unsupported"): the same allow-list, applied by Python's unpickler.
-            restricted = _restricted_pickle_module(safe)
+            restricted = _allow_list_pickle_module(safe)
             if restricted is not None:
                 try:
-                    with _name_torch_can_open(path) as name, warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                        obj = torch.load(
-                            name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=restricted
-                        )
+                    obj = load_with(restricted[0])
                     _refuse_loaded_shards(obj, path)
                     return obj, mmap
                 except pickle.UnpicklingError as e3:
@@ -209,13 +211,11 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         if not trust and "Unsupported global" in (blocked or _weights_only_reason(msg)):
             # classes it would need code for (a pickled model, a framework's record): their objects become inert
             # stand-ins, everything else loads as weights_only would load it — no code from the file runs
-            inert = _inert_pickle_module(safe)
+            inert = _allow_list_pickle_module(safe, stand_ins=True)
             if inert is not None:
                 module, stubbed = inert
                 try:
-                    with _name_torch_can_open(path) as name, warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                        obj = torch.load(name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=module)
+                    obj = load_with(module)
                 except Exception:  # noqa: BLE001 - a call to a stubbed global, or a pickle the stand-ins cannot
                     obj = None  # carry: refused as before, naming the global
                 if obj is not None:
@@ -332,13 +332,19 @@ def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
             raise InputError(f"{path}: holds {cls} tensors (a tensor subclass): adamdiag reads plain tensors only")
 
 
-def _restricted_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> Any:
-    """A pickle module for ``torch.load(weights_only=False, pickle_module=...)`` whose Unpickler resolves
-    only the globals torch's weights_only loader allows (its own list, those registered with
-    ``torch.serialization.add_safe_globals``, and ``extra_globals``): Python's documented way of
-    restricting unpickling ("Restricting Globals"), for the pickle protocols torch's own restricted
-    unpickler cannot parse (4 and 5). Every object the pickle can build or call comes from a global,
-    so it can build and call nothing weights_only could not. None when this torch has no such list."""
+def _allow_list_pickle_module(
+    extra_globals: Sequence[tuple[Any, str]] = (), *, stand_ins: bool = False
+) -> tuple[Any, dict[str, type]] | None:
+    """A pickle module for ``torch.load(weights_only=False, pickle_module=...)`` whose Unpickler resolves only
+    the globals torch's weights_only loader allows (its own list, those registered with
+    ``torch.serialization.add_safe_globals``, and ``extra_globals``): Python's documented way of restricting
+    unpickling ("Restricting Globals"). Every object the pickle can build or call comes from a global, so it can
+    build and call nothing weights_only could not. Used for the pickle protocols torch's own restricted
+    unpickler cannot parse (4 and 5) and, with ``stand_ins``, for objects of classes outside the list: each such
+    global becomes an :class:`_Inert` subclass named after it instead of an error (the checkpoint's data loads,
+    none of its classes' code is imported or run). Returns (module, the stand-ins made, by name, filled as the
+    pickle meets them); None when this torch has no such list."""
+    import _compat_pickle
     import pickle
     import types
 
@@ -347,19 +353,30 @@ def _restricted_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> 
     except ImportError:
         return None
     allowed = {**_get_allowed_globals(), **_get_user_allowed_globals(), **{n: obj for obj, n in extra_globals}}
+    stubbed: dict[str, type] = {}
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # protocol 2 names Python 2's modules (__builtin__.set): map them as pickle's own find_class does
+            # (protocols 3-5 never write those names)
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
             full = f"{module}.{name}"
             if full in allowed:
                 return allowed[full]
-            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
+            if not stand_ins:
+                raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
+            if full not in stubbed:
+                stubbed[full] = type(name, (_Inert,), {"_class": full, "__module__": __name__})
+            return stubbed[full]
 
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle")
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle"), stubbed
 
 
 class _Inert:
-    """What a checkpoint's object of a class adamdiag will not import becomes (:func:`_inert_pickle_module`): it
+    """What a checkpoint's object of a class adamdiag will not import becomes (:func:`_allow_list_pickle_module` with ``stand_ins``): it
     keeps the state the pickle hands it and runs nothing. A pickled model (``torch.save({"model": model, ...})``:
     YOLOv5, many research scripts) is rebuilt the way pickle rebuilds a plain object — an empty
     instance (NEWOBJ), then its ``__dict__`` (BUILD) with ``_parameters``/``_modules``, from which
@@ -384,40 +401,6 @@ class _Inert:
 
     def extend(self, values: Any) -> None:
         self.__dict__.setdefault("_list", []).extend(values)
-
-
-def _inert_pickle_module(extra_globals: Sequence[tuple[Any, str]] = ()) -> tuple[Any, list[str]] | None:
-    """Like :func:`_restricted_pickle_module` (torch's weights_only list resolves to the real objects), but a
-    global outside the list becomes an :class:`_Inert` subclass named after it instead of an error: the
-    checkpoint's data loads while none of its classes' code is imported or run (Python's "Restricting Globals",
-    with stand-ins). Returns (module, the stubbed names as they are met); None when this torch has no list."""
-    import pickle
-    import types
-
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
-    except ImportError:
-        return None
-    allowed = {**_get_allowed_globals(), **_get_user_allowed_globals(), **{n: obj for obj, n in extra_globals}}
-    stubbed: dict[str, type] = {}
-
-    import _compat_pickle
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            # protocol 2 names Python 2's modules (__builtin__.set): map them as pickle's own find_class does
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
-            full = f"{module}.{name}"
-            if full in allowed:
-                return allowed[full]
-            if full not in stubbed:
-                stubbed[full] = type(name, (_Inert,), {"_class": full, "__module__": __name__})
-            return stubbed[full]
-
-    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle"), stubbed  # type: ignore[return-value]
 
 
 def _inert_module_state(obj: Any) -> dict[str, Any] | None:
@@ -463,11 +446,7 @@ def _without_inert(obj: Any, depth: int = 0) -> Any:
     if isinstance(obj, _Inert):
         return _inert_module_state(obj)
     if isinstance(obj, dict):
-        return (
-            type(obj)((k, _without_inert(v, depth + 1)) for k, v in obj.items())
-            if type(obj) in (dict,)
-            else {k: _without_inert(v, depth + 1) for k, v in obj.items()}
-        )
+        return {k: _without_inert(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return type(obj)(_without_inert(v, depth + 1) for v in obj) if type(obj) in (list, tuple) else obj
     return obj
