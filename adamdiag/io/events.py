@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1595,8 +1596,6 @@ def fairseq_clip_norm(argv: str) -> float | None:
     >>> fairseq_clip_norm("fairseq-train data --clip-norm 0.1 --lr 5e-4"), fairseq_clip_norm("x optimization.clip_norm=25")
     (0.1, 25.0)
     """
-    import re
-
     m = re.search(r"(?:--clip-norm|optimization\.clip_norm)[= ]+['\"]?([-+0-9.eE]+)", argv)
     try:
         return float(m.group(1)) if m else None
@@ -1648,31 +1647,32 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
     return found
 
 
-def writer_clip_norm(events: RunEvents) -> tuple[float | None, str]:
+def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
+    """:func:`writer_arguments` of each of the run's event files that holds a text summary (the others are not
+    opened): read once, for :func:`writer_clip_norm` and :func:`writer_adam_hyperparameters` alike."""
+    return [writer_arguments(i["path"]) for i in events.file_info if (i.get("skipped") or {}).get("text")]
+
+
+def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None = None) -> tuple[float | None, str]:
     """The gradient-clipping norm the training used, when its writer logged it, and where from: HF
     Trainer's ``max_grad_norm`` (its ``train/grad_norm`` is the norm *before* clipping, while Adam steps
-    with the clipped gradient), Megatron-LM's ``clip_grad``, fairseq's ``--clip-norm``. Only files that hold a text summary are opened. (None, "") otherwise.
+    with the clipped gradient), Megatron-LM's ``clip_grad``, fairseq's ``--clip-norm``. ``arguments``: the
+    run's :func:`logged_arguments`, when the caller has them. (None, "") otherwise.
 
     >>> writer_clip_norm(RunEvents("r", None, None, [], {}, [], []))
     (None, '')
     """
-    for info in events.file_info:
-        if not (info.get("skipped") or {}).get("text"):
-            continue
-        args = writer_arguments(info["path"])
+    for args in logged_arguments(events) if arguments is None else arguments:
         c = args.get("max_grad_norm")
         if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0:
             return float(c), f"max_grad_norm in the '{WRITER_ARGS_TAG}' summary (HF Trainer's arguments)"
         # Megatron-LM's --clip-grad (default 1.0; 0 turns clipping off); its 'grad-norm' is the norm before
-        try:
-            c = float(args.get("clip_grad", "nan"))
-        except ValueError:
-            continue
-        if math.isfinite(c) and c > 0:
+        c = _floats({"clip": args.get("clip_grad")}).get("clip")
+        if c is not None:
             return c, "clip_grad in the 'clip_grad' text summary (Megatron-LM's arguments)"
         # fairseq: --clip-norm in the command line it logs (its 'gnorm' is the norm before clipping)
-        c = fairseq_clip_norm(str(args.get("argv", "")))
-        if c is not None and math.isfinite(c) and c > 0:
+        c = _floats({"clip": fairseq_clip_norm(str(args.get("argv", "")))}).get("clip")
+        if c is not None:
             return c, "--clip-norm in the 'sys.argv' text summary (fairseq's command line)"
     return None, ""
 
@@ -1687,8 +1687,6 @@ def fairseq_adam_hyperparameters(argv: str) -> dict[str, float]:
     >>> fairseq_adam_hyperparameters("fairseq-train d --optimizer nag"), fairseq_adam_hyperparameters("x optimizer=adam")
     ({}, {'beta2': 0.999, 'eps': 1e-08})
     """
-    import re
-
     opt = re.search(r"(?:--optimizer[= ]+|(?:^|\s)optimizer(?:\._name)?=)['\"]?(\w+)", argv)
     if opt is None or opt.group(1).lower() not in ("adam", "cpu_adam", "adam8bit"):
         return {}
@@ -1705,20 +1703,20 @@ def fairseq_adam_hyperparameters(argv: str) -> dict[str, float]:
     return out
 
 
-def writer_adam_hyperparameters(events: RunEvents) -> tuple[dict[str, float], str]:
+def writer_adam_hyperparameters(
+    events: RunEvents, arguments: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, float], str]:
     """Adam's β2 and eps as the training's writer logged its configuration: HF Trainer's ``adam_beta2`` /
     ``adam_epsilon`` (its ``args`` text summary), Megatron-LM's ``adam_beta2`` / ``adam_eps`` text summaries,
     fairseq's ``--adam-betas`` / ``--adam-eps`` (its command line). For a run without optimizer checkpoints,
     whose v is rebuilt from the logged gradient norm with β2's memory: LLM recipes use 0.95-0.98, not the
-    0.999 a default would assume. ({}, "") when none is logged or the logged optimizer is not Adam.
+    0.999 a default would assume. ``arguments``: the run's :func:`logged_arguments`, when the caller has them.
+    ({}, "") when none is logged or the logged optimizer is not Adam.
 
     >>> writer_adam_hyperparameters(RunEvents("r", None, None, [], {}, [], []))
     ({}, '')
     """
-    for info in events.file_info:
-        if not (info.get("skipped") or {}).get("text"):
-            continue
-        args = writer_arguments(info["path"])
+    for args in logged_arguments(events) if arguments is None else arguments:
         if "adam_beta2" in args and "adam_epsilon" in args:  # HF TrainingArguments
             if "adam" not in str(args.get("optim", "adamw")).lower():
                 return {}, ""

@@ -263,7 +263,7 @@ def scan_paths(
     from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
-    from adamdiag.io.events import read_runs, writer_adam_hyperparameters, writer_clip_norm
+    from adamdiag.io.events import logged_arguments, read_runs, writer_adam_hyperparameters, writer_clip_norm
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
@@ -364,9 +364,13 @@ def scan_paths(
                 # Keras' epoch_* points sit at the epoch index, its checkpoints at optimizer iterations
                 scalars, epoch_axis = epoch_axis_to_iterations(scalars, events.scalars)
             conv = convention or (summaries[0].convention if summaries else "torch")
-            clip, clip_source = (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events)
+            # the configuration the writer logged (HF args, Megatron, fairseq's command line), read once
+            arguments = logged_arguments(events) if grad_clip is None or not summaries else []
+            clip, clip_source = (
+                (grad_clip, "--grad-clip") if grad_clip is not None else writer_clip_norm(events, arguments)
+            )
             # β2/eps for a run without checkpoints: --assume-* first, else what the writer logged
-            hyper, hyper_source = ({}, "") if summaries else writer_adam_hyperparameters(events)
+            hyper, hyper_source = ({}, "") if summaries else writer_adam_hyperparameters(events, arguments)
             given = {k: v for k, v in (assume.given() if assume is not None else {}).items() if k != "lr"}
             if given and not summaries:
                 hyper, hyper_source = {**hyper, **given}, "--assume-" + "/--assume-".join(sorted(given))
