@@ -1282,18 +1282,16 @@ def gather(
         grad_jump = abrupt_gradient_jump(event_step, gn)
         if grad_jump is not None:
             grad_jump["isolated"] = jump_is_isolated(grad_jump, gn)
-    lr_at_event = lr_peak_after = None
+    lr_at_event = lr_peak_after = lr_before_start = None
     lr_tag = pick_lr_tag(tags)
+    ls, lv = series_arrays(scalars, lr_tag) if lr_tag is not None else (np.zeros(0, np.int64), np.zeros(0))
     if lr_tag is not None and event_step is not None:
-        ls, lv = series_arrays(scalars, lr_tag)
         k = int(np.searchsorted(ls, event_step, side="right")) - 1
         lr_at_event = float(lv[k]) if k >= 0 and math.isfinite(lv[k]) else None
         after = lv[max(k, 0) :]
         after = after[np.isfinite(after)]
         lr_peak_after = float(after.max()) if lr_at_event is not None and len(after) else None
-    lr_before_start = None
     if lr_tag is not None and start is not None:
-        ls, lv = series_arrays(scalars, lr_tag)
         k = int(np.searchsorted(ls, start.step, side="right")) - 1
         lr_before_start = float(lv[k]) if k >= 0 and math.isfinite(lv[k]) and lv[k] > 0 else None
     return Evidence(
