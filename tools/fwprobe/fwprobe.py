@@ -233,22 +233,42 @@ def run_hf(design_name: str, variant: str | None, out: Path) -> None:
 # ------------------------------------------------------------------------------------- SummaryWriter loops
 
 
-def _loop(design_name: str, out: Path, writer: Any, style: str) -> None:
-    design = DESIGNS[design_name]
+def _plain_setup(design: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    """The plain torch loop's model, Adam and LambdaLR schedule (torch_sw, tbx and the fairseq layout share it)."""
     model = net()
     opt = torch.optim.Adam(model.parameters(), lr=design["lr"], betas=design["betas"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(design, s))
+    return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(design, s))
+
+
+def _plain_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip: float | None = None,
+) -> tuple[torch.Tensor, float, float]:
+    """One update of the plain loop: (the loss before it, the gradient norm before clipping, the lr it used)."""
+    loss = F.mse_loss(model(x).squeeze(-1), y)
+    opt.zero_grad()
+    loss.backward()
+    gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    lr = opt.param_groups[0]["lr"]
+    opt.step()
+    sched.step()
+    return loss, gn, lr
+
+
+def _loop(design_name: str, out: Path, writer: Any, style: str) -> None:
+    design = DESIGNS[design_name]
+    model, opt, sched = _plain_setup(design)
     x, y = data()
     xv, yv = data(601)
     (out / "checkpoints").mkdir()
     for t in range(1, design["steps"] + 1):
-        loss = F.mse_loss(model(x).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
+        loss, gn, lr = _plain_step(model, opt, sched, x, y)
         if style == "torch_sw" and t % 10 == 0:
             with torch.no_grad():
                 val = F.mse_loss(model(xv).squeeze(-1), yv).item()
@@ -295,9 +315,7 @@ def run_fairseq_layout(design_name: str, variant: str | None, out: Path) -> None
             writers[tag].add_text("sys.argv", argv)
         return writers[tag]
 
-    model = net()
-    opt = torch.optim.Adam(model.parameters(), lr=design["lr"], betas=design["betas"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(design, s))
+    model, opt, sched = _plain_setup(design)
     x, y = data()
     xv, yv = data(601)
     (out / "checkpoints").mkdir()
@@ -305,15 +323,7 @@ def run_fairseq_layout(design_name: str, variant: str | None, out: Path) -> None
     epoch_loss: list[float] = []
     ln2 = math.log(2)
     for t in range(1, design["steps"] + 1):
-        loss = F.mse_loss(model(x).squeeze(-1), y)
-        opt.zero_grad()
-        loss.backward()
-        gn = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
+        loss, gn, lr = _plain_step(model, opt, sched, x, y, clip if clip > 0 else None)
         inner["loss"].append(loss.item() / ln2)
         inner["gnorm"].append(gn)
         inner["clip"].append(100.0 if clip > 0 and gn > clip else 0.0)
