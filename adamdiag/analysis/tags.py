@@ -9,6 +9,7 @@ replay and plot, and the user's ``--loss-tag`` / ``--grad-norm-tag`` when given.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 LOSS_TAGS = (
@@ -39,8 +40,9 @@ GRAD_NORM_TAGS = (
     "gnorm",
 )
 # Tags that are not the training loss although they contain "loss" (evaluation curves, the loss
-# scale of mixed precision, per-task parts named loss_<task>).
-_LOSS_AVOID = ("val", "eval", "test", "scale", "loss_")
+# scale of mixed precision, auxiliary terms added to the loss — a z-loss (OLMo's train/ZLoss, OLMo-core's
+# "train/Z loss"), an MoE load-balancing or router aux loss — and, last, per-task parts named loss_<task>).
+_LOSS_AVOID = ("val", "eval", "test", "scale", "zloss", "z_loss", "z loss", "aux", "load_balanc", "loss_")
 # Gradient norms measured before clipping are not what Adam saw.
 _GRAD_AVOID = ("preclip", "pre_clip", "unclipped", "val")
 # Learning-rate tags, for the lr at the blowup.
@@ -106,31 +108,45 @@ def pick_grad_norm_tag(tags: list[str]) -> str | None:
     return pick_tag(tags, GRAD_NORM_TAGS, ("grad", "norm"), _GRAD_AVOID)
 
 
+# A tag's last part naming the lr of the run or of its first group: "lr", "learning_rate" (Megatron's
+# "learning-rate"), "lr0" (YOLOv5's x/lr0), "learning_rate_group0" (OLMo), "LR (group 0)" (OLMo-core) —
+# matched after lower-casing with "-" and " " read as "_".
+_LR_NAME = re.compile(r"(lr|learning_rate)(_?(pg|group|\(group)?_?\d+\)?)?")
+
+
+def _names_lr(tag: str) -> bool:
+    low = tag.lower()
+    norm = low.replace("-", "_").replace(" ", "_")
+    return (
+        _LR_NAME.fullmatch(norm.rsplit("/", 1)[-1]) is not None
+        or norm.endswith("learning_rate")
+        # Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group;
+        # a SummaryWriter's add_scalars("lr", {group: lr}), read as "lr/<group>"
+        or low.startswith(("lr-", "lr/", "learning_rate/"))
+    )
+
+
 def pick_lr_tag(tags: list[str]) -> str | None:
-    """The learning-rate tag, if the run logs one.
+    """The learning-rate tag, if the run logs one: a known name, else the shortest tag naming an lr
+    (the first group's among several; Megatron's "learning-rate" over its "learning-rate vs samples").
 
     >>> pick_lr_tag(["train_loss", "lr-AdamW/pg2", "lr-AdamW"]), pick_lr_tag(["loss", "lr/group1", "lr/group0"])
     ('lr-AdamW', 'lr/group0')
+    >>> pick_lr_tag(["learning-rate vs samples", "learning-rate"]), pick_lr_tag(["x/lr1", "x/lr0", "x/lr2"])
+    ('learning-rate', 'x/lr0')
     """
     for t in LR_TAGS:
         if t in tags:
             return t
-    # (Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group;
-    # a SummaryWriter's add_scalars("lr", {group: lr}), read as "lr/<group>": the first group's)
-    low = [
-        t
-        for t in tags
-        if t.lower().endswith(("/lr", "learning_rate"))
-        or t.lower() == "lr"
-        or t.lower().startswith(("lr-", "lr/", "learning_rate/"))
-    ]
+    low = [t for t in tags if _names_lr(t)]
     return min(low, key=lambda t: (len(t), t)) if low else None
 
 
 def pick_task_loss_tags(tags: list[str], total: str | None) -> list[str]:
     """Per-task parts of the total loss logged beside it: in the total's folder, a name starting with
     ``loss_`` or ending with ``_loss``/``_mse`` (``train/loss_reg_a``, ``sincos_mse``), evaluation
-    curves excluded. A multi-task total can hide one head's blowup behind a dominant term.
+    curves and auxiliary terms (a z-loss, an MoE balancing loss) excluded. A multi-task total can hide one
+    head's blowup behind a dominant term.
 
     >>> pick_task_loss_tags(["train/loss", "train/loss_prob", "train/sincos_mse", "val/loss_prob", "lr"], "train/loss")
     ['train/loss_prob', 'train/sincos_mse']
@@ -143,7 +159,7 @@ def pick_task_loss_tags(tags: list[str], total: str | None) -> list[str]:
         if t == total or not t.startswith(folder) or "/" in t[len(folder) :]:
             continue
         base = t[len(folder) :].lower()
-        if any(a in base for a in ("val", "eval", "test", "scale")) or base.startswith(("batch_", "epoch_")):
+        if any(a in base for a in _LOSS_AVOID[:-1]) or base.startswith(("batch_", "epoch_")):
             continue
         if base.startswith("loss_") or base.endswith(("_loss", "_mse")):
             out.append(t)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adamdiag.analysis.tags import pick_grad_norm_tag, pick_loss_tag, pick_lr_tag
+from adamdiag.analysis.tags import pick_grad_norm_tag, pick_loss_tag, pick_lr_tag, pick_task_loss_tags
 
 LOSS_CASES = [
     # (framework, tags, the training loss)
@@ -30,6 +30,10 @@ LOSS_CASES = [
     ("an LM logging its NLL only", ["train/nll", "train/ppl", "valid/nll"], "train/nll"),
     ("Megatron", ["lm loss", "lm loss vs samples", "grad-norm"], "lm loss"),
     ("DeepSpeed monitor", ["Train/Samples/train_loss", "Train/Samples/lr"], "Train/Samples/train_loss"),
+    # auxiliary terms are shorter than the loss they are added to: not the training loss
+    ("OLMo", ["train/CrossEntropyLoss", "train/Perplexity", "train/ZLoss"], "train/CrossEntropyLoss"),
+    ("OLMo-core", ["train/CE loss", "train/PPL", "train/Z loss"], "train/CE loss"),
+    ("an MoE's aux losses", ["loss", "aux_loss", "load_balancing_loss", "router_z_loss"], "loss"),
 ]
 
 
@@ -56,3 +60,25 @@ def test_grad_norm_and_lr_tags() -> None:
     assert pick_lr_tag(["train_loss", "lr-AdamW"]) == "lr-AdamW"  # Lightning's LearningRateMonitor
     assert pick_lr_tag(["lr-AdamW/pg1", "lr-AdamW/pg2"]) == "lr-AdamW/pg1"
     assert pick_lr_tag(["train/learning_rate", "train/loss"]) == "train/learning_rate"
+
+
+LR_CASES = [
+    ("Megatron", ["lm loss", "learning-rate vs samples", "learning-rate", "grad-norm"], "learning-rate"),
+    ("YOLOv5", ["train/box_loss", "x/lr1", "x/lr0", "x/lr2"], "x/lr0"),
+    ("OLMo", ["optim/learning_rate_group1", "optim/learning_rate_group0"], "optim/learning_rate_group0"),
+    ("OLMo-core", ["optim/LR (group 1)", "optim/LR (group 0)", "train/CE loss"], "optim/LR (group 0)"),
+    ("Keras", ["epoch_loss", "epoch_learning_rate"], "epoch_learning_rate"),
+    ("no lr, lr-like words", ["lr_warmup_steps", "clr_loss", "train/loss"], None),
+]
+
+
+@pytest.mark.parametrize(("framework", "tags", "want"), LR_CASES, ids=[c[0] for c in LR_CASES])
+def test_lr_tag(framework: str, tags: list[str], want: str | None) -> None:
+    assert pick_lr_tag(tags) == want
+
+
+def test_auxiliary_losses_are_not_task_parts() -> None:
+    """An MoE's balancing loss or a z-loss is added to the loss, not a task head whose blowup the total hides."""
+    assert pick_task_loss_tags(["train/loss", "train/aux_loss", "train/z_loss", "train/seg_loss"], "train/loss") == [
+        "train/seg_loss"
+    ]
