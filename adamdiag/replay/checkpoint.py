@@ -94,6 +94,32 @@ def _steps_of(raw: Any, optim: Mapping[str, Any], path: Path, notes: list[str]) 
     return log, opt
 
 
+def _with_param_steps(optim: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The optimizer state with a ``step`` in every parameter's state, as torch.optim.Adam needs it.
+    apex's, Transformer Engine's and DeepSpeed's FusedAdam (Megatron-LM's) keep one step per param group:
+    copied into each of its parameters' states (copies; the loaded checkpoint is not changed). A group with
+    bias correction turned off is refused: torch's Adam always corrects, so it would not be the run."""
+    import torch
+
+    groups = list(optim.get("param_groups", []))
+    if any(g.get("bias_correction", True) is False for g in groups):
+        raise InputError(
+            f"{path}: a param group has bias_correction=False (a FusedAdam setting); replay re-runs "
+            "torch.optim.Adam, which always corrects m and v, so it would not reproduce this run"
+        )
+    state = dict(optim["state"])
+    changed = False
+    for g in groups:
+        if "step" not in g:
+            continue
+        for pid in g.get("params", []):
+            st = state.get(pid)
+            if isinstance(st, Mapping) and "step" not in st:
+                state[pid] = {**st, "step": torch.tensor(float(g["step"]))}
+                changed = True
+    return {**optim, "state": state} if changed else optim
+
+
 def load_replay_checkpoint(path: Path, *, trust: bool = False, assume: Assumptions | None = None) -> ReplayCheckpoint:
     """Read ``path`` (a file; a HF ``checkpoint-N/``, accelerate or torch.distributed.checkpoint
     directory) and check that it holds Adam/AdamW state; InputError with one line otherwise.
@@ -310,6 +336,7 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
         raise InputError(
             f"{path}: not Adam/AdamW state: {_describe_non_adam(dict(optim))}; replay needs exp_avg and exp_avg_sq"
         )
+    optim = _with_param_steps(optim, path)
     model = None
     if isinstance(raw, Mapping):
         for k in _MODEL_KEYS:

@@ -128,6 +128,40 @@ def _copy(cfg: str, tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.mark.parametrize("cfg", ["z3_fp32", "z3_bf16"])
+def test_fused_adam_group_step(cfg, tmp_path):
+    """On GPUs DeepSpeed's default optimizer is its FusedAdam, which counts ``group['step']`` per param group
+    and keeps no step in the partitions' state. The fixture's partitions rewritten so (DeepSpeed's own
+    classes in them replaced by plain values, to re-save them here; ZeRO-3 ones, whose partitions need no
+    DeepSpeed class to be read — ZeRO-1/2 share the step code) read as DeepSpeed's truth with step 3:
+    before, the tensors had no step and their √v̂ went without bias correction."""
+    from adamdiag.io.checkpoints import torch_load
+    from adamdiag.io.checkpoints.deepspeed import SAFE_GLOBALS
+
+    d = _copy(cfg, tmp_path)
+    for f in (d / "global_step3").glob("*optim_states.pt"):
+        obj, _ = torch_load(f, trust=False, extra_globals=SAFE_GLOBALS)
+        osd = obj["optimizer_state_dict"]
+        osd["loss_scaler"], osd["zero_stage"] = None, int(osd["zero_stage"])
+        base = osd["optimizer_state_dict" if "optimizer_state_dict" in osd else "base_optimizer_state"]
+        steps = {int(st.pop("step")) for st in base["state"].values()}
+        assert steps == {3}
+        for g in base["param_groups"]:
+            g["step"], g["bias_correction"] = 3, True
+        torch.save(obj, f.with_suffix(".new"))  # the loaded tensors map the old file: not written over
+        f.with_suffix(".new").replace(f)
+    ck = open_checkpoint(d)
+    assert (ck.step, ck.optimizer_step) == (3, 3)
+    for t in ck.tensors():
+        ref = TRUTH[cfg]["tensors"][t.name]
+        assert t.step == 3 and torch.equal(t.exp_avg_sq, _as(ref, "exp_avg_sq")), t.name
+    fused = summarize_checkpoint(d)
+    plain = summarize_checkpoint(_root(cfg))
+    assert [(t.name, t.step, t.sqrt_vhat_q, t.update_rms) for t in fused.tensors] == [
+        (t.name, t.step, t.sqrt_vhat_q, t.update_rms) for t in plain.tensors
+    ]
+
+
 def test_missing_rank_partition_is_named(tmp_path):
     d = _copy("z2_fp32", tmp_path)
     (d / "global_step3" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()

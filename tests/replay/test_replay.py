@@ -418,3 +418,67 @@ def test_replay_on_other_hardware_reproduces_the_event_not_the_digits(tmp_path):
     assert fid["reproduced"] and fid["tracked_until"] == 631 and 1e-7 < fid["max_rel_dev"] <= 1e-3
     assert fid["replayed_spike_step"] != fid["logged_spike_step"]  # the timing moved ...
     assert abs(fid["replayed_spike_step"] - fid["logged_spike_step"]) <= fid["spike_tolerance"]  # ... within tolerance
+
+
+def _fused_adam_layout(ck: dict, bias_correction: bool = True) -> dict:
+    """The checkpoint as apex's / Transformer Engine's / DeepSpeed's FusedAdam (Megatron-LM's optimizer)
+    saves it: the step counted per param group (``group['step']``), none in the parameters' states."""
+    import copy
+
+    ck = copy.deepcopy(ck)
+    osd = ck["optimizer"]
+    (step,) = {int(st.pop("step").item()) for st in osd["state"].values()}
+    for g in osd["param_groups"]:
+        g["step"], g["bias_correction"] = step, bias_correction
+    return ck
+
+
+def _copy_run_beside(run: Path, tmp_path: Path) -> None:
+    for f in run.iterdir():
+        if f.name.startswith("events.out.tfevents") or f.name in ("adamdiag.toml", "tiny_run.py"):
+            shutil.copy(f, tmp_path)
+
+
+def test_fused_adam_group_step_reads_and_replays_as_torch_adam(run, replay_json, tmp_path):
+    """A FusedAdam checkpoint (step per param group) gives inspect's numbers and replay's result of the same
+    state saved by torch.optim.Adam: before, its tensors had no step, so √v̂ went uncorrected (14x too small
+    at step 5) and replay stopped on torch's missing state['step']."""
+    import torch
+
+    from adamdiag.io.checkpoints import open_checkpoint
+
+    src = run / "checkpoints" / "step_000090.pt"
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / "step_000090.pt"
+    torch.save(_fused_adam_layout(torch.load(src, weights_only=True)), path)
+    _copy_run_beside(run, tmp_path)
+
+    torch_moments = {t.name: t for t in open_checkpoint(src).tensors()}
+    fused_moments = {t.name: t for t in open_checkpoint(path).tensors()}
+    assert torch_moments.keys() == fused_moments.keys() and len(torch_moments) > 1
+    assert {t.step for t in fused_moments.values()} == {90}
+    res_torch = CliRunner().invoke(app, ["inspect", str(src), "--format", "json"])
+    res_fused = CliRunner().invoke(app, ["inspect", str(path), "--format", "json"])
+    assert res_torch.exit_code == res_fused.exit_code == 0, res_fused.output
+    t_rows, f_rows = (json.loads(r.stdout)["checkpoints"][0]["tensors"] for r in (res_torch, res_fused))
+    assert f_rows == t_rows
+
+    res = invoke(path, "--format", "json")
+    assert res.exit_code == 0, res.output
+    d = _no_nan_literals(res.stdout)
+    assert d["fidelity"]["reproduced"] is True and d["fidelity"]["max_rel_dev"] == 0.0
+    assert [(v["name"], v["outcome"], v["spike_step"]) for v in d["variants"]] == [
+        (v["name"], v["outcome"], v["spike_step"]) for v in replay_json["variants"]
+    ]
+
+
+def test_fused_adam_without_bias_correction_is_refused_by_replay(run, tmp_path):
+    import torch
+
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / "step_000090.pt"
+    ck = torch.load(run / "checkpoints" / "step_000090.pt", weights_only=True)
+    torch.save(_fused_adam_layout(ck, bias_correction=False), path)
+    _copy_run_beside(run, tmp_path)
+    res = invoke(path, "--steps", "3")
+    assert res.exit_code == 2 and "bias_correction=False" in res.stderr and len(errors(res).splitlines()) == 1

@@ -245,7 +245,7 @@ class OptimizerCheckpoint:
             index=e.index,
             group=e.group,
             shape=e.shape,
-            step=_as_int(st.get("step")),
+            step=_state_step(st, h),
             lr=h["lr"],
             beta1=h["beta1"],
             beta2=h["beta2"],
@@ -650,7 +650,18 @@ def _hyper(group: dict) -> dict[str, Any]:
         "amsgrad": bool(group.get("amsgrad", False)),
         "decoupled_weight_decay": group.get("decoupled_weight_decay"),
         "maximize": bool(group.get("maximize", False)),
+        # apex's, Transformer Engine's and DeepSpeed's FusedAdam (Megatron-LM's optimizer) count steps per
+        # param group, not per parameter, and may turn bias correction off there: m and v then enter the
+        # update undivided (the divisors (1, 1))
+        "group_step": _as_int(group.get("step")),
+        "bias": (1.0, 1.0) if group.get("bias_correction", True) is False else None,
     }
+
+
+def _state_step(st: dict, hyper: dict[str, Any]) -> int | None:
+    """A parameter's step: its own state's (torch), else its param group's (a FusedAdam)."""
+    own = _as_int(st.get("step"))
+    return own if own is not None else hyper.get("group_step")
 
 
 def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
@@ -1218,7 +1229,7 @@ def _finish(
         mapping = "none"
     if len(opts) > 1:
         _label_by_optimizer(entries)
-    read_steps = [_as_int(osds[_opt_index(e)]["state"][e.index].get("step")) for e in entries if e.shape is not None]
+    read_steps = [_state_step(osds[_opt_index(e)]["state"][e.index], e.hyper) for e in entries if e.shape is not None]
     step, optimizer_step = resolve_steps(stated, read_steps, path, warnings)
     if model is not None:
         mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]

@@ -335,7 +335,7 @@ def _open_zero(tag: Path, shapes: list, trust: bool, warnings: list[str], mapped
             if own is None:
                 raise InputError(f"{tag}: no param group of the optimizer owns partition {sg} (holding {name})")
             entries.append(_Entry(group=g, index=name, pos=pos, name=name, shape=shape, hyper=_hyper(groups[own])))
-    steps = [s for s in (_as_int(st.get("step")) for st in state0.values() if isinstance(st, dict)) if s is not None]
+    steps = _optimizer_steps(state0, groups)
 
     def gather(name: str, shape: tuple, get: Callable[[int, int], Any]) -> Any:
         """The full tensor from its pieces: ``get(rank, sub_group)`` is that rank's flat tensor."""
@@ -448,6 +448,13 @@ def _zero3_layout(shapes: list, bases: list[dict], world: int, tag: Path) -> dic
     return where
 
 
+def _optimizer_steps(state: dict, groups: list) -> list[int]:
+    """The steps the base optimizer stored: per partition (torch's Adam, DeepSpeedCPUAdam), else per param
+    group (DeepSpeed's FusedAdam, the default on GPUs, counts ``group['step']``)."""
+    own = [s for s in (_as_int(st.get("step")) for st in state.values() if isinstance(st, dict)) if s is not None]
+    return own or [s for s in (_as_int(g.get("step")) for g in groups if isinstance(g, dict)) if s is not None]
+
+
 # --- universal ---------------------------------------------------------------------------------------
 def _open_universal(tag: Path, shapes: list, trust: bool, warnings: list[str]):
     zero = tag / "zero"
@@ -490,9 +497,7 @@ def _open_universal(tag: Path, shapes: list, trust: bool, warnings: list[str]):
         # ZeRO-3 conversions keep fp32 weights flat; ZeRO-1/2 ones in shape
         return tensor(name, "fp32").view(shape_of[name]) if (zero / name / "fp32.pt").is_file() else None
 
-    steps = [
-        s for s in (_as_int(st.get("step")) for st in base_state.values() if isinstance(st, dict)) if s is not None
-    ]
+    steps = _optimizer_steps(base_state, groups)
     return "deepspeed-universal", groups, entries, fetch_state, fetch_param, steps
 
 
