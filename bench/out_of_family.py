@@ -419,6 +419,125 @@ def designs(seeds: tuple[int, ...] = (0,)) -> list[Spec]:
         ckpt_every=100,
         data={"vocab": 32, "hidden": 32, "seq": 16},
     )
+    # bag-of-words classifier (EmbeddingBag on Zipf tokens: sparse row gradients), added in session 15 as a
+    # held-out family: designed, generated and scored after the rules it is scored on; its user logs
+    # Train/Loss, Train/LR and Train/GradNorm (the norm before clipping) every 5 steps, ckpt/iter_NNNNNNN.pt
+    add(
+        "bow_healthy",
+        "bow_clf",
+        "healthy",
+        "a document stream, mini-batch 64, 5% label noise, lr 3e-3",
+        steps=2000,
+        lr=3e-3,
+        batch=64,
+        log_every=5,
+        ckpt_every=200,
+    )
+    add(
+        "bow_corpus_healthy",
+        "bow_clf",
+        "healthy",
+        "a fixed corpus of 2048 documents, mini-batch 32, 5% label noise, lr 3e-3",
+        steps=3000,
+        lr=3e-3,
+        batch=32,
+        log_every=5,
+        ckpt_every=200,
+        data={"flip": 0.05, "corpus": 2048},
+    )
+    add(
+        "bow_corpus_quiet",
+        "bow_clf",
+        "healthy",
+        "512 separable documents, full batch, lr 1e-2: the loss falls to ~1e-4 and gradients vanish",
+        steps=4000,
+        lr=1e-2,
+        log_every=5,
+        ckpt_every=200,
+        data={"flip": 0.0, "corpus": 512},
+    )
+    add(
+        "bow_corpus_sgdr_b99",
+        "bow_clf",
+        "v_collapse",
+        "512 separable documents, full batch, beta2 0.99, SGDR lr 3e-2 period 1500: a restart at 1501 after "
+        "the loss fell to ~1e-8",
+        steps=3000,
+        lr=3e-2,
+        betas=(0.9, 0.99),
+        schedule="sgdr",
+        period=1500,
+        log_every=5,
+        ckpt_every=100,
+        data={"flip": 0.0, "corpus": 512},
+    )
+    add(
+        "bow_corpus_sgdr_lr1",
+        "bow_clf",
+        "lr_too_high",
+        "as bow_corpus_sgdr_b99 with lr 1.0: the loss reaches exactly 0.0 in float32",
+        steps=3000,
+        lr=1.0,
+        betas=(0.9, 0.99),
+        schedule="sgdr",
+        period=1500,
+        log_every=5,
+        ckpt_every=100,
+        data={"flip": 0.0, "corpus": 512},
+    )
+    add(
+        "bow_hot",
+        "bow_clf",
+        "lr_too_high",
+        "a document stream, mini-batch 64, warm-up over 200 steps to lr 1.0",
+        steps=1500,
+        lr=1.0,
+        schedule="warmup",
+        warmup=200,
+        batch=64,
+        log_every=5,
+        ckpt_every=100,
+    )
+    add(
+        "bow_hot_log1",
+        "bow_clf",
+        "lr_too_high",
+        "the same run as bow_hot, loss logged every step",
+        steps=1500,
+        lr=1.0,
+        schedule="warmup",
+        warmup=200,
+        batch=64,
+        log_every=1,
+        ckpt_every=100,
+    )
+    add(
+        "bow_badbatch",
+        "bow_clf",
+        "bad_batch",
+        "a document stream, mini-batch 64, lr 3e-3; at 800 one batch's token weights not normalised (x1e3)",
+        steps=1500,
+        lr=3e-3,
+        batch=64,
+        log_every=1,
+        ckpt_every=200,
+        event_at=800,
+        event_scale=1e3,
+    )
+    add(
+        "bow_new_vocab",
+        "bow_clf",
+        "v_collapse",
+        "a separable document stream of the 100 most frequent tokens, mini-batch 256, lr 1e-2; from 3000 on all "
+        "400 tokens (a new domain: rows that never had a gradient)",
+        steps=4000,
+        lr=1e-2,
+        batch=256,
+        log_every=5,
+        ckpt_every=200,
+        event_at=3000,
+        data={"flip": 0.0, "keep": 100},
+    )
     return [dataclasses.replace(sp, name=sp.name if k == 0 else f"{sp.name}_s{k}", seed=k) for k in seeds for sp in s]
 
 

@@ -69,7 +69,7 @@ def _kind(v: Any, original: dict[str, Any]) -> str | None:
 
 def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
     """Apply the decision table to ``rep`` from a replay ``result`` (adamdiag.replay.result.ReplayResult)."""
-    from adamdiag.replay.result import common_blowup
+    from adamdiag.replay.result import common_blowup, unmoved_blowup
 
     original = plan["original"]
     variants = [
@@ -171,6 +171,22 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
             f"something in the data or the objective at step {at}, not the optimizer; replay with --steps "
             f"{at - 1 - result.start_step} to judge the fixes before it",
         )
+    elif (at := unmoved_blowup(result.variants, result.start_step)) is not None:
+        # Every change blew up at the original's own step: from this checkpoint on nothing the optimizer does
+        # matters. The trigger is at that step (new data, a changed objective) — or the damage predates the
+        # checkpoint (weights that drifted while v collapsed): the replay cannot judge the verdict.
+        ver["confirms"] = None
+        rep.confidence = "low"
+        tried = ", ".join(v.name for v, k in changed if k is not None)
+        why = (
+            f"every tried change ({tried}) blows up at step {at}, the original's own step: from step "
+            f"{result.start_step} on no eps or lr moves it — the weights there meet something new in the data or "
+            f"the objective at step {at}, or were damaged before step {result.start_step}"
+        )
+        rep.findings.append(
+            Finding("AD106", "warning", f"no tried change avoids the blowup: {why}", step=rep.blowup_step)
+        )
+        _unconfirmed_recommendation(rep, result.start_step, at)
     else:
         ver["confirms"] = False
         rep.confidence = "low"
@@ -279,6 +295,20 @@ def _drop_refuted_eps_claim(rep: RunReport, eps_variant: str) -> None:
     rest = tail.partition("; ")[2]  # what followed the claim (a rising schedule), kept
     rec["message"] = f"{head}; the replay shows {eps_variant} avoids it too, so a v collapse fits as well" + (
         f"; {rest}" if rest else ""
+    )
+
+
+def _unconfirmed_recommendation(rep: RunReport, start: int, at: int) -> None:
+    """The log's eps or lr advice stays (it is what the mechanism asks for), said to be unconfirmed: the
+    replay saw that value blow up at the original's step like every other change."""
+    rec = rep.recommendation
+    if not rec or not rec.get("message"):
+        return
+    rec["verified"] = False
+    rec["message"] = (
+        f"{rec['message']} — not confirmed: replayed from step {start} it blows up at step {at} as the original "
+        f"does (so does every tried eps and lr); check what changes in the data or the loss at step {at}, or "
+        "replay from an earlier checkpoint"
     )
 
 

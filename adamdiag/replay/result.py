@@ -643,13 +643,46 @@ def common_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int | 
     steps = [int(v.blowup_step) for v in alts if v.blowup_step is not None]
     if max(steps) - min(steps) > BLOWUP_PERSIST:
         return None
+    return min(steps) if _wide_changes(orig, alts) else None
+
+
+def _wide_changes(orig: VariantOutcome, alts: list[VariantOutcome]) -> bool:
+    """The alternates changed eps and lr alike, or one of them by DATA_EVENT_SPREAD or more between them:
+    changes wide enough that a blowup none of them moves is no optimizer setting's."""
     kinds = {("eps" if v.eps != orig.eps else "") + ("lr" if v.lr != orig.lr else "") for v in alts}
 
     def spread(xs: list[float]) -> float:
         return max(xs) / max(min(xs), TINY)
 
-    wide = max(spread([v.eps for v in alts]), spread([v.lr for v in alts])) >= DATA_EVENT_SPREAD
-    return min(steps) if len(kinds) > 1 or wide else None
+    return len(kinds) > 1 or max(spread([v.eps for v in alts]), spread([v.lr for v in alts])) >= DATA_EVENT_SPREAD
+
+
+def unmoved_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int | None:
+    """The original's blowup step when every changed variant blows up there too (within the detector's
+    persistence window), whatever its change — eps and lr alike, or settings a decade apart. From the start
+    checkpoint on, no optimizer setting moves it: the weights there meet something new in the data or the
+    objective at that step (a new vocabulary, a loss term switched on), or were already damaged before the
+    checkpoint (weights that drifted during a v collapse, met by the data that returns). None otherwise.
+
+    >>> def v(name, eps, lr, step): return VariantOutcome(name, eps, 0.999, lr, 1.0, 1.0, True, step, 1.0, "blowup", step)
+    >>> runs = [v("original", 1e-8, 1e-2, 3000), v("eps=0.1", 1e-1, 1e-2, 3000), v("lr=0.001", 1e-8, 1e-3, 3001)]
+    >>> unmoved_blowup(runs, 2800)
+    3000
+    >>> unmoved_blowup([runs[0], runs[1], v("lr=0.001", 1e-8, 1e-3, 3200)], 2800) is None
+    True
+    """
+    orig, alts = variants[0], variants[1:]
+    if len(alts) < 2 or orig.outcome != "blowup" or orig.blowup_step is None:
+        return None
+    if not all(
+        v.outcome == "blowup"
+        and v.blowup_step is not None
+        and abs(v.blowup_step - orig.blowup_step) <= BLOWUP_PERSIST
+        and not postponed(v, orig, start_step)
+        for v in alts
+    ):
+        return None
+    return int(orig.blowup_step) if _wide_changes(orig, alts) else None
 
 
 def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, int, str]:
@@ -693,6 +726,15 @@ def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, 
         if orig.outcome == "at_risk":
             head += f"; {_risk_phrase(orig, start_step + orig.steps_replayed)}"
         return "postponed", 1, f"{head}: {extra}" if extra else head
+    if unmoved_blowup(variants, start_step) is not None:
+        return (
+            "not_fixed",
+            1,
+            f"every variant blows up at the original's own step {orig.blowup_step}, whatever its change: from "
+            f"step {start_step} on no optimizer setting moves it — the weights there meet something new in the "
+            f"data or the objective at step {orig.blowup_step}, or were damaged before step {start_step} "
+            "(replay from an earlier checkpoint)",
+        )
     return (
         "not_fixed",
         1,

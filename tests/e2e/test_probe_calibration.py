@@ -64,3 +64,36 @@ def test_a_run_that_ended_above_its_start_is_no_confident_healthy():
     # a warning: `check` passes at its default gate and fails at --fail-on warning
     assert runner.invoke(app, ["check", str(FIXTURES / "gru_warmup_climb")]).exit_code == 0
     assert runner.invoke(app, ["check", str(FIXTURES / "gru_warmup_climb"), "--fail-on", "warning"]).exit_code == 1
+
+
+def test_a_blowup_no_eps_or_lr_moves_is_not_called_fixed():
+    """bow_new_vocab: a vocabulary shift at 3000 (tokens whose rows never had a gradient, labels that depend on
+    them). The labeller's replays from 2800: every eps and lr change blows up at 3000. ``--verify`` sees the
+    same and says so — no eps or lr from the checkpoint moves it — and the log's eps advice stays only as
+    unconfirmed (before: a plain AD106, and "eps 1e-08 → 0.001" as if it were the fix)."""
+    t = truth("bow_new_vocab")
+    assert t["live_blowup_step"] == 3000 and set(t["variants"].values()) == {"blowup"}
+    res = runner.invoke(
+        app,
+        [
+            "scan",
+            str(FIXTURES / "bow_new_vocab"),
+            "--verify",
+            "--entry",
+            f"{ROOT / 'tools' / 'ood' / 'oodlab.py'}:adamdiag_replay",
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["blowup_step"] == 3000 and run["confidence"] == "low"
+    ver = run["verification"]
+    assert ver["confirms"] is None and ver["fidelity"]["reproduced"] is True
+    assert {v["blowup_step"] for v in ver["variants"]} == {3000}
+    (ad106,) = [f for f in run["findings"] if f["id"] == "AD106"]
+    assert "the original's own step" in ad106["message"] and "something new in the data" in ad106["message"]
+    rec = run["recommendation"]
+    assert rec["verified"] is False and "not confirmed" in rec["message"]

@@ -530,6 +530,36 @@ def test_a_blowup_every_change_moves_to_one_step_is_a_data_event():
     assert any(f.id == "AD703" and "step 111" in f.message for f in rep.findings), rep.findings
 
 
+def test_a_blowup_no_change_moves_is_said_so_and_the_fix_is_not_claimed():
+    # The original and every change (eps a decade up and more, lr/10) blow up at the original's own step 56:
+    # from the checkpoint on no optimizer setting matters. Neither a fix nor a refutation of the verdict.
+    from dataclasses import replace
+
+    from adamdiag.replay.result import unmoved_blowup
+
+    vs = [
+        _variant("original", SPIKY),
+        _variant("eps=0.001", SPIKY, eps=1e-3),
+        _variant("eps=0.1", SPIKY, eps=1e-1),
+        _variant("lr=0.0001", SPIKY, lr=1e-4),
+    ]
+    assert unmoved_blowup(vs, 50) == 56
+    c, code, text = conclude(vs, 50)
+    assert (c, code) == ("not_fixed", 1) and "at the original's own step 56" in text
+    assert "something new in the data or the objective" in text
+    # one change that moves it (a postponement), or only one kind of change a few percent apart: not this
+    assert unmoved_blowup([*vs[:3], replace(vs[3], blowup_step=111)], 50) is None
+    assert unmoved_blowup([vs[0], vs[1], replace(vs[1], eps=1.1e-3)], 50) is None
+    rep = _report_with_eps_recommendation(1e-3)
+    rep.verdict, rep.blowup_step = "v_collapse", 56
+    _decide_on(rep, vs)
+    assert rep.confidence == "low" and rep.verification["confirms"] is None
+    ad106 = [f for f in rep.findings if f.id == "AD106"]
+    assert len(ad106) == 1 and "the original's own step" in ad106[0].message
+    assert rep.recommendation["verified"] is False and rep.recommendation["eps"] == 1e-3
+    assert "not confirmed: replayed from step 50 it blows up at step 56" in rep.recommendation["message"]
+
+
 # A replayed variant's losses from a start at step 50: blows up at 56, blows up later (111), never.
 SPIKY, LATE, CALM = [1.0] * 5 + [100.0] * 15, [1.0] * 60 + [100.0] * 15, [1.0] * 100
 

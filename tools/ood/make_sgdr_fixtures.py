@@ -43,6 +43,8 @@ KEEP = {
     # decade from step to step, and a warm-up to an lr too high whose sparse log climbs under 10x
     "calibration/b95_noise_floor": ("mlp_adamw_b95_healthy_s3", (1500, 1750)),
     "calibration/gru_warmup_climb": ("gru_lm_hot_warmup_s4", (100, 200)),
+    # a blowup no eps or lr moves (session 15's held-out bag-of-words family): a vocabulary shift at 3000
+    "calibration/bow_new_vocab": ("bow_new_vocab_s1", (2600, 2800)),
 }
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     import oodlab
     from out_of_family import designs
 
-    specs = {s.name: s for s in designs((2, 3, 4))}
+    specs = {s.name: s for s in designs((1, 2, 3, 4))}
     only = sys.argv[1:]  # fixture folders to (re)write; all without arguments
     for name, (design, steps) in KEEP.items():
         if only and name not in only:

@@ -14,6 +14,8 @@ its rules never saw:
 * ``matfac``: matrix factorisation (user/item embeddings + biases) on observed entries of a noisy
   low-rank matrix, MSE.
 * ``mlp_reg``: an MLP regression with a cosine (or warm-restart) schedule and gradient accumulation.
+* ``bow_clf``: a bag-of-words classifier (``EmbeddingBag``) on Zipf-distributed tokens: sparse row gradients
+  (session 15; designed and scored after every rule it is scored on, as a held-out family).
 
 Designs that make gradients *return* after a long quiet phase do it the way real runs do: a term switched on
 late in the loss (an L2 penalty, logreg), a drifting data stream (matfac), a denoising phase that adds
@@ -406,7 +408,74 @@ class MLPReg(Family):
         return F.mse_loss(model(b["x"]).squeeze(-1), b["y"])
 
 
+class BowClf(Family):
+    """A bag-of-words text classifier (``nn.EmbeddingBag`` sum over a document's tokens with per-token weights
+    1/L, then a linear head) on documents of Zipf-distributed tokens; the label is a fixed random teacher's
+    class of the same bag, 5% flipped. Embedding rows get gradients only when their token occurs: the rarer
+    the token, the sparser its row's gradient (Adam's v of that row decays between occurrences).
+    ``event_at`` (intent v_collapse): a vocabulary shift — before it documents draw only from the ``keep``
+    most frequent tokens, from it on from the whole vocabulary (a new domain whose tokens the model never
+    saw: their rows had no gradient, v = 0). Bad batch: token weights not normalised (x event_scale)."""
+
+    loss_tag, lr_tag, gn_tag = "Train/Loss", "Train/LR", "Train/GradNorm"
+    ckpt_name = "ckpt/iter_{t:07d}.pt"
+
+    class Net(nn.Module):
+        def __init__(self, vocab: int, dim: int, classes: int) -> None:
+            super().__init__()
+            self.emb = nn.EmbeddingBag(vocab, dim, mode="sum")
+            self.head = nn.Linear(dim, classes)
+
+        def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(x, per_sample_weights=w))
+
+    def model(self, spec: Spec) -> nn.Module:
+        return BowClf.Net(int(spec.data.get("vocab", 400)), int(spec.data.get("dim", 16)), 4)
+
+    def data(self, spec: Spec) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(700 + int(spec.data.get("data_seed", 0)))
+        vocab = int(spec.data.get("vocab", 400))
+        zipf = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64) ** float(spec.data.get("zipf", 1.1))
+        teacher = torch.randn(vocab, 4, generator=g, dtype=torch.float64)
+        out = {"zipf": zipf, "teacher": teacher, "x": torch.zeros(1)}
+        if spec.data.get("corpus"):  # a fixed corpus of documents (full batch or mini-batches of its rows)
+            out.update(self._docs(spec, out, g, int(spec.data["corpus"]), None))
+        return out
+
+    def _docs(
+        self, spec: Spec, data: dict[str, torch.Tensor], g: torch.Generator, n: int, t: int | None
+    ) -> dict[str, torch.Tensor]:
+        length = int(spec.data.get("length", 12))
+        p = data["zipf"].clone()
+        if t is not None and spec.intent == "v_collapse" and spec.event_at is not None and t < spec.event_at:
+            p[int(spec.data.get("keep", 100)) :] = 0.0
+        x = torch.multinomial(p / p.sum(), n * length, replacement=True, generator=g).view(n, length)
+        y = (data["teacher"][x].sum(1)).argmax(1)
+        flip = torch.rand(n, generator=g) < float(spec.data.get("flip", 0.05))
+        return {"x": x, "y": torch.where(flip, torch.randint(0, 4, (n,), generator=g), y)}
+
+    def batch(self, spec: Spec, data: dict[str, torch.Tensor], t: int, micro: int) -> dict[str, torch.Tensor]:
+        if "y" in data:  # the fixed corpus
+            idx = _rows(int(data["x"].shape[0]), spec, t, micro)
+            x, y = (data["x"], data["y"]) if idx is None else (data["x"][idx], data["y"][idx])
+            w = torch.full(x.shape, 1.0 / x.shape[1])
+            if spec.intent == "bad_batch" and spec.event_at == t and micro == 0:
+                w = w * spec.event_scale
+            return {"x": x, "w": w, "y": y}
+        g = _gen(spec, t, micro)
+        doc = self._docs(spec, data, g, spec.batch or 64, t)
+        x, y = doc["x"], doc["y"]
+        w = torch.full(x.shape, 1.0 / x.shape[1])
+        if spec.intent == "bad_batch" and spec.event_at == t and micro == 0:
+            w = w * spec.event_scale
+        return {"x": x, "w": w, "y": y}
+
+    def loss(self, spec: Spec, model: nn.Module, b: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        return F.cross_entropy(model(b["x"], b["w"]), b["y"])
+
+
 FAMILIES: dict[str, Family] = {
+    "bow_clf": BowClf(),
     "logreg": LogReg(),
     "gru_lm": GRULM(),
     "conv_ae": ConvAE(),
