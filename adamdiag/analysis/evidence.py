@@ -95,7 +95,14 @@ def reconstruct(
 
     ``seeds`` are (step, exact mean(v)) from checkpoints. Before the first seed the EMA starts from
     v=0 at step 0 when logging starts at step ≤ 1 (exact), else from the first g² (steady-state
-    assumption, approximate).
+    assumption, approximate): v̂ = g² the step before the first logged one, i.e. the raw v is
+    g²·(1-β2^step0) — not g² itself, which would put v̂ 1/(1-β2^step0) too high (200x for a log that starts
+    at step 5 with β2 0.999, 20x at step 50) and read the gradients after it as a collapse.
+
+    >>> s = np.arange(5, 405, 5); g2 = np.full(len(s), 2.0)  # steady gradients, logged from step 5
+    >>> tr = reconstruct(s, g2, 0.999, [], 0.0, "global")
+    >>> float(tr.vhat[0]), round(float(np.nanmin(tr.r)), 6)
+    (2.0, 1.0)
     """
     order = np.argsort(steps, kind="stable")
     steps, g2 = steps[order], g2[order]
@@ -108,9 +115,10 @@ def reconstruct(
     # Piecewise: each segment between seeds starts from the seed's exact value.
     bounds: list[tuple[int, int, float, int]] = []  # (start index, end index, v0, step0)
     seed_iter = [(s, val) for s, val in seeds if n and steps[0] <= s <= steps[-1]]
-    start_v, start_step = (
-        (0.0, 0) if (n and steps[0] <= 1) else (float(g2[0]) if n else 0.0, int(steps[0]) - 1 if n else 0)
-    )
+    start_v, start_step = (0.0, 0)
+    if n and steps[0] > 1:
+        start_step = int(steps[0]) - 1
+        start_v = float(g2[0]) * -math.expm1(start_step * math.log(beta2)) if 0.0 < beta2 < 1.0 else float(g2[0])
     if n and steps[0] > 1:
         exact = False
         earlier = [(s, val) for s, val in seeds if s < steps[0]]

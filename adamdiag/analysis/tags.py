@@ -109,9 +109,9 @@ def pick_grad_norm_tag(tags: list[str]) -> str | None:
 
 
 # A tag's last part naming the lr of the run or of its first group: "lr", "learning_rate" (Megatron's
-# "learning-rate"), "lr0" (YOLOv5's x/lr0), "learning_rate_group0" (OLMo), "LR (group 0)" (OLMo-core) —
-# matched after lower-casing with "-" and " " read as "_".
-_LR_NAME = re.compile(r"(lr|learning_rate)(_?(pg|group|\(group)?_?\d+\)?)?")
+# "learning-rate", a CamelCase "LearningRate"), "lr0" (YOLOv5's x/lr0), "learning_rate_group0" (OLMo),
+# "LR (group 0)" (OLMo-core) — matched after lower-casing with "-" and " " read as "_".
+_LR_NAME = re.compile(r"(lr|learning_?rate)(_?(pg|group|\(group)?_?\d+\)?)?")
 
 
 def _names_lr(tag: str) -> bool:
@@ -119,7 +119,7 @@ def _names_lr(tag: str) -> bool:
     norm = low.replace("-", "_").replace(" ", "_")
     return (
         _LR_NAME.fullmatch(norm.rsplit("/", 1)[-1]) is not None
-        or norm.endswith("learning_rate")
+        or norm.endswith(("learning_rate", "learningrate"))
         # Lightning's LearningRateMonitor: "lr-<optimizer class>", "lr-<optimizer class>/pg<i>" per group;
         # a SummaryWriter's add_scalars("lr", {group: lr}), read as "lr/<group>"
         or low.startswith(("lr-", "lr/", "learning_rate/"))

@@ -68,6 +68,8 @@ LR_CASES = [
     ("OLMo", ["optim/learning_rate_group1", "optim/learning_rate_group0"], "optim/learning_rate_group0"),
     ("OLMo-core", ["optim/LR (group 1)", "optim/LR (group 0)", "train/CE loss"], "optim/LR (group 0)"),
     ("Keras", ["epoch_loss", "epoch_learning_rate"], "epoch_learning_rate"),
+    ("CamelCase", ["Loss/train", "LearningRate"], "LearningRate"),
+    ("CamelCase in a folder", ["Train/Loss", "Train/LearningRate"], "Train/LearningRate"),
     ("no lr, lr-like words", ["lr_warmup_steps", "clr_loss", "train/loss"], None),
 ]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
+from adamdiag.io.events import read_run
 from adamdiag.pipeline.scan import scan_paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,12 @@ def test_a_healthy_fairseq_run():
     (run,) = rep.runs
     assert (run.verdict, run.confidence) == ("healthy", "high")
     assert run.loss_tag == "train_inner/loss"
+    # its log starts at update --log-interval, not 1: v̂ there is the first logged g² (a steady state). Seeding
+    # the raw v with it put v̂ 1/(1-β2^N) too high and read the healthy run's first thousand steps as a v
+    # collapse in progress (an AD101 warning, before session 15)
+    scalars = read_run(FIX / "healthy" / "tb" / "train_inner").scalars
+    assert int(scalars[scalars["tag"] == "gnorm"]["step"].min()) > 1
+    assert not [f for f in run.findings if f.id == "AD101"], [f.message for f in run.findings]
 
 
 def test_a_folder_of_experiments_lends_each_its_own_checkpoints(tmp_path):
