@@ -842,7 +842,9 @@ def main(argv: list[str] | None = None) -> int:
             else RESULTS.with_name(f"out_of_family_seeds{'_'.join(map(str, args.seeds))}.json")
         )
         res.parent.mkdir(parents=True, exist_ok=True)
-        res.write_text(json.dumps(oodlab.cf.json_nulls({"summary": summ, "runs": rows}), indent=1, allow_nan=False) + "\n")
+        res.write_text(
+            json.dumps(oodlab.cf.json_nulls({"summary": summ, "runs": rows}), indent=1, allow_nan=False) + "\n"
+        )
         print(f"wrote {res.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
