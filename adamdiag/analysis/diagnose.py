@@ -162,6 +162,10 @@ def _verdict_findings(rep: RunReport, ev: Evidence, d: Decision) -> None:
         rep.blowup_step = ev.event_step
         rep.warning_step = v_collapse_warning_step(ev, d)
         rep.findings += F.shrunken_v(ev)
+    elif d.rule == "spike_cycles" and ev.spike_cycles is not None:
+        rep.blowup_step = ev.event_step
+        rep.warning_step = v_collapse_warning_step(ev, d)
+        rep.findings += F.spike_cycles(ev)
     elif d.verdict == "v_collapse":
         rep.blowup_step = ev.event_step
         rep.warning_step = v_collapse_warning_step(ev, d)

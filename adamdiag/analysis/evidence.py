@@ -414,6 +414,43 @@ def pre_event_r(trajs: list[Trajectory], event_step: int | None) -> float | None
     return float(np.median(t.r[sel])) if sel.any() else None
 
 
+def spike_cycles(
+    trajs: list[Trajectory],
+    lr_series: tuple[np.ndarray, np.ndarray],
+    spikes: list[int],
+    event_step: int | None,
+    beta2: float,
+) -> dict[str, Any] | None:
+    """Over v's memory before the event (min(1/(1-β2), step) steps): the share of the all-parameter
+    trajectory's points that were quiet (r < COLLAPSE_R), the recovered spikes in it, and whether the logged lr
+    rose there. None without an event, an all-parameter trajectory or a logged lr (a warm-up cannot be told
+    apart without it).
+
+    >>> s = np.arange(1, 1201); r = np.where(s % 100 < 20, 1.0, 0.02)
+    >>> tr = Trajectory("global", s, np.ones(len(s)), np.ones(len(s)), r, True)
+    >>> c = spike_cycles([tr], (s, np.full(len(s), 1e-3)), [1020, 1120], 1200, 0.999)
+    >>> round(c["quiet_share"], 2), c["spikes"], c["lr_rose"]
+    (0.8, [1020, 1120], False)
+    """
+    glob = [t for t in trajs if t.label == "global"]
+    ls, lv = lr_series
+    if event_step is None or not glob or not len(ls):
+        return None
+    tr = glob[0]
+    lo = event_step - min(1.0 / (1.0 - beta2), float(event_step))
+    inside = (tr.steps >= lo) & (tr.steps < event_step) & np.isfinite(tr.r)
+    lr_in = (ls >= lo) & (ls <= event_step) & np.isfinite(lv) & (lv > 0)
+    if inside.sum() < COLLAPSE_MIN_POINTS or not lr_in.any():
+        return None
+    lrs = lv[lr_in]
+    return {
+        "quiet_share": float(np.mean(tr.r[inside] < COLLAPSE_R)),
+        "spikes": [int(x) for x in spikes if lo <= x < event_step],
+        "lr_rose": bool(lrs[-1] > lrs.min() * (1.0 + CLIP_AGREEMENT)),
+        "window": [int(math.ceil(lo)), int(event_step)],
+    }
+
+
 def abrupt_gradient_jump(event_step: int, gn: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
     """The bad-batch signature: at the loss event the gradient norm jumped ≥10x (g² ≥ 100x, far
     outside mini-batch noise) in ONE step, over both the previous step and the trailing median, and no
@@ -1010,6 +1047,8 @@ class Evidence:
     # The logged lr at the last logged step up to the start checkpoint: the lr its v lived under. The checkpoint's
     # own lr can be the next update's (a scheduler stepped before the save): at a warm restart, the raised one.
     lr_before_start: float | None = None
+    # Over v's memory before the event: quiet share of r, recovered spikes, whether the logged lr rose
+    spike_cycles: dict[str, Any] | None = None
     # Keras running-mean loss tags turned back into per-batch losses (or kept raw, with the reason).
     loss_rebuilt: list[dict[str, Any]] = field(default_factory=list)
     auto_loss_tag: str | None = None  # what the shared auto-pick chooses (replay uses it without --loss-tag)
@@ -1334,6 +1373,7 @@ def gather(
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
         lr_before_start=lr_before_start,
+        spike_cycles=spike_cycles(trajs, (ls, lv), ev.spikes, event_step, beta2) if lr_tag is not None else None,
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
         end_climb=ended_above_start(steps, loss)

@@ -543,6 +543,24 @@ def shrunken_v(ev: Evidence) -> list[Finding]:
     return [Finding("AD101", "error", msg, step=f.deep_step, evidence=evidence), *regrowth(ev)]
 
 
+def spike_cycles(ev: Evidence) -> list[Finding]:
+    """AD101 for a blowup that ended a cycle of recovered spikes over quiet stretches (rule spike_cycles),
+    then re-growth (AD102)."""
+    c = ev.spike_cycles
+    assert c is not None  # the rule decided on it
+    b, r, sp = ev.event_step, ev.pre_event_r, c["spikes"]
+    shown = ", ".join(map(str, sp[:MAX_SPIKES_LISTED])) + (" …" if len(sp) > MAX_SPIKES_LISTED else "")
+    msg = (
+        f"v collapse: over v's memory before the blowup at {b} (steps {c['window'][0]}-{b}) g²/v̂ was below "
+        f"{COLLAPSE_R} on {c['quiet_share']:.0%} of the logged steps (median {r:.3g} just before it) and the loss "
+        f"spiked and recovered {len(sp)} times (step {shown}) while the lr did not rise: v decays until the step "
+        "lr/√v̂ passes the loss's stability limit, spikes lift it, it decays again — eps caps the step, a smaller lr "
+        "only moves the limit (a too-high lr fits too: the replay tells them apart)"
+    )
+    evidence = {"median_r_before": r, **c}
+    return [Finding("AD101", "error", msg, step=sp[0], evidence=evidence), *regrowth(ev)]
+
+
 def diverged(ev: Evidence, d: Decision) -> list[Finding]:
     """AD201: the blowup without a stale v. Says what r was, in words that match its value."""
     b = ev.event_step

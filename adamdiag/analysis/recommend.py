@@ -245,11 +245,10 @@ def _increase_eps(
         )
     if d.alternative == "lr_too_high":
         # shrunken_v: v̂ fell deep while it tracked shrinking gradients — no quiet stretch at all
-        why = (
-            "v̂ fell deep without a quiet stretch (it tracked shrinking gradients)"
-            if d.rule == "shrunken_v"
-            else "the quiet stretch before the blowup is long but shallow"
-        )
+        why = {
+            "shrunken_v": "v̂ fell deep without a quiet stretch (it tracked shrinking gradients)",
+            "spike_cycles": "recovered spikes kept the quiet stretches short (v, not the lr, kept crossing the limit)",
+        }.get(d.rule, "the quiet stretch before the blowup is long but shallow")
         rec["message"] += (
             f"; {why}, so a too-high lr also fits: the replay below tries both (a stale v is the cause when an eps "
             "fix avoids the blowup and lr/3 only postpones it)"

@@ -65,6 +65,13 @@ COLLAPSE_MIN_POINTS = 3
 # that is long but not this deep is still a stale v (the adaptive edge of stability: lowering lr
 # only postpones the blowup, measured on the validation matrix), reported with medium confidence.
 COLLAPSE_DEPTH = 0.01
+# Spike cycles (evidence.spike_cycles): the adaptive edge of stability at a constant or falling lr — v decays
+# until lr/√v̂ passes the loss's stability limit, the loss spikes and recovers, the spike's gradients lift v,
+# and v decays again. Each quiet stretch between spikes is short, but over v's memory before the blowup most
+# steps are quiet (r < COLLAPSE_R) and the run spiked and recovered at least SPIKE_CYCLE_MIN_SPIKES times:
+# v, not the lr, is what keeps crossing the limit (eps caps lr/√v̂; a smaller lr moves the limit, not the cycle).
+SPIKE_CYCLE_QUIET_SHARE = 0.5
+SPIKE_CYCLE_MIN_SPIKES = 2
 # The same depth per element (evidence.element_fall): a v collapse when at least this share of all live
 # elements sits ≥ 1/√COLLAPSE_DEPTH (10x) below its tensor's earlier median √v̂ — the typical element's step
 # grew ≥ 10x, though the tensor means, kept up by an active part, did not fall.

@@ -25,8 +25,10 @@ the mechanism (docs/architecture.md):
    level at the next: ``bad_batch`` (low: the loss alone shows it); no loss event at all but a ≥10x one-step
    jump of the logged gradient norm, back at the next step: ``bad_batch`` (medium: the loss did not react);
 9. recovered spikes only: ``healthy`` (warnings say what preceded them);
-10. any other blowup: ``lr_too_high``;
-11. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings); a healthy run
+10. a blowup after spike cycles — over v's memory most steps quiet (r < 0.1), ≥ 2 recovered spikes, the logged lr
+    not rising: ``v_collapse`` (medium, ``lr_too_high`` beside it): the adaptive edge of stability cycling;
+11. any other blowup: ``lr_too_high``;
+12. otherwise ``healthy`` (eps_too_large is decided on checkpoints afterwards, in the findings); a healthy run
     whose loss ended ≥ 2x above where it started is healthy with low confidence, ``lr_too_high`` beside it
     (AD003).
 
@@ -40,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adamdiag.analysis.evidence import Evidence
-from adamdiag.analysis.thresholds import COLLAPSE_R, MIN_LOSS_POINTS
+from adamdiag.analysis.thresholds import COLLAPSE_R, MIN_LOSS_POINTS, SPIKE_CYCLE_MIN_SPIKES, SPIKE_CYCLE_QUIET_SHARE
 
 
 @dataclass
@@ -185,6 +187,20 @@ def _shrunken_v(ev: Evidence) -> Decision | None:
     return Decision("v_collapse", "shrunken_v", "medium", alternative="lr_too_high")
 
 
+def _spike_cycles(ev: Evidence) -> Decision | None:
+    # Quiet before the blowup (r < COLLAPSE_R) but no single stretch long enough to make v stale: over v's
+    # memory most steps were quiet, the run spiked and recovered ≥ SPIKE_CYCLE_MIN_SPIKES times, and the logged
+    # lr did not rise — the adaptive edge of stability cycling (v decays, the loss spikes, v is lifted, decays
+    # again) until a spike does not recover. eps caps lr/√v̂; a smaller lr moves the limit, not the cycle.
+    # Medium: the replay tries both. A warm-up (the lr rose) or an unlogged lr stays diverged.
+    c = ev.spike_cycles
+    if ev.blowup_step is None or c is None or ev.pre_event_r is None or not ev.pre_event_r < COLLAPSE_R:
+        return None
+    if c["lr_rose"] or c["quiet_share"] < SPIKE_CYCLE_QUIET_SHARE or len(c["spikes"]) < SPIKE_CYCLE_MIN_SPIKES:
+        return None
+    return Decision("v_collapse", "spike_cycles", "medium", alternative="lr_too_high")
+
+
 def _lr_too_high(ev: Evidence) -> Decision | None:
     if ev.blowup_step is None:
         return None
@@ -251,6 +267,11 @@ RULES: list[VerdictRule] = [
     ),
     VerdictRule("recovered_spikes", "loss: spikes that recovered, no blowup", _recovered),
     VerdictRule("shrunken_v", "mean v̂ from logs or checkpoints: ≥ 100x below its peak before the blowup", _shrunken_v),
+    VerdictRule(
+        "spike_cycles",
+        "r low before the blowup; over v's memory most steps quiet, ≥ 2 recovered spikes, the logged lr not rising",
+        _spike_cycles,
+    ),
     VerdictRule("diverged", "a blowup without a quiet stretch before it", _lr_too_high),
     VerdictRule("healthy", "nothing blew up", _healthy),
 ]
@@ -265,6 +286,8 @@ def v_collapse_warning_step(ev: Evidence, d: Decision) -> int | None:
         return None
     if d.rule == "shrunken_v" and ev.vhat_fall is not None:
         return ev.vhat_fall.deep_step
+    if d.rule == "spike_cycles" and ev.spike_cycles is not None:
+        return int(ev.spike_cycles["spikes"][0])
     return ev.collapse_warning_step()
 
 

@@ -30,6 +30,10 @@ def _collapse(deep: bool, exact: bool = True, label: str = "global") -> Collapse
     return Collapse(label, "log", 100, 300, 1e-4, deep=deep, depth=0.001 if deep else 0.6, exact=exact)
 
 
+# over v's memory before the blowup at 900: most steps quiet, three recovered spikes, the lr constant
+CYCLES = {"quiet_share": 0.7, "spikes": [600, 700, 800], "lr_rose": False, "window": [1, 900]}
+
+
 def make(**kw) -> Evidence:
     ev = Evidence(
         loss_tag="train/loss",
@@ -314,6 +318,46 @@ SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
             "medium",
             "v_collapse",
         ),
+        (
+            "spike cycles at a constant lr after short quiet stretches",
+            make(pre_event_r=COLLAPSE_R / 2, spike_cycles=CYCLES),
+            "v_collapse",
+            "spike_cycles",
+            "medium",
+            "lr_too_high",
+        ),
+        (
+            "spike cycles during a warm-up (the lr rose): the lr made the step",
+            make(pre_event_r=COLLAPSE_R / 2, spike_cycles={**CYCLES, "lr_rose": True}),
+            "lr_too_high",
+            "diverged",
+            "medium",
+            "v_collapse",
+        ),
+        (
+            "one recovered spike is no cycle",
+            make(pre_event_r=COLLAPSE_R / 2, spike_cycles={**CYCLES, "spikes": [700]}),
+            "lr_too_high",
+            "diverged",
+            "medium",
+            "v_collapse",
+        ),
+        (
+            "mostly not quiet over v's memory",
+            make(pre_event_r=COLLAPSE_R / 2, spike_cycles={**CYCLES, "quiet_share": 0.3}),
+            "lr_too_high",
+            "diverged",
+            "medium",
+            "v_collapse",
+        ),
+        (
+            "spike cycles need r low just before the blowup",
+            make(spike_cycles=CYCLES),
+            "lr_too_high",
+            "diverged",
+            "high",
+            None,
+        ),
         ("diverged, approximate data", make(trajectories=[_traj(exact=False)]), "lr_too_high", "diverged", "low", None),
         ("nothing happened", make(events=QUIET, event_step=None), "healthy", "no_event", "high", None),
     ],
@@ -339,9 +383,17 @@ def test_every_rule_has_a_case():
         "absorbed_batch",
         "recovered_spikes",
         "shrunken_v",
+        "spike_cycles",
         "diverged",
         "healthy",
     }
+
+
+def test_spike_cycles_message_says_its_numbers():
+    ev = make(pre_event_r=COLLAPSE_R / 2, spike_cycles=CYCLES)
+    f, *_ = F.spike_cycles(ev)
+    assert f.id == "AD101" and f.step == 600 and "70% of the logged steps" in f.message
+    assert "recovered 3 times (step 600, 700, 800)" in f.message and "the lr did not rise" in f.message
 
 
 @pytest.mark.parametrize("r", [0.5, COLLAPSE_R / 3, None])
