@@ -1,4 +1,4 @@
-"""Verdict calibration on two runs of the out-of-family probe that read confidently wrong.
+"""Verdict calibration on runs of the out-of-family probe that read wrong (confidently, or with a fix that is none).
 
 tests/fixtures/calibration/ (tools/ood/make_sgdr_fixtures.py wrote them; truth.json: the lab labeller's
 verdict on the live run, with its replays from the checkpoint before a blowup):
@@ -97,3 +97,19 @@ def test_a_blowup_no_eps_or_lr_moves_is_not_called_fixed():
     assert "the original's own step" in ad106["message"] and "something new in the data" in ad106["message"]
     rec = run["recommendation"]
     assert rec["verified"] is False and "not confirmed" in rec["message"]
+
+
+def test_spike_cycles_at_a_constant_lr_read_as_a_v_collapse():
+    """fullbatch_spike_cycles: a constant-lr full-batch fit that spikes and recovers until it does not. No quiet
+    stretch lasts 0.2 of v's memory (each spike lifts v), so before rule spike_cycles it read lr_too_high
+    (medium) and its first fix was lr/10, which the labeller saw only postpone the blowup; eps 1e-3 avoids it."""
+    t = truth("fullbatch_spike_cycles")
+    assert t["label"] == "v_collapse" and t["variants"]["eps1e-3"] == "avoided"
+    assert t["variants"]["lr/10"] != "avoided"
+    rep = scan_paths([FIXTURES / "fullbatch_spike_cycles"]).runs[0]
+    assert (rep.verdict, rep.confidence, rep.alternative) == ("v_collapse", "medium", "lr_too_high")
+    (ad101,) = [f for f in rep.findings if f.id == "AD101"]
+    spikes = ad101.evidence["spikes"]
+    assert len(spikes) >= 2 and ad101.evidence["lr_rose"] is False and ad101.evidence["quiet_share"] >= 0.5
+    assert rep.warning_step == spikes[0] < rep.blowup_step
+    assert rep.recommendation["action"] == "increase eps" and rep.recommendation["eps"] == 1e-3

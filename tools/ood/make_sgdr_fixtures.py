@@ -7,6 +7,14 @@ with the checkpoints up to the restart (the collapse is read from them), and tes
 - ``gru_warmup_climb/``: ``gru_lm_hot_warmup_s4`` — a GRU LM warmed up to lr 3, loss logged every 10 steps: it
   climbs 2.7 → ~20 (8-9.8x held, under a blowup's 10x) and ends 5x above its start; the labeller saw the live
   loss blow up and lr/3 avoid it.
+- ``bow_new_vocab/``: ``bow_new_vocab_s1`` — a bag-of-words classifier trained on the 100 most frequent of 400
+  tokens; at 3000 the stream draws from all 400 (rows that never had a gradient, labels that depend on them):
+  the loss jumps 30x at that step, and in the labeller's replays from 2800 every eps and lr change blows up
+  there too.
+- ``fullbatch_spike_cycles/``: ``mlp_fullbatch_const_s2`` — an MLP regression, full batch, constant lr 3e-3, loss
+  logged every 10 steps: it fits to ~1e-4, then spikes and recovers (the log shows 1070, 1360, 1460) until the
+  one at 1570 does not; the labeller saw the every-step loss pass 10x at 1359, and from its checkpoint at 1250
+  eps 1e-3 avoids it while lr/3 and lr/10 only postpone it (at risk).
 
 - ``mlp_restart/``: ``mlp_sgdr_b99_s2`` — an MLP regression, full batch, Adam β2 0.99, lr 1e-2, cycle 1000:
   v collapses as the cycle's lr decays to ~0; the restart at 1001 blows the loss up at 1004. The probe's
@@ -45,6 +53,8 @@ KEEP = {
     "calibration/gru_warmup_climb": ("gru_lm_hot_warmup_s4", (100, 200)),
     # a blowup no eps or lr moves (session 15's held-out bag-of-words family): a vocabulary shift at 3000
     "calibration/bow_new_vocab": ("bow_new_vocab_s1", (2600, 2800)),
+    # spike cycles at a constant lr (verdict rule spike_cycles): a full-batch fit sliding into repeated spikes
+    "calibration/fullbatch_spike_cycles": ("mlp_fullbatch_const_s2", (1250, 1500)),
 }
 
 
