@@ -55,6 +55,7 @@ from adamdiag.analysis.thresholds import (
     MONITOR_LOG_AGREEMENT,
     PRE_EVENT_WINDOW,
     REGROWTH_WINDOW,
+    SPIKE_CYCLE_LR_RISE,
     TINY,
 )
 
@@ -446,7 +447,7 @@ def spike_cycles(
     return {
         "quiet_share": float(np.mean(tr.r[inside] < COLLAPSE_R)),
         "spikes": [int(x) for x in spikes if lo <= x < event_step],
-        "lr_rose": bool(lrs[-1] > lrs.min() * (1.0 + CLIP_AGREEMENT)),
+        "lr_rose": bool(lrs[-1] > lrs.min() * (1.0 + SPIKE_CYCLE_LR_RISE)),
         "window": [int(math.ceil(lo)), int(event_step)],
     }
 

@@ -72,6 +72,9 @@ COLLAPSE_DEPTH = 0.01
 # v, not the lr, is what keeps crossing the limit (eps caps lr/√v̂; a smaller lr moves the limit, not the cycle).
 SPIKE_CYCLE_QUIET_SHARE = 0.5
 SPIKE_CYCLE_MIN_SPIKES = 2
+# The logged lr "rose" over that window when its value at the event is this much (relative) above its least
+# there: a warm-up or a warm restart, not the float noise of a logged constant.
+SPIKE_CYCLE_LR_RISE = 0.2
 # The same depth per element (evidence.element_fall): a v collapse when at least this share of all live
 # elements sits ≥ 1/√COLLAPSE_DEPTH (10x) below its tensor's earlier median √v̂ — the typical element's step
 # grew ≥ 10x, though the tensor means, kept up by an active part, did not fall.
