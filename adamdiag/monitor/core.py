@@ -19,6 +19,7 @@ import math
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -102,6 +103,22 @@ class _Watch:
         self.eps = 1e-8
         self.grad_norm = GradNormRing()  # per-step gradient-norm estimate: scan's one-batch rule at a blowup
         self.gn_params: list[Any] | None = None  # the GN_MAX_TENSORS largest parameters (chosen once)
+        # (step, lr of the first param group) at the observed steps: scan's spike-cycle rule asks whether the lr
+        # rose over v's memory before a blowup (a warm-up) — the lr scan reads from a logged lr tag
+        self.lrs: deque[tuple[int, float]] = deque(maxlen=R.STRETCH_WINDOW)
+
+    def note_lr(self) -> None:
+        """The first param group's lr at this step, when it is a plain number (a tensor lr is left out: reading
+        it could wait for the device)."""
+        lr = self.optimizer.param_groups[0].get("lr") if self.optimizer.param_groups else None
+        if isinstance(lr, int | float) and self.step is not None:
+            self.lrs.append((self.step, float(lr)))
+
+    def lr_series(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.lrs:
+            return None
+        a = np.array(self.lrs, dtype=np.float64)
+        return a[:, 0].astype(np.int64), a[:, 1]
 
     def record_grad_norm(self) -> None:
         if self.gn_params is None:
@@ -319,7 +336,13 @@ class AdamMonitor:
         found: list[R.BlowupEvidence] = []
         for w, gn in zip(self._watches, norms):
             t = w.tracks.get("global")
-            be = R.blowup_evidence(t, w.eps, w.beta2, start, gn, events.blowup_step) if t is not None else None
+            be = (
+                R.blowup_evidence(
+                    t, w.eps, w.beta2, start, gn, events.blowup_step, lr_series=w.lr_series(), spikes=events.spikes
+                )
+                if t is not None
+                else None
+            )
             if be is None:
                 continue
             if be.verdict == "v_collapse" and be.warning_step is not None:
@@ -433,6 +456,7 @@ class AdamMonitor:
                     if new:
                         self._emit(new, w.step)
                 if w.step % self.every == 0:
+                    w.note_lr()
                     self._observe(w)
                 elif w.step < self.every:
                     # v̂ peaks in the first steps (v̂_1 = g²_1): a logging grid that starts at step

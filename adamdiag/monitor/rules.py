@@ -48,6 +48,8 @@ from adamdiag.analysis.evidence import (
     episode_start,
     jump_is_isolated,
     logged_collapses,
+    pre_event_r,
+    spike_cycles,
     vhat_fall,
 )
 from adamdiag.analysis.signals import LossEvents, detect_loss_events
@@ -242,6 +244,8 @@ def blowup_evidence(
     at: int,
     grad_norm: tuple[np.ndarray, np.ndarray] | None = None,
     blowup: int | None = None,
+    lr_series: tuple[np.ndarray, np.ndarray] | None = None,
+    spikes: list[int] | None = None,
 ) -> BlowupEvidence | None:
     """scan's verdict rules on the monitor's all-parameters trajectory (``track``: a Track with history)
     with the loss event put at ``at`` (the start of the instability episode): the evidence
@@ -249,7 +253,10 @@ def blowup_evidence(
     (:func:`~adamdiag.analysis.evidence.logged_collapses`, :func:`~adamdiag.analysis.evidence.vhat_fall`)
     and, from the per-step gradient norm ``grad_norm`` (steps, values), scan's one-step jump at the
     ``blowup`` step (:func:`~adamdiag.analysis.evidence.abrupt_gradient_jump`,
-    :func:`~adamdiag.analysis.evidence.jump_is_isolated`), decided by scan's
+    :func:`~adamdiag.analysis.evidence.jump_is_isolated`), and from the optimizer's lr at the observed steps
+    (``lr_series``) and the fed loss's recovered ``spikes``, scan's spike cycles
+    (:func:`~adamdiag.analysis.evidence.spike_cycles`, with :func:`~adamdiag.analysis.evidence.pre_event_r`),
+    decided by scan's
     :func:`~adamdiag.analysis.verdicts.decide`: its verdict and rule, and scan's warning step
     (:func:`~adamdiag.analysis.verdicts.v_collapse_warning_step`; the jump's step for a bad batch).
     ``None`` with fewer than two points."""
@@ -265,6 +272,11 @@ def blowup_evidence(
     if jump is not None:
         jump["isolated"] = jump_is_isolated(jump, grad_norm)
         jump["source"] = "monitor: per-step estimate from a strided sample of the gradients"
+    cycles = (
+        spike_cycles([tr], lr_series, list(spikes or []), event, beta2)
+        if lr_series is not None and len(lr_series[0])
+        else None
+    )
     ev = _evidence(
         loss_tag="loss (log_loss)",
         n_loss_points=MIN_LOSS_POINTS,
@@ -274,6 +286,8 @@ def blowup_evidence(
         collapses=collapses,
         vhat_fall=fall,
         grad_jump=jump,
+        pre_event_r=pre_event_r([tr], event),
+        spike_cycles=cycles,
         beta2=beta2,
         eps=eps,
     )

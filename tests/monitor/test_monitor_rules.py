@@ -344,3 +344,46 @@ def test_gradient_jump_at_the_blowup_reads_as_scan_reads_it(tmp_path, scale, ver
         assert mine[0].evidence["grad_norm"] == pytest.approx(scans[0].evidence["grad_norm"], rel=0.3)
     else:
         assert mon.warning_step is None
+
+
+def test_spike_cycles_blowup_reads_as_scan_reads_it(tmp_path) -> None:
+    """Real Adam steps (β2 0.999) on one 1000-element parameter: large gradients for 100 steps, then bursts of them
+    (20 steps every 150) over small ones, the loss spiking and recovering at each burst and blowing up at 1300,
+    the lr constant and logged. No quiet stretch lasts 0.2 of v's memory (200 steps), v̂ never falls 100x: scan
+    calls it v_collapse by its spike_cycles rule, warning at the first recovered spike of the window. The
+    monitor, with the optimizer's own lr at its observed steps, decides the same (before: lr_too_high)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.pipeline.scan import scan_paths
+
+    gen = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    mon = AdamMonitor(opt, names=["w"], every=5)
+    w = SummaryWriter(str(tmp_path))
+
+    def burst(s: int) -> bool:
+        return s <= 100 or (s > 200 and (s - 200) % 150 < 20)
+
+    for s in range(1, 1331):
+        p.grad = torch.randn(1000, generator=gen) * (1.0 if burst(s) else 0.02)
+        level = 100.0 if s >= 1300 else (5.0 if s > 200 and (s - 200) % 150 in (1, 2) else 1.0)
+        loss = level * (1 + 0.01 * float(torch.randn((), generator=gen)))
+        w.add_scalar("train/loss", loss, s)
+        w.add_scalar("train/grad_norm", float(p.grad.norm()), s)
+        w.add_scalar("train/lr", 1e-3, s)
+        opt.step()
+        mon.log_loss(s, loss)
+    w.close()
+    mon.close()
+    rep = scan_paths([tmp_path]).runs[0]
+    assert (rep.verdict, rep.confidence, rep.alternative, rep.blowup_step) == (
+        "v_collapse",
+        "medium",
+        "lr_too_high",
+        1300,
+    )
+    (ad101,) = [f for f in rep.findings if f.id == "AD101"]
+    assert len(ad101.evidence["spikes"]) >= 2 and ad101.evidence["lr_rose"] is False
+    assert rep.warning_step == ad101.evidence["spikes"][0]
+    assert mon.verdict == "v_collapse" and mon.blowup_step == 1300 and mon.warning_step == rep.warning_step
