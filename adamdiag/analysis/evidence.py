@@ -118,14 +118,14 @@ def reconstruct(
     seed_iter = [(s, val) for s, val in seeds if n and steps[0] <= s <= steps[-1]]
     start_v, start_step = (0.0, 0)
     if n and steps[0] > 1:
-        start_step = int(steps[0]) - 1
-        start_v = float(g2[0]) * -math.expm1(start_step * math.log(beta2)) if 0.0 < beta2 < 1.0 else float(g2[0])
-    if n and steps[0] > 1:
         exact = False
         earlier = [(s, val) for s, val in seeds if s < steps[0]]
         if earlier:
             start_step, start_v = earlier[-1]
-            exact = exact or bool(len(gaps) == 0 or gaps.max() <= 1)
+            exact = bool(len(gaps) == 0 or gaps.max() <= 1)
+        else:
+            start_step = int(steps[0]) - 1
+            start_v = float(g2[0]) * -math.expm1(start_step * math.log(beta2)) if 0.0 < beta2 < 1.0 else float(g2[0])
     idx0 = 0
     for s, val in seed_iter:
         i = int(np.searchsorted(steps, s, side="right"))
@@ -1374,7 +1374,7 @@ def gather(
         lr_at_event=lr_at_event,
         lr_peak_after=lr_peak_after,
         lr_before_start=lr_before_start,
-        spike_cycles=spike_cycles(trajs, (ls, lv), ev.spikes, event_step, beta2) if lr_tag is not None else None,
+        spike_cycles=spike_cycles(trajs, (ls, lv), ev.spikes, event_step, beta2),
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
         end_climb=ended_above_start(steps, loss)

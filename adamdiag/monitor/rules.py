@@ -272,11 +272,7 @@ def blowup_evidence(
     if jump is not None:
         jump["isolated"] = jump_is_isolated(jump, grad_norm)
         jump["source"] = "monitor: per-step estimate from a strided sample of the gradients"
-    cycles = (
-        spike_cycles([tr], lr_series, list(spikes or []), event, beta2)
-        if lr_series is not None and len(lr_series[0])
-        else None
-    )
+    cycles = spike_cycles([tr], lr_series, list(spikes or []), event, beta2) if lr_series is not None else None
     ev = _evidence(
         loss_tag="loss (log_loss)",
         n_loss_points=MIN_LOSS_POINTS,

@@ -171,7 +171,7 @@ def decide(rep: RunReport, result: Any, plan: dict[str, Any]) -> None:
             f"something in the data or the objective at step {at}, not the optimizer; replay with --steps "
             f"{at - 1 - result.start_step} to judge the fixes before it",
         )
-    elif (at := unmoved_blowup(result.variants, result.start_step)) is not None:
+    elif (at := unmoved_blowup(result.variants)) is not None:
         # Every change blew up at the original's own step: from this checkpoint on nothing the optimizer does
         # matters. The trigger is at that step (new data, a changed objective) — or the damage predates the
         # checkpoint (weights that drifted while v collapsed): the replay cannot judge the verdict.

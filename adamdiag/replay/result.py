@@ -657,7 +657,7 @@ def _wide_changes(orig: VariantOutcome, alts: list[VariantOutcome]) -> bool:
     return len(kinds) > 1 or max(spread([v.eps for v in alts]), spread([v.lr for v in alts])) >= DATA_EVENT_SPREAD
 
 
-def unmoved_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int | None:
+def unmoved_blowup(variants: list[VariantOutcome]) -> int | None:
     """The original's blowup step when every changed variant blows up there too (within the detector's
     persistence window), whatever its change — eps and lr alike, or settings a decade apart. From the start
     checkpoint on, no optimizer setting moves it: the weights there meet something new in the data or the
@@ -666,9 +666,9 @@ def unmoved_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int |
 
     >>> def v(name, eps, lr, step): return VariantOutcome(name, eps, 0.999, lr, 1.0, 1.0, True, step, 1.0, "blowup", step)
     >>> runs = [v("original", 1e-8, 1e-2, 3000), v("eps=0.1", 1e-1, 1e-2, 3000), v("lr=0.001", 1e-8, 1e-3, 3001)]
-    >>> unmoved_blowup(runs, 2800)
+    >>> unmoved_blowup(runs)
     3000
-    >>> unmoved_blowup([runs[0], runs[1], v("lr=0.001", 1e-8, 1e-3, 3200)], 2800) is None
+    >>> unmoved_blowup([runs[0], runs[1], v("lr=0.001", 1e-8, 1e-3, 3200)]) is None
     True
     """
     orig, alts = variants[0], variants[1:]
@@ -677,8 +677,7 @@ def unmoved_blowup(variants: list[VariantOutcome], start_step: int = 0) -> int |
     if not all(
         v.outcome == "blowup"
         and v.blowup_step is not None
-        and abs(v.blowup_step - orig.blowup_step) <= BLOWUP_PERSIST
-        and not postponed(v, orig, start_step)
+        and abs(v.blowup_step - orig.blowup_step) <= BLOWUP_PERSIST  # never postponed: its margin is wider
         for v in alts
     ):
         return None
@@ -726,7 +725,7 @@ def conclude(variants: list[VariantOutcome], start_step: int = 0) -> tuple[str, 
         if orig.outcome == "at_risk":
             head += f"; {_risk_phrase(orig, start_step + orig.steps_replayed)}"
         return "postponed", 1, f"{head}: {extra}" if extra else head
-    if unmoved_blowup(variants, start_step) is not None:
+    if unmoved_blowup(variants) is not None:
         return (
             "not_fixed",
             1,
