@@ -107,16 +107,24 @@ def _with_param_steps(optim: dict[str, Any], path: Path) -> dict[str, Any]:
             f"{path}: a param group has bias_correction=False (a FusedAdam setting); replay re-runs "
             "torch.optim.Adam, which always corrects m and v, so it would not reproduce this run"
         )
+    from adamdiag.io.checkpoints import _as_int
+
     state = dict(optim["state"])
     changed = False
     for g in groups:
-        if "step" not in g:
+        step = _as_int(g.get("step"))  # as inspect reads it: a group step that is no number is none
+        if step is None:
             continue
         for pid in g.get("params", []):
             st = state.get(pid)
             if isinstance(st, Mapping) and "step" not in st:
-                state[pid] = {**st, "step": torch.tensor(float(g["step"]))}
+                state[pid] = {**st, "step": torch.tensor(float(step))}
                 changed = True
+    if any(isinstance(st, Mapping) and "step" not in st for st in state.values()):
+        raise InputError(
+            f"{path}: a parameter's optimizer state has no step, in itself or in its param group; "
+            "torch.optim.Adam cannot resume from it"
+        )
     return {**optim, "state": state} if changed else optim
 
 

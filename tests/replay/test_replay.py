@@ -482,3 +482,18 @@ def test_fused_adam_without_bias_correction_is_refused_by_replay(run, tmp_path):
     _copy_run_beside(run, tmp_path)
     res = invoke(path, "--steps", "3")
     assert res.exit_code == 2 and "bias_correction=False" in res.stderr and len(errors(res).splitlines()) == 1
+
+
+def test_a_state_with_no_step_anywhere_is_one_line_exit_2(run, tmp_path):
+    """A group step that is no number (and none in the states) leaves torch's Adam nothing to resume from."""
+    import torch
+
+    (tmp_path / "checkpoints").mkdir()
+    path = tmp_path / "checkpoints" / "step_000090.pt"
+    ck = _fused_adam_layout(torch.load(run / "checkpoints" / "step_000090.pt", weights_only=True))
+    for g in ck["optimizer"]["param_groups"]:
+        g["step"] = "ninety"
+    torch.save(ck, path)
+    _copy_run_beside(run, tmp_path)
+    res = invoke(path, "--steps", "3")
+    assert res.exit_code == 2 and "has no step" in res.stderr and len(errors(res).splitlines()) == 1
