@@ -1864,6 +1864,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
             )
     events = _assemble(run, datas)
     samples_axis_to_steps(events)
+    micro_batch_axis_to_steps(events)
     return events
 
 
@@ -1910,6 +1911,76 @@ def samples_axis_to_steps(events: RunEvents) -> None:
         f"DeepSpeed's {SAMPLES_PREFIX}* tags are logged against the samples seen: read as optimizer steps = "
         f"samples / {spacing} (the spacing of their points: the train batch size)"
     )
+
+
+# Scalars some loops log beside the loss that count optimizer steps while the event axis counts something finer.
+STEP_COUNTER_TAGS = ("step", "global_step", "train/global_step", "trainer/global_step", "train/step")
+
+
+def micro_batch_axis_to_steps(events: RunEvents) -> None:
+    """Put a run whose event axis counts micro-batches on the optimizer-step axis, in place.
+
+    litgpt (pretrain and finetune, over Lightning Fabric) logs every metric at ``step=iter_num - 1`` — micro-batch
+    iterations, ``gradient_accumulation_iters`` per optimizer step — and logs the optimizer step itself as a
+    scalar named ``step``. Read as logged, the β2 memory and every span would be ``gradient_accumulation_iters``
+    times too short and the checkpoints (``step-00000100``, whose Adam state counts optimizer steps) would sit
+    ``k`` times too early on the log's axis. When a counter tag (:data:`STEP_COUNTER_TAGS`) has ≥ 3 strictly
+    increasing integer values and its logged step is exactly ``k·value + c`` at every point with one integer
+    ``k ≥ 2`` (and |c| < k), every scalar and histogram written to the same event file(s) as that tag is read at
+    optimizer step ``(logged step - c) // k``. Anything else (a counter equal to the axis, a ratio that
+    changes, a resumed counter) is left as logged.
+
+    >>> import pandas as pd
+    >>> ev = RunEvents("r", pd.DataFrame({"tag": pd.Categorical(["step", "loss"] * 3), "step": [3, 3, 7, 7, 11, 11],
+    ...     "value": [1.0, 0.9, 2.0, 0.8, 3.0, 0.7], "source_file": pd.Categorical(["f"] * 6)}), None, [], {}, [], [])
+    >>> micro_batch_axis_to_steps(ev); ev.scalars["step"].tolist()
+    [1, 1, 2, 2, 3, 3]
+    """
+    import numpy as np
+    import pandas as pd
+
+    s = events.scalars
+    if s is None or not len(s) or "source_file" not in s.columns:
+        return
+    col = s["tag"]
+    names = {str(t) for t in (col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique())}
+    counter = next((t for t in STEP_COUNTER_TAGS if t in names), None)
+    if counter is None:
+        return
+    rows = s[(s["tag"] == counter).to_numpy()].sort_values("step", kind="stable")
+    logged = rows["step"].to_numpy(np.int64)
+    values = rows["value"].to_numpy(np.float64)
+    if len(values) < 3 or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        return
+    dv, dl = np.diff(values), np.diff(logged)
+    if np.any(dv <= 0) or np.any(dl % dv.astype(np.int64)):
+        return
+    ratios = dl // dv.astype(np.int64)
+    k = int(ratios[0])
+    offset = logged - k * values.astype(np.int64)
+    if k < 2 or np.any(ratios != k) or np.any(offset != offset[0]) or abs(int(offset[0])) >= k:
+        return
+    c = int(offset[0])
+    files = set(rows["source_file"].astype(str))
+    events.scalars = _on_optimizer_steps(s, files, k, c)
+    if events.histograms is not None and len(events.histograms) and "source_file" in events.histograms.columns:
+        events.histograms = _on_optimizer_steps(events.histograms, files, k, c)
+    shift = f"(logged step {'+' if c < 0 else '-'} {abs(c)}) / {k}" if c else f"logged step / {k}"
+    events.notes.append(
+        f"tag '{counter}' counts optimizer steps and the events are logged every {k} steps of the axis (micro-batches "
+        f"of gradient accumulation, as litgpt logs at iter_num - 1): every tag of its event file read at optimizer "
+        f"step = {shift}"
+    )
+
+
+def _on_optimizer_steps(frame: pd.DataFrame, files: set[str], k: int, c: int) -> pd.DataFrame:
+    import numpy as np
+
+    steps = frame["step"].to_numpy(np.int64)
+    mine = frame["source_file"].astype(str).isin(files).to_numpy()
+    new = steps.copy()
+    new[mine] = (steps[mine] - c) // k
+    return frame.assign(step=new)
 
 
 def _duplicate_step_warnings(path: str, tags: Sequence[str], codes: Any, steps: Any, values: Any) -> list[str]:
