@@ -42,9 +42,14 @@ GRAD_NORM_TAGS = (
 # Tags that are not the training loss although they contain "loss" (evaluation curves, the loss
 # scale of mixed precision, auxiliary terms added to the loss — a z-loss (OLMo's train/ZLoss, OLMo-core's
 # "train/Z loss"), an MoE load-balancing or router aux loss — and, last, per-task parts named loss_<task>).
-_LOSS_AVOID = ("val", "eval", "test", "scale", "zloss", "z_loss", "z loss", "aux", "load_balanc", "loss_")
+_LOSS_AVOID = ("val", "eval", "test", "scale", "zloss", "z_loss", "z loss", "aux", "load_balanc", "lb_loss", "loss_")
 # Gradient norms measured before clipping are not what Adam saw.
 _GRAD_AVOID = ("preclip", "pre_clip", "unclipped", "val")
+# Names of the training loss itself, not of a part of it, beside the total in its folder: the per-micro-batch
+# loss (diffusers' step_loss beside train_loss), a reduction over ranks (NeMo's reduced_train_loss, torchtitan's
+# global_max_loss beside global_avg_loss) or a smoothing of it.
+_SAME_LOSS_PREFIXES = ("batch_", "epoch_", "step_", "iter_", "reduced_", "global_", "avg_", "mean_", "max_", "min_")
+_SAME_LOSS_PREFIXES += ("running_", "smoothed_", "ema_")
 # Learning-rate tags, for the lr at the blowup.
 LR_TAGS = ("train_inner/lr", "train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", "lr/0")
 
@@ -73,13 +78,24 @@ def pick_loss_tag(tags: list[str], counts: Mapping[str, int] | None = None) -> s
 
     >>> pick_loss_tag(["loss/cls", "loss/box", "loss/total"]), pick_loss_tag(["train/nll", "train/ppl"])
     ('loss/total', 'train/nll')
+    >>> pick_loss_tag(["losses/entropy", "losses/policy_loss", "charts/learning_rate"])
+    'losses/policy_loss'
     """
+    # CleanRL files its entropy and KL under "losses/": a name that says loss only through such a folder is
+    # a loss curve only when nothing else is.
+    named = [t for t in tags if not _loss_only_in_folder(t)] or tags
     tag = (
-        pick_tag(tags, LOSS_TAGS, ("loss",), _LOSS_AVOID)
-        or pick_tag(tags, (), ("loss",), _LOSS_AVOID[:-1])
+        pick_tag(named, LOSS_TAGS, ("loss",), _LOSS_AVOID)
+        or pick_tag(named, (), ("loss",), _LOSS_AVOID[:-1])
         or next((t for n in _OTHER_LOSS_NAMES if (t := pick_tag(tags, (), (n,), _LOSS_AVOID)) is not None), None)
     )
     return denser_lightning_split(tag, tags, counts) if tag is not None and counts is not None else tag
+
+
+def _loss_only_in_folder(tag: str) -> bool:
+    """``losses/entropy``: "loss" only in a folder named ``losses``, not in the curve's own name."""
+    *folders, name = tag.lower().split("/")
+    return "loss" not in name and "losses" in folders
 
 
 def denser_lightning_split(tag: str, tags: list[str], counts: Mapping[str, int]) -> str:
@@ -159,7 +175,7 @@ def pick_task_loss_tags(tags: list[str], total: str | None) -> list[str]:
         if t == total or not t.startswith(folder) or "/" in t[len(folder) :]:
             continue
         base = t[len(folder) :].lower()
-        if any(a in base for a in _LOSS_AVOID[:-1]) or base.startswith(("batch_", "epoch_")):
+        if any(a in base for a in _LOSS_AVOID[:-1]) or base.startswith(_SAME_LOSS_PREFIXES):
             continue
         if base.startswith("loss_") or base.endswith(("_loss", "_mse")):
             out.append(t)
