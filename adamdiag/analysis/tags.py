@@ -48,8 +48,10 @@ _GRAD_AVOID = ("preclip", "pre_clip", "unclipped", "val")
 # Names of the training loss itself, not of a part of it, beside the total in its folder: the per-micro-batch
 # loss (diffusers' step_loss beside train_loss), a reduction over ranks (NeMo's reduced_train_loss, torchtitan's
 # global_max_loss beside global_avg_loss) or a smoothing of it.
-_SAME_LOSS_PREFIXES = ("batch_", "epoch_", "step_", "iter_", "reduced_", "global_", "avg_", "mean_", "max_", "min_")
-_SAME_LOSS_PREFIXES += ("running_", "smoothed_", "ema_")
+_SAME_LOSS_PREFIXES = (
+    *("batch_", "epoch_", "step_", "iter_", "reduced_", "global_", "avg_", "mean_", "max_", "min_"),
+    *("running_", "smoothed_", "ema_"),
+)
 # Learning-rate tags, for the lr at the blowup.
 LR_TAGS = ("train_inner/lr", "train/lr", "lr", "learning_rate", "train/learning_rate", "lr-Adam", "lr/0")
 
