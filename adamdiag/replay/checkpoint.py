@@ -286,6 +286,8 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
         entries = by_group[gi]
         keys = o["groups"][gi] if o["groups"] else o["flat_groups"].get(entries[0].name, {})
         group: dict[str, Any] = {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
+        if "mcore" in o:
+            group = _mcore_group(d, entries[0].hyper)
         group["params"], group["param_names"] = [], []
         for e in entries:
             pid = sum(len(g["params"]) for g in groups) + len(group["params"])  # ids in group order
@@ -305,6 +307,27 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     out = _from_raw(d, raw)
     out.framework = "dcp"
     return out
+
+
+def _mcore_group(d: Path, hyper: dict[str, Any]) -> dict[str, Any]:
+    """A torch param group for a Megatron-core checkpoint's parameters, from the hyperparameters inspect read in
+    its common.pt. Megatron saves no map from parameters to param groups; when its groups differ (in weight decay,
+    usually) the run's AdamW cannot be rebuilt, and replaying a guess would not be the run."""
+    import math
+
+    numbers = [hyper.get(k) for k in ("lr", "beta1", "beta2", "eps", "weight_decay")]
+    if any(not isinstance(x, float) or math.isnan(x) for x in numbers) or hyper.get("group_step") is None:
+        raise InputError(
+            f"{d}: Megatron-core checkpoint whose param groups differ (or lack lr/betas/eps/step in common.pt), and "
+            "Megatron saves no map from parameters to groups: replay cannot rebuild the run's optimizer "
+            "(inspect and scan read it)"
+        )
+    lr, b1, b2, eps, wd = numbers
+    group = {"lr": lr, "betas": (b1, b2), "eps": eps, "weight_decay": wd, "step": hyper["group_step"]}
+    group |= {"amsgrad": bool(hyper.get("amsgrad")), "maximize": bool(hyper.get("maximize"))}
+    if hyper.get("decoupled_weight_decay") is not None:
+        group["decoupled_weight_decay"] = hyper["decoupled_weight_decay"]
+    return group
 
 
 def _torch_load(path: Path, trust: bool) -> Any:

@@ -1100,6 +1100,13 @@ def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tu
         if isinstance(obj, dict) and "pytorch-lightning_version" in obj and "optimizer_states" not in obj:
             # ModelCheckpoint(save_weights_only=True) / trainer.save_checkpoint(..., weights_only=True)
             extra += " (a Lightning checkpoint saved with save_weights_only=True keeps no optimizer state)"
+        if isinstance(obj, dict) and "per_bucket_numel" in obj:
+            # Megatron's distributed optimizer, legacy format: exp_avg / exp_avg_sq as flat buffers per
+            # (data-parallel rank, dtype, bucket), without the map from buffer ranges to parameters
+            extra += (
+                " — Megatron's distributed-optimizer buffers (distrib_optim.pt): flat m and v with no parameter "
+                "names; a checkpoint saved with --ckpt-format torch_dist is read per parameter"
+            )
         raise InputError(
             f"{path}: no optimizer state in it (no dict with 'state' and 'param_groups'; top-level keys: {top}){extra}"
         )

@@ -17,6 +17,7 @@ names are exact (``name_mapping = "fqn"``).
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,23 @@ from adamdiag.io.checkpoints import (
     resolve_steps,
 )
 from adamdiag.io.checkpoints.buffers import BufferPool
+from adamdiag.io.checkpoints.torchload import torch_load
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _SAFE_MODULES = {
     "torch.distributed.checkpoint.metadata",
     "torch.distributed.checkpoint.filesystem",
     "torch.distributed.checkpoint._extension",
+    # Megatron-core's torch_dist writer keeps its cached SavePlan (WriteItem, TensorWriteData: data classes)
+    "torch.distributed.checkpoint.planner",
 }
+# Megatron-core's dist checkpoints (torch_dist backend) key each optimizer state tensor by the model
+# parameter's sharded key: "optimizer.state.exp_avg.decoder.layers.mlp.linear_fc1.weight" (layers stacked on a
+# leading axis); the param groups and the common step sit in the torch.save file common.pt beside the shards.
+MCORE_STATE_PREFIX = "optimizer.state."
+MCORE_COMMON = "common.pt"
+# Megatron's master weights of a bf16/fp16 model, stored as one more per-parameter "state" key.
+MCORE_MASTER_KEY = "fp32_param"
 _SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
@@ -394,6 +405,12 @@ def _parse(reader: DcpReader) -> tuple[dict, dict]:
                 o["groups"].setdefault(path[i + 1], {})[str(path[i + 2])] = key
                 hit = True
         last = path[-1] if path else ""
+        if not hit and len(path) == 1 and isinstance(last, str) and last.startswith(MCORE_STATE_PREFIX):
+            sub, _, fqn = last[len(MCORE_STATE_PREFIX) :].partition(".")
+            if sub and fqn:
+                o = opts.setdefault(("optimizer",), {"state": {}, "groups": {}, "flat_groups": {}, "mcore": True})
+                o["state"].setdefault(fqn, {})[sub] = key
+                hit = True
         if not hit and isinstance(last, str) and last.startswith(("state.", "param_groups.")) and last.count(".") >= 2:
             kind, rest = last.split(".", 1)
             fqn, sub = rest.rsplit(".", 1)
@@ -441,8 +458,11 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         ]
     entries: list[_Entry] = []
     kinds: list[str] = []
+    common_step = None
     for i, prefix, o in adam_list:
         es = _entries(reader, o)
+        if "mcore" in o:
+            common_step = _mcore_common(d, trust, es, warnings)
         kind = _kind(es)
         kinds.append(kind)
         info = {"index": i, "key": ".".join(map(str, prefix)), "type": kind}
@@ -459,6 +479,15 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     model_keys = {
         path[-1]: key for path, key in other.items() if path and isinstance(path[-1], str) and reader.is_tensor(key)
     }
+    # Megatron's fp32 master copy of a bf16/fp16 parameter is the weight Adam updates
+    model_keys.update(
+        {
+            fqn: st[MCORE_MASTER_KEY]
+            for o in by_index.values()
+            for fqn, st in o["state"].items()
+            if MCORE_MASTER_KEY in st
+        }
+    )
 
     def fetch_param(name: str) -> Any:
         key = model_keys.get(name)
@@ -473,6 +502,10 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         for fqn, st in o["state"].items()
         if "step" in st
     }
+    if common_step is not None:
+        state_steps.update({(i, fqn): common_step for i, o in by_index.items() if "mcore" in o for fqn in o["state"]})
+    if stated is None and common_step is not None:
+        stated = _mcore_iteration(d, trust)
     step, optimizer_step = resolve_steps(stated, state_steps.values(), None, warnings)
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
@@ -500,6 +533,60 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     if damaged:
         warnings.append(damaged)
     return ck
+
+
+def _mcore_common_state(d: Path, trust: bool) -> dict | None:
+    """Megatron-core's common.pt (every non-sharded item of the checkpoint: the optimizer's param groups and
+    common step, the iteration, Megatron-LM's args), read as every torch file is (:func:`torch_load`)."""
+    path = d / MCORE_COMMON
+    if not path.exists():
+        return None
+    obj, _ = torch_load(path, trust=trust)
+    return obj if isinstance(obj, dict) else None
+
+
+def _mcore_iteration(d: Path, trust: bool) -> tuple[int, str] | None:
+    common = _mcore_common_state(d, trust)
+    it = _as_int(common.get("iteration")) if common else None
+    return (it, "iteration") if it is not None else None
+
+
+def _mcore_common(d: Path, trust: bool, entries: list[_Entry], warnings: list[str]) -> int | None:
+    """Fill the hyperparameters of a Megatron-core optimizer's entries from common.pt; return its common step.
+
+    The param groups there have lost their ``params`` (Megatron saves them as a non-persistent object), so which
+    parameter sat in which group is not in the checkpoint: when the groups agree on lr, betas and eps (Megatron's
+    usual pair: with and without weight decay) those apply to every parameter and the weight decay is unknown;
+    when they differ, the first group's are used and a warning says so.
+    """
+    common = _mcore_common_state(d, trust)
+    if common is None:
+        warnings.append(f"{d}: Megatron-core checkpoint without {MCORE_COMMON}: lr, betas, eps unknown")
+        return None
+    opt = common.get("optimizer")
+    # FP32Optimizer: {state, param_groups}; Float16 / distributed optimizers: {"optimizer": {...}, ...}
+    inner = opt.get("optimizer", opt) if isinstance(opt, dict) else {}
+    groups = [g for g in inner.get("param_groups", []) if isinstance(g, dict)] if isinstance(inner, dict) else []
+    hypers = [_hyper(g) for g in groups]
+    state = inner.get("state") if isinstance(inner, dict) else None
+    step = _as_int(state.get("common_step")) if isinstance(state, dict) else None
+    if step is None:
+        step = next((h["group_step"] for h in hypers if h["group_step"] is not None), None)
+    if hypers:
+        first = dict(hypers[0])
+        same = all(all(str(h[k]) == str(first[k]) for k in ("lr", "beta1", "beta2", "eps")) for h in hypers)
+        if len({str(h["weight_decay"]) for h in hypers}) > 1:
+            first["weight_decay"] = math.nan
+        if not same:
+            warnings.append(
+                f"{d}: {len(hypers)} param groups with different lr/betas/eps, and Megatron does not save which "
+                "parameter is in which: the first group's are used for every parameter"
+            )
+        first["group_step"] = step  # one step for all parameters (Megatron saves no per-parameter step)
+        for e in entries:
+            e.hyper = first
+            e.group = 0
+    return step
 
 
 def _entries(reader: DcpReader, o: dict) -> list[_Entry]:
