@@ -199,7 +199,7 @@ def test_other_globals_are_still_refused_by_name(tmp_path):
 
 # --- with deepspeed installed: files it writes in other forms ---------------------------------------
 @needs_deepspeed
-def test_enum_members_pickled_by_python_3_11_2_and_unknown_deepspeed_classes(tmp_path):
+def test_enum_members_pickled_by_python_3_11_2_and_unknown_deepspeed_classes(tmp_path, capsys):
     pytest.importorskip("deepspeed")
     import enum
     import pickle
@@ -226,11 +226,15 @@ def test_enum_members_pickled_by_python_3_11_2_and_unknown_deepspeed_classes(tmp
     ref = TRUTH["z2_fp32"]["tensors"]
     assert all(torch.equal(t.exp_avg_sq, _as(ref[t.name], "exp_avg_sq")) for t in ck.tensors())
 
+    # a DeepSpeed class in the file (an older engine's pickled zero_config): read inertly, said on stderr, the
+    # moments the same (was: refused as untrusted, before the inert loader)
     obj = torch.load(files[0], weights_only=False)
     obj["zero_config"] = DeepSpeedZeroConfig()
     torch.save(obj, files[0])
-    with pytest.raises(UntrustedCheckpointError, match=r"GLOBAL deepspeed\.runtime\.zero\.config\.DeepSpeedZeroConfig"):
-        open_checkpoint(d)
+    ck = open_checkpoint(d)
+    assert all(torch.equal(t.exp_avg_sq, _as(ref[t.name], "exp_avg_sq")) for t in ck.tensors())
+    err = capsys.readouterr().err
+    assert "deepspeed.runtime.zero.config.DeepSpeedZeroConfig" in err and "inert stand-ins" in err
 
 
 @pytest.mark.slow
