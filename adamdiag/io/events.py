@@ -1865,6 +1865,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     events = _assemble(run, datas)
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
+    concurrent_writers_note(events)
     return events
 
 
@@ -1911,6 +1912,57 @@ def samples_axis_to_steps(events: RunEvents) -> None:
         f"DeepSpeed's {SAMPLES_PREFIX}* tags are logged against the samples seen: read as optimizer steps = "
         f"samples / {spacing} (the spacing of their points: the train batch size)"
     )
+
+
+def concurrent_writers_note(events: RunEvents) -> None:
+    """Say so, in place, when event files of one folder were written at the same time and log the same tag at
+    the same steps: several processes — every rank of a distributed run without a rank-0 guard, or two runs —
+    writing into one folder (TensorBoard draws their curves as one zigzag). A restart's files follow each other
+    in time; another writer logging other tags (adamdiag's monitor, an eval process) shares no tag. The curves
+    are read as for a restart: the later file's values from its first step on.
+
+    Costs one pass over the wall times when a run has several files; tags are compared only for files whose
+    wall-time spans overlap.
+    """
+    import numpy as np
+
+    s = events.scalars
+    if s is None or len(events.files) < 2 or not len(s):
+        return
+    seg = s["segment"].to_numpy()
+    if np.any(np.diff(seg) < 0):  # rows are in file order; anything else is not what _assemble builds
+        return
+    wall = s["wall_time"].to_numpy(np.float64)
+    codes = s["tag"].cat.codes.to_numpy()
+    steps = s["step"].to_numpy(np.int64)
+    present = np.unique(seg)
+    bounds = np.asarray(np.searchsorted(seg, np.r_[present, present[-1] + 1]))
+    spans: dict[int, tuple[float, float, int, int]] = {
+        int(k): (float(wall[a:b].min()), float(wall[a:b].max()), int(a), int(b))
+        for k, a, b in zip(present.tolist(), bounds[:-1].tolist(), bounds[1:].tolist())
+    }
+    folder = {k: os.path.dirname(events.files[k]) for k in spans}
+    shared: dict[str, set[int]] = {}
+    for i in spans:
+        for j in spans:
+            if j <= i or folder[i] != folder[j]:
+                continue
+            (lo_i, hi_i, a_i, b_i), (lo_j, hi_j, a_j, b_j) = spans[i], spans[j]
+            if not (lo_j < hi_i and lo_i < hi_j):
+                continue
+            for code in np.intersect1d(codes[a_i:b_i], codes[a_j:b_j]):
+                st_i, st_j = steps[a_i:b_i][codes[a_i:b_i] == code], steps[a_j:b_j][codes[a_j:b_j] == code]
+                if len(np.intersect1d(st_i, st_j)) >= 2:
+                    shared.setdefault(folder[i], set()).update((i, j))
+                    break
+    for d, segs in shared.items():
+        names = [os.path.basename(events.files[k]) for k in sorted(segs)]
+        events.notes.append(
+            f"{len(names)} event files in {d or '.'} were written at the same time and log the same tags at the same "
+            f"steps ({', '.join(names)}): several processes — every rank of a distributed run, or two runs — "
+            f"writing into one folder; each curve is read from the later file from its first step on ({names[-1]}); "
+            "log from rank 0 only, or give each process its own folder"
+        )
 
 
 # Scalars some loops log beside the loss that count optimizer steps while the event axis counts something finer.
