@@ -55,6 +55,11 @@ HISTOGRAM_COLUMNS = [
     "source_file",
     "approx",
 ]
+# Hugging Face Trainer's state file, read as a log where a run has no event files (io/trainer_state.py)
+TRAINER_STATE = "trainer_state.json"
+TRAINER_STATE_VERSION = "hf-trainer-state"
+# The file a run's writer arguments came from, when not an event file's text summary (training_args.bin)
+ARGS_SOURCE = "__source__"
 # Run several files in worker processes only when there is enough to read to pay for the start-up.
 PARALLEL_MIN_BYTES = 64 << 20
 
@@ -172,9 +177,10 @@ def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) ->
     return out
 
 
-def _walk(root: Path, problems: list[Problem]) -> list[Path]:
+def _walk(root: Path, problems: list[Problem], trainer_states: list[Path] | None = None) -> list[Path]:
     """Directories under ``root`` that directly hold event files; symlinked folders are followed
-    (TensorBoard does) but each real directory is entered once, so a link loop ends."""
+    (TensorBoard does) but each real directory is entered once, so a link loop ends. With
+    ``trainer_states``, Hugging Face's trainer_state.json files met on the way are appended there."""
     found: list[Path] = []
     visited: set[str] = set()
 
@@ -193,7 +199,23 @@ def _walk(root: Path, problems: list[Problem]) -> list[Path]:
         dirnames.sort()
         if _event_names(dirpath, filenames, problems):
             found.append(Path(dirpath))
+        if trainer_states is not None and TRAINER_STATE in filenames:
+            trainer_states.append(Path(dirpath) / TRAINER_STATE)
     return found
+
+
+def _trainer_state_runs(root: Path, states: list[Path], event_dirs: list[Path]) -> list[Path]:
+    """Hugging Face Trainer output dirs under ``root`` known only by their trainer_state.json: those with
+    no event files in or around them (a Trainer that logged to TensorBoard is read from its events)."""
+    from adamdiag.io.trainer_state import output_dir_of
+
+    out: list[Path] = []
+    for f in states:
+        run = output_dir_of(f, root)
+        if any(d == run or run in d.parents or d in run.parents for d in event_dirs) or run in out:
+            continue
+        out.append(run)
+    return out
 
 
 def discover(paths: Sequence[Path]) -> Discovery:
@@ -211,6 +233,9 @@ def discover(paths: Sequence[Path]) -> Discovery:
         p = Path(raw)
         if not p.exists():
             raise missing_path(raw)
+        if p.is_file() and p.name == TRAINER_STATE:
+            runs.append(p)
+            continue
         if p.is_file():
             from adamdiag.io.filekind import not_an_event_file
 
@@ -229,7 +254,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             problems.append(Problem(str(p), f"cannot read directory {p}: permission denied; skipped"))
             continue
         found = []
-        dirs = _walk(p, problems)
+        states: list[Path] = []
+        dirs = _walk(p, problems, states)
         have = set(dirs)
         for d in dirs:
             # A split folder joins its parent's run when the parent logs too (Estimator: model_dir/ +
@@ -239,10 +265,13 @@ def discover(paths: Sequence[Path]) -> Discovery:
             run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
+        found += _trainer_state_runs(p, states, dirs)
         if not found:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
-            raise InputError(f"no TensorBoard event files (events.out.tfevents.*) under {p}{detail}")
+            raise InputError(
+                f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json under {p}{detail}"
+            )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
     files = {i: {f.resolve() for f in run_files(r)} for i, r in enumerate(runs)}
@@ -296,6 +325,12 @@ def run_files(run: Path) -> list[Path]:
                 split_files.append(files)
     if out or len(split_files) >= 2:  # else a lone split folder is a run of its own (see discover)
         out += [f for files in split_files for f in files]
+    if not out:
+        from adamdiag.io.trainer_state import newest_state
+
+        state = newest_state(run)  # a Trainer run that logged nowhere else
+        if state is not None:
+            out.append(state)
     return out
 
 
@@ -1246,10 +1281,15 @@ def _warning_offset(message: str) -> float:
 
 
 def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) -> FileData:
-    """Decode one event file. ``fast=False`` uses the plain-loop reference readers only."""
+    """Decode one event file. ``fast=False`` uses the plain-loop reference readers only. A Hugging Face
+    trainer_state.json is read as its log (:mod:`adamdiag.io.trainer_state`)."""
     import numpy as np
 
     path = Path(path)
+    if path.name == TRAINER_STATE:
+        from adamdiag.io.trainer_state import read_trainer_state
+
+        return read_trainer_state(path)
     name = str(path)
     sink = _Sink()
     try:
@@ -1611,6 +1651,14 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
 
     from adamdiag.io.tfrecord import iter_payloads_ref
 
+    if Path(path).name == TRAINER_STATE:
+        # a Trainer run without TensorBoard: its TrainingArguments pickled beside the state
+        from adamdiag.io.trainer_state import TRAINING_ARGS, training_arguments
+
+        args = training_arguments(Path(path).parent / TRAINING_ARGS)
+        if args:
+            args[ARGS_SOURCE] = os.path.join(Path(path).parent.name, TRAINING_ARGS)
+        return args
     parse, decode_error = _proto()
     try:
         with open(path, "rb") as fh:
@@ -1650,7 +1698,11 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
 def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     """:func:`writer_arguments` of each of the run's event files that holds a text summary (the others are not
     opened): read once, for :func:`writer_clip_norm` and :func:`writer_adam_hyperparameters` alike."""
-    return [writer_arguments(i["path"]) for i in events.file_info if (i.get("skipped") or {}).get("text")]
+    return [
+        writer_arguments(i["path"])
+        for i in events.file_info
+        if (i.get("skipped") or {}).get("text") or "trainer_state" in i.get("kinds", ())
+    ]
 
 
 def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None = None) -> tuple[float | None, str]:
@@ -1665,7 +1717,8 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
     for args in logged_arguments(events) if arguments is None else arguments:
         c = args.get("max_grad_norm")
         if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0:
-            return float(c), f"max_grad_norm in the '{WRITER_ARGS_TAG}' summary (HF Trainer's arguments)"
+            where = args.get(ARGS_SOURCE) or f"the '{WRITER_ARGS_TAG}' summary"
+            return float(c), f"max_grad_norm in {where} (HF Trainer's arguments)"
         # Megatron-LM's --clip-grad (default 1.0; 0 turns clipping off); its 'grad-norm' is the norm before
         c = _floats({"clip": args.get("clip_grad")}).get("clip")
         if c is not None:
@@ -1722,7 +1775,7 @@ def writer_adam_hyperparameters(
                 return {}, ""
             got = _floats({"beta2": args["adam_beta2"], "eps": args["adam_epsilon"]})
             if got:
-                return got, f"HF Trainer's arguments (the '{WRITER_ARGS_TAG}' summary)"
+                return got, f"HF Trainer's arguments ({args.get(ARGS_SOURCE) or f'the {WRITER_ARGS_TAG!r} summary'})"
         if "adam_beta2" in args or "adam_eps" in args:  # Megatron-LM, one text summary per argument
             if str(args.get("optimizer", "adam")).strip().lower() != "adam":
                 return {}, ""
@@ -1863,6 +1916,11 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
                 d.path, d.tags, np.concatenate(d.s_tag), np.concatenate(d.s_step), d.s_value
             )
     events = _assemble(run, datas)
+    for d in datas:
+        if d.file_version == TRAINER_STATE_VERSION:
+            from adamdiag.io.trainer_state import describe
+
+            events.notes.append(describe(d.path))
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

@@ -15,6 +15,8 @@ TAGS_SCHEMA = "adamdiag.tags/1"
 def writer_of(info: dict[str, Any]) -> str:
     """A short description of how a file was written (what the content says, not a guess)."""
     kinds = info["kinds"]
+    if "trainer_state" in kinds:
+        return "hf trainer_state.json log_history"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

@@ -292,7 +292,10 @@ def test_find_runs_recursive_and_errors(tmp_path, torch_run):
     assert E.find_runs([one]) == [one]
     with pytest.raises(InputError, match="no such file"):
         E.find_runs([tmp_path / "missing"])
-    with pytest.raises(InputError, match=r"no TensorBoard event files \(events.out.tfevents.\*\) under"):
+    with pytest.raises(
+        InputError,
+        match=r"no TensorBoard event files \(events.out.tfevents.\*\) nor Hugging Face trainer_state.json under",
+    ):
         E.find_runs([root / "empty"])
 
 
