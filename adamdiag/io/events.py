@@ -58,6 +58,9 @@ HISTOGRAM_COLUMNS = [
 # Hugging Face Trainer's state file, read as a log where a run has no event files (io/trainer_state.py)
 TRAINER_STATE = "trainer_state.json"
 TRAINER_STATE_VERSION = "hf-trainer-state"
+# Lightning's CSVLogger file, read as a log where a run has no event files (io/csv_log.py)
+METRICS_CSV = "metrics.csv"
+CSV_VERSION = "lightning-csv"
 # The file a run's writer arguments came from, when not an event file's text summary (training_args.bin)
 ARGS_SOURCE = "__source__"
 # Run several files in worker processes only when there is enough to read to pay for the start-up.
@@ -199,19 +202,23 @@ def _walk(root: Path, problems: list[Problem], trainer_states: list[Path] | None
         dirnames.sort()
         if _event_names(dirpath, filenames, problems):
             found.append(Path(dirpath))
-        if trainer_states is not None and TRAINER_STATE in filenames:
-            trainer_states.append(Path(dirpath) / TRAINER_STATE)
+        if trainer_states is not None:
+            trainer_states += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
     return found
 
 
 def _trainer_state_runs(root: Path, states: list[Path], event_dirs: list[Path]) -> list[Path]:
-    """Hugging Face Trainer output dirs under ``root`` known only by their trainer_state.json: those with
-    no event files in or around them (a Trainer that logged to TensorBoard is read from its events)."""
+    """Runs under ``root`` known only by a framework's own log file: Hugging Face Trainer output dirs by their
+    trainer_state.json, Lightning CSVLogger folders by their metrics.csv — those with no event files in or around
+    them (a run that logged to TensorBoard is read from its events)."""
+    from adamdiag.io.csv_log import has_step_column
     from adamdiag.io.trainer_state import output_dir_of
 
     out: list[Path] = []
     for f in states:
-        run = output_dir_of(f, root)
+        if f.name == METRICS_CSV and not has_step_column(f):
+            continue  # some other metrics.csv
+        run = output_dir_of(f, root) if f.name == TRAINER_STATE else f.parent
         if any(d == run or run in d.parents or d in run.parents for d in event_dirs) or run in out:
             continue
         out.append(run)
@@ -233,7 +240,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
         p = Path(raw)
         if not p.exists():
             raise missing_path(raw)
-        if p.is_file() and p.name == TRAINER_STATE:
+        if p.is_file() and p.name in (TRAINER_STATE, METRICS_CSV):
             runs.append(p)
             continue
         if p.is_file():
@@ -270,7 +277,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
-                f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json under {p}{detail}"
+                f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json / Lightning "
+                f"metrics.csv under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -331,6 +339,8 @@ def run_files(run: Path) -> list[Path]:
         state = newest_state(run)  # a Trainer run that logged nowhere else
         if state is not None:
             out.append(state)
+        elif (run / METRICS_CSV).is_file():  # a Lightning CSVLogger run
+            out.append(run / METRICS_CSV)
     return out
 
 
@@ -1290,6 +1300,10 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         from adamdiag.io.trainer_state import read_trainer_state
 
         return read_trainer_state(path)
+    if path.name == METRICS_CSV:
+        from adamdiag.io.csv_log import read_metrics_csv
+
+        return read_metrics_csv(path)
     name = str(path)
     sink = _Sink()
     try:
@@ -1903,7 +1917,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     import numpy as np
 
     if datas and not any(d.records for d in datas) and any(d.size for d in datas):
-        first = next(w for d in datas for w in d.warnings)
+        first = next((w for d in datas for w in d.warnings), "no record could be read")
         raise InputError(f"nothing readable in {run}: {first}")
     for d in datas:
         prefix = "" if d.grouped else tag_prefix(run, d.path)
@@ -1921,6 +1935,10 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
             from adamdiag.io.trainer_state import describe
 
             events.notes.append(describe(d.path))
+        elif d.file_version == CSV_VERSION:
+            from adamdiag.io import csv_log
+
+            events.notes.append(csv_log.describe(d.path))
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

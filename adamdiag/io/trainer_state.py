@@ -137,6 +137,7 @@ def read_trainer_state(path: Path | str) -> FileData:
             except OverflowError:  # an int beyond float range
                 v_rows.append(math.inf if value > 0 else -math.inf)
     n = len(t_rows)
+    warnings = [] if n else [f"{path}: its log_history holds no logged value (saved before the first logging step?)"]
     return FileData(
         path=str(path),
         size=size,
@@ -147,7 +148,7 @@ def read_trainer_state(path: Path | str) -> FileData:
         s_wall=[np.full(n, mtime, np.float64)],
         s_value=[np.asarray(v_rows, np.float64)],
         h_rows=[],
-        warnings=[],
+        warnings=warnings,
         skipped=skipped,
         records=len(history),
         file_version=TRAINER_STATE_VERSION,

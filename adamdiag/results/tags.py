@@ -17,6 +17,8 @@ def writer_of(info: dict[str, Any]) -> str:
     kinds = info["kinds"]
     if "trainer_state" in kinds:
         return "hf trainer_state.json log_history"
+    if "metrics_csv" in kinds:
+        return "lightning CSVLogger metrics.csv"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

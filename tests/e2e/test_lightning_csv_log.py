@@ -1,0 +1,87 @@
+"""A Lightning run read from its CSVLogger ``metrics.csv`` (Lightning's logger when told so, and its default when
+neither tensorboard nor tensorboardX is installed). The run below logs through a CSVLogger and a TensorBoardLogger
+at once (its targets move at global step 60: a blowup); scanned from either folder it reads the same: the same
+tags and values, verdict and blowup step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+from adamdiag.io.events import read_run
+from adamdiag.pipeline.scan import scan_paths
+
+SHIFT_AT = 60
+
+
+@pytest.fixture(scope="module")
+def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    L = pytest.importorskip("lightning")
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    out = tmp_path_factory.mktemp("pl")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    shift = {"value": 0.0}
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+        def training_step(self, batch, i):  # noqa: ANN001, ANN201
+            if self.global_step >= SHIFT_AT:
+                shift["value"] = 50.0
+            bx, by = batch
+            loss = torch.nn.functional.mse_loss(self.net(bx), by + shift["value"])
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    trainer = L.Trainer(
+        max_steps=100,
+        logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Module(), loader)
+    return out
+
+
+def test_the_csv_reads_as_the_tensorboard_log(lightning_run: Path) -> None:
+    csv = read_run(lightning_run / "csv" / "version_0")
+    tb = read_run(lightning_run / "tb" / "version_0")
+    for tag in ("train_loss", "epoch"):
+        a = tb.scalars[tb.scalars["tag"] == tag].sort_values("step")
+        b = csv.scalars[csv.scalars["tag"] == tag].sort_values("step")
+        assert a["step"].tolist() == b["step"].tolist(), tag
+        np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-6, err_msg=tag)
+    assert any("CSVLogger" in n for n in csv.notes)
+
+
+def test_scan_of_the_csv_run(lightning_run: Path) -> None:
+    reports = {Path(r.run).parent.name: r for r in scan_paths([lightning_run]).runs}
+    assert set(reports) == {"csv", "tb"}  # both found: each folder is a run
+    a, b = reports["csv"], reports["tb"]
+    assert a.loss_tag == b.loss_tag == "train_loss"
+    assert a.verdict == b.verdict and a.blowup_step == b.blowup_step
+    assert a.blowup_step is not None and SHIFT_AT - 2 <= a.blowup_step <= SHIFT_AT + 3
+
+
+def test_other_csv_files_are_not_logs(tmp_path: Path) -> None:
+    """A metrics.csv without a step column is not a CSVLogger file: nothing found, one line, exit 2."""
+    (tmp_path / "metrics.csv").write_text("epoch,accuracy\n0,0.5\n")
+    res = CliRunner().invoke(app, ["scan", str(tmp_path)])
+    assert res.exit_code == 2 and "Lightning metrics.csv" in res.output and "Traceback" not in res.output
