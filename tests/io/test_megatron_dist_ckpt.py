@@ -129,3 +129,17 @@ def test_distributed_optimizer_buffers_are_named_in_the_error(tmp_path: Path) ->
     assert res.exit_code == 2
     assert "distributed-optimizer buffers" in res.output and "torch_dist" in res.output
     assert "Traceback" not in res.output
+
+
+def test_nemo_style_common_state(tmp_path: Path) -> None:
+    """NeMo 2 saves through Lightning: the optimizer's common part under ``optimizer_states`` (a list) and the step
+    as ``global_step``. Read the same (the common.pt of the fixture rearranged that way)."""
+
+    def as_nemo(common: dict) -> None:
+        common["optimizer_states"] = [common.pop("optimizer")]
+        common["global_step"] = common.pop("iteration")
+
+    d = _with_common(tmp_path, as_nemo)
+    ck = open_checkpoint(d)
+    assert ck.step == 20
+    assert {(e.hyper["lr"], e.hyper["eps"], e.hyper["group_step"]) for e in ck.entries} == {(1e-3, 1e-8, 20)}

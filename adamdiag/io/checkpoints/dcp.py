@@ -546,9 +546,32 @@ def _mcore_common_state(d: Path, trust: bool) -> dict | None:
 
 
 def _mcore_iteration(d: Path, trust: bool) -> tuple[int, str] | None:
-    common = _mcore_common_state(d, trust)
-    it = _as_int(common.get("iteration")) if common else None
-    return (it, "iteration") if it is not None else None
+    """The step common.pt states: Megatron-LM's ``iteration``, NeMo's (Lightning's) ``global_step``."""
+    common = _mcore_common_state(d, trust) or {}
+    for key in ("iteration", "global_step"):
+        it = _as_int(common.get(key))
+        if it is not None:
+            return it, key
+    return None
+
+
+def _with_param_groups(obj: Any, depth: int = 0) -> dict | None:
+    """The first dict holding a ``param_groups`` list, searched breadth-first a few levels down."""
+    if depth > 4:
+        return None
+    if isinstance(obj, dict):
+        if isinstance(obj.get("param_groups"), list):
+            return obj
+        children: list[Any] = list(obj.values())
+    elif isinstance(obj, list | tuple):
+        children = list(obj)
+    else:
+        return None
+    for child in children:
+        found = _with_param_groups(child, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _mcore_common(d: Path, trust: bool, entries: list[_Entry], warnings: list[str]) -> int | None:
@@ -563,12 +586,14 @@ def _mcore_common(d: Path, trust: bool, entries: list[_Entry], warnings: list[st
     if common is None:
         warnings.append(f"{d}: Megatron-core checkpoint without {MCORE_COMMON}: lr, betas, eps unknown")
         return None
-    opt = common.get("optimizer")
-    # FP32Optimizer: {state, param_groups}; Float16 / distributed optimizers: {"optimizer": {...}, ...}
-    inner = opt.get("optimizer", opt) if isinstance(opt, dict) else {}
-    groups = [g for g in inner.get("param_groups", []) if isinstance(g, dict)] if isinstance(inner, dict) else []
+    # FP32Optimizer: {"optimizer": {state, param_groups}}; Float16 / distributed optimizers nest one more
+    # "optimizer"; NeMo 2 (Lightning) keeps it in "optimizer_states": [...]
+    inner = _with_param_groups(common) or {}
+    groups = [g for g in inner.get("param_groups", []) if isinstance(g, dict)]
     hypers = [_hyper(g) for g in groups]
-    state = inner.get("state") if isinstance(inner, dict) else None
+    if not hypers:
+        warnings.append(f"{d}: no optimizer param groups in {MCORE_COMMON}: lr, betas, eps unknown")
+    state = inner.get("state")
     step = _as_int(state.get("common_step")) if isinstance(state, dict) else None
     if step is None:
         step = next((h["group_step"] for h in hypers if h["group_step"] is not None), None)
