@@ -1042,6 +1042,7 @@ class Evidence:
     end_climb: dict[str, Any] | None = None
     blowup_batch_spike: dict[str, Any] | None = None  # the blowup's first point is one batch's loss (no grad norm)
     epoch_axis: dict[str, Any] | None = None  # RunInputs.epoch_axis
+    loss_last_step: int | None = None  # the loss tag's last logged step
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
@@ -1347,6 +1348,7 @@ def gather(
         loss_tags=list(loss_tags),
         grad_norm_tag=grad_norm_tag,
         n_loss_points=len(steps),
+        loss_last_step=int(steps[-1]) if len(steps) else None,
         n_loss_rows=int((scalars["tag"] == loss_tag).sum())
         if loss_tag is not None and len(steps) < MIN_LOSS_POINTS
         else None,

@@ -21,6 +21,7 @@ from adamdiag.analysis.evidence import (
     series_arrays,
 )
 from adamdiag.analysis.thresholds import (
+    CHECKPOINTS_PAST_LOG_FACTOR,
     COLLAPSE_DEPTH,
     COLLAPSE_R,
     EPS_BOUND_FACTOR,
@@ -663,6 +664,28 @@ def collapse_in_progress(ev: Evidence, beta2: float) -> list[Finding]:
     return []
 
 
+def checkpoints_past_the_log(ev: Evidence) -> list[Finding]:
+    """AD901 (warning): every checkpoint counts far more steps than the log reaches. Checkpoints count optimizer
+    steps; a log written against the epoch (a loss per epoch at ``step=epoch``), the samples or tokens seen, or one
+    that stopped early puts them all past its end, where nothing of theirs can be placed on it — said instead of
+    silently diagnosing from the log alone."""
+    last = ev.loss_last_step
+    steps = [c.step for c in ev.checkpoints if c.step is not None]
+    if not steps or last is None or ev.epoch_axis or min(steps) <= CHECKPOINTS_PAST_LOG_FACTOR * max(last, 1):
+        return []
+    span = f"step {steps[0]}" if len(steps) == 1 else f"steps {min(steps)}–{max(steps)}"
+    return [
+        Finding(
+            "AD901",
+            "warning",
+            f"every checkpoint ({span}) lies past the log's last step ({last}): the log counts something other than "
+            "optimizer steps (a loss per epoch at step=epoch, samples or tokens seen) or stopped early, so no "
+            "checkpoint is placed on it (their hyperparameters are still used); log against the optimizer step",
+            evidence={"loss_last_step": last, "checkpoint_steps": steps[:MAX_TAGS_EVIDENCE]},
+        )
+    ]
+
+
 def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
     """AD901 (info): assumed hyperparameters, approximate reconstructions; AD601: clipping."""
     out = []
@@ -689,6 +712,7 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
                 },
             )
         )
+    out += checkpoints_past_the_log(ev)
     approx = [t.label for t in ev.trajectories if not t.exact]
     if approx:
         what = "per-tensor histograms" if "global" not in approx else "the gradient norm"

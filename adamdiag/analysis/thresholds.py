@@ -248,3 +248,7 @@ SPIKE_STEP_TOLERANCE_FRACTION = 0.1
 # trailing window what it is on the full log (it saturates at n/50 >= 100 points); only a "slow climb"
 # measured against a best level older than that can differ. The logged blowup uses the whole log.
 REPLAY_PREFIX_POINTS = 5000
+
+# Checkpoints past the log: when the earliest checkpoint's step exceeds the log's last step this many times over,
+# the two count different things (epochs or samples against optimizer steps) or the log stopped early (AD901).
+CHECKPOINTS_PAST_LOG_FACTOR = 2.0
