@@ -143,3 +143,37 @@ def test_nemo_style_common_state(tmp_path: Path) -> None:
     ck = open_checkpoint(d)
     assert ck.step == 20
     assert {(e.hyper["lr"], e.hyper["eps"], e.hyper["group_step"]) for e in ck.entries} == {(1e-3, 1e-8, 20)}
+
+
+def test_distributed_optimizer_fully_reshardable_layout(tmp_path: Path) -> None:
+    """The distributed optimizer's fully_reshardable format (megatron-core 0.16 distrib_optimizer.py): the fp32
+    master weight as state key ``param``, the step in every param group of common.pt's nested ``optimizer``.
+    Written here with torch's own DCP writer from the fixture's moments, the model weights in bf16: the master
+    copy, not the bf16 weight, is what Adam's update is measured against."""
+    import torch.distributed.checkpoint as dcp
+
+    ck = open_checkpoint(CKPT)
+    items: dict[str, torch.Tensor] = {}
+    for t in ck.tensors():
+        items[f"optimizer.state.exp_avg.{t.name}"] = t.exp_avg.clone()
+        items[f"optimizer.state.exp_avg_sq.{t.name}"] = t.exp_avg_sq.clone()
+        items[f"optimizer.state.param.{t.name}"] = t.param.float().clone()
+        items[t.name] = t.param.to(torch.bfloat16)
+    d = tmp_path / "iter_0000020"
+    dcp.save(items, checkpoint_id=str(d))
+    group = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "bias_correction": True, "step": 20}
+    common = {
+        "optimizer": {
+            "optimizer": {"param_groups": [{**group, "weight_decay": 0.1}, {**group, "weight_decay": 0.0}]},
+            "param_state_sharding_type": "fully_reshardable",
+        },
+        "iteration": 20,
+    }
+    torch.save(common, d / "common.pt")
+    again = open_checkpoint(d)
+    assert again.step == 20
+    assert {(e.hyper["lr"], e.hyper["beta2"], e.hyper["group_step"]) for e in again.entries} == {(1e-3, 0.95, 20)}
+    ref = {t.name: t for t in ck.tensors()}
+    for t in again.tensors():
+        assert torch.equal(t.exp_avg_sq, ref[t.name].exp_avg_sq)
+        assert t.param.dtype == torch.float32 and torch.equal(t.param, ref[t.name].param.float())

@@ -52,8 +52,9 @@ _SAFE_MODULES = {
 # leading axis); the param groups and the common step sit in the torch.save file common.pt beside the shards.
 MCORE_STATE_PREFIX = "optimizer.state."
 MCORE_COMMON = "common.pt"
-# Megatron's master weights of a bf16/fp16 model, stored as one more per-parameter "state" key.
-MCORE_MASTER_KEY = "fp32_param"
+# Megatron's master weights of a bf16/fp16 model, stored as one more per-parameter "state" key: "fp32_param"
+# (Float16 optimizer, distributed optimizer's fully_sharded_model_space), "param" (its fully_reshardable format).
+MCORE_MASTER_KEYS = ("fp32_param", "param")
 _SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
@@ -482,10 +483,12 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     # Megatron's fp32 master copy of a bf16/fp16 parameter is the weight Adam updates
     model_keys.update(
         {
-            fqn: st[MCORE_MASTER_KEY]
+            fqn: st[k]
             for o in by_index.values()
+            if "mcore" in o
             for fqn, st in o["state"].items()
-            if MCORE_MASTER_KEY in st
+            for k in MCORE_MASTER_KEYS
+            if k in st
         }
     )
 
