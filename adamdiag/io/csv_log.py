@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,82 +44,41 @@ def has_step_column(path: Path) -> bool:
 def read_metrics_csv(path: Path | str) -> FileData:
     """One metrics.csv as event-file columns. Raises :class:`InputError` (one line) when the file cannot be
     read or has no ``step`` column."""
-    import numpy as np
-
-    from adamdiag.io.checkpoints import non_regular
-    from adamdiag.io.events import CSV_VERSION, FileData
+    from adamdiag.io.events import CSV_VERSION
+    from adamdiag.io.framework_logs import LogRows, read_log_file
 
     path = Path(path)
-    kind = non_regular(path)
-    if kind is not None:
-        raise InputError(f"{path}: a {kind}, not a file (not opened)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{path}: {size} bytes, too large for a metrics.csv (not read)")
-        text = path.read_bytes().decode("utf-8", errors="replace")
-        mtime = path.stat().st_mtime
-    except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
-    rows = csv.reader(io.StringIO(text, newline=""))
-    header = next(rows, None)
+    raw, size, mtime = read_log_file(path, MAX_BYTES, "metrics.csv")
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
+    header = next(reader, None)
     if not header or "step" not in header:
         raise InputError(f"{path}: no 'step' column in its header: not a Lightning CSVLogger metrics.csv")
     at = header.index("step")
-    tags = [h for i, h in enumerate(header) if i != at]
-    col_code = {i: k for k, i in enumerate(i for i in range(len(header)) if i != at)}
-    t_rows: list[int] = []
-    s_rows: list[int] = []
-    v_rows: list[float] = []
-    skipped: Counter = Counter()
+    rows = LogRows()
     records = 0
-    for row in rows:
+    for row in reader:
         if not row:
             continue
         records += 1
         if len(row) != len(header):  # a row cut short by a crash mid-write: what it holds is not trusted
-            skipped["truncated rows"] += 1
+            rows.skipped["truncated rows"] += 1
             continue
         try:
             step = int(float(row[at]))
         except ValueError:
-            skipped["rows without a step"] += 1
+            rows.skipped["rows without a step"] += 1
             continue
         for i, cell in enumerate(row):
             if i == at or cell == "":
                 continue
             try:
-                value = float(cell)
+                rows.add(header[i], step, float(cell))
             except ValueError:
-                skipped["non-numeric cells"] += 1
-                continue
-            t_rows.append(col_code[i])
-            s_rows.append(step)
-            v_rows.append(value)
-    n = len(t_rows)
-    warnings = []
-    if skipped["truncated rows"]:
-        warnings.append(
-            f"{path}: {skipped['truncated rows']} row(s) with a wrong number of cells skipped (a write cut short?)"
-        )
-    return FileData(
-        path=str(path),
-        size=size,
-        tags=tags,
-        s_tag=[np.asarray(t_rows, np.int32)],
-        s_step=[np.asarray(s_rows, np.int64)],
-        # the file stores no times: every point gets the time the file was written
-        s_wall=[np.full(n, mtime, np.float64)],
-        s_value=[np.asarray(v_rows, np.float64)],
-        h_rows=[],
-        warnings=warnings,
-        skipped=skipped,
-        records=records,
-        file_version=CSV_VERSION,
-        first_wall_time=mtime if n else float("inf"),
-        kinds={"metrics_csv"} if n else set(),
-        readable=True,
-        grouped=True,
+                rows.skipped["non-numeric cells"] += 1
+    cut = rows.skipped["truncated rows"]
+    warnings = [f"{path}: {cut} row(s) with a wrong number of cells skipped (a write cut short?)"] if cut else []
+    return rows.file_data(
+        path, size, mtime, version=CSV_VERSION, kind="metrics_csv", records=records, warnings=warnings
     )
 
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,23 +80,11 @@ def newest_state(run: Path) -> Path | None:
 def read_trainer_state(path: Path | str) -> FileData:
     """One trainer_state.json as event-file columns. Raises :class:`InputError` (one line) when the
     file cannot be read or is not a Trainer state."""
-    import numpy as np
-
-    from adamdiag.io.checkpoints import non_regular
-    from adamdiag.io.events import TRAINER_STATE_VERSION, FileData
+    from adamdiag.io.events import TRAINER_STATE_VERSION
+    from adamdiag.io.framework_logs import LogRows, read_log_file
 
     path = Path(path)
-    kind = non_regular(path)
-    if kind is not None:
-        raise InputError(f"{path}: a {kind}, not a file (not opened)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{path}: {size} bytes, too large for a trainer_state.json (not read)")
-        raw = path.read_bytes()
-        mtime = path.stat().st_mtime
-    except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
+    raw, size, mtime = read_log_file(path, MAX_BYTES, "trainer_state.json")
     try:
         state = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -107,55 +94,29 @@ def read_trainer_state(path: Path | str) -> FileData:
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise InputError(f"{path}: no log_history list in it: not a Hugging Face Trainer state")
-    tags: list[str] = []
-    codes: dict[str, int] = {}
-    t_rows: list[int] = []
-    s_rows: list[int] = []
-    v_rows: list[float] = []
-    skipped: Counter = Counter()
+    rows = LogRows()
     for entry in history:
         step = entry.get("step") if isinstance(entry, dict) else None
         if not isinstance(step, int) or isinstance(step, bool):
-            skipped["log_history entries without a step"] += 1
+            rows.skipped["log_history entries without a step"] += 1
             continue
         for key, value in entry.items():
             if key == "step":
                 continue
             # the Trainer's TensorBoard callback writes ints and floats (a NaN loss too), nothing else
             if isinstance(value, bool) or not isinstance(value, int | float):
-                skipped["non-numeric log values"] += 1
+                rows.skipped["non-numeric log values"] += 1
                 continue
-            tag = tag_of(str(key))
-            code = codes.get(tag)
-            if code is None:
-                code = codes[tag] = len(tags)
-                tags.append(tag)
-            t_rows.append(code)
-            s_rows.append(step)
             try:
-                v_rows.append(float(value))
+                number = float(value)
             except OverflowError:  # an int beyond float range
-                v_rows.append(math.inf if value > 0 else -math.inf)
-    n = len(t_rows)
-    warnings = [] if n else [f"{path}: its log_history holds no logged value (saved before the first logging step?)"]
-    return FileData(
-        path=str(path),
-        size=size,
-        tags=tags,
-        s_tag=[np.asarray(t_rows, np.int32)],
-        s_step=[np.asarray(s_rows, np.int64)],
-        # the file stores no times: every point gets the time the file was written
-        s_wall=[np.full(n, mtime, np.float64)],
-        s_value=[np.asarray(v_rows, np.float64)],
-        h_rows=[],
-        warnings=warnings,
-        skipped=skipped,
-        records=len(history),
-        file_version=TRAINER_STATE_VERSION,
-        first_wall_time=mtime if n else float("inf"),
-        kinds={"trainer_state"} if n else set(),
-        grouped=True,  # the tags are final: no split-folder prefix from checkpoint-N/
-        readable=True,
+                number = math.inf if value > 0 else -math.inf
+            rows.add(tag_of(str(key)), step, number)
+    empty = (
+        [] if rows.codes else [f"{path}: its log_history holds no logged value (saved before the first logging step?)"]
+    )
+    return rows.file_data(
+        path, size, mtime, version=TRAINER_STATE_VERSION, kind="trainer_state", records=len(history), warnings=empty
     )
 
 

@@ -1,0 +1,89 @@
+"""What the readers of frameworks' own log files share (:mod:`adamdiag.io.trainer_state` for Hugging Face's
+trainer_state.json, :mod:`adamdiag.io.csv_log` for Lightning's metrics.csv): opening the file as every reader does
+(never a FIFO, a size bound, one-line errors) and handing the rows over in an event file's columns
+(:class:`adamdiag.io.events.FileData`), so that everything after the reader treats the run as logged to TensorBoard.
+
+>>> rows = LogRows()
+>>> rows.add("train/loss", 5, 1.5); rows.add("train/lr", 5, 0.1); rows.add("train/loss", 10, 1.2)
+>>> rows.tags, rows.steps
+(['train/loss', 'train/lr'], [5, 5, 10])
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adamdiag.errors import InputError
+
+if TYPE_CHECKING:
+    from adamdiag.io.events import FileData
+
+
+def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, float]:
+    """The bytes, size and modification time of a framework's log file; :class:`InputError` (one line) for a
+    non-regular file (never opened: a FIFO would block), one larger than ``max_bytes`` or an unreadable one."""
+    from adamdiag.io.checkpoints import non_regular
+
+    kind = non_regular(path)
+    if kind is not None:
+        raise InputError(f"{path}: a {kind}, not a file (not opened)")
+    try:
+        st = path.stat()
+        if st.st_size > max_bytes:
+            raise InputError(f"{path}: {st.st_size} bytes, too large for a {what} (not read)")
+        return path.read_bytes(), st.st_size, st.st_mtime
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+@dataclass
+class LogRows:
+    """Scalar rows collected from a log file, tags numbered in order of first appearance."""
+
+    tags: list[str] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def add(self, tag: str, step: int, value: float) -> None:
+        code = self._index.get(tag)
+        if code is None:
+            code = self._index[tag] = len(self.tags)
+            self.tags.append(tag)
+        self.codes.append(code)
+        self.steps.append(step)
+        self.values.append(value)
+
+    def file_data(
+        self, path: Path, size: int, mtime: float, *, version: str, kind: str, records: int, warnings: list[str]
+    ) -> FileData:
+        """The rows as one file's columns. The file stores no times: every point gets its modification time.
+        ``grouped``: the tags are final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
+        import numpy as np
+
+        from adamdiag.io.events import FileData
+
+        n = len(self.codes)
+        return FileData(
+            path=str(path),
+            size=size,
+            tags=self.tags,
+            s_tag=[np.asarray(self.codes, np.int32)],
+            s_step=[np.asarray(self.steps, np.int64)],
+            s_wall=[np.full(n, mtime, np.float64)],
+            s_value=[np.asarray(self.values, np.float64)],
+            h_rows=[],
+            warnings=warnings,
+            skipped=self.skipped,
+            records=records,
+            file_version=version,
+            first_wall_time=mtime if n else float("inf"),
+            kinds={kind} if n else set(),
+            readable=True,
+            grouped=True,
+        )
