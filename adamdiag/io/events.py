@@ -214,13 +214,17 @@ def _trainer_state_runs(root: Path, states: list[Path], event_dirs: list[Path]) 
     from adamdiag.io.csv_log import has_step_column
     from adamdiag.io.trainer_state import output_dir_of
 
+    logged = set(event_dirs)
+    around = logged | {a for d in event_dirs for a in d.parents}  # event dirs and every folder above one
     out: list[Path] = []
+    seen: set[Path] = set()
     for f in states:
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
         run = output_dir_of(f, root) if f.name == TRAINER_STATE else f.parent
-        if any(d == run or run in d.parents or d in run.parents for d in event_dirs) or run in out:
+        if run in around or any(a in logged for a in run.parents) or run in seen:
             continue
+        seen.add(run)
         out.append(run)
     return out
 
