@@ -38,6 +38,9 @@ GRAD_NORM_TAGS = (
     # fairseq's total gradient norm (before clipping, which is off unless --clip-norm > 0)
     "train_inner/gnorm",
     "gnorm",
+    # big_vision's global gradient norm
+    "l2_grads",
+    "train/l2_grads",
 )
 # Tags that are not the training loss although they contain "loss" (evaluation curves, the loss
 # scale of mixed precision, auxiliary terms added to the loss — a z-loss (OLMo's train/ZLoss, OLMo-core's

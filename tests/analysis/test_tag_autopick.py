@@ -60,6 +60,7 @@ def test_grad_norm_and_lr_tags() -> None:
     assert pick_grad_norm_tag(["train/grad_norm_preclip", "train/grad_norm"]) == "train/grad_norm"
     assert pick_grad_norm_tag(["grad-norm", "lm loss"]) == "grad-norm"  # Megatron
     assert pick_grad_norm_tag(["train_inner/gnorm", "train_inner/clip", "train_inner/loss"]) == "train_inner/gnorm"
+    assert pick_grad_norm_tag(["training_loss", "l2_grads", "l2_params", "l2_updates"]) == "l2_grads"  # big_vision
     assert pick_lr_tag(["train/lr", "train_inner/lr"]) == "train_inner/lr"  # fairseq: the denser one
     # Lightning's grad_norm() utility, logged with log_dict: per parameter and the total (was: the bias's)
     assert pick_grad_norm_tag(["grad_2.0_norm/bias", "grad_2.0_norm/weight", "grad_2.0_norm_total"]) == (
