@@ -55,6 +55,7 @@ MCORE_COMMON = "common.pt"
 # Megatron's master weights of a bf16/fp16 model, stored as one more per-parameter "state" key: "fp32_param"
 # (Float16 optimizer, distributed optimizer's fully_sharded_model_space), "param" (its fully_reshardable format).
 MCORE_MASTER_KEYS = ("fp32_param", "param")
+MCORE_STATE_KEYS = (*ADAM_KEYS, *MCORE_MASTER_KEYS)
 _SAFE_PATHS = {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath", "Path"}
 
 
@@ -408,7 +409,8 @@ def _parse(reader: DcpReader) -> tuple[dict, dict]:
         last = path[-1] if path else ""
         if not hit and len(path) == 1 and isinstance(last, str) and last.startswith(MCORE_STATE_PREFIX):
             sub, _, fqn = last[len(MCORE_STATE_PREFIX) :].partition(".")
-            if sub and fqn:
+            # the state key comes first (Megatron's order): a key that names a parameter there is not Megatron's
+            if fqn and (sub in MCORE_STATE_KEYS or sub in KNOWN_STATE_KEYS):
                 o = opts.setdefault(("optimizer",), {"state": {}, "groups": {}, "flat_groups": {}, "mcore": True})
                 o["state"].setdefault(fqn, {})[sub] = key
                 hit = True
