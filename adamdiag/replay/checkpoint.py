@@ -378,6 +378,7 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
             model = _find({k: v for k, v in raw.items() if v is not optim}, _is_tensor_map, _MODEL_KEYS, depth=2)
     if model is None:
         raise InputError(f"{path}: no model state dict (a mapping of parameter names to tensors) found")
+    _refuse_flat_state(optim, model, path)
     lightning = isinstance(raw, Mapping) and ("pytorch-lightning_version" in raw or "optimizer_states" in raw)
     notes: list[str] = []
     step, optimizer_step = _steps_of(raw, optim, path, notes)
@@ -390,6 +391,28 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
         optimizer_step=optimizer_step,
         notes=notes,
     )
+
+
+def _refuse_flat_state(optim: Mapping[str, Any], model: Mapping[str, Any], path: Path) -> None:
+    """InputError for one 1-D state slot standing for several model parameters (fairseq's FP16Optimizer steps a
+    flat fp32 copy of them all; inspect and scan cut it back into parameters): replay steps torch Adam on the
+    model's own parameters, whose state this is not."""
+    import torch
+
+    states = [
+        s
+        for s in optim.get("state", {}).values()
+        if isinstance(s, Mapping) and isinstance(s.get("exp_avg"), torch.Tensor)
+    ]
+    params = [t for t in model.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if len(states) == 1 and states[0]["exp_avg"].dim() == 1 and len(params) > 1:
+        n = states[0]["exp_avg"].numel()
+        if not any(t.numel() == n and t.dim() == 1 for t in params):
+            raise InputError(
+                f"{path}: one flat optimizer state of {n} elements for the model's {len(params)} tensors (fairseq's "
+                "--fp16 FP16Optimizer): replay re-runs torch.optim.Adam on the parameters themselves, which would "
+                "not be this run (inspect and scan read it per parameter)"
+            )
 
 
 def param_order(ckpt: ReplayCheckpoint, model: torch.nn.Module) -> list[list[tuple[str, int]]]:

@@ -167,6 +167,9 @@ class _Entry:
     shape: tuple[int, ...] | None  # None: the optimizer holds no state for it (never stepped)
     hyper: dict[str, Any]
     optimizer: dict[str, Any] | None = None  # {"index", "key", "type"} of the optimizer it belongs to
+    # A parameter cut out of one flat state (fairseq's FP16Optimizer): (the flat slot's index, offset, elements,
+    # the flat state's length)
+    flat: tuple[int | str, int, int, int] | None = None
 
 
 @dataclass
@@ -1232,11 +1235,26 @@ def _finish(
         finally:
             for e, g in zip(entries, own):
                 e.group = g
+        split = _split_flat_state(entries, model) if mapping == "unmatched" and len(opts) == 1 else None
+        if split is not None:
+            entries = split
+            mapping = "model-order"
+            warnings[:] = [w for w in warnings if not w.startswith("the model's parameter shapes do not fit")]
+            warnings.append(
+                f"one flat fp32 state for all {len(split)} parameters (fairseq's FP16Optimizer, --fp16): cut back "
+                "into the model's parameters by their order and sizes, which add up to its length exactly"
+            )
     else:
         mapping = "none"
     if len(opts) > 1:
         _label_by_optimizer(entries)
-    read_steps = [_state_step(osds[_opt_index(e)]["state"][e.index], e.hyper) for e in entries if e.shape is not None]
+
+    def state_of(e: _Entry) -> Any:
+        if e.flat is None:
+            return osds[_opt_index(e)]["state"][e.index]
+        return _flat_slice(osds[_opt_index(e)]["state"][e.flat[0]], e)
+
+    read_steps = [_state_step(state_of(e), e.hyper) for e in entries if e.shape is not None]
     step, optimizer_step = resolve_steps(stated, read_steps, path, warnings)
     if model is not None:
         mmap_files = mmap_files + [f for f in model.mmap_files if f not in mmap_files]
@@ -1261,9 +1279,60 @@ def _finish(
         other_optimizers=list(others or []),
         optimizer_step=optimizer_step,
     )
-    ck._fetch_state = lambda e: osds[_opt_index(e)]["state"][e.index]
+    ck._fetch_state = state_of
     ck._fetch_param = model.get if model is not None else None
     return ck
+
+
+# fairseq's persistent float buffers, in its model state_dict but never parameters: TransformerEncoder/Decoder's
+# `version`, SinusoidalPositionalEmbedding's `_float_tensor` (one element each)
+_FLAT_BUFFER_NAMES = ("version", "_float_tensor")
+
+
+def _split_flat_state(entries: list[_Entry], model: _ModelSource) -> list[_Entry] | None:
+    """A state of one 1-D slot whose length is exactly the sum of the model's parameter sizes: fairseq's
+    FP16Optimizer (``--fp16`` without ``--fp16-no-flatten-grads``) steps one flat fp32 copy of every trainable
+    parameter, laid end to end in ``model.parameters()`` order. Cut back into one entry per parameter (named, with
+    its shape) when the sizes add up exactly; None otherwise (then it stays one tensor)."""
+    stated = [e for e in entries if e.shape is not None]
+    if len(stated) != 1 or len(stated[0].shape or ()) != 1 or not model.ordered:
+        return None
+    flat = stated[0]
+    n = (flat.shape or (0,))[0]
+    cands = [(name, shape) for name, shape in model.cands if name.rsplit(".", 1)[-1] not in _FLAT_BUFFER_NAMES]
+    sizes = [math.prod(shape) for _, shape in cands]
+    if len(cands) < 2 or sum(sizes) != n:
+        return None
+    out = []
+    offset = 0
+    for pos, ((name, shape), size) in enumerate(zip(cands, sizes)):
+        out.append(
+            _Entry(
+                group=flat.group,
+                index=name,
+                pos=pos,
+                name=name,
+                shape=shape,
+                hyper=flat.hyper,
+                optimizer=flat.optimizer,
+                flat=(flat.index, offset, size, n),
+            )
+        )
+        offset += size
+    return out
+
+
+def _flat_slice(state: dict[str, Any], e: _Entry) -> dict[str, Any]:
+    """One parameter's part of a flat state: each tensor of the flat length cut to ``e.flat`` and shaped (views:
+    nothing copied); the step and anything else as stored."""
+    assert e.flat is not None
+    _, offset, size, total = e.flat
+    return {
+        k: v.reshape(-1)[offset : offset + size].view(e.shape or (size,))
+        if _is_tensor(v) and v.numel() == total and v.dim() == 1
+        else v
+        for k, v in state.items()
+    }
 
 
 def _one_model_holds_all(entries: list[_Entry], model: _ModelSource | None, names_given: bool) -> bool:
