@@ -147,6 +147,16 @@ class _StandIn:
         self.state = state
 
 
+def _enum_member(cls: Any, name: Any) -> _StandIn:
+    """Stands in for ``getattr(EnumClass, "NAME")`` on one of the stand-in classes only: the member, by its name
+    in lower case (transformers' enum values are their names in lower case: ``IntervalStrategy.STEPS`` = "steps")."""
+    import pickle
+
+    if not (isinstance(cls, type) and issubclass(cls, _StandIn) and isinstance(name, str)):
+        raise pickle.UnpicklingError("getattr on something other than a TrainingArguments enum")
+    return cls(name.lower())
+
+
 def _plain(value: Any) -> Any:
     """An argument's value as JSON would hold it: an enum member or a torch.device by its value."""
     if isinstance(value, _StandIn):
@@ -170,6 +180,9 @@ def training_arguments(path: Path) -> dict[str, Any]:
         def find_class(self, module: str, name: str) -> Any:
             if module.startswith(_ARGS_MODULES) or (module == "torch" and name == "device"):
                 return type(name, (_StandIn,), {})
+            if module in ("builtins", "__builtin__") and name == "getattr":
+                # Python 3.11.0-3.11.4 (Debian 12's system Python) pickle an enum member as getattr(Enum, "NAME")
+                return _enum_member
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a TrainingArguments")
 
         def persistent_load(self, pid: Any) -> Any:

@@ -137,3 +137,29 @@ def test_damaged_state_is_one_line(hf_run: Path, tmp_path: Path) -> None:
     f.write_text(json.dumps({"global_step": 3}))
     res = CliRunner().invoke(app, ["scan", str(bare)])
     assert res.exit_code == 2 and "no log_history" in res.output
+
+
+def test_training_args_pickled_by_python_3_11_2(tmp_path: Path) -> None:
+    """CPython 3.11.0-3.11.4 (Debian 12's /usr/bin/python3) pickle an enum member as getattr(Enum, "NAME"): read
+    the same (the member by its lower-cased name), still without importing anything."""
+    import enum
+    import pickle
+    import types
+
+    pytest.importorskip("transformers")
+    from transformers import TrainingArguments
+
+    class Debian311Pickler(pickle.Pickler):
+        def reducer_override(self, obj):  # noqa: ANN001, ANN201
+            if isinstance(obj, enum.Enum):
+                return getattr, (type(obj), obj.name)
+            return NotImplemented
+
+    from adamdiag.io.trainer_state import training_arguments
+
+    args = TrainingArguments(str(tmp_path / "o"), max_grad_norm=0.5, adam_beta2=0.95, report_to="none", use_cpu=True)
+    f = tmp_path / "training_args.bin"
+    torch.save(args, f, pickle_module=types.SimpleNamespace(Pickler=Debian311Pickler, __name__="pickle"))
+    assert b"getattr" in f.read_bytes()
+    got = training_arguments(f)
+    assert (got["max_grad_norm"], got["adam_beta2"], got["lr_scheduler_type"]) == (0.5, 0.95, "linear")
