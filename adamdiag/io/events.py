@@ -180,10 +180,11 @@ def _event_names(dirpath: str, filenames: list[str], problems: list[Problem]) ->
     return out
 
 
-def _walk(root: Path, problems: list[Problem], trainer_states: list[Path] | None = None) -> list[Path]:
+def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None = None) -> list[Path]:
     """Directories under ``root`` that directly hold event files; symlinked folders are followed
     (TensorBoard does) but each real directory is entered once, so a link loop ends. With
-    ``trainer_states``, Hugging Face's trainer_state.json files met on the way are appended there."""
+    ``framework_logs``, the frameworks' own log files met on the way (Hugging Face's trainer_state.json,
+    Lightning's metrics.csv) are appended there."""
     found: list[Path] = []
     visited: set[str] = set()
 
@@ -202,12 +203,12 @@ def _walk(root: Path, problems: list[Problem], trainer_states: list[Path] | None
         dirnames.sort()
         if _event_names(dirpath, filenames, problems):
             found.append(Path(dirpath))
-        if trainer_states is not None:
-            trainer_states += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
+        if framework_logs is not None:
+            framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
     return found
 
 
-def _trainer_state_runs(root: Path, states: list[Path], event_dirs: list[Path]) -> list[Path]:
+def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path]) -> list[Path]:
     """Runs under ``root`` known only by a framework's own log file: Hugging Face Trainer output dirs by their
     trainer_state.json, Lightning CSVLogger folders by their metrics.csv — those with no event files in or around
     them (a run that logged to TensorBoard is read from its events)."""
@@ -218,7 +219,7 @@ def _trainer_state_runs(root: Path, states: list[Path], event_dirs: list[Path]) 
     around = logged | {a for d in event_dirs for a in d.parents}  # event dirs and every folder above one
     out: list[Path] = []
     seen: set[Path] = set()
-    for f in states:
+    for f in logs:
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
         run = output_dir_of(f, root) if f.name == TRAINER_STATE else f.parent
@@ -265,8 +266,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             problems.append(Problem(str(p), f"cannot read directory {p}: permission denied; skipped"))
             continue
         found = []
-        states: list[Path] = []
-        dirs = _walk(p, problems, states)
+        logs: list[Path] = []
+        dirs = _walk(p, problems, logs)
         have = set(dirs)
         for d in dirs:
             # A split folder joins its parent's run when the parent logs too (Estimator: model_dir/ +
@@ -276,7 +277,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
             run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
-        found += _trainer_state_runs(p, states, dirs)
+        found += _framework_log_runs(p, logs, dirs)
         if not found:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
@@ -1296,7 +1297,8 @@ def _warning_offset(message: str) -> float:
 
 def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) -> FileData:
     """Decode one event file. ``fast=False`` uses the plain-loop reference readers only. A Hugging Face
-    trainer_state.json is read as its log (:mod:`adamdiag.io.trainer_state`)."""
+    trainer_state.json or a Lightning metrics.csv is read as its log (:mod:`adamdiag.io.trainer_state`,
+    :mod:`adamdiag.io.csv_log`)."""
     import numpy as np
 
     path = Path(path)
