@@ -177,3 +177,20 @@ def test_distributed_optimizer_fully_reshardable_layout(tmp_path: Path) -> None:
     for t in again.tensors():
         assert torch.equal(t.exp_avg_sq, ref[t.name].exp_avg_sq)
         assert t.param.dtype == torch.float32 and torch.equal(t.param, ref[t.name].param.float())
+
+
+def test_megatron_lm_args_in_common_pt_and_a_damaged_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Megatron-LM puts its argparse ``args`` into the common state: read inertly (nothing imported). A truncated
+    common.pt costs the hyperparameters, not the moments: a warning, and the shards are still read."""
+    import argparse
+
+    def with_args(common: dict) -> None:
+        common["args"] = argparse.Namespace(lr=1e-3, adam_beta2=0.95, clip_grad=1.0)
+
+    d = _with_common(tmp_path / "a", with_args)
+    assert {e.hyper["lr"] for e in open_checkpoint(d).entries} == {1e-3}
+    f = d / "common.pt"
+    f.write_bytes(f.read_bytes()[:100])
+    ck = open_checkpoint(d)
+    assert any(w.startswith(str(f)) and "unknown" in w for w in ck.warnings)
+    assert len(list(ck.tensors())) == len(TRUTH["tensors"])

@@ -462,10 +462,12 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     entries: list[_Entry] = []
     kinds: list[str] = []
     common_step = None
+    # Megatron-core: the hyperparameters and the step live in common.pt beside the shards (read once)
+    common = _mcore_common_state(d, trust, warnings) if any("mcore" in o for _, _, o in adam_list) else None
     for i, prefix, o in adam_list:
         es = _entries(reader, o)
         if "mcore" in o:
-            common_step = _mcore_common(d, trust, es, warnings)
+            common_step = _mcore_common(d, common, es, warnings)
         kind = _kind(es)
         kinds.append(kind)
         info = {"index": i, "key": ".".join(map(str, prefix)), "type": kind}
@@ -510,7 +512,7 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     if common_step is not None:
         state_steps.update({(i, fqn): common_step for i, o in by_index.items() if "mcore" in o for fqn in o["state"]})
     if stated is None and common_step is not None:
-        stated = _mcore_iteration(d, trust)
+        stated = _mcore_iteration(common)
     step, optimizer_step = resolve_steps(stated, state_steps.values(), None, warnings)
     n_files = len({getattr(v, "relative_path", None) for v in reader.storage.values()})
     if n_files > 1:
@@ -540,19 +542,25 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
     return ck
 
 
-def _mcore_common_state(d: Path, trust: bool) -> dict | None:
+def _mcore_common_state(d: Path, trust: bool, warnings: list[str]) -> dict | None:
     """Megatron-core's common.pt (every non-sharded item of the checkpoint: the optimizer's param groups and
-    common step, the iteration, Megatron-LM's args), read as every torch file is (:func:`torch_load`)."""
+    common step, the iteration, Megatron-LM's args), read as every torch file is (:func:`torch_load`: Megatron-LM's
+    ``args`` Namespace becomes an inert stand-in). None when absent; unreadable: None and a warning (the moments
+    in the shards are still read)."""
     path = d / MCORE_COMMON
     if not path.exists():
         return None
-    obj, _ = torch_load(path, trust=trust)
+    try:
+        obj, _ = torch_load(path, trust=trust)
+    except InputError as e:
+        warnings.append(f"{path}: {_first_line(str(e))}; lr, betas, eps and the step unknown")
+        return None
     return obj if isinstance(obj, dict) else None
 
 
-def _mcore_iteration(d: Path, trust: bool) -> tuple[int, str] | None:
+def _mcore_iteration(common: dict | None) -> tuple[int, str] | None:
     """The step common.pt states: Megatron-LM's ``iteration``, NeMo's (Lightning's) ``global_step``."""
-    common = _mcore_common_state(d, trust) or {}
+    common = common or {}
     for key in ("iteration", "global_step"):
         it = _as_int(common.get(key))
         if it is not None:
@@ -561,7 +569,7 @@ def _mcore_iteration(d: Path, trust: bool) -> tuple[int, str] | None:
 
 
 def _with_param_groups(obj: Any, depth: int = 0) -> dict | None:
-    """The first dict holding a ``param_groups`` list, searched breadth-first a few levels down."""
+    """The first dict holding a ``param_groups`` list, searched depth-first a few levels down."""
     if depth > 4:
         return None
     if isinstance(obj, dict):
@@ -579,7 +587,7 @@ def _with_param_groups(obj: Any, depth: int = 0) -> dict | None:
     return None
 
 
-def _mcore_common(d: Path, trust: bool, entries: list[_Entry], warnings: list[str]) -> int | None:
+def _mcore_common(d: Path, common: dict | None, entries: list[_Entry], warnings: list[str]) -> int | None:
     """Fill the hyperparameters of a Megatron-core optimizer's entries from common.pt; return its common step.
 
     The param groups there have lost their ``params`` (Megatron saves them as a non-persistent object), so which
@@ -587,9 +595,9 @@ def _mcore_common(d: Path, trust: bool, entries: list[_Entry], warnings: list[st
     usual pair: with and without weight decay) those apply to every parameter and the weight decay is unknown;
     when they differ, the first group's are used and a warning says so.
     """
-    common = _mcore_common_state(d, trust)
     if common is None:
-        warnings.append(f"{d}: Megatron-core checkpoint without {MCORE_COMMON}: lr, betas, eps unknown")
+        if not (d / MCORE_COMMON).exists():
+            warnings.append(f"{d}: Megatron-core checkpoint without {MCORE_COMMON}: lr, betas, eps unknown")
         return None
     # FP32Optimizer: {"optimizer": {state, param_groups}}; Float16 / distributed optimizers nest one more
     # "optimizer"; NeMo 2 (Lightning) keeps it in "optimizer_states": [...]
