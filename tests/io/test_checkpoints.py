@@ -306,6 +306,16 @@ def test_non_adam_states_are_named(tmp_path):
     )
     with pytest.raises(InputError, match=r"Adafactor \(exp_avg_sq_row/exp_avg_sq_col\)"):
         open_checkpoint(tmp_path / "hfaf.pt")
+    # schedulefree's AdamWScheduleFree keeps Adam's v beside z, and no m: not an Adam state, named
+    torch.save(
+        {
+            "state": {0: {"z": torch.ones(4, 3), "exp_avg_sq": torch.ones(4, 3)}},
+            "param_groups": [{"params": [0], "lr": 1e-3, "betas": (0.9, 0.999), "k": 5, "weight_sum": 1.0}],
+        },
+        tmp_path / "sf.pt",
+    )
+    with pytest.raises(InputError, match=r"Schedule-Free AdamW/SGD \(z\)"):
+        open_checkpoint(tmp_path / "sf.pt")
     torch.save(Net().state_dict(), tmp_path / "model_only.pt")
     with pytest.raises(InputError, match="no optimizer state"):
         open_checkpoint(tmp_path / "model_only.pt")

@@ -106,6 +106,9 @@ KNOWN_STATE_KEYS = {
     "prev": "Rprop (prev)",
     "old_dirs": "LBFGS (old_dirs/old_stps/H_diag)",
     "ax": "ASGD (ax)",
+    # schedulefree's AdamWScheduleFree: Adam's v but no m (it averages iterates instead: z)
+    "z": "Schedule-Free AdamW/SGD (z)",
+    "hessian": "Sophia (hessian)",
 }
 # Adafactor's factored second moment (torch.optim.Adafactor, Hugging Face / fairseq Adafactor): where
 # these are present the state is Adafactor's even if some 1-D tensors hold exp_avg/exp_avg_sq — those
