@@ -679,8 +679,9 @@ def checkpoints_past_the_log(ev: Evidence) -> list[Finding]:
             "AD901",
             "warning",
             f"every checkpoint ({span}) lies past the log's last step ({last}): the log counts something other than "
-            "optimizer steps (a loss per epoch at step=epoch, samples or tokens seen) or stopped early, so no "
-            "checkpoint is placed on it (their hyperparameters are still used); log against the optimizer step",
+            "optimizer steps (a loss per epoch at step=epoch, samples or tokens seen), stopped early, or the "
+            "checkpoints are another run's; none is placed on the log (their hyperparameters are still used) — "
+            "log against the optimizer step, or pass --checkpoints",
             evidence={"loss_last_step": last, "checkpoint_steps": steps[:MAX_TAGS_EVIDENCE]},
         )
     ]
