@@ -110,7 +110,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Keras logs epoch_* scalars at the epoch index while its checkpoints count optimizer iterations: the "
         "epoch points were moved to their epoch's last iteration (from evaluation_loss_vs_iterations).",
     ),
-    "AD901": ("insufficient-data", "Not enough data to decide (too few steps, missing loss tag, ...)."),
+    "AD901": (
+        "insufficient-data",
+        "Not enough data to decide, or how the data was read (too few steps, missing loss tag, a log axis converted "
+        "to optimizer steps, checkpoints that cannot be placed on the log, ...).",
+    ),
     "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
     "AD903": (
         "not-adam",
