@@ -61,6 +61,11 @@ TRAINER_STATE_VERSION = "hf-trainer-state"
 # Lightning's CSVLogger file, read as a log where a run has no event files (io/csv_log.py)
 METRICS_CSV = "metrics.csv"
 CSV_VERSION = "lightning-csv"
+# A reader's note that is a warning (AD901 warning), not information: the note starts with this
+WARNING_NOTE = "warning: "
+# A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
+UNSTEPPED_MIN_POINTS = 3
+MAX_UNSTEPPED_NAMED = 4  # tags named in its note
 # The file a run's writer arguments came from, when not an event file's text summary (training_args.bin)
 ARGS_SOURCE = "__source__"
 # Run several files in worker processes only when there is enough to read to pay for the start-up.
@@ -1925,6 +1930,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     if datas and not any(d.records for d in datas) and any(d.size for d in datas):
         first = next((w for d in datas for w in d.warnings), "no record could be read")
         raise InputError(f"nothing readable in {run}: {first}")
+    unstepped = [note for d in datas if (note := _unstepped_to_logging_order(d))]
     for d in datas:
         prefix = "" if d.grouped else tag_prefix(run, d.path)
         if prefix:  # a split subdirectory's tags: `validation/epoch_loss` beside `train/epoch_loss`
@@ -1936,6 +1942,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
                 d.path, d.tags, np.concatenate(d.s_tag), np.concatenate(d.s_step), d.s_value
             )
     events = _assemble(run, datas)
+    events.notes += unstepped
     for d in datas:
         if d.file_version == TRAINER_STATE_VERSION:
             from adamdiag.io.trainer_state import describe
@@ -1949,6 +1956,46 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)
     return events
+
+
+def _unstepped_to_logging_order(d: FileData) -> str | None:
+    """Give the points of a tag that a writer logged without a step their logging order, in place: torch's and
+    tensorboardX's ``add_scalar(tag, value)`` without ``global_step`` write every value at step 0, and TensorBoard
+    stacks them at x = 0. The records of a file are in the order they were written, so the k-th point of such a
+    tag (at least :data:`UNSTEPPED_MIN_POINTS`, all at one step) is read at step k — a count of logged points,
+    which is the optimizer step only where one point was logged per step. Returns the warning note, or None.
+    """
+    import numpy as np
+
+    if not d.s_tag or not d.tags:
+        return None
+    codes = np.concatenate(d.s_tag)
+    steps = np.concatenate(d.s_step)
+    if not len(codes):
+        return None
+    counts = np.bincount(codes, minlength=len(d.tags))
+    lo = np.full(len(d.tags), np.iinfo(np.int64).max)
+    hi = np.full(len(d.tags), np.iinfo(np.int64).min)
+    np.minimum.at(lo, codes, steps)
+    np.maximum.at(hi, codes, steps)
+    flat = np.flatnonzero((counts >= UNSTEPPED_MIN_POINTS) & (lo == hi))
+    if not len(flat):
+        return None
+    for code in flat:
+        mine = codes == code
+        steps[mine] = np.arange(1, int(mine.sum()) + 1)
+    d.s_tag, d.s_step = [codes], [steps]
+    d.s_wall, d.s_value = [np.concatenate(d.s_wall)], [np.concatenate(d.s_value)]
+    names = [d.tags[c] for c in flat]
+    shown = ", ".join(f"'{t}'" for t in names[:MAX_UNSTEPPED_NAMED]) + (
+        " …" if len(names) > MAX_UNSTEPPED_NAMED else ""
+    )
+    return (
+        f"{WARNING_NOTE}every point of {shown} in {os.path.basename(d.path)} is at step {int(lo[flat[0]])}: the writer "
+        "was given no step (add_scalar(tag, value) without global_step); read in logging order, the k-th point at "
+        "step k — steps here count logged points (optimizer steps only if one point was logged per step, and "
+        "checkpoints are placed by their optimizer step); log the step with each value"
+    )
 
 
 # DeepSpeed's own monitor logs its tags against the samples seen (``global_samples``), not the step.

@@ -325,21 +325,40 @@ def test_a_step_repeated_with_the_same_value_is_no_warning(tmp_path):
     assert "'train_loss_step'" in msg and "1 step(s)" in msg and "first at step 3" in msg
 
 
-def test_a_writer_given_no_step_is_named(tmp_path):
-    """add_scalar without global_step logs every value at step 0 (TensorBoard stacks them at x = 0): the
-    run is inconclusive, and the finding says why and what to change instead of "only 1 loss points"."""
+def test_a_writer_given_no_step_is_read_in_logging_order(tmp_path):
+    """add_scalar without global_step logs every value at step 0 (TensorBoard stacks them at x = 0). The records
+    are in the order they were written: the k-th point is read at step k, and an AD901 warning says the steps are
+    counts of logged points and what to change (was: inconclusive, "no order to diagnose")."""
     from torch.utils.tensorboard import SummaryWriter
 
     w = SummaryWriter(str(tmp_path / "run"))
     for i in range(1, 120):
-        w.add_scalar("train/loss", 1.0 / i)
+        w.add_scalar("train/loss", 1.0 / i if i < 100 else 50.0)
     w.close()
-    res = invoke("check", str(tmp_path / "run"), "--format", "json")
-    assert res.exit_code == 1, res.output  # undiagnosable: the gate does not pass it
+    res = invoke("scan", str(tmp_path / "run"), "--format", "json")
+    assert res.exit_code == 0, res.output
     (r,) = json.loads(res.stdout)["runs"]
-    assert r["verdict"] == "inconclusive"
-    (f,) = [f for f in r["findings"] if f["id"] == "AD901"]
-    assert "119 values, all at one step" in f["message"] and "global_step" in f["message"], f
+    assert r["blowup_step"] == 100  # the 100th value logged
+    (f,) = [f for f in r["findings"] if f["id"] == "AD901" and "global_step" in f["message"]]
+    assert f["severity"] == "warning" and "logging order" in f["message"]
+    # the gate can hold a run on it
+    assert invoke("check", str(tmp_path / "run"), "--fail-on", "warning").exit_code == 1
+    # no "logged more than once" noise for the stacked points
+    (ev,) = E.read_runs([tmp_path / "run"])
+    assert not [x for x in ev.warnings if "more than once" in x]
+    assert ev.scalars["step"].tolist() == list(range(1, 120))
+
+
+def test_two_values_at_one_step_stay_as_logged(tmp_path):
+    """Fewer than three points at one step are not a writer without steps (a step logged twice): kept."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    w.add_scalar("train/loss", 1.0, 5)
+    w.add_scalar("train/loss", 2.0, 5)
+    w.close()
+    (ev,) = E.read_runs([tmp_path / "run"])
+    assert ev.scalars["step"].tolist() == [5, 5] and ev.notes == []
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
