@@ -71,8 +71,9 @@ def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...],
     return min(cands, key=lambda t: ("total" not in low[t], len(t))) if cands else None
 
 
-# Training losses not called "loss": a language model's negative log-likelihood, a cross-entropy.
-_OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent")
+# Training losses not called "loss": a language model's negative log-likelihood, a cross-entropy, TF1 tutorials'
+# "cost", an "objective", a regression's "mse" — only where no tag says "loss".
+_OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent", "cost", "objective", "mse")
 
 
 def pick_loss_tag(tags: list[str], counts: Mapping[str, int] | None = None) -> str | None:

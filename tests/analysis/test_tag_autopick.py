@@ -39,6 +39,8 @@ LOSS_CASES = [
     # CleanRL: entropy and KL filed under losses/ are not losses (was: losses/entropy, the shortest)
     ("CleanRL PPO", ["losses/entropy", "losses/approx_kl", "losses/policy_loss", "losses/value_loss"], None),
     ("Composer", ["loss/train/total", "metrics/train/LanguageCrossEntropy", "l2_norm/grad/global"], "loss/train/total"),
+    ("TF1 tutorial", ["cost", "accuracy", "learning_rate"], "cost"),
+    ("a regression logging its MSE", ["train/mse", "val/mse", "train/mae"], "train/mse"),
 ]
 
 
