@@ -1043,6 +1043,7 @@ class Evidence:
     blowup_batch_spike: dict[str, Any] | None = None  # the blowup's first point is one batch's loss (no grad norm)
     epoch_axis: dict[str, Any] | None = None  # RunInputs.epoch_axis
     loss_last_step: int | None = None  # the loss tag's last logged step
+    loss_first_step: int | None = None  # and its first
     # The highest logged lr from the event on: a schedule still rising there (a warm-up) takes a cut of the
     # whole schedule back above the lr that blew up unless the cut is sized to its peak (recommend.lr_cut).
     lr_peak_after: float | None = None
@@ -1349,6 +1350,7 @@ def gather(
         grad_norm_tag=grad_norm_tag,
         n_loss_points=len(steps),
         loss_last_step=int(steps[-1]) if len(steps) else None,
+        loss_first_step=int(steps[0]) if len(steps) else None,
         n_loss_rows=int((scalars["tag"] == loss_tag).sum())
         if loss_tag is not None and len(steps) < MIN_LOSS_POINTS
         else None,

@@ -664,27 +664,35 @@ def collapse_in_progress(ev: Evidence, beta2: float) -> list[Finding]:
     return []
 
 
-def checkpoints_past_the_log(ev: Evidence) -> list[Finding]:
-    """AD901 (warning): every checkpoint counts far more steps than the log reaches. Checkpoints count optimizer
-    steps; a log written against the epoch (a loss per epoch at ``step=epoch``), the samples or tokens seen, or one
-    that stopped early puts them all past its end, where nothing of theirs can be placed on it — said instead of
-    silently diagnosing from the log alone."""
-    last = ev.loss_last_step
-    steps = [c.step for c in ev.checkpoints if c.step is not None]
-    if not steps or last is None or ev.epoch_axis or min(steps) <= CHECKPOINTS_PAST_LOG_FACTOR * max(last, 1):
+def checkpoints_off_the_log(ev: Evidence) -> list[Finding]:
+    """AD901 (warning): the checkpoints' steps and the log's do not overlap by a wide margin. Checkpoints count
+    optimizer steps. A log written against the epoch (a loss per epoch at ``step=epoch``) or one that stopped early
+    puts every checkpoint far past its end, where nothing of theirs is placed on it; one written against the samples
+    or tokens seen puts every checkpoint far before its start — where they are taken for early steps of the log, so
+    the replay start chosen "before the blowup" can be a checkpoint saved after it. Said instead of silence."""
+    first, last = ev.loss_first_step, ev.loss_last_step
+    steps = sorted(c.step for c in ev.checkpoints if c.step is not None)
+    if not steps or first is None or last is None or ev.epoch_axis:
         return []
-    span = f"step {steps[0]}" if len(steps) == 1 else f"steps {min(steps)}–{max(steps)}"
-    return [
-        Finding(
-            "AD901",
-            "warning",
+    span = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}–{steps[-1]}"
+    evidence = {"loss_first_step": first, "loss_last_step": last, "checkpoint_steps": steps[:MAX_TAGS_EVIDENCE]}
+    if steps[0] > CHECKPOINTS_PAST_LOG_FACTOR * max(last, 1):
+        text = (
             f"every checkpoint ({span}) lies past the log's last step ({last}): the log counts something other than "
             "optimizer steps (a loss per epoch at step=epoch, samples or tokens seen), stopped early, or the "
             "checkpoints are another run's; none is placed on the log (their hyperparameters are still used) — "
-            "log against the optimizer step, or pass --checkpoints",
-            evidence={"loss_last_step": last, "checkpoint_steps": steps[:MAX_TAGS_EVIDENCE]},
+            "log against the optimizer step, or pass --checkpoints"
         )
-    ]
+    elif first > CHECKPOINTS_PAST_LOG_FACTOR * max(steps[-1], 1):
+        text = (
+            f"every checkpoint ({span}) lies before the log's first step ({first}): the log counts something finer "
+            "than optimizer steps (samples or tokens seen), began long after them (a resumed run), or the "
+            "checkpoints are another run's; read on the log's axis they are early steps of it, so the replay start "
+            "chosen before the blowup may not be — log against the optimizer step, or pass --checkpoints"
+        )
+    else:
+        return []
+    return [Finding("AD901", "warning", text, evidence=evidence)]
 
 
 def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
@@ -713,7 +721,7 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
                 },
             )
         )
-    out += checkpoints_past_the_log(ev)
+    out += checkpoints_off_the_log(ev)
     approx = [t.label for t in ev.trajectories if not t.exact]
     if approx:
         what = "per-tensor histograms" if "global" not in approx else "the gradient norm"

@@ -1,6 +1,7 @@
-"""A loss logged once per epoch at ``step=epoch`` beside checkpoints whose Adam state counts optimizer steps: every
-checkpoint lies far past the log's end, so none can be placed on it. scan says so (AD901 warning) instead of
-quietly diagnosing from the log alone; logged per optimizer step, the same run gets no such warning."""
+"""Checkpoints count optimizer steps. A loss logged once per epoch at ``step=epoch`` puts every checkpoint far past
+the log's end (none can be placed on it); one logged against the tokens seen puts every checkpoint far before the
+log's start (taken for early steps of it, so a replay start "before the blowup" may be one saved after it). scan
+says so (AD901 warning) instead of quietly diagnosing; logged per optimizer step, the same run gets no warning."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from adamdiag.pipeline.scan import scan_paths
 BATCHES = 16
 
 
-def _run(out: Path, per_epoch: bool, epochs: int = 20) -> None:
+TOKENS_PER_STEP = 16 * 64
+
+
+def _run(out: Path, per_epoch: bool, epochs: int = 20, tokens: bool = False) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     torch.manual_seed(0)
@@ -34,7 +38,7 @@ def _run(out: Path, per_epoch: bool, epochs: int = 20) -> None:
             step += 1
             total += loss.item()
             if not per_epoch:
-                w.add_scalar("train/loss", loss.item(), step)
+                w.add_scalar("train/loss", loss.item(), step * TOKENS_PER_STEP if tokens else step)
         if per_epoch:
             w.add_scalar("train/loss", total / BATCHES, epoch)
         if epoch % 5 == 4:
@@ -53,6 +57,14 @@ def test_a_per_epoch_log_is_said_to_miss_the_checkpoints(tmp_path: Path) -> None
     assert f.severity == "warning" and "steps 80–320" in f.message and "(19)" in f.message
 
 
+def test_a_per_token_log_is_said_to_start_after_the_checkpoints(tmp_path: Path) -> None:
+    _run(tmp_path, per_epoch=False, tokens=True)
+    (rep,) = scan_paths([tmp_path]).runs
+    (f,) = [f for f in rep.findings if f.id == "AD901" and "before the log's first step" in f.message]
+    assert f.severity == "warning" and f"({TOKENS_PER_STEP})" in f.message and "steps 80–320" in f.message
+
+
 def test_a_per_step_log_is_not(tmp_path: Path) -> None:
     _run(tmp_path, per_epoch=False)
-    assert _past(tmp_path) == []
+    (rep,) = scan_paths([tmp_path]).runs
+    assert not [f for f in rep.findings if f.id == "AD901" and "log's" in f.message and "checkpoint" in f.message]
