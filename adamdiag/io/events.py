@@ -1964,26 +1964,36 @@ def _unstepped_to_logging_order(d: FileData) -> str | None:
     stacks them at x = 0. The records of a file are in the order they were written, so the k-th point of such a
     tag (at least :data:`UNSTEPPED_MIN_POINTS`, all at one step) is read at step k — a count of logged points,
     which is the optimizer step only where one point was logged per step. Returns the warning note, or None.
+
+    This runs on every file read: the common case (each tag's first and last step differ) is ruled out with two
+    scatter passes over the chunks as they are, no concatenation, no sort, no count.
     """
     import numpy as np
 
     if not d.s_tag or not d.tags:
         return None
+    n_tags = len(d.tags)
+    first = np.zeros(n_tags, np.int64)
+    last = np.zeros(n_tags, np.int64)
+    seen = np.zeros(n_tags, bool)
+    for c, st in zip(d.s_tag, d.s_step):  # a scatter keeps the last write: forward, the last row of each tag
+        last[c] = st
+        seen[c] = True
+    for c, st in zip(reversed(d.s_tag), reversed(d.s_step)):  # reversed, the first row
+        first[c[::-1]] = st[::-1]
+    maybe = np.flatnonzero(seen & (first == last))
+    if not len(maybe):
+        return None
     codes = np.concatenate(d.s_tag)
     steps = np.concatenate(d.s_step)
-    if not len(codes):
-        return None
-    counts = np.bincount(codes, minlength=len(d.tags))
-    lo = np.full(len(d.tags), np.iinfo(np.int64).max)
-    hi = np.full(len(d.tags), np.iinfo(np.int64).min)
-    np.minimum.at(lo, codes, steps)
-    np.maximum.at(hi, codes, steps)
-    flat = np.flatnonzero((counts >= UNSTEPPED_MIN_POINTS) & (lo == hi))
-    if not len(flat):
-        return None
-    for code in flat:
+    flat = []
+    for code in maybe:
         mine = codes == code
-        steps[mine] = np.arange(1, int(mine.sum()) + 1)
+        if int(mine.sum()) >= UNSTEPPED_MIN_POINTS and bool((steps[mine] == first[code]).all()):
+            steps[mine] = np.arange(1, int(mine.sum()) + 1)
+            flat.append(int(code))
+    if not flat:
+        return None
     d.s_tag, d.s_step = [codes], [steps]
     d.s_wall, d.s_value = [np.concatenate(d.s_wall)], [np.concatenate(d.s_value)]
     names = [d.tags[c] for c in flat]
@@ -1991,10 +2001,10 @@ def _unstepped_to_logging_order(d: FileData) -> str | None:
         " …" if len(names) > MAX_UNSTEPPED_NAMED else ""
     )
     return (
-        f"{WARNING_NOTE}every point of {shown} in {os.path.basename(d.path)} is at step {int(lo[flat[0]])}: the writer "
-        "was given no step (add_scalar(tag, value) without global_step); read in logging order, the k-th point at "
-        "step k — steps here count logged points (optimizer steps only if one point was logged per step, and "
-        "checkpoints are placed by their optimizer step); log the step with each value"
+        f"{WARNING_NOTE}every point of {shown} in {os.path.basename(d.path)} is at step {int(first[flat[0]])}: the "
+        "writer was given no step (add_scalar(tag, value) without global_step); read in logging order, the k-th "
+        "point at step k — steps here count logged points (optimizer steps only if one point was logged per step, "
+        "and checkpoints are placed by their optimizer step); log the step with each value"
     )
 
 
