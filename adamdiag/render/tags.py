@@ -49,7 +49,8 @@ def render_tags_text(result: list[RunEvents]) -> str:
         if r.skipped:
             lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())))
         for note in r.notes:  # how the reader read it (a restart's purge, DeepSpeed's samples axis)
-            lines.append(f"  note: {note}")
+            # a reader's warning note already says "warning: " (a writer given no step)
+            lines.append(f"  {note}" if note.startswith("warning: ") else f"  note: {note}")
         if r.warnings:
             lines.append(f"  warnings: {len(r.warnings)} (see stderr)")
     return "\n".join(lines)
