@@ -72,8 +72,9 @@ def pick_tag(tags: list[str], preferred: tuple[str, ...], must: tuple[str, ...],
 
 
 # Training losses not called "loss": a language model's negative log-likelihood, a cross-entropy, TF1 tutorials'
-# "cost", an "objective", a regression's "mse" — only where no tag says "loss".
-_OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent", "cost", "objective", "mse")
+# "cost", a regression's "mse" — only where no tag says "loss". ("objective" stays a name to give with --loss-tag:
+# an RL or contrastive objective is often maximised.)
+_OTHER_LOSS_NAMES = ("nll", "cross_entropy", "xent", "cost", "mse")
 
 
 def pick_loss_tag(tags: list[str], counts: Mapping[str, int] | None = None) -> str | None:
