@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
+from adamdiag.io.events import TRAINER_STATE
 
 if TYPE_CHECKING:
     from adamdiag.io.events import FileData
 
-TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 # json.dumps(sort_keys=True) puts global_step before log_history: found in the file's first bytes
 _GLOBAL_STEP = re.compile(rb'"global_step":\s*(\d+)')
