@@ -34,7 +34,7 @@ MAX_BYTES = 1 << 31
 def has_step_column(path: Path) -> bool:
     """Whether ``path`` starts like a CSVLogger file: a header line with a ``step`` column."""
     try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:  # -sig: a BOM is no part of "step"
             head = f.readline()
     except OSError:
         return False
@@ -49,7 +49,7 @@ def read_metrics_csv(path: Path | str) -> FileData:
 
     path = Path(path)
     raw, size, mtime = read_log_file(path, MAX_BYTES, "metrics.csv")
-    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
+    reader = csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline=""))
     header = next(reader, None)
     if not header or "step" not in header:
         raise InputError(f"{path}: no 'step' column in its header: not a Lightning CSVLogger metrics.csv")
@@ -77,6 +77,8 @@ def read_metrics_csv(path: Path | str) -> FileData:
                 rows.skipped["non-numeric cells"] += 1
     cut = rows.skipped["truncated rows"]
     warnings = [f"{path}: {cut} row(s) with a wrong number of cells skipped (a write cut short?)"] if cut else []
+    if not rows.codes:
+        warnings.append(f"{path}: no logged value after its header (the run stopped before its first log?)")
     return rows.file_data(
         path, size, mtime, version=CSV_VERSION, kind="metrics_csv", records=records, warnings=warnings
     )

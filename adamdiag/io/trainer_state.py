@@ -86,8 +86,8 @@ def read_trainer_state(path: Path | str) -> FileData:
     path = Path(path)
     raw, size, mtime = read_log_file(path, MAX_BYTES, "trainer_state.json")
     try:
-        state = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        state = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError as e:
         raise InputError(
             f"{path}: not valid JSON ({str(e).splitlines()[0]}): a truncated or damaged trainer_state.json"
         ) from None
