@@ -102,13 +102,24 @@ def _event_dirs(root: Path, depth: int = 2) -> list[Path]:
     return out
 
 
+def _has_framework_log(d: Path) -> bool:
+    """A run folder known by a framework's own log (HF's trainer_state.json, Lightning's metrics.csv), no events."""
+    from adamdiag.io.events import run_files
+
+    try:
+        return d.is_dir() and bool(run_files(d))
+    except (OSError, InputError):
+        return False
+
+
 def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     """The run directory with the logged loss: --logdir, else the checkpoint's parent's parent
-    (``<run>/checkpoints/step_N.pt``), else its parent."""
+    (``<run>/checkpoints/step_N.pt``), else its parent — a folder of event files, else one whose loss a framework
+    logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv)."""
     if logdir is not None:
         if not logdir.exists():
             raise missing_path(logdir, "--logdir")
-        if logdir.is_file() or _has_events(logdir):
+        if logdir.is_file() or _has_events(logdir) or _has_framework_log(logdir):
             return logdir
         found = _event_dirs(logdir)
         if len(found) == 1:
@@ -125,6 +136,10 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
         found = _event_dirs(ck.parent, depth=2)
     if len(found) == 1:
         return found[0]
+    if not found:
+        for cand in (ck.parent.parent, ck.parent):
+            if _has_framework_log(cand):
+                return cand
     raise InputError(
         f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "
         f"{ck.parent}); pass --logdir"

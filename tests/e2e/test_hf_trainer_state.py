@@ -163,3 +163,14 @@ def test_training_args_pickled_by_python_3_11_2(tmp_path: Path) -> None:
     assert b"getattr" in f.read_bytes()
     got = training_arguments(f)
     assert (got["max_grad_norm"], got["adam_beta2"], got["lr_scheduler_type"]) == (0.5, 0.95, "linear")
+
+
+def test_replay_finds_the_states_log(hf_run: Path, tmp_path: Path) -> None:
+    """replay compares against the logged loss: for a checkpoint of an output dir without TensorBoard files, that
+    log is the output dir's trainer_state.json (was: "no TensorBoard event files found ... pass --logdir")."""
+    from adamdiag.replay.runner import find_run_dir
+
+    bare = tmp_path / "out"
+    shutil.copytree(hf_run, bare, ignore=shutil.ignore_patterns("runs"))
+    assert find_run_dir(bare / "checkpoint-80", None) == bare.resolve()
+    assert find_run_dir(bare / "checkpoint-80", bare) == bare
