@@ -244,7 +244,12 @@ class OptimizerCheckpoint:
                 "not a state Adam writes (the file is damaged)"
             )
         param = None
-        if with_params and e.name is not None and self._fetch_param is not None:
+        master: Any = st.get("master_param")
+        if with_params and _is_tensor(master) and sizes and master.numel() == next(iter(sizes.values())):
+            # Transformer Engine's FusedAdam(master_weights=True) keeps the fp32 master weight in the state (its
+            # state_dict() hands it over unscaled): what Adam updates, not the bf16/fp8 model weight
+            param = master
+        elif with_params and e.name is not None and self._fetch_param is not None:
             param = self._fetch_param(e.name)
         return TensorMoments(
             name=e.name,
