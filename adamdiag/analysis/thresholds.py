@@ -249,6 +249,7 @@ SPIKE_STEP_TOLERANCE_FRACTION = 0.1
 # measured against a best level older than that can differ. The logged blowup uses the whole log.
 REPLAY_PREFIX_POINTS = 5000
 
-# Checkpoints past the log: when the earliest checkpoint's step exceeds the log's last step this many times over,
-# the two count different things (epochs or samples against optimizer steps) or the log stopped early (AD901).
+# Checkpoints off the log (findings.checkpoints_off_the_log, AD901): when the earliest checkpoint's step exceeds the
+# log's last step this many times over, or the log's first step exceeds the last checkpoint's, the two count
+# different things (epochs, samples or tokens against optimizer steps) or do not belong together.
 CHECKPOINTS_PAST_LOG_FACTOR = 2.0

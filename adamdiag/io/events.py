@@ -61,8 +61,6 @@ TRAINER_STATE_VERSION = "hf-trainer-state"
 # Lightning's CSVLogger file, read as a log where a run has no event files (io/csv_log.py)
 METRICS_CSV = "metrics.csv"
 CSV_VERSION = "lightning-csv"
-# A reader's note that is a warning (AD901 warning), not information: the note starts with this
-WARNING_NOTE = "warning: "
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -87,6 +85,9 @@ class RunEvents:
     file_info: list[dict[str, Any]] = field(default_factory=list)  # per file: size, records, writer, ...
     # how the reader read the run where a writer's convention needed it (information, not damage)
     notes: list[str] = field(default_factory=list)
+    # how it read the run where the writer left out what it needed and the reader had to assume it (AD901 warnings:
+    # a writer given no step)
+    warning_notes: list[str] = field(default_factory=list)
 
 
 def is_event_file(path: Path) -> bool:
@@ -1730,6 +1731,11 @@ def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     ]
 
 
+def _args_source(args: dict[str, Any]) -> str:
+    """Where HF Trainer's arguments were read: its TensorBoard ``args`` text summary, or training_args.bin."""
+    return str(args.get(ARGS_SOURCE) or f"the '{WRITER_ARGS_TAG}' summary")
+
+
 def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None = None) -> tuple[float | None, str]:
     """The gradient-clipping norm the training used, when its writer logged it, and where from: HF
     Trainer's ``max_grad_norm`` (its ``train/grad_norm`` is the norm *before* clipping, while Adam steps
@@ -1742,8 +1748,7 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
     for args in logged_arguments(events) if arguments is None else arguments:
         c = args.get("max_grad_norm")
         if isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0:
-            where = args.get(ARGS_SOURCE) or f"the '{WRITER_ARGS_TAG}' summary"
-            return float(c), f"max_grad_norm in {where} (HF Trainer's arguments)"
+            return float(c), f"max_grad_norm in {_args_source(args)} (HF Trainer's arguments)"
         # Megatron-LM's --clip-grad (default 1.0; 0 turns clipping off); its 'grad-norm' is the norm before
         c = _floats({"clip": args.get("clip_grad")}).get("clip")
         if c is not None:
@@ -1800,7 +1805,7 @@ def writer_adam_hyperparameters(
                 return {}, ""
             got = _floats({"beta2": args["adam_beta2"], "eps": args["adam_epsilon"]})
             if got:
-                return got, f"HF Trainer's arguments ({args.get(ARGS_SOURCE) or f'the {WRITER_ARGS_TAG!r} summary'})"
+                return got, f"HF Trainer's arguments ({_args_source(args)})"
         if "adam_beta2" in args or "adam_eps" in args:  # Megatron-LM, one text summary per argument
             if str(args.get("optimizer", "adam")).strip().lower() != "adam":
                 return {}, ""
@@ -1942,7 +1947,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
                 d.path, d.tags, np.concatenate(d.s_tag), np.concatenate(d.s_step), d.s_value
             )
     events = _assemble(run, datas)
-    events.notes += unstepped
+    events.warning_notes += unstepped
     for d in datas:
         if d.file_version == TRAINER_STATE_VERSION:
             from adamdiag.io.trainer_state import describe
@@ -2001,11 +2006,19 @@ def _unstepped_to_logging_order(d: FileData) -> str | None:
         " …" if len(names) > MAX_UNSTEPPED_NAMED else ""
     )
     return (
-        f"{WARNING_NOTE}every point of {shown} in {os.path.basename(d.path)} is at step {int(first[flat[0]])}: the "
+        f"every point of {shown} in {os.path.basename(d.path)} is at step {int(first[flat[0]])}: the "
         "writer was given no step (add_scalar(tag, value) without global_step); read in logging order, the k-th "
         "point at step k — steps here count logged points (optimizer steps only if one point was logged per step, "
         "and checkpoints are placed by their optimizer step); log the step with each value"
     )
+
+
+def _tag_names(frame: pd.DataFrame) -> list[str]:
+    """The tags of a scalar frame: its categories (O(tags), not O(rows)), or the distinct values."""
+    import pandas as pd
+
+    col = frame["tag"]
+    return [str(t) for t in (col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique())]
 
 
 # DeepSpeed's own monitor logs its tags against the samples seen (``global_samples``), not the step.
@@ -2025,14 +2038,11 @@ def samples_axis_to_steps(events: RunEvents) -> None:
     [1, 2, 3]
     """
     import numpy as np
-    import pandas as pd
 
     s = events.scalars
     if s is None or not len(s):
         return
-    col = s["tag"]
-    names = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()  # O(tags), not O(rows)
-    tags = [t for t in names if str(t).startswith(SAMPLES_PREFIX)]
+    tags = [t for t in _tag_names(s) if t.startswith(SAMPLES_PREFIX)]
     if not tags:
         return
     mask = s["tag"].isin(tags).to_numpy()
@@ -2128,13 +2138,11 @@ def micro_batch_axis_to_steps(events: RunEvents) -> None:
     [1, 1, 2, 2, 3, 3]
     """
     import numpy as np
-    import pandas as pd
 
     s = events.scalars
     if s is None or not len(s) or "source_file" not in s.columns:
         return
-    col = s["tag"]
-    names = {str(t) for t in (col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique())}
+    names = set(_tag_names(s))
     counter = next((t for t in STEP_COUNTER_TAGS if t in names), None)
     if counter is None:
         return

@@ -263,13 +263,7 @@ def scan_paths(
     from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
-    from adamdiag.io.events import (
-        WARNING_NOTE,
-        logged_arguments,
-        read_runs,
-        writer_adam_hyperparameters,
-        writer_clip_norm,
-    )
+    from adamdiag.io.events import logged_arguments, read_runs, writer_adam_hyperparameters, writer_clip_norm
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
@@ -405,12 +399,8 @@ def scan_paths(
                 report.runs.append(RunReport(run=str(run_dir), verdict="inconclusive", warnings=[*warnings, why]))
                 prog.advance(task)
                 continue
-            rep.findings += [
-                Finding("AD901", "warning", note.removeprefix(WARNING_NOTE))
-                if note.startswith(WARNING_NOTE)
-                else Finding("AD901", "info", note)
-                for note in events.notes
-            ]
+            rep.findings += [Finding("AD901", "info", note) for note in events.notes]
+            rep.findings += [Finding("AD901", "warning", note) for note in events.warning_notes]
             if lent is not None:
                 rep.findings.append(
                     Finding(

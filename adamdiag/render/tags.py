@@ -49,8 +49,9 @@ def render_tags_text(result: list[RunEvents]) -> str:
         if r.skipped:
             lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())))
         for note in r.notes:  # how the reader read it (a restart's purge, DeepSpeed's samples axis)
-            # a reader's warning note already says "warning: " (a writer given no step)
-            lines.append(f"  {note}" if note.startswith("warning: ") else f"  note: {note}")
+            lines.append(f"  note: {note}")
+        for note in r.warning_notes:  # what it had to assume (a writer given no step)
+            lines.append(f"  warning: {note}")
         if r.warnings:
             lines.append(f"  warnings: {len(r.warnings)} (see stderr)")
     return "\n".join(lines)

@@ -285,9 +285,11 @@ def _load_dcp(d: Path, trust: bool) -> ReplayCheckpoint:
     for gi in sorted(by_group):
         entries = by_group[gi]
         keys = o["groups"][gi] if o["groups"] else o["flat_groups"].get(entries[0].name, {})
-        group: dict[str, Any] = {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
-        if "mcore" in o:
-            group = _mcore_group(d, entries[0].hyper)
+        group: dict[str, Any] = (
+            _mcore_group(d, entries[0].hyper)
+            if "mcore" in o
+            else {k: reader.read(key) for k, key in keys.items() if k not in ("params", "param_names")}
+        )
         group["params"], group["param_names"] = [], []
         for e in entries:
             pid = sum(len(g["params"]) for g in groups) + len(group["params"])  # ids in group order

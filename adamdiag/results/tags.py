@@ -77,6 +77,7 @@ def tags_result(runs: list[RunEvents]) -> dict[str, Any]:
                 "skipped": r.skipped,
                 "warnings": r.warnings,
                 "notes": r.notes,
+                "warning_notes": r.warning_notes,
             }
             for r in runs
         ],

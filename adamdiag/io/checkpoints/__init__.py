@@ -1231,6 +1231,13 @@ def _finish(
         mapping = "fqn" if all(isinstance(e.index, str) for e in entries) else "param_names"
         if model is not None:
             _check_named(entries, model.cands, warnings)
+    elif model is not None and len(opts) == 1 and (split := _split_flat_state(entries, model)) is not None:
+        # one 1-D slot as long as all the model's parameters together: no shape of the model fits it
+        entries, mapping = split, "model-order"
+        warnings.append(
+            f"one flat fp32 state for all {len(split)} parameters (fairseq's FP16Optimizer, --fp16): cut back "
+            "into the model's parameters by their order and sizes, which add up to its length exactly"
+        )
     elif model is not None:
         # Several optimizers share one model: their groups are interleaved into the model order
         # together (each parameter belongs to one slot), so every (optimizer, group) is one group here.
@@ -1243,15 +1250,6 @@ def _finish(
         finally:
             for e, g in zip(entries, own):
                 e.group = g
-        split = _split_flat_state(entries, model) if mapping == "unmatched" and len(opts) == 1 else None
-        if split is not None:
-            entries = split
-            mapping = "model-order"
-            warnings[:] = [w for w in warnings if not w.startswith("the model's parameter shapes do not fit")]
-            warnings.append(
-                f"one flat fp32 state for all {len(split)} parameters (fairseq's FP16Optimizer, --fp16): cut back "
-                "into the model's parameters by their order and sizes, which add up to its length exactly"
-            )
     else:
         mapping = "none"
     if len(opts) > 1:

@@ -31,6 +31,7 @@ from adamdiag.io.checkpoints import (
     _Entry,
     _first_line,
     _hyper,
+    _walk,
     _warn_trust,
     moments_without_a_step,
     open_regular,
@@ -568,25 +569,6 @@ def _mcore_iteration(common: dict | None) -> tuple[int, str] | None:
     return None
 
 
-def _with_param_groups(obj: Any, depth: int = 0) -> dict | None:
-    """The first dict holding a ``param_groups`` list, searched depth-first a few levels down."""
-    if depth > 4:
-        return None
-    if isinstance(obj, dict):
-        if isinstance(obj.get("param_groups"), list):
-            return obj
-        children: list[Any] = list(obj.values())
-    elif isinstance(obj, list | tuple):
-        children = list(obj)
-    else:
-        return None
-    for child in children:
-        found = _with_param_groups(child, depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
 def _mcore_common(d: Path, common: dict | None, entries: list[_Entry], warnings: list[str]) -> int | None:
     """Fill the hyperparameters of a Megatron-core optimizer's entries from common.pt; return its common step.
 
@@ -601,7 +583,7 @@ def _mcore_common(d: Path, common: dict | None, entries: list[_Entry], warnings:
         return None
     # FP32Optimizer: {"optimizer": {state, param_groups}}; Float16 / distributed optimizers nest one more
     # "optimizer"; NeMo 2 (Lightning) keeps it in "optimizer_states": [...]
-    inner = _with_param_groups(common) or {}
+    inner = next((x for _, x in _walk(common) if isinstance(x, dict) and isinstance(x.get("param_groups"), list)), {})
     groups = [g for g in inner.get("param_groups", []) if isinstance(g, dict)]
     hypers = [_hyper(g) for g in groups]
     if not hypers:
