@@ -27,7 +27,8 @@ from adamdiag.io.events import TRAINER_STATE
 if TYPE_CHECKING:
     from adamdiag.io.events import FileData
 
-_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
+# HF Trainer's checkpoint folders in its output_dir (also how scan finds them beside the logs)
+HF_CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
 # json.dumps(sort_keys=True) puts global_step before log_history: found in the file's first bytes
 _GLOBAL_STEP = re.compile(rb'"global_step":\s*(\d+)')
 _HEAD_BYTES = 1 << 16
@@ -47,7 +48,7 @@ def output_dir_of(state_file: Path, searched: Path) -> Path:
     """The run a trainer_state.json belongs to: the Trainer's ``output_dir`` (the folder above
     ``checkpoint-N/``) when that lies inside the searched path, else its own folder."""
     parent = state_file.parent
-    if _CHECKPOINT_DIR.fullmatch(parent.name) and parent != searched:
+    if HF_CHECKPOINT_DIR.fullmatch(parent.name) and parent != searched:
         return parent.parent
     return parent
 
@@ -58,7 +59,7 @@ def newest_state(run: Path) -> Path | None:
     log up to its step), the later-written on a tie."""
     candidates = [run / TRAINER_STATE]
     try:
-        candidates += [d / TRAINER_STATE for d in run.iterdir() if _CHECKPOINT_DIR.fullmatch(d.name)]
+        candidates += [d / TRAINER_STATE for d in run.iterdir() if HF_CHECKPOINT_DIR.fullmatch(d.name)]
     except OSError:
         pass
     best: tuple[int, float, str] | None = None
@@ -120,13 +121,12 @@ def read_trainer_state(path: Path | str) -> FileData:
     )
 
 
-def describe(path: Path | str, logging_steps: int | None = None) -> str:
+def describe(path: Path | str) -> str:
     """The note scan prints for a run read from a trainer_state.json."""
     p = Path(path)
-    where = os.path.join(p.parent.name, p.name) if _CHECKPOINT_DIR.fullmatch(p.parent.name) else p.name
-    every = f" every logging_steps={logging_steps} steps" if logging_steps else ""
+    where = os.path.join(p.parent.name, p.name) if HF_CHECKPOINT_DIR.fullmatch(p.parent.name) else p.name
     return (
-        f"read from Hugging Face's {where} (the Trainer's log_history{every}: its loss is the mean over each "
+        f"read from Hugging Face's {where} (the Trainer's log_history: its loss is the mean over each "
         "logging interval, as in its TensorBoard logs); no TensorBoard event files in this run"
     )
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,13 +158,15 @@ def hf_output_dir_above(run: Path) -> Path | None:
     """HF Trainer's ``output_dir`` when ``run`` is its only ``output_dir/runs/<stamp>/`` and ``output_dir``
     holds ``checkpoint-N/`` folders: the user named the run folder, whose checkpoints HF writes two levels up.
     None otherwise (several stamps — another or a resumed training — leave the choice to ``--checkpoints``)."""
+    from adamdiag.io.trainer_state import HF_CHECKPOINT_DIR
+
     run = Path(run)
     if not run.is_dir() or run.parent.name != "runs":
         return None
     out = run.parent.parent
     try:
         stamps = [d for d in run.parent.iterdir() if d.is_dir()]
-        has_ckpt = any(d.is_dir() and re.fullmatch(r"checkpoint-\d+", d.name) for d in out.iterdir())
+        has_ckpt = any(d.is_dir() and HF_CHECKPOINT_DIR.fullmatch(d.name) for d in out.iterdir())
     except OSError:
         return None
     return out if has_ckpt and [d.resolve() for d in stamps] == [run.resolve()] else None
