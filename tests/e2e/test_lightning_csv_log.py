@@ -85,3 +85,28 @@ def test_other_csv_files_are_not_logs(tmp_path: Path) -> None:
     (tmp_path / "metrics.csv").write_text("epoch,accuracy\n0,0.5\n")
     res = CliRunner().invoke(app, ["scan", str(tmp_path)])
     assert res.exit_code == 2 and "Lightning metrics.csv" in res.output and "Traceback" not in res.output
+
+
+def test_fabrics_csv_logger_is_read_too(tmp_path: Path) -> None:
+    """Lightning Fabric's own CSVLogger (``fabric.log_dict(..., step=step)``) writes the same file layout."""
+    L = pytest.importorskip("lightning")
+    from lightning.fabric.loggers import CSVLogger
+
+    fabric = L.Fabric(accelerator="cpu", devices=1, loggers=CSVLogger(str(tmp_path), name="csv"))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model, opt = fabric.setup(model, opt)
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 1)
+    for step in range(1, 151):
+        idx = torch.randint(0, 256, (16,))
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx] + (50.0 if step > 100 else 0.0))
+        opt.zero_grad()
+        fabric.backward(loss)
+        opt.step()
+        fabric.log_dict({"train_loss": loss.item(), "lr": 1e-2}, step=step)
+    fabric.logger.finalize("success")
+    (rep,) = scan_paths([tmp_path]).runs
+    assert rep.loss_tag == "train_loss" and rep.blowup_step == 101
+    assert any(f.id == "AD901" and "CSVLogger" in f.message for f in rep.findings)

@@ -25,6 +25,10 @@ at the CPU below. Needs megatron-core (``pip install --no-deps megatron-core==0.
 numpy and packaging for this)::
 
     python tools/runlab/make_megatron_fixtures.py tests/fixtures/megatron
+
+``fp32_tp2_mcore014`` is the same script run with megatron-core 0.14.0 (``pip install --no-deps --target DIR
+megatron-core==0.14.0``, ``PYTHONPATH=DIR``) and its ``fp32_tp2`` folder renamed: that version pickles its own
+MCoreMetadata / MCoreSavePlan classes into ``.metadata``. (0.12.3 does not write with torch 2.13's DCP.)
 """
 
 from __future__ import annotations

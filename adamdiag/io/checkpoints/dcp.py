@@ -52,6 +52,19 @@ _SAFE_MODULES = {
 # parameter's sharded key: "optimizer.state.exp_avg.decoder.layers.mlp.linear_fc1.weight" (layers stacked on a
 # leading axis); the param groups and the common step sit in the torch.save file common.pt beside the shards.
 MCORE_STATE_PREFIX = "optimizer.state."
+# megatron-core 0.14-0.15 pickle their own subclasses of DCP's data classes into .metadata (each adds one field,
+# mcore_data, about flattened tensors): read as the torch class they extend (the extra field is kept as data,
+# nothing of megatron is imported). megatron-core 0.16 writes the torch classes themselves.
+_MCORE_METADATA_CLASSES = {
+    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"): (
+        "torch.distributed.checkpoint.metadata",
+        "Metadata",
+    ),
+    ("megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"): (
+        "torch.distributed.checkpoint.planner",
+        "SavePlan",
+    ),
+}
 MCORE_COMMON = "common.pt"
 # Megatron's master weights of a bf16/fp16 model, stored as one more per-parameter "state" key: "fp32_param"
 # (Float16 optimizer, distributed optimizer's fully_sharded_model_space), "param" (its fully_reshardable format).
@@ -98,6 +111,7 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         import torch
 
+        module, name = _MCORE_METADATA_CLASSES.get((module, name), (module, name))
         if module in _SAFE_MODULES:
             mod = __import__(module, fromlist=[name])
             obj = getattr(mod, name, None)
