@@ -80,7 +80,14 @@ def read_metrics_csv(path: Path | str) -> FileData:
     if not rows.codes:
         warnings.append(f"{path}: no logged value after its header (the run stopped before its first log?)")
     return rows.file_data(
-        path, size, mtime, version=CSV_VERSION, kind="metrics_csv", records=records, warnings=warnings
+        path,
+        size,
+        mtime,
+        version=CSV_VERSION,
+        kind="metrics_csv",
+        records=records,
+        warnings=warnings,
+        note=describe(path),
     )
 
 

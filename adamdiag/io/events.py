@@ -61,6 +61,11 @@ TRAINER_STATE_VERSION = "hf-trainer-state"
 # Lightning's CSVLogger file, read as a log where a run has no event files (io/csv_log.py)
 METRICS_CSV = "metrics.csv"
 CSV_VERSION = "lightning-csv"
+# Weights & Biases' run file (wandb/run-<date>-<id>/run-<id>.wandb), read as a log where a run has no event files
+# (io/wandb_log.py)
+WANDB_VERSION = "wandb-run"
+# the link wandb keeps to its newest run folder (the folder itself is read under its own name)
+WANDB_LATEST = "latest-run"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -207,19 +212,37 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             continue
         visited.add(real)
         dirnames.sort()
+        if WANDB_LATEST in dirnames and os.path.islink(os.path.join(dirpath, WANDB_LATEST)):
+            dirnames.remove(WANDB_LATEST)  # wandb's link to its newest run folder, also found by its own name
         if _event_names(dirpath, filenames, problems):
             found.append(Path(dirpath))
         if framework_logs is not None:
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
+            framework_logs += [Path(dirpath) / name for name in sorted(filenames) if _is_wandb_file(name)]
     return found
 
 
-def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path]) -> list[Path]:
+def _is_wandb_file(name: str | Path) -> bool:
+    from adamdiag.io.wandb_log import is_wandb_file
+
+    return is_wandb_file(name)
+
+
+def is_framework_log(path: Path) -> bool:
+    """Whether ``path`` is named as a framework's own log file adamdiag reads (Hugging Face's trainer_state.json,
+    Lightning's metrics.csv, a Weights & Biases run file)."""
+    return path.name in (TRAINER_STATE, METRICS_CSV) or _is_wandb_file(path)
+
+
+def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]) -> list[Path]:
     """Runs under ``root`` known only by a framework's own log file: Hugging Face Trainer output dirs by their
-    trainer_state.json, Lightning CSVLogger folders by their metrics.csv — those with no event files in or around
-    them (a run that logged to TensorBoard is read from its events)."""
+    trainer_state.json, Lightning CSVLogger folders by their metrics.csv, Weights & Biases run folders by their
+    run-<id>.wandb — those with no event files in or around them (a run that logged to TensorBoard is read from
+    its events). The folders of one wandb run id (a resumed run) are one run, named by its first folder; one
+    whose history was copied from TensorBoard files found here (``sync_tensorboard``) is read from those."""
     from adamdiag.io.csv_log import has_step_column
     from adamdiag.io.trainer_state import output_dir_of
+    from adamdiag.io.wandb_log import first_folder_of_run
 
     logged = set(event_dirs)
     around = logged | {a for d in event_dirs for a in d.parents}  # event dirs and every folder above one
@@ -228,11 +251,37 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path]) ->
     for f in logs:
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
-        run = output_dir_of(f, root) if f.name == TRAINER_STATE else f.parent
+        if f.name == TRAINER_STATE:
+            run = output_dir_of(f, root)
+        elif f.name == METRICS_CSV:
+            run = f.parent
+        else:
+            run = first_folder_of_run(f.parent)
         if run in around or any(a in logged for a in run.parents) or run in seen:
+            continue
+        if logged and _is_wandb_file(f) and (synced := _synced_runs_found(f, logged)):
+            problems.append(
+                Problem(str(run), f"{run}: wandb synced it from TensorBoard; read from {synced[0]} instead", "note")
+            )
+            seen.add(run)
             continue
         seen.add(run)
         out.append(run)
+    return out
+
+
+def _synced_runs_found(wandb_file: Path, event_dirs: set[Path]) -> list[Path]:
+    """The event-file runs among ``event_dirs`` that a wandb run file's history was copied from."""
+    from adamdiag.io.wandb_log import synced_tensorboard_dirs
+
+    out = []
+    for d in synced_tensorboard_dirs(wandb_file):
+        tail = d.parts[-2:]  # the path is absolute: a tree copied or moved since keeps the folder and its parent
+        for e in sorted(event_dirs):
+            here = e.resolve()
+            pairs = {here.parts[i : i + 2] for i in range(len(here.parts) - 1)}
+            if here == d or d in here.parents or tail in pairs:
+                out.append(e)
     return out
 
 
@@ -251,7 +300,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
         p = Path(raw)
         if not p.exists():
             raise missing_path(raw)
-        if p.is_file() and p.name in (TRAINER_STATE, METRICS_CSV):
+        if p.is_file() and is_framework_log(p):
             runs.append(p)
             continue
         if p.is_file():
@@ -283,13 +332,13 @@ def discover(paths: Sequence[Path]) -> Discovery:
             run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
-        found += _framework_log_runs(p, logs, dirs)
+        found += _framework_log_runs(p, logs, dirs, problems)
         if not found:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
-                f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json / Lightning "
-                f"metrics.csv under {p}{detail}"
+                f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
+                f"metrics.csv or wandb run files (run-*.wandb) under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -346,12 +395,15 @@ def run_files(run: Path) -> list[Path]:
         out += [f for files in split_files for f in files]
     if not out:
         from adamdiag.io.trainer_state import newest_state
+        from adamdiag.io.wandb_log import files_of_run
 
         state = newest_state(run)  # a Trainer run that logged nowhere else
         if state is not None:
             out.append(state)
         elif (run / METRICS_CSV).is_file():  # a Lightning CSVLogger run
             out.append(run / METRICS_CSV)
+        else:
+            out += files_of_run(run)  # a wandb run folder: its file, and a resumed run's later folders' files
     return out
 
 
@@ -397,6 +449,7 @@ class FileData:
     trace: Trace | None = None
     trace_tags: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # steps logged twice with different values (_finish)
+    notes: list[str] = field(default_factory=list)  # a framework log's reader on where its rows come from
 
 
 class Trace(NamedTuple):
@@ -1316,6 +1369,10 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         from adamdiag.io.csv_log import read_metrics_csv
 
         return read_metrics_csv(path)
+    if _is_wandb_file(path):
+        from adamdiag.io.wandb_log import read_wandb
+
+        return read_wandb(path, fast=fast)
     name = str(path)
     sink = _Sink()
     try:
@@ -1685,6 +1742,14 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
         if args:
             args[ARGS_SOURCE] = os.path.join(Path(path).parent.name, TRAINING_ARGS)
         return args
+    if _is_wandb_file(path):
+        # wandb.config: HF Trainer's WandbCallback puts its TrainingArguments there
+        from adamdiag.io.wandb_log import config_of
+
+        args = config_of(path)
+        if args:
+            args[ARGS_SOURCE] = f"the wandb config of {Path(path).name}"
+        return args
     parse, decode_error = _proto()
     try:
         with open(path, "rb") as fh:
@@ -1727,7 +1792,7 @@ def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     return [
         writer_arguments(i["path"])
         for i in events.file_info
-        if (i.get("skipped") or {}).get("text") or "trainer_state" in i.get("kinds", ())
+        if (i.get("skipped") or {}).get("text") or {"trainer_state", "wandb"} & set(i.get("kinds", ()))
     ]
 
 
@@ -1949,14 +2014,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     events = _assemble(run, datas)
     events.warning_notes += unstepped
     for d in datas:
-        if d.file_version == TRAINER_STATE_VERSION:
-            from adamdiag.io.trainer_state import describe
-
-            events.notes.append(describe(d.path))
-        elif d.file_version == CSV_VERSION:
-            from adamdiag.io import csv_log
-
-            events.notes.append(csv_log.describe(d.path))
+        events.notes += [n for n in d.notes if n not in events.notes]
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

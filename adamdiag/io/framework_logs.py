@@ -60,10 +60,20 @@ class LogRows:
         self.values.append(value)
 
     def file_data(
-        self, path: Path, size: int, mtime: float, *, version: str, kind: str, records: int, warnings: list[str]
+        self,
+        path: Path,
+        size: int,
+        mtime: float,
+        *,
+        version: str,
+        kind: str,
+        records: int,
+        warnings: list[str],
+        note: str = "",
     ) -> FileData:
-        """The rows as one file's columns. The file stores no times: every point gets its modification time.
-        ``grouped``: the tags are final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
+        """The rows as one file's columns; ``note``: where its rows come from, for scan's notes. Every point gets
+        the file's modification time (a reader whose file stores times puts them in afterwards). ``grouped``: the
+        tags are final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
         import numpy as np
 
         from adamdiag.io.events import FileData
@@ -86,4 +96,5 @@ class LogRows:
             kinds={kind} if n else set(),
             readable=True,
             grouped=True,
+            notes=[note] if note else [],
         )

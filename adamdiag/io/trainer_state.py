@@ -117,7 +117,14 @@ def read_trainer_state(path: Path | str) -> FileData:
         [] if rows.codes else [f"{path}: its log_history holds no logged value (saved before the first logging step?)"]
     )
     return rows.file_data(
-        path, size, mtime, version=TRAINER_STATE_VERSION, kind="trainer_state", records=len(history), warnings=empty
+        path,
+        size,
+        mtime,
+        version=TRAINER_STATE_VERSION,
+        kind="trainer_state",
+        records=len(history),
+        warnings=empty,
+        note=describe(path),
     )
 
 

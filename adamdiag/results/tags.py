@@ -19,6 +19,8 @@ def writer_of(info: dict[str, Any]) -> str:
         return "hf trainer_state.json log_history"
     if "metrics_csv" in kinds:
         return "lightning CSVLogger metrics.csv"
+    if "wandb" in kinds:
+        return "wandb run file history"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

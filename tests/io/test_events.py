@@ -294,7 +294,8 @@ def test_find_runs_recursive_and_errors(tmp_path, torch_run):
         E.find_runs([tmp_path / "missing"])
     with pytest.raises(
         InputError,
-        match=r"no TensorBoard event files \(events.out.tfevents.\*\) nor Hugging Face trainer_state.json / Lightning metrics.csv under",
+        match=r"no TensorBoard event files \(events.out.tfevents.\*\) nor Hugging Face trainer_state.json, Lightning "
+        r"metrics.csv or wandb run files \(run-\*.wandb\) under",
     ):
         E.find_runs([root / "empty"])
 

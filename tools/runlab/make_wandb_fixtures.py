@@ -1,0 +1,288 @@
+"""Writes tests/fixtures/wandb: Weights & Biases offline runs (``run-<id>.wandb`` files) written by wandb itself,
+read by adamdiag.io.wandb_log in tests/io/test_wandb_log.py and tests/e2e/test_wandb_runs.py.
+
+    pip install wandb            # 0.31.0 made the committed files; adamdiag never imports it
+    python tools/runlab/make_wandb_fixtures.py [--out tests/fixtures/wandb]
+
+What it writes (every run offline, system stats and console capture off, so the files hold the history):
+
+- ``samples/<name>/`` — the loss, gradient-norm and learning-rate tags of three of sample_logs/' runs (vcollapse, lr_too_high, stable_eps1e-3)
+  logged again with ``wandb.log(row, step=step)``: the test scans each from its wandb file and from a TensorBoard
+  copy of the same values, and expects the same verdict (gzipped: the test unpacks them);
+- ``lightning/`` — a Lightning Trainer logging through WandbLogger and TensorBoardLogger at once (targets move at
+  global step 60: a blowup; ``log_every_n_steps=5``, so wandb's own ``_step`` counts log calls while the x axis
+  Lightning declares, ``trainer/global_step``, is the trainer's step);
+- ``hf/`` — a Hugging Face Trainer with ``report_to=["wandb", "tensorboard"]`` (targets move at step 80; the
+  TrainingArguments land in wandb's config: adam_epsilon, adam_beta2, max_grad_norm);
+- ``resumed/`` — one run id written by two processes (the second ``resume="allow"``): two folders, one run;
+- ``nonfinite/`` — a loss that turns NaN then inf;
+- ``synced/`` — ``sync_tensorboard=True``: a SummaryWriter's events in tb/run1, copied into the wandb history.
+
+``expected.json`` records, per run, what was handed to wandb.log (step -> {key: value}, non-finite as strings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ("vcollapse", "lr_too_high", "stable_eps1e-3")
+SAMPLE_TAGS = ("train/loss", "train/grad_norm", "train/lr")
+
+
+def _settings() -> Any:
+    import wandb
+
+    return wandb.Settings(x_disable_stats=True, x_disable_meta=True, console="off", save_code=False, disable_git=True)
+
+
+def _json_value(v: float) -> float | str:
+    return v if math.isfinite(v) else str(v)
+
+
+def write_samples(out: Path, expected: dict[str, Any]) -> None:
+    """(The values logged are sample_logs/' own: the test reads them there.)"""
+    import wandb
+
+    from adamdiag.io.events import read_run
+
+    for name in SAMPLES:
+        ev = read_run(ROOT / "sample_logs" / name)
+        rows: dict[int, dict[str, float]] = {}
+        for tag, step, value in ev.scalars[["tag", "step", "value"]].itertuples(index=False):
+            if tag in SAMPLE_TAGS:
+                rows.setdefault(int(step), {})[tag] = float(value)
+        d = out / "samples" / name
+        d.mkdir(parents=True)
+        run = wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+        for step in sorted(rows):
+            run.log(rows[step], step=step)
+        run.finish()
+        for f in d.rglob("*.wandb"):  # 2000 steps are ~1 MB; wandb's records gzip ~6x (the test unpacks them)
+            with open(f, "rb") as src, gzip.open(f.with_name(f.name + ".gz"), "wb", compresslevel=9) as dst:
+                shutil.copyfileobj(src, dst)
+            f.unlink()
+
+
+SHIFT_LIGHTNING = 60
+
+
+def write_lightning(out: Path, expected: dict[str, Any]) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    d = out / "lightning"
+    d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    logged: dict[str, dict[str, float]] = {}
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": 1e-2, "eps": 1e-8})
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+        def training_step(self, batch: Any, i: int) -> torch.Tensor:
+            shift = 50.0 if self.global_step >= SHIFT_LIGHTNING else 0.0
+            bx, by = batch
+            loss = torch.nn.functional.mse_loss(self.net(bx), by + shift)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    wb = WandbLogger(project="adamdiag-fixtures", save_dir=str(d), offline=True, settings=_settings())
+    trainer = L.Trainer(
+        max_steps=100,
+        logger=[wb, TensorBoardLogger(str(d), name="tb")],
+        log_every_n_steps=5,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Module(), loader)
+    wb.experiment.finish()
+    from adamdiag.io.events import read_run
+
+    tb = read_run(next((d / "tb").glob("version_*")))
+    for tag, step, value in tb.scalars[["tag", "step", "value"]].itertuples(index=False):
+        logged.setdefault(str(int(step)), {})[tag] = _json_value(float(value))
+    expected["lightning"] = logged  # what the TensorBoardLogger got from the same log calls
+
+
+SHIFT_HF = 80
+
+
+def write_hf(out: Path, expected: dict[str, Any]) -> None:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    d = out / "hf"
+    d.mkdir(parents=True)
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(512, 8, generator=g)
+            self.y = self.x @ torch.randn(8, 1, generator=g)
+            self.shift = 0.0
+
+        def __len__(self) -> int:
+            return 512
+
+        def __getitem__(self, i: int) -> dict:
+            return {"x": self.x[i], "y": self.y[i] + self.shift}
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+            return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
+
+    data = Data()
+    logged: dict[str, dict[str, float | str]] = {}
+
+    class MoveTargetsAndRecord(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == SHIFT_HF:
+                data.shift = 50.0
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            for k, v in (logs or {}).items():
+                if isinstance(v, (int, float)):
+                    logged.setdefault(str(state.global_step), {})[k] = _json_value(float(v))
+
+    import wandb
+
+    # started here so that it lands in d: the Trainer's WandbCallback logs into a run already started
+    wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+    torch.manual_seed(0)
+    args = TrainingArguments(
+        str(d / "out"),
+        max_steps=120,
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        adam_epsilon=1e-6,
+        adam_beta2=0.98,
+        lr_scheduler_type="constant",
+        logging_steps=2,
+        save_strategy="no",
+        report_to=["wandb", "tensorboard"],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    Trainer(model=Model(), args=args, train_dataset=data, callbacks=[MoveTargetsAndRecord()]).train()
+    wandb.finish()
+    expected["hf"] = logged  # the logs dict as the Trainer handed it to its callbacks (keys without "train/")
+
+
+def write_resumed(out: Path, expected: dict[str, Any]) -> None:
+    import wandb
+
+    d = out / "resumed"
+    d.mkdir(parents=True)
+    logged: dict[str, dict[str, float]] = {}
+    for part, steps in enumerate((range(0, 60), range(60, 120))):
+        if part:
+            time.sleep(1.5)  # wandb names a run's folder by the second it starts
+        run = wandb.init(
+            project="adamdiag-fixtures",
+            id="resume01",
+            resume="allow",
+            dir=str(d),
+            mode="offline",
+            settings=_settings(),
+        )
+        for s in steps:
+            row = {"loss": 1.0 / (1 + s) + (5.0 if s >= 100 else 0.0), "grad_norm": 0.5 + 0.01 * s}
+            run.log(row, step=s)
+            logged[str(s)] = row
+        run.finish()
+    expected["resumed"] = logged
+
+
+def write_nonfinite(out: Path, expected: dict[str, Any]) -> None:
+    import wandb
+
+    d = out / "nonfinite"
+    d.mkdir(parents=True)
+    logged: dict[str, dict[str, float | str]] = {}
+    run = wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+    for s in range(1, 41):
+        loss = 1.0 / s if s < 30 else (math.nan if s < 35 else math.inf)
+        row = {"train/loss": loss, "train/grad_norm": 0.3, "text": "not a number", "nested": {"a": 1.5, "b": 2}}
+        run.log(row, step=s)
+        logged[str(s)] = {"train/loss": _json_value(loss), "train/grad_norm": 0.3, "nested.a": 1.5, "nested.b": 2.0}
+    run.finish()
+    expected["nonfinite"] = logged
+
+
+def write_synced(out: Path, expected: dict[str, Any]) -> None:
+    """A run with ``sync_tensorboard=True``: its history copies a SummaryWriter's events (tb/run1 beside it). wandb
+    also links the event files into its files/ folder by absolute path; that link is dropped (it would point
+    into the machine that made the fixture)."""
+    import wandb
+    from torch.utils.tensorboard import SummaryWriter
+
+    d = out / "synced"
+    d.mkdir(parents=True)
+    run = wandb.init(
+        project="adamdiag-fixtures", dir=str(d), mode="offline", sync_tensorboard=True, settings=_settings()
+    )
+    w = SummaryWriter(str(d / "tb" / "run1"))
+    logged = {}
+    for s in range(60):
+        loss = 1.0 / (1 + s) + (3.0 if s >= 45 else 0.0)
+        w.add_scalar("train/loss", loss, 3 * s)
+        logged[str(3 * s)] = {"train/loss": loss}
+    w.close()
+    run.finish()
+    for files in d.glob("wandb/*run-*/files"):
+        shutil.rmtree(files)
+    expected["synced"] = logged
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb")
+    a = p.parse_args(argv)
+    import wandb
+
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off")
+    if a.out.exists():
+        shutil.rmtree(a.out)
+    a.out.mkdir(parents=True)
+    expected: dict[str, Any] = {"wandb_version": wandb.__version__}
+    for write in (write_samples, write_lightning, write_hf, write_resumed, write_nonfinite, write_synced):
+        write(a.out, expected)
+    # what wandb leaves beside the history and the tests never read (debug logs, requirements.txt)
+    for junk in list(a.out.rglob("*.log")) + list(a.out.rglob("requirements.txt")):
+        junk.unlink()
+    (a.out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
+    size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
+    print(f"wrote {a.out} ({size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
