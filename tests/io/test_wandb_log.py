@@ -48,7 +48,7 @@ def one_run(path: Path) -> Path:
 
 def test_the_two_decoders_agree_on_every_file(unpacked: Path) -> None:
     files = run_files(unpacked)
-    assert len(files) == 9
+    assert len(files) == 11
     for f in files:
         fast, ref = W.read_wandb(f), W.read_wandb(f, fast=False)
         assert fast.tags == ref.tags and fast.records == ref.records and fast.warnings == ref.warnings == [], f
@@ -68,6 +68,27 @@ def test_records_longer_than_a_block_are_joined(unpacked: Path) -> None:
     assert len(raw) > 10 * W.BLOCK and framing.kinds[W.FIRST] >= 10 and framing.kinds[W.LAST] == framing.kinds[W.FIRST]
     assert framing.bad_chunks == 0 and framing.cut_at is None
     assert W._decode_fast(framing.records)[1] == 0
+
+
+@pytest.mark.parametrize("version", ["0.16.6", "0.19.11"])
+def test_files_of_older_wandb_versions(unpacked: Path, version: str) -> None:
+    """Written by wandb 0.16.6 (its Python backend) and 0.19.11 (developed on 0.31.0): 300 rows on the declared
+    axis trainer/global_step = 10 x row, NaN at row 250, the loss jumping at row 200; the config read."""
+    run = one_run(unpacked / "older" / version)
+    ev = read_run(run)
+    loss = ev.scalars[ev.scalars["tag"] == "train/loss"].sort_values("step")
+    assert loss["step"].tolist() == list(range(0, 3000, 10))
+    assert np.isnan(loss["value"].to_numpy()).sum() == 1 and np.isnan(loss["value"].iloc[250])
+    assert sorted(ev.scalars["tag"].unique()) == ["nest.x", "train/grad_norm", "train/loss"]
+    (f,) = run_files(run)
+    assert W.read_run_file(f.read_bytes(), str(f)).config == {
+        "adam_epsilon": 1e-6,
+        "adam_beta2": 0.95,
+        "max_grad_norm": 1.0,
+    }
+    (rep,) = scan_paths([run]).runs
+    assert rep.blowup_step == 2000
+    assert any("beta2=0.95, eps=1e-06" in x.message for x in rep.findings)
 
 
 def _chunk(kind: int, data: bytes) -> bytes:

@@ -16,7 +16,10 @@ What it writes (every run offline, system stats and console capture off, so the 
   TrainingArguments land in wandb's config: adam_epsilon, adam_beta2, max_grad_norm);
 - ``resumed/`` — one run id written by two processes (the second ``resume="allow"``): two folders, one run;
 - ``nonfinite/`` — a loss that turns NaN then inf;
-- ``synced/`` — ``sync_tensorboard=True``: a SummaryWriter's events in tb/run1, copied into the wandb history.
+- ``synced/`` — ``sync_tensorboard=True``: a SummaryWriter's events in tb/run1, copied into the wandb history;
+- ``older/<version>/`` — with ``--older``, run in a venv holding that wandb (0.16.6: its Python backend; 0.19.11):
+  ``python -m venv v && v/bin/pip install wandb==0.16.6 && v/bin/python tools/runlab/make_wandb_fixtures.py --older``.
+  (A full regeneration removes them: rerun these after it.)
 
 ``expected.json`` records, per run, what was handed to wandb.log (step -> {key: value}, non-finite as strings).
 """
@@ -33,8 +36,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ("vcollapse", "lr_too_high", "stable_eps1e-3")
@@ -79,6 +80,8 @@ SHIFT_LIGHTNING = 60
 
 
 def write_lightning(out: Path, expected: dict[str, Any]) -> None:
+    import torch
+
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -130,6 +133,8 @@ SHIFT_HF = 80
 
 
 def write_hf(out: Path, expected: dict[str, Any]) -> None:
+    import torch
+
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -262,13 +267,49 @@ def write_synced(out: Path, expected: dict[str, Any]) -> None:
     expected["synced"] = logged
 
 
+def write_older(out: Path) -> None:
+    """``--older``: one run as older wandb versions write it (run under a venv with that wandb, no torch needed):
+    300 rows on a declared axis ``trainer/global_step`` = 10 x row, the loss jumping at row 200 and NaN at row 250,
+    a nested dict, the Trainer-like config; gzipped into ``older/<version>/``."""
+    import wandb
+
+    d = out / "older" / wandb.__version__
+    d.mkdir(parents=True)
+    run = wandb.init(
+        project="adamdiag-fixtures",
+        mode="offline",
+        dir=str(d),
+        config={"adam_epsilon": 1e-6, "adam_beta2": 0.95, "max_grad_norm": 1.0},
+    )
+    wandb.define_metric("trainer/global_step")
+    wandb.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    for s in range(300):
+        loss = 1.0 / (s + 1) if s < 200 else 5.0 + s * 0.1
+        if s == 250:
+            loss = math.nan
+        run.log({"train/loss": loss, "train/grad_norm": 0.5, "trainer/global_step": 10 * s, "nest": {"x": s}})
+    run.finish()
+    for f in d.rglob("*.wandb"):
+        with open(f, "rb") as src, gzip.open(f.with_name(f.name + ".gz"), "wb", compresslevel=9) as dst:
+            shutil.copyfileobj(src, dst)
+        f.unlink()
+    for junk in (
+        list(d.rglob("*.log")) + list(d.rglob("requirements.txt")) + list(d.rglob("*.yaml")) + list(d.rglob("*.json"))
+    ):
+        junk.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb")
+    p.add_argument("--older", action="store_true", help="only add older/<this wandb's version>/ (see write_older)")
     a = p.parse_args(argv)
     import wandb
 
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off")
+    if a.older:
+        write_older(a.out)
+        return 0
     if a.out.exists():
         shutil.rmtree(a.out)
     a.out.mkdir(parents=True)
