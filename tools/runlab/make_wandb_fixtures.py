@@ -80,9 +80,8 @@ SHIFT_LIGHTNING = 60
 
 
 def write_lightning(out: Path, expected: dict[str, Any]) -> None:
-    import torch
-
     import lightning as L
+    import torch
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
     d = out / "lightning"
@@ -134,7 +133,6 @@ SHIFT_HF = 80
 
 def write_hf(out: Path, expected: dict[str, Any]) -> None:
     import torch
-
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
