@@ -66,6 +66,8 @@ CSV_VERSION = "lightning-csv"
 WANDB_VERSION = "wandb-run"
 # the link wandb keeps to its newest run folder (the folder itself is read under its own name)
 WANDB_LATEST = "latest-run"
+# MLflow's local stores (io/mlflow_log.py): a file-store run folder (meta.yaml + metrics/), an mlflow.db database
+MLFLOW_VERSION = "mlflow"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -214,11 +216,16 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
         dirnames.sort()
         if WANDB_LATEST in dirnames and os.path.islink(os.path.join(dirpath, WANDB_LATEST)):
             dirnames.remove(WANDB_LATEST)  # wandb's link to its newest run folder, also found by its own name
+        if ".trash" in dirnames and any(os.path.isfile(os.path.join(dirpath, d, "meta.yaml")) for d in dirnames):
+            dirnames.remove(".trash")  # an MLflow file store's deleted runs (beside its experiment folders)
         if _event_names(dirpath, filenames, problems):
             found.append(Path(dirpath))
         if framework_logs is not None:
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if _is_wandb_file(name)]
+            if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
+                framework_logs.append(Path(dirpath) / "meta.yaml")
+            framework_logs += [Path(dirpath) / n for n in ("mlflow.db",) if n in filenames]
     return found
 
 
@@ -229,9 +236,11 @@ def _is_wandb_file(name: str | Path) -> bool:
 
 
 def is_framework_log(path: Path) -> bool:
-    """Whether ``path`` is named as a framework's own log file adamdiag reads (Hugging Face's trainer_state.json,
-    Lightning's metrics.csv, a Weights & Biases run file)."""
-    return path.name in (TRAINER_STATE, METRICS_CSV) or _is_wandb_file(path)
+    """Whether ``path`` is a framework's own log file adamdiag reads (Hugging Face's trainer_state.json,
+    Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's meta.yaml)."""
+    from adamdiag.io.mlflow_log import is_run_meta
+
+    return path.name in (TRAINER_STATE, METRICS_CSV) or _is_wandb_file(path) or is_run_meta(path)
 
 
 def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]) -> list[Path]:
@@ -241,6 +250,7 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
     its events). The folders of one wandb run id (a resumed run) are one run, named by its first folder; one
     whose history was copied from TensorBoard files found here (``sync_tensorboard``) is read from those."""
     from adamdiag.io.csv_log import has_step_column
+    from adamdiag.io.mlflow_log import is_deleted, is_file_store_run, is_sqlite_store, sqlite_runs
     from adamdiag.io.trainer_state import output_dir_of
     from adamdiag.io.wandb_log import first_folder_of_run
 
@@ -251,7 +261,22 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
     for f in logs:
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
-        if f.name == TRAINER_STATE:
+        if f.name == "mlflow.db":
+            if f.parent in around or not is_sqlite_store(f):
+                continue
+            try:
+                out += [r for r in sqlite_runs(f) if r not in seen]
+            except InputError as e:
+                problems.append(Problem(str(f), f"{e}; skipped"))
+            continue
+        if f.name == "meta.yaml":
+            if not is_file_store_run(f.parent):
+                continue
+            if is_deleted(f.parent):
+                problems.append(Problem(str(f.parent), f"{f.parent}: an MLflow run marked deleted; not read", "note"))
+                continue
+            run = f.parent
+        elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
         elif f.name == METRICS_CSV:
             run = f.parent
@@ -285,6 +310,18 @@ def _synced_runs_found(wandb_file: Path, event_dirs: set[Path]) -> list[Path]:
     return out
 
 
+def _is_file_store_run(folder: Path) -> bool:
+    from adamdiag.io.mlflow_log import is_file_store_run
+
+    return is_file_store_run(folder)
+
+
+def _mlflow_db_run(path: Path) -> bool:
+    from adamdiag.io.mlflow_log import split_run_path
+
+    return split_run_path(Path(path)) is not None
+
+
 def discover(paths: Sequence[Path]) -> Discovery:
     """Runs under ``paths``, with what was skipped on the way.
 
@@ -298,10 +335,21 @@ def discover(paths: Sequence[Path]) -> Discovery:
     problems: list[Problem] = []
     for raw in paths:
         p = Path(raw)
+        if _mlflow_db_run(p):  # a run of an MLflow database, as scan names it
+            runs.append(p)
+            continue
         if not p.exists():
             raise missing_path(raw)
         if p.is_file() and is_framework_log(p):
             runs.append(p)
+            continue
+        if p.is_file() and p.name == "mlflow.db":
+            from adamdiag.io.mlflow_log import sqlite_runs
+
+            got = sqlite_runs(p)
+            if not got:
+                raise InputError(f"{p}: an MLflow database without runs")
+            runs += got
             continue
         if p.is_file():
             from adamdiag.io.filekind import not_an_event_file
@@ -338,7 +386,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
-                f"metrics.csv or wandb run files (run-*.wandb) under {p}{detail}"
+                f"metrics.csv, wandb run files (run-*.wandb) or MLflow runs (mlruns/, mlflow.db) under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -372,7 +420,7 @@ def run_files(run: Path) -> list[Path]:
     """The event files of one run: the file itself, or those directly in the directory and in its
     split subdirectories (``train/``, ``validation/``, ``eval/``...: when the directory logs itself or
     has two of them, as :func:`discover` groups them), by name."""
-    if run.is_file():
+    if run.is_file() or _mlflow_db_run(run):
         return [run]
     out = []
     try:
@@ -402,6 +450,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(state)
         elif (run / METRICS_CSV).is_file():  # a Lightning CSVLogger run
             out.append(run / METRICS_CSV)
+        elif _is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
+            out.append(run / "meta.yaml")
         else:
             out += files_of_run(run)  # a wandb run folder: its file, and a resumed run's later folders' files
     return out
@@ -1373,6 +1423,14 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         from adamdiag.io.wandb_log import read_wandb
 
         return read_wandb(path, fast=fast)
+    if path.name == "meta.yaml" and _is_file_store_run(path.parent):
+        from adamdiag.io.mlflow_log import read_file_store_run
+
+        return read_file_store_run(path)
+    if _mlflow_db_run(path):
+        from adamdiag.io.mlflow_log import read_sqlite_run
+
+        return read_sqlite_run(path)
     name = str(path)
     sink = _Sink()
     try:
@@ -1750,6 +1808,14 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
         if args:
             args[ARGS_SOURCE] = f"the wandb config of {Path(path).name}"
         return args
+    if Path(path).name == "meta.yaml" or _mlflow_db_run(Path(path)):
+        # MLflow params: HF Trainer's MLflowCallback logs its TrainingArguments there
+        from adamdiag.io.mlflow_log import file_store_params, sqlite_params
+
+        args = file_store_params(path) if Path(path).name == "meta.yaml" else sqlite_params(path)
+        if args:
+            args[ARGS_SOURCE] = "the MLflow run's params"
+        return args
     parse, decode_error = _proto()
     try:
         with open(path, "rb") as fh:
@@ -1792,7 +1858,7 @@ def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     return [
         writer_arguments(i["path"])
         for i in events.file_info
-        if (i.get("skipped") or {}).get("text") or {"trainer_state", "wandb"} & set(i.get("kinds", ()))
+        if (i.get("skipped") or {}).get("text") or {"trainer_state", "wandb", "mlflow"} & set(i.get("kinds", ()))
     ]
 
 
@@ -1972,7 +2038,7 @@ def read_run(
     Raises :class:`InputError` when files exist but not one valid record could be read from any.
     """
     run_dir = Path(run_dir)
-    if not run_dir.exists():
+    if not run_dir.exists() and not _mlflow_db_run(run_dir):
         raise missing_path(run_dir)
     paths = run_files(run_dir)
     if not paths:

@@ -136,7 +136,9 @@ def checkpoints_beside_logs(paths: Sequence[Path], events: list[Any]) -> dict[st
             run = Path(e.run).resolve()
             if run != top and top not in run.parents:
                 continue
-            chain = [a for a in run.parents if a == top or top in a.parents]  # nearest first, up to top
+            # nearest first, up to top (an MLflow database's runs sit in no folder of their own: the database's is
+            # the nearest that exists)
+            chain = [a for a in run.parents if (a == top or top in a.parents) and a.is_dir()]
             chains[e.run] = chain[::-1]  # highest first
             for a in chain:
                 holds.setdefault(a, []).append(e)
@@ -349,7 +351,8 @@ def scan_paths(
                 assume=assume,
                 jobs=jobs,
             )
-            summaries, ck_paths = load(ck_root)
+            # a run of an MLflow database has no folder of its own (its path is inside the database file)
+            summaries, ck_paths = load(ck_root) if ck_root.exists() else ([], [])
             lent = None
             if not summaries and not non_adam and str(run_dir) in beside:
                 # HF Trainer's layout: output_dir/checkpoint-N beside output_dir/runs/<stamp>/

@@ -117,6 +117,10 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     (``<run>/checkpoints/step_N.pt``), else its parent — a folder of event files, else one whose loss a framework
     logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv)."""
     if logdir is not None:
+        from adamdiag.io.mlflow_log import split_run_path
+
+        if split_run_path(logdir) is not None:  # a run of an MLflow database, as scan names it
+            return logdir
         if not logdir.exists():
             raise missing_path(logdir, "--logdir")
         if logdir.is_file() or _has_events(logdir) or _has_framework_log(logdir):

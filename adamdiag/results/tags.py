@@ -21,6 +21,8 @@ def writer_of(info: dict[str, Any]) -> str:
         return "lightning CSVLogger metrics.csv"
     if "wandb" in kinds:
         return "wandb run file history"
+    if "mlflow" in kinds:
+        return "mlflow run metrics"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

@@ -214,7 +214,7 @@ def test_a_fifo_is_never_opened_and_sinks_no_other_run(tmp_path: Path) -> None:
 
 def test_nothing_found_names_wandb_too(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["scan", str(tmp_path)])
-    assert res.exit_code == 2 and "wandb run files" in res.output
+    assert res.exit_code == 2 and "wandb run files" in res.output and "MLflow runs" in res.output
 
 
 def test_define_metric_globs_written_by_wandb(tmp_path: Path) -> None:

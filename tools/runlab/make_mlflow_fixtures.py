@@ -1,0 +1,208 @@
+"""Writes tests/fixtures/mlflow: MLflow tracking stores written by MLflow itself, read by adamdiag.io.mlflow_log in
+tests/io/test_mlflow_log.py (adamdiag never imports mlflow).
+
+    python -m venv v && v/bin/pip install torch==2.13.0 mlflow lightning transformers tensorboard
+    v/bin/python tools/runlab/make_mlflow_fixtures.py [--out tests/fixtures/mlflow]    # mlflow 3.17.2 made them
+
+What it writes:
+
+- ``filestore/`` — the file store (``mlruns/``, Lightning MLFlowLogger's default; MLflow 3 needs
+  MLFLOW_ALLOW_FILE_STORE=true for it): a Lightning Trainer logging through MLFlowLogger and TensorBoardLogger
+  at once (targets move at global step 60: a blowup; every 5 steps), a run with NaN/inf values, a deleted run;
+- ``sqlite/mlflow.db.gz`` — the SQLite store (MLflow 3's default, ``mlflow.db``; gzipped, the test unpacks it):
+  an HF Trainer with ``report_to=["mlflow", "tensorboard"]`` (targets move at step 80; its TensorBoard log in
+  ``sqlite/hf/runs``), the loss/grad-norm/lr tags of sample_logs/lr_too_high and vcollapse logged again with
+  ``mlflow.log_metrics(row, step=step)`` (read from their event files with TensorBoard's EventAccumulator), a
+  NaN/inf run, a deleted run.
+
+``expected.json``: per run, what was logged (step -> {key: value}, non-finite as strings), for the small runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_TAGS = ("train/loss", "train/grad_norm", "train/lr")
+
+
+def _json_value(v: float) -> float | str:
+    return v if math.isfinite(v) else str(v)
+
+
+def _nonfinite(mlflow: Any, expected: dict[str, Any], key: str) -> None:
+    with mlflow.start_run(run_name="nonfinite"):
+        logged = {}
+        for s in range(1, 41):
+            loss = 1.0 / s if s < 30 else (math.nan if s < 35 else (math.inf if s < 38 else -math.inf))
+            mlflow.log_metrics({"train/loss": loss, "train/grad_norm": 0.3}, step=s)
+            logged[str(s)] = {"train/loss": _json_value(loss), "train/grad_norm": 0.3}
+    expected[key] = logged
+    with mlflow.start_run(run_name="deleted") as r:
+        mlflow.log_metric("train/loss", 1.0, step=1)
+    mlflow.delete_run(r.info.run_id)
+
+
+def write_filestore(out: Path, expected: dict[str, Any]) -> None:
+    import lightning as L
+    import mlflow
+    import torch
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+
+    d = out / "filestore"
+    d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"lr": 1e-2, "eps": 1e-8})
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+        def training_step(self, batch: Any, i: int) -> torch.Tensor:
+            shift = 50.0 if self.global_step >= 60 else 0.0
+            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1] + shift)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        max_steps=100,
+        logger=[
+            MLFlowLogger(experiment_name="lightning", save_dir=str(d / "mlruns"), run_name="shift60"),
+            TensorBoardLogger(str(d), name="tb"),
+        ],
+        log_every_n_steps=5,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Module(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    mlflow.set_tracking_uri(f"file:{d / 'mlruns'}")
+    mlflow.set_experiment("plain")
+    _nonfinite(mlflow, expected, "filestore/nonfinite")
+
+
+def _sample_rows(name: str) -> dict[int, dict[str, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(ROOT / "sample_logs" / name), size_guidance={"scalars": 0})
+    acc.Reload()
+    rows: dict[int, dict[str, float]] = {}
+    for tag in SAMPLE_TAGS:
+        for ev in acc.Scalars(tag):
+            rows.setdefault(ev.step, {})[tag] = float(ev.value)
+    return rows
+
+
+def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
+    import mlflow
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    d = out / "sqlite"
+    d.mkdir(parents=True)
+    db = d / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_experiment("samples")
+    for name in ("lr_too_high", "vcollapse"):
+        rows = _sample_rows(name)
+        with mlflow.start_run(run_name=name):
+            for step in sorted(rows):
+                mlflow.log_metrics(rows[step], step=step)
+    _nonfinite(mlflow, expected, "sqlite/nonfinite")
+
+    hf_logging.set_verbosity_error()
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = "hf"
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(512, 8, generator=g)
+            self.y = self.x @ torch.randn(8, 1, generator=g)
+            self.shift = 0.0
+
+        def __len__(self) -> int:
+            return 512
+
+        def __getitem__(self, i: int) -> dict:
+            return {"x": self.x[i], "y": self.y[i] + self.shift}
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+            return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
+
+    data = Data()
+
+    class MoveTargets(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step == 80:
+                data.shift = 50.0
+
+    torch.manual_seed(0)
+    args = TrainingArguments(
+        str(d / "hf"),
+        run_name="hf-shift80",
+        max_steps=120,
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        adam_epsilon=1e-6,
+        adam_beta2=0.98,
+        lr_scheduler_type="constant",
+        logging_steps=2,
+        save_strategy="no",
+        report_to=["mlflow", "tensorboard"],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    Trainer(model=Model(), args=args, train_dataset=data, callbacks=[MoveTargets()]).train()
+    mlflow.end_run()
+    with open(db, "rb") as src, gzip.open(d / "mlflow.db.gz", "wb", compresslevel=9) as dst:
+        shutil.copyfileobj(src, dst)
+    db.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "mlflow")
+    a = p.parse_args(argv)
+    import mlflow
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    out = a.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    expected: dict[str, Any] = {"mlflow_version": mlflow.__version__}
+    write_filestore(out, expected)
+    write_sqlite(out, expected)
+    for junk in out.rglob("mlartifacts"):
+        shutil.rmtree(junk)
+    (out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
