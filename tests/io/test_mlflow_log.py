@@ -198,3 +198,28 @@ def test_replay_compares_against_a_database_run(db: Path) -> None:
     assert find_run_dir(ck, run) == run
     ev = _run_events(run)
     assert series(ev, "train/loss")[0] == list(range(1, 601))
+
+
+@pytest.mark.parametrize("version", ["2.22.0", "2.9.2"])
+def test_stores_of_older_mlflow_versions(tmp_path: Path, version: str) -> None:
+    """Held out (developed on 3.17.2): both stores as MLflow 2.22.0 and 2.9.2 wrote them
+    (tools/runlab/make_mlflow_older_fixture.py): the same run read from each, the params typed back."""
+    shutil.copytree(FIXTURES / "older" / version, tmp_path / version)
+    with (
+        gzip.open(tmp_path / version / "mlflow.db.gz", "rb") as f_in,
+        open(tmp_path / version / "mlflow.db", "wb") as f,
+    ):
+        shutil.copyfileobj(f_in, f)
+    (tmp_path / version / "mlflow.db.gz").unlink()
+    runs = discover([tmp_path]).runs
+    assert len(runs) == 2
+    for run in runs:
+        steps, loss = series(read_run(run), "train/loss")
+        assert steps == list(range(0, 3000, 10)) and np.isnan(loss[250]) and np.isnan(loss).sum() == 1
+    for rep in scan_paths([tmp_path]).runs:
+        assert rep.blowup_step == 2000
+        msgs = " | ".join(f.message for f in rep.findings)
+        assert (
+            "beta2=0.95, eps=1e-06" in msgs
+            and "gradient clipping at 1 (max_grad_norm in the MLflow run's params" in msgs
+        )
