@@ -11,6 +11,7 @@ trainer_state.json, :mod:`adamdiag.io.csv_log` for Lightning's metrics.csv): ope
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,11 @@ class LogRows:
     codes: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)  # NaN where the file stores no time
     skipped: Counter = field(default_factory=Counter)
     _index: dict[str, int] = field(default_factory=dict)
 
-    def add(self, tag: str, step: int, value: float) -> None:
+    def add(self, tag: str, step: int, value: float, wall: float = math.nan) -> None:
         code = self._index.get(tag)
         if code is None:
             code = self._index[tag] = len(self.tags)
@@ -58,6 +60,7 @@ class LogRows:
         self.codes.append(code)
         self.steps.append(step)
         self.values.append(value)
+        self.walls.append(wall)
 
     def file_data(
         self,
@@ -71,28 +74,30 @@ class LogRows:
         warnings: list[str],
         note: str = "",
     ) -> FileData:
-        """The rows as one file's columns; ``note``: where its rows come from, for scan's notes. Every point gets
-        the file's modification time (a reader whose file stores times puts them in afterwards). ``grouped``: the
-        tags are final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
+        """The rows as one file's columns; ``note``: where its rows come from, for scan's notes. A point without a
+        time of its own (a positive finite ``wall``) gets the file's modification time. ``grouped``: the tags are
+        final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
         import numpy as np
 
         from adamdiag.io.events import FileData
 
         n = len(self.codes)
+        w = np.asarray(self.walls, np.float64)
+        w = np.where(np.isfinite(w) & (w > 0), w, mtime)
         return FileData(
             path=str(path),
             size=size,
             tags=self.tags,
             s_tag=[np.asarray(self.codes, np.int32)],
             s_step=[np.asarray(self.steps, np.int64)],
-            s_wall=[np.full(n, mtime, np.float64)],
+            s_wall=[w],
             s_value=[np.asarray(self.values, np.float64)],
             h_rows=[],
             warnings=warnings,
             skipped=self.skipped,
             records=records,
             file_version=version,
-            first_wall_time=mtime if n else float("inf"),
+            first_wall_time=float(w.min()) if n else float("inf"),
             kinds={kind} if n else set(),
             readable=True,
             grouped=True,

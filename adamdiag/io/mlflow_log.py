@@ -102,7 +102,6 @@ def read_file_store_run(meta: Path | str) -> FileData:
     if info.get("lifecycle_stage") == "deleted":
         raise InputError(f"{run}: an MLflow run marked deleted (lifecycle_stage: deleted); not read")
     rows = LogRows()
-    walls: list[float] = []
     warnings: list[str] = []
     size = 0
     mtime = 0.0
@@ -125,8 +124,7 @@ def read_file_store_run(meta: Path | str) -> FileData:
                 bad += 1
                 continue
             ts, value, step = got
-            rows.add(key, step, value)
-            walls.append(ts)
+            rows.add(key, step, value, ts)
         if bad:
             rows.skipped["lines that are no metric line"] += bad
             warnings.append(f"{f}: {bad} line(s) that are no '<timestamp> <value> <step>' line skipped (cut short?)")
@@ -143,7 +141,6 @@ def read_file_store_run(meta: Path | str) -> FileData:
         warnings=warnings,
         note=f"read from the MLflow run {name!r} (file store {run}); no TensorBoard event files in this run",
     )
-    _set_walls(data, walls, mtime)
     return data
 
 
@@ -156,15 +153,6 @@ def _files_under(folder: Path, warnings: list[str]) -> list[Path]:
     for dirpath, _, filenames in os.walk(folder, onerror=onerror):
         out += [Path(dirpath) / n for n in filenames]
     return out
-
-
-def _set_walls(data: FileData, walls: list[float], fallback: float) -> None:
-    import numpy as np
-
-    if walls:
-        w = np.asarray(walls, np.float64)
-        data.s_wall = [np.where(np.isfinite(w), w, fallback)]
-        data.first_wall_time = float(data.s_wall[0].min())
 
 
 def typed(value: str) -> Any:
@@ -270,7 +258,6 @@ def _run_uuid(con: Any, db: Path, prefix: str) -> tuple[str, str]:
 
 def read_sqlite_run(path: Path | str) -> FileData:
     """One run of an MLflow database (a path :func:`sqlite_runs` made) as event-file columns."""
-    import numpy as np
 
     from adamdiag.io.events import MLFLOW_VERSION
     from adamdiag.io.framework_logs import LogRows
@@ -290,7 +277,6 @@ def read_sqlite_run(path: Path | str) -> FileData:
     finally:
         con.close()
     rows = LogRows()
-    walls = []
     for key, value, ts, step, is_nan in rows_sql:
         if is_nan:
             v = math.nan
@@ -301,8 +287,7 @@ def read_sqlite_run(path: Path | str) -> FileData:
             v = float(value)
             if abs(v) == _SQL_INF:
                 v = math.copysign(math.inf, v)
-        rows.add(str(key), int(step or 0), v)
-        walls.append((ts or 0) / 1000.0)
+        rows.add(str(key), int(step or 0), v, (ts or 0) / 1000.0)
     st = db.stat()
     warnings = [] if rows.codes else [f"{path}: no logged metric (the run stopped before its first log?)"]
     data = rows.file_data(
@@ -315,9 +300,6 @@ def read_sqlite_run(path: Path | str) -> FileData:
         warnings=warnings,
         note=f"read from the MLflow run {name!r} ({uuid}) in the database {db}; no TensorBoard event files in this run",
     )
-    _set_walls(data, walls, st.st_mtime)
-    if walls:
-        data.s_wall = [np.where(data.s_wall[0] > 0, data.s_wall[0], st.st_mtime)]
     return data
 
 

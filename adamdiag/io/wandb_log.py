@@ -511,7 +511,6 @@ class WandbRun:
     """What adamdiag takes from one run file."""
 
     rows: Any  # LogRows
-    walls: list[float]
     config: dict[str, Any]
     axes: set[str]
     tb_log_dirs: list[str]
@@ -538,7 +537,6 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
     axis = StepAxis()
     config: dict[str, Any] = {}
     rows = LogRows()
-    walls: list[float] = []
     tb_dirs: list[str] = []
     exit_code: int | None = None
     last_axis_value: dict[str, int] = {}
@@ -562,9 +560,9 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
             exit_code = d[1]
         elif kind == "history":
             histories += 1
-            _add_row(d[1], d[2], axis, rows, walls, last_axis_value)
+            _add_row(d[1], d[2], axis, rows, last_axis_value)
     config.pop("_wandb", None)
-    return WandbRun(rows, walls, config, axis.axes, tb_dirs, exit_code, len(decoded), histories, [])
+    return WandbRun(rows, config, axis.axes, tb_dirs, exit_code, len(decoded), histories, [])
 
 
 def _add_row(
@@ -572,7 +570,6 @@ def _add_row(
     items: list[tuple[str, Any]],
     axis: StepAxis,
     rows: Any,
-    walls: list[float],
     last_axis_value: dict[str, int],
 ) -> None:
     values: dict[str, float] = {}
@@ -604,8 +601,7 @@ def _add_row(
             continue  # an x axis is no metric
         metric = axis.of(key)
         at = last_axis_value.get(metric, own_step) if metric else own_step
-        rows.add(key, at, v)
-        walls.append(wall)
+        rows.add(key, at, v, wall)
 
 
 def first_folder_of_run(folder: Path) -> Path:
@@ -653,8 +649,6 @@ def _listing(folder: Path) -> list[Path]:
 def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
     """One ``run-<id>.wandb`` file as event-file columns. Raises :class:`InputError` (one line) when it cannot be
     read or is no wandb datastore; damage inside (a bad chunk, a cut end) is a warning."""
-    import numpy as np
-
     from adamdiag.io.events import WANDB_VERSION
     from adamdiag.io.framework_logs import read_log_file
 
@@ -671,10 +665,6 @@ def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
         warnings=run.warnings,
         note=describe(path, run.axes),
     )
-    if run.walls:
-        w = np.asarray(run.walls, np.float64)
-        data.s_wall = [np.where(np.isfinite(w), w, mtime)]
-        data.first_wall_time = float(np.nanmin(data.s_wall[0]))
     return data
 
 
