@@ -262,7 +262,9 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
         if f.name == "mlflow.db":
-            if f.parent in around or not is_sqlite_store(f):
+            # (its folder is often the training's working directory, above the event files of other loggers: the
+            # database's runs are read all the same, and one logged to both is diagnosed once, scan's same_log)
+            if not is_sqlite_store(f):
                 continue
             try:
                 out += [r for r in sqlite_runs(f) if r not in seen]
@@ -282,7 +284,10 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             run = f.parent
         else:
             run = first_folder_of_run(f.parent)
-        if run in around or any(a in logged for a in run.parents) or run in seen:
+        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV) and any(a in logged for a in run.parents)
+        if run in around or inside_event_run or run in seen:
+            # a run logged to TensorBoard is read from its events (wandb's synced copy of them lies inside its run
+            # folder); a wandb or MLflow run below another run's event files is read (scan's same_log: once)
             continue
         if logged and _is_wandb_file(f) and (synced := _synced_runs_found(f, logged)):
             problems.append(

@@ -267,6 +267,7 @@ def scan_paths(
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
     from adamdiag.io.events import logged_arguments, read_runs, writer_adam_hyperparameters, writer_clip_norm
+    from adamdiag.pipeline.same_log import logged_twice
     from adamdiag.results.report import Finding, RunReport
 
     if checkpoints is not None and not Path(checkpoints).exists():
@@ -296,6 +297,15 @@ def scan_paths(
         for p in problems:
             if p.kind == "note" or (p.kind == "skipped" and not any(p.path != r and _under(p.path, r) for r in read)):
                 report.warnings.append(p.message)
+        # report_to="all": the same training in TensorBoard and wandb/MLflow (a run named itself is kept)
+        named = {str(Path(p)) for p in paths}
+        twice = {dup: kept for dup, kept in logged_twice(all_events).items() if str(Path(dup)) not in named}
+        if twice:
+            all_events = [e for e in all_events if e.run not in twice]
+            report.warnings += [
+                f"{dup}: the same loss log as {kept} (equal steps and values): diagnosed once, from the event files"
+                for dup, kept in twice.items()
+            ]
         warn_all(report.warnings)
         prog.update(task, description="diagnosing", completed=0, total=len(all_events))
         ck_roots = checkpoint_roots(checkpoints, [Path(e.run) for e in all_events])

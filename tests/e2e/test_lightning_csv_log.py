@@ -72,12 +72,23 @@ def test_the_csv_reads_as_the_tensorboard_log(lightning_run: Path) -> None:
 
 
 def test_scan_of_the_csv_run(lightning_run: Path) -> None:
-    reports = {Path(r.run).parent.name: r for r in scan_paths([lightning_run]).runs}
-    assert set(reports) == {"csv", "tb"}  # both found: each folder is a run
+    reports = {
+        Path(r.run).parent.name: r
+        for r in scan_paths([lightning_run / "csv" / "version_0", lightning_run / "tb" / "version_0"]).runs
+    }
+    assert set(reports) == {"csv", "tb"}  # both named: each is diagnosed
     a, b = reports["csv"], reports["tb"]
     assert a.loss_tag == b.loss_tag == "train_loss"
     assert a.verdict == b.verdict and a.blowup_step == b.blowup_step
     assert a.blowup_step is not None and SHIFT_AT - 2 <= a.blowup_step <= SHIFT_AT + 3
+
+
+def test_one_training_in_both_loggers_is_diagnosed_once(lightning_run: Path) -> None:
+    """Found by the search under their parent, the two logs of one training are one run: the event files'
+    (adamdiag.pipeline.same_log), with a note naming the CSV log."""
+    rep = scan_paths([lightning_run])
+    assert [Path(r.run).parent.name for r in rep.runs] == ["tb"]
+    assert any("csv/version_0: the same loss log as" in w for w in rep.warnings)
 
 
 def test_other_csv_files_are_not_logs(tmp_path: Path) -> None:

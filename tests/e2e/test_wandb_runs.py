@@ -141,3 +141,14 @@ def test_non_finite_and_non_numeric_values() -> None:
     assert "text" not in set(ev.scalars["tag"])
     (rep,) = scan_paths([wandb_run("nonfinite")]).runs
     assert rep.verdict == "nonfinite" and rep.blowup_step == 30
+
+
+def test_one_training_in_tensorboard_and_wandb_is_diagnosed_once() -> None:
+    """HF's report_to with both: scanned from the folder that holds both logs, one run (the event files'), a note
+    naming the wandb run; a different training beside it stays a run of its own."""
+    rep = scan_paths([FIXTURES / "hf", FIXTURES / "lightning"])
+    runs = sorted(Path(r.run).relative_to(FIXTURES).parts[0:2] for r in rep.runs)
+    assert runs == [("hf", "out"), ("lightning", "tb")]
+    assert sum("the same loss log as" in w for w in rep.warnings) == 2
+    named = scan_paths([wandb_run("hf"), FIXTURES / "hf" / "out"])  # a run named itself is always diagnosed
+    assert len(named.runs) == 2

@@ -223,3 +223,14 @@ def test_stores_of_older_mlflow_versions(tmp_path: Path, version: str) -> None:
             "beta2=0.95, eps=1e-06" in msgs
             and "gradient clipping at 1 (max_grad_norm in the MLflow run's params" in msgs
         )
+
+
+def test_an_hf_run_in_mlflow_and_tensorboard_is_diagnosed_once(db: Path, tmp_path: Path) -> None:
+    """The HF Trainer logged to both (loss vs train/loss, the same series): scanned together from one folder, the
+    event files' run is diagnosed and the database's is a note; the database's other runs stay."""
+    shutil.copytree(FIXTURES / "sqlite" / "hf", tmp_path / "hf")
+    shutil.copy(db, tmp_path / "mlflow.db")
+    rep = scan_paths([tmp_path])
+    names = sorted(Path(r.run).name.rsplit("-", 1)[0] for r in rep.runs)
+    assert len(rep.runs) == 4 and "hf-shift80" not in names
+    assert any("hf-shift80" in w and "the same loss log as" in w for w in rep.warnings)
