@@ -493,6 +493,11 @@ class StepAxis:
         self.axes.add(step_metric)
         self._memo.clear()
 
+    @property
+    def keras_metrics_logger(self) -> bool:
+        """Whether wandb's Keras callback WandbMetricsLogger declared these axes."""
+        return ("batch/*", KERAS_BATCH_AXIS) in self.by_glob or ("epoch/*", KERAS_EPOCH_AXIS) in self.by_glob
+
     def of(self, key: str) -> str | None:
         if key in self._memo:
             return self._memo[key]
@@ -596,12 +601,37 @@ def _add_row(
         if v is not None and math.isfinite(v):
             last_axis_value[name] = int(v)
     own_step = 0 if step is None else step
+    keras = axis.keras_metrics_logger
     for key, v in values.items():
-        if key in axis.axes:
+        if key in axis.axes or (keras and key in (KERAS_BATCH_AXIS, KERAS_EPOCH_AXIS)):
             continue  # an x axis is no metric
+        if keras and key.startswith(("batch/", "epoch/")):
+            _add_keras(key, v, wall, values, rows, last_axis_value, own_step)
+            continue
         metric = axis.of(key)
         at = last_axis_value.get(metric, own_step) if metric else own_step
         rows.add(key, at, v, wall)
+
+
+# wandb's Keras callback WandbMetricsLogger: its define_metric axes (batch-wise: batch/* on batch/batch_step, a
+# 0-based count of the batches; epoch-wise: epoch/* on epoch/epoch) — the signature the reader knows it by
+KERAS_BATCH_AXIS, KERAS_EPOCH_AXIS = "batch/batch_step", "epoch/epoch"
+
+
+def _add_keras(
+    key: str, v: float, wall: float, values: dict[str, float], rows: Any, last: dict[str, int], own_step: int
+) -> None:
+    """A WandbMetricsLogger value as Keras' own TensorBoard callback writes it — ``batch/loss`` as ``batch_loss``
+    at the optimizer iteration (batch_step + 1), ``epoch/loss`` as ``epoch_loss`` at the epoch index — so the
+    run reads as a Keras run (its batch values are the epoch's running mean: rebuilt per batch before detection,
+    rule AD603; Keras' Adam defaults)."""
+    kind, name = key.split("/", 1)
+    if kind == "batch":
+        at = last.get(KERAS_BATCH_AXIS, own_step - 1) + 1
+    else:
+        epoch = values.get(KERAS_EPOCH_AXIS)
+        at = int(epoch) if epoch is not None and math.isfinite(epoch) else own_step
+    rows.add(f"{kind}_{name}", at, v, wall)
 
 
 def first_folder_of_run(folder: Path) -> Path:
@@ -692,7 +722,15 @@ def read_run_file(raw: bytes, path: str, *, fast: bool = True) -> WandbRun:
 
 def describe(path: str | Path, axes: set[str] | None = None) -> str:
     """The note scan prints for a run read from a wandb run file."""
-    axis = f"x axis {', '.join(sorted(axes))}, as define_metric set it" if axes else "x axis wandb's _step"
+    if axes and axes <= {KERAS_BATCH_AXIS, KERAS_EPOCH_AXIS}:
+        axis = (
+            "written by wandb's Keras WandbMetricsLogger: read as Keras' TensorBoard callback writes the same values "
+            "— batch/<m> as batch_<m> at the optimizer iteration batch_step + 1, epoch/<m> as epoch_<m> at the epoch"
+        )
+    elif axes:
+        axis = f"x axis {', '.join(sorted(axes))}, as define_metric set it"
+    else:
+        axis = "x axis wandb's _step"
     return f"read from the Weights & Biases run file {Path(path).name} ({axis}); no TensorBoard event files in this run"
 
 

@@ -152,3 +152,21 @@ def test_one_training_in_tensorboard_and_wandb_is_diagnosed_once() -> None:
     assert sum("the same loss log as" in w for w in rep.warnings) == 2
     named = scan_paths([wandb_run("hf"), FIXTURES / "hf" / "out"])  # a run named itself is always diagnosed
     assert len(named.runs) == 2
+
+
+def test_keras_wandb_metrics_logger_reads_as_kerass_tensorboard_log() -> None:
+    """wandb's Keras callback WandbMetricsLogger (batch/loss on a 0-based batch/batch_step, epoch/loss) beside
+    Keras' own TensorBoard callback in one fit (tools/runlab/make_wandb_keras_fixture.py): read as Keras' names
+    and axis — batch_loss at the optimizer iteration, epoch_loss at the epoch — so the running mean is rebuilt per
+    batch (AD603) and the verdict and blowup step are the TensorBoard log's."""
+    run = wandb_run("keras")
+    wb, tb = read_run(run), read_run(FIXTURES / "keras" / "tb" / "train")
+    for tag in ("batch_loss", "epoch_loss"):
+        a, b = series(wb, tag), series(tb, tag)
+        assert a[0] == b[0], tag
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    assert series(wb, "batch_loss")[0] == list(range(1, 97))
+    (a,) = scan_paths([run]).runs
+    (b,) = scan_paths([FIXTURES / "keras" / "tb" / "train"]).runs
+    assert (a.verdict, a.confidence, a.blowup_step) == (b.verdict, b.confidence, b.blowup_step)
+    assert any(f.id == "AD603" for f in a.findings) and any(f.id == "AD603" for f in b.findings)
