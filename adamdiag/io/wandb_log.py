@@ -479,6 +479,7 @@ class StepAxis:
     by_name: dict[str, str] = field(default_factory=dict)
     by_glob: list[tuple[str, str]] = field(default_factory=list)
     axes: set[str] = field(default_factory=set)  # every step metric named
+    keras_batch_steps: list[int] = field(default_factory=list)  # WandbMetricsLogger's batch_step per logged row
     _memo: dict[str, str | None] = field(default_factory=dict)  # key -> its axis (rows repeat their keys)
 
     def add(self, name: str, glob: str, step_metric: str) -> None:
@@ -523,6 +524,7 @@ class WandbRun:
     records: int
     histories: int
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # how the rows were put on the steps (AD901 info)
 
 
 def _flatten(prefix: str, doc: dict[str, Any], out: list[tuple[str, float]]) -> None:
@@ -537,6 +539,8 @@ def _flatten(prefix: str, doc: dict[str, Any], out: list[tuple[str, float]]) -> 
 def assemble(decoded: list[Decoded], path: str) -> WandbRun:
     """The rows of a run: each metric at its declared step metric's value in its row (``define_metric``), else
     at wandb's ``_step``; wandb's own keys and the step metrics are no tags."""
+    import numpy as np
+
     from adamdiag.io.framework_logs import LogRows
 
     axis = StepAxis()
@@ -567,7 +571,15 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
             histories += 1
             _add_row(d[1], d[2], axis, rows, last_axis_value)
     config.pop("_wandb", None)
-    return WandbRun(rows, config, axis.axes, tb_dirs, exit_code, len(decoded), histories, [])
+    notes = []
+    gaps = set(np.diff(axis.keras_batch_steps).tolist()) if len(axis.keras_batch_steps) > 1 else set()
+    if max(gaps, default=1) > 1:
+        notes.append(
+            f"wandb's WandbMetricsLogger logged every {max(gaps)} batches (log_freq > 1): its batch_step adds "
+            f"{max(gaps)} per logged batch and drifts from the optimizer iteration by up to {max(gaps) - 1} at "
+            "each epoch end: the batch steps are approximate"
+        )
+    return WandbRun(rows, config, axis.axes, tb_dirs, exit_code, len(decoded), histories, [], notes)
 
 
 def _add_row(
@@ -602,6 +614,8 @@ def _add_row(
             last_axis_value[name] = int(v)
     own_step = 0 if step is None else step
     keras = axis.keras_metrics_logger
+    if keras and KERAS_BATCH_AXIS in values and math.isfinite(values[KERAS_BATCH_AXIS]):
+        axis.keras_batch_steps.append(int(values[KERAS_BATCH_AXIS]))
     for key, v in values.items():
         if key in axis.axes or (keras and key in (KERAS_BATCH_AXIS, KERAS_EPOCH_AXIS)):
             continue  # an x axis is no metric
@@ -695,6 +709,7 @@ def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
         warnings=run.warnings,
         note=describe(path, run.axes),
     )
+    data.notes += run.notes
     return data
 
 

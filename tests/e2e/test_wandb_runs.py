@@ -170,3 +170,11 @@ def test_keras_wandb_metrics_logger_reads_as_kerass_tensorboard_log() -> None:
     (b,) = scan_paths([FIXTURES / "keras" / "tb" / "train"]).runs
     assert (a.verdict, a.confidence, a.blowup_step) == (b.verdict, b.confidence, b.blowup_step)
     assert any(f.id == "AD603" for f in a.findings) and any(f.id == "AD603" for f in b.findings)
+
+
+def test_keras_wandb_metrics_logger_every_few_batches_says_its_steps_are_approximate() -> None:
+    """log_freq=5: WandbMetricsLogger adds 5 to batch_step per logged batch, whatever the epoch's length (32
+    batches here): the steps drift past the iterations, and the reader says so."""
+    ev = read_run(wandb_run("keras_freq5"))
+    assert max(series(ev, "batch_loss")[0]) > 96  # 3 epochs of 32 batches: 96 iterations
+    assert any("log_freq > 1" in n and "approximate" in n for n in ev.notes)

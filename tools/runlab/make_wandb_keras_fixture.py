@@ -5,6 +5,7 @@ TensorBoard log (the same tags, steps, values and verdict).
 
     python -m venv v && v/bin/pip install tensorflow-cpu==2.21.0 wandb      # wandb 0.31.0, keras 3.15.1 made it
     v/bin/python tools/runlab/make_wandb_keras_fixture.py [--out tests/fixtures/wandb/keras]
+    v/bin/python tools/runlab/make_wandb_keras_fixture.py --out tests/fixtures/wandb/keras_freq5 --log-freq 5
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb" / "keras")
+    p.add_argument(
+        "--log-freq", type=int, default=1, help="WandbMetricsLogger's log_freq and the callback's update_freq"
+    )
     a = p.parse_args(argv)
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
     import keras
@@ -49,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         epochs=3,
         shuffle=False,
         verbose=0,
-        callbacks=[WandbMetricsLogger(log_freq=1), keras.callbacks.TensorBoard(str(out / "tb"), update_freq=1)],
+        callbacks=[
+            WandbMetricsLogger(log_freq=a.log_freq),
+            keras.callbacks.TensorBoard(str(out / "tb"), update_freq=a.log_freq),
+        ],
     )
     run.finish()
     for junk in list(out.rglob("*.log")) + list(out.rglob("requirements.txt")):
