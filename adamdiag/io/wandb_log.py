@@ -34,13 +34,13 @@ import re
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
+from adamdiag.io.protowire import as_double, as_signed, as_zigzag, fields
 
 if TYPE_CHECKING:
     from adamdiag.io.events import FileData
@@ -241,9 +241,9 @@ def _message_classes() -> dict[str, Any]:
         "RunRecord": [("config", _RUN_CONFIG, F.TYPE_MESSAGE, "ConfigRecord", False)],
         "RunExitRecord": [("exit_code", 1, F.TYPE_INT32, None, False)],
     }
-    for name, fields in spec.items():
+    for name, members in spec.items():
         m = fd.message_type.add(name=name)
-        for fname, number, ftype, msg, repeated in fields:
+        for fname, number, ftype, msg, repeated in members:
             f = m.field.add(name=fname, number=number, type=ftype)
             f.label = F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL
             if msg:
@@ -299,64 +299,18 @@ def _decode_fast(records: list[bytes]) -> tuple[list[Decoded], int]:
     return out, bad
 
 
-# -- the reference decoder: the protobuf wire format walked by hand --------------------------
-
-
-class _WireError(ValueError):
-    pass
-
-
-def _varint(b: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(b) or shift > 63:
-            raise _WireError("varint runs past the message")
-        c = b[pos]
-        pos += 1
-        result |= (c & 0x7F) << shift
-        if not c & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(b: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one message: an int for varints, bytes for the rest."""
-    pos = 0
-    while pos < len(b):
-        tag, pos = _varint(b, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            v, pos = _varint(b, pos)
-            yield number, wire, v
-        elif wire == 1:
-            if pos + 8 > len(b):
-                raise _WireError("fixed64 runs past the message")
-            yield number, wire, b[pos : pos + 8]
-            pos += 8
-        elif wire == 2:
-            n, pos = _varint(b, pos)
-            if pos + n > len(b):
-                raise _WireError("length runs past the message")
-            yield number, wire, b[pos : pos + n]
-            pos += n
-        elif wire == 5:
-            if pos + 4 > len(b):
-                raise _WireError("fixed32 runs past the message")
-            yield number, wire, b[pos : pos + 4]
-            pos += 4
-        else:
-            raise _WireError(f"wire type {wire}")
+# -- the reference decoder: the protobuf wire format walked by hand (adamdiag.io.protowire) ----
 
 
 def _text(v: Any) -> str:
     if not isinstance(v, bytes):
-        raise _WireError("a string field of another wire type")
+        raise ValueError("a string field of another wire type")
     return v.decode("utf-8")
 
 
 def _ref_item(b: bytes) -> tuple[str, Any]:
     key, nested, value_json, number, integer = "", [], "", 0.0, 0
-    for num, wire, v in _fields(b):
+    for num, wire, v in fields(b):
         if num == 1 and wire == 2:
             key = _text(v)
         elif num == 2 and wire == 2:
@@ -364,9 +318,9 @@ def _ref_item(b: bytes) -> tuple[str, Any]:
         elif num == 16 and wire == 2:
             value_json = _text(v)
         elif num == 6 and wire == 1:
-            number = struct.unpack("<d", v)[0]
+            number = as_double(v)
         elif num == 5 and wire == 0:
-            integer = (v >> 1) ^ -(v & 1)  # zigzag (sint64)
+            integer = as_zigzag(v)
     k = _key(key, nested)
     if value_json:
         return k, value_json
@@ -379,7 +333,7 @@ def _ref_item(b: bytes) -> tuple[str, Any]:
 
 def _ref_config(b: bytes) -> list[tuple[str, str]]:
     out = []
-    for num, wire, v in _fields(b):
+    for num, wire, v in fields(b):
         if num == 1 and wire == 2:
             k, value = _ref_item(v)  # ConfigItem shares HistoryItem's key, nested_key and value_json numbers
             out.append((k, value if isinstance(value, str) else ""))
@@ -387,28 +341,28 @@ def _ref_config(b: bytes) -> list[tuple[str, str]]:
 
 
 def _ref_record(b: bytes) -> Decoded | None:
-    for num, wire, v in _fields(b):
+    for num, wire, v in fields(b):
         if wire != 2:
             continue
         if num == _HISTORY:
             items, step = [], None
-            for n2, w2, v2 in _fields(v):
+            for n2, w2, v2 in fields(v):
                 if n2 == 1 and w2 == 2:
                     items.append(_ref_item(v2))
                 elif n2 == 2 and w2 == 2:
                     step = 0
-                    for n3, w3, v3 in _fields(v2):
+                    for n3, w3, v3 in fields(v2):
                         if n3 == 1 and w3 == 0:
-                            step = v3 - (1 << 64) if v3 >= 1 << 63 else v3
+                            step = as_signed(v3)
             return ("history", step, items)
         if num == _CONFIG:
             return ("config", _ref_config(v))
         if num == _RUN:
-            cfg = [c for n2, w2, c in _fields(v) if n2 == _RUN_CONFIG and w2 == 2]
+            cfg = [c for n2, w2, c in fields(v) if n2 == _RUN_CONFIG and w2 == 2]
             return ("config", _ref_config(cfg[-1]) if cfg else [])
         if num == _METRIC:
             name = glob = step_metric = ""
-            for n2, w2, v2 in _fields(v):
+            for n2, w2, v2 in fields(v):
                 if w2 == 2 and n2 in (1, 2, 4):
                     s = _text(v2)
                     name, glob, step_metric = (
@@ -417,15 +371,15 @@ def _ref_record(b: bytes) -> Decoded | None:
             return ("metric", name, glob, step_metric)
         if num == _TB:
             log_dir = ""
-            for n2, w2, v2 in _fields(v):
+            for n2, w2, v2 in fields(v):
                 if n2 == 1 and w2 == 2:
                     log_dir = _text(v2)
             return ("tb", log_dir)
         if num == _EXIT:
             code = 0
-            for n2, w2, v2 in _fields(v):
+            for n2, w2, v2 in fields(v):
                 if n2 == 1 and w2 == 0:
-                    code = v2 - (1 << 64) if v2 >= 1 << 63 else v2
+                    code = as_signed(v2)
             return ("exit", code)
     return None
 
@@ -436,7 +390,7 @@ def _decode_ref(records: list[bytes]) -> tuple[list[Decoded], int]:
     for data in records:
         try:
             d = _ref_record(data)
-        except (_WireError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # UnicodeDecodeError is a ValueError: named for the reader
             bad += 1
             continue
         if d is not None:

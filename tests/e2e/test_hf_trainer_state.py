@@ -26,55 +26,16 @@ SHIFT_AT = 80
 def hf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers")
     pytest.importorskip("tensorboard")
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from hf_toy import Regressor, ShiftableData, move_targets_at, training_args
+    from transformers import Trainer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     out = tmp_path_factory.mktemp("hf") / "out"
-
-    class Data(torch.utils.data.Dataset):
-        def __init__(self) -> None:
-            g = torch.Generator().manual_seed(0)
-            self.x = torch.randn(512, 8, generator=g)
-            self.y = self.x @ torch.randn(8, 1, generator=g)
-            self.shift = 0.0
-
-        def __len__(self) -> int:
-            return 512
-
-        def __getitem__(self, i: int) -> dict:
-            return {"x": self.x[i], "y": self.y[i] + self.shift}
-
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-            return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
-
-    data = Data()
-
-    class MoveTargets(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001, ANN003, ANN201
-            if state.global_step == SHIFT_AT:
-                data.shift = 50.0
-
+    data = ShiftableData()
     torch.manual_seed(0)
-    args = TrainingArguments(
-        str(out),
-        max_steps=120,
-        per_device_train_batch_size=16,
-        learning_rate=1e-2,
-        lr_scheduler_type="constant",
-        logging_steps=2,
-        save_steps=40,
-        report_to="tensorboard",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-    Trainer(model=Model(), args=args, train_dataset=data, callbacks=[MoveTargets()]).train()
+    args = training_args(str(out), "tensorboard", save_steps=40)
+    Trainer(model=Regressor(), args=args, train_dataset=data, callbacks=[move_targets_at(data, SHIFT_AT)]).train()
     return out
 
 

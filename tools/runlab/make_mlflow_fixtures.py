@@ -111,7 +111,8 @@ def _sample_rows(name: str) -> dict[int, dict[str, float]]:
 def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
     import mlflow
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from hf_toy import Regressor, ShiftableData, move_targets_at, training_args
+    from transformers import Trainer
     from transformers.utils import logging as hf_logging
 
     d = out / "sqlite"
@@ -130,52 +131,17 @@ def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
     hf_logging.set_verbosity_error()
     os.environ["MLFLOW_EXPERIMENT_NAME"] = "hf"
 
-    class Data(torch.utils.data.Dataset):
-        def __init__(self) -> None:
-            g = torch.Generator().manual_seed(0)
-            self.x = torch.randn(512, 8, generator=g)
-            self.y = self.x @ torch.randn(8, 1, generator=g)
-            self.shift = 0.0
-
-        def __len__(self) -> int:
-            return 512
-
-        def __getitem__(self, i: int) -> dict:
-            return {"x": self.x[i], "y": self.y[i] + self.shift}
-
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-            return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
-
-    data = Data()
-
-    class MoveTargets(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == 80:
-                data.shift = 50.0
-
+    data = ShiftableData()
     torch.manual_seed(0)
-    args = TrainingArguments(
+    args = training_args(
         str(d / "hf"),
+        ["mlflow", "tensorboard"],
         run_name="hf-shift80",
-        max_steps=120,
-        per_device_train_batch_size=16,
-        learning_rate=1e-2,
         adam_epsilon=1e-6,
         adam_beta2=0.98,
-        lr_scheduler_type="constant",
-        logging_steps=2,
         save_strategy="no",
-        report_to=["mlflow", "tensorboard"],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
-    Trainer(model=Model(), args=args, train_dataset=data, callbacks=[MoveTargets()]).train()
+    Trainer(model=Regressor(), args=args, train_dataset=data, callbacks=[move_targets_at(data, 80)]).train()
     mlflow.end_run()
     with open(db, "rb") as src, gzip.open(d / "mlflow.db.gz", "wb", compresslevel=9) as dst:
         shutil.copyfileobj(src, dst)

@@ -133,35 +133,15 @@ SHIFT_HF = 80
 
 def write_hf(out: Path, expected: dict[str, Any]) -> None:
     import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from hf_toy import Regressor, ShiftableData, training_args
+    from transformers import Trainer, TrainerCallback
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     d = out / "hf"
     d.mkdir(parents=True)
 
-    class Data(torch.utils.data.Dataset):
-        def __init__(self) -> None:
-            g = torch.Generator().manual_seed(0)
-            self.x = torch.randn(512, 8, generator=g)
-            self.y = self.x @ torch.randn(8, 1, generator=g)
-            self.shift = 0.0
-
-        def __len__(self) -> int:
-            return 512
-
-        def __getitem__(self, i: int) -> dict:
-            return {"x": self.x[i], "y": self.y[i] + self.shift}
-
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-            return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
-
-    data = Data()
+    data = ShiftableData()
     logged: dict[str, dict[str, float | str]] = {}
 
     class MoveTargetsAndRecord(TrainerCallback):
@@ -179,22 +159,10 @@ def write_hf(out: Path, expected: dict[str, Any]) -> None:
     # started here so that it lands in d: the Trainer's WandbCallback logs into a run already started
     wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
     torch.manual_seed(0)
-    args = TrainingArguments(
-        str(d / "out"),
-        max_steps=120,
-        per_device_train_batch_size=16,
-        learning_rate=1e-2,
-        adam_epsilon=1e-6,
-        adam_beta2=0.98,
-        lr_scheduler_type="constant",
-        logging_steps=2,
-        save_strategy="no",
-        report_to=["wandb", "tensorboard"],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+    args = training_args(
+        str(d / "out"), ["wandb", "tensorboard"], adam_epsilon=1e-6, adam_beta2=0.98, save_strategy="no"
     )
-    Trainer(model=Model(), args=args, train_dataset=data, callbacks=[MoveTargetsAndRecord()]).train()
+    Trainer(model=Regressor(), args=args, train_dataset=data, callbacks=[MoveTargetsAndRecord()]).train()
     wandb.finish()
     expected["hf"] = logged  # the logs dict as the Trainer handed it to its callbacks (keys without "train/")
 

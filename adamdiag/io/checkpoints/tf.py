@@ -40,6 +40,8 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from adamdiag.errors import InputError
+from adamdiag.io.protowire import fields as proto_fields
+from adamdiag.io.protowire import varint
 
 DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<k>\d{5})-of-(?P<n>\d{5})$")
 _TABLE_MAGIC = 0xDB4775248B80FB57
@@ -63,7 +65,7 @@ DT_BFLOAT16, DT_STRING = 14, 7
 KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
 
 
-# --- crc32c and varints ----------------------------------------------------------------------------
+# --- crc32c (varints: adamdiag.io.protowire) -----------------------------------------------------------------------
 def crc32c(data: bytes) -> int:
     import google_crc32c
 
@@ -74,42 +76,6 @@ def unmask(masked: int) -> int:
     """LevelDB/TF crc masking (rotate right 15, add a constant), undone."""
     rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
     return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
-
-
-def varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position) of the base-128 varint at ``pos``."""
-    out = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        out |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return out, pos
-        shift += 7
-
-
-def proto_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a serialized protobuf message: ints for varint/fixed,
-    bytes for length-delimited fields. Enough for BundleEntryProto / BundleHeaderProto."""
-    pos = 0
-    val: Any
-    while pos < len(buf):
-        key, pos = varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            val, pos = varint(buf, pos)
-        elif wt == 1:
-            (val,), pos = struct.unpack_from("<Q", buf, pos), pos + 8
-        elif wt == 2:
-            ln, pos = varint(buf, pos)
-            val, pos = bytes(buf[pos : pos + ln]), pos + ln
-        elif wt == 5:
-            (val,), pos = struct.unpack_from("<I", buf, pos), pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        yield num, wt, val
 
 
 def _tensor_crc(data: bytes, dtype: int) -> int:
