@@ -472,13 +472,14 @@ class WandbRun:
 
     rows: Any  # LogRows
     config: dict[str, Any]
-    axes: set[str]
+    axes: set[str]  # the step metrics define_metric declared
     tb_log_dirs: list[str]
     exit_code: int | None
     records: int
     histories: int
     warnings: list[str]
     notes: list[str] = field(default_factory=list)  # how the rows were put on the steps (AD901 info)
+    row_counter: str | None = None  # the step counter the rows carry, used as the x axis (see _row_counter)
 
 
 def _flatten(prefix: str, doc: dict[str, Any], out: list[tuple[str, float]]) -> None:
@@ -498,6 +499,15 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
     from adamdiag.io.framework_logs import LogRows
 
     axis = StepAxis()
+    notes = []
+    counter = _row_counter(decoded)
+    if counter is not None:
+        key, ahead = counter
+        axis.add("", "*", key)
+        notes.append(
+            f"x axis: the '{key}' each wandb.log row carries (wandb's own _step counts the log calls and ends "
+            f"{ahead} ahead of it: other rows were logged between the training steps)"
+        )
     config: dict[str, Any] = {}
     rows = LogRows()
     tb_dirs: list[str] = []
@@ -525,7 +535,6 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
             histories += 1
             _add_row(d[1], d[2], axis, rows, last_axis_value)
     config.pop("_wandb", None)
-    notes = []
     gaps = set(np.diff(axis.keras_batch_steps).tolist()) if len(axis.keras_batch_steps) > 1 else set()
     if max(gaps, default=1) > 1:
         notes.append(
@@ -533,7 +542,39 @@ def assemble(decoded: list[Decoded], path: str) -> WandbRun:
             f"{max(gaps)} per logged batch and drifts from the optimizer iteration by up to {max(gaps) - 1} at "
             "each epoch end: the batch steps are approximate"
         )
-    return WandbRun(rows, config, axis.axes, tb_dirs, exit_code, len(decoded), histories, [], notes)
+    declared = axis.axes - ({counter[0]} if counter is not None else set())  # what define_metric named
+    return WandbRun(
+        rows, config, declared, tb_dirs, exit_code, len(decoded), histories, [], notes, counter[0] if counter else None
+    )
+
+
+def _row_counter(decoded: list[Decoded]) -> tuple[str, int] | None:
+    """A step counter the rows carry (``wandb.log({"loss": l, "global_step": s})``, no ``step=``), when wandb's
+    _step has run ahead of it — eval rows or other calls between training steps each add one to _step, so a
+    metric on _step drifts off the optimizer step. (counter key, how far _step ends ahead), when the run declares
+    no axis (define_metric, sync_tensorboard) and a counter (adamdiag.io.events.STEP_COUNTER_TAGS) sits in at least
+    two rows, never decreasing; None otherwise."""
+    from adamdiag.io.events import STEP_COUNTER_TAGS
+
+    if any(d[0] in ("metric", "tb") for d in decoded):
+        return None
+    for key in STEP_COUNTER_TAGS:
+        pairs: list[tuple[int, int]] = []  # (_step, counter) of the rows that carry it
+        for d in decoded:
+            if d[0] != "history":
+                continue
+            got = {k: scalar(v) for k, v in d[2] if k in (key, STEP_KEY)}
+            c, s = got.get(key), got.get(STEP_KEY, d[1])
+            if isinstance(c, float) and math.isfinite(c):
+                own = d[1] if d[1] is not None else (int(s) if isinstance(s, float) and math.isfinite(s) else None)
+                if own is not None:
+                    pairs.append((int(own), int(c)))
+        if len(pairs) < 2 or any(b[1] < a[1] for a, b in zip(pairs, pairs[1:])):
+            continue
+        ahead = pairs[-1][0] - pairs[-1][1]
+        if any(s != c for s, c in pairs) and ahead > 0:
+            return key, ahead
+    return None
 
 
 def _add_row(
@@ -661,7 +702,7 @@ def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
         kind="wandb",
         records=run.records,
         warnings=run.warnings,
-        note=describe(path, run.axes),
+        note=describe(path, run.axes, run.row_counter),
     )
     data.notes += run.notes
     return data
@@ -689,7 +730,7 @@ def read_run_file(raw: bytes, path: str, *, fast: bool = True) -> WandbRun:
     return run
 
 
-def describe(path: str | Path, axes: set[str] | None = None) -> str:
+def describe(path: str | Path, axes: set[str] | None = None, row_counter: str | None = None) -> str:
     """The note scan prints for a run read from a wandb run file."""
     if axes and axes <= {KERAS_BATCH_AXIS, KERAS_EPOCH_AXIS}:
         axis = (
@@ -698,6 +739,8 @@ def describe(path: str | Path, axes: set[str] | None = None) -> str:
         )
     elif axes:
         axis = f"x axis {', '.join(sorted(axes))}, as define_metric set it"
+    elif row_counter:
+        axis = f"x axis {row_counter}, the step counter its rows carry"
     else:
         axis = "x axis wandb's _step"
     return f"read from the Weights & Biases run file {Path(path).name} ({axis}); no TensorBoard event files in this run"

@@ -178,3 +178,17 @@ def test_keras_wandb_metrics_logger_every_few_batches_says_its_steps_are_approxi
     ev = read_run(wandb_run("keras_freq5"))
     assert max(series(ev, "batch_loss")[0]) > 96  # 3 epochs of 32 batches: 96 iterations
     assert any("log_freq > 1" in n and "approximate" in n for n in ev.notes)
+
+
+def test_a_step_counter_in_the_rows_is_the_axis() -> None:
+    """wandb.log({"train/loss": l, "global_step": s}) without step= and an eval row every 20 steps: wandb's _step
+    counts calls (from 0) and ends 13 ahead; the rows' global_step is the axis, and the blowup is at the trained
+    step 250 (on _step it read 261)."""
+    ev = read_run(wandb_run("drift"))
+    steps, loss = series(ev, "train/loss")
+    assert steps == list(range(1, 301))
+    np.testing.assert_array_equal(loss, [EXPECTED["drift"][str(s)]["train/loss"] for s in steps])
+    assert series(ev, "val/loss")[0] == list(range(20, 301, 20))
+    assert any("'global_step' each wandb.log row carries" in n and "13 ahead" in n for n in ev.notes)
+    (rep,) = scan_paths([wandb_run("drift")]).runs
+    assert rep.blowup_step == 250

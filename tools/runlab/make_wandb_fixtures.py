@@ -16,6 +16,7 @@ What it writes (every run offline, system stats and console capture off, so the 
   TrainingArguments land in wandb's config: adam_epsilon, adam_beta2, max_grad_norm);
 - ``resumed/`` — one run id written by two processes (the second ``resume="allow"``): two folders, one run;
 - ``nonfinite/`` — a loss that turns NaN then inf;
+- ``drift/`` — a plain loop with its step in each row and eval rows between (wandb's _step runs ahead);
 - ``synced/`` — ``sync_tensorboard=True``: a SummaryWriter's events in tb/run1, copied into the wandb history;
 - ``older/<version>/`` — with ``--older``, run in a venv holding that wandb (0.16.6: its Python backend; 0.19.11):
   ``python -m venv v && v/bin/pip install wandb==0.16.6 && v/bin/python tools/runlab/make_wandb_fixtures.py --older``.
@@ -233,6 +234,26 @@ def write_synced(out: Path, expected: dict[str, Any]) -> None:
     expected["synced"] = logged
 
 
+def write_drift(out: Path, expected: dict[str, Any]) -> None:
+    """A plain loop that logs its step in the row and no step=: ``wandb.log({"train/loss": l, "global_step": s})``
+    every step and ``wandb.log({"val/loss": v})`` every 20 — each of those calls adds one to wandb's _step (which
+    counts from 0), so at step 300 _step is 13 ahead; the loss jumps at step 250."""
+    import wandb
+
+    d = out / "drift"
+    d.mkdir(parents=True)
+    run = wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+    logged = {}
+    for step in range(1, 301):
+        loss = 1.0 / step + (5.0 if step >= 250 else 0.0)
+        run.log({"train/loss": loss, "global_step": step})
+        logged[str(step)] = {"train/loss": loss}
+        if step % 20 == 0:
+            run.log({"val/loss": loss * 1.1})
+    run.finish()
+    expected["drift"] = logged
+
+
 def write_older(out: Path) -> None:
     """``--older``: one run as older wandb versions write it (run under a venv with that wandb, no torch needed):
     300 rows on a declared axis ``trainer/global_step`` = 10 x row, the loss jumping at row 200 and NaN at row 250,
@@ -269,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb")
     p.add_argument("--older", action="store_true", help="only add older/<this wandb's version>/ (see write_older)")
+    p.add_argument("--only", choices=["drift"], help="only (re)write this part, keeping the rest of --out")
     a = p.parse_args(argv)
     import wandb
 
@@ -276,11 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.older:
         write_older(a.out)
         return 0
+    if a.only:
+        shutil.rmtree(a.out / a.only, ignore_errors=True)
+        expected = json.loads((a.out / "expected.json").read_text())
+        {"drift": write_drift}[a.only](a.out, expected)
+        for junk in list((a.out / a.only).rglob("*.log")) + list((a.out / a.only).rglob("requirements.txt")):
+            junk.unlink()
+        (a.out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
+        return 0
     if a.out.exists():
         shutil.rmtree(a.out)
     a.out.mkdir(parents=True)
     expected: dict[str, Any] = {"wandb_version": wandb.__version__}
-    for write in (write_samples, write_lightning, write_hf, write_resumed, write_nonfinite, write_synced):
+    for write in (write_samples, write_lightning, write_hf, write_resumed, write_nonfinite, write_synced, write_drift):
         write(a.out, expected)
     # what wandb leaves beside the history and the tests never read (debug logs, requirements.txt)
     for junk in list(a.out.rglob("*.log")) + list(a.out.rglob("requirements.txt")):
