@@ -225,6 +225,8 @@ def _safe(name: str) -> str:
 def sqlite_runs(db: Path) -> list[Path]:
     """The runs of an MLflow database, as paths ``<db>/<experiment>/<run name>-<id[:8]>`` in start order
     (deleted runs left out). Raises :class:`InputError` when it is no MLflow database."""
+    import sqlite3
+
     con = _connect(db)
     try:
         rows = con.execute(
@@ -232,6 +234,8 @@ def sqlite_runs(db: Path) -> list[Path]:
             "left join experiments e on e.experiment_id = r.experiment_id "
             "where coalesce(r.lifecycle_stage, 'active') != 'deleted' order by r.start_time, r.run_uuid"
         ).fetchall()
+    except sqlite3.Error as e:  # locked past the timeout, damaged pages, another schema
+        raise InputError(f"{db}: cannot read the MLflow database ({e})") from None
     finally:
         con.close()
     return [db / _safe(exp) / f"{_safe(name or 'run')}-{uuid[:8]}" for uuid, name, exp in rows]
@@ -258,6 +262,7 @@ def _run_uuid(con: Any, db: Path, prefix: str) -> tuple[str, str]:
 
 def read_sqlite_run(path: Path | str) -> FileData:
     """One run of an MLflow database (a path :func:`sqlite_runs` made) as event-file columns."""
+    import sqlite3
 
     from adamdiag.io.events import MLFLOW_VERSION
     from adamdiag.io.framework_logs import LogRows
@@ -274,6 +279,8 @@ def read_sqlite_run(path: Path | str) -> FileData:
             "select key, value, timestamp, step, is_nan from metrics where run_uuid = ? order by timestamp, step",
             (uuid,),
         ).fetchall()
+    except sqlite3.Error as e:
+        raise InputError(f"{db}: cannot read the MLflow database ({e})") from None
     finally:
         con.close()
     rows = LogRows()

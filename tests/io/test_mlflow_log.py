@@ -234,3 +234,17 @@ def test_an_hf_run_in_mlflow_and_tensorboard_is_diagnosed_once(db: Path, tmp_pat
     names = sorted(Path(r.run).name.rsplit("-", 1)[0] for r in rep.runs)
     assert len(rep.runs) == 4 and "hf-shift80" not in names
     assert any("hf-shift80" in w and "the same loss log as" in w for w in rep.warnings)
+
+
+def test_damaged_pages_sink_only_the_runs_they_hold(db: Path, tmp_path: Path) -> None:
+    """Pages in the middle of the database overwritten: the run whose metrics they held is one AD902 line
+    (SQLite: "malformed"), the others are diagnosed; no traceback."""
+    raw = bytearray(db.read_bytes())
+    at = len(raw) // 2 // 4096 * 4096
+    raw[at : at + 8 * 4096] = b"\xa5" * (8 * 4096)
+    (tmp_path / "mlflow.db").write_bytes(bytes(raw))
+    res = CliRunner().invoke(app, ["scan", str(tmp_path)])
+    assert res.exit_code == 0 and "Traceback" not in res.output
+    assert "cannot read the MLflow database" in res.output
+    rep = scan_paths([tmp_path])
+    assert any(r.verdict != "inconclusive" for r in rep.runs)
