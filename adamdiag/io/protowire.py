@@ -29,13 +29,19 @@ def varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of a serialized message: ints for varint and fixed fields (a double is
-    :func:`as_double` of its fixed64), bytes for length-delimited ones."""
+    :func:`as_double` of its fixed64), bytes for length-delimited ones; groups (wire types 3/4, proto2's) are
+    skipped. Field number 0 is invalid, as protobuf's own parsers hold."""
     pos = 0
     val: Any
     n = len(buf)
     while pos < n:
         key, pos = varint(buf, pos)
         num, wt = key >> 3, key & 7
+        if num == 0:
+            raise ValueError("field number 0")
+        if wt == 3:
+            pos = _skip_group(buf, pos, num)
+            continue
         if wt == 0:
             val, pos = varint(buf, pos)
         elif wt == 1:
@@ -54,6 +60,36 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
         else:
             raise ValueError(f"unsupported wire type {wt}")
         yield num, wt, val
+
+
+def _skip_group(buf: bytes, pos: int, num: int) -> int:
+    """The position after the end-group tag of group ``num`` whose start-group tag ends at ``pos``."""
+    n = len(buf)
+    while pos < n:
+        key, pos = varint(buf, pos)
+        inner, wt = key >> 3, key & 7
+        if inner == 0:
+            raise ValueError("field number 0")
+        if wt == 4:
+            if inner != num:
+                raise ValueError("end group of another field")
+            return pos
+        if wt == 3:
+            pos = _skip_group(buf, pos, inner)
+        elif wt == 0:
+            _, pos = varint(buf, pos)
+        elif wt == 1:
+            pos += 8
+        elif wt == 2:
+            ln, pos = varint(buf, pos)
+            pos += ln
+        elif wt == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+        if pos > n:
+            raise ValueError("a group runs past the message")
+    raise ValueError("a group without its end")
 
 
 def as_double(fixed64: int) -> float:

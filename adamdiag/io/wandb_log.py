@@ -308,18 +308,40 @@ def _text(v: Any) -> str:
     return v.decode("utf-8")
 
 
-def _ref_item(b: bytes) -> tuple[str, Any]:
+# The wire type of each field declared in _message_classes (0 varint, 1 fixed64, 2 length-delimited): a field of
+# another wire type is an unknown field to the protobuf runtime, and so to the reference.
+_WIRE = {
+    "Record": {_HISTORY: 2, _CONFIG: 2, _TB: 2, _METRIC: 2, _RUN: 2, _EXIT: 2},
+    "HistoryRecord": {1: 2, 2: 2},
+    "HistoryItem": {1: 2, 2: 2, 5: 0, 6: 1, 16: 2},
+    "HistoryStep": {1: 0},
+    "ConfigRecord": {1: 2},
+    "ConfigItem": {1: 2, 2: 2, 16: 2},
+    "MetricRecord": {1: 2, 2: 2, 4: 2},
+    "TBRecord": {1: 2},
+    "RunRecord": {_RUN_CONFIG: 2},
+    "RunExitRecord": {1: 0},
+}
+
+
+def _walk(b: bytes, message: str) -> list[tuple[int, Any]]:
+    """(field number, value) of the declared fields of ``message``, in order (ValueError on damage)."""
+    declared = _WIRE[message]
+    return [(num, v) for num, wire, v in fields(b) if declared.get(num) == wire]
+
+
+def _ref_item(b: bytes, message: str = "HistoryItem") -> tuple[str, Any]:
     key, nested, value_json, number, integer = "", [], "", 0.0, 0
-    for num, wire, v in fields(b):
-        if num == 1 and wire == 2:
+    for num, v in _walk(b, message):
+        if num == 1:
             key = _text(v)
-        elif num == 2 and wire == 2:
+        elif num == 2:
             nested.append(_text(v))
-        elif num == 16 and wire == 2:
+        elif num == 16:
             value_json = _text(v)
-        elif num == 6 and wire == 1:
+        elif num == 6:
             number = as_double(v)
-        elif num == 5 and wire == 0:
+        elif num == 5:
             integer = as_zigzag(v)
     k = _key(key, nested)
     if value_json:
@@ -333,54 +355,43 @@ def _ref_item(b: bytes) -> tuple[str, Any]:
 
 def _ref_config(b: bytes) -> list[tuple[str, str]]:
     out = []
-    for num, wire, v in fields(b):
-        if num == 1 and wire == 2:
-            k, value = _ref_item(v)  # ConfigItem shares HistoryItem's key, nested_key and value_json numbers
-            out.append((k, value if isinstance(value, str) else ""))
+    for _, v in _walk(b, "ConfigRecord"):
+        k, value = _ref_item(v, "ConfigItem")
+        out.append((k, value if isinstance(value, str) else ""))
     return out
 
 
 def _ref_record(b: bytes) -> Decoded | None:
-    for num, wire, v in fields(b):
-        if wire != 2:
-            continue
-        if num == _HISTORY:
-            items, step = [], None
-            for n2, w2, v2 in fields(v):
-                if n2 == 1 and w2 == 2:
-                    items.append(_ref_item(v2))
-                elif n2 == 2 and w2 == 2:
-                    step = 0
-                    for n3, w3, v3 in fields(v2):
-                        if n3 == 1 and w3 == 0:
-                            step = as_signed(v3)
-            return ("history", step, items)
-        if num == _CONFIG:
-            return ("config", _ref_config(v))
-        if num == _RUN:
-            cfg = [c for n2, w2, c in fields(v) if n2 == _RUN_CONFIG and w2 == 2]
-            return ("config", _ref_config(cfg[-1]) if cfg else [])
-        if num == _METRIC:
-            name = glob = step_metric = ""
-            for n2, w2, v2 in fields(v):
-                if w2 == 2 and n2 in (1, 2, 4):
-                    s = _text(v2)
-                    name, glob, step_metric = (
-                        (s, glob, step_metric) if n2 == 1 else (name, s, step_metric) if n2 == 2 else (name, glob, s)
-                    )
-            return ("metric", name, glob, step_metric)
-        if num == _TB:
-            log_dir = ""
-            for n2, w2, v2 in fields(v):
-                if n2 == 1 and w2 == 2:
-                    log_dir = _text(v2)
-            return ("tb", log_dir)
-        if num == _EXIT:
-            code = 0
-            for n2, w2, v2 in fields(v):
-                if n2 == 1 and w2 == 0:
-                    code = as_signed(v2)
-            return ("exit", code)
+    """The record kinds read, by the fast decoder's priority (a record holds one; damage may make more)."""
+    top: dict[int, bytes] = {}
+    for num, v in _walk(b, "Record"):
+        top[num] = top.get(num, b"") + v  # a message field given twice is merged, as protobuf does: concatenated
+    if _HISTORY in top:
+        items, step = [], None
+        for n2, v2 in _walk(top[_HISTORY], "HistoryRecord"):
+            if n2 == 1:
+                items.append(_ref_item(v2))
+            else:
+                step = 0
+                for _, v3 in _walk(v2, "HistoryStep"):
+                    step = as_signed(v3)
+        return ("history", step, items)
+    if _CONFIG in top:
+        return ("config", _ref_config(top[_CONFIG]))
+    if _RUN in top:
+        cfg = [c for _, c in _walk(top[_RUN], "RunRecord")]
+        return ("config", _ref_config(cfg[-1]) if cfg else [])
+    if _METRIC in top:
+        got = {n2: _text(v2) for n2, v2 in _walk(top[_METRIC], "MetricRecord")}
+        return ("metric", got.get(1, ""), got.get(2, ""), got.get(4, ""))
+    if _TB in top:
+        got = {n2: _text(v2) for n2, v2 in _walk(top[_TB], "TBRecord")}
+        return ("tb", got.get(1, ""))
+    if _EXIT in top:
+        code = 0
+        for _, v2 in _walk(top[_EXIT], "RunExitRecord"):
+            code = as_signed(v2)
+        return ("exit", code)
     return None
 
 
@@ -598,7 +609,7 @@ def _add_row(
                 rows.skipped["media and other objects"] += 1
         else:
             values[key] = v
-    if STEP_KEY in values and step is None:
+    if step is None and math.isfinite(values.get(STEP_KEY, math.nan)):
         step = int(values[STEP_KEY])
     wall = values.pop(TIME_KEY, wall)
     values.pop(STEP_KEY, None)
