@@ -258,6 +258,30 @@ def _message_classes() -> dict[str, Any]:
     return {name: get(pool.FindMessageTypeByName(f"adamdiag_wandb.{name}")) for name in spec}
 
 
+# Record kinds never read (summary 3, output 4, files 6, stats 7, artifact 8, alert 10, telemetry 11, output_raw 13,
+# environment 26 ...): every one but those read. About half of a run file's records are summaries (one per row).
+_READ_KINDS = frozenset({_HISTORY, _CONFIG, _TB, _METRIC, _RUN, _EXIT})
+
+
+def _other_kind(data: bytes) -> bool:
+    """Whether a record is of a kind not read, told from its first bytes: protobuf writers put a message's fields
+    in field-number order, so after ``num`` (field 1) comes the record's one kind (fields 2-27, 100). Anything
+    else — another order, a damaged start — is not skipped (the record is parsed)."""
+    pos = 0
+    if data[:1] == b"\x08":  # num: a varint
+        pos = 1
+        while pos < len(data) and data[pos] & 0x80:
+            pos += 1
+        pos += 1
+    if pos >= len(data):
+        return False
+    tag = data[pos]
+    if tag & 0x80:  # a field number above 15: a two-byte tag (request 100, ... ): parse
+        return False
+    num, wire = tag >> 3, tag & 7
+    return wire == 2 and 2 <= num <= 15 and num not in _READ_KINDS
+
+
 def _decode_fast(records: list[bytes]) -> tuple[list[Decoded], int]:
     """The records with the protobuf runtime; and how many could not be parsed."""
     from google.protobuf.message import DecodeError
@@ -266,6 +290,8 @@ def _decode_fast(records: list[bytes]) -> tuple[list[Decoded], int]:
     out: list[Decoded] = []
     bad = 0
     for data in records:
+        if _other_kind(data):
+            continue
         rec = Record()
         try:
             rec.ParseFromString(data)
@@ -569,17 +595,23 @@ def _row_counter(decoded: list[Decoded]) -> tuple[str, int] | None:
 
     if any(d[0] in ("metric", "tb") for d in decoded):
         return None
+    wanted = set(STEP_COUNTER_TAGS)
+    found: dict[str, list[tuple[int, int]]] = {k: [] for k in STEP_COUNTER_TAGS}  # (_step, counter) per key
+    for d in decoded:
+        if d[0] != "history":
+            continue
+        counters = [(k, scalar(v)) for k, v in d[2] if k in wanted]
+        if not counters:
+            continue
+        own = d[1]
+        if own is None:
+            s = next((scalar(v) for k, v in d[2] if k == STEP_KEY), None)
+            own = int(s) if isinstance(s, float) and math.isfinite(s) else None
+        for k, c in counters:
+            if own is not None and isinstance(c, float) and math.isfinite(c):
+                found[k].append((int(own), int(c)))
     for key in STEP_COUNTER_TAGS:
-        pairs: list[tuple[int, int]] = []  # (_step, counter) of the rows that carry it
-        for d in decoded:
-            if d[0] != "history":
-                continue
-            got = {k: scalar(v) for k, v in d[2] if k in (key, STEP_KEY)}
-            c, s = got.get(key), got.get(STEP_KEY, d[1])
-            if isinstance(c, float) and math.isfinite(c):
-                own = d[1] if d[1] is not None else (int(s) if isinstance(s, float) and math.isfinite(s) else None)
-                if own is not None:
-                    pairs.append((int(own), int(c)))
+        pairs = found[key]
         if len(pairs) < 2 or any(b[1] < a[1] for a, b in zip(pairs, pairs[1:])):
             continue
         ahead = pairs[-1][0] - pairs[-1][1]
