@@ -68,6 +68,8 @@ WANDB_VERSION = "wandb-run"
 WANDB_LATEST = "latest-run"
 # MLflow's local stores (io/mlflow_log.py): a file-store run folder (meta.yaml + metrics/), an mlflow.db database
 MLFLOW_VERSION = "mlflow"
+# DVCLive's folder (dvclive/plots/metrics/*.tsv), read as a log where a run has no event files (io/dvclive_log.py)
+DVCLIVE_VERSION = "dvclive"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -226,7 +228,15 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
             framework_logs += [Path(dirpath) / n for n in ("mlflow.db",) if n in filenames]
+            if "plots" in dirnames and _is_dvclive_dir(Path(dirpath)):
+                framework_logs.append(Path(dirpath) / "plots" / "metrics")
     return found
+
+
+def _is_dvclive_dir(folder: Path) -> bool:
+    from adamdiag.io.dvclive_log import is_dvclive_dir
+
+    return is_dvclive_dir(folder)
 
 
 def _is_wandb_file(name: str | Path) -> bool:
@@ -282,6 +292,8 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             run = output_dir_of(f, root)
         elif f.name == METRICS_CSV:
             run = f.parent
+        elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
+            run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
         inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV) and any(a in logged for a in run.parents)
@@ -391,7 +403,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
-                f"metrics.csv, wandb run files (run-*.wandb) or MLflow runs (mlruns/, mlflow.db) under {p}{detail}"
+                f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db) or DVCLive folders "
+                f"under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -457,6 +470,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(run / METRICS_CSV)
         elif _is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
+        elif _is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
+            out.append(run / "plots" / "metrics")
         else:
             out += files_of_run(run)  # a wandb run folder: its file, and a resumed run's later folders' files
     return out
@@ -1436,6 +1451,10 @@ def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) ->
         from adamdiag.io.mlflow_log import read_sqlite_run
 
         return read_sqlite_run(path)
+    if path.name == "metrics" and path.parent.name == "plots" and _is_dvclive_dir(path.parent.parent):
+        from adamdiag.io.dvclive_log import read_dvclive
+
+        return read_dvclive(path)
     name = str(path)
     sink = _Sink()
     try:
@@ -1821,6 +1840,13 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
         if args:
             args[ARGS_SOURCE] = "the MLflow run's params"
         return args
+    if Path(path).name == "metrics" and Path(path).parent.name == "plots":
+        from adamdiag.io.dvclive_log import params
+
+        args = params(path)
+        if args:
+            args[ARGS_SOURCE] = "DVCLive's params.yaml"
+        return args
     parse, decode_error = _proto()
     try:
         with open(path, "rb") as fh:
@@ -1863,7 +1889,8 @@ def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     return [
         writer_arguments(i["path"])
         for i in events.file_info
-        if (i.get("skipped") or {}).get("text") or {"trainer_state", "wandb", "mlflow"} & set(i.get("kinds", ()))
+        if (i.get("skipped") or {}).get("text")
+        or {"trainer_state", "wandb", "mlflow", "dvclive"} & set(i.get("kinds", ()))
     ]
 
 

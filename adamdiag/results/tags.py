@@ -23,6 +23,8 @@ def writer_of(info: dict[str, Any]) -> str:
         return "wandb run file history"
     if "mlflow" in kinds:
         return "mlflow run metrics"
+    if "dvclive" in kinds:
+        return "dvclive plots/metrics"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

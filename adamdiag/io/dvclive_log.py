@@ -1,0 +1,130 @@
+"""DVCLive's log (``dvclive/``: DVC's logger, ``Live().log_metric``, HF Trainer's ``report_to="dvclive"``,
+Lightning's DVCLiveLogger, accelerate's dvclive tracker) as a log, for runs that logged nowhere else. Read with the
+standard library (dvclive is not needed).
+
+A DVCLive folder holds ``metrics.json`` (the latest values), ``params.yaml`` (``log_param``) and one tab-separated
+file per metric under ``plots/metrics/`` — a key ``train/loss`` is ``plots/metrics/train/loss.tsv`` — with a header
+``[timestamp] step <name>`` and a row per logged step (``timestamp``, in ms, when the metric was logged with
+``timestamp=True``). Each file becomes a tag of its path at its steps; the folder's ``plots/metrics`` directory
+stands for the run's files. The params are the run's writer arguments, read as the values they were (HF's
+DVCLiveCallback logs its TrainingArguments there: ``adam_epsilon``, ``adam_beta2``, ``max_grad_norm``).
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp()) / "dvclive"
+>>> (d / "plots" / "metrics" / "train").mkdir(parents=True)
+>>> _ = (d / "plots" / "metrics" / "train" / "loss.tsv").write_text("step\\tloss\\n0\\t1.5\\n1\\tnan\\n")
+>>> _ = (d / "metrics.json").write_text("{}")
+>>> data = read_dvclive(d / "plots" / "metrics")
+>>> data.tags, data.s_step[0].tolist(), data.s_value[0].tolist()
+(['train/loss'], [0, 1], [1.5, nan])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adamdiag.errors import InputError
+
+if TYPE_CHECKING:
+    from adamdiag.io.events import FileData
+
+PLOTS, METRICS = "plots", "metrics"
+MARKERS = ("metrics.json", "params.yaml", "dvc.yaml")  # what a DVCLive folder holds beside plots/
+PARAMS = "params.yaml"
+# One metric's file of 10^8 rows is far beyond one training run.
+MAX_BYTES = 1 << 32
+
+
+def is_dvclive_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a DVCLive folder: ``plots/metrics/`` beside its metrics.json or params.yaml."""
+    return (folder / PLOTS / METRICS).is_dir() and any((folder / m).is_file() for m in MARKERS)
+
+
+def is_metrics_dir(path: Path) -> bool:
+    """Whether ``path`` is the ``plots/metrics`` directory of a DVCLive folder (the path that stands for its run)."""
+    return path.name == METRICS and path.parent.name == PLOTS and is_dvclive_dir(path.parent.parent)
+
+
+def read_dvclive(metrics_dir: Path | str) -> FileData:
+    """The metrics of one DVCLive folder (its ``plots/metrics`` directory given) as event-file columns. A file that
+    is not a DVCLive table (no ``step`` column) or cannot be read is a warning; a row cut short is skipped."""
+    from adamdiag.io.events import DVCLIVE_VERSION
+    from adamdiag.io.framework_logs import LogRows, read_log_file
+
+    metrics_dir = Path(metrics_dir)
+    rows = LogRows()
+    warnings: list[str] = []
+    size, mtime = 0, 0.0
+    files = []
+    for dirpath, _, names in os.walk(metrics_dir, onerror=lambda e: warnings.append(f"cannot read {e.filename}")):
+        files += [Path(dirpath) / n for n in names if n.endswith(".tsv")]
+    for f in sorted(files):
+        tag = f.relative_to(metrics_dir).as_posix()[: -len(".tsv")]
+        try:
+            raw, fsize, fmtime = read_log_file(f, MAX_BYTES, "DVCLive metric file")
+        except InputError as e:
+            warnings.append(f"{e}; metric '{tag}' skipped")
+            continue
+        size += fsize
+        mtime = max(mtime, fmtime)
+        table = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")), delimiter="\t")
+        header = next(table, None)
+        if not header or "step" not in header or len(header) < 2:
+            warnings.append(f"{f}: no 'step' column in its header: not a DVCLive metric file; skipped")
+            continue
+        at_step, at_value = header.index("step"), len(header) - 1
+        at_time = header.index("timestamp") if "timestamp" in header else None
+        cut = 0
+        for row in table:
+            if not row:
+                continue
+            try:
+                step, value = int(row[at_step]), float(row[at_value])
+                wall = int(row[at_time]) / 1000.0 if at_time is not None else float("nan")
+            except (ValueError, IndexError):
+                cut += 1
+                continue
+            if len(row) != len(header):
+                cut += 1
+                continue
+            rows.add(tag, step, value, wall)
+        if cut:
+            rows.skipped["rows that are no metric row"] += cut
+            warnings.append(f"{f}: {cut} row(s) that are no '<step> <value>' row skipped (a write cut short?)")
+    run = metrics_dir.parent.parent
+    if not rows.codes:
+        warnings.append(f"{run}: no logged metric (the run stopped before its first log?)")
+    return rows.file_data(
+        metrics_dir,
+        size,
+        mtime,
+        version=DVCLIVE_VERSION,
+        kind="dvclive",
+        records=len(rows.codes),
+        warnings=warnings,
+        note=f"read from DVCLive's {run.name}/plots/metrics (each metric at its logged step); no TensorBoard event "
+        "files in this run",
+    )
+
+
+def params(metrics_dir: Path | str) -> dict[str, Any]:
+    """The top-level params of a DVCLive folder's params.yaml (``key: value`` lines; nested ones are left out),
+    each read as the value it was (:func:`adamdiag.io.mlflow_log.typed`); {} when there are none."""
+    from adamdiag.io.mlflow_log import typed
+
+    path = Path(metrics_dir).parent.parent / PARAMS
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        m = re.match(r"([A-Za-z_][\w.\-/]*):\s+(\S.*)$", line)  # top level: no indent, a value on the line
+        if m:
+            out[m.group(1)] = typed(m.group(2).strip().strip("'\""))
+    return out

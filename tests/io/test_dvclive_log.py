@@ -1,0 +1,72 @@
+"""DVCLive folders read as logs (adamdiag.io.dvclive_log), on folders dvclive 3.49.1 itself wrote
+(tests/fixtures/dvclive, made by tools/runlab/make_dvclive_fixtures.py): a sample run logged again reads its exact
+values, times and verdict, its params give eps; NaN/inf kept; bad input one line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from adamdiag.cli import app
+from adamdiag.io.events import discover, read_run
+from adamdiag.pipeline.scan import scan_paths
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "dvclive"
+SAMPLE_LOGS = Path(__file__).resolve().parents[2] / "sample_logs"
+
+
+def series(events, tag: str) -> tuple[list[int], np.ndarray]:  # noqa: ANN001
+    s = events.scalars[events.scalars["tag"] == tag].sort_values("step", kind="stable")
+    return s["step"].tolist(), s["value"].to_numpy()
+
+
+def test_a_sample_run_logged_through_dvclive() -> None:
+    (run,) = discover([FIXTURES / "lr_too_high"]).runs
+    assert run.name == "dvclive"
+    dv, tb = read_run(run), read_run(SAMPLE_LOGS / "lr_too_high")
+    for tag in ("train/loss", "train/grad_norm", "train/lr"):
+        a, b = series(dv, tag), series(tb, tag)
+        assert a[0] == b[0], tag
+        np.testing.assert_array_equal(a[1], b[1])  # float32 from TensorBoard, written by repr: exact
+    assert dv.scalars["wall_time"].min() > 1.7e9  # timestamp=True: each row's own time
+    (rep,) = scan_paths([run]).runs
+    assert (rep.verdict, rep.blowup_step) == ("lr_too_high", 77)
+    msgs = " | ".join(f.message for f in rep.findings)
+    assert "DVCLive's dvclive/plots/metrics" in msgs
+    assert "beta2=0.999, eps=1e-08 from HF Trainer's arguments (DVCLive's params.yaml)" in msgs
+
+
+def test_non_finite_values() -> None:
+    ev = read_run(FIXTURES / "nonfinite" / "dvclive")
+    steps, loss = series(ev, "train/loss")
+    assert steps == list(range(40))  # next_step() counts from 0
+    assert np.isnan(loss[29:34]).all() and np.isposinf(loss[34:]).all()
+    (rep,) = scan_paths([FIXTURES / "nonfinite"]).runs
+    assert rep.verdict == "nonfinite" and rep.blowup_step == 29
+
+
+def test_damaged_tables(tmp_path: Path) -> None:
+    """A row cut mid-write is skipped with a warning; a .tsv without a step column is named and skipped; a
+    folder with nothing readable is one line."""
+    shutil.copytree(FIXTURES / "nonfinite", tmp_path / "run")
+    metrics = tmp_path / "run" / "dvclive" / "plots" / "metrics"
+    with open(metrics / "train" / "loss.tsv", "a") as f:
+        f.write("40\t")
+    (metrics / "other.tsv").write_text("epoch\tacc\n0\t0.5\n")
+    ev = read_run(tmp_path / "run" / "dvclive")
+    assert any("row(s) that are no '<step> <value>' row skipped" in w for w in ev.warnings)
+    assert any("other.tsv: no 'step' column" in w for w in ev.warnings)
+    empty = tmp_path / "empty" / "dvclive"
+    (empty / "plots" / "metrics").mkdir(parents=True)
+    (empty / "metrics.json").write_text("{}")
+    res = CliRunner().invoke(app, ["scan", str(tmp_path / "empty")])
+    assert "Traceback" not in res.output and "no logged metric" in res.output
+
+
+def test_a_plots_folder_without_dvclive_files_is_no_run(tmp_path: Path) -> None:
+    (tmp_path / "plots" / "metrics").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["scan", str(tmp_path)])
+    assert res.exit_code == 2 and "DVCLive folders" in res.output

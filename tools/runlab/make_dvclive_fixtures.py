@@ -1,0 +1,59 @@
+"""Writes tests/fixtures/dvclive: DVCLive folders written by dvclive itself, read by adamdiag.io.dvclive_log in
+tests/io/test_dvclive_log.py (adamdiag never imports dvclive).
+
+    python -m venv v && v/bin/pip install dvclive tensorboard          # dvclive 3.49.1 made them
+    v/bin/python tools/runlab/make_dvclive_fixtures.py [--out tests/fixtures/dvclive]
+
+- ``lr_too_high/dvclive`` — the loss, gradient-norm and lr tags of sample_logs/lr_too_high (read with TensorBoard's
+  EventAccumulator) logged again with ``Live.log_metric`` at their steps (``live.step = step``), each row timed
+  (``timestamp=True``), and HF-Trainer-like params (adam_epsilon, adam_beta2, max_grad_norm);
+- ``nonfinite/dvclive`` — a loss that turns NaN then inf at step 30, logged with ``next_step()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_TAGS = ("train/loss", "train/grad_norm", "train/lr")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "dvclive")
+    a = p.parse_args(argv)
+    from dvclive import Live
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = a.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    acc = EventAccumulator(str(ROOT / "sample_logs" / "lr_too_high"), size_guidance={"scalars": 0})
+    acc.Reload()
+    rows: dict[int, dict[str, float]] = {}
+    for tag in SAMPLE_TAGS:
+        for ev in acc.Scalars(tag):
+            rows.setdefault(ev.step, {})[tag] = float(ev.value)
+    with Live(str(out / "lr_too_high" / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
+        live.log_params({"adam_epsilon": 1e-8, "adam_beta2": 0.999, "max_grad_norm": 0.0, "optim": "adamw_torch"})
+        for step in sorted(rows):
+            live.step = step
+            for tag, value in rows[step].items():
+                live.log_metric(tag, value, timestamp=True)
+            live.make_summary()
+    with Live(str(out / "nonfinite" / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
+        for s in range(1, 41):
+            live.log_metric("train/loss", 1.0 / s if s < 30 else (math.nan if s < 35 else math.inf))
+            live.log_metric("train/grad_norm", 0.3)
+            live.next_step()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
