@@ -99,7 +99,12 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
     run = metrics_dir.parent.parent
     if not rows.codes:
         warnings.append(f"{run}: no logged metric (the run stopped before its first log?)")
-    return rows.file_data(
+    how = "each metric at its logged step"
+    left: list[str] = []
+    prm = params(metrics_dir)
+    if all(k in prm for k in HF_ARG_KEYS):
+        how, left = _as_hf_tensorboard(rows, prm)
+    data = rows.file_data(
         metrics_dir,
         size,
         mtime,
@@ -107,9 +112,84 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
         kind="dvclive",
         records=len(rows.codes),
         warnings=warnings,
-        note=f"read from DVCLive's {run.name}/plots/metrics (each metric at its logged step); no TensorBoard event "
-        "files in this run",
+        note=f"read from DVCLive's {run.name}/plots/metrics ({how}); no TensorBoard event files in this run",
     )
+    data.warning_notes += left
+    return data
+
+
+# TrainingArguments in params.yaml: the folder was written by HF Trainer's DVCLiveCallback
+HF_ARG_KEYS = ("logging_steps", "per_device_train_batch_size", "output_dir")
+
+
+def _as_hf_tensorboard(rows: Any, prm: dict[str, Any]) -> tuple[str, list[str]]:
+    """HF Trainer's DVCLiveCallback calls ``next_step()`` once per Trainer log (training logs every
+    ``logging_steps``, evaluations, the final summary), so DVCLive's step counts log calls, and its metric names
+    differ from the Trainer's TensorBoard callback's (``loss``, and the summary's ``train_loss`` as ``train/loss``).
+    The rows are put at the Trainer's global step — the logged ``epoch`` x steps per epoch, that ratio taken from
+    the training logs (the j-th at (j+1) x logging_steps) and checked on every one — and renamed as its TensorBoard
+    callback names them. Where the check fails the steps stay log indices, with a warning note. Returns (how the
+    note describes the axis, warning notes)."""
+    import math
+
+    tag_of = {i: t for i, t in enumerate(rows.tags)}
+    by_tag: dict[str, dict[int, float]] = {}
+    for code, step, value in zip(rows.codes, rows.steps, rows.values):
+        by_tag.setdefault(tag_of[code], {})[step] = value
+    rows.tags[:] = [_hf_tensorboard_name(t) for t in rows.tags]
+    logging_steps, first = prm.get("logging_steps"), str(prm.get("logging_first_step", "")).lower() == "true"
+    epochs, train_logs = by_tag.get("epoch", {}), sorted(by_tag.get("loss", {}))
+    if not isinstance(logging_steps, int) or logging_steps < 1:  # a ratio of the run (HF: < 1) or unreadable
+        return "the Trainer's log calls, as DVCLive counts them", [NOT_CONVERTED]
+    global_steps = [
+        (1 if first and j == 0 else (j + (0 if first else 1)) * logging_steps) for j in range(len(train_logs))
+    ]
+    ratios = [g / epochs[s] for s, g in zip(train_logs, global_steps) if epochs.get(s, 0) > 0]
+    if not ratios:
+        return "the Trainer's log calls, as DVCLive counts them", [NOT_CONVERTED]
+    per_epoch = sorted(ratios)[len(ratios) // 2]
+    if any(abs(epochs[s] * per_epoch - g) > 0.5 for s, g in zip(train_logs, global_steps) if s in epochs):
+        return "the Trainer's log calls, as DVCLive counts them", [NOT_CONVERTED]
+    # the final summary (train_runtime, ...) is logged at max_steps: a second check, on the steps per epoch
+    summary = sorted(by_tag.get("train/runtime", {}))
+    max_steps = prm.get("max_steps")
+    if summary and isinstance(max_steps, int) and max_steps > 0 and summary[-1] in epochs:
+        if round(epochs[summary[-1]] * per_epoch) != max_steps:
+            return "the Trainer's log calls, as DVCLive counts them", [NOT_CONVERTED]
+    at: dict[int, int] = {}
+    last = 0
+    for s in sorted(set(rows.steps)):
+        e = epochs.get(s)
+        if e is not None and math.isfinite(e):
+            last = round(e * per_epoch)
+        at[s] = last
+    rows.steps[:] = [at[s] for s in rows.steps]
+    return (
+        f"written by HF Trainer's DVCLiveCallback: at the Trainer's global step, the logged epoch x {per_epoch:g} "
+        "steps per epoch, and named as its TensorBoard callback names them",
+        [],
+    )
+
+
+NOT_CONVERTED = (
+    "HF Trainer's DVCLiveCallback counts its log calls as DVCLive's step, and its logged epoch did not give the "
+    "Trainer's global step (logging_steps not a whole number, or epochs that do not fit): the steps are log "
+    "indices, not optimizer steps"
+)
+
+
+def _hf_tensorboard_name(tag: str) -> str:
+    """The HF TensorBoard callback's name of a DVCLiveCallback metric: ``loss`` -> ``train/loss``, the final
+    summary's ``train/runtime`` (DVCLive's name of ``train_runtime``) -> ``train/train_runtime``, ``eval/*`` kept.
+
+    >>> [_hf_tensorboard_name(t) for t in ("loss", "train/loss", "eval/loss", "grad_norm")]
+    ['train/loss', 'train/train_loss', 'eval/loss', 'train/grad_norm']
+    """
+    if tag.startswith(("eval/", "test/")):
+        return tag
+    if tag.startswith("train/"):
+        return "train/train_" + tag[len("train/") :]
+    return "train/" + tag
 
 
 def params(metrics_dir: Path | str) -> dict[str, Any]:

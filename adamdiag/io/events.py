@@ -520,6 +520,7 @@ class FileData:
     trace_tags: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # steps logged twice with different values (_finish)
     notes: list[str] = field(default_factory=list)  # a framework log's reader on where its rows come from
+    warning_notes: list[str] = field(default_factory=list)  # ... and on what it had to leave as logged (AD901 warning)
 
 
 class Trace(NamedTuple):
@@ -2113,6 +2114,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     events.warning_notes += unstepped
     for d in datas:
         events.notes += [n for n in d.notes if n not in events.notes]
+        events.warning_notes += [n for n in d.warning_notes if n not in events.warning_notes]
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

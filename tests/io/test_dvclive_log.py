@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from adamdiag.cli import app
@@ -70,3 +71,47 @@ def test_a_plots_folder_without_dvclive_files_is_no_run(tmp_path: Path) -> None:
     (tmp_path / "plots" / "metrics").mkdir(parents=True)
     res = CliRunner().invoke(app, ["scan", str(tmp_path)])
     assert res.exit_code == 2 and "DVCLive folders" in res.output
+
+
+def test_hf_trainers_dvclive_callback_reads_as_its_tensorboard_log() -> None:
+    """report_to=["dvclive", "tensorboard"], a log every 4 steps and an evaluation every 10: DVCLive's step counts
+    the Trainer's log calls (train, eval and summary alike); read at the Trainer's global step and under its
+    TensorBoard names, the curves, verdict and blowup are the TensorBoard log's — and scanned together, one run."""
+    dv = read_run(FIXTURES / "hf" / "dvclive")
+    tb_dir = next((FIXTURES / "hf" / "out" / "runs").iterdir())
+    tb = read_run(tb_dir)
+    for tag in ("train/loss", "train/grad_norm", "train/learning_rate", "train/epoch"):
+        a, b = series(dv, tag), series(tb, tag)
+        assert a[0] == b[0], tag
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    assert series(dv, "train/loss")[0][:3] == [4, 8, 12]
+    assert series(dv, "eval/runtime")[0][:2] == [10, 20]  # the evaluations, at their own steps
+    a, b = scan_paths([FIXTURES / "hf" / "dvclive", tb_dir]).runs
+    assert (a.verdict, a.confidence, a.blowup_step) == (b.verdict, b.confidence, b.blowup_step)
+    assert any("HF Trainer's DVCLiveCallback: at the Trainer's global step" in f.message for f in a.findings)
+    together = scan_paths([FIXTURES / "hf"])
+    assert len(together.runs) == 1 and any("the same loss log as" in w for w in together.warnings)
+
+
+@pytest.mark.parametrize(
+    ("was", "now"),
+    [("logging_first_step: false", "logging_first_step: true"), ("logging_steps: 4", "logging_steps: 3")],
+)
+def test_hf_dvclive_steps_that_do_not_fit_stay_log_indices(tmp_path: Path, was: str, now: str) -> None:
+    """params.yaml that does not match the run (a first-step log it lacks; logging every 3 steps, which the
+    summary at max_steps 120 contradicts): the steps stay DVCLive's log indices, and an AD901 warning says so."""
+    shutil.copytree(FIXTURES / "hf" / "dvclive", tmp_path / "dvclive")
+    p = tmp_path / "dvclive" / "params.yaml"
+    assert was in p.read_text()
+    p.write_text(p.read_text().replace(was, now))
+    (rep,) = scan_paths([tmp_path / "dvclive"]).runs
+    assert any(f.id == "AD901" and f.severity == "warning" and "log indices" in f.message for f in rep.findings)
+
+
+def test_hf_dvclive_with_a_logging_ratio_stays_log_indices(tmp_path: Path) -> None:
+    """logging_steps 0.1 (HF: a tenth of the run) says no whole interval: log indices, a warning, no traceback."""
+    shutil.copytree(FIXTURES / "hf" / "dvclive", tmp_path / "dvclive")
+    p = tmp_path / "dvclive" / "params.yaml"
+    p.write_text(p.read_text().replace("logging_steps: 4", "logging_steps: 0.1"))
+    (rep,) = scan_paths([tmp_path / "dvclive"]).runs
+    assert any(f.id == "AD901" and "log indices" in f.message for f in rep.findings)

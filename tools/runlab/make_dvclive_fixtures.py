@@ -7,7 +7,10 @@ tests/io/test_dvclive_log.py (adamdiag never imports dvclive).
 - ``lr_too_high/dvclive`` — the loss, gradient-norm and lr tags of sample_logs/lr_too_high (read with TensorBoard's
   EventAccumulator) logged again with ``Live.log_metric`` at their steps (``live.step = step``), each row timed
   (``timestamp=True``), and HF-Trainer-like params (adam_epsilon, adam_beta2, max_grad_norm);
-- ``nonfinite/dvclive`` — a loss that turns NaN then inf at step 30, logged with ``next_step()``.
+- ``nonfinite/dvclive`` — a loss that turns NaN then inf at step 30, logged with ``next_step()``;
+- ``hf/`` — an HF Trainer with ``report_to=["dvclive", "tensorboard"]`` (tools/runlab/hf_toy.py: targets move at
+  step 80; a log every 4 steps, an evaluation every 10): its DVCLiveCallback counts log calls as DVCLive's step.
+  Needs torch and transformers in the venv too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TAGS = ("train/loss", "train/grad_norm", "train/lr")
+
+
+def write_hf(d: Path) -> None:
+    import os
+
+    import torch
+    from hf_toy import Regressor, ShiftableData, move_targets_at, training_args
+    from transformers import Trainer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    d.mkdir(parents=True)
+    cwd = os.getcwd()
+    os.chdir(d)  # DVCLiveCallback writes ./dvclive
+    try:
+        data = ShiftableData()
+        torch.manual_seed(0)
+        args = training_args(
+            str(d / "out"),
+            ["dvclive", "tensorboard"],
+            save_strategy="no",
+            eval_strategy="steps",
+            eval_steps=10,
+            logging_steps=4,
+        )
+        Trainer(
+            model=Regressor(),
+            args=args,
+            train_dataset=data,
+            eval_dataset=ShiftableData(),
+            callbacks=[move_targets_at(data, 80)],
+        ).train()
+    finally:
+        os.chdir(cwd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             live.log_metric("train/loss", 1.0 / s if s < 30 else (math.nan if s < 35 else math.inf))
             live.log_metric("train/grad_norm", 0.3)
             live.next_step()
+    write_hf(out / "hf")
     print(f"wrote {out}")
     return 0
 
