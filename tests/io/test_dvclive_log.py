@@ -115,3 +115,15 @@ def test_hf_dvclive_with_a_logging_ratio_stays_log_indices(tmp_path: Path) -> No
     p.write_text(p.read_text().replace("logging_steps: 4", "logging_steps: 0.1"))
     (rep,) = scan_paths([tmp_path / "dvclive"]).runs
     assert any(f.id == "AD901" and "log indices" in f.message for f in rep.findings)
+
+
+def test_lightning_dvclive_logger_reads_as_its_tensorboard_log() -> None:
+    """Lightning's DVCLiveLogger sets DVCLive's step to the trainer's global step: the same curve as its
+    TensorBoardLogger (every 5 steps), verdict and blowup."""
+    dv = read_run(FIXTURES / "lightning" / "dvclive")
+    tb = read_run(FIXTURES / "lightning" / "tb" / "version_0")
+    a, b = series(dv, "train/loss"), series(tb, "train/loss")
+    assert a[0] == b[0] and a[0][:2] == [4, 9]
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    x, y = scan_paths([FIXTURES / "lightning" / "dvclive", FIXTURES / "lightning" / "tb" / "version_0"]).runs
+    assert (x.verdict, x.blowup_step) == (y.verdict, y.blowup_step)
