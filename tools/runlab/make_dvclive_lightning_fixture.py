@@ -11,10 +11,6 @@ import torch
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.loggers import TensorBoardLogger
 
-g = torch.Generator().manual_seed(0)
-x = torch.randn(512, 8, generator=g)
-y = x @ torch.randn(8, 1, generator=g)
-
 
 class M(L.LightningModule):
     def __init__(self) -> None:
@@ -32,13 +28,21 @@ class M(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
-torch.manual_seed(0)
-tr = L.Trainer(
-    max_steps=100,
-    logger=[DVCLiveLogger(dir="dvclive", save_dvc_exp=False), TensorBoardLogger(".", name="tb")],
-    log_every_n_steps=5,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    enable_checkpointing=False,
-)
-tr.fit(M(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+def main() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    torch.manual_seed(0)
+    tr = L.Trainer(
+        max_steps=100,
+        logger=[DVCLiveLogger(dir="dvclive", save_dvc_exp=False), TensorBoardLogger(".", name="tb")],
+        log_every_n_steps=5,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    tr.fit(M(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+
+
+if __name__ == "__main__":
+    main()
