@@ -18,6 +18,10 @@ generated code (the few fields are declared below, at runtime):
   when they are among the runs it found;
 - ``exit`` — the run ended (no exit record: still running, or killed).
 
+Without a declared axis, a step counter the rows carry (``global_step``, ``step``, ...) is the axis when ``_step``
+ran ahead of it (:func:`_row_counter`); wandb's Keras callback WandbMetricsLogger is read under Keras' TensorBoard
+callback's names and axis (:func:`_add_keras`).
+
 Two decoders of the records, tested against each other on every fixture: the protobuf runtime with the fields
 declared here (:func:`read_wandb`), and a plain wire-format walk (``fast=False``).
 
