@@ -41,8 +41,12 @@ MAX_BYTES = 1 << 32
 
 
 def is_dvclive_dir(folder: Path) -> bool:
-    """Whether ``folder`` is a DVCLive folder: ``plots/metrics/`` beside its metrics.json or params.yaml."""
-    return (folder / PLOTS / METRICS).is_dir() and any((folder / m).is_file() for m in MARKERS)
+    """Whether ``folder`` is a DVCLive folder: ``plots/metrics/`` holding a ``.tsv`` table, beside its
+    metrics.json, params.yaml or dvc.yaml (a project's own plots/metrics folder of pictures is none)."""
+    metrics = folder / PLOTS / METRICS
+    if not metrics.is_dir() or not any((folder / m).is_file() for m in MARKERS):
+        return False
+    return any(n.endswith(".tsv") for _, _, names in os.walk(metrics) for n in names)
 
 
 def is_metrics_dir(path: Path) -> bool:

@@ -63,12 +63,16 @@ def test_damaged_tables(tmp_path: Path) -> None:
     empty = tmp_path / "empty" / "dvclive"
     (empty / "plots" / "metrics").mkdir(parents=True)
     (empty / "metrics.json").write_text("{}")
+    (empty / "plots" / "metrics" / "loss.tsv").write_text("step\tloss\n")  # the header, no row yet
     res = CliRunner().invoke(app, ["scan", str(tmp_path / "empty")])
     assert "Traceback" not in res.output and "no logged metric" in res.output
 
 
 def test_a_plots_folder_without_dvclive_files_is_no_run(tmp_path: Path) -> None:
+    """plots/metrics beside a metrics.json but holding no table (a project's own figures) is no DVCLive run."""
     (tmp_path / "plots" / "metrics").mkdir(parents=True)
+    (tmp_path / "plots" / "metrics" / "roc.png").write_bytes(b"\x89PNG")
+    (tmp_path / "metrics.json").write_text("{}")
     res = CliRunner().invoke(app, ["scan", str(tmp_path)])
     assert res.exit_code == 2 and "DVCLive folders" in res.output
 
