@@ -28,8 +28,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adamdiag.errors import InputError
-
 if TYPE_CHECKING:
     from adamdiag.io.events import FileData
 
@@ -58,25 +56,14 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
     """The metrics of one DVCLive folder (its ``plots/metrics`` directory given) as event-file columns. A file that
     is not a DVCLive table (no ``step`` column) or cannot be read is a warning; a row cut short is skipped."""
     from adamdiag.io.events import DVCLIVE_VERSION
-    from adamdiag.io.framework_logs import LogRows, read_log_file
+    from adamdiag.io.framework_logs import LogRows, metric_files
 
     metrics_dir = Path(metrics_dir)
     rows = LogRows()
     warnings: list[str] = []
-    size, mtime = 0, 0.0
-    files = []
-    for dirpath, _, names in os.walk(metrics_dir, onerror=lambda e: warnings.append(f"cannot read {e.filename}")):
-        files += [Path(dirpath) / n for n in names if n.endswith(".tsv")]
-    for f in sorted(files):
-        tag = f.relative_to(metrics_dir).as_posix()[: -len(".tsv")]
-        try:
-            raw, fsize, fmtime = read_log_file(f, MAX_BYTES, "DVCLive metric file")
-        except InputError as e:
-            warnings.append(f"{e}; metric '{tag}' skipped")
-            continue
-        size += fsize
-        mtime = max(mtime, fmtime)
-        table = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace")), delimiter="\t")
+    files, size, mtime = metric_files(metrics_dir, ".tsv", MAX_BYTES, "DVCLive metric file", warnings)
+    for tag, f, text in files:
+        table = csv.reader(io.StringIO(text), delimiter="\t")
         header = next(table, None)
         if not header or "step" not in header or len(header) < 2:
             warnings.append(f"{f}: no 'step' column in its header: not a DVCLive metric file; skipped")

@@ -40,6 +40,33 @@ def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, fl
         raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
+def metric_files(
+    folder: Path, suffix: str, max_bytes: int, what: str, warnings: list[str]
+) -> tuple[list[tuple[str, Path, str]], int, float]:
+    """The files of a one-file-per-metric folder (MLflow's ``metrics/``, DVCLive's ``plots/metrics/``), by name:
+    (tag — the path below ``folder`` without ``suffix``, the file, its text), their total size and newest mtime.
+    A file that cannot be read is a warning naming its metric; a subfolder that cannot be listed, one too."""
+    import os
+
+    found: list[Path] = []
+    for dirpath, _, names in os.walk(folder, onerror=lambda e: warnings.append(f"cannot read {e.filename}")):
+        found += [Path(dirpath) / n for n in names if n.endswith(suffix)]
+    out: list[tuple[str, Path, str]] = []
+    size, mtime = 0, 0.0
+    for f in sorted(found):
+        rel = f.relative_to(folder).as_posix()
+        tag = rel[: len(rel) - len(suffix)] if suffix else rel
+        try:
+            raw, fsize, fmtime = read_log_file(f, max_bytes, what)
+        except InputError as e:
+            warnings.append(f"{e}; metric '{tag}' skipped")
+            continue
+        size += fsize
+        mtime = max(mtime, fmtime)
+        out.append((tag, f, raw.decode("utf-8", errors="replace")))
+    return out, size, mtime
+
+
 @dataclass
 class LogRows:
     """Scalar rows collected from a log file, tags numbered in order of first appearance."""

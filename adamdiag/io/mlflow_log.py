@@ -94,7 +94,7 @@ def read_file_store_run(meta: Path | str) -> FileData:
     """The metrics of one file-store run (its ``meta.yaml`` given) as event-file columns. A line that is no
     metric line (a write cut short) is skipped with a warning; a metric file that cannot be read is a warning."""
     from adamdiag.io.events import MLFLOW_VERSION
-    from adamdiag.io.framework_logs import LogRows, read_log_file
+    from adamdiag.io.framework_logs import LogRows, metric_files
 
     meta = Path(meta)
     run = meta.parent
@@ -103,20 +103,10 @@ def read_file_store_run(meta: Path | str) -> FileData:
         raise InputError(f"{run}: an MLflow run marked deleted (lifecycle_stage: deleted); not read")
     rows = LogRows()
     warnings: list[str] = []
-    size = 0
-    mtime = 0.0
-    metrics_dir = run / METRICS
-    for f in sorted(_files_under(metrics_dir, warnings)):
-        key = f.relative_to(metrics_dir).as_posix()
-        try:
-            raw, fsize, fmtime = read_log_file(f, MAX_METRIC_FILE_BYTES, "MLflow metric file")
-        except InputError as e:
-            warnings.append(f"{e}; metric '{key}' skipped")
-            continue
-        size += fsize
-        mtime = max(mtime, fmtime)
+    files, size, mtime = metric_files(run / METRICS, "", MAX_METRIC_FILE_BYTES, "MLflow metric file", warnings)
+    for key, f, text in files:
         bad = 0
-        for line in raw.decode("utf-8", errors="replace").splitlines():
+        for line in text.splitlines():
             if not line.strip():
                 continue
             got = parse_metric_line(line)
