@@ -56,7 +56,13 @@ def convention_value(c: Convention) -> str | None:
     return None if c is Convention.auto else c.value
 
 
-RunsArg = Annotated[list[Path], typer.Argument(help="Run directories (searched recursively) or event files.")]
+RunsArg = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run directories (searched recursively) or event files; also a framework's own log: trainer_state.json, "
+        "metrics.csv, run-ID.wandb, mlflow.db (or one of its runs as scan names it), an MLflow run folder."
+    ),
+]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 TableFormatOpt = Annotated[TableFormat, typer.Option("--format", "-f", help="Output format (csv: one flat table).")]
 CheckpointsOpt = Annotated[
