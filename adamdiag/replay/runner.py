@@ -112,10 +112,32 @@ def _has_framework_log(d: Path) -> bool:
         return False
 
 
+# Where the trackers keep their runs in a training's working directory (wandb's and MLflow's defaults, DVCLive's)
+TRACKER_DIRS = ("wandb", "mlruns", "mlflow.db", "dvclive")
+
+
+def _runs_under(folder: Path) -> list[Path]:
+    """The runs the search of ``scan`` finds under ``folder`` (its trackers' runs included); [] when none."""
+    from adamdiag.io.events import discover
+
+    try:
+        return discover([folder]).runs
+    except InputError:
+        return []
+
+
+def _tracker_runs(folder: Path) -> list[Path]:
+    """The runs of the trackers' own folders directly in ``folder`` (``wandb/``, ``mlruns/``, ``mlflow.db``,
+    ``dvclive/``): where a checkpoint's training logged when it wrote no event files."""
+    return [r for name in TRACKER_DIRS if (folder / name).exists() for r in _runs_under(folder / name)]
+
+
 def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     """The run directory with the logged loss: --logdir, else the checkpoint's parent's parent
     (``<run>/checkpoints/step_N.pt``), else its parent — a folder of event files, else one whose loss a framework
-    logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv)."""
+    logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv), else the
+    one run of a tracker's folder beside (``wandb/``, ``mlruns/``, ``mlflow.db``, ``dvclive/``; several: a one-line
+    error naming them)."""
     if logdir is not None:
         from adamdiag.io.mlflow_log import split_run_path
 
@@ -125,7 +147,7 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
             raise missing_path(logdir, "--logdir")
         if logdir.is_file() or _has_events(logdir) or _has_framework_log(logdir):
             return logdir
-        found = _event_dirs(logdir)
+        found = _event_dirs(logdir) or _runs_under(logdir)
         if len(found) == 1:
             return found[0]
         if not found:
@@ -144,6 +166,14 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
         for cand in (ck.parent.parent, ck.parent):
             if _has_framework_log(cand):
                 return cand
+        found = [r for cand in (ck.parent.parent, ck.parent) for r in _tracker_runs(cand)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(map(str, found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise InputError(
+                f"several trackers' runs beside {checkpoint} ({shown}): pass --logdir with the one that trained it"
+            )
     raise InputError(
         f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "
         f"{ck.parent}); pass --logdir"

@@ -192,3 +192,28 @@ def test_a_step_counter_in_the_rows_is_the_axis() -> None:
     assert any("'global_step' each wandb.log row carries" in n and "13 ahead" in n for n in ev.notes)
     (rep,) = scan_paths([wandb_run("drift")]).runs
     assert rep.blowup_step == 250
+
+
+def test_replay_finds_the_wandb_run_beside_its_checkpoints(tmp_path: Path) -> None:
+    """``replay <dir>/checkpoints/step_N.pt`` without --logdir: a training that logged only to wandb has its run in
+    <dir>/wandb/; one run there is the log, several are a one-line error naming them."""
+    from adamdiag.errors import InputError
+    from adamdiag.replay.runner import find_run_dir
+
+    (tmp_path / "checkpoints").mkdir()
+    ck = tmp_path / "checkpoints" / "step_000600.pt"
+    shutil.copy(SAMPLE_LOGS / "vcollapse" / "checkpoints" / "step_000600.pt", ck)
+    for name in ("vcollapse", "lr_too_high"):
+        for src in (FIXTURES / "samples" / name / "wandb").glob("offline-run-*"):
+            dst = tmp_path / "wandb" / src.name
+            shutil.copytree(src, dst)
+            for gz in dst.glob("*.gz"):
+                with gzip.open(gz, "rb") as f_in, open(gz.with_suffix(""), "wb") as f_out:
+                    shutil.copyfileobj(f_in, f_out)
+                gz.unlink()
+        if name == "vcollapse":
+            (only,) = (tmp_path / "wandb").iterdir()
+            assert find_run_dir(ck, None) == only
+    with pytest.raises(InputError, match="several trackers' runs beside .*pass --logdir"):
+        find_run_dir(ck, None)
+    assert find_run_dir(ck, only) == only
