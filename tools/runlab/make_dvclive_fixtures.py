@@ -88,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             live.log_metric("train/loss", 1.0 / s if s < 30 else (math.nan if s < 35 else math.inf))
             live.log_metric("train/grad_norm", 0.3)
             live.next_step()
+    had_dvc = [p for p in (ROOT / ".dvc", ROOT / ".dvcignore") if p.exists()]
     write_hf(out / "hf")
+    # HF's DVCLiveCallback opens Live() with its defaults, which runs `dvc init` at the enclosing git repository:
+    # this repository is no DVC project
+    for p in (ROOT / ".dvc", ROOT / ".dvcignore"):
+        if p not in had_dvc and p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     print(f"wrote {out}")
     return 0
 
