@@ -243,6 +243,16 @@ def split_run_path(path: Path) -> tuple[Path, str] | None:
     return db, m.group(1)
 
 
+def _has_rowid(con: Any) -> bool:
+    import sqlite3
+
+    try:
+        con.execute("select rowid from metrics limit 1").fetchall()
+        return True
+    except sqlite3.Error:  # a WITHOUT ROWID table
+        return False
+
+
 def _run_uuid(con: Any, db: Path, prefix: str) -> tuple[str, str]:
     rows = con.execute("select run_uuid, name from runs where run_uuid like ?", (prefix + "%",)).fetchall()
     if len(rows) != 1:
@@ -265,9 +275,11 @@ def read_sqlite_run(path: Path | str) -> FileData:
     con = _connect(db)
     try:
         uuid, name = _run_uuid(con, db, prefix)
+        # in logging order: the table's insertion order (rowid), which a millisecond timestamp cannot break ties of
+        # — it matters where every point sits at step 0 (log_metric without step) and is read in that order
+        order = "rowid" if _has_rowid(con) else "timestamp, step"
         rows_sql = con.execute(
-            "select key, value, timestamp, step, is_nan from metrics where run_uuid = ? order by timestamp, step",
-            (uuid,),
+            f"select key, value, timestamp, step, is_nan from metrics where run_uuid = ? order by {order}", (uuid,)
         ).fetchall()
     except sqlite3.Error as e:
         raise InputError(f"{db}: cannot read the MLflow database ({e})") from None

@@ -248,3 +248,17 @@ def test_damaged_pages_sink_only_the_runs_they_hold(db: Path, tmp_path: Path) ->
     assert "cannot read the MLflow database" in res.output
     rep = scan_paths([tmp_path])
     assert any(r.verdict != "inconclusive" for r in rep.runs)
+
+
+def test_metrics_logged_without_a_step_are_read_in_logging_order(tmp_path: Path) -> None:
+    """log_metric(key, value) without step=: MLflow stores step 0 for all 200 points, several within one
+    millisecond. Read in the table's insertion order (the k-th point at step k, an AD901 warning saying so): the
+    logged sequence exactly, the jump at the 150th point."""
+    with gzip.open(FIXTURES / "nostep" / "mlflow.db.gz", "rb") as f_in:
+        (tmp_path / "mlflow.db").write_bytes(f_in.read())
+    (run,) = sqlite_runs(tmp_path / "mlflow.db")
+    steps, loss = series(read_run(run), "loss")
+    assert loss.tolist() == EXPECTED["nostep"]
+    (rep,) = scan_paths([run]).runs
+    assert rep.blowup_step == 150
+    assert any(f.id == "AD901" and f.severity == "warning" and "logging order" in f.message for f in rep.findings)

@@ -13,7 +13,8 @@ What it writes:
   an HF Trainer with ``report_to=["mlflow", "tensorboard"]`` (targets move at step 80; its TensorBoard log in
   ``sqlite/hf/runs``), the loss/grad-norm/lr tags of sample_logs/lr_too_high and vcollapse logged again with
   ``mlflow.log_metrics(row, step=step)`` (read from their event files with TensorBoard's EventAccumulator), a
-  NaN/inf run, a deleted run.
+  NaN/inf run, a deleted run;
+- ``nostep/mlflow.db.gz`` — ``log_metric`` without ``step=`` (every point at step 0); ``--only nostep`` rewrites it.
 
 ``expected.json``: per run, what was logged (step -> {key: value}, non-finite as strings), for the small runs.
 """
@@ -148,20 +149,50 @@ def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
     db.unlink()
 
 
+def write_nostep(out: Path, expected: dict[str, Any]) -> None:
+    """``nostep/mlflow.db.gz`` — ``mlflow.log_metric(key, value)`` without ``step=`` (MLflow stores step 0 for every
+    point), 200 points, the loss jumping at the 150th, several points per millisecond: read in logging order."""
+    import mlflow
+
+    d = out / "nostep"
+    d.mkdir(parents=True)
+    db = d / "mlflow.db"
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    logged = []
+    with mlflow.start_run(run_name="nostep"):
+        for s in range(1, 201):
+            loss = 1.0 / s + (5.0 if s >= 150 else 0.0)
+            mlflow.log_metric("loss", loss)
+            mlflow.log_metric("grad_norm", 0.5)
+            logged.append(loss)
+    with open(db, "rb") as src, gzip.open(d / "mlflow.db.gz", "wb", compresslevel=9) as dst:
+        shutil.copyfileobj(src, dst)
+    db.unlink()
+    expected["nostep"] = logged
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "mlflow")
+    p.add_argument("--only", choices=["nostep"], help="only (re)write this part, keeping the rest of --out")
     a = p.parse_args(argv)
     import mlflow
 
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     out = a.out.resolve()
+    if a.only:
+        shutil.rmtree(out / a.only, ignore_errors=True)
+        expected = json.loads((out / "expected.json").read_text())
+        {"nostep": write_nostep}[a.only](out, expected)
+        (out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
+        return 0
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     expected: dict[str, Any] = {"mlflow_version": mlflow.__version__}
     write_filestore(out, expected)
     write_sqlite(out, expected)
+    write_nostep(out, expected)
     for junk in out.rglob("mlartifacts"):
         shutil.rmtree(junk)
     (out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
