@@ -2165,7 +2165,8 @@ def _unstepped_to_logging_order(d: FileData) -> str | None:
     )
     return (
         f"every point of {shown} in {os.path.basename(d.path)} is at step {int(first[flat[0]])}: the "
-        "writer was given no step (add_scalar(tag, value) without global_step); read in logging order, the k-th "
+        "writer was given no step (add_scalar(tag, value) without global_step, MLflow's log_metric without step); "
+        "read in logging order, the k-th "
         "point at step k — steps here count logged points (optimizer steps only if one point was logged per step, "
         "and checkpoints are placed by their optimizer step); log the step with each value"
     )
