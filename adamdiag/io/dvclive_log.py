@@ -55,7 +55,7 @@ def is_metrics_dir(path: Path) -> bool:
 def read_dvclive(metrics_dir: Path | str) -> FileData:
     """The metrics of one DVCLive folder (its ``plots/metrics`` directory given) as event-file columns. A file that
     is not a DVCLive table (no ``step`` column) or cannot be read is a warning; a row cut short is skipped."""
-    from adamdiag.io.events import DVCLIVE_VERSION
+    from adamdiag.io.events import ARGS_SOURCE, DVCLIVE_VERSION
     from adamdiag.io.framework_logs import LogRows, metric_files
 
     metrics_dir = Path(metrics_dir)
@@ -104,6 +104,8 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
         records=len(rows.codes),
         warnings=warnings,
         note=f"read from DVCLive's {run.name}/plots/metrics ({how}); no TensorBoard event files in this run",
+        # HF's DVCLiveCallback logs its TrainingArguments as params
+        arguments={**prm, ARGS_SOURCE: "DVCLive's params.yaml"} if prm else None,
     )
     data.warning_notes += left
     return data

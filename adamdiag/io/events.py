@@ -97,6 +97,8 @@ class RunEvents:
     # how it read the run where the writer left out what it needed and the reader had to assume it (AD901 warnings:
     # a writer given no step)
     warning_notes: list[str] = field(default_factory=list)
+    # file path -> the configuration a framework log held (FileData.arguments), read with the file
+    arguments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def is_event_file(path: Path) -> bool:
@@ -521,6 +523,9 @@ class FileData:
     duplicates: list[str] = field(default_factory=list)  # steps logged twice with different values (_finish)
     notes: list[str] = field(default_factory=list)  # a framework log's reader on where its rows come from
     warning_notes: list[str] = field(default_factory=list)  # ... and on what it had to leave as logged (AD901 warning)
+    # the training's configuration a framework log holds (wandb.config, MLflow/DVCLive params, HF's
+    # training_args.bin), read with its rows (ARGS_SOURCE says where); None for event files (logged_arguments)
+    arguments: dict[str, Any] | None = None
 
 
 class Trace(NamedTuple):
@@ -1817,37 +1822,6 @@ def writer_arguments(path: str | Path) -> dict[str, Any]:
 
     from adamdiag.io.tfrecord import iter_payloads_ref
 
-    if Path(path).name == TRAINER_STATE:
-        # a Trainer run without TensorBoard: its TrainingArguments pickled beside the state
-        from adamdiag.io.trainer_state import TRAINING_ARGS, training_arguments
-
-        args = training_arguments(Path(path).parent / TRAINING_ARGS)
-        if args:
-            args[ARGS_SOURCE] = os.path.join(Path(path).parent.name, TRAINING_ARGS)
-        return args
-    if _is_wandb_file(path):
-        # wandb.config: HF Trainer's WandbCallback puts its TrainingArguments there
-        from adamdiag.io.wandb_log import config_of
-
-        args = config_of(path)
-        if args:
-            args[ARGS_SOURCE] = f"the wandb config of {Path(path).name}"
-        return args
-    if Path(path).name == "meta.yaml" or _mlflow_db_run(Path(path)):
-        # MLflow params: HF Trainer's MLflowCallback logs its TrainingArguments there
-        from adamdiag.io.mlflow_log import file_store_params, sqlite_params
-
-        args = file_store_params(path) if Path(path).name == "meta.yaml" else sqlite_params(path)
-        if args:
-            args[ARGS_SOURCE] = "the MLflow run's params"
-        return args
-    if Path(path).name == "metrics" and Path(path).parent.name == "plots":
-        from adamdiag.io.dvclive_log import params
-
-        args = params(path)
-        if args:
-            args[ARGS_SOURCE] = "DVCLive's params.yaml"
-        return args
     parse, decode_error = _proto()
     try:
         with open(path, "rb") as fh:
@@ -1888,10 +1862,9 @@ def logged_arguments(events: RunEvents) -> list[dict[str, Any]]:
     """:func:`writer_arguments` of each of the run's event files that holds a text summary (the others are not
     opened): read once, for :func:`writer_clip_norm` and :func:`writer_adam_hyperparameters` alike."""
     return [
-        writer_arguments(i["path"])
+        events.arguments[i["path"]] if i["path"] in events.arguments else writer_arguments(i["path"])
         for i in events.file_info
-        if (i.get("skipped") or {}).get("text")
-        or {"trainer_state", "wandb", "mlflow", "dvclive"} & set(i.get("kinds", ()))
+        if i["path"] in events.arguments or (i.get("skipped") or {}).get("text")
     ]
 
 
@@ -2115,6 +2088,8 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
     for d in datas:
         events.notes += [n for n in d.notes if n not in events.notes]
         events.warning_notes += [n for n in d.warning_notes if n not in events.warning_notes]
+        if d.arguments is not None:
+            events.arguments[d.path] = d.arguments
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

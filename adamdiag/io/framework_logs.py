@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 
@@ -100,8 +100,10 @@ class LogRows:
         records: int,
         warnings: list[str],
         note: str = "",
+        arguments: dict[str, Any] | None = None,
     ) -> FileData:
-        """The rows as one file's columns; ``note``: where its rows come from, for scan's notes. A point without a
+        """The rows as one file's columns; ``note``: where its rows come from, for scan's notes; ``arguments``: the
+        training's configuration the log holds, with its ``ARGS_SOURCE`` (none: {} or None). A point without a
         time of its own (a positive finite ``wall``) gets the file's modification time. ``grouped``: the tags are
         final (a file in ``checkpoint-N/`` gets no split-folder prefix)."""
         import numpy as np
@@ -129,4 +131,5 @@ class LogRows:
             readable=True,
             grouped=True,
             notes=[note] if note else [],
+            arguments=arguments or None,
         )

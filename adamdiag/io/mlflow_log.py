@@ -130,6 +130,7 @@ def read_file_store_run(meta: Path | str) -> FileData:
         records=len(rows.codes),
         warnings=warnings,
         note=f"read from the MLflow run {name!r} (file store {run}); no TensorBoard event files in this run",
+        arguments=_with_source(file_store_params(meta)),
     )
     return data
 
@@ -281,6 +282,7 @@ def read_sqlite_run(path: Path | str) -> FileData:
         rows_sql = con.execute(
             f"select key, value, timestamp, step, is_nan from metrics where run_uuid = ? order by {order}", (uuid,)
         ).fetchall()
+        params = _sqlite_params(con, uuid)
     except sqlite3.Error as e:
         raise InputError(f"{db}: cannot read the MLflow database ({e})") from None
     finally:
@@ -308,27 +310,24 @@ def read_sqlite_run(path: Path | str) -> FileData:
         records=len(rows_sql),
         warnings=warnings,
         note=f"read from the MLflow run {name!r} ({uuid}) in the database {db}; no TensorBoard event files in this run",
+        arguments=_with_source(params),
     )
     return data
 
 
-def sqlite_params(path: Path | str) -> dict[str, Any]:
-    """The params of one database run; {} when they cannot be read."""
+def _sqlite_params(con: Any, uuid: str) -> dict[str, Any]:
+    """A database run's params, :func:`typed`; {} when the table cannot be read (another schema: no arguments)."""
     import sqlite3
 
-    split = split_run_path(Path(path))
-    if split is None:
-        return {}
-    db, prefix = split
     try:
-        con = _connect(db)
-    except InputError:
-        return {}
-    try:
-        uuid, _ = _run_uuid(con, db, prefix)
         rows = con.execute("select key, value from params where run_uuid = ?", (uuid,)).fetchall()
-        return {str(k): typed(str(v)) for k, v in rows}
-    except (InputError, sqlite3.Error):  # a params table of another schema: no arguments
+    except sqlite3.Error:
         return {}
-    finally:
-        con.close()
+    return {str(k): typed(str(v)) for k, v in rows}
+
+
+def _with_source(params: dict[str, Any]) -> dict[str, Any] | None:
+    """Params as the run's writer arguments (HF's MLflowCallback logs its TrainingArguments there)."""
+    from adamdiag.io.events import ARGS_SOURCE
+
+    return {**params, ARGS_SOURCE: "the MLflow run's params"} if params else None

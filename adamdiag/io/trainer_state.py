@@ -125,7 +125,18 @@ def read_trainer_state(path: Path | str) -> FileData:
         records=len(history),
         warnings=empty,
         note=describe(path),
+        arguments=_arguments_beside(path),
     )
+
+
+def _arguments_beside(state: Path) -> dict[str, Any]:
+    """The TrainingArguments pickled beside a state (a Trainer run without TensorBoard), with where from."""
+    from adamdiag.io.events import ARGS_SOURCE
+
+    args = training_arguments(state.parent / TRAINING_ARGS)
+    if args:
+        args[ARGS_SOURCE] = os.path.join(state.parent.name, TRAINING_ARGS)
+    return args
 
 
 def describe(path: Path | str) -> str:

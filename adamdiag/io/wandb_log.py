@@ -735,7 +735,7 @@ def _listing(folder: Path) -> list[Path]:
 def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
     """One ``run-<id>.wandb`` file as event-file columns. Raises :class:`InputError` (one line) when it cannot be
     read or is no wandb datastore; damage inside (a bad chunk, a cut end) is a warning."""
-    from adamdiag.io.events import WANDB_VERSION
+    from adamdiag.io.events import ARGS_SOURCE, WANDB_VERSION
     from adamdiag.io.framework_logs import read_log_file
 
     path = Path(path)
@@ -750,6 +750,8 @@ def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
         records=run.records,
         warnings=run.warnings,
         note=describe(path, run.axes, run.row_counter),
+        # wandb.config: HF Trainer's WandbCallback puts its TrainingArguments there
+        arguments={**run.config, ARGS_SOURCE: f"the wandb config of {path.name}"} if run.config else None,
     )
     data.notes += run.notes
     return data
@@ -802,13 +804,3 @@ def synced_tensorboard_dirs(path: Path | str) -> list[Path]:
         return []
     decoded, _ = _decode_fast(framing.records)
     return [Path(d[1]) for d in decoded if d[0] == "tb" and d[1]]
-
-
-def config_of(path: Path | str) -> dict[str, Any]:
-    """The configuration a run file holds (``wandb.config``; HF Trainer's TrainingArguments land there); {} when
-    it cannot be read."""
-    try:
-        raw = Path(path).read_bytes()
-        return read_run_file(raw, str(path)).config
-    except (OSError, InputError):
-        return {}
