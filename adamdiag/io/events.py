@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamdiag.errors import InputError, missing_path
+from adamdiag.io.dvclive_log import is_dvclive_dir
+from adamdiag.io.framework_logs import is_framework_log, read_framework_log
+from adamdiag.io.mlflow_log import is_database_run, is_file_store_run
+from adamdiag.io.wandb_log import is_wandb_file
 from adamdiag.printable import printable
 
 if TYPE_CHECKING:  # pandas/numpy are imported lazily: the CLI imports this module's callers at start-up
@@ -226,33 +230,13 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             found.append(Path(dirpath))
         if framework_logs is not None:
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
-            framework_logs += [Path(dirpath) / name for name in sorted(filenames) if _is_wandb_file(name)]
+            framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_wandb_file(name)]
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
             framework_logs += [Path(dirpath) / n for n in ("mlflow.db",) if n in filenames]
-            if "plots" in dirnames and _is_dvclive_dir(Path(dirpath)):
+            if "plots" in dirnames and is_dvclive_dir(Path(dirpath)):
                 framework_logs.append(Path(dirpath) / "plots" / "metrics")
     return found
-
-
-def _is_dvclive_dir(folder: Path) -> bool:
-    from adamdiag.io.dvclive_log import is_dvclive_dir
-
-    return is_dvclive_dir(folder)
-
-
-def _is_wandb_file(name: str | Path) -> bool:
-    from adamdiag.io.wandb_log import is_wandb_file
-
-    return is_wandb_file(name)
-
-
-def is_framework_log(path: Path) -> bool:
-    """Whether ``path`` is a framework's own log file adamdiag reads (Hugging Face's trainer_state.json,
-    Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's meta.yaml)."""
-    from adamdiag.io.mlflow_log import is_run_meta
-
-    return path.name in (TRAINER_STATE, METRICS_CSV) or _is_wandb_file(path) or is_run_meta(path)
 
 
 def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]) -> list[Path]:
@@ -303,7 +287,7 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             # a run logged to TensorBoard is read from its events (wandb's synced copy of them lies inside its run
             # folder); a wandb or MLflow run below another run's event files is read (scan's same_log: once)
             continue
-        if logged and _is_wandb_file(f) and (synced := _synced_runs_found(f, logged)):
+        if logged and is_wandb_file(f) and (synced := _synced_runs_found(f, logged)):
             problems.append(
                 Problem(str(run), f"{run}: wandb synced it from TensorBoard; read from {synced[0]} instead", "note")
             )
@@ -329,18 +313,6 @@ def _synced_runs_found(wandb_file: Path, event_dirs: set[Path]) -> list[Path]:
     return out
 
 
-def _is_file_store_run(folder: Path) -> bool:
-    from adamdiag.io.mlflow_log import is_file_store_run
-
-    return is_file_store_run(folder)
-
-
-def _mlflow_db_run(path: Path) -> bool:
-    from adamdiag.io.mlflow_log import split_run_path
-
-    return split_run_path(Path(path)) is not None
-
-
 def discover(paths: Sequence[Path]) -> Discovery:
     """Runs under ``paths``, with what was skipped on the way.
 
@@ -354,7 +326,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
     problems: list[Problem] = []
     for raw in paths:
         p = Path(raw)
-        if _mlflow_db_run(p):  # a run of an MLflow database, as scan names it
+        if is_database_run(p):  # a run of an MLflow database, as scan names it
             runs.append(p)
             continue
         if not p.exists():
@@ -440,7 +412,7 @@ def run_files(run: Path) -> list[Path]:
     """The event files of one run: the file itself, or those directly in the directory and in its
     split subdirectories (``train/``, ``validation/``, ``eval/``...: when the directory logs itself or
     has two of them, as :func:`discover` groups them), by name."""
-    if run.is_file() or _mlflow_db_run(run):
+    if run.is_file() or is_database_run(run):
         return [run]
     out = []
     try:
@@ -470,9 +442,9 @@ def run_files(run: Path) -> list[Path]:
             out.append(state)
         elif (run / METRICS_CSV).is_file():  # a Lightning CSVLogger run
             out.append(run / METRICS_CSV)
-        elif _is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
+        elif is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
-        elif _is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
+        elif is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
             out.append(run / "plots" / "metrics")
         else:
             out += files_of_run(run)  # a wandb run folder: its file, and a resumed run's later folders' files
@@ -1431,36 +1403,14 @@ def _warning_offset(message: str) -> float:
 
 
 def read_file(path: Path | str, *, check_crc: bool = True, fast: bool = True) -> FileData:
-    """Decode one event file. ``fast=False`` uses the plain-loop reference readers only. A Hugging Face
-    trainer_state.json or a Lightning metrics.csv is read as its log (:mod:`adamdiag.io.trainer_state`,
-    :mod:`adamdiag.io.csv_log`)."""
+    """Decode one event file. ``fast=False`` uses the plain-loop reference readers only. The path that stands
+    for a framework's own log is read as that log (:func:`adamdiag.io.framework_logs.read_framework_log`)."""
     import numpy as np
 
     path = Path(path)
-    if path.name == TRAINER_STATE:
-        from adamdiag.io.trainer_state import read_trainer_state
-
-        return read_trainer_state(path)
-    if path.name == METRICS_CSV:
-        from adamdiag.io.csv_log import read_metrics_csv
-
-        return read_metrics_csv(path)
-    if _is_wandb_file(path):
-        from adamdiag.io.wandb_log import read_wandb
-
-        return read_wandb(path, fast=fast)
-    if path.name == "meta.yaml" and _is_file_store_run(path.parent):
-        from adamdiag.io.mlflow_log import read_file_store_run
-
-        return read_file_store_run(path)
-    if _mlflow_db_run(path):
-        from adamdiag.io.mlflow_log import read_sqlite_run
-
-        return read_sqlite_run(path)
-    if path.name == "metrics" and path.parent.name == "plots" and _is_dvclive_dir(path.parent.parent):
-        from adamdiag.io.dvclive_log import read_dvclive
-
-        return read_dvclive(path)
+    logged = read_framework_log(path, fast=fast)
+    if logged is not None:
+        return logged
     name = str(path)
     sink = _Sink()
     try:
@@ -2044,7 +1994,7 @@ def read_run(
     Raises :class:`InputError` when files exist but not one valid record could be read from any.
     """
     run_dir = Path(run_dir)
-    if not run_dir.exists() and not _mlflow_db_run(run_dir):
+    if not run_dir.exists() and not is_database_run(run_dir):
         raise missing_path(run_dir)
     paths = run_files(run_dir)
     if not paths:

@@ -23,6 +23,49 @@ if TYPE_CHECKING:
     from adamdiag.io.events import FileData
 
 
+# The reader kind (FileData.kinds) of each framework's own log
+FRAMEWORK_LOG_KINDS = frozenset({"trainer_state", "metrics_csv", "wandb", "mlflow", "dvclive"})
+
+
+def is_framework_log(path: Path) -> bool:
+    """Whether the file ``path`` is a framework's own log that can be named as a run (Hugging Face's
+    trainer_state.json, Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's
+    meta.yaml)."""
+    from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
+    from adamdiag.io.mlflow_log import is_run_meta
+    from adamdiag.io.wandb_log import is_wandb_file
+
+    return path.name in (TRAINER_STATE, METRICS_CSV) or is_wandb_file(path) or is_run_meta(path)
+
+
+def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
+    """The rows of the framework log ``path`` stands for (:func:`adamdiag.io.events.run_files` hands these paths
+    over: a trainer_state.json, a metrics.csv, a wandb run file, an MLflow run's meta.yaml or a database run's
+    path, a DVCLive folder's plots/metrics); None for any other path (an event file). ``fast``: wandb's decoder."""
+    from adamdiag.io.dvclive_log import is_metrics_dir, read_dvclive
+    from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
+    from adamdiag.io.mlflow_log import is_database_run, is_run_meta, read_file_store_run, read_sqlite_run
+    from adamdiag.io.wandb_log import is_wandb_file, read_wandb
+
+    if path.name == TRAINER_STATE:
+        from adamdiag.io.trainer_state import read_trainer_state
+
+        return read_trainer_state(path)
+    if path.name == METRICS_CSV:
+        from adamdiag.io.csv_log import read_metrics_csv
+
+        return read_metrics_csv(path)
+    if is_wandb_file(path):
+        return read_wandb(path, fast=fast)
+    if is_run_meta(path):
+        return read_file_store_run(path)
+    if is_database_run(path):
+        return read_sqlite_run(path)
+    if is_metrics_dir(path):
+        return read_dvclive(path)
+    return None
+
+
 def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, float]:
     """The bytes, size and modification time of a framework's log file; :class:`InputError` (one line) for a
     non-regular file (never opened: a FIFO would block), one larger than ``max_bytes`` or an unreadable one."""

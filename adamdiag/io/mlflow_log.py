@@ -233,15 +233,21 @@ def sqlite_runs(db: Path) -> list[Path]:
 
 
 def split_run_path(path: Path) -> tuple[Path, str] | None:
-    """(database, run id prefix) of a path :func:`sqlite_runs` made, else None."""
+    """(database, run id prefix) of a path :func:`sqlite_runs` made, else None. The names are checked before
+    the file system (every file read_file is handed passes here)."""
     parts = path.parts
-    if len(parts) < 3 or path.exists():
+    if len(parts) < 3 or Path(parts[-3]).name not in SQLITE_NAMES:
         return None
-    db = Path(*parts[:-2])
     m = re.search(r"-([0-9a-f]{8})$", parts[-1])
-    if m is None or db.name not in SQLITE_NAMES or not db.is_file():
+    db = Path(*parts[:-2])
+    if m is None or path.exists() or not db.is_file():
         return None
     return db, m.group(1)
+
+
+def is_database_run(path: Path | str) -> bool:
+    """Whether ``path`` names a run of an MLflow database (:func:`sqlite_runs`)."""
+    return split_run_path(Path(path)) is not None
 
 
 def _has_rowid(con: Any) -> bool:

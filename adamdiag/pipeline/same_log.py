@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adamdiag.io.framework_logs import FRAMEWORK_LOG_KINDS
+
 if TYPE_CHECKING:
     from adamdiag.io.events import RunEvents
 
-# The reader kinds of frameworks' own log files (adamdiag.io: trainer_state, csv_log, wandb_log, mlflow_log,
-# dvclive_log)
-FRAMEWORK_LOG_KINDS = frozenset({"trainer_state", "metrics_csv", "wandb", "mlflow", "dvclive"})
 # Fewer loss points than this say too little to call two logs one
 MIN_POINTS = 5
 # float32 (TensorBoard) against the float64 a framework's log keeps
