@@ -31,64 +31,54 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     """(field number, wire type, value) of a serialized message: ints for varint and fixed fields (a double is
     :func:`as_double` of its fixed64), bytes for length-delimited ones; groups (wire types 3/4, proto2's) are
     skipped. Field number 0 is invalid, as protobuf's own parsers hold."""
-    pos = 0
-    val: Any
-    n = len(buf)
+    pos, n = 0, len(buf)
     while pos < n:
-        key, pos = varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if num == 0:
-            raise ValueError("field number 0")
-        if wt == 3:
-            pos = _skip_group(buf, pos, num)
-            continue
-        if wt == 0:
-            val, pos = varint(buf, pos)
-        elif wt == 1:
-            if pos + 8 > n:
-                raise ValueError("fixed64 runs past the message")
-            (val,), pos = struct.unpack_from("<Q", buf, pos), pos + 8
-        elif wt == 2:
-            ln, pos = varint(buf, pos)
-            if pos + ln > n:
-                raise ValueError("length runs past the message")
-            val, pos = bytes(buf[pos : pos + ln]), pos + ln
-        elif wt == 5:
-            if pos + 4 > n:
-                raise ValueError("fixed32 runs past the message")
-            (val,), pos = struct.unpack_from("<I", buf, pos), pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        yield num, wt, val
+        num, wt, val, pos = _field(buf, pos)
+        if wt == 4:
+            raise ValueError("end group outside a group")
+        if wt != 3:
+            yield num, wt, val
+
+
+def _field(buf: bytes, pos: int) -> tuple[int, int, Any, int]:
+    """(field number, wire type, value, next position) of the field at ``pos``; a group (wire type 3) is skipped
+    whole (value None), an end-group tag (4) is returned for the group that reads it."""
+    n = len(buf)
+    key, pos = varint(buf, pos)
+    num, wt = key >> 3, key & 7
+    val: Any = None
+    if num == 0:
+        raise ValueError("field number 0")
+    if wt == 0:
+        val, pos = varint(buf, pos)
+    elif wt == 1:
+        if pos + 8 > n:
+            raise ValueError("fixed64 runs past the message")
+        (val,), pos = struct.unpack_from("<Q", buf, pos), pos + 8
+    elif wt == 2:
+        ln, pos = varint(buf, pos)
+        if pos + ln > n:
+            raise ValueError("length runs past the message")
+        val, pos = bytes(buf[pos : pos + ln]), pos + ln
+    elif wt == 3:
+        pos = _skip_group(buf, pos, num)
+    elif wt == 5:
+        if pos + 4 > n:
+            raise ValueError("fixed32 runs past the message")
+        (val,), pos = struct.unpack_from("<I", buf, pos), pos + 4
+    elif wt != 4:
+        raise ValueError(f"unsupported wire type {wt}")
+    return num, wt, val, pos
 
 
 def _skip_group(buf: bytes, pos: int, num: int) -> int:
     """The position after the end-group tag of group ``num`` whose start-group tag ends at ``pos``."""
-    n = len(buf)
-    while pos < n:
-        key, pos = varint(buf, pos)
-        inner, wt = key >> 3, key & 7
-        if inner == 0:
-            raise ValueError("field number 0")
+    while pos < len(buf):
+        inner, wt, _, pos = _field(buf, pos)
         if wt == 4:
             if inner != num:
                 raise ValueError("end group of another field")
             return pos
-        if wt == 3:
-            pos = _skip_group(buf, pos, inner)
-        elif wt == 0:
-            _, pos = varint(buf, pos)
-        elif wt == 1:
-            pos += 8
-        elif wt == 2:
-            ln, pos = varint(buf, pos)
-            pos += ln
-        elif wt == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wt}")
-        if pos > n:
-            raise ValueError("a group runs past the message")
     raise ValueError("a group without its end")
 
 
