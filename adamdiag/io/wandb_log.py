@@ -286,6 +286,12 @@ def _other_kind(data: bytes) -> bool:
     return wire == 2 and 2 <= num <= 15 and num not in _READ_KINDS
 
 
+def _records_read(framing: Framing) -> list[bytes]:
+    """The records of the kinds read, the others left out from their first bytes — before either decoder parses,
+    so that both see the same records."""
+    return [r for r in framing.records if not _other_kind(r)]
+
+
 def _decode_fast(records: list[bytes]) -> tuple[list[Decoded], int]:
     """The records with the protobuf runtime; and how many could not be parsed."""
     from google.protobuf.message import DecodeError
@@ -294,8 +300,6 @@ def _decode_fast(records: list[bytes]) -> tuple[list[Decoded], int]:
     out: list[Decoded] = []
     bad = 0
     for data in records:
-        if _other_kind(data):
-            continue
         rec = Record()
         try:
             rec.ParseFromString(data)
@@ -760,7 +764,7 @@ def read_wandb(path: Path | str, *, fast: bool = True) -> FileData:
 def read_run_file(raw: bytes, path: str, *, fast: bool = True) -> WandbRun:
     """The run in a datastore's bytes (see :func:`read_wandb`)."""
     framing = frame(raw, path)
-    decoded, bad = (_decode_fast if fast else _decode_ref)(framing.records)
+    decoded, bad = (_decode_fast if fast else _decode_ref)(_records_read(framing))
     run = assemble(decoded, path)
     if framing.bad_chunks:
         run.warnings.append(
@@ -802,5 +806,5 @@ def synced_tensorboard_dirs(path: Path | str) -> list[Path]:
         framing = frame(Path(path).read_bytes(), str(path))
     except (OSError, InputError):
         return []
-    decoded, _ = _decode_fast(framing.records)
+    decoded, _ = _decode_fast(_records_read(framing))
     return [Path(d[1]) for d in decoded if d[0] == "tb" and d[1]]
