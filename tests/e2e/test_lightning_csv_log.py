@@ -21,42 +21,17 @@ SHIFT_AT = 60
 
 @pytest.fixture(scope="module")
 def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    L = pytest.importorskip("lightning")
+    pytest.importorskip("lightning")
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning_toy import fit_shifted
 
     out = tmp_path_factory.mktemp("pl")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=g)
-    shift = {"value": 0.0}
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def training_step(self, batch, i):  # noqa: ANN001, ANN201
-            if self.global_step >= SHIFT_AT:
-                shift["value"] = 50.0
-            bx, by = batch
-            loss = torch.nn.functional.mse_loss(self.net(bx), by + shift["value"])
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):  # noqa: ANN201
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    trainer = L.Trainer(
-        max_steps=100,
-        logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
+    fit_shifted(
+        [CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
+        tag="train_loss",
+        shift_at=SHIFT_AT,
+        log_every=1,
     )
-    trainer.fit(Module(), loader)
     return out
 
 

@@ -64,18 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "dvclive")
     a = p.parse_args(argv)
     from dvclive import Live
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from lightning_toy import sample_rows
 
     out = a.out.resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    acc = EventAccumulator(str(ROOT / "sample_logs" / "lr_too_high"), size_guidance={"scalars": 0})
-    acc.Reload()
-    rows: dict[int, dict[str, float]] = {}
-    for tag in SAMPLE_TAGS:
-        for ev in acc.Scalars(tag):
-            rows.setdefault(ev.step, {})[tag] = float(ev.value)
+    rows = sample_rows("lr_too_high", SAMPLE_TAGS)
     with Live(str(out / "lr_too_high" / "dvclive"), save_dvc_exp=False, dvcyaml=None) as live:
         live.log_params({"adam_epsilon": 1e-8, "adam_beta2": 0.999, "max_grad_norm": 0.0, "optim": "adamw_torch"})
         for step in sorted(rows):

@@ -53,66 +53,30 @@ def _nonfinite(mlflow: Any, expected: dict[str, Any], key: str) -> None:
 
 
 def write_filestore(out: Path, expected: dict[str, Any]) -> None:
-    import lightning as L
     import mlflow
-    import torch
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
+    from lightning_toy import fit_shifted
 
     d = out / "filestore"
     d.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=g)
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.save_hyperparameters({"lr": 1e-2, "eps": 1e-8})
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def training_step(self, batch: Any, i: int) -> torch.Tensor:
-            shift = 50.0 if self.global_step >= 60 else 0.0
-            loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1] + shift)
-            self.log("train/loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    torch.manual_seed(0)
-    trainer = L.Trainer(
-        max_steps=100,
-        logger=[
+    fit_shifted(
+        [
             MLFlowLogger(experiment_name="lightning", save_dir=str(d / "mlruns"), run_name="shift60"),
             TensorBoardLogger(str(d), name="tb"),
         ],
-        log_every_n_steps=5,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
+        tag="train/loss",
+        hparams={"lr": 1e-2, "eps": 1e-8},
     )
-    trainer.fit(Module(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
     mlflow.set_tracking_uri(f"file:{d / 'mlruns'}")
     mlflow.set_experiment("plain")
     _nonfinite(mlflow, expected, "filestore/nonfinite")
-
-
-def _sample_rows(name: str) -> dict[int, dict[str, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(ROOT / "sample_logs" / name), size_guidance={"scalars": 0})
-    acc.Reload()
-    rows: dict[int, dict[str, float]] = {}
-    for tag in SAMPLE_TAGS:
-        for ev in acc.Scalars(tag):
-            rows.setdefault(ev.step, {})[tag] = float(ev.value)
-    return rows
 
 
 def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
     import mlflow
     import torch
     from hf_toy import Regressor, ShiftableData, move_targets_at, training_args
+    from lightning_toy import sample_rows
     from transformers import Trainer
     from transformers.utils import logging as hf_logging
 
@@ -123,7 +87,7 @@ def write_sqlite(out: Path, expected: dict[str, Any]) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     mlflow.set_experiment("samples")
     for name in ("lr_too_high", "vcollapse"):
-        rows = _sample_rows(name)
+        rows = sample_rows(name, SAMPLE_TAGS)
         with mlflow.start_run(run_name=name):
             for step in sorted(rows):
                 mlflow.log_metrics(rows[step], step=step)
@@ -158,6 +122,7 @@ def write_nostep(out: Path, expected: dict[str, Any]) -> None:
     d.mkdir(parents=True)
     db = d / "mlflow.db"
     mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_experiment("Default")  # not the one write_sqlite left active: it is in another database
     logged = []
     with mlflow.start_run(run_name="nostep"):
         for s in range(1, 201):

@@ -81,45 +81,19 @@ SHIFT_LIGHTNING = 60
 
 
 def write_lightning(out: Path, expected: dict[str, Any]) -> None:
-    import lightning as L
-    import torch
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+    from lightning_toy import fit_shifted
 
     d = out / "lightning"
     d.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(512, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=g)
     logged: dict[str, dict[str, float]] = {}
-
-    class Module(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.save_hyperparameters({"lr": 1e-2, "eps": 1e-8})
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-
-        def training_step(self, batch: Any, i: int) -> torch.Tensor:
-            shift = 50.0 if self.global_step >= SHIFT_LIGHTNING else 0.0
-            bx, by = batch
-            loss = torch.nn.functional.mse_loss(self.net(bx), by + shift)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    torch.manual_seed(0)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     wb = WandbLogger(project="adamdiag-fixtures", save_dir=str(d), offline=True, settings=_settings())
-    trainer = L.Trainer(
-        max_steps=100,
-        logger=[wb, TensorBoardLogger(str(d), name="tb")],
-        log_every_n_steps=5,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
+    fit_shifted(
+        [wb, TensorBoardLogger(str(d), name="tb")],
+        tag="train_loss",
+        shift_at=SHIFT_LIGHTNING,
+        hparams={"lr": 1e-2, "eps": 1e-8},
     )
-    trainer.fit(Module(), loader)
     wb.experiment.finish()
     from adamdiag.io.events import read_run
 
