@@ -22,7 +22,6 @@ arguments (HF's MLflowCallback logs the TrainingArguments there: ``adam_epsilon`
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -135,17 +134,6 @@ def read_file_store_run(meta: Path | str) -> FileData:
     return data
 
 
-def _files_under(folder: Path, warnings: list[str]) -> list[Path]:
-    out = []
-
-    def onerror(e: OSError) -> None:
-        warnings.append(f"cannot read directory {e.filename}: {e.strerror or e}")
-
-    for dirpath, _, filenames in os.walk(folder, onerror=onerror):
-        out += [Path(dirpath) / n for n in filenames]
-    return out
-
-
 def typed(value: str) -> Any:
     """A param as the value it was: MLflow stores ``str(value)``, so ``"1.0"`` was the number 1.0 (HF's
     MLflowCallback logs the TrainingArguments this way); what is no JSON number stays text.
@@ -164,14 +152,14 @@ def typed(value: str) -> Any:
 
 def file_store_params(meta: Path | str) -> dict[str, Any]:
     """A file-store run's params (``params/<key>``, one value each, :func:`typed`); {} when none can be read."""
+    from adamdiag.io.framework_logs import metric_files
+
     folder = Path(meta).parent / PARAMS
-    out: dict[str, Any] = {}
-    for f in _files_under(folder, []) if folder.is_dir() else []:
-        try:
-            out[f.relative_to(folder).as_posix()] = typed(f.read_text(encoding="utf-8", errors="replace").strip())
-        except OSError:
-            continue
-    return out
+    if not folder.is_dir():
+        return {}
+    # the same one-file-per-key layout as metrics/ (and the same guards: a FIFO is never opened)
+    files, _, _ = metric_files(folder, "", MAX_METRIC_FILE_BYTES, "MLflow param file", [])
+    return {key: typed(text.strip()) for key, _, text in files}
 
 
 # --------------------------------------------------------------------------------------------

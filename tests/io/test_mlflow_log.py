@@ -262,3 +262,14 @@ def test_metrics_logged_without_a_step_are_read_in_logging_order(tmp_path: Path)
     (rep,) = scan_paths([run]).runs
     assert rep.blowup_step == 150
     assert any(f.id == "AD901" and f.severity == "warning" and "logging order" in f.message for f in rep.findings)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_a_fifo_among_a_runs_params_is_never_opened(tmp_path: Path) -> None:
+    """params/ is read like metrics/ (framework_logs.metric_files): a FIFO there is passed over, not opened."""
+    run = file_store_runs()["shift60"]
+    dst = tmp_path / "mlruns" / run.parent.name / run.name
+    shutil.copytree(run, dst)
+    os.mkfifo(dst / "params" / "fifo")
+    (rep,) = scan_paths([dst]).runs
+    assert rep.blowup_step is not None
