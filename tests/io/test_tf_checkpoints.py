@@ -209,6 +209,65 @@ def test_keras_files(variant):
     check(ck, e, labels, amsgrad=amsgrad, hyper={"beta2": 0.999, "eps": 1e-7, "lr": e["hyper"]["lr"]})
 
 
+KERAS_H5 = ["k3_plain.h5", "k3_amsgrad.h5", "k3_schedule.h5", "k3_adamw.h5"] + [
+    f"tfk_{v}.h5" for v in ("adam", "legacy", "amsgrad", "adamw")
+]
+
+
+@pytest.mark.parametrize("name", KERAS_H5)
+def test_keras_hdf5_model_files(name):
+    """model.save("x.h5") by Keras 3 (legacy format) and tf.keras 2 (its Adam and optimizers.legacy.Adam):
+    every slot named, matched to its model weight, hyperparameters from training_config — equal to what the
+    optimizer held when it was saved."""
+    pytest.importorskip("h5py")
+    if name not in EXPECTED["keras_h5"]:
+        pytest.skip("written without tf_keras")
+    e = EXPECTED["keras_h5"][name]
+    (ck,) = inspect_json(FIX / "keras_h5" / name)["checkpoints"]
+    names = [t["name"] for t in e["tensors"]]
+    check(ck, e, names, amsgrad=e["hyper"]["amsgrad"], hyper={"lr": e["hyper"]["lr_at_step"]})
+    assert ck["layout"] == "keras-h5" and ck["name_mapping"] == "slot-names"
+    assert ck["optimizer"] == ("AdamW" if "adamw" in name else "Adam")
+    for t in ck["tensors"]:
+        assert t["eps_source"] == t["beta2_source"] == "file"
+        assert math.isclose(t["weight_decay"], e["hyper"]["weight_decay"])
+    if e["hyper"]["lr"] is None:  # a schedule, evaluated at the step as Keras does
+        assert any("ExponentialDecay schedule" in w for w in ck["warnings"])
+
+
+def test_keras_hdf5_model_file_parameters_are_the_saved_weights():
+    """The parameter beside each slot is the model weight of the same name (what replay starts from)."""
+    h5py = pytest.importorskip("h5py")
+    from adamdiag.io.checkpoints import open_checkpoint
+
+    for name, weights in (
+        ("k3_plain.h5", "model_weights/{l}/net/{l}/{w}"),
+        ("tfk_legacy.h5", "model_weights/{l}/{l}/{w}:0"),
+    ):
+        ck = open_checkpoint(FIX / "keras_h5" / name)
+        with h5py.File(FIX / "keras_h5" / name, "r") as f:
+            for e in ck.entries:
+                layer, w = e.name.split("/")[-2:]
+                got = ck._fetch_param(e.name)
+                assert got is not None and tuple(got.shape) == e.shape
+                assert (got.numpy() == f[weights.format(l=layer, w=w)][()]).all()
+
+
+@pytest.mark.parametrize(
+    "name,says",
+    [
+        ("tfk_sgd.h5", "optimizer is Keras SGD, not Adam/AdamW"),
+        ("tfk_weights_only.h5", "weights-only HDF5 file (save_weights)"),
+        ("tfk_no_optimizer.h5", "saved without its optimizer"),
+    ],
+)
+def test_keras_hdf5_files_without_adam_state_are_refused(name, says):
+    pytest.importorskip("h5py")
+    if not (FIX / "keras_h5" / name).exists():
+        pytest.skip("written without tf_keras")
+    assert says in _one_line_exit_2(str(FIX / "keras_h5" / name))
+
+
 def test_scan_style_discovery_finds_every_tf_layout():
     from adamdiag.io.checkpoints import find_checkpoints
 
@@ -251,12 +310,18 @@ def test_bad_and_ambiguous_inputs(tmp_path):
     # the .data/.meta of a prefix without its .index: said so (not "no such file")
     (tmp_path / "model.ckpt-30.index").unlink()
     assert "without its .index" in _one_line_exit_2(str(tmp_path / "model.ckpt-30"))
-    # a Keras 2 HDF5 model file
+    # HDF5 model files that hold no usable Adam state
     h5py = pytest.importorskip("h5py")
-    with h5py.File(tmp_path / "old.h5", "w") as h:
+    with h5py.File(tmp_path / "old.h5", "w") as h:  # no training_config
         h["model_weights/x"] = [1.0]
         h["optimizer_weights/y"] = [1.0]
-    assert "Keras 2 (tf.keras) HDF5" in _one_line_exit_2(str(tmp_path / "old.h5"))
+    assert "saved without its optimizer" in _one_line_exit_2(str(tmp_path / "old.h5"))
+    with h5py.File(tmp_path / "keras22.h5", "w") as h:  # standalone Keras <= 2.3: unnamed slots
+        h.attrs["training_config"] = json.dumps({"optimizer_config": {"class_name": "Adam", "config": {}}})
+        h["model_weights/x"] = [1.0]
+        h["optimizer_weights/training/Adam/Variable:0"] = [1.0]
+        h["optimizer_weights"].attrs["weight_names"] = [b"training/Adam/Variable:0"]
+    assert "not named like a Keras Adam's slots" in _one_line_exit_2(str(tmp_path / "keras22.h5"))
     # a checkpoint file naming nothing that exists
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "checkpoint").write_text('model_checkpoint_path: "/nowhere/model.ckpt-1"\n')
@@ -334,6 +399,8 @@ def test_scan_uses_tf1_checkpoints_of_a_run(tmp_path):
         ("tf2", "ckpt-1", ".data-00000-of-00001"),
         ("keras", "plain.keras", ""),
         ("keras", "amsgrad.weights.h5", ""),
+        ("keras_h5", "tfk_legacy.h5", ""),
+        ("keras_h5", "k3_amsgrad.h5", ""),
     ],
 )
 def test_damaged_files_give_input_errors_only(tmp_path, sub, name, damaged):

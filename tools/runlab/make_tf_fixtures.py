@@ -28,6 +28,11 @@ Layouts written (total well under 2 MB):
 * ``keras/``      — ``plain.keras``, ``plain.weights.h5`` (Adam), ``schedule.*`` (ExponentialDecay: no lr
   variable), ``amsgrad.*`` (a third slot per variable), ``ema_accum.*`` (an EMA copy and a gradient
   accumulator per variable before the m/v pairs);
+* ``keras_h5/``   — HDF5 *model* files, ``model.save("x.h5")`` (what ``ModelCheckpoint("….h5")`` and MLflow's
+  Keras autolog write): ``k3_*.h5`` by Keras 3 (``optimizer_weights`` named ``<opt>/<var path>_momentum|_velocity``),
+  ``tfk_*.h5`` by tf.keras 2 (``Adam/m/<var>:0``; ``optimizers.legacy.Adam``: ``Adam/<var>/m:0``); plus SGD, a
+  weights-only file and one saved without the optimizer (must be refused in one line). Only this folder:
+  ``make_tf_fixtures.py --only keras_h5`` (merges its records into an existing ``expected.json``);
 * ``logs_f1/``, ``logs_f10/`` — Keras TensorBoard callback logs of ``model.fit`` with ``update_freq=1`` and
   ``10`` (``batch_loss`` is Keras' running mean since the start of the epoch), one bad batch (targets ×10).
 
@@ -366,6 +371,102 @@ def make_tf2_tfkeras(tmp: Path, out: Path, *, legacy: bool) -> dict[str, Any]:
     }
 
 
+def make_keras_h5(out: Path) -> dict[str, Any]:
+    """Keras 3 and tf.keras 2 HDF5 model files (``model.save("….h5")``, optimizer included) and what each
+    optimizer held when it was saved."""
+    import h5py
+    import keras
+
+    x, y = data(320)
+    expected: dict[str, Any] = {}
+
+    def record(name: str, opt, tensors: list[dict[str, Any]], cfg: dict[str, Any], lr_now: float) -> None:
+        lr = cfg["learning_rate"]
+        expected[name] = {
+            "layout": "keras-h5",
+            "step": int(opt.iterations.numpy()),
+            "hyper": {
+                "lr": None if isinstance(lr, dict) else float(lr),
+                "lr_at_step": float(lr_now),
+                "beta1": cfg["beta_1"],
+                "beta2": cfg["beta_2"],
+                "eps": cfg["epsilon"],
+                "amsgrad": cfg.get("amsgrad", False),
+                "weight_decay": cfg.get("weight_decay") or 0.0,
+            },
+            "tensors": tensors,
+        }
+        with h5py.File(out / name, "r") as f:
+            expected[name]["optimizer_weight_names"] = [
+                n.decode() if isinstance(n, bytes) else str(n) for n in f["optimizer_weights"].attrs["weight_names"]
+            ]
+
+    k3 = {
+        "k3_plain.h5": lambda: keras.optimizers.Adam(1e-2),
+        "k3_amsgrad.h5": lambda: keras.optimizers.Adam(3e-3, beta_2=0.99, amsgrad=True),
+        "k3_schedule.h5": lambda: keras.optimizers.Adam(
+            keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.9), epsilon=1e-6
+        ),
+        "k3_adamw.h5": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.05),
+    }
+    for name, make_opt in k3.items():
+        model = keras_model()
+        opt = make_opt()
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+        model.save(out / name)
+        record(name, opt, keras_slots(opt, model), opt.get_config(), float(opt.learning_rate.numpy()))
+    try:
+        import tf_keras
+    except ImportError:
+        print("tf_keras not installed: no keras_h5/tfk_*.h5 fixtures", file=sys.stderr)
+        return expected
+    tfk = {
+        "tfk_adam.h5": lambda: tf_keras.optimizers.Adam(5e-3, beta_2=0.995, epsilon=1e-6),
+        "tfk_legacy.h5": lambda: tf_keras.optimizers.legacy.Adam(5e-3, beta_2=0.995),
+        "tfk_amsgrad.h5": lambda: tf_keras.optimizers.Adam(3e-3, amsgrad=True),
+        "tfk_adamw.h5": lambda: tf_keras.optimizers.AdamW(5e-3, weight_decay=0.05),
+        "tfk_sgd.h5": lambda: tf_keras.optimizers.SGD(1e-2, momentum=0.9),
+    }
+    for name, make_opt in tfk.items():
+        tf_keras.utils.set_random_seed(SEED)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.layers.Dense(25, activation="relu", input_shape=(3,), name="trunk"),
+                tf_keras.layers.Dense(4, name="head"),
+            ]
+        )
+        opt = make_opt()
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+        model.save(out / name)
+        if name == "tfk_sgd.h5":
+            continue
+        legacy = name == "tfk_legacy.h5"
+        tensors = []
+        for i, var in enumerate(model.trainable_variables):
+            if legacy:
+                m, v = opt.get_slot(var, "m").numpy(), opt.get_slot(var, "v").numpy()
+            else:
+                m, v = opt._momentums[i].numpy(), opt._velocities[i].numpy()
+            row = {"name": var.name.split(":")[0], "shape": list(var.shape), "trainable_index": i}
+            if getattr(opt, "amsgrad", False):
+                row.update(stats(m, opt._velocity_hats[i].numpy()))
+                row["v_plain"] = stats(m, v)
+            else:
+                row.update(stats(m, v))
+            tensors.append(row)
+        cfg = opt.get_config()
+        if legacy:  # optimizers.legacy.Adam's config has no weight decay; β1/β2 may be tensors
+            cfg = {**cfg, "beta_1": float(cfg["beta_1"]), "beta_2": float(cfg["beta_2"])}
+        lr_now = float(tf_keras.backend.get_value(opt.learning_rate if not legacy else opt.lr))
+        record(name, opt, tensors, cfg, lr_now)
+    # refused: a weights-only file, and a model saved without its optimizer
+    model.save_weights(out / "tfk_weights_only.h5")
+    model.save(out / "tfk_no_optimizer.h5", include_optimizer=False)
+    return expected
+
+
 # --- Keras TensorBoard logs ------------------------------------------------------------------------
 def make_logs(out: Path, update_freq: int) -> dict[str, Any]:
     import keras
@@ -420,13 +521,23 @@ def make_logs(out: Path, update_freq: int) -> dict[str, Any]:
     }
 
 
-def main(out: Path) -> None:
+def main(out: Path, only: str | None = None) -> None:
     import h5py
     import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    if only == "keras_h5":  # one folder, merged into the expected.json already there
+        expected_path = out / "expected.json"
+        recorded = json.loads(expected_path.read_text())
+        shutil.rmtree(out / "keras_h5", ignore_errors=True)
+        (out / "keras_h5").mkdir()
+        recorded["keras_h5"] = make_keras_h5(out / "keras_h5")
+        recorded["made_with_keras_h5"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        expected_path.write_text(json.dumps(recorded, indent=1) + "\n")
+        print(f"wrote {out / 'keras_h5'}")
+        return
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -464,6 +575,8 @@ def main(out: Path) -> None:
                 expected[sub] = make_tf2_tfkeras(Path(t), out / sub, legacy=legacy)
     (out / "keras").mkdir()
     expected["keras"] = make_keras(out / "keras")
+    (out / "keras_h5").mkdir()
+    expected["keras_h5"] = make_keras_h5(out / "keras_h5")
     expected["logs"] = {f"logs_f{k}": make_logs(out, k) for k in (1, 10)}
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -471,4 +584,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "tests/fixtures/tf")
+    args = [a for a in sys.argv[1:] if a not in ("--only", "keras_h5")]
+    main(
+        Path(args[0]) if args else Path(__file__).resolve().parents[2] / "tests/fixtures/tf",
+        only="keras_h5" if "--only" in sys.argv[1:] else None,
+    )

@@ -1,4 +1,5 @@
 """Keras 3 ``.weights.h5`` and ``.keras`` files (a zip of ``config.json`` + ``model.weights.h5``), via h5py.
+(HDF5 *model* files, ``model.save("….h5")``, are read by :mod:`adamdiag.io.checkpoints.keras_h5`.)
 
 Layout (Keras 3): ``optimizer/vars/<k>`` in the optimizer's variable order — ``iterations``, the
 learning rate (absent with a schedule), then, when enabled, one gradient accumulator and one EMA copy
@@ -194,7 +195,7 @@ DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError
 
 def _damaged(path: Path, e: BaseException) -> InputError:
     msg = str(e).strip().strip("'").splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    return InputError(f"{path}: damaged or not a Keras 3 file ({msg})")
+    return InputError(f"{path}: damaged or not a Keras file ({msg})")
 
 
 def open_keras(path: Path):
@@ -248,12 +249,14 @@ def _open_keras(path: Path):
         raise InputError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})") from None
 
     if "optimizer/vars" not in f:
-        if "optimizer_weights" in f or "model_weights" in f:
-            raise InputError(
-                f"{path}: a Keras 2 (tf.keras) HDF5 model file: not supported; inspect a tf.train.Checkpoint "
-                "of the model and optimizer, or a Keras 3 .keras file"
-            )
-        raise InputError(f"{path}: no optimizer state in it (no optimizer/vars: saved without the optimizer)")
+        from adamdiag.io.checkpoints.keras_h5 import is_model_file, open_keras_model_file
+
+        if path.suffix != ".keras" and is_model_file(f):  # model.save("….h5"): named slots
+            return open_keras_model_file(f, path)
+        raise InputError(
+            f"{path}: no optimizer state in it (neither Keras 3's optimizer/vars nor a model file's optimizer_weights: "
+            "saved without the optimizer, or damaged)"
+        )
     ov = f["optimizer/vars"]
     keys = sorted(ov.keys(), key=int)
     shapes = [tuple(ov[k].shape) for k in keys]
