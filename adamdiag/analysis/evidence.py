@@ -1222,6 +1222,9 @@ class RunInputs:
     # (io.events.writer_adam_hyperparameters); the defaults where empty
     hyper: dict[str, float] = field(default_factory=dict)
     hyper_source: str = ""
+    # tags the reader knows to be Keras' running means without epoch_* values beside them (io.events.RunEvents'
+    # running_means: tag -> finished epochs, or None when the log does not tell)
+    running_means: dict[str, int | None] = field(default_factory=dict)
 
 
 def tags_of(inp: RunInputs) -> list[str]:
@@ -1238,20 +1241,30 @@ def series_arrays(scalars: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def loss_series(
-    scalars: Any, tag: str, tags: list[str], rebuilt: list[dict[str, Any]]
+    scalars: Any,
+    tag: str,
+    tags: list[str],
+    rebuilt: list[dict[str, Any]],
+    running_means: dict[str, int | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of a loss tag, with Keras' per-epoch running means (``batch_loss`` beside an
-    ``epoch_loss``) turned back into per-batch losses first: read raw, a 13x batch shows as a small
-    bump and every epoch start as a drop. What was done is appended to ``rebuilt`` (rule AD603)."""
+    ``epoch_loss``, or a tag its reader declared one: ``running_means``, tag -> finished epochs or None)
+    turned back into per-batch losses first: read raw, a 13x batch shows as a small bump and every epoch
+    start as a drop. What was done is appended to ``rebuilt`` (rule AD603)."""
     from adamdiag.analysis.keras_logs import is_running_mean_tag, reconstruct_running_mean
 
     steps, values = series_arrays(scalars, tag)
-    if not is_running_mean_tag(tag, tags):
+    declared = running_means or {}
+    if is_running_mean_tag(tag, tags):
+        base = tag.rsplit("/", 1)[-1]
+        epochs = tag[: len(tag) - len(base)] + "epoch_" + base[len("batch_") :]
+        epoch_tag: str | None = epochs
+        r = reconstruct_running_mean(steps, values, epoch_values=series_arrays(scalars, epochs)[1])
+    elif tag in declared:  # no epoch values: the epoch count (when known) checks the boundaries found
+        epoch_tag = None
+        r = reconstruct_running_mean(steps, values, n_epochs=declared[tag])
+    else:
         return steps, values
-    base = tag.rsplit("/", 1)[-1]
-    epoch_tag = tag[: len(tag) - len(base)] + "epoch_" + base[len("batch_") :]
-    epoch_values = series_arrays(scalars, epoch_tag)[1]
-    r = reconstruct_running_mean(steps, values, epoch_values=epoch_values)
     rebuilt.append(
         {
             "tag": tag,
@@ -1278,11 +1291,13 @@ def gather(
     tags = tags_of(inp)
     rebuilt: list[dict[str, Any]] = []
     if loss_tag is not None:
-        steps, loss = loss_series(scalars, loss_tag, tags, rebuilt)
+        steps, loss = loss_series(scalars, loss_tag, tags, rebuilt, inp.running_means)
         ev = detect_loss_events(steps, loss)
     else:
         steps, loss, ev = np.zeros(0, np.int64), np.zeros(0), LossEvents()
-    task_events = {t: detect_loss_events(*loss_series(scalars, t, tags, rebuilt)) for t in loss_tags[1:]}
+    task_events = {
+        t: detect_loss_events(*loss_series(scalars, t, tags, rebuilt, inp.running_means)) for t in loss_tags[1:]
+    }
     event_step = ev.blowup_step if ev.blowup_step is not None else (ev.spikes[0] if ev.spikes else None)
     # The replay start: the last checkpoint before the event whose state is sound (NaN/Inf or a
     # corrupt v can't start a replay: it would replay the damage, not the run).
@@ -1293,8 +1308,9 @@ def gather(
     # the first checkpoint; β2 decides the memory span, so it must be the run's own.
     beta2, eps, lr = hyperparameters(start or (ckpts[0] if ckpts else None))
     hyper_defaults = "torch"
-    if not ckpts and keras_written(tags):
-        # Keras' Adam is not torch's: its default eps is 1e-7 (the value a v collapse is measured against)
+    if not ckpts and (keras_written(tags) or inp.running_means):
+        # Keras' Adam is not torch's: its default eps is 1e-7 (the value a v collapse is measured against); a
+        # reader declares running means only for a Keras writer (MLflow's Keras callback)
         hyper_defaults, eps = "Keras", KERAS_DEFAULT_EPS
     hyper_source = ""
     if not ckpts and inp.hyper:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from adamdiag.errors import InputError, missing_path
 from adamdiag.io.dvclive_log import is_dvclive_dir
 from adamdiag.io.framework_logs import is_framework_log, read_framework_log
-from adamdiag.io.mlflow_log import is_database_run, is_file_store_run
+from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
 from adamdiag.io.wandb_log import is_wandb_file
 from adamdiag.printable import printable
 
@@ -103,6 +103,8 @@ class RunEvents:
     warning_notes: list[str] = field(default_factory=list)
     # file path -> the configuration a framework log held (FileData.arguments), read with the file
     arguments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # FileData.running_means of the run's files (tag -> finished epochs or None)
+    running_means: dict[str, int | None] = field(default_factory=dict)
 
 
 def is_event_file(path: Path) -> bool:
@@ -239,6 +241,43 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
     return found
 
 
+def _keras_batches_over_artifact_copy(run: Path, event_dirs: list[Path]) -> bool:
+    """An MLflow file-store run whose only event files are in its ``artifacts/`` (MLflow's copy of a TensorBoard log)
+    and whose Keras callback logged per batch (:func:`adamdiag.io.mlflow_log.keras_callback_mode`)."""
+    from adamdiag.io.mlflow_log import keras_callback_mode
+
+    inside = [d for d in event_dirs if run in d.parents]
+    artifacts = run / "artifacts"
+    return bool(inside) and all(artifacts in d.parents for d in inside) and keras_callback_mode(run) == "batch"
+
+
+def _keras_epochs_with_artifact_copy(run: Path, event_dirs: set[Path]) -> bool:
+    """A database run whose Keras callback logged per epoch, with the TensorBoard log MLflow's autolog copies into
+    its artifacts among the event folders found: the same epochs, read from those events (as a file-store run
+    with events inside is)."""
+    from adamdiag.io.mlflow_log import artifacts_dir, keras_callback_mode
+
+    if not event_dirs:
+        return False
+    art = artifacts_dir(run)
+    if art is None or not any(art in d.parents for d in event_dirs):
+        return False
+    return keras_callback_mode(run) == "epoch"
+
+
+def artifact_copies_of(runs: list[Path], found: list[Path]) -> list[Path]:
+    """The event runs in ``found`` that lie in the artifacts folder of an MLflow run in ``runs`` whose Keras callback
+    logged per batch (read from its metrics instead: :func:`adamdiag.io.mlflow_log.keras_artifact_copy`)."""
+    from adamdiag.io.mlflow_log import keras_artifact_copy
+
+    if not found:
+        return []
+    mlflow = [
+        a.resolve() for r in runs if (r / "meta.yaml").is_file() or is_database_run(r) if (a := keras_artifact_copy(r))
+    ]
+    return [d for d in found if any(a == d.resolve() or a in d.resolve().parents for a in mlflow)]
+
+
 def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]) -> list[Path]:
     """Runs under ``root`` known only by a framework's own log file: Hugging Face Trainer output dirs by their
     trainer_state.json, Lightning CSVLogger folders by their metrics.csv, Weights & Biases run folders by their
@@ -263,7 +302,7 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             if not is_sqlite_store(f):
                 continue
             try:
-                out += [r for r in sqlite_runs(f) if r not in seen]
+                out += [r for r in sqlite_runs(f) if r not in seen and not _keras_epochs_with_artifact_copy(r, logged)]
             except InputError as e:
                 problems.append(Problem(str(f), f"{e}; skipped"))
             continue
@@ -283,6 +322,13 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
         else:
             run = first_folder_of_run(f.parent)
         inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV) and any(a in logged for a in run.parents)
+        if f.name == "meta.yaml" and run in around and _keras_batches_over_artifact_copy(run, event_dirs):
+            # MLflow's Keras autolog copies a TensorBoard log (per epoch, unless the user's own callback logged
+            # per batch) into artifacts/ at the end of fit; a run that logged per batch is read from its metrics
+            # (its note says so), and that copy is not read as a run of its own (artifact_copies_of)
+            seen.add(run)
+            out.append(run)
+            continue
         if run in around or inside_event_run or run in seen:
             # a run logged to TensorBoard is read from its events (wandb's synced copy of them lies inside its run
             # folder); a wandb or MLflow run below another run's event files is read (scan's same_log: once)
@@ -371,7 +417,9 @@ def discover(paths: Sequence[Path]) -> Discovery:
             run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
-        found += _framework_log_runs(p, logs, dirs, problems)
+        extra = _framework_log_runs(p, logs, dirs, problems)
+        copies = set(artifact_copies_of(extra, found))
+        found = [r for r in found if r not in copies] + extra
         if not found:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
@@ -498,6 +546,9 @@ class FileData:
     # the training's configuration a framework log holds (wandb.config, MLflow/DVCLive params, HF's
     # training_args.bin), read with its rows (ARGS_SOURCE says where); None for event files (logged_arguments)
     arguments: dict[str, Any] | None = None
+    # tags its writer is known to log as Keras' per-epoch running means with no epoch_* values beside them
+    # (MLflow's Keras callback per batch) -> the number of finished epochs when the log tells it, else None
+    running_means: dict[str, int | None] = field(default_factory=dict)
 
 
 class Trace(NamedTuple):
@@ -1903,6 +1954,13 @@ def writer_adam_hyperparameters(
             got = _floats(fairseq_adam_hyperparameters(str(args["argv"])))
             if got:
                 return got, "fairseq's command line (the 'sys.argv' text summary)"
+        keras = keras_optimizer_config(args)  # MLflow's Keras callback: optimizer.get_config() as params
+        if keras is not None and "beta_2" in keras and "epsilon" in keras:
+            if not re.fullmatch(r"adamw?(_\d+)?", str(keras.get("name", "")).strip().lower()):
+                return {}, ""  # Adamax, Nadam, a renamed optimizer: not known to be Adam
+            got = _floats({"beta2": keras["beta_2"], "eps": keras["epsilon"]})
+            if got:
+                return got, f"the Keras optimizer's config in {_args_source(args)}"
     return {}, ""
 
 
@@ -2040,6 +2098,7 @@ def _finish(run: str, datas: list[FileData]) -> RunEvents:
         events.warning_notes += [n for n in d.warning_notes if n not in events.warning_notes]
         if d.arguments is not None:
             events.arguments[d.path] = d.arguments
+        events.running_means.update(d.running_means)
     samples_axis_to_steps(events)
     micro_batch_axis_to_steps(events)
     concurrent_writers_note(events)

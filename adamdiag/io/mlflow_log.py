@@ -43,6 +43,7 @@ _SQL_INF = sys.float_info.max
 # A store's metric files or table of 10^8 rows is far beyond one training run.
 MAX_METRIC_FILE_BYTES = 1 << 32
 MAX_ROWS_NOTE = 10_000_000
+FINISHED_FILE_STORE = "3"  # meta.yaml's status: RunStatus.FINISHED
 
 
 def parse_metric_line(line: str) -> tuple[float, float, int] | None:
@@ -120,17 +121,22 @@ def read_file_store_run(meta: Path | str) -> FileData:
     if not rows.codes:
         warnings.append(f"{run}: no logged metric (the run stopped before its first log?)")
     name = info.get("run_name") or info.get("run_id", run.name)
-    data = rows.file_data(
+    params = file_store_params(meta)
+    records = len(rows.codes)
+    keras = keras_callback_rows(rows, params, finished=info.get("status") == FINISHED_FILE_STORE)
+    data = (keras.rows if keras else rows).file_data(
         meta,
         size,
         mtime,
         version=MLFLOW_VERSION,
         kind="mlflow",
-        records=len(rows.codes),
+        records=records,
         warnings=warnings,
-        note=f"read from the MLflow run {name!r} (file store {run}); no TensorBoard event files in this run",
-        arguments=_with_source(file_store_params(meta)),
+        note=f"read from the MLflow run {name!r} (file store {run})" + (f"; {keras.note}" if keras else ""),
+        arguments=_with_source(params),
     )
+    if keras:
+        data.running_means = keras.running_means
     return data
 
 
@@ -277,6 +283,7 @@ def read_sqlite_run(path: Path | str) -> FileData:
             f"select key, value, timestamp, step, is_nan from metrics where run_uuid = ? order by {order}", (uuid,)
         ).fetchall()
         params = _sqlite_params(con, uuid)
+        status = con.execute("select status from runs where run_uuid = ?", (uuid,)).fetchone()
     except sqlite3.Error as e:
         raise InputError(f"{db}: cannot read the MLflow database ({e})") from None
     finally:
@@ -295,7 +302,8 @@ def read_sqlite_run(path: Path | str) -> FileData:
         rows.add(str(key), int(step or 0), v, (ts or 0) / 1000.0)
     st = db.stat()
     warnings = [] if rows.codes else [f"{path}: no logged metric (the run stopped before its first log?)"]
-    data = rows.file_data(
+    keras = keras_callback_rows(rows, params, finished=bool(status) and status[0] == "FINISHED")
+    data = (keras.rows if keras else rows).file_data(
         path,
         st.st_size,
         st.st_mtime,
@@ -303,9 +311,11 @@ def read_sqlite_run(path: Path | str) -> FileData:
         kind="mlflow",
         records=len(rows_sql),
         warnings=warnings,
-        note=f"read from the MLflow run {name!r} ({uuid}) in the database {db}; no TensorBoard event files in this run",
+        note=f"read from the MLflow run {name!r} ({uuid}) in the database {db}" + (f"; {keras.note}" if keras else ""),
         arguments=_with_source(params),
     )
+    if keras:
+        data.running_means = keras.running_means
     return data
 
 
@@ -325,3 +335,197 @@ def _with_source(params: dict[str, Any]) -> dict[str, Any] | None:
     from adamdiag.io.events import ARGS_SOURCE
 
     return {**params, ARGS_SOURCE: "the MLflow run's params"} if params else None
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow's Keras callback (``mlflow.tensorflow.autolog()``, ``mlflow.keras.MlflowCallback``): its rows as Keras'
+# own TensorBoard callback writes the same values, so the run reads as a Keras run (rule AD603).
+#
+# The callback logs ``optimizer.get_config()`` as ``opt_<key>`` params, then Keras' ``logs`` dict under Keras'
+# names: per epoch (the default) at step = the epoch index, or every n batches (``log_every_n_steps``) at step =
+# ``optimizer.iterations``; the two are exclusive. Its batch values are the epoch's *running means* (what Keras
+# hands callbacks), not the batch's loss. ``on_test_end`` logs ``validation_<key>`` with no step (all at 0), one per
+# evaluation: at each epoch's end during fit.
+
+# The prefix of the optimizer's config in the params: ``opt_`` (mlflow.tensorflow's callback and autolog) or
+# ``optimizer_`` (mlflow.keras', Keras 3's flavour); keys every Keras optimizer config has, and keys only Keras'
+# configs have (Keras 3 / tf.keras 2 / its legacy optimizers)
+KERAS_PARAM_PREFIXES = ("opt_", "optimizer_")
+KERAS_OPT_KEYS = ("name", "learning_rate")
+KERAS_ONLY_OPT_KEYS = ("use_ema", "ema_momentum", "global_clipnorm", "decay", "jit_compile")
+VALIDATION_PREFIX = "validation_"  # MlflowCallback.on_test_end's prefix
+
+
+def keras_optimizer_config(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The Keras optimizer's config MLflow's Keras callback logged as params (prefix taken off), else None.
+
+    >>> keras_optimizer_config({"opt_name": "adam", "opt_learning_rate": 0.01, "opt_use_ema": False, "epochs": 3})
+    {'name': 'adam', 'learning_rate': 0.01, 'use_ema': False}
+    >>> keras_optimizer_config({"optimizer_name": "adamw", "optimizer_learning_rate": 0.01}) is None
+    True
+    """
+    for p in KERAS_PARAM_PREFIXES:
+        if all(p + k in params for k in KERAS_OPT_KEYS) and any(p + k in params for k in KERAS_ONLY_OPT_KEYS):
+            return {k[len(p) :]: v for k, v in params.items() if k.startswith(p)}
+    return None
+
+
+def is_keras_callback_run(params: dict[str, Any]) -> bool:
+    """Whether an MLflow run's params are those MLflow's Keras callback logs (the optimizer's config)."""
+    return keras_optimizer_config(params) is not None
+
+
+def _int_param(params: dict[str, Any], key: str, default: int | None) -> int | None:
+    v = params.get(key, default)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else default
+
+
+def keras_callback_mode(run: Path) -> str | None:
+    """How MLflow's Keras callback logged the run ``run`` (a file-store run folder or a database run path):
+    ``"batch"`` (``log_every_n_steps``: its ``loss`` starts at an iteration count) or ``"epoch"`` (at the epoch
+    index ``initial_epoch``); None when its params are not the callback's or it logged no ``loss``. Reads the
+    params and the first ``loss`` point only."""
+    import sqlite3
+
+    first: int | None = None
+    if (run / META).is_file():
+        params = file_store_params(run / META)
+        loss = run / METRICS / "loss"
+        if not is_keras_callback_run(params) or not loss.is_file():
+            return None
+        try:
+            with open(loss, encoding="utf-8", errors="replace") as f:
+                got = parse_metric_line(f.readline())
+        except OSError:
+            return None
+        first = got[2] if got is not None else None
+    else:
+        split = split_run_path(run)
+        if split is None:
+            return None
+        db, prefix = split
+        try:
+            con = _connect(db)
+        except InputError:
+            return None
+        try:
+            uuid, _ = _run_uuid(con, db, prefix)
+            params = _sqlite_params(con, uuid)
+            order = "rowid" if _has_rowid(con) else "timestamp, step"
+            row = con.execute(
+                f"select step from metrics where run_uuid = ? and key = 'loss' order by {order} limit 1", (uuid,)
+            ).fetchone()
+        except (sqlite3.Error, InputError):
+            return None
+        finally:
+            con.close()
+        if not is_keras_callback_run(params):
+            return None
+        first = int(row[0] or 0) if row is not None else None
+    if first is None:
+        return None
+    return "epoch" if first == (_int_param(params, "initial_epoch", 0) or 0) else "batch"
+
+
+def artifacts_dir(run: Path) -> Path | None:
+    """The local folder of an MLflow run's artifacts: ``<run>/artifacts`` of a file-store run; for a database run
+    MLflow's default ``<database folder>/mlruns/<experiment id>/<run id>/artifacts`` when it exists, else its
+    ``artifact_uri`` when that is a local folder. None when there is none here (a remote store)."""
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    if (run / META).is_file():
+        return run / "artifacts" if (run / "artifacts").is_dir() else None
+    split = split_run_path(run)
+    if split is None:
+        return None
+    db, prefix = split
+    try:
+        con = _connect(db)
+    except InputError:
+        return None
+    try:
+        row = con.execute(
+            "select run_uuid, artifact_uri, experiment_id from runs where run_uuid like ?", (prefix + "%",)
+        ).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
+    if len(row) != 1:
+        return None
+    uuid, uri, exp = row[0]
+    # beside the database first: a store moved or copied with its mlruns/ still records the old absolute path,
+    # which may hold the original's artifacts
+    cands = [db.parent / "mlruns" / str(exp) / str(uuid) / "artifacts"]
+    if uri:
+        u = urlparse(str(uri))
+        if u.scheme in ("", "file"):
+            cands.append(db.parent / unquote(u.path))  # a relative path is relative to where MLflow ran: guessed
+    return next((c for c in cands if c.is_dir()), None)
+
+
+def keras_artifact_copy(run: Path) -> Path | None:
+    """The artifacts folder of an MLflow run whose Keras callback logged per batch — the TensorBoard log autolog
+    copies there is a coarser copy of the same training (per epoch, by default), not a run of its own — else None."""
+    return artifacts_dir(run) if keras_callback_mode(run) == "batch" else None
+
+
+class KerasRows:
+    """:func:`keras_callback_rows`' result: the renamed rows, a note saying so, and the running-mean tags with the
+    number of finished epochs when the log tells it (None: not known)."""
+
+    def __init__(self, rows: Any, note: str, running_means: dict[str, int | None]) -> None:
+        self.rows, self.note, self.running_means = rows, note, running_means
+
+
+def keras_callback_rows(rows: Any, params: dict[str, Any], *, finished: bool) -> KerasRows | None:
+    """A Keras callback run's rows (:class:`LogRows`, in logging order) under the names and steps Keras'
+    TensorBoard callback gives the same values — ``loss`` logged per batch as ``batch_loss`` at the iteration,
+    per epoch as ``epoch_loss`` at the epoch index, ``validation_loss`` as ``validation/epoch_loss`` at its
+    epoch — with the batch tags declared running means. None for any other run.
+
+    Which a key is: the epoch series start at the epoch index ``initial_epoch`` (param, 0 by default); a batch
+    series starts at an iteration count, never equal to it (≥ 1 past ``initial_epoch`` whole epochs). The number
+    of finished epochs (to check the epoch boundaries the per-batch losses are rebuilt with): one validation per
+    epoch (``validation_freq`` 1), else ``epochs - initial_epoch`` of a run that finished without early stopping.
+    """
+    from adamdiag.io.framework_logs import LogRows
+
+    if not rows.codes or not is_keras_callback_run(params):
+        return None
+    initial = _int_param(params, "initial_epoch", 0) or 0
+    first: dict[int, int] = {}
+    for code, step in zip(rows.codes, rows.steps):
+        first.setdefault(code, step)
+    out = LogRows()
+    seen: dict[int, int] = {}  # points of each validation key so far: the k-th is epoch initial + k
+    batch_tags: set[str] = set()
+    val_counts: dict[str, int] = {}
+    for code, step, value, wall in zip(rows.codes, rows.steps, rows.values, rows.walls):
+        key = rows.tags[code]
+        if key.startswith(VALIDATION_PREFIX) and first[code] == 0:
+            k = seen.get(code, 0)
+            seen[code] = k + 1
+            base = key[len(VALIDATION_PREFIX) :]
+            val_counts[base] = k + 1
+            out.add(f"validation/epoch_{base}", initial + k if step == 0 else step, value, wall)
+        elif first[code] == initial:
+            out.add(f"epoch_{key}", step, value, wall)
+        else:
+            batch_tags.add(f"batch_{key}")
+            out.add(f"batch_{key}", step, value, wall)
+    out.skipped = rows.skipped
+    epochs: int | None = None
+    if val_counts and _int_param(params, "validation_freq", 1) == 1:
+        epochs = max(val_counts.values())
+    elif finished and not any(k in params for k in ("patience", "min_delta")):  # autolog logs EarlyStopping's
+        total = _int_param(params, "epochs", None)
+        epochs = total - initial if total is not None and total > initial else None
+    how = "per batch (log_every_n_steps)" if batch_tags else "per epoch"
+    note = (
+        f"written by MLflow's Keras callback (autolog / MlflowCallback), {how}: read as Keras' TensorBoard callback "
+        "writes the same values (loss -> batch_loss at the optimizer iteration / epoch_loss at the epoch index, "
+        "validation_loss -> validation/epoch_loss)"
+    )
+    return KerasRows(out, note, {t: epochs for t in sorted(batch_tags)})

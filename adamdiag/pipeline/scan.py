@@ -75,8 +75,10 @@ def checkpoint_roots(checkpoints: Path | None, runs: list[Path]) -> dict[Path, P
     import os
 
     from adamdiag.errors import InputError
+    from adamdiag.io.mlflow_log import artifacts_dir, is_database_run
 
-    own = {r: (r if r.is_dir() else r.parent) for r in runs}
+    # a run of an MLflow database has no folder of its own: its artifacts folder, where it is a local one
+    own = {r: (r if r.is_dir() else (artifacts_dir(r) or r.parent) if is_database_run(r) else r.parent) for r in runs}
     if checkpoints is None:
         return own
     ck = Path(checkpoints)
@@ -403,6 +405,7 @@ def scan_paths(
                 hyper_source=hyper_source,
                 checkpoint_root=str(ck_root) if checkpoints is not None else None,
                 epoch_axis=epoch_axis,
+                running_means=dict(events.running_means),
             )
             try:
                 rep = diagnose(inp, loss_tags=loss_tags, grad_norm_tag=grad_norm_tag)

@@ -231,7 +231,7 @@ def read_logged_loss(run_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
         shown = ", ".join(tags[:15]) + (f", ... ({len(tags)} tags)" if len(tags) > 15 else "")
         raise InputError(f"no scalar tag {tag!r} in {run_dir}; available: {shown or 'none'} (use --loss-tag)")
     rebuilt: list[dict[str, Any]] = []
-    steps, values = loss_series(scalars, tag, tags, rebuilt)
+    steps, values = loss_series(scalars, tag, tags, rebuilt, ev.running_means)
     if rebuilt and rebuilt[0]["reconstructed"] and len(steps) > 1 and int(np.diff(steps).max()) > 1:
         raise InputError(
             f"{tag!r} in {run_dir} is Keras' running mean logged every {int(np.diff(steps).min())} batches "
