@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -471,12 +472,14 @@ def keras_artifact_copy(run: Path) -> Path | None:
     return artifacts_dir(run) if keras_callback_mode(run) == "batch" else None
 
 
+@dataclass
 class KerasRows:
-    """:func:`keras_callback_rows`' result: the renamed rows, a note saying so, and the running-mean tags with the
-    number of finished epochs when the log tells it (None: not known)."""
+    """:func:`keras_callback_rows`' result: the renamed rows (a :class:`LogRows`), a note saying so, and the
+    running-mean tags with the number of finished epochs when the log tells it (None: not known)."""
 
-    def __init__(self, rows: Any, note: str, running_means: dict[str, int | None]) -> None:
-        self.rows, self.note, self.running_means = rows, note, running_means
+    rows: Any
+    note: str
+    running_means: dict[str, int | None]
 
 
 def keras_callback_rows(rows: Any, params: dict[str, Any], *, finished: bool) -> KerasRows | None:

@@ -235,6 +235,21 @@ def test_keras_hdf5_model_files(name):
         assert any("ExponentialDecay schedule" in w for w in ck["warnings"])
 
 
+@pytest.mark.parametrize("name", ["tfk_adam_savedmodel", "tfk_legacy_savedmodel"])
+def test_tf_keras_savedmodel_takes_beta2_and_eps_from_keras_metadata(name):
+    """model.save(dir) / ModelCheckpoint(dir) with tf.keras: a SavedModel whose variables/ bundle is a TF2 checkpoint
+    (read by its object graph) and whose keras_metadata.pb holds the optimizer's config — β2 0.995 and eps 1e-6 of
+    the run, not Keras' defaults (which the bundle alone would have to assume)."""
+    if name not in EXPECTED["keras_h5"]:
+        pytest.skip("written without tf_keras")
+    e = EXPECTED["keras_h5"][name]
+    (ck,) = inspect_json(FIX / "keras_h5" / name)["checkpoints"]
+    check(ck, e, [t["name"] for t in e["tensors"]])
+    assert all(t["eps_source"] == t["beta2_source"] == "file" for t in ck["tensors"])
+    assert any("keras_metadata.pb" in w for w in ck["warnings"])
+    assert not any("defaults assumed" in w or "default 1e-7 assumed" in w for w in ck["warnings"])
+
+
 def test_keras_hdf5_model_file_parameters_are_the_saved_weights():
     """The parameter beside each slot is the model weight of the same name (what replay starts from)."""
     h5py = pytest.importorskip("h5py")
@@ -429,3 +444,26 @@ def test_damaged_files_give_input_errors_only(tmp_path, sub, name, damaged):
                 pass
         except InputError:
             pass
+
+
+def test_tf_keras_savedmodel_with_damaged_keras_metadata_falls_back_to_the_defaults(tmp_path):
+    """A keras_metadata.pb that does not parse (cut, garbage, a FIFO) leaves the bundle's reading as it was:
+    Keras' defaults, said so — never an error for the checkpoint, never a hang."""
+    import os
+
+    src = FIX / "keras_h5" / "tfk_adam_savedmodel"
+    if not src.is_dir():
+        pytest.skip("written without tf_keras")
+    for i, damage in enumerate(("cut", "garbage", "fifo")):
+        d = tmp_path / str(i)
+        shutil.copytree(src, d)
+        meta = d / "keras_metadata.pb"
+        if damage == "cut":
+            meta.write_bytes(meta.read_bytes()[:100])
+        elif damage == "garbage":
+            meta.write_bytes(b"\xff" * 64)
+        else:
+            meta.unlink()
+            os.mkfifo(meta)
+        (ck,) = inspect_json(d)["checkpoints"]
+        assert all(t["eps"] == 1e-7 and t["eps_source"] == "default" for t in ck["tensors"]), damage

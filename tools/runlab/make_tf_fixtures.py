@@ -31,7 +31,9 @@ Layouts written (total well under 2 MB):
 * ``keras_h5/``   — HDF5 *model* files, ``model.save("x.h5")`` (what ``ModelCheckpoint("….h5")`` and MLflow's
   Keras autolog write): ``k3_*.h5`` by Keras 3 (``optimizer_weights`` named ``<opt>/<var path>_momentum|_velocity``),
   ``tfk_*.h5`` by tf.keras 2 (``Adam/m/<var>:0``; ``optimizers.legacy.Adam``: ``Adam/<var>/m:0``); plus SGD, a
-  weights-only file and one saved without the optimizer (must be refused in one line). Only this folder:
+  weights-only file and one saved without the optimizer (must be refused in one line); ``tfk_adam_savedmodel/``,
+  ``tfk_legacy_savedmodel/``: the same two models saved as tf.keras' SavedModel (a path without ``.h5``: TF2's
+  default), whose ``keras_metadata.pb`` holds the optimizer's β/eps. Only this folder:
   ``make_tf_fixtures.py --only keras_h5`` (merges its records into an existing ``expected.json``);
 * ``logs_f1/``, ``logs_f10/`` — Keras TensorBoard callback logs of ``model.fit`` with ``update_freq=1`` and
   ``10`` (``batch_loss`` is Keras' running mean since the start of the epoch), one bad batch (targets ×10).
@@ -440,6 +442,8 @@ def make_keras_h5(out: Path) -> dict[str, Any]:
         model.compile(optimizer=opt, loss="mse")
         model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
         model.save(out / name)
+        if name in ("tfk_adam.h5", "tfk_legacy.h5"):  # TF2's default format for a path without .h5: a SavedModel
+            model.save(out / name.replace(".h5", "_savedmodel"))
         if name == "tfk_sgd.h5":
             continue
         legacy = name == "tfk_legacy.h5"
@@ -461,6 +465,10 @@ def make_keras_h5(out: Path) -> dict[str, Any]:
             cfg = {**cfg, "beta_1": float(cfg["beta_1"]), "beta_2": float(cfg["beta_2"])}
         lr_now = float(tf_keras.backend.get_value(opt.learning_rate if not legacy else opt.lr))
         record(name, opt, tensors, cfg, lr_now)
+        if name in ("tfk_adam.h5", "tfk_legacy.h5"):  # the same optimizer state, saved the other way
+            saved = dict(expected[name], layout="tf2-savedmodel")
+            saved.pop("optimizer_weight_names")
+            expected[name.replace(".h5", "_savedmodel")] = saved
     # refused: a weights-only file, and a model saved without its optimizer
     model.save_weights(out / "tfk_weights_only.h5")
     model.save(out / "tfk_no_optimizer.h5", include_optimizer=False)

@@ -661,6 +661,45 @@ def _listed(g, node_id: int) -> list[int]:
     return [ch[k] for k in sorted((k for k in ch if k.isdigit()), key=int)]
 
 
+KERAS_METADATA = "keras_metadata.pb"  # tf.keras' SavedModel: the Keras configs of the saved objects
+MAX_KERAS_METADATA_BYTES = 1 << 28
+
+
+def saved_model_optimizer_config(prefix: Path) -> tuple[str, dict[str, Any], str] | None:
+    """(class name, config, where) of the optimizer a tf.keras SavedModel was compiled with — ``model.save(dir)``
+    and ``ModelCheckpoint(dir)``, TF2's default format before Keras 3 — when ``prefix`` is its
+    ``<dir>/variables/variables`` bundle: ``keras_metadata.pb`` (a ``SavedMetadata``: repeated ``SavedObject``
+    nodes, field 1, whose ``metadata``, field 5, is JSON) holds the root's ``training_config``. None when there is
+    no such file or it says nothing of an optimizer (damage included: the TF2 defaults then apply, as before)."""
+    import json
+
+    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.protowire import fields
+
+    prefix = Path(prefix)
+    meta = prefix.parent.parent / KERAS_METADATA
+    if prefix.name != "variables" or prefix.parent.name != "variables" or non_regular(meta) is not None:
+        return None
+    try:
+        if not meta.is_file() or meta.stat().st_size > MAX_KERAS_METADATA_BYTES:
+            return None
+        data = meta.read_bytes()
+        for num, wt, node in fields(data):
+            if num != 1 or wt != 2:
+                continue
+            inner = {n: v for n, w, v in fields(node) if w == 2 and n in (3, 5)}
+            if inner.get(3, b"") != b"root" or 5 not in inner:
+                continue
+            opt = (json.loads(inner[5]).get("training_config") or {}).get("optimizer_config") or {}
+            cfg = opt.get("config")
+            if isinstance(cfg, dict):
+                return str(opt.get("class_name") or "").rsplit(">", 1)[-1], cfg, str(meta)
+            return None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return None
+
+
 def open_tf2(prefix: Path, bundle: Bundle):
     from adamdiag.io.checkpoints import OptimizerCheckpoint, _Entry
 
@@ -687,6 +726,10 @@ def open_tf2(prefix: Path, bundle: Bundle):
     hyper: dict[str, Any] = {}
     step = None
     layout = "tf2"
+    optimizer = "Adam"
+    saved_wd: float | None = None  # weight decay from a SavedModel's optimizer config
+    # a tf.keras SavedModel (model.save(dir), ModelCheckpoint(dir)): its keras_metadata.pb holds the optimizer's config
+    saved = saved_model_optimizer_config(prefix)
     opt_nodes = [i for i, n in enumerate(g.nodes) if {"_momentums", "_velocities"} <= _children(n).keys()]
     if opt_nodes:  # Keras 3
         if len(opt_nodes) > 1:
@@ -712,11 +755,12 @@ def open_tf2(prefix: Path, bundle: Bundle):
         }
         if lr is None:
             warnings.append("no learning-rate variable (a schedule): lr unknown")
-        warnings.append(
-            "β1, β2 and eps are not stored in a TF2 checkpoint: Keras defaults assumed "
-            "(β1=0.9, β2=0.999, eps=1e-7); statistics that use them are only as right as that assumption "
-            "(--assume-beta2/--assume-eps replace it)"
-        )
+        if saved is None:
+            warnings.append(
+                "β1, β2 and eps are not stored in a TF2 checkpoint: Keras defaults assumed "
+                "(β1=0.9, β2=0.999, eps=1e-7); statistics that use them are only as right as that assumption "
+                "(--assume-beta2/--assume-eps replace it)"
+            )
         amsgrad = bool(vh)
     else:  # legacy tf.keras (optimizer_v2) or a TF1 optimizer tracked by tf.train.Checkpoint
         layout = "tf2-slots"
@@ -744,10 +788,21 @@ def open_tf2(prefix: Path, bundle: Bundle):
         step = _as_step(hp("iter", "iterations"))
         hyper = {"lr": hp("learning_rate", "lr"), "beta1": hp("beta_1"), "beta2": hp("beta_2"), "eps": hp("epsilon")}
         sources = {k: ("file" if v is not None else "unknown") for k, v in hyper.items()}
-        if "iter" in opt and hyper["eps"] is None:  # tf.keras optimizer_v2: epsilon is a Python float
+        if "iter" in opt and hyper["eps"] is None and saved is None:  # optimizer_v2: epsilon is a Python float
             hyper["eps"], sources["eps"] = KERAS_DEFAULTS["eps"], "default"
             warnings.append("eps is not stored by tf.keras' optimizers: its default 1e-7 assumed")
         amsgrad = any(s[3] is not None for s in slots)
+    if saved is not None:
+        cls, ocfg, where = saved
+        for k, key in (("beta1", "beta_1"), ("beta2", "beta_2"), ("eps", "epsilon")):
+            val = ocfg.get(key)
+            if sources.get(k) != "file" and isinstance(val, (int, float)) and not isinstance(val, bool):
+                if math.isfinite(val):
+                    hyper[k], sources[k] = (float(val) if k == "eps" else f32(val)), "file"
+        wd = ocfg.get("weight_decay")
+        saved_wd = float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else 0.0
+        optimizer = cls if cls in ("Adam", "AdamW") else optimizer
+        warnings.append(f"hyperparameters not stored as variables read from the optimizer's config in {where}")
     if step is None:
         step = step_suffix(prefix)
         warnings.append("no iteration counter in the checkpoint: step from its name (-N suffix)")
@@ -756,10 +811,10 @@ def open_tf2(prefix: Path, bundle: Bundle):
         "beta1": _nan(hyper.get("beta1")),
         "beta2": _nan(hyper.get("beta2")),
         "eps": _nan(hyper.get("eps")),
-        "weight_decay": 0.0,
+        "weight_decay": saved_wd or 0.0,
         "amsgrad": amsgrad,
-        # a TF2 object graph keeps no weight decay of Keras' Adam: 0 (its default), not read from the file
-        "sources": {**sources, "weight_decay": "default"},
+        # a TF2 object graph keeps no weight decay of Keras' Adam: 0 (its default), unless a SavedModel's config says
+        "sources": {**sources, "weight_decay": "default" if saved_wd is None else "file"},
         "bias": None,
     }
     keys: dict[int, tuple[str | None, str, str, str | None]] = {}
@@ -776,7 +831,7 @@ def open_tf2(prefix: Path, bundle: Bundle):
         path=str(prefix),
         step=step,
         layout=layout,
-        optimizer="Adam",
+        optimizer=optimizer,
         convention="tf",
         name_mapping="object-graph",
         warnings=warnings,
