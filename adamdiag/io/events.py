@@ -37,6 +37,7 @@ from adamdiag.errors import InputError, missing_path
 from adamdiag.io.dvclive_log import is_dvclive_dir
 from adamdiag.io.framework_logs import is_framework_log, read_framework_log
 from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
+from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
 from adamdiag.io.wandb_log import is_wandb_file
 from adamdiag.printable import printable
 
@@ -74,6 +75,9 @@ WANDB_LATEST = "latest-run"
 MLFLOW_VERSION = "mlflow"
 # DVCLive's folder (dvclive/plots/metrics/*.tsv), read as a log where a run has no event files (io/dvclive_log.py)
 DVCLIVE_VERSION = "dvclive"
+# mmengine's LocalVisBackend file (work_dir/<timestamp>/vis_data/scalars.json), read as a log where a run has no
+# event files (io/mmengine_log.py)
+MMENGINE_VERSION = "mmengine-scalars"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -232,6 +236,7 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             found.append(Path(dirpath))
         if framework_logs is not None:
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
+            framework_logs += [Path(dirpath) / n for n in (SCALARS_JSON,) if n in filenames]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_wandb_file(name)]
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
@@ -296,6 +301,8 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
     for f in logs:
         if f.name == METRICS_CSV and not has_step_column(f):
             continue  # some other metrics.csv
+        if f.name == SCALARS_JSON and not is_scalars_json(f):
+            continue  # some other scalars.json
         if f.name == "mlflow.db":
             # (its folder is often the training's working directory, above the event files of other loggers: the
             # database's runs are read all the same, and one logged to both is diagnosed once, scan's same_log)
@@ -315,13 +322,15 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             run = f.parent
         elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
-        elif f.name == METRICS_CSV:
+        elif f.name in (METRICS_CSV, SCALARS_JSON):
             run = f.parent
         elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
             run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
-        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV) and any(a in logged for a in run.parents)
+        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON) and any(
+            a in logged for a in run.parents
+        )
         if f.name == "meta.yaml" and run in around and _keras_batches_over_artifact_copy(run, event_dirs):
             # MLflow's Keras autolog copies a TensorBoard log (per epoch, unless the user's own callback logged
             # per batch) into artifacts/ at the end of fit; a run that logged per batch is read from its metrics
@@ -425,8 +434,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
-                f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db) or DVCLive folders "
-                f"under {p}{detail}"
+                f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders or "
+                f"mmengine scalars.json under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -490,6 +499,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(state)
         elif (run / METRICS_CSV).is_file():  # a Lightning CSVLogger run
             out.append(run / METRICS_CSV)
+        elif is_scalars_json(run / SCALARS_JSON):  # an mmengine LocalVisBackend folder
+            out.append(run / SCALARS_JSON)
         elif is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
         elif is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files

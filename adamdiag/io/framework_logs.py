@@ -24,18 +24,21 @@ if TYPE_CHECKING:
 
 
 # The reader kind (FileData.kinds) of each framework's own log
-FRAMEWORK_LOG_KINDS = frozenset({"trainer_state", "metrics_csv", "wandb", "mlflow", "dvclive"})
+FRAMEWORK_LOG_KINDS = frozenset({"trainer_state", "metrics_csv", "wandb", "mlflow", "dvclive", "mmengine"})
 
 
 def is_framework_log(path: Path) -> bool:
     """Whether the file ``path`` is a framework's own log that can be named as a run (Hugging Face's
     trainer_state.json, Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's
-    meta.yaml)."""
+    meta.yaml, mmengine's scalars.json)."""
     from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
     from adamdiag.io.mlflow_log import is_run_meta
+    from adamdiag.io.mmengine_log import is_scalars_json
     from adamdiag.io.wandb_log import is_wandb_file
 
-    return path.name in (TRAINER_STATE, METRICS_CSV) or is_wandb_file(path) or is_run_meta(path)
+    return (
+        path.name in (TRAINER_STATE, METRICS_CSV) or is_wandb_file(path) or is_run_meta(path) or is_scalars_json(path)
+    )
 
 
 def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
@@ -63,6 +66,10 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
         return read_sqlite_run(path)
     if is_metrics_dir(path):
         return read_dvclive(path)
+    from adamdiag.io.mmengine_log import is_scalars_json, read_scalars_json
+
+    if is_scalars_json(path):
+        return read_scalars_json(path)
     return None
 
 

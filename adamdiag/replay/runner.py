@@ -132,12 +132,24 @@ def _tracker_runs(folder: Path) -> list[Path]:
     return [r for name in TRACKER_DIRS if (folder / name).exists() for r in _runs_under(folder / name)]
 
 
+def _mmengine_runs(work_dir: Path) -> list[Path]:
+    """mmengine's log folders in ``work_dir`` (``<timestamp>/vis_data/``, with event files or its scalars.json),
+    where its Runner keeps them beside the checkpoints ``iter_N.pth`` / ``epoch_N.pth``."""
+    from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
+
+    try:
+        vis = sorted(d / "vis_data" for d in work_dir.iterdir() if d.is_dir() and (d / "vis_data").is_dir())
+    except OSError:
+        return []
+    return [d for d in vis if _has_events(d) or is_scalars_json(d / SCALARS_JSON)]
+
+
 def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     """The run directory with the logged loss: --logdir, else the checkpoint's parent's parent
     (``<run>/checkpoints/step_N.pt``), else its parent — a folder of event files, else one whose loss a framework
-    logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv), else the
-    one run of a tracker's folder beside (``wandb/``, ``mlruns/``, ``mlflow.db``, ``dvclive/``; several: a one-line
-    error naming them)."""
+    logged in its own file (an HF output dir's trainer_state.json, a Lightning CSVLogger's metrics.csv), or
+    mmengine's ``<timestamp>/vis_data/`` beside its checkpoints, else the one run of a tracker's folder beside
+    (``wandb/``, ``mlruns/``, ``mlflow.db``, ``dvclive/``; several: a one-line error naming them)."""
     if logdir is not None:
         from adamdiag.io.mlflow_log import split_run_path
 
@@ -160,6 +172,11 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     found = _event_dirs(ck.parent.parent, depth=1)
     if not found and ck.is_dir():  # HF: <output_dir>/checkpoint-N beside <output_dir>/runs/<name>/
         found = _event_dirs(ck.parent, depth=2)
+    if not found:  # mmengine: <work_dir>/iter_N.pth beside <work_dir>/<timestamp>/vis_data/
+        found = _mmengine_runs(ck.parent)
+        if len(found) > 1:
+            shown = ", ".join(map(str, found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise InputError(f"several mmengine runs beside {checkpoint} ({shown}): pass --logdir with the one")
     if len(found) == 1:
         return found[0]
     if not found:

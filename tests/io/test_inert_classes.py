@@ -36,6 +36,25 @@ MODULE = textwrap.dedent(
         def forward(self, x):
             return self.out(self.head(self.body(x)))
 
+    class Buffer:
+        '''Keeps its statistics as functions of its own class, as mmengine's HistoryBuffer does: pickled (protocol 2)
+        as getattr(Buffer, "mean").'''
+
+        def __init__(self):
+            self.values = [1.0, 2.0]
+            self.methods = {"mean": Buffer.mean}
+
+        def mean(self):
+            return sum(self.values) / len(self.values)
+
+    class Reach:
+        '''Pickles as getattr(<a global torch allows>, "__globals__"): a way from an allowed object to anything.'''
+
+        def __reduce__(self):
+            import torch._utils
+
+            return (getattr, (torch._utils._rebuild_tensor_v2, "__globals__"))
+
     class Sneaky:
         '''Would write a file when unpickled the normal way (its __setstate__ runs on BUILD).'''
 
@@ -134,3 +153,27 @@ def test_a_replay_from_a_pickled_model_is_the_replay_from_its_state_dict(tmp_pat
     a, b = replay(run / "out" / "ckpt_1000.pt"), replay(src / "out" / "ckpt_1000.pt")
     assert [v["losses"] for v in a["variants"]] == [v["losses"] for v in b["variants"]]
     assert a["variants"][0]["losses"]  # something was replayed
+
+
+def test_getattr_names_a_method_of_a_stand_in_but_reaches_nothing_real(tmp_path, monkeypatch):
+    """mmengine's checkpoints pickle their HistoryBuffer's statistics methods as getattr(HistoryBuffer, "min"): on a
+    stand-in that gives another stand-in and the file loads. getattr on anything real — an allowed global's
+    __globals__, the road to builtins — is refused, naming it."""
+    (tmp_path / "train_script_models.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("train_script_models")
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    torch.save(
+        {"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "hub": mod.Buffer()}, tmp_path / "a.pth"
+    )
+    torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "x": mod.Reach()}, tmp_path / "b.pth")
+    del sys.modules["train_script_models"]
+    (tmp_path / "train_script_models.py").unlink()
+    res = runner.invoke(app, ["inspect", str(tmp_path / "a.pth"), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert "train_script_models.Buffer" in res.stderr
+    res = runner.invoke(app, ["inspect", str(tmp_path / "b.pth")])
+    assert res.exit_code == 2 and "GLOBAL getattr" in res.output and "--trust-checkpoint" in res.output

@@ -368,11 +368,26 @@ def _allow_list_pickle_module(
                 return allowed[full]
             if not stand_ins:
                 raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {full}")
+            if full == "builtins.getattr":
+                return _getattr_of_a_stand_in
             if full not in stubbed:
                 stubbed[full] = type(name, (_Inert,), {"_class": full, "__module__": __name__})
             return stubbed[full]
 
     return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="pickle"), stubbed
+
+
+def _getattr_of_a_stand_in(obj: Any, name: Any) -> Any:
+    """``getattr`` as a pickle may call it to name a method of one of its own classes — mmengine's HistoryBuffer
+    pickles ``{"min": getattr(HistoryBuffer, "min"), ...}`` — allowed only on a stand-in (an :class:`_Inert`
+    class or instance), where it gives another stand-in and reads nothing. On anything else it is refused, naming
+    it, as weights_only refuses it: getattr on a real object reaches whatever that object can reach."""
+    import pickle
+
+    owner = obj if isinstance(obj, type) else type(obj)
+    if not (isinstance(owner, type) and issubclass(owner, _Inert)) or not isinstance(name, str):
+        raise pickle.UnpicklingError("Unsupported global: GLOBAL builtins.getattr")
+    return type(name, (_Inert,), {"_class": f"{owner._class}.{name}", "__module__": __name__})
 
 
 class _Inert:

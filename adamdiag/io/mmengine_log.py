@@ -1,0 +1,113 @@
+"""OpenMMLab's ``mmengine`` log (``work_dir/<timestamp>/vis_data/scalars.json``, what its default ``LocalVisBackend``
+writes: mmdetection, mmsegmentation, mmpretrain... ) as a log, for runs that logged no TensorBoard events (its
+``TensorboardVisBackend`` writes the same values as event files, read as such).
+
+The file is one JSON object per ``add_scalars`` call: a training iteration's logged values (``LoggerHook`` every
+``interval`` iterations: ``loss``, ``lr``, ``grad_norm`` with ``clip_grad``, ``time``...) with its ``epoch``, ``iter``
+and ``step`` = the iteration count (what the optimizer's ``step`` counts too), or a validation's metrics at ``step`` =
+its epoch (by-epoch training) — those lines carry no ``iter`` and are read under ``val/`` so that their ``time``
+is not a training point. mmengine logs the mean of each value over the last ``window_size`` iterations
+(``LogProcessor``, 10 by default): a point is an interval mean, as HF's and Lightning's logged losses are.
+
+>>> import tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "scalars.json"
+>>> _ = p.write_text('{"lr": 0.1, "loss": 2.5, "epoch": 1, "iter": 5, "step": 5}\\n{"acc/top1": 70.0, "step": 1}\\n')
+>>> d = read_scalars_json(p)
+>>> d.tags, d.s_step[0].tolist()
+(['lr', 'loss', 'epoch', 'iter', 'val/acc/top1'], [5, 5, 5, 5, 1])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adamdiag.io.events import FileData
+
+SCALARS_JSON = "scalars.json"  # LocalVisBackend's file name (its ``scalar_save_file``)
+MAX_BYTES = 1 << 31
+# the key of a line that says where it is (``epoch`` and ``iter`` are tags too, as the TensorBoard backend writes them)
+POSITION_KEYS = ("step",)
+EVAL_PREFIX = "val/"
+
+
+def _first_object(path: Path) -> dict[str, Any] | None:
+    from adamdiag.io.checkpoints import non_regular
+
+    if non_regular(path) is not None:
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            line = f.readline(1 << 16)
+    except OSError:
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_scalars_json(path: Path) -> bool:
+    """Whether ``path`` is a LocalVisBackend file: named ``scalars.json``, its first line a JSON object with a
+    numeric ``step`` (only that line is read)."""
+    if path.name != SCALARS_JSON:
+        return False
+    first = _first_object(path)
+    step = first.get("step") if first else None
+    return isinstance(step, (int, float)) and not isinstance(step, bool)
+
+
+def read_scalars_json(path: Path | str) -> FileData:
+    """One scalars.json as event-file columns. A line that is no JSON object with a numeric ``step`` (a write cut
+    short) is skipped with a warning; non-numeric values are skipped (counted)."""
+    from adamdiag.io.events import MMENGINE_VERSION
+    from adamdiag.io.framework_logs import LogRows, read_log_file
+
+    path = Path(path)
+    raw, size, mtime = read_log_file(path, MAX_BYTES, "mmengine scalars.json")
+    rows = LogRows()
+    records = bad = 0
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        records += 1
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        step = obj.get("step") if isinstance(obj, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+            bad += 1
+            continue
+        prefix = "" if "iter" in obj else EVAL_PREFIX  # a validation's line: its metrics at the epoch
+        for key, value in obj.items():
+            if key in POSITION_KEYS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                rows.skipped["non-numeric values"] += 1
+                continue
+            rows.add(prefix + str(key), int(step), float(value))
+    warnings = (
+        [f"{path}: {bad} line(s) that are no JSON object with a step skipped (a write cut short?)"] if bad else []
+    )
+    if not rows.codes:
+        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    return rows.file_data(
+        path,
+        size,
+        mtime,
+        version=MMENGINE_VERSION,
+        kind="mmengine",
+        records=records,
+        warnings=warnings,
+        note=(
+            f"read from mmengine's LocalVisBackend file {path.name} (each value at the iteration it was logged, the mean "
+            "over LogProcessor's window_size iterations; validation metrics under val/ at their epoch); no "
+            "TensorBoard event files in this run"
+        ),
+    )
