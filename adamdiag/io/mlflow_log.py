@@ -353,20 +353,28 @@ def _with_source(params: dict[str, Any]) -> dict[str, Any] | None:
 # configs have (Keras 3 / tf.keras 2 / its legacy optimizers)
 KERAS_PARAM_PREFIXES = ("opt_", "optimizer_")
 KERAS_OPT_KEYS = ("name", "learning_rate")
-KERAS_ONLY_OPT_KEYS = ("use_ema", "ema_momentum", "global_clipnorm", "decay", "jit_compile")
+# Keras' own config keys, all present in every config of its kind: the EMA options of Keras 3's / tf.keras' 2.11+
+# optimizers, or the full config of tf.keras' legacy Adam (a flattened user config may have a "decay" or two)
+KERAS_SIGNATURES = (
+    ("use_ema", "ema_momentum", "ema_overwrite_frequency"),
+    ("decay", "beta_1", "beta_2", "epsilon", "amsgrad"),
+)
 VALIDATION_PREFIX = "validation_"  # MlflowCallback.on_test_end's prefix
 
 
 def keras_optimizer_config(params: dict[str, Any]) -> dict[str, Any] | None:
     """The Keras optimizer's config MLflow's Keras callback logged as params (prefix taken off), else None.
 
-    >>> keras_optimizer_config({"opt_name": "adam", "opt_learning_rate": 0.01, "opt_use_ema": False, "epochs": 3})
-    {'name': 'adam', 'learning_rate': 0.01, 'use_ema': False}
-    >>> keras_optimizer_config({"optimizer_name": "adamw", "optimizer_learning_rate": 0.01}) is None
-    True
+    >>> ema = {"opt_use_ema": False, "opt_ema_momentum": 0.99, "opt_ema_overwrite_frequency": None}
+    >>> keras_optimizer_config({"opt_name": "adam", "opt_learning_rate": 0.01, **ema, "epochs": 3})["name"]
+    'adam'
+    >>> keras_optimizer_config({"optimizer_name": "adamw", "optimizer_learning_rate": 0.01, "optimizer_decay": 0.1})
+
     """
     for p in KERAS_PARAM_PREFIXES:
-        if all(p + k in params for k in KERAS_OPT_KEYS) and any(p + k in params for k in KERAS_ONLY_OPT_KEYS):
+        if all(p + k in params for k in KERAS_OPT_KEYS) and any(
+            all(p + k in params for k in sig) for sig in KERAS_SIGNATURES
+        ):
             return {k[len(p) :]: v for k, v in params.items() if k.startswith(p)}
     return None
 

@@ -145,7 +145,8 @@ def test_keras_callback_rows_epoch_and_batch_series_by_initial_epoch():
     from adamdiag.io.framework_logs import LogRows
     from adamdiag.io.mlflow_log import keras_callback_rows
 
-    params = {"opt_name": "adam", "opt_learning_rate": 0.01, "opt_use_ema": False, "initial_epoch": 2, "epochs": 4}
+    ema = {"opt_use_ema": False, "opt_ema_momentum": 0.99, "opt_ema_overwrite_frequency": None}
+    params = {"opt_name": "adam", "opt_learning_rate": 0.01, **ema, "initial_epoch": 2, "epochs": 4}
     for per_batch in (False, True):
         rows = LogRows()
         for e in (2, 3):
@@ -163,6 +164,11 @@ def test_keras_callback_rows_epoch_and_batch_series_by_initial_epoch():
         assert val == [2, 3]
         assert got.running_means == ({"batch_loss": 2} if per_batch else {})
     assert keras_callback_rows(LogRows(), {"lr": 0.1}, finished=True) is None
+    # a PyTorch run whose flattened config happens to hold optimizer_name/learning_rate/decay: not Keras
+    torch_like = {"optimizer_name": "adamw", "optimizer_learning_rate": 1e-3, "optimizer_decay": 0.1}
+    rows = LogRows()
+    rows.add("loss", 1, 2.0)
+    assert keras_callback_rows(rows, torch_like, finished=True) is None
 
 
 def test_a_declared_keras_running_mean_brings_keras_adam_defaults():
