@@ -1250,7 +1250,9 @@ def loss_series(
     """(steps, values) of a loss tag, with Keras' per-epoch running means (``batch_loss`` beside an
     ``epoch_loss``, or a tag its reader declared one: ``running_means``, tag -> finished epochs or None)
     turned back into per-batch losses first: read raw, a 13x batch shows as a small bump and every epoch
-    start as a drop. What was done is appended to ``rebuilt`` (rule AD603)."""
+    start as a drop; likewise fastai's smoothed ``train_loss`` (a debiased EMA: :mod:`fastai_logs`). What was
+    done is appended to ``rebuilt`` (rules AD603, AD605)."""
+    from adamdiag.analysis.fastai_logs import is_smoothed_loss_tag, unsmooth
     from adamdiag.analysis.keras_logs import is_running_mean_tag, reconstruct_running_mean
 
     steps, values = series_arrays(scalars, tag)
@@ -1263,6 +1265,10 @@ def loss_series(
     elif tag in declared:  # no epoch values: the epoch count (when known) checks the boundaries found
         epoch_tag = None
         r = reconstruct_running_mean(steps, values, n_epochs=declared[tag])
+    elif is_smoothed_loss_tag(tag, tags):  # fastai's train_loss: a debiased EMA of the batch losses (AD605)
+        u = unsmooth(steps, values)
+        rebuilt.append({"tag": tag, "kind": "fastai-smoothed", "reconstructed": u.rebuilt, "reason": u.reason})
+        return (u.steps, u.values) if u.rebuilt else (steps, values)
     else:
         return steps, values
     rebuilt.append(

@@ -146,9 +146,19 @@ def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
 
 
 def loss_rebuilt(ev: Evidence) -> list[Finding]:
-    """AD603: a Keras running-mean loss was turned back into per-batch losses (or kept raw: why)."""
+    """AD603: a Keras running-mean loss was turned back into per-batch losses (or kept raw: why); AD605 the same
+    for fastai's smoothed loss."""
     out = []
     for r in ev.loss_rebuilt:
+        if r.get("kind") == "fastai-smoothed":
+            msg = (
+                f"'{r['tag']}' is fastai's smoothed loss (a debiased moving average, β 0.98): per-batch losses "
+                "reconstructed before detection"
+                if r["reconstructed"]
+                else f"'{r['tag']}' looks like fastai's smoothed loss but was kept raw: {r['reason']}"
+            )
+            out.append(Finding("AD605", "info", msg, evidence=r))
+            continue
         if r["reconstructed"]:
             msg = (
                 f"'{r['tag']}' is Keras' running mean since the start of the epoch: per-batch losses reconstructed "

@@ -265,6 +265,7 @@ def scan_paths(
     any run (unreadable folders, stray files, link loops) is printed as a warning on stderr.
     """
     from adamdiag.analysis.diagnose import RunInputs, diagnose
+    from adamdiag.analysis.fastai_logs import logged_adam_hyperparameters
     from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
@@ -387,6 +388,8 @@ def scan_paths(
             )
             # β2/eps for a run without checkpoints: --assume-* first, else what the writer logged
             hyper, hyper_source = ({}, "") if summaries else writer_adam_hyperparameters(events, arguments)
+            if not summaries and not hyper:  # fastai logs its hyperparameters as scalars (sqr_mom_0, eps_0)
+                hyper, hyper_source = logged_adam_hyperparameters(scalars)
             given = {k: v for k, v in (assume.given() if assume is not None else {}).items() if k != "lr"}
             if given and not summaries:
                 hyper, hyper_source = {**hyper, **given}, "--assume-" + "/--assume-".join(sorted(given))

@@ -83,6 +83,8 @@ MODEL_FILES = (
 # Names of single-file checkpoints (torch, Keras/HDF5): a *directory* named like one that holds no
 # checkpoint is said to be skipped (an unpacked or half-written save), not passed over without a word.
 CHECKPOINT_FILE_SUFFIXES = (*TORCH_SUFFIXES, ".h5", ".hdf5", ".keras")
+# What the pickle of a torch file that holds an optimizer state mentions (torch's state_dict; fastai's Adam state)
+OPTIMIZER_STATE_MARKS = (b"param_groups", b"sqr_avg")
 # Files that live inside checkpoints but never hold optimizer state (not worth opening).
 NON_OPTIMIZER_NAMES = re.compile(r"^(scheduler|rng_state|random_states|training_args|scaler|sampler)", re.I)
 # Buffers torch's own modules register (BatchNorm/InstanceNorm): never parameters, and their
@@ -388,7 +390,7 @@ def find_checkpoints(root: Path, *, skipped: list[str] | None = None) -> list[Pa
                 if skipped is not None:
                     skipped.append(f"skipped {p}: a {what}, not a regular file (not opened)")
                 continue
-            mentions = _zip_pickle_mentions(p, (b"param_groups",))
+            mentions = _zip_pickle_mentions(p, OPTIMIZER_STATE_MARKS)
             if mentions is False:
                 continue  # a model-only or other torch file
             if mentions is None and fn.endswith(".bin"):
@@ -1475,6 +1477,10 @@ def _opt_index(e: _Entry) -> int:
 def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
     warnings: list[str] = []
     obj, mmapped = torch_load(path, trust=trust)
+    from adamdiag.io.checkpoints import fastai
+
+    if any(fastai.is_fastai_state(x) for _, x in _walk(obj)):  # learn.save(): fastai's own optimizer state
+        obj = fastai.convert(obj, warnings)
     opts, others = _pick_optimizers(obj, path, warnings)
     keypath = opts[0][1] if len(opts) == 1 else None
     is_lightning = isinstance(obj, dict) and "optimizer_states" in obj

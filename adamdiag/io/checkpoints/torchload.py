@@ -454,11 +454,15 @@ def _inert_module_state(obj: Any) -> dict[str, Any] | None:
 
 
 def _without_inert(obj: Any, depth: int = 0) -> Any:
-    """``obj`` with every pickled module (an :class:`_Inert` with module state) turned into its state dict and
-    every other stand-in into None, through dicts, lists and tuples: the readers see plain data only."""
+    """``obj`` with every pickled module (an :class:`_Inert` with module state) turned into its state dict, every
+    list class that keeps its items as ``items`` (fastcore's ``L``: fastai's optimizer hyperparameters) into that
+    list, and every other stand-in into None, through dicts, lists and tuples: the readers see plain data only."""
     if depth > _MAX_DEPTH + 2:
         return obj
     if isinstance(obj, _Inert):
+        st = obj.__dict__.get("_state")
+        if isinstance(st, dict) and set(st) == {"items"} and type(st["items"]) is list:
+            return [_without_inert(v, depth + 1) for v in st["items"]]
         return _inert_module_state(obj)
     if isinstance(obj, dict):
         return {k: _without_inert(v, depth + 1) for k, v in obj.items()}
