@@ -5,7 +5,7 @@ writes: mmdetection, mmsegmentation, mmpretrain... ) as a log, for runs that log
 The file is one JSON object per ``add_scalars`` call: a training iteration's logged values (``LoggerHook`` every
 ``interval`` iterations: ``loss``, ``lr``, ``grad_norm`` with ``clip_grad``, ``time``...) with its ``epoch``, ``iter``
 and ``step`` = the iteration count (what the optimizer's ``step`` counts too), or a validation's metrics at ``step`` =
-its epoch (by-epoch training) — those lines carry no ``iter`` and are read under ``val/`` so that their ``time``
+its epoch (by-epoch training) — those lines carry no ``iter`` and are read under ``validation/`` (an evaluation split) so that their ``time``
 is not a training point. mmengine logs the mean of each value over the last ``window_size`` iterations
 (``LogProcessor``, 10 by default): a point is an interval mean, as HF's and Lightning's logged losses are.
 
@@ -14,7 +14,7 @@ is not a training point. mmengine logs the mean of each value over the last ``wi
 >>> _ = p.write_text('{"lr": 0.1, "loss": 2.5, "epoch": 1, "iter": 5, "step": 5}\\n{"acc/top1": 70.0, "step": 1}\\n')
 >>> d = read_scalars_json(p)
 >>> d.tags, d.s_step[0].tolist()
-(['lr', 'loss', 'epoch', 'iter', 'val/acc/top1'], [5, 5, 5, 5, 1])
+(['lr', 'loss', 'epoch', 'iter', 'validation/acc/top1'], [5, 5, 5, 5, 1])
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ SCALARS_JSON = "scalars.json"  # LocalVisBackend's file name (its ``scalar_save_
 MAX_BYTES = 1 << 31
 # the key of a line that says where it is (``epoch`` and ``iter`` are tags too, as the TensorBoard backend writes them)
 POSITION_KEYS = ("step",)
-EVAL_PREFIX = "val/"
+EVAL_PREFIX = "validation/"  # an evaluation split, as io.events.split_of knows them
 
 
 def _first_object(path: Path) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ def read_scalars_json(path: Path | str) -> FileData:
         warnings=warnings,
         note=(
             f"read from mmengine's LocalVisBackend file {path.name} (each value at the iteration it was logged, the mean "
-            "over LogProcessor's window_size iterations; validation metrics under val/ at their epoch); no "
+            "over LogProcessor's window_size iterations; validation metrics under validation/ at their epoch); no "
             "TensorBoard event files in this run"
         ),
     )

@@ -55,15 +55,26 @@ def test_scalars_json_holds_what_the_tensorboard_backend_wrote():
 
     a, b = points(tb), points(js)
     assert {"loss", "lr", "grad_norm"} <= {t for t, _ in b}
-    # lr, data_time, grad_norm, loss, time, epoch, iter at each iteration
-    assert sorted(a) == sorted(b) and len(b) == 7 * 120
-    assert all(math.isclose(a[k], b[k], rel_tol=1e-6) for k in a)  # the event file holds float32
+    # the training's lr, data_time, grad_norm, loss, time, epoch, iter at each iteration; the validation's mse and
+    # timings at its epoch (step 1), which the TensorBoard backend writes unprefixed — its time onto the training's
+    train = {k: v for k, v in b.items() if not k[0].startswith("validation/")}
+    assert len(train) == 7 * 120 and sorted(train) == sorted(k for k in a if k != ("mse", 1))
+    assert all(math.isclose(a[k], v, rel_tol=1e-6) for k, v in train.items() if k[1] != 1)  # float32 in the file
+    assert sorted(k for k in b if k[0].startswith("validation/")) == [
+        ("validation/data_time", 1),
+        ("validation/mse", 1),
+        ("validation/time", 1),
+    ]
+    assert math.isclose(a[("mse", 1)], b[("validation/mse", 1)], rel_tol=1e-6)
     # mmengine's window_size=1: each logged loss is the iteration's own
     losses = {int(k): v for k, v in EXPECTED["losses"].items()}
     assert all(math.isclose(b[("loss", s)], losses[s], rel_tol=1e-6) for s in losses)
 
 
 def test_a_work_dir_with_the_default_backend_only_is_diagnosed_as_its_tensorboard_log(tmp_path):
+    from adamdiag.io.events import is_eval_tag
+
+    assert is_eval_tag("validation/mse")  # the validation's lines: an evaluation split, not diagnosed
     (tb,) = scan_json(WORK)["runs"]
     (js,) = scan_json(json_only(tmp_path))["runs"]
     assert js["run"].endswith("vis_data") and tb["run"].endswith("vis_data")
@@ -98,10 +109,10 @@ def test_damaged_or_foreign_scalars_json(tmp_path):
     d = json_only(tmp_path)
     (f,) = d.glob("*/vis_data/scalars.json")
     text = f.read_text()
-    f.write_text(text[: len(text) - 40])  # a write cut short: the last line is lost, with a warning
+    f.write_text(text[: len(text) - 40])  # a write cut short: the last line (the validation's) is lost, said so
     data = read_scalars_json(f)
     assert any("1 line(s) that are no JSON object" in w for w in data.warnings)
-    assert max(int(s) for s in data.s_step[0]) == 119
+    assert not any(t.startswith("validation/") for t in data.tags) and max(int(s) for s in data.s_step[0]) == 120
     other = tmp_path / "other"
     other.mkdir()
     (other / "scalars.json").write_text('[{"step": 1}]\n')  # some other file of that name: not a run

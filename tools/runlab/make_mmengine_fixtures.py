@@ -11,7 +11,8 @@ moved by +40, so the loss jumps at iteration 61. Logged every iteration (``Logge
 ``LogProcessor(window_size=1)``: mmengine logs the mean over the last ``window_size`` iterations) to both
 ``LocalVisBackend`` (``<timestamp>/vis_data/scalars.json``, mmengine's default) and ``TensorboardVisBackend``;
 checkpoints ``iter_40.pth``, ``iter_80.pth``, ``iter_120.pth`` (``CheckpointHook(interval=40, by_epoch=False)``: the
-message hub they carry pickles mmengine's HistoryBuffer objects).
+message hub they carry pickles mmengine's HistoryBuffer objects); a validation at the epoch's end (its ``mse``
+and timings: a line without ``iter`` at step = the epoch).
 
 ``expected.json``: per checkpoint, the optimizer's step and per-parameter mean v / max v as the live optimizer held
 them when it was saved, and the losses mmengine computed at each iteration.
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import mmengine
     import torch
+    from mmengine.evaluator import BaseMetric, Evaluator
     from mmengine.hooks import Hook
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
@@ -67,9 +69,19 @@ def main(argv: list[str] | None = None) -> int:
 
         def forward(self, x: Any, y: Any, mode: str = "loss") -> Any:
             pred = self.net(x)
-            return {"loss": ((pred - y) ** 2).mean()} if mode == "loss" else pred
+            return {"loss": ((pred - y) ** 2).mean()} if mode == "loss" else (pred, y)
 
     recorded: dict[str, Any] = {"losses": {}, "checkpoints": {}}
+
+    class MeanSquaredError(BaseMetric):
+        """The validation metric (mmengine logs it at the epoch, beside the validation's timings)."""
+
+        def process(self, data_batch: Any, data_samples: Any) -> None:
+            pred, y = data_samples
+            self.results.append(float(((pred - y) ** 2).mean()))
+
+        def compute_metrics(self, results: list) -> dict:
+            return {"mse": sum(results) / len(results)}
 
     class Record(Hook):
         """The loss of each iteration, and the optimizer's state at each checkpoint (saved after this hook)."""
@@ -99,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": BATCH,
             "collate_fn": {"type": "default_collate"},
         },
-        train_cfg={"by_epoch": True, "max_epochs": 1},
+        train_cfg={"by_epoch": True, "max_epochs": 1, "val_interval": 1},
+        val_dataloader={
+            "dataset": Regression(),
+            "sampler": {"type": "DefaultSampler", "shuffle": False},
+            "batch_size": 64,
+            "collate_fn": {"type": "default_collate"},
+        },
+        val_cfg={},
+        val_evaluator=Evaluator(MeanSquaredError()),
         optim_wrapper={
             "optimizer": {"type": "AdamW", "lr": 3e-3, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01},
             "clip_grad": {"max_norm": 10.0},
