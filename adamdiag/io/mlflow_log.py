@@ -389,6 +389,26 @@ def _int_param(params: dict[str, Any], key: str, default: int | None) -> int | N
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else default
 
 
+def _database_run(run: Path) -> tuple[Any, Path, str] | None:
+    """(an open read-only connection, the database, the run's id) of a database run path (:func:`sqlite_runs`);
+    None when it is none, or its database cannot be read (the caller closes the connection)."""
+    import sqlite3
+
+    split = split_run_path(run)
+    if split is None:
+        return None
+    db, prefix = split
+    try:
+        con = _connect(db)
+    except InputError:
+        return None
+    try:
+        return con, db, _run_uuid(con, db, prefix)[0]
+    except (sqlite3.Error, InputError):
+        con.close()
+        return None
+
+
 def keras_callback_mode(run: Path) -> str | None:
     """How MLflow's Keras callback logged the run ``run`` (a file-store run folder or a database run path):
     ``"batch"`` (``log_every_n_steps``: its ``loss`` starts at an iteration count) or ``"epoch"`` (at the epoch
@@ -409,22 +429,17 @@ def keras_callback_mode(run: Path) -> str | None:
             return None
         first = got[2] if got is not None else None
     else:
-        split = split_run_path(run)
-        if split is None:
+        opened = _database_run(run)
+        if opened is None:
             return None
-        db, prefix = split
+        con, _, uuid = opened
         try:
-            con = _connect(db)
-        except InputError:
-            return None
-        try:
-            uuid, _ = _run_uuid(con, db, prefix)
             params = _sqlite_params(con, uuid)
             order = "rowid" if _has_rowid(con) else "timestamp, step"
             row = con.execute(
                 f"select step from metrics where run_uuid = ? and key = 'loss' order by {order} limit 1", (uuid,)
             ).fetchone()
-        except (sqlite3.Error, InputError):
+        except sqlite3.Error:
             return None
         finally:
             con.close()
@@ -445,25 +460,19 @@ def artifacts_dir(run: Path) -> Path | None:
 
     if (run / META).is_file():
         return run / "artifacts" if (run / "artifacts").is_dir() else None
-    split = split_run_path(run)
-    if split is None:
+    opened = _database_run(run)
+    if opened is None:
         return None
-    db, prefix = split
+    con, db, uuid = opened
     try:
-        con = _connect(db)
-    except InputError:
-        return None
-    try:
-        row = con.execute(
-            "select run_uuid, artifact_uri, experiment_id from runs where run_uuid like ?", (prefix + "%",)
-        ).fetchall()
+        row = con.execute("select artifact_uri, experiment_id from runs where run_uuid = ?", (uuid,)).fetchone()
     except sqlite3.Error:
         return None
     finally:
         con.close()
-    if len(row) != 1:
+    if row is None:
         return None
-    uuid, uri, exp = row[0]
+    uri, exp = row
     # beside the database first: a store moved or copied with its mlruns/ still records the old absolute path,
     # which may hold the original's artifacts
     cands = [db.parent / "mlruns" / str(exp) / str(uuid) / "artifacts"]

@@ -331,6 +331,25 @@ def make_tf2(tmp: Path, out: Path) -> dict[str, Any]:
     }
 
 
+def tfkeras_slots(opt, model, *, legacy: bool) -> list[dict[str, Any]]:
+    """Per trainable variable of a tf.keras model: its name, shape, and m / v (/ v̂) as its optimizer holds them
+    (``legacy``: ``optimizers.legacy``' slots by ``get_slot``; else the new optimizer's lists)."""
+    out = []
+    for i, var in enumerate(model.trainable_variables):
+        if legacy:
+            m, v = opt.get_slot(var, "m").numpy(), opt.get_slot(var, "v").numpy()
+        else:
+            m, v = opt._momentums[i].numpy(), opt._velocities[i].numpy()
+        row = {"name": var.name.split(":")[0], "shape": list(var.shape), "trainable_index": i}
+        if not legacy and getattr(opt, "amsgrad", False):
+            row.update(stats(m, opt._velocity_hats[i].numpy()))  # the denominator is v̂ with amsgrad
+            row["v_plain"] = stats(m, v)
+        else:
+            row.update(stats(m, v))
+        out.append(row)
+    return out
+
+
 def make_tf2_tfkeras(tmp: Path, out: Path, *, legacy: bool) -> dict[str, Any]:
     """tf.keras (the ``tf_keras`` package, Keras 2) in ``tf.train.Checkpoint``: its Adam (``legacy``:
     ``optimizers.legacy.Adam``, slots as ``.OPTIMIZER_SLOT/optimizer/m|v`` plus ``optimizer/beta_1`` …)."""
@@ -353,14 +372,7 @@ def make_tf2_tfkeras(tmp: Path, out: Path, *, legacy: bool) -> dict[str, Any]:
     for f in tmp.iterdir():
         shutil.copy2(f, out / f.name)
     r = tf.train.load_checkpoint(path)
-    tensors = []
-    for i, var in enumerate(model.trainable_variables):
-        if legacy:
-            m, v = opt.get_slot(var, "m").numpy(), opt.get_slot(var, "v").numpy()
-        else:
-            m, v = opt._momentums[i].numpy(), opt._velocities[i].numpy()
-        name = var.name.split(":")[0]
-        tensors.append({"name": name, "shape": list(var.shape), "trainable_index": i, **stats(m, v)})
+    tensors = tfkeras_slots(opt, model, legacy=legacy)
     step = int(opt.iterations.numpy())
     return {
         Path(path).name: {
@@ -447,19 +459,7 @@ def make_keras_h5(out: Path) -> dict[str, Any]:
         if name == "tfk_sgd.h5":
             continue
         legacy = name == "tfk_legacy.h5"
-        tensors = []
-        for i, var in enumerate(model.trainable_variables):
-            if legacy:
-                m, v = opt.get_slot(var, "m").numpy(), opt.get_slot(var, "v").numpy()
-            else:
-                m, v = opt._momentums[i].numpy(), opt._velocities[i].numpy()
-            row = {"name": var.name.split(":")[0], "shape": list(var.shape), "trainable_index": i}
-            if getattr(opt, "amsgrad", False):
-                row.update(stats(m, opt._velocity_hats[i].numpy()))
-                row["v_plain"] = stats(m, v)
-            else:
-                row.update(stats(m, v))
-            tensors.append(row)
+        tensors = tfkeras_slots(opt, model, legacy=legacy)
         cfg = opt.get_config()
         if legacy:  # optimizers.legacy.Adam's config has no weight decay; β1/β2 may be tensors
             cfg = {**cfg, "beta_1": float(cfg["beta_1"]), "beta_2": float(cfg["beta_2"])}

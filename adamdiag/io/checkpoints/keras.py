@@ -53,6 +53,23 @@ def _h5py():
     return h5py
 
 
+def entry_hyper(
+    lr: float | None, hyper: dict[str, Any], wd: float, amsgrad: bool, cls: str | None, sources: dict[str, str]
+) -> dict[str, Any]:
+    """A Keras Adam tensor's hyperparameters as the checkpoint readers hand them on (lr None: unknown, NaN)."""
+    return {
+        "lr": math.nan if lr is None else lr,
+        "beta1": hyper["beta1"],
+        "beta2": hyper["beta2"],
+        "eps": hyper["eps"],
+        "weight_decay": wd,
+        "amsgrad": amsgrad,
+        "decoupled_weight_decay": cls == "AdamW" if cls else None,
+        "sources": sources,
+        "bias": None,
+    }
+
+
 def snake(name: str) -> str:
     """Keras' ``naming.to_snake_case`` (how ``.weights.h5`` names layer groups)."""
     name = re.sub(r"\W+", "", name)
@@ -353,17 +370,7 @@ def _open_keras(path: Path):
             pos=i,
             name=names[i] or f"trainable_variable_{i}",
             shape=slot_shapes[i],
-            hyper={
-                "lr": math.nan if lr is None else lr,
-                "beta1": hyper["beta1"],
-                "beta2": hyper["beta2"],
-                "eps": hyper["eps"],
-                "weight_decay": wd,
-                "amsgrad": lay["amsgrad"],
-                "decoupled_weight_decay": cls == "AdamW" if cls else None,
-                "sources": sources,
-                "bias": None,
-            },
+            hyper=entry_hyper(lr, hyper, wd, lay["amsgrad"], cls, sources),
         )
         for i in range(n)
     ]

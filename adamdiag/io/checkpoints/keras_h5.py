@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from adamdiag.errors import InputError
+from adamdiag.io.checkpoints.keras import ADAM_CLASSES, KERAS_DEFAULTS, entry_hyper
 
 # A slot's name in each scheme -> (kind, the variable it belongs to, as the model's weight_names spell it
 # up to the scheme's own transformation). Kinds: m, v, vhat.
@@ -41,8 +42,6 @@ _TFKERAS = re.compile(r"^[^/]+/(?P<kind>m|v|vhat)/(?P<var>.+):\d+$")
 _LEGACY = re.compile(r"^[^/]+/(?P<var>.+)/(?P<kind>m|v|vhat):\d+$")
 _KIND = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat", "m": "m", "v": "v", "vhat": "vhat"}
 _STEP_NAMES = re.compile(r"^(?:[^/]+/)?(?:iteration|iter|iterations)(?::\d+)?$")
-ADAM_CLASSES = ("Adam", "AdamW")
-KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
 
 
 def is_model_file(f: Any) -> bool:
@@ -210,17 +209,7 @@ def open_keras_model_file(f: Any, path: Path):
                 pos=i,
                 name=resolve[var] or var,
                 shape=shape,
-                hyper={
-                    "lr": math.nan if lr is None else lr,
-                    "beta1": hyper["beta1"],
-                    "beta2": hyper["beta2"],
-                    "eps": hyper["eps"],
-                    "weight_decay": wd,
-                    "amsgrad": amsgrad,
-                    "decoupled_weight_decay": cls == "AdamW" if cls else None,
-                    "sources": sources,
-                    "bias": None,
-                },
+                hyper=entry_hyper(lr, hyper, wd, amsgrad, cls, sources),
             )
         )
     ck = OptimizerCheckpoint(
