@@ -433,3 +433,25 @@ def test_a_meaningless_grad_clip_or_huge_log_step_offset_is_a_usage_error(tmp_pa
     torch.save(_adam_state(), tmp_path / "step_000002.pt")
     res = runner.invoke(app, ["replay", str(tmp_path / "step_000002.pt"), "--log-step-offset", str(2**70)])
     assert "--log-step-offset must be auto or an integer of at most 63 bits" in _one_line_error(res)
+
+
+def test_a_torch_zip_whose_member_name_is_damaged_is_one_line(tmp_path):
+    """Session 18's fuzz: one flipped byte in a member name the zip marks UTF-8 made zipfile raise
+    UnicodeDecodeError — an internal error for inspect, and in a scan a crash of discovery's sniff. Now one line,
+    and the scan keeps the run with the file among its input problems."""
+    run = tmp_path / "run"
+    write_torch(run, 30)
+    f = run / "step_000010.pt"
+    torch.save(_adam_state(), f)
+    b = bytearray(f.read_bytes())
+    cd = b.rfind(b"PK\x01\x02")  # the last central directory entry: flag bit 11 (UTF-8) on, a name byte invalid
+    b[cd + 8] |= 0x08
+    b[cd + 9] |= 0x08
+    b[cd + 46] = 0xF2
+    f.write_bytes(bytes(b))
+    line = _one_line_error(runner.invoke(app, ["inspect", str(f)]))
+    assert "cannot be read" in line
+    res = runner.invoke(app, ["scan", str(run), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (r,) = json.loads(res.stdout)["runs"]
+    assert any("step_000010.pt" in w and "cannot be read" in w for w in r["warnings"])

@@ -182,7 +182,7 @@ class ZipCrcCheck:
                             continue
                         fields = _LOCAL_HEADER.unpack(head)
                         idx[info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]] = info
-            except (OSError, zipfile.BadZipFile):
+            except (OSError, zipfile.BadZipFile, ValueError):  # ValueError: a damaged member name
                 pass
             self.members[path] = idx
         return self.members[path]

@@ -164,8 +164,8 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     is_zip = zipfile.is_zipfile(path)
     try:
         pkl = _zip_pickle(path) if is_zip else None  # read once: its protocol, and the classes it names
-    except (zipfile.BadZipFile, OSError, KeyError) as e:
-        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as e:  # ValueError: a damaged name (UnicodeDecodeError)
+        raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or _first_line(str(e))})") from None
     protocol = _pickle_protocol(path, is_zip, pkl)
     if not is_zip and protocol is None:
         # Not torch's zip format: only the legacy format (a pickle starting with torch's magic
@@ -515,7 +515,7 @@ def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
     None when the file is not a torch zip file (legacy format, or not torch at all)."""
     try:
         data = _zip_pickle(path)
-    except (zipfile.BadZipFile, OSError, KeyError):
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError):  # ValueError: a damaged member name
         return None
     return None if data is None else any(n in data for n in needles)
 
