@@ -145,6 +145,9 @@ def summarize_checkpoint(
         if bad:
             st.corrupt = "; ".join(x for x in (st.corrupt, f"zip CRC mismatch in {', '.join(bad)}") if x)
             warnings.append(_crc_warning(st.label, bad))
+    underflow = half_precision_v_underflow(stats)
+    if underflow:
+        warnings.append(underflow)
     return CheckpointSummary(
         path=ck.path,
         step=ck.step,
@@ -156,6 +159,38 @@ def summarize_checkpoint(
         tensors=stats,
         other_optimizers=list(ck.other_optimizers),
         optimizer_step=ck.optimizer_step,
+    )
+
+
+# float16's smallest positive value (a subnormal): a v below half of it is stored as 0
+FLOAT16_TINY = 2.0**-24
+# the statistics that divide by √v̂+eps: over elements whose v is a float16 zero they are lr·m̂/eps, not the run's
+UPDATE_STATS = ("update_rms", "update_max", "update_ratio_rms", "update_rms_rel")
+
+
+def half_precision_v_underflow(stats: list[TensorStats]) -> str:
+    """For tensors whose v is stored in float16 and holds zeros — ultralytics saves its optimizer state so
+    (``convert_optimizer_state_dict_to_fp16``), and any ``.half()`` of a state does it: float16's smallest step is
+    6e-8, and v (an average of squared gradients, often 1e-10 and less) below half of it is stored as 0 — those
+    zeros are not "never received a gradient": their √v̂ is unknown below √(6e-8/(1-β2^t)), and every update
+    statistic over them would be lr·m̂/eps. Nulls those statistics (in place) and returns the warning; "" when
+    no tensor is affected."""
+    hit = [st for st in stats if st.dtype == "float16" and st.frac_v_zero and st.frac_v_zero > 0]
+    if not hit:
+        return ""
+    for st in hit:
+        for k in UPDATE_STATS:
+            if getattr(st, k) is not None:
+                setattr(st, k, math.nan)
+                st.unknown_inputs[k] = ["v (float16 zeros)"]  # shown as "?", as a statistic missing an input
+        st.notes.append("v stored in float16 with zeros: below float16's range, not gradient-free; update stats nulled")
+    n = sum(int(st.numel) for st in hit)
+    zero = sum(float(st.frac_v_zero) * int(st.numel) for st in hit) / n if n else 0.0
+    return (
+        f"v is stored in float16 in {len(hit)} tensor(s) (ultralytics saves optimizer state this way): a v below "
+        f"{FLOAT16_TINY / 2:.1e} is stored as 0 — {zero:.0%} of their elements here. Those zeros are not 'never "
+        "received a gradient': their √v̂ is unknown (below float16's range), so √v̂<eps and v=0 there are no "
+        "evidence of a collapse, and update statistics over them (lr·m̂/eps) are left out (null)"
     )
 
 

@@ -225,7 +225,7 @@ def _checkpoint_block(con: Any, s: Any) -> None:
     con.print(tab)
     for w in s.warnings:
         con.print(f"  note: {w}", markup=False)
-    if any(t.frac_v_zero and t.frac_v_zero > 0 for t in s.tensors):
+    if any(t.frac_v_zero and t.frac_v_zero > 0 and t.dtype != "float16" for t in s.tensors):
         con.print(
             "  note: v=0: elements that never received a gradient (eps-dominated, but not a collapse)", markup=False
         )
