@@ -1,12 +1,13 @@
-"""Benchmark: reading frameworks' own logs (wandb run files, MLflow stores) with the fast path and its reference,
-side by side on the same files, and the ratio to the TensorBoard reader on the same values.
+"""Benchmark: reading frameworks' own logs (wandb run files, MLflow stores, mmengine's scalars.json) with the fast
+path and its reference, side by side on the same files, and the ratio to the TensorBoard reader on the same values.
 
     python bench/read_framework_logs.py [--repeat 7] [--out bench/out/read_framework_logs.json]
 
 Inputs are the committed fixtures, written by wandb 0.31.0 and MLflow 3.17.2 themselves (tests/fixtures/wandb,
 tests/fixtures/mlflow): sample_logs/vcollapse logged again through ``wandb.log`` (2000 rows of 3 metrics) and
 through ``mlflow.log_metrics`` (the same 6000 values, in the SQLite store), beside sample_logs/vcollapse's own
-event file read for the same rows. Each figure is the median of ``--repeat`` reads in this process (files cached
+event file read for the same rows; mmengine's fixture run (tests/fixtures/mmengine: 121 lines) from its scalars.json
+and from its TensorBoard backend's event file. Each figure is the median of ``--repeat`` reads in this process (files cached
 by an untimed first read); per row = per (step, metric) value. Not a test: timings depend on the machine.
 """
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from adamdiag.io.events import read_file
     from adamdiag.io.mlflow_log import read_sqlite_run, sqlite_runs
+    from adamdiag.io.mmengine_log import read_scalars_json
     from adamdiag.io.wandb_log import read_wandb
 
     tmp = Path(tempfile.mkdtemp(prefix="adamdiag-bench-"))
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             db.write_bytes(f_in.read())
         (ml_run,) = [r for r in sqlite_runs(db) if r.name.startswith("vcollapse-")]
         (tb,) = (ROOT / "sample_logs" / "vcollapse").glob("events.out.tfevents.*")
+        (mm,) = (ROOT / "tests" / "fixtures" / "mmengine").rglob("scalars.json")
+        (mm_tb,) = mm.parent.glob("events.out.tfevents.*")
 
         def n(d: object) -> int:
             return sum(len(x) for x in d.s_step)  # type: ignore[attr-defined]
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             ("wandb run file, wire-format walk (reference)", lambda: n(read_wandb(wb, fast=False))),
             ("MLflow SQLite run (one query)", lambda: n(read_sqlite_run(ml_run))),
             ("TensorBoard event file, all 7 tags (fast)", lambda: n(read_file(tb))),
+            ("mmengine scalars.json (fixture, 7 values/line)", lambda: n(read_scalars_json(mm))),
+            ("the same run's mmengine TensorBoard backend", lambda: n(read_file(mm_tb))),
         ]
         results = []
         for name, fn in cases:
