@@ -48,10 +48,10 @@ def test_tf1_directory_and_checkpoint_file_pick_the_highest_step():
     # The TF `checkpoint` file (stale absolute paths, resolved in its directory): the same pick.
     (ck,), err = _inspect_latest(TF / "tf1" / "checkpoint")
     assert ck["step"] == 60 and "stale" in err
-    # The whole fixture tree: 30 checkpoints of every layout (one RMSProp that does not open; 11 Keras HDF5 model
-    # files at step 30, three of them without Adam state; 2 tf.keras SavedModels at step 30).
+    # The whole fixture tree: 36 checkpoints of every layout (one RMSProp that does not open; 11 Keras HDF5 model
+    # files at step 30, three of them without Adam state; 2 tf.keras SavedModels; 6 mixed-precision saves, all at 30).
     pick = latest_checkpoint(TF)
-    assert (pick.path, pick.step, pick.step_from, pick.candidates) == (TF / "tf1" / "model.ckpt-60", 60, "file", 30)
+    assert (pick.path, pick.step, pick.step_from, pick.candidates) == (TF / "tf1" / "model.ckpt-60", 60, "file", 36)
 
 
 def test_keras_tie_goes_to_the_file_that_states_its_hyperparameters():

@@ -467,3 +467,39 @@ def test_tf_keras_savedmodel_with_damaged_keras_metadata_falls_back_to_the_defau
             os.mkfifo(meta)
         (ck,) = inspect_json(d)["checkpoints"]
         assert all(t["eps"] == 1e-7 and t["eps_source"] == "default" for t in ck["tensors"]), damage
+
+
+@pytest.mark.parametrize(
+    "run,name,layout",
+    [
+        ("k3_mixed", "k3_mixed.keras", "keras"),
+        ("k3_mixed", "k3_mixed.weights.h5", "keras"),
+        ("k3_mixed", "k3_mixed.h5", "keras-h5"),
+        ("tfk_mixed", "tfk_mixed.h5", "keras-h5"),
+        ("tfk_mixed", "tfk_mixed_savedmodel", "tf2"),
+        ("tfk_mixed", "tfk_mixed_ckpt", "tf2"),
+    ],
+)
+def test_mixed_precision_reads_the_wrapped_adam(run, name, layout):
+    """Mixed precision: compile() wraps Adam in a LossScaleOptimizer, whose own iteration count stays 0 and whose
+    variables come first (the .weights.h5 read as step 0 with the wrapper's scalars taken for Adam's; the .h5
+    refused as 'LossScaleOptimizer, not Adam'; the tf.keras SavedModel/checkpoint refused: its slots are named
+    m/<var>, without the optimizer's name). The inner Adam's state, step and hyperparameters are read."""
+    pytest.importorskip("h5py")
+    if run not in EXPECTED.get("keras_mixed", {}):
+        pytest.skip("written without tf_keras")
+    e = EXPECTED["keras_mixed"][run]
+    (ck,) = inspect_json(FIX / "keras_h5" / "mixed" / name)["checkpoints"]
+    assert ck["layout"] == layout and ck["step"] == e["step"] > 0
+    names = [t["name"] for t in e["tensors"]]
+    if name.endswith(".weights.h5"):  # no names and no config in it: labels, Keras' defaults (eps 1e-7, flagged)
+        names = [f"trainable_variable_{i}" for i in range(len(names))]
+        check(ck, e, names, hyper={"eps": 1e-7})
+    elif name == "k3_mixed.keras":
+        check(ck, e, [n.split("/", 1)[1] for n in names])  # .keras names: layer/variable
+    elif name == "tfk_mixed_ckpt":  # a TF2 checkpoint keeps no β2/eps: Keras' defaults, flagged
+        check(ck, e, names, hyper={"beta2": 0.999, "eps": 1e-7})
+    else:
+        check(ck, e, names)
+    if layout != "tf2":
+        assert any("LossScaleOptimizer" in w for w in ck["warnings"])

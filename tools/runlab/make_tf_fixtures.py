@@ -33,7 +33,9 @@ Layouts written (total well under 2 MB):
   ``tfk_*.h5`` by tf.keras 2 (``Adam/m/<var>:0``; ``optimizers.legacy.Adam``: ``Adam/<var>/m:0``); plus SGD, a
   weights-only file and one saved without the optimizer (must be refused in one line); ``tfk_adam_savedmodel/``,
   ``tfk_legacy_savedmodel/``: the same two models saved as tf.keras' SavedModel (a path without ``.h5``: TF2's
-  default), whose ``keras_metadata.pb`` holds the optimizer's β/eps. Only this folder:
+  default), whose ``keras_metadata.pb`` holds the optimizer's β/eps; ``keras_h5/mixed/``: mixed precision (Adam
+  wrapped in a LossScaleOptimizer) by Keras 3 (.keras, .weights.h5, .h5) and tf.keras 2 (.h5, SavedModel,
+  tf.train.Checkpoint): ``make_tf_fixtures.py --only keras_mixed``. Only this folder:
   ``make_tf_fixtures.py --only keras_h5`` (merges its records into an existing ``expected.json``);
 * ``logs_f1/``, ``logs_f10/`` — Keras TensorBoard callback logs of ``model.fit`` with ``update_freq=1`` and
   ``10`` (``batch_loss`` is Keras' running mean since the start of the epoch), one bad batch (targets ×10).
@@ -475,6 +477,63 @@ def make_keras_h5(out: Path) -> dict[str, Any]:
     return expected
 
 
+def make_keras_mixed(out: Path) -> dict[str, Any]:
+    """Mixed precision (``set_global_policy("mixed_float16")``): compile() wraps Adam in a LossScaleOptimizer, whose
+    own iteration count stays 0 and whose files hold the wrapper's variables first. Keras 3: ``.keras``,
+    ``.weights.h5``, legacy ``.h5``; tf.keras 2 (LossScaleOptimizerV3): ``.h5``, a SavedModel, a
+    ``tf.train.Checkpoint``. Records the inner Adam's state."""
+    import keras
+    import tensorflow as tf
+
+    x, y = data(320)
+    expected: dict[str, Any] = {}
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras_model()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2, epsilon=1e-5), loss="mse")
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+        for name in ("k3_mixed.keras", "k3_mixed.weights.h5", "k3_mixed.h5"):
+            (model.save_weights if name.endswith(".weights.h5") else model.save)(out / name)
+        inner = model.optimizer.inner_optimizer
+        expected["k3_mixed"] = {
+            "wrapper": type(model.optimizer).__name__,
+            "step": int(inner.iterations.numpy()),
+            "hyper": {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-5},
+            "tensors": keras_slots(inner, model),
+        }
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    try:
+        import tf_keras
+    except ImportError:
+        print("tf_keras not installed: no keras_h5/mixed tfk_* fixtures", file=sys.stderr)
+        return expected
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        tf_keras.utils.set_random_seed(SEED)
+        model = tf_keras.Sequential(
+            [
+                tf_keras.layers.Dense(25, activation="relu", input_shape=(3,), name="trunk"),
+                tf_keras.layers.Dense(4, name="head", dtype="float32"),
+            ]
+        )
+        model.compile(optimizer=tf_keras.optimizers.Adam(5e-3, beta_2=0.995, epsilon=1e-6), loss="mse")
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=False, verbose=0)
+        model.save(out / "tfk_mixed.h5")
+        model.save(out / "tfk_mixed_savedmodel")
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(out / "tfk_mixed_ckpt" / "ckpt"))
+        inner = model.optimizer.inner_optimizer
+        expected["tfk_mixed"] = {
+            "wrapper": type(model.optimizer).__name__,
+            "step": int(inner.iterations.numpy()),
+            "hyper": {"lr": 5e-3, "beta1": 0.9, "beta2": 0.995, "eps": 1e-6},
+            "tensors": tfkeras_slots(inner, model, legacy=False),
+        }
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    return expected
+
+
 # --- Keras TensorBoard logs ------------------------------------------------------------------------
 def make_logs(out: Path, update_freq: int) -> dict[str, Any]:
     import keras
@@ -536,15 +595,24 @@ def main(out: Path, only: str | None = None) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    if only == "keras_h5":  # one folder, merged into the expected.json already there
+    if only in ("keras_h5", "keras_mixed"):  # one folder, merged into the expected.json already there
         expected_path = out / "expected.json"
         recorded = json.loads(expected_path.read_text())
-        shutil.rmtree(out / "keras_h5", ignore_errors=True)
-        (out / "keras_h5").mkdir()
-        recorded["keras_h5"] = make_keras_h5(out / "keras_h5")
-        recorded["made_with_keras_h5"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        sub = out / "keras_h5" if only == "keras_h5" else out / "keras_h5" / "mixed"
+        if only == "keras_h5":
+            keep = out / "keras_h5" / "mixed"  # written by --only keras_mixed: kept
+            for f in (out / "keras_h5").glob("*") if (out / "keras_h5").is_dir() else []:
+                if f != keep:
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+            sub.mkdir(exist_ok=True)
+            recorded["keras_h5"] = make_keras_h5(sub)
+        else:
+            shutil.rmtree(sub, ignore_errors=True)
+            sub.mkdir(parents=True)
+            recorded["keras_mixed"] = make_keras_mixed(sub)
+        recorded[f"made_with_{only}"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
         expected_path.write_text(json.dumps(recorded, indent=1) + "\n")
-        print(f"wrote {out / 'keras_h5'}")
+        print(f"wrote {sub}")
         return
     if out.exists():
         shutil.rmtree(out)
@@ -585,6 +653,8 @@ def main(out: Path, only: str | None = None) -> None:
     expected["keras"] = make_keras(out / "keras")
     (out / "keras_h5").mkdir()
     expected["keras_h5"] = make_keras_h5(out / "keras_h5")
+    (out / "keras_h5" / "mixed").mkdir()
+    expected["keras_mixed"] = make_keras_mixed(out / "keras_h5" / "mixed")
     expected["logs"] = {f"logs_f{k}": make_logs(out, k) for k in (1, 10)}
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -592,8 +662,7 @@ def main(out: Path, only: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a not in ("--only", "keras_h5")]
-    main(
-        Path(args[0]) if args else Path(__file__).resolve().parents[2] / "tests/fixtures/tf",
-        only="keras_h5" if "--only" in sys.argv[1:] else None,
-    )
+    argv = sys.argv[1:]
+    only = argv[argv.index("--only") + 1] if "--only" in argv else None
+    args = [a for a in argv if a not in ("--only", only)]
+    main(Path(args[0]) if args else Path(__file__).resolve().parents[2] / "tests/fixtures/tf", only=only)

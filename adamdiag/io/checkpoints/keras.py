@@ -70,6 +70,21 @@ def entry_hyper(
     }
 
 
+def unwrap_loss_scale(cls: str, cfg: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """(class, config, the wrapper's class or None) of the optimizer that does the updates: under mixed precision
+    compile() wraps it in a LossScaleOptimizer (Keras 3; tf.keras' LossScaleOptimizerV3), whose config holds it as
+    ``inner_optimizer``. Registration prefixes (``Custom>Adam``) are dropped.
+
+    >>> unwrap_loss_scale("LossScaleOptimizer", {"inner_optimizer": {"class_name": "Adam", "config": {"epsilon": 1e-6}}})
+    ('Adam', {'epsilon': 1e-06}, 'LossScaleOptimizer')
+    """
+    cls = cls.rsplit(">", 1)[-1]
+    inner = cfg.get("inner_optimizer")
+    if cls.startswith("LossScaleOptimizer") and isinstance(inner, dict):
+        return str(inner.get("class_name") or "").rsplit(">", 1)[-1], dict(inner.get("config") or {}), cls
+    return cls, cfg, None
+
+
 def snake(name: str) -> str:
     """Keras' ``naming.to_snake_case`` (how ``.weights.h5`` names layer groups)."""
     name = re.sub(r"\W+", "", name)
@@ -88,7 +103,8 @@ def _optimizer_config(config: dict | None) -> tuple[str | None, dict]:
         return None, {}
     opt = (config.get("compile_config") or {}).get("optimizer")
     if isinstance(opt, dict):
-        return opt.get("class_name"), opt.get("config") or {}
+        cls, cfg, _ = unwrap_loss_scale(str(opt.get("class_name") or ""), dict(opt.get("config") or {}))
+        return cls or None, cfg
     return None, {}
 
 
@@ -275,6 +291,11 @@ def _open_keras(path: Path):
             "saved without the optimizer, or damaged)"
         )
     ov = f["optimizer/vars"]
+    if "optimizer/inner_optimizer/vars" in f:
+        # mixed precision: compile() wraps the optimizer in a LossScaleOptimizer, whose own vars (iterations that stay
+        # 0, its loss scale...) come first; the Adam state is its inner optimizer's, saved on its own here
+        ov = f["optimizer/inner_optimizer/vars"]
+        warnings.append("a LossScaleOptimizer (mixed precision) wraps the optimizer: its inner optimizer's state read")
     keys = sorted(ov.keys(), key=int)
     shapes = [tuple(ov[k].shape) for k in keys]
     dtypes = [str(ov[k].dtype) for k in keys]

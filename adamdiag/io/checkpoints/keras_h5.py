@@ -33,15 +33,17 @@ from typing import Any
 import numpy as np
 
 from adamdiag.errors import InputError
-from adamdiag.io.checkpoints.keras import ADAM_CLASSES, KERAS_DEFAULTS, entry_hyper
+from adamdiag.io.checkpoints.keras import ADAM_CLASSES, KERAS_DEFAULTS, entry_hyper, unwrap_loss_scale
 
 # A slot's name in each scheme -> (kind, the variable it belongs to, as the model's weight_names spell it
 # up to the scheme's own transformation). Kinds: m, v, vhat.
-_KERAS3 = re.compile(r"^[^/]+/(?P<var>.+)_(?P<kind>momentum|velocity_hat|velocity)$")
-_TFKERAS = re.compile(r"^[^/]+/(?P<kind>m|v|vhat)/(?P<var>.+):\d+$")
+# (Keras 3 under a LossScaleOptimizer: loss_scale_optimizer/adam/<path_>_momentum; tf.keras's: m/<var>:0, no prefix)
+_KERAS3 = re.compile(r"^(?:[^/]+/)+(?P<var>[^/]+)_(?P<kind>momentum|velocity_hat|velocity)$")
+_TFKERAS = re.compile(r"^(?:[^/]+/)?(?P<kind>m|v|vhat)/(?P<var>.+):\d+$")
 _LEGACY = re.compile(r"^[^/]+/(?P<var>.+)/(?P<kind>m|v|vhat):\d+$")
 _KIND = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat", "m": "m", "v": "v", "vhat": "vhat"}
 _STEP_NAMES = re.compile(r"^(?:[^/]+/)?(?:iteration|iter|iterations)(?::\d+)?$")
+LSO = "__loss_scale_optimizer__"  # set in an optimizer config unwrapped from a LossScaleOptimizer
 
 
 def is_model_file(f: Any) -> bool:
@@ -70,8 +72,8 @@ def _optimizer_config(f: Any, path: Path) -> tuple[str, dict[str, Any]]:
         opt = json.loads(_text(raw)).get("optimizer_config") or {}
     except (ValueError, AttributeError):
         raise InputError(f"{path}: a Keras HDF5 model file whose training_config is not JSON") from None
-    cls = str(opt.get("class_name") or "")
-    return cls.rsplit(">", 1)[-1], dict(opt.get("config") or {})
+    cls, cfg, wrapper = unwrap_loss_scale(str(opt.get("class_name") or ""), dict(opt.get("config") or {}))
+    return cls, ({**cfg, LSO: wrapper} if wrapper else cfg)
 
 
 def _model_weights(f: Any) -> dict[str, str]:
@@ -89,9 +91,13 @@ def _model_weights(f: Any) -> dict[str, str]:
     return out
 
 
-def _slots(names: list[str]) -> tuple[str, dict[str, dict[str, str]], str | None]:
-    """(scheme, {variable: {kind: slot name}} in the optimizer's order, the step slot) of ``weight_names``."""
-    step = next((n for n in names if _STEP_NAMES.match(n)), None)
+def _slots(names: list[str], inner: str | None = None) -> tuple[str, dict[str, dict[str, str]], str | None]:
+    """(scheme, {variable: {kind: slot name}} in the optimizer's order, the step slot) of ``weight_names``;
+    ``inner``: the name of an optimizer a LossScaleOptimizer wraps, whose own iteration count is the step (the
+    wrapper's may stay 0)."""
+    steps = [n for n in names if _STEP_NAMES.match(n)]
+    own = [n for n in steps if inner and n.split("/", 1)[0] == inner]
+    step = (own or steps)[0] if own or steps else None
     rest = [n for n in names if n != step]
     for scheme, rx in (("keras3", _KERAS3), ("tf.keras", _TFKERAS), ("tf.keras legacy", _LEGACY)):
         found: dict[str, dict[str, str]] = {}
@@ -148,7 +154,8 @@ def open_keras_model_file(f: Any, path: Path):
         raise InputError(f"{path}: optimizer is Keras {cls}, not Adam/AdamW (no Adam moments to inspect)")
     ow = f["optimizer_weights"]
     names = _names(ow.attrs)
-    scheme, slots, step_name = _slots(names)
+    wrapped = ocfg.pop(LSO, None)
+    scheme, slots, step_name = _slots(names, str(ocfg.get("name") or "") if wrapped else None)
     if not slots:
         raise InputError(
             f"{path}: optimizer_weights ({len(names)} tensors) are not named like a Keras Adam's slots "
@@ -156,6 +163,8 @@ def open_keras_model_file(f: Any, path: Path):
             "stored unnamed slots)"
         )
     warnings: list[str] = []
+    if wrapped:
+        warnings.append(f"a {wrapped} (mixed precision) wraps the optimizer: its inner {cls or 'optimizer'} read")
     step = int(np.asarray(ow[step_name]).reshape(-1)[0]) if step_name and step_name in ow else None
     if step is None:
         raise InputError(f"{path}: no iteration count among optimizer_weights: the step is unknown")

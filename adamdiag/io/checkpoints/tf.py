@@ -693,7 +693,10 @@ def saved_model_optimizer_config(prefix: Path) -> tuple[str, dict[str, Any], str
             opt = (json.loads(inner[5]).get("training_config") or {}).get("optimizer_config") or {}
             cfg = opt.get("config")
             if isinstance(cfg, dict):
-                return str(opt.get("class_name") or "").rsplit(">", 1)[-1], cfg, str(meta)
+                from adamdiag.io.checkpoints.keras import unwrap_loss_scale
+
+                cls, cfg, _ = unwrap_loss_scale(str(opt.get("class_name") or ""), cfg)  # mixed precision's wrapper
+                return cls, cfg, str(meta)
             return None
     except (OSError, ValueError, AttributeError, TypeError):
         return None
@@ -868,8 +871,8 @@ def _scalar_node(bundle: Bundle, g: Any, nid: int) -> float | None:
 def _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix) -> list[tuple[int, int, int, int | None]]:
     """Keras slots → variables by name, shapes checked: Keras 3 names a slot
     ``<opt>/<var path with / → _>_momentum`` (``_velocity``, ``_velocity_hat``), tf.keras (Keras 2)
-    ``<opt>/m/<var name>`` (``v``, ``vhat``). By list position only where names do not say and the
-    trainables list has the slots' length (with a warning); otherwise refused."""
+    ``<opt>/m/<var name>`` (``v``, ``vhat``; ``m/<var name>`` under a LossScaleOptimizer). By list position only
+    where names do not say and the trainables list has the slots' length (with a warning); otherwise refused."""
     exact: dict[str, list[int]] = {}
     flat: dict[str, list[int]] = {}
     for t in tv:
@@ -877,14 +880,17 @@ def _match_keras_slots(tv, ms, vs, vh, name_of, shape_of, warnings, prefix) -> l
         flat.setdefault(name_of(t).replace("/", "_"), []).append(t)
 
     def find(slot: int, role: str) -> int | None:
+        # tf.keras: [<opt>/]m/<var name> (no <opt> under a LossScaleOptimizer); Keras 3: [<wrapper>/]<opt>/<path_>_momentum
         parts = name_of(slot).split("/")
         short = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat"}[role]
-        if len(parts) >= 3 and parts[1] == short:
-            hit = exact.get("/".join(parts[2:]), [])
-        else:
-            rest = "/".join(parts[1:])
-            hit = flat.get(rest[: -len(role) - 1], []) if rest.endswith("_" + role) else []
-        return hit[0] if len(hit) == 1 else None
+        hits: set[int] = set()
+        for k in (0, 1):
+            if len(parts) >= k + 2 and parts[k] == short:
+                hits.update(exact.get("/".join(parts[k + 1 :]), []))
+        last = parts[-1]
+        if len(parts) >= 2 and last.endswith("_" + role):
+            hits.update(flat.get(last[: -len(role) - 1], []))
+        return hits.pop() if len(hits) == 1 else None
 
     out = []
     by_position = 0
