@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from adamdiag.analysis.keras_logs import EPS32  # float32's unit roundoff, as for Keras' logged means
+
 SMOOTH_BETA = 0.98  # fastai's Recorder(beta=0.98): AvgSmoothLoss
-EPS32 = float(np.finfo(np.float32).eps) / 2
 # fastai computes the EMA in float32 (the batch loss, torch.lerp, the debias division: several roundings a step)
 # and the event file stores float32 again: the rebuilt losses may be off by this many float32 roundings of each mean
 ROUNDING_FACTOR = 32.0
@@ -84,7 +85,7 @@ def unsmooth(steps: np.ndarray | list[int], values: np.ndarray | list[float], be
         if head is not None and head.rebuilt:
             tail = np.full(len(st) - cut, np.nan)
             return Unsmoothed(st, np.r_[head.values, s[cut:]], np.r_[head.bound, tail], True, head.reason)
-        raw.reason = "not finite before two finite values: kept the raw series"
+        raw.reason = head.reason if head is not None else "not finite before two finite values: kept the raw series"
         return raw
     if len(st) < MIN_POINTS:
         raw.reason = "needs >= 2 values"

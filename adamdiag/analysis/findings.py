@@ -20,6 +20,7 @@ from adamdiag.analysis.evidence import (
     frac_live,
     series_arrays,
 )
+from adamdiag.analysis.fastai_logs import SMOOTH_BETA
 from adamdiag.analysis.thresholds import (
     CHECKPOINTS_PAST_LOG_FACTOR,
     COLLAPSE_DEPTH,
@@ -152,8 +153,8 @@ def loss_rebuilt(ev: Evidence) -> list[Finding]:
     for r in ev.loss_rebuilt:
         if r.get("kind") == "fastai-smoothed":
             msg = (
-                f"'{r['tag']}' is fastai's smoothed loss (a debiased moving average, β 0.98): per-batch losses "
-                "reconstructed before detection"
+                f"'{r['tag']}' is fastai's smoothed loss (a debiased moving average, β {SMOOTH_BETA:g}): per-batch "
+                "losses reconstructed before detection"
                 if r["reconstructed"]
                 else f"'{r['tag']}' looks like fastai's smoothed loss but was kept raw: {r['reason']}"
             )

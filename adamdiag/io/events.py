@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamdiag.errors import InputError, missing_path
 from adamdiag.io.dvclive_log import is_dvclive_dir
-from adamdiag.io.framework_logs import is_framework_log, read_framework_log
+from adamdiag.io.framework_logs import framework_writer, is_framework_log, read_framework_log
 from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
 from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
 from adamdiag.io.wandb_log import is_wandb_file
@@ -246,49 +246,36 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
     return found
 
 
-def _keras_batches_over_artifact_copy(run: Path, event_dirs: list[Path]) -> bool:
-    """An MLflow file-store run whose only event files are in its ``artifacts/`` (MLflow's copy of a TensorBoard log)
-    and whose Keras callback logged per batch (:func:`adamdiag.io.mlflow_log.keras_callback_mode`)."""
-    from adamdiag.io.mlflow_log import keras_callback_mode
-
-    inside = [d for d in event_dirs if run in d.parents]
-    artifacts = run / "artifacts"
-    return bool(inside) and all(artifacts in d.parents for d in inside) and keras_callback_mode(run) == "batch"
-
-
-def _keras_epochs_with_artifact_copy(run: Path, event_dirs: set[Path]) -> bool:
-    """A database run whose Keras callback logged per epoch, with the TensorBoard log MLflow's autolog copies into
-    its artifacts among the event folders found: the same epochs, read from those events (as a file-store run
-    with events inside is)."""
+def _autolog_tb_copy(run: Path, event_dirs: set[Path]) -> tuple[str, Path] | None:
+    """(how MLflow's Keras callback logged ``run``: "batch" or "epoch", its artifacts folder) when event folders
+    found lie in that folder — the TensorBoard log autolog copies there at the end of fit (per epoch unless the
+    user's own callback logged more) — and, for a file-store run, no other event folder lies inside the run; None
+    otherwise. A run logged per batch is read from its metrics and the copy is no run of its own; one logged per
+    epoch is read from the copy (the same epochs), as a file-store run with events inside always was."""
     from adamdiag.io.mlflow_log import artifacts_dir, keras_callback_mode
 
     if not event_dirs:
-        return False
+        return None
     art = artifacts_dir(run)
-    if art is None or not any(art in d.parents for d in event_dirs):
-        return False
-    return keras_callback_mode(run) == "epoch"
+    if art is None:
+        return None
+    where = art.resolve()
+    in_art = [d for d in event_dirs if where in d.resolve().parents]
+    if not in_art or any(run in d.parents and d not in in_art for d in event_dirs):
+        return None
+    mode = keras_callback_mode(run)
+    return (mode, art) if mode else None
 
 
-def artifact_copies_of(runs: list[Path], found: list[Path]) -> list[Path]:
-    """The event runs in ``found`` that lie in the artifacts folder of an MLflow run in ``runs`` whose Keras callback
-    logged per batch (read from its metrics instead: :func:`adamdiag.io.mlflow_log.keras_artifact_copy`)."""
-    from adamdiag.io.mlflow_log import keras_artifact_copy
-
-    if not found:
-        return []
-    mlflow = [
-        a.resolve() for r in runs if (r / "meta.yaml").is_file() or is_database_run(r) if (a := keras_artifact_copy(r))
-    ]
-    return [d for d in found if any(a == d.resolve() or a in d.resolve().parents for a in mlflow)]
-
-
-def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]) -> list[Path]:
+def _framework_log_runs(
+    root: Path, logs: list[Path], event_dirs: list[Path], problems: list[Problem]
+) -> tuple[list[Path], list[Path]]:
     """Runs under ``root`` known only by a framework's own log file: Hugging Face Trainer output dirs by their
     trainer_state.json, Lightning CSVLogger folders by their metrics.csv, Weights & Biases run folders by their
     run-<id>.wandb — those with no event files in or around them (a run that logged to TensorBoard is read from
     its events). The folders of one wandb run id (a resumed run) are one run, named by its first folder; one
-    whose history was copied from TensorBoard files found here (``sync_tensorboard``) is read from those."""
+    whose history was copied from TensorBoard files found here (``sync_tensorboard``) is read from those.
+    Returns (those runs, the artifacts folders whose event files are MLflow's copy of one of them: no runs)."""
     from adamdiag.io.csv_log import has_step_column
     from adamdiag.io.mlflow_log import is_deleted, is_file_store_run, is_sqlite_store, sqlite_runs
     from adamdiag.io.trainer_state import output_dir_of
@@ -297,6 +284,7 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
     logged = set(event_dirs)
     around = logged | {a for d in event_dirs for a in d.parents}  # event dirs and every folder above one
     out: list[Path] = []
+    copies: list[Path] = []
     seen: set[Path] = set()
     for f in logs:
         if f.name == METRICS_CSV and not has_step_column(f):
@@ -309,7 +297,14 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             if not is_sqlite_store(f):
                 continue
             try:
-                out += [r for r in sqlite_runs(f) if r not in seen and not _keras_epochs_with_artifact_copy(r, logged)]
+                for r in sqlite_runs(f):
+                    copy = _autolog_tb_copy(r, logged) if r not in seen else None
+                    if copy is not None and copy[0] == "epoch":
+                        continue  # read from the copy
+                    if copy is not None:
+                        copies.append(copy[1])
+                    if r not in seen:
+                        out.append(r)
             except InputError as e:
                 problems.append(Problem(str(f), f"{e}; skipped"))
             continue
@@ -331,12 +326,10 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
         inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON) and any(
             a in logged for a in run.parents
         )
-        if f.name == "meta.yaml" and run in around and _keras_batches_over_artifact_copy(run, event_dirs):
-            # MLflow's Keras autolog copies a TensorBoard log (per epoch, unless the user's own callback logged
-            # per batch) into artifacts/ at the end of fit; a run that logged per batch is read from its metrics
-            # (its note says so), and that copy is not read as a run of its own (artifact_copies_of)
-            seen.add(run)
+        if f.name == "meta.yaml" and run in around and (copy := _autolog_tb_copy(run, logged)) and copy[0] == "batch":
+            seen.add(run)  # logged per batch: read from its metrics (its note says so), not from autolog's copy
             out.append(run)
+            copies.append(copy[1])
             continue
         if run in around or inside_event_run or run in seen:
             # a run logged to TensorBoard is read from its events (wandb's synced copy of them lies inside its run
@@ -350,7 +343,7 @@ def _framework_log_runs(root: Path, logs: list[Path], event_dirs: list[Path], pr
             continue
         seen.add(run)
         out.append(run)
-    return out
+    return out, copies
 
 
 def _synced_runs_found(wandb_file: Path, event_dirs: set[Path]) -> list[Path]:
@@ -426,9 +419,11 @@ def discover(paths: Sequence[Path]) -> Discovery:
             run = d.parent if grouped else d
             if run not in found:
                 found.append(run)
-        extra = _framework_log_runs(p, logs, dirs, problems)
-        copies = set(artifact_copies_of(extra, found))
-        found = [r for r in found if r not in copies] + extra
+        extra, copies = _framework_log_runs(p, logs, dirs, problems)
+        if copies:
+            where = [c.resolve() for c in copies]
+            found = [r for r in found if not any(c == r.resolve() or c in r.resolve().parents for c in where)]
+        found += extra
         if not found:
             stray = [q.message for q in problems if q.path.startswith(str(p))]
             detail = f" ({stray[0]})" if stray else ""
@@ -1597,6 +1592,8 @@ def _assemble(run: str, datas: list[FileData]) -> RunEvents:
             "kinds": sorted(d.kinds),
             "readable": d.readable,
             "skipped": dict(d.skipped),  # plugin -> values not read (hparams, images, text, ...)
+            # a framework's own log names its writer here (an event file's is told from its kinds: results.tags)
+            **({"writer": w} if (w := framework_writer(d.kinds)) else {}),
         }
         for i, d in enumerate(datas)
     ]

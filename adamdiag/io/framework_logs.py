@@ -23,8 +23,21 @@ if TYPE_CHECKING:
     from adamdiag.io.events import FileData
 
 
-# The reader kind (FileData.kinds) of each framework's own log
-FRAMEWORK_LOG_KINDS = frozenset({"trainer_state", "metrics_csv", "wandb", "mlflow", "dvclive", "mmengine"})
+# The reader kind (FileData.kinds) of each framework's own log, and how ``tags`` names its writer
+FRAMEWORK_LOG_WRITERS = {
+    "trainer_state": "hf trainer_state.json log_history",
+    "metrics_csv": "lightning CSVLogger metrics.csv",
+    "wandb": "wandb run file history",
+    "mlflow": "mlflow run metrics",
+    "dvclive": "dvclive plots/metrics",
+    "mmengine": "mmengine LocalVisBackend scalars.json",
+}
+FRAMEWORK_LOG_KINDS = frozenset(FRAMEWORK_LOG_WRITERS)
+
+
+def framework_writer(kinds: set[str]) -> str | None:
+    """How ``tags`` names the writer of a file read with these kinds, when it is a framework's own log."""
+    return next((FRAMEWORK_LOG_WRITERS[k] for k in sorted(kinds) if k in FRAMEWORK_LOG_WRITERS), None)
 
 
 def is_framework_log(path: Path) -> bool:
@@ -44,10 +57,12 @@ def is_framework_log(path: Path) -> bool:
 def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
     """The rows of the framework log ``path`` stands for (:func:`adamdiag.io.events.run_files` hands these paths
     over: a trainer_state.json, a metrics.csv, a wandb run file, an MLflow run's meta.yaml or a database run's
-    path, a DVCLive folder's plots/metrics); None for any other path (an event file). ``fast``: wandb's decoder."""
+    path, a DVCLive folder's plots/metrics, an mmengine scalars.json); None for any other path (an event file).
+    ``fast``: wandb's decoder."""
     from adamdiag.io.dvclive_log import is_metrics_dir, read_dvclive
     from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
     from adamdiag.io.mlflow_log import is_database_run, is_run_meta, read_file_store_run, read_sqlite_run
+    from adamdiag.io.mmengine_log import is_scalars_json, read_scalars_json
     from adamdiag.io.wandb_log import is_wandb_file, read_wandb
 
     if path.name == TRAINER_STATE:
@@ -66,8 +81,6 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
         return read_sqlite_run(path)
     if is_metrics_dir(path):
         return read_dvclive(path)
-    from adamdiag.io.mmengine_log import is_scalars_json, read_scalars_json
-
     if is_scalars_json(path):
         return read_scalars_json(path)
     return None

@@ -483,12 +483,6 @@ def artifacts_dir(run: Path) -> Path | None:
     return next((c for c in cands if c.is_dir()), None)
 
 
-def keras_artifact_copy(run: Path) -> Path | None:
-    """The artifacts folder of an MLflow run whose Keras callback logged per batch — the TensorBoard log autolog
-    copies there is a coarser copy of the same training (per epoch, by default), not a run of its own — else None."""
-    return artifacts_dir(run) if keras_callback_mode(run) == "batch" else None
-
-
 @dataclass
 class KerasRows:
     """:func:`keras_callback_rows`' result: the renamed rows (a :class:`LogRows`), a note saying so, and the

@@ -5,8 +5,8 @@ writes: mmdetection, mmsegmentation, mmpretrain... ) as a log, for runs that log
 The file is one JSON object per ``add_scalars`` call: a training iteration's logged values (``LoggerHook`` every
 ``interval`` iterations: ``loss``, ``lr``, ``grad_norm`` with ``clip_grad``, ``time``...) with its ``epoch``, ``iter``
 and ``step`` = the iteration count (what the optimizer's ``step`` counts too), or a validation's metrics at ``step`` =
-its epoch (by-epoch training) — those lines carry no ``iter`` and are read under ``validation/`` (an evaluation split) so that their ``time``
-is not a training point. mmengine logs the mean of each value over the last ``window_size`` iterations
+its epoch (by-epoch training) — those lines carry no ``iter`` and are read under ``validation/`` (an evaluation
+split) so that their ``time`` is not a training point. mmengine logs the mean of each value over the last ``window_size`` iterations
 (``LogProcessor``, 10 by default): a point is an interval mean, as HF's and Lightning's logged losses are.
 
 >>> import tempfile, pathlib

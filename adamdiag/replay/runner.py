@@ -144,6 +144,11 @@ def _mmengine_runs(work_dir: Path) -> list[Path]:
     return [d for d in vis if _has_events(d) or is_scalars_json(d / SCALARS_JSON)]
 
 
+def _listed(paths: list[Path], shown: int = 4) -> str:
+    """'a, b, c, d and 3 more': an error line stays one line however many runs there are."""
+    return ", ".join(map(str, paths[:shown])) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+
+
 def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     """The run directory with the logged loss: --logdir, else the checkpoint's parent's parent
     (``<run>/checkpoints/step_N.pt``), else its parent — a folder of event files, else one whose loss a framework
@@ -175,8 +180,9 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
     if not found:  # mmengine: <work_dir>/iter_N.pth beside <work_dir>/<timestamp>/vis_data/
         found = _mmengine_runs(ck.parent)
         if len(found) > 1:
-            shown = ", ".join(map(str, found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-            raise InputError(f"several mmengine runs beside {checkpoint} ({shown}): pass --logdir with the one")
+            raise InputError(
+                f"several mmengine runs beside {checkpoint} ({_listed(found)}): pass --logdir with the one"
+            )
     if len(found) == 1:
         return found[0]
     if not found:
@@ -187,9 +193,8 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
         if len(found) == 1:
             return found[0]
         if found:
-            shown = ", ".join(map(str, found[:4])) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
             raise InputError(
-                f"several trackers' runs beside {checkpoint} ({shown}): pass --logdir with the one that trained it"
+                f"several trackers' runs beside {checkpoint} ({_listed(found)}): pass --logdir with the one that trained it"
             )
     raise InputError(
         f"no TensorBoard event files found for {checkpoint} (looked in {ck.parent.parent} and "

@@ -105,15 +105,15 @@ RULES: dict[str, tuple[str, str]] = {
         "an event in the data or the objective there, which no eps or lr moves — replay up to it to judge).",
     ),
     # 9xx: data quality
-    "AD605": (
-        "fastai-smoothed-loss",
-        "fastai logs train_loss as its smoothed loss (a debiased moving average of the batch losses, β 0.98): the "
-        "per-batch loss was reconstructed before detection (a one-batch spike is not read as a slow rise).",
-    ),
     "AD604": (
         "keras-epoch-axis",
         "Keras logs epoch_* scalars at the epoch index while its checkpoints count optimizer iterations: the "
         "epoch points were moved to their epoch's last iteration (from evaluation_loss_vs_iterations).",
+    ),
+    "AD605": (
+        "fastai-smoothed-loss",
+        "fastai logs train_loss as its smoothed loss (a debiased moving average of the batch losses, β 0.98): the "
+        "per-batch loss was reconstructed before detection (a one-batch spike is not read as a slow rise).",
     ),
     "AD901": (
         "insufficient-data",

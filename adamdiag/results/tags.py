@@ -14,17 +14,9 @@ TAGS_SCHEMA = "adamdiag.tags/1"
 
 def writer_of(info: dict[str, Any]) -> str:
     """A short description of how a file was written (what the content says, not a guess)."""
+    if info.get("writer"):  # a framework's own log: its reader names the writer (io.framework_logs)
+        return str(info["writer"])
     kinds = info["kinds"]
-    if "trainer_state" in kinds:
-        return "hf trainer_state.json log_history"
-    if "metrics_csv" in kinds:
-        return "lightning CSVLogger metrics.csv"
-    if "wandb" in kinds:
-        return "wandb run file history"
-    if "mlflow" in kinds:
-        return "mlflow run metrics"
-    if "dvclive" in kinds:
-        return "dvclive plots/metrics"
     parts = []
     if Path(info["path"]).name.endswith(".v2"):
         parts.append("tf2")

@@ -139,3 +139,12 @@ def test_replay_finds_the_log_beside_mmengine_checkpoints(tmp_path):
     shutil.copytree(vis.parent, d / "20990101_000000")
     with pytest.raises(InputError, match="several mmengine runs"):
         find_run_dir(d / "iter_40.pth", None)
+
+
+def test_tags_names_the_writer_of_a_scalars_json(tmp_path):
+    """`tags` said "writer no scalars" for it (every framework reader's kind had to be listed in results.tags by hand;
+    the reader now names its writer with the file)."""
+    res = runner.invoke(app, ["tags", str(json_only(tmp_path)), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert [f["writer"] for f in run["files"]] == ["mmengine LocalVisBackend scalars.json"]

@@ -1479,8 +1479,16 @@ def _open_torch_file(path: Path, trust: bool) -> OptimizerCheckpoint:
     obj, mmapped = torch_load(path, trust=trust)
     from adamdiag.io.checkpoints import fastai
 
-    if any(fastai.is_fastai_state(x) for _, x in _walk(obj)):  # learn.save(): fastai's own optimizer state
-        obj = fastai.convert(obj, warnings)
+    for p, x in [(p, x) for p, x in _walk(obj) if fastai.is_fastai_state(x)]:
+        # learn.save(): fastai's own optimizer state, replaced (in the loaded object) by the torch state it stands for
+        torch_state = fastai.to_torch_state(x, _keyname(p) or "the file", warnings)
+        parent = obj
+        for k in p[:-1]:
+            parent = parent[k]
+        if not p:
+            obj = torch_state
+        elif isinstance(parent, dict | list):
+            parent[p[-1]] = torch_state
     opts, others = _pick_optimizers(obj, path, warnings)
     keypath = opts[0][1] if len(opts) == 1 else None
     is_lightning = isinstance(obj, dict) and "optimizer_states" in obj

@@ -81,15 +81,3 @@ def to_torch_state(x: dict, where: str, warnings: list[str]) -> dict:
         )
     )
     return {"state": state, "param_groups": [group]}
-
-
-def convert(obj: Any, warnings: list[str], depth: int = 0, path: str = "") -> Any:
-    """``obj`` with every fastai optimizer state in it (dicts and lists, a few levels deep) replaced by the torch
-    state it stands for; the rest unchanged."""
-    if depth > 4:
-        return obj
-    if is_fastai_state(obj):
-        return to_torch_state(obj, path or "the file", warnings)
-    if isinstance(obj, dict):
-        return {k: convert(v, warnings, depth + 1, f"{path}.{k}".lstrip(".")) for k, v in obj.items()}
-    return obj

@@ -85,6 +85,25 @@ def unwrap_loss_scale(cls: str, cfg: dict[str, Any]) -> tuple[str, dict[str, Any
     return cls, cfg, None
 
 
+def config_hyper(ocfg: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """β1/β2/eps a Keras optimizer config states as finite numbers (β as the float32 value's shortest decimal:
+    tf.keras' legacy configs hold 0.8999999761581421 for the 0.9 the user wrote), and its weight decay (0 when
+    null) — for the model files and SavedModels whose config is JSON next to the state.
+
+    >>> config_hyper({"beta_1": 0.8999999761581421, "beta_2": 0.999, "epsilon": 1e-6, "weight_decay": None})
+    ({'beta1': 0.9, 'beta2': 0.999, 'eps': 1e-06}, 0.0)
+    """
+    from adamdiag.io.checkpoints.tf import f32
+
+    out: dict[str, float] = {}
+    for k, key in (("beta1", "beta_1"), ("beta2", "beta_2"), ("eps", "epsilon")):
+        val = ocfg.get(key)
+        if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
+            out[k] = float(val) if k == "eps" else f32(val)
+    wd = ocfg.get("weight_decay")
+    return out, float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else 0.0
+
+
 def snake(name: str) -> str:
     """Keras' ``naming.to_snake_case`` (how ``.weights.h5`` names layer groups)."""
     name = re.sub(r"\W+", "", name)

@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from adamdiag.errors import InputError
-from adamdiag.io.checkpoints.keras import ADAM_CLASSES, KERAS_DEFAULTS, entry_hyper, unwrap_loss_scale
+from adamdiag.io.checkpoints.keras import (
+    ADAM_CLASSES,
+    KERAS_DEFAULTS,
+    config_hyper,
+    entry_hyper,
+    schedule_lr,
+    unwrap_loss_scale,
+)
 
 # A slot's name in each scheme -> (kind, the variable it belongs to, as the model's weight_names spell it
 # up to the scheme's own transformation). Kinds: m, v, vhat.
@@ -113,8 +120,6 @@ def _slots(names: list[str], inner: str | None = None) -> tuple[str, dict[str, d
 def _lr(ocfg: dict[str, Any], step: int, stored: float | None, warnings: list[str]) -> float | None:
     """The learning rate the next update would use: a plain value, a built-in schedule at ``step``, or
     tf.keras' legacy ``decay`` (lr / (1 + decay·t))."""
-    from adamdiag.io.checkpoints.keras import schedule_lr
-
     lr = ocfg.get("learning_rate", ocfg.get("lr"))
     if isinstance(lr, dict):
         # Keras 3 wraps a schedule as {"module", "class_name", "config"}; tf.keras as {"class_name", "config"}
@@ -174,21 +179,15 @@ def open_keras_model_file(f: Any, path: Path):
     lr_name = next((n for n in names if re.match(r"^[^/]+/learning_rate$", n)), None)
     stored = f32(np.asarray(ow[lr_name]).reshape(-1)[0]) if lr_name and lr_name in ow else None
     lr = _lr(ocfg, step, stored, warnings)
-    hyper: dict[str, Any] = {}
+    stated, wd = config_hyper(ocfg)
+    hyper: dict[str, Any] = {**KERAS_DEFAULTS, **stated}
     sources = {"lr": "unknown" if lr is None else "file"}
-    for k, key in (("beta1", "beta_1"), ("beta2", "beta_2"), ("eps", "epsilon")):
-        val = ocfg.get(key)
-        if isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val):
-            hyper[k], sources[k] = f32(val) if k != "eps" else float(val), "file"
-        else:
-            hyper[k], sources[k] = KERAS_DEFAULTS[k], "default"
+    sources.update({k: "file" if k in stated else "default" for k in KERAS_DEFAULTS})
     defaulted = [k for k, s in sources.items() if s == "default"]
     if defaulted:
         warnings.append(
             f"{', '.join(defaulted)} not in training_config: Keras defaults assumed (β1=0.9, β2=0.999, eps=1e-7)"
         )
-    wd = ocfg.get("weight_decay")
-    wd = float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else 0.0
     sources["weight_decay"] = "file"
     amsgrad = bool(ocfg.get("amsgrad")) or any("vhat" in k for k in slots.values())
 

@@ -40,6 +40,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from adamdiag.errors import InputError
+from adamdiag.io.checkpoints.keras import KERAS_DEFAULTS
 from adamdiag.io.protowire import fields as proto_fields
 from adamdiag.io.protowire import varint
 
@@ -62,7 +63,6 @@ DTYPES: dict[int, np.dtype] = {
     23: np.dtype("<u8"),
 }
 DT_BFLOAT16, DT_STRING = 14, 7
-KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
 
 
 # --- crc32c (varints: adamdiag.io.protowire) -----------------------------------------------------------------------
@@ -796,14 +796,13 @@ def open_tf2(prefix: Path, bundle: Bundle):
             warnings.append("eps is not stored by tf.keras' optimizers: its default 1e-7 assumed")
         amsgrad = any(s[3] is not None for s in slots)
     if saved is not None:
+        from adamdiag.io.checkpoints.keras import config_hyper
+
         cls, ocfg, where = saved
-        for k, key in (("beta1", "beta_1"), ("beta2", "beta_2"), ("eps", "epsilon")):
-            val = ocfg.get(key)
-            if sources.get(k) != "file" and isinstance(val, (int, float)) and not isinstance(val, bool):
-                if math.isfinite(val):
-                    hyper[k], sources[k] = (float(val) if k == "eps" else f32(val)), "file"
-        wd = ocfg.get("weight_decay")
-        saved_wd = float(wd) if isinstance(wd, (int, float)) and not isinstance(wd, bool) else 0.0
+        stated, saved_wd = config_hyper(ocfg)
+        for k, val in stated.items():
+            if sources.get(k) != "file":  # a value stored as a variable stays the one used
+                hyper[k], sources[k] = val, "file"
         optimizer = cls if cls in ("Adam", "AdamW") else optimizer
         warnings.append(f"hyperparameters not stored as variables read from the optimizer's config in {where}")
     if step is None:
