@@ -74,6 +74,8 @@ class Trajectory:
     beta2: float = DEFAULT_BETA2
     convention: str = "torch"
     source: str = "log"  # "log": reconstructed from logged g²; "monitor": the live monitor's own r and v̂
+    # g² estimated from a histogram's buckets (TF2 bucket tensors, wandb.Histogram keep no sum of squares)
+    bucketed: bool = False
 
     def eps_eff(self) -> np.ndarray:
         """eps relative to √v̂ at each step. TF adds eps to the un-corrected √v, which is
@@ -650,7 +652,11 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
         name = tag.split("/", 1)[1] if "/" in tag else tag
         seeds = names_v.get(name, [])
         b2, e, _ = own.get(name, (beta2, eps, None))
-        out.append(reconstruct(df["step"].to_numpy(np.int64)[ok], g2, b2, seeds, e, name))
+        tr = reconstruct(df["step"].to_numpy(np.int64)[ok], g2, b2, seeds, e, name)
+        # a bucket estimate is off by a few % (io.events.bucket_moments), far from the 10x a collapse stretch needs:
+        # it stays "exact" when every step is logged, and AD901 says the g² was estimated
+        tr.bucketed = "approx" in df.columns and bool(df["approx"].to_numpy(bool)[ok].any())
+        out.append(tr)
     return out
 
 
@@ -1251,9 +1257,11 @@ def loss_series(
     ``epoch_loss``, or a tag its reader declared one: ``running_means``, tag -> finished epochs or None)
     turned back into per-batch losses first: read raw, a 13x batch shows as a small bump and every epoch
     start as a drop; likewise fastai's smoothed ``train_loss`` (a debiased EMA: :mod:`fastai_logs`). What was
-    done is appended to ``rebuilt`` (rules AD603, AD605)."""
+    done is appended to ``rebuilt`` (rules AD603, AD605); Detectron2's running medians are read as logged
+    (AD606: :mod:`median_logs`)."""
     from adamdiag.analysis.fastai_logs import is_smoothed_loss_tag, unsmooth
     from adamdiag.analysis.keras_logs import is_running_mean_tag, reconstruct_running_mean
+    from adamdiag.analysis.median_logs import median_window
 
     steps, values = series_arrays(scalars, tag)
     declared = running_means or {}
@@ -1269,6 +1277,9 @@ def loss_series(
         u = unsmooth(steps, values)
         rebuilt.append({"tag": tag, "kind": "fastai-smoothed", "reconstructed": u.rebuilt, "reason": u.reason})
         return (u.steps, u.values) if u.rebuilt else (steps, values)
+    elif (window := median_window(tag, tags)) is not None:  # Detectron2: a running median, not invertible (AD606)
+        rebuilt.append({"tag": tag, "kind": "median", "window": window, "reconstructed": False})
+        return steps, values
     else:
         return steps, values
     rebuilt.append(

@@ -148,9 +148,22 @@ def missing_data(ev: Evidence, tags: list[str]) -> list[Finding]:
 
 def loss_rebuilt(ev: Evidence) -> list[Finding]:
     """AD603: a Keras running-mean loss was turned back into per-batch losses (or kept raw: why); AD605 the same
-    for fastai's smoothed loss."""
+    for fastai's smoothed loss; AD606: Detectron2's running medians, read as logged (one finding for all)."""
     out = []
+    medians = [r for r in ev.loss_rebuilt if r.get("kind") == "median"]
+    if medians:
+        w = medians[0]["window"]
+        names = ", ".join(f"'{r['tag']}'" for r in medians[:MAX_NAMES_SHOWN])
+        more = f" and {len(medians) - MAX_NAMES_SHOWN} more" if len(medians) > MAX_NAMES_SHOWN else ""
+        msg = (
+            f"{names}{more} logged by Detectron2's writers as the median of the last {w} iterations (not invertible): "
+            f"a spike of fewer than {w // 2} iterations — one bad batch — never shows, and a blowup shows up to "
+            f"~{w // 2} iterations after it began"
+        )
+        out.append(Finding("AD606", "info", msg, evidence={"tags": [r["tag"] for r in medians], "window": w}))
     for r in ev.loss_rebuilt:
+        if r.get("kind") == "median":
+            continue
         if r.get("kind") == "fastai-smoothed":
             msg = (
                 f"'{r['tag']}' is fastai's smoothed loss (a debiased moving average, β {SMOOTH_BETA:g}): per-batch "
@@ -742,6 +755,18 @@ def data_quality(ev: Evidence, tags: list[str]) -> list[Finding]:
                 "info",
                 f"{what} not logged every step from step 1: the v reconstruction from it is approximate between checkpoints",
                 evidence={"approximate": approx[:MAX_TAGS_EVIDENCE]},
+            )
+        )
+    bucketed = [t.label for t in ev.trajectories if t.bucketed]
+    if bucketed:
+        out.append(
+            Finding(
+                "AD901",
+                "info",
+                f"per-tensor g² of {len(bucketed)} tensor(s) estimated from histogram buckets (the writer keeps no sum "
+                "of squares: TF2 summaries, wandb.watch): each value at its bucket's centre, within a few % of the "
+                "exact mean on dense gradients, high on mostly-zero ones",
+                evidence={"bucketed": bucketed[:MAX_TAGS_EVIDENCE]},
             )
         )
     if ev.clip_norm is not None and ev.grad_norm_tag is not None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adamdiag.errors import InputError, missing_path
+from adamdiag.io.detectron2_log import METRICS_JSON, is_metrics_json
 from adamdiag.io.dvclive_log import is_dvclive_dir
 from adamdiag.io.framework_logs import framework_writer, is_framework_log, read_framework_log
 from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
@@ -78,6 +79,9 @@ DVCLIVE_VERSION = "dvclive"
 # mmengine's LocalVisBackend file (work_dir/<timestamp>/vis_data/scalars.json), read as a log where a run has no
 # event files (io/mmengine_log.py)
 MMENGINE_VERSION = "mmengine-scalars"
+# Detectron2's JSONWriter file (output_dir/metrics.json), read as a log where a run has no event files
+# (io/detectron2_log.py)
+DETECTRON2_VERSION = "detectron2-metrics"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -236,7 +240,7 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             found.append(Path(dirpath))
         if framework_logs is not None:
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
-            framework_logs += [Path(dirpath) / n for n in (SCALARS_JSON,) if n in filenames]
+            framework_logs += [Path(dirpath) / n for n in (SCALARS_JSON, METRICS_JSON) if n in filenames]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_wandb_file(name)]
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
@@ -291,6 +295,8 @@ def _framework_log_runs(
             continue  # some other metrics.csv
         if f.name == SCALARS_JSON and not is_scalars_json(f):
             continue  # some other scalars.json
+        if f.name == METRICS_JSON and not is_metrics_json(f):
+            continue  # some other metrics.json (DVCLive's summary, an evaluation's results)
         if f.name == "mlflow.db":
             # (its folder is often the training's working directory, above the event files of other loggers: the
             # database's runs are read all the same, and one logged to both is diagnosed once, scan's same_log)
@@ -317,13 +323,13 @@ def _framework_log_runs(
             run = f.parent
         elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
-        elif f.name in (METRICS_CSV, SCALARS_JSON):
+        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON):
             run = f.parent
         elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
             run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
-        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON) and any(
+        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON) and any(
             a in logged for a in run.parents
         )
         if f.name == "meta.yaml" and run in around and (copy := _autolog_tb_copy(run, logged)) and copy[0] == "batch":
@@ -429,8 +435,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             detail = f" ({stray[0]})" if stray else ""
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
-                f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders or "
-                f"mmengine scalars.json under {p}{detail}"
+                f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders, "
+                f"mmengine scalars.json or Detectron2 metrics.json under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -496,6 +502,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(run / METRICS_CSV)
         elif is_scalars_json(run / SCALARS_JSON):  # an mmengine LocalVisBackend folder
             out.append(run / SCALARS_JSON)
+        elif is_metrics_json(run / METRICS_JSON):  # a Detectron2 output_dir whose event files are gone
+            out.append(run / METRICS_JSON)
         elif is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
         elif is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
@@ -655,14 +663,30 @@ def tensor_histogram(t: Any) -> tuple[float, float, float, float, float] | None:
         return None
     if arr.size != 3 * k:
         return None
-    if k == 0:
-        return (0.0, 0.0, 0.0, 0.0, 0.0)
     b = arr.astype(np.float64).reshape(k, 3)
-    centre = (b[:, 0] + b[:, 1]) / 2
-    cnt = b[:, 2]
+    return bucket_moments(b[:, 0], b[:, 1], b[:, 2])
+
+
+def bucket_moments(left: Any, right: Any, count: Any) -> tuple[float, float, float, float, float]:
+    """(min, max, num, sum, sum_squares) of a histogram kept as buckets only — TF2's bucket tensors, wandb's
+    ``wandb.Histogram`` — each value taken at its bucket's centre. Measured on the gradients of a small MLP (64
+    equal buckets over [min, max], as wandb.watch makes them): mean g² within 3% of the exact one (median 0.1%). A
+    tensor of mostly exact zeros (an embedding's rows not in the batch) reads high: the zeros count at their
+    bucket's centre.
+
+    >>> bucket_moments([-1.0, 0.0], [0.0, 1.0], [1, 3])
+    (-1.0, 1.0, 4.0, 1.0, 1.0)
+    """
+    import numpy as np
+
+    left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
+    cnt = np.asarray(count, np.float64)
+    if len(cnt) == 0:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    centre = (left + right) / 2
     return (
-        float(b[0, 0]),
-        float(b[-1, 1]),
+        float(left[0]),
+        float(right[-1]),
         float(cnt.sum()),
         float((cnt * centre).sum()),
         float((cnt * centre * centre).sum()),

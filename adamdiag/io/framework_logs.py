@@ -31,6 +31,7 @@ FRAMEWORK_LOG_WRITERS = {
     "mlflow": "mlflow run metrics",
     "dvclive": "dvclive plots/metrics",
     "mmengine": "mmengine LocalVisBackend scalars.json",
+    "detectron2": "detectron2 JSONWriter metrics.json",
 }
 FRAMEWORK_LOG_KINDS = frozenset(FRAMEWORK_LOG_WRITERS)
 
@@ -43,22 +44,28 @@ def framework_writer(kinds: set[str]) -> str | None:
 def is_framework_log(path: Path) -> bool:
     """Whether the file ``path`` is a framework's own log that can be named as a run (Hugging Face's
     trainer_state.json, Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's
-    meta.yaml, mmengine's scalars.json)."""
+    meta.yaml, mmengine's scalars.json, Detectron2's metrics.json)."""
+    from adamdiag.io.detectron2_log import is_metrics_json
     from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
     from adamdiag.io.mlflow_log import is_run_meta
     from adamdiag.io.mmengine_log import is_scalars_json
     from adamdiag.io.wandb_log import is_wandb_file
 
     return (
-        path.name in (TRAINER_STATE, METRICS_CSV) or is_wandb_file(path) or is_run_meta(path) or is_scalars_json(path)
+        path.name in (TRAINER_STATE, METRICS_CSV)
+        or is_wandb_file(path)
+        or is_run_meta(path)
+        or is_scalars_json(path)
+        or is_metrics_json(path)
     )
 
 
 def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
     """The rows of the framework log ``path`` stands for (:func:`adamdiag.io.events.run_files` hands these paths
     over: a trainer_state.json, a metrics.csv, a wandb run file, an MLflow run's meta.yaml or a database run's
-    path, a DVCLive folder's plots/metrics, an mmengine scalars.json); None for any other path (an event file).
+    path, a DVCLive folder's plots/metrics, an mmengine scalars.json, a Detectron2 metrics.json); None for any other path (an event file).
     ``fast``: wandb's decoder."""
+    from adamdiag.io.detectron2_log import is_metrics_json, read_metrics_json
     from adamdiag.io.dvclive_log import is_metrics_dir, read_dvclive
     from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
     from adamdiag.io.mlflow_log import is_database_run, is_run_meta, read_file_store_run, read_sqlite_run
@@ -83,6 +90,8 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
         return read_dvclive(path)
     if is_scalars_json(path):
         return read_scalars_json(path)
+    if is_metrics_json(path):
+        return read_metrics_json(path)
     return None
 
 
@@ -140,6 +149,8 @@ class LogRows:
     values: list[float] = field(default_factory=list)
     walls: list[float] = field(default_factory=list)  # NaN where the file stores no time
     skipped: Counter = field(default_factory=Counter)
+    # histogram rows, as an event file's (tag, step, wall, min, max, num, sum, sum_squares, approx)
+    histograms: list[tuple] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict)
 
     def add(self, tag: str, step: int, value: float, wall: float = math.nan) -> None:
@@ -184,13 +195,13 @@ class LogRows:
             s_step=[np.asarray(self.steps, np.int64)],
             s_wall=[w],
             s_value=[np.asarray(self.values, np.float64)],
-            h_rows=[],
+            h_rows=[(*r[:2], r[2] if math.isfinite(r[2]) and r[2] > 0 else mtime, *r[3:]) for r in self.histograms],
             warnings=warnings,
             skipped=self.skipped,
             records=records,
             file_version=version,
             first_wall_time=float(w.min()) if n else float("inf"),
-            kinds={kind} if n else set(),
+            kinds={kind} if n or self.histograms else set(),
             readable=True,
             grouped=True,
             notes=[note] if note else [],

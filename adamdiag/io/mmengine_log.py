@@ -34,7 +34,8 @@ POSITION_KEYS = ("step",)
 EVAL_PREFIX = "validation/"  # an evaluation split, as io.events.split_of knows them
 
 
-def _first_object(path: Path) -> dict[str, Any] | None:
+def first_json_object(path: Path) -> dict[str, Any] | None:
+    """The first line of a JSON-lines log as an object (None: not one, a FIFO, unreadable); only that line is read."""
     from adamdiag.io.checkpoints import non_regular
 
     if non_regular(path) is not None:
@@ -56,7 +57,7 @@ def is_scalars_json(path: Path) -> bool:
     numeric ``step`` (only that line is read)."""
     if path.name != SCALARS_JSON:
         return False
-    first = _first_object(path)
+    first = first_json_object(path)
     step = first.get("step") if first else None
     return isinstance(step, (int, float)) and not isinstance(step, bool)
 

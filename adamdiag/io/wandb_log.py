@@ -628,6 +628,71 @@ def _row_counter(decoded: list[Decoded]) -> tuple[str, int] | None:
     return None
 
 
+# wandb.Histogram's JSON: ``{"_type": "histogram", "values": counts, "bins": edges}`` (or ``packedBins``: {min,
+# size, count}). wandb.watch logs one per parameter and logging step: ``gradients/<name>`` (``log="gradients"``, the
+# default) and ``parameters/<name>``. wandb ≥ 0.2x stores it as one history item per leaf (nested_key
+# [key, "_type"], [key, "values"], ...), older versions as one item holding the JSON object.
+HISTOGRAM_TYPE = "histogram"
+_TYPE_LEAF = "._type"
+
+
+def histogram_moments(doc: dict[str, Any]) -> tuple[float, float, float, float, float] | None:
+    """(min, max, num, sum, sum_squares) of a ``wandb.Histogram``'s JSON, the sums from bucket centres
+    (:func:`adamdiag.io.events.bucket_moments`); None when it is no readable histogram. wandb.watch leaves out a
+    gradient's NaN/inf elements (and logs nothing when all are): its histograms never show non-finite values.
+
+    >>> histogram_moments({"_type": "histogram", "values": [1, 3], "bins": [-1.0, 0.0, 1.0]})
+    (-1.0, 1.0, 4.0, 1.0, 1.0)
+    >>> histogram_moments({"_type": "histogram", "values": [2], "packedBins": {"min": 0.5, "size": 1.0, "count": 1}})
+    (0.5, 1.5, 2.0, 2.0, 2.0)
+    """
+    from adamdiag.io.events import bucket_moments
+
+    counts = doc.get("values")
+    edges = doc.get("bins")
+    packed = doc.get("packedBins")
+    if isinstance(packed, dict) and isinstance(counts, list):
+        try:
+            lo, width, k = float(packed["min"]), float(packed["size"]), int(packed["count"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        edges = [lo + width * i for i in range(k + 1)]
+    if not isinstance(counts, list) or not isinstance(edges, list) or len(edges) != len(counts) + 1 or not counts:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in [*counts, *edges]):
+        return None
+    got = bucket_moments(edges[:-1], edges[1:], counts)
+    return got if all(math.isfinite(x) for x in got) and got[2] > 0 else None
+
+
+def _nested(doc: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc.setdefault(part, {})
+        if not isinstance(doc, dict):
+            return
+    doc[path[-1]] = value
+
+
+def _histogram_items(items: list[tuple[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[tuple[str, Any]]]:
+    """The histograms a row holds as one item per leaf (key -> its JSON object), and the row's other items."""
+    keys = [k[: -len(_TYPE_LEAF)] for k, raw in items if k.endswith(_TYPE_LEAF) and raw == f'"{HISTOGRAM_TYPE}"']
+    if not keys:
+        return {}, items
+    docs: dict[str, dict[str, Any]] = {k: {} for k in keys}
+    rest = []
+    for k, raw in items:
+        owner = next((h for h in keys if k.startswith(h + ".")), None)
+        if owner is None:
+            rest.append((k, raw))
+            continue
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            value = None
+        _nested(docs[owner], k[len(owner) + 1 :].split("."), value)
+    return docs, rest
+
+
 def _add_row(
     step: int | None,
     items: list[tuple[str, Any]],
@@ -637,8 +702,12 @@ def _add_row(
 ) -> None:
     values: dict[str, float] = {}
     wall = math.nan
+    histograms, items = _histogram_items(items)
     for key, raw in items:
         v = scalar(raw)
+        if isinstance(v, dict) and v.get("_type") == HISTOGRAM_TYPE:
+            histograms[key] = v
+            continue
         if v is None:
             rows.skipped["non-numeric values"] += 1
         elif isinstance(v, dict):
@@ -671,6 +740,14 @@ def _add_row(
         metric = axis.of(key)
         at = last_axis_value.get(metric, own_step) if metric else own_step
         rows.add(key, at, v, wall)
+    for key, doc in histograms.items():
+        moments = histogram_moments(doc)
+        if moments is None:
+            rows.skipped["unreadable histograms"] += 1
+            continue
+        metric = axis.of(key)
+        at = last_axis_value.get(metric, own_step) if metric else own_step
+        rows.histograms.append((key, at, wall, *moments, True))
 
 
 # wandb's Keras callback WandbMetricsLogger: its define_metric axes (batch-wise: batch/* on batch/batch_step, a

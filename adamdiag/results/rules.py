@@ -115,6 +115,12 @@ RULES: dict[str, tuple[str, str]] = {
         "fastai logs train_loss as its smoothed loss (a debiased moving average of the batch losses, β 0.98): the "
         "per-batch loss was reconstructed before detection (a one-batch spike is not read as a slow rise).",
     ),
+    "AD606": (
+        "median-smoothed-loss",
+        "Detectron2 logs each loss as the median of its last 20 iterations: read as logged (a median cannot be "
+        "inverted), so a spike shorter than half that window — one bad batch — is invisible and a blowup shows up to "
+        "~10 iterations late.",
+    ),
     "AD901": (
         "insufficient-data",
         "Not enough data to decide, or how the data was read (too few steps, missing loss tag, a log axis converted "

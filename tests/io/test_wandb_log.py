@@ -48,10 +48,11 @@ def one_run(path: Path) -> Path:
 
 def test_the_two_decoders_agree_on_every_file(unpacked: Path) -> None:
     files = run_files(unpacked)
-    assert len(files) == 14
+    assert len(files) == 18
     for f in files:
         fast, ref = W.read_wandb(f), W.read_wandb(f, fast=False)
         assert fast.tags == ref.tags and fast.records == ref.records and fast.warnings == ref.warnings == [], f
+        assert fast.h_rows == ref.h_rows, f
         for a, b in zip(
             fast.s_tag + fast.s_step + fast.s_wall + fast.s_value, ref.s_tag + ref.s_step + ref.s_wall + ref.s_value
         ):

@@ -17,9 +17,10 @@ def fit_shifted(
     max_steps: int = 100,
     log_every: int = 5,
     hparams: dict[str, Any] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Train the regression for ``max_steps`` with ``loggers``, its loss logged as ``tag`` every ``log_every``
-    steps (``hparams``: save_hyperparameters); returns the Trainer."""
+    steps (``hparams``: save_hyperparameters; ``callbacks``: the Trainer's); returns the Trainer."""
     import lightning as L
     import torch
 
@@ -52,6 +53,7 @@ def fit_shifted(
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
+        callbacks=callbacks,
     )
     trainer.fit(Module(), loader)
     return trainer

@@ -18,6 +18,8 @@ What it writes (every run offline, system stats and console capture off, so the 
 - ``nonfinite/`` — a loss that turns NaN then inf;
 - ``drift/`` — a plain loop with its step in each row and eval rows between (wandb's _step runs ahead);
 - ``synced/`` — ``sync_tensorboard=True``: a SummaryWriter's events in tb/run1, copied into the wandb history;
+- ``watch/`` — ``wandb.watch(model, log="gradients")`` in a plain loop and under Lightning (see write_watch);
+- ``older_watch/<version>/`` — with ``--older-watch`` in a venv holding that wandb and torch (0.16.6, 0.19.11);
 - ``older/<version>/`` — with ``--older``, run in a venv holding that wandb (0.16.6: its Python backend; 0.19.11):
   ``python -m venv v && v/bin/pip install wandb==0.16.6 && v/bin/python tools/runlab/make_wandb_fixtures.py --older``.
   (A full regeneration removes them: rerun these after it.)
@@ -228,6 +230,136 @@ def write_drift(out: Path, expected: dict[str, Any]) -> None:
     expected["drift"] = logged
 
 
+WATCH_STEPS, WATCH_FREQ = 800, 100  # the sample run blows up at 662
+WATCH_LIGHTNING_FREQ = 10
+
+
+def _gzip_run_files(d: Path) -> None:
+    for f in d.rglob("*.wandb"):
+        with open(f, "rb") as src, gzip.open(f.with_name(f.name + ".gz"), "wb", compresslevel=9) as dst:
+            shutil.copyfileobj(src, dst)
+        f.unlink()
+
+
+def _grad_stats(model: Any) -> dict[str, list[float]]:
+    """Per parameter: [numel, min, max, mean g²] of its gradient now (float64 sums)."""
+    return {
+        n: [p.grad.numel(), float(p.grad.min()), float(p.grad.max()), float((p.grad.double() ** 2).mean())]
+        for n, p in model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def write_watch(out: Path, expected: dict[str, Any]) -> None:
+    """``wandb.watch(model, log="gradients")``: wandb hooks every parameter and, every ``log_freq``-th backward,
+    logs a 64-bucket histogram of its gradient as ``gradients/<name>`` into the row open at that moment.
+
+    - ``watch/plain/``: sample_logs/vcollapse trained again (same seed, data, full batch: the same losses) for
+      WATCH_STEPS steps, ``wandb.log(row, step=t)`` after each backward, log_freq WATCH_FREQ (gzipped);
+    - ``watch/lightning/``: the Lightning regression with WandbLogger.watch(log_freq=WATCH_LIGHTNING_FREQ) and a
+      TensorBoardLogger (gzipped).
+
+    expected["watch"][part][backward count] = {parameter: [numel, min, max, mean g²]} of the gradients wandb's hook
+    saw (every log_freq-th backward)."""
+    import torch
+    import wandb
+
+    sys.path.insert(0, str(ROOT / "tools" / "runlab"))
+    import multitask  # noqa: F401  (registers the sample runs' family)
+    import runlab
+
+    d = out / "watch" / "plain"
+    d.mkdir(parents=True)
+    cfg = multitask.sample_configs()["vcollapse"]
+    fam = runlab.get_family(cfg.family)
+    data = fam.build_data(cfg)
+    model = runlab.build_model(cfg)
+    opt = runlab.build_optimizer(cfg, model)
+    run = wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+    run.watch(model, log="gradients", log_freq=WATCH_FREQ)
+    truth: dict[str, Any] = {}
+    for t in range(1, WATCH_STEPS + 1):
+        lr = runlab.lr_at(cfg, t)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = runlab._sum_heads(fam.head_losses(model, runlab.batch_for_step(cfg, t, data)))
+        loss.backward()
+        if t % WATCH_FREQ == 0:
+            truth[str(t)] = _grad_stats(model)
+        grad_norm = runlab._grad_norm(list(model.parameters()))
+        run.log({"train/loss": float(loss.detach()), "train/lr": lr, "train/grad_norm": grad_norm}, step=t)
+        opt.step()
+    run.finish()
+    _gzip_run_files(d)
+    expected.setdefault("watch", {})["plain"] = truth
+
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+    from lightning_toy import fit_shifted
+
+    d = out / "watch" / "lightning"
+    d.mkdir(parents=True)
+    wb = WandbLogger(project="adamdiag-fixtures", save_dir=str(d), offline=True, settings=_settings())
+    seen: dict[str, Any] = {}
+
+    class WatchAndRecord(Callback):
+        backwards = 0
+
+        def on_fit_start(self, trainer: Any, module: Any) -> None:
+            wb.watch(module, log="gradients", log_freq=WATCH_LIGHTNING_FREQ)
+
+        def on_after_backward(self, trainer: Any, module: Any) -> None:
+            self.backwards += 1
+            if self.backwards % WATCH_LIGHTNING_FREQ == 0:
+                seen[str(self.backwards)] = _grad_stats(module)
+
+    torch.manual_seed(0)
+    fit_shifted(
+        [wb, TensorBoardLogger(str(d), name="tb")],
+        tag="train_loss",
+        shift_at=SHIFT_LIGHTNING,
+        callbacks=[WatchAndRecord()],
+    )
+    wb.experiment.finish()
+    _gzip_run_files(d)
+    expected["watch"]["lightning"] = seen
+
+
+def write_older_watch(out: Path) -> None:
+    """``--older-watch``: wandb.watch(log_freq=5) on a small regression, 30 steps, as an older wandb writes it (0.16.6
+    keeps a histogram as one JSON item, 0.19.11 one item per leaf); run under a venv with that wandb and torch.
+    ``older_watch/<version>/truth.json``: per backward count, {parameter: [numel, min, max, mean g²]}."""
+    import torch
+    import wandb
+
+    d = out / "older_watch" / wandb.__version__
+    d.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    run = wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline")
+    run.watch(model, log="gradients", log_freq=5)
+    x = torch.randn(64, 8)
+    y = x.sum(1, keepdim=True)
+    truth = {}
+    for t in range(1, 31):
+        opt.zero_grad()
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        if t % 5 == 0:
+            truth[str(t)] = _grad_stats(model)
+        run.log({"loss": float(loss.detach())}, step=t)
+        opt.step()
+    run.finish()
+    _gzip_run_files(d)
+    for junk in list(d.rglob("*.log")) + list(d.rglob("requirements.txt")) + list(d.rglob("*.yaml")):
+        junk.unlink()
+    for meta in d.rglob("wandb-*.json"):
+        meta.unlink()
+    (d / "truth.json").write_text(json.dumps(truth, indent=0, sort_keys=True) + "\n")
+
+
 def write_older(out: Path) -> None:
     """``--older``: one run as older wandb versions write it (run under a venv with that wandb, no torch needed):
     300 rows on a declared axis ``trainer/global_step`` = 10 x row, the loss jumping at row 200 and NaN at row 250,
@@ -264,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb")
     p.add_argument("--older", action="store_true", help="only add older/<this wandb's version>/ (see write_older)")
-    p.add_argument("--only", choices=["drift"], help="only (re)write this part, keeping the rest of --out")
+    p.add_argument("--older-watch", action="store_true", help="only add older_watch/<this wandb's version>/")
+    p.add_argument("--only", choices=["drift", "watch"], help="only (re)write this part, keeping the rest of --out")
     a = p.parse_args(argv)
     import wandb
 
@@ -272,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.older:
         write_older(a.out)
         return 0
+    if a.older_watch:
+        write_older_watch(a.out)
+        return 0
     if a.only:
         shutil.rmtree(a.out / a.only, ignore_errors=True)
         expected = json.loads((a.out / "expected.json").read_text())
-        {"drift": write_drift}[a.only](a.out, expected)
+        {"drift": write_drift, "watch": write_watch}[a.only](a.out, expected)
         for junk in list((a.out / a.only).rglob("*.log")) + list((a.out / a.only).rglob("requirements.txt")):
             junk.unlink()
         (a.out / "expected.json").write_text(json.dumps(expected, indent=0, sort_keys=True) + "\n")
@@ -284,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(a.out)
     a.out.mkdir(parents=True)
     expected: dict[str, Any] = {"wandb_version": wandb.__version__}
-    for write in (write_samples, write_lightning, write_hf, write_resumed, write_nonfinite, write_synced, write_drift):
+    writers = (write_samples, write_lightning, write_hf, write_resumed, write_nonfinite, write_synced, write_drift)
+    for write in (*writers, write_watch):
         write(a.out, expected)
     # what wandb leaves beside the history and the tests never read (debug logs, requirements.txt)
     for junk in list(a.out.rglob("*.log")) + list(a.out.rglob("requirements.txt")):
