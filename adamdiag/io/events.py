@@ -39,6 +39,7 @@ from adamdiag.io.dvclive_log import is_dvclive_dir
 from adamdiag.io.framework_logs import framework_writer, is_framework_log, read_framework_log
 from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
 from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
+from adamdiag.io.torchtune_log import is_disk_log, is_log_name
 from adamdiag.io.wandb_log import is_wandb_file
 from adamdiag.printable import printable
 
@@ -82,6 +83,9 @@ MMENGINE_VERSION = "mmengine-scalars"
 # Detectron2's JSONWriter file (output_dir/metrics.json), read as a log where a run has no event files
 # (io/detectron2_log.py)
 DETECTRON2_VERSION = "detectron2-metrics"
+# torchtune's DiskLogger files (<output_dir>/logs/log_<time>.txt), read as a log where a run has no event files
+# (io/torchtune_log.py)
+TORCHTUNE_VERSION = "torchtune-disklogger"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -242,6 +246,7 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             framework_logs += [Path(dirpath) / name for name in (TRAINER_STATE, METRICS_CSV) if name in filenames]
             framework_logs += [Path(dirpath) / n for n in (SCALARS_JSON, METRICS_JSON) if n in filenames]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_wandb_file(name)]
+            framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_log_name(name)]
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
             framework_logs += [Path(dirpath) / n for n in ("mlflow.db",) if n in filenames]
@@ -297,6 +302,8 @@ def _framework_log_runs(
             continue  # some other scalars.json
         if f.name == METRICS_JSON and not is_metrics_json(f):
             continue  # some other metrics.json (DVCLive's summary, an evaluation's results)
+        if is_log_name(f.name) and not is_disk_log(f):
+            continue  # some other log_<number>.txt
         if f.name == "mlflow.db":
             # (its folder is often the training's working directory, above the event files of other loggers: the
             # database's runs are read all the same, and one logged to both is diagnosed once, scan's same_log)
@@ -323,15 +330,15 @@ def _framework_log_runs(
             run = f.parent
         elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
-        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON):
-            run = f.parent
+        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name):
+            run = f.parent  # (torchtune: the logs folder; a resumed run's files are in it too)
         elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
             run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
-        inside_event_run = f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON) and any(
-            a in logged for a in run.parents
-        )
+        inside_event_run = (
+            f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name)
+        ) and any(a in logged for a in run.parents)
         if f.name == "meta.yaml" and run in around and (copy := _autolog_tb_copy(run, logged)) and copy[0] == "batch":
             seen.add(run)  # logged per batch: read from its metrics (its note says so), not from autolog's copy
             out.append(run)
@@ -436,7 +443,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
                 f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders, "
-                f"mmengine scalars.json or Detectron2 metrics.json under {p}{detail}"
+                f"mmengine scalars.json, Detectron2 metrics.json or torchtune logs (log_*.txt) under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -492,6 +499,7 @@ def run_files(run: Path) -> list[Path]:
     if out or len(split_files) >= 2:  # else a lone split folder is a run of its own (see discover)
         out += [f for files in split_files for f in files]
     if not out:
+        from adamdiag.io.torchtune_log import log_files
         from adamdiag.io.trainer_state import newest_state
         from adamdiag.io.wandb_log import files_of_run
 
@@ -504,6 +512,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(run / SCALARS_JSON)
         elif is_metrics_json(run / METRICS_JSON):  # a Detectron2 output_dir whose event files are gone
             out.append(run / METRICS_JSON)
+        elif torchtune_logs := log_files(run):  # a torchtune logs folder: a resumed run's files too, in start order
+            out += torchtune_logs
         elif is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
         elif is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
@@ -1927,7 +1937,37 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
         c = _floats({"clip": fairseq_clip_norm(str(args.get("argv", "")))}).get("clip")
         if c is not None:
             return c, "--clip-norm in the 'sys.argv' text summary (fairseq's command line)"
+        # torchtune: clip_grad_norm in its recipe config (its 'grad_norm' is what clip_grad_norm_ returned, before)
+        c = _floats({"clip": args.get("clip_grad_norm")}).get("clip") if "optimizer._component_" in args else None
+        if c is not None and math.isfinite(c):
+            return c, f"clip_grad_norm in {_args_source(args)} (torchtune's recipe config)"
     return None, ""
+
+
+# Adam-family optimizers a torchtune config may name (its _component_), with the defaults of β2 and eps they apply:
+# torch's, bitsandbytes' (8-bit, paged) and torchao's (8-bit, 4-bit, fp8) all default to betas (0.9, 0.999), eps 1e-8
+_TORCHTUNE_ADAM = re.compile(r"(?:^|\.)(?:Paged)?Adam(?:W)?(?:8bit|4bit|Fp8|32bit)?$")
+
+
+def torchtune_adam_hyperparameters(args: dict[str, Any]) -> dict[str, float] | None:
+    """β2 and eps of a torchtune recipe config's Adam-family optimizer (``optimizer.betas``, ``optimizer.eps``, else
+    the defaults they apply); {} when its optimizer is no Adam; None when ``args`` is no torchtune config.
+
+    >>> torchtune_adam_hyperparameters({"optimizer._component_": "torch.optim.AdamW", "optimizer.betas": [0.9, 0.95]})
+    {'beta2': 0.95, 'eps': 1e-08}
+    >>> torchtune_adam_hyperparameters({"optimizer._component_": "bitsandbytes.optim.PagedAdamW8bit"})
+    {'beta2': 0.999, 'eps': 1e-08}
+    >>> torchtune_adam_hyperparameters({"optimizer._component_": "torch.optim.SGD"}), torchtune_adam_hyperparameters({})
+    ({}, None)
+    """
+    component = args.get("optimizer._component_")
+    if not isinstance(component, str):
+        return None
+    if not _TORCHTUNE_ADAM.search(component.strip()):
+        return {}
+    betas = args.get("optimizer.betas")
+    beta2 = betas[1] if isinstance(betas, list) and len(betas) == 2 else 0.999
+    return _floats({"beta2": beta2, "eps": args.get("optimizer.eps", 1e-8)})
 
 
 def fairseq_adam_hyperparameters(argv: str) -> dict[str, float]:
@@ -1986,6 +2026,9 @@ def writer_adam_hyperparameters(
             got = _floats(fairseq_adam_hyperparameters(str(args["argv"])))
             if got:
                 return got, "fairseq's command line (the 'sys.argv' text summary)"
+        tune = torchtune_adam_hyperparameters(args)
+        if tune is not None:
+            return (tune, f"torchtune's recipe config ({_args_source(args)})") if tune else ({}, "")
         keras = keras_optimizer_config(args)  # MLflow's Keras callback: optimizer.get_config() as params
         if keras is not None and "beta_2" in keras and "epsilon" in keras:
             if not re.fullmatch(r"adamw?(_\d+)?", str(keras.get("name", "")).strip().lower()):
