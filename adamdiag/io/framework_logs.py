@@ -118,6 +118,31 @@ def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, fl
         raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
+def complete_lines(raw: bytes, path: Path | str) -> tuple[list[str], list[str]]:
+    """The lines of a one-record-per-line log, and a warning when its last line has no newline yet: a record its
+    writer is still writing (or was killed in), left out — a cut number would read as a wrong value — in the words
+    the event-file reader uses, so that scan calls it "in progress" (AD902 info) when the file is the run's newest.
+
+    >>> complete_lines(b"a\\nb", Path("x.txt"))
+    (['a'], ['x.txt: truncated record at byte 2 (the run is still writing it?)'])
+    """
+    cut = raw.rfind(b"\n") + 1
+    warnings = []
+    if cut < len(raw):
+        warnings.append(f"{path}: truncated record at byte {cut} (the run is still writing it?)")
+        raw = raw[:cut]
+    return raw.decode("utf-8", errors="replace").splitlines(), warnings
+
+
+def complete_text(text: str, path: Path | str, warnings: list[str]) -> str:
+    """``text`` without a last line that has no newline yet (:func:`complete_lines`; its warning appended)."""
+    cut = text.rfind("\n") + 1
+    if cut < len(text):
+        warnings.append(f"{path}: truncated record at byte {len(text[:cut].encode())} (the run is still writing it?)")
+        return text[:cut]
+    return text
+
+
 def metric_files(
     folder: Path, suffix: str, max_bytes: int, what: str, warnings: list[str]
 ) -> tuple[list[tuple[str, Path, str]], int, float]:

@@ -95,7 +95,7 @@ def read_file_store_run(meta: Path | str) -> FileData:
     """The metrics of one file-store run (its ``meta.yaml`` given) as event-file columns. A line that is no
     metric line (a write cut short) is skipped with a warning; a metric file that cannot be read is a warning."""
     from adamdiag.io.events import MLFLOW_VERSION
-    from adamdiag.io.framework_logs import LogRows, metric_files
+    from adamdiag.io.framework_logs import LogRows, complete_text, metric_files
 
     meta = Path(meta)
     run = meta.parent
@@ -107,7 +107,7 @@ def read_file_store_run(meta: Path | str) -> FileData:
     files, size, mtime = metric_files(run / METRICS, "", MAX_METRIC_FILE_BYTES, "MLflow metric file", warnings)
     for key, f, text in files:
         bad = 0
-        for line in text.splitlines():
+        for line in complete_text(text, f, warnings).splitlines():
             if not line.strip():
                 continue
             got = parse_metric_line(line)

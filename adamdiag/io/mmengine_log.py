@@ -66,13 +66,14 @@ def read_scalars_json(path: Path | str) -> FileData:
     """One scalars.json as event-file columns. A line that is no JSON object with a numeric ``step`` (a write cut
     short) is skipped with a warning; non-numeric values are skipped (counted)."""
     from adamdiag.io.events import MMENGINE_VERSION
-    from adamdiag.io.framework_logs import LogRows, read_log_file
+    from adamdiag.io.framework_logs import LogRows, complete_lines, read_log_file
 
     path = Path(path)
     raw, size, mtime = read_log_file(path, MAX_BYTES, "mmengine scalars.json")
     rows = LogRows()
     records = bad = 0
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    lines, cut = complete_lines(raw, path)
+    for line in lines:
         if not line.strip():
             continue
         records += 1
@@ -93,9 +94,8 @@ def read_scalars_json(path: Path | str) -> FileData:
                 rows.skipped["non-numeric values"] += 1
                 continue
             rows.add(prefix + str(key), int(step), float(value))
-    warnings = (
-        [f"{path}: {bad} line(s) that are no JSON object with a step skipped (a write cut short?)"] if bad else []
-    )
+    warnings = [f"{path}: {bad} line(s) that are no JSON object with a step skipped"] if bad else []
+    warnings += cut
     if not rows.codes:
         warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
     return rows.file_data(

@@ -90,13 +90,14 @@ def read_disk_log(path: Path | str) -> FileData:
     """One DiskLogger file as event-file columns; the config beside it (:func:`config_arguments`) as its writer
     arguments. A line that is no ``Step N | ...`` line (a write cut short) is skipped with a warning."""
     from adamdiag.io.events import ARGS_SOURCE, TORCHTUNE_VERSION
-    from adamdiag.io.framework_logs import LogRows, read_log_file
+    from adamdiag.io.framework_logs import LogRows, complete_lines, read_log_file
 
     path = Path(path)
     raw, size, mtime = read_log_file(path, MAX_BYTES, "torchtune DiskLogger file")
     rows = LogRows()
     records = bad = 0
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    lines, cut = complete_lines(raw, path)
+    for line in lines:
         if not line.strip():
             continue
         records += 1
@@ -107,7 +108,8 @@ def read_disk_log(path: Path | str) -> FileData:
         step, pairs = got
         for name, value in pairs:
             rows.add(name, step, value)
-    warnings = [f"{path}: {bad} line(s) that are no 'Step N | ...' line skipped (a write cut short?)"] if bad else []
+    warnings = [f"{path}: {bad} line(s) that are no 'Step N | ...' line skipped"] if bad else []
+    warnings += cut
     if not rows.codes:
         warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
     config, where = config_arguments(path.parent)

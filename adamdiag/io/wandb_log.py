@@ -681,7 +681,9 @@ def _histogram_items(items: list[tuple[str, Any]]) -> tuple[dict[str, dict[str, 
     docs: dict[str, dict[str, Any]] = {k: {} for k in keys}
     rest = []
     for k, raw in items:
-        owner = next((h for h in keys if k.startswith(h + ".")), None)
+        # the histogram a leaf belongs to: its key less one or two dotted parts ("values", "packedBins.min") — a
+        # lookup, not a scan of the row's histograms (wandb.watch puts one per parameter in a row)
+        owner = next((o for o in (k.rsplit(".", 1)[0], k.rsplit(".", 2)[0]) if o in docs and o != k), None)
         if owner is None:
             rest.append((k, raw))
             continue

@@ -104,10 +104,13 @@ def test_a_cut_last_line_and_special_files(tmp_path: Path) -> None:
     d = only_metrics_json(tmp_path, "diverge")
     f = d / "metrics.json"
     text = f.read_text()
-    f.write_text(text[: len(text) - 40])  # the last write cut short
+    f.write_text(text[: len(text) - 40])  # the last write cut short (the run still writing it)
     data = read_metrics_json(f)
     assert len({int(s) for s in data.s_step[0]}) == 14
-    assert data.warnings == [f"{f}: 1 line(s) that are no JSON object with an iteration skipped (a write cut short?)"]
+    cut_at = len(text.encode()) - len(text.splitlines()[-1]) - 1
+    assert data.warnings == [f"{f}: truncated record at byte {cut_at} (the run is still writing it?)"]
+    f.write_text("{not json\n" + text)
+    assert read_metrics_json(f).warnings == [f"{f}: 1 line(s) that are no JSON object with an iteration skipped"]
     fifo = tmp_path / "fifo" / "metrics.json"
     fifo.parent.mkdir()
     os.mkfifo(fifo)

@@ -37,10 +37,12 @@ def test_a_resumed_run_is_one_run_with_its_checkpoint() -> None:
     batch at step 100 is a spike the run recovered from (healthy), β2 0.95 from the checkpoint."""
     found = E.discover([FIXTURES])
     assert found.runs == [OUTPUT_DIR / "logs"]
+    found = E.discover([OUTPUT_DIR])
+    assert found.runs == [OUTPUT_DIR / "logs"]
     ev = E.read_run(OUTPUT_DIR / "logs")
     loss = ev.scalars[ev.scalars["tag"] == "loss"]
     assert loss["step"].tolist() == list(range(1, 121)) and loss["source_file"].nunique() == 2
-    (rep,) = scan_paths([FIXTURES]).runs
+    (rep,) = scan_paths([OUTPUT_DIR]).runs
     assert rep.verdict == "healthy" and "checkpoints" in rep.sources
     assert any(f.id == "AD002" and f.step == 100 for f in rep.findings)
     assert any(f.id == "AD601" and "torchtune's recipe config" in f.message for f in rep.findings)
@@ -87,12 +89,30 @@ def test_damage_and_other_files(tmp_path: Path) -> None:
     shutil.copytree(OUTPUT_DIR / "logs", logs)
     first = sorted(logs.iterdir())[0]
     text = first.read_text()
-    first.write_text(text + "Ste")  # a write cut short
+    first.write_text(text + "Step 61 | loss:0.4 lr:0.0")  # the run still writing it: lr's digits not there yet
     data = read_disk_log(first)
-    assert data.warnings == [f"{first}: 1 line(s) that are no 'Step N | ...' line skipped (a write cut short?)"]
+    assert max(data.s_step[0]) == 60  # the cut line is not read (its lr would be 0.0)
+    assert data.warnings == [f"{first}: truncated record at byte {len(text.encode())} (the run is still writing it?)"]
+    first.write_text(text)
+    last = sorted(logs.iterdir())[-1]
+    last.write_text(last.read_text() + "Step 121 | loss:0.4 lr:0.0")
+    (rep,) = scan_paths([logs]).runs  # the run's newest file: in progress (info), not damage
+    assert [f.severity for f in rep.findings if f.id == "AD902"] == ["info"]
+    first.write_text("garbage\n" + text)
+    assert read_disk_log(first).warnings == [f"{first}: 1 line(s) that are no 'Step N | ...' line skipped"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "log_123.txt").write_text("epoch 1 loss 0.5\n")  # some other program's log
     os.mkfifo(other / "log_456.txt")  # never opened: a FIFO would block
     assert not is_disk_log(other / "log_123.txt") and not is_disk_log(other / "log_456.txt")
     assert E.discover([tmp_path]).runs == [logs]
+
+
+def test_optimizer_in_backward_state_is_named_by_its_keys() -> None:
+    """optimizer_in_bwd: one AdamW per parameter, keyed by its name — each tensor named by its key, one note."""
+    from adamdiag.io.checkpoints import open_checkpoint
+
+    ck = open_checkpoint(FIXTURES / "optimizer_in_bwd" / "recipe_state" / "recipe_state.pt")
+    assert ck.name_mapping == "optimizer-keys" and ck.step == 5 and len(ck.entries) == 12
+    assert {e.name for e in ck.entries} >= {"output.weight", "tok_embeddings.weight", "norm.scale"}
+    assert [w for w in ck.warnings if "optimizers of one parameter each under 'optimizer'" in w]

@@ -55,10 +55,16 @@ def test_damaged_tables(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "nonfinite", tmp_path / "run")
     metrics = tmp_path / "run" / "dvclive" / "plots" / "metrics"
     with open(metrics / "train" / "loss.tsv", "a") as f:
-        f.write("40\t")
+        f.write("40\t0.2")  # cut mid-write: 0.2 of a longer number, were it read
     (metrics / "other.tsv").write_text("epoch\tacc\n0\t0.5\n")
     ev = read_run(tmp_path / "run" / "dvclive")
-    assert any("row(s) that are no '<step> <value>' row skipped" in w for w in ev.warnings)
+    assert any("loss.tsv: truncated record at byte" in w for w in ev.warnings)
+    assert 40 not in set(ev.scalars[ev.scalars["tag"] == "train/loss"]["step"])
+    with open(metrics / "train" / "loss.tsv", "a") as f:
+        f.write("\nx\ty\n")
+    assert any(
+        "row(s) that are no '<step> <value>' row skipped" in w for w in read_run(tmp_path / "run" / "dvclive").warnings
+    )
     assert any("other.tsv: no 'step' column" in w for w in ev.warnings)
     empty = tmp_path / "empty" / "dvclive"
     (empty / "plots" / "metrics").mkdir(parents=True)

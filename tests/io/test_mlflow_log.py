@@ -174,12 +174,16 @@ def test_a_metric_file_cut_short(tmp_path: Path) -> None:
     shutil.copytree(run, dst)
     (dst.parent / "meta.yaml").write_text((run.parent / "meta.yaml").read_text())
     f = dst / "metrics" / "train" / "loss"
-    f.write_bytes(f.read_bytes() + b"17966352043")  # a line cut mid-write
+    whole = f.read_bytes()
+    f.write_bytes(whole + b"1796635204300 0.123456 4")  # a line cut mid-write: its step 41 read as 4, were it read
     (rep,) = scan_paths([tmp_path]).runs
     assert rep.verdict == "nonfinite"
-    assert any(
-        "no '<timestamp> <value> <step>' line skipped" in w for w in rep.warnings + [x.message for x in rep.findings]
-    )
+    said = rep.warnings + [x.message for x in rep.findings] + [str(x.evidence) for x in rep.findings]
+    assert any(f"{f}: truncated record at byte {len(whole)}" in w for w in said), said
+    ev = read_run(dst)
+    assert 0.123456 not in set(ev.scalars[ev.scalars["tag"] == "train/loss"]["value"])
+    f.write_bytes(b"not a line\n" + whole)
+    assert any("no '<timestamp> <value> <step>' line skipped" in w for w in read_run(dst).warnings)
 
 
 def test_metric_lines() -> None:

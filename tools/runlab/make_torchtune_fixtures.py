@@ -19,6 +19,9 @@ BAD_STEP: an 11x loss spike of one step that the run recovers from. After epoch 
 epoch is a resume (``resume_from_checkpoint``: model and optimizer loaded back, a new DiskLogger file), so the logs
 folder holds two files of one run.
 
+``optimizer_in_bwd/recipe_state/recipe_state.pt``: the same model with ``optimizer_in_bwd`` (one optimizer per
+parameter, keyed by its name), 5 steps.
+
 ``expected.json``: {"logged": {file name: {step: {key: value}}}, "steps_per_epoch": 60} — what log_dict was handed.
 """
 
@@ -41,6 +44,43 @@ ACCUM = 2
 BATCH, SEQ, VOCAB = 4, 16, 64
 PEAK_LR = 0.01
 BAD_STEP = 100  # a batch of random tokens
+
+
+def write_optimizer_in_bwd(out: Path, build: Any, data: Any, loss_fn: Any) -> None:
+    """``optimizer_in_bwd: True`` (the default of torchtune's single-device full-finetune configs): one AdamW per
+    parameter, stepped by a gradient hook, checkpointed as ``{parameter name: optimizer.state_dict()}``
+    (OptimizerInBackwardWrapper.state_dict) in recipe_state.pt — 5 steps of the same model and data."""
+    import torch
+    from torchtune import training
+    from torchtune.training.checkpointing import FullModelTorchTuneCheckpointer
+
+    model = build()
+    model.set_num_output_chunks(loss_fn.num_output_chunks)
+    optim_dict = {p: torch.optim.AdamW([p], lr=1e-3, betas=(0.9, 0.95), eps=1e-8) for p in model.parameters()}
+    training.register_optim_in_bwd_hooks(model=model, optim_dict=optim_dict)
+    wrapper = training.create_optim_in_bwd_wrapper(model=model, optim_dict=optim_dict)
+    for tokens in data[:5]:
+        labels = torch.hstack((tokens[:, 1:], torch.full((BATCH, 1), loss_fn.ignore_index)))
+        loss_fn(model(tokens), labels).backward()  # each parameter's optimizer steps in its hook
+    base = out / "base_model"
+    base.mkdir(parents=True)
+    torch.save(build().state_dict(), base / "model.pt")
+    ckpt = FullModelTorchTuneCheckpointer(
+        checkpoint_dir=str(base), checkpoint_files=["model.pt"], model_type="LLAMA3", output_dir=str(out)
+    )
+    ckpt.save_checkpoint(
+        {
+            training.MODEL_KEY: model.state_dict(),
+            training.SEED_KEY: 0,
+            training.EPOCHS_KEY: 1,
+            training.TOTAL_EPOCHS_KEY: 2,
+            training.MAX_STEPS_KEY: 5,
+            training.OPT_KEY: wrapper.state_dict(),
+        },
+        epoch=0,
+        intermediate_checkpoint=True,
+    )
+    shutil.rmtree(base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                 epoch=epoch,
                 intermediate_checkpoint=True,
             )
+    write_optimizer_in_bwd(Path("optimizer_in_bwd"), build, data, loss_fn)
     shutil.rmtree(base)
-    for f in out.rglob("*.bin"):  # the model weights: adamdiag reads the optimizer state, not these
+    for f in Path(".").rglob("*.bin"):  # the model weights: adamdiag reads the optimizer state, not these
         f.unlink()
     (a.out / "expected.json").write_text(
         json.dumps({"logged": logged, "steps_per_epoch": STEPS_PER_EPOCH}, indent=0, sort_keys=True) + "\n"

@@ -1139,12 +1139,42 @@ def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tu
             others.append({"index": i, "key": _keyname(p), "type": _describe_non_adam(x)})
     if not adam:
         raise first_err  # type: ignore[misc]
-    if len(states) > 1:
-        what = ", ".join(f"[{a['index']}] {a['key'] or '<top level>'} ({a['type']})" for a, _, _ in adam)
+    per_param = per_parameter_optimizers(adam)
+    if per_param is not None and not others:
+        parent, _ = per_param
+        warnings.append(
+            f"{len(adam)} optimizers of one parameter each under '{parent or '<top level>'}' (an optimizer stepped in "
+            "backward: torchtune's optimizer_in_bwd): each parameter named by its optimizer's key"
+        )
+    elif len(states) > 1:
+        shown = adam[:MAX_OPTIMIZERS_LISTED]
+        what = ", ".join(f"[{a['index']}] {a['key'] or '<top level>'} ({a['type']})" for a, _, _ in shown)
+        if len(adam) > len(shown):
+            what += f" and {len(adam) - len(shown)} more"
         warnings.append(f"{len(states)} optimizer states in the file; Adam-family ones analysed: {what}")
         for o in others:
             warnings.append(f"optimizer [{o['index']}] at {o['key'] or '<top level>'} is not Adam: {o['type']}")
     return adam, others
+
+
+MAX_OPTIMIZERS_LISTED = 8  # in the one-line note on a file's several optimizers
+
+
+def per_parameter_optimizers(adam: list[tuple[dict, tuple, dict]]) -> tuple[str, list[str]] | None:
+    """(the key path they sit under, each one's last key) when a file's optimizers are one per parameter, keyed by
+    its name under one dict — torchtune's ``optimizer_in_bwd`` recipe state, ``{param_name: optim.state_dict()}``
+    (OptimizerInBackwardWrapper), the layout of any optimizer stepped from a gradient hook; None otherwise."""
+    if len(adam) < 2:
+        return None
+    parents = {p[:-1] for _, p, _ in adam}
+    names = [str(p[-1]) for _, p, _ in adam if p]
+    if len(parents) != 1 or len(names) != len(adam) or len(set(names)) != len(names):
+        return None
+    for _, _, osd in adam:
+        groups = osd.get("param_groups") or []
+        if sum(len(g.get("params", [])) for g in groups if isinstance(g, dict)) != 1:
+            return None
+    return _keyname(next(iter(parents))), names
 
 
 def adam_optimizer_keys(obj: Any) -> list[str]:
@@ -1252,6 +1282,12 @@ def _finish(
         finally:
             for e, g in zip(entries, own):
                 e.group = g
+    elif per_parameter_optimizers(opts) is not None:
+        # one optimizer per parameter, keyed by the parameter's name (an optimizer stepped in backward)
+        mapping = "optimizer-keys"
+        by_index = {info["index"]: str(p[-1]) for info, p, _ in opts}
+        for e in entries:
+            e.name = by_index[_opt_index(e)]
     else:
         mapping = "none"
     if len(opts) > 1:
