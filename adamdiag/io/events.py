@@ -693,14 +693,15 @@ def bucket_moments(left: Any, right: Any, count: Any) -> tuple[float, float, flo
     cnt = np.asarray(count, np.float64)
     if len(cnt) == 0:
         return (0.0, 0.0, 0.0, 0.0, 0.0)
-    centre = (left + right) / 2
-    return (
-        float(left[0]),
-        float(right[-1]),
-        float(cnt.sum()),
-        float((cnt * centre).sum()),
-        float((cnt * centre * centre).sum()),
-    )
+    with np.errstate(all="ignore"):  # edges near the float limits overflow: non-finite sums, said by the caller
+        centre = (left + right) / 2
+        return (
+            float(left[0]),
+            float(right[-1]),
+            float(cnt.sum()),
+            float((cnt * centre).sum()),
+            float((cnt * centre * centre).sum()),
+        )
 
 
 class _Sink:

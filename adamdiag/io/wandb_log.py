@@ -661,6 +661,8 @@ def histogram_moments(doc: dict[str, Any]) -> tuple[float, float, float, float, 
         return None
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in [*counts, *edges]):
         return None
+    if any(c < 0 for c in counts) or any(not b >= a for a, b in zip(edges, edges[1:])):
+        return None  # negative counts, edges not in order (or NaN): no histogram wandb writes
     got = bucket_moments(edges[:-1], edges[1:], counts)
     return got if all(math.isfinite(x) for x in got) and got[2] > 0 else None
 

@@ -1,0 +1,5 @@
+"""``python -m adamdiag``: the ``adamdiag`` command, for an environment whose scripts folder is not on PATH."""
+
+from adamdiag.cli.app import main
+
+main()
