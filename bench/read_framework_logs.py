@@ -1,4 +1,5 @@
-"""Benchmark: reading frameworks' own logs (wandb run files, MLflow stores, mmengine's scalars.json) with the fast
+"""Benchmark: reading frameworks' own logs (wandb run files, MLflow stores, mmengine's scalars.json, Detectron2's
+metrics.json, torchtune's DiskLogger) with the fast
 path and its reference, side by side on the same files, and the ratio to the TensorBoard reader on the same values.
 
     python bench/read_framework_logs.py [--repeat 7] [--out bench/out/read_framework_logs.json]
@@ -7,7 +8,10 @@ Inputs are the committed fixtures, written by wandb 0.31.0 and MLflow 3.17.2 the
 tests/fixtures/mlflow): sample_logs/vcollapse logged again through ``wandb.log`` (2000 rows of 3 metrics) and
 through ``mlflow.log_metrics`` (the same 6000 values, in the SQLite store), beside sample_logs/vcollapse's own
 event file read for the same rows; mmengine's fixture run (tests/fixtures/mmengine: 121 lines) from its scalars.json
-and from its TensorBoard backend's event file. Each figure is the median of ``--repeat`` reads in this process (files cached
+and from its TensorBoard backend's event file; Detectron2's (tests/fixtures/detectron2/diverge: 15 lines of 7 values)
+from its metrics.json and its TensorboardXWriter's event file; torchtune's DiskLogger file (tests/fixtures/torchtune,
+60 lines of 4 values); wandb.watch's gradient histograms (tests/fixtures/wandb/watch/plain: 96 histograms, per
+histogram). Each figure is the median of ``--repeat`` reads in this process (files cached
 by an untimed first read); per row = per (step, metric) value. Not a test: timings depend on the machine.
 """
 
@@ -45,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "read_framework_logs.json")
     a = p.parse_args(argv)
 
+    from adamdiag.io.detectron2_log import read_metrics_json
     from adamdiag.io.events import read_file
     from adamdiag.io.mlflow_log import read_sqlite_run, sqlite_runs
     from adamdiag.io.mmengine_log import read_scalars_json
+    from adamdiag.io.torchtune_log import read_disk_log
     from adamdiag.io.wandb_log import read_wandb
 
     tmp = Path(tempfile.mkdtemp(prefix="adamdiag-bench-"))
@@ -64,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         (mm,) = (ROOT / "tests" / "fixtures" / "mmengine").rglob("scalars.json")
         (mm_tb,) = mm.parent.glob("events.out.tfevents.*")
 
+        d2 = ROOT / "tests" / "fixtures" / "detectron2" / "diverge"
+        (d2_tb,) = d2.glob("events.out.tfevents.*")
+        tune = sorted((ROOT / "tests" / "fixtures" / "torchtune" / "output_dir" / "logs").glob("log_*.txt"))[0]
+        (gz,) = (ROOT / "tests" / "fixtures" / "wandb" / "watch" / "plain").rglob("*.wandb.gz")
+        watch = tmp / "run-watch.wandb"
+        with gzip.open(gz, "rb") as f_in, open(watch, "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out)
+
         def n(d: object) -> int:
             return sum(len(x) for x in d.s_step)  # type: ignore[attr-defined]
 
@@ -74,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             ("TensorBoard event file, all 7 tags (fast)", lambda: n(read_file(tb))),
             ("mmengine scalars.json (fixture, 7 values/line)", lambda: n(read_scalars_json(mm))),
             ("the same run's mmengine TensorBoard backend", lambda: n(read_file(mm_tb))),
+            ("Detectron2 metrics.json (7 values/line)", lambda: n(read_metrics_json(d2 / "metrics.json"))),
+            ("the same run's Detectron2 TensorboardXWriter", lambda: n(read_file(d2_tb))),
+            ("torchtune DiskLogger file (4 values/line)", lambda: n(read_disk_log(tune))),
+            ("wandb.watch file, per histogram (+2400 values)", lambda: len(read_wandb(watch).h_rows)),
         ]
         results = []
         for name, fn in cases:

@@ -660,6 +660,53 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
     return out
 
 
+# a gradient norm from histograms needs several tensors' (one is that tensor's own trajectory)
+MIN_GLOBAL_HISTOGRAMS = 2
+
+
+def histogram_global(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> Trajectory | None:
+    """The all-parameter trajectory from gradient histograms (label ``global``): at each step where every gradient
+    histogram of the run has a row, mean g² = Σ sum_squares / Σ num — the squared gradient norm over the element
+    count, the series a logged gradient norm gives — re-seeded at checkpoints by their all-parameter mean v. None
+    with fewer than MIN_LOSS_POINTS such steps.
+
+    >>> import pandas as pd
+    >>> n = 2 * MIN_LOSS_POINTS
+    >>> h = pd.DataFrame({"tag": ["grads/a", "grads/b"] * n, "step": np.repeat(np.arange(1, n + 1), 2),
+    ...                   "num": [1.0, 3.0] * n, "sum_squares": [4.0, 0.0] * n, "approx": [False] * 2 * n})
+    >>> tr = histogram_global(h, [], 0.999, 1e-8)
+    >>> tr.label, set(tr.g2.tolist()), len(tr.steps) == n
+    ('global', {1.0}, True)
+    """
+    import pandas as pd
+
+    parts = []
+    for tag, df in hist.groupby("tag", sort=True, observed=True):
+        if "grad" not in str(tag).lower():
+            continue
+        # as the run went, per tag: a restart's undone steps out (histogram_trajectories does the same)
+        if "segment" in df.columns:
+            df = df.iloc[run_order(df["step"].to_numpy(), df["segment"].to_numpy())]
+        else:
+            df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
+        parts.append(df[df["num"].to_numpy(np.float64) > 0])
+    if len(parts) < MIN_GLOBAL_HISTOGRAMS:
+        return None
+    grads = pd.concat(parts, ignore_index=True)
+    n_tags = len(parts)
+    by_step = grads.groupby("step", sort=True).agg(
+        tags=("tag", "nunique"), num=("num", "sum"), sum_squares=("sum_squares", "sum")
+    )
+    whole = by_step[by_step["tags"] == n_tags]
+    if len(whole) < MIN_LOSS_POINTS:
+        return None
+    seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
+    g2 = whole["sum_squares"].to_numpy(np.float64) / whole["num"].to_numpy(np.float64)
+    tr = reconstruct(whole.index.to_numpy(np.int64), g2, beta2, seeds, eps, "global")
+    tr.bucketed = "approx" in grads.columns and bool(grads["approx"].to_numpy(bool).any())
+    return tr
+
+
 def _implied_text(iv: dict[str, Any]) -> str:
     """An interval's implied g²/v̂ as text: "< X" when it is below the resolution of its operands."""
     if iv.get("r_interval_below_resolution"):
@@ -1550,7 +1597,14 @@ def _trajectories(
                     ev.first_nonfinite_step = nf_step
     hist = inp.histograms
     if hist is not None and len(hist) and not inp.non_adam:
-        trajs += histogram_trajectories(hist, ckpts, beta2, eps)
+        per_tensor = histogram_trajectories(hist, ckpts, beta2, eps)
+        if grad_norm_tag is None and len(per_tensor) >= MIN_GLOBAL_HISTOGRAMS:
+            # No gradient-norm scalar (wandb.watch users log none): the histograms of every parameter together
+            # are its square, Σ sum_squares over Σ num — the all-parameter trajectory the global rules read
+            glob = histogram_global(hist, ckpts, beta2, eps)
+            if glob is not None:
+                trajs.append(glob)
+        trajs += per_tensor
     for tr in trajs:
         tr.convention = inp.convention
     return trajs, gn, skipped, estimated

@@ -105,6 +105,8 @@ def test_lightning_watch_reads_on_the_trainer_step(watched: dict[str, Path]) -> 
     assert "histograms" in wb.sources and "histograms" not in tb.sources
     assert wb.blowup_step == tb.blowup_step == 64 and tb.verdict == "inconclusive"
     assert wb.confidence == "low" and wb.alternative is not None
+    # no gradient norm logged: the four tensors' histograms together are the all-parameter trajectory
+    assert any(f.id == "AD101" and f.evidence.get("tensor") == "global" for f in wb.findings)
 
 
 @pytest.mark.parametrize("version", ["0.16.6", "0.19.11"])
