@@ -46,41 +46,34 @@ def is_metrics_json(path: Path) -> bool:
     return first is not None and _is_position(first.get(POSITION_KEY))
 
 
+def _add_line(line: str, rows: Any) -> bool:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    step = obj.get(POSITION_KEY) if isinstance(obj, dict) else None
+    if step is None or not _is_position(step):
+        return False
+    for key, value in obj.items():
+        if key == POSITION_KEY:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            rows.skipped["non-numeric values"] += 1
+            continue
+        rows.add(str(key), int(step), float(value))
+    return True
+
+
 def read_metrics_json(path: Path | str) -> FileData:
-    """One metrics.json as event-file columns. A line that is no JSON object with a numeric ``iteration`` (a write
-    cut short) is skipped with a warning; non-numeric values are skipped (counted)."""
+    """One metrics.json as event-file columns. A line that is no JSON object with a numeric ``iteration`` is skipped
+    with a warning, a last line still being written left out (:func:`adamdiag.io.framework_logs.read_line_log`);
+    non-numeric values are skipped (counted)."""
     from adamdiag.io.events import DETECTRON2_VERSION
-    from adamdiag.io.framework_logs import LogRows, complete_lines, read_log_file
+    from adamdiag.io.framework_logs import read_line_log
 
     path = Path(path)
-    raw, size, mtime = read_log_file(path, MAX_BYTES, "Detectron2 metrics.json")
-    rows = LogRows()
-    records = bad = 0
-    lines, cut = complete_lines(raw, path)
-    for line in lines:
-        if not line.strip():
-            continue
-        records += 1
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        step = obj.get(POSITION_KEY) if isinstance(obj, dict) else None
-        if step is None or not _is_position(step):
-            bad += 1
-            continue
-        for key, value in obj.items():
-            if key == POSITION_KEY:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                rows.skipped["non-numeric values"] += 1
-                continue
-            rows.add(str(key), int(step), float(value))
-    warnings = [f"{path}: {bad} line(s) that are no JSON object with an iteration skipped"] if bad else []
-    warnings += cut
-    if not rows.codes:
-        warnings.append(f"{path}: no logged value (the run stopped before its first write?)")
+    log = read_line_log(path, MAX_BYTES, "Detectron2 metrics.json", _add_line, "JSON object with an iteration")
+    rows, size, mtime, records, warnings = log.rows, log.size, log.mtime, log.records, log.warnings
     return rows.file_data(
         path,
         size,

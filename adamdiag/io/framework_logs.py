@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from adamdiag.io.events import FileData
 
 
@@ -132,6 +134,41 @@ def complete_lines(raw: bytes, path: Path | str) -> tuple[list[str], list[str]]:
         warnings.append(f"{path}: truncated record at byte {cut} (the run is still writing it?)")
         raw = raw[:cut]
     return raw.decode("utf-8", errors="replace").splitlines(), warnings
+
+
+@dataclass
+class LineLog:
+    """A one-record-per-line log read by :func:`read_line_log`."""
+
+    rows: LogRows
+    size: int
+    mtime: float
+    records: int  # non-empty lines
+    warnings: list[str]
+
+
+def read_line_log(
+    path: Path, max_bytes: int, what: str, add_line: Callable[[str, LogRows], bool], record: str
+) -> LineLog:
+    """A log of one record per line (mmengine's scalars.json, Detectron2's metrics.json, torchtune's DiskLogger):
+    its complete lines (:func:`complete_lines`) handed to ``add_line``, which adds a line's values to the rows and
+    says whether it was a ``record`` (the words of the warning for the lines that were not); a file with no value
+    says so. :class:`InputError` (one line) when the file cannot be read (:func:`read_log_file`)."""
+    raw, size, mtime = read_log_file(path, max_bytes, what)
+    rows = LogRows()
+    lines, cut = complete_lines(raw, path)
+    records = bad = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        records += 1
+        if not add_line(line, rows):
+            bad += 1
+    warnings = [f"{path}: {bad} line(s) that are no {record} skipped"] if bad else []
+    warnings += cut
+    if not rows.codes:
+        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    return LineLog(rows, size, mtime, records, warnings)
 
 
 def complete_text(text: str, path: Path | str, warnings: list[str]) -> str:

@@ -62,42 +62,35 @@ def is_scalars_json(path: Path) -> bool:
     return isinstance(step, (int, float)) and not isinstance(step, bool)
 
 
+def _add_line(line: str, rows: Any) -> bool:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    step = obj.get("step") if isinstance(obj, dict) else None
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+        return False
+    prefix = "" if "iter" in obj else EVAL_PREFIX  # a validation's line: its metrics at the epoch
+    for key, value in obj.items():
+        if key in POSITION_KEYS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            rows.skipped["non-numeric values"] += 1
+            continue
+        rows.add(prefix + str(key), int(step), float(value))
+    return True
+
+
 def read_scalars_json(path: Path | str) -> FileData:
-    """One scalars.json as event-file columns. A line that is no JSON object with a numeric ``step`` (a write cut
-    short) is skipped with a warning; non-numeric values are skipped (counted)."""
+    """One scalars.json as event-file columns. A line that is no JSON object with a numeric ``step`` is skipped with
+    a warning, a last line still being written left out (:func:`adamdiag.io.framework_logs.read_line_log`);
+    non-numeric values are skipped (counted)."""
     from adamdiag.io.events import MMENGINE_VERSION
-    from adamdiag.io.framework_logs import LogRows, complete_lines, read_log_file
+    from adamdiag.io.framework_logs import read_line_log
 
     path = Path(path)
-    raw, size, mtime = read_log_file(path, MAX_BYTES, "mmengine scalars.json")
-    rows = LogRows()
-    records = bad = 0
-    lines, cut = complete_lines(raw, path)
-    for line in lines:
-        if not line.strip():
-            continue
-        records += 1
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        step = obj.get("step") if isinstance(obj, dict) else None
-        if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
-            bad += 1
-            continue
-        prefix = "" if "iter" in obj else EVAL_PREFIX  # a validation's line: its metrics at the epoch
-        for key, value in obj.items():
-            if key in POSITION_KEYS:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                rows.skipped["non-numeric values"] += 1
-                continue
-            rows.add(prefix + str(key), int(step), float(value))
-    warnings = [f"{path}: {bad} line(s) that are no JSON object with a step skipped"] if bad else []
-    warnings += cut
-    if not rows.codes:
-        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    log = read_line_log(path, MAX_BYTES, "mmengine scalars.json", _add_line, "JSON object with a step")
+    rows, size, mtime, records, warnings = log.rows, log.size, log.mtime, log.records, log.warnings
     return rows.file_data(
         path,
         size,

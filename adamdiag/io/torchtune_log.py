@@ -86,32 +86,26 @@ def log_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: (int(p.stem.split("_", 1)[1]), p.name))
 
 
+def _add_line(line: str, rows: Any) -> bool:
+    got = parse_line(line)
+    if got is None:
+        return False
+    step, pairs = got
+    for name, value in pairs:
+        rows.add(name, step, value)
+    return True
+
+
 def read_disk_log(path: Path | str) -> FileData:
     """One DiskLogger file as event-file columns; the config beside it (:func:`config_arguments`) as its writer
-    arguments. A line that is no ``Step N | ...`` line (a write cut short) is skipped with a warning."""
+    arguments. A line that is no ``Step N | ...`` line is skipped with a warning, a last line still being written
+    left out (:func:`adamdiag.io.framework_logs.read_line_log`)."""
     from adamdiag.io.events import ARGS_SOURCE, TORCHTUNE_VERSION
-    from adamdiag.io.framework_logs import LogRows, complete_lines, read_log_file
+    from adamdiag.io.framework_logs import read_line_log
 
     path = Path(path)
-    raw, size, mtime = read_log_file(path, MAX_BYTES, "torchtune DiskLogger file")
-    rows = LogRows()
-    records = bad = 0
-    lines, cut = complete_lines(raw, path)
-    for line in lines:
-        if not line.strip():
-            continue
-        records += 1
-        got = parse_line(line)
-        if got is None:
-            bad += 1
-            continue
-        step, pairs = got
-        for name, value in pairs:
-            rows.add(name, step, value)
-    warnings = [f"{path}: {bad} line(s) that are no 'Step N | ...' line skipped"] if bad else []
-    warnings += cut
-    if not rows.codes:
-        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    log = read_line_log(path, MAX_BYTES, "torchtune DiskLogger file", _add_line, "'Step N | ...' line")
+    rows, size, mtime, records, warnings = log.rows, log.size, log.mtime, log.records, log.warnings
     config, where = config_arguments(path.parent)
     return rows.file_data(
         path,
