@@ -169,7 +169,7 @@ def find_run_dir(checkpoint: Path, logdir: Path | None) -> Path:
             return found[0]
         if not found:
             raise InputError(f"--logdir: no TensorBoard event files under {logdir}")
-        raise InputError(f"--logdir: several runs under {logdir} ({', '.join(map(str, found[:4]))}); name one")
+        raise InputError(f"--logdir: several runs under {logdir} ({_listed(found)}); name one")
     ck = checkpoint.resolve()
     for cand in (ck.parent.parent, ck.parent):
         if _has_events(cand):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -665,3 +666,16 @@ def test_a_warm_restart_floor_that_only_postpones_moves_on_and_the_measured_sizi
         "eps=0.01 blows up at step 111" in rec["message"]
         and "the sizing from √v̂ chose 0.0001 (the logged lr rose" in rec["message"]
     )
+
+
+def test_several_runs_under_logdir_is_one_line_with_their_count(tmp_path: Path) -> None:
+    """--logdir naming a folder of six runs: the first four and how many more, then 'name one'."""
+    from adamdiag.replay.runner import find_run_dir
+
+    sample = Path(__file__).resolve().parents[2] / "sample_logs" / "vcollapse"
+    (events,) = sample.glob("events.out.tfevents.*")
+    for i in range(6):
+        (tmp_path / f"r{i}").mkdir()
+        shutil.copy(events, tmp_path / f"r{i}")
+    with pytest.raises(InputError, match=r"r3 and 2 more\); name one$"):
+        find_run_dir(sample / "checkpoints" / "step_000600.pt", tmp_path)
