@@ -5,7 +5,7 @@ Mask2Former and the other projects built on its trainer) as a log, for runs whos
 The file is one JSON object per write: ``{"iteration": i, "total_loss": ..., "loss_cls": ..., "lr": ...,
 "data_time": ...}``; ``iteration`` is the trainer's 0-based iteration, the step the event files carry. Detectron2's
 writers put every loss as the **median of its last 20 iterations** (``window_size=20``; what
-:func:`adamdiag.analysis.smoothed_logs.median_window` recognises, rule AD606), every 20 iterations by default; an
+:func:`adamdiag.analysis.median_logs.median_window` recognises, rule AD606), every 20 iterations by default; an
 evaluation's metrics (``bbox/AP``) share the line of their iteration.
 
 >>> import tempfile, pathlib

@@ -654,7 +654,9 @@ def histogram_moments(doc: dict[str, Any]) -> tuple[float, float, float, float, 
     if isinstance(packed, dict) and isinstance(counts, list):
         try:
             lo, width, k = float(packed["min"]), float(packed["size"]), int(packed["count"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
+        if k != len(counts):  # (never build edges for a count the values do not have: a damaged one is huge)
             return None
         edges = [lo + width * i for i in range(k + 1)]
     if not isinstance(counts, list) or not isinstance(edges, list) or len(edges) != len(counts) + 1 or not counts:

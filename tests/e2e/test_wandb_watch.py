@@ -140,6 +140,8 @@ def test_older_wandb_versions_read_the_same(tmp_path: Path, version: str) -> Non
         {"_type": "histogram", "values": [1, 2], "bins": [1e308, -1e308, 1e308]},  # edges out of order
         {"_type": "histogram", "values": [-1, 2], "bins": [0.0, 1.0, 2.0]},  # a negative count
         {"_type": "histogram", "values": [1, 2], "bins": [0.0, math.nan, 2.0]},
+        {"_type": "histogram", "values": [1], "packedBins": {"min": 0.0, "size": 1.0, "count": 10**12}},  # damaged
+        {"_type": "histogram", "values": [1], "packedBins": {"min": 0.0, "size": 1.0, "count": math.inf}},
     ],
 )
 def test_an_unreadable_histogram_is_none(doc: dict) -> None:

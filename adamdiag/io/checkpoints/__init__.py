@@ -1172,7 +1172,8 @@ def per_parameter_optimizers(adam: list[tuple[dict, tuple, dict]]) -> tuple[str,
         return None
     for _, _, osd in adam:
         groups = osd.get("param_groups") or []
-        if sum(len(g.get("params", [])) for g in groups if isinstance(g, dict)) != 1:
+        params = [g.get("params") for g in groups if isinstance(g, dict)]
+        if sum(len(x) if isinstance(x, (list, tuple)) else 2 for x in params) != 1:
             return None
     return _keyname(next(iter(parents))), names
 
