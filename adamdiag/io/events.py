@@ -38,6 +38,8 @@ from adamdiag.io.detectron2_log import METRICS_JSON, is_metrics_json
 from adamdiag.io.dvclive_log import is_dvclive_dir
 from adamdiag.io.framework_logs import framework_writer, is_framework_log, read_framework_log
 from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_optimizer_config
+from adamdiag.io.mmcv_log import SUFFIX as MMCV_SUFFIX
+from adamdiag.io.mmcv_log import is_mmcv_log
 from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
 from adamdiag.io.torchtune_log import is_disk_log, is_log_name
 from adamdiag.io.wandb_log import is_wandb_file
@@ -86,6 +88,9 @@ DETECTRON2_VERSION = "detectron2-metrics"
 # torchtune's DiskLogger files (<output_dir>/logs/log_<time>.txt), read as a log where a run has no event files
 # (io/torchtune_log.py)
 TORCHTUNE_VERSION = "torchtune-disklogger"
+# mmcv 1.x's TextLoggerHook json log (work_dir/<timestamp>.log.json), read as a log where a run has no event files
+# (io/mmcv_log.py)
+MMCV_VERSION = "mmcv-json-log"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -247,6 +252,7 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
             framework_logs += [Path(dirpath) / n for n in (SCALARS_JSON, METRICS_JSON) if n in filenames]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_wandb_file(name)]
             framework_logs += [Path(dirpath) / name for name in sorted(filenames) if is_log_name(name)]
+            framework_logs += [Path(dirpath) / name for name in sorted(filenames) if name.endswith(MMCV_SUFFIX)]
             if "meta.yaml" in filenames and "metrics" in dirnames:  # an MLflow file-store run
                 framework_logs.append(Path(dirpath) / "meta.yaml")
             framework_logs += [Path(dirpath) / n for n in ("mlflow.db",) if n in filenames]
@@ -304,6 +310,8 @@ def _framework_log_runs(
             continue  # some other metrics.json (DVCLive's summary, an evaluation's results)
         if is_log_name(f.name) and not is_disk_log(f):
             continue  # some other log_<number>.txt
+        if f.name.endswith(MMCV_SUFFIX) and not is_mmcv_log(f):
+            continue  # some other *.log.json
         if f.name == "mlflow.db":
             # (its folder is often the training's working directory, above the event files of other loggers: the
             # database's runs are read all the same, and one logged to both is diagnosed once, scan's same_log)
@@ -330,14 +338,16 @@ def _framework_log_runs(
             run = f.parent
         elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
-        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name):
+        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name) or f.name.endswith(MMCV_SUFFIX):
             run = f.parent  # (torchtune: the logs folder; a resumed run's files are in it too)
         elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
             run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
         inside_event_run = (
-            f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name)
+            f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON)
+            or is_log_name(f.name)
+            or f.name.endswith(MMCV_SUFFIX)
         ) and any(a in logged for a in run.parents)
         if f.name == "meta.yaml" and run in around and (copy := _autolog_tb_copy(run, logged)) and copy[0] == "batch":
             seen.add(run)  # logged per batch: read from its metrics (its note says so), not from autolog's copy
@@ -443,7 +453,8 @@ def discover(paths: Sequence[Path]) -> Discovery:
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
                 f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders, "
-                f"mmengine scalars.json, Detectron2 metrics.json or torchtune logs (log_*.txt) under {p}{detail}"
+                f"mmengine scalars.json, Detectron2 metrics.json, torchtune logs (log_*.txt) or mmcv json logs "
+                f"(*.log.json) under {p}{detail}"
             )
         runs.extend(found)
     # Read every file once: the run with more files claims first (a folder before one of its own files).
@@ -499,6 +510,7 @@ def run_files(run: Path) -> list[Path]:
     if out or len(split_files) >= 2:  # else a lone split folder is a run of its own (see discover)
         out += [f for files in split_files for f in files]
     if not out:
+        from adamdiag.io.mmcv_log import log_files as mmcv_log_files
         from adamdiag.io.torchtune_log import log_files
         from adamdiag.io.trainer_state import newest_state
         from adamdiag.io.wandb_log import files_of_run
@@ -514,6 +526,8 @@ def run_files(run: Path) -> list[Path]:
             out.append(run / METRICS_JSON)
         elif torchtune_logs := log_files(run):  # a torchtune logs folder: a resumed run's files too, in start order
             out += torchtune_logs
+        elif mmcv_logs := mmcv_log_files(run):  # an mmcv 1.x work_dir: a resumed run's json logs too, in start order
+            out += mmcv_logs
         elif is_file_store_run(run):  # an MLflow file-store run: its meta.yaml stands for its metric files
             out.append(run / "meta.yaml")
         elif is_dvclive_dir(run):  # a DVCLive folder: its plots/metrics directory stands for its metric files
@@ -1938,6 +1952,10 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
         c = _floats({"clip": fairseq_clip_norm(str(args.get("argv", "")))}).get("clip")
         if c is not None:
             return c, "--clip-norm in the 'sys.argv' text summary (fairseq's command line)"
+        # mmcv 1.x: optimizer_config.grad_clip.max_norm in the config its json log's meta line holds
+        c = _mmcv_config(args).get("clip")
+        if c is not None and c > 0:
+            return c, f"optimizer_config's grad_clip in {_args_source(args)} (mmcv's config)"
         # torchtune: clip_grad_norm in its recipe config (its 'grad_norm' is what clip_grad_norm_ returned, before)
         c = _floats({"clip": args.get("clip_grad_norm")}).get("clip") if "optimizer._component_" in args else None
         if c is not None and math.isfinite(c):
@@ -1945,6 +1963,8 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
     return None, ""
 
 
+# the optimizer types of an mmcv config that are Adam (torch's, registered by name in mmcv's OPTIMIZERS)
+MMCV_ADAM_TYPES = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam")
 # Adam-family optimizers a torchtune config may name (its _component_), with the defaults of β2 and eps they apply:
 # torch's, bitsandbytes' (8-bit, paged) and torchao's (8-bit, 4-bit, fp8) all default to betas (0.9, 0.999), eps 1e-8
 _TORCHTUNE_ADAM = re.compile(r"(?:^|\.)(?:Paged)?Adam(?:W)?(?:8bit|4bit|Fp8|32bit)?$")
@@ -2027,6 +2047,12 @@ def writer_adam_hyperparameters(
             got = _floats(fairseq_adam_hyperparameters(str(args["argv"])))
             if got:
                 return got, "fairseq's command line (the 'sys.argv' text summary)"
+        mmcv = _mmcv_config(args)
+        if "type" in mmcv:
+            if mmcv["type"] not in MMCV_ADAM_TYPES:
+                return {}, ""
+            got = _floats({"beta2": mmcv.get("beta2", 0.999), "eps": mmcv.get("eps", 1e-8)})
+            return got, f"mmcv's config ({_args_source(args)})"
         tune = torchtune_adam_hyperparameters(args)
         if tune is not None:
             return (tune, f"torchtune's recipe config ({_args_source(args)})") if tune else ({}, "")
@@ -2038,6 +2064,34 @@ def writer_adam_hyperparameters(
             if got:
                 return got, f"the Keras optimizer's config in {_args_source(args)}"
     return {}, ""
+
+
+def _mmcv_config(args: dict[str, Any]) -> dict[str, Any]:
+    """What the mmcv config text of a run's writer arguments says of its optimizer ({} without one)."""
+    from adamdiag.io.mmcv_log import CONFIG_KEY, config_optimizer
+
+    text = args.get(CONFIG_KEY)
+    return (config_optimizer(text) or {}) if isinstance(text, str) else {}
+
+
+def writer_non_adam_optimizer(events: RunEvents, arguments: list[dict[str, Any]] | None = None) -> str | None:
+    """The optimizer the training's writer logged when it is not an Adam (a torchtune or mmcv config naming SGD,
+    HF Trainer's ``optim`` adafactor/sgd/lion...), as "<what> (<where>)"; None when it is Adam or not logged.
+
+    >>> hf = {"optim": "adafactor", "adam_beta2": 0.999, ARGS_SOURCE: "x"}
+    >>> writer_non_adam_optimizer(RunEvents("r", None, None, [], {}, [], []), [hf])
+    "HF Trainer's optim 'adafactor' (x)"
+    """
+    for args in logged_arguments(events) if arguments is None else arguments:
+        mmcv = _mmcv_config(args).get("type")
+        if mmcv is not None:
+            return None if mmcv in MMCV_ADAM_TYPES else f"mmcv's config optimizer '{mmcv}' ({_args_source(args)})"
+        if torchtune_adam_hyperparameters(args) == {}:
+            return f"torchtune's optimizer '{args.get('optimizer._component_')}' ({_args_source(args)})"
+        optim = args.get("optim")
+        if "adam_beta2" in args and isinstance(optim, str) and optim.strip():
+            return None if "adam" in optim.lower() else f"HF Trainer's optim '{optim}' ({_args_source(args)})"
+    return None
 
 
 def _floats(d: dict[str, Any]) -> dict[str, float]:

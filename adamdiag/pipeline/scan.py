@@ -269,7 +269,13 @@ def scan_paths(
     from adamdiag.analysis.keras_logs import epoch_axis_to_iterations
     from adamdiag.console import warn_all
     from adamdiag.errors import InputError, missing_path
-    from adamdiag.io.events import logged_arguments, read_runs, writer_adam_hyperparameters, writer_clip_norm
+    from adamdiag.io.events import (
+        logged_arguments,
+        read_runs,
+        writer_adam_hyperparameters,
+        writer_clip_norm,
+        writer_non_adam_optimizer,
+    )
     from adamdiag.pipeline.same_log import logged_twice
     from adamdiag.results.report import Finding, RunReport
 
@@ -388,6 +394,8 @@ def scan_paths(
             )
             # β2/eps for a run without checkpoints: --assume-* first, else what the writer logged
             hyper, hyper_source = ({}, "") if summaries else writer_adam_hyperparameters(events, arguments)
+            if not summaries and not non_adam and (other := writer_non_adam_optimizer(events, arguments)):
+                non_adam.append(f"{run_dir}: the logged configuration names {other}")  # no Adam v to rebuild
             if not summaries and not hyper:  # fastai logs its hyperparameters as scalars (sqr_mom_0, eps_0)
                 hyper, hyper_source = logged_adam_hyperparameters(scalars)
             given = {k: v for k, v in (assume.given() if assume is not None else {}).items() if k != "lr"}
