@@ -4,7 +4,8 @@ histograms (the per-tensor g² the v reconstruction needs), from run files wandb
 
 - ``plain/``: sample_logs/vcollapse trained again with wandb.watch(log_freq=100) and ``wandb.log(row, step=t)``;
 - ``lightning/``: Lightning's WandbLogger.watch(log_freq=10) beside a TensorBoardLogger (a second watched model in
-  that process: wandb names its tensors ``graph_1<name>``).
+  that process: wandb names its tensors ``graph_1<name>``);
+- ``hf/``: HF Trainer with ``WANDB_WATCH=gradients`` (log_freq 100, 300 steps).
 
 expected.json holds, per histogram wandb's hook logged, the gradient it saw: [numel, min, max, mean g²]."""
 
@@ -35,7 +36,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each part's run folder, unpacked (gzip only stores the files wandb wrote)."""
     out = tmp_path_factory.mktemp("watch")
     got = {}
-    for part in ("plain", "lightning"):
+    for part in ("plain", "lightning", "hf"):
         dst = out / part
         shutil.copytree(FIXTURES / "watch" / part, dst, symlinks=True)
         for gz in dst.rglob("*.wandb.gz"):
@@ -63,6 +64,18 @@ def test_histograms_are_the_gradients_wandb_saw(watched: dict[str, Path], part: 
         assert row.num == numel and math.isclose(row.min, lo, rel_tol=1e-6) and math.isclose(row.max, hi, rel_tol=1e-6)
         worst = max(worst, abs(row.sum_squares / row.num / g2 - 1))
     assert 0 < worst < BUCKET_TOLERANCE, worst  # an estimate (never exact on all), and a close one
+
+
+def test_hf_trainer_watch_lands_on_the_trainer_step(watched: dict[str, Path]) -> None:
+    """HF Trainer with WANDB_WATCH=gradients: every max(100, logging_steps) backward, on train/global_step — the
+    optimizer step whose backward it was."""
+    ev = read_run(watched["hf"])
+    h = ev.histograms
+    assert sorted(h["step"].unique()) == [100, 200, 300] and len(h) == 12
+    for row in h.itertuples():
+        numel, lo, hi, g2 = TRUTH["hf"][str(int(row.step))][row.tag.removeprefix("gradients/")]
+        assert row.num == numel and math.isclose(row.min, lo, rel_tol=1e-6) and math.isclose(row.max, hi, rel_tol=1e-6)
+        assert abs(row.sum_squares / row.num / g2 - 1) < BUCKET_TOLERANCE
 
 
 def test_both_decoders_read_the_same_histograms(watched: dict[str, Path]) -> None:

@@ -48,7 +48,7 @@ def one_run(path: Path) -> Path:
 
 def test_the_two_decoders_agree_on_every_file(unpacked: Path) -> None:
     files = run_files(unpacked)
-    assert len(files) == 18
+    assert len(files) == 19
     for f in files:
         fast, ref = W.read_wandb(f), W.read_wandb(f, fast=False)
         assert fast.tags == ref.tags and fast.records == ref.records and fast.warnings == ref.warnings == [], f

@@ -257,7 +257,8 @@ def write_watch(out: Path, expected: dict[str, Any]) -> None:
     - ``watch/plain/``: sample_logs/vcollapse trained again (same seed, data, full batch: the same losses) for
       WATCH_STEPS steps, ``wandb.log(row, step=t)`` after each backward, log_freq WATCH_FREQ (gzipped);
     - ``watch/lightning/``: the Lightning regression with WandbLogger.watch(log_freq=WATCH_LIGHTNING_FREQ) and a
-      TensorBoardLogger (gzipped).
+      TensorBoardLogger (gzipped);
+    - ``watch/hf/``: HF Trainer with WANDB_WATCH=gradients (log_freq 100), 300 steps (gzipped).
 
     expected["watch"][part][backward count] = {parameter: [numel, min, max, mean g²]} of the gradients wandb's hook
     saw (every log_freq-th backward)."""
@@ -324,6 +325,57 @@ def write_watch(out: Path, expected: dict[str, Any]) -> None:
     wb.experiment.finish()
     _gzip_run_files(d)
     expected["watch"]["lightning"] = seen
+    # in a process of its own, as a Trainer runs: after other runs' watches in one process, wandb logs the new
+    # model's gradients only once (its first log_freq), not every log_freq
+    import subprocess
+
+    got = subprocess.run(
+        [sys.executable, __file__, "--watch-hf", str(out / "watch" / "hf")], capture_output=True, text=True, check=True
+    )
+    expected["watch"]["hf"] = json.loads(got.stdout.strip().splitlines()[-1])
+
+
+def _write_watch_hf(d: Path) -> dict[str, Any]:
+    """HF Trainer with ``WANDB_WATCH=gradients``: its WandbCallback calls wandb.watch(model, log_freq=max(100,
+    logging_steps)); 300 steps, a log every 10. Returns what every 100th backward's hooks saw (the hooks wandb
+    registers see the same gradients)."""
+    import torch
+    import wandb
+    from hf_toy import Regressor, ShiftableData, training_args
+    from transformers import Trainer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    d.mkdir(parents=True)
+    os.environ["WANDB_WATCH"] = "gradients"
+    seen: dict[str, Any] = {}
+    try:
+        wandb.init(project="adamdiag-fixtures", dir=str(d), mode="offline", settings=_settings())
+        torch.manual_seed(0)
+        model = Regressor()
+        calls = {n: 0 for n, _ in model.named_parameters()}
+
+        def hook(name: str) -> Any:
+            def record(grad: Any) -> None:
+                calls[name] += 1
+                if calls[name] % 100 == 0:
+                    g = grad.detach()
+                    seen.setdefault(str(calls[name]), {})[name] = [
+                        g.numel(), float(g.min()), float(g.max()), float((g.double() ** 2).mean())
+                    ]  # fmt: skip
+
+            return record
+
+        for n, prm in model.named_parameters():
+            prm.register_hook(hook(n))
+        args = training_args(str(d / "out"), ["wandb"], max_steps=300, logging_steps=10, save_strategy="no")
+        Trainer(model=model, args=args, train_dataset=ShiftableData()).train()
+        wandb.finish()
+    finally:
+        del os.environ["WANDB_WATCH"]
+    _gzip_run_files(d)
+    shutil.rmtree(d / "out", ignore_errors=True)
+    return seen
 
 
 def write_older_watch(out: Path) -> None:
@@ -397,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "wandb")
     p.add_argument("--older", action="store_true", help="only add older/<this wandb's version>/ (see write_older)")
     p.add_argument("--older-watch", action="store_true", help="only add older_watch/<this wandb's version>/")
+    p.add_argument("--watch-hf", type=Path, help=argparse.SUPPRESS)  # write_watch's HF part, in its own process
     p.add_argument("--only", choices=["drift", "watch"], help="only (re)write this part, keeping the rest of --out")
     a = p.parse_args(argv)
     import wandb
@@ -407,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.older_watch:
         write_older_watch(a.out)
+        return 0
+    if a.watch_hf:
+        print(json.dumps(_write_watch_hf(a.watch_hf)))
         return 0
     if a.only:
         shutil.rmtree(a.out / a.only, ignore_errors=True)
