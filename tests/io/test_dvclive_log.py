@@ -137,3 +137,20 @@ def test_lightning_dvclive_logger_reads_as_its_tensorboard_log() -> None:
     np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
     x, y = scan_paths([FIXTURES / "lightning" / "dvclive", FIXTURES / "lightning" / "tb" / "version_0"]).runs
     assert (x.verdict, x.blowup_step) == (y.verdict, y.blowup_step)
+
+
+@pytest.mark.parametrize(("optim", "not_adam"), [("adafactor", True), ("sgd", True), ("adamw_torch_fused", False)])
+def test_hf_optim_that_is_no_adam_makes_the_run_not_adam(tmp_path: Path, optim: str, not_adam: bool) -> None:
+    """HF Trainer's logged ``optim`` (here through DVCLiveCallback's params.yaml): Adafactor or SGD has no Adam v to
+    rebuild — the run is not Adam (AD903, inconclusive), as a checkpoint of another optimizer makes it."""
+    from adamdiag.pipeline.scan import scan_paths
+
+    shutil.copytree(FIXTURES / "hf", tmp_path / "hf")
+    shutil.rmtree(tmp_path / "hf" / "out")  # its TensorBoard copy: the DVCLive folder is the run
+    params = tmp_path / "hf" / "dvclive" / "params.yaml"
+    params.write_text(params.read_text().replace("optim: adamw_torch_fused", f"optim: {optim}"))
+    (rep,) = scan_paths([tmp_path / "hf"]).runs
+    ad903 = [f for f in rep.findings if f.id == "AD903"]
+    assert bool(ad903) == not_adam
+    if not_adam:
+        assert rep.verdict == "inconclusive" and f"HF Trainer's optim '{optim}'" in ad903[0].message
