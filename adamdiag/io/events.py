@@ -41,6 +41,7 @@ from adamdiag.io.mlflow_log import is_database_run, is_file_store_run, keras_opt
 from adamdiag.io.mmcv_log import SUFFIX as MMCV_SUFFIX
 from adamdiag.io.mmcv_log import is_mmcv_log
 from adamdiag.io.mmengine_log import SCALARS_JSON, is_scalars_json
+from adamdiag.io.sacred_log import is_sacred_metrics
 from adamdiag.io.torchtune_log import is_disk_log, is_log_name
 from adamdiag.io.wandb_log import is_wandb_file
 from adamdiag.printable import printable
@@ -91,6 +92,9 @@ TORCHTUNE_VERSION = "torchtune-disklogger"
 # mmcv 1.x's TextLoggerHook json log (work_dir/<timestamp>.log.json), read as a log where a run has no event files
 # (io/mmcv_log.py)
 MMCV_VERSION = "mmcv-json-log"
+# Sacred's FileStorageObserver metrics.json (<basedir>/<run id>/metrics.json beside run.json), read as a log where a
+# run has no event files (io/sacred_log.py)
+SACRED_VERSION = "sacred-metrics"
 # A tag with at least this many points all at one step was logged without a step (add_scalar without global_step)
 UNSTEPPED_MIN_POINTS = 3
 MAX_UNSTEPPED_NAMED = 4  # tags named in its note
@@ -306,7 +310,7 @@ def _framework_log_runs(
             continue  # some other metrics.csv
         if f.name == SCALARS_JSON and not is_scalars_json(f):
             continue  # some other scalars.json
-        if f.name == METRICS_JSON and not is_metrics_json(f):
+        if f.name == METRICS_JSON and not is_metrics_json(f) and not is_sacred_metrics(f):
             continue  # some other metrics.json (DVCLive's summary, an evaluation's results)
         if is_log_name(f.name) and not is_disk_log(f):
             continue  # some other log_<number>.txt
@@ -453,7 +457,7 @@ def discover(paths: Sequence[Path]) -> Discovery:
             raise InputError(
                 f"no TensorBoard event files (events.out.tfevents.*) nor Hugging Face trainer_state.json, Lightning "
                 f"metrics.csv, wandb run files (run-*.wandb), MLflow runs (mlruns/, mlflow.db), DVCLive folders, "
-                f"mmengine scalars.json, Detectron2 metrics.json, torchtune logs (log_*.txt) or mmcv json logs "
+                f"mmengine scalars.json, Detectron2 or Sacred metrics.json, torchtune logs (log_*.txt) or mmcv json logs "
                 f"(*.log.json) under {p}{detail}"
             )
         runs.extend(found)
@@ -523,6 +527,8 @@ def run_files(run: Path) -> list[Path]:
         elif is_scalars_json(run / SCALARS_JSON):  # an mmengine LocalVisBackend folder
             out.append(run / SCALARS_JSON)
         elif is_metrics_json(run / METRICS_JSON):  # a Detectron2 output_dir whose event files are gone
+            out.append(run / METRICS_JSON)
+        elif is_sacred_metrics(run / METRICS_JSON):  # a Sacred FileStorageObserver run folder
             out.append(run / METRICS_JSON)
         elif torchtune_logs := log_files(run):  # a torchtune logs folder: a resumed run's files too, in start order
             out += torchtune_logs

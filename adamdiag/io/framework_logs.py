@@ -36,6 +36,7 @@ FRAMEWORK_LOG_WRITERS = {
     "detectron2": "detectron2 JSONWriter metrics.json",
     "torchtune": "torchtune DiskLogger",
     "mmcv": "mmcv TextLoggerHook json log",
+    "sacred": "sacred FileStorageObserver metrics.json",
 }
 FRAMEWORK_LOG_KINDS = frozenset(FRAMEWORK_LOG_WRITERS)
 
@@ -48,12 +49,13 @@ def framework_writer(kinds: set[str]) -> str | None:
 def is_framework_log(path: Path) -> bool:
     """Whether the file ``path`` is a framework's own log that can be named as a run (Hugging Face's
     trainer_state.json, Lightning's metrics.csv, a Weights & Biases run file, an MLflow file-store run's
-    meta.yaml, mmengine's scalars.json, Detectron2's metrics.json, torchtune's DiskLogger file, mmcv 1.x's json log)."""
+    meta.yaml, mmengine's scalars.json, Detectron2's metrics.json, torchtune's DiskLogger file, mmcv 1.x's json log, Sacred's metrics.json)."""
     from adamdiag.io.detectron2_log import is_metrics_json
     from adamdiag.io.events import METRICS_CSV, TRAINER_STATE
     from adamdiag.io.mlflow_log import is_run_meta
     from adamdiag.io.mmcv_log import is_mmcv_log
     from adamdiag.io.mmengine_log import is_scalars_json
+    from adamdiag.io.sacred_log import is_sacred_metrics
     from adamdiag.io.torchtune_log import is_disk_log
     from adamdiag.io.wandb_log import is_wandb_file
 
@@ -65,13 +67,14 @@ def is_framework_log(path: Path) -> bool:
         or is_metrics_json(path)
         or is_disk_log(path)
         or is_mmcv_log(path)
+        or is_sacred_metrics(path)
     )
 
 
 def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
     """The rows of the framework log ``path`` stands for (:func:`adamdiag.io.events.run_files` hands these paths
     over: a trainer_state.json, a metrics.csv, a wandb run file, an MLflow run's meta.yaml or a database run's
-    path, a DVCLive folder's plots/metrics, an mmengine scalars.json, a Detectron2 metrics.json, a torchtune DiskLogger file, an mmcv json log); None for any other path (an event file).
+    path, a DVCLive folder's plots/metrics, an mmengine scalars.json, a Detectron2 metrics.json, a torchtune DiskLogger file, an mmcv json log, a Sacred metrics.json); None for any other path (an event file).
     ``fast``: wandb's decoder."""
     from adamdiag.io.detectron2_log import is_metrics_json, read_metrics_json
     from adamdiag.io.dvclive_log import is_metrics_dir, read_dvclive
@@ -79,6 +82,7 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
     from adamdiag.io.mlflow_log import is_database_run, is_run_meta, read_file_store_run, read_sqlite_run
     from adamdiag.io.mmcv_log import is_mmcv_log, read_mmcv_log
     from adamdiag.io.mmengine_log import is_scalars_json, read_scalars_json
+    from adamdiag.io.sacred_log import is_sacred_metrics, read_sacred_metrics
     from adamdiag.io.torchtune_log import is_disk_log, read_disk_log
     from adamdiag.io.wandb_log import is_wandb_file, read_wandb
 
@@ -106,6 +110,8 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
         return read_disk_log(path)
     if is_mmcv_log(path):
         return read_mmcv_log(path)
+    if is_sacred_metrics(path):
+        return read_sacred_metrics(path)
     return None
 
 

@@ -96,7 +96,7 @@ def test_discovery(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(text)
         assert not is_metrics_json(d / "metrics.json")
-    with pytest.raises(InputError, match="Detectron2 metrics.json, torchtune logs"):
+    with pytest.raises(InputError, match="Detectron2 or Sacred metrics.json, torchtune logs"):
         discover([tmp_path / "other"])
 
 

@@ -296,7 +296,7 @@ def test_find_runs_recursive_and_errors(tmp_path, torch_run):
         InputError,
         match=r"no TensorBoard event files \(events.out.tfevents.\*\) nor Hugging Face trainer_state.json, Lightning "
         r"metrics.csv, wandb run files \(run-\*.wandb\), MLflow runs \(mlruns/, mlflow.db\), DVCLive folders, "
-        r"mmengine scalars.json, Detectron2 metrics.json, torchtune logs \(log_\*.txt\) or mmcv json logs "
+        r"mmengine scalars.json, Detectron2 or Sacred metrics.json, torchtune logs \(log_\*.txt\) or mmcv json logs "
         r"\(\*.log.json\) under",
     ):
         E.find_runs([root / "empty"])
