@@ -115,6 +115,26 @@ def read_framework_log(path: Path, *, fast: bool = True) -> FileData | None:
     return None
 
 
+def file_head(path: Path, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of a file, to tell what it is; None for a non-regular file (never opened: a FIFO
+    would block) or one that cannot be read."""
+    from adamdiag.io.checkpoints import non_regular
+
+    if non_regular(path) is not None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def first_line(path: Path, limit: int = 1 << 16) -> str | None:
+    """The first line of a text log (at most ``limit`` bytes read), None as :func:`file_head`."""
+    head = file_head(path, limit)
+    return None if head is None else head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+
+
 def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, float]:
     """The bytes, size and modification time of a framework's log file; :class:`InputError` (one line) for a
     non-regular file (never opened: a FIFO would block), one larger than ``max_bytes`` or an unreadable one."""

@@ -60,14 +60,10 @@ def _is_int(v: Any) -> bool:
 def is_mmcv_log(path: Path) -> bool:
     """Whether ``path`` is a TextLoggerHook json log: named ``*.log.json``, and among its first lines (after the
     meta line) one record with ``mode``, ``epoch`` and ``iter`` (never a FIFO; at most SNIFF_BYTES read)."""
-    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.framework_logs import file_head
 
-    if not path.name.endswith(SUFFIX) or non_regular(path) is not None:
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    except OSError:
+    head = file_head(path, SNIFF_BYTES) if path.name.endswith(SUFFIX) else None
+    if head is None:
         return False
     for line in head.decode("utf-8", errors="replace").splitlines()[:3]:
         try:
@@ -81,16 +77,13 @@ def is_mmcv_log(path: Path) -> bool:
 def iterations_per_epoch(json_log: Path) -> tuple[int | None, str]:
     """(N, how it is known) from the text log beside a json log (``<timestamp>.log``): ``Epoch [e][i/N]`` gives N,
     ``Iter [i/N]`` says the runner is iteration-based (None: ``iter`` is global); (None, "") without one."""
-    text_log = json_log.with_name(json_log.name[: -len(".json")])
-    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.framework_logs import file_head
 
-    if non_regular(text_log) is not None:
+    text_log = json_log.with_name(json_log.name[: -len(".json")])
+    raw = file_head(text_log, SNIFF_BYTES)
+    if raw is None:
         return None, ""
-    try:
-        with open(text_log, "rb") as f:
-            head = f.read(SNIFF_BYTES).decode("utf-8", errors="replace")
-    except OSError:
-        return None, ""
+    head = raw.decode("utf-8", errors="replace")
     m = _EPOCH_LINE.search(head)
     if m:
         return int(m.group(1)), f"'Epoch [e][i/{m.group(1)}]' in {text_log.name}"

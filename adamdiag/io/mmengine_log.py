@@ -36,14 +36,10 @@ EVAL_PREFIX = "validation/"  # an evaluation split, as io.events.split_of knows 
 
 def first_json_object(path: Path) -> dict[str, Any] | None:
     """The first line of a JSON-lines log as an object (None: not one, a FIFO, unreadable); only that line is read."""
-    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.framework_logs import first_line
 
-    if non_regular(path) is not None:
-        return None
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            line = f.readline(1 << 16)
-    except OSError:
+    line = first_line(path)
+    if line is None:
         return None
     try:
         obj = json.loads(line)

@@ -36,18 +36,12 @@ SNIFF_BYTES = 4096
 def is_sacred_metrics(path: Path) -> bool:
     """Whether ``path`` is a Sacred FileStorageObserver ``metrics.json``: ``run.json`` and ``config.json`` beside it
     and its start holding a metric's ``"steps"`` (only that is read; never a FIFO)."""
-    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.framework_logs import file_head
 
-    if path.name != METRICS_JSON or non_regular(path) is not None:
+    if path.name != METRICS_JSON or not all((path.parent / s).is_file() for s in SIBLINGS):
         return False
-    if not all((path.parent / s).is_file() for s in SIBLINGS):
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    except OSError:
-        return False
-    return head.lstrip().startswith(b"{") and b'"steps"' in head
+    head = file_head(path, SNIFF_BYTES)
+    return head is not None and head.lstrip().startswith(b"{") and b'"steps"' in head
 
 
 def _wall(text: Any) -> float:

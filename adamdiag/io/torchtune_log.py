@@ -65,16 +65,10 @@ def parse_line(line: str) -> tuple[int, list[tuple[str, float]]] | None:
 def is_disk_log(path: Path) -> bool:
     """Whether ``path`` is a torchtune DiskLogger file: a ``.txt`` whose first line is a ``Step N | ...`` line (only
     that line is read; never a FIFO)."""
-    from adamdiag.io.checkpoints import non_regular
+    from adamdiag.io.framework_logs import first_line
 
-    if path.suffix != ".txt" or non_regular(path) is not None:
-        return False
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = f.readline(1 << 16)
-    except OSError:
-        return False
-    return parse_line(first) is not None
+    first = first_line(path) if path.suffix == ".txt" else None
+    return first is not None and parse_line(first) is not None
 
 
 def log_files(folder: Path) -> list[Path]:
