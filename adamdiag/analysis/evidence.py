@@ -625,9 +625,27 @@ def first_instability(trajs: list[Trajectory], event_step: int) -> int | None:
     return first if event_step - first <= INSTABILITY_MAX_LEAD else None
 
 
-def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> list[Trajectory]:
+def gradient_histograms(hist: Any) -> list[tuple[str, Any]]:
+    """(tag, rows) of every gradient histogram (a tag with "grad" in it), each as the run went — a restart's undone
+    steps out, like the scalars (frames.series) — in tag order."""
+    out = []
+    for tag, df in hist.groupby("tag", sort=True, observed=True):
+        if "grad" not in str(tag).lower():
+            continue
+        if "segment" in df.columns:
+            df = df.iloc[run_order(df["step"].to_numpy(), df["segment"].to_numpy())]
+        else:
+            df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
+        out.append((str(tag), df))
+    return out
+
+
+def histogram_trajectories(
+    hist: Any, ckpts: list[Any], beta2: float, eps: float, *, per_tag: list[tuple[str, Any]] | None = None
+) -> list[Trajectory]:
     """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num), each with its own
-    param group's β2/eps where a checkpoint states them (LLM recipes mix β2 across groups), else the run's."""
+    param group's β2/eps where a checkpoint states them (LLM recipes mix β2 across groups), else the run's.
+    ``per_tag``: :func:`gradient_histograms` of ``hist``, when the caller has it."""
     own = tensor_hyperparameters(ckpts[-1]) if ckpts else {}
     out = []
     names_v: dict[str, list[tuple[int, float]]] = {}
@@ -635,15 +653,7 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
         for t in c.tensors:
             if getattr(t, "name", None):
                 names_v.setdefault(t.name, []).append((int(c.step), float(t.v_mean)))
-    for tag, df in hist.groupby("tag", sort=True):
-        low = tag.lower()
-        if "grad" not in low:
-            continue
-        # as the run went: a restart's undone steps out, like the scalars (frames.series)
-        if "segment" in df.columns:
-            df = df.iloc[run_order(df["step"].to_numpy(), df["segment"].to_numpy())]
-        else:
-            df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
+    for tag, df in gradient_histograms(hist) if per_tag is None else per_tag:
         num = df["num"].to_numpy(np.float64)
         ok = num > 0
         if ok.sum() < MIN_LOSS_POINTS:
@@ -664,11 +674,14 @@ def histogram_trajectories(hist: Any, ckpts: list[Any], beta2: float, eps: float
 MIN_GLOBAL_HISTOGRAMS = 2
 
 
-def histogram_global(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> Trajectory | None:
+def histogram_global(
+    hist: Any, ckpts: list[Any], beta2: float, eps: float, *, per_tag: list[tuple[str, Any]] | None = None
+) -> Trajectory | None:
     """The all-parameter trajectory from gradient histograms (label ``global``): at each step where every gradient
     histogram of the run has a row, mean g² = Σ sum_squares / Σ num — the squared gradient norm over the element
     count, the series a logged gradient norm gives — re-seeded at checkpoints by their all-parameter mean v. None
-    with fewer than MIN_LOSS_POINTS such steps.
+    with fewer than MIN_LOSS_POINTS such steps. ``per_tag``: :func:`gradient_histograms` of ``hist``, when the caller
+    has it.
 
     >>> import pandas as pd
     >>> n = 2 * MIN_LOSS_POINTS
@@ -680,16 +693,8 @@ def histogram_global(hist: Any, ckpts: list[Any], beta2: float, eps: float) -> T
     """
     import pandas as pd
 
-    parts = []
-    for tag, df in hist.groupby("tag", sort=True, observed=True):
-        if "grad" not in str(tag).lower():
-            continue
-        # as the run went, per tag: a restart's undone steps out (histogram_trajectories does the same)
-        if "segment" in df.columns:
-            df = df.iloc[run_order(df["step"].to_numpy(), df["segment"].to_numpy())]
-        else:
-            df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
-        parts.append(df[df["num"].to_numpy(np.float64) > 0])
+    series = gradient_histograms(hist) if per_tag is None else per_tag
+    parts = [df[df["num"].to_numpy(np.float64) > 0] for _, df in series]
     if len(parts) < MIN_GLOBAL_HISTOGRAMS:
         return None
     grads = pd.concat(parts, ignore_index=True)
@@ -1597,11 +1602,12 @@ def _trajectories(
                     ev.first_nonfinite_step = nf_step
     hist = inp.histograms
     if hist is not None and len(hist) and not inp.non_adam:
-        per_tensor = histogram_trajectories(hist, ckpts, beta2, eps)
+        per_tag = gradient_histograms(hist)  # ordered once, for both
+        per_tensor = histogram_trajectories(hist, ckpts, beta2, eps, per_tag=per_tag)
         if grad_norm_tag is None and len(per_tensor) >= MIN_GLOBAL_HISTOGRAMS:
             # No gradient-norm scalar (wandb.watch users log none): the histograms of every parameter together
             # are its square, Σ sum_squares over Σ num — the all-parameter trajectory the global rules read
-            glob = histogram_global(hist, ckpts, beta2, eps)
+            glob = histogram_global(hist, ckpts, beta2, eps, per_tag=per_tag)
             if glob is not None:
                 trajs.append(glob)
         trajs += per_tensor

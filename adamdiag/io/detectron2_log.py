@@ -18,7 +18,6 @@ evaluation's metrics (``bbox/AP``) share the line of their iteration.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,33 +45,16 @@ def is_metrics_json(path: Path) -> bool:
     return first is not None and _is_position(first.get(POSITION_KEY))
 
 
-def _add_line(line: str, rows: Any) -> bool:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return False
-    step = obj.get(POSITION_KEY) if isinstance(obj, dict) else None
-    if step is None or not _is_position(step):
-        return False
-    for key, value in obj.items():
-        if key == POSITION_KEY:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            rows.skipped["non-numeric values"] += 1
-            continue
-        rows.add(str(key), int(step), float(value))
-    return True
-
-
 def read_metrics_json(path: Path | str) -> FileData:
     """One metrics.json as event-file columns. A line that is no JSON object with a numeric ``iteration`` is skipped
     with a warning, a last line still being written left out (:func:`adamdiag.io.framework_logs.read_line_log`);
     non-numeric values are skipped (counted)."""
     from adamdiag.io.events import DETECTRON2_VERSION
-    from adamdiag.io.framework_logs import read_line_log
+    from adamdiag.io.framework_logs import json_line_adder, read_line_log
 
     path = Path(path)
-    log = read_line_log(path, MAX_BYTES, "Detectron2 metrics.json", _add_line, "JSON object with an iteration")
+    add = json_line_adder(POSITION_KEY)
+    log = read_line_log(path, MAX_BYTES, "Detectron2 metrics.json", add, "JSON object with an iteration")
     rows, size, mtime, records, warnings = log.rows, log.size, log.mtime, log.records, log.warnings
     return rows.file_data(
         path,

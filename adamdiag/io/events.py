@@ -265,6 +265,12 @@ def _walk(root: Path, problems: list[Problem], framework_logs: list[Path] | None
     return found
 
 
+def _log_of_its_folder(name: str) -> bool:
+    """Whether a framework log of this name makes the folder it lies in the run (Lightning's metrics.csv, mmengine's
+    scalars.json, Detectron2's or Sacred's metrics.json, torchtune's log_<time>.txt, mmcv's <timestamp>.log.json)."""
+    return name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(name) or name.endswith(MMCV_SUFFIX)
+
+
 def _autolog_tb_copy(run: Path, event_dirs: set[Path]) -> tuple[str, Path] | None:
     """(how MLflow's Keras callback logged ``run``: "batch" or "epoch", its artifacts folder) when event folders
     found lie in that folder — the TensorBoard log autolog copies there at the end of fit (per epoch unless the
@@ -342,17 +348,15 @@ def _framework_log_runs(
             run = f.parent
         elif f.name == TRAINER_STATE:
             run = output_dir_of(f, root)
-        elif f.name in (METRICS_CSV, SCALARS_JSON, METRICS_JSON) or is_log_name(f.name) or f.name.endswith(MMCV_SUFFIX):
+        elif _log_of_its_folder(f.name):
             run = f.parent  # (torchtune: the logs folder; a resumed run's files are in it too)
         elif f.name == "metrics" and f.parent.name == "plots":  # a DVCLive folder's plots/metrics
             run = f.parent.parent
         else:
             run = first_folder_of_run(f.parent)
-        inside_event_run = (
-            f.name in (TRAINER_STATE, METRICS_CSV, SCALARS_JSON, METRICS_JSON)
-            or is_log_name(f.name)
-            or f.name.endswith(MMCV_SUFFIX)
-        ) and any(a in logged for a in run.parents)
+        inside_event_run = (f.name == TRAINER_STATE or _log_of_its_folder(f.name)) and any(
+            a in logged for a in run.parents
+        )
         if f.name == "meta.yaml" and run in around and (copy := _autolog_tb_copy(run, logged)) and copy[0] == "batch":
             seen.add(run)  # logged per batch: read from its metrics (its note says so), not from autolog's copy
             out.append(run)

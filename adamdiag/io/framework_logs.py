@@ -11,11 +11,12 @@ trainer_state.json, :mod:`adamdiag.io.csv_log` for Lightning's metrics.csv): ope
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AnyStr
 
 from adamdiag.errors import InputError
 
@@ -152,22 +153,6 @@ def read_log_file(path: Path, max_bytes: int, what: str) -> tuple[bytes, int, fl
         raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
-def complete_lines(raw: bytes, path: Path | str) -> tuple[list[str], list[str]]:
-    """The lines of a one-record-per-line log, and a warning when its last line has no newline yet: a record its
-    writer is still writing (or was killed in), left out — a cut number would read as a wrong value — in the words
-    the event-file reader uses, so that scan calls it "in progress" (AD902 info) when the file is the run's newest.
-
-    >>> complete_lines(b"a\\nb", Path("x.txt"))
-    (['a'], ['x.txt: truncated record at byte 2 (the run is still writing it?)'])
-    """
-    cut = raw.rfind(b"\n") + 1
-    warnings = []
-    if cut < len(raw):
-        warnings.append(f"{path}: truncated record at byte {cut} (the run is still writing it?)")
-        raw = raw[:cut]
-    return raw.decode("utf-8", errors="replace").splitlines(), warnings
-
-
 @dataclass
 class LineLog:
     """A one-record-per-line log read by :func:`read_line_log`."""
@@ -180,15 +165,23 @@ class LineLog:
 
 
 def read_line_log(
-    path: Path, max_bytes: int, what: str, add_line: Callable[[str, LogRows], bool], record: str
+    path: Path,
+    max_bytes: int,
+    what: str,
+    add_line: Callable[[str, LogRows], bool],
+    record: str,
+    *,
+    say_empty: bool = True,
 ) -> LineLog:
-    """A log of one record per line (mmengine's scalars.json, Detectron2's metrics.json, torchtune's DiskLogger):
-    its complete lines (:func:`complete_lines`) handed to ``add_line``, which adds a line's values to the rows and
-    says whether it was a ``record`` (the words of the warning for the lines that were not); a file with no value
-    says so. :class:`InputError` (one line) when the file cannot be read (:func:`read_log_file`)."""
+    """A log of one record per line (mmengine's scalars.json, Detectron2's metrics.json, torchtune's DiskLogger, mmcv's
+    json log): its complete lines (:func:`complete_text`) handed to ``add_line``, which adds a line's values to the rows
+    and says whether it was a ``record`` (the words of the warning for the lines that were not); a file with no value
+    says so (``say_empty``: a caller that adds its rows after the lines says it itself). :class:`InputError` (one
+    line) when the file cannot be read (:func:`read_log_file`)."""
     raw, size, mtime = read_log_file(path, max_bytes, what)
     rows = LogRows()
-    lines, cut = complete_lines(raw, path)
+    cut: list[str] = []
+    lines = complete_text(raw, path, cut).decode("utf-8", errors="replace").splitlines()
     records = bad = 0
     for line in lines:
         if not line.strip():
@@ -198,18 +191,64 @@ def read_line_log(
             bad += 1
     warnings = [f"{path}: {bad} line(s) that are no {record} skipped"] if bad else []
     warnings += cut
-    if not rows.codes:
-        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    if say_empty:
+        warnings += empty_log_warning(path, rows)
     return LineLog(rows, size, mtime, records, warnings)
 
 
-def complete_text(text: str, path: Path | str, warnings: list[str]) -> str:
-    """``text`` without a last line that has no newline yet (:func:`complete_lines`; its warning appended)."""
-    cut = text.rfind("\n") + 1
-    if cut < len(text):
-        warnings.append(f"{path}: truncated record at byte {len(text[:cut].encode())} (the run is still writing it?)")
-        return text[:cut]
-    return text
+def json_line_adder(
+    position: str, prefix: Callable[[dict[str, Any]], str] | None = None
+) -> Callable[[str, LogRows], bool]:
+    """The ``add_line`` of :func:`read_line_log` for a log of one JSON object per line whose key ``position`` is the
+    step (mmengine's ``step``, Detectron2's ``iteration``): every other numeric value a tag at that step, under
+    ``prefix(obj)`` (mmengine: ``validation/`` for a validation's line); non-numeric values counted as skipped. A line
+    that is no JSON object with a finite numeric ``position`` is no record.
+
+    >>> rows = LogRows(); add = json_line_adder("step")
+    >>> add('{"step": 3, "loss": 0.5, "note": "x"}', rows), add('{"loss": 1}', rows), rows.tags, rows.steps
+    (True, False, ['loss'], [3])
+    """
+
+    def add(line: str, rows: LogRows) -> bool:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return False
+        step = obj.get(position) if isinstance(obj, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+            return False
+        head = prefix(obj) if prefix is not None else ""
+        for key, value in obj.items():
+            if key == position:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                rows.skipped["non-numeric values"] += 1
+                continue
+            rows.add(head + str(key), int(step), float(value))
+        return True
+
+    return add
+
+
+def empty_log_warning(path: Path, rows: LogRows) -> list[str]:
+    """The warning of a log that holds no value (none when it holds one)."""
+    return [] if rows.codes else [f"{path}: no logged value (the run stopped before its first log?)"]
+
+
+def complete_text(data: AnyStr, path: Path | str, warnings: list[str]) -> AnyStr:
+    """A one-record-per-line log's bytes or text without a last line that has no newline yet: a record its writer is
+    still writing (or was killed in), left out — a cut number would read as a wrong value — with a warning in the words
+    the event-file reader uses, so that scan calls it "in progress" (AD902 info) when the file is the run's newest.
+
+    >>> w = []; complete_text(b"a\\nb", Path("x.txt"), w), w
+    (b'a\\n', ['x.txt: truncated record at byte 2 (the run is still writing it?)'])
+    """
+    cut = data.rfind(b"\n" if isinstance(data, bytes) else "\n") + 1  # type: ignore[arg-type]
+    if cut < len(data):
+        at = cut if isinstance(data, bytes) else len(data[:cut].encode())
+        warnings.append(f"{path}: truncated record at byte {at} (the run is still writing it?)")
+        return data[:cut]
+    return data
 
 
 def metric_files(

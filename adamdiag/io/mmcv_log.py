@@ -150,7 +150,7 @@ def read_mmcv_log(path: Path | str) -> FileData:
     """One ``*.log.json`` as event-file columns, on the global iteration (see the module doc). A line that is no
     JSON object is skipped with a warning, the meta line silently, a last line still being written left out."""
     from adamdiag.io.events import ARGS_SOURCE, MMCV_VERSION
-    from adamdiag.io.framework_logs import read_line_log
+    from adamdiag.io.framework_logs import empty_log_warning, read_line_log
 
     path = Path(path)
     records: list[dict[str, Any]] = []
@@ -167,8 +167,9 @@ def read_mmcv_log(path: Path | str) -> FileData:
             config.append(obj["config"])  # the meta line: mmdet 2.x puts the config's pretty text there
         return isinstance(obj, dict)  # the meta line is no record, but no damage either
 
-    log = read_line_log(path, MAX_BYTES, "mmcv json log", add, "JSON object")
-    rows, warnings = log.rows, [w for w in log.warnings if "no logged value" not in w]
+    # (the rows are added below, once the epoch length is known: the empty-log warning comes after them)
+    log = read_line_log(path, MAX_BYTES, "mmcv json log", add, "JSON object", say_empty=False)
+    rows, warnings = log.rows, log.warnings
     per_epoch, how = iterations_per_epoch(path)
     notes: list[str] = []
     warning_notes: list[str] = []
@@ -206,8 +207,7 @@ def read_mmcv_log(path: Path | str) -> FileData:
             f"{path.name}: mmcv rounds every logged value to {ROUNDED_DECIMALS} decimals, and this run's loss goes "
             f"down to {smallest:g}: its small values have lost their digits (a loss under 5e-6 reads as 0)"
         )
-    if not rows.codes:
-        warnings.append(f"{path}: no logged value (the run stopped before its first log?)")
+    warnings += empty_log_warning(path, rows)
     data = rows.file_data(
         path,
         log.size,

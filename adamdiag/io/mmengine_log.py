@@ -20,7 +20,6 @@ split) so that their ``time`` is not a training point. mmengine logs the mean of
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,23 +57,8 @@ def is_scalars_json(path: Path) -> bool:
     return isinstance(step, (int, float)) and not isinstance(step, bool)
 
 
-def _add_line(line: str, rows: Any) -> bool:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return False
-    step = obj.get("step") if isinstance(obj, dict) else None
-    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
-        return False
-    prefix = "" if "iter" in obj else EVAL_PREFIX  # a validation's line: its metrics at the epoch
-    for key, value in obj.items():
-        if key in POSITION_KEYS:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            rows.skipped["non-numeric values"] += 1
-            continue
-        rows.add(prefix + str(key), int(step), float(value))
-    return True
+def _prefix(obj: dict[str, Any]) -> str:
+    return "" if "iter" in obj else EVAL_PREFIX  # a validation's line: its metrics at the epoch
 
 
 def read_scalars_json(path: Path | str) -> FileData:
@@ -82,10 +66,11 @@ def read_scalars_json(path: Path | str) -> FileData:
     a warning, a last line still being written left out (:func:`adamdiag.io.framework_logs.read_line_log`);
     non-numeric values are skipped (counted)."""
     from adamdiag.io.events import MMENGINE_VERSION
-    from adamdiag.io.framework_logs import read_line_log
+    from adamdiag.io.framework_logs import json_line_adder, read_line_log
 
     path = Path(path)
-    log = read_line_log(path, MAX_BYTES, "mmengine scalars.json", _add_line, "JSON object with a step")
+    add = json_line_adder(POSITION_KEYS[0], _prefix)
+    log = read_line_log(path, MAX_BYTES, "mmengine scalars.json", add, "JSON object with a step")
     rows, size, mtime, records, warnings = log.rows, log.size, log.mtime, log.records, log.warnings
     return rows.file_data(
         path,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # DiskLogger's default file name: log_{int(time.time())}.txt
 LOG_NAME = re.compile(r"log_\d+\.txt$")
 CONFIG_NAME = "torchtune_config.yaml"  # save_config: {output_dir}/torchtune_config.yaml
+MAX_CONFIG_BYTES = 1 << 22  # a recipe config is a few KB
 MAX_BYTES = 1 << 31
 _LINE = re.compile(r"Step (\d+) \| (.*)$")
 # one "name:value " pair; a tensor is written as its repr when it is not 0-dim (tensor(0.25, device='cuda:0'))
@@ -121,17 +122,13 @@ def config_arguments(log_dir: Path) -> tuple[dict[str, Any], str]:
     """The recipe config ``DiskLogger.log_config`` saved, flattened one level (``optimizer.eps``,
     ``optimizer.betas``, ``clip_grad_norm``), and where it was read; ({}, "") when there is none. Looked for in the
     logs folder's parent (``log_dir: ${output_dir}/logs``, the recipes' default), then in the folder itself."""
+    from adamdiag.io.framework_logs import file_head
+
     for folder in (log_dir.parent, log_dir):
         path = folder / CONFIG_NAME
-        from adamdiag.io.checkpoints import non_regular
-
-        if non_regular(path) is not None:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        return parse_config(text), str(path)
+        raw = file_head(path, MAX_CONFIG_BYTES)  # never a FIFO
+        if raw is not None:
+            return parse_config(raw.decode("utf-8", errors="replace")), str(path)
     return {}, ""
 
 

@@ -743,17 +743,19 @@ def _add_row(
         if keras and key.startswith(("batch/", "epoch/")):
             _add_keras(key, v, wall, values, rows, last_axis_value, own_step)
             continue
-        metric = axis.of(key)
-        at = last_axis_value.get(metric, own_step) if metric else own_step
-        rows.add(key, at, v, wall)
+        rows.add(key, _step_of(key, axis, last_axis_value, own_step), v, wall)
     for key, doc in histograms.items():
         moments = histogram_moments(doc)
         if moments is None:
             rows.skipped["unreadable histograms"] += 1
             continue
-        metric = axis.of(key)
-        at = last_axis_value.get(metric, own_step) if metric else own_step
-        rows.histograms.append((key, at, wall, *moments, True))
+        rows.histograms.append((key, _step_of(key, axis, last_axis_value, own_step), wall, *moments, True))
+
+
+def _step_of(key: str, axis: StepAxis, last_axis_value: dict[str, int], own_step: int) -> int:
+    """Where a row's value of ``key`` is drawn: its declared step metric's latest value, else the row's own step."""
+    metric = axis.of(key)
+    return last_axis_value.get(metric, own_step) if metric else own_step
 
 
 # wandb's Keras callback WandbMetricsLogger: its define_metric axes (batch-wise: batch/* on batch/batch_step, a
