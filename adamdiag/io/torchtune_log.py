@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 # DiskLogger's default file name: log_{int(time.time())}.txt
 LOG_NAME = re.compile(r"log_\d+\.txt$")
 CONFIG_NAME = "torchtune_config.yaml"  # save_config: {output_dir}/torchtune_config.yaml
-MAX_CONFIG_BYTES = 1 << 22  # a recipe config is a few KB
 MAX_BYTES = 1 << 31
 _LINE = re.compile(r"Step (\d+) \| (.*)$")
 # one "name:value " pair; a tensor is written as its repr when it is not 0-dim (tensor(0.25, device='cuda:0'))
@@ -126,7 +125,7 @@ def config_arguments(log_dir: Path) -> tuple[dict[str, Any], str]:
 
     for folder in (log_dir.parent, log_dir):
         path = folder / CONFIG_NAME
-        raw = file_head(path, MAX_CONFIG_BYTES)  # never a FIFO
+        raw = file_head(path, MAX_BYTES)  # never a FIFO; read whole
         if raw is not None:
             return parse_config(raw.decode("utf-8", errors="replace")), str(path)
     return {}, ""
