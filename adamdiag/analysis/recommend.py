@@ -51,7 +51,7 @@ def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = N
     """``adamdiag replay START ARGS`` with the flags this run needs, or None without a start checkpoint
     (``path``: another checkpoint than the start, e.g. the earlier one ``--verify`` may fall back to)."""
     path = path or (getattr(ev.start, "path", None) if ev.start is not None else None)
-    if not path:
+    if not path or quantized_state(ev):
         return None
     parts = ["adamdiag", "replay", path, *args]
     # replay picks the loss tag as scan does: name it only when scan used another (the user's --loss-tag).
@@ -62,6 +62,26 @@ def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = N
     if not os.path.normpath(path).startswith(os.path.normpath(run) + os.sep):
         parts += ["--logdir", run]
     return " ".join(shell_quote(p) for p in parts)
+
+
+def quantized_state(ev: Evidence) -> str | None:
+    """The optimizer of the replay start when its state is quantized (bitsandbytes' or torchao's low-bit
+    Adam): ``replay`` re-runs a float32 torch Adam, another run than theirs, and refuses such a file."""
+    name = str(getattr(ev.start, "optimizer", "") or "")
+    return name if any(f"({lib} " in name for lib in ("bitsandbytes", "torchao")) else None
+
+
+def _no_replay_note(ev: Evidence, rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the replay cannot run (quantized state), the recommendation says so and how to check it instead."""
+    name = quantized_state(ev)
+    if rec is not None and name and "replay" in rec:
+        # no verify: line follows: "the replay below tries both" names the replay only
+        rec["message"] = rec["message"].replace("the replay below", "the replay") + (
+            f"; the replay this calls for cannot run on these checkpoints: they hold {name} state, which a float32 "
+            f"torch Adam would not reproduce — resume training from {getattr(ev.start, 'path', 'its start')} with "
+            "each change instead"
+        )
+    return rec
 
 
 def shell_quote(arg: str) -> str:
@@ -95,15 +115,15 @@ def recommend(ev: Evidence, d: Decision, run: str, collapsed_names: list[str]) -
     """The recommendation block of ``adamdiag.report/1`` for the decided verdict."""
     v = d.verdict
     if v == "v_collapse":
-        return _increase_eps(ev, d, run, collapsed_names)
+        return _no_replay_note(ev, _increase_eps(ev, d, run, collapsed_names))
     if v == "lr_too_high":
-        return _lower_lr(ev, d, run)
+        return _no_replay_note(ev, _lower_lr(ev, d, run))
     if v == "healthy" and d.alternative == "v_collapse":
         # spikes that recovered after a deep v collapse (rule recovered_spikes): the same fix, sized the same
         # way, before the next spike is one the run does not come back from
         rec = _increase_eps(ev, d, run, collapsed_names, event="spike")
         rec["message"] = f"the run recovered this time; before a spike it does not come back from: {rec['message']}"
-        return rec
+        return _no_replay_note(ev, rec)
     if v == "healthy" and d.alternative == "lr_too_high" and ev.end_climb is not None:
         # the loss ended above its start with no blowup (AD003): no event to size a cut from or replay to
         return {

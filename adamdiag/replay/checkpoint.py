@@ -355,13 +355,15 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     states = [s for s in optim["state"].values() if isinstance(s, Mapping)]
     if not states:
         raise InputError(f"{path}: the optimizer state is empty (saved before the first step?); nothing to replay")
+    from adamdiag.io.checkpoints import torchao_lowbit
     from adamdiag.io.checkpoints.bnb import is_bnb_state
 
-    if is_bnb_state(dict(optim)):  # inspect reads bitsandbytes'
-        raise InputError(
-            f"{path}: holds bitsandbytes optimizer state; replay re-runs torch.optim.Adam/AdamW, "
-            "which would not reproduce this run (inspect and scan read its moments)"
-        )
+    for quantized, library in ((is_bnb_state, "bitsandbytes"), (torchao_lowbit.is_state, "torchao low-bit")):
+        if quantized(dict(optim)):  # inspect and scan read these; a float32 torch Adam would be another run
+            raise InputError(
+                f"{path}: holds {library} optimizer state; replay re-runs torch.optim.Adam/AdamW in float32, "
+                "which would not reproduce this run (inspect and scan read its moments)"
+            )
     if not any("exp_avg" in s and "exp_avg_sq" in s for s in states):
         from adamdiag.io.checkpoints import _describe_non_adam
 

@@ -14,10 +14,10 @@ Layouts (found by content, not by file name, wherever that is possible):
   process group, one tensor at a time.
 
 Optimizer states: torch's Adam family (Adam, AdamW, NAdam, amsgrad, fused/foreach; RAdam and SparseAdam
-in the tf eps convention, :data:`TF_EPS_OPTIMIZERS`) and bitsandbytes' 8-/32-bit Adam (:mod:`.bnb`,
-dequantized as the library does). Other optimizers are refused naming them (:class:`NotAdamError`), and
-so are tensor subclasses (a rank's DTensor shards, torchao's quantized states): their memory is not the
-values they stand for.
+in the tf eps convention, :data:`TF_EPS_OPTIMIZERS`), bitsandbytes' 8-/32-bit Adam (:mod:`.bnb`) and
+torchao's 8-bit/4-bit/fp8 Adam (:mod:`.torchao_lowbit`), both dequantized as the library does. Other
+optimizers are refused naming them (:class:`NotAdamError`), and so are other tensor subclasses (a rank's
+DTensor shards): their memory is not the values they stand for.
 
 Memory: torch files are opened with ``torch.load(mmap=True, weights_only=True)``; tensors stay on disk
 until touched. Safety (:mod:`.torchload`, where every torch file is opened): ``weights_only=True`` always comes
@@ -622,6 +622,12 @@ def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
                 "0.50) is stored as 0, so v = 0 there need not mean 'never received a gradient'"
             )
         return named, warns
+    from adamdiag.io.checkpoints import torchao_lowbit
+
+    named = torchao_lowbit.optimizer_name(osd)
+    if named is not None:
+        warns.append(torchao_lowbit.warning(osd))
+        return named, warns
     if "amsgrad" not in g0 and "decoupled_weight_decay" in g0:
         b2 = _hyper(g0)["beta2"]
         start = _radam_adaptive_from(b2)
@@ -923,17 +929,22 @@ def _model_from_safetensors(files: list[Path]) -> _ModelSource:
     where: dict[str, Any] = {}
     shapes: list[tuple[str, tuple]] = []
     for f in files:
-        h = safe_open(str(f), framework="pt", device="cpu")
-        handles.append(h)
-        for k in h.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
-            sl = h.get_slice(k)
-            dtype = str(sl.get_dtype())
-            if not dtype.startswith(("F", "BF", "C")):
-                continue
-            if k.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
-                continue
-            where[k] = h
-            shapes.append((k, tuple(int(s) for s in sl.get_shape())))
+        try:
+            h = safe_open(str(f), framework="pt", device="cpu")
+            handles.append(h)
+            for k in h.keys():  # noqa: SIM118 - safe_open has keys(), no __iter__
+                sl = h.get_slice(k)
+                dtype = str(sl.get_dtype())
+                if not dtype.startswith(("F", "BF", "C")):
+                    continue
+                if k.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+                    continue
+                where[k] = h
+                shapes.append((k, tuple(int(s) for s in sl.get_shape())))
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type (a damaged header): one line
+            raise InputError(
+                f"{f}: not a readable safetensors file ({_first_line(str(e)) or type(e).__name__})"
+            ) from None
     return _ModelSource(shapes, False, lambda n: where[n].get_tensor(n) if n in where else None, "safetensors")
 
 
@@ -1126,12 +1137,14 @@ def _pick_optimizers(obj: Any, path: Path, warnings: list[str]) -> tuple[list[tu
     adam: list[tuple[dict, tuple, dict]] = []
     others: list[dict] = []
     first_err = None
-    from adamdiag.io.checkpoints import bnb
+    from adamdiag.io.checkpoints import bnb, torchao_lowbit
 
     for i, (p, x) in enumerate(states):
         try:
             if bnb.is_bnb_state(x):
                 x = bnb.adapt(x, path)  # its 8-bit/32-bit state1/state2 read as exp_avg/exp_avg_sq
+            elif torchao_lowbit.is_state(x):
+                x = torchao_lowbit.adapt(x, path)  # its quantized exp_avg/exp_avg_sq dequantized when read
             entries_from_state_dict(x, path)
             adam.append(({"index": i, "key": _keyname(p), "type": _optimizer_kind(x)[0]}, p, x))
         except InputError as e:

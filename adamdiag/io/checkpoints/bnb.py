@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import Any
 
 from adamdiag.errors import NotAdamError
+from adamdiag.io.checkpoints import lazy_moments
+from adamdiag.io.checkpoints.lazy_moments import LazyMoments
 
 WRAP_KEY = "__bnb_optimizer_quant_state__"
 # bitsandbytes' optimizers use one block size for their states; older releases used 2048.
 BLOCK_SIZES = (256, 2048)
-# elements dequantized at a time (a multiple of every block size)
-CHUNK = 1 << 22
 
 
 def is_bnb_state(osd: dict) -> bool:
@@ -71,23 +71,22 @@ def _block_size(n: int, blocks: int) -> int | None:
     return None
 
 
-class Bnb8bitMoments(dict):  # type: ignore[type-arg]
-    """One parameter's state as ``exp_avg`` / ``exp_avg_sq`` (dequantized when read, so a large
-    checkpoint holds one tensor's float32 copy at a time) plus ``step``; ``shape`` without reading."""
+class Bnb8bitMoments(LazyMoments):
+    """One parameter's state as ``exp_avg`` / ``exp_avg_sq`` (dequantized when read) plus ``step``."""
 
     def __init__(self, raw: dict, shape: tuple[int, ...]) -> None:
-        super().__init__(step=raw.get("step"))
-        self.raw = raw
-        self.shape = shape
         # the stored tensors each moment comes from: the zip CRC check verifies those
-        self["_crc_sources"] = {
+        crc = {
             "exp_avg": [raw[k] for k in ("state1", "qmap1", "absmax1") if k in raw],
             "exp_avg_sq": [raw[k] for k in ("state2", "qmap2", "absmax2") if k in raw],
         }
+        super().__init__({"step": raw.get("step"), "_crc_sources": crc}, shape, ("exp_avg", "exp_avg_sq"))
+        self.raw = raw
 
-    def _moment(self, k: int) -> Any:
+    def _moment(self, key: str) -> Any:
         import torch
 
+        k = 1 if key == "exp_avg" else 2
         s = self.raw[f"state{k}"]
         if s.dtype != torch.uint8:
             return s  # a small tensor's 32-bit state: the values themselves
@@ -97,25 +96,12 @@ class Bnb8bitMoments(dict):  # type: ignore[type-arg]
         block = _block_size(n, absmax.numel()) or max(n, 1)
         out = torch.empty(n, dtype=torch.float32)
         # in chunks of whole blocks: the int64 indices of one chunk, never 8 bytes per element at once
-        step = max(CHUNK // block, 1) * block
+        step = max(lazy_moments.CHUNK // block, 1) * block
         for i in range(0, n, step):
             j = min(i + step, n)
             scale = absmax[i // block : (j + block - 1) // block].repeat_interleave(block)[: j - i]
             torch.mul(qmap[codes[i:j].long()], scale, out=out[i:j])
         return out.reshape(s.shape)
-
-    def __contains__(self, key: object) -> bool:
-        return key in ("exp_avg", "exp_avg_sq") or super().__contains__(key)
-
-    def __getitem__(self, key: Any) -> Any:
-        if key == "exp_avg":
-            return self._moment(1)
-        if key == "exp_avg_sq":
-            return self._moment(2)
-        return super().__getitem__(key)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self[key] if key in self else default
 
 
 def adapt(osd: dict, path: object) -> dict:

@@ -177,21 +177,36 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         )
     # (whatever the trust: torch's weights_only list allows DTensor once torch.distributed.tensor is imported)
     _refuse_rank_shards(path, pkl)
+    # torchao's quantized optimizer states: read through inert stand-ins of their classes; a legacy-format file
+    # cannot be searched for them before loading (where torch can scope an allow-list, they are allowed there)
+    low_bit = _TORCHAO in pkl if pkl is not None else hasattr(torch.serialization, "safe_globals")
+    if low_bit:
+        from adamdiag.io.checkpoints import torchao_lowbit
+
+        extra_globals = (*extra_globals, *torchao_lowbit.stand_in_globals())
+        safe = (*safe, *torchao_lowbit.stand_in_globals())
+
+    def checked(obj: Any) -> Any:
+        """The loaded object with torchao's states as readable records; tensor subclasses refused."""
+        if low_bit or pkl is None:
+            from adamdiag.io.checkpoints import torchao_lowbit
+
+            obj = torchao_lowbit.unwrap(obj, path)
+        _refuse_loaded_shards(obj, path)
+        return obj
 
     mmap = True
     try:
         try:
             obj = load(True, True)
-            _refuse_loaded_shards(obj, path)
-            return obj, True
+            return checked(obj), True
         except RuntimeError as e:
             # Legacy (non-zip) files cannot be memory-mapped; they are read whole.
             if "mmap" not in str(e) and "zipfile" not in str(e).lower():
                 raise
             mmap = False
             obj = load(True, False)
-            _refuse_loaded_shards(obj, path)
-            return obj, False
+            return checked(obj), False
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "Weights only load failed" not in msg and "weights_only" not in msg:
@@ -204,8 +219,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             if restricted is not None:
                 try:
                     obj = load_with(restricted[0])
-                    _refuse_loaded_shards(obj, path)
-                    return obj, mmap
+                    return checked(obj), mmap
                 except pickle.UnpicklingError as e3:
                     blocked = _first_line(str(e3))  # a global outside the list: as weights_only would refuse it
         if not trust and "Unsupported global" in (blocked or _weights_only_reason(msg)):
@@ -219,8 +233,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
                 except Exception:  # noqa: BLE001 - a call to a stubbed global, or a pickle the stand-ins cannot
                     obj = None  # carry: refused as before, naming the global
                 if obj is not None:
-                    obj = _without_inert(obj)
-                    _refuse_loaded_shards(obj, path)
+                    obj = checked(_without_inert(obj))
                     _note_inert(path, list(stubbed))
                     return obj, mmap
         if not trust:
@@ -237,8 +250,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
         _warn_trust(path)
         try:
             obj = load(False, mmap)
-            _refuse_loaded_shards(obj, path)
-            return obj, mmap
+            return checked(obj), mmap
         except InputError:
             raise
         except Exception as e2:  # noqa: BLE001 - any failure of a trusted load is an input problem
@@ -254,7 +266,9 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             raise InputError(
                 f"{path}: could not be loaded even with --trust-checkpoint: {_first_line(str(e2))}"
             ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, AssertionError, IndexError) as e:
+        # (KeyError, AssertionError, IndexError: what torch's loader raises on a damaged legacy-format file —
+        # an unknown layout name, a storage key its records never defined)
         raise InputError(f"{path}: not a readable torch checkpoint ({_torch_reason(str(e))})") from None
 
 
@@ -291,23 +305,18 @@ _SHARD_ADVICE = (
 
 
 # torchao's low-bit optimizers (torchao.optim.AdamW8bit/4bit/Fp8; HF optim="adamw_torch_8bit"/"_4bit") keep m
-# and v as tensor subclasses (OptimState8bit, ...) whose data is codes + scales: not plain tensors.
-_TORCHAO_STATE = b"torchao.optim"
-_TORCHAO_ADVICE = (
-    "torchao low-bit optimizer state (torchao.optim AdamW8bit/AdamW4bit/AdamWFp8: m and v stored as quantized "
-    "tensor subclasses such as OptimState8bit), which adamdiag does not read"
-)
+# and v as tensor subclasses (OptimState8bit, ...) whose data is codes + scales: their class names are resolved
+# to inert stand-ins and read as such (:mod:`.torchao_lowbit`); any other torchao subclass is refused.
+_TORCHAO = b"torchao."
 
 
 def _refuse_rank_shards(path: Path, pkl: bytes | None) -> None:
-    """InputError when a torch zip file's pickle ``pkl`` names a distributed-tensor class or torchao's
-    optimizer-state classes (without unpickling; None: the legacy format, checked after loading)."""
+    """InputError when a torch zip file's pickle ``pkl`` names a distributed-tensor class (without unpickling;
+    None: the legacy format, checked after loading)."""
     if pkl is None:
         return
     if any(n in pkl for n in _SHARD_CLASSES):
         raise InputError(f"{path}: holds {_SHARD_ADVICE}")
-    if _TORCHAO_STATE in pkl:
-        raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
 
 
 def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
@@ -328,7 +337,10 @@ def _refuse_loaded_shards(obj: Any, path: Path, depth: int = 0) -> None:
             if cls.startswith("torch.distributed"):
                 raise InputError(f"{path}: holds {_SHARD_ADVICE}")
             if cls.startswith("torchao."):
-                raise InputError(f"{path}: holds {_TORCHAO_ADVICE}")
+                raise InputError(
+                    f"{path}: holds torchao {cls} tensors, which adamdiag does not read (its low-bit optimizer "
+                    "states OptimState8bit/4bit/Fp8 are read)"
+                )
             raise InputError(f"{path}: holds {cls} tensors (a tensor subclass): adamdiag reads plain tensors only")
 
 
