@@ -168,6 +168,9 @@ class CheckpointSummary:
     # Adam's own t (the largest per-parameter state step); ``step`` is the log step (global_step & co,
     # what the event files count): io.checkpoints.resolve_steps, the same for inspect, scan and replay
     optimizer_step: int | None = None
+    # why ``replay`` cannot re-run this state (a look-alike of Adam, a quantized state...), else None: scan then
+    # offers no replay command (not in the JSON: the optimizer name says it)
+    replay_refusal: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

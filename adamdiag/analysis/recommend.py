@@ -51,7 +51,7 @@ def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = N
     """``adamdiag replay START ARGS`` with the flags this run needs, or None without a start checkpoint
     (``path``: another checkpoint than the start, e.g. the earlier one ``--verify`` may fall back to)."""
     path = path or (getattr(ev.start, "path", None) if ev.start is not None else None)
-    if not path or quantized_state(ev):
+    if not path or _replay_refusal(ev):
         return None
     parts = ["adamdiag", "replay", path, *args]
     # replay picks the loss tag as scan does: name it only when scan used another (the user's --loss-tag).
@@ -64,22 +64,20 @@ def replay_command(ev: Evidence, run: str, args: list[str], path: str | None = N
     return " ".join(shell_quote(p) for p in parts)
 
 
-def quantized_state(ev: Evidence) -> str | None:
-    """The optimizer of the replay start when its state is quantized (bitsandbytes' or torchao's low-bit
-    Adam): ``replay`` re-runs a float32 torch Adam, another run than theirs, and refuses such a file."""
-    name = str(getattr(ev.start, "optimizer", "") or "")
-    return name if any(f"({lib} " in name for lib in ("bitsandbytes", "torchao")) else None
+def _replay_refusal(ev: Evidence) -> str | None:
+    """Why ``replay`` cannot re-run the start checkpoint's optimizer (it steps torch.optim.Adam/AdamW in float32:
+    a quantized state or a look-alike of Adam would be another run), else None."""
+    return getattr(ev.start, "replay_refusal", None) if ev.start is not None else None
 
 
 def _no_replay_note(ev: Evidence, rec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Where the replay cannot run (quantized state), the recommendation says so and how to check it instead."""
-    name = quantized_state(ev)
-    if rec is not None and name and "replay" in rec:
+    """Where the replay cannot run, the recommendation says so and how to check it instead."""
+    why = _replay_refusal(ev)
+    if rec is not None and why and "replay" in rec:
         # no verify: line follows: "the replay below tries both" names the replay only
         rec["message"] = rec["message"].replace("the replay below", "the replay") + (
-            f"; the replay this calls for cannot run on these checkpoints: they hold {name} state, which a float32 "
-            f"torch Adam would not reproduce — resume training from {getattr(ev.start, 'path', 'its start')} with "
-            "each change instead"
+            f"; the replay this calls for cannot run on these checkpoints: {why} — resume training from "
+            f"{getattr(ev.start, 'path', 'its start')} with each change instead"
         )
     return rec
 

@@ -81,7 +81,7 @@ def summarize_checkpoint(
     Raises :class:`adamdiag.errors.InputError` for unreadable / non-Adam checkpoints and
     :class:`adamdiag.errors.UntrustedCheckpointError` when the file needs ``trust=True``.
     """
-    from adamdiag.io.checkpoints import PageReleaser, open_checkpoint
+    from adamdiag.io.checkpoints import PageReleaser, open_checkpoint, replay_refusal
     from adamdiag.io.checkpoints.integrity import ZipCrcCheck
 
     ck = open_checkpoint(Path(path), trust=trust, convention=convention, assume=assume)
@@ -159,6 +159,7 @@ def summarize_checkpoint(
         tensors=stats,
         other_optimizers=list(ck.other_optimizers),
         optimizer_step=ck.optimizer_step,
+        replay_refusal=replay_refusal(ck.optimizer),
     )
 
 

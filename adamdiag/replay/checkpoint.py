@@ -141,16 +141,12 @@ def load_replay_checkpoint(path: Path, *, trust: bool = False, assume: Assumptio
     return ck
 
 
-# Optimizers whose state inspect and scan read (with what differs from Adam said) but that replay cannot
-# re-run: it steps torch.optim.Adam/AdamW, so their run would not be reproduced — say so before any step.
-_NOT_REPLAYABLE = {"NAdam", "RAdam", "SparseAdam"}
-
-
 def _refuse_other_optimizers(ck: ReplayCheckpoint) -> None:
     """InputError naming the optimizer when the state is Adam-like but not torch.optim.Adam/AdamW's
-    (NAdam, RAdam, SparseAdam, Adafactor with β1; bitsandbytes' is refused on reading): replaying it with Adam would fail the
+    (NAdam, RAdam, SparseAdam, Adafactor with β1, Adam's look-alikes such as LAMB; bitsandbytes' and torchao's are
+    refused on reading): replaying it with Adam would fail the
     fidelity check at best, after the model was built and the steps run."""
-    from adamdiag.io.checkpoints import _is_adafactor, _optimizer_kind
+    from adamdiag.io.checkpoints import NOT_REPLAYABLE, _is_adafactor, _optimizer_kind
 
     osd = ck.optim_state
     if not (isinstance(osd, Mapping) and isinstance(osd.get("state"), Mapping) and osd.get("param_groups")):
@@ -159,7 +155,7 @@ def _refuse_other_optimizers(ck: ReplayCheckpoint) -> None:
         kind = "Adafactor"
     else:
         kind = _optimizer_kind(dict(osd))[0]
-        if kind not in _NOT_REPLAYABLE:
+        if kind not in NOT_REPLAYABLE:
             return
     raise InputError(
         f"{ck.path}: holds {kind} state; replay re-runs torch.optim.Adam/AdamW, which would not reproduce this "
@@ -355,9 +351,16 @@ def _from_raw(path: Path, raw: Any) -> ReplayCheckpoint:
     states = [s for s in optim["state"].values() if isinstance(s, Mapping)]
     if not states:
         raise InputError(f"{path}: the optimizer state is empty (saved before the first step?); nothing to replay")
-    from adamdiag.io.checkpoints import torchao_lowbit
+    from adamdiag.io.checkpoints import lookalikes, torchao_lowbit
     from adamdiag.io.checkpoints.bnb import is_bnb_state
 
+    like = lookalikes.identify(dict(optim))
+    if like is not None:  # LAMB, AdamP, Adan...: Adam's keys, another optimizer
+        read = "inspect and scan read its moments" if like.refuse is None else f"not Adam's: {like.refuse}"
+        raise InputError(
+            f"{path}: holds {like.name} state; replay re-runs torch.optim.Adam/AdamW, which would not reproduce "
+            f"this run ({read})"
+        )
     for quantized, library in ((is_bnb_state, "bitsandbytes"), (torchao_lowbit.is_state, "torchao low-bit")):
         if quantized(dict(optim)):  # inspect and scan read these; a float32 torch Adam would be another run
             raise InputError(

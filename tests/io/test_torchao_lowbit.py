@@ -150,10 +150,18 @@ def test_damaged_model_safetensors_beside_the_optimizer_is_a_warning(tmp_path):
     assert any("model.safetensors" in w and "not a readable safetensors file" in w for w in data["warnings"])
 
 
-@pytest.mark.parametrize("ckpt", ["torchao/adamw8bit.pt", "bnb/adam8bit.pt"])
-def test_scan_offers_no_replay_it_would_refuse(tmp_path, ckpt):
-    """A run whose checkpoint holds quantized state (torchao, bitsandbytes): scan reads it, and its
-    recommendation has no `verify: adamdiag replay ...` (replay refuses those files) but says how to check it."""
+@pytest.mark.parametrize(
+    ("ckpt", "named"),
+    [
+        ("torchao/adamw8bit.pt", "torchao 8-bit"),
+        ("bnb/adam8bit.pt", "bitsandbytes 8-bit"),
+        ("lookalikes/timm/Lamb.pt", "they hold LAMB state"),
+    ],
+)
+def test_scan_offers_no_replay_it_would_refuse(tmp_path, ckpt, named):
+    """A run whose checkpoint holds quantized state (torchao, bitsandbytes) or a look-alike of Adam (LAMB): scan
+    reads it, and its recommendation has no `verify: adamdiag replay ...` (replay refuses those files) but says
+    how to check it."""
     import math
     import shutil
 
@@ -173,4 +181,4 @@ def test_scan_offers_no_replay_it_would_refuse(tmp_path, ckpt):
     assert run["verdict"] in ("v_collapse", "lr_too_high") and "checkpoints" in run["sources"]
     rec = run["recommendation"]
     assert not rec.get("verify") and "cannot run on these checkpoints" in rec["message"]
-    assert ("torchao 8-bit" if "torchao" in ckpt else "bitsandbytes 8-bit") in rec["message"]
+    assert named in rec["message"]

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from adamdiag.errors import InputError, NotAdamError, missing_path
 from adamdiag.errors import UntrustedCheckpointError as UntrustedCheckpointError  # re-exported, as before
 from adamdiag.io.checkpoints import hyper as hyper_policy
+from adamdiag.io.checkpoints import lookalikes
 from adamdiag.io.checkpoints.hyper import Assumptions
 
 # safe loading lives in its own module; these are the names this package and its readers use
@@ -111,16 +112,29 @@ KNOWN_STATE_KEYS = {
     # schedulefree's AdamWScheduleFree: Adam's v but no m (it averages iterates instead: z)
     "z": "Schedule-Free AdamW/SGD (z)",
     "hessian": "Sophia (hessian)",
+    "exp_avg_var": "AdaBelief (exp_avg_var)",
+    "exp_hessian_diag_sq": "AdaHessian (exp_hessian_diag_sq)",
+    "grad_sum_sq": "MADGRAD (grad_sum_sq)",
+    "approx_hessian": "Apollo (approx_hessian)",
+    "exp_avg_sq_r": "Adafactor (exp_avg_sq_r/exp_avg_sq_c)",
+    "exp_avg_sq_c": "Adafactor (exp_avg_sq_r/exp_avg_sq_c)",
 }
 # Adafactor's factored second moment (torch.optim.Adafactor, Hugging Face / fairseq Adafactor): where
 # these are present the state is Adafactor's even if some 1-D tensors hold exp_avg/exp_avg_sq — those
 # are Adafactor's unfactored v (β2 = 1 - t^-0.8, eps added to g², m an EMA of the *update*), not Adam's.
-ADAFACTOR_STATE_KEYS = ("exp_avg_sq_row", "exp_avg_sq_col", "row_var", "col_var")
+ADAFACTOR_STATE_KEYS = ("exp_avg_sq_row", "exp_avg_sq_col", "row_var", "col_var", "exp_avg_sq_r", "exp_avg_sq_c")
 ADAFACTOR_GROUP_KEYS = ("decay_rate", "clip_threshold", "relative_step")
 # Optimizers whose eps is added to the un-corrected √v (step lr·√(1-β2^t)/(1-β1^t) · m/(√v+eps)): the
 # tf convention (:func:`_optimizer_kind`). torch.optim.RAdam (its adaptive term √bc2/(√v+eps)) and
 # torch.optim.SparseAdam (step_size lr·√bc2/bc1, denominator √v+eps).
-TF_EPS_OPTIMIZERS = ("RAdam", "SparseAdam")
+TF_EPS_OPTIMIZERS = (
+    "RAdam",
+    "SparseAdam",
+    *(la.name for la in lookalikes.LOOKALIKES if la.tf_eps and la.name != "RAdam"),
+)
+# Adam-like states inspect and scan read (saying what differs) but replay cannot re-run: it steps
+# torch.optim.Adam/AdamW in float32, which would be another run (:func:`replay_refusal`)
+NOT_REPLAYABLE = frozenset({"NAdam", "RAdam", "SparseAdam", "Adafactor"}) | lookalikes.NAMES
 
 
 @dataclass
@@ -601,10 +615,28 @@ def _radam_adaptive_from(beta2: float) -> int | None:
     return None
 
 
+def replay_refusal(optimizer: str) -> str | None:
+    """Why ``replay`` (torch.optim.Adam/AdamW, float32) cannot re-run a state of ``optimizer`` (a checkpoint's
+    optimizer name, '+'-joined for several), else None."""
+    for kind in optimizer.split("+"):
+        if "(bitsandbytes" in kind or "(torchao" in kind:
+            return f"they hold {kind} state, which a float32 torch Adam would not reproduce"
+        if kind in NOT_REPLAYABLE:
+            return f"they hold {kind} state; replay re-runs torch.optim.Adam/AdamW, another optimizer"
+    return None
+
+
 def _optimizer_kind(osd: dict) -> tuple[str, list[str]]:
     warns = []
     g0 = osd["param_groups"][0] if osd["param_groups"] else {}
     sample = next((st for st in osd["state"].values() if isinstance(st, dict)), {})
+    caution = lookalikes.caution_note(osd)
+    if caution:
+        warns.append(caution)
+    like = lookalikes.identify(osd)
+    if like is not None:
+        warns.append(like.note or like.refuse or "")
+        return like.name, warns
     if "momentum_decay" in g0 or "mu_product" in sample:
         warns.append(
             "NAdam state: √v̂ and eps mean what they mean for Adam (its denominator is √v̂+eps); update statistics "
@@ -689,6 +721,9 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
     state = osd["state"]
     if _is_adafactor(osd):
         raise NotAdamError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
+    like = lookalikes.identify(osd)
+    if like is not None and like.refuse:
+        raise NotAdamError(f"{path}: not an Adam optimizer state: found {like.name} state ({like.refuse})")
     has_adam = any(isinstance(st, dict) and "exp_avg" in st and "exp_avg_sq" in st for st in state.values())
     if not has_adam:
         raise NotAdamError(f"{path}: not an Adam optimizer state: found {_describe_non_adam(osd)}")
@@ -700,6 +735,8 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
         if names is not None and len(names) != len(params):
             names = None
         h = _hyper(group)
+        if like is not None and like.uncorrected:
+            h["bias"] = (1.0, 1.0)  # m and v stored uncorrected (or already unbiased): divided by nothing
         for j, pid in enumerate(params):
             st = state.get(pid)
             name = names[j] if names is not None else (pid if isinstance(pid, str) else None)
