@@ -735,7 +735,7 @@ def entries_from_state_dict(osd: dict, path: Path) -> tuple[list[_Entry], bool]:
         if names is not None and len(names) != len(params):
             names = None
         h = _hyper(group)
-        if like is not None and like.uncorrected:
+        if like is not None and like.uncorrected_in(group):
             h["bias"] = (1.0, 1.0)  # m and v stored uncorrected (or already unbiased): divided by nothing
         for j, pid in enumerate(params):
             st = state.get(pid)

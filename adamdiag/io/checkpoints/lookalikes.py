@@ -1,11 +1,13 @@
 """Adam's look-alikes: optimizers whose per-parameter state holds Adam's own keys (``exp_avg``, ``exp_avg_sq``) but
 whose update, or whose v, is not Adam's — timm's and torch-optimizer's LAMB, AdamP, AdaBound, AdaMod, diffGrad,
-QHAdam, Ranger, SWATS, Adan, ADOPT, LaProp, MARS, NovoGrad, Yogi; DeepSpeed's and apex's fused LAMB. Read as
+QHAdam, Ranger, SWATS, Adan, ADOPT, LaProp, MARS, NovoGrad, Yogi; DeepSpeed's and apex's fused LAMB; GaLore;
+transformers' legacy AdamW (eps on the un-corrected √v). Read as
 Adam they would give confident numbers about another optimizer.
 
 Each is told by what only it writes (per-parameter keys, param-group keys, a per-tensor scalar v) — the keys were
 read from files the libraries wrote (tools/runlab/make_lookalike_fixtures.py: timm 1.0.31, torch-optimizer
-0.3.0; DeepSpeed's FusedLamb and apex's FusedLAMB from their source: they need CUDA). Two outcomes:
+0.3.0, galore-torch 1.0, whose AdamW is transformers' legacy one; DeepSpeed's FusedLamb and apex's FusedLAMB from
+their source: they need CUDA). Two outcomes:
 
 * **refused** (:class:`NotAdamError`, naming it and why) where its v is not a decaying average of g² or its
   update does not divide m̂ by √v̂ + eps — every statistic would describe another mechanism;
@@ -33,6 +35,10 @@ class LookAlike:
     tf_eps: bool = False
     # its m and v are never bias-corrected (or stored already corrected): read with the divisors (1, 1)
     uncorrected: bool = False
+
+    def uncorrected_in(self, group: dict) -> bool:
+        """Whether a param group's m and v enter its step undivided (transformers' correct_bias=False too)."""
+        return self.uncorrected or group.get("correct_bias") is False
 
 
 def _keys(*k: str) -> frozenset[str]:
@@ -82,6 +88,21 @@ LOOKALIKES: tuple[LookAlike, ...] = (
         _keys("exp_avg_sq_r", "exp_avg_sq_c"),
         _keys("beta2_cap", "decay_offset"),
         refuse="a factored second moment with its own decay schedule (1 − t^−0.8, capped), not Adam's v",
+    ),
+    LookAlike(
+        "GaLore",
+        _keys("projector"),
+        _keys("update_proj_gap", "proj_type"),
+        refuse="the m and v of its projected parameters are of a rank-r projection of the gradient "
+        "(GaLoreProjector), not of the parameter's elements",
+    ),
+    LookAlike(
+        "AdamW (transformers' legacy)",
+        # transformers.AdamW (removed in transformers 4.x; BERT-era fine-tuning code), and the copies of it
+        group_keys=_keys("correct_bias"),
+        note="transformers' legacy AdamW: eps is added to the un-corrected √v (compared in the tf convention) "
+        "and, where correct_bias=False, m and v are not bias-corrected (read so)",
+        tf_eps=True,
     ),
     LookAlike(
         "AdaMod",
