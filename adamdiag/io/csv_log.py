@@ -45,7 +45,7 @@ def read_metrics_csv(path: Path | str) -> FileData:
     """One metrics.csv as event-file columns. Raises :class:`InputError` (one line) when the file cannot be
     read or has no ``step`` column."""
     from adamdiag.io.events import CSV_VERSION
-    from adamdiag.io.framework_logs import LogRows, read_log_file
+    from adamdiag.io.framework_logs import LogRows, csv_rows, read_log_file
 
     path = Path(path)
     raw, size, mtime = read_log_file(path, MAX_BYTES, "metrics.csv")
@@ -56,7 +56,7 @@ def read_metrics_csv(path: Path | str) -> FileData:
     at = header.index("step")
     rows = LogRows()
     records = 0
-    for row in reader:
+    for row in csv_rows(reader, rows.skipped):
         if not row:
             continue
         records += 1

@@ -56,14 +56,15 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
     """The metrics of one DVCLive folder (its ``plots/metrics`` directory given) as event-file columns. A file that
     is not a DVCLive table (no ``step`` column) or cannot be read is a warning; a row cut short is skipped."""
     from adamdiag.io.events import ARGS_SOURCE, DVCLIVE_VERSION
-    from adamdiag.io.framework_logs import LogRows, complete_text, metric_files
+    from adamdiag.io.framework_logs import LogRows, complete_text, csv_rows, metric_files
 
     metrics_dir = Path(metrics_dir)
     rows = LogRows()
     warnings: list[str] = []
     files, size, mtime = metric_files(metrics_dir, ".tsv", MAX_BYTES, "DVCLive metric file", warnings)
     for tag, f, text in files:
-        table = csv.reader(io.StringIO(complete_text(text, f, warnings)), delimiter="\t")
+        # newline="": a stray carriage return inside a line stays data for csv to judge, not a line break it refuses
+        table = csv.reader(io.StringIO(complete_text(text, f, warnings), newline=""), delimiter="\t")
         header = next(table, None)
         if not header or "step" not in header or len(header) < 2:
             warnings.append(f"{f}: no 'step' column in its header: not a DVCLive metric file; skipped")
@@ -71,7 +72,7 @@ def read_dvclive(metrics_dir: Path | str) -> FileData:
         at_step, at_value = header.index("step"), len(header) - 1
         at_time = header.index("timestamp") if "timestamp" in header else None
         cut = 0
-        for row in table:
+        for row in csv_rows(table, rows.skipped):
             if not row:
                 continue
             try:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, AnyStr
 from adamdiag.errors import InputError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from adamdiag.io.events import FileData
 
@@ -276,6 +276,22 @@ def metric_files(
         mtime = max(mtime, fmtime)
         out.append((tag, f, raw.decode("utf-8", errors="replace")))
     return out, size, mtime
+
+
+def csv_rows(reader: Iterator[list[str]], damaged: Counter) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``, a row csv cannot parse (a damaged byte: an unquoted line break, a NUL) counted
+    in ``damaged["unparsable rows"]`` and passed over — the reader goes on at the next line."""
+    import csv
+
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            damaged["unparsable rows"] += 1
+            continue
+        yield row
 
 
 @dataclass

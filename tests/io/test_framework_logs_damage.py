@@ -69,3 +69,29 @@ def test_damaged_framework_logs(tmp_path: Path, name: str) -> None:
 def test_a_bom_is_no_part_of_the_step_column(tmp_path: Path) -> None:
     (tmp_path / "metrics.csv").write_bytes("\ufeffstep,loss\n1,2\n2,3\n".encode())
     assert read_run(tmp_path).scalars["step"].tolist() == [1, 2]
+
+
+def test_a_csv_row_csv_cannot_parse_is_passed_over(tmp_path: Path) -> None:
+    """A damaged region of 200 kB with no delimiter is one field over csv's limit (csv.Error, was an internal
+    error, found by fuzzing): that row is counted and left out, the rows after it are read."""
+    rows = b"step,loss\n1,2\n2,3\n" + b"x" * 200_000 + b"\n3,4\n4,5\n"
+    (tmp_path / "metrics.csv").write_bytes(rows)
+    assert read_run(tmp_path).scalars["step"].tolist() == [1, 2, 3, 4]
+    res = CliRunner().invoke(app, ["scan", str(tmp_path)])
+    assert res.exit_code == 0 and "internal error" not in res.output, res.output
+
+
+def test_dvclive_tsv_with_a_stray_carriage_return(tmp_path: Path) -> None:
+    """A flipped bit that makes a carriage return inside a DVCLive row (csv: "new-line character seen in unquoted
+    field", was an internal error, found by fuzzing): read, the row judged as any other."""
+    import shutil
+
+    src = Path(__file__).parent.parent / "fixtures" / "dvclive" / "hf"
+    shutil.copytree(src, tmp_path / "hf")
+    f = tmp_path / "hf" / "dvclive" / "plots" / "metrics" / "loss.tsv"
+    lines = f.read_bytes().split(b"\n")
+    lines[5] = lines[5][:2] + b"\r" + lines[5][2:]
+    f.write_bytes(b"\n".join(lines))
+    res = CliRunner().invoke(app, ["scan", str(tmp_path / "hf")])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output

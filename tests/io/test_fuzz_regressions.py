@@ -455,3 +455,18 @@ def test_a_torch_zip_whose_member_name_is_damaged_is_one_line(tmp_path):
     assert res.exit_code == 0, res.output
     (r,) = json.loads(res.stdout)["runs"]
     assert any("step_000010.pt" in w and "cannot be read" in w for w in r["warnings"])
+
+
+def test_a_dcp_metadata_whose_memoize_became_a_frame_is_one_line(tmp_path):
+    """A bit flip that turns a MEMOIZE opcode of .metadata into FRAME (8 length bytes: an absurd allocation) was an
+    internal MemoryError (session 20's fuzz); now one line naming the file as damaged."""
+    d = tmp_path / "dcp"
+    shutil.copytree(DCP, d)
+    meta = bytearray((d / ".metadata").read_bytes())
+    assert meta[14384] == 0x94  # MEMOIZE
+    meta[14384] = 0x95  # FRAME
+    (d / ".metadata").write_bytes(bytes(meta))
+    res = runner.invoke(app, ["inspect", str(d)])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "unreadable DCP metadata" in err and "damaged" in err, err

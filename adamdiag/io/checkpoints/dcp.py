@@ -153,8 +153,22 @@ def _read_metadata(d: Path, trust: bool) -> Any:
         _warn_trust(path)
         with open_regular(path) as f:
             return pickle.load(f)  # noqa: S301 - explicitly trusted by the user
-    except (OSError, EOFError, AttributeError, ValueError, TypeError) as e:
-        raise InputError(f"{path}: unreadable DCP metadata ({_first_line(str(e))})") from None
+    except (
+        OSError,
+        EOFError,
+        AttributeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as e:
+        # (MemoryError, OverflowError: a damaged length field asks the unpickler for an absurd allocation)
+        raise InputError(
+            f"{path}: unreadable DCP metadata ({_first_line(str(e)) or type(e).__name__}: the file is damaged)"
+        ) from None
 
 
 class _FileView(io.RawIOBase):
