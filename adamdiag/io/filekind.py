@@ -10,7 +10,21 @@ file (TensorBoard's event files: u64 length + its masked CRC32C).
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
+
+# What reading a damaged zip can raise besides BadZipFile: OSError, ValueError (a damaged member name),
+# KeyError (a member the directory names but cannot be found), EOFError, NotImplementedError (a damaged
+# compression-method field: "That compression method is not supported"), zlib.error (a damaged deflate stream).
+ZIP_DAMAGE: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    NotImplementedError,
+    zlib.error,
+)
 
 # torch.save's legacy (non-zip) format starts with the pickle of its magic number 0x1950a86a20f9469cfc6c:
 # LONG1 of 10 bytes, then the number little-endian (io.checkpoints reads the protocol around it) ...
@@ -31,7 +45,7 @@ def sniff(path: Path) -> str | None:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except ZIP_DAMAGE:
             return None
         return "torch" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) else None
     if head.startswith(_TORCH_LEGACY_HEAD):

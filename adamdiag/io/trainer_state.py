@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from adamdiag.errors import InputError
 from adamdiag.io.events import TRAINER_STATE
+from adamdiag.io.filekind import ZIP_DAMAGE
 
 if TYPE_CHECKING:
     from adamdiag.io.events import FileData
@@ -206,6 +207,8 @@ def training_arguments(path: Path) -> dict[str, Any]:
         def persistent_load(self, pid: Any) -> Any:
             raise pickle.UnpicklingError("tensor data in training_args.bin")
 
+    # what a damaged file raises while it is read (it is optional: nothing read then)
+    damage: tuple[type[BaseException], ...] = (*ZIP_DAMAGE, pickle.UnpicklingError, TypeError, AttributeError)
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
@@ -214,7 +217,7 @@ def training_arguments(path: Path) -> dict[str, Any]:
             import io
 
             obj = _Unpickler(io.BytesIO(z.read(name))).load()
-    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError):
+    except damage:
         return {}
     state = getattr(obj, "state", None)
     if not isinstance(state, dict):

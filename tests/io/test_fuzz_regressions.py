@@ -470,3 +470,23 @@ def test_a_dcp_metadata_whose_memoize_became_a_frame_is_one_line(tmp_path):
     assert res.exit_code == 2, res.output
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "unreadable DCP metadata" in err and "damaged" in err, err
+
+
+def test_a_torch_zip_whose_compression_method_is_damaged_is_one_line(tmp_path):
+    """A flipped bit in the central directory's compression-method field of data.pkl: zipfile raises
+    NotImplementedError ("That compression method is not supported") — was an internal error (session 20's fuzz)."""
+    f = tmp_path / "ck.pt"
+    model = nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f)
+    data = bytearray(f.read_bytes())
+    at = data.find(b"PK\x01\x02")  # central directory: the first entry is the pickle (ck/data.pkl)
+    assert at > 0 and data[at + 46 : at + 46 + 11] == b"ck/data.pkl"
+    data[at + 10 : at + 12] = (99).to_bytes(2, "little")  # compression method 99: none zipfile knows
+    f.write_bytes(bytes(data))
+    res = runner.invoke(app, ["inspect", str(f)])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "compression method" in err and "internal error" not in err, err

@@ -39,6 +39,10 @@ from adamdiag.io.checkpoints import (
 )
 from adamdiag.io.checkpoints.buffers import BufferPool
 from adamdiag.io.checkpoints.torchload import torch_load
+from adamdiag.io.filekind import ZIP_DAMAGE
+
+# what a damaged shard's zip directory or pickle raises while its first member's offset is looked up
+_SHARD_HEAD_DAMAGE: tuple[type[BaseException], ...] = (*ZIP_DAMAGE, pickle.UnpicklingError, TypeError, AttributeError)
 
 ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _SAFE_MODULES = {
@@ -268,7 +272,7 @@ def _plain_tensor_data(f: Any, offset: int, length: int, dtype: Any, sizes: tupl
             return None
         name_len, extra_len = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
         return offset + data[0].header_offset + 30 + name_len + extra_len
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError):
+    except _SHARD_HEAD_DAMAGE:
         return None
 
 

@@ -42,6 +42,7 @@ from functools import lru_cache
 from typing import Any
 
 from adamdiag.io.checkpoints import crc_kernel
+from adamdiag.io.filekind import ZIP_DAMAGE
 
 try:  # ISA-L's CRC-32 (same polynomial as zip's): the fast path when our kernel is not
     from isal.isal_zlib import crc32  # type: ignore[import-not-found]
@@ -182,7 +183,7 @@ class ZipCrcCheck:
                             continue
                         fields = _LOCAL_HEADER.unpack(head)
                         idx[info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]] = info
-            except (OSError, zipfile.BadZipFile, ValueError):  # ValueError: a damaged member name
+            except ZIP_DAMAGE:
                 pass
             self.members[path] = idx
         return self.members[path]

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from adamdiag.errors import InputError
+from adamdiag.io.filekind import ZIP_DAMAGE
 
 KERAS_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-7}
 ADAM_CLASSES = ("Adam", "AdamW")
@@ -242,7 +243,7 @@ def _model_vars(f, config: dict) -> list[tuple[str, str]] | None:
 
 # What h5py / zipfile raise on a damaged file (HDF5's C errors surface as these), and a config.json
 # of an unexpected shape: all turned into one line naming the file.
-DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, zipfile.BadZipFile)
+DAMAGE: tuple[type[BaseException], ...] = (*ZIP_DAMAGE, RuntimeError, TypeError, AttributeError)
 
 
 def _damaged(path: Path, e: BaseException) -> InputError:
@@ -292,7 +293,7 @@ def _open_keras(path: Path):
                 zf = zipfile.ZipFile(path)
                 config = json.loads(zf.read("config.json"))
                 fobj = zf.open("model.weights.h5")
-            except (zipfile.BadZipFile, KeyError, ValueError) as e:
+            except ZIP_DAMAGE as e:
                 raise InputError(f"{path}: not a Keras 3 .keras file ({type(e).__name__}: {e})") from None
             f = h5py.File(fobj, "r")
         else:

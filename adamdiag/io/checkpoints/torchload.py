@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adamdiag.errors import InputError, UntrustedCheckpointError
-from adamdiag.io.filekind import TORCH_MAGIC_LONG1
+from adamdiag.io.filekind import TORCH_MAGIC_LONG1, ZIP_DAMAGE
 from adamdiag.printable import is_utf8
 
 # How deep the loaded object is searched (dicts, lists, tuples) for states and for tensor subclasses.
@@ -164,7 +164,7 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
     is_zip = zipfile.is_zipfile(path)
     try:
         pkl = _zip_pickle(path) if is_zip else None  # read once: its protocol, and the classes it names
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as e:  # ValueError: a damaged name (UnicodeDecodeError)
+    except ZIP_DAMAGE as e:
         raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or _first_line(str(e))})") from None
     protocol = _pickle_protocol(path, is_zip, pkl)
     if not is_zip and protocol is None:
@@ -527,7 +527,7 @@ def _zip_pickle_mentions(path: Path, needles: tuple[bytes, ...]) -> bool | None:
     None when the file is not a torch zip file (legacy format, or not torch at all)."""
     try:
         data = _zip_pickle(path)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError):  # ValueError: a damaged member name
+    except ZIP_DAMAGE:
         return None
     return None if data is None else any(n in data for n in needles)
 
