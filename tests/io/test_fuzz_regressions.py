@@ -490,3 +490,23 @@ def test_a_torch_zip_whose_compression_method_is_damaged_is_one_line(tmp_path):
     assert res.exit_code == 2, res.output
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "compression method" in err and "internal error" not in err, err
+
+
+def test_a_torch_zip_whose_zip64_locator_is_damaged_is_one_line(tmp_path):
+    """The zip64 end-record locator (torch writes one) damaged to name 2 disks: zipfile.is_zipfile itself raises
+    BadZipFile ("zipfiles that span multiple disks are not supported") — was an internal error (session 20's fuzz)."""
+    f = tmp_path / "ck.pt"
+    model = nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, f)
+    data = bytearray(f.read_bytes())
+    at = data.rfind(b"PK\x06\x07")
+    assert at > 0 and int.from_bytes(data[at + 16 : at + 20], "little") == 1  # total number of disks
+    data[at + 16] = 2
+    f.write_bytes(bytes(data))
+    res = runner.invoke(app, ["inspect", str(f)])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert len(err.splitlines()) == 1 and "multiple disks" in err and "internal error" not in err, err

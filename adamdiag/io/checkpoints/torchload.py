@@ -161,8 +161,9 @@ def torch_load(path: Path, *, trust: bool, extra_globals: Sequence[tuple[Any, st
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(name, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=pickle_module)
 
-    is_zip = zipfile.is_zipfile(path)
     try:
+        # (is_zipfile itself raises BadZipFile on a damaged zip64 end record: "span multiple disks")
+        is_zip = zipfile.is_zipfile(path)
         pkl = _zip_pickle(path) if is_zip else None  # read once: its protocol, and the classes it names
     except ZIP_DAMAGE as e:
         raise InputError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or _first_line(str(e))})") from None
