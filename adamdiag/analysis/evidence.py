@@ -243,6 +243,28 @@ def ckpt_tensor_label(t: Any) -> str:
     return name if name else f"group {getattr(t, 'group', '?')} / index {getattr(t, 'index', '?')}"
 
 
+# Module wrappers that put their own name into every parameter's: torch.compile's OptimizedModule (_orig_mod),
+# FSDP1 (_fsdp_wrapped_module), activation checkpointing (_checkpoint_wrapped_module) anywhere in the path, and
+# DDP / DataParallel (module.) in front. A run's histograms and its checkpoints often name a parameter with and
+# without one (DDP scripts log model.named_parameters() and save model.module.state_dict()).
+_WRAPPER_PARTS = ("_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def param_key(name: str) -> str:
+    """A parameter's name without the wrappers' parts, to match names across sources (never shown).
+
+    >>> param_key("module._orig_mod.layers.0._fsdp_wrapped_module.weight")
+    'layers.0.weight'
+    >>> param_key("model.net.0.weight")
+    'model.net.0.weight'
+    """
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    while name.startswith("module."):
+        name = name[len("module.") :]
+    return name
+
+
 def state_key(t: Any) -> tuple[int, Any, Any]:
     """A tensor's place in its checkpoint: (optimizer, param group, index) — the same in every checkpoint of
     a run; (group, index) alone repeats across the optimizers of one file. Group and index as the reader
@@ -646,13 +668,14 @@ def histogram_trajectories(
     """Per-tensor trajectories from gradient histograms (mean g² = sum_squares/num), each with its own
     param group's β2/eps where a checkpoint states them (LLM recipes mix β2 across groups), else the run's.
     ``per_tag``: :func:`gradient_histograms` of ``hist``, when the caller has it."""
-    own = tensor_hyperparameters(ckpts[-1]) if ckpts else {}
+    # matched by param_key: the histograms and the checkpoints may name a parameter with and without a wrapper
+    own = {param_key(k): v for k, v in (tensor_hyperparameters(ckpts[-1]) if ckpts else {}).items()}
     out = []
     names_v: dict[str, list[tuple[int, float]]] = {}
     for c in ckpts:
         for t in c.tensors:
             if getattr(t, "name", None):
-                names_v.setdefault(t.name, []).append((int(c.step), float(t.v_mean)))
+                names_v.setdefault(param_key(t.name), []).append((int(c.step), float(t.v_mean)))
     for tag, df in gradient_histograms(hist) if per_tag is None else per_tag:
         num = df["num"].to_numpy(np.float64)
         ok = num > 0
@@ -660,8 +683,8 @@ def histogram_trajectories(
             continue
         g2 = df["sum_squares"].to_numpy(np.float64)[ok] / num[ok]
         name = tag.split("/", 1)[1] if "/" in tag else tag
-        seeds = names_v.get(name, [])
-        b2, e, _ = own.get(name, (beta2, eps, None))
+        seeds = names_v.get(param_key(name), [])
+        b2, e, _ = own.get(param_key(name), (beta2, eps, None))
         tr = reconstruct(df["step"].to_numpy(np.int64)[ok], g2, b2, seeds, e, name)
         # a bucket estimate is off by a few % (io.events.bucket_moments), far from the 10x a collapse stretch needs:
         # it stays "exact" when every step is logged, and AD901 says the g² was estimated

@@ -25,6 +25,7 @@ from adamdiag.analysis.evidence import (
     live_frac_below,
     live_median,
     optimizer_key,
+    param_key,
     tensor_eps,
     zero_v_fraction,
 )
@@ -188,8 +189,9 @@ def _increase_eps(
     if start is not None:
         # Collapsed tensors: those the evidence named; else those with elements near eps; else the one
         # with the smallest median √v̂ (the first to be dominated by a larger eps).
-        by_label = {ckpt_tensor_label(t): t for t in start.tensors}
-        collapsed = [by_label[n] for n in dict.fromkeys(collapsed_names) if n in by_label]
+        # matched by param_key: the evidence's names may come from histograms that name a wrapper (DDP's module.)
+        by_label = {param_key(ckpt_tensor_label(t)): t for t in start.tensors}
+        collapsed = list({id(t): t for n in collapsed_names if (t := by_label.get(param_key(n))) is not None}.values())
         if not collapsed:
             near = [t for t in start.tensors if frac_live(t, "frac_sqrt_vhat_below_10eps") > NEAR_EPS_FRACTION]
             # (a tensor whose v is all 0 never received a gradient: not a candidate)

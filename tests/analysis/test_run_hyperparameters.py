@@ -93,3 +93,50 @@ def test_per_tensor_reconstructions_use_their_own_groups_beta2(tmp_path):
     trajs = {t.label: t for t in histogram_trajectories(hist, [s], 0.5, 1e-3)}
     assert (trajs["0.bias"].beta2, trajs["0.bias"].eps) == (0.999, 1e-8)
     assert (trajs["1.weight"].beta2, trajs["1.weight"].eps) == (0.95, 1e-6)
+
+
+def test_histograms_of_a_ddp_model_meet_its_unwrapped_checkpoint(tmp_path: Path) -> None:
+    """A DDP script logs model.named_parameters() ("module.1.weight") and saves model.module.state_dict()
+    ("1.weight"): the histograms still take their tensor's β2/eps and checkpoint v from it (analysis.param_key) —
+    the same trajectories as histograms named without the wrapper. Real DDP (gloo, one rank)."""
+    import numpy as np
+    import pandas as pd
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.tensorboard import SummaryWriter
+
+    from adamdiag.analysis.evidence import histogram_trajectories
+    from adamdiag.io.events import read_run
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 4)))
+        opt = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95), eps=1e-6)
+        w = SummaryWriter(str(tmp_path / "run"))
+        for step in range(1, 31):
+            model(torch.randn(8, 32)).pow(2).mean().backward()
+            for n, p in model.named_parameters():
+                w.add_histogram(f"grad/{n}", p.grad, step)
+            opt.step()
+            opt.zero_grad()
+            if step == 20:
+                torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
+        w.close()
+    finally:
+        dist.destroy_process_group()
+    s = summarize_checkpoint(tmp_path / "ck.pt")
+    s.step = 20
+    assert {t.name for t in s.tensors} == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    hist = read_run(tmp_path / "run").histograms
+    assert isinstance(hist, pd.DataFrame) and set(hist["tag"].astype(str)) == {
+        f"grad/module.{n}" for n in ("0.weight", "0.bias", "1.weight", "1.bias")
+    }
+    wrapped = {t.label: t for t in histogram_trajectories(hist, [s], 0.5, 1e-3)}
+    plain = hist.assign(tag=hist["tag"].astype(str).str.replace("grad/module.", "grad/", regex=False))
+    unwrapped = {t.label: t for t in histogram_trajectories(plain, [s], 0.5, 1e-3)}
+    for name in ("0.weight", "1.bias"):
+        a, b = wrapped[f"module.{name}"], unwrapped[name]
+        assert (a.beta2, a.eps) == (b.beta2, b.eps) == (0.95, 1e-6)
+        np.testing.assert_array_equal(a.vhat, b.vhat)
+        np.testing.assert_array_equal(a.r, b.r)

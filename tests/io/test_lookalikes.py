@@ -152,3 +152,15 @@ def test_transformers_legacy_adamw_without_bias_correction():
 
     entries, _ = entries_from_state_dict(raw["optimizer"], FIX / "x.pt")
     assert all(e.hyper["bias"] == (1.0, 1.0) for e in entries)
+
+
+def test_galore_over_bitsandbytes_is_refused(tmp_path):
+    """galore-torch's GaLoreAdamW8bit keeps bitsandbytes' 8-bit state plus a `projector` per projected parameter:
+    the bitsandbytes reader, which runs first, refuses it naming GaLore (a real bitsandbytes file, a projector
+    entry added: galore's own class needs bitsandbytes and CUDA here)."""
+    raw = torch.load(FIX.parent / "bnb" / "adam8bit.pt", weights_only=True)
+    st = raw["optimizer"]["state"]
+    st[0] = {**st[0], "projector": {"rank": 4}}
+    torch.save(raw, tmp_path / "galore8bit.pt")
+    res = runner.invoke(app, ["inspect", str(tmp_path / "galore8bit.pt")])
+    assert res.exit_code == 2 and "GaLore (bitsandbytes 8-bit)" in res.stderr, res.output

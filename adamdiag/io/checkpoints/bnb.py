@@ -56,6 +56,12 @@ def _what(osd: dict, raws: list[dict]) -> str | None:
             "a bitsandbytes one-state optimizer (Lion, Momentum/SGD, RMSprop, Adagrad or LARS: "
             "state1 only, no second moment v)"
         )
+    if (
+        "projector" in keys
+    ):  # galore-torch's GaLoreAdamW8bit (HF optim="galore_adamw_8bit"): bnb's 8-bit Adam underneath
+        return (
+            "GaLore (bitsandbytes 8-bit): its m and v are of a rank-r projection of the gradient, not of the parameter"
+        )
     if "unorm_vec" in keys:
         return "bitsandbytes LAMB (a per-tensor trust ratio scales every update: not an Adam update)"
     if keys & {"max1", "new_max1", "max2", "new_max2"}:
