@@ -67,6 +67,19 @@ TORCH_OPTIMIZER = [
 ]
 
 
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def train(model: nn.Module, opt: Any) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        ((model(torch.randn(16, 8, generator=g)) - torch.randn(16, 4, generator=g)) ** 2).mean().backward()
+        opt.step()
+
+
 def timm_classes(site: Path) -> dict[str, type]:
     for pkg in ("timm", "timm.optim"):
         mod = types.ModuleType(pkg)
@@ -80,14 +93,9 @@ def timm_classes(site: Path) -> dict[str, type]:
 
 
 def write(out: Path, name: str, cls: type, lib: str) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = net()
     opt = cls(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(STEPS):
-        opt.zero_grad()
-        ((model(torch.randn(16, 8, generator=g)) - torch.randn(16, 4, generator=g)) ** 2).mean().backward()
-        opt.step()
+    train(model, opt)
     sd = opt.state_dict()
     torch.save({"model": model.state_dict(), "optimizer": sd}, out / name)
     names = [n for n, _ in model.named_parameters()]
@@ -122,8 +130,7 @@ def write_galore(out: Path) -> dict[str, Any]:
 
     truth = {}
     for name, galore in (("GaLore.pt", True), ("AdamW_transformers_legacy.pt", False)):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        model = net()
         w, rest = model[0].weight, [p for n, p in model.named_parameters() if n != "0.weight"]
         groups = (
             [{"params": rest}, {"params": [w], "rank": 4, "update_proj_gap": 2, "scale": 0.25, "proj_type": "std"}]
@@ -131,11 +138,7 @@ def write_galore(out: Path) -> dict[str, Any]:
             else [{"params": [w, *rest]}]
         )
         opt = GaLoreAdamW(groups, lr=1e-3, weight_decay=0.01)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(STEPS):
-            opt.zero_grad()
-            ((model(torch.randn(16, 8, generator=g)) - torch.randn(16, 4, generator=g)) ** 2).mean().backward()
-            opt.step()
+        train(model, opt)
         sd = opt.state_dict()
         torch.save({"model": model.state_dict(), "optimizer": sd}, out / name)
         by_param = {id(p): n for n, p in model.named_parameters()}
