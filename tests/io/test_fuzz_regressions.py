@@ -510,3 +510,18 @@ def test_a_torch_zip_whose_zip64_locator_is_damaged_is_one_line(tmp_path):
     assert res.exit_code == 2, res.output
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "multiple disks" in err and "internal error" not in err, err
+
+
+def test_a_dcp_metadata_that_unpickles_to_another_object_is_one_line(tmp_path):
+    """A shifted byte made a Megatron/DCP .metadata unpickle to a str (an internal AttributeError, session 20's
+    fuzz): here the file replaced by the pickle of a str, then of a list — one line each."""
+    import pickle
+
+    d = tmp_path / "dcp"
+    shutil.copytree(DCP, d)
+    for obj in ("x", [1, 2]):
+        (d / ".metadata").write_bytes(pickle.dumps(obj, protocol=2))
+        res = runner.invoke(app, ["inspect", str(d)])
+        assert res.exit_code == 2, res.output
+        err = res.stderr.strip()
+        assert len(err.splitlines()) == 1 and "not DCP metadata" in err and type(obj).__name__ in err, err

@@ -144,6 +144,17 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def _read_metadata(d: Path, trust: bool) -> Any:
+    """DCP's Metadata object of a checkpoint folder; InputError when .metadata does not unpickle to one."""
+    meta = _unpickle_metadata(d, trust)
+    if not isinstance(getattr(meta, "state_dict_metadata", None), dict):
+        # a damaged pickle can still load, as another object (a shifted byte made it a str)
+        raise InputError(
+            f"{d / '.metadata'}: not DCP metadata (it unpickles to a {type(meta).__name__}): the file is damaged"
+        )
+    return meta
+
+
+def _unpickle_metadata(d: Path, trust: bool) -> Any:
     path = d / ".metadata"
     try:
         with open_regular(path) as f:
