@@ -38,6 +38,7 @@ READ = {
     "torch_optimizer/RangerQH.pt": ("RangerQH (QHAdam, Lookahead)", "torch"),
     "torch_optimizer/SWATS.pt": ("SWATS", "tf"),
     "galore_torch/AdamW_transformers_legacy.pt": ("AdamW (transformers' legacy)", "tf"),
+    "dcp/timm_Lamb": ("LAMB", "torch"),  # saved with torch.distributed.checkpoint
 }
 REFUSED = {
     "timm/Adan.pt": "Adan state (three betas",
@@ -52,6 +53,7 @@ REFUSED = {
     "torch_optimizer/Yogi.pt": "Yogi state (its v moves additively",
     "torch_optimizer/MADGRAD.pt": "MADGRAD (grad_sum_sq)",
     "galore_torch/GaLore.pt": "GaLore state (the m and v of its projected parameters",
+    "dcp/torch_optimizer_Yogi": "Yogi state (its v moves additively",  # saved with torch.distributed.checkpoint
 }
 # Adam-shaped states nothing tells from Adam's: read as before
 PLAIN = {"timm/AdamWLegacy.pt", "timm/NAdamW.pt", "timm/RAdamLegacy.pt"}

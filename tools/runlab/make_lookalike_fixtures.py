@@ -5,7 +5,8 @@ libraries users train with: timm's ``timm.optim``, torch-optimizer's ``torch_opt
 optimizers with other keys for the refusal messages.
 
 Each file is ``torch.save({"model", "optimizer"})`` after 3 steps of a small MLP (8→16→4) with the optimizer's
-defaults (lr 1e-3). ``truth.json``: per file, the library and version, the optimizer class, its state's and its
+defaults (lr 1e-3); ``dcp/timm_Lamb`` and ``dcp/torch_optimizer_Yogi`` the same trainings saved with
+``torch.distributed.checkpoint`` (one process). ``truth.json``: per file, the library and version, the optimizer class, its state's and its
 param groups' keys, and the mean of ``exp_avg_sq`` and of ``|exp_avg|`` of every parameter, from the live state.
 
 timm's package ``__init__`` imports torchvision (its models and data), which its optimizers do not use: the
@@ -177,6 +178,18 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for name, cls in classes.items():
             truth[f"{folder.name}/{name}.pt"] = write(folder, f"{name}.pt", cls, lib)
+    # the same optimizers saved with torch.distributed.checkpoint (one process): found by their DCP keys
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    for lib, name in (("timm", "Lamb"), ("torch_optimizer", "Yogi")):
+        cls = timm_classes(a.site)[name] if lib == "timm" else getattr(importlib.import_module("torch_optimizer"), name)
+        model = net()
+        opt = cls(model.parameters(), lr=1e-3)
+        train(model, opt)
+        folder = a.out / "dcp" / f"{lib}_{name}"
+        dcp.save({"optimizer": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(folder), no_dist=True)
+        truth[f"dcp/{lib}_{name}"] = {**truth[f"{lib}/{name}.pt"], "saved_with": "torch.distributed.checkpoint"}
     galore = a.out / "galore_torch"
     galore.mkdir(parents=True, exist_ok=True)
     truth.update(write_galore(galore))

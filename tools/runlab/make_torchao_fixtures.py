@@ -13,6 +13,7 @@ whose biases / LayerNorm / last layer (≤ 256 elements) keep plain float32 stat
 * ``adamw4bit.pt``          — ``AdamW4bit`` (OptimState4bit: two codes per byte, blocks of 128)
 * ``adamwfp8.pt``           — ``AdamWFp8`` (OptimStateFp8: float8 e4m3 codes)
 * ``hf_adamw_torch_4bit/checkpoint-3/`` — ``transformers.Trainer(optim="adamw_torch_4bit")`` on a 1-layer GPT-2
+* ``dcp_adamw8bit/`` — AdamW8bit's training saved with ``torch.distributed.checkpoint`` (one process)
 
 ``truth.json``: per file and parameter name, what torchao reports for the live ``optimizer.state[p]``: the kind
 of state, step, lr, β2, eps, weight decay, the sha256 of the float32 bytes of ``exp_avg`` / ``exp_avg_sq`` /
@@ -116,6 +117,20 @@ def save(out: Path, name: str, make: Any, *, legacy: str | None = None) -> dict[
     return truth(model, opt)
 
 
+def save_dcp(folder: Path, make: Any) -> dict[str, Any]:
+    """The same training saved with torch.distributed.checkpoint (one process, ``no_dist``), as torchtune's and
+    torchtitan's distributed recipes save: each torchao state is a stored item pickling its subclass."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    model = net()
+    opt = make(model.parameters())
+    train(model, opt)
+    osd = get_optimizer_state_dict(model, opt)
+    dcp.save({"model": get_model_state_dict(model), "optimizer": osd}, checkpoint_id=str(folder), no_dist=True)
+    return truth(model, opt)
+
+
 def write_hf(out: Path) -> dict[str, Any]:
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
@@ -197,6 +212,8 @@ def main() -> None:
         if legacy:
             out["files"][legacy], out["writers"][legacy] = out["files"][name], writer
     if not a.older:
+        out["files"]["dcp_adamw8bit"] = save_dcp(a.out / "dcp_adamw8bit", lambda ps: ao.AdamW8bit(ps, lr=1e-2))
+        out["writers"]["dcp_adamw8bit"] = writer
         name = "hf_adamw_torch_4bit/checkpoint-3"
         import transformers
 

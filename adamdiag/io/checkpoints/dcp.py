@@ -22,10 +22,11 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from adamdiag.errors import InputError, UntrustedCheckpointError
+from adamdiag.errors import InputError, NotAdamError, UntrustedCheckpointError
 from adamdiag.io.checkpoints import (
     KNOWN_STATE_KEYS,
     STEP_KEYS,
+    TF_EPS_OPTIMIZERS,
     OptimizerCheckpoint,
     _as_int,
     _Entry,
@@ -33,9 +34,11 @@ from adamdiag.io.checkpoints import (
     _hyper,
     _walk,
     _warn_trust,
+    lookalikes,
     moments_without_a_step,
     open_regular,
     resolve_steps,
+    torchao_lowbit,
 )
 from adamdiag.io.checkpoints.buffers import BufferPool
 from adamdiag.io.checkpoints.torchload import torch_load
@@ -355,6 +358,9 @@ class DcpReader:
                 try:
                     return torch.load(view, map_location="cpu", weights_only=True)
                 except pickle.UnpicklingError as e:
+                    if "torchao." in str(e):  # torchao's quantized optimizer state: read as its dequantized values
+                        view.seek(0)
+                        return _torchao_item(view, path)
                     if not self.trust:
                         raise UntrustedCheckpointError(
                             f"{path}: item {index.fqn} needs arbitrary unpickling ({_first_line(str(e))}); rerun "
@@ -370,6 +376,23 @@ class DcpReader:
             raise InputError(
                 f"{path}: item {index.fqn} is damaged ({type(e).__name__}: {_first_line(str(e)) or 'no more bytes'})"
             ) from None
+
+    def head(self, key: str, n: int = 1 << 16) -> bytes:
+        """The first ``n`` bytes of a stored item (its first chunk): a torch.save pickle's class names, unread."""
+        from torch.distributed.checkpoint.metadata import MetadataIndex
+
+        md = self.sdm.get(key)
+        chunks = list(getattr(md, "chunks", None) or [])
+        index = MetadataIndex(key, chunks[0].offsets, 0) if chunks else MetadataIndex(key)
+        info = self.storage.get(index)
+        if info is None:
+            return b""
+        try:
+            with open_regular(self.d / info.relative_path) as f:
+                f.seek(info.offset)
+                return f.read(min(n, info.length))
+        except OSError:
+            return b""
 
     def read(self, key: str) -> Any:
         """A tensor (shards put together) or a stored Python object."""
@@ -513,6 +536,20 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         if "mcore" in o:
             common_step = _mcore_common(d, common, es, warnings)
         kind = _kind(es)
+        like = lookalikes.identify(_probe(reader, o))
+        if like is not None and like.refuse:
+            raise NotAdamError(f"{d}: not an Adam optimizer state: found {like.name} state ({like.refuse})")
+        if like is not None:
+            kind = like.name
+            warnings.append(like.note)
+            if like.uncorrected:
+                for e in es:
+                    e.hyper["bias"] = (1.0, 1.0)
+        first = next((st for st in o["state"].values() if "exp_avg_sq" in st), None)
+        low_bit = torchao_lowbit.kind_in_pickle(reader.head(first["exp_avg_sq"])) if first else None
+        if low_bit is not None:  # read dequantized, item by item (DcpReader._load)
+            kind = f"Adam/AdamW (torchao {low_bit})"
+            warnings.append(torchao_lowbit.describe(low_bit, None))
         kinds.append(kind)
         info = {"index": i, "key": ".".join(map(str, prefix)), "type": kind}
         for e in es:
@@ -567,7 +604,7 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         optimizer_step=optimizer_step,
         layout="dcp",
         optimizer=opt_kind,
-        convention="torch",
+        convention="tf" if kinds and all(k in TF_EPS_OPTIMIZERS for k in kinds) else "torch",
         name_mapping="fqn",
         warnings=warnings,
         entries=entries,
@@ -675,6 +712,48 @@ def _entries(reader: DcpReader, o: dict) -> list[_Entry]:
             shape = reader.shape(st["exp_avg"]) if "exp_avg" in st and "exp_avg_sq" in st else None
             entries.append(_Entry(group=gi, index=fqn, pos=pos, name=fqn, shape=shape, hyper=h))
     return entries
+
+
+def _torchao_item(view: Any, path: Path) -> Any:
+    """One stored torchao state (OptimState8bit/4bit/Fp8: a shard of it under FSDP2) as float32 values, loaded
+    through the inert stand-ins of :mod:`.torchao_lowbit` (weights_only; no torchao code)."""
+    import torch
+
+    from adamdiag.io.checkpoints import torchao_lowbit
+
+    with torch.serialization.safe_globals(list(torchao_lowbit.stand_in_globals())):
+        obj = torch.load(view, map_location="cpu", weights_only=True)
+    low = torchao_lowbit.unwrap(obj, path)
+    return low.dequantize() if isinstance(low, torchao_lowbit.LowBitTensor) else low
+
+
+class _Shape:
+    """A stored tensor's shape, without its data (what the look-alike check needs of a DCP state)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+# the param-group values the look-alike check reads (the rest: their keys only)
+_PROBED_GROUP_VALUES = ("phase", "caution", "correct_bias")
+
+
+def _probe(reader: DcpReader, o: dict) -> dict:
+    """An optimizer's state dict as the look-alike check sees it: state keys and shapes, group keys (a few values)."""
+    state = {
+        fqn: {k: _Shape(reader.shape(key)) if reader.is_tensor(key) else None for k, key in st.items()}
+        for fqn, st in o["state"].items()
+    }
+    groups = list(o["groups"].values()) or list(o["flat_groups"].values())
+    return {
+        "state": state,
+        "param_groups": [
+            {k: reader.read(key) if k in _PROBED_GROUP_VALUES else None for k, key in g.items()} for g in groups
+        ],
+    }
 
 
 def _kind(entries: list[_Entry]) -> str:

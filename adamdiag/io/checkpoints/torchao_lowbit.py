@@ -242,7 +242,19 @@ def optimizer_name(osd: dict) -> str | None:
 def warning(osd: dict) -> str:
     """What the quantization means for the statistics, said once per file."""
     g0 = osd["param_groups"][0] if osd["param_groups"] else {}
-    kind, floor = g0.get(GROUP_KEY), g0.get("torchao_floor")
+    return describe(g0.get(GROUP_KEY), g0.get("torchao_floor"))
+
+
+def kind_in_pickle(head: bytes) -> str | None:
+    """The kind of torchao state a pickle's first bytes name ("8-bit", "4-bit", "fp8"), else None: how a DCP
+    item's kind is told before it is read (torch.save writes the pickle, class names verbatim, first)."""
+    if b"torchao." not in head:
+        return None
+    return next((kind for cls, (kind, _) in KINDS.items() if cls.encode() in head), None)
+
+
+def describe(kind: str | None, floor: float | None) -> str:
+    """The warning for a ``kind`` of torchao state; ``floor``: its v map's smallest level (None: unknown)."""
     below = (
         f"a v under {floor:.3g} of its block's largest is stored as 0, so v = 0 there need not mean 'never "
         "received a gradient' (and counts as √v̂ < eps)"
