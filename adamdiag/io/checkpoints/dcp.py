@@ -360,7 +360,13 @@ class DcpReader:
                 except pickle.UnpicklingError as e:
                     if "torchao." in str(e):  # torchao's quantized optimizer state: read as its dequantized values
                         view.seek(0)
-                        return _torchao_item(view, path)
+                        try:
+                            return _torchao_item(view, path)
+                        except pickle.UnpicklingError as e2:  # another class beside it, or a damaged pickle
+                            raise InputError(
+                                f"{path}: item {index.fqn} holds torchao state adamdiag cannot read "
+                                f"({_first_line(str(e2))})"
+                            ) from None
                     if not self.trust:
                         raise UntrustedCheckpointError(
                             f"{path}: item {index.fqn} needs arbitrary unpickling ({_first_line(str(e))}); rerun "
