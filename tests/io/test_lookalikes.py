@@ -166,3 +166,10 @@ def test_galore_over_bitsandbytes_is_refused(tmp_path):
     torch.save(raw, tmp_path / "galore8bit.pt")
     res = runner.invoke(app, ["inspect", str(tmp_path / "galore8bit.pt")])
     assert res.exit_code == 2 and "GaLore (bitsandbytes 8-bit)" in res.stderr, res.output
+
+
+@pytest.mark.parametrize("name", ["timm/Lamb.pt", "dcp/timm_Lamb"])
+def test_a_step_kept_in_the_param_group_is_the_checkpoints_step(name):
+    """timm's LAMB (as FusedAdam) counts its step in the param group: the checkpoint's step in both layouts (the DCP
+    reader took only per-parameter steps before)."""
+    assert summarize_checkpoint(FIX / name).step == 3

@@ -596,6 +596,11 @@ def open_dcp(d: Path, *, trust: bool = False) -> OptimizerCheckpoint:
         for fqn, st in o["state"].items()
         if "step" in st
     }
+    # a FusedAdam's or timm LAMB's step lives in its param group (as the torch path reads it: _state_step)
+    for e in entries:
+        key = ((e.optimizer or {}).get("index", adam_list[0][0]), e.index)
+        if key not in state_steps and e.shape is not None and e.hyper.get("group_step") is not None:
+            state_steps[key] = e.hyper["group_step"]
     if common_step is not None:
         state_steps.update({(i, fqn): common_step for i, o in by_index.items() if "mcore" in o for fqn in o["state"]})
     if stated is None and common_step is not None:
