@@ -71,12 +71,16 @@ def _replay_refusal(ev: Evidence) -> str | None:
     return getattr(ev.start, "replay_refusal", None) if ev.start is not None else None
 
 
+def _the_replay(ev: Evidence) -> str:
+    """How the recommendation names the replay: the printed ``verify:`` line below it, when there is one."""
+    return "the replay" if _replay_refusal(ev) else "the replay below"
+
+
 def _no_replay_note(ev: Evidence, rec: dict[str, Any] | None) -> dict[str, Any] | None:
     """Where the replay cannot run, the recommendation says so and how to check it instead."""
     why = _replay_refusal(ev)
     if rec is not None and why and "replay" in rec:
-        # no verify: line follows: "the replay below tries both" names the replay only
-        rec["message"] = rec["message"].replace("the replay below", "the replay") + (
+        rec["message"] += (
             f"; the replay this calls for cannot run on these checkpoints: {why} — resume training from "
             f"{getattr(ev.start, 'path', 'its start')} with each change instead"
         )
@@ -270,7 +274,7 @@ def _increase_eps(
             "spike_cycles": "recovered spikes kept the quiet stretches short (v, not the lr, kept crossing the limit)",
         }.get(d.rule, "the quiet stretch before the blowup is long but shallow")
         rec["message"] += (
-            f"; {why}, so a too-high lr also fits: the replay below tries both (a stale v is the cause when an eps "
+            f"; {why}, so a too-high lr also fits: {_the_replay(ev)} tries both (a stale v is the cause when an eps "
             "fix avoids the blowup and lr/3 only postpones it)"
         )
     rec["alternatives"] = ["a shorter v memory (beta2 0.99-0.995)", "gradient clipping"]
@@ -294,7 +298,7 @@ NO_EPS_FIX = "eps will not help"
 def _lower_lr(ev: Evidence, d: Decision, run: str) -> dict[str, Any]:
     lr = ev.lr
     if d.alternative is not None:
-        why = "a v collapse also fits (g²/v̂ was low before the blowup): the replay below tries an eps fix too"
+        why = f"a v collapse also fits (g²/v̂ was low before the blowup): {_the_replay(ev)} tries an eps fix too"
     elif ev.pre_event_r is None:  # no logged trajectory: what the checkpoints before it show
         why = f"{NO_EPS_FIX}: the checkpoints before the blowup show no v collapse"
     else:

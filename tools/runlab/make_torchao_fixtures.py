@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -132,37 +131,10 @@ def save_dcp(folder: Path, make: Any) -> dict[str, Any]:
 
 
 def write_hf(out: Path) -> dict[str, Any]:
-    import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from make_checkpoints import _TokenData
+    from make_checkpoints import train_hf_with_optim
 
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=64, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(cfg)
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=3,
-        save_steps=3,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        learning_rate=1e-3,
-        weight_decay=0.1,
-        disable_tqdm=True,
-        logging_strategy="no",
-        optim="adamw_torch_4bit",
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=_TokenData())
-    trainer.train()
-    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    ck = out / "checkpoint-3"
-    for f in ck.iterdir():  # only what the reader needs: the optimizer, the model and its config
-        if f.name not in ("optimizer.pt", "model.safetensors", "config.json", "trainer_state.json"):
-            f.unlink() if f.is_file() else shutil.rmtree(f)
-    return truth(model, opt)
+    return truth(*train_hf_with_optim(out, "adamw_torch_4bit"))
 
 
 def optimizers() -> Any:

@@ -192,8 +192,6 @@ LOOKALIKES: tuple[LookAlike, ...] = (
     ),
 )
 
-NAMES = frozenset(x.name for x in LOOKALIKES) | {"NovoGrad", "RangerQH (QHAdam, Lookahead)"}
-
 _RANGER_QH = LookAlike(
     "RangerQH (QHAdam, Lookahead)",
     note="RangerQH: QHAdam (its step mixes g into m̂ and g² into v̂ by nus; m and v stored already unbiased, read as "
@@ -205,6 +203,10 @@ _NOVOGRAD = LookAlike(
     "NovoGrad",
     refuse="one second moment per tensor (an average of ‖g‖²), not one per element",
 )
+
+
+# every name identify() can give (replay refuses them all)
+NAMES = frozenset(x.name for x in (*LOOKALIKES, _RANGER_QH, _SWATS_SGD, _NOVOGRAD))
 
 
 def _is_tensor(x: Any) -> bool:
