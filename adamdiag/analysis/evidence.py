@@ -93,6 +93,8 @@ def reconstruct(
     seeds: list[tuple[int, float]],
     eps: float,
     label: str,
+    *,
+    zero_based: bool | None = None,
 ) -> Trajectory:
     """mean(v̂) along the logged steps from per-step mean(g²), re-seeded exactly at checkpoints.
 
@@ -102,14 +104,23 @@ def reconstruct(
     g²·(1-β2^step0) — not g² itself, which would put v̂ 1/(1-β2^step0) too high (200x for a log that starts
     at step 5 with β2 0.999, 20x at step 50) and read the gradients after it as a collapse.
 
+    A series logged at step 0 is on a 0-based axis (``for step in range(n)``, Lightning's ``global_step``):
+    the gradient at step 0 is the one the first update squared, so Adam's step count is the logged step + 1.
+    The EMA runs on that count (else the first g² — often the largest — is dropped and every checkpoint
+    seed lands one step late); the trajectory keeps the logged steps. ``zero_based`` overrides the guess
+    (a caller that filtered the series' step-0 point away still knows its axis).
+
     >>> s = np.arange(5, 405, 5); g2 = np.full(len(s), 2.0)  # steady gradients, logged from step 5
     >>> tr = reconstruct(s, g2, 0.999, [], 0.0, "global")
     >>> float(tr.vhat[0]), round(float(np.nanmin(tr.r)), 6)
     (2.0, 1.0)
     """
     order = np.argsort(steps, kind="stable")
-    steps, g2 = steps[order], g2[order]
-    n = len(steps)
+    logged, g2 = steps[order], g2[order]
+    n = len(logged)
+    if zero_based is None:
+        zero_based = bool(n and logged[0] == 0)
+    steps = logged + 1 if zero_based else logged  # Adam's step count from here on
     gaps = np.diff(steps)
     exact = bool(n and steps[0] <= 1 and (len(gaps) == 0 or gaps.max() <= 1))
     v = np.empty(n)
@@ -141,7 +152,7 @@ def reconstruct(
     prev = np.r_[np.nan, vhat[:-1]] if n else vhat
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(prev > 0, g2 / prev, np.nan)
-    return Trajectory(label=label, steps=steps, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
+    return Trajectory(label=label, steps=logged, g2=g2, vhat=vhat, r=r, exact=exact, eps=eps, beta2=beta2)
 
 
 def collapse_span(at_step: int | None, beta2: float) -> float:
@@ -685,7 +696,8 @@ def histogram_trajectories(
         name = tag.split("/", 1)[1] if "/" in tag else tag
         seeds = names_v.get(param_key(name), [])
         b2, e, _ = own.get(param_key(name), (beta2, eps, None))
-        tr = reconstruct(df["step"].to_numpy(np.int64)[ok], g2, b2, seeds, e, name)
+        steps = df["step"].to_numpy(np.int64)
+        tr = reconstruct(steps[ok], g2, b2, seeds, e, name, zero_based=bool(steps.min() == 0))
         # a bucket estimate is off by a few % (io.events.bucket_moments), far from the 10x a collapse stretch needs:
         # it stays "exact" when every step is logged, and AD901 says the g² was estimated
         tr.bucketed = "approx" in df.columns and bool(df["approx"].to_numpy(bool)[ok].any())
@@ -730,7 +742,8 @@ def histogram_global(
         return None
     seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
     g2 = whole["sum_squares"].to_numpy(np.float64) / whole["num"].to_numpy(np.float64)
-    tr = reconstruct(whole.index.to_numpy(np.int64), g2, beta2, seeds, eps, "global")
+    zero_based = bool(grads["step"].min() == 0)
+    tr = reconstruct(whole.index.to_numpy(np.int64), g2, beta2, seeds, eps, "global", zero_based=zero_based)
     tr.bucketed = "approx" in grads.columns and bool(grads["approx"].to_numpy(bool).any())
     return tr
 
@@ -1607,15 +1620,21 @@ def _trajectories(
         n_total = means[0][2] if means else 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
         seeds = [(step, mean_v) for step, mean_v, _ in means]
         clip = inp.clip_norm
+        zero_based = bool(len(gs)) and int(gs.min()) == 0  # of the whole series: step 0 may be a NaN
         if clip is None and len(means) > 1:
             # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
-            clip = estimated = clip_from_checkpoints(gs, gv, means, beta2)
+            # (On Adam's step count, which the checkpoints keep: a 0-based log is one behind it.)
+            clip = estimated = clip_from_checkpoints(gs + 1 if zero_based else gs, gv, means, beta2)
         if ok.sum() >= MIN_LOSS_POINTS:
             # Without a checkpoint the element count is unknown, so v's absolute scale is too:
             # eps=0 keeps eps out of every comparison (r itself does not depend on the scale).
             # Clipping the writer logged (HF Trainer logs the norm before it): Adam squared the clipped gradient.
             seen = np.minimum(gv[ok], clip) if clip else gv[ok]
-            trajs.append(reconstruct(gs[ok], seen**2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global"))
+            trajs.append(
+                reconstruct(
+                    gs[ok], seen**2 / n_total, beta2, seeds, eps if ckpts else 0.0, "global", zero_based=zero_based
+                )
+            )
         if (~ok).any():
             if overflow_skipped(gs, ok, ev.first_nonfinite_step, loss_last_step):
                 skipped = [int(x) for x in gs[~ok]]
