@@ -22,6 +22,7 @@ from adamdiag.analysis.thresholds import (  # noqa: E402
     MIN_LOG_SCALE,
     ONSET_Z,
     SPIKE_Z,
+    TRAILING_STEPS,
 )
 
 __all__ = [
@@ -61,12 +62,33 @@ class LossEvents:
     unbased_rise_step: int | None = None
 
 
+# the trailing window's fewest points: a stable median
+WINDOW_MIN_POINTS = 10
+
+
 def _window(steps: np.ndarray) -> int:
-    """Trailing window in points covering ~100 steps (the "normal" level of the loss), at least 10
-    points for a stable median and at most 200."""
+    """Trailing window in points covering ~TRAILING_STEPS steps (the "normal" level of the loss), at least
+    WINDOW_MIN_POINTS points for a stable median and at most 200."""
     n = len(steps)
     per_point = float(np.median(np.diff(steps))) if n > 1 else 1.0
-    return int(min(200, max(10, round(100 / max(per_point, 1.0)), min(n // 50, 100))))
+    return int(min(200, max(WINDOW_MIN_POINTS, round(TRAILING_STEPS / max(per_point, 1.0)), min(n // 50, 100))))
+
+
+def _recent_points(steps: np.ndarray) -> int | None:
+    """Points of the *recent* level of a sparse log: those covering ~TRAILING_STEPS steps, at least 3 for a
+    median; None for a log dense enough that the trailing window already covers ~TRAILING_STEPS. A log
+    sparser than one point per TRAILING_STEPS/WINDOW_MIN_POINTS steps stretches the window's fewest points
+    far past TRAILING_STEPS (500 steps at Lightning's default of one point in 50, 5000 at HF's 500), and on
+    a loss that falls a decade in that time — the converging runs in which v collapses — their median is
+    the level of hundreds of steps ago: a 20x jump off the current level reads as 4x off that one, and no
+    blowup.
+
+    >>> _recent_points(np.arange(0, 5000, 50)), _recent_points(np.arange(1, 1000, 10))
+    (3, None)
+    """
+    per_point = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+    k = max(3, round(TRAILING_STEPS / max(per_point, 1.0)))
+    return k if k < WINDOW_MIN_POINTS else None
 
 
 def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
@@ -78,17 +100,25 @@ def rolling_median(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def rolling_mad(x: np.ndarray, w: int) -> np.ndarray:
+def rolling_mad(x: np.ndarray, w: int, *, detrend: bool = False) -> np.ndarray:
     """Trailing robust noise scale over the previous ``w`` points, as a Gaussian sigma.
 
     Estimated from first differences (1.4826·median|Δx|/√2), not from deviations around a rolling
     median: on a trending loss (falling early in training, climbing in a slow blowup) the latter
-    measures the trend's lag, not the noise, and would hide real jumps.
+    measures the trend's lag, not the noise, and would hide real jumps. ``detrend``: the differences
+    around their own trailing median — on a sparse log the trend per point is no longer small against the
+    noise (a loss falling 3.5x from one point to the next, 50 steps apart, is no 3.5x noise).
+
+    >>> z = np.log(0.5 ** np.arange(12.0))  # halving at every point, no noise
+    >>> round(float(rolling_mad(z, 10)[-1]), 3), round(float(rolling_mad(z, 10, detrend=True)[-1]), 3)
+    (0.727, 0.0)
     """
     import pandas as pd
 
-    d = pd.Series(np.abs(np.diff(x, prepend=np.nan))).shift(1)
-    out: np.ndarray = (1.4826 / math.sqrt(2.0)) * d.rolling(w, min_periods=1).median().to_numpy()
+    d = pd.Series(np.diff(x, prepend=np.nan)).shift(1)
+    if detrend:
+        d = d - d.rolling(w, min_periods=1).median()
+    out: np.ndarray = (1.4826 / math.sqrt(2.0)) * d.abs().rolling(w, min_periods=1).median().to_numpy()
     return out
 
 
@@ -164,6 +194,11 @@ class _LossLevels:
             z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
         w = _window(steps)
         med = rolling_median(z, w)
+        # A sparse log (see _recent_points): the level is the lower of the window's and the recent points', and
+        # the noise is measured around the trend.
+        k = _recent_points(steps)
+        if k is not None:
+            med = np.fmin(med, rolling_median(z, k))
         # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
         # near-zero first point must not become the level a slow climb is measured from).
         based = np.arange(n) >= MIN_BASELINE_POINTS
@@ -174,7 +209,7 @@ class _LossLevels:
             z=z,
             lo=float(lo),
             med=med,
-            scale=np.maximum(rolling_mad(z, w), MIN_LOG_SCALE),
+            scale=np.maximum(rolling_mad(z, w, detrend=k is not None), MIN_LOG_SCALE),
             fwd=pd.Series(z[::-1]).rolling(max(3, w // 2), min_periods=1).median().to_numpy()[::-1],
             based=based,
             best=np.minimum.accumulate(np.where(np.isnan(med) | ~based, np.inf, med)),

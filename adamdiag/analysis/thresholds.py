@@ -19,6 +19,9 @@ BLOWUP_FACTOR = 2.0
 BLOWUP_PEAK_FACTOR = 10.0
 BLOWUP_HORIZON = 100
 BLOWUP_PERSIST = 10
+# The loss's "normal" level is its median over about this many steps before a point (signals._window): long
+# enough for a stable median at one point per step, short enough to follow a loss that keeps falling.
+TRAILING_STEPS = 100
 # Robust z-scores (in MAD-sigmas of log-loss) that a jump must also exceed, so a very noisy loss
 # whose typical swings are already 2x does not count every swing: 3 for the onset of a blowup
 # (which must then also reach a decade), 6 for a spike worth a warning on its own.
