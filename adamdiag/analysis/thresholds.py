@@ -22,6 +22,10 @@ BLOWUP_PERSIST = 10
 # The loss's "normal" level is its median over about this many steps before a point (signals._window): long
 # enough for a stable median at one point per step, short enough to follow a loss that keeps falling.
 TRAILING_STEPS = 100
+# A sparse log follows its loss's fall (signals._LossLevels) only where the loss falls from one point to the next by
+# more than this many of its own noise sigmas around that fall: a fall that plain, not a noisy loss whose trailing
+# median of differences dips below its noise by chance (~4% of the points of a flat loss at one sigma, 0.02% at two).
+SPARSE_FALL_Z = 2.0
 # Robust z-scores (in MAD-sigmas of log-loss) that a jump must also exceed, so a very noisy loss
 # whose typical swings are already 2x does not count every swing: 3 for the onset of a blowup
 # (which must then also reach a decade), 6 for a spike worth a warning on its own.
