@@ -41,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from accuracy import full_matrix  # noqa: E402
+
 MATRIX = ROOT / "bench" / "out" / "accuracy"
 OUT = ROOT / "bench" / "out" / "relogged"
 TRANSFORMS = [
@@ -131,14 +135,6 @@ def relog_run(run: Path, dst: Path, transform: str) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def _in_groups(name: str, seeds: set[int]) -> bool:
-    """Run names end in ``_s<seed>`` or carry ``_s<seed>_``; a seed group g holds seeds g..g+3."""
-    for part in name.split("_"):
-        if part.startswith("s") and part[1:].isdigit() and int(part[1:]) in seeds:
-            return True
-    return False
-
-
 def label_of(case: dict[str, Any]) -> str | None:
     """What a right verdict is: the counterfactual label (v_collapse / lr_too_high; None when ambiguous), else
     the injected cause (bad_batch, nonfinite), else the truth."""
@@ -213,8 +209,9 @@ def main() -> int:
         print(render(json.loads(args.show.read_text())))
         return 0
 
-    seeds = {g + k for g in args.seed_groups for k in range(4)}
-    runs = sorted(d for d in args.matrix.iterdir() if d.is_dir() and _in_groups(d.name, seeds))
+    # the cases of these seed groups as the matrix itself names them (accuracy.full_matrix), those cached
+    names = {c.name for c in full_matrix(tuple(args.seed_groups))}
+    runs = sorted(args.matrix / n for n in names if (args.matrix / n).is_dir())
     if not runs:
         print(f"no cached runs of seed groups {args.seed_groups} under {args.matrix}", file=sys.stderr)
         return 2
@@ -224,34 +221,22 @@ def main() -> int:
     for tr in ["as_logged", *[t for t in args.transforms if t != "as_logged"]]:
         d = args.matrix if tr == "as_logged" else args.out / tr
         res = args.out / f"{tr}.accuracy.json"
-        if args.rescore:  # the stored scan results and re-logged runs, summarized again
-            cases = [c for c in json.loads(res.read_text())["cases"] if c["name"] in {r.name for r in runs}]
-            rows[tr] = summarize(cases, base, d)
-            base = base if base is not None else {c["name"]: c for c in cases}
-            continue
-        if tr != "as_logged":
-            for r in runs:
-                relog_run(r, d / r.name, tr)
-        res.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            str(ROOT / "bench" / "accuracy.py"),
-            "--cached-only",
-            "--out",
-            str(d),
-            "--json",
-            str(res),
-        ]
-        cmd += ["--seed-groups", *map(str, args.seed_groups)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode not in (0, 1):
-            print(p.stdout[-2000:], p.stderr[-2000:], file=sys.stderr)
-            return 2
-        cases = [c for c in json.loads(res.read_text())["cases"] if c["name"] in {r.name for r in runs}]
+        if not args.rescore:  # --rescore: the stored scan results and re-logged runs, summarized again
+            if tr != "as_logged":
+                for r in runs:
+                    relog_run(r, d / r.name, tr)
+            res.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, str(ROOT / "bench" / "accuracy.py"), "--cached-only", "--out", str(d)]
+            cmd += ["--json", str(res), "--seed-groups", *map(str, args.seed_groups)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode not in (0, 1):
+                print(p.stdout[-2000:], p.stderr[-2000:], file=sys.stderr)
+                return 2
+            print(f"{tr}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        cases = [c for c in json.loads(res.read_text())["cases"] if c["name"] in names]
         rows[tr] = summarize(cases, base, d)
         if tr == "as_logged":
             base = {c["name"]: c for c in cases}
-        print(f"{tr}: done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
     doc = {"schema": SCHEMA, "seed_groups": args.seed_groups, "runs": len(runs), "transforms": rows}
     print(render(doc))

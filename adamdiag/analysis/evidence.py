@@ -86,6 +86,17 @@ class Trajectory:
         return np.full(len(self.steps), self.eps)
 
 
+def logged_from_step_zero(steps: Any) -> bool:
+    """Whether a gradient series has a point at step 0: then its axis is 0-based (:func:`reconstruct`). Asked of the
+    whole series, before its non-finite points are dropped — a NaN at step 0 still says where the axis starts.
+
+    >>> logged_from_step_zero(np.arange(0, 30, 10)), logged_from_step_zero(np.arange(1, 30)), logged_from_step_zero([])
+    (True, False, False)
+    """
+    steps = np.asarray(steps)
+    return bool(len(steps)) and int(steps.min()) == 0
+
+
 def reconstruct(
     steps: np.ndarray,
     g2: np.ndarray,
@@ -119,7 +130,7 @@ def reconstruct(
     logged, g2 = steps[order], g2[order]
     n = len(logged)
     if zero_based is None:
-        zero_based = bool(n and logged[0] == 0)
+        zero_based = logged_from_step_zero(logged)
     steps = logged + 1 if zero_based else logged  # Adam's step count from here on
     gaps = np.diff(steps)
     exact = bool(n and steps[0] <= 1 and (len(gaps) == 0 or gaps.max() <= 1))
@@ -697,7 +708,7 @@ def histogram_trajectories(
         seeds = names_v.get(param_key(name), [])
         b2, e, _ = own.get(param_key(name), (beta2, eps, None))
         steps = df["step"].to_numpy(np.int64)
-        tr = reconstruct(steps[ok], g2, b2, seeds, e, name, zero_based=bool(steps.min() == 0))
+        tr = reconstruct(steps[ok], g2, b2, seeds, e, name, zero_based=logged_from_step_zero(steps))
         # a bucket estimate is off by a few % (io.events.bucket_moments), far from the 10x a collapse stretch needs:
         # it stays "exact" when every step is logged, and AD901 says the g² was estimated
         tr.bucketed = "approx" in df.columns and bool(df["approx"].to_numpy(bool)[ok].any())
@@ -742,7 +753,7 @@ def histogram_global(
         return None
     seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
     g2 = whole["sum_squares"].to_numpy(np.float64) / whole["num"].to_numpy(np.float64)
-    zero_based = bool(grads["step"].min() == 0)
+    zero_based = logged_from_step_zero(grads["step"].to_numpy())
     tr = reconstruct(whole.index.to_numpy(np.int64), g2, beta2, seeds, eps, "global", zero_based=zero_based)
     tr.bucketed = "approx" in grads.columns and bool(grads["approx"].to_numpy(bool).any())
     return tr
@@ -1620,7 +1631,7 @@ def _trajectories(
         n_total = means[0][2] if means else 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
         seeds = [(step, mean_v) for step, mean_v, _ in means]
         clip = inp.clip_norm
-        zero_based = bool(len(gs)) and int(gs.min()) == 0  # of the whole series: step 0 may be a NaN
+        zero_based = logged_from_step_zero(gs)
         if clip is None and len(means) > 1:
             # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
             # (On Adam's step count, which the checkpoints keep: a 0-based log is one behind it.)

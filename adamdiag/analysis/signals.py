@@ -115,24 +115,24 @@ def rolling_trend(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def rolling_mad(x: np.ndarray, w: int, *, detrend: bool = False) -> np.ndarray:
+def rolling_mad(x: np.ndarray, w: int, *, trend: np.ndarray | None = None) -> np.ndarray:
     """Trailing robust noise scale over the previous ``w`` points, as a Gaussian sigma.
 
     Estimated from first differences (1.4826·median|Δx|/√2), not from deviations around a rolling
     median: on a trending loss (falling early in training, climbing in a slow blowup) the latter
-    measures the trend's lag, not the noise, and would hide real jumps. ``detrend``: the differences
-    around their own trailing median — on a sparse log the trend per point is no longer small against the
+    measures the trend's lag, not the noise, and would hide real jumps. ``trend``: :func:`rolling_trend`
+    of ``x``, to take the differences around it — on a sparse log the trend per point is no longer small against the
     noise (a loss falling 3.5x from one point to the next, 50 steps apart, is no 3.5x noise).
 
     >>> z = np.log(0.5 ** np.arange(12.0))  # halving at every point, no noise
-    >>> round(float(rolling_mad(z, 10)[-1]), 3), round(float(rolling_mad(z, 10, detrend=True)[-1]), 3)
+    >>> round(float(rolling_mad(z, 10)[-1]), 3), round(float(rolling_mad(z, 10, trend=rolling_trend(z, 10))[-1]), 3)
     (0.727, 0.0)
     """
     import pandas as pd
 
     d = pd.Series(np.diff(x, prepend=np.nan)).shift(1)
-    if detrend:
-        d = d - rolling_trend(x, w)
+    if trend is not None:
+        d = d - trend
     out: np.ndarray = (1.4826 / math.sqrt(2.0)) * d.abs().rolling(w, min_periods=1).median().to_numpy()
     return out
 
@@ -218,9 +218,10 @@ class _LossLevels:
             # median, and the noise is measured around the trend. Not on a flat or noisy sparse log: the lower of two
             # medians, one of three points, sits below a noisy loss's level and turns its ordinary 10x swings into
             # blowups (on a flat lognormal loss with σ 0.6 logged every 20 steps: 52 of 100 runs instead of 10).
-            around = np.maximum(rolling_mad(z, w, detrend=True), MIN_LOG_SCALE)
+            trend = rolling_trend(z, w)
+            around = np.maximum(rolling_mad(z, w, trend=trend), MIN_LOG_SCALE)
             with np.errstate(invalid="ignore"):
-                falling = rolling_trend(z, w) < -SPARSE_FALL_Z * around
+                falling = trend < -SPARSE_FALL_Z * around
             med = np.where(falling, np.fmin(med, rolling_median(z, k)), med)
             scale = np.where(falling, around, scale)
         # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one

@@ -58,6 +58,16 @@ def test_unknown_values_never_enter(tmp_path):
     assert hyperparameters(None) == (0.999, 1e-8, None)
 
 
+def _log_grad_histograms_and_step(model: nn.Module, opt: torch.optim.Optimizer, writer, step: int) -> None:
+    """One training step of the histogram tests: a random batch, each parameter's gradient histogram at ``step``
+    (named as ``model.named_parameters()`` names it), then the optimizer step."""
+    model(torch.randn(8, 32)).pow(2).mean().backward()
+    for n, p in model.named_parameters():
+        writer.add_histogram(f"grad/{n}", p.grad, step)
+    opt.step()
+    opt.zero_grad()
+
+
 def test_per_tensor_reconstructions_use_their_own_groups_beta2(tmp_path):
     """Gradient histograms of a real two-group AdamW run (SummaryWriter): each tensor's v is rebuilt with
     its own group's β2 and eps (0.999 for the biases, 0.95 for the weights), not the run's majority."""
@@ -79,11 +89,7 @@ def test_per_tensor_reconstructions_use_their_own_groups_beta2(tmp_path):
     )
     w = SummaryWriter(str(tmp_path / "run"))
     for step in range(1, 31):
-        model(torch.randn(8, 32)).pow(2).mean().backward()
-        for n, p in model.named_parameters():
-            w.add_histogram(f"grad/{n}", p.grad, step)
-        opt.step()
-        opt.zero_grad()
+        _log_grad_histograms_and_step(model, opt, w, step)
     w.close()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
     s = summarize_checkpoint(tmp_path / "ck.pt")
@@ -115,11 +121,7 @@ def test_histograms_of_a_ddp_model_meet_its_unwrapped_checkpoint(tmp_path: Path)
         opt = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.95), eps=1e-6)
         w = SummaryWriter(str(tmp_path / "run"))
         for step in range(1, 31):
-            model(torch.randn(8, 32)).pow(2).mean().backward()
-            for n, p in model.named_parameters():
-                w.add_histogram(f"grad/{n}", p.grad, step)
-            opt.step()
-            opt.zero_grad()
+            _log_grad_histograms_and_step(model, opt, w, step)
             if step == 20:
                 torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ck.pt")
         w.close()

@@ -4,7 +4,7 @@ window spans 200 steps and its median is the level of ~100 steps ago, and the fi
 are the trend: the blowup's 10x off the current level read as a 3x blip — "healthy, high" on the lab's own
 v-collapse run (tests/realruns.train_sh99, v collapses and the loss blows up at step 462) logged every 20 steps.
 Now the level of a sparse log is the lower of the window's and the last ~100 steps' (signals._recent_points) and
-its noise is measured around the trend (rolling_mad ``detrend``).
+its noise is measured around the trend (``rolling_mad(trend=rolling_trend(...))``).
 
 Real runlab training, real SummaryWriter and checkpoints; `bench/relogged.py` measures the same on the whole
 validation matrix re-logged at 20/50/100 steps per point.

@@ -466,10 +466,8 @@ def test_a_dcp_metadata_whose_memoize_became_a_frame_is_one_line(tmp_path):
     assert meta[14384] == 0x94  # MEMOIZE
     meta[14384] = 0x95  # FRAME
     (d / ".metadata").write_bytes(bytes(meta))
-    res = runner.invoke(app, ["inspect", str(d)])
-    assert res.exit_code == 2, res.output
-    err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and "unreadable DCP metadata" in err and "damaged" in err, err
+    err = _one_line_error(runner.invoke(app, ["inspect", str(d)]))
+    assert "unreadable DCP metadata" in err and "damaged" in err, err
 
 
 def test_a_torch_zip_whose_compression_method_is_damaged_is_one_line(tmp_path):
@@ -482,10 +480,8 @@ def test_a_torch_zip_whose_compression_method_is_damaged_is_one_line(tmp_path):
     assert at > 0 and data[at + 46 : at + 46 + 11] == b"ck/data.pkl"
     data[at + 10 : at + 12] = (99).to_bytes(2, "little")  # compression method 99: none zipfile knows
     f.write_bytes(bytes(data))
-    res = runner.invoke(app, ["inspect", str(f)])
-    assert res.exit_code == 2, res.output
-    err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and "compression method" in err and "internal error" not in err, err
+    err = _one_line_error(runner.invoke(app, ["inspect", str(f)]))
+    assert "compression method" in err, err
 
 
 def test_a_torch_zip_whose_zip64_locator_is_damaged_is_one_line(tmp_path):
@@ -498,10 +494,8 @@ def test_a_torch_zip_whose_zip64_locator_is_damaged_is_one_line(tmp_path):
     assert at > 0 and int.from_bytes(data[at + 16 : at + 20], "little") == 1  # total number of disks
     data[at + 16] = 2
     f.write_bytes(bytes(data))
-    res = runner.invoke(app, ["inspect", str(f)])
-    assert res.exit_code == 2, res.output
-    err = res.stderr.strip()
-    assert len(err.splitlines()) == 1 and "multiple disks" in err and "internal error" not in err, err
+    err = _one_line_error(runner.invoke(app, ["inspect", str(f)]))
+    assert "multiple disks" in err, err
 
 
 def test_a_dcp_metadata_that_unpickles_to_another_object_is_one_line(tmp_path):
@@ -513,7 +507,5 @@ def test_a_dcp_metadata_that_unpickles_to_another_object_is_one_line(tmp_path):
     shutil.copytree(DCP, d)
     for obj in ("x", [1, 2]):
         (d / ".metadata").write_bytes(pickle.dumps(obj, protocol=2))
-        res = runner.invoke(app, ["inspect", str(d)])
-        assert res.exit_code == 2, res.output
-        err = res.stderr.strip()
-        assert len(err.splitlines()) == 1 and "not DCP metadata" in err and type(obj).__name__ in err, err
+        err = _one_line_error(runner.invoke(app, ["inspect", str(d)]))
+        assert "not DCP metadata" in err and type(obj).__name__ in err, err

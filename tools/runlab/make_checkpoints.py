@@ -153,51 +153,17 @@ class _TokenData(torch.utils.data.Dataset):
         return {"input_ids": x, "labels": x}
 
 
-def train_hf_with_optim(out: Path, optim: str) -> tuple[nn.Module, Any]:
-    """A 1-layer GPT-2 (n_embd 64: its matrices are over the quantized optimizers' size thresholds) trained 3 steps
-    by ``transformers.Trainer(optim=optim)``; ``out/checkpoint-3`` keeps only what the reader needs (optimizer,
-    model, config, trainer_state). Returns the model and the optimizer under Trainer's wrapper, for the truth."""
-    import shutil
-
+def _train_tiny_gpt2(out: Path, *, steps: int, n_embd: int, optim: str | None = None) -> tuple[nn.Module, Any]:
+    """A 1-layer GPT-2 (vocabulary 32, 2 heads) trained ``steps`` steps by ``transformers.Trainer`` on CPU (lr 1e-3,
+    weight decay 0.1, its two param groups), checkpoint saved at the last step; ``optim``: Trainer's optimizer
+    name (its default when None). Returns the model and the Trainer."""
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=64, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=n_embd, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg)
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=3,
-        save_steps=3,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        learning_rate=1e-3,
-        weight_decay=0.1,
-        disable_tqdm=True,
-        logging_strategy="no",
-        optim=optim,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=_TokenData())
-    trainer.train()
-    for f in (out / "checkpoint-3").iterdir():
-        if f.name not in ("optimizer.pt", "model.safetensors", "config.json", "trainer_state.json"):
-            f.unlink() if f.is_file() else shutil.rmtree(f)
-    return model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-
-
-def write_hf(out: Path, steps: int = 3) -> tuple[Path, Truth]:
-    """A tiny GPT-2 (tied embedding/LM head) trained by ``transformers.Trainer`` with its default
-    AdamW and its two param groups (weight decay / no decay)."""
-    import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
-
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
-    )
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=steps,
@@ -209,9 +175,30 @@ def write_hf(out: Path, steps: int = 3) -> tuple[Path, Truth]:
         weight_decay=0.1,
         disable_tqdm=True,
         logging_strategy="no",
+        **({"optim": optim} if optim is not None else {}),
     )
     trainer = Trainer(model=model, args=args, train_dataset=_TokenData())
     trainer.train()
+    return model, trainer
+
+
+def train_hf_with_optim(out: Path, optim: str) -> tuple[nn.Module, Any]:
+    """A 1-layer GPT-2 (n_embd 64: its matrices are over the quantized optimizers' size thresholds) trained 3 steps
+    by ``transformers.Trainer(optim=optim)``; ``out/checkpoint-3`` keeps only what the reader needs (optimizer,
+    model, config, trainer_state). Returns the model and the optimizer under Trainer's wrapper, for the truth."""
+    import shutil
+
+    model, trainer = _train_tiny_gpt2(out, steps=3, n_embd=64, optim=optim)
+    for f in (out / "checkpoint-3").iterdir():
+        if f.name not in ("optimizer.pt", "model.safetensors", "config.json", "trainer_state.json"):
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    return model, getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+
+
+def write_hf(out: Path, steps: int = 3) -> tuple[Path, Truth]:
+    """A tiny GPT-2 (tied embedding/LM head) trained by ``transformers.Trainer`` with its default
+    AdamW and its two param groups (weight decay / no decay)."""
+    model, trainer = _train_tiny_gpt2(out, steps=steps, n_embd=16)
     return out / f"checkpoint-{steps}", live_truth(list(model.named_parameters()), trainer.optimizer)
 
 
