@@ -206,7 +206,12 @@ def main() -> int:
     ap.add_argument("--rescore", action="store_true", help="summarize the results stored under --out again")
     args = ap.parse_args()
     if args.show:
-        print(render(json.loads(args.show.read_text())))
+        try:
+            doc = json.loads(args.show.read_text())
+            print(render(doc))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"relogged: {args.show}: not a readable {SCHEMA} table ({type(e).__name__}: {e})", file=sys.stderr)
+            return 2
         return 0
 
     # the cases of these seed groups as the matrix itself names them (accuracy.full_matrix), those cached
