@@ -41,6 +41,7 @@ from adamdiag.analysis.thresholds import (
     DEFAULT_EPS,
     ELEMENT_FALL_MOST,
     END_LEVEL_FRACTION,
+    EVERY_N_MIN_POINTS,
     GRAD_JUMP_FACTOR,
     GRAD_JUMP_MIN_HISTORY,
     GRAD_JUMP_SKIP_FRACTION,
@@ -86,15 +87,29 @@ class Trajectory:
         return np.full(len(self.steps), self.eps)
 
 
-def logged_from_step_zero(steps: Any) -> bool:
-    """Whether a gradient series has a point at step 0: then its axis is 0-based (:func:`reconstruct`). Asked of the
-    whole series, before its non-finite points are dropped — a NaN at step 0 still says where the axis starts.
+def logged_zero_based(steps: Any) -> bool:
+    """Whether a gradient series is logged on a 0-based axis (:func:`reconstruct`): it has a point at step 0
+    (``for step in range(n)``), or it sits on the grid N-1, 2N-1, ... of an every-N log (Lightning logs when
+    ``(global_step + 1) % log_every_n_steps == 0``, at ``global_step`` 49, 99, ... for the default 50; a last
+    point off the grid is the one it logs when the trainer stops). A 1-based every-N log sits on N, 2N, ....
+    Asked of the whole series, before its non-finite points are dropped — a NaN at step 0 still says where the
+    axis starts.
 
-    >>> logged_from_step_zero(np.arange(0, 30, 10)), logged_from_step_zero(np.arange(1, 30)), logged_from_step_zero([])
+    >>> [logged_zero_based(s) for s in (np.arange(0, 30, 10), np.arange(1, 30), [], np.arange(49, 500, 50))]
+    [True, False, False, True]
+    >>> logged_zero_based([49, 99, 149, 163]), logged_zero_based(np.arange(50, 500, 50)), logged_zero_based([1, 50, 100])
     (True, False, False)
     """
-    steps = np.asarray(steps)
-    return bool(len(steps)) and int(steps.min()) == 0
+    steps = np.unique(np.asarray(steps, dtype=np.int64))
+    if not len(steps):
+        return False
+    if steps[0] == 0:
+        return True
+    grid = steps[:-1] if len(steps) > EVERY_N_MIN_POINTS else steps
+    if len(grid) < EVERY_N_MIN_POINTS:
+        return False
+    every = int(np.gcd.reduce(np.diff(grid)))
+    return every > 1 and bool(np.all((grid + 1) % every == 0))  # every 1: a dense 1-based log
 
 
 def reconstruct(
@@ -130,7 +145,7 @@ def reconstruct(
     logged, g2 = steps[order], g2[order]
     n = len(logged)
     if zero_based is None:
-        zero_based = logged_from_step_zero(logged)
+        zero_based = logged_zero_based(logged)
     steps = logged + 1 if zero_based else logged  # Adam's step count from here on
     gaps = np.diff(steps)
     exact = bool(n and steps[0] <= 1 and (len(gaps) == 0 or gaps.max() <= 1))
@@ -708,7 +723,7 @@ def histogram_trajectories(
         seeds = names_v.get(param_key(name), [])
         b2, e, _ = own.get(param_key(name), (beta2, eps, None))
         steps = df["step"].to_numpy(np.int64)
-        tr = reconstruct(steps[ok], g2, b2, seeds, e, name, zero_based=logged_from_step_zero(steps))
+        tr = reconstruct(steps[ok], g2, b2, seeds, e, name, zero_based=logged_zero_based(steps))
         # a bucket estimate is off by a few % (io.events.bucket_moments), far from the 10x a collapse stretch needs:
         # it stays "exact" when every step is logged, and AD901 says the g² was estimated
         tr.bucketed = "approx" in df.columns and bool(df["approx"].to_numpy(bool)[ok].any())
@@ -753,7 +768,7 @@ def histogram_global(
         return None
     seeds = [(int(c.step), ckpt_global_mean_v(c)[0]) for c in ckpts]
     g2 = whole["sum_squares"].to_numpy(np.float64) / whole["num"].to_numpy(np.float64)
-    zero_based = logged_from_step_zero(grads["step"].to_numpy())
+    zero_based = logged_zero_based(grads["step"].to_numpy())
     tr = reconstruct(whole.index.to_numpy(np.int64), g2, beta2, seeds, eps, "global", zero_based=zero_based)
     tr.bucketed = "approx" in grads.columns and bool(grads["approx"].to_numpy(bool).any())
     return tr
@@ -1631,7 +1646,7 @@ def _trajectories(
         n_total = means[0][2] if means else 1  # unknown: the ratio r does not depend on it (both sides scale by 1/N)
         seeds = [(step, mean_v) for step, mean_v, _ in means]
         clip = inp.clip_norm
-        zero_based = logged_from_step_zero(gs)
+        zero_based = logged_zero_based(gs)
         if clip is None and len(means) > 1:
             # No clip logged or given: the checkpoints' own v can still show that Adam saw clipped gradients.
             # (On Adam's step count, which the checkpoints keep: a 0-based log is one behind it.)

@@ -183,6 +183,9 @@ CLIP_MISMATCH = 1.5
 CLIP_AGREEMENT = 0.2
 # ... found to this relative precision (the reported clip keeps three digits).
 CLIP_RESOLUTION = 1e-6
+# A log on the grid N-1, 2N-1, ... (Lightning's every-N steps) is read as 0-based (evidence.logged_zero_based) from
+# this many points on the grid (two points a prime distance apart sit on a grid of that spacing one time in it).
+EVERY_N_MIN_POINTS = 3
 # eps_too_large: two decades down puts eps well under a typical √v̂ again.
 EPS_DECREASE = 100.0
 
