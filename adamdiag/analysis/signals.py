@@ -261,9 +261,10 @@ class _LossLevels:
         held = self.onset if not noise_aware else max(self.onset, ONSET_Z * float(self.scale[i]))
         return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > held)
 
-    def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> None:
+    def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> int | None:
         """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
-        the step of an unbased rise) into ``ev``."""
+        the step of an unbased rise, or of a recovered spike) into ``ev``. Returns None, or for a recovered
+        spike the point where its excursion ended: the search goes on from there."""
         # The excursion ends where the loss is back within 2x of the level it rose from for good (the point
         # and its forward median).
         back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
@@ -272,10 +273,13 @@ class _LossLevels:
                 # Back at the starting level later: an lr too high for the first steps that the run came
                 # back from (the out-of-family probe's no-warm-up runs: up 60-2000x at step 2, below the
                 # starting loss a few hundred steps on) — a recovered spike, not a run that never had a level.
+                # The search goes on after it: a sparse log's 100-step horizon spans a few points, so a 5x point
+                # back at the next one was "confirmed" by a separate 3400x blowup four points on and ended the
+                # search before it (a Lightning every-20 relog of the lab's mlp_small_hot s211 read `healthy`).
                 ev.spikes.append(int(self.steps[i]))
-            else:
-                ev.unbased_rise_step = int(self.steps[i])
-            return
+                return i + 1 + int(np.argmax(back))
+            ev.unbased_rise_step = int(self.steps[i])
+            return None
         ev.blowup_step = int(self.steps[i])
         ev.pre_level = float(np.exp(base)) if self.lo > 0 else None
         # The peak of this excursion only (up to where it ended), so a later, unrelated event (a data shift
@@ -284,6 +288,7 @@ class _LossLevels:
         j = i + int(np.argmax(self.values[i:end]))
         ev.peak, ev.peak_step = float(self.values[j]), int(self.steps[j])
         ev.best_step = int(self.steps[best_i])
+        return None
 
     def early_rise(self, ev: LossEvents) -> bool:
         """Look at the warm-up window, which has no trailing level worth comparing to, for a loss that rose
@@ -370,14 +375,21 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         climb = np.isfinite(best) & (lv.suffix_max - best >= decade) & (med - best > onset) & (fwd - best > onset)
     excursion[:warmup] = False
     climb[:warmup] = False
+    resume = 0  # after a recovered early spike: the point its excursion ended
     for i in np.flatnonzero(excursion | climb).tolist():
+        if i < resume:
+            continue
         if excursion[i]:
             ref = med[i]
             if lv.confirmed(i, ref, noise_aware=True):
-                lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
-                break
-            # The reference's ``in_excursion``: the previous point (from warmup on) was an excursion.
-            if not (i > warmup and excursion[i - 1]) and rise[i] > SPIKE_Z * scale[i]:
+                end = lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
+                if end is None:
+                    break
+                resume = end
+                continue
+            # The reference's ``in_excursion``: the previous point (from warmup on, past a recovered spike's
+            # excursion) was an excursion.
+            if not (i > max(warmup, resume) and excursion[i - 1]) and rise[i] > SPIKE_Z * scale[i]:
                 ev.spikes.append(int(steps[i]))
             continue
         # Slow climb (not an excursion point): the reference's climb branch.
@@ -425,8 +437,11 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
         rise = z[i] - ref
         if rise > onset and rise > ONSET_Z * scale[i]:
             if lv.confirmed(i, ref, noise_aware=True):
-                lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
-                break
+                end = lv.record(ev, i, ref, int(np.argmin(np.where(np.isnan(med[: i + 1]), np.inf, med[: i + 1]))))
+                if end is None:
+                    break
+                i, in_excursion = end, False  # a recovered early spike: on after its excursion
+                continue
             # Not (yet) a blowup: a spike, reported once per excursion and only when it is also far
             # outside the loss's own noise.
             if not in_excursion and rise > SPIKE_Z * scale[i]:

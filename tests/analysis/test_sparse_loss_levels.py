@@ -35,3 +35,20 @@ def test_a_flat_noisy_sparse_loss_gets_no_more_blowups() -> None:
         found += ev.blowup_step is not None
     assert found <= 15
     assert detect_loss_events(s, y) == detect_loss_events_ref(s, y)
+
+
+def test_a_point_back_at_its_level_is_not_the_start_of_a_later_blowup() -> None:
+    """A Lightning every-20 log of the lab's mlp_small_hot s211 run (a 3400x blowup at step 199, still 2.6x above
+    its level 400 steps on). The 5x point at step 99 was back at the next point, but the 100-step horizon reached
+    the blowup and the one-point persistence window held, so it was "confirmed": recorded as an early recovered
+    spike (fewer than 5 points before it), which ended the search — `healthy`, high, on a 3400x blowup. Now the
+    search goes on after the spike's excursion."""
+    s = np.arange(19, 600, 20)
+    y = np.array(
+        [1.39e-2, 3.88e-3, 1.71e-3, 1.04e-3, 5.42e-3, 1.12e-3, 9.5e-4, 2.25e-3, 1.81e-3, 6.25, 0.416, 6.48e-2]
+        + [2.05e-2, 1.4e-2, 1.17e-2, 1.03e-2, 9.4e-3, 8.66e-3, 8e-3, 7.48e-3, 7.02e-3, 6.61e-3, 6.28e-3, 6.01e-3]
+        + [5.78e-3, 5.56e-3, 5.36e-3, 5.17e-3, 4.97e-3, 4.73e-3]
+    )
+    ev = detect_loss_events(s, y)
+    assert ev == detect_loss_events_ref(s, y)
+    assert ev.spikes == [99] and ev.blowup_step == 199 and ev.peak_step == 199
