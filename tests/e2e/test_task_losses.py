@@ -73,3 +73,26 @@ def test_report_curves_use_the_assumed_hyperparameters(tmp_path):
         assert res.exit_code == 0, res.output
         band = json.loads(out.read_text())["runs"][0]["series"]["sqrt_vhat"]
         assert band["eps"] == want and band["step"] == [100, 200, 300, 400]
+
+
+def test_a_head_blowup_makes_a_healthy_total_no_sure_bill(tmp_path):
+    """With a gradient norm logged (mechanism data) a healthy total is `healthy` high; a head that blew up beside it
+    lowers that to medium — on the matrix 3 of the 10 runs read healthy-high with a task blowup were blowups of the
+    total (and 0 of the 130 without one)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, head_factor in (("blown_head", 1e3), ("flat_head", 1.0)):
+        rng = np.random.default_rng(0)
+        w = SummaryWriter(str(tmp_path / name))
+        for step in range(1, 601):
+            ce = 1.0 + 0.01 * rng.standard_normal()
+            mse = 1e-5 * (1 + 0.05 * rng.standard_normal()) * (1.0 if step < 400 else head_factor)
+            w.add_scalar("train/loss", ce + mse, step)
+            w.add_scalar("train/loss_prob", ce, step)
+            w.add_scalar("train/sincos_mse", mse, step)
+            w.add_scalar("train/grad_norm", 0.5 * (1 + 0.05 * rng.standard_normal()), step)
+        w.close()
+    blown, flat = _run(tmp_path / "blown_head"), _run(tmp_path / "flat_head")
+    assert (flat["verdict"], flat["confidence"]) == ("healthy", "high")
+    assert (blown["verdict"], blown["confidence"]) == ("healthy", "medium")
+    assert any(f["id"] == "AD001" and f["severity"] == "warning" for f in blown["findings"])
