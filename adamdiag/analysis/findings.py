@@ -96,7 +96,7 @@ def non_adam(ev: Evidence) -> list[Finding]:
         Finding(
             "AD903",
             "warning",
-            f"not an Adam/AdamW optimizer: {what}; adamdiag diagnoses Adam's second moment, so no "
+            f"not a plain Adam/AdamW optimizer: {what}; adamdiag diagnoses Adam's second moment, so no "
             "v-based evidence is used for this run",
         )
         for what in ev.non_adam[:MAX_NAMES_SHOWN]

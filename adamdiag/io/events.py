@@ -1975,6 +1975,23 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
 
 # the optimizer types of an mmcv config that are Adam (torch's, registered by name in mmcv's OPTIMIZERS)
 MMCV_ADAM_TYPES = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam")
+# HF Trainer ``optim`` values with "adam" in the name whose step is not Adam's lr·m̂/(√v̂+eps): StableAdamW (optimi)
+# divides each tensor's lr by max(1, RMS(g²/v)), so a collapsed v cannot blow the step up — the mechanism adamdiag
+# diagnoses is clipped away, and an eps fix is no advice for it.
+HF_BOUNDED_ADAM_OPTIMS = ("stable_adamw",)
+
+
+def hf_optim_is_adam(optim: str) -> bool:
+    """Whether HF Trainer's ``optim`` names an Adam whose step is Adam's (torch, fused, 8-bit, paged, GaLore,
+    schedule-free ...), not one that bounds it.
+
+    >>> [hf_optim_is_adam(o) for o in ("adamw_torch_fused", "paged_adamw_8bit", "stable_adamw", "adafactor")]
+    [True, True, False, False]
+    """
+    name = optim.strip().lower()
+    return "adam" in name and name not in HF_BOUNDED_ADAM_OPTIMS
+
+
 # Adam-family optimizers a torchtune config may name (its _component_), with the defaults of β2 and eps they apply:
 # torch's, bitsandbytes' (8-bit, paged) and torchao's (8-bit, 4-bit, fp8) all default to betas (0.9, 0.999), eps 1e-8
 _TORCHTUNE_ADAM = re.compile(r"(?:^|\.)(?:Paged)?Adam(?:W)?(?:8bit|4bit|Fp8|32bit)?$")
@@ -2042,7 +2059,7 @@ def writer_adam_hyperparameters(
     """
     for args in logged_arguments(events) if arguments is None else arguments:
         if "adam_beta2" in args and "adam_epsilon" in args:  # HF TrainingArguments
-            if "adam" not in str(args.get("optim", "adamw")).lower():
+            if not hf_optim_is_adam(str(args.get("optim", "adamw"))):
                 return {}, ""
             got = _floats({"beta2": args["adam_beta2"], "eps": args["adam_epsilon"]})
             if got:
@@ -2100,7 +2117,14 @@ def writer_non_adam_optimizer(events: RunEvents, arguments: list[dict[str, Any]]
             return f"torchtune's optimizer '{args.get('optimizer._component_')}' ({_args_source(args)})"
         optim = args.get("optim")
         if "adam_beta2" in args and isinstance(optim, str) and optim.strip():
-            return None if "adam" in optim.lower() else f"HF Trainer's optim '{optim}' ({_args_source(args)})"
+            if hf_optim_is_adam(optim):
+                return None
+            bounded = (
+                " (its per-tensor update clipping bounds the step)"
+                if optim.strip().lower() in HF_BOUNDED_ADAM_OPTIMS
+                else ""
+            )
+            return f"HF Trainer's optim '{optim}'{bounded} ({_args_source(args)})"
     return None
 
 

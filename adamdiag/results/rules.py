@@ -129,7 +129,8 @@ RULES: dict[str, tuple[str, str]] = {
     "AD902": ("damaged-input", "Some input records were damaged or unreadable and were skipped."),
     "AD903": (
         "not-adam",
-        "A checkpoint holds another optimizer's state (SGD, Adafactor, ...): no Adam facts are claimed from it.",
+        "A checkpoint holds another optimizer's state (SGD, Adafactor, ...), or the logged configuration names one"
+        " (HF Trainer's `optim`, torchtune, mmcv; StableAdamW too): no Adam facts are claimed from it.",
     ),
     "AD904": ("skipped-file", "A file was skipped: not a regular file (FIFO, socket, device) or unreadable."),
     "AD905": (
