@@ -26,10 +26,12 @@ import numpy as np
 from adamdiag.analysis.frames import run_order
 from adamdiag.analysis.keras_logs import keras_written
 from adamdiag.analysis.moments import QUANTILES, interval_g2
-from adamdiag.analysis.signals import ema_second_moment, sustained_runs
+from adamdiag.analysis.signals import WINDOW_MIN_POINTS, ema_second_moment, sustained_runs
 from adamdiag.analysis.thresholds import (
     BLOWUP_FACTOR,
+    BLOWUP_HORIZON,
     BLOWUP_PEAK_FACTOR,
+    BLOWUP_PERSIST,
     CLIP_AGREEMENT,
     CLIP_MISMATCH,
     CLIP_RESOLUTION,
@@ -610,6 +612,46 @@ def one_point_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> d
     return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
 
 
+def unresolved_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> dict[str, Any] | None:
+    """A recovered spike the log cannot tell from a blowup: its excursion (from the spike's point while the loss stays
+    above BLOWUP_FACTOR x the median of the up to WINDOW_MIN_POINTS points before it, within BLOWUP_HORIZON steps)
+    peaks ≥ BLOWUP_PEAK_FACTOR above that level at a point whose next logged point is BLOWUP_PERSIST or more steps
+    later (or that ends the log). A blowup is a decade that holds BLOWUP_PERSIST steps; with those steps unlogged the
+    point may be one (a v-collapse blowup that held 40 steps and was over by the next point of a log every 100).
+    The largest such spike (``spike``: its first point, ``step``/``ratio``/``unlogged``: the peak), and how many.
+
+    >>> s = np.arange(100, 2100, 100); x = np.full(20, 0.01); x[9] = 5.0
+    >>> j = unresolved_spike(s, x, [1000]); (j["spike"], j["step"], j["ratio"], j["unlogged"], j["count"])
+    (1000, 1000, 500.0, 99, 1)
+    >>> unresolved_spike(np.arange(1, 41), np.r_[np.full(29, 0.01), 5.0, np.full(10, 0.01)], [30]) is None
+    True
+    """
+    found = []
+    for sp in spikes:
+        i = int(np.searchsorted(steps, sp))
+        if i >= len(steps) or int(steps[i]) != sp or i < LEVEL_POINTS:
+            continue
+        before = loss[max(0, i - WINDOW_MIN_POINTS) : i]
+        before = before[np.isfinite(before) & (before > 0)]
+        if len(before) < LEVEL_POINTS:
+            continue
+        level = float(np.median(before))
+        j = i
+        peak = i
+        while j < len(steps) and int(steps[j]) - sp <= BLOWUP_HORIZON and loss[j] > BLOWUP_FACTOR * level:
+            if loss[j] > loss[peak]:
+                peak = j
+            j += 1
+        unlogged = int(steps[peak + 1]) - int(steps[peak]) - 1 if peak + 1 < len(steps) else None
+        if loss[peak] >= BLOWUP_PEAK_FACTOR * level and (unlogged is None or unlogged + 1 >= BLOWUP_PERSIST):
+            found.append(
+                {"spike": sp, "step": int(steps[peak]), "ratio": float(loss[peak]) / level, "unlogged": unlogged}
+            )
+    if not found:
+        return None
+    return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
+
+
 def blowup_batch_spike(steps: np.ndarray, loss: np.ndarray, blowup_step: int) -> dict[str, Any] | None:
     """The blowup's first point as ONE batch's own loss: the loss logged at every step around it, that point
     ≥ BLOWUP_PEAK_FACTOR above both neighbours. The next batch met a model whose loss was a decade below
@@ -1158,6 +1200,8 @@ class Evidence:
     # one-batch gradient jumps in a run without a loss event (absorbed_gradient_jumps): the largest, and count
     absorbed_jump: dict[str, Any] | None = None
     one_point_spike: dict[str, Any] | None = None  # a one-point loss spike, no gradient norm logged
+    # a recovered spike ≥ 10x whose next BLOWUP_PERSIST steps are not logged (unresolved_spike)
+    unresolved_spike: dict[str, Any] | None = None
     # no blowup, but the loss ended ≥ BLOWUP_FACTOR x above where it started (ended_above_start)
     end_climb: dict[str, Any] | None = None
     blowup_batch_spike: dict[str, Any] | None = None  # the blowup's first point is one batch's loss (no grad norm)
@@ -1528,6 +1572,7 @@ def gather(
         spike_cycles=spike_cycles(trajs, (ls, lv), ev.spikes, event_step, beta2),
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
+        unresolved_spike=unresolved_spike(steps, loss, ev.spikes) if ev.blowup_step is None else None,
         end_climb=ended_above_start(steps, loss)
         if ev.blowup_step is None and ev.first_nonfinite_step is None
         else None,

@@ -235,10 +235,17 @@ def loss_events(ev: Evidence) -> list[Finding]:
                     },
                 )
             )
+        unresolved = ev.unresolved_spike if total else None
         for s in [] if quiet_part else e.spikes[:MAX_SPIKES_LISTED]:
-            out.append(
-                Finding("AD002", "warning", f"loss{where} spike at step {s} (recovered)", step=s, evidence={"tag": tag})
-            )
+            msg = f"loss{where} spike at step {s} (recovered)"
+            if unresolved is not None and unresolved["spike"] == s:
+                u = unresolved
+                gap = f"the next {u['unlogged']} steps are not logged" if u["unlogged"] is not None else "the log ends"
+                msg += (
+                    f"; it reached {u['ratio']:.3g}x its level at step {u['step']} and {gap}: a blowup that held "
+                    "there would look the same"
+                )
+            out.append(Finding("AD002", "warning", msg, step=s, evidence={"tag": tag}))
     c = ev.end_climb
     if c is not None:
         out.append(
