@@ -173,7 +173,7 @@ def _recovered(ev: Evidence) -> Decision | None:
             # loss did blow up between two logged points and an eps fix avoided it. Healthy is the outcome
             # the log shows, not a clean bill: medium, a v collapse the alternative.
             return Decision("healthy", "recovered_spikes", "medium", alternative="v_collapse")
-        if ev.unresolved_spike is not None and ev.end_climb is None:
+        if ev.unresolved_spike is not None and ev.end_climb is None and _sure(ev) == "high":
             # A spike ≥ 10x at a point whose next BLOWUP_PERSIST steps are not logged: the log cannot show whether
             # it held like a blowup (the relogged matrix at every 100 steps: v-collapse blowups that held 40 steps
             # and were over by the next point read healthy, high). Healthy is what the log shows, not a sure bill.

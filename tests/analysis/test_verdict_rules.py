@@ -30,6 +30,8 @@ def _collapse(deep: bool, exact: bool = True, label: str = "global") -> Collapse
     return Collapse(label, "log", 100, 300, 1e-4, deep=deep, depth=0.001 if deep else 0.6, exact=exact)
 
 
+UNRESOLVED = {"spike": 400, "step": 400, "ratio": 40.0, "unlogged": 99, "count": 1}
+
 # over v's memory before the blowup at 900: most steps quiet, three recovered spikes, the lr constant
 CYCLES = {"quiet_share": 0.7, "spikes": [600, 700, 800], "lr_rose": False, "window": [1, 900]}
 
@@ -41,7 +43,7 @@ def make(**kw) -> Evidence:
         grad_norm_tag="grad_norm",
         n_loss_points=1000,
         events=kw.pop("events", LossEvents(blowup_step=900, pre_level=1e-3, peak=10.0, peak_step=950, best_step=800)),
-        task_events={},
+        task_events=kw.pop("task_events", {}),
         event_step=kw.pop("event_step", 900),
         trajectories=kw.pop("trajectories", [_traj()]),
         collapses=kw.pop("collapses", []),
@@ -258,6 +260,30 @@ SHALLOW_FALL = VhatFall("log", 5.0, 100, 880, None, True)
             "healthy",
             "recovered_spikes",
             "high",
+            None,
+        ),
+        (
+            "a recovered 10x spike whose next 10 steps are not logged: the log cannot tell it from a blowup",
+            make(events=LossEvents(spikes=[400]), event_step=400, unresolved_spike=UNRESOLVED),
+            "healthy",
+            "recovered_spikes",
+            "medium",
+            None,
+        ),
+        (
+            "... and without mechanism data it stays low (never raised)",
+            make(events=LossEvents(spikes=[400]), event_step=400, unresolved_spike=UNRESOLVED, trajectories=[]),
+            "healthy",
+            "recovered_spikes",
+            "low",
+            None,
+        ),
+        (
+            "a healthy total beside a per-task loss that blew up",
+            make(events=QUIET, event_step=None, task_events={"train/loss_head": LossEvents(blowup_step=500)}),
+            "healthy",
+            "no_event",
+            "medium",
             None,
         ),
         (
