@@ -59,6 +59,7 @@ from adamdiag.analysis.thresholds import (
     PRE_EVENT_WINDOW,
     REGROWTH_WINDOW,
     SPIKE_CYCLE_LR_RISE,
+    SPIKE_LEVEL_MIN_POINTS,
     TINY,
 )
 
@@ -625,15 +626,18 @@ def unresolved_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> 
     (1000, 1000, 500.0, 99, 1)
     >>> unresolved_spike(np.arange(1, 41), np.r_[np.full(29, 0.01), 5.0, np.full(10, 0.01)], [30]) is None
     True
+    >>> y = np.array([2.12e-3, 2.31e-3, 0.113, 1.58e-2, 1.67e-2, 0.194, 1.55e-2, 3.35e-3])  # Lightning every 50
+    >>> j = unresolved_spike(np.arange(49, 400, 50), y, [149]); (j["step"], round(j["ratio"]), j["unlogged"])
+    (149, 51, 49)
     """
     found = []
     for sp in spikes:
         i = int(np.searchsorted(steps, sp))
-        if i >= len(steps) or int(steps[i]) != sp or i < LEVEL_POINTS:
+        if i >= len(steps) or int(steps[i]) != sp or i < SPIKE_LEVEL_MIN_POINTS:
             continue
         before = loss[max(0, i - WINDOW_MIN_POINTS) : i]
         before = before[np.isfinite(before) & (before > 0)]
-        if len(before) < LEVEL_POINTS:
+        if len(before) < SPIKE_LEVEL_MIN_POINTS:
             continue
         level = float(np.median(before))
         j = i

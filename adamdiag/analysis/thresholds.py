@@ -183,6 +183,9 @@ CLIP_MISMATCH = 1.5
 CLIP_AGREEMENT = 0.2
 # ... found to this relative precision (the reported clip keeps three digits).
 CLIP_RESOLUTION = 1e-6
+# A recovered spike's level (evidence.unresolved_spike) from this many points before it at least: a sparse log's early
+# spikes have only a few (Lightning's default every 50: a blowup at step 124 is its third point).
+SPIKE_LEVEL_MIN_POINTS = 2
 # A log on the grid N-1, 2N-1, ... (Lightning's every-N steps) is read as 0-based (evidence.logged_zero_based) from
 # this many points on the grid (two points a prime distance apart sit on a grid of that spacing one time in it).
 EVERY_N_MIN_POINTS = 3
