@@ -26,7 +26,7 @@ import numpy as np
 from adamdiag.analysis.frames import run_order
 from adamdiag.analysis.keras_logs import keras_written
 from adamdiag.analysis.moments import QUANTILES, interval_g2
-from adamdiag.analysis.signals import WINDOW_MIN_POINTS, ema_second_moment, sustained_runs
+from adamdiag.analysis.signals import WINDOW_MIN_POINTS, ema_second_moment, steps_per_point, sustained_runs
 from adamdiag.analysis.thresholds import (
     BLOWUP_FACTOR,
     BLOWUP_HORIZON,
@@ -211,10 +211,7 @@ def collapse_stretch(
     if until is not None:
         mask &= tr.steps < until
     # min_len in logged points: logging every N steps needs fewer points for the same span.
-    if len(tr.steps) > 1:
-        step_per_point = max(1.0, float(np.median(np.diff(tr.steps))))
-    else:
-        step_per_point = 1.0
+    step_per_point = steps_per_point(tr.steps)
     if until is None:
         return _stretch_in_progress(tr, mask, beta2, step_per_point, require_depth)
     span = collapse_span(until, beta2)

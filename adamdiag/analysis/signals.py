@@ -42,6 +42,7 @@ __all__ = [
     "rolling_mad",
     "rolling_trend",
     "rolling_median",
+    "steps_per_point",
     "sustained_runs",
     "sustained_runs_ref",
 ]
@@ -68,28 +69,35 @@ class LossEvents:
 WINDOW_MIN_POINTS = 10
 
 
-def _window(steps: np.ndarray) -> int:
-    """Trailing window in points covering ~TRAILING_STEPS steps (the "normal" level of the loss), at least
-    WINDOW_MIN_POINTS points for a stable median and at most 200."""
-    n = len(steps)
-    per_point = float(np.median(np.diff(steps))) if n > 1 else 1.0
-    return int(min(200, max(WINDOW_MIN_POINTS, round(TRAILING_STEPS / max(per_point, 1.0)), min(n // 50, 100))))
+def steps_per_point(steps: np.ndarray) -> float:
+    """The log's typical spacing: the median step difference between points, at least 1 (1 for one point).
+
+    >>> steps_per_point(np.arange(49, 500, 50)), steps_per_point(np.array([7]))
+    (50.0, 1.0)
+    """
+    return max(1.0, float(np.median(np.diff(steps)))) if len(steps) > 1 else 1.0
 
 
-def _recent_points(steps: np.ndarray) -> int | None:
-    """Points of the *recent* level of a sparse log: those covering ~TRAILING_STEPS steps, at least 3 for a
-    median; None for a log dense enough that the trailing window already covers ~TRAILING_STEPS. A log
-    sparser than one point per TRAILING_STEPS/WINDOW_MIN_POINTS steps stretches the window's fewest points
-    far past TRAILING_STEPS (500 steps at Lightning's default of one point in 50, 5000 at HF's 500), and on
-    a loss that falls a decade in that time — the converging runs in which v collapses — their median is
-    the level of hundreds of steps ago: a 20x jump off the current level reads as 4x off that one, and no
-    blowup.
+def _window(n: int, per_point: float) -> int:
+    """Trailing window in points covering ~TRAILING_STEPS steps (the "normal" level of the loss) of a log of ``n``
+    points ``per_point`` steps apart (:func:`steps_per_point`), at least WINDOW_MIN_POINTS points for a stable
+    median and at most 200."""
+    return int(min(200, max(WINDOW_MIN_POINTS, round(TRAILING_STEPS / per_point), min(n // 50, 100))))
 
-    >>> _recent_points(np.arange(0, 5000, 50)), _recent_points(np.arange(1, 1000, 10))
+
+def _recent_points(per_point: float) -> int | None:
+    """Points of the *recent* level of a sparse log (points ``per_point`` steps apart): those covering
+    ~TRAILING_STEPS steps, at least 3 for a median; None for a log dense enough that the trailing window
+    already covers ~TRAILING_STEPS. A log sparser than one point per TRAILING_STEPS/WINDOW_MIN_POINTS steps
+    stretches the window's fewest points far past TRAILING_STEPS (500 steps at Lightning's default of one point
+    in 50, 5000 at HF's 500), and on a loss that falls a decade in that time — the converging runs in which v
+    collapses — their median is the level of hundreds of steps ago: a 20x jump off the current level reads as
+    4x off that one, and no blowup.
+
+    >>> _recent_points(50.0), _recent_points(10.0)
     (3, None)
     """
-    per_point = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
-    k = max(3, round(TRAILING_STEPS / max(per_point, 1.0)))
+    k = max(3, round(TRAILING_STEPS / per_point))
     return k if k < WINDOW_MIN_POINTS else None
 
 
@@ -207,10 +215,11 @@ class _LossLevels:
             lo = max(lo, floor)
         else:
             z = np.log(values - lo + max(1e-12, abs(lo) * 1e-3 + 1e-12))
-        w = _window(steps)
+        per_point = steps_per_point(steps)
+        w = _window(n, per_point)
         med = rolling_median(z, w)
         scale = np.maximum(rolling_mad(z, w), MIN_LOG_SCALE)
-        k = _recent_points(steps)
+        k = _recent_points(per_point)
         if k is not None:
             # A sparse log (see _recent_points) of a loss that falls from one point to the next by more than
             # SPARSE_FALL_Z of its own noise sigmas around that fall: there the window's median lags the loss and
