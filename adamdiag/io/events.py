@@ -1975,18 +1975,26 @@ def writer_clip_norm(events: RunEvents, arguments: list[dict[str, Any]] | None =
 
 # the optimizer types of an mmcv config that are Adam (torch's, registered by name in mmcv's OPTIMIZERS)
 MMCV_ADAM_TYPES = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam", "SparseAdam")
-# HF Trainer ``optim`` values with "adam" in the name whose step is not Adam's lr·m̂/(√v̂+eps): StableAdamW (optimi)
-# divides each tensor's lr by max(1, RMS(g²/v)), so a collapsed v cannot blow the step up — the mechanism adamdiag
-# diagnoses is clipped away, and an eps fix is no advice for it.
-HF_BOUNDED_ADAM_OPTIMS = ("stable_adamw",)
+# HF Trainer ``optim`` values with "adam" in the name whose step is not Adam's lr·m̂/(√v̂+eps), and what bounds it: a
+# collapsed v cannot blow such a step up — the mechanism adamdiag diagnoses is clipped away, and an eps fix is no advice
+# for it. StableAdamW (optimi) divides each tensor's lr by max(1, RMS(g²/v)); APOLLO (apollo-torch, also the layer-wise
+# variant) scales the raw gradient by the norm ratio of its low-rank Adam step and, by default, its norm-growth limiter
+# (Fira's) lets that update grow at most 1.01x from one step to the next (a v-collapse blowup's step grows ~100x in a
+# few steps).
+HF_BOUNDED_ADAM_OPTIMS = {
+    "stable_adamw": "its per-tensor update clipping bounds the step",
+    "apollo_adamw": "its norm-growth limiter caps the update's growth at 1.01x per step",
+    "apollo_adamw_layerwise": "its norm-growth limiter caps the update's growth at 1.01x per step",
+}
 
 
 def hf_optim_is_adam(optim: str) -> bool:
     """Whether HF Trainer's ``optim`` names an Adam whose step is Adam's (torch, fused, 8-bit, paged, GaLore,
-    schedule-free ...), not one that bounds it.
+    schedule-free ...), not one that bounds it (:data:`HF_BOUNDED_ADAM_OPTIMS`).
 
-    >>> [hf_optim_is_adam(o) for o in ("adamw_torch_fused", "paged_adamw_8bit", "stable_adamw", "adafactor")]
-    [True, True, False, False]
+    >>> names = ("adamw_torch_fused", "paged_adamw_8bit", "stable_adamw", "apollo_adamw", "adafactor")
+    >>> [hf_optim_is_adam(o) for o in names]
+    [True, True, False, False, False]
     """
     name = optim.strip().lower()
     return "adam" in name and name not in HF_BOUNDED_ADAM_OPTIMS
@@ -2119,11 +2127,8 @@ def writer_non_adam_optimizer(events: RunEvents, arguments: list[dict[str, Any]]
         if "adam_beta2" in args and isinstance(optim, str) and optim.strip():
             if hf_optim_is_adam(optim):
                 return None
-            bounded = (
-                " (its per-tensor update clipping bounds the step)"
-                if optim.strip().lower() in HF_BOUNDED_ADAM_OPTIMS
-                else ""
-            )
+            why = HF_BOUNDED_ADAM_OPTIMS.get(optim.strip().lower())
+            bounded = f" ({why})" if why else ""
             return f"HF Trainer's optim '{optim}'{bounded} ({_args_source(args)})"
     return None
 

@@ -130,7 +130,7 @@ RULES: dict[str, tuple[str, str]] = {
     "AD903": (
         "not-adam",
         "A checkpoint holds another optimizer's state (SGD, Adafactor, ...), or the logged configuration names one"
-        " (HF Trainer's `optim`, torchtune, mmcv; StableAdamW too): no Adam facts are claimed from it.",
+        " (HF Trainer's `optim`, torchtune, mmcv; StableAdamW and APOLLO too): no Adam facts are claimed from it.",
     ),
     "AD904": ("skipped-file", "A file was skipped: not a regular file (FIFO, socket, device) or unreadable."),
     "AD905": (

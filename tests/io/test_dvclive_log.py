@@ -141,13 +141,20 @@ def test_lightning_dvclive_logger_reads_as_its_tensorboard_log() -> None:
 
 @pytest.mark.parametrize(
     ("optim", "not_adam"),
-    [("adafactor", True), ("sgd", True), ("stable_adamw", True), ("adamw_torch_fused", False), ("galore_adamw", False)],
+    [
+        ("adafactor", True),
+        ("sgd", True),
+        ("stable_adamw", True),
+        ("apollo_adamw", True),
+        ("adamw_torch_fused", False),
+        ("galore_adamw", False),
+    ],
 )
 def test_hf_optim_that_is_no_adam_makes_the_run_not_adam(tmp_path: Path, optim: str, not_adam: bool) -> None:
     """HF Trainer's logged ``optim`` (here through DVCLiveCallback's params.yaml): Adafactor or SGD has no Adam v to
     rebuild — the run is not Adam (AD903, inconclusive), as a checkpoint of another optimizer makes it. StableAdamW
-    has Adam's v, but its update clipping bounds the step a collapsed v would blow up; GaLore's AdamW is Adam's step
-    on a projected gradient."""
+    has Adam's v, but its update clipping bounds the step a collapsed v would blow up, as APOLLO's norm-growth limiter
+    does; GaLore's AdamW is Adam's step on a projected gradient."""
     from adamdiag.pipeline.scan import scan_paths
 
     shutil.copytree(FIXTURES / "hf", tmp_path / "hf")
@@ -160,3 +167,4 @@ def test_hf_optim_that_is_no_adam_makes_the_run_not_adam(tmp_path: Path, optim: 
     if not_adam:
         assert rep.verdict == "inconclusive" and f"HF Trainer's optim '{optim}'" in ad903[0].message
         assert ("update clipping" in ad903[0].message) == (optim == "stable_adamw")
+        assert ("norm-growth limiter" in ad903[0].message) == (optim == "apollo_adamw")
