@@ -610,12 +610,16 @@ def one_point_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> d
     return {**max(found, key=lambda f: f["ratio"]), "count": len(found)}
 
 
-def unresolved_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> dict[str, Any] | None:
+def unresolved_spike(
+    steps: np.ndarray, loss: np.ndarray, spikes: list[int], levels: list[float] | None = None
+) -> dict[str, Any] | None:
     """A recovered spike the log cannot tell from a blowup: its excursion (from the spike's point while the loss stays
-    above BLOWUP_FACTOR x the median of the up to WINDOW_MIN_POINTS points before it, within BLOWUP_HORIZON steps)
-    peaks ≥ BLOWUP_PEAK_FACTOR above that level at a point whose next logged point is BLOWUP_PERSIST or more steps
+    above BLOWUP_FACTOR x its level, within BLOWUP_HORIZON steps) peaks ≥ BLOWUP_PEAK_FACTOR above that level at a
+    point whose next logged point is BLOWUP_PERSIST or more steps
     later (or that ends the log). A blowup is a decade that holds BLOWUP_PERSIST steps; with those steps unlogged the
     point may be one (a v-collapse blowup that held 40 steps and was over by the next point of a log every 100).
+    The level: the one the detector measured the spike against (``levels``, :attr:`LossEvents.spike_levels`; on a
+    sparse log of a falling loss it follows the fall), else the median of the up to WINDOW_MIN_POINTS points before it.
     The largest such spike (``spike``: its first point, ``step``/``ratio``/``unlogged``: the peak), and how many.
 
     >>> s = np.arange(100, 2100, 100); x = np.full(20, 0.01); x[9] = 5.0
@@ -628,7 +632,7 @@ def unresolved_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> 
     (149, 51, 49)
     """
     found = []
-    for sp in spikes:
+    for k, sp in enumerate(spikes):
         i = int(np.searchsorted(steps, sp))
         if i >= len(steps) or int(steps[i]) != sp or i < SPIKE_LEVEL_MIN_POINTS:
             continue
@@ -636,7 +640,8 @@ def unresolved_spike(steps: np.ndarray, loss: np.ndarray, spikes: list[int]) -> 
         before = before[np.isfinite(before) & (before > 0)]
         if len(before) < SPIKE_LEVEL_MIN_POINTS:
             continue
-        level = float(np.median(before))
+        known = levels[k] if levels is not None and k < len(levels) else math.nan
+        level = known if math.isfinite(known) and known > 0 else float(np.median(before))
         j = i
         peak = i
         while j < len(steps) and int(steps[j]) - sp <= BLOWUP_HORIZON and loss[j] > BLOWUP_FACTOR * level:
@@ -1573,7 +1578,7 @@ def gather(
         spike_cycles=spike_cycles(trajs, (ls, lv), ev.spikes, event_step, beta2),
         absorbed_jump=absorbed_gradient_jumps(gn) if event_step is None else None,
         one_point_spike=one_point_spike(steps, loss, ev.spikes) if ev.blowup_step is None and gn is None else None,
-        unresolved_spike=unresolved_spike(steps, loss, ev.spikes) if ev.blowup_step is None else None,
+        unresolved_spike=unresolved_spike(steps, loss, ev.spikes, ev.spike_levels) if ev.blowup_step is None else None,
         end_climb=ended_above_start(steps, loss)
         if ev.blowup_step is None and ev.first_nonfinite_step is None
         else None,

@@ -59,6 +59,9 @@ class LossEvents:
     peak: float | None = None
     peak_step: int | None = None  # step of ``peak``
     spikes: list[int] = field(default_factory=list)  # short spikes that recovered
+    # the loss level each spike rose from, as the detector measured it (NaN for a signed loss): on a sparse log of a
+    # falling loss the level follows the fall (_LossLevels.of), which a median of the points before the spike does not
+    spike_levels: list[float] = field(default_factory=list)
     best_step: int | None = None  # step of the lowest trailing level before the blowup
     # A rise that would have been a blowup but had fewer than MIN_BASELINE_POINTS finite points
     # before it: its step (the caller reports "too few points before the rise", never a blowup).
@@ -223,15 +226,22 @@ class _LossLevels:
         if k is not None:
             # A sparse log (see _recent_points) of a loss that falls from one point to the next by more than
             # SPARSE_FALL_Z of its own noise sigmas around that fall: there the window's median lags the loss and
-            # its first differences are the trend, so the level is the lower of the window's and the recent points'
-            # median, and the noise is measured around the trend. Not on a flat or noisy sparse log: the lower of two
-            # medians, one of three points, sits below a noisy loss's level and turns its ordinary 10x swings into
-            # blowups (on a flat lognormal loss with σ 0.6 logged every 20 steps: 52 of 100 runs instead of 10).
+            # its first differences are the trend, so the level is the lowest of the window's median, the recent
+            # points' median and where the fall has got to by the last point, and the noise is measured around the
+            # trend. The recent median is itself (k-1)/2 points behind: a loss falling 8-10x per point, logged every
+            # 100 steps, read a 13-200x blowup point as 2-4x over it. Where the fall has got to: the larger of the
+            # last point and the recent median moved on by the trend to it — never projected past the last point
+            # (a fall that stops would read its first flat points as rises), and one low point alone does not set
+            # it (the larger of the two). Not on a flat or noisy sparse log: the lower of two medians, one of three
+            # points, sits below a noisy loss's level and turns its ordinary 10x swings into blowups (on a flat
+            # lognormal loss with σ 0.6 logged every 20 steps: 52 of 100 runs instead of 10).
             trend = rolling_trend(z, w)
             around = np.maximum(rolling_mad(z, w, trend=trend), MIN_LOG_SCALE)
             with np.errstate(invalid="ignore"):
                 falling = trend < -SPARSE_FALL_Z * around
-            med = np.where(falling, np.fmin(med, rolling_median(z, k)), med)
+            recent = rolling_median(z, k)
+            reached = np.maximum(np.r_[np.nan, z[:-1]], recent + trend * (k - 1) / 2)
+            med = np.where(falling, np.fmin(np.fmin(med, recent), reached), med)
             scale = np.where(falling, around, scale)
         # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
         # near-zero first point must not become the level a slow climb is measured from).
@@ -270,10 +280,16 @@ class _LossLevels:
         held = self.onset if not noise_aware else max(self.onset, ONSET_Z * float(self.scale[i]))
         return bool(z[i:h_end].max() - base >= self.decade and np.median(z[i:p_end]) - base > held)
 
+    def spike(self, ev: LossEvents, i: int, base: float) -> None:
+        """Record a recovered spike at point ``i`` that rose from the log-level ``base``: its step and its level."""
+        ev.spikes.append(int(self.steps[i]))
+        ev.spike_levels.append(float(np.exp(base)) if self.lo > 0 else math.nan)
+
     def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> int | None:
         """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
         the step of an unbased rise, or of a recovered spike) into ``ev``. Returns None, or for a recovered
-        spike the point where its excursion ended: the search goes on from there."""
+        spike the point where its excursion ended — or the first point with a based level, when that comes sooner:
+        the search goes on from there."""
         # The excursion ends where the loss is back within 2x of the level it rose from for good (the point
         # and its forward median).
         back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
@@ -285,8 +301,11 @@ class _LossLevels:
                 # The search goes on after it: a sparse log's 100-step horizon spans a few points, so a 5x point
                 # back at the next one was "confirmed" by a separate 3400x blowup four points on and ended the
                 # search before it (a Lightning every-20 relog of the lab's mlp_small_hot s211 read `healthy`).
-                ev.spikes.append(int(self.steps[i]))
-                return i + 1 + int(np.argmax(back))
+                # Not past the first point with a based level, though: an excursion from a 2.7x blip at point 4 of a
+                # log every 20 steps ran until the loss was back within 2x of that blip's level, 480 steps on, and hid
+                # the 670x blowup two points after it (a point with a level of its own is judged against it).
+                self.spike(ev, i, base)
+                return min(i + 1 + int(np.argmax(back)), max(i + 1, MIN_BASELINE_POINTS))
             ev.unbased_rise_step = int(self.steps[i])
             return None
         ev.blowup_step = int(self.steps[i])
@@ -399,7 +418,7 @@ def detect_loss_events(steps: np.ndarray, values: np.ndarray) -> LossEvents:
             # The reference's ``in_excursion``: the previous point (from warmup on, past a recovered spike's
             # excursion) was an excursion.
             if not (i > max(warmup, resume) and excursion[i - 1]) and rise[i] > SPIKE_Z * scale[i]:
-                ev.spikes.append(int(steps[i]))
+                lv.spike(ev, i, float(ref))
             continue
         # Slow climb (not an excursion point): the reference's climb branch.
         best_i = int(np.argmin(np.where(np.isnan(med[: i + 1]) | ~based[: i + 1], np.inf, med[: i + 1])))
@@ -454,7 +473,7 @@ def detect_loss_events_ref(steps: np.ndarray, values: np.ndarray) -> LossEvents:
             # Not (yet) a blowup: a spike, reported once per excursion and only when it is also far
             # outside the loss's own noise.
             if not in_excursion and rise > SPIKE_Z * scale[i]:
-                ev.spikes.append(int(steps[i]))
+                lv.spike(ev, i, float(ref))
             in_excursion = True
             i += 1
             continue

@@ -6,6 +6,7 @@ against the reference loop."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from adamdiag.analysis.signals import detect_loss_events, detect_loss_events_ref
 
@@ -52,3 +53,60 @@ def test_a_point_back_at_its_level_is_not_the_start_of_a_later_blowup() -> None:
     ev = detect_loss_events(s, y)
     assert ev == detect_loss_events_ref(s, y)
     assert ev.spikes == [99] and ev.blowup_step == 199 and ev.peak_step == 199
+
+
+# HF Trainer every 100 (each point the mean of its 100 steps) of the lab's mlp_tiny_sh9999 s210: the loss falls 8-10x
+# per point to 2e-7, then a v-collapse blowup oscillates 200x above it (steps 500-800) and the log ends on a low.
+FAST_FALL = (
+    np.arange(100, 1000, 100),
+    np.array([7.72e-3, 2.09e-5, 2.52e-6, 1.95e-7, 3.87e-5, 2.33e-5, 3.06e-8, 3.76e-5, 3.94e-9]),
+)
+
+
+def test_a_spike_off_a_fast_falling_sparse_loss_is_measured_against_the_fall() -> None:
+    """The level of a sparse log of a falling loss is where the fall has got to by the last point, not the median of
+    the last three (a point behind: 8-10x here). Against that median the 198x point at step 500 was 15x above a
+    level that the evidence's own median (of all four points before) put at 3.3x: no unresolved spike, `healthy`
+    high. The detector now hands its level over with the spike (``spike_levels``), and the evidence uses it."""
+    from adamdiag.analysis.evidence import unresolved_spike
+
+    s, y = FAST_FALL
+    ev = detect_loss_events(s, y)
+    assert ev == detect_loss_events_ref(s, y)
+    assert ev.spikes == [500] and ev.blowup_step is None  # 4 points before it: too few for a blowup's level
+    assert ev.spike_levels[0] == pytest.approx(1.95e-7, rel=0.01)
+    u = unresolved_spike(s, y, ev.spikes, ev.spike_levels)
+    assert u is not None and u["step"] == 500 and u["ratio"] > 100
+    assert unresolved_spike(s, y, ev.spikes) is None  # the median of the points before: 3.3x
+
+
+def test_a_sparse_loss_that_stops_falling_raises_nothing() -> None:
+    """The other side: the level follows the fall no further than the last point (the larger of it and the recent
+    median moved one trend step on), so where a fast fall stops — a loss falling 2-10x per point that flattens
+    after 3-11 points, 1-10% noise, every 50 or 100 steps — the first flat points are no rise: no spike, no
+    blowup (300 seeded series; projecting the trend past the last point made spikes of such knees)."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        per = int(rng.choice([50, 100]))
+        s = np.arange(per - 1, per * 40, per)
+        fall, knee, sigma = rng.uniform(2, 10), int(rng.integers(3, 12)), rng.uniform(0.01, 0.1)
+        y = 1e-2 * fall ** -np.minimum(np.arange(len(s)), knee) * np.exp(sigma * rng.standard_normal(len(s)))
+        ev = detect_loss_events(s, y)
+        assert ev == detect_loss_events_ref(s, y)
+        assert not ev.spikes and ev.blowup_step is None and ev.unbased_rise_step is None
+
+
+def test_an_early_blip_does_not_hide_the_blowup_after_it() -> None:
+    """Lightning every 20 of the lab's mlp_small_hot s181: a 2.7x point at step 99 (the log's 5th point, too few
+    before it for a blowup's level) and a 670x blowup at step 139. The blip is a recovered spike, and its excursion
+    lasted until the loss was back within 2x of the blip's level — step 579, after the whole blowup. The search goes
+    on from the first point with a based level instead: 139 is judged against its own level."""
+    s = np.arange(19, 600, 20)
+    y = np.array(
+        [0.0121, 0.0032, 0.00143, 0.00085, 0.00231, 0.00186, 0.573, 0.0554, 0.0119, 0.0158, 0.00385, 0.0227, 0.0398]
+        + [0.399, 0.194, 0.0915, 0.0288, 0.011, 0.00436, 0.00335, 0.00273, 0.00715, 0.00216, 0.0021, 0.00601, 0.0186]
+        + [0.00473, 0.00199, 0.00143, 0.0013]
+    )
+    ev = detect_loss_events(s, y)
+    assert ev == detect_loss_events_ref(s, y)
+    assert ev.spikes == [99] and ev.blowup_step == 139 and ev.peak_step == 139

@@ -57,3 +57,30 @@ def test_the_same_spike_logged_every_step_is_seen_to_be_one_step(tmp_path: Path)
     assert (run["verdict"], run["confidence"]) == ("healthy", "high")
     (f,) = [f for f in run["findings"] if f["id"] == "AD002"]
     assert f["step"] == SPIKE and "not logged" not in f["message"]
+
+
+def _write_fast_fall(d: Path) -> None:
+    """A loss falling 8x per point (the lab's shallow fits logged every 100 steps), 15x above the point before at the
+    spike — 2x above the median of the three before it — and back below it at the next point."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = np.random.default_rng(0)
+    w = SummaryWriter(str(d))
+    for k, step in enumerate(range(100, 3001, 100)):
+        loss = 1e-2 * 8.0 ** -min(k, 4) * float(np.exp(0.05 * rng.standard_normal()))
+        if step == SPIKE:
+            loss = 15.0 * 1e-2 * 8.0**-3
+        w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/grad_norm", 0.3 * float(np.exp(0.1 * rng.standard_normal())), step)
+    w.close()
+
+
+def test_a_spike_off_a_fast_falling_sparse_loss_is_no_sure_healthy(tmp_path: Path) -> None:
+    """On a sparse log of a fast-falling loss the level is where the fall has got to (the point before), not the
+    median of the last three (a point behind, 8x higher): the 15x point was a 2x blip, no spike at all, `healthy`
+    high."""
+    _write_fast_fall(tmp_path / "fall")
+    run = _scan(tmp_path / "fall")
+    assert (run["verdict"], run["confidence"]) == ("healthy", "medium")
+    (f,) = [f for f in run["findings"] if f["id"] == "AD002"]
+    assert f["step"] == SPIKE and "the next 99 steps are not logged" in f["message"]
