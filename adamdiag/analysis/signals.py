@@ -232,7 +232,10 @@ class _LossLevels:
             # 100 steps, read a 13-200x blowup point as 2-4x over it. Where the fall has got to: the larger of the
             # last point and the recent median moved on by the trend to it — never projected past the last point
             # (a fall that stops would read its first flat points as rises), and one low point alone does not set
-            # it (the larger of the two). Not on a flat or noisy sparse log: the lower of two medians, one of three
+            # it (the larger of the two); only where the loss falls ≥ BLOWUP_FACTOR per point, the fall at which a
+            # median a point behind hides an onset by itself (a flat loss with σ 0.6 is "falling" by chance over
+            # its first few points, and the last point as its level made 4 of 100 such logs every 20 steps blow up
+            # early; 1 with this bound). Not on a flat or noisy sparse log: the lower of two medians, one of three
             # points, sits below a noisy loss's level and turns its ordinary 10x swings into blowups (on a flat
             # lognormal loss with σ 0.6 logged every 20 steps: 52 of 100 runs instead of 10).
             trend = rolling_trend(z, w)
@@ -241,7 +244,10 @@ class _LossLevels:
                 falling = trend < -SPARSE_FALL_Z * around
             recent = rolling_median(z, k)
             reached = np.maximum(np.r_[np.nan, z[:-1]], recent + trend * (k - 1) / 2)
-            med = np.where(falling, np.fmin(np.fmin(med, recent), reached), med)
+            with np.errstate(invalid="ignore"):
+                steep = falling & (trend < -math.log(BLOWUP_FACTOR))
+            med = np.where(falling, np.fmin(med, recent), med)
+            med = np.where(steep, np.fmin(med, reached), med)
             scale = np.where(falling, around, scale)
         # The best level reached: only trailing medians of at least MIN_BASELINE_POINTS points count (one
         # near-zero first point must not become the level a slow climb is measured from).
@@ -305,7 +311,10 @@ class _LossLevels:
                 # log every 20 steps ran until the loss was back within 2x of that blip's level, 480 steps on, and hid
                 # the 670x blowup two points after it (a point with a level of its own is judged against it).
                 self.spike(ev, i, base)
-                return min(i + 1 + int(np.argmax(back)), max(i + 1, MIN_BASELINE_POINTS))
+                end = i + 1 + int(np.argmax(back))
+                if int(self.steps[end]) - int(self.steps[i]) > BLOWUP_HORIZON:
+                    end = min(end, max(i + 1, MIN_BASELINE_POINTS))
+                return end
             ev.unbased_rise_step = int(self.steps[i])
             return None
         ev.blowup_step = int(self.steps[i])
