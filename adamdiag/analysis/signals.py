@@ -242,10 +242,9 @@ class _LossLevels:
             around = np.maximum(rolling_mad(z, w, trend=trend), MIN_LOG_SCALE)
             with np.errstate(invalid="ignore"):
                 falling = trend < -SPARSE_FALL_Z * around
+                steep = falling & (trend < -math.log(BLOWUP_FACTOR))
             recent = rolling_median(z, k)
             reached = np.maximum(np.r_[np.nan, z[:-1]], recent + trend * (k - 1) / 2)
-            with np.errstate(invalid="ignore"):
-                steep = falling & (trend < -math.log(BLOWUP_FACTOR))
             med = np.where(falling, np.fmin(med, recent), med)
             med = np.where(steep, np.fmin(med, reached), med)
             scale = np.where(falling, around, scale)
@@ -294,8 +293,8 @@ class _LossLevels:
     def record(self, ev: LossEvents, i: int, base: float, best_i: int) -> int | None:
         """The blowup at point ``i`` (or, with fewer than MIN_BASELINE_POINTS points before it, only
         the step of an unbased rise, or of a recovered spike) into ``ev``. Returns None, or for a recovered
-        spike the point where its excursion ended — or the first point with a based level, when that comes sooner:
-        the search goes on from there."""
+        spike the point where its excursion ended — or, for an excursion longer than BLOWUP_HORIZON steps, the
+        first point with a based level when that comes sooner: the search goes on from there."""
         # The excursion ends where the loss is back within 2x of the level it rose from for good (the point
         # and its forward median).
         back = (self.z[i + 1 :] - base <= self.onset) & (self.fwd[i + 1 :] - base <= self.onset)
@@ -307,9 +306,10 @@ class _LossLevels:
                 # The search goes on after it: a sparse log's 100-step horizon spans a few points, so a 5x point
                 # back at the next one was "confirmed" by a separate 3400x blowup four points on and ended the
                 # search before it (a Lightning every-20 relog of the lab's mlp_small_hot s211 read `healthy`).
-                # Not past the first point with a based level, though: an excursion from a 2.7x blip at point 4 of a
-                # log every 20 steps ran until the loss was back within 2x of that blip's level, 480 steps on, and hid
-                # the 670x blowup two points after it (a point with a level of its own is judged against it).
+                # Not past the first point with a based level, though, when the excursion outlasts the horizon that
+                # confirmed it: an excursion from a 2.7x blip at point 4 of a log every 20 steps ran until the loss was
+                # back within 2x of that blip's level, 480 steps on, and hid the 670x blowup two points after it (a
+                # point with a level of its own is judged against it). A shorter excursion is skipped whole.
                 self.spike(ev, i, base)
                 end = i + 1 + int(np.argmax(back))
                 if int(self.steps[end]) - int(self.steps[i]) > BLOWUP_HORIZON:
